@@ -1,0 +1,274 @@
+"""Shared fixtures: a private tmux server per test, a temp HOME, a running opensessions server.
+
+Nothing here touches the user's tmux server or home: every tmux call names a socket in a temp
+dir (-S), and HOME / XDG_* / TMUX_TMPDIR point into the test's temp dir.
+"""
+import json
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import opensessions  # noqa: E402
+
+SCRIPT = os.path.join(ROOT, "opensessions.py")
+LAB = os.path.join(os.path.dirname(ROOT), "shared", "agents-lab")
+FIXTURES = os.path.join(LAB, "fixtures")
+PYTHON = sys.executable
+
+
+def retry_until(fn, timeout=5.0, interval=0.01, message=None):
+    """Call fn until it returns something truthy; tmux and the server are eventually consistent."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except AssertionError as e:
+            last = e
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(message or "condition not met within %.1fs (last: %r)" % (timeout, last))
+
+
+class Env(object):
+    """A temp HOME with XDG dirs and an environment that points at it."""
+
+    def __init__(self, base):
+        self.base = base
+        self.home = os.path.join(base, "home")
+        for d in ("home", "home/.config", "home/.local/state", "home/.local/share", "home/.cache", "run", "tmp"):
+            os.makedirs(os.path.join(base, d), exist_ok=True)
+        os.chmod(os.path.join(base, "run"), 0o700)
+        self.vars = {k: v for k, v in os.environ.items()
+                     if not k.startswith(("TMUX", "XDG_", "CLAUDE", "CODEX", "OPENCODE"))}
+        self.vars.update({
+            "HOME": self.home,
+            "XDG_CONFIG_HOME": os.path.join(self.home, ".config"),
+            "XDG_STATE_HOME": os.path.join(self.home, ".local/state"),
+            "XDG_DATA_HOME": os.path.join(self.home, ".local/share"),
+            "XDG_CACHE_HOME": os.path.join(self.home, ".cache"),
+            "XDG_RUNTIME_DIR": os.path.join(base, "run"),
+            "TMUX_TMPDIR": os.path.join(base, "tmp"),
+            "TMPDIR": os.path.join(base, "tmp"),
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        })
+        self.vars.pop("OPENSESSIONS_PORT", None)
+
+
+class TmuxServer(object):
+    """A real tmux server on a private socket, killed at the end of the test."""
+
+    def __init__(self, env, name="os"):
+        self.env = env
+        self.socket = os.path.join(env.base, "tmux-%s.sock" % name)
+        self.tmux = opensessions.Tmux(self.socket)
+
+    def run(self, *args, check=True):
+        p = subprocess.run(["tmux", "-S", self.socket, "-f", "/dev/null"] + [str(a) for a in args],
+                           env=self.env.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
+        if check and p.returncode != 0:
+            raise RuntimeError("tmux %s failed: %s" % (args, p.stderr.decode()))
+        return p.stdout.decode()
+
+    def new_session(self, name, cwd=None, command=None):
+        args = ["new-session", "-d", "-s", name, "-x", "160", "-y", "40"]
+        if cwd:
+            args += ["-c", cwd]
+        if command:
+            args.append(command)
+        self.run(*args)
+
+    def pid(self):
+        return int(self.run("display-message", "-p", "#{pid}").strip())
+
+    def kill(self):
+        self.run("kill-server", check=False)
+
+
+class ServerProc(object):
+    """`opensessions server` in a subprocess, on a free port."""
+
+    def __init__(self, env, tmux, argv=None, extra_env=None):
+        self.env = env
+        self.tmux = tmux
+        self.log_path = os.path.join(env.base, "server-%s.log" % uuid.uuid4().hex[:6])
+        vars_ = dict(env.vars)
+        vars_.update(extra_env or {})
+        self.vars = vars_
+        self.argv = argv or [PYTHON, SCRIPT]
+        self.proc = subprocess.Popen(self.argv + ["-S", tmux.socket, "server", "--port", "0",
+                                                  "--log", self.log_path],
+                                     env=vars_, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.runtime = opensessions.RuntimeFiles(tmux.socket, vars_)
+        info = retry_until(lambda: self.proc.poll() is None and self.runtime.live_info() or self._dead(),
+                           timeout=10, message="server did not start")
+        self.port = info["port"]
+        self.client = opensessions.Client(self.port)
+
+    def _dead(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError("server exited: %s" % self.proc.stderr.read().decode())
+        return None
+
+    def get(self, path):
+        status, body = self.client.request("GET", path)
+        return status, body
+
+    def state(self):
+        status, body = self.get("/state")
+        assert status == 200, body
+        return json.loads(body.decode())
+
+    def post(self, path, body):
+        status, content = self.client.request("POST", path, body)
+        return status, (json.loads(content.decode()) if content.strip() else None)
+
+    def session(self, name):
+        return next((s for s in self.state()["sessions"] if s["name"] == name), None)
+
+    def cli(self, *args, **kw):
+        return subprocess.run(self.argv + ["-S", self.tmux.socket] + list(args), env=self.vars,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=kw.get("timeout", 20))
+
+    def log(self):
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for f in (self.proc.stdout, self.proc.stderr):
+            f.close()
+
+
+class SSEReader(object):
+    """Reads /events in a thread; events() waits for them (no sleeping in tests)."""
+
+    def __init__(self, port, path="/events"):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (path, port)).encode())
+        self.queue = queue.Queue()
+        self.headers = None
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        buf = b""
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+                buf += data
+                if self.headers is None and b"\r\n\r\n" in buf:
+                    self.headers, buf = buf.split(b"\r\n\r\n", 1)
+                while b"\n\n" in buf and self.headers is not None:
+                    block, buf = buf.split(b"\n\n", 1)
+                    event = {"raw": block}
+                    for line in block.decode().split("\n"):
+                        k, _, v = line.partition(": ")
+                        if k in ("event", "id", "data"):
+                            event[k] = v
+                    if "data" in event:
+                        event["data"] = json.loads(event["data"])
+                        event["received"] = time.monotonic()
+                        self.queue.put(event)
+        except OSError:
+            pass
+        self.queue.put(None)
+
+    def next(self, timeout=5.0):
+        ev = self.queue.get(timeout=timeout)
+        if ev is None:
+            raise EOFError("stream closed")
+        return ev
+
+    def wait_for(self, predicate, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("no matching event within %.1fs" % timeout)
+            ev = self.next(remaining)
+            if predicate(ev["data"]):
+                return ev
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+@pytest.fixture
+def env(tmp_path):
+    return Env(str(tmp_path))
+
+
+@pytest.fixture
+def tmux(env):
+    t = TmuxServer(env)
+    t.new_session("main", cwd=env.home)
+    yield t
+    t.kill()
+
+
+@pytest.fixture
+def server(env, tmux):
+    procs = []
+
+    def start(**kw):
+        s = ServerProc(env, tmux, **kw)
+        procs.append(s)
+        return s
+    s = start()
+    s.start_another = start
+    yield s
+    for p in procs:
+        p.stop()
+
+
+@pytest.fixture
+def sse():
+    readers = []
+
+    def open_(port, path="/events"):
+        r = SSEReader(port, path)
+        readers.append(r)
+        return r
+    yield open_
+    for r in readers:
+        r.close()
+
+
+def lab_home(dest, home_path=None):
+    """A copy of the agents-lab fake HOME whose paths point at dest (tools/make_homes.py)."""
+    subprocess.run([PYTHON, os.path.join(LAB, "tools", "make_homes.py"), FIXTURES, dest,
+                    "--home-path", home_path or dest], check=True, stdout=subprocess.DEVNULL)
+    return dest
+
+
+requires_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")

@@ -1,0 +1,115 @@
+"""The command line: client commands, start/stop, the .pyz, --help, startup cost."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import opensessions as os_
+from conftest import PYTHON, ROOT, SCRIPT, ServerProc, retry_until
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("dist") / "opensessions.pyz")
+    subprocess.run([PYTHON, os.path.join(ROOT, "build_zipapp.py"), "--out", out], check=True,
+                   stdout=subprocess.DEVNULL)
+    return out
+
+
+def test_client_commands_change_state(server):
+    r = server.cli("set-status", "main", "Deploying", "--tone", "warn")
+    assert r.returncode == 0, r.stderr
+    r = server.cli("set-progress", "main", "3", "10", "--label", "services")
+    assert r.returncode == 0, r.stderr
+    r = server.cli("log", "main", "Tests passed", "--source", "ci", "--tone", "success")
+    assert r.returncode == 0, r.stderr
+    meta = server.session("main")["metadata"]
+    assert meta["status"] == {"text": "Deploying", "tone": "warn"}
+    assert meta["progress"]["current"] == 3 and meta["progress"]["total"] == 10
+    assert meta["logs"][-1]["source"] == "ci"
+    assert server.cli("set-progress", "main", "--percent", "40").returncode == 0
+    assert server.session("main")["metadata"]["progress"]["percent"] == 40
+    assert server.cli("set-status", "main", "--clear").returncode == 0
+    assert server.cli("clear-log", "main").returncode == 0
+    assert server.cli("notify", "hello", "--session", "main").returncode == 0
+    meta = server.session("main")["metadata"]
+    assert meta["status"] is None and [l["message"] for l in meta["logs"]] == ["hello"]
+    out = server.cli("status", "--json")
+    assert json.loads(out.stdout)["sessions"][0]["name"] == "main"
+    out = server.cli("status")
+    assert out.stdout.startswith(b"main")
+
+
+def test_client_errors_are_clear(server, env):
+    r = server.cli("set-status", "main", "x", "--tone", "loud")
+    assert r.returncode == 2 and b"invalid choice" in r.stderr
+    r = server.cli("set-progress", "main")
+    assert r.returncode == 1 and b"CURRENT TOTAL" in r.stderr
+    server.stop()
+    r = server.cli("set-status", "main", "x")
+    assert r.returncode == 1 and b"cannot reach" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_start_and_stop(env, tmux):
+    def cli(*args):
+        return subprocess.run([PYTHON, SCRIPT, "-S", tmux.socket, "--port", "0"] + list(args), env=env.vars,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+    r = cli("start")
+    assert r.returncode == 0 and b"started" in r.stdout, r.stderr
+    runtime = os_.RuntimeFiles(tmux.socket, env.vars)
+    info = runtime.live_info()
+    assert info and info["socket"] == tmux.socket
+    r = cli("start")
+    assert r.returncode == 0 and b"already running" in r.stdout
+    assert runtime.live_info()["pid"] == info["pid"]
+    r = cli("stop")
+    assert r.returncode == 0 and b"stopped" in r.stdout
+    assert runtime.live_info() is None
+    r = cli("stop")
+    assert r.returncode == 0 and b"no opensessions server" in r.stdout
+
+
+def test_pyz_runs_the_server_and_clients(env, tmux, pyz):
+    with open(pyz, "rb") as f:
+        assert f.read(23) == b"#!/usr/bin/env python3\n"
+    s = ServerProc(env, tmux, argv=[PYTHON, pyz])
+    try:
+        r = s.cli("set-status", "main", "from pyz")
+        assert r.returncode == 0, r.stderr
+        assert s.session("main")["metadata"]["status"]["text"] == "from pyz"
+    finally:
+        s.stop()
+
+
+def test_pyz_is_byte_identical_on_rebuild(tmp_path, pyz):
+    other = str(tmp_path / "again.pyz")
+    subprocess.run([PYTHON, os.path.join(ROOT, "build_zipapp.py"), "--out", other], check=True,
+                   stdout=subprocess.DEVNULL)
+    with open(pyz, "rb") as a, open(other, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_help_lists_every_command():
+    out = subprocess.run([PYTHON, SCRIPT, "--help"], stdout=subprocess.PIPE, check=True).stdout.decode()
+    for cmd in ("server", "start", "stop", "status", "set-status", "set-progress", "log", "clear-log", "notify"):
+        assert cmd in out
+
+
+def test_client_command_imports_nothing_heavy(server):
+    code = ("import sys; sys.argv=['opensessions','-S',%r,'set-status','main','x'];"
+            "import opensessions; rc=opensessions.main();"
+            "heavy=[m for m in ('curses','sqlite3','http.server','http.client','subprocess','email')"
+            " if m in sys.modules]; print(rc, heavy)") % server.tmux.socket
+    r = subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=server.vars, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=20)
+    assert r.stdout.decode().strip() == "0 []", r.stdout + r.stderr
+
+
+def test_import_has_no_side_effects(tmp_path):
+    env = dict(os.environ, HOME=str(tmp_path), XDG_RUNTIME_DIR=str(tmp_path / "run"))
+    code = "import opensessions, sys; print(sorted(m for m in ('curses','sqlite3','http.server','subprocess') if m in sys.modules))"
+    r = subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, check=True)
+    assert r.stdout.decode().strip() == "[]"
+    assert os.listdir(str(tmp_path)) == []
