@@ -119,6 +119,18 @@ def read_json_file(path, default=None):
         raise OpensessionsError("%s is not valid JSON (%s)" % (path, e))
 
 
+def _pid_alive(pid):
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def now_ms(clock=time.time):
     return int(clock() * 1000)
 
@@ -167,7 +179,8 @@ class Thread(object):
     """One agent conversation. Plain attributes; to_json() gives the /state shape."""
 
     __slots__ = ("agent", "id", "title", "status", "detail", "attempt", "cwd", "model", "pane",
-                 "session", "pid", "alive", "unseen", "updated_at", "hidden", "source")
+                 "session", "pid", "alive", "unseen", "updated_at", "hidden", "source", "proc_start",
+                 "rollout", "link")
 
     def __init__(self, agent, id, title="", status="idle", detail=None, attempt=None, cwd=None,
                  model=None, pane=None, session=None, pid=None, alive=True, unseen=False,
@@ -188,6 +201,9 @@ class Thread(object):
         self.updated_at = updated_at
         self.hidden = hidden
         self.source = source
+        self.proc_start = None
+        self.rollout = None
+        self.link = None  # how the pane was found: "pid", or "cwd" for the last-resort guess
 
     @property
     def key(self):
@@ -219,6 +235,17 @@ def session_state(threads):
         if best is None or ATTENTION_ORDER.index(a) < ATTENTION_ORDER.index(best):
             best = a
     return best
+
+
+RECENT_MS = 24 * 3600 * 1000  # a dead thread outside any session is listed this long
+MAX_ORPHANS = 30
+
+
+def thread_visible(thread, now_ms_, recent_ms=RECENT_MS):
+    """Shown in /state: not a hidden helper, and alive, unseen, or active within recent_ms."""
+    if thread.hidden:
+        return False
+    return thread.alive or thread.unseen or now_ms_ - thread.updated_at <= recent_ms
 
 
 def becomes_unseen(old_status, new_status, viewed):
@@ -336,6 +363,15 @@ def validate_agent_event(body):
     if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0):
         raise ApiError(400, "'pid' must be a positive integer")
     out["pid"] = pid
+    alive = body.get("alive")
+    if alive is not None and not isinstance(alive, bool):
+        raise ApiError(400, "'alive' must be a boolean")
+    out["alive"] = alive
+    for key in ("source", "prompt"):
+        value = body.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ApiError(400, "'%s' must be a string" % key)
+        out[key] = value[:MAX_LOG_MESSAGE] if isinstance(value, str) else None
     if out["paneId"] is not None and not re.match(r"^%\d+$", out["paneId"]):
         raise ApiError(400, "'paneId' must look like %12")
     return out
@@ -393,8 +429,518 @@ def socket_key(socket_path):
 # Agent parsers (pure: bytes in, records out)
 ##############################################################################
 
-# (Filled by the watchers issue: Claude Code, Codex, OpenCode and Amp record parsers.)
+# Formats are those of the releases captured in shared/agents-lab (Claude Code 2.1.330,
+# Codex CLI 0.169.0, OpenCode 1.18.33). Amp was not captured: see the Amp parser's note.
 
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_OPENCODE_ID_RE = re.compile(r"^ses_[0-9A-Za-z]{20,40}$")
+_AMP_ID_RE = re.compile(r"^T-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+ID_PATTERNS = {"claude": _UUID_RE, "codex": _UUID_RE, "opencode": _OPENCODE_ID_RE, "amp": _AMP_ID_RE}
+INTERRUPT_MARK = "[Request interrupted by user"
+TITLE_MAX = 120
+
+
+def valid_thread_id(agent, thread_id):
+    """True when thread_id has the shape that agent's resume command takes."""
+    pattern = ID_PATTERNS.get(agent)
+    return bool(pattern and isinstance(thread_id, str) and pattern.match(thread_id))
+
+
+class LineBuffer(object):
+    """Splits appended bytes into complete lines, holding a partial last line until it completes."""
+
+    def __init__(self):
+        self.partial = b""
+
+    def feed(self, data):
+        if not data:
+            return []
+        data = self.partial + data
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        return lines
+
+
+def parse_json_lines(lines):
+    """-> (records, bad): JSON objects from lines; blank lines ignored, corrupt ones counted."""
+    records, bad = [], 0
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
+        except (ValueError, UnicodeDecodeError):
+            bad += 1
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+        else:
+            bad += 1
+    return records, bad
+
+
+def parse_iso_ms(value):
+    """ISO 8601 ('2026-11-22T01:46:19.452Z') -> epoch ms, or None."""
+    if not isinstance(value, str) or len(value) < 19:
+        return None
+    import calendar
+    try:
+        base = time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return None
+    ms = 0
+    if len(value) > 20 and value[19] == ".":
+        digits = ""
+        for ch in value[20:]:
+            if not ch.isdigit():
+                break
+            digits += ch
+        ms = int((digits + "000")[:3]) if digits else 0
+    return calendar.timegm(base) * 1000 + ms
+
+
+def _clip_title(text):
+    text = " ".join(str(text).split())
+    return text if len(text) <= TITLE_MAX else text[:TITLE_MAX - 1] + "…"
+
+
+def _is_prompt_text(text):
+    """A real prompt, not a slash-command echo, system reminder or tool/interrupt marker."""
+    t = text.lstrip()
+    return bool(t) and not t.startswith("<") and not t.startswith(INTERRUPT_MARK)
+
+
+def new_thread_state(agent, thread_id):
+    """The reducers' state for one thread (plain dict, JSON-friendly)."""
+    return {"agent": agent, "id": thread_id, "status": "idle", "detail": None, "attempt": None,
+            "customTitle": None, "firstPrompt": None, "lastPrompt": None, "model": None, "cwd": None,
+            "updatedAt": 0, "turns": 0, "bad": 0, "hidden": False}
+
+
+def thread_title(state, registry_name=None):
+    """Title: a user-given name wins, then the first real prompt, then the last prompt."""
+    for value in (state.get("customTitle"), registry_name, state.get("firstPrompt"), state.get("lastPrompt")):
+        if value:
+            return _clip_title(value)
+    return ""
+
+
+def _content_texts(content):
+    if isinstance(content, str):
+        return [content]
+    out = []
+    if isinstance(content, list):
+        for block in content:
+            if isinstance(block, dict) and isinstance(block.get("text"), str):
+                out.append(block["text"])
+    return out
+
+
+def claude_reduce(state, rec):
+    """Apply one Claude Code transcript record to a thread state (in place; returns it)."""
+    kind = rec.get("type")
+    ts = parse_iso_ms(rec.get("timestamp"))
+    if ts:
+        state["updatedAt"] = max(state["updatedAt"], ts)
+    if isinstance(rec.get("cwd"), str):
+        state["cwd"] = rec["cwd"]
+    if rec.get("isSidechain"):
+        return state  # a subagent's records: not the thread's own turn
+    if kind == "custom-title" and isinstance(rec.get("customTitle"), str):
+        state["customTitle"] = rec["customTitle"]
+    elif kind == "last-prompt" and isinstance(rec.get("lastPrompt"), str):
+        state["lastPrompt"] = rec["lastPrompt"]
+    elif kind == "user":
+        if rec.get("isMeta"):
+            return state
+        message = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+        content = message.get("content")
+        blocks = content if isinstance(content, list) else []
+        texts = _content_texts(content)
+        if any(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks):
+            state.update(status="running", detail=None)
+        elif any(t.startswith(INTERRUPT_MARK) for t in texts):
+            state.update(status="interrupted", detail=None)
+        else:
+            prompts = [t for t in texts if _is_prompt_text(t)]
+            if prompts:
+                if not state["firstPrompt"]:
+                    state["firstPrompt"] = prompts[0]
+                state["turns"] += 1
+                state.update(status="running", detail=None, attempt=None)
+    elif kind == "assistant":
+        message = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+        model = message.get("model")
+        if isinstance(model, str) and model and not model.startswith("<"):
+            state["model"] = model
+        if rec.get("isApiErrorMessage"):
+            texts = _content_texts(message.get("content"))
+            state.update(status="error", detail=(texts[0] if texts else rec.get("error") or "API error")[:MAX_LOG_MESSAGE])
+        elif rec.get("isAbortedMidStream"):
+            state.update(status="interrupted", detail=None)
+        elif message.get("stop_reason") == "end_turn":
+            state.update(status="done", detail=None)
+        else:
+            state.update(status="running", detail=None)
+    elif kind == "system" and rec.get("subtype") == "turn_duration":
+        if state["status"] == "running":
+            state.update(status="done", detail=None)
+    return state
+
+
+def claude_project_dir_name(cwd):
+    """Claude's encoding of a cwd as a projects/ directory name: non-alphanumerics become '-'."""
+    return re.sub(r"[^A-Za-z0-9]", "-", cwd)
+
+
+def claude_registry_entry(data):
+    """Parse ~/.claude/sessions/<pid>.json (the live registry) -> dict or None."""
+    if not isinstance(data, dict):
+        return None
+    pid, sid = data.get("pid"), data.get("sessionId")
+    if isinstance(pid, bool) or not isinstance(pid, int) or not isinstance(sid, str):
+        return None
+    status = data.get("status")
+    return {
+        "pid": pid, "sessionId": sid, "cwd": data.get("cwd") if isinstance(data.get("cwd"), str) else None,
+        "status": status if status in ("busy", "idle", "waiting") else None,
+        "waitingFor": data.get("waitingFor") if isinstance(data.get("waitingFor"), str) else None,
+        "name": data.get("name") if data.get("nameSource") == "user" and isinstance(data.get("name"), str) else None,
+        "procStart": _int(data.get("procStart"), None),
+        "updatedAt": _int(data.get("statusUpdatedAt") or data.get("updatedAt"), 0),
+        "tmux": data.get("tmux") if isinstance(data.get("tmux"), str) else None,
+        "entrypoint": data.get("entrypoint"),
+    }
+
+
+def claude_registry_alive(entry, proc_root="/proc"):
+    """The registry's process still runs (and is the same process: procStart matches)."""
+    if not _pid_alive(entry["pid"]):
+        return False
+    if entry.get("procStart") and os.path.isdir(os.path.join(proc_root, "self")):
+        try:
+            with open(os.path.join(proc_root, str(entry["pid"]), "stat"), "r", errors="replace") as f:
+                return parse_proc_stat(f.read())[3] == entry["procStart"]
+        except (OSError, ValueError, IndexError):
+            return False
+    return True
+
+
+def claude_live_status(transcript_status, registry_status, waiting_for=None, turns=1):
+    """Combine the registry (the live truth while the process runs) with the transcript.
+
+    -> (status, detail). busy -> running; waiting -> waiting (with what for); idle -> the
+    transcript's finished state (done / error / interrupted), or idle before any turn.
+    """
+    if registry_status == "busy":
+        return "running", None
+    if registry_status == "waiting":
+        return "waiting", waiting_for or "input"
+    if registry_status == "idle":
+        if transcript_status in ("done", "error", "interrupted"):
+            return transcript_status, None
+        return ("done" if turns else "idle"), None
+    return transcript_status, None
+
+
+def codex_reduce(state, rec):
+    """Apply one Codex rollout record ({timestamp, type, payload}) to a thread state."""
+    kind = rec.get("type")
+    payload = rec.get("payload") if isinstance(rec.get("payload"), dict) else {}
+    ts = parse_iso_ms(rec.get("timestamp"))
+    if ts:
+        state["updatedAt"] = max(state["updatedAt"], ts)
+    if kind == "session_meta":
+        if isinstance(payload.get("id"), str):
+            state["id"] = payload["id"]
+        if isinstance(payload.get("cwd"), str):
+            state["cwd"] = payload["cwd"]
+        state["originator"] = payload.get("originator")
+    elif kind == "turn_context":
+        if isinstance(payload.get("model"), str):
+            state["model"] = payload["model"]
+        if isinstance(payload.get("cwd"), str):
+            state["cwd"] = payload["cwd"]
+    elif kind == "event_msg":
+        sub = payload.get("type")
+        if sub == "task_started":
+            state["turns"] += 1
+            state.update(status="running", detail=None, attempt=None)
+        elif sub == "task_complete":
+            err = payload.get("error")
+            if err:
+                msg = err.get("message") if isinstance(err, dict) else str(err)
+                state.update(status="error", detail=(msg or "error")[:MAX_LOG_MESSAGE])
+            else:
+                state.update(status="done", detail=None)
+        elif sub == "turn_aborted":
+            state.update(status="interrupted", detail=None)
+    elif kind == "response_item" and payload.get("type") == "message" and payload.get("role") == "user":
+        for text in _content_texts(payload.get("content")):
+            if _is_prompt_text(text):
+                if not state["firstPrompt"]:
+                    state["firstPrompt"] = text
+                state["lastPrompt"] = text
+                break
+    return state
+
+
+def codex_id_from_path(path):
+    """rollout-2026-11-22T01-46-31-<uuid>.jsonl -> uuid (or None)."""
+    name = os.path.basename(path)
+    if not (name.startswith("rollout-") and name.endswith(".jsonl")):
+        return None
+    candidate = name[:-6][-36:]
+    return candidate if _UUID_RE.match(candidate) else None
+
+
+def parse_codex_session_index(records):
+    """session_index.jsonl records -> {thread id: name} (the last entry wins)."""
+    names = {}
+    for rec in records:
+        if isinstance(rec.get("id"), str) and isinstance(rec.get("thread_name"), str):
+            names[rec["id"]] = rec["thread_name"]
+    return names
+
+
+def opencode_status(message_data, running_tool=False):
+    """Status of an OpenCode session from its newest message's `data` JSON (and parts).
+
+    The DB cannot show a permission wait or a retry (both look like running): the plugin tells those.
+    """
+    if not isinstance(message_data, dict):
+        return "idle", None
+    if message_data.get("role") == "user":
+        return "running", None
+    err = message_data.get("error")
+    if isinstance(err, dict):
+        data = err.get("data") if isinstance(err.get("data"), dict) else {}
+        if err.get("name") == "MessageAbortedError":
+            return "interrupted", None
+        return "error", str(data.get("message") or err.get("name") or "error")[:MAX_LOG_MESSAGE]
+    times = message_data.get("time") if isinstance(message_data.get("time"), dict) else {}
+    if running_tool or not times.get("completed"):
+        return "running", None
+    finish = message_data.get("finish")
+    if finish == "stop":
+        return "done", None
+    if finish in ("tool-calls", "tool_calls", "length"):
+        return "running", None
+    return "interrupted", None  # completed with neither finish nor error: aborted during a retry
+
+
+def opencode_plugin_status(event_type, props):
+    """Map an OpenCode plugin event to (status, detail, attempt), or None to ignore it.
+
+    'idle' means the turn ended; the server turns it into done unless an error came first.
+    """
+    if event_type == "session.status":
+        st = props.get("status") if isinstance(props.get("status"), dict) else {}
+        kind = st.get("type")
+        if kind == "busy":
+            return "running", None, None
+        if kind == "retry":
+            return "retry", st.get("message"), _int(st.get("attempt"), None)
+        if kind == "idle":
+            return "idle", None, None
+        return None
+    if event_type == "session.idle":
+        return "idle", None, None
+    if event_type == "session.error":
+        err = props.get("error") if isinstance(props.get("error"), dict) else {}
+        if err.get("name") == "MessageAbortedError":
+            return "interrupted", None, None
+        data = err.get("data") if isinstance(err.get("data"), dict) else {}
+        return "error", str(data.get("message") or err.get("name") or "error")[:MAX_LOG_MESSAGE], None
+    if event_type == "permission.asked":
+        what = props.get("permission") or "permission"
+        patterns = props.get("patterns")
+        if isinstance(patterns, list) and patterns:
+            what = "%s: %s" % (what, patterns[0])
+        return "waiting", str(what)[:MAX_LOG_MESSAGE], None
+    if event_type == "permission.replied":
+        return "running", None, None
+    return None
+
+
+def settle_idle(old_status):
+    """A hook or plugin says the agent is idle: a turn that was under way is done; a turn that
+    ended in error or interrupt keeps that; nothing before stays idle."""
+    if old_status in ("running", "retry", "waiting"):
+        return "done"
+    if old_status in ("error", "interrupted", "done"):
+        return old_status
+    return "idle"
+
+
+# Amp: NOT CAPTURED. Amp keeps threads on its servers and could not be run offline, so no thread
+# file was seen here. This parser follows the publicly documented shape of
+# ~/.local/share/amp/threads/T-<uuid>.json ({id, title, created, env.initial.trees[].uri,
+# messages[{role, content, state{type: complete|cancelled|running|error, stopReason}, usage{model}}]})
+# and is unverified against a real file.
+def amp_thread_state(data, mtime_ms=0):
+    """Parse one Amp thread JSON document -> thread state, or None when it is not one."""
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+        return None
+    state = new_thread_state("amp", data["id"])
+    state["updatedAt"] = max(_int(data.get("created"), 0), mtime_ms)
+    if isinstance(data.get("title"), str) and data["title"]:
+        state["customTitle"] = data["title"]
+    env = data.get("env") if isinstance(data.get("env"), dict) else {}
+    initial = env.get("initial") if isinstance(env.get("initial"), dict) else {}
+    trees = initial.get("trees") if isinstance(initial.get("trees"), list) else []
+    for tree in trees:
+        uri = tree.get("uri") if isinstance(tree, dict) else None
+        if isinstance(uri, str) and uri.startswith("file://"):
+            from urllib.parse import unquote
+            state["cwd"] = unquote(uri[7:])
+            break
+    messages = data.get("messages") if isinstance(data.get("messages"), list) else []
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        role = msg.get("role")
+        st = msg.get("state") if isinstance(msg.get("state"), dict) else {}
+        usage = msg.get("usage") if isinstance(msg.get("usage"), dict) else {}
+        if isinstance(usage.get("model"), str):
+            state["model"] = usage["model"]
+        if role == "user":
+            texts = [t for t in _content_texts(msg.get("content")) if _is_prompt_text(t)]
+            if texts and not state["firstPrompt"]:
+                state["firstPrompt"] = texts[0]
+            if texts:
+                state["turns"] += 1
+                state.update(status="running", detail=None)
+        elif role == "assistant":
+            kind = st.get("type")
+            if kind == "cancelled":
+                state.update(status="interrupted", detail=None)
+            elif kind == "error":
+                state.update(status="error", detail=str(st.get("message") or "error")[:MAX_LOG_MESSAGE])
+            elif kind == "complete" and st.get("stopReason") == "end_turn":
+                state.update(status="done", detail=None)
+            else:
+                state.update(status="running", detail=None)
+    return state
+
+
+AGENT_COMMS = frozenset(("claude", "codex", "opencode", "amp", "node", "bun"))
+
+
+def classify_agent_process(comm, args):
+    """Which agent a process is -> 'claude' | 'codex' | 'opencode' | 'amp' | None.
+
+    Look-alikes are not agents: `claude -p` one-shots, `opencode run` children, language servers,
+    Codex's app-server daemon (it is not in a pane). Codex's node wrapper and its native child are
+    both 'codex' (the caller keeps the top-most one per pane).
+    """
+    argv0 = os.path.basename(args[0]) if args else ""
+    rest = args[1:] if args else []
+    names = {comm, argv0}
+    if "claude" in names:
+        if "-p" in rest or "--print" in rest:
+            return None
+        return "claude"
+    if "opencode" in names:
+        if rest[:1] in (["run"], ["serve"], ["lsp"], ["acp"]):
+            return None
+        return "opencode"
+    if "codex" in names:
+        if rest[:1] in (["app-server"], ["exec"], ["mcp-server"]):
+            return None
+        return "codex"
+    if comm in ("node", "bun") or argv0 in ("node", "bun"):
+        script = os.path.basename(rest[0]) if rest else ""
+        if script == "codex" and (len(rest) < 2 or rest[1] not in ("app-server", "exec")):
+            return "codex"
+        if script == "amp":
+            return "amp"
+        if script == "claude" and "-p" not in rest and "--print" not in rest:
+            return "claude"
+    if "amp" in names:
+        return "amp"
+    return None
+
+
+def agent_resume_id_from_args(agent, args):
+    """A session id given on the command line (--resume ID, -s ID, resume ID …), validated."""
+    rest = list(args[1:]) if args else []
+    if agent == "codex" and len(rest) >= 2 and os.path.basename(rest[0]) == "codex":
+        rest = rest[1:]  # the node wrapper: node …/codex <args>
+    candidates = []
+    flags = {"claude": ("--resume", "-r", "--session-id"), "opencode": ("-s", "--session"),
+             "codex": (), "amp": ()}.get(agent, ())
+    for i, a in enumerate(rest):
+        for f in flags:
+            if a == f and i + 1 < len(rest):
+                candidates.append(rest[i + 1])
+            elif a.startswith(f + "=") and f.startswith("--"):
+                candidates.append(a[len(f) + 1:])
+        if agent in ("codex", "amp") and a in ("resume", "continue") and i + 1 < len(rest):
+            candidates.append(rest[i + 1])
+    for c in candidates:
+        if valid_thread_id(agent, c):
+            return c
+    return None
+
+
+
+def hook_event(agent, payload, environ=None):
+    """Map a Claude Code or Codex hook payload (stdin JSON) to an /api/agent-event body, or None.
+
+    Claude and Codex share the hook format: hook_event_name, session_id, cwd, and per event
+    prompt / tool_name / error / notification_type. Neither fires a hook on an interrupt.
+    """
+    env = os.environ if environ is None else environ
+    if not isinstance(payload, dict):
+        return None
+    name = payload.get("hook_event_name")
+    sid = payload.get("session_id")
+    if not isinstance(name, str) or not valid_thread_id(agent, sid):
+        return None
+    status, detail, alive = None, None, None
+    if name == "SessionStart":
+        status = "idle"
+    elif name in ("UserPromptSubmit", "PreToolUse", "PostToolUse", "PostToolUseFailure"):
+        status = "running"
+    elif name == "PermissionRequest":
+        status = "waiting"
+        tool = payload.get("tool_name")
+        detail = "permission: %s" % tool if isinstance(tool, str) else "permission"
+    elif name == "Notification":
+        kind = payload.get("notification_type")
+        if kind not in (None, "permission_prompt", "elicitation_dialog"):
+            return None  # idle reminders and the like are not a change of state
+        status = "waiting"
+        detail = str(payload.get("message") or "permission")[:MAX_LOG_MESSAGE]
+    elif name == "Stop":
+        status = "idle"  # the server settles it: a turn under way becomes done
+    elif name == "StopFailure":
+        status = "error"
+        detail = str(payload.get("last_assistant_message") or payload.get("error") or "error")[:MAX_LOG_MESSAGE]
+    elif name == "SessionEnd":
+        status, alive = "idle", False
+    else:
+        return None
+    body = {"agent": agent, "status": status, "threadId": sid, "source": "hook"}
+    if detail:
+        body["detail"] = detail
+    if alive is False:
+        body["alive"] = False
+    if isinstance(payload.get("cwd"), str):
+        body["projectDir"] = payload["cwd"]
+    if isinstance(payload.get("model"), str):
+        body["model"] = payload["model"]
+    pane = env.get("TMUX_PANE")
+    if pane and re.match(r"^%\d+$", pane):
+        body["paneId"] = pane
+    pid = _int(env.get("CLAUDE_PID"), None) if agent == "claude" else None
+    if pid:
+        body["pid"] = pid
+    if name == "UserPromptSubmit" and isinstance(payload.get("prompt"), str):
+        body["prompt"] = payload["prompt"][:MAX_LOG_MESSAGE]
+    return body
 
 ##############################################################################
 # tmux gateway (the only place that runs tmux)
@@ -875,8 +1421,852 @@ class GitProbe(object):
 # Watchers
 ##############################################################################
 
-# (Filled by the watchers issue.)
+IN_MODIFY, IN_CLOSE_WRITE, IN_MOVED_FROM, IN_MOVED_TO = 0x2, 0x8, 0x40, 0x80
+IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_IGNORED = 0x100, 0x200, 0x400, 0x800, 0x4000, 0x8000
+IN_ISDIR, IN_NONBLOCK, IN_CLOEXEC = 0x40000000, 0o4000, 0o2000000
+DIR_EVENTS = IN_MODIFY | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF
+TAIL_BYTES = 128 * 1024  # cold start reads at most this much of a transcript's end
+HEAD_BYTES = 32 * 1024  # ... and this much of its start (for the first prompt)
+READ_CHUNK = 1024 * 1024
 
+
+class Inotify(object):
+    """Linux inotify through ctypes: one fd for the event loop, events as (wd, mask, name)."""
+
+    def __init__(self):
+        import ctypes
+        import ctypes.util
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        if not hasattr(libc, "inotify_init1"):
+            raise OSError("inotify is not available")
+        self._libc = libc
+        self.fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+
+    def add_watch(self, path, mask):
+        import ctypes
+        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+        if wd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_add_watch %s failed" % path)
+        return wd
+
+    def rm_watch(self, wd):
+        self._libc.inotify_rm_watch(self.fd, wd)
+
+    def read(self):
+        import struct
+        events = []
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            pos = 0
+            while pos + 16 <= len(data):
+                wd, mask, _cookie, length = struct.unpack_from("iIII", data, pos)
+                name = data[pos + 16:pos + 16 + length].rstrip(b"\0")
+                events.append((wd, mask, os.fsdecode(name)))
+                pos += 16 + length
+        return events
+
+    def close(self):
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+class FileTail(object):
+    """Follows one append-only file by byte offset: parses only appended bytes, holds a partial
+    last line, and notices truncation and replacement (inode change)."""
+
+    def __init__(self, path):
+        self.path = path
+        self.inode = None
+        self.offset = 0
+        self.buf = LineBuffer()
+        self.bytes_read = 0
+
+    def read(self, cold_tail=None):
+        """-> (lines, reset). reset is True when the file was replaced or truncated (start over).
+        On the first read with cold_tail, only the last cold_tail bytes are read."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return [], False
+        reset = False
+        skip_partial = False
+        if self.inode != st.st_ino or st.st_size < self.offset:
+            reset = self.inode is not None
+            first = self.inode is None
+            self.inode = st.st_ino
+            self.buf = LineBuffer()
+            self.offset = 0
+            if first and cold_tail and st.st_size > cold_tail:
+                self.offset = st.st_size - cold_tail
+                skip_partial = True
+        if st.st_size == self.offset:
+            return [], reset
+        lines = []
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                while True:
+                    chunk = f.read(READ_CHUNK)
+                    if not chunk:
+                        break
+                    self.offset += len(chunk)
+                    self.bytes_read += len(chunk)
+                    if skip_partial:
+                        nl = chunk.find(b"\n")
+                        if nl < 0:
+                            continue
+                        chunk = chunk[nl + 1:]
+                        skip_partial = False
+                    lines.extend(self.buf.feed(chunk))
+        except OSError:
+            pass
+        return lines, reset
+
+
+def read_head_lines(path, limit=HEAD_BYTES):
+    """Complete lines from the start of a file (for a title in a file read from its tail)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+    except OSError:
+        return []
+    lines = data.split(b"\n")
+    if len(data) == limit:
+        lines.pop()
+    return lines
+
+
+def sqlite_ro(path, timeout=0.2):
+    """Open an SQLite database read-only (never locks out its writer). Raises sqlite3.Error."""
+    import sqlite3
+    from urllib.parse import quote
+    conn = sqlite3.connect("file:%s?mode=ro" % quote(os.path.abspath(path)), uri=True, timeout=timeout,
+                           check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def agent_paths(environ=None):
+    """Where each agent keeps its files, with their environment overrides."""
+    env = os.environ if environ is None else environ
+    home = home_dir(env)
+    return {
+        "claude": env.get("CLAUDE_CONFIG_DIR") or os.path.join(home, ".claude"),
+        "codex": env.get("CODEX_HOME") or os.path.join(home, ".codex"),
+        "opencode_db": env.get("OPENCODE_DB") or os.path.join(xdg_dir("DATA", env), "opencode", "opencode.db"),
+        "opencode_config": os.path.join(xdg_dir("CONFIG", env), "opencode"),
+        "amp_threads": os.path.join(xdg_dir("DATA", env), "amp", "threads"),
+    }
+
+
+class AgentWatchers(object):
+    """Follows each agent's own files and databases and feeds thread updates to the server.
+
+    Runs on the server's event loop. inotify (Linux) wakes it within milliseconds; elsewhere a
+    cheap stat scan runs every `poll_interval` seconds. Cold start reads only the tails of files
+    changed in the last `recent_days` days.
+    """
+
+    def __init__(self, server, environ=None, recent_days=7.0, poll_interval=1.0, clock=time.time):
+        self.server = server
+        self.paths = agent_paths(environ)
+        self.recent_s = recent_days * 86400
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.inotify = None
+        self.watches = {}  # wd -> (dir, handler)
+        self.watched_dirs = {}  # dir -> wd
+        self.pending_dirs = {}  # missing dir -> handler (watched through an existing parent)
+        self.tails = {}  # path -> FileTail
+        self.states = {}  # path -> thread state
+        self.claude_registry = {}  # pid -> registry entry
+        self.claude_reg_files = {}  # registry file -> pid
+        self.codex_names = {}
+        self.codex_index_tail = None
+        self.oc_last = 0
+        self.oc_pending = False
+        self.oc_error_logged = False
+        self.amp_mtimes = {}
+        self.bad_records = 0
+        self._stat_cache = {}
+
+    # -- setup -----------------------------------------------------------------------------------
+    def start(self):
+        try:
+            self.inotify = Inotify()
+            self.server.loop.add_reader(self.inotify.fd, self._on_inotify)
+        except (OSError, AttributeError) as e:
+            log("inotify unavailable (%s); watching agent files by stat every %.1fs" % (e, self.poll_interval))
+            self.inotify = None
+        claude = self.paths["claude"]
+        self.watch_dir(os.path.join(claude, "sessions"), self._on_claude_registry_dir)
+        self.watch_dir(os.path.join(claude, "projects"), self._on_claude_projects_dir)
+        codex = self.paths["codex"]
+        self.watch_dir(codex, self._on_codex_home)
+        self.watch_dir(os.path.join(codex, "sessions"), self._on_codex_tree)
+        self.watch_dir(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
+        self.watch_dir(self.paths["amp_threads"], self._on_amp_dir)
+        self.cold_start()
+        if self.inotify is None:
+            self.server.loop.call_later(self.poll_interval, self._poll)
+
+    def cold_start(self):
+        self._scan_claude_registry()
+        self._scan_claude_projects()
+        self._read_codex_index()
+        self._read_codex_names_db()
+        self._scan_codex_sessions()
+        self._query_opencode()
+        self._scan_amp()
+
+    def watch_dir(self, path, handler):
+        """Watch a directory; a missing one is watched for through its nearest existing parent."""
+        if self.inotify is None:
+            self.pending_dirs.pop(path, None)
+            self.watched_dirs[path] = handler
+            return
+        if path in self.watched_dirs:
+            return
+        if os.path.isdir(path):
+            try:
+                wd = self.inotify.add_watch(path, DIR_EVENTS)
+            except OSError as e:
+                log("cannot watch %s: %s" % (path, e))
+                return
+            self.watches[wd] = (path, handler)
+            self.watched_dirs[path] = wd
+            self.pending_dirs.pop(path, None)
+            return
+        self.pending_dirs[path] = handler
+        parent = os.path.dirname(path)
+        while parent and parent != os.path.dirname(parent) and not os.path.isdir(parent):
+            parent = os.path.dirname(parent)
+        if parent and parent not in self.watched_dirs:
+            try:
+                wd = self.inotify.add_watch(parent, IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF)
+            except OSError:
+                return
+            self.watches[wd] = (parent, self._on_ancestor)
+            self.watched_dirs[parent] = wd
+
+    def _on_ancestor(self, directory, name, mask):
+        for path, handler in list(self.pending_dirs.items()):
+            if path == directory or path.startswith(directory.rstrip("/") + "/"):
+                if os.path.isdir(path):
+                    self.watch_dir(path, handler)
+                    handler(path, None, IN_CREATE | IN_ISDIR)
+                else:
+                    self.watch_dir(path, handler)  # a step nearer: watch the new parent
+
+    def _on_inotify(self):
+        changed = False
+        for wd, mask, name in self.inotify.read():
+            if mask & IN_Q_OVERFLOW:
+                self.cold_start()
+                changed = True
+                continue
+            entry = self.watches.get(wd)
+            if entry is None:
+                continue
+            directory, handler = entry
+            if mask & IN_IGNORED:
+                self.watches.pop(wd, None)
+                if self.watched_dirs.get(directory) == wd:
+                    del self.watched_dirs[directory]
+                continue
+            try:
+                handler(directory, name or None, mask)
+            except Exception:
+                import traceback
+                log("watcher failed on %s/%s:\n%s" % (directory, name, traceback.format_exc()))
+            changed = True
+        if changed:
+            self.server.after_watchers()
+
+    def _poll(self):
+        """Fallback without inotify: compare (mtime, size) of the watched directories' entries."""
+        for directory, handler in list(self.watched_dirs.items()):
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue
+            for name in names:
+                path = os.path.join(directory, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+                if self._stat_cache.get(path) != stamp:
+                    known = path in self._stat_cache
+                    self._stat_cache[path] = stamp
+                    mask = (IN_MODIFY if known else IN_CREATE) | (IN_ISDIR if os.path.isdir(path) else 0)
+                    handler(directory, name, mask)
+        self.server.after_watchers()
+        self.server.loop.call_later(self.poll_interval, self._poll)
+
+    def _recent(self, path):
+        try:
+            return self.clock() - os.stat(path).st_mtime <= self.recent_s
+        except OSError:
+            return False
+
+    # -- Claude Code -----------------------------------------------------------------------------
+    def _scan_claude_registry(self):
+        d = os.path.join(self.paths["claude"], "sessions")
+        try:
+            names = os.listdir(d)
+        except OSError:
+            return
+        for name in names:
+            if name.endswith(".json"):
+                self._read_claude_registry_file(os.path.join(d, name))
+
+    def _on_claude_registry_dir(self, directory, name, mask):
+        if name is None:
+            return self._scan_claude_registry()
+        if not name.endswith(".json") or name.startswith("."):
+            return
+        path = os.path.join(directory, name)
+        if mask & (IN_DELETE | IN_MOVED_FROM) or not os.path.exists(path):
+            pid = self.claude_registry_forget(path)
+            if pid is not None:
+                self.server.agent_pid_exited("claude", pid)
+            return
+        self._read_claude_registry_file(path)
+
+    def claude_registry_forget(self, path):
+        pid = self.claude_reg_files.pop(path, None)
+        if pid is not None:
+            self.claude_registry.pop(pid, None)
+        return pid
+
+    def _read_claude_registry_file(self, path):
+        try:
+            with open(path, "rb") as f:
+                entry = claude_registry_entry(json.loads(f.read().decode("utf-8")))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return  # half-written: the next event re-reads it
+        if entry is None:
+            return
+        self.claude_reg_files[path] = entry["pid"]
+        self.claude_registry[entry["pid"]] = entry
+        self._apply_claude(entry["sessionId"])
+
+    def _claude_transcript_path(self, session_id, cwd):
+        projects = os.path.join(self.paths["claude"], "projects")
+        if cwd:
+            p = os.path.join(projects, claude_project_dir_name(cwd), session_id + ".jsonl")
+            if os.path.exists(p):
+                return p
+        for path, st in self.states.items():
+            if st["agent"] == "claude" and st["id"] == session_id:
+                return path
+        return None
+
+    def _scan_claude_projects(self):
+        projects = os.path.join(self.paths["claude"], "projects")
+        try:
+            dirs = os.listdir(projects)
+        except OSError:
+            return
+        for d in dirs:
+            full = os.path.join(projects, d)
+            if os.path.isdir(full):
+                self.watch_dir(full, self._on_claude_project)
+                try:
+                    names = os.listdir(full)
+                except OSError:
+                    continue
+                for name in names:
+                    if name.endswith(".jsonl"):
+                        path = os.path.join(full, name)
+                        if path not in self.tails and self._recent(path):
+                            self._read_claude_transcript(path)
+
+    def _on_claude_projects_dir(self, directory, name, mask):
+        if name is None:
+            return self._scan_claude_projects()
+        full = os.path.join(directory, name)
+        if os.path.isdir(full):
+            self.watch_dir(full, self._on_claude_project)
+            for n in os.listdir(full):
+                if n.endswith(".jsonl"):
+                    self._read_claude_transcript(os.path.join(full, n))
+
+    def _on_claude_project(self, directory, name, mask):
+        if name and name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
+            self._read_claude_transcript(os.path.join(directory, name))
+
+    def _read_claude_transcript(self, path):
+        sid = os.path.basename(path)[:-6]
+        if not _UUID_RE.match(sid):
+            return
+        tail = self.tails.get(path)
+        cold = tail is None
+        if cold:
+            tail = self.tails[path] = FileTail(path)
+        lines, reset = tail.read(cold_tail=TAIL_BYTES)
+        state = self.states.get(path)
+        if state is None or reset:
+            state = self.states[path] = new_thread_state("claude", sid)
+            if cold and tail.offset > len(lines) and tail.inode is not None:
+                head_state = new_thread_state("claude", sid)
+                records, _ = parse_json_lines(read_head_lines(path))
+                for rec in records:
+                    claude_reduce(head_state, rec)
+                state["firstPrompt"] = head_state["firstPrompt"]
+                state["cwd"] = head_state["cwd"]
+        records, bad = parse_json_lines(lines)
+        self.bad_records += bad
+        state["bad"] += bad
+        if not records:
+            return
+        for rec in records:
+            claude_reduce(state, rec)
+        self._apply_claude(sid)
+
+    def _apply_claude(self, sid):
+        """Combine the registry (live) and the transcript (history) for one Claude thread."""
+        # A crashed Claude leaves its file behind (it says nothing live); a resumed session can
+        # have a stale file and a live one: the live one wins.
+        live = [e for e in self.claude_registry.values() if e["sessionId"] == sid and claude_registry_alive(e)]
+        entry = max(live, key=lambda e: e["updatedAt"]) if live else None
+        path = self._claude_transcript_path(sid, entry["cwd"] if entry else None)
+        state = self.states.get(path) if path else None
+        if path and state is None:
+            self._read_claude_transcript(path)
+            state = self.states.get(path)
+        if state is None:
+            state = new_thread_state("claude", sid)
+            if entry:
+                state["cwd"] = entry["cwd"]
+        registry_status = entry["status"] if entry else None
+        status, detail = claude_live_status(state["status"], registry_status,
+                                            entry["waitingFor"] if entry else None, state["turns"])
+        if detail is None and status == state["status"]:
+            detail = state["detail"]
+        fields = dict(status=status, detail=detail, title=thread_title(state, entry["name"] if entry else None),
+                      cwd=state["cwd"] or (entry and entry["cwd"]), model=state["model"], source="file")
+        if entry:
+            fields["pid"] = entry["pid"]
+            fields["proc_start"] = entry["procStart"]
+        updated = max(state["updatedAt"], entry["updatedAt"] if entry else 0)
+        self.server.apply_thread_update("claude", sid, updated_at=updated or None, **fields)
+
+    # -- Codex -----------------------------------------------------------------------------------
+    def _on_codex_home(self, directory, name, mask):
+        if name == "session_index.jsonl":
+            self._read_codex_index()
+        elif name in ("state_5.sqlite", "state_5.sqlite-wal"):
+            self._read_codex_names_db()
+        elif name == "sessions" and mask & IN_ISDIR:
+            self.watch_dir(os.path.join(directory, name), self._on_codex_tree)
+            self._scan_codex_sessions()
+
+    def _read_codex_index(self):
+        path = os.path.join(self.paths["codex"], "session_index.jsonl")
+        if self.codex_index_tail is None:
+            self.codex_index_tail = FileTail(path)
+        lines, _ = self.codex_index_tail.read()
+        records, bad = parse_json_lines(lines)
+        self.bad_records += bad
+        names = parse_codex_session_index(records)
+        if names:
+            self.codex_names.update(names)
+            for path, st in self.states.items():
+                if st["agent"] == "codex" and st["id"] in names:
+                    self._apply_codex(path)
+
+    def _read_codex_names_db(self):
+        """Thread names from state_5.sqlite (read-only; a locked or half-written DB is skipped)."""
+        import sqlite3
+        path = os.path.join(self.paths["codex"], "state_5.sqlite")
+        if not os.path.exists(path):
+            return
+        try:
+            conn = sqlite_ro(path)
+            try:
+                rows = conn.execute("SELECT id, name FROM threads WHERE name IS NOT NULL AND name != ''").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            log("codex state_5.sqlite not readable now (%s); will retry on its next change" % e)
+            return
+        for row in rows:
+            if self.codex_names.get(row["id"]) != row["name"]:
+                self.codex_names[row["id"]] = row["name"]
+
+    def _scan_codex_sessions(self):
+        root = os.path.join(self.paths["codex"], "sessions")
+        try:
+            years = sorted(os.listdir(root))
+        except OSError:
+            return
+        horizon = time.strftime("%Y/%m/%d", time.localtime(self.clock() - self.recent_s - 86400))
+        for y in years:
+            ydir = os.path.join(root, y)
+            if not os.path.isdir(ydir):
+                continue
+            self.watch_dir(ydir, self._on_codex_tree)
+            for m in sorted(os.listdir(ydir)):
+                mdir = os.path.join(ydir, m)
+                if not os.path.isdir(mdir) or "%s/%s/99" % (y, m) < horizon:
+                    continue
+                self.watch_dir(mdir, self._on_codex_tree)
+                for d in sorted(os.listdir(mdir)):
+                    ddir = os.path.join(mdir, d)
+                    if not os.path.isdir(ddir) or "%s/%s/%s" % (y, m, d) < horizon:
+                        continue
+                    self.watch_dir(ddir, self._on_codex_tree)
+                    for name in os.listdir(ddir):
+                        path = os.path.join(ddir, name)
+                        if codex_id_from_path(path) and path not in self.tails and self._recent(path):
+                            self._read_codex_rollout(path)
+
+    def _on_codex_tree(self, directory, name, mask):
+        if name is None:
+            return self._scan_codex_sessions()
+        path = os.path.join(directory, name)
+        if mask & IN_ISDIR or os.path.isdir(path):
+            self.watch_dir(path, self._on_codex_tree)
+            for sub in sorted(os.listdir(path)) if os.path.isdir(path) else ():
+                self._on_codex_tree(path, sub, IN_CREATE)
+        elif codex_id_from_path(path) and not mask & (IN_DELETE | IN_MOVED_FROM):
+            self._read_codex_rollout(path)
+
+    def _read_codex_rollout(self, path):
+        tid = codex_id_from_path(path)
+        tail = self.tails.get(path)
+        cold = tail is None
+        if cold:
+            tail = self.tails[path] = FileTail(path)
+        lines, reset = tail.read(cold_tail=TAIL_BYTES)
+        state = self.states.get(path)
+        if state is None or reset:
+            state = self.states[path] = new_thread_state("codex", tid)
+            if cold and tail.offset > TAIL_BYTES:
+                head = new_thread_state("codex", tid)
+                for rec in parse_json_lines(read_head_lines(path))[0]:
+                    codex_reduce(head, rec)
+                state.update(firstPrompt=head["firstPrompt"], cwd=head["cwd"], model=head["model"])
+        records, bad = parse_json_lines(lines)
+        self.bad_records += bad
+        state["bad"] += bad
+        if not records:
+            return
+        before = state["status"]
+        moved = False
+        for rec in records:
+            codex_reduce(state, rec)
+            p = rec.get("payload") if isinstance(rec.get("payload"), dict) else {}
+            if rec.get("type") == "event_msg" or p.get("type") in ("function_call_output", "message"):
+                moved = moved or p.get("type") not in ("token_count", "thread_settings_applied")
+        self._apply_codex(path, moved or before != state["status"])
+
+    def _apply_codex(self, path, moved=True):
+        state = self.states[path]
+        tid = state["id"]
+        current = self.server.store.threads.get(("codex", tid))
+        status = state["status"]
+        if current is not None and current.status == "waiting" and status == "running" and not moved:
+            status = "waiting"  # an approval wait is only known from the hook; the file has not moved on
+        self.server.apply_thread_update(
+            "codex", tid, status=status, detail=state["detail"] if status == state["status"] else None,
+            title=thread_title(state, self.codex_names.get(tid)), cwd=state["cwd"], model=state["model"],
+            updated_at=state["updatedAt"] or None, source="file", rollout=path)
+
+    # -- OpenCode --------------------------------------------------------------------------------
+    def _on_opencode_dir(self, directory, name, mask):
+        base = os.path.basename(self.paths["opencode_db"])
+        if name in (None, base, base + "-wal"):
+            self._schedule_opencode()
+
+    def _schedule_opencode(self):
+        """OpenCode writes its WAL many times per second while streaming: query at most every 100 ms."""
+        if self.oc_pending:
+            return
+        self.oc_pending = True
+        self.server.loop.call_later(0.1, self._query_opencode_later)
+
+    def _query_opencode_later(self):
+        self.oc_pending = False
+        self._query_opencode()
+        self.server.after_watchers()
+
+    def _query_opencode(self):
+        """Read only the sessions changed since the last look (read-only, short busy timeout)."""
+        import sqlite3
+        path = self.paths["opencode_db"]
+        if not os.path.exists(path):
+            return
+        since = self.oc_last or int((self.clock() - self.recent_s) * 1000)
+        try:
+            conn = sqlite_ro(path)
+            try:
+                sessions = conn.execute(
+                    "SELECT id, parent_id, directory, title, time_updated, model FROM session "
+                    "WHERE time_updated > ? ORDER BY time_updated", (since,)).fetchall()
+                updates = []
+                for s in sessions:
+                    msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "
+                                       "ORDER BY time_created DESC, id DESC LIMIT 1", (s["id"],)).fetchone()
+                    running_tool = False
+                    data = None
+                    if msg is not None:
+                        try:
+                            data = json.loads(msg["data"])
+                        except ValueError:
+                            self.bad_records += 1
+                        running_tool = conn.execute(
+                            "SELECT 1 FROM part WHERE message_id = ? AND data LIKE '%\"status\":\"running\"%' LIMIT 1",
+                            (msg["id"],)).fetchone() is not None
+                    updates.append((s, data, running_tool))
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            if not self.oc_error_logged:
+                log("opencode.db not readable now (%s); retrying on its next change" % e)
+                self.oc_error_logged = True
+            return
+        self.oc_error_logged = False
+        for s, data, running_tool in updates:
+            self.oc_last = max(self.oc_last, s["time_updated"] or 0)
+            status, detail = opencode_status(data, running_tool)
+            model = None
+            try:
+                m = json.loads(s["model"]) if s["model"] else None
+                if isinstance(m, dict):
+                    model = m.get("id") or m.get("modelID")
+            except (ValueError, TypeError):
+                pass
+            if isinstance(data, dict) and data.get("modelID"):
+                model = data["modelID"]
+            current = self.server.store.threads.get(("opencode", s["id"]))
+            if current is not None and current.source == "plugin" and current.status in ("waiting", "retry") \
+                    and status == "running":
+                status, detail = current.status, current.detail  # the DB cannot see these; the plugin can
+            self.server.apply_thread_update(
+                "opencode", s["id"], status=status, detail=detail, title=_clip_title(s["title"] or ""),
+                cwd=s["directory"], model=model, updated_at=s["time_updated"], hidden=bool(s["parent_id"]),
+                source=current.source if current is not None and current.source == "plugin" else "file")
+
+    # -- Amp (format unverified, see amp_thread_state) -----------------------------------------------
+    def _scan_amp(self):
+        d = self.paths["amp_threads"]
+        try:
+            names = os.listdir(d)
+        except OSError:
+            return
+        for name in names:
+            path = os.path.join(d, name)
+            if name.endswith(".json") and self._recent(path):
+                self._read_amp(path)
+
+    def _on_amp_dir(self, directory, name, mask):
+        if name is None:
+            return self._scan_amp()
+        if name.endswith(".json") and not mask & (IN_DELETE | IN_MOVED_FROM):
+            self._read_amp(os.path.join(directory, name))
+
+    def _read_amp(self, path):
+        try:
+            st = os.stat(path)
+            if self.amp_mtimes.get(path) == (st.st_mtime_ns, st.st_size):
+                return
+            with open(path, "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            self.bad_records += 1
+            return  # half-written (Amp rewrites the whole file): the next event re-reads it
+        self.amp_mtimes[path] = (st.st_mtime_ns, st.st_size)
+        state = amp_thread_state(data, int(st.st_mtime * 1000))
+        if state is None:
+            return
+        self.server.apply_thread_update("amp", state["id"], status=state["status"], detail=state["detail"],
+                                        title=thread_title(state), cwd=state["cwd"], model=state["model"],
+                                        updated_at=state["updatedAt"], source="file")
+
+    def close(self):
+        if self.inotify is not None:
+            self.server.loop.remove_reader(self.inotify.fd)
+            self.inotify.close()
+            self.inotify = None
+
+
+
+OPENCODE_PLUGIN_NAME = "opensessions.js"
+# The OpenCode plugin: forwards the few events that carry live status (busy / retry / idle, errors,
+# permission asked / replied) to the server; the server maps them (opencode_plugin_status).
+OPENCODE_PLUGIN = r"""// opensessions: reports OpenCode session status to the opensessions server.
+// Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks OpenCode.
+import fs from "node:fs";
+import path from "node:path";
+import crypto from "node:crypto";
+
+const TYPES = new Set(["session.status", "session.idle", "session.error", "permission.asked",
+  "permission.replied", "session.updated"]);
+
+function port() {
+  if (process.env.OPENSESSIONS_PORT) return Number(process.env.OPENSESSIONS_PORT);
+  try {
+    const uid = process.getuid();
+    const t = process.env.TMUX;
+    const sock = t ? t.split(",").slice(0, -2).join(",")
+      : path.join(process.env.TMUX_TMPDIR || "/tmp", "tmux-" + uid, "default");
+    const key = crypto.createHash("sha1").update(sock).digest("hex").slice(0, 12);
+    const xdg = process.env.XDG_RUNTIME_DIR;
+    const dir = xdg && fs.existsSync(xdg) ? path.join(xdg, "opensessions")
+      : path.join(process.env.TMPDIR || "/tmp", "opensessions-" + uid);
+    const info = JSON.parse(fs.readFileSync(path.join(dir, "server-" + key + ".json"), "utf8"));
+    if (info.port) return info.port;
+  } catch (e) {}
+  return 7391;
+}
+
+function slim(event) {
+  const p = event.properties || {};
+  const out = { sessionID: p.sessionID || (p.info && p.info.id), status: p.status, error: p.error,
+    permission: p.permission, patterns: p.patterns };
+  if (event.type === "session.updated" && p.info) {
+    out.title = p.info.title; out.parentID = p.info.parentID; out.directory = p.info.directory;
+  }
+  return out;
+}
+
+export const OpenSessions = async (ctx) => {
+  return {
+    event: async ({ event }) => {
+      if (!event || !TYPES.has(event.type)) return;
+      const body = JSON.stringify({ type: event.type, properties: slim(event), pid: process.pid,
+        directory: ctx.directory, paneId: process.env.TMUX_PANE || null });
+      try {
+        await fetch("http://127.0.0.1:" + port() + "/api/opencode-event", { method: "POST",
+          headers: { "content-type": "application/json" }, body, signal: AbortSignal.timeout(1000) });
+      } catch (e) {}
+    },
+  };
+};
+"""
+CLAUDE_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "StopFailure", "Notification",
+                      "PermissionRequest")
+CODEX_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "PermissionRequest")
+
+
+def _is_our_hook(hook, agent):
+    cmd = hook.get("command") if isinstance(hook, dict) else None
+    return isinstance(cmd, str) and "opensessions" in cmd and cmd.rstrip().endswith(" hook " + agent)
+
+
+def hooks_install(config, agent, events, command):
+    """Add our hook to each event of a Claude/Codex-format hook config (a dict); keep every other
+    entry. Idempotent. Returns the new config (the input is not changed)."""
+    import copy
+    config = copy.deepcopy(config) if config else {}
+    hooks = config.setdefault("hooks", {})
+    if not isinstance(hooks, dict):
+        raise OpensessionsError("'hooks' in the config is not an object; not touching it")
+    config = hooks_uninstall(config, agent)
+    hooks = config.setdefault("hooks", {})
+    for event in events:
+        groups = hooks.setdefault(event, [])
+        if not isinstance(groups, list):
+            raise OpensessionsError("hooks.%s is not a list; not touching it" % event)
+        groups.append({"hooks": [{"type": "command", "command": command, "timeout": 5}]})
+    return config
+
+
+def hooks_uninstall(config, agent):
+    """Remove our hooks (and only ours) from a hook config; drop groups and events left empty."""
+    import copy
+    config = copy.deepcopy(config) if config else {}
+    hooks = config.get("hooks")
+    if not isinstance(hooks, dict):
+        return config
+    for event in list(hooks):
+        groups = hooks[event]
+        if not isinstance(groups, list):
+            continue
+        kept = []
+        for g in groups:
+            if isinstance(g, dict) and isinstance(g.get("hooks"), list):
+                inner = [h for h in g["hooks"] if not _is_our_hook(h, agent)]
+                if not inner and g["hooks"]:
+                    continue
+                g = dict(g, hooks=inner)
+            kept.append(g)
+        if kept:
+            hooks[event] = kept
+        else:
+            del hooks[event]
+    if not hooks:
+        del config["hooks"]
+    return config
+
+
+def _edit_json_config(path, change):
+    """Read a JSON config, apply change(dict) -> dict, back it up and write it atomically.
+    A file that is not valid JSON is refused and left untouched. -> True if it changed."""
+    existing = None
+    raw = None
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            existing = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError) as e:
+            raise OpensessionsError("%s is not valid JSON (%s); fix it first, it was not changed" % (path, e))
+        if not isinstance(existing, dict):
+            raise OpensessionsError("%s does not hold a JSON object; it was not changed" % path)
+    new = change(existing or {})
+    if existing is not None and new == existing:
+        return False
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if raw is not None:
+        atomic_write(path + ".opensessions.bak", raw)
+    if not new and existing is not None and not raw.strip():
+        return False
+    atomic_write(path, json.dumps(new, indent=2, ensure_ascii=False) + "\n", mode=0o644)
+    return True
+
+
+def install_agents(command_prefix, environ=None, uninstall=False):
+    """Add (or remove) our Claude and Codex hooks and the OpenCode plugin. -> list of messages."""
+    paths = agent_paths(environ)
+    done = []
+    for agent, path, events in (("claude", os.path.join(paths["claude"], "settings.json"), CLAUDE_HOOK_EVENTS),
+                                ("codex", os.path.join(paths["codex"], "hooks.json"), CODEX_HOOK_EVENTS)):
+        if uninstall:
+            if os.path.exists(path) and _edit_json_config(path, lambda c: hooks_uninstall(c, agent)):
+                done.append("removed %s hooks from %s" % (agent, path))
+        else:
+            command = command_prefix + " hook " + agent
+            if _edit_json_config(path, lambda c: hooks_install(c, agent, events, command)):
+                done.append("installed %s hooks in %s" % (agent, path))
+    plugin = os.path.join(paths["opencode_config"], "plugins", OPENCODE_PLUGIN_NAME)
+    if uninstall:
+        if os.path.exists(plugin):
+            os.unlink(plugin)
+            done.append("removed the OpenCode plugin %s" % plugin)
+    else:
+        current = None
+        if os.path.exists(plugin):
+            with open(plugin, "r", encoding="utf-8") as f:
+                current = f.read()
+        if current != OPENCODE_PLUGIN:
+            os.makedirs(os.path.dirname(plugin), exist_ok=True)
+            atomic_write(plugin, OPENCODE_PLUGIN, mode=0o644)
+            done.append("installed the OpenCode plugin %s" % plugin)
+    return done
 
 ##############################################################################
 # Server: event loop, state store, HTTP handlers, runtime file and lock
@@ -1030,6 +2420,7 @@ class Store(object):
         self.published = None  # (version, dict, bytes)
         self.cond = threading.Condition()
         self._dirty = True
+        self.recent_ms = RECENT_MS
 
     def touch(self):
         self._dirty = True
@@ -1063,8 +2454,12 @@ class Store(object):
         """The /state document."""
         by_session = {}
         orphans = []
+        now = now_ms(self.clock)
+        live_names = {s["name"] for s in self.sessions}
         for t in self.threads.values():
-            if t.session is not None:
+            if not thread_visible(t, now, self.recent_ms):
+                continue
+            if t.session is not None and t.session in live_names:
                 by_session.setdefault(t.session, []).append(t)
             else:
                 orphans.append(t)
@@ -1088,7 +2483,7 @@ class Store(object):
             "clients": [{"name": c["name"], "session": c["session"], "window": c["window"],
                          "pane": c["pane"]} for c in self.clients if not c["control"]],
             "sessions": out_sessions,
-            "threads": [t.to_json() for t in sorted(orphans, key=lambda t: -t.updated_at) if not t.hidden],
+            "threads": [t.to_json() for t in sorted(orphans, key=lambda t: -t.updated_at)[:MAX_ORPHANS]],
         }
 
     def publish(self):
@@ -1111,22 +2506,13 @@ class Store(object):
             self.cond.notify_all()
         return True
 
-    def metadata_json(self):
+    def metadata_json(self, keep_ms=7 * 86400 * 1000):
+        """What survives a restart: metadata, and threads that are alive, unseen or recent."""
+        now = now_ms(self.clock)
         return {"metadata": self.metadata,
                 "threads": [dict(t.to_json(), hidden=t.hidden, source=t.source)
-                            for t in self.threads.values()]}
-
-
-def _pid_alive(pid):
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+                            for t in self.threads.values()
+                            if t.alive or t.unseen or now - t.updated_at <= keep_ms]}
 
 
 class RuntimeFiles(object):
@@ -1232,6 +2618,13 @@ class Server(object):
         self._git_jobs = set()
         self.exit_reason = None
         self.notifier = None
+        self.watchers = None
+        self.cold_starting = False
+        self._known_before_cold = frozenset()
+        self.process_table = None
+        self.pane_of_pid = {}
+        self.pane_agents = {}
+        self._codex_fd_links = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self):
@@ -1244,6 +2637,14 @@ class Server(object):
             self._bind()
             self.runtime.write(self.port)
             self.refresh()
+            if self.watchers is not None:
+                self.cold_starting = True
+                self._known_before_cold = frozenset(self.store.threads)
+                try:
+                    self.watchers.start()
+                finally:
+                    self.cold_starting = False
+                self.map_threads()
             self.store.publish()
             self._start_control()
             self.loop.call_later(2.0, self._ports_timer)
@@ -1289,6 +2690,8 @@ class Server(object):
             self.httpd.server_close()
             self.httpd = None
         self._stop_control()
+        if self.watchers is not None:
+            self.watchers.close()
         self._save_state_now()
         self.runtime.release()
 
@@ -1399,7 +2802,92 @@ class Server(object):
         self.on_tmux_refreshed()
 
     def on_tmux_refreshed(self):
-        """Hook for the watchers: panes and clients changed."""
+        """Panes and clients changed: re-link threads to panes, clear what a client now views."""
+        self.map_threads()
+        self.clear_viewed()
+
+    def after_watchers(self):
+        """Agent files changed (called by the watchers after a batch of events)."""
+        self.map_threads()
+        self.publish()
+
+    def agent_pid_exited(self, agent, pid):
+        for t in self.store.threads.values():
+            if t.agent == agent and t.pid == pid and t.alive:
+                t.alive = False
+                self.store.touch()
+
+    def map_threads(self):
+        """Link each thread to its pane: by pid first (registry, hooks, plugin, open rollout file,
+        resume argument), then, only for agent processes nothing links, by cwd. One thread never
+        gets two panes, and one pane never gets two guessed threads."""
+        table = getattr(self, "process_table", None)
+        if table is None:
+            return
+        need_reread = any(t.pid and t.pid not in table and t.alive for t in self.store.threads.values())
+        if need_reread and time.monotonic() - getattr(self, "_processes_read_at", 0) > 0.2:
+            self._read_processes()
+            table = self.process_table
+        pane_session = {}
+        pane_cwd = {}
+        for s in self.store.sessions:
+            for w in s["windows"]:
+                for p in w["panes"]:
+                    pane_session[p["id"]] = s["name"]
+                    pane_cwd[p["id"]] = p["cwd"]
+        threads = self.store.threads
+        for pid, tid in self._codex_fd_links.items():
+            t = threads.get(("codex", tid))
+            if t is not None and t.pid != pid:
+                t.pid = pid
+        for pane_id, (agent, pid, args) in self.pane_agents.items():
+            rid = agent_resume_id_from_args(agent, args)
+            t = threads.get((agent, rid)) if rid else None
+            if t is not None and not (t.pid and t.pid in table and t.pid != pid):
+                t.pid = pid
+        linked_panes = set()
+        for t in threads.values():
+            if t.pid:
+                proc = table.get(t.pid)
+                alive = proc is not None and (t.proc_start is None or proc.start == t.proc_start
+                                              or not os.path.isdir("/proc/self"))
+                pane = self.pane_of_pid.get(t.pid) if alive else None
+                self._set_link(t, alive, pane, pane_session, "pid" if pane else None)
+                if pane:
+                    linked_panes.add((t.agent, pane))
+            elif t.link == "cwd":
+                self._set_link(t, False, None, pane_session, None)
+        taken = {t.key for t in threads.values() if t.alive}
+        for pane_id, (agent, pid, args) in sorted(self.pane_agents.items()):
+            if (agent, pane_id) in linked_panes:
+                continue
+            cwd = pane_cwd.get(pane_id)
+            candidates = [t for t in threads.values()
+                          if t.agent == agent and t.key not in taken and not t.hidden and t.cwd
+                          and most_specific_dir(cwd, [t.cwd]) is not None]
+            if not candidates:
+                continue
+            best = max(candidates, key=lambda t: (len(t.cwd), t.updated_at))
+            taken.add(best.key)
+            best.pid = pid
+            self._set_link(best, True, pane_id, pane_session, "cwd")
+
+    def _set_link(self, t, alive, pane, pane_session, link):
+        session = pane_session.get(pane) if pane else t.session  # a dead thread stays where it ran
+        if (t.alive, t.pane, t.session, t.link) != (alive, pane or (t.pane if not alive else None), session, link):
+            t.alive = alive
+            if pane or alive:
+                t.pane = pane
+            t.session = session
+            t.link = link
+            self.store.touch()
+
+    def clear_viewed(self):
+        for t in self.store.threads.values():
+            if t.unseen and self.is_viewed(t):
+                t.unseen = False
+                self.store.touch()
+                self._schedule_save()
 
     def _refresh_git(self):
         git = {}
@@ -1434,19 +2922,65 @@ class Server(object):
         self.publish()
 
     def _refresh_port_groups(self):
+        self._read_processes()
+        self._update_ports()
+
+    def _read_processes(self):
+        """One process-table read: which pane each process is under, and the agents in panes."""
         table = process_table()
         kids = children_index(table)
         groups = {}
+        pane_of_pid = {}
+        agents = {}  # pane id -> (agent, pid, args) of the top-most agent process in it
         for s in self.store.sessions:
             pids = []
             for w in s["windows"]:
                 for p in w["panes"]:
-                    if p["pid"]:
-                        pids.extend(descendants(p["pid"], kids))
+                    if not p["pid"]:
+                        continue
+                    under = descendants(p["pid"], kids)
+                    pids.extend(under)
+                    for pid in under:
+                        pane_of_pid[pid] = p["id"]
+                    for pid in under[1:]:
+                        proc = table.get(pid)
+                        if proc is None or p["id"] in agents:
+                            continue
+                        if proc.comm in AGENT_COMMS:
+                            args = process_args(pid)
+                            agent = classify_agent_process(proc.comm, args)
+                            if agent:
+                                agents[p["id"]] = (agent, pid, args)
             groups[s["id"]] = pids
         self._pid_groups = groups
         self.process_table = table
-        self._update_ports()
+        self.pane_of_pid = pane_of_pid
+        self.pane_agents = agents
+        self._processes_read_at = time.monotonic()
+        self._codex_fd_links = self._codex_open_rollouts(table)
+
+    def _codex_open_rollouts(self, table):
+        """pid -> thread id for Codex processes holding a rollout file open (/proc/<pid>/fd)."""
+        links = {}
+        if not os.path.isdir("/proc/self"):
+            return links
+        for proc in table.values():
+            if proc.comm != "codex":
+                continue
+            fd_dir = "/proc/%d/fd" % proc.pid
+            try:
+                fds = os.listdir(fd_dir)
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    target = os.readlink(os.path.join(fd_dir, fd))
+                except OSError:
+                    continue
+                tid = codex_id_from_path(target)
+                if tid:
+                    links[proc.pid] = tid
+        return links
 
     def _update_ports(self):
         self.store.ports = ports_for_pids(self._pid_groups)
@@ -1539,6 +3073,15 @@ class Server(object):
             found = self.store.session_of_pane(ev["paneId"])
             if found:
                 session, pane = found[0], ev["paneId"]
+        if session is None and ev["pid"] and getattr(self, "pane_of_pid", None) is not None:
+            pane = self.pane_of_pid.get(ev["pid"])
+            if pane is None:
+                self._read_processes()
+                pane = self.pane_of_pid.get(ev["pid"])
+            if pane is None:
+                self.schedule_refresh()  # a pane tmux has not told us about yet: link it after
+            found = self.store.session_of_pane(pane) if pane else None
+            session = found[0] if found else None
         if session is None and ev["tmuxSession"]:
             session = self.store.session_by_name(ev["tmuxSession"])
         if session is None and ev["projectDir"]:
@@ -1546,32 +3089,102 @@ class Server(object):
         thread_id = ev["threadId"] or (pane and "pane" + pane) or (session and "session-" + session["name"])
         if not thread_id:
             return False
-        self.apply_thread_update(ev["agent"], thread_id, status=ev["status"], title=ev["threadName"],
-                                 detail=ev["detail"], attempt=ev["attempt"], pane=pane,
-                                 session=session["name"] if session else None, cwd=ev["projectDir"],
-                                 model=ev["model"], pid=ev["pid"], source="api")
+        current = self.store.threads.get((ev["agent"], thread_id))
+        status = ev["status"]
+        if status == "idle":
+            status = settle_idle(current.status if current else None)
+        fields = dict(status=status, title=ev["threadName"], detail=ev["detail"], attempt=ev["attempt"],
+                      cwd=ev["projectDir"], model=ev["model"], pid=ev["pid"],
+                      source=ev["source"] or "api")
+        if ev["alive"] is False:
+            fields["alive"] = False
+        elif ev["pid"] is None:
+            fields["alive"] = True
+        if ev["prompt"] and (current is None or not current.title):
+            fields["title"] = fields["title"] or _clip_title(ev["prompt"])
+        t = self.apply_thread_update(ev["agent"], thread_id, **fields)
+        if pane and t.pid is None:
+            t.pane, t.link = pane, "api"
+        if session is not None and t.session != session["name"] and (pane or not t.pane):
+            t.session = session["name"]
+            self.store.touch()
+        self.map_threads()
         return session is not None
 
+    def api_opencode_event(self, body):
+        """An event from our OpenCode plugin -> an agent event (see opencode_plugin_status)."""
+        etype = body.get("type")
+        props = body.get("properties")
+        if not isinstance(etype, str) or not isinstance(props, dict):
+            raise ApiError(400, "'type' (string) and 'properties' (object) are required")
+        sid = props.get("sessionID")
+        if not valid_thread_id("opencode", sid):
+            raise ApiError(400, "'properties.sessionID' must be an OpenCode session id (ses_…)")
+        if etype == "session.updated":
+            fields = {}
+            if isinstance(props.get("title"), str):
+                fields["title"] = _clip_title(props["title"])
+            if props.get("parentID"):
+                fields["hidden"] = True
+            if fields:
+                self.apply_thread_update("opencode", sid, **fields)
+            return True
+        mapped = opencode_plugin_status(etype, props)
+        if mapped is None:
+            return True
+        status, detail, attempt = mapped
+        event = {"agent": "opencode", "status": status, "threadId": sid, "detail": detail, "attempt": attempt,
+                 "source": "plugin"}
+        for key, src_key in (("pid", "pid"), ("paneId", "paneId"), ("projectDir", "directory")):
+            if body.get(src_key) is not None:
+                event[key] = body[src_key]
+        if status == "retry":
+            current = self.store.threads.get(("opencode", sid))
+            if current is not None and current.status == "retry" and current.attempt == attempt:
+                return True
+        return self.api_agent_event(event)
+
     def apply_thread_update(self, agent, thread_id, **fields):
-        """Create or update one thread; applies the unseen rule. Runs on the loop thread."""
+        """Create or update one thread and apply the unseen rule. Runs on the loop thread.
+
+        A thread discovered by the cold-start scan is not unseen: only states observed live are,
+        and changes to threads we knew before a restart (it finished while we were down). `updated_at` may be given (the record's own time), else now."""
         key = (agent, thread_id)
         t = self.store.threads.get(key)
-        if t is None:
-            t = Thread(agent, thread_id, title="", status="idle")
+        is_new = t is None
+        if is_new:
+            t = Thread(agent, thread_id, title="", status="idle", alive=False)
             self.store.threads[key] = t
-        old_status = t.status
+        old = (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.hidden, t.alive)
+        updated_at = fields.pop("updated_at", None)
         for name, value in fields.items():
-            if value is not None:
+            if value is not None and (name != "title" or value):
                 setattr(t, name, value)
-        t.updated_at = now_ms(self.clock)
-        if "status" in fields and fields["status"] is not None:
-            if becomes_unseen(old_status, t.status, self.is_viewed(t)):
+        if fields.get("status") in ("running", "waiting", "done", "idle") and "detail" in fields \
+                and fields["detail"] is None:
+            t.detail = None
+        if fields.get("status") is not None and fields.get("status") != "retry" and "attempt" not in fields:
+            t.attempt = None
+        changed = old != (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.hidden, t.alive)
+        if updated_at:
+            t.updated_at = max(t.updated_at, int(updated_at))
+        elif changed or is_new:
+            t.updated_at = now_ms(self.clock)
+        prev_status = None if is_new else old[0]
+        observed = not self.cold_starting or key in self._known_before_cold
+        if prev_status != t.status and observed:
+            if becomes_unseen(prev_status, t.status, self.is_viewed(t)):
                 t.unseen = True
             elif t.status in ACTIVE_STATUSES:
                 t.unseen = False
-        self.store.touch()
-        self._schedule_save()
+            self.on_thread_status(t, prev_status)
+        if changed or is_new:
+            self.store.touch()
+            self._schedule_save()
         return t
+
+    def on_thread_status(self, thread, old_status):
+        """Hook for the notifier: a thread changed status."""
 
     def is_viewed(self, thread):
         """True when an attached (non-control) client looks at the thread's pane's window,
@@ -1662,6 +3275,7 @@ ROUTES = {
     "/clear-log": "api_clear_log",
     "/notify": "api_notify",
     "/api/agent-event": "api_agent_event",
+    "/api/opencode-event": "api_opencode_event",
 }
 GET_ROUTES = ("/", "/state", "/events", "/health")
 
@@ -1846,7 +3460,12 @@ def serve(socket_path, port=None, log_path=None, environ=None):
 
 def build_server(tmux, port, explicit, environ):
     """The Server with every part attached (watchers, notifier, tmux options)."""
-    return Server(tmux, port, explicit, environ)
+    server = Server(tmux, port, explicit, environ)
+    recent = float(environ.get("OPENSESSIONS_RECENT_DAYS") or 7)
+    server.watchers = AgentWatchers(server, environ, recent_days=recent)
+    if environ.get("OPENSESSIONS_LIST_HOURS"):
+        server.store.recent_ms = int(float(environ["OPENSESSIONS_LIST_HOURS"]) * 3600 * 1000)
+    return server
 
 
 ##############################################################################
@@ -2073,6 +3692,64 @@ def cmd_status(args):
     return 0
 
 
+def _self_command():
+    """How hooks call us back: this interpreter and this file (.pyz or .py), shell-quoted."""
+    import shlex
+    target = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] and os.path.exists(sys.argv[0]) \
+        else os.path.abspath(__file__)
+    return " ".join(shlex.quote(a) for a in (sys.executable or "python3", target))
+
+
+def _agent_ancestor(agent, start_pid, proc_root="/proc", depth=12):
+    """The nearest ancestor process that is the agent itself (the hook runs under a shell)."""
+    pid = start_pid
+    for _ in range(depth):
+        if pid <= 1:
+            return None
+        try:
+            with open(os.path.join(proc_root, str(pid), "stat"), "r", encoding="utf-8", errors="replace") as f:
+                _, comm, ppid, _ = parse_proc_stat(f.read())
+        except (OSError, ValueError, IndexError):
+            return None
+        if classify_agent_process(comm, process_args(pid, proc_root)) == agent:
+            return pid
+        pid = ppid
+    return None
+
+
+def cmd_hook(args):
+    """Called by an agent's hook with the payload on stdin. Never blocks or fails the agent."""
+    try:
+        raw = sys.stdin.buffer.read(MAX_BODY)
+        body = hook_event(args.agent, json.loads(raw.decode("utf-8")))
+        if body is None:
+            return 0
+        if "pid" not in body:
+            pid = _agent_ancestor(args.agent, os.getppid())
+            if pid:
+                body["pid"] = pid
+        port = args.port
+        if port is None:
+            port, _ = find_server(_socket_from_args(args))
+        Client(port, timeout=1.0).request("POST", "/api/agent-event", body)
+    except Exception:  # the agent must never see a failing hook
+        pass
+    return 0
+
+
+def cmd_install(args):
+    for line in install_agents(_self_command()) or ["already installed; nothing changed"]:
+        print(line)
+    print("Codex asks to trust new hooks once (or start it with --dangerously-bypass-hook-trust).")
+    return 0
+
+
+def cmd_uninstall(args):
+    for line in install_agents(_self_command(), uninstall=True) or ["nothing of ours was installed"]:
+        print(line)
+    return 0
+
+
 def build_parser():
     import argparse
 
@@ -2138,6 +3815,15 @@ def build_parser():
     s.add_argument("--session")
     s.add_argument("--tone", **tone)
     s.set_defaults(func=cmd_notify)
+
+    s = sub.add_parser("hook", parents=[shared], help="(called by agent hooks) report a hook payload from stdin")
+    s.add_argument("agent", choices=("claude", "codex"))
+    s.set_defaults(func=cmd_hook)
+    sub.add_parser("install", parents=[shared],
+                   help="add our Claude Code and Codex hooks and the OpenCode plugin (idempotent, with backups)"
+                   ).set_defaults(func=cmd_install)
+    sub.add_parser("uninstall", parents=[shared], help="remove what `install` added, and nothing else"
+                   ).set_defaults(func=cmd_uninstall)
     return p
 
 

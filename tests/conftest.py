@@ -272,3 +272,76 @@ def lab_home(dest, home_path=None):
 
 
 requires_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+FAKE_AGENT = r"""#!/bin/sh
+# A fake agent: records its argv, optionally writes a Claude registry entry, stays alive cheaply.
+printf '%s\n' "$0 $*" >> "${FAKE_LOG:-/dev/null}"
+if [ -n "$FAKE_REGISTRY" ]; then
+  mkdir -p "$FAKE_REGISTRY"
+  reg="$FAKE_REGISTRY/$$.json"
+  printf '{"pid": %s, "sessionId": "%s", "cwd": "%s", "status": "%s", "kind": "interactive"}' \
+    "$$" "$FAKE_SESSION" "$PWD" "${FAKE_STATUS:-idle}" > "$reg.tmp" && mv "$reg.tmp" "$reg"
+  trap 'rm -f "$reg"; exit 0' EXIT HUP TERM INT
+fi
+if [ -n "$FAKE_HOLD" ]; then exec 3>>"$FAKE_HOLD"; fi
+while read -r line; do :; done
+"""
+
+
+def fake_agents(bin_dir, names=("claude", "codex", "opencode", "amp")):
+    """Small executables named like the agents (comm = the name), for real panes."""
+    os.makedirs(bin_dir, exist_ok=True)
+    for name in names:
+        path = os.path.join(bin_dir, name)
+        with open(path, "w") as f:
+            f.write(FAKE_AGENT)
+        os.chmod(path, 0o755)
+    return bin_dir
+
+
+class AttachedClient(object):
+    """A real tmux client on a pty, so 'someone is looking at this window' is true."""
+
+    def __init__(self, tmux, target):
+        import pty
+        self.master, slave = pty.openpty()
+        env = dict(tmux.env.vars, TERM="xterm-256color")
+        self.proc = subprocess.Popen(["tmux", "-S", tmux.socket, "attach-session", "-t", target],
+                                     stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+        os.close(slave)
+        self._drain = threading.Thread(target=self._read, daemon=True)
+        self._drain.start()
+
+    def _read(self):
+        try:
+            while os.read(self.master, 65536):
+                pass
+        except OSError:
+            pass
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        try:
+            os.close(self.master)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def attach(tmux):
+    clients = []
+
+    def open_(target):
+        c = AttachedClient(tmux, target)
+        clients.append(c)
+        retry_until(lambda: any(l.strip() for l in tmux.run("list-clients", "-F", "#{client_name}").splitlines()))
+        return c
+    yield open_
+    for c in clients:
+        c.close()

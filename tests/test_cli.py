@@ -113,3 +113,67 @@ def test_import_has_no_side_effects(tmp_path):
     r = subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, check=True)
     assert r.stdout.decode().strip() == "[]"
     assert os.listdir(str(tmp_path)) == []
+
+
+def _install(env, *args):
+    return subprocess.run([PYTHON, SCRIPT] + list(args), env=env.vars, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=20)
+
+
+def test_install_is_idempotent_keeps_user_entries_and_uninstalls_cleanly(env):
+    settings = os.path.join(env.home, ".claude", "settings.json")
+    os.makedirs(os.path.dirname(settings))
+    user = {"model": "opus", "hooks": {"Stop": [{"hooks": [{"type": "command", "command": "say done"}]}],
+                                       "PreToolUse": [{"matcher": "Bash", "hooks": [{"type": "command", "command": "lint"}]}]}}
+    with open(settings, "w") as f:
+        json.dump(user, f)
+    r = _install(env, "install")
+    assert r.returncode == 0, r.stderr
+    cfg = json.load(open(settings))
+    assert cfg["model"] == "opus"
+    for event in os_.CLAUDE_HOOK_EVENTS:
+        ours = [h for g in cfg["hooks"][event] for h in g["hooks"] if h["command"].endswith(" hook claude")]
+        assert len(ours) == 1 and "opensessions" in ours[0]["command"]
+    assert {"type": "command", "command": "say done"} in [h for g in cfg["hooks"]["Stop"] for h in g["hooks"]]
+    assert json.load(open(settings + ".opensessions.bak")) == user
+    codex = json.load(open(os.path.join(env.home, ".codex", "hooks.json")))
+    assert set(codex["hooks"]) == set(os_.CODEX_HOOK_EVENTS)
+    plugin = os.path.join(env.home, ".config", "opencode", "plugins", "opensessions.js")
+    assert open(plugin).read() == os_.OPENCODE_PLUGIN
+    # again: nothing changes
+    before = open(settings).read()
+    r = _install(env, "install")
+    assert r.returncode == 0 and b"nothing changed" in r.stdout and open(settings).read() == before
+    # uninstall leaves exactly the user's entries
+    r = _install(env, "uninstall")
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(settings)) == user
+    assert not os.path.exists(plugin)
+    assert "hooks" not in json.load(open(os.path.join(env.home, ".codex", "hooks.json")))
+
+
+def test_install_refuses_invalid_json_and_touches_nothing(env):
+    settings = os.path.join(env.home, ".claude", "settings.json")
+    os.makedirs(os.path.dirname(settings))
+    with open(settings, "w") as f:
+        f.write('{"hooks": {,}')
+    r = _install(env, "install")
+    assert r.returncode == 1 and b"not valid JSON" in r.stderr and b"Traceback" not in r.stderr
+    assert open(settings).read() == '{"hooks": {,}'
+    assert not os.path.exists(settings + ".opensessions.bak")
+
+
+def test_installed_hook_command_reports_to_the_server(server, env):
+    r = server.cli("install")
+    assert r.returncode == 0
+    cfg = json.load(open(os.path.join(env.home, ".claude", "settings.json")))
+    command = cfg["hooks"]["UserPromptSubmit"][0]["hooks"][0]["command"]
+    pane = server.session("main")["windows"][0]["panes"][0]["id"]
+    payload = {"session_id": "55555555-5555-4555-8555-555555555555", "hook_event_name": "UserPromptSubmit",
+               "prompt": "add tests", "cwd": env.home}
+    vars_ = dict(server.vars, TMUX="%s,1,0" % server.tmux.socket, TMUX_PANE=pane)
+    r = subprocess.run(command, shell=True, input=json.dumps(payload).encode(), env=vars_,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
+    assert (r.returncode, r.stderr) == (0, b"")
+    t = server.session("main")["threads"][0]
+    assert (t["agent"], t["status"], t["title"], t["pane"]) == ("claude", "running", "add tests", pane)
