@@ -686,6 +686,17 @@ def codex_reduce(state, rec):
     return state
 
 
+def codex_moved_on(rec):
+    """A rollout record that shows the turn moved on (so an approval wait, known only from the
+    PermissionRequest hook, is over): tool output, an answer, or a turn event."""
+    payload = rec.get("payload") if isinstance(rec.get("payload"), dict) else {}
+    kind = payload.get("type")
+    if rec.get("type") == "event_msg":
+        return kind in ("task_started", "task_complete", "turn_aborted", "agent_message")
+    return rec.get("type") == "response_item" and (
+        kind == "function_call_output" or (kind == "message" and payload.get("role") == "assistant"))
+
+
 def codex_id_from_path(path):
     """rollout-2026-11-22T01-46-31-<uuid>.jsonl -> uuid (or None)."""
     name = os.path.basename(path)
@@ -1545,6 +1556,15 @@ def read_head_lines(path, limit=HEAD_BYTES):
     return lines
 
 
+def listdir(path, suffix=""):
+    """Entries of a directory ending in suffix; [] when it is missing or unreadable."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    return [n for n in names if n.endswith(suffix)] if suffix else names
+
+
 def sqlite_ro(path, timeout=0.2):
     """Open an SQLite database read-only (never locks out its writer). Raises sqlite3.Error."""
     import sqlite3
@@ -1723,13 +1743,8 @@ class AgentWatchers(object):
     # -- Claude Code -----------------------------------------------------------------------------
     def _scan_claude_registry(self):
         d = os.path.join(self.paths["claude"], "sessions")
-        try:
-            names = os.listdir(d)
-        except OSError:
-            return
-        for name in names:
-            if name.endswith(".json"):
-                self._read_claude_registry_file(os.path.join(d, name))
+        for name in listdir(d, ".json"):
+            self._read_claude_registry_file(os.path.join(d, name))
 
     def _on_claude_registry_dir(self, directory, name, mask):
         if name is None:
@@ -1775,23 +1790,14 @@ class AgentWatchers(object):
 
     def _scan_claude_projects(self):
         projects = os.path.join(self.paths["claude"], "projects")
-        try:
-            dirs = os.listdir(projects)
-        except OSError:
-            return
-        for d in dirs:
+        for d in listdir(projects):
             full = os.path.join(projects, d)
             if os.path.isdir(full):
                 self.watch_dir(full, self._on_claude_project)
-                try:
-                    names = os.listdir(full)
-                except OSError:
-                    continue
-                for name in names:
-                    if name.endswith(".jsonl"):
-                        path = os.path.join(full, name)
-                        if path not in self.tails and self._recent(path):
-                            self._read_claude_transcript(path)
+                for name in listdir(full, ".jsonl"):
+                    path = os.path.join(full, name)
+                    if path not in self.tails and self._recent(path):
+                        self._read_claude_transcript(path)
 
     def _on_claude_projects_dir(self, directory, name, mask):
         if name is None:
@@ -1799,18 +1805,16 @@ class AgentWatchers(object):
         full = os.path.join(directory, name)
         if os.path.isdir(full):
             self.watch_dir(full, self._on_claude_project)
-            for n in os.listdir(full):
-                if n.endswith(".jsonl"):
-                    self._read_claude_transcript(os.path.join(full, n))
+            for n in listdir(full, ".jsonl"):
+                self._read_claude_transcript(os.path.join(full, n))
 
     def _on_claude_project(self, directory, name, mask):
         if name and name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
             self._read_claude_transcript(os.path.join(directory, name))
 
-    def _read_claude_transcript(self, path):
-        sid = os.path.basename(path)[:-6]
-        if not _UUID_RE.match(sid):
-            return
+    def _tail_thread(self, path, agent, tid, reducer):
+        """Read what was appended to a transcript and reduce it into that thread's state.
+        -> (state, records). The first read takes the file's tail (and its head, for the title)."""
         tail = self.tails.get(path)
         cold = tail is None
         if cold:
@@ -1818,22 +1822,25 @@ class AgentWatchers(object):
         lines, reset = tail.read(cold_tail=TAIL_BYTES)
         state = self.states.get(path)
         if state is None or reset:
-            state = self.states[path] = new_thread_state("claude", sid)
-            if cold and tail.offset > len(lines) and tail.inode is not None:
-                head_state = new_thread_state("claude", sid)
-                records, _ = parse_json_lines(read_head_lines(path))
-                for rec in records:
-                    claude_reduce(head_state, rec)
-                state["firstPrompt"] = head_state["firstPrompt"]
-                state["cwd"] = head_state["cwd"]
+            state = self.states[path] = new_thread_state(agent, tid)
+            if cold and tail.offset > TAIL_BYTES:
+                head = new_thread_state(agent, tid)
+                for rec in parse_json_lines(read_head_lines(path))[0]:
+                    reducer(head, rec)
+                state.update(firstPrompt=head["firstPrompt"], cwd=head["cwd"], model=head["model"])
         records, bad = parse_json_lines(lines)
         self.bad_records += bad
         state["bad"] += bad
-        if not records:
-            return
         for rec in records:
-            claude_reduce(state, rec)
-        self._apply_claude(sid)
+            reducer(state, rec)
+        return state, records
+
+    def _read_claude_transcript(self, path):
+        sid = os.path.basename(path)[:-6]
+        if _UUID_RE.match(sid):
+            _, records = self._tail_thread(path, "claude", sid, claude_reduce)
+            if records:
+                self._apply_claude(sid)
 
     def _apply_claude(self, sid):
         """Combine the registry (live) and the transcript (history) for one Claude thread."""
@@ -1946,32 +1953,12 @@ class AgentWatchers(object):
 
     def _read_codex_rollout(self, path):
         tid = codex_id_from_path(path)
-        tail = self.tails.get(path)
-        cold = tail is None
-        if cold:
-            tail = self.tails[path] = FileTail(path)
-        lines, reset = tail.read(cold_tail=TAIL_BYTES)
-        state = self.states.get(path)
-        if state is None or reset:
-            state = self.states[path] = new_thread_state("codex", tid)
-            if cold and tail.offset > TAIL_BYTES:
-                head = new_thread_state("codex", tid)
-                for rec in parse_json_lines(read_head_lines(path))[0]:
-                    codex_reduce(head, rec)
-                state.update(firstPrompt=head["firstPrompt"], cwd=head["cwd"], model=head["model"])
-        records, bad = parse_json_lines(lines)
-        self.bad_records += bad
-        state["bad"] += bad
+        before = self.states[path]["status"] if path in self.states else None
+        state, records = self._tail_thread(path, "codex", tid, codex_reduce)
         if not records:
             return
-        before = state["status"]
-        moved = False
-        for rec in records:
-            codex_reduce(state, rec)
-            p = rec.get("payload") if isinstance(rec.get("payload"), dict) else {}
-            if rec.get("type") == "event_msg" or p.get("type") in ("function_call_output", "message"):
-                moved = moved or p.get("type") not in ("token_count", "thread_settings_applied")
-        self._apply_codex(path, moved or before != state["status"])
+        moved = before != state["status"] or any(codex_moved_on(rec) for rec in records)
+        self._apply_codex(path, moved)
 
     def _apply_codex(self, path, moved=True):
         state = self.states[path]
