@@ -377,6 +377,67 @@ def validate_agent_event(body):
     return out
 
 
+DEFAULT_WIDTH = 32
+UI_DEFAULTS = {"order": [], "hidden": [], "muted": [], "theme": "catppuccin-mocha", "width": DEFAULT_WIDTH,
+               "position": "left", "colors": {}, "visible": False}
+
+
+def validate_ui(body):
+    """POST /ui: a partial update of the sidebar preferences. -> dict of the given keys."""
+    out = {}
+    for key in ("order", "hidden", "muted"):
+        if key in body:
+            value = body[key]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > 1000:
+                raise ApiError(400, "'%s' must be a list of session names" % key)
+            out[key] = list(dict.fromkeys(value))
+    if "theme" in body:
+        if not isinstance(body["theme"], str) or not re.match(r"^[a-z0-9-]{1,40}$", body["theme"]):
+            raise ApiError(400, "'theme' must be a theme name")
+        out["theme"] = body["theme"]
+    if "width" in body:
+        w = body["width"]
+        if isinstance(w, bool) or not isinstance(w, int) or not 15 <= w <= 120:
+            raise ApiError(400, "'width' must be an integer from 15 to 120")
+        out["width"] = w
+    if "position" in body:
+        if body["position"] not in ("left", "right"):
+            raise ApiError(400, "'position' must be left or right")
+        out["position"] = body["position"]
+    if "visible" in body:
+        if not isinstance(body["visible"], bool):
+            raise ApiError(400, "'visible' must be a boolean")
+        out["visible"] = body["visible"]
+    if "colors" in body:
+        c = body["colors"]
+        if not isinstance(c, dict) or not all(isinstance(v, str) and re.match(r"^#[0-9a-fA-F]{6}$", v)
+                                              for v in c.values()):
+            raise ApiError(400, "'colors' must map colour names to #rrggbb")
+        out["colors"] = dict(c)
+    if not out:
+        raise ApiError(400, "nothing to change: give order, hidden, muted, theme, width, position, visible or colors")
+    return out
+
+
+def load_ui(data):
+    """UI preferences from the config file's JSON (anything odd falls back to the default)."""
+    ui = json.loads(json.dumps(UI_DEFAULTS))
+    if isinstance(data, dict):
+        for key in UI_DEFAULTS:
+            if key in data:
+                try:
+                    ui.update(validate_ui({key: data[key]}))
+                except ApiError:
+                    pass
+    return ui
+
+
+def order_sessions(sessions, order):
+    """Sessions in the user's saved order; those not in it follow, oldest first."""
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(sessions, key=lambda s: (rank.get(s["name"], len(rank)), s.get("created", 0), s["id"]))
+
+
 def apply_log(logs, entry):
     """Append a log entry, keeping at most MAX_LOGS (oldest dropped). Returns a new list."""
     return (list(logs) + [entry])[-MAX_LOGS:]
@@ -964,7 +1025,9 @@ PANE_FIELDS = (
     ("window_active", "window_active"), ("pane_id", "pane_id"), ("pane_index", "pane_index"),
     ("pane_pid", "pane_pid"), ("pane_tty", "pane_tty"), ("pane_current_path", "pane_current_path"),
     ("pane_current_command", "pane_current_command"), ("pane_title", "pane_title"),
-    ("pane_active", "pane_active"),
+    ("pane_active", "pane_active"), ("pane_width", "pane_width"), ("pane_height", "pane_height"),
+    ("sidebar", "@opensessions-sidebar"), ("window_width", "window_width"),
+    ("sidebar_window", "@opensessions-window"),
 )
 CLIENT_FIELDS = (
     ("client_name", "client_name"), ("client_tty", "client_tty"),
@@ -1021,14 +1084,17 @@ def parse_snapshot(output):
             w = s["_win"].get(row["window_id"])
             if w is None:
                 w = {"id": row["window_id"], "index": _int(row["window_index"]),
-                     "name": row["window_name"], "active": row["window_active"] == "1", "panes": []}
+                     "name": row["window_name"], "active": row["window_active"] == "1",
+                     "width": _int(row["window_width"]), "panes": []}
                 s["_win"][row["window_id"]] = w
                 s["windows"].append(w)
             w["panes"].append({
                 "id": row["pane_id"], "index": _int(row["pane_index"]), "pid": _int(row["pane_pid"]),
                 "tty": row["pane_tty"], "cwd": row["pane_current_path"],
                 "command": row["pane_current_command"], "title": row["pane_title"],
-                "active": row["pane_active"] == "1",
+                "active": row["pane_active"] == "1", "width": _int(row["pane_width"]),
+                "height": _int(row["pane_height"]), "sidebar": row["sidebar"] == "1",
+                "sidebarWindow": row["sidebar_window"] or None,
             })
         elif kind == "C" and len(values) == len(CLIENT_FIELDS):
             row = dict(zip((k for k, _ in CLIENT_FIELDS), values))
@@ -1047,7 +1113,7 @@ def parse_snapshot(output):
         active = [w for w in s["windows"] if w["active"]] or s["windows"][:1]
         pane = None
         if active:
-            panes = active[0]["panes"]
+            panes = [p for p in active[0]["panes"] if not p["sidebar"]] or active[0]["panes"]
             pane = next((p for p in panes if p["active"]), panes[0] if panes else None)
         s["dir"] = pane["cwd"] if pane else None
         result.append(s)
@@ -2408,6 +2474,8 @@ class Store(object):
         self.cond = threading.Condition()
         self._dirty = True
         self.recent_ms = RECENT_MS
+        self.ui = load_ui(None)
+        self.ui_error = None
 
     def touch(self):
         self._dirty = True
@@ -2451,7 +2519,8 @@ class Store(object):
             else:
                 orphans.append(t)
         out_sessions = []
-        for s in self.visible_sessions():
+        hidden, muted = set(self.ui["hidden"]), set(self.ui["muted"])
+        for s in order_sessions(self.visible_sessions(), self.ui["order"]):
             threads = sorted(by_session.get(s["name"], ()), key=lambda t: -t.updated_at)
             branch, dirty = self.git.get(s["id"], (None, None))
             meta = self.metadata.get(s["name"], {})
@@ -2463,6 +2532,7 @@ class Store(object):
                 "threads": [t.to_json() for t in shown],
                 "metadata": {"status": meta.get("status"), "progress": meta.get("progress"),
                              "logs": list(meta.get("logs", ()))},
+                "hidden": s["name"] in hidden, "muted": s["name"] in muted,
             })
             out_sessions.append(item)
         return {
@@ -2471,6 +2541,7 @@ class Store(object):
                          "pane": c["pane"]} for c in self.clients if not c["control"]],
             "sessions": out_sessions,
             "threads": [t.to_json() for t in sorted(orphans, key=lambda t: -t.updated_at)[:MAX_ORPHANS]],
+            "ui": dict(self.ui, error=self.ui_error),
         }
 
     def publish(self):
@@ -2593,6 +2664,7 @@ class Server(object):
         self.runtime = RuntimeFiles(tmux.socket_path, self.environ)
         key = socket_key(tmux.socket_path)
         self.state_path = os.path.join(state_dir(self.environ), "state-%s.json" % key)
+        self.ui_path = os.path.join(config_dir(self.environ), "ui.json")
         self.git = GitProbe()
         self.httpd = None
         self.control = None
@@ -2606,6 +2678,7 @@ class Server(object):
         self.exit_reason = None
         self.notifier = None
         self.watchers = None
+        self.sidebars = None
         self.cold_starting = False
         self._known_before_cold = frozenset()
         self.process_table = None
@@ -2621,6 +2694,7 @@ class Server(object):
             if not self.tmux.alive():
                 raise OpensessionsError("no tmux server at %s" % self.tmux.socket_path)
             self._load_state()
+            self._load_ui()
             self._bind()
             self.runtime.write(self.port)
             self.refresh()
@@ -2792,6 +2866,8 @@ class Server(object):
         """Panes and clients changed: re-link threads to panes, clear what a client now views."""
         self.map_threads()
         self.clear_viewed()
+        if self.sidebars is not None:
+            self.sidebars.sync()
 
     def after_watchers(self):
         """Agent files changed (called by the watchers after a batch of events)."""
@@ -3222,6 +3298,37 @@ class Server(object):
                         source=t.get("source"))
             self.store.threads[th.key] = th
 
+    def _load_ui(self):
+        """Sidebar preferences; a broken file gives a message and defaults (and is not overwritten
+        until the user changes a preference)."""
+        try:
+            data = read_json_file(self.ui_path, {})
+        except OpensessionsError as e:
+            self.store.ui_error = "%s; using defaults" % e
+            log(self.store.ui_error)
+            data = {}
+        self.store.ui = load_ui(data)
+        self.store.touch()
+
+    def api_ui(self, body):
+        change = validate_ui(body)
+        self.store.ui.update(change)
+        self.store.ui_error = None
+        self.store.touch()
+        try:
+            ensure_private_dir(os.path.dirname(self.ui_path))
+            atomic_write(self.ui_path, json.dumps(self.store.ui, indent=2) + "\n", mode=0o644)
+        except (OSError, OpensessionsError) as e:
+            log("cannot save %s: %s" % (self.ui_path, e))
+        self.on_ui_changed(change)
+
+    def on_ui_changed(self, change):
+        """Visibility, width or side changed: put the sidebar panes right."""
+        if self.sidebars is not None and {"visible", "width", "position"} & set(change):
+            if "position" in change:
+                self.sidebars.remove_all()
+            self.schedule_refresh()
+
     def _schedule_save(self):
         if not self._save_pending:
             self._save_pending = True
@@ -3263,6 +3370,7 @@ ROUTES = {
     "/notify": "api_notify",
     "/api/agent-event": "api_agent_event",
     "/api/opencode-event": "api_opencode_event",
+    "/ui": "api_ui",
 }
 GET_ROUTES = ("/", "/state", "/events", "/health")
 
@@ -3423,38 +3531,6 @@ def make_handler(server):
     return Handler
 
 
-def serve(socket_path, port=None, log_path=None, environ=None):
-    """Run the server in the foreground until stopped, its tmux server exits, or a signal. -> exit code."""
-    import signal
-    global _log_file
-    env = os.environ if environ is None else environ
-    explicit = port is not None or bool(env.get("OPENSESSIONS_PORT"))
-    if port is None:
-        port = _int(env.get("OPENSESSIONS_PORT"), DEFAULT_PORT) if env.get("OPENSESSIONS_PORT") else DEFAULT_PORT
-    if log_path:
-        ensure_private_dir(os.path.dirname(log_path))
-        _log_file = open(log_path, "a", buffering=1)
-    server = build_server(Tmux(socket_path), port, explicit, env)
-    server.start()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *a: server.loop.post(server.stop, "signal"))
-    log("opensessions %s serving http://%s:%d for tmux %s (pid %d)"
-        % (__version__, HOST, server.port, socket_path, os.getpid()))
-    server.serve_forever()
-    log("server stopped: %s" % (server.exit_reason or "stopped"))
-    return 0
-
-
-def build_server(tmux, port, explicit, environ):
-    """The Server with every part attached (watchers, notifier, tmux options)."""
-    server = Server(tmux, port, explicit, environ)
-    recent = float(environ.get("OPENSESSIONS_RECENT_DAYS") or 7)
-    server.watchers = AgentWatchers(server, environ, recent_days=recent)
-    if environ.get("OPENSESSIONS_LIST_HOURS"):
-        server.store.recent_ms = int(float(environ["OPENSESSIONS_LIST_HOURS"]) * 3600 * 1000)
-    return server
-
-
 ##############################################################################
 # Notifications
 ##############################################################################
@@ -3473,7 +3549,1063 @@ def build_server(tmux, port, explicit, environ):
 # Sidebar
 ##############################################################################
 
-# (Filled by the sidebar issue.)
+# The sidebar is a thin curses layer over a pure model: SidebarModel turns keys into actions,
+# render() turns a state snapshot into lines of (text, style) pieces. Only SidebarApp touches
+# curses, sockets and tmux.
+
+THEMES = {
+    "catppuccin-mocha": {"bg": "#1e1e2e", "fg": "#cdd6f4", "muted": "#6c7086", "accent": "#89b4fa",
+                         "sel": "#313244", "running": "#89dceb", "waiting": "#f9e2af", "error": "#f38ba8",
+                         "done": "#a6e3a1", "unseen": "#fab387", "interrupted": "#cba6f7"},
+    "catppuccin-latte": {"bg": "#eff1f5", "fg": "#4c4f69", "muted": "#8c8fa1", "accent": "#1e66f5",
+                         "sel": "#ccd0da", "running": "#04a5e5", "waiting": "#df8e1d", "error": "#d20f39",
+                         "done": "#40a02b", "unseen": "#fe640b", "interrupted": "#8839ef"},
+    "tokyo-night": {"bg": "#1a1b26", "fg": "#c0caf5", "muted": "#565f89", "accent": "#7aa2f7",
+                    "sel": "#292e42", "running": "#7dcfff", "waiting": "#e0af68", "error": "#f7768e",
+                    "done": "#9ece6a", "unseen": "#ff9e64", "interrupted": "#bb9af7"},
+    "gruvbox-dark": {"bg": "#282828", "fg": "#ebdbb2", "muted": "#928374", "accent": "#83a598",
+                     "sel": "#3c3836", "running": "#8ec07c", "waiting": "#fabd2f", "error": "#fb4934",
+                     "done": "#b8bb26", "unseen": "#fe8019", "interrupted": "#d3869b"},
+    "nord": {"bg": "#2e3440", "fg": "#d8dee9", "muted": "#4c566a", "accent": "#88c0d0", "sel": "#3b4252",
+             "running": "#8fbcbb", "waiting": "#ebcb8b", "error": "#bf616a", "done": "#a3be8c",
+             "unseen": "#d08770", "interrupted": "#b48ead"},
+    "dracula": {"bg": "#282a36", "fg": "#f8f8f2", "muted": "#6272a4", "accent": "#bd93f9", "sel": "#44475a",
+                "running": "#8be9fd", "waiting": "#f1fa8c", "error": "#ff5555", "done": "#50fa7b",
+                "unseen": "#ffb86c", "interrupted": "#ff79c6"},
+    "one-dark": {"bg": "#282c34", "fg": "#abb2bf", "muted": "#5c6370", "accent": "#61afef", "sel": "#3e4451",
+                 "running": "#56b6c2", "waiting": "#e5c07b", "error": "#e06c75", "done": "#98c379",
+                 "unseen": "#d19a66", "interrupted": "#c678dd"},
+    "solarized-light": {"bg": "#fdf6e3", "fg": "#657b83", "muted": "#93a1a1", "accent": "#268bd2",
+                        "sel": "#eee8d5", "running": "#2aa198", "waiting": "#b58900", "error": "#dc322f",
+                        "done": "#859900", "unseen": "#cb4b16", "interrupted": "#6c71c4"},
+}
+DEFAULT_THEME = "catppuccin-mocha"
+THEME_KEYS = ("bg", "fg", "muted", "accent", "sel", "running", "waiting", "error", "done", "unseen", "interrupted")
+SPINNER = {"unicode": "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏", "ascii": "|/-\\"}
+GLYPHS = {
+    "unicode": {"running": None, "retry": "↻", "waiting": "◉", "error": "✗", "interrupted": "⊘",
+                "done-unseen": "●", "done": "✓", "idle": "○", "unseen": "●", "bar": "█", "bar_empty": "░",
+                "more": "…", "sep": "─"},
+    "ascii": {"running": None, "retry": "r", "waiting": "?", "error": "x", "interrupted": "!",
+              "done-unseen": "*", "done": "v", "idle": "o", "unseen": "*", "bar": "#", "bar_empty": "-",
+              "more": "~", "sep": "-"},
+}
+TONE_STYLE = {"neutral": "fg", "info": "accent", "success": "done", "warn": "waiting", "error": "error"}
+FILTERS = ("all", "agents", "attention")
+HELP_LINES = (
+    "j/k ↑/↓  move          Enter  switch",
+    "Tab/S-Tab next/prev    1-9    switch to #",
+    "J/K      reorder       d/u    hide/unhide",
+    "n new    x kill        o      open port",
+    "t theme  / filter      f      all/agents/attn",
+    "m mute   ? help        q/Esc  leave",
+)
+
+
+def hex_to_rgb(value):
+    value = value.lstrip("#")
+    return tuple(int(value[i:i + 2], 16) for i in (0, 2, 4))
+
+
+def rgb_to_256(rgb):
+    """Nearest xterm-256 colour (cube or grey ramp)."""
+    def cube(v):
+        return 0 if v < 48 else 1 if v < 115 else (v - 35) // 40
+    r, g, b = (cube(c) for c in rgb)
+    levels = (0, 95, 135, 175, 215, 255)
+    cube_rgb = (levels[r], levels[g], levels[b])
+    grey = max(0, min(23, (sum(rgb) // 3 - 8) // 10))
+    grey_v = 8 + grey * 10
+
+    def dist(a):
+        return sum((x - y) ** 2 for x, y in zip(a, rgb))
+    if dist((grey_v,) * 3) < dist(cube_rgb):
+        return 232 + grey
+    return 16 + 36 * r + 6 * g + b
+
+
+def rgb_to_8(rgb):
+    """One of the 8 basic colours (curses numbering: black red green yellow blue magenta cyan white),
+    chosen by hue so that pastel theme colours keep their meaning (red stays red)."""
+    import colorsys
+    h, l, s = colorsys.rgb_to_hls(*(c / 255.0 for c in rgb))
+    if s < 0.25 or l > 0.93 or l < 0.08:
+        return 7 if l >= 0.5 else 0
+    hue = h * 360
+    # red, yellow, green, cyan, blue, magenta at 0, 60, 120, 180, 240, 300 degrees
+    slots = ((0, 1), (60, 3), (120, 2), (180, 6), (240, 4), (300, 5), (360, 1))
+    return min(slots, key=lambda sl: abs(sl[0] - hue))[1]
+
+
+def resolve_theme(name, overrides=None):
+    """A theme's colours, with user overrides (hex strings) from the config file."""
+    theme = dict(THEMES.get(name) or THEMES[DEFAULT_THEME])
+    for key, value in (overrides or {}).items():
+        if key in THEME_KEYS and isinstance(value, str) and re.match(r"^#[0-9a-fA-F]{6}$", value):
+            theme[key] = value
+    return theme
+
+
+def display_width(text):
+    """Terminal cells a string takes (wide East Asian characters take two)."""
+    import unicodedata
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 0 if unicodedata.combining(ch) else 1
+               for ch in text)
+
+
+def fit(text, width, more="…"):
+    """Cut text to width cells, marking the cut."""
+    if width <= 0:
+        return ""
+    if display_width(text) <= width:
+        return text
+    out, used = "", 0
+    limit = width - display_width(more)
+    for ch in text:
+        w = display_width(ch)
+        if used + w > limit:
+            break
+        out += ch
+        used += w
+    return out + more if limit >= 0 else out[:width]
+
+
+def ascii_safe(text):
+    """Plain ASCII for terminals whose locale is not UTF-8."""
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def age_text(ms, now):
+    secs = max(0, (now - ms) // 1000) if ms else None
+    if secs is None:
+        return ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return "%d%s" % (secs // size, unit)
+    return "%ds" % secs
+
+
+def session_needs_attention(s):
+    return s.get("state") in ("error", "waiting", "interrupted", "done-unseen") or bool(s.get("unseen"))
+
+
+class SidebarModel(object):
+    """What the sidebar shows and how keys change it. Pure: keys in, actions out.
+
+    Actions are tuples the curses layer carries out: ("switch", session name), ("switch-pane",
+    session, pane id), ("ui", body) for the server's /ui, ("mute", session), ("kill", session),
+    ("new", name, directory), ("open", port), ("leave",), ("quit",).
+    """
+
+    def __init__(self, own_session=None, charset="unicode"):
+        self.state = None
+        self.own_session = own_session
+        self.charset = charset
+        self.selected = None  # ("session", name) or ("thread", session, agent, id)
+        self.scroll = 0
+        self.filter_text = ""
+        self.filter_mode = "all"
+        self.mode = "list"  # list | help | theme | prompt | confirm
+        self.prompt = None  # {"label", "text", "step", "values"}
+        self.confirm = None
+        self.theme_index = 0
+        self.message = None
+        self.frame = 0
+        self.connected = False
+
+    # -- data --------------------------------------------------------------------------------
+    def set_state(self, state):
+        self.state = state
+        self.connected = True
+        items = self.items()
+        if self.selected not in items:
+            current = next((i for i in items if i[0] == "session" and i[1] == self.current_session()), None)
+            self.selected = current or (items[0] if items else None)
+
+    def ui(self):
+        return (self.state or {}).get("ui") or {}
+
+    def current_session(self):
+        """The session this sidebar's client is in (the highlighted one)."""
+        return self.own_session
+
+    def sessions(self):
+        """Sessions in the user's order, hidden ones and filtered ones left out."""
+        if not self.state:
+            return []
+        out = []
+        for s in self.state.get("sessions", []):
+            if s.get("hidden"):
+                continue
+            if self.filter_text and self.filter_text.lower() not in s["name"].lower():
+                continue
+            if self.filter_mode == "agents" and not s.get("threads"):
+                continue
+            if self.filter_mode == "attention" and not (session_needs_attention(s) or any(
+                    t["status"] in ACTIVE_STATUSES for t in s.get("threads", []))):
+                continue
+            out.append(s)
+        return out
+
+    def items(self):
+        """Selectable rows: every session, and the threads of the selected session."""
+        out = []
+        sel_session = self.selected[1] if self.selected else None
+        for s in self.sessions():
+            out.append(("session", s["name"]))
+            if s["name"] == sel_session:
+                out.extend(("thread", s["name"], t["agent"], t["id"]) for t in s.get("threads", []))
+        return out
+
+    def session(self, name):
+        return next((s for s in (self.state or {}).get("sessions", []) if s["name"] == name), None)
+
+    def selected_session(self):
+        return self.session(self.selected[1]) if self.selected else None
+
+    def selected_thread(self):
+        if not self.selected or self.selected[0] != "thread":
+            return None
+        s = self.session(self.selected[1])
+        return next((t for t in (s or {}).get("threads", [])
+                     if (t["agent"], t["id"]) == self.selected[2:]), None)
+
+    # -- keys --------------------------------------------------------------------------------
+    def key(self, k):
+        """Handle one key (a curses key name such as 'j', 'KEY_DOWN', '\\n', 'KEY_BTAB'). -> actions."""
+        self.message = None
+        if self.mode == "prompt":
+            return self._prompt_key(k)
+        if self.mode == "confirm":
+            self.mode = "list"
+            if k in ("y", "Y"):
+                return [self.confirm]
+            self.message = "cancelled"
+            return []
+        if self.mode == "help":
+            self.mode = "list"
+            return []
+        if self.mode == "theme":
+            return self._theme_key(k)
+        items = self.items()
+        idx = items.index(self.selected) if self.selected in items else 0
+        sessions = [i for i in items if i[0] == "session"]
+        if k in ("j", "KEY_DOWN"):
+            self._select(items, idx + 1)
+        elif k in ("k", "KEY_UP"):
+            self._select(items, idx - 1)
+        elif k in ("\t", "KEY_BTAB"):
+            if sessions:
+                cur = self.selected[1] if self.selected else None
+                names = [i[1] for i in sessions]
+                pos = names.index(cur) if cur in names else -1
+                pos = (pos + (1 if k == "\t" else -1)) % len(names)
+                self.selected = sessions[pos]
+        elif k in ("\n", "\r", "KEY_ENTER"):
+            return self.activate()
+        elif len(k) == 1 and k in "123456789":
+            n = int(k) - 1
+            if n < len(sessions):
+                self.selected = sessions[n]
+                return [("switch", sessions[n][1])]
+        elif k in ("J", "K", "kDN3", "kUP3"):
+            return self._reorder(1 if k in ("J", "kDN3") else -1)
+        elif k == "d":
+            s = self.selected_session()
+            if s:
+                hidden = sorted(set(self.ui().get("hidden", [])) | {s["name"]})
+                self.message = "hid %s (u shows hidden sessions)" % s["name"]
+                return [("ui", {"hidden": hidden})]
+        elif k == "u":
+            if self.ui().get("hidden"):
+                return [("ui", {"hidden": []})]
+            self.message = "no hidden sessions"
+        elif k == "n":
+            self.mode = "prompt"
+            self.prompt = {"label": "new session name", "text": "", "step": "name", "values": {}}
+        elif k == "x":
+            s = self.selected_session()
+            if s:
+                self.mode = "confirm"
+                self.confirm = ("kill", s["name"])
+                self.message = "kill session %s? (y/n)" % s["name"]
+        elif k == "o":
+            s = self.selected_session()
+            if s and s.get("ports"):
+                return [("open", s["ports"][0])]
+            self.message = "no listening port in this session"
+        elif k == "t":
+            self.mode = "theme"
+            names = sorted(THEMES)
+            current = self.ui().get("theme") or DEFAULT_THEME
+            self.theme_index = names.index(current) if current in names else 0
+        elif k == "/":
+            self.mode = "prompt"
+            self.prompt = {"label": "filter", "text": self.filter_text, "step": "filter", "values": {}}
+        elif k == "f":
+            self.filter_mode = FILTERS[(FILTERS.index(self.filter_mode) + 1) % len(FILTERS)]
+            self.message = "showing: %s" % self.filter_mode
+            self._reselect()
+        elif k == "m":
+            s = self.selected_session()
+            if s:
+                return [("mute", s["name"])]
+        elif k == "?":
+            self.mode = "help"
+        elif k in ("q", "\x1b"):
+            if self.filter_text:
+                self.filter_text = ""
+                self._reselect()
+            else:
+                return [("leave",)]
+        return []
+
+    def _select(self, items, idx):
+        if items:
+            self.selected = items[max(0, min(len(items) - 1, idx))]
+
+    def _reselect(self):
+        items = self.items()
+        if self.selected not in items:
+            self.selected = items[0] if items else None
+
+    def activate(self):
+        t = self.selected_thread()
+        if t and t.get("pane"):
+            return [("switch-pane", self.selected[1], t["pane"])]
+        if self.selected:
+            return [("switch", self.selected[1])]
+        return []
+
+    def _reorder(self, delta):
+        s = self.selected_session()
+        if not s:
+            return []
+        order = [x["name"] for x in (self.state or {}).get("sessions", [])]
+        i = order.index(s["name"])
+        j = max(0, min(len(order) - 1, i + delta))
+        if i == j:
+            return []
+        order.insert(j, order.pop(i))
+        self.selected = ("session", s["name"])
+        return [("ui", {"order": order})]
+
+    def _theme_key(self, k):
+        names = sorted(THEMES)
+        if k in ("j", "KEY_DOWN"):
+            self.theme_index = (self.theme_index + 1) % len(names)
+        elif k in ("k", "KEY_UP"):
+            self.theme_index = (self.theme_index - 1) % len(names)
+        elif k in ("\n", "\r", "KEY_ENTER"):
+            self.mode = "list"
+            return [("ui", {"theme": names[self.theme_index]})]
+        elif k in ("q", "\x1b", "t"):
+            self.mode = "list"
+        return []
+
+    def _prompt_key(self, k):
+        p = self.prompt
+        if k == "\x1b":
+            self.mode, self.prompt = "list", None
+            return []
+        if k in ("KEY_BACKSPACE", "\x7f", "\b"):
+            p["text"] = p["text"][:-1]
+        elif k in ("\n", "\r", "KEY_ENTER"):
+            return self._prompt_done()
+        elif len(k) == 1 and k.isprintable():
+            p["text"] += k
+        if p["step"] == "filter":
+            self.filter_text = p["text"]
+            self._reselect()
+        return []
+
+    def _prompt_done(self):
+        p = self.prompt
+        if p["step"] == "filter":
+            self.mode, self.prompt = "list", None
+            return []
+        if p["step"] == "name":
+            name = p["text"].strip()
+            if not name:
+                self.mode, self.prompt = "list", None
+                return []
+            s = self.selected_session()
+            p.update(step="dir", label="directory", text=(s or {}).get("dir") or "~")
+            p["values"]["name"] = name
+            return []
+        name = p["values"]["name"]
+        directory = p["text"].strip() or "~"
+        self.mode, self.prompt = "list", None
+        return [("new", name, directory)]
+
+    def click(self, row, rows, double=False):
+        """A mouse click on screen row `row`, given the rows render() produced."""
+        if 0 <= row < len(rows) and rows[row][0] is not None:
+            self.selected = rows[row][0]
+            self.mode = "list"
+            if double:
+                return self.activate()
+        return []
+
+    def wheel(self, delta):
+        items = self.items()
+        idx = items.index(self.selected) if self.selected in items else 0
+        self._select(items, idx + delta)
+
+
+def _badge(status, unseen, g, frame, charset):
+    if status in ("running",):
+        spin = SPINNER[charset]
+        return spin[frame % len(spin)], "running"
+    key = "done-unseen" if status == "done" and unseen else status
+    style = {"done-unseen": "unseen", "retry": "waiting", "idle": "muted"}.get(key, key)
+    return g.get(key) or "?", style
+
+
+def render(model, width, height, now=None):
+    """The whole screen as rows: [(item or None, [(text, style), ...]), ...], at most height rows.
+
+    Styles are theme keys plus 'sel' (selected row background) and 'title'. Pure.
+    """
+    charset = model.charset
+    g = GLYPHS[charset]
+    clean = (lambda s: s) if charset == "unicode" else ascii_safe
+    now = now if now is not None else now_ms()
+    rows = []
+    w = max(1, width)
+
+    def line(item, pieces):
+        out, used = [], 0
+        for text, style in pieces:
+            text = clean(text)
+            room = w - used
+            if room <= 0:
+                break
+            t = fit(text, room, g["more"]) if display_width(text) > room else text
+            out.append((t, style))
+            used += display_width(t)
+        rows.append((item, out))
+
+    title = "opensessions" if w >= 16 else "os"
+    status = "" if model.connected else " (connecting…)"
+    if model.filter_mode != "all" or model.filter_text:
+        status += " [%s%s]" % (model.filter_mode if model.filter_mode != "all" else "",
+                               ("/" + model.filter_text) if model.filter_text else "")
+    line(None, [(title, "accent"), (status, "muted")])
+    if model.mode == "help":
+        for text in HELP_LINES:
+            line(None, [(text, "fg")])
+        line(None, [("any key to close", "muted")])
+        return rows[:height]
+    if model.mode == "theme":
+        names = sorted(THEMES)
+        line(None, [("theme (Enter to pick)", "muted")])
+        for i, name in enumerate(names):
+            line(None, [(("> " if i == model.theme_index else "  ") + name, "sel" if i == model.theme_index else "fg")])
+        return rows[:height]
+    sessions = model.sessions()
+    if not sessions:
+        line(None, [("no sessions" if model.state else "waiting for the server", "muted")])
+    detail_rows = []
+    for n, s in enumerate(sessions):
+        item = ("session", s["name"])
+        selected = model.selected == item
+        is_current = s["name"] == model.current_session()
+        base = "sel" if selected else "fg"
+        num = "%d" % (n + 1) if n < 9 else " "
+        badges = []
+        for t in s.get("threads", [])[:6]:
+            glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, charset)
+            badges.append((glyph, style))
+        unseen = [(" " + g["unseen"], "unseen")] if s.get("unseen") else []
+        marker = "▌" if is_current and charset == "unicode" else (">" if is_current else " ")
+        name_room = w - 3 - len(badges) - (2 if unseen else 0) - (1 if badges else 0)
+        pieces = [(marker, "accent"), (num + " ", "muted"), (fit(s["name"], max(1, name_room), g["more"]),
+                                                            "accent" if is_current else base)]
+        pad = w - 3 - display_width(pieces[2][0]) - len(badges) - (2 if unseen else 0)
+        if badges:
+            pieces.append((" " * max(1, pad), base))
+            pieces.extend(badges)
+        pieces.extend(unseen)
+        line(item, [(t, "sel" if selected and st in ("fg", "muted") else st) for t, st in pieces])
+        sub = []
+        if s.get("branch"):
+            sub.append((s["branch"] + ("*" if s.get("dirty") else ""), "muted"))
+        meta = s.get("metadata") or {}
+        pill = meta.get("status")
+        if pill:
+            sub.append((" [%s]" % pill["text"], TONE_STYLE.get(pill.get("tone"), "fg")))
+        prog = meta.get("progress")
+        if prog and prog.get("percent") is not None:
+            cells = 6 if w >= 28 else 3
+            full = int(round(cells * prog["percent"] / 100.0))
+            sub.append((" " + g["bar"] * full + g["bar_empty"] * (cells - full) + " %d%%" % prog["percent"], "accent"))
+        if sub:
+            line(item, [("   ", "fg")] + sub)
+        if s["name"] == (model.selected or (None, None))[1]:
+            detail_rows = _detail(model, s, g, now)
+    # the detail panel for the selected session goes below the list
+    if detail_rows and height - len(rows) > 3:
+        line(None, [(g["sep"] * w, "muted")])
+        for item, pieces in detail_rows:
+            line(item, pieces)
+    if model.mode in ("prompt", "confirm") or model.message:
+        text = model.message or ""
+        if model.mode == "prompt":
+            text = "%s: %s_" % (model.prompt["label"], model.prompt["text"])
+        if len(rows) >= height:
+            rows = rows[:height - 1]
+        line(None, [(text, "waiting")])
+    return _scroll(model, rows, height)
+
+
+def _detail(model, s, g, now):
+    out = []
+    sel_thread = model.selected if model.selected and model.selected[0] == "thread" else None
+    if s.get("dir"):
+        out.append((None, [(s["dir"].replace(home_dir(), "~", 1), "muted")]))
+    for t in s.get("threads", []):
+        item = ("thread", s["name"], t["agent"], t["id"])
+        glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, model.charset)
+        status = t["status"] + ("#%s" % t["attempt"] if t.get("attempt") else "")
+        sel = item == sel_thread
+        out.append((item, [(glyph + " ", style), (t["agent"] + " ", "sel" if sel else "accent"),
+                           (t.get("title") or t["id"][:8], "sel" if sel else "fg")]))
+        info = "  %s %s" % (status, age_text(t.get("updatedAt"), now))
+        if t.get("detail"):
+            info += " · " + t["detail"]
+        elif t.get("model"):
+            info += " · " + t["model"]
+        out.append((item, [(info, "muted")]))
+    if s.get("ports"):
+        out.append((None, [("ports " + " ".join(":%d" % p for p in s["ports"]), "accent")]))
+    for entry in (s.get("metadata") or {}).get("logs", [])[-5:]:
+        out.append((None, [(entry["message"], TONE_STYLE.get(entry.get("tone"), "fg"))]))
+    return out
+
+
+def _scroll(model, rows, height):
+    """Keep the selected row on screen."""
+    if len(rows) <= height:
+        model.scroll = 0
+        return rows
+    sel_rows = [i for i, r in enumerate(rows) if r[0] is not None and r[0] == model.selected]
+    if sel_rows:
+        first = sel_rows[0]
+        if first < model.scroll + 1:
+            model.scroll = max(0, first - 1)
+        elif sel_rows[-1] >= model.scroll + height:
+            model.scroll = sel_rows[-1] - height + 1
+    model.scroll = max(0, min(model.scroll, len(rows) - height))
+    return rows[model.scroll:model.scroll + height]
+
+
+class EventStream(object):
+    """Reads the server's /events in a thread; the latest snapshot waits in `latest`, and a byte on
+    `wake_fd` tells the curses loop. Reconnects (and starts the server on demand) when it goes away."""
+
+    def __init__(self, find_port, start_server=None):
+        import threading
+        self.find_port = find_port
+        self.start_server = start_server
+        self.latest = None
+        self.connected = False
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        self.wake_fd = self._r
+        self._stop = False
+        self._lock = threading.Lock()
+        self._sock = None
+        self._thread = threading.Thread(target=self._run, name="events", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def _wake(self):
+        try:
+            os.write(self._w, b"x")
+        except OSError:
+            pass
+
+    def take(self):
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        with self._lock:
+            latest, self.latest = self.latest, None
+        return latest
+
+    def _run(self):
+        import socket
+        delay = 0.1
+        started_at = 0.0
+        while not self._stop:
+            try:
+                port = self.find_port()
+                sock = socket.create_connection((HOST, port), timeout=5)
+            except OSError:
+                self.connected = False
+                self._wake()
+                if self.start_server and time.monotonic() - started_at > 10:
+                    started_at = time.monotonic()
+                    try:
+                        self.start_server()
+                    except Exception as e:
+                        log("sidebar could not start the server: %s" % e)
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue
+            self._sock = sock
+            try:
+                sock.settimeout(SSE_KEEPALIVE * 3)
+                sock.sendall(("GET /events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port).encode())
+                self._read(sock)
+            except OSError:
+                pass
+            finally:
+                sock.close()
+                self._sock = None
+            self.connected = False
+            self._wake()
+            delay = 0.1
+            time.sleep(delay)
+
+    def _read(self, sock):
+        buf = b""
+        header_done = False
+        while not self._stop:
+            data = sock.recv(262144)
+            if not data:
+                return
+            buf += data
+            if not header_done:
+                if b"\r\n\r\n" not in buf:
+                    continue
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                if b" 200 " not in head.split(b"\r\n", 1)[0]:
+                    return
+                header_done = True
+            while b"\n\n" in buf:
+                block, buf = buf.split(b"\n\n", 1)
+                for line in block.split(b"\n"):
+                    if line.startswith(b"data: "):
+                        try:
+                            state = json.loads(line[6:].decode("utf-8"))
+                        except ValueError:
+                            continue
+                        with self._lock:
+                            self.latest = state
+                        self.connected = True
+                        self._wake()
+
+    def close(self):
+        self._stop = True
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(2)
+            except OSError:
+                pass
+
+
+class SidebarApp(object):
+    """The curses sidebar: draws render() output, carries out the model's actions."""
+
+    def __init__(self, tmux, find_port, start_server=None, post=None, environ=None):
+        env = os.environ if environ is None else environ
+        self.tmux = tmux
+        self.pane = env.get("TMUX_PANE")
+        self.stream = EventStream(find_port, start_server)
+        self.post = post
+        self.model = None
+        self.scr = None
+        self.pairs = {}
+        self.theme_name = None
+        self.last_rows = []
+        self.rows = []
+        self.last_click = (0.0, -1)
+
+    def run(self):
+        import curses
+        import locale
+        os.environ.setdefault("ESCDELAY", "25")
+        locale.setlocale(locale.LC_ALL, "")
+        charset = "unicode" if "utf" in (locale.getpreferredencoding(False) or "").lower() else "ascii"
+        self.model = SidebarModel(charset=charset)
+        self.stream.start()
+        try:
+            curses.wrapper(self._main)
+        finally:
+            self.stream.close()
+        return 0
+
+    # -- colours -------------------------------------------------------------------------------
+    def _colors(self, ui):
+        import curses
+        name = (ui.get("theme") or DEFAULT_THEME, json.dumps(ui.get("colors") or {}, sort_keys=True))
+        if name == self.theme_name or not curses.has_colors():
+            return
+        self.theme_name = name
+        theme = resolve_theme(name[0], ui.get("colors"))
+        try:
+            curses.use_default_colors()
+            bg_default = -1
+        except curses.error:
+            bg_default = curses.COLOR_BLACK
+        n = curses.COLORS
+
+        def color(hexv):
+            rgb = hex_to_rgb(hexv)
+            return rgb_to_256(rgb) if n >= 256 else rgb_to_8(rgb)
+        pair = 1
+        for key in THEME_KEYS:
+            for selected in (False, True):
+                fg = color(theme[key]) if key != "sel" else color(theme["fg"])
+                bg = color(theme["sel"]) if selected or key == "sel" else bg_default
+                try:
+                    curses.init_pair(pair, fg, bg)
+                except curses.error:
+                    continue
+                self.pairs[(key, selected)] = curses.color_pair(pair)
+                pair += 1
+        self.last_rows = []  # colours changed: draw everything again
+
+    def _attr(self, style, selected):
+        import curses
+        attr = self.pairs.get((style, selected or style == "sel"), 0)
+        if style in ("accent",) and not selected:
+            attr |= curses.A_BOLD
+        if selected and not self.pairs:
+            attr |= curses.A_REVERSE
+        return attr
+
+    # -- main loop -----------------------------------------------------------------------------
+    def _main(self, scr):
+        import curses
+        import select
+        self.scr = scr
+        try:
+            curses.curs_set(0)
+        except curses.error:
+            pass
+        scr.keypad(True)
+        scr.nodelay(True)
+        curses.mousemask(curses.ALL_MOUSE_EVENTS | curses.REPORT_MOUSE_POSITION)
+        curses.mouseinterval(0)
+        self._colors({})
+        while True:
+            self._draw()
+            running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() for t in s.get("threads", []))
+            timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
+            try:
+                ready, _, _ = select.select([0, self.stream.wake_fd], [], [], timeout)
+            except InterruptedError:
+                ready = [0]
+            if not ready:
+                self.model.frame += 1
+            if self.stream.wake_fd in ready:
+                state = self.stream.take()
+                if state is not None:
+                    self.model.own_session = self._own_session(state)
+                    self.model.set_state(state)
+                    self._colors(state.get("ui") or {})
+                self.model.connected = self.stream.connected
+            if 0 in ready:
+                if self._keys() == "quit":
+                    return
+
+    def _own_session(self, state):
+        for s in state.get("sessions", []):
+            for w in s["windows"]:
+                if any(p["id"] == self.pane for p in w["panes"]):
+                    return s["name"]
+        return self.model.own_session
+
+    def _keys(self):
+        import curses
+        while True:
+            try:
+                ch = self.scr.get_wch()
+            except curses.error:
+                return None
+            if isinstance(ch, int):
+                name = curses.keyname(ch).decode("ascii", "replace")
+                if name == "KEY_RESIZE":
+                    self.last_rows = []
+                    continue
+                if name == "KEY_MOUSE":
+                    actions = self._mouse()
+                else:
+                    actions = self.model.key(name)
+            else:
+                actions = self.model.key(ch)
+            for action in actions:
+                if self._do(action) == "quit":
+                    return "quit"
+            self._draw()
+
+    def _mouse(self):
+        import curses
+        try:
+            _, x, y, _, bstate = curses.getmouse()
+        except curses.error:
+            return []
+        if bstate & getattr(curses, "BUTTON4_PRESSED", 0):
+            self.model.wheel(-1)
+            return []
+        if bstate & getattr(curses, "BUTTON5_PRESSED", 0x200000):
+            self.model.wheel(1)
+            return []
+        if bstate & (curses.BUTTON1_CLICKED | curses.BUTTON1_PRESSED | curses.BUTTON1_DOUBLE_CLICKED):
+            now = time.monotonic()
+            double = bool(bstate & curses.BUTTON1_DOUBLE_CLICKED) or (
+                now - self.last_click[0] < 0.4 and self.last_click[1] == y)
+            self.last_click = (now, y)
+            return self.model.click(y, self.rows, double)
+        return []
+
+    def _draw(self):
+        import curses
+        h, w = self.scr.getmaxyx()
+        self.rows = render(self.model, w, h)
+        for y in range(h):
+            row = self.rows[y] if y < len(self.rows) else (None, [])
+            selected = row[0] is not None and row[0] == self.model.selected
+            key = (row[1], selected, w)
+            if y < len(self.last_rows) and self.last_rows[y] == key:
+                continue
+            try:
+                self.scr.move(y, 0)
+                self.scr.clrtoeol()
+                x = 0
+                for text, style in row[1]:
+                    if x >= w:
+                        break
+                    self.scr.addstr(y, x, text, self._attr(style, selected))
+                    x += display_width(text)
+                if selected and x < w:
+                    self.scr.addstr(y, x, " " * (w - x - (1 if y == h - 1 else 0)), self._attr("sel", True))
+            except curses.error:
+                pass  # the last cell of the screen, or a width change in flight
+            if y < len(self.last_rows):
+                self.last_rows[y] = key
+            else:
+                self.last_rows.append(key)
+        del self.last_rows[h:]
+        self.scr.noutrefresh()
+        curses.doupdate()
+
+    # -- actions -------------------------------------------------------------------------------
+    def _client_for_me(self):
+        """The tmux client looking at this sidebar's window (or None: let tmux choose)."""
+        state = self.model.state or {}
+        my_window = None
+        for s in state.get("sessions", []):
+            for w in s["windows"]:
+                if any(p["id"] == self.pane for p in w["panes"]):
+                    my_window = w["id"]
+        clients = state.get("clients", [])
+        for c in clients:
+            if c["window"] == my_window:
+                return c["name"]
+        return clients[0]["name"] if len(clients) == 1 else None
+
+    def _switch(self, target):
+        client = self._client_for_me()
+        args = ["switch-client"] + (["-c", client] if client else []) + ["-t", target]
+        try:
+            self.tmux.run(*args)
+        except TmuxError as e:
+            self.model.message = str(e)
+
+    def _move_clients_off(self, name):
+        """Killing the session a client views would detach it: move such clients elsewhere first."""
+        others = [s["name"] for s in self.model.sessions() if s["name"] != name]
+        if not others:
+            return
+        target = self.model.own_session if self.model.own_session in others else others[0]
+        for c in (self.model.state or {}).get("clients", []):
+            if c["session"] == name:
+                self.tmux.run("switch-client", "-c", c["name"], "-t", "=" + target)
+
+    def _do(self, action):
+        import subprocess
+        kind = action[0]
+        try:
+            if kind == "switch":
+                self._switch("=" + action[1])
+            elif kind == "switch-pane":
+                self._switch(action[2])
+            elif kind in ("ui", "mute"):
+                body = action[1] if kind == "ui" else {"session": action[1]}
+                if self.post:
+                    self.post("/ui" if kind == "ui" else "/mute", body)
+            elif kind == "kill":
+                self._move_clients_off(action[1])
+                self.tmux.run("kill-session", "-t", "=" + action[1])
+            elif kind == "new":
+                directory = os.path.expanduser(action[2])
+                if not os.path.isdir(directory):
+                    self.model.message = "no such directory: %s" % directory
+                    return None
+                self.tmux.run("new-session", "-d", "-s", action[1], "-c", directory)
+                self._switch("=" + action[1])
+            elif kind == "open":
+                import shutil
+                opener = shutil.which("xdg-open") or shutil.which("open")
+                if not opener:
+                    self.model.message = "no xdg-open or open on PATH"
+                    return None
+                subprocess.Popen([opener, "http://localhost:%d" % action[1]], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            elif kind == "leave":
+                try:
+                    self.tmux.run("last-pane")
+                except TmuxError:
+                    self.tmux.run("select-pane", "-t", "{next}")
+        except TmuxError as e:
+            self.model.message = str(e)
+        except OSError as e:
+            self.model.message = "server: %s" % e
+        return None
+
+
+def even_layout(window_width, height, sidebar, panes, position="left"):
+    """A tmux layout string: the sidebar at its width, the other panes side by side, even.
+
+    sidebar: (pane number, width); panes: pane numbers (the digits of %N). Pure."""
+    sb_id, sb_w = sidebar
+    n = max(1, len(panes))
+    room = window_width - sb_w - n  # one separator column per work pane
+    widths = [room // n + (1 if i < room % n else 0) for i in range(n)]
+    cells = []
+    order = [("sb", sb_w)] + list(zip(panes, widths)) if position == "left" else list(zip(panes, widths)) + [("sb", sb_w)]
+    x = 0
+    for pid, w in order:
+        num = sb_id if pid == "sb" else pid
+        cells.append("%dx%d,%d,0,%d" % (w, height, x, num))
+        x += w + 1
+    body = "%dx%d,0,0{%s}" % (window_width, height, ",".join(cells))
+    csum = 0
+    for ch in body:
+        csum = ((csum >> 1) + ((csum & 1) << 15) + ord(ch)) & 0xffff
+    return "%04x,%s" % (csum, body)
+
+
+STASH_SESSION = HIDDEN_SESSION_PREFIX + "stash"
+
+
+class SidebarPanes(object):
+    """Keeps a sidebar pane in every window while the sidebar is shown (server side).
+
+    Runs after every tmux refresh: new windows get one, the width is put back after splits,
+    resizes and layout changes, a window left with only its sidebar is closed (or, if it is the
+    session's last window, gets a fresh shell, so the session never dies for it), and hiding
+    parks the panes in the hidden session _os_stash so they come back without restarting.
+    """
+
+    def __init__(self, server, command):
+        self.server = server
+        self.command = command  # the shell command that runs `opensessions sidebar`
+        self.busy = False
+
+    def sync(self):
+        if self.busy:
+            return
+        self.busy = True
+        try:
+            self._sync()
+        except TmuxError as e:
+            log("sidebar panes: %s" % e)
+        finally:
+            self.busy = False
+
+    def _sync(self):
+        store = self.server.store
+        ui = store.ui
+        tmux = self.server.tmux
+        stash = store.session_by_name(STASH_SESSION)
+        parked = [p for w in (stash or {}).get("windows", []) for p in w["panes"] if p["sidebar"]]
+        changed = False
+        for s in store.visible_sessions():
+            for w in s["windows"]:
+                sidebars = [p for p in w["panes"] if p["sidebar"]]
+                work = [p for p in w["panes"] if not p["sidebar"]]
+                if not ui["visible"]:
+                    for p in sidebars:
+                        self._park(p, w["id"], stash)
+                        stash = stash or {"windows": []}
+                        changed = True
+                    continue
+                if sidebars and not work:
+                    if len(s["windows"]) > 1:
+                        tmux.run("kill-window", "-t", w["id"])
+                    else:
+                        tmux.run("split-window", "-h", "-t", sidebars[0]["id"], "-c", s.get("dir") or home_dir())
+                        self._place(sidebars[0]["id"], ui)
+                    changed = True
+                    continue
+                for extra in sidebars[1:]:
+                    tmux.run("kill-pane", "-t", extra["id"])
+                    changed = True
+                if not sidebars:
+                    mine = next((p for p in parked if p.get("sidebarWindow") == w["id"]), None) or \
+                        next(iter(parked), None)
+                    if mine is not None:
+                        parked.remove(mine)
+                        self._join(mine["id"], work[0]["id"], w["id"], ui)
+                    else:
+                        self._split(work[0]["id"], w["id"], ui, s.get("dir"))
+                    changed = True
+                elif sidebars[0]["width"] != ui["width"] and w.get("width", 0) > ui["width"] + 10:
+                    tmux.run("resize-pane", "-t", sidebars[0]["id"], "-x", ui["width"])
+                    changed = True
+        return changed
+
+    def _flags(self, ui):
+        return ["-h", "-f", "-d", "-l", str(ui["width"])] + (["-b"] if ui["position"] == "left" else [])
+
+    def _split(self, target, window_id, ui, cwd):
+        out = self.server.tmux.run("split-window", *(self._flags(ui) + [
+            "-t", target, "-c", cwd or home_dir(), "-P", "-F", "#{pane_id}", self.command]))
+        pane = out.strip()
+        if pane:
+            self._mark(pane, window_id)
+
+    def _join(self, pane, target, window_id, ui):
+        self.server.tmux.run("join-pane", *(self._flags(ui) + ["-s", pane, "-t", target]))
+        self._mark(pane, window_id)
+
+    def _mark(self, pane, window_id):
+        self.server.tmux.run("set-option", "-p", "-t", pane, "@opensessions-sidebar", "1", ";",
+                             "set-option", "-p", "-t", pane, "@opensessions-window", window_id)
+
+    def _place(self, pane, ui):
+        """After a fresh work pane was split off a lone sidebar, put the sidebar back at its side."""
+        self.server.tmux.run("resize-pane", "-t", pane, "-x", ui["width"])
+
+    def _park(self, pane, window_id, stash):
+        tmux = self.server.tmux
+        if stash is None:
+            tmux.run("new-session", "-d", "-s", STASH_SESSION, "-x", "80", "-y", "24")
+        tmux.run("break-pane", "-d", "-s", pane["id"], "-t", "=%s:" % STASH_SESSION)
+
+    def remove_all(self):
+        """Kill every sidebar pane and the stash session (uninstall)."""
+        tmux = self.server.tmux
+        for s in self.server.store.sessions:
+            for w in s["windows"]:
+                for p in w["panes"]:
+                    if p["sidebar"]:
+                        try:
+                            tmux.run("kill-pane", "-t", p["id"])
+                        except TmuxError:
+                            pass
+        try:
+            tmux.run("kill-session", "-t", "=" + STASH_SESSION)
+        except TmuxError:
+            pass
 
 
 ##############################################################################
@@ -3531,9 +4663,10 @@ def _client(args):
     return Client(port)
 
 
-def _post(args, path, body):
+def _request(args, method, path, body=None):
+    """One request to this tmux server's opensessions server -> (status, content); clear errors."""
     try:
-        status, content = _client(args).request("POST", path, body)
+        status, content = _client(args).request(method, path, body)
     except OSError as e:
         raise OpensessionsError("cannot reach the opensessions server (%s); start it with `opensessions start`" % e)
     if status >= 400:
@@ -3542,7 +4675,15 @@ def _post(args, path, body):
         except (ValueError, AttributeError):
             reason = content.decode("utf-8", "replace")
         raise OpensessionsError("server refused: %s (HTTP %d)" % (reason, status))
-    return status
+    return status, content
+
+
+def _post(args, path, body):
+    return _request(args, "POST", path, body)[0]
+
+
+def _get_state(args):
+    return json.loads(_request(args, "GET", "/state")[1].decode("utf-8"))
 
 
 def cmd_server(args):
@@ -3659,16 +4800,10 @@ def cmd_notify(args):
 
 
 def cmd_status(args):
-    try:
-        status, content = _client(args).request("GET", "/state")
-    except OSError as e:
-        raise OpensessionsError("cannot reach the opensessions server (%s); start it with `opensessions start`" % e)
-    if status != 200:
-        raise OpensessionsError("server answered HTTP %d" % status)
+    state = _get_state(args)
     if args.json:
-        sys.stdout.write(content.decode("utf-8") + "\n")
+        sys.stdout.write(json.dumps(state) + "\n")
         return 0
-    state = json.loads(content.decode("utf-8"))
     for s in state["sessions"]:
         line = "%-20s %-6s %s" % (s["name"], s.get("state") or "-", s.get("branch") or "")
         if s.get("unseen"):
@@ -3677,6 +4812,39 @@ def cmd_status(args):
         for t in s.get("threads", []):
             print("    %-8s %-11s %s" % (t["agent"], t["status"], t.get("title") or t["id"]))
     return 0
+
+
+def serve(socket_path, port=None, log_path=None, environ=None):
+    """Run the server in the foreground until stopped, its tmux server exits, or a signal. -> exit code."""
+    import signal
+    global _log_file
+    env = os.environ if environ is None else environ
+    explicit = port is not None or bool(env.get("OPENSESSIONS_PORT"))
+    if port is None:
+        port = _int(env.get("OPENSESSIONS_PORT"), DEFAULT_PORT) if env.get("OPENSESSIONS_PORT") else DEFAULT_PORT
+    if log_path:
+        ensure_private_dir(os.path.dirname(log_path))
+        _log_file = open(log_path, "a", buffering=1)
+    server = build_server(Tmux(socket_path), port, explicit, env)
+    server.start()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *a: server.loop.post(server.stop, "signal"))
+    log("opensessions %s serving http://%s:%d for tmux %s (pid %d)"
+        % (__version__, HOST, server.port, socket_path, os.getpid()))
+    server.serve_forever()
+    log("server stopped: %s" % (server.exit_reason or "stopped"))
+    return 0
+
+
+def build_server(tmux, port, explicit, environ):
+    """The Server with every part attached: agent watchers, sidebar panes (the composition point)."""
+    server = Server(tmux, port, explicit, environ)
+    recent = float(environ.get("OPENSESSIONS_RECENT_DAYS") or 7)
+    server.watchers = AgentWatchers(server, environ, recent_days=recent)
+    if environ.get("OPENSESSIONS_LIST_HOURS"):
+        server.store.recent_ms = int(float(environ["OPENSESSIONS_LIST_HOURS"]) * 3600 * 1000)
+    server.sidebars = SidebarPanes(server, _self_command() + " sidebar")
+    return server
 
 
 def _self_command():
@@ -3734,6 +4902,207 @@ def cmd_install(args):
 def cmd_uninstall(args):
     for line in install_agents(_self_command(), uninstall=True) or ["nothing of ours was installed"]:
         print(line)
+    return 0
+
+
+def _tmux(args):
+    return Tmux(_socket_from_args(args))
+
+
+def cmd_sidebar(args):
+    """Run the curses sidebar in this pane (the sidebar pane manager starts these)."""
+    socket_path = _socket_from_args(args)
+
+    def find_port():
+        return args.port if args.port is not None else find_server(socket_path)[0]
+
+    def post(path, body):
+        status, content = Client(find_port(), timeout=2).request("POST", path, body)
+        if status >= 400:
+            raise OSError(content.decode("utf-8", "replace"))
+
+    return SidebarApp(Tmux(socket_path), find_port, start_server=lambda: start_background(args),
+                      post=post).run()
+
+
+def cmd_toggle(args):
+    start_background(args)
+    visible = not _get_state(args).get("ui", {}).get("visible")
+    _post(args, "/ui", {"visible": visible})
+    return 0
+
+
+def _window_sidebar(state, window_id):
+    for s in state["sessions"]:
+        for w in s["windows"]:
+            if w["id"] == window_id:
+                return w, next((p for p in w["panes"] if p.get("sidebar")), None)
+    return None, None
+
+
+def cmd_focus(args):
+    """Focus the sidebar of a window (showing the sidebar first if it is hidden)."""
+    start_background(args)
+    tmux = _tmux(args)
+    window = args.window or tmux.run("display-message", "-p", "#{window_id}").strip()
+    if not _get_state(args).get("ui", {}).get("visible"):
+        _post(args, "/ui", {"visible": True})
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        _, pane = _window_sidebar(_get_state(args), window)
+        if pane:
+            tmux.run("select-pane", "-t", pane["id"])
+            return 0
+        time.sleep(0.02)
+    raise OpensessionsError("no sidebar appeared in window %s" % window)
+
+
+def cmd_layout(args):
+    """even-horizontal for the work panes, the sidebar keeping its width."""
+    tmux = _tmux(args)
+    window = args.window or tmux.run("display-message", "-p", "#{window_id}").strip()
+    state = _get_state(args)
+    w, sidebar = _window_sidebar(state, window)
+    if w is None:
+        raise OpensessionsError("no window %s" % window)
+    if sidebar is None:
+        tmux.run("select-layout", "-t", window, "even-horizontal")
+        return 0
+    work = [int(p["id"][1:]) for p in w["panes"] if not p.get("sidebar")]
+    height = max(p["height"] for p in w["panes"])
+    ui = state.get("ui", {})
+    layout = even_layout(w["width"], height, (int(sidebar["id"][1:]), ui.get("width", DEFAULT_WIDTH)), work,
+                         ui.get("position", "left"))
+    tmux.run("select-layout", "-t", window, layout)
+    return 0
+
+
+def cmd_switch(args):
+    """Switch a client to the session at place N of the sidebar's list."""
+    sessions = [s for s in _get_state(args)["sessions"] if not s.get("hidden")]
+    if not 1 <= args.n <= len(sessions):
+        raise OpensessionsError("there is no session number %d (%d listed)" % (args.n, len(sessions)))
+    target = ["-c", args.client] if args.client else []
+    _tmux(args).run("switch-client", *(target + ["-t", "=" + sessions[args.n - 1]["name"]]))
+    return 0
+
+
+TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": str(DEFAULT_WIDTH),
+                "@opensessions-position": "left", "@opensessions-theme": "", "@opensessions-port": "",
+                "@opensessions-focus-key": "", "@opensessions-index-keys": "off", "@opensessions-resurrect": "on"}
+KEY_TABLE = "opensessions"
+
+
+def tmux_bindings(me, options):
+    """(table, key, command...) tuples the plugin binds. Pure. `me` is our shell command prefix."""
+    def run(cmd):
+        return ("run-shell", "-b", me + " " + cmd)
+    key = options.get("@opensessions-key") or "o"
+    out = [("prefix", key, "switch-client", "-T", KEY_TABLE),
+           (KEY_TABLE, "s", ) + run("focus -w '#{window_id}'"),
+           (KEY_TABLE, "t", ) + run("toggle"),
+           (KEY_TABLE, "e", ) + run("layout -w '#{window_id}'"),
+           (KEY_TABLE, "n", ) + run("next -c '#{client_name}'"),
+           (KEY_TABLE, "p", ) + run("next --back -c '#{client_name}'")]
+    for n in range(1, 10):
+        out.append((KEY_TABLE, str(n)) + run("switch %d -c '#{client_name}'" % n))
+    focus = options.get("@opensessions-focus-key")
+    if focus:
+        out.append(("root", focus) + run("focus -w '#{window_id}'"))
+    if options.get("@opensessions-index-keys") in ("on", "1", "yes", "true"):
+        for n in range(1, 10):
+            out.append(("root", "M-%d" % n) + run("switch %d -c '#{client_name}'" % n))
+    return out
+
+
+def _tmux_option(tmux, name):
+    try:
+        return tmux.run("show-option", "-gqv", name).rstrip("\n")
+    except TmuxError:
+        return ""
+
+
+def cmd_tmux_setup(args):
+    """What opensessions.tmux runs: bind keys, apply options, start (or update) the server."""
+    tmux = _tmux(args)
+    options = {name: (_tmux_option(tmux, name) or default) for name, default in TMUX_OPTIONS.items()}
+    me = _self_command()
+    if options["@opensessions-port"]:
+        args.port = _int(options["@opensessions-port"], None)
+        me += " --port %d" % args.port
+    for table, key, *command in tmux_bindings(me, options):
+        tmux.run("bind-key", *(["-T", table] if table != "prefix" else []) + [key] + command)
+    tmux.run("set-option", "-g", "@opensessions-bound-key", options["@opensessions-key"])
+    runtime = RuntimeFiles(_socket_from_args(args))
+    info = runtime.live_info()
+    if info and info.get("version") != __version__:
+        cmd_stop(args)  # an updated plugin: restart the server on the new code
+    start_background(args)
+    ui = {}
+    if options["@opensessions-width"].isdigit():
+        ui["width"] = int(options["@opensessions-width"])
+    if options["@opensessions-position"] in ("left", "right"):
+        ui["position"] = options["@opensessions-position"]
+    if options["@opensessions-theme"] in THEMES:
+        ui["theme"] = options["@opensessions-theme"]
+    state_ui = _get_state(args).get("ui", {})
+    ui = {k: v for k, v in ui.items() if state_ui.get(k) != v}
+    if ui:
+        _post(args, "/ui", ui)
+    if options["@opensessions-resurrect"] in ("on", "1", "yes", "true"):
+        tmux_setup_resurrect(tmux, me)
+    return 0
+
+
+def tmux_setup_resurrect(tmux, me):
+    """Hook resurrect's save and restore (never touching @resurrect-processes)."""
+    tmux.run("set-option", "-g", "@resurrect-hook-post-save-all", me + " save")
+    tmux.run("set-option", "-g", "@resurrect-hook-post-restore-all", me + " restore")
+
+
+def cmd_uninstall_tmux(args):
+    """Remove every binding, option, sidebar pane and helper session we made; stop the server."""
+    tmux = _tmux(args)
+    key = _tmux_option(tmux, "@opensessions-bound-key") or "o"
+    for table, k, *_ in tmux_bindings("x", {"@opensessions-key": key, "@opensessions-focus-key":
+                                             _tmux_option(tmux, "@opensessions-focus-key"),
+                                             "@opensessions-index-keys": "on"}):
+        if table == KEY_TABLE:
+            continue
+        try:
+            bound = tmux.run("list-keys", "-T", table, k)
+        except TmuxError:
+            continue
+        if KEY_TABLE in bound or "opensessions" in bound:
+            tmux.run("unbind-key", *(["-T", table] if table != "prefix" else []) + [k])
+    try:
+        tmux.run("unbind-key", "-a", "-T", KEY_TABLE)
+    except TmuxError:
+        pass
+    for line in tmux.run("show-options", "-g").splitlines():
+        name = line.split(" ", 1)[0]
+        if name.startswith("@opensessions-"):
+            tmux.run("set-option", "-gu", name)
+        elif name.startswith("@resurrect-hook-post-") and "opensessions" in line:
+            tmux.run("set-option", "-gu", name)
+    for line in tmux.run("list-panes", "-a", "-F", "#{pane_id} #{@opensessions-sidebar}").splitlines():
+        pane, _, flag = line.partition(" ")
+        if flag.strip() == "1":
+            try:
+                tmux.run("kill-pane", "-t", pane)
+            except TmuxError:
+                pass
+    try:
+        tmux.run("kill-session", "-t", "=" + STASH_SESSION)
+    except TmuxError:
+        pass
+    for line in tmux.run("list-windows", "-a", "-F", "#{window_id}").splitlines():
+        try:
+            tmux.run("set-option", "-wu", "-t", line.strip(), "@agent_session")
+        except TmuxError:
+            pass
+    cmd_stop(args)
+    print("opensessions removed from this tmux server")
     return 0
 
 
@@ -3811,6 +5180,24 @@ def build_parser():
                    ).set_defaults(func=cmd_install)
     sub.add_parser("uninstall", parents=[shared], help="remove what `install` added, and nothing else"
                    ).set_defaults(func=cmd_uninstall)
+
+    sub.add_parser("sidebar", parents=[shared], help="run the curses sidebar in this pane").set_defaults(func=cmd_sidebar)
+    sub.add_parser("toggle", parents=[shared], help="show or hide the sidebar in every window").set_defaults(func=cmd_toggle)
+    s = sub.add_parser("focus", parents=[shared], help="focus the sidebar of a window (showing it if hidden)")
+    s.add_argument("-w", "--window", help="window id (default: the current one)")
+    s.set_defaults(func=cmd_focus)
+    s = sub.add_parser("layout", parents=[shared], help="even-horizontal layout that keeps the sidebar's width")
+    s.add_argument("-w", "--window", help="window id (default: the current one)")
+    s.set_defaults(func=cmd_layout)
+    s = sub.add_parser("switch", parents=[shared], help="switch to the session at place N in the list")
+    s.add_argument("n", type=int)
+    s.add_argument("-c", "--client", help="the tmux client to switch (default: tmux's choice)")
+    s.set_defaults(func=cmd_switch)
+    sub.add_parser("tmux-setup", parents=[shared], help="(run by opensessions.tmux) bind keys, start the server"
+                   ).set_defaults(func=cmd_tmux_setup)
+    sub.add_parser("uninstall-tmux", parents=[shared],
+                   help="remove our bindings, options, sidebar panes and helper session; stop the server"
+                   ).set_defaults(func=cmd_uninstall_tmux)
     return p
 
 
