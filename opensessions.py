@@ -378,8 +378,11 @@ def validate_agent_event(body):
 
 
 DEFAULT_WIDTH = 32
+NOTIFY_CHANNELS = ("tmux", "desktop", "terminal", "bell")
+NOTIFY_STATUSES = ("done", "error", "waiting", "retry", "interrupted")
 UI_DEFAULTS = {"order": [], "hidden": [], "muted": [], "theme": "catppuccin-mocha", "width": DEFAULT_WIDTH,
-               "position": "left", "colors": {}, "visible": False}
+               "position": "left", "colors": {}, "visible": False,
+               "notify": ["tmux", "desktop"], "notifyOn": ["done", "error", "waiting", "retry"]}
 
 
 def validate_ui(body):
@@ -408,6 +411,12 @@ def validate_ui(body):
         if not isinstance(body["visible"], bool):
             raise ApiError(400, "'visible' must be a boolean")
         out["visible"] = body["visible"]
+    for key, allowed in (("notify", NOTIFY_CHANNELS), ("notifyOn", NOTIFY_STATUSES)):
+        if key in body:
+            value = body[key]
+            if not isinstance(value, list) or not all(v in allowed for v in value):
+                raise ApiError(400, "'%s' must be a list drawn from: %s" % (key, ", ".join(allowed)))
+            out[key] = list(dict.fromkeys(value))
     if "colors" in body:
         c = body["colors"]
         if not isinstance(c, dict) or not all(isinstance(v, str) and re.match(r"^#[0-9a-fA-F]{6}$", v)
@@ -415,7 +424,8 @@ def validate_ui(body):
             raise ApiError(400, "'colors' must map colour names to #rrggbb")
         out["colors"] = dict(c)
     if not out:
-        raise ApiError(400, "nothing to change: give order, hidden, muted, theme, width, position, visible or colors")
+        raise ApiError(400, "nothing to change: give order, hidden, muted, theme, width, position, visible, "
+                            "colors, notify or notifyOn")
     return out
 
 
@@ -2679,7 +2689,9 @@ class Server(object):
         self.notifier = None
         self.watchers = None
         self.sidebars = None
+        self.tmux_options = None
         self.cold_starting = False
+        self._status_changes = []
         self._known_before_cold = frozenset()
         self.process_table = None
         self.pane_of_pid = {}
@@ -3064,11 +3076,26 @@ class Server(object):
 
     # -- state changes from the API ----------------------------------------------------------
     def publish(self):
+        self._judge_status_changes()
         if self.store.publish():
             self.on_published()
 
+    def _judge_status_changes(self):
+        """Apply the unseen rule and tell the notifier, for changes still current."""
+        changes, self._status_changes = self._status_changes, []
+        for t, prev, status in changes:
+            if t.status != status:
+                continue  # changed again within the batch: the later change decides
+            if becomes_unseen(prev, status, self.is_viewed(t)):
+                t.unseen = True
+                self.store.touch()
+                self._schedule_save()
+            self.on_thread_status(t, prev)
+
     def on_published(self):
-        """Hook for the notifier and the tmux option writer."""
+        """A new snapshot: keep the tmux status-line options current."""
+        if self.tmux_options is not None:
+            self.tmux_options.update(self.store.published[1])
 
     def handle(self, method, body):
         """Apply one API call on the loop thread, then publish whatever it changed."""
@@ -3119,14 +3146,6 @@ class Server(object):
         """Send a notification through the enabled channels (see the notifications section)."""
         if self.notifier is not None:
             self.notifier.send(session, message, tone)
-            return
-        text = ("%s: %s" % (session, message)) if session else message
-        for c in self.store.clients:
-            if not c["control"]:
-                try:
-                    self.tmux.run("display-message", "-c", c["name"], "-d", "4000", text)
-                except TmuxError as e:
-                    log("notify via tmux failed: %s" % e)
 
     def api_agent_event(self, body):
         """A hook or plugin reports a thread's status. -> True if a session matched."""
@@ -3165,12 +3184,12 @@ class Server(object):
             fields["alive"] = True
         if ev["prompt"] and (current is None or not current.title):
             fields["title"] = fields["title"] or _clip_title(ev["prompt"])
-        t = self.apply_thread_update(ev["agent"], thread_id, **fields)
-        if pane and t.pid is None:
-            t.pane, t.link = pane, "api"
-        if session is not None and t.session != session["name"] and (pane or not t.pane):
-            t.session = session["name"]
-            self.store.touch()
+        linked_by_pid = (current is not None and current.pid) or ev["pid"]
+        if pane and not linked_by_pid:
+            fields.update(pane=pane, link="api")
+        if session is not None and (pane or current is None or not current.pane):
+            fields["session"] = session["name"]
+        self.apply_thread_update(ev["agent"], thread_id, **fields)
         self.map_threads()
         return session is not None
 
@@ -3236,18 +3255,19 @@ class Server(object):
         prev_status = None if is_new else old[0]
         observed = not self.cold_starting or key in self._known_before_cold
         if prev_status != t.status and observed:
-            if becomes_unseen(prev_status, t.status, self.is_viewed(t)):
-                t.unseen = True
-            elif t.status in ACTIVE_STATUSES:
+            if t.status in ACTIVE_STATUSES:
                 t.unseen = False
-            self.on_thread_status(t, prev_status)
+            # judged at publish time, once the batch is applied and threads are linked to panes
+            self._status_changes.append((t, prev_status, t.status))
         if changed or is_new:
             self.store.touch()
             self._schedule_save()
         return t
 
     def on_thread_status(self, thread, old_status):
-        """Hook for the notifier: a thread changed status."""
+        """A thread changed status: tell the notifier (after this change is applied)."""
+        if self.notifier is not None and not self.cold_starting:
+            self.notifier.thread_changed(thread, old_status)
 
     def is_viewed(self, thread):
         """True when an attached (non-control) client looks at the thread's pane's window,
@@ -3322,6 +3342,18 @@ class Server(object):
             log("cannot save %s: %s" % (self.ui_path, e))
         self.on_ui_changed(change)
 
+    def api_mute(self, body):
+        """POST /mute {"session", "muted": true|false}; without "muted" it toggles."""
+        session = _require_session(body)
+        muted = body.get("muted")
+        if muted is not None and not isinstance(muted, bool):
+            raise ApiError(400, "'muted' must be a boolean")
+        current = list(self.store.ui["muted"])
+        if muted is None:
+            muted = session not in current
+        new = [s for s in current if s != session] + ([session] if muted else [])
+        self.api_ui({"muted": new})
+
     def on_ui_changed(self, change):
         """Visibility, width or side changed: put the sidebar panes right."""
         if self.sidebars is not None and {"visible", "width", "position"} & set(change):
@@ -3371,6 +3403,7 @@ ROUTES = {
     "/api/agent-event": "api_agent_event",
     "/api/opencode-event": "api_opencode_event",
     "/ui": "api_ui",
+    "/mute": "api_mute",
 }
 GET_ROUTES = ("/", "/state", "/events", "/health")
 
@@ -3535,7 +3568,313 @@ def make_handler(server):
 # Notifications
 ##############################################################################
 
-# (Filled by the attention issue.)
+STATUS_WORDS = {"done": "finished", "error": "failed", "waiting": "needs you", "retry": "is retrying",
+                "interrupted": "was interrupted"}
+URGENCY = {"error": "critical", "waiting": "critical", "done": "normal", "interrupted": "normal", "retry": "low"}
+COALESCE_WINDOW = 2.0
+
+
+def should_notify(thread, old_status, viewed, muted, notify_on):
+    """Pure: does this status change deserve a notification?"""
+    if thread.hidden or muted or viewed or thread.status == old_status:
+        return False
+    if thread.status not in notify_on:
+        return False
+    if thread.status == "retry" and (old_status == "retry" or (thread.attempt or 1) > 1):
+        return False  # only the first retry
+    return True
+
+
+def describe(events):
+    """One notification for one or several events: (title, body, worst status). Pure."""
+    if len(events) == 1:
+        e = events[0]
+        title = "%s %s" % (e["agent"], STATUS_WORDS.get(e["status"], e["status"]))
+        body = " · ".join(x for x in (e.get("session"), e.get("title"), e.get("detail")) if x)
+        return title, body, e["status"]
+    order = ("error", "waiting", "interrupted", "retry", "done")
+    worst = min((e["status"] for e in events), key=lambda s: order.index(s) if s in order else 9)
+    counts = {}
+    for e in events:
+        counts[e["status"]] = counts.get(e["status"], 0) + 1
+    parts = []
+    for status in order:
+        if counts.get(status):
+            n = counts[status]
+            parts.append("%d agent%s %s" % (n, "" if n == 1 else "s", STATUS_WORDS[status]))
+    body = ", ".join(sorted({e["session"] or "?" for e in events}))
+    return ", ".join(parts), body, worst
+
+
+class Coalescer(object):
+    """Quiet by design: the first event goes out at once; events within `window` seconds after it
+    are held and go out together as one notification when the window closes. Clock injected."""
+
+    def __init__(self, window=COALESCE_WINDOW):
+        self.window = window
+        self.opened = None
+        self.held = []
+
+    def add(self, event, now):
+        """-> events to send now ([] while a window is open)."""
+        if self.opened is not None and now - self.opened < self.window:
+            self.held.append(event)
+            return []
+        self.opened = now
+        self.held = []
+        return [event]
+
+    def flush(self, now):
+        """Call when the window may have closed -> held events to send together ([] if none)."""
+        if self.opened is None or now - self.opened < self.window:
+            return []
+        held, self.held = self.held, []
+        self.opened = now if held else None  # a flush opens a new quiet window
+        return held
+
+    def next_due(self):
+        return None if self.opened is None else self.opened + self.window
+
+
+def osc_notification(title, body):
+    """OSC 777 (rxvt, kitty, WezTerm, foot, Ghostty) and OSC 9 (iTerm2, WezTerm, kitty) sequences."""
+    def clean(s):
+        return "".join(ch for ch in s if ch >= " " and ch not in "\x7f;")[:200]
+    return ("\033]777;notify;%s;%s\a\033]9;%s: %s\a" % (clean(title), clean(body), clean(title), clean(body))).encode()
+
+
+def applescript_string(s):
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Notifier(object):
+    """Sends notifications through the enabled channels without ever blocking the event loop:
+    commands are started and reaped later (killed after a timeout); a failing channel is logged
+    once and skipped while the others go on."""
+
+    def __init__(self, server, clock=time.monotonic, which=None, platform=None):
+        import shutil
+        self.server = server
+        self.clock = clock
+        self.which = which or shutil.which
+        self.platform = platform or sys.platform
+        self.coalescer = Coalescer()
+        self.running = []  # (Popen, started)
+        self.failed = set()
+        self.flush_scheduled = False
+        self.sent = []  # (monotonic time, channel, title, body) of the last sends, for tests and status
+
+    def thread_changed(self, thread, old_status):
+        ui = self.server.store.ui
+        if not should_notify(thread, old_status, self.server.is_viewed(thread),
+                             thread.session in ui["muted"], ui["notifyOn"]):
+            return
+        event = {"agent": thread.agent, "status": thread.status, "session": thread.session,
+                 "title": thread.title, "detail": thread.detail, "pane": thread.pane}
+        now = self.clock()
+        ready = self.coalescer.add(event, now)
+        if ready:
+            self._send_events(ready)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.server.loop.call_later(max(0.0, self.coalescer.next_due() - now), self._flush)
+
+    def _flush(self):
+        self.flush_scheduled = False
+        held = self.coalescer.flush(self.clock())
+        if held:
+            self._send_events(held)
+        due = self.coalescer.next_due()
+        if due is not None:
+            self.flush_scheduled = True
+            self.server.loop.call_later(max(0.0, due - self.clock()), self._flush)
+
+    def _send_events(self, events):
+        title, body, status = describe(events)
+        panes = [e["pane"] for e in events if e.get("pane")]
+        self.send_all(title, body, status, panes)
+
+    def send(self, session, message, tone):
+        """POST /notify and `opensessions notify`: the same channels, at once."""
+        status = {"error": "error", "warn": "waiting"}.get(tone, "done")
+        self.send_all("opensessions" + (": " + session if session else ""), message, status, [])
+
+    def send_all(self, title, body, status, panes):
+        channels = self.server.store.ui["notify"]
+        for channel in channels:
+            try:
+                getattr(self, "_" + channel)(title, body, status, panes)
+            except Exception as e:  # one failing channel never stops the others
+                self._failed(channel, e)
+        self._reap()
+
+    def _failed(self, channel, error):
+        if channel not in self.failed:
+            self.failed.add(channel)
+            log("notification channel %s failed (%s); skipping it when it fails again" % (channel, error))
+
+    def _spawn(self, channel, argv, title, body):
+        import subprocess
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+        self.running.append((proc, self.clock()))
+        self.sent.append((self.clock(), channel, title, body))
+        del self.sent[:-50]
+        self.server.loop.call_later(5.0, self._reap)
+
+    def _reap(self):
+        keep = []
+        for proc, started in self.running:
+            if proc.poll() is None:
+                if self.clock() - started > 5.0:
+                    proc.kill()
+                    proc.poll()
+                else:
+                    keep.append((proc, started))
+        self.running = keep
+
+    def _tmux(self, title, body, status, panes):
+        text = "%s: %s" % (title, body) if body else title
+        clients = [c for c in self.server.store.clients if not c["control"]]
+        if not clients:
+            return
+        cmds = []
+        for c in clients:
+            if cmds:
+                cmds.append(";")
+            cmds += ["display-message", "-c", c["name"], "-d", "5000", text.replace("#", "##")]
+        self._spawn("tmux", self.server.tmux.argv(*cmds), title, body)
+
+    def _desktop(self, title, body, status, panes):
+        if self.platform == "darwin":
+            exe = self.which("osascript")
+            if not exe:
+                raise OSError("osascript not found")
+            script = "display notification %s with title %s" % (applescript_string(body), applescript_string(title))
+            self._spawn("desktop", [exe, "-e", script], title, body)
+            return
+        exe = self.which("notify-send")
+        if not exe:
+            raise OSError("notify-send not found on PATH")
+        self._spawn("desktop", [exe, "-a", "opensessions", "-u", URGENCY.get(status, "normal"), title, body],
+                    title, body)
+
+    def _terminal(self, title, body, status, panes):
+        data = osc_notification(title, body)
+        for c in self.server.store.clients:
+            if c["control"] or not c.get("tty"):
+                continue
+            fd = os.open(c["tty"], os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        self.sent.append((self.clock(), "terminal", title, body))
+
+    def _bell(self, title, body, status, panes):
+        for pane in panes:
+            found = self.server.store.session_of_pane(pane)
+            if found:
+                fd = os.open(found[2]["tty"], os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+                try:
+                    os.write(fd, b"\a")
+                finally:
+                    os.close(fd)
+        self.sent.append((self.clock(), "bell", title, body))
+
+
+def status_summary(state, charset="unicode"):
+    """The status-line options from a /state document: {option: value}. Pure.
+
+    @opensessions-status like '⠋2 ◉1 ●3' (running, waiting, unseen), the counts, and per window
+    @opensessions-agent (the glyph of what most needs you there) and @agent_session (agent:id)."""
+    g = GLYPHS[charset]
+    running = waiting = unseen = errors = 0
+    windows = {}
+    for s in state["sessions"]:
+        pane_window = {p["id"]: w["id"] for w in s["windows"] for p in w["panes"]}
+        for t in s["threads"]:
+            if t["status"] in ACTIVE_STATUSES:
+                running += 1
+            if t["status"] == "waiting":
+                waiting += 1
+            if t["status"] == "error":
+                errors += 1
+            if t.get("unseen"):
+                unseen += 1
+            wid = pane_window.get(t.get("pane"))
+            if wid and t.get("alive"):
+                att = thread_attention(Thread(t["agent"], t["id"], status=t["status"], unseen=t.get("unseen")))
+                prev = windows.get(wid)
+                if prev is None or ATTENTION_ORDER.index(att) < ATTENTION_ORDER.index(prev[0]):
+                    windows[wid] = (att, "%s:%s" % (t["agent"], t["id"]))
+    parts = []
+    for glyph, n in ((SPINNER[charset][0], running), (g["waiting"], waiting), (g["error"], errors),
+                     (g["unseen"], unseen)):
+        if n:
+            parts.append("%s%d" % (glyph, n))
+    glyph_of = {"running": SPINNER[charset][0], "retry": g["retry"], "waiting": g["waiting"], "error": g["error"],
+                "interrupted": g["interrupted"], "done-unseen": g["done-unseen"], "done": g["done"], "idle": g["idle"]}
+    return {
+        "global": {"@opensessions-status": " ".join(parts), "@opensessions-waiting": str(waiting),
+                   "@opensessions-unseen": str(unseen), "@opensessions-running": str(running)},
+        "windows": {wid: {"@opensessions-agent": glyph_of.get(att, ""), "@agent_session": link}
+                    for wid, (att, link) in windows.items()},
+    }
+
+
+class TmuxOptions(object):
+    """Keeps the status-line and live-link options current: only changed values are written, in
+    one tmux call; tmux evaluates #{@opensessions-status} itself (no process per status refresh)."""
+
+    def __init__(self, server):
+        self.server = server
+        self.written = {"global": {}, "windows": {}}
+
+    def update(self, state):
+        want = status_summary(state)
+        cmds = []
+
+        def add(*args):
+            if cmds:
+                cmds.append(";")
+            cmds.extend(args)
+        for name, value in want["global"].items():
+            if self.written["global"].get(name) != value:
+                add("set-option", "-gq", name, value)
+        live = {w["id"] for s in state["sessions"] for w in s["windows"]}
+        for wid, opts in want["windows"].items():
+            for name, value in opts.items():
+                if self.written["windows"].get(wid, {}).get(name) != value:
+                    add("set-option", "-wq", "-t", wid, name, value)
+        for wid, opts in self.written["windows"].items():
+            if wid not in want["windows"] and wid in live:
+                for name in opts:
+                    add("set-option", "-wqu", "-t", wid, name)
+        if not cmds:
+            return
+        try:
+            self.server.tmux.run(*cmds)
+        except TmuxError as e:
+            log("cannot set status options: %s" % e)
+            return
+        self.written = {"global": dict(want["global"]),
+                        "windows": {w: dict(o) for w, o in want["windows"].items()}}
+
+
+def attention_queue(state):
+    """Threads needing the user, in the order `next` visits them: waiting, then error, then unseen
+    finished or interrupted; oldest first within each. Pure."""
+    rank = {"waiting": 0, "error": 1, "interrupted": 2, "done": 2}
+    out = []
+    for s in state["sessions"]:
+        if s.get("hidden"):
+            continue
+        for t in s["threads"]:
+            if t["status"] in ("waiting", "error") or (t.get("unseen") and t["status"] in rank):
+                out.append((rank[t["status"]], t.get("updatedAt") or 0, s["name"], t))
+    out.sort(key=lambda x: (x[0], x[1]))
+    return [(name, t) for _, _, name, t in out]
 
 
 ##############################################################################
@@ -3753,8 +4092,13 @@ class SidebarModel(object):
         sel_session = self.selected[1] if self.selected else None
         for s in self.sessions():
             out.append(("session", s["name"]))
-            if s["name"] == sel_session:
-                out.extend(("thread", s["name"], t["agent"], t["id"]) for t in s.get("threads", []))
+            threads = s.get("threads", [])
+            if self.filter_mode == "attention":
+                threads = [t for t in threads if t["status"] in ACTIVE_STATUSES + ("waiting", "error")
+                           or t.get("unseen")]
+            elif s["name"] != sel_session:
+                threads = []
+            out.extend(("thread", s["name"], t["agent"], t["id"]) for t in threads)
         return out
 
     def session(self, name):
@@ -4018,6 +4362,8 @@ def render(model, width, height, now=None):
             glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, charset)
             badges.append((glyph, style))
         unseen = [(" " + g["unseen"], "unseen")] if s.get("unseen") else []
+        if s.get("muted"):
+            unseen.append((" m", "muted"))
         marker = "▌" if is_current and charset == "unicode" else (">" if is_current else " ")
         name_room = w - 3 - len(badges) - (2 if unseen else 0) - (1 if badges else 0)
         pieces = [(marker, "accent"), (num + " ", "muted"), (fit(s["name"], max(1, name_room), g["more"]),
@@ -4042,6 +4388,15 @@ def render(model, width, height, now=None):
             sub.append((" " + g["bar"] * full + g["bar_empty"] * (cells - full) + " %d%%" % prog["percent"], "accent"))
         if sub:
             line(item, [("   ", "fg")] + sub)
+        if model.filter_mode == "attention":
+            # the recently relevant threads: active ones and those finished since you last looked
+            for t in s.get("threads", []):
+                if t["status"] in ACTIVE_STATUSES or t.get("unseen") or t["status"] in ("waiting", "error"):
+                    glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, charset)
+                    status_text = t["status"] + ("#%s" % t["attempt"] if t.get("attempt") else "")
+                    line(("thread", s["name"], t["agent"], t["id"]),
+                         [("   " + glyph + " ", style), ((t.get("title") or t["agent"]) + " ", "fg"),
+                          ("%s %s" % (status_text, age_text(t.get("updatedAt"), now)), "muted")])
         if s["name"] == (model.selected or (None, None))[1]:
             detail_rows = _detail(model, s, g, now)
     # the detail panel for the selected session goes below the list
@@ -4063,7 +4418,8 @@ def _detail(model, s, g, now):
     out = []
     sel_thread = model.selected if model.selected and model.selected[0] == "thread" else None
     if s.get("dir"):
-        out.append((None, [(s["dir"].replace(home_dir(), "~", 1), "muted")]))
+        out.append((None, [(s["dir"].replace(home_dir(), "~", 1), "muted"),
+                           (" (muted)" if s.get("muted") else "", "muted")]))
     for t in s.get("threads", []):
         item = ("thread", s["name"], t["agent"], t["id"])
         glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, model.charset)
@@ -4844,6 +5200,8 @@ def build_server(tmux, port, explicit, environ):
     if environ.get("OPENSESSIONS_LIST_HOURS"):
         server.store.recent_ms = int(float(environ["OPENSESSIONS_LIST_HOURS"]) * 3600 * 1000)
     server.sidebars = SidebarPanes(server, _self_command() + " sidebar")
+    server.notifier = Notifier(server)
+    server.tmux_options = TmuxOptions(server)
     return server
 
 
@@ -4902,6 +5260,35 @@ def cmd_install(args):
 def cmd_uninstall(args):
     for line in install_agents(_self_command(), uninstall=True) or ["nothing of ours was installed"]:
         print(line)
+    return 0
+
+
+def cmd_next(args):
+    """Switch to the next thread needing attention (waiting, error, unseen finished; oldest first),
+    remembering where you were; --back returns there."""
+    tmux = _tmux(args)
+    target = ["-c", args.client] if args.client else []
+    if args.back:
+        back = _tmux_option(tmux, "@opensessions-return")
+        if not back:
+            raise OpensessionsError("nowhere to go back to")
+        tmux.run("switch-client", *(target + ["-t", back]))
+        return 0
+    here = tmux.run("display-message", "-p", *(target + ["#{pane_id}"])).strip()
+    for session, t in attention_queue(_get_state(args)):
+        dest = t.get("pane") if t.get("alive") and t.get("pane") else "=" + session
+        if dest == here:
+            continue
+        tmux.run("set-option", "-g", "@opensessions-return", here)
+        tmux.run("switch-client", *(target + ["-t", dest]))
+        print("%s: %s %s" % (session, t["agent"], t["status"]))
+        return 0
+    print("nothing needs you")
+    return 0
+
+
+def cmd_mute(args):
+    _post(args, "/mute", {"session": args.session, "muted": not args.off})
     return 0
 
 
@@ -4989,7 +5376,8 @@ def cmd_switch(args):
 
 TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": str(DEFAULT_WIDTH),
                 "@opensessions-position": "left", "@opensessions-theme": "", "@opensessions-port": "",
-                "@opensessions-focus-key": "", "@opensessions-index-keys": "off", "@opensessions-resurrect": "on"}
+                "@opensessions-focus-key": "", "@opensessions-index-keys": "off", "@opensessions-resurrect": "on",
+                "@opensessions-notify": "", "@opensessions-notify-on": ""}
 KEY_TABLE = "opensessions"
 
 
@@ -5045,6 +5433,11 @@ def cmd_tmux_setup(args):
         ui["position"] = options["@opensessions-position"]
     if options["@opensessions-theme"] in THEMES:
         ui["theme"] = options["@opensessions-theme"]
+    for option, key, allowed in (("@opensessions-notify", "notify", NOTIFY_CHANNELS),
+                                 ("@opensessions-notify-on", "notifyOn", NOTIFY_STATUSES)):
+        words = [w for w in re.split(r"[ ,]+", options[option]) if w]
+        if words:
+            ui[key] = [w for w in words if w in allowed] if words != ["none"] else []
     state_ui = _get_state(args).get("ui", {})
     ui = {k: v for k, v in ui.items() if state_ui.get(k) != v}
     if ui:
@@ -5193,6 +5586,14 @@ def build_parser():
     s.add_argument("n", type=int)
     s.add_argument("-c", "--client", help="the tmux client to switch (default: tmux's choice)")
     s.set_defaults(func=cmd_switch)
+    s = sub.add_parser("next", parents=[shared], help="switch to the next thread that needs you (--back: return)")
+    s.add_argument("--back", action="store_true", help="go back to where the last `next` came from")
+    s.add_argument("-c", "--client", help="the tmux client to switch (default: tmux's choice)")
+    s.set_defaults(func=cmd_next)
+    s = sub.add_parser("mute", parents=[shared], help="mute (or --off: unmute) a session's notifications")
+    s.add_argument("session")
+    s.add_argument("--off", action="store_true")
+    s.set_defaults(func=cmd_mute)
     sub.add_parser("tmux-setup", parents=[shared], help="(run by opensessions.tmux) bind keys, start the server"
                    ).set_defaults(func=cmd_tmux_setup)
     sub.add_parser("uninstall-tmux", parents=[shared],

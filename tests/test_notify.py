@@ -1,0 +1,223 @@
+"""Attention: notifications (coalesced, muted, never blocking), status-line options, `next`."""
+import os
+import stat
+import time
+
+import pytest
+
+import opensessions as os_
+from conftest import ServerProc, retry_until
+
+
+def th(status, old=None, **kw):
+    t = os_.Thread("claude", kw.pop("id", "t1"), title=kw.pop("title", "fix login"), status=status, **kw)
+    return t
+
+
+def test_should_notify_rules():
+    on = ["done", "error", "waiting", "retry"]
+    assert os_.should_notify(th("done"), "running", viewed=False, muted=False, notify_on=on)
+    assert not os_.should_notify(th("done"), "running", viewed=True, muted=False, notify_on=on)
+    assert not os_.should_notify(th("done"), "running", viewed=False, muted=True, notify_on=on)
+    assert not os_.should_notify(th("done", hidden=True), "running", viewed=False, muted=False, notify_on=on)
+    assert not os_.should_notify(th("interrupted"), "running", viewed=False, muted=False, notify_on=on)
+    assert os_.should_notify(th("retry", attempt=1), "running", viewed=False, muted=False, notify_on=on)
+    assert not os_.should_notify(th("retry", attempt=2), "retry", viewed=False, muted=False, notify_on=on)
+    assert not os_.should_notify(th("running"), "idle", viewed=False, muted=False, notify_on=on)
+
+
+def test_coalescer_with_injected_clock():
+    c = os_.Coalescer(window=2.0)
+    assert c.add("a", now=100.0) == ["a"]  # the first goes at once
+    assert c.add("b", now=100.5) == [] and c.add("c", now=101.9) == []
+    assert c.flush(now=101.0) == []  # window still open
+    assert c.flush(now=102.0) == ["b", "c"]  # one notification for the rest
+    assert c.add("d", now=103.0) == []  # the flush opened a new quiet window
+    assert c.flush(now=104.0) == ["d"]
+    assert c.flush(now=106.1) == [] and c.next_due() is None
+    assert c.add("e", now=200.0) == ["e"]
+
+
+def test_describe_one_and_many():
+    one = [{"agent": "codex", "status": "error", "session": "api", "title": "migrate", "detail": "HTTP 500"}]
+    assert os_.describe(one) == ("codex failed", "api · migrate · HTTP 500", "error")
+    many = [{"agent": "claude", "status": "done", "session": s, "title": ""} for s in ("a", "b", "c")]
+    title, body, worst = os_.describe(many)
+    assert title == "3 agents finished" and body == "a, b, c" and worst == "done"
+    mixed = many + [{"agent": "amp", "status": "waiting", "session": "d", "title": ""}]
+    assert os_.describe(mixed)[0] == "1 agent needs you, 3 agents finished"
+
+
+def test_osc_sequences_are_clean():
+    data = os_.osc_notification("a;b", "line\nbreak\x1b]")
+    assert data.startswith(b"\x1b]777;notify;ab;linebreak]\x07") and b"\x1b]9;" in data
+
+
+def test_status_summary_and_attention_queue():
+    state = {"sessions": [
+        {"name": "api", "hidden": False, "windows": [{"id": "@1", "panes": [{"id": "%1"}]}], "threads": [
+            {"agent": "claude", "id": "c1", "status": "running", "pane": "%1", "alive": True, "unseen": False, "updatedAt": 5},
+            {"agent": "codex", "id": "x1", "status": "waiting", "pane": "%1", "alive": True, "unseen": True, "updatedAt": 9}]},
+        {"name": "web", "hidden": False, "windows": [{"id": "@2", "panes": [{"id": "%2"}]}], "threads": [
+            {"agent": "claude", "id": "c2", "status": "done", "pane": "%2", "alive": True, "unseen": True, "updatedAt": 1},
+            {"agent": "amp", "id": "a1", "status": "error", "pane": None, "alive": False, "unseen": True, "updatedAt": 3}]}]}
+    summary = os_.status_summary(state)
+    assert summary["global"]["@opensessions-status"] == "⠋1 ◉1 ✗1 ●3"
+    assert summary["global"]["@opensessions-waiting"] == "1" and summary["global"]["@opensessions-unseen"] == "3"
+    assert summary["windows"]["@1"] == {"@opensessions-agent": "◉", "@agent_session": "codex:x1"}
+    assert summary["windows"]["@2"]["@agent_session"] == "claude:c2"
+    assert [t["id"] for _, t in os_.attention_queue(state)] == ["x1", "a1", "c2"]
+
+
+# ---- live ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_notify_send(env):
+    bin_dir = os.path.join(env.base, "bin")
+    os.makedirs(bin_dir, exist_ok=True)
+    log = os.path.join(env.base, "notify-send.log")
+    path = os.path.join(bin_dir, "notify-send")
+    with open(path, "w") as f:
+        f.write('#!/bin/sh\nfor a in "$@"; do printf "%%s|" "$a"; done >> %s\necho >> %s\n' % (log, log))
+    os.chmod(path, 0o755)
+    env.vars["PATH"] = bin_dir + os.pathsep + env.vars["PATH"]
+
+    def calls():
+        try:
+            with open(log) as f:
+                return [line.rstrip("|\n").split("|") for line in f if line.strip()]
+        except OSError:
+            return []
+    return calls
+
+
+@pytest.fixture
+def nserver(env, tmux, fake_notify_send):
+    s = ServerProc(env, tmux)
+    s.calls = fake_notify_send
+    yield s
+    s.stop()
+
+
+def event(server, status, tid="t1", pane=None, **kw):
+    body = {"agent": "claude", "status": status, "threadId": tid, "threadName": "fix login"}
+    body.update(kw)
+    if pane:
+        body["paneId"] = pane
+    else:
+        body.setdefault("tmuxSession", "main")
+    assert server.post("/api/agent-event", body)[0] == 204
+
+
+def test_background_thread_finishing_notifies_once(nserver):
+    event(nserver, "running")
+    event(nserver, "done")
+    calls = retry_until(nserver.calls)
+    assert calls[0][:4] == ["-a", "opensessions", "-u", "normal"]
+    assert calls[0][4] == "claude finished" and "main" in calls[0][5] and "fix login" in calls[0][5]
+    event(nserver, "done")  # no change: no second notification
+    time.sleep(0.3)
+    assert len(nserver.calls()) == 1
+
+
+def test_foreground_thread_does_not_notify(nserver, tmux, attach):
+    pane = nserver.session("main")["windows"][0]["panes"][0]["id"]
+    attach("=main")
+    retry_until(lambda: nserver.state()["clients"])
+    event(nserver, "running", pane=pane)
+    event(nserver, "done", pane=pane)
+    event(nserver, "waiting", tid="t2", pane=pane)
+    time.sleep(0.3)
+    assert nserver.calls() == []
+
+
+def test_burst_is_coalesced_and_errors_are_urgent(nserver):
+    for tid in ("a", "b", "c", "d"):
+        event(nserver, "running", tid=tid)
+    event(nserver, "error", tid="a", detail="HTTP 500")
+    event(nserver, "done", tid="b")
+    event(nserver, "done", tid="c")
+    event(nserver, "waiting", tid="d")
+    calls = retry_until(lambda: len(nserver.calls()) >= 2 and nserver.calls(), timeout=5)
+    assert calls[0][3] == "critical" and calls[0][4] == "claude failed"
+    assert calls[1][4] == "1 agent needs you, 2 agents finished" and calls[1][3] == "critical"
+    time.sleep(0.5)
+    assert len(nserver.calls()) == 2
+
+
+def test_mute_silences_a_session(nserver):
+    assert nserver.post("/mute", {"session": "main"})[0] == 204
+    assert nserver.session("main")["muted"] is True
+    event(nserver, "running")
+    event(nserver, "done")
+    time.sleep(0.3)
+    assert nserver.calls() == []
+    assert nserver.cli("mute", "main", "--off").returncode == 0
+    event(nserver, "running", tid="t2")
+    event(nserver, "error", tid="t2")
+    retry_until(nserver.calls)
+
+
+def test_missing_channel_does_not_break_the_others(env, tmux, attach):
+    env.vars["PATH"] = "/usr/bin:/bin"  # no notify-send anywhere here
+    s = ServerProc(env, tmux)
+    try:
+        tmux.new_session("other")
+        attach("=other")
+        retry_until(lambda: s.state()["clients"])
+        for i in range(2):
+            tid = "m%d" % i
+            event(s, "running", tid=tid)
+            event(s, "done", tid=tid)
+            time.sleep(2.1)  # a new notification window each time
+        messages = retry_until(lambda: (lambda m: m if m.count("claude finished") >= 2 else None)(
+            tmux.run("show-messages")), timeout=5)
+        assert "claude finished" in messages
+        assert s.log().count("notification channel desktop failed") == 1  # logged once, skipped after
+    finally:
+        s.stop()
+
+
+def test_notify_endpoint_uses_the_channels(nserver):
+    assert nserver.cli("notify", "deploy finished", "--session", "main", "--tone", "success").returncode == 0
+    calls = retry_until(nserver.calls)
+    assert calls[0][4] == "opensessions: main" and calls[0][5] == "deploy finished"
+
+
+def test_status_options_follow_state(nserver, tmux):
+    opt = lambda name: tmux.run("show-options", "-gqv", name).strip()
+    event(nserver, "running")
+    retry_until(lambda: opt("@opensessions-status") == "⠋1")
+    event(nserver, "waiting", tid="t2")
+    retry_until(lambda: opt("@opensessions-status") == "⠋1 ◉1 ●1" and opt("@opensessions-waiting") == "1")
+    event(nserver, "done")
+    retry_until(lambda: opt("@opensessions-status") == "◉1 ●2")
+    pane = nserver.session("main")["windows"][0]["panes"][0]["id"]
+    event(nserver, "running", tid="t3", pane=pane)
+    win = tmux.run("display-message", "-p", "-t", pane, "#{window_id}").strip()
+    retry_until(lambda: tmux.run("show-options", "-wqv", "-t", win, "@agent_session").strip() == "claude:t3")
+    assert tmux.run("show-options", "-wqv", "-t", win, "@opensessions-agent").strip() == "⠋"
+    # the user's status-right shows it without running anything
+    assert tmux.run("display-message", "-p", "#{@opensessions-status}").strip() == "⠋1 ◉1 ●2"
+
+
+def test_next_jumps_to_what_needs_you_and_back(nserver, tmux, attach):
+    tmux.new_session("api")
+    tmux.new_session("web")
+    api_pane = tmux.run("display-message", "-p", "-t", "=api:0.0", "#{pane_id}").strip()
+    web_pane = tmux.run("display-message", "-p", "-t", "=web:0.0", "#{pane_id}").strip()
+    attach("=main")
+    retry_until(lambda: nserver.state()["clients"])
+    event(nserver, "running", tid="w", pane=web_pane)
+    event(nserver, "done", tid="w", pane=web_pane)
+    event(nserver, "running", tid="a", pane=api_pane)
+    event(nserver, "waiting", tid="a", pane=api_pane)
+    session = lambda: [l.split()[1] for l in tmux.run("list-clients", "-F", "#{client_control_mode} #{session_name}")
+                       .splitlines() if l.startswith("0")][0]
+    r = nserver.cli("next")
+    assert r.returncode == 0, r.stderr
+    assert session() == "api"  # waiting comes first
+    assert nserver.cli("next").returncode == 0
+    assert session() == "web"
+    assert nserver.cli("next", "--back").returncode == 0
+    assert session() == "api"
