@@ -214,7 +214,7 @@ class Thread(object):
             "agent": self.agent, "id": self.id, "title": self.title, "status": self.status,
             "detail": self.detail, "attempt": self.attempt, "cwd": self.cwd, "model": self.model,
             "pane": self.pane, "session": self.session, "pid": self.pid, "alive": self.alive,
-            "unseen": self.unseen, "updatedAt": self.updated_at,
+            "unseen": self.unseen, "updatedAt": self.updated_at, "link": self.link,
         }
 
 
@@ -2932,6 +2932,9 @@ class Server(object):
                     linked_panes.add((t.agent, pane))
             elif t.link == "cwd":
                 self._set_link(t, False, None, pane_session, None)
+            elif t.link == "api" and t.pane in pane_session and t.session != pane_session[t.pane]:
+                t.session = pane_session[t.pane]  # named by a hook before tmux told us about the pane
+                self.store.touch()
         taken = {t.key for t in threads.values() if t.alive}
         for pane_id, (agent, pid, args) in sorted(self.pane_agents.items()):
             if (agent, pane_id) in linked_panes:
@@ -3152,10 +3155,13 @@ class Server(object):
         ev = validate_agent_event(body)
         pane = session = None
         if ev["paneId"]:
-            found = self.store.session_of_pane(ev["paneId"])
+            pane = ev["paneId"]
+            found = self.store.session_of_pane(pane)
             if found:
-                session, pane = found[0], ev["paneId"]
-        if session is None and ev["pid"] and getattr(self, "pane_of_pid", None) is not None:
+                session = found[0]
+            else:
+                self.schedule_refresh()  # a pane tmux has not told us about yet: map it after
+        if pane is None and ev["pid"] and getattr(self, "pane_of_pid", None) is not None:
             pane = self.pane_of_pid.get(ev["pid"])
             if pane is None:
                 self._read_processes()
@@ -3881,7 +3887,555 @@ def attention_queue(state):
 # Resurrect and kitty
 ##############################################################################
 
-# (Filled by the resurrect issue.)
+SHELLS = frozenset(("bash", "zsh", "fish", "sh", "dash", "ksh", "mksh", "tcsh", "csh", "nu", "elvish", "xonsh",
+                    "-bash", "-zsh", "-sh", "-fish"))
+INTERPRETERS = frozenset(("node", "bun", "deno", "sh", "bash"))
+# Flags that select a conversation: dropped from saved flags (restore adds the right one back).
+RESUME_FLAGS = {
+    "claude": {"value": ("--resume", "-r", "--session-id"), "bool": ("--continue", "-c", "--fork-session")},
+    "opencode": {"value": ("--session", "-s"), "bool": ("--continue", "-c", "--fork")},
+    "codex": {"value": (), "bool": ("--last",)},  # codex's -c is --config: kept
+    "amp": {"value": (), "bool": ("--last",)},
+}
+# Flags known to take no value (so a word after them is a positional prompt, never a value).
+BOOL_FLAGS = {
+    "claude": ("--dangerously-skip-permissions", "--verbose", "--debug", "--ide", "--strict-mcp-config",
+               "--continue", "-c", "--fork-session", "--print", "-p"),
+    "opencode": ("--continue", "-c", "--print-logs", "--fork"),
+    "codex": ("--full-auto", "--dangerously-bypass-approvals-and-sandbox", "--search", "--oss", "--last",
+              "--dangerously-bypass-hook-trust", "--skip-git-repo-check", "--no-daemon"),
+    "amp": ("--dangerously-allow-all", "--last"),
+}
+SIDECAR_PREFIX = "opensessions_"
+EMPTY_SAVE_GRACE = 60.0
+
+
+def agent_argv(agent, args):
+    """The agent's own argv: `node …/codex --x` and `/bin/sh …/claude --x` become [codex, --x]."""
+    if len(args) >= 2 and os.path.basename(args[0]) in INTERPRETERS and os.path.basename(args[1]) == agent:
+        return [agent] + list(args[2:])
+    return [agent] + list(args[1:])
+
+
+def launch_flags(agent, argv):
+    """-> (flags to keep, dropped words). Resume/continue/session flags and positional prompts go;
+    Codex's `resume <id>` subcommand goes too. Pure."""
+    rest = list(argv[1:])
+    drop = RESUME_FLAGS.get(agent, {"value": (), "bool": ()})
+    bools = BOOL_FLAGS.get(agent, ())
+    keep, dropped = [], []
+    if agent in ("codex", "amp") and rest[:1] in (["resume"], ["fork"], ["threads"]):
+        sub = rest.pop(0)
+        if sub == "threads" and rest[:1] == ["continue"]:
+            rest.pop(0)
+        dropped.append(sub)
+        if rest and not rest[0].startswith("-"):
+            dropped.append(rest.pop(0))
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        name = a.split("=", 1)[0]
+        if name in drop["value"]:
+            dropped.append(a)
+            if "=" not in a and i + 1 < len(rest):
+                dropped.append(rest[i + 1])
+                i += 1
+        elif a in drop["bool"]:
+            dropped.append(a)
+        elif a.startswith("-"):
+            keep.append(a)
+            if ("=" not in a and a not in bools and i + 1 < len(rest) and not rest[i + 1].startswith("-")):
+                keep.append(rest[i + 1])
+                i += 1
+        else:
+            dropped.append(a)  # a positional prompt: restoring must not send it again
+        i += 1
+    return keep, dropped
+
+
+def flag_value(flags, names):
+    for i, a in enumerate(flags):
+        for n in names:
+            if a == n and i + 1 < len(flags):
+                return flags[i + 1]
+            if a.startswith(n + "="):
+                return a[len(n) + 1:]
+    return None
+
+
+def resume_command(record):
+    """The shell line restore types: `cd <cwd> && [VAR=value …] <agent> <flags> <resume> <id>`.
+    Everything is POSIX-quoted; the id must match the agent's id pattern. -> str or raises ValueError."""
+    import shlex
+    agent, tid = record.get("agent"), record.get("id")
+    if not valid_thread_id(agent, tid):
+        raise ValueError("%r is not a valid %s session id" % (tid, agent))
+    flags = [str(f) for f in record.get("flags") or []]
+    env = record.get("env") or {}
+    words = []
+    for name in sorted(env):
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            raise ValueError("bad environment variable name %r" % name)
+        words.append("%s=%s" % (name, shlex.quote(str(env[name]))))
+    if agent == "claude":
+        words += ["claude"] + [shlex.quote(f) for f in flags] + ["--resume", tid]
+    elif agent == "opencode":
+        words += ["opencode"] + [shlex.quote(f) for f in flags] + ["-s", tid]
+    elif agent == "codex":
+        words += ["codex"] + [shlex.quote(f) for f in flags] + ["resume", tid]
+    elif agent == "amp":
+        words += ["amp", "threads", "continue", tid]
+    else:
+        raise ValueError("unknown agent %r" % agent)
+    line = " ".join(words)
+    cwd = record.get("cwd")
+    return "cd %s && %s" % (shlex.quote(cwd), line) if cwd else line
+
+
+def resurrect_dir(tmux_option, environ=None):
+    """Where tmux-resurrect keeps its files, found exactly as resurrect does."""
+    env = os.environ if environ is None else environ
+    home = home_dir(env)
+    configured = tmux_option("@resurrect-dir")
+    if configured:
+        configured = configured.replace("$HOME", home).replace("${HOME}", home)
+        if configured.startswith("~"):
+            configured = home + configured[1:]
+        return configured
+    legacy = os.path.join(home, ".tmux", "resurrect")
+    if os.path.isdir(legacy):
+        return legacy
+    return os.path.join(xdg_dir("DATA", env), "tmux", "resurrect")
+
+
+def assistant_sessions_doc(records, timestamp):
+    """The tmux-assistant-resurrect sidecar schema, for users switching over (both ways)."""
+    import shlex
+    return {"timestamp": timestamp, "sessions": [{
+        "pane": "%s:%s.%s" % (r["session"], r["window"], r["paneIndex"]), "tool": r["agent"],
+        "session_id": r["id"], "cwd": r.get("cwd") or "", "pid": str(r.get("pid") or ""),
+        "model": r.get("model") or "", "cli_args": " ".join(shlex.quote(f) for f in r.get("flags") or []),
+        "env": dict(r.get("env") or {}, tmux_pane=r.get("pane") or "")} for r in records]}
+
+
+def records_from_assistant_sessions(doc):
+    """Read the tmux-assistant-resurrect schema -> our records (entries that do not parse are skipped)."""
+    import shlex
+    out = []
+    for s in (doc or {}).get("sessions") or []:
+        if not isinstance(s, dict):
+            continue
+        m = re.match(r"^(.*):(\d+)\.(\d+)$", str(s.get("pane") or ""))
+        if not m or s.get("tool") not in AGENTS:
+            continue
+        try:
+            flags = shlex.split(s.get("cli_args") or "")
+        except ValueError:
+            flags = []
+        env = {k: v for k, v in (s.get("env") or {}).items()
+               if isinstance(v, str) and k not in ("tmux_pane", "shell") and re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)}
+        out.append({"session": m.group(1), "window": int(m.group(2)), "paneIndex": int(m.group(3)),
+                    "agent": s["tool"], "id": s.get("session_id"), "cwd": s.get("cwd") or None,
+                    "flags": flags, "env": env, "model": s.get("model") or None, "idSource": "assistant-sessions"})
+    return out
+
+
+class ResurrectLog(object):
+    """opensessions.log in the state dir: one line per decision, bounded (the older half is dropped)."""
+
+    def __init__(self, path, limit=256 * 1024, echo=None):
+        self.path = path
+        self.limit = limit
+        self.echo = echo
+
+    def __call__(self, message):
+        line = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)
+        if self.echo:
+            self.echo(line.rstrip("\n"))
+        try:
+            ensure_private_dir(os.path.dirname(self.path))
+            if os.path.exists(self.path) and os.path.getsize(self.path) > self.limit:
+                with open(self.path, "rb") as f:
+                    data = f.read()
+                data = data[len(data) // 2:]
+                atomic_write(self.path, data[data.find(b"\n") + 1:])
+            with open(self.path, "a") as f:
+                f.write(line)
+        except (OSError, OpensessionsError):
+            pass
+
+
+class Resurrect(object):
+    """Save and restore of agent conversations around tmux-resurrect."""
+
+    def __init__(self, tmux, environ=None, live_threads=None, log=None, clock=time.time):
+        self.tmux = tmux
+        self.env = dict(os.environ if environ is None else environ)
+        self.paths = agent_paths(self.env)
+        self.live_threads = live_threads or []
+        self.log = log or (lambda m: None)
+        self.clock = clock
+
+    def option(self, name):
+        try:
+            return self.tmux.run("show-option", "-gqv", name).rstrip("\n")
+        except TmuxError:
+            return ""
+
+    # -- save --------------------------------------------------------------------------------
+    def panes(self):
+        fmt = FS.join(("#{session_name}", "#{window_index}", "#{pane_index}", "#{pane_id}", "#{pane_pid}",
+                       "#{pane_current_path}", "#{pane_current_command}", "#{@opensessions-sidebar}"))
+        out = []
+        for line in self.tmux.run("list-panes", "-a", "-F", fmt).splitlines():
+            parts = line.split(FS)
+            if len(parts) != 8 or parts[7] == "1" or parts[0].startswith(HIDDEN_SESSION_PREFIX):
+                continue
+            out.append({"session": parts[0], "window": _int(parts[1]), "paneIndex": _int(parts[2]),
+                        "pane": parts[3], "pid": _int(parts[4]), "cwd": parts[5], "command": parts[6]})
+        return out
+
+    def collect(self):
+        """One process-table read; one record per pane that runs an agent. -> (records, skipped)."""
+        table = process_table()
+        kids = children_index(table)
+        env_names = [n for n in re.split(r"[ ,]+", self.option("@opensessions-resurrect-env")) if n]
+        found = []
+        for pane in self.panes():
+            agent_proc = None
+            for pid in descendants(pane["pid"], kids)[1:]:
+                proc = table.get(pid)
+                if proc is None or proc.comm not in AGENT_COMMS:
+                    continue
+                args = process_args(pid)
+                agent = classify_agent_process(proc.comm, args)
+                if agent:
+                    agent_proc = (agent, pid, args)
+                    break  # descendants() walks from the top: the first is the top-most
+            if agent_proc:
+                found.append((pane, agent_proc, descendants(agent_proc[1], kids)))
+        records, skipped, used = [], [], set()
+        for pane, (agent, pid, args), subtree in found:
+            tid, source = self._exact_id(agent, pid, subtree, args, table)
+            if tid and (agent, tid) in used:
+                self.log("save: %s in %s claims %s %s, already given to another pane; skipped"
+                         % (agent, pane["pane"], agent, tid))
+                tid = None
+            if tid:
+                used.add((agent, tid))
+            records.append([pane, agent, pid, args, tid, source])
+        for rec in records:  # the last resort, only for panes nothing exact named
+            pane, agent, pid, args, tid, source = rec
+            if tid is None:
+                tid = self._guess_by_cwd(agent, self._proc_cwd(pid) or pane["cwd"], used)
+                if tid:
+                    used.add((agent, tid))
+                    rec[4], rec[5] = tid, "cwd-guess"
+        out = []
+        for pane, agent, pid, args, tid, source in records:
+            target = "%s:%s.%s" % (pane["session"], pane["window"], pane["paneIndex"])
+            if not tid:
+                self.log("save: %s in %s (pid %d): no session id found; skipped" % (agent, target, pid))
+                skipped.append(target)
+                continue
+            flags, dropped = launch_flags(agent, agent_argv(agent, args))
+            live = next((t for t in self.live_threads if (t.get("agent"), t.get("id")) == (agent, tid)), {})
+            rec = {"session": pane["session"], "window": pane["window"], "paneIndex": pane["paneIndex"],
+                   "pane": pane["pane"], "agent": agent, "id": tid, "idSource": source,
+                   "guess": source == "cwd-guess", "pid": pid, "flags": flags,
+                   "cwd": self._proc_cwd(pid) or pane["cwd"],
+                   "model": live.get("model") or flag_value(flags, ("--model", "-m")),
+                   "env": self._environ(pid, env_names)}
+            self.log("save: %s %s in %s from %s%s" % (agent, tid, target, source,
+                                                      " (dropped %s)" % " ".join(dropped) if dropped else ""))
+            out.append(rec)
+        return out, skipped
+
+    def _exact_id(self, agent, pid, subtree, args, table):
+        pids = set(subtree)
+        for t in self.live_threads:
+            if t.get("agent") == agent and t.get("pid") in pids and t.get("alive") and valid_thread_id(agent, t.get("id")):
+                if t.get("link") != "cwd":
+                    return t["id"], "server"
+        if agent == "claude":
+            reg = os.path.join(self.paths["claude"], "sessions")
+            for p in subtree:
+                path = os.path.join(reg, "%d.json" % p)
+                try:
+                    with open(path, "rb") as f:
+                        entry = claude_registry_entry(json.loads(f.read().decode("utf-8")))
+                except (OSError, ValueError, UnicodeDecodeError):
+                    continue
+                if entry and claude_registry_alive(entry) and valid_thread_id("claude", entry["sessionId"]):
+                    return entry["sessionId"], "claude-registry"
+        if agent == "codex":
+            for p in subtree:
+                for fd in listdir("/proc/%d/fd" % p):
+                    try:
+                        tid = codex_id_from_path(os.readlink("/proc/%d/fd/%s" % (p, fd)))
+                    except OSError:
+                        continue
+                    if tid:
+                        return tid, "codex-open-rollout"
+        for p in subtree:
+            tid = agent_resume_id_from_args(agent, agent_argv(agent, process_args(p)))
+            if tid:
+                return tid, "argv"
+        return None, None
+
+    def _proc_cwd(self, pid):
+        try:
+            return os.readlink("/proc/%d/cwd" % pid)
+        except OSError:
+            return None
+
+    def _environ(self, pid, names):
+        if not names:
+            return {}
+        try:
+            with open("/proc/%d/environ" % pid, "rb") as f:
+                raw = f.read()
+        except OSError:
+            return {}
+        env = {}
+        for item in raw.split(b"\0"):
+            k, _, v = item.partition(b"=")
+            name = k.decode("utf-8", "replace")
+            if name in names:
+                env[name] = v.decode("utf-8", "replace")
+        return env
+
+    def _guess_by_cwd(self, agent, cwd, used):
+        """The most recently active conversation of that agent in that directory, not given to
+        another pane. A guess: marked as such in the record and the log."""
+        candidates = []
+        if agent == "claude":
+            d = os.path.join(self.paths["claude"], "projects", claude_project_dir_name(cwd or ""))
+            for name in listdir(d, ".jsonl"):
+                try:
+                    candidates.append((os.stat(os.path.join(d, name)).st_mtime, name[:-6]))
+                except OSError:
+                    pass
+        elif agent == "opencode":
+            import sqlite3
+            try:
+                conn = sqlite_ro(self.paths["opencode_db"])
+                try:
+                    candidates = [(r["time_updated"], r["id"]) for r in conn.execute(
+                        "SELECT id, time_updated FROM session WHERE directory = ? AND parent_id IS NULL", (cwd,))]
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                pass
+        elif agent == "codex":
+            for path in self._codex_rollouts():
+                head = new_thread_state("codex", codex_id_from_path(path))
+                for rec in parse_json_lines(read_head_lines(path, 16384))[0][:3]:
+                    codex_reduce(head, rec)
+                if head["cwd"] == cwd:
+                    candidates.append((os.stat(path).st_mtime, head["id"]))
+        for _, tid in sorted(candidates, reverse=True):
+            if valid_thread_id(agent, tid) and (agent, tid) not in used:
+                return tid
+        return None
+
+    def _codex_rollouts(self):
+        root = os.path.join(self.paths["codex"], "sessions")
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                if codex_id_from_path(name):
+                    yield os.path.join(dirpath, name)
+
+    def save(self):
+        """Write the sidecar for resurrect's latest snapshot, the pointer, and assistant-sessions.json."""
+        records, skipped = self.collect()
+        rdir = resurrect_dir(self.option, self.env)
+        os.makedirs(rdir, exist_ok=True)
+        last = os.path.join(rdir, "last")
+        snapshot = os.path.basename(os.readlink(last)) if os.path.islink(last) else None
+        stamp = (re.search(r"(\d{8}T\d{6})", snapshot or "") or re.search(r"(\d+)", snapshot or "0"))
+        stamp = stamp.group(1) if stamp else time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
+        pointer = os.path.join(rdir, SIDECAR_PREFIX + "last")
+        previous = self._read_sidecar(pointer, quiet=True)
+        if not records and previous and previous.get("records") and \
+                self.clock() - previous.get("savedAt", 0) < EMPTY_SAVE_GRACE:
+            self.log("save: found no agents, but a save %ds ago found %d; keeping it (start-up race)"
+                     % (self.clock() - previous.get("savedAt", 0), len(previous["records"])))
+            return previous["records"], rdir
+        timestamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))
+        doc = {"version": 1, "timestamp": timestamp, "savedAt": self.clock(), "resurrectFile": snapshot,
+               "records": records, "skipped": skipped}
+        name = "%s%s.json" % (SIDECAR_PREFIX, stamp)
+        atomic_write(os.path.join(rdir, name), json.dumps(doc, indent=1))
+        tmp_link = pointer + ".%d.tmp" % os.getpid()
+        if os.path.lexists(tmp_link):
+            os.unlink(tmp_link)
+        os.symlink(name, tmp_link)
+        os.replace(tmp_link, pointer)
+        atomic_write(os.path.join(rdir, "assistant-sessions.json"),
+                     json.dumps(assistant_sessions_doc(records, timestamp), indent=1))
+        self.log("save: %d agent(s) saved to %s" % (len(records), os.path.join(rdir, name)))
+        return records, rdir
+
+    # -- restore -----------------------------------------------------------------------------
+    def _read_sidecar(self, path, quiet=False):
+        try:
+            with open(path, "rb") as f:
+                doc = json.loads(f.read().decode("utf-8"))
+            if not isinstance(doc, dict) or not isinstance(doc.get("records"), list):
+                raise ValueError("no records list")
+            return doc
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            if not quiet:
+                self.log("restore: %s is corrupt (%s)" % (path, e))
+            return None
+
+    def load(self):
+        """The records to restore: the latest good sidecar (an older one if the latest is corrupt),
+        else tmux-assistant-resurrect's assistant-sessions.json. -> (records, source path)."""
+        rdir = resurrect_dir(self.option, self.env)
+        pointer = os.path.join(rdir, SIDECAR_PREFIX + "last")
+        names = sorted((n for n in listdir(rdir, ".json") if n.startswith(SIDECAR_PREFIX)), reverse=True)
+        first = os.path.realpath(pointer) if os.path.lexists(pointer) else None
+        candidates = ([first] if first else []) + [os.path.join(rdir, n) for n in names
+                                                  if os.path.join(rdir, n) != first]
+        for i, path in enumerate(candidates):
+            doc = self._read_sidecar(path)
+            if doc is not None:
+                if i:
+                    self.log("restore: using the older good sidecar %s" % path)
+                return doc["records"], path
+        legacy = os.path.join(rdir, "assistant-sessions.json")
+        try:
+            with open(legacy, "rb") as f:
+                return records_from_assistant_sessions(json.loads(f.read().decode("utf-8"))), legacy
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            self.log("restore: %s is corrupt (%s)" % (legacy, e))
+        if candidates:
+            raise OpensessionsError("no readable opensessions sidecar in %s (see the restore log)" % rdir)
+        return [], None
+
+    def conversation_exists(self, rec):
+        agent, tid = rec["agent"], rec["id"]
+        if agent == "claude":
+            projects = os.path.join(self.paths["claude"], "projects")
+            for d in listdir(projects):
+                p = os.path.join(projects, d, tid + ".jsonl")
+                try:
+                    if os.path.getsize(p) > 0:
+                        return True
+                except OSError:
+                    continue
+            return False
+        if agent == "codex":
+            return any(codex_id_from_path(p) == tid for p in self._codex_rollouts())
+        if agent == "opencode":
+            import sqlite3
+            try:
+                conn = sqlite_ro(self.paths["opencode_db"])
+                try:
+                    return conn.execute("SELECT 1 FROM session WHERE id = ?", (tid,)).fetchone() is not None
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                return False
+        return True  # Amp keeps threads on its servers: nothing local to check
+
+    def pane_state(self, target):
+        fmt = FS.join(("#{pane_id}", "#{pane_pid}", "#{pane_current_command}", "#{@opensessions-restored}",
+                       "#{cursor_y}", "#{pane_dead}"))
+        out = self.tmux.run("display-message", "-p", "-t", target, fmt).rstrip("\n").split(FS)
+        return {"pane": out[0], "pid": _int(out[1]), "command": out[2], "restored": out[3],
+                "cursor_y": _int(out[4]), "dead": out[5] == "1"}
+
+    def wait_for_prompt(self, target, timeout=10.0):
+        """The shell is ready when its prompt is drawn: the cursor line has text and stays the same."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                st = self.pane_state(target)
+                line = self.tmux.run("capture-pane", "-p", "-t", target, "-S", str(st["cursor_y"]),
+                                     "-E", str(st["cursor_y"])).rstrip("\n")
+            except TmuxError:
+                return False
+            if line.strip() and st["command"] in SHELLS:
+                if line == last:
+                    return True
+                last = line
+            time.sleep(0.05)
+        return False
+
+    def restore(self, dry_run=False, out=print):
+        records, source = self.load()
+        if not records:
+            self.log("restore: nothing to restore (%s)" % (source or "no sidecar"))
+            return 0
+        self.log("restore: %d record(s) from %s" % (len(records), source))
+        table = process_table()
+        kids = children_index(table)
+        typed = 0
+        for rec in records:
+            target = "=%s:%s.%s" % (rec["session"], rec["window"], rec["paneIndex"])
+            try:
+                command = resume_command(rec)
+            except ValueError as e:
+                self.log("restore: %s: %s; skipped" % (target, e))
+                continue
+            try:
+                st = self.pane_state(target)
+            except TmuxError:
+                self.log("restore: %s: no such pane; skipped" % target)
+                continue
+            if st["restored"] == rec["id"]:
+                self.log("restore: %s: already restored %s %s; not typing twice" % (target, rec["agent"], rec["id"]))
+                continue
+            busy = [table[p].comm for p in descendants(st["pid"], kids)[1:] if p in table]
+            if st["command"] not in SHELLS or any(classify_agent_process(c, [c]) for c in busy):
+                self.log("restore: %s: busy with %s; skipped %s %s" % (target, st["command"], rec["agent"], rec["id"]))
+                continue
+            if not self.conversation_exists(rec):
+                self.log("restore: %s: %s conversation %s no longer exists; left the shell"
+                         % (target, rec["agent"], rec["id"]))
+                continue
+            if dry_run:
+                out("%s\t%s" % (target, command))
+                continue
+            if not self.wait_for_prompt(target):
+                self.log("restore: %s: the shell did not show a prompt; skipped" % target)
+                continue
+            self.tmux.run("set-option", "-p", "-t", st["pane"], "@opensessions-restored", rec["id"])
+            self.tmux.run("send-keys", "-t", st["pane"], "-l", command)
+            self.tmux.run("send-keys", "-t", st["pane"], "Enter")
+            typed += 1
+            self.log("restore: %s: %s%s" % (target, command, " (id was a cwd guess)" if rec.get("guess") else ""))
+        self.log("restore: typed %d of %d" % (typed, len(records)))
+        return typed
+
+
+def kitty_tabs(sessions, socket_path, shown_titles=()):
+    """(title, cwd, argv) for each session without a kitty tab yet. Pure."""
+    out = []
+    for s in sessions:
+        if s["name"] in shown_titles:
+            continue
+        out.append((s["name"], s.get("dir") or home_dir(),
+                    ["tmux", "-S", socket_path, "attach-session", "-t", "=" + s["name"]]))
+    return out
+
+
+def kitty_session_file(tabs):
+    """A kitty session file that opens one tab per tmux session."""
+    import shlex
+    lines = []
+    for title, cwd, argv in tabs:
+        lines += ["new_tab %s" % title.replace("\n", " "), "cd %s" % cwd,
+                  "launch %s" % " ".join(shlex.quote(a) for a in argv), ""]
+    return "\n".join(lines)
 
 
 ##############################################################################
@@ -5038,6 +5592,76 @@ def _post(args, path, body):
     return _request(args, "POST", path, body)[0]
 
 
+def _live_threads(args):
+    """The running server's threads (exact pid links), or [] when no server runs."""
+    port, info = find_server(_socket_from_args(args))
+    if info is None:
+        return []
+    try:
+        status, content = Client(port, timeout=2).request("GET", "/state")
+        state = json.loads(content.decode("utf-8")) if status == 200 else {}
+    except (OSError, ValueError):
+        return []
+    threads = list(state.get("threads", []))
+    for s in state.get("sessions", []):
+        threads.extend(s.get("threads", []))
+    return threads
+
+
+def _resurrect(args, echo=None):
+    log_path = os.path.join(state_dir(), "opensessions.log")
+    return Resurrect(_tmux(args), live_threads=_live_threads(args), log=ResurrectLog(log_path, echo=echo))
+
+
+def cmd_save(args):
+    """Run by tmux-resurrect's @resurrect-hook-post-save-all."""
+    records, rdir = _resurrect(args).save()
+    print("saved %d agent conversation(s) next to %s" % (len(records), rdir))
+    return 0
+
+
+def cmd_restore(args):
+    """Run by tmux-resurrect's @resurrect-hook-post-restore-all."""
+    r = _resurrect(args, echo=(lambda line: sys.stderr.write(line + "\n")) if args.verbose else None)
+    typed = r.restore(dry_run=args.dry_run)
+    if not args.dry_run:
+        print("resumed %d agent(s); see %s" % (typed, os.path.join(state_dir(), "opensessions.log")))
+    return 0
+
+
+def cmd_kitty(args):
+    """One kitty tab per tmux session (skipping those already shown), or a kitty session file."""
+    import shutil
+    import subprocess
+    state = _get_state(args) if find_server(_socket_from_args(args))[1] else None
+    if state is not None:
+        sessions = [s for s in state["sessions"] if not s.get("hidden")]
+    else:
+        snap, _ = _tmux(args).snapshot()
+        sessions = [s for s in snap if not s["name"].startswith(HIDDEN_SESSION_PREFIX)]
+    socket_path = _socket_from_args(args)
+    if args.session_file:
+        atomic_write(args.session_file, kitty_session_file(kitty_tabs(sessions, socket_path)), mode=0o644)
+        print("wrote %s (open it with: kitty --session %s)" % (args.session_file, args.session_file))
+        return 0
+    kitten = shutil.which("kitten")
+    if not kitten:
+        raise OpensessionsError("kitty's `kitten` is not on PATH (use --session-file outside kitty)")
+    ls = subprocess.run([kitten, "@", "ls"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
+    if ls.returncode != 0:
+        raise OpensessionsError("kitty remote control is off (%s); set `allow_remote_control yes` in kitty.conf, "
+                                "or use --session-file" % ls.stderr.decode("utf-8", "replace").strip())
+    try:
+        titles = {t.get("title") for w in json.loads(ls.stdout.decode("utf-8")) for t in w.get("tabs", [])}
+    except (ValueError, AttributeError):
+        titles = set()
+    for title, cwd, argv in kitty_tabs(sessions, socket_path, titles):
+        subprocess.run([kitten, "@", "launch", "--type=tab", "--tab-title", title, "--cwd", cwd] + argv,
+                       stdout=subprocess.DEVNULL, timeout=10, check=False)
+        print("opened a kitty tab for %s" % title)
+    return 0
+
+
 def _get_state(args):
     return json.loads(_request(args, "GET", "/state")[1].decode("utf-8"))
 
@@ -5594,6 +6218,15 @@ def build_parser():
     s.add_argument("session")
     s.add_argument("--off", action="store_true")
     s.set_defaults(func=cmd_mute)
+    sub.add_parser("save", parents=[shared], help="save every agent's conversation next to tmux-resurrect's save"
+                   ).set_defaults(func=cmd_save)
+    s = sub.add_parser("restore", parents=[shared], help="resume each saved agent in its pane after a restore")
+    s.add_argument("--dry-run", action="store_true", help="print what would be typed where, type nothing")
+    s.add_argument("-v", "--verbose", action="store_true", help="print each decision")
+    s.set_defaults(func=cmd_restore)
+    s = sub.add_parser("kitty", parents=[shared], help="one kitty tab per tmux session (or --session-file)")
+    s.add_argument("--session-file", metavar="PATH", help="write a kitty session file instead")
+    s.set_defaults(func=cmd_kitty)
     sub.add_parser("tmux-setup", parents=[shared], help="(run by opensessions.tmux) bind keys, start the server"
                    ).set_defaults(func=cmd_tmux_setup)
     sub.add_parser("uninstall-tmux", parents=[shared],

@@ -96,7 +96,15 @@ class TmuxServer(object):
         return int(self.run("display-message", "-p", "#{pid}").strip())
 
     def kill(self):
+        """kill-server, and wait until that server process is really gone."""
+        try:
+            pid = self.pid()
+        except (RuntimeError, ValueError):
+            pid = None
         self.run("kill-server", check=False)
+        if pid:
+            retry_until(lambda: not os.path.exists("/proc/%d" % pid) or
+                        open("/proc/%d/stat" % pid).read().split(") ")[1].startswith("Z"), timeout=10)
 
 
 class ServerProc(object):
@@ -276,7 +284,7 @@ requires_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is
 
 FAKE_AGENT = r"""#!/bin/sh
 # A fake agent: records its argv, optionally writes a Claude registry entry, stays alive cheaply.
-printf '%s\n' "$0 $*" >> "${FAKE_LOG:-/dev/null}"
+printf '%s\t%s\t%s\t%s\n' "$TMUX_PANE" "$PWD" "${0##*/}" "$*" >> "${FAKE_LOG:-/dev/null}"
 if [ -n "$FAKE_REGISTRY" ]; then
   mkdir -p "$FAKE_REGISTRY"
   reg="$FAKE_REGISTRY/$$.json"
