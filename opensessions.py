@@ -131,6 +131,18 @@ def _pid_alive(pid):
     return True
 
 
+def program_digest(path=None):
+    """A short hash of the program file (.pyz or .py): an update changes it even when the version
+    string does not, so the plugin knows to restart the server."""
+    import hashlib
+    path = path or (sys.argv[0] if sys.argv and sys.argv[0] and os.path.isfile(sys.argv[0]) else __file__)
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha1(f.read()).hexdigest()[:12]
+    except OSError:
+        return None
+
+
 def now_ms(clock=time.time):
     return int(clock() * 1000)
 
@@ -1037,7 +1049,8 @@ PANE_FIELDS = (
     ("pane_current_command", "pane_current_command"), ("pane_title", "pane_title"),
     ("pane_active", "pane_active"), ("pane_width", "pane_width"), ("pane_height", "pane_height"),
     ("sidebar", "@opensessions-sidebar"), ("window_width", "window_width"),
-    ("sidebar_window", "@opensessions-window"),
+    ("sidebar_window", "@opensessions-window"), ("pane_left", "pane_left"), ("pane_top", "pane_top"),
+    ("window_height", "window_height"),
 )
 CLIENT_FIELDS = (
     ("client_name", "client_name"), ("client_tty", "client_tty"),
@@ -1048,9 +1061,10 @@ CLIENT_FIELDS = (
 PANES_FORMAT = "P" + FS + FS.join("#{%s}" % f for _, f in PANE_FIELDS)
 CLIENTS_FORMAT = "C" + FS + FS.join("#{%s}" % f for _, f in CLIENT_FIELDS)
 # Evaluated inside tmux, at most once a second, reported only when it changes: this is how the
-# server learns about cwd and command changes without polling anything itself.
-SUBSCRIPTION_FORMAT = ("#{S:#{W:#{P:#{pane_id}=#{pane_pid}=#{pane_current_command}"
-                       "=#{pane_current_path};}}}")
+# server learns about cwd and command changes, and about layout changes in sessions other than the
+# one its control client is attached to (%layout-change covers only that one), without polling.
+SUBSCRIPTION_FORMAT = ("#{S:#{W:#{P:#{pane_id}=#{pane_pid}=#{pane_current_command}=#{pane_current_path}"
+                       "=#{pane_width}x#{pane_height}+#{pane_left}+#{pane_top};}}}")
 
 
 class TmuxError(Exception):
@@ -1095,7 +1109,7 @@ def parse_snapshot(output):
             if w is None:
                 w = {"id": row["window_id"], "index": _int(row["window_index"]),
                      "name": row["window_name"], "active": row["window_active"] == "1",
-                     "width": _int(row["window_width"]), "panes": []}
+                     "width": _int(row["window_width"]), "height": _int(row["window_height"]), "panes": []}
                 s["_win"][row["window_id"]] = w
                 s["windows"].append(w)
             w["panes"].append({
@@ -1104,7 +1118,8 @@ def parse_snapshot(output):
                 "command": row["pane_current_command"], "title": row["pane_title"],
                 "active": row["pane_active"] == "1", "width": _int(row["pane_width"]),
                 "height": _int(row["pane_height"]), "sidebar": row["sidebar"] == "1",
-                "sidebarWindow": row["sidebar_window"] or None,
+                "sidebarWindow": row["sidebar_window"] or None, "left": _int(row["pane_left"]),
+                "top": _int(row["pane_top"]),
             })
         elif kind == "C" and len(values) == len(CLIENT_FIELDS):
             row = dict(zip((k for k, _ in CLIENT_FIELDS), values))
@@ -1318,8 +1333,59 @@ def parse_proc_net_tcp(text):
     return listening
 
 
+def parse_inet_diag(data):
+    """Parse a NETLINK_SOCK_DIAG dump -> ({inode: port} of loopback/any listeners, done)."""
+    import struct
+    found, pos, done = {}, 0, False
+    while pos + 16 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, pos)
+        if length < 16:
+            break
+        if kind == 3:  # NLMSG_DONE
+            done = True
+        elif kind == 2:  # NLMSG_ERROR
+            raise OSError("sock_diag error")
+        elif length >= 16 + 72:
+            family = data[pos + 16]
+            sport = struct.unpack_from(">H", data, pos + 16 + 4)[0]
+            src = data[pos + 16 + 8:pos + 16 + 24]
+            inode = struct.unpack_from("=I", data, pos + 16 + 68)[0]
+            if family == 2:
+                ok = src[:4] == b"\0\0\0\0" or src[0] == 127
+            else:
+                ok = src == b"\0" * 16 or src == b"\0" * 15 + b"\1" or (src[:12] == b"\0" * 10 + b"\xff\xff" and src[12] == 127)
+            if ok and inode:
+                found[inode] = sport
+        pos += (length + 3) & ~3
+    return found, done
+
+
+def listening_sockets_netlink():
+    """{inode: port} of listening TCP sockets through netlink sock_diag: the kernel filters by state,
+    so this costs microseconds where reading /proc/net/tcp walks every socket (milliseconds)."""
+    import socket
+    import struct
+    found = {}
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4) as s:  # NETLINK_SOCK_DIAG
+        s.settimeout(1.0)
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
+            req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 1 << 10) + b"\0" * 48  # TCP_LISTEN
+            s.sendto(struct.pack("=IHHII", 16 + len(req), 20, 0x301, seq, 0) + req, (0, 0))
+            while True:
+                part, done = parse_inet_diag(s.recv(65536))
+                found.update(part)
+                if done:
+                    break
+    return found
+
+
 def listening_sockets(proc_root="/proc"):
     """{inode: port} of localhost-reachable listening TCP sockets (Linux)."""
+    if proc_root == "/proc":
+        try:
+            return listening_sockets_netlink()
+        except (OSError, AttributeError, ValueError):
+            pass
     found = {}
     for name in ("tcp", "tcp6"):
         try:
@@ -2618,7 +2684,7 @@ class RuntimeFiles(object):
     def write(self, port):
         atomic_write(self.info_path, json.dumps({
             "pid": os.getpid(), "port": port, "socket": self.socket_path, "version": __version__,
-            "started": int(time.time())}))
+            "digest": program_digest(), "started": int(time.time())}))
 
     def read(self):
         try:
@@ -2680,6 +2746,8 @@ class Server(object):
         self.control = None
         self._control_buf = b""
         self._refresh_pending = False
+        self._refresh_due = 0.0
+        self._refresh_cancel = None
         self._save_pending = False
         self._ports_tick = None
         self._listen_cache = None
@@ -2708,9 +2776,9 @@ class Server(object):
             self._load_state()
             self._load_ui()
             self._bind()
-            self.runtime.write(self.port)
             self.refresh()
             if self.watchers is not None:
+                t0 = time.monotonic()
                 self.cold_starting = True
                 self._known_before_cold = frozenset(self.store.threads)
                 try:
@@ -2718,7 +2786,11 @@ class Server(object):
                 finally:
                     self.cold_starting = False
                 self.map_threads()
+                log("cold start: %d threads from %d files (%d KB read) in %.3fs"
+                    % (len(self.store.threads), len(self.watchers.tails),
+                       sum(t.bytes_read for t in self.watchers.tails.values()) // 1024, time.monotonic() - t0))
             self.store.publish()
+            self.runtime.write(self.port)  # clients find us only once the full state is there
             self._start_control()
             self.loop.call_later(2.0, self._ports_timer)
         except BaseException:
@@ -2782,9 +2854,10 @@ class Server(object):
             log("cannot start the tmux control client: %s" % e)
             return
         self._control_buf = b""
+        self._control_subscribed = False
+        self._control_block = None  # output lines of the command block being read
         os.set_blocking(self.control.stdout.fileno(), False)
         self.loop.add_reader(self.control.stdout.fileno(), self._on_control_readable)
-        self._control_send("refresh-client -B 'os-panes::%s'" % SUBSCRIPTION_FORMAT)
 
     def _control_send(self, line):
         try:
@@ -2826,11 +2899,26 @@ class Server(object):
         self._control_buf = lines.pop()
         interesting = False
         for raw in lines:
-            parsed = parse_control_line(raw.decode("utf-8", "replace").rstrip("\r"))
-            if parsed is None or parsed[0] in ("begin", "end", "error", "output"):
+            text = raw.decode("utf-8", "replace").rstrip("\r")
+            parsed = parse_control_line(text)
+            if parsed is None:
+                if self._control_block is not None:
+                    self._control_block.append(text)
                 continue
-            if parsed[0] == "exit":
-                continue  # EOF follows
+            if parsed[0] == "begin":
+                self._control_block = []
+                continue
+            if parsed[0] in ("end", "error"):
+                if parsed[0] == "error":
+                    log("tmux control client command failed: %s" % " ".join(self._control_block or ()))
+                self._control_block = None
+                continue
+            if parsed[0] in ("output", "exit"):
+                continue  # EOF follows %exit
+            if parsed[0] == "session-changed" and not self._control_subscribed:
+                # subscribe once attached: sent earlier, tmux answers "no current client"
+                self._control_subscribed = True
+                self._control_send("refresh-client -B 'os-panes::%s'" % SUBSCRIPTION_FORMAT)
             interesting = True
         if interesting:
             self.schedule_refresh()
@@ -2846,10 +2934,16 @@ class Server(object):
             self.stop("tmux server exited")
 
     def schedule_refresh(self, delay=0.005):
-        """Coalesce a burst of tmux notifications into one snapshot read."""
-        if not self._refresh_pending:
-            self._refresh_pending = True
-            self.loop.call_later(delay, self._refresh_now)
+        """Coalesce a burst of tmux notifications into one snapshot read; an earlier request
+        replaces a later one (a delayed retry never holds back a tmux event)."""
+        due = self.loop.clock() + delay
+        if self._refresh_pending and due >= self._refresh_due:
+            return
+        if self._refresh_pending:
+            self._refresh_cancel()
+        self._refresh_pending = True
+        self._refresh_due = due
+        self._refresh_cancel = self.loop.call_later(delay, self._refresh_now)
 
     def _refresh_now(self):
         self._refresh_pending = False
@@ -5419,6 +5513,7 @@ class SidebarPanes(object):
         self.server = server
         self.command = command  # the shell command that runs `opensessions sidebar`
         self.busy = False
+        self.fixed = {}  # pane -> when we last corrected its place or width
 
     def sync(self):
         if self.busy:
@@ -5468,10 +5563,27 @@ class SidebarPanes(object):
                     else:
                         self._split(work[0]["id"], w["id"], ui, s.get("dir"))
                     changed = True
-                elif sidebars[0]["width"] != ui["width"] and w.get("width", 0) > ui["width"] + 10:
-                    tmux.run("resize-pane", "-t", sidebars[0]["id"], "-x", ui["width"])
-                    changed = True
+                elif w.get("width", 0) > ui["width"] + 10:
+                    sb = sidebars[0]
+                    edge = sb["left"] == 0 if ui["position"] == "left" else sb["left"] + sb["width"] == w["width"]
+                    moved = sb["top"] != 0 or sb["height"] != w.get("height", sb["height"]) or not edge
+                    if (moved or sb["width"] != ui["width"]) and self._may_fix(sb["id"]):
+                        if moved:  # a layout (tiled, main-vertical…) moved it: back to a full-height column
+                            self._join(sb["id"], work[0]["id"], w["id"], ui)
+                        else:
+                            tmux.run("resize-pane", "-t", sb["id"], "-x", ui["width"])
+                        changed = True
         return changed
+
+    def _may_fix(self, pane, clock=time.monotonic):
+        """At most one fix a second per pane, so a layout that refuses our width never makes us
+        spin; a fix that has to wait is retried when it may run."""
+        wait = 1.0 - (clock() - self.fixed.get(pane, -10.0))
+        if wait > 0:
+            self.server.schedule_refresh(wait)
+            return False
+        self.fixed[pane] = clock()
+        return True
 
     def _flags(self, ui):
         return ["-h", "-f", "-d", "-l", str(ui["width"])] + (["-b"] if ui["position"] == "left" else [])
@@ -5830,11 +5942,13 @@ def build_server(tmux, port, explicit, environ):
 
 
 def _self_command():
-    """How hooks call us back: this interpreter and this file (.pyz or .py), shell-quoted."""
+    """How hooks, key bindings and sidebar panes call us back: this interpreter with -S (the program
+    needs no site-packages, and skipping `site` saves tens of milliseconds per call where many .pth
+    hooks are installed) and this file (.pyz or .py), shell-quoted."""
     import shlex
     target = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] and os.path.exists(sys.argv[0]) \
         else os.path.abspath(__file__)
-    return " ".join(shlex.quote(a) for a in (sys.executable or "python3", target))
+    return " ".join(shlex.quote(a) for a in (sys.executable or "python3", "-S", target))
 
 
 def _agent_ancestor(agent, start_pid, proc_root="/proc", depth=12):
@@ -6047,7 +6161,7 @@ def cmd_tmux_setup(args):
     tmux.run("set-option", "-g", "@opensessions-bound-key", options["@opensessions-key"])
     runtime = RuntimeFiles(_socket_from_args(args))
     info = runtime.live_info()
-    if info and info.get("version") != __version__:
+    if info and (info.get("version"), info.get("digest")) != (__version__, program_digest()):
         cmd_stop(args)  # an updated plugin: restart the server on the new code
     start_background(args)
     ui = {}
@@ -6123,7 +6237,35 @@ def cmd_uninstall_tmux(args):
     return 0
 
 
-def build_parser():
+class _Ignored(object):
+    """Stands in for a subparser that is not built (see build_parser)."""
+
+    def __getattr__(self, name):
+        return lambda *a, **kw: self
+
+
+COMMANDS = ("server", "start", "stop", "status", "set-status", "set-progress", "log", "clear-log", "notify",
+            "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next", "mute",
+            "save", "restore", "kitty", "tmux-setup", "uninstall-tmux")
+
+
+def command_of(argv):
+    """The subcommand named in argv (skipping global options and their values), or None."""
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("-L", "-S", "--port"):
+            skip = True
+        elif a in ("-h", "--help"):
+            return None
+        elif not a.startswith("-"):
+            return a if a in COMMANDS else None
+    return None
+
+
+def build_parser(command=None):
+    """The argument parser; with `command`, only that subcommand is built (fast client commands)."""
     import argparse
 
     def common(defaults):
@@ -6143,7 +6285,16 @@ def build_parser():
                     "With no command: inside tmux, start the server; outside tmux, start a tmux session.")
     p.add_argument("--version", action="version", version="opensessions " + __version__)
     shared = common(False)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    real_sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    class OnlyOne(object):
+        """Adds just the command being run (argparse with every subcommand costs ~10 ms)."""
+
+        def add_parser(self, name, **kw):
+            if command is None or name == command:
+                return real_sub.add_parser(name, **kw)
+            return _Ignored()
+    sub = OnlyOne()
 
     s = sub.add_parser("server", parents=[shared], help="run the server in the foreground")
     s.add_argument("--log", metavar="FILE", help="append log lines to FILE instead of stderr")
@@ -6255,7 +6406,8 @@ def _shell_quote(s):
 
 
 def main(argv=None):
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     func = getattr(args, "func", None) or cmd_default
     try:

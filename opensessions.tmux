@@ -12,7 +12,12 @@ if ! "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)'; th
   exit 0
 fi
 app="$dir/opensessions.py"
-[ -f "$dir/dist/opensessions.pyz" ] && app="$dir/dist/opensessions.pyz"
+pyz="$dir/dist/opensessions.pyz"
+# Build (or rebuild after an update) the zipapp: it starts in milliseconds (bytecode inside).
+if [ ! -f "$pyz" ] || [ "$dir/opensessions.py" -nt "$pyz" ]; then
+  "$py" "$dir/build_zipapp.py" >/dev/null 2>&1 || true
+fi
+[ -f "$pyz" ] && app="$pyz"
 if ! err="$("$py" "$app" tmux-setup 2>&1)"; then
   tmux display-message "opensessions: $err"
 fi

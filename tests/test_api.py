@@ -74,6 +74,7 @@ def test_cwd_change_is_seen_without_tmux_event(server, tmux, sse, tmp_path):
     tmux.run("send-keys", "-t", "=main:0.0", "cd %s" % target, "Enter")
     # tmux's subscription reports it (at most once a second); no polling on our side
     events.wait_for(lambda d: d["sessions"][0]["dir"] == target, timeout=4)
+    assert "command failed" not in server.log()  # the subscription was accepted (sent after attach)
 
 
 def test_kill_session_hosting_control_client_keeps_following(server, tmux, sse):

@@ -177,3 +177,65 @@ def test_installed_hook_command_reports_to_the_server(server, env):
     assert (r.returncode, r.stderr) == (0, b"")
     t = server.session("main")["threads"][0]
     assert (t["agent"], t["status"], t["title"], t["pane"]) == ("claude", "running", "add tests", pane)
+
+
+def test_pyz_falls_back_to_source_on_another_python(tmp_path, pyz):
+    """The bytecode inside is for the building interpreter; any other one must still run the source."""
+    import zipfile
+    other = str(tmp_path / "other.pyz")
+    with zipfile.ZipFile(pyz) as src, zipfile.ZipFile(other, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename == "opensessions.pyc":
+                data = b"\x00\x00\r\n" + data[4:]  # a magic number no Python has
+            dst.writestr(info, data)
+    r = subprocess.run([PYTHON, other, "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+    assert r.returncode == 0 and r.stdout.strip() == b"opensessions " + os_.__version__.encode(), r.stderr
+    code = "import sys; sys.path.insert(0, %r); import opensessions; print(type(opensessions.__loader__).__name__)" % pyz
+    r = subprocess.run([PYTHON, "-c", code], stdout=subprocess.PIPE, check=True)
+    assert r.stdout.strip() == b"zipimporter"
+
+
+def test_tmux_plugin_builds_the_pyz_and_starts_the_server(env, tmux, tmp_path):
+    import shutil as sh
+    clone = tmp_path / "plugin"
+    clone.mkdir()
+    for name in ("opensessions.py", "opensessions.tmux", "build_zipapp.py"):
+        sh.copy(os.path.join(ROOT, name), str(clone / name))
+    r = subprocess.run(["bash", str(clone / "opensessions.tmux")], env=dict(env.vars, TMUX="%s,1,0" % tmux.socket),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert (clone / "dist" / "opensessions.pyz").exists()
+    info = retry_until(lambda: os_.RuntimeFiles(tmux.socket, env.vars).live_info(), timeout=10)
+    try:
+        assert info["digest"] == os_.program_digest(str(clone / "dist" / "opensessions.pyz"))
+        keys = tmux.run("list-keys", "-T", "opensessions")
+        for key in ("s", "t", "e", "n", "p", "1", "9"):
+            assert " %s " % key in keys
+        assert "switch-client -T opensessions" in tmux.run("list-keys", "-T", "prefix", "o")
+        assert tmux.run("show-options", "-gqv", "@resurrect-hook-post-save-all").strip().endswith(" save")
+        # uninstall-tmux: tmux is as before the plugin
+        r = subprocess.run([PYTHON, str(clone / "dist" / "opensessions.pyz"), "-S", tmux.socket, "uninstall-tmux"],
+                           env=env.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert os_.RuntimeFiles(tmux.socket, env.vars).live_info() is None
+        assert "opensessions" not in tmux.run("list-keys")
+        assert "@opensessions" not in tmux.run("show-options", "-g")
+        assert "@resurrect-hook" not in tmux.run("show-options", "-g")
+    finally:
+        if os_.RuntimeFiles(tmux.socket, env.vars).live_info():
+            os.kill(info["pid"], 15)
+
+
+def test_lazy_parser_knows_every_command():
+    full = os_.build_parser()._subparsers._group_actions[0].choices
+    assert set(full) == set(os_.COMMANDS)
+    assert os_.command_of(["-S", "/x", "--port", "5", "set-status", "a", "b"]) == "set-status"
+    assert os_.command_of(["-S", "status", "log"]) == "log"  # "status" was the socket path
+    assert os_.command_of(["--help"]) is None and os_.command_of(["bogus"]) is None
+    for name in os_.COMMANDS:
+        assert set(os_.build_parser(name)._subparsers._group_actions[0].choices) == {name}
+
+
+def test_generated_commands_skip_site():
+    assert " -S " in os_._self_command()

@@ -163,7 +163,8 @@ def sidebars(tmux, session=None):
 
 
 def windows(tmux, session):
-    return sorted({p["window"] for p in panes(tmux) if p["session"] == session})
+    """Window ids of a session in tmux's index order."""
+    return tmux.run("list-windows", "-t", "=" + session, "-F", "#{window_id}").split()
 
 
 def screen(tmux, pane):
@@ -211,10 +212,15 @@ def test_new_window_gets_one_and_width_holds(shown, tmux):
     tmux.run("split-window", "-h", "-t", win)
     tmux.run("split-window", "-v", "-t", win)
     retry_until(lambda: all(p["width"] == "32" for p in sidebars(tmux, "work")))
+    geometry = lambda: tmux.run("list-panes", "-t", win, "-F", "#{pane_id} #{pane_left},#{pane_top} "
+                                "#{pane_width}x#{pane_height} #{@opensessions-sidebar}")
     tmux.run("resize-window", "-t", win, "-x", "200")
-    retry_until(lambda: [p["width"] for p in sidebars(tmux, "work") if p["window"] == win] == ["32"])
+    retry_until(lambda: [p["width"] for p in sidebars(tmux, "work") if p["window"] == win] == ["32"],
+                message="after resize-window: " + geometry())
     tmux.run("select-layout", "-t", win, "tiled")
-    retry_until(lambda: [p["width"] for p in sidebars(tmux, "work") if p["window"] == win] == ["32"])
+    retry_until(lambda: [p["width"] for p in sidebars(tmux, "work") if p["window"] == win] == ["32"]
+                and "0,0 32x40" in geometry(), message="after select-layout tiled")
+    assert "0,0 32x40 1" in geometry(), geometry()
 
 
 def test_closing_last_work_pane_never_kills_the_session(shown, tmux):

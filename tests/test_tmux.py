@@ -57,9 +57,9 @@ def test_parse_snapshot_hides_control_clients_from_attached():
     fs = os_.FS
     out = "\n".join([
         fs.join(["P", "$1", "s", "100", "@1", "0", "w", "1", "%1", "0", "11", "/dev/pts/1", "/x", "bash", "t", "1",
-                 "80", "24", "", "80", ""]),
+                 "80", "24", "", "80", "", "33", "0", "24"]),
         fs.join(["P", "$1", "s", "100", "@1", "0", "w", "1", "%2", "1", "12", "/dev/pts/2", "/y", "python3", "os", "0",
-                 "32", "24", "1", "80", "@1"]),
+                 "32", "24", "1", "80", "@1", "0", "0", "24"]),
         fs.join(["C", "/dev/pts/9", "/dev/pts/9", "0", "50", "$1", "s", "@1", "%1", "5"]),
         fs.join(["C", "client-77", "", "1", "77", "$1", "s", "@1", "%1", "5"]),
         "garbage line",
@@ -96,6 +96,25 @@ def test_listening_port_is_found_for_own_pid():
         assert os_.ports_for_pids({"me": [os.getpid()]}) == {"me": [port]}
     finally:
         s.close()
+
+
+def test_netlink_and_proc_agree_on_listeners():
+    s4, s6, far = socket.socket(), socket.socket(socket.AF_INET6), socket.socket()
+    try:
+        s4.bind(("127.0.0.1", 0))
+        s6.bind(("::1", 0))
+        s4.listen(1)
+        s6.listen(1)
+        via_proc = {}
+        for name in ("tcp", "tcp6"):
+            with open("/proc/net/" + name) as f:
+                via_proc.update(os_.parse_proc_net_tcp(f.read()))
+        via_netlink = os_.listening_sockets_netlink()
+        assert via_netlink == via_proc
+        assert {s4.getsockname()[1], s6.getsockname()[1]} <= set(via_netlink.values())
+    finally:
+        for s in (s4, s6, far):
+            s.close()
 
 
 def test_proc_net_tcp_parser_keeps_loopback_and_any_only():

@@ -1,0 +1,638 @@
+#!/usr/bin/env python3
+"""Measure what users feel, against targets: `python3 bench/run.py` (full, ~6 min) or `--quick` (~1 min).
+
+Builds its own workloads in a temp HOME and a private tmux socket from the real record shapes in
+../shared/agents-lab/fixtures, runs the real program (dist/opensessions.pyz, built fresh), and
+prints a table (figure, median, p95 / spread, target, pass) plus bench/results.json.
+Nothing here touches your tmux server or your home.
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+FIX = os.path.join(os.path.dirname(ROOT), "shared", "agents-lab", "fixtures")
+PY = sys.executable
+sys.path.insert(0, ROOT)
+import opensessions  # noqa: E402  (only for its pure helpers: encodings, ids)
+
+
+def pct(values, p):
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = (len(s) - 1) * p / 100.0
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def proc_cpu_s(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_status(pid, key):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0  # MB
+    return float("nan")
+
+
+def proc_rchar(pid):
+    with open("/proc/%d/io" % pid) as f:
+        for line in f:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Results(object):
+    def __init__(self):
+        self.rows = []
+
+    def add(self, figure, workload, values, unit, target, op, median=None, note=""):
+        values = [v for v in values if v == v]
+        med = statistics.median(values) if values and median is None else median
+        p95 = pct(values, 95) if values else float("nan")
+        spread = (max(values) - min(values)) if len(values) > 1 else 0.0
+        limit = p95 if op == "p95<=" else med
+        ok = limit <= target if op in ("<=", "p95<=") else limit >= target
+        self.rows.append({"figure": figure, "workload": workload, "n": len(values), "median": med, "p95": p95,
+                          "spread": spread, "unit": unit, "target": "%s %s %s" % (op.replace("p95", "p95 "), target, unit),
+                          "pass": bool(ok), "note": note, "values": [round(v, 4) for v in values]})
+
+    def table(self):
+        head = "%-44s %10s %10s %10s %-18s %s" % ("figure", "median", "p95", "spread", "target", "result")
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            lines.append("%-44s %10s %10s %10s %-18s %s" % (
+                r["figure"][:44], fmt(r["median"]), fmt(r["p95"]), fmt(r["spread"]), r["target"],
+                ("pass" if r["pass"] else "MISS") + ("  " + r["note"] if r["note"] else "")))
+        return "\n".join(lines)
+
+
+def fmt(v):
+    if v != v:
+        return "-"
+    return "%.3g" % v if abs(v) < 100 else "%.0f" % v
+
+
+# ---- workloads from the real record shapes -------------------------------------------------------
+
+def load_lines(path):
+    with open(path) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+CLAUDE_RECS = load_lines(os.path.join(FIX, "claude", "transcript-interactive-permission-interrupt-rename.jsonl"))
+CODEX_RECS = load_lines(os.path.join(FIX, "codex", "rollout-interactive.jsonl"))
+
+
+def claude_transcript(path, sid, cwd, size):
+    """A transcript of ~size bytes: the captured interactive session's records, repeated, re-pointed."""
+    out, total = [], 0
+    while total < size:
+        for rec in CLAUDE_RECS:
+            r = dict(rec)
+            if "sessionId" in r:
+                r["sessionId"] = sid
+            if "cwd" in r:
+                r["cwd"] = cwd
+            line = json.dumps(r) + "\n"
+            out.append(line)
+            total += len(line)
+    with open(path, "w") as f:
+        f.writelines(out)
+
+
+def codex_rollout(path, tid, cwd, size):
+    out, total = [], 0
+    while total < size:
+        for rec in CODEX_RECS:
+            r = json.loads(json.dumps(rec))
+            p = r.get("payload") or {}
+            if r["type"] == "session_meta":
+                p["id"] = p["session_id"] = tid
+            if "cwd" in p:
+                p["cwd"] = cwd
+            line = json.dumps(r) + "\n"
+            out.append(line)
+            total += len(line)
+    with open(path, "w") as f:
+        f.writelines(out)
+
+
+class World(object):
+    """A temp HOME with agent files, a private tmux server with N sessions, the .pyz."""
+
+    def __init__(self, sessions, claude=100, codex=50, size=200 * 1024, old=0, old_size=0):
+        self.base = tempfile.mkdtemp(prefix="osbench-")
+        self.home = os.path.join(self.base, "home")
+        os.makedirs(self.home)
+        os.makedirs(os.path.join(self.base, "run"), mode=0o700)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("TMUX", "XDG_", "CLAUDE", "CODEX", "OPENCODE"))}
+        self.env.update(HOME=self.home, XDG_RUNTIME_DIR=os.path.join(self.base, "run"), TMUX_TMPDIR=self.base,
+                        XDG_CONFIG_HOME=os.path.join(self.home, ".config"), XDG_STATE_HOME=os.path.join(self.home, ".state"),
+                        XDG_DATA_HOME=os.path.join(self.home, ".data"), LANG="C.UTF-8")
+        self.env.pop("OPENSESSIONS_PORT", None)
+        self.pyz = os.path.join(self.base, "opensessions.pyz")
+        subprocess.run([PY, os.path.join(ROOT, "build_zipapp.py"), "--out", self.pyz], check=True, stdout=subprocess.DEVNULL)
+        self.socket = os.path.join(self.base, "tmux.sock")
+        self.cwd = os.path.join(self.home, "work")
+        os.makedirs(self.cwd)
+        proj = os.path.join(self.home, ".claude", "projects", opensessions.claude_project_dir_name(self.cwd))
+        os.makedirs(proj)
+        self.claude_ids = []
+        for i in range(claude):
+            sid = str(uuid.uuid4())
+            claude_transcript(os.path.join(proj, sid + ".jsonl"), sid, self.cwd, size)
+            self.claude_ids.append(sid)
+        day = os.path.join(self.home, ".codex", "sessions", time.strftime("%Y/%m/%d"))
+        os.makedirs(day)
+        self.codex_ids = []
+        for i in range(codex):
+            tid = "01a200ee-%04x-7%03x-9e17-%012x" % (i, i, i)
+            codex_rollout(os.path.join(day, "rollout-%s-%s.jsonl" % (time.strftime("%Y-%m-%dT%H-%M-%S"), tid)), tid, self.cwd, size)
+            self.codex_ids.append(tid)
+        self.old_ids = []
+        if old:
+            week_ago = time.time() - 30 * 86400
+            for i in range(old):
+                sid = str(uuid.uuid4())
+                p = os.path.join(proj, sid + ".jsonl")
+                claude_transcript(p, sid, self.cwd, old_size)
+                os.utime(p, (week_ago, week_ago))
+                self.old_ids.append(sid)
+        self.proj = proj
+        self.tmux("new-session", "-d", "-s", "s000", "-x", "200", "-y", "50", "-c", self.cwd)
+        self.tmux("set-option", "-g", "default-command", "sh")
+        for i in range(1, sessions):
+            self.tmux("new-session", "-d", "-s", "s%03d" % i, "-c", self.cwd)
+        self.server = None
+
+    def tmux(self, *args):
+        return subprocess.run(["tmux", "-S", self.socket, "-f", "/dev/null"] + list(args), env=self.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True).stdout.decode()
+
+    def start_server(self):
+        t0 = time.monotonic()
+        self.server = subprocess.Popen([PY, self.pyz, "-S", self.socket, "server", "--port", "0", "--log",
+                                        os.path.join(self.base, "server.log")], env=self.env)
+        info_dir = os.path.join(self.base, "run", "opensessions")
+        while True:
+            for name in os.listdir(info_dir) if os.path.isdir(info_dir) else []:
+                if name.endswith(".json") and not name.startswith("."):
+                    try:
+                        with open(os.path.join(info_dir, name)) as f:
+                            self.port = json.load(f)["port"]
+                        return time.monotonic() - t0
+                    except (ValueError, OSError, KeyError):
+                        pass
+            if self.server.poll() is not None:
+                raise RuntimeError("server exited")
+            time.sleep(0.002)
+
+    def state(self):
+        return json.loads(http(self.port, "GET", "/state")[1])
+
+    def close(self):
+        if self.server and self.server.poll() is None:
+            self.server.terminate()
+            self.server.wait(10)
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], stderr=subprocess.DEVNULL)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def http(port, method, path, body=None):
+    data = b"" if body is None else json.dumps(body).encode()
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(("%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % (method, path, len(data))).encode() + data)
+    chunks = []
+    while True:
+        d = s.recv(1 << 20)
+        if not d:
+            break
+        chunks.append(d)
+    s.close()
+    raw = b"".join(chunks)
+    head, _, content = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), content
+
+
+class Events(object):
+    """/events reader: (arrival time, raw data) per event, in a thread."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        self.events = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        buf = b""
+        while True:
+            try:
+                d = self.sock.recv(1 << 20)
+            except OSError:
+                return
+            if not d:
+                return
+            buf += d
+            while b"\n\n" in buf:
+                block, buf = buf.split(b"\n\n", 1)
+                i = block.find(b"data: ")
+                if i >= 0:
+                    with self.cond:
+                        self.events.append((time.monotonic(), block[i + 6:]))
+                        self.cond.notify_all()
+
+    def wait(self, since_index, predicate, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        i = since_index
+        with self.cond:
+            while True:
+                while i < len(self.events):
+                    t, raw = self.events[i]
+                    i += 1
+                    if predicate(raw):
+                        return t
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+
+    def close(self):
+        self.sock.close()
+
+
+def thread_status(raw, agent, tid):
+    state = json.loads(raw)
+    for s in state["sessions"]:
+        for t in s["threads"]:
+            if t["agent"] == agent and t["id"] == tid:
+                return t["status"]
+    for t in state["threads"]:
+        if t["agent"] == agent and t["id"] == tid:
+            return t["status"]
+    return None
+
+
+# ---- figures -------------------------------------------------------------------------------------
+
+def bench_update_latency(w, res, n, label="30 sessions, 100+50 transcripts of 200 KB"):
+    ev = Events(w.port)
+    time.sleep(0.3)
+    lat = []
+    for i in range(n):
+        sid = w.claude_ids[i % len(w.claude_ids)]
+        path = os.path.join(w.proj, sid + ".jsonl")
+        rec = {"type": "user", "message": {"role": "user", "content": "bench prompt %d" % i}, "sessionId": sid,
+               "cwd": w.cwd, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())}
+        done = {"type": "assistant", "message": {"model": "m", "stop_reason": "end_turn", "content": []},
+                "sessionId": sid, "timestamp": rec["timestamp"]}
+        start = len(ev.events)
+        t0 = time.monotonic()
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        t = ev.wait(start, lambda raw: thread_status(raw, "claude", sid) == "running")
+        lat.append((t - t0) * 1000 if t else float("nan"))
+        with open(path, "a") as f:
+            f.write(json.dumps(done) + "\n")
+        ev.wait(len(ev.events) - 1, lambda raw: thread_status(raw, "claude", sid) == "done")
+        time.sleep(0.05)
+    ev.close()
+    res.add("update latency: transcript append -> /events", label, lat, "ms", 100, "p95<=")
+    return lat
+
+
+def bench_tmux_latency(w, res, n, label="30 sessions"):
+    ev = Events(w.port)
+    time.sleep(0.3)
+    lat = []
+    for i in range(n):
+        name = "bench%03d" % i
+        start = len(ev.events)
+        t0 = time.monotonic()
+        if i % 2 == 0:
+            w.tmux("new-session", "-d", "-s", name)
+            key = ('"name":"%s"' % name).encode()
+        else:
+            w.tmux("rename-session", "-t", "=bench%03d" % (i - 1), name)
+            key = ('"name":"%s"' % name).encode()
+        t = ev.wait(start, lambda raw: key in raw)
+        lat.append((t - t0) * 1000 if t else float("nan"))
+    ev.close()
+    res.add("tmux change latency: new/rename -> /events", label, lat, "ms", 100, "p95<=")
+    return lat
+
+
+def bench_idle_cpu(pid, seconds):
+    c0, t0 = proc_cpu_s(pid), time.monotonic()
+    time.sleep(seconds)
+    return (proc_cpu_s(pid) - c0) / (time.monotonic() - t0) * 100
+
+
+def bench_cli(w, res, n):
+    """As hooks and key bindings call it (python3 -S …pyz, see _self_command), and plain."""
+    out = {}
+    for label, pre in (("as generated: python3 -S pyz", ["-S"]), ("plain: python3 pyz", [])):
+        times = []
+        for i in range(n):
+            t0 = time.monotonic()
+            subprocess.run([PY] + pre + [w.pyz, "-S", w.socket, "set-status", "s000", "bench %d" % i], env=w.env, check=True)
+            times.append((time.monotonic() - t0) * 1000)
+        bare = []
+        for i in range(5):
+            t0 = time.monotonic()
+            subprocess.run([PY] + pre + ["-c", "pass"], check=True)
+            bare.append((time.monotonic() - t0) * 1000)
+        res.add("CLI set-status, %s" % label, "interpreter alone: %.0f ms" % statistics.median(bare), times, "ms", 60, "<=")
+        out[label] = times
+    return out
+
+
+def bench_bytes_per_append(res, quick):
+    size = (20 if quick else 100) * 1024 * 1024
+    w = World(1, claude=0, codex=0)
+    try:
+        sid = str(uuid.uuid4())
+        path = os.path.join(w.proj, sid + ".jsonl")
+        claude_transcript(path, sid, w.cwd, size)
+        w.start_server()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(t["id"] == sid for t in w.state()["threads"]):
+            time.sleep(0.05)
+        reads = []
+        for i in range(5):
+            r0 = proc_rchar(w.server.pid)
+            line = json.dumps({"type": "user", "message": {"role": "user", "content": "x" * 900}, "sessionId": sid,
+                               "timestamp": "2026-11-22T03:00:00.000Z"}) + "\n"
+            ev = Events(w.port)
+            time.sleep(0.2)
+            r0 = proc_rchar(w.server.pid)
+            with open(path, "a") as f:
+                f.write(line)
+            ev.wait(0, lambda raw: thread_status(raw, "claude", sid) == "running" and b"bench-%d" % i not in raw, 5)
+            time.sleep(0.3)
+            reads.append((proc_rchar(w.server.pid) - r0) / 1024.0)
+            ev.close()
+            with open(path, "a") as f:
+                f.write(json.dumps({"type": "assistant", "message": {"stop_reason": "end_turn", "content": []},
+                                    "sessionId": sid}) + "\n")
+            time.sleep(0.3)
+        res.add("bytes read per 1 KB append", "%d MB transcript (rchar incl. /proc reads)" % (size >> 20), reads, "KB", 64, "<=")
+    finally:
+        w.close()
+
+
+def bench_cold_start(res, quick):
+    out = []
+    configs = [("150 recent transcripts (30 MB)", 0, 0)]
+    old, old_size = (190, 512 * 1024) if quick else (1900, 512 * 1024)
+    configs.append(("+ %d old transcripts (%d MB)" % (old, old * old_size >> 20), old, old_size))
+    for label, n_old, sz in configs:
+        w = World(30, old=n_old, old_size=sz)
+        try:
+            subprocess.run(["sync"])
+            times, peaks = [], []
+            for run in range(1 if quick else 3):
+                log = os.path.join(w.base, "server.log")
+                if os.path.exists(log):
+                    os.unlink(log)
+                # the runtime file appears only once the full state is published
+                times.append(w.start_server())
+                want = len(w.claude_ids) + len(w.codex_ids)
+                line = [l for l in open(log) if "cold start:" in l][-1]
+                loaded = int(line.split("cold start: ")[1].split()[0])
+                if loaded < want:
+                    raise RuntimeError("cold start listed %d threads, want %d" % (loaded, want))
+                peaks.append(proc_status(w.server.pid, "VmHWM"))
+                w.server.terminate()
+                w.server.wait()
+            res.add("cold start to full state", "30 sessions, " + label, times, "s", 1.5, "<=")
+            res.add("cold start peak RSS", "30 sessions, " + label, peaks, "MB", 60, "<=")
+            out.append((label, times, peaks))
+        finally:
+            w.close()
+    return out
+
+
+def bench_sidebar(w, res, seconds):
+    # a real client attached on a pty; the sidebar shown in every window
+    import pty
+    master, slave = pty.openpty()
+    client = subprocess.Popen(["tmux", "-S", w.socket, "attach-session", "-t", "=s000"], stdin=slave, stdout=slave,
+                              stderr=slave, env=dict(w.env, TERM="xterm-256color"), start_new_session=True)
+    os.close(slave)
+    def drain():
+        try:
+            while os.read(master, 65536):
+                pass
+        except OSError:
+            pass
+    threading.Thread(target=drain, daemon=True).start()
+    http(w.port, "POST", "/ui", {"visible": True})
+    deadline = time.monotonic() + 20
+    sb = None
+    while time.monotonic() < deadline:
+        rows = [l.split() for l in w.tmux("list-panes", "-a", "-F", "#{session_name} #{pane_id} #{pane_pid} #{@opensessions-sidebar}").splitlines()]
+        sbs = [r for r in rows if len(r) == 4 and r[3] == "1"]
+        if len(sbs) >= 30:
+            sb = next(r for r in sbs if r[0] == "s000")
+            break
+        time.sleep(0.1)
+    if sb is None:
+        raise RuntimeError("sidebars did not appear")
+    time.sleep(2)
+    pid = int(sb[2])
+    # the sidebar process is the pane's process (sh -c exec …) or its child
+    kids = subprocess.run(["pgrep", "-P", str(pid)], stdout=subprocess.PIPE).stdout.split()
+    if kids:
+        pid = int(kids[0])
+    cpu = bench_idle_cpu(pid, seconds)
+    rss = proc_status(pid, "VmRSS")
+    res.add("sidebar idle CPU", "30 sessions, attached, %ds" % seconds, [cpu], "%", 0.1, "<=")
+    res.add("sidebar RSS", "30 sessions", [rss], "MB", 30, "<=")
+    # session switch: 1-9 / Enter in the sidebar -> the tmux client switched (seen by a control client)
+    ctl = subprocess.Popen(["tmux", "-S", w.socket, "-C", "attach-session", "-t", "=s029", "-f", "no-output,read-only,ignore-size"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=w.env)
+    seen = []
+    cond = threading.Condition()
+
+    def read():
+        for line in ctl.stdout:
+            if line.startswith(b"%client-session-changed") or line.startswith(b"%session-changed"):
+                with cond:
+                    seen.append((time.monotonic(), line))
+                    cond.notify_all()
+    threading.Thread(target=read, daemon=True).start()
+    time.sleep(0.5)
+    lat = []
+    for i in range(10 if seconds < 30 else 20):
+        key = "2" if i % 2 == 0 else "1"
+        want = b"s001" if key == "2" else b"s000"
+        with cond:
+            n0 = len(seen)
+        t0 = time.monotonic()
+        w.tmux("send-keys", "-t", sb[1], key)
+        with cond:
+            ok = cond.wait_for(lambda: any(want in l for _, l in seen[n0:] if l.startswith(b"%client-session-changed")), 5)
+            t = next((t for t, l in seen[n0:] if want in l and l.startswith(b"%client-session-changed")), None)
+        lat.append((t - t0) * 1000 if ok and t else float("nan"))
+        time.sleep(0.2)
+    ctl.terminate()
+    res.add("session switch: key in sidebar -> client switched", "30 sessions", lat, "ms", 50, "p95<=")
+    client.terminate()
+    os.close(master)
+    return cpu, rss, lat
+
+
+def bench_notify(res, n):
+    w = World(5, claude=0, codex=0)
+    try:
+        bin_dir = os.path.join(w.base, "bin")
+        os.makedirs(bin_dir)
+        log = os.path.join(w.base, "notify.log")
+        with open(os.path.join(bin_dir, "notify-send"), "w") as f:
+            f.write("#!/bin/sh\ndate +%%s.%%N >> %s\n" % log)
+        os.chmod(os.path.join(bin_dir, "notify-send"), 0o755)
+        w.env["PATH"] = bin_dir + os.pathsep + w.env["PATH"]
+        w.start_server()
+        lat = []
+        for i in range(n):
+            http(w.port, "POST", "/api/agent-event", {"agent": "claude", "status": "running", "threadId": "n%d" % i, "tmuxSession": "s001"})
+            before = open(log).read().count("\n") if os.path.exists(log) else 0
+            t0 = time.time()
+            http(w.port, "POST", "/api/agent-event", {"agent": "claude", "status": "done", "threadId": "n%d" % i, "tmuxSession": "s001"})
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                lines = open(log).read().split() if os.path.exists(log) else []
+                if len(lines) > before:
+                    lat.append((float(lines[before]) - t0) * 1000)
+                    break
+                time.sleep(0.002)
+            time.sleep(2.1)  # past the 2 s quiet window, so each sample is a first notification
+        res.add("notification: state change -> command started", "background thread done, fake notify-send", lat, "ms", 100, "<=")
+        return lat
+    finally:
+        w.close()
+
+
+def bench_save(res, n):
+    w = World(10, claude=20, codex=0, size=4096)
+    try:
+        bin_dir = os.path.join(w.base, "bin")
+        os.makedirs(bin_dir)
+        fake = os.path.join(bin_dir, "claude")
+        with open(fake, "w") as f:
+            f.write('#!/bin/sh\nmkdir -p "$REG"; printf \'{"pid": %s, "sessionId": "%s", "cwd": "%s", "status": "idle"}\' "$$" "$SID" "$PWD" > "$REG/$$.json"\nwhile read -r l; do :; done\n')
+        os.chmod(fake, 0o755)
+        reg = os.path.join(w.home, ".claude", "sessions")
+        # 50 panes: 10 sessions x 5 panes; 20 run a Claude with its own conversation
+        panes = []
+        for s in range(10):
+            for p in range(4):
+                w.tmux("split-window", "-t", "=s%03d:0" % s, "-c", w.cwd)
+                w.tmux("select-layout", "-t", "=s%03d:0" % s, "tiled")
+        for line in w.tmux("list-panes", "-a", "-F", "#{session_name}:#{window_index}.#{pane_index} #{pane_id}").splitlines():
+            panes.append(line.split())
+        expect = {}
+        for i, (target, pane_id) in enumerate(panes[:20]):
+            sid = w.claude_ids[i]
+            w.tmux("send-keys", "-t", pane_id, "REG=%s SID=%s %s" % (reg, sid, fake), "Enter")
+            expect[target] = sid
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len([n for n in os.listdir(reg)] if os.path.isdir(reg) else []) < 20:
+            time.sleep(0.05)
+        w.tmux("set-option", "-g", "@resurrect-dir", os.path.join(w.base, "resurrect"))
+        times = []
+        for i in range(n):
+            t0 = time.monotonic()
+            subprocess.run([PY, w.pyz, "-S", w.socket, "save"], env=w.env, check=True, stdout=subprocess.DEVNULL)
+            times.append((time.monotonic() - t0) * 1000)
+        doc = json.load(open(os.path.join(w.base, "resurrect", "opensessions_last")))
+        got = {"%s:%s.%s" % (r["session"], r["window"], r["paneIndex"]): r["id"] for r in doc["records"]}
+        right = sum(1 for k, v in expect.items() if got.get(k) == v)
+        res.add("resurrect save", "50 panes, 20 agents (%d/20 right)" % right, times, "ms", 100, "<=",
+                note="" if right == 20 else "WRONG ATTRIBUTION")
+        return times, right
+    finally:
+        w.close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a ~1 minute pass with fewer samples and shorter idle windows")
+    ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
+    args = ap.parse_args()
+    quick = args.quick
+    res = Results()
+    idle_s = 10 if quick else 60
+    t_all = time.monotonic()
+
+    w = World(30)
+    try:
+        w.start_server()
+        time.sleep(1.0)
+        bench_update_latency(w, res, 10 if quick else 20)
+        bench_tmux_latency(w, res, 10 if quick else 20)
+        time.sleep(3)  # let the server settle (closed /events clients, pending refreshes)
+        cpu = bench_idle_cpu(w.server.pid, idle_s)
+        res.add("server idle CPU", "30 sessions, 150 transcripts, %ds" % idle_s, [cpu], "%", 0.2, "<=")
+        res.add("server RSS", "30 sessions, 150 transcripts", [proc_status(w.server.pid, "VmRSS")], "MB", 40, "<=")
+        bench_cli(w, res, 10 if quick else 20)
+        bench_sidebar(w, res, idle_s)
+    finally:
+        w.close()
+    bench_bytes_per_append(res, quick)
+    bench_cold_start(res, quick)
+    bench_notify(res, 5 if quick else 20)
+    bench_save(res, 5 if quick else 10)
+
+    # scaling: latency and idle CPU at 10, 30, 100 sessions
+    scaling = []
+    for n in (10, 30, 100):
+        w = World(n, claude=20, codex=10, size=50 * 1024)
+        try:
+            w.start_server()
+            time.sleep(1.0)
+            sub = Results()
+            lat = bench_update_latency(w, sub, 5 if quick else 10)
+            tl = bench_tmux_latency(w, sub, 4 if quick else 10)
+            time.sleep(3)
+            cpu = bench_idle_cpu(w.server.pid, 10 if quick else 30)
+            scaling.append({"sessions": n, "update_p95_ms": pct(lat, 95), "tmux_p95_ms": pct(tl, 95),
+                            "idle_cpu_pct": cpu, "rss_mb": proc_status(w.server.pid, "VmRSS")})
+        finally:
+            w.close()
+
+    print(res.table())
+    print()
+    print("scaling (sessions: update p95 ms, tmux p95 ms, idle CPU %, RSS MB)")
+    for s in scaling:
+        print("  %4d: %8.1f %8.1f %8.3f %8.1f" % (s["sessions"], s["update_p95_ms"], s["tmux_p95_ms"], s["idle_cpu_pct"], s["rss_mb"]))
+    noisy = [r["figure"] for r in res.rows if r["n"] > 2 and r["median"] and r["spread"] > 2 * r["median"]]
+    print("\nnoise: %s" % ("spread above 2x median for: " + ", ".join(noisy) if noisy else "every figure's spread within 2x its median"))
+    print("total bench time: %.0f s (%s)" % (time.monotonic() - t_all, "quick" if quick else "full"))
+    with open(args.out, "w") as f:
+        json.dump({"quick": quick, "python": sys.version.split()[0], "rows": res.rows, "scaling": scaling,
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=1)
+    return 0 if all(r["pass"] for r in res.rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
