@@ -769,6 +769,21 @@ def codex_reduce(state, rec):
     return state
 
 
+CODEX_TURN_STATUS = {"inProgress": "running", "completed": "done", "interrupted": "interrupted", "failed": "error"}
+
+
+def codex_turn_status(status, error_json=None):
+    """thread_history_1.sqlite's thread_turns.status (+ error_json) -> (status, detail)."""
+    mapped = CODEX_TURN_STATUS.get(status)
+    detail = None
+    if mapped == "error" and error_json:
+        try:
+            detail = str(json.loads(error_json).get("message") or "")[:MAX_LOG_MESSAGE] or None
+        except (ValueError, AttributeError):
+            detail = None
+    return mapped, detail
+
+
 def codex_moved_on(rec):
     """A rollout record that shows the turn moved on (so an approval wait, known only from the
     PermissionRequest hook, is over): tool output, an answer, or a turn event."""
@@ -1787,8 +1802,38 @@ class AgentWatchers(object):
         self._read_codex_index()
         self._read_codex_names_db()
         self._scan_codex_sessions()
+        self._codex_turns_fallback()
         self._query_opencode()
         self._scan_amp()
+
+    def _codex_turns_fallback(self):
+        """A rollout read from its tail may not reach back to its turn's task_started (a long turn):
+        thread_history_1.sqlite knows each turn's status (inProgress/completed/interrupted/failed)."""
+        import sqlite3
+        unknown = {st["id"]: path for path, st in self.states.items()
+                   if st["agent"] == "codex" and st["turns"] == 0}
+        db = os.path.join(self.paths["codex"], "thread_history_1.sqlite")
+        if not unknown or not os.path.exists(db):
+            return
+        try:
+            conn = sqlite_ro(db)
+            try:
+                rows = conn.execute(
+                    "SELECT thread_id, status, error_json FROM thread_turns t WHERE started_at = "
+                    "(SELECT max(started_at) FROM thread_turns u WHERE u.thread_id = t.thread_id)").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            log("codex thread_history_1.sqlite not readable now (%s)" % e)
+            return
+        for row in rows:
+            path = unknown.get(row["thread_id"])
+            if path is None:
+                continue
+            status, detail = codex_turn_status(row["status"], row["error_json"])
+            if status:
+                self.states[path].update(status=status, detail=detail, turns=1)
+                self._apply_codex(path)
 
     def watch_dir(self, path, handler):
         """Watch a directory; a missing one is watched for through its nearest existing parent."""
@@ -2749,7 +2794,6 @@ class Server(object):
         self._refresh_due = 0.0
         self._refresh_cancel = None
         self._save_pending = False
-        self._ports_tick = None
         self._listen_cache = None
         self._pid_groups = {}
         self._git_jobs = set()
@@ -3005,10 +3049,17 @@ class Server(object):
                     pane_session[p["id"]] = s["name"]
                     pane_cwd[p["id"]] = p["cwd"]
         threads = self.store.threads
+        daemon_held = set()
         for pid, tid in self._codex_fd_links.items():
             t = threads.get(("codex", tid))
-            if t is not None and t.pid != pid:
+            if t is None:
+                continue
+            if pid in self.pane_of_pid:
                 t.pid = pid
+            else:
+                # Codex's app-server daemon holds it (not in any pane): the thread is loaded, and
+                # its pane comes from the TUI's `resume <id>` or, failing that, the cwd
+                daemon_held.add(t.key)
         for pane_id, (agent, pid, args) in self.pane_agents.items():
             rid = agent_resume_id_from_args(agent, args)
             t = threads.get((agent, rid)) if rid else None
@@ -3024,12 +3075,14 @@ class Server(object):
                 self._set_link(t, alive, pane, pane_session, "pid" if pane else None)
                 if pane:
                     linked_panes.add((t.agent, pane))
+            elif t.key in daemon_held:
+                self._set_link(t, True, None, pane_session, None)
             elif t.link == "cwd":
                 self._set_link(t, False, None, pane_session, None)
             elif t.link == "api" and t.pane in pane_session and t.session != pane_session[t.pane]:
                 t.session = pane_session[t.pane]  # named by a hook before tmux told us about the pane
                 self.store.touch()
-        taken = {t.key for t in threads.values() if t.alive}
+        taken = {t.key for t in threads.values() if t.alive and t.pane}
         for pane_id, (agent, pid, args) in sorted(self.pane_agents.items()):
             if (agent, pane_id) in linked_panes:
                 continue
@@ -6285,7 +6338,8 @@ def build_parser(command=None):
                     "With no command: inside tmux, start the server; outside tmux, start a tmux session.")
     p.add_argument("--version", action="version", version="opensessions " + __version__)
     shared = common(False)
-    real_sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    # prog given: argparse would otherwise build a help formatter (importing shutil) on every run
+    real_sub = p.add_subparsers(dest="command", metavar="COMMAND", prog="opensessions")
 
     class OnlyOne(object):
         """Adds just the command being run (argparse with every subcommand costs ~10 ms)."""
@@ -6405,9 +6459,32 @@ def _shell_quote(s):
     return shlex.quote(s)
 
 
+class _HookArgs(object):
+    """`hook AGENT` with only the global options: parsed without argparse (it runs on every agent
+    prompt and stop, and the agent waits for it)."""
+
+    def __init__(self, argv):
+        self.socket_name = self.socket_path = self.port = self.agent = None
+        it = iter(argv)
+        for a in it:
+            if a == "-L":
+                self.socket_name = next(it, None)
+            elif a == "-S":
+                self.socket_path = next(it, None)
+            elif a == "--port":
+                self.port = _int(next(it, None), None)
+            elif a != "hook" and self.agent is None:
+                self.agent = a
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(command_of(argv))
+    command = command_of(argv)
+    if command == "hook" and "-h" not in argv and "--help" not in argv:
+        args = _HookArgs(argv)
+        if args.agent in ("claude", "codex"):
+            return cmd_hook(args)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     func = getattr(args, "func", None) or cmd_default
     try:

@@ -7,6 +7,7 @@ prints a table (figure, median, p95 / spread, target, pass) plus bench/results.j
 Nothing here touches your tmux server or your home.
 """
 import argparse
+import atexit
 import json
 import os
 import random
@@ -135,11 +136,24 @@ def codex_rollout(path, tid, cwd, size):
         f.writelines(out)
 
 
+WORLDS = []
+
+
+@atexit.register
+def _close_all_worlds():
+    """However the bench ends, nothing it started keeps running."""
+    for w in list(WORLDS):
+        w.close()
+
+
 class World(object):
     """A temp HOME with agent files, a private tmux server with N sessions, the .pyz."""
 
     def __init__(self, sessions, claude=100, codex=50, size=200 * 1024, old=0, old_size=0):
         self.base = tempfile.mkdtemp(prefix="osbench-")
+        self.socket = os.path.join(self.base, "tmux.sock")
+        self.server = None
+        WORLDS.append(self)
         self.home = os.path.join(self.base, "home")
         os.makedirs(self.home)
         os.makedirs(os.path.join(self.base, "run"), mode=0o700)
@@ -150,7 +164,6 @@ class World(object):
         self.env.pop("OPENSESSIONS_PORT", None)
         self.pyz = os.path.join(self.base, "opensessions.pyz")
         subprocess.run([PY, os.path.join(ROOT, "build_zipapp.py"), "--out", self.pyz], check=True, stdout=subprocess.DEVNULL)
-        self.socket = os.path.join(self.base, "tmux.sock")
         self.cwd = os.path.join(self.home, "work")
         os.makedirs(self.cwd)
         proj = os.path.join(self.home, ".claude", "projects", opensessions.claude_project_dir_name(self.cwd))
@@ -181,7 +194,6 @@ class World(object):
         self.tmux("set-option", "-g", "default-command", "sh")
         for i in range(1, sessions):
             self.tmux("new-session", "-d", "-s", "s%03d" % i, "-c", self.cwd)
-        self.server = None
 
     def tmux(self, *args):
         return subprocess.run(["tmux", "-S", self.socket, "-f", "/dev/null"] + list(args), env=self.env,
@@ -197,10 +209,12 @@ class World(object):
                 if name.endswith(".json") and not name.startswith("."):
                     try:
                         with open(os.path.join(info_dir, name)) as f:
-                            self.port = json.load(f)["port"]
+                            info = json.load(f)
+                    except (ValueError, OSError):
+                        continue
+                    if info.get("pid") == self.server.pid:  # not a previous run's file
+                        self.port = info["port"]
                         return time.monotonic() - t0
-                    except (ValueError, OSError, KeyError):
-                        pass
             if self.server.poll() is not None:
                 raise RuntimeError("server exited")
             time.sleep(0.002)
@@ -209,6 +223,8 @@ class World(object):
         return json.loads(http(self.port, "GET", "/state")[1])
 
     def close(self):
+        if self in WORLDS:
+            WORLDS.remove(self)
         if self.server and self.server.poll() is None:
             self.server.terminate()
             self.server.wait(10)
@@ -416,7 +432,12 @@ def bench_cold_start(res, quick):
                 # the runtime file appears only once the full state is published
                 times.append(w.start_server())
                 want = len(w.claude_ids) + len(w.codex_ids)
-                line = [l for l in open(log) if "cold start:" in l][-1]
+                deadline = time.monotonic() + 10
+                lines = []
+                while not lines and time.monotonic() < deadline:
+                    lines = [l for l in open(log) if "cold start:" in l] if os.path.exists(log) else []
+                    time.sleep(0.01)
+                line = lines[-1]
                 loaded = int(line.split("cold start: ")[1].split()[0])
                 if loaded < want:
                     raise RuntimeError("cold start listed %d threads, want %d" % (loaded, want))

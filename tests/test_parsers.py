@@ -118,7 +118,12 @@ def test_codex_turn_rows_agree_with_rollout_statuses():
         db.executescript(f.read())
     rows = dict(db.execute("SELECT thread_id, status FROM thread_turns t1 WHERE started_at = "
                            "(SELECT max(started_at) FROM thread_turns t2 WHERE t2.thread_id = t1.thread_id)"))
-    mapping = {"completed": "done", "failed": "error", "interrupted": "interrupted", "inProgress": "running"}
+    mapping = {k: os_.codex_turn_status(k)[0] for k in ("completed", "failed", "interrupted", "inProgress")}
+    assert mapping == {"completed": "done", "failed": "error", "interrupted": "interrupted", "inProgress": "running"}
+    err = db.execute("SELECT error_json FROM thread_turns WHERE status = 'failed'").fetchone()[0]
+    assert os_.codex_turn_status("failed", err) == ("error", "We’re currently experiencing high demand, which may "
+                                                             "cause temporary errors.")
+    assert os_.codex_turn_status("weird") == (None, None)
     for name in ("rollout-exec-plain.jsonl", "rollout-exec-tool.jsonl", "rollout-exec-error500.jsonl",
                  "rollout-interactive.jsonl"):
         state, _ = replay(os_.codex_reduce, "codex", os.path.join(CODEX, name))

@@ -294,3 +294,40 @@ def test_locked_opencode_db_is_survived(labserver, labenv):
         conn.commit()
         conn.close()
     retry_until(lambda: any(t["title"] == "renamed" for t in labserver.state()["threads"]), timeout=5)
+
+
+def test_codex_long_turn_status_comes_from_thread_history(labenv, tmux):
+    """A rollout whose 128 KB tail holds no task event: the turn table tells the status."""
+    rollout = [os.path.join(dp, n) for dp, _, ns in os.walk(os.path.join(labenv.home, ".codex", "sessions"))
+               for n in ns if CODEX_ID in n][0]
+    head = open(rollout).readline()
+    filler = json.dumps({"timestamp": "2026-11-22T01:47:00.000Z", "type": "response_item",
+                         "payload": {"type": "reasoning", "summary": [], "content": "x" * 2000}}) + "\n"
+    with open(rollout, "w") as f:
+        f.write(head)
+        for _ in range(200):
+            f.write(filler)
+    s = ServerProc(labenv, tmux)
+    try:
+        t = thread(s.state(), "codex", CODEX_ID)
+        assert t["status"] == "error" and "high demand" in t["detail"]
+    finally:
+        s.stop()
+
+
+def test_codex_daemon_holding_the_rollout(labserver, labenv, tmux):
+    """Daemon mode: the app-server (in no pane) holds the rollout; the TUI runs `codex resume <id>`."""
+    bin_dir = fake_agents(os.path.join(labenv.base, "bin"))
+    rollout = [os.path.join(dp, n) for dp, _, ns in os.walk(os.path.join(labenv.home, ".codex", "sessions"))
+               for n in ns if CODEX_ID in n][0]
+    daemon = subprocess.Popen([os.path.join(bin_dir, "codex"), "app-server", "--listen", "unix://"],
+                              env=dict(labenv.vars, FAKE_HOLD=rollout), stdin=subprocess.PIPE,
+                              start_new_session=True)
+    try:
+        pane = run_in_pane(tmux, "cxd", labenv.home, os.path.join(bin_dir, "codex") + " resume " + CODEX_ID, {})
+        t = retry_until(lambda: (lambda x: x if x and x["pane"] == pane else None)(
+            thread(labserver.state(), "codex", CODEX_ID)), timeout=5)
+        assert t["alive"] and t["_session"] == "cxd" and t["link"] == "pid"
+    finally:
+        daemon.kill()
+        daemon.wait()
