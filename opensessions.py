@@ -1732,6 +1732,15 @@ def sqlite_ro(path, timeout=0.2):
     return conn
 
 
+def sqlite_rows(path, sql, params=()):
+    """Every row of one read-only query (the connection is closed at once). Raises sqlite3.Error."""
+    conn = sqlite_ro(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
 def agent_paths(environ=None):
     """Where each agent keeps its files, with their environment overrides."""
     env = os.environ if environ is None else environ
@@ -1816,13 +1825,8 @@ class AgentWatchers(object):
         if not unknown or not os.path.exists(db):
             return
         try:
-            conn = sqlite_ro(db)
-            try:
-                rows = conn.execute(
-                    "SELECT thread_id, status, error_json FROM thread_turns t WHERE started_at = "
-                    "(SELECT max(started_at) FROM thread_turns u WHERE u.thread_id = t.thread_id)").fetchall()
-            finally:
-                conn.close()
+            rows = sqlite_rows(db, "SELECT thread_id, status, error_json FROM thread_turns t WHERE started_at = "
+                                   "(SELECT max(started_at) FROM thread_turns u WHERE u.thread_id = t.thread_id)")
         except sqlite3.Error as e:
             log("codex thread_history_1.sqlite not readable now (%s)" % e)
             return
@@ -2088,11 +2092,7 @@ class AgentWatchers(object):
         if not os.path.exists(path):
             return
         try:
-            conn = sqlite_ro(path)
-            try:
-                rows = conn.execute("SELECT id, name FROM threads WHERE name IS NOT NULL AND name != ''").fetchall()
-            finally:
-                conn.close()
+            rows = sqlite_rows(path, "SELECT id, name FROM threads WHERE name IS NOT NULL AND name != ''")
         except sqlite3.Error as e:
             log("codex state_5.sqlite not readable now (%s); will retry on its next change" % e)
             return
@@ -4366,12 +4366,9 @@ class Resurrect(object):
         elif agent == "opencode":
             import sqlite3
             try:
-                conn = sqlite_ro(self.paths["opencode_db"])
-                try:
-                    candidates = [(r["time_updated"], r["id"]) for r in conn.execute(
-                        "SELECT id, time_updated FROM session WHERE directory = ? AND parent_id IS NULL", (cwd,))]
-                finally:
-                    conn.close()
+                candidates = [(r["time_updated"], r["id"]) for r in sqlite_rows(
+                    self.paths["opencode_db"],
+                    "SELECT id, time_updated FROM session WHERE directory = ? AND parent_id IS NULL", (cwd,))]
             except sqlite3.Error:
                 pass
         elif agent == "codex":
@@ -4483,11 +4480,7 @@ class Resurrect(object):
         if agent == "opencode":
             import sqlite3
             try:
-                conn = sqlite_ro(self.paths["opencode_db"])
-                try:
-                    return conn.execute("SELECT 1 FROM session WHERE id = ?", (tid,)).fetchone() is not None
-                finally:
-                    conn.close()
+                return bool(sqlite_rows(self.paths["opencode_db"], "SELECT 1 FROM session WHERE id = ?", (tid,)))
             except sqlite3.Error:
                 return False
         return True  # Amp keeps threads on its servers: nothing local to check
