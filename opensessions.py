@@ -503,9 +503,12 @@ def tmux_socket_path(socket_name=None, socket_path=None, environ=None):
 
 
 def socket_key(socket_path):
-    """A short stable name for per-tmux-server files."""
-    import hashlib
-    return hashlib.sha1(socket_path.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    """A short stable name for per-tmux-server files: FNV-1a 64 of the socket path (no hashlib
+    import on the client path; the OpenCode plugin computes the same in JavaScript)."""
+    h = 0xcbf29ce484222325
+    for byte in socket_path.encode("utf-8", "surrogateescape"):
+        h = ((h ^ byte) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return ("%016x" % h)[:12]
 
 
 ##############################################################################
@@ -2285,7 +2288,6 @@ OPENCODE_PLUGIN = r"""// opensessions: reports OpenCode session status to the op
 // Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks OpenCode.
 import fs from "node:fs";
 import path from "node:path";
-import crypto from "node:crypto";
 
 const TYPES = new Set(["session.status", "session.idle", "session.error", "permission.asked",
   "permission.replied", "session.updated"]);
@@ -2297,7 +2299,9 @@ function port() {
     const t = process.env.TMUX;
     const sock = t ? t.split(",").slice(0, -2).join(",")
       : path.join(process.env.TMUX_TMPDIR || "/tmp", "tmux-" + uid, "default");
-    const key = crypto.createHash("sha1").update(sock).digest("hex").slice(0, 12);
+    let h = 0xcbf29ce484222325n;  // FNV-1a 64, as opensessions' socket_key()
+    for (const b of Buffer.from(sock, "utf8")) h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn;
+    const key = h.toString(16).padStart(16, "0").slice(0, 12);
     const xdg = process.env.XDG_RUNTIME_DIR;
     const dir = xdg && fs.existsSync(xdg) ? path.join(xdg, "opensessions")
       : path.join(process.env.TMPDIR || "/tmp", "opensessions-" + uid);
@@ -4222,25 +4226,47 @@ class Resurrect(object):
         self.live_threads = live_threads or []
         self.log = log or (lambda m: None)
         self.clock = clock
+        self._options = None
+        self._panes = []
+
+    OPTIONS = ("@resurrect-dir", "@opensessions-resurrect-env")
 
     def option(self, name):
+        if self._options is None:
+            self._read_tmux()
+        if name in self._options:
+            return self._options[name]
         try:
             return self.tmux.run("show-option", "-gqv", name).rstrip("\n")
         except TmuxError:
             return ""
 
+    def _read_tmux(self):
+        """The options we need and every pane, with one tmux process."""
+        fmt = FS.join(("P", "#{session_name}", "#{window_index}", "#{pane_index}", "#{pane_id}", "#{pane_pid}",
+                       "#{pane_current_path}", "#{pane_current_command}", "#{@opensessions-sidebar}"))
+        opts = FS.join(["O"] + ["#{%s}" % n for n in self.OPTIONS])
+        try:
+            out = self.tmux.run("display-message", "-p", opts, ";", "list-panes", "-a", "-F", fmt)
+        except TmuxError:
+            self._options, self._panes = {}, []
+            return
+        self._options, self._panes = {}, []
+        for line in out.splitlines():
+            parts = line.split(FS)
+            if parts[0] == "O" and len(parts) == len(self.OPTIONS) + 1:
+                self._options = dict(zip(self.OPTIONS, parts[1:]))
+            elif parts[0] == "P" and len(parts) == 9:
+                if parts[8] == "1" or parts[1].startswith(HIDDEN_SESSION_PREFIX):
+                    continue
+                self._panes.append({"session": parts[1], "window": _int(parts[2]), "paneIndex": _int(parts[3]),
+                                    "pane": parts[4], "pid": _int(parts[5]), "cwd": parts[6],
+                                    "command": parts[7]})
+
     # -- save --------------------------------------------------------------------------------
     def panes(self):
-        fmt = FS.join(("#{session_name}", "#{window_index}", "#{pane_index}", "#{pane_id}", "#{pane_pid}",
-                       "#{pane_current_path}", "#{pane_current_command}", "#{@opensessions-sidebar}"))
-        out = []
-        for line in self.tmux.run("list-panes", "-a", "-F", fmt).splitlines():
-            parts = line.split(FS)
-            if len(parts) != 8 or parts[7] == "1" or parts[0].startswith(HIDDEN_SESSION_PREFIX):
-                continue
-            out.append({"session": parts[0], "window": _int(parts[1]), "paneIndex": _int(parts[2]),
-                        "pane": parts[3], "pid": _int(parts[4]), "cwd": parts[5], "command": parts[6]})
-        return out
+        self._read_tmux()
+        return self._panes
 
     def collect(self):
         """One process-table read; one record per pane that runs an agent. -> (records, skipped)."""
@@ -5690,11 +5716,17 @@ class Client(object):
 
     def request(self, method, path, body=None):
         """-> (status, body bytes). Raises OSError when the server is not reachable."""
-        import socket
+        try:
+            import _socket as sockmod  # the C module: importing socket.py costs ~6 ms more
+        except ImportError:
+            import socket as sockmod
         payload = b"" if body is None else json.dumps(body).encode("utf-8")
         head = ("%s %s HTTP/1.0\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
                 "Content-Length: %d\r\n\r\n" % (method, path, self.host, self.port, len(payload)))
-        with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
+        sock = sockmod.socket(sockmod.AF_INET, sockmod.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect((self.host, self.port))
             sock.sendall(head.encode("ascii") + payload)
             chunks = []
             while True:
@@ -5702,6 +5734,8 @@ class Client(object):
                 if not data:
                     break
                 chunks.append(data)
+        finally:
+            sock.close()
         raw = b"".join(chunks)
         header, _, content = raw.partition(b"\r\n\r\n")
         try:
@@ -5726,7 +5760,7 @@ def _socket_from_args(args):
 
 def _client(args):
     port = args.port
-    if port is None:
+    if not port:  # None, or 0 ("any free port"): the runtime file says which one it got
         port, _ = find_server(_socket_from_args(args))
     return Client(port)
 
@@ -6025,9 +6059,7 @@ def cmd_hook(args):
             pid = _agent_ancestor(args.agent, os.getppid())
             if pid:
                 body["pid"] = pid
-        port = args.port
-        if port is None:
-            port, _ = find_server(_socket_from_args(args))
+        port = args.port or find_server(_socket_from_args(args))[0]
         Client(port, timeout=1.0).request("POST", "/api/agent-event", body)
     except Exception:  # the agent must never see a failing hook
         pass
@@ -6085,7 +6117,7 @@ def cmd_sidebar(args):
     socket_path = _socket_from_args(args)
 
     def find_port():
-        return args.port if args.port is not None else find_server(socket_path)[0]
+        return args.port if args.port else find_server(socket_path)[0]
 
     def post(path, body):
         status, content = Client(find_port(), timeout=2).request("POST", path, body)
@@ -6231,15 +6263,32 @@ def cmd_tmux_setup(args):
     return 0
 
 
+RESURRECT_HOOKS = (("@resurrect-hook-post-save-all", "save"), ("@resurrect-hook-post-restore-all", "restore"))
+
+
+def chain_hook(current, ours):
+    """A resurrect hook value that runs the user's own hook and ours (ours replaced if present). Pure."""
+    kept = unchain_hook(current)
+    return "%s ; %s" % (kept, ours) if kept else ours
+
+
+def unchain_hook(current):
+    """The user's part of a hook value, without any opensessions command. Pure."""
+    parts = [p.strip() for p in (current or "").split(" ; ")]
+    return " ; ".join(p for p in parts if p and not re.search(r"opensessions\S* (save|restore)$", p))
+
+
 def tmux_setup_resurrect(tmux, me):
-    """Hook resurrect's save and restore (never touching @resurrect-processes)."""
-    tmux.run("set-option", "-g", "@resurrect-hook-post-save-all", me + " save")
-    tmux.run("set-option", "-g", "@resurrect-hook-post-restore-all", me + " restore")
+    """Hook resurrect's save and restore beside any hook of the user's (never touching
+    @resurrect-processes, which would start agents twice)."""
+    for option, verb in RESURRECT_HOOKS:
+        tmux.run("set-option", "-g", option, chain_hook(_tmux_option(tmux, option), me + " " + verb))
 
 
 def cmd_uninstall_tmux(args):
     """Remove every binding, option, sidebar pane and helper session we made; stop the server."""
     tmux = _tmux(args)
+    cmd_stop(args)  # first: a running server would put sidebar panes back
     key = _tmux_option(tmux, "@opensessions-bound-key") or "o"
     for table, k, *_ in tmux_bindings("x", {"@opensessions-key": key, "@opensessions-focus-key":
                                              _tmux_option(tmux, "@opensessions-focus-key"),
@@ -6260,8 +6309,14 @@ def cmd_uninstall_tmux(args):
         name = line.split(" ", 1)[0]
         if name.startswith("@opensessions-"):
             tmux.run("set-option", "-gu", name)
-        elif name.startswith("@resurrect-hook-post-") and "opensessions" in line:
-            tmux.run("set-option", "-gu", name)
+    for option, _ in RESURRECT_HOOKS:
+        current = _tmux_option(tmux, option)
+        if "opensessions" in current:
+            kept = unchain_hook(current)
+            if kept:
+                tmux.run("set-option", "-g", option, kept)
+            else:
+                tmux.run("set-option", "-gu", option)
     for line in tmux.run("list-panes", "-a", "-F", "#{pane_id} #{@opensessions-sidebar}").splitlines():
         pane, _, flag = line.partition(" ")
         if flag.strip() == "1":
@@ -6278,7 +6333,6 @@ def cmd_uninstall_tmux(args):
             tmux.run("set-option", "-wu", "-t", line.strip(), "@agent_session")
         except TmuxError:
             pass
-    cmd_stop(args)
     print("opensessions removed from this tmux server")
     return 0
 
@@ -6434,17 +6488,19 @@ def build_parser(command=None):
 
 
 def cmd_default(args):
-    """No command: inside tmux, make sure the server runs; outside, start a tmux session with it."""
+    """No command: inside tmux, set up (keys, server) and show the sidebar; outside tmux, start or
+    attach a tmux session named opensessions that does that."""
     if os.environ.get("TMUX") or args.socket_name or args.socket_path:
-        port, started = start_background(args)
-        print("opensessions server %s on http://%s:%d" % ("started" if started else "running", HOST, port))
+        cmd_tmux_setup(args)
+        _post(args, "/ui", {"visible": True})
+        print("opensessions: the sidebar is shown; prefix o t hides it, prefix o s focuses it")
         return 0
     import shutil
     if not shutil.which("tmux"):
         raise OpensessionsError("tmux is not installed")
     me = [sys.executable, os.path.abspath(sys.argv[0])]
     os.execvp("tmux", ["tmux", "new-session", "-A", "-s", "opensessions",
-                       " ".join(_shell_quote(a) for a in me) + " start; exec ${SHELL:-sh}"])
+                       " ".join(_shell_quote(a) for a in me) + "; exec ${SHELL:-sh}"])
 
 
 def _shell_quote(s):

@@ -583,7 +583,8 @@ def bench_save(res, n):
         times = []
         for i in range(n):
             t0 = time.monotonic()
-            subprocess.run([PY, w.pyz, "-S", w.socket, "save"], env=w.env, check=True, stdout=subprocess.DEVNULL)
+            # as the resurrect hook runs it (python3 -S …pyz save, see tmux_setup_resurrect)
+            subprocess.run([PY, "-S", w.pyz, "-S", w.socket, "save"], env=w.env, check=True, stdout=subprocess.DEVNULL)
             times.append((time.monotonic() - t0) * 1000)
         doc = json.load(open(os.path.join(w.base, "resurrect", "opensessions_last")))
         got = {"%s:%s.%s" % (r["session"], r["window"], r["paneIndex"]): r["id"] for r in doc["records"]}
@@ -626,7 +627,7 @@ def main():
 
     # scaling: latency and idle CPU at 10, 30, 100 sessions
     scaling = []
-    for n in (10, 30, 100):
+    for n in (10, 20, 30, 100):
         w = World(n, claude=20, codex=10, size=50 * 1024)
         try:
             w.start_server()

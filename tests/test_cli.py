@@ -239,3 +239,55 @@ def test_lazy_parser_knows_every_command():
 
 def test_generated_commands_skip_site():
     assert " -S " in os_._self_command()
+
+
+def test_resurrect_hooks_chain_with_the_users_own(env, tmux):
+    assert os_.chain_hook("", "p -S /a/opensessions.pyz save") == "p -S /a/opensessions.pyz save"
+    assert os_.chain_hook("my-save.sh", "p /a/opensessions.pyz save") == "my-save.sh ; p /a/opensessions.pyz save"
+    assert os_.chain_hook("my.sh ; p /old/opensessions.py save", "p /new/opensessions.pyz save") == \
+        "my.sh ; p /new/opensessions.pyz save"
+    assert os_.unchain_hook("my.sh ; p /new/opensessions.pyz save") == "my.sh"
+    tmux.run("set-option", "-g", "@resurrect-hook-post-save-all", "my-save.sh")
+    vars_ = dict(env.vars, TMUX="%s,1,0" % tmux.socket)
+    r = subprocess.run([PYTHON, SCRIPT, "--port", "0", "tmux-setup"], env=vars_, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=30)
+    assert r.returncode == 0, r.stderr
+    try:
+        value = tmux.run("show-options", "-gqv", "@resurrect-hook-post-save-all").strip()
+        assert value.startswith("my-save.sh ; ") and value.endswith(" save")
+    finally:
+        r = subprocess.run([PYTHON, SCRIPT, "uninstall-tmux"], env=vars_, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=30)
+        assert r.returncode == 0, r.stderr
+    assert tmux.run("show-options", "-gqv", "@resurrect-hook-post-save-all").strip() == "my-save.sh"
+    assert tmux.run("show-options", "-gqv", "@resurrect-hook-post-restore-all").strip() == ""
+
+
+def test_default_command_inside_tmux_shows_the_sidebar(env, tmux):
+    vars_ = dict(env.vars, TMUX="%s,1,0" % tmux.socket)
+    r = subprocess.run([PYTHON, SCRIPT, "--port", "0"], env=vars_, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    try:
+        retry_until(lambda: "1" in tmux.run("list-panes", "-a", "-F", "#{@opensessions-sidebar}").split(), timeout=10)
+        assert "switch-client -T opensessions" in tmux.run("list-keys", "-T", "prefix", "o")
+    finally:
+        subprocess.run([PYTHON, SCRIPT, "uninstall-tmux"], env=vars_, stdout=subprocess.PIPE, timeout=30)
+    assert "1" not in tmux.run("list-panes", "-a", "-F", "#{@opensessions-sidebar}").split()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("node"), reason="node is not installed")
+def test_opencode_plugin_finds_the_server_like_python_does(env, tmp_path):
+    """The plugin's JavaScript computes the runtime file's name as socket_key() does."""
+    sock = str(tmp_path / "odd dir" / "tmux-sock")
+    run_dir = os.path.join(env.base, "run", "opensessions")
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "server-%s.json" % os_.socket_key(sock)), "w") as f:
+        json.dump({"port": 45678}, f)
+    plugin = tmp_path / "plugin.mjs"
+    plugin.write_text(os_.OPENCODE_PLUGIN + "\nexport { port };\n")
+    script = "import(%s).then(m => console.log(m.port()))" % json.dumps(plugin.as_uri())
+    r = subprocess.run(["node", "-e", script], env=dict(env.vars, TMUX=sock + ",123,0"), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == b"45678"
