@@ -297,10 +297,12 @@ def test_screen_shows_what_state_holds(shown, tmux):
 
 def test_narrow_resize_and_server_restart_are_survived(shown, tmux, env):
     sb = sidebars(tmux, "work")[0]["pane"]
-    tmux.run("resize-pane", "-t", sb, "-x", "20")
-    time.sleep(0.3)  # the width fixer puts it back; we only check the sidebar did not die meanwhile
-    assert "opensessions"[:2] in screen(tmux, sb)
-    assert sidebars(tmux, "work")[0]["pane"] == sb
+    assert shown.post("/ui", {"width": 20})[0] == 204  # every sidebar goes to 20 columns
+    retry_until(lambda: all(p["width"] == "20" for p in sidebars(tmux)))
+    text = retry_until(lambda: (lambda s: s if "work" in s and "main" in s else None)(screen(tmux, sb)))
+    assert all(len(line.rstrip()) <= 20 for line in text.splitlines())
+    assert text.splitlines()[0].startswith("opensessions")
+    assert sidebars(tmux, "work")[0]["pane"] == sb  # the same process, redrawn, not restarted
     old_pid = shown.proc.pid
     shown.stop()
     # the sidebar notices, starts a server on demand, and reconnects to it
