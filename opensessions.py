@@ -2838,8 +2838,8 @@ class Server(object):
                     % (len(self.store.threads), len(self.watchers.tails),
                        sum(t.bytes_read for t in self.watchers.tails.values()) // 1024, time.monotonic() - t0))
             self.store.publish()
-            self.runtime.write(self.port)  # clients find us only once the full state is there
             self._start_control()
+            self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
             self.loop.call_later(2.0, self._ports_timer)
         except BaseException:
             self.runtime.release()
@@ -2895,8 +2895,12 @@ class Server(object):
     # -- tmux ------------------------------------------------------------------------------
     def _start_control(self):
         import subprocess
+        # A minimal environment: tmux sends one identify message per environment variable, and
+        # tmux 3.3a can crash if a notification reaches a control client whose identify is still
+        # being read (it has no control state yet); a short handshake fits in one read.
+        env = {k: v for k, v in self.environ.items() if k in ("PATH", "LANG", "LC_ALL", "LC_CTYPE")}
         try:
-            self.control = subprocess.Popen(self.tmux.control_argv(), stdin=subprocess.PIPE,
+            self.control = subprocess.Popen(self.tmux.control_argv(), stdin=subprocess.PIPE, env=env,
                                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         except OSError as e:
             log("cannot start the tmux control client: %s" % e)
@@ -2905,7 +2909,30 @@ class Server(object):
         self._control_subscribed = False
         self._control_block = None  # output lines of the command block being read
         os.set_blocking(self.control.stdout.fileno(), False)
+        self._wait_attached()
         self.loop.add_reader(self.control.stdout.fileno(), self._on_control_readable)
+        if self._control_buf:
+            self.loop.post(self._on_control_readable)
+
+    def _wait_attached(self, timeout=2.0):
+        """Run no other tmux command until the control client has attached: tmux 3.3a can crash
+        when a control client attaches while windows are being created (seen here, about once in
+        200 attaches under constant window churn). Output read meanwhile is kept for the reader."""
+        import select
+        fd = self.control.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"%session-changed" not in self._control_buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                log("tmux control client did not attach within %.0f s" % timeout)
+                return
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return
+            self._control_buf += chunk
 
     def _control_send(self, line):
         try:
@@ -2933,16 +2960,18 @@ class Server(object):
         self.control = None
 
     def _on_control_readable(self):
+        if self.control is None:
+            return
         try:
             chunk = os.read(self.control.stdout.fileno(), 65536)
         except BlockingIOError:
-            return
+            chunk = None  # nothing new: still parse what _wait_attached kept
         except OSError:
             chunk = b""
-        if not chunk:
+        if chunk == b"":
             self._on_control_exit()
             return
-        self._control_buf += chunk
+        self._control_buf += chunk or b""
         lines = self._control_buf.split(b"\n")
         self._control_buf = lines.pop()
         interesting = False
@@ -3008,6 +3037,14 @@ class Server(object):
             return
         except TmuxError as e:
             log("tmux snapshot failed (keeping the last state): %s" % e)
+            return
+        if sessions and all(s["name"].startswith(HIDDEN_SESSION_PREFIX) for s in sessions):
+            # the user closed their last session: our helper sessions must not keep tmux alive
+            for s in sessions:
+                try:
+                    self.tmux.run("kill-session", "-t", s["id"])
+                except TmuxError:
+                    pass
             return
         self.store.sessions = sessions
         self.store.clients = clients

@@ -260,3 +260,20 @@ def test_random_bodies_always_get_json_answers(server, path, body):
         assert isinstance(json.loads(content)["error"], str)
     elif status == 202:
         assert json.loads(content) == {"matched": False}
+
+
+def test_control_client_runs_with_a_minimal_environment(server, tmux):
+    procs = [p for p in os_.process_table().values() if p.comm.startswith("tmux") and "-C" in os_.process_args(p.pid)
+             and tmux.socket in os_.process_args(p.pid)]
+    assert len(procs) == 1
+    with open("/proc/%d/environ" % procs[0].pid, "rb") as f:
+        names = {item.split(b"=", 1)[0] for item in f.read().split(b"\0") if item}
+    assert names <= {b"PATH", b"LANG", b"LC_ALL", b"LC_CTYPE"}
+
+
+def test_hidden_sessions_never_keep_tmux_alive(server, tmux):
+    tmux.run("new-session", "-d", "-s", os_.STASH_SESSION)
+    tmux.run("kill-session", "-t", "=main")  # the user's last session
+    assert server.proc.wait(10) == 0  # tmux exited, and so did the server
+    assert not os.path.exists(tmux.socket) or subprocess.run(
+        ["tmux", "-S", tmux.socket, "list-sessions"], stdout=subprocess.PIPE, stderr=subprocess.PIPE).returncode != 0
