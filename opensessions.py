@@ -1435,10 +1435,11 @@ def socket_inodes(pid, proc_root="/proc"):
     return inodes
 
 
-def ports_for_pids(pid_groups, proc_root="/proc"):
+def ports_for_pids(pid_groups, proc_root="/proc", listening=None):
     """{group: sorted ports} for groups of pids (a group = processes under one session's panes)."""
     if os.path.isdir(os.path.join(proc_root, "self")):
-        listening = listening_sockets(proc_root)
+        if listening is None:
+            listening = listening_sockets(proc_root)
         result = {}
         if not listening:
             return result
@@ -1768,6 +1769,7 @@ class AgentWatchers(object):
     def __init__(self, server, environ=None, recent_days=7.0, poll_interval=1.0, clock=time.time):
         self.server = server
         self.paths = agent_paths(environ)
+        self.force_poll = (environ or {}).get("OPENSESSIONS_WATCH") == "poll"
         self.recent_s = recent_days * 86400
         self.poll_interval = poll_interval
         self.clock = clock
@@ -1791,6 +1793,8 @@ class AgentWatchers(object):
     # -- setup -----------------------------------------------------------------------------------
     def start(self):
         try:
+            if self.force_poll:
+                raise OSError("OPENSESSIONS_WATCH=poll")
             self.inotify = Inotify()
             self.server.loop.add_reader(self.inotify.fd, self._on_inotify)
         except (OSError, AttributeError) as e:
@@ -1909,11 +1913,7 @@ class AgentWatchers(object):
     def _poll(self):
         """Fallback without inotify: compare (mtime, size) of the watched directories' entries."""
         for directory, handler in list(self.watched_dirs.items()):
-            try:
-                names = os.listdir(directory)
-            except OSError:
-                continue
-            for name in names:
+            for name in listdir(directory):
                 path = os.path.join(directory, name)
                 try:
                     st = os.stat(path)
@@ -2240,13 +2240,9 @@ class AgentWatchers(object):
     # -- Amp (format unverified, see amp_thread_state) -----------------------------------------------
     def _scan_amp(self):
         d = self.paths["amp_threads"]
-        try:
-            names = os.listdir(d)
-        except OSError:
-            return
-        for name in names:
+        for name in listdir(d, ".json"):
             path = os.path.join(d, name)
-            if name.endswith(".json") and self._recent(path):
+            if self._recent(path):
                 self._read_amp(path)
 
     def _on_amp_dir(self, directory, name, mask):
@@ -2799,6 +2795,7 @@ class Server(object):
         self._refresh_cancel = None
         self._save_pending = False
         self._listen_cache = None
+        self._ports_key = None
         self._pid_groups = {}
         self._git_jobs = set()
         self.exit_reason = None
@@ -3249,8 +3246,18 @@ class Server(object):
         return links
 
     def _update_ports(self):
-        self.store.ports = ports_for_pids(self._pid_groups)
-        self.store.touch()
+        """Map listening ports to sessions; the fd walk runs only when the processes under the
+        panes or the listening sockets changed (a window switch changes neither)."""
+        listening = listening_sockets() if os.path.isdir("/proc/self") else None
+        key = (tuple(sorted((g, tuple(p)) for g, p in self._pid_groups.items())),
+               tuple(sorted(listening.items())) if listening is not None else None)
+        if listening is not None and key == self._ports_key:
+            return
+        self._ports_key = key
+        ports = ports_for_pids(self._pid_groups, listening=listening)
+        if ports != self.store.ports:
+            self.store.ports = ports
+            self.store.touch()
 
     def _ports_timer(self):
         """Ports change without a tmux event (a dev server starts listening). Reading the two

@@ -277,3 +277,16 @@ def test_hidden_sessions_never_keep_tmux_alive(server, tmux):
     assert server.proc.wait(10) == 0  # tmux exited, and so did the server
     assert not os.path.exists(tmux.socket) or subprocess.run(
         ["tmux", "-S", tmux.socket, "list-sessions"], stdout=subprocess.PIPE, stderr=subprocess.PIPE).returncode != 0
+
+
+def test_a_port_opened_in_a_pane_shows_in_its_session(server, tmux, env):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    tmux.new_session("web", cwd=env.base)
+    tmux.run("send-keys", "-t", "=web:0.0", "%s -m http.server %d --bind 127.0.0.1" % (os_.sys.executable, port), "Enter")
+    retry_until(lambda: (server.session("web") or {}).get("ports") == [port], timeout=10)
+    assert server.session("main")["ports"] == []
+    tmux.run("send-keys", "-t", "=web:0.0", "C-c", "")
+    retry_until(lambda: server.session("web")["ports"] == [], timeout=10)

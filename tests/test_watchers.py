@@ -331,3 +331,20 @@ def test_codex_daemon_holding_the_rollout(labserver, labenv, tmux):
     finally:
         daemon.kill()
         daemon.wait()
+
+
+def test_stat_polling_fallback_follows_appends(labenv, tmux):
+    """Where inotify is missing (macOS) or its watches ran out: a cheap stat scan, once a second."""
+    labenv.vars["OPENSESSIONS_WATCH"] = "poll"
+    s = ServerProc(labenv, tmux)
+    try:
+        assert "watching agent files by stat" in s.log()
+        cwd = os.path.join(labenv.home, "work", "claude")
+        path = os.path.join(labenv.home, ".claude", "projects", os_.claude_project_dir_name(cwd), NEW + ".jsonl")
+        user, assistant, done = claude_records(cwd, NEW)
+        append(path, [user])
+        retry_until(lambda: (thread(s.state(), "claude", NEW) or {}).get("status") == "running", timeout=5)
+        append(path, [assistant, done])
+        retry_until(lambda: thread(s.state(), "claude", NEW)["status"] == "done", timeout=5)
+    finally:
+        s.stop()
