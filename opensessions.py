@@ -2831,9 +2831,10 @@ class Server(object):
                 finally:
                     self.cold_starting = False
                 self.map_threads()
-                log("cold start: %d threads from %d files (%d KB read) in %.3fs"
+                log("cold start: %d threads from %d files (%d KB read, %d corrupt records skipped) in %.3fs"
                     % (len(self.store.threads), len(self.watchers.tails),
-                       sum(t.bytes_read for t in self.watchers.tails.values()) // 1024, time.monotonic() - t0))
+                       sum(t.bytes_read for t in self.watchers.tails.values()) // 1024,
+                       self.watchers.bad_records, time.monotonic() - t0))
             self.store.publish()
             self._start_control()
             self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
@@ -3658,8 +3659,12 @@ def make_handler(server):
             if path == "/":
                 return self._send(200, b"opensessions server\n", "text/plain; charset=utf-8")
             if path == "/health":
-                return self._send(200, json.dumps({"ok": True, "version": __version__,
-                                                   "pid": os.getpid()}).encode())
+                watchers = server.watchers
+                return self._send(200, json.dumps({
+                    "ok": True, "version": __version__, "pid": os.getpid(),
+                    "threads": len(server.store.threads),
+                    "skippedRecords": watchers.bad_records if watchers is not None else 0,
+                    "inotify": bool(watchers is not None and watchers.inotify is not None)}).encode())
             if path == "/state":
                 published = server.store.published
                 if published is None:

@@ -444,8 +444,9 @@ def bench_cold_start(res, quick):
                 peaks.append(proc_status(w.server.pid, "VmHWM"))
                 w.server.terminate()
                 w.server.wait()
-            res.add("cold start to full state", "30 sessions, " + label, times, "s", 1.5, "<=")
-            res.add("cold start peak RSS", "30 sessions, " + label, peaks, "MB", 60, "<=")
+            short = "150 recent" if not n_old else "+%d old" % n_old
+            res.add("cold start to full state (%s)" % short, "30 sessions, " + label, times, "s", 1.5, "<=")
+            res.add("cold start peak RSS (%s)" % short, "30 sessions, " + label, peaks, "MB", 60, "<=")
             out.append((label, times, peaks))
         finally:
             w.close()

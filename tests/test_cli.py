@@ -291,3 +291,36 @@ def test_opencode_plugin_finds_the_server_like_python_does(env, tmp_path):
                        stderr=subprocess.PIPE, timeout=30)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == b"45678"
+
+
+def test_main_job_outside_tmux_starts_a_session_with_the_sidebar(env):
+    """The README's first command, run in a terminal outside tmux."""
+    import pty
+    vars_ = {k: v for k, v in env.vars.items() if not k.startswith("TMUX")}
+    vars_.update(TERM="xterm-256color", TMUX_TMPDIR=os.path.join(env.base, "tmp"))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([PYTHON, SCRIPT], env=vars_, stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True)
+    os.close(slave)
+
+    def read_terminal():
+        try:
+            while os.read(master, 65536):
+                pass
+        except OSError:
+            pass
+    drain = __import__("threading").Thread(target=read_terminal, daemon=True)
+    tmux = os_.Tmux(os_.tmux_socket_path(environ=vars_))
+    try:
+        drain.start()
+        retry_until(lambda: "opensessions" in tmux.run("list-sessions", "-F", "#{session_name}").split()
+                    if os.path.exists(tmux.socket_path) else False, timeout=15)
+        retry_until(lambda: "1" in tmux.run("list-panes", "-a", "-F", "#{@opensessions-sidebar}").split(),
+                    timeout=15)
+    finally:
+        subprocess.run([PYTHON, SCRIPT, "-S", tmux.socket_path, "uninstall-tmux"], env=vars_,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        subprocess.run(["tmux", "-S", tmux.socket_path, "kill-server"], stderr=subprocess.DEVNULL)
+        proc.kill()
+        proc.wait()
+        os.close(master)

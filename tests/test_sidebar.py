@@ -346,3 +346,14 @@ def test_broken_ui_file_gives_message_and_defaults(env, tmux):
         assert s.post("/ui", {"width": 5})[0] == 400
     finally:
         s.stop()
+
+
+def test_position_right_moves_every_sidebar(shown, tmux):
+    assert shown.post("/ui", {"position": "right"})[0] == 204
+    def at_right():
+        out = tmux.run("list-panes", "-a", "-F", "#{session_name} #{@opensessions-sidebar} #{pane_left} "
+                                                 "#{pane_width} #{window_width}")
+        rows = [l.split() for l in out.splitlines()]
+        sbs = [r for r in rows if len(r) == 5 and r[1] == "1" and not r[0].startswith("_os_")]
+        return len(sbs) == 3 and all(int(r[2]) + int(r[3]) == int(r[4]) for r in sbs)
+    retry_until(at_right, timeout=10)

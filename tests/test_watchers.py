@@ -94,6 +94,8 @@ def test_appended_transcript_records_reach_events(labserver, labenv, sse):
     ev = events.wait_for(lambda d: (thread(d, "claude", NEW) or {}).get("status") == "done", timeout=3)
     t = thread(ev["data"], "claude", NEW)
     assert t["unseen"] is True and t["model"] == "claude-opus-5-5"
+    health = json.loads(labserver.get("/health")[1])
+    assert health["skippedRecords"] == 1 and health["inotify"] is True  # the corrupt line: skipped, counted
 
 
 def test_truncated_or_replaced_transcript_starts_over(tmp_path):
