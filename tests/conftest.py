@@ -27,6 +27,17 @@ FIXTURES = os.path.join(LAB, "fixtures")
 PYTHON = sys.executable
 
 
+def end_process(proc, grace=5):
+    """Terminate a child, killing it if it does not exit within `grace` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(grace)
+
+
 def retry_until(fn, timeout=5.0, interval=0.01, message=None):
     """Call fn until it returns something truthy; tmux and the server are eventually consistent."""
     deadline = time.monotonic() + timeout
@@ -160,13 +171,7 @@ class ServerProc(object):
             return ""
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        end_process(self.proc)
         for f in (self.proc.stdout, self.proc.stderr):
             f.close()
 
@@ -329,12 +334,7 @@ class AttachedClient(object):
             pass
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        end_process(self.proc)
         try:
             os.close(self.master)
         except OSError:
