@@ -1623,9 +1623,6 @@ class Inotify(object):
             raise OSError(ctypes.get_errno(), "inotify_add_watch %s failed" % path)
         return wd
 
-    def rm_watch(self, wd):
-        self._libc.inotify_rm_watch(self.fd, wd)
-
     def read(self):
         import struct
         events = []

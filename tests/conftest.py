@@ -327,9 +327,13 @@ class AttachedClient(object):
         self._drain.start()
 
     def _read(self):
+        self.output = b""
         try:
-            while os.read(self.master, 65536):
-                pass
+            while True:
+                data = os.read(self.master, 65536)
+                if not data:
+                    break
+                self.output = (self.output + data)[-262144:]
         except OSError:
             pass
 

@@ -221,3 +221,15 @@ def test_next_jumps_to_what_needs_you_and_back(nserver, tmux, attach):
     assert session() == "web"
     assert nserver.cli("next", "--back").returncode == 0
     assert session() == "api"
+
+
+def test_terminal_channel_writes_osc_to_the_client_terminal(nserver, tmux, attach):
+    assert nserver.post("/ui", {"notify": ["terminal"]})[0] == 204
+    tmux.new_session("bg")
+    client = attach("=main")
+    retry_until(lambda: nserver.state()["clients"])
+    event(nserver, "running", tmuxSession="bg")
+    event(nserver, "done", tmuxSession="bg")
+    retry_until(lambda: b"\x1b]777;notify;claude finished;bg" in client.output, timeout=5)
+    assert b"\x1b]9;claude finished: bg" in client.output
+    assert nserver.calls() == []  # only the enabled channel ran
