@@ -2151,11 +2151,12 @@ class AgentWatchers(object):
         state = self.states[path]
         tid = state["id"]
         current = self.server.store.threads.get(("codex", tid))
-        status = state["status"]
+        status, detail = state["status"], state["detail"]
         if current is not None and current.status == "waiting" and status == "running" and not moved:
-            status = "waiting"  # an approval wait is only known from the hook; the file has not moved on
+            # an approval wait is only known from the hook; the file has not moved on
+            status, detail = current.status, current.detail
         self.server.apply_thread_update(
-            "codex", tid, status=status, detail=state["detail"] if status == state["status"] else None,
+            "codex", tid, status=status, detail=detail,
             title=thread_title(state, self.codex_names.get(tid)), cwd=state["cwd"], model=state["model"],
             updated_at=state["updatedAt"] or None, source="file", rollout=path)
 
@@ -2226,11 +2227,12 @@ class AgentWatchers(object):
             if isinstance(data, dict) and data.get("modelID"):
                 model = data["modelID"]
             current = self.server.store.threads.get(("opencode", s["id"]))
+            attempt = None
             if current is not None and current.source == "plugin" and current.status in ("waiting", "retry") \
-                    and status == "running":
-                status, detail = current.status, current.detail  # the DB cannot see these; the plugin can
+                    and status == "running":  # the DB cannot see these; the plugin can
+                status, detail, attempt = current.status, current.detail, current.attempt
             self.server.apply_thread_update(
-                "opencode", s["id"], status=status, detail=detail, title=_clip_title(s["title"] or ""),
+                "opencode", s["id"], status=status, detail=detail, attempt=attempt, title=_clip_title(s["title"] or ""),
                 cwd=s["directory"], model=model, updated_at=s["time_updated"], hidden=bool(s["parent_id"]),
                 source=current.source if current is not None and current.source == "plugin" else "file")
 
@@ -3135,12 +3137,9 @@ class Server(object):
 
     def _set_link(self, t, alive, pane, pane_session, link):
         session = pane_session.get(pane) if pane else t.session  # a dead thread stays where it ran
-        if (t.alive, t.pane, t.session, t.link) != (alive, pane or (t.pane if not alive else None), session, link):
-            t.alive = alive
-            if pane or alive:
-                t.pane = pane
-            t.session = session
-            t.link = link
+        new_pane = pane if (pane or alive) else t.pane  # ... and keeps the pane it ran in
+        if (t.alive, t.pane, t.session, t.link) != (alive, new_pane, session, link):
+            t.alive, t.pane, t.session, t.link = alive, new_pane, session, link
             self.store.touch()
 
     def clear_viewed(self):
@@ -3441,11 +3440,9 @@ class Server(object):
         for name, value in fields.items():
             if value is not None and (name != "title" or value):
                 setattr(t, name, value)
-        if fields.get("status") in ("running", "waiting", "done", "idle") and "detail" in fields \
-                and fields["detail"] is None:
-            t.detail = None
-        if fields.get("status") is not None and fields.get("status") != "retry" and "attempt" not in fields:
-            t.attempt = None
+        if fields.get("status") is not None:
+            # a status comes with its own detail and attempt: None clears the previous ones
+            t.detail, t.attempt = fields.get("detail"), fields.get("attempt")
         changed = old != (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.hidden, t.alive)
         if updated_at:
             t.updated_at = max(t.updated_at, int(updated_at))

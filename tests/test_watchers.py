@@ -184,6 +184,14 @@ def test_codex_open_rollout_links_pane(labserver, labenv, tmux):
     assert r.returncode == 0 and r.stdout == b"" and r.stderr == b""
     t = retry_until(lambda: (lambda x: x if x["status"] == "waiting" else None)(thread(labserver.state(), "codex", CODEX_ID)))
     assert t["detail"] == "permission: Bash"
+    # a record that does not move the turn on (token accounting) changes neither status nor detail
+    append(rollout, [{"timestamp": "2026-11-22T03:00:00.500Z", "type": "event_msg",
+                      "payload": {"type": "token_count", "info": None}}])
+    # the append is read before this later request is handled (the loop serves ready files first)
+    labserver.post("/log", {"session": "cx", "message": "sync"})
+    retry_until(lambda: labserver.session("cx")["metadata"]["logs"])
+    t = thread(labserver.state(), "codex", CODEX_ID)
+    assert (t["status"], t["detail"]) == ("waiting", "permission: Bash")
     # the answer arrives: the tool output lands in the rollout, then the turn completes
     append(rollout, [{"timestamp": "2026-11-22T03:00:01.000Z", "type": "response_item",
                       "payload": {"type": "function_call_output", "call_id": "c"}}])
