@@ -2793,7 +2793,6 @@ class Server(object):
         self._refresh_due = 0.0
         self._refresh_cancel = None
         self._save_pending = False
-        self._listen_cache = None
         self._ports_key = None
         self._pid_groups = {}
         self._git_jobs = set()
@@ -2805,7 +2804,7 @@ class Server(object):
         self.cold_starting = False
         self._status_changes = []
         self._known_before_cold = frozenset()
-        self.process_table = None
+        self.proc_table = None
         self.pane_of_pid = {}
         self.pane_agents = {}
         self._codex_fd_links = {}
@@ -3072,13 +3071,13 @@ class Server(object):
         """Link each thread to its pane: by pid first (registry, hooks, plugin, open rollout file,
         resume argument), then, only for agent processes nothing links, by cwd. One thread never
         gets two panes, and one pane never gets two guessed threads."""
-        table = getattr(self, "process_table", None)
+        table = self.proc_table
         if table is None:
             return
         need_reread = any(t.pid and t.pid not in table and t.alive for t in self.store.threads.values())
         if need_reread and time.monotonic() - getattr(self, "_processes_read_at", 0) > 0.2:
             self._read_processes()
-            table = self.process_table
+            table = self.proc_table
         pane_session = {}
         pane_cwd = {}
         for s in self.store.sessions:
@@ -3213,7 +3212,7 @@ class Server(object):
                                 agents[p["id"]] = (agent, pid, args)
             groups[s["id"]] = pids
         self._pid_groups = groups
-        self.process_table = table
+        self.proc_table = table
         self.pane_of_pid = pane_of_pid
         self.pane_agents = agents
         self._processes_read_at = time.monotonic()
@@ -3242,10 +3241,11 @@ class Server(object):
                     links[proc.pid] = tid
         return links
 
-    def _update_ports(self):
+    def _update_ports(self, listening=None):
         """Map listening ports to sessions; the fd walk runs only when the processes under the
         panes or the listening sockets changed (a window switch changes neither)."""
-        listening = listening_sockets() if os.path.isdir("/proc/self") else None
+        if listening is None and os.path.isdir("/proc/self"):
+            listening = listening_sockets()
         key = (tuple(sorted((g, tuple(p)) for g, p in self._pid_groups.items())),
                tuple(sorted(listening.items())) if listening is not None else None)
         if listening is not None and key == self._ports_key:
@@ -3257,17 +3257,20 @@ class Server(object):
             self.store.touch()
 
     def _ports_timer(self):
-        """Ports change without a tmux event (a dev server starts listening). Reading the two
-        /proc/net files is cheap; only when the set of listening sockets changed do we walk fds."""
+        """Ports change without a tmux event (a dev server starts listening). On Linux one netlink
+        query every 2 s; only a changed set of listeners makes us re-read processes and walk fds.
+        Elsewhere each look runs lsof, so it looks every 10 s."""
         if os.path.isdir("/proc/self"):
             listening = listening_sockets()
-            if listening != self._listen_cache:
-                self._listen_cache = listening
-                self._refresh_port_groups()
+            if self._ports_key is None or tuple(sorted(listening.items())) != self._ports_key[1]:
+                self._read_processes()  # a new listener may be a new process under a pane
+            self._update_ports(listening)
+            delay = 2.0
         else:
             self._update_ports()
+            delay = 10.0
         self.publish()
-        self.loop.call_later(2.0, self._ports_timer)
+        self.loop.call_later(delay, self._ports_timer)
 
     # -- state changes from the API ----------------------------------------------------------
     def publish(self):
