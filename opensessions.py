@@ -115,8 +115,9 @@ def read_json_file(path, default=None):
         return default
     try:
         return json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise OpensessionsError("%s is not valid JSON (%s)" % (path, e))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise OpensessionsError("%s is not valid JSON (%s)" % (path, e.__class__.__name__ if
+                                                               isinstance(e, RecursionError) else e))
 
 
 def _pid_alive(pid):
@@ -175,6 +176,60 @@ class ApiError(Exception):
         Exception.__init__(self, message)
         self.status = status
         self.message = message
+
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def clean_str(value):
+    """A string from outside (a request, a file, a hook) made valid: lone UTF-16 surrogates, which
+    JSON allows ("\\ud83d") but UTF-8 cannot encode, become U+FFFD. Other values pass unchanged."""
+    if isinstance(value, str) and _SURROGATE_RE.search(value):
+        return _SURROGATE_RE.sub("\ufffd", value)
+    return value
+
+
+def clean_text(value):
+    """Text shown in a sidebar row (status, log, title, detail): valid (clean_str) and on one line:
+    control characters (C0, DEL, C1, line separators) become spaces."""
+    value = clean_str(value)
+    if isinstance(value, str) and _CONTROL_RE.search(value):
+        return _CONTROL_RE.sub(" ", value)
+    return value
+
+
+def finite_number(value):
+    """True for an int or a finite float (not bool): JSON's 1e999 parses as inf."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or value - value == 0
+
+
+def clean_json(value, depth=0):
+    """A JSON value read from a file made safe to keep and re-encode: strings valid, non-finite
+    numbers dropped (None), nesting bounded."""
+    if isinstance(value, str):
+        return clean_str(value)
+    if isinstance(value, float) and not finite_number(value):
+        return None
+    if depth > 32:
+        return None
+    if isinstance(value, dict):
+        return {clean_str(k): clean_json(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_json(v, depth + 1) for v in value]
+    return value
+
+
+def encode_json(doc):
+    """Strict JSON bytes (UTF-8, no NaN/Infinity) of a document built from cleaned values; a value
+    that slipped through is cleaned rather than failing the whole document."""
+    try:
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        return json.dumps(clean_json(doc, -10 ** 6), separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode("utf-8")
 
 
 def normalize_status(value):
@@ -269,7 +324,7 @@ def _require_session(body):
     name = body.get("session")
     if not isinstance(name, str) or not name.strip():
         raise ApiError(400, "'session' must be a non-empty string (the tmux session name)")
-    return name
+    return clean_str(name)
 
 
 def _tone(body):
@@ -285,8 +340,8 @@ def _number(body, key, required=True):
     value = body.get(key)
     if value is None and not required:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ApiError(400, "'%s' must be a number" % key)
+    if not finite_number(value):
+        raise ApiError(400, "'%s' must be a finite number" % key)
     return value
 
 
@@ -296,7 +351,7 @@ def _optional_text(body, key, limit):
         return None
     if not isinstance(value, str):
         raise ApiError(400, "'%s' must be a string" % key)
-    return value[:limit]
+    return clean_text(value[:limit])
 
 
 def validate_set_status(body):
@@ -309,7 +364,7 @@ def validate_set_status(body):
         return session, None
     if not isinstance(text, str):
         raise ApiError(400, "'text' must be a string or null")
-    return session, {"text": text[:MAX_STATUS_TEXT], "tone": _tone(body)}
+    return session, {"text": clean_text(text[:MAX_STATUS_TEXT]), "tone": _tone(body)}
 
 
 def validate_set_progress(body):
@@ -339,7 +394,7 @@ def validate_log(body, clock=time.time):
     if not isinstance(message, str) or not message:
         raise ApiError(400, "'message' must be a non-empty string")
     source = _optional_text(body, "source", 64)
-    return session, {"message": message[:MAX_LOG_MESSAGE], "source": source, "tone": _tone(body),
+    return session, {"message": clean_text(message[:MAX_LOG_MESSAGE]), "source": source, "tone": _tone(body),
                      "ts": now_ms(clock)}
 
 
@@ -350,7 +405,30 @@ def validate_notify(body):
     message = body.get("message")
     if not isinstance(message, str) or not message:
         raise ApiError(400, "'message' must be a non-empty string")
-    return session, {"message": message[:MAX_LOG_MESSAGE], "tone": _tone(body)}
+    return clean_str(session), {"message": clean_text(message[:MAX_LOG_MESSAGE]), "tone": _tone(body)}
+
+
+def stored_metadata(session, m):
+    """A session's metadata read back from the state file, checked like a request (an older
+    version may have written a NaN progress or a control character); what fails is dropped."""
+    def check(fn, body):
+        try:
+            return fn(dict(body, session=session))[1]
+        except (ApiError, TypeError, AttributeError):
+            return None
+    status = m.get("status") if isinstance(m.get("status"), dict) else None
+    progress = m.get("progress") if isinstance(m.get("progress"), dict) else None
+    if progress is not None:
+        keys = ("current", "total", "label") if "current" in progress else ("percent", "label")
+        progress = check(validate_set_progress, {k: progress.get(k) for k in keys})
+    logs = []
+    for e in m.get("logs") if isinstance(m.get("logs"), list) else ():
+        entry = check(lambda b: validate_log(b, lambda: 0), e) if isinstance(e, dict) else None
+        if entry is not None:
+            entry["ts"] = e.get("ts") if isinstance(e.get("ts"), int) and not isinstance(e.get("ts"), bool) else 0
+            logs.append(entry)
+    return {"status": check(validate_set_status, status) if status is not None else None,
+            "progress": progress, "logs": logs[-MAX_LOGS:]}
 
 
 def validate_agent_event(body):
@@ -366,7 +444,8 @@ def validate_agent_event(body):
         value = body.get(key)
         if value is not None and not isinstance(value, str):
             raise ApiError(400, "'%s' must be a string" % key)
-        out[key] = value[:MAX_LOG_MESSAGE] if isinstance(value, str) else None
+        clean = clean_text if key in ("threadName", "detail", "model") else clean_str
+        out[key] = clean(value[:MAX_LOG_MESSAGE]) if isinstance(value, str) else None
     attempt = body.get("attempt")
     if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int)):
         raise ApiError(400, "'attempt' must be an integer")
@@ -383,7 +462,7 @@ def validate_agent_event(body):
         value = body.get(key)
         if value is not None and not isinstance(value, str):
             raise ApiError(400, "'%s' must be a string" % key)
-        out[key] = value[:MAX_LOG_MESSAGE] if isinstance(value, str) else None
+        out[key] = clean_text(value[:MAX_LOG_MESSAGE]) if isinstance(value, str) else None
     if out["paneId"] is not None and not re.match(r"^%\d+$", out["paneId"]):
         raise ApiError(400, "'paneId' must look like %12")
     return out
@@ -405,7 +484,7 @@ def validate_ui(body):
             value = body[key]
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > 1000:
                 raise ApiError(400, "'%s' must be a list of session names" % key)
-            out[key] = list(dict.fromkeys(value))
+            out[key] = list(dict.fromkeys(clean_str(v) for v in value))
     if "theme" in body:
         if not isinstance(body["theme"], str) or not re.match(r"^[a-z0-9-]{1,40}$", body["theme"]):
             raise ApiError(400, "'theme' must be a theme name")
@@ -1096,7 +1175,7 @@ class TmuxGone(TmuxError):
 def _int(value, default=0):
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return default
 
 
@@ -1412,6 +1491,47 @@ def listening_sockets(proc_root="/proc"):
         except OSError:
             pass
     return found
+
+
+def parse_inet_diag_uid(data):
+    """The owner uid in a NETLINK_SOCK_DIAG answer about one socket; None if it names none."""
+    import struct
+    if len(data) >= 16 + 72:
+        length, kind = struct.unpack_from("=IH", data, 0)
+        if kind == 20 and length >= 16 + 72:  # SOCK_DIAG_BY_FAMILY: an inet_diag_msg
+            return struct.unpack_from("=I", data, 16 + 64)[0]
+    return None
+
+
+def tcp_peer_uid(peer, local, proc_root="/proc"):
+    """The uid owning the loopback TCP socket at `peer` (ip, port) connected to `local` (ip, port),
+    from netlink sock_diag (one exact lookup, microseconds), else /proc/net/tcp; None when this
+    system tells neither (not Linux)."""
+    import socket
+    import struct
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4) as s:  # NETLINK_SOCK_DIAG
+            s.settimeout(1.0)
+            sock_id = struct.pack(">HH", peer[1], local[1]) + socket.inet_aton(peer[0]) + b"\0" * 12 \
+                + socket.inet_aton(local[0]) + b"\0" * 12 + struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)
+            req = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sock_id
+            s.sendto(struct.pack("=IHHII", 16 + len(req), 20, 1, 1, 0) + req, (0, 0))  # NLM_F_REQUEST
+            uid = parse_inet_diag_uid(s.recv(65536))
+            if uid is not None:
+                return uid
+    except (OSError, AttributeError, ValueError, struct.error):
+        pass
+    want_local = "%s:%04X" % (socket.inet_aton(peer[0])[::-1].hex().upper(), peer[1])
+    want_remote = "%s:%04X" % (socket.inet_aton(local[0])[::-1].hex().upper(), local[1])
+    try:
+        with open(os.path.join(proc_root, "net", "tcp"), "r") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 7 and parts[1] == want_local and parts[2] == want_remote:
+                    return int(parts[7])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def socket_inodes(pid, proc_root="/proc"):
@@ -1909,6 +2029,12 @@ class AgentWatchers(object):
 
     def _poll(self):
         """Fallback without inotify: compare (mtime, size) of the watched directories' entries."""
+        try:
+            self._poll_once()
+        finally:  # a failure is logged by the loop; the next look still happens
+            self.server.loop.call_later(self.poll_interval, self._poll)
+
+    def _poll_once(self):
         for directory, handler in list(self.watched_dirs.items()):
             for name in listdir(directory):
                 path = os.path.join(directory, name)
@@ -1923,7 +2049,6 @@ class AgentWatchers(object):
                     mask = (IN_MODIFY if known else IN_CREATE) | (IN_ISDIR if os.path.isdir(path) else 0)
                     handler(directory, name, mask)
         self.server.after_watchers()
-        self.server.loop.call_later(self.poll_interval, self._poll)
 
     def _recent(self, path):
         try:
@@ -2671,7 +2796,7 @@ class Store(object):
         self._dirty = False
         self.version += 1
         doc = self.build()
-        body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        body = encode_json(doc)  # always valid UTF-8, never NaN: one bad string cannot stop /state
         if self.published is not None:
             # Only the version and time differ? then nothing really changed: keep the old one.
             old = self.published[1]
@@ -2703,6 +2828,7 @@ class RuntimeFiles(object):
         self.lock_path = os.path.join(self.dir, "server-%s.lock" % key)
         self.info_path = os.path.join(self.dir, "server-%s.json" % key)
         self._lock_fd = None
+        self.token = None
 
     def acquire(self):
         """Take the lock; a lock left by a dead server is free (flock dies with its process)."""
@@ -2720,6 +2846,7 @@ class RuntimeFiles(object):
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+        self.token = os.urandom(16).hex()
         try:  # a dead server's file would send clients to a closed port until we write ours
             os.unlink(self.info_path)
         except OSError:
@@ -2728,7 +2855,7 @@ class RuntimeFiles(object):
     def write(self, port):
         atomic_write(self.info_path, json.dumps({
             "pid": os.getpid(), "port": port, "socket": self.socket_path, "version": __version__,
-            "digest": program_digest(), "started": int(time.time())}))
+            "digest": program_digest(), "started": int(time.time()), "token": self.token}))
 
     def read(self):
         try:
@@ -2842,29 +2969,51 @@ class Server(object):
             raise
 
     def _bind(self):
-        import http.server
-
-        class HTTPServer(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-            request_queue_size = 64
-
-        handler = make_handler(self)
         try:
-            self.httpd = HTTPServer((HOST, self.port), handler)
+            self.httpd = make_http_server(self, (HOST, self.port))
         except OSError as e:
             if self.port_explicit or self.port == 0:
                 raise OpensessionsError("cannot listen on %s:%d: %s (is another program using it? "
                                         "choose another with --port or OPENSESSIONS_PORT; 0 = any free port)"
                                         % (HOST, self.port, e.strerror or e))
             log("port %d is in use (%s); listening on a free port instead" % (self.port, e.strerror or e))
-            self.httpd = HTTPServer((HOST, 0), handler)
+            self.httpd = make_http_server(self, (HOST, 0))
         self.port = self.httpd.server_address[1]
+
+    def token_ok(self, token):
+        """The runtime file's token, sent by our clients where the peer's uid is unknown."""
+        import hmac
+        mine = self.runtime.token
+        return bool(mine) and isinstance(token, str) and hmac.compare_digest(
+            token.encode("utf-8", "replace"), mine.encode())
+
+    def _watch_connections(self):
+        """Close connections that did not send their request (line, headers, body) within
+        READ_DEADLINE: an idle or trickling client must not hold a thread and an fd for ever."""
+        import socket
+        try:
+            httpd = self.httpd
+            if httpd is None:
+                return
+            now = time.monotonic()
+            with httpd.lock:
+                late = [h for h, due in httpd.deadlines.items() if due <= now]
+                for h in late:
+                    del httpd.deadlines[h]
+            for h in late:
+                try:
+                    h.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        finally:
+            if self.httpd is not None:
+                self.loop.call_later(1.0, self._watch_connections)
 
     def serve_forever(self):
         # Connections are accepted by the event loop (no poll interval, no extra thread);
         # each connection is then handled on its own daemon thread (ThreadingHTTPServer).
         self.loop.add_reader(self.httpd.fileno(), self.httpd._handle_request_noblock)
+        self.loop.call_later(1.0, self._watch_connections)
         try:
             self.loop.run()
         finally:
@@ -3260,17 +3409,18 @@ class Server(object):
         """Ports change without a tmux event (a dev server starts listening). On Linux one netlink
         query every 2 s; only a changed set of listeners makes us re-read processes and walk fds.
         Elsewhere each look runs lsof, so it looks every 10 s."""
-        if os.path.isdir("/proc/self"):
-            listening = listening_sockets()
-            if self._ports_key is None or tuple(sorted(listening.items())) != self._ports_key[1]:
-                self._read_processes()  # a new listener may be a new process under a pane
-            self._update_ports(listening)
-            delay = 2.0
-        else:
-            self._update_ports()
-            delay = 10.0
-        self.publish()
-        self.loop.call_later(delay, self._ports_timer)
+        linux = os.path.isdir("/proc/self")
+        try:
+            if linux:
+                listening = listening_sockets()
+                if self._ports_key is None or tuple(sorted(listening.items())) != self._ports_key[1]:
+                    self._read_processes()  # a new listener may be a new process under a pane
+                self._update_ports(listening)
+            else:
+                self._update_ports()
+            self.publish()
+        finally:  # a failure is logged by the loop; the next look still happens
+            self.loop.call_later(2.0 if linux else 10.0, self._ports_timer)
 
     # -- state changes from the API ----------------------------------------------------------
     def publish(self):
@@ -3440,6 +3590,17 @@ class Server(object):
             self.store.threads[key] = t
         old = (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.hidden, t.alive)
         updated_at = fields.pop("updated_at", None)
+        for name in ("title", "detail", "model"):  # from files, hooks and plugins alike: shown in a row
+            if isinstance(fields.get(name), str):
+                fields[name] = clean_text(fields[name])
+        for name in ("cwd", "source"):
+            if isinstance(fields.get(name), str):
+                fields[name] = clean_str(fields[name])
+        for name in ("attempt", "pid"):
+            if fields.get(name) is not None and not (finite_number(fields[name]) and fields[name] == int(fields[name])):
+                fields[name] = None
+        if updated_at is not None and not finite_number(updated_at):
+            updated_at = None
         for name, value in fields.items():
             if value is not None and (name != "title" or value):
                 setattr(t, name, value)
@@ -3498,16 +3659,22 @@ class Server(object):
             data = {}
         if not isinstance(data, dict):
             return
+        data = clean_json(data)  # a file written by an older version may hold what we now refuse
         meta = data.get("metadata")
         if isinstance(meta, dict):
             for name, m in meta.items():
                 if isinstance(name, str) and isinstance(m, dict):
-                    logs = m.get("logs") if isinstance(m.get("logs"), list) else []
-                    self.store.metadata[name] = {"status": m.get("status"), "progress": m.get("progress"),
-                                                 "logs": logs[-MAX_LOGS:]}
-        for t in data.get("threads") or ():
+                    self.store.metadata[name] = stored_metadata(name, m)
+        threads = data.get("threads")
+        for t in threads if isinstance(threads, list) else ():
             if not isinstance(t, dict) or not isinstance(t.get("agent"), str) or not isinstance(t.get("id"), str):
                 continue
+            for key in ("title", "detail", "model"):
+                t[key] = clean_text(t.get(key)) if isinstance(t.get(key), str) else None
+            for key in ("cwd", "pane", "session", "source"):
+                t[key] = t.get(key) if isinstance(t.get(key), str) else None
+            for key in ("attempt", "pid"):
+                t[key] = t.get(key) if isinstance(t.get(key), int) and not isinstance(t.get(key), bool) else None
             status = t.get("status") if t.get("status") in STATUSES else "idle"
             th = Thread(t["agent"], t["id"], title=t.get("title") or "", status=status,
                         detail=t.get("detail"), attempt=t.get("attempt"), cwd=t.get("cwd"),
@@ -3569,7 +3736,7 @@ class Server(object):
         self._save_pending = False
         try:
             ensure_private_dir(os.path.dirname(self.state_path))
-            atomic_write(self.state_path, json.dumps(self.store.metadata_json()))
+            atomic_write(self.state_path, encode_json(self.store.metadata_json()))
         except (OSError, OpensessionsError) as e:
             log("cannot save state to %s: %s" % (self.state_path, e))
 
@@ -3605,21 +3772,230 @@ ROUTES = {
     "/mute": "api_mute",
 }
 GET_ROUTES = ("/", "/state", "/events", "/health")
+MAX_CONNECTIONS = 200  # open connections (one thread and one fd each); more get a 503
+MAX_SSE_CLIENTS = 100  # of which /events streams
+READ_DEADLINE = 10.0  # seconds to send a request's line, headers and body (and to start the next one)
+WRITE_TIMEOUT = 30.0  # a client that reads nothing for this long is dropped
+TOKEN_HEADER = "X-Opensessions-Token"
+
+
+class BodyError(ApiError):
+    """A request body we cannot read: answered, then the connection is closed."""
+
+
+def read_json_body(headers, rfile):
+    """The JSON object a POST carries. Raises BodyError (bad framing: close the connection) or
+    ApiError (a bad body read in full: the connection can go on)."""
+    if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+        raise BodyError(411, "send the body with a Content-Length (chunked bodies are not accepted)")
+    length = headers.get("Content-Length")
+    try:
+        length = int(length) if length is not None else 0
+    except ValueError:
+        raise BodyError(400, "bad Content-Length")
+    if length < 0:
+        raise BodyError(400, "bad Content-Length")
+    if length > MAX_BODY:
+        raise BodyError(413, "body is %d bytes; the limit is %d" % (length, MAX_BODY))
+    raw = rfile.read(length) if length else b""
+    if len(raw) < length:
+        raise BodyError(400, "the body ended before Content-Length bytes (or took over %.0f s)" % READ_DEADLINE)
+    try:
+        body = json.loads(raw.decode("utf-8")) if raw.strip() else None
+    except UnicodeDecodeError:
+        raise ApiError(400, "body is not UTF-8")
+    except RecursionError:
+        raise ApiError(400, "body is not valid JSON: nested too deeply")
+    except ValueError as e:
+        raise ApiError(400, "body is not valid JSON: %s" % e)
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return body
+
+
+def health_json(server):
+    watchers = server.watchers
+    httpd = server.httpd
+    return json.dumps({
+        "ok": True, "version": __version__, "pid": os.getpid(),
+        "threads": len(server.store.threads),
+        "skippedRecords": watchers.bad_records if watchers is not None else 0,
+        "inotify": bool(watchers is not None and watchers.inotify is not None),
+        "connections": getattr(httpd, "active", 0), "streams": getattr(httpd, "streams", 0)}).encode()
+
+
+def route_get(server, path):
+    """GET/HEAD answers other than /events -> (status, body, content type, extra headers)."""
+    if path in ROUTES:
+        return _error_body(405, "use POST for %s" % path) + ({"Allow": "POST"},)
+    if path == "/":
+        return 200, b"opensessions server\n", "text/plain; charset=utf-8", None
+    if path == "/health":
+        return 200, health_json(server), "application/json", None
+    if path == "/state":
+        published = server.store.published
+        if published is None:
+            return _error_body(503, "server is starting or stopping") + (None,)
+        return 200, published[2], "application/json", None
+    return _error_body(404, "no such endpoint: %s" % path) + (None,)
+
+
+def route_post(server, path, body):
+    """Apply one POST on the loop thread -> (status, body, content type, extra headers)."""
+    method = ROUTES[path]
+    try:
+        result = server.loop.call(server.handle, method, body)
+    except ApiError as e:
+        return _error_body(e.status, e.message) + (None,)
+    except TimeoutError:
+        return _error_body(503, "server busy") + (None,)
+    except Exception as e:  # never crash on a request; say what happened
+        log("%s failed: %r" % (path, e))
+        return _error_body(500, "internal error: %s" % e.__class__.__name__) + (None,)
+    if method == "api_agent_event" and result is False:
+        return 202, json.dumps({"matched": False}).encode(), "application/json", None
+    return 204, b"", None, None
+
+
+def _error_body(status, message):
+    return status, json.dumps({"error": message}).encode(), "application/json"
+
+
+def stream_state(write, store, keepalive=SSE_KEEPALIVE):
+    """The /events loop: each new snapshot as `event: state` (at most ~30 a second), a comment as
+    keep-alive; returns when the server stops or the client goes away."""
+    last = None
+    last_sent = 0.0
+    try:
+        while True:
+            with store.cond:
+                store.cond.wait_for(lambda: store.published is None or store.published[0] != last,
+                                    timeout=keepalive)
+                published = store.published
+            if published is None:
+                return  # shutting down
+            if published[0] == last:
+                write(b": keepalive\n\n")
+                continue
+            wait = SSE_MIN_INTERVAL - (time.monotonic() - last_sent)
+            if wait > 0 and last is not None:
+                time.sleep(wait)  # coalesce: at most ~30 events per second
+                published = store.published or published
+            last = published[0]
+            last_sent = time.monotonic()
+            write(b"event: state\nid: %d\ndata: " % last + published[2] + b"\n\n")
+    except OSError:  # reset, broken pipe, or a client reading nothing for WRITE_TIMEOUT
+        return
+
+
+def _raw_refusal(sock, status, reason, message):
+    """Answer a connection we do not serve (no thread for it) and close it."""
+    body = json.dumps({"error": message}).encode()
+    try:
+        sock.settimeout(0.5)
+        sock.sendall(("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                      "Connection: close\r\nRetry-After: 1\r\n\r\n" % (status, reason, len(body))).encode() + body)
+    except OSError:
+        pass
+
+
+def make_http_server(server, address):
+    """The listening server: a thread per connection up to MAX_CONNECTIONS (the excess gets a 503
+    at once), a read deadline per request (see Server._watch_connections), one log line per
+    failed connection."""
+    import http.server
+    import threading
+
+    class HTTPServer(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+        request_queue_size = 64
+
+        def __init__(self, *a):
+            self.lock = threading.Lock()
+            self.active = 0
+            self.streams = 0
+            self.deadlines = {}  # handler -> monotonic time its request must be read by
+            http.server.ThreadingHTTPServer.__init__(self, *a)
+
+        def process_request(self, request, client_address):
+            with self.lock:
+                full = self.active >= MAX_CONNECTIONS
+                if not full:
+                    self.active += 1
+            if full:
+                _raw_refusal(request, 503, "Service Unavailable",
+                             "too many connections (%d); try again" % MAX_CONNECTIONS)
+                self.shutdown_request(request)
+                return
+            try:
+                http.server.ThreadingHTTPServer.process_request(self, request, client_address)
+            except BaseException:
+                with self.lock:
+                    self.active -= 1
+                raise
+
+        def process_request_thread(self, request, client_address):
+            try:
+                http.server.ThreadingHTTPServer.process_request_thread(self, request, client_address)
+            finally:
+                with self.lock:
+                    self.active -= 1
+
+        def handle_error(self, request, client_address):
+            e = sys.exc_info()[1]
+            log("connection from port %s failed: %s: %s" % (client_address[1], e.__class__.__name__, e))
+
+    return HTTPServer(address, make_handler(server))
 
 
 def make_handler(server):
-    """The HTTP request handler class bound to one Server."""
+    """The HTTP request handler class bound to one Server: checks (peer, Host, Origin), then
+    route_get / route_post / stream_state."""
     import http.server
+    import socket
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "opensessions/" + __version__
         sys_version = ""
+        timeout = WRITE_TIMEOUT  # socket timeout; reading a request has the shorter READ_DEADLINE
 
         def log_message(self, fmt, *args):  # quiet: no line per request
             pass
 
+        def setup(self):
+            http.server.BaseHTTPRequestHandler.setup(self)
+            try:  # one write per answer and no Nagle wait for the next one
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            self.peer_uid = tcp_peer_uid(self.client_address, self.connection.getsockname())
+
+        def handle(self):
+            if self.peer_uid is not None and self.peer_uid != os.getuid():
+                _raw_refusal(self.connection, 403, "Forbidden",
+                             "connections from other users (uid %d) are refused" % self.peer_uid)
+                return
+            http.server.BaseHTTPRequestHandler.handle(self)
+
+        def handle_one_request(self):
+            self._deadline(READ_DEADLINE)
+            try:
+                http.server.BaseHTTPRequestHandler.handle_one_request(self)
+            finally:
+                self._deadline(None)
+
+        def _deadline(self, seconds):
+            httpd = self.server
+            with httpd.lock:
+                if seconds is None:
+                    httpd.deadlines.pop(self, None)
+                else:
+                    httpd.deadlines[self] = time.monotonic() + seconds
+
         def _send(self, status, body=b"", content_type="application/json", extra=None):
+            """The whole answer in one write."""
             self.send_response(status)
             if status != 204:
                 self.send_header("Content-Type", content_type)
@@ -3627,9 +4003,10 @@ def make_handler(server):
             self.send_header("Cache-Control", "no-store")
             for k, v in (extra or {}).items():
                 self.send_header(k, v)
-            self.end_headers()
+            self._headers_buffer.append(b"\r\n")
             if body and self.command != "HEAD":
-                self.wfile.write(body)
+                self._headers_buffer.append(body)
+            self.flush_headers()
 
         def _error(self, status, message, extra=None):
             self._send(status, json.dumps({"error": message}).encode(), extra=extra)
@@ -3642,34 +4019,24 @@ def make_handler(server):
             if self.headers.get("Origin") is not None:
                 self._error(403, "requests from web pages (with an Origin header) are refused")
                 return False
+            if self.peer_uid is None and not server.token_ok(self.headers.get(TOKEN_HEADER)):
+                # no way to know who connected (not Linux): our clients send the runtime file's token
+                self._error(403, "send the %s header (the token in the server's runtime file)" % TOKEN_HEADER)
+                return False
             return True
 
         def _path(self):
             return self.path.split("?", 1)[0]
 
         def do_GET(self):
+            self._deadline(None)
             if not self._guard():
                 return
             path = self._path()
-            if path in ROUTES:
-                return self._error(405, "use POST for %s" % path, {"Allow": "POST"})
-            if path == "/":
-                return self._send(200, b"opensessions server\n", "text/plain; charset=utf-8")
-            if path == "/health":
-                watchers = server.watchers
-                return self._send(200, json.dumps({
-                    "ok": True, "version": __version__, "pid": os.getpid(),
-                    "threads": len(server.store.threads),
-                    "skippedRecords": watchers.bad_records if watchers is not None else 0,
-                    "inotify": bool(watchers is not None and watchers.inotify is not None)}).encode())
-            if path == "/state":
-                published = server.store.published
-                if published is None:
-                    return self._error(503, "server is starting or stopping")
-                return self._send(200, published[2])
             if path == "/events":
                 return self._events()
-            return self._error(404, "no such endpoint: %s" % path)
+            status, body, ctype, extra = route_get(server, path)
+            self._send(status, body, ctype, extra)
 
         do_HEAD = do_GET
 
@@ -3679,45 +4046,18 @@ def make_handler(server):
             path = self._path()
             if path in GET_ROUTES:
                 return self._error(405, "use GET for %s" % path, {"Allow": "GET"})
-            method = ROUTES.get(path)
-            if method is None:
+            if path not in ROUTES:
                 return self._error(404, "no such endpoint: %s" % path)
-            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-                self.close_connection = True
-                return self._error(411, "send the body with a Content-Length (chunked bodies are not accepted)")
-            length = self.headers.get("Content-Length")
             try:
-                length = int(length) if length is not None else 0
-            except ValueError:
+                body = read_json_body(self.headers, self.rfile)
+            except BodyError as e:
                 self.close_connection = True
-                return self._error(400, "bad Content-Length")
-            if length < 0:
-                self.close_connection = True
-                return self._error(400, "bad Content-Length")
-            if length > MAX_BODY:
-                self.close_connection = True
-                return self._error(413, "body is %d bytes; the limit is %d" % (length, MAX_BODY))
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw.decode("utf-8")) if raw.strip() else None
-            except UnicodeDecodeError:
-                return self._error(400, "body is not UTF-8")
-            except ValueError as e:
-                return self._error(400, "body is not valid JSON: %s" % e)
-            if not isinstance(body, dict):
-                return self._error(400, "body must be a JSON object")
-            try:
-                result = server.loop.call(server.handle, method, body)
+                return self._error(e.status, e.message)
             except ApiError as e:
                 return self._error(e.status, e.message)
-            except TimeoutError:
-                return self._error(503, "server busy")
-            except Exception as e:  # never crash on a request; say what happened
-                log("%s failed: %r" % (path, e))
-                return self._error(500, "internal error: %s" % e.__class__.__name__)
-            if method == "api_agent_event" and result is False:
-                return self._send(202, json.dumps({"matched": False}).encode())
-            return self._send(204)
+            finally:
+                self._deadline(None)
+            self._send(*route_post(server, path, body))
 
         def do_PUT(self):
             self._other()
@@ -3731,38 +4071,26 @@ def make_handler(server):
             self._error(405, "method %s not allowed" % self.command, {"Allow": allow})
 
         def _events(self):
-            store = server.store
-            self.close_connection = True
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("Connection", "close")
-            self.send_header("X-Accel-Buffering", "no")
-            self.end_headers()
-            last = None
-            last_sent = 0.0
+            httpd = self.server
+            with httpd.lock:
+                full = httpd.streams >= MAX_SSE_CLIENTS
+                if not full:
+                    httpd.streams += 1
+            if full:
+                self.close_connection = True
+                return self._error(503, "too many /events clients (%d)" % MAX_SSE_CLIENTS, {"Retry-After": "5"})
             try:
-                while True:
-                    with store.cond:
-                        store.cond.wait_for(lambda: store.published is None or store.published[0] != last,
-                                            timeout=SSE_KEEPALIVE)
-                        published = store.published
-                    if published is None:
-                        return  # shutting down
-                    if published[0] == last:
-                        self.wfile.write(b": keepalive\n\n")
-                        self.wfile.flush()
-                        continue
-                    wait = SSE_MIN_INTERVAL - (time.monotonic() - last_sent)
-                    if wait > 0 and last is not None:
-                        time.sleep(wait)  # coalesce: at most ~30 events per second
-                        published = store.published or published
-                    last = published[0]
-                    last_sent = time.monotonic()
-                    self.wfile.write(b"event: state\nid: %d\ndata: " % last + published[2] + b"\n\n")
-                    self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError, OSError):
-                return
+                self.close_connection = True
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("Connection", "close")
+                self.send_header("X-Accel-Buffering", "no")
+                self.end_headers()
+                stream_state(self.wfile.write, server.store)
+            finally:
+                with httpd.lock:
+                    httpd.streams -= 1
 
     return Handler
 
@@ -3884,13 +4212,15 @@ class Notifier(object):
 
     def _flush(self):
         self.flush_scheduled = False
-        held = self.coalescer.flush(self.clock())
-        if held:
-            self._send_events(held)
-        due = self.coalescer.next_due()
-        if due is not None:
-            self.flush_scheduled = True
-            self.server.loop.call_later(max(0.0, due - self.clock()), self._flush)
+        try:
+            held = self.coalescer.flush(self.clock())
+            if held:
+                self._send_events(held)
+        finally:  # a failure is logged by the loop; events held for later still go out
+            due = self.coalescer.next_due()
+            if due is not None:
+                self.flush_scheduled = True
+                self.server.loop.call_later(max(0.0, due - self.clock()), self._flush)
 
     def _send_events(self, events):
         title, body, status = describe(events)
