@@ -75,14 +75,60 @@ def state_dir(environ=None):
 
 
 def ensure_private_dir(path):
-    """Create path (0700) if needed; refuse a directory owned by someone else."""
+    """Create path (0700) if needed; refuse a directory owned by someone else. A directory others
+    can read is made 0700 through its own descriptor (never through a symlink); a symlink of
+    ours to a private directory of ours is accepted as it is."""
+    import stat
     os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(path)
-    if st.st_uid != os.getuid():
-        raise OpensessionsError("%s is owned by uid %d, not by you; refusing to use it" % (path, st.st_uid))
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+    lst = os.lstat(path)
+    if lst.st_uid != os.getuid():
+        raise OpensessionsError("%s is owned by uid %d, not by you; refusing to use it" % (path, lst.st_uid))
+    if stat.S_ISLNK(lst.st_mode):
+        st = os.stat(path)
+        if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o077:
+            raise OpensessionsError("%s is a symlink to a directory that is not private to you (owner uid %d, "
+                                    "mode %o); refusing to use it" % (path, st.st_uid, st.st_mode & 0o777))
+        return path
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid():  # replaced between the lstat and the open
+            raise OpensessionsError("%s is owned by uid %d, not by you; refusing to use it" % (path, st.st_uid))
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
     return path
+
+
+def private_file_ok(st):
+    """A stat result of a file or directory that only we can use (ours, nothing for group/others)."""
+    return st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def read_private_json(path, limit=65536):
+    """A small JSON object from a file in a private directory, trusted only when the directory and
+    the file are ours and private and the file is no symlink (a shared $TMPDIR is writable by
+    everyone). -> dict, or None."""
+    import stat
+    try:
+        dst = os.lstat(os.path.dirname(path) or ".")
+        if stat.S_ISLNK(dst.st_mode) or not private_file_ok(dst):
+            return None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not private_file_ok(st):
+            return None
+        raw = os.read(fd, limit)
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
+    return data if isinstance(data, dict) else None
 
 
 def atomic_write(path, data, mode=0o600):
@@ -2412,8 +2458,9 @@ import path from "node:path";
 const TYPES = new Set(["session.status", "session.idle", "session.error", "permission.asked",
   "permission.replied", "session.updated"]);
 
-function port() {
-  if (process.env.OPENSESSIONS_PORT) return Number(process.env.OPENSESSIONS_PORT);
+// The server's runtime file, trusted only when it is ours and private (a shared TMPDIR is writable
+// by everyone): no file, no report (never to whatever listens on a default port).
+function server() {
   try {
     const uid = process.getuid();
     const t = process.env.TMUX;
@@ -2425,10 +2472,14 @@ function port() {
     const xdg = process.env.XDG_RUNTIME_DIR;
     const dir = xdg && fs.existsSync(xdg) ? path.join(xdg, "opensessions")
       : path.join(process.env.TMPDIR || "/tmp", "opensessions-" + uid);
-    const info = JSON.parse(fs.readFileSync(path.join(dir, "server-" + key + ".json"), "utf8"));
-    if (info.port) return info.port;
+    const file = path.join(dir, "server-" + key + ".json");
+    for (const st of [fs.lstatSync(dir), fs.lstatSync(file)]) {
+      if (st.isSymbolicLink() || st.uid !== uid || (st.mode & 0o077)) return null;
+    }
+    const info = JSON.parse(fs.readFileSync(file, "utf8"));
+    if (Number.isInteger(info.port) && info.port > 0 && info.port < 65536) return info;
   } catch (e) {}
-  return 7391;
+  return null;
 }
 
 function slim(event) {
@@ -2447,9 +2498,13 @@ export const OpenSessions = async (ctx) => {
       if (!event || !TYPES.has(event.type)) return;
       const body = JSON.stringify({ type: event.type, properties: slim(event), pid: process.pid,
         directory: ctx.directory, paneId: process.env.TMUX_PANE || null });
+      const info = server();
+      if (!info) return;
+      const headers = { "content-type": "application/json" };
+      if (typeof info.token === "string") headers["x-opensessions-token"] = info.token;
       try {
-        await fetch("http://127.0.0.1:" + port() + "/api/opencode-event", { method: "POST",
-          headers: { "content-type": "application/json" }, body, signal: AbortSignal.timeout(1000) });
+        await fetch("http://127.0.0.1:" + info.port + "/api/opencode-event", { method: "POST",
+          headers, body, signal: AbortSignal.timeout(1000) });
       } catch (e) {}
     },
   };
@@ -2834,7 +2889,7 @@ class RuntimeFiles(object):
         """Take the lock; a lock left by a dead server is free (flock dies with its process)."""
         import fcntl
         ensure_private_dir(self.dir)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -2858,12 +2913,8 @@ class RuntimeFiles(object):
             "digest": program_digest(), "started": int(time.time()), "token": self.token}))
 
     def read(self):
-        try:
-            with open(self.info_path, "r") as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            return None
-        return info if isinstance(info, dict) else None
+        """The runtime file, if it is ours and private (else nobody vouches for its port)."""
+        return read_private_json(self.info_path)
 
     def live_info(self):
         """The runtime info if its server is alive (holds the lock), else None."""
@@ -2872,7 +2923,7 @@ class RuntimeFiles(object):
         if not info:
             return None
         try:
-            fd = os.open(self.lock_path, os.O_RDWR)
+            fd = os.open(self.lock_path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
             return None
         try:
@@ -5612,7 +5663,8 @@ class EventStream(object):
             self._sock = sock
             try:
                 sock.settimeout(SSE_KEEPALIVE * 3)
-                sock.sendall(("GET /events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port).encode())
+                sock.sendall(("GET /events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n"
+                              % (port, token_header(getattr(self.find_port, "token", None)))).encode())
                 self._read(sock)
             except OSError:
                 pass
@@ -6082,13 +6134,21 @@ class SidebarPanes(object):
 # CLI
 ##############################################################################
 
+def token_header(token):
+    """The header line carrying the runtime file's token ('' without a well-formed one)."""
+    if isinstance(token, str) and re.match(r"^[0-9a-f]{1,64}$", token):
+        return "%s: %s\r\n" % (TOKEN_HEADER, token)
+    return ""
+
+
 class Client(object):
     """A tiny HTTP client over a raw socket: no http.client import, so commands start fast."""
 
-    def __init__(self, port, host=HOST, timeout=5.0):
+    def __init__(self, port, host=HOST, timeout=5.0, token=None):
         self.port = port
         self.host = host
         self.timeout = timeout
+        self.token = token  # the runtime file's, for systems where the server cannot see our uid
 
     def request(self, method, path, body=None):
         """-> (status, body bytes). Raises OSError when the server is not reachable."""
@@ -6097,8 +6157,9 @@ class Client(object):
         except ImportError:
             import socket as sockmod
         payload = b"" if body is None else json.dumps(body).encode("utf-8")
-        head = ("%s %s HTTP/1.0\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-                "Content-Length: %d\r\n\r\n" % (method, path, self.host, self.port, len(payload)))
+        head = ("%s %s HTTP/1.0\r\nHost: %s:%d\r\nContent-Type: application/json\r\n%s"
+                "Content-Length: %d\r\n\r\n" % (method, path, self.host, self.port, token_header(self.token),
+                                                   len(payload)))
         sock = sockmod.socket(sockmod.AF_INET, sockmod.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout)
@@ -6135,10 +6196,10 @@ def _socket_from_args(args):
 
 
 def _client(args):
-    port = args.port
+    port, info = args.port, None
     if not port:  # None, or 0 ("any free port"): the runtime file says which one it got
-        port, _ = find_server(_socket_from_args(args))
-    return Client(port)
+        port, info = find_server(_socket_from_args(args))
+    return Client(port, token=(info or {}).get("token"))
 
 
 def _request(args, method, path, body=None):
@@ -6166,7 +6227,7 @@ def _live_threads(args):
     if info is None:
         return []
     try:
-        status, content = Client(port, timeout=2).request("GET", "/state")
+        status, content = Client(port, timeout=2, token=info.get("token")).request("GET", "/state")
         state = json.loads(content.decode("utf-8")) if status == 200 else {}
     except (OSError, ValueError):
         return []
@@ -6435,8 +6496,13 @@ def cmd_hook(args):
             pid = _agent_ancestor(args.agent, os.getppid())
             if pid:
                 body["pid"] = pid
-        port = args.port or find_server(_socket_from_args(args))[0]
-        Client(port, timeout=1.0).request("POST", "/api/agent-event", body)
+        # a prompt goes only to a server that vouches for itself: a runtime file that is ours and
+        # private, whose server holds the lock (is alive); never to whatever listens on 7391
+        info = RuntimeFiles(_socket_from_args(args)).live_info() if not args.port else {}
+        port = args.port or (info or {}).get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            return 0
+        Client(port, timeout=1.0, token=(info or {}).get("token")).request("POST", "/api/agent-event", body)
     except Exception:  # the agent must never see a failing hook
         pass
     return 0
@@ -6493,10 +6559,15 @@ def cmd_sidebar(args):
     socket_path = _socket_from_args(args)
 
     def find_port():
-        return args.port if args.port else find_server(socket_path)[0]
+        if args.port:
+            return args.port
+        port, info = find_server(socket_path)
+        find_port.token = (info or {}).get("token")  # sent where the server cannot see our uid
+        return port
+    find_port.token = None
 
     def post(path, body):
-        status, content = Client(find_port(), timeout=2).request("POST", path, body)
+        status, content = Client(find_port(), timeout=2, token=find_port.token).request("POST", path, body)
         if status >= 400:
             raise OSError(content.decode("utf-8", "replace"))
 
