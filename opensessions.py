@@ -361,6 +361,24 @@ def thread_visible(thread, now_ms_, recent_ms=RECENT_MS):
     return thread.alive or thread.unseen or now_ms_ - thread.updated_at <= recent_ms
 
 
+MAX_THREADS = 5000  # threads the server keeps; past it the least needed are forgotten (see threads_to_prune)
+MAX_SESSION_THREADS = 50  # threads /state lists per session (alive, unseen and newest first)
+
+
+def threads_to_prune(threads, now_ms_, list_ms, cap=MAX_THREADS):
+    """Keys of threads to forget: exited (not alive), seen, and quiet for longer than list_ms
+    (OPENSESSIONS_LIST_HOURS: /state would not list them); then, if more than `cap` remain, the
+    least needed down to 90% of the cap (seen before unseen, exited before alive, oldest first)
+    so that a flood of new threads prunes once per cap/10 threads, not once per thread."""
+    drop = [t.key for t in threads if not t.alive and not t.unseen and now_ms_ - t.updated_at > list_ms]
+    left = len(threads) - len(drop)
+    if left > cap:
+        dropped = set(drop)
+        rest = sorted((t for t in threads if t.key not in dropped), key=lambda t: (t.unseen, t.alive, t.updated_at))
+        drop.extend(t.key for t in rest[:left - cap * 9 // 10])
+    return drop
+
+
 def becomes_unseen(old_status, new_status, viewed):
     """A thread turning done/error/interrupted/waiting while nobody looks at it is unseen."""
     return (not viewed) and new_status in UNSEEN_STATUSES and new_status != old_status
@@ -1177,7 +1195,7 @@ def hook_event(agent, payload, environ=None):
         body["pid"] = pid
     if name == "UserPromptSubmit" and isinstance(payload.get("prompt"), str):
         body["prompt"] = payload["prompt"][:MAX_LOG_MESSAGE]
-    return body
+    return {k: clean_str(v) for k, v in body.items()}  # an emoji cut in half must not fail the request
 
 ##############################################################################
 # tmux gateway (the only place that runs tmux)
@@ -2743,11 +2761,51 @@ class EventLoop(object):
 
 
 _log_file = None
+_log_path = None
+_log_lock = None
+LOG_MAX_BYTES = 1024 * 1024  # server.log is rotated to server.log.1 past this size
+
+
+def open_log(path, max_bytes=None):
+    """Send log() to path (appending); past LOG_MAX_BYTES it moves to path.1 and starts again."""
+    import threading
+    global _log_file, _log_path, _log_lock, LOG_MAX_BYTES
+    if max_bytes is not None:
+        LOG_MAX_BYTES = max_bytes
+    _log_lock = _log_lock or threading.Lock()
+    _log_path = path
+    _log_file = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
+    _rotate_log()
+
+
+def _rotate_log():
+    global _log_file
+    try:
+        if _log_file.tell() < LOG_MAX_BYTES:
+            return
+        _log_file.close()
+        os.replace(_log_path, _log_path + ".1")
+    except (OSError, ValueError):
+        pass
+    try:
+        _log_file = open(_log_path, "a", buffering=1, encoding="utf-8", errors="replace")
+    except OSError:
+        _log_file = None
 
 
 def log(message):
     """Server log line (stderr, or the log file set by the server)."""
     line = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)
+    if _log_lock is not None:
+        with _log_lock:
+            _write_log(line)
+            if _log_file is not None:
+                _rotate_log()
+    else:
+        _write_log(line)
+
+
+def _write_log(line):
     target = _log_file or sys.stderr
     try:
         target.write(line)
@@ -2822,6 +2880,9 @@ class Store(object):
         hidden, muted = set(self.ui["hidden"]), set(self.ui["muted"])
         for s in order_sessions(self.visible_sessions(), self.ui["order"]):
             threads = sorted(by_session.get(s["name"], ()), key=lambda t: -t.updated_at)
+            if len(threads) > MAX_SESSION_THREADS:  # live and unseen ones first, then the newest
+                threads = sorted(threads, key=lambda t: (not t.alive and not t.unseen, -t.updated_at))
+                threads = sorted(threads[:MAX_SESSION_THREADS], key=lambda t: -t.updated_at)
             branch, dirty = self.git.get(s["id"], (None, None))
             meta = self.metadata.get(s["name"], {})
             shown = [t for t in threads if not t.hidden]
@@ -2948,6 +3009,11 @@ class RuntimeFiles(object):
         self._lock_fd = None
 
 
+PRUNE_INTERVAL = 60.0  # seconds between looks for threads to forget
+SAVE_QUIET = 1.0  # the state file is written once changes pause this long ...
+SAVE_MAX_DELAY = 5.0  # ... or this long after the first unsaved change, whichever comes first
+
+
 class Server(object):
     """Live state from tmux (+ watchers), served over HTTP and Server-Sent Events."""
 
@@ -2965,6 +3031,7 @@ class Server(object):
         self.ui_path = os.path.join(config_dir(self.environ), "ui.json")
         self.git = GitProbe()
         self.httpd = None
+        self.read_deadline = READ_DEADLINE
         self.control = None
         self._control_buf = b""
         self._refresh_pending = False
@@ -3007,6 +3074,7 @@ class Server(object):
                 finally:
                     self.cold_starting = False
                 self.map_threads()
+                self.prune_threads()
                 log("cold start: %d threads from %d files (%d KB read, %d corrupt records skipped) in %.3fs"
                     % (len(self.store.threads), len(self.watchers.tails),
                        sum(t.bytes_read for t in self.watchers.tails.values()) // 1024,
@@ -3015,6 +3083,7 @@ class Server(object):
             self._start_control()
             self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
             self.loop.call_later(2.0, self._ports_timer)
+            self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
         except BaseException:
             self.runtime.release()
             raise
@@ -3673,7 +3742,26 @@ class Server(object):
         if changed or is_new:
             self.store.touch()
             self._schedule_save()
+        if is_new and len(self.store.threads) > MAX_THREADS:
+            self.prune_threads()
         return t
+
+    def prune_threads(self):
+        """Forget threads /state would not list and that nobody needs (threads_to_prune)."""
+        drop = threads_to_prune(list(self.store.threads.values()), now_ms(self.clock), self.store.recent_ms)
+        for key in drop:
+            del self.store.threads[key]
+        if drop:
+            self.store.touch()
+            self._schedule_save()
+        return len(drop)
+
+    def _prune_timer(self):
+        try:
+            self.prune_threads()
+            self.publish()
+        finally:
+            self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
 
     def on_thread_status(self, thread, old_status):
         """A thread changed status: tell the notifier (after this change is applied)."""
@@ -3779,9 +3867,24 @@ class Server(object):
             self.schedule_refresh()
 
     def _schedule_save(self):
+        """Debounced: one write when changes pause SAVE_QUIET, at least every SAVE_MAX_DELAY while
+        they go on (a flood of events does not rewrite and fsync the file each second)."""
+        now = self.loop.clock()
+        self._save_last_change = now
         if not self._save_pending:
             self._save_pending = True
-            self.loop.call_later(1.0, self._save_state_now)
+            self._save_first_change = now
+            self.loop.call_later(SAVE_QUIET, self._save_when_quiet)
+
+    def _save_when_quiet(self):
+        if not self._save_pending:
+            return  # saved meanwhile (shutdown)
+        now = self.loop.clock()
+        quiet_at = self._save_last_change + SAVE_QUIET
+        if now < quiet_at and now < self._save_first_change + SAVE_MAX_DELAY:
+            self.loop.call_later(min(quiet_at, self._save_first_change + SAVE_MAX_DELAY) - now, self._save_when_quiet)
+            return
+        self._save_state_now()
 
     def _save_state_now(self):
         self._save_pending = False
@@ -3850,7 +3953,7 @@ def read_json_body(headers, rfile):
         raise BodyError(413, "body is %d bytes; the limit is %d" % (length, MAX_BODY))
     raw = rfile.read(length) if length else b""
     if len(raw) < length:
-        raise BodyError(400, "the body ended before Content-Length bytes (or took over %.0f s)" % READ_DEADLINE)
+        raise BodyError(400, "the body ended before Content-Length bytes")
     try:
         body = json.loads(raw.decode("utf-8")) if raw.strip() else None
     except UnicodeDecodeError:
@@ -4031,7 +4134,7 @@ def make_handler(server):
             http.server.BaseHTTPRequestHandler.handle(self)
 
         def handle_one_request(self):
-            self._deadline(READ_DEADLINE)
+            self._deadline(server.read_deadline)
             try:
                 http.server.BaseHTTPRequestHandler.handle_one_request(self)
             finally:
@@ -6426,14 +6529,13 @@ def cmd_status(args):
 def serve(socket_path, port=None, log_path=None, environ=None):
     """Run the server in the foreground until stopped, its tmux server exits, or a signal. -> exit code."""
     import signal
-    global _log_file
     env = os.environ if environ is None else environ
     explicit = port is not None or bool(env.get("OPENSESSIONS_PORT"))
     if port is None:
         port = _int(env.get("OPENSESSIONS_PORT"), DEFAULT_PORT) if env.get("OPENSESSIONS_PORT") else DEFAULT_PORT
     if log_path:
         ensure_private_dir(os.path.dirname(log_path))
-        _log_file = open(log_path, "a", buffering=1)
+        open_log(log_path)
     server = build_server(Tmux(socket_path), port, explicit, env)
     server.start()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -6452,6 +6554,8 @@ def build_server(tmux, port, explicit, environ):
     server.watchers = AgentWatchers(server, environ, recent_days=recent)
     if environ.get("OPENSESSIONS_LIST_HOURS"):
         server.store.recent_ms = int(float(environ["OPENSESSIONS_LIST_HOURS"]) * 3600 * 1000)
+    if environ.get("OPENSESSIONS_READ_DEADLINE"):
+        server.read_deadline = max(0.1, float(environ["OPENSESSIONS_READ_DEADLINE"]))
     server.sidebars = SidebarPanes(server, _self_command() + " sidebar")
     server.notifier = Notifier(server)
     server.tmux_options = TmuxOptions(server)
