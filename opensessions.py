@@ -361,7 +361,7 @@ def thread_visible(thread, now_ms_, recent_ms=RECENT_MS):
     return thread.alive or thread.unseen or now_ms_ - thread.updated_at <= recent_ms
 
 
-MAX_THREADS = 5000  # threads the server keeps; past it the least needed are forgotten (see threads_to_prune)
+MAX_THREADS = 2000  # threads the server keeps; past it the least needed are forgotten (see threads_to_prune)
 MAX_SESSION_THREADS = 50  # threads /state lists per session (alive, unseen and newest first)
 
 
@@ -2879,10 +2879,10 @@ class Store(object):
         out_sessions = []
         hidden, muted = set(self.ui["hidden"]), set(self.ui["muted"])
         for s in order_sessions(self.visible_sessions(), self.ui["order"]):
-            threads = sorted(by_session.get(s["name"], ()), key=lambda t: -t.updated_at)
+            threads = by_session.get(s["name"], ())
             if len(threads) > MAX_SESSION_THREADS:  # live and unseen ones first, then the newest
-                threads = sorted(threads, key=lambda t: (not t.alive and not t.unseen, -t.updated_at))
-                threads = sorted(threads[:MAX_SESSION_THREADS], key=lambda t: -t.updated_at)
+                threads = sorted(threads, key=lambda t: (t.alive or t.unseen, t.updated_at))[-MAX_SESSION_THREADS:]
+            threads = sorted(threads, key=lambda t: -t.updated_at)
             branch, dirty = self.git.get(s["id"], (None, None))
             meta = self.metadata.get(s["name"], {})
             shown = [t for t in threads if not t.hidden]
