@@ -3032,6 +3032,7 @@ class Server(object):
         self.git = GitProbe()
         self.httpd = None
         self.read_deadline = READ_DEADLINE
+        self.peer_uids = True  # False: act as where the kernel cannot name a peer (macOS): token only
         self.control = None
         self._control_buf = b""
         self._refresh_pending = False
@@ -4124,7 +4125,8 @@ def make_handler(server):
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            self.peer_uid = tcp_peer_uid(self.client_address, self.connection.getsockname())
+            self.peer_uid = tcp_peer_uid(self.client_address, self.connection.getsockname()) \
+                if server.peer_uids else None
 
         def handle(self):
             if self.peer_uid is not None and self.peer_uid != os.getuid():
@@ -6554,6 +6556,8 @@ def build_server(tmux, port, explicit, environ):
     server.watchers = AgentWatchers(server, environ, recent_days=recent)
     if environ.get("OPENSESSIONS_LIST_HOURS"):
         server.store.recent_ms = int(float(environ["OPENSESSIONS_LIST_HOURS"]) * 3600 * 1000)
+    if environ.get("OPENSESSIONS_PEER_CHECK") == "token":  # test the macOS way on Linux
+        server.peer_uids = False
     if environ.get("OPENSESSIONS_READ_DEADLINE"):
         server.read_deadline = max(0.1, float(environ["OPENSESSIONS_READ_DEADLINE"]))
     server.sidebars = SidebarPanes(server, _self_command() + " sidebar")

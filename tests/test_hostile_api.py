@@ -321,16 +321,25 @@ def test_peer_uid_is_read_from_the_kernel():
             s.close()
 
 
-def test_without_a_peer_uid_the_runtime_token_is_required(server, monkeypatch):
+def test_without_a_peer_uid_the_runtime_token_is_required(env, tmux):
     """Where the system cannot say who connected (macOS), clients send the runtime file's token."""
-    info = server.runtime.read()
-    assert len(info["token"]) == 32
-    srv = os_.Server.__new__(os_.Server)
-    srv.runtime = server.runtime
-    server.runtime.token = info["token"]
-    assert srv.token_ok(info["token"]) and not srv.token_ok("0" * 32) and not srv.token_ok(None)
-    assert os_.token_header(info["token"]) == "X-Opensessions-Token: %s\r\n" % info["token"]
-    assert os_.token_header("bad\r\nX: y") == ""
+    from conftest import ServerProc
+    srv = ServerProc(env, tmux, extra_env={"OPENSESSIONS_PEER_CHECK": "token"})
+    try:
+        token = srv.runtime.read()["token"]
+        assert len(token) == 32
+        status, body = srv.get("/state")
+        assert status == 403 and b"X-Opensessions-Token" in body
+        assert os_.Client(srv.port, token="0" * 32).request("GET", "/state")[0] == 403
+        assert os_.Client(srv.port, token=token).request("GET", "/state")[0] == 200
+        # our own CLI finds the token in the runtime file
+        r = srv.cli("set-status", "main", "via token")
+        assert r.returncode == 0, r.stderr
+        state = json.loads(os_.Client(srv.port, token=token).request("GET", "/state")[1])
+        assert next(s for s in state["sessions"] if s["name"] == "main")["metadata"]["status"]["text"] == "via token"
+        assert os_.token_header("bad\r\nX: y") == ""
+    finally:
+        srv.stop()
 
 
 # -- hooks and the runtime dir ---------------------------------------------------------------------
