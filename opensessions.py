@@ -252,19 +252,19 @@ def finite_number(value):
     return isinstance(value, int) or value - value == 0
 
 
-def clean_json(value, depth=0):
+def clean_json(value, max_depth=32):
     """A JSON value read from a file made safe to keep and re-encode: strings valid, non-finite
-    numbers dropped (None), nesting bounded."""
+    numbers dropped (None), nesting past max_depth dropped."""
     if isinstance(value, str):
         return clean_str(value)
     if isinstance(value, float) and not finite_number(value):
         return None
-    if depth > 32:
+    if isinstance(value, (dict, list, tuple)) and max_depth <= 0:
         return None
     if isinstance(value, dict):
-        return {clean_str(k): clean_json(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list):
-        return [clean_json(v, depth + 1) for v in value]
+        return {clean_str(k): clean_json(v, max_depth - 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v, max_depth - 1) for v in value]
     return value
 
 
@@ -274,7 +274,7 @@ def encode_json(doc):
     try:
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (ValueError, UnicodeEncodeError):
-        return json.dumps(clean_json(doc, -10 ** 6), separators=(",", ":"), ensure_ascii=False,
+        return json.dumps(clean_json(doc, 100), separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False).encode("utf-8")
 
 
