@@ -3927,8 +3927,8 @@ ROUTES = {
     "/mute": "api_mute",
 }
 GET_ROUTES = ("/", "/state", "/events", "/health")
-MAX_CONNECTIONS = 200  # open connections (one thread and one fd each); more get a 503
-MAX_SSE_CLIENTS = 100  # of which /events streams
+MAX_CONNECTIONS = 500  # open connections (one thread and one fd each); more get a 503
+MAX_SSE_CLIENTS = 400  # of which /events streams
 READ_DEADLINE = 10.0  # seconds to send a request's line, headers and body (and to start the next one)
 WRITE_TIMEOUT = 30.0  # a client that reads nothing for this long is dropped
 TOKEN_HEADER = "X-Opensessions-Token"
