@@ -947,6 +947,8 @@ def classify_agent_process(comm, args):
     Codex's app-server daemon (it is not in a pane). Codex's node wrapper and its native child are
     both 'codex' (the caller keeps the top-most one per pane).
     """
+    if len(args) >= 2 and os.path.basename(args[0]) in ("sh", "bash", "dash") and os.path.basename(args[1]) in AGENTS:
+        args = args[1:]  # a script named like the agent, run by its #! shell: its own argv follows
     argv0 = os.path.basename(args[0]) if args else ""
     rest = args[1:] if args else []
     names = {comm, argv0}
@@ -4122,16 +4124,23 @@ def resurrect_escape(text):
     return CONTROL_CHARS.sub(lambda m: "\\x%02x" % ord(m.group()), str(text))
 
 
+def pane_problem(rec):
+    """Why a record's pane fields (session, window, paneIndex) name no pane, or None. Pure."""
+    if not isinstance(rec.get("session"), str) or not rec["session"]:
+        return "no session name"
+    for key in ("window", "paneIndex"):
+        if not isinstance(rec.get(key), int) or isinstance(rec.get(key), bool) or rec[key] < 0:
+            return "%s is not a pane number (%r)" % (key, rec.get(key))
+    return None
+
+
 def record_problem(rec, pane=True):
     """Why a restore record cannot be used (wrong types, unknown agent, bad id, control characters),
     or None. pane=False: the pane fields (session, window, paneIndex) are not needed. Pure."""
     if not isinstance(rec, dict):
         return "not an object (%s)" % type(rec).__name__
-    if pane and (not isinstance(rec.get("session"), str) or not rec["session"]):
-        return "no session name"
-    for key in ("window", "paneIndex") if pane else ():
-        if not isinstance(rec.get(key), int) or isinstance(rec.get(key), bool) or rec[key] < 0:
-            return "%s is not a pane number (%r)" % (key, rec.get(key))
+    if pane and pane_problem(rec):
+        return pane_problem(rec)
     agent = rec.get("agent")
     if agent not in AGENTS:
         return "unknown agent %r" % (agent,)
@@ -4844,7 +4853,9 @@ class Resurrect(object):
             return False
         problem = record_problem(rec)
         if problem:
-            return skip("record %d" % n, problem)
+            pane_ok = isinstance(rec, dict) and not pane_problem(rec)
+            return skip("record %d (=%s:%s.%s)" % (n, rec["session"], rec["window"], rec["paneIndex"])
+                        if pane_ok else "record %d" % n, problem)
         target = "=%s:%s.%s" % (rec["session"], rec["window"], rec["paneIndex"])
         agent, tid, cwd = rec["agent"], rec["id"], rec.get("cwd")
         typed_rec, notes = dict(rec), []
