@@ -88,6 +88,15 @@ def rebuild(w, panes):
                     in os_.SHELLS and w.tmux.run("capture-pane", "-p", "-t", target).strip())
 
 
+def agent_pid(w, target):
+    """The agent process in that pane (this test's tmux only: other tests run fake agents too)."""
+    root = int(w.tmux.run("display-message", "-p", "-t", target, "#{pane_pid}"))
+    table = os_.process_table()
+    found = os_.agent_in_tree(root, table, os_.children_index(table))
+    assert found, "no agent in %s" % target
+    return found[1]
+
+
 def restore(w, *args):
     r = w.cli("restore", *args)
     assert r.returncode == 0, r.stderr
@@ -283,8 +292,7 @@ def test_tar_cli_args_plain_words_and_only_captured_env(world):
     assert "are not shell-quoted; split at spaces as TAR wrote them" in log
     assert "env timestamp not set again" in log
     assert "MY_VENV='/venv/a b' command claude --model opus --append-system-prompt 'don'\"'\"'t' --resume" in log
-    pid = next(p.pid for p in os_.process_table().values() if p.comm == "claude"
-               and "--resume" in os_.process_args(p.pid))
+    pid = agent_pid(w, "=tar:0.0")
     environ = open("/proc/%d/environ" % pid, "rb").read().split(b"\0")
     assert b"MY_VENV=/venv/a b" in environ
     assert not [e for e in environ if e.startswith((b"shell=", b"tmux_pane=", b"timestamp=", b"NODE_ENV="))]
