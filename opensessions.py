@@ -4578,6 +4578,7 @@ class Resurrect(object):
         elif word:
             env_path = self._environ(pid, ["PATH"]).get("PATH")
             path = shutil.which(word, path=env_path) if env_path else None
+            path = path if path and os.path.isabs(path) else None  # a relative PATH entry: not ours to resolve
         if not path:
             try:
                 exe = os.readlink("/proc/%d/exe" % pid)
