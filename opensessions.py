@@ -4893,6 +4893,8 @@ class Resurrect(object):
             return skip(target, why + "; left the shell")
         if dry_run:
             out("%s\t%s" % (resurrect_escape(target), resurrect_escape(command)))
+            for note in notes:
+                self.log("restore: %s: (dry run) %s" % (target, note))
             return False
         if not self.wait_for_prompt(target):
             return skip(target, "the shell did not show a prompt")
