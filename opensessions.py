@@ -4867,15 +4867,25 @@ def wrap(text, width):
     return lines
 
 
-def terminal_charset(environ):
+def terminal_charset(environ, python_chose_utf8=False):
     """'unicode' or 'ascii' from the locale the terminal has (LC_ALL, LC_CTYPE, LANG, as the C
-    library reads them), not from Python's preferred encoding: Python's UTF-8 mode claims UTF-8
-    under LANG=C. Pure."""
+    library reads them), not from Python's preferred encoding. Under LANG=C Python turns on its
+    UTF-8 mode by itself and sets LC_CTYPE=C.UTF-8 in its own environment (PEP 538, 540):
+    `python_chose_utf8` says it did, and then the terminal's locale was C. Pure."""
+    if python_chose_utf8:
+        return "ascii"
     for name in ("LC_ALL", "LC_CTYPE", "LANG"):
         value = environ.get(name)
         if value:
             return "unicode" if re.search(r"utf-?8", value, re.I) else "ascii"
     return "ascii"
+
+
+def _python_chose_utf8(environ):
+    """True when this Python runs in UTF-8 mode because its start-up locale was C or POSIX (not
+    because PYTHONUTF8 or -X utf8 asked for it; from 3.15 the mode is the default and says nothing)."""
+    return bool(sys.flags.utf8_mode) and not environ.get("PYTHONUTF8") and \
+        "utf8" not in getattr(sys, "_xoptions", {}) and sys.version_info < (3, 15)
 
 
 class SidebarModel(object):
@@ -5632,7 +5642,7 @@ class SidebarApp(object):
         import locale
         os.environ.setdefault("ESCDELAY", "25")
         locale.setlocale(locale.LC_ALL, "")
-        self.model = SidebarModel(charset=terminal_charset(os.environ))
+        self.model = SidebarModel(charset=terminal_charset(os.environ, _python_chose_utf8(os.environ)))
         self.stream.start()
         try:
             curses.wrapper(self._main)
