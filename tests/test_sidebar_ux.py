@@ -151,7 +151,6 @@ def test_resize_redraws_without_waiting_for_an_event(env, tmux, one_event):
 
 def test_help_wraps_to_the_width_with_a_glyph_legend(shown, tmux):
     sb = sidebar_of(tmux, "work")
-    tmux.run("resize-pane", "-t", sb, "-y", "60")  # room for the whole help (a tall pane, not a scroll)
     tmux.run("send-keys", "-t", sb, "?")
     text = grab(tmux, sb, lambda lines: any("any other key" in l for l in lines))
     keep("help-32", text)
@@ -221,8 +220,23 @@ def test_new_sidebar_and_prefix_o_s_select_the_clients_session(shown, tmux, atta
     tmux.run("send-keys", "-t", sb, "x")
     grab(tmux, sb, lambda lines: "kill session my new project?" in lines)
     tmux.run("send-keys", "-t", sb, "n")
-    # focusing the sidebar kept the window's name (automatic-rename would say python3)
-    assert tmux.run("display-message", "-p", "-t", "=my new project:0", "#{window_name}").strip() != "python3"
+    # focusing the sidebar keeps the window's name: automatic-rename's format, evaluated with the
+    # sidebar as the active pane, is the window's name, not python3
+    name = tmux.run("display-message", "-p", "-t", sb, "#{window_name}").strip()
+    assert name != "python3"
+    assert tmux.run("display-message", "-p", "-t", sb, "#{E:automatic-rename-format}").strip() == name
+
+
+
+def test_uninstall_tmux_gives_back_the_rename_format(tmux, bound):
+    default = "#{?pane_in_mode,[tmux],#{pane_current_command}}#{?pane_dead,[dead],}"
+    assert tmux.run("show-options", "-gv", "automatic-rename-format").strip() == os_.RENAME_GUARD + default + "}"
+    r = bound.cli("tmux-setup")  # twice: wrapped once
+    assert r.returncode == 0, r.stderr
+    assert tmux.run("show-options", "-gv", "automatic-rename-format").strip() == os_.RENAME_GUARD + default + "}"
+    r = bound.cli("uninstall-tmux")
+    assert r.returncode == 0, r.stderr
+    assert tmux.run("show-options", "-gv", "automatic-rename-format").strip() == default
 
 
 def test_prefix_o_keys_never_open_view_mode(shown, tmux, attach, bound):
