@@ -6481,7 +6481,7 @@ def cmd_uninstall(args):
 def next_attention(queue, here_pane, here_session):
     """The stop after the one the client is at on the tour of threads that need you (the queue from
     attention_queue), coming round at the end; the first when it is elsewhere.
-    -> (destination, session, thread, touring) or None. Pure."""
+    -> (destination, session, thread) or None. Pure."""
     stops = []
     for session, t in queue:
         dest = t["pane"] if t.get("alive") and t.get("pane") else "=" + session
@@ -6489,15 +6489,15 @@ def next_attention(queue, here_pane, here_session):
             stops.append((dest, session, t))
     at = next((i for i, (d, _, _) in enumerate(stops) if d in (here_pane, "=" + here_session)), None)
     if at is None:
-        return (stops[0] + (False,)) if stops else None
+        return stops[0] if stops else None
     if len(stops) == 1:
         return None
-    return stops[(at + 1) % len(stops)] + (True,)
+    return stops[(at + 1) % len(stops)]
 
 
 def cmd_next(args):
     """Switch to the next thread needing attention (waiting, error, unseen finished; oldest first),
-    round the whole list; remembering where you were before the tour, which --back returns to."""
+    round the whole list; remembering where you were, which --back returns to."""
     tmux = _tmux(args)
     target = ["-c", args.client] if args.client else []
     if args.back:
@@ -6512,9 +6512,8 @@ def cmd_next(args):
     if stop is None:
         print("nothing (else) needs you")
         return 0
-    dest, session, t, touring = stop
-    if not touring:
-        tmux.run("set-option", "-g", "@opensessions-return", here_pane)
+    dest, session, t = stop
+    tmux.run("set-option", "-g", "@opensessions-return", here_pane)
     tmux.run("switch-client", *(target + ["-t", dest]))
     print("%s: %s %s" % (session, t["agent"], t["status"]))
     return 0
@@ -6840,7 +6839,7 @@ def _command_table():
         ("switch", cmd_switch, "switch to the session at place N in the sidebar's list",
          [(("n",), dict(type=int, help="the session's number in the list (1 is the first)")), client, display]),
         ("next", cmd_next, "switch to the next thread that needs you, oldest first (--back: return)",
-         [(("--back",), dict(action="store_true", help="go back to where the tour of `next` started")),
+         [(("--back",), dict(action="store_true", help="go back to where the last `next` came from")),
           client, display]),
         ("mute", cmd_mute, "mute (or --off: unmute) a session's notifications",
          [session, (("--off",), dict(action="store_true", help="unmute"))]),

@@ -276,7 +276,7 @@ def test_next_visits_every_thread_that_needs_you_and_comes_round(server, tmux, a
     assert seen == ["a", "b", "c", "a"]
     r = server.cli("next", "--back", "-c", cname)
     assert r.returncode == 0
-    retry_until(lambda: client_session(tmux) == "main")  # where the tour started
+    retry_until(lambda: client_session(tmux) == "c")  # where the last jump came from
 
 
 def test_next_attention_order_is_a_round():
