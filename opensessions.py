@@ -5788,14 +5788,20 @@ class SidebarApp(object):
         """Esc, or the focus-in report ESC [ I (which `opensessions focus` sends): -> actions."""
         import curses
         more = ""
-        for _ in range(2):
-            try:
-                ch = self.scr.get_wch()
-            except curses.error:
-                break
-            if not isinstance(ch, str):
-                break
-            more += ch
+        self.scr.timeout(30)  # the rest of a report is on its way; a lone Esc waits 30 ms
+        try:
+            for _ in range(2):
+                try:
+                    ch = self.scr.get_wch()
+                except curses.error:
+                    break
+                if not isinstance(ch, str) or (not more and ch != "["):
+                    if isinstance(ch, str):
+                        more += ch
+                    break
+                more += ch
+        finally:
+            self.scr.nodelay(True)
         if more == "[I":
             return self.model.key("FOCUS")
         if more == "[O":

@@ -217,6 +217,10 @@ def test_new_sidebar_and_prefix_o_s_select_the_clients_session(shown, tmux, atta
     prefix_o(tmux, client, b"s")
     retry_until(lambda: tmux.run("display-message", "-p", "-t", sb, "#{pane_active}").strip() == "1",
                 message="not focused: %r %r" % (client.output[-600:], tmux.run("list-keys", "-T", "opensessions")))
+    # the focus report arrives after the pane is active: wait for its row to be the selected one
+    sel = "48;5;%d" % os_.rgb_to_256(os_.hex_to_rgb(os_.THEMES["catppuccin-mocha"]["sel"]))
+    retry_until(lambda: any(sel in l and "my new project" in l
+                            for l in tmux.run("capture-pane", "-p", "-e", "-t", sb).splitlines()))
     tmux.run("send-keys", "-t", sb, "x")
     grab(tmux, sb, lambda lines: "kill session my new project?" in lines)
     tmux.run("send-keys", "-t", sb, "n")
@@ -248,7 +252,7 @@ def test_prefix_o_keys_never_open_view_mode(shown, tmux, attach, bound):
         prefix_o(tmux, client, key)
         retry_until(lambda: ("message: opensessions: " + said if said != "nothing (else) needs you" else
                              "message: " + said) in tmux.run("show-messages"),
-                    message="%r not shown on the status line" % said)
+                    message="%r not shown on the status line" % said, timeout=10)
         assert "1" not in in_mode()
     prefix_o(tmux, client, b"2")
     retry_until(lambda: client_session(tmux) == "work")
