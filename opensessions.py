@@ -5387,6 +5387,15 @@ def _render_session(scr, s):
         pieces.extend(badges)
     pieces.extend(unseen)
     scr.line(item, [(t, "sel" if selected and st in ("fg", "muted") else st) for t, st in pieces])
+    _render_metadata(scr, s, item)
+    if model.filter_mode == "attention":
+        _render_attention_threads(scr, s)
+
+
+def _render_metadata(scr, s, item):
+    """A session's own rows under its name, each cut to the width: branch, status pill, progress
+    bar with its label, newest log line."""
+    g, w = scr.g, scr.w
     indent = "   "
     if s.get("branch"):
         scr.line(item, [(indent + s["branch"] + ("*" if s.get("dirty") else ""), "muted")])
@@ -5406,15 +5415,18 @@ def _render_session(scr, s):
     logs = meta.get("logs") or []
     if logs:
         scr.line(item, _log_pieces(scr, logs[-1], indent))
-    if model.filter_mode == "attention":
-        # the recently relevant threads: active ones and those finished since you last looked
-        for t in s.get("threads", []):
-            if t["status"] in ACTIVE_STATUSES or t.get("unseen") or t["status"] in ("waiting", "error"):
-                glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, scr.charset)
-                status_text = t["status"] + ("#%s" % t["attempt"] if t.get("attempt") else "")
-                scr.line(("thread", s["name"], t["agent"], t["id"]),
-                         [("   " + glyph + " ", style), ((t.get("title") or t["agent"]) + " ", "fg"),
-                          ("%s %s" % (status_text, age_text(t.get("updatedAt"), scr.now)), "muted")])
+
+
+def _render_attention_threads(scr, s):
+    """In the attention filter: the recently relevant threads, active ones and those finished
+    since you last looked."""
+    for t in s.get("threads", []):
+        if t["status"] in ACTIVE_STATUSES or t.get("unseen") or t["status"] in ("waiting", "error"):
+            glyph, style = _badge(t["status"], t.get("unseen"), scr.g, scr.model.frame, scr.charset)
+            status_text = t["status"] + ("#%s" % t["attempt"] if t.get("attempt") else "")
+            scr.line(("thread", s["name"], t["agent"], t["id"]),
+                     [("   " + glyph + " ", style), ((t.get("title") or t["agent"]) + " ", "fg"),
+                      ("%s %s" % (status_text, age_text(t.get("updatedAt"), scr.now)), "muted")])
 
 
 def _log_pieces(scr, entry, indent):

@@ -9,7 +9,7 @@ import pytest
 
 import opensessions as os_
 from conftest import PYTHON, SCRIPT, retry_until
-from test_sidebar import shown, sidebars, screen, windows, snapshot, th, texts  # noqa: F401  (fixture)
+from test_sidebar import shown, sidebars, screen, snapshot, th, texts  # noqa: F401  (shown: a fixture)
 
 LONG_BRANCH = "feature/a-very-long-branch-name-for-the-login-rework"
 
