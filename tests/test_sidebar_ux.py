@@ -368,7 +368,10 @@ def test_clicking_a_port_opens_it_or_says_what_is_missing(monkeypatch):
 def test_numbers_in_filtered_views_match_prefix_o_n(shown, tmux):
     sb = sidebar_of(tmux, "work")
     work_pane = next(p["id"] for p in shown.session("work")["windows"][0]["panes"] if not p["sidebar"])
-    shown.post("/api/agent-event", {"agent": "claude", "status": "waiting", "threadId": "t1", "paneId": work_pane})
+    r = shown.post("/api/agent-event", {"agent": "claude", "status": "waiting", "threadId": "t1", "paneId": work_pane,
+                                        "threadName": "fix login"})
+    assert r[0] < 300, r
+    grab(tmux, sb, lambda lines: any("fix login" in l for l in lines))
     tmux.run("send-keys", "-t", sb, "f")  # only sessions with agents: work, the second in the list
     text = grab(tmux, sb, lambda lines: any("[agents]" in l for l in lines))
     assert any(l[1:].startswith("2 work") for l in text.splitlines()), text
