@@ -362,3 +362,31 @@ def test_session_total_in_state_status_and_usage_cli(labenv, tmux):
         assert bad.returncode != 0 and b"--since" in bad.stderr
     finally:
         srv.stop()
+
+
+# -- the sidebar ---------------------------------------------------------------------------------
+
+def test_sidebar_shows_session_cost_on_its_row_and_usage_in_the_detail():
+    from test_sidebar import snapshot, texts, th
+    u1 = {"input": 12000, "output": 3100, "cacheRead": 40000, "cacheWrite": 0, "cost": 0.42, "contextPct": 45}
+    u2 = {"input": 500, "output": 20, "cacheRead": 0, "cacheWrite": 0, "cost": None, "contextPct": None}
+    a, b = dict(th("claude", "a", "done"), usage=u1), dict(th("codex", "b", "running"), usage=u2)
+    doc = snapshot(("api", [a, b]), ("web", [th("opencode", "c", "idle")]))
+    doc["sessions"][0]["usage"] = os_.usage_total([u1, u2])
+    doc["sessions"][1]["usage"] = None
+    for width in (20, 32, 60):
+        m = os_.SidebarModel(own_session="api")
+        m.set_state(doc)
+        lines = texts(os_.render(m, width, 30, now=0))
+        assert all(os_.display_width(l) <= width for l in lines)
+        row = next(l for l in lines if l.startswith("▌1 api"))
+        if width >= 32:
+            assert row.rstrip().endswith("$0.42 ✓⠋")  # the total, then the badges
+        assert "$0.42 12.0k in 3.1k out 40.0k cache ctx 45%" in "\n".join(lines) or width < 40
+        assert not any("$" in l for l in lines if l.startswith(" 2 web"))  # no usage: nothing shown
+    m = os_.SidebarModel(own_session="api")
+    m.set_state(doc)
+    lines = texts(os_.render(m, 60, 30, now=0))
+    assert "  $0.42 12.0k in 3.1k out 40.0k cache ctx 45%" in lines
+    assert "  500 in 20 out" in lines  # unknown price: tokens only
+    assert "total $0.42 12.5k in 3.1k out 40.0k cache (partial)" in lines
