@@ -3249,6 +3249,8 @@ class RuntimeFiles(object):
 
 
 PRUNE_INTERVAL = 60.0  # seconds between looks for threads to forget
+USAGE_HISTORY_DAYS = 90  # forgotten threads' usage is kept this long (usage-<socket>.json)
+USAGE_HISTORY_MAX = 20000
 SAVE_QUIET = 1.0  # the state file is written once changes pause this long ...
 SAVE_MAX_DELAY = 5.0  # ... or this long after the first unsaved change, whichever comes first
 
@@ -3268,6 +3270,7 @@ class Server(object):
         key = socket_key(tmux.socket_path)
         self.state_path = os.path.join(state_dir(self.environ), "state-%s.json" % key)
         self.ui_path = os.path.join(config_dir(self.environ), "ui.json")
+        self.usage_path = os.path.join(state_dir(self.environ), "usage-%s.json" % key)
         self.git = GitProbe()
         self.httpd = None
         self.read_deadline = READ_DEADLINE
@@ -3998,8 +4001,11 @@ class Server(object):
     def prune_threads(self):
         """Forget threads /state would not list and that nobody needs (threads_to_prune)."""
         drop = threads_to_prune(list(self.store.threads.values()), now_ms(self.clock), self.store.recent_ms)
+        gone = [self.store.threads[key] for key in drop if self.store.threads[key].usage]
         for key in drop:
             del self.store.threads[key]
+        if gone:
+            self.record_usage_history(gone)
         if drop:
             self.store.touch()
             self._schedule_save()
@@ -4011,6 +4017,31 @@ class Server(object):
             self.publish()
         finally:
             self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
+
+    def record_usage_history(self, threads):
+        """Forgotten threads' usage goes to usage-<socket>.json, for `opensessions usage --since 30d`
+        (one entry per thread, replaced when the same thread is forgotten again; 90 days, 20,000 kept)."""
+        try:
+            data = read_json_file(self.usage_path, {})
+        except OpensessionsError as e:
+            log("%s; starting a new usage history" % e)
+            data = {}
+        entries = data.get("threads") if isinstance(data, dict) and isinstance(data.get("threads"), list) else []
+        keep = {}
+        for e in entries:
+            if isinstance(e, dict) and isinstance(e.get("agent"), str) and isinstance(e.get("id"), str):
+                keep[(e["agent"], e["id"])] = e
+        for t in threads:
+            keep[t.key] = {"agent": t.agent, "id": t.id, "session": t.session, "model": t.model,
+                           "title": t.title, "updatedAt": t.updated_at, "usage": t.usage}
+        horizon = now_ms(self.clock) - USAGE_HISTORY_DAYS * 86400 * 1000
+        kept = sorted((e for e in keep.values() if _int(e.get("updatedAt")) >= horizon),
+                      key=lambda e: _int(e.get("updatedAt")))[-USAGE_HISTORY_MAX:]
+        try:
+            ensure_private_dir(os.path.dirname(self.usage_path))
+            atomic_write(self.usage_path, encode_json({"threads": kept}))
+        except (OSError, OpensessionsError) as e:
+            log("cannot save usage history to %s: %s" % (self.usage_path, e))
 
     def on_thread_status(self, thread, old_status):
         """A thread changed status: tell the notifier (after this change is applied)."""
@@ -7469,14 +7500,15 @@ def status_lines(state, now=None):
             for r in rows]
 
 
-def usage_threads(state, saved=None):
-    """Every thread with usage we know of: /state's (sessions' and orphans'), and those the server's
-    saved file keeps (7 days, hidden helpers included) that /state no longer lists. -> list of dicts
-    with "session"."""
+def usage_threads(state, saved=None, history=None):
+    """Every thread with usage we know of: /state's (sessions' and orphans'), those the server's
+    saved file keeps (hidden helpers included) that /state no longer lists, and forgotten ones from
+    the usage history (90 days). The freshest figure of a thread wins. -> list of dicts with "session"."""
     out = {}
-    for t in (saved or {}).get("threads", []) if isinstance(saved, dict) else ():
-        if isinstance(t, dict) and isinstance(t.get("usage"), dict) and isinstance(t.get("agent"), str):
-            out[(t["agent"], t.get("id"))] = dict(t)
+    for doc in (history, saved):
+        for t in doc.get("threads", []) if isinstance(doc, dict) and isinstance(doc.get("threads"), list) else ():
+            if isinstance(t, dict) and isinstance(t.get("usage"), dict) and isinstance(t.get("agent"), str):
+                out[(t["agent"], t.get("id"))] = dict(t)
     for s in state.get("sessions", []):
         for t in s.get("threads", []):
             out[(t["agent"], t["id"])] = dict(t, session=s["name"])
@@ -7535,14 +7567,15 @@ def parse_since(text, now_ms_):
 
 def cmd_usage(args):
     state = _get_state(args)
-    saved = None
-    try:
-        path = os.path.join(state_dir(), "state-%s.json" % socket_key(_socket_from_args(args)))
-        saved = read_json_file(path, {})
-    except (OpensessionsError, OSError):
-        saved = None  # the saved file only adds older threads: /state alone still answers
+    docs = []
+    key = socket_key(_socket_from_args(args))
+    for name in ("usage-%s.json" % key, "state-%s.json" % key):
+        try:
+            docs.append(read_json_file(os.path.join(state_dir(), name), {}))
+        except (OpensessionsError, OSError):
+            docs.append(None)  # these only add older threads: /state alone still answers
     now = now_ms()
-    report = usage_report(usage_threads(state, saved), parse_since(args.since, now), now)
+    report = usage_report(usage_threads(state, docs[1], docs[0]), parse_since(args.since, now), now)
     if args.json:
         sys.stdout.write(json.dumps(report) + "\n")
         return 0
@@ -8001,7 +8034,7 @@ def _command_table():
          [(("--json",), dict(action="store_true", help="print the whole /state document instead"))]),
         ("usage", cmd_usage, "tokens and cost by agent, session and day",
          [(("--since",), dict(default="1d", help="how far back: 1d (default), 7d, 12h; threads count on the "
-                                                   "day they were last active; the server keeps 7 days")),
+                                                   "day they were last active; the server keeps 90 days")),
           (("--json",), dict(action="store_true", help="print the report as JSON"))]),
         ("set-status", cmd_set_status, "set (or --clear) a session's status pill",
          [session, (("text",), dict(nargs="?", help="the pill's text")), (("--tone",), tone),

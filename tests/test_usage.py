@@ -358,6 +358,14 @@ def test_session_total_in_state_status_and_usage_cli(labenv, tmux):
         recent = [t for t in os_.usage_threads(srv.state()) if t["updatedAt"] >= day["since"]]
         assert 0 < day["threads"] == len(recent) < report["threads"]
         assert day["total"]["input"] == sum(t["usage"]["input"] for t in recent)
+        # threads the server forgot come from its usage history
+        hist = os.path.join(labenv.vars["XDG_STATE_HOME"], "opensessions", "usage-%s.json" % os_.socket_key(tmux.socket))
+        with open(hist, "w") as f:
+            json.dump({"threads": [{"agent": "codex", "id": "gone", "session": "old", "updatedAt": report["since"] + 86400000,
+                                    "usage": {"input": 5, "output": 5, "cacheRead": 0, "cacheWrite": 0,
+                                              "cost": 1.5, "contextPct": None}}]}, f)
+        again = json.loads(srv.cli("usage", "--since", "100000d", "--json").stdout.decode())
+        assert again["sessions"].get("old", {}).get("cost") == 1.5 and again["threads"] == report["threads"] + 1, (os.listdir(os.path.dirname(hist)), hist, again)
         bad = srv.cli("usage", "--since", "yesterday")
         assert bad.returncode != 0 and b"--since" in bad.stderr
     finally:
@@ -390,3 +398,39 @@ def test_sidebar_shows_session_cost_on_its_row_and_usage_in_the_detail():
     assert "  $0.42 12.0k in 3.1k out 40.0k cache ctx 45%" in lines
     assert "  500 in 20 out" in lines  # unknown price: tokens only
     assert "total $0.42 12.5k in 3.1k out 40.0k cache (partial)" in lines
+
+
+# -- the usage history (threads the server forgot) ----------------------------------------------------
+
+class _FakeServer(object):
+    record_usage_history = os_.Server.record_usage_history
+
+    def __init__(self, path, now):
+        self.usage_path = path
+        self.clock = lambda: now
+
+
+def test_forgotten_threads_usage_is_kept_once_per_thread_for_90_days(tmp_path):
+    now = 1795312000.0
+    srv = _FakeServer(str(tmp_path / "state" / "usage-x.json"), now)
+    u = {"input": 10, "output": 1, "cacheRead": 0, "cacheWrite": 0, "cost": 0.5, "contextPct": None}
+
+    def thread(tid, days_ago, cost):
+        t = os_.Thread("claude", tid, session="api", model="m", updated_at=int((now - days_ago * 86400) * 1000))
+        t.usage = dict(u, cost=cost)
+        return t
+    srv.record_usage_history([thread("a", 1, 0.5), thread("old", 91, 9.0)])
+    srv.record_usage_history([thread("a", 0.5, 0.75), thread("b", 2, 0.25)])  # a again: replaced, not added
+    data = json.load(open(srv.usage_path))
+    assert [(e["id"], e["usage"]["cost"]) for e in data["threads"]] == [("b", 0.25), ("a", 0.75)]
+    rep = os_.usage_report(os_.usage_threads({"sessions": [], "threads": []}, None, data),
+                           int((now - 7 * 86400) * 1000), int(now * 1000))
+    assert rep["threads"] == 2 and rep["total"]["cost"] == 1.0 and rep["sessions"]["api"]["threads"] == 2
+    # /state's figure for a thread wins over the history's
+    state = {"sessions": [{"name": "web", "threads": [dict(data["threads"][1], usage=dict(u, cost=2.0))]}], "threads": []}
+    rep = os_.usage_report(os_.usage_threads(state, None, data), 0, int(now * 1000))
+    assert rep["total"]["cost"] == 2.25 and rep["sessions"]["web"]["threads"] == 1
+    # a corrupt file is replaced, not fatal
+    open(srv.usage_path, "w").write("{nope")
+    srv.record_usage_history([thread("c", 1, 0.1)])
+    assert [e["id"] for e in json.load(open(srv.usage_path))["threads"]] == ["c"]
