@@ -6505,6 +6505,8 @@ def token_text(n):
     n = n or 0
     if n >= 10 ** 6:
         return "%.1fM" % (n / 1e6)
+    if n >= 10 ** 5:
+        return "%dk" % round(n / 1e3)
     if n >= 10 ** 3:
         return "%.1fk" % (n / 1e3)
     return "%d" % n
@@ -6522,14 +6524,15 @@ def cost_text(cost, row=False):
 
 
 def usage_text(u):
-    """One thread's (or session's) usage in a line: '$0.42 12k in 3.1k out 40k cache ctx 45%'."""
+    """One thread's (or session's) usage in a line, what matters first (a narrow sidebar cuts the
+    end): '$0.42 ctx 45% 12k in 3.1k out 40k cache'."""
     parts = [cost_text(u.get("cost"))] if u.get("cost") is not None else []
+    if u.get("contextPct") is not None:
+        parts.append("ctx %d%%" % u["contextPct"])
     parts.append("%s in %s out" % (token_text(u.get("input")), token_text(u.get("output"))))
     cache = (u.get("cacheRead") or 0) + (u.get("cacheWrite") or 0)
     if cache:
         parts.append("%s cache" % token_text(cache))
-    if u.get("contextPct") is not None:
-        parts.append("ctx %d%%" % u["contextPct"])
     if u.get("partial"):
         parts.append("(partial)")
     return " ".join(parts)

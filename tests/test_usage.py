@@ -233,7 +233,7 @@ def test_session_total_and_texts():
     assert (t["input"], t["output"], t["cacheRead"], t["cost"], t["partial"]) == (1500, 15, 2000, 0.25, True)
     assert os_.usage_total([a])["partial"] if "partial" in os_.usage_total([a]) else True
     assert "partial" not in os_.usage_total([a])
-    assert os_.usage_text(a) == "$0.25 1.0k in 10 out ctx 40%"
+    assert os_.usage_text(a) == "$0.25 ctx 40% 1.0k in 10 out"
     assert os_.cost_text(0, row=True) == "" and os_.cost_text(0.004, row=True) == "<$0.01"
     assert os_.cost_text(0.000296) == "$0.0003" and os_.cost_text(123.4) == "$123"
 
@@ -390,12 +390,12 @@ def test_sidebar_shows_session_cost_on_its_row_and_usage_in_the_detail():
         row = next(l for l in lines if l.startswith("▌1 api"))
         if width >= 32:
             assert row.rstrip().endswith("$0.42 ✓⠋")  # the total, then the badges
-        assert "$0.42 12.0k in 3.1k out 40.0k cache ctx 45%" in "\n".join(lines) or width < 40
+        assert "$0.42 ctx 45% 12.0k in 3.1k out 40.0k cache" in "\n".join(lines) or width < 40
         assert not any("$" in l for l in lines if l.startswith(" 2 web"))  # no usage: nothing shown
     m = os_.SidebarModel(own_session="api")
     m.set_state(doc)
     lines = texts(os_.render(m, 60, 30, now=0))
-    assert "  $0.42 12.0k in 3.1k out 40.0k cache ctx 45%" in lines
+    assert "  $0.42 ctx 45% 12.0k in 3.1k out 40.0k cache" in lines
     assert "  500 in 20 out" in lines  # unknown price: tokens only
     assert "total $0.42 12.5k in 3.1k out 40.0k cache (partial)" in lines
 
