@@ -208,6 +208,21 @@ def test_opencode_cost_is_the_agents_even_for_a_priced_model():
     assert u["cost"] == 0.5
 
 
+# -- Amp (unverified: no capture; the documented shape) ----------------------------------------------
+
+def test_amp_usage_from_the_documented_message_usage():
+    doc = {"id": "T-1", "created": 1, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": [], "state": {"type": "complete", "stopReason": "end_turn"},
+         "usage": {"model": "claude-sonnet-4-20250514", "inputTokens": 10, "outputTokens": 200,
+                   "cacheReadInputTokens": 30000, "cacheCreationInputTokens": 4000, "maxInputTokens": 168000}}]}
+    st = os_.amp_thread_state(doc)
+    u = os_.usage_json(st["usage"], st["model"])
+    assert (u["input"], u["output"], u["cacheRead"], u["cacheWrite"]) == (10, 200, 30000, 4000)
+    assert u["contextPct"] == 20 and u["cost"] == pytest.approx((10 * 3 + 200 * 15 + 30000 * 0.3 + 4000 * 3.75) / 1e6)
+    assert os_.amp_thread_state({"id": "T-2", "messages": []})["usage"] is None
+
+
 # -- prices --------------------------------------------------------------------------------------
 
 def test_prices_longest_prefix_user_override_and_unknown():
@@ -231,7 +246,6 @@ def test_session_total_and_texts():
     b = {"input": 500, "output": 5, "cacheRead": 2000, "cacheWrite": 0, "cost": None, "contextPct": None}
     t = os_.usage_total([a, b])
     assert (t["input"], t["output"], t["cacheRead"], t["cost"], t["partial"]) == (1500, 15, 2000, 0.25, True)
-    assert os_.usage_total([a])["partial"] if "partial" in os_.usage_total([a]) else True
     assert "partial" not in os_.usage_total([a])
     assert os_.usage_text(a) == "$0.25 ctx 40% 1.0k in 10 out"
     assert os_.cost_text(0, row=True) == "" and os_.cost_text(0.004, row=True) == "<$0.01"
