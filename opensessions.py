@@ -780,6 +780,8 @@ def claude_reduce(state, rec):
         state["cwd"] = rec["cwd"]
     if kind == "assistant":
         claude_add_usage(state, rec)  # a subagent's calls cost too
+    elif kind == "cost-state":
+        claude_cost_state(state, rec)
     if rec.get("isSidechain"):
         return state  # a subagent's records: not the thread's own turn
     if kind == "custom-title" and isinstance(rec.get("customTitle"), str):
@@ -1200,6 +1202,42 @@ def claude_add_usage(state, rec):
     if not rec.get("isSidechain"):
         usage["contextTokens"] = row[0] + row[2] + row[3]
     state["usage"] = usage
+    if state.get("costState"):
+        state["costState"]["fresh"] = False  # a call after Claude's own total: that total is behind
+
+
+def claude_cost_state(state, rec):
+    """Claude Code's own running total (`cost-state`: totalCostUSD and modelUsage per model, written
+    by the process that started at startTime, e.g. when it exits)."""
+    models = rec.get("modelUsage") if isinstance(rec.get("modelUsage"), dict) else {}
+    tokens = [0, 0, 0, 0]
+    for mu in models.values():
+        if isinstance(mu, dict):
+            for i, key in enumerate(("inputTokens", "outputTokens", "cacheReadInputTokens", "cacheCreationInputTokens")):
+                tokens[i] += _tokens(mu.get(key))
+    cost = rec.get("totalCostUSD")
+    old = state.get("costState")
+    state["costState"] = {"start": rec.get("startTime"), "tokens": tokens,
+                          "cost": float(cost) if finite_number(cost) and not isinstance(cost, bool) else None,
+                          "fresh": True, "mixed": bool(old) and (old["mixed"] or old["start"] != rec.get("startTime"))}
+
+
+def claude_usage(state):
+    """The raw usage of a Claude thread: the sum of its messages' usage, or Claude's own total where
+    that is sure to cover the whole thread: the newest word (no call after it), from one process
+    (every cost-state has the same startTime: not resumed), the whole file read, and counting at
+    least what the messages show (it also counts what an interrupted reply had streamed, which the
+    transcript keeps only as a provisional count)."""
+    usage = state.get("usage")
+    cs = state.get("costState")
+    if usage is None:
+        return None
+    usage = dict(usage, partial=bool(state.get("usagePartial")))
+    if cs and cs["fresh"] and not cs["mixed"] and not usage["partial"] and cs["cost"] is not None and \
+            all(c >= usage[k] for c, k in zip(cs["tokens"], USAGE_KEYS)):
+        usage.update(zip(USAGE_KEYS, cs["tokens"]))
+        usage["cost"] = cs["cost"]
+    return usage
 
 
 def codex_usage(info, old=None):
@@ -2480,7 +2518,7 @@ class AgentWatchers(object):
             detail = state["detail"]
         fields = dict(status=status, detail=detail, title=thread_title(state, entry["name"] if entry else None),
                       cwd=state["cwd"] or (entry and entry["cwd"]), model=state["model"], source="file",
-                      usage=dict(state["usage"], partial=bool(state.get("usagePartial"))) if state.get("usage") else None)
+                      usage=claude_usage(state))
         if entry:
             fields["pid"] = entry["pid"]
             fields["proc_start"] = entry["procStart"]

@@ -48,10 +48,11 @@ def claude_reported(path):
 def test_claude_usage_matches_claudes_own_cost_state(name):
     path = os.path.join(CLAUDE, name)
     st = reduce_file(path, os_.claude_reduce)
-    u = os_.usage_json(st["usage"], st["model"])
+    u = os_.usage_json(st["usage"], st["model"])  # the messages' sum, priced by the table
     tokens, cost = claude_reported(path)
     assert {k: u[k] for k in tokens} == tokens
     assert u["cost"] == pytest.approx(cost, abs=1e-9)
+    assert os_.usage_json(os_.claude_usage(st), st["model"]) == dict(u, cost=round(cost, 6))  # Claude's own figure
     assert u["contextPct"] == 0  # 12 tokens of a 1M window
 
 
@@ -72,16 +73,46 @@ def test_claude_error500_costs_nothing():
     assert os_.usage_json(st["usage"], st["model"]) is None
 
 
-def test_claude_interrupted_message_counts_what_the_transcript_holds():
-    """The interrupted reply was written with its provisional count (output 1): the transcript says
-    36 in / 11 out, Claude's own cost-state (written at exit) 36 / 18. Documented difference."""
+def test_claude_interrupted_message_takes_claudes_own_total():
+    """The interrupted reply was written with its provisional count (output 1): the messages say
+    36 in / 11 out, Claude's own cost-state (written at exit) 36 / 18 ($0.000504): that one wins."""
     path = os.path.join(CLAUDE, "transcript-interactive-permission-interrupt-rename.jsonl")
     st = reduce_file(path, os_.claude_reduce)
     u = os_.usage_json(st["usage"], st["model"])
     tokens, cost = claude_reported(path)
     assert (u["input"], u["output"]) == (36, 11)
-    assert tokens["input"] == 36 and tokens["output"] == 18
     assert u["cost"] == pytest.approx(36 * 4e-6 + 11 * 20e-6) and u["cost"] < cost
+    own = os_.usage_json(os_.claude_usage(st), st["model"])
+    assert (own["input"], own["output"], own["cost"]) == (36, 18, 0.000504)
+
+
+def test_claude_own_total_only_when_it_surely_covers_the_thread():
+    path = os.path.join(CLAUDE, "transcript-tool-print.jsonl")
+    recs = records(path)
+    call = {"type": "assistant", "message": {"id": "later", "model": "claude-opus-5-5",
+                                             "usage": {"input_tokens": 100, "output_tokens": 10}}}
+    cs = [r for r in recs if r.get("type") == "cost-state"][-1]
+
+    def usage_of(rs, partial=False):
+        st = os_.new_thread_state("claude", "x")
+        if partial:
+            st["usagePartial"] = True
+        for r in rs:
+            os_.claude_reduce(st, r)
+        return os_.usage_json(os_.claude_usage(st), st["model"])
+    # a call after Claude's total (a resumed, live session): the messages' sum, priced by the table
+    u = usage_of(recs + [call])
+    assert (u["input"], u["output"], u["cost"]) == (124, 20, pytest.approx(124 * 4e-6 + 20 * 20e-6))
+    # a second process's total (another startTime): not one total for the thread, the messages count
+    u = usage_of(recs + [call, dict(cs, startTime=cs["startTime"] + 1000, totalCostUSD=0.0006,
+                                     modelUsage={"claude-opus-5-5": {"inputTokens": 100, "outputTokens": 10}})])
+    assert (u["input"], u["output"]) == (124, 20)
+    # a total smaller than the messages (it missed a process that wrote none): the messages count
+    u = usage_of(recs + [call, dict(cs, totalCostUSD=0.0006, modelUsage={"m": {"inputTokens": 100, "outputTokens": 10}})])
+    assert (u["input"], u["output"]) == (124, 20)
+    # only the tail read (cold start of a big file): tail messages, marked partial
+    u = usage_of(recs, partial=True)
+    assert u["partial"] is True and u["cost"] == pytest.approx(0.000296)
 
 
 def test_claude_one_message_over_several_records_is_counted_once():
@@ -278,7 +309,8 @@ def test_state_carries_usage_for_every_agent_and_session_totals(labenv, tmux):
     srv = ServerProc(labenv, tmux)
     try:
         st = retry_until(lambda: (lambda s: s if find(s, "claude", "22222222-2222-4222-8222-222222222222")
-                                  and len([t for t in s["threads"] if t["agent"] == "opencode"]) == 5 else None)(srv.state()),
+                                  and len([t for t in s["threads"] if t["agent"] == "opencode"]) == 5
+                                  and any(t["agent"] == "codex" and t["usage"] for t in s["threads"]) else None)(srv.state()),
                          timeout=10)
         claude = find(st, "claude", "22222222-2222-4222-8222-222222222222")
         assert claude["usage"] == {"input": 24, "output": 10, "cacheRead": 0, "cacheWrite": 0,
