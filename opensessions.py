@@ -1280,6 +1280,15 @@ def opencode_usage(session_row, message_data=None):
     return usage
 
 
+_OC_USAGE_COLUMNS = ("cost", "tokens_input", "tokens_output", "tokens_cache_read", "tokens_cache_write")
+
+
+def opencode_usage_columns(conn):
+    """', cost, tokens_input, …' for the session columns this OpenCode has (older ones have none)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(session)")}
+    return "".join(", " + c for c in _OC_USAGE_COLUMNS if c in have)
+
+
 def amp_usage(messages):
     """Amp (UNVERIFIED, no capture): the documented per-message usage {model, inputTokens,
     outputTokens, cacheReadInputTokens, cacheCreationInputTokens, maxInputTokens} summed."""
@@ -2653,8 +2662,8 @@ class AgentWatchers(object):
             conn = sqlite_ro(path)
             try:
                 sessions = conn.execute(
-                    "SELECT * FROM session "  # * : the usage columns (cost, tokens_*) are newer than some OpenCodes
-                    "WHERE time_updated > ? ORDER BY time_updated", (since,)).fetchall()
+                    "SELECT id, parent_id, directory, title, time_updated, model%s FROM session "
+                    "WHERE time_updated > ? ORDER BY time_updated" % opencode_usage_columns(conn), (since,)).fetchall()
                 updates = []
                 for s in sessions:
                     msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "

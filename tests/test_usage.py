@@ -406,6 +406,7 @@ def test_session_total_in_state_status_and_usage_cli(labenv, tmux):
         assert day["total"]["input"] == sum(t["usage"]["input"] for t in recent)
         # threads the server forgot come from its usage history
         hist = os.path.join(labenv.vars["XDG_STATE_HOME"], "opensessions", "usage-%s.json" % os_.socket_key(tmux.socket))
+        os.makedirs(os.path.dirname(hist), exist_ok=True)
         with open(hist, "w") as f:
             json.dump({"threads": [{"agent": "codex", "id": "gone", "session": "old", "updatedAt": report["since"] + 86400000,
                                     "usage": {"input": 5, "output": 5, "cacheRead": 0, "cacheWrite": 0,
