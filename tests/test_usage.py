@@ -481,3 +481,21 @@ def test_forgotten_threads_usage_is_kept_once_per_thread_for_90_days(tmp_path):
     open(srv.usage_path, "w").write("{nope")
     srv.record_usage_history([thread("c", 1, 0.1)])
     assert [e["id"] for e in json.load(open(srv.usage_path))["threads"]] == ["c"]
+
+
+def test_opencode_usage_columns_follow_the_schema(oc_db, tmp_path):
+    conn = os_.sqlite_ro(oc_db)
+    try:
+        assert os_.opencode_usage_columns(conn) == ", cost, tokens_input, tokens_output, tokens_cache_read, tokens_cache_write"
+    finally:
+        conn.close()
+    old = str(tmp_path / "old.db")
+    c = sqlite3.connect(old)
+    c.execute("CREATE TABLE session (id text, parent_id text, directory text, title text, time_updated integer, model text)")
+    c.commit()
+    c.close()
+    conn = os_.sqlite_ro(old)
+    try:
+        assert os_.opencode_usage_columns(conn) == ""
+    finally:
+        conn.close()
