@@ -547,6 +547,27 @@ class LineBuffer(object):
         return lines
 
 
+def _clean_text(text):
+    """A lone UTF-16 surrogate (valid JSON: '\\ud83d') becomes U+FFFD; the rest is kept."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def clean_parsed_strings(value):
+    """Every string (keys too) of a JSON value read from an agent's file made encodable.
+    (For parser input; the HTTP API has its own input cleaning.)"""
+    if isinstance(value, str):
+        return _clean_text(value)
+    if isinstance(value, dict):
+        return {_clean_text(k): clean_parsed_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_parsed_strings(v) for v in value]
+    return value
+
+
 def parse_json_lines(lines):
     """-> (records, bad): JSON objects from lines; blank lines ignored, corrupt ones counted."""
     records, bad = [], 0
@@ -556,10 +577,12 @@ def parse_json_lines(lines):
             continue
         try:
             rec = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             bad += 1
             continue
         if isinstance(rec, dict):
+            if (b"\\u" if isinstance(line, bytes) else "\\u") in line:
+                rec = clean_parsed_strings(rec)
             records.append(rec)
         else:
             bad += 1
@@ -584,6 +607,25 @@ def parse_iso_ms(value):
             digits += ch
         ms = int((digits + "000")[:3]) if digits else 0
     return calendar.timegm(base) * 1000 + ms
+
+
+def _epoch_ms(value):
+    """A time in ms from a file: an integer between 1970 and year 5138, else 0 (1e999, -1, "x")."""
+    ms = _int(value, 0)
+    return ms if 0 < ms < 10 ** 14 else 0
+
+
+def _text_or(value, default):
+    """A parser's text field as a str: numbers and other JSON values are shown, nothing is 'default'.
+    (Parser strings; the API's input cleaning is a separate helper.)"""
+    if value is None or value == "" or isinstance(value, (dict, list)) and not value:
+        return default
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=True)
+    except (TypeError, ValueError):
+        return default
 
 
 def _clip_title(text):
@@ -662,7 +704,8 @@ def claude_reduce(state, rec):
             state["model"] = model
         if rec.get("isApiErrorMessage"):
             texts = _content_texts(message.get("content"))
-            state.update(status="error", detail=(texts[0] if texts else rec.get("error") or "API error")[:MAX_LOG_MESSAGE])
+            detail = texts[0] if texts else rec.get("error")
+            state.update(status="error", detail=_text_or(detail, "API error")[:MAX_LOG_MESSAGE])
         elif rec.get("isAbortedMidStream"):
             state.update(status="interrupted", detail=None)
         elif message.get("stop_reason") == "end_turn":
@@ -685,7 +728,7 @@ def claude_registry_entry(data):
     if not isinstance(data, dict):
         return None
     pid, sid = data.get("pid"), data.get("sessionId")
-    if isinstance(pid, bool) or not isinstance(pid, int) or not isinstance(sid, str):
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2 ** 31 or not isinstance(sid, str):
         return None
     status = data.get("status")
     return {
@@ -694,7 +737,7 @@ def claude_registry_entry(data):
         "waitingFor": data.get("waitingFor") if isinstance(data.get("waitingFor"), str) else None,
         "name": data.get("name") if data.get("nameSource") == "user" and isinstance(data.get("name"), str) else None,
         "procStart": _int(data.get("procStart"), None),
-        "updatedAt": _int(data.get("statusUpdatedAt") or data.get("updatedAt"), 0),
+        "updatedAt": _epoch_ms(data.get("statusUpdatedAt") or data.get("updatedAt")),
         "tmux": data.get("tmux") if isinstance(data.get("tmux"), str) else None,
         "entrypoint": data.get("entrypoint"),
     }
@@ -756,8 +799,8 @@ def codex_reduce(state, rec):
         elif sub == "task_complete":
             err = payload.get("error")
             if err:
-                msg = err.get("message") if isinstance(err, dict) else str(err)
-                state.update(status="error", detail=(msg or "error")[:MAX_LOG_MESSAGE])
+                msg = err.get("message") if isinstance(err, dict) else err
+                state.update(status="error", detail=_text_or(msg, "error")[:MAX_LOG_MESSAGE])
             else:
                 state.update(status="done", detail=None)
         elif sub == "turn_aborted":
@@ -781,8 +824,8 @@ def codex_turn_status(status, error_json=None):
     detail = None
     if mapped == "error" and error_json:
         try:
-            detail = str(json.loads(error_json).get("message") or "")[:MAX_LOG_MESSAGE] or None
-        except (ValueError, AttributeError):
+            detail = _text_or(json.loads(error_json).get("message"), "")[:MAX_LOG_MESSAGE] or None
+        except (ValueError, AttributeError, TypeError):
             detail = None
     return mapped, detail
 
@@ -896,7 +939,7 @@ def amp_thread_state(data, mtime_ms=0):
     if not isinstance(data, dict) or not isinstance(data.get("id"), str):
         return None
     state = new_thread_state("amp", data["id"])
-    state["updatedAt"] = max(_int(data.get("created"), 0), mtime_ms)
+    state["updatedAt"] = max(_epoch_ms(data.get("created")), mtime_ms)
     if isinstance(data.get("title"), str) and data["title"]:
         state["customTitle"] = data["title"]
     env = data.get("env") if isinstance(data.get("env"), dict) else {}
@@ -1096,7 +1139,7 @@ class TmuxGone(TmuxError):
 def _int(value, default=0):
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # None, "x", NaN, 1e999
         return default
 
 
@@ -1600,6 +1643,12 @@ DIR_EVENTS = IN_MODIFY | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM 
 TAIL_BYTES = 128 * 1024  # cold start reads at most this much of a transcript's end
 HEAD_BYTES = 32 * 1024  # ... and this much of its start (for the first prompt)
 READ_CHUNK = 1024 * 1024
+MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer line (no agent writes one) is skipped, never held whole
+READ_BUDGET = 4 * 1024 * 1024  # one loop turn reads at most this much of one file; the rest comes next turn
+
+
+def _raise(error):
+    raise error
 
 
 class Inotify(object):
@@ -1785,6 +1834,9 @@ class AgentWatchers(object):
         self.oc_error_logged = False
         self.amp_mtimes = {}
         self.bad_records = 0
+        self.long_lines = 0  # lines over MAX_LINE_BYTES, skipped unread
+        self._logged_bad = set()
+        self._oc_bad_rows = set()
         self._stat_cache = {}
 
     # -- setup -----------------------------------------------------------------------------------
@@ -1810,14 +1862,32 @@ class AgentWatchers(object):
             self.server.loop.call_later(self.poll_interval, self._poll)
 
     def cold_start(self):
-        self._scan_claude_registry()
-        self._scan_claude_projects()
-        self._read_codex_index()
-        self._read_codex_names_db()
-        self._scan_codex_sessions()
-        self._codex_turns_fallback()
-        self._query_opencode()
-        self._scan_amp()
+        for step in (self._scan_claude_registry, self._scan_claude_projects, self._read_codex_index,
+                     self._read_codex_names_db, self._scan_codex_sessions, self._codex_turns_fallback,
+                     self._query_opencode, self._scan_amp):
+            self._guarded(step.__name__, step)
+
+    def _guarded(self, what, fn, *args):
+        """Read one file, row or directory under its own guard: what no parser expected is skipped
+        and counted (/health skippedRecords), logged once, and the rest is read."""
+        try:
+            return fn(*args)
+        except Exception as e:
+            self.bad_records += 1
+            if what not in self._logged_bad and len(self._logged_bad) < 200:
+                self._logged_bad.add(what)
+                log("skipped %s (%s: %s)" % (what, type(e).__name__, str(e)[:200]))
+            return None
+
+    def _listdir(self, path):
+        """Sorted entries of a directory; an unreadable one (left by `sudo codex`) is skipped and counted."""
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            self._guarded(path, _raise, e)
+            return []
 
     def _codex_turns_fallback(self):
         """A rollout read from its tail may not reach back to its turn's task_started (a long turn):
@@ -1841,7 +1911,7 @@ class AgentWatchers(object):
             status, detail = codex_turn_status(row["status"], row["error_json"])
             if status:
                 self.states[path].update(status=status, detail=detail, turns=1)
-                self._apply_codex(path)
+                self._guarded(path, self._apply_codex, path)
 
     def watch_dir(self, path, handler):
         """Watch a directory; a missing one is watched for through its nearest existing parent."""
@@ -1898,11 +1968,7 @@ class AgentWatchers(object):
                 if self.watched_dirs.get(directory) == wd:
                     del self.watched_dirs[directory]
                 continue
-            try:
-                handler(directory, name or None, mask)
-            except Exception:
-                import traceback
-                log("watcher failed on %s/%s:\n%s" % (directory, name, traceback.format_exc()))
+            self._guarded("%s/%s" % (directory, name or ""), handler, directory, name or None, mask)
             changed = True
         if changed:
             self.server.after_watchers()
@@ -1921,7 +1987,7 @@ class AgentWatchers(object):
                     known = path in self._stat_cache
                     self._stat_cache[path] = stamp
                     mask = (IN_MODIFY if known else IN_CREATE) | (IN_ISDIR if os.path.isdir(path) else 0)
-                    handler(directory, name, mask)
+                    self._guarded(path, handler, directory, name, mask)
         self.server.after_watchers()
         self.server.loop.call_later(self.poll_interval, self._poll)
 
@@ -1935,7 +2001,7 @@ class AgentWatchers(object):
     def _scan_claude_registry(self):
         d = os.path.join(self.paths["claude"], "sessions")
         for name in listdir(d, ".json"):
-            self._read_claude_registry_file(os.path.join(d, name))
+            self._guarded(os.path.join(d, name), self._read_claude_registry_file, os.path.join(d, name))
 
     def _on_claude_registry_dir(self, directory, name, mask):
         if name is None:
@@ -1959,8 +2025,8 @@ class AgentWatchers(object):
     def _read_claude_registry_file(self, path):
         try:
             with open(path, "rb") as f:
-                entry = claude_registry_entry(json.loads(f.read().decode("utf-8")))
-        except (OSError, ValueError, UnicodeDecodeError):
+                entry = claude_registry_entry(clean_parsed_strings(json.loads(f.read(MAX_LINE_BYTES).decode("utf-8"))))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             return  # half-written: the next event re-reads it
         if entry is None:
             return
@@ -1988,7 +2054,7 @@ class AgentWatchers(object):
                 for name in listdir(full, ".jsonl"):
                     path = os.path.join(full, name)
                     if path not in self.tails and self._recent(path):
-                        self._read_claude_transcript(path)
+                        self._guarded(path, self._read_claude_transcript, path)
 
     def _on_claude_projects_dir(self, directory, name, mask):
         if name is None:
@@ -1997,7 +2063,7 @@ class AgentWatchers(object):
         if os.path.isdir(full):
             self.watch_dir(full, self._on_claude_project)
             for n in listdir(full, ".jsonl"):
-                self._read_claude_transcript(os.path.join(full, n))
+                self._guarded(os.path.join(full, n), self._read_claude_transcript, os.path.join(full, n))
 
     def _on_claude_project(self, directory, name, mask):
         if name and name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
@@ -2102,30 +2168,27 @@ class AgentWatchers(object):
 
     def _scan_codex_sessions(self):
         root = os.path.join(self.paths["codex"], "sessions")
-        try:
-            years = sorted(os.listdir(root))
-        except OSError:
-            return
+        years = self._listdir(root)
         horizon = time.strftime("%Y/%m/%d", time.localtime(self.clock() - self.recent_s - 86400))
         for y in years:
             ydir = os.path.join(root, y)
             if not os.path.isdir(ydir):
                 continue
             self.watch_dir(ydir, self._on_codex_tree)
-            for m in sorted(os.listdir(ydir)):
+            for m in self._listdir(ydir):
                 mdir = os.path.join(ydir, m)
                 if not os.path.isdir(mdir) or "%s/%s/99" % (y, m) < horizon:
                     continue
                 self.watch_dir(mdir, self._on_codex_tree)
-                for d in sorted(os.listdir(mdir)):
+                for d in self._listdir(mdir):
                     ddir = os.path.join(mdir, d)
                     if not os.path.isdir(ddir) or "%s/%s/%s" % (y, m, d) < horizon:
                         continue
                     self.watch_dir(ddir, self._on_codex_tree)
-                    for name in os.listdir(ddir):
+                    for name in self._listdir(ddir):
                         path = os.path.join(ddir, name)
                         if codex_id_from_path(path) and path not in self.tails and self._recent(path):
-                            self._read_codex_rollout(path)
+                            self._guarded(path, self._read_codex_rollout, path)
 
     def _on_codex_tree(self, directory, name, mask):
         if name is None:
@@ -2133,8 +2196,8 @@ class AgentWatchers(object):
         path = os.path.join(directory, name)
         if mask & IN_ISDIR or os.path.isdir(path):
             self.watch_dir(path, self._on_codex_tree)
-            for sub in sorted(os.listdir(path)) if os.path.isdir(path) else ():
-                self._on_codex_tree(path, sub, IN_CREATE)
+            for sub in self._listdir(path) if os.path.isdir(path) else ():
+                self._guarded(os.path.join(path, sub), self._on_codex_tree, path, sub, IN_CREATE)
         elif codex_id_from_path(path) and not mask & (IN_DELETE | IN_MOVED_FROM):
             self._read_codex_rollout(path)
 
@@ -2193,19 +2256,9 @@ class AgentWatchers(object):
                     "WHERE time_updated > ? ORDER BY time_updated", (since,)).fetchall()
                 updates = []
                 for s in sessions:
-                    msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "
-                                       "ORDER BY time_created DESC, id DESC LIMIT 1", (s["id"],)).fetchone()
-                    running_tool = False
-                    data = None
-                    if msg is not None:
-                        try:
-                            data = json.loads(msg["data"])
-                        except ValueError:
-                            self.bad_records += 1
-                        running_tool = conn.execute(
-                            "SELECT 1 FROM part WHERE message_id = ? AND data LIKE '%\"status\":\"running\"%' LIMIT 1",
-                            (msg["id"],)).fetchone() is not None
-                    updates.append((s, data, running_tool))
+                    row = self._guarded("opencode session %r" % (s["id"],), self._opencode_row, conn, s)
+                    if row is not None:
+                        updates.append(row)
             finally:
                 conn.close()
         except sqlite3.Error as e:
@@ -2215,26 +2268,58 @@ class AgentWatchers(object):
             return
         self.oc_error_logged = False
         for s, data, running_tool in updates:
-            self.oc_last = max(self.oc_last, s["time_updated"] or 0)
-            status, detail = opencode_status(data, running_tool)
-            model = None
+            self._guarded("opencode session %r" % (s["id"],), self._apply_opencode, s, data, running_tool)
+
+    def _opencode_row(self, conn, s):
+        """One session row -> (row, newest message data, running tool), or None for an odd row
+        (counted once): time_updated not a number, id not text."""
+        import sqlite3
+        if not isinstance(s["id"], str) or isinstance(s["time_updated"], bool) \
+                or not isinstance(s["time_updated"], int):
+            if s["id"] not in self._oc_bad_rows and len(self._oc_bad_rows) < 10000:
+                self._oc_bad_rows.add(s["id"])
+                self.bad_records += 1
+            return None
+        msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "
+                           "ORDER BY time_created DESC, id DESC LIMIT 1", (s["id"],)).fetchone()
+        running_tool = False
+        data = None
+        if msg is not None:
             try:
-                m = json.loads(s["model"]) if s["model"] else None
-                if isinstance(m, dict):
-                    model = m.get("id") or m.get("modelID")
-            except (ValueError, TypeError):
-                pass
-            if isinstance(data, dict) and data.get("modelID"):
-                model = data["modelID"]
-            current = self.server.store.threads.get(("opencode", s["id"]))
-            attempt = None
-            if current is not None and current.source == "plugin" and current.status in ("waiting", "retry") \
-                    and status == "running":  # the DB cannot see these; the plugin can
-                status, detail, attempt = current.status, current.detail, current.attempt
-            self.server.apply_thread_update(
-                "opencode", s["id"], status=status, detail=detail, attempt=attempt, title=_clip_title(s["title"] or ""),
-                cwd=s["directory"], model=model, updated_at=s["time_updated"], hidden=bool(s["parent_id"]),
-                source=current.source if current is not None and current.source == "plugin" else "file")
+                data = clean_parsed_strings(json.loads(msg["data"]))
+            except (ValueError, TypeError, RecursionError):  # not JSON, NULL, a blob
+                self.bad_records += 1
+            try:
+                running_tool = conn.execute(
+                    "SELECT 1 FROM part WHERE message_id = ? AND data LIKE '%\"status\":\"running\"%' LIMIT 1",
+                    (msg["id"],)).fetchone() is not None
+            except sqlite3.InterfaceError:
+                running_tool = False
+        return s, data, running_tool
+
+    def _apply_opencode(self, s, data, running_tool):
+        self.oc_last = max(self.oc_last, s["time_updated"])
+        status, detail = opencode_status(data, running_tool)
+        model = None
+        try:
+            m = json.loads(s["model"]) if s["model"] else None
+            if isinstance(m, dict) and isinstance(m.get("id") or m.get("modelID"), str):
+                model = m.get("id") or m.get("modelID")
+        except (ValueError, TypeError, RecursionError):
+            pass
+        if isinstance(data, dict) and isinstance(data.get("modelID"), str) and data["modelID"]:
+            model = data["modelID"]
+        current = self.server.store.threads.get(("opencode", s["id"]))
+        attempt = None
+        if current is not None and current.source == "plugin" and current.status in ("waiting", "retry") \
+                and status == "running":  # the DB cannot see these; the plugin can
+            status, detail, attempt = current.status, current.detail, current.attempt
+        self.server.apply_thread_update(
+            "opencode", s["id"], status=status, detail=detail, attempt=attempt,
+            title=_clip_title(_clean_text(s["title"]) if isinstance(s["title"], str) else ""),
+            cwd=_clean_text(s["directory"]) if isinstance(s["directory"], str) else None,
+            model=model, updated_at=s["time_updated"], hidden=bool(s["parent_id"]),
+            source=current.source if current is not None and current.source == "plugin" else "file")
 
     # -- Amp (format unverified, see amp_thread_state) -----------------------------------------------
     def _scan_amp(self):
@@ -2242,7 +2327,7 @@ class AgentWatchers(object):
         for name in listdir(d, ".json"):
             path = os.path.join(d, name)
             if self._recent(path):
-                self._read_amp(path)
+                self._guarded(path, self._read_amp, path)
 
     def _on_amp_dir(self, directory, name, mask):
         if name is None:
@@ -2255,9 +2340,11 @@ class AgentWatchers(object):
             st = os.stat(path)
             if self.amp_mtimes.get(path) == (st.st_mtime_ns, st.st_size):
                 return
+            if st.st_size > MAX_LINE_BYTES:
+                raise ValueError("%d bytes, over the %d-byte cap" % (st.st_size, MAX_LINE_BYTES))
             with open(path, "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
+                data = clean_parsed_strings(json.loads(f.read().decode("utf-8")))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             self.bad_records += 1
             return  # half-written (Amp rewrites the whole file): the next event re-reads it
         self.amp_mtimes[path] = (st.st_mtime_ns, st.st_size)

@@ -1,0 +1,180 @@
+"""Hostile input from files, names and directories (issue 11): an odd record is skipped and counted,
+never stops the server; user-controlled strings never reach tmux's format expansion; pane fields
+cannot be split by their content; a huge line is skipped without being held; installs keep what
+the user had."""
+import json
+import os
+import sqlite3
+import time
+
+import pytest
+
+import opensessions as os_
+from conftest import ServerProc, lab_home, retry_until
+
+U4 = "44444444-4444-4444-8444-444444444444"
+ODD_CLAUDE = "66666666-6666-4666-8666-666666666666"
+ODD_CODEX = "77777777-7777-4777-8777-777777777777"
+ODD_AMP = "T-88888888-8888-4888-8888-888888888888"
+
+
+def thread(state, agent, tid):
+    for t in state["threads"] + [t for s in state["sessions"] for t in s["threads"]]:
+        if t["agent"] == agent and t["id"] == tid:
+            return t
+    return None
+
+
+def write_jsonl(path, records):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        for r in records:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+
+
+@pytest.fixture
+def labenv(env):
+    import shutil
+    shutil.rmtree(env.home)
+    lab_home(env.home)
+    env.vars["OPENSESSIONS_LIST_HOURS"] = "1000000"
+    env.vars["OPENSESSIONS_RECENT_DAYS"] = "100000"
+    return env
+
+
+def plant_odd_records(home):
+    """One odd record per agent format, each of which stopped the cold start before."""
+    ts = "2026-11-22T01:46:19.452Z"
+    project = os.path.join(home, ".claude", "projects", "-odd")
+    write_jsonl(os.path.join(project, ODD_CLAUDE + ".jsonl"), [
+        {"type": "user", "timestamp": ts, "message": {"role": "user", "content": "hi"}},
+        {"type": "assistant", "timestamp": ts, "isApiErrorMessage": True, "error": 123,
+         "message": {"role": "assistant", "content": []}},
+        '{"type": "custom-title", "customTitle": "cut \\ud83d emoji"}',
+        "[" * 60000,
+    ])
+    write_jsonl(os.path.join(home, ".codex", "sessions", "2026", "11", "22",
+                             "rollout-2026-11-22T01-46-31-%s.jsonl" % ODD_CODEX), [
+        {"timestamp": ts, "type": "session_meta", "payload": {"id": ODD_CODEX, "cwd": "/tmp"}},
+        {"timestamp": ts, "type": "event_msg", "payload": {"type": "task_started"}},
+        {"timestamp": ts, "type": "event_msg", "payload": {"type": "task_complete", "error": {"message": 5}}},
+    ])
+    with open(os.path.join(home, ".claude", "sessions", "%d.json" % os.getpid()), "w") as f:
+        f.write('{"pid": %d, "sessionId": "%s", "cwd": "/tmp", "status": "busy", "procStart": 1e999,'
+                ' "updatedAt": 1e999}' % (os.getpid(), U4))
+    with open(os.path.join(home, ".claude", "sessions", "4000001.json"), "w") as f:
+        f.write('{"pid": 100000000000000000000000, "sessionId": "%s"}' % U4)
+    amp = os.path.join(home, ".local", "share", "amp", "threads")
+    os.makedirs(amp)
+    with open(os.path.join(amp, ODD_AMP + ".json"), "w") as f:
+        f.write('{"id": "%s", "title": "amp odd", "created": 1e999, "messages": [{"role": "assistant",'
+                ' "state": {"type": "error", "message": 7}}]}' % ODD_AMP)
+    db = os.path.join(home, ".local", "share", "opencode", "opencode.db")
+    conn = sqlite3.connect(db)
+    sids = [r[0] for r in conn.execute("SELECT id FROM session ORDER BY id")]
+    conn.execute("PRAGMA writable_schema=ON")
+    conn.execute("UPDATE sqlite_master SET sql = replace(sql, '`data` text NOT NULL', '`data` text') "
+                 "WHERE name = 'message'")
+    conn.commit()
+    conn.close()
+    conn = sqlite3.connect(db)
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(session)")]
+    sel = ", ".join("'ses_textTimeUpdated0000000000'" if c == "id" else
+                    "'yesterday'" if c == "time_updated" else "`%s`" % c for c in cols)
+    conn.execute("INSERT INTO session SELECT %s FROM session WHERE id = ?" % sel, (sids[0],))
+    newest = conn.execute("SELECT id FROM message WHERE session_id = ? ORDER BY time_created DESC, id DESC",
+                          (sids[1],)).fetchone()[0]
+    conn.execute("UPDATE message SET data = NULL WHERE id = ?", (newest,))
+    conn.commit()
+    conn.close()
+    return sids
+
+
+def test_odd_records_are_skipped_and_counted_at_cold_start_and_run_time(labenv, tmux):
+    sids = plant_odd_records(labenv.home)
+    server = ServerProc(labenv, tmux)
+    try:
+        st = server.state()
+        assert thread(st, "claude", U4)["title"] == "sample-title"  # the good records are all read
+        odd = thread(st, "claude", ODD_CLAUDE)
+        assert odd["status"] == "error" and odd["detail"] == "123"
+        assert odd["title"] == "cut \ufffd emoji"
+        cx = thread(st, "codex", ODD_CODEX)
+        assert cx["status"] == "error" and cx["detail"] == "5"
+        amp = thread(st, "amp", ODD_AMP)
+        assert amp["status"] == "error" and amp["detail"] == "7"
+        oc = {t["id"] for t in st["threads"] if t["agent"] == "opencode"}
+        assert set(sids) <= oc and "ses_textTimeUpdated0000000000" not in oc
+        health = json.loads(server.get("/health")[1])
+        assert health["skippedRecords"] >= 3  # the nested line, the NULL message, the TEXT time
+        # at run time: odd records appended are skipped too, and what follows is still read
+        path = os.path.join(labenv.home, ".claude", "projects", "-odd", ODD_CLAUDE + ".jsonl")
+        with open(path, "a") as f:
+            f.write("[" * 60000 + "\n")
+            f.write(json.dumps({"type": "assistant", "isApiErrorMessage": True, "error": {"code": 9},
+                                "message": {"content": []}}) + "\n")
+            f.write(json.dumps({"type": "custom-title", "customTitle": "after"}) + "\n")
+        retry_until(lambda: thread(server.state(), "claude", ODD_CLAUDE)["title"] == "after")
+        assert thread(server.state(), "claude", ODD_CLAUDE)["detail"] == '{"code": 9}'
+        assert json.loads(server.get("/health")[1])["skippedRecords"] > health["skippedRecords"]
+    finally:
+        server.stop()
+
+
+class FakeStore(object):
+    def __init__(self):
+        self.threads = {}
+
+
+class FakeLoop(object):
+    def call_later(self, *a):
+        pass
+
+    def add_reader(self, *a):
+        pass
+
+
+class FakeServer(object):
+    """What AgentWatchers needs of the server: thread updates are recorded."""
+
+    def __init__(self):
+        self.store = FakeStore()
+        self.loop = FakeLoop()
+        self.updates = {}
+
+    def apply_thread_update(self, agent, tid, **fields):
+        self.updates[(agent, tid)] = fields
+
+    def after_watchers(self):
+        pass
+
+    def agent_pid_exited(self, agent, pid):
+        pass
+
+
+def test_unreadable_codex_directory_is_skipped_and_counted(tmp_path, monkeypatch):
+    home = str(tmp_path / "home")
+    lab_home(home)
+    day = os.path.join(home, ".codex", "sessions", "2026", "11", "22")
+    locked = os.path.join(home, ".codex", "sessions", "2026", "10")  # as left by `sudo codex`
+    os.makedirs(os.path.join(locked, "01"))
+    os.chmod(locked, 0)
+    real_listdir = os.listdir
+
+    def listdir(path="."):
+        if os.geteuid() == 0 and os.fspath(path).rstrip("/") == locked:
+            raise PermissionError(13, "Permission denied", path)  # root reads anything: as a user would see it
+        return real_listdir(path)
+    monkeypatch.setattr(os, "listdir", listdir)
+    fake = FakeServer()
+    w = os_.AgentWatchers(fake, environ={"HOME": home, "XDG_DATA_HOME": os.path.join(home, ".local/share"),
+                                         "XDG_CONFIG_HOME": os.path.join(home, ".config"),
+                                         "OPENSESSIONS_WATCH": "poll"}, recent_days=100000)
+    try:
+        w.start()
+    finally:
+        os.chmod(locked, 0o755)
+    assert w.bad_records >= 1
+    codex = {tid for agent, tid in fake.updates if agent == "codex"}
+    names = [n for n in real_listdir(day) if n.endswith(".jsonl")]
+    assert len(codex) == len(names) and names  # every rollout of the readable days was read
