@@ -781,7 +781,7 @@ def codex_reduce(state, rec):
     if ts:
         state["updatedAt"] = max(state["updatedAt"], ts)
     if kind == "session_meta":
-        if isinstance(payload.get("id"), str):
+        if valid_thread_id("codex", payload.get("id")):
             state["id"] = payload["id"]
         if isinstance(payload.get("cwd"), str):
             state["cwd"] = payload["cwd"]
@@ -936,7 +936,7 @@ def settle_idle(old_status):
 # and is unverified against a real file.
 def amp_thread_state(data, mtime_ms=0):
     """Parse one Amp thread JSON document -> thread state, or None when it is not one."""
-    if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+    if not isinstance(data, dict) or not valid_thread_id("amp", data.get("id")):
         return None
     state = new_thread_state("amp", data["id"])
     state["updatedAt"] = max(_epoch_ms(data.get("created")), mtime_ms)
@@ -1119,13 +1119,31 @@ CLIENT_FIELDS = (
     ("session_id", "session_id"), ("session_name", "session_name"), ("window_id", "window_id"),
     ("pane_id", "pane_id"), ("client_activity", "client_activity"),
 )
-PANES_FORMAT = "P" + FS + FS.join("#{%s}" % f for _, f in PANE_FIELDS)
-CLIENTS_FORMAT = "C" + FS + FS.join("#{%s}" % f for _, f in CLIENT_FIELDS)
+# Every field is length-prefixed ('<bytes>:<value>'; tmux's n: modifier counts bytes): a cwd or a
+# command line may hold '\n' or FS, and must neither drop a pane nor forge one.
+PANES_FORMAT = "P" + "".join("#{n:%s}:#{%s}" % (f, f) for _, f in PANE_FIELDS)
+CLIENTS_FORMAT = "C" + "".join("#{n:%s}:#{%s}" % (f, f) for _, f in CLIENT_FIELDS)
 # Evaluated inside tmux, at most once a second, reported only when it changes: this is how the
 # server learns about cwd and command changes, and about layout changes in sessions other than the
 # one its control client is attached to (%layout-change covers only that one), without polling.
-SUBSCRIPTION_FORMAT = ("#{S:#{W:#{P:#{pane_id}=#{pane_pid}=#{pane_current_command}=#{pane_current_path}"
-                       "=#{pane_width}x#{pane_height}+#{pane_left}+#{pane_top};}}}")
+# Control characters in a command or cwd become '?' (a '\n' would cut the notification line).
+_NO_CTRL = "s/[\x01-\x1f\x7f]/?/:"
+SUBSCRIPTION_FORMAT = ("#{S:#{W:#{P:#{pane_id}=#{pane_pid}=#{%spane_current_command}=#{%spane_current_path}"
+                       "=#{pane_width}x#{pane_height}+#{pane_left}+#{pane_top};}}}" % (_NO_CTRL, _NO_CTRL))
+
+
+def tmux_literal(text):
+    """A user-controlled string for a tmux argument that tmux expands as a format (new-session -s
+    and -c, split-window -c, display-message text, run-shell commands): '#' becomes '##', so
+    '#(cmd)' runs nothing and '#[fg=red]' styles nothing."""
+    return str(text).replace("#", "##")
+
+
+def tmux_arg(arg):
+    """One argv element for tmux: an argument ending in ';' would end the command there (tmux then
+    runs the rest as another command), so its ';' is escaped; a lone ';' stays the separator."""
+    arg = str(arg)
+    return arg[:-1] + "\\;" if arg.endswith(";") and arg != ";" else arg
 
 
 class TmuxError(Exception):
@@ -1143,6 +1161,46 @@ def _int(value, default=0):
         return default
 
 
+def tmux_record_format(kind, fields):
+    """A tmux -F format for one record: kind, then each field as '<bytes>:<value>'."""
+    return kind + "".join("#{n:%s}:#{%s}" % (f, f) for f in fields)
+
+
+def read_tmux_records(output, counts):
+    """Records of length-prefixed fields (PANES_FORMAT, tmux_record_format), one per line, from tmux's
+    raw output -> [(kind, [field text, ...])]. A value cannot split or forge a record; a line that is
+    not such a record is skipped whole."""
+    data = output if isinstance(output, bytes) else output.encode("utf-8", "surrogateescape")
+    out = []
+    pos, end = 0, len(data)
+    while pos < end:
+        kind = data[pos:pos + 1].decode("latin-1")
+        fields = []
+        p = pos + 1
+        if kind in counts:
+            try:
+                for _ in range(counts[kind]):
+                    colon = data.index(b":", p, p + 12)
+                    if not data[p:colon].isdigit():
+                        raise ValueError("no length")
+                    size = int(data[p:colon])
+                    if colon + 1 + size > end:
+                        raise ValueError(size)
+                    fields.append(data[colon + 1:colon + 1 + size].decode("utf-8", "replace"))
+                    p = colon + 1 + size
+                if data[p:p + 1] not in (b"\n", b""):
+                    raise ValueError("trailing bytes")
+            except ValueError:
+                fields = None
+            if fields is not None:
+                out.append((kind, fields))
+                pos = p + 1
+                continue
+        nl = data.find(b"\n", pos)
+        pos = end if nl < 0 else nl + 1
+    return out
+
+
 def parse_snapshot(output):
     """Parse the output of PANES_FORMAT and CLIENTS_FORMAT lines -> (sessions, clients).
 
@@ -1152,12 +1210,8 @@ def parse_snapshot(output):
     sessions = {}
     order = []
     clients = []
-    for line in output.split("\n"):
-        if not line:
-            continue
-        parts = line.split(FS)
-        kind, values = parts[0], parts[1:]
-        if kind == "P" and len(values) == len(PANE_FIELDS):
+    for kind, values in read_tmux_records(output, {"P": len(PANE_FIELDS), "C": len(CLIENT_FIELDS)}):
+        if kind == "P":
             row = dict(zip((k for k, _ in PANE_FIELDS), values))
             sid = row["session_id"]
             s = sessions.get(sid)
@@ -1182,7 +1236,7 @@ def parse_snapshot(output):
                 "sidebarWindow": row["sidebar_window"] or None, "left": _int(row["pane_left"]),
                 "top": _int(row["pane_top"]),
             })
-        elif kind == "C" and len(values) == len(CLIENT_FIELDS):
+        elif kind == "C":
             row = dict(zip((k for k, _ in CLIENT_FIELDS), values))
             clients.append({
                 "name": row["client_name"], "tty": row["client_tty"],
@@ -1230,10 +1284,11 @@ class Tmux(object):
         self.tmux_bin = tmux_bin
 
     def argv(self, *args):
-        return [self.tmux_bin, "-S", self.socket_path] + [str(a) for a in args]
+        return [self.tmux_bin, "-S", self.socket_path] + [tmux_arg(a) for a in args]
 
     def run(self, *args, **kw):
-        """Run one tmux command (or several joined by ';'); -> stdout text. Raises TmuxError/TmuxGone."""
+        """Run one tmux command (or several joined by ';'); -> stdout text (bytes with raw=True).
+        Raises TmuxError/TmuxGone."""
         import subprocess
         timeout = kw.get("timeout", 5.0)
         try:
@@ -1244,6 +1299,8 @@ class Tmux(object):
         except subprocess.TimeoutExpired:
             raise TmuxError("tmux %s timed out" % (args[0] if args else ""))
         err = proc.stderr.decode("utf-8", "replace").strip()
+        if proc.returncode == 0 and kw.get("raw"):
+            return proc.stdout
         if proc.returncode != 0:
             if ("no server running" in err or "error connecting to" in err
                     or "No such file or directory" in err and self.socket_path in err):
@@ -1262,7 +1319,7 @@ class Tmux(object):
 
     def snapshot(self):
         """One tmux process for the whole state: all panes plus all clients."""
-        out = self.run("list-panes", "-a", "-F", PANES_FORMAT, ";", "list-clients", "-F", CLIENTS_FORMAT)
+        out = self.run("list-panes", "-a", "-F", PANES_FORMAT, ";", "list-clients", "-F", CLIENTS_FORMAT, raw=True)
         return parse_snapshot(out)
 
     def control_argv(self):
@@ -2274,7 +2331,7 @@ class AgentWatchers(object):
         """One session row -> (row, newest message data, running tool), or None for an odd row
         (counted once): time_updated not a number, id not text."""
         import sqlite3
-        if not isinstance(s["id"], str) or isinstance(s["time_updated"], bool) \
+        if not valid_thread_id("opencode", s["id"]) or isinstance(s["time_updated"], bool) \
                 or not isinstance(s["time_updated"], int):
             if s["id"] not in self._oc_bad_rows and len(self._oc_bad_rows) < 10000:
                 self._oc_bad_rows.add(s["id"])
@@ -4032,7 +4089,7 @@ class Notifier(object):
         for c in clients:
             if cmds:
                 cmds.append(";")
-            cmds += ["display-message", "-c", c["name"], "-d", "5000", text.replace("#", "##")]
+            cmds += ["display-message", "-c", c["name"], "-d", "5000", tmux_literal(text)]
         self._spawn("tmux", self.server.tmux.argv(*cmds), title, body)
 
     def _desktop(self, title, body, status, panes):
@@ -4073,6 +4130,16 @@ class Notifier(object):
         self.sent.append((self.clock(), "bell", title, body))
 
 
+_PLAIN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def tmux_safe_thread_id(agent, thread_id):
+    """A thread id may go into a tmux option or message: an agent's real id shape, or (an id that
+    came through the API for another agent or a test) plain letters, digits, '_', '.', '-' only.
+    Never '#' (a '#[fg=…]' would style the status line) nor ';' nor a control character."""
+    return valid_thread_id(agent, thread_id) or bool(isinstance(thread_id, str) and _PLAIN_ID_RE.match(thread_id))
+
+
 def status_summary(state, charset="unicode"):
     """The status-line options from a /state document: {option: value}. Pure.
 
@@ -4093,7 +4160,7 @@ def status_summary(state, charset="unicode"):
             if t.get("unseen"):
                 unseen += 1
             wid = pane_window.get(t.get("pane"))
-            if wid and t.get("alive"):
+            if wid and t.get("alive") and tmux_safe_thread_id(t["agent"], t["id"]):
                 att = thread_attention(Thread(t["agent"], t["id"], status=t["status"], unseen=t.get("unseen")))
                 prev = windows.get(wid)
                 if prev is None or ATTENTION_ORDER.index(att) < ATTENTION_ORDER.index(prev[0]):
@@ -4395,6 +4462,9 @@ class Resurrect(object):
                 self._panes.append({"session": parts[1], "window": _int(parts[2]), "paneIndex": _int(parts[3]),
                                     "pane": parts[4], "pid": _int(parts[5]), "cwd": parts[6],
                                     "command": parts[7]})
+            elif line.strip():
+                log("save: skipped a pane line that does not parse (a control character in a cwd or command?): %r"
+                    % line[:300])
 
     # -- save --------------------------------------------------------------------------------
     def panes(self):
@@ -5658,7 +5728,7 @@ class SidebarApp(object):
                 if not os.path.isdir(directory):
                     self.model.message = "no such directory: %s" % directory
                     return None
-                self.tmux.run("new-session", "-d", "-s", action[1], "-c", directory)
+                self.tmux.run("new-session", "-d", "-s", tmux_literal(action[1]), "-c", tmux_literal(directory))
                 self._switch("=" + action[1])
             elif kind == "open":
                 import shutil
@@ -5752,7 +5822,8 @@ class SidebarPanes(object):
                     if len(s["windows"]) > 1:
                         tmux.run("kill-window", "-t", w["id"])
                     else:
-                        tmux.run("split-window", "-h", "-t", sidebars[0]["id"], "-c", s.get("dir") or home_dir())
+                        tmux.run("split-window", "-h", "-t", sidebars[0]["id"], "-c",
+                                 tmux_literal(s.get("dir") or home_dir()))
                         self._place(sidebars[0]["id"], ui)
                     changed = True
                     continue
@@ -5795,7 +5866,7 @@ class SidebarPanes(object):
 
     def _split(self, target, window_id, ui, cwd):
         out = self.server.tmux.run("split-window", *(self._flags(ui) + [
-            "-t", target, "-c", cwd or home_dir(), "-P", "-F", "#{pane_id}", self.command]))
+            "-t", target, "-c", tmux_literal(cwd or home_dir()), "-P", "-F", "#{pane_id}", self.command]))
         pane = out.strip()
         if pane:
             self._mark(pane, window_id)
@@ -6333,7 +6404,7 @@ KEY_TABLE = "opensessions"
 def tmux_bindings(me, options):
     """(table, key, command...) tuples the plugin binds. Pure. `me` is our shell command prefix."""
     def run(cmd):
-        return ("run-shell", "-b", me + " " + cmd)
+        return ("run-shell", "-b", tmux_literal(me) + " " + cmd)  # run-shell expands formats
     key = options.get("@opensessions-key") or "o"
     out = [("prefix", key, "switch-client", "-T", KEY_TABLE),
            (KEY_TABLE, "s", ) + run("focus -w '#{window_id}'"),

@@ -178,3 +178,105 @@ def test_unreadable_codex_directory_is_skipped_and_counted(tmp_path, monkeypatch
     codex = {tid for agent, tid in fake.updates if agent == "codex"}
     names = [n for n in real_listdir(day) if n.endswith(".jsonl")]
     assert len(codex) == len(names) and names  # every rollout of the readable days was read
+
+
+# -- tmux: formats in names, thread ids in options, fields that cannot be split ------------------
+
+def test_tmux_arguments_are_escaped():
+    assert os_.tmux_literal("#(touch x) #[fg=red]") == "##(touch x) ##[fg=red]"
+    assert os_.tmux_arg("name;") == "name\\;" and os_.tmux_arg(";") == ";" and os_.tmux_arg("a;b") == "a;b"
+    me = "'/opt/#(touch x)/opensessions.py'"
+    assert all("#(touch" not in part.replace("##", "") for b in os_.tmux_bindings(me, {}) for part in b)
+
+
+def test_names_with_formats_reach_tmux_literally(tmux, env):
+    """new-session -s/-c and display-message expand formats: escaped, they run nothing."""
+    evil = "#(cd;touch PWNED) #{pid};"
+    d = os.path.join(env.base, evil)
+    os.makedirs(d)
+    tmux.tmux.run("new-session", "-d", "-s", os_.tmux_literal(evil), "-c", os_.tmux_literal(d))
+    retry_until(lambda: [evil, d] in [r.split(os_.FS) for r in tmux.run(
+        "list-panes", "-a", "-F", "#{session_name}%s#{pane_current_path}" % os_.FS).splitlines()])
+    out = tmux.tmux.run("display-message", "-p", os_.tmux_literal("note " + evil))
+    assert out.rstrip("\n") == "note " + evil
+    assert not os.path.exists(os.path.join(env.home, "PWNED"))
+
+
+def test_sidebar_in_a_directory_named_like_a_format_runs_nothing(server, tmux, env):
+    d = os.path.join(env.base, "#(cd;touch PWNED)")
+    os.makedirs(d)
+    tmux.new_session("evil", cwd=os_.tmux_literal(d))
+    retry_until(lambda: server.session("evil") and server.session("evil")["dir"] == d)
+    assert server.cli("toggle").returncode == 0
+
+    def sidebar_paths():
+        rows = tmux.run("list-panes", "-s", "-t", "=evil", "-F", "#{@opensessions-sidebar}%s#{pane_current_path}"
+                        % os_.FS).splitlines()
+        return [r.split(os_.FS)[1] for r in rows if r.startswith("1")]
+    assert retry_until(sidebar_paths) == [d]
+    # the sidebar window of a session left with only a sidebar gets a work pane in the session's dir
+    work = [p for p in server.session("evil")["windows"][0]["panes"] if not p["sidebar"]]
+    tmux.run("kill-pane", "-t", work[0]["id"])
+    retry_until(lambda: len([p for p in (server.session("evil") or {"windows": [{"panes": []}]})["windows"][0]["panes"]
+                             if not p["sidebar"]]) == 1, timeout=10)
+    assert not os.path.exists(os.path.join(env.home, "PWNED"))
+
+
+def test_thread_ids_that_are_not_ids_never_reach_tmux_options():
+    state = {"sessions": [{"windows": [{"id": "@1", "panes": [{"id": "%1"}]}], "threads": [
+        {"agent": "claude", "id": "#[fg=red]x", "status": "waiting", "pane": "%1", "alive": True}]}]}
+    assert os_.status_summary(state)["windows"] == {}
+    for bad in ("a;b", "x y", "x\ny", "é", "a" * 129):
+        state["sessions"][0]["threads"][0]["id"] = bad
+        assert os_.status_summary(state)["windows"] == {}
+    state["sessions"][0]["threads"][0]["id"] = U4
+    assert os_.status_summary(state)["windows"]["@1"]["@agent_session"] == "claude:" + U4
+    st = os_.codex_reduce(os_.new_thread_state("codex", ODD_CODEX),
+                          {"type": "session_meta", "payload": {"id": "#[fg=red]"}})
+    assert st["id"] == ODD_CODEX
+    assert os_.amp_thread_state({"id": "#[bg=red]"}) is None
+
+
+def test_notification_text_reaches_tmux_literally(server, tmux, env, attach):
+    attach("=main")
+    retry_until(lambda: server.state()["clients"])
+    assert server.post("/ui", {"notify": ["tmux"]})[0] == 204
+    text = "#(cd;touch PWNED) #[fg=red] ends;"
+    assert server.post("/notify", {"session": "main", "message": text})[0] == 204
+    shown = text.replace("#[", "##[")  # kept doubled until drawn, where it shows as '#[': no style
+    retry_until(lambda: any(line.endswith(" message: opensessions: main: " + shown)
+                            for line in tmux.run("show-messages").splitlines()), message=tmux.run("show-messages"))
+    assert not os.path.exists(os.path.join(env.home, "PWNED"))
+
+
+FORGED = "\n".join(["x", "P" + os_.FS.join(["$99", "forged", "0", "@99", "0", "w", "1", "%99", "0", "1", "", "",
+                                             "sh", "t", "1", "80", "24", "", "80", "", "0", "0", "24"]), "y\x1fz"])
+
+
+def test_snapshot_fields_cannot_be_split_by_their_content(tmux, env):
+    d = os.path.join(env.base, FORGED)
+    os.makedirs(d)
+    tmux.run("new-session", "-d", "-s", "nl", "-c", d, "bash", "-c", "exec -a $'evil\\ncmd\\x1f' sleep 1000")
+    sessions, _ = retry_until(lambda: (lambda r: r if any(
+        p["command"].startswith("evil") for s in r[0] for w in s["windows"] for p in w["panes"]) else None)(
+        tmux.tmux.snapshot()))
+    assert sorted(s["name"] for s in sessions) == ["main", "nl"]
+    panes = [p for s in sessions for w in s["windows"] for p in w["panes"]]
+    assert all(p["pid"] > 1 for p in panes) and not any(p["id"] == "%99" for p in panes)
+    nl = next(s for s in sessions if s["name"] == "nl")
+    assert nl["dir"] == d and nl["windows"][0]["panes"][0]["command"].startswith("evil\ncmd")
+
+
+def test_state_keeps_a_session_whose_cwd_holds_a_newline(server, tmux, env):
+    d = os.path.join(env.base, FORGED)
+    os.makedirs(d)
+    tmux.new_session("nl", cwd=d)
+    s = retry_until(lambda: server.session("nl"))
+    assert s["dir"] == d
+    assert sorted(x["name"] for x in server.state()["sessions"]) == ["main", "nl"]
+    # a cwd change to such a directory is seen through the control-mode subscription
+    other = os.path.join(env.base, "b\nc\x01")
+    os.makedirs(other)
+    tmux.run("send-keys", "-t", "=main:", "-l", "cd \"$(printf '%s/b\\nc\\001')\"" % env.base)
+    tmux.run("send-keys", "-t", "=main:", "Enter")
+    retry_until(lambda: server.session("main")["dir"] == other)
