@@ -533,17 +533,52 @@ def valid_thread_id(agent, thread_id):
 
 
 class LineBuffer(object):
-    """Splits appended bytes into complete lines, holding a partial last line until it completes."""
+    """Splits appended bytes into complete lines, holding a partial last line until it completes.
 
-    def __init__(self):
-        self.partial = b""
+    A line longer than max_line bytes is never held whole: once it passes the cap its bytes are
+    dropped as they come, up to its end, and it is counted in `skipped` (never returned)."""
+
+    def __init__(self, max_line=16 * 1024 * 1024):
+        self.max_line = max_line
+        self.parts = []  # pieces of the partial last line (joined once, when it completes)
+        self.size = 0
+        self.skipping = False
+        self.skipped = 0
+
+    @property
+    def partial(self):
+        return b"".join(self.parts)
 
     def feed(self, data):
         if not data:
             return []
-        data = self.partial + data
-        lines = data.split(b"\n")
-        self.partial = lines.pop()
+        lines = []
+        start = 0
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                break
+            piece = data[start:nl]
+            if self.skipping:
+                self.skipping = False  # the end of a line already counted
+            elif self.size + len(piece) > self.max_line:
+                self.skipped += 1
+            elif self.parts:
+                self.parts.append(piece)
+                lines.append(b"".join(self.parts))
+            else:
+                lines.append(piece)
+            self.parts, self.size = [], 0
+            start = nl + 1
+        if start < len(data) and not self.skipping:
+            rest = data[start:] if start else data
+            if self.size + len(rest) > self.max_line:
+                self.skipping = True
+                self.skipped += 1
+                self.parts, self.size = [], 0
+            else:
+                self.parts.append(rest)
+                self.size += len(rest)
         return lines
 
 
@@ -594,19 +629,27 @@ def parse_iso_ms(value):
     if not isinstance(value, str) or len(value) < 19:
         return None
     import calendar
+    if value[4] != "-" or value[7] != "-" or value[10] not in "T " or value[13] != ":" or value[16] != ":":
+        return None
     try:
-        base = time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")
-    except ValueError:
+        parts = (value[0:4], value[5:7], value[8:10], value[11:13], value[14:16], value[17:19])
+        if not all(p.isdigit() and p.isascii() for p in parts):
+            return None
+        y, mo, d, h, mi, sec = (int(p) for p in parts)
+        if not (1 <= mo <= 12 and 1 <= d <= 31 and h <= 23 and mi <= 59 and sec <= 61):
+            return None
+        base = calendar.timegm((y, mo, d, h, mi, sec))
+    except (ValueError, OverflowError):
         return None
     ms = 0
     if len(value) > 20 and value[19] == ".":
         digits = ""
-        for ch in value[20:]:
+        for ch in value[20:23]:
             if not ch.isdigit():
                 break
             digits += ch
         ms = int((digits + "000")[:3]) if digits else 0
-    return calendar.timegm(base) * 1000 + ms
+    return base * 1000 + ms
 
 
 def _epoch_ms(value):
@@ -1758,16 +1801,22 @@ class FileTail(object):
     """Follows one append-only file by byte offset: parses only appended bytes, holds a partial
     last line, and notices truncation and replacement (inode change)."""
 
-    def __init__(self, path):
+    def __init__(self, path, max_line=MAX_LINE_BYTES, budget=READ_BUDGET):
         self.path = path
         self.inode = None
         self.offset = 0
-        self.buf = LineBuffer()
+        self.max_line = max_line
+        self.budget = budget
+        self.buf = LineBuffer(max_line)
         self.bytes_read = 0
+        self.skipped_lines = 0  # lines over max_line (also those of earlier buffers)
+        self.more = False  # the last read stopped at its budget: call read() again soon
 
     def read(self, cold_tail=None):
         """-> (lines, reset). reset is True when the file was replaced or truncated (start over).
-        On the first read with cold_tail, only the last cold_tail bytes are read."""
+        On the first read with cold_tail, only the last cold_tail bytes are read. One read takes at
+        most `budget` bytes (self.more tells that there is more); a line over max_line is skipped."""
+        self.more = False
         try:
             st = os.stat(self.path)
         except OSError:
@@ -1778,7 +1827,7 @@ class FileTail(object):
             reset = self.inode is not None
             first = self.inode is None
             self.inode = st.st_ino
-            self.buf = LineBuffer()
+            self.buf = LineBuffer(self.max_line)
             self.offset = 0
             if first and cold_tail and st.st_size > cold_tail:
                 self.offset = st.st_size - cold_tail
@@ -1786,13 +1835,19 @@ class FileTail(object):
         if st.st_size == self.offset:
             return [], reset
         lines = []
+        left = self.budget
+        skipped_before = self.buf.skipped
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 while True:
-                    chunk = f.read(READ_CHUNK)
+                    if left <= 0:
+                        self.more = True
+                        break
+                    chunk = f.read(min(READ_CHUNK, left))
                     if not chunk:
                         break
+                    left -= len(chunk)
                     self.offset += len(chunk)
                     self.bytes_read += len(chunk)
                     if skip_partial:
@@ -1804,6 +1859,7 @@ class FileTail(object):
                     lines.extend(self.buf.feed(chunk))
         except OSError:
             pass
+        self.skipped_lines += self.buf.skipped - skipped_before
         return lines, reset
 
 
@@ -1882,6 +1938,7 @@ class AgentWatchers(object):
         self.pending_dirs = {}  # missing dir -> handler (watched through an existing parent)
         self.tails = {}  # path -> FileTail
         self.states = {}  # path -> thread state
+        self.state_paths = {}  # (agent, thread id) -> the first path read for it (no scan of states per file)
         self.claude_registry = {}  # pid -> registry entry
         self.claude_reg_files = {}  # registry file -> pid
         self.codex_names = {}
@@ -1894,6 +1951,7 @@ class AgentWatchers(object):
         self.long_lines = 0  # lines over MAX_LINE_BYTES, skipped unread
         self._logged_bad = set()
         self._oc_bad_rows = set()
+        self._more_pending = set()
         self._stat_cache = {}
 
     # -- setup -----------------------------------------------------------------------------------
@@ -2097,10 +2155,7 @@ class AgentWatchers(object):
             p = os.path.join(projects, claude_project_dir_name(cwd), session_id + ".jsonl")
             if os.path.exists(p):
                 return p
-        for path, st in self.states.items():
-            if st["agent"] == "claude" and st["id"] == session_id:
-                return path
-        return None
+        return self.state_paths.get(("claude", session_id))
 
     def _scan_claude_projects(self):
         projects = os.path.join(self.paths["claude"], "projects")
@@ -2133,10 +2188,16 @@ class AgentWatchers(object):
         cold = tail is None
         if cold:
             tail = self.tails[path] = FileTail(path)
+        long_before = tail.skipped_lines
         lines, reset = tail.read(cold_tail=TAIL_BYTES)
+        if tail.skipped_lines != long_before:
+            self._count_long_lines(path, tail.skipped_lines - long_before)
+        if tail.more:
+            self._read_more_later(path, agent)
         state = self.states.get(path)
         if state is None or reset:
             state = self.states[path] = new_thread_state(agent, tid)
+            self.state_paths.setdefault((agent, tid), path)
             if cold and tail.offset > TAIL_BYTES:
                 head = new_thread_state(agent, tid)
                 for rec in parse_json_lines(read_head_lines(path))[0]:
@@ -2148,6 +2209,27 @@ class AgentWatchers(object):
         for rec in records:
             reducer(state, rec)
         return state, records
+
+    def _count_long_lines(self, path, n):
+        self.long_lines += n
+        self.bad_records += n
+        if len(self._logged_bad) < 200 and ("long", path) not in self._logged_bad:
+            self._logged_bad.add(("long", path))
+            log("skipped a line over %d MB in %s (and count them from now on)" % (MAX_LINE_BYTES >> 20, path))
+
+    def _read_more_later(self, path, agent):
+        """A file read stopped at its budget: the rest is read on a later loop turn, so HTTP and
+        tmux events are served in between (a 400 MB append takes many short turns, not one long one)."""
+        if path in self._more_pending:
+            return
+        self._more_pending.add(path)
+        reader = self._read_claude_transcript if agent == "claude" else self._read_codex_rollout
+        self.server.loop.call_later(0.0, self._read_more, path, reader)
+
+    def _read_more(self, path, reader):
+        self._more_pending.discard(path)
+        self._guarded(path, reader, path)
+        self.server.after_watchers()
 
     def _read_claude_transcript(self, path):
         sid = os.path.basename(path)[:-6]
@@ -2198,7 +2280,14 @@ class AgentWatchers(object):
         path = os.path.join(self.paths["codex"], "session_index.jsonl")
         if self.codex_index_tail is None:
             self.codex_index_tail = FileTail(path)
-        lines, _ = self.codex_index_tail.read()
+        tail = self.codex_index_tail
+        long_before = tail.skipped_lines
+        lines, _ = tail.read()
+        if tail.skipped_lines != long_before:
+            self._count_long_lines(path, tail.skipped_lines - long_before)
+        if tail.more and path not in self._more_pending:
+            self._more_pending.add(path)
+            self.server.loop.call_later(0.0, self._read_more, path, lambda _path: self._read_codex_index())
         records, bad = parse_json_lines(lines)
         self.bad_records += bad
         names = parse_codex_session_index(records)
@@ -3805,6 +3894,7 @@ def make_handler(server):
                     "ok": True, "version": __version__, "pid": os.getpid(),
                     "threads": len(server.store.threads),
                     "skippedRecords": watchers.bad_records if watchers is not None else 0,
+                    "skippedLongLines": watchers.long_lines if watchers is not None else 0,
                     "inotify": bool(watchers is not None and watchers.inotify is not None)}).encode())
             if path == "/state":
                 published = server.store.published

@@ -271,8 +271,7 @@ def test_state_keeps_a_session_whose_cwd_holds_a_newline(server, tmux, env):
     d = os.path.join(env.base, FORGED)
     os.makedirs(d)
     tmux.new_session("nl", cwd=d)
-    s = retry_until(lambda: server.session("nl"))
-    assert s["dir"] == d
+    retry_until(lambda: (server.session("nl") or {}).get("dir") == d)
     assert sorted(x["name"] for x in server.state()["sessions"]) == ["main", "nl"]
     # a cwd change to such a directory is seen through the control-mode subscription
     other = os.path.join(env.base, "b\nc\x01")
@@ -280,3 +279,51 @@ def test_state_keeps_a_session_whose_cwd_holds_a_newline(server, tmux, env):
     tmux.run("send-keys", "-t", "=main:", "-l", "cd \"$(printf '%s/b\\nc\\001')\"" % env.base)
     tmux.run("send-keys", "-t", "=main:", "Enter")
     retry_until(lambda: server.session("main")["dir"] == other)
+
+
+# -- size: a line over the cap is skipped without being held; reads are bounded per turn ----------
+
+def test_line_buffer_skips_long_lines_without_holding_them():
+    buf = os_.LineBuffer(max_line=10)
+    assert buf.feed(b"short\nabc") == [b"short"]
+    assert buf.feed(b"defghijk") == [] and buf.skipped == 1 and buf.size == 0  # over 10: dropped at once
+    for _ in range(100):
+        assert buf.feed(b"x" * 1000) == [] and buf.size == 0
+    assert buf.feed(b"tail\nok\n") == [b"ok"] and buf.skipped == 1
+    assert buf.feed(b"0123456789abc\n0123456789\n") == [b"0123456789"] and buf.skipped == 2
+    assert buf.feed(b"12345") == [] and buf.feed(b"67890") == [] and buf.feed(b"\n") == [b"1234567890"]
+
+
+def test_file_tail_reads_a_bounded_amount_per_call(tmp_path):
+    path = str(tmp_path / "t.jsonl")
+    with open(path, "wb") as f:
+        f.write(b"a\n" + b"x" * 5000 + b"\nb\n")
+    tail = os_.FileTail(path, max_line=1000, budget=1024)
+    got, calls = [], 0
+    while True:
+        lines, _ = tail.read()
+        got += lines
+        calls += 1
+        if not tail.more:
+            break
+    assert got == [b"a", b"b"] and tail.skipped_lines == 1 and calls >= 5
+    assert len(tail.buf.partial) == 0
+
+
+def test_a_line_over_the_cap_is_skipped_and_counted_and_what_follows_is_read(labenv, tmux):
+    server = ServerProc(labenv, tmux)
+    try:
+        path = os.path.join(labenv.home, ".claude", "projects", "-odd", ODD_CLAUDE + ".jsonl")
+        write_jsonl(path, [{"type": "user", "message": {"role": "user", "content": "hi"}}])
+        retry_until(lambda: thread(server.state(), "claude", ODD_CLAUDE))
+        with open(path, "ab") as f:
+            block = b"y" * (1 << 20)
+            f.write(b'{"type": "custom-title", "customTitle": "')
+            for _ in range((os_.MAX_LINE_BYTES >> 20) + 2):
+                f.write(block)
+            f.write(b'"}\n' + json.dumps({"type": "custom-title", "customTitle": "after"}).encode() + b"\n")
+        retry_until(lambda: thread(server.state(), "claude", ODD_CLAUDE)["title"] == "after", timeout=20)
+        health = json.loads(server.get("/health")[1])
+        assert health["skippedLongLines"] == 1 and health["skippedRecords"] >= 1
+    finally:
+        server.stop()
