@@ -2568,12 +2568,31 @@ CLAUDE_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", 
 CODEX_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "PermissionRequest")
 
 
-def _is_our_hook(hook, agent):
+def _is_our_hook(hook, agent, commands=()):
+    """Our hook: a command we installed (the current one, or one recorded when installing), or one of
+    the exact shape `[python [-S]] …/opensessions[.py|.pyz] hook AGENT`. A user's hook whose command
+    merely mentions opensessions ('notify opensessions hook claude', a wrapper script) is not ours."""
+    import shlex
     cmd = hook.get("command") if isinstance(hook, dict) else None
-    return isinstance(cmd, str) and "opensessions" in cmd and cmd.rstrip().endswith(" hook " + agent)
+    if not isinstance(cmd, str):
+        return False
+    if cmd in commands:
+        return True
+    try:
+        tokens = shlex.split(cmd)
+    except ValueError:
+        return False
+    if len(tokens) < 3 or tokens[-2:] != ["hook", agent]:
+        return False
+    prog, prefix = tokens[-3], tokens[:-3]
+    if not re.match(r"^opensessions(\.pyz?)?$", os.path.basename(prog)):
+        return False
+    if prefix and not re.match(r"^python[0-9.]*$", os.path.basename(prefix[0])):
+        return False
+    return prefix[1:] in ([], ["-S"])
 
 
-def hooks_install(config, agent, events, command):
+def hooks_install(config, agent, events, command, commands=()):
     """Add our hook to each event of a Claude/Codex-format hook config (a dict); keep every other
     entry. Idempotent. Returns the new config (the input is not changed)."""
     import copy
@@ -2581,47 +2600,83 @@ def hooks_install(config, agent, events, command):
     hooks = config.setdefault("hooks", {})
     if not isinstance(hooks, dict):
         raise OpensessionsError("'hooks' in the config is not an object; not touching it")
-    config = hooks_uninstall(config, agent)
+    for event in events:
+        if not isinstance(hooks.get(event, []), list):
+            raise OpensessionsError("hooks.%s is not a list; not touching it" % event)
+    config = hooks_uninstall(config, agent, tuple(commands) + (command,), keep_emptied=events)
     hooks = config.setdefault("hooks", {})
     for event in events:
-        groups = hooks.setdefault(event, [])
-        if not isinstance(groups, list):
-            raise OpensessionsError("hooks.%s is not a list; not touching it" % event)
-        groups.append({"hooks": [{"type": "command", "command": command, "timeout": 5}]})
+        hooks.setdefault(event, []).append({"hooks": [{"type": "command", "command": command, "timeout": 5}]})
     return config
 
 
-def hooks_uninstall(config, agent):
-    """Remove our hooks (and only ours) from a hook config; drop groups and events left empty."""
+def hooks_uninstall(config, agent, commands=(), created=None, keep_emptied=()):
+    """Remove our hooks (and only ours) from a hook config. A group that held only ours goes; an event
+    list (or 'hooks') that we emptied goes unless the user had it before we added to it: `created`
+    (what install recorded: {"events": [...], "hooks": bool}) tells, when known. Whatever we did not
+    touch stays as it was, empty lists included."""
     import copy
     config = copy.deepcopy(config) if config else {}
     hooks = config.get("hooks")
     if not isinstance(hooks, dict):
         return config
+    touched = False
     for event in list(hooks):
         groups = hooks[event]
         if not isinstance(groups, list):
             continue
-        kept = []
+        kept, removed = [], False
         for g in groups:
             if isinstance(g, dict) and isinstance(g.get("hooks"), list):
-                inner = [h for h in g["hooks"] if not _is_our_hook(h, agent)]
-                if not inner and g["hooks"]:
-                    continue
-                g = dict(g, hooks=inner)
+                inner = [h for h in g["hooks"] if not _is_our_hook(h, agent, commands)]
+                if len(inner) != len(g["hooks"]):
+                    removed = True
+                    if not inner:
+                        continue
+                    g = dict(g, hooks=inner)
             kept.append(g)
-        if kept:
+        touched = touched or removed
+        users_list = created is not None and event not in (created.get("events") or ())
+        if kept or not removed or users_list or event in keep_emptied:
             hooks[event] = kept
         else:
             del hooks[event]
-    if not hooks:
+    if not hooks and touched and not keep_emptied and (created is None or created.get("hooks")):
         del config["hooks"]
     return config
 
 
+def _write_config(path, text):
+    """Write a user's config file atomically, keeping its mode, and through a symlink to its target
+    (the link stays a link). A new file gets 0644."""
+    real = os.path.realpath(path)
+    try:
+        mode = os.stat(real).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o644
+    directory = os.path.dirname(real)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(real), os.getpid()))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # exactly the file's mode, whatever the umask
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, real)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def _edit_json_config(path, change):
-    """Read a JSON config, apply change(dict) -> dict, back it up and write it atomically.
-    A file that is not valid JSON is refused and left untouched. -> True if it changed."""
+    """Read a JSON config, apply change(dict) -> dict, back it up and write it atomically (its mode
+    kept, a symlink written through). A file that is not valid JSON is refused and left untouched.
+    -> True if it changed."""
     existing = None
     raw = None
     if os.path.exists(path):
@@ -2629,50 +2684,137 @@ def _edit_json_config(path, change):
             raw = f.read()
         try:
             existing = json.loads(raw.decode("utf-8")) if raw.strip() else {}
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise OpensessionsError("%s is not valid JSON (%s); fix it first, it was not changed" % (path, e))
         if not isinstance(existing, dict):
             raise OpensessionsError("%s does not hold a JSON object; it was not changed" % path)
     new = change(existing or {})
     if existing is not None and new == existing:
         return False
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     if raw is not None:
         atomic_write(path + ".opensessions.bak", raw)
-    if not new and existing is not None and not raw.strip():
-        return False
-    atomic_write(path, json.dumps(new, indent=2, ensure_ascii=False) + "\n", mode=0o644)
+    _write_config(path, json.dumps(new, indent=2, ensure_ascii=False) + "\n")
     return True
 
 
+def _install_ledger_path(environ=None):
+    return os.path.join(state_dir(environ), "installed.json")
+
+
+def _read_install_ledger(environ=None):
+    """What install added where ({real path: {"commands", "events", "hooks", "createdFile"}}), so
+    uninstall removes only that."""
+    try:
+        with open(_install_ledger_path(environ), "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+
+
+def _write_install_ledger(ledger, environ=None):
+    path = _install_ledger_path(environ)
+    if not ledger:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return
+    ensure_private_dir(os.path.dirname(path))
+    atomic_write(path, json.dumps(ledger, indent=1, sort_keys=True))
+
+
+def _install_hooks_file(path, agent, events, command, ledger):
+    real = os.path.realpath(path)
+    entry = dict(ledger.get(real) or {})
+    created_file = not os.path.exists(path)
+
+    def change(config):
+        hooks = config.get("hooks") if isinstance(config.get("hooks"), dict) else None
+        if not entry:
+            entry.update(createdFile=created_file, hooks=hooks is None,
+                         events=[e for e in events if hooks is None or e not in hooks], commands=[])
+        return hooks_install(config, agent, events, command, entry.get("commands") or ())
+    changed = _edit_json_config(path, change)
+    if command not in (entry.get("commands") or []):
+        entry["commands"] = (entry.get("commands") or []) + [command]
+    ledger[real] = entry
+    return changed
+
+
+def _uninstall_hooks_file(path, agent, command, ledger):
+    """-> list of what was done."""
+    real = os.path.realpath(path)
+    entry = ledger.get(real)
+    done = []
+    if os.path.exists(path):
+        commands = tuple((entry or {}).get("commands") or ()) + (command,)
+        if _edit_json_config(path, lambda c: hooks_uninstall(c, agent, commands, created=entry)):
+            done.append("removed %s hooks from %s" % (agent, path))
+        if entry and entry.get("createdFile") and read_json_file(path, None) == {}:
+            os.unlink(path)
+            for extra in (path + ".opensessions.bak",):
+                try:
+                    os.unlink(extra)
+                except OSError:
+                    pass
+            done.append("deleted %s (install had created it; it is empty now)" % path)
+    ledger.pop(real, None)
+    return done
+
+
 def install_agents(command_prefix, environ=None, uninstall=False):
-    """Add (or remove) our Claude and Codex hooks and the OpenCode plugin. -> list of messages."""
+    """Add (or remove) our Claude and Codex hooks and the OpenCode plugin. -> list of messages.
+    A step that fails stops there with an error that says what was already changed."""
     paths = agent_paths(environ)
     done = []
+    ledger = _read_install_ledger(environ)
+    plugin = os.path.join(paths["opencode_config"], "plugins", OPENCODE_PLUGIN_NAME)
+    steps = []
     for agent, path, events in (("claude", os.path.join(paths["claude"], "settings.json"), CLAUDE_HOOK_EVENTS),
                                 ("codex", os.path.join(paths["codex"], "hooks.json"), CODEX_HOOK_EVENTS)):
-        if uninstall:
-            if os.path.exists(path) and _edit_json_config(path, lambda c: hooks_uninstall(c, agent)):
-                done.append("removed %s hooks from %s" % (agent, path))
-        else:
+        steps.append(("%s hooks in %s" % (agent, path), agent, path, events))
+    steps.append(("the OpenCode plugin %s" % plugin, "opencode", plugin, ()))
+    try:
+        for what, agent, path, events in steps:
             command = command_prefix + " hook " + agent
-            if _edit_json_config(path, lambda c: hooks_install(c, agent, events, command)):
-                done.append("installed %s hooks in %s" % (agent, path))
-    plugin = os.path.join(paths["opencode_config"], "plugins", OPENCODE_PLUGIN_NAME)
-    if uninstall:
-        if os.path.exists(plugin):
-            os.unlink(plugin)
-            done.append("removed the OpenCode plugin %s" % plugin)
-    else:
-        current = None
-        if os.path.exists(plugin):
-            with open(plugin, "r", encoding="utf-8") as f:
-                current = f.read()
-        if current != OPENCODE_PLUGIN:
-            os.makedirs(os.path.dirname(plugin), exist_ok=True)
-            atomic_write(plugin, OPENCODE_PLUGIN, mode=0o644)
-            done.append("installed the OpenCode plugin %s" % plugin)
+            try:
+                if agent == "opencode":
+                    done.extend(_plugin_step(plugin, uninstall))
+                elif uninstall:
+                    done.extend(_uninstall_hooks_file(path, agent, command, ledger))
+                elif _install_hooks_file(path, agent, events, command, ledger):
+                    done.append("installed %s hooks in %s" % (agent, path))
+            except (OpensessionsError, OSError) as e:
+                left = [w for w, _, _, _ in steps[steps.index((what, agent, path, events)) + 1:]]
+                raise OpensessionsError(
+                    "%s %s failed: %s\nchanged before that: %s%s" % (
+                        "removing" if uninstall else "installing", what, e,
+                        "; ".join(done) if done else "nothing",
+                        "\nnot done: %s" % "; ".join(left) if left else ""))
+    finally:
+        try:
+            _write_install_ledger(ledger, environ)
+        except (OSError, OpensessionsError) as e:
+            log("cannot record what install changed (%s)" % e)
     return done
+
+
+def _plugin_step(plugin, uninstall):
+    if uninstall:
+        if os.path.lexists(plugin):
+            os.unlink(plugin)
+            return ["removed the OpenCode plugin %s" % plugin]
+        return []
+    current = None
+    if os.path.exists(plugin):
+        with open(plugin, "r", encoding="utf-8", errors="replace") as f:
+            current = f.read()
+    if current == OPENCODE_PLUGIN:
+        return []
+    os.makedirs(os.path.dirname(plugin), exist_ok=True)
+    atomic_write(plugin, OPENCODE_PLUGIN, mode=0o644)
+    return ["installed the OpenCode plugin %s" % plugin]
 
 ##############################################################################
 # Server: event loop, state store, HTTP handlers, runtime file and lock

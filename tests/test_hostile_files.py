@@ -327,3 +327,81 @@ def test_a_line_over_the_cap_is_skipped_and_counted_and_what_follows_is_read(lab
         assert health["skippedLongLines"] == 1 and health["skippedRecords"] >= 1
     finally:
         server.stop()
+
+
+# -- files we edit: install / uninstall ------------------------------------------------------------
+
+def _cli(env, *args):
+    import subprocess
+    from conftest import PYTHON, SCRIPT
+    return subprocess.run([PYTHON, SCRIPT] + list(args), env=env.vars, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=20)
+
+
+USER_SETTINGS = {"model": "opus", "hooks": {
+    "Stop": [],  # the user's empty array, on an event we hook
+    "SubagentStop": [],
+    "Notification": [{"hooks": [{"type": "command", "command": "notify-send opensessions hook claude"}]}],
+    "PreToolUse": [{"matcher": "Bash", "hooks": [
+        {"type": "command", "command": "/home/u/bin/my-opensessions-wrapper hook claude"}]}]}}
+
+
+def test_install_keeps_mode_symlink_empty_arrays_and_hooks_that_mention_us(env):
+    claude = os.path.join(env.home, ".claude")
+    dotfiles = os.path.join(env.home, "dotfiles")
+    os.makedirs(claude)
+    os.makedirs(dotfiles)
+    target = os.path.join(dotfiles, "claude-settings.json")
+    with open(target, "w") as f:
+        json.dump(USER_SETTINGS, f)
+    os.chmod(target, 0o600)
+    link = os.path.join(claude, "settings.json")
+    os.symlink(target, link)
+    r = _cli(env, "install")
+    assert r.returncode == 0, r.stderr
+    assert os.path.islink(link) and os.readlink(link) == target
+    assert os.stat(target).st_mode & 0o7777 == 0o600
+    cfg = json.load(open(target))
+    assert len(cfg["hooks"]["Stop"]) == 1 and cfg["hooks"]["SubagentStop"] == []
+    assert cfg["hooks"]["PreToolUse"] == USER_SETTINGS["hooks"]["PreToolUse"]
+    codex = os.path.join(env.home, ".codex", "hooks.json")
+    assert os.path.exists(codex)
+    r = _cli(env, "uninstall")
+    assert r.returncode == 0, r.stderr
+    assert json.load(open(target)) == USER_SETTINGS  # exactly the user's, empty arrays included
+    assert os.path.islink(link) and os.stat(target).st_mode & 0o7777 == 0o600
+    assert not os.path.exists(codex)  # install created it; uninstall leaves no empty file behind
+
+
+def test_uninstall_keeps_a_hooks_file_the_user_had(env):
+    codex = os.path.join(env.home, ".codex")
+    os.makedirs(codex)
+    with open(os.path.join(codex, "hooks.json"), "w") as f:
+        f.write("{}")
+    assert _cli(env, "install").returncode == 0
+    assert _cli(env, "uninstall").returncode == 0
+    assert json.load(open(os.path.join(codex, "hooks.json"))) == {}
+
+
+def test_a_failing_later_step_says_exactly_what_was_changed(env):
+    codex = os.path.join(env.home, ".codex")
+    os.makedirs(codex)
+    with open(os.path.join(codex, "hooks.json"), "w") as f:
+        f.write("{not json")
+    r = _cli(env, "install")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "Traceback" not in err
+    settings = os.path.join(env.home, ".claude", "settings.json")
+    assert "installed claude hooks in %s" % settings in err  # changed before the failure
+    assert "hooks.json is not valid JSON" in err and "not done: the OpenCode plugin" in err
+    assert os.path.exists(settings)
+    assert open(os.path.join(codex, "hooks.json")).read() == "{not json"
+
+
+def test_our_hook_is_recognised_by_its_exact_shape():
+    ours = ["/usr/bin/python3 -S /home/u/.tmux/plugins/opensessions/opensessions.py hook claude",
+            "'/opt/my python/bin/python3.12' -S '/x y/opensessions.pyz' hook claude", "opensessions hook claude"]
+    theirs = ["notify-send opensessions hook claude", "/home/u/bin/my-opensessions-wrapper hook claude",
+              "python3 -c 'print(1)' /x/opensessions.py hook claude", "opensessions hook codex", "sh -c 'opensessions hook claude'"]
+    assert all(os_._is_our_hook({"command": c}, "claude") for c in ours)
+    assert not any(os_._is_our_hook({"command": c}, "claude") for c in theirs)
