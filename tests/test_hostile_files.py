@@ -405,3 +405,36 @@ def test_our_hook_is_recognised_by_its_exact_shape():
               "python3 -c 'print(1)' /x/opensessions.py hook claude", "opensessions hook codex", "sh -c 'opensessions hook claude'"]
     assert all(os_._is_our_hook({"command": c}, "claude") for c in ours)
     assert not any(os_._is_our_hook({"command": c}, "claude") for c in theirs)
+
+
+# -- parsers are type-robust: any JSON value in any field ------------------------------------------
+
+from hypothesis import given, settings, strategies as hst  # noqa: E402
+
+_KEYS = ["type", "timestamp", "cwd", "isSidechain", "customTitle", "lastPrompt", "isMeta", "message", "content",
+         "role", "model", "isApiErrorMessage", "error", "isAbortedMidStream", "stop_reason", "subtype", "payload",
+         "id", "originator", "message", "time", "completed", "finish", "data", "name", "status", "attempt",
+         "pid", "sessionId", "procStart", "updatedAt", "statusUpdatedAt", "created", "title", "env", "initial",
+         "trees", "uri", "messages", "state", "stopReason", "usage", "text", "tool_result", "task_complete",
+         "task_started", "user", "assistant", "event_msg", "session_meta", "turn_context", "response_item"]
+_SCALARS = hst.one_of(hst.none(), hst.booleans(), hst.integers(-2 ** 70, 2 ** 70), hst.floats(),
+                      hst.text(max_size=8), hst.sampled_from(_KEYS))
+_JSON = hst.recursive(_SCALARS, lambda c: hst.lists(c, max_size=4) | hst.dictionaries(hst.sampled_from(_KEYS), c, max_size=5),
+                      max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hst.dictionaries(hst.sampled_from(_KEYS), _JSON, max_size=8))
+def test_parsers_take_any_json_value_in_any_field(rec):
+    os_.claude_reduce(os_.new_thread_state("claude", U4), rec)
+    os_.codex_reduce(os_.new_thread_state("codex", ODD_CODEX), rec)
+    os_.codex_moved_on(rec)
+    os_.claude_registry_entry(rec)
+    os_.opencode_status(rec, False)
+    os_.opencode_plugin_status("session.status", rec)
+    os_.opencode_plugin_status("session.error", rec)
+    os_.opencode_plugin_status("permission.asked", rec)
+    os_.amp_thread_state(dict(rec, id=ODD_AMP), 0)
+    os_.hook_event("claude", dict(rec, hook_event_name="StopFailure", session_id=U4), {})
+    os_.parse_codex_session_index([rec])
+    os_.codex_turn_status("failed", json.dumps(rec, allow_nan=True))
