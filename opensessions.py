@@ -4859,8 +4859,8 @@ class Resurrect(object):
                                     "pane": parts[4], "pid": _int(parts[5]), "cwd": parts[6],
                                     "command": parts[7]})
             elif line.strip():
-                log("save: skipped a pane line that does not parse (a control character in a cwd or command?): %r"
-                    % line[:300])
+                self.log("save: skipped a pane line that does not parse (a control character in a cwd or "
+                         "command?): %r" % line[:300])
 
     # -- save --------------------------------------------------------------------------------
     def panes(self):

@@ -438,3 +438,15 @@ def test_parsers_take_any_json_value_in_any_field(rec):
     os_.hook_event("claude", dict(rec, hook_event_name="StopFailure", session_id=U4), {})
     os_.parse_codex_session_index([rec])
     os_.codex_turn_status("failed", json.dumps(rec, allow_nan=True))
+
+
+def test_save_logs_the_panes_it_skips(tmux, env):
+    d = os.path.join(env.base, "cr\rvt\x0bls\u2028end")
+    os.makedirs(d)
+    tmux.new_session("odd", cwd=d)
+    retry_until(lambda: d in tmux.run("list-panes", "-a", "-F", "#{pane_current_path}"))
+    lines = []
+    r = os_.Resurrect(tmux.tmux, environ=env.vars, log=lines.append)
+    panes = r.panes()
+    assert any(p["session"] == "main" for p in panes)
+    assert any("skipped a pane line" in l for l in lines)
