@@ -252,3 +252,28 @@ def test_directories_made_in_a_tight_loop(tmp_path):
             assert any(a == "opencode" for a, _ in server.threads), "attempt %d missed the database" % attempt
         finally:
             w.close()
+
+
+def test_a_first_opencode_install_is_seen_by_the_running_server(env, tmux):
+    """~/.local/share/opencode/opencode.db made with its parents while the server runs, then a
+    Codex rollout in a day directory made at that moment: both reach /state."""
+    from conftest import ServerProc, retry_until
+    lab = lab_home(os.path.join(env.base, "lab"))
+    env.vars["OPENSESSIONS_LIST_HOURS"] = "1000000"  # fixture records are dated 2026-11-22
+    env.vars["OPENSESSIONS_RECENT_DAYS"] = "100000"
+    data = env.vars.get("XDG_DATA_HOME") or os.path.join(env.home, ".local", "share")
+    assert not os.path.exists(os.path.join(data, "opencode"))
+    s = ServerProc(env, tmux)
+    try:
+        os.makedirs(os.path.join(data, "opencode"))
+        shutil.copy(os.path.join(lab, ".local", "share", "opencode", "opencode.db"), os.path.join(data, "opencode"))
+        retry_until(lambda: any(t["agent"] == "opencode" and t["id"] == OC_ID for t in s.state()["threads"]))
+        src = [os.path.join(dp, n) for dp, _, ns in os.walk(os.path.join(lab, ".codex", "sessions")) for n in ns][0]
+        day = os.path.join(env.home, ".codex", "sessions", "2031", "01", "01")
+        os.makedirs(day)
+        shutil.copy(src, day)
+        tid = os_.codex_id_from_path(src)
+        retry_until(lambda: any(t["agent"] == "codex" and t["id"] == tid for t in s.state()["threads"]))
+        assert not [n for n in os.listdir(os.path.join(data, "opencode")) if n.endswith(("-wal", "-shm"))]
+    finally:
+        s.stop()
