@@ -2954,6 +2954,7 @@ class Server(object):
         self._pidfd_ok = hasattr(os, "pidfd_open")
         self._pid_check_armed = False
         self._exited_pids = set()  # pids whose exit we were told of (a zombie still answers kill 0)
+        self._relink_pending = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self):
@@ -3293,10 +3294,18 @@ class Server(object):
         table = self.proc_table
         if table is None:
             return
-        need_reread = any(t.pid and t.pid not in table and t.alive for t in self.store.threads.values())
-        if need_reread and time.monotonic() - getattr(self, "_processes_read_at", 0) > 0.2:
-            self._read_processes()
-            table = self.proc_table
+        # a thread whose process is not in our table: it died, or it started after our last read
+        # (a new agent's registry file or hook can come first); read again, at most every 0.2 s
+        need_reread = any(t.pid and t.pid not in table and (t.alive or t.pid not in self._exited_pids
+                                                            and _pid_alive(t.pid))
+                          for t in self.store.threads.values())
+        if need_reread:
+            if time.monotonic() - getattr(self, "_processes_read_at", 0) > 0.2:
+                self._read_processes()
+                table = self.proc_table
+            elif not self._relink_pending:
+                self._relink_pending = True
+                self.loop.call_later(0.25, self._relink)
         pane_session = {}
         pane_cwd = {}
         for s in self.store.sessions:
@@ -3353,6 +3362,11 @@ class Server(object):
             best.pid = pid
             self._set_link(best, True, pane_id, pane_session, "cwd")
         self._watch_agent_pids()
+
+    def _relink(self):
+        self._relink_pending = False
+        self.map_threads()
+        self.publish()
 
     def _set_link(self, t, alive, pane, pane_session, link):
         session = pane_session.get(pane) if pane else t.session  # a dead thread stays where it ran

@@ -602,6 +602,43 @@ def missed(values):
     return "%d of %d never arrived" % (n, len(values)) if n else ""
 
 
+FAKE_CLAUDE = """#!/bin/sh
+# a fake Claude Code: its registry entry says busy (mid-turn) until it is killed
+mkdir -p "$FAKE_REGISTRY"
+printf '{"pid": %s, "sessionId": "%s", "cwd": "%s", "status": "busy", "kind": "interactive"}' \\
+  "$$" "$FAKE_SESSION" "$PWD" > "$FAKE_REGISTRY/$$.json.tmp" && mv "$FAKE_REGISTRY/$$.json.tmp" "$FAKE_REGISTRY/$$.json"
+while read -r line; do :; done
+"""
+
+
+def bench_agent_killed(w, ev, res, n):
+    """kill -9 of an agent mid-turn (its registry file stays behind) -> /events says interrupted."""
+    fake = os.path.join(w.base, "bin", "claude")
+    os.makedirs(os.path.dirname(fake), exist_ok=True)
+    with open(fake, "w") as f:
+        f.write(FAKE_CLAUDE)
+    os.chmod(fake, 0o755)
+    reg = os.path.join(w.home, ".claude", "sessions")
+    lat = []
+    for i in range(n):
+        sid = str(uuid.uuid4())
+        start = len(ev.events)
+        w.tmux("send-keys", "-t", "=s001:", "FAKE_REGISTRY=%s FAKE_SESSION=%s %s" % (reg, sid, fake), "Enter")
+        if not ev.wait(start, lambda raw: thread_field(raw, "claude", sid, "alive") is True
+                       and thread_field(raw, "claude", sid, "status") == "running", 10):
+            raise RuntimeError("the fake agent's thread did not appear: %s %s %s" % (
+                w.tmux("capture-pane", "-p", "-t", "=s001:"), os.listdir(reg), [t for t in json.loads(http(w.port, "GET", "/state")[1])["threads"] if t["id"] == sid]))
+        pid = thread_field(ev.events[-1][1], "claude", sid, "pid")
+        start = len(ev.events)
+        t0 = time.monotonic()
+        os.kill(pid, 9)
+        t = ev.wait(start, lambda raw: thread_field(raw, "claude", sid, "status") == "interrupted", 5)
+        lat.append((t - t0) * 1000 if t else float("nan"))
+        time.sleep(0.3)
+    res.add("agent killed mid-turn -> /events interrupted", "homes/dev, fake Claude in a pane, kill -9", lat, "ms",
+            2000, "p95<=", note=missed(lat))
+
+
 def bench_dev_home(res, quick):
     """The real-shaped HOME (homes/dev): idle CPU, live database writers, a rollout in a new day dir."""
     import sqlite3
@@ -665,6 +702,7 @@ def bench_dev_home(res, quick):
             time.sleep(0.3)
         res.add("new Codex rollout in a new day dir -> /events", "homes/dev, sessions/Y/M/D made at that moment", dlat, "ms",
                 100, "p95<=", note=missed(dlat))
+        bench_agent_killed(w, ev, res, 3 if quick else 8)
         ev.close()
         cw.close()
         ow.close()

@@ -96,3 +96,22 @@ def test_agent_that_died_while_the_server_was_down(labenv, tmux):
         assert (t["status"], t["alive"]) == ("interrupted", False)
     finally:
         s.stop()
+
+
+def test_agent_started_right_after_a_process_read_is_linked(labserver, labenv, tmux):
+    """A fake Claude whose registry file arrives before our next process-table read (its pane's
+    current command stays `sh`, so tmux says nothing): still linked, alive, within moments; then
+    killed, it says so. Several launches in a row, in the same pane."""
+    bin_dir = fake_agents(os.path.join(labenv.base, "bin"))
+    cwd = os.path.join(labenv.home, "work", "claude")
+    reg = os.path.join(labenv.home, ".claude", "sessions")
+    tmux.run("new-session", "-d", "-s", "again", "-c", cwd, "-x", "120", "-y", "30")
+    pane = tmux.run("display-message", "-p", "-t", "=again:0.0", "#{pane_id}").strip()
+    for i in range(4):
+        sid = "7777777%d-7777-4777-8777-777777777777" % i
+        tmux.run("send-keys", "-t", pane, "FAKE_REGISTRY=%s FAKE_SESSION=%s FAKE_STATUS=busy %s"
+                 % (reg, sid, os.path.join(bin_dir, "claude")), "Enter")
+        t = retry_until(lambda: (lambda x: x if x and x["alive"] and x["pane"] == pane else None)(
+            thread(labserver.state(), "claude", sid)), message="launch %d not linked" % i)
+        t, _ = killed(labserver, tmux, "claude", sid, t["pid"])
+        assert t["status"] == "interrupted"
