@@ -1841,6 +1841,7 @@ class AgentWatchers(object):
         self.watches = {}  # wd -> (dir, handler)
         self.watched_dirs = {}  # dir -> wd
         self.pending_dirs = {}  # missing dir -> handler (watched through an existing parent)
+        self.roots = {}  # the agents' own directories -> handler (awaited again when removed)
         self.tails = {}  # path -> FileTail
         self.states = {}  # path -> thread state
         self.claude_registry = {}  # pid -> registry entry
@@ -1868,13 +1869,13 @@ class AgentWatchers(object):
             log("inotify unavailable (%s); watching agent files by stat every %.1fs" % (e, self.poll_interval))
             self.inotify = None
         claude = self.paths["claude"]
-        self.watch_dir(os.path.join(claude, "sessions"), self._on_claude_registry_dir)
-        self.watch_dir(os.path.join(claude, "projects"), self._on_claude_projects_dir)
+        self.watch_root(os.path.join(claude, "sessions"), self._on_claude_registry_dir)
+        self.watch_root(os.path.join(claude, "projects"), self._on_claude_projects_dir)
         codex = self.paths["codex"]
-        self.watch_dir(codex, self._on_codex_home)
-        self.watch_dir(os.path.join(codex, "sessions"), self._on_codex_tree)
-        self.watch_dir(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
-        self.watch_dir(self.paths["amp_threads"], self._on_amp_dir)
+        self.watch_root(codex, self._on_codex_home)
+        self.watch_root(os.path.join(codex, "sessions"), self._on_codex_tree)
+        self.watch_root(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
+        self.watch_root(self.paths["amp_threads"], self._on_amp_dir)
         self.cold_start()
         if self.inotify is None:
             self.server.loop.call_later(self.poll_interval, self._poll)
@@ -1912,6 +1913,11 @@ class AgentWatchers(object):
             if status:
                 self.states[path].update(status=status, detail=detail, turns=1)
                 self._apply_codex(path)
+
+    def watch_root(self, path, handler):
+        """An agent's own directory: watched (or awaited) for good, even after it is removed."""
+        self.roots[path] = handler
+        self.watch_dir(path, handler)
 
     def watch_dir(self, path, handler):
         """Watch a directory; a missing one is watched for through its nearest existing parent."""
@@ -1986,6 +1992,8 @@ class AgentWatchers(object):
                 self.watches.pop(wd, None)
                 if self.watched_dirs.get(directory) == wd:
                     del self.watched_dirs[directory]
+                    if directory in self.roots and self.inotify is not None:
+                        self.pending_dirs[directory] = self.roots[directory]  # removed: await it again
                 if self.pending_dirs:
                     self._settle_pending()  # an awaited directory's watched parent went away
                 continue
@@ -2189,7 +2197,10 @@ class AgentWatchers(object):
         self.server.after_watchers()
 
     def _on_codex_home(self, directory, name, mask):
-        if name == "session_index.jsonl":
+        if name is None:  # ~/.codex appeared (a first Codex run): read what it already holds
+            self._read_codex_index()
+            self._db_read(os.path.join(directory, "state_5.sqlite"), self._read_codex_names_db)
+        elif name == "session_index.jsonl":
             self._read_codex_index()
         elif name in ("state_5.sqlite", "state_5.sqlite-wal"):
             db = os.path.join(directory, "state_5.sqlite")

@@ -268,12 +268,21 @@ def test_a_first_opencode_install_is_seen_by_the_running_server(env, tmux):
         os.makedirs(os.path.join(data, "opencode"))
         shutil.copy(os.path.join(lab, ".local", "share", "opencode", "opencode.db"), os.path.join(data, "opencode"))
         retry_until(lambda: any(t["agent"] == "opencode" and t["id"] == OC_ID for t in s.state()["threads"]))
-        src = [os.path.join(dp, n) for dp, _, ns in os.walk(os.path.join(lab, ".codex", "sessions")) for n in ns][0]
+        named = "01a200ee-fa97-79d0-9e17-4806385eaaf9"  # has a name in state_5.sqlite
+        src = [os.path.join(dp, n) for dp, _, ns in os.walk(os.path.join(lab, ".codex", "sessions")) for n in ns
+               if named not in n][0]
         day = os.path.join(env.home, ".codex", "sessions", "2031", "01", "01")
         os.makedirs(day)
         shutil.copy(src, day)
         tid = os_.codex_id_from_path(src)
         retry_until(lambda: any(t["agent"] == "codex" and t["id"] == tid for t in s.state()["threads"]))
+        # ~/.codex removed, then put back whole (a restore): awaited again, read again, names too
+        assert not any(t["id"] == named for t in s.state()["threads"])
+        codex_tmp = os.path.join(env.base, "codex-new")
+        shutil.copytree(os.path.join(lab, ".codex"), codex_tmp)
+        shutil.rmtree(os.path.join(env.home, ".codex"))
+        os.rename(codex_tmp, os.path.join(env.home, ".codex"))
+        retry_until(lambda: [t for t in s.state()["threads"] if t["id"] == named and t["title"] == "sample-name"])
         assert not [n for n in os.listdir(os.path.join(data, "opencode")) if n.endswith(("-wal", "-shm"))]
     finally:
         s.stop()
