@@ -242,7 +242,7 @@ def test_opencode_cost_is_the_agents_even_for_a_priced_model():
 # -- Amp (unverified: no capture; the documented shape) ----------------------------------------------
 
 def test_amp_usage_from_the_documented_message_usage():
-    doc = {"id": "T-1", "created": 1, "messages": [
+    doc = {"id": "T-019b9d03-62e3-772f-9780-3e637f90eaec", "created": 1, "messages": [
         {"role": "user", "content": [{"type": "text", "text": "hi"}]},
         {"role": "assistant", "content": [], "state": {"type": "complete", "stopReason": "end_turn"},
          "usage": {"model": "claude-sonnet-4-20250514", "inputTokens": 10, "outputTokens": 200,
@@ -251,7 +251,7 @@ def test_amp_usage_from_the_documented_message_usage():
     u = os_.usage_json(st["usage"], st["model"])
     assert (u["input"], u["output"], u["cacheRead"], u["cacheWrite"]) == (10, 200, 30000, 4000)
     assert u["contextPct"] == 20 and u["cost"] == pytest.approx((10 * 3 + 200 * 15 + 30000 * 0.3 + 4000 * 3.75) / 1e6)
-    assert os_.amp_thread_state({"id": "T-2", "messages": []})["usage"] is None
+    assert os_.amp_thread_state({"id": "T-019b9d03-62e3-772f-9780-3e637f90eaed", "messages": []})["usage"] is None
 
 
 # -- prices --------------------------------------------------------------------------------------
