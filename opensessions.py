@@ -1285,30 +1285,33 @@ def pi_cwd_dir_name(cwd):
 
 
 def qwen_reduce(state, rec):
-    """Apply one record of a Qwen Code chat (~/.qwen/projects/<encoded cwd>/chats/<id>.jsonl).
-    Qwen's records are Claude-like ({uuid, sessionId, timestamp, type: user|assistant|system,
-    message: {role, parts}} …); see tests/fixtures/qwen/README.md for what was captured."""
+    """Apply one record of a Qwen Code chat (~/.qwen/projects/<encoded cwd>/chats/<uuid>.jsonl).
+
+    Records are Claude-like ({uuid, parentUuid, sessionId, timestamp, type, cwd, message}) with
+    Gemini-like parts: user (a prompt), assistant (text or functionCall parts, usageMetadata once a
+    response is complete), tool_result, system (subtype ui_telemetry: api_response / api_error /
+    tool_call). Captured: an interrupted answer is written without usageMetadata; a 500 is retried,
+    each attempt an api_error record (the final failure was not reached in 45 s of retrying).
+    """
     kind = rec.get("type")
     ts = parse_iso_ms(rec.get("timestamp"))
     if ts:
         state["updatedAt"] = max(state["updatedAt"], ts)
     if isinstance(rec.get("cwd"), str):
         state["cwd"] = rec["cwd"]
-    if isinstance(rec.get("sessionId"), str) and _UUID_RE.match(rec["sessionId"]):
-        state["id"] = rec["sessionId"]
     message = rec.get("message") if isinstance(rec.get("message"), dict) else {}
-    parts = message.get("parts") if isinstance(message.get("parts"), list) else message.get("content")
+    parts = message.get("parts") if isinstance(message.get("parts"), list) else []
     if kind == "user":
-        if isinstance(parts, list) and any(isinstance(p, dict) and "functionResponse" in p for p in parts):
-            state.update(status="running", detail=None)
-            return state
-        texts = [t for t in _content_texts(parts) if _is_prompt_text(t)]
+        texts = [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        texts = [t for t in texts if _is_prompt_text(t)]
         if texts:
             if not state["firstPrompt"]:
                 state["firstPrompt"] = texts[0]
             state["lastPrompt"] = texts[0]
             state["turns"] += 1
-            state.update(status="running", detail=None, attempt=None)
+        state.update(status="running", detail=None, attempt=None)
+    elif kind == "tool_result":
+        state.update(status="running", detail=None, attempt=None)
     elif kind == "assistant":
         if isinstance(rec.get("model"), str) and rec["model"]:
             state["model"] = rec["model"]
@@ -1317,17 +1320,19 @@ def qwen_reduce(state, rec):
             _usage_add(state.setdefault("usage", new_usage()), 1, gemini_tokens({
                 "input": meta.get("promptTokenCount"), "output": meta.get("candidatesTokenCount"),
                 "cached": meta.get("cachedContentTokenCount"), "thoughts": meta.get("thoughtsTokenCount")}))
-        calls = isinstance(parts, list) and any(isinstance(p, dict) and "functionCall" in p for p in parts)
-        state.update(status="running" if calls else "done", detail=None)
-    elif kind == "system":
-        sub = rec.get("subtype")
+        if any(isinstance(p, dict) and "functionCall" in p for p in parts):
+            state.update(status="running", detail=None, attempt=None)
+        elif meta is None:
+            state.update(status="interrupted", detail=None, attempt=None)  # cut off: no usage came
+        else:
+            state.update(status="done", detail=None, attempt=None)
+    elif kind == "system" and rec.get("subtype") == "ui_telemetry":
         payload = rec.get("systemPayload") if isinstance(rec.get("systemPayload"), dict) else {}
-        if sub == "ui_telemetry":
-            ui = payload.get("uiEvent") if isinstance(payload.get("uiEvent"), dict) else {}
-            if ui.get("event.name") == "qwen-code.api_error" or ui.get("error"):
-                state.update(status="error", detail=str(ui.get("error") or "API error")[:MAX_LOG_MESSAGE])
-        elif sub in ("cancelled", "interrupted") or "cancel" in str(sub or ""):
-            state.update(status="interrupted", detail=None)
+        ui = payload.get("uiEvent") if isinstance(payload.get("uiEvent"), dict) else {}
+        if ui.get("event.name") == "qwen-code.api_error" and state["status"] in ("running", "retry"):
+            attempt = (state["attempt"] or 0) + 1
+            state.update(status="retry", detail=str(ui.get("error_message") or "API error")[:MAX_LOG_MESSAGE],
+                         attempt=attempt)
     return state
 
 
@@ -1405,6 +1410,9 @@ def classify_agent_process(comm, args):
         return "codex"
     if "pi" in names:  # Pi sets its process title to `pi` (its argv is overwritten with it)
         return "pi" if not ({"-p", "--print", "--mode"} & set(rest)) else None
+    for agent in ("gemini", "qwen"):
+        if agent in names:  # installed as a native binary or a script named like the agent
+            return agent if not ({"-p", "--prompt"} & set(rest)) else None
     if comm in ("node", "bun") or argv0 in ("node", "bun"):
         more = _more_agent_of_node(rest)
         if more is not None:
@@ -1446,9 +1454,9 @@ def agent_resume_id_from_args(agent, args):
     rest = list(args[1:]) if args else []
     if agent == "codex" and len(rest) >= 2 and os.path.basename(rest[0]) == "codex":
         rest = rest[1:]  # the node wrapper: node …/codex <args>
-    if agent in ("gemini", "qwen", "pi"):
-        while rest and rest[0].startswith("-") and agent != "pi":
-            rest = rest[1:]  # node's flags before the script
+    if agent in ("gemini", "qwen", "pi") and args and os.path.basename(args[0]) in ("node", "bun"):
+        while rest and rest[0].startswith("-"):
+            rest = rest[1:]  # node's flags before the script (Gemini's relaunched child)
         if rest and os.path.basename(rest[0]) in (agent, "cli.js", "cli-entry.js"):
             rest = rest[1:]
     candidates = []
