@@ -1190,13 +1190,16 @@ def gemini_reduce(state, rec):
         msgs = patch.get("messages")
         if isinstance(msgs, list):
             # a rewrite of the history: titles and turns from it, no usage counted twice
-            status, detail, turns = state["status"], state["detail"], 0
+            kept = dict((k, state[k]) for k in ("status", "detail", "attempt", "turns", "lastPrompt"))
+            turns = 0
             for m in msgs:
                 if isinstance(m, dict):
                     if m.get("type") == "user" and _gemini_prompt(m.get("content")) is not None:
                         turns += 1
                     _gemini_message(state, m, counted=False)
-            state.update(status=status, detail=detail, turns=max(turns, state["turns"] if turns else 0))
+            state.update(kept)
+            state["turns"] = max(turns, kept["turns"])
+            state["lastPrompt"] = kept["lastPrompt"] or state["lastPrompt"]
         return state
     if isinstance(rec.get("sessionId"), str) and "type" not in rec:
         state["id"] = rec["sessionId"]

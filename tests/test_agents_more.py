@@ -68,8 +68,11 @@ def test_pi_session_name_and_ids():
 
 def test_gemini_capture_states_title_usage():
     state, seen = statuses("gemini", os_.gemini_reduce)
-    assert seen[0] == "idle" and seen[1:7] == ["running", "done", "running", "done", "running", "interrupted"]
-    assert seen[-2:] == ["running", "error"]
+    # hello -> done; FAKE_WRITE: an empty answer, the tool call, its result -> done; FAKE_SLOW + Esc
+    # -> "Request cancelled."; FAKE_ERR500 retried for 45 s, then Esc; FAKE_ERR400 -> an error line
+    assert seen == ["idle", "running", "done", "running", "done", "running", "interrupted", "running",
+                    "interrupted", "running", "error"]
+    assert state["detail"].startswith("[API Error: ") and "fake 400 error" in state["detail"]
     assert state["id"] == gemini_id()
     assert os_.thread_title(state) == "hello there"
     assert state["model"].startswith("gemini-")
@@ -257,7 +260,7 @@ def moreenv(env):
 def test_watchers_follow_appends_of_each_agent(moreenv, tmux):
     files = place_fixtures(moreenv.home)
     lines = {a: open(src, "rb").read().split(b"\n") for a, (src, _) in files.items()}
-    cut = {"gemini": 5, "pi": 5, "qwen": 6}  # a turn under way
+    cut = {"gemini": 4, "pi": 4, "qwen": 4}  # a turn under way
     for agent, (_, dst) in files.items():
         with open(dst, "wb") as f:
             f.write(b"\n".join(lines[agent][:cut[agent]]) + b"\n")
