@@ -5492,6 +5492,26 @@ def more_cwd_candidates(paths, agent, cwd):
     return out
 
 
+def more_conversation_exists(paths, agent, tid):
+    """A Gemini CLI / Qwen Code / Pi conversation file for this id is still there (names only; a
+    Gemini file is named with the id's first 8 characters, its header line has the whole id)."""
+    if agent == "gemini":
+        root = os.path.join(paths["gemini"], "tmp")
+        for project in listdir(root):
+            d = os.path.join(root, project, "chats")
+            for name in listdir(d, ".jsonl"):
+                if gemini_id_from_path(name) == tid[:8]:
+                    head = parse_json_lines(read_head_lines(os.path.join(d, name), 4096))[0][:1]
+                    if head and head[0].get("sessionId") == tid:
+                        return True
+        return False
+    if agent == "qwen":
+        root = os.path.join(paths["qwen"], "projects")
+        return any(os.path.exists(os.path.join(root, d, "chats", tid + ".jsonl")) for d in listdir(root))
+    root = os.path.join(paths["pi"], "sessions")
+    return any(pi_id_from_path(n) == tid for d in listdir(root) for n in listdir(os.path.join(root, d), ".jsonl"))
+
+
 def qwen_registry_id(qwen_dir, pids):
     """Qwen Code's live registry ~/.qwen/sessions/<pid>.json -> the session id of one of pids."""
     for p in pids:
@@ -5909,6 +5929,8 @@ class Resurrect(object):
                 return bool(sqlite_rows(self.paths["opencode_db"], "SELECT 1 FROM session WHERE id = ?", (tid,)))
             except sqlite3.Error:
                 return False
+        if agent in ("gemini", "qwen", "pi"):
+            return more_conversation_exists(self.paths, agent, tid)
         return True  # Amp keeps threads on its servers: nothing local to check
 
     def pane_state(self, target):

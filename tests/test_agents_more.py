@@ -329,6 +329,18 @@ def test_save_and_restore_gemini_qwen_pi(env):
     shutil.copy(os.path.join(FIX, "pi", "session.jsonl"),
                 os.path.join(pdir, open(os.path.join(FIX, "pi", "session-filename.txt")).read().strip()))
     gid = "4fc6198e-176f-4163-aac4-8bb4abbad101"
+    gdir = os.path.join(home, ".gemini", "tmp", "work", "chats")
+    os.makedirs(gdir)
+    with open(os.path.join(gdir, "session-2026-11-27T22-08-4fc6198e.jsonl"), "w") as f:
+        f.write(json.dumps({"sessionId": gid, "startTime": "2026-11-27T22:08:38.889Z", "kind": "main"}) + "\n")
+    qdir = os.path.join(home, ".qwen", "projects", os_.claude_project_dir_name(work), "chats")
+    os.makedirs(qdir)
+    shutil.copy(os.path.join(FIX, "qwen", "session.jsonl"), os.path.join(qdir, QWEN_ID + ".jsonl"))
+    paths = os_.agent_paths({"HOME": home})
+    assert os_.more_conversation_exists(paths, "gemini", gid) and os_.more_conversation_exists(paths, "pi", PI_ID)
+    assert os_.more_conversation_exists(paths, "qwen", QWEN_ID)
+    assert not os_.more_conversation_exists(paths, "gemini", gid[:-1] + "0")
+    assert not os_.more_conversation_exists(paths, "pi", QWEN_ID)
     t = TmuxServer(env, "more")
     try:
         t.new_session("seed", cwd=home)
