@@ -678,18 +678,59 @@ def valid_thread_id(agent, thread_id):
 
 
 class LineBuffer(object):
-    """Splits appended bytes into complete lines, holding a partial last line until it completes."""
+    """Splits appended bytes into complete lines, holding a partial last line until it completes.
 
-    def __init__(self):
-        self.partial = b""
+    A line longer than max_line bytes is never held whole: once it passes the cap its bytes are
+    dropped as they come, up to its end, and it is counted in `skipped` (never returned)."""
+
+    def __init__(self, max_line=16 * 1024 * 1024):
+        self.max_line = max_line
+        self.parts = []  # pieces of the partial last line (joined once, when it completes)
+        self.size = 0
+        self.skipping = False
+        self.skipped = 0
+
+    @property
+    def partial(self):
+        return b"".join(self.parts)
 
     def feed(self, data):
         if not data:
             return []
-        data = self.partial + data
-        lines = data.split(b"\n")
-        self.partial = lines.pop()
+        lines = []
+        start = 0
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                break
+            piece = data[start:nl]
+            if self.skipping:
+                self.skipping = False  # the end of a line already counted
+            elif self.size + len(piece) > self.max_line:
+                self.skipped += 1
+            elif self.parts:
+                self.parts.append(piece)
+                lines.append(b"".join(self.parts))
+            else:
+                lines.append(piece)
+            self.parts, self.size = [], 0
+            start = nl + 1
+        if start < len(data) and not self.skipping:
+            rest = data[start:] if start else data
+            if self.size + len(rest) > self.max_line:
+                self.skipping = True
+                self.skipped += 1
+                self.parts, self.size = [], 0
+            else:
+                self.parts.append(rest)
+                self.size += len(rest)
         return lines
+
+
+def clean_parsed_strings(value):
+    """A JSON value read from an agent's file made safe to keep (the API's clean_json: lone
+    surrogates become U+FFFD, non-finite numbers None), deep enough for any record."""
+    return clean_json(value, 100)
 
 
 def parse_json_lines(lines):
@@ -701,10 +742,12 @@ def parse_json_lines(lines):
             continue
         try:
             rec = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             bad += 1
             continue
         if isinstance(rec, dict):
+            if (b"\\u" if isinstance(line, bytes) else "\\u") in line:
+                rec = clean_parsed_strings(rec)
             records.append(rec)
         else:
             bad += 1
@@ -716,19 +759,46 @@ def parse_iso_ms(value):
     if not isinstance(value, str) or len(value) < 19:
         return None
     import calendar
+    if value[4] != "-" or value[7] != "-" or value[10] not in "T " or value[13] != ":" or value[16] != ":":
+        return None
     try:
-        base = time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")
-    except ValueError:
+        parts = (value[0:4], value[5:7], value[8:10], value[11:13], value[14:16], value[17:19])
+        if not all(p.isdigit() and p.isascii() for p in parts):
+            return None
+        y, mo, d, h, mi, sec = (int(p) for p in parts)
+        if not (1 <= mo <= 12 and 1 <= d <= 31 and h <= 23 and mi <= 59 and sec <= 61):
+            return None
+        base = calendar.timegm((y, mo, d, h, mi, sec))
+    except (ValueError, OverflowError):
         return None
     ms = 0
     if len(value) > 20 and value[19] == ".":
         digits = ""
-        for ch in value[20:]:
+        for ch in value[20:23]:
             if not ch.isdigit():
                 break
             digits += ch
         ms = int((digits + "000")[:3]) if digits else 0
-    return calendar.timegm(base) * 1000 + ms
+    return base * 1000 + ms
+
+
+def _epoch_ms(value):
+    """A time in ms from a file: an integer between 1970 and year 5138, else 0 (1e999, -1, "x")."""
+    ms = _int(value, 0)
+    return ms if 0 < ms < 10 ** 14 else 0
+
+
+def _text_or(value, default):
+    """A parser's text field as a str: numbers and other JSON values are shown, nothing is 'default'.
+    (Parser strings; the API's input cleaning is a separate helper.)"""
+    if value is None or value == "" or isinstance(value, (dict, list)) and not value:
+        return default
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=True)
+    except (TypeError, ValueError):
+        return default
 
 
 def _clip_title(text):
@@ -807,7 +877,8 @@ def claude_reduce(state, rec):
             state["model"] = model
         if rec.get("isApiErrorMessage"):
             texts = _content_texts(message.get("content"))
-            state.update(status="error", detail=(texts[0] if texts else rec.get("error") or "API error")[:MAX_LOG_MESSAGE])
+            detail = texts[0] if texts else rec.get("error")
+            state.update(status="error", detail=_text_or(detail, "API error")[:MAX_LOG_MESSAGE])
         elif rec.get("isAbortedMidStream"):
             state.update(status="interrupted", detail=None)
         elif message.get("stop_reason") == "end_turn":
@@ -830,7 +901,7 @@ def claude_registry_entry(data):
     if not isinstance(data, dict):
         return None
     pid, sid = data.get("pid"), data.get("sessionId")
-    if isinstance(pid, bool) or not isinstance(pid, int) or not isinstance(sid, str):
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2 ** 31 or not isinstance(sid, str):
         return None
     status = data.get("status")
     return {
@@ -839,7 +910,7 @@ def claude_registry_entry(data):
         "waitingFor": data.get("waitingFor") if isinstance(data.get("waitingFor"), str) else None,
         "name": data.get("name") if data.get("nameSource") == "user" and isinstance(data.get("name"), str) else None,
         "procStart": _int(data.get("procStart"), None),
-        "updatedAt": _int(data.get("statusUpdatedAt") or data.get("updatedAt"), 0),
+        "updatedAt": _epoch_ms(data.get("statusUpdatedAt") or data.get("updatedAt")),
         "tmux": data.get("tmux") if isinstance(data.get("tmux"), str) else None,
         "entrypoint": data.get("entrypoint"),
     }
@@ -883,7 +954,7 @@ def codex_reduce(state, rec):
     if ts:
         state["updatedAt"] = max(state["updatedAt"], ts)
     if kind == "session_meta":
-        if isinstance(payload.get("id"), str):
+        if valid_thread_id("codex", payload.get("id")):
             state["id"] = payload["id"]
         if isinstance(payload.get("cwd"), str):
             state["cwd"] = payload["cwd"]
@@ -901,8 +972,8 @@ def codex_reduce(state, rec):
         elif sub == "task_complete":
             err = payload.get("error")
             if err:
-                msg = err.get("message") if isinstance(err, dict) else str(err)
-                state.update(status="error", detail=(msg or "error")[:MAX_LOG_MESSAGE])
+                msg = err.get("message") if isinstance(err, dict) else err
+                state.update(status="error", detail=_text_or(msg, "error")[:MAX_LOG_MESSAGE])
             else:
                 state.update(status="done", detail=None)
         elif sub == "turn_aborted":
@@ -926,8 +997,8 @@ def codex_turn_status(status, error_json=None):
     detail = None
     if mapped == "error" and error_json:
         try:
-            detail = str(json.loads(error_json).get("message") or "")[:MAX_LOG_MESSAGE] or None
-        except (ValueError, AttributeError):
+            detail = _text_or(json.loads(error_json).get("message"), "")[:MAX_LOG_MESSAGE] or None
+        except (ValueError, AttributeError, TypeError):
             detail = None
     return mapped, detail
 
@@ -1038,10 +1109,10 @@ def settle_idle(old_status):
 # and is unverified against a real file.
 def amp_thread_state(data, mtime_ms=0):
     """Parse one Amp thread JSON document -> thread state, or None when it is not one."""
-    if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+    if not isinstance(data, dict) or not valid_thread_id("amp", data.get("id")):
         return None
     state = new_thread_state("amp", data["id"])
-    state["updatedAt"] = max(_int(data.get("created"), 0), mtime_ms)
+    state["updatedAt"] = max(_epoch_ms(data.get("created")), mtime_ms)
     if isinstance(data.get("title"), str) and data["title"]:
         state["customTitle"] = data["title"]
     env = data.get("env") if isinstance(data.get("env"), dict) else {}
@@ -1559,13 +1630,31 @@ CLIENT_FIELDS = (
     ("session_id", "session_id"), ("session_name", "session_name"), ("window_id", "window_id"),
     ("pane_id", "pane_id"), ("client_activity", "client_activity"),
 )
-PANES_FORMAT = "P" + FS + FS.join("#{%s}" % f for _, f in PANE_FIELDS)
-CLIENTS_FORMAT = "C" + FS + FS.join("#{%s}" % f for _, f in CLIENT_FIELDS)
+# Every field is length-prefixed ('<bytes>:<value>'; tmux's n: modifier counts bytes): a cwd or a
+# command line may hold '\n' or FS, and must neither drop a pane nor forge one.
+PANES_FORMAT = "P" + "".join("#{n:%s}:#{%s}" % (f, f) for _, f in PANE_FIELDS)
+CLIENTS_FORMAT = "C" + "".join("#{n:%s}:#{%s}" % (f, f) for _, f in CLIENT_FIELDS)
 # Evaluated inside tmux, at most once a second, reported only when it changes: this is how the
 # server learns about cwd and command changes, and about layout changes in sessions other than the
 # one its control client is attached to (%layout-change covers only that one), without polling.
-SUBSCRIPTION_FORMAT = ("#{S:#{W:#{P:#{pane_id}=#{pane_pid}=#{pane_current_command}=#{pane_current_path}"
-                       "=#{pane_width}x#{pane_height}+#{pane_left}+#{pane_top};}}}")
+# Control characters in a command or cwd become '?' (a '\n' would cut the notification line).
+_NO_CTRL = "s/[\x01-\x1f\x7f]/?/:"
+SUBSCRIPTION_FORMAT = ("#{S:#{W:#{P:#{pane_id}=#{pane_pid}=#{%spane_current_command}=#{%spane_current_path}"
+                       "=#{pane_width}x#{pane_height}+#{pane_left}+#{pane_top};}}}" % (_NO_CTRL, _NO_CTRL))
+
+
+def tmux_literal(text):
+    """A user-controlled string for a tmux argument that tmux expands as a format (new-session -s
+    and -c, split-window -c, display-message text, run-shell commands): '#' becomes '##', so
+    '#(cmd)' runs nothing and '#[fg=red]' styles nothing."""
+    return str(text).replace("#", "##")
+
+
+def tmux_arg(arg):
+    """One argv element for tmux: an argument ending in ';' would end the command there (tmux then
+    runs the rest as another command), so its ';' is escaped; a lone ';' stays the separator."""
+    arg = str(arg)
+    return arg[:-1] + "\\;" if arg.endswith(";") and arg != ";" else arg
 
 
 class TmuxError(Exception):
@@ -1579,8 +1668,48 @@ class TmuxGone(TmuxError):
 def _int(value, default=0):
     try:
         return int(value)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError):  # None, "x", NaN, 1e999
         return default
+
+
+def tmux_record_format(kind, fields):
+    """A tmux -F format for one record: kind, then each field as '<bytes>:<value>'."""
+    return kind + "".join("#{n:%s}:#{%s}" % (f, f) for f in fields)
+
+
+def read_tmux_records(output, counts):
+    """Records of length-prefixed fields (PANES_FORMAT, tmux_record_format), one per line, from tmux's
+    raw output -> [(kind, [field text, ...])]. A value cannot split or forge a record; a line that is
+    not such a record is skipped whole."""
+    data = output if isinstance(output, bytes) else output.encode("utf-8", "surrogateescape")
+    out = []
+    pos, end = 0, len(data)
+    while pos < end:
+        kind = data[pos:pos + 1].decode("latin-1")
+        fields = []
+        p = pos + 1
+        if kind in counts:
+            try:
+                for _ in range(counts[kind]):
+                    colon = data.index(b":", p, p + 12)
+                    if not data[p:colon].isdigit():
+                        raise ValueError("no length")
+                    size = int(data[p:colon])
+                    if colon + 1 + size > end:
+                        raise ValueError(size)
+                    fields.append(data[colon + 1:colon + 1 + size].decode("utf-8", "replace"))
+                    p = colon + 1 + size
+                if data[p:p + 1] not in (b"\n", b""):
+                    raise ValueError("trailing bytes")
+            except ValueError:
+                fields = None
+            if fields is not None:
+                out.append((kind, fields))
+                pos = p + 1
+                continue
+        nl = data.find(b"\n", pos)
+        pos = end if nl < 0 else nl + 1
+    return out
 
 
 def parse_snapshot(output):
@@ -1592,12 +1721,8 @@ def parse_snapshot(output):
     sessions = {}
     order = []
     clients = []
-    for line in output.split("\n"):
-        if not line:
-            continue
-        parts = line.split(FS)
-        kind, values = parts[0], parts[1:]
-        if kind == "P" and len(values) == len(PANE_FIELDS):
+    for kind, values in read_tmux_records(output, {"P": len(PANE_FIELDS), "C": len(CLIENT_FIELDS)}):
+        if kind == "P":
             row = dict(zip((k for k, _ in PANE_FIELDS), values))
             sid = row["session_id"]
             s = sessions.get(sid)
@@ -1622,7 +1747,7 @@ def parse_snapshot(output):
                 "sidebarWindow": row["sidebar_window"] or None, "left": _int(row["pane_left"]),
                 "top": _int(row["pane_top"]),
             })
-        elif kind == "C" and len(values) == len(CLIENT_FIELDS):
+        elif kind == "C":
             row = dict(zip((k for k, _ in CLIENT_FIELDS), values))
             clients.append({
                 "name": row["client_name"], "tty": row["client_tty"],
@@ -1670,10 +1795,11 @@ class Tmux(object):
         self.tmux_bin = tmux_bin
 
     def argv(self, *args):
-        return [self.tmux_bin, "-S", self.socket_path] + [str(a) for a in args]
+        return [self.tmux_bin, "-S", self.socket_path] + [tmux_arg(a) for a in args]
 
     def run(self, *args, **kw):
-        """Run one tmux command (or several joined by ';'); -> stdout text. Raises TmuxError/TmuxGone."""
+        """Run one tmux command (or several joined by ';'); -> stdout text (bytes with raw=True).
+        Raises TmuxError/TmuxGone."""
         import subprocess
         timeout = kw.get("timeout", 5.0)
         try:
@@ -1684,6 +1810,8 @@ class Tmux(object):
         except subprocess.TimeoutExpired:
             raise TmuxError("tmux %s timed out" % (args[0] if args else ""))
         err = proc.stderr.decode("utf-8", "replace").strip()
+        if proc.returncode == 0 and kw.get("raw"):
+            return proc.stdout
         if proc.returncode != 0:
             if ("no server running" in err or "error connecting to" in err
                     or "No such file or directory" in err and self.socket_path in err):
@@ -1702,7 +1830,7 @@ class Tmux(object):
 
     def snapshot(self):
         """One tmux process for the whole state: all panes plus all clients."""
-        out = self.run("list-panes", "-a", "-F", PANES_FORMAT, ";", "list-clients", "-F", CLIENTS_FORMAT)
+        out = self.run("list-panes", "-a", "-F", PANES_FORMAT, ";", "list-clients", "-F", CLIENTS_FORMAT, raw=True)
         return parse_snapshot(out)
 
     def control_argv(self):
@@ -2124,6 +2252,14 @@ DIR_EVENTS = IN_MODIFY | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM 
 TAIL_BYTES = 128 * 1024  # cold start reads at most this much of a transcript's end
 HEAD_BYTES = 32 * 1024  # ... and this much of its start (for the first prompt)
 READ_CHUNK = 1024 * 1024
+MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer line (no agent writes one) is skipped, never held whole
+READ_BUDGET = 4 * 1024 * 1024  # one loop turn reads at most this much of one file; the rest comes next turn
+OPENCODE_MIN_INTERVAL = 0.1  # opencode.db is queried at most this often (it changes many times a second)
+DB_WAIT_TRIES = 60  # how long a read waits for a database's writer to finish its commit (about 4 s)
+
+
+def _raise(error):
+    raise error
 
 
 class Inotify(object):
@@ -2176,16 +2312,22 @@ class FileTail(object):
     """Follows one append-only file by byte offset: parses only appended bytes, holds a partial
     last line, and notices truncation and replacement (inode change)."""
 
-    def __init__(self, path):
+    def __init__(self, path, max_line=MAX_LINE_BYTES, budget=READ_BUDGET):
         self.path = path
         self.inode = None
         self.offset = 0
-        self.buf = LineBuffer()
+        self.max_line = max_line
+        self.budget = budget
+        self.buf = LineBuffer(max_line)
         self.bytes_read = 0
+        self.skipped_lines = 0  # lines over max_line (also those of earlier buffers)
+        self.more = False  # the last read stopped at its budget: call read() again soon
 
     def read(self, cold_tail=None):
         """-> (lines, reset). reset is True when the file was replaced or truncated (start over).
-        On the first read with cold_tail, only the last cold_tail bytes are read."""
+        On the first read with cold_tail, only the last cold_tail bytes are read. One read takes at
+        most `budget` bytes (self.more tells that there is more); a line over max_line is skipped."""
+        self.more = False
         try:
             st = os.stat(self.path)
         except OSError:
@@ -2196,7 +2338,7 @@ class FileTail(object):
             reset = self.inode is not None
             first = self.inode is None
             self.inode = st.st_ino
-            self.buf = LineBuffer()
+            self.buf = LineBuffer(self.max_line)
             self.offset = 0
             if first and cold_tail and st.st_size > cold_tail:
                 self.offset = st.st_size - cold_tail
@@ -2204,13 +2346,19 @@ class FileTail(object):
         if st.st_size == self.offset:
             return [], reset
         lines = []
+        left = self.budget
+        skipped_before = self.buf.skipped
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 while True:
-                    chunk = f.read(READ_CHUNK)
+                    if left <= 0:
+                        self.more = True
+                        break
+                    chunk = f.read(min(READ_CHUNK, left))
                     if not chunk:
                         break
+                    left -= len(chunk)
                     self.offset += len(chunk)
                     self.bytes_read += len(chunk)
                     if skip_partial:
@@ -2222,6 +2370,7 @@ class FileTail(object):
                     lines.extend(self.buf.feed(chunk))
         except OSError:
             pass
+        self.skipped_lines += self.buf.skipped - skipped_before
         return lines, reset
 
 
@@ -2247,14 +2396,77 @@ def listdir(path, suffix=""):
     return [n for n in names if n.endswith(suffix)] if suffix else names
 
 
+def sqlite_is_wal(path):
+    """The database file's header says WAL mode (bytes 18-19 are 2)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return False
+    return len(head) == 20 and head[18] == 2 and head[19] == 2
+
+
 def sqlite_ro(path, timeout=0.2):
-    """Open an SQLite database read-only (never locks out its writer). Raises sqlite3.Error."""
+    """Open an SQLite database read-only (never locks out its writer). Raises sqlite3.Error.
+
+    Leaves the agent's directory as it was: a read-only connection to a WAL database creates
+    `-wal` and `-shm` files and cannot remove them. With no `-wal` file no writer has the database
+    open, so it is opened immutable (SQLite then creates nothing); a writer that starts meanwhile
+    changes the files, and that change makes us read again."""
     import sqlite3
     from urllib.parse import quote
-    conn = sqlite3.connect("file:%s?mode=ro" % quote(os.path.abspath(path)), uri=True, timeout=timeout,
+    flags = "mode=ro"
+    if not os.path.exists(path + "-wal") and sqlite_is_wal(path):
+        flags += "&immutable=1"
+    conn = sqlite3.connect("file:%s?%s" % (quote(os.path.abspath(path)), flags), uri=True, timeout=timeout,
                            check_same_thread=False)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+SQLITE_WAL_WRITE_LOCK = 120  # byte of the -shm file a WAL writer locks for its whole transaction
+
+
+def sqlite_write_locked(path):
+    """True while a writer of a WAL database holds its write lock (a commit under way: its frames
+    may be in the -wal, and so wake us, before the commit is visible to readers), False when not,
+    None where we cannot tell. Only asks (F_GETLK); never takes a lock."""
+    import fcntl
+    import struct
+    if struct.calcsize("P") != 8:
+        return None
+    if sys.platform.startswith("linux"):
+        layout, make = "@hhqqi4x", lambda t: (t, 0, SQLITE_WAL_WRITE_LOCK, 1, 0)
+        kind = lambda v: v[0]
+    elif sys.platform == "darwin":
+        layout, make = "@qqihh", lambda t: (SQLITE_WAL_WRITE_LOCK, 1, 0, t, 0)
+        kind = lambda v: v[3]
+    else:
+        return None
+    try:
+        fd = os.open(path + "-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False  # no -shm: no writer shares the database
+    try:
+        got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack(layout, *make(fcntl.F_WRLCK)))
+        return kind(struct.unpack(layout, got)) != fcntl.F_UNLCK
+    except (OSError, struct.error):
+        return None
+    finally:
+        os.close(fd)
+
+
+def sqlite_stamp(path):
+    """What says an SQLite database changed: (inode, size, mtime) of the file and of its -wal.
+    Our own reads change neither (only the -shm, which is never a reason to read)."""
+    out = []
+    for p in (path, path + "-wal"):
+        try:
+            st = os.stat(p)
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
 
 
 def sqlite_rows(path, sql, params=()):
@@ -2297,10 +2509,10 @@ class MoreAgentWatchers(object):
     def _more_start(self):
         p = self.paths
         self.gemini_projects = {}  # project name -> directory
-        self.watch_dir(p["gemini"], self._on_gemini_home)
-        self.watch_dir(os.path.join(p["gemini"], "tmp"), self._on_gemini_tmp)
-        self.watch_dir(os.path.join(p["qwen"], "projects"), self._on_qwen_projects)
-        self.watch_dir(os.path.join(p["pi"], "sessions"), self._on_pi_sessions)
+        self.watch_root(p["gemini"], self._on_gemini_home)
+        self.watch_root(os.path.join(p["gemini"], "tmp"), self._on_gemini_tmp)
+        self.watch_root(os.path.join(p["qwen"], "projects"), self._on_qwen_projects)
+        self.watch_root(os.path.join(p["pi"], "sessions"), self._on_pi_sessions)
 
     def _more_cold_start(self):
         self._read_gemini_projects()
@@ -2346,9 +2558,9 @@ class MoreAgentWatchers(object):
                     for n in listdir(directory, ".jsonl"):
                         path = os.path.join(directory, n)
                         if path not in self.tails and self._recent(path):
-                            self._read_more(agent, path)
+                            self._more_read_file(agent, path)
                 elif name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
-                    self._read_more(agent, os.path.join(directory, name))
+                    self._more_read_file(agent, os.path.join(directory, name))
             handlers[agent] = handler
         return handlers[agent]
 
@@ -2378,7 +2590,7 @@ class MoreAgentWatchers(object):
                 return sid
         return None
 
-    def _read_more(self, agent, path):
+    def _more_read_file(self, agent, path):
         state = self.states.get(path)
         tid = state["id"] if state is not None else self._more_thread_id(agent, path)
         if not tid:
@@ -2429,17 +2641,26 @@ class AgentWatchers(MoreAgentWatchers):
         self.watches = {}  # wd -> (dir, handler)
         self.watched_dirs = {}  # dir -> wd
         self.pending_dirs = {}  # missing dir -> handler (watched through an existing parent)
+        self.roots = {}  # the agents' own directories -> handler (awaited again when removed)
         self.tails = {}  # path -> FileTail
         self.states = {}  # path -> thread state
+        self.state_paths = {}  # (agent, thread id) -> the first path read for it (no scan of states per file)
         self.claude_registry = {}  # pid -> registry entry
         self.claude_reg_files = {}  # registry file -> pid
         self.codex_names = {}
         self.codex_index_tail = None
         self.oc_last = 0
         self.oc_pending = False
+        self.oc_queried_at = None  # monotonic time of the last opencode.db query
+        self.db_stamps = {}  # database -> sqlite_stamp() taken before our last read of it
+        self.db_waits = {}  # database -> tries, while we wait for its writer to finish a commit
         self.oc_error_logged = False
         self.amp_mtimes = {}
         self.bad_records = 0
+        self.long_lines = 0  # lines over MAX_LINE_BYTES, skipped unread
+        self._logged_bad = set()
+        self._oc_bad_rows = set()
+        self._more_pending = set()
         self._stat_cache = {}
 
     # -- setup -----------------------------------------------------------------------------------
@@ -2453,28 +2674,45 @@ class AgentWatchers(MoreAgentWatchers):
             log("inotify unavailable (%s); watching agent files by stat every %.1fs" % (e, self.poll_interval))
             self.inotify = None
         claude = self.paths["claude"]
-        self.watch_dir(os.path.join(claude, "sessions"), self._on_claude_registry_dir)
-        self.watch_dir(os.path.join(claude, "projects"), self._on_claude_projects_dir)
+        self.watch_root(os.path.join(claude, "sessions"), self._on_claude_registry_dir)
+        self.watch_root(os.path.join(claude, "projects"), self._on_claude_projects_dir)
         codex = self.paths["codex"]
-        self.watch_dir(codex, self._on_codex_home)
-        self.watch_dir(os.path.join(codex, "sessions"), self._on_codex_tree)
-        self.watch_dir(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
-        self.watch_dir(self.paths["amp_threads"], self._on_amp_dir)
+        self.watch_root(codex, self._on_codex_home)
+        self.watch_root(os.path.join(codex, "sessions"), self._on_codex_tree)
+        self.watch_root(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
+        self.watch_root(self.paths["amp_threads"], self._on_amp_dir)
         self._more_start()
         self.cold_start()
         if self.inotify is None:
             self.server.loop.call_later(self.poll_interval, self._poll)
 
     def cold_start(self):
-        self._scan_claude_registry()
-        self._scan_claude_projects()
-        self._read_codex_index()
-        self._read_codex_names_db()
-        self._scan_codex_sessions()
-        self._codex_turns_fallback()
-        self._query_opencode()
-        self._scan_amp()
-        self._more_cold_start()
+        for step in (self._scan_claude_registry, self._scan_claude_projects, self._read_codex_index,
+                     self._read_codex_names_db, self._scan_codex_sessions, self._codex_turns_fallback,
+                     self._query_opencode, self._scan_amp, self._more_cold_start):
+            self._guarded(step.__name__, step)
+
+    def _guarded(self, what, fn, *args):
+        """Read one file, row or directory under its own guard: what no parser expected is skipped
+        and counted (/health skippedRecords), logged once, and the rest is read."""
+        try:
+            return fn(*args)
+        except Exception as e:
+            self.bad_records += 1
+            if what not in self._logged_bad and len(self._logged_bad) < 200:
+                self._logged_bad.add(what)
+                log("skipped %s (%s: %s)" % (what, type(e).__name__, str(e)[:200]))
+            return None
+
+    def _listdir(self, path):
+        """Sorted entries of a directory; an unreadable one (left by `sudo codex`) is skipped and counted."""
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            self._guarded(path, _raise, e)
+            return []
 
     def _codex_turns_fallback(self):
         """A rollout read from its tail may not reach back to its turn's task_started (a long turn):
@@ -2498,7 +2736,12 @@ class AgentWatchers(MoreAgentWatchers):
             status, detail = codex_turn_status(row["status"], row["error_json"])
             if status:
                 self.states[path].update(status=status, detail=detail, turns=1)
-                self._apply_codex(path)
+                self._guarded(path, self._apply_codex, path)
+
+    def watch_root(self, path, handler):
+        """An agent's own directory: watched (or awaited) for good, even after it is removed."""
+        self.roots[path] = handler
+        self.watch_dir(path, handler)
 
     def watch_dir(self, path, handler):
         """Watch a directory; a missing one is watched for through its nearest existing parent."""
@@ -2509,35 +2752,54 @@ class AgentWatchers(MoreAgentWatchers):
         if path in self.watched_dirs:
             return
         if os.path.isdir(path):
-            try:
-                wd = self.inotify.add_watch(path, DIR_EVENTS)
-            except OSError as e:
-                log("cannot watch %s: %s" % (path, e))
-                return
-            self.watches[wd] = (path, handler)
-            self.watched_dirs[path] = wd
-            self.pending_dirs.pop(path, None)
+            # the caller lists it after this (so what is made before the watch is not lost)
+            self._add_dir_watch(path, handler)
             return
         self.pending_dirs[path] = handler
-        parent = os.path.dirname(path)
-        while parent and parent != os.path.dirname(parent) and not os.path.isdir(parent):
-            parent = os.path.dirname(parent)
-        if parent and parent not in self.watched_dirs:
-            try:
-                wd = self.inotify.add_watch(parent, IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF)
-            except OSError:
-                return
-            self.watches[wd] = (parent, self._on_ancestor)
-            self.watched_dirs[parent] = wd
+        self._settle_pending()
+
+    def _add_dir_watch(self, path, handler):
+        try:
+            wd = self.inotify.add_watch(path, DIR_EVENTS)
+        except OSError as e:
+            log("cannot watch %s: %s" % (path, e))
+            return False
+        self.watches[wd] = (path, handler)
+        self.watched_dirs[path] = wd
+        self.pending_dirs.pop(path, None)
+        return True
+
+    def _settle_pending(self):
+        """Watch each awaited directory that exists now (and tell its handler, which lists it), and
+        the nearest existing parent of each that does not. After every new watch look again: a
+        directory made between our look and the watch on its parent sends us no event."""
+        looked_again = True
+        while looked_again and self.inotify is not None:
+            looked_again = False
+            for path, handler in list(self.pending_dirs.items()):
+                if self.pending_dirs.get(path) is not handler:
+                    continue  # settled meanwhile (a handler below watched it)
+                if os.path.isdir(path):
+                    if not self._add_dir_watch(path, handler):
+                        self.pending_dirs.pop(path, None)
+                        continue
+                    handler(path, None, IN_CREATE | IN_ISDIR)
+                    looked_again = True
+                    continue
+                parent = os.path.dirname(path)
+                while parent and parent != os.path.dirname(parent) and not os.path.isdir(parent):
+                    parent = os.path.dirname(parent)
+                if parent and parent not in self.watched_dirs:
+                    try:
+                        wd = self.inotify.add_watch(parent, IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF)
+                    except OSError:
+                        continue
+                    self.watches[wd] = (parent, self._on_ancestor)
+                    self.watched_dirs[parent] = wd
+                    looked_again = True
 
     def _on_ancestor(self, directory, name, mask):
-        for path, handler in list(self.pending_dirs.items()):
-            if path == directory or path.startswith(directory.rstrip("/") + "/"):
-                if os.path.isdir(path):
-                    self.watch_dir(path, handler)
-                    handler(path, None, IN_CREATE | IN_ISDIR)
-                else:
-                    self.watch_dir(path, handler)  # a step nearer: watch the new parent
+        self._settle_pending()
 
     def _on_inotify(self):
         changed = False
@@ -2554,12 +2816,15 @@ class AgentWatchers(MoreAgentWatchers):
                 self.watches.pop(wd, None)
                 if self.watched_dirs.get(directory) == wd:
                     del self.watched_dirs[directory]
+                    if directory in self.roots and self.inotify is not None:
+                        self.pending_dirs[directory] = self.roots[directory]  # removed: await it again
+                if self.pending_dirs:
+                    self._settle_pending()  # an awaited directory's watched parent went away
                 continue
-            try:
-                handler(directory, name or None, mask)
-            except Exception:
-                import traceback
-                log("watcher failed on %s/%s:\n%s" % (directory, name, traceback.format_exc()))
+            self._guarded("%s/%s" % (directory, name or ""), handler, directory, name or None, mask)
+            if self.pending_dirs and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO) \
+                    and handler != self._on_ancestor:
+                self._guarded(directory, self._settle_pending)  # a parent of an awaited directory may be watched
             changed = True
         if changed:
             self.server.after_watchers()
@@ -2584,7 +2849,7 @@ class AgentWatchers(MoreAgentWatchers):
                     known = path in self._stat_cache
                     self._stat_cache[path] = stamp
                     mask = (IN_MODIFY if known else IN_CREATE) | (IN_ISDIR if os.path.isdir(path) else 0)
-                    handler(directory, name, mask)
+                    self._guarded(path, handler, directory, name, mask)
         self.server.after_watchers()
 
     def _recent(self, path):
@@ -2597,7 +2862,7 @@ class AgentWatchers(MoreAgentWatchers):
     def _scan_claude_registry(self):
         d = os.path.join(self.paths["claude"], "sessions")
         for name in listdir(d, ".json"):
-            self._read_claude_registry_file(os.path.join(d, name))
+            self._guarded(os.path.join(d, name), self._read_claude_registry_file, os.path.join(d, name))
 
     def _on_claude_registry_dir(self, directory, name, mask):
         if name is None:
@@ -2621,8 +2886,8 @@ class AgentWatchers(MoreAgentWatchers):
     def _read_claude_registry_file(self, path):
         try:
             with open(path, "rb") as f:
-                entry = claude_registry_entry(json.loads(f.read().decode("utf-8")))
-        except (OSError, ValueError, UnicodeDecodeError):
+                entry = claude_registry_entry(clean_parsed_strings(json.loads(f.read(MAX_LINE_BYTES).decode("utf-8"))))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             return  # half-written: the next event re-reads it
         if entry is None:
             return
@@ -2636,10 +2901,7 @@ class AgentWatchers(MoreAgentWatchers):
             p = os.path.join(projects, claude_project_dir_name(cwd), session_id + ".jsonl")
             if os.path.exists(p):
                 return p
-        for path, st in self.states.items():
-            if st["agent"] == "claude" and st["id"] == session_id:
-                return path
-        return None
+        return self.state_paths.get(("claude", session_id))
 
     def _scan_claude_projects(self):
         projects = os.path.join(self.paths["claude"], "projects")
@@ -2650,7 +2912,7 @@ class AgentWatchers(MoreAgentWatchers):
                 for name in listdir(full, ".jsonl"):
                     path = os.path.join(full, name)
                     if path not in self.tails and self._recent(path):
-                        self._read_claude_transcript(path)
+                        self._guarded(path, self._read_claude_transcript, path)
 
     def _on_claude_projects_dir(self, directory, name, mask):
         if name is None:
@@ -2659,7 +2921,7 @@ class AgentWatchers(MoreAgentWatchers):
         if os.path.isdir(full):
             self.watch_dir(full, self._on_claude_project)
             for n in listdir(full, ".jsonl"):
-                self._read_claude_transcript(os.path.join(full, n))
+                self._guarded(os.path.join(full, n), self._read_claude_transcript, os.path.join(full, n))
 
     def _on_claude_project(self, directory, name, mask):
         if name and name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
@@ -2672,10 +2934,16 @@ class AgentWatchers(MoreAgentWatchers):
         cold = tail is None
         if cold:
             tail = self.tails[path] = FileTail(path)
+        long_before = tail.skipped_lines
         lines, reset = tail.read(cold_tail=TAIL_BYTES)
+        if tail.skipped_lines != long_before:
+            self._count_long_lines(path, tail.skipped_lines - long_before)
+        if tail.more:
+            self._read_more_later(path, agent)
         state = self.states.get(path)
         if state is None or reset:
             state = self.states[path] = new_thread_state(agent, tid)
+            self.state_paths.setdefault((agent, tid), path)
             if cold and tail.offset > TAIL_BYTES:
                 head = new_thread_state(agent, tid)
                 for rec in parse_json_lines(read_head_lines(path))[0]:
@@ -2687,6 +2955,29 @@ class AgentWatchers(MoreAgentWatchers):
         for rec in records:
             reducer(state, rec)
         return state, records
+
+    def _count_long_lines(self, path, n):
+        self.long_lines += n
+        self.bad_records += n
+        if len(self._logged_bad) < 200 and ("long", path) not in self._logged_bad:
+            self._logged_bad.add(("long", path))
+            log("skipped a line over %d MB in %s (and count them from now on)" % (MAX_LINE_BYTES >> 20, path))
+
+    def _read_more_later(self, path, agent):
+        """A file read stopped at its budget: the rest is read on a later loop turn, so HTTP and
+        tmux events are served in between (a 400 MB append takes many short turns, not one long one)."""
+        if path in self._more_pending:
+            return
+        self._more_pending.add(path)
+        reader = self._read_claude_transcript if agent == "claude" else self._read_codex_rollout
+        if agent in self.MORE_REDUCERS:  # Gemini CLI, Qwen Code, Pi
+            reader = lambda p, a=agent: self._more_read_file(a, p)
+        self.server.loop.call_later(0.0, self._read_more, path, reader)
+
+    def _read_more(self, path, reader):
+        self._more_pending.discard(path)
+        self._guarded(path, reader, path)
+        self.server.after_watchers()
 
     def _read_claude_transcript(self, path):
         sid = os.path.basename(path)[:-6]
@@ -2724,11 +3015,48 @@ class AgentWatchers(MoreAgentWatchers):
         self.server.apply_thread_update("claude", sid, updated_at=updated or None, **fields)
 
     # -- Codex -----------------------------------------------------------------------------------
+    def _db_changed(self, db, mask):
+        """An event on a database or its -wal is a real change, not one our own read caused: a
+        write (IN_MODIFY; we never write), or a file whose inode, size or mtime differs from what
+        it was when we last read. Our read's close (IN_CLOSE_WRITE) and -shm events are not."""
+        return bool(mask & IN_MODIFY) or sqlite_stamp(db) != self.db_stamps.get(db)
+
+    def _db_read(self, db, read):
+        """read() now, or, while the database's writer is committing (the -wal write that woke us
+        comes before the commit is visible), as soon as its write lock is released. Where the lock
+        cannot be seen, read now and once more a moment later."""
+        if db in self.db_waits:
+            return  # a read is already waiting for this database
+        locked = sqlite_write_locked(db)
+        if locked:
+            self.db_waits[db] = 0
+            self.server.loop.call_later(0.002, self._db_read_retry, db, read)
+            return
+        read()
+        if locked is None:
+            self.db_waits[db] = DB_WAIT_TRIES
+            self.server.loop.call_later(0.1, self._db_read_retry, db, read)
+
+    def _db_read_retry(self, db, read):
+        tries = self.db_waits.get(db, 0) + 1
+        if tries < DB_WAIT_TRIES and sqlite_write_locked(db):
+            self.db_waits[db] = tries  # a long transaction: look less often (at most every 100 ms)
+            self.server.loop.call_later(min(0.1, 0.002 * tries), self._db_read_retry, db, read)
+            return
+        self.db_waits.pop(db, None)
+        read()
+        self.server.after_watchers()
+
     def _on_codex_home(self, directory, name, mask):
-        if name == "session_index.jsonl":
+        if name is None:  # ~/.codex appeared (a first Codex run): read what it already holds
+            self._read_codex_index()
+            self._db_read(os.path.join(directory, "state_5.sqlite"), self._read_codex_names_db)
+        elif name == "session_index.jsonl":
             self._read_codex_index()
         elif name in ("state_5.sqlite", "state_5.sqlite-wal"):
-            self._read_codex_names_db()
+            db = os.path.join(directory, "state_5.sqlite")
+            if self._db_changed(db, mask):
+                self._db_read(db, self._read_codex_names_db)
         elif name == "sessions" and mask & IN_ISDIR:
             self.watch_dir(os.path.join(directory, name), self._on_codex_tree)
             self._scan_codex_sessions()
@@ -2737,7 +3065,14 @@ class AgentWatchers(MoreAgentWatchers):
         path = os.path.join(self.paths["codex"], "session_index.jsonl")
         if self.codex_index_tail is None:
             self.codex_index_tail = FileTail(path)
-        lines, _ = self.codex_index_tail.read()
+        tail = self.codex_index_tail
+        long_before = tail.skipped_lines
+        lines, _ = tail.read()
+        if tail.skipped_lines != long_before:
+            self._count_long_lines(path, tail.skipped_lines - long_before)
+        if tail.more and path not in self._more_pending:
+            self._more_pending.add(path)
+            self.server.loop.call_later(0.0, self._read_more, path, lambda _path: self._read_codex_index())
         records, bad = parse_json_lines(lines)
         self.bad_records += bad
         names = parse_codex_session_index(records)
@@ -2753,41 +3088,46 @@ class AgentWatchers(MoreAgentWatchers):
         path = os.path.join(self.paths["codex"], "state_5.sqlite")
         if not os.path.exists(path):
             return
+        self.db_stamps[path] = sqlite_stamp(path)
         try:
             rows = sqlite_rows(path, "SELECT id, name FROM threads WHERE name IS NOT NULL AND name != ''")
         except sqlite3.Error as e:
+            self.db_stamps.pop(path, None)
             log("codex state_5.sqlite not readable now (%s); will retry on its next change" % e)
             return
+        renamed = set()
         for row in rows:
             if self.codex_names.get(row["id"]) != row["name"]:
                 self.codex_names[row["id"]] = row["name"]
+                renamed.add(row["id"])
+        if renamed:
+            for rollout, st in list(self.states.items()):
+                if st["agent"] == "codex" and st["id"] in renamed:
+                    self._apply_codex(rollout, moved=False)
 
     def _scan_codex_sessions(self):
         root = os.path.join(self.paths["codex"], "sessions")
-        try:
-            years = sorted(os.listdir(root))
-        except OSError:
-            return
+        years = self._listdir(root)
         horizon = time.strftime("%Y/%m/%d", time.localtime(self.clock() - self.recent_s - 86400))
         for y in years:
             ydir = os.path.join(root, y)
             if not os.path.isdir(ydir):
                 continue
             self.watch_dir(ydir, self._on_codex_tree)
-            for m in sorted(os.listdir(ydir)):
+            for m in self._listdir(ydir):
                 mdir = os.path.join(ydir, m)
                 if not os.path.isdir(mdir) or "%s/%s/99" % (y, m) < horizon:
                     continue
                 self.watch_dir(mdir, self._on_codex_tree)
-                for d in sorted(os.listdir(mdir)):
+                for d in self._listdir(mdir):
                     ddir = os.path.join(mdir, d)
                     if not os.path.isdir(ddir) or "%s/%s/%s" % (y, m, d) < horizon:
                         continue
                     self.watch_dir(ddir, self._on_codex_tree)
-                    for name in os.listdir(ddir):
+                    for name in self._listdir(ddir):
                         path = os.path.join(ddir, name)
                         if codex_id_from_path(path) and path not in self.tails and self._recent(path):
-                            self._read_codex_rollout(path)
+                            self._guarded(path, self._read_codex_rollout, path)
 
     def _on_codex_tree(self, directory, name, mask):
         if name is None:
@@ -2795,8 +3135,8 @@ class AgentWatchers(MoreAgentWatchers):
         path = os.path.join(directory, name)
         if mask & IN_ISDIR or os.path.isdir(path):
             self.watch_dir(path, self._on_codex_tree)
-            for sub in sorted(os.listdir(path)) if os.path.isdir(path) else ():
-                self._on_codex_tree(path, sub, IN_CREATE)
+            for sub in self._listdir(path) if os.path.isdir(path) else ():
+                self._guarded(os.path.join(path, sub), self._on_codex_tree, path, sub, IN_CREATE)
         elif codex_id_from_path(path) and not mask & (IN_DELETE | IN_MOVED_FROM):
             self._read_codex_rollout(path)
 
@@ -2825,19 +3165,24 @@ class AgentWatchers(MoreAgentWatchers):
     # -- OpenCode --------------------------------------------------------------------------------
     def _on_opencode_dir(self, directory, name, mask):
         base = os.path.basename(self.paths["opencode_db"])
-        if name in (None, base, base + "-wal"):
+        if name is None or (name in (base, base + "-wal") and self._db_changed(self.paths["opencode_db"], mask)):
             self._schedule_opencode()
 
     def _schedule_opencode(self):
-        """OpenCode writes its WAL many times per second while streaming: query at most every 100 ms."""
+        """OpenCode writes its WAL many times per second while streaming: a change is read at once,
+        and then at most every OPENCODE_MIN_INTERVAL seconds (changes in between are read at its end)."""
         if self.oc_pending:
             return
+        wait = 0.0 if self.oc_queried_at is None else self.oc_queried_at + OPENCODE_MIN_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._db_read(self.paths["opencode_db"], self._query_opencode)  # the caller publishes
+            return
         self.oc_pending = True
-        self.server.loop.call_later(0.1, self._query_opencode_later)
+        self.server.loop.call_later(wait, self._query_opencode_later)
 
     def _query_opencode_later(self):
         self.oc_pending = False
-        self._query_opencode()
+        self._db_read(self.paths["opencode_db"], self._query_opencode)
         self.server.after_watchers()
 
     def _query_opencode(self):
@@ -2846,6 +3191,8 @@ class AgentWatchers(MoreAgentWatchers):
         path = self.paths["opencode_db"]
         if not os.path.exists(path):
             return
+        self.oc_queried_at = time.monotonic()
+        self.db_stamps[path] = sqlite_stamp(path)
         since = self.oc_last or int((self.clock() - self.recent_s) * 1000)
         try:
             conn = sqlite_ro(path)
@@ -2855,48 +3202,71 @@ class AgentWatchers(MoreAgentWatchers):
                     "WHERE time_updated > ? ORDER BY time_updated", (since,)).fetchall()
                 updates = []
                 for s in sessions:
-                    msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "
-                                       "ORDER BY time_created DESC, id DESC LIMIT 1", (s["id"],)).fetchone()
-                    running_tool = False
-                    data = None
-                    if msg is not None:
-                        try:
-                            data = json.loads(msg["data"])
-                        except ValueError:
-                            self.bad_records += 1
-                        running_tool = conn.execute(
-                            "SELECT 1 FROM part WHERE message_id = ? AND data LIKE '%\"status\":\"running\"%' LIMIT 1",
-                            (msg["id"],)).fetchone() is not None
-                    updates.append((s, data, running_tool))
+                    row = self._guarded("opencode session %r" % (s["id"],), self._opencode_row, conn, s)
+                    if row is not None:
+                        updates.append(row)
             finally:
                 conn.close()
         except sqlite3.Error as e:
+            self.db_stamps.pop(path, None)
             if not self.oc_error_logged:
                 log("opencode.db not readable now (%s); retrying on its next change" % e)
                 self.oc_error_logged = True
             return
         self.oc_error_logged = False
         for s, data, running_tool in updates:
-            self.oc_last = max(self.oc_last, s["time_updated"] or 0)
-            status, detail = opencode_status(data, running_tool)
-            model = None
+            self._guarded("opencode session %r" % (s["id"],), self._apply_opencode, s, data, running_tool)
+
+    def _opencode_row(self, conn, s):
+        """One session row -> (row, newest message data, running tool), or None for an odd row
+        (counted once): time_updated not a number, id not text."""
+        import sqlite3
+        if not valid_thread_id("opencode", s["id"]) or isinstance(s["time_updated"], bool) \
+                or not isinstance(s["time_updated"], int):
+            if s["id"] not in self._oc_bad_rows and len(self._oc_bad_rows) < 10000:
+                self._oc_bad_rows.add(s["id"])
+                self.bad_records += 1
+            return None
+        msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "
+                           "ORDER BY time_created DESC, id DESC LIMIT 1", (s["id"],)).fetchone()
+        running_tool = False
+        data = None
+        if msg is not None:
             try:
-                m = json.loads(s["model"]) if s["model"] else None
-                if isinstance(m, dict):
-                    model = m.get("id") or m.get("modelID")
-            except (ValueError, TypeError):
-                pass
-            if isinstance(data, dict) and data.get("modelID"):
-                model = data["modelID"]
-            current = self.server.store.threads.get(("opencode", s["id"]))
-            attempt = None
-            if current is not None and current.source == "plugin" and current.status in ("waiting", "retry") \
-                    and status == "running":  # the DB cannot see these; the plugin can
-                status, detail, attempt = current.status, current.detail, current.attempt
-            self.server.apply_thread_update(
-                "opencode", s["id"], status=status, detail=detail, attempt=attempt, title=_clip_title(s["title"] or ""),
-                cwd=s["directory"], model=model, updated_at=s["time_updated"], hidden=bool(s["parent_id"]),
-                source=current.source if current is not None and current.source == "plugin" else "file")
+                data = clean_parsed_strings(json.loads(msg["data"]))
+            except (ValueError, TypeError, RecursionError):  # not JSON, NULL, a blob
+                self.bad_records += 1
+            try:
+                running_tool = conn.execute(
+                    "SELECT 1 FROM part WHERE message_id = ? AND data LIKE '%\"status\":\"running\"%' LIMIT 1",
+                    (msg["id"],)).fetchone() is not None
+            except sqlite3.InterfaceError:
+                running_tool = False
+        return s, data, running_tool
+
+    def _apply_opencode(self, s, data, running_tool):
+        self.oc_last = max(self.oc_last, s["time_updated"])
+        status, detail = opencode_status(data, running_tool)
+        model = None
+        try:
+            m = json.loads(s["model"]) if s["model"] else None
+            if isinstance(m, dict) and isinstance(m.get("id") or m.get("modelID"), str):
+                model = m.get("id") or m.get("modelID")
+        except (ValueError, TypeError, RecursionError):
+            pass
+        if isinstance(data, dict) and isinstance(data.get("modelID"), str) and data["modelID"]:
+            model = data["modelID"]
+        current = self.server.store.threads.get(("opencode", s["id"]))
+        attempt = None
+        if current is not None and current.source == "plugin" and current.status in ("waiting", "retry") \
+                and status == "running":  # the DB cannot see these; the plugin can
+            status, detail, attempt = current.status, current.detail, current.attempt
+        self.server.apply_thread_update(
+            "opencode", s["id"], status=status, detail=detail, attempt=attempt,
+            title=_clip_title(clean_str(s["title"]) if isinstance(s["title"], str) else ""),
+            cwd=clean_str(s["directory"]) if isinstance(s["directory"], str) else None,
+            model=model, updated_at=s["time_updated"], hidden=bool(s["parent_id"]),
+            source=current.source if current is not None and current.source == "plugin" else "file")
 
     # -- Amp (format unverified, see amp_thread_state) -----------------------------------------------
     def _scan_amp(self):
@@ -2904,7 +3274,7 @@ class AgentWatchers(MoreAgentWatchers):
         for name in listdir(d, ".json"):
             path = os.path.join(d, name)
             if self._recent(path):
-                self._read_amp(path)
+                self._guarded(path, self._read_amp, path)
 
     def _on_amp_dir(self, directory, name, mask):
         if name is None:
@@ -2917,9 +3287,11 @@ class AgentWatchers(MoreAgentWatchers):
             st = os.stat(path)
             if self.amp_mtimes.get(path) == (st.st_mtime_ns, st.st_size):
                 return
+            if st.st_size > MAX_LINE_BYTES:
+                raise ValueError("%d bytes, over the %d-byte cap" % (st.st_size, MAX_LINE_BYTES))
             with open(path, "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
+                data = clean_parsed_strings(json.loads(f.read().decode("utf-8")))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             self.bad_records += 1
             return  # half-written (Amp rewrites the whole file): the next event re-reads it
         self.amp_mtimes[path] = (st.st_mtime_ns, st.st_size)
@@ -3006,12 +3378,31 @@ CLAUDE_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", 
 CODEX_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "PermissionRequest")
 
 
-def _is_our_hook(hook, agent):
+def _is_our_hook(hook, agent, commands=()):
+    """Our hook: a command we installed (the current one, or one recorded when installing), or one of
+    the exact shape `[python [-S]] …/opensessions[.py|.pyz] hook AGENT`. A user's hook whose command
+    merely mentions opensessions ('notify opensessions hook claude', a wrapper script) is not ours."""
+    import shlex
     cmd = hook.get("command") if isinstance(hook, dict) else None
-    return isinstance(cmd, str) and "opensessions" in cmd and cmd.rstrip().endswith(" hook " + agent)
+    if not isinstance(cmd, str):
+        return False
+    if cmd in commands:
+        return True
+    try:
+        tokens = shlex.split(cmd)
+    except ValueError:
+        return False
+    if len(tokens) < 3 or tokens[-2:] != ["hook", agent]:
+        return False
+    prog, prefix = tokens[-3], tokens[:-3]
+    if not re.match(r"^opensessions(\.pyz?)?$", os.path.basename(prog)):
+        return False
+    if prefix and not re.match(r"^python[0-9.]*$", os.path.basename(prefix[0])):
+        return False
+    return prefix[1:] in ([], ["-S"])
 
 
-def hooks_install(config, agent, events, command):
+def hooks_install(config, agent, events, command, commands=()):
     """Add our hook to each event of a Claude/Codex-format hook config (a dict); keep every other
     entry. Idempotent. Returns the new config (the input is not changed)."""
     import copy
@@ -3019,47 +3410,83 @@ def hooks_install(config, agent, events, command):
     hooks = config.setdefault("hooks", {})
     if not isinstance(hooks, dict):
         raise OpensessionsError("'hooks' in the config is not an object; not touching it")
-    config = hooks_uninstall(config, agent)
+    for event in events:
+        if not isinstance(hooks.get(event, []), list):
+            raise OpensessionsError("hooks.%s is not a list; not touching it" % event)
+    config = hooks_uninstall(config, agent, tuple(commands) + (command,), keep_emptied=events)
     hooks = config.setdefault("hooks", {})
     for event in events:
-        groups = hooks.setdefault(event, [])
-        if not isinstance(groups, list):
-            raise OpensessionsError("hooks.%s is not a list; not touching it" % event)
-        groups.append({"hooks": [{"type": "command", "command": command, "timeout": 5}]})
+        hooks.setdefault(event, []).append({"hooks": [hook_entry(agent, command)]})
     return config
 
 
-def hooks_uninstall(config, agent):
-    """Remove our hooks (and only ours) from a hook config; drop groups and events left empty."""
+def hooks_uninstall(config, agent, commands=(), created=None, keep_emptied=()):
+    """Remove our hooks (and only ours) from a hook config. A group that held only ours goes; an event
+    list (or 'hooks') that we emptied goes unless the user had it before we added to it: `created`
+    (what install recorded: {"events": [...], "hooks": bool}) tells, when known. Whatever we did not
+    touch stays as it was, empty lists included."""
     import copy
     config = copy.deepcopy(config) if config else {}
     hooks = config.get("hooks")
     if not isinstance(hooks, dict):
         return config
+    touched = False
     for event in list(hooks):
         groups = hooks[event]
         if not isinstance(groups, list):
             continue
-        kept = []
+        kept, removed = [], False
         for g in groups:
             if isinstance(g, dict) and isinstance(g.get("hooks"), list):
-                inner = [h for h in g["hooks"] if not _is_our_hook(h, agent)]
-                if not inner and g["hooks"]:
-                    continue
-                g = dict(g, hooks=inner)
+                inner = [h for h in g["hooks"] if not _is_our_hook(h, agent, commands)]
+                if len(inner) != len(g["hooks"]):
+                    removed = True
+                    if not inner:
+                        continue
+                    g = dict(g, hooks=inner)
             kept.append(g)
-        if kept:
+        touched = touched or removed
+        users_list = created is not None and event not in (created.get("events") or ())
+        if kept or not removed or users_list or event in keep_emptied:
             hooks[event] = kept
         else:
             del hooks[event]
-    if not hooks:
+    if not hooks and touched and not keep_emptied and (created is None or created.get("hooks")):
         del config["hooks"]
     return config
 
 
+def _write_config(path, text):
+    """Write a user's config file atomically, keeping its mode, and through a symlink to its target
+    (the link stays a link). A new file gets 0644."""
+    real = os.path.realpath(path)
+    try:
+        mode = os.stat(real).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o644
+    directory = os.path.dirname(real)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(real), os.getpid()))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # exactly the file's mode, whatever the umask
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, real)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def _edit_json_config(path, change):
-    """Read a JSON config, apply change(dict) -> dict, back it up and write it atomically.
-    A file that is not valid JSON is refused and left untouched. -> True if it changed."""
+    """Read a JSON config, apply change(dict) -> dict, back it up and write it atomically (its mode
+    kept, a symlink written through). A file that is not valid JSON is refused and left untouched.
+    -> True if it changed."""
     existing = None
     raw = None
     if os.path.exists(path):
@@ -3067,50 +3494,140 @@ def _edit_json_config(path, change):
             raw = f.read()
         try:
             existing = json.loads(raw.decode("utf-8")) if raw.strip() else {}
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise OpensessionsError("%s is not valid JSON (%s); fix it first, it was not changed" % (path, e))
         if not isinstance(existing, dict):
             raise OpensessionsError("%s does not hold a JSON object; it was not changed" % path)
     new = change(existing or {})
     if existing is not None and new == existing:
         return False
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     if raw is not None:
         atomic_write(path + ".opensessions.bak", raw)
-    if not new and existing is not None and not raw.strip():
-        return False
-    atomic_write(path, json.dumps(new, indent=2, ensure_ascii=False) + "\n", mode=0o644)
+    _write_config(path, json.dumps(new, indent=2, ensure_ascii=False) + "\n")
     return True
 
 
+def _install_ledger_path(environ=None):
+    return os.path.join(state_dir(environ), "installed.json")
+
+
+def _read_install_ledger(environ=None):
+    """What install added where ({real path: {"commands", "events", "hooks", "createdFile"}}), so
+    uninstall removes only that."""
+    try:
+        with open(_install_ledger_path(environ), "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+
+
+def _write_install_ledger(ledger, environ=None):
+    path = _install_ledger_path(environ)
+    if not ledger:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return
+    ensure_private_dir(os.path.dirname(path))
+    atomic_write(path, json.dumps(ledger, indent=1, sort_keys=True))
+
+
+def _install_hooks_file(path, agent, events, command, ledger):
+    real = os.path.realpath(path)
+    entry = dict(ledger.get(real) or {})
+    created_file = not os.path.exists(path)
+
+    def change(config):
+        hooks = config.get("hooks") if isinstance(config.get("hooks"), dict) else None
+        if not entry:
+            entry.update(createdFile=created_file, hooks=hooks is None,
+                         events=[e for e in events if hooks is None or e not in hooks], commands=[])
+        return hooks_install(config, agent, events, command, entry.get("commands") or ())
+    changed = _edit_json_config(path, change)
+    if command not in (entry.get("commands") or []):
+        entry["commands"] = (entry.get("commands") or []) + [command]
+    ledger[real] = entry
+    return changed
+
+
+def _uninstall_hooks_file(path, agent, command, ledger):
+    """-> list of what was done."""
+    real = os.path.realpath(path)
+    entry = ledger.get(real)
+    done = []
+    if os.path.exists(path):
+        commands = tuple((entry or {}).get("commands") or ()) + (command,)
+        if _edit_json_config(path, lambda c: hooks_uninstall(c, agent, commands, created=entry)):
+            done.append("removed %s hooks from %s" % (agent, path))
+        if entry and entry.get("createdFile") and read_json_file(path, None) == {}:
+            os.unlink(path)
+            for extra in (path + ".opensessions.bak",):
+                try:
+                    os.unlink(extra)
+                except OSError:
+                    pass
+            done.append("deleted %s (install had created it; it is empty now)" % path)
+    ledger.pop(real, None)
+    return done
+
+
 def install_agents(command_prefix, environ=None, uninstall=False):
-    """Add (or remove) our Claude and Codex hooks and the OpenCode plugin. -> list of messages."""
+    """Add (or remove) our Claude and Codex hooks and the OpenCode plugin. -> list of messages.
+    A step that fails stops there with an error that says what was already changed."""
     paths = agent_paths(environ)
     done = []
+    ledger = _read_install_ledger(environ)
+    plugin = os.path.join(paths["opencode_config"], "plugins", OPENCODE_PLUGIN_NAME)
+    steps = []
     for agent, path, events in (("claude", os.path.join(paths["claude"], "settings.json"), CLAUDE_HOOK_EVENTS),
                                 ("codex", os.path.join(paths["codex"], "hooks.json"), CODEX_HOOK_EVENTS)):
-        if uninstall:
-            if os.path.exists(path) and _edit_json_config(path, lambda c: hooks_uninstall(c, agent)):
-                done.append("removed %s hooks from %s" % (agent, path))
-        else:
+        steps.append(("%s hooks in %s" % (agent, path), agent, path, events))
+    steps.append(("the OpenCode plugin %s" % plugin, "opencode", plugin, ()))
+    steps.extend(more_install_steps(paths, uninstall))  # Gemini CLI, Qwen Code, Pi: where set up
+    try:
+        for what, agent, path, events in steps:
             command = command_prefix + " hook " + agent
-            if _edit_json_config(path, lambda c: hooks_install(c, agent, events, command)):
-                done.append("installed %s hooks in %s" % (agent, path))
-    plugin = os.path.join(paths["opencode_config"], "plugins", OPENCODE_PLUGIN_NAME)
+            try:
+                if agent == "opencode":
+                    done.extend(_plugin_step(plugin, uninstall))
+                elif agent == "pi":
+                    done.extend(_pi_extension_step(path, uninstall))
+                elif uninstall:
+                    done.extend(_uninstall_hooks_file(path, agent, command, ledger))
+                elif _install_hooks_file(path, agent, events, command, ledger):
+                    done.append("installed %s hooks in %s" % (agent, path))
+            except (OpensessionsError, OSError) as e:
+                left = [w for w, _, _, _ in steps[steps.index((what, agent, path, events)) + 1:]]
+                raise OpensessionsError(
+                    "%s %s failed: %s\nchanged before that: %s%s" % (
+                        "removing" if uninstall else "installing", what, e,
+                        "; ".join(done) if done else "nothing",
+                        "\nnot done: %s" % "; ".join(left) if left else ""))
+    finally:
+        try:
+            _write_install_ledger(ledger, environ)
+        except (OSError, OpensessionsError) as e:
+            log("cannot record what install changed (%s)" % e)
+    return done
+
+
+def _plugin_step(plugin, uninstall):
     if uninstall:
-        if os.path.exists(plugin):
+        if os.path.lexists(plugin):
             os.unlink(plugin)
-            done.append("removed the OpenCode plugin %s" % plugin)
-    else:
-        current = None
-        if os.path.exists(plugin):
-            with open(plugin, "r", encoding="utf-8") as f:
-                current = f.read()
-        if current != OPENCODE_PLUGIN:
-            os.makedirs(os.path.dirname(plugin), exist_ok=True)
-            atomic_write(plugin, OPENCODE_PLUGIN, mode=0o644)
-            done.append("installed the OpenCode plugin %s" % plugin)
-    return done + install_more_agents(command_prefix, environ, uninstall)
+            return ["removed the OpenCode plugin %s" % plugin]
+        return []
+    current = None
+    if os.path.exists(plugin):
+        with open(plugin, "r", encoding="utf-8", errors="replace") as f:
+            current = f.read()
+    if current == OPENCODE_PLUGIN:
+        return []
+    os.makedirs(os.path.dirname(plugin), exist_ok=True)
+    atomic_write(plugin, OPENCODE_PLUGIN, mode=0o644)
+    return ["installed the OpenCode plugin %s" % plugin]
 
 # Gemini CLI and Qwen Code read hooks from settings.json in Claude's shape ({"hooks": {Event:
 # [{"hooks": [{"type": "command", "command": …}]}]}}); Gemini's `timeout` is in milliseconds.
@@ -3189,52 +3706,46 @@ export default function (pi: any) {
 """
 
 
-def more_hooks_install(config, agent, events, command):
-    """hooks_install for Gemini CLI (timeout in ms) and Qwen Code (its default timeout)."""
-    config = hooks_install(config, agent, events, command)
-    for event in events:
-        for group in config["hooks"].get(event, []):
-            for hook in group.get("hooks", []) if isinstance(group, dict) else []:
-                if _is_our_hook(hook, agent):
-                    if agent == "gemini":
-                        hook["timeout"] = 5000
-                        hook.setdefault("name", "opensessions")
-                    else:
-                        hook.pop("timeout", None)
-    return config
+def hook_entry(agent, command):
+    """Our entry in an agent's hook config: Claude's and Codex's `timeout` is in seconds, Gemini
+    CLI's in milliseconds (it also shows a `name`); Qwen Code keeps its default timeout."""
+    if agent == "gemini":
+        return {"type": "command", "command": command, "timeout": 5000, "name": "opensessions"}
+    if agent == "qwen":
+        return {"type": "command", "command": command}
+    return {"type": "command", "command": command, "timeout": 5}
 
 
-def install_more_agents(command_prefix, environ=None, uninstall=False):
-    """Add (or remove) our Gemini CLI and Qwen Code hooks and the Pi extension. -> messages.
-    Only for agents that are set up here (their directory exists): nothing is created for others."""
-    paths = agent_paths(environ)
-    done = []
+def _pi_extension_step(ext, uninstall):
+    """Install or remove the Pi extension file. -> list of what was done."""
+    if uninstall:
+        if os.path.lexists(ext):
+            os.unlink(ext)
+            return ["removed the Pi extension %s" % ext]
+        return []
+    current = None
+    if os.path.exists(ext):
+        with open(ext, "r", encoding="utf-8", errors="replace") as f:
+            current = f.read()
+    if current == PI_EXTENSION:
+        return []
+    os.makedirs(os.path.dirname(ext), exist_ok=True)
+    atomic_write(ext, PI_EXTENSION, mode=0o644)
+    return ["installed the Pi extension %s" % ext]
+
+
+def more_install_steps(paths, uninstall):
+    """install_agents' steps for Gemini CLI, Qwen Code and Pi: only for agents set up here (their
+    directory exists); nothing is created for the others."""
+    steps = []
     for agent, events in (("gemini", GEMINI_HOOK_EVENTS), ("qwen", QWEN_HOOK_EVENTS)):
         path = os.path.join(paths[agent], "settings.json")
-        if not os.path.isdir(paths[agent]):
-            continue
-        if uninstall:
-            if os.path.exists(path) and _edit_json_config(path, lambda c, a=agent: hooks_uninstall(c, a)):
-                done.append("removed %s hooks from %s" % (agent, path))
-        else:
-            command = command_prefix + " hook " + agent
-            if _edit_json_config(path, lambda c, a=agent, e=events: more_hooks_install(c, a, e, command)):
-                done.append("installed %s hooks in %s" % (agent, path))
+        if os.path.isdir(paths[agent]) and (not uninstall or os.path.exists(path)):
+            steps.append(("%s hooks in %s" % (agent, path), agent, path, events))
     ext = os.path.join(paths["pi"], "extensions", PI_EXTENSION_NAME)
-    if uninstall:
-        if os.path.exists(ext):
-            os.unlink(ext)
-            done.append("removed the Pi extension %s" % ext)
-    elif os.path.isdir(paths["pi"]):
-        current = None
-        if os.path.exists(ext):
-            with open(ext, "r", encoding="utf-8") as f:
-                current = f.read()
-        if current != PI_EXTENSION:
-            os.makedirs(os.path.dirname(ext), exist_ok=True)
-            atomic_write(ext, PI_EXTENSION, mode=0o644)
-            done.append("installed the Pi extension %s" % ext)
-    return done
+    if os.path.isdir(paths["pi"]) and (not uninstall or os.path.lexists(ext)):
+        steps.append(("the Pi extension %s" % ext, "pi", ext, ()))
+    return steps
 
 
 ##############################################################################
@@ -3652,6 +4163,11 @@ class Server(object):
         self.pane_of_pid = {}
         self.pane_agents = {}
         self._codex_fd_links = {}
+        self._pidfds = {}  # pid of a live thread's agent -> pidfd (readable when it exits)
+        self._pidfd_ok = hasattr(os, "pidfd_open")
+        self._pid_check_armed = False
+        self._exited_pids = set()  # pids whose exit we were told of (a zombie still answers kill 0)
+        self._relink_pending = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self):
@@ -3747,6 +4263,8 @@ class Server(object):
             self.httpd.server_close()
             self.httpd = None
         self._stop_control()
+        for pid in list(self._pidfds):
+            self._close_pidfd(pid)
         if self.watchers is not None:
             self.watchers.close()
         self._save_state_now()
@@ -3934,6 +4452,77 @@ class Server(object):
             if t.agent == agent and t.pid == pid and t.alive:
                 t.alive = False
                 self.store.touch()
+                self._process_gone(t)
+
+    def _process_gone(self, t):
+        """A thread whose agent process died mid-turn (kill -9, a crash, a reboot) is no longer
+        running or waiting: it says so, and leaves the running count. Its files may still say
+        "running" (nothing wrote the end of the turn), so this is judged again at every link."""
+        if t.status not in ("running", "waiting", "retry") or t.alive or not t.pid:
+            return
+        if t.pid not in self._exited_pids and _pid_alive(t.pid) \
+                and (self.proc_table is None or t.pid not in self.proc_table):
+            return  # our process table is older than the process: it runs
+        prev = t.status
+        t.status, t.detail, t.attempt = "interrupted", "agent exited", None
+        t.updated_at = now_ms(self.clock)
+        self._status_changes.append((t, prev, t.status))
+        self.store.touch()
+        self._schedule_save()
+
+    def _watch_agent_pids(self):
+        """Be woken when an agent process a live thread runs in exits: a pidfd per process
+        (Linux 5.3+, Python 3.9+) in the event loop. Elsewhere a 1 s timer asks the kernel about
+        those pids only (os.kill(pid, 0)), and only while there are any."""
+        want = {t.pid for t in self.store.threads.values() if t.alive and t.pid}
+        for pid in [p for p in self._pidfds if p not in want]:
+            self._close_pidfd(pid)
+        missing = want.difference(self._pidfds)
+        if not missing:
+            return
+        for pid in missing if self._pidfd_ok else ():
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                self.loop.post(self._on_agent_exit, pid)  # gone already
+                continue
+            except OSError:
+                self._pidfd_ok = False  # an older kernel: the timer looks instead
+                break
+            self._pidfds[pid] = fd
+            self.loop.add_reader(fd, lambda pid=pid: self._on_agent_exit(pid))
+        if not self._pidfd_ok and not self._pid_check_armed:
+            self._pid_check_armed = True
+            self.loop.call_later(1.0, self._check_agent_pids)
+
+    def _close_pidfd(self, pid):
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _check_agent_pids(self):
+        self._pid_check_armed = False
+        pids = {t.pid for t in self.store.threads.values() if t.alive and t.pid and t.pid not in self._pidfds}
+        gone = [pid for pid in pids if not _pid_alive(pid)]
+        if gone:
+            self._on_agent_exit(gone[0])
+        elif pids:
+            self._pid_check_armed = True
+            self.loop.call_later(1.0, self._check_agent_pids)
+
+    def _on_agent_exit(self, pid):
+        self._close_pidfd(pid)
+        self._read_processes()
+        self._exited_pids = {p for p in self._exited_pids if p in self.proc_table}
+        if pid in self.proc_table:
+            self._exited_pids.add(pid)
+            self.proc_table.pop(pid)  # exited, not yet reaped: dead all the same
+        self.map_threads()
+        self.publish()
 
     def map_threads(self):
         """Link each thread to its pane: by pid first (registry, hooks, plugin, open rollout file,
@@ -3942,10 +4531,18 @@ class Server(object):
         table = self.proc_table
         if table is None:
             return
-        need_reread = any(t.pid and t.pid not in table and t.alive for t in self.store.threads.values())
-        if need_reread and time.monotonic() - getattr(self, "_processes_read_at", 0) > 0.2:
-            self._read_processes()
-            table = self.proc_table
+        # a thread whose process is not in our table: it died, or it started after our last read
+        # (a new agent's registry file or hook can come first); read again, at most every 0.2 s
+        need_reread = any(t.pid and t.pid not in table and (t.alive or t.pid not in self._exited_pids
+                                                            and _pid_alive(t.pid))
+                          for t in self.store.threads.values())
+        if need_reread:
+            if time.monotonic() - getattr(self, "_processes_read_at", 0) > 0.2:
+                self._read_processes()
+                table = self.proc_table
+            elif not self._relink_pending:
+                self._relink_pending = True
+                self.loop.call_later(0.25, self._relink)
         pane_session = {}
         pane_cwd = {}
         for s in self.store.sessions:
@@ -4001,6 +4598,12 @@ class Server(object):
             taken.add(best.key)
             best.pid = pid
             self._set_link(best, True, pane_id, pane_session, "cwd")
+        self._watch_agent_pids()
+
+    def _relink(self):
+        self._relink_pending = False
+        self.map_threads()
+        self.publish()
 
     def _set_link(self, t, alive, pane, pane_session, link):
         session = pane_session.get(pane) if pane else t.session  # a dead thread stays where it ran
@@ -4008,6 +4611,8 @@ class Server(object):
         if (t.alive, t.pane, t.session, t.link) != (alive, new_pane, session, link):
             t.alive, t.pane, t.session, t.link = alive, new_pane, session, link
             self.store.touch()
+        if not alive:
+            self._process_gone(t)
 
     def clear_viewed(self):
         for t in self.store.threads.values():
@@ -4576,6 +5181,7 @@ def health_json(server):
         "ok": True, "version": __version__, "pid": os.getpid(),
         "threads": len(server.store.threads),
         "skippedRecords": watchers.bad_records if watchers is not None else 0,
+        "skippedLongLines": watchers.long_lines if watchers is not None else 0,
         "inotify": bool(watchers is not None and watchers.inotify is not None),
         "connections": getattr(httpd, "active", 0), "streams": getattr(httpd, "streams", 0)}).encode()
 
@@ -5032,7 +5638,7 @@ class Notifier(object):
         for c in clients:
             if cmds:
                 cmds.append(";")
-            cmds += ["display-message", "-c", c["name"], "-d", "5000", text.replace("#", "##")]
+            cmds += ["display-message", "-c", c["name"], "-d", "5000", tmux_literal(text)]
         self._spawn("tmux", self.server.tmux.argv(*cmds), title, body)
 
     def _desktop(self, title, body, status, panes):
@@ -5073,6 +5679,16 @@ class Notifier(object):
         self.sent.append((self.clock(), "bell", title, body))
 
 
+_PLAIN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def tmux_safe_thread_id(agent, thread_id):
+    """A thread id may go into a tmux option or message: an agent's real id shape, or (an id that
+    came through the API for another agent or a test) plain letters, digits, '_', '.', '-' only.
+    Never '#' (a '#[fg=…]' would style the status line) nor ';' nor a control character."""
+    return valid_thread_id(agent, thread_id) or bool(isinstance(thread_id, str) and _PLAIN_ID_RE.match(thread_id))
+
+
 def status_summary(state, charset="unicode"):
     """The status-line options from a /state document: {option: value}. Pure.
 
@@ -5093,7 +5709,7 @@ def status_summary(state, charset="unicode"):
             if t.get("unseen"):
                 unseen += 1
             wid = pane_window.get(t.get("pane"))
-            if wid and t.get("alive"):
+            if wid and t.get("alive") and tmux_safe_thread_id(t["agent"], t["id"]):
                 att = thread_attention(Thread(t["agent"], t["id"], status=t["status"], unseen=t.get("unseen")))
                 prev = windows.get(wid)
                 if prev is None or ATTENTION_ORDER.index(att) < ATTENTION_ORDER.index(prev[0]):
@@ -5635,6 +6251,9 @@ class Resurrect(object):
                 self._panes.append({"session": parts[1], "window": _int(parts[2]), "paneIndex": _int(parts[3]),
                                     "pane": parts[4], "pid": _int(parts[5]), "cwd": parts[6],
                                     "command": parts[7]})
+            elif line.strip():
+                self.log("save: skipped a pane line that does not parse (a control character in a cwd or "
+                         "command?): %r" % line[:300])
 
     # -- save --------------------------------------------------------------------------------
     def panes(self):
@@ -6139,20 +6758,37 @@ SPINNER = {"unicode": "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏", "ascii": "|/-\\"}
 GLYPHS = {
     "unicode": {"running": None, "retry": "↻", "waiting": "◉", "error": "✗", "interrupted": "⊘",
                 "done-unseen": "●", "done": "✓", "idle": "○", "unseen": "●", "bar": "█", "bar_empty": "░",
-                "more": "…", "sep": "─"},
+                "more": "…", "sep": "─", "current": "▌", "neutral": "·", "info": "i", "success": "✓",
+                "warn": "!", "tone-error": "✗"},
     "ascii": {"running": None, "retry": "r", "waiting": "?", "error": "x", "interrupted": "!",
               "done-unseen": "*", "done": "v", "idle": "o", "unseen": "*", "bar": "#", "bar_empty": "-",
-              "more": "~", "sep": "-"},
+              "more": "~", "sep": "-", "current": ">", "neutral": "-", "info": "i", "success": "v",
+              "warn": "!", "tone-error": "x"},
 }
 TONE_STYLE = {"neutral": "fg", "info": "accent", "success": "done", "warn": "waiting", "error": "error"}
 FILTERS = ("all", "agents", "attention")
-HELP_LINES = (
-    "j/k ↑/↓  move          Enter  switch",
-    "Tab/S-Tab next/prev    1-9    switch to #",
-    "J/K      reorder       d/u    hide/unhide",
-    "n new    x kill        o      open port",
-    "t theme  / filter      f      all/agents/attn",
-    "m mute   ? help        q/Esc  leave",
+HELP_KEYS = (
+    ("j/k", "move (also the arrow keys)"),
+    ("Enter", "switch to the session or thread"),
+    ("Tab", "next session (S-Tab: previous)"),
+    ("1-9", "switch to session N, as prefix o N"),
+    ("J/K", "move the session down/up"),
+    ("d/u", "hide the session / show hidden ones"),
+    ("n", "new session (name, then directory)"),
+    ("x", "kill the session (asks first)"),
+    ("o", "open the session's port (or click it)"),
+    ("t", "pick a theme"),
+    ("/", "filter by name"),
+    ("f", "show all / with agents / needing you"),
+    ("m", "mute the session's notifications"),
+    ("?", "this help"),
+    ("q/Esc", "leave the sidebar"),
+)
+# (glyph key, meaning) for the help's legend; "spinner" is the running animation
+HELP_LEGEND = (
+    ("spinner", "working"), ("retry", "retrying after an error"), ("waiting", "waiting for you"),
+    ("error", "stopped on an error"), ("interrupted", "interrupted"),
+    ("done-unseen", "finished, not seen yet"), ("done", "finished"), ("idle", "idle"),
 )
 
 
@@ -6200,6 +6836,30 @@ def resolve_theme(name, overrides=None):
     return theme
 
 
+def theme_colors(theme, ncolors):
+    """Curses colour numbers (fg, bg) for each (style, selected): the theme's own background is
+    painted, and no text is drawn in the colour behind it (on 8 colours a theme's muted grey and
+    its background both become black, and its selection colour the background's). Pure."""
+    few = ncolors < 256
+
+    def conv(hexv):
+        return rgb_to_8(hex_to_rgb(hexv)) if few else rgb_to_256(hex_to_rgb(hexv))
+    def grey(hexv):  # 8 colours: plain text and backgrounds go by lightness (a pastel text is not blue)
+        return (7 if sum(hex_to_rgb(hexv)) >= 3 * 128 else 0) if few else conv(hexv)
+    bg, sel, fg = grey(theme["bg"]), grey(theme["sel"]), grey(theme["fg"])
+    if few and sel == bg:
+        sel = 7 if bg == 0 else 0  # a selected row must still stand out
+    out = {}
+    for key in THEME_KEYS:
+        for selected in (False, True):
+            back = sel if selected or key == "sel" else bg
+            fore = conv(theme[key]) if key not in ("bg", "sel", "fg") else fg
+            if fore == back:
+                fore = fg if fg != back else (7 if back == 0 else 0)
+            out[(key, selected)] = (fore, back)
+    return out
+
+
 def display_width(text):
     """Terminal cells a string takes (wide East Asian characters take two)."""
     import unicodedata
@@ -6243,12 +6903,66 @@ def session_needs_attention(s):
     return s.get("state") in ("error", "waiting", "interrupted", "done-unseen") or bool(s.get("unseen"))
 
 
+def wrap(text, width):
+    """Word-wrap text to lines of at most width cells (words longer than a line are cut). Pure."""
+    width = max(1, width)
+    lines, cur = [], ""
+    for word in text.split():
+        while display_width(word) > width:
+            room = width - display_width(cur) - (1 if cur else 0)
+            if room <= 0:
+                lines.append(cur)
+                cur = ""
+                continue
+            head, used = "", 0
+            for ch in word:
+                if used + display_width(ch) > room:
+                    break
+                head += ch
+                used += display_width(ch)
+            cur = (cur + " " + head) if cur else head
+            lines.append(cur)
+            cur, word = "", word[len(head):]
+        if not cur:
+            cur = word
+        elif display_width(cur) + 1 + display_width(word) <= width:
+            cur += " " + word
+        else:
+            lines.append(cur)
+            cur = word
+    if cur or not lines:
+        lines.append(cur)
+    return lines
+
+
+def terminal_charset(environ, python_chose_utf8=False):
+    """'unicode' or 'ascii' from the locale the terminal has (LC_ALL, LC_CTYPE, LANG, as the C
+    library reads them), not from Python's preferred encoding. Under LANG=C Python turns on its
+    UTF-8 mode by itself and sets LC_CTYPE=C.UTF-8 in its own environment (PEP 538, 540):
+    `python_chose_utf8` says it did, and then the terminal's locale was C. Pure."""
+    if python_chose_utf8:
+        return "ascii"
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        value = environ.get(name)
+        if value:
+            return "unicode" if re.search(r"utf-?8", value, re.I) else "ascii"
+    return "ascii"
+
+
+def _python_chose_utf8(environ):
+    """True when this Python runs in UTF-8 mode because its start-up locale was C or POSIX (not
+    because PYTHONUTF8 or -X utf8 asked for it; from 3.15 the mode is the default and says nothing)."""
+    return bool(sys.flags.utf8_mode) and not environ.get("PYTHONUTF8") and \
+        "utf8" not in getattr(sys, "_xoptions", {}) and sys.version_info < (3, 15)
+
+
 class SidebarModel(object):
     """What the sidebar shows and how keys change it. Pure: keys in, actions out.
 
     Actions are tuples the curses layer carries out: ("switch", session name), ("switch-pane",
     session, pane id), ("ui", body) for the server's /ui, ("mute", session), ("kill", session),
     ("new", name, directory), ("open", port), ("leave",), ("quit",).
+    The key "FOCUS" (sent by `opensessions focus`) selects the session this sidebar is in.
     """
 
     def __init__(self, own_session=None, charset="unicode"):
@@ -6257,6 +6971,7 @@ class SidebarModel(object):
         self.charset = charset
         self.selected = None  # ("session", name) or ("thread", session, agent, id)
         self.scroll = 0
+        self.help_scroll = 0
         self.filter_text = ""
         self.filter_mode = "all"
         self.mode = "list"  # list | help | theme | prompt | confirm
@@ -6266,15 +6981,20 @@ class SidebarModel(object):
         self.message = None
         self.frame = 0
         self.connected = False
+        self._selected_own = None  # the own session we last selected by ourselves
 
     # -- data --------------------------------------------------------------------------------
     def set_state(self, state):
         self.state = state
         self.connected = True
         items = self.items()
-        if self.selected not in items:
-            current = next((i for i in items if i[0] == "session" and i[1] == self.current_session()), None)
-            self.selected = current or (items[0] if items else None)
+        own = ("session", self.own_session) if self.own_session else None
+        if own in items and self._selected_own != self.own_session:
+            # a new sidebar, or one that moved to another session: start on the session it is in
+            self.selected = own
+            self._selected_own = self.own_session
+        elif self.selected not in items:
+            self.selected = own if own in items else (items[0] if items else None)
 
     def ui(self):
         return (self.state or {}).get("ui") or {}
@@ -6283,14 +7003,21 @@ class SidebarModel(object):
         """The session this sidebar's client is in (the highlighted one)."""
         return self.own_session
 
+    def listed(self):
+        """Every session the list can show, in the user's order (hidden ones left out): the order
+        `prefix o N` and the numbers use, whatever the filter."""
+        return [s for s in (self.state or {}).get("sessions", []) if not s.get("hidden")]
+
+    def number(self, name):
+        """The number shown beside a session (1-9, as `prefix o N`), or None."""
+        names = [s["name"] for s in self.listed()]
+        n = names.index(name) + 1 if name in names else 0
+        return n if 1 <= n <= 9 else None
+
     def sessions(self):
         """Sessions in the user's order, hidden ones and filtered ones left out."""
-        if not self.state:
-            return []
         out = []
-        for s in self.state.get("sessions", []):
-            if s.get("hidden"):
-                continue
+        for s in self.listed():
             if self.filter_text and self.filter_text.lower() not in s["name"].lower():
                 continue
             if self.filter_mode == "agents" and not s.get("threads"):
@@ -6333,91 +7060,141 @@ class SidebarModel(object):
     def key(self, k):
         """Handle one key (a curses key name such as 'j', 'KEY_DOWN', '\\n', 'KEY_BTAB'). -> actions."""
         self.message = None
-        if self.mode == "prompt":
-            return self._prompt_key(k)
-        if self.mode == "confirm":
-            self.mode = "list"
-            if k in ("y", "Y"):
-                return [self.confirm]
-            self.message = "cancelled"
+        if k == "FOCUS":
+            return self._focus()
+        handler = {"prompt": self._prompt_key, "confirm": self._confirm_key, "help": self._help_key,
+                   "theme": self._theme_key}.get(self.mode, self._list_key)
+        return handler(k)
+
+    # list mode: key -> method name; a method takes the key and returns actions (or None)
+    LIST_KEYS = {"j": "_move", "KEY_DOWN": "_move", "k": "_move", "KEY_UP": "_move",
+                 "\t": "_cycle", "KEY_BTAB": "_cycle", "\n": "activate", "\r": "activate", "KEY_ENTER": "activate",
+                 "J": "_reorder_key", "K": "_reorder_key", "kDN3": "_reorder_key", "kUP3": "_reorder_key",
+                 "d": "_hide", "u": "_unhide", "n": "_new", "x": "_kill", "o": "_open", "t": "_themes",
+                 "/": "_filter", "f": "_filter_mode", "m": "_mute", "?": "_help", "q": "_quit", "\x1b": "_quit"}
+
+    def _list_key(self, k):
+        if len(k) == 1 and k in "123456789":
+            return self._number_key(k)
+        name = self.LIST_KEYS.get(k)
+        if name is None:
             return []
-        if self.mode == "help":
+        if name == "activate":
+            return self.activate()
+        return getattr(self, name)(k) or []
+
+    def _focus(self):
+        self.mode, self.prompt = "list", None
+        if self.own_session:
+            self.filter_text = ""
+            self._reselect()
+            if ("session", self.own_session) in self.items():
+                self.selected = ("session", self.own_session)
+        return []
+
+    def _confirm_key(self, k):
+        self.mode = "list"
+        if k in ("y", "Y"):
+            return [self.confirm]
+        self.message = "cancelled"
+        return []
+
+    def _help_key(self, k):
+        if k in ("j", "KEY_DOWN", " ", "KEY_NPAGE"):
+            self.help_scroll += 1 if k in ("j", "KEY_DOWN") else 10
+        elif k in ("k", "KEY_UP", "KEY_PPAGE"):
+            self.help_scroll = max(0, self.help_scroll - (1 if k != "KEY_PPAGE" else 10))
+        else:
             self.mode = "list"
-            return []
-        if self.mode == "theme":
-            return self._theme_key(k)
+        return []
+
+    def _move(self, k):
         items = self.items()
         idx = items.index(self.selected) if self.selected in items else 0
-        sessions = [i for i in items if i[0] == "session"]
-        if k in ("j", "KEY_DOWN"):
-            self._select(items, idx + 1)
-        elif k in ("k", "KEY_UP"):
-            self._select(items, idx - 1)
-        elif k in ("\t", "KEY_BTAB"):
-            if sessions:
-                cur = self.selected[1] if self.selected else None
-                names = [i[1] for i in sessions]
-                pos = names.index(cur) if cur in names else -1
-                pos = (pos + (1 if k == "\t" else -1)) % len(names)
-                self.selected = sessions[pos]
-        elif k in ("\n", "\r", "KEY_ENTER"):
-            return self.activate()
-        elif len(k) == 1 and k in "123456789":
-            n = int(k) - 1
-            if n < len(sessions):
-                self.selected = sessions[n]
-                return [("switch", sessions[n][1])]
-        elif k in ("J", "K", "kDN3", "kUP3"):
-            return self._reorder(1 if k in ("J", "kDN3") else -1)
-        elif k == "d":
-            s = self.selected_session()
-            if s:
-                hidden = sorted(set(self.ui().get("hidden", [])) | {s["name"]})
-                self.message = "hid %s (u shows hidden sessions)" % s["name"]
-                return [("ui", {"hidden": hidden})]
-        elif k == "u":
-            if self.ui().get("hidden"):
-                return [("ui", {"hidden": []})]
-            self.message = "no hidden sessions"
-        elif k == "n":
-            self.mode = "prompt"
-            self.prompt = {"label": "new session name", "text": "", "step": "name", "values": {}}
-        elif k == "x":
-            s = self.selected_session()
-            if s:
-                self.mode = "confirm"
-                self.confirm = ("kill", s["name"])
-                self.message = "kill session %s? (y/n)" % s["name"]
-        elif k == "o":
-            s = self.selected_session()
-            if s and s.get("ports"):
-                return [("open", s["ports"][0])]
-            self.message = "no listening port in this session"
-        elif k == "t":
-            self.mode = "theme"
-            names = sorted(THEMES)
-            current = self.ui().get("theme") or DEFAULT_THEME
-            self.theme_index = names.index(current) if current in names else 0
-        elif k == "/":
-            self.mode = "prompt"
-            self.prompt = {"label": "filter", "text": self.filter_text, "step": "filter", "values": {}}
-        elif k == "f":
-            self.filter_mode = FILTERS[(FILTERS.index(self.filter_mode) + 1) % len(FILTERS)]
-            self.message = "showing: %s" % self.filter_mode
+        self._select(items, idx + (1 if k in ("j", "KEY_DOWN") else -1))
+
+    def _cycle(self, k):
+        sessions = [i for i in self.items() if i[0] == "session"]
+        if sessions:
+            names = [i[1] for i in sessions]
+            cur = self.selected[1] if self.selected else None
+            pos = names.index(cur) if cur in names else -1
+            self.selected = sessions[(pos + (1 if k == "\t" else -1)) % len(names)]
+
+    def _number_key(self, k):
+        """1-9: the session with that number, as `prefix o N` (the same numbers in any filter)."""
+        listed = self.listed()
+        n = int(k) - 1
+        if n >= len(listed):
+            self.message = "no session number %s" % k
+            return []
+        name = listed[n]["name"]
+        if ("session", name) in self.items():
+            self.selected = ("session", name)
+        return [("switch", name)]
+
+    def _reorder_key(self, k):
+        return self._reorder(1 if k in ("J", "kDN3") else -1)
+
+    def _hide(self, k):
+        s = self.selected_session()
+        if s:
+            hidden = sorted(set(self.ui().get("hidden", [])) | {s["name"]})
+            self.message = "hid %s (u shows hidden sessions)" % s["name"]
+            return [("ui", {"hidden": hidden})]
+
+    def _unhide(self, k):
+        if self.ui().get("hidden"):
+            return [("ui", {"hidden": []})]
+        self.message = "no hidden sessions"
+
+    def _new(self, k):
+        self.mode = "prompt"
+        self.prompt = {"label": "new session name", "text": "", "step": "name", "values": {}}
+
+    def _kill(self, k):
+        s = self.selected_session()
+        if s:
+            self.mode = "confirm"
+            self.confirm = ("kill", s["name"])
+            self.message = "kill session %s? (y/n)" % s["name"]
+
+    def _open(self, k):
+        s = self.selected_session()
+        if s and s.get("ports"):
+            return [("open", s["ports"][0])]
+        self.message = "no listening port in this session"
+
+    def _themes(self, k):
+        self.mode = "theme"
+        names = sorted(THEMES)
+        current = self.ui().get("theme") or DEFAULT_THEME
+        self.theme_index = names.index(current) if current in names else 0
+
+    def _filter(self, k):
+        self.mode = "prompt"
+        self.prompt = {"label": "filter", "text": self.filter_text, "step": "filter", "values": {}}
+
+    def _filter_mode(self, k):
+        self.filter_mode = FILTERS[(FILTERS.index(self.filter_mode) + 1) % len(FILTERS)]
+        self.message = "showing: %s" % self.filter_mode
+        self._reselect()
+
+    def _mute(self, k):
+        s = self.selected_session()
+        if s:
+            return [("mute", s["name"])]
+
+    def _help(self, k):
+        self.mode = "help"
+        self.help_scroll = 0
+
+    def _quit(self, k):
+        if self.filter_text:
+            self.filter_text = ""
             self._reselect()
-        elif k == "m":
-            s = self.selected_session()
-            if s:
-                return [("mute", s["name"])]
-        elif k == "?":
-            self.mode = "help"
-        elif k in ("q", "\x1b"):
-            if self.filter_text:
-                self.filter_text = ""
-                self._reselect()
-            else:
-                return [("leave",)]
-        return []
+            return []
+        return [("leave",)]
 
     def _select(self, items, idx):
         if items:
@@ -6497,19 +7274,36 @@ class SidebarModel(object):
         self.mode, self.prompt = "list", None
         return [("new", name, directory)]
 
-    def click(self, row, rows, double=False):
-        """A mouse click on screen row `row`, given the rows render() produced."""
-        if 0 <= row < len(rows) and rows[row][0] is not None:
-            self.selected = rows[row][0]
-            self.mode = "list"
-            if double:
-                return self.activate()
+    def click(self, row, rows, double=False, x=None):
+        """A mouse click on screen row `row` (column x), given the rows render() produced."""
+        if not 0 <= row < len(rows) or rows[row][0] is None:
+            return []
+        item = rows[row][0]
+        if item[0] == "port":
+            port = _port_at(rows[row][1], x)
+            return [("open", port)] if port else []
+        self.selected = item
+        self.mode = "list"
+        if double:
+            return self.activate()
         return []
 
     def wheel(self, delta):
         items = self.items()
         idx = items.index(self.selected) if self.selected in items else 0
         self._select(items, idx + delta)
+
+
+def _port_at(pieces, x):
+    """The port whose ':NNNN' piece is at column x of a ports row (any port if x is None)."""
+    col = 0
+    for text, _ in pieces:
+        w = display_width(text)
+        m = re.match(r"\s*:(\d+)", text)
+        if m and (x is None or col <= x < col + w):
+            return int(m.group(1))
+        col += w
+    return None
 
 
 def _badge(status, unseen, g, frame, charset):
@@ -6521,138 +7315,240 @@ def _badge(status, unseen, g, frame, charset):
     return g.get(key) or "?", style
 
 
+def _tone_icon(tone, g):
+    tone = tone if tone in TONE_STYLE else "neutral"
+    return g["tone-error" if tone == "error" else tone], TONE_STYLE[tone]
+
+
+class _Screen(object):
+    """Rows being built by render(): each piece is cut to the width, the cut marked."""
+
+    def __init__(self, model, width, now):
+        self.model = model
+        self.charset = model.charset
+        self.g = GLYPHS[self.charset]
+        self.clean = (lambda s: s) if self.charset == "unicode" else ascii_safe
+        self.now = now if now is not None else now_ms()
+        self.w = max(1, width)
+        self.rows = []
+
+    def line(self, item, pieces):
+        out, used = [], 0
+        for text, style in pieces:
+            text = self.clean(text)
+            room = self.w - used
+            if room <= 0:
+                break
+            t = fit(text, room, self.g["more"]) if display_width(text) > room else text
+            out.append((t, style))
+            used += display_width(t)
+        self.rows.append((item, out))
+
+    def wrapped(self, item, text, style, indent=0, first=""):
+        """text word-wrapped to the width; continuation lines indented by `indent` cells."""
+        lines = wrap(self.clean(first + text), self.w - indent) if indent else wrap(self.clean(first + text), self.w)
+        for i, part in enumerate(lines):
+            self.line(item, [((" " * indent if i else "") + part, style)])
+
+
 def render(model, width, height, now=None):
     """The whole screen as rows: [(item or None, [(text, style), ...]), ...], at most height rows.
 
-    Styles are theme keys plus 'sel' (selected row background) and 'title'. Pure.
+    Styles are theme keys plus 'sel' (selected row background). Pure. A header row, the body
+    (the list and the detail panel, or the help or the theme picker), and a footer for prompts
+    and messages that always stays on screen.
     """
-    charset = model.charset
-    g = GLYPHS[charset]
-    clean = (lambda s: s) if charset == "unicode" else ascii_safe
-    now = now if now is not None else now_ms()
-    rows = []
-    w = max(1, width)
+    scr = _Screen(model, width, now)
+    _render_header(scr)
+    footer = _Screen(model, width, now)
+    _render_footer(footer)
+    room = max(1, height - 1 - len(footer.rows))
+    body = _Screen(model, width, now)
+    if model.mode == "help":
+        _render_help(body)
+        model.help_scroll = max(0, min(model.help_scroll, len(body.rows) - room))
+        rows = body.rows[model.help_scroll:model.help_scroll + room]
+    elif model.mode == "theme":
+        _render_themes(body)
+        rows = body.rows[:room]
+    else:
+        _render_list(body, room)
+        rows = _scroll(model, body.rows, room)
+    return (scr.rows + rows + footer.rows)[:height]
 
-    def line(item, pieces):
-        out, used = [], 0
-        for text, style in pieces:
-            text = clean(text)
-            room = w - used
-            if room <= 0:
-                break
-            t = fit(text, room, g["more"]) if display_width(text) > room else text
-            out.append((t, style))
-            used += display_width(t)
-        rows.append((item, out))
 
+def _render_header(scr):
+    model, w = scr.model, scr.w
     title = "opensessions" if w >= 16 else "os"
     status = "" if model.connected else " (connecting…)"
     if model.filter_mode != "all" or model.filter_text:
         status += " [%s%s]" % (model.filter_mode if model.filter_mode != "all" else "",
                                ("/" + model.filter_text) if model.filter_text else "")
-    line(None, [(title, "accent"), (status, "muted")])
-    if model.mode == "help":
-        for text in HELP_LINES:
-            line(None, [(text, "fg")])
-        line(None, [("any key to close", "muted")])
-        return rows[:height]
-    if model.mode == "theme":
-        names = sorted(THEMES)
-        line(None, [("theme (Enter to pick)", "muted")])
-        for i, name in enumerate(names):
-            line(None, [(("> " if i == model.theme_index else "  ") + name, "sel" if i == model.theme_index else "fg")])
-        return rows[:height]
+    scr.line(None, [(title, "accent"), (status, "muted")])
+
+
+def _render_help(scr):
+    g, w = scr.g, scr.w
+    kw = max(len(k) for k, _ in HELP_KEYS) + 1 if w >= 24 else 0
+    for keys, text in HELP_KEYS:
+        if kw:
+            for i, part in enumerate(wrap(text, w - kw)):
+                scr.line(None, [((keys if i == 0 else "").ljust(kw), "accent"), (part, "fg")])
+        else:
+            scr.line(None, [(keys, "accent")])
+            scr.wrapped(None, text, "fg", indent=2, first="  ")
+    scr.line(None, [("", "fg")])
+    for key, meaning in HELP_LEGEND:
+        if key == "spinner":
+            glyph, style = SPINNER[scr.charset][0], "running"
+        else:
+            glyph, style = _badge(key.replace("done-unseen", "done"), key == "done-unseen", g, 0, scr.charset)
+        for i, part in enumerate(wrap(meaning, w - 2)):
+            scr.line(None, [((glyph if i == 0 else " ") + " ", style), (part, "fg")])
+    scr.line(None, [("j/k scroll, any other key closes", "muted")])
+
+
+def _render_themes(scr):
+    names = sorted(THEMES)
+    scr.line(None, [("theme (Enter to pick)", "muted")])
+    for i, name in enumerate(names):
+        scr.line(None, [(("> " if i == scr.model.theme_index else "  ") + name,
+                         "sel" if i == scr.model.theme_index else "fg")])
+
+
+def _render_list(scr, room):
+    model = scr.model
     sessions = model.sessions()
     if not sessions:
-        line(None, [("no sessions" if model.state else "waiting for the server", "muted")])
+        scr.line(None, [("no sessions" if model.state else "waiting for the server", "muted")])
     detail_rows = []
-    for n, s in enumerate(sessions):
-        item = ("session", s["name"])
-        selected = model.selected == item
-        is_current = s["name"] == model.current_session()
-        base = "sel" if selected else "fg"
-        num = "%d" % (n + 1) if n < 9 else " "
-        badges = []
-        for t in s.get("threads", [])[:6]:
-            glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, charset)
-            badges.append((glyph, style))
-        unseen = [(" " + g["unseen"], "unseen")] if s.get("unseen") else []
-        if s.get("muted"):
-            unseen.append((" m", "muted"))
-        marker = "▌" if is_current and charset == "unicode" else (">" if is_current else " ")
-        name_room = w - 3 - len(badges) - (2 if unseen else 0) - (1 if badges else 0)
-        pieces = [(marker, "accent"), (num + " ", "muted"), (fit(s["name"], max(1, name_room), g["more"]),
-                                                            "accent" if is_current else base)]
-        pad = w - 3 - display_width(pieces[2][0]) - len(badges) - (2 if unseen else 0)
-        if badges:
-            pieces.append((" " * max(1, pad), base))
-            pieces.extend(badges)
-        pieces.extend(unseen)
-        line(item, [(t, "sel" if selected and st in ("fg", "muted") else st) for t, st in pieces])
-        sub = []
-        if s.get("branch"):
-            sub.append((s["branch"] + ("*" if s.get("dirty") else ""), "muted"))
-        meta = s.get("metadata") or {}
-        pill = meta.get("status")
-        if pill:
-            sub.append((" [%s]" % pill["text"], TONE_STYLE.get(pill.get("tone"), "fg")))
-        prog = meta.get("progress")
-        if prog and prog.get("percent") is not None:
-            cells = 6 if w >= 28 else 3
-            full = int(round(cells * prog["percent"] / 100.0))
-            sub.append((" " + g["bar"] * full + g["bar_empty"] * (cells - full) + " %d%%" % prog["percent"], "accent"))
-        if sub:
-            line(item, [("   ", "fg")] + sub)
-        if model.filter_mode == "attention":
-            # the recently relevant threads: active ones and those finished since you last looked
-            for t in s.get("threads", []):
-                if t["status"] in ACTIVE_STATUSES or t.get("unseen") or t["status"] in ("waiting", "error"):
-                    glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, charset)
-                    status_text = t["status"] + ("#%s" % t["attempt"] if t.get("attempt") else "")
-                    line(("thread", s["name"], t["agent"], t["id"]),
-                         [("   " + glyph + " ", style), ((t.get("title") or t["agent"]) + " ", "fg"),
-                          ("%s %s" % (status_text, age_text(t.get("updatedAt"), now)), "muted")])
+    for s in sessions:
+        _render_session(scr, s)
         if s["name"] == (model.selected or (None, None))[1]:
-            detail_rows = _detail(model, s, g, now)
-    # the detail panel for the selected session goes below the list
-    if detail_rows and height - len(rows) > 3:
-        line(None, [(g["sep"] * w, "muted")])
-        for item, pieces in detail_rows:
-            line(item, pieces)
-    if model.mode in ("prompt", "confirm") or model.message:
-        text = model.message or ""
-        if model.mode == "prompt":
-            text = "%s: %s_" % (model.prompt["label"], model.prompt["text"])
-        if len(rows) >= height:
-            rows = rows[:height - 1]
-        line(None, [(text, "waiting")])
-    return _scroll(model, rows, height)
+            detail_rows = _detail(model, s, scr)
+    # the detail panel for the selected session goes below the list (always when a thread in it is selected)
+    in_detail = model.selected is not None and model.selected[0] == "thread" and model.filter_mode != "attention"
+    if detail_rows and (room - len(scr.rows) > 3 or in_detail):
+        scr.line(None, [(scr.g["sep"] * scr.w, "muted")])
+        scr.rows.extend(detail_rows)
 
 
-def _detail(model, s, g, now):
-    out = []
+def _render_session(scr, s):
+    """The session's row, then its metadata rows: branch, status pill, progress, newest log line."""
+    model, g, w = scr.model, scr.g, scr.w
+    item = ("session", s["name"])
+    selected = model.selected == item
+    is_current = s["name"] == model.current_session()
+    base = "sel" if selected else "fg"
+    n = model.number(s["name"])
+    badges = [_badge(t["status"], t.get("unseen"), g, model.frame, scr.charset) for t in s.get("threads", [])[:6]]
+    unseen = [(" " + g["unseen"], "unseen")] if s.get("unseen") else []
+    if s.get("muted"):
+        unseen.append((" m", "muted"))
+    tail = len(badges) + sum(display_width(t) for t, _ in unseen)
+    name_room = w - 3 - tail - (1 if badges else 0)
+    name = fit(scr.clean(s["name"]), max(1, name_room), g["more"])
+    pieces = [(g["current"] if is_current else " ", "accent"), (("%d" % n if n else " ") + " ", "muted"),
+              (name, "accent" if is_current else base)]
+    if badges:
+        pieces.append((" " * max(1, w - 3 - display_width(name) - tail), base))
+        pieces.extend(badges)
+    pieces.extend(unseen)
+    scr.line(item, [(t, "sel" if selected and st in ("fg", "muted") else st) for t, st in pieces])
+    _render_metadata(scr, s, item)
+    if model.filter_mode == "attention":
+        _render_attention_threads(scr, s)
+
+
+def _render_metadata(scr, s, item):
+    """A session's own rows under its name, each cut to the width: branch, status pill, progress
+    bar with its label, newest log line."""
+    g, w = scr.g, scr.w
+    indent = "   "
+    if s.get("branch"):
+        scr.line(item, [(indent + s["branch"] + ("*" if s.get("dirty") else ""), "muted")])
+    meta = s.get("metadata") or {}
+    pill = meta.get("status")
+    if pill and pill.get("text"):
+        scr.line(item, [(indent, "fg"), ("[%s]" % pill["text"], TONE_STYLE.get(pill.get("tone"), "fg"))])
+    prog = meta.get("progress")
+    if prog and prog.get("percent") is not None:
+        cells = max(3, min(10, (w - 3) // 4))
+        full = int(round(cells * min(100.0, prog["percent"]) / 100.0))
+        pieces = [(indent + g["bar"] * full, "accent"), (g["bar_empty"] * (cells - full), "muted"),
+                  (" %d%%" % prog["percent"], "accent")]
+        if prog.get("label"):
+            pieces.append((" " + prog["label"], "fg"))
+        scr.line(item, pieces)
+    logs = meta.get("logs") or []
+    if logs:
+        scr.line(item, _log_pieces(scr, logs[-1], indent))
+
+
+def _render_attention_threads(scr, s):
+    """In the attention filter: the recently relevant threads, active ones and those finished
+    since you last looked."""
+    for t in s.get("threads", []):
+        if t["status"] in ACTIVE_STATUSES or t.get("unseen") or t["status"] in ("waiting", "error"):
+            glyph, style = _badge(t["status"], t.get("unseen"), scr.g, scr.model.frame, scr.charset)
+            status_text = t["status"] + ("#%s" % t["attempt"] if t.get("attempt") else "")
+            scr.line(("thread", s["name"], t["agent"], t["id"]),
+                     [("   " + glyph + " ", style), ((t.get("title") or t["agent"]) + " ", "fg"),
+                      ("%s %s" % (status_text, age_text(t.get("updatedAt"), scr.now)), "muted")])
+
+
+def _log_pieces(scr, entry, indent):
+    """One log line fitted to the width: tone icon, source, message (cut with …), age kept at the end."""
+    icon, style = _tone_icon(entry.get("tone"), scr.g)
+    age = age_text(entry.get("ts"), scr.now)
+    head = indent + icon + " "
+    text = scr.clean((entry["source"] + ": " if entry.get("source") else "") + entry["message"])
+    room = scr.w - display_width(head) - (len(age) + 1 if age else 0)
+    if room < 4:  # too narrow for the age: the message matters more
+        room, age = scr.w - display_width(head), ""
+    text = fit(text, room, scr.g["more"])
+    pad = " " * max(1, room - display_width(text) + 1) if age else ""
+    return [(head, style), (text, "fg"), (pad + age, "muted")]
+
+
+def _detail(model, s, scr):
+    """The selected session in full: directory, status, progress, threads, ports, logs."""
+    g, now = scr.g, scr.now
+    panel = _Screen(model, scr.w, now)
     sel_thread = model.selected if model.selected and model.selected[0] == "thread" else None
     if s.get("dir"):
-        out.append((None, [(s["dir"].replace(home_dir(), "~", 1), "muted"),
-                           (" (muted)" if s.get("muted") else "", "muted")]))
+        panel.line(None, [(s["dir"].replace(home_dir(), "~", 1), "muted"),
+                          (" (muted)" if s.get("muted") else "", "muted")])
+    meta = s.get("metadata") or {}
+    pill = meta.get("status")
+    if pill and pill.get("text"):
+        panel.wrapped(None, pill["text"], TONE_STYLE.get(pill.get("tone"), "fg"), indent=2, first="status ")
+    prog = meta.get("progress")
+    if prog and prog.get("percent") is not None:
+        amount = "%d%%" % prog["percent"]
+        if prog.get("total"):
+            amount = "%g/%g (%s)" % (prog["current"], prog["total"], amount)
+        panel.wrapped(None, amount + (" " + prog["label"] if prog.get("label") else ""), "accent", indent=2,
+                      first="progress ")
     for t in s.get("threads", []):
         item = ("thread", s["name"], t["agent"], t["id"])
         glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, model.charset)
         status = t["status"] + ("#%s" % t["attempt"] if t.get("attempt") else "")
         sel = item == sel_thread
-        out.append((item, [(glyph + " ", style), (t["agent"] + " ", "sel" if sel else "accent"),
-                           (t.get("title") or t["id"][:8], "sel" if sel else "fg")]))
-        info = "  %s %s" % (status, age_text(t.get("updatedAt"), now))
-        if t.get("detail"):
-            info += " · " + t["detail"]
-        elif t.get("model"):
-            info += " · " + t["model"]
-        out.append((item, [(info, "muted")]))
+        panel.line(item, [(glyph + " ", style), (t["agent"] + " ", "sel" if sel else "accent"),
+                          (t.get("title") or t["id"][:8], "sel" if sel else "fg")])
+        info = "  " + " ".join(x for x in (status, age_text(t.get("updatedAt"), now)) if x)
+        if t.get("detail") or t.get("model"):
+            info += " %s %s" % (g["neutral"], t.get("detail") or t["model"])
+        panel.line(item, [(info, "sel" if sel else "muted")])
     if s.get("ports"):
-        out.append((None, [("ports " + " ".join(":%d" % p for p in s["ports"]), "accent")]))
-    for entry in (s.get("metadata") or {}).get("logs", [])[-5:]:
-        out.append((None, [(entry["message"], TONE_STYLE.get(entry.get("tone"), "fg"))]))
-    return out
+        panel.line(("port", s["name"]), [("ports", "accent")] + [(" :%d" % p, "accent") for p in s["ports"]])
+    for entry in (meta.get("logs") or [])[-5:]:
+        icon, style = _tone_icon(entry.get("tone"), g)
+        age = age_text(entry.get("ts"), now)
+        text = (entry["source"] + ": " if entry.get("source") else "") + entry["message"]
+        panel.wrapped(None, text + (" (%s)" % age if age else ""), style, indent=2, first=icon + " ")
+    return panel.rows
 
 
 def _scroll(model, rows, height):
@@ -6663,12 +7559,34 @@ def _scroll(model, rows, height):
     sel_rows = [i for i, r in enumerate(rows) if r[0] is not None and r[0] == model.selected]
     if sel_rows:
         first = sel_rows[0]
-        if first < model.scroll + 1:
-            model.scroll = max(0, first - 1)
+        if first < model.scroll:
+            model.scroll = first
         elif sel_rows[-1] >= model.scroll + height:
             model.scroll = sel_rows[-1] - height + 1
     model.scroll = max(0, min(model.scroll, len(rows) - height))
     return rows[model.scroll:model.scroll + height]
+
+
+def _render_footer(scr):
+    """Prompts show the end of what is typed (the label goes on its own row when both do not fit);
+    messages and questions wrap."""
+    model, w = scr.model, scr.w
+    if model.mode == "prompt":
+        label, typed = model.prompt["label"] + ":", scr.clean(model.prompt["text"]) + "_"
+        if display_width(label + " " + typed) <= w:
+            scr.line(None, [(label + " ", "waiting"), (typed, "fg")])
+            return
+        scr.line(None, [(label, "waiting")])
+        more = scr.g["more"]
+        while display_width(typed) > w and len(typed) > 1:
+            typed = typed[1:]
+            if display_width(more + typed) <= w:
+                typed = more + typed
+                break
+        scr.line(None, [(typed, "fg")])
+    elif model.message:
+        for part in wrap(scr.clean(model.message), w)[:3]:
+            scr.line(None, [(part, "waiting")])
 
 
 class EventStream(object):
@@ -6797,14 +7715,15 @@ class SidebarApp(object):
         self.last_rows = []
         self.rows = []
         self.last_click = (0.0, -1)
+        self.few_colors = False
+        self._winch = None
 
     def run(self):
         import curses
         import locale
         os.environ.setdefault("ESCDELAY", "25")
         locale.setlocale(locale.LC_ALL, "")
-        charset = "unicode" if "utf" in (locale.getpreferredencoding(False) or "").lower() else "ascii"
-        self.model = SidebarModel(charset=charset)
+        self.model = SidebarModel(charset=terminal_charset(os.environ, _python_chose_utf8(os.environ)))
         self.stream.start()
         try:
             curses.wrapper(self._main)
@@ -6814,33 +7733,24 @@ class SidebarApp(object):
 
     # -- colours -------------------------------------------------------------------------------
     def _colors(self, ui):
+        """Colour pairs for the theme, and the theme's background painted under everything."""
         import curses
         name = (ui.get("theme") or DEFAULT_THEME, json.dumps(ui.get("colors") or {}, sort_keys=True))
         if name == self.theme_name or not curses.has_colors():
             return
         self.theme_name = name
-        theme = resolve_theme(name[0], ui.get("colors"))
-        try:
-            curses.use_default_colors()
-            bg_default = -1
-        except curses.error:
-            bg_default = curses.COLOR_BLACK
-        n = curses.COLORS
-
-        def color(hexv):
-            rgb = hex_to_rgb(hexv)
-            return rgb_to_256(rgb) if n >= 256 else rgb_to_8(rgb)
+        self.few_colors = curses.COLORS < 256
         pair = 1
-        for key in THEME_KEYS:
-            for selected in (False, True):
-                fg = color(theme[key]) if key != "sel" else color(theme["fg"])
-                bg = color(theme["sel"]) if selected or key == "sel" else bg_default
-                try:
-                    curses.init_pair(pair, fg, bg)
-                except curses.error:
-                    continue
-                self.pairs[(key, selected)] = curses.color_pair(pair)
-                pair += 1
+        for key, (fg, bg) in sorted(theme_colors(resolve_theme(name[0], ui.get("colors")), curses.COLORS).items()):
+            try:
+                curses.init_pair(pair, fg, bg)
+            except curses.error:
+                continue
+            self.pairs[key] = curses.color_pair(pair)
+            pair += 1
+        if ("fg", False) in self.pairs:
+            self.scr.bkgd(" ", self.pairs[("fg", False)])
+        self.scr.clear()
         self.last_rows = []  # colours changed: draw everything again
 
     def _attr(self, style, selected):
@@ -6848,6 +7758,8 @@ class SidebarApp(object):
         attr = self.pairs.get((style, selected or style == "sel"), 0)
         if style in ("accent",) and not selected:
             attr |= curses.A_BOLD
+        if style == "muted" and self.few_colors and not selected:
+            attr |= curses.A_DIM  # 8 colours: muted text is the text colour, dimmed
         if selected and not self.pairs:
             attr |= curses.A_REVERSE
         return attr
@@ -6866,16 +7778,19 @@ class SidebarApp(object):
         curses.mousemask(curses.ALL_MOUSE_EVENTS | curses.REPORT_MOUSE_POSITION)
         curses.mouseinterval(0)
         self._colors({})
+        self._watch_resize()
         while True:
             self._draw()
             running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() for t in s.get("threads", []))
             timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
             try:
-                ready, _, _ = select.select([0, self.stream.wake_fd], [], [], timeout)
+                ready, _, _ = select.select([0, self.stream.wake_fd, self._winch[0]], [], [], timeout)
             except InterruptedError:
                 ready = [0]
             if not ready:
                 self.model.frame += 1
+            if self._winch[0] in ready:
+                self._resized()
             if self.stream.wake_fd in ready:
                 state = self.stream.take()
                 if state is not None:
@@ -6886,6 +7801,37 @@ class SidebarApp(object):
             if 0 in ready:
                 if self._keys() == "quit":
                     return
+
+    def _watch_resize(self):
+        """A width change redraws at once: SIGWINCH wakes the select() through a pipe (curses only
+        notices a resize at the next key otherwise)."""
+        import signal
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._winch = (r, w)
+
+        def on_winch(signum, frame):
+            try:
+                os.write(w, b"x")
+            except OSError:
+                pass
+        signal.signal(signal.SIGWINCH, on_winch)
+
+    def _resized(self):
+        import curses
+        try:
+            while os.read(self._winch[0], 4096):
+                pass
+        except OSError:
+            pass
+        try:
+            size = os.get_terminal_size(sys.__stdout__.fileno())
+            curses.resizeterm(size.lines, size.columns)
+        except (OSError, ValueError, AttributeError, curses.error):
+            return
+        self.scr.clear()
+        self.last_rows = []
 
     def _own_session(self, state):
         for s in state.get("sessions", []):
@@ -6910,12 +7856,41 @@ class SidebarApp(object):
                     actions = self._mouse()
                 else:
                     actions = self.model.key(name)
+            elif ch == "\x1b":
+                actions = self._escape()
             else:
                 actions = self.model.key(ch)
             for action in actions:
                 if self._do(action) == "quit":
                     return "quit"
             self._draw()
+
+    def _escape(self):
+        """Esc, or the focus-in report ESC [ I (which `opensessions focus` sends): -> actions."""
+        import curses
+        more = ""
+        self.scr.timeout(30)  # the rest of a report is on its way; a lone Esc waits 30 ms
+        try:
+            for _ in range(2):
+                try:
+                    ch = self.scr.get_wch()
+                except curses.error:
+                    break
+                if not isinstance(ch, str) or (not more and ch != "["):
+                    if isinstance(ch, str):
+                        more += ch
+                    break
+                more += ch
+        finally:
+            self.scr.nodelay(True)
+        if more == "[I":
+            return self.model.key("FOCUS")
+        if more == "[O":
+            return []
+        actions = self.model.key("\x1b")
+        for ch in more:
+            actions += self.model.key(ch)
+        return actions
 
     def _mouse(self):
         import curses
@@ -6934,7 +7909,7 @@ class SidebarApp(object):
             double = bool(bstate & curses.BUTTON1_DOUBLE_CLICKED) or (
                 now - self.last_click[0] < 0.4 and self.last_click[1] == y)
             self.last_click = (now, y)
-            return self.model.click(y, self.rows, double)
+            return self.model.click(y, self.rows, double, x)
         return []
 
     def _draw(self):
@@ -7021,13 +7996,15 @@ class SidebarApp(object):
                 if not os.path.isdir(directory):
                     self.model.message = "no such directory: %s" % directory
                     return None
-                self.tmux.run("new-session", "-d", "-s", action[1], "-c", directory)
+                self.tmux.run("new-session", "-d", "-s", tmux_literal(action[1]), "-c", tmux_literal(directory))
                 self._switch("=" + action[1])
             elif kind == "open":
                 import shutil
-                opener = shutil.which("xdg-open") or shutil.which("open")
+                wanted = "open" if sys.platform == "darwin" else "xdg-open"
+                opener = shutil.which(wanted)
                 if not opener:
-                    self.model.message = "no xdg-open or open on PATH"
+                    self.model.message = "cannot open http://localhost:%d: %s is not installed%s" % (
+                        action[1], wanted, " (xdg-utils)" if wanted == "xdg-open" else "")
                     return None
                 subprocess.Popen([opener, "http://localhost:%d" % action[1]], stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -7115,7 +8092,8 @@ class SidebarPanes(object):
                     if len(s["windows"]) > 1:
                         tmux.run("kill-window", "-t", w["id"])
                     else:
-                        tmux.run("split-window", "-h", "-t", sidebars[0]["id"], "-c", s.get("dir") or home_dir())
+                        tmux.run("split-window", "-h", "-t", sidebars[0]["id"], "-c",
+                                 tmux_literal(s.get("dir") or home_dir()))
                         self._place(sidebars[0]["id"], ui)
                     changed = True
                     continue
@@ -7158,7 +8136,7 @@ class SidebarPanes(object):
 
     def _split(self, target, window_id, ui, cwd):
         out = self.server.tmux.run("split-window", *(self._flags(ui) + [
-            "-t", target, "-c", cwd or home_dir(), "-P", "-F", "#{pane_id}", self.command]))
+            "-t", target, "-c", tmux_literal(cwd or home_dir()), "-P", "-F", "#{pane_id}", self.command]))
         pane = out.strip()
         if pane:
             self._mark(pane, window_id)
@@ -7476,18 +8454,31 @@ def cmd_notify(args):
     return 0
 
 
+def status_lines(state, now=None):
+    """`opensessions status` as aligned, labelled columns: a session per row, its threads indented
+    under it. Pure."""
+    now = now if now is not None else now_ms()
+    rows = [("SESSION / AGENT", "STATUS", "UNSEEN", "UPDATED", "BRANCH / TITLE")]
+    for s in state["sessions"]:
+        rows.append((s["name"], s.get("state") or "-", "yes" if s.get("unseen") else "",
+                     "", (s.get("branch") or "") + ("*" if s.get("dirty") else "")))
+        for t in s.get("threads", []):
+            status = t["status"] + (" #%s" % t["attempt"] if t.get("attempt") else "")
+            rows.append(("  " + t["agent"], status, "yes" if t.get("unseen") else "",
+                         age_text(t.get("updatedAt"), now) + (" ago" if t.get("updatedAt") else ""),
+                         t.get("title") or t["id"]))
+    widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join([c + " " * (w - display_width(c)) for c, w in zip(r, widths)] + [r[-1]]).rstrip()
+            for r in rows]
+
+
 def cmd_status(args):
     state = _get_state(args)
     if args.json:
         sys.stdout.write(json.dumps(state) + "\n")
         return 0
-    for s in state["sessions"]:
-        line = "%-20s %-6s %s" % (s["name"], s.get("state") or "-", s.get("branch") or "")
-        if s.get("unseen"):
-            line += " *"
-        print(line.rstrip())
-        for t in s.get("threads", []):
-            print("    %-8s %-11s %s" % (t["agent"], t["status"], t.get("title") or t["id"]))
+    for line in status_lines(state):
+        print(line)
     return 0
 
 
@@ -7593,27 +8584,44 @@ def cmd_uninstall(args):
     return 0
 
 
+def next_attention(queue, here_pane, here_session):
+    """The stop after the one the client is at on the tour of threads that need you (the queue from
+    attention_queue), coming round at the end; the first when it is elsewhere.
+    -> (destination, session, thread) or None. Pure."""
+    stops = []
+    for session, t in queue:
+        dest = t["pane"] if t.get("alive") and t.get("pane") else "=" + session
+        if dest not in [d for d, _, _ in stops]:
+            stops.append((dest, session, t))
+    at = next((i for i, (d, _, _) in enumerate(stops) if d in (here_pane, "=" + here_session)), None)
+    if at is None:
+        return stops[0] if stops else None
+    if len(stops) == 1:
+        return None
+    return stops[(at + 1) % len(stops)]
+
+
 def cmd_next(args):
     """Switch to the next thread needing attention (waiting, error, unseen finished; oldest first),
-    remembering where you were; --back returns there."""
+    round the whole list; remembering where you were, which --back returns to."""
     tmux = _tmux(args)
     target = ["-c", args.client] if args.client else []
     if args.back:
         back = _tmux_option(tmux, "@opensessions-return")
         if not back:
-            raise OpensessionsError("nowhere to go back to")
+            raise OpensessionsError("nowhere to go back to: `next` was not used yet")
         tmux.run("switch-client", *(target + ["-t", back]))
         return 0
-    here = tmux.run("display-message", "-p", *(target + ["#{pane_id}"])).strip()
-    for session, t in attention_queue(_get_state(args)):
-        dest = t.get("pane") if t.get("alive") and t.get("pane") else "=" + session
-        if dest == here:
-            continue
-        tmux.run("set-option", "-g", "@opensessions-return", here)
-        tmux.run("switch-client", *(target + ["-t", dest]))
-        print("%s: %s %s" % (session, t["agent"], t["status"]))
+    here_pane, _, here_session = tmux.run("display-message", "-p", *(target + ["#{pane_id}\t#{session_name}"])
+                                          ).strip("\n").partition("\t")
+    stop = next_attention(attention_queue(_get_state(args)), here_pane, here_session)
+    if stop is None:
+        print("nothing (else) needs you")
         return 0
-    print("nothing needs you")
+    dest, session, t = stop
+    tmux.run("set-option", "-g", "@opensessions-return", here_pane)
+    tmux.run("switch-client", *(target + ["-t", dest]))
+    print("%s: %s %s" % (session, t["agent"], t["status"]))
     return 0
 
 
@@ -7674,6 +8682,8 @@ def cmd_focus(args):
         _, pane = _window_sidebar(_get_state(args), window)
         if pane:
             tmux.run("select-pane", "-t", pane["id"])
+            # a focus-in report: the sidebar selects the session it is in (the client's)
+            tmux.run("send-keys", "-t", pane["id"], "-H", "1b", "5b", "49")
             return 0
         time.sleep(0.02)
     raise OpensessionsError("no sidebar appeared in window %s" % window)
@@ -7717,9 +8727,11 @@ KEY_TABLE = "opensessions"
 
 
 def tmux_bindings(me, options):
-    """(table, key, command...) tuples the plugin binds. Pure. `me` is our shell command prefix."""
+    """(table, key, command...) tuples the plugin binds. Pure. `me` is our shell command prefix.
+    Every command runs with --display: what it says goes to the status line (display-message),
+    so tmux never opens its view mode over a pane."""
     def run(cmd):
-        return ("run-shell", "-b", me + " " + cmd)
+        return ("run-shell", "-b", tmux_literal(me) + " " + cmd + " --display")  # run-shell expands formats
     key = options.get("@opensessions-key") or "o"
     out = [("prefix", key, "switch-client", "-T", KEY_TABLE),
            (KEY_TABLE, "s", ) + run("focus -w '#{window_id}'"),
@@ -7736,6 +8748,20 @@ def tmux_bindings(me, options):
         for n in range(1, 10):
             out.append(("root", "M-%d" % n) + run("switch %d -c '#{client_name}'" % n))
     return out
+
+
+RENAME_GUARD = "#{?#{@opensessions-sidebar},#{window_name},"
+
+
+def _keep_window_names(tmux, remove=False):
+    """A focused sidebar keeps its window's name (automatic-rename would call it python3): the
+    user's automatic-rename-format, wrapped in a condition on our pane option (or unwrapped)."""
+    current = _tmux_option(tmux, "automatic-rename-format")
+    wrapped = current.startswith(RENAME_GUARD) and current.endswith("}")
+    if remove and wrapped:
+        tmux.run("set-option", "-g", "automatic-rename-format", current[len(RENAME_GUARD):-1])
+    elif not remove and not wrapped and current:
+        tmux.run("set-option", "-g", "automatic-rename-format", RENAME_GUARD + current + "}")
 
 
 def _tmux_option(tmux, name):
@@ -7756,6 +8782,7 @@ def cmd_tmux_setup(args):
     for table, key, *command in tmux_bindings(me, options):
         tmux.run("bind-key", *(["-T", table] if table != "prefix" else []) + [key] + command)
     tmux.run("set-option", "-g", "@opensessions-bound-key", options["@opensessions-key"])
+    _keep_window_names(tmux)
     runtime = RuntimeFiles(_socket_from_args(args))
     info = runtime.live_info()
     if info and (info.get("version"), info.get("digest")) != (__version__, program_digest()):
@@ -7828,6 +8855,7 @@ def cmd_uninstall_tmux(args):
         name = line.split(" ", 1)[0]
         if name.startswith("@opensessions-"):
             tmux.run("set-option", "-gu", name)
+    _keep_window_names(tmux, remove=True)
     for option, _ in RESURRECT_HOOKS:
         current = _tmux_option(tmux, option)
         if "opensessions" in current:
@@ -7856,13 +8884,6 @@ def cmd_uninstall_tmux(args):
     return 0
 
 
-class _Ignored(object):
-    """Stands in for a subparser that is not built (see build_parser)."""
-
-    def __getattr__(self, name):
-        return lambda *a, **kw: self
-
-
 COMMANDS = ("server", "start", "stop", "status", "set-status", "set-progress", "log", "clear-log", "notify",
             "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next", "mute",
             "save", "restore", "kitty", "tmux-setup", "uninstall-tmux")
@@ -7883,8 +8904,73 @@ def command_of(argv):
     return None
 
 
+def _command_table():
+    """(name, function, one-line description, arguments) for every subcommand; an argument is
+    (flags, argparse keywords), each with its help."""
+    tone = dict(choices=TONES, default="neutral", help="the colour it is shown in: neutral, info, success, "
+                                                       "warn or error (default: neutral)")
+    window = (("-w", "--window"), dict(help="tmux window id such as @3 (default: the current window)"))
+    client = (("-c", "--client"), dict(help="the tmux client to switch (default: tmux's choice)"))
+    display = (("--display",), dict(action="store_true", help="say the result with tmux display-message, "
+                                                               "not on stdout (for key bindings)"))
+    session = (("session",), dict(help="tmux session name"))
+    return (
+        ("server", cmd_server, "run the server in the foreground",
+         [(("--log",), dict(metavar="FILE", help="append log lines to FILE instead of stderr"))]),
+        ("start", cmd_start, "start the server in the background unless one runs", []),
+        ("stop", cmd_stop, "stop the server", []),
+        ("status", cmd_status, "print sessions and agent threads in labelled columns",
+         [(("--json",), dict(action="store_true", help="print the whole /state document instead"))]),
+        ("set-status", cmd_set_status, "set (or --clear) a session's status pill",
+         [session, (("text",), dict(nargs="?", help="the pill's text")), (("--tone",), tone),
+          (("--clear",), dict(action="store_true", help="remove the pill"))]),
+        ("set-progress", cmd_set_progress, "set a session's progress bar: CURRENT TOTAL, --percent or --clear",
+         [session, (("current",), dict(nargs="?", type=float, help="steps done")),
+          (("total",), dict(nargs="?", type=float, help="steps in all")),
+          (("--percent",), dict(type=float, help="percent done (0-100) instead of CURRENT TOTAL")),
+          (("--label",), dict(help="a word or two shown after the bar")),
+          (("--clear",), dict(action="store_true", help="remove the bar"))]),
+        ("log", cmd_log, "add a log line to a session",
+         [session, (("message",), dict(help="the line's text")),
+          (("--source",), dict(help="who says it, shown before the message (ci, deploy...)")), (("--tone",), tone)]),
+        ("clear-log", cmd_clear_log, "clear a session's log lines", [session]),
+        ("notify", cmd_notify, "send a notification through the enabled channels",
+         [(("message",), dict(help="the notification's text")),
+          (("--session",), dict(help="the session it is about (muted sessions stay quiet)")),
+          (("--tone",), tone)]),
+        ("hook", cmd_hook, "(called by agent hooks) report a hook payload from stdin",
+         [(("agent",), dict(choices=("claude", "codex", "gemini", "qwen"),
+                            help="the agent whose hook calls: claude, codex, gemini or qwen"))]),
+        ("install", cmd_install,
+         "add our Claude Code, Codex, Gemini CLI and Qwen Code hooks, the OpenCode plugin and the Pi extension"
+         " (idempotent, with backups)", []),
+        ("uninstall", cmd_uninstall, "remove what `install` added, and nothing else", []),
+        ("sidebar", cmd_sidebar, "run the curses sidebar in this pane", []),
+        ("toggle", cmd_toggle, "show or hide the sidebar in every window", [display]),
+        ("focus", cmd_focus, "focus the sidebar of a window (showing it if hidden)", [window, display]),
+        ("layout", cmd_layout, "even-horizontal layout that keeps the sidebar's width", [window, display]),
+        ("switch", cmd_switch, "switch to the session at place N in the sidebar's list",
+         [(("n",), dict(type=int, help="the session's number in the list (1 is the first)")), client, display]),
+        ("next", cmd_next, "switch to the next thread that needs you, oldest first (--back: return)",
+         [(("--back",), dict(action="store_true", help="go back to where the last `next` came from")),
+          client, display]),
+        ("mute", cmd_mute, "mute (or --off: unmute) a session's notifications",
+         [session, (("--off",), dict(action="store_true", help="unmute"))]),
+        ("save", cmd_save, "save every agent's conversation next to tmux-resurrect's save", []),
+        ("restore", cmd_restore, "resume each saved agent in its pane after a restore",
+         [(("--dry-run",), dict(action="store_true", help="print what would be typed where, type nothing")),
+          (("-v", "--verbose"), dict(action="store_true", help="print each decision"))]),
+        ("kitty", cmd_kitty, "one kitty tab per tmux session (or --session-file)",
+         [(("--session-file",), dict(metavar="PATH", help="write a kitty session file instead"))]),
+        ("tmux-setup", cmd_tmux_setup, "(run by opensessions.tmux) bind keys, start the server", []),
+        ("uninstall-tmux", cmd_uninstall_tmux,
+         "remove our bindings, options, sidebar panes and helper session; stop the server", []),
+    )
+
+
 def build_parser(command=None):
-    """The argument parser; with `command`, only that subcommand is built (fast client commands)."""
+    """The argument parser; with `command`, only that subcommand is built (argparse with every
+    subcommand costs ~10 ms, and client commands must start fast)."""
     import argparse
 
     def common(defaults):
@@ -7905,104 +8991,14 @@ def build_parser(command=None):
     p.add_argument("--version", action="version", version="opensessions " + __version__)
     shared = common(False)
     # prog given: argparse would otherwise build a help formatter (importing shutil) on every run
-    real_sub = p.add_subparsers(dest="command", metavar="COMMAND", prog="opensessions")
-
-    class OnlyOne(object):
-        """Adds just the command being run (argparse with every subcommand costs ~10 ms)."""
-
-        def add_parser(self, name, **kw):
-            if command is None or name == command:
-                return real_sub.add_parser(name, **kw)
-            return _Ignored()
-    sub = OnlyOne()
-
-    s = sub.add_parser("server", parents=[shared], help="run the server in the foreground")
-    s.add_argument("--log", metavar="FILE", help="append log lines to FILE instead of stderr")
-    s.set_defaults(func=cmd_server)
-    sub.add_parser("start", parents=[shared], help="start the server in the background unless one runs").set_defaults(func=cmd_start)
-    sub.add_parser("stop", parents=[shared], help="stop the server").set_defaults(func=cmd_stop)
-
-    s = sub.add_parser("status", parents=[shared], help="print sessions and agent threads")
-    s.add_argument("--json", action="store_true", help="print the whole /state document")
-    s.set_defaults(func=cmd_status)
-
-    tone = dict(choices=TONES, default="neutral", help="neutral, info, success, warn or error")
-    s = sub.add_parser("set-status", parents=[shared], help="set (or --clear) a session's status pill")
-    s.add_argument("session")
-    s.add_argument("text", nargs="?")
-    s.add_argument("--tone", **tone)
-    s.add_argument("--clear", action="store_true")
-    s.set_defaults(func=cmd_set_status)
-
-    s = sub.add_parser("set-progress", parents=[shared], help="set a session's progress: CURRENT TOTAL, --percent or --clear")
-    s.add_argument("session")
-    s.add_argument("current", nargs="?", type=float)
-    s.add_argument("total", nargs="?", type=float)
-    s.add_argument("--percent", type=float)
-    s.add_argument("--label")
-    s.add_argument("--clear", action="store_true")
-    s.set_defaults(func=cmd_set_progress)
-
-    s = sub.add_parser("log", parents=[shared], help="add a log line to a session")
-    s.add_argument("session")
-    s.add_argument("message")
-    s.add_argument("--source")
-    s.add_argument("--tone", **tone)
-    s.set_defaults(func=cmd_log)
-
-    s = sub.add_parser("clear-log", parents=[shared], help="clear a session's log lines")
-    s.add_argument("session")
-    s.set_defaults(func=cmd_clear_log)
-
-    s = sub.add_parser("notify", parents=[shared], help="send a notification through the enabled channels")
-    s.add_argument("message")
-    s.add_argument("--session")
-    s.add_argument("--tone", **tone)
-    s.set_defaults(func=cmd_notify)
-
-    s = sub.add_parser("hook", parents=[shared], help="(called by agent hooks) report a hook payload from stdin")
-    s.add_argument("agent", choices=("claude", "codex", "gemini", "qwen"))
-    s.set_defaults(func=cmd_hook)
-    sub.add_parser("install", parents=[shared],
-                   help="add our Claude Code and Codex hooks and the OpenCode plugin (idempotent, with backups)"
-                   ).set_defaults(func=cmd_install)
-    sub.add_parser("uninstall", parents=[shared], help="remove what `install` added, and nothing else"
-                   ).set_defaults(func=cmd_uninstall)
-
-    sub.add_parser("sidebar", parents=[shared], help="run the curses sidebar in this pane").set_defaults(func=cmd_sidebar)
-    sub.add_parser("toggle", parents=[shared], help="show or hide the sidebar in every window").set_defaults(func=cmd_toggle)
-    s = sub.add_parser("focus", parents=[shared], help="focus the sidebar of a window (showing it if hidden)")
-    s.add_argument("-w", "--window", help="window id (default: the current one)")
-    s.set_defaults(func=cmd_focus)
-    s = sub.add_parser("layout", parents=[shared], help="even-horizontal layout that keeps the sidebar's width")
-    s.add_argument("-w", "--window", help="window id (default: the current one)")
-    s.set_defaults(func=cmd_layout)
-    s = sub.add_parser("switch", parents=[shared], help="switch to the session at place N in the list")
-    s.add_argument("n", type=int)
-    s.add_argument("-c", "--client", help="the tmux client to switch (default: tmux's choice)")
-    s.set_defaults(func=cmd_switch)
-    s = sub.add_parser("next", parents=[shared], help="switch to the next thread that needs you (--back: return)")
-    s.add_argument("--back", action="store_true", help="go back to where the last `next` came from")
-    s.add_argument("-c", "--client", help="the tmux client to switch (default: tmux's choice)")
-    s.set_defaults(func=cmd_next)
-    s = sub.add_parser("mute", parents=[shared], help="mute (or --off: unmute) a session's notifications")
-    s.add_argument("session")
-    s.add_argument("--off", action="store_true")
-    s.set_defaults(func=cmd_mute)
-    sub.add_parser("save", parents=[shared], help="save every agent's conversation next to tmux-resurrect's save"
-                   ).set_defaults(func=cmd_save)
-    s = sub.add_parser("restore", parents=[shared], help="resume each saved agent in its pane after a restore")
-    s.add_argument("--dry-run", action="store_true", help="print what would be typed where, type nothing")
-    s.add_argument("-v", "--verbose", action="store_true", help="print each decision")
-    s.set_defaults(func=cmd_restore)
-    s = sub.add_parser("kitty", parents=[shared], help="one kitty tab per tmux session (or --session-file)")
-    s.add_argument("--session-file", metavar="PATH", help="write a kitty session file instead")
-    s.set_defaults(func=cmd_kitty)
-    sub.add_parser("tmux-setup", parents=[shared], help="(run by opensessions.tmux) bind keys, start the server"
-                   ).set_defaults(func=cmd_tmux_setup)
-    sub.add_parser("uninstall-tmux", parents=[shared],
-                   help="remove our bindings, options, sidebar panes and helper session; stop the server"
-                   ).set_defaults(func=cmd_uninstall_tmux)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", prog="opensessions")
+    for name, func, text, arguments in _command_table():
+        if command is not None and name != command:
+            continue
+        s = sub.add_parser(name, parents=[shared], help=text, description=text[0].upper() + text[1:] + ".")
+        for flags, kw in arguments:
+            s.add_argument(*flags, **kw)
+        s.set_defaults(func=func)
     return p
 
 
@@ -8045,6 +9041,27 @@ class _HookArgs(object):
                 self.agent = a
 
 
+def _for_key_binding(func, args):
+    """Run a command bound to a key: its output and its errors go to the client's status line
+    through display-message, and it exits 0, so tmux never opens view mode over a pane."""
+    import contextlib
+    import io
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            func(args)
+        text = out.getvalue().strip()
+    except (OpensessionsError, TmuxError) as e:
+        text = "opensessions: %s" % e
+    if text:
+        client = ["-c", args.client] if getattr(args, "client", None) else []
+        try:
+            _tmux(args).run("display-message", *(client + [" | ".join(text.splitlines())]))
+        except TmuxError:
+            pass
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     command = command_of(argv)
@@ -8055,6 +9072,8 @@ def main(argv=None):
     parser = build_parser(command)
     args = parser.parse_args(argv)
     func = getattr(args, "func", None) or cmd_default
+    if getattr(args, "display", False):
+        return _for_key_binding(func, args)
     try:
         return func(args) or 0
     except OpensessionsError as e:
