@@ -1252,6 +1252,8 @@ def gemini_reduce(state, rec):
     user|gemini|info|error|warning, content, tokens, model, toolCalls}), a later line with the same
     id replacing the earlier one; and `{"$set": {...}}` patches (lastUpdated, or the whole
     `messages` list when Gemini rewrites its history, as after a cancelled request).
+    Not captured: the end of Gemini's retries of an HTTP 500 (still retrying, with nothing written,
+    after 45 s); an `error` line was captured for a 400.
     """
     if "$set" in rec:
         patch = rec["$set"] if isinstance(rec["$set"], dict) else {}
