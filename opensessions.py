@@ -1512,10 +1512,11 @@ def _more_agent_of_node(rest):
     while i < len(rest) and rest[i].startswith("-"):
         i += 1  # node's own flags (Gemini relaunches itself with --max-old-space-size=…)
     script = os.path.basename(rest[i]) if i < len(rest) else ""
-    if script in ("gemini", "qwen", "pi", "cli.js", "cli-entry.js"):
-        if script.startswith("cli"):
-            parent = os.path.basename(os.path.dirname(rest[i]))
-            script = {"qwen-code": "qwen", "gemini-cli": "gemini"}.get(parent, "")
+    if script in ("gemini", "qwen", "pi", "gemini.js", "cli.js", "cli-entry.js"):
+        if script.endswith(".js"):  # the package's own file (…/.bin/<agent> links to it)
+            parts = rest[i].split("/")
+            package = {"qwen-code": "qwen", "gemini-cli": "gemini", "pi-coding-agent": "pi"}
+            script = next((package[p] for p in reversed(parts[:-1]) if p in package), "")
             if not script:
                 return None
         args = rest[i + 1:]
@@ -1533,7 +1534,7 @@ def agent_resume_id_from_args(agent, args):
     if agent in ("gemini", "qwen", "pi") and args and os.path.basename(args[0]) in ("node", "bun"):
         while rest and rest[0].startswith("-"):
             rest = rest[1:]  # node's flags before the script (Gemini's relaunched child)
-        if rest and os.path.basename(rest[0]) in (agent, "cli.js", "cli-entry.js"):
+        if rest and os.path.basename(rest[0]) in (agent, "gemini.js", "cli.js", "cli-entry.js"):
             rest = rest[1:]
     candidates = []
     flags = {"claude": ("--resume", "-r", "--session-id"), "opencode": ("-s", "--session"),

@@ -151,6 +151,11 @@ def test_classify_processes_as_captured():
     # Pi sets its process title: comm and argv are just `pi`
     assert c("pi", ["pi"]) == "pi"
     assert c("node", ["node", "/n/other.js"]) is None
+    # the files the .bin links point at, run directly
+    assert c("node", ["node", "/n/@google/gemini-cli/bundle/gemini.js"]) == "gemini"
+    assert c("node", ["node", "/n/@qwen-code/qwen-code/cli-entry.js"]) == "qwen"
+    assert c("node", ["node", "/n/@mariozechner/pi-coding-agent/dist/cli.js"]) == "pi"
+    assert c("node", ["node", "/n/some-other-tool/dist/cli.js"]) is None
 
 
 def test_resume_ids_flags_and_commands():
