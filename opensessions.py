@@ -2516,12 +2516,15 @@ class MoreAgentWatchers(object):
         self.watch_root(os.path.join(p["gemini"], "tmp"), self._on_gemini_tmp)
         self.watch_root(os.path.join(p["qwen"], "projects"), self._on_qwen_projects)
         self.watch_root(os.path.join(p["pi"], "sessions"), self._on_pi_sessions)
+        self.qwen_registry = {}  # registry file -> (pid, session id)
+        self.watch_root(os.path.join(p["qwen"], "sessions"), self._on_qwen_registry)
 
     def _more_cold_start(self):
         self._read_gemini_projects()
         self._on_gemini_tmp(os.path.join(self.paths["gemini"], "tmp"), None, 0)
         self._on_qwen_projects(os.path.join(self.paths["qwen"], "projects"), None, 0)
         self._on_pi_sessions(os.path.join(self.paths["pi"], "sessions"), None, 0)
+        self._on_qwen_registry(os.path.join(self.paths["qwen"], "sessions"), None, 0)
 
     # -- directories -------------------------------------------------------------------------------
     def _more_subdirs(self, directory, name, sub, handler):
@@ -2566,6 +2569,33 @@ class MoreAgentWatchers(object):
                     self._more_read_file(agent, os.path.join(directory, name))
             handlers[agent] = handler
         return handlers[agent]
+
+    def _on_qwen_registry(self, directory, name, mask):
+        """~/.qwen/sessions/<pid>.json, Qwen Code's live registry ({pid, sessionId, cwd}; removed
+        at exit): the exact pid of a thread, so its pane, without hooks."""
+        for n in [name] if name else listdir(directory, ".json"):
+            if not n or not n.endswith(".json"):
+                continue
+            path = os.path.join(directory, n)
+            if name and mask & (IN_DELETE | IN_MOVED_FROM) or not os.path.exists(path):
+                gone = self.qwen_registry.pop(path, None)
+                if gone:
+                    self.server.agent_pid_exited("qwen", gone[0])
+                continue
+            try:
+                with open(path, "rb") as f:
+                    data = json.loads(f.read().decode("utf-8"))
+            except (OSError, ValueError, UnicodeDecodeError):
+                continue  # half-written: the next event reads it again
+            pid = data.get("pid") if isinstance(data, dict) else None
+            sid = data.get("sessionId") if isinstance(data, dict) else None
+            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or not valid_thread_id("qwen", sid) \
+                    or n != "%d.json" % pid or not _pid_alive(pid):
+                continue
+            if self.qwen_registry.get(path) != (pid, sid):
+                self.qwen_registry[path] = (pid, sid)
+                cwd = data.get("cwd") if isinstance(data.get("cwd"), str) else None
+                self.server.apply_thread_update("qwen", sid, pid=pid, cwd=cwd, alive=True)
 
     def _read_gemini_projects(self):
         try:

@@ -390,3 +390,31 @@ def test_save_and_restore_gemini_qwen_pi(env):
                        ("qwen", "--approval-mode default --resume " + QWEN_ID)]
     finally:
         t.kill()
+
+
+def test_qwen_registry_links_the_thread_to_its_pane(moreenv, tmux):
+    """~/.qwen/sessions/<pid>.json names the pid of a conversation: its pane, without any hook."""
+    files = place_fixtures(moreenv.home)
+    src, dst = files["qwen"]
+    shutil.copy(src, dst)
+    bin_dir = fake_agents(os.path.join(moreenv.base, "bin"), names=("qwen",))
+    server = ServerProc(moreenv, tmux)
+    try:
+        tmux.run("new-session", "-d", "-s", "q", "-c", moreenv.home, os.path.join(bin_dir, "qwen"))
+        pane = tmux.run("display-message", "-p", "-t", "=q:0.0", "#{pane_id}").strip()
+        pid = int(tmux.run("display-message", "-p", "-t", "=q:0.0", "#{pane_pid}").strip())
+        reg = os.path.join(moreenv.home, ".qwen", "sessions")
+        os.makedirs(reg)
+        doc = json.load(open(os.path.join(FIX, "qwen", "registry-13869.json")))
+        doc.update(pid=pid, sessionId=QWEN_ID)
+        with open(os.path.join(reg, "%d.tmp" % pid), "w") as f:
+            json.dump(doc, f)
+        os.rename(os.path.join(reg, "%d.tmp" % pid), os.path.join(reg, "%d.json" % pid))
+        t = retry_until(lambda: (lambda t: t if t and t["pane"] == pane else None)(
+            find_thread(server.state(), "qwen", QWEN_ID)))
+        assert t["link"] == "pid" and t["alive"] and t["status"] == "retry"
+        tmux.run("kill-session", "-t", "=q")
+        os.unlink(os.path.join(reg, "%d.json" % pid))
+        retry_until(lambda: find_thread(server.state(), "qwen", QWEN_ID)["alive"] is False)
+    finally:
+        server.stop()
