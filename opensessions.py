@@ -211,7 +211,7 @@ STATUS_ALIASES = {
     "permission": "waiting", "input": "waiting", "needs-input": "waiting", "question": "waiting",
     "retrying": "retry", "ready": "idle",
 }
-AGENTS = ("claude", "codex", "opencode", "amp")
+AGENTS = ("claude", "codex", "opencode", "amp", "gemini", "qwen", "pi")
 _AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -668,7 +668,8 @@ def socket_key(socket_path):
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _OPENCODE_ID_RE = re.compile(r"^ses_[0-9A-Za-z]{20,40}$")
 _AMP_ID_RE = re.compile(r"^T-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-ID_PATTERNS = {"claude": _UUID_RE, "codex": _UUID_RE, "opencode": _OPENCODE_ID_RE, "amp": _AMP_ID_RE}
+ID_PATTERNS = {"claude": _UUID_RE, "codex": _UUID_RE, "opencode": _OPENCODE_ID_RE, "amp": _AMP_ID_RE,
+               "gemini": _UUID_RE, "qwen": _UUID_RE, "pi": _UUID_RE}
 INTERRUPT_MARK = "[Request interrupted by user"
 TITLE_MAX = 120
 
@@ -1431,7 +1432,310 @@ def amp_thread_state(data, mtime_ms=0):
     return state
 
 
-AGENT_COMMS = frozenset(("claude", "codex", "opencode", "amp", "node", "bun"))
+# Gemini CLI, Qwen Code and Pi: captured from Gemini CLI 0.61.0, Qwen Code 0.24.4 and Pi 0.73.1
+# against a fake model (tests/fixtures/<agent>/, with the capture script and format notes).
+def _thread_usage(state):
+    """The reducer state's raw usage (new_usage() shape), made on first use."""
+    if not isinstance(state.get("usage"), dict):
+        state["usage"] = new_usage()
+    return state["usage"]
+
+
+def _usage_add(usage, sign, tokens, cost=None):
+    for k in USAGE_KEYS:
+        usage[k] += sign * tokens.get(k, 0)
+    if cost is not None:
+        usage["cost"] = round((usage["cost"] or 0.0) + sign * cost, 9)
+
+
+def _num(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value else 0
+
+
+def gemini_tokens(tokens):
+    """Gemini CLI's per-message `tokens` ({input, output, cached, thoughts, tool, total}; input
+    counts the cached part) -> our keys (input without the cached part; thoughts are output)."""
+    if not isinstance(tokens, dict):
+        return None
+    cached = _num(tokens.get("cached"))
+    return {"input": max(0, _num(tokens.get("input")) - cached), "output": _num(tokens.get("output")) +
+            _num(tokens.get("thoughts")), "cacheRead": cached, "cacheWrite": 0}
+
+
+def _gemini_prompt(parts):
+    """The user's prompt in a Gemini `user` message, or None (tool results, the session context)."""
+    if isinstance(parts, str):
+        parts = [{"text": parts}]
+    if not isinstance(parts, list):
+        return None
+    texts = []
+    for p in parts:
+        if not isinstance(p, dict):
+            continue
+        if "functionResponse" in p:
+            return None
+        if isinstance(p.get("text"), str):
+            texts.append(p["text"])
+    text = "\n".join(texts)
+    if not text.strip() or text.lstrip().startswith("<session_context>"):
+        return None
+    return text
+
+
+def _gemini_message(state, msg, counted=True):
+    kind = msg.get("type")
+    ts = parse_iso_ms(msg.get("timestamp"))
+    if ts:
+        state["updatedAt"] = max(state["updatedAt"], ts)
+    if kind == "user":
+        prompt = _gemini_prompt(msg.get("content"))
+        if prompt is None:
+            state.update(status="running", detail=None)  # a tool result goes back to the model
+            return
+        if not state["firstPrompt"]:
+            state["firstPrompt"] = prompt
+        state["lastPrompt"] = prompt
+        state["turns"] += 1
+        state.update(status="running", detail=None, attempt=None)
+    elif kind == "gemini":
+        if isinstance(msg.get("model"), str) and msg["model"]:
+            state["model"] = msg["model"]
+        tokens = gemini_tokens(msg.get("tokens"))
+        if tokens is not None and counted:
+            # a message re-written under the same id replaces the earlier one: count it once
+            usage = _thread_usage(state)
+            mid = msg.get("id")
+            if mid is not None and state.get("_usageId") == mid:
+                _usage_add(usage, -1, state.get("_usageLast") or {})
+            _usage_add(usage, 1, tokens)
+            state["_usageId"], state["_usageLast"] = mid, tokens
+        calls = msg.get("toolCalls") if isinstance(msg.get("toolCalls"), list) else []
+        content = msg.get("content")
+        has_text = bool(content.strip()) if isinstance(content, str) else bool(_content_texts(content))
+        if calls or not has_text:
+            state.update(status="running", detail=None)  # the model goes on after its tools
+        else:
+            state.update(status="done", detail=None)
+    elif kind == "info" and isinstance(msg.get("content"), str) and msg["content"].startswith("Request cancelled"):
+        state.update(status="interrupted", detail=None)
+    elif kind == "error":
+        text = msg.get("content") if isinstance(msg.get("content"), str) else "error"
+        state.update(status="error", detail=text[:MAX_LOG_MESSAGE])
+
+
+def gemini_reduce(state, rec):
+    """Apply one line of a Gemini CLI chat file (~/.gemini/tmp/<project>/chats/session-*.jsonl).
+
+    Lines: a header ({sessionId, projectHash, startTime, kind}); messages ({id, timestamp, type:
+    user|gemini|info|error|warning, content, tokens, model, toolCalls}), a later line with the same
+    id replacing the earlier one; and `{"$set": {...}}` patches (lastUpdated, or the whole
+    `messages` list when Gemini rewrites its history, as after a cancelled request).
+    Not captured: the end of Gemini's retries of an HTTP 500 (still retrying, with nothing written,
+    after 45 s); an `error` line was captured for a 400.
+    """
+    if "$set" in rec:
+        patch = rec["$set"] if isinstance(rec["$set"], dict) else {}
+        ts = parse_iso_ms(patch.get("lastUpdated"))
+        if ts:
+            state["updatedAt"] = max(state["updatedAt"], ts)
+        msgs = patch.get("messages")
+        if isinstance(msgs, list):
+            # a rewrite of the history: titles and turns from it, no usage counted twice
+            kept = dict((k, state[k]) for k in ("status", "detail", "attempt", "turns", "lastPrompt"))
+            turns = 0
+            for m in msgs:
+                if isinstance(m, dict):
+                    if m.get("type") == "user" and _gemini_prompt(m.get("content")) is not None:
+                        turns += 1
+                    _gemini_message(state, m, counted=False)
+            state.update(kept)
+            state["turns"] = max(turns, kept["turns"])
+            state["lastPrompt"] = kept["lastPrompt"] or state["lastPrompt"]
+        return state
+    if isinstance(rec.get("sessionId"), str) and "type" not in rec:
+        state["id"] = rec["sessionId"]
+        ts = parse_iso_ms(rec.get("lastUpdated") or rec.get("startTime"))
+        if ts:
+            state["updatedAt"] = max(state["updatedAt"], ts)
+        if rec.get("kind") not in (None, "main"):
+            state["hidden"] = True  # a subagent's chat
+        return state
+    if isinstance(rec.get("type"), str):
+        _gemini_message(state, rec)
+    return state
+
+
+def gemini_id_from_path(path):
+    """session-2026-11-27T22-08-4fc6198e.jsonl -> the short id prefix '4fc6198e' (or None)."""
+    m = re.match(r"^session-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-([0-9a-f]{8})\.jsonl$", os.path.basename(path))
+    return m.group(1) if m else None
+
+
+def pi_reduce(state, rec):
+    """Apply one line of a Pi session (~/.pi/agent/sessions/--<cwd>--/<time>_<uuid>.jsonl): a
+    `session` header, then tree entries (message, model_change, session_info, compaction …).
+    Pi records usage and cost per assistant message; `stopReason` ends a turn (stop, toolUse,
+    aborted, error, length)."""
+    kind = rec.get("type")
+    ts = parse_iso_ms(rec.get("timestamp"))
+    if ts:
+        state["updatedAt"] = max(state["updatedAt"], ts)
+    if kind == "session":
+        if isinstance(rec.get("id"), str):
+            state["id"] = rec["id"]
+        if isinstance(rec.get("cwd"), str):
+            state["cwd"] = rec["cwd"]
+    elif kind == "model_change" and isinstance(rec.get("modelId"), str):
+        state["model"] = rec["modelId"]
+    elif kind == "session_info" and isinstance(rec.get("name"), str):
+        state["customTitle"] = rec["name"] or None
+    elif kind == "message":
+        msg = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+        role = msg.get("role")
+        if role == "user":
+            texts = [t for t in _content_texts(msg.get("content")) if t.strip()]
+            if texts:
+                if not state["firstPrompt"]:
+                    state["firstPrompt"] = texts[0]
+                state["lastPrompt"] = texts[0]
+                state["turns"] += 1
+            state.update(status="running", detail=None, attempt=None)
+        elif role in ("toolResult", "bashExecution"):
+            if state["status"] == "running" or role == "toolResult":
+                state.update(status="running", detail=None)
+        elif role == "assistant":
+            if isinstance(msg.get("model"), str) and msg["model"]:
+                state["model"] = msg["model"]
+            usage = msg.get("usage") if isinstance(msg.get("usage"), dict) else None
+            if usage is not None:
+                cost = usage.get("cost") if isinstance(usage.get("cost"), dict) else {}
+                _usage_add(_thread_usage(state), 1,
+                           {k: _num(usage.get(k)) for k in USAGE_KEYS},
+                           _num(cost.get("total")) if "total" in cost else None)
+            stop = msg.get("stopReason")
+            if stop == "toolUse":
+                state.update(status="running", detail=None)
+            elif stop == "aborted":
+                state.update(status="interrupted", detail=None)
+            elif stop == "error":
+                state.update(status="error", detail=str(msg.get("errorMessage") or "error")[:MAX_LOG_MESSAGE])
+            else:
+                state.update(status="done", detail=None)
+    return state
+
+
+def pi_id_from_path(path):
+    """<time>_<uuid>.jsonl -> uuid (Pi's session ids are UUIDs, v7 in 0.73), or None."""
+    name = os.path.basename(path)
+    if not name.endswith(".jsonl") or "_" not in name:
+        return None
+    candidate = name[:-6].rsplit("_", 1)[1]
+    return candidate if _UUID_RE.match(candidate) else None
+
+
+def pi_cwd_dir_name(cwd):
+    """Pi's sessions/ directory for a cwd: '--' + the path with '/' as '-' + '--'."""
+    return "--" + cwd.strip("/").replace("/", "-") + "--"
+
+
+def qwen_reduce(state, rec):
+    """Apply one record of a Qwen Code chat (~/.qwen/projects/<encoded cwd>/chats/<uuid>.jsonl).
+
+    Records are Claude-like ({uuid, parentUuid, sessionId, timestamp, type, cwd, message}) with
+    Gemini-like parts: user (a prompt), assistant (text or functionCall parts, usageMetadata once a
+    response is complete), tool_result, system (subtype ui_telemetry: api_response / api_error /
+    tool_call). Captured: an interrupted answer is written without usageMetadata; a 500 is retried,
+    each attempt an api_error record (the final failure was not reached in 45 s of retrying).
+    """
+    kind = rec.get("type")
+    ts = parse_iso_ms(rec.get("timestamp"))
+    if ts:
+        state["updatedAt"] = max(state["updatedAt"], ts)
+    if isinstance(rec.get("cwd"), str):
+        state["cwd"] = rec["cwd"]
+    message = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+    parts = message.get("parts") if isinstance(message.get("parts"), list) else []
+    if kind == "user":
+        texts = [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        texts = [t for t in texts if _is_prompt_text(t)]
+        if texts:
+            if not state["firstPrompt"]:
+                state["firstPrompt"] = texts[0]
+            state["lastPrompt"] = texts[0]
+            state["turns"] += 1
+        state.update(status="running", detail=None, attempt=None)
+    elif kind == "tool_result":
+        state.update(status="running", detail=None, attempt=None)
+    elif kind == "assistant":
+        if isinstance(rec.get("model"), str) and rec["model"]:
+            state["model"] = rec["model"]
+        meta = rec.get("usageMetadata") if isinstance(rec.get("usageMetadata"), dict) else None
+        if meta is not None:
+            _usage_add(_thread_usage(state), 1, gemini_tokens({
+                "input": meta.get("promptTokenCount"), "output": meta.get("candidatesTokenCount"),
+                "cached": meta.get("cachedContentTokenCount"), "thoughts": meta.get("thoughtsTokenCount")}))
+        if any(isinstance(p, dict) and "functionCall" in p for p in parts):
+            state.update(status="running", detail=None, attempt=None)
+        elif meta is None:
+            state.update(status="interrupted", detail=None, attempt=None)  # cut off: no usage came
+        else:
+            state.update(status="done", detail=None, attempt=None)
+    elif kind == "system" and rec.get("subtype") == "ui_telemetry":
+        payload = rec.get("systemPayload") if isinstance(rec.get("systemPayload"), dict) else {}
+        ui = payload.get("uiEvent") if isinstance(payload.get("uiEvent"), dict) else {}
+        if ui.get("event.name") == "qwen-code.api_error" and state["status"] in ("running", "retry"):
+            attempt = (state["attempt"] or 0) + 1
+            state.update(status="retry", detail=str(ui.get("error_message") or "API error")[:MAX_LOG_MESSAGE],
+                         attempt=attempt)
+    return state
+
+
+def gemini_hook_event(agent, payload, environ=None):
+    """Map a Gemini CLI (or Qwen Code) hook payload to an /api/agent-event body, or None.
+
+    Gemini's events: SessionStart/SessionEnd, BeforeAgent (a prompt), BeforeTool/AfterTool,
+    Notification (notification_type ToolPermission: a permission prompt), AfterAgent (the turn
+    ended). No hook fires on an interrupt or an API error; the chat file tells those.
+    Qwen Code uses Claude's names; those go through hook_event()."""
+    env = os.environ if environ is None else environ
+    if not isinstance(payload, dict):
+        return None
+    name = payload.get("hook_event_name")
+    sid = payload.get("session_id")
+    if not isinstance(name, str) or not valid_thread_id(agent, sid):
+        return None
+    status, detail, alive = None, None, None
+    if name == "SessionStart":
+        status = "idle"
+    elif name in ("BeforeAgent", "BeforeTool", "AfterTool"):
+        status = "running"
+    elif name == "Notification":
+        if payload.get("notification_type") != "ToolPermission":
+            return None
+        status = "waiting"
+        detail = str(payload.get("message") or "permission")[:MAX_LOG_MESSAGE]
+    elif name == "AfterAgent":
+        status = "idle"  # settled by the server: a turn under way becomes done
+    elif name == "SessionEnd":
+        status, alive = "idle", False
+    else:
+        return None
+    body = {"agent": agent, "status": status, "threadId": sid, "source": "hook"}
+    if detail:
+        body["detail"] = detail
+    if alive is False:
+        body["alive"] = False
+    if isinstance(payload.get("cwd"), str):
+        body["projectDir"] = payload["cwd"]
+    pane = env.get("TMUX_PANE")
+    if pane and re.match(r"^%\d+$", pane):
+        body["paneId"] = pane
+    if name == "BeforeAgent" and isinstance(payload.get("prompt"), str):
+        body["prompt"] = payload["prompt"][:MAX_LOG_MESSAGE]
+    return {k: clean_str(v) for k, v in body.items()}
+
+
+AGENT_COMMS = frozenset(("claude", "codex", "opencode", "amp", "node", "bun", "gemini", "qwen", "pi"))
 
 
 def classify_agent_process(comm, args):
@@ -1458,7 +1762,15 @@ def classify_agent_process(comm, args):
         if rest[:1] in (["app-server"], ["exec"], ["mcp-server"]):
             return None
         return "codex"
+    if "pi" in names:  # Pi sets its process title to `pi` (its argv is overwritten with it)
+        return "pi" if not ({"-p", "--print", "--mode"} & set(rest)) else None
+    for agent in ("gemini", "qwen"):
+        if agent in names:  # installed as a native binary or a script named like the agent
+            return agent if not ({"-p", "--prompt"} & set(rest)) else None
     if comm in ("node", "bun") or argv0 in ("node", "bun"):
+        more = _more_agent_of_node(rest)
+        if more is not None:
+            return more or None
         script = os.path.basename(rest[0]) if rest else ""
         if script == "codex" and (len(rest) < 2 or rest[1] not in ("app-server", "exec")):
             return "codex"
@@ -1471,14 +1783,41 @@ def classify_agent_process(comm, args):
     return None
 
 
+def _more_agent_of_node(rest):
+    """`node [node flags] …/gemini|qwen|pi <args>` -> that agent, '' for its one-shot and helper
+    runs (-p/--prompt, Gemini's relaunched child is the same agent), None for another script."""
+    i = 0
+    while i < len(rest) and rest[i].startswith("-"):
+        i += 1  # node's own flags (Gemini relaunches itself with --max-old-space-size=…)
+    script = os.path.basename(rest[i]) if i < len(rest) else ""
+    if script in ("gemini", "qwen", "pi", "gemini.js", "cli.js", "cli-entry.js"):
+        if script.endswith(".js"):  # the package's own file (…/.bin/<agent> links to it)
+            parts = rest[i].split("/")
+            package = {"qwen-code": "qwen", "gemini-cli": "gemini", "pi-coding-agent": "pi"}
+            script = next((package[p] for p in reversed(parts[:-1]) if p in package), "")
+            if not script:
+                return None
+        args = rest[i + 1:]
+        if {"-p", "--prompt", "--print"} & set(args) or args[:1] in (["mcp"], ["extensions"], ["hooks"]):
+            return ""
+        return script
+    return None
+
+
 def agent_resume_id_from_args(agent, args):
     """A session id given on the command line (--resume ID, -s ID, resume ID …), validated."""
     rest = list(args[1:]) if args else []
     if agent == "codex" and len(rest) >= 2 and os.path.basename(rest[0]) == "codex":
         rest = rest[1:]  # the node wrapper: node …/codex <args>
+    if agent in ("gemini", "qwen", "pi") and args and os.path.basename(args[0]) in ("node", "bun"):
+        while rest and rest[0].startswith("-"):
+            rest = rest[1:]  # node's flags before the script (Gemini's relaunched child)
+        if rest and os.path.basename(rest[0]) in (agent, "gemini.js", "cli.js", "cli-entry.js"):
+            rest = rest[1:]
     candidates = []
     flags = {"claude": ("--resume", "-r", "--session-id"), "opencode": ("-s", "--session"),
-             "codex": (), "amp": ()}.get(agent, ())
+             "gemini": ("--resume", "-r", "--session-id"), "qwen": ("--resume", "-r", "--session-id"),
+             "pi": ("--session",), "codex": (), "amp": ()}.get(agent, ())
     for i, a in enumerate(rest):
         for f in flags:
             if a == f and i + 1 < len(rest):
@@ -2430,10 +2769,171 @@ def agent_paths(environ=None):
         "opencode_db": env.get("OPENCODE_DB") or os.path.join(xdg_dir("DATA", env), "opencode", "opencode.db"),
         "opencode_config": os.path.join(xdg_dir("CONFIG", env), "opencode"),
         "amp_threads": os.path.join(xdg_dir("DATA", env), "amp", "threads"),
+        "gemini": os.path.join(env.get("GEMINI_CLI_HOME") or home, ".gemini"),
+        "qwen": os.path.join(home, ".qwen"),
+        "pi": env.get("PI_CODING_AGENT_DIR") or os.path.join(home, ".pi", "agent"),
     }
 
 
-class AgentWatchers(object):
+class MoreAgentWatchers(object):
+    """Gemini CLI, Qwen Code and Pi: inotify tails of their JSONL chat files (a mixin of
+    AgentWatchers, using its watch core: watch_dir, FileTail, states). Read only; nothing here
+    writes, moves or deletes an agent's files.
+
+      Gemini: ~/.gemini/tmp/<project>/chats/session-<time>-<id8>.jsonl (projects.json: dir -> project)
+      Qwen:   ~/.qwen/projects/<encoded cwd>/chats/<uuid>.jsonl
+      Pi:     ~/.pi/agent/sessions/--<cwd>--/<time>_<uuid>.jsonl
+    """
+
+    MORE_REDUCERS = {"gemini": gemini_reduce, "qwen": qwen_reduce, "pi": pi_reduce}
+
+    def _more_start(self):
+        p = self.paths
+        self.gemini_projects = {}  # project name -> directory
+        self.watch_root(p["gemini"], self._on_gemini_home)
+        self.watch_root(os.path.join(p["gemini"], "tmp"), self._on_gemini_tmp)
+        self.watch_root(os.path.join(p["qwen"], "projects"), self._on_qwen_projects)
+        self.watch_root(os.path.join(p["pi"], "sessions"), self._on_pi_sessions)
+        self.qwen_registry = {}  # registry file -> (pid, session id)
+        self.watch_root(os.path.join(p["qwen"], "sessions"), self._on_qwen_registry)
+
+    def _more_cold_start(self):
+        self._read_gemini_projects()
+        self._on_gemini_tmp(os.path.join(self.paths["gemini"], "tmp"), None, 0)
+        self._on_qwen_projects(os.path.join(self.paths["qwen"], "projects"), None, 0)
+        self._on_pi_sessions(os.path.join(self.paths["pi"], "sessions"), None, 0)
+        self._on_qwen_registry(os.path.join(self.paths["qwen"], "sessions"), None, 0)
+
+    # -- directories -------------------------------------------------------------------------------
+    def _more_subdirs(self, directory, name, sub, handler):
+        """A new (name) or every (None) subdirectory: watch <it>/<sub> and read its recent files."""
+        names = [name] if name else listdir(directory)
+        for n in names:
+            d = os.path.join(directory, n, sub) if sub else os.path.join(directory, n)
+            if os.path.isdir(os.path.join(directory, n)):
+                self.watch_dir(d, handler)
+                if os.path.isdir(d):
+                    handler(d, None, 0)
+
+    def _on_gemini_home(self, directory, name, mask):
+        if name in (None, "projects.json"):
+            self._read_gemini_projects()
+        if name == "tmp" and mask & IN_ISDIR:
+            self.watch_dir(os.path.join(directory, name), self._on_gemini_tmp)
+            self._on_gemini_tmp(os.path.join(directory, name), None, 0)
+
+    def _on_gemini_tmp(self, directory, name, mask):
+        if name is None or mask & IN_ISDIR:
+            self._more_subdirs(directory, name, "chats", self._on_more_chats("gemini"))
+
+    def _on_qwen_projects(self, directory, name, mask):
+        if name is None or mask & IN_ISDIR:
+            self._more_subdirs(directory, name, "chats", self._on_more_chats("qwen"))
+
+    def _on_pi_sessions(self, directory, name, mask):
+        if name is None or mask & IN_ISDIR:
+            self._more_subdirs(directory, name, "", self._on_more_chats("pi"))
+
+    def _on_more_chats(self, agent):
+        handlers = self.__dict__.setdefault("_more_handlers", {})
+        if agent not in handlers:
+            def handler(directory, name, mask, agent=agent):
+                if name is None:
+                    for n in listdir(directory, ".jsonl"):
+                        path = os.path.join(directory, n)
+                        if path not in self.tails and self._recent(path):
+                            self._more_read_file(agent, path)
+                elif name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
+                    self._more_read_file(agent, os.path.join(directory, name))
+            handlers[agent] = handler
+        return handlers[agent]
+
+    def _on_qwen_registry(self, directory, name, mask):
+        """~/.qwen/sessions/<pid>.json, Qwen Code's live registry ({pid, sessionId, cwd}; removed
+        at exit): the exact pid of a thread, so its pane, without hooks."""
+        for n in [name] if name else listdir(directory, ".json"):
+            if not n or not n.endswith(".json"):
+                continue
+            path = os.path.join(directory, n)
+            if name and mask & (IN_DELETE | IN_MOVED_FROM) or not os.path.exists(path):
+                gone = self.qwen_registry.pop(path, None)
+                if gone:
+                    self.server.agent_pid_exited("qwen", gone[0])
+                continue
+            try:
+                with open(path, "rb") as f:
+                    data = json.loads(f.read().decode("utf-8"))
+            except (OSError, ValueError, UnicodeDecodeError):
+                continue  # half-written: the next event reads it again
+            pid = data.get("pid") if isinstance(data, dict) else None
+            sid = data.get("sessionId") if isinstance(data, dict) else None
+            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or not valid_thread_id("qwen", sid) \
+                    or n != "%d.json" % pid or not _pid_alive(pid):
+                continue
+            if self.qwen_registry.get(path) != (pid, sid):
+                self.qwen_registry[path] = (pid, sid)
+                cwd = data.get("cwd") if isinstance(data.get("cwd"), str) else None
+                self.server.apply_thread_update("qwen", sid, pid=pid, cwd=cwd, alive=True)
+
+    def _read_gemini_projects(self):
+        try:
+            with open(os.path.join(self.paths["gemini"], "projects.json"), "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return
+        projects = data.get("projects") if isinstance(data, dict) else None
+        if isinstance(projects, dict):
+            self.gemini_projects = {v: k for k, v in projects.items() if isinstance(k, str) and isinstance(v, str)}
+
+    # -- files ---------------------------------------------------------------------------------------
+    def _more_thread_id(self, agent, path):
+        if agent == "pi":
+            return pi_id_from_path(path)
+        if agent == "qwen":
+            name = os.path.basename(path)[:-6]
+            return name if _UUID_RE.match(name) else None
+        # Gemini names the file with 8 characters of the id: the full one is in its header line
+        if gemini_id_from_path(path) is None:
+            return None
+        for rec in parse_json_lines(read_head_lines(path, 4096))[0][:1]:
+            sid = rec.get("sessionId")
+            if isinstance(sid, str) and _UUID_RE.match(sid):
+                return sid
+        return None
+
+    def _more_read_file(self, agent, path):
+        state = self.states.get(path)
+        tid = state["id"] if state is not None else self._more_thread_id(agent, path)
+        if not tid:
+            return
+        _, records = self._tail_thread(path, agent, tid, self.MORE_REDUCERS[agent])
+        if records:
+            self._apply_more(agent, path, records)
+
+    def _apply_more(self, agent, path, records):
+        state = self.states[path]
+        tid = state["id"]
+        if agent == "gemini" and not state["cwd"]:
+            parts = path.split(os.sep)
+            if len(parts) >= 3:
+                state["cwd"] = self.gemini_projects.get(parts[-3])
+        status, detail = state["status"], state["detail"]
+        current = self.server.store.threads.get((agent, tid))
+        moved = any(agent != "gemini" or "$set" not in r for r in records)
+        if current is not None and current.status == "waiting" and status == "running" and \
+                (not moved or agent == "qwen" and not any(r.get("type") in ("assistant", "tool_result") for r in records)):
+            # a permission wait is known only from a hook; the file has not moved on
+            status, detail = current.status, current.detail
+        fields = dict(status=status, detail=detail, title=thread_title(state), cwd=state["cwd"],
+                      model=state["model"], updated_at=state["updatedAt"] or None, source="file")
+        if state.get("hidden"):
+            fields["hidden"] = True
+        if state.get("usage"):
+            fields["usage"] = dict(state["usage"])
+        self.server.apply_thread_update(agent, tid, **fields)
+
+
+class AgentWatchers(MoreAgentWatchers):
     """Follows each agent's own files and databases and feeds thread updates to the server.
 
     Runs on the server's event loop. inotify (Linux) wakes it within milliseconds; elsewhere a
@@ -2492,6 +2992,7 @@ class AgentWatchers(object):
         self.watch_root(os.path.join(codex, "sessions"), self._on_codex_tree)
         self.watch_root(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
         self.watch_root(self.paths["amp_threads"], self._on_amp_dir)
+        self._more_start()
         self.cold_start()
         if self.inotify is None:
             self.server.loop.call_later(self.poll_interval, self._poll)
@@ -2499,7 +3000,7 @@ class AgentWatchers(object):
     def cold_start(self):
         for step in (self._scan_claude_registry, self._scan_claude_projects, self._read_codex_index,
                      self._read_codex_names_db, self._scan_codex_sessions, self._codex_turns_fallback,
-                     self._query_opencode, self._scan_amp):
+                     self._query_opencode, self._scan_amp, self._more_cold_start):
             self._guarded(step.__name__, step)
 
     def _guarded(self, what, fn, *args):
@@ -2781,6 +3282,8 @@ class AgentWatchers(object):
             return
         self._more_pending.add(path)
         reader = self._read_claude_transcript if agent == "claude" else self._read_codex_rollout
+        if agent in self.MORE_REDUCERS:  # Gemini CLI, Qwen Code, Pi
+            reader = lambda p, a=agent: self._more_read_file(a, p)
         self.server.loop.call_later(0.0, self._read_more, path, reader)
 
     def _read_more(self, path, reader):
@@ -3227,7 +3730,7 @@ def hooks_install(config, agent, events, command, commands=()):
     config = hooks_uninstall(config, agent, tuple(commands) + (command,), keep_emptied=events)
     hooks = config.setdefault("hooks", {})
     for event in events:
-        hooks.setdefault(event, []).append({"hooks": [{"type": "command", "command": command, "timeout": 5}]})
+        hooks.setdefault(event, []).append({"hooks": [hook_entry(agent, command)]})
     return config
 
 
@@ -3396,12 +3899,15 @@ def install_agents(command_prefix, environ=None, uninstall=False):
                                 ("codex", os.path.join(paths["codex"], "hooks.json"), CODEX_HOOK_EVENTS)):
         steps.append(("%s hooks in %s" % (agent, path), agent, path, events))
     steps.append(("the OpenCode plugin %s" % plugin, "opencode", plugin, ()))
+    steps.extend(more_install_steps(paths, uninstall))  # Gemini CLI, Qwen Code, Pi: where set up
     try:
         for what, agent, path, events in steps:
             command = command_prefix + " hook " + agent
             try:
                 if agent == "opencode":
                     done.extend(_plugin_step(plugin, uninstall))
+                elif agent == "pi":
+                    done.extend(_pi_extension_step(path, uninstall))
                 elif uninstall:
                     done.extend(_uninstall_hooks_file(path, agent, command, ledger))
                 elif _install_hooks_file(path, agent, events, command, ledger):
@@ -3436,6 +3942,125 @@ def _plugin_step(plugin, uninstall):
     os.makedirs(os.path.dirname(plugin), exist_ok=True)
     atomic_write(plugin, OPENCODE_PLUGIN, mode=0o644)
     return ["installed the OpenCode plugin %s" % plugin]
+
+# Gemini CLI and Qwen Code read hooks from settings.json in Claude's shape ({"hooks": {Event:
+# [{"hooks": [{"type": "command", "command": …}]}]}}); Gemini's `timeout` is in milliseconds.
+GEMINI_HOOK_EVENTS = ("SessionStart", "SessionEnd", "BeforeAgent", "AfterAgent", "Notification")
+QWEN_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "StopFailure", "Notification",
+                    "PermissionRequest")
+PI_EXTENSION_NAME = "opensessions.ts"
+# The Pi extension: Pi has no hooks; an extension in ~/.pi/agent/extensions/ gets its session and
+# agent events. It reports the turn's start and end (with the last message's stopReason: error,
+# aborted) and the session's end, to /api/agent-event, as our hooks do. Never blocks Pi.
+PI_EXTENSION = r"""// opensessions: reports Pi session status to the opensessions server.
+// Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks Pi.
+import fs from "node:fs";
+import path from "node:path";
+
+// The server's runtime file, trusted only when it is ours and private (as in our OpenCode plugin).
+function server(): any {
+  try {
+    const uid = process.getuid!();
+    const t = process.env.TMUX;
+    const sock = t ? t.split(",").slice(0, -2).join(",")
+      : path.join(process.env.TMUX_TMPDIR || "/tmp", "tmux-" + uid, "default");
+    let h = 0xcbf29ce484222325n;  // FNV-1a 64, as opensessions' socket_key()
+    for (const b of Buffer.from(sock, "utf8")) h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn;
+    const key = h.toString(16).padStart(16, "0").slice(0, 12);
+    const xdg = process.env.XDG_RUNTIME_DIR;
+    const dir = xdg && fs.existsSync(xdg) ? path.join(xdg, "opensessions")
+      : path.join(process.env.TMPDIR || "/tmp", "opensessions-" + uid);
+    const file = path.join(dir, "server-" + key + ".json");
+    for (const st of [fs.lstatSync(dir), fs.lstatSync(file)]) {
+      if (st.isSymbolicLink() || st.uid !== uid || (st.mode & 0o077)) return null;
+    }
+    const info = JSON.parse(fs.readFileSync(file, "utf8"));
+    if (Number.isInteger(info.port) && info.port > 0 && info.port < 65536) return info;
+  } catch (e) {}
+  return null;
+}
+
+async function report(ctx: any, status: string, extra: any = {}) {
+  try {
+    const sm = ctx && ctx.sessionManager;
+    const id = sm && sm.getSessionId ? sm.getSessionId() : null;
+    if (!id) return;
+    const body: any = { agent: "pi", status, threadId: id, source: "hook", pid: process.pid,
+      projectDir: (sm.getCwd && sm.getCwd()) || ctx.cwd };
+    if (process.env.TMUX_PANE) body.paneId = process.env.TMUX_PANE;
+    const name = sm.getSessionName && sm.getSessionName();
+    if (name) body.threadName = String(name).slice(0, 200);
+    Object.assign(body, extra);
+    const info = server();
+    if (!info) return;
+    const headers: any = { "content-type": "application/json" };
+    if (typeof info.token === "string") headers["x-opensessions-token"] = info.token;
+    await fetch("http://127.0.0.1:" + info.port + "/api/agent-event", { method: "POST", headers,
+      body: JSON.stringify(body), signal: AbortSignal.timeout(1000) });
+  } catch (e) {}
+}
+
+export default function (pi: any) {
+  pi.on("session_start", async (_event: any, ctx: any) => { void report(ctx, "idle"); });
+  pi.on("agent_start", async (_event: any, ctx: any) => { void report(ctx, "running"); });
+  pi.on("agent_end", async (event: any, ctx: any) => {
+    const msgs = (event && event.messages) || [];
+    let last: any = null;
+    for (const m of msgs) if (m && m.role === "assistant") last = m;
+    if (last && last.stopReason === "error") {
+      void report(ctx, "error", { detail: String(last.errorMessage || "error").slice(0, 500) });
+    } else if (last && last.stopReason === "aborted") {
+      void report(ctx, "interrupted");
+    } else {
+      void report(ctx, "idle");
+    }
+  });
+  pi.on("session_shutdown", async (_event: any, ctx: any) => { await report(ctx, "idle", { alive: false }); });
+}
+"""
+
+
+def hook_entry(agent, command):
+    """Our entry in an agent's hook config: Claude's and Codex's `timeout` is in seconds, Gemini
+    CLI's in milliseconds (it also shows a `name`); Qwen Code keeps its default timeout."""
+    if agent == "gemini":
+        return {"type": "command", "command": command, "timeout": 5000, "name": "opensessions"}
+    if agent == "qwen":
+        return {"type": "command", "command": command}
+    return {"type": "command", "command": command, "timeout": 5}
+
+
+def _pi_extension_step(ext, uninstall):
+    """Install or remove the Pi extension file. -> list of what was done."""
+    if uninstall:
+        if os.path.lexists(ext):
+            os.unlink(ext)
+            return ["removed the Pi extension %s" % ext]
+        return []
+    current = None
+    if os.path.exists(ext):
+        with open(ext, "r", encoding="utf-8", errors="replace") as f:
+            current = f.read()
+    if current == PI_EXTENSION:
+        return []
+    os.makedirs(os.path.dirname(ext), exist_ok=True)
+    atomic_write(ext, PI_EXTENSION, mode=0o644)
+    return ["installed the Pi extension %s" % ext]
+
+
+def more_install_steps(paths, uninstall):
+    """install_agents' steps for Gemini CLI, Qwen Code and Pi: only for agents set up here (their
+    directory exists); nothing is created for the others."""
+    steps = []
+    for agent, events in (("gemini", GEMINI_HOOK_EVENTS), ("qwen", QWEN_HOOK_EVENTS)):
+        path = os.path.join(paths[agent], "settings.json")
+        if os.path.isdir(paths[agent]) and (not uninstall or os.path.exists(path)):
+            steps.append(("%s hooks in %s" % (agent, path), agent, path, events))
+    ext = os.path.join(paths["pi"], "extensions", PI_EXTENSION_NAME)
+    if os.path.isdir(paths["pi"]) and (not uninstall or os.path.lexists(ext)):
+        steps.append(("the Pi extension %s" % ext, "pi", ext, ()))
+    return steps
+
 
 ##############################################################################
 # Server: event loop, state store, HTTP handlers, runtime file and lock
@@ -5532,6 +6157,10 @@ RESUME_FLAGS = {
     "opencode": {"value": ("--session", "-s"), "bool": ("--continue", "-c", "--fork")},
     "codex": {"value": (), "bool": ("--last",)},  # codex's -c is --config: kept
     "amp": {"value": (), "bool": ("--last",)},
+    "gemini": {"value": ("--resume", "-r", "--session-id", "--session-file", "--prompt-interactive", "-i"),
+               "bool": ()},
+    "qwen": {"value": ("--resume", "-r", "--session-id", "--prompt-interactive", "-i"), "bool": ("--continue", "-c")},
+    "pi": {"value": ("--session", "--fork"), "bool": ("--continue", "-c", "--resume", "-r")},
 }
 # Flags known to take no value (so a word after them is a positional prompt, never a value).
 BOOL_FLAGS = {
@@ -5541,6 +6170,9 @@ BOOL_FLAGS = {
     "codex": ("--full-auto", "--dangerously-bypass-approvals-and-sandbox", "--search", "--oss", "--last",
               "--dangerously-bypass-hook-trust", "--skip-git-repo-check", "--no-daemon"),
     "amp": ("--dangerously-allow-all", "--last"),
+    "gemini": ("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--skip-trust", "--screen-reader"),
+    "qwen": ("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--continue", "-c"),
+    "pi": ("--continue", "-c", "--resume", "-r", "--no-session", "--verbose"),
 }
 SIDECAR_PREFIX = "opensessions_"
 EMPTY_SAVE_GRACE = 60.0
@@ -5553,7 +6185,9 @@ CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
 TAR_ENV_BOOKKEEPING = frozenset(("tmux_pane", "shell", "TMUX_PANE", "SHELL", "TMUX", "PWD", "OLDPWD", "SHLVL", "_"))
 # Agents that resume a conversation by id from any directory. Claude keeps conversations under the
 # project directory (~/.claude/projects/<cwd>): it resumes only from there.
-RESUME_ANYWHERE = frozenset(("codex", "opencode", "amp"))
+RESUME_ANYWHERE = frozenset(("codex", "opencode", "amp", "pi"))
+# Gemini CLI and Qwen Code keep chats per project (~/.gemini/tmp/<project>, ~/.qwen/projects/<cwd>) and,
+# like Claude, resume only from that directory; Pi finds a session by id from anywhere.
 
 
 def resurrect_escape(text):
@@ -5680,6 +6314,10 @@ def resume_command(record):
         words += flags + ["-s", tid]
     elif agent == "codex":
         words += flags + ["resume", tid]
+    elif agent in ("gemini", "qwen"):
+        words += flags + ["--resume", tid]
+    elif agent == "pi":
+        words += flags + ["--session", tid]
     else:
         words += ["threads", "continue", tid]
     line = " ".join(words)
@@ -5797,6 +6435,71 @@ def records_from_assistant_sessions(doc, log=None, capture_env=None):
                     "agent": s["tool"], "id": s.get("session_id"), "cwd": cwd or None,
                     "flags": flags, "env": env, "model": model or None, "idSource": "assistant-sessions"})
     return out
+
+
+def more_cwd_candidates(paths, agent, cwd):
+    """[(mtime, thread id)] of Gemini CLI, Qwen Code or Pi conversations started in cwd (for the
+    last-resort cwd guess). Reads directory listings and, for Gemini, each file's header line."""
+    out = []
+    if agent == "gemini":
+        try:
+            with open(os.path.join(paths["gemini"], "projects.json"), "rb") as f:
+                project = (json.loads(f.read().decode("utf-8")).get("projects") or {}).get(cwd)
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+            project = None
+        d = os.path.join(paths["gemini"], "tmp", project, "chats") if isinstance(project, str) else None
+    elif agent == "qwen":
+        d = os.path.join(paths["qwen"], "projects", claude_project_dir_name(cwd or ""), "chats")
+    else:
+        d = os.path.join(paths["pi"], "sessions", pi_cwd_dir_name(cwd or ""))
+    for name in listdir(d, ".jsonl") if d else ():
+        path = os.path.join(d, name)
+        if agent == "pi":
+            tid = pi_id_from_path(path)
+        elif agent == "qwen":
+            tid = name[:-6]
+        else:
+            head = parse_json_lines(read_head_lines(path, 4096))[0][:1]
+            tid = head[0].get("sessionId") if head and gemini_id_from_path(path) else None
+        try:
+            if valid_thread_id(agent, tid):
+                out.append((os.stat(path).st_mtime, tid))
+        except OSError:
+            pass
+    return out
+
+
+def more_conversation_exists(paths, agent, tid):
+    """A Gemini CLI / Qwen Code / Pi conversation file for this id is still there (names only; a
+    Gemini file is named with the id's first 8 characters, its header line has the whole id)."""
+    if agent == "gemini":
+        root = os.path.join(paths["gemini"], "tmp")
+        for project in listdir(root):
+            d = os.path.join(root, project, "chats")
+            for name in listdir(d, ".jsonl"):
+                if gemini_id_from_path(name) == tid[:8]:
+                    head = parse_json_lines(read_head_lines(os.path.join(d, name), 4096))[0][:1]
+                    if head and head[0].get("sessionId") == tid:
+                        return True
+        return False
+    if agent == "qwen":
+        root = os.path.join(paths["qwen"], "projects")
+        return any(os.path.exists(os.path.join(root, d, "chats", tid + ".jsonl")) for d in listdir(root))
+    root = os.path.join(paths["pi"], "sessions")
+    return any(pi_id_from_path(n) == tid for d in listdir(root) for n in listdir(os.path.join(root, d), ".jsonl"))
+
+
+def qwen_registry_id(qwen_dir, pids):
+    """Qwen Code's live registry ~/.qwen/sessions/<pid>.json -> the session id of one of pids."""
+    for p in pids:
+        try:
+            with open(os.path.join(qwen_dir, "sessions", "%d.json" % p), "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict) and data.get("pid") == p and valid_thread_id("qwen", data.get("sessionId")):
+            return data["sessionId"]
+    return None
 
 
 def agent_in_tree(root, table, kids):
@@ -5982,6 +6685,10 @@ class Resurrect(object):
                     continue
                 if entry and claude_registry_alive(entry) and valid_thread_id("claude", entry["sessionId"]):
                     return entry["sessionId"], "claude-registry"
+        if agent == "qwen":
+            tid = qwen_registry_id(self.paths["qwen"], subtree)
+            if tid:
+                return tid, "qwen-registry"
         if agent == "codex":
             for p in subtree:
                 for fd in listdir("/proc/%d/fd" % p):
@@ -6072,6 +6779,8 @@ class Resurrect(object):
                     codex_reduce(head, rec)
                 if head["cwd"] == cwd:
                     candidates.append((os.stat(path).st_mtime, head["id"]))
+        elif agent in ("gemini", "qwen", "pi"):
+            candidates = more_cwd_candidates(self.paths, agent, cwd)
         for _, tid in sorted(candidates, reverse=True):
             if valid_thread_id(agent, tid) and (agent, tid) not in used:
                 return tid
@@ -6200,6 +6909,8 @@ class Resurrect(object):
                 return bool(sqlite_rows(self.paths["opencode_db"], "SELECT 1 FROM session WHERE id = ?", (tid,)))
             except sqlite3.Error:
                 return False
+        if agent in ("gemini", "qwen", "pi"):
+            return more_conversation_exists(self.paths, agent, tid)
         return True  # Amp keeps threads on its servers: nothing local to check
 
     def pane_state(self, target):
@@ -8335,7 +9046,8 @@ def cmd_hook(args):
     """Called by an agent's hook with the payload on stdin. Never blocks or fails the agent."""
     try:
         raw = sys.stdin.buffer.read(MAX_BODY)
-        body = hook_event(args.agent, json.loads(raw.decode("utf-8")))
+        payload = json.loads(raw.decode("utf-8"))
+        body = (gemini_hook_event if args.agent == "gemini" else hook_event)(args.agent, payload)
         if body is None:
             return 0
         if "pid" not in body:
@@ -8726,9 +9438,11 @@ def _command_table():
           (("--session",), dict(help="the session it is about (muted sessions stay quiet)")),
           (("--tone",), tone)]),
         ("hook", cmd_hook, "(called by agent hooks) report a hook payload from stdin",
-         [(("agent",), dict(choices=("claude", "codex"), help="the agent whose hook calls: claude or codex"))]),
+         [(("agent",), dict(choices=("claude", "codex", "gemini", "qwen"),
+                            help="the agent whose hook calls: claude, codex, gemini or qwen"))]),
         ("install", cmd_install,
-         "add our Claude Code and Codex hooks and the OpenCode plugin (idempotent, with backups)", []),
+         "add our Claude Code, Codex, Gemini CLI and Qwen Code hooks, the OpenCode plugin and the Pi extension"
+         " (idempotent, with backups)", []),
         ("uninstall", cmd_uninstall, "remove what `install` added, and nothing else", []),
         ("sidebar", cmd_sidebar, "run the curses sidebar in this pane", []),
         ("toggle", cmd_toggle, "show or hide the sidebar in every window", [display]),
@@ -8852,7 +9566,7 @@ def main(argv=None):
     command = command_of(argv)
     if command == "hook" and "-h" not in argv and "--help" not in argv:
         args = _HookArgs(argv)
-        if args.agent in ("claude", "codex"):
+        if args.agent in ("claude", "codex", "gemini", "qwen"):
             return cmd_hook(args)
     parser = build_parser(command)
     args = parser.parse_args(argv)
