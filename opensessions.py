@@ -3555,6 +3555,101 @@ class Server(object):
         new = [s for s in current if s != session] + ([session] if muted else [])
         self.api_ui({"muted": new})
 
+    # -- reply and preview: act on an agent's pane without switching to it -----------------
+    def _thread_by_id(self, value):
+        if not isinstance(value, str) or not value:
+            raise ApiError(400, "'thread' (a thread id) is required")
+        agent, sep, tid = value.partition(":")
+        found = [t for t in self.store.threads.values()
+                 if t.id == value or (sep and t.agent == agent and t.id == tid)]
+        if not found:
+            raise ApiError(404, "no thread %s" % value)
+        if len(found) > 1:
+            raise ApiError(409, "thread id %s is ambiguous; say AGENT:ID" % value)
+        return found[0]
+
+    def _pane_of(self, pane_id):
+        for s in self.store.sessions:
+            for w in s["windows"]:
+                for p in w["panes"]:
+                    if p["id"] == pane_id:
+                        return p
+        return None
+
+    def api_reply(self, body):
+        """POST /api/reply {"thread", "action", "text"}: checked here on the loop (thread, status,
+        exact pane link); the returned function reads the screen and types, off the loop."""
+        action = body.get("action")
+        if action not in REPLY_ACTIONS:
+            raise ApiError(400, "'action' must be one of %s" % ", ".join(REPLY_ACTIONS))
+        t = self._thread_by_id(body.get("thread"))
+        text = body.get("text") if action == "text" else None
+        what = "%s %s/%s" % (action, t.agent, t.id)
+
+        def refuse(reason):
+            log("reply %s refused: %s" % (what, reason))
+            raise ApiError(409, reason)
+        if action == "text":
+            try:
+                check_reply_text(text)
+            except ReplyRefused as e:
+                log("reply %s refused: %s" % (what, e))
+                raise ApiError(400, str(e))
+            if t.status not in ("done", "idle", "interrupted", "error", "waiting"):
+                refuse("the thread is %s; text is sent only to a thread that waits for input or is done" % t.status)
+        elif t.status != "waiting":
+            refuse("the thread is %s, not waiting on a permission" % t.status)
+        if not t.alive:
+            refuse("the agent's process is gone")
+        if not t.pane or t.link != "pid" or not t.pid:
+            refuse("the thread's pane is not known exactly (%s)" % (
+                "linked by its directory only" if t.link == "cwd" else "no pane"))
+        pane = self._pane_of(t.pane)
+        if pane is None or not pane.get("pid"):
+            refuse("pane %s is gone" % t.pane)
+        agent, pid, pane_id, pane_pid, start = t.agent, t.pid, t.pane, pane["pid"], t.proc_start
+        tmux = self.tmux
+        lock = getattr(self, "_reply_lock", None)
+        if lock is None:  # made on the loop thread, so only once
+            import threading
+            lock = self._reply_lock = threading.Lock()
+
+        def send():
+            with lock:  # one reply at a time: keystrokes of two replies never interleave
+                try:
+                    reason = foreground_problem(agent, pid, pane_pid, start)
+                    if reason:
+                        raise ReplyRefused(reason)
+                    # the status can come before the screen shows the prompt (a hook fires as
+                    # it draws): look again for a moment before refusing
+                    deadline = time.monotonic() + REPLY_SCREEN_WAIT
+                    while True:
+                        screen = tmux.run("capture-pane", "-p", "-e", "-t", pane_id)
+                        try:
+                            steps = reply_plan(agent, action, screen, text)
+                            break
+                        except ReplyRefused:
+                            if time.monotonic() > deadline:
+                                raise
+                            time.sleep(0.05)
+                    changed_ms = run_reply_steps(tmux, pane_id, steps, screen)
+                except ReplyRefused as e:
+                    refuse(str(e))
+                except TmuxError as e:
+                    refuse("tmux: %s" % e)
+            keys = " ".join(" ".join(s[1]) for s in steps if s[0] == "keys")
+            log("reply %s sent to pane %s: %skeys %s; the screen changed %s after the last key" % (
+                what, pane_id, ("%d characters of text, " % len(text)) if text else "", keys,
+                "%.0f ms" % changed_ms if changed_ms is not None else "(not measured)"))
+        return send
+
+    def api_preview(self, thread_id, lines=20):
+        """GET /api/preview?thread=ID[&lines=N] -> the pane to read (read off the loop)."""
+        t = self._thread_by_id(thread_id)
+        if not t.pane or self._pane_of(t.pane) is None:
+            raise ApiError(409, "the thread has no pane")
+        return {"thread": t.id, "agent": t.agent, "pane": t.pane, "link": t.link, "status": t.status}
+
     def on_ui_changed(self, change):
         """Visibility, width or side changed: put the sidebar panes right."""
         if self.sidebars is not None and {"visible", "width", "position"} & set(change):
@@ -3605,8 +3700,9 @@ ROUTES = {
     "/api/opencode-event": "api_opencode_event",
     "/ui": "api_ui",
     "/mute": "api_mute",
+    "/api/reply": "api_reply",
 }
-GET_ROUTES = ("/", "/state", "/events", "/health")
+GET_ROUTES = ("/", "/state", "/events", "/health", "/api/preview")
 
 
 def make_handler(server):
@@ -3671,6 +3767,8 @@ def make_handler(server):
                 return self._send(200, published[2])
             if path == "/events":
                 return self._events()
+            if path == "/api/preview":
+                return self._preview()
             return self._error(404, "no such endpoint: %s" % path)
 
         do_HEAD = do_GET
@@ -3710,6 +3808,8 @@ def make_handler(server):
                 return self._error(400, "body must be a JSON object")
             try:
                 result = server.loop.call(server.handle, method, body)
+                if callable(result):  # the part that waits on tmux runs here, off the loop
+                    result = result()
             except ApiError as e:
                 return self._error(e.status, e.message)
             except TimeoutError:
@@ -3731,6 +3831,26 @@ def make_handler(server):
                 return
             allow = "POST" if self._path() in ROUTES else "GET"
             self._error(405, "method %s not allowed" % self.command, {"Allow": allow})
+
+        def _preview(self):
+            """GET /api/preview?thread=ID[&lines=N]: the last lines of the thread's pane, as text
+            without escapes. Read on request only: a client asks while it shows the preview."""
+            from urllib.parse import parse_qs
+            query = parse_qs(self.path.partition("?")[2])
+            lines = _int((query.get("lines") or ["20"])[0], 20)
+            if not 1 <= lines <= 200:
+                return self._error(400, "'lines' must be 1..200")
+            try:
+                info = server.loop.call(server.api_preview, (query.get("thread") or [""])[0])
+                screen = server.tmux.run("capture-pane", "-p", "-t", info["pane"])
+            except ApiError as e:
+                return self._error(e.status, e.message)
+            except TmuxError as e:
+                return self._error(409, "tmux: %s" % e)
+            except TimeoutError:
+                return self._error(503, "server busy")
+            info["lines"] = thread_preview(screen, lines)
+            return self._send(200, json.dumps(info).encode())
 
         def _events(self):
             store = server.store
@@ -4080,6 +4200,389 @@ def attention_queue(state):
                 out.append((rank[t["status"]], t.get("updatedAt") or 0, s["name"], t))
     out.sort(key=lambda x: (x[0], x[1]))
     return [(name, t) for _, _, name, t in out]
+
+
+##############################################################################
+# Reply: answer an agent's prompt without switching to it (pure: screens in, keys out)
+##############################################################################
+# The keys each agent's prompt expects were learned from the real agents (agents-lab pinned
+# versions, fake model on loopback); the screens are in tests/fixtures/<agent>/:
+# - Claude Code 2.1.330: a numbered menu under "Do you want to …?" ("Esc to cancel" below it). A digit
+#   picks its option at once: "1. Yes", "2. Yes, and always allow …" (absent for some tools),
+#   "N. No" (the denial: "Interrupted · What should Claude do instead?"). A prompt is typed into the
+#   "❯" composer between two ─── rules and submitted with Enter.
+# - Codex 0.169.0: "Would you like to run …?" with "1. Yes, proceed (y)", "2. Yes, and don't ask again
+#   … (p)", "3. No, and tell Codex what to do differently (esc)": the letter in parentheses picks the
+#   option ("esc" = Escape; the denial: "You canceled the request …"). Codex takes fast input as a
+#   paste and an Enter inside it as a newline, so Enter is sent only once the text is on screen.
+# - OpenCode 1.18.33: "Permission required" with buttons "Allow once  Allow always  Reject"; Left/Right
+#   move the selection (it wraps), Enter confirms, Escape rejects. "Allow always" asks again
+#   ("Always allow … Confirm  Cancel", Confirm selected): a second Enter. The selected button is the
+#   one drawn on another background, so these are read with `capture-pane -e`.
+
+REPLY_ACTIONS = ("approve", "approve-always", "deny", "text")
+CLAUDE_PROMPT_GRACE = 0.25
+TEXT_SETTLE = 0.15
+REPLY_SCREEN_WAIT = 1.5
+MAX_REPLY_TEXT = 4000
+_CSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+_ANY_ESC_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
+_CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+_MENU_RE = re.compile(r"^\s*(?:[❯›>]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
+_CODEX_KEY_RE = re.compile(r"^(.*?)\s*\((\w+)\)$")
+
+
+class ReplyRefused(Exception):
+    """The reply cannot be sent safely: the reason says why (HTTP 409)."""
+
+
+def strip_escapes(text):
+    """Screen text without escape sequences or other control characters (tabs and newlines kept)."""
+    return _CTRL_RE.sub("", _ANY_ESC_RE.sub("", text))
+
+
+def screen_lines(text, limit=None):
+    """The last `limit` non-blank-trailing lines of a captured screen, escapes removed."""
+    lines = [l.rstrip() for l in strip_escapes(text).split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines[-limit:] if limit else lines
+
+
+def check_reply_text(text):
+    """A prompt to type: one line, no control characters. -> text, or raises ReplyRefused."""
+    if not isinstance(text, str) or not text.strip():
+        raise ReplyRefused("'text' must be a non-empty string")
+    if len(text) > MAX_REPLY_TEXT:
+        raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT)
+    if re.search(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]", text):
+        raise ReplyRefused("'text' contains control characters (a newline too): refused, it is typed literally")
+    return text
+
+
+def _pick(options, action):
+    """Which option answers the action: 'Yes' once, 'Yes, and always/don't ask again', 'No'."""
+    for number, text in options:
+        low = text.lower()
+        if action == "approve" and low.startswith("yes") and ", and" not in low:
+            return number, text
+        if action == "approve-always" and low.startswith("yes, and") and ("always" in low or "don't ask" in low
+                                                                           or "do not ask" in low):
+            return number, text
+        if action == "deny" and low.startswith("no"):
+            return number, text
+    return None
+
+
+def claude_prompt(lines):
+    """-> ('permission', options) | ('input', composer text) | None, from a Claude Code screen."""
+    tail = lines[-40:]
+    if any("Esc to cancel" in l for l in tail[-6:]) and any(l.strip().startswith("Do you want to") for l in tail):
+        start = max(i for i, l in enumerate(tail) if l.strip().startswith("Do you want to"))
+        options = [(int(m.group(1)), m.group(2)) for m in (_MENU_RE.match(l) for l in tail[start + 1:]) if m]
+        if options:
+            return ("permission", options)
+    for i in range(len(tail) - 1, 0, -1):
+        line = tail[i]
+        if line.startswith("❯") and tail[i - 1].startswith("──") and any(l.startswith("──") for l in tail[i + 1:i + 4]):
+            return ("input", line[1:].strip())
+    return None
+
+
+def codex_prompt(lines):
+    """-> ('permission', [(number, text, key)]) | ('input', None) | None, from a Codex screen."""
+    tail = lines[-40:]
+    if any("Press enter to confirm or esc to cancel" in l for l in tail[-6:]):
+        options = []
+        for l in tail:
+            m = _MENU_RE.match(l)
+            if m:
+                k = _CODEX_KEY_RE.match(m.group(2))
+                if k:
+                    options.append((int(m.group(1)), k.group(1), k.group(2)))
+        if options:
+            return ("permission", options)
+        return None
+    if any(l.startswith("› ") for l in tail[-6:]):
+        return ("input", None)
+    return None
+
+
+def _sgr_background(params, bg):
+    """The background after one SGR sequence's parameters."""
+    parts = params.split(";") if params else ["0"]
+    i = 0
+    while i < len(parts):
+        p = parts[i]
+        if p in ("", "0"):
+            bg = None
+        elif p == "49":
+            bg = None
+        elif p in ("48",) and i + 1 < len(parts):
+            n = 3 if parts[i + 1] == "5" else 5
+            bg = ";".join(parts[i:i + n])
+            i += n - 1
+        elif p.isdigit() and (40 <= int(p) <= 47 or 100 <= int(p) <= 107):
+            bg = p
+        elif p in ("38",) and i + 1 < len(parts):
+            i += 2 if parts[i + 1] == "5" else 4
+        i += 1
+    return bg
+
+
+def selected_button(line_with_escapes, labels, hint="select"):
+    """Which of `labels` is drawn on another background than the `hint` text of the same line (how
+    OpenCode shows its selected button), or None when that cannot be told."""
+    bg = None
+    pos = 0
+    plain = []
+    backgrounds = []
+    for m in _CSI_RE.finditer(line_with_escapes):
+        for ch in line_with_escapes[pos:m.start()]:
+            plain.append(ch)
+            backgrounds.append(bg)
+        if m.group(0).endswith("m"):
+            bg = _sgr_background(m.group(0)[2:-1], bg)
+        pos = m.end()
+    for ch in line_with_escapes[pos:]:
+        plain.append(ch)
+        backgrounds.append(bg)
+    text = "".join(plain)
+    h = text.find(hint)
+    if h < 0:
+        return None
+    base = backgrounds[h]
+    picked = []
+    for label in labels:
+        i = text.find(label)
+        if i < 0:
+            return None
+        if backgrounds[i] != base:
+            picked.append(label)
+    return picked[0] if len(picked) == 1 else None
+
+
+OPENCODE_BUTTONS = ("Allow once", "Allow always", "Reject")
+
+
+def opencode_prompt(screen_esc):
+    """-> ('permission', selected button or None) | ('confirm-always', selected) | ('input', None) | None,
+    from an OpenCode screen captured with escapes."""
+    raw = screen_esc.split("\n")
+    lines = [strip_escapes(l).rstrip() for l in raw]
+    tail = range(max(0, len(lines) - 30), len(lines))
+    for i in tail:
+        if "Allow once" in lines[i] and "Reject" in lines[i] and any(
+                "Permission required" in lines[j] for j in range(max(0, i - 25), i)):
+            return ("permission", selected_button(raw[i], OPENCODE_BUTTONS))
+        if "Confirm" in lines[i] and "Cancel" in lines[i] and any(
+                "Always allow" in lines[j] for j in range(max(0, i - 25), i)):
+            return ("confirm-always", selected_button(raw[i], ("Confirm", "Cancel")))
+    if any(l.lstrip().startswith("╹▀") for l in (lines[i] for i in tail)) and any("ctrl+p commands" in lines[i] for i in tail):
+        return ("input", None)
+    return None
+
+
+def reply_plan(agent, action, screen_esc, text=None):
+    """The steps that answer `action` on this agent's screen (captured with -e):
+    [("keys", [tmux key names]) | ("literal", text) | ("expect", description, predicate(screen_esc))].
+    Raises ReplyRefused with the reason when the screen does not show the prompt the action answers."""
+    if action not in REPLY_ACTIONS:
+        raise ReplyRefused("unknown action %r (one of %s)" % (action, ", ".join(REPLY_ACTIONS)))
+    if action == "text":
+        check_reply_text(text)
+    lines = screen_lines(screen_esc)
+    if agent == "claude":
+        found = claude_prompt(lines)
+    elif agent == "codex":
+        found = codex_prompt(lines)
+    elif agent == "opencode":
+        found = opencode_prompt(screen_esc)
+    else:
+        raise ReplyRefused("replying to %s is not supported (its prompts were not learned)" % agent)
+    kind = found[0] if found else None
+    if action == "text":
+        if kind != "input":
+            raise ReplyRefused("the %s screen does not show its prompt input%s" % (
+                agent, " (it shows a permission prompt)" if kind in ("permission", "confirm-always") else ""))
+        if agent == "claude" and found[1]:
+            raise ReplyRefused("the Claude Code input already holds text (%r); not typing into it" % found[1][:40])
+        needle = text[-20:]
+        typed_screen = [screen_esc]
+
+        def typed(screen, needle=needle):
+            if needle in "\n".join(screen_lines(screen)[-30:]):
+                typed_screen[0] = screen
+                return True
+            return False
+
+        def submitted(screen, needle=needle):
+            lines = screen_lines(screen)
+            if agent == "claude":
+                f = claude_prompt(lines)
+                return f is None or f[0] != "input" or needle not in f[1]
+            if agent == "codex":
+                composer = [l for l in lines[-8:] if l.startswith("› ")]
+                return not composer or needle not in composer[-1]
+            return screen != typed_screen[0]
+        # Enter only once the text is on screen, and a moment later: Codex takes input that comes
+        # fast as a paste, and an Enter inside a paste as a newline (seen with Enter right after)
+        return [("literal", text), ("expect", "the typed text on screen", typed, TEXT_SETTLE),
+                ("keys", ["Enter"]), ("expect", "the prompt being submitted", submitted)]
+    if kind not in ("permission", "confirm-always"):
+        raise ReplyRefused("the %s screen does not show a permission prompt" % agent)
+    def same_prompt(screen, agent=agent, found=found):
+        lines = screen_lines(screen)
+        now = {"claude": claude_prompt, "codex": codex_prompt}[agent](lines) if agent != "opencode" else opencode_prompt(screen)
+        return now is not None and now[0] == found[0] and (agent == "opencode" or now[1] == found[1])
+
+    def gone(screen, same_prompt=same_prompt):
+        return not same_prompt(screen)
+    if agent == "claude":
+        picked = _pick(found[1], action)
+        if picked is None:
+            raise ReplyRefused("this Claude Code prompt offers no option for %s (options: %s)" % (
+                action, "; ".join("%d. %s" % o for o in found[1])))
+        # Claude Code ignores keys in the first ~0.1 s a permission prompt is up (seen: a digit
+        # 50 ms after it appeared was dropped, 100 ms after was taken): see it up that long first
+        return [("hold", CLAUDE_PROMPT_GRACE, "the permission prompt", same_prompt), ("keys", [str(picked[0])]),
+                ("expect", "the prompt going away after the key", gone)]
+    if agent == "codex":
+        picked = None
+        for number, label, key in found[1]:
+            if _pick([(number, label)], action):
+                picked = key
+                break
+        if picked is None:
+            raise ReplyRefused("this Codex prompt offers no option for %s (options: %s)" % (
+                action, "; ".join("%d. %s (%s)" % o for o in found[1])))
+        return [("keys", ["Escape" if picked == "esc" else picked]), ("expect", "the prompt going away after the key", gone)]
+    # opencode
+    if kind == "confirm-always":
+        raise ReplyRefused("OpenCode is asking to confirm an 'Allow always' already; answer it in its pane")
+    if action == "deny":
+        return [("keys", ["Escape"]), ("expect", "the prompt going away after the key", gone)]
+    selected = found[1]
+    if selected is None:
+        raise ReplyRefused("cannot tell which OpenCode button is selected")
+    target = "Allow once" if action == "approve" else "Allow always"
+    moves = (OPENCODE_BUTTONS.index(target) - OPENCODE_BUTTONS.index(selected)) % len(OPENCODE_BUTTONS)
+
+    def on_target(screen, target=target):
+        f = opencode_prompt(screen)
+        return f is not None and f[0] == "permission" and f[1] == target
+    steps = []
+    if moves:
+        steps += [("keys", ["Right"] * moves), ("expect", "%r selected" % target, on_target)]
+    steps.append(("keys", ["Enter"]))
+    if action == "approve-always":
+        def confirm(screen):
+            f = opencode_prompt(screen)
+            return f is not None and f[0] == "confirm-always" and f[1] == "Confirm"
+        steps += [("expect", "the 'Always allow' confirmation with Confirm selected", confirm), ("keys", ["Enter"])]
+    steps.append(("expect", "the prompt going away after the key", gone))
+    return steps
+
+
+def _proc_stat_fields(pid, proc_root="/proc"):
+    """Fields of /proc/<pid>/stat after the command name (state is [0], ppid [1], pgrp [2],
+    tpgid [5], starttime [19]), or None."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat"), "r", encoding="utf-8", errors="replace") as f:
+            data = f.read()
+        return data[data.rindex(")") + 2:].split(" ")
+    except (OSError, ValueError):
+        return None
+
+
+def foreground_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
+    """Why the agent process `pid` is not in front in the pane whose process is `pane_pid` (None
+    when it is): it must run below the pane's process, it or an ancestor below the pane must be in
+    the terminal's foreground process group, and that group's leader must be this agent (Codex's
+    rollout is held by its app-server, a child of the TUI in a session of its own: the TUI is what
+    is in front). Linux (/proc) only; elsewhere nothing is checked here."""
+    if not os.path.isdir(os.path.join(proc_root, "self")):
+        return None
+    mine = _proc_stat_fields(pid, proc_root)
+    if mine is None:
+        return "the agent's process %d is gone" % pid
+    if start is not None and _int(mine[19]) != start:
+        return "process %d is not the agent any more (restarted)" % pid
+    shell = _proc_stat_fields(pane_pid, proc_root)
+    if shell is None:
+        return "the pane's process is gone"
+    front = _int(shell[5])
+    chain, p = [], pid
+    while p and p != pane_pid and len(chain) < 64:
+        f = _proc_stat_fields(p, proc_root)
+        if f is None:
+            break
+        chain.append((p, _int(f[2])))
+        p = _int(f[1])
+    if p != pane_pid:
+        return "process %d does not run in that pane" % pid
+    if not any(pgrp == front for _, pgrp in chain):
+        return "the agent is not the pane's foreground process (another program runs in front of it)"
+    try:
+        with open(os.path.join(proc_root, str(front), "stat"), "r", encoding="utf-8", errors="replace") as fh:
+            comm = parse_proc_stat(fh.read())[1]
+    except (OSError, ValueError, IndexError):
+        return "the pane's foreground process cannot be read"
+    if classify_agent_process(comm, process_args(front, proc_root)) != agent:
+        return "the pane's foreground process (%s) is not %s" % (comm, agent)
+    return None
+
+
+REPLY_EXPECT_TIMEOUT = 2.0
+
+
+def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=time.sleep,
+                    timeout=REPLY_EXPECT_TIMEOUT):
+    """Send the steps of reply_plan to a pane through the tmux gateway. A "hold" step checks the
+    prompt stays up for a while before a key; an "expect" step waits for the screen to show what it
+    needs before anything more is sent: when that does not come, the rest is not sent (ReplyRefused
+    says what was). `screen` is the screen the plan was made from.
+    -> milliseconds from the last keys to the first change of the screen, or None."""
+    sent = []
+    sent_at = before = changed_ms = None
+    for step in steps:
+        if step[0] == "keys":
+            tmux.run("send-keys", "-t", pane, *step[1])
+            sent_at, before, changed_ms = clock(), screen, None
+            sent.append(" ".join(step[1]))
+        elif step[0] == "literal":
+            tmux.run("send-keys", "-t", pane, "-l", "--", step[1])
+            sent.append("%d characters of text" % len(step[1]))
+        elif step[0] == "hold":
+            end = clock() + step[1]
+            while True:
+                screen = tmux.run("capture-pane", "-p", "-e", "-t", pane)
+                if not step[3](screen):
+                    raise ReplyRefused("%s went away before the key was sent; nothing was sent" % step[2])
+                if clock() >= end:
+                    break
+                sleep(min(0.05, max(0.0, end - clock())))
+        elif step[0] == "expect":
+            deadline = clock() + timeout
+            while True:
+                screen = tmux.run("capture-pane", "-p", "-e", "-t", pane)
+                if changed_ms is None and sent_at is not None and before is not None and screen != before:
+                    changed_ms = (clock() - sent_at) * 1000
+                if step[2](screen):
+                    break
+                if clock() > deadline:
+                    raise ReplyRefused("%s%s: not seen within %.0f s" % (
+                        ("sent %s; then waited for " % ", ".join(sent)) if sent else "waited for ",
+                        step[1], timeout))
+                sleep(0.01)
+            if len(step) > 3 and step[3]:
+                sleep(step[3])
+    return changed_ms
+
+
+def thread_preview(screen, lines=20):
+    """The last `lines` lines of a pane for a preview: no escapes, no trailing blank lines."""
+    return screen_lines(screen, lines)
 
 
 ##############################################################################
@@ -6295,6 +6798,16 @@ def cmd_notify(args):
     return 0
 
 
+def cmd_reply(args):
+    """Answer a thread's prompt without switching to its pane (see the reply section)."""
+    action = "text" if args.text is not None else args.action
+    body = {"thread": args.thread, "action": action}
+    if action == "text":
+        body["text"] = args.text
+    _post(args, "/api/reply", body)
+    return 0
+
+
 def cmd_status(args):
     state = _get_state(args)
     if args.json:
@@ -6670,7 +7183,7 @@ class _Ignored(object):
 
 COMMANDS = ("server", "start", "stop", "status", "set-status", "set-progress", "log", "clear-log", "notify",
             "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next", "mute",
-            "save", "restore", "kitty", "tmux-setup", "uninstall-tmux")
+            "save", "restore", "kitty", "tmux-setup", "uninstall-tmux", "reply")
 
 
 def command_of(argv):
@@ -6790,6 +7303,16 @@ def build_parser(command=None):
     s.add_argument("--back", action="store_true", help="go back to where the last `next` came from")
     s.add_argument("-c", "--client", help="the tmux client to switch (default: tmux's choice)")
     s.set_defaults(func=cmd_next)
+    s = sub.add_parser("reply", parents=[shared],
+                       help="answer a thread's prompt without switching: approve, approve always, deny, or send text")
+    s.add_argument("thread", help="thread id (as in `opensessions status --json`), or AGENT:ID")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--approve", dest="action", action="store_const", const="approve", help="approve once")
+    g.add_argument("--approve-always", dest="action", action="store_const", const="approve-always",
+                   help="approve, and do not ask again (where the agent offers it)")
+    g.add_argument("--deny", dest="action", action="store_const", const="deny", help="deny the permission")
+    g.add_argument("--text", metavar="TEXT", help="type TEXT as the next prompt and submit it")
+    s.set_defaults(func=cmd_reply)
     s = sub.add_parser("mute", parents=[shared], help="mute (or --off: unmute) a session's notifications")
     s.add_argument("session")
     s.add_argument("--off", action="store_true")
