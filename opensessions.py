@@ -4512,14 +4512,14 @@ def foreground_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
     if shell is None:
         return "the pane's process is gone"
     front = _int(shell[5])
-    chain, p = [], pid
+    chain, p = ([(pid, _int(mine[2]))], 0) if pid == pane_pid else ([], pid)  # the pane runs the agent itself
     while p and p != pane_pid and len(chain) < 64:
         f = _proc_stat_fields(p, proc_root)
         if f is None:
             break
         chain.append((p, _int(f[2])))
         p = _int(f[1])
-    if p != pane_pid:
+    if p != pane_pid and pid != pane_pid:
         return "process %d does not run in that pane" % pid
     if not any(pgrp == front for _, pgrp in chain):
         return "the agent is not the pane's foreground process (another program runs in front of it)"
