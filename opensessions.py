@@ -3914,6 +3914,10 @@ class Server(object):
         pane = self._pane_of(t.pane)
         if pane is None or not pane.get("pid"):
             refuse("pane %s is gone" % t.pane)
+        newer = [u for u in self.store.threads.values() if u is not t and u.agent == t.agent and u.alive
+                 and u.pid == t.pid and u.updated_at > t.updated_at]
+        if newer:  # one process, several conversations (resumed, /new): its screen shows the newest
+            refuse("the agent in pane %s has moved on to thread %s" % (t.pane, newer[0].id))
         agent, pid, pane_id, pane_pid, start = t.agent, t.pid, t.pane, pane["pid"], t.proc_start
         tmux = self.tmux
         lock = getattr(self, "_reply_lock", None)
@@ -4923,6 +4927,9 @@ def reply_plan(agent, action, screen_esc, text=None):
         return now is not None and now[0] == found[0] and (agent == "opencode" or now[1] == found[1])
 
     def gone(screen, same_prompt=same_prompt):
+        if agent == "opencode":  # neither the buttons nor the "Always allow" confirmation
+            now = opencode_prompt(screen)
+            return now is None or now[0] not in ("permission", "confirm-always")
         return not same_prompt(screen)
     if agent == "claude":
         picked = _pick(found[1], action)
