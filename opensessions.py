@@ -1353,6 +1353,16 @@ class Tmux(object):
             raise TmuxError(err or "tmux %s failed (exit %d)" % (args[0] if args else "", proc.returncode))
         return proc.stdout.decode("utf-8", "replace")
 
+    def spawn(self, *args):
+        """Start one tmux command without waiting for it (display-popup returns only when its popup
+        closes)."""
+        import subprocess
+        try:
+            subprocess.Popen(self.argv(*args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError as e:
+            raise TmuxError("cannot run tmux: %s" % e)
+
     def alive(self):
         try:
             self.run("list-sessions", "-F", "#{session_id}")
@@ -5027,6 +5037,7 @@ def foreground_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
 
 
 REPLY_EXPECT_TIMEOUT = 2.0
+PREVIEW_INTERVAL = 0.3  # a shown preview is read at most ~3 times a second
 
 
 def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=time.sleep,
@@ -5987,6 +5998,9 @@ HELP_KEYS = (
     ("/", "filter by name"),
     ("f", "show all / with agents / needing you"),
     ("m", "mute the session's notifications"),
+    ("y/Y/N", "thread: approve/always/deny"),
+    ("i", "thread: type it a prompt"),
+    ("o g", "agents popup (prefix o g)"),
     ("?", "this help"),
     ("q/Esc", "leave the sidebar"),
 )
@@ -6171,8 +6185,11 @@ class SidebarModel(object):
     The key "FOCUS" (sent by `opensessions focus`) selects the session this sidebar is in.
     """
 
-    def __init__(self, own_session=None, charset="unicode"):
+    def __init__(self, own_session=None, charset="unicode", popup=False):
         self.state = None
+        self.popup = popup  # the agents popup (prefix o g): every thread, grouped by what needs you
+        self.preview = None  # {"item": thread item, "lines": [...]}: the selected thread's pane
+        self.preview_wanted = None  # the thread item render() had room to preview (the app reads it)
         self.own_session = own_session
         self.charset = charset
         self.selected = None  # ("session", name) or ("thread", session, agent, id)
@@ -6235,7 +6252,11 @@ class SidebarModel(object):
         return out
 
     def items(self):
-        """Selectable rows: every session, and the threads of the selected session."""
+        """Selectable rows: every session, and the threads of the selected session (in the popup:
+        every thread, group by group)."""
+        if self.popup:
+            return [("thread", name, t["agent"], t["id"]) for _, rows in popup_groups(self.state)
+                    for name, t in rows]
         out = []
         sel_session = self.selected[1] if self.selected else None
         for s in self.sessions():
@@ -6277,10 +6298,14 @@ class SidebarModel(object):
                  "\t": "_cycle", "KEY_BTAB": "_cycle", "\n": "activate", "\r": "activate", "KEY_ENTER": "activate",
                  "J": "_reorder_key", "K": "_reorder_key", "kDN3": "_reorder_key", "kUP3": "_reorder_key",
                  "d": "_hide", "u": "_unhide", "n": "_new", "x": "_kill", "o": "_open", "t": "_themes",
-                 "/": "_filter", "f": "_filter_mode", "m": "_mute", "?": "_help", "q": "_quit", "\x1b": "_quit"}
+                 "/": "_filter", "f": "_filter_mode", "m": "_mute", "?": "_help", "q": "_quit", "\x1b": "_quit",
+                 "y": "_reply", "Y": "_reply", "N": "_reply", "i": "_reply_text"}
+    REPLY_KEYS = {"y": "approve", "Y": "approve-always", "N": "deny"}
 
     def _list_key(self, k):
-        if len(k) == 1 and k in "123456789":
+        if self.popup and k in ("q", "\x1b"):
+            return [("quit",)]
+        if len(k) == 1 and k in "123456789" and not self.popup:
             return self._number_key(k)
         name = self.LIST_KEYS.get(k)
         if name is None:
@@ -6411,9 +6436,33 @@ class SidebarModel(object):
         if self.selected not in items:
             self.selected = items[0] if items else None
 
+    def _reply(self, k):
+        """y / Y / N: approve once, approve always, deny the selected thread's permission prompt."""
+        t = self.selected_thread()
+        if t is None:
+            self.message = "select an agent thread first"
+            return []
+        if t["status"] != "waiting":
+            self.message = "%s is %s, not waiting on a permission" % (t["agent"], t["status"])
+            return []
+        return [("reply", "%s:%s" % (t["agent"], t["id"]), self.REPLY_KEYS[k], None)]
+
+    def _reply_text(self, k):
+        """i: type a prompt for the selected thread (sent with Enter, Esc cancels)."""
+        t = self.selected_thread()
+        if t is None:
+            self.message = "select an agent thread first"
+            return []
+        self.mode = "prompt"
+        self.prompt = {"label": "to %s" % t["agent"], "text": "", "step": "reply",
+                       "values": {"thread": "%s:%s" % (t["agent"], t["id"])}}
+        return []
+
     def activate(self):
         t = self.selected_thread()
         if t and t.get("pane"):
+            if self.popup:
+                return [("switch-pane", self.selected[1], t["pane"]), ("quit",)]
             return [("switch-pane", self.selected[1], t["pane"])]
         if self.selected:
             return [("switch", self.selected[1])]
@@ -6466,6 +6515,10 @@ class SidebarModel(object):
         if p["step"] == "filter":
             self.mode, self.prompt = "list", None
             return []
+        if p["step"] == "reply":
+            self.mode, self.prompt = "list", None
+            text = p["text"].strip()
+            return [("reply", p["values"]["thread"], "text", text)] if text else []
         if p["step"] == "name":
             name = p["text"].strip()
             if not name:
@@ -6577,15 +6630,93 @@ def render(model, width, height, now=None):
     elif model.mode == "theme":
         _render_themes(body)
         rows = body.rows[:room]
+    elif model.popup:
+        rows = _render_popup(body, room)
     else:
         _render_list(body, room)
         rows = _scroll(model, body.rows, room)
+        rows += _render_preview(model, width, now, room - len(rows), sidebar=True)
     return (scr.rows + rows + footer.rows)[:height]
+
+
+def popup_groups(state):
+    """The popup's list: [(group, [(session name, thread), ...])] for every agent thread of every
+    session, grouped by what needs you: waiting, error, finished unseen, running, idle (the rest).
+    Waiting and error oldest first (as `next` visits them), the others newest first. Pure."""
+    groups = [("waiting", []), ("error", []), ("finished unseen", []), ("running", []), ("idle", [])]
+    by = dict(groups)
+    for s in (state or {}).get("sessions", []):
+        if s.get("hidden"):
+            continue
+        for t in s.get("threads", []):
+            st = t["status"]
+            if st in ("waiting", "error"):
+                g = st
+            elif t.get("unseen") and st in ("done", "interrupted"):
+                g = "finished unseen"
+            elif st in ACTIVE_STATUSES:
+                g = "running"
+            else:
+                g = "idle"
+            by[g].append((s["name"], t))
+    for name, rows in groups:
+        rows.sort(key=lambda r: r[1].get("updatedAt") or 0, reverse=name not in ("waiting", "error"))
+    return [(name, rows) for name, rows in groups if rows]
+
+
+def _render_popup(scr, room):
+    """The agents popup: groups of threads, then the selected thread's preview below them."""
+    model = scr.model
+    groups = popup_groups(model.state)
+    if not groups:
+        scr.line(None, [("no agent threads" if model.state else "waiting for the server", "muted")])
+    for name, rows in groups:
+        scr.line(None, [("%s (%d)" % (name, len(rows)), GROUP_STYLE.get(name, "muted"))])
+        for session, t in rows:
+            item = ("thread", session, t["agent"], t["id"])
+            sel = item == model.selected
+            glyph, style = _badge(t["status"], t.get("unseen"), scr.g, model.frame, scr.charset)
+            scr.line(item, [(" " + glyph + " ", style), (session + " ", "sel" if sel else "accent"),
+                            (t["agent"] + " ", "sel" if sel else "muted"),
+                            (t.get("title") or t["id"][:8], "sel" if sel else "fg"),
+                            ("  " + age_text(t.get("updatedAt"), scr.now), "sel" if sel else "muted")])
+            if name == "waiting" and t.get("detail"):
+                scr.line(item, [("    needs: " + t["detail"], "sel" if sel else "waiting")])
+            elif name == "error" and t.get("detail"):
+                scr.line(item, [("    " + t["detail"], "sel" if sel else "error")])
+    list_room = max(3, room // 2) if model.selected else room
+    rows = _scroll(model, scr.rows, min(room, list_room) if len(scr.rows) > list_room else room)
+    return rows + _render_preview(model, scr.w, scr.now, room - len(rows))
+
+
+def _render_preview(model, width, now, room, sidebar=False):
+    """The last lines of the selected thread's pane (fetched by the app while shown), under a rule.
+    Sets model.preview_wanted to the thread when there is room, so nothing is read otherwise."""
+    item = model.selected if model.selected and model.selected[0] == "thread" else None
+    if item is None or room < (6 if sidebar else 3):
+        model.preview_wanted = None
+        return []
+    model.preview_wanted = item
+    scr = _Screen(model, width, now)
+    scr.line(None, [(scr.g["sep"] * scr.w, "muted")])
+    p = model.preview if model.preview and model.preview.get("item") == item else None
+    lines = p["lines"] if p else ["(reading the pane…)"]
+    if p and p.get("error"):
+        lines = [p["error"]]
+    for line in lines[-(room - 1):]:
+        scr.line(item, [(line, "muted" if not p or p.get("error") else "fg")])
+    return scr.rows
+
+
+GROUP_STYLE = {"waiting": "waiting", "error": "error", "finished unseen": "done", "running": "running",
+               "idle": "muted"}
 
 
 def _render_header(scr):
     model, w = scr.model, scr.w
     title = "opensessions" if w >= 16 else "os"
+    if model.popup:
+        title = "agents  (Enter go · y/Y/N approve/always/deny · i type · q close · ? help)"
     status = "" if model.connected else " (connecting…)"
     if model.filter_mode != "all" or model.filter_text:
         status += " [%s%s]" % (model.filter_mode if model.filter_mode != "all" else "",
@@ -6908,10 +7039,15 @@ class EventStream(object):
 class SidebarApp(object):
     """The curses sidebar: draws render() output, carries out the model's actions."""
 
-    def __init__(self, tmux, find_port, start_server=None, post=None, environ=None):
+    def __init__(self, tmux, find_port, start_server=None, post=None, environ=None, get=None, popup=False,
+                 client=None):
         env = os.environ if environ is None else environ
         self.tmux = tmux
-        self.pane = env.get("TMUX_PANE")
+        self.popup = popup
+        self.client = client  # the popup's client (it has no pane of its own)
+        self.get = get
+        self._preview_at = 0.0
+        self.pane = None if popup else env.get("TMUX_PANE")
         self.stream = EventStream(find_port, start_server)
         self.post = post
         self.model = None
@@ -6929,7 +7065,8 @@ class SidebarApp(object):
         import locale
         os.environ.setdefault("ESCDELAY", "25")
         locale.setlocale(locale.LC_ALL, "")
-        self.model = SidebarModel(charset=terminal_charset(os.environ, _python_chose_utf8(os.environ)))
+        self.model = SidebarModel(charset=terminal_charset(os.environ, _python_chose_utf8(os.environ)),
+                                  popup=self.popup)
         self.stream.start()
         try:
             curses.wrapper(self._main)
@@ -6989,6 +7126,13 @@ class SidebarApp(object):
             self._draw()
             running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() for t in s.get("threads", []))
             timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
+            if self.model.preview_wanted is not None:
+                # a preview on screen: its pane is read again at most PREVIEW_INTERVAL apart
+                due = self._preview_at + PREVIEW_INTERVAL - time.monotonic()
+                if due <= 0 or (self.model.preview or {}).get("item") != self.model.preview_wanted:
+                    self._fetch_preview()
+                    continue
+                timeout = due if timeout is None else min(timeout, due)
             try:
                 ready, _, _ = select.select([0, self.stream.wake_fd, self._winch[0]], [], [], timeout)
             except InterruptedError:
@@ -7007,6 +7151,24 @@ class SidebarApp(object):
             if 0 in ready:
                 if self._keys() == "quit":
                     return
+
+    def _fetch_preview(self):
+        """GET /api/preview for the thread shown (only while it is shown: see _render_preview)."""
+        item = self.model.preview_wanted
+        self._preview_at = time.monotonic()
+        if self.get is None or item is None:
+            self.model.preview = {"item": item, "lines": [], "error": "no preview"}
+            return
+        h, _ = self.scr.getmaxyx()
+        try:
+            status, body = self.get("/api/preview?thread=%s:%s&lines=%d" % (item[2], item[3], max(3, min(60, h))))
+            doc = json.loads(body.decode("utf-8")) if body else {}
+            if status == 200:
+                self.model.preview = {"item": item, "lines": doc.get("lines") or []}
+            else:
+                self.model.preview = {"item": item, "lines": [], "error": doc.get("error") or "no preview"}
+        except (OSError, ValueError) as e:
+            self.model.preview = {"item": item, "lines": [], "error": "no preview: %s" % e}
 
     def _watch_resize(self):
         """A width change redraws at once: SIGWINCH wakes the select() through a pipe (curses only
@@ -7165,12 +7327,30 @@ class SidebarApp(object):
         return clients[0]["name"] if len(clients) == 1 else None
 
     def _switch(self, target):
-        client = self._client_for_me()
+        client = self.client or self._client_for_me()
         args = ["switch-client"] + (["-c", client] if client else []) + ["-t", target]
         try:
             self.tmux.run(*args)
         except TmuxError as e:
             self.model.message = str(e)
+
+    def _reply(self, thread, action, text):
+        """POST /api/reply; the server's answer (or its reason for refusing) goes to the footer."""
+        body = {"thread": thread, "action": action}
+        if text is not None:
+            body["text"] = text
+        try:
+            if self.post:
+                self.post("/api/reply", body)
+            self.model.message = {"approve": "approved", "approve-always": "approved (always)",
+                                  "deny": "denied", "text": "sent"}[action]
+        except OSError as e:
+            reason = str(e)
+            try:
+                reason = json.loads(reason).get("error") or reason
+            except (ValueError, AttributeError):
+                pass
+            self.model.message = "not sent: %s" % reason
 
     def _move_clients_off(self, name):
         """Killing the session a client views would detach it: move such clients elsewhere first."""
@@ -7214,6 +7394,10 @@ class SidebarApp(object):
                     return None
                 subprocess.Popen([opener, "http://localhost:%d" % action[1]], stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            elif kind == "quit":
+                return "quit"
+            elif kind == "reply":
+                self._reply(*action[1:])
             elif kind == "leave":
                 try:
                     self.tmux.run("last-pane")
@@ -7852,8 +8036,9 @@ def _tmux(args):
     return Tmux(_socket_from_args(args))
 
 
-def cmd_sidebar(args):
-    """Run the curses sidebar in this pane (the sidebar pane manager starts these)."""
+def cmd_sidebar(args, popup=False, client=None):
+    """Run the curses sidebar in this pane (the sidebar pane manager starts these); with popup, the
+    agents popup (`opensessions popup`, in a display-popup)."""
     socket_path = _socket_from_args(args)
 
     def find_port():
@@ -7865,12 +8050,59 @@ def cmd_sidebar(args):
     find_port.token = None
 
     def post(path, body):
-        status, content = Client(find_port(), timeout=2, token=find_port.token).request("POST", path, body)
+        timeout = 10 if path == "/api/reply" else 2  # a reply waits for the agent's screen
+        status, content = Client(find_port(), timeout=timeout, token=find_port.token).request("POST", path, body)
         if status >= 400:
             raise OSError(content.decode("utf-8", "replace"))
 
+    def get(path):
+        return Client(find_port(), timeout=2, token=find_port.token).request("GET", path)
+
     return SidebarApp(Tmux(socket_path), find_port, start_server=lambda: start_background(args),
-                      post=post).run()
+                      post=post, get=get, popup=popup, client=client).run()
+
+
+def cmd_popup(args):
+    """The agents popup itself (what `prefix o g` runs inside display-popup)."""
+    return cmd_sidebar(args, popup=True, client=args.client)
+
+
+POPUP_DEFAULTS = {"@opensessions-popup-width": "80%", "@opensessions-popup-height": "75%"}
+
+
+def popup_command(me, client, version, width, height):
+    """The tmux command that opens the agents popup for a client: display-popup (tmux >= 3.2),
+    else a temporary window that closes when the popup program exits. Pure."""
+    import shlex
+    inner = "%s popup -c %s" % (me, shlex.quote(client))
+    nums = re.findall(r"\d+", version or "")
+    if nums and (int(nums[0]), int(nums[1]) if len(nums) > 1 else 0) >= (3, 2):
+        return ["display-popup", "-c", client, "-E", "-w", width, "-h", height, inner]
+    return ["new-window", "-t", client, "-n", "agents", inner]
+
+
+def cmd_popup_open(args):
+    """Open the popup for a client (`prefix o g`), sized by @opensessions-popup-width/-height."""
+    tmux = _tmux(args)
+    start_background(args)
+    opts = {name: (_tmux_option(tmux, name) or default) for name, default in POPUP_DEFAULTS.items()}
+    try:
+        version = tmux.run("display-message", "-p", "#{version}").strip()
+    except TmuxError:
+        version = ""
+    if not version or "version" in version:
+        import subprocess
+        try:
+            version = subprocess.run(["tmux", "-V"], stdout=subprocess.PIPE, timeout=5).stdout.decode()
+        except (OSError, subprocess.SubprocessError):
+            version = ""
+    me = _self_command()
+    if args.port:
+        me += " --port %d" % args.port
+    client = args.client or tmux.run("display-message", "-p", "#{client_name}").strip()
+    tmux.spawn(*popup_command(me, client, version, opts["@opensessions-popup-width"],
+                              opts["@opensessions-popup-height"]))
+    return 0
 
 
 def cmd_toggle(args):
@@ -7940,7 +8172,7 @@ def cmd_switch(args):
 TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": str(DEFAULT_WIDTH),
                 "@opensessions-position": "left", "@opensessions-theme": "", "@opensessions-port": "",
                 "@opensessions-focus-key": "", "@opensessions-index-keys": "off", "@opensessions-resurrect": "on",
-                "@opensessions-notify": "", "@opensessions-notify-on": ""}
+                "@opensessions-notify": "", "@opensessions-notify-on": "", "@opensessions-popup-key": "g"}
 KEY_TABLE = "opensessions"
 
 
@@ -7956,7 +8188,8 @@ def tmux_bindings(me, options):
            (KEY_TABLE, "t", ) + run("toggle"),
            (KEY_TABLE, "e", ) + run("layout -w '#{window_id}'"),
            (KEY_TABLE, "n", ) + run("next -c '#{client_name}'"),
-           (KEY_TABLE, "p", ) + run("next --back -c '#{client_name}'")]
+           (KEY_TABLE, "p", ) + run("next --back -c '#{client_name}'"),
+           (KEY_TABLE, options.get("@opensessions-popup-key") or "g") + run("popup-open -c '#{client_name}'")]
     for n in range(1, 10):
         out.append((KEY_TABLE, str(n)) + run("switch %d -c '#{client_name}'" % n))
     focus = options.get("@opensessions-focus-key")
@@ -8103,8 +8336,8 @@ def cmd_uninstall_tmux(args):
 
 
 COMMANDS = ("server", "start", "stop", "status", "set-status", "set-progress", "log", "clear-log", "notify",
-            "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next", "mute",
-            "save", "restore", "kitty", "tmux-setup", "uninstall-tmux", "reply")
+            "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next",
+            "popup", "popup-open", "reply", "mute", "save", "restore", "kitty", "tmux-setup", "uninstall-tmux")
 
 
 def command_of(argv):
@@ -8170,6 +8403,10 @@ def _command_table():
         ("next", cmd_next, "switch to the next thread that needs you, oldest first (--back: return)",
          [(("--back",), dict(action="store_true", help="go back to where the last `next` came from")),
           client, display]),
+        ("popup", cmd_popup, "the agents popup: every thread by what needs you, with a preview and reply keys",
+         [client]),
+        ("popup-open", cmd_popup_open, "open the agents popup (display-popup; a window before tmux 3.2)",
+         [client, display]),
         ("reply", cmd_reply, "answer a thread's prompt without switching to it: approve once, approve always, "
                              "deny, or type a prompt",
          [(("thread",), dict(help="thread id (as in `opensessions status --json`), or AGENT:ID")),
