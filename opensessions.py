@@ -8452,7 +8452,8 @@ def popup_command(me, client, version, width, height):
     inner = "%s popup -c %s" % (me, shlex.quote(client))
     nums = re.findall(r"\d+", version or "")
     if nums and (int(nums[0]), int(nums[1]) if len(nums) > 1 else 0) >= (3, 2):
-        return ["display-popup", "-c", client, "-E", "-w", width, "-h", height, inner]
+        # display-popup expands formats in its command: a '#' in a path stays a '#'
+        return ["display-popup", "-c", client, "-E", "-w", width, "-h", height, tmux_literal(inner)]
     return ["new-window", "-t", client, "-n", "agents", inner]
 
 

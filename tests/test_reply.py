@@ -286,7 +286,7 @@ def test_reply_answers_a_permission_prompt_without_switching(lab, agent, action,
 def test_reply_text_types_literally_and_submits(lab, agent):
     pane, pid = lab.start(agent, "idle")
     lab.report(agent, "done", pid)
-    text = "fix it; then run `make -j2 test` $HOME 'quoted' -- now"
+    text = "fix #{pane_id} it; then run `make -j2 test` $HOME 'quoted' -- now;"
     code, body = lab.reply(agent, "text", text)
     assert code == 204, body
     submitted = retry_until(lambda: [r["data"] for r in lab.records() if r["what"] == "submitted"])
