@@ -6642,6 +6642,8 @@ class SidebarModel(object):
             elif s["name"] != sel_session:
                 threads = []
             out.extend(("thread", s["name"], t["agent"], t["id"]) for t in threads)
+            if s["name"] == sel_session and self.filter_mode != "attention":
+                out.extend(item for item, _ in pane_tree(s))
         return out
 
     def session(self, name):
@@ -6833,6 +6835,8 @@ class SidebarModel(object):
         return []
 
     def activate(self):
+        if self.selected and self.selected[0] in ("window", "pane"):
+            return [("switch-pane", self.selected[1], self.selected[2])]
         t = self.selected_thread()
         if t and t.get("pane"):
             if self.popup:
@@ -7252,6 +7256,18 @@ def _detail(model, s, scr):
         if t.get("detail") or t.get("model"):
             info += " %s %s" % (g["neutral"], t.get("detail") or t["model"])
         panel.line(item, [(info, "sel" if sel else "muted")])
+    for item, row in pane_tree(s):
+        sel = item == model.selected
+        if item[0] == "window":
+            panel.line(item, [("%s:%s" % (row["index"], row["name"]), "sel" if sel else "accent"),
+                              (" *" if row.get("active") else "", "sel" if sel else "muted")])
+            continue
+        t = row.get("_thread")
+        pieces = [("  " + row["id"] + " ", "sel" if sel else "muted"), (row.get("command") or "", "sel" if sel else "fg")]
+        if t:
+            glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, model.charset)
+            pieces += [(" " + glyph + " ", style), ("%s %s" % (t["agent"], t["status"]), "sel" if sel else "muted")]
+        panel.line(item, pieces)
     if s.get("ports"):
         panel.line(("port", s["name"]), [("ports", "accent")] + [(" :%d" % p, "accent") for p in s["ports"]])
     for entry in (meta.get("logs") or [])[-5:]:
@@ -7260,6 +7276,25 @@ def _detail(model, s, scr):
         text = (entry["source"] + ": " if entry.get("source") else "") + entry["message"]
         panel.wrapped(None, text + (" (%s)" % age if age else ""), style, indent=2, first=icon + " ")
     return panel.rows
+
+
+def pane_tree(s):
+    """A session's windows and their panes (sidebar panes left out) as selectable rows:
+    [(("window", session, window id), window), (("pane", session, pane id), pane + its thread)].
+    A window's item targets its id; a pane's row carries the newest thread shown in it. Pure."""
+    out = []
+    threads = {}
+    for t in s.get("threads", []):
+        if t.get("pane") and (t["pane"] not in threads or (t.get("updatedAt") or 0) > (threads[t["pane"]].get("updatedAt") or 0)):
+            threads[t["pane"]] = t
+    for w in s.get("windows", []):
+        panes = [p for p in w.get("panes", []) if not p.get("sidebar")]
+        if not panes:
+            continue
+        out.append((("window", s["name"], w["id"]), w))
+        for p in panes:
+            out.append((("pane", s["name"], p["id"]), dict(p, _thread=threads.get(p["id"]))))
+    return out
 
 
 def _scroll(model, rows, height):

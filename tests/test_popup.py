@@ -157,3 +157,29 @@ def test_popup_opens_on_a_real_client_and_q_closes_it(env, tmux, server, attach)
     retry_until(lambda: b"agents" in client.output and b"no agent threads" in client.output, timeout=15)
     os.write(client.master, b"q")
     retry_until(lambda: not [a for a in children_args(pid) if "popup -c %s" % name in a], timeout=10)
+
+
+def test_session_expands_to_windows_and_panes_and_enter_jumps_there():
+    st = state()
+    st["sessions"][1]["windows"] = [
+        {"id": "@3", "index": 0, "name": "code", "active": True, "panes": [
+            {"id": "%9", "command": "python3", "sidebar": True},
+            {"id": "%5", "command": "claude", "sidebar": False},
+            {"id": "%6", "command": "zsh", "sidebar": False}]},
+        {"id": "@4", "index": 1, "name": "logs", "active": False, "panes": [
+            {"id": "%7", "command": "tail", "sidebar": False}]},
+    ]
+    m = o.SidebarModel(own_session="web")
+    m.set_state(st)
+    tree = [i for i in m.items() if i[0] in ("window", "pane")]
+    assert tree == [("window", "web", "@3"), ("pane", "web", "%5"), ("pane", "web", "%6"),
+                    ("window", "web", "@4"), ("pane", "web", "%7")]  # the sidebar pane is left out
+    lines = text_of(o.render(m, 40, 60))
+    assert "0:code *" in lines and "1:logs" in lines and "  %6 zsh" in lines
+    assert any(l.startswith("  %5 claude") and "claude waiting" in l for l in lines)  # agent and status
+    m.selected = ("pane", "web", "%6")
+    assert m.key("\n") == [("switch-pane", "web", "%6")]
+    m.selected = ("window", "web", "@4")
+    assert m.key("\n") == [("switch-pane", "web", "@4")]
+    m.selected = ("session", "api")  # another session: its tree, not this one's
+    assert not [i for i in m.items() if i[0] == "pane" and i[1] == "web"]
