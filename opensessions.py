@@ -6133,7 +6133,9 @@ class Notifier(object):
         for c in clients:
             if cmds:
                 cmds.append(";")
-            cmds += ["display-message", "-c", c["name"], "-d", "5000", tmux_literal(text)]
+            # for the user's own display-time: tmux 3.3a holds back the client's pane redraws while
+            # a message shows, so a long fixed duration froze the screen for 5 s
+            cmds += ["display-message", "-c", c["name"], tmux_literal(text)]
         self._spawn("tmux", self.server.tmux.argv(*cmds), title, body)
 
     def _desktop(self, title, body, status, panes):
