@@ -41,6 +41,56 @@ class OpensessionsError(Exception):
     """An error with a message meant for the user (no traceback)."""
 
 
+_log_file = None
+
+
+def log(message):
+    """Server log line (stderr, or the log file set by the server)."""
+    line = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)
+    target = _log_file or sys.stderr
+    try:
+        target.write(line)
+        target.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _int(value, default=0):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def env_number(name, default, environ=None, kind=float, low=0):
+    """A numeric setting from the environment: unset or empty -> default; anything else that is not
+    a number >= low is the user's mistake, said in one line (never silently ignored)."""
+    env = os.environ if environ is None else environ
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value != value or value < low:
+        raise OpensessionsError("%s=%s is not %s >= %s" % (name, raw, "an integer" if kind is int else "a number", low))
+    return value
+
+
+def check_port(port, where="--port"):
+    """A TCP port we may bind or call: 0 (any free port, when binding) to 65535."""
+    if port is not None and not (isinstance(port, int) and 0 <= port <= 65535):
+        raise OpensessionsError("%s%s%s is not a port (0-65535)" % (where, "" if where.endswith("=") else " ", port))
+    return port
+
+
+def env_port(environ=None):
+    """$OPENSESSIONS_PORT, or None when unset."""
+    port = env_number("OPENSESSIONS_PORT", None, environ, kind=int)
+    return check_port(port, "OPENSESSIONS_PORT=")
+
+
 def _env(name, default=None, environ=None):
     env = os.environ if environ is None else environ
     value = env.get(name)
@@ -1091,13 +1141,6 @@ class TmuxError(Exception):
 
 class TmuxGone(TmuxError):
     """The tmux server is not running (any more)."""
-
-
-def _int(value, default=0):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
 
 
 def parse_snapshot(output):
@@ -2560,20 +2603,6 @@ class EventLoop(object):
                 os.close(fd)
             except OSError:
                 pass
-
-
-_log_file = None
-
-
-def log(message):
-    """Server log line (stderr, or the log file set by the server)."""
-    line = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)
-    target = _log_file or sys.stderr
-    try:
-        target.write(line)
-        target.flush()
-    except (OSError, ValueError):
-        pass
 
 
 class Store(object):
@@ -5797,7 +5826,8 @@ def find_server(socket_path, environ=None):
     info = RuntimeFiles(socket_path, env).live_info()
     if info and isinstance(info.get("port"), int):
         return info["port"], info
-    return _int(env.get("OPENSESSIONS_PORT"), DEFAULT_PORT), None
+    port = env_port(env)
+    return (DEFAULT_PORT if port is None else port), None
 
 
 def _socket_from_args(args):
@@ -5944,6 +5974,10 @@ def start_background(args, wait=5.0):
             return info["port"], True
         if proc.poll() is not None:
             err = proc.stderr.read().decode("utf-8", "replace").strip()
+            if "\n" in err:  # a traceback: keep all of it in the log, say its last line
+                with open(log_path, "a") as f:
+                    f.write(err + "\n")
+                err = "%s (see %s)" % (err.splitlines()[-1], log_path)
             raise OpensessionsError(err or "the server exited at once (see %s)" % log_path)
         time.sleep(0.02)
     raise OpensessionsError("the server did not start within %.0f s (see %s)" % (wait, log_path))
@@ -6037,9 +6071,11 @@ def serve(socket_path, port=None, log_path=None, environ=None):
     import signal
     global _log_file
     env = os.environ if environ is None else environ
-    explicit = port is not None or bool(env.get("OPENSESSIONS_PORT"))
     if port is None:
-        port = _int(env.get("OPENSESSIONS_PORT"), DEFAULT_PORT) if env.get("OPENSESSIONS_PORT") else DEFAULT_PORT
+        port = env_port(env)
+    explicit = port is not None
+    if port is None:
+        port = DEFAULT_PORT
     if log_path:
         ensure_private_dir(os.path.dirname(log_path))
         _log_file = open(log_path, "a", buffering=1)
@@ -6057,10 +6093,11 @@ def serve(socket_path, port=None, log_path=None, environ=None):
 def build_server(tmux, port, explicit, environ):
     """The Server with every part attached: agent watchers, sidebar panes (the composition point)."""
     server = Server(tmux, port, explicit, environ)
-    recent = float(environ.get("OPENSESSIONS_RECENT_DAYS") or 7)
+    recent = env_number("OPENSESSIONS_RECENT_DAYS", 7.0, environ)
+    list_hours = env_number("OPENSESSIONS_LIST_HOURS", None, environ)
     server.watchers = AgentWatchers(server, environ, recent_days=recent)
-    if environ.get("OPENSESSIONS_LIST_HOURS"):
-        server.store.recent_ms = int(float(environ["OPENSESSIONS_LIST_HOURS"]) * 3600 * 1000)
+    if list_hours is not None:
+        server.store.recent_ms = int(list_hours * 3600 * 1000)
     server.sidebars = SidebarPanes(server, _self_command() + " sidebar")
     server.notifier = Notifier(server)
     server.tmux_options = TmuxOptions(server)
@@ -6107,9 +6144,38 @@ def cmd_hook(args):
                 body["pid"] = pid
         port = args.port or find_server(_socket_from_args(args))[0]
         Client(port, timeout=1.0).request("POST", "/api/agent-event", body)
-    except Exception:  # the agent must never see a failing hook
+    except OSError:  # no server to tell (not running, or gone): nothing is wrong
         pass
+    except Exception:  # the agent must never see a failing hook, but a bug is written down
+        import traceback
+        hook_log("hook %s failed:\n%s" % (args.agent, traceback.format_exc()))
     return 0
+
+
+HOOK_LOG_MAX = 64 * 1024
+
+
+def hook_log(message, environ=None, limit=HOOK_LOG_MAX):
+    """Append to $XDG_STATE_HOME/opensessions/hook.log, kept under `limit` bytes (the older half is
+    dropped when it grows past). Never raises: it runs inside an agent's hook."""
+    try:
+        path = os.path.join(ensure_private_dir(state_dir(environ)), "hook.log")
+        line = ("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)).encode("utf-8", "replace")
+        try:
+            size = os.path.getsize(path)
+        except FileNotFoundError:
+            size = 0
+        if size + len(line) > limit:
+            with open(path, "rb") as f:
+                f.seek(max(0, size - limit // 2))
+                kept = f.read()
+            kept = kept[kept.find(b"\n") + 1:] if b"\n" in kept else b""
+            atomic_write(path, kept + line[-(limit // 2):])
+        else:
+            with open(path, "ab") as f:
+                f.write(line)
+    except (OSError, OpensessionsError):
+        pass
 
 
 def cmd_install(args):
@@ -6583,12 +6649,28 @@ def main(argv=None):
     args = parser.parse_args(argv)
     func = getattr(args, "func", None) or cmd_default
     try:
+        check_port(getattr(args, "port", None))
         return func(args) or 0
-    except OpensessionsError as e:
-        sys.stderr.write("opensessions: %s\n" % e)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except (OpensessionsError, TmuxError, OSError) as e:
+        sys.stderr.write("opensessions: %s\n" % user_message(e))
+        return 1
+
+
+def user_message(error):
+    """One line for the user: no traceback, no doubled "opensessions:" prefix."""
+    if isinstance(error, TmuxGone):
+        text = "no tmux server: %s" % error
+    elif isinstance(error, OSError) and error.strerror:
+        text = "%s%s" % (error.strerror, ": %s" % error.filename if error.filename else "")
+    else:
+        text = str(error) or type(error).__name__
+    lines = [l.strip() for l in text.splitlines() if l.strip()] or [type(error).__name__]
+    text = lines[-1] if len(lines) > 1 and lines[0].startswith("Traceback") else " ".join(lines)
+    while text.startswith("opensessions: "):
+        text = text[len("opensessions: "):]
+    return text
 
 
 if __name__ == "__main__":

@@ -51,3 +51,65 @@ def test_if_stale_rebuilds_for_another_python_and_for_new_source(tmp_path):
     with open(str(tmp_path / "opensessions.py"), "a") as f:
         f.write("\n# an update\n")
     assert _build(tmp_path, "--if-stale").strip() == out.encode()
+
+
+def _run(env, argv, extra=None, stdin=None):
+    vars_ = dict(env.vars, **(extra or {}))
+    vars_.pop("TMUX", None)
+    return subprocess.run([PYTHON, SCRIPT] + argv, env=vars_, input=stdin, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=30)
+
+
+@pytest.mark.parametrize("argv,extra", [
+    (["kitty"], None), (["next"], None), (["layout"], None), (["toggle"], None), (["tmux-setup"], None),
+    (["uninstall-tmux"], None), (["focus"], None), (["switch", "1"], None),
+    (["--port", "99999", "status"], None), (["status", "--port", "-3"], None),
+    (["server"], {"OPENSESSIONS_RECENT_DAYS": "abc"}), (["server"], {"OPENSESSIONS_LIST_HOURS": "-1"}),
+    (["status"], {"OPENSESSIONS_PORT": "abc"}), (["start"], {"OPENSESSIONS_PORT": "70000"}),
+])
+def test_user_failures_are_one_line_and_non_zero(env, argv, extra):
+    """Without a tmux server (or with a bad setting): one line, no traceback, no doubled prefix."""
+    r = _run(env, ["-S", os.path.join(env.base, "no-tmux.sock")] + argv, extra)
+    err = r.stderr.decode()
+    assert r.returncode != 0, (argv, err)
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith("opensessions: ") and "opensessions: opensessions:" not in err, err
+    if extra:
+        assert list(extra)[0] in err
+
+
+def test_port_from_the_environment_is_used_not_ignored(env):
+    assert os_.env_port({"OPENSESSIONS_PORT": "8123"}) == 8123
+    assert os_.env_port({"OPENSESSIONS_PORT": ""}) is None
+    assert os_.find_server("/nonexistent/sock", {"OPENSESSIONS_PORT": "8123", "XDG_RUNTIME_DIR": env.base})[0] == 8123
+    for bad in ("abc", "-1", "65536", "1.5"):
+        with pytest.raises(os_.OpensessionsError, match="OPENSESSIONS_PORT=" + re_escape(bad)):
+            os_.env_port({"OPENSESSIONS_PORT": bad})
+
+
+def re_escape(s):
+    import re
+    return re.escape(s)
+
+
+def test_hook_never_fails_the_agent_and_writes_bugs_to_a_bounded_log(env):
+    log_path = os.path.join(env.home, ".local/state/opensessions/hook.log")
+    # no server: nothing to tell, nothing wrong, nothing logged
+    r = _run(env, ["-S", os.path.join(env.base, "x.sock"), "hook", "claude"],
+             stdin=b'{"hook_event_name": "Stop", "session_id": "0d3b3f4e-5f4e-4b8e-9a51-5f0c2c1a7e11"}')
+    assert r.returncode == 0 and r.stdout == b"" and r.stderr == b""
+    assert not os.path.exists(log_path)
+    # a payload that is not JSON (a bug on one side or the other): exit 0, silent, written down
+    r = _run(env, ["-S", os.path.join(env.base, "x.sock"), "hook", "codex"], stdin=b"{not json")
+    assert r.returncode == 0 and r.stdout == b"" and r.stderr == b""
+    with open(log_path) as f:
+        text = f.read()
+    assert "hook codex failed" in text and "Traceback" in text
+    # bounded: many failures never grow it past the limit, and the newest one is kept
+    envd = dict(env.vars)
+    for i in range(200):
+        os_.hook_log("failure %d %s" % (i, "x" * 300), envd, limit=8192)
+    assert os.path.getsize(log_path) <= 8192
+    with open(log_path) as f:
+        lines = f.read().splitlines()
+    assert lines[-1].split(" ")[2] == "199" and all(l.count(" ") >= 2 for l in lines)
