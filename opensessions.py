@@ -2966,7 +2966,7 @@ class Server(object):
         except (OSError, ValueError, AttributeError):
             pass
 
-    def _stop_control(self):
+    def _stop_control(self, grace=2.0):
         if self.control is None:
             return
         try:
@@ -2977,12 +2977,26 @@ class Server(object):
             self.control.stdin.close()
         except OSError:
             pass
+        import subprocess
+        proc, self.control = self.control, None
         try:
-            self.control.terminate()
-            self.control.wait(2)
-        except Exception:
-            pass
-        self.control = None
+            proc.terminate()
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            log("control client pid %d ignored SIGTERM for %.1f s; killing it" % (proc.pid, grace))
+            proc.kill()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                log("control client pid %d did not exit after SIGKILL" % proc.pid)
+        except OSError as e:
+            log("stopping the control client failed: %s" % e)
+        for f in (proc.stdout, proc.stderr):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
 
     def _on_control_readable(self):
         if self.control is None:

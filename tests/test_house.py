@@ -113,3 +113,23 @@ def test_hook_never_fails_the_agent_and_writes_bugs_to_a_bounded_log(env):
     with open(log_path) as f:
         lines = f.read().splitlines()
     assert lines[-1].split(" ")[2] == "199" and all(l.count(" ") >= 2 for l in lines)
+
+
+def test_stop_control_kills_a_client_that_ignores_sigterm(capsys):
+    proc = subprocess.Popen([PYTHON, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                             "print('ready', flush=True); time.sleep(60)"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout.readline() == b"ready\n"
+
+    class Loop(object):
+        def remove_reader(self, fd):
+            pass
+
+    class Holder(object):
+        control = proc
+        loop = Loop()
+    holder = Holder()
+    os_.Server._stop_control(holder, grace=0.2)
+    assert holder.control is None
+    assert proc.poll() == -9  # killed, not left running
+    assert "ignored SIGTERM" in capsys.readouterr().err
