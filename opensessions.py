@@ -1815,7 +1815,9 @@ class AgentWatchers(object):
         self.clock = clock
         self.inotify = None
         self.watches = {}  # wd -> (dir, handler)
-        self.watched_dirs = {}  # dir -> wd
+        self.watched_dirs = {}  # dir -> inotify wd
+        self.polled_dirs = {}  # dir -> handler: scanned by stat (no inotify, or its watch failed)
+        self._polling = False
         self.pending_dirs = {}  # missing dir -> handler (watched through an existing parent)
         self.tails = {}  # path -> FileTail
         self.states = {}  # path -> thread state
@@ -1828,7 +1830,7 @@ class AgentWatchers(object):
         self.oc_error_logged = False
         self.amp_mtimes = {}
         self.bad_records = 0
-        self._stat_cache = {}
+        self._stat_cache = {}  # polled dir -> {name: (mtime_ns, size, inode, is_dir)}
 
     # -- setup -----------------------------------------------------------------------------------
     def start(self):
@@ -1849,8 +1851,6 @@ class AgentWatchers(object):
         self.watch_dir(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
         self.watch_dir(self.paths["amp_threads"], self._on_amp_dir)
         self.cold_start()
-        if self.inotify is None:
-            self.server.loop.call_later(self.poll_interval, self._poll)
 
     def cold_start(self):
         self._scan_claude_registry()
@@ -1889,16 +1889,16 @@ class AgentWatchers(object):
     def watch_dir(self, path, handler):
         """Watch a directory; a missing one is watched for through its nearest existing parent."""
         if self.inotify is None:
-            self.pending_dirs.pop(path, None)
-            self.watched_dirs[path] = handler
+            self.poll_dir(path, handler)
             return
-        if path in self.watched_dirs:
+        if path in self.watched_dirs or path in self.polled_dirs:
             return
         if os.path.isdir(path):
             try:
                 wd = self.inotify.add_watch(path, DIR_EVENTS)
-            except OSError as e:
-                log("cannot watch %s: %s" % (path, e))
+            except OSError as e:  # ENOSPC: the user's max_user_watches is used up
+                log("cannot watch %s (%s); scanning it by stat every %.1fs instead" % (path, e, self.poll_interval))
+                self.poll_dir(path, handler)
                 return
             self.watches[wd] = (path, handler)
             self.watched_dirs[path] = wd
@@ -1911,7 +1911,10 @@ class AgentWatchers(object):
         if parent and parent not in self.watched_dirs:
             try:
                 wd = self.inotify.add_watch(parent, IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF)
-            except OSError:
+            except OSError as e:  # scan the missing directory instead: it lists empty until it exists
+                log("cannot watch %s (%s); scanning %s by stat every %.1fs instead"
+                    % (parent, e, path, self.poll_interval))
+                self.poll_dir(path, handler)
                 return
             self.watches[wd] = (parent, self._on_ancestor)
             self.watched_dirs[parent] = wd
@@ -1950,23 +1953,53 @@ class AgentWatchers(object):
         if changed:
             self.server.after_watchers()
 
+    def poll_dir(self, path, handler):
+        """Watch a directory by stat scans (no inotify here, or no watch left for it)."""
+        self.pending_dirs.pop(path, None)
+        self.polled_dirs[path] = handler
+        if not self._polling:
+            self._polling = True
+            self.server.loop.call_later(self.poll_interval, self._poll)
+
     def _poll(self):
-        """Fallback without inotify: compare (mtime, size) of the watched directories' entries."""
-        for directory, handler in list(self.watched_dirs.items()):
-            for name in listdir(directory):
-                path = os.path.join(directory, name)
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-                if self._stat_cache.get(path) != stamp:
-                    known = path in self._stat_cache
-                    self._stat_cache[path] = stamp
-                    mask = (IN_MODIFY if known else IN_CREATE) | (IN_ISDIR if os.path.isdir(path) else 0)
-                    handler(directory, name, mask)
-        self.server.after_watchers()
-        self.server.loop.call_later(self.poll_interval, self._poll)
+        """One stat scan of the polled directories, reported as inotify would (created, modified,
+        deleted). A failing handler is logged and the scan goes on; the next scan is always due."""
+        try:
+            for directory, handler in list(self.polled_dirs.items()):
+                for name, mask in self._poll_changes(directory):
+                    try:
+                        handler(directory, name, mask)
+                    except Exception:
+                        import traceback
+                        log("watcher failed on %s/%s:\n%s" % (directory, name, traceback.format_exc()))
+            self.server.after_watchers()
+        except Exception:
+            import traceback
+            log("stat scan failed:\n" + traceback.format_exc())
+        finally:
+            self.server.loop.call_later(self.poll_interval, self._poll)
+
+    def _poll_changes(self, directory):
+        """-> [(name, inotify-like mask)] since the last scan of directory."""
+        import stat
+        before = self._stat_cache.get(directory, {})
+        now = {}
+        changes = []
+        for name in listdir(directory):
+            try:
+                st = os.stat(os.path.join(directory, name))
+            except OSError:
+                continue
+            stamp = now[name] = (st.st_mtime_ns, st.st_size, st.st_ino, stat.S_ISDIR(st.st_mode))
+            old = before.get(name)
+            if old != stamp:
+                kind = IN_MODIFY if old is not None and old[2] == stamp[2] else IN_CREATE
+                changes.append((name, kind | (IN_ISDIR if stamp[3] else 0)))
+        for name, old in before.items():
+            if name not in now:
+                changes.append((name, IN_DELETE | (IN_ISDIR if old[3] else 0)))
+        self._stat_cache[directory] = now
+        return changes
 
     def _recent(self, path):
         try:
