@@ -231,3 +231,68 @@ def test_a_failed_inotify_watch_falls_back_to_polling_that_directory(tmp_path, c
     (d / "1.json").unlink()
     _scan(server)
     assert seen == [("1.json", 0), ("1.json", os_.IN_DELETE)]
+
+
+# -- four rules the suite did not pin: each test below fails when its rule is removed ---------------
+
+def test_rule_only_the_first_retry_notifies():
+    on = list(os_.NOTIFY_STATUSES)
+
+    def retry(attempt, old):
+        return os_.should_notify(os_.Thread("opencode", "ses_1", status="retry", attempt=attempt), old,
+                                 viewed=False, muted=False, notify_on=on)
+    assert retry(1, "running") and retry(None, "running")
+    assert not retry(2, "running")  # a later attempt seen first (e.g. after a restart): not news
+    assert not retry(3, "waiting")
+    assert not retry(2, "retry")
+
+
+def test_rule_publish_skips_when_nothing_changed():
+    store = os_.Store(clock=lambda: 1000.0)
+    assert store.publish() is True
+    version, doc, body = store.published
+    store.touch()  # marked dirty, but the document is the same
+    assert store.publish() is False
+    assert store.version == version and store.published[1] is doc  # readers are not woken for nothing
+    store.ui = dict(store.ui, width=store.ui.get("width", 30) + 1)
+    store.touch()
+    assert store.publish() is True and store.version == version + 1
+
+
+def _bare_server(tmp_path, clock=lambda: 1000.0):
+    env = {"HOME": str(tmp_path / "home"), "XDG_RUNTIME_DIR": str(tmp_path)}
+    return os_.Server(os_.Tmux(str(tmp_path / "no.sock")), 0, False, env, clock=clock)
+
+
+def test_rule_metadata_is_evicted_past_the_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(os_, "MAX_METADATA_SESSIONS", 3)
+    s = _bare_server(tmp_path)
+    try:
+        s.store.sessions = [{"name": "live"}]
+        for name in ("live", "gone-a", "gone-b"):
+            s.api_set_status({"session": name, "text": "x"})
+        assert len(s.store.metadata) == 3
+        s.api_set_status({"session": "new", "text": "y"})
+        # full: the metadata of sessions that no longer exist goes; a live session's stays
+        assert set(s.store.metadata) == {"live", "new"}
+    finally:
+        s.loop.close()
+
+
+def test_rule_an_active_status_clears_unseen(tmp_path):
+    s = _bare_server(tmp_path)
+    try:
+        s.apply_thread_update("claude", "t1", status="running", alive=True)
+        s.publish()
+        t = s.apply_thread_update("claude", "t1", status="done")
+        s.publish()
+        assert t.unseen  # finished while nobody looked
+        for active in os_.ACTIVE_STATUSES:
+            s.apply_thread_update("claude", "t1", status="done")
+            s.publish()
+            assert t.unseen
+            s.apply_thread_update("claude", "t1", status=active)
+            s.publish()
+            assert not t.unseen, active  # working again: what it finished before is old news
+    finally:
+        s.loop.close()
