@@ -3931,13 +3931,13 @@ class Notifier(object):
     commands are started and reaped later (killed after a timeout); a failing channel is logged
     once and skipped while the others go on."""
 
-    def __init__(self, server, clock=time.monotonic, which=None, platform=None):
+    def __init__(self, server, clock=time.monotonic, which=None, platform=None, window=COALESCE_WINDOW):
         import shutil
         self.server = server
         self.clock = clock
         self.which = which or shutil.which
         self.platform = platform or sys.platform
-        self.coalescer = Coalescer()
+        self.coalescer = Coalescer(window)
         self.running = []  # (Popen, started)
         self.failed = set()
         self.flush_scheduled = False

@@ -296,3 +296,52 @@ def test_rule_an_active_status_clears_unseen(tmp_path):
             assert not t.unseen, active  # working again: what it finished before is old news
     finally:
         s.loop.close()
+
+
+class Clock(object):
+    def __init__(self, t=100.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def _notifier(clock, window=2.0):
+    class Store(object):
+        ui = {"notify": ["terminal"], "notifyOn": list(os_.NOTIFY_STATUSES), "muted": []}
+        clients = []
+
+    class Srv(object):
+        store = Store()
+        loop = FakeLoop()
+
+        def is_viewed(self, thread):
+            return False
+    srv = Srv()
+    return srv, os_.Notifier(srv, clock=clock, window=window)
+
+
+def test_coalescing_window_with_an_injected_clock_sends_nothing_more():
+    clock = Clock()
+    srv, n = _notifier(clock, window=30.0)
+
+    def change(tid, status):
+        n.thread_changed(os_.Thread("claude", tid, title=tid, status=status, session="main"), "running")
+    change("a", "done")
+    assert [x[2] for x in n.sent] == ["claude finished"]  # the first goes out at once
+    clock.t += 10
+    change("b", "error")
+    change("c", "done")
+    assert len(n.sent) == 1  # held: the window is open
+    ((delay, flush, _),) = srv.loop.timers
+    assert delay == 30.0  # scheduled for the window's end, not polled
+    srv.loop.timers.clear()
+    clock.t = 130.0
+    flush()
+    assert [x[2] for x in n.sent] == ["claude finished", "1 agent failed, 1 agent finished"]
+    # the flush opened a quiet window; with nothing held, its end sends nothing more, ever
+    ((delay, flush, _),) = srv.loop.timers
+    srv.loop.timers.clear()
+    clock.t += delay + 3600
+    flush()
+    assert len(n.sent) == 2 and srv.loop.timers == []
