@@ -750,16 +750,13 @@ def claude_registry_entry(data):
     }
 
 
-def claude_registry_alive(entry, proc_root="/proc"):
-    """The registry's process still runs (and is the same process: procStart matches)."""
-    if not _pid_alive(entry["pid"]):
+def claude_registry_matches(entry, alive, start):
+    """Is the registry entry's process still the one that wrote it? `alive`: its pid runs; `start`:
+    that pid's start time now (None where it cannot be known: no /proc). Pure."""
+    if not alive:
         return False
-    if entry.get("procStart") and os.path.isdir(os.path.join(proc_root, "self")):
-        try:
-            with open(os.path.join(proc_root, str(entry["pid"]), "stat"), "r", errors="replace") as f:
-                return parse_proc_stat(f.read())[3] == entry["procStart"]
-        except (OSError, ValueError, IndexError):
-            return False
+    if entry.get("procStart") and start is not None:
+        return start == entry["procStart"]
     return True
 
 
@@ -1295,7 +1292,37 @@ def parse_proc_stat(data):
     return pid, comm, int(fields[1]), int(fields[19])
 
 
-def process_table(proc_root="/proc"):
+def process_start(pid, proc_root="/proc"):
+    """A process's start time (clock ticks since boot, as /proc/<pid>/stat has it): None without
+    /proc (macOS), -1 when the process is gone."""
+    if not os.path.isdir(os.path.join(proc_root, "self")):
+        return None
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat"), "r", encoding="utf-8", errors="replace") as f:
+            return parse_proc_stat(f.read())[3]
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def claude_registry_alive(entry, proc_root="/proc"):
+    """The registry's process still runs and is the same process (procStart matches)."""
+    pid = entry["pid"]
+    return claude_registry_matches(entry, _pid_alive(pid), process_start(pid, proc_root))
+
+
+def run_text(argv, timeout=5.0):
+    """stdout of a command as text. Raises OSError when it cannot run or times out (the probes'
+    default runner; tests inject their own `ps` and `lsof`)."""
+    import subprocess
+    try:
+        out = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, timeout=timeout).stdout
+    except subprocess.TimeoutExpired:
+        raise OSError("%s timed out" % argv[0])
+    return out.decode("utf-8", "replace")
+
+
+def process_table(proc_root="/proc", run=run_text):
     """{pid: Proc} for every process: one read of /proc on Linux, one `ps` elsewhere."""
     table = {}
     if os.path.isdir(os.path.join(proc_root, "self")):
@@ -1309,11 +1336,10 @@ def process_table(proc_root="/proc"):
                 continue
             table[pid] = Proc(pid, ppid, comm, start)
         return table
-    import subprocess
     try:
-        out = subprocess.run(["ps", "-axo", "pid=,ppid=,comm="], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, timeout=5).stdout.decode("utf-8", "replace")
-    except (OSError, subprocess.SubprocessError):
+        out = run(["ps", "-axo", "pid=,ppid=,comm="])
+    except OSError as e:
+        log("ps failed (%s): no process table" % e)
         return table
     for line in out.splitlines():
         parts = line.split(None, 2)
@@ -1322,7 +1348,7 @@ def process_table(proc_root="/proc"):
     return table
 
 
-def process_args(pid, proc_root="/proc"):
+def process_args(pid, proc_root="/proc", run=run_text):
     """argv of a process as a list (empty when unreadable)."""
     try:
         with open(os.path.join(proc_root, str(pid), "cmdline"), "rb") as f:
@@ -1334,12 +1360,9 @@ def process_args(pid, proc_root="/proc"):
     if os.path.isdir(os.path.join(proc_root, "self")):
         return []
     import shlex
-    import subprocess
     try:
-        out = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, timeout=5).stdout.decode("utf-8", "replace")
-        return shlex.split(out.strip())
-    except (OSError, ValueError, subprocess.SubprocessError):
+        return shlex.split(run(["ps", "-o", "args=", "-p", str(pid)]).strip())
+    except (OSError, ValueError):  # gone, or args shlex cannot split (an unbalanced quote)
         return []
 
 
@@ -1457,28 +1480,29 @@ def listening_sockets(proc_root="/proc"):
     return found
 
 
-def socket_inodes(pid, proc_root="/proc"):
-    """Socket inodes a process holds open (from /proc/<pid>/fd links)."""
-    inodes = set()
+def fd_targets(pid, proc_root="/proc"):
+    """What a process holds open: the targets of its /proc/<pid>/fd links ([] when unreadable)."""
     fd_dir = os.path.join(proc_root, str(pid), "fd")
     try:
         names = os.listdir(fd_dir)
     except OSError:
-        return inodes
+        return []
+    targets = []
     for fd in names:
         try:
-            target = os.readlink(os.path.join(fd_dir, fd))
-        except OSError:
+            targets.append(os.readlink(os.path.join(fd_dir, fd)))
+        except OSError:  # closed meanwhile
             continue
-        if target.startswith("socket:["):
-            try:
-                inodes.add(int(target[8:-1]))
-            except ValueError:
-                pass
-    return inodes
+    return targets
 
 
-def ports_for_pids(pid_groups, proc_root="/proc", listening=None):
+def socket_inodes(pid, proc_root="/proc"):
+    """Socket inodes a process holds open (from /proc/<pid>/fd links)."""
+    return {int(t[8:-1]) for t in fd_targets(pid, proc_root)
+            if t.startswith("socket:[") and t.endswith("]") and t[8:-1].isdigit()}
+
+
+def ports_for_pids(pid_groups, proc_root="/proc", listening=None, run=run_text):
     """{group: sorted ports} for groups of pids (a group = processes under one session's panes)."""
     if os.path.isdir(os.path.join(proc_root, "self")):
         if listening is None:
@@ -1496,15 +1520,11 @@ def ports_for_pids(pid_groups, proc_root="/proc", listening=None):
             if ports:
                 result[group] = sorted(ports)
         return result
-    return _ports_lsof(pid_groups)
+    return _ports_lsof(pid_groups, run)
 
 
-def _ports_lsof(pid_groups):
+def _ports_lsof(pid_groups, run=run_text):
     """macOS and other systems without /proc: lsof, when it is on PATH."""
-    import shutil
-    import subprocess
-    if not shutil.which("lsof"):
-        return {}
     pid_to_group = {}
     for group, pids in pid_groups.items():
         for pid in pids:
@@ -1512,10 +1532,8 @@ def _ports_lsof(pid_groups):
     if not pid_to_group:
         return {}
     try:
-        out = subprocess.run(["lsof", "-nP", "-a", "-iTCP", "-sTCP:LISTEN", "-Fpn",
-                              "-p", ",".join(str(p) for p in pid_to_group)],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=5).stdout.decode()
-    except (OSError, subprocess.SubprocessError):
+        out = run(["lsof", "-nP", "-a", "-iTCP", "-sTCP:LISTEN", "-Fpn", "-p", ",".join(str(p) for p in pid_to_group)])
+    except OSError:  # no lsof here: no ports
         return {}
     result = {}
     current = None
@@ -1527,6 +1545,32 @@ def _ports_lsof(pid_groups):
             if host in ("*", "127.0.0.1", "[::1]", "localhost", "[::]") and port.isdigit():
                 result.setdefault(current, set()).add(int(port))
     return {g: sorted(p) for g, p in result.items()}
+
+
+class SystemProbes(object):
+    """What the server asks the system about processes and sockets, in one injectable place:
+    Linux reads /proc (proc_root); without it (macOS) `ps` and `lsof` answer through `run`."""
+
+    def __init__(self, proc_root="/proc", run=run_text):
+        self.proc_root = proc_root
+        self.run = run
+        self.has_proc = os.path.isdir(os.path.join(proc_root, "self"))
+
+    def processes(self):
+        return process_table(self.proc_root, self.run)
+
+    def args(self, pid):
+        return process_args(pid, self.proc_root, self.run)
+
+    def listening(self):
+        """{inode: port} of listening sockets, or None where ports come from lsof instead."""
+        return listening_sockets(self.proc_root) if self.has_proc else None
+
+    def ports(self, pid_groups, listening=None):
+        return ports_for_pids(pid_groups, self.proc_root, listening, self.run)
+
+    def open_files(self, pid):
+        return fd_targets(pid, self.proc_root) if self.has_proc else []
 
 
 def find_git_dir(path):
@@ -2835,8 +2879,10 @@ class RuntimeFiles(object):
 class Server(object):
     """Live state from tmux (+ watchers), served over HTTP and Server-Sent Events."""
 
-    def __init__(self, tmux, port=DEFAULT_PORT, port_explicit=False, environ=None, clock=time.time):
+    def __init__(self, tmux, port=DEFAULT_PORT, port_explicit=False, environ=None, clock=time.time, probes=None):
         self.tmux = tmux
+        self.probes = probes or SystemProbes()
+        self._processes_read_at = None
         self.environ = dict(os.environ if environ is None else environ)
         self.clock = clock
         self.loop = EventLoop()
@@ -3151,7 +3197,7 @@ class Server(object):
         if table is None:
             return
         need_reread = any(t.pid and t.pid not in table and t.alive for t in self.store.threads.values())
-        if need_reread and time.monotonic() - getattr(self, "_processes_read_at", 0) > 0.2:
+        if need_reread and (self._processes_read_at is None or self.clock() - self._processes_read_at > 0.2):
             self._read_processes()
             table = self.proc_table
         pane_session = {}
@@ -3183,7 +3229,7 @@ class Server(object):
             if t.pid:
                 proc = table.get(t.pid)
                 alive = proc is not None and (t.proc_start is None or proc.start == t.proc_start
-                                              or not os.path.isdir("/proc/self"))
+                                              or not self.probes.has_proc)
                 pane = self.pane_of_pid.get(t.pid) if alive else None
                 self._set_link(t, alive, pane, pane_session, "pid" if pane else None)
                 if pane:
@@ -3262,7 +3308,7 @@ class Server(object):
 
     def _read_processes(self):
         """One process-table read: which pane each process is under, and the agents in panes."""
-        table = process_table()
+        table = self.probes.processes()
         kids = children_index(table)
         groups = {}
         pane_of_pid = {}
@@ -3282,7 +3328,7 @@ class Server(object):
                         if proc is None or p["id"] in agents:
                             continue
                         if proc.comm in AGENT_COMMS:
-                            args = process_args(pid)
+                            args = self.probes.args(pid)
                             agent = classify_agent_process(proc.comm, args)
                             if agent:
                                 agents[p["id"]] = (agent, pid, args)
@@ -3291,27 +3337,16 @@ class Server(object):
         self.proc_table = table
         self.pane_of_pid = pane_of_pid
         self.pane_agents = agents
-        self._processes_read_at = time.monotonic()
+        self._processes_read_at = self.clock()
         self._codex_fd_links = self._codex_open_rollouts(table)
 
     def _codex_open_rollouts(self, table):
         """pid -> thread id for Codex processes holding a rollout file open (/proc/<pid>/fd)."""
         links = {}
-        if not os.path.isdir("/proc/self"):
-            return links
         for proc in table.values():
             if proc.comm != "codex":
                 continue
-            fd_dir = "/proc/%d/fd" % proc.pid
-            try:
-                fds = os.listdir(fd_dir)
-            except OSError:
-                continue
-            for fd in fds:
-                try:
-                    target = os.readlink(os.path.join(fd_dir, fd))
-                except OSError:
-                    continue
+            for target in self.probes.open_files(proc.pid):
                 tid = codex_id_from_path(target)
                 if tid:
                     links[proc.pid] = tid
@@ -3320,14 +3355,14 @@ class Server(object):
     def _update_ports(self, listening=None):
         """Map listening ports to sessions; the fd walk runs only when the processes under the
         panes or the listening sockets changed (a window switch changes neither)."""
-        if listening is None and os.path.isdir("/proc/self"):
-            listening = listening_sockets()
+        if listening is None:
+            listening = self.probes.listening()
         key = (tuple(sorted((g, tuple(p)) for g, p in self._pid_groups.items())),
                tuple(sorted(listening.items())) if listening is not None else None)
         if listening is not None and key == self._ports_key:
             return
         self._ports_key = key
-        ports = ports_for_pids(self._pid_groups, listening=listening)
+        ports = self.probes.ports(self._pid_groups, listening=listening)
         if ports != self.store.ports:
             self.store.ports = ports
             self.store.touch()
@@ -3336,8 +3371,8 @@ class Server(object):
         """Ports change without a tmux event (a dev server starts listening). On Linux one netlink
         query every 2 s; only a changed set of listeners makes us re-read processes and walk fds.
         Elsewhere each look runs lsof, so it looks every 10 s."""
-        if os.path.isdir("/proc/self"):
-            listening = listening_sockets()
+        if self.probes.has_proc:
+            listening = self.probes.listening()
             if self._ports_key is None or tuple(sorted(listening.items())) != self._ports_key[1]:
                 self._read_processes()  # a new listener may be a new process under a pane
             self._update_ports(listening)

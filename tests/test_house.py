@@ -345,3 +345,104 @@ def test_coalescing_window_with_an_injected_clock_sends_nothing_more():
     clock.t += delay + 3600
     flush()
     assert len(n.sent) == 2 and srv.loop.timers == []
+
+
+# -- the macOS paths (no /proc: ps and lsof; osascript; polling above), on Linux by injection ----
+
+PS_TABLE = """  100     1 -zsh
+  200   100 /usr/local/bin/claude
+  201   200 node
+  300     1 /bin/zsh
+  301   300 vite
+"""
+LSOF = """p201
+n127.0.0.1:5173
+n*:9229
+p301
+n192.168.1.5:8080
+n[::1]:3000
+"""
+
+
+def fake_macos(calls):
+    def run(argv):
+        calls.append(argv)
+        if argv[:2] == ["ps", "-axo"]:
+            return PS_TABLE
+        if argv[:3] == ["ps", "-o", "args="]:
+            return {"200": "/usr/local/bin/claude --resume 0d3b3f4e-5f4e-4b8e-9a51-5f0c2c1a7e11 'a b'\n"}.get(argv[-1], "")
+        if argv[0] == "lsof":
+            return LSOF
+        raise OSError("no %s here" % argv[0])
+    return run
+
+
+def test_probes_without_proc_use_ps_and_lsof(tmp_path):
+    calls = []
+    probes = os_.SystemProbes(proc_root=str(tmp_path), run=fake_macos(calls))
+    assert not probes.has_proc and probes.listening() is None and probes.open_files(200) == []
+    table = probes.processes()
+    assert {p: (t.ppid, t.comm) for p, t in table.items()} == {
+        100: (1, "-zsh"), 200: (100, "claude"), 201: (200, "node"), 300: (1, "zsh"), 301: (300, "vite")}
+    assert probes.args(200) == ["/usr/local/bin/claude", "--resume", "0d3b3f4e-5f4e-4b8e-9a51-5f0c2c1a7e11", "a b"]
+    assert probes.ports({"s1": [100, 200, 201], "s2": [300, 301]}) == {"s1": [5173, 9229], "s2": [3000]}
+    assert ["lsof", "-nP", "-a", "-iTCP", "-sTCP:LISTEN", "-Fpn", "-p", "100,200,201,300,301"] in calls
+    # neither ps nor lsof: empty answers, never an exception
+    def missing(argv):
+        raise OSError("%s: not found" % argv[0])
+    none = os_.SystemProbes(proc_root=str(tmp_path), run=missing)
+    assert none.processes() == {} and none.args(1) == [] and none.ports({"s": [1]}) == {}
+
+
+def test_server_links_agents_and_ports_through_injected_probes(tmp_path):
+    calls = []
+    probes = os_.SystemProbes(proc_root=str(tmp_path), run=fake_macos(calls))
+    env = {"HOME": str(tmp_path / "home"), "XDG_RUNTIME_DIR": str(tmp_path)}
+    s = os_.Server(os_.Tmux(str(tmp_path / "no.sock")), 0, False, env, clock=lambda: 1000.0, probes=probes)
+    try:
+        s.store.sessions = [
+            {"id": "$1", "name": "api", "windows": [{"id": "@1", "panes": [{"id": "%1", "pid": 100}]}]},
+            {"id": "$2", "name": "web", "windows": [{"id": "@2", "panes": [{"id": "%2", "pid": 300}]}]}]
+        s._read_processes()
+        assert s.pane_agents["%1"][:2] == ("claude", 200) and "%2" not in s.pane_agents
+        assert s.pane_of_pid[201] == "%1" and s.pane_of_pid[301] == "%2"
+        assert s._processes_read_at == 1000.0  # the injected clock, not the machine's
+        s._update_ports()
+        assert s.store.ports == {"$1": [5173, 9229], "$2": [3000]}
+        assert not any("/proc" in " ".join(c) for c in calls)
+    finally:
+        s.loop.close()
+
+
+def test_desktop_notification_on_macos_runs_osascript(tmp_path):
+    log = tmp_path / "osascript.log"
+    exe = tmp_path / "osascript"
+    exe.write_text('#!/bin/sh\nprintf "%%s\\n" "$*" >> %s\n' % shlex_quote(str(log)))
+    exe.chmod(0o755)
+    srv, n = _notifier(Clock())
+    n.platform = "darwin"
+    n.which = lambda name: str(exe) if name == "osascript" else None
+    n._desktop('say "hi"', "done \\ ok", "done", [])
+    proc = n.running[0][0]
+    proc.wait(10)
+    assert log.read_text() == '-e display notification "done \\\\ ok" with title "say \\"hi\\""\n'
+    n.which = lambda name: None
+    with pytest.raises(OSError, match="osascript"):
+        n._desktop("t", "b", "done", [])
+
+
+def shlex_quote(s):
+    import shlex
+    return shlex.quote(s)
+
+
+def test_claude_registry_match_is_pure():
+    e = {"pid": 42, "sessionId": "x", "procStart": 777}
+    assert os_.claude_registry_matches(e, True, 777)
+    assert not os_.claude_registry_matches(e, True, 778)  # the pid was reused by another process
+    assert not os_.claude_registry_matches(e, True, -1)  # gone between the two looks
+    assert not os_.claude_registry_matches(e, False, 777)
+    assert os_.claude_registry_matches(e, True, None)  # no /proc (macOS): the pid is all we know
+    assert os_.claude_registry_matches(dict(e, procStart=None), True, 5)
+    me = {"pid": os.getpid(), "procStart": os_.process_start(os.getpid())}
+    assert os_.claude_registry_alive(me) and not os_.claude_registry_alive(dict(me, procStart=me["procStart"] + 1))
