@@ -1468,14 +1468,14 @@ def listening_sockets(proc_root="/proc"):
     if proc_root == "/proc":
         try:
             return listening_sockets_netlink()
-        except (OSError, AttributeError, ValueError):
-            pass
+        except (OSError, AttributeError, ValueError):  # no sock_diag here (a container, an old kernel)
+            pass  # /proc/net below answers the same, slower
     found = {}
     for name in ("tcp", "tcp6"):
         try:
             with open(os.path.join(proc_root, "net", name), "r") as f:
                 found.update(parse_proc_net_tcp(f.read()))
-        except OSError:
+        except OSError:  # tcp6 is missing where IPv6 is off
             pass
     return found
 
