@@ -446,3 +446,17 @@ def test_claude_registry_match_is_pure():
     assert os_.claude_registry_matches(dict(e, procStart=None), True, 5)
     me = {"pid": os.getpid(), "procStart": os_.process_start(os.getpid())}
     assert os_.claude_registry_alive(me) and not os_.claude_registry_alive(dict(me, procStart=me["procStart"] + 1))
+
+
+def test_bench_row_not_measured_is_skipped_not_failed():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_run", os.path.join(ROOT, "bench", "run.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.Results()
+    res.add("measured", "w", [10.0, 12.0], "ms", 60, "<=")
+    res.add("not measured in quick mode", "w", [], "ms", 60, "<=")
+    res.add("missed", "w", [100.0], "ms", 60, "<=")
+    assert [r["pass"] for r in res.rows] == [True, None, False]
+    lines = res.table().splitlines()
+    assert "skip" in lines[3] and "MISS" not in lines[3] and "MISS" in lines[4]
