@@ -5905,10 +5905,10 @@ class Client(object):
 def find_server(socket_path, environ=None):
     """-> (port, info or None). The runtime file for this tmux server wins; else the env/default port."""
     env = os.environ if environ is None else environ
+    port = env_port(env)  # a bad value is said even when the runtime file makes it moot
     info = RuntimeFiles(socket_path, env).live_info()
     if info and isinstance(info.get("port"), int):
         return info["port"], info
-    port = env_port(env)
     return (DEFAULT_PORT if port is None else port), None
 
 
