@@ -6474,18 +6474,27 @@ def _self_command():
     return " ".join(shlex.quote(a) for a in (sys.executable or "python3", "-S", target))
 
 
-def _agent_ancestor(agent, start_pid, proc_root="/proc", depth=12):
-    """The nearest ancestor process that is the agent itself (the hook runs under a shell)."""
+def _agent_ancestor(agent, start_pid, probes=None, depth=12):
+    """The nearest ancestor process that is the agent itself (the hook runs under a shell).
+    Linux reads /proc/<pid>/stat per step; without /proc (macOS) one `ps` gives the whole table."""
+    probes = probes or SystemProbes()
+    table = None if probes.has_proc else probes.processes()
     pid = start_pid
     for _ in range(depth):
         if pid <= 1:
             return None
-        try:
-            with open(os.path.join(proc_root, str(pid), "stat"), "r", encoding="utf-8", errors="replace") as f:
-                _, comm, ppid, _ = parse_proc_stat(f.read())
-        except (OSError, ValueError, IndexError):
+        if table is None:
+            try:
+                with open(os.path.join(probes.proc_root, str(pid), "stat"), "r", encoding="utf-8",
+                          errors="replace") as f:
+                    _, comm, ppid, _ = parse_proc_stat(f.read())
+            except (OSError, ValueError, IndexError):  # gone (the agent exited meanwhile)
+                return None
+        elif pid in table:
+            comm, ppid = table[pid].comm, table[pid].ppid
+        else:
             return None
-        if classify_agent_process(comm, process_args(pid, proc_root)) == agent:
+        if (table is None or comm in AGENT_COMMS) and classify_agent_process(comm, probes.args(pid)) == agent:
             return pid
         pid = ppid
     return None

@@ -460,3 +460,31 @@ def test_bench_row_not_measured_is_skipped_not_failed():
     assert [r["pass"] for r in res.rows] == [True, None, False]
     lines = res.table().splitlines()
     assert "skip" in lines[3] and "MISS" not in lines[3] and "MISS" in lines[4]
+
+
+def test_hook_finds_its_agent_without_proc(tmp_path):
+    """macOS: the hook's shell (pid 202, under node 201) finds the agent above it with one ps table."""
+    calls = []
+    table = PS_TABLE + "  202   201 sh\n"
+
+    def run(argv):
+        calls.append(argv)
+        return table if argv[:2] == ["ps", "-axo"] else fake_macos([])(argv)
+    probes = os_.SystemProbes(proc_root=str(tmp_path), run=run)
+    assert os_._agent_ancestor("claude", 202, probes) == 200
+    assert os_._agent_ancestor("codex", 202, probes) is None
+    assert [c[:2] for c in calls].count(["ps", "-axo"]) == 2  # one table per hook call
+    assert all(c[-1] in ("200", "201") for c in calls if c[:3] == ["ps", "-o", "args="])  # args of agent-named only
+
+
+def test_hook_finds_its_agent_with_proc(tmp_path):
+    from conftest import fake_agents
+    bin_dir = fake_agents(str(tmp_path / "bin"), names=("codex",))
+    agent = subprocess.Popen([os.path.join(bin_dir, "codex")], stdin=subprocess.PIPE)
+    try:
+        assert os_._agent_ancestor("codex", agent.pid) == agent.pid
+        assert os_._agent_ancestor("claude", agent.pid) is None
+        assert os_._agent_ancestor("codex", os.getpid()) is None  # pytest is no agent, nor its parents
+    finally:
+        agent.stdin.close()
+        agent.wait(10)
