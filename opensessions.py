@@ -98,7 +98,7 @@ def _write_log(line):
 def _int(value, default=0):
     try:
         return int(value)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError):  # None, "x", NaN, 1e999
         return default
 
 
@@ -766,18 +766,59 @@ def valid_thread_id(agent, thread_id):
 
 
 class LineBuffer(object):
-    """Splits appended bytes into complete lines, holding a partial last line until it completes."""
+    """Splits appended bytes into complete lines, holding a partial last line until it completes.
 
-    def __init__(self):
-        self.partial = b""
+    A line longer than max_line bytes is never held whole: once it passes the cap its bytes are
+    dropped as they come, up to its end, and it is counted in `skipped` (never returned)."""
+
+    def __init__(self, max_line=16 * 1024 * 1024):
+        self.max_line = max_line
+        self.parts = []  # pieces of the partial last line (joined once, when it completes)
+        self.size = 0
+        self.skipping = False
+        self.skipped = 0
+
+    @property
+    def partial(self):
+        return b"".join(self.parts)
 
     def feed(self, data):
         if not data:
             return []
-        data = self.partial + data
-        lines = data.split(b"\n")
-        self.partial = lines.pop()
+        lines = []
+        start = 0
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                break
+            piece = data[start:nl]
+            if self.skipping:
+                self.skipping = False  # the end of a line already counted
+            elif self.size + len(piece) > self.max_line:
+                self.skipped += 1
+            elif self.parts:
+                self.parts.append(piece)
+                lines.append(b"".join(self.parts))
+            else:
+                lines.append(piece)
+            self.parts, self.size = [], 0
+            start = nl + 1
+        if start < len(data) and not self.skipping:
+            rest = data[start:] if start else data
+            if self.size + len(rest) > self.max_line:
+                self.skipping = True
+                self.skipped += 1
+                self.parts, self.size = [], 0
+            else:
+                self.parts.append(rest)
+                self.size += len(rest)
         return lines
+
+
+def clean_parsed_strings(value):
+    """A JSON value read from an agent's file made safe to keep (the API's clean_json: lone
+    surrogates become U+FFFD, non-finite numbers None), deep enough for any record."""
+    return clean_json(value, 100)
 
 
 def parse_json_lines(lines):
@@ -789,10 +830,12 @@ def parse_json_lines(lines):
             continue
         try:
             rec = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             bad += 1
             continue
         if isinstance(rec, dict):
+            if (b"\\u" if isinstance(line, bytes) else "\\u") in line:
+                rec = clean_parsed_strings(rec)
             records.append(rec)
         else:
             bad += 1
@@ -804,19 +847,46 @@ def parse_iso_ms(value):
     if not isinstance(value, str) or len(value) < 19:
         return None
     import calendar
+    if value[4] != "-" or value[7] != "-" or value[10] not in "T " or value[13] != ":" or value[16] != ":":
+        return None
     try:
-        base = time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")
-    except ValueError:
+        parts = (value[0:4], value[5:7], value[8:10], value[11:13], value[14:16], value[17:19])
+        if not all(p.isdigit() and p.isascii() for p in parts):
+            return None
+        y, mo, d, h, mi, sec = (int(p) for p in parts)
+        if not (1 <= mo <= 12 and 1 <= d <= 31 and h <= 23 and mi <= 59 and sec <= 61):
+            return None
+        base = calendar.timegm((y, mo, d, h, mi, sec))
+    except (ValueError, OverflowError):
         return None
     ms = 0
     if len(value) > 20 and value[19] == ".":
         digits = ""
-        for ch in value[20:]:
+        for ch in value[20:23]:
             if not ch.isdigit():
                 break
             digits += ch
         ms = int((digits + "000")[:3]) if digits else 0
-    return calendar.timegm(base) * 1000 + ms
+    return base * 1000 + ms
+
+
+def _epoch_ms(value):
+    """A time in ms from a file: an integer between 1970 and year 5138, else 0 (1e999, -1, "x")."""
+    ms = _int(value, 0)
+    return ms if 0 < ms < 10 ** 14 else 0
+
+
+def _text_or(value, default):
+    """A parser's text field as a str: numbers and other JSON values are shown, nothing is 'default'.
+    (Parser strings; the API's input cleaning is a separate helper.)"""
+    if value is None or value == "" or isinstance(value, (dict, list)) and not value:
+        return default
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=True)
+    except (TypeError, ValueError):
+        return default
 
 
 def _clip_title(text):
@@ -895,7 +965,8 @@ def claude_reduce(state, rec):
             state["model"] = model
         if rec.get("isApiErrorMessage"):
             texts = _content_texts(message.get("content"))
-            state.update(status="error", detail=(texts[0] if texts else rec.get("error") or "API error")[:MAX_LOG_MESSAGE])
+            detail = texts[0] if texts else rec.get("error")
+            state.update(status="error", detail=_text_or(detail, "API error")[:MAX_LOG_MESSAGE])
         elif rec.get("isAbortedMidStream"):
             state.update(status="interrupted", detail=None)
         elif message.get("stop_reason") == "end_turn":
@@ -918,7 +989,7 @@ def claude_registry_entry(data):
     if not isinstance(data, dict):
         return None
     pid, sid = data.get("pid"), data.get("sessionId")
-    if isinstance(pid, bool) or not isinstance(pid, int) or not isinstance(sid, str):
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2 ** 31 or not isinstance(sid, str):
         return None
     status = data.get("status")
     return {
@@ -927,7 +998,7 @@ def claude_registry_entry(data):
         "waitingFor": data.get("waitingFor") if isinstance(data.get("waitingFor"), str) else None,
         "name": data.get("name") if data.get("nameSource") == "user" and isinstance(data.get("name"), str) else None,
         "procStart": _int(data.get("procStart"), None),
-        "updatedAt": _int(data.get("statusUpdatedAt") or data.get("updatedAt"), 0),
+        "updatedAt": _epoch_ms(data.get("statusUpdatedAt") or data.get("updatedAt")),
         "tmux": data.get("tmux") if isinstance(data.get("tmux"), str) else None,
         "entrypoint": data.get("entrypoint"),
     }
@@ -968,7 +1039,7 @@ def codex_reduce(state, rec):
     if ts:
         state["updatedAt"] = max(state["updatedAt"], ts)
     if kind == "session_meta":
-        if isinstance(payload.get("id"), str):
+        if valid_thread_id("codex", payload.get("id")):
             state["id"] = payload["id"]
         if isinstance(payload.get("cwd"), str):
             state["cwd"] = payload["cwd"]
@@ -986,8 +1057,8 @@ def codex_reduce(state, rec):
         elif sub == "task_complete":
             err = payload.get("error")
             if err:
-                msg = err.get("message") if isinstance(err, dict) else str(err)
-                state.update(status="error", detail=(msg or "error")[:MAX_LOG_MESSAGE])
+                msg = err.get("message") if isinstance(err, dict) else err
+                state.update(status="error", detail=_text_or(msg, "error")[:MAX_LOG_MESSAGE])
             else:
                 state.update(status="done", detail=None)
         elif sub == "turn_aborted":
@@ -1011,8 +1082,8 @@ def codex_turn_status(status, error_json=None):
     detail = None
     if mapped == "error" and error_json:
         try:
-            detail = str(json.loads(error_json).get("message") or "")[:MAX_LOG_MESSAGE] or None
-        except (ValueError, AttributeError):
+            detail = _text_or(json.loads(error_json).get("message"), "")[:MAX_LOG_MESSAGE] or None
+        except (ValueError, AttributeError, TypeError):
             detail = None
     return mapped, detail
 
@@ -1123,10 +1194,10 @@ def settle_idle(old_status):
 # and is unverified against a real file.
 def amp_thread_state(data, mtime_ms=0):
     """Parse one Amp thread JSON document -> thread state, or None when it is not one."""
-    if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+    if not isinstance(data, dict) or not valid_thread_id("amp", data.get("id")):
         return None
     state = new_thread_state("amp", data["id"])
-    state["updatedAt"] = max(_int(data.get("created"), 0), mtime_ms)
+    state["updatedAt"] = max(_epoch_ms(data.get("created")), mtime_ms)
     if isinstance(data.get("title"), str) and data["title"]:
         state["customTitle"] = data["title"]
     env = data.get("env") if isinstance(data.get("env"), dict) else {}
@@ -1308,13 +1379,31 @@ CLIENT_FIELDS = (
     ("session_id", "session_id"), ("session_name", "session_name"), ("window_id", "window_id"),
     ("pane_id", "pane_id"), ("client_activity", "client_activity"),
 )
-PANES_FORMAT = "P" + FS + FS.join("#{%s}" % f for _, f in PANE_FIELDS)
-CLIENTS_FORMAT = "C" + FS + FS.join("#{%s}" % f for _, f in CLIENT_FIELDS)
+# Every field is length-prefixed ('<bytes>:<value>'; tmux's n: modifier counts bytes): a cwd or a
+# command line may hold '\n' or FS, and must neither drop a pane nor forge one.
+PANES_FORMAT = "P" + "".join("#{n:%s}:#{%s}" % (f, f) for _, f in PANE_FIELDS)
+CLIENTS_FORMAT = "C" + "".join("#{n:%s}:#{%s}" % (f, f) for _, f in CLIENT_FIELDS)
 # Evaluated inside tmux, at most once a second, reported only when it changes: this is how the
 # server learns about cwd and command changes, and about layout changes in sessions other than the
 # one its control client is attached to (%layout-change covers only that one), without polling.
-SUBSCRIPTION_FORMAT = ("#{S:#{W:#{P:#{pane_id}=#{pane_pid}=#{pane_current_command}=#{pane_current_path}"
-                       "=#{pane_width}x#{pane_height}+#{pane_left}+#{pane_top};}}}")
+# Control characters in a command or cwd become '?' (a '\n' would cut the notification line).
+_NO_CTRL = "s/[\x01-\x1f\x7f]/?/:"
+SUBSCRIPTION_FORMAT = ("#{S:#{W:#{P:#{pane_id}=#{pane_pid}=#{%spane_current_command}=#{%spane_current_path}"
+                       "=#{pane_width}x#{pane_height}+#{pane_left}+#{pane_top};}}}" % (_NO_CTRL, _NO_CTRL))
+
+
+def tmux_literal(text):
+    """A user-controlled string for a tmux argument that tmux expands as a format (new-session -s
+    and -c, split-window -c, display-message text, run-shell commands): '#' becomes '##', so
+    '#(cmd)' runs nothing and '#[fg=red]' styles nothing."""
+    return str(text).replace("#", "##")
+
+
+def tmux_arg(arg):
+    """One argv element for tmux: an argument ending in ';' would end the command there (tmux then
+    runs the rest as another command), so its ';' is escaped; a lone ';' stays the separator."""
+    arg = str(arg)
+    return arg[:-1] + "\\;" if arg.endswith(";") and arg != ";" else arg
 
 
 class TmuxError(Exception):
@@ -1323,6 +1412,46 @@ class TmuxError(Exception):
 
 class TmuxGone(TmuxError):
     """The tmux server is not running (any more)."""
+
+
+def tmux_record_format(kind, fields):
+    """A tmux -F format for one record: kind, then each field as '<bytes>:<value>'."""
+    return kind + "".join("#{n:%s}:#{%s}" % (f, f) for f in fields)
+
+
+def read_tmux_records(output, counts):
+    """Records of length-prefixed fields (PANES_FORMAT, tmux_record_format), one per line, from tmux's
+    raw output -> [(kind, [field text, ...])]. A value cannot split or forge a record; a line that is
+    not such a record is skipped whole."""
+    data = output if isinstance(output, bytes) else output.encode("utf-8", "surrogateescape")
+    out = []
+    pos, end = 0, len(data)
+    while pos < end:
+        kind = data[pos:pos + 1].decode("latin-1")
+        fields = []
+        p = pos + 1
+        if kind in counts:
+            try:
+                for _ in range(counts[kind]):
+                    colon = data.index(b":", p, p + 12)
+                    if not data[p:colon].isdigit():
+                        raise ValueError("no length")
+                    size = int(data[p:colon])
+                    if colon + 1 + size > end:
+                        raise ValueError(size)
+                    fields.append(data[colon + 1:colon + 1 + size].decode("utf-8", "replace"))
+                    p = colon + 1 + size
+                if data[p:p + 1] not in (b"\n", b""):
+                    raise ValueError("trailing bytes")
+            except ValueError:
+                fields = None
+            if fields is not None:
+                out.append((kind, fields))
+                pos = p + 1
+                continue
+        nl = data.find(b"\n", pos)
+        pos = end if nl < 0 else nl + 1
+    return out
 
 
 def parse_snapshot(output):
@@ -1334,12 +1463,8 @@ def parse_snapshot(output):
     sessions = {}
     order = []
     clients = []
-    for line in output.split("\n"):
-        if not line:
-            continue
-        parts = line.split(FS)
-        kind, values = parts[0], parts[1:]
-        if kind == "P" and len(values) == len(PANE_FIELDS):
+    for kind, values in read_tmux_records(output, {"P": len(PANE_FIELDS), "C": len(CLIENT_FIELDS)}):
+        if kind == "P":
             row = dict(zip((k for k, _ in PANE_FIELDS), values))
             sid = row["session_id"]
             s = sessions.get(sid)
@@ -1364,7 +1489,7 @@ def parse_snapshot(output):
                 "sidebarWindow": row["sidebar_window"] or None, "left": _int(row["pane_left"]),
                 "top": _int(row["pane_top"]),
             })
-        elif kind == "C" and len(values) == len(CLIENT_FIELDS):
+        elif kind == "C":
             row = dict(zip((k for k, _ in CLIENT_FIELDS), values))
             clients.append({
                 "name": row["client_name"], "tty": row["client_tty"],
@@ -1412,10 +1537,11 @@ class Tmux(object):
         self.tmux_bin = tmux_bin
 
     def argv(self, *args):
-        return [self.tmux_bin, "-S", self.socket_path] + [str(a) for a in args]
+        return [self.tmux_bin, "-S", self.socket_path] + [tmux_arg(a) for a in args]
 
     def run(self, *args, **kw):
-        """Run one tmux command (or several joined by ';'); -> stdout text. Raises TmuxError/TmuxGone."""
+        """Run one tmux command (or several joined by ';'); -> stdout text (bytes with raw=True).
+        Raises TmuxError/TmuxGone."""
         import subprocess
         timeout = kw.get("timeout", 5.0)
         try:
@@ -1426,6 +1552,8 @@ class Tmux(object):
         except subprocess.TimeoutExpired:
             raise TmuxError("tmux %s timed out" % (args[0] if args else ""))
         err = proc.stderr.decode("utf-8", "replace").strip()
+        if proc.returncode == 0 and kw.get("raw"):
+            return proc.stdout
         if proc.returncode != 0:
             if ("no server running" in err or "error connecting to" in err
                     or "No such file or directory" in err and self.socket_path in err):
@@ -1444,7 +1572,7 @@ class Tmux(object):
 
     def snapshot(self):
         """One tmux process for the whole state: all panes plus all clients."""
-        out = self.run("list-panes", "-a", "-F", PANES_FORMAT, ";", "list-clients", "-F", CLIENTS_FORMAT)
+        out = self.run("list-panes", "-a", "-F", PANES_FORMAT, ";", "list-clients", "-F", CLIENTS_FORMAT, raw=True)
         return parse_snapshot(out)
 
     def control_argv(self):
@@ -1913,6 +2041,12 @@ DIR_EVENTS = IN_MODIFY | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM 
 TAIL_BYTES = 128 * 1024  # cold start reads at most this much of a transcript's end
 HEAD_BYTES = 32 * 1024  # ... and this much of its start (for the first prompt)
 READ_CHUNK = 1024 * 1024
+MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer line (no agent writes one) is skipped, never held whole
+READ_BUDGET = 4 * 1024 * 1024  # one loop turn reads at most this much of one file; the rest comes next turn
+
+
+def _raise(error):
+    raise error
 
 
 class Inotify(object):
@@ -1965,16 +2099,22 @@ class FileTail(object):
     """Follows one append-only file by byte offset: parses only appended bytes, holds a partial
     last line, and notices truncation and replacement (inode change)."""
 
-    def __init__(self, path):
+    def __init__(self, path, max_line=MAX_LINE_BYTES, budget=READ_BUDGET):
         self.path = path
         self.inode = None
         self.offset = 0
-        self.buf = LineBuffer()
+        self.max_line = max_line
+        self.budget = budget
+        self.buf = LineBuffer(max_line)
         self.bytes_read = 0
+        self.skipped_lines = 0  # lines over max_line (also those of earlier buffers)
+        self.more = False  # the last read stopped at its budget: call read() again soon
 
     def read(self, cold_tail=None):
         """-> (lines, reset). reset is True when the file was replaced or truncated (start over).
-        On the first read with cold_tail, only the last cold_tail bytes are read."""
+        On the first read with cold_tail, only the last cold_tail bytes are read. One read takes at
+        most `budget` bytes (self.more tells that there is more); a line over max_line is skipped."""
+        self.more = False
         try:
             st = os.stat(self.path)
         except OSError:
@@ -1985,7 +2125,7 @@ class FileTail(object):
             reset = self.inode is not None
             first = self.inode is None
             self.inode = st.st_ino
-            self.buf = LineBuffer()
+            self.buf = LineBuffer(self.max_line)
             self.offset = 0
             if first and cold_tail and st.st_size > cold_tail:
                 self.offset = st.st_size - cold_tail
@@ -1993,13 +2133,19 @@ class FileTail(object):
         if st.st_size == self.offset:
             return [], reset
         lines = []
+        left = self.budget
+        skipped_before = self.buf.skipped
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 while True:
-                    chunk = f.read(READ_CHUNK)
+                    if left <= 0:
+                        self.more = True
+                        break
+                    chunk = f.read(min(READ_CHUNK, left))
                     if not chunk:
                         break
+                    left -= len(chunk)
                     self.offset += len(chunk)
                     self.bytes_read += len(chunk)
                     if skip_partial:
@@ -2011,6 +2157,7 @@ class FileTail(object):
                     lines.extend(self.buf.feed(chunk))
         except OSError:
             pass
+        self.skipped_lines += self.buf.skipped - skipped_before
         return lines, reset
 
 
@@ -2091,6 +2238,7 @@ class AgentWatchers(object):
         self.pending_dirs = {}  # missing dir -> handler (watched through an existing parent)
         self.tails = {}  # path -> FileTail
         self.states = {}  # path -> thread state
+        self.state_paths = {}  # (agent, thread id) -> the first path read for it (no scan of states per file)
         self.claude_registry = {}  # pid -> registry entry
         self.claude_reg_files = {}  # registry file -> pid
         self.codex_names = {}
@@ -2100,6 +2248,10 @@ class AgentWatchers(object):
         self.oc_error_logged = False
         self.amp_mtimes = {}
         self.bad_records = 0
+        self.long_lines = 0  # lines over MAX_LINE_BYTES, skipped unread
+        self._logged_bad = set()
+        self._oc_bad_rows = set()
+        self._more_pending = set()
         self._stat_cache = {}  # polled dir -> {name: (mtime_ns, size, inode, is_dir)}
 
     # -- setup -----------------------------------------------------------------------------------
@@ -2123,14 +2275,32 @@ class AgentWatchers(object):
         self.cold_start()
 
     def cold_start(self):
-        self._scan_claude_registry()
-        self._scan_claude_projects()
-        self._read_codex_index()
-        self._read_codex_names_db()
-        self._scan_codex_sessions()
-        self._codex_turns_fallback()
-        self._query_opencode()
-        self._scan_amp()
+        for step in (self._scan_claude_registry, self._scan_claude_projects, self._read_codex_index,
+                     self._read_codex_names_db, self._scan_codex_sessions, self._codex_turns_fallback,
+                     self._query_opencode, self._scan_amp):
+            self._guarded(step.__name__, step)
+
+    def _guarded(self, what, fn, *args):
+        """Read one file, row or directory under its own guard: what no parser expected is skipped
+        and counted (/health skippedRecords), logged once, and the rest is read."""
+        try:
+            return fn(*args)
+        except Exception as e:
+            self.bad_records += 1
+            if what not in self._logged_bad and len(self._logged_bad) < 200:
+                self._logged_bad.add(what)
+                log("skipped %s (%s: %s)" % (what, type(e).__name__, str(e)[:200]))
+            return None
+
+    def _listdir(self, path):
+        """Sorted entries of a directory; an unreadable one (left by `sudo codex`) is skipped and counted."""
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            self._guarded(path, _raise, e)
+            return []
 
     def _codex_turns_fallback(self):
         """A rollout read from its tail may not reach back to its turn's task_started (a long turn):
@@ -2154,7 +2324,7 @@ class AgentWatchers(object):
             status, detail = codex_turn_status(row["status"], row["error_json"])
             if status:
                 self.states[path].update(status=status, detail=detail, turns=1)
-                self._apply_codex(path)
+                self._guarded(path, self._apply_codex, path)
 
     def watch_dir(self, path, handler):
         """Watch a directory; a missing one is watched for through its nearest existing parent."""
@@ -2214,11 +2384,7 @@ class AgentWatchers(object):
                 if self.watched_dirs.get(directory) == wd:
                     del self.watched_dirs[directory]
                 continue
-            try:
-                handler(directory, name or None, mask)
-            except Exception:
-                import traceback
-                log("watcher failed on %s/%s:\n%s" % (directory, name, traceback.format_exc()))
+            self._guarded("%s/%s" % (directory, name or ""), handler, directory, name or None, mask)
             changed = True
         if changed:
             self.server.after_watchers()
@@ -2233,15 +2399,12 @@ class AgentWatchers(object):
 
     def _poll(self):
         """One stat scan of the polled directories, reported as inotify would (created, modified,
-        deleted). A failing handler is logged and the scan goes on; the next scan is always due."""
+        deleted). A failing handler is counted and logged (_guarded) and the scan goes on; the next scan
+        is always due."""
         try:
             for directory, handler in list(self.polled_dirs.items()):
                 for name, mask in self._poll_changes(directory):
-                    try:
-                        handler(directory, name, mask)
-                    except Exception:
-                        import traceback
-                        log("watcher failed on %s/%s:\n%s" % (directory, name, traceback.format_exc()))
+                    self._guarded(os.path.join(directory, name), handler, directory, name, mask)
             self.server.after_watchers()
         except Exception:
             import traceback
@@ -2281,7 +2444,7 @@ class AgentWatchers(object):
     def _scan_claude_registry(self):
         d = os.path.join(self.paths["claude"], "sessions")
         for name in listdir(d, ".json"):
-            self._read_claude_registry_file(os.path.join(d, name))
+            self._guarded(os.path.join(d, name), self._read_claude_registry_file, os.path.join(d, name))
 
     def _on_claude_registry_dir(self, directory, name, mask):
         if name is None:
@@ -2305,8 +2468,8 @@ class AgentWatchers(object):
     def _read_claude_registry_file(self, path):
         try:
             with open(path, "rb") as f:
-                entry = claude_registry_entry(json.loads(f.read().decode("utf-8")))
-        except (OSError, ValueError, UnicodeDecodeError):
+                entry = claude_registry_entry(clean_parsed_strings(json.loads(f.read(MAX_LINE_BYTES).decode("utf-8"))))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             return  # half-written: the next event re-reads it
         if entry is None:
             return
@@ -2320,10 +2483,7 @@ class AgentWatchers(object):
             p = os.path.join(projects, claude_project_dir_name(cwd), session_id + ".jsonl")
             if os.path.exists(p):
                 return p
-        for path, st in self.states.items():
-            if st["agent"] == "claude" and st["id"] == session_id:
-                return path
-        return None
+        return self.state_paths.get(("claude", session_id))
 
     def _scan_claude_projects(self):
         projects = os.path.join(self.paths["claude"], "projects")
@@ -2334,7 +2494,7 @@ class AgentWatchers(object):
                 for name in listdir(full, ".jsonl"):
                     path = os.path.join(full, name)
                     if path not in self.tails and self._recent(path):
-                        self._read_claude_transcript(path)
+                        self._guarded(path, self._read_claude_transcript, path)
 
     def _on_claude_projects_dir(self, directory, name, mask):
         if name is None:
@@ -2343,7 +2503,7 @@ class AgentWatchers(object):
         if os.path.isdir(full):
             self.watch_dir(full, self._on_claude_project)
             for n in listdir(full, ".jsonl"):
-                self._read_claude_transcript(os.path.join(full, n))
+                self._guarded(os.path.join(full, n), self._read_claude_transcript, os.path.join(full, n))
 
     def _on_claude_project(self, directory, name, mask):
         if name and name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
@@ -2356,10 +2516,16 @@ class AgentWatchers(object):
         cold = tail is None
         if cold:
             tail = self.tails[path] = FileTail(path)
+        long_before = tail.skipped_lines
         lines, reset = tail.read(cold_tail=TAIL_BYTES)
+        if tail.skipped_lines != long_before:
+            self._count_long_lines(path, tail.skipped_lines - long_before)
+        if tail.more:
+            self._read_more_later(path, agent)
         state = self.states.get(path)
         if state is None or reset:
             state = self.states[path] = new_thread_state(agent, tid)
+            self.state_paths.setdefault((agent, tid), path)
             if cold and tail.offset > TAIL_BYTES:
                 head = new_thread_state(agent, tid)
                 for rec in parse_json_lines(read_head_lines(path))[0]:
@@ -2371,6 +2537,27 @@ class AgentWatchers(object):
         for rec in records:
             reducer(state, rec)
         return state, records
+
+    def _count_long_lines(self, path, n):
+        self.long_lines += n
+        self.bad_records += n
+        if len(self._logged_bad) < 200 and ("long", path) not in self._logged_bad:
+            self._logged_bad.add(("long", path))
+            log("skipped a line over %d MB in %s (and count them from now on)" % (MAX_LINE_BYTES >> 20, path))
+
+    def _read_more_later(self, path, agent):
+        """A file read stopped at its budget: the rest is read on a later loop turn, so HTTP and
+        tmux events are served in between (a 400 MB append takes many short turns, not one long one)."""
+        if path in self._more_pending:
+            return
+        self._more_pending.add(path)
+        reader = self._read_claude_transcript if agent == "claude" else self._read_codex_rollout
+        self.server.loop.call_later(0.0, self._read_more, path, reader)
+
+    def _read_more(self, path, reader):
+        self._more_pending.discard(path)
+        self._guarded(path, reader, path)
+        self.server.after_watchers()
 
     def _read_claude_transcript(self, path):
         sid = os.path.basename(path)[:-6]
@@ -2421,7 +2608,14 @@ class AgentWatchers(object):
         path = os.path.join(self.paths["codex"], "session_index.jsonl")
         if self.codex_index_tail is None:
             self.codex_index_tail = FileTail(path)
-        lines, _ = self.codex_index_tail.read()
+        tail = self.codex_index_tail
+        long_before = tail.skipped_lines
+        lines, _ = tail.read()
+        if tail.skipped_lines != long_before:
+            self._count_long_lines(path, tail.skipped_lines - long_before)
+        if tail.more and path not in self._more_pending:
+            self._more_pending.add(path)
+            self.server.loop.call_later(0.0, self._read_more, path, lambda _path: self._read_codex_index())
         records, bad = parse_json_lines(lines)
         self.bad_records += bad
         names = parse_codex_session_index(records)
@@ -2448,30 +2642,27 @@ class AgentWatchers(object):
 
     def _scan_codex_sessions(self):
         root = os.path.join(self.paths["codex"], "sessions")
-        try:
-            years = sorted(os.listdir(root))
-        except OSError:
-            return
+        years = self._listdir(root)
         horizon = time.strftime("%Y/%m/%d", time.localtime(self.clock() - self.recent_s - 86400))
         for y in years:
             ydir = os.path.join(root, y)
             if not os.path.isdir(ydir):
                 continue
             self.watch_dir(ydir, self._on_codex_tree)
-            for m in sorted(os.listdir(ydir)):
+            for m in self._listdir(ydir):
                 mdir = os.path.join(ydir, m)
                 if not os.path.isdir(mdir) or "%s/%s/99" % (y, m) < horizon:
                     continue
                 self.watch_dir(mdir, self._on_codex_tree)
-                for d in sorted(os.listdir(mdir)):
+                for d in self._listdir(mdir):
                     ddir = os.path.join(mdir, d)
                     if not os.path.isdir(ddir) or "%s/%s/%s" % (y, m, d) < horizon:
                         continue
                     self.watch_dir(ddir, self._on_codex_tree)
-                    for name in os.listdir(ddir):
+                    for name in self._listdir(ddir):
                         path = os.path.join(ddir, name)
                         if codex_id_from_path(path) and path not in self.tails and self._recent(path):
-                            self._read_codex_rollout(path)
+                            self._guarded(path, self._read_codex_rollout, path)
 
     def _on_codex_tree(self, directory, name, mask):
         if name is None:
@@ -2479,8 +2670,8 @@ class AgentWatchers(object):
         path = os.path.join(directory, name)
         if mask & IN_ISDIR or os.path.isdir(path):
             self.watch_dir(path, self._on_codex_tree)
-            for sub in sorted(os.listdir(path)) if os.path.isdir(path) else ():
-                self._on_codex_tree(path, sub, IN_CREATE)
+            for sub in self._listdir(path) if os.path.isdir(path) else ():
+                self._guarded(os.path.join(path, sub), self._on_codex_tree, path, sub, IN_CREATE)
         elif codex_id_from_path(path) and not mask & (IN_DELETE | IN_MOVED_FROM):
             self._read_codex_rollout(path)
 
@@ -2539,19 +2730,9 @@ class AgentWatchers(object):
                     "WHERE time_updated > ? ORDER BY time_updated", (since,)).fetchall()
                 updates = []
                 for s in sessions:
-                    msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "
-                                       "ORDER BY time_created DESC, id DESC LIMIT 1", (s["id"],)).fetchone()
-                    running_tool = False
-                    data = None
-                    if msg is not None:
-                        try:
-                            data = json.loads(msg["data"])
-                        except ValueError:
-                            self.bad_records += 1
-                        running_tool = conn.execute(
-                            "SELECT 1 FROM part WHERE message_id = ? AND data LIKE '%\"status\":\"running\"%' LIMIT 1",
-                            (msg["id"],)).fetchone() is not None
-                    updates.append((s, data, running_tool))
+                    row = self._guarded("opencode session %r" % (s["id"],), self._opencode_row, conn, s)
+                    if row is not None:
+                        updates.append(row)
             finally:
                 conn.close()
         except sqlite3.Error as e:
@@ -2561,26 +2742,58 @@ class AgentWatchers(object):
             return
         self.oc_error_logged = False
         for s, data, running_tool in updates:
-            self.oc_last = max(self.oc_last, s["time_updated"] or 0)
-            status, detail = opencode_status(data, running_tool)
-            model = None
+            self._guarded("opencode session %r" % (s["id"],), self._apply_opencode, s, data, running_tool)
+
+    def _opencode_row(self, conn, s):
+        """One session row -> (row, newest message data, running tool), or None for an odd row
+        (counted once): time_updated not a number, id not text."""
+        import sqlite3
+        if not valid_thread_id("opencode", s["id"]) or isinstance(s["time_updated"], bool) \
+                or not isinstance(s["time_updated"], int):
+            if s["id"] not in self._oc_bad_rows and len(self._oc_bad_rows) < 10000:
+                self._oc_bad_rows.add(s["id"])
+                self.bad_records += 1
+            return None
+        msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "
+                           "ORDER BY time_created DESC, id DESC LIMIT 1", (s["id"],)).fetchone()
+        running_tool = False
+        data = None
+        if msg is not None:
             try:
-                m = json.loads(s["model"]) if s["model"] else None
-                if isinstance(m, dict):
-                    model = m.get("id") or m.get("modelID")
-            except (ValueError, TypeError):
-                pass
-            if isinstance(data, dict) and data.get("modelID"):
-                model = data["modelID"]
-            current = self.server.store.threads.get(("opencode", s["id"]))
-            attempt = None
-            if current is not None and current.source == "plugin" and current.status in ("waiting", "retry") \
-                    and status == "running":  # the DB cannot see these; the plugin can
-                status, detail, attempt = current.status, current.detail, current.attempt
-            self.server.apply_thread_update(
-                "opencode", s["id"], status=status, detail=detail, attempt=attempt, title=_clip_title(s["title"] or ""),
-                cwd=s["directory"], model=model, updated_at=s["time_updated"], hidden=bool(s["parent_id"]),
-                source=current.source if current is not None and current.source == "plugin" else "file")
+                data = clean_parsed_strings(json.loads(msg["data"]))
+            except (ValueError, TypeError, RecursionError):  # not JSON, NULL, a blob
+                self.bad_records += 1
+            try:
+                running_tool = conn.execute(
+                    "SELECT 1 FROM part WHERE message_id = ? AND data LIKE '%\"status\":\"running\"%' LIMIT 1",
+                    (msg["id"],)).fetchone() is not None
+            except sqlite3.InterfaceError:
+                running_tool = False
+        return s, data, running_tool
+
+    def _apply_opencode(self, s, data, running_tool):
+        self.oc_last = max(self.oc_last, s["time_updated"])
+        status, detail = opencode_status(data, running_tool)
+        model = None
+        try:
+            m = json.loads(s["model"]) if s["model"] else None
+            if isinstance(m, dict) and isinstance(m.get("id") or m.get("modelID"), str):
+                model = m.get("id") or m.get("modelID")
+        except (ValueError, TypeError, RecursionError):
+            pass
+        if isinstance(data, dict) and isinstance(data.get("modelID"), str) and data["modelID"]:
+            model = data["modelID"]
+        current = self.server.store.threads.get(("opencode", s["id"]))
+        attempt = None
+        if current is not None and current.source == "plugin" and current.status in ("waiting", "retry") \
+                and status == "running":  # the DB cannot see these; the plugin can
+            status, detail, attempt = current.status, current.detail, current.attempt
+        self.server.apply_thread_update(
+            "opencode", s["id"], status=status, detail=detail, attempt=attempt,
+            title=_clip_title(clean_str(s["title"]) if isinstance(s["title"], str) else ""),
+            cwd=clean_str(s["directory"]) if isinstance(s["directory"], str) else None,
+            model=model, updated_at=s["time_updated"], hidden=bool(s["parent_id"]),
+            source=current.source if current is not None and current.source == "plugin" else "file")
 
     # -- Amp (format unverified, see amp_thread_state) -----------------------------------------------
     def _scan_amp(self):
@@ -2588,7 +2801,7 @@ class AgentWatchers(object):
         for name in listdir(d, ".json"):
             path = os.path.join(d, name)
             if self._recent(path):
-                self._read_amp(path)
+                self._guarded(path, self._read_amp, path)
 
     def _on_amp_dir(self, directory, name, mask):
         if name is None:
@@ -2601,9 +2814,11 @@ class AgentWatchers(object):
             st = os.stat(path)
             if self.amp_mtimes.get(path) == (st.st_mtime_ns, st.st_size):
                 return
+            if st.st_size > MAX_LINE_BYTES:
+                raise ValueError("%d bytes, over the %d-byte cap" % (st.st_size, MAX_LINE_BYTES))
             with open(path, "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
+                data = clean_parsed_strings(json.loads(f.read().decode("utf-8")))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             self.bad_records += 1
             return  # half-written (Amp rewrites the whole file): the next event re-reads it
         self.amp_mtimes[path] = (st.st_mtime_ns, st.st_size)
@@ -2690,12 +2905,31 @@ CLAUDE_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", 
 CODEX_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "PermissionRequest")
 
 
-def _is_our_hook(hook, agent):
+def _is_our_hook(hook, agent, commands=()):
+    """Our hook: a command we installed (the current one, or one recorded when installing), or one of
+    the exact shape `[python [-S]] …/opensessions[.py|.pyz] hook AGENT`. A user's hook whose command
+    merely mentions opensessions ('notify opensessions hook claude', a wrapper script) is not ours."""
+    import shlex
     cmd = hook.get("command") if isinstance(hook, dict) else None
-    return isinstance(cmd, str) and "opensessions" in cmd and cmd.rstrip().endswith(" hook " + agent)
+    if not isinstance(cmd, str):
+        return False
+    if cmd in commands:
+        return True
+    try:
+        tokens = shlex.split(cmd)
+    except ValueError:
+        return False
+    if len(tokens) < 3 or tokens[-2:] != ["hook", agent]:
+        return False
+    prog, prefix = tokens[-3], tokens[:-3]
+    if not re.match(r"^opensessions(\.pyz?)?$", os.path.basename(prog)):
+        return False
+    if prefix and not re.match(r"^python[0-9.]*$", os.path.basename(prefix[0])):
+        return False
+    return prefix[1:] in ([], ["-S"])
 
 
-def hooks_install(config, agent, events, command):
+def hooks_install(config, agent, events, command, commands=()):
     """Add our hook to each event of a Claude/Codex-format hook config (a dict); keep every other
     entry. Idempotent. Returns the new config (the input is not changed)."""
     import copy
@@ -2703,47 +2937,83 @@ def hooks_install(config, agent, events, command):
     hooks = config.setdefault("hooks", {})
     if not isinstance(hooks, dict):
         raise OpensessionsError("'hooks' in the config is not an object; not touching it")
-    config = hooks_uninstall(config, agent)
+    for event in events:
+        if not isinstance(hooks.get(event, []), list):
+            raise OpensessionsError("hooks.%s is not a list; not touching it" % event)
+    config = hooks_uninstall(config, agent, tuple(commands) + (command,), keep_emptied=events)
     hooks = config.setdefault("hooks", {})
     for event in events:
-        groups = hooks.setdefault(event, [])
-        if not isinstance(groups, list):
-            raise OpensessionsError("hooks.%s is not a list; not touching it" % event)
-        groups.append({"hooks": [{"type": "command", "command": command, "timeout": 5}]})
+        hooks.setdefault(event, []).append({"hooks": [{"type": "command", "command": command, "timeout": 5}]})
     return config
 
 
-def hooks_uninstall(config, agent):
-    """Remove our hooks (and only ours) from a hook config; drop groups and events left empty."""
+def hooks_uninstall(config, agent, commands=(), created=None, keep_emptied=()):
+    """Remove our hooks (and only ours) from a hook config. A group that held only ours goes; an event
+    list (or 'hooks') that we emptied goes unless the user had it before we added to it: `created`
+    (what install recorded: {"events": [...], "hooks": bool}) tells, when known. Whatever we did not
+    touch stays as it was, empty lists included."""
     import copy
     config = copy.deepcopy(config) if config else {}
     hooks = config.get("hooks")
     if not isinstance(hooks, dict):
         return config
+    touched = False
     for event in list(hooks):
         groups = hooks[event]
         if not isinstance(groups, list):
             continue
-        kept = []
+        kept, removed = [], False
         for g in groups:
             if isinstance(g, dict) and isinstance(g.get("hooks"), list):
-                inner = [h for h in g["hooks"] if not _is_our_hook(h, agent)]
-                if not inner and g["hooks"]:
-                    continue
-                g = dict(g, hooks=inner)
+                inner = [h for h in g["hooks"] if not _is_our_hook(h, agent, commands)]
+                if len(inner) != len(g["hooks"]):
+                    removed = True
+                    if not inner:
+                        continue
+                    g = dict(g, hooks=inner)
             kept.append(g)
-        if kept:
+        touched = touched or removed
+        users_list = created is not None and event not in (created.get("events") or ())
+        if kept or not removed or users_list or event in keep_emptied:
             hooks[event] = kept
         else:
             del hooks[event]
-    if not hooks:
+    if not hooks and touched and not keep_emptied and (created is None or created.get("hooks")):
         del config["hooks"]
     return config
 
 
+def _write_config(path, text):
+    """Write a user's config file atomically, keeping its mode, and through a symlink to its target
+    (the link stays a link). A new file gets 0644."""
+    real = os.path.realpath(path)
+    try:
+        mode = os.stat(real).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o644
+    directory = os.path.dirname(real)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(real), os.getpid()))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # exactly the file's mode, whatever the umask
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, real)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def _edit_json_config(path, change):
-    """Read a JSON config, apply change(dict) -> dict, back it up and write it atomically.
-    A file that is not valid JSON is refused and left untouched. -> True if it changed."""
+    """Read a JSON config, apply change(dict) -> dict, back it up and write it atomically (its mode
+    kept, a symlink written through). A file that is not valid JSON is refused and left untouched.
+    -> True if it changed."""
     existing = None
     raw = None
     if os.path.exists(path):
@@ -2751,50 +3021,137 @@ def _edit_json_config(path, change):
             raw = f.read()
         try:
             existing = json.loads(raw.decode("utf-8")) if raw.strip() else {}
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise OpensessionsError("%s is not valid JSON (%s); fix it first, it was not changed" % (path, e))
         if not isinstance(existing, dict):
             raise OpensessionsError("%s does not hold a JSON object; it was not changed" % path)
     new = change(existing or {})
     if existing is not None and new == existing:
         return False
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     if raw is not None:
         atomic_write(path + ".opensessions.bak", raw)
-    if not new and existing is not None and not raw.strip():
-        return False
-    atomic_write(path, json.dumps(new, indent=2, ensure_ascii=False) + "\n", mode=0o644)
+    _write_config(path, json.dumps(new, indent=2, ensure_ascii=False) + "\n")
     return True
 
 
+def _install_ledger_path(environ=None):
+    return os.path.join(state_dir(environ), "installed.json")
+
+
+def _read_install_ledger(environ=None):
+    """What install added where ({real path: {"commands", "events", "hooks", "createdFile"}}), so
+    uninstall removes only that."""
+    try:
+        with open(_install_ledger_path(environ), "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+
+
+def _write_install_ledger(ledger, environ=None):
+    path = _install_ledger_path(environ)
+    if not ledger:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return
+    ensure_private_dir(os.path.dirname(path))
+    atomic_write(path, json.dumps(ledger, indent=1, sort_keys=True))
+
+
+def _install_hooks_file(path, agent, events, command, ledger):
+    real = os.path.realpath(path)
+    entry = dict(ledger.get(real) or {})
+    created_file = not os.path.exists(path)
+
+    def change(config):
+        hooks = config.get("hooks") if isinstance(config.get("hooks"), dict) else None
+        if not entry:
+            entry.update(createdFile=created_file, hooks=hooks is None,
+                         events=[e for e in events if hooks is None or e not in hooks], commands=[])
+        return hooks_install(config, agent, events, command, entry.get("commands") or ())
+    changed = _edit_json_config(path, change)
+    if command not in (entry.get("commands") or []):
+        entry["commands"] = (entry.get("commands") or []) + [command]
+    ledger[real] = entry
+    return changed
+
+
+def _uninstall_hooks_file(path, agent, command, ledger):
+    """-> list of what was done."""
+    real = os.path.realpath(path)
+    entry = ledger.get(real)
+    done = []
+    if os.path.exists(path):
+        commands = tuple((entry or {}).get("commands") or ()) + (command,)
+        if _edit_json_config(path, lambda c: hooks_uninstall(c, agent, commands, created=entry)):
+            done.append("removed %s hooks from %s" % (agent, path))
+        if entry and entry.get("createdFile") and read_json_file(path, None) == {}:
+            os.unlink(path)
+            for extra in (path + ".opensessions.bak",):
+                try:
+                    os.unlink(extra)
+                except OSError:
+                    pass
+            done.append("deleted %s (install had created it; it is empty now)" % path)
+    ledger.pop(real, None)
+    return done
+
+
 def install_agents(command_prefix, environ=None, uninstall=False):
-    """Add (or remove) our Claude and Codex hooks and the OpenCode plugin. -> list of messages."""
+    """Add (or remove) our Claude and Codex hooks and the OpenCode plugin. -> list of messages.
+    A step that fails stops there with an error that says what was already changed."""
     paths = agent_paths(environ)
     done = []
+    ledger = _read_install_ledger(environ)
+    plugin = os.path.join(paths["opencode_config"], "plugins", OPENCODE_PLUGIN_NAME)
+    steps = []
     for agent, path, events in (("claude", os.path.join(paths["claude"], "settings.json"), CLAUDE_HOOK_EVENTS),
                                 ("codex", os.path.join(paths["codex"], "hooks.json"), CODEX_HOOK_EVENTS)):
-        if uninstall:
-            if os.path.exists(path) and _edit_json_config(path, lambda c: hooks_uninstall(c, agent)):
-                done.append("removed %s hooks from %s" % (agent, path))
-        else:
+        steps.append(("%s hooks in %s" % (agent, path), agent, path, events))
+    steps.append(("the OpenCode plugin %s" % plugin, "opencode", plugin, ()))
+    try:
+        for what, agent, path, events in steps:
             command = command_prefix + " hook " + agent
-            if _edit_json_config(path, lambda c: hooks_install(c, agent, events, command)):
-                done.append("installed %s hooks in %s" % (agent, path))
-    plugin = os.path.join(paths["opencode_config"], "plugins", OPENCODE_PLUGIN_NAME)
-    if uninstall:
-        if os.path.exists(plugin):
-            os.unlink(plugin)
-            done.append("removed the OpenCode plugin %s" % plugin)
-    else:
-        current = None
-        if os.path.exists(plugin):
-            with open(plugin, "r", encoding="utf-8") as f:
-                current = f.read()
-        if current != OPENCODE_PLUGIN:
-            os.makedirs(os.path.dirname(plugin), exist_ok=True)
-            atomic_write(plugin, OPENCODE_PLUGIN, mode=0o644)
-            done.append("installed the OpenCode plugin %s" % plugin)
+            try:
+                if agent == "opencode":
+                    done.extend(_plugin_step(plugin, uninstall))
+                elif uninstall:
+                    done.extend(_uninstall_hooks_file(path, agent, command, ledger))
+                elif _install_hooks_file(path, agent, events, command, ledger):
+                    done.append("installed %s hooks in %s" % (agent, path))
+            except (OpensessionsError, OSError) as e:
+                left = [w for w, _, _, _ in steps[steps.index((what, agent, path, events)) + 1:]]
+                raise OpensessionsError(
+                    "%s %s failed: %s\nchanged before that: %s%s" % (
+                        "removing" if uninstall else "installing", what, e,
+                        "; ".join(done) if done else "nothing",
+                        "\nnot done: %s" % "; ".join(left) if left else ""))
+    finally:
+        try:
+            _write_install_ledger(ledger, environ)
+        except (OSError, OpensessionsError) as e:
+            log("cannot record what install changed (%s)" % e)
     return done
+
+
+def _plugin_step(plugin, uninstall):
+    if uninstall:
+        if os.path.lexists(plugin):
+            os.unlink(plugin)
+            return ["removed the OpenCode plugin %s" % plugin]
+        return []
+    current = None
+    if os.path.exists(plugin):
+        with open(plugin, "r", encoding="utf-8", errors="replace") as f:
+            current = f.read()
+    if current == OPENCODE_PLUGIN:
+        return []
+    os.makedirs(os.path.dirname(plugin), exist_ok=True)
+    atomic_write(plugin, OPENCODE_PLUGIN, mode=0o644)
+    return ["installed the OpenCode plugin %s" % plugin]
 
 ##############################################################################
 # Server: event loop, state store, HTTP handlers, runtime file and lock
@@ -4083,6 +4440,7 @@ def health_json(server):
         "ok": True, "version": __version__, "pid": os.getpid(),
         "threads": len(server.store.threads),
         "skippedRecords": watchers.bad_records if watchers is not None else 0,
+        "skippedLongLines": watchers.long_lines if watchers is not None else 0,
         "inotify": bool(watchers is not None and watchers.inotify is not None),
         "connections": getattr(httpd, "active", 0), "streams": getattr(httpd, "streams", 0)}).encode()
 
@@ -4539,7 +4897,7 @@ class Notifier(object):
         for c in clients:
             if cmds:
                 cmds.append(";")
-            cmds += ["display-message", "-c", c["name"], "-d", "5000", text.replace("#", "##")]
+            cmds += ["display-message", "-c", c["name"], "-d", "5000", tmux_literal(text)]
         self._spawn("tmux", self.server.tmux.argv(*cmds), title, body)
 
     def _desktop(self, title, body, status, panes):
@@ -4580,6 +4938,16 @@ class Notifier(object):
         self.sent.append((self.clock(), "bell", title, body))
 
 
+_PLAIN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def tmux_safe_thread_id(agent, thread_id):
+    """A thread id may go into a tmux option or message: an agent's real id shape, or (an id that
+    came through the API for another agent or a test) plain letters, digits, '_', '.', '-' only.
+    Never '#' (a '#[fg=…]' would style the status line) nor ';' nor a control character."""
+    return valid_thread_id(agent, thread_id) or bool(isinstance(thread_id, str) and _PLAIN_ID_RE.match(thread_id))
+
+
 def status_summary(state, charset="unicode"):
     """The status-line options from a /state document: {option: value}. Pure.
 
@@ -4600,7 +4968,7 @@ def status_summary(state, charset="unicode"):
             if t.get("unseen"):
                 unseen += 1
             wid = pane_window.get(t.get("pane"))
-            if wid and t.get("alive"):
+            if wid and t.get("alive") and tmux_safe_thread_id(t["agent"], t["id"]):
                 att = thread_attention(Thread(t["agent"], t["id"], status=t["status"], unseen=t.get("unseen")))
                 prev = windows.get(wid)
                 if prev is None or ATTENTION_ORDER.index(att) < ATTENTION_ORDER.index(prev[0]):
@@ -5064,6 +5432,9 @@ class Resurrect(object):
                 self._panes.append({"session": parts[1], "window": _int(parts[2]), "paneIndex": _int(parts[3]),
                                     "pane": parts[4], "pid": _int(parts[5]), "cwd": parts[6],
                                     "command": parts[7]})
+            elif line.strip():
+                self.log("save: skipped a pane line that does not parse (a control character in a cwd or "
+                         "command?): %r" % line[:300])
 
     # -- save --------------------------------------------------------------------------------
     def panes(self):
@@ -6798,7 +7169,7 @@ class SidebarApp(object):
                 if not os.path.isdir(directory):
                     self.model.message = "no such directory: %s" % directory
                     return None
-                self.tmux.run("new-session", "-d", "-s", action[1], "-c", directory)
+                self.tmux.run("new-session", "-d", "-s", tmux_literal(action[1]), "-c", tmux_literal(directory))
                 self._switch("=" + action[1])
             elif kind == "open":
                 import shutil
@@ -6894,7 +7265,8 @@ class SidebarPanes(object):
                     if len(s["windows"]) > 1:
                         tmux.run("kill-window", "-t", w["id"])
                     else:
-                        tmux.run("split-window", "-h", "-t", sidebars[0]["id"], "-c", s.get("dir") or home_dir())
+                        tmux.run("split-window", "-h", "-t", sidebars[0]["id"], "-c",
+                                 tmux_literal(s.get("dir") or home_dir()))
                         self._place(sidebars[0]["id"], ui)
                     changed = True
                     continue
@@ -6937,7 +7309,7 @@ class SidebarPanes(object):
 
     def _split(self, target, window_id, ui, cwd):
         out = self.server.tmux.run("split-window", *(self._flags(ui) + [
-            "-t", target, "-c", cwd or home_dir(), "-P", "-F", "#{pane_id}", self.command]))
+            "-t", target, "-c", tmux_literal(cwd or home_dir()), "-P", "-F", "#{pane_id}", self.command]))
         pane = out.strip()
         if pane:
             self._mark(pane, window_id)
@@ -7578,7 +7950,7 @@ def tmux_bindings(me, options):
     Every command runs with --display: what it says goes to the status line (display-message),
     so tmux never opens its view mode over a pane."""
     def run(cmd):
-        return ("run-shell", "-b", me + " " + cmd + " --display")
+        return ("run-shell", "-b", tmux_literal(me) + " " + cmd + " --display")  # run-shell expands formats
     key = options.get("@opensessions-key") or "o"
     out = [("prefix", key, "switch-client", "-T", KEY_TABLE),
            (KEY_TABLE, "s", ) + run("focus -w '#{window_id}'"),

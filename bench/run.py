@@ -460,6 +460,84 @@ def bench_cold_start(res, quick):
     return out
 
 
+def bench_cold_start_many(res, quick):
+    """Cold start with 20,000 recent Claude transcripts (issue 11: was 22.5 s, one scan of every
+    thread per file)."""
+    n = 2000 if quick else 20000
+    w = World(1, claude=0, codex=0)
+    try:
+        for i in range(n):
+            sid = str(uuid.uuid4())
+            with open(os.path.join(w.proj, sid + ".jsonl"), "w") as f:
+                for rec in CLAUDE_RECS[:6]:
+                    r = dict(rec)
+                    if "sessionId" in r:
+                        r["sessionId"] = sid
+                    if "cwd" in r:
+                        r["cwd"] = w.cwd
+                    f.write(json.dumps(r) + "\n")
+        subprocess.run(["sync"])
+        times, cpus = [], []
+        for run in range(1 if quick else 2):
+            times.append(w.start_server())
+            cpus.append(proc_cpu_s(w.server.pid))  # CPU seconds to full state: what load on the machine does not change
+            peak = proc_status(w.server.pid, "VmHWM")
+            w.server.terminate()
+            w.server.wait()
+        res.add("cold start, %d recent transcripts" % n, "1 session, %d small Claude transcripts" % n, times, "s",
+                3.0 if n >= 20000 else 0.5, "<=", note="server CPU %.1f s, peak RSS %.0f MB" % (max(cpus), peak))
+    finally:
+        w.close()
+
+
+def bench_long_line(res, quick):
+    """A single 400 MB line appended to a transcript (issue 11: stalled the server 122 s, 1.24 GB):
+    the longest /health answer while it is consumed, the time to consume it, the server's peak RSS."""
+    size = (100 if quick else 400) * 1024 * 1024
+    w = World(1, claude=1, codex=0, size=20 * 1024)
+    try:
+        w.start_server()
+        sid = w.claude_ids[0]
+        path = os.path.join(w.proj, sid + ".jsonl")
+        http(w.port, "GET", "/health")
+        rss0 = proc_status(w.server.pid, "VmHWM")
+        block = b'{"type":"user","message":{"content":"' + b"x" * (1024 * 1024 - 40)
+        stalls, done = [], threading.Event()
+
+        def poll_health():  # while the line is written and read: how long /health takes
+            while not done.is_set():
+                a = time.monotonic()
+                http(w.port, "GET", "/health")
+                stalls.append((time.monotonic() - a) * 1000)
+                time.sleep(0.02)
+        poller = threading.Thread(target=poll_health, daemon=True)
+        t0 = time.monotonic()
+        poller.start()
+        with open(path, "ab") as f:
+            for _ in range(size // len(block)):
+                f.write(block)
+            f.write(b'"}}\n')
+            f.write(json.dumps({"type": "custom-title", "customTitle": "after-long-line", "timestamp":
+                                time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())}).encode() + b"\n")
+        written = time.monotonic() - t0
+        while time.monotonic() - t0 < 300:
+            st = w.state()
+            if json.loads(http(w.port, "GET", "/health")[1]).get("skippedLongLines", 0) >= 1 and any(
+                    t.get("title") == "after-long-line" for t in st["threads"] + [t for x in st["sessions"] for t in x["threads"]]):
+                break
+            time.sleep(0.02)
+        done.set()
+        poller.join()
+        consumed = time.monotonic() - t0
+        peak = proc_status(w.server.pid, "VmHWM")
+        res.add("/health while a %d MB line is read" % (size >> 20), "max of %d requests; consumed in %.1f s"
+                % (len(stalls), consumed), [max(stalls)], "ms", 100, "<=",
+                note="written in %.1f s, read by %.1f s" % (written, consumed))
+        res.add("peak RSS after a %d MB line" % (size >> 20), "server VmHWM (%.0f MB before)" % rss0, [peak], "MB", 100, "<=")
+    finally:
+        w.close()
+
+
 def bench_sidebar(w, res, seconds):
     # a real client attached on a pty; the sidebar shown in every window
     import pty
@@ -666,7 +744,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a ~1 minute pass with fewer samples and shorter idle windows")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
-    ap.add_argument("--only", choices=["threads", "keepalive", "hostile"], help="run one group of figures")
+    ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line"],
+                    help="run one group of figures")
     args = ap.parse_args()
     quick = args.quick
     res = Results()
@@ -675,6 +754,10 @@ def main():
             bench_keepalive(res, 50 if quick else 200)
         if args.only in ("threads", "hostile"):
             bench_many_threads(res, quick)
+        if args.only in ("cold-many", "hostile"):
+            bench_cold_start_many(res, quick)
+        if args.only in ("long-line", "hostile"):
+            bench_long_line(res, quick)
         print(res.table())
         return 0 if all(r["pass"] for r in res.rows) else 1
     idle_s = 10 if quick else 60
@@ -696,6 +779,8 @@ def main():
         w.close()
     bench_bytes_per_append(res, quick)
     bench_cold_start(res, quick)
+    bench_cold_start_many(res, quick)
+    bench_long_line(res, quick)
     bench_notify(res, 5 if quick else 20)
     bench_save(res, 5 if quick else 10)
     bench_keepalive(res, 50 if quick else 200)
