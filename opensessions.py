@@ -2043,6 +2043,8 @@ HEAD_BYTES = 32 * 1024  # ... and this much of its start (for the first prompt)
 READ_CHUNK = 1024 * 1024
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer line (no agent writes one) is skipped, never held whole
 READ_BUDGET = 4 * 1024 * 1024  # one loop turn reads at most this much of one file; the rest comes next turn
+OPENCODE_MIN_INTERVAL = 0.1  # opencode.db is queried at most this often (it changes many times a second)
+DB_WAIT_TRIES = 60  # how long a read waits for a database's writer to finish its commit (about 4 s)
 
 
 def _raise(error):
@@ -2183,14 +2185,77 @@ def listdir(path, suffix=""):
     return [n for n in names if n.endswith(suffix)] if suffix else names
 
 
+def sqlite_is_wal(path):
+    """The database file's header says WAL mode (bytes 18-19 are 2)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return False
+    return len(head) == 20 and head[18] == 2 and head[19] == 2
+
+
 def sqlite_ro(path, timeout=0.2):
-    """Open an SQLite database read-only (never locks out its writer). Raises sqlite3.Error."""
+    """Open an SQLite database read-only (never locks out its writer). Raises sqlite3.Error.
+
+    Leaves the agent's directory as it was: a read-only connection to a WAL database creates
+    `-wal` and `-shm` files and cannot remove them. With no `-wal` file no writer has the database
+    open, so it is opened immutable (SQLite then creates nothing); a writer that starts meanwhile
+    changes the files, and that change makes us read again."""
     import sqlite3
     from urllib.parse import quote
-    conn = sqlite3.connect("file:%s?mode=ro" % quote(os.path.abspath(path)), uri=True, timeout=timeout,
+    flags = "mode=ro"
+    if not os.path.exists(path + "-wal") and sqlite_is_wal(path):
+        flags += "&immutable=1"
+    conn = sqlite3.connect("file:%s?%s" % (quote(os.path.abspath(path)), flags), uri=True, timeout=timeout,
                            check_same_thread=False)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+SQLITE_WAL_WRITE_LOCK = 120  # byte of the -shm file a WAL writer locks for its whole transaction
+
+
+def sqlite_write_locked(path):
+    """True while a writer of a WAL database holds its write lock (a commit under way: its frames
+    may be in the -wal, and so wake us, before the commit is visible to readers), False when not,
+    None where we cannot tell. Only asks (F_GETLK); never takes a lock."""
+    import fcntl
+    import struct
+    if struct.calcsize("P") != 8:
+        return None
+    if sys.platform.startswith("linux"):
+        layout, make = "@hhqqi4x", lambda t: (t, 0, SQLITE_WAL_WRITE_LOCK, 1, 0)
+        kind = lambda v: v[0]
+    elif sys.platform == "darwin":
+        layout, make = "@qqihh", lambda t: (SQLITE_WAL_WRITE_LOCK, 1, 0, t, 0)
+        kind = lambda v: v[3]
+    else:
+        return None
+    try:
+        fd = os.open(path + "-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False  # no -shm: no writer shares the database
+    try:
+        got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack(layout, *make(fcntl.F_WRLCK)))
+        return kind(struct.unpack(layout, got)) != fcntl.F_UNLCK
+    except (OSError, struct.error):
+        return None
+    finally:
+        os.close(fd)
+
+
+def sqlite_stamp(path):
+    """What says an SQLite database changed: (inode, size, mtime) of the file and of its -wal.
+    Our own reads change neither (only the -shm, which is never a reason to read)."""
+    out = []
+    for p in (path, path + "-wal"):
+        try:
+            st = os.stat(p)
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
 
 
 def sqlite_rows(path, sql, params=()):
@@ -2236,6 +2301,7 @@ class AgentWatchers(object):
         self.polled_dirs = {}  # dir -> handler: scanned by stat (no inotify, or its watch failed)
         self._polling = False
         self.pending_dirs = {}  # missing dir -> handler (watched through an existing parent)
+        self.roots = {}  # the agents' own directories -> handler (awaited again when removed)
         self.tails = {}  # path -> FileTail
         self.states = {}  # path -> thread state
         self.state_paths = {}  # (agent, thread id) -> the first path read for it (no scan of states per file)
@@ -2245,6 +2311,9 @@ class AgentWatchers(object):
         self.codex_index_tail = None
         self.oc_last = 0
         self.oc_pending = False
+        self.oc_queried_at = None  # monotonic time of the last opencode.db query
+        self.db_stamps = {}  # database -> sqlite_stamp() taken before our last read of it
+        self.db_waits = {}  # database -> tries, while we wait for its writer to finish a commit
         self.oc_error_logged = False
         self.amp_mtimes = {}
         self.bad_records = 0
@@ -2265,13 +2334,13 @@ class AgentWatchers(object):
             log("inotify unavailable (%s); watching agent files by stat every %.1fs" % (e, self.poll_interval))
             self.inotify = None
         claude = self.paths["claude"]
-        self.watch_dir(os.path.join(claude, "sessions"), self._on_claude_registry_dir)
-        self.watch_dir(os.path.join(claude, "projects"), self._on_claude_projects_dir)
+        self.watch_root(os.path.join(claude, "sessions"), self._on_claude_registry_dir)
+        self.watch_root(os.path.join(claude, "projects"), self._on_claude_projects_dir)
         codex = self.paths["codex"]
-        self.watch_dir(codex, self._on_codex_home)
-        self.watch_dir(os.path.join(codex, "sessions"), self._on_codex_tree)
-        self.watch_dir(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
-        self.watch_dir(self.paths["amp_threads"], self._on_amp_dir)
+        self.watch_root(codex, self._on_codex_home)
+        self.watch_root(os.path.join(codex, "sessions"), self._on_codex_tree)
+        self.watch_root(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
+        self.watch_root(self.paths["amp_threads"], self._on_amp_dir)
         self.cold_start()
 
     def cold_start(self):
@@ -2326,6 +2395,11 @@ class AgentWatchers(object):
                 self.states[path].update(status=status, detail=detail, turns=1)
                 self._guarded(path, self._apply_codex, path)
 
+    def watch_root(self, path, handler):
+        """An agent's own directory: watched (or awaited) for good, even after it is removed."""
+        self.roots[path] = handler
+        self.watch_dir(path, handler)
+
     def watch_dir(self, path, handler):
         """Watch a directory; a missing one is watched for through its nearest existing parent."""
         if self.inotify is None:
@@ -2334,39 +2408,58 @@ class AgentWatchers(object):
         if path in self.watched_dirs or path in self.polled_dirs:
             return
         if os.path.isdir(path):
-            try:
-                wd = self.inotify.add_watch(path, DIR_EVENTS)
-            except OSError as e:  # ENOSPC: the user's max_user_watches is used up
-                log("cannot watch %s (%s); scanning it by stat every %.1fs instead" % (path, e, self.poll_interval))
-                self.poll_dir(path, handler)
-                return
-            self.watches[wd] = (path, handler)
-            self.watched_dirs[path] = wd
-            self.pending_dirs.pop(path, None)
+            # the caller lists it after this (so what is made before the watch is not lost)
+            self._add_dir_watch(path, handler)
             return
         self.pending_dirs[path] = handler
-        parent = os.path.dirname(path)
-        while parent and parent != os.path.dirname(parent) and not os.path.isdir(parent):
-            parent = os.path.dirname(parent)
-        if parent and parent not in self.watched_dirs:
-            try:
-                wd = self.inotify.add_watch(parent, IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF)
-            except OSError as e:  # scan the missing directory instead: it lists empty until it exists
-                log("cannot watch %s (%s); scanning %s by stat every %.1fs instead"
-                    % (parent, e, path, self.poll_interval))
-                self.poll_dir(path, handler)
-                return
-            self.watches[wd] = (parent, self._on_ancestor)
-            self.watched_dirs[parent] = wd
+        self._settle_pending()
+
+    def _add_dir_watch(self, path, handler):
+        try:
+            wd = self.inotify.add_watch(path, DIR_EVENTS)
+        except OSError as e:  # ENOSPC: the user's max_user_watches is used up
+            log("cannot watch %s (%s); scanning it by stat every %.1fs instead" % (path, e, self.poll_interval))
+            self.poll_dir(path, handler)  # its first scan reports what is there
+            return False
+        self.watches[wd] = (path, handler)
+        self.watched_dirs[path] = wd
+        self.pending_dirs.pop(path, None)
+        return True
+
+    def _settle_pending(self):
+        """Watch each awaited directory that exists now (and tell its handler, which lists it), and
+        the nearest existing parent of each that does not. After every new watch look again: a
+        directory made between our look and the watch on its parent sends us no event."""
+        looked_again = True
+        while looked_again and self.inotify is not None:
+            looked_again = False
+            for path, handler in list(self.pending_dirs.items()):
+                if self.pending_dirs.get(path) is not handler:
+                    continue  # settled meanwhile (a handler below watched it)
+                if os.path.isdir(path):
+                    if not self._add_dir_watch(path, handler):
+                        self.pending_dirs.pop(path, None)
+                        continue
+                    handler(path, None, IN_CREATE | IN_ISDIR)
+                    looked_again = True
+                    continue
+                parent = os.path.dirname(path)
+                while parent and parent != os.path.dirname(parent) and not os.path.isdir(parent):
+                    parent = os.path.dirname(parent)
+                if parent and parent not in self.watched_dirs:
+                    try:
+                        wd = self.inotify.add_watch(parent, IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF)
+                    except OSError as e:  # scan the missing directory instead: it lists empty until made
+                        log("cannot watch %s (%s); scanning %s by stat every %.1fs instead"
+                            % (parent, e, path, self.poll_interval))
+                        self.poll_dir(path, handler)
+                        continue
+                    self.watches[wd] = (parent, self._on_ancestor)
+                    self.watched_dirs[parent] = wd
+                    looked_again = True
 
     def _on_ancestor(self, directory, name, mask):
-        for path, handler in list(self.pending_dirs.items()):
-            if path == directory or path.startswith(directory.rstrip("/") + "/"):
-                if os.path.isdir(path):
-                    self.watch_dir(path, handler)
-                    handler(path, None, IN_CREATE | IN_ISDIR)
-                else:
-                    self.watch_dir(path, handler)  # a step nearer: watch the new parent
+        self._settle_pending()
 
     def _on_inotify(self):
         changed = False
@@ -2383,8 +2476,15 @@ class AgentWatchers(object):
                 self.watches.pop(wd, None)
                 if self.watched_dirs.get(directory) == wd:
                     del self.watched_dirs[directory]
+                    if directory in self.roots and self.inotify is not None:
+                        self.pending_dirs[directory] = self.roots[directory]  # removed: await it again
+                if self.pending_dirs:
+                    self._settle_pending()  # an awaited directory's watched parent went away
                 continue
             self._guarded("%s/%s" % (directory, name or ""), handler, directory, name or None, mask)
+            if self.pending_dirs and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO) \
+                    and handler != self._on_ancestor:
+                self._guarded(directory, self._settle_pending)  # a parent of an awaited directory may be watched
             changed = True
         if changed:
             self.server.after_watchers()
@@ -2595,11 +2695,48 @@ class AgentWatchers(object):
         self.server.apply_thread_update("claude", sid, updated_at=updated or None, **fields)
 
     # -- Codex -----------------------------------------------------------------------------------
+    def _db_changed(self, db, mask):
+        """An event on a database or its -wal is a real change, not one our own read caused: a
+        write (IN_MODIFY; we never write), or a file whose inode, size or mtime differs from what
+        it was when we last read. Our read's close (IN_CLOSE_WRITE) and -shm events are not."""
+        return bool(mask & IN_MODIFY) or sqlite_stamp(db) != self.db_stamps.get(db)
+
+    def _db_read(self, db, read):
+        """read() now, or, while the database's writer is committing (the -wal write that woke us
+        comes before the commit is visible), as soon as its write lock is released. Where the lock
+        cannot be seen, read now and once more a moment later."""
+        if db in self.db_waits:
+            return  # a read is already waiting for this database
+        locked = sqlite_write_locked(db)
+        if locked:
+            self.db_waits[db] = 0
+            self.server.loop.call_later(0.002, self._db_read_retry, db, read)
+            return
+        read()
+        if locked is None:
+            self.db_waits[db] = DB_WAIT_TRIES
+            self.server.loop.call_later(0.1, self._db_read_retry, db, read)
+
+    def _db_read_retry(self, db, read):
+        tries = self.db_waits.get(db, 0) + 1
+        if tries < DB_WAIT_TRIES and sqlite_write_locked(db):
+            self.db_waits[db] = tries  # a long transaction: look less often (at most every 100 ms)
+            self.server.loop.call_later(min(0.1, 0.002 * tries), self._db_read_retry, db, read)
+            return
+        self.db_waits.pop(db, None)
+        read()
+        self.server.after_watchers()
+
     def _on_codex_home(self, directory, name, mask):
-        if name == "session_index.jsonl":
+        if name is None:  # ~/.codex appeared (a first Codex run): read what it already holds
+            self._read_codex_index()
+            self._db_read(os.path.join(directory, "state_5.sqlite"), self._read_codex_names_db)
+        elif name == "session_index.jsonl":
             self._read_codex_index()
         elif name in ("state_5.sqlite", "state_5.sqlite-wal"):
-            self._read_codex_names_db()
+            db = os.path.join(directory, "state_5.sqlite")
+            if self._db_changed(db, mask):
+                self._db_read(db, self._read_codex_names_db)
         elif name == "sessions" and mask & IN_ISDIR:
             self.watch_dir(os.path.join(directory, name), self._on_codex_tree)
             self._scan_codex_sessions()
@@ -2631,14 +2768,22 @@ class AgentWatchers(object):
         path = os.path.join(self.paths["codex"], "state_5.sqlite")
         if not os.path.exists(path):
             return
+        self.db_stamps[path] = sqlite_stamp(path)
         try:
             rows = sqlite_rows(path, "SELECT id, name FROM threads WHERE name IS NOT NULL AND name != ''")
         except sqlite3.Error as e:
+            self.db_stamps.pop(path, None)
             log("codex state_5.sqlite not readable now (%s); will retry on its next change" % e)
             return
+        renamed = set()
         for row in rows:
             if self.codex_names.get(row["id"]) != row["name"]:
                 self.codex_names[row["id"]] = row["name"]
+                renamed.add(row["id"])
+        if renamed:
+            for rollout, st in list(self.states.items()):
+                if st["agent"] == "codex" and st["id"] in renamed:
+                    self._apply_codex(rollout, moved=False)
 
     def _scan_codex_sessions(self):
         root = os.path.join(self.paths["codex"], "sessions")
@@ -2700,19 +2845,24 @@ class AgentWatchers(object):
     # -- OpenCode --------------------------------------------------------------------------------
     def _on_opencode_dir(self, directory, name, mask):
         base = os.path.basename(self.paths["opencode_db"])
-        if name in (None, base, base + "-wal"):
+        if name is None or (name in (base, base + "-wal") and self._db_changed(self.paths["opencode_db"], mask)):
             self._schedule_opencode()
 
     def _schedule_opencode(self):
-        """OpenCode writes its WAL many times per second while streaming: query at most every 100 ms."""
+        """OpenCode writes its WAL many times per second while streaming: a change is read at once,
+        and then at most every OPENCODE_MIN_INTERVAL seconds (changes in between are read at its end)."""
         if self.oc_pending:
             return
+        wait = 0.0 if self.oc_queried_at is None else self.oc_queried_at + OPENCODE_MIN_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._db_read(self.paths["opencode_db"], self._query_opencode)  # the caller publishes
+            return
         self.oc_pending = True
-        self.server.loop.call_later(0.1, self._query_opencode_later)
+        self.server.loop.call_later(wait, self._query_opencode_later)
 
     def _query_opencode_later(self):
         self.oc_pending = False
-        self._query_opencode()
+        self._db_read(self.paths["opencode_db"], self._query_opencode)
         self.server.after_watchers()
 
     def _query_opencode(self):
@@ -2721,6 +2871,8 @@ class AgentWatchers(object):
         path = self.paths["opencode_db"]
         if not os.path.exists(path):
             return
+        self.oc_queried_at = time.monotonic()
+        self.db_stamps[path] = sqlite_stamp(path)
         since = self.oc_last or int((self.clock() - self.recent_s) * 1000)
         try:
             conn = sqlite_ro(path)
@@ -2736,6 +2888,7 @@ class AgentWatchers(object):
             finally:
                 conn.close()
         except sqlite3.Error as e:
+            self.db_stamps.pop(path, None)
             if not self.oc_error_logged:
                 log("opencode.db not readable now (%s); retrying on its next change" % e)
                 self.oc_error_logged = True
@@ -3516,6 +3669,11 @@ class Server(object):
         self.pane_of_pid = {}
         self.pane_agents = {}
         self._codex_fd_links = {}
+        self._pidfds = {}  # pid of a live thread's agent -> pidfd (readable when it exits)
+        self._pidfd_ok = hasattr(os, "pidfd_open")
+        self._pid_check_armed = False
+        self._exited_pids = set()  # pids whose exit we were told of (a zombie still answers kill 0)
+        self._relink_pending = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self):
@@ -3611,6 +3769,8 @@ class Server(object):
             self.httpd.server_close()
             self.httpd = None
         self._stop_control()
+        for pid in list(self._pidfds):
+            self._close_pidfd(pid)
         if self.watchers is not None:
             self.watchers.close()
         self._save_state_now()
@@ -3812,6 +3972,77 @@ class Server(object):
             if t.agent == agent and t.pid == pid and t.alive:
                 t.alive = False
                 self.store.touch()
+                self._process_gone(t)
+
+    def _process_gone(self, t):
+        """A thread whose agent process died mid-turn (kill -9, a crash, a reboot) is no longer
+        running or waiting: it says so, and leaves the running count. Its files may still say
+        "running" (nothing wrote the end of the turn), so this is judged again at every link."""
+        if t.status not in ("running", "waiting", "retry") or t.alive or not t.pid:
+            return
+        if t.pid not in self._exited_pids and _pid_alive(t.pid) \
+                and (self.proc_table is None or t.pid not in self.proc_table):
+            return  # our process table is older than the process: it runs
+        prev = t.status
+        t.status, t.detail, t.attempt = "interrupted", "agent exited", None
+        t.updated_at = now_ms(self.clock)
+        self._status_changes.append((t, prev, t.status))
+        self.store.touch()
+        self._schedule_save()
+
+    def _watch_agent_pids(self):
+        """Be woken when an agent process a live thread runs in exits: a pidfd per process
+        (Linux 5.3+, Python 3.9+) in the event loop. Elsewhere a 1 s timer asks the kernel about
+        those pids only (os.kill(pid, 0)), and only while there are any."""
+        want = {t.pid for t in self.store.threads.values() if t.alive and t.pid}
+        for pid in [p for p in self._pidfds if p not in want]:
+            self._close_pidfd(pid)
+        missing = want.difference(self._pidfds)
+        if not missing:
+            return
+        for pid in missing if self._pidfd_ok else ():
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                self.loop.post(self._on_agent_exit, pid)  # gone already
+                continue
+            except OSError:
+                self._pidfd_ok = False  # an older kernel: the timer looks instead
+                break
+            self._pidfds[pid] = fd
+            self.loop.add_reader(fd, lambda pid=pid: self._on_agent_exit(pid))
+        if not self._pidfd_ok and not self._pid_check_armed:
+            self._pid_check_armed = True
+            self.loop.call_later(1.0, self._check_agent_pids)
+
+    def _close_pidfd(self, pid):
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _check_agent_pids(self):
+        self._pid_check_armed = False
+        pids = {t.pid for t in self.store.threads.values() if t.alive and t.pid and t.pid not in self._pidfds}
+        gone = [pid for pid in pids if not _pid_alive(pid)]
+        if gone:
+            self._on_agent_exit(gone[0])
+        elif pids:
+            self._pid_check_armed = True
+            self.loop.call_later(1.0, self._check_agent_pids)
+
+    def _on_agent_exit(self, pid):
+        self._close_pidfd(pid)
+        self._read_processes()
+        self._exited_pids = {p for p in self._exited_pids if p in self.proc_table}
+        if pid in self.proc_table:
+            self._exited_pids.add(pid)
+            self.proc_table.pop(pid)  # exited, not yet reaped: dead all the same
+        self.map_threads()
+        self.publish()
 
     def map_threads(self):
         """Link each thread to its pane: by pid first (registry, hooks, plugin, open rollout file,
@@ -3820,10 +4051,18 @@ class Server(object):
         table = self.proc_table
         if table is None:
             return
-        need_reread = any(t.pid and t.pid not in table and t.alive for t in self.store.threads.values())
-        if need_reread and (self._processes_read_at is None or self.clock() - self._processes_read_at > 0.2):
-            self._read_processes()
-            table = self.proc_table
+        # a thread whose process is not in our table: it died, or it started after our last read
+        # (a new agent's registry file or hook can come first); read again, at most every 0.2 s
+        need_reread = any(t.pid and t.pid not in table and (t.alive or t.pid not in self._exited_pids
+                                                            and _pid_alive(t.pid))
+                          for t in self.store.threads.values())
+        if need_reread:
+            if self._processes_read_at is None or self.clock() - self._processes_read_at > 0.2:
+                self._read_processes()
+                table = self.proc_table
+            elif not self._relink_pending:
+                self._relink_pending = True
+                self.loop.call_later(0.25, self._relink)
         pane_session = {}
         pane_cwd = {}
         for s in self.store.sessions:
@@ -3879,6 +4118,12 @@ class Server(object):
             taken.add(best.key)
             best.pid = pid
             self._set_link(best, True, pane_id, pane_session, "cwd")
+        self._watch_agent_pids()
+
+    def _relink(self):
+        self._relink_pending = False
+        self.map_threads()
+        self.publish()
 
     def _set_link(self, t, alive, pane, pane_session, link):
         session = pane_session.get(pane) if pane else t.session  # a dead thread stays where it ran
@@ -3886,6 +4131,8 @@ class Server(object):
         if (t.alive, t.pane, t.session, t.link) != (alive, new_pane, session, link):
             t.alive, t.pane, t.session, t.link = alive, new_pane, session, link
             self.store.touch()
+        if not alive:
+            self._process_gone(t)
 
     def clear_viewed(self):
         for t in self.store.threads.values():

@@ -132,20 +132,6 @@ def test_cold_start_reads_only_the_tail_of_big_files(tmp_path):
     assert len(tail.read()[0]) == 1 and tail.bytes_read - before == len(line)
 
 
-def descendant_named(table, root, comm):
-    """The pid of a process named comm below root in a process table, or None."""
-    for p in table.values():
-        if p.comm != comm:
-            continue
-        pid, seen = p.ppid, set()
-        while pid and pid not in seen and pid in table:
-            if pid == root:
-                return p.pid
-            seen.add(pid)
-            pid = table[pid].ppid
-    return None
-
-
 def run_in_pane(tmux, session, cwd, command, env_vars):
     exports = " ".join("%s=%s" % (k, json.dumps(v)) for k, v in env_vars.items())
     tmux.run("new-session", "-d", "-s", session, "-c", cwd, "-x", "120", "-y", "30")
@@ -218,9 +204,9 @@ def test_codex_open_rollout_links_pane(labserver, labenv, tmux):
 def test_opencode_plugin_events_and_pid_link(labserver, labenv, tmux):
     bin_dir = fake_agents(os.path.join(labenv.base, "bin"))
     pane = run_in_pane(tmux, "oc", os.path.join(labenv.home, "work", "opencode"), os.path.join(bin_dir, "opencode"), {})
-    pane_pid = int(tmux.run("display-message", "-p", "-t", pane, "#{pane_pid}").strip())
-    # this pane's opencode (another opencode may run anywhere on the machine)
-    pid = retry_until(lambda: descendant_named(os_.process_table(), pane_pid, "opencode"))
+    shell = int(tmux.run("display-message", "-p", "-t", pane, "#{pane_pid}"))  # not another tmux's opencode
+    table = retry_until(lambda: [p for p in os_.process_table().values() if p.comm == "opencode" and p.ppid == shell])
+    pid = table[0].pid
     sid = "ses_dff0ffa93ffebtZJZGz5f4eDGC"
 
     def post(etype, props):
