@@ -301,7 +301,7 @@ STATUS_ALIASES = {
     "permission": "waiting", "input": "waiting", "needs-input": "waiting", "question": "waiting",
     "retrying": "retry", "ready": "idle",
 }
-AGENTS = ("claude", "codex", "opencode", "amp")
+AGENTS = ("claude", "codex", "opencode", "amp", "gemini", "qwen", "pi")
 _AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -383,7 +383,7 @@ class Thread(object):
 
     __slots__ = ("agent", "id", "title", "status", "detail", "attempt", "cwd", "model", "pane",
                  "session", "pid", "alive", "unseen", "updated_at", "hidden", "source", "proc_start",
-                 "rollout", "link")
+                 "rollout", "link", "usage", "usage_raw")
 
     def __init__(self, agent, id, title="", status="idle", detail=None, attempt=None, cwd=None,
                  model=None, pane=None, session=None, pid=None, alive=True, unseen=False,
@@ -407,6 +407,8 @@ class Thread(object):
         self.proc_start = None
         self.rollout = None
         self.link = None  # how the pane was found: "pid", or "cwd" for the last-resort guess
+        self.usage = None  # the /state usage (priced); usage_raw: the watcher's raw figures
+        self.usage_raw = None
 
     @property
     def key(self):
@@ -417,7 +419,7 @@ class Thread(object):
             "agent": self.agent, "id": self.id, "title": self.title, "status": self.status,
             "detail": self.detail, "attempt": self.attempt, "cwd": self.cwd, "model": self.model,
             "pane": self.pane, "session": self.session, "pid": self.pid, "alive": self.alive,
-            "unseen": self.unseen, "updatedAt": self.updated_at, "link": self.link,
+            "unseen": self.unseen, "updatedAt": self.updated_at, "link": self.link, "usage": self.usage,
         }
 
 
@@ -627,7 +629,7 @@ NOTIFY_CHANNELS = ("tmux", "desktop", "terminal", "bell")
 NOTIFY_STATUSES = ("done", "error", "waiting", "retry", "interrupted")
 UI_DEFAULTS = {"order": [], "hidden": [], "muted": [], "theme": "catppuccin-mocha", "width": DEFAULT_WIDTH,
                "position": "left", "colors": {}, "visible": False,
-               "notify": ["tmux", "desktop"], "notifyOn": ["done", "error", "waiting", "retry"]}
+               "notify": ["tmux", "desktop"], "notifyOn": ["done", "error", "waiting", "retry"], "prices": {}}
 
 
 def validate_ui(body):
@@ -652,6 +654,8 @@ def validate_ui(body):
         if body["position"] not in ("left", "right"):
             raise ApiError(400, "'position' must be left or right")
         out["position"] = body["position"]
+    if "prices" in body:
+        out["prices"] = validate_prices(body["prices"])
     if "visible" in body:
         if not isinstance(body["visible"], bool):
             raise ApiError(400, "'visible' must be a boolean")
@@ -669,7 +673,7 @@ def validate_ui(body):
             raise ApiError(400, "'colors' must map colour names to #rrggbb")
         out["colors"] = dict(c)
     if not out:
-        raise ApiError(400, "nothing to change: give order, hidden, muted, theme, width, position, visible, "
+        raise ApiError(400, "nothing to change: give order, hidden, muted, theme, width, position, visible, prices, "
                             "colors, notify or notifyOn")
     return out
 
@@ -754,7 +758,8 @@ def socket_key(socket_path):
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _OPENCODE_ID_RE = re.compile(r"^ses_[0-9A-Za-z]{20,40}$")
 _AMP_ID_RE = re.compile(r"^T-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-ID_PATTERNS = {"claude": _UUID_RE, "codex": _UUID_RE, "opencode": _OPENCODE_ID_RE, "amp": _AMP_ID_RE}
+ID_PATTERNS = {"claude": _UUID_RE, "codex": _UUID_RE, "opencode": _OPENCODE_ID_RE, "amp": _AMP_ID_RE,
+               "gemini": _UUID_RE, "qwen": _UUID_RE, "pi": _UUID_RE}
 INTERRUPT_MARK = "[Request interrupted by user"
 TITLE_MAX = 120
 
@@ -904,7 +909,7 @@ def new_thread_state(agent, thread_id):
     """The reducers' state for one thread (plain dict, JSON-friendly)."""
     return {"agent": agent, "id": thread_id, "status": "idle", "detail": None, "attempt": None,
             "customTitle": None, "firstPrompt": None, "lastPrompt": None, "model": None, "cwd": None,
-            "updatedAt": 0, "turns": 0, "bad": 0, "hidden": False}
+            "updatedAt": 0, "turns": 0, "bad": 0, "hidden": False, "usage": None}
 
 
 def thread_title(state, registry_name=None):
@@ -934,6 +939,10 @@ def claude_reduce(state, rec):
         state["updatedAt"] = max(state["updatedAt"], ts)
     if isinstance(rec.get("cwd"), str):
         state["cwd"] = rec["cwd"]
+    if kind == "assistant":
+        claude_add_usage(state, rec)  # a subagent's calls cost too
+    elif kind == "cost-state":
+        claude_cost_state(state, rec)
     if rec.get("isSidechain"):
         return state  # a subagent's records: not the thread's own turn
     if kind == "custom-title" and isinstance(rec.get("customTitle"), str):
@@ -1063,6 +1072,8 @@ def codex_reduce(state, rec):
                 state.update(status="done", detail=None)
         elif sub == "turn_aborted":
             state.update(status="interrupted", detail=None)
+        elif sub == "token_count":
+            state["usage"] = codex_usage(payload.get("info"), state.get("usage"))
     elif kind == "response_item" and payload.get("type") == "message" and payload.get("role") == "user":
         for text in _content_texts(payload.get("content")):
             if _is_prompt_text(text):
@@ -1187,6 +1198,275 @@ def settle_idle(old_status):
     return "idle"
 
 
+# -- usage: tokens and cost per thread ------------------------------------------------------------
+# A thread's raw usage (what the reducers keep): {"input", "output", "cacheRead", "cacheWrite"}
+# token counts, "cost" when the agent itself records one (OpenCode), "contextTokens" (what the
+# newest model call sent: input + cache) and "contextWindow" when the agent reports it (Codex),
+# "partial" when only part of the history was read (a cold start reads a Claude transcript's tail).
+# `input` is the uncached input in every agent (Codex's input_tokens include the cached ones: we
+# subtract them, as Codex's own non_cached_input() does). usage_json() prices it for /state.
+
+USAGE_KEYS = ("input", "output", "cacheRead", "cacheWrite")
+
+# USD per million tokens: (input, output, cache read, cache write, context window). Matched by the
+# longest prefix of the model name (a date suffix such as -20250929 still matches). Vendors' list
+# prices; a user's ui.json "prices" overrides or adds entries: {"model-prefix": {"input": 3,
+# "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75, "context": 200000}} (all per million tokens).
+# Claude's cache writes are priced at the 5-minute rate (1.25 x input); OpenAI has no cache-write price.
+PRICES = {
+    "claude-opus-4-5": (5.0, 25.0, 0.5, 6.25, 200000),
+    "claude-opus-4-6": (5.0, 25.0, 0.5, 6.25, 200000),
+    "claude-opus-4": (15.0, 75.0, 1.5, 18.75, 200000),
+    "claude-sonnet-4": (3.0, 15.0, 0.3, 3.75, 200000),
+    "claude-3-7-sonnet": (3.0, 15.0, 0.3, 3.75, 200000),
+    "claude-haiku-4-5": (1.0, 5.0, 0.1, 1.25, 200000),
+    "claude-3-5-haiku": (0.8, 4.0, 0.08, 1.0, 200000),
+    # what Claude Code itself charged for it in the lab capture: 24 in + 10 out = $0.000296, and its
+    # modelUsage gives contextWindow 1000000
+    "claude-opus-5-5": (4.0, 20.0, 0.4, 5.0, 1000000),
+    "gpt-5-mini": (0.25, 2.0, 0.025, 0.0, 400000),
+    "gpt-5-nano": (0.05, 0.4, 0.005, 0.0, 400000),
+    "gpt-5": (1.25, 10.0, 0.125, 0.0, 400000),
+    "gpt-5.1-codex-mini": (0.25, 2.0, 0.025, 0.0, 400000),
+    "gpt-5.2": (1.75, 14.0, 0.175, 0.0, 400000),
+    "gpt-4.1": (2.0, 8.0, 0.5, 0.0, 1047576),
+    "o3": (2.0, 8.0, 0.5, 0.0, 200000),
+    "o4-mini": (1.1, 4.4, 0.275, 0.0, 200000),
+}
+PRICE_FIELDS = ("input", "output", "cacheRead", "cacheWrite", "context")
+
+
+def _tokens(value):
+    """A token count from an agent's record: a non-negative int, else 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+        return 0
+    return int(min(value, 1e15))
+
+
+def new_usage():
+    return {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "cost": None,
+            "contextTokens": None, "contextWindow": None, "partial": False}
+
+
+def validate_prices(value):
+    """ui.json "prices": {model prefix: {input, output, cacheRead, cacheWrite, context}} -> clean dict."""
+    if not isinstance(value, dict) or len(value) > 200:
+        raise ApiError(400, "'prices' must be an object of model name -> {input, output, cacheRead, cacheWrite, context}")
+    out = {}
+    for model, p in value.items():
+        if not isinstance(model, str) or not 0 < len(model) <= 100 or not isinstance(p, dict):
+            raise ApiError(400, "'prices' must be an object of model name -> {input, output, cacheRead, cacheWrite, context}")
+        entry = {}
+        for key in PRICE_FIELDS:
+            v = p.get(key)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not finite_number(v) or v < 0 or v > 1e9:
+                raise ApiError(400, "'prices.%s.%s' must be a non-negative number (USD per million tokens)" % (model, key))
+            entry[key] = v
+        out[clean_str(model)] = entry
+    return out
+
+
+def model_price(model, prices=None):
+    """The price entry for a model -> dict of PRICE_FIELDS, or None when unknown. The user's prices
+    win over the built-in table; both match by the longest prefix (case-insensitive)."""
+    if not isinstance(model, str) or not model:
+        return None
+    name = model.lower()
+    for table in (prices or {}, PRICES):
+        best = None
+        for prefix in table:
+            if name.startswith(prefix.lower()) and (best is None or len(prefix) > len(best)):
+                best = prefix
+        if best is not None:
+            entry = table[best]
+            if isinstance(entry, tuple):
+                return dict(zip(PRICE_FIELDS, entry))
+            base = model_price(model) if table is not PRICES else None  # a partial override keeps the rest
+            merged = dict(base or {})
+            merged.update(entry)
+            return merged
+    return None
+
+
+def usage_json(raw, model=None, prices=None):
+    """Raw usage -> the /state shape {"input", "output", "cacheRead", "cacheWrite", "cost",
+    "contextPct"} (+ "partial": true when only part of the history was read), or None.
+
+    cost: the agent's own figure where it records one, else tokens x the price table, else None
+    (unknown model: tokens only). contextPct: the newest call's context over the window the agent
+    reports, else the table's window for the model, else None."""
+    if not isinstance(raw, dict):
+        return None
+    out = {k: _tokens(raw.get(k)) for k in USAGE_KEYS}
+    price = model_price(model, prices)
+    cost = raw.get("cost")
+    if finite_number(cost) and not isinstance(cost, bool):
+        out["cost"] = round(float(cost), 6)
+    elif price is not None:
+        out["cost"] = round(sum(out[k] * float(price.get(k) or 0) for k in USAGE_KEYS) / 1e6, 6)
+    else:
+        out["cost"] = None
+    window = raw.get("contextWindow") or (price or {}).get("context")
+    used = raw.get("contextTokens")
+    if finite_number(window) and window > 0 and finite_number(used) and not isinstance(used, bool):
+        out["contextPct"] = int(min(100, max(0, round(100.0 * used / window))))
+    else:
+        out["contextPct"] = None
+    if raw.get("partial"):
+        out["partial"] = True
+    return out
+
+
+def usage_total(usages):
+    """Sum of /state usages (a session's total): tokens, and the cost of those that have one."""
+    usages = [u for u in usages if isinstance(u, dict)]
+    if not usages:
+        return None
+    out = {k: sum(_tokens(u.get(k)) for u in usages) for k in USAGE_KEYS}
+    costs = [u["cost"] for u in usages if finite_number(u.get("cost"))]
+    out["cost"] = round(sum(costs), 6) if costs else None
+    out["contextPct"] = None
+    if any(u.get("partial") for u in usages) or (costs and len(costs) < len(usages)):
+        out["partial"] = True  # some history unread, or some thread's cost unknown
+    return out
+
+
+def claude_add_usage(state, rec):
+    """Add one assistant record's message.usage to the thread's raw usage. Claude writes one API
+    message over several records (one per content block) under the same message.id, the first ones
+    with a provisional output count: per message id we keep the largest figures seen, not the sum."""
+    message = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+    u = message.get("usage")
+    model = message.get("model")
+    if not isinstance(u, dict) or (isinstance(model, str) and model.startswith("<")):
+        return  # <synthetic> error messages cost nothing
+    row = [_tokens(u.get("input_tokens")), _tokens(u.get("output_tokens")),
+           _tokens(u.get("cache_read_input_tokens")), _tokens(u.get("cache_creation_input_tokens"))]
+    usage = state.get("usage") or new_usage()
+    seen = state.setdefault("usageSeen", {})
+    mid = message.get("id") if isinstance(message.get("id"), str) else rec.get("uuid")
+    old = seen.pop(mid, None) if isinstance(mid, str) else None
+    if old is not None:
+        row = [max(a, b) for a, b in zip(row, old)]
+        for key, v in zip(USAGE_KEYS, old):
+            usage[key] -= v
+    for key, v in zip(USAGE_KEYS, row):
+        usage[key] += v
+    if isinstance(mid, str):
+        seen[mid] = row
+        while len(seen) > 32:  # records of one message are adjacent: a few suffice
+            seen.pop(next(iter(seen)))
+    if not rec.get("isSidechain"):
+        usage["contextTokens"] = row[0] + row[2] + row[3]
+    state["usage"] = usage
+    if state.get("costState"):
+        state["costState"]["fresh"] = False  # a call after Claude's own total: that total is behind
+
+
+def claude_cost_state(state, rec):
+    """Claude Code's own running total (`cost-state`: totalCostUSD and modelUsage per model, written
+    by the process that started at startTime, e.g. when it exits)."""
+    models = rec.get("modelUsage") if isinstance(rec.get("modelUsage"), dict) else {}
+    tokens = [0, 0, 0, 0]
+    for mu in models.values():
+        if isinstance(mu, dict):
+            for i, key in enumerate(("inputTokens", "outputTokens", "cacheReadInputTokens", "cacheCreationInputTokens")):
+                tokens[i] += _tokens(mu.get(key))
+    cost = rec.get("totalCostUSD")
+    old = state.get("costState")
+    state["costState"] = {"start": rec.get("startTime"), "tokens": tokens,
+                          "cost": float(cost) if finite_number(cost) and not isinstance(cost, bool) else None,
+                          "fresh": True, "mixed": bool(old) and (old["mixed"] or old["start"] != rec.get("startTime"))}
+
+
+def claude_usage(state):
+    """The raw usage of a Claude thread: the sum of its messages' usage, or Claude's own total where
+    that is sure to cover the whole thread: the newest word (no call after it), from one process
+    (every cost-state has the same startTime: not resumed), the whole file read, and counting at
+    least what the messages show (it also counts what an interrupted reply had streamed, which the
+    transcript keeps only as a provisional count)."""
+    usage = state.get("usage")
+    cs = state.get("costState")
+    if usage is None:
+        return None
+    usage = dict(usage, partial=bool(state.get("usagePartial")))
+    if cs and cs["fresh"] and not cs["mixed"] and not usage["partial"] and cs["cost"] is not None and \
+            all(c >= usage[k] for c, k in zip(cs["tokens"], USAGE_KEYS)):
+        usage.update(zip(USAGE_KEYS, cs["tokens"]))
+        usage["cost"] = cs["cost"]
+    return usage
+
+
+def codex_usage(info, old=None):
+    """A Codex token_count event's `info` -> raw usage. total_token_usage is the thread's running
+    total, so the newest event alone is exact (a cold start reading only the tail loses nothing)."""
+    if not isinstance(info, dict):
+        return old
+    total = info.get("total_token_usage") if isinstance(info.get("total_token_usage"), dict) else {}
+    last = info.get("last_token_usage") if isinstance(info.get("last_token_usage"), dict) else {}
+    usage = new_usage()
+    cached = _tokens(total.get("cached_input_tokens"))
+    usage.update(input=max(0, _tokens(total.get("input_tokens")) - cached), output=_tokens(total.get("output_tokens")),
+                 cacheRead=cached, cacheWrite=_tokens(total.get("cache_write_input_tokens")))
+    if last:
+        usage["contextTokens"] = _tokens(last.get("total_tokens")) or (
+            _tokens(last.get("input_tokens")) + _tokens(last.get("output_tokens")))
+    window = _tokens(info.get("model_context_window"))
+    usage["contextWindow"] = window or None
+    return usage
+
+
+def opencode_usage(session_row, message_data=None):
+    """OpenCode keeps running totals on its session row (cost, tokens_*: the agent's own figures);
+    the newest assistant message's tokens give the context in use. Columns an older OpenCode lacks
+    -> None."""
+    keys = set(session_row.keys()) if hasattr(session_row, "keys") else set()
+    if "tokens_input" not in keys:
+        return None
+    usage = new_usage()
+    usage.update(input=_tokens(session_row["tokens_input"]), output=_tokens(session_row["tokens_output"]),
+                 cacheRead=_tokens(session_row["tokens_cache_read"]) if "tokens_cache_read" in keys else 0,
+                 cacheWrite=_tokens(session_row["tokens_cache_write"]) if "tokens_cache_write" in keys else 0)
+    cost = session_row["cost"] if "cost" in keys else None
+    usage["cost"] = float(cost) if finite_number(cost) and not isinstance(cost, bool) else None
+    if isinstance(message_data, dict) and message_data.get("role") == "assistant":
+        tokens = message_data.get("tokens") if isinstance(message_data.get("tokens"), dict) else {}
+        cache = tokens.get("cache") if isinstance(tokens.get("cache"), dict) else {}
+        used = _tokens(tokens.get("input")) + _tokens(cache.get("read")) + _tokens(cache.get("write"))
+        usage["contextTokens"] = used or None
+    return usage
+
+
+_OC_USAGE_COLUMNS = ("cost", "tokens_input", "tokens_output", "tokens_cache_read", "tokens_cache_write")
+
+
+def opencode_usage_columns(conn):
+    """', cost, tokens_input, …' for the session columns this OpenCode has (older ones have none)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(session)")}
+    return "".join(", " + c for c in _OC_USAGE_COLUMNS if c in have)
+
+
+def amp_usage(messages):
+    """Amp (UNVERIFIED, no capture): the documented per-message usage {model, inputTokens,
+    outputTokens, cacheReadInputTokens, cacheCreationInputTokens, maxInputTokens} summed."""
+    usage = None
+    for msg in messages:
+        u = msg.get("usage") if isinstance(msg, dict) and isinstance(msg.get("usage"), dict) else None
+        if not u or not any(k in u for k in ("inputTokens", "outputTokens")):
+            continue
+        usage = usage or new_usage()
+        usage["input"] += _tokens(u.get("inputTokens"))
+        usage["output"] += _tokens(u.get("outputTokens"))
+        usage["cacheRead"] += _tokens(u.get("cacheReadInputTokens"))
+        usage["cacheWrite"] += _tokens(u.get("cacheCreationInputTokens"))
+        usage["contextTokens"] = _tokens(u.get("inputTokens")) + _tokens(u.get("cacheReadInputTokens")) + \
+            _tokens(u.get("cacheCreationInputTokens"))
+        usage["contextWindow"] = _tokens(u.get("maxInputTokens")) or None
+    return usage
+
+
 # Amp: NOT CAPTURED. Amp keeps threads on its servers and could not be run offline, so no thread
 # file was seen here. This parser follows the publicly documented shape of
 # ~/.local/share/amp/threads/T-<uuid>.json ({id, title, created, env.initial.trees[].uri,
@@ -1235,10 +1515,314 @@ def amp_thread_state(data, mtime_ms=0):
                 state.update(status="done", detail=None)
             else:
                 state.update(status="running", detail=None)
+    state["usage"] = amp_usage(messages)
     return state
 
 
-AGENT_COMMS = frozenset(("claude", "codex", "opencode", "amp", "node", "bun"))
+# Gemini CLI, Qwen Code and Pi: captured from Gemini CLI 0.61.0, Qwen Code 0.24.4 and Pi 0.73.1
+# against a fake model (tests/fixtures/<agent>/, with the capture script and format notes).
+def _thread_usage(state):
+    """The reducer state's raw usage (new_usage() shape), made on first use."""
+    if not isinstance(state.get("usage"), dict):
+        state["usage"] = new_usage()
+    return state["usage"]
+
+
+def _usage_add(usage, sign, tokens, cost=None):
+    for k in USAGE_KEYS:
+        usage[k] += sign * tokens.get(k, 0)
+    if cost is not None:
+        usage["cost"] = round((usage["cost"] or 0.0) + sign * cost, 9)
+
+
+def _num(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value else 0
+
+
+def gemini_tokens(tokens):
+    """Gemini CLI's per-message `tokens` ({input, output, cached, thoughts, tool, total}; input
+    counts the cached part) -> our keys (input without the cached part; thoughts are output)."""
+    if not isinstance(tokens, dict):
+        return None
+    cached = _num(tokens.get("cached"))
+    return {"input": max(0, _num(tokens.get("input")) - cached), "output": _num(tokens.get("output")) +
+            _num(tokens.get("thoughts")), "cacheRead": cached, "cacheWrite": 0}
+
+
+def _gemini_prompt(parts):
+    """The user's prompt in a Gemini `user` message, or None (tool results, the session context)."""
+    if isinstance(parts, str):
+        parts = [{"text": parts}]
+    if not isinstance(parts, list):
+        return None
+    texts = []
+    for p in parts:
+        if not isinstance(p, dict):
+            continue
+        if "functionResponse" in p:
+            return None
+        if isinstance(p.get("text"), str):
+            texts.append(p["text"])
+    text = "\n".join(texts)
+    if not text.strip() or text.lstrip().startswith("<session_context>"):
+        return None
+    return text
+
+
+def _gemini_message(state, msg, counted=True):
+    kind = msg.get("type")
+    ts = parse_iso_ms(msg.get("timestamp"))
+    if ts:
+        state["updatedAt"] = max(state["updatedAt"], ts)
+    if kind == "user":
+        prompt = _gemini_prompt(msg.get("content"))
+        if prompt is None:
+            state.update(status="running", detail=None)  # a tool result goes back to the model
+            return
+        if not state["firstPrompt"]:
+            state["firstPrompt"] = prompt
+        state["lastPrompt"] = prompt
+        state["turns"] += 1
+        state.update(status="running", detail=None, attempt=None)
+    elif kind == "gemini":
+        if isinstance(msg.get("model"), str) and msg["model"]:
+            state["model"] = msg["model"]
+        tokens = gemini_tokens(msg.get("tokens"))
+        if tokens is not None and counted:
+            # a message re-written under the same id replaces the earlier one: count it once
+            usage = _thread_usage(state)
+            mid = msg.get("id")
+            if mid is not None and state.get("_usageId") == mid:
+                _usage_add(usage, -1, state.get("_usageLast") or {})
+            _usage_add(usage, 1, tokens)
+            state["_usageId"], state["_usageLast"] = mid, tokens
+        calls = msg.get("toolCalls") if isinstance(msg.get("toolCalls"), list) else []
+        content = msg.get("content")
+        has_text = bool(content.strip()) if isinstance(content, str) else bool(_content_texts(content))
+        if calls or not has_text:
+            state.update(status="running", detail=None)  # the model goes on after its tools
+        else:
+            state.update(status="done", detail=None)
+    elif kind == "info" and isinstance(msg.get("content"), str) and msg["content"].startswith("Request cancelled"):
+        state.update(status="interrupted", detail=None)
+    elif kind == "error":
+        text = msg.get("content") if isinstance(msg.get("content"), str) else "error"
+        state.update(status="error", detail=text[:MAX_LOG_MESSAGE])
+
+
+def gemini_reduce(state, rec):
+    """Apply one line of a Gemini CLI chat file (~/.gemini/tmp/<project>/chats/session-*.jsonl).
+
+    Lines: a header ({sessionId, projectHash, startTime, kind}); messages ({id, timestamp, type:
+    user|gemini|info|error|warning, content, tokens, model, toolCalls}), a later line with the same
+    id replacing the earlier one; and `{"$set": {...}}` patches (lastUpdated, or the whole
+    `messages` list when Gemini rewrites its history, as after a cancelled request).
+    Not captured: the end of Gemini's retries of an HTTP 500 (still retrying, with nothing written,
+    after 45 s); an `error` line was captured for a 400.
+    """
+    if "$set" in rec:
+        patch = rec["$set"] if isinstance(rec["$set"], dict) else {}
+        ts = parse_iso_ms(patch.get("lastUpdated"))
+        if ts:
+            state["updatedAt"] = max(state["updatedAt"], ts)
+        msgs = patch.get("messages")
+        if isinstance(msgs, list):
+            # a rewrite of the history: titles and turns from it, no usage counted twice
+            kept = dict((k, state[k]) for k in ("status", "detail", "attempt", "turns", "lastPrompt"))
+            turns = 0
+            for m in msgs:
+                if isinstance(m, dict):
+                    if m.get("type") == "user" and _gemini_prompt(m.get("content")) is not None:
+                        turns += 1
+                    _gemini_message(state, m, counted=False)
+            state.update(kept)
+            state["turns"] = max(turns, kept["turns"])
+            state["lastPrompt"] = kept["lastPrompt"] or state["lastPrompt"]
+        return state
+    if isinstance(rec.get("sessionId"), str) and "type" not in rec:
+        state["id"] = rec["sessionId"]
+        ts = parse_iso_ms(rec.get("lastUpdated") or rec.get("startTime"))
+        if ts:
+            state["updatedAt"] = max(state["updatedAt"], ts)
+        if rec.get("kind") not in (None, "main"):
+            state["hidden"] = True  # a subagent's chat
+        return state
+    if isinstance(rec.get("type"), str):
+        _gemini_message(state, rec)
+    return state
+
+
+def gemini_id_from_path(path):
+    """session-2026-11-27T22-08-4fc6198e.jsonl -> the short id prefix '4fc6198e' (or None)."""
+    m = re.match(r"^session-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-([0-9a-f]{8})\.jsonl$", os.path.basename(path))
+    return m.group(1) if m else None
+
+
+def pi_reduce(state, rec):
+    """Apply one line of a Pi session (~/.pi/agent/sessions/--<cwd>--/<time>_<uuid>.jsonl): a
+    `session` header, then tree entries (message, model_change, session_info, compaction …).
+    Pi records usage and cost per assistant message; `stopReason` ends a turn (stop, toolUse,
+    aborted, error, length)."""
+    kind = rec.get("type")
+    ts = parse_iso_ms(rec.get("timestamp"))
+    if ts:
+        state["updatedAt"] = max(state["updatedAt"], ts)
+    if kind == "session":
+        if isinstance(rec.get("id"), str):
+            state["id"] = rec["id"]
+        if isinstance(rec.get("cwd"), str):
+            state["cwd"] = rec["cwd"]
+    elif kind == "model_change" and isinstance(rec.get("modelId"), str):
+        state["model"] = rec["modelId"]
+    elif kind == "session_info" and isinstance(rec.get("name"), str):
+        state["customTitle"] = rec["name"] or None
+    elif kind == "message":
+        msg = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+        role = msg.get("role")
+        if role == "user":
+            texts = [t for t in _content_texts(msg.get("content")) if t.strip()]
+            if texts:
+                if not state["firstPrompt"]:
+                    state["firstPrompt"] = texts[0]
+                state["lastPrompt"] = texts[0]
+                state["turns"] += 1
+            state.update(status="running", detail=None, attempt=None)
+        elif role in ("toolResult", "bashExecution"):
+            if state["status"] == "running" or role == "toolResult":
+                state.update(status="running", detail=None)
+        elif role == "assistant":
+            if isinstance(msg.get("model"), str) and msg["model"]:
+                state["model"] = msg["model"]
+            usage = msg.get("usage") if isinstance(msg.get("usage"), dict) else None
+            if usage is not None:
+                cost = usage.get("cost") if isinstance(usage.get("cost"), dict) else {}
+                _usage_add(_thread_usage(state), 1,
+                           {k: _num(usage.get(k)) for k in USAGE_KEYS},
+                           _num(cost.get("total")) if "total" in cost else None)
+            stop = msg.get("stopReason")
+            if stop == "toolUse":
+                state.update(status="running", detail=None)
+            elif stop == "aborted":
+                state.update(status="interrupted", detail=None)
+            elif stop == "error":
+                state.update(status="error", detail=str(msg.get("errorMessage") or "error")[:MAX_LOG_MESSAGE])
+            else:
+                state.update(status="done", detail=None)
+    return state
+
+
+def pi_id_from_path(path):
+    """<time>_<uuid>.jsonl -> uuid (Pi's session ids are UUIDs, v7 in 0.73), or None."""
+    name = os.path.basename(path)
+    if not name.endswith(".jsonl") or "_" not in name:
+        return None
+    candidate = name[:-6].rsplit("_", 1)[1]
+    return candidate if _UUID_RE.match(candidate) else None
+
+
+def pi_cwd_dir_name(cwd):
+    """Pi's sessions/ directory for a cwd: '--' + the path with '/' as '-' + '--'."""
+    return "--" + cwd.strip("/").replace("/", "-") + "--"
+
+
+def qwen_reduce(state, rec):
+    """Apply one record of a Qwen Code chat (~/.qwen/projects/<encoded cwd>/chats/<uuid>.jsonl).
+
+    Records are Claude-like ({uuid, parentUuid, sessionId, timestamp, type, cwd, message}) with
+    Gemini-like parts: user (a prompt), assistant (text or functionCall parts, usageMetadata once a
+    response is complete), tool_result, system (subtype ui_telemetry: api_response / api_error /
+    tool_call). Captured: an interrupted answer is written without usageMetadata; a 500 is retried,
+    each attempt an api_error record (the final failure was not reached in 45 s of retrying).
+    """
+    kind = rec.get("type")
+    ts = parse_iso_ms(rec.get("timestamp"))
+    if ts:
+        state["updatedAt"] = max(state["updatedAt"], ts)
+    if isinstance(rec.get("cwd"), str):
+        state["cwd"] = rec["cwd"]
+    message = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+    parts = message.get("parts") if isinstance(message.get("parts"), list) else []
+    if kind == "user":
+        texts = [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        texts = [t for t in texts if _is_prompt_text(t)]
+        if texts:
+            if not state["firstPrompt"]:
+                state["firstPrompt"] = texts[0]
+            state["lastPrompt"] = texts[0]
+            state["turns"] += 1
+        state.update(status="running", detail=None, attempt=None)
+    elif kind == "tool_result":
+        state.update(status="running", detail=None, attempt=None)
+    elif kind == "assistant":
+        if isinstance(rec.get("model"), str) and rec["model"]:
+            state["model"] = rec["model"]
+        meta = rec.get("usageMetadata") if isinstance(rec.get("usageMetadata"), dict) else None
+        if meta is not None:
+            _usage_add(_thread_usage(state), 1, gemini_tokens({
+                "input": meta.get("promptTokenCount"), "output": meta.get("candidatesTokenCount"),
+                "cached": meta.get("cachedContentTokenCount"), "thoughts": meta.get("thoughtsTokenCount")}))
+        if any(isinstance(p, dict) and "functionCall" in p for p in parts):
+            state.update(status="running", detail=None, attempt=None)
+        elif meta is None:
+            state.update(status="interrupted", detail=None, attempt=None)  # cut off: no usage came
+        else:
+            state.update(status="done", detail=None, attempt=None)
+    elif kind == "system" and rec.get("subtype") == "ui_telemetry":
+        payload = rec.get("systemPayload") if isinstance(rec.get("systemPayload"), dict) else {}
+        ui = payload.get("uiEvent") if isinstance(payload.get("uiEvent"), dict) else {}
+        if ui.get("event.name") == "qwen-code.api_error" and state["status"] in ("running", "retry"):
+            attempt = (state["attempt"] or 0) + 1
+            state.update(status="retry", detail=str(ui.get("error_message") or "API error")[:MAX_LOG_MESSAGE],
+                         attempt=attempt)
+    return state
+
+
+def gemini_hook_event(agent, payload, environ=None):
+    """Map a Gemini CLI (or Qwen Code) hook payload to an /api/agent-event body, or None.
+
+    Gemini's events: SessionStart/SessionEnd, BeforeAgent (a prompt), BeforeTool/AfterTool,
+    Notification (notification_type ToolPermission: a permission prompt), AfterAgent (the turn
+    ended). No hook fires on an interrupt or an API error; the chat file tells those.
+    Qwen Code uses Claude's names; those go through hook_event()."""
+    env = os.environ if environ is None else environ
+    if not isinstance(payload, dict):
+        return None
+    name = payload.get("hook_event_name")
+    sid = payload.get("session_id")
+    if not isinstance(name, str) or not valid_thread_id(agent, sid):
+        return None
+    status, detail, alive = None, None, None
+    if name == "SessionStart":
+        status = "idle"
+    elif name in ("BeforeAgent", "BeforeTool", "AfterTool"):
+        status = "running"
+    elif name == "Notification":
+        if payload.get("notification_type") != "ToolPermission":
+            return None
+        status = "waiting"
+        detail = str(payload.get("message") or "permission")[:MAX_LOG_MESSAGE]
+    elif name == "AfterAgent":
+        status = "idle"  # settled by the server: a turn under way becomes done
+    elif name == "SessionEnd":
+        status, alive = "idle", False
+    else:
+        return None
+    body = {"agent": agent, "status": status, "threadId": sid, "source": "hook"}
+    if detail:
+        body["detail"] = detail
+    if alive is False:
+        body["alive"] = False
+    if isinstance(payload.get("cwd"), str):
+        body["projectDir"] = payload["cwd"]
+    pane = env.get("TMUX_PANE")
+    if pane and re.match(r"^%\d+$", pane):
+        body["paneId"] = pane
+    if name == "BeforeAgent" and isinstance(payload.get("prompt"), str):
+        body["prompt"] = payload["prompt"][:MAX_LOG_MESSAGE]
+    return {k: clean_str(v) for k, v in body.items()}
+
+
+AGENT_COMMS = frozenset(("claude", "codex", "opencode", "amp", "node", "bun", "gemini", "qwen", "pi"))
 
 
 def classify_agent_process(comm, args):
@@ -1265,7 +1849,15 @@ def classify_agent_process(comm, args):
         if rest[:1] in (["app-server"], ["exec"], ["mcp-server"]):
             return None
         return "codex"
+    if "pi" in names:  # Pi sets its process title to `pi` (its argv is overwritten with it)
+        return "pi" if not ({"-p", "--print", "--mode"} & set(rest)) else None
+    for agent in ("gemini", "qwen"):
+        if agent in names:  # installed as a native binary or a script named like the agent
+            return agent if not ({"-p", "--prompt"} & set(rest)) else None
     if comm in ("node", "bun") or argv0 in ("node", "bun"):
+        more = _more_agent_of_node(rest)
+        if more is not None:
+            return more or None
         script = os.path.basename(rest[0]) if rest else ""
         if script == "codex" and (len(rest) < 2 or rest[1] not in ("app-server", "exec")):
             return "codex"
@@ -1278,14 +1870,41 @@ def classify_agent_process(comm, args):
     return None
 
 
+def _more_agent_of_node(rest):
+    """`node [node flags] …/gemini|qwen|pi <args>` -> that agent, '' for its one-shot and helper
+    runs (-p/--prompt, Gemini's relaunched child is the same agent), None for another script."""
+    i = 0
+    while i < len(rest) and rest[i].startswith("-"):
+        i += 1  # node's own flags (Gemini relaunches itself with --max-old-space-size=…)
+    script = os.path.basename(rest[i]) if i < len(rest) else ""
+    if script in ("gemini", "qwen", "pi", "gemini.js", "cli.js", "cli-entry.js"):
+        if script.endswith(".js"):  # the package's own file (…/.bin/<agent> links to it)
+            parts = rest[i].split("/")
+            package = {"qwen-code": "qwen", "gemini-cli": "gemini", "pi-coding-agent": "pi"}
+            script = next((package[p] for p in reversed(parts[:-1]) if p in package), "")
+            if not script:
+                return None
+        args = rest[i + 1:]
+        if {"-p", "--prompt", "--print"} & set(args) or args[:1] in (["mcp"], ["extensions"], ["hooks"]):
+            return ""
+        return script
+    return None
+
+
 def agent_resume_id_from_args(agent, args):
     """A session id given on the command line (--resume ID, -s ID, resume ID …), validated."""
     rest = list(args[1:]) if args else []
     if agent == "codex" and len(rest) >= 2 and os.path.basename(rest[0]) == "codex":
         rest = rest[1:]  # the node wrapper: node …/codex <args>
+    if agent in ("gemini", "qwen", "pi") and args and os.path.basename(args[0]) in ("node", "bun"):
+        while rest and rest[0].startswith("-"):
+            rest = rest[1:]  # node's flags before the script (Gemini's relaunched child)
+        if rest and os.path.basename(rest[0]) in (agent, "gemini.js", "cli.js", "cli-entry.js"):
+            rest = rest[1:]
     candidates = []
     flags = {"claude": ("--resume", "-r", "--session-id"), "opencode": ("-s", "--session"),
-             "codex": (), "amp": ()}.get(agent, ())
+             "gemini": ("--resume", "-r", "--session-id"), "qwen": ("--resume", "-r", "--session-id"),
+             "pi": ("--session",), "codex": (), "amp": ()}.get(agent, ())
     for i, a in enumerate(rest):
         for f in flags:
             if a == f and i + 1 < len(rest):
@@ -2277,10 +2896,171 @@ def agent_paths(environ=None):
         "opencode_db": env.get("OPENCODE_DB") or os.path.join(xdg_dir("DATA", env), "opencode", "opencode.db"),
         "opencode_config": os.path.join(xdg_dir("CONFIG", env), "opencode"),
         "amp_threads": os.path.join(xdg_dir("DATA", env), "amp", "threads"),
+        "gemini": os.path.join(env.get("GEMINI_CLI_HOME") or home, ".gemini"),
+        "qwen": os.path.join(home, ".qwen"),
+        "pi": env.get("PI_CODING_AGENT_DIR") or os.path.join(home, ".pi", "agent"),
     }
 
 
-class AgentWatchers(object):
+class MoreAgentWatchers(object):
+    """Gemini CLI, Qwen Code and Pi: inotify tails of their JSONL chat files (a mixin of
+    AgentWatchers, using its watch core: watch_dir, FileTail, states). Read only; nothing here
+    writes, moves or deletes an agent's files.
+
+      Gemini: ~/.gemini/tmp/<project>/chats/session-<time>-<id8>.jsonl (projects.json: dir -> project)
+      Qwen:   ~/.qwen/projects/<encoded cwd>/chats/<uuid>.jsonl
+      Pi:     ~/.pi/agent/sessions/--<cwd>--/<time>_<uuid>.jsonl
+    """
+
+    MORE_REDUCERS = {"gemini": gemini_reduce, "qwen": qwen_reduce, "pi": pi_reduce}
+
+    def _more_start(self):
+        p = self.paths
+        self.gemini_projects = {}  # project name -> directory
+        self.watch_root(p["gemini"], self._on_gemini_home)
+        self.watch_root(os.path.join(p["gemini"], "tmp"), self._on_gemini_tmp)
+        self.watch_root(os.path.join(p["qwen"], "projects"), self._on_qwen_projects)
+        self.watch_root(os.path.join(p["pi"], "sessions"), self._on_pi_sessions)
+        self.qwen_registry = {}  # registry file -> (pid, session id)
+        self.watch_root(os.path.join(p["qwen"], "sessions"), self._on_qwen_registry)
+
+    def _more_cold_start(self):
+        self._read_gemini_projects()
+        self._on_gemini_tmp(os.path.join(self.paths["gemini"], "tmp"), None, 0)
+        self._on_qwen_projects(os.path.join(self.paths["qwen"], "projects"), None, 0)
+        self._on_pi_sessions(os.path.join(self.paths["pi"], "sessions"), None, 0)
+        self._on_qwen_registry(os.path.join(self.paths["qwen"], "sessions"), None, 0)
+
+    # -- directories -------------------------------------------------------------------------------
+    def _more_subdirs(self, directory, name, sub, handler):
+        """A new (name) or every (None) subdirectory: watch <it>/<sub> and read its recent files."""
+        names = [name] if name else listdir(directory)
+        for n in names:
+            d = os.path.join(directory, n, sub) if sub else os.path.join(directory, n)
+            if os.path.isdir(os.path.join(directory, n)):
+                self.watch_dir(d, handler)
+                if os.path.isdir(d):
+                    handler(d, None, 0)
+
+    def _on_gemini_home(self, directory, name, mask):
+        if name in (None, "projects.json"):
+            self._read_gemini_projects()
+        if name == "tmp" and mask & IN_ISDIR:
+            self.watch_dir(os.path.join(directory, name), self._on_gemini_tmp)
+            self._on_gemini_tmp(os.path.join(directory, name), None, 0)
+
+    def _on_gemini_tmp(self, directory, name, mask):
+        if name is None or mask & IN_ISDIR:
+            self._more_subdirs(directory, name, "chats", self._on_more_chats("gemini"))
+
+    def _on_qwen_projects(self, directory, name, mask):
+        if name is None or mask & IN_ISDIR:
+            self._more_subdirs(directory, name, "chats", self._on_more_chats("qwen"))
+
+    def _on_pi_sessions(self, directory, name, mask):
+        if name is None or mask & IN_ISDIR:
+            self._more_subdirs(directory, name, "", self._on_more_chats("pi"))
+
+    def _on_more_chats(self, agent):
+        handlers = self.__dict__.setdefault("_more_handlers", {})
+        if agent not in handlers:
+            def handler(directory, name, mask, agent=agent):
+                if name is None:
+                    for n in listdir(directory, ".jsonl"):
+                        path = os.path.join(directory, n)
+                        if path not in self.tails and self._recent(path):
+                            self._more_read_file(agent, path)
+                elif name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
+                    self._more_read_file(agent, os.path.join(directory, name))
+            handlers[agent] = handler
+        return handlers[agent]
+
+    def _on_qwen_registry(self, directory, name, mask):
+        """~/.qwen/sessions/<pid>.json, Qwen Code's live registry ({pid, sessionId, cwd}; removed
+        at exit): the exact pid of a thread, so its pane, without hooks."""
+        for n in [name] if name else listdir(directory, ".json"):
+            if not n or not n.endswith(".json"):
+                continue
+            path = os.path.join(directory, n)
+            if name and mask & (IN_DELETE | IN_MOVED_FROM) or not os.path.exists(path):
+                gone = self.qwen_registry.pop(path, None)
+                if gone:
+                    self.server.agent_pid_exited("qwen", gone[0])
+                continue
+            try:
+                with open(path, "rb") as f:
+                    data = json.loads(f.read().decode("utf-8"))
+            except (OSError, ValueError, UnicodeDecodeError):
+                continue  # half-written: the next event reads it again
+            pid = data.get("pid") if isinstance(data, dict) else None
+            sid = data.get("sessionId") if isinstance(data, dict) else None
+            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or not valid_thread_id("qwen", sid) \
+                    or n != "%d.json" % pid or not _pid_alive(pid):
+                continue
+            if self.qwen_registry.get(path) != (pid, sid):
+                self.qwen_registry[path] = (pid, sid)
+                cwd = data.get("cwd") if isinstance(data.get("cwd"), str) else None
+                self.server.apply_thread_update("qwen", sid, pid=pid, cwd=cwd, alive=True)
+
+    def _read_gemini_projects(self):
+        try:
+            with open(os.path.join(self.paths["gemini"], "projects.json"), "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return
+        projects = data.get("projects") if isinstance(data, dict) else None
+        if isinstance(projects, dict):
+            self.gemini_projects = {v: k for k, v in projects.items() if isinstance(k, str) and isinstance(v, str)}
+
+    # -- files ---------------------------------------------------------------------------------------
+    def _more_thread_id(self, agent, path):
+        if agent == "pi":
+            return pi_id_from_path(path)
+        if agent == "qwen":
+            name = os.path.basename(path)[:-6]
+            return name if _UUID_RE.match(name) else None
+        # Gemini names the file with 8 characters of the id: the full one is in its header line
+        if gemini_id_from_path(path) is None:
+            return None
+        for rec in parse_json_lines(read_head_lines(path, 4096))[0][:1]:
+            sid = rec.get("sessionId")
+            if isinstance(sid, str) and _UUID_RE.match(sid):
+                return sid
+        return None
+
+    def _more_read_file(self, agent, path):
+        state = self.states.get(path)
+        tid = state["id"] if state is not None else self._more_thread_id(agent, path)
+        if not tid:
+            return
+        _, records = self._tail_thread(path, agent, tid, self.MORE_REDUCERS[agent])
+        if records:
+            self._apply_more(agent, path, records)
+
+    def _apply_more(self, agent, path, records):
+        state = self.states[path]
+        tid = state["id"]
+        if agent == "gemini" and not state["cwd"]:
+            parts = path.split(os.sep)
+            if len(parts) >= 3:
+                state["cwd"] = self.gemini_projects.get(parts[-3])
+        status, detail = state["status"], state["detail"]
+        current = self.server.store.threads.get((agent, tid))
+        moved = any(agent != "gemini" or "$set" not in r for r in records)
+        if current is not None and current.status == "waiting" and status == "running" and \
+                (not moved or agent == "qwen" and not any(r.get("type") in ("assistant", "tool_result") for r in records)):
+            # a permission wait is known only from a hook; the file has not moved on
+            status, detail = current.status, current.detail
+        fields = dict(status=status, detail=detail, title=thread_title(state), cwd=state["cwd"],
+                      model=state["model"], updated_at=state["updatedAt"] or None, source="file")
+        if state.get("hidden"):
+            fields["hidden"] = True
+        if state.get("usage"):
+            fields["usage"] = dict(state["usage"])
+        self.server.apply_thread_update(agent, tid, **fields)
+
+
+class AgentWatchers(MoreAgentWatchers):
     """Follows each agent's own files and databases and feeds thread updates to the server.
 
     Runs on the server's event loop. inotify (Linux) wakes it within milliseconds; elsewhere a
@@ -2341,12 +3121,13 @@ class AgentWatchers(object):
         self.watch_root(os.path.join(codex, "sessions"), self._on_codex_tree)
         self.watch_root(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
         self.watch_root(self.paths["amp_threads"], self._on_amp_dir)
+        self._more_start()
         self.cold_start()
 
     def cold_start(self):
         for step in (self._scan_claude_registry, self._scan_claude_projects, self._read_codex_index,
                      self._read_codex_names_db, self._scan_codex_sessions, self._codex_turns_fallback,
-                     self._query_opencode, self._scan_amp):
+                     self._query_opencode, self._scan_amp, self._more_cold_start):
             self._guarded(step.__name__, step)
 
     def _guarded(self, what, fn, *args):
@@ -2631,6 +3412,7 @@ class AgentWatchers(object):
                 for rec in parse_json_lines(read_head_lines(path))[0]:
                     reducer(head, rec)
                 state.update(firstPrompt=head["firstPrompt"], cwd=head["cwd"], model=head["model"])
+                state["usagePartial"] = True  # tokens before the tail are not counted (Codex's totals are exact anyway)
         records, bad = parse_json_lines(lines)
         self.bad_records += bad
         state["bad"] += bad
@@ -2652,6 +3434,8 @@ class AgentWatchers(object):
             return
         self._more_pending.add(path)
         reader = self._read_claude_transcript if agent == "claude" else self._read_codex_rollout
+        if agent in self.MORE_REDUCERS:  # Gemini CLI, Qwen Code, Pi
+            reader = lambda p, a=agent: self._more_read_file(a, p)
         self.server.loop.call_later(0.0, self._read_more, path, reader)
 
     def _read_more(self, path, reader):
@@ -2687,7 +3471,8 @@ class AgentWatchers(object):
         if detail is None and status == state["status"]:
             detail = state["detail"]
         fields = dict(status=status, detail=detail, title=thread_title(state, entry["name"] if entry else None),
-                      cwd=state["cwd"] or (entry and entry["cwd"]), model=state["model"], source="file")
+                      cwd=state["cwd"] or (entry and entry["cwd"]), model=state["model"], source="file",
+                      usage=claude_usage(state))
         if entry:
             fields["pid"] = entry["pid"]
             fields["proc_start"] = entry["procStart"]
@@ -2840,7 +3625,7 @@ class AgentWatchers(object):
         self.server.apply_thread_update(
             "codex", tid, status=status, detail=detail,
             title=thread_title(state, self.codex_names.get(tid)), cwd=state["cwd"], model=state["model"],
-            updated_at=state["updatedAt"] or None, source="file", rollout=path)
+            updated_at=state["updatedAt"] or None, source="file", rollout=path, usage=state.get("usage"))
 
     # -- OpenCode --------------------------------------------------------------------------------
     def _on_opencode_dir(self, directory, name, mask):
@@ -2878,8 +3663,8 @@ class AgentWatchers(object):
             conn = sqlite_ro(path)
             try:
                 sessions = conn.execute(
-                    "SELECT id, parent_id, directory, title, time_updated, model FROM session "
-                    "WHERE time_updated > ? ORDER BY time_updated", (since,)).fetchall()
+                    "SELECT id, parent_id, directory, title, time_updated, model%s FROM session "
+                    "WHERE time_updated > ? ORDER BY time_updated" % opencode_usage_columns(conn), (since,)).fetchall()
                 updates = []
                 for s in sessions:
                     row = self._guarded("opencode session %r" % (s["id"],), self._opencode_row, conn, s)
@@ -2946,7 +3731,8 @@ class AgentWatchers(object):
             title=_clip_title(clean_str(s["title"]) if isinstance(s["title"], str) else ""),
             cwd=clean_str(s["directory"]) if isinstance(s["directory"], str) else None,
             model=model, updated_at=s["time_updated"], hidden=bool(s["parent_id"]),
-            source=current.source if current is not None and current.source == "plugin" else "file")
+            source=current.source if current is not None and current.source == "plugin" else "file",
+            usage=opencode_usage(s, data))
 
     # -- Amp (format unverified, see amp_thread_state) -----------------------------------------------
     def _scan_amp(self):
@@ -2980,7 +3766,7 @@ class AgentWatchers(object):
             return
         self.server.apply_thread_update("amp", state["id"], status=state["status"], detail=state["detail"],
                                         title=thread_title(state), cwd=state["cwd"], model=state["model"],
-                                        updated_at=state["updatedAt"], source="file")
+                                        updated_at=state["updatedAt"], source="file", usage=state.get("usage"))
 
     def close(self):
         if self.inotify is not None:
@@ -3096,7 +3882,7 @@ def hooks_install(config, agent, events, command, commands=()):
     config = hooks_uninstall(config, agent, tuple(commands) + (command,), keep_emptied=events)
     hooks = config.setdefault("hooks", {})
     for event in events:
-        hooks.setdefault(event, []).append({"hooks": [{"type": "command", "command": command, "timeout": 5}]})
+        hooks.setdefault(event, []).append({"hooks": [hook_entry(agent, command)]})
     return config
 
 
@@ -3265,12 +4051,15 @@ def install_agents(command_prefix, environ=None, uninstall=False):
                                 ("codex", os.path.join(paths["codex"], "hooks.json"), CODEX_HOOK_EVENTS)):
         steps.append(("%s hooks in %s" % (agent, path), agent, path, events))
     steps.append(("the OpenCode plugin %s" % plugin, "opencode", plugin, ()))
+    steps.extend(more_install_steps(paths, uninstall))  # Gemini CLI, Qwen Code, Pi: where set up
     try:
         for what, agent, path, events in steps:
             command = command_prefix + " hook " + agent
             try:
                 if agent == "opencode":
                     done.extend(_plugin_step(plugin, uninstall))
+                elif agent == "pi":
+                    done.extend(_pi_extension_step(path, uninstall))
                 elif uninstall:
                     done.extend(_uninstall_hooks_file(path, agent, command, ledger))
                 elif _install_hooks_file(path, agent, events, command, ledger):
@@ -3305,6 +4094,125 @@ def _plugin_step(plugin, uninstall):
     os.makedirs(os.path.dirname(plugin), exist_ok=True)
     atomic_write(plugin, OPENCODE_PLUGIN, mode=0o644)
     return ["installed the OpenCode plugin %s" % plugin]
+
+# Gemini CLI and Qwen Code read hooks from settings.json in Claude's shape ({"hooks": {Event:
+# [{"hooks": [{"type": "command", "command": …}]}]}}); Gemini's `timeout` is in milliseconds.
+GEMINI_HOOK_EVENTS = ("SessionStart", "SessionEnd", "BeforeAgent", "AfterAgent", "Notification")
+QWEN_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "StopFailure", "Notification",
+                    "PermissionRequest")
+PI_EXTENSION_NAME = "opensessions.ts"
+# The Pi extension: Pi has no hooks; an extension in ~/.pi/agent/extensions/ gets its session and
+# agent events. It reports the turn's start and end (with the last message's stopReason: error,
+# aborted) and the session's end, to /api/agent-event, as our hooks do. Never blocks Pi.
+PI_EXTENSION = r"""// opensessions: reports Pi session status to the opensessions server.
+// Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks Pi.
+import fs from "node:fs";
+import path from "node:path";
+
+// The server's runtime file, trusted only when it is ours and private (as in our OpenCode plugin).
+function server(): any {
+  try {
+    const uid = process.getuid!();
+    const t = process.env.TMUX;
+    const sock = t ? t.split(",").slice(0, -2).join(",")
+      : path.join(process.env.TMUX_TMPDIR || "/tmp", "tmux-" + uid, "default");
+    let h = 0xcbf29ce484222325n;  // FNV-1a 64, as opensessions' socket_key()
+    for (const b of Buffer.from(sock, "utf8")) h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn;
+    const key = h.toString(16).padStart(16, "0").slice(0, 12);
+    const xdg = process.env.XDG_RUNTIME_DIR;
+    const dir = xdg && fs.existsSync(xdg) ? path.join(xdg, "opensessions")
+      : path.join(process.env.TMPDIR || "/tmp", "opensessions-" + uid);
+    const file = path.join(dir, "server-" + key + ".json");
+    for (const st of [fs.lstatSync(dir), fs.lstatSync(file)]) {
+      if (st.isSymbolicLink() || st.uid !== uid || (st.mode & 0o077)) return null;
+    }
+    const info = JSON.parse(fs.readFileSync(file, "utf8"));
+    if (Number.isInteger(info.port) && info.port > 0 && info.port < 65536) return info;
+  } catch (e) {}
+  return null;
+}
+
+async function report(ctx: any, status: string, extra: any = {}) {
+  try {
+    const sm = ctx && ctx.sessionManager;
+    const id = sm && sm.getSessionId ? sm.getSessionId() : null;
+    if (!id) return;
+    const body: any = { agent: "pi", status, threadId: id, source: "hook", pid: process.pid,
+      projectDir: (sm.getCwd && sm.getCwd()) || ctx.cwd };
+    if (process.env.TMUX_PANE) body.paneId = process.env.TMUX_PANE;
+    const name = sm.getSessionName && sm.getSessionName();
+    if (name) body.threadName = String(name).slice(0, 200);
+    Object.assign(body, extra);
+    const info = server();
+    if (!info) return;
+    const headers: any = { "content-type": "application/json" };
+    if (typeof info.token === "string") headers["x-opensessions-token"] = info.token;
+    await fetch("http://127.0.0.1:" + info.port + "/api/agent-event", { method: "POST", headers,
+      body: JSON.stringify(body), signal: AbortSignal.timeout(1000) });
+  } catch (e) {}
+}
+
+export default function (pi: any) {
+  pi.on("session_start", async (_event: any, ctx: any) => { void report(ctx, "idle"); });
+  pi.on("agent_start", async (_event: any, ctx: any) => { void report(ctx, "running"); });
+  pi.on("agent_end", async (event: any, ctx: any) => {
+    const msgs = (event && event.messages) || [];
+    let last: any = null;
+    for (const m of msgs) if (m && m.role === "assistant") last = m;
+    if (last && last.stopReason === "error") {
+      void report(ctx, "error", { detail: String(last.errorMessage || "error").slice(0, 500) });
+    } else if (last && last.stopReason === "aborted") {
+      void report(ctx, "interrupted");
+    } else {
+      void report(ctx, "idle");
+    }
+  });
+  pi.on("session_shutdown", async (_event: any, ctx: any) => { await report(ctx, "idle", { alive: false }); });
+}
+"""
+
+
+def hook_entry(agent, command):
+    """Our entry in an agent's hook config: Claude's and Codex's `timeout` is in seconds, Gemini
+    CLI's in milliseconds (it also shows a `name`); Qwen Code keeps its default timeout."""
+    if agent == "gemini":
+        return {"type": "command", "command": command, "timeout": 5000, "name": "opensessions"}
+    if agent == "qwen":
+        return {"type": "command", "command": command}
+    return {"type": "command", "command": command, "timeout": 5}
+
+
+def _pi_extension_step(ext, uninstall):
+    """Install or remove the Pi extension file. -> list of what was done."""
+    if uninstall:
+        if os.path.lexists(ext):
+            os.unlink(ext)
+            return ["removed the Pi extension %s" % ext]
+        return []
+    current = None
+    if os.path.exists(ext):
+        with open(ext, "r", encoding="utf-8", errors="replace") as f:
+            current = f.read()
+    if current == PI_EXTENSION:
+        return []
+    os.makedirs(os.path.dirname(ext), exist_ok=True)
+    atomic_write(ext, PI_EXTENSION, mode=0o644)
+    return ["installed the Pi extension %s" % ext]
+
+
+def more_install_steps(paths, uninstall):
+    """install_agents' steps for Gemini CLI, Qwen Code and Pi: only for agents set up here (their
+    directory exists); nothing is created for the others."""
+    steps = []
+    for agent, events in (("gemini", GEMINI_HOOK_EVENTS), ("qwen", QWEN_HOOK_EVENTS)):
+        path = os.path.join(paths[agent], "settings.json")
+        if os.path.isdir(paths[agent]) and (not uninstall or os.path.exists(path)):
+            steps.append(("%s hooks in %s" % (agent, path), agent, path, events))
+    ext = os.path.join(paths["pi"], "extensions", PI_EXTENSION_NAME)
+    if os.path.isdir(paths["pi"]) and (not uninstall or os.path.lexists(ext)):
+        steps.append(("the Pi extension %s" % ext, "pi", ext, ()))
+    return steps
+
 
 ##############################################################################
 # Server: event loop, state store, HTTP handlers, runtime file and lock
@@ -3507,6 +4415,7 @@ class Store(object):
                 "metadata": {"status": meta.get("status"), "progress": meta.get("progress"),
                              "logs": list(meta.get("logs", ()))},
                 "hidden": s["name"] in hidden, "muted": s["name"] in muted,
+                "usage": usage_total([t.usage for t in by_session.get(s["name"], ())]),  # helpers' calls too
             })
             out_sessions.append(item)
         return {
@@ -3623,6 +4532,8 @@ class RuntimeFiles(object):
 
 
 PRUNE_INTERVAL = 60.0  # seconds between looks for threads to forget
+USAGE_HISTORY_DAYS = 90  # forgotten threads' usage is kept this long (usage-<socket>.json)
+USAGE_HISTORY_MAX = 20000
 SAVE_QUIET = 1.0  # the state file is written once changes pause this long ...
 SAVE_MAX_DELAY = 5.0  # ... or this long after the first unsaved change, whichever comes first
 
@@ -3644,6 +4555,7 @@ class Server(object):
         key = socket_key(tmux.socket_path)
         self.state_path = os.path.join(state_dir(self.environ), "state-%s.json" % key)
         self.ui_path = os.path.join(config_dir(self.environ), "ui.json")
+        self.usage_path = os.path.join(state_dir(self.environ), "usage-%s.json" % key)
         self.git = GitProbe()
         self.httpd = None
         self.read_deadline = READ_DEADLINE
@@ -4434,6 +5346,9 @@ class Server(object):
                 fields[name] = None
         if updated_at is not None and not finite_number(updated_at):
             updated_at = None
+        raw_usage = fields.pop("usage", None)
+        if isinstance(raw_usage, dict):
+            t.usage_raw = raw_usage
         for name, value in fields.items():
             if value is not None and (name != "title" or value):
                 setattr(t, name, value)
@@ -4441,6 +5356,12 @@ class Server(object):
             # a status comes with its own detail and attempt: None clears the previous ones
             t.detail, t.attempt = fields.get("detail"), fields.get("attempt")
         changed = old != (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.hidden, t.alive)
+        if t.usage_raw is not None:
+            priced = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
+            if priced != t.usage:
+                t.usage = priced
+                self.store.touch()
+                self._schedule_save()
         if updated_at:
             t.updated_at = max(t.updated_at, int(updated_at))
         elif changed or is_new:
@@ -4462,8 +5383,11 @@ class Server(object):
     def prune_threads(self):
         """Forget threads /state would not list and that nobody needs (threads_to_prune)."""
         drop = threads_to_prune(list(self.store.threads.values()), now_ms(self.clock), self.store.recent_ms)
+        gone = [self.store.threads[key] for key in drop if self.store.threads[key].usage]
         for key in drop:
             del self.store.threads[key]
+        if gone:
+            self.record_usage_history(gone)
         if drop:
             self.store.touch()
             self._schedule_save()
@@ -4475,6 +5399,31 @@ class Server(object):
             self.publish()
         finally:
             self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
+
+    def record_usage_history(self, threads):
+        """Forgotten threads' usage goes to usage-<socket>.json, for `opensessions usage --since 30d`
+        (one entry per thread, replaced when the same thread is forgotten again; 90 days, 20,000 kept)."""
+        try:
+            data = read_json_file(self.usage_path, {})
+        except OpensessionsError as e:
+            log("%s; starting a new usage history" % e)
+            data = {}
+        entries = data.get("threads") if isinstance(data, dict) and isinstance(data.get("threads"), list) else []
+        keep = {}
+        for e in entries:
+            if isinstance(e, dict) and isinstance(e.get("agent"), str) and isinstance(e.get("id"), str):
+                keep[(e["agent"], e["id"])] = e
+        for t in threads:
+            keep[t.key] = {"agent": t.agent, "id": t.id, "session": t.session, "model": t.model,
+                           "title": t.title, "updatedAt": t.updated_at, "usage": t.usage}
+        horizon = now_ms(self.clock) - USAGE_HISTORY_DAYS * 86400 * 1000
+        kept = sorted((e for e in keep.values() if _int(e.get("updatedAt")) >= horizon),
+                      key=lambda e: _int(e.get("updatedAt")))[-USAGE_HISTORY_MAX:]
+        try:
+            ensure_private_dir(os.path.dirname(self.usage_path))
+            atomic_write(self.usage_path, encode_json({"threads": kept}))
+        except (OSError, OpensessionsError) as e:
+            log("cannot save usage history to %s: %s" % (self.usage_path, e))
 
     def on_thread_status(self, thread, old_status):
         """A thread changed status: tell the notifier (after this change is applied)."""
@@ -4534,6 +5483,7 @@ class Server(object):
                         pid=t.get("pid"), alive=bool(t.get("alive")), unseen=bool(t.get("unseen")),
                         updated_at=_int(t.get("updatedAt")), hidden=bool(t.get("hidden")),
                         source=t.get("source"))
+            th.usage = usage_json(t.get("usage"))  # the figures last shown, until the watchers read again
             self.store.threads[th.key] = th
 
     def _load_ui(self):
@@ -4553,12 +5503,20 @@ class Server(object):
         self.store.ui.update(change)
         self.store.ui_error = None
         self.store.touch()
+        if "prices" in change:
+            self.reprice_usage()
         try:
             ensure_private_dir(os.path.dirname(self.ui_path))
             atomic_write(self.ui_path, json.dumps(self.store.ui, indent=2) + "\n", mode=0o644)
         except (OSError, OpensessionsError) as e:
             log("cannot save %s: %s" % (self.ui_path, e))
         self.on_ui_changed(change)
+
+    def reprice_usage(self):
+        """The user's prices changed: price every thread's usage again."""
+        for t in self.store.threads.values():
+            if t.usage_raw is not None:
+                t.usage = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
 
     def api_mute(self, body):
         """POST /mute {"session", "muted": true|false}; without "muted" it toggles."""
@@ -5302,6 +6260,10 @@ RESUME_FLAGS = {
     "opencode": {"value": ("--session", "-s"), "bool": ("--continue", "-c", "--fork")},
     "codex": {"value": (), "bool": ("--last",)},  # codex's -c is --config: kept
     "amp": {"value": (), "bool": ("--last",)},
+    "gemini": {"value": ("--resume", "-r", "--session-id", "--session-file", "--prompt-interactive", "-i"),
+               "bool": ()},
+    "qwen": {"value": ("--resume", "-r", "--session-id", "--prompt-interactive", "-i"), "bool": ("--continue", "-c")},
+    "pi": {"value": ("--session", "--fork"), "bool": ("--continue", "-c", "--resume", "-r")},
 }
 # Flags known to take no value (so a word after them is a positional prompt, never a value).
 BOOL_FLAGS = {
@@ -5311,6 +6273,9 @@ BOOL_FLAGS = {
     "codex": ("--full-auto", "--dangerously-bypass-approvals-and-sandbox", "--search", "--oss", "--last",
               "--dangerously-bypass-hook-trust", "--skip-git-repo-check", "--no-daemon"),
     "amp": ("--dangerously-allow-all", "--last"),
+    "gemini": ("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--skip-trust", "--screen-reader"),
+    "qwen": ("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--continue", "-c"),
+    "pi": ("--continue", "-c", "--resume", "-r", "--no-session", "--verbose"),
 }
 SIDECAR_PREFIX = "opensessions_"
 EMPTY_SAVE_GRACE = 60.0
@@ -5323,7 +6288,9 @@ CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
 TAR_ENV_BOOKKEEPING = frozenset(("tmux_pane", "shell", "TMUX_PANE", "SHELL", "TMUX", "PWD", "OLDPWD", "SHLVL", "_"))
 # Agents that resume a conversation by id from any directory. Claude keeps conversations under the
 # project directory (~/.claude/projects/<cwd>): it resumes only from there.
-RESUME_ANYWHERE = frozenset(("codex", "opencode", "amp"))
+RESUME_ANYWHERE = frozenset(("codex", "opencode", "amp", "pi"))
+# Gemini CLI and Qwen Code keep chats per project (~/.gemini/tmp/<project>, ~/.qwen/projects/<cwd>) and,
+# like Claude, resume only from that directory; Pi finds a session by id from anywhere.
 
 
 def resurrect_escape(text):
@@ -5450,6 +6417,10 @@ def resume_command(record):
         words += flags + ["-s", tid]
     elif agent == "codex":
         words += flags + ["resume", tid]
+    elif agent in ("gemini", "qwen"):
+        words += flags + ["--resume", tid]
+    elif agent == "pi":
+        words += flags + ["--session", tid]
     else:
         words += ["threads", "continue", tid]
     line = " ".join(words)
@@ -5567,6 +6538,71 @@ def records_from_assistant_sessions(doc, log=None, capture_env=None):
                     "agent": s["tool"], "id": s.get("session_id"), "cwd": cwd or None,
                     "flags": flags, "env": env, "model": model or None, "idSource": "assistant-sessions"})
     return out
+
+
+def more_cwd_candidates(paths, agent, cwd):
+    """[(mtime, thread id)] of Gemini CLI, Qwen Code or Pi conversations started in cwd (for the
+    last-resort cwd guess). Reads directory listings and, for Gemini, each file's header line."""
+    out = []
+    if agent == "gemini":
+        try:
+            with open(os.path.join(paths["gemini"], "projects.json"), "rb") as f:
+                project = (json.loads(f.read().decode("utf-8")).get("projects") or {}).get(cwd)
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+            project = None
+        d = os.path.join(paths["gemini"], "tmp", project, "chats") if isinstance(project, str) else None
+    elif agent == "qwen":
+        d = os.path.join(paths["qwen"], "projects", claude_project_dir_name(cwd or ""), "chats")
+    else:
+        d = os.path.join(paths["pi"], "sessions", pi_cwd_dir_name(cwd or ""))
+    for name in listdir(d, ".jsonl") if d else ():
+        path = os.path.join(d, name)
+        if agent == "pi":
+            tid = pi_id_from_path(path)
+        elif agent == "qwen":
+            tid = name[:-6]
+        else:
+            head = parse_json_lines(read_head_lines(path, 4096))[0][:1]
+            tid = head[0].get("sessionId") if head and gemini_id_from_path(path) else None
+        try:
+            if valid_thread_id(agent, tid):
+                out.append((os.stat(path).st_mtime, tid))
+        except OSError:
+            pass
+    return out
+
+
+def more_conversation_exists(paths, agent, tid):
+    """A Gemini CLI / Qwen Code / Pi conversation file for this id is still there (names only; a
+    Gemini file is named with the id's first 8 characters, its header line has the whole id)."""
+    if agent == "gemini":
+        root = os.path.join(paths["gemini"], "tmp")
+        for project in listdir(root):
+            d = os.path.join(root, project, "chats")
+            for name in listdir(d, ".jsonl"):
+                if gemini_id_from_path(name) == tid[:8]:
+                    head = parse_json_lines(read_head_lines(os.path.join(d, name), 4096))[0][:1]
+                    if head and head[0].get("sessionId") == tid:
+                        return True
+        return False
+    if agent == "qwen":
+        root = os.path.join(paths["qwen"], "projects")
+        return any(os.path.exists(os.path.join(root, d, "chats", tid + ".jsonl")) for d in listdir(root))
+    root = os.path.join(paths["pi"], "sessions")
+    return any(pi_id_from_path(n) == tid for d in listdir(root) for n in listdir(os.path.join(root, d), ".jsonl"))
+
+
+def qwen_registry_id(qwen_dir, pids):
+    """Qwen Code's live registry ~/.qwen/sessions/<pid>.json -> the session id of one of pids."""
+    for p in pids:
+        try:
+            with open(os.path.join(qwen_dir, "sessions", "%d.json" % p), "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict) and data.get("pid") == p and valid_thread_id("qwen", data.get("sessionId")):
+            return data["sessionId"]
+    return None
 
 
 def agent_in_tree(root, table, kids):
@@ -5752,6 +6788,10 @@ class Resurrect(object):
                     continue
                 if entry and claude_registry_alive(entry) and valid_thread_id("claude", entry["sessionId"]):
                     return entry["sessionId"], "claude-registry"
+        if agent == "qwen":
+            tid = qwen_registry_id(self.paths["qwen"], subtree)
+            if tid:
+                return tid, "qwen-registry"
         if agent == "codex":
             for p in subtree:
                 for fd in listdir("/proc/%d/fd" % p):
@@ -5842,6 +6882,8 @@ class Resurrect(object):
                     codex_reduce(head, rec)
                 if head["cwd"] == cwd:
                     candidates.append((os.stat(path).st_mtime, head["id"]))
+        elif agent in ("gemini", "qwen", "pi"):
+            candidates = more_cwd_candidates(self.paths, agent, cwd)
         for _, tid in sorted(candidates, reverse=True):
             if valid_thread_id(agent, tid) and (agent, tid) not in used:
                 return tid
@@ -5970,6 +7012,8 @@ class Resurrect(object):
                 return bool(sqlite_rows(self.paths["opencode_db"], "SELECT 1 FROM session WHERE id = ?", (tid,)))
             except sqlite3.Error:
                 return False
+        if agent in ("gemini", "qwen", "pi"):
+            return more_conversation_exists(self.paths, agent, tid)
         return True  # Amp keeps threads on its servers: nothing local to check
 
     def pane_state(self, target):
@@ -6870,7 +7914,14 @@ def _render_session(scr, s):
     name = fit(scr.clean(s["name"]), max(1, name_room), g["more"])
     pieces = [(g["current"] if is_current else " ", "accent"), (("%d" % n if n else " ") + " ", "muted"),
               (name, "accent" if is_current else base)]
-    if badges:
+    cost = cost_text((s.get("usage") or {}).get("cost"), row=True)
+    if cost and name_room - display_width(name) >= len(cost) + 2:  # the session's total, when there is room
+        pieces.append((" " * (w - 3 - display_width(name) - tail - len(cost) - (1 if badges else 0)), base))
+        pieces.append((cost, "muted"))
+        if badges:
+            pieces.append((" ", base))
+            pieces.extend(badges)
+    elif badges:
         pieces.append((" " * max(1, w - 3 - display_width(name) - tail), base))
         pieces.extend(badges)
     pieces.extend(unseen)
@@ -6931,6 +7982,44 @@ def _log_pieces(scr, entry, indent):
     return [(head, style), (text, "fg"), (pad + age, "muted")]
 
 
+def token_text(n):
+    """1234 -> '1.2k', 2500000 -> '2.5M'."""
+    n = n or 0
+    if n >= 10 ** 6:
+        return "%.1fM" % (n / 1e6)
+    if n >= 10 ** 5:
+        return "%dk" % round(n / 1e3)
+    if n >= 10 ** 3:
+        return "%.1fk" % (n / 1e3)
+    return "%d" % n
+
+
+def cost_text(cost, row=False):
+    """USD for the sidebar and the CLI; '' when unknown (and, on a row, when nothing was spent)."""
+    if not finite_number(cost) or (row and cost <= 0):
+        return ""
+    if cost >= 100:
+        return "$%d" % round(cost)
+    if cost >= 0.01 or cost == 0:
+        return "$%.2f" % cost
+    return "<$0.01" if row else "$%.4f" % cost
+
+
+def usage_text(u):
+    """One thread's (or session's) usage in a line, what matters first (a narrow sidebar cuts the
+    end): '$0.42 ctx 45% 12k in 3.1k out 40k cache'."""
+    parts = [cost_text(u.get("cost"))] if u.get("cost") is not None else []
+    if u.get("contextPct") is not None:
+        parts.append("ctx %d%%" % u["contextPct"])
+    parts.append("%s in %s out" % (token_text(u.get("input")), token_text(u.get("output"))))
+    cache = (u.get("cacheRead") or 0) + (u.get("cacheWrite") or 0)
+    if cache:
+        parts.append("%s cache" % token_text(cache))
+    if u.get("partial"):
+        parts.append("(partial)")
+    return " ".join(parts)
+
+
 def _detail(model, s, scr):
     """The selected session in full: directory, status, progress, threads, ports, logs."""
     g, now = scr.g, scr.now
@@ -6961,6 +8050,10 @@ def _detail(model, s, scr):
         if t.get("detail") or t.get("model"):
             info += " %s %s" % (g["neutral"], t.get("detail") or t["model"])
         panel.line(item, [(info, "sel" if sel else "muted")])
+        if t.get("usage"):
+            panel.line(item, [("  " + usage_text(t["usage"]), "sel" if sel else "muted")])
+    if s.get("usage") and len(s.get("threads", [])) > 1:
+        panel.line(None, [("total ", "accent"), (usage_text(s["usage"]), "muted")])
     if s.get("ports"):
         panel.line(("port", s["name"]), [("ports", "accent")] + [(" :%d" % p, "accent") for p in s["ports"]])
     for entry in (meta.get("logs") or [])[-5:]:
@@ -7883,18 +8976,103 @@ def status_lines(state, now=None):
     """`opensessions status` as aligned, labelled columns: a session per row, its threads indented
     under it. Pure."""
     now = now if now is not None else now_ms()
-    rows = [("SESSION / AGENT", "STATUS", "UNSEEN", "UPDATED", "BRANCH / TITLE")]
+    rows = [("SESSION / AGENT", "STATUS", "UNSEEN", "UPDATED", "COST", "BRANCH / TITLE")]
     for s in state["sessions"]:
         rows.append((s["name"], s.get("state") or "-", "yes" if s.get("unseen") else "",
-                     "", (s.get("branch") or "") + ("*" if s.get("dirty") else "")))
+                     "", cost_text((s.get("usage") or {}).get("cost")),
+                     (s.get("branch") or "") + ("*" if s.get("dirty") else "")))
         for t in s.get("threads", []):
             status = t["status"] + (" #%s" % t["attempt"] if t.get("attempt") else "")
             rows.append(("  " + t["agent"], status, "yes" if t.get("unseen") else "",
                          age_text(t.get("updatedAt"), now) + (" ago" if t.get("updatedAt") else ""),
-                         t.get("title") or t["id"]))
+                         cost_text((t.get("usage") or {}).get("cost")), t.get("title") or t["id"]))
     widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return ["  ".join([c + " " * (w - display_width(c)) for c, w in zip(r, widths)] + [r[-1]]).rstrip()
             for r in rows]
+
+
+def usage_threads(state, saved=None, history=None):
+    """Every thread with usage we know of: /state's (sessions' and orphans'), those the server's
+    saved file keeps (hidden helpers included) that /state no longer lists, and forgotten ones from
+    the usage history (90 days). The freshest figure of a thread wins. -> list of dicts with "session"."""
+    out = {}
+    for doc in (history, saved):
+        for t in doc.get("threads", []) if isinstance(doc, dict) and isinstance(doc.get("threads"), list) else ():
+            if isinstance(t, dict) and isinstance(t.get("usage"), dict) and isinstance(t.get("agent"), str):
+                out[(t["agent"], t.get("id"))] = dict(t)
+    for s in state.get("sessions", []):
+        for t in s.get("threads", []):
+            out[(t["agent"], t["id"])] = dict(t, session=s["name"])
+    for t in state.get("threads", []):
+        out[(t["agent"], t["id"])] = dict(t)
+    return [t for t in out.values() if isinstance(t.get("usage"), dict)]
+
+
+def usage_report(threads, since_ms, now_ms_):
+    """`opensessions usage`: totals by agent, session and day of the threads active since since_ms.
+    A thread counts whole on the day it was last active (agents record running totals, not days).
+    -> {"since", "total", "agents", "sessions", "days"} (each a {name: usage} with "threads")."""
+    import datetime
+    groups = {"agents": {}, "sessions": {}, "days": {}}
+    picked = [t for t in threads if (t.get("updatedAt") or 0) >= since_ms]
+    for t in picked:
+        day = datetime.datetime.fromtimestamp((t.get("updatedAt") or 0) / 1000.0).strftime("%Y-%m-%d")
+        for group, key in (("agents", t["agent"]), ("sessions", t.get("session") or "(no session)"), ("days", day)):
+            groups[group].setdefault(key, []).append(t["usage"])
+    report = {"since": since_ms, "total": usage_total([t["usage"] for t in picked]), "threads": len(picked)}
+    for group, items in groups.items():
+        report[group] = {k: dict(usage_total(v), threads=len(v)) for k, v in sorted(items.items())}
+    return report
+
+
+def usage_lines(report):
+    """The report as aligned columns. Pure."""
+    rows = [("", "THREADS", "INPUT", "OUTPUT", "CACHE", "COST")]
+
+    def row(name, u, n):
+        cost = cost_text(u.get("cost")) if u.get("cost") is not None else "-"
+        rows.append((name, str(n), token_text(u["input"]), token_text(u["output"]),
+                     token_text(u["cacheRead"] + u["cacheWrite"]), cost + (" +?" if u.get("partial") else "")))
+    for title, group in (("AGENT", "agents"), ("SESSION", "sessions"), ("DAY", "days")):
+        rows.append((title, "", "", "", "", ""))
+        for name, u in report[group].items():
+            row("  " + name, u, u["threads"])
+    if report["total"]:
+        row("TOTAL", report["total"], report["threads"])
+    widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c + " " * (w - display_width(c)) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if any(u.get("partial") for g in ("agents", "sessions", "days") for u in report[g].values()):
+        lines.append("+? : some cost unknown (a model without a price: add it to ui.json \"prices\") "
+                     "or history not fully read")
+    return lines
+
+
+def parse_since(text, now_ms_):
+    """'1d', '7d', '12h', '30m' -> epoch ms."""
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$", text or "")
+    if not m:
+        raise OpensessionsError("--since takes a duration such as 1d, 7d, 12h")
+    unit = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[m.group(2)]
+    return int(now_ms_ - float(m.group(1)) * unit * 1000)
+
+
+def cmd_usage(args):
+    state = _get_state(args)
+    docs = []
+    key = socket_key(_socket_from_args(args))
+    for name in ("usage-%s.json" % key, "state-%s.json" % key):
+        try:
+            docs.append(read_json_file(os.path.join(state_dir(), name), {}))
+        except (OpensessionsError, OSError):
+            docs.append(None)  # these only add older threads: /state alone still answers
+    now = now_ms()
+    report = usage_report(usage_threads(state, docs[1], docs[0]), parse_since(args.since, now), now)
+    if args.json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return 0
+    for line in usage_lines(report):
+        print(line)
+    return 0
 
 
 def cmd_status(args):
@@ -7989,7 +9167,8 @@ def cmd_hook(args):
     """Called by an agent's hook with the payload on stdin. Never blocks or fails the agent."""
     try:
         raw = sys.stdin.buffer.read(MAX_BODY)
-        body = hook_event(args.agent, json.loads(raw.decode("utf-8")))
+        payload = json.loads(raw.decode("utf-8"))
+        body = (gemini_hook_event if args.agent == "gemini" else hook_event)(args.agent, payload)
         if body is None:
             return 0
         if "pid" not in body:
@@ -8350,7 +9529,7 @@ def cmd_uninstall_tmux(args):
     return 0
 
 
-COMMANDS = ("server", "start", "stop", "status", "set-status", "set-progress", "log", "clear-log", "notify",
+COMMANDS = ("server", "start", "stop", "status", "usage", "set-status", "set-progress", "log", "clear-log", "notify",
             "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next", "mute",
             "save", "restore", "kitty", "tmux-setup", "uninstall-tmux")
 
@@ -8387,6 +9566,10 @@ def _command_table():
         ("stop", cmd_stop, "stop the server", []),
         ("status", cmd_status, "print sessions and agent threads in labelled columns",
          [(("--json",), dict(action="store_true", help="print the whole /state document instead"))]),
+        ("usage", cmd_usage, "tokens and cost by agent, session and day",
+         [(("--since",), dict(default="1d", help="how far back: 1d (default), 7d, 12h; threads count on the "
+                                                   "day they were last active; the server keeps 90 days")),
+          (("--json",), dict(action="store_true", help="print the report as JSON"))]),
         ("set-status", cmd_set_status, "set (or --clear) a session's status pill",
          [session, (("text",), dict(nargs="?", help="the pill's text")), (("--tone",), tone),
           (("--clear",), dict(action="store_true", help="remove the pill"))]),
@@ -8405,9 +9588,11 @@ def _command_table():
           (("--session",), dict(help="the session it is about (muted sessions stay quiet)")),
           (("--tone",), tone)]),
         ("hook", cmd_hook, "(called by agent hooks) report a hook payload from stdin",
-         [(("agent",), dict(choices=("claude", "codex"), help="the agent whose hook calls: claude or codex"))]),
+         [(("agent",), dict(choices=("claude", "codex", "gemini", "qwen"),
+                            help="the agent whose hook calls: claude, codex, gemini or qwen"))]),
         ("install", cmd_install,
-         "add our Claude Code and Codex hooks and the OpenCode plugin (idempotent, with backups)", []),
+         "add our Claude Code, Codex, Gemini CLI and Qwen Code hooks, the OpenCode plugin and the Pi extension"
+         " (idempotent, with backups)", []),
         ("uninstall", cmd_uninstall, "remove what `install` added, and nothing else", []),
         ("sidebar", cmd_sidebar, "run the curses sidebar in this pane", []),
         ("toggle", cmd_toggle, "show or hide the sidebar in every window", [display]),
@@ -8531,7 +9716,7 @@ def main(argv=None):
     command = command_of(argv)
     if command == "hook" and "-h" not in argv and "--help" not in argv:
         args = _HookArgs(argv)
-        if args.agent in ("claude", "codex"):
+        if args.agent in ("claude", "codex", "gemini", "qwen"):
             return cmd_hook(args)
     parser = build_parser(command)
     args = parser.parse_args(argv)
