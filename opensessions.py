@@ -4548,6 +4548,312 @@ SAVE_QUIET = 1.0  # the state file is written once changes pause this long ...
 SAVE_MAX_DELAY = 5.0  # ... or this long after the first unsaved change, whichever comes first
 
 
+class ControlClient(object):
+    """The hidden `tmux -C` client that tells us when panes, windows or clients change: started
+    and stopped here, its lines read here; each change calls `on_change()`, its end `on_exit()`."""
+
+    def __init__(self, tmux, loop, environ, on_change, on_exit):
+        self.tmux = tmux
+        self.loop = loop
+        self.environ = environ
+        self.on_change = on_change
+        self.on_exit = on_exit
+        self.proc = None
+        self._buf = b""
+        self._subscribed = False
+        self._block = None  # output lines of the command block being read
+
+    @property
+    def running(self):
+        return self.proc is not None
+
+    def start(self):
+        import subprocess
+        # A minimal environment: tmux sends one identify message per environment variable, and
+        # tmux 3.3a can crash if a notification reaches a control client whose identify is still
+        # being read (it has no control state yet); a short handshake fits in one read.
+        env = {k: v for k, v in self.environ.items() if k in ("PATH", "LANG", "LC_ALL", "LC_CTYPE")}
+        try:
+            self.proc = subprocess.Popen(self.tmux.control_argv(), stdin=subprocess.PIPE, env=env,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError as e:
+            log("cannot start the tmux control client: %s" % e)
+            return
+        self._buf = b""
+        self._subscribed = False
+        self._block = None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self._wait_attached()
+        self.loop.add_reader(self.proc.stdout.fileno(), self._on_readable)
+        if self._buf:
+            self.loop.post(self._on_readable)
+
+    def _wait_attached(self, timeout=2.0):
+        """Run no other tmux command until the control client has attached: tmux 3.3a can crash
+        when a control client attaches while windows are being created (seen here, about once in
+        200 attaches under constant window churn). Output read meanwhile is kept for the reader."""
+        import select
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"%session-changed" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                log("tmux control client did not attach within %.0f s" % timeout)
+                return
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return
+            self._buf += chunk
+
+    def send(self, line):
+        try:
+            self.proc.stdin.write(line.encode("utf-8") + b"\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def stop(self, grace=2.0):
+        if self.proc is None:
+            return
+        try:
+            self.loop.remove_reader(self.proc.stdout.fileno())
+        except (ValueError, OSError):
+            pass
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        import subprocess
+        proc, self.proc = self.proc, None
+        try:
+            proc.terminate()
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            log("control client pid %d ignored SIGTERM for %.1f s; killing it" % (proc.pid, grace))
+            proc.kill()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                log("control client pid %d did not exit after SIGKILL" % proc.pid)
+        except OSError as e:
+            log("stopping the control client failed: %s" % e)
+        for f in (proc.stdout, proc.stderr):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
+
+    def _on_readable(self):
+        if self.proc is None:
+            return
+        try:
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+        except BlockingIOError:
+            chunk = None  # nothing new: still parse what _wait_attached kept
+        except OSError:
+            chunk = b""
+        if chunk == b"":
+            self.on_exit()
+            return
+        self._buf += chunk or b""
+        lines = self._buf.split(b"\n")
+        self._buf = lines.pop()
+        interesting = False
+        for raw in lines:
+            text = raw.decode("utf-8", "replace").rstrip("\r")
+            parsed = parse_control_line(text)
+            if parsed is None:
+                if self._block is not None:
+                    self._block.append(text)
+                continue
+            if parsed[0] == "begin":
+                self._block = []
+                continue
+            if parsed[0] in ("end", "error"):
+                if parsed[0] == "error":
+                    log("tmux control client command failed: %s" % " ".join(self._block or ()))
+                self._block = None
+                continue
+            if parsed[0] in ("output", "exit"):
+                continue  # EOF follows %exit
+            if parsed[0] == "session-changed" and not self._subscribed:
+                # subscribe once attached: sent earlier, tmux answers "no current client"
+                self._subscribed = True
+                self.send("refresh-client -B 'os-panes::%s'" % SUBSCRIPTION_FORMAT)
+            interesting = True
+        if interesting:
+            self.on_change()
+
+
+class Processes(object):
+    """One read of the process table, as the linker needs it: `table` pid -> Proc; `pane_of_pid`
+    pid -> pane id of every process under a pane; `agents` pane id -> (agent, pid, args) of the
+    top-most agent process in it; `codex_rollouts` pid -> id of the Codex thread whose rollout file
+    the process holds open; `exact_starts` True when a Proc's start time tells a reused pid apart."""
+
+    def __init__(self, table, pane_of_pid, agents, codex_rollouts, exact_starts):
+        self.table = table
+        self.pane_of_pid = pane_of_pid
+        self.agents = agents
+        self.codex_rollouts = codex_rollouts
+        self.exact_starts = exact_starts
+
+
+def link_threads(threads, panes, processes):
+    """Link threads to panes by pid: a pure function of the threads (read, never changed), the
+    panes ({pane id: (session name, cwd)}) and the processes (a Processes). The pid is the one a
+    registry, hook or plugin gave, else the Codex process holding the thread's rollout file open,
+    else the agent started with `resume <id>` of it.
+
+    -> (links, sessions): `links` [(thread key, pid, alive, pane or None, "pid" or None)], one per
+    thread that has a pid, that a Codex daemon holds, or that was guessed by cwd before;
+    `sessions` {thread key: session name} for threads a hook put in a pane we now know."""
+    threads = list(threads)
+    table, pane_of_pid = processes.table, processes.pane_of_pid
+    pid = {t.key: t.pid for t in threads}
+    daemon_held = set()
+    for proc_pid, tid in processes.codex_rollouts.items():
+        key = ("codex", tid)
+        if key not in pid:
+            continue
+        if proc_pid in pane_of_pid:
+            pid[key] = proc_pid
+        else:
+            # Codex's app-server daemon holds it (not in any pane): the thread is loaded, and
+            # its pane comes from the TUI's `resume <id>` or, failing that, the cwd
+            daemon_held.add(key)
+    for pane_id, (agent, agent_pid, args) in processes.agents.items():
+        rid = agent_resume_id_from_args(agent, args)
+        key = (agent, rid) if rid else None
+        if key in pid and not (pid[key] and pid[key] in table and pid[key] != agent_pid):
+            pid[key] = agent_pid
+    links = []
+    sessions = {}
+    for t in threads:
+        p = pid[t.key]
+        if p:
+            proc = table.get(p)
+            alive = proc is not None and (t.proc_start is None or proc.start == t.proc_start
+                                          or not processes.exact_starts)
+            pane = pane_of_pid.get(p) if alive else None
+            links.append((t.key, p, alive, pane, "pid" if pane else None))
+        elif t.key in daemon_held:
+            links.append((t.key, p, True, None, None))
+        elif t.link == "cwd":
+            links.append((t.key, p, False, None, None))
+        elif t.link == "api" and t.pane in panes and t.session != panes[t.pane][0]:
+            sessions[t.key] = panes[t.pane][0]  # named by a hook before tmux told us about the pane
+    return links, sessions
+
+
+def guess_threads_by_cwd(threads, panes, processes, pid_links):
+    """For each agent process in a pane that no thread is linked to by pid (`pid_links`, the links
+    of link_threads), guess its thread: the same agent's visible thread whose directory holds the
+    pane's cwd most closely, newest first, not already alive in a pane. A pure function; a thread
+    is never guessed for two panes. -> [(thread key, pid, True, pane, "cwd")]"""
+    linked_panes = {(key[0], pane) for key, _, _, pane, link in pid_links if pane}
+    taken = {t.key for t in threads if t.alive and t.pane}
+    links = []
+    for pane_id, (agent, agent_pid, args) in sorted(processes.agents.items()):
+        if (agent, pane_id) in linked_panes:
+            continue
+        cwd = panes[pane_id][1] if pane_id in panes else None
+        candidates = [t for t in threads
+                      if t.agent == agent and t.key not in taken and not t.hidden and t.cwd
+                      and most_specific_dir(cwd, [t.cwd]) is not None]
+        if not candidates:
+            continue
+        best = max(candidates, key=lambda t: (len(t.cwd), t.updated_at))
+        taken.add(best.key)
+        links.append((best.key, agent_pid, True, pane_id, "cwd"))
+    return links
+
+
+class StateFile(object):
+    """state-<socket>.json: sessions' metadata and the threads, read at start; written atomically,
+    debounced: one write when changes pause SAVE_QUIET, at least every SAVE_MAX_DELAY while they go
+    on (a flood of events does not rewrite and fsync the file each second)."""
+
+    def __init__(self, path, store, loop, document=None):
+        self.path = path
+        self.store = store
+        self.loop = loop
+        self.document = document or store.metadata_json  # -> the JSON document to write
+        self.pending = False
+        self._first_change = self._last_change = 0.0
+
+    def load(self):
+        """Read the file into the store -> the document read ({} if none; a corrupt file is
+        kept as .corrupt)."""
+        try:
+            data = read_json_file(self.path, {})
+        except OpensessionsError as e:
+            log("%s; starting with empty metadata (the file is kept as .corrupt)" % e)
+            try:
+                os.replace(self.path, self.path + ".corrupt")
+            except OSError:
+                pass
+            data = {}
+        if not isinstance(data, dict):
+            return {}
+        data = clean_json(data)  # a file written by an older version may hold what we now refuse
+        meta = data.get("metadata")
+        if isinstance(meta, dict):
+            for name, m in meta.items():
+                if isinstance(name, str) and isinstance(m, dict):
+                    self.store.metadata[name] = stored_metadata(name, m)
+        threads = data.get("threads")
+        for t in threads if isinstance(threads, list) else ():
+            if not isinstance(t, dict) or not isinstance(t.get("agent"), str) or not isinstance(t.get("id"), str):
+                continue
+            for key in ("title", "detail", "model"):
+                t[key] = clean_text(t.get(key)) if isinstance(t.get(key), str) else None
+            for key in ("cwd", "pane", "session", "source"):
+                t[key] = t.get(key) if isinstance(t.get(key), str) else None
+            for key in ("attempt", "pid"):
+                t[key] = t.get(key) if isinstance(t.get(key), int) and not isinstance(t.get(key), bool) else None
+            status = t.get("status") if t.get("status") in STATUSES else "idle"
+            th = Thread(t["agent"], t["id"], title=t.get("title") or "", status=status,
+                        detail=t.get("detail"), attempt=t.get("attempt"), cwd=t.get("cwd"),
+                        model=t.get("model"), pane=t.get("pane"), session=t.get("session"),
+                        pid=t.get("pid"), alive=bool(t.get("alive")), unseen=bool(t.get("unseen")),
+                        updated_at=_int(t.get("updatedAt")), hidden=bool(t.get("hidden")),
+                        source=t.get("source"))
+            th.usage = usage_json(t.get("usage"))  # the figures last shown, until the watchers read again
+            self.store.threads[th.key] = th
+        return data
+
+    def schedule_save(self):
+        now = self.loop.clock()
+        self._last_change = now
+        if not self.pending:
+            self.pending = True
+            self._first_change = now
+            self.loop.call_later(SAVE_QUIET, self._save_when_quiet)
+
+    def _save_when_quiet(self):
+        if not self.pending:
+            return  # saved meanwhile (shutdown)
+        now = self.loop.clock()
+        quiet_at = self._last_change + SAVE_QUIET
+        if now < quiet_at and now < self._first_change + SAVE_MAX_DELAY:
+            self.loop.call_later(min(quiet_at, self._first_change + SAVE_MAX_DELAY) - now, self._save_when_quiet)
+            return
+        self.save_now()
+
+    def save_now(self):
+        self.pending = False
+        try:
+            ensure_private_dir(os.path.dirname(self.path))
+            atomic_write(self.path, encode_json(self.document()))
+        except (OSError, OpensessionsError) as e:
+            log("cannot save state to %s: %s" % (self.path, e))
+
+
 class Server(object):
     """Live state from tmux (+ watchers), served over HTTP and Server-Sent Events."""
 
@@ -4563,19 +4869,18 @@ class Server(object):
         self.port_explicit = port_explicit
         self.runtime = RuntimeFiles(tmux.socket_path, self.environ)
         key = socket_key(tmux.socket_path)
-        self.state_path = os.path.join(state_dir(self.environ), "state-%s.json" % key)
+        self.state_file = StateFile(os.path.join(state_dir(self.environ), "state-%s.json" % key), self.store, self.loop)
         self.ui_path = os.path.join(config_dir(self.environ), "ui.json")
         self.usage_path = os.path.join(state_dir(self.environ), "usage-%s.json" % key)
         self.git = GitProbe()
         self.httpd = None
         self.read_deadline = READ_DEADLINE
         self.peer_uids = True  # False: act as where the kernel cannot name a peer (macOS): token only
-        self.control = None
-        self._control_buf = b""
+        self.control = ControlClient(tmux, self.loop, self.environ, self.schedule_refresh, self._on_control_exit)
+        self.api = Api(self)
         self._refresh_pending = False
         self._refresh_due = 0.0
         self._refresh_cancel = None
-        self._save_pending = False
         self._ports_key = None
         self._pid_groups = {}
         self._git_jobs = set()
@@ -4604,7 +4909,7 @@ class Server(object):
         try:
             if not self.tmux.alive():
                 raise OpensessionsError("no tmux server at %s" % self.tmux.socket_path)
-            self._load_state()
+            self.state_file.load()
             self._load_ui()
             self._bind()
             self.refresh()
@@ -4623,7 +4928,7 @@ class Server(object):
                        sum(t.bytes_read for t in self.watchers.tails.values()) // 1024,
                        self.watchers.bad_records, time.monotonic() - t0))
             self.store.publish()
-            self._start_control()
+            self.control.start()
             self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
             self.loop.call_later(2.0, self._ports_timer)
             self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
@@ -4690,12 +4995,12 @@ class Server(object):
                 self.store.cond.notify_all()
             self.httpd.server_close()
             self.httpd = None
-        self._stop_control()
+        self.control.stop()
         for pid in list(self._pidfds):
             self._close_pidfd(pid)
         if self.watchers is not None:
             self.watchers.close()
-        self._save_state_now()
+        self.state_file.save_now()
         self.runtime.release()
 
     def stop(self, reason="stopped"):
@@ -4703,133 +5008,12 @@ class Server(object):
         self.loop.stop()
 
     # -- tmux ------------------------------------------------------------------------------
-    def _start_control(self):
-        import subprocess
-        # A minimal environment: tmux sends one identify message per environment variable, and
-        # tmux 3.3a can crash if a notification reaches a control client whose identify is still
-        # being read (it has no control state yet); a short handshake fits in one read.
-        env = {k: v for k, v in self.environ.items() if k in ("PATH", "LANG", "LC_ALL", "LC_CTYPE")}
-        try:
-            self.control = subprocess.Popen(self.tmux.control_argv(), stdin=subprocess.PIPE, env=env,
-                                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        except OSError as e:
-            log("cannot start the tmux control client: %s" % e)
-            return
-        self._control_buf = b""
-        self._control_subscribed = False
-        self._control_block = None  # output lines of the command block being read
-        os.set_blocking(self.control.stdout.fileno(), False)
-        self._wait_attached()
-        self.loop.add_reader(self.control.stdout.fileno(), self._on_control_readable)
-        if self._control_buf:
-            self.loop.post(self._on_control_readable)
-
-    def _wait_attached(self, timeout=2.0):
-        """Run no other tmux command until the control client has attached: tmux 3.3a can crash
-        when a control client attaches while windows are being created (seen here, about once in
-        200 attaches under constant window churn). Output read meanwhile is kept for the reader."""
-        import select
-        fd = self.control.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"%session-changed" not in self._control_buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                log("tmux control client did not attach within %.0f s" % timeout)
-                return
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                return
-            self._control_buf += chunk
-
-    def _control_send(self, line):
-        try:
-            self.control.stdin.write(line.encode("utf-8") + b"\n")
-            self.control.stdin.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
-
-    def _stop_control(self, grace=2.0):
-        if self.control is None:
-            return
-        try:
-            self.loop.remove_reader(self.control.stdout.fileno())
-        except (ValueError, OSError):
-            pass
-        try:
-            self.control.stdin.close()
-        except OSError:
-            pass
-        import subprocess
-        proc, self.control = self.control, None
-        try:
-            proc.terminate()
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            log("control client pid %d ignored SIGTERM for %.1f s; killing it" % (proc.pid, grace))
-            proc.kill()
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                log("control client pid %d did not exit after SIGKILL" % proc.pid)
-        except OSError as e:
-            log("stopping the control client failed: %s" % e)
-        for f in (proc.stdout, proc.stderr):
-            try:
-                if f is not None:
-                    f.close()
-            except OSError:
-                pass
-
-    def _on_control_readable(self):
-        if self.control is None:
-            return
-        try:
-            chunk = os.read(self.control.stdout.fileno(), 65536)
-        except BlockingIOError:
-            chunk = None  # nothing new: still parse what _wait_attached kept
-        except OSError:
-            chunk = b""
-        if chunk == b"":
-            self._on_control_exit()
-            return
-        self._control_buf += chunk or b""
-        lines = self._control_buf.split(b"\n")
-        self._control_buf = lines.pop()
-        interesting = False
-        for raw in lines:
-            text = raw.decode("utf-8", "replace").rstrip("\r")
-            parsed = parse_control_line(text)
-            if parsed is None:
-                if self._control_block is not None:
-                    self._control_block.append(text)
-                continue
-            if parsed[0] == "begin":
-                self._control_block = []
-                continue
-            if parsed[0] in ("end", "error"):
-                if parsed[0] == "error":
-                    log("tmux control client command failed: %s" % " ".join(self._control_block or ()))
-                self._control_block = None
-                continue
-            if parsed[0] in ("output", "exit"):
-                continue  # EOF follows %exit
-            if parsed[0] == "session-changed" and not self._control_subscribed:
-                # subscribe once attached: sent earlier, tmux answers "no current client"
-                self._control_subscribed = True
-                self._control_send("refresh-client -B 'os-panes::%s'" % SUBSCRIPTION_FORMAT)
-            interesting = True
-        if interesting:
-            self.schedule_refresh()
-
     def _on_control_exit(self):
         """The control client ended: its session died, or the whole tmux server did."""
-        self._stop_control()
+        self.control.stop()
         if self.tmux.alive():
             self.schedule_refresh()
-            self._start_control()
+            self.control.start()
         else:
             log("tmux server %s is gone; exiting" % self.tmux.socket_path)
             self.stop("tmux server exited")
@@ -4856,7 +5040,7 @@ class Server(object):
         try:
             sessions, clients = self.tmux.snapshot()
         except TmuxGone:
-            if self.control is None or not self.tmux.alive():
+            if not self.control.running or not self.tmux.alive():
                 self.stop("tmux server exited")
             return
         except TmuxError as e:
@@ -4910,7 +5094,7 @@ class Server(object):
         t.updated_at = now_ms(self.clock)
         self._status_changes.append((t, prev, t.status))
         self.store.touch()
-        self._schedule_save()
+        self.state_file.schedule_save()
 
     def _watch_agent_pids(self):
         """Be woken when an agent process a live thread runs in exits: a pidfd per process
@@ -4967,9 +5151,8 @@ class Server(object):
         self.publish()
 
     def map_threads(self):
-        """Link each thread to its pane: by pid first (registry, hooks, plugin, open rollout file,
-        resume argument), then, only for agent processes nothing links, by cwd. One thread never
-        gets two panes, and one pane never gets two guessed threads."""
+        """Link each thread to its pane: read the processes again if a thread's pid is new to us,
+        decide (link_threads by pid, then guess_threads_by_cwd) and apply the links."""
         table = self.proc_table
         if table is None:
             return
@@ -4985,61 +5168,19 @@ class Server(object):
             elif not self._relink_pending:
                 self._relink_pending = True
                 self.loop.call_later(0.25, self._relink)
-        pane_session = {}
-        pane_cwd = {}
+        panes = {}
         for s in self.store.sessions:
             for w in s["windows"]:
                 for p in w["panes"]:
-                    pane_session[p["id"]] = s["name"]
-                    pane_cwd[p["id"]] = p["cwd"]
+                    panes[p["id"]] = (s["name"], p["cwd"])
         threads = self.store.threads
-        daemon_held = set()
-        for pid, tid in self._codex_fd_links.items():
-            t = threads.get(("codex", tid))
-            if t is None:
-                continue
-            if pid in self.pane_of_pid:
-                t.pid = pid
-            else:
-                # Codex's app-server daemon holds it (not in any pane): the thread is loaded, and
-                # its pane comes from the TUI's `resume <id>` or, failing that, the cwd
-                daemon_held.add(t.key)
-        for pane_id, (agent, pid, args) in self.pane_agents.items():
-            rid = agent_resume_id_from_args(agent, args)
-            t = threads.get((agent, rid)) if rid else None
-            if t is not None and not (t.pid and t.pid in table and t.pid != pid):
-                t.pid = pid
-        linked_panes = set()
-        for t in threads.values():
-            if t.pid:
-                proc = table.get(t.pid)
-                alive = proc is not None and (t.proc_start is None or proc.start == t.proc_start
-                                              or not self.probes.has_proc)
-                pane = self.pane_of_pid.get(t.pid) if alive else None
-                self._set_link(t, alive, pane, pane_session, "pid" if pane else None)
-                if pane:
-                    linked_panes.add((t.agent, pane))
-            elif t.key in daemon_held:
-                self._set_link(t, True, None, pane_session, None)
-            elif t.link == "cwd":
-                self._set_link(t, False, None, pane_session, None)
-            elif t.link == "api" and t.pane in pane_session and t.session != pane_session[t.pane]:
-                t.session = pane_session[t.pane]  # named by a hook before tmux told us about the pane
-                self.store.touch()
-        taken = {t.key for t in threads.values() if t.alive and t.pane}
-        for pane_id, (agent, pid, args) in sorted(self.pane_agents.items()):
-            if (agent, pane_id) in linked_panes:
-                continue
-            cwd = pane_cwd.get(pane_id)
-            candidates = [t for t in threads.values()
-                          if t.agent == agent and t.key not in taken and not t.hidden and t.cwd
-                          and most_specific_dir(cwd, [t.cwd]) is not None]
-            if not candidates:
-                continue
-            best = max(candidates, key=lambda t: (len(t.cwd), t.updated_at))
-            taken.add(best.key)
-            best.pid = pid
-            self._set_link(best, True, pane_id, pane_session, "cwd")
+        processes = Processes(table, self.pane_of_pid, self.pane_agents, self._codex_fd_links, self.probes.has_proc)
+        links, sessions = link_threads(threads.values(), panes, processes)
+        self._apply_links(links, panes)
+        for key, session in sessions.items():
+            threads[key].session = session
+            self.store.touch()
+        self._apply_links(guess_threads_by_cwd(list(threads.values()), panes, processes, links), panes)
         self._watch_agent_pids()
 
     def _relink(self):
@@ -5047,8 +5188,14 @@ class Server(object):
         self.map_threads()
         self.publish()
 
-    def _set_link(self, t, alive, pane, pane_session, link):
-        session = pane_session.get(pane) if pane else t.session  # a dead thread stays where it ran
+    def _apply_links(self, links, panes):
+        for key, pid, alive, pane, link in links:
+            t = self.store.threads[key]
+            t.pid = pid
+            self._set_link(t, alive, pane, panes, link)
+
+    def _set_link(self, t, alive, pane, panes, link):
+        session = panes.get(pane, (None, None))[0] if pane else t.session  # a dead thread stays where it ran
         new_pane = pane if (pane or alive) else t.pane  # ... and keeps the pane it ran in
         if (t.alive, t.pane, t.session, t.link) != (alive, new_pane, session, link):
             t.alive, t.pane, t.session, t.link = alive, new_pane, session, link
@@ -5061,7 +5208,7 @@ class Server(object):
             if t.unseen and self.is_viewed(t):
                 t.unseen = False
                 self.store.touch()
-                self._schedule_save()
+                self.state_file.schedule_save()
 
     def _refresh_git(self):
         git = {}
@@ -5192,7 +5339,7 @@ class Server(object):
             if becomes_unseen(prev, status, self.is_viewed(t)):
                 t.unseen = True
                 self.store.touch()
-                self._schedule_save()
+                self.state_file.schedule_save()
             self.on_thread_status(t, prev)
 
     def on_published(self):
@@ -5200,137 +5347,10 @@ class Server(object):
         if self.tmux_options is not None:
             self.tmux_options.update(self.store.published[1])
 
-    def handle(self, method, body):
-        """Apply one API call on the loop thread, then publish whatever it changed."""
-        result = getattr(self, method)(body)
-        self.publish()
-        return result
-
-    def _meta(self, session):
-        meta = self.store.metadata.get(session)
-        if meta is None:
-            if len(self.store.metadata) >= MAX_METADATA_SESSIONS:
-                live = {s["name"] for s in self.store.sessions}
-                for name in [n for n in self.store.metadata if n not in live]:
-                    del self.store.metadata[name]
-            meta = self.store.metadata.setdefault(session, {"status": None, "progress": None, "logs": []})
-        return meta
-
-    def api_set_status(self, body):
-        session, status = validate_set_status(body)
-        self._meta(session)["status"] = status
-        self._changed_metadata()
-
-    def api_set_progress(self, body):
-        session, progress = validate_set_progress(body)
-        self._meta(session)["progress"] = progress
-        self._changed_metadata()
-
-    def api_log(self, body):
-        session, entry = validate_log(body, self.clock)
-        meta = self._meta(session)
-        meta["logs"] = apply_log(meta.get("logs", []), entry)
-        self._changed_metadata()
-
-    def api_clear_log(self, body):
-        session = _require_session(body)
-        self._meta(session)["logs"] = []
-        self._changed_metadata()
-
-    def api_notify(self, body):
-        session, note = validate_notify(body)
-        if session:
-            meta = self._meta(session)
-            meta["logs"] = apply_log(meta.get("logs", []), dict(note, source="notify", ts=now_ms(self.clock)))
-            self._changed_metadata()
-        self.notify_user(session, note["message"], note["tone"])
-
     def notify_user(self, session, message, tone):
         """Send a notification through the enabled channels (see the notifications section)."""
         if self.notifier is not None:
             self.notifier.send(session, message, tone)
-
-    def api_agent_event(self, body):
-        """A hook or plugin reports a thread's status. -> True if a session matched."""
-        ev = validate_agent_event(body)
-        pane = session = None
-        if ev["paneId"]:
-            pane = ev["paneId"]
-            found = self.store.session_of_pane(pane)
-            if found:
-                session = found[0]
-            else:
-                self.schedule_refresh()  # a pane tmux has not told us about yet: map it after
-        if pane is None and ev["pid"] and getattr(self, "pane_of_pid", None) is not None:
-            pane = self.pane_of_pid.get(ev["pid"])
-            if pane is None:
-                self._read_processes()
-                pane = self.pane_of_pid.get(ev["pid"])
-            if pane is None:
-                self.schedule_refresh()  # a pane tmux has not told us about yet: link it after
-            found = self.store.session_of_pane(pane) if pane else None
-            session = found[0] if found else None
-        if session is None and ev["tmuxSession"]:
-            session = self.store.session_by_name(ev["tmuxSession"])
-        if session is None and ev["projectDir"]:
-            session = self.store.session_for_dir(ev["projectDir"])
-        thread_id = ev["threadId"] or (pane and "pane" + pane) or (session and "session-" + session["name"])
-        if not thread_id:
-            return False
-        current = self.store.threads.get((ev["agent"], thread_id))
-        status = ev["status"]
-        if status == "idle":
-            status = settle_idle(current.status if current else None)
-        fields = dict(status=status, title=ev["threadName"], detail=ev["detail"], attempt=ev["attempt"],
-                      cwd=ev["projectDir"], model=ev["model"], pid=ev["pid"],
-                      source=ev["source"] or "api")
-        if ev["alive"] is False:
-            fields["alive"] = False
-        elif ev["pid"] is None:
-            fields["alive"] = True
-        if ev["prompt"] and (current is None or not current.title):
-            fields["title"] = fields["title"] or _clip_title(ev["prompt"])
-        linked_by_pid = (current is not None and current.pid) or ev["pid"]
-        if pane and not linked_by_pid:
-            fields.update(pane=pane, link="api")
-        if session is not None and (pane or current is None or not current.pane):
-            fields["session"] = session["name"]
-        self.apply_thread_update(ev["agent"], thread_id, **fields)
-        self.map_threads()
-        return session is not None
-
-    def api_opencode_event(self, body):
-        """An event from our OpenCode plugin -> an agent event (see opencode_plugin_status)."""
-        etype = body.get("type")
-        props = body.get("properties")
-        if not isinstance(etype, str) or not isinstance(props, dict):
-            raise ApiError(400, "'type' (string) and 'properties' (object) are required")
-        sid = props.get("sessionID")
-        if not valid_thread_id("opencode", sid):
-            raise ApiError(400, "'properties.sessionID' must be an OpenCode session id (ses_…)")
-        if etype == "session.updated":
-            fields = {}
-            if isinstance(props.get("title"), str):
-                fields["title"] = _clip_title(props["title"])
-            if props.get("parentID"):
-                fields["hidden"] = True
-            if fields:
-                self.apply_thread_update("opencode", sid, **fields)
-            return True
-        mapped = opencode_plugin_status(etype, props)
-        if mapped is None:
-            return True
-        status, detail, attempt = mapped
-        event = {"agent": "opencode", "status": status, "threadId": sid, "detail": detail, "attempt": attempt,
-                 "source": "plugin"}
-        for key, src_key in (("pid", "pid"), ("paneId", "paneId"), ("projectDir", "directory")):
-            if body.get(src_key) is not None:
-                event[key] = body[src_key]
-        if status == "retry":
-            current = self.store.threads.get(("opencode", sid))
-            if current is not None and current.status == "retry" and current.attempt == attempt:
-                return True
-        return self.api_agent_event(event)
 
     def apply_thread_update(self, agent, thread_id, **fields):
         """Create or update one thread and apply the unseen rule. Runs on the loop thread.
@@ -5371,7 +5391,7 @@ class Server(object):
             if priced != t.usage:
                 t.usage = priced
                 self.store.touch()
-                self._schedule_save()
+                self.state_file.schedule_save()
         if updated_at:
             t.updated_at = max(t.updated_at, int(updated_at))
         elif changed or is_new:
@@ -5385,7 +5405,7 @@ class Server(object):
             self._status_changes.append((t, prev_status, t.status))
         if changed or is_new:
             self.store.touch()
-            self._schedule_save()
+            self.state_file.schedule_save()
         if is_new and len(self.store.threads) > MAX_THREADS:
             self.prune_threads()
         return t
@@ -5400,7 +5420,7 @@ class Server(object):
             self.record_usage_history(gone)
         if drop:
             self.store.touch()
-            self._schedule_save()
+            self.state_file.schedule_save()
         return len(drop)
 
     def _prune_timer(self):
@@ -5453,49 +5473,7 @@ class Server(object):
             return any(c["session"] == thread.session for c in clients)
         return False
 
-    def _changed_metadata(self):
-        self.store.touch()
-        self._schedule_save()
-
     # -- persistence -------------------------------------------------------------------------
-    def _load_state(self):
-        try:
-            data = read_json_file(self.state_path, {})
-        except OpensessionsError as e:
-            log("%s; starting with empty metadata (the file is kept as .corrupt)" % e)
-            try:
-                os.replace(self.state_path, self.state_path + ".corrupt")
-            except OSError:
-                pass
-            data = {}
-        if not isinstance(data, dict):
-            return
-        data = clean_json(data)  # a file written by an older version may hold what we now refuse
-        meta = data.get("metadata")
-        if isinstance(meta, dict):
-            for name, m in meta.items():
-                if isinstance(name, str) and isinstance(m, dict):
-                    self.store.metadata[name] = stored_metadata(name, m)
-        threads = data.get("threads")
-        for t in threads if isinstance(threads, list) else ():
-            if not isinstance(t, dict) or not isinstance(t.get("agent"), str) or not isinstance(t.get("id"), str):
-                continue
-            for key in ("title", "detail", "model"):
-                t[key] = clean_text(t.get(key)) if isinstance(t.get(key), str) else None
-            for key in ("cwd", "pane", "session", "source"):
-                t[key] = t.get(key) if isinstance(t.get(key), str) else None
-            for key in ("attempt", "pid"):
-                t[key] = t.get(key) if isinstance(t.get(key), int) and not isinstance(t.get(key), bool) else None
-            status = t.get("status") if t.get("status") in STATUSES else "idle"
-            th = Thread(t["agent"], t["id"], title=t.get("title") or "", status=status,
-                        detail=t.get("detail"), attempt=t.get("attempt"), cwd=t.get("cwd"),
-                        model=t.get("model"), pane=t.get("pane"), session=t.get("session"),
-                        pid=t.get("pid"), alive=bool(t.get("alive")), unseen=bool(t.get("unseen")),
-                        updated_at=_int(t.get("updatedAt")), hidden=bool(t.get("hidden")),
-                        source=t.get("source"))
-            th.usage = usage_json(t.get("usage"))  # the figures last shown, until the watchers read again
-            self.store.threads[th.key] = th
-
     def _load_ui(self):
         """Sidebar preferences; a broken file gives a message and defaults (and is not overwritten
         until the user changes a preference)."""
@@ -5508,25 +5486,176 @@ class Server(object):
         self.store.ui = load_ui(data)
         self.store.touch()
 
+    def reprice_usage(self):
+        """The user's prices changed: price every thread's usage again."""
+        for t in self.store.threads.values():
+            if t.usage_raw is not None:
+                t.usage = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
+
+    def on_ui_changed(self, change):
+        """Visibility, width or side changed: put the sidebar panes right."""
+        if self.sidebars is not None and {"visible", "width", "position"} & set(change):
+            if "position" in change:
+                self.sidebars.remove_all()
+            self.schedule_refresh()
+
+
+class Api(object):
+    """The HTTP API's handlers (the ROUTES values, and api_preview), run on the loop thread over
+    the server's store; they change the store and ask the server to link, refresh or publish."""
+
+    def __init__(self, server):
+        import threading
+        self.server = server
+        self.store = server.store
+        self.clock = server.clock
+        self._reply_lock = threading.Lock()  # one reply at a time
+
+    def apply_and_publish(self, handler, body):
+        """Run the handler named `handler` (a ROUTES value) on the loop thread, then publish
+        whatever it changed."""
+        result = getattr(self, handler)(body)
+        self.server.publish()
+        return result
+
+    def _meta(self, session):
+        meta = self.store.metadata.get(session)
+        if meta is None:
+            if len(self.store.metadata) >= MAX_METADATA_SESSIONS:
+                live = {s["name"] for s in self.store.sessions}
+                for name in [n for n in self.store.metadata if n not in live]:
+                    del self.store.metadata[name]
+            meta = self.store.metadata.setdefault(session, {"status": None, "progress": None, "logs": []})
+        return meta
+
+    def api_set_status(self, body):
+        session, status = validate_set_status(body)
+        self._meta(session)["status"] = status
+        self._changed_metadata()
+
+    def api_set_progress(self, body):
+        session, progress = validate_set_progress(body)
+        self._meta(session)["progress"] = progress
+        self._changed_metadata()
+
+    def api_log(self, body):
+        session, entry = validate_log(body, self.clock)
+        meta = self._meta(session)
+        meta["logs"] = apply_log(meta.get("logs", []), entry)
+        self._changed_metadata()
+
+    def api_clear_log(self, body):
+        session = _require_session(body)
+        self._meta(session)["logs"] = []
+        self._changed_metadata()
+
+    def api_notify(self, body):
+        session, note = validate_notify(body)
+        if session:
+            meta = self._meta(session)
+            meta["logs"] = apply_log(meta.get("logs", []), dict(note, source="notify", ts=now_ms(self.clock)))
+            self._changed_metadata()
+        self.server.notify_user(session, note["message"], note["tone"])
+
+    def api_agent_event(self, body):
+        """A hook or plugin reports a thread's status. -> True if a session matched."""
+        ev = validate_agent_event(body)
+        pane = session = None
+        if ev["paneId"]:
+            pane = ev["paneId"]
+            found = self.store.session_of_pane(pane)
+            if found:
+                session = found[0]
+            else:
+                self.server.schedule_refresh()  # a pane tmux has not told us about yet: map it after
+        if pane is None and ev["pid"] and getattr(self.server, "pane_of_pid", None) is not None:
+            pane = self.server.pane_of_pid.get(ev["pid"])
+            if pane is None:
+                self.server._read_processes()
+                pane = self.server.pane_of_pid.get(ev["pid"])
+            if pane is None:
+                self.server.schedule_refresh()  # a pane tmux has not told us about yet: link it after
+            found = self.store.session_of_pane(pane) if pane else None
+            session = found[0] if found else None
+        if session is None and ev["tmuxSession"]:
+            session = self.store.session_by_name(ev["tmuxSession"])
+        if session is None and ev["projectDir"]:
+            session = self.store.session_for_dir(ev["projectDir"])
+        thread_id = ev["threadId"] or (pane and "pane" + pane) or (session and "session-" + session["name"])
+        if not thread_id:
+            return False
+        current = self.store.threads.get((ev["agent"], thread_id))
+        status = ev["status"]
+        if status == "idle":
+            status = settle_idle(current.status if current else None)
+        fields = dict(status=status, title=ev["threadName"], detail=ev["detail"], attempt=ev["attempt"],
+                      cwd=ev["projectDir"], model=ev["model"], pid=ev["pid"],
+                      source=ev["source"] or "api")
+        if ev["alive"] is False:
+            fields["alive"] = False
+        elif ev["pid"] is None:
+            fields["alive"] = True
+        if ev["prompt"] and (current is None or not current.title):
+            fields["title"] = fields["title"] or _clip_title(ev["prompt"])
+        linked_by_pid = (current is not None and current.pid) or ev["pid"]
+        if pane and not linked_by_pid:
+            fields.update(pane=pane, link="api")
+        if session is not None and (pane or current is None or not current.pane):
+            fields["session"] = session["name"]
+        self.server.apply_thread_update(ev["agent"], thread_id, **fields)
+        self.server.map_threads()
+        return session is not None
+
+    def api_opencode_event(self, body):
+        """An event from our OpenCode plugin -> an agent event (see opencode_plugin_status)."""
+        etype = body.get("type")
+        props = body.get("properties")
+        if not isinstance(etype, str) or not isinstance(props, dict):
+            raise ApiError(400, "'type' (string) and 'properties' (object) are required")
+        sid = props.get("sessionID")
+        if not valid_thread_id("opencode", sid):
+            raise ApiError(400, "'properties.sessionID' must be an OpenCode session id (ses_…)")
+        if etype == "session.updated":
+            fields = {}
+            if isinstance(props.get("title"), str):
+                fields["title"] = _clip_title(props["title"])
+            if props.get("parentID"):
+                fields["hidden"] = True
+            if fields:
+                self.server.apply_thread_update("opencode", sid, **fields)
+            return True
+        mapped = opencode_plugin_status(etype, props)
+        if mapped is None:
+            return True
+        status, detail, attempt = mapped
+        event = {"agent": "opencode", "status": status, "threadId": sid, "detail": detail, "attempt": attempt,
+                 "source": "plugin"}
+        for key, src_key in (("pid", "pid"), ("paneId", "paneId"), ("projectDir", "directory")):
+            if body.get(src_key) is not None:
+                event[key] = body[src_key]
+        if status == "retry":
+            current = self.store.threads.get(("opencode", sid))
+            if current is not None and current.status == "retry" and current.attempt == attempt:
+                return True
+        return self.api_agent_event(event)
+
+    def _changed_metadata(self):
+        self.store.touch()
+        self.server.state_file.schedule_save()
+
     def api_ui(self, body):
         change = validate_ui(body)
         self.store.ui.update(change)
         self.store.ui_error = None
         self.store.touch()
         if "prices" in change:
-            self.reprice_usage()
+            self.server.reprice_usage()
         try:
-            ensure_private_dir(os.path.dirname(self.ui_path))
-            atomic_write(self.ui_path, json.dumps(self.store.ui, indent=2) + "\n", mode=0o644)
+            ensure_private_dir(os.path.dirname(self.server.ui_path))
+            atomic_write(self.server.ui_path, json.dumps(self.store.ui, indent=2) + "\n", mode=0o644)
         except (OSError, OpensessionsError) as e:
-            log("cannot save %s: %s" % (self.ui_path, e))
-        self.on_ui_changed(change)
-
-    def reprice_usage(self):
-        """The user's prices changed: price every thread's usage again."""
-        for t in self.store.threads.values():
-            if t.usage_raw is not None:
-                t.usage = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
+            log("cannot save %s: %s" % (self.server.ui_path, e))
+        self.server.on_ui_changed(change)
 
     def api_mute(self, body):
         """POST /mute {"session", "muted": true|false}; without "muted" it toggles."""
@@ -5540,7 +5669,6 @@ class Server(object):
         new = [s for s in current if s != session] + ([session] if muted else [])
         self.api_ui({"muted": new})
 
-    # -- reply and preview: act on an agent's pane without switching to it -----------------
     def _thread_by_id(self, value):
         if not isinstance(value, str) or not value:
             raise ApiError(400, "'thread' (a thread id) is required")
@@ -5597,11 +5725,8 @@ class Server(object):
         if newer:  # one process, several conversations (resumed, /new): its screen shows the newest
             refuse("the agent in pane %s has moved on to thread %s" % (t.pane, newer[0].id))
         agent, pid, pane_id, pane_pid, start = t.agent, t.pid, t.pane, pane["pid"], t.proc_start
-        tmux = self.tmux
-        lock = getattr(self, "_reply_lock", None)
-        if lock is None:  # made on the loop thread, so only once
-            import threading
-            lock = self._reply_lock = threading.Lock()
+        tmux = self.server.tmux
+        lock = self._reply_lock
 
         def send():
             with lock:  # one reply at a time: keystrokes of two replies never interleave
@@ -5638,41 +5763,6 @@ class Server(object):
         if not t.pane or self._pane_of(t.pane) is None:
             raise ApiError(409, "the thread has no pane")
         return {"thread": t.id, "agent": t.agent, "pane": t.pane, "link": t.link, "status": t.status}
-
-    def on_ui_changed(self, change):
-        """Visibility, width or side changed: put the sidebar panes right."""
-        if self.sidebars is not None and {"visible", "width", "position"} & set(change):
-            if "position" in change:
-                self.sidebars.remove_all()
-            self.schedule_refresh()
-
-    def _schedule_save(self):
-        """Debounced: one write when changes pause SAVE_QUIET, at least every SAVE_MAX_DELAY while
-        they go on (a flood of events does not rewrite and fsync the file each second)."""
-        now = self.loop.clock()
-        self._save_last_change = now
-        if not self._save_pending:
-            self._save_pending = True
-            self._save_first_change = now
-            self.loop.call_later(SAVE_QUIET, self._save_when_quiet)
-
-    def _save_when_quiet(self):
-        if not self._save_pending:
-            return  # saved meanwhile (shutdown)
-        now = self.loop.clock()
-        quiet_at = self._save_last_change + SAVE_QUIET
-        if now < quiet_at and now < self._save_first_change + SAVE_MAX_DELAY:
-            self.loop.call_later(min(quiet_at, self._save_first_change + SAVE_MAX_DELAY) - now, self._save_when_quiet)
-            return
-        self._save_state_now()
-
-    def _save_state_now(self):
-        self._save_pending = False
-        try:
-            ensure_private_dir(os.path.dirname(self.state_path))
-            atomic_write(self.state_path, encode_json(self.store.metadata_json()))
-        except (OSError, OpensessionsError) as e:
-            log("cannot save state to %s: %s" % (self.state_path, e))
 
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -5780,7 +5870,7 @@ def route_post(server, path, body):
     """Apply one POST on the loop thread -> (status, body, content type, extra headers)."""
     method = ROUTES[path]
     try:
-        result = server.loop.call(server.handle, method, body)
+        result = server.loop.call(server.api.apply_and_publish, method, body)
         if callable(result):  # the part that waits on tmux (a reply) runs here, off the loop
             result = result()
     except ApiError as e:
@@ -6020,7 +6110,7 @@ def make_handler(server):
             if not 1 <= lines <= 200:
                 return self._error(400, "'lines' must be 1..200")
             try:
-                info = server.loop.call(server.api_preview, (query.get("thread") or [""])[0])
+                info = server.loop.call(server.api.api_preview, (query.get("thread") or [""])[0])
                 screen = server.tmux.run("capture-pane", "-p", "-t", info["pane"])
             except ApiError as e:
                 return self._error(e.status, e.message)

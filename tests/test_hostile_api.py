@@ -138,8 +138,8 @@ def test_non_finite_numbers_are_refused(server):
 def test_state_is_written_without_nan(env):
     srv = bare_server(env)
     srv.store.metadata["m"] = {"status": None, "progress": {"percent": float("nan")}, "logs": []}
-    srv._save_state_now()
-    with open(srv.state_path) as f:
+    srv.state_file.save_now()
+    with open(srv.state_file.path) as f:
         text = f.read()
     assert "NaN" not in text and json.loads(text)["metadata"]["m"]["progress"] == {"percent": None}
 
@@ -478,10 +478,10 @@ def test_state_saves_are_debounced(env):
     t = [0.0]
     srv.loop.clock = lambda: t[0]
     writes = []
-    srv._save_state_now = lambda: (writes.append(t[0]), setattr(srv, "_save_pending", False))
+    srv.state_file.save_now = lambda: (writes.append(t[0]), setattr(srv.state_file, "pending", False))
     for i in range(100):  # a change every 0.1 s for 10 s
         t[0] = i * 0.1
-        srv._schedule_save()
+        srv.state_file.schedule_save()
         while srv.loop._timers and srv.loop._timers[0][0] <= t[0]:
             entry = __import__("heapq").heappop(srv.loop._timers)
             entry[2](*entry[3])

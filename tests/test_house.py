@@ -125,12 +125,10 @@ def test_stop_control_kills_a_client_that_ignores_sigterm(capsys):
         def remove_reader(self, fd):
             pass
 
-    class Holder(object):
-        control = proc
-        loop = Loop()
-    holder = Holder()
-    os_.Server._stop_control(holder, grace=0.2)
-    assert holder.control is None
+    control = os_.ControlClient(None, Loop(), {}, None, None)
+    control.proc = proc
+    control.stop(grace=0.2)
+    assert control.proc is None and not control.running
     assert proc.poll() == -9  # killed, not left running
     assert "ignored SIGTERM" in capsys.readouterr().err
 
@@ -270,9 +268,9 @@ def test_rule_metadata_is_evicted_past_the_cap(tmp_path, monkeypatch):
     try:
         s.store.sessions = [{"name": "live"}]
         for name in ("live", "gone-a", "gone-b"):
-            s.api_set_status({"session": name, "text": "x"})
+            s.api.api_set_status({"session": name, "text": "x"})
         assert len(s.store.metadata) == 3
-        s.api_set_status({"session": "new", "text": "y"})
+        s.api.api_set_status({"session": "new", "text": "y"})
         # full: the metadata of sessions that no longer exist goes; a live session's stays
         assert set(s.store.metadata) == {"live", "new"}
     finally:
