@@ -4773,6 +4773,67 @@ def guess_threads_by_cwd(threads, panes, processes, pid_links):
     return links
 
 
+class AgentExits(object):
+    """Be woken when an agent process a live thread runs in exits: a pidfd per process (Linux
+    5.3+, Python 3.9+) in the event loop. Elsewhere a 1 s timer asks the kernel about those pids
+    only (os.kill(pid, 0)), and only while there are any. `wanted()` -> the pids to watch;
+    `on_exit(pid)` runs on the loop."""
+
+    def __init__(self, loop, wanted, on_exit):
+        self.loop = loop
+        self.wanted = wanted
+        self.on_exit = on_exit
+        self._pidfds = {}  # pid of a live thread's agent -> pidfd (readable when it exits)
+        self._pidfd_ok = hasattr(os, "pidfd_open")
+        self._check_armed = False
+
+    def sync(self):
+        """Watch the wanted pids, and no others."""
+        want = self.wanted()
+        for pid in [p for p in self._pidfds if p not in want]:
+            self.forget(pid)
+        missing = want.difference(self._pidfds)
+        if not missing:
+            return
+        for pid in missing if self._pidfd_ok else ():
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                self.loop.post(self.on_exit, pid)  # gone already
+                continue
+            except OSError:
+                self._pidfd_ok = False  # an older kernel: the timer looks instead
+                break
+            self._pidfds[pid] = fd
+            self.loop.add_reader(fd, lambda pid=pid: self.on_exit(pid))
+        if not self._pidfd_ok and not self._check_armed:
+            self._check_armed = True
+            self.loop.call_later(1.0, self._check)
+
+    def forget(self, pid):
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def close(self):
+        for pid in list(self._pidfds):
+            self.forget(pid)
+
+    def _check(self):
+        self._check_armed = False
+        pids = self.wanted().difference(self._pidfds)
+        gone = [pid for pid in pids if not _pid_alive(pid)]
+        if gone:
+            self.on_exit(gone[0])
+        elif pids:
+            self._check_armed = True
+            self.loop.call_later(1.0, self._check)
+
+
 class StateFile(object):
     """state-<socket>.json: sessions' metadata and the threads, read at start; written atomically,
     debounced: one write when changes pause SAVE_QUIET, at least every SAVE_MAX_DELAY while they go
@@ -4896,9 +4957,7 @@ class Server(object):
         self.pane_of_pid = {}
         self.pane_agents = {}
         self._codex_fd_links = {}
-        self._pidfds = {}  # pid of a live thread's agent -> pidfd (readable when it exits)
-        self._pidfd_ok = hasattr(os, "pidfd_open")
-        self._pid_check_armed = False
+        self.agent_exits = AgentExits(self.loop, self._live_agent_pids, self._on_agent_exit)
         self._exited_pids = set()  # pids whose exit we were told of (a zombie still answers kill 0)
         self._relink_pending = False
 
@@ -4996,8 +5055,7 @@ class Server(object):
             self.httpd.server_close()
             self.httpd = None
         self.control.stop()
-        for pid in list(self._pidfds):
-            self._close_pidfd(pid)
+        self.agent_exits.close()
         if self.watchers is not None:
             self.watchers.close()
         self.state_file.save_now()
@@ -5096,52 +5154,11 @@ class Server(object):
         self.store.touch()
         self.state_file.schedule_save()
 
-    def _watch_agent_pids(self):
-        """Be woken when an agent process a live thread runs in exits: a pidfd per process
-        (Linux 5.3+, Python 3.9+) in the event loop. Elsewhere a 1 s timer asks the kernel about
-        those pids only (os.kill(pid, 0)), and only while there are any."""
-        want = {t.pid for t in self.store.threads.values() if t.alive and t.pid}
-        for pid in [p for p in self._pidfds if p not in want]:
-            self._close_pidfd(pid)
-        missing = want.difference(self._pidfds)
-        if not missing:
-            return
-        for pid in missing if self._pidfd_ok else ():
-            try:
-                fd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                self.loop.post(self._on_agent_exit, pid)  # gone already
-                continue
-            except OSError:
-                self._pidfd_ok = False  # an older kernel: the timer looks instead
-                break
-            self._pidfds[pid] = fd
-            self.loop.add_reader(fd, lambda pid=pid: self._on_agent_exit(pid))
-        if not self._pidfd_ok and not self._pid_check_armed:
-            self._pid_check_armed = True
-            self.loop.call_later(1.0, self._check_agent_pids)
-
-    def _close_pidfd(self, pid):
-        fd = self._pidfds.pop(pid, None)
-        if fd is not None:
-            self.loop.remove_reader(fd)
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def _check_agent_pids(self):
-        self._pid_check_armed = False
-        pids = {t.pid for t in self.store.threads.values() if t.alive and t.pid and t.pid not in self._pidfds}
-        gone = [pid for pid in pids if not _pid_alive(pid)]
-        if gone:
-            self._on_agent_exit(gone[0])
-        elif pids:
-            self._pid_check_armed = True
-            self.loop.call_later(1.0, self._check_agent_pids)
+    def _live_agent_pids(self):
+        return {t.pid for t in self.store.threads.values() if t.alive and t.pid}
 
     def _on_agent_exit(self, pid):
-        self._close_pidfd(pid)
+        self.agent_exits.forget(pid)
         self._read_processes()
         self._exited_pids = {p for p in self._exited_pids if p in self.proc_table}
         if pid in self.proc_table:
@@ -5181,7 +5198,7 @@ class Server(object):
             threads[key].session = session
             self.store.touch()
         self._apply_links(guess_threads_by_cwd(list(threads.values()), panes, processes, links), panes)
-        self._watch_agent_pids()
+        self.agent_exits.sync()
 
     def _relink(self):
         self._relink_pending = False

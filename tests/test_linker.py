@@ -37,16 +37,11 @@ def apply(threads, links):
         t.pane = pane if (pane or alive) else t.pane
 
 
-def link_all(threads, panes, processes):
-    links, sessions = os_.link_threads(threads, panes, processes)
-    return links, sessions
-
-
 def test_a_pid_from_a_registry_hook_or_plugin_links_its_pane():
     ts = [thread("claude", CLAUDE_A, pid=110, cwd="/src/api"),
           thread("opencode", "ses_dff0ffa93ffebtZJZGz5f4eDGC", pid=310, cwd="/src/web")]
     p = procs({"%1": ("claude", 110, ["claude"]), "%3": ("opencode", 310, ["opencode"])})
-    links, sessions = link_all(ts, PANES, p)
+    links, sessions = os_.link_threads(ts, PANES, p)
     assert links == [(("claude", CLAUDE_A), 110, True, "%1", "pid"),
                      (("opencode", "ses_dff0ffa93ffebtZJZGz5f4eDGC"), 310, True, "%3", "pid")]
     assert sessions == {}
@@ -58,11 +53,11 @@ def test_a_dead_pid_or_a_reused_one_is_not_alive():
           thread("claude", CLAUDE_B, pid=110)]
     ts[1].proc_start = 4  # pid 110 now belongs to a process that started later (5)
     p = procs({"%1": ("claude", 110, ["claude"])})
-    links, _ = link_all(ts, PANES, p)
+    links, _ = os_.link_threads(ts, PANES, p)
     assert links == [(("claude", CLAUDE_A), 999, False, None, None),
                      (("claude", CLAUDE_B), 110, False, None, None)]
     # where start times cannot tell (ps without them), the pid alone decides
-    links, _ = link_all(ts, PANES, procs({"%1": ("claude", 110, ["claude"])}, exact_starts=False))
+    links, _ = os_.link_threads(ts, PANES, procs({"%1": ("claude", 110, ["claude"])}, exact_starts=False))
     assert links[1] == (("claude", CLAUDE_B), 110, True, "%1", "pid")
 
 
@@ -71,7 +66,7 @@ def test_exact_pid_links_beat_cwd_guesses():
     ts = [thread("claude", CLAUDE_A, pid=110, cwd="/src/api", updated_at=1),
           thread("claude", CLAUDE_B, cwd="/src/api", updated_at=2)]
     p = procs({"%1": ("claude", 110, ["claude"])})
-    links, _ = link_all(ts, PANES, p)
+    links, _ = os_.link_threads(ts, PANES, p)
     assert links == [(("claude", CLAUDE_A), 110, True, "%1", "pid")]
     assert os_.guess_threads_by_cwd(ts, PANES, p, links) == []  # %1 is taken by its pid
 
@@ -79,7 +74,7 @@ def test_exact_pid_links_beat_cwd_guesses():
 def test_a_cwd_guess_is_never_for_two_panes():
     ts = [thread("claude", CLAUDE_A, cwd="/src/api", updated_at=1)]
     p = procs({"%1": ("claude", 110, ["claude"]), "%2": ("claude", 210, ["claude"])})
-    links, _ = link_all(ts, PANES, p)
+    links, _ = os_.link_threads(ts, PANES, p)
     assert links == []
     guesses = os_.guess_threads_by_cwd(ts, PANES, p, links)
     assert guesses == [(("claude", CLAUDE_A), 110, True, "%1", "cwd")]  # one pane only
@@ -102,14 +97,14 @@ def test_a_cwd_guess_prefers_the_closest_directory_and_skips_hidden_and_taken_th
 
 def test_a_thread_guessed_by_cwd_before_is_unlinked_when_nothing_guesses_it_again():
     ts = [thread("claude", CLAUDE_A, cwd="/src/api", pane="%1", alive=True, link="cwd")]
-    links, _ = link_all(ts, PANES, procs())
+    links, _ = os_.link_threads(ts, PANES, procs())
     assert links == [(("claude", CLAUDE_A), None, False, None, None)]
 
 
 def test_codex_open_rollout_fds_give_the_pid():
     ts = [thread("codex", CODEX, cwd="/src/web")]
     p = procs({"%3": ("codex", 310, ["codex"])}, codex={310: CODEX})
-    links, _ = link_all(ts, PANES, p)
+    links, _ = os_.link_threads(ts, PANES, p)
     assert links == [(("codex", CODEX), 310, True, "%3", "pid")]
 
 
@@ -117,23 +112,23 @@ def test_a_rollout_held_by_the_codex_daemon_keeps_the_thread_alive_without_a_pan
     daemon = os_.Proc(900, 1, "codex")
     ts = [thread("codex", CODEX, cwd="/src/web")]
     p = procs(codex={900: CODEX}, extra=[daemon])
-    links, _ = link_all(ts, PANES, p)
+    links, _ = os_.link_threads(ts, PANES, p)
     assert links == [(("codex", CODEX), None, True, None, None)]
     # ... and its pane then comes from the TUI's `resume <id>`
     p = procs({"%3": ("codex", 310, ["codex", "resume", CODEX])}, codex={900: CODEX}, extra=[daemon])
-    links, _ = link_all(ts, PANES, p)
+    links, _ = os_.link_threads(ts, PANES, p)
     assert links == [(("codex", CODEX), 310, True, "%3", "pid")]
 
 
 def test_resume_args_give_the_pid_unless_a_live_pid_says_otherwise():
     ts = [thread("claude", CLAUDE_A, cwd="/src/api")]
     p = procs({"%2": ("claude", 210, ["claude", "--resume", CLAUDE_A])})
-    links, _ = link_all(ts, PANES, p)
+    links, _ = os_.link_threads(ts, PANES, p)
     assert links == [(("claude", CLAUDE_A), 210, True, "%2", "pid")]
     # a hook's pid of a running process wins over another process's resume argument
     ts = [thread("claude", CLAUDE_A, pid=110, cwd="/src/api")]
     p = procs({"%1": ("claude", 110, ["claude"]), "%2": ("claude", 210, ["claude", "--resume", CLAUDE_A])})
-    links, _ = link_all(ts, PANES, p)
+    links, _ = os_.link_threads(ts, PANES, p)
     assert links == [(("claude", CLAUDE_A), 110, True, "%1", "pid")]
     # once applied, the guess leaves that thread alone: %2's agent has no thread to guess
     apply(ts, links)
@@ -143,5 +138,5 @@ def test_resume_args_give_the_pid_unless_a_live_pid_says_otherwise():
 def test_a_hook_named_pane_gets_its_session_once_tmux_tells_of_it():
     ts = [thread("claude", CLAUDE_A, pane="%3", session=None, link="api", alive=True),
           thread("claude", CLAUDE_B, pane="%9", session="old", link="api", alive=True)]
-    links, sessions = link_all(ts, PANES, procs())
+    links, sessions = os_.link_threads(ts, PANES, procs())
     assert links == [] and sessions == {("claude", CLAUDE_A): "web"}

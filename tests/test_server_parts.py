@@ -1,0 +1,106 @@
+"""Server's parts alone: AgentExits (pidfds, or a 1 s timer where there are none) and StateFile."""
+import os
+import subprocess
+import sys
+
+import opensessions as os_
+
+
+class FakeLoop(object):
+    def __init__(self):
+        self.timers, self.readers, self.posted = [], {}, []
+        self.now = 0.0
+
+    def clock(self):
+        return self.now
+
+    def call_later(self, delay, fn, *args):
+        self.timers.append((delay, fn, args))
+
+    def post(self, fn, *args):
+        self.posted.append((fn, args))
+
+    def add_reader(self, fd, fn):
+        self.readers[fd] = fn
+
+    def remove_reader(self, fd):
+        self.readers.pop(fd, None)
+
+
+def _sleeper():
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_agent_exits_without_pidfds_looks_every_second_while_there_are_pids():
+    loop, exited, want = FakeLoop(), [], set()
+    watch = os_.AgentExits(loop, lambda: set(want), exited.append)
+    watch._pidfd_ok = False  # an older kernel, or macOS
+    watch.sync()
+    assert loop.timers == []  # nothing to watch: no timer
+    proc = _sleeper()
+    try:
+        want.add(proc.pid)
+        watch.sync()
+        watch.sync()
+        assert len(loop.timers) == 1 and loop.timers[0][0] == 1.0  # one timer, however often synced
+        loop.timers.pop()[1]()
+        assert exited == [] and len(loop.timers) == 1  # alive: looks again in a second
+        proc.kill()
+        proc.wait()
+        loop.timers.pop()[1]()
+        assert exited == [proc.pid] and loop.timers == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_agent_exits_with_pidfds_reads_one_per_pid_and_closes_the_unwanted():
+    if not hasattr(os, "pidfd_open"):
+        return
+    loop, exited, want = FakeLoop(), [], set()
+    watch = os_.AgentExits(loop, lambda: set(want), exited.append)
+    proc = _sleeper()
+    try:
+        want.add(proc.pid)
+        watch.sync()
+        assert len(loop.readers) == 1 and loop.timers == []
+        fd, fn = list(loop.readers.items())[0]
+        fn()
+        assert exited == [proc.pid]
+        want.clear()
+        watch.sync()
+        assert loop.readers == {}
+        try:
+            os.fstat(fd)
+            closed = False
+        except OSError:
+            closed = True
+        assert closed
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_state_file_round_trip_and_corrupt_file_kept(tmp_path):
+    loop = FakeLoop()
+    store = os_.Store(lambda: 1000.0)
+    path = str(tmp_path / "state" / "state-x.json")
+    sf = os_.StateFile(path, store, loop)
+    assert sf.load() == {} and store.threads == {}
+    store.metadata["s"] = {"status": {"text": "hi", "tone": "neutral"}, "progress": None, "logs": []}
+    store.threads[("claude", "t1")] = os_.Thread("claude", "t1", title="a title", status="done", cwd="/w")
+    sf.schedule_save()
+    assert sf.pending and loop.timers[0][0] == os_.SAVE_QUIET
+    sf.save_now()
+    assert not sf.pending
+    again = os_.Store(lambda: 1000.0)
+    data = os_.StateFile(path, again, loop).load()
+    assert isinstance(data, dict) and "metadata" in data
+    t = again.threads[("claude", "t1")]
+    assert (t.title, t.status, t.cwd) == ("a title", "done", "/w")
+    assert again.metadata["s"]["status"] == store.metadata["s"]["status"]
+    with open(path, "w") as f:
+        f.write("{not json")
+    assert os_.StateFile(path, os_.Store(lambda: 1000.0), loop).load() == {}
+    assert os.path.exists(path + ".corrupt") and not os.path.exists(path)
