@@ -1068,7 +1068,7 @@ PANE_FIELDS = (
     ("pane_active", "pane_active"), ("pane_width", "pane_width"), ("pane_height", "pane_height"),
     ("sidebar", "@opensessions-sidebar"), ("window_width", "window_width"),
     ("sidebar_window", "@opensessions-window"), ("pane_left", "pane_left"), ("pane_top", "pane_top"),
-    ("window_height", "window_height"),
+    ("window_height", "window_height"), ("sidebar_asleep", "@opensessions-asleep"),
 )
 CLIENT_FIELDS = (
     ("client_name", "client_name"), ("client_tty", "client_tty"),
@@ -1137,7 +1137,7 @@ def parse_snapshot(output):
                 "active": row["pane_active"] == "1", "width": _int(row["pane_width"]),
                 "height": _int(row["pane_height"]), "sidebar": row["sidebar"] == "1",
                 "sidebarWindow": row["sidebar_window"] or None, "left": _int(row["pane_left"]),
-                "top": _int(row["pane_top"]),
+                "top": _int(row["pane_top"]), "sidebarAsleep": row["sidebar_asleep"] == "1",
             })
         elif kind == "C" and len(values) == len(CLIENT_FIELDS):
             row = dict(zip((k for k, _ in CLIENT_FIELDS), values))
@@ -3045,6 +3045,8 @@ class Server(object):
         self.store.sessions = sessions
         self.store.clients = clients
         self.store.touch()
+        if self.sidebars is not None:
+            self.sidebars.sync()  # first: a window a client just switched to gets its sidebar sooner
         self._refresh_git()
         self._refresh_port_groups()
         self.on_tmux_refreshed()
@@ -3053,8 +3055,6 @@ class Server(object):
         """Panes and clients changed: re-link threads to panes, clear what a client now views."""
         self.map_threads()
         self.clear_viewed()
-        if self.sidebars is not None:
-            self.sidebars.sync()
 
     def after_watchers(self):
         """Agent files changed (called by the watchers after a batch of events)."""
@@ -5347,6 +5347,7 @@ class SidebarApp(object):
         self.last_rows = []
         self.rows = []
         self.last_click = (0.0, -1)
+        self.resized = False
 
     def run(self):
         import curses
@@ -5416,7 +5417,10 @@ class SidebarApp(object):
         curses.mousemask(curses.ALL_MOUSE_EVENTS | curses.REPORT_MOUSE_POSITION)
         curses.mouseinterval(0)
         self._colors({})
+        self._watch_resize()
         while True:
+            if self.resized:
+                self._resize()
             self._draw()
             running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() for t in s.get("threads", []))
             timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
@@ -5436,6 +5440,32 @@ class SidebarApp(object):
             if 0 in ready:
                 if self._keys() == "quit":
                     return
+
+    def _watch_resize(self):
+        """A pane resize must wake the loop: ncurses' own SIGWINCH handler only flags it for the
+        next key read, and select() is resumed after a signal (PEP 475), so an idle sidebar moved
+        to a window of another size (or resized) kept its old drawing. Ours wakes the loop."""
+        import signal
+        self.resized = False
+
+        def on_winch(signum, frame):
+            self.resized = True
+            self.stream._wake()
+        try:
+            signal.signal(signal.SIGWINCH, on_winch)
+        except (ValueError, OSError, AttributeError):
+            pass
+
+    def _resize(self):
+        import curses
+        self.resized = False
+        try:
+            cols, lines = os.get_terminal_size(sys.__stdout__.fileno())
+            curses.resizeterm(lines, cols)
+        except (OSError, ValueError, AttributeError, curses.error):
+            return
+        self.scr.clearok(True)  # the terminal's cells are not what curses remembers: paint all
+        self.last_rows = []
 
     def _own_session(self, state):
         for s in state.get("sessions", []):
@@ -5616,6 +5646,11 @@ def even_layout(window_width, height, sidebar, panes, position="left"):
 
 
 STASH_SESSION = HIDDEN_SESSION_PREFIX + "stash"
+# A sidebar runs only where a client looks, plus this many "warm" ones in the windows clients left
+# last (drawn at once if a client comes back); every other window's sidebar pane holds a sleeping
+# placeholder that costs ~0.2 MB and no CPU. Run as an argv (not through the user's shell).
+SIDEBAR_WARM = 3
+SIDEBAR_SLEEPER = ("sleep", "2147483647")
 
 
 class SidebarPanes(object):
@@ -5625,24 +5660,59 @@ class SidebarPanes(object):
     resizes and layout changes, a window left with only its sidebar is closed (or, if it is the
     session's last window, gets a fresh shell, so the session never dies for it), and hiding
     parks the panes in the hidden session _os_stash so they come back without restarting.
+
+    Only the windows a client shows (and SIDEBAR_WARM more, the ones clients left last) run the
+    curses sidebar; the others hold a placeholder (@opensessions-asleep). When a client switches to
+    a window whose sidebar sleeps, the running sidebar of the window it left (the free one shown
+    last) is swapped into it (swap-pane: one tmux command, the sidebar already drawn, its cursor and
+    filter coming along) and the placeholder goes where that one was; only when no running sidebar
+    is free does the placeholder become one (respawn-pane).
     """
 
-    def __init__(self, server, command):
+    def __init__(self, server, command, warm=SIDEBAR_WARM, clock=time.monotonic):
         self.server = server
         self.command = command  # the shell command that runs `opensessions sidebar`
+        self.warm = warm
+        self.clock = clock
         self.busy = False
         self.fixed = {}  # pane -> when we last corrected its place or width
+        self.shown_at = {}  # window id -> when a client last showed it
+        self.follow_ups = 0  # refreshes asked for in a row after changing panes
 
     def sync(self):
         if self.busy:
             return
         self.busy = True
         try:
-            self._sync()
+            changed = self._sync()
         except TmuxError as e:
             log("sidebar panes: %s" % e)
+            changed = False
         finally:
             self.busy = False
+        # What we changed is read back at once (tmux tells a control client about other sessions'
+        # panes only once a second): at most a few rounds in a row, so nothing can loop.
+        self.follow_ups = self.follow_ups + 1 if changed else 0
+        if changed and self.follow_ups <= 4:
+            self.server.schedule_refresh()
+
+    def shown_windows(self):
+        """Windows a client looks at: each terminal client's current window, and every window of a
+        session a foreign control-mode client (e.g. iTerm2's tmux integration: windows as tabs)
+        is attached to. Our own control client shows nothing."""
+        store = self.server.store
+        control = getattr(self.server, "control", None)
+        own_pid = getattr(control, "pid", None)
+        shown = set()
+        for c in store.clients:
+            if not c.get("control"):
+                shown.add(c.get("window"))
+            elif c.get("pid") != own_pid:
+                for s in store.sessions:
+                    if s["id"] == c.get("sessionId"):
+                        shown.update(w["id"] for w in s["windows"])
+        shown.discard(None)
+        return shown
 
     def _sync(self):
         store = self.server.store
@@ -5650,7 +5720,17 @@ class SidebarPanes(object):
         tmux = self.server.tmux
         stash = store.session_by_name(STASH_SESSION)
         parked = [p for w in (stash or {}).get("windows", []) for p in w["panes"] if p["sidebar"]]
-        changed = False
+        shown = self.shown_windows()
+        now = self.clock()
+        windows = set()
+        for s in store.sessions:
+            windows.update(w["id"] for w in s["windows"])
+        self.shown_at = {w: t for w, t in self.shown_at.items() if w in windows}
+        for w in shown:
+            self.shown_at[w] = now
+        # running sidebars no client looks at: the next shown window takes one of these
+        spare = len([p for w, p in self._slots() if w not in shown and not p.get("sidebarAsleep")])
+        changed = moved_panes = False
         for s in store.visible_sessions():
             for w in s["windows"]:
                 sidebars = [p for p in w["panes"] if p["sidebar"]]
@@ -5659,7 +5739,7 @@ class SidebarPanes(object):
                     for p in sidebars:
                         self._park(p, w["id"], stash)
                         stash = stash or {"windows": []}
-                        changed = True
+                        changed = moved_panes = True
                     continue
                 if sidebars and not work:
                     if len(s["windows"]) > 1:
@@ -5667,11 +5747,11 @@ class SidebarPanes(object):
                     else:
                         tmux.run("split-window", "-h", "-t", sidebars[0]["id"], "-c", s.get("dir") or home_dir())
                         self._place(sidebars[0]["id"], ui)
-                    changed = True
+                    changed = moved_panes = True
                     continue
                 for extra in sidebars[1:]:
                     tmux.run("kill-pane", "-t", extra["id"])
-                    changed = True
+                    changed = moved_panes = True
                 if not sidebars:
                     mine = next((p for p in parked if p.get("sidebarWindow") == w["id"]), None) or \
                         next(iter(parked), None)
@@ -5679,8 +5759,17 @@ class SidebarPanes(object):
                         parked.remove(mine)
                         self._join(mine["id"], work[0]["id"], w["id"], ui)
                     else:
-                        self._split(work[0]["id"], w["id"], ui, s.get("dir"))
-                    changed = True
+                        # a shown window takes a spare next round (swapped in: drawn at once);
+                        # else it starts one; a window nobody looks at gets one while fewer than
+                        # `warm` are spare, else a placeholder
+                        if w["id"] in shown:
+                            live = spare <= 0
+                            spare -= 0 if live else 1
+                        else:
+                            live = spare < self.warm
+                            spare += 1 if live else 0
+                        self._split(work[0]["id"], w["id"], ui, s.get("dir"), live)
+                    changed = moved_panes = True
                 elif w.get("width", 0) > ui["width"] + 10:
                     sb = sidebars[0]
                     edge = sb["left"] == 0 if ui["position"] == "left" else sb["left"] + sb["width"] == w["width"]
@@ -5691,7 +5780,78 @@ class SidebarPanes(object):
                         else:
                             tmux.run("resize-pane", "-t", sb["id"], "-x", ui["width"])
                         changed = True
+        if not moved_panes:  # every window has its one sidebar: now who runs and who sleeps
+            changed = self._balance(shown, ui["visible"]) or changed
         return changed
+
+    def _slots(self):
+        """(window id, sidebar pane) for every sidebar pane, parked ones included, each pane once
+        (a window linked into two sessions is listed twice)."""
+        out, seen = [], set()
+        for s in self.server.store.sessions:
+            if s["name"].startswith(HIDDEN_SESSION_PREFIX) and s["name"] != STASH_SESSION:
+                continue
+            for w in s["windows"]:
+                for p in w["panes"]:
+                    if p["sidebar"] and p["id"] not in seen:
+                        seen.add(p["id"])
+                        out.append((w["id"], p))
+        return out
+
+    def _balance(self, shown, visible):
+        """Shown windows get a running sidebar (a spare swapped in, else the placeholder started),
+        `warm` spares are kept (the windows shown last), the rest sleep. -> whether anything changed."""
+        stash = self.server.store.session_by_name(STASH_SESSION)
+        stash_windows = {w["id"] for w in (stash or {}).get("windows", [])}
+        slots = self._slots()
+        left_over = [p for w, p in slots if w in stash_windows]
+        if visible and left_over:
+            # every window has its sidebar: parked panes left over (their windows closed while
+            # hidden) are not needed any more
+            for p in left_over:
+                self._run_each(("kill-pane", "-t", p["id"]))
+            return True
+        home = {p["id"]: (p.get("sidebarWindow") or w) if w in stash_windows else w for w, p in slots}
+        free = [(w, p) for w, p in slots if w not in shown and not p.get("sidebarAsleep")]
+        free.sort(key=lambda wp: -self.shown_at.get(wp[0], -1.0))  # most recently shown first
+        changed = False
+        for w, p in slots:
+            if w in shown and p.get("sidebarAsleep"):
+                if free:
+                    fw, fp = free.pop(0)
+                    self._run_each(("swap-pane", "-d", "-Z", "-s", fp["id"], "-t", p["id"], ";",
+                                    "set-option", "-p", "-t", fp["id"], "@opensessions-window", home[p["id"]], ";",
+                                    "set-option", "-p", "-t", p["id"], "@opensessions-window", home[fp["id"]]))
+                else:
+                    self._wake(p["id"])
+                changed = True
+        while len(free) > self.warm:
+            self._sleep(free.pop()[1]["id"])  # the least recently shown
+            changed = True
+        if len(free) < self.warm:
+            asleep = [(w, p) for w, p in slots if w not in shown and p.get("sidebarAsleep")]
+            asleep.sort(key=lambda wp: -self.shown_at.get(wp[0], -1.0))  # most recently shown first
+            for w, p in asleep[:self.warm - len(free)]:
+                self._wake(p["id"])
+                changed = True
+        return changed
+
+    def _run_each(self, args):
+        """One tmux command for one pane: a pane that went away meanwhile costs only this step."""
+        try:
+            self.server.tmux.run(*args)
+        except TmuxGone:
+            raise
+        except TmuxError as e:
+            log("sidebar panes: %s" % e)
+
+    def _wake(self, pane):
+        self._run_each(("respawn-pane", "-k", "-t", pane, self.command, ";",
+                        "set-option", "-p", "-u", "-t", pane, "@opensessions-asleep"))
+
+    def _sleep(self, pane):
+        self._run_each(("respawn-pane", "-k", "-t", pane) + SIDEBAR_SLEEPER + (
+            ";", "set-option", "-p", "-t", pane, "@opensessions-asleep", "1"))
 
     def _may_fix(self, pane, clock=time.monotonic):
         """At most one fix a second per pane, so a layout that refuses our width never makes us
@@ -5706,20 +5866,23 @@ class SidebarPanes(object):
     def _flags(self, ui):
         return ["-h", "-f", "-d", "-l", str(ui["width"])] + (["-b"] if ui["position"] == "left" else [])
 
-    def _split(self, target, window_id, ui, cwd):
+    def _split(self, target, window_id, ui, cwd, live=True):
+        command = [self.command] if live else list(SIDEBAR_SLEEPER)
         out = self.server.tmux.run("split-window", *(self._flags(ui) + [
-            "-t", target, "-c", cwd or home_dir(), "-P", "-F", "#{pane_id}", self.command]))
+            "-t", target, "-c", cwd or home_dir(), "-P", "-F", "#{pane_id}"] + command))
         pane = out.strip()
         if pane:
-            self._mark(pane, window_id)
+            self._mark(pane, window_id, asleep=not live)
 
     def _join(self, pane, target, window_id, ui):
         self.server.tmux.run("join-pane", *(self._flags(ui) + ["-s", pane, "-t", target]))
         self._mark(pane, window_id)
 
-    def _mark(self, pane, window_id):
+    def _mark(self, pane, window_id, asleep=None):
+        more = [] if asleep is None else [";", "set-option", "-p", "-t", pane, "@opensessions-asleep", "1"] \
+            if asleep else [";", "set-option", "-p", "-u", "-t", pane, "@opensessions-asleep"]
         self.server.tmux.run("set-option", "-p", "-t", pane, "@opensessions-sidebar", "1", ";",
-                             "set-option", "-p", "-t", pane, "@opensessions-window", window_id)
+                             "set-option", "-p", "-t", pane, "@opensessions-window", window_id, *more)
 
     def _place(self, pane, ui):
         """After a fresh work pane was split off a lone sidebar, put the sidebar back at its side."""
