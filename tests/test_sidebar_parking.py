@@ -145,6 +145,25 @@ def test_right_after_a_tmux_restart(server, tmux, attach, env):
         again.stop()
 
 
+def test_an_idle_sidebar_redraws_when_its_pane_is_resized(server, tmux):
+    """A sidebar swapped into a window of another size gets a SIGWINCH and nothing else: it must
+    redraw for that alone (it once kept its old drawing, cut by tmux, until the next event)."""
+    name = "a-rather-long-session-name"
+    tmux.new_session(name)
+    assert server.post("/ui", {"visible": True})[0] == 204
+    win = tmux.run("list-windows", "-t", "=main", "-F", "#{window_id}").strip()
+    retry_until(lambda: shows_sessions(tmux, win, ("main", name)), timeout=10)
+    tmux.run("resize-window", "-t", win, "-x", "40")  # too narrow for the width to be put back
+    retry_until(lambda: int(in_window(tmux, win)["width"]) < 8)
+    tmux.run("resize-pane", "-t", in_window(tmux, win)["pane"], "-x", "16")
+    retry_until(lambda: in_window(tmux, win)["width"] == "16")
+
+    def row():
+        text = tmux.run("capture-pane", "-p", "-t", in_window(tmux, win)["pane"])
+        return next((l for l in text.splitlines() if "a-r" in l), "")
+    retry_until(lambda: "\u2026" in row(), message="drawn for its new width")  # fit() ends it with …
+
+
 # ---- the decisions, without tmux ---------------------------------------------------------------
 
 class FakeTmux(object):
