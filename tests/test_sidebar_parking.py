@@ -116,8 +116,8 @@ def test_hide_and_show_with_sleepers(server, tmux, attach):
     assert server.post("/ui", {"visible": True})[0] == 204
     win = current_window(tmux)
     retry_until(lambda: shows_sessions(tmux, win, ("main", "other")), timeout=10)
-    retry_until(lambda: {p["pane"] for p in sidebar_panes(tmux)} == before)  # the same panes came back
-    assert not [p for p in sidebar_panes(tmux) if p["session"] == os_.STASH_SESSION]
+    retry_until(lambda: not [p for p in sidebar_panes(tmux) if p["session"] == os_.STASH_SESSION])
+    assert {p["pane"] for p in sidebar_panes(tmux)} == before  # the same panes came back
     retry_until(lambda: len(running(tmux)) == 1 + WARM)
 
 
