@@ -1074,7 +1074,7 @@ CLIENT_FIELDS = (
     ("client_name", "client_name"), ("client_tty", "client_tty"),
     ("client_control_mode", "client_control_mode"), ("client_pid", "client_pid"),
     ("session_id", "session_id"), ("session_name", "session_name"), ("window_id", "window_id"),
-    ("pane_id", "pane_id"), ("client_activity", "client_activity"),
+    ("pane_id", "pane_id"), ("client_activity", "client_activity"), ("client_flags", "client_flags"),
 )
 PANES_FORMAT = "P" + FS + FS.join("#{%s}" % f for _, f in PANE_FIELDS)
 CLIENTS_FORMAT = "C" + FS + FS.join("#{%s}" % f for _, f in CLIENT_FIELDS)
@@ -1147,6 +1147,7 @@ def parse_snapshot(output):
                 "sessionId": row["session_id"], "session": row["session_name"],
                 "window": row["window_id"], "pane": row["pane_id"],
                 "activity": _int(row["client_activity"]),
+                "noOutput": "no-output" in row["client_flags"].split(","),
             })
     result = []
     for sid in order:
@@ -5697,17 +5698,15 @@ class SidebarPanes(object):
             self.server.schedule_refresh()
 
     def shown_windows(self):
-        """Windows a client looks at: each terminal client's current window, and every window of a
-        session a foreign control-mode client (e.g. iTerm2's tmux integration: windows as tabs)
-        is attached to. Our own control client shows nothing."""
+        """Windows a client looks at: each terminal client's current window, and every window of
+        the session a control-mode client that takes pane output (e.g. iTerm2's tmux integration:
+        windows as tabs) is attached to. Ours (no-output) shows nothing."""
         store = self.server.store
-        control = getattr(self.server, "control", None)
-        own_pid = getattr(control, "pid", None)
         shown = set()
         for c in store.clients:
             if not c.get("control"):
                 shown.add(c.get("window"))
-            elif c.get("pid") != own_pid:
+            elif not c.get("noOutput"):
                 for s in store.sessions:
                     if s["id"] == c.get("sessionId"):
                         shown.update(w["id"] for w in s["windows"])

@@ -101,8 +101,9 @@ def test_a_second_client_and_detach(server, tmux, attach):
     retry_until(lambda: len(running(tmux)) == 2 + WARM)
     # nobody looks: only WARM keep running
     second.close()
-    for c in list(tmux.run("list-clients", "-F", "#{client_name}").split()):
-        tmux.run("detach-client", "-t", c, check=False)
+    for line in tmux.run("list-clients", "-F", "#{client_control_mode} #{client_name}").splitlines():
+        if line.startswith("0 "):
+            tmux.run("detach-client", "-t", line[2:], check=False)
     retry_until(lambda: len(running(tmux)) == WARM, timeout=10)
 
 
@@ -184,7 +185,6 @@ class FakeServer(object):
         self.store.sessions = sessions
         self.store.clients = clients
         self.store.ui = dict(os_.UI_DEFAULTS, visible=True)
-        self.control = None
         self.refreshes = 0
 
     def schedule_refresh(self, delay=0.005):
@@ -238,3 +238,15 @@ def test_balance_sleeps_the_least_recently_shown_and_wakes_when_nothing_is_free(
     woken = [c[3] for c in server.tmux.calls if c[0] == "respawn-pane"]
     assert woken[0] == "%11" and len(woken) == 2
     assert all(c[4] == "opensessions sidebar" for c in server.tmux.calls)
+
+
+def test_control_clients_show_their_session_unless_they_take_no_output():
+    server = FakeServer(world([True, True, True]), [])
+    sp = os_.SidebarPanes(server, "opensessions sidebar", warm=0)
+    ours = {"name": "client-1", "control": True, "noOutput": True, "sessionId": "$0", "window": "@0"}
+    assert sp.shown_windows() == set()
+    server.store.clients = [ours]
+    assert sp.shown_windows() == set()  # the server's own, or any monitor: sees no pane
+    tabs = {"name": "client-2", "control": True, "noOutput": False, "sessionId": "$0", "window": "@0"}
+    server.store.clients = [ours, tabs, client("@1")]
+    assert sp.shown_windows() == {"@0", "@1", "@2"}  # e.g. iTerm2: every window is a tab
