@@ -471,10 +471,12 @@ def bench_sidebar(w, res, seconds):
     deadline = time.monotonic() + 20
     sb = None
     while time.monotonic() < deadline:
-        rows = [l.split() for l in w.tmux("list-panes", "-a", "-F", "#{session_name} #{pane_id} #{pane_pid} #{@opensessions-sidebar}").splitlines()]
-        sbs = [r for r in rows if len(r) == 4 and r[3] == "1"]
-        if len(sbs) >= 30:
-            sb = next(r for r in sbs if r[0] == "s000")
+        rows = [l.split() for l in w.tmux("list-panes", "-a", "-F", "#{session_name} #{pane_id} #{pane_pid} #{@opensessions-sidebar} "
+                                          "#{?#{@opensessions-asleep},asleep,running}").splitlines()]
+        sbs = [r for r in rows if len(r) == 5 and r[3] == "1"]
+        # the shown window's running sidebar (the others may hold a sleeping placeholder)
+        sb = next((r for r in sbs if r[0] == "s000" and r[4] == "running"), None)
+        if len(sbs) >= 30 and sb is not None:
             break
         time.sleep(0.1)
     if sb is None:
