@@ -5678,6 +5678,7 @@ class SidebarPanes(object):
         self.busy = False
         self.fixed = {}  # pane -> when we last corrected its place or width
         self.shown_at = {}  # window id -> when a client last showed it
+        self.focused = set()  # windows whose focused sidebar left for another window
         self.follow_ups = 0  # refreshes asked for in a row after changing panes
 
     def sync(self):
@@ -5725,6 +5726,7 @@ class SidebarPanes(object):
         for s in store.sessions:
             windows.update(w["id"] for w in s["windows"])
         self.shown_at = {w: t for w, t in self.shown_at.items() if w in windows}
+        self.focused &= windows
         for w in shown:
             self.shown_at[w] = now
         # running sidebars no client looks at: the next shown window takes one of these
@@ -5811,6 +5813,10 @@ class SidebarPanes(object):
                 self._run_each(("kill-pane", "-t", p["id"]))
             return True
         home = {p["id"]: (p.get("sidebarWindow") or w) if w in stash_windows else w for w, p in slots}
+        work = {}  # window -> a work pane, to take the focus a placeholder must not hold
+        for s in self.server.store.sessions:
+            for win in s["windows"]:
+                work.setdefault(win["id"], next((q["id"] for q in win["panes"] if not q["sidebar"]), None))
         free = [(w, p) for w, p in slots if w not in shown and not p.get("sidebarAsleep")]
         free.sort(key=lambda wp: -self.shown_at.get(wp[0], -1.0))  # most recently shown first
         changed = False
@@ -5820,20 +5826,37 @@ class SidebarPanes(object):
                     fw, fp = free.pop(0)
                     self._run_each(("swap-pane", "-d", "-Z", "-s", fp["id"], "-t", p["id"], ";",
                                     "set-option", "-p", "-t", fp["id"], "@opensessions-window", home[p["id"]], ";",
-                                    "set-option", "-p", "-t", p["id"], "@opensessions-window", home[fp["id"]]))
+                                    "set-option", "-p", "-t", p["id"], "@opensessions-window", home[fp["id"]])
+                                   + self._unfocus(fw, fp, work) + self._refocus(w, fp["id"]))
                 else:
-                    self._wake(p["id"])
+                    self._wake(p["id"], self._refocus(w, p["id"]))
                 changed = True
         while len(free) > self.warm:
-            self._sleep(free.pop()[1]["id"])  # the least recently shown
+            w, p = free.pop()  # the least recently shown
+            self._sleep(p["id"], self._unfocus(w, p, work))
             changed = True
         if len(free) < self.warm:
             asleep = [(w, p) for w, p in slots if w not in shown and p.get("sidebarAsleep")]
             asleep.sort(key=lambda wp: -self.shown_at.get(wp[0], -1.0))  # most recently shown first
             for w, p in asleep[:self.warm - len(free)]:
-                self._wake(p["id"])
+                self._wake(p["id"], self._refocus(w, p["id"]))
                 changed = True
         return changed
+
+    def _unfocus(self, window, pane, work):
+        """A running sidebar that had the focus of its window leaves it to a placeholder: the
+        window's focus goes to a work pane (a placeholder named `sleep` would name the window),
+        and comes back to the sidebar with the next running one. -> tmux arguments to add."""
+        if not pane.get("active") or not work.get(window):
+            return ()
+        self.focused.add(window)
+        return (";", "select-pane", "-t", work[window])
+
+    def _refocus(self, window, pane):
+        if window not in self.focused:
+            return ()
+        self.focused.discard(window)
+        return (";", "select-pane", "-t", pane)
 
     def _run_each(self, args):
         """One tmux command for one pane: a pane that went away meanwhile costs only this step."""
@@ -5844,13 +5867,13 @@ class SidebarPanes(object):
         except TmuxError as e:
             log("sidebar panes: %s" % e)
 
-    def _wake(self, pane):
+    def _wake(self, pane, more=()):
         self._run_each(("respawn-pane", "-k", "-t", pane, self.command, ";",
-                        "set-option", "-p", "-u", "-t", pane, "@opensessions-asleep"))
+                        "set-option", "-p", "-u", "-t", pane, "@opensessions-asleep") + tuple(more))
 
-    def _sleep(self, pane):
+    def _sleep(self, pane, more=()):
         self._run_each(("respawn-pane", "-k", "-t", pane) + SIDEBAR_SLEEPER + (
-            ";", "set-option", "-p", "-t", pane, "@opensessions-asleep", "1"))
+            ";", "set-option", "-p", "-t", pane, "@opensessions-asleep", "1") + tuple(more))
 
     def _may_fix(self, pane, clock=time.monotonic):
         """At most one fix a second per pane, so a layout that refuses our width never makes us

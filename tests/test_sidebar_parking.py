@@ -87,6 +87,26 @@ def test_switching_windows_brings_the_sidebar_to_life(server, tmux, attach):
     assert all(p["width"] == "32" for p in sidebar_panes(tmux))
 
 
+def test_a_focused_sidebar_keeps_its_focus_and_no_window_is_named_sleep(server, tmux, attach):
+    setup_windows(server, tmux, attach, windows=6)
+    a = current_window(tmux)
+    retry_until(lambda: shows_sessions(tmux, a, ("main", "other")), timeout=10)
+    retry_until(lambda: len(running(tmux)) == 1 + WARM, timeout=10)
+    tmux.run("select-pane", "-t", in_window(tmux, a)["pane"])  # prefix o s: the sidebar has the focus
+    active = lambda w: tmux.run("display-message", "-p", "-t", w, "#{pane_id} #{pane_current_command}").split()
+    b = next(p["window"] for p in sidebar_panes(tmux) if p["asleep"] == "1" and p["session"] == "main")
+    tmux.run("select-window", "-t", b)
+    retry_until(lambda: shows_sessions(tmux, b, ("main", "other")))
+    # the placeholder now in window a does not hold its focus (nor give the window its name)
+    retry_until(lambda: active(a)[0] != in_window(tmux, a)["pane"] and active(a)[1] != "sleep")
+    assert in_window(tmux, a)["asleep"] == "1"
+    assert "sleep" not in tmux.run("list-windows", "-a", "-F", "#{window_name}").split()
+    # back in window a: a running sidebar, with the focus it had
+    tmux.run("select-window", "-t", a)
+    sb = retry_until(lambda: shows_sessions(tmux, a, ("main", "other")))
+    retry_until(lambda: active(a)[0] == sb["pane"])
+
+
 def test_a_second_client_and_detach(server, tmux, attach):
     setup_windows(server, tmux, attach)
     retry_until(lambda: len(running(tmux)) == 1 + WARM, timeout=10)
