@@ -75,14 +75,60 @@ def state_dir(environ=None):
 
 
 def ensure_private_dir(path):
-    """Create path (0700) if needed; refuse a directory owned by someone else."""
+    """Create path (0700) if needed; refuse a directory owned by someone else. A directory others
+    can read is made 0700 through its own descriptor (never through a symlink); a symlink of
+    ours to a private directory of ours is accepted as it is."""
+    import stat
     os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(path)
-    if st.st_uid != os.getuid():
-        raise OpensessionsError("%s is owned by uid %d, not by you; refusing to use it" % (path, st.st_uid))
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+    lst = os.lstat(path)
+    if lst.st_uid != os.getuid():
+        raise OpensessionsError("%s is owned by uid %d, not by you; refusing to use it" % (path, lst.st_uid))
+    if stat.S_ISLNK(lst.st_mode):
+        st = os.stat(path)
+        if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o077:
+            raise OpensessionsError("%s is a symlink to a directory that is not private to you (owner uid %d, "
+                                    "mode %o); refusing to use it" % (path, st.st_uid, st.st_mode & 0o777))
+        return path
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid():  # replaced between the lstat and the open
+            raise OpensessionsError("%s is owned by uid %d, not by you; refusing to use it" % (path, st.st_uid))
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
     return path
+
+
+def private_file_ok(st):
+    """A stat result of a file or directory that only we can use (ours, nothing for group/others)."""
+    return st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def read_private_json(path, limit=65536):
+    """A small JSON object from a file in a private directory, trusted only when the directory and
+    the file are ours and private and the file is no symlink (a shared $TMPDIR is writable by
+    everyone). -> dict, or None."""
+    import stat
+    try:
+        dst = os.lstat(os.path.dirname(path) or ".")
+        if stat.S_ISLNK(dst.st_mode) or not private_file_ok(dst):
+            return None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not private_file_ok(st):
+            return None
+        raw = os.read(fd, limit)
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
+    return data if isinstance(data, dict) else None
 
 
 def atomic_write(path, data, mode=0o600):
@@ -115,8 +161,9 @@ def read_json_file(path, default=None):
         return default
     try:
         return json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise OpensessionsError("%s is not valid JSON (%s)" % (path, e))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise OpensessionsError("%s is not valid JSON (%s)" % (path, e.__class__.__name__ if
+                                                               isinstance(e, RecursionError) else e))
 
 
 def _pid_alive(pid):
@@ -175,6 +222,60 @@ class ApiError(Exception):
         Exception.__init__(self, message)
         self.status = status
         self.message = message
+
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def clean_str(value):
+    """A string from outside (a request, a file, a hook) made valid: lone UTF-16 surrogates, which
+    JSON allows ("\\ud83d") but UTF-8 cannot encode, become U+FFFD. Other values pass unchanged."""
+    if isinstance(value, str) and _SURROGATE_RE.search(value):
+        return _SURROGATE_RE.sub("\ufffd", value)
+    return value
+
+
+def clean_text(value):
+    """Text shown in a sidebar row (status, log, title, detail): valid (clean_str) and on one line:
+    control characters (C0, DEL, C1, line separators) become spaces."""
+    value = clean_str(value)
+    if isinstance(value, str) and _CONTROL_RE.search(value):
+        return _CONTROL_RE.sub(" ", value)
+    return value
+
+
+def finite_number(value):
+    """True for an int or a finite float (not bool): JSON's 1e999 parses as inf."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or value - value == 0
+
+
+def clean_json(value, max_depth=32):
+    """A JSON value read from a file made safe to keep and re-encode: strings valid, non-finite
+    numbers dropped (None), nesting past max_depth dropped."""
+    if isinstance(value, str):
+        return clean_str(value)
+    if isinstance(value, float) and not finite_number(value):
+        return None
+    if isinstance(value, (dict, list, tuple)) and max_depth <= 0:
+        return None
+    if isinstance(value, dict):
+        return {clean_str(k): clean_json(v, max_depth - 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v, max_depth - 1) for v in value]
+    return value
+
+
+def encode_json(doc):
+    """Strict JSON bytes (UTF-8, no NaN/Infinity) of a document built from cleaned values; a value
+    that slipped through is cleaned rather than failing the whole document."""
+    try:
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        return json.dumps(clean_json(doc, 100), separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode("utf-8")
 
 
 def normalize_status(value):
@@ -260,6 +361,24 @@ def thread_visible(thread, now_ms_, recent_ms=RECENT_MS):
     return thread.alive or thread.unseen or now_ms_ - thread.updated_at <= recent_ms
 
 
+MAX_THREADS = 2000  # threads the server keeps; past it the least needed are forgotten (see threads_to_prune)
+MAX_SESSION_THREADS = 50  # threads /state lists per session (alive, unseen and newest first)
+
+
+def threads_to_prune(threads, now_ms_, list_ms, cap=MAX_THREADS):
+    """Keys of threads to forget: exited (not alive), seen, and quiet for longer than list_ms
+    (OPENSESSIONS_LIST_HOURS: /state would not list them); then, if more than `cap` remain, the
+    least needed down to 90% of the cap (seen before unseen, exited before alive, oldest first)
+    so that a flood of new threads prunes once per cap/10 threads, not once per thread."""
+    drop = [t.key for t in threads if not t.alive and not t.unseen and now_ms_ - t.updated_at > list_ms]
+    left = len(threads) - len(drop)
+    if left > cap:
+        dropped = set(drop)
+        rest = sorted((t for t in threads if t.key not in dropped), key=lambda t: (t.unseen, t.alive, t.updated_at))
+        drop.extend(t.key for t in rest[:left - cap * 9 // 10])
+    return drop
+
+
 def becomes_unseen(old_status, new_status, viewed):
     """A thread turning done/error/interrupted/waiting while nobody looks at it is unseen."""
     return (not viewed) and new_status in UNSEEN_STATUSES and new_status != old_status
@@ -269,7 +388,7 @@ def _require_session(body):
     name = body.get("session")
     if not isinstance(name, str) or not name.strip():
         raise ApiError(400, "'session' must be a non-empty string (the tmux session name)")
-    return name
+    return clean_str(name)
 
 
 def _tone(body):
@@ -285,8 +404,8 @@ def _number(body, key, required=True):
     value = body.get(key)
     if value is None and not required:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ApiError(400, "'%s' must be a number" % key)
+    if not finite_number(value):
+        raise ApiError(400, "'%s' must be a finite number" % key)
     return value
 
 
@@ -296,7 +415,7 @@ def _optional_text(body, key, limit):
         return None
     if not isinstance(value, str):
         raise ApiError(400, "'%s' must be a string" % key)
-    return value[:limit]
+    return clean_text(value[:limit])
 
 
 def validate_set_status(body):
@@ -309,7 +428,7 @@ def validate_set_status(body):
         return session, None
     if not isinstance(text, str):
         raise ApiError(400, "'text' must be a string or null")
-    return session, {"text": text[:MAX_STATUS_TEXT], "tone": _tone(body)}
+    return session, {"text": clean_text(text[:MAX_STATUS_TEXT]), "tone": _tone(body)}
 
 
 def validate_set_progress(body):
@@ -339,7 +458,7 @@ def validate_log(body, clock=time.time):
     if not isinstance(message, str) or not message:
         raise ApiError(400, "'message' must be a non-empty string")
     source = _optional_text(body, "source", 64)
-    return session, {"message": message[:MAX_LOG_MESSAGE], "source": source, "tone": _tone(body),
+    return session, {"message": clean_text(message[:MAX_LOG_MESSAGE]), "source": source, "tone": _tone(body),
                      "ts": now_ms(clock)}
 
 
@@ -350,7 +469,30 @@ def validate_notify(body):
     message = body.get("message")
     if not isinstance(message, str) or not message:
         raise ApiError(400, "'message' must be a non-empty string")
-    return session, {"message": message[:MAX_LOG_MESSAGE], "tone": _tone(body)}
+    return clean_str(session), {"message": clean_text(message[:MAX_LOG_MESSAGE]), "tone": _tone(body)}
+
+
+def stored_metadata(session, m):
+    """A session's metadata read back from the state file, checked like a request (an older
+    version may have written a NaN progress or a control character); what fails is dropped."""
+    def check(fn, body):
+        try:
+            return fn(dict(body, session=session))[1]
+        except (ApiError, TypeError, AttributeError):
+            return None
+    status = m.get("status") if isinstance(m.get("status"), dict) else None
+    progress = m.get("progress") if isinstance(m.get("progress"), dict) else None
+    if progress is not None:
+        keys = ("current", "total", "label") if "current" in progress else ("percent", "label")
+        progress = check(validate_set_progress, {k: progress.get(k) for k in keys})
+    logs = []
+    for e in m.get("logs") if isinstance(m.get("logs"), list) else ():
+        entry = check(lambda b: validate_log(b, lambda: 0), e) if isinstance(e, dict) else None
+        if entry is not None:
+            entry["ts"] = e.get("ts") if isinstance(e.get("ts"), int) and not isinstance(e.get("ts"), bool) else 0
+            logs.append(entry)
+    return {"status": check(validate_set_status, status) if status is not None else None,
+            "progress": progress, "logs": logs[-MAX_LOGS:]}
 
 
 def validate_agent_event(body):
@@ -366,7 +508,8 @@ def validate_agent_event(body):
         value = body.get(key)
         if value is not None and not isinstance(value, str):
             raise ApiError(400, "'%s' must be a string" % key)
-        out[key] = value[:MAX_LOG_MESSAGE] if isinstance(value, str) else None
+        clean = clean_text if key in ("threadName", "detail", "model") else clean_str
+        out[key] = clean(value[:MAX_LOG_MESSAGE]) if isinstance(value, str) else None
     attempt = body.get("attempt")
     if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int)):
         raise ApiError(400, "'attempt' must be an integer")
@@ -383,7 +526,7 @@ def validate_agent_event(body):
         value = body.get(key)
         if value is not None and not isinstance(value, str):
             raise ApiError(400, "'%s' must be a string" % key)
-        out[key] = value[:MAX_LOG_MESSAGE] if isinstance(value, str) else None
+        out[key] = clean_text(value[:MAX_LOG_MESSAGE]) if isinstance(value, str) else None
     if out["paneId"] is not None and not re.match(r"^%\d+$", out["paneId"]):
         raise ApiError(400, "'paneId' must look like %12")
     return out
@@ -405,7 +548,7 @@ def validate_ui(body):
             value = body[key]
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > 1000:
                 raise ApiError(400, "'%s' must be a list of session names" % key)
-            out[key] = list(dict.fromkeys(value))
+            out[key] = list(dict.fromkeys(clean_str(v) for v in value))
     if "theme" in body:
         if not isinstance(body["theme"], str) or not re.match(r"^[a-z0-9-]{1,40}$", body["theme"]):
             raise ApiError(400, "'theme' must be a theme name")
@@ -947,6 +1090,8 @@ def classify_agent_process(comm, args):
     Codex's app-server daemon (it is not in a pane). Codex's node wrapper and its native child are
     both 'codex' (the caller keeps the top-most one per pane).
     """
+    if len(args) >= 2 and os.path.basename(args[0]) in ("sh", "bash", "dash") and os.path.basename(args[1]) in AGENTS:
+        args = args[1:]  # a script named like the agent, run by its #! shell: its own argv follows
     argv0 = os.path.basename(args[0]) if args else ""
     rest = args[1:] if args else []
     names = {comm, argv0}
@@ -1052,7 +1197,7 @@ def hook_event(agent, payload, environ=None):
         body["pid"] = pid
     if name == "UserPromptSubmit" and isinstance(payload.get("prompt"), str):
         body["prompt"] = payload["prompt"][:MAX_LOG_MESSAGE]
-    return body
+    return {k: clean_str(v) for k, v in body.items()}  # an emoji cut in half must not fail the request
 
 ##############################################################################
 # tmux gateway (the only place that runs tmux)
@@ -1096,7 +1241,7 @@ class TmuxGone(TmuxError):
 def _int(value, default=0):
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return default
 
 
@@ -1413,6 +1558,47 @@ def listening_sockets(proc_root="/proc"):
         except OSError:
             pass
     return found
+
+
+def parse_inet_diag_uid(data):
+    """The owner uid in a NETLINK_SOCK_DIAG answer about one socket; None if it names none."""
+    import struct
+    if len(data) >= 16 + 72:
+        length, kind = struct.unpack_from("=IH", data, 0)
+        if kind == 20 and length >= 16 + 72:  # SOCK_DIAG_BY_FAMILY: an inet_diag_msg
+            return struct.unpack_from("=I", data, 16 + 64)[0]
+    return None
+
+
+def tcp_peer_uid(peer, local, proc_root="/proc"):
+    """The uid owning the loopback TCP socket at `peer` (ip, port) connected to `local` (ip, port),
+    from netlink sock_diag (one exact lookup, microseconds), else /proc/net/tcp; None when this
+    system tells neither (not Linux)."""
+    import socket
+    import struct
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4) as s:  # NETLINK_SOCK_DIAG
+            s.settimeout(1.0)
+            sock_id = struct.pack(">HH", peer[1], local[1]) + socket.inet_aton(peer[0]) + b"\0" * 12 \
+                + socket.inet_aton(local[0]) + b"\0" * 12 + struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)
+            req = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sock_id
+            s.sendto(struct.pack("=IHHII", 16 + len(req), 20, 1, 1, 0) + req, (0, 0))  # NLM_F_REQUEST
+            uid = parse_inet_diag_uid(s.recv(65536))
+            if uid is not None:
+                return uid
+    except (OSError, AttributeError, ValueError, struct.error):
+        pass
+    want_local = "%s:%04X" % (socket.inet_aton(peer[0])[::-1].hex().upper(), peer[1])
+    want_remote = "%s:%04X" % (socket.inet_aton(local[0])[::-1].hex().upper(), local[1])
+    try:
+        with open(os.path.join(proc_root, "net", "tcp"), "r") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 7 and parts[1] == want_local and parts[2] == want_remote:
+                    return int(parts[7])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def socket_inodes(pid, proc_root="/proc"):
@@ -1910,6 +2096,12 @@ class AgentWatchers(object):
 
     def _poll(self):
         """Fallback without inotify: compare (mtime, size) of the watched directories' entries."""
+        try:
+            self._poll_once()
+        finally:  # a failure is logged by the loop; the next look still happens
+            self.server.loop.call_later(self.poll_interval, self._poll)
+
+    def _poll_once(self):
         for directory, handler in list(self.watched_dirs.items()):
             for name in listdir(directory):
                 path = os.path.join(directory, name)
@@ -1924,7 +2116,6 @@ class AgentWatchers(object):
                     mask = (IN_MODIFY if known else IN_CREATE) | (IN_ISDIR if os.path.isdir(path) else 0)
                     handler(directory, name, mask)
         self.server.after_watchers()
-        self.server.loop.call_later(self.poll_interval, self._poll)
 
     def _recent(self, path):
         try:
@@ -2288,8 +2479,9 @@ import path from "node:path";
 const TYPES = new Set(["session.status", "session.idle", "session.error", "permission.asked",
   "permission.replied", "session.updated"]);
 
-function port() {
-  if (process.env.OPENSESSIONS_PORT) return Number(process.env.OPENSESSIONS_PORT);
+// The server's runtime file, trusted only when it is ours and private (a shared TMPDIR is writable
+// by everyone): no file, no report (never to whatever listens on a default port).
+function server() {
   try {
     const uid = process.getuid();
     const t = process.env.TMUX;
@@ -2301,10 +2493,14 @@ function port() {
     const xdg = process.env.XDG_RUNTIME_DIR;
     const dir = xdg && fs.existsSync(xdg) ? path.join(xdg, "opensessions")
       : path.join(process.env.TMPDIR || "/tmp", "opensessions-" + uid);
-    const info = JSON.parse(fs.readFileSync(path.join(dir, "server-" + key + ".json"), "utf8"));
-    if (info.port) return info.port;
+    const file = path.join(dir, "server-" + key + ".json");
+    for (const st of [fs.lstatSync(dir), fs.lstatSync(file)]) {
+      if (st.isSymbolicLink() || st.uid !== uid || (st.mode & 0o077)) return null;
+    }
+    const info = JSON.parse(fs.readFileSync(file, "utf8"));
+    if (Number.isInteger(info.port) && info.port > 0 && info.port < 65536) return info;
   } catch (e) {}
-  return 7391;
+  return null;
 }
 
 function slim(event) {
@@ -2323,9 +2519,13 @@ export const OpenSessions = async (ctx) => {
       if (!event || !TYPES.has(event.type)) return;
       const body = JSON.stringify({ type: event.type, properties: slim(event), pid: process.pid,
         directory: ctx.directory, paneId: process.env.TMUX_PANE || null });
+      const info = server();
+      if (!info) return;
+      const headers = { "content-type": "application/json" };
+      if (typeof info.token === "string") headers["x-opensessions-token"] = info.token;
       try {
-        await fetch("http://127.0.0.1:" + port() + "/api/opencode-event", { method: "POST",
-          headers: { "content-type": "application/json" }, body, signal: AbortSignal.timeout(1000) });
+        await fetch("http://127.0.0.1:" + info.port + "/api/opencode-event", { method: "POST",
+          headers, body, signal: AbortSignal.timeout(1000) });
       } catch (e) {}
     },
   };
@@ -2564,11 +2764,51 @@ class EventLoop(object):
 
 
 _log_file = None
+_log_path = None
+_log_lock = None
+LOG_MAX_BYTES = 1024 * 1024  # server.log is rotated to server.log.1 past this size
+
+
+def open_log(path, max_bytes=None):
+    """Send log() to path (appending); past LOG_MAX_BYTES it moves to path.1 and starts again."""
+    import threading
+    global _log_file, _log_path, _log_lock, LOG_MAX_BYTES
+    if max_bytes is not None:
+        LOG_MAX_BYTES = max_bytes
+    _log_lock = _log_lock or threading.Lock()
+    _log_path = path
+    _log_file = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
+    _rotate_log()
+
+
+def _rotate_log():
+    global _log_file
+    try:
+        if _log_file.tell() < LOG_MAX_BYTES:
+            return
+        _log_file.close()
+        os.replace(_log_path, _log_path + ".1")
+    except (OSError, ValueError):
+        pass
+    try:
+        _log_file = open(_log_path, "a", buffering=1, encoding="utf-8", errors="replace")
+    except OSError:
+        _log_file = None
 
 
 def log(message):
     """Server log line (stderr, or the log file set by the server)."""
     line = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)
+    if _log_lock is not None:
+        with _log_lock:
+            _write_log(line)
+            if _log_file is not None:
+                _rotate_log()
+    else:
+        _write_log(line)
+
+
+def _write_log(line):
     target = _log_file or sys.stderr
     try:
         target.write(line)
@@ -2642,7 +2882,10 @@ class Store(object):
         out_sessions = []
         hidden, muted = set(self.ui["hidden"]), set(self.ui["muted"])
         for s in order_sessions(self.visible_sessions(), self.ui["order"]):
-            threads = sorted(by_session.get(s["name"], ()), key=lambda t: -t.updated_at)
+            threads = by_session.get(s["name"], ())
+            if len(threads) > MAX_SESSION_THREADS:  # live and unseen ones first, then the newest
+                threads = sorted(threads, key=lambda t: (t.alive or t.unseen, t.updated_at))[-MAX_SESSION_THREADS:]
+            threads = sorted(threads, key=lambda t: -t.updated_at)
             branch, dirty = self.git.get(s["id"], (None, None))
             meta = self.metadata.get(s["name"], {})
             shown = [t for t in threads if not t.hidden]
@@ -2672,7 +2915,7 @@ class Store(object):
         self._dirty = False
         self.version += 1
         doc = self.build()
-        body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        body = encode_json(doc)  # always valid UTF-8, never NaN: one bad string cannot stop /state
         if self.published is not None:
             # Only the version and time differ? then nothing really changed: keep the old one.
             old = self.published[1]
@@ -2704,12 +2947,13 @@ class RuntimeFiles(object):
         self.lock_path = os.path.join(self.dir, "server-%s.lock" % key)
         self.info_path = os.path.join(self.dir, "server-%s.json" % key)
         self._lock_fd = None
+        self.token = None
 
     def acquire(self):
         """Take the lock; a lock left by a dead server is free (flock dies with its process)."""
         import fcntl
         ensure_private_dir(self.dir)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -2721,6 +2965,7 @@ class RuntimeFiles(object):
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+        self.token = os.urandom(16).hex()
         try:  # a dead server's file would send clients to a closed port until we write ours
             os.unlink(self.info_path)
         except OSError:
@@ -2729,15 +2974,11 @@ class RuntimeFiles(object):
     def write(self, port):
         atomic_write(self.info_path, json.dumps({
             "pid": os.getpid(), "port": port, "socket": self.socket_path, "version": __version__,
-            "digest": program_digest(), "started": int(time.time())}))
+            "digest": program_digest(), "started": int(time.time()), "token": self.token}))
 
     def read(self):
-        try:
-            with open(self.info_path, "r") as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            return None
-        return info if isinstance(info, dict) else None
+        """The runtime file, if it is ours and private (else nobody vouches for its port)."""
+        return read_private_json(self.info_path)
 
     def live_info(self):
         """The runtime info if its server is alive (holds the lock), else None."""
@@ -2746,7 +2987,7 @@ class RuntimeFiles(object):
         if not info:
             return None
         try:
-            fd = os.open(self.lock_path, os.O_RDWR)
+            fd = os.open(self.lock_path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
             return None
         try:
@@ -2771,6 +3012,11 @@ class RuntimeFiles(object):
         self._lock_fd = None
 
 
+PRUNE_INTERVAL = 60.0  # seconds between looks for threads to forget
+SAVE_QUIET = 1.0  # the state file is written once changes pause this long ...
+SAVE_MAX_DELAY = 5.0  # ... or this long after the first unsaved change, whichever comes first
+
+
 class Server(object):
     """Live state from tmux (+ watchers), served over HTTP and Server-Sent Events."""
 
@@ -2788,6 +3034,8 @@ class Server(object):
         self.ui_path = os.path.join(config_dir(self.environ), "ui.json")
         self.git = GitProbe()
         self.httpd = None
+        self.read_deadline = READ_DEADLINE
+        self.peer_uids = True  # False: act as where the kernel cannot name a peer (macOS): token only
         self.control = None
         self._control_buf = b""
         self._refresh_pending = False
@@ -2830,6 +3078,7 @@ class Server(object):
                 finally:
                     self.cold_starting = False
                 self.map_threads()
+                self.prune_threads()
                 log("cold start: %d threads from %d files (%d KB read, %d corrupt records skipped) in %.3fs"
                     % (len(self.store.threads), len(self.watchers.tails),
                        sum(t.bytes_read for t in self.watchers.tails.values()) // 1024,
@@ -2838,34 +3087,57 @@ class Server(object):
             self._start_control()
             self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
             self.loop.call_later(2.0, self._ports_timer)
+            self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
         except BaseException:
             self.runtime.release()
             raise
 
     def _bind(self):
-        import http.server
-
-        class HTTPServer(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-            request_queue_size = 64
-
-        handler = make_handler(self)
         try:
-            self.httpd = HTTPServer((HOST, self.port), handler)
+            self.httpd = make_http_server(self, (HOST, self.port))
         except OSError as e:
             if self.port_explicit or self.port == 0:
                 raise OpensessionsError("cannot listen on %s:%d: %s (is another program using it? "
                                         "choose another with --port or OPENSESSIONS_PORT; 0 = any free port)"
                                         % (HOST, self.port, e.strerror or e))
             log("port %d is in use (%s); listening on a free port instead" % (self.port, e.strerror or e))
-            self.httpd = HTTPServer((HOST, 0), handler)
+            self.httpd = make_http_server(self, (HOST, 0))
         self.port = self.httpd.server_address[1]
+
+    def token_ok(self, token):
+        """The runtime file's token, sent by our clients where the peer's uid is unknown."""
+        import hmac
+        mine = self.runtime.token
+        return bool(mine) and isinstance(token, str) and hmac.compare_digest(
+            token.encode("utf-8", "replace"), mine.encode())
+
+    def _watch_connections(self):
+        """Close connections that did not send their request (line, headers, body) within
+        READ_DEADLINE: an idle or trickling client must not hold a thread and an fd for ever."""
+        import socket
+        try:
+            httpd = self.httpd
+            if httpd is None:
+                return
+            now = time.monotonic()
+            with httpd.lock:
+                late = [h for h, due in httpd.deadlines.items() if due <= now]
+                for h in late:
+                    del httpd.deadlines[h]
+            for h in late:
+                try:
+                    h.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        finally:
+            if self.httpd is not None:
+                self.loop.call_later(1.0, self._watch_connections)
 
     def serve_forever(self):
         # Connections are accepted by the event loop (no poll interval, no extra thread);
         # each connection is then handled on its own daemon thread (ThreadingHTTPServer).
         self.loop.add_reader(self.httpd.fileno(), self.httpd._handle_request_noblock)
+        self.loop.call_later(1.0, self._watch_connections)
         try:
             self.loop.run()
         finally:
@@ -3261,17 +3533,18 @@ class Server(object):
         """Ports change without a tmux event (a dev server starts listening). On Linux one netlink
         query every 2 s; only a changed set of listeners makes us re-read processes and walk fds.
         Elsewhere each look runs lsof, so it looks every 10 s."""
-        if os.path.isdir("/proc/self"):
-            listening = listening_sockets()
-            if self._ports_key is None or tuple(sorted(listening.items())) != self._ports_key[1]:
-                self._read_processes()  # a new listener may be a new process under a pane
-            self._update_ports(listening)
-            delay = 2.0
-        else:
-            self._update_ports()
-            delay = 10.0
-        self.publish()
-        self.loop.call_later(delay, self._ports_timer)
+        linux = os.path.isdir("/proc/self")
+        try:
+            if linux:
+                listening = listening_sockets()
+                if self._ports_key is None or tuple(sorted(listening.items())) != self._ports_key[1]:
+                    self._read_processes()  # a new listener may be a new process under a pane
+                self._update_ports(listening)
+            else:
+                self._update_ports()
+            self.publish()
+        finally:  # a failure is logged by the loop; the next look still happens
+            self.loop.call_later(2.0 if linux else 10.0, self._ports_timer)
 
     # -- state changes from the API ----------------------------------------------------------
     def publish(self):
@@ -3441,6 +3714,17 @@ class Server(object):
             self.store.threads[key] = t
         old = (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.hidden, t.alive)
         updated_at = fields.pop("updated_at", None)
+        for name in ("title", "detail", "model"):  # from files, hooks and plugins alike: shown in a row
+            if isinstance(fields.get(name), str):
+                fields[name] = clean_text(fields[name])
+        for name in ("cwd", "source"):
+            if isinstance(fields.get(name), str):
+                fields[name] = clean_str(fields[name])
+        for name in ("attempt", "pid"):
+            if fields.get(name) is not None and not (finite_number(fields[name]) and fields[name] == int(fields[name])):
+                fields[name] = None
+        if updated_at is not None and not finite_number(updated_at):
+            updated_at = None
         for name, value in fields.items():
             if value is not None and (name != "title" or value):
                 setattr(t, name, value)
@@ -3462,7 +3746,26 @@ class Server(object):
         if changed or is_new:
             self.store.touch()
             self._schedule_save()
+        if is_new and len(self.store.threads) > MAX_THREADS:
+            self.prune_threads()
         return t
+
+    def prune_threads(self):
+        """Forget threads /state would not list and that nobody needs (threads_to_prune)."""
+        drop = threads_to_prune(list(self.store.threads.values()), now_ms(self.clock), self.store.recent_ms)
+        for key in drop:
+            del self.store.threads[key]
+        if drop:
+            self.store.touch()
+            self._schedule_save()
+        return len(drop)
+
+    def _prune_timer(self):
+        try:
+            self.prune_threads()
+            self.publish()
+        finally:
+            self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
 
     def on_thread_status(self, thread, old_status):
         """A thread changed status: tell the notifier (after this change is applied)."""
@@ -3499,16 +3802,22 @@ class Server(object):
             data = {}
         if not isinstance(data, dict):
             return
+        data = clean_json(data)  # a file written by an older version may hold what we now refuse
         meta = data.get("metadata")
         if isinstance(meta, dict):
             for name, m in meta.items():
                 if isinstance(name, str) and isinstance(m, dict):
-                    logs = m.get("logs") if isinstance(m.get("logs"), list) else []
-                    self.store.metadata[name] = {"status": m.get("status"), "progress": m.get("progress"),
-                                                 "logs": logs[-MAX_LOGS:]}
-        for t in data.get("threads") or ():
+                    self.store.metadata[name] = stored_metadata(name, m)
+        threads = data.get("threads")
+        for t in threads if isinstance(threads, list) else ():
             if not isinstance(t, dict) or not isinstance(t.get("agent"), str) or not isinstance(t.get("id"), str):
                 continue
+            for key in ("title", "detail", "model"):
+                t[key] = clean_text(t.get(key)) if isinstance(t.get(key), str) else None
+            for key in ("cwd", "pane", "session", "source"):
+                t[key] = t.get(key) if isinstance(t.get(key), str) else None
+            for key in ("attempt", "pid"):
+                t[key] = t.get(key) if isinstance(t.get(key), int) and not isinstance(t.get(key), bool) else None
             status = t.get("status") if t.get("status") in STATUSES else "idle"
             th = Thread(t["agent"], t["id"], title=t.get("title") or "", status=status,
                         detail=t.get("detail"), attempt=t.get("attempt"), cwd=t.get("cwd"),
@@ -3562,15 +3871,30 @@ class Server(object):
             self.schedule_refresh()
 
     def _schedule_save(self):
+        """Debounced: one write when changes pause SAVE_QUIET, at least every SAVE_MAX_DELAY while
+        they go on (a flood of events does not rewrite and fsync the file each second)."""
+        now = self.loop.clock()
+        self._save_last_change = now
         if not self._save_pending:
             self._save_pending = True
-            self.loop.call_later(1.0, self._save_state_now)
+            self._save_first_change = now
+            self.loop.call_later(SAVE_QUIET, self._save_when_quiet)
+
+    def _save_when_quiet(self):
+        if not self._save_pending:
+            return  # saved meanwhile (shutdown)
+        now = self.loop.clock()
+        quiet_at = self._save_last_change + SAVE_QUIET
+        if now < quiet_at and now < self._save_first_change + SAVE_MAX_DELAY:
+            self.loop.call_later(min(quiet_at, self._save_first_change + SAVE_MAX_DELAY) - now, self._save_when_quiet)
+            return
+        self._save_state_now()
 
     def _save_state_now(self):
         self._save_pending = False
         try:
             ensure_private_dir(os.path.dirname(self.state_path))
-            atomic_write(self.state_path, json.dumps(self.store.metadata_json()))
+            atomic_write(self.state_path, encode_json(self.store.metadata_json()))
         except (OSError, OpensessionsError) as e:
             log("cannot save state to %s: %s" % (self.state_path, e))
 
@@ -3606,21 +3930,231 @@ ROUTES = {
     "/mute": "api_mute",
 }
 GET_ROUTES = ("/", "/state", "/events", "/health")
+MAX_CONNECTIONS = 500  # open connections (one thread and one fd each); more get a 503
+MAX_SSE_CLIENTS = 400  # of which /events streams
+READ_DEADLINE = 10.0  # seconds to send a request's line, headers and body (and to start the next one)
+WRITE_TIMEOUT = 30.0  # a client that reads nothing for this long is dropped
+TOKEN_HEADER = "X-Opensessions-Token"
+
+
+class BodyError(ApiError):
+    """A request body we cannot read: answered, then the connection is closed."""
+
+
+def read_json_body(headers, rfile):
+    """The JSON object a POST carries. Raises BodyError (bad framing: close the connection) or
+    ApiError (a bad body read in full: the connection can go on)."""
+    if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+        raise BodyError(411, "send the body with a Content-Length (chunked bodies are not accepted)")
+    length = headers.get("Content-Length")
+    try:
+        length = int(length) if length is not None else 0
+    except ValueError:
+        raise BodyError(400, "bad Content-Length")
+    if length < 0:
+        raise BodyError(400, "bad Content-Length")
+    if length > MAX_BODY:
+        raise BodyError(413, "body is %d bytes; the limit is %d" % (length, MAX_BODY))
+    raw = rfile.read(length) if length else b""
+    if len(raw) < length:
+        raise BodyError(400, "the body ended before Content-Length bytes")
+    try:
+        body = json.loads(raw.decode("utf-8")) if raw.strip() else None
+    except UnicodeDecodeError:
+        raise ApiError(400, "body is not UTF-8")
+    except RecursionError:
+        raise ApiError(400, "body is not valid JSON: nested too deeply")
+    except ValueError as e:
+        raise ApiError(400, "body is not valid JSON: %s" % e)
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return body
+
+
+def health_json(server):
+    watchers = server.watchers
+    httpd = server.httpd
+    return json.dumps({
+        "ok": True, "version": __version__, "pid": os.getpid(),
+        "threads": len(server.store.threads),
+        "skippedRecords": watchers.bad_records if watchers is not None else 0,
+        "inotify": bool(watchers is not None and watchers.inotify is not None),
+        "connections": getattr(httpd, "active", 0), "streams": getattr(httpd, "streams", 0)}).encode()
+
+
+def route_get(server, path):
+    """GET/HEAD answers other than /events -> (status, body, content type, extra headers)."""
+    if path in ROUTES:
+        return _error_body(405, "use POST for %s" % path) + ({"Allow": "POST"},)
+    if path == "/":
+        return 200, b"opensessions server\n", "text/plain; charset=utf-8", None
+    if path == "/health":
+        return 200, health_json(server), "application/json", None
+    if path == "/state":
+        published = server.store.published
+        if published is None:
+            return _error_body(503, "server is starting or stopping") + (None,)
+        return 200, published[2], "application/json", None
+    return _error_body(404, "no such endpoint: %s" % path) + (None,)
+
+
+def route_post(server, path, body):
+    """Apply one POST on the loop thread -> (status, body, content type, extra headers)."""
+    method = ROUTES[path]
+    try:
+        result = server.loop.call(server.handle, method, body)
+    except ApiError as e:
+        return _error_body(e.status, e.message) + (None,)
+    except TimeoutError:
+        return _error_body(503, "server busy") + (None,)
+    except Exception as e:  # never crash on a request; say what happened
+        log("%s failed: %r" % (path, e))
+        return _error_body(500, "internal error: %s" % e.__class__.__name__) + (None,)
+    if method == "api_agent_event" and result is False:
+        return 202, json.dumps({"matched": False}).encode(), "application/json", None
+    return 204, b"", None, None
+
+
+def _error_body(status, message):
+    return status, json.dumps({"error": message}).encode(), "application/json"
+
+
+def stream_state(write, store, keepalive=SSE_KEEPALIVE):
+    """The /events loop: each new snapshot as `event: state` (at most ~30 a second), a comment as
+    keep-alive; returns when the server stops or the client goes away."""
+    last = None
+    last_sent = 0.0
+    try:
+        while True:
+            with store.cond:
+                store.cond.wait_for(lambda: store.published is None or store.published[0] != last,
+                                    timeout=keepalive)
+                published = store.published
+            if published is None:
+                return  # shutting down
+            if published[0] == last:
+                write(b": keepalive\n\n")
+                continue
+            wait = SSE_MIN_INTERVAL - (time.monotonic() - last_sent)
+            if wait > 0 and last is not None:
+                time.sleep(wait)  # coalesce: at most ~30 events per second
+                published = store.published or published
+            last = published[0]
+            last_sent = time.monotonic()
+            write(b"event: state\nid: %d\ndata: " % last + published[2] + b"\n\n")
+    except OSError:  # reset, broken pipe, or a client reading nothing for WRITE_TIMEOUT
+        return
+
+
+def _raw_refusal(sock, status, reason, message):
+    """Answer a connection we do not serve (no thread for it) and close it."""
+    body = json.dumps({"error": message}).encode()
+    try:
+        sock.settimeout(0.5)
+        sock.sendall(("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                      "Connection: close\r\nRetry-After: 1\r\n\r\n" % (status, reason, len(body))).encode() + body)
+    except OSError:
+        pass
+
+
+def make_http_server(server, address):
+    """The listening server: a thread per connection up to MAX_CONNECTIONS (the excess gets a 503
+    at once), a read deadline per request (see Server._watch_connections), one log line per
+    failed connection."""
+    import http.server
+    import threading
+
+    class HTTPServer(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+        request_queue_size = 64
+
+        def __init__(self, *a):
+            self.lock = threading.Lock()
+            self.active = 0
+            self.streams = 0
+            self.deadlines = {}  # handler -> monotonic time its request must be read by
+            http.server.ThreadingHTTPServer.__init__(self, *a)
+
+        def process_request(self, request, client_address):
+            with self.lock:
+                full = self.active >= MAX_CONNECTIONS
+                if not full:
+                    self.active += 1
+            if full:
+                _raw_refusal(request, 503, "Service Unavailable",
+                             "too many connections (%d); try again" % MAX_CONNECTIONS)
+                self.shutdown_request(request)
+                return
+            try:
+                http.server.ThreadingHTTPServer.process_request(self, request, client_address)
+            except BaseException:
+                with self.lock:
+                    self.active -= 1
+                raise
+
+        def process_request_thread(self, request, client_address):
+            try:
+                http.server.ThreadingHTTPServer.process_request_thread(self, request, client_address)
+            finally:
+                with self.lock:
+                    self.active -= 1
+
+        def handle_error(self, request, client_address):
+            e = sys.exc_info()[1]
+            log("connection from port %s failed: %s: %s" % (client_address[1], e.__class__.__name__, e))
+
+    return HTTPServer(address, make_handler(server))
 
 
 def make_handler(server):
-    """The HTTP request handler class bound to one Server."""
+    """The HTTP request handler class bound to one Server: checks (peer, Host, Origin), then
+    route_get / route_post / stream_state."""
     import http.server
+    import socket
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "opensessions/" + __version__
         sys_version = ""
+        timeout = WRITE_TIMEOUT  # socket timeout; reading a request has the shorter READ_DEADLINE
 
         def log_message(self, fmt, *args):  # quiet: no line per request
             pass
 
+        def setup(self):
+            http.server.BaseHTTPRequestHandler.setup(self)
+            try:  # one write per answer and no Nagle wait for the next one
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            self.peer_uid = tcp_peer_uid(self.client_address, self.connection.getsockname()) \
+                if server.peer_uids else None
+
+        def handle(self):
+            if self.peer_uid is not None and self.peer_uid != os.getuid():
+                _raw_refusal(self.connection, 403, "Forbidden",
+                             "connections from other users (uid %d) are refused" % self.peer_uid)
+                return
+            http.server.BaseHTTPRequestHandler.handle(self)
+
+        def handle_one_request(self):
+            self._deadline(server.read_deadline)
+            try:
+                http.server.BaseHTTPRequestHandler.handle_one_request(self)
+            finally:
+                self._deadline(None)
+
+        def _deadline(self, seconds):
+            httpd = self.server
+            with httpd.lock:
+                if seconds is None:
+                    httpd.deadlines.pop(self, None)
+                else:
+                    httpd.deadlines[self] = time.monotonic() + seconds
+
         def _send(self, status, body=b"", content_type="application/json", extra=None):
+            """The whole answer in one write."""
             self.send_response(status)
             if status != 204:
                 self.send_header("Content-Type", content_type)
@@ -3628,9 +4162,10 @@ def make_handler(server):
             self.send_header("Cache-Control", "no-store")
             for k, v in (extra or {}).items():
                 self.send_header(k, v)
-            self.end_headers()
+            self._headers_buffer.append(b"\r\n")
             if body and self.command != "HEAD":
-                self.wfile.write(body)
+                self._headers_buffer.append(body)
+            self.flush_headers()
 
         def _error(self, status, message, extra=None):
             self._send(status, json.dumps({"error": message}).encode(), extra=extra)
@@ -3643,34 +4178,24 @@ def make_handler(server):
             if self.headers.get("Origin") is not None:
                 self._error(403, "requests from web pages (with an Origin header) are refused")
                 return False
+            if self.peer_uid is None and not server.token_ok(self.headers.get(TOKEN_HEADER)):
+                # no way to know who connected (not Linux): our clients send the runtime file's token
+                self._error(403, "send the %s header (the token in the server's runtime file)" % TOKEN_HEADER)
+                return False
             return True
 
         def _path(self):
             return self.path.split("?", 1)[0]
 
         def do_GET(self):
+            self._deadline(None)
             if not self._guard():
                 return
             path = self._path()
-            if path in ROUTES:
-                return self._error(405, "use POST for %s" % path, {"Allow": "POST"})
-            if path == "/":
-                return self._send(200, b"opensessions server\n", "text/plain; charset=utf-8")
-            if path == "/health":
-                watchers = server.watchers
-                return self._send(200, json.dumps({
-                    "ok": True, "version": __version__, "pid": os.getpid(),
-                    "threads": len(server.store.threads),
-                    "skippedRecords": watchers.bad_records if watchers is not None else 0,
-                    "inotify": bool(watchers is not None and watchers.inotify is not None)}).encode())
-            if path == "/state":
-                published = server.store.published
-                if published is None:
-                    return self._error(503, "server is starting or stopping")
-                return self._send(200, published[2])
             if path == "/events":
                 return self._events()
-            return self._error(404, "no such endpoint: %s" % path)
+            status, body, ctype, extra = route_get(server, path)
+            self._send(status, body, ctype, extra)
 
         do_HEAD = do_GET
 
@@ -3680,45 +4205,18 @@ def make_handler(server):
             path = self._path()
             if path in GET_ROUTES:
                 return self._error(405, "use GET for %s" % path, {"Allow": "GET"})
-            method = ROUTES.get(path)
-            if method is None:
+            if path not in ROUTES:
                 return self._error(404, "no such endpoint: %s" % path)
-            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-                self.close_connection = True
-                return self._error(411, "send the body with a Content-Length (chunked bodies are not accepted)")
-            length = self.headers.get("Content-Length")
             try:
-                length = int(length) if length is not None else 0
-            except ValueError:
+                body = read_json_body(self.headers, self.rfile)
+            except BodyError as e:
                 self.close_connection = True
-                return self._error(400, "bad Content-Length")
-            if length < 0:
-                self.close_connection = True
-                return self._error(400, "bad Content-Length")
-            if length > MAX_BODY:
-                self.close_connection = True
-                return self._error(413, "body is %d bytes; the limit is %d" % (length, MAX_BODY))
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw.decode("utf-8")) if raw.strip() else None
-            except UnicodeDecodeError:
-                return self._error(400, "body is not UTF-8")
-            except ValueError as e:
-                return self._error(400, "body is not valid JSON: %s" % e)
-            if not isinstance(body, dict):
-                return self._error(400, "body must be a JSON object")
-            try:
-                result = server.loop.call(server.handle, method, body)
+                return self._error(e.status, e.message)
             except ApiError as e:
                 return self._error(e.status, e.message)
-            except TimeoutError:
-                return self._error(503, "server busy")
-            except Exception as e:  # never crash on a request; say what happened
-                log("%s failed: %r" % (path, e))
-                return self._error(500, "internal error: %s" % e.__class__.__name__)
-            if method == "api_agent_event" and result is False:
-                return self._send(202, json.dumps({"matched": False}).encode())
-            return self._send(204)
+            finally:
+                self._deadline(None)
+            self._send(*route_post(server, path, body))
 
         def do_PUT(self):
             self._other()
@@ -3732,38 +4230,26 @@ def make_handler(server):
             self._error(405, "method %s not allowed" % self.command, {"Allow": allow})
 
         def _events(self):
-            store = server.store
-            self.close_connection = True
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("Connection", "close")
-            self.send_header("X-Accel-Buffering", "no")
-            self.end_headers()
-            last = None
-            last_sent = 0.0
+            httpd = self.server
+            with httpd.lock:
+                full = httpd.streams >= MAX_SSE_CLIENTS
+                if not full:
+                    httpd.streams += 1
+            if full:
+                self.close_connection = True
+                return self._error(503, "too many /events clients (%d)" % MAX_SSE_CLIENTS, {"Retry-After": "5"})
             try:
-                while True:
-                    with store.cond:
-                        store.cond.wait_for(lambda: store.published is None or store.published[0] != last,
-                                            timeout=SSE_KEEPALIVE)
-                        published = store.published
-                    if published is None:
-                        return  # shutting down
-                    if published[0] == last:
-                        self.wfile.write(b": keepalive\n\n")
-                        self.wfile.flush()
-                        continue
-                    wait = SSE_MIN_INTERVAL - (time.monotonic() - last_sent)
-                    if wait > 0 and last is not None:
-                        time.sleep(wait)  # coalesce: at most ~30 events per second
-                        published = store.published or published
-                    last = published[0]
-                    last_sent = time.monotonic()
-                    self.wfile.write(b"event: state\nid: %d\ndata: " % last + published[2] + b"\n\n")
-                    self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError, OSError):
-                return
+                self.close_connection = True
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("Connection", "close")
+                self.send_header("X-Accel-Buffering", "no")
+                self.end_headers()
+                stream_state(self.wfile.write, server.store)
+            finally:
+                with httpd.lock:
+                    httpd.streams -= 1
 
     return Handler
 
@@ -3885,13 +4371,15 @@ class Notifier(object):
 
     def _flush(self):
         self.flush_scheduled = False
-        held = self.coalescer.flush(self.clock())
-        if held:
-            self._send_events(held)
-        due = self.coalescer.next_due()
-        if due is not None:
-            self.flush_scheduled = True
-            self.server.loop.call_later(max(0.0, due - self.clock()), self._flush)
+        try:
+            held = self.coalescer.flush(self.clock())
+            if held:
+                self._send_events(held)
+        finally:  # a failure is logged by the loop; events held for later still go out
+            due = self.coalescer.next_due()
+            if due is not None:
+                self.flush_scheduled = True
+                self.server.loop.call_later(max(0.0, due - self.clock()), self._flush)
 
     def _send_events(self, events):
         title, body, status = describe(events)
@@ -4106,6 +4594,66 @@ BOOL_FLAGS = {
 }
 SIDECAR_PREFIX = "opensessions_"
 EMPTY_SAVE_GRACE = 60.0
+PANE_CONTENTS_ARCHIVE = "pane_contents.tar.gz"  # tmux-resurrect's @resurrect-capture-pane-contents
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# C0, DEL and C1: typed into a line editor they edit the line (^U erases it, ^M runs it), printed on a
+# terminal they move the cursor. A restore record holding one is refused; everything shown is escaped.
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Keys tmux-assistant-resurrect keeps in a record's env for itself (not variables to set again).
+TAR_ENV_BOOKKEEPING = frozenset(("tmux_pane", "shell", "TMUX_PANE", "SHELL", "TMUX", "PWD", "OLDPWD", "SHLVL", "_"))
+# Agents that resume a conversation by id from any directory. Claude keeps conversations under the
+# project directory (~/.claude/projects/<cwd>): it resumes only from there.
+RESUME_ANYWHERE = frozenset(("codex", "opencode", "amp"))
+
+
+def resurrect_escape(text):
+    """text with control characters shown as \\xNN: safe in a log line or on a terminal. Pure."""
+    return CONTROL_CHARS.sub(lambda m: "\\x%02x" % ord(m.group()), str(text))
+
+
+def pane_problem(rec):
+    """Why a record's pane fields (session, window, paneIndex) name no pane, or None. Pure."""
+    if not isinstance(rec.get("session"), str) or not rec["session"]:
+        return "no session name"
+    for key in ("window", "paneIndex"):
+        if not isinstance(rec.get(key), int) or isinstance(rec.get(key), bool) or rec[key] < 0:
+            return "%s is not a pane number (%r)" % (key, rec.get(key))
+    return None
+
+
+def record_problem(rec, pane=True):
+    """Why a restore record cannot be used (wrong types, unknown agent, bad id, control characters),
+    or None. pane=False: the pane fields (session, window, paneIndex) are not needed. Pure."""
+    if not isinstance(rec, dict):
+        return "not an object (%s)" % type(rec).__name__
+    if pane and pane_problem(rec):
+        return pane_problem(rec)
+    agent = rec.get("agent")
+    if agent not in AGENTS:
+        return "unknown agent %r" % (agent,)
+    if not valid_thread_id(agent, rec.get("id")):
+        return "%r is not a valid %s session id" % (rec.get("id"), agent)
+    for key in ("cwd", "model", "program"):
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            return "%s is not a string (%r)" % (key, rec[key])
+    flags = rec.get("flags")
+    if flags is not None and (not isinstance(flags, list) or not all(isinstance(f, str) for f in flags)):
+        return "flags is not a list of strings (%r)" % (flags,)
+    env = rec.get("env")
+    if env is not None and (not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values())):
+        return "env is not an object of strings (%r)" % (env,)
+    for name in env or {}:
+        if not ENV_NAME.match(name):
+            return "bad environment variable name %r" % name
+    if rec.get("program") and not rec["program"].startswith("/"):
+        return "program is not an absolute path (%r)" % rec["program"]
+    texts = [("cwd", rec.get("cwd")), ("model", rec.get("model")), ("program", rec.get("program"))]
+    texts += [("flag", f) for f in flags or []]
+    texts += [("env", "%s=%s" % kv) for kv in sorted((env or {}).items())]
+    for what, text in texts:
+        if text and CONTROL_CHARS.search(text):
+            return "control character in %s %s" % (what, resurrect_escape(repr(text)))
+    return None
 
 
 def agent_argv(agent, args):
@@ -4162,32 +4710,43 @@ def flag_value(flags, names):
 
 
 def resume_command(record):
-    """The shell line restore types: `cd <cwd> && [VAR=value …] <agent> <flags> <resume> <id>`.
-    Everything is POSIX-quoted; the id must match the agent's id pattern. -> str or raises ValueError."""
+    """The shell line restore types: `cd <cwd> && [VAR=value …] <program> <flags> <resume> <id>`.
+    <program> is the saved absolute path of the agent's executable (aliases and functions named like
+    the agent cannot add their flags a second time), else `command <agent>` (tmux-assistant-resurrect's
+    choice). Everything is POSIX-quoted; the record must pass record_problem(). -> str or ValueError."""
     import shlex
-    agent, tid = record.get("agent"), record.get("id")
-    if not valid_thread_id(agent, tid):
-        raise ValueError("%r is not a valid %s session id" % (tid, agent))
-    flags = [str(f) for f in record.get("flags") or []]
+    problem = record_problem(record, pane=False)
+    if problem:
+        raise ValueError(problem)
+    agent, tid = record["agent"], record["id"]
+    flags = [shlex.quote(f) for f in record.get("flags") or []]
     env = record.get("env") or {}
-    words = []
-    for name in sorted(env):
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
-            raise ValueError("bad environment variable name %r" % name)
-        words.append("%s=%s" % (name, shlex.quote(str(env[name]))))
+    words = ["%s=%s" % (name, shlex.quote(env[name])) for name in sorted(env)]
+    program = record.get("program")
+    words += [shlex.quote(program)] if program else ["command", agent]
     if agent == "claude":
-        words += ["claude"] + [shlex.quote(f) for f in flags] + ["--resume", tid]
+        words += flags + ["--resume", tid]
     elif agent == "opencode":
-        words += ["opencode"] + [shlex.quote(f) for f in flags] + ["-s", tid]
+        words += flags + ["-s", tid]
     elif agent == "codex":
-        words += ["codex"] + [shlex.quote(f) for f in flags] + ["resume", tid]
-    elif agent == "amp":
-        words += ["amp", "threads", "continue", tid]
+        words += flags + ["resume", tid]
     else:
-        raise ValueError("unknown agent %r" % agent)
+        words += ["threads", "continue", tid]
     line = " ".join(words)
     cwd = record.get("cwd")
     return "cd %s && %s" % (shlex.quote(cwd), line) if cwd else line
+
+
+def sidecar_stamp(snapshot, now):
+    """The sidecar's name part: the timestamp of resurrect's snapshot file (`tmux_resurrect_<stamp>.txt`,
+    new `20261122T030000` or old `2026-11-22T03:00:00` style), else the save time (UTC). Pure."""
+    m = re.search(r"(\d{8}T\d{6})", snapshot or "")
+    if m:
+        return m.group(1)
+    m = re.search(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})", snapshot or "")
+    if m:
+        return "%s%s%sT%s%s%s" % m.groups()
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
 
 
 def resurrect_dir(tmux_option, environ=None):
@@ -4216,26 +4775,117 @@ def assistant_sessions_doc(records, timestamp):
         "env": dict(r.get("env") or {}, tmux_pane=r.get("pane") or "")} for r in records]}
 
 
-def records_from_assistant_sessions(doc):
-    """Read the tmux-assistant-resurrect schema -> our records (entries that do not parse are skipped)."""
+def tar_cli_args(text):
+    """tmux-assistant-resurrect's cli_args -> (words, how). TAR joins the agent's argv with spaces
+    without quoting; opensessions writes them POSIX-quoted. Shell parsing first (our own files);
+    when that fails (an apostrophe in a plain word), whitespace splitting, as TAR itself reads them.
+    Pure."""
     import shlex
+    try:
+        return shlex.split(text), "shell"
+    except ValueError:
+        return text.split(), "whitespace"
+
+
+def records_from_assistant_sessions(doc, log=None, capture_env=None):
+    """Read the tmux-assistant-resurrect schema -> our records. An entry that does not parse is
+    skipped and logged with its reason. Env: only the variables TAR captured on purpose: those named
+    in capture_env (its @assistant-resurrect-capture-env) when given, else every non-empty
+    upper-case name that is not TAR's own bookkeeping (tmux_pane, shell, …)."""
+    log = log or (lambda m: None)
+    if not isinstance(doc, dict):
+        log("restore: assistant-sessions.json is a %s, not an object with \"sessions\"; nothing read from it"
+            % type(doc).__name__)
+        return []
+    sessions = doc.get("sessions")
+    if not isinstance(sessions, list):
+        log("restore: assistant-sessions.json has no \"sessions\" list; nothing read from it")
+        return []
     out = []
-    for s in (doc or {}).get("sessions") or []:
+    for n, s in enumerate(sessions):
+        where = "assistant-sessions.json entry %d" % n
         if not isinstance(s, dict):
+            log("restore: %s is not an object (%r); skipped" % (where, s))
             continue
-        m = re.match(r"^(.*):(\d+)\.(\d+)$", str(s.get("pane") or ""))
-        if not m or s.get("tool") not in AGENTS:
+        m = re.match(r"^(.*):(\d+)\.(\d+)$", s.get("pane")) if isinstance(s.get("pane"), str) else None
+        if not m or not m.group(1):
+            log("restore: %s: unparsable pane name %r (want session:window.pane); skipped" % (where, s.get("pane")))
             continue
-        try:
-            flags = shlex.split(s.get("cli_args") or "")
-        except ValueError:
-            flags = []
-        env = {k: v for k, v in (s.get("env") or {}).items()
-               if isinstance(v, str) and k not in ("tmux_pane", "shell") and re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)}
+        where = "%s (%s)" % (where, s["pane"])
+        if s.get("tool") not in AGENTS:
+            log("restore: %s: unknown tool %r; skipped" % (where, s.get("tool")))
+            continue
+        cli_args = s.get("cli_args")
+        if cli_args is not None and not isinstance(cli_args, str):
+            log("restore: %s: cli_args is not a string (%r); skipped" % (where, cli_args))
+            continue
+        flags, how = tar_cli_args(cli_args or "")
+        if how == "whitespace":
+            log("restore: %s: cli_args %r are not shell-quoted; split at spaces as TAR wrote them" % (where, cli_args))
+        raw_env = s.get("env")
+        if raw_env is not None and not isinstance(raw_env, dict):
+            log("restore: %s: env is not an object (%r); skipped" % (where, raw_env))
+            continue
+        env, ignored = {}, []
+        for k, v in sorted((raw_env or {}).items()):
+            if capture_env is not None:
+                wanted = k in capture_env
+            else:
+                wanted = k not in TAR_ENV_BOOKKEEPING and bool(re.match(r"^[A-Z_][A-Z0-9_]*$", k))
+            if wanted and isinstance(v, str) and v and ENV_NAME.match(k):
+                env[k] = v
+            elif k not in TAR_ENV_BOOKKEEPING and (v or not isinstance(v, str)):
+                ignored.append(k)
+        if ignored:
+            log("restore: %s: env %s not set again (not captured on purpose)" % (where, ", ".join(ignored)))
+        cwd = s.get("cwd")
+        if cwd is not None and not isinstance(cwd, str):
+            log("restore: %s: cwd is not a string (%r); skipped" % (where, cwd))
+            continue
+        model = s.get("model") if isinstance(s.get("model"), str) else None
         out.append({"session": m.group(1), "window": int(m.group(2)), "paneIndex": int(m.group(3)),
-                    "agent": s["tool"], "id": s.get("session_id"), "cwd": s.get("cwd") or None,
-                    "flags": flags, "env": env, "model": s.get("model") or None, "idSource": "assistant-sessions"})
+                    "agent": s["tool"], "id": s.get("session_id"), "cwd": cwd or None,
+                    "flags": flags, "env": env, "model": model or None, "idSource": "assistant-sessions"})
     return out
+
+
+def agent_in_tree(root, table, kids):
+    """The top-most agent below process root -> (agent, pid, argv) or None. The same judgement on save
+    and restore: arguments included, so a shell with a background `claude -p …` or `opencode run …`
+    has no agent."""
+    for pid in descendants(root, kids)[1:]:
+        proc = table.get(pid)
+        if proc is None or proc.comm not in AGENT_COMMS:
+            continue
+        args = process_args(pid)
+        agent = classify_agent_process(proc.comm, args)
+        if agent:
+            return agent, pid, args
+    return None
+
+
+def strip_pane_contents(archive, targets):
+    """Remove the entries of these panes ("session:window.pane") from tmux-resurrect's
+    pane_contents.tar.gz, so restore does not print an agent's old screen into its pane. A new archive
+    is renamed over the old one. -> how many were removed."""
+    import io
+    import tarfile
+    names = set("pane_contents/pane-%s" % t for t in targets)
+    with open(archive, "rb") as f:
+        raw = f.read()
+    out = io.BytesIO()
+    removed = 0
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as src, \
+            tarfile.open(fileobj=out, mode="w:gz") as dst:
+        for member in src.getmembers():
+            name = member.name[2:] if member.name.startswith("./") else member.name
+            if name in names:
+                removed += 1
+                continue
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    if removed:
+        atomic_write(archive, out.getvalue(), mode=os.stat(archive).st_mode & 0o777)
+    return removed
 
 
 class ResurrectLog(object):
@@ -4247,7 +4897,7 @@ class ResurrectLog(object):
         self.echo = echo
 
     def __call__(self, message):
-        line = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)
+        line = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), resurrect_escape(message))
         if self.echo:
             self.echo(line.rstrip("\n"))
         try:
@@ -4322,16 +4972,7 @@ class Resurrect(object):
         env_names = [n for n in re.split(r"[ ,]+", self.option("@opensessions-resurrect-env")) if n]
         found = []
         for pane in self.panes():
-            agent_proc = None
-            for pid in descendants(pane["pid"], kids)[1:]:
-                proc = table.get(pid)
-                if proc is None or proc.comm not in AGENT_COMMS:
-                    continue
-                args = process_args(pid)
-                agent = classify_agent_process(proc.comm, args)
-                if agent:
-                    agent_proc = (agent, pid, args)
-                    break  # descendants() walks from the top: the first is the top-most
+            agent_proc = agent_in_tree(pane["pid"], table, kids)
             if agent_proc:
                 found.append((pane, agent_proc, descendants(agent_proc[1], kids)))
         records, skipped, used = [], [], set()
@@ -4365,7 +5006,7 @@ class Resurrect(object):
                    "guess": source == "cwd-guess", "pid": pid, "flags": flags,
                    "cwd": self._proc_cwd(pid) or pane["cwd"],
                    "model": live.get("model") or flag_value(flags, ("--model", "-m")),
-                   "env": self._environ(pid, env_names)}
+                   "env": self._environ(pid, env_names), "program": self._program(agent, pid, args)}
             self.log("save: %s %s in %s from %s%s" % (agent, tid, target, source,
                                                       " (dropped %s)" % " ".join(dropped) if dropped else ""))
             out.append(rec)
@@ -4408,6 +5049,33 @@ class Resurrect(object):
             return os.readlink("/proc/%d/cwd" % pid)
         except OSError:
             return None
+
+    def _program(self, agent, pid, args):
+        """The absolute path of the executable the agent ran (restore types it, so a shell alias or
+        function named like the agent cannot add its flags twice), or None."""
+        import shutil
+        argv = list(args)
+        if len(argv) >= 2 and os.path.basename(argv[0]) in INTERPRETERS and os.path.basename(argv[1]) == agent:
+            word = argv[1]  # `/bin/sh …/claude`, `node …/codex`: the script is the program
+        else:
+            word = argv[0] if argv else ""
+        path = None
+        if "/" in word:
+            path = os.path.join(self._proc_cwd(pid) or "/", word)
+        elif word:
+            env_path = self._environ(pid, ["PATH"]).get("PATH")
+            path = shutil.which(word, path=env_path) if env_path else None
+            path = path if path and os.path.isabs(path) else None  # a relative PATH entry: not ours to resolve
+        if not path:
+            try:
+                exe = os.readlink("/proc/%d/exe" % pid)
+            except OSError:
+                exe = None
+            if exe and os.path.basename(exe) not in INTERPRETERS:
+                path = exe
+        if path and os.path.isfile(path) and os.access(path, os.X_OK) and not CONTROL_CHARS.search(path):
+            return os.path.normpath(os.path.abspath(path))
+        return None
 
     def _environ(self, pid, names):
         if not names:
@@ -4464,14 +5132,19 @@ class Resurrect(object):
                     yield os.path.join(dirpath, name)
 
     def save(self):
-        """Write the sidecar for resurrect's latest snapshot, the pointer, and assistant-sessions.json."""
+        """Write the sidecar for resurrect's latest snapshot, the pointer, and assistant-sessions.json;
+        take the agent panes out of resurrect's captured pane contents. No tmux server: raises
+        OpensessionsError and writes nothing."""
+        try:
+            self.tmux.run("display-message", "-p", "#{pid}")
+        except TmuxError as e:
+            raise OpensessionsError("cannot save: no tmux server to read (%s); nothing written" % e)
         records, skipped = self.collect()
         rdir = resurrect_dir(self.option, self.env)
         os.makedirs(rdir, exist_ok=True)
         last = os.path.join(rdir, "last")
         snapshot = os.path.basename(os.readlink(last)) if os.path.islink(last) else None
-        stamp = (re.search(r"(\d{8}T\d{6})", snapshot or "") or re.search(r"(\d+)", snapshot or "0"))
-        stamp = stamp.group(1) if stamp else time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
+        stamp = sidecar_stamp(snapshot, self.clock())
         pointer = os.path.join(rdir, SIDECAR_PREFIX + "last")
         previous = self._read_sidecar(pointer, quiet=True)
         if not records and previous and previous.get("records") and \
@@ -4492,7 +5165,22 @@ class Resurrect(object):
         atomic_write(os.path.join(rdir, "assistant-sessions.json"),
                      json.dumps(assistant_sessions_doc(records, timestamp), indent=1))
         self.log("save: %d agent(s) saved to %s" % (len(records), os.path.join(rdir, name)))
+        self._strip_pane_contents(rdir, records)
         return records, rdir
+
+    def _strip_pane_contents(self, rdir, records):
+        import tarfile
+        import zlib
+        archive = os.path.join(rdir, PANE_CONTENTS_ARCHIVE)
+        if not records or not os.path.isfile(archive):
+            return
+        targets = ["%s:%s.%s" % (r["session"], r["window"], r["paneIndex"]) for r in records]
+        try:
+            removed = strip_pane_contents(archive, targets)
+        except (OSError, EOFError, ValueError, tarfile.TarError, zlib.error) as e:
+            self.log("save: could not rewrite %s (%s); left as it is" % (archive, e))
+            return
+        self.log("save: removed %d agent pane(s) from %s" % (removed, archive))
 
     # -- restore -----------------------------------------------------------------------------
     def _read_sidecar(self, path, quiet=False):
@@ -4527,11 +5215,14 @@ class Resurrect(object):
         legacy = os.path.join(rdir, "assistant-sessions.json")
         try:
             with open(legacy, "rb") as f:
-                return records_from_assistant_sessions(json.loads(f.read().decode("utf-8"))), legacy
+                doc = json.loads(f.read().decode("utf-8"))
         except FileNotFoundError:
             pass
         except (OSError, ValueError, UnicodeDecodeError) as e:
             self.log("restore: %s is corrupt (%s)" % (legacy, e))
+        else:
+            names = self.option("@assistant-resurrect-capture-env").split()
+            return records_from_assistant_sessions(doc, self.log, set(names) if names else None), legacy
         if candidates:
             raise OpensessionsError("no readable opensessions sidecar in %s (see the restore log)" % rdir)
         return [], None
@@ -4560,10 +5251,10 @@ class Resurrect(object):
 
     def pane_state(self, target):
         fmt = FS.join(("#{pane_id}", "#{pane_pid}", "#{pane_current_command}", "#{@opensessions-restored}",
-                       "#{cursor_y}", "#{pane_dead}"))
+                       "#{cursor_y}", "#{pane_dead}", "#{pane_tty}"))
         out = self.tmux.run("display-message", "-p", "-t", target, fmt).rstrip("\n").split(FS)
         return {"pane": out[0], "pid": _int(out[1]), "command": out[2], "restored": out[3],
-                "cursor_y": _int(out[4]), "dead": out[5] == "1"}
+                "cursor_y": _int(out[4]), "dead": out[5] == "1", "tty": out[6] if len(out) > 6 else ""}
 
     def wait_for_prompt(self, target, timeout=10.0):
         """The shell is ready when its prompt is drawn: the cursor line has text and stays the same."""
@@ -4583,8 +5274,50 @@ class Resurrect(object):
             time.sleep(0.05)
         return False
 
+    def clear_pane(self, pane, timeout=3.0):
+        """Wipe what resurrect printed into the pane (an old screen, @resurrect-capture-pane-contents):
+        `clear` typed at the prompt, then, once it ran, tmux's clear-history. Without a `clear` program
+        the screen is reset by tmux instead."""
+        self.tmux.run("send-keys", "-t", pane, "-l", "clear")
+        self.tmux.run("send-keys", "-t", pane, "Enter")
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                st = self.pane_state(pane)
+                lines = self.tmux.run("capture-pane", "-p", "-t", pane).split("\n")
+            except TmuxError:
+                return
+            cursor = lines[st["cursor_y"]] if 0 <= st["cursor_y"] < len(lines) else ""
+            if st["command"] in SHELLS and cursor.strip() and not any(l.rstrip().endswith("clear") for l in lines):
+                if lines == last:
+                    break
+                last = lines
+            time.sleep(0.05)
+        else:
+            self.log("restore: %s: `clear` did not clear the screen; reset by tmux" % pane)
+            self.tmux.run("send-keys", "-R", "-t", pane)
+        self.tmux.run("clear-history", "-t", pane)
+
+    def tell_pane(self, st, message):
+        """One line on the pane's screen, written to its terminal: nothing is typed, nothing runs."""
+        tty = st.get("tty") or ""
+        if not tty.startswith("/dev/"):
+            return
+        try:
+            fd = os.open(tty, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+            try:
+                os.write(fd, ("\r\nopensessions: %s\r\n" % resurrect_escape(message)).encode("utf-8", "replace"))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.log("restore: could not write to %s (%s)" % (tty, e))
+
     def restore(self, dry_run=False, out=print):
         records, source = self.load()
+        if not isinstance(records, list):
+            self.log("restore: %s: \"records\" is not a list; nothing to restore" % source)
+            return 0
         if not records:
             self.log("restore: nothing to restore (%s)" % (source or "no sidecar"))
             return 0
@@ -4592,42 +5325,73 @@ class Resurrect(object):
         table = process_table()
         kids = children_index(table)
         typed = 0
-        for rec in records:
-            target = "=%s:%s.%s" % (rec["session"], rec["window"], rec["paneIndex"])
-            try:
-                command = resume_command(rec)
-            except ValueError as e:
-                self.log("restore: %s: %s; skipped" % (target, e))
-                continue
-            try:
-                st = self.pane_state(target)
-            except TmuxError:
-                self.log("restore: %s: no such pane; skipped" % target)
-                continue
-            if st["restored"] == rec["id"]:
-                self.log("restore: %s: already restored %s %s; not typing twice" % (target, rec["agent"], rec["id"]))
-                continue
-            busy = [table[p].comm for p in descendants(st["pid"], kids)[1:] if p in table]
-            if st["command"] not in SHELLS or any(classify_agent_process(c, [c]) for c in busy):
-                self.log("restore: %s: busy with %s; skipped %s %s" % (target, st["command"], rec["agent"], rec["id"]))
-                continue
-            if not self.conversation_exists(rec):
-                self.log("restore: %s: %s conversation %s no longer exists; left the shell"
-                         % (target, rec["agent"], rec["id"]))
-                continue
-            if dry_run:
-                out("%s\t%s" % (target, command))
-                continue
-            if not self.wait_for_prompt(target):
-                self.log("restore: %s: the shell did not show a prompt; skipped" % target)
-                continue
-            self.tmux.run("set-option", "-p", "-t", st["pane"], "@opensessions-restored", rec["id"])
-            self.tmux.run("send-keys", "-t", st["pane"], "-l", command)
-            self.tmux.run("send-keys", "-t", st["pane"], "Enter")
-            typed += 1
-            self.log("restore: %s: %s%s" % (target, command, " (id was a cwd guess)" if rec.get("guess") else ""))
+        for n, rec in enumerate(records):
+            if self._restore_one(n, rec, table, kids, dry_run, out):
+                typed += 1
         self.log("restore: typed %d of %d" % (typed, len(records)))
         return typed
+
+    def _restore_one(self, n, rec, table, kids, dry_run, out):
+        """One record: every way it is not typed is logged with its reason (and printed by --dry-run,
+        escaped). -> True when the resume command was typed."""
+        def skip(target, reason):
+            self.log("restore: %s: %s; skipped" % (target, reason))
+            if dry_run:
+                out("%s\t# skipped: %s" % (resurrect_escape(target), resurrect_escape(reason)))
+            return False
+        problem = record_problem(rec)
+        if problem:
+            pane_ok = isinstance(rec, dict) and not pane_problem(rec)
+            return skip("record %d (=%s:%s.%s)" % (n, rec["session"], rec["window"], rec["paneIndex"])
+                        if pane_ok else "record %d" % n, problem)
+        target = "=%s:%s.%s" % (rec["session"], rec["window"], rec["paneIndex"])
+        agent, tid, cwd = rec["agent"], rec["id"], rec.get("cwd")
+        typed_rec, notes = dict(rec), []
+        cwd_gone = bool(cwd) and not os.path.isdir(cwd)
+        if cwd_gone and agent in RESUME_ANYWHERE:
+            typed_rec["cwd"] = None
+            notes.append("directory %s is gone; %s resumes by id from the pane's directory" % (cwd, agent))
+        program = rec.get("program")
+        if program and not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            typed_rec["program"] = None
+            notes.append("program %s is gone; typed `command %s`" % (program, agent))
+        try:
+            command = resume_command(typed_rec)
+        except ValueError as e:
+            return skip(target, str(e))
+        try:
+            st = self.pane_state(target)
+        except TmuxError:
+            return skip(target, "no such pane")
+        if st["restored"] == tid:
+            return skip(target, "already restored %s %s; not typing twice" % (agent, tid))
+        if st["command"] not in SHELLS:
+            return skip(target, "busy with %s (not a shell); not typing %s %s" % (st["command"], agent, tid))
+        running = agent_in_tree(st["pid"], table, kids)
+        if running:
+            return skip(target, "busy with %s (pid %d); not typing %s %s" % (running[0], running[1], agent, tid))
+        if not self.conversation_exists(rec):
+            return skip(target, "%s conversation %s no longer exists; left the shell" % (agent, tid))
+        if cwd_gone and agent not in RESUME_ANYWHERE:
+            why = ("not resuming %s %s: its directory %s is gone (Claude resumes a conversation only from "
+                   "its project directory)" % (agent, tid, cwd))
+            if not dry_run:
+                self.tell_pane(st, why)
+            return skip(target, why + "; left the shell")
+        if dry_run:
+            out("%s\t%s" % (resurrect_escape(target), resurrect_escape(command)))
+            for note in notes:
+                self.log("restore: %s: (dry run) %s" % (target, note))
+            return False
+        if not self.wait_for_prompt(target):
+            return skip(target, "the shell did not show a prompt")
+        self.clear_pane(st["pane"])
+        self.tmux.run("set-option", "-p", "-t", st["pane"], "@opensessions-restored", tid)
+        self.tmux.run("send-keys", "-t", st["pane"], "-l", command)
+        self.tmux.run("send-keys", "-t", st["pane"], "Enter")
+        self.log("restore: %s: %s%s%s" % (target, command, " (id was a cwd guess)" if rec.get("guess") else "",
+                                        "".join(" (%s)" % note for note in notes)))
+        return True
 
 
 def kitty_tabs(sessions, socket_path, shown_titles=()):
@@ -5283,7 +6047,8 @@ class EventStream(object):
             self._sock = sock
             try:
                 sock.settimeout(SSE_KEEPALIVE * 3)
-                sock.sendall(("GET /events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port).encode())
+                sock.sendall(("GET /events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n"
+                              % (port, token_header(getattr(self.find_port, "token", None)))).encode())
                 self._read(sock)
             except OSError:
                 pass
@@ -5937,13 +6702,21 @@ class SidebarPanes(object):
 # CLI
 ##############################################################################
 
+def token_header(token):
+    """The header line carrying the runtime file's token ('' without a well-formed one)."""
+    if isinstance(token, str) and re.match(r"^[0-9a-f]{1,64}$", token):
+        return "%s: %s\r\n" % (TOKEN_HEADER, token)
+    return ""
+
+
 class Client(object):
     """A tiny HTTP client over a raw socket: no http.client import, so commands start fast."""
 
-    def __init__(self, port, host=HOST, timeout=5.0):
+    def __init__(self, port, host=HOST, timeout=5.0, token=None):
         self.port = port
         self.host = host
         self.timeout = timeout
+        self.token = token  # the runtime file's, for systems where the server cannot see our uid
 
     def request(self, method, path, body=None):
         """-> (status, body bytes). Raises OSError when the server is not reachable."""
@@ -5952,8 +6725,9 @@ class Client(object):
         except ImportError:
             import socket as sockmod
         payload = b"" if body is None else json.dumps(body).encode("utf-8")
-        head = ("%s %s HTTP/1.0\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-                "Content-Length: %d\r\n\r\n" % (method, path, self.host, self.port, len(payload)))
+        head = ("%s %s HTTP/1.0\r\nHost: %s:%d\r\nContent-Type: application/json\r\n%s"
+                "Content-Length: %d\r\n\r\n" % (method, path, self.host, self.port, token_header(self.token),
+                                                   len(payload)))
         sock = sockmod.socket(sockmod.AF_INET, sockmod.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout)
@@ -5990,10 +6764,10 @@ def _socket_from_args(args):
 
 
 def _client(args):
-    port = args.port
+    port, info = args.port, None
     if not port:  # None, or 0 ("any free port"): the runtime file says which one it got
-        port, _ = find_server(_socket_from_args(args))
-    return Client(port)
+        port, info = find_server(_socket_from_args(args))
+    return Client(port, token=(info or {}).get("token"))
 
 
 def _request(args, method, path, body=None):
@@ -6021,7 +6795,7 @@ def _live_threads(args):
     if info is None:
         return []
     try:
-        status, content = Client(port, timeout=2).request("GET", "/state")
+        status, content = Client(port, timeout=2, token=info.get("token")).request("GET", "/state")
         state = json.loads(content.decode("utf-8")) if status == 200 else {}
     except (OSError, ValueError):
         return []
@@ -6220,14 +6994,13 @@ def cmd_status(args):
 def serve(socket_path, port=None, log_path=None, environ=None):
     """Run the server in the foreground until stopped, its tmux server exits, or a signal. -> exit code."""
     import signal
-    global _log_file
     env = os.environ if environ is None else environ
     explicit = port is not None or bool(env.get("OPENSESSIONS_PORT"))
     if port is None:
         port = _int(env.get("OPENSESSIONS_PORT"), DEFAULT_PORT) if env.get("OPENSESSIONS_PORT") else DEFAULT_PORT
     if log_path:
         ensure_private_dir(os.path.dirname(log_path))
-        _log_file = open(log_path, "a", buffering=1)
+        open_log(log_path)
     server = build_server(Tmux(socket_path), port, explicit, env)
     server.start()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -6246,6 +7019,10 @@ def build_server(tmux, port, explicit, environ):
     server.watchers = AgentWatchers(server, environ, recent_days=recent)
     if environ.get("OPENSESSIONS_LIST_HOURS"):
         server.store.recent_ms = int(float(environ["OPENSESSIONS_LIST_HOURS"]) * 3600 * 1000)
+    if environ.get("OPENSESSIONS_PEER_CHECK") == "token":  # test the macOS way on Linux
+        server.peer_uids = False
+    if environ.get("OPENSESSIONS_READ_DEADLINE"):
+        server.read_deadline = max(0.1, float(environ["OPENSESSIONS_READ_DEADLINE"]))
     server.sidebars = SidebarPanes(server, _self_command() + " sidebar")
     server.notifier = Notifier(server)
     server.tmux_options = TmuxOptions(server)
@@ -6290,8 +7067,13 @@ def cmd_hook(args):
             pid = _agent_ancestor(args.agent, os.getppid())
             if pid:
                 body["pid"] = pid
-        port = args.port or find_server(_socket_from_args(args))[0]
-        Client(port, timeout=1.0).request("POST", "/api/agent-event", body)
+        # a prompt goes only to a server that vouches for itself: a runtime file that is ours and
+        # private, whose server holds the lock (is alive); never to whatever listens on 7391
+        info = RuntimeFiles(_socket_from_args(args)).live_info() if not args.port else {}
+        port = args.port or (info or {}).get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            return 0
+        Client(port, timeout=1.0, token=(info or {}).get("token")).request("POST", "/api/agent-event", body)
     except Exception:  # the agent must never see a failing hook
         pass
     return 0
@@ -6348,10 +7130,15 @@ def cmd_sidebar(args):
     socket_path = _socket_from_args(args)
 
     def find_port():
-        return args.port if args.port else find_server(socket_path)[0]
+        if args.port:
+            return args.port
+        port, info = find_server(socket_path)
+        find_port.token = (info or {}).get("token")  # sent where the server cannot see our uid
+        return port
+    find_port.token = None
 
     def post(path, body):
-        status, content = Client(find_port(), timeout=2).request("POST", path, body)
+        status, content = Client(find_port(), timeout=2, token=find_port.token).request("POST", path, body)
         if status >= 400:
             raise OSError(content.decode("utf-8", "replace"))
 
