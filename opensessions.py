@@ -6455,6 +6455,9 @@ class SidebarPanes(object):
         except TmuxError as e:
             log("sidebar panes: %s" % e)
             changed = False
+        except Exception as e:  # it runs first in every refresh: a slip here must not stop the rest
+            log("sidebar panes: %s: %s" % (type(e).__name__, e))
+            changed = False
         finally:
             self.busy = False
         # What we changed is read back at once (tmux tells a control client about other sessions'
