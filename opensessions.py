@@ -5455,20 +5455,37 @@ SPINNER = {"unicode": "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏", "ascii": "|/-\\"}
 GLYPHS = {
     "unicode": {"running": None, "retry": "↻", "waiting": "◉", "error": "✗", "interrupted": "⊘",
                 "done-unseen": "●", "done": "✓", "idle": "○", "unseen": "●", "bar": "█", "bar_empty": "░",
-                "more": "…", "sep": "─"},
+                "more": "…", "sep": "─", "current": "▌", "neutral": "·", "info": "i", "success": "✓",
+                "warn": "!", "tone-error": "✗"},
     "ascii": {"running": None, "retry": "r", "waiting": "?", "error": "x", "interrupted": "!",
               "done-unseen": "*", "done": "v", "idle": "o", "unseen": "*", "bar": "#", "bar_empty": "-",
-              "more": "~", "sep": "-"},
+              "more": "~", "sep": "-", "current": ">", "neutral": "-", "info": "i", "success": "v",
+              "warn": "!", "tone-error": "x"},
 }
 TONE_STYLE = {"neutral": "fg", "info": "accent", "success": "done", "warn": "waiting", "error": "error"}
 FILTERS = ("all", "agents", "attention")
-HELP_LINES = (
-    "j/k ↑/↓  move          Enter  switch",
-    "Tab/S-Tab next/prev    1-9    switch to #",
-    "J/K      reorder       d/u    hide/unhide",
-    "n new    x kill        o      open port",
-    "t theme  / filter      f      all/agents/attn",
-    "m mute   ? help        q/Esc  leave",
+HELP_KEYS = (
+    ("j/k", "move (also the arrow keys)"),
+    ("Enter", "switch to the session or thread"),
+    ("Tab", "next session (S-Tab: previous)"),
+    ("1-9", "switch to session N, as prefix o N"),
+    ("J/K", "move the session down/up"),
+    ("d/u", "hide the session / show hidden ones"),
+    ("n", "new session (name, then directory)"),
+    ("x", "kill the session (asks first)"),
+    ("o", "open the session's port (or click it)"),
+    ("t", "pick a theme"),
+    ("/", "filter by name"),
+    ("f", "show all / with agents / needing you"),
+    ("m", "mute the session's notifications"),
+    ("?", "this help"),
+    ("q/Esc", "leave the sidebar"),
+)
+# (glyph key, meaning) for the help's legend; "spinner" is the running animation
+HELP_LEGEND = (
+    ("spinner", "working"), ("retry", "retrying after an error"), ("waiting", "waiting for you"),
+    ("error", "stopped on an error"), ("interrupted", "interrupted"),
+    ("done-unseen", "finished, not seen yet"), ("done", "finished"), ("idle", "idle"),
 )
 
 
@@ -5516,6 +5533,30 @@ def resolve_theme(name, overrides=None):
     return theme
 
 
+def theme_colors(theme, ncolors):
+    """Curses colour numbers (fg, bg) for each (style, selected): the theme's own background is
+    painted, and no text is drawn in the colour behind it (on 8 colours a theme's muted grey and
+    its background both become black, and its selection colour the background's). Pure."""
+    few = ncolors < 256
+
+    def conv(hexv):
+        return rgb_to_8(hex_to_rgb(hexv)) if few else rgb_to_256(hex_to_rgb(hexv))
+    def grey(hexv):  # 8 colours: plain text and backgrounds go by lightness (a pastel text is not blue)
+        return (7 if sum(hex_to_rgb(hexv)) >= 3 * 128 else 0) if few else conv(hexv)
+    bg, sel, fg = grey(theme["bg"]), grey(theme["sel"]), grey(theme["fg"])
+    if few and sel == bg:
+        sel = 7 if bg == 0 else 0  # a selected row must still stand out
+    out = {}
+    for key in THEME_KEYS:
+        for selected in (False, True):
+            back = sel if selected or key == "sel" else bg
+            fore = conv(theme[key]) if key not in ("bg", "sel", "fg") else fg
+            if fore == back:
+                fore = fg if fg != back else (7 if back == 0 else 0)
+            out[(key, selected)] = (fore, back)
+    return out
+
+
 def display_width(text):
     """Terminal cells a string takes (wide East Asian characters take two)."""
     import unicodedata
@@ -5559,12 +5600,66 @@ def session_needs_attention(s):
     return s.get("state") in ("error", "waiting", "interrupted", "done-unseen") or bool(s.get("unseen"))
 
 
+def wrap(text, width):
+    """Word-wrap text to lines of at most width cells (words longer than a line are cut). Pure."""
+    width = max(1, width)
+    lines, cur = [], ""
+    for word in text.split():
+        while display_width(word) > width:
+            room = width - display_width(cur) - (1 if cur else 0)
+            if room <= 0:
+                lines.append(cur)
+                cur = ""
+                continue
+            head, used = "", 0
+            for ch in word:
+                if used + display_width(ch) > room:
+                    break
+                head += ch
+                used += display_width(ch)
+            cur = (cur + " " + head) if cur else head
+            lines.append(cur)
+            cur, word = "", word[len(head):]
+        if not cur:
+            cur = word
+        elif display_width(cur) + 1 + display_width(word) <= width:
+            cur += " " + word
+        else:
+            lines.append(cur)
+            cur = word
+    if cur or not lines:
+        lines.append(cur)
+    return lines
+
+
+def terminal_charset(environ, python_chose_utf8=False):
+    """'unicode' or 'ascii' from the locale the terminal has (LC_ALL, LC_CTYPE, LANG, as the C
+    library reads them), not from Python's preferred encoding. Under LANG=C Python turns on its
+    UTF-8 mode by itself and sets LC_CTYPE=C.UTF-8 in its own environment (PEP 538, 540):
+    `python_chose_utf8` says it did, and then the terminal's locale was C. Pure."""
+    if python_chose_utf8:
+        return "ascii"
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        value = environ.get(name)
+        if value:
+            return "unicode" if re.search(r"utf-?8", value, re.I) else "ascii"
+    return "ascii"
+
+
+def _python_chose_utf8(environ):
+    """True when this Python runs in UTF-8 mode because its start-up locale was C or POSIX (not
+    because PYTHONUTF8 or -X utf8 asked for it; from 3.15 the mode is the default and says nothing)."""
+    return bool(sys.flags.utf8_mode) and not environ.get("PYTHONUTF8") and \
+        "utf8" not in getattr(sys, "_xoptions", {}) and sys.version_info < (3, 15)
+
+
 class SidebarModel(object):
     """What the sidebar shows and how keys change it. Pure: keys in, actions out.
 
     Actions are tuples the curses layer carries out: ("switch", session name), ("switch-pane",
     session, pane id), ("ui", body) for the server's /ui, ("mute", session), ("kill", session),
     ("new", name, directory), ("open", port), ("leave",), ("quit",).
+    The key "FOCUS" (sent by `opensessions focus`) selects the session this sidebar is in.
     """
 
     def __init__(self, own_session=None, charset="unicode"):
@@ -5573,6 +5668,7 @@ class SidebarModel(object):
         self.charset = charset
         self.selected = None  # ("session", name) or ("thread", session, agent, id)
         self.scroll = 0
+        self.help_scroll = 0
         self.filter_text = ""
         self.filter_mode = "all"
         self.mode = "list"  # list | help | theme | prompt | confirm
@@ -5582,15 +5678,20 @@ class SidebarModel(object):
         self.message = None
         self.frame = 0
         self.connected = False
+        self._selected_own = None  # the own session we last selected by ourselves
 
     # -- data --------------------------------------------------------------------------------
     def set_state(self, state):
         self.state = state
         self.connected = True
         items = self.items()
-        if self.selected not in items:
-            current = next((i for i in items if i[0] == "session" and i[1] == self.current_session()), None)
-            self.selected = current or (items[0] if items else None)
+        own = ("session", self.own_session) if self.own_session else None
+        if own in items and self._selected_own != self.own_session:
+            # a new sidebar, or one that moved to another session: start on the session it is in
+            self.selected = own
+            self._selected_own = self.own_session
+        elif self.selected not in items:
+            self.selected = own if own in items else (items[0] if items else None)
 
     def ui(self):
         return (self.state or {}).get("ui") or {}
@@ -5599,14 +5700,21 @@ class SidebarModel(object):
         """The session this sidebar's client is in (the highlighted one)."""
         return self.own_session
 
+    def listed(self):
+        """Every session the list can show, in the user's order (hidden ones left out): the order
+        `prefix o N` and the numbers use, whatever the filter."""
+        return [s for s in (self.state or {}).get("sessions", []) if not s.get("hidden")]
+
+    def number(self, name):
+        """The number shown beside a session (1-9, as `prefix o N`), or None."""
+        names = [s["name"] for s in self.listed()]
+        n = names.index(name) + 1 if name in names else 0
+        return n if 1 <= n <= 9 else None
+
     def sessions(self):
         """Sessions in the user's order, hidden ones and filtered ones left out."""
-        if not self.state:
-            return []
         out = []
-        for s in self.state.get("sessions", []):
-            if s.get("hidden"):
-                continue
+        for s in self.listed():
             if self.filter_text and self.filter_text.lower() not in s["name"].lower():
                 continue
             if self.filter_mode == "agents" and not s.get("threads"):
@@ -5649,91 +5757,141 @@ class SidebarModel(object):
     def key(self, k):
         """Handle one key (a curses key name such as 'j', 'KEY_DOWN', '\\n', 'KEY_BTAB'). -> actions."""
         self.message = None
-        if self.mode == "prompt":
-            return self._prompt_key(k)
-        if self.mode == "confirm":
-            self.mode = "list"
-            if k in ("y", "Y"):
-                return [self.confirm]
-            self.message = "cancelled"
+        if k == "FOCUS":
+            return self._focus()
+        handler = {"prompt": self._prompt_key, "confirm": self._confirm_key, "help": self._help_key,
+                   "theme": self._theme_key}.get(self.mode, self._list_key)
+        return handler(k)
+
+    # list mode: key -> method name; a method takes the key and returns actions (or None)
+    LIST_KEYS = {"j": "_move", "KEY_DOWN": "_move", "k": "_move", "KEY_UP": "_move",
+                 "\t": "_cycle", "KEY_BTAB": "_cycle", "\n": "activate", "\r": "activate", "KEY_ENTER": "activate",
+                 "J": "_reorder_key", "K": "_reorder_key", "kDN3": "_reorder_key", "kUP3": "_reorder_key",
+                 "d": "_hide", "u": "_unhide", "n": "_new", "x": "_kill", "o": "_open", "t": "_themes",
+                 "/": "_filter", "f": "_filter_mode", "m": "_mute", "?": "_help", "q": "_quit", "\x1b": "_quit"}
+
+    def _list_key(self, k):
+        if len(k) == 1 and k in "123456789":
+            return self._number_key(k)
+        name = self.LIST_KEYS.get(k)
+        if name is None:
             return []
-        if self.mode == "help":
+        if name == "activate":
+            return self.activate()
+        return getattr(self, name)(k) or []
+
+    def _focus(self):
+        self.mode, self.prompt = "list", None
+        if self.own_session:
+            self.filter_text = ""
+            self._reselect()
+            if ("session", self.own_session) in self.items():
+                self.selected = ("session", self.own_session)
+        return []
+
+    def _confirm_key(self, k):
+        self.mode = "list"
+        if k in ("y", "Y"):
+            return [self.confirm]
+        self.message = "cancelled"
+        return []
+
+    def _help_key(self, k):
+        if k in ("j", "KEY_DOWN", " ", "KEY_NPAGE"):
+            self.help_scroll += 1 if k in ("j", "KEY_DOWN") else 10
+        elif k in ("k", "KEY_UP", "KEY_PPAGE"):
+            self.help_scroll = max(0, self.help_scroll - (1 if k != "KEY_PPAGE" else 10))
+        else:
             self.mode = "list"
-            return []
-        if self.mode == "theme":
-            return self._theme_key(k)
+        return []
+
+    def _move(self, k):
         items = self.items()
         idx = items.index(self.selected) if self.selected in items else 0
-        sessions = [i for i in items if i[0] == "session"]
-        if k in ("j", "KEY_DOWN"):
-            self._select(items, idx + 1)
-        elif k in ("k", "KEY_UP"):
-            self._select(items, idx - 1)
-        elif k in ("\t", "KEY_BTAB"):
-            if sessions:
-                cur = self.selected[1] if self.selected else None
-                names = [i[1] for i in sessions]
-                pos = names.index(cur) if cur in names else -1
-                pos = (pos + (1 if k == "\t" else -1)) % len(names)
-                self.selected = sessions[pos]
-        elif k in ("\n", "\r", "KEY_ENTER"):
-            return self.activate()
-        elif len(k) == 1 and k in "123456789":
-            n = int(k) - 1
-            if n < len(sessions):
-                self.selected = sessions[n]
-                return [("switch", sessions[n][1])]
-        elif k in ("J", "K", "kDN3", "kUP3"):
-            return self._reorder(1 if k in ("J", "kDN3") else -1)
-        elif k == "d":
-            s = self.selected_session()
-            if s:
-                hidden = sorted(set(self.ui().get("hidden", [])) | {s["name"]})
-                self.message = "hid %s (u shows hidden sessions)" % s["name"]
-                return [("ui", {"hidden": hidden})]
-        elif k == "u":
-            if self.ui().get("hidden"):
-                return [("ui", {"hidden": []})]
-            self.message = "no hidden sessions"
-        elif k == "n":
-            self.mode = "prompt"
-            self.prompt = {"label": "new session name", "text": "", "step": "name", "values": {}}
-        elif k == "x":
-            s = self.selected_session()
-            if s:
-                self.mode = "confirm"
-                self.confirm = ("kill", s["name"])
-                self.message = "kill session %s? (y/n)" % s["name"]
-        elif k == "o":
-            s = self.selected_session()
-            if s and s.get("ports"):
-                return [("open", s["ports"][0])]
-            self.message = "no listening port in this session"
-        elif k == "t":
-            self.mode = "theme"
-            names = sorted(THEMES)
-            current = self.ui().get("theme") or DEFAULT_THEME
-            self.theme_index = names.index(current) if current in names else 0
-        elif k == "/":
-            self.mode = "prompt"
-            self.prompt = {"label": "filter", "text": self.filter_text, "step": "filter", "values": {}}
-        elif k == "f":
-            self.filter_mode = FILTERS[(FILTERS.index(self.filter_mode) + 1) % len(FILTERS)]
-            self.message = "showing: %s" % self.filter_mode
+        self._select(items, idx + (1 if k in ("j", "KEY_DOWN") else -1))
+
+    def _cycle(self, k):
+        sessions = [i for i in self.items() if i[0] == "session"]
+        if sessions:
+            names = [i[1] for i in sessions]
+            cur = self.selected[1] if self.selected else None
+            pos = names.index(cur) if cur in names else -1
+            self.selected = sessions[(pos + (1 if k == "\t" else -1)) % len(names)]
+
+    def _number_key(self, k):
+        """1-9: the session with that number, as `prefix o N` (the same numbers in any filter)."""
+        listed = self.listed()
+        n = int(k) - 1
+        if n >= len(listed):
+            self.message = "no session number %s" % k
+            return []
+        name = listed[n]["name"]
+        if ("session", name) in self.items():
+            self.selected = ("session", name)
+        return [("switch", name)]
+
+    def _reorder_key(self, k):
+        return self._reorder(1 if k in ("J", "kDN3") else -1)
+
+    def _hide(self, k):
+        s = self.selected_session()
+        if s:
+            hidden = sorted(set(self.ui().get("hidden", [])) | {s["name"]})
+            self.message = "hid %s (u shows hidden sessions)" % s["name"]
+            return [("ui", {"hidden": hidden})]
+
+    def _unhide(self, k):
+        if self.ui().get("hidden"):
+            return [("ui", {"hidden": []})]
+        self.message = "no hidden sessions"
+
+    def _new(self, k):
+        self.mode = "prompt"
+        self.prompt = {"label": "new session name", "text": "", "step": "name", "values": {}}
+
+    def _kill(self, k):
+        s = self.selected_session()
+        if s:
+            self.mode = "confirm"
+            self.confirm = ("kill", s["name"])
+            self.message = "kill session %s? (y/n)" % s["name"]
+
+    def _open(self, k):
+        s = self.selected_session()
+        if s and s.get("ports"):
+            return [("open", s["ports"][0])]
+        self.message = "no listening port in this session"
+
+    def _themes(self, k):
+        self.mode = "theme"
+        names = sorted(THEMES)
+        current = self.ui().get("theme") or DEFAULT_THEME
+        self.theme_index = names.index(current) if current in names else 0
+
+    def _filter(self, k):
+        self.mode = "prompt"
+        self.prompt = {"label": "filter", "text": self.filter_text, "step": "filter", "values": {}}
+
+    def _filter_mode(self, k):
+        self.filter_mode = FILTERS[(FILTERS.index(self.filter_mode) + 1) % len(FILTERS)]
+        self.message = "showing: %s" % self.filter_mode
+        self._reselect()
+
+    def _mute(self, k):
+        s = self.selected_session()
+        if s:
+            return [("mute", s["name"])]
+
+    def _help(self, k):
+        self.mode = "help"
+        self.help_scroll = 0
+
+    def _quit(self, k):
+        if self.filter_text:
+            self.filter_text = ""
             self._reselect()
-        elif k == "m":
-            s = self.selected_session()
-            if s:
-                return [("mute", s["name"])]
-        elif k == "?":
-            self.mode = "help"
-        elif k in ("q", "\x1b"):
-            if self.filter_text:
-                self.filter_text = ""
-                self._reselect()
-            else:
-                return [("leave",)]
-        return []
+            return []
+        return [("leave",)]
 
     def _select(self, items, idx):
         if items:
@@ -5813,19 +5971,36 @@ class SidebarModel(object):
         self.mode, self.prompt = "list", None
         return [("new", name, directory)]
 
-    def click(self, row, rows, double=False):
-        """A mouse click on screen row `row`, given the rows render() produced."""
-        if 0 <= row < len(rows) and rows[row][0] is not None:
-            self.selected = rows[row][0]
-            self.mode = "list"
-            if double:
-                return self.activate()
+    def click(self, row, rows, double=False, x=None):
+        """A mouse click on screen row `row` (column x), given the rows render() produced."""
+        if not 0 <= row < len(rows) or rows[row][0] is None:
+            return []
+        item = rows[row][0]
+        if item[0] == "port":
+            port = _port_at(rows[row][1], x)
+            return [("open", port)] if port else []
+        self.selected = item
+        self.mode = "list"
+        if double:
+            return self.activate()
         return []
 
     def wheel(self, delta):
         items = self.items()
         idx = items.index(self.selected) if self.selected in items else 0
         self._select(items, idx + delta)
+
+
+def _port_at(pieces, x):
+    """The port whose ':NNNN' piece is at column x of a ports row (any port if x is None)."""
+    col = 0
+    for text, _ in pieces:
+        w = display_width(text)
+        m = re.match(r"\s*:(\d+)", text)
+        if m and (x is None or col <= x < col + w):
+            return int(m.group(1))
+        col += w
+    return None
 
 
 def _badge(status, unseen, g, frame, charset):
@@ -5837,138 +6012,240 @@ def _badge(status, unseen, g, frame, charset):
     return g.get(key) or "?", style
 
 
+def _tone_icon(tone, g):
+    tone = tone if tone in TONE_STYLE else "neutral"
+    return g["tone-error" if tone == "error" else tone], TONE_STYLE[tone]
+
+
+class _Screen(object):
+    """Rows being built by render(): each piece is cut to the width, the cut marked."""
+
+    def __init__(self, model, width, now):
+        self.model = model
+        self.charset = model.charset
+        self.g = GLYPHS[self.charset]
+        self.clean = (lambda s: s) if self.charset == "unicode" else ascii_safe
+        self.now = now if now is not None else now_ms()
+        self.w = max(1, width)
+        self.rows = []
+
+    def line(self, item, pieces):
+        out, used = [], 0
+        for text, style in pieces:
+            text = self.clean(text)
+            room = self.w - used
+            if room <= 0:
+                break
+            t = fit(text, room, self.g["more"]) if display_width(text) > room else text
+            out.append((t, style))
+            used += display_width(t)
+        self.rows.append((item, out))
+
+    def wrapped(self, item, text, style, indent=0, first=""):
+        """text word-wrapped to the width; continuation lines indented by `indent` cells."""
+        lines = wrap(self.clean(first + text), self.w - indent) if indent else wrap(self.clean(first + text), self.w)
+        for i, part in enumerate(lines):
+            self.line(item, [((" " * indent if i else "") + part, style)])
+
+
 def render(model, width, height, now=None):
     """The whole screen as rows: [(item or None, [(text, style), ...]), ...], at most height rows.
 
-    Styles are theme keys plus 'sel' (selected row background) and 'title'. Pure.
+    Styles are theme keys plus 'sel' (selected row background). Pure. A header row, the body
+    (the list and the detail panel, or the help or the theme picker), and a footer for prompts
+    and messages that always stays on screen.
     """
-    charset = model.charset
-    g = GLYPHS[charset]
-    clean = (lambda s: s) if charset == "unicode" else ascii_safe
-    now = now if now is not None else now_ms()
-    rows = []
-    w = max(1, width)
+    scr = _Screen(model, width, now)
+    _render_header(scr)
+    footer = _Screen(model, width, now)
+    _render_footer(footer)
+    room = max(1, height - 1 - len(footer.rows))
+    body = _Screen(model, width, now)
+    if model.mode == "help":
+        _render_help(body)
+        model.help_scroll = max(0, min(model.help_scroll, len(body.rows) - room))
+        rows = body.rows[model.help_scroll:model.help_scroll + room]
+    elif model.mode == "theme":
+        _render_themes(body)
+        rows = body.rows[:room]
+    else:
+        _render_list(body, room)
+        rows = _scroll(model, body.rows, room)
+    return (scr.rows + rows + footer.rows)[:height]
 
-    def line(item, pieces):
-        out, used = [], 0
-        for text, style in pieces:
-            text = clean(text)
-            room = w - used
-            if room <= 0:
-                break
-            t = fit(text, room, g["more"]) if display_width(text) > room else text
-            out.append((t, style))
-            used += display_width(t)
-        rows.append((item, out))
 
+def _render_header(scr):
+    model, w = scr.model, scr.w
     title = "opensessions" if w >= 16 else "os"
     status = "" if model.connected else " (connecting…)"
     if model.filter_mode != "all" or model.filter_text:
         status += " [%s%s]" % (model.filter_mode if model.filter_mode != "all" else "",
                                ("/" + model.filter_text) if model.filter_text else "")
-    line(None, [(title, "accent"), (status, "muted")])
-    if model.mode == "help":
-        for text in HELP_LINES:
-            line(None, [(text, "fg")])
-        line(None, [("any key to close", "muted")])
-        return rows[:height]
-    if model.mode == "theme":
-        names = sorted(THEMES)
-        line(None, [("theme (Enter to pick)", "muted")])
-        for i, name in enumerate(names):
-            line(None, [(("> " if i == model.theme_index else "  ") + name, "sel" if i == model.theme_index else "fg")])
-        return rows[:height]
+    scr.line(None, [(title, "accent"), (status, "muted")])
+
+
+def _render_help(scr):
+    g, w = scr.g, scr.w
+    kw = max(len(k) for k, _ in HELP_KEYS) + 1 if w >= 24 else 0
+    for keys, text in HELP_KEYS:
+        if kw:
+            for i, part in enumerate(wrap(text, w - kw)):
+                scr.line(None, [((keys if i == 0 else "").ljust(kw), "accent"), (part, "fg")])
+        else:
+            scr.line(None, [(keys, "accent")])
+            scr.wrapped(None, text, "fg", indent=2, first="  ")
+    scr.line(None, [("", "fg")])
+    for key, meaning in HELP_LEGEND:
+        if key == "spinner":
+            glyph, style = SPINNER[scr.charset][0], "running"
+        else:
+            glyph, style = _badge(key.replace("done-unseen", "done"), key == "done-unseen", g, 0, scr.charset)
+        for i, part in enumerate(wrap(meaning, w - 2)):
+            scr.line(None, [((glyph if i == 0 else " ") + " ", style), (part, "fg")])
+    scr.line(None, [("j/k scroll, any other key closes", "muted")])
+
+
+def _render_themes(scr):
+    names = sorted(THEMES)
+    scr.line(None, [("theme (Enter to pick)", "muted")])
+    for i, name in enumerate(names):
+        scr.line(None, [(("> " if i == scr.model.theme_index else "  ") + name,
+                         "sel" if i == scr.model.theme_index else "fg")])
+
+
+def _render_list(scr, room):
+    model = scr.model
     sessions = model.sessions()
     if not sessions:
-        line(None, [("no sessions" if model.state else "waiting for the server", "muted")])
+        scr.line(None, [("no sessions" if model.state else "waiting for the server", "muted")])
     detail_rows = []
-    for n, s in enumerate(sessions):
-        item = ("session", s["name"])
-        selected = model.selected == item
-        is_current = s["name"] == model.current_session()
-        base = "sel" if selected else "fg"
-        num = "%d" % (n + 1) if n < 9 else " "
-        badges = []
-        for t in s.get("threads", [])[:6]:
-            glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, charset)
-            badges.append((glyph, style))
-        unseen = [(" " + g["unseen"], "unseen")] if s.get("unseen") else []
-        if s.get("muted"):
-            unseen.append((" m", "muted"))
-        marker = "▌" if is_current and charset == "unicode" else (">" if is_current else " ")
-        name_room = w - 3 - len(badges) - (2 if unseen else 0) - (1 if badges else 0)
-        pieces = [(marker, "accent"), (num + " ", "muted"), (fit(s["name"], max(1, name_room), g["more"]),
-                                                            "accent" if is_current else base)]
-        pad = w - 3 - display_width(pieces[2][0]) - len(badges) - (2 if unseen else 0)
-        if badges:
-            pieces.append((" " * max(1, pad), base))
-            pieces.extend(badges)
-        pieces.extend(unseen)
-        line(item, [(t, "sel" if selected and st in ("fg", "muted") else st) for t, st in pieces])
-        sub = []
-        if s.get("branch"):
-            sub.append((s["branch"] + ("*" if s.get("dirty") else ""), "muted"))
-        meta = s.get("metadata") or {}
-        pill = meta.get("status")
-        if pill:
-            sub.append((" [%s]" % pill["text"], TONE_STYLE.get(pill.get("tone"), "fg")))
-        prog = meta.get("progress")
-        if prog and prog.get("percent") is not None:
-            cells = 6 if w >= 28 else 3
-            full = int(round(cells * prog["percent"] / 100.0))
-            sub.append((" " + g["bar"] * full + g["bar_empty"] * (cells - full) + " %d%%" % prog["percent"], "accent"))
-        if sub:
-            line(item, [("   ", "fg")] + sub)
-        if model.filter_mode == "attention":
-            # the recently relevant threads: active ones and those finished since you last looked
-            for t in s.get("threads", []):
-                if t["status"] in ACTIVE_STATUSES or t.get("unseen") or t["status"] in ("waiting", "error"):
-                    glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, charset)
-                    status_text = t["status"] + ("#%s" % t["attempt"] if t.get("attempt") else "")
-                    line(("thread", s["name"], t["agent"], t["id"]),
-                         [("   " + glyph + " ", style), ((t.get("title") or t["agent"]) + " ", "fg"),
-                          ("%s %s" % (status_text, age_text(t.get("updatedAt"), now)), "muted")])
+    for s in sessions:
+        _render_session(scr, s)
         if s["name"] == (model.selected or (None, None))[1]:
-            detail_rows = _detail(model, s, g, now)
-    # the detail panel for the selected session goes below the list
-    if detail_rows and height - len(rows) > 3:
-        line(None, [(g["sep"] * w, "muted")])
-        for item, pieces in detail_rows:
-            line(item, pieces)
-    if model.mode in ("prompt", "confirm") or model.message:
-        text = model.message or ""
-        if model.mode == "prompt":
-            text = "%s: %s_" % (model.prompt["label"], model.prompt["text"])
-        if len(rows) >= height:
-            rows = rows[:height - 1]
-        line(None, [(text, "waiting")])
-    return _scroll(model, rows, height)
+            detail_rows = _detail(model, s, scr)
+    # the detail panel for the selected session goes below the list (always when a thread in it is selected)
+    in_detail = model.selected is not None and model.selected[0] == "thread" and model.filter_mode != "attention"
+    if detail_rows and (room - len(scr.rows) > 3 or in_detail):
+        scr.line(None, [(scr.g["sep"] * scr.w, "muted")])
+        scr.rows.extend(detail_rows)
 
 
-def _detail(model, s, g, now):
-    out = []
+def _render_session(scr, s):
+    """The session's row, then its metadata rows: branch, status pill, progress, newest log line."""
+    model, g, w = scr.model, scr.g, scr.w
+    item = ("session", s["name"])
+    selected = model.selected == item
+    is_current = s["name"] == model.current_session()
+    base = "sel" if selected else "fg"
+    n = model.number(s["name"])
+    badges = [_badge(t["status"], t.get("unseen"), g, model.frame, scr.charset) for t in s.get("threads", [])[:6]]
+    unseen = [(" " + g["unseen"], "unseen")] if s.get("unseen") else []
+    if s.get("muted"):
+        unseen.append((" m", "muted"))
+    tail = len(badges) + sum(display_width(t) for t, _ in unseen)
+    name_room = w - 3 - tail - (1 if badges else 0)
+    name = fit(scr.clean(s["name"]), max(1, name_room), g["more"])
+    pieces = [(g["current"] if is_current else " ", "accent"), (("%d" % n if n else " ") + " ", "muted"),
+              (name, "accent" if is_current else base)]
+    if badges:
+        pieces.append((" " * max(1, w - 3 - display_width(name) - tail), base))
+        pieces.extend(badges)
+    pieces.extend(unseen)
+    scr.line(item, [(t, "sel" if selected and st in ("fg", "muted") else st) for t, st in pieces])
+    _render_metadata(scr, s, item)
+    if model.filter_mode == "attention":
+        _render_attention_threads(scr, s)
+
+
+def _render_metadata(scr, s, item):
+    """A session's own rows under its name, each cut to the width: branch, status pill, progress
+    bar with its label, newest log line."""
+    g, w = scr.g, scr.w
+    indent = "   "
+    if s.get("branch"):
+        scr.line(item, [(indent + s["branch"] + ("*" if s.get("dirty") else ""), "muted")])
+    meta = s.get("metadata") or {}
+    pill = meta.get("status")
+    if pill and pill.get("text"):
+        scr.line(item, [(indent, "fg"), ("[%s]" % pill["text"], TONE_STYLE.get(pill.get("tone"), "fg"))])
+    prog = meta.get("progress")
+    if prog and prog.get("percent") is not None:
+        cells = max(3, min(10, (w - 3) // 4))
+        full = int(round(cells * min(100.0, prog["percent"]) / 100.0))
+        pieces = [(indent + g["bar"] * full, "accent"), (g["bar_empty"] * (cells - full), "muted"),
+                  (" %d%%" % prog["percent"], "accent")]
+        if prog.get("label"):
+            pieces.append((" " + prog["label"], "fg"))
+        scr.line(item, pieces)
+    logs = meta.get("logs") or []
+    if logs:
+        scr.line(item, _log_pieces(scr, logs[-1], indent))
+
+
+def _render_attention_threads(scr, s):
+    """In the attention filter: the recently relevant threads, active ones and those finished
+    since you last looked."""
+    for t in s.get("threads", []):
+        if t["status"] in ACTIVE_STATUSES or t.get("unseen") or t["status"] in ("waiting", "error"):
+            glyph, style = _badge(t["status"], t.get("unseen"), scr.g, scr.model.frame, scr.charset)
+            status_text = t["status"] + ("#%s" % t["attempt"] if t.get("attempt") else "")
+            scr.line(("thread", s["name"], t["agent"], t["id"]),
+                     [("   " + glyph + " ", style), ((t.get("title") or t["agent"]) + " ", "fg"),
+                      ("%s %s" % (status_text, age_text(t.get("updatedAt"), scr.now)), "muted")])
+
+
+def _log_pieces(scr, entry, indent):
+    """One log line fitted to the width: tone icon, source, message (cut with …), age kept at the end."""
+    icon, style = _tone_icon(entry.get("tone"), scr.g)
+    age = age_text(entry.get("ts"), scr.now)
+    head = indent + icon + " "
+    text = scr.clean((entry["source"] + ": " if entry.get("source") else "") + entry["message"])
+    room = scr.w - display_width(head) - (len(age) + 1 if age else 0)
+    if room < 4:  # too narrow for the age: the message matters more
+        room, age = scr.w - display_width(head), ""
+    text = fit(text, room, scr.g["more"])
+    pad = " " * max(1, room - display_width(text) + 1) if age else ""
+    return [(head, style), (text, "fg"), (pad + age, "muted")]
+
+
+def _detail(model, s, scr):
+    """The selected session in full: directory, status, progress, threads, ports, logs."""
+    g, now = scr.g, scr.now
+    panel = _Screen(model, scr.w, now)
     sel_thread = model.selected if model.selected and model.selected[0] == "thread" else None
     if s.get("dir"):
-        out.append((None, [(s["dir"].replace(home_dir(), "~", 1), "muted"),
-                           (" (muted)" if s.get("muted") else "", "muted")]))
+        panel.line(None, [(s["dir"].replace(home_dir(), "~", 1), "muted"),
+                          (" (muted)" if s.get("muted") else "", "muted")])
+    meta = s.get("metadata") or {}
+    pill = meta.get("status")
+    if pill and pill.get("text"):
+        panel.wrapped(None, pill["text"], TONE_STYLE.get(pill.get("tone"), "fg"), indent=2, first="status ")
+    prog = meta.get("progress")
+    if prog and prog.get("percent") is not None:
+        amount = "%d%%" % prog["percent"]
+        if prog.get("total"):
+            amount = "%g/%g (%s)" % (prog["current"], prog["total"], amount)
+        panel.wrapped(None, amount + (" " + prog["label"] if prog.get("label") else ""), "accent", indent=2,
+                      first="progress ")
     for t in s.get("threads", []):
         item = ("thread", s["name"], t["agent"], t["id"])
         glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, model.charset)
         status = t["status"] + ("#%s" % t["attempt"] if t.get("attempt") else "")
         sel = item == sel_thread
-        out.append((item, [(glyph + " ", style), (t["agent"] + " ", "sel" if sel else "accent"),
-                           (t.get("title") or t["id"][:8], "sel" if sel else "fg")]))
-        info = "  %s %s" % (status, age_text(t.get("updatedAt"), now))
-        if t.get("detail"):
-            info += " · " + t["detail"]
-        elif t.get("model"):
-            info += " · " + t["model"]
-        out.append((item, [(info, "muted")]))
+        panel.line(item, [(glyph + " ", style), (t["agent"] + " ", "sel" if sel else "accent"),
+                          (t.get("title") or t["id"][:8], "sel" if sel else "fg")])
+        info = "  " + " ".join(x for x in (status, age_text(t.get("updatedAt"), now)) if x)
+        if t.get("detail") or t.get("model"):
+            info += " %s %s" % (g["neutral"], t.get("detail") or t["model"])
+        panel.line(item, [(info, "sel" if sel else "muted")])
     if s.get("ports"):
-        out.append((None, [("ports " + " ".join(":%d" % p for p in s["ports"]), "accent")]))
-    for entry in (s.get("metadata") or {}).get("logs", [])[-5:]:
-        out.append((None, [(entry["message"], TONE_STYLE.get(entry.get("tone"), "fg"))]))
-    return out
+        panel.line(("port", s["name"]), [("ports", "accent")] + [(" :%d" % p, "accent") for p in s["ports"]])
+    for entry in (meta.get("logs") or [])[-5:]:
+        icon, style = _tone_icon(entry.get("tone"), g)
+        age = age_text(entry.get("ts"), now)
+        text = (entry["source"] + ": " if entry.get("source") else "") + entry["message"]
+        panel.wrapped(None, text + (" (%s)" % age if age else ""), style, indent=2, first=icon + " ")
+    return panel.rows
 
 
 def _scroll(model, rows, height):
@@ -5979,12 +6256,34 @@ def _scroll(model, rows, height):
     sel_rows = [i for i, r in enumerate(rows) if r[0] is not None and r[0] == model.selected]
     if sel_rows:
         first = sel_rows[0]
-        if first < model.scroll + 1:
-            model.scroll = max(0, first - 1)
+        if first < model.scroll:
+            model.scroll = first
         elif sel_rows[-1] >= model.scroll + height:
             model.scroll = sel_rows[-1] - height + 1
     model.scroll = max(0, min(model.scroll, len(rows) - height))
     return rows[model.scroll:model.scroll + height]
+
+
+def _render_footer(scr):
+    """Prompts show the end of what is typed (the label goes on its own row when both do not fit);
+    messages and questions wrap."""
+    model, w = scr.model, scr.w
+    if model.mode == "prompt":
+        label, typed = model.prompt["label"] + ":", scr.clean(model.prompt["text"]) + "_"
+        if display_width(label + " " + typed) <= w:
+            scr.line(None, [(label + " ", "waiting"), (typed, "fg")])
+            return
+        scr.line(None, [(label, "waiting")])
+        more = scr.g["more"]
+        while display_width(typed) > w and len(typed) > 1:
+            typed = typed[1:]
+            if display_width(more + typed) <= w:
+                typed = more + typed
+                break
+        scr.line(None, [(typed, "fg")])
+    elif model.message:
+        for part in wrap(scr.clean(model.message), w)[:3]:
+            scr.line(None, [(part, "waiting")])
 
 
 class EventStream(object):
@@ -6113,15 +6412,15 @@ class SidebarApp(object):
         self.last_rows = []
         self.rows = []
         self.last_click = (0.0, -1)
-        self.resized = False
+        self.few_colors = False
+        self._winch = None
 
     def run(self):
         import curses
         import locale
         os.environ.setdefault("ESCDELAY", "25")
         locale.setlocale(locale.LC_ALL, "")
-        charset = "unicode" if "utf" in (locale.getpreferredencoding(False) or "").lower() else "ascii"
-        self.model = SidebarModel(charset=charset)
+        self.model = SidebarModel(charset=terminal_charset(os.environ, _python_chose_utf8(os.environ)))
         self.stream.start()
         try:
             curses.wrapper(self._main)
@@ -6131,33 +6430,24 @@ class SidebarApp(object):
 
     # -- colours -------------------------------------------------------------------------------
     def _colors(self, ui):
+        """Colour pairs for the theme, and the theme's background painted under everything."""
         import curses
         name = (ui.get("theme") or DEFAULT_THEME, json.dumps(ui.get("colors") or {}, sort_keys=True))
         if name == self.theme_name or not curses.has_colors():
             return
         self.theme_name = name
-        theme = resolve_theme(name[0], ui.get("colors"))
-        try:
-            curses.use_default_colors()
-            bg_default = -1
-        except curses.error:
-            bg_default = curses.COLOR_BLACK
-        n = curses.COLORS
-
-        def color(hexv):
-            rgb = hex_to_rgb(hexv)
-            return rgb_to_256(rgb) if n >= 256 else rgb_to_8(rgb)
+        self.few_colors = curses.COLORS < 256
         pair = 1
-        for key in THEME_KEYS:
-            for selected in (False, True):
-                fg = color(theme[key]) if key != "sel" else color(theme["fg"])
-                bg = color(theme["sel"]) if selected or key == "sel" else bg_default
-                try:
-                    curses.init_pair(pair, fg, bg)
-                except curses.error:
-                    continue
-                self.pairs[(key, selected)] = curses.color_pair(pair)
-                pair += 1
+        for key, (fg, bg) in sorted(theme_colors(resolve_theme(name[0], ui.get("colors")), curses.COLORS).items()):
+            try:
+                curses.init_pair(pair, fg, bg)
+            except curses.error:
+                continue
+            self.pairs[key] = curses.color_pair(pair)
+            pair += 1
+        if ("fg", False) in self.pairs:
+            self.scr.bkgd(" ", self.pairs[("fg", False)])
+        self.scr.clear()
         self.last_rows = []  # colours changed: draw everything again
 
     def _attr(self, style, selected):
@@ -6165,6 +6455,8 @@ class SidebarApp(object):
         attr = self.pairs.get((style, selected or style == "sel"), 0)
         if style in ("accent",) and not selected:
             attr |= curses.A_BOLD
+        if style == "muted" and self.few_colors and not selected:
+            attr |= curses.A_DIM  # 8 colours: muted text is the text colour, dimmed
         if selected and not self.pairs:
             attr |= curses.A_REVERSE
         return attr
@@ -6185,17 +6477,17 @@ class SidebarApp(object):
         self._colors({})
         self._watch_resize()
         while True:
-            if self.resized:
-                self._resize()
             self._draw()
             running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() for t in s.get("threads", []))
             timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
             try:
-                ready, _, _ = select.select([0, self.stream.wake_fd], [], [], timeout)
+                ready, _, _ = select.select([0, self.stream.wake_fd, self._winch[0]], [], [], timeout)
             except InterruptedError:
                 ready = [0]
             if not ready:
                 self.model.frame += 1
+            if self._winch[0] in ready:
+                self._resized()
             if self.stream.wake_fd in ready:
                 state = self.stream.take()
                 if state is not None:
@@ -6208,29 +6500,34 @@ class SidebarApp(object):
                     return
 
     def _watch_resize(self):
-        """A pane resize must wake the loop: ncurses' own SIGWINCH handler only flags it for the
-        next key read, and select() is resumed after a signal (PEP 475), so an idle sidebar moved
-        to a window of another size (or resized) kept its old drawing. Ours wakes the loop."""
+        """A width change redraws at once: SIGWINCH wakes the select() through a pipe (curses only
+        notices a resize at the next key otherwise)."""
         import signal
-        self.resized = False
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._winch = (r, w)
 
         def on_winch(signum, frame):
-            self.resized = True
-            self.stream._wake()
-        try:
-            signal.signal(signal.SIGWINCH, on_winch)
-        except (ValueError, OSError, AttributeError):
-            pass
+            try:
+                os.write(w, b"x")
+            except OSError:
+                pass
+        signal.signal(signal.SIGWINCH, on_winch)
 
-    def _resize(self):
+    def _resized(self):
         import curses
-        self.resized = False
         try:
-            cols, lines = os.get_terminal_size(sys.__stdout__.fileno())
-            curses.resizeterm(lines, cols)
+            while os.read(self._winch[0], 4096):
+                pass
+        except OSError:
+            pass
+        try:
+            size = os.get_terminal_size(sys.__stdout__.fileno())
+            curses.resizeterm(size.lines, size.columns)
         except (OSError, ValueError, AttributeError, curses.error):
             return
-        self.scr.clearok(True)  # the terminal's cells are not what curses remembers: paint all
+        self.scr.clear()
         self.last_rows = []
 
     def _own_session(self, state):
@@ -6256,12 +6553,41 @@ class SidebarApp(object):
                     actions = self._mouse()
                 else:
                     actions = self.model.key(name)
+            elif ch == "\x1b":
+                actions = self._escape()
             else:
                 actions = self.model.key(ch)
             for action in actions:
                 if self._do(action) == "quit":
                     return "quit"
             self._draw()
+
+    def _escape(self):
+        """Esc, or the focus-in report ESC [ I (which `opensessions focus` sends): -> actions."""
+        import curses
+        more = ""
+        self.scr.timeout(30)  # the rest of a report is on its way; a lone Esc waits 30 ms
+        try:
+            for _ in range(2):
+                try:
+                    ch = self.scr.get_wch()
+                except curses.error:
+                    break
+                if not isinstance(ch, str) or (not more and ch != "["):
+                    if isinstance(ch, str):
+                        more += ch
+                    break
+                more += ch
+        finally:
+            self.scr.nodelay(True)
+        if more == "[I":
+            return self.model.key("FOCUS")
+        if more == "[O":
+            return []
+        actions = self.model.key("\x1b")
+        for ch in more:
+            actions += self.model.key(ch)
+        return actions
 
     def _mouse(self):
         import curses
@@ -6280,7 +6606,7 @@ class SidebarApp(object):
             double = bool(bstate & curses.BUTTON1_DOUBLE_CLICKED) or (
                 now - self.last_click[0] < 0.4 and self.last_click[1] == y)
             self.last_click = (now, y)
-            return self.model.click(y, self.rows, double)
+            return self.model.click(y, self.rows, double, x)
         return []
 
     def _draw(self):
@@ -6371,9 +6697,11 @@ class SidebarApp(object):
                 self._switch("=" + action[1])
             elif kind == "open":
                 import shutil
-                opener = shutil.which("xdg-open") or shutil.which("open")
+                wanted = "open" if sys.platform == "darwin" else "xdg-open"
+                opener = shutil.which(wanted)
                 if not opener:
-                    self.model.message = "no xdg-open or open on PATH"
+                    self.model.message = "cannot open http://localhost:%d: %s is not installed%s" % (
+                        action[1], wanted, " (xdg-utils)" if wanted == "xdg-open" else "")
                     return None
                 subprocess.Popen([opener, "http://localhost:%d" % action[1]], stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -6979,18 +7307,31 @@ def cmd_notify(args):
     return 0
 
 
+def status_lines(state, now=None):
+    """`opensessions status` as aligned, labelled columns: a session per row, its threads indented
+    under it. Pure."""
+    now = now if now is not None else now_ms()
+    rows = [("SESSION / AGENT", "STATUS", "UNSEEN", "UPDATED", "BRANCH / TITLE")]
+    for s in state["sessions"]:
+        rows.append((s["name"], s.get("state") or "-", "yes" if s.get("unseen") else "",
+                     "", (s.get("branch") or "") + ("*" if s.get("dirty") else "")))
+        for t in s.get("threads", []):
+            status = t["status"] + (" #%s" % t["attempt"] if t.get("attempt") else "")
+            rows.append(("  " + t["agent"], status, "yes" if t.get("unseen") else "",
+                         age_text(t.get("updatedAt"), now) + (" ago" if t.get("updatedAt") else ""),
+                         t.get("title") or t["id"]))
+    widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join([c + " " * (w - display_width(c)) for c, w in zip(r, widths)] + [r[-1]]).rstrip()
+            for r in rows]
+
+
 def cmd_status(args):
     state = _get_state(args)
     if args.json:
         sys.stdout.write(json.dumps(state) + "\n")
         return 0
-    for s in state["sessions"]:
-        line = "%-20s %-6s %s" % (s["name"], s.get("state") or "-", s.get("branch") or "")
-        if s.get("unseen"):
-            line += " *"
-        print(line.rstrip())
-        for t in s.get("threads", []):
-            print("    %-8s %-11s %s" % (t["agent"], t["status"], t.get("title") or t["id"]))
+    for line in status_lines(state):
+        print(line)
     return 0
 
 
@@ -7095,27 +7436,44 @@ def cmd_uninstall(args):
     return 0
 
 
+def next_attention(queue, here_pane, here_session):
+    """The stop after the one the client is at on the tour of threads that need you (the queue from
+    attention_queue), coming round at the end; the first when it is elsewhere.
+    -> (destination, session, thread) or None. Pure."""
+    stops = []
+    for session, t in queue:
+        dest = t["pane"] if t.get("alive") and t.get("pane") else "=" + session
+        if dest not in [d for d, _, _ in stops]:
+            stops.append((dest, session, t))
+    at = next((i for i, (d, _, _) in enumerate(stops) if d in (here_pane, "=" + here_session)), None)
+    if at is None:
+        return stops[0] if stops else None
+    if len(stops) == 1:
+        return None
+    return stops[(at + 1) % len(stops)]
+
+
 def cmd_next(args):
     """Switch to the next thread needing attention (waiting, error, unseen finished; oldest first),
-    remembering where you were; --back returns there."""
+    round the whole list; remembering where you were, which --back returns to."""
     tmux = _tmux(args)
     target = ["-c", args.client] if args.client else []
     if args.back:
         back = _tmux_option(tmux, "@opensessions-return")
         if not back:
-            raise OpensessionsError("nowhere to go back to")
+            raise OpensessionsError("nowhere to go back to: `next` was not used yet")
         tmux.run("switch-client", *(target + ["-t", back]))
         return 0
-    here = tmux.run("display-message", "-p", *(target + ["#{pane_id}"])).strip()
-    for session, t in attention_queue(_get_state(args)):
-        dest = t.get("pane") if t.get("alive") and t.get("pane") else "=" + session
-        if dest == here:
-            continue
-        tmux.run("set-option", "-g", "@opensessions-return", here)
-        tmux.run("switch-client", *(target + ["-t", dest]))
-        print("%s: %s %s" % (session, t["agent"], t["status"]))
+    here_pane, _, here_session = tmux.run("display-message", "-p", *(target + ["#{pane_id}\t#{session_name}"])
+                                          ).strip("\n").partition("\t")
+    stop = next_attention(attention_queue(_get_state(args)), here_pane, here_session)
+    if stop is None:
+        print("nothing (else) needs you")
         return 0
-    print("nothing needs you")
+    dest, session, t = stop
+    tmux.run("set-option", "-g", "@opensessions-return", here_pane)
+    tmux.run("switch-client", *(target + ["-t", dest]))
+    print("%s: %s %s" % (session, t["agent"], t["status"]))
     return 0
 
 
@@ -7176,6 +7534,8 @@ def cmd_focus(args):
         _, pane = _window_sidebar(_get_state(args), window)
         if pane:
             tmux.run("select-pane", "-t", pane["id"])
+            # a focus-in report: the sidebar selects the session it is in (the client's)
+            tmux.run("send-keys", "-t", pane["id"], "-H", "1b", "5b", "49")
             return 0
         time.sleep(0.02)
     raise OpensessionsError("no sidebar appeared in window %s" % window)
@@ -7219,9 +7579,11 @@ KEY_TABLE = "opensessions"
 
 
 def tmux_bindings(me, options):
-    """(table, key, command...) tuples the plugin binds. Pure. `me` is our shell command prefix."""
+    """(table, key, command...) tuples the plugin binds. Pure. `me` is our shell command prefix.
+    Every command runs with --display: what it says goes to the status line (display-message),
+    so tmux never opens its view mode over a pane."""
     def run(cmd):
-        return ("run-shell", "-b", me + " " + cmd)
+        return ("run-shell", "-b", me + " " + cmd + " --display")
     key = options.get("@opensessions-key") or "o"
     out = [("prefix", key, "switch-client", "-T", KEY_TABLE),
            (KEY_TABLE, "s", ) + run("focus -w '#{window_id}'"),
@@ -7238,6 +7600,20 @@ def tmux_bindings(me, options):
         for n in range(1, 10):
             out.append(("root", "M-%d" % n) + run("switch %d -c '#{client_name}'" % n))
     return out
+
+
+RENAME_GUARD = "#{?#{@opensessions-sidebar},#{window_name},"
+
+
+def _keep_window_names(tmux, remove=False):
+    """A focused sidebar keeps its window's name (automatic-rename would call it python3): the
+    user's automatic-rename-format, wrapped in a condition on our pane option (or unwrapped)."""
+    current = _tmux_option(tmux, "automatic-rename-format")
+    wrapped = current.startswith(RENAME_GUARD) and current.endswith("}")
+    if remove and wrapped:
+        tmux.run("set-option", "-g", "automatic-rename-format", current[len(RENAME_GUARD):-1])
+    elif not remove and not wrapped and current:
+        tmux.run("set-option", "-g", "automatic-rename-format", RENAME_GUARD + current + "}")
 
 
 def _tmux_option(tmux, name):
@@ -7258,6 +7634,7 @@ def cmd_tmux_setup(args):
     for table, key, *command in tmux_bindings(me, options):
         tmux.run("bind-key", *(["-T", table] if table != "prefix" else []) + [key] + command)
     tmux.run("set-option", "-g", "@opensessions-bound-key", options["@opensessions-key"])
+    _keep_window_names(tmux)
     runtime = RuntimeFiles(_socket_from_args(args))
     info = runtime.live_info()
     if info and (info.get("version"), info.get("digest")) != (__version__, program_digest()):
@@ -7330,6 +7707,7 @@ def cmd_uninstall_tmux(args):
         name = line.split(" ", 1)[0]
         if name.startswith("@opensessions-"):
             tmux.run("set-option", "-gu", name)
+    _keep_window_names(tmux, remove=True)
     for option, _ in RESURRECT_HOOKS:
         current = _tmux_option(tmux, option)
         if "opensessions" in current:
@@ -7358,13 +7736,6 @@ def cmd_uninstall_tmux(args):
     return 0
 
 
-class _Ignored(object):
-    """Stands in for a subparser that is not built (see build_parser)."""
-
-    def __getattr__(self, name):
-        return lambda *a, **kw: self
-
-
 COMMANDS = ("server", "start", "stop", "status", "set-status", "set-progress", "log", "clear-log", "notify",
             "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next", "mute",
             "save", "restore", "kitty", "tmux-setup", "uninstall-tmux")
@@ -7385,8 +7756,71 @@ def command_of(argv):
     return None
 
 
+def _command_table():
+    """(name, function, one-line description, arguments) for every subcommand; an argument is
+    (flags, argparse keywords), each with its help."""
+    tone = dict(choices=TONES, default="neutral", help="the colour it is shown in: neutral, info, success, "
+                                                       "warn or error (default: neutral)")
+    window = (("-w", "--window"), dict(help="tmux window id such as @3 (default: the current window)"))
+    client = (("-c", "--client"), dict(help="the tmux client to switch (default: tmux's choice)"))
+    display = (("--display",), dict(action="store_true", help="say the result with tmux display-message, "
+                                                               "not on stdout (for key bindings)"))
+    session = (("session",), dict(help="tmux session name"))
+    return (
+        ("server", cmd_server, "run the server in the foreground",
+         [(("--log",), dict(metavar="FILE", help="append log lines to FILE instead of stderr"))]),
+        ("start", cmd_start, "start the server in the background unless one runs", []),
+        ("stop", cmd_stop, "stop the server", []),
+        ("status", cmd_status, "print sessions and agent threads in labelled columns",
+         [(("--json",), dict(action="store_true", help="print the whole /state document instead"))]),
+        ("set-status", cmd_set_status, "set (or --clear) a session's status pill",
+         [session, (("text",), dict(nargs="?", help="the pill's text")), (("--tone",), tone),
+          (("--clear",), dict(action="store_true", help="remove the pill"))]),
+        ("set-progress", cmd_set_progress, "set a session's progress bar: CURRENT TOTAL, --percent or --clear",
+         [session, (("current",), dict(nargs="?", type=float, help="steps done")),
+          (("total",), dict(nargs="?", type=float, help="steps in all")),
+          (("--percent",), dict(type=float, help="percent done (0-100) instead of CURRENT TOTAL")),
+          (("--label",), dict(help="a word or two shown after the bar")),
+          (("--clear",), dict(action="store_true", help="remove the bar"))]),
+        ("log", cmd_log, "add a log line to a session",
+         [session, (("message",), dict(help="the line's text")),
+          (("--source",), dict(help="who says it, shown before the message (ci, deploy...)")), (("--tone",), tone)]),
+        ("clear-log", cmd_clear_log, "clear a session's log lines", [session]),
+        ("notify", cmd_notify, "send a notification through the enabled channels",
+         [(("message",), dict(help="the notification's text")),
+          (("--session",), dict(help="the session it is about (muted sessions stay quiet)")),
+          (("--tone",), tone)]),
+        ("hook", cmd_hook, "(called by agent hooks) report a hook payload from stdin",
+         [(("agent",), dict(choices=("claude", "codex"), help="the agent whose hook calls: claude or codex"))]),
+        ("install", cmd_install,
+         "add our Claude Code and Codex hooks and the OpenCode plugin (idempotent, with backups)", []),
+        ("uninstall", cmd_uninstall, "remove what `install` added, and nothing else", []),
+        ("sidebar", cmd_sidebar, "run the curses sidebar in this pane", []),
+        ("toggle", cmd_toggle, "show or hide the sidebar in every window", [display]),
+        ("focus", cmd_focus, "focus the sidebar of a window (showing it if hidden)", [window, display]),
+        ("layout", cmd_layout, "even-horizontal layout that keeps the sidebar's width", [window, display]),
+        ("switch", cmd_switch, "switch to the session at place N in the sidebar's list",
+         [(("n",), dict(type=int, help="the session's number in the list (1 is the first)")), client, display]),
+        ("next", cmd_next, "switch to the next thread that needs you, oldest first (--back: return)",
+         [(("--back",), dict(action="store_true", help="go back to where the last `next` came from")),
+          client, display]),
+        ("mute", cmd_mute, "mute (or --off: unmute) a session's notifications",
+         [session, (("--off",), dict(action="store_true", help="unmute"))]),
+        ("save", cmd_save, "save every agent's conversation next to tmux-resurrect's save", []),
+        ("restore", cmd_restore, "resume each saved agent in its pane after a restore",
+         [(("--dry-run",), dict(action="store_true", help="print what would be typed where, type nothing")),
+          (("-v", "--verbose"), dict(action="store_true", help="print each decision"))]),
+        ("kitty", cmd_kitty, "one kitty tab per tmux session (or --session-file)",
+         [(("--session-file",), dict(metavar="PATH", help="write a kitty session file instead"))]),
+        ("tmux-setup", cmd_tmux_setup, "(run by opensessions.tmux) bind keys, start the server", []),
+        ("uninstall-tmux", cmd_uninstall_tmux,
+         "remove our bindings, options, sidebar panes and helper session; stop the server", []),
+    )
+
+
 def build_parser(command=None):
-    """The argument parser; with `command`, only that subcommand is built (fast client commands)."""
+    """The argument parser; with `command`, only that subcommand is built (argparse with every
+    subcommand costs ~10 ms, and client commands must start fast)."""
     import argparse
 
     def common(defaults):
@@ -7407,104 +7841,14 @@ def build_parser(command=None):
     p.add_argument("--version", action="version", version="opensessions " + __version__)
     shared = common(False)
     # prog given: argparse would otherwise build a help formatter (importing shutil) on every run
-    real_sub = p.add_subparsers(dest="command", metavar="COMMAND", prog="opensessions")
-
-    class OnlyOne(object):
-        """Adds just the command being run (argparse with every subcommand costs ~10 ms)."""
-
-        def add_parser(self, name, **kw):
-            if command is None or name == command:
-                return real_sub.add_parser(name, **kw)
-            return _Ignored()
-    sub = OnlyOne()
-
-    s = sub.add_parser("server", parents=[shared], help="run the server in the foreground")
-    s.add_argument("--log", metavar="FILE", help="append log lines to FILE instead of stderr")
-    s.set_defaults(func=cmd_server)
-    sub.add_parser("start", parents=[shared], help="start the server in the background unless one runs").set_defaults(func=cmd_start)
-    sub.add_parser("stop", parents=[shared], help="stop the server").set_defaults(func=cmd_stop)
-
-    s = sub.add_parser("status", parents=[shared], help="print sessions and agent threads")
-    s.add_argument("--json", action="store_true", help="print the whole /state document")
-    s.set_defaults(func=cmd_status)
-
-    tone = dict(choices=TONES, default="neutral", help="neutral, info, success, warn or error")
-    s = sub.add_parser("set-status", parents=[shared], help="set (or --clear) a session's status pill")
-    s.add_argument("session")
-    s.add_argument("text", nargs="?")
-    s.add_argument("--tone", **tone)
-    s.add_argument("--clear", action="store_true")
-    s.set_defaults(func=cmd_set_status)
-
-    s = sub.add_parser("set-progress", parents=[shared], help="set a session's progress: CURRENT TOTAL, --percent or --clear")
-    s.add_argument("session")
-    s.add_argument("current", nargs="?", type=float)
-    s.add_argument("total", nargs="?", type=float)
-    s.add_argument("--percent", type=float)
-    s.add_argument("--label")
-    s.add_argument("--clear", action="store_true")
-    s.set_defaults(func=cmd_set_progress)
-
-    s = sub.add_parser("log", parents=[shared], help="add a log line to a session")
-    s.add_argument("session")
-    s.add_argument("message")
-    s.add_argument("--source")
-    s.add_argument("--tone", **tone)
-    s.set_defaults(func=cmd_log)
-
-    s = sub.add_parser("clear-log", parents=[shared], help="clear a session's log lines")
-    s.add_argument("session")
-    s.set_defaults(func=cmd_clear_log)
-
-    s = sub.add_parser("notify", parents=[shared], help="send a notification through the enabled channels")
-    s.add_argument("message")
-    s.add_argument("--session")
-    s.add_argument("--tone", **tone)
-    s.set_defaults(func=cmd_notify)
-
-    s = sub.add_parser("hook", parents=[shared], help="(called by agent hooks) report a hook payload from stdin")
-    s.add_argument("agent", choices=("claude", "codex"))
-    s.set_defaults(func=cmd_hook)
-    sub.add_parser("install", parents=[shared],
-                   help="add our Claude Code and Codex hooks and the OpenCode plugin (idempotent, with backups)"
-                   ).set_defaults(func=cmd_install)
-    sub.add_parser("uninstall", parents=[shared], help="remove what `install` added, and nothing else"
-                   ).set_defaults(func=cmd_uninstall)
-
-    sub.add_parser("sidebar", parents=[shared], help="run the curses sidebar in this pane").set_defaults(func=cmd_sidebar)
-    sub.add_parser("toggle", parents=[shared], help="show or hide the sidebar in every window").set_defaults(func=cmd_toggle)
-    s = sub.add_parser("focus", parents=[shared], help="focus the sidebar of a window (showing it if hidden)")
-    s.add_argument("-w", "--window", help="window id (default: the current one)")
-    s.set_defaults(func=cmd_focus)
-    s = sub.add_parser("layout", parents=[shared], help="even-horizontal layout that keeps the sidebar's width")
-    s.add_argument("-w", "--window", help="window id (default: the current one)")
-    s.set_defaults(func=cmd_layout)
-    s = sub.add_parser("switch", parents=[shared], help="switch to the session at place N in the list")
-    s.add_argument("n", type=int)
-    s.add_argument("-c", "--client", help="the tmux client to switch (default: tmux's choice)")
-    s.set_defaults(func=cmd_switch)
-    s = sub.add_parser("next", parents=[shared], help="switch to the next thread that needs you (--back: return)")
-    s.add_argument("--back", action="store_true", help="go back to where the last `next` came from")
-    s.add_argument("-c", "--client", help="the tmux client to switch (default: tmux's choice)")
-    s.set_defaults(func=cmd_next)
-    s = sub.add_parser("mute", parents=[shared], help="mute (or --off: unmute) a session's notifications")
-    s.add_argument("session")
-    s.add_argument("--off", action="store_true")
-    s.set_defaults(func=cmd_mute)
-    sub.add_parser("save", parents=[shared], help="save every agent's conversation next to tmux-resurrect's save"
-                   ).set_defaults(func=cmd_save)
-    s = sub.add_parser("restore", parents=[shared], help="resume each saved agent in its pane after a restore")
-    s.add_argument("--dry-run", action="store_true", help="print what would be typed where, type nothing")
-    s.add_argument("-v", "--verbose", action="store_true", help="print each decision")
-    s.set_defaults(func=cmd_restore)
-    s = sub.add_parser("kitty", parents=[shared], help="one kitty tab per tmux session (or --session-file)")
-    s.add_argument("--session-file", metavar="PATH", help="write a kitty session file instead")
-    s.set_defaults(func=cmd_kitty)
-    sub.add_parser("tmux-setup", parents=[shared], help="(run by opensessions.tmux) bind keys, start the server"
-                   ).set_defaults(func=cmd_tmux_setup)
-    sub.add_parser("uninstall-tmux", parents=[shared],
-                   help="remove our bindings, options, sidebar panes and helper session; stop the server"
-                   ).set_defaults(func=cmd_uninstall_tmux)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", prog="opensessions")
+    for name, func, text, arguments in _command_table():
+        if command is not None and name != command:
+            continue
+        s = sub.add_parser(name, parents=[shared], help=text, description=text[0].upper() + text[1:] + ".")
+        for flags, kw in arguments:
+            s.add_argument(*flags, **kw)
+        s.set_defaults(func=func)
     return p
 
 
@@ -7547,6 +7891,27 @@ class _HookArgs(object):
                 self.agent = a
 
 
+def _for_key_binding(func, args):
+    """Run a command bound to a key: its output and its errors go to the client's status line
+    through display-message, and it exits 0, so tmux never opens view mode over a pane."""
+    import contextlib
+    import io
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            func(args)
+        text = out.getvalue().strip()
+    except (OpensessionsError, TmuxError) as e:
+        text = "opensessions: %s" % e
+    if text:
+        client = ["-c", args.client] if getattr(args, "client", None) else []
+        try:
+            _tmux(args).run("display-message", *(client + [" | ".join(text.splitlines())]))
+        except TmuxError:
+            pass
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     command = command_of(argv)
@@ -7557,6 +7922,8 @@ def main(argv=None):
     parser = build_parser(command)
     args = parser.parse_args(argv)
     func = getattr(args, "func", None) or cmd_default
+    if getattr(args, "display", False):
+        return _for_key_binding(func, args)
     try:
         return func(args) or 0
     except OpensessionsError as e:

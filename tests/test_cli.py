@@ -39,7 +39,7 @@ def test_client_commands_change_state(server):
     out = server.cli("status", "--json")
     assert json.loads(out.stdout)["sessions"][0]["name"] == "main"
     out = server.cli("status")
-    assert out.stdout.startswith(b"main")
+    assert out.stdout.splitlines()[1].startswith(b"main")  # under the column labels
 
 
 def test_client_errors_are_clear(server, env):
