@@ -111,7 +111,7 @@ def test_a_focused_sidebar_keeps_its_focus_and_no_window_is_named_sleep(server, 
 def test_a_second_client_and_detach(server, tmux, attach):
     setup_windows(server, tmux, attach)
     retry_until(lambda: len(running(tmux)) == 1 + WARM, timeout=10)
-    asleep = next(p for p in sidebar_panes(tmux) if p["asleep"] == "1")
+    asleep = next(p for p in sidebar_panes(tmux) if p["asleep"] == "1" and p["session"] == "main")
     tmux.run("select-window", "-t", asleep["window"])  # main's current window: the client follows
     retry_until(lambda: shows_sessions(tmux, asleep["window"], ("main", "other")))
     # a second client on the other session: both windows shown, both drawn
