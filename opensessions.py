@@ -1230,6 +1230,10 @@ SUBSCRIPTION_FORMAT = ("#{S:#{W:#{P:#{pane_id}=#{pane_pid}=#{pane_current_comman
                        "=#{pane_width}x#{pane_height}+#{pane_left}+#{pane_top};}}}")
 
 
+# Control-mode notifications that a client now shows another window (its sidebar must follow).
+SWITCH_EVENTS = ("session-window-changed", "client-session-changed")
+
+
 class TmuxError(Exception):
     pass
 
@@ -3265,9 +3269,13 @@ class Server(object):
                 # subscribe once attached: sent earlier, tmux answers "no current client"
                 self._control_subscribed = True
                 self._control_send("refresh-client -B 'os-panes::%s'" % SUBSCRIPTION_FORMAT)
-            interesting = True
+            if parsed[0] in SWITCH_EVENTS:
+                interesting = "switch"
+            elif not interesting:
+                interesting = True
         if interesting:
-            self.schedule_refresh()
+            # a client went to another window: its sidebar comes at once (no coalescing wait)
+            self.schedule_refresh(0 if interesting == "switch" else 0.005)
 
     def _on_control_exit(self):
         """The control client ended: its session died, or the whole tmux server did."""
