@@ -125,7 +125,12 @@ def test_a_second_client_and_detach(server, tmux, attach):
     for line in tmux.run("list-clients", "-F", "#{client_control_mode} #{client_name}").splitlines():
         if line.startswith("0 "):
             tmux.run("detach-client", "-t", line[2:], check=False)
-    retry_until(lambda: len(running(tmux)) == WARM, timeout=10)
+    try:
+        retry_until(lambda: len(running(tmux)) == WARM, timeout=10)
+    except AssertionError:
+        raise AssertionError("running: %r\nclients: %r\nlog: %s" % (
+            [(p["window"], p["pane"], p["cmd"]) for p in running(tmux)],
+            tmux.run("list-clients", "-F", "#{client_control_mode} #{client_flags} #{window_id}"), server.log()[-2000:]))
 
 
 def test_hide_and_show_with_sleepers(server, tmux, attach):
