@@ -13,8 +13,8 @@ import subprocess
 import pytest
 
 import opensessions as os_
-from conftest import (PYTHON, ROOT, SCRIPT, AttachedClient, Env, TmuxServer, end_process, fake_agents,
-                      requires_tmux, retry_until)
+from conftest import (PYTHON, ROOT, SCRIPT, AttachedClient, Env, TmuxServer, fake_agents, requires_tmux,
+                      retry_until)
 
 pytestmark = requires_tmux
 
