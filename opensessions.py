@@ -6127,7 +6127,8 @@ def cmd_stop(args, on_purpose=True):
         time.sleep(0.02)
     if runtime.live_info():
         raise OpensessionsError("server pid %s did not stop within 5 s" % pid)
-    print("opensessions server stopped (pid %s)" % pid)
+    print("opensessions server stopped (pid %s)%s" % (pid, "; it stays stopped until `opensessions start` "
+                                                          "(or prefix o s)" if on_purpose else ""))
     return 0
 
 
