@@ -2785,6 +2785,23 @@ class RuntimeFiles(object):
             return None
         return info if isinstance(info, dict) else None
 
+    def held(self):
+        """True while some server holds the lock (it may not have written its runtime file yet)."""
+        import fcntl
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
     def live_info(self):
         """The runtime info if its server is alive (holds the lock), else None."""
         import fcntl
@@ -5380,6 +5397,8 @@ class EventStream(object):
             if stopped != self.stopped:
                 self.stopped = stopped
                 self._wake()
+                if not stopped:  # a user's command is starting it right now: connect, do not start another
+                    started_at, delay = time.monotonic(), 0.1
             if stopped:  # stopped on purpose: neither connect nor start it; look again in a while
                 self.connected = False
                 time.sleep(0.5)
@@ -6092,9 +6111,10 @@ def start_background(args, wait=5.0, respect_stop=False):
         if info:
             proc.stderr.close()
             return info["port"], True
-        if proc.poll() is not None:
+        if proc.poll() is not None and not runtime.held():
             err = proc.stderr.read().decode("utf-8", "replace").strip()
             raise OpensessionsError(err or "the server exited at once (see %s)" % log_path)
+        # exited, but another start won the lock at the same moment: wait for that one
         time.sleep(0.02)
     raise OpensessionsError("the server did not start within %.0f s (see %s)" % (wait, log_path))
 
@@ -6105,7 +6125,7 @@ def cmd_start(args):
     return 0
 
 
-def cmd_stop(args, on_purpose=True):
+def cmd_stop(args, on_purpose=True, hint=True):
     """Stop the server. On purpose (the user's `stop`), it stays stopped: sidebars do not start it
     again until a user's command does (start, prefix o s, tmux-setup)."""
     import signal
@@ -6128,7 +6148,7 @@ def cmd_stop(args, on_purpose=True):
     if runtime.live_info():
         raise OpensessionsError("server pid %s did not stop within 5 s" % pid)
     print("opensessions server stopped (pid %s)%s" % (pid, "; it stays stopped until `opensessions start` "
-                                                          "(or prefix o s)" if on_purpose else ""))
+                                                          "(or prefix o s)" if on_purpose and hint else ""))
     return 0
 
 
@@ -6480,6 +6500,19 @@ def cmd_tmux_setup(args):
     """What opensessions.tmux runs: bind keys, apply options, start (or update) the server.
     Before any session exists (tmux reading its config at boot), it binds keys and leaves the
     rest to a one-shot hook on the first session: no server runs against a server with no session."""
+    if not getattr(args, "hook", False):
+        return _tmux_setup(args)
+    try:  # run by the hook: nobody reads our stderr, and run-shell would print it over a pane
+        return _tmux_setup(args)
+    except OpensessionsError as e:
+        try:
+            _tmux(args).run("display-message", "opensessions: %s" % e)
+        except TmuxError:
+            pass
+        return 0
+
+
+def _tmux_setup(args):
     import shlex
     tmux = _tmux(args)
     options = read_tmux_options(tmux)
@@ -6502,7 +6535,7 @@ def cmd_tmux_setup(args):
     if options["@opensessions-resurrect"] in ("on", "1", "yes", "true"):
         tmux_setup_resurrect(tmux, me)
     if not tmux.run("list-sessions", "-F", "#{session_id}").strip():
-        tmux.run("set-hook", "-g", BOOT_HOOK, "run-shell -b " + shlex.quote(me + " tmux-setup"))
+        tmux.run("set-hook", "-g", BOOT_HOOK, "run-shell -b " + shlex.quote(me + " tmux-setup --hook"))
         return 0
     try:
         tmux.run("set-hook", "-gu", BOOT_HOOK)
@@ -6572,7 +6605,7 @@ def cmd_uninstall_tmux(args):
     """Remove every binding, option, sidebar pane and helper session we made; stop the server
     (for good: sidebars still shown do not start it again)."""
     tmux = _tmux(args)
-    cmd_stop(args)  # first, and marked stopped: a running server or a sidebar would put things back
+    cmd_stop(args, hint=False)  # first, and marked stopped: a server or a sidebar would put things back
     key = _tmux_option(tmux, "@opensessions-bound-key") or "o"
     for table, k, *_ in tmux_bindings("x", {"@opensessions-key": key, "@opensessions-focus-key":
                                              _tmux_option(tmux, "@opensessions-focus-key"),
@@ -6789,8 +6822,9 @@ def build_parser(command=None):
     s = sub.add_parser("kitty", parents=[shared], help="one kitty tab per tmux session (or --session-file)")
     s.add_argument("--session-file", metavar="PATH", help="write a kitty session file instead")
     s.set_defaults(func=cmd_kitty)
-    sub.add_parser("tmux-setup", parents=[shared], help="(run by opensessions.tmux) bind keys, start the server"
-                   ).set_defaults(func=cmd_tmux_setup)
+    s = sub.add_parser("tmux-setup", parents=[shared], help="(run by opensessions.tmux) bind keys, start the server")
+    s.add_argument("--hook", action="store_true", help=argparse.SUPPRESS)  # run by the boot hook: errors go to tmux
+    s.set_defaults(func=cmd_tmux_setup)
     sub.add_parser("uninstall-tmux", parents=[shared],
                    help="remove our bindings, options, sidebar panes and helper session; stop the server"
                    ).set_defaults(func=cmd_uninstall_tmux)
