@@ -2895,6 +2895,10 @@ class Server(object):
                     self.watchers.start()
                 finally:
                     self.cold_starting = False
+                now = now_ms(self.clock)
+                for t in self.store.threads.values():
+                    if not t.updated_at:  # found with no time of its own: first seen now
+                        t.updated_at = now
                 self.map_threads()
                 log("cold start: %d threads from %d files (%d KB read, %d corrupt records skipped) in %.3fs"
                     % (len(self.store.threads), len(self.watchers.tails),
@@ -3380,9 +3384,16 @@ class Server(object):
     def _judge_status_changes(self):
         """Apply the unseen rule and tell the notifier, for changes still current."""
         changes, self._status_changes = self._status_changes, []
-        for t, prev, status in changes:
-            if t.status != status:
-                continue  # changed again within the batch: the later change decides
+        first = {}  # a thread changed several times within the batch: from where it was to where it is
+        for t, prev, _ in changes:
+            first.setdefault(t.key, (t, prev))
+        for t, prev in first.values():
+            status = t.status
+            if status == prev:
+                continue  # back where it was (a cold start passing through a transient status)
+            if status in ACTIVE_STATUSES:
+                t.unseen = False
+                self.store.touch()
             if becomes_unseen(prev, status, self.is_viewed(t)):
                 t.unseen = True
                 self.store.touch()
@@ -3555,13 +3566,11 @@ class Server(object):
         changed = old != (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.hidden, t.alive)
         if updated_at:
             t.updated_at = max(t.updated_at, int(updated_at))
-        elif changed or is_new:
-            t.updated_at = now_ms(self.clock)
+        elif (changed or is_new) and not self.cold_starting:
+            t.updated_at = now_ms(self.clock)  # (a cold start's changes carry their own time, or none)
         prev_status = None if is_new else old[0]
         observed = not self.cold_starting or key in self._known_before_cold
         if prev_status != t.status and observed:
-            if t.status in ACTIVE_STATUSES:
-                t.unseen = False
             # judged at publish time, once the batch is applied and threads are linked to panes
             self._status_changes.append((t, prev_status, t.status))
         if changed or is_new:

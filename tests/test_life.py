@@ -141,3 +141,53 @@ def test_a_server_stopped_on_purpose_is_not_started_by_a_sidebar(env, tmux, monk
     finally:
         os.kill(info["pid"], 15)
     retry_until(lambda: runtime.live_info() is None, timeout=10)
+
+
+def test_a_new_tmux_server_drops_pane_links_not_ages(env, tmux):
+    import shutil
+    from conftest import AttachedClient, ServerProc, lab_home
+    shutil.rmtree(env.home)
+    lab_home(env.home)
+    env.vars["OPENSESSIONS_LIST_HOURS"] = "1000000"  # fixture records are dated 2026-11-22
+    env.vars["OPENSESSIONS_RECENT_DAYS"] = "100000"
+    tmux.kill()  # its pane sat in the HOME just replaced
+    tmux.new_session("main", cwd=env.home)
+    s = ServerProc(env, tmux)
+    try:
+        pane = s.session("main")["windows"][0]["panes"][0]["id"]
+        for tid in ("unseen-one", "seen-one"):
+            for status in ("running", "done"):
+                assert s.post("/api/agent-event", {"agent": "amp", "status": status, "threadId": tid,
+                                                   "paneId": pane})[0] == 204
+        client = AttachedClient(tmux, "main")  # looks at seen-one's window (and so at unseen-one's)
+        try:
+            retry_until(lambda: not any(t["unseen"] for t in s.session("main")["threads"]))
+        finally:
+            client.close()
+        assert s.post("/api/agent-event", {"agent": "amp", "status": "running", "threadId": "unseen-one",
+                                           "paneId": pane})[0] == 204
+        assert s.post("/api/agent-event", {"agent": "amp", "status": "done", "threadId": "unseen-one",
+                                           "paneId": pane})[0] == 204
+        retry_until(lambda: [t["unseen"] for t in s.session("main")["threads"] if t["id"] == "unseen-one"] == [True])
+        st = s.state()
+        before = {t["id"]: t for x in st["sessions"] for t in x["threads"]}
+        before.update({t["id"]: t for t in st["threads"]})
+        assert len(before) > 5 and before["seen-one"]["pane"] == pane
+    finally:
+        s.stop()
+    tmux.kill()
+    tmux.new_session("main", cwd=env.home)  # pane ids start again: the same %0 is a new shell now
+    s = ServerProc(env, tmux)
+    try:
+        assert s.session("main")["windows"][0]["panes"][0]["id"] == pane
+        st = s.state()
+        after = {t["id"]: dict(t, _session=x["name"]) for x in st["sessions"] for t in x["threads"]}
+        after.update({t["id"]: dict(t, _session=None) for t in st["threads"]})
+        for tid in ("unseen-one", "seen-one"):
+            assert after[tid]["session"] == "main" and after[tid]["pane"] is None and not after[tid]["alive"]
+        assert after["unseen-one"]["unseen"] is True and after["seen-one"]["unseen"] is False
+        assert {k: (t["updatedAt"], t["unseen"]) for k, t in after.items()} == \
+            {k: (t["updatedAt"], t["unseen"]) for k, t in before.items()}
+        assert not any(t["pane"] == pane for t in after.values())
+    finally:
+        s.stop()
