@@ -191,3 +191,31 @@ def test_a_new_tmux_server_drops_pane_links_not_ages(env, tmux):
         assert not any(t["pane"] == pane for t in after.values())
     finally:
         s.stop()
+
+
+def test_a_tmux_server_replaced_under_a_running_server_unlinks_panes(env):
+    class StubTmux(object):
+        socket_path = os.path.join(env.base, "stub.sock")
+        instance_id = "100:1795000000"
+
+        def alive(self):
+            return True
+
+        def instance(self):
+            return self.instance_id
+
+        def run(self, *args, **kw):
+            return ""
+    srv = os_.Server(StubTmux(), environ=env.vars)
+    srv.tmux_instance = srv.tmux.instance()
+    t = srv.apply_thread_update("claude", "t1", status="done", pane="%3", session="main", pid=4242, alive=True)
+    t.unseen, t.updated_at = True, 1795000000000
+    srv._on_control_exit()  # same tmux server: nothing changes
+    assert (t.pane, t.pid, t.alive) == ("%3", 4242, True)
+    srv.tmux.instance_id = "200:1795000999"  # kill-server, and a new server on the same socket
+    srv._on_control_exit()
+    assert (t.pane, t.pid, t.alive, t.session, t.unseen, t.updated_at) == (None, None, False, "main", True, 1795000000000)
+    assert srv.tmux_instance == "200:1795000999"
+    srv._save_state_now()  # the state file says whose pane ids its threads hold
+    with open(srv.state_path) as f:
+        assert json.load(f)["tmux"] == "200:1795000999"
