@@ -963,6 +963,8 @@ def classify_agent_process(comm, args):
     Codex's app-server daemon (it is not in a pane). Codex's node wrapper and its native child are
     both 'codex' (the caller keeps the top-most one per pane).
     """
+    if len(args) >= 2 and os.path.basename(args[0]) in ("sh", "bash", "dash") and os.path.basename(args[1]) in AGENTS:
+        args = args[1:]  # a script named like the agent, run by its #! shell: its own argv follows
     argv0 = os.path.basename(args[0]) if args else ""
     rest = args[1:] if args else []
     names = {comm, argv0}
@@ -4237,6 +4239,66 @@ BOOL_FLAGS = {
 }
 SIDECAR_PREFIX = "opensessions_"
 EMPTY_SAVE_GRACE = 60.0
+PANE_CONTENTS_ARCHIVE = "pane_contents.tar.gz"  # tmux-resurrect's @resurrect-capture-pane-contents
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# C0, DEL and C1: typed into a line editor they edit the line (^U erases it, ^M runs it), printed on a
+# terminal they move the cursor. A restore record holding one is refused; everything shown is escaped.
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Keys tmux-assistant-resurrect keeps in a record's env for itself (not variables to set again).
+TAR_ENV_BOOKKEEPING = frozenset(("tmux_pane", "shell", "TMUX_PANE", "SHELL", "TMUX", "PWD", "OLDPWD", "SHLVL", "_"))
+# Agents that resume a conversation by id from any directory. Claude keeps conversations under the
+# project directory (~/.claude/projects/<cwd>): it resumes only from there.
+RESUME_ANYWHERE = frozenset(("codex", "opencode", "amp"))
+
+
+def resurrect_escape(text):
+    """text with control characters shown as \\xNN: safe in a log line or on a terminal. Pure."""
+    return CONTROL_CHARS.sub(lambda m: "\\x%02x" % ord(m.group()), str(text))
+
+
+def pane_problem(rec):
+    """Why a record's pane fields (session, window, paneIndex) name no pane, or None. Pure."""
+    if not isinstance(rec.get("session"), str) or not rec["session"]:
+        return "no session name"
+    for key in ("window", "paneIndex"):
+        if not isinstance(rec.get(key), int) or isinstance(rec.get(key), bool) or rec[key] < 0:
+            return "%s is not a pane number (%r)" % (key, rec.get(key))
+    return None
+
+
+def record_problem(rec, pane=True):
+    """Why a restore record cannot be used (wrong types, unknown agent, bad id, control characters),
+    or None. pane=False: the pane fields (session, window, paneIndex) are not needed. Pure."""
+    if not isinstance(rec, dict):
+        return "not an object (%s)" % type(rec).__name__
+    if pane and pane_problem(rec):
+        return pane_problem(rec)
+    agent = rec.get("agent")
+    if agent not in AGENTS:
+        return "unknown agent %r" % (agent,)
+    if not valid_thread_id(agent, rec.get("id")):
+        return "%r is not a valid %s session id" % (rec.get("id"), agent)
+    for key in ("cwd", "model", "program"):
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            return "%s is not a string (%r)" % (key, rec[key])
+    flags = rec.get("flags")
+    if flags is not None and (not isinstance(flags, list) or not all(isinstance(f, str) for f in flags)):
+        return "flags is not a list of strings (%r)" % (flags,)
+    env = rec.get("env")
+    if env is not None and (not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values())):
+        return "env is not an object of strings (%r)" % (env,)
+    for name in env or {}:
+        if not ENV_NAME.match(name):
+            return "bad environment variable name %r" % name
+    if rec.get("program") and not rec["program"].startswith("/"):
+        return "program is not an absolute path (%r)" % rec["program"]
+    texts = [("cwd", rec.get("cwd")), ("model", rec.get("model")), ("program", rec.get("program"))]
+    texts += [("flag", f) for f in flags or []]
+    texts += [("env", "%s=%s" % kv) for kv in sorted((env or {}).items())]
+    for what, text in texts:
+        if text and CONTROL_CHARS.search(text):
+            return "control character in %s %s" % (what, resurrect_escape(repr(text)))
+    return None
 
 
 def agent_argv(agent, args):
@@ -4293,32 +4355,43 @@ def flag_value(flags, names):
 
 
 def resume_command(record):
-    """The shell line restore types: `cd <cwd> && [VAR=value …] <agent> <flags> <resume> <id>`.
-    Everything is POSIX-quoted; the id must match the agent's id pattern. -> str or raises ValueError."""
+    """The shell line restore types: `cd <cwd> && [VAR=value …] <program> <flags> <resume> <id>`.
+    <program> is the saved absolute path of the agent's executable (aliases and functions named like
+    the agent cannot add their flags a second time), else `command <agent>` (tmux-assistant-resurrect's
+    choice). Everything is POSIX-quoted; the record must pass record_problem(). -> str or ValueError."""
     import shlex
-    agent, tid = record.get("agent"), record.get("id")
-    if not valid_thread_id(agent, tid):
-        raise ValueError("%r is not a valid %s session id" % (tid, agent))
-    flags = [str(f) for f in record.get("flags") or []]
+    problem = record_problem(record, pane=False)
+    if problem:
+        raise ValueError(problem)
+    agent, tid = record["agent"], record["id"]
+    flags = [shlex.quote(f) for f in record.get("flags") or []]
     env = record.get("env") or {}
-    words = []
-    for name in sorted(env):
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
-            raise ValueError("bad environment variable name %r" % name)
-        words.append("%s=%s" % (name, shlex.quote(str(env[name]))))
+    words = ["%s=%s" % (name, shlex.quote(env[name])) for name in sorted(env)]
+    program = record.get("program")
+    words += [shlex.quote(program)] if program else ["command", agent]
     if agent == "claude":
-        words += ["claude"] + [shlex.quote(f) for f in flags] + ["--resume", tid]
+        words += flags + ["--resume", tid]
     elif agent == "opencode":
-        words += ["opencode"] + [shlex.quote(f) for f in flags] + ["-s", tid]
+        words += flags + ["-s", tid]
     elif agent == "codex":
-        words += ["codex"] + [shlex.quote(f) for f in flags] + ["resume", tid]
-    elif agent == "amp":
-        words += ["amp", "threads", "continue", tid]
+        words += flags + ["resume", tid]
     else:
-        raise ValueError("unknown agent %r" % agent)
+        words += ["threads", "continue", tid]
     line = " ".join(words)
     cwd = record.get("cwd")
     return "cd %s && %s" % (shlex.quote(cwd), line) if cwd else line
+
+
+def sidecar_stamp(snapshot, now):
+    """The sidecar's name part: the timestamp of resurrect's snapshot file (`tmux_resurrect_<stamp>.txt`,
+    new `20261122T030000` or old `2026-11-22T03:00:00` style), else the save time (UTC). Pure."""
+    m = re.search(r"(\d{8}T\d{6})", snapshot or "")
+    if m:
+        return m.group(1)
+    m = re.search(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})", snapshot or "")
+    if m:
+        return "%s%s%sT%s%s%s" % m.groups()
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
 
 
 def resurrect_dir(tmux_option, environ=None):
@@ -4347,26 +4420,117 @@ def assistant_sessions_doc(records, timestamp):
         "env": dict(r.get("env") or {}, tmux_pane=r.get("pane") or "")} for r in records]}
 
 
-def records_from_assistant_sessions(doc):
-    """Read the tmux-assistant-resurrect schema -> our records (entries that do not parse are skipped)."""
+def tar_cli_args(text):
+    """tmux-assistant-resurrect's cli_args -> (words, how). TAR joins the agent's argv with spaces
+    without quoting; opensessions writes them POSIX-quoted. Shell parsing first (our own files);
+    when that fails (an apostrophe in a plain word), whitespace splitting, as TAR itself reads them.
+    Pure."""
     import shlex
+    try:
+        return shlex.split(text), "shell"
+    except ValueError:
+        return text.split(), "whitespace"
+
+
+def records_from_assistant_sessions(doc, log=None, capture_env=None):
+    """Read the tmux-assistant-resurrect schema -> our records. An entry that does not parse is
+    skipped and logged with its reason. Env: only the variables TAR captured on purpose: those named
+    in capture_env (its @assistant-resurrect-capture-env) when given, else every non-empty
+    upper-case name that is not TAR's own bookkeeping (tmux_pane, shell, …)."""
+    log = log or (lambda m: None)
+    if not isinstance(doc, dict):
+        log("restore: assistant-sessions.json is a %s, not an object with \"sessions\"; nothing read from it"
+            % type(doc).__name__)
+        return []
+    sessions = doc.get("sessions")
+    if not isinstance(sessions, list):
+        log("restore: assistant-sessions.json has no \"sessions\" list; nothing read from it")
+        return []
     out = []
-    for s in (doc or {}).get("sessions") or []:
+    for n, s in enumerate(sessions):
+        where = "assistant-sessions.json entry %d" % n
         if not isinstance(s, dict):
+            log("restore: %s is not an object (%r); skipped" % (where, s))
             continue
-        m = re.match(r"^(.*):(\d+)\.(\d+)$", str(s.get("pane") or ""))
-        if not m or s.get("tool") not in AGENTS:
+        m = re.match(r"^(.*):(\d+)\.(\d+)$", s.get("pane")) if isinstance(s.get("pane"), str) else None
+        if not m or not m.group(1):
+            log("restore: %s: unparsable pane name %r (want session:window.pane); skipped" % (where, s.get("pane")))
             continue
-        try:
-            flags = shlex.split(s.get("cli_args") or "")
-        except ValueError:
-            flags = []
-        env = {k: v for k, v in (s.get("env") or {}).items()
-               if isinstance(v, str) and k not in ("tmux_pane", "shell") and re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)}
+        where = "%s (%s)" % (where, s["pane"])
+        if s.get("tool") not in AGENTS:
+            log("restore: %s: unknown tool %r; skipped" % (where, s.get("tool")))
+            continue
+        cli_args = s.get("cli_args")
+        if cli_args is not None and not isinstance(cli_args, str):
+            log("restore: %s: cli_args is not a string (%r); skipped" % (where, cli_args))
+            continue
+        flags, how = tar_cli_args(cli_args or "")
+        if how == "whitespace":
+            log("restore: %s: cli_args %r are not shell-quoted; split at spaces as TAR wrote them" % (where, cli_args))
+        raw_env = s.get("env")
+        if raw_env is not None and not isinstance(raw_env, dict):
+            log("restore: %s: env is not an object (%r); skipped" % (where, raw_env))
+            continue
+        env, ignored = {}, []
+        for k, v in sorted((raw_env or {}).items()):
+            if capture_env is not None:
+                wanted = k in capture_env
+            else:
+                wanted = k not in TAR_ENV_BOOKKEEPING and bool(re.match(r"^[A-Z_][A-Z0-9_]*$", k))
+            if wanted and isinstance(v, str) and v and ENV_NAME.match(k):
+                env[k] = v
+            elif k not in TAR_ENV_BOOKKEEPING and (v or not isinstance(v, str)):
+                ignored.append(k)
+        if ignored:
+            log("restore: %s: env %s not set again (not captured on purpose)" % (where, ", ".join(ignored)))
+        cwd = s.get("cwd")
+        if cwd is not None and not isinstance(cwd, str):
+            log("restore: %s: cwd is not a string (%r); skipped" % (where, cwd))
+            continue
+        model = s.get("model") if isinstance(s.get("model"), str) else None
         out.append({"session": m.group(1), "window": int(m.group(2)), "paneIndex": int(m.group(3)),
-                    "agent": s["tool"], "id": s.get("session_id"), "cwd": s.get("cwd") or None,
-                    "flags": flags, "env": env, "model": s.get("model") or None, "idSource": "assistant-sessions"})
+                    "agent": s["tool"], "id": s.get("session_id"), "cwd": cwd or None,
+                    "flags": flags, "env": env, "model": model or None, "idSource": "assistant-sessions"})
     return out
+
+
+def agent_in_tree(root, table, kids):
+    """The top-most agent below process root -> (agent, pid, argv) or None. The same judgement on save
+    and restore: arguments included, so a shell with a background `claude -p …` or `opencode run …`
+    has no agent."""
+    for pid in descendants(root, kids)[1:]:
+        proc = table.get(pid)
+        if proc is None or proc.comm not in AGENT_COMMS:
+            continue
+        args = process_args(pid)
+        agent = classify_agent_process(proc.comm, args)
+        if agent:
+            return agent, pid, args
+    return None
+
+
+def strip_pane_contents(archive, targets):
+    """Remove the entries of these panes ("session:window.pane") from tmux-resurrect's
+    pane_contents.tar.gz, so restore does not print an agent's old screen into its pane. A new archive
+    is renamed over the old one. -> how many were removed."""
+    import io
+    import tarfile
+    names = set("pane_contents/pane-%s" % t for t in targets)
+    with open(archive, "rb") as f:
+        raw = f.read()
+    out = io.BytesIO()
+    removed = 0
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as src, \
+            tarfile.open(fileobj=out, mode="w:gz") as dst:
+        for member in src.getmembers():
+            name = member.name[2:] if member.name.startswith("./") else member.name
+            if name in names:
+                removed += 1
+                continue
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    if removed:
+        atomic_write(archive, out.getvalue(), mode=os.stat(archive).st_mode & 0o777)
+    return removed
 
 
 class ResurrectLog(object):
@@ -4378,7 +4542,7 @@ class ResurrectLog(object):
         self.echo = echo
 
     def __call__(self, message):
-        line = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)
+        line = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), resurrect_escape(message))
         if self.echo:
             self.echo(line.rstrip("\n"))
         try:
@@ -4453,16 +4617,7 @@ class Resurrect(object):
         env_names = [n for n in re.split(r"[ ,]+", self.option("@opensessions-resurrect-env")) if n]
         found = []
         for pane in self.panes():
-            agent_proc = None
-            for pid in descendants(pane["pid"], kids)[1:]:
-                proc = table.get(pid)
-                if proc is None or proc.comm not in AGENT_COMMS:
-                    continue
-                args = process_args(pid)
-                agent = classify_agent_process(proc.comm, args)
-                if agent:
-                    agent_proc = (agent, pid, args)
-                    break  # descendants() walks from the top: the first is the top-most
+            agent_proc = agent_in_tree(pane["pid"], table, kids)
             if agent_proc:
                 found.append((pane, agent_proc, descendants(agent_proc[1], kids)))
         records, skipped, used = [], [], set()
@@ -4496,7 +4651,7 @@ class Resurrect(object):
                    "guess": source == "cwd-guess", "pid": pid, "flags": flags,
                    "cwd": self._proc_cwd(pid) or pane["cwd"],
                    "model": live.get("model") or flag_value(flags, ("--model", "-m")),
-                   "env": self._environ(pid, env_names)}
+                   "env": self._environ(pid, env_names), "program": self._program(agent, pid, args)}
             self.log("save: %s %s in %s from %s%s" % (agent, tid, target, source,
                                                       " (dropped %s)" % " ".join(dropped) if dropped else ""))
             out.append(rec)
@@ -4539,6 +4694,33 @@ class Resurrect(object):
             return os.readlink("/proc/%d/cwd" % pid)
         except OSError:
             return None
+
+    def _program(self, agent, pid, args):
+        """The absolute path of the executable the agent ran (restore types it, so a shell alias or
+        function named like the agent cannot add its flags twice), or None."""
+        import shutil
+        argv = list(args)
+        if len(argv) >= 2 and os.path.basename(argv[0]) in INTERPRETERS and os.path.basename(argv[1]) == agent:
+            word = argv[1]  # `/bin/sh …/claude`, `node …/codex`: the script is the program
+        else:
+            word = argv[0] if argv else ""
+        path = None
+        if "/" in word:
+            path = os.path.join(self._proc_cwd(pid) or "/", word)
+        elif word:
+            env_path = self._environ(pid, ["PATH"]).get("PATH")
+            path = shutil.which(word, path=env_path) if env_path else None
+            path = path if path and os.path.isabs(path) else None  # a relative PATH entry: not ours to resolve
+        if not path:
+            try:
+                exe = os.readlink("/proc/%d/exe" % pid)
+            except OSError:
+                exe = None
+            if exe and os.path.basename(exe) not in INTERPRETERS:
+                path = exe
+        if path and os.path.isfile(path) and os.access(path, os.X_OK) and not CONTROL_CHARS.search(path):
+            return os.path.normpath(os.path.abspath(path))
+        return None
 
     def _environ(self, pid, names):
         if not names:
@@ -4595,14 +4777,19 @@ class Resurrect(object):
                     yield os.path.join(dirpath, name)
 
     def save(self):
-        """Write the sidecar for resurrect's latest snapshot, the pointer, and assistant-sessions.json."""
+        """Write the sidecar for resurrect's latest snapshot, the pointer, and assistant-sessions.json;
+        take the agent panes out of resurrect's captured pane contents. No tmux server: raises
+        OpensessionsError and writes nothing."""
+        try:
+            self.tmux.run("display-message", "-p", "#{pid}")
+        except TmuxError as e:
+            raise OpensessionsError("cannot save: no tmux server to read (%s); nothing written" % e)
         records, skipped = self.collect()
         rdir = resurrect_dir(self.option, self.env)
         os.makedirs(rdir, exist_ok=True)
         last = os.path.join(rdir, "last")
         snapshot = os.path.basename(os.readlink(last)) if os.path.islink(last) else None
-        stamp = (re.search(r"(\d{8}T\d{6})", snapshot or "") or re.search(r"(\d+)", snapshot or "0"))
-        stamp = stamp.group(1) if stamp else time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
+        stamp = sidecar_stamp(snapshot, self.clock())
         pointer = os.path.join(rdir, SIDECAR_PREFIX + "last")
         previous = self._read_sidecar(pointer, quiet=True)
         if not records and previous and previous.get("records") and \
@@ -4623,7 +4810,22 @@ class Resurrect(object):
         atomic_write(os.path.join(rdir, "assistant-sessions.json"),
                      json.dumps(assistant_sessions_doc(records, timestamp), indent=1))
         self.log("save: %d agent(s) saved to %s" % (len(records), os.path.join(rdir, name)))
+        self._strip_pane_contents(rdir, records)
         return records, rdir
+
+    def _strip_pane_contents(self, rdir, records):
+        import tarfile
+        import zlib
+        archive = os.path.join(rdir, PANE_CONTENTS_ARCHIVE)
+        if not records or not os.path.isfile(archive):
+            return
+        targets = ["%s:%s.%s" % (r["session"], r["window"], r["paneIndex"]) for r in records]
+        try:
+            removed = strip_pane_contents(archive, targets)
+        except (OSError, EOFError, ValueError, tarfile.TarError, zlib.error) as e:
+            self.log("save: could not rewrite %s (%s); left as it is" % (archive, e))
+            return
+        self.log("save: removed %d agent pane(s) from %s" % (removed, archive))
 
     # -- restore -----------------------------------------------------------------------------
     def _read_sidecar(self, path, quiet=False):
@@ -4658,11 +4860,14 @@ class Resurrect(object):
         legacy = os.path.join(rdir, "assistant-sessions.json")
         try:
             with open(legacy, "rb") as f:
-                return records_from_assistant_sessions(json.loads(f.read().decode("utf-8"))), legacy
+                doc = json.loads(f.read().decode("utf-8"))
         except FileNotFoundError:
             pass
         except (OSError, ValueError, UnicodeDecodeError) as e:
             self.log("restore: %s is corrupt (%s)" % (legacy, e))
+        else:
+            names = self.option("@assistant-resurrect-capture-env").split()
+            return records_from_assistant_sessions(doc, self.log, set(names) if names else None), legacy
         if candidates:
             raise OpensessionsError("no readable opensessions sidecar in %s (see the restore log)" % rdir)
         return [], None
@@ -4691,10 +4896,10 @@ class Resurrect(object):
 
     def pane_state(self, target):
         fmt = FS.join(("#{pane_id}", "#{pane_pid}", "#{pane_current_command}", "#{@opensessions-restored}",
-                       "#{cursor_y}", "#{pane_dead}"))
+                       "#{cursor_y}", "#{pane_dead}", "#{pane_tty}"))
         out = self.tmux.run("display-message", "-p", "-t", target, fmt).rstrip("\n").split(FS)
         return {"pane": out[0], "pid": _int(out[1]), "command": out[2], "restored": out[3],
-                "cursor_y": _int(out[4]), "dead": out[5] == "1"}
+                "cursor_y": _int(out[4]), "dead": out[5] == "1", "tty": out[6] if len(out) > 6 else ""}
 
     def wait_for_prompt(self, target, timeout=10.0):
         """The shell is ready when its prompt is drawn: the cursor line has text and stays the same."""
@@ -4714,8 +4919,50 @@ class Resurrect(object):
             time.sleep(0.05)
         return False
 
+    def clear_pane(self, pane, timeout=3.0):
+        """Wipe what resurrect printed into the pane (an old screen, @resurrect-capture-pane-contents):
+        `clear` typed at the prompt, then, once it ran, tmux's clear-history. Without a `clear` program
+        the screen is reset by tmux instead."""
+        self.tmux.run("send-keys", "-t", pane, "-l", "clear")
+        self.tmux.run("send-keys", "-t", pane, "Enter")
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                st = self.pane_state(pane)
+                lines = self.tmux.run("capture-pane", "-p", "-t", pane).split("\n")
+            except TmuxError:
+                return
+            cursor = lines[st["cursor_y"]] if 0 <= st["cursor_y"] < len(lines) else ""
+            if st["command"] in SHELLS and cursor.strip() and not any(l.rstrip().endswith("clear") for l in lines):
+                if lines == last:
+                    break
+                last = lines
+            time.sleep(0.05)
+        else:
+            self.log("restore: %s: `clear` did not clear the screen; reset by tmux" % pane)
+            self.tmux.run("send-keys", "-R", "-t", pane)
+        self.tmux.run("clear-history", "-t", pane)
+
+    def tell_pane(self, st, message):
+        """One line on the pane's screen, written to its terminal: nothing is typed, nothing runs."""
+        tty = st.get("tty") or ""
+        if not tty.startswith("/dev/"):
+            return
+        try:
+            fd = os.open(tty, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+            try:
+                os.write(fd, ("\r\nopensessions: %s\r\n" % resurrect_escape(message)).encode("utf-8", "replace"))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.log("restore: could not write to %s (%s)" % (tty, e))
+
     def restore(self, dry_run=False, out=print):
         records, source = self.load()
+        if not isinstance(records, list):
+            self.log("restore: %s: \"records\" is not a list; nothing to restore" % source)
+            return 0
         if not records:
             self.log("restore: nothing to restore (%s)" % (source or "no sidecar"))
             return 0
@@ -4723,42 +4970,73 @@ class Resurrect(object):
         table = process_table()
         kids = children_index(table)
         typed = 0
-        for rec in records:
-            target = "=%s:%s.%s" % (rec["session"], rec["window"], rec["paneIndex"])
-            try:
-                command = resume_command(rec)
-            except ValueError as e:
-                self.log("restore: %s: %s; skipped" % (target, e))
-                continue
-            try:
-                st = self.pane_state(target)
-            except TmuxError:
-                self.log("restore: %s: no such pane; skipped" % target)
-                continue
-            if st["restored"] == rec["id"]:
-                self.log("restore: %s: already restored %s %s; not typing twice" % (target, rec["agent"], rec["id"]))
-                continue
-            busy = [table[p].comm for p in descendants(st["pid"], kids)[1:] if p in table]
-            if st["command"] not in SHELLS or any(classify_agent_process(c, [c]) for c in busy):
-                self.log("restore: %s: busy with %s; skipped %s %s" % (target, st["command"], rec["agent"], rec["id"]))
-                continue
-            if not self.conversation_exists(rec):
-                self.log("restore: %s: %s conversation %s no longer exists; left the shell"
-                         % (target, rec["agent"], rec["id"]))
-                continue
-            if dry_run:
-                out("%s\t%s" % (target, command))
-                continue
-            if not self.wait_for_prompt(target):
-                self.log("restore: %s: the shell did not show a prompt; skipped" % target)
-                continue
-            self.tmux.run("set-option", "-p", "-t", st["pane"], "@opensessions-restored", rec["id"])
-            self.tmux.run("send-keys", "-t", st["pane"], "-l", command)
-            self.tmux.run("send-keys", "-t", st["pane"], "Enter")
-            typed += 1
-            self.log("restore: %s: %s%s" % (target, command, " (id was a cwd guess)" if rec.get("guess") else ""))
+        for n, rec in enumerate(records):
+            if self._restore_one(n, rec, table, kids, dry_run, out):
+                typed += 1
         self.log("restore: typed %d of %d" % (typed, len(records)))
         return typed
+
+    def _restore_one(self, n, rec, table, kids, dry_run, out):
+        """One record: every way it is not typed is logged with its reason (and printed by --dry-run,
+        escaped). -> True when the resume command was typed."""
+        def skip(target, reason):
+            self.log("restore: %s: %s; skipped" % (target, reason))
+            if dry_run:
+                out("%s\t# skipped: %s" % (resurrect_escape(target), resurrect_escape(reason)))
+            return False
+        problem = record_problem(rec)
+        if problem:
+            pane_ok = isinstance(rec, dict) and not pane_problem(rec)
+            return skip("record %d (=%s:%s.%s)" % (n, rec["session"], rec["window"], rec["paneIndex"])
+                        if pane_ok else "record %d" % n, problem)
+        target = "=%s:%s.%s" % (rec["session"], rec["window"], rec["paneIndex"])
+        agent, tid, cwd = rec["agent"], rec["id"], rec.get("cwd")
+        typed_rec, notes = dict(rec), []
+        cwd_gone = bool(cwd) and not os.path.isdir(cwd)
+        if cwd_gone and agent in RESUME_ANYWHERE:
+            typed_rec["cwd"] = None
+            notes.append("directory %s is gone; %s resumes by id from the pane's directory" % (cwd, agent))
+        program = rec.get("program")
+        if program and not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            typed_rec["program"] = None
+            notes.append("program %s is gone; typed `command %s`" % (program, agent))
+        try:
+            command = resume_command(typed_rec)
+        except ValueError as e:
+            return skip(target, str(e))
+        try:
+            st = self.pane_state(target)
+        except TmuxError:
+            return skip(target, "no such pane")
+        if st["restored"] == tid:
+            return skip(target, "already restored %s %s; not typing twice" % (agent, tid))
+        if st["command"] not in SHELLS:
+            return skip(target, "busy with %s (not a shell); not typing %s %s" % (st["command"], agent, tid))
+        running = agent_in_tree(st["pid"], table, kids)
+        if running:
+            return skip(target, "busy with %s (pid %d); not typing %s %s" % (running[0], running[1], agent, tid))
+        if not self.conversation_exists(rec):
+            return skip(target, "%s conversation %s no longer exists; left the shell" % (agent, tid))
+        if cwd_gone and agent not in RESUME_ANYWHERE:
+            why = ("not resuming %s %s: its directory %s is gone (Claude resumes a conversation only from "
+                   "its project directory)" % (agent, tid, cwd))
+            if not dry_run:
+                self.tell_pane(st, why)
+            return skip(target, why + "; left the shell")
+        if dry_run:
+            out("%s\t%s" % (resurrect_escape(target), resurrect_escape(command)))
+            for note in notes:
+                self.log("restore: %s: (dry run) %s" % (target, note))
+            return False
+        if not self.wait_for_prompt(target):
+            return skip(target, "the shell did not show a prompt")
+        self.clear_pane(st["pane"])
+        self.tmux.run("set-option", "-p", "-t", st["pane"], "@opensessions-restored", tid)
+        self.tmux.run("send-keys", "-t", st["pane"], "-l", command)
+        self.tmux.run("send-keys", "-t", st["pane"], "Enter")
+        self.log("restore: %s: %s%s%s" % (target, command, " (id was a cwd guess)" if rec.get("guess") else "",
+                                        "".join(" (%s)" % note for note in notes)))
+        return True
 
 
 def kitty_tabs(sessions, socket_path, shown_titles=()):

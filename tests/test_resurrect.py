@@ -36,7 +36,7 @@ def test_launch_flags_drop_every_resume_form_and_prompts():
 def test_resume_command_quotes_and_validates():
     rec = {"agent": "claude", "id": U4, "cwd": "/w/it's $HOME", "flags": ["--model", "a b"], "env": {"VENV": "x'y"}}
     cmd = os_.resume_command(rec)
-    assert cmd == "cd '/w/it'\"'\"'s $HOME' && VENV='x'\"'\"'y' claude --model 'a b' --resume " + U4
+    assert cmd == "cd '/w/it'\"'\"'s $HOME' && VENV='x'\"'\"'y' command claude --model 'a b' --resume " + U4
     assert shlex.split(cmd)[:2] == ["cd", "/w/it's $HOME"]
     for bad in ("$(reboot)", U4 + "; rm -rf ~", "", None):
         with pytest.raises(ValueError):
@@ -44,10 +44,12 @@ def test_resume_command_quotes_and_validates():
     with pytest.raises(ValueError):
         os_.resume_command(dict(rec, env={"BAD NAME": "1"}))
     assert os_.resume_command({"agent": "codex", "id": CODEX_ID, "flags": ["--full-auto"]}) == \
-        "codex --full-auto resume " + CODEX_ID
-    assert os_.resume_command({"agent": "opencode", "id": OC_ID}) == "opencode -s " + OC_ID
+        "command codex --full-auto resume " + CODEX_ID
+    assert os_.resume_command({"agent": "opencode", "id": OC_ID}) == "command opencode -s " + OC_ID
     assert os_.resume_command({"agent": "amp", "id": "T-019b9d03-62e3-772f-9780-3e637f90eaec"}) == \
-        "amp threads continue T-019b9d03-62e3-772f-9780-3e637f90eaec"
+        "command amp threads continue T-019b9d03-62e3-772f-9780-3e637f90eaec"
+    assert os_.resume_command({"agent": "opencode", "id": OC_ID, "program": "/opt/my oc/opencode"}) == \
+        "'/opt/my oc/opencode' -s " + OC_ID
 
 
 def test_resurrect_dir_found_as_resurrect_does(tmp_path):
