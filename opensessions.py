@@ -2870,6 +2870,7 @@ class Server(object):
         self.cold_starting = False
         self._status_changes = []
         self._known_before_cold = frozenset()
+        self._status_before_cold = {}
         self.proc_table = None
         self.pane_of_pid = {}
         self.pane_agents = {}
@@ -2893,6 +2894,7 @@ class Server(object):
                 t0 = time.monotonic()
                 self.cold_starting = True
                 self._known_before_cold = frozenset(self.store.threads)
+                self._status_before_cold = {k: t.status for k, t in self.store.threads.items()}
                 try:
                     self.watchers.start()
                 finally:
@@ -3386,13 +3388,9 @@ class Server(object):
     def _judge_status_changes(self):
         """Apply the unseen rule and tell the notifier, for changes still current."""
         changes, self._status_changes = self._status_changes, []
-        first = {}  # a thread changed several times within the batch: from where it was to where it is
-        for t, prev, _ in changes:
-            first.setdefault(t.key, (t, prev))
-        for t, prev in first.values():
-            status = t.status
-            if status == prev:
-                continue  # back where it was (a cold start passing through a transient status)
+        for t, prev, status in changes:
+            if t.status != status:
+                continue  # changed again within the batch: the later change decides
             if status in ACTIVE_STATUSES:
                 t.unseen = False
                 self.store.touch()
@@ -3571,6 +3569,10 @@ class Server(object):
         elif (changed or is_new) and not self.cold_starting:
             t.updated_at = now_ms(self.clock)  # (a cold start's changes carry their own time, or none)
         prev_status = None if is_new else old[0]
+        if self.cold_starting and key in self._status_before_cold:
+            # a cold start passes through transient states (a registry read before its transcript):
+            # what counts is where the thread was before the restart
+            prev_status = self._status_before_cold[key]
         observed = not self.cold_starting or key in self._known_before_cold
         if prev_status != t.status and observed:
             # judged at publish time, once the batch is applied and threads are linked to panes

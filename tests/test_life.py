@@ -193,20 +193,48 @@ def test_a_new_tmux_server_drops_pane_links_not_ages(env, tmux):
         s.stop()
 
 
+class StubTmux(object):
+    instance_id = "100:1795000000"
+
+    def __init__(self, base):
+        self.socket_path = os.path.join(base, "stub.sock")
+
+    def alive(self):
+        return True
+
+    def instance(self):
+        return self.instance_id
+
+    def run(self, *args, **kw):
+        return ""
+
+
+def test_a_cold_start_passing_through_a_transient_status_changes_nothing(env):
+    srv = os_.Server(StubTmux(env.base), environ=env.vars)
+    seen = srv.apply_thread_update("claude", "seen", status="interrupted", updated_at=1795000000000)
+    srv.publish()
+    assert seen.unseen is True  # nobody looked
+    seen.unseen = False  # now someone has
+    # a restart: the registry is read before the transcript (idle for a moment, with no time of its own)
+    srv.cold_starting = True
+    srv._known_before_cold = frozenset(srv.store.threads)
+    srv._status_before_cold = {k: t.status for k, t in srv.store.threads.items()}
+    srv.apply_thread_update("claude", "seen", status="idle")
+    srv.apply_thread_update("claude", "seen", status="interrupted", updated_at=1795000000000)
+    srv.cold_starting = False
+    srv.publish()
+    assert (seen.status, seen.unseen, seen.updated_at) == ("interrupted", False, 1795000000000)
+    # live, a whole quick turn read at once still counts: done -> running -> done is a finished turn
+    live = srv.apply_thread_update("codex", "live", status="done", updated_at=1795000000000)
+    srv.publish()
+    srv.apply_thread_update("codex", "live", status="running", updated_at=1795000001000)
+    srv.apply_thread_update("codex", "live", status="done", updated_at=1795000002000)
+    srv.publish()
+    assert live.unseen is True and live.updated_at == 1795000002000
+
+
 def test_a_tmux_server_replaced_under_a_running_server_unlinks_panes(env):
-    class StubTmux(object):
-        socket_path = os.path.join(env.base, "stub.sock")
-        instance_id = "100:1795000000"
-
-        def alive(self):
-            return True
-
-        def instance(self):
-            return self.instance_id
-
-        def run(self, *args, **kw):
-            return ""
-    srv = os_.Server(StubTmux(), environ=env.vars)
+    srv = os_.Server(StubTmux(env.base), environ=env.vars)
     srv.tmux_instance = srv.tmux.instance()
     t = srv.apply_thread_update("claude", "t1", status="done", pane="%3", session="main", pid=4242, alive=True)
     t.unseen, t.updated_at = True, 1795000000000
