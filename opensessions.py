@@ -3658,12 +3658,19 @@ class Server(object):
             log("cannot read the tmux options: %s" % e)
             return
         change = {k: v for k, v in change.items() if self.store.ui.get(k) != v}
-        if change:
-            self.api_ui(change)
+        if change:  # before any sidebar is placed: nothing to move yet
+            self.store.ui.update(change)
+            self.store.touch()
+            if self.store.ui_error is None:  # a broken ui.json is kept until the user changes something
+                self._save_ui()
 
     def api_ui(self, body):
         change = validate_ui(body)
         self.store.ui.update(change)
+        self._save_ui()
+        self.on_ui_changed(change)
+
+    def _save_ui(self):
         self.store.ui_error = None
         self.store.touch()
         try:
@@ -3671,7 +3678,6 @@ class Server(object):
             atomic_write(self.ui_path, json.dumps(self.store.ui, indent=2) + "\n", mode=0o644)
         except (OSError, OpensessionsError) as e:
             log("cannot save %s: %s" % (self.ui_path, e))
-        self.on_ui_changed(change)
 
     def api_mute(self, body):
         """POST /mute {"session", "muted": true|false}; without "muted" it toggles."""
