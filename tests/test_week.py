@@ -162,6 +162,7 @@ def test_1_boot_from_tmux_conf_with_options(week):
     # no error at boot, and the one-shot hook that waited for the first session is gone
     messages = week.tmux.run("show-messages")
     assert "no sessions" not in messages and "opensessions:" not in messages, messages
+    assert [l for l in messages.splitlines() if " command: " not in l] == [], messages  # no message at all
     assert os_.BOOT_HOOK not in week.tmux.run("show-hooks", "-g")
     assert week.opt("-g", "status-right") == STATUS_RIGHT
     assert info["digest"] == os_.program_digest(SCRIPT)  # the .pyz it runs is the same source
