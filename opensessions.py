@@ -75,14 +75,60 @@ def state_dir(environ=None):
 
 
 def ensure_private_dir(path):
-    """Create path (0700) if needed; refuse a directory owned by someone else."""
+    """Create path (0700) if needed; refuse a directory owned by someone else. A directory others
+    can read is made 0700 through its own descriptor (never through a symlink); a symlink of
+    ours to a private directory of ours is accepted as it is."""
+    import stat
     os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(path)
-    if st.st_uid != os.getuid():
-        raise OpensessionsError("%s is owned by uid %d, not by you; refusing to use it" % (path, st.st_uid))
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+    lst = os.lstat(path)
+    if lst.st_uid != os.getuid():
+        raise OpensessionsError("%s is owned by uid %d, not by you; refusing to use it" % (path, lst.st_uid))
+    if stat.S_ISLNK(lst.st_mode):
+        st = os.stat(path)
+        if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o077:
+            raise OpensessionsError("%s is a symlink to a directory that is not private to you (owner uid %d, "
+                                    "mode %o); refusing to use it" % (path, st.st_uid, st.st_mode & 0o777))
+        return path
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid():  # replaced between the lstat and the open
+            raise OpensessionsError("%s is owned by uid %d, not by you; refusing to use it" % (path, st.st_uid))
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
     return path
+
+
+def private_file_ok(st):
+    """A stat result of a file or directory that only we can use (ours, nothing for group/others)."""
+    return st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def read_private_json(path, limit=65536):
+    """A small JSON object from a file in a private directory, trusted only when the directory and
+    the file are ours and private and the file is no symlink (a shared $TMPDIR is writable by
+    everyone). -> dict, or None."""
+    import stat
+    try:
+        dst = os.lstat(os.path.dirname(path) or ".")
+        if stat.S_ISLNK(dst.st_mode) or not private_file_ok(dst):
+            return None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not private_file_ok(st):
+            return None
+        raw = os.read(fd, limit)
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
+    return data if isinstance(data, dict) else None
 
 
 def atomic_write(path, data, mode=0o600):
@@ -115,8 +161,9 @@ def read_json_file(path, default=None):
         return default
     try:
         return json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise OpensessionsError("%s is not valid JSON (%s)" % (path, e))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise OpensessionsError("%s is not valid JSON (%s)" % (path, e.__class__.__name__ if
+                                                               isinstance(e, RecursionError) else e))
 
 
 def _pid_alive(pid):
@@ -191,6 +238,60 @@ class ApiError(Exception):
         Exception.__init__(self, message)
         self.status = status
         self.message = message
+
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def clean_str(value):
+    """A string from outside (a request, a file, a hook) made valid: lone UTF-16 surrogates, which
+    JSON allows ("\\ud83d") but UTF-8 cannot encode, become U+FFFD. Other values pass unchanged."""
+    if isinstance(value, str) and _SURROGATE_RE.search(value):
+        return _SURROGATE_RE.sub("\ufffd", value)
+    return value
+
+
+def clean_text(value):
+    """Text shown in a sidebar row (status, log, title, detail): valid (clean_str) and on one line:
+    control characters (C0, DEL, C1, line separators) become spaces."""
+    value = clean_str(value)
+    if isinstance(value, str) and _CONTROL_RE.search(value):
+        return _CONTROL_RE.sub(" ", value)
+    return value
+
+
+def finite_number(value):
+    """True for an int or a finite float (not bool): JSON's 1e999 parses as inf."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or value - value == 0
+
+
+def clean_json(value, max_depth=32):
+    """A JSON value read from a file made safe to keep and re-encode: strings valid, non-finite
+    numbers dropped (None), nesting past max_depth dropped."""
+    if isinstance(value, str):
+        return clean_str(value)
+    if isinstance(value, float) and not finite_number(value):
+        return None
+    if isinstance(value, (dict, list, tuple)) and max_depth <= 0:
+        return None
+    if isinstance(value, dict):
+        return {clean_str(k): clean_json(v, max_depth - 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v, max_depth - 1) for v in value]
+    return value
+
+
+def encode_json(doc):
+    """Strict JSON bytes (UTF-8, no NaN/Infinity) of a document built from cleaned values; a value
+    that slipped through is cleaned rather than failing the whole document."""
+    try:
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        return json.dumps(clean_json(doc, 100), separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode("utf-8")
 
 
 def normalize_status(value):
@@ -276,6 +377,24 @@ def thread_visible(thread, now_ms_, recent_ms=RECENT_MS):
     return thread.alive or thread.unseen or now_ms_ - thread.updated_at <= recent_ms
 
 
+MAX_THREADS = 2000  # threads the server keeps; past it the least needed are forgotten (see threads_to_prune)
+MAX_SESSION_THREADS = 50  # threads /state lists per session (alive, unseen and newest first)
+
+
+def threads_to_prune(threads, now_ms_, list_ms, cap=MAX_THREADS):
+    """Keys of threads to forget: exited (not alive), seen, and quiet for longer than list_ms
+    (OPENSESSIONS_LIST_HOURS: /state would not list them); then, if more than `cap` remain, the
+    least needed down to 90% of the cap (seen before unseen, exited before alive, oldest first)
+    so that a flood of new threads prunes once per cap/10 threads, not once per thread."""
+    drop = [t.key for t in threads if not t.alive and not t.unseen and now_ms_ - t.updated_at > list_ms]
+    left = len(threads) - len(drop)
+    if left > cap:
+        dropped = set(drop)
+        rest = sorted((t for t in threads if t.key not in dropped), key=lambda t: (t.unseen, t.alive, t.updated_at))
+        drop.extend(t.key for t in rest[:left - cap * 9 // 10])
+    return drop
+
+
 def becomes_unseen(old_status, new_status, viewed):
     """A thread turning done/error/interrupted/waiting while nobody looks at it is unseen."""
     return (not viewed) and new_status in UNSEEN_STATUSES and new_status != old_status
@@ -285,7 +404,7 @@ def _require_session(body):
     name = body.get("session")
     if not isinstance(name, str) or not name.strip():
         raise ApiError(400, "'session' must be a non-empty string (the tmux session name)")
-    return name
+    return clean_str(name)
 
 
 def _tone(body):
@@ -301,8 +420,8 @@ def _number(body, key, required=True):
     value = body.get(key)
     if value is None and not required:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ApiError(400, "'%s' must be a number" % key)
+    if not finite_number(value):
+        raise ApiError(400, "'%s' must be a finite number" % key)
     return value
 
 
@@ -312,7 +431,7 @@ def _optional_text(body, key, limit):
         return None
     if not isinstance(value, str):
         raise ApiError(400, "'%s' must be a string" % key)
-    return value[:limit]
+    return clean_text(value[:limit])
 
 
 def validate_set_status(body):
@@ -325,7 +444,7 @@ def validate_set_status(body):
         return session, None
     if not isinstance(text, str):
         raise ApiError(400, "'text' must be a string or null")
-    return session, {"text": text[:MAX_STATUS_TEXT], "tone": _tone(body)}
+    return session, {"text": clean_text(text[:MAX_STATUS_TEXT]), "tone": _tone(body)}
 
 
 def validate_set_progress(body):
@@ -355,7 +474,7 @@ def validate_log(body, clock=time.time):
     if not isinstance(message, str) or not message:
         raise ApiError(400, "'message' must be a non-empty string")
     source = _optional_text(body, "source", 64)
-    return session, {"message": message[:MAX_LOG_MESSAGE], "source": source, "tone": _tone(body),
+    return session, {"message": clean_text(message[:MAX_LOG_MESSAGE]), "source": source, "tone": _tone(body),
                      "ts": now_ms(clock)}
 
 
@@ -366,7 +485,30 @@ def validate_notify(body):
     message = body.get("message")
     if not isinstance(message, str) or not message:
         raise ApiError(400, "'message' must be a non-empty string")
-    return session, {"message": message[:MAX_LOG_MESSAGE], "tone": _tone(body)}
+    return clean_str(session), {"message": clean_text(message[:MAX_LOG_MESSAGE]), "tone": _tone(body)}
+
+
+def stored_metadata(session, m):
+    """A session's metadata read back from the state file, checked like a request (an older
+    version may have written a NaN progress or a control character); what fails is dropped."""
+    def check(fn, body):
+        try:
+            return fn(dict(body, session=session))[1]
+        except (ApiError, TypeError, AttributeError):
+            return None
+    status = m.get("status") if isinstance(m.get("status"), dict) else None
+    progress = m.get("progress") if isinstance(m.get("progress"), dict) else None
+    if progress is not None:
+        keys = ("current", "total", "label") if "current" in progress else ("percent", "label")
+        progress = check(validate_set_progress, {k: progress.get(k) for k in keys})
+    logs = []
+    for e in m.get("logs") if isinstance(m.get("logs"), list) else ():
+        entry = check(lambda b: validate_log(b, lambda: 0), e) if isinstance(e, dict) else None
+        if entry is not None:
+            entry["ts"] = e.get("ts") if isinstance(e.get("ts"), int) and not isinstance(e.get("ts"), bool) else 0
+            logs.append(entry)
+    return {"status": check(validate_set_status, status) if status is not None else None,
+            "progress": progress, "logs": logs[-MAX_LOGS:]}
 
 
 def validate_agent_event(body):
@@ -382,7 +524,8 @@ def validate_agent_event(body):
         value = body.get(key)
         if value is not None and not isinstance(value, str):
             raise ApiError(400, "'%s' must be a string" % key)
-        out[key] = value[:MAX_LOG_MESSAGE] if isinstance(value, str) else None
+        clean = clean_text if key in ("threadName", "detail", "model") else clean_str
+        out[key] = clean(value[:MAX_LOG_MESSAGE]) if isinstance(value, str) else None
     attempt = body.get("attempt")
     if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int)):
         raise ApiError(400, "'attempt' must be an integer")
@@ -399,7 +542,7 @@ def validate_agent_event(body):
         value = body.get(key)
         if value is not None and not isinstance(value, str):
             raise ApiError(400, "'%s' must be a string" % key)
-        out[key] = value[:MAX_LOG_MESSAGE] if isinstance(value, str) else None
+        out[key] = clean_text(value[:MAX_LOG_MESSAGE]) if isinstance(value, str) else None
     if out["paneId"] is not None and not re.match(r"^%\d+$", out["paneId"]):
         raise ApiError(400, "'paneId' must look like %12")
     return out
@@ -421,7 +564,7 @@ def validate_ui(body):
             value = body[key]
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > 1000:
                 raise ApiError(400, "'%s' must be a list of session names" % key)
-            out[key] = list(dict.fromkeys(value))
+            out[key] = list(dict.fromkeys(clean_str(v) for v in value))
     if "theme" in body:
         if not isinstance(body["theme"], str) or body["theme"] not in THEMES:
             raise ApiError(400, "'theme' must be one of: %s" % ", ".join(sorted(THEMES)))
@@ -1070,7 +1213,7 @@ def hook_event(agent, payload, environ=None):
         body["pid"] = pid
     if name == "UserPromptSubmit" and isinstance(payload.get("prompt"), str):
         body["prompt"] = payload["prompt"][:MAX_LOG_MESSAGE]
-    return body
+    return {k: clean_str(v) for k, v in body.items()}  # an emoji cut in half must not fail the request
 
 ##############################################################################
 # tmux gateway (the only place that runs tmux)
@@ -1114,7 +1257,7 @@ class TmuxGone(TmuxError):
 def _int(value, default=0):
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return default
 
 
@@ -1439,6 +1582,47 @@ def listening_sockets(proc_root="/proc"):
         except OSError:
             pass
     return found
+
+
+def parse_inet_diag_uid(data):
+    """The owner uid in a NETLINK_SOCK_DIAG answer about one socket; None if it names none."""
+    import struct
+    if len(data) >= 16 + 72:
+        length, kind = struct.unpack_from("=IH", data, 0)
+        if kind == 20 and length >= 16 + 72:  # SOCK_DIAG_BY_FAMILY: an inet_diag_msg
+            return struct.unpack_from("=I", data, 16 + 64)[0]
+    return None
+
+
+def tcp_peer_uid(peer, local, proc_root="/proc"):
+    """The uid owning the loopback TCP socket at `peer` (ip, port) connected to `local` (ip, port),
+    from netlink sock_diag (one exact lookup, microseconds), else /proc/net/tcp; None when this
+    system tells neither (not Linux)."""
+    import socket
+    import struct
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4) as s:  # NETLINK_SOCK_DIAG
+            s.settimeout(1.0)
+            sock_id = struct.pack(">HH", peer[1], local[1]) + socket.inet_aton(peer[0]) + b"\0" * 12 \
+                + socket.inet_aton(local[0]) + b"\0" * 12 + struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)
+            req = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sock_id
+            s.sendto(struct.pack("=IHHII", 16 + len(req), 20, 1, 1, 0) + req, (0, 0))  # NLM_F_REQUEST
+            uid = parse_inet_diag_uid(s.recv(65536))
+            if uid is not None:
+                return uid
+    except (OSError, AttributeError, ValueError, struct.error):
+        pass
+    want_local = "%s:%04X" % (socket.inet_aton(peer[0])[::-1].hex().upper(), peer[1])
+    want_remote = "%s:%04X" % (socket.inet_aton(local[0])[::-1].hex().upper(), local[1])
+    try:
+        with open(os.path.join(proc_root, "net", "tcp"), "r") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 7 and parts[1] == want_local and parts[2] == want_remote:
+                    return int(parts[7])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def socket_inodes(pid, proc_root="/proc"):
@@ -1936,6 +2120,12 @@ class AgentWatchers(object):
 
     def _poll(self):
         """Fallback without inotify: compare (mtime, size) of the watched directories' entries."""
+        try:
+            self._poll_once()
+        finally:  # a failure is logged by the loop; the next look still happens
+            self.server.loop.call_later(self.poll_interval, self._poll)
+
+    def _poll_once(self):
         for directory, handler in list(self.watched_dirs.items()):
             for name in listdir(directory):
                 path = os.path.join(directory, name)
@@ -1950,7 +2140,6 @@ class AgentWatchers(object):
                     mask = (IN_MODIFY if known else IN_CREATE) | (IN_ISDIR if os.path.isdir(path) else 0)
                     handler(directory, name, mask)
         self.server.after_watchers()
-        self.server.loop.call_later(self.poll_interval, self._poll)
 
     def _recent(self, path):
         try:
@@ -2314,8 +2503,9 @@ import path from "node:path";
 const TYPES = new Set(["session.status", "session.idle", "session.error", "permission.asked",
   "permission.replied", "session.updated"]);
 
-function port() {
-  if (process.env.OPENSESSIONS_PORT) return Number(process.env.OPENSESSIONS_PORT);
+// The server's runtime file, trusted only when it is ours and private (a shared TMPDIR is writable
+// by everyone): no file, no report (never to whatever listens on a default port).
+function server() {
   try {
     const uid = process.getuid();
     const t = process.env.TMUX;
@@ -2327,10 +2517,14 @@ function port() {
     const xdg = process.env.XDG_RUNTIME_DIR;
     const dir = xdg && fs.existsSync(xdg) ? path.join(xdg, "opensessions")
       : path.join(process.env.TMPDIR || "/tmp", "opensessions-" + uid);
-    const info = JSON.parse(fs.readFileSync(path.join(dir, "server-" + key + ".json"), "utf8"));
-    if (info.port) return info.port;
+    const file = path.join(dir, "server-" + key + ".json");
+    for (const st of [fs.lstatSync(dir), fs.lstatSync(file)]) {
+      if (st.isSymbolicLink() || st.uid !== uid || (st.mode & 0o077)) return null;
+    }
+    const info = JSON.parse(fs.readFileSync(file, "utf8"));
+    if (Number.isInteger(info.port) && info.port > 0 && info.port < 65536) return info;
   } catch (e) {}
-  return 7391;
+  return null;
 }
 
 function slim(event) {
@@ -2349,9 +2543,13 @@ export const OpenSessions = async (ctx) => {
       if (!event || !TYPES.has(event.type)) return;
       const body = JSON.stringify({ type: event.type, properties: slim(event), pid: process.pid,
         directory: ctx.directory, paneId: process.env.TMUX_PANE || null });
+      const info = server();
+      if (!info) return;
+      const headers = { "content-type": "application/json" };
+      if (typeof info.token === "string") headers["x-opensessions-token"] = info.token;
       try {
-        await fetch("http://127.0.0.1:" + port() + "/api/opencode-event", { method: "POST",
-          headers: { "content-type": "application/json" }, body, signal: AbortSignal.timeout(1000) });
+        await fetch("http://127.0.0.1:" + info.port + "/api/opencode-event", { method: "POST",
+          headers, body, signal: AbortSignal.timeout(1000) });
       } catch (e) {}
     },
   };
@@ -2590,11 +2788,51 @@ class EventLoop(object):
 
 
 _log_file = None
+_log_path = None
+_log_lock = None
+LOG_MAX_BYTES = 1024 * 1024  # server.log is rotated to server.log.1 past this size
+
+
+def open_log(path, max_bytes=None):
+    """Send log() to path (appending); past LOG_MAX_BYTES it moves to path.1 and starts again."""
+    import threading
+    global _log_file, _log_path, _log_lock, LOG_MAX_BYTES
+    if max_bytes is not None:
+        LOG_MAX_BYTES = max_bytes
+    _log_lock = _log_lock or threading.Lock()
+    _log_path = path
+    _log_file = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
+    _rotate_log()
+
+
+def _rotate_log():
+    global _log_file
+    try:
+        if _log_file.tell() < LOG_MAX_BYTES:
+            return
+        _log_file.close()
+        os.replace(_log_path, _log_path + ".1")
+    except (OSError, ValueError):
+        pass
+    try:
+        _log_file = open(_log_path, "a", buffering=1, encoding="utf-8", errors="replace")
+    except OSError:
+        _log_file = None
 
 
 def log(message):
     """Server log line (stderr, or the log file set by the server)."""
     line = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)
+    if _log_lock is not None:
+        with _log_lock:
+            _write_log(line)
+            if _log_file is not None:
+                _rotate_log()
+    else:
+        _write_log(line)
+
+
+def _write_log(line):
     target = _log_file or sys.stderr
     try:
         target.write(line)
@@ -2673,7 +2911,10 @@ class Store(object):
         out_sessions = []
         hidden, muted = set(self.ui["hidden"]), set(self.ui["muted"])
         for s in order_sessions(self.visible_sessions(), self.ui["order"]):
-            threads = sorted(by_session.get(s["name"], ()), key=lambda t: -t.updated_at)
+            threads = by_session.get(s["name"], ())
+            if len(threads) > MAX_SESSION_THREADS:  # live and unseen ones first, then the newest
+                threads = sorted(threads, key=lambda t: (t.alive or t.unseen, t.updated_at))[-MAX_SESSION_THREADS:]
+            threads = sorted(threads, key=lambda t: -t.updated_at)
             branch, dirty = self.git.get(s["id"], (None, None))
             meta = self.metadata.get(s["name"], {})
             shown = [t for t in threads if not t.hidden]
@@ -2703,7 +2944,7 @@ class Store(object):
         self._dirty = False
         self.version += 1
         doc = self.build()
-        body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        body = encode_json(doc)  # always valid UTF-8, never NaN: one bad string cannot stop /state
         if self.published is not None:
             # Only the version and time differ? then nothing really changed: keep the old one.
             old = self.published[1]
@@ -2736,6 +2977,7 @@ class RuntimeFiles(object):
         self.info_path = os.path.join(self.dir, "server-%s.json" % key)
         self.stopped_path = os.path.join(self.dir, "stopped-%s" % key)
         self._lock_fd = None
+        self.token = None
 
     def stopped(self):
         """True when the server was stopped on purpose (`opensessions stop`): sidebars leave it so."""
@@ -2756,7 +2998,7 @@ class RuntimeFiles(object):
         """Take the lock; a lock left by a dead server is free (flock dies with its process)."""
         import fcntl
         ensure_private_dir(self.dir)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -2768,6 +3010,7 @@ class RuntimeFiles(object):
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
+        self.token = os.urandom(16).hex()
         try:  # a dead server's file would send clients to a closed port until we write ours
             os.unlink(self.info_path)
         except OSError:
@@ -2777,15 +3020,11 @@ class RuntimeFiles(object):
         self.mark_stopped(False)  # a server that runs is not stopped
         atomic_write(self.info_path, json.dumps({
             "pid": os.getpid(), "port": port, "socket": self.socket_path, "version": __version__,
-            "digest": program_digest(), "started": int(time.time())}))
+            "digest": program_digest(), "started": int(time.time()), "token": self.token}))
 
     def read(self):
-        try:
-            with open(self.info_path, "r") as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            return None
-        return info if isinstance(info, dict) else None
+        """The runtime file, if it is ours and private (else nobody vouches for its port)."""
+        return read_private_json(self.info_path)
 
     def held(self):
         """True while some server holds the lock (it may not have written its runtime file yet)."""
@@ -2811,7 +3050,7 @@ class RuntimeFiles(object):
         if not info:
             return None
         try:
-            fd = os.open(self.lock_path, os.O_RDWR)
+            fd = os.open(self.lock_path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
             return None
         try:
@@ -2836,6 +3075,11 @@ class RuntimeFiles(object):
         self._lock_fd = None
 
 
+PRUNE_INTERVAL = 60.0  # seconds between looks for threads to forget
+SAVE_QUIET = 1.0  # the state file is written once changes pause this long ...
+SAVE_MAX_DELAY = 5.0  # ... or this long after the first unsaved change, whichever comes first
+
+
 class Server(object):
     """Live state from tmux (+ watchers), served over HTTP and Server-Sent Events."""
 
@@ -2853,6 +3097,8 @@ class Server(object):
         self.ui_path = os.path.join(config_dir(self.environ), "ui.json")
         self.git = GitProbe()
         self.httpd = None
+        self.read_deadline = READ_DEADLINE
+        self.peer_uids = True  # False: act as where the kernel cannot name a peer (macOS): token only
         self.control = None
         self._control_buf = b""
         self._refresh_pending = False
@@ -2904,6 +3150,7 @@ class Server(object):
                     if not t.updated_at:  # found with no time of its own: first seen now
                         t.updated_at = now
                 self.map_threads()
+                self.prune_threads()
                 log("cold start: %d threads from %d files (%d KB read, %d corrupt records skipped) in %.3fs"
                     % (len(self.store.threads), len(self.watchers.tails),
                        sum(t.bytes_read for t in self.watchers.tails.values()) // 1024,
@@ -2912,34 +3159,57 @@ class Server(object):
             self._follow_tmux()
             self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
             self.loop.call_later(2.0, self._ports_timer)
+            self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
         except BaseException:
             self.runtime.release()
             raise
 
     def _bind(self):
-        import http.server
-
-        class HTTPServer(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-            allow_reuse_address = True
-            request_queue_size = 64
-
-        handler = make_handler(self)
         try:
-            self.httpd = HTTPServer((HOST, self.port), handler)
+            self.httpd = make_http_server(self, (HOST, self.port))
         except OSError as e:
             if self.port_explicit or self.port == 0:
                 raise OpensessionsError("cannot listen on %s:%d: %s (is another program using it? "
                                         "choose another with --port or OPENSESSIONS_PORT; 0 = any free port)"
                                         % (HOST, self.port, e.strerror or e))
             log("port %d is in use (%s); listening on a free port instead" % (self.port, e.strerror or e))
-            self.httpd = HTTPServer((HOST, 0), handler)
+            self.httpd = make_http_server(self, (HOST, 0))
         self.port = self.httpd.server_address[1]
+
+    def token_ok(self, token):
+        """The runtime file's token, sent by our clients where the peer's uid is unknown."""
+        import hmac
+        mine = self.runtime.token
+        return bool(mine) and isinstance(token, str) and hmac.compare_digest(
+            token.encode("utf-8", "replace"), mine.encode())
+
+    def _watch_connections(self):
+        """Close connections that did not send their request (line, headers, body) within
+        READ_DEADLINE: an idle or trickling client must not hold a thread and an fd for ever."""
+        import socket
+        try:
+            httpd = self.httpd
+            if httpd is None:
+                return
+            now = time.monotonic()
+            with httpd.lock:
+                late = [h for h, due in httpd.deadlines.items() if due <= now]
+                for h in late:
+                    del httpd.deadlines[h]
+            for h in late:
+                try:
+                    h.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        finally:
+            if self.httpd is not None:
+                self.loop.call_later(1.0, self._watch_connections)
 
     def serve_forever(self):
         # Connections are accepted by the event loop (no poll interval, no extra thread);
         # each connection is then handled on its own daemon thread (ThreadingHTTPServer).
         self.loop.add_reader(self.httpd.fileno(), self.httpd._handle_request_noblock)
+        self.loop.call_later(1.0, self._watch_connections)
         try:
             self.loop.run()
         finally:
@@ -3367,17 +3637,18 @@ class Server(object):
         """Ports change without a tmux event (a dev server starts listening). On Linux one netlink
         query every 2 s; only a changed set of listeners makes us re-read processes and walk fds.
         Elsewhere each look runs lsof, so it looks every 10 s."""
-        if os.path.isdir("/proc/self"):
-            listening = listening_sockets()
-            if self._ports_key is None or tuple(sorted(listening.items())) != self._ports_key[1]:
-                self._read_processes()  # a new listener may be a new process under a pane
-            self._update_ports(listening)
-            delay = 2.0
-        else:
-            self._update_ports()
-            delay = 10.0
-        self.publish()
-        self.loop.call_later(delay, self._ports_timer)
+        linux = os.path.isdir("/proc/self")
+        try:
+            if linux:
+                listening = listening_sockets()
+                if self._ports_key is None or tuple(sorted(listening.items())) != self._ports_key[1]:
+                    self._read_processes()  # a new listener may be a new process under a pane
+                self._update_ports(listening)
+            else:
+                self._update_ports()
+            self.publish()
+        finally:  # a failure is logged by the loop; the next look still happens
+            self.loop.call_later(2.0 if linux else 10.0, self._ports_timer)
 
     # -- state changes from the API ----------------------------------------------------------
     def publish(self):
@@ -3557,6 +3828,17 @@ class Server(object):
             self.store.threads[key] = t
         old = (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.hidden, t.alive)
         updated_at = fields.pop("updated_at", None)
+        for name in ("title", "detail", "model"):  # from files, hooks and plugins alike: shown in a row
+            if isinstance(fields.get(name), str):
+                fields[name] = clean_text(fields[name])
+        for name in ("cwd", "source"):
+            if isinstance(fields.get(name), str):
+                fields[name] = clean_str(fields[name])
+        for name in ("attempt", "pid"):
+            if fields.get(name) is not None and not (finite_number(fields[name]) and fields[name] == int(fields[name])):
+                fields[name] = None
+        if updated_at is not None and not finite_number(updated_at):
+            updated_at = None
         for name, value in fields.items():
             if value is not None and (name != "title" or value):
                 setattr(t, name, value)
@@ -3580,7 +3862,26 @@ class Server(object):
         if changed or is_new:
             self.store.touch()
             self._schedule_save()
+        if is_new and len(self.store.threads) > MAX_THREADS:
+            self.prune_threads()
         return t
+
+    def prune_threads(self):
+        """Forget threads /state would not list and that nobody needs (threads_to_prune)."""
+        drop = threads_to_prune(list(self.store.threads.values()), now_ms(self.clock), self.store.recent_ms)
+        for key in drop:
+            del self.store.threads[key]
+        if drop:
+            self.store.touch()
+            self._schedule_save()
+        return len(drop)
+
+    def _prune_timer(self):
+        try:
+            self.prune_threads()
+            self.publish()
+        finally:
+            self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
 
     def on_thread_status(self, thread, old_status):
         """A thread changed status: tell the notifier (after this change is applied)."""
@@ -3617,16 +3918,22 @@ class Server(object):
             data = {}
         if not isinstance(data, dict):
             return
+        data = clean_json(data)  # a file written by an older version may hold what we now refuse
         meta = data.get("metadata")
         if isinstance(meta, dict):
             for name, m in meta.items():
                 if isinstance(name, str) and isinstance(m, dict):
-                    logs = m.get("logs") if isinstance(m.get("logs"), list) else []
-                    self.store.metadata[name] = {"status": m.get("status"), "progress": m.get("progress"),
-                                                 "logs": logs[-MAX_LOGS:]}
-        for t in data.get("threads") or ():
+                    self.store.metadata[name] = stored_metadata(name, m)
+        threads = data.get("threads")
+        for t in threads if isinstance(threads, list) else ():
             if not isinstance(t, dict) or not isinstance(t.get("agent"), str) or not isinstance(t.get("id"), str):
                 continue
+            for key in ("title", "detail", "model"):
+                t[key] = clean_text(t.get(key)) if isinstance(t.get(key), str) else None
+            for key in ("cwd", "pane", "session", "source"):
+                t[key] = t.get(key) if isinstance(t.get(key), str) else None
+            for key in ("attempt", "pid"):
+                t[key] = t.get(key) if isinstance(t.get(key), int) and not isinstance(t.get(key), bool) else None
             status = t.get("status") if t.get("status") in STATUSES else "idle"
             th = Thread(t["agent"], t["id"], title=t.get("title") or "", status=status,
                         detail=t.get("detail"), attempt=t.get("attempt"), cwd=t.get("cwd"),
@@ -3699,9 +4006,24 @@ class Server(object):
             self.schedule_refresh()
 
     def _schedule_save(self):
+        """Debounced: one write when changes pause SAVE_QUIET, at least every SAVE_MAX_DELAY while
+        they go on (a flood of events does not rewrite and fsync the file each second)."""
+        now = self.loop.clock()
+        self._save_last_change = now
         if not self._save_pending:
             self._save_pending = True
-            self.loop.call_later(1.0, self._save_state_now)
+            self._save_first_change = now
+            self.loop.call_later(SAVE_QUIET, self._save_when_quiet)
+
+    def _save_when_quiet(self):
+        if not self._save_pending:
+            return  # saved meanwhile (shutdown)
+        now = self.loop.clock()
+        quiet_at = self._save_last_change + SAVE_QUIET
+        if now < quiet_at and now < self._save_first_change + SAVE_MAX_DELAY:
+            self.loop.call_later(min(quiet_at, self._save_first_change + SAVE_MAX_DELAY) - now, self._save_when_quiet)
+            return
+        self._save_state_now()
 
     def _save_state_now(self):
         self._save_pending = False
@@ -3709,7 +4031,7 @@ class Server(object):
             ensure_private_dir(os.path.dirname(self.state_path))
             doc = self.store.metadata_json()
             doc["tmux"] = self.tmux_instance  # whose pane ids the threads' "pane" are
-            atomic_write(self.state_path, json.dumps(doc))
+            atomic_write(self.state_path, encode_json(doc))
         except (OSError, OpensessionsError) as e:
             log("cannot save state to %s: %s" % (self.state_path, e))
 
@@ -3745,21 +4067,231 @@ ROUTES = {
     "/mute": "api_mute",
 }
 GET_ROUTES = ("/", "/state", "/events", "/health")
+MAX_CONNECTIONS = 500  # open connections (one thread and one fd each); more get a 503
+MAX_SSE_CLIENTS = 400  # of which /events streams
+READ_DEADLINE = 10.0  # seconds to send a request's line, headers and body (and to start the next one)
+WRITE_TIMEOUT = 30.0  # a client that reads nothing for this long is dropped
+TOKEN_HEADER = "X-Opensessions-Token"
+
+
+class BodyError(ApiError):
+    """A request body we cannot read: answered, then the connection is closed."""
+
+
+def read_json_body(headers, rfile):
+    """The JSON object a POST carries. Raises BodyError (bad framing: close the connection) or
+    ApiError (a bad body read in full: the connection can go on)."""
+    if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+        raise BodyError(411, "send the body with a Content-Length (chunked bodies are not accepted)")
+    length = headers.get("Content-Length")
+    try:
+        length = int(length) if length is not None else 0
+    except ValueError:
+        raise BodyError(400, "bad Content-Length")
+    if length < 0:
+        raise BodyError(400, "bad Content-Length")
+    if length > MAX_BODY:
+        raise BodyError(413, "body is %d bytes; the limit is %d" % (length, MAX_BODY))
+    raw = rfile.read(length) if length else b""
+    if len(raw) < length:
+        raise BodyError(400, "the body ended before Content-Length bytes")
+    try:
+        body = json.loads(raw.decode("utf-8")) if raw.strip() else None
+    except UnicodeDecodeError:
+        raise ApiError(400, "body is not UTF-8")
+    except RecursionError:
+        raise ApiError(400, "body is not valid JSON: nested too deeply")
+    except ValueError as e:
+        raise ApiError(400, "body is not valid JSON: %s" % e)
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return body
+
+
+def health_json(server):
+    watchers = server.watchers
+    httpd = server.httpd
+    return json.dumps({
+        "ok": True, "version": __version__, "pid": os.getpid(),
+        "threads": len(server.store.threads),
+        "skippedRecords": watchers.bad_records if watchers is not None else 0,
+        "inotify": bool(watchers is not None and watchers.inotify is not None),
+        "connections": getattr(httpd, "active", 0), "streams": getattr(httpd, "streams", 0)}).encode()
+
+
+def route_get(server, path):
+    """GET/HEAD answers other than /events -> (status, body, content type, extra headers)."""
+    if path in ROUTES:
+        return _error_body(405, "use POST for %s" % path) + ({"Allow": "POST"},)
+    if path == "/":
+        return 200, b"opensessions server\n", "text/plain; charset=utf-8", None
+    if path == "/health":
+        return 200, health_json(server), "application/json", None
+    if path == "/state":
+        published = server.store.published
+        if published is None:
+            return _error_body(503, "server is starting or stopping") + (None,)
+        return 200, published[2], "application/json", None
+    return _error_body(404, "no such endpoint: %s" % path) + (None,)
+
+
+def route_post(server, path, body):
+    """Apply one POST on the loop thread -> (status, body, content type, extra headers)."""
+    method = ROUTES[path]
+    try:
+        result = server.loop.call(server.handle, method, body)
+    except ApiError as e:
+        return _error_body(e.status, e.message) + (None,)
+    except TimeoutError:
+        return _error_body(503, "server busy") + (None,)
+    except Exception as e:  # never crash on a request; say what happened
+        log("%s failed: %r" % (path, e))
+        return _error_body(500, "internal error: %s" % e.__class__.__name__) + (None,)
+    if result is False:  # a session (or thread) the call named is not there: kept, not matched
+        return 202, json.dumps({"matched": False}).encode(), "application/json", None
+    return 204, b"", None, None
+
+
+def _error_body(status, message):
+    return status, json.dumps({"error": message}).encode(), "application/json"
+
+
+def stream_state(write, store, keepalive=SSE_KEEPALIVE):
+    """The /events loop: each new snapshot as `event: state` (at most ~30 a second), a comment as
+    keep-alive; returns when the server stops or the client goes away."""
+    last = None
+    last_sent = 0.0
+    try:
+        while True:
+            with store.cond:
+                store.cond.wait_for(lambda: store.published is None or store.published[0] != last,
+                                    timeout=keepalive)
+                published = store.published
+            if published is None:
+                return  # shutting down
+            if published[0] == last:
+                write(b": keepalive\n\n")
+                continue
+            wait = SSE_MIN_INTERVAL - (time.monotonic() - last_sent)
+            if wait > 0 and last is not None:
+                time.sleep(wait)  # coalesce: at most ~30 events per second
+                published = store.published or published
+            last = published[0]
+            last_sent = time.monotonic()
+            write(b"event: state\nid: %d\ndata: " % last + published[2] + b"\n\n")
+    except OSError:  # reset, broken pipe, or a client reading nothing for WRITE_TIMEOUT
+        return
+
+
+def _raw_refusal(sock, status, reason, message):
+    """Answer a connection we do not serve (no thread for it) and close it."""
+    body = json.dumps({"error": message}).encode()
+    try:
+        sock.settimeout(0.5)
+        sock.sendall(("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                      "Connection: close\r\nRetry-After: 1\r\n\r\n" % (status, reason, len(body))).encode() + body)
+    except OSError:
+        pass
+
+
+def make_http_server(server, address):
+    """The listening server: a thread per connection up to MAX_CONNECTIONS (the excess gets a 503
+    at once), a read deadline per request (see Server._watch_connections), one log line per
+    failed connection."""
+    import http.server
+    import threading
+
+    class HTTPServer(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+        request_queue_size = 64
+
+        def __init__(self, *a):
+            self.lock = threading.Lock()
+            self.active = 0
+            self.streams = 0
+            self.deadlines = {}  # handler -> monotonic time its request must be read by
+            http.server.ThreadingHTTPServer.__init__(self, *a)
+
+        def process_request(self, request, client_address):
+            with self.lock:
+                full = self.active >= MAX_CONNECTIONS
+                if not full:
+                    self.active += 1
+            if full:
+                _raw_refusal(request, 503, "Service Unavailable",
+                             "too many connections (%d); try again" % MAX_CONNECTIONS)
+                self.shutdown_request(request)
+                return
+            try:
+                http.server.ThreadingHTTPServer.process_request(self, request, client_address)
+            except BaseException:
+                with self.lock:
+                    self.active -= 1
+                raise
+
+        def process_request_thread(self, request, client_address):
+            try:
+                http.server.ThreadingHTTPServer.process_request_thread(self, request, client_address)
+            finally:
+                with self.lock:
+                    self.active -= 1
+
+        def handle_error(self, request, client_address):
+            e = sys.exc_info()[1]
+            log("connection from port %s failed: %s: %s" % (client_address[1], e.__class__.__name__, e))
+
+    return HTTPServer(address, make_handler(server))
 
 
 def make_handler(server):
-    """The HTTP request handler class bound to one Server."""
+    """The HTTP request handler class bound to one Server: checks (peer, Host, Origin), then
+    route_get / route_post / stream_state."""
     import http.server
+    import socket
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "opensessions/" + __version__
         sys_version = ""
+        timeout = WRITE_TIMEOUT  # socket timeout; reading a request has the shorter READ_DEADLINE
 
         def log_message(self, fmt, *args):  # quiet: no line per request
             pass
 
+        def setup(self):
+            http.server.BaseHTTPRequestHandler.setup(self)
+            try:  # one write per answer and no Nagle wait for the next one
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            self.peer_uid = tcp_peer_uid(self.client_address, self.connection.getsockname()) \
+                if server.peer_uids else None
+
+        def handle(self):
+            if self.peer_uid is not None and self.peer_uid != os.getuid():
+                _raw_refusal(self.connection, 403, "Forbidden",
+                             "connections from other users (uid %d) are refused" % self.peer_uid)
+                return
+            http.server.BaseHTTPRequestHandler.handle(self)
+
+        def handle_one_request(self):
+            self._deadline(server.read_deadline)
+            try:
+                http.server.BaseHTTPRequestHandler.handle_one_request(self)
+            finally:
+                self._deadline(None)
+
+        def _deadline(self, seconds):
+            httpd = self.server
+            with httpd.lock:
+                if seconds is None:
+                    httpd.deadlines.pop(self, None)
+                else:
+                    httpd.deadlines[self] = time.monotonic() + seconds
+
         def _send(self, status, body=b"", content_type="application/json", extra=None):
+            """The whole answer in one write."""
             self.send_response(status)
             if status != 204:
                 self.send_header("Content-Type", content_type)
@@ -3767,9 +4299,10 @@ def make_handler(server):
             self.send_header("Cache-Control", "no-store")
             for k, v in (extra or {}).items():
                 self.send_header(k, v)
-            self.end_headers()
+            self._headers_buffer.append(b"\r\n")
             if body and self.command != "HEAD":
-                self.wfile.write(body)
+                self._headers_buffer.append(body)
+            self.flush_headers()
 
         def _error(self, status, message, extra=None):
             self._send(status, json.dumps({"error": message}).encode(), extra=extra)
@@ -3782,34 +4315,24 @@ def make_handler(server):
             if self.headers.get("Origin") is not None:
                 self._error(403, "requests from web pages (with an Origin header) are refused")
                 return False
+            if self.peer_uid is None and not server.token_ok(self.headers.get(TOKEN_HEADER)):
+                # no way to know who connected (not Linux): our clients send the runtime file's token
+                self._error(403, "send the %s header (the token in the server's runtime file)" % TOKEN_HEADER)
+                return False
             return True
 
         def _path(self):
             return self.path.split("?", 1)[0]
 
         def do_GET(self):
+            self._deadline(None)
             if not self._guard():
                 return
             path = self._path()
-            if path in ROUTES:
-                return self._error(405, "use POST for %s" % path, {"Allow": "POST"})
-            if path == "/":
-                return self._send(200, b"opensessions server\n", "text/plain; charset=utf-8")
-            if path == "/health":
-                watchers = server.watchers
-                return self._send(200, json.dumps({
-                    "ok": True, "version": __version__, "pid": os.getpid(),
-                    "threads": len(server.store.threads),
-                    "skippedRecords": watchers.bad_records if watchers is not None else 0,
-                    "inotify": bool(watchers is not None and watchers.inotify is not None)}).encode())
-            if path == "/state":
-                published = server.store.published
-                if published is None:
-                    return self._error(503, "server is starting or stopping")
-                return self._send(200, published[2])
             if path == "/events":
                 return self._events()
-            return self._error(404, "no such endpoint: %s" % path)
+            status, body, ctype, extra = route_get(server, path)
+            self._send(status, body, ctype, extra)
 
         do_HEAD = do_GET
 
@@ -3819,45 +4342,18 @@ def make_handler(server):
             path = self._path()
             if path in GET_ROUTES:
                 return self._error(405, "use GET for %s" % path, {"Allow": "GET"})
-            method = ROUTES.get(path)
-            if method is None:
+            if path not in ROUTES:
                 return self._error(404, "no such endpoint: %s" % path)
-            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-                self.close_connection = True
-                return self._error(411, "send the body with a Content-Length (chunked bodies are not accepted)")
-            length = self.headers.get("Content-Length")
             try:
-                length = int(length) if length is not None else 0
-            except ValueError:
+                body = read_json_body(self.headers, self.rfile)
+            except BodyError as e:
                 self.close_connection = True
-                return self._error(400, "bad Content-Length")
-            if length < 0:
-                self.close_connection = True
-                return self._error(400, "bad Content-Length")
-            if length > MAX_BODY:
-                self.close_connection = True
-                return self._error(413, "body is %d bytes; the limit is %d" % (length, MAX_BODY))
-            raw = self.rfile.read(length) if length else b""
-            try:
-                body = json.loads(raw.decode("utf-8")) if raw.strip() else None
-            except UnicodeDecodeError:
-                return self._error(400, "body is not UTF-8")
-            except ValueError as e:
-                return self._error(400, "body is not valid JSON: %s" % e)
-            if not isinstance(body, dict):
-                return self._error(400, "body must be a JSON object")
-            try:
-                result = server.loop.call(server.handle, method, body)
+                return self._error(e.status, e.message)
             except ApiError as e:
                 return self._error(e.status, e.message)
-            except TimeoutError:
-                return self._error(503, "server busy")
-            except Exception as e:  # never crash on a request; say what happened
-                log("%s failed: %r" % (path, e))
-                return self._error(500, "internal error: %s" % e.__class__.__name__)
-            if result is False:  # a session (or thread) the call named is not there: kept, not matched
-                return self._send(202, json.dumps({"matched": False}).encode())
-            return self._send(204)
+            finally:
+                self._deadline(None)
+            self._send(*route_post(server, path, body))
 
         def do_PUT(self):
             self._other()
@@ -3871,38 +4367,26 @@ def make_handler(server):
             self._error(405, "method %s not allowed" % self.command, {"Allow": allow})
 
         def _events(self):
-            store = server.store
-            self.close_connection = True
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("Connection", "close")
-            self.send_header("X-Accel-Buffering", "no")
-            self.end_headers()
-            last = None
-            last_sent = 0.0
+            httpd = self.server
+            with httpd.lock:
+                full = httpd.streams >= MAX_SSE_CLIENTS
+                if not full:
+                    httpd.streams += 1
+            if full:
+                self.close_connection = True
+                return self._error(503, "too many /events clients (%d)" % MAX_SSE_CLIENTS, {"Retry-After": "5"})
             try:
-                while True:
-                    with store.cond:
-                        store.cond.wait_for(lambda: store.published is None or store.published[0] != last,
-                                            timeout=SSE_KEEPALIVE)
-                        published = store.published
-                    if published is None:
-                        return  # shutting down
-                    if published[0] == last:
-                        self.wfile.write(b": keepalive\n\n")
-                        self.wfile.flush()
-                        continue
-                    wait = SSE_MIN_INTERVAL - (time.monotonic() - last_sent)
-                    if wait > 0 and last is not None:
-                        time.sleep(wait)  # coalesce: at most ~30 events per second
-                        published = store.published or published
-                    last = published[0]
-                    last_sent = time.monotonic()
-                    self.wfile.write(b"event: state\nid: %d\ndata: " % last + published[2] + b"\n\n")
-                    self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError, OSError):
-                return
+                self.close_connection = True
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("Connection", "close")
+                self.send_header("X-Accel-Buffering", "no")
+                self.end_headers()
+                stream_state(self.wfile.write, server.store)
+            finally:
+                with httpd.lock:
+                    httpd.streams -= 1
 
     return Handler
 
@@ -4024,13 +4508,15 @@ class Notifier(object):
 
     def _flush(self):
         self.flush_scheduled = False
-        held = self.coalescer.flush(self.clock())
-        if held:
-            self._send_events(held)
-        due = self.coalescer.next_due()
-        if due is not None:
-            self.flush_scheduled = True
-            self.server.loop.call_later(max(0.0, due - self.clock()), self._flush)
+        try:
+            held = self.coalescer.flush(self.clock())
+            if held:
+                self._send_events(held)
+        finally:  # a failure is logged by the loop; events held for later still go out
+            due = self.coalescer.next_due()
+            if due is not None:
+                self.flush_scheduled = True
+                self.server.loop.call_later(max(0.0, due - self.clock()), self._flush)
 
     def _send_events(self, events):
         title, body, status = describe(events)
@@ -5108,20 +5594,37 @@ SPINNER = {"unicode": "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏", "ascii": "|/-\\"}
 GLYPHS = {
     "unicode": {"running": None, "retry": "↻", "waiting": "◉", "error": "✗", "interrupted": "⊘",
                 "done-unseen": "●", "done": "✓", "idle": "○", "unseen": "●", "bar": "█", "bar_empty": "░",
-                "more": "…", "sep": "─"},
+                "more": "…", "sep": "─", "current": "▌", "neutral": "·", "info": "i", "success": "✓",
+                "warn": "!", "tone-error": "✗"},
     "ascii": {"running": None, "retry": "r", "waiting": "?", "error": "x", "interrupted": "!",
               "done-unseen": "*", "done": "v", "idle": "o", "unseen": "*", "bar": "#", "bar_empty": "-",
-              "more": "~", "sep": "-"},
+              "more": "~", "sep": "-", "current": ">", "neutral": "-", "info": "i", "success": "v",
+              "warn": "!", "tone-error": "x"},
 }
 TONE_STYLE = {"neutral": "fg", "info": "accent", "success": "done", "warn": "waiting", "error": "error"}
 FILTERS = ("all", "agents", "attention")
-HELP_LINES = (
-    "j/k ↑/↓  move          Enter  switch",
-    "Tab/S-Tab next/prev    1-9    switch to #",
-    "J/K      reorder       d/u    hide/unhide",
-    "n new    x kill        o      open port",
-    "t theme  / filter      f      all/agents/attn",
-    "m mute   ? help        q/Esc  leave",
+HELP_KEYS = (
+    ("j/k", "move (also the arrow keys)"),
+    ("Enter", "switch to the session or thread"),
+    ("Tab", "next session (S-Tab: previous)"),
+    ("1-9", "switch to session N, as prefix o N"),
+    ("J/K", "move the session down/up"),
+    ("d/u", "hide the session / show hidden ones"),
+    ("n", "new session (name, then directory)"),
+    ("x", "kill the session (asks first)"),
+    ("o", "open the session's port (or click it)"),
+    ("t", "pick a theme"),
+    ("/", "filter by name"),
+    ("f", "show all / with agents / needing you"),
+    ("m", "mute the session's notifications"),
+    ("?", "this help"),
+    ("q/Esc", "leave the sidebar"),
+)
+# (glyph key, meaning) for the help's legend; "spinner" is the running animation
+HELP_LEGEND = (
+    ("spinner", "working"), ("retry", "retrying after an error"), ("waiting", "waiting for you"),
+    ("error", "stopped on an error"), ("interrupted", "interrupted"),
+    ("done-unseen", "finished, not seen yet"), ("done", "finished"), ("idle", "idle"),
 )
 
 
@@ -5169,6 +5672,30 @@ def resolve_theme(name, overrides=None):
     return theme
 
 
+def theme_colors(theme, ncolors):
+    """Curses colour numbers (fg, bg) for each (style, selected): the theme's own background is
+    painted, and no text is drawn in the colour behind it (on 8 colours a theme's muted grey and
+    its background both become black, and its selection colour the background's). Pure."""
+    few = ncolors < 256
+
+    def conv(hexv):
+        return rgb_to_8(hex_to_rgb(hexv)) if few else rgb_to_256(hex_to_rgb(hexv))
+    def grey(hexv):  # 8 colours: plain text and backgrounds go by lightness (a pastel text is not blue)
+        return (7 if sum(hex_to_rgb(hexv)) >= 3 * 128 else 0) if few else conv(hexv)
+    bg, sel, fg = grey(theme["bg"]), grey(theme["sel"]), grey(theme["fg"])
+    if few and sel == bg:
+        sel = 7 if bg == 0 else 0  # a selected row must still stand out
+    out = {}
+    for key in THEME_KEYS:
+        for selected in (False, True):
+            back = sel if selected or key == "sel" else bg
+            fore = conv(theme[key]) if key not in ("bg", "sel", "fg") else fg
+            if fore == back:
+                fore = fg if fg != back else (7 if back == 0 else 0)
+            out[(key, selected)] = (fore, back)
+    return out
+
+
 def display_width(text):
     """Terminal cells a string takes (wide East Asian characters take two)."""
     import unicodedata
@@ -5212,12 +5739,66 @@ def session_needs_attention(s):
     return s.get("state") in ("error", "waiting", "interrupted", "done-unseen") or bool(s.get("unseen"))
 
 
+def wrap(text, width):
+    """Word-wrap text to lines of at most width cells (words longer than a line are cut). Pure."""
+    width = max(1, width)
+    lines, cur = [], ""
+    for word in text.split():
+        while display_width(word) > width:
+            room = width - display_width(cur) - (1 if cur else 0)
+            if room <= 0:
+                lines.append(cur)
+                cur = ""
+                continue
+            head, used = "", 0
+            for ch in word:
+                if used + display_width(ch) > room:
+                    break
+                head += ch
+                used += display_width(ch)
+            cur = (cur + " " + head) if cur else head
+            lines.append(cur)
+            cur, word = "", word[len(head):]
+        if not cur:
+            cur = word
+        elif display_width(cur) + 1 + display_width(word) <= width:
+            cur += " " + word
+        else:
+            lines.append(cur)
+            cur = word
+    if cur or not lines:
+        lines.append(cur)
+    return lines
+
+
+def terminal_charset(environ, python_chose_utf8=False):
+    """'unicode' or 'ascii' from the locale the terminal has (LC_ALL, LC_CTYPE, LANG, as the C
+    library reads them), not from Python's preferred encoding. Under LANG=C Python turns on its
+    UTF-8 mode by itself and sets LC_CTYPE=C.UTF-8 in its own environment (PEP 538, 540):
+    `python_chose_utf8` says it did, and then the terminal's locale was C. Pure."""
+    if python_chose_utf8:
+        return "ascii"
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        value = environ.get(name)
+        if value:
+            return "unicode" if re.search(r"utf-?8", value, re.I) else "ascii"
+    return "ascii"
+
+
+def _python_chose_utf8(environ):
+    """True when this Python runs in UTF-8 mode because its start-up locale was C or POSIX (not
+    because PYTHONUTF8 or -X utf8 asked for it; from 3.15 the mode is the default and says nothing)."""
+    return bool(sys.flags.utf8_mode) and not environ.get("PYTHONUTF8") and \
+        "utf8" not in getattr(sys, "_xoptions", {}) and sys.version_info < (3, 15)
+
+
 class SidebarModel(object):
     """What the sidebar shows and how keys change it. Pure: keys in, actions out.
 
     Actions are tuples the curses layer carries out: ("switch", session name), ("switch-pane",
     session, pane id), ("ui", body) for the server's /ui, ("mute", session), ("kill", session),
     ("new", name, directory), ("open", port), ("leave",), ("quit",).
+    The key "FOCUS" (sent by `opensessions focus`) selects the session this sidebar is in.
     """
 
     def __init__(self, own_session=None, charset="unicode"):
@@ -5226,6 +5807,7 @@ class SidebarModel(object):
         self.charset = charset
         self.selected = None  # ("session", name) or ("thread", session, agent, id)
         self.scroll = 0
+        self.help_scroll = 0
         self.filter_text = ""
         self.filter_mode = "all"
         self.mode = "list"  # list | help | theme | prompt | confirm
@@ -5236,15 +5818,20 @@ class SidebarModel(object):
         self.frame = 0
         self.connected = False
         self.stopped = None  # the line to show while the server is stopped on purpose
+        self._selected_own = None  # the own session we last selected by ourselves
 
     # -- data --------------------------------------------------------------------------------
     def set_state(self, state):
         self.state = state
         self.connected = True
         items = self.items()
-        if self.selected not in items:
-            current = next((i for i in items if i[0] == "session" and i[1] == self.current_session()), None)
-            self.selected = current or (items[0] if items else None)
+        own = ("session", self.own_session) if self.own_session else None
+        if own in items and self._selected_own != self.own_session:
+            # a new sidebar, or one that moved to another session: start on the session it is in
+            self.selected = own
+            self._selected_own = self.own_session
+        elif self.selected not in items:
+            self.selected = own if own in items else (items[0] if items else None)
 
     def ui(self):
         return (self.state or {}).get("ui") or {}
@@ -5253,14 +5840,21 @@ class SidebarModel(object):
         """The session this sidebar's client is in (the highlighted one)."""
         return self.own_session
 
+    def listed(self):
+        """Every session the list can show, in the user's order (hidden ones left out): the order
+        `prefix o N` and the numbers use, whatever the filter."""
+        return [s for s in (self.state or {}).get("sessions", []) if not s.get("hidden")]
+
+    def number(self, name):
+        """The number shown beside a session (1-9, as `prefix o N`), or None."""
+        names = [s["name"] for s in self.listed()]
+        n = names.index(name) + 1 if name in names else 0
+        return n if 1 <= n <= 9 else None
+
     def sessions(self):
         """Sessions in the user's order, hidden ones and filtered ones left out."""
-        if not self.state:
-            return []
         out = []
-        for s in self.state.get("sessions", []):
-            if s.get("hidden"):
-                continue
+        for s in self.listed():
             if self.filter_text and self.filter_text.lower() not in s["name"].lower():
                 continue
             if self.filter_mode == "agents" and not s.get("threads"):
@@ -5303,91 +5897,141 @@ class SidebarModel(object):
     def key(self, k):
         """Handle one key (a curses key name such as 'j', 'KEY_DOWN', '\\n', 'KEY_BTAB'). -> actions."""
         self.message = None
-        if self.mode == "prompt":
-            return self._prompt_key(k)
-        if self.mode == "confirm":
-            self.mode = "list"
-            if k in ("y", "Y"):
-                return [self.confirm]
-            self.message = "cancelled"
+        if k == "FOCUS":
+            return self._focus()
+        handler = {"prompt": self._prompt_key, "confirm": self._confirm_key, "help": self._help_key,
+                   "theme": self._theme_key}.get(self.mode, self._list_key)
+        return handler(k)
+
+    # list mode: key -> method name; a method takes the key and returns actions (or None)
+    LIST_KEYS = {"j": "_move", "KEY_DOWN": "_move", "k": "_move", "KEY_UP": "_move",
+                 "\t": "_cycle", "KEY_BTAB": "_cycle", "\n": "activate", "\r": "activate", "KEY_ENTER": "activate",
+                 "J": "_reorder_key", "K": "_reorder_key", "kDN3": "_reorder_key", "kUP3": "_reorder_key",
+                 "d": "_hide", "u": "_unhide", "n": "_new", "x": "_kill", "o": "_open", "t": "_themes",
+                 "/": "_filter", "f": "_filter_mode", "m": "_mute", "?": "_help", "q": "_quit", "\x1b": "_quit"}
+
+    def _list_key(self, k):
+        if len(k) == 1 and k in "123456789":
+            return self._number_key(k)
+        name = self.LIST_KEYS.get(k)
+        if name is None:
             return []
-        if self.mode == "help":
+        if name == "activate":
+            return self.activate()
+        return getattr(self, name)(k) or []
+
+    def _focus(self):
+        self.mode, self.prompt = "list", None
+        if self.own_session:
+            self.filter_text = ""
+            self._reselect()
+            if ("session", self.own_session) in self.items():
+                self.selected = ("session", self.own_session)
+        return []
+
+    def _confirm_key(self, k):
+        self.mode = "list"
+        if k in ("y", "Y"):
+            return [self.confirm]
+        self.message = "cancelled"
+        return []
+
+    def _help_key(self, k):
+        if k in ("j", "KEY_DOWN", " ", "KEY_NPAGE"):
+            self.help_scroll += 1 if k in ("j", "KEY_DOWN") else 10
+        elif k in ("k", "KEY_UP", "KEY_PPAGE"):
+            self.help_scroll = max(0, self.help_scroll - (1 if k != "KEY_PPAGE" else 10))
+        else:
             self.mode = "list"
-            return []
-        if self.mode == "theme":
-            return self._theme_key(k)
+        return []
+
+    def _move(self, k):
         items = self.items()
         idx = items.index(self.selected) if self.selected in items else 0
-        sessions = [i for i in items if i[0] == "session"]
-        if k in ("j", "KEY_DOWN"):
-            self._select(items, idx + 1)
-        elif k in ("k", "KEY_UP"):
-            self._select(items, idx - 1)
-        elif k in ("\t", "KEY_BTAB"):
-            if sessions:
-                cur = self.selected[1] if self.selected else None
-                names = [i[1] for i in sessions]
-                pos = names.index(cur) if cur in names else -1
-                pos = (pos + (1 if k == "\t" else -1)) % len(names)
-                self.selected = sessions[pos]
-        elif k in ("\n", "\r", "KEY_ENTER"):
-            return self.activate()
-        elif len(k) == 1 and k in "123456789":
-            n = int(k) - 1
-            if n < len(sessions):
-                self.selected = sessions[n]
-                return [("switch", sessions[n][1])]
-        elif k in ("J", "K", "kDN3", "kUP3"):
-            return self._reorder(1 if k in ("J", "kDN3") else -1)
-        elif k == "d":
-            s = self.selected_session()
-            if s:
-                hidden = sorted(set(self.ui().get("hidden", [])) | {s["name"]})
-                self.message = "hid %s (u shows hidden sessions)" % s["name"]
-                return [("ui", {"hidden": hidden})]
-        elif k == "u":
-            if self.ui().get("hidden"):
-                return [("ui", {"hidden": []})]
-            self.message = "no hidden sessions"
-        elif k == "n":
-            self.mode = "prompt"
-            self.prompt = {"label": "new session name", "text": "", "step": "name", "values": {}}
-        elif k == "x":
-            s = self.selected_session()
-            if s:
-                self.mode = "confirm"
-                self.confirm = ("kill", s["name"])
-                self.message = "kill session %s? (y/n)" % s["name"]
-        elif k == "o":
-            s = self.selected_session()
-            if s and s.get("ports"):
-                return [("open", s["ports"][0])]
-            self.message = "no listening port in this session"
-        elif k == "t":
-            self.mode = "theme"
-            names = sorted(THEMES)
-            current = self.ui().get("theme") or DEFAULT_THEME
-            self.theme_index = names.index(current) if current in names else 0
-        elif k == "/":
-            self.mode = "prompt"
-            self.prompt = {"label": "filter", "text": self.filter_text, "step": "filter", "values": {}}
-        elif k == "f":
-            self.filter_mode = FILTERS[(FILTERS.index(self.filter_mode) + 1) % len(FILTERS)]
-            self.message = "showing: %s" % self.filter_mode
+        self._select(items, idx + (1 if k in ("j", "KEY_DOWN") else -1))
+
+    def _cycle(self, k):
+        sessions = [i for i in self.items() if i[0] == "session"]
+        if sessions:
+            names = [i[1] for i in sessions]
+            cur = self.selected[1] if self.selected else None
+            pos = names.index(cur) if cur in names else -1
+            self.selected = sessions[(pos + (1 if k == "\t" else -1)) % len(names)]
+
+    def _number_key(self, k):
+        """1-9: the session with that number, as `prefix o N` (the same numbers in any filter)."""
+        listed = self.listed()
+        n = int(k) - 1
+        if n >= len(listed):
+            self.message = "no session number %s" % k
+            return []
+        name = listed[n]["name"]
+        if ("session", name) in self.items():
+            self.selected = ("session", name)
+        return [("switch", name)]
+
+    def _reorder_key(self, k):
+        return self._reorder(1 if k in ("J", "kDN3") else -1)
+
+    def _hide(self, k):
+        s = self.selected_session()
+        if s:
+            hidden = sorted(set(self.ui().get("hidden", [])) | {s["name"]})
+            self.message = "hid %s (u shows hidden sessions)" % s["name"]
+            return [("ui", {"hidden": hidden})]
+
+    def _unhide(self, k):
+        if self.ui().get("hidden"):
+            return [("ui", {"hidden": []})]
+        self.message = "no hidden sessions"
+
+    def _new(self, k):
+        self.mode = "prompt"
+        self.prompt = {"label": "new session name", "text": "", "step": "name", "values": {}}
+
+    def _kill(self, k):
+        s = self.selected_session()
+        if s:
+            self.mode = "confirm"
+            self.confirm = ("kill", s["name"])
+            self.message = "kill session %s? (y/n)" % s["name"]
+
+    def _open(self, k):
+        s = self.selected_session()
+        if s and s.get("ports"):
+            return [("open", s["ports"][0])]
+        self.message = "no listening port in this session"
+
+    def _themes(self, k):
+        self.mode = "theme"
+        names = sorted(THEMES)
+        current = self.ui().get("theme") or DEFAULT_THEME
+        self.theme_index = names.index(current) if current in names else 0
+
+    def _filter(self, k):
+        self.mode = "prompt"
+        self.prompt = {"label": "filter", "text": self.filter_text, "step": "filter", "values": {}}
+
+    def _filter_mode(self, k):
+        self.filter_mode = FILTERS[(FILTERS.index(self.filter_mode) + 1) % len(FILTERS)]
+        self.message = "showing: %s" % self.filter_mode
+        self._reselect()
+
+    def _mute(self, k):
+        s = self.selected_session()
+        if s:
+            return [("mute", s["name"])]
+
+    def _help(self, k):
+        self.mode = "help"
+        self.help_scroll = 0
+
+    def _quit(self, k):
+        if self.filter_text:
+            self.filter_text = ""
             self._reselect()
-        elif k == "m":
-            s = self.selected_session()
-            if s:
-                return [("mute", s["name"])]
-        elif k == "?":
-            self.mode = "help"
-        elif k in ("q", "\x1b"):
-            if self.filter_text:
-                self.filter_text = ""
-                self._reselect()
-            else:
-                return [("leave",)]
-        return []
+            return []
+        return [("leave",)]
 
     def _select(self, items, idx):
         if items:
@@ -5467,19 +6111,36 @@ class SidebarModel(object):
         self.mode, self.prompt = "list", None
         return [("new", name, directory)]
 
-    def click(self, row, rows, double=False):
-        """A mouse click on screen row `row`, given the rows render() produced."""
-        if 0 <= row < len(rows) and rows[row][0] is not None:
-            self.selected = rows[row][0]
-            self.mode = "list"
-            if double:
-                return self.activate()
+    def click(self, row, rows, double=False, x=None):
+        """A mouse click on screen row `row` (column x), given the rows render() produced."""
+        if not 0 <= row < len(rows) or rows[row][0] is None:
+            return []
+        item = rows[row][0]
+        if item[0] == "port":
+            port = _port_at(rows[row][1], x)
+            return [("open", port)] if port else []
+        self.selected = item
+        self.mode = "list"
+        if double:
+            return self.activate()
         return []
 
     def wheel(self, delta):
         items = self.items()
         idx = items.index(self.selected) if self.selected in items else 0
         self._select(items, idx + delta)
+
+
+def _port_at(pieces, x):
+    """The port whose ':NNNN' piece is at column x of a ports row (any port if x is None)."""
+    col = 0
+    for text, _ in pieces:
+        w = display_width(text)
+        m = re.match(r"\s*:(\d+)", text)
+        if m and (x is None or col <= x < col + w):
+            return int(m.group(1))
+        col += w
+    return None
 
 
 def _badge(status, unseen, g, frame, charset):
@@ -5491,141 +6152,243 @@ def _badge(status, unseen, g, frame, charset):
     return g.get(key) or "?", style
 
 
+def _tone_icon(tone, g):
+    tone = tone if tone in TONE_STYLE else "neutral"
+    return g["tone-error" if tone == "error" else tone], TONE_STYLE[tone]
+
+
+class _Screen(object):
+    """Rows being built by render(): each piece is cut to the width, the cut marked."""
+
+    def __init__(self, model, width, now):
+        self.model = model
+        self.charset = model.charset
+        self.g = GLYPHS[self.charset]
+        self.clean = (lambda s: s) if self.charset == "unicode" else ascii_safe
+        self.now = now if now is not None else now_ms()
+        self.w = max(1, width)
+        self.rows = []
+
+    def line(self, item, pieces):
+        out, used = [], 0
+        for text, style in pieces:
+            text = self.clean(text)
+            room = self.w - used
+            if room <= 0:
+                break
+            t = fit(text, room, self.g["more"]) if display_width(text) > room else text
+            out.append((t, style))
+            used += display_width(t)
+        self.rows.append((item, out))
+
+    def wrapped(self, item, text, style, indent=0, first=""):
+        """text word-wrapped to the width; continuation lines indented by `indent` cells."""
+        lines = wrap(self.clean(first + text), self.w - indent) if indent else wrap(self.clean(first + text), self.w)
+        for i, part in enumerate(lines):
+            self.line(item, [((" " * indent if i else "") + part, style)])
+
+
 def render(model, width, height, now=None):
     """The whole screen as rows: [(item or None, [(text, style), ...]), ...], at most height rows.
 
-    Styles are theme keys plus 'sel' (selected row background) and 'title'. Pure.
+    Styles are theme keys plus 'sel' (selected row background). Pure. A header row, the body
+    (the list and the detail panel, or the help or the theme picker), and a footer for prompts
+    and messages that always stays on screen.
     """
-    charset = model.charset
-    g = GLYPHS[charset]
-    clean = (lambda s: s) if charset == "unicode" else ascii_safe
-    now = now if now is not None else now_ms()
-    rows = []
-    w = max(1, width)
+    scr = _Screen(model, width, now)
+    _render_header(scr)
+    footer = _Screen(model, width, now)
+    _render_footer(footer)
+    room = max(1, height - 1 - len(footer.rows))
+    body = _Screen(model, width, now)
+    if model.stopped:  # the server was stopped on purpose: one calm line, nothing stale
+        body.line(None, [(model.stopped, "muted")])
+        rows = body.rows[:room]
+    elif model.mode == "help":
+        _render_help(body)
+        model.help_scroll = max(0, min(model.help_scroll, len(body.rows) - room))
+        rows = body.rows[model.help_scroll:model.help_scroll + room]
+    elif model.mode == "theme":
+        _render_themes(body)
+        rows = body.rows[:room]
+    else:
+        _render_list(body, room)
+        rows = _scroll(model, body.rows, room)
+    return (scr.rows + rows + footer.rows)[:height]
 
-    def line(item, pieces):
-        out, used = [], 0
-        for text, style in pieces:
-            text = clean(text)
-            room = w - used
-            if room <= 0:
-                break
-            t = fit(text, room, g["more"]) if display_width(text) > room else text
-            out.append((t, style))
-            used += display_width(t)
-        rows.append((item, out))
 
+def _render_header(scr):
+    model, w = scr.model, scr.w
     title = "opensessions" if w >= 16 else "os"
     status = "" if model.connected or model.stopped else " (connecting…)"
     if model.filter_mode != "all" or model.filter_text:
         status += " [%s%s]" % (model.filter_mode if model.filter_mode != "all" else "",
                                ("/" + model.filter_text) if model.filter_text else "")
-    line(None, [(title, "accent"), (status, "muted")])
-    if model.stopped:  # the server was stopped on purpose: one calm line, nothing stale
-        line(None, [(model.stopped, "muted")])
-        return rows[:height]
-    if model.mode == "help":
-        for text in HELP_LINES:
-            line(None, [(text, "fg")])
-        line(None, [("any key to close", "muted")])
-        return rows[:height]
-    if model.mode == "theme":
-        names = sorted(THEMES)
-        line(None, [("theme (Enter to pick)", "muted")])
-        for i, name in enumerate(names):
-            line(None, [(("> " if i == model.theme_index else "  ") + name, "sel" if i == model.theme_index else "fg")])
-        return rows[:height]
+    scr.line(None, [(title, "accent"), (status, "muted")])
+
+
+def _render_help(scr):
+    g, w = scr.g, scr.w
+    kw = max(len(k) for k, _ in HELP_KEYS) + 1 if w >= 24 else 0
+    for keys, text in HELP_KEYS:
+        if kw:
+            for i, part in enumerate(wrap(text, w - kw)):
+                scr.line(None, [((keys if i == 0 else "").ljust(kw), "accent"), (part, "fg")])
+        else:
+            scr.line(None, [(keys, "accent")])
+            scr.wrapped(None, text, "fg", indent=2, first="  ")
+    scr.line(None, [("", "fg")])
+    for key, meaning in HELP_LEGEND:
+        if key == "spinner":
+            glyph, style = SPINNER[scr.charset][0], "running"
+        else:
+            glyph, style = _badge(key.replace("done-unseen", "done"), key == "done-unseen", g, 0, scr.charset)
+        for i, part in enumerate(wrap(meaning, w - 2)):
+            scr.line(None, [((glyph if i == 0 else " ") + " ", style), (part, "fg")])
+    scr.line(None, [("j/k scroll, any other key closes", "muted")])
+
+
+def _render_themes(scr):
+    names = sorted(THEMES)
+    scr.line(None, [("theme (Enter to pick)", "muted")])
+    for i, name in enumerate(names):
+        scr.line(None, [(("> " if i == scr.model.theme_index else "  ") + name,
+                         "sel" if i == scr.model.theme_index else "fg")])
+
+
+def _render_list(scr, room):
+    model = scr.model
     sessions = model.sessions()
     if not sessions:
-        line(None, [("no sessions" if model.state else "waiting for the server", "muted")])
+        scr.line(None, [("no sessions" if model.state else "waiting for the server", "muted")])
     detail_rows = []
-    for n, s in enumerate(sessions):
-        item = ("session", s["name"])
-        selected = model.selected == item
-        is_current = s["name"] == model.current_session()
-        base = "sel" if selected else "fg"
-        num = "%d" % (n + 1) if n < 9 else " "
-        badges = []
-        for t in s.get("threads", [])[:6]:
-            glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, charset)
-            badges.append((glyph, style))
-        unseen = [(" " + g["unseen"], "unseen")] if s.get("unseen") else []
-        if s.get("muted"):
-            unseen.append((" m", "muted"))
-        marker = "▌" if is_current and charset == "unicode" else (">" if is_current else " ")
-        name_room = w - 3 - len(badges) - (2 if unseen else 0) - (1 if badges else 0)
-        pieces = [(marker, "accent"), (num + " ", "muted"), (fit(s["name"], max(1, name_room), g["more"]),
-                                                            "accent" if is_current else base)]
-        pad = w - 3 - display_width(pieces[2][0]) - len(badges) - (2 if unseen else 0)
-        if badges:
-            pieces.append((" " * max(1, pad), base))
-            pieces.extend(badges)
-        pieces.extend(unseen)
-        line(item, [(t, "sel" if selected and st in ("fg", "muted") else st) for t, st in pieces])
-        sub = []
-        if s.get("branch"):
-            sub.append((s["branch"] + ("*" if s.get("dirty") else ""), "muted"))
-        meta = s.get("metadata") or {}
-        pill = meta.get("status")
-        if pill:
-            sub.append((" [%s]" % pill["text"], TONE_STYLE.get(pill.get("tone"), "fg")))
-        prog = meta.get("progress")
-        if prog and prog.get("percent") is not None:
-            cells = 6 if w >= 28 else 3
-            full = int(round(cells * prog["percent"] / 100.0))
-            sub.append((" " + g["bar"] * full + g["bar_empty"] * (cells - full) + " %d%%" % prog["percent"], "accent"))
-        if sub:
-            line(item, [("   ", "fg")] + sub)
-        if model.filter_mode == "attention":
-            # the recently relevant threads: active ones and those finished since you last looked
-            for t in s.get("threads", []):
-                if t["status"] in ACTIVE_STATUSES or t.get("unseen") or t["status"] in ("waiting", "error"):
-                    glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, charset)
-                    status_text = t["status"] + ("#%s" % t["attempt"] if t.get("attempt") else "")
-                    line(("thread", s["name"], t["agent"], t["id"]),
-                         [("   " + glyph + " ", style), ((t.get("title") or t["agent"]) + " ", "fg"),
-                          ("%s %s" % (status_text, age_text(t.get("updatedAt"), now)), "muted")])
+    for s in sessions:
+        _render_session(scr, s)
         if s["name"] == (model.selected or (None, None))[1]:
-            detail_rows = _detail(model, s, g, now)
-    # the detail panel for the selected session goes below the list
-    if detail_rows and height - len(rows) > 3:
-        line(None, [(g["sep"] * w, "muted")])
-        for item, pieces in detail_rows:
-            line(item, pieces)
-    if model.mode in ("prompt", "confirm") or model.message:
-        text = model.message or ""
-        if model.mode == "prompt":
-            text = "%s: %s_" % (model.prompt["label"], model.prompt["text"])
-        if len(rows) >= height:
-            rows = rows[:height - 1]
-        line(None, [(text, "waiting")])
-    return _scroll(model, rows, height)
+            detail_rows = _detail(model, s, scr)
+    # the detail panel for the selected session goes below the list (always when a thread in it is selected)
+    in_detail = model.selected is not None and model.selected[0] == "thread" and model.filter_mode != "attention"
+    if detail_rows and (room - len(scr.rows) > 3 or in_detail):
+        scr.line(None, [(scr.g["sep"] * scr.w, "muted")])
+        scr.rows.extend(detail_rows)
 
 
-def _detail(model, s, g, now):
-    out = []
+def _render_session(scr, s):
+    """The session's row, then its metadata rows: branch, status pill, progress, newest log line."""
+    model, g, w = scr.model, scr.g, scr.w
+    item = ("session", s["name"])
+    selected = model.selected == item
+    is_current = s["name"] == model.current_session()
+    base = "sel" if selected else "fg"
+    n = model.number(s["name"])
+    badges = [_badge(t["status"], t.get("unseen"), g, model.frame, scr.charset) for t in s.get("threads", [])[:6]]
+    unseen = [(" " + g["unseen"], "unseen")] if s.get("unseen") else []
+    if s.get("muted"):
+        unseen.append((" m", "muted"))
+    tail = len(badges) + sum(display_width(t) for t, _ in unseen)
+    name_room = w - 3 - tail - (1 if badges else 0)
+    name = fit(scr.clean(s["name"]), max(1, name_room), g["more"])
+    pieces = [(g["current"] if is_current else " ", "accent"), (("%d" % n if n else " ") + " ", "muted"),
+              (name, "accent" if is_current else base)]
+    if badges:
+        pieces.append((" " * max(1, w - 3 - display_width(name) - tail), base))
+        pieces.extend(badges)
+    pieces.extend(unseen)
+    scr.line(item, [(t, "sel" if selected and st in ("fg", "muted") else st) for t, st in pieces])
+    _render_metadata(scr, s, item)
+    if model.filter_mode == "attention":
+        _render_attention_threads(scr, s)
+
+
+def _render_metadata(scr, s, item):
+    """A session's own rows under its name, each cut to the width: branch, status pill, progress
+    bar with its label, newest log line."""
+    g, w = scr.g, scr.w
+    indent = "   "
+    if s.get("branch"):
+        scr.line(item, [(indent + s["branch"] + ("*" if s.get("dirty") else ""), "muted")])
+    meta = s.get("metadata") or {}
+    pill = meta.get("status")
+    if pill and pill.get("text"):
+        scr.line(item, [(indent, "fg"), ("[%s]" % pill["text"], TONE_STYLE.get(pill.get("tone"), "fg"))])
+    prog = meta.get("progress")
+    if prog and prog.get("percent") is not None:
+        cells = max(3, min(10, (w - 3) // 4))
+        full = int(round(cells * min(100.0, prog["percent"]) / 100.0))
+        pieces = [(indent + g["bar"] * full, "accent"), (g["bar_empty"] * (cells - full), "muted"),
+                  (" %d%%" % prog["percent"], "accent")]
+        if prog.get("label"):
+            pieces.append((" " + prog["label"], "fg"))
+        scr.line(item, pieces)
+    logs = meta.get("logs") or []
+    if logs:
+        scr.line(item, _log_pieces(scr, logs[-1], indent))
+
+
+def _render_attention_threads(scr, s):
+    """In the attention filter: the recently relevant threads, active ones and those finished
+    since you last looked."""
+    for t in s.get("threads", []):
+        if t["status"] in ACTIVE_STATUSES or t.get("unseen") or t["status"] in ("waiting", "error"):
+            glyph, style = _badge(t["status"], t.get("unseen"), scr.g, scr.model.frame, scr.charset)
+            status_text = t["status"] + ("#%s" % t["attempt"] if t.get("attempt") else "")
+            scr.line(("thread", s["name"], t["agent"], t["id"]),
+                     [("   " + glyph + " ", style), ((t.get("title") or t["agent"]) + " ", "fg"),
+                      ("%s %s" % (status_text, age_text(t.get("updatedAt"), scr.now)), "muted")])
+
+
+def _log_pieces(scr, entry, indent):
+    """One log line fitted to the width: tone icon, source, message (cut with …), age kept at the end."""
+    icon, style = _tone_icon(entry.get("tone"), scr.g)
+    age = age_text(entry.get("ts"), scr.now)
+    head = indent + icon + " "
+    text = scr.clean((entry["source"] + ": " if entry.get("source") else "") + entry["message"])
+    room = scr.w - display_width(head) - (len(age) + 1 if age else 0)
+    if room < 4:  # too narrow for the age: the message matters more
+        room, age = scr.w - display_width(head), ""
+    text = fit(text, room, scr.g["more"])
+    pad = " " * max(1, room - display_width(text) + 1) if age else ""
+    return [(head, style), (text, "fg"), (pad + age, "muted")]
+
+
+def _detail(model, s, scr):
+    """The selected session in full: directory, status, progress, threads, ports, logs."""
+    g, now = scr.g, scr.now
+    panel = _Screen(model, scr.w, now)
     sel_thread = model.selected if model.selected and model.selected[0] == "thread" else None
     if s.get("dir"):
-        out.append((None, [(s["dir"].replace(home_dir(), "~", 1), "muted"),
-                           (" (muted)" if s.get("muted") else "", "muted")]))
+        panel.line(None, [(s["dir"].replace(home_dir(), "~", 1), "muted"),
+                          (" (muted)" if s.get("muted") else "", "muted")])
+    meta = s.get("metadata") or {}
+    pill = meta.get("status")
+    if pill and pill.get("text"):
+        panel.wrapped(None, pill["text"], TONE_STYLE.get(pill.get("tone"), "fg"), indent=2, first="status ")
+    prog = meta.get("progress")
+    if prog and prog.get("percent") is not None:
+        amount = "%d%%" % prog["percent"]
+        if prog.get("total"):
+            amount = "%g/%g (%s)" % (prog["current"], prog["total"], amount)
+        panel.wrapped(None, amount + (" " + prog["label"] if prog.get("label") else ""), "accent", indent=2,
+                      first="progress ")
     for t in s.get("threads", []):
         item = ("thread", s["name"], t["agent"], t["id"])
         glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, model.charset)
         status = t["status"] + ("#%s" % t["attempt"] if t.get("attempt") else "")
         sel = item == sel_thread
-        out.append((item, [(glyph + " ", style), (t["agent"] + " ", "sel" if sel else "accent"),
-                           (t.get("title") or t["id"][:8], "sel" if sel else "fg")]))
-        info = "  %s %s" % (status, age_text(t.get("updatedAt"), now))
-        if t.get("detail"):
-            info += " · " + t["detail"]
-        elif t.get("model"):
-            info += " · " + t["model"]
-        out.append((item, [(info, "muted")]))
+        panel.line(item, [(glyph + " ", style), (t["agent"] + " ", "sel" if sel else "accent"),
+                          (t.get("title") or t["id"][:8], "sel" if sel else "fg")])
+        info = "  " + " ".join(x for x in (status, age_text(t.get("updatedAt"), now)) if x)
+        if t.get("detail") or t.get("model"):
+            info += " %s %s" % (g["neutral"], t.get("detail") or t["model"])
+        panel.line(item, [(info, "sel" if sel else "muted")])
     if s.get("ports"):
-        out.append((None, [("ports " + " ".join(":%d" % p for p in s["ports"]), "accent")]))
-    for entry in (s.get("metadata") or {}).get("logs", [])[-5:]:
-        out.append((None, [(entry["message"], TONE_STYLE.get(entry.get("tone"), "fg"))]))
-    return out
+        panel.line(("port", s["name"]), [("ports", "accent")] + [(" :%d" % p, "accent") for p in s["ports"]])
+    for entry in (meta.get("logs") or [])[-5:]:
+        icon, style = _tone_icon(entry.get("tone"), g)
+        age = age_text(entry.get("ts"), now)
+        text = (entry["source"] + ": " if entry.get("source") else "") + entry["message"]
+        panel.wrapped(None, text + (" (%s)" % age if age else ""), style, indent=2, first=icon + " ")
+    return panel.rows
 
 
 def _scroll(model, rows, height):
@@ -5636,12 +6399,34 @@ def _scroll(model, rows, height):
     sel_rows = [i for i, r in enumerate(rows) if r[0] is not None and r[0] == model.selected]
     if sel_rows:
         first = sel_rows[0]
-        if first < model.scroll + 1:
-            model.scroll = max(0, first - 1)
+        if first < model.scroll:
+            model.scroll = first
         elif sel_rows[-1] >= model.scroll + height:
             model.scroll = sel_rows[-1] - height + 1
     model.scroll = max(0, min(model.scroll, len(rows) - height))
     return rows[model.scroll:model.scroll + height]
+
+
+def _render_footer(scr):
+    """Prompts show the end of what is typed (the label goes on its own row when both do not fit);
+    messages and questions wrap."""
+    model, w = scr.model, scr.w
+    if model.mode == "prompt":
+        label, typed = model.prompt["label"] + ":", scr.clean(model.prompt["text"]) + "_"
+        if display_width(label + " " + typed) <= w:
+            scr.line(None, [(label + " ", "waiting"), (typed, "fg")])
+            return
+        scr.line(None, [(label, "waiting")])
+        more = scr.g["more"]
+        while display_width(typed) > w and len(typed) > 1:
+            typed = typed[1:]
+            if display_width(more + typed) <= w:
+                typed = more + typed
+                break
+        scr.line(None, [(typed, "fg")])
+    elif model.message:
+        for part in wrap(scr.clean(model.message), w)[:3]:
+            scr.line(None, [(part, "waiting")])
 
 
 class EventStream(object):
@@ -5718,7 +6503,8 @@ class EventStream(object):
             self._sock = sock
             try:
                 sock.settimeout(SSE_KEEPALIVE * 3)
-                sock.sendall(("GET /events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port).encode())
+                sock.sendall(("GET /events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n"
+                              % (port, token_header(getattr(self.find_port, "token", None)))).encode())
                 self._read(sock)
             except OSError:
                 pass
@@ -5783,14 +6569,15 @@ class SidebarApp(object):
         self.last_rows = []
         self.rows = []
         self.last_click = (0.0, -1)
+        self.few_colors = False
+        self._winch = None
 
     def run(self):
         import curses
         import locale
         os.environ.setdefault("ESCDELAY", "25")
         locale.setlocale(locale.LC_ALL, "")
-        charset = "unicode" if "utf" in (locale.getpreferredencoding(False) or "").lower() else "ascii"
-        self.model = SidebarModel(charset=charset)
+        self.model = SidebarModel(charset=terminal_charset(os.environ, _python_chose_utf8(os.environ)))
         self.stream.start()
         try:
             curses.wrapper(self._main)
@@ -5800,33 +6587,24 @@ class SidebarApp(object):
 
     # -- colours -------------------------------------------------------------------------------
     def _colors(self, ui):
+        """Colour pairs for the theme, and the theme's background painted under everything."""
         import curses
         name = (ui.get("theme") or DEFAULT_THEME, json.dumps(ui.get("colors") or {}, sort_keys=True))
         if name == self.theme_name or not curses.has_colors():
             return
         self.theme_name = name
-        theme = resolve_theme(name[0], ui.get("colors"))
-        try:
-            curses.use_default_colors()
-            bg_default = -1
-        except curses.error:
-            bg_default = curses.COLOR_BLACK
-        n = curses.COLORS
-
-        def color(hexv):
-            rgb = hex_to_rgb(hexv)
-            return rgb_to_256(rgb) if n >= 256 else rgb_to_8(rgb)
+        self.few_colors = curses.COLORS < 256
         pair = 1
-        for key in THEME_KEYS:
-            for selected in (False, True):
-                fg = color(theme[key]) if key != "sel" else color(theme["fg"])
-                bg = color(theme["sel"]) if selected or key == "sel" else bg_default
-                try:
-                    curses.init_pair(pair, fg, bg)
-                except curses.error:
-                    continue
-                self.pairs[(key, selected)] = curses.color_pair(pair)
-                pair += 1
+        for key, (fg, bg) in sorted(theme_colors(resolve_theme(name[0], ui.get("colors")), curses.COLORS).items()):
+            try:
+                curses.init_pair(pair, fg, bg)
+            except curses.error:
+                continue
+            self.pairs[key] = curses.color_pair(pair)
+            pair += 1
+        if ("fg", False) in self.pairs:
+            self.scr.bkgd(" ", self.pairs[("fg", False)])
+        self.scr.clear()
         self.last_rows = []  # colours changed: draw everything again
 
     def _attr(self, style, selected):
@@ -5834,6 +6612,8 @@ class SidebarApp(object):
         attr = self.pairs.get((style, selected or style == "sel"), 0)
         if style in ("accent",) and not selected:
             attr |= curses.A_BOLD
+        if style == "muted" and self.few_colors and not selected:
+            attr |= curses.A_DIM  # 8 colours: muted text is the text colour, dimmed
         if selected and not self.pairs:
             attr |= curses.A_REVERSE
         return attr
@@ -5852,16 +6632,19 @@ class SidebarApp(object):
         curses.mousemask(curses.ALL_MOUSE_EVENTS | curses.REPORT_MOUSE_POSITION)
         curses.mouseinterval(0)
         self._colors({})
+        self._watch_resize()
         while True:
             self._draw()
             running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() for t in s.get("threads", []))
             timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
             try:
-                ready, _, _ = select.select([0, self.stream.wake_fd], [], [], timeout)
+                ready, _, _ = select.select([0, self.stream.wake_fd, self._winch[0]], [], [], timeout)
             except InterruptedError:
                 ready = [0]
             if not ready:
                 self.model.frame += 1
+            if self._winch[0] in ready:
+                self._resized()
             if self.stream.wake_fd in ready:
                 state = self.stream.take()
                 if state is not None:
@@ -5884,6 +6667,37 @@ class SidebarApp(object):
         elif not self.stream.stopped and self.model.stopped:
             self.model.stopped = None
             self.last_rows = []
+
+    def _watch_resize(self):
+        """A width change redraws at once: SIGWINCH wakes the select() through a pipe (curses only
+        notices a resize at the next key otherwise)."""
+        import signal
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._winch = (r, w)
+
+        def on_winch(signum, frame):
+            try:
+                os.write(w, b"x")
+            except OSError:
+                pass
+        signal.signal(signal.SIGWINCH, on_winch)
+
+    def _resized(self):
+        import curses
+        try:
+            while os.read(self._winch[0], 4096):
+                pass
+        except OSError:
+            pass
+        try:
+            size = os.get_terminal_size(sys.__stdout__.fileno())
+            curses.resizeterm(size.lines, size.columns)
+        except (OSError, ValueError, AttributeError, curses.error):
+            return
+        self.scr.clear()
+        self.last_rows = []
 
     def _own_session(self, state):
         for s in state.get("sessions", []):
@@ -5908,12 +6722,41 @@ class SidebarApp(object):
                     actions = self._mouse()
                 else:
                     actions = self.model.key(name)
+            elif ch == "\x1b":
+                actions = self._escape()
             else:
                 actions = self.model.key(ch)
             for action in actions:
                 if self._do(action) == "quit":
                     return "quit"
             self._draw()
+
+    def _escape(self):
+        """Esc, or the focus-in report ESC [ I (which `opensessions focus` sends): -> actions."""
+        import curses
+        more = ""
+        self.scr.timeout(30)  # the rest of a report is on its way; a lone Esc waits 30 ms
+        try:
+            for _ in range(2):
+                try:
+                    ch = self.scr.get_wch()
+                except curses.error:
+                    break
+                if not isinstance(ch, str) or (not more and ch != "["):
+                    if isinstance(ch, str):
+                        more += ch
+                    break
+                more += ch
+        finally:
+            self.scr.nodelay(True)
+        if more == "[I":
+            return self.model.key("FOCUS")
+        if more == "[O":
+            return []
+        actions = self.model.key("\x1b")
+        for ch in more:
+            actions += self.model.key(ch)
+        return actions
 
     def _mouse(self):
         import curses
@@ -5932,7 +6775,7 @@ class SidebarApp(object):
             double = bool(bstate & curses.BUTTON1_DOUBLE_CLICKED) or (
                 now - self.last_click[0] < 0.4 and self.last_click[1] == y)
             self.last_click = (now, y)
-            return self.model.click(y, self.rows, double)
+            return self.model.click(y, self.rows, double, x)
         return []
 
     def _draw(self):
@@ -6023,9 +6866,11 @@ class SidebarApp(object):
                 self._switch("=" + action[1])
             elif kind == "open":
                 import shutil
-                opener = shutil.which("xdg-open") or shutil.which("open")
+                wanted = "open" if sys.platform == "darwin" else "xdg-open"
+                opener = shutil.which(wanted)
                 if not opener:
-                    self.model.message = "no xdg-open or open on PATH"
+                    self.model.message = "cannot open http://localhost:%d: %s is not installed%s" % (
+                        action[1], wanted, " (xdg-utils)" if wanted == "xdg-open" else "")
                     return None
                 subprocess.Popen([opener, "http://localhost:%d" % action[1]], stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -6200,13 +7045,21 @@ class SidebarPanes(object):
 # CLI
 ##############################################################################
 
+def token_header(token):
+    """The header line carrying the runtime file's token ('' without a well-formed one)."""
+    if isinstance(token, str) and re.match(r"^[0-9a-f]{1,64}$", token):
+        return "%s: %s\r\n" % (TOKEN_HEADER, token)
+    return ""
+
+
 class Client(object):
     """A tiny HTTP client over a raw socket: no http.client import, so commands start fast."""
 
-    def __init__(self, port, host=HOST, timeout=5.0):
+    def __init__(self, port, host=HOST, timeout=5.0, token=None):
         self.port = port
         self.host = host
         self.timeout = timeout
+        self.token = token  # the runtime file's, for systems where the server cannot see our uid
 
     def request(self, method, path, body=None):
         """-> (status, body bytes). Raises OSError when the server is not reachable."""
@@ -6215,8 +7068,9 @@ class Client(object):
         except ImportError:
             import socket as sockmod
         payload = b"" if body is None else json.dumps(body).encode("utf-8")
-        head = ("%s %s HTTP/1.0\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-                "Content-Length: %d\r\n\r\n" % (method, path, self.host, self.port, len(payload)))
+        head = ("%s %s HTTP/1.0\r\nHost: %s:%d\r\nContent-Type: application/json\r\n%s"
+                "Content-Length: %d\r\n\r\n" % (method, path, self.host, self.port, token_header(self.token),
+                                                   len(payload)))
         sock = sockmod.socket(sockmod.AF_INET, sockmod.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout)
@@ -6253,10 +7107,10 @@ def _socket_from_args(args):
 
 
 def _client(args):
-    port = args.port
+    port, info = args.port, None
     if not port:  # None, or 0 ("any free port"): the runtime file says which one it got
-        port, _ = find_server(_socket_from_args(args))
-    return Client(port)
+        port, info = find_server(_socket_from_args(args))
+    return Client(port, token=(info or {}).get("token"))
 
 
 def _request(args, method, path, body=None):
@@ -6291,7 +7145,7 @@ def _live_threads(args):
     if info is None:
         return []
     try:
-        status, content = Client(port, timeout=2).request("GET", "/state")
+        status, content = Client(port, timeout=2, token=info.get("token")).request("GET", "/state")
         state = json.loads(content.decode("utf-8")) if status == 200 else {}
     except (OSError, ValueError):
         return []
@@ -6484,32 +7338,44 @@ def cmd_notify(args):
                                                "tone": args.tone})
 
 
+def status_lines(state, now=None):
+    """`opensessions status` as aligned, labelled columns: a session per row, its threads indented
+    under it. Pure."""
+    now = now if now is not None else now_ms()
+    rows = [("SESSION / AGENT", "STATUS", "UNSEEN", "UPDATED", "BRANCH / TITLE")]
+    for s in state["sessions"]:
+        rows.append((s["name"], s.get("state") or "-", "yes" if s.get("unseen") else "",
+                     "", (s.get("branch") or "") + ("*" if s.get("dirty") else "")))
+        for t in s.get("threads", []):
+            status = t["status"] + (" #%s" % t["attempt"] if t.get("attempt") else "")
+            rows.append(("  " + t["agent"], status, "yes" if t.get("unseen") else "",
+                         age_text(t.get("updatedAt"), now) + (" ago" if t.get("updatedAt") else ""),
+                         t.get("title") or t["id"]))
+    widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join([c + " " * (w - display_width(c)) for c, w in zip(r, widths)] + [r[-1]]).rstrip()
+            for r in rows]
+
+
 def cmd_status(args):
     state = _get_state(args)
     if args.json:
         sys.stdout.write(json.dumps(state) + "\n")
         return 0
-    for s in state["sessions"]:
-        line = "%-20s %-6s %s" % (s["name"], s.get("state") or "-", s.get("branch") or "")
-        if s.get("unseen"):
-            line += " *"
-        print(line.rstrip())
-        for t in s.get("threads", []):
-            print("    %-8s %-11s %s" % (t["agent"], t["status"], t.get("title") or t["id"]))
+    for line in status_lines(state):
+        print(line)
     return 0
 
 
 def serve(socket_path, port=None, log_path=None, environ=None):
     """Run the server in the foreground until stopped, its tmux server exits, or a signal. -> exit code."""
     import signal
-    global _log_file
     env = os.environ if environ is None else environ
     explicit = port is not None or bool(env.get("OPENSESSIONS_PORT"))
     if port is None:
         port = _int(env.get("OPENSESSIONS_PORT"), DEFAULT_PORT) if env.get("OPENSESSIONS_PORT") else DEFAULT_PORT
     if log_path:
         ensure_private_dir(os.path.dirname(log_path))
-        _log_file = open(log_path, "a", buffering=1)
+        open_log(log_path)
     server = build_server(Tmux(socket_path), port, explicit, env)
     server.start()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -6528,6 +7394,10 @@ def build_server(tmux, port, explicit, environ):
     server.watchers = AgentWatchers(server, environ, recent_days=recent)
     if environ.get("OPENSESSIONS_LIST_HOURS"):
         server.store.recent_ms = int(float(environ["OPENSESSIONS_LIST_HOURS"]) * 3600 * 1000)
+    if environ.get("OPENSESSIONS_PEER_CHECK") == "token":  # test the macOS way on Linux
+        server.peer_uids = False
+    if environ.get("OPENSESSIONS_READ_DEADLINE"):
+        server.read_deadline = max(0.1, float(environ["OPENSESSIONS_READ_DEADLINE"]))
     server.sidebars = SidebarPanes(server, _self_command() + " sidebar")
     server.notifier = Notifier(server)
     server.tmux_options = TmuxOptions(server)
@@ -6572,8 +7442,13 @@ def cmd_hook(args):
             pid = _agent_ancestor(args.agent, os.getppid())
             if pid:
                 body["pid"] = pid
-        port = args.port or find_server(_socket_from_args(args))[0]
-        Client(port, timeout=1.0).request("POST", "/api/agent-event", body)
+        # a prompt goes only to a server that vouches for itself: a runtime file that is ours and
+        # private, whose server holds the lock (is alive); never to whatever listens on 7391
+        info = RuntimeFiles(_socket_from_args(args)).live_info() if not args.port else {}
+        port = args.port or (info or {}).get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            return 0
+        Client(port, timeout=1.0, token=(info or {}).get("token")).request("POST", "/api/agent-event", body)
     except Exception:  # the agent must never see a failing hook
         pass
     return 0
@@ -6592,27 +7467,44 @@ def cmd_uninstall(args):
     return 0
 
 
+def next_attention(queue, here_pane, here_session):
+    """The stop after the one the client is at on the tour of threads that need you (the queue from
+    attention_queue), coming round at the end; the first when it is elsewhere.
+    -> (destination, session, thread) or None. Pure."""
+    stops = []
+    for session, t in queue:
+        dest = t["pane"] if t.get("alive") and t.get("pane") else "=" + session
+        if dest not in [d for d, _, _ in stops]:
+            stops.append((dest, session, t))
+    at = next((i for i, (d, _, _) in enumerate(stops) if d in (here_pane, "=" + here_session)), None)
+    if at is None:
+        return stops[0] if stops else None
+    if len(stops) == 1:
+        return None
+    return stops[(at + 1) % len(stops)]
+
+
 def cmd_next(args):
     """Switch to the next thread needing attention (waiting, error, unseen finished; oldest first),
-    remembering where you were; --back returns there."""
+    round the whole list; remembering where you were, which --back returns to."""
     tmux = _tmux(args)
     target = ["-c", args.client] if args.client else []
     if args.back:
         back = _tmux_option(tmux, "@opensessions-return")
         if not back:
-            raise OpensessionsError("nowhere to go back to")
+            raise OpensessionsError("nowhere to go back to: `next` was not used yet")
         tmux.run("switch-client", *(target + ["-t", back]))
         return 0
-    here = tmux.run("display-message", "-p", *(target + ["#{pane_id}"])).strip()
-    for session, t in attention_queue(_get_state(args)):
-        dest = t.get("pane") if t.get("alive") and t.get("pane") else "=" + session
-        if dest == here:
-            continue
-        tmux.run("set-option", "-g", "@opensessions-return", here)
-        tmux.run("switch-client", *(target + ["-t", dest]))
-        print("%s: %s %s" % (session, t["agent"], t["status"]))
+    here_pane, _, here_session = tmux.run("display-message", "-p", *(target + ["#{pane_id}\t#{session_name}"])
+                                          ).strip("\n").partition("\t")
+    stop = next_attention(attention_queue(_get_state(args)), here_pane, here_session)
+    if stop is None:
+        print("nothing (else) needs you")
         return 0
-    print("nothing needs you")
+    dest, session, t = stop
+    tmux.run("set-option", "-g", "@opensessions-return", here_pane)
+    tmux.run("switch-client", *(target + ["-t", dest]))
+    print("%s: %s %s" % (session, t["agent"], t["status"]))
     return 0
 
 
@@ -6641,10 +7533,15 @@ def cmd_sidebar(args):
     runtime = RuntimeFiles(socket_path)
 
     def find_port():
-        return args.port if args.port else find_server(socket_path)[0]
+        if args.port:
+            return args.port
+        port, info = find_server(socket_path)
+        find_port.token = (info or {}).get("token")  # sent where the server cannot see our uid
+        return port
+    find_port.token = None
 
     def post(path, body):
-        status, content = Client(find_port(), timeout=2).request("POST", path, body)
+        status, content = Client(find_port(), timeout=2, token=find_port.token).request("POST", path, body)
         if status >= 400:
             raise OSError(content.decode("utf-8", "replace"))
 
@@ -6679,6 +7576,8 @@ def cmd_focus(args):
         _, pane = _window_sidebar(_get_state(args), window)
         if pane:
             tmux.run("select-pane", "-t", pane["id"])
+            # a focus-in report: the sidebar selects the session it is in (the client's)
+            tmux.run("send-keys", "-t", pane["id"], "-H", "1b", "5b", "49")
             return 0
         time.sleep(0.02)
     raise OpensessionsError("no sidebar appeared in window %s" % window)
@@ -6722,9 +7621,11 @@ KEY_TABLE = "opensessions"
 
 
 def tmux_bindings(me, options):
-    """(table, key, command...) tuples the plugin binds. Pure. `me` is our shell command prefix."""
+    """(table, key, command...) tuples the plugin binds. Pure. `me` is our shell command prefix.
+    Every command runs with --display: what it says goes to the status line (display-message),
+    so tmux never opens its view mode over a pane."""
     def run(cmd):
-        return ("run-shell", "-b", me + " " + cmd)
+        return ("run-shell", "-b", me + " " + cmd + " --display")
     key = options.get("@opensessions-key") or "o"
     out = [("prefix", key, "switch-client", "-T", KEY_TABLE),
            (KEY_TABLE, "s", ) + run("focus -w '#{window_id}'"),
@@ -6741,6 +7642,20 @@ def tmux_bindings(me, options):
         for n in range(1, 10):
             out.append(("root", "M-%d" % n) + run("switch %d -c '#{client_name}'" % n))
     return out
+
+
+RENAME_GUARD = "#{?#{@opensessions-sidebar},#{window_name},"
+
+
+def _keep_window_names(tmux, remove=False):
+    """A focused sidebar keeps its window's name (automatic-rename would call it python3): the
+    user's automatic-rename-format, wrapped in a condition on our pane option (or unwrapped)."""
+    current = _tmux_option(tmux, "automatic-rename-format")
+    wrapped = current.startswith(RENAME_GUARD) and current.endswith("}")
+    if remove and wrapped:
+        tmux.run("set-option", "-g", "automatic-rename-format", current[len(RENAME_GUARD):-1])
+    elif not remove and not wrapped and current:
+        tmux.run("set-option", "-g", "automatic-rename-format", RENAME_GUARD + current + "}")
 
 
 def _tmux_option(tmux, name):
@@ -6827,6 +7742,7 @@ def _tmux_setup(args):
         cmds += ["bind-key"] + (["-T", table] if table != "prefix" else []) + [k] + command + [";"]
     cmds += ["set-option", "-g", "@opensessions-bound-key", key]
     tmux.run(*cmds)  # one tmux process for every binding: tmux waits for us at boot
+    _keep_window_names(tmux)
     if options["@opensessions-resurrect"] in ("on", "1", "yes", "true"):
         tmux_setup_resurrect(tmux, me)
     if not tmux.run("list-sessions", "-F", "#{session_id}").strip():
@@ -6922,6 +7838,7 @@ def cmd_uninstall_tmux(args):
         tmux.run("set-hook", "-gu", BOOT_HOOK)
     except TmuxError:
         pass
+    _keep_window_names(tmux, remove=True)
     for option, _ in RESURRECT_HOOKS:
         current = _tmux_option(tmux, option)
         if "opensessions" in current:
@@ -6975,13 +7892,6 @@ def _restore_binding(tmux, saved):
             pass
 
 
-class _Ignored(object):
-    """Stands in for a subparser that is not built (see build_parser)."""
-
-    def __getattr__(self, name):
-        return lambda *a, **kw: self
-
-
 COMMANDS = ("server", "start", "stop", "status", "set-status", "set-progress", "log", "clear-log", "notify",
             "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next", "mute",
             "save", "restore", "kitty", "tmux-setup", "uninstall-tmux")
@@ -7002,8 +7912,72 @@ def command_of(argv):
     return None
 
 
+def _command_table():
+    """(name, function, one-line description, arguments) for every subcommand; an argument is
+    (flags, argparse keywords), each with its help."""
+    tone = dict(choices=TONES, default="neutral", help="the colour it is shown in: neutral, info, success, "
+                                                       "warn or error (default: neutral)")
+    window = (("-w", "--window"), dict(help="tmux window id such as @3 (default: the current window)"))
+    client = (("-c", "--client"), dict(help="the tmux client to switch (default: tmux's choice)"))
+    display = (("--display",), dict(action="store_true", help="say the result with tmux display-message, "
+                                                               "not on stdout (for key bindings)"))
+    session = (("session",), dict(help="tmux session name"))
+    return (
+        ("server", cmd_server, "run the server in the foreground",
+         [(("--log",), dict(metavar="FILE", help="append log lines to FILE instead of stderr"))]),
+        ("start", cmd_start, "start the server in the background unless one runs", []),
+        ("stop", cmd_stop, "stop the server", []),
+        ("status", cmd_status, "print sessions and agent threads in labelled columns",
+         [(("--json",), dict(action="store_true", help="print the whole /state document instead"))]),
+        ("set-status", cmd_set_status, "set (or --clear) a session's status pill",
+         [session, (("text",), dict(nargs="?", help="the pill's text")), (("--tone",), tone),
+          (("--clear",), dict(action="store_true", help="remove the pill"))]),
+        ("set-progress", cmd_set_progress, "set a session's progress bar: CURRENT TOTAL, --percent or --clear",
+         [session, (("current",), dict(nargs="?", type=float, help="steps done")),
+          (("total",), dict(nargs="?", type=float, help="steps in all")),
+          (("--percent",), dict(type=float, help="percent done (0-100) instead of CURRENT TOTAL")),
+          (("--label",), dict(help="a word or two shown after the bar")),
+          (("--clear",), dict(action="store_true", help="remove the bar"))]),
+        ("log", cmd_log, "add a log line to a session",
+         [session, (("message",), dict(help="the line's text")),
+          (("--source",), dict(help="who says it, shown before the message (ci, deploy...)")), (("--tone",), tone)]),
+        ("clear-log", cmd_clear_log, "clear a session's log lines", [session]),
+        ("notify", cmd_notify, "send a notification through the enabled channels",
+         [(("message",), dict(help="the notification's text")),
+          (("--session",), dict(help="the session it is about (muted sessions stay quiet)")),
+          (("--tone",), tone)]),
+        ("hook", cmd_hook, "(called by agent hooks) report a hook payload from stdin",
+         [(("agent",), dict(choices=("claude", "codex"), help="the agent whose hook calls: claude or codex"))]),
+        ("install", cmd_install,
+         "add our Claude Code and Codex hooks and the OpenCode plugin (idempotent, with backups)", []),
+        ("uninstall", cmd_uninstall, "remove what `install` added, and nothing else", []),
+        ("sidebar", cmd_sidebar, "run the curses sidebar in this pane", []),
+        ("toggle", cmd_toggle, "show or hide the sidebar in every window", [display]),
+        ("focus", cmd_focus, "focus the sidebar of a window (showing it if hidden)", [window, display]),
+        ("layout", cmd_layout, "even-horizontal layout that keeps the sidebar's width", [window, display]),
+        ("switch", cmd_switch, "switch to the session at place N in the sidebar's list",
+         [(("n",), dict(type=int, help="the session's number in the list (1 is the first)")), client, display]),
+        ("next", cmd_next, "switch to the next thread that needs you, oldest first (--back: return)",
+         [(("--back",), dict(action="store_true", help="go back to where the last `next` came from")),
+          client, display]),
+        ("mute", cmd_mute, "mute (or --off: unmute) a session's notifications",
+         [session, (("--off",), dict(action="store_true", help="unmute"))]),
+        ("save", cmd_save, "save every agent's conversation next to tmux-resurrect's save", []),
+        ("restore", cmd_restore, "resume each saved agent in its pane after a restore",
+         [(("--dry-run",), dict(action="store_true", help="print what would be typed where, type nothing")),
+          (("-v", "--verbose"), dict(action="store_true", help="print each decision"))]),
+        ("kitty", cmd_kitty, "one kitty tab per tmux session (or --session-file)",
+         [(("--session-file",), dict(metavar="PATH", help="write a kitty session file instead"))]),
+        ("tmux-setup", cmd_tmux_setup, "(run by opensessions.tmux) bind keys, start the server",
+         [(("--hook",), dict(action="store_true", help="==SUPPRESS=="))]),  # the boot hook: errors go to tmux
+        ("uninstall-tmux", cmd_uninstall_tmux,
+         "remove our bindings, options, sidebar panes and helper session; stop the server", []),
+    )
+
+
 def build_parser(command=None):
-    """The argument parser; with `command`, only that subcommand is built (fast client commands)."""
+    """The argument parser; with `command`, only that subcommand is built (argparse with every
+    subcommand costs ~10 ms, and client commands must start fast)."""
     import argparse
 
     def common(defaults):
@@ -7024,105 +7998,14 @@ def build_parser(command=None):
     p.add_argument("--version", action="version", version="opensessions " + __version__)
     shared = common(False)
     # prog given: argparse would otherwise build a help formatter (importing shutil) on every run
-    real_sub = p.add_subparsers(dest="command", metavar="COMMAND", prog="opensessions")
-
-    class OnlyOne(object):
-        """Adds just the command being run (argparse with every subcommand costs ~10 ms)."""
-
-        def add_parser(self, name, **kw):
-            if command is None or name == command:
-                return real_sub.add_parser(name, **kw)
-            return _Ignored()
-    sub = OnlyOne()
-
-    s = sub.add_parser("server", parents=[shared], help="run the server in the foreground")
-    s.add_argument("--log", metavar="FILE", help="append log lines to FILE instead of stderr")
-    s.set_defaults(func=cmd_server)
-    sub.add_parser("start", parents=[shared], help="start the server in the background unless one runs").set_defaults(func=cmd_start)
-    sub.add_parser("stop", parents=[shared], help="stop the server").set_defaults(func=cmd_stop)
-
-    s = sub.add_parser("status", parents=[shared], help="print sessions and agent threads")
-    s.add_argument("--json", action="store_true", help="print the whole /state document")
-    s.set_defaults(func=cmd_status)
-
-    tone = dict(choices=TONES, default="neutral", help="neutral, info, success, warn or error")
-    s = sub.add_parser("set-status", parents=[shared], help="set (or --clear) a session's status pill")
-    s.add_argument("session")
-    s.add_argument("text", nargs="?")
-    s.add_argument("--tone", **tone)
-    s.add_argument("--clear", action="store_true")
-    s.set_defaults(func=cmd_set_status)
-
-    s = sub.add_parser("set-progress", parents=[shared], help="set a session's progress: CURRENT TOTAL, --percent or --clear")
-    s.add_argument("session")
-    s.add_argument("current", nargs="?", type=float)
-    s.add_argument("total", nargs="?", type=float)
-    s.add_argument("--percent", type=float)
-    s.add_argument("--label")
-    s.add_argument("--clear", action="store_true")
-    s.set_defaults(func=cmd_set_progress)
-
-    s = sub.add_parser("log", parents=[shared], help="add a log line to a session")
-    s.add_argument("session")
-    s.add_argument("message")
-    s.add_argument("--source")
-    s.add_argument("--tone", **tone)
-    s.set_defaults(func=cmd_log)
-
-    s = sub.add_parser("clear-log", parents=[shared], help="clear a session's log lines")
-    s.add_argument("session")
-    s.set_defaults(func=cmd_clear_log)
-
-    s = sub.add_parser("notify", parents=[shared], help="send a notification through the enabled channels")
-    s.add_argument("message")
-    s.add_argument("--session")
-    s.add_argument("--tone", **tone)
-    s.set_defaults(func=cmd_notify)
-
-    s = sub.add_parser("hook", parents=[shared], help="(called by agent hooks) report a hook payload from stdin")
-    s.add_argument("agent", choices=("claude", "codex"))
-    s.set_defaults(func=cmd_hook)
-    sub.add_parser("install", parents=[shared],
-                   help="add our Claude Code and Codex hooks and the OpenCode plugin (idempotent, with backups)"
-                   ).set_defaults(func=cmd_install)
-    sub.add_parser("uninstall", parents=[shared], help="remove what `install` added, and nothing else"
-                   ).set_defaults(func=cmd_uninstall)
-
-    sub.add_parser("sidebar", parents=[shared], help="run the curses sidebar in this pane").set_defaults(func=cmd_sidebar)
-    sub.add_parser("toggle", parents=[shared], help="show or hide the sidebar in every window").set_defaults(func=cmd_toggle)
-    s = sub.add_parser("focus", parents=[shared], help="focus the sidebar of a window (showing it if hidden)")
-    s.add_argument("-w", "--window", help="window id (default: the current one)")
-    s.set_defaults(func=cmd_focus)
-    s = sub.add_parser("layout", parents=[shared], help="even-horizontal layout that keeps the sidebar's width")
-    s.add_argument("-w", "--window", help="window id (default: the current one)")
-    s.set_defaults(func=cmd_layout)
-    s = sub.add_parser("switch", parents=[shared], help="switch to the session at place N in the list")
-    s.add_argument("n", type=int)
-    s.add_argument("-c", "--client", help="the tmux client to switch (default: tmux's choice)")
-    s.set_defaults(func=cmd_switch)
-    s = sub.add_parser("next", parents=[shared], help="switch to the next thread that needs you (--back: return)")
-    s.add_argument("--back", action="store_true", help="go back to where the last `next` came from")
-    s.add_argument("-c", "--client", help="the tmux client to switch (default: tmux's choice)")
-    s.set_defaults(func=cmd_next)
-    s = sub.add_parser("mute", parents=[shared], help="mute (or --off: unmute) a session's notifications")
-    s.add_argument("session")
-    s.add_argument("--off", action="store_true")
-    s.set_defaults(func=cmd_mute)
-    sub.add_parser("save", parents=[shared], help="save every agent's conversation next to tmux-resurrect's save"
-                   ).set_defaults(func=cmd_save)
-    s = sub.add_parser("restore", parents=[shared], help="resume each saved agent in its pane after a restore")
-    s.add_argument("--dry-run", action="store_true", help="print what would be typed where, type nothing")
-    s.add_argument("-v", "--verbose", action="store_true", help="print each decision")
-    s.set_defaults(func=cmd_restore)
-    s = sub.add_parser("kitty", parents=[shared], help="one kitty tab per tmux session (or --session-file)")
-    s.add_argument("--session-file", metavar="PATH", help="write a kitty session file instead")
-    s.set_defaults(func=cmd_kitty)
-    s = sub.add_parser("tmux-setup", parents=[shared], help="(run by opensessions.tmux) bind keys, start the server")
-    s.add_argument("--hook", action="store_true", help=argparse.SUPPRESS)  # run by the boot hook: errors go to tmux
-    s.set_defaults(func=cmd_tmux_setup)
-    sub.add_parser("uninstall-tmux", parents=[shared],
-                   help="remove our bindings, options, sidebar panes and helper session; stop the server"
-                   ).set_defaults(func=cmd_uninstall_tmux)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", prog="opensessions")
+    for name, func, text, arguments in _command_table():
+        if command is not None and name != command:
+            continue
+        s = sub.add_parser(name, parents=[shared], help=text, description=text[0].upper() + text[1:] + ".")
+        for flags, kw in arguments:
+            s.add_argument(*flags, **kw)
+        s.set_defaults(func=func)
     return p
 
 
@@ -7165,6 +8048,27 @@ class _HookArgs(object):
                 self.agent = a
 
 
+def _for_key_binding(func, args):
+    """Run a command bound to a key: its output and its errors go to the client's status line
+    through display-message, and it exits 0, so tmux never opens view mode over a pane."""
+    import contextlib
+    import io
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            func(args)
+        text = out.getvalue().strip()
+    except (OpensessionsError, TmuxError) as e:
+        text = "opensessions: %s" % e
+    if text:
+        client = ["-c", args.client] if getattr(args, "client", None) else []
+        try:
+            _tmux(args).run("display-message", *(client + [" | ".join(text.splitlines())]))
+        except TmuxError:
+            pass
+    return 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     command = command_of(argv)
@@ -7175,6 +8079,8 @@ def main(argv=None):
     parser = build_parser(command)
     args = parser.parse_args(argv)
     func = getattr(args, "func", None) or cmd_default
+    if getattr(args, "display", False):
+        return _for_key_binding(func, args)
     try:
         return func(args) or 0
     except OpensessionsError as e:

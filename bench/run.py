@@ -597,13 +597,79 @@ def bench_save(res, n):
         w.close()
 
 
+def bench_keepalive(res, n):
+    """Requests with a body on one keep-alive connection: headers and body written apart wait for the
+    client's delayed ACK (Nagle), ~40 ms each."""
+    w = World(3, claude=0, codex=0)
+    try:
+        w.start_server()
+        s = socket.create_connection(("127.0.0.1", w.port), timeout=10)
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            buf = b""
+            while b"\r\n\r\n" not in buf or len(buf.partition(b"\r\n\r\n")[2]) < int(
+                    buf.split(b"Content-Length: ")[1].split(b"\r\n")[0]):
+                buf += s.recv(65536)
+            times.append((time.perf_counter() - t0) * 1000)
+        s.close()
+        res.add("keep-alive GET /health", "one connection, %d requests" % n, times, "ms", 5, "<=")
+        return times
+    finally:
+        w.close()
+
+
+def bench_many_threads(res, quick):
+    """Hostile load: N distinct threads from POST /api/agent-event (issue 11). Per-event cost at the
+    start and at the end (must not grow with the number of threads), RSS, the state file."""
+    n = 10000 if quick else 30000
+    w = World(3, claude=0, codex=0)
+    try:
+        w.start_server()
+        state_file = None
+        costs = []
+        cpu0 = proc_cpu_s(w.server.pid)
+        t_all = time.monotonic()
+        for i in range(n):
+            t0 = time.perf_counter()
+            http(w.port, "POST", "/api/agent-event", {"agent": "claude", "status": "running" if i % 2 else "done",
+                                                      "threadId": "t%06d" % i, "tmuxSession": "s001",
+                                                      "threadName": "thread %d" % i})
+            costs.append((time.perf_counter() - t0) * 1000)
+        wall = time.monotonic() - t_all
+        cpu = proc_cpu_s(w.server.pid) - cpu0
+        sdir = os.path.join(w.home, ".state", "opensessions")
+        time.sleep(6)  # the debounced save
+        sizes = [os.path.getsize(os.path.join(sdir, f)) for f in os.listdir(sdir) if f.startswith("state-")] \
+            if os.path.isdir(sdir) else [0]
+        first, last = costs[:1000], costs[-1000:]
+        res.add("agent-event: first 1,000 threads", "%d threads posted, per event" % n, first, "ms", 20, "p95<=")
+        res.add("agent-event: last 1,000 threads", "%d threads posted, per event (%.0f s, %.0f s CPU)"
+                % (n, wall, cpu), last, "ms", 20, "p95<=")
+        res.add("server RSS after %d threads" % n, "agent-event, distinct thread ids", [proc_status(w.server.pid, "VmRSS")],
+                "MB", 60, "<=")
+        res.add("state file after %d threads" % n, "agent-event, distinct thread ids", [max(sizes) / 1e6], "MB", 5, "<=")
+        return costs
+    finally:
+        w.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a ~1 minute pass with fewer samples and shorter idle windows")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
+    ap.add_argument("--only", choices=["threads", "keepalive", "hostile"], help="run one group of figures")
     args = ap.parse_args()
     quick = args.quick
     res = Results()
+    if args.only:
+        if args.only in ("keepalive", "hostile"):
+            bench_keepalive(res, 50 if quick else 200)
+        if args.only in ("threads", "hostile"):
+            bench_many_threads(res, quick)
+        print(res.table())
+        return 0 if all(r["pass"] for r in res.rows) else 1
     idle_s = 10 if quick else 60
     t_all = time.monotonic()
 
@@ -625,6 +691,8 @@ def main():
     bench_cold_start(res, quick)
     bench_notify(res, 5 if quick else 20)
     bench_save(res, 5 if quick else 10)
+    bench_keepalive(res, 50 if quick else 200)
+    bench_many_threads(res, quick)
 
     # scaling: latency and idle CPU at 10, 30, 100 sessions
     scaling = []

@@ -39,7 +39,7 @@ def test_client_commands_change_state(server):
     out = server.cli("status", "--json")
     assert json.loads(out.stdout)["sessions"][0]["name"] == "main"
     out = server.cli("status")
-    assert out.stdout.startswith(b"main")
+    assert out.stdout.splitlines()[1].startswith(b"main")  # under the column labels
 
 
 def test_client_errors_are_clear(server, env):
@@ -281,16 +281,22 @@ def test_opencode_plugin_finds_the_server_like_python_does(env, tmp_path):
     """The plugin's JavaScript computes the runtime file's name as socket_key() does."""
     sock = str(tmp_path / "odd dir" / "tmux-sock")
     run_dir = os.path.join(env.base, "run", "opensessions")
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "server-%s.json" % os_.socket_key(sock)), "w") as f:
-        json.dump({"port": 45678}, f)
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    info_path = os.path.join(run_dir, "server-%s.json" % os_.socket_key(sock))
+    with open(os.open(info_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        json.dump({"port": 45678, "token": "ab12"}, f)
     plugin = tmp_path / "plugin.mjs"
-    plugin.write_text(os_.OPENCODE_PLUGIN + "\nexport { port };\n")
-    script = "import(%s).then(m => console.log(m.port()))" % json.dumps(plugin.as_uri())
-    r = subprocess.run(["node", "-e", script], env=dict(env.vars, TMUX=sock + ",123,0"), stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, timeout=30)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == b"45678"
+    plugin.write_text(os_.OPENCODE_PLUGIN + "\nexport { server };\n")
+    script = "import(%s).then(m => console.log(JSON.stringify(m.server())))" % json.dumps(plugin.as_uri())
+
+    def run():
+        r = subprocess.run(["node", "-e", script], env=dict(env.vars, TMUX=sock + ",123,0"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+    assert run() == {"port": 45678, "token": "ab12"}
+    os.chmod(info_path, 0o644)  # a file others could have written: nobody vouches for that port
+    assert run() is None
 
 
 def test_main_job_outside_tmux_starts_a_session_with_the_sidebar(env):
