@@ -692,18 +692,59 @@ def valid_thread_id(agent, thread_id):
 
 
 class LineBuffer(object):
-    """Splits appended bytes into complete lines, holding a partial last line until it completes."""
+    """Splits appended bytes into complete lines, holding a partial last line until it completes.
 
-    def __init__(self):
-        self.partial = b""
+    A line longer than max_line bytes is never held whole: once it passes the cap its bytes are
+    dropped as they come, up to its end, and it is counted in `skipped` (never returned)."""
+
+    def __init__(self, max_line=16 * 1024 * 1024):
+        self.max_line = max_line
+        self.parts = []  # pieces of the partial last line (joined once, when it completes)
+        self.size = 0
+        self.skipping = False
+        self.skipped = 0
+
+    @property
+    def partial(self):
+        return b"".join(self.parts)
 
     def feed(self, data):
         if not data:
             return []
-        data = self.partial + data
-        lines = data.split(b"\n")
-        self.partial = lines.pop()
+        lines = []
+        start = 0
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                break
+            piece = data[start:nl]
+            if self.skipping:
+                self.skipping = False  # the end of a line already counted
+            elif self.size + len(piece) > self.max_line:
+                self.skipped += 1
+            elif self.parts:
+                self.parts.append(piece)
+                lines.append(b"".join(self.parts))
+            else:
+                lines.append(piece)
+            self.parts, self.size = [], 0
+            start = nl + 1
+        if start < len(data) and not self.skipping:
+            rest = data[start:] if start else data
+            if self.size + len(rest) > self.max_line:
+                self.skipping = True
+                self.skipped += 1
+                self.parts, self.size = [], 0
+            else:
+                self.parts.append(rest)
+                self.size += len(rest)
         return lines
+
+
+def clean_parsed_strings(value):
+    """A JSON value read from an agent's file made safe to keep (the API's clean_json: lone
+    surrogates become U+FFFD, non-finite numbers None), deep enough for any record."""
+    return clean_json(value, 100)
 
 
 def parse_json_lines(lines):
@@ -715,10 +756,12 @@ def parse_json_lines(lines):
             continue
         try:
             rec = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             bad += 1
             continue
         if isinstance(rec, dict):
+            if (b"\\u" if isinstance(line, bytes) else "\\u") in line:
+                rec = clean_parsed_strings(rec)
             records.append(rec)
         else:
             bad += 1
@@ -730,19 +773,46 @@ def parse_iso_ms(value):
     if not isinstance(value, str) or len(value) < 19:
         return None
     import calendar
+    if value[4] != "-" or value[7] != "-" or value[10] not in "T " or value[13] != ":" or value[16] != ":":
+        return None
     try:
-        base = time.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")
-    except ValueError:
+        parts = (value[0:4], value[5:7], value[8:10], value[11:13], value[14:16], value[17:19])
+        if not all(p.isdigit() and p.isascii() for p in parts):
+            return None
+        y, mo, d, h, mi, sec = (int(p) for p in parts)
+        if not (1 <= mo <= 12 and 1 <= d <= 31 and h <= 23 and mi <= 59 and sec <= 61):
+            return None
+        base = calendar.timegm((y, mo, d, h, mi, sec))
+    except (ValueError, OverflowError):
         return None
     ms = 0
     if len(value) > 20 and value[19] == ".":
         digits = ""
-        for ch in value[20:]:
+        for ch in value[20:23]:
             if not ch.isdigit():
                 break
             digits += ch
         ms = int((digits + "000")[:3]) if digits else 0
-    return calendar.timegm(base) * 1000 + ms
+    return base * 1000 + ms
+
+
+def _epoch_ms(value):
+    """A time in ms from a file: an integer between 1970 and year 5138, else 0 (1e999, -1, "x")."""
+    ms = _int(value, 0)
+    return ms if 0 < ms < 10 ** 14 else 0
+
+
+def _text_or(value, default):
+    """A parser's text field as a str: numbers and other JSON values are shown, nothing is 'default'.
+    (Parser strings; the API's input cleaning is a separate helper.)"""
+    if value is None or value == "" or isinstance(value, (dict, list)) and not value:
+        return default
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=True)
+    except (TypeError, ValueError):
+        return default
 
 
 def _clip_title(text):
@@ -821,7 +891,8 @@ def claude_reduce(state, rec):
             state["model"] = model
         if rec.get("isApiErrorMessage"):
             texts = _content_texts(message.get("content"))
-            state.update(status="error", detail=(texts[0] if texts else rec.get("error") or "API error")[:MAX_LOG_MESSAGE])
+            detail = texts[0] if texts else rec.get("error")
+            state.update(status="error", detail=_text_or(detail, "API error")[:MAX_LOG_MESSAGE])
         elif rec.get("isAbortedMidStream"):
             state.update(status="interrupted", detail=None)
         elif message.get("stop_reason") == "end_turn":
@@ -844,7 +915,7 @@ def claude_registry_entry(data):
     if not isinstance(data, dict):
         return None
     pid, sid = data.get("pid"), data.get("sessionId")
-    if isinstance(pid, bool) or not isinstance(pid, int) or not isinstance(sid, str):
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2 ** 31 or not isinstance(sid, str):
         return None
     status = data.get("status")
     return {
@@ -853,7 +924,7 @@ def claude_registry_entry(data):
         "waitingFor": data.get("waitingFor") if isinstance(data.get("waitingFor"), str) else None,
         "name": data.get("name") if data.get("nameSource") == "user" and isinstance(data.get("name"), str) else None,
         "procStart": _int(data.get("procStart"), None),
-        "updatedAt": _int(data.get("statusUpdatedAt") or data.get("updatedAt"), 0),
+        "updatedAt": _epoch_ms(data.get("statusUpdatedAt") or data.get("updatedAt")),
         "tmux": data.get("tmux") if isinstance(data.get("tmux"), str) else None,
         "entrypoint": data.get("entrypoint"),
     }
@@ -897,7 +968,7 @@ def codex_reduce(state, rec):
     if ts:
         state["updatedAt"] = max(state["updatedAt"], ts)
     if kind == "session_meta":
-        if isinstance(payload.get("id"), str):
+        if valid_thread_id("codex", payload.get("id")):
             state["id"] = payload["id"]
         if isinstance(payload.get("cwd"), str):
             state["cwd"] = payload["cwd"]
@@ -915,8 +986,8 @@ def codex_reduce(state, rec):
         elif sub == "task_complete":
             err = payload.get("error")
             if err:
-                msg = err.get("message") if isinstance(err, dict) else str(err)
-                state.update(status="error", detail=(msg or "error")[:MAX_LOG_MESSAGE])
+                msg = err.get("message") if isinstance(err, dict) else err
+                state.update(status="error", detail=_text_or(msg, "error")[:MAX_LOG_MESSAGE])
             else:
                 state.update(status="done", detail=None)
         elif sub == "turn_aborted":
@@ -940,8 +1011,8 @@ def codex_turn_status(status, error_json=None):
     detail = None
     if mapped == "error" and error_json:
         try:
-            detail = str(json.loads(error_json).get("message") or "")[:MAX_LOG_MESSAGE] or None
-        except (ValueError, AttributeError):
+            detail = _text_or(json.loads(error_json).get("message"), "")[:MAX_LOG_MESSAGE] or None
+        except (ValueError, AttributeError, TypeError):
             detail = None
     return mapped, detail
 
@@ -1052,10 +1123,10 @@ def settle_idle(old_status):
 # and is unverified against a real file.
 def amp_thread_state(data, mtime_ms=0):
     """Parse one Amp thread JSON document -> thread state, or None when it is not one."""
-    if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+    if not isinstance(data, dict) or not valid_thread_id("amp", data.get("id")):
         return None
     state = new_thread_state("amp", data["id"])
-    state["updatedAt"] = max(_int(data.get("created"), 0), mtime_ms)
+    state["updatedAt"] = max(_epoch_ms(data.get("created")), mtime_ms)
     if isinstance(data.get("title"), str) and data["title"]:
         state["customTitle"] = data["title"]
     env = data.get("env") if isinstance(data.get("env"), dict) else {}
@@ -1237,13 +1308,31 @@ CLIENT_FIELDS = (
     ("session_id", "session_id"), ("session_name", "session_name"), ("window_id", "window_id"),
     ("pane_id", "pane_id"), ("client_activity", "client_activity"),
 )
-PANES_FORMAT = "P" + FS + FS.join("#{%s}" % f for _, f in PANE_FIELDS)
-CLIENTS_FORMAT = "C" + FS + FS.join("#{%s}" % f for _, f in CLIENT_FIELDS)
+# Every field is length-prefixed ('<bytes>:<value>'; tmux's n: modifier counts bytes): a cwd or a
+# command line may hold '\n' or FS, and must neither drop a pane nor forge one.
+PANES_FORMAT = "P" + "".join("#{n:%s}:#{%s}" % (f, f) for _, f in PANE_FIELDS)
+CLIENTS_FORMAT = "C" + "".join("#{n:%s}:#{%s}" % (f, f) for _, f in CLIENT_FIELDS)
 # Evaluated inside tmux, at most once a second, reported only when it changes: this is how the
 # server learns about cwd and command changes, and about layout changes in sessions other than the
 # one its control client is attached to (%layout-change covers only that one), without polling.
-SUBSCRIPTION_FORMAT = ("#{S:#{W:#{P:#{pane_id}=#{pane_pid}=#{pane_current_command}=#{pane_current_path}"
-                       "=#{pane_width}x#{pane_height}+#{pane_left}+#{pane_top};}}}")
+# Control characters in a command or cwd become '?' (a '\n' would cut the notification line).
+_NO_CTRL = "s/[\x01-\x1f\x7f]/?/:"
+SUBSCRIPTION_FORMAT = ("#{S:#{W:#{P:#{pane_id}=#{pane_pid}=#{%spane_current_command}=#{%spane_current_path}"
+                       "=#{pane_width}x#{pane_height}+#{pane_left}+#{pane_top};}}}" % (_NO_CTRL, _NO_CTRL))
+
+
+def tmux_literal(text):
+    """A user-controlled string for a tmux argument that tmux expands as a format (new-session -s
+    and -c, split-window -c, display-message text, run-shell commands): '#' becomes '##', so
+    '#(cmd)' runs nothing and '#[fg=red]' styles nothing."""
+    return str(text).replace("#", "##")
+
+
+def tmux_arg(arg):
+    """One argv element for tmux: an argument ending in ';' would end the command there (tmux then
+    runs the rest as another command), so its ';' is escaped; a lone ';' stays the separator."""
+    arg = str(arg)
+    return arg[:-1] + "\\;" if arg.endswith(";") and arg != ";" else arg
 
 
 class TmuxError(Exception):
@@ -1257,8 +1346,48 @@ class TmuxGone(TmuxError):
 def _int(value, default=0):
     try:
         return int(value)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError):  # None, "x", NaN, 1e999
         return default
+
+
+def tmux_record_format(kind, fields):
+    """A tmux -F format for one record: kind, then each field as '<bytes>:<value>'."""
+    return kind + "".join("#{n:%s}:#{%s}" % (f, f) for f in fields)
+
+
+def read_tmux_records(output, counts):
+    """Records of length-prefixed fields (PANES_FORMAT, tmux_record_format), one per line, from tmux's
+    raw output -> [(kind, [field text, ...])]. A value cannot split or forge a record; a line that is
+    not such a record is skipped whole."""
+    data = output if isinstance(output, bytes) else output.encode("utf-8", "surrogateescape")
+    out = []
+    pos, end = 0, len(data)
+    while pos < end:
+        kind = data[pos:pos + 1].decode("latin-1")
+        fields = []
+        p = pos + 1
+        if kind in counts:
+            try:
+                for _ in range(counts[kind]):
+                    colon = data.index(b":", p, p + 12)
+                    if not data[p:colon].isdigit():
+                        raise ValueError("no length")
+                    size = int(data[p:colon])
+                    if colon + 1 + size > end:
+                        raise ValueError(size)
+                    fields.append(data[colon + 1:colon + 1 + size].decode("utf-8", "replace"))
+                    p = colon + 1 + size
+                if data[p:p + 1] not in (b"\n", b""):
+                    raise ValueError("trailing bytes")
+            except ValueError:
+                fields = None
+            if fields is not None:
+                out.append((kind, fields))
+                pos = p + 1
+                continue
+        nl = data.find(b"\n", pos)
+        pos = end if nl < 0 else nl + 1
+    return out
 
 
 def parse_snapshot(output):
@@ -1270,12 +1399,8 @@ def parse_snapshot(output):
     sessions = {}
     order = []
     clients = []
-    for line in output.split("\n"):
-        if not line:
-            continue
-        parts = line.split(FS)
-        kind, values = parts[0], parts[1:]
-        if kind == "P" and len(values) == len(PANE_FIELDS):
+    for kind, values in read_tmux_records(output, {"P": len(PANE_FIELDS), "C": len(CLIENT_FIELDS)}):
+        if kind == "P":
             row = dict(zip((k for k, _ in PANE_FIELDS), values))
             sid = row["session_id"]
             s = sessions.get(sid)
@@ -1300,7 +1425,7 @@ def parse_snapshot(output):
                 "sidebarWindow": row["sidebar_window"] or None, "left": _int(row["pane_left"]),
                 "top": _int(row["pane_top"]),
             })
-        elif kind == "C" and len(values) == len(CLIENT_FIELDS):
+        elif kind == "C":
             row = dict(zip((k for k, _ in CLIENT_FIELDS), values))
             clients.append({
                 "name": row["client_name"], "tty": row["client_tty"],
@@ -1348,10 +1473,11 @@ class Tmux(object):
         self.tmux_bin = tmux_bin
 
     def argv(self, *args):
-        return [self.tmux_bin, "-S", self.socket_path] + [str(a) for a in args]
+        return [self.tmux_bin, "-S", self.socket_path] + [tmux_arg(a) for a in args]
 
     def run(self, *args, **kw):
-        """Run one tmux command (or several joined by ';'); -> stdout text. Raises TmuxError/TmuxGone."""
+        """Run one tmux command (or several joined by ';'); -> stdout text (bytes with raw=True).
+        Raises TmuxError/TmuxGone."""
         import subprocess
         timeout = kw.get("timeout", 5.0)
         try:
@@ -1362,6 +1488,8 @@ class Tmux(object):
         except subprocess.TimeoutExpired:
             raise TmuxError("tmux %s timed out" % (args[0] if args else ""))
         err = proc.stderr.decode("utf-8", "replace").strip()
+        if proc.returncode == 0 and kw.get("raw"):
+            return proc.stdout
         if proc.returncode != 0:
             if ("no server running" in err or "error connecting to" in err
                     or "No such file or directory" in err and self.socket_path in err):
@@ -1389,7 +1517,7 @@ class Tmux(object):
 
     def snapshot(self):
         """One tmux process for the whole state: all panes plus all clients."""
-        out = self.run("list-panes", "-a", "-F", PANES_FORMAT, ";", "list-clients", "-F", CLIENTS_FORMAT)
+        out = self.run("list-panes", "-a", "-F", PANES_FORMAT, ";", "list-clients", "-F", CLIENTS_FORMAT, raw=True)
         return parse_snapshot(out)
 
     def control_argv(self):
@@ -1811,6 +1939,14 @@ DIR_EVENTS = IN_MODIFY | IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM 
 TAIL_BYTES = 128 * 1024  # cold start reads at most this much of a transcript's end
 HEAD_BYTES = 32 * 1024  # ... and this much of its start (for the first prompt)
 READ_CHUNK = 1024 * 1024
+MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer line (no agent writes one) is skipped, never held whole
+READ_BUDGET = 4 * 1024 * 1024  # one loop turn reads at most this much of one file; the rest comes next turn
+OPENCODE_MIN_INTERVAL = 0.1  # opencode.db is queried at most this often (it changes many times a second)
+DB_WAIT_TRIES = 60  # how long a read waits for a database's writer to finish its commit (about 4 s)
+
+
+def _raise(error):
+    raise error
 
 
 class Inotify(object):
@@ -1863,16 +1999,22 @@ class FileTail(object):
     """Follows one append-only file by byte offset: parses only appended bytes, holds a partial
     last line, and notices truncation and replacement (inode change)."""
 
-    def __init__(self, path):
+    def __init__(self, path, max_line=MAX_LINE_BYTES, budget=READ_BUDGET):
         self.path = path
         self.inode = None
         self.offset = 0
-        self.buf = LineBuffer()
+        self.max_line = max_line
+        self.budget = budget
+        self.buf = LineBuffer(max_line)
         self.bytes_read = 0
+        self.skipped_lines = 0  # lines over max_line (also those of earlier buffers)
+        self.more = False  # the last read stopped at its budget: call read() again soon
 
     def read(self, cold_tail=None):
         """-> (lines, reset). reset is True when the file was replaced or truncated (start over).
-        On the first read with cold_tail, only the last cold_tail bytes are read."""
+        On the first read with cold_tail, only the last cold_tail bytes are read. One read takes at
+        most `budget` bytes (self.more tells that there is more); a line over max_line is skipped."""
+        self.more = False
         try:
             st = os.stat(self.path)
         except OSError:
@@ -1883,7 +2025,7 @@ class FileTail(object):
             reset = self.inode is not None
             first = self.inode is None
             self.inode = st.st_ino
-            self.buf = LineBuffer()
+            self.buf = LineBuffer(self.max_line)
             self.offset = 0
             if first and cold_tail and st.st_size > cold_tail:
                 self.offset = st.st_size - cold_tail
@@ -1891,13 +2033,19 @@ class FileTail(object):
         if st.st_size == self.offset:
             return [], reset
         lines = []
+        left = self.budget
+        skipped_before = self.buf.skipped
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 while True:
-                    chunk = f.read(READ_CHUNK)
+                    if left <= 0:
+                        self.more = True
+                        break
+                    chunk = f.read(min(READ_CHUNK, left))
                     if not chunk:
                         break
+                    left -= len(chunk)
                     self.offset += len(chunk)
                     self.bytes_read += len(chunk)
                     if skip_partial:
@@ -1909,6 +2057,7 @@ class FileTail(object):
                     lines.extend(self.buf.feed(chunk))
         except OSError:
             pass
+        self.skipped_lines += self.buf.skipped - skipped_before
         return lines, reset
 
 
@@ -1934,14 +2083,77 @@ def listdir(path, suffix=""):
     return [n for n in names if n.endswith(suffix)] if suffix else names
 
 
+def sqlite_is_wal(path):
+    """The database file's header says WAL mode (bytes 18-19 are 2)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return False
+    return len(head) == 20 and head[18] == 2 and head[19] == 2
+
+
 def sqlite_ro(path, timeout=0.2):
-    """Open an SQLite database read-only (never locks out its writer). Raises sqlite3.Error."""
+    """Open an SQLite database read-only (never locks out its writer). Raises sqlite3.Error.
+
+    Leaves the agent's directory as it was: a read-only connection to a WAL database creates
+    `-wal` and `-shm` files and cannot remove them. With no `-wal` file no writer has the database
+    open, so it is opened immutable (SQLite then creates nothing); a writer that starts meanwhile
+    changes the files, and that change makes us read again."""
     import sqlite3
     from urllib.parse import quote
-    conn = sqlite3.connect("file:%s?mode=ro" % quote(os.path.abspath(path)), uri=True, timeout=timeout,
+    flags = "mode=ro"
+    if not os.path.exists(path + "-wal") and sqlite_is_wal(path):
+        flags += "&immutable=1"
+    conn = sqlite3.connect("file:%s?%s" % (quote(os.path.abspath(path)), flags), uri=True, timeout=timeout,
                            check_same_thread=False)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+SQLITE_WAL_WRITE_LOCK = 120  # byte of the -shm file a WAL writer locks for its whole transaction
+
+
+def sqlite_write_locked(path):
+    """True while a writer of a WAL database holds its write lock (a commit under way: its frames
+    may be in the -wal, and so wake us, before the commit is visible to readers), False when not,
+    None where we cannot tell. Only asks (F_GETLK); never takes a lock."""
+    import fcntl
+    import struct
+    if struct.calcsize("P") != 8:
+        return None
+    if sys.platform.startswith("linux"):
+        layout, make = "@hhqqi4x", lambda t: (t, 0, SQLITE_WAL_WRITE_LOCK, 1, 0)
+        kind = lambda v: v[0]
+    elif sys.platform == "darwin":
+        layout, make = "@qqihh", lambda t: (SQLITE_WAL_WRITE_LOCK, 1, 0, t, 0)
+        kind = lambda v: v[3]
+    else:
+        return None
+    try:
+        fd = os.open(path + "-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False  # no -shm: no writer shares the database
+    try:
+        got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack(layout, *make(fcntl.F_WRLCK)))
+        return kind(struct.unpack(layout, got)) != fcntl.F_UNLCK
+    except (OSError, struct.error):
+        return None
+    finally:
+        os.close(fd)
+
+
+def sqlite_stamp(path):
+    """What says an SQLite database changed: (inode, size, mtime) of the file and of its -wal.
+    Our own reads change neither (only the -shm, which is never a reason to read)."""
+    out = []
+    for p in (path, path + "-wal"):
+        try:
+            st = os.stat(p)
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
 
 
 def sqlite_rows(path, sql, params=()):
@@ -1985,17 +2197,26 @@ class AgentWatchers(object):
         self.watches = {}  # wd -> (dir, handler)
         self.watched_dirs = {}  # dir -> wd
         self.pending_dirs = {}  # missing dir -> handler (watched through an existing parent)
+        self.roots = {}  # the agents' own directories -> handler (awaited again when removed)
         self.tails = {}  # path -> FileTail
         self.states = {}  # path -> thread state
+        self.state_paths = {}  # (agent, thread id) -> the first path read for it (no scan of states per file)
         self.claude_registry = {}  # pid -> registry entry
         self.claude_reg_files = {}  # registry file -> pid
         self.codex_names = {}
         self.codex_index_tail = None
         self.oc_last = 0
         self.oc_pending = False
+        self.oc_queried_at = None  # monotonic time of the last opencode.db query
+        self.db_stamps = {}  # database -> sqlite_stamp() taken before our last read of it
+        self.db_waits = {}  # database -> tries, while we wait for its writer to finish a commit
         self.oc_error_logged = False
         self.amp_mtimes = {}
         self.bad_records = 0
+        self.long_lines = 0  # lines over MAX_LINE_BYTES, skipped unread
+        self._logged_bad = set()
+        self._oc_bad_rows = set()
+        self._more_pending = set()
         self._stat_cache = {}
 
     # -- setup -----------------------------------------------------------------------------------
@@ -2009,26 +2230,44 @@ class AgentWatchers(object):
             log("inotify unavailable (%s); watching agent files by stat every %.1fs" % (e, self.poll_interval))
             self.inotify = None
         claude = self.paths["claude"]
-        self.watch_dir(os.path.join(claude, "sessions"), self._on_claude_registry_dir)
-        self.watch_dir(os.path.join(claude, "projects"), self._on_claude_projects_dir)
+        self.watch_root(os.path.join(claude, "sessions"), self._on_claude_registry_dir)
+        self.watch_root(os.path.join(claude, "projects"), self._on_claude_projects_dir)
         codex = self.paths["codex"]
-        self.watch_dir(codex, self._on_codex_home)
-        self.watch_dir(os.path.join(codex, "sessions"), self._on_codex_tree)
-        self.watch_dir(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
-        self.watch_dir(self.paths["amp_threads"], self._on_amp_dir)
+        self.watch_root(codex, self._on_codex_home)
+        self.watch_root(os.path.join(codex, "sessions"), self._on_codex_tree)
+        self.watch_root(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
+        self.watch_root(self.paths["amp_threads"], self._on_amp_dir)
         self.cold_start()
         if self.inotify is None:
             self.server.loop.call_later(self.poll_interval, self._poll)
 
     def cold_start(self):
-        self._scan_claude_registry()
-        self._scan_claude_projects()
-        self._read_codex_index()
-        self._read_codex_names_db()
-        self._scan_codex_sessions()
-        self._codex_turns_fallback()
-        self._query_opencode()
-        self._scan_amp()
+        for step in (self._scan_claude_registry, self._scan_claude_projects, self._read_codex_index,
+                     self._read_codex_names_db, self._scan_codex_sessions, self._codex_turns_fallback,
+                     self._query_opencode, self._scan_amp):
+            self._guarded(step.__name__, step)
+
+    def _guarded(self, what, fn, *args):
+        """Read one file, row or directory under its own guard: what no parser expected is skipped
+        and counted (/health skippedRecords), logged once, and the rest is read."""
+        try:
+            return fn(*args)
+        except Exception as e:
+            self.bad_records += 1
+            if what not in self._logged_bad and len(self._logged_bad) < 200:
+                self._logged_bad.add(what)
+                log("skipped %s (%s: %s)" % (what, type(e).__name__, str(e)[:200]))
+            return None
+
+    def _listdir(self, path):
+        """Sorted entries of a directory; an unreadable one (left by `sudo codex`) is skipped and counted."""
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            self._guarded(path, _raise, e)
+            return []
 
     def _codex_turns_fallback(self):
         """A rollout read from its tail may not reach back to its turn's task_started (a long turn):
@@ -2052,7 +2291,12 @@ class AgentWatchers(object):
             status, detail = codex_turn_status(row["status"], row["error_json"])
             if status:
                 self.states[path].update(status=status, detail=detail, turns=1)
-                self._apply_codex(path)
+                self._guarded(path, self._apply_codex, path)
+
+    def watch_root(self, path, handler):
+        """An agent's own directory: watched (or awaited) for good, even after it is removed."""
+        self.roots[path] = handler
+        self.watch_dir(path, handler)
 
     def watch_dir(self, path, handler):
         """Watch a directory; a missing one is watched for through its nearest existing parent."""
@@ -2063,35 +2307,54 @@ class AgentWatchers(object):
         if path in self.watched_dirs:
             return
         if os.path.isdir(path):
-            try:
-                wd = self.inotify.add_watch(path, DIR_EVENTS)
-            except OSError as e:
-                log("cannot watch %s: %s" % (path, e))
-                return
-            self.watches[wd] = (path, handler)
-            self.watched_dirs[path] = wd
-            self.pending_dirs.pop(path, None)
+            # the caller lists it after this (so what is made before the watch is not lost)
+            self._add_dir_watch(path, handler)
             return
         self.pending_dirs[path] = handler
-        parent = os.path.dirname(path)
-        while parent and parent != os.path.dirname(parent) and not os.path.isdir(parent):
-            parent = os.path.dirname(parent)
-        if parent and parent not in self.watched_dirs:
-            try:
-                wd = self.inotify.add_watch(parent, IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF)
-            except OSError:
-                return
-            self.watches[wd] = (parent, self._on_ancestor)
-            self.watched_dirs[parent] = wd
+        self._settle_pending()
+
+    def _add_dir_watch(self, path, handler):
+        try:
+            wd = self.inotify.add_watch(path, DIR_EVENTS)
+        except OSError as e:
+            log("cannot watch %s: %s" % (path, e))
+            return False
+        self.watches[wd] = (path, handler)
+        self.watched_dirs[path] = wd
+        self.pending_dirs.pop(path, None)
+        return True
+
+    def _settle_pending(self):
+        """Watch each awaited directory that exists now (and tell its handler, which lists it), and
+        the nearest existing parent of each that does not. After every new watch look again: a
+        directory made between our look and the watch on its parent sends us no event."""
+        looked_again = True
+        while looked_again and self.inotify is not None:
+            looked_again = False
+            for path, handler in list(self.pending_dirs.items()):
+                if self.pending_dirs.get(path) is not handler:
+                    continue  # settled meanwhile (a handler below watched it)
+                if os.path.isdir(path):
+                    if not self._add_dir_watch(path, handler):
+                        self.pending_dirs.pop(path, None)
+                        continue
+                    handler(path, None, IN_CREATE | IN_ISDIR)
+                    looked_again = True
+                    continue
+                parent = os.path.dirname(path)
+                while parent and parent != os.path.dirname(parent) and not os.path.isdir(parent):
+                    parent = os.path.dirname(parent)
+                if parent and parent not in self.watched_dirs:
+                    try:
+                        wd = self.inotify.add_watch(parent, IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF)
+                    except OSError:
+                        continue
+                    self.watches[wd] = (parent, self._on_ancestor)
+                    self.watched_dirs[parent] = wd
+                    looked_again = True
 
     def _on_ancestor(self, directory, name, mask):
-        for path, handler in list(self.pending_dirs.items()):
-            if path == directory or path.startswith(directory.rstrip("/") + "/"):
-                if os.path.isdir(path):
-                    self.watch_dir(path, handler)
-                    handler(path, None, IN_CREATE | IN_ISDIR)
-                else:
-                    self.watch_dir(path, handler)  # a step nearer: watch the new parent
+        self._settle_pending()
 
     def _on_inotify(self):
         changed = False
@@ -2108,12 +2371,15 @@ class AgentWatchers(object):
                 self.watches.pop(wd, None)
                 if self.watched_dirs.get(directory) == wd:
                     del self.watched_dirs[directory]
+                    if directory in self.roots and self.inotify is not None:
+                        self.pending_dirs[directory] = self.roots[directory]  # removed: await it again
+                if self.pending_dirs:
+                    self._settle_pending()  # an awaited directory's watched parent went away
                 continue
-            try:
-                handler(directory, name or None, mask)
-            except Exception:
-                import traceback
-                log("watcher failed on %s/%s:\n%s" % (directory, name, traceback.format_exc()))
+            self._guarded("%s/%s" % (directory, name or ""), handler, directory, name or None, mask)
+            if self.pending_dirs and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO) \
+                    and handler != self._on_ancestor:
+                self._guarded(directory, self._settle_pending)  # a parent of an awaited directory may be watched
             changed = True
         if changed:
             self.server.after_watchers()
@@ -2138,7 +2404,7 @@ class AgentWatchers(object):
                     known = path in self._stat_cache
                     self._stat_cache[path] = stamp
                     mask = (IN_MODIFY if known else IN_CREATE) | (IN_ISDIR if os.path.isdir(path) else 0)
-                    handler(directory, name, mask)
+                    self._guarded(path, handler, directory, name, mask)
         self.server.after_watchers()
 
     def _recent(self, path):
@@ -2151,7 +2417,7 @@ class AgentWatchers(object):
     def _scan_claude_registry(self):
         d = os.path.join(self.paths["claude"], "sessions")
         for name in listdir(d, ".json"):
-            self._read_claude_registry_file(os.path.join(d, name))
+            self._guarded(os.path.join(d, name), self._read_claude_registry_file, os.path.join(d, name))
 
     def _on_claude_registry_dir(self, directory, name, mask):
         if name is None:
@@ -2175,8 +2441,8 @@ class AgentWatchers(object):
     def _read_claude_registry_file(self, path):
         try:
             with open(path, "rb") as f:
-                entry = claude_registry_entry(json.loads(f.read().decode("utf-8")))
-        except (OSError, ValueError, UnicodeDecodeError):
+                entry = claude_registry_entry(clean_parsed_strings(json.loads(f.read(MAX_LINE_BYTES).decode("utf-8"))))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             return  # half-written: the next event re-reads it
         if entry is None:
             return
@@ -2190,10 +2456,7 @@ class AgentWatchers(object):
             p = os.path.join(projects, claude_project_dir_name(cwd), session_id + ".jsonl")
             if os.path.exists(p):
                 return p
-        for path, st in self.states.items():
-            if st["agent"] == "claude" and st["id"] == session_id:
-                return path
-        return None
+        return self.state_paths.get(("claude", session_id))
 
     def _scan_claude_projects(self):
         projects = os.path.join(self.paths["claude"], "projects")
@@ -2204,7 +2467,7 @@ class AgentWatchers(object):
                 for name in listdir(full, ".jsonl"):
                     path = os.path.join(full, name)
                     if path not in self.tails and self._recent(path):
-                        self._read_claude_transcript(path)
+                        self._guarded(path, self._read_claude_transcript, path)
 
     def _on_claude_projects_dir(self, directory, name, mask):
         if name is None:
@@ -2213,7 +2476,7 @@ class AgentWatchers(object):
         if os.path.isdir(full):
             self.watch_dir(full, self._on_claude_project)
             for n in listdir(full, ".jsonl"):
-                self._read_claude_transcript(os.path.join(full, n))
+                self._guarded(os.path.join(full, n), self._read_claude_transcript, os.path.join(full, n))
 
     def _on_claude_project(self, directory, name, mask):
         if name and name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
@@ -2226,10 +2489,16 @@ class AgentWatchers(object):
         cold = tail is None
         if cold:
             tail = self.tails[path] = FileTail(path)
+        long_before = tail.skipped_lines
         lines, reset = tail.read(cold_tail=TAIL_BYTES)
+        if tail.skipped_lines != long_before:
+            self._count_long_lines(path, tail.skipped_lines - long_before)
+        if tail.more:
+            self._read_more_later(path, agent)
         state = self.states.get(path)
         if state is None or reset:
             state = self.states[path] = new_thread_state(agent, tid)
+            self.state_paths.setdefault((agent, tid), path)
             if cold and tail.offset > TAIL_BYTES:
                 head = new_thread_state(agent, tid)
                 for rec in parse_json_lines(read_head_lines(path))[0]:
@@ -2241,6 +2510,27 @@ class AgentWatchers(object):
         for rec in records:
             reducer(state, rec)
         return state, records
+
+    def _count_long_lines(self, path, n):
+        self.long_lines += n
+        self.bad_records += n
+        if len(self._logged_bad) < 200 and ("long", path) not in self._logged_bad:
+            self._logged_bad.add(("long", path))
+            log("skipped a line over %d MB in %s (and count them from now on)" % (MAX_LINE_BYTES >> 20, path))
+
+    def _read_more_later(self, path, agent):
+        """A file read stopped at its budget: the rest is read on a later loop turn, so HTTP and
+        tmux events are served in between (a 400 MB append takes many short turns, not one long one)."""
+        if path in self._more_pending:
+            return
+        self._more_pending.add(path)
+        reader = self._read_claude_transcript if agent == "claude" else self._read_codex_rollout
+        self.server.loop.call_later(0.0, self._read_more, path, reader)
+
+    def _read_more(self, path, reader):
+        self._more_pending.discard(path)
+        self._guarded(path, reader, path)
+        self.server.after_watchers()
 
     def _read_claude_transcript(self, path):
         sid = os.path.basename(path)[:-6]
@@ -2278,11 +2568,48 @@ class AgentWatchers(object):
         self.server.apply_thread_update("claude", sid, updated_at=updated or None, **fields)
 
     # -- Codex -----------------------------------------------------------------------------------
+    def _db_changed(self, db, mask):
+        """An event on a database or its -wal is a real change, not one our own read caused: a
+        write (IN_MODIFY; we never write), or a file whose inode, size or mtime differs from what
+        it was when we last read. Our read's close (IN_CLOSE_WRITE) and -shm events are not."""
+        return bool(mask & IN_MODIFY) or sqlite_stamp(db) != self.db_stamps.get(db)
+
+    def _db_read(self, db, read):
+        """read() now, or, while the database's writer is committing (the -wal write that woke us
+        comes before the commit is visible), as soon as its write lock is released. Where the lock
+        cannot be seen, read now and once more a moment later."""
+        if db in self.db_waits:
+            return  # a read is already waiting for this database
+        locked = sqlite_write_locked(db)
+        if locked:
+            self.db_waits[db] = 0
+            self.server.loop.call_later(0.002, self._db_read_retry, db, read)
+            return
+        read()
+        if locked is None:
+            self.db_waits[db] = DB_WAIT_TRIES
+            self.server.loop.call_later(0.1, self._db_read_retry, db, read)
+
+    def _db_read_retry(self, db, read):
+        tries = self.db_waits.get(db, 0) + 1
+        if tries < DB_WAIT_TRIES and sqlite_write_locked(db):
+            self.db_waits[db] = tries  # a long transaction: look less often (at most every 100 ms)
+            self.server.loop.call_later(min(0.1, 0.002 * tries), self._db_read_retry, db, read)
+            return
+        self.db_waits.pop(db, None)
+        read()
+        self.server.after_watchers()
+
     def _on_codex_home(self, directory, name, mask):
-        if name == "session_index.jsonl":
+        if name is None:  # ~/.codex appeared (a first Codex run): read what it already holds
+            self._read_codex_index()
+            self._db_read(os.path.join(directory, "state_5.sqlite"), self._read_codex_names_db)
+        elif name == "session_index.jsonl":
             self._read_codex_index()
         elif name in ("state_5.sqlite", "state_5.sqlite-wal"):
-            self._read_codex_names_db()
+            db = os.path.join(directory, "state_5.sqlite")
+            if self._db_changed(db, mask):
+                self._db_read(db, self._read_codex_names_db)
         elif name == "sessions" and mask & IN_ISDIR:
             self.watch_dir(os.path.join(directory, name), self._on_codex_tree)
             self._scan_codex_sessions()
@@ -2291,7 +2618,14 @@ class AgentWatchers(object):
         path = os.path.join(self.paths["codex"], "session_index.jsonl")
         if self.codex_index_tail is None:
             self.codex_index_tail = FileTail(path)
-        lines, _ = self.codex_index_tail.read()
+        tail = self.codex_index_tail
+        long_before = tail.skipped_lines
+        lines, _ = tail.read()
+        if tail.skipped_lines != long_before:
+            self._count_long_lines(path, tail.skipped_lines - long_before)
+        if tail.more and path not in self._more_pending:
+            self._more_pending.add(path)
+            self.server.loop.call_later(0.0, self._read_more, path, lambda _path: self._read_codex_index())
         records, bad = parse_json_lines(lines)
         self.bad_records += bad
         names = parse_codex_session_index(records)
@@ -2307,41 +2641,46 @@ class AgentWatchers(object):
         path = os.path.join(self.paths["codex"], "state_5.sqlite")
         if not os.path.exists(path):
             return
+        self.db_stamps[path] = sqlite_stamp(path)
         try:
             rows = sqlite_rows(path, "SELECT id, name FROM threads WHERE name IS NOT NULL AND name != ''")
         except sqlite3.Error as e:
+            self.db_stamps.pop(path, None)
             log("codex state_5.sqlite not readable now (%s); will retry on its next change" % e)
             return
+        renamed = set()
         for row in rows:
             if self.codex_names.get(row["id"]) != row["name"]:
                 self.codex_names[row["id"]] = row["name"]
+                renamed.add(row["id"])
+        if renamed:
+            for rollout, st in list(self.states.items()):
+                if st["agent"] == "codex" and st["id"] in renamed:
+                    self._apply_codex(rollout, moved=False)
 
     def _scan_codex_sessions(self):
         root = os.path.join(self.paths["codex"], "sessions")
-        try:
-            years = sorted(os.listdir(root))
-        except OSError:
-            return
+        years = self._listdir(root)
         horizon = time.strftime("%Y/%m/%d", time.localtime(self.clock() - self.recent_s - 86400))
         for y in years:
             ydir = os.path.join(root, y)
             if not os.path.isdir(ydir):
                 continue
             self.watch_dir(ydir, self._on_codex_tree)
-            for m in sorted(os.listdir(ydir)):
+            for m in self._listdir(ydir):
                 mdir = os.path.join(ydir, m)
                 if not os.path.isdir(mdir) or "%s/%s/99" % (y, m) < horizon:
                     continue
                 self.watch_dir(mdir, self._on_codex_tree)
-                for d in sorted(os.listdir(mdir)):
+                for d in self._listdir(mdir):
                     ddir = os.path.join(mdir, d)
                     if not os.path.isdir(ddir) or "%s/%s/%s" % (y, m, d) < horizon:
                         continue
                     self.watch_dir(ddir, self._on_codex_tree)
-                    for name in os.listdir(ddir):
+                    for name in self._listdir(ddir):
                         path = os.path.join(ddir, name)
                         if codex_id_from_path(path) and path not in self.tails and self._recent(path):
-                            self._read_codex_rollout(path)
+                            self._guarded(path, self._read_codex_rollout, path)
 
     def _on_codex_tree(self, directory, name, mask):
         if name is None:
@@ -2349,8 +2688,8 @@ class AgentWatchers(object):
         path = os.path.join(directory, name)
         if mask & IN_ISDIR or os.path.isdir(path):
             self.watch_dir(path, self._on_codex_tree)
-            for sub in sorted(os.listdir(path)) if os.path.isdir(path) else ():
-                self._on_codex_tree(path, sub, IN_CREATE)
+            for sub in self._listdir(path) if os.path.isdir(path) else ():
+                self._guarded(os.path.join(path, sub), self._on_codex_tree, path, sub, IN_CREATE)
         elif codex_id_from_path(path) and not mask & (IN_DELETE | IN_MOVED_FROM):
             self._read_codex_rollout(path)
 
@@ -2379,19 +2718,24 @@ class AgentWatchers(object):
     # -- OpenCode --------------------------------------------------------------------------------
     def _on_opencode_dir(self, directory, name, mask):
         base = os.path.basename(self.paths["opencode_db"])
-        if name in (None, base, base + "-wal"):
+        if name is None or (name in (base, base + "-wal") and self._db_changed(self.paths["opencode_db"], mask)):
             self._schedule_opencode()
 
     def _schedule_opencode(self):
-        """OpenCode writes its WAL many times per second while streaming: query at most every 100 ms."""
+        """OpenCode writes its WAL many times per second while streaming: a change is read at once,
+        and then at most every OPENCODE_MIN_INTERVAL seconds (changes in between are read at its end)."""
         if self.oc_pending:
             return
+        wait = 0.0 if self.oc_queried_at is None else self.oc_queried_at + OPENCODE_MIN_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._db_read(self.paths["opencode_db"], self._query_opencode)  # the caller publishes
+            return
         self.oc_pending = True
-        self.server.loop.call_later(0.1, self._query_opencode_later)
+        self.server.loop.call_later(wait, self._query_opencode_later)
 
     def _query_opencode_later(self):
         self.oc_pending = False
-        self._query_opencode()
+        self._db_read(self.paths["opencode_db"], self._query_opencode)
         self.server.after_watchers()
 
     def _query_opencode(self):
@@ -2400,6 +2744,8 @@ class AgentWatchers(object):
         path = self.paths["opencode_db"]
         if not os.path.exists(path):
             return
+        self.oc_queried_at = time.monotonic()
+        self.db_stamps[path] = sqlite_stamp(path)
         since = self.oc_last or int((self.clock() - self.recent_s) * 1000)
         try:
             conn = sqlite_ro(path)
@@ -2409,48 +2755,71 @@ class AgentWatchers(object):
                     "WHERE time_updated > ? ORDER BY time_updated", (since,)).fetchall()
                 updates = []
                 for s in sessions:
-                    msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "
-                                       "ORDER BY time_created DESC, id DESC LIMIT 1", (s["id"],)).fetchone()
-                    running_tool = False
-                    data = None
-                    if msg is not None:
-                        try:
-                            data = json.loads(msg["data"])
-                        except ValueError:
-                            self.bad_records += 1
-                        running_tool = conn.execute(
-                            "SELECT 1 FROM part WHERE message_id = ? AND data LIKE '%\"status\":\"running\"%' LIMIT 1",
-                            (msg["id"],)).fetchone() is not None
-                    updates.append((s, data, running_tool))
+                    row = self._guarded("opencode session %r" % (s["id"],), self._opencode_row, conn, s)
+                    if row is not None:
+                        updates.append(row)
             finally:
                 conn.close()
         except sqlite3.Error as e:
+            self.db_stamps.pop(path, None)
             if not self.oc_error_logged:
                 log("opencode.db not readable now (%s); retrying on its next change" % e)
                 self.oc_error_logged = True
             return
         self.oc_error_logged = False
         for s, data, running_tool in updates:
-            self.oc_last = max(self.oc_last, s["time_updated"] or 0)
-            status, detail = opencode_status(data, running_tool)
-            model = None
+            self._guarded("opencode session %r" % (s["id"],), self._apply_opencode, s, data, running_tool)
+
+    def _opencode_row(self, conn, s):
+        """One session row -> (row, newest message data, running tool), or None for an odd row
+        (counted once): time_updated not a number, id not text."""
+        import sqlite3
+        if not valid_thread_id("opencode", s["id"]) or isinstance(s["time_updated"], bool) \
+                or not isinstance(s["time_updated"], int):
+            if s["id"] not in self._oc_bad_rows and len(self._oc_bad_rows) < 10000:
+                self._oc_bad_rows.add(s["id"])
+                self.bad_records += 1
+            return None
+        msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "
+                           "ORDER BY time_created DESC, id DESC LIMIT 1", (s["id"],)).fetchone()
+        running_tool = False
+        data = None
+        if msg is not None:
             try:
-                m = json.loads(s["model"]) if s["model"] else None
-                if isinstance(m, dict):
-                    model = m.get("id") or m.get("modelID")
-            except (ValueError, TypeError):
-                pass
-            if isinstance(data, dict) and data.get("modelID"):
-                model = data["modelID"]
-            current = self.server.store.threads.get(("opencode", s["id"]))
-            attempt = None
-            if current is not None and current.source == "plugin" and current.status in ("waiting", "retry") \
-                    and status == "running":  # the DB cannot see these; the plugin can
-                status, detail, attempt = current.status, current.detail, current.attempt
-            self.server.apply_thread_update(
-                "opencode", s["id"], status=status, detail=detail, attempt=attempt, title=_clip_title(s["title"] or ""),
-                cwd=s["directory"], model=model, updated_at=s["time_updated"], hidden=bool(s["parent_id"]),
-                source=current.source if current is not None and current.source == "plugin" else "file")
+                data = clean_parsed_strings(json.loads(msg["data"]))
+            except (ValueError, TypeError, RecursionError):  # not JSON, NULL, a blob
+                self.bad_records += 1
+            try:
+                running_tool = conn.execute(
+                    "SELECT 1 FROM part WHERE message_id = ? AND data LIKE '%\"status\":\"running\"%' LIMIT 1",
+                    (msg["id"],)).fetchone() is not None
+            except sqlite3.InterfaceError:
+                running_tool = False
+        return s, data, running_tool
+
+    def _apply_opencode(self, s, data, running_tool):
+        self.oc_last = max(self.oc_last, s["time_updated"])
+        status, detail = opencode_status(data, running_tool)
+        model = None
+        try:
+            m = json.loads(s["model"]) if s["model"] else None
+            if isinstance(m, dict) and isinstance(m.get("id") or m.get("modelID"), str):
+                model = m.get("id") or m.get("modelID")
+        except (ValueError, TypeError, RecursionError):
+            pass
+        if isinstance(data, dict) and isinstance(data.get("modelID"), str) and data["modelID"]:
+            model = data["modelID"]
+        current = self.server.store.threads.get(("opencode", s["id"]))
+        attempt = None
+        if current is not None and current.source == "plugin" and current.status in ("waiting", "retry") \
+                and status == "running":  # the DB cannot see these; the plugin can
+            status, detail, attempt = current.status, current.detail, current.attempt
+        self.server.apply_thread_update(
+            "opencode", s["id"], status=status, detail=detail, attempt=attempt,
+            title=_clip_title(clean_str(s["title"]) if isinstance(s["title"], str) else ""),
+            cwd=clean_str(s["directory"]) if isinstance(s["directory"], str) else None,
+            model=model, updated_at=s["time_updated"], hidden=bool(s["parent_id"]),
+            source=current.source if current is not None and current.source == "plugin" else "file")
 
     # -- Amp (format unverified, see amp_thread_state) -----------------------------------------------
     def _scan_amp(self):
@@ -2458,7 +2827,7 @@ class AgentWatchers(object):
         for name in listdir(d, ".json"):
             path = os.path.join(d, name)
             if self._recent(path):
-                self._read_amp(path)
+                self._guarded(path, self._read_amp, path)
 
     def _on_amp_dir(self, directory, name, mask):
         if name is None:
@@ -2471,9 +2840,11 @@ class AgentWatchers(object):
             st = os.stat(path)
             if self.amp_mtimes.get(path) == (st.st_mtime_ns, st.st_size):
                 return
+            if st.st_size > MAX_LINE_BYTES:
+                raise ValueError("%d bytes, over the %d-byte cap" % (st.st_size, MAX_LINE_BYTES))
             with open(path, "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
+                data = clean_parsed_strings(json.loads(f.read().decode("utf-8")))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             self.bad_records += 1
             return  # half-written (Amp rewrites the whole file): the next event re-reads it
         self.amp_mtimes[path] = (st.st_mtime_ns, st.st_size)
@@ -2560,12 +2931,31 @@ CLAUDE_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", 
 CODEX_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "PermissionRequest")
 
 
-def _is_our_hook(hook, agent):
+def _is_our_hook(hook, agent, commands=()):
+    """Our hook: a command we installed (the current one, or one recorded when installing), or one of
+    the exact shape `[python [-S]] …/opensessions[.py|.pyz] hook AGENT`. A user's hook whose command
+    merely mentions opensessions ('notify opensessions hook claude', a wrapper script) is not ours."""
+    import shlex
     cmd = hook.get("command") if isinstance(hook, dict) else None
-    return isinstance(cmd, str) and "opensessions" in cmd and cmd.rstrip().endswith(" hook " + agent)
+    if not isinstance(cmd, str):
+        return False
+    if cmd in commands:
+        return True
+    try:
+        tokens = shlex.split(cmd)
+    except ValueError:
+        return False
+    if len(tokens) < 3 or tokens[-2:] != ["hook", agent]:
+        return False
+    prog, prefix = tokens[-3], tokens[:-3]
+    if not re.match(r"^opensessions(\.pyz?)?$", os.path.basename(prog)):
+        return False
+    if prefix and not re.match(r"^python[0-9.]*$", os.path.basename(prefix[0])):
+        return False
+    return prefix[1:] in ([], ["-S"])
 
 
-def hooks_install(config, agent, events, command):
+def hooks_install(config, agent, events, command, commands=()):
     """Add our hook to each event of a Claude/Codex-format hook config (a dict); keep every other
     entry. Idempotent. Returns the new config (the input is not changed)."""
     import copy
@@ -2573,47 +2963,83 @@ def hooks_install(config, agent, events, command):
     hooks = config.setdefault("hooks", {})
     if not isinstance(hooks, dict):
         raise OpensessionsError("'hooks' in the config is not an object; not touching it")
-    config = hooks_uninstall(config, agent)
+    for event in events:
+        if not isinstance(hooks.get(event, []), list):
+            raise OpensessionsError("hooks.%s is not a list; not touching it" % event)
+    config = hooks_uninstall(config, agent, tuple(commands) + (command,), keep_emptied=events)
     hooks = config.setdefault("hooks", {})
     for event in events:
-        groups = hooks.setdefault(event, [])
-        if not isinstance(groups, list):
-            raise OpensessionsError("hooks.%s is not a list; not touching it" % event)
-        groups.append({"hooks": [{"type": "command", "command": command, "timeout": 5}]})
+        hooks.setdefault(event, []).append({"hooks": [{"type": "command", "command": command, "timeout": 5}]})
     return config
 
 
-def hooks_uninstall(config, agent):
-    """Remove our hooks (and only ours) from a hook config; drop groups and events left empty."""
+def hooks_uninstall(config, agent, commands=(), created=None, keep_emptied=()):
+    """Remove our hooks (and only ours) from a hook config. A group that held only ours goes; an event
+    list (or 'hooks') that we emptied goes unless the user had it before we added to it: `created`
+    (what install recorded: {"events": [...], "hooks": bool}) tells, when known. Whatever we did not
+    touch stays as it was, empty lists included."""
     import copy
     config = copy.deepcopy(config) if config else {}
     hooks = config.get("hooks")
     if not isinstance(hooks, dict):
         return config
+    touched = False
     for event in list(hooks):
         groups = hooks[event]
         if not isinstance(groups, list):
             continue
-        kept = []
+        kept, removed = [], False
         for g in groups:
             if isinstance(g, dict) and isinstance(g.get("hooks"), list):
-                inner = [h for h in g["hooks"] if not _is_our_hook(h, agent)]
-                if not inner and g["hooks"]:
-                    continue
-                g = dict(g, hooks=inner)
+                inner = [h for h in g["hooks"] if not _is_our_hook(h, agent, commands)]
+                if len(inner) != len(g["hooks"]):
+                    removed = True
+                    if not inner:
+                        continue
+                    g = dict(g, hooks=inner)
             kept.append(g)
-        if kept:
+        touched = touched or removed
+        users_list = created is not None and event not in (created.get("events") or ())
+        if kept or not removed or users_list or event in keep_emptied:
             hooks[event] = kept
         else:
             del hooks[event]
-    if not hooks:
+    if not hooks and touched and not keep_emptied and (created is None or created.get("hooks")):
         del config["hooks"]
     return config
 
 
+def _write_config(path, text):
+    """Write a user's config file atomically, keeping its mode, and through a symlink to its target
+    (the link stays a link). A new file gets 0644."""
+    real = os.path.realpath(path)
+    try:
+        mode = os.stat(real).st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o644
+    directory = os.path.dirname(real)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(real), os.getpid()))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # exactly the file's mode, whatever the umask
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, real)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def _edit_json_config(path, change):
-    """Read a JSON config, apply change(dict) -> dict, back it up and write it atomically.
-    A file that is not valid JSON is refused and left untouched. -> True if it changed."""
+    """Read a JSON config, apply change(dict) -> dict, back it up and write it atomically (its mode
+    kept, a symlink written through). A file that is not valid JSON is refused and left untouched.
+    -> True if it changed."""
     existing = None
     raw = None
     if os.path.exists(path):
@@ -2621,50 +3047,137 @@ def _edit_json_config(path, change):
             raw = f.read()
         try:
             existing = json.loads(raw.decode("utf-8")) if raw.strip() else {}
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise OpensessionsError("%s is not valid JSON (%s); fix it first, it was not changed" % (path, e))
         if not isinstance(existing, dict):
             raise OpensessionsError("%s does not hold a JSON object; it was not changed" % path)
     new = change(existing or {})
     if existing is not None and new == existing:
         return False
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     if raw is not None:
         atomic_write(path + ".opensessions.bak", raw)
-    if not new and existing is not None and not raw.strip():
-        return False
-    atomic_write(path, json.dumps(new, indent=2, ensure_ascii=False) + "\n", mode=0o644)
+    _write_config(path, json.dumps(new, indent=2, ensure_ascii=False) + "\n")
     return True
 
 
+def _install_ledger_path(environ=None):
+    return os.path.join(state_dir(environ), "installed.json")
+
+
+def _read_install_ledger(environ=None):
+    """What install added where ({real path: {"commands", "events", "hooks", "createdFile"}}), so
+    uninstall removes only that."""
+    try:
+        with open(_install_ledger_path(environ), "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+
+
+def _write_install_ledger(ledger, environ=None):
+    path = _install_ledger_path(environ)
+    if not ledger:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        return
+    ensure_private_dir(os.path.dirname(path))
+    atomic_write(path, json.dumps(ledger, indent=1, sort_keys=True))
+
+
+def _install_hooks_file(path, agent, events, command, ledger):
+    real = os.path.realpath(path)
+    entry = dict(ledger.get(real) or {})
+    created_file = not os.path.exists(path)
+
+    def change(config):
+        hooks = config.get("hooks") if isinstance(config.get("hooks"), dict) else None
+        if not entry:
+            entry.update(createdFile=created_file, hooks=hooks is None,
+                         events=[e for e in events if hooks is None or e not in hooks], commands=[])
+        return hooks_install(config, agent, events, command, entry.get("commands") or ())
+    changed = _edit_json_config(path, change)
+    if command not in (entry.get("commands") or []):
+        entry["commands"] = (entry.get("commands") or []) + [command]
+    ledger[real] = entry
+    return changed
+
+
+def _uninstall_hooks_file(path, agent, command, ledger):
+    """-> list of what was done."""
+    real = os.path.realpath(path)
+    entry = ledger.get(real)
+    done = []
+    if os.path.exists(path):
+        commands = tuple((entry or {}).get("commands") or ()) + (command,)
+        if _edit_json_config(path, lambda c: hooks_uninstall(c, agent, commands, created=entry)):
+            done.append("removed %s hooks from %s" % (agent, path))
+        if entry and entry.get("createdFile") and read_json_file(path, None) == {}:
+            os.unlink(path)
+            for extra in (path + ".opensessions.bak",):
+                try:
+                    os.unlink(extra)
+                except OSError:
+                    pass
+            done.append("deleted %s (install had created it; it is empty now)" % path)
+    ledger.pop(real, None)
+    return done
+
+
 def install_agents(command_prefix, environ=None, uninstall=False):
-    """Add (or remove) our Claude and Codex hooks and the OpenCode plugin. -> list of messages."""
+    """Add (or remove) our Claude and Codex hooks and the OpenCode plugin. -> list of messages.
+    A step that fails stops there with an error that says what was already changed."""
     paths = agent_paths(environ)
     done = []
+    ledger = _read_install_ledger(environ)
+    plugin = os.path.join(paths["opencode_config"], "plugins", OPENCODE_PLUGIN_NAME)
+    steps = []
     for agent, path, events in (("claude", os.path.join(paths["claude"], "settings.json"), CLAUDE_HOOK_EVENTS),
                                 ("codex", os.path.join(paths["codex"], "hooks.json"), CODEX_HOOK_EVENTS)):
-        if uninstall:
-            if os.path.exists(path) and _edit_json_config(path, lambda c: hooks_uninstall(c, agent)):
-                done.append("removed %s hooks from %s" % (agent, path))
-        else:
+        steps.append(("%s hooks in %s" % (agent, path), agent, path, events))
+    steps.append(("the OpenCode plugin %s" % plugin, "opencode", plugin, ()))
+    try:
+        for what, agent, path, events in steps:
             command = command_prefix + " hook " + agent
-            if _edit_json_config(path, lambda c: hooks_install(c, agent, events, command)):
-                done.append("installed %s hooks in %s" % (agent, path))
-    plugin = os.path.join(paths["opencode_config"], "plugins", OPENCODE_PLUGIN_NAME)
-    if uninstall:
-        if os.path.exists(plugin):
-            os.unlink(plugin)
-            done.append("removed the OpenCode plugin %s" % plugin)
-    else:
-        current = None
-        if os.path.exists(plugin):
-            with open(plugin, "r", encoding="utf-8") as f:
-                current = f.read()
-        if current != OPENCODE_PLUGIN:
-            os.makedirs(os.path.dirname(plugin), exist_ok=True)
-            atomic_write(plugin, OPENCODE_PLUGIN, mode=0o644)
-            done.append("installed the OpenCode plugin %s" % plugin)
+            try:
+                if agent == "opencode":
+                    done.extend(_plugin_step(plugin, uninstall))
+                elif uninstall:
+                    done.extend(_uninstall_hooks_file(path, agent, command, ledger))
+                elif _install_hooks_file(path, agent, events, command, ledger):
+                    done.append("installed %s hooks in %s" % (agent, path))
+            except (OpensessionsError, OSError) as e:
+                left = [w for w, _, _, _ in steps[steps.index((what, agent, path, events)) + 1:]]
+                raise OpensessionsError(
+                    "%s %s failed: %s\nchanged before that: %s%s" % (
+                        "removing" if uninstall else "installing", what, e,
+                        "; ".join(done) if done else "nothing",
+                        "\nnot done: %s" % "; ".join(left) if left else ""))
+    finally:
+        try:
+            _write_install_ledger(ledger, environ)
+        except (OSError, OpensessionsError) as e:
+            log("cannot record what install changed (%s)" % e)
     return done
+
+
+def _plugin_step(plugin, uninstall):
+    if uninstall:
+        if os.path.lexists(plugin):
+            os.unlink(plugin)
+            return ["removed the OpenCode plugin %s" % plugin]
+        return []
+    current = None
+    if os.path.exists(plugin):
+        with open(plugin, "r", encoding="utf-8", errors="replace") as f:
+            current = f.read()
+    if current == OPENCODE_PLUGIN:
+        return []
+    os.makedirs(os.path.dirname(plugin), exist_ok=True)
+    atomic_write(plugin, OPENCODE_PLUGIN, mode=0o644)
+    return ["installed the OpenCode plugin %s" % plugin]
 
 ##############################################################################
 # Server: event loop, state store, HTTP handlers, runtime file and lock
@@ -3122,6 +3635,11 @@ class Server(object):
         self.pane_agents = {}
         self._codex_fd_links = {}
         self.tmux_instance = None
+        self._pidfds = {}  # pid of a live thread's agent -> pidfd (readable when it exits)
+        self._pidfd_ok = hasattr(os, "pidfd_open")
+        self._pid_check_armed = False
+        self._exited_pids = set()  # pids whose exit we were told of (a zombie still answers kill 0)
+        self._relink_pending = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self):
@@ -3224,6 +3742,8 @@ class Server(object):
             self.httpd.server_close()
             self.httpd = None
         self._stop_control()
+        for pid in list(self._pidfds):
+            self._close_pidfd(pid)
         if self.watchers is not None:
             self.watchers.close()
         self._save_state_now()
@@ -3432,6 +3952,77 @@ class Server(object):
             if t.agent == agent and t.pid == pid and t.alive:
                 t.alive = False
                 self.store.touch()
+                self._process_gone(t)
+
+    def _process_gone(self, t):
+        """A thread whose agent process died mid-turn (kill -9, a crash, a reboot) is no longer
+        running or waiting: it says so, and leaves the running count. Its files may still say
+        "running" (nothing wrote the end of the turn), so this is judged again at every link."""
+        if t.status not in ("running", "waiting", "retry") or t.alive or not t.pid:
+            return
+        if t.pid not in self._exited_pids and _pid_alive(t.pid) \
+                and (self.proc_table is None or t.pid not in self.proc_table):
+            return  # our process table is older than the process: it runs
+        prev = t.status
+        t.status, t.detail, t.attempt = "interrupted", "agent exited", None
+        t.updated_at = now_ms(self.clock)
+        self._status_changes.append((t, prev, t.status))
+        self.store.touch()
+        self._schedule_save()
+
+    def _watch_agent_pids(self):
+        """Be woken when an agent process a live thread runs in exits: a pidfd per process
+        (Linux 5.3+, Python 3.9+) in the event loop. Elsewhere a 1 s timer asks the kernel about
+        those pids only (os.kill(pid, 0)), and only while there are any."""
+        want = {t.pid for t in self.store.threads.values() if t.alive and t.pid}
+        for pid in [p for p in self._pidfds if p not in want]:
+            self._close_pidfd(pid)
+        missing = want.difference(self._pidfds)
+        if not missing:
+            return
+        for pid in missing if self._pidfd_ok else ():
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                self.loop.post(self._on_agent_exit, pid)  # gone already
+                continue
+            except OSError:
+                self._pidfd_ok = False  # an older kernel: the timer looks instead
+                break
+            self._pidfds[pid] = fd
+            self.loop.add_reader(fd, lambda pid=pid: self._on_agent_exit(pid))
+        if not self._pidfd_ok and not self._pid_check_armed:
+            self._pid_check_armed = True
+            self.loop.call_later(1.0, self._check_agent_pids)
+
+    def _close_pidfd(self, pid):
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _check_agent_pids(self):
+        self._pid_check_armed = False
+        pids = {t.pid for t in self.store.threads.values() if t.alive and t.pid and t.pid not in self._pidfds}
+        gone = [pid for pid in pids if not _pid_alive(pid)]
+        if gone:
+            self._on_agent_exit(gone[0])
+        elif pids:
+            self._pid_check_armed = True
+            self.loop.call_later(1.0, self._check_agent_pids)
+
+    def _on_agent_exit(self, pid):
+        self._close_pidfd(pid)
+        self._read_processes()
+        self._exited_pids = {p for p in self._exited_pids if p in self.proc_table}
+        if pid in self.proc_table:
+            self._exited_pids.add(pid)
+            self.proc_table.pop(pid)  # exited, not yet reaped: dead all the same
+        self.map_threads()
+        self.publish()
 
     def forget_panes(self):
         """Another tmux server: every thread keeps its session name (and its unseen flag and age)
@@ -3449,10 +4040,18 @@ class Server(object):
         table = self.proc_table
         if table is None:
             return
-        need_reread = any(t.pid and t.pid not in table and t.alive for t in self.store.threads.values())
-        if need_reread and time.monotonic() - getattr(self, "_processes_read_at", 0) > 0.2:
-            self._read_processes()
-            table = self.proc_table
+        # a thread whose process is not in our table: it died, or it started after our last read
+        # (a new agent's registry file or hook can come first); read again, at most every 0.2 s
+        need_reread = any(t.pid and t.pid not in table and (t.alive or t.pid not in self._exited_pids
+                                                            and _pid_alive(t.pid))
+                          for t in self.store.threads.values())
+        if need_reread:
+            if time.monotonic() - getattr(self, "_processes_read_at", 0) > 0.2:
+                self._read_processes()
+                table = self.proc_table
+            elif not self._relink_pending:
+                self._relink_pending = True
+                self.loop.call_later(0.25, self._relink)
         pane_session = {}
         pane_cwd = {}
         for s in self.store.sessions:
@@ -3508,6 +4107,12 @@ class Server(object):
             taken.add(best.key)
             best.pid = pid
             self._set_link(best, True, pane_id, pane_session, "cwd")
+        self._watch_agent_pids()
+
+    def _relink(self):
+        self._relink_pending = False
+        self.map_threads()
+        self.publish()
 
     def _set_link(self, t, alive, pane, pane_session, link):
         session = pane_session.get(pane) if pane else t.session  # a dead thread stays where it ran
@@ -3515,6 +4120,8 @@ class Server(object):
         if (t.alive, t.pane, t.session, t.link) != (alive, new_pane, session, link):
             t.alive, t.pane, t.session, t.link = alive, new_pane, session, link
             self.store.touch()
+        if not alive:
+            self._process_gone(t)
 
     def clear_viewed(self):
         for t in self.store.threads.values():
@@ -4115,6 +4722,7 @@ def health_json(server):
         "ok": True, "version": __version__, "pid": os.getpid(),
         "threads": len(server.store.threads),
         "skippedRecords": watchers.bad_records if watchers is not None else 0,
+        "skippedLongLines": watchers.long_lines if watchers is not None else 0,
         "inotify": bool(watchers is not None and watchers.inotify is not None),
         "connections": getattr(httpd, "active", 0), "streams": getattr(httpd, "streams", 0)}).encode()
 
@@ -4571,7 +5179,7 @@ class Notifier(object):
         for c in clients:
             if cmds:
                 cmds.append(";")
-            cmds += ["display-message", "-c", c["name"], "-d", "5000", text.replace("#", "##")]
+            cmds += ["display-message", "-c", c["name"], "-d", "5000", tmux_literal(text)]
         self._spawn("tmux", self.server.tmux.argv(*cmds), title, body)
 
     def _desktop(self, title, body, status, panes):
@@ -4612,6 +5220,16 @@ class Notifier(object):
         self.sent.append((self.clock(), "bell", title, body))
 
 
+_PLAIN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def tmux_safe_thread_id(agent, thread_id):
+    """A thread id may go into a tmux option or message: an agent's real id shape, or (an id that
+    came through the API for another agent or a test) plain letters, digits, '_', '.', '-' only.
+    Never '#' (a '#[fg=…]' would style the status line) nor ';' nor a control character."""
+    return valid_thread_id(agent, thread_id) or bool(isinstance(thread_id, str) and _PLAIN_ID_RE.match(thread_id))
+
+
 def status_summary(state, charset="unicode"):
     """The status-line options from a /state document: {option: value}. Pure.
 
@@ -4634,7 +5252,7 @@ def status_summary(state, charset="unicode"):
             if t.get("unseen"):
                 unseen += 1
             wid = pane_window.get(t.get("pane"))
-            if wid and t.get("alive"):
+            if wid and t.get("alive") and tmux_safe_thread_id(t["agent"], t["id"]):
                 att = thread_attention(Thread(t["agent"], t["id"], status=t["status"], unseen=t.get("unseen")))
                 prev = windows.get(wid)
                 if prev is None or ATTENTION_ORDER.index(att) < ATTENTION_ORDER.index(prev[0]):
@@ -5098,6 +5716,9 @@ class Resurrect(object):
                 self._panes.append({"session": parts[1], "window": _int(parts[2]), "paneIndex": _int(parts[3]),
                                     "pane": parts[4], "pid": _int(parts[5]), "cwd": parts[6],
                                     "command": parts[7]})
+            elif line.strip():
+                self.log("save: skipped a pane line that does not parse (a control character in a cwd or "
+                         "command?): %r" % line[:300])
 
     # -- save --------------------------------------------------------------------------------
     def panes(self):
@@ -6862,7 +7483,7 @@ class SidebarApp(object):
                 if not os.path.isdir(directory):
                     self.model.message = "no such directory: %s" % directory
                     return None
-                self.tmux.run("new-session", "-d", "-s", action[1], "-c", directory)
+                self.tmux.run("new-session", "-d", "-s", tmux_literal(action[1]), "-c", tmux_literal(directory))
                 self._switch("=" + action[1])
             elif kind == "open":
                 import shutil
@@ -6958,7 +7579,8 @@ class SidebarPanes(object):
                     if len(s["windows"]) > 1:
                         tmux.run("kill-window", "-t", w["id"])
                     else:
-                        tmux.run("split-window", "-h", "-t", sidebars[0]["id"], "-c", s.get("dir") or home_dir())
+                        tmux.run("split-window", "-h", "-t", sidebars[0]["id"], "-c",
+                                 tmux_literal(s.get("dir") or home_dir()))
                         self._place(sidebars[0]["id"], ui)
                     changed = True
                     continue
@@ -7001,7 +7623,7 @@ class SidebarPanes(object):
 
     def _split(self, target, window_id, ui, cwd):
         out = self.server.tmux.run("split-window", *(self._flags(ui) + [
-            "-t", target, "-c", cwd or home_dir(), "-P", "-F", "#{pane_id}", self.command]))
+            "-t", target, "-c", tmux_literal(cwd or home_dir()), "-P", "-F", "#{pane_id}", self.command]))
         pane = out.strip()
         if pane:
             self._mark(pane, window_id)
@@ -7625,7 +8247,7 @@ def tmux_bindings(me, options):
     Every command runs with --display: what it says goes to the status line (display-message),
     so tmux never opens its view mode over a pane."""
     def run(cmd):
-        return ("run-shell", "-b", me + " " + cmd + " --display")
+        return ("run-shell", "-b", tmux_literal(me) + " " + cmd + " --display")  # run-shell expands formats
     key = options.get("@opensessions-key") or "o"
     out = [("prefix", key, "switch-client", "-T", KEY_TABLE),
            (KEY_TABLE, "s", ) + run("focus -w '#{window_id}'"),

@@ -86,7 +86,7 @@ class Results(object):
 
 
 def fmt(v):
-    if v != v:
+    if v is None or v != v:
         return "-"
     return "%.3g" % v if abs(v) < 100 else "%.0f" % v
 
@@ -149,32 +149,37 @@ def _close_all_worlds():
 class World(object):
     """A temp HOME with agent files, a private tmux server with N sessions, the .pyz."""
 
-    def __init__(self, sessions, claude=100, codex=50, size=200 * 1024, old=0, old_size=0):
+    def __init__(self, sessions, claude=100, codex=50, size=200 * 1024, old=0, old_size=0, dev_home=False):
         self.base = tempfile.mkdtemp(prefix="osbench-")
         self.socket = os.path.join(self.base, "tmux.sock")
         self.server = None
         WORLDS.append(self)
         self.home = os.path.join(self.base, "home")
         os.makedirs(self.home)
+        if dev_home:  # a HOME laid out like a real one (homes/dev, relocated so its paths are real)
+            subprocess.run([PY, os.path.join(os.path.dirname(FIX), "tools", "make_homes.py"), FIX, self.home,
+                            "--home-path", self.home], check=True, stdout=subprocess.DEVNULL)
         os.makedirs(os.path.join(self.base, "run"), mode=0o700)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("TMUX", "XDG_", "CLAUDE", "CODEX", "OPENCODE"))}
         self.env.update(HOME=self.home, XDG_RUNTIME_DIR=os.path.join(self.base, "run"), TMUX_TMPDIR=self.base,
                         XDG_CONFIG_HOME=os.path.join(self.home, ".config"), XDG_STATE_HOME=os.path.join(self.home, ".state"),
                         XDG_DATA_HOME=os.path.join(self.home, ".data"), LANG="C.UTF-8")
         self.env.pop("OPENSESSIONS_PORT", None)
+        if dev_home:
+            self.env["XDG_DATA_HOME"] = os.path.join(self.home, ".local", "share")  # where OpenCode keeps its DB
         self.pyz = os.path.join(self.base, "opensessions.pyz")
         subprocess.run([PY, os.path.join(ROOT, "build_zipapp.py"), "--out", self.pyz], check=True, stdout=subprocess.DEVNULL)
         self.cwd = os.path.join(self.home, "work")
-        os.makedirs(self.cwd)
+        os.makedirs(self.cwd, exist_ok=True)
         proj = os.path.join(self.home, ".claude", "projects", opensessions.claude_project_dir_name(self.cwd))
-        os.makedirs(proj)
+        os.makedirs(proj, exist_ok=True)
         self.claude_ids = []
         for i in range(claude):
             sid = str(uuid.uuid4())
             claude_transcript(os.path.join(proj, sid + ".jsonl"), sid, self.cwd, size)
             self.claude_ids.append(sid)
         day = os.path.join(self.home, ".codex", "sessions", time.strftime("%Y/%m/%d"))
-        os.makedirs(day)
+        os.makedirs(day, exist_ok=True)
         self.codex_ids = []
         for i in range(codex):
             tid = "01a200ee-%04x-7%03x-9e17-%012x" % (i, i, i)
@@ -453,6 +458,84 @@ def bench_cold_start(res, quick):
     return out
 
 
+def bench_cold_start_many(res, quick):
+    """Cold start with 20,000 recent Claude transcripts (issue 11: was 22.5 s, one scan of every
+    thread per file)."""
+    n = 2000 if quick else 20000
+    w = World(1, claude=0, codex=0)
+    try:
+        for i in range(n):
+            sid = str(uuid.uuid4())
+            with open(os.path.join(w.proj, sid + ".jsonl"), "w") as f:
+                for rec in CLAUDE_RECS[:6]:
+                    r = dict(rec)
+                    if "sessionId" in r:
+                        r["sessionId"] = sid
+                    if "cwd" in r:
+                        r["cwd"] = w.cwd
+                    f.write(json.dumps(r) + "\n")
+        subprocess.run(["sync"])
+        times, cpus = [], []
+        for run in range(1 if quick else 2):
+            times.append(w.start_server())
+            cpus.append(proc_cpu_s(w.server.pid))  # CPU seconds to full state: what load on the machine does not change
+            peak = proc_status(w.server.pid, "VmHWM")
+            w.server.terminate()
+            w.server.wait()
+        res.add("cold start, %d recent transcripts" % n, "1 session, %d small Claude transcripts" % n, times, "s",
+                3.0 if n >= 20000 else 0.5, "<=", note="server CPU %.1f s, peak RSS %.0f MB" % (max(cpus), peak))
+    finally:
+        w.close()
+
+
+def bench_long_line(res, quick):
+    """A single 400 MB line appended to a transcript (issue 11: stalled the server 122 s, 1.24 GB):
+    the longest /health answer while it is consumed, the time to consume it, the server's peak RSS."""
+    size = (100 if quick else 400) * 1024 * 1024
+    w = World(1, claude=1, codex=0, size=20 * 1024)
+    try:
+        w.start_server()
+        sid = w.claude_ids[0]
+        path = os.path.join(w.proj, sid + ".jsonl")
+        http(w.port, "GET", "/health")
+        rss0 = proc_status(w.server.pid, "VmHWM")
+        block = b'{"type":"user","message":{"content":"' + b"x" * (1024 * 1024 - 40)
+        stalls, done = [], threading.Event()
+
+        def poll_health():  # while the line is written and read: how long /health takes
+            while not done.is_set():
+                a = time.monotonic()
+                http(w.port, "GET", "/health")
+                stalls.append((time.monotonic() - a) * 1000)
+                time.sleep(0.02)
+        poller = threading.Thread(target=poll_health, daemon=True)
+        t0 = time.monotonic()
+        poller.start()
+        with open(path, "ab") as f:
+            for _ in range(size // len(block)):
+                f.write(block)
+            f.write(b'"}}\n')
+            f.write(json.dumps({"type": "custom-title", "customTitle": "after-long-line", "timestamp":
+                                time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())}).encode() + b"\n")
+        written = time.monotonic() - t0
+        while time.monotonic() - t0 < 300:
+            st = w.state()
+            if json.loads(http(w.port, "GET", "/health")[1]).get("skippedLongLines", 0) >= 1 and any(
+                    t.get("title") == "after-long-line" for t in st["threads"] + [t for x in st["sessions"] for t in x["threads"]]):
+                break
+            time.sleep(0.02)
+        done.set()
+        poller.join()
+        consumed = time.monotonic() - t0
+        peak = proc_status(w.server.pid, "VmHWM")
+        res.add("/health while a %d MB line is read" % (size >> 20), "max of %d requests; consumed in %.1f s"
+                % (len(stalls), consumed), [max(stalls)], "ms", 100, "<=",
+                note="written in %.1f s, read by %.1f s" % (written, consumed))
+        res.add("peak RSS after a %d MB line" % (size >> 20), "server VmHWM (%.0f MB before)" % rss0, [peak], "MB", 100, "<=")
+    finally:
+        w.close()
+
+
 def bench_sidebar(w, res, seconds):
     # a real client attached on a pty; the sidebar shown in every window
     import pty
@@ -550,6 +633,157 @@ def bench_notify(res, n):
             time.sleep(2.1)  # past the 2 s quiet window, so each sample is a first notification
         res.add("notification: state change -> command started", "background thread done, fake notify-send", lat, "ms", 100, "<=")
         return lat
+    finally:
+        w.close()
+
+
+def thread_field(raw, agent, tid, field):
+    state = json.loads(raw)
+    for t in [t for s in state["sessions"] for t in s["threads"]] + state["threads"]:
+        if t["agent"] == agent and t["id"] == tid:
+            return t.get(field)
+    return None
+
+
+def sqlite_leftovers(home):
+    """-wal/-shm files next to the agents' databases."""
+    out = []
+    for d in (os.path.join(home, ".codex"), os.path.join(home, ".local", "share", "opencode")):
+        out.extend(n for n in (os.listdir(d) if os.path.isdir(d) else ()) if n.endswith(("-wal", "-shm")))
+    return sorted(out)
+
+
+def iso_now():
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % (int(t * 1000) % 1000)
+
+
+def fresh_codex_rollout(path, tid, cwd):
+    """A short rollout of the captured records, re-pointed and stamped now (written at once)."""
+    out = []
+    for rec in CODEX_RECS[:6]:
+        r = json.loads(json.dumps(rec))
+        r["timestamp"] = iso_now()
+        p = r.get("payload") or {}
+        if r["type"] == "session_meta":
+            p["id"] = p["session_id"] = tid
+        if "cwd" in p:
+            p["cwd"] = cwd
+        out.append(json.dumps(r) + "\n")
+    with open(path, "w") as f:
+        f.writelines(out)
+
+
+def missed(values):
+    n = sum(1 for v in values if v != v)
+    return "%d of %d never arrived" % (n, len(values)) if n else ""
+
+
+FAKE_CLAUDE = """#!/bin/sh
+# a fake Claude Code: its registry entry says busy (mid-turn) until it is killed
+mkdir -p "$FAKE_REGISTRY"
+printf '{"pid": %s, "sessionId": "%s", "cwd": "%s", "status": "busy", "kind": "interactive"}' \\
+  "$$" "$FAKE_SESSION" "$PWD" > "$FAKE_REGISTRY/$$.json.tmp" && mv "$FAKE_REGISTRY/$$.json.tmp" "$FAKE_REGISTRY/$$.json"
+while read -r line; do :; done
+"""
+
+
+def bench_agent_killed(w, ev, res, n):
+    """kill -9 of an agent mid-turn (its registry file stays behind) -> /events says interrupted."""
+    fake = os.path.join(w.base, "bin", "claude")
+    os.makedirs(os.path.dirname(fake), exist_ok=True)
+    with open(fake, "w") as f:
+        f.write(FAKE_CLAUDE)
+    os.chmod(fake, 0o755)
+    reg = os.path.join(w.home, ".claude", "sessions")
+    lat = []
+    for i in range(n):
+        sid = str(uuid.uuid4())
+        start = len(ev.events)
+        w.tmux("send-keys", "-t", "=s001:", "FAKE_REGISTRY=%s FAKE_SESSION=%s %s" % (reg, sid, fake), "Enter")
+        if not ev.wait(start, lambda raw: thread_field(raw, "claude", sid, "alive") is True
+                       and thread_field(raw, "claude", sid, "status") == "running", 10):
+            raise RuntimeError("the fake agent's thread did not appear: %s %s %s" % (
+                w.tmux("capture-pane", "-p", "-t", "=s001:"), os.listdir(reg), [t for t in json.loads(http(w.port, "GET", "/state")[1])["threads"] if t["id"] == sid]))
+        pid = thread_field(ev.events[-1][1], "claude", sid, "pid")
+        start = len(ev.events)
+        t0 = time.monotonic()
+        os.kill(pid, 9)
+        t = ev.wait(start, lambda raw: thread_field(raw, "claude", sid, "status") == "interrupted", 5)
+        lat.append((t - t0) * 1000 if t else float("nan"))
+        time.sleep(0.3)
+    res.add("agent killed mid-turn -> /events interrupted", "homes/dev, fake Claude in a pane, kill -9", lat, "ms",
+            2000, "p95<=", note=missed(lat))
+
+
+def bench_dev_home(res, quick):
+    """The real-shaped HOME (homes/dev): idle CPU, live database writers, a rollout in a new day dir."""
+    import sqlite3
+    w = World(3, claude=0, codex=0, dev_home=True)
+    try:
+        before = sqlite_leftovers(w.home)
+        w.start_server()
+        time.sleep(3)
+        idle_s = 10 if quick else 60
+        cpu = bench_idle_cpu(w.server.pid, idle_s)
+        left = [n for n in sqlite_leftovers(w.home) if n not in before]
+        res.add("server idle CPU (homes/dev copy)", "real-shaped HOME, %ds" % idle_s, [cpu], "%", 0.2, "<=",
+                note="left behind: " + " ".join(left) if left else "")
+        # live writers: each DB held open by a writer (as a running agent holds it), a commit every ~2 s
+        codex_db = os.path.join(w.home, ".codex", "state_5.sqlite")
+        oc_db = os.path.join(w.home, ".local", "share", "opencode", "opencode.db")
+        cw, ow = sqlite3.connect(codex_db), sqlite3.connect(oc_db)
+        ctid, rollout = cw.execute("SELECT id, rollout_path FROM threads WHERE name IS NULL LIMIT 1").fetchone()
+        osid = ow.execute("SELECT id FROM session WHERE parent_id IS NULL LIMIT 1").fetchone()[0]
+        ev = Events(w.port)
+        time.sleep(0.3)
+        with open(rollout, "a") as f:  # the Codex thread is live (recent), so /state lists it
+            f.write(json.dumps({"timestamp": iso_now(), "type": "event_msg",
+                                "payload": {"type": "user_message", "message": "bench live"}}) + "\n")
+        ev.wait(0, lambda raw: thread_field(raw, "codex", ctid, "title") is not None)
+        clat, olat = [], []
+        for i in range(4 if quick else 10):
+            name = "live name %d" % i
+            start = len(ev.events)
+            t0 = time.monotonic()
+            cw.execute("UPDATE threads SET name = ? WHERE id = ?", (name, ctid))
+            cw.commit()
+            t = ev.wait(start, lambda raw: thread_field(raw, "codex", ctid, "title") == name, 3)
+            clat.append((t - t0) * 1000 if t else float("nan"))
+            time.sleep(1.0)
+            start = len(ev.events)
+            t0 = time.monotonic()
+            ow.execute("UPDATE session SET title = ?, time_updated = ? WHERE id = ?", (name, int(time.time() * 1000), osid))
+            ow.commit()
+            t = ev.wait(start, lambda raw: thread_field(raw, "opencode", osid, "title") == name, 3)
+            olat.append((t - t0) * 1000 if t else float("nan"))
+            time.sleep(1.0)
+        res.add("live writer: state_5.sqlite commit -> /events", "homes/dev, Codex thread renamed every 2 s", clat, "ms",
+                100, "p95<=", note=missed(clat))
+        res.add("live writer: opencode.db commit -> /events", "homes/dev, OpenCode session retitled every 2 s", olat, "ms",
+                100, "p95<=", note=missed(olat))
+        # a Codex rollout in a day directory made at that moment (the first thread of a day)
+        sessions = os.path.join(w.home, ".codex", "sessions")
+        dlat = []
+        for i in range(6 if quick else 12):
+            day = os.path.join(sessions, "2026", "11", "%02d" % (1 + i)) if i % 2 == 0 else \
+                os.path.join(sessions, "%d" % (2030 + i), "01", "01")
+            tid = "01a200ee-%04x-7%03x-9e17-%012x" % (0xd00 + i, i, i)
+            start = len(ev.events)
+            t0 = time.monotonic()
+            os.makedirs(day)
+            fresh_codex_rollout(os.path.join(day, "rollout-%s-%s.jsonl" % (time.strftime("%Y-%m-%dT%H-%M-%S"), tid)),
+                                tid, w.cwd)
+            t = ev.wait(start, lambda raw: tid.encode() in raw and thread_field(raw, "codex", tid, "id") == tid, 3)
+            dlat.append((t - t0) * 1000 if t else float("nan"))
+            time.sleep(0.3)
+        res.add("new Codex rollout in a new day dir -> /events", "homes/dev, sessions/Y/M/D made at that moment", dlat, "ms",
+                100, "p95<=", note=missed(dlat))
+        bench_agent_killed(w, ev, res, 3 if quick else 8)
+        ev.close()
+        cw.close()
+        ow.close()
+        return cpu
     finally:
         w.close()
 
@@ -659,7 +893,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a ~1 minute pass with fewer samples and shorter idle windows")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
-    ap.add_argument("--only", choices=["threads", "keepalive", "hostile"], help="run one group of figures")
+    ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home"],
+                    help="run one group of figures")
     args = ap.parse_args()
     quick = args.quick
     res = Results()
@@ -668,6 +903,12 @@ def main():
             bench_keepalive(res, 50 if quick else 200)
         if args.only in ("threads", "hostile"):
             bench_many_threads(res, quick)
+        if args.only in ("cold-many", "hostile"):
+            bench_cold_start_many(res, quick)
+        if args.only in ("long-line", "hostile"):
+            bench_long_line(res, quick)
+        if args.only == "dev-home":
+            bench_dev_home(res, quick)
         print(res.table())
         return 0 if all(r["pass"] for r in res.rows) else 1
     idle_s = 10 if quick else 60
@@ -687,8 +928,11 @@ def main():
         bench_sidebar(w, res, idle_s)
     finally:
         w.close()
+    bench_dev_home(res, quick)
     bench_bytes_per_append(res, quick)
     bench_cold_start(res, quick)
+    bench_cold_start_many(res, quick)
+    bench_long_line(res, quick)
     bench_notify(res, 5 if quick else 20)
     bench_save(res, 5 if quick else 10)
     bench_keepalive(res, 50 if quick else 200)

@@ -53,8 +53,16 @@ def test_parse_control_lines():
     assert os_.parse_control_line("plain output") is None
 
 
+class _LengthPrefixed(object):
+    """Builds records as tmux prints PANES_FORMAT / CLIENTS_FORMAT: each field '<bytes>:<value>'."""
+
+    @staticmethod
+    def join(parts):
+        return parts[0] + "".join("%d:%s" % (len(v.encode()), v) for v in parts[1:])
+
+
 def test_parse_snapshot_hides_control_clients_from_attached():
-    fs = os_.FS
+    fs = _LengthPrefixed
     out = "\n".join([
         fs.join(["P", "$1", "s", "100", "@1", "0", "w", "1", "%1", "0", "11", "/dev/pts/1", "/x", "bash", "t", "1",
                  "80", "24", "", "80", "", "33", "0", "24"]),

@@ -204,7 +204,8 @@ def test_codex_open_rollout_links_pane(labserver, labenv, tmux):
 def test_opencode_plugin_events_and_pid_link(labserver, labenv, tmux):
     bin_dir = fake_agents(os.path.join(labenv.base, "bin"))
     pane = run_in_pane(tmux, "oc", os.path.join(labenv.home, "work", "opencode"), os.path.join(bin_dir, "opencode"), {})
-    table = retry_until(lambda: [p for p in os_.process_table().values() if p.comm == "opencode"])
+    shell = int(tmux.run("display-message", "-p", "-t", pane, "#{pane_pid}"))  # not another tmux's opencode
+    table = retry_until(lambda: [p for p in os_.process_table().values() if p.comm == "opencode" and p.ppid == shell])
     pid = table[0].pid
     sid = "ses_dff0ffa93ffebtZJZGz5f4eDGC"
 

@@ -206,10 +206,16 @@ def test_4_killed_mid_turn(week):
     retry_until(lambda: week.thread()["status"] == "running")
     os.kill(week.agent_pid, signal.SIGKILL)
     retry_until(lambda: not os_._pid_alive(week.agent_pid) or _zombie(week.agent_pid))
-    # the thread stays in its session. (Saying `alive: false` and leaving the running count within
-    # 2 s of the death is the dead-agent detection of another change; asserted once it is merged.)
-    t = week.thread()
-    assert t["_session"] == "work"
+    # within 2 s of its death the thread says so and leaves the running count; it stays in its session
+    t = retry_until(lambda: (lambda t: t if not t["alive"] else None)(week.thread()), timeout=2.5,
+                    message="the killed agent still counts as alive")
+    assert t["status"] == "interrupted" and t["_session"] == "work", t
+    assert retry_until(lambda: week.opt("-g", "@opensessions-running") == "0")
+    assert t["unseen"] is True  # interrupted while nobody looked
+    client = week.user_client()  # the user looks at it: its pane closed with it, so at its session
+    week.tmux.run("switch-client", "-c", client, "-t", "=work")
+    retry_until(lambda: not week.thread()["unseen"])
+    week.tmux.run("switch-client", "-c", client, "-t", "=main")
 
 
 def test_5_tmux_kill_server_and_a_fresh_server(week):
