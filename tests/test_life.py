@@ -164,6 +164,7 @@ def test_a_new_tmux_server_drops_pane_links_not_ages(env, tmux):
             retry_until(lambda: not any(t["unseen"] for t in s.session("main")["threads"]))
         finally:
             client.close()
+        retry_until(lambda: not s.state()["clients"])  # nobody looks any more
         assert s.post("/api/agent-event", {"agent": "amp", "status": "running", "threadId": "unseen-one",
                                            "paneId": pane})[0] == 204
         assert s.post("/api/agent-event", {"agent": "amp", "status": "done", "threadId": "unseen-one",
