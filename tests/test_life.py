@@ -21,14 +21,16 @@ def test_same_source_is_the_same_version(tmp_path):
 
 def test_an_ambiguous_project_dir_is_not_a_match(server, tmux, env):
     tmux.new_session("other", cwd=env.home)  # main and other both sit in HOME
-    retry_until(lambda: server.session("other"))
+    retry_until(lambda: [p["cwd"] for w in (server.session("other") or {"windows": []})["windows"]
+                         for p in w["panes"]] == [env.home])
     status, body = server.post("/api/agent-event", {"agent": "amp", "status": "running", "threadId": "T-a",
                                                     "projectDir": env.home + "/sub"})
     assert (status, body) == (202, {"matched": False})
     proj = os.path.join(env.home, "proj")
     os.makedirs(proj)
     tmux.new_session("proj", cwd=proj)
-    retry_until(lambda: server.session("proj"))
+    retry_until(lambda: [p["cwd"] for w in (server.session("proj") or {"windows": []})["windows"]
+                         for p in w["panes"]] == [proj])
     assert server.post("/api/agent-event", {"agent": "amp", "status": "running", "threadId": "T-b",
                                             "projectDir": proj + "/x"})[0] == 204
     assert [t["id"] for t in server.session("proj")["threads"]] == ["T-b"]

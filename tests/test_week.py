@@ -77,6 +77,11 @@ class Week(object):
         self.clients.append(c)
         return retry_until(self.user_client)
 
+    def back_to_main(self, client):
+        """The user goes back to main, and the server knows it (nobody looks at `work` any more)."""
+        self.tmux.run("switch-client", "-c", client, "-t", "=main")
+        retry_until(lambda: [c["session"] for c in self.state()["clients"]] == ["main"])
+
     def user_client(self):
         """The attached terminal (not the server's control-mode client)."""
         out = self.tmux.run("list-clients", "-F", "#{client_control_mode} #{client_name}")
@@ -197,7 +202,7 @@ def test_3_looked_at(week):
     t = retry_until(lambda: (lambda t: t if not t["unseen"] else None)(week.thread()))
     assert t["status"] == "done" and t["_session"] == "work"
     assert retry_until(lambda: week.opt("-g", "@opensessions-unseen") == "0")
-    week.tmux.run("switch-client", "-c", client, "-t", "=main")
+    week.back_to_main(client)
 
 
 def test_4_killed_mid_turn(week):
@@ -215,7 +220,7 @@ def test_4_killed_mid_turn(week):
     client = week.user_client()  # the user looks at it: its pane closed with it, so at its session
     week.tmux.run("switch-client", "-c", client, "-t", "=work")
     retry_until(lambda: not week.thread()["unseen"])
-    week.tmux.run("switch-client", "-c", client, "-t", "=main")
+    week.back_to_main(client)
 
 
 def test_5_tmux_kill_server_and_a_fresh_server(week):
