@@ -309,7 +309,7 @@ class Thread(object):
 
     __slots__ = ("agent", "id", "title", "status", "detail", "attempt", "cwd", "model", "pane",
                  "session", "pid", "alive", "unseen", "updated_at", "hidden", "source", "proc_start",
-                 "rollout", "link")
+                 "rollout", "link", "usage", "usage_raw")
 
     def __init__(self, agent, id, title="", status="idle", detail=None, attempt=None, cwd=None,
                  model=None, pane=None, session=None, pid=None, alive=True, unseen=False,
@@ -333,6 +333,8 @@ class Thread(object):
         self.proc_start = None
         self.rollout = None
         self.link = None  # how the pane was found: "pid", or "cwd" for the last-resort guess
+        self.usage = None  # the /state usage (priced); usage_raw: the watcher's raw figures
+        self.usage_raw = None
 
     @property
     def key(self):
@@ -343,7 +345,7 @@ class Thread(object):
             "agent": self.agent, "id": self.id, "title": self.title, "status": self.status,
             "detail": self.detail, "attempt": self.attempt, "cwd": self.cwd, "model": self.model,
             "pane": self.pane, "session": self.session, "pid": self.pid, "alive": self.alive,
-            "unseen": self.unseen, "updatedAt": self.updated_at, "link": self.link,
+            "unseen": self.unseen, "updatedAt": self.updated_at, "link": self.link, "usage": self.usage,
         }
 
 
@@ -553,7 +555,7 @@ NOTIFY_CHANNELS = ("tmux", "desktop", "terminal", "bell")
 NOTIFY_STATUSES = ("done", "error", "waiting", "retry", "interrupted")
 UI_DEFAULTS = {"order": [], "hidden": [], "muted": [], "theme": "catppuccin-mocha", "width": DEFAULT_WIDTH,
                "position": "left", "colors": {}, "visible": False,
-               "notify": ["tmux", "desktop"], "notifyOn": ["done", "error", "waiting", "retry"]}
+               "notify": ["tmux", "desktop"], "notifyOn": ["done", "error", "waiting", "retry"], "prices": {}}
 
 
 def validate_ui(body):
@@ -578,6 +580,8 @@ def validate_ui(body):
         if body["position"] not in ("left", "right"):
             raise ApiError(400, "'position' must be left or right")
         out["position"] = body["position"]
+    if "prices" in body:
+        out["prices"] = validate_prices(body["prices"])
     if "visible" in body:
         if not isinstance(body["visible"], bool):
             raise ApiError(400, "'visible' must be a boolean")
@@ -595,7 +599,7 @@ def validate_ui(body):
             raise ApiError(400, "'colors' must map colour names to #rrggbb")
         out["colors"] = dict(c)
     if not out:
-        raise ApiError(400, "nothing to change: give order, hidden, muted, theme, width, position, visible, "
+        raise ApiError(400, "nothing to change: give order, hidden, muted, theme, width, position, visible, prices, "
                             "colors, notify or notifyOn")
     return out
 
@@ -830,7 +834,7 @@ def new_thread_state(agent, thread_id):
     """The reducers' state for one thread (plain dict, JSON-friendly)."""
     return {"agent": agent, "id": thread_id, "status": "idle", "detail": None, "attempt": None,
             "customTitle": None, "firstPrompt": None, "lastPrompt": None, "model": None, "cwd": None,
-            "updatedAt": 0, "turns": 0, "bad": 0, "hidden": False}
+            "updatedAt": 0, "turns": 0, "bad": 0, "hidden": False, "usage": None}
 
 
 def thread_title(state, registry_name=None):
@@ -860,6 +864,10 @@ def claude_reduce(state, rec):
         state["updatedAt"] = max(state["updatedAt"], ts)
     if isinstance(rec.get("cwd"), str):
         state["cwd"] = rec["cwd"]
+    if kind == "assistant":
+        claude_add_usage(state, rec)  # a subagent's calls cost too
+    elif kind == "cost-state":
+        claude_cost_state(state, rec)
     if rec.get("isSidechain"):
         return state  # a subagent's records: not the thread's own turn
     if kind == "custom-title" and isinstance(rec.get("customTitle"), str):
@@ -992,6 +1000,8 @@ def codex_reduce(state, rec):
                 state.update(status="done", detail=None)
         elif sub == "turn_aborted":
             state.update(status="interrupted", detail=None)
+        elif sub == "token_count":
+            state["usage"] = codex_usage(payload.get("info"), state.get("usage"))
     elif kind == "response_item" and payload.get("type") == "message" and payload.get("role") == "user":
         for text in _content_texts(payload.get("content")):
             if _is_prompt_text(text):
@@ -1116,6 +1126,275 @@ def settle_idle(old_status):
     return "idle"
 
 
+# -- usage: tokens and cost per thread ------------------------------------------------------------
+# A thread's raw usage (what the reducers keep): {"input", "output", "cacheRead", "cacheWrite"}
+# token counts, "cost" when the agent itself records one (OpenCode), "contextTokens" (what the
+# newest model call sent: input + cache) and "contextWindow" when the agent reports it (Codex),
+# "partial" when only part of the history was read (a cold start reads a Claude transcript's tail).
+# `input` is the uncached input in every agent (Codex's input_tokens include the cached ones: we
+# subtract them, as Codex's own non_cached_input() does). usage_json() prices it for /state.
+
+USAGE_KEYS = ("input", "output", "cacheRead", "cacheWrite")
+
+# USD per million tokens: (input, output, cache read, cache write, context window). Matched by the
+# longest prefix of the model name (a date suffix such as -20250929 still matches). Vendors' list
+# prices; a user's ui.json "prices" overrides or adds entries: {"model-prefix": {"input": 3,
+# "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75, "context": 200000}} (all per million tokens).
+# Claude's cache writes are priced at the 5-minute rate (1.25 x input); OpenAI has no cache-write price.
+PRICES = {
+    "claude-opus-4-5": (5.0, 25.0, 0.5, 6.25, 200000),
+    "claude-opus-4-6": (5.0, 25.0, 0.5, 6.25, 200000),
+    "claude-opus-4": (15.0, 75.0, 1.5, 18.75, 200000),
+    "claude-sonnet-4": (3.0, 15.0, 0.3, 3.75, 200000),
+    "claude-3-7-sonnet": (3.0, 15.0, 0.3, 3.75, 200000),
+    "claude-haiku-4-5": (1.0, 5.0, 0.1, 1.25, 200000),
+    "claude-3-5-haiku": (0.8, 4.0, 0.08, 1.0, 200000),
+    # what Claude Code itself charged for it in the lab capture: 24 in + 10 out = $0.000296, and its
+    # modelUsage gives contextWindow 1000000
+    "claude-opus-5-5": (4.0, 20.0, 0.4, 5.0, 1000000),
+    "gpt-5-mini": (0.25, 2.0, 0.025, 0.0, 400000),
+    "gpt-5-nano": (0.05, 0.4, 0.005, 0.0, 400000),
+    "gpt-5": (1.25, 10.0, 0.125, 0.0, 400000),
+    "gpt-5.1-codex-mini": (0.25, 2.0, 0.025, 0.0, 400000),
+    "gpt-5.2": (1.75, 14.0, 0.175, 0.0, 400000),
+    "gpt-4.1": (2.0, 8.0, 0.5, 0.0, 1047576),
+    "o3": (2.0, 8.0, 0.5, 0.0, 200000),
+    "o4-mini": (1.1, 4.4, 0.275, 0.0, 200000),
+}
+PRICE_FIELDS = ("input", "output", "cacheRead", "cacheWrite", "context")
+
+
+def _tokens(value):
+    """A token count from an agent's record: a non-negative int, else 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+        return 0
+    return int(min(value, 1e15))
+
+
+def new_usage():
+    return {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "cost": None,
+            "contextTokens": None, "contextWindow": None, "partial": False}
+
+
+def validate_prices(value):
+    """ui.json "prices": {model prefix: {input, output, cacheRead, cacheWrite, context}} -> clean dict."""
+    if not isinstance(value, dict) or len(value) > 200:
+        raise ApiError(400, "'prices' must be an object of model name -> {input, output, cacheRead, cacheWrite, context}")
+    out = {}
+    for model, p in value.items():
+        if not isinstance(model, str) or not 0 < len(model) <= 100 or not isinstance(p, dict):
+            raise ApiError(400, "'prices' must be an object of model name -> {input, output, cacheRead, cacheWrite, context}")
+        entry = {}
+        for key in PRICE_FIELDS:
+            v = p.get(key)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not finite_number(v) or v < 0 or v > 1e9:
+                raise ApiError(400, "'prices.%s.%s' must be a non-negative number (USD per million tokens)" % (model, key))
+            entry[key] = v
+        out[clean_str(model)] = entry
+    return out
+
+
+def model_price(model, prices=None):
+    """The price entry for a model -> dict of PRICE_FIELDS, or None when unknown. The user's prices
+    win over the built-in table; both match by the longest prefix (case-insensitive)."""
+    if not isinstance(model, str) or not model:
+        return None
+    name = model.lower()
+    for table in (prices or {}, PRICES):
+        best = None
+        for prefix in table:
+            if name.startswith(prefix.lower()) and (best is None or len(prefix) > len(best)):
+                best = prefix
+        if best is not None:
+            entry = table[best]
+            if isinstance(entry, tuple):
+                return dict(zip(PRICE_FIELDS, entry))
+            base = model_price(model) if table is not PRICES else None  # a partial override keeps the rest
+            merged = dict(base or {})
+            merged.update(entry)
+            return merged
+    return None
+
+
+def usage_json(raw, model=None, prices=None):
+    """Raw usage -> the /state shape {"input", "output", "cacheRead", "cacheWrite", "cost",
+    "contextPct"} (+ "partial": true when only part of the history was read), or None.
+
+    cost: the agent's own figure where it records one, else tokens x the price table, else None
+    (unknown model: tokens only). contextPct: the newest call's context over the window the agent
+    reports, else the table's window for the model, else None."""
+    if not isinstance(raw, dict):
+        return None
+    out = {k: _tokens(raw.get(k)) for k in USAGE_KEYS}
+    price = model_price(model, prices)
+    cost = raw.get("cost")
+    if finite_number(cost) and not isinstance(cost, bool):
+        out["cost"] = round(float(cost), 6)
+    elif price is not None:
+        out["cost"] = round(sum(out[k] * float(price.get(k) or 0) for k in USAGE_KEYS) / 1e6, 6)
+    else:
+        out["cost"] = None
+    window = raw.get("contextWindow") or (price or {}).get("context")
+    used = raw.get("contextTokens")
+    if finite_number(window) and window > 0 and finite_number(used) and not isinstance(used, bool):
+        out["contextPct"] = int(min(100, max(0, round(100.0 * used / window))))
+    else:
+        out["contextPct"] = None
+    if raw.get("partial"):
+        out["partial"] = True
+    return out
+
+
+def usage_total(usages):
+    """Sum of /state usages (a session's total): tokens, and the cost of those that have one."""
+    usages = [u for u in usages if isinstance(u, dict)]
+    if not usages:
+        return None
+    out = {k: sum(_tokens(u.get(k)) for u in usages) for k in USAGE_KEYS}
+    costs = [u["cost"] for u in usages if finite_number(u.get("cost"))]
+    out["cost"] = round(sum(costs), 6) if costs else None
+    out["contextPct"] = None
+    if any(u.get("partial") for u in usages) or (costs and len(costs) < len(usages)):
+        out["partial"] = True  # some history unread, or some thread's cost unknown
+    return out
+
+
+def claude_add_usage(state, rec):
+    """Add one assistant record's message.usage to the thread's raw usage. Claude writes one API
+    message over several records (one per content block) under the same message.id, the first ones
+    with a provisional output count: per message id we keep the largest figures seen, not the sum."""
+    message = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+    u = message.get("usage")
+    model = message.get("model")
+    if not isinstance(u, dict) or (isinstance(model, str) and model.startswith("<")):
+        return  # <synthetic> error messages cost nothing
+    row = [_tokens(u.get("input_tokens")), _tokens(u.get("output_tokens")),
+           _tokens(u.get("cache_read_input_tokens")), _tokens(u.get("cache_creation_input_tokens"))]
+    usage = state.get("usage") or new_usage()
+    seen = state.setdefault("usageSeen", {})
+    mid = message.get("id") if isinstance(message.get("id"), str) else rec.get("uuid")
+    old = seen.pop(mid, None) if isinstance(mid, str) else None
+    if old is not None:
+        row = [max(a, b) for a, b in zip(row, old)]
+        for key, v in zip(USAGE_KEYS, old):
+            usage[key] -= v
+    for key, v in zip(USAGE_KEYS, row):
+        usage[key] += v
+    if isinstance(mid, str):
+        seen[mid] = row
+        while len(seen) > 32:  # records of one message are adjacent: a few suffice
+            seen.pop(next(iter(seen)))
+    if not rec.get("isSidechain"):
+        usage["contextTokens"] = row[0] + row[2] + row[3]
+    state["usage"] = usage
+    if state.get("costState"):
+        state["costState"]["fresh"] = False  # a call after Claude's own total: that total is behind
+
+
+def claude_cost_state(state, rec):
+    """Claude Code's own running total (`cost-state`: totalCostUSD and modelUsage per model, written
+    by the process that started at startTime, e.g. when it exits)."""
+    models = rec.get("modelUsage") if isinstance(rec.get("modelUsage"), dict) else {}
+    tokens = [0, 0, 0, 0]
+    for mu in models.values():
+        if isinstance(mu, dict):
+            for i, key in enumerate(("inputTokens", "outputTokens", "cacheReadInputTokens", "cacheCreationInputTokens")):
+                tokens[i] += _tokens(mu.get(key))
+    cost = rec.get("totalCostUSD")
+    old = state.get("costState")
+    state["costState"] = {"start": rec.get("startTime"), "tokens": tokens,
+                          "cost": float(cost) if finite_number(cost) and not isinstance(cost, bool) else None,
+                          "fresh": True, "mixed": bool(old) and (old["mixed"] or old["start"] != rec.get("startTime"))}
+
+
+def claude_usage(state):
+    """The raw usage of a Claude thread: the sum of its messages' usage, or Claude's own total where
+    that is sure to cover the whole thread: the newest word (no call after it), from one process
+    (every cost-state has the same startTime: not resumed), the whole file read, and counting at
+    least what the messages show (it also counts what an interrupted reply had streamed, which the
+    transcript keeps only as a provisional count)."""
+    usage = state.get("usage")
+    cs = state.get("costState")
+    if usage is None:
+        return None
+    usage = dict(usage, partial=bool(state.get("usagePartial")))
+    if cs and cs["fresh"] and not cs["mixed"] and not usage["partial"] and cs["cost"] is not None and \
+            all(c >= usage[k] for c, k in zip(cs["tokens"], USAGE_KEYS)):
+        usage.update(zip(USAGE_KEYS, cs["tokens"]))
+        usage["cost"] = cs["cost"]
+    return usage
+
+
+def codex_usage(info, old=None):
+    """A Codex token_count event's `info` -> raw usage. total_token_usage is the thread's running
+    total, so the newest event alone is exact (a cold start reading only the tail loses nothing)."""
+    if not isinstance(info, dict):
+        return old
+    total = info.get("total_token_usage") if isinstance(info.get("total_token_usage"), dict) else {}
+    last = info.get("last_token_usage") if isinstance(info.get("last_token_usage"), dict) else {}
+    usage = new_usage()
+    cached = _tokens(total.get("cached_input_tokens"))
+    usage.update(input=max(0, _tokens(total.get("input_tokens")) - cached), output=_tokens(total.get("output_tokens")),
+                 cacheRead=cached, cacheWrite=_tokens(total.get("cache_write_input_tokens")))
+    if last:
+        usage["contextTokens"] = _tokens(last.get("total_tokens")) or (
+            _tokens(last.get("input_tokens")) + _tokens(last.get("output_tokens")))
+    window = _tokens(info.get("model_context_window"))
+    usage["contextWindow"] = window or None
+    return usage
+
+
+def opencode_usage(session_row, message_data=None):
+    """OpenCode keeps running totals on its session row (cost, tokens_*: the agent's own figures);
+    the newest assistant message's tokens give the context in use. Columns an older OpenCode lacks
+    -> None."""
+    keys = set(session_row.keys()) if hasattr(session_row, "keys") else set()
+    if "tokens_input" not in keys:
+        return None
+    usage = new_usage()
+    usage.update(input=_tokens(session_row["tokens_input"]), output=_tokens(session_row["tokens_output"]),
+                 cacheRead=_tokens(session_row["tokens_cache_read"]) if "tokens_cache_read" in keys else 0,
+                 cacheWrite=_tokens(session_row["tokens_cache_write"]) if "tokens_cache_write" in keys else 0)
+    cost = session_row["cost"] if "cost" in keys else None
+    usage["cost"] = float(cost) if finite_number(cost) and not isinstance(cost, bool) else None
+    if isinstance(message_data, dict) and message_data.get("role") == "assistant":
+        tokens = message_data.get("tokens") if isinstance(message_data.get("tokens"), dict) else {}
+        cache = tokens.get("cache") if isinstance(tokens.get("cache"), dict) else {}
+        used = _tokens(tokens.get("input")) + _tokens(cache.get("read")) + _tokens(cache.get("write"))
+        usage["contextTokens"] = used or None
+    return usage
+
+
+_OC_USAGE_COLUMNS = ("cost", "tokens_input", "tokens_output", "tokens_cache_read", "tokens_cache_write")
+
+
+def opencode_usage_columns(conn):
+    """', cost, tokens_input, …' for the session columns this OpenCode has (older ones have none)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(session)")}
+    return "".join(", " + c for c in _OC_USAGE_COLUMNS if c in have)
+
+
+def amp_usage(messages):
+    """Amp (UNVERIFIED, no capture): the documented per-message usage {model, inputTokens,
+    outputTokens, cacheReadInputTokens, cacheCreationInputTokens, maxInputTokens} summed."""
+    usage = None
+    for msg in messages:
+        u = msg.get("usage") if isinstance(msg, dict) and isinstance(msg.get("usage"), dict) else None
+        if not u or not any(k in u for k in ("inputTokens", "outputTokens")):
+            continue
+        usage = usage or new_usage()
+        usage["input"] += _tokens(u.get("inputTokens"))
+        usage["output"] += _tokens(u.get("outputTokens"))
+        usage["cacheRead"] += _tokens(u.get("cacheReadInputTokens"))
+        usage["cacheWrite"] += _tokens(u.get("cacheCreationInputTokens"))
+        usage["contextTokens"] = _tokens(u.get("inputTokens")) + _tokens(u.get("cacheReadInputTokens")) + \
+            _tokens(u.get("cacheCreationInputTokens"))
+        usage["contextWindow"] = _tokens(u.get("maxInputTokens")) or None
+    return usage
+
+
 # Amp: NOT CAPTURED. Amp keeps threads on its servers and could not be run offline, so no thread
 # file was seen here. This parser follows the publicly documented shape of
 # ~/.local/share/amp/threads/T-<uuid>.json ({id, title, created, env.initial.trees[].uri,
@@ -1164,6 +1443,7 @@ def amp_thread_state(data, mtime_ms=0):
                 state.update(status="done", detail=None)
             else:
                 state.update(status="running", detail=None)
+    state["usage"] = amp_usage(messages)
     return state
 
 
@@ -2504,6 +2784,7 @@ class AgentWatchers(object):
                 for rec in parse_json_lines(read_head_lines(path))[0]:
                     reducer(head, rec)
                 state.update(firstPrompt=head["firstPrompt"], cwd=head["cwd"], model=head["model"])
+                state["usagePartial"] = True  # tokens before the tail are not counted (Codex's totals are exact anyway)
         records, bad = parse_json_lines(lines)
         self.bad_records += bad
         state["bad"] += bad
@@ -2560,7 +2841,8 @@ class AgentWatchers(object):
         if detail is None and status == state["status"]:
             detail = state["detail"]
         fields = dict(status=status, detail=detail, title=thread_title(state, entry["name"] if entry else None),
-                      cwd=state["cwd"] or (entry and entry["cwd"]), model=state["model"], source="file")
+                      cwd=state["cwd"] or (entry and entry["cwd"]), model=state["model"], source="file",
+                      usage=claude_usage(state))
         if entry:
             fields["pid"] = entry["pid"]
             fields["proc_start"] = entry["procStart"]
@@ -2713,7 +2995,7 @@ class AgentWatchers(object):
         self.server.apply_thread_update(
             "codex", tid, status=status, detail=detail,
             title=thread_title(state, self.codex_names.get(tid)), cwd=state["cwd"], model=state["model"],
-            updated_at=state["updatedAt"] or None, source="file", rollout=path)
+            updated_at=state["updatedAt"] or None, source="file", rollout=path, usage=state.get("usage"))
 
     # -- OpenCode --------------------------------------------------------------------------------
     def _on_opencode_dir(self, directory, name, mask):
@@ -2751,8 +3033,8 @@ class AgentWatchers(object):
             conn = sqlite_ro(path)
             try:
                 sessions = conn.execute(
-                    "SELECT id, parent_id, directory, title, time_updated, model FROM session "
-                    "WHERE time_updated > ? ORDER BY time_updated", (since,)).fetchall()
+                    "SELECT id, parent_id, directory, title, time_updated, model%s FROM session "
+                    "WHERE time_updated > ? ORDER BY time_updated" % opencode_usage_columns(conn), (since,)).fetchall()
                 updates = []
                 for s in sessions:
                     row = self._guarded("opencode session %r" % (s["id"],), self._opencode_row, conn, s)
@@ -2819,7 +3101,8 @@ class AgentWatchers(object):
             title=_clip_title(clean_str(s["title"]) if isinstance(s["title"], str) else ""),
             cwd=clean_str(s["directory"]) if isinstance(s["directory"], str) else None,
             model=model, updated_at=s["time_updated"], hidden=bool(s["parent_id"]),
-            source=current.source if current is not None and current.source == "plugin" else "file")
+            source=current.source if current is not None and current.source == "plugin" else "file",
+            usage=opencode_usage(s, data))
 
     # -- Amp (format unverified, see amp_thread_state) -----------------------------------------------
     def _scan_amp(self):
@@ -2853,7 +3136,7 @@ class AgentWatchers(object):
             return
         self.server.apply_thread_update("amp", state["id"], status=state["status"], detail=state["detail"],
                                         title=thread_title(state), cwd=state["cwd"], model=state["model"],
-                                        updated_at=state["updatedAt"], source="file")
+                                        updated_at=state["updatedAt"], source="file", usage=state.get("usage"))
 
     def close(self):
         if self.inotify is not None:
@@ -3439,6 +3722,7 @@ class Store(object):
                 "metadata": {"status": meta.get("status"), "progress": meta.get("progress"),
                              "logs": list(meta.get("logs", ()))},
                 "hidden": s["name"] in hidden, "muted": s["name"] in muted,
+                "usage": usage_total([t.usage for t in by_session.get(s["name"], ())]),  # helpers' calls too
             })
             out_sessions.append(item)
         return {
@@ -3589,6 +3873,8 @@ class RuntimeFiles(object):
 
 
 PRUNE_INTERVAL = 60.0  # seconds between looks for threads to forget
+USAGE_HISTORY_DAYS = 90  # forgotten threads' usage is kept this long (usage-<socket>.json)
+USAGE_HISTORY_MAX = 20000
 SAVE_QUIET = 1.0  # the state file is written once changes pause this long ...
 SAVE_MAX_DELAY = 5.0  # ... or this long after the first unsaved change, whichever comes first
 
@@ -3608,6 +3894,7 @@ class Server(object):
         key = socket_key(tmux.socket_path)
         self.state_path = os.path.join(state_dir(self.environ), "state-%s.json" % key)
         self.ui_path = os.path.join(config_dir(self.environ), "ui.json")
+        self.usage_path = os.path.join(state_dir(self.environ), "usage-%s.json" % key)
         self.git = GitProbe()
         self.httpd = None
         self.read_deadline = READ_DEADLINE
@@ -4446,6 +4733,9 @@ class Server(object):
                 fields[name] = None
         if updated_at is not None and not finite_number(updated_at):
             updated_at = None
+        raw_usage = fields.pop("usage", None)
+        if isinstance(raw_usage, dict):
+            t.usage_raw = raw_usage
         for name, value in fields.items():
             if value is not None and (name != "title" or value):
                 setattr(t, name, value)
@@ -4453,6 +4743,12 @@ class Server(object):
             # a status comes with its own detail and attempt: None clears the previous ones
             t.detail, t.attempt = fields.get("detail"), fields.get("attempt")
         changed = old != (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.hidden, t.alive)
+        if t.usage_raw is not None:
+            priced = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
+            if priced != t.usage:
+                t.usage = priced
+                self.store.touch()
+                self._schedule_save()
         if updated_at:
             t.updated_at = max(t.updated_at, int(updated_at))
         elif (changed or is_new) and not self.cold_starting:
@@ -4476,8 +4772,11 @@ class Server(object):
     def prune_threads(self):
         """Forget threads /state would not list and that nobody needs (threads_to_prune)."""
         drop = threads_to_prune(list(self.store.threads.values()), now_ms(self.clock), self.store.recent_ms)
+        gone = [self.store.threads[key] for key in drop if self.store.threads[key].usage]
         for key in drop:
             del self.store.threads[key]
+        if gone:
+            self.record_usage_history(gone)
         if drop:
             self.store.touch()
             self._schedule_save()
@@ -4489,6 +4788,31 @@ class Server(object):
             self.publish()
         finally:
             self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
+
+    def record_usage_history(self, threads):
+        """Forgotten threads' usage goes to usage-<socket>.json, for `opensessions usage --since 30d`
+        (one entry per thread, replaced when the same thread is forgotten again; 90 days, 20,000 kept)."""
+        try:
+            data = read_json_file(self.usage_path, {})
+        except OpensessionsError as e:
+            log("%s; starting a new usage history" % e)
+            data = {}
+        entries = data.get("threads") if isinstance(data, dict) and isinstance(data.get("threads"), list) else []
+        keep = {}
+        for e in entries:
+            if isinstance(e, dict) and isinstance(e.get("agent"), str) and isinstance(e.get("id"), str):
+                keep[(e["agent"], e["id"])] = e
+        for t in threads:
+            keep[t.key] = {"agent": t.agent, "id": t.id, "session": t.session, "model": t.model,
+                           "title": t.title, "updatedAt": t.updated_at, "usage": t.usage}
+        horizon = now_ms(self.clock) - USAGE_HISTORY_DAYS * 86400 * 1000
+        kept = sorted((e for e in keep.values() if _int(e.get("updatedAt")) >= horizon),
+                      key=lambda e: _int(e.get("updatedAt")))[-USAGE_HISTORY_MAX:]
+        try:
+            ensure_private_dir(os.path.dirname(self.usage_path))
+            atomic_write(self.usage_path, encode_json({"threads": kept}))
+        except (OSError, OpensessionsError) as e:
+            log("cannot save usage history to %s: %s" % (self.usage_path, e))
 
     def on_thread_status(self, thread, old_status):
         """A thread changed status: tell the notifier (after this change is applied)."""
@@ -4548,6 +4872,7 @@ class Server(object):
                         pid=t.get("pid"), alive=bool(t.get("alive")), unseen=bool(t.get("unseen")),
                         updated_at=_int(t.get("updatedAt")), hidden=bool(t.get("hidden")),
                         source=t.get("source"))
+            th.usage = usage_json(t.get("usage"))  # the figures last shown, until the watchers read again
             self.store.threads[th.key] = th
         if data.get("tmux") != self.tmux_instance and self.store.threads:
             self.forget_panes()  # saved under another tmux server: its pane ids are not ours
@@ -4587,11 +4912,19 @@ class Server(object):
     def _save_ui(self):
         self.store.ui_error = None
         self.store.touch()
+        if "prices" in change:
+            self.reprice_usage()
         try:
             ensure_private_dir(os.path.dirname(self.ui_path))
             atomic_write(self.ui_path, json.dumps(self.store.ui, indent=2) + "\n", mode=0o644)
         except (OSError, OpensessionsError) as e:
             log("cannot save %s: %s" % (self.ui_path, e))
+
+    def reprice_usage(self):
+        """The user's prices changed: price every thread's usage again."""
+        for t in self.store.threads.values():
+            if t.usage_raw is not None:
+                t.usage = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
 
     def api_mute(self, body):
         """POST /mute {"session", "muted": true|false}; without "muted" it toggles."""
@@ -6911,7 +7244,14 @@ def _render_session(scr, s):
     name = fit(scr.clean(s["name"]), max(1, name_room), g["more"])
     pieces = [(g["current"] if is_current else " ", "accent"), (("%d" % n if n else " ") + " ", "muted"),
               (name, "accent" if is_current else base)]
-    if badges:
+    cost = cost_text((s.get("usage") or {}).get("cost"), row=True)
+    if cost and name_room - display_width(name) >= len(cost) + 2:  # the session's total, when there is room
+        pieces.append((" " * (w - 3 - display_width(name) - tail - len(cost) - (1 if badges else 0)), base))
+        pieces.append((cost, "muted"))
+        if badges:
+            pieces.append((" ", base))
+            pieces.extend(badges)
+    elif badges:
         pieces.append((" " * max(1, w - 3 - display_width(name) - tail), base))
         pieces.extend(badges)
     pieces.extend(unseen)
@@ -6972,6 +7312,44 @@ def _log_pieces(scr, entry, indent):
     return [(head, style), (text, "fg"), (pad + age, "muted")]
 
 
+def token_text(n):
+    """1234 -> '1.2k', 2500000 -> '2.5M'."""
+    n = n or 0
+    if n >= 10 ** 6:
+        return "%.1fM" % (n / 1e6)
+    if n >= 10 ** 5:
+        return "%dk" % round(n / 1e3)
+    if n >= 10 ** 3:
+        return "%.1fk" % (n / 1e3)
+    return "%d" % n
+
+
+def cost_text(cost, row=False):
+    """USD for the sidebar and the CLI; '' when unknown (and, on a row, when nothing was spent)."""
+    if not finite_number(cost) or (row and cost <= 0):
+        return ""
+    if cost >= 100:
+        return "$%d" % round(cost)
+    if cost >= 0.01 or cost == 0:
+        return "$%.2f" % cost
+    return "<$0.01" if row else "$%.4f" % cost
+
+
+def usage_text(u):
+    """One thread's (or session's) usage in a line, what matters first (a narrow sidebar cuts the
+    end): '$0.42 ctx 45% 12k in 3.1k out 40k cache'."""
+    parts = [cost_text(u.get("cost"))] if u.get("cost") is not None else []
+    if u.get("contextPct") is not None:
+        parts.append("ctx %d%%" % u["contextPct"])
+    parts.append("%s in %s out" % (token_text(u.get("input")), token_text(u.get("output"))))
+    cache = (u.get("cacheRead") or 0) + (u.get("cacheWrite") or 0)
+    if cache:
+        parts.append("%s cache" % token_text(cache))
+    if u.get("partial"):
+        parts.append("(partial)")
+    return " ".join(parts)
+
+
 def _detail(model, s, scr):
     """The selected session in full: directory, status, progress, threads, ports, logs."""
     g, now = scr.g, scr.now
@@ -7002,6 +7380,10 @@ def _detail(model, s, scr):
         if t.get("detail") or t.get("model"):
             info += " %s %s" % (g["neutral"], t.get("detail") or t["model"])
         panel.line(item, [(info, "sel" if sel else "muted")])
+        if t.get("usage"):
+            panel.line(item, [("  " + usage_text(t["usage"]), "sel" if sel else "muted")])
+    if s.get("usage") and len(s.get("threads", [])) > 1:
+        panel.line(None, [("total ", "accent"), (usage_text(s["usage"]), "muted")])
     if s.get("ports"):
         panel.line(("port", s["name"]), [("ports", "accent")] + [(" :%d" % p, "accent") for p in s["ports"]])
     for entry in (meta.get("logs") or [])[-5:]:
@@ -7964,18 +8346,103 @@ def status_lines(state, now=None):
     """`opensessions status` as aligned, labelled columns: a session per row, its threads indented
     under it. Pure."""
     now = now if now is not None else now_ms()
-    rows = [("SESSION / AGENT", "STATUS", "UNSEEN", "UPDATED", "BRANCH / TITLE")]
+    rows = [("SESSION / AGENT", "STATUS", "UNSEEN", "UPDATED", "COST", "BRANCH / TITLE")]
     for s in state["sessions"]:
         rows.append((s["name"], s.get("state") or "-", "yes" if s.get("unseen") else "",
-                     "", (s.get("branch") or "") + ("*" if s.get("dirty") else "")))
+                     "", cost_text((s.get("usage") or {}).get("cost")),
+                     (s.get("branch") or "") + ("*" if s.get("dirty") else "")))
         for t in s.get("threads", []):
             status = t["status"] + (" #%s" % t["attempt"] if t.get("attempt") else "")
             rows.append(("  " + t["agent"], status, "yes" if t.get("unseen") else "",
                          age_text(t.get("updatedAt"), now) + (" ago" if t.get("updatedAt") else ""),
-                         t.get("title") or t["id"]))
+                         cost_text((t.get("usage") or {}).get("cost")), t.get("title") or t["id"]))
     widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return ["  ".join([c + " " * (w - display_width(c)) for c, w in zip(r, widths)] + [r[-1]]).rstrip()
             for r in rows]
+
+
+def usage_threads(state, saved=None, history=None):
+    """Every thread with usage we know of: /state's (sessions' and orphans'), those the server's
+    saved file keeps (hidden helpers included) that /state no longer lists, and forgotten ones from
+    the usage history (90 days). The freshest figure of a thread wins. -> list of dicts with "session"."""
+    out = {}
+    for doc in (history, saved):
+        for t in doc.get("threads", []) if isinstance(doc, dict) and isinstance(doc.get("threads"), list) else ():
+            if isinstance(t, dict) and isinstance(t.get("usage"), dict) and isinstance(t.get("agent"), str):
+                out[(t["agent"], t.get("id"))] = dict(t)
+    for s in state.get("sessions", []):
+        for t in s.get("threads", []):
+            out[(t["agent"], t["id"])] = dict(t, session=s["name"])
+    for t in state.get("threads", []):
+        out[(t["agent"], t["id"])] = dict(t)
+    return [t for t in out.values() if isinstance(t.get("usage"), dict)]
+
+
+def usage_report(threads, since_ms, now_ms_):
+    """`opensessions usage`: totals by agent, session and day of the threads active since since_ms.
+    A thread counts whole on the day it was last active (agents record running totals, not days).
+    -> {"since", "total", "agents", "sessions", "days"} (each a {name: usage} with "threads")."""
+    import datetime
+    groups = {"agents": {}, "sessions": {}, "days": {}}
+    picked = [t for t in threads if (t.get("updatedAt") or 0) >= since_ms]
+    for t in picked:
+        day = datetime.datetime.fromtimestamp((t.get("updatedAt") or 0) / 1000.0).strftime("%Y-%m-%d")
+        for group, key in (("agents", t["agent"]), ("sessions", t.get("session") or "(no session)"), ("days", day)):
+            groups[group].setdefault(key, []).append(t["usage"])
+    report = {"since": since_ms, "total": usage_total([t["usage"] for t in picked]), "threads": len(picked)}
+    for group, items in groups.items():
+        report[group] = {k: dict(usage_total(v), threads=len(v)) for k, v in sorted(items.items())}
+    return report
+
+
+def usage_lines(report):
+    """The report as aligned columns. Pure."""
+    rows = [("", "THREADS", "INPUT", "OUTPUT", "CACHE", "COST")]
+
+    def row(name, u, n):
+        cost = cost_text(u.get("cost")) if u.get("cost") is not None else "-"
+        rows.append((name, str(n), token_text(u["input"]), token_text(u["output"]),
+                     token_text(u["cacheRead"] + u["cacheWrite"]), cost + (" +?" if u.get("partial") else "")))
+    for title, group in (("AGENT", "agents"), ("SESSION", "sessions"), ("DAY", "days")):
+        rows.append((title, "", "", "", "", ""))
+        for name, u in report[group].items():
+            row("  " + name, u, u["threads"])
+    if report["total"]:
+        row("TOTAL", report["total"], report["threads"])
+    widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c + " " * (w - display_width(c)) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if any(u.get("partial") for g in ("agents", "sessions", "days") for u in report[g].values()):
+        lines.append("+? : some cost unknown (a model without a price: add it to ui.json \"prices\") "
+                     "or history not fully read")
+    return lines
+
+
+def parse_since(text, now_ms_):
+    """'1d', '7d', '12h', '30m' -> epoch ms."""
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$", text or "")
+    if not m:
+        raise OpensessionsError("--since takes a duration such as 1d, 7d, 12h")
+    unit = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[m.group(2)]
+    return int(now_ms_ - float(m.group(1)) * unit * 1000)
+
+
+def cmd_usage(args):
+    state = _get_state(args)
+    docs = []
+    key = socket_key(_socket_from_args(args))
+    for name in ("usage-%s.json" % key, "state-%s.json" % key):
+        try:
+            docs.append(read_json_file(os.path.join(state_dir(), name), {}))
+        except (OpensessionsError, OSError):
+            docs.append(None)  # these only add older threads: /state alone still answers
+    now = now_ms()
+    report = usage_report(usage_threads(state, docs[1], docs[0]), parse_since(args.since, now), now)
+    if args.json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return 0
+    for line in usage_lines(report):
+        print(line)
+    return 0
 
 
 def cmd_status(args):
@@ -8514,7 +8981,7 @@ def _restore_binding(tmux, saved):
             pass
 
 
-COMMANDS = ("server", "start", "stop", "status", "set-status", "set-progress", "log", "clear-log", "notify",
+COMMANDS = ("server", "start", "stop", "status", "usage", "set-status", "set-progress", "log", "clear-log", "notify",
             "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next", "mute",
             "save", "restore", "kitty", "tmux-setup", "uninstall-tmux")
 
@@ -8551,6 +9018,10 @@ def _command_table():
         ("stop", cmd_stop, "stop the server", []),
         ("status", cmd_status, "print sessions and agent threads in labelled columns",
          [(("--json",), dict(action="store_true", help="print the whole /state document instead"))]),
+        ("usage", cmd_usage, "tokens and cost by agent, session and day",
+         [(("--since",), dict(default="1d", help="how far back: 1d (default), 7d, 12h; threads count on the "
+                                                   "day they were last active; the server keeps 90 days")),
+          (("--json",), dict(action="store_true", help="print the report as JSON"))]),
         ("set-status", cmd_set_status, "set (or --clear) a session's status pill",
          [session, (("text",), dict(nargs="?", help="the pill's text")), (("--tone",), tone),
           (("--clear",), dict(action="store_true", help="remove the pill"))]),

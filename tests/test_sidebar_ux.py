@@ -393,7 +393,7 @@ def test_status_has_labelled_aligned_columns(server, tmux):
     lines = r.stdout.decode().splitlines()
     keep("status", r.stdout.decode())
     header = lines[0]
-    assert header.split() == ["SESSION", "/", "AGENT", "STATUS", "UNSEEN", "UPDATED", "BRANCH", "/", "TITLE"]
+    assert header.split() == ["SESSION", "/", "AGENT", "STATUS", "UNSEEN", "UPDATED", "COST", "BRANCH", "/", "TITLE"]
     col = header.index("STATUS")
     thread = next(l for l in lines if "fix login" in l)
     assert thread[col:].startswith("interrupted") and thread.index("fix login") == header.index("BRANCH")
