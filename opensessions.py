@@ -4906,14 +4906,14 @@ class Server(object):
     def api_ui(self, body):
         change = validate_ui(body)
         self.store.ui.update(change)
+        if "prices" in change:
+            self.reprice_usage()
         self._save_ui()
         self.on_ui_changed(change)
 
     def _save_ui(self):
         self.store.ui_error = None
         self.store.touch()
-        if "prices" in change:
-            self.reprice_usage()
         try:
             ensure_private_dir(os.path.dirname(self.ui_path))
             atomic_write(self.ui_path, json.dumps(self.store.ui, indent=2) + "\n", mode=0o644)
