@@ -41,6 +41,96 @@ class OpensessionsError(Exception):
     """An error with a message meant for the user (no traceback)."""
 
 
+_log_file = None
+_log_path = None
+_log_lock = None
+LOG_MAX_BYTES = 1024 * 1024  # server.log is rotated to server.log.1 past this size
+
+
+def open_log(path, max_bytes=None):
+    """Send log() to path (appending); past LOG_MAX_BYTES it moves to path.1 and starts again."""
+    import threading
+    global _log_file, _log_path, _log_lock, LOG_MAX_BYTES
+    if max_bytes is not None:
+        LOG_MAX_BYTES = max_bytes
+    _log_lock = _log_lock or threading.Lock()
+    _log_path = path
+    _log_file = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
+    _rotate_log()
+
+
+def _rotate_log():
+    global _log_file
+    try:
+        if _log_file.tell() < LOG_MAX_BYTES:
+            return
+        _log_file.close()
+        os.replace(_log_path, _log_path + ".1")
+    except (OSError, ValueError):
+        pass
+    try:
+        _log_file = open(_log_path, "a", buffering=1, encoding="utf-8", errors="replace")
+    except OSError:
+        _log_file = None
+
+
+def log(message):
+    """Server log line (stderr, or the log file set by the server)."""
+    line = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)
+    if _log_lock is not None:
+        with _log_lock:
+            _write_log(line)
+            if _log_file is not None:
+                _rotate_log()
+    else:
+        _write_log(line)
+
+
+def _write_log(line):
+    target = _log_file or sys.stderr
+    try:
+        target.write(line)
+        target.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _int(value, default=0):
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):  # None, "x", NaN, 1e999
+        return default
+
+
+def env_number(name, default, environ=None, kind=float, low=0):
+    """A numeric setting from the environment: unset or empty -> default; anything else that is not
+    a number >= low is the user's mistake, said in one line (never silently ignored)."""
+    env = os.environ if environ is None else environ
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value != value or value < low:
+        raise OpensessionsError("%s=%s is not %s >= %s" % (name, raw, "an integer" if kind is int else "a number", low))
+    return value
+
+
+def check_port(port, where="--port"):
+    """A TCP port we may bind or call: 0 (any free port, when binding) to 65535."""
+    if port is not None and not (isinstance(port, int) and 0 <= port <= 65535):
+        raise OpensessionsError("%s%s%s is not a port (0-65535)" % (where, "" if where.endswith("=") else " ", port))
+    return port
+
+
+def env_port(environ=None):
+    """$OPENSESSIONS_PORT, or None when unset."""
+    port = env_number("OPENSESSIONS_PORT", None, environ, kind=int)
+    return check_port(port, "OPENSESSIONS_PORT=")
+
+
 def _env(name, default=None, environ=None):
     env = os.environ if environ is None else environ
     value = env.get(name)
@@ -227,7 +317,7 @@ STATUS_ALIASES = {
     "permission": "waiting", "input": "waiting", "needs-input": "waiting", "question": "waiting",
     "retrying": "retry", "ready": "idle",
 }
-AGENTS = ("claude", "codex", "opencode", "amp")
+AGENTS = ("claude", "codex", "opencode", "amp", "gemini", "qwen", "pi")
 _AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -684,7 +774,8 @@ def socket_key(socket_path):
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _OPENCODE_ID_RE = re.compile(r"^ses_[0-9A-Za-z]{20,40}$")
 _AMP_ID_RE = re.compile(r"^T-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-ID_PATTERNS = {"claude": _UUID_RE, "codex": _UUID_RE, "opencode": _OPENCODE_ID_RE, "amp": _AMP_ID_RE}
+ID_PATTERNS = {"claude": _UUID_RE, "codex": _UUID_RE, "opencode": _OPENCODE_ID_RE, "amp": _AMP_ID_RE,
+               "gemini": _UUID_RE, "qwen": _UUID_RE, "pi": _UUID_RE}
 INTERRUPT_MARK = "[Request interrupted by user"
 TITLE_MAX = 120
 
@@ -938,16 +1029,13 @@ def claude_registry_entry(data):
     }
 
 
-def claude_registry_alive(entry, proc_root="/proc"):
-    """The registry's process still runs (and is the same process: procStart matches)."""
-    if not _pid_alive(entry["pid"]):
+def claude_registry_matches(entry, alive, start):
+    """Is the registry entry's process still the one that wrote it? `alive`: its pid runs; `start`:
+    that pid's start time now (None where it cannot be known: no /proc). Pure."""
+    if not alive:
         return False
-    if entry.get("procStart") and os.path.isdir(os.path.join(proc_root, "self")):
-        try:
-            with open(os.path.join(proc_root, str(entry["pid"]), "stat"), "r", errors="replace") as f:
-                return parse_proc_stat(f.read())[3] == entry["procStart"]
-        except (OSError, ValueError, IndexError):
-            return False
+    if entry.get("procStart") and start is not None:
+        return start == entry["procStart"]
     return True
 
 
@@ -1447,7 +1535,310 @@ def amp_thread_state(data, mtime_ms=0):
     return state
 
 
-AGENT_COMMS = frozenset(("claude", "codex", "opencode", "amp", "node", "bun"))
+# Gemini CLI, Qwen Code and Pi: captured from Gemini CLI 0.61.0, Qwen Code 0.24.4 and Pi 0.73.1
+# against a fake model (tests/fixtures/<agent>/, with the capture script and format notes).
+def _thread_usage(state):
+    """The reducer state's raw usage (new_usage() shape), made on first use."""
+    if not isinstance(state.get("usage"), dict):
+        state["usage"] = new_usage()
+    return state["usage"]
+
+
+def _usage_add(usage, sign, tokens, cost=None):
+    for k in USAGE_KEYS:
+        usage[k] += sign * tokens.get(k, 0)
+    if cost is not None:
+        usage["cost"] = round((usage["cost"] or 0.0) + sign * cost, 9)
+
+
+def _num(value):
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value else 0
+
+
+def gemini_tokens(tokens):
+    """Gemini CLI's per-message `tokens` ({input, output, cached, thoughts, tool, total}; input
+    counts the cached part) -> our keys (input without the cached part; thoughts are output)."""
+    if not isinstance(tokens, dict):
+        return None
+    cached = _num(tokens.get("cached"))
+    return {"input": max(0, _num(tokens.get("input")) - cached), "output": _num(tokens.get("output")) +
+            _num(tokens.get("thoughts")), "cacheRead": cached, "cacheWrite": 0}
+
+
+def _gemini_prompt(parts):
+    """The user's prompt in a Gemini `user` message, or None (tool results, the session context)."""
+    if isinstance(parts, str):
+        parts = [{"text": parts}]
+    if not isinstance(parts, list):
+        return None
+    texts = []
+    for p in parts:
+        if not isinstance(p, dict):
+            continue
+        if "functionResponse" in p:
+            return None
+        if isinstance(p.get("text"), str):
+            texts.append(p["text"])
+    text = "\n".join(texts)
+    if not text.strip() or text.lstrip().startswith("<session_context>"):
+        return None
+    return text
+
+
+def _gemini_message(state, msg, counted=True):
+    kind = msg.get("type")
+    ts = parse_iso_ms(msg.get("timestamp"))
+    if ts:
+        state["updatedAt"] = max(state["updatedAt"], ts)
+    if kind == "user":
+        prompt = _gemini_prompt(msg.get("content"))
+        if prompt is None:
+            state.update(status="running", detail=None)  # a tool result goes back to the model
+            return
+        if not state["firstPrompt"]:
+            state["firstPrompt"] = prompt
+        state["lastPrompt"] = prompt
+        state["turns"] += 1
+        state.update(status="running", detail=None, attempt=None)
+    elif kind == "gemini":
+        if isinstance(msg.get("model"), str) and msg["model"]:
+            state["model"] = msg["model"]
+        tokens = gemini_tokens(msg.get("tokens"))
+        if tokens is not None and counted:
+            # a message re-written under the same id replaces the earlier one: count it once
+            usage = _thread_usage(state)
+            mid = msg.get("id")
+            if mid is not None and state.get("_usageId") == mid:
+                _usage_add(usage, -1, state.get("_usageLast") or {})
+            _usage_add(usage, 1, tokens)
+            state["_usageId"], state["_usageLast"] = mid, tokens
+        calls = msg.get("toolCalls") if isinstance(msg.get("toolCalls"), list) else []
+        content = msg.get("content")
+        has_text = bool(content.strip()) if isinstance(content, str) else bool(_content_texts(content))
+        if calls or not has_text:
+            state.update(status="running", detail=None)  # the model goes on after its tools
+        else:
+            state.update(status="done", detail=None)
+    elif kind == "info" and isinstance(msg.get("content"), str) and msg["content"].startswith("Request cancelled"):
+        state.update(status="interrupted", detail=None)
+    elif kind == "error":
+        text = msg.get("content") if isinstance(msg.get("content"), str) else "error"
+        state.update(status="error", detail=text[:MAX_LOG_MESSAGE])
+
+
+def gemini_reduce(state, rec):
+    """Apply one line of a Gemini CLI chat file (~/.gemini/tmp/<project>/chats/session-*.jsonl).
+
+    Lines: a header ({sessionId, projectHash, startTime, kind}); messages ({id, timestamp, type:
+    user|gemini|info|error|warning, content, tokens, model, toolCalls}), a later line with the same
+    id replacing the earlier one; and `{"$set": {...}}` patches (lastUpdated, or the whole
+    `messages` list when Gemini rewrites its history, as after a cancelled request).
+    Not captured: the end of Gemini's retries of an HTTP 500 (still retrying, with nothing written,
+    after 45 s); an `error` line was captured for a 400.
+    """
+    if "$set" in rec:
+        patch = rec["$set"] if isinstance(rec["$set"], dict) else {}
+        ts = parse_iso_ms(patch.get("lastUpdated"))
+        if ts:
+            state["updatedAt"] = max(state["updatedAt"], ts)
+        msgs = patch.get("messages")
+        if isinstance(msgs, list):
+            # a rewrite of the history: titles and turns from it, no usage counted twice
+            kept = dict((k, state[k]) for k in ("status", "detail", "attempt", "turns", "lastPrompt"))
+            turns = 0
+            for m in msgs:
+                if isinstance(m, dict):
+                    if m.get("type") == "user" and _gemini_prompt(m.get("content")) is not None:
+                        turns += 1
+                    _gemini_message(state, m, counted=False)
+            state.update(kept)
+            state["turns"] = max(turns, kept["turns"])
+            state["lastPrompt"] = kept["lastPrompt"] or state["lastPrompt"]
+        return state
+    if isinstance(rec.get("sessionId"), str) and "type" not in rec:
+        state["id"] = rec["sessionId"]
+        ts = parse_iso_ms(rec.get("lastUpdated") or rec.get("startTime"))
+        if ts:
+            state["updatedAt"] = max(state["updatedAt"], ts)
+        if rec.get("kind") not in (None, "main"):
+            state["hidden"] = True  # a subagent's chat
+        return state
+    if isinstance(rec.get("type"), str):
+        _gemini_message(state, rec)
+    return state
+
+
+def gemini_id_from_path(path):
+    """session-2026-11-27T22-08-4fc6198e.jsonl -> the short id prefix '4fc6198e' (or None)."""
+    m = re.match(r"^session-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-([0-9a-f]{8})\.jsonl$", os.path.basename(path))
+    return m.group(1) if m else None
+
+
+def pi_reduce(state, rec):
+    """Apply one line of a Pi session (~/.pi/agent/sessions/--<cwd>--/<time>_<uuid>.jsonl): a
+    `session` header, then tree entries (message, model_change, session_info, compaction …).
+    Pi records usage and cost per assistant message; `stopReason` ends a turn (stop, toolUse,
+    aborted, error, length)."""
+    kind = rec.get("type")
+    ts = parse_iso_ms(rec.get("timestamp"))
+    if ts:
+        state["updatedAt"] = max(state["updatedAt"], ts)
+    if kind == "session":
+        if isinstance(rec.get("id"), str):
+            state["id"] = rec["id"]
+        if isinstance(rec.get("cwd"), str):
+            state["cwd"] = rec["cwd"]
+    elif kind == "model_change" and isinstance(rec.get("modelId"), str):
+        state["model"] = rec["modelId"]
+    elif kind == "session_info" and isinstance(rec.get("name"), str):
+        state["customTitle"] = rec["name"] or None
+    elif kind == "message":
+        msg = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+        role = msg.get("role")
+        if role == "user":
+            texts = [t for t in _content_texts(msg.get("content")) if t.strip()]
+            if texts:
+                if not state["firstPrompt"]:
+                    state["firstPrompt"] = texts[0]
+                state["lastPrompt"] = texts[0]
+                state["turns"] += 1
+            state.update(status="running", detail=None, attempt=None)
+        elif role in ("toolResult", "bashExecution"):
+            if state["status"] == "running" or role == "toolResult":
+                state.update(status="running", detail=None)
+        elif role == "assistant":
+            if isinstance(msg.get("model"), str) and msg["model"]:
+                state["model"] = msg["model"]
+            usage = msg.get("usage") if isinstance(msg.get("usage"), dict) else None
+            if usage is not None:
+                cost = usage.get("cost") if isinstance(usage.get("cost"), dict) else {}
+                _usage_add(_thread_usage(state), 1,
+                           {k: _num(usage.get(k)) for k in USAGE_KEYS},
+                           _num(cost.get("total")) if "total" in cost else None)
+            stop = msg.get("stopReason")
+            if stop == "toolUse":
+                state.update(status="running", detail=None)
+            elif stop == "aborted":
+                state.update(status="interrupted", detail=None)
+            elif stop == "error":
+                state.update(status="error", detail=str(msg.get("errorMessage") or "error")[:MAX_LOG_MESSAGE])
+            else:
+                state.update(status="done", detail=None)
+    return state
+
+
+def pi_id_from_path(path):
+    """<time>_<uuid>.jsonl -> uuid (Pi's session ids are UUIDs, v7 in 0.73), or None."""
+    name = os.path.basename(path)
+    if not name.endswith(".jsonl") or "_" not in name:
+        return None
+    candidate = name[:-6].rsplit("_", 1)[1]
+    return candidate if _UUID_RE.match(candidate) else None
+
+
+def pi_cwd_dir_name(cwd):
+    """Pi's sessions/ directory for a cwd: '--' + the path with '/' as '-' + '--'."""
+    return "--" + cwd.strip("/").replace("/", "-") + "--"
+
+
+def qwen_reduce(state, rec):
+    """Apply one record of a Qwen Code chat (~/.qwen/projects/<encoded cwd>/chats/<uuid>.jsonl).
+
+    Records are Claude-like ({uuid, parentUuid, sessionId, timestamp, type, cwd, message}) with
+    Gemini-like parts: user (a prompt), assistant (text or functionCall parts, usageMetadata once a
+    response is complete), tool_result, system (subtype ui_telemetry: api_response / api_error /
+    tool_call). Captured: an interrupted answer is written without usageMetadata; a 500 is retried,
+    each attempt an api_error record (the final failure was not reached in 45 s of retrying).
+    """
+    kind = rec.get("type")
+    ts = parse_iso_ms(rec.get("timestamp"))
+    if ts:
+        state["updatedAt"] = max(state["updatedAt"], ts)
+    if isinstance(rec.get("cwd"), str):
+        state["cwd"] = rec["cwd"]
+    message = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+    parts = message.get("parts") if isinstance(message.get("parts"), list) else []
+    if kind == "user":
+        texts = [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        texts = [t for t in texts if _is_prompt_text(t)]
+        if texts:
+            if not state["firstPrompt"]:
+                state["firstPrompt"] = texts[0]
+            state["lastPrompt"] = texts[0]
+            state["turns"] += 1
+        state.update(status="running", detail=None, attempt=None)
+    elif kind == "tool_result":
+        state.update(status="running", detail=None, attempt=None)
+    elif kind == "assistant":
+        if isinstance(rec.get("model"), str) and rec["model"]:
+            state["model"] = rec["model"]
+        meta = rec.get("usageMetadata") if isinstance(rec.get("usageMetadata"), dict) else None
+        if meta is not None:
+            _usage_add(_thread_usage(state), 1, gemini_tokens({
+                "input": meta.get("promptTokenCount"), "output": meta.get("candidatesTokenCount"),
+                "cached": meta.get("cachedContentTokenCount"), "thoughts": meta.get("thoughtsTokenCount")}))
+        if any(isinstance(p, dict) and "functionCall" in p for p in parts):
+            state.update(status="running", detail=None, attempt=None)
+        elif meta is None:
+            state.update(status="interrupted", detail=None, attempt=None)  # cut off: no usage came
+        else:
+            state.update(status="done", detail=None, attempt=None)
+    elif kind == "system" and rec.get("subtype") == "ui_telemetry":
+        payload = rec.get("systemPayload") if isinstance(rec.get("systemPayload"), dict) else {}
+        ui = payload.get("uiEvent") if isinstance(payload.get("uiEvent"), dict) else {}
+        if ui.get("event.name") == "qwen-code.api_error" and state["status"] in ("running", "retry"):
+            attempt = (state["attempt"] or 0) + 1
+            state.update(status="retry", detail=str(ui.get("error_message") or "API error")[:MAX_LOG_MESSAGE],
+                         attempt=attempt)
+    return state
+
+
+def gemini_hook_event(agent, payload, environ=None):
+    """Map a Gemini CLI (or Qwen Code) hook payload to an /api/agent-event body, or None.
+
+    Gemini's events: SessionStart/SessionEnd, BeforeAgent (a prompt), BeforeTool/AfterTool,
+    Notification (notification_type ToolPermission: a permission prompt), AfterAgent (the turn
+    ended). No hook fires on an interrupt or an API error; the chat file tells those.
+    Qwen Code uses Claude's names; those go through hook_event()."""
+    env = os.environ if environ is None else environ
+    if not isinstance(payload, dict):
+        return None
+    name = payload.get("hook_event_name")
+    sid = payload.get("session_id")
+    if not isinstance(name, str) or not valid_thread_id(agent, sid):
+        return None
+    status, detail, alive = None, None, None
+    if name == "SessionStart":
+        status = "idle"
+    elif name in ("BeforeAgent", "BeforeTool", "AfterTool"):
+        status = "running"
+    elif name == "Notification":
+        if payload.get("notification_type") != "ToolPermission":
+            return None
+        status = "waiting"
+        detail = str(payload.get("message") or "permission")[:MAX_LOG_MESSAGE]
+    elif name == "AfterAgent":
+        status = "idle"  # settled by the server: a turn under way becomes done
+    elif name == "SessionEnd":
+        status, alive = "idle", False
+    else:
+        return None
+    body = {"agent": agent, "status": status, "threadId": sid, "source": "hook"}
+    if detail:
+        body["detail"] = detail
+    if alive is False:
+        body["alive"] = False
+    if isinstance(payload.get("cwd"), str):
+        body["projectDir"] = payload["cwd"]
+    pane = env.get("TMUX_PANE")
+    if pane and re.match(r"^%\d+$", pane):
+        body["paneId"] = pane
+    if name == "BeforeAgent" and isinstance(payload.get("prompt"), str):
+        body["prompt"] = payload["prompt"][:MAX_LOG_MESSAGE]
+    return {k: clean_str(v) for k, v in body.items()}
+
+
+AGENT_COMMS = frozenset(("claude", "codex", "opencode", "amp", "node", "bun", "gemini", "qwen", "pi"))
 
 
 def classify_agent_process(comm, args):
@@ -1474,7 +1865,15 @@ def classify_agent_process(comm, args):
         if rest[:1] in (["app-server"], ["exec"], ["mcp-server"]):
             return None
         return "codex"
+    if "pi" in names:  # Pi sets its process title to `pi` (its argv is overwritten with it)
+        return "pi" if not ({"-p", "--print", "--mode"} & set(rest)) else None
+    for agent in ("gemini", "qwen"):
+        if agent in names:  # installed as a native binary or a script named like the agent
+            return agent if not ({"-p", "--prompt"} & set(rest)) else None
     if comm in ("node", "bun") or argv0 in ("node", "bun"):
+        more = _more_agent_of_node(rest)
+        if more is not None:
+            return more or None
         script = os.path.basename(rest[0]) if rest else ""
         if script == "codex" and (len(rest) < 2 or rest[1] not in ("app-server", "exec")):
             return "codex"
@@ -1487,14 +1886,41 @@ def classify_agent_process(comm, args):
     return None
 
 
+def _more_agent_of_node(rest):
+    """`node [node flags] …/gemini|qwen|pi <args>` -> that agent, '' for its one-shot and helper
+    runs (-p/--prompt, Gemini's relaunched child is the same agent), None for another script."""
+    i = 0
+    while i < len(rest) and rest[i].startswith("-"):
+        i += 1  # node's own flags (Gemini relaunches itself with --max-old-space-size=…)
+    script = os.path.basename(rest[i]) if i < len(rest) else ""
+    if script in ("gemini", "qwen", "pi", "gemini.js", "cli.js", "cli-entry.js"):
+        if script.endswith(".js"):  # the package's own file (…/.bin/<agent> links to it)
+            parts = rest[i].split("/")
+            package = {"qwen-code": "qwen", "gemini-cli": "gemini", "pi-coding-agent": "pi"}
+            script = next((package[p] for p in reversed(parts[:-1]) if p in package), "")
+            if not script:
+                return None
+        args = rest[i + 1:]
+        if {"-p", "--prompt", "--print"} & set(args) or args[:1] in (["mcp"], ["extensions"], ["hooks"]):
+            return ""
+        return script
+    return None
+
+
 def agent_resume_id_from_args(agent, args):
     """A session id given on the command line (--resume ID, -s ID, resume ID …), validated."""
     rest = list(args[1:]) if args else []
     if agent == "codex" and len(rest) >= 2 and os.path.basename(rest[0]) == "codex":
         rest = rest[1:]  # the node wrapper: node …/codex <args>
+    if agent in ("gemini", "qwen", "pi") and args and os.path.basename(args[0]) in ("node", "bun"):
+        while rest and rest[0].startswith("-"):
+            rest = rest[1:]  # node's flags before the script (Gemini's relaunched child)
+        if rest and os.path.basename(rest[0]) in (agent, "gemini.js", "cli.js", "cli-entry.js"):
+            rest = rest[1:]
     candidates = []
     flags = {"claude": ("--resume", "-r", "--session-id"), "opencode": ("-s", "--session"),
-             "codex": (), "amp": ()}.get(agent, ())
+             "gemini": ("--resume", "-r", "--session-id"), "qwen": ("--resume", "-r", "--session-id"),
+             "pi": ("--session",), "codex": (), "amp": ()}.get(agent, ())
     for i, a in enumerate(rest):
         for f in flags:
             if a == f and i + 1 < len(rest):
@@ -1621,13 +2047,6 @@ class TmuxError(Exception):
 
 class TmuxGone(TmuxError):
     """The tmux server is not running (any more)."""
-
-
-def _int(value, default=0):
-    try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError):  # None, "x", NaN, 1e999
-        return default
 
 
 def tmux_record_format(kind, fields):
@@ -1777,6 +2196,16 @@ class Tmux(object):
             raise TmuxError(err or "tmux %s failed (exit %d)" % (args[0] if args else "", proc.returncode))
         return proc.stdout.decode("utf-8", "replace")
 
+    def spawn(self, *args):
+        """Start one tmux command without waiting for it (display-popup returns only when its popup
+        closes)."""
+        import subprocess
+        try:
+            subprocess.Popen(self.argv(*args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError as e:
+            raise TmuxError("cannot run tmux: %s" % e)
+
     def alive(self):
         try:
             self.run("list-sessions", "-F", "#{session_id}")
@@ -1830,7 +2259,37 @@ def parse_proc_stat(data):
     return pid, comm, int(fields[1]), int(fields[19])
 
 
-def process_table(proc_root="/proc"):
+def process_start(pid, proc_root="/proc"):
+    """A process's start time (clock ticks since boot, as /proc/<pid>/stat has it): None without
+    /proc (macOS), -1 when the process is gone."""
+    if not os.path.isdir(os.path.join(proc_root, "self")):
+        return None
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat"), "r", encoding="utf-8", errors="replace") as f:
+            return parse_proc_stat(f.read())[3]
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def claude_registry_alive(entry, proc_root="/proc"):
+    """The registry's process still runs and is the same process (procStart matches)."""
+    pid = entry["pid"]
+    return claude_registry_matches(entry, _pid_alive(pid), process_start(pid, proc_root))
+
+
+def run_text(argv, timeout=5.0):
+    """stdout of a command as text. Raises OSError when it cannot run or times out (the probes'
+    default runner; tests inject their own `ps` and `lsof`)."""
+    import subprocess
+    try:
+        out = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, timeout=timeout).stdout
+    except subprocess.TimeoutExpired:
+        raise OSError("%s timed out" % argv[0])
+    return out.decode("utf-8", "replace")
+
+
+def process_table(proc_root="/proc", run=run_text):
     """{pid: Proc} for every process: one read of /proc on Linux, one `ps` elsewhere."""
     table = {}
     if os.path.isdir(os.path.join(proc_root, "self")):
@@ -1844,11 +2303,10 @@ def process_table(proc_root="/proc"):
                 continue
             table[pid] = Proc(pid, ppid, comm, start)
         return table
-    import subprocess
     try:
-        out = subprocess.run(["ps", "-axo", "pid=,ppid=,comm="], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, timeout=5).stdout.decode("utf-8", "replace")
-    except (OSError, subprocess.SubprocessError):
+        out = run(["ps", "-axo", "pid=,ppid=,comm="])
+    except OSError as e:
+        log("ps failed (%s): no process table" % e)
         return table
     for line in out.splitlines():
         parts = line.split(None, 2)
@@ -1857,7 +2315,7 @@ def process_table(proc_root="/proc"):
     return table
 
 
-def process_args(pid, proc_root="/proc"):
+def process_args(pid, proc_root="/proc", run=run_text):
     """argv of a process as a list (empty when unreadable)."""
     try:
         with open(os.path.join(proc_root, str(pid), "cmdline"), "rb") as f:
@@ -1869,12 +2327,9 @@ def process_args(pid, proc_root="/proc"):
     if os.path.isdir(os.path.join(proc_root, "self")):
         return []
     import shlex
-    import subprocess
     try:
-        out = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, timeout=5).stdout.decode("utf-8", "replace")
-        return shlex.split(out.strip())
-    except (OSError, ValueError, subprocess.SubprocessError):
+        return shlex.split(run(["ps", "-o", "args=", "-p", str(pid)]).strip())
+    except (OSError, ValueError):  # gone, or args shlex cannot split (an unbalanced quote)
         return []
 
 
@@ -1980,14 +2435,14 @@ def listening_sockets(proc_root="/proc"):
     if proc_root == "/proc":
         try:
             return listening_sockets_netlink()
-        except (OSError, AttributeError, ValueError):
-            pass
+        except (OSError, AttributeError, ValueError):  # no sock_diag here (a container, an old kernel)
+            pass  # /proc/net below answers the same, slower
     found = {}
     for name in ("tcp", "tcp6"):
         try:
             with open(os.path.join(proc_root, "net", name), "r") as f:
                 found.update(parse_proc_net_tcp(f.read()))
-        except OSError:
+        except OSError:  # tcp6 is missing where IPv6 is off
             pass
     return found
 
@@ -2033,28 +2488,29 @@ def tcp_peer_uid(peer, local, proc_root="/proc"):
     return None
 
 
-def socket_inodes(pid, proc_root="/proc"):
-    """Socket inodes a process holds open (from /proc/<pid>/fd links)."""
-    inodes = set()
+def fd_targets(pid, proc_root="/proc"):
+    """What a process holds open: the targets of its /proc/<pid>/fd links ([] when unreadable)."""
     fd_dir = os.path.join(proc_root, str(pid), "fd")
     try:
         names = os.listdir(fd_dir)
     except OSError:
-        return inodes
+        return []
+    targets = []
     for fd in names:
         try:
-            target = os.readlink(os.path.join(fd_dir, fd))
-        except OSError:
+            targets.append(os.readlink(os.path.join(fd_dir, fd)))
+        except OSError:  # closed meanwhile
             continue
-        if target.startswith("socket:["):
-            try:
-                inodes.add(int(target[8:-1]))
-            except ValueError:
-                pass
-    return inodes
+    return targets
 
 
-def ports_for_pids(pid_groups, proc_root="/proc", listening=None):
+def socket_inodes(pid, proc_root="/proc"):
+    """Socket inodes a process holds open (from /proc/<pid>/fd links)."""
+    return {int(t[8:-1]) for t in fd_targets(pid, proc_root)
+            if t.startswith("socket:[") and t.endswith("]") and t[8:-1].isdigit()}
+
+
+def ports_for_pids(pid_groups, proc_root="/proc", listening=None, run=run_text):
     """{group: sorted ports} for groups of pids (a group = processes under one session's panes)."""
     if os.path.isdir(os.path.join(proc_root, "self")):
         if listening is None:
@@ -2072,15 +2528,11 @@ def ports_for_pids(pid_groups, proc_root="/proc", listening=None):
             if ports:
                 result[group] = sorted(ports)
         return result
-    return _ports_lsof(pid_groups)
+    return _ports_lsof(pid_groups, run)
 
 
-def _ports_lsof(pid_groups):
+def _ports_lsof(pid_groups, run=run_text):
     """macOS and other systems without /proc: lsof, when it is on PATH."""
-    import shutil
-    import subprocess
-    if not shutil.which("lsof"):
-        return {}
     pid_to_group = {}
     for group, pids in pid_groups.items():
         for pid in pids:
@@ -2088,10 +2540,8 @@ def _ports_lsof(pid_groups):
     if not pid_to_group:
         return {}
     try:
-        out = subprocess.run(["lsof", "-nP", "-a", "-iTCP", "-sTCP:LISTEN", "-Fpn",
-                              "-p", ",".join(str(p) for p in pid_to_group)],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=5).stdout.decode()
-    except (OSError, subprocess.SubprocessError):
+        out = run(["lsof", "-nP", "-a", "-iTCP", "-sTCP:LISTEN", "-Fpn", "-p", ",".join(str(p) for p in pid_to_group)])
+    except OSError:  # no lsof here: no ports
         return {}
     result = {}
     current = None
@@ -2103,6 +2553,32 @@ def _ports_lsof(pid_groups):
             if host in ("*", "127.0.0.1", "[::1]", "localhost", "[::]") and port.isdigit():
                 result.setdefault(current, set()).add(int(port))
     return {g: sorted(p) for g, p in result.items()}
+
+
+class SystemProbes(object):
+    """What the server asks the system about processes and sockets, in one injectable place:
+    Linux reads /proc (proc_root); without it (macOS) `ps` and `lsof` answer through `run`."""
+
+    def __init__(self, proc_root="/proc", run=run_text):
+        self.proc_root = proc_root
+        self.run = run
+        self.has_proc = os.path.isdir(os.path.join(proc_root, "self"))
+
+    def processes(self):
+        return process_table(self.proc_root, self.run)
+
+    def args(self, pid):
+        return process_args(pid, self.proc_root, self.run)
+
+    def listening(self):
+        """{inode: port} of listening sockets, or None where ports come from lsof instead."""
+        return listening_sockets(self.proc_root) if self.has_proc else None
+
+    def ports(self, pid_groups, listening=None):
+        return ports_for_pids(pid_groups, self.proc_root, listening, self.run)
+
+    def open_files(self, pid):
+        return fd_targets(pid, self.proc_root) if self.has_proc else []
 
 
 def find_git_dir(path):
@@ -2455,10 +2931,171 @@ def agent_paths(environ=None):
         "opencode_db": env.get("OPENCODE_DB") or os.path.join(xdg_dir("DATA", env), "opencode", "opencode.db"),
         "opencode_config": os.path.join(xdg_dir("CONFIG", env), "opencode"),
         "amp_threads": os.path.join(xdg_dir("DATA", env), "amp", "threads"),
+        "gemini": os.path.join(env.get("GEMINI_CLI_HOME") or home, ".gemini"),
+        "qwen": os.path.join(home, ".qwen"),
+        "pi": env.get("PI_CODING_AGENT_DIR") or os.path.join(home, ".pi", "agent"),
     }
 
 
-class AgentWatchers(object):
+class MoreAgentWatchers(object):
+    """Gemini CLI, Qwen Code and Pi: inotify tails of their JSONL chat files (a mixin of
+    AgentWatchers, using its watch core: watch_dir, FileTail, states). Read only; nothing here
+    writes, moves or deletes an agent's files.
+
+      Gemini: ~/.gemini/tmp/<project>/chats/session-<time>-<id8>.jsonl (projects.json: dir -> project)
+      Qwen:   ~/.qwen/projects/<encoded cwd>/chats/<uuid>.jsonl
+      Pi:     ~/.pi/agent/sessions/--<cwd>--/<time>_<uuid>.jsonl
+    """
+
+    MORE_REDUCERS = {"gemini": gemini_reduce, "qwen": qwen_reduce, "pi": pi_reduce}
+
+    def _more_start(self):
+        p = self.paths
+        self.gemini_projects = {}  # project name -> directory
+        self.watch_root(p["gemini"], self._on_gemini_home)
+        self.watch_root(os.path.join(p["gemini"], "tmp"), self._on_gemini_tmp)
+        self.watch_root(os.path.join(p["qwen"], "projects"), self._on_qwen_projects)
+        self.watch_root(os.path.join(p["pi"], "sessions"), self._on_pi_sessions)
+        self.qwen_registry = {}  # registry file -> (pid, session id)
+        self.watch_root(os.path.join(p["qwen"], "sessions"), self._on_qwen_registry)
+
+    def _more_cold_start(self):
+        self._read_gemini_projects()
+        self._on_gemini_tmp(os.path.join(self.paths["gemini"], "tmp"), None, 0)
+        self._on_qwen_projects(os.path.join(self.paths["qwen"], "projects"), None, 0)
+        self._on_pi_sessions(os.path.join(self.paths["pi"], "sessions"), None, 0)
+        self._on_qwen_registry(os.path.join(self.paths["qwen"], "sessions"), None, 0)
+
+    # -- directories -------------------------------------------------------------------------------
+    def _more_subdirs(self, directory, name, sub, handler):
+        """A new (name) or every (None) subdirectory: watch <it>/<sub> and read its recent files."""
+        names = [name] if name else listdir(directory)
+        for n in names:
+            d = os.path.join(directory, n, sub) if sub else os.path.join(directory, n)
+            if os.path.isdir(os.path.join(directory, n)):
+                self.watch_dir(d, handler)
+                if os.path.isdir(d):
+                    handler(d, None, 0)
+
+    def _on_gemini_home(self, directory, name, mask):
+        if name in (None, "projects.json"):
+            self._read_gemini_projects()
+        if name == "tmp" and mask & IN_ISDIR:
+            self.watch_dir(os.path.join(directory, name), self._on_gemini_tmp)
+            self._on_gemini_tmp(os.path.join(directory, name), None, 0)
+
+    def _on_gemini_tmp(self, directory, name, mask):
+        if name is None or mask & IN_ISDIR:
+            self._more_subdirs(directory, name, "chats", self._on_more_chats("gemini"))
+
+    def _on_qwen_projects(self, directory, name, mask):
+        if name is None or mask & IN_ISDIR:
+            self._more_subdirs(directory, name, "chats", self._on_more_chats("qwen"))
+
+    def _on_pi_sessions(self, directory, name, mask):
+        if name is None or mask & IN_ISDIR:
+            self._more_subdirs(directory, name, "", self._on_more_chats("pi"))
+
+    def _on_more_chats(self, agent):
+        handlers = self.__dict__.setdefault("_more_handlers", {})
+        if agent not in handlers:
+            def handler(directory, name, mask, agent=agent):
+                if name is None:
+                    for n in listdir(directory, ".jsonl"):
+                        path = os.path.join(directory, n)
+                        if path not in self.tails and self._recent(path):
+                            self._more_read_file(agent, path)
+                elif name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
+                    self._more_read_file(agent, os.path.join(directory, name))
+            handlers[agent] = handler
+        return handlers[agent]
+
+    def _on_qwen_registry(self, directory, name, mask):
+        """~/.qwen/sessions/<pid>.json, Qwen Code's live registry ({pid, sessionId, cwd}; removed
+        at exit): the exact pid of a thread, so its pane, without hooks."""
+        for n in [name] if name else listdir(directory, ".json"):
+            if not n or not n.endswith(".json"):
+                continue
+            path = os.path.join(directory, n)
+            if name and mask & (IN_DELETE | IN_MOVED_FROM) or not os.path.exists(path):
+                gone = self.qwen_registry.pop(path, None)
+                if gone:
+                    self.server.agent_pid_exited("qwen", gone[0])
+                continue
+            try:
+                with open(path, "rb") as f:
+                    data = json.loads(f.read().decode("utf-8"))
+            except (OSError, ValueError, UnicodeDecodeError):
+                continue  # half-written: the next event reads it again
+            pid = data.get("pid") if isinstance(data, dict) else None
+            sid = data.get("sessionId") if isinstance(data, dict) else None
+            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or not valid_thread_id("qwen", sid) \
+                    or n != "%d.json" % pid or not _pid_alive(pid):
+                continue
+            if self.qwen_registry.get(path) != (pid, sid):
+                self.qwen_registry[path] = (pid, sid)
+                cwd = data.get("cwd") if isinstance(data.get("cwd"), str) else None
+                self.server.apply_thread_update("qwen", sid, pid=pid, cwd=cwd, alive=True)
+
+    def _read_gemini_projects(self):
+        try:
+            with open(os.path.join(self.paths["gemini"], "projects.json"), "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return
+        projects = data.get("projects") if isinstance(data, dict) else None
+        if isinstance(projects, dict):
+            self.gemini_projects = {v: k for k, v in projects.items() if isinstance(k, str) and isinstance(v, str)}
+
+    # -- files ---------------------------------------------------------------------------------------
+    def _more_thread_id(self, agent, path):
+        if agent == "pi":
+            return pi_id_from_path(path)
+        if agent == "qwen":
+            name = os.path.basename(path)[:-6]
+            return name if _UUID_RE.match(name) else None
+        # Gemini names the file with 8 characters of the id: the full one is in its header line
+        if gemini_id_from_path(path) is None:
+            return None
+        for rec in parse_json_lines(read_head_lines(path, 4096))[0][:1]:
+            sid = rec.get("sessionId")
+            if isinstance(sid, str) and _UUID_RE.match(sid):
+                return sid
+        return None
+
+    def _more_read_file(self, agent, path):
+        state = self.states.get(path)
+        tid = state["id"] if state is not None else self._more_thread_id(agent, path)
+        if not tid:
+            return
+        _, records = self._tail_thread(path, agent, tid, self.MORE_REDUCERS[agent])
+        if records:
+            self._apply_more(agent, path, records)
+
+    def _apply_more(self, agent, path, records):
+        state = self.states[path]
+        tid = state["id"]
+        if agent == "gemini" and not state["cwd"]:
+            parts = path.split(os.sep)
+            if len(parts) >= 3:
+                state["cwd"] = self.gemini_projects.get(parts[-3])
+        status, detail = state["status"], state["detail"]
+        current = self.server.store.threads.get((agent, tid))
+        moved = any(agent != "gemini" or "$set" not in r for r in records)
+        if current is not None and current.status == "waiting" and status == "running" and \
+                (not moved or agent == "qwen" and not any(r.get("type") in ("assistant", "tool_result") for r in records)):
+            # a permission wait is known only from a hook; the file has not moved on
+            status, detail = current.status, current.detail
+        fields = dict(status=status, detail=detail, title=thread_title(state), cwd=state["cwd"],
+                      model=state["model"], updated_at=state["updatedAt"] or None, source="file")
+        if state.get("hidden"):
+            fields["hidden"] = True
+        if state.get("usage"):
+            fields["usage"] = dict(state["usage"])
+        self.server.apply_thread_update(agent, tid, **fields)
+
+
+class AgentWatchers(MoreAgentWatchers):
     """Follows each agent's own files and databases and feeds thread updates to the server.
 
     Runs on the server's event loop. inotify (Linux) wakes it within milliseconds; elsewhere a
@@ -2475,7 +3112,9 @@ class AgentWatchers(object):
         self.clock = clock
         self.inotify = None
         self.watches = {}  # wd -> (dir, handler)
-        self.watched_dirs = {}  # dir -> wd
+        self.watched_dirs = {}  # dir -> inotify wd
+        self.polled_dirs = {}  # dir -> handler: scanned by stat (no inotify, or its watch failed)
+        self._polling = False
         self.pending_dirs = {}  # missing dir -> handler (watched through an existing parent)
         self.roots = {}  # the agents' own directories -> handler (awaited again when removed)
         self.tails = {}  # path -> FileTail
@@ -2497,7 +3136,7 @@ class AgentWatchers(object):
         self._logged_bad = set()
         self._oc_bad_rows = set()
         self._more_pending = set()
-        self._stat_cache = {}
+        self._stat_cache = {}  # polled dir -> {name: (mtime_ns, size, inode, is_dir)}
 
     # -- setup -----------------------------------------------------------------------------------
     def start(self):
@@ -2517,14 +3156,13 @@ class AgentWatchers(object):
         self.watch_root(os.path.join(codex, "sessions"), self._on_codex_tree)
         self.watch_root(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
         self.watch_root(self.paths["amp_threads"], self._on_amp_dir)
+        self._more_start()
         self.cold_start()
-        if self.inotify is None:
-            self.server.loop.call_later(self.poll_interval, self._poll)
 
     def cold_start(self):
         for step in (self._scan_claude_registry, self._scan_claude_projects, self._read_codex_index,
                      self._read_codex_names_db, self._scan_codex_sessions, self._codex_turns_fallback,
-                     self._query_opencode, self._scan_amp):
+                     self._query_opencode, self._scan_amp, self._more_cold_start):
             self._guarded(step.__name__, step)
 
     def _guarded(self, what, fn, *args):
@@ -2581,10 +3219,9 @@ class AgentWatchers(object):
     def watch_dir(self, path, handler):
         """Watch a directory; a missing one is watched for through its nearest existing parent."""
         if self.inotify is None:
-            self.pending_dirs.pop(path, None)
-            self.watched_dirs[path] = handler
+            self.poll_dir(path, handler)
             return
-        if path in self.watched_dirs:
+        if path in self.watched_dirs or path in self.polled_dirs:
             return
         if os.path.isdir(path):
             # the caller lists it after this (so what is made before the watch is not lost)
@@ -2596,8 +3233,9 @@ class AgentWatchers(object):
     def _add_dir_watch(self, path, handler):
         try:
             wd = self.inotify.add_watch(path, DIR_EVENTS)
-        except OSError as e:
-            log("cannot watch %s: %s" % (path, e))
+        except OSError as e:  # ENOSPC: the user's max_user_watches is used up
+            log("cannot watch %s (%s); scanning it by stat every %.1fs instead" % (path, e, self.poll_interval))
+            self.poll_dir(path, handler)  # its first scan reports what is there
             return False
         self.watches[wd] = (path, handler)
         self.watched_dirs[path] = wd
@@ -2627,7 +3265,10 @@ class AgentWatchers(object):
                 if parent and parent not in self.watched_dirs:
                     try:
                         wd = self.inotify.add_watch(parent, IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF)
-                    except OSError:
+                    except OSError as e:  # scan the missing directory instead: it lists empty until made
+                        log("cannot watch %s (%s); scanning %s by stat every %.1fs instead"
+                            % (parent, e, path, self.poll_interval))
+                        self.poll_dir(path, handler)
                         continue
                     self.watches[wd] = (parent, self._on_ancestor)
                     self.watched_dirs[parent] = wd
@@ -2664,28 +3305,50 @@ class AgentWatchers(object):
         if changed:
             self.server.after_watchers()
 
-    def _poll(self):
-        """Fallback without inotify: compare (mtime, size) of the watched directories' entries."""
-        try:
-            self._poll_once()
-        finally:  # a failure is logged by the loop; the next look still happens
+    def poll_dir(self, path, handler):
+        """Watch a directory by stat scans (no inotify here, or no watch left for it)."""
+        self.pending_dirs.pop(path, None)
+        self.polled_dirs[path] = handler
+        if not self._polling:
+            self._polling = True
             self.server.loop.call_later(self.poll_interval, self._poll)
 
-    def _poll_once(self):
-        for directory, handler in list(self.watched_dirs.items()):
-            for name in listdir(directory):
-                path = os.path.join(directory, name)
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-                if self._stat_cache.get(path) != stamp:
-                    known = path in self._stat_cache
-                    self._stat_cache[path] = stamp
-                    mask = (IN_MODIFY if known else IN_CREATE) | (IN_ISDIR if os.path.isdir(path) else 0)
-                    self._guarded(path, handler, directory, name, mask)
-        self.server.after_watchers()
+    def _poll(self):
+        """One stat scan of the polled directories, reported as inotify would (created, modified,
+        deleted). A failing handler is counted and logged (_guarded) and the scan goes on; the next scan
+        is always due."""
+        try:
+            for directory, handler in list(self.polled_dirs.items()):
+                for name, mask in self._poll_changes(directory):
+                    self._guarded(os.path.join(directory, name), handler, directory, name, mask)
+            self.server.after_watchers()
+        except Exception:
+            import traceback
+            log("stat scan failed:\n" + traceback.format_exc())
+        finally:
+            self.server.loop.call_later(self.poll_interval, self._poll)
+
+    def _poll_changes(self, directory):
+        """-> [(name, inotify-like mask)] since the last scan of directory."""
+        import stat
+        before = self._stat_cache.get(directory, {})
+        now = {}
+        changes = []
+        for name in listdir(directory):
+            try:
+                st = os.stat(os.path.join(directory, name))
+            except OSError:
+                continue
+            stamp = now[name] = (st.st_mtime_ns, st.st_size, st.st_ino, stat.S_ISDIR(st.st_mode))
+            old = before.get(name)
+            if old != stamp:
+                kind = IN_MODIFY if old is not None and old[2] == stamp[2] else IN_CREATE
+                changes.append((name, kind | (IN_ISDIR if stamp[3] else 0)))
+        for name, old in before.items():
+            if name not in now:
+                changes.append((name, IN_DELETE | (IN_ISDIR if old[3] else 0)))
+        self._stat_cache[directory] = now
+        return changes
 
     def _recent(self, path):
         try:
@@ -2806,6 +3469,8 @@ class AgentWatchers(object):
             return
         self._more_pending.add(path)
         reader = self._read_claude_transcript if agent == "claude" else self._read_codex_rollout
+        if agent in self.MORE_REDUCERS:  # Gemini CLI, Qwen Code, Pi
+            reader = lambda p, a=agent: self._more_read_file(a, p)
         self.server.loop.call_later(0.0, self._read_more, path, reader)
 
     def _read_more(self, path, reader):
@@ -3252,7 +3917,7 @@ def hooks_install(config, agent, events, command, commands=()):
     config = hooks_uninstall(config, agent, tuple(commands) + (command,), keep_emptied=events)
     hooks = config.setdefault("hooks", {})
     for event in events:
-        hooks.setdefault(event, []).append({"hooks": [{"type": "command", "command": command, "timeout": 5}]})
+        hooks.setdefault(event, []).append({"hooks": [hook_entry(agent, command)]})
     return config
 
 
@@ -3421,12 +4086,15 @@ def install_agents(command_prefix, environ=None, uninstall=False):
                                 ("codex", os.path.join(paths["codex"], "hooks.json"), CODEX_HOOK_EVENTS)):
         steps.append(("%s hooks in %s" % (agent, path), agent, path, events))
     steps.append(("the OpenCode plugin %s" % plugin, "opencode", plugin, ()))
+    steps.extend(more_install_steps(paths, uninstall))  # Gemini CLI, Qwen Code, Pi: where set up
     try:
         for what, agent, path, events in steps:
             command = command_prefix + " hook " + agent
             try:
                 if agent == "opencode":
                     done.extend(_plugin_step(plugin, uninstall))
+                elif agent == "pi":
+                    done.extend(_pi_extension_step(path, uninstall))
                 elif uninstall:
                     done.extend(_uninstall_hooks_file(path, agent, command, ledger))
                 elif _install_hooks_file(path, agent, events, command, ledger):
@@ -3461,6 +4129,125 @@ def _plugin_step(plugin, uninstall):
     os.makedirs(os.path.dirname(plugin), exist_ok=True)
     atomic_write(plugin, OPENCODE_PLUGIN, mode=0o644)
     return ["installed the OpenCode plugin %s" % plugin]
+
+# Gemini CLI and Qwen Code read hooks from settings.json in Claude's shape ({"hooks": {Event:
+# [{"hooks": [{"type": "command", "command": …}]}]}}); Gemini's `timeout` is in milliseconds.
+GEMINI_HOOK_EVENTS = ("SessionStart", "SessionEnd", "BeforeAgent", "AfterAgent", "Notification")
+QWEN_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "StopFailure", "Notification",
+                    "PermissionRequest")
+PI_EXTENSION_NAME = "opensessions.ts"
+# The Pi extension: Pi has no hooks; an extension in ~/.pi/agent/extensions/ gets its session and
+# agent events. It reports the turn's start and end (with the last message's stopReason: error,
+# aborted) and the session's end, to /api/agent-event, as our hooks do. Never blocks Pi.
+PI_EXTENSION = r"""// opensessions: reports Pi session status to the opensessions server.
+// Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks Pi.
+import fs from "node:fs";
+import path from "node:path";
+
+// The server's runtime file, trusted only when it is ours and private (as in our OpenCode plugin).
+function server(): any {
+  try {
+    const uid = process.getuid!();
+    const t = process.env.TMUX;
+    const sock = t ? t.split(",").slice(0, -2).join(",")
+      : path.join(process.env.TMUX_TMPDIR || "/tmp", "tmux-" + uid, "default");
+    let h = 0xcbf29ce484222325n;  // FNV-1a 64, as opensessions' socket_key()
+    for (const b of Buffer.from(sock, "utf8")) h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn;
+    const key = h.toString(16).padStart(16, "0").slice(0, 12);
+    const xdg = process.env.XDG_RUNTIME_DIR;
+    const dir = xdg && fs.existsSync(xdg) ? path.join(xdg, "opensessions")
+      : path.join(process.env.TMPDIR || "/tmp", "opensessions-" + uid);
+    const file = path.join(dir, "server-" + key + ".json");
+    for (const st of [fs.lstatSync(dir), fs.lstatSync(file)]) {
+      if (st.isSymbolicLink() || st.uid !== uid || (st.mode & 0o077)) return null;
+    }
+    const info = JSON.parse(fs.readFileSync(file, "utf8"));
+    if (Number.isInteger(info.port) && info.port > 0 && info.port < 65536) return info;
+  } catch (e) {}
+  return null;
+}
+
+async function report(ctx: any, status: string, extra: any = {}) {
+  try {
+    const sm = ctx && ctx.sessionManager;
+    const id = sm && sm.getSessionId ? sm.getSessionId() : null;
+    if (!id) return;
+    const body: any = { agent: "pi", status, threadId: id, source: "hook", pid: process.pid,
+      projectDir: (sm.getCwd && sm.getCwd()) || ctx.cwd };
+    if (process.env.TMUX_PANE) body.paneId = process.env.TMUX_PANE;
+    const name = sm.getSessionName && sm.getSessionName();
+    if (name) body.threadName = String(name).slice(0, 200);
+    Object.assign(body, extra);
+    const info = server();
+    if (!info) return;
+    const headers: any = { "content-type": "application/json" };
+    if (typeof info.token === "string") headers["x-opensessions-token"] = info.token;
+    await fetch("http://127.0.0.1:" + info.port + "/api/agent-event", { method: "POST", headers,
+      body: JSON.stringify(body), signal: AbortSignal.timeout(1000) });
+  } catch (e) {}
+}
+
+export default function (pi: any) {
+  pi.on("session_start", async (_event: any, ctx: any) => { void report(ctx, "idle"); });
+  pi.on("agent_start", async (_event: any, ctx: any) => { void report(ctx, "running"); });
+  pi.on("agent_end", async (event: any, ctx: any) => {
+    const msgs = (event && event.messages) || [];
+    let last: any = null;
+    for (const m of msgs) if (m && m.role === "assistant") last = m;
+    if (last && last.stopReason === "error") {
+      void report(ctx, "error", { detail: String(last.errorMessage || "error").slice(0, 500) });
+    } else if (last && last.stopReason === "aborted") {
+      void report(ctx, "interrupted");
+    } else {
+      void report(ctx, "idle");
+    }
+  });
+  pi.on("session_shutdown", async (_event: any, ctx: any) => { await report(ctx, "idle", { alive: false }); });
+}
+"""
+
+
+def hook_entry(agent, command):
+    """Our entry in an agent's hook config: Claude's and Codex's `timeout` is in seconds, Gemini
+    CLI's in milliseconds (it also shows a `name`); Qwen Code keeps its default timeout."""
+    if agent == "gemini":
+        return {"type": "command", "command": command, "timeout": 5000, "name": "opensessions"}
+    if agent == "qwen":
+        return {"type": "command", "command": command}
+    return {"type": "command", "command": command, "timeout": 5}
+
+
+def _pi_extension_step(ext, uninstall):
+    """Install or remove the Pi extension file. -> list of what was done."""
+    if uninstall:
+        if os.path.lexists(ext):
+            os.unlink(ext)
+            return ["removed the Pi extension %s" % ext]
+        return []
+    current = None
+    if os.path.exists(ext):
+        with open(ext, "r", encoding="utf-8", errors="replace") as f:
+            current = f.read()
+    if current == PI_EXTENSION:
+        return []
+    os.makedirs(os.path.dirname(ext), exist_ok=True)
+    atomic_write(ext, PI_EXTENSION, mode=0o644)
+    return ["installed the Pi extension %s" % ext]
+
+
+def more_install_steps(paths, uninstall):
+    """install_agents' steps for Gemini CLI, Qwen Code and Pi: only for agents set up here (their
+    directory exists); nothing is created for the others."""
+    steps = []
+    for agent, events in (("gemini", GEMINI_HOOK_EVENTS), ("qwen", QWEN_HOOK_EVENTS)):
+        path = os.path.join(paths[agent], "settings.json")
+        if os.path.isdir(paths[agent]) and (not uninstall or os.path.exists(path)):
+            steps.append(("%s hooks in %s" % (agent, path), agent, path, events))
+    ext = os.path.join(paths["pi"], "extensions", PI_EXTENSION_NAME)
+    if os.path.isdir(paths["pi"]) and (not uninstall or os.path.lexists(ext)):
+        steps.append(("the Pi extension %s" % ext, "pi", ext, ()))
+    return steps
+
 
 ##############################################################################
 # Server: event loop, state store, HTTP handlers, runtime file and lock
@@ -3581,60 +4368,6 @@ class EventLoop(object):
                 os.close(fd)
             except OSError:
                 pass
-
-
-_log_file = None
-_log_path = None
-_log_lock = None
-LOG_MAX_BYTES = 1024 * 1024  # server.log is rotated to server.log.1 past this size
-
-
-def open_log(path, max_bytes=None):
-    """Send log() to path (appending); past LOG_MAX_BYTES it moves to path.1 and starts again."""
-    import threading
-    global _log_file, _log_path, _log_lock, LOG_MAX_BYTES
-    if max_bytes is not None:
-        LOG_MAX_BYTES = max_bytes
-    _log_lock = _log_lock or threading.Lock()
-    _log_path = path
-    _log_file = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
-    _rotate_log()
-
-
-def _rotate_log():
-    global _log_file
-    try:
-        if _log_file.tell() < LOG_MAX_BYTES:
-            return
-        _log_file.close()
-        os.replace(_log_path, _log_path + ".1")
-    except (OSError, ValueError):
-        pass
-    try:
-        _log_file = open(_log_path, "a", buffering=1, encoding="utf-8", errors="replace")
-    except OSError:
-        _log_file = None
-
-
-def log(message):
-    """Server log line (stderr, or the log file set by the server)."""
-    line = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)
-    if _log_lock is not None:
-        with _log_lock:
-            _write_log(line)
-            if _log_file is not None:
-                _rotate_log()
-    else:
-        _write_log(line)
-
-
-def _write_log(line):
-    target = _log_file or sys.stderr
-    try:
-        target.write(line)
-        target.flush()
-    except (OSError, ValueError):
-        pass
 
 
 class Store(object):
@@ -3882,8 +4615,10 @@ SAVE_MAX_DELAY = 5.0  # ... or this long after the first unsaved change, whichev
 class Server(object):
     """Live state from tmux (+ watchers), served over HTTP and Server-Sent Events."""
 
-    def __init__(self, tmux, port=DEFAULT_PORT, port_explicit=False, environ=None, clock=time.time):
+    def __init__(self, tmux, port=DEFAULT_PORT, port_explicit=False, environ=None, clock=time.time, probes=None):
         self.tmux = tmux
+        self.probes = probes or SystemProbes()
+        self._processes_read_at = None
         self.environ = dict(os.environ if environ is None else environ)
         self.clock = clock
         self.loop = EventLoop()
@@ -4105,7 +4840,7 @@ class Server(object):
         except (OSError, ValueError, AttributeError):
             pass
 
-    def _stop_control(self):
+    def _stop_control(self, grace=2.0):
         if self.control is None:
             return
         try:
@@ -4116,12 +4851,26 @@ class Server(object):
             self.control.stdin.close()
         except OSError:
             pass
+        import subprocess
+        proc, self.control = self.control, None
         try:
-            self.control.terminate()
-            self.control.wait(2)
-        except Exception:
-            pass
-        self.control = None
+            proc.terminate()
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            log("control client pid %d ignored SIGTERM for %.1f s; killing it" % (proc.pid, grace))
+            proc.kill()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                log("control client pid %d did not exit after SIGKILL" % proc.pid)
+        except OSError as e:
+            log("stopping the control client failed: %s" % e)
+        for f in (proc.stdout, proc.stderr):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
 
     def _on_control_readable(self):
         if self.control is None:
@@ -4333,7 +5082,7 @@ class Server(object):
                                                             and _pid_alive(t.pid))
                           for t in self.store.threads.values())
         if need_reread:
-            if time.monotonic() - getattr(self, "_processes_read_at", 0) > 0.2:
+            if self._processes_read_at is None or self.clock() - self._processes_read_at > 0.2:
                 self._read_processes()
                 table = self.proc_table
             elif not self._relink_pending:
@@ -4368,7 +5117,7 @@ class Server(object):
             if t.pid:
                 proc = table.get(t.pid)
                 alive = proc is not None and (t.proc_start is None or proc.start == t.proc_start
-                                              or not os.path.isdir("/proc/self"))
+                                              or not self.probes.has_proc)
                 pane = self.pane_of_pid.get(t.pid) if alive else None
                 self._set_link(t, alive, pane, pane_session, "pid" if pane else None)
                 if pane:
@@ -4455,7 +5204,7 @@ class Server(object):
 
     def _read_processes(self):
         """One process-table read: which pane each process is under, and the agents in panes."""
-        table = process_table()
+        table = self.probes.processes()
         kids = children_index(table)
         groups = {}
         pane_of_pid = {}
@@ -4475,7 +5224,7 @@ class Server(object):
                         if proc is None or p["id"] in agents:
                             continue
                         if proc.comm in AGENT_COMMS:
-                            args = process_args(pid)
+                            args = self.probes.args(pid)
                             agent = classify_agent_process(proc.comm, args)
                             if agent:
                                 agents[p["id"]] = (agent, pid, args)
@@ -4484,27 +5233,16 @@ class Server(object):
         self.proc_table = table
         self.pane_of_pid = pane_of_pid
         self.pane_agents = agents
-        self._processes_read_at = time.monotonic()
+        self._processes_read_at = self.clock()
         self._codex_fd_links = self._codex_open_rollouts(table)
 
     def _codex_open_rollouts(self, table):
         """pid -> thread id for Codex processes holding a rollout file open (/proc/<pid>/fd)."""
         links = {}
-        if not os.path.isdir("/proc/self"):
-            return links
         for proc in table.values():
             if proc.comm != "codex":
                 continue
-            fd_dir = "/proc/%d/fd" % proc.pid
-            try:
-                fds = os.listdir(fd_dir)
-            except OSError:
-                continue
-            for fd in fds:
-                try:
-                    target = os.readlink(os.path.join(fd_dir, fd))
-                except OSError:
-                    continue
+            for target in self.probes.open_files(proc.pid):
                 tid = codex_id_from_path(target)
                 if tid:
                     links[proc.pid] = tid
@@ -4513,14 +5251,14 @@ class Server(object):
     def _update_ports(self, listening=None):
         """Map listening ports to sessions; the fd walk runs only when the processes under the
         panes or the listening sockets changed (a window switch changes neither)."""
-        if listening is None and os.path.isdir("/proc/self"):
-            listening = listening_sockets()
+        if listening is None:
+            listening = self.probes.listening()
         key = (tuple(sorted((g, tuple(p)) for g, p in self._pid_groups.items())),
                tuple(sorted(listening.items())) if listening is not None else None)
         if listening is not None and key == self._ports_key:
             return
         self._ports_key = key
-        ports = ports_for_pids(self._pid_groups, listening=listening)
+        ports = self.probes.ports(self._pid_groups, listening=listening)
         ports = {g: [p for p in found if p != self.port] for g, found in ports.items()}  # never our own API
         ports = {g: found for g, found in ports.items() if found}
         if ports != self.store.ports:
@@ -4531,10 +5269,10 @@ class Server(object):
         """Ports change without a tmux event (a dev server starts listening). On Linux one netlink
         query every 2 s; only a changed set of listeners makes us re-read processes and walk fds.
         Elsewhere each look runs lsof, so it looks every 10 s."""
-        linux = os.path.isdir("/proc/self")
+        linux = self.probes.has_proc
         try:
             if linux:
-                listening = listening_sockets()
+                listening = self.probes.listening()
                 if self._ports_key is None or tuple(sorted(listening.items())) != self._ports_key[1]:
                     self._read_processes()  # a new listener may be a new process under a pane
                 self._update_ports(listening)
@@ -4938,6 +5676,105 @@ class Server(object):
         new = [s for s in current if s != session] + ([session] if muted else [])
         self.api_ui({"muted": new})
 
+    # -- reply and preview: act on an agent's pane without switching to it -----------------
+    def _thread_by_id(self, value):
+        if not isinstance(value, str) or not value:
+            raise ApiError(400, "'thread' (a thread id) is required")
+        agent, sep, tid = value.partition(":")
+        found = [t for t in self.store.threads.values()
+                 if t.id == value or (sep and t.agent == agent and t.id == tid)]
+        if not found:
+            raise ApiError(404, "no thread %s" % value)
+        if len(found) > 1:
+            raise ApiError(409, "thread id %s is ambiguous; say AGENT:ID" % value)
+        return found[0]
+
+    def _pane_of(self, pane_id):
+        for s in self.store.sessions:
+            for w in s["windows"]:
+                for p in w["panes"]:
+                    if p["id"] == pane_id:
+                        return p
+        return None
+
+    def api_reply(self, body):
+        """POST /api/reply {"thread", "action", "text"}: checked here on the loop (thread, status,
+        exact pane link); the returned function reads the screen and types, off the loop."""
+        action = body.get("action")
+        if action not in REPLY_ACTIONS:
+            raise ApiError(400, "'action' must be one of %s" % ", ".join(REPLY_ACTIONS))
+        t = self._thread_by_id(body.get("thread"))
+        text = body.get("text") if action == "text" else None
+        what = "%s %s/%s" % (action, t.agent, t.id)
+
+        def refuse(reason):
+            log("reply %s refused: %s" % (what, reason))
+            raise ApiError(409, reason)
+        if action == "text":
+            try:
+                check_reply_text(text)
+            except ReplyRefused as e:
+                log("reply %s refused: %s" % (what, e))
+                raise ApiError(400, str(e))
+            if t.status not in ("done", "idle", "interrupted", "error", "waiting"):
+                refuse("the thread is %s; text is sent only to a thread that waits for input or is done" % t.status)
+        elif t.status != "waiting":
+            refuse("the thread is %s, not waiting on a permission" % t.status)
+        if not t.alive:
+            refuse("the agent's process is gone")
+        if not t.pane or t.link != "pid" or not t.pid:
+            refuse("the thread's pane is not known exactly (%s)" % (
+                "linked by its directory only" if t.link == "cwd" else "no pane"))
+        pane = self._pane_of(t.pane)
+        if pane is None or not pane.get("pid"):
+            refuse("pane %s is gone" % t.pane)
+        newer = [u for u in self.store.threads.values() if u is not t and u.agent == t.agent and u.alive
+                 and u.pid == t.pid and u.updated_at > t.updated_at]
+        if newer:  # one process, several conversations (resumed, /new): its screen shows the newest
+            refuse("the agent in pane %s has moved on to thread %s" % (t.pane, newer[0].id))
+        agent, pid, pane_id, pane_pid, start = t.agent, t.pid, t.pane, pane["pid"], t.proc_start
+        tmux = self.tmux
+        lock = getattr(self, "_reply_lock", None)
+        if lock is None:  # made on the loop thread, so only once
+            import threading
+            lock = self._reply_lock = threading.Lock()
+
+        def send():
+            with lock:  # one reply at a time: keystrokes of two replies never interleave
+                try:
+                    reason = foreground_problem(agent, pid, pane_pid, start)
+                    if reason:
+                        raise ReplyRefused(reason)
+                    # the status can come before the screen shows the prompt (a hook fires as
+                    # it draws): look again for a moment before refusing
+                    deadline = time.monotonic() + REPLY_SCREEN_WAIT
+                    while True:
+                        screen = tmux.run("capture-pane", "-p", "-e", "-t", pane_id)
+                        try:
+                            steps = reply_plan(agent, action, screen, text)
+                            break
+                        except ReplyRefused:
+                            if time.monotonic() > deadline:
+                                raise
+                            time.sleep(0.05)
+                    changed_ms = run_reply_steps(tmux, pane_id, steps, screen)
+                except ReplyRefused as e:
+                    refuse(str(e))
+                except TmuxError as e:
+                    refuse("tmux: %s" % e)
+            keys = " ".join(" ".join(s[1]) for s in steps if s[0] == "keys")
+            log("reply %s sent to pane %s: %skeys %s; the screen changed %s after the last key" % (
+                what, pane_id, ("%d characters of text, " % len(text)) if text else "", keys,
+                "%.0f ms" % changed_ms if changed_ms is not None else "(not measured)"))
+        return send
+
+    def api_preview(self, thread_id, lines=20):
+        """GET /api/preview?thread=ID[&lines=N] -> the pane to read (read off the loop)."""
+        t = self._thread_by_id(thread_id)
+        if not t.pane or self._pane_of(t.pane) is None:
+            raise ApiError(409, "the thread has no pane")
+        return {"thread": t.id, "agent": t.agent, "pane": t.pane, "link": t.link, "status": t.status}
+
     def on_ui_changed(self, change):
         """Visibility, width or side changed: put the sidebar panes right."""
         if self.sidebars is not None and {"visible", "width", "position"} & set(change):
@@ -5005,8 +5842,9 @@ ROUTES = {
     "/api/opencode-event": "api_opencode_event",
     "/ui": "api_ui",
     "/mute": "api_mute",
+    "/api/reply": "api_reply",
 }
-GET_ROUTES = ("/", "/state", "/events", "/health")
+GET_ROUTES = ("/", "/state", "/events", "/health", "/api/preview")
 MAX_CONNECTIONS = 500  # open connections (one thread and one fd each); more get a 503
 MAX_SSE_CLIENTS = 400  # of which /events streams
 READ_DEADLINE = 10.0  # seconds to send a request's line, headers and body (and to start the next one)
@@ -5081,6 +5919,8 @@ def route_post(server, path, body):
     method = ROUTES[path]
     try:
         result = server.loop.call(server.handle, method, body)
+        if callable(result):  # the part that waits on tmux (a reply) runs here, off the loop
+            result = result()
     except ApiError as e:
         return _error_body(e.status, e.message) + (None,)
     except TimeoutError:
@@ -5272,6 +6112,8 @@ def make_handler(server):
             path = self._path()
             if path == "/events":
                 return self._events()
+            if path == "/api/preview":
+                return self._preview()
             status, body, ctype, extra = route_get(server, path)
             self._send(status, body, ctype, extra)
 
@@ -5306,6 +6148,26 @@ def make_handler(server):
                 return
             allow = "POST" if self._path() in ROUTES else "GET"
             self._error(405, "method %s not allowed" % self.command, {"Allow": allow})
+
+        def _preview(self):
+            """GET /api/preview?thread=ID[&lines=N]: the last lines of the thread's pane, as text
+            without escapes. Read on request only: a client asks while it shows the preview."""
+            from urllib.parse import parse_qs
+            query = parse_qs(self.path.partition("?")[2])
+            lines = _int((query.get("lines") or ["20"])[0], 20)
+            if not 1 <= lines <= 200:
+                return self._error(400, "'lines' must be 1..200")
+            try:
+                info = server.loop.call(server.api_preview, (query.get("thread") or [""])[0])
+                screen = server.tmux.run("capture-pane", "-p", "-t", info["pane"])
+            except ApiError as e:
+                return self._error(e.status, e.message)
+            except TmuxError as e:
+                return self._error(409, "tmux: %s" % e)
+            except TimeoutError:
+                return self._error(503, "server busy")
+            info["lines"] = thread_preview(screen, lines)
+            return self._send(200, json.dumps(info).encode())
 
         def _events(self):
             httpd = self.server
@@ -5420,13 +6282,13 @@ class Notifier(object):
     commands are started and reaped later (killed after a timeout); a failing channel is logged
     once and skipped while the others go on."""
 
-    def __init__(self, server, clock=time.monotonic, which=None, platform=None):
+    def __init__(self, server, clock=time.monotonic, which=None, platform=None, window=COALESCE_WINDOW):
         import shutil
         self.server = server
         self.clock = clock
         self.which = which or shutil.which
         self.platform = platform or sys.platform
-        self.coalescer = Coalescer()
+        self.coalescer = Coalescer(window)
         self.running = []  # (Popen, started)
         self.failed = set()
         self.flush_scheduled = False
@@ -5512,7 +6374,9 @@ class Notifier(object):
         for c in clients:
             if cmds:
                 cmds.append(";")
-            cmds += ["display-message", "-c", c["name"], "-d", "5000", tmux_literal(text)]
+            # for the user's own display-time: tmux 3.3a holds back the client's pane redraws while
+            # a message shows, so a long fixed duration froze the screen for 5 s
+            cmds += ["display-message", "-c", c["name"], tmux_literal(text)]
         self._spawn("tmux", self.server.tmux.argv(*cmds), title, body)
 
     def _desktop(self, title, body, status, panes):
@@ -5660,6 +6524,393 @@ def attention_queue(state):
 
 
 ##############################################################################
+# Reply: answer an agent's prompt without switching to it (pure: screens in, keys out)
+##############################################################################
+# The keys each agent's prompt expects were learned from the real agents (agents-lab pinned
+# versions, fake model on loopback); the screens are in tests/fixtures/<agent>/:
+# - Claude Code 2.1.330: a numbered menu under "Do you want to …?" ("Esc to cancel" below it). A digit
+#   picks its option at once: "1. Yes", "2. Yes, and always allow …" (absent for some tools),
+#   "N. No" (the denial: "Interrupted · What should Claude do instead?"). A prompt is typed into the
+#   "❯" composer between two ─── rules and submitted with Enter.
+# - Codex 0.169.0: "Would you like to run …?" with "1. Yes, proceed (y)", "2. Yes, and don't ask again
+#   … (p)", "3. No, and tell Codex what to do differently (esc)": the letter in parentheses picks the
+#   option ("esc" = Escape; the denial: "You canceled the request …"). Codex takes fast input as a
+#   paste and an Enter inside it as a newline, so Enter is sent only once the text is on screen.
+# - OpenCode 1.18.33: "Permission required" with buttons "Allow once  Allow always  Reject"; Left/Right
+#   move the selection (it wraps), Enter confirms, Escape rejects. "Allow always" asks again
+#   ("Always allow … Confirm  Cancel", Confirm selected): a second Enter. The selected button is the
+#   one drawn on another background, so these are read with `capture-pane -e`.
+
+REPLY_ACTIONS = ("approve", "approve-always", "deny", "text")
+CLAUDE_PROMPT_GRACE = 0.25
+TEXT_SETTLE = 0.15
+REPLY_SCREEN_WAIT = 1.5
+MAX_REPLY_TEXT = 4000
+_CSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+_ANY_ESC_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
+_CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+_MENU_RE = re.compile(r"^\s*(?:[❯›>]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
+_CODEX_KEY_RE = re.compile(r"^(.*?)\s*\((\w+)\)$")
+
+
+class ReplyRefused(Exception):
+    """The reply cannot be sent safely: the reason says why (HTTP 409)."""
+
+
+def strip_escapes(text):
+    """Screen text without escape sequences or other control characters (tabs and newlines kept)."""
+    return _CTRL_RE.sub("", _ANY_ESC_RE.sub("", text))
+
+
+def screen_lines(text, limit=None):
+    """The last `limit` non-blank-trailing lines of a captured screen, escapes removed."""
+    lines = [l.rstrip() for l in strip_escapes(text).split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines[-limit:] if limit else lines
+
+
+def check_reply_text(text):
+    """A prompt to type: one line, no control characters. -> text, or raises ReplyRefused."""
+    if not isinstance(text, str) or not text.strip():
+        raise ReplyRefused("'text' must be a non-empty string")
+    if len(text) > MAX_REPLY_TEXT:
+        raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT)
+    if re.search(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]", text):
+        raise ReplyRefused("'text' contains control characters (a newline too): refused, it is typed literally")
+    return text
+
+
+def _pick(options, action):
+    """Which option answers the action: 'Yes' once, 'Yes, and always/don't ask again', 'No'."""
+    for number, text in options:
+        low = text.lower()
+        if action == "approve" and low.startswith("yes") and ", and" not in low:
+            return number, text
+        if action == "approve-always" and low.startswith("yes, and") and ("always" in low or "don't ask" in low
+                                                                           or "do not ask" in low):
+            return number, text
+        if action == "deny" and low.startswith("no"):
+            return number, text
+    return None
+
+
+def claude_prompt(lines):
+    """-> ('permission', options) | ('input', composer text) | None, from a Claude Code screen."""
+    tail = lines[-40:]
+    if any("Esc to cancel" in l for l in tail[-6:]) and any(l.strip().startswith("Do you want to") for l in tail):
+        start = max(i for i, l in enumerate(tail) if l.strip().startswith("Do you want to"))
+        options = [(int(m.group(1)), m.group(2)) for m in (_MENU_RE.match(l) for l in tail[start + 1:]) if m]
+        if options:
+            return ("permission", options)
+    for i in range(len(tail) - 1, 0, -1):
+        line = tail[i]
+        if line.startswith("❯") and tail[i - 1].startswith("──") and any(l.startswith("──") for l in tail[i + 1:i + 4]):
+            return ("input", line[1:].strip())
+    return None
+
+
+def codex_prompt(lines):
+    """-> ('permission', [(number, text, key)]) | ('input', None) | None, from a Codex screen."""
+    tail = lines[-40:]
+    if any("Press enter to confirm or esc to cancel" in l for l in tail[-6:]):
+        options = []
+        for l in tail:
+            m = _MENU_RE.match(l)
+            if m:
+                k = _CODEX_KEY_RE.match(m.group(2))
+                if k:
+                    options.append((int(m.group(1)), k.group(1), k.group(2)))
+        if options:
+            return ("permission", options)
+        return None
+    if any(l.startswith("› ") for l in tail[-6:]):
+        return ("input", None)
+    return None
+
+
+def _sgr_background(params, bg):
+    """The background after one SGR sequence's parameters."""
+    parts = params.split(";") if params else ["0"]
+    i = 0
+    while i < len(parts):
+        p = parts[i]
+        if p in ("", "0"):
+            bg = None
+        elif p == "49":
+            bg = None
+        elif p in ("48",) and i + 1 < len(parts):
+            n = 3 if parts[i + 1] == "5" else 5
+            bg = ";".join(parts[i:i + n])
+            i += n - 1
+        elif p.isdigit() and (40 <= int(p) <= 47 or 100 <= int(p) <= 107):
+            bg = p
+        elif p in ("38",) and i + 1 < len(parts):
+            i += 2 if parts[i + 1] == "5" else 4
+        i += 1
+    return bg
+
+
+def selected_button(line_with_escapes, labels, hint="select"):
+    """Which of `labels` is drawn on another background than the `hint` text of the same line (how
+    OpenCode shows its selected button), or None when that cannot be told."""
+    bg = None
+    pos = 0
+    plain = []
+    backgrounds = []
+    for m in _CSI_RE.finditer(line_with_escapes):
+        for ch in line_with_escapes[pos:m.start()]:
+            plain.append(ch)
+            backgrounds.append(bg)
+        if m.group(0).endswith("m"):
+            bg = _sgr_background(m.group(0)[2:-1], bg)
+        pos = m.end()
+    for ch in line_with_escapes[pos:]:
+        plain.append(ch)
+        backgrounds.append(bg)
+    text = "".join(plain)
+    h = text.find(hint)
+    if h < 0:
+        return None
+    base = backgrounds[h]
+    picked = []
+    for label in labels:
+        i = text.find(label)
+        if i < 0:
+            return None
+        if backgrounds[i] != base:
+            picked.append(label)
+    return picked[0] if len(picked) == 1 else None
+
+
+OPENCODE_BUTTONS = ("Allow once", "Allow always", "Reject")
+
+
+def opencode_prompt(screen_esc):
+    """-> ('permission', selected button or None) | ('confirm-always', selected) | ('input', None) | None,
+    from an OpenCode screen captured with escapes."""
+    raw = screen_esc.split("\n")
+    lines = [strip_escapes(l).rstrip() for l in raw]
+    tail = range(max(0, len(lines) - 30), len(lines))
+    for i in tail:
+        if "Allow once" in lines[i] and "Reject" in lines[i] and any(
+                "Permission required" in lines[j] for j in range(max(0, i - 25), i)):
+            return ("permission", selected_button(raw[i], OPENCODE_BUTTONS))
+        if "Confirm" in lines[i] and "Cancel" in lines[i] and any(
+                "Always allow" in lines[j] for j in range(max(0, i - 25), i)):
+            return ("confirm-always", selected_button(raw[i], ("Confirm", "Cancel")))
+    if any(l.lstrip().startswith("╹▀") for l in (lines[i] for i in tail)) and any("ctrl+p commands" in lines[i] for i in tail):
+        return ("input", None)
+    return None
+
+
+def reply_plan(agent, action, screen_esc, text=None):
+    """The steps that answer `action` on this agent's screen (captured with -e):
+    [("keys", [tmux key names]) | ("literal", text) | ("expect", description, predicate(screen_esc))].
+    Raises ReplyRefused with the reason when the screen does not show the prompt the action answers."""
+    if action not in REPLY_ACTIONS:
+        raise ReplyRefused("unknown action %r (one of %s)" % (action, ", ".join(REPLY_ACTIONS)))
+    if action == "text":
+        check_reply_text(text)
+    lines = screen_lines(screen_esc)
+    if agent == "claude":
+        found = claude_prompt(lines)
+    elif agent == "codex":
+        found = codex_prompt(lines)
+    elif agent == "opencode":
+        found = opencode_prompt(screen_esc)
+    else:
+        raise ReplyRefused("replying to %s is not supported (its prompts were not learned)" % agent)
+    kind = found[0] if found else None
+    if action == "text":
+        if kind != "input":
+            raise ReplyRefused("the %s screen does not show its prompt input%s" % (
+                agent, " (it shows a permission prompt)" if kind in ("permission", "confirm-always") else ""))
+        if agent == "claude" and found[1]:
+            raise ReplyRefused("the Claude Code input already holds text (%r); not typing into it" % found[1][:40])
+        needle = text[-20:]
+        typed_screen = [screen_esc]
+
+        def typed(screen, needle=needle):
+            if needle in "\n".join(screen_lines(screen)[-30:]):
+                typed_screen[0] = screen
+                return True
+            return False
+
+        def submitted(screen, needle=needle):
+            lines = screen_lines(screen)
+            if agent == "claude":
+                f = claude_prompt(lines)
+                return f is None or f[0] != "input" or needle not in f[1]
+            if agent == "codex":
+                composer = [l for l in lines[-8:] if l.startswith("› ")]
+                return not composer or needle not in composer[-1]
+            return screen != typed_screen[0]
+        # Enter only once the text is on screen, and a moment later: Codex takes input that comes
+        # fast as a paste, and an Enter inside a paste as a newline (seen with Enter right after)
+        return [("literal", text), ("expect", "the typed text on screen", typed, TEXT_SETTLE),
+                ("keys", ["Enter"]), ("expect", "the prompt being submitted", submitted)]
+    if kind not in ("permission", "confirm-always"):
+        raise ReplyRefused("the %s screen does not show a permission prompt" % agent)
+    def same_prompt(screen, agent=agent, found=found):
+        lines = screen_lines(screen)
+        now = {"claude": claude_prompt, "codex": codex_prompt}[agent](lines) if agent != "opencode" else opencode_prompt(screen)
+        return now is not None and now[0] == found[0] and (agent == "opencode" or now[1] == found[1])
+
+    def gone(screen, same_prompt=same_prompt):
+        if agent == "opencode":  # neither the buttons nor the "Always allow" confirmation
+            now = opencode_prompt(screen)
+            return now is None or now[0] not in ("permission", "confirm-always")
+        return not same_prompt(screen)
+    if agent == "claude":
+        picked = _pick(found[1], action)
+        if picked is None:
+            raise ReplyRefused("this Claude Code prompt offers no option for %s (options: %s)" % (
+                action, "; ".join("%d. %s" % o for o in found[1])))
+        # Claude Code ignores keys in the first ~0.1 s a permission prompt is up (seen: a digit
+        # 50 ms after it appeared was dropped, 100 ms after was taken): see it up that long first
+        return [("hold", CLAUDE_PROMPT_GRACE, "the permission prompt", same_prompt), ("keys", [str(picked[0])]),
+                ("expect", "the prompt going away after the key", gone)]
+    if agent == "codex":
+        picked = None
+        for number, label, key in found[1]:
+            if _pick([(number, label)], action):
+                picked = key
+                break
+        if picked is None:
+            raise ReplyRefused("this Codex prompt offers no option for %s (options: %s)" % (
+                action, "; ".join("%d. %s (%s)" % o for o in found[1])))
+        return [("keys", ["Escape" if picked == "esc" else picked]), ("expect", "the prompt going away after the key", gone)]
+    # opencode
+    if kind == "confirm-always":
+        raise ReplyRefused("OpenCode is asking to confirm an 'Allow always' already; answer it in its pane")
+    if action == "deny":
+        return [("keys", ["Escape"]), ("expect", "the prompt going away after the key", gone)]
+    selected = found[1]
+    if selected is None:
+        raise ReplyRefused("cannot tell which OpenCode button is selected")
+    target = "Allow once" if action == "approve" else "Allow always"
+    moves = (OPENCODE_BUTTONS.index(target) - OPENCODE_BUTTONS.index(selected)) % len(OPENCODE_BUTTONS)
+
+    def on_target(screen, target=target):
+        f = opencode_prompt(screen)
+        return f is not None and f[0] == "permission" and f[1] == target
+    steps = []
+    if moves:
+        steps += [("keys", ["Right"] * moves), ("expect", "%r selected" % target, on_target)]
+    steps.append(("keys", ["Enter"]))
+    if action == "approve-always":
+        def confirm(screen):
+            f = opencode_prompt(screen)
+            return f is not None and f[0] == "confirm-always" and f[1] == "Confirm"
+        steps += [("expect", "the 'Always allow' confirmation with Confirm selected", confirm), ("keys", ["Enter"])]
+    steps.append(("expect", "the prompt going away after the key", gone))
+    return steps
+
+
+def _proc_stat_fields(pid, proc_root="/proc"):
+    """Fields of /proc/<pid>/stat after the command name (state is [0], ppid [1], pgrp [2],
+    tpgid [5], starttime [19]), or None."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat"), "r", encoding="utf-8", errors="replace") as f:
+            data = f.read()
+        return data[data.rindex(")") + 2:].split(" ")
+    except (OSError, ValueError):
+        return None
+
+
+def foreground_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
+    """Why the agent process `pid` is not in front in the pane whose process is `pane_pid` (None
+    when it is): it must run below the pane's process, it or an ancestor below the pane must be in
+    the terminal's foreground process group, and that group's leader must be this agent (Codex's
+    rollout is held by its app-server, a child of the TUI in a session of its own: the TUI is what
+    is in front). Linux (/proc) only; elsewhere nothing is checked here."""
+    if not os.path.isdir(os.path.join(proc_root, "self")):
+        return None
+    mine = _proc_stat_fields(pid, proc_root)
+    if mine is None:
+        return "the agent's process %d is gone" % pid
+    if start is not None and _int(mine[19]) != start:
+        return "process %d is not the agent any more (restarted)" % pid
+    shell = _proc_stat_fields(pane_pid, proc_root)
+    if shell is None:
+        return "the pane's process is gone"
+    front = _int(shell[5])
+    chain, p = ([(pid, _int(mine[2]))], 0) if pid == pane_pid else ([], pid)  # the pane runs the agent itself
+    while p and p != pane_pid and len(chain) < 64:
+        f = _proc_stat_fields(p, proc_root)
+        if f is None:
+            break
+        chain.append((p, _int(f[2])))
+        p = _int(f[1])
+    if p != pane_pid and pid != pane_pid:
+        return "process %d does not run in that pane" % pid
+    if not any(pgrp == front for _, pgrp in chain):
+        return "the agent is not the pane's foreground process (another program runs in front of it)"
+    try:
+        with open(os.path.join(proc_root, str(front), "stat"), "r", encoding="utf-8", errors="replace") as fh:
+            comm = parse_proc_stat(fh.read())[1]
+    except (OSError, ValueError, IndexError):
+        return "the pane's foreground process cannot be read"
+    if classify_agent_process(comm, process_args(front, proc_root)) != agent:
+        return "the pane's foreground process (%s) is not %s" % (comm, agent)
+    return None
+
+
+REPLY_EXPECT_TIMEOUT = 2.0
+PREVIEW_INTERVAL = 0.3  # a shown preview is read at most ~3 times a second
+
+
+def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=time.sleep,
+                    timeout=REPLY_EXPECT_TIMEOUT):
+    """Send the steps of reply_plan to a pane through the tmux gateway. A "hold" step checks the
+    prompt stays up for a while before a key; an "expect" step waits for the screen to show what it
+    needs before anything more is sent: when that does not come, the rest is not sent (ReplyRefused
+    says what was). `screen` is the screen the plan was made from.
+    -> milliseconds from the last keys to the first change of the screen, or None."""
+    sent = []
+    sent_at = before = changed_ms = None
+    for step in steps:
+        if step[0] == "keys":
+            tmux.run("send-keys", "-t", pane, *step[1])
+            sent_at, before, changed_ms = clock(), screen, None
+            sent.append(" ".join(step[1]))
+        elif step[0] == "literal":
+            tmux.run("send-keys", "-t", pane, "-l", "--", step[1])
+            sent.append("%d characters of text" % len(step[1]))
+        elif step[0] == "hold":
+            end = clock() + step[1]
+            while True:
+                screen = tmux.run("capture-pane", "-p", "-e", "-t", pane)
+                if not step[3](screen):
+                    raise ReplyRefused("%s went away before the key was sent; nothing was sent" % step[2])
+                if clock() >= end:
+                    break
+                sleep(min(0.05, max(0.0, end - clock())))
+        elif step[0] == "expect":
+            deadline = clock() + timeout
+            while True:
+                screen = tmux.run("capture-pane", "-p", "-e", "-t", pane)
+                if changed_ms is None and sent_at is not None and before is not None and screen != before:
+                    changed_ms = (clock() - sent_at) * 1000
+                if step[2](screen):
+                    break
+                if clock() > deadline:
+                    raise ReplyRefused("%s%s: not seen within %.0f s" % (
+                        ("sent %s; then waited for " % ", ".join(sent)) if sent else "waited for ",
+                        step[1], timeout))
+                sleep(0.01)
+            if len(step) > 3 and step[3]:
+                sleep(step[3])
+    return changed_ms
+
+
+def thread_preview(screen, lines=20):
+    """The last `lines` lines of a pane for a preview: no escapes, no trailing blank lines."""
+    return screen_lines(screen, lines)
+
+
+##############################################################################
 # Resurrect and kitty
 ##############################################################################
 
@@ -5672,6 +6923,10 @@ RESUME_FLAGS = {
     "opencode": {"value": ("--session", "-s"), "bool": ("--continue", "-c", "--fork")},
     "codex": {"value": (), "bool": ("--last",)},  # codex's -c is --config: kept
     "amp": {"value": (), "bool": ("--last",)},
+    "gemini": {"value": ("--resume", "-r", "--session-id", "--session-file", "--prompt-interactive", "-i"),
+               "bool": ()},
+    "qwen": {"value": ("--resume", "-r", "--session-id", "--prompt-interactive", "-i"), "bool": ("--continue", "-c")},
+    "pi": {"value": ("--session", "--fork"), "bool": ("--continue", "-c", "--resume", "-r")},
 }
 # Flags known to take no value (so a word after them is a positional prompt, never a value).
 BOOL_FLAGS = {
@@ -5681,6 +6936,9 @@ BOOL_FLAGS = {
     "codex": ("--full-auto", "--dangerously-bypass-approvals-and-sandbox", "--search", "--oss", "--last",
               "--dangerously-bypass-hook-trust", "--skip-git-repo-check", "--no-daemon"),
     "amp": ("--dangerously-allow-all", "--last"),
+    "gemini": ("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--skip-trust", "--screen-reader"),
+    "qwen": ("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--continue", "-c"),
+    "pi": ("--continue", "-c", "--resume", "-r", "--no-session", "--verbose"),
 }
 SIDECAR_PREFIX = "opensessions_"
 EMPTY_SAVE_GRACE = 60.0
@@ -5693,7 +6951,9 @@ CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
 TAR_ENV_BOOKKEEPING = frozenset(("tmux_pane", "shell", "TMUX_PANE", "SHELL", "TMUX", "PWD", "OLDPWD", "SHLVL", "_"))
 # Agents that resume a conversation by id from any directory. Claude keeps conversations under the
 # project directory (~/.claude/projects/<cwd>): it resumes only from there.
-RESUME_ANYWHERE = frozenset(("codex", "opencode", "amp"))
+RESUME_ANYWHERE = frozenset(("codex", "opencode", "amp", "pi"))
+# Gemini CLI and Qwen Code keep chats per project (~/.gemini/tmp/<project>, ~/.qwen/projects/<cwd>) and,
+# like Claude, resume only from that directory; Pi finds a session by id from anywhere.
 
 
 def resurrect_escape(text):
@@ -5820,6 +7080,10 @@ def resume_command(record):
         words += flags + ["-s", tid]
     elif agent == "codex":
         words += flags + ["resume", tid]
+    elif agent in ("gemini", "qwen"):
+        words += flags + ["--resume", tid]
+    elif agent == "pi":
+        words += flags + ["--session", tid]
     else:
         words += ["threads", "continue", tid]
     line = " ".join(words)
@@ -5937,6 +7201,71 @@ def records_from_assistant_sessions(doc, log=None, capture_env=None):
                     "agent": s["tool"], "id": s.get("session_id"), "cwd": cwd or None,
                     "flags": flags, "env": env, "model": model or None, "idSource": "assistant-sessions"})
     return out
+
+
+def more_cwd_candidates(paths, agent, cwd):
+    """[(mtime, thread id)] of Gemini CLI, Qwen Code or Pi conversations started in cwd (for the
+    last-resort cwd guess). Reads directory listings and, for Gemini, each file's header line."""
+    out = []
+    if agent == "gemini":
+        try:
+            with open(os.path.join(paths["gemini"], "projects.json"), "rb") as f:
+                project = (json.loads(f.read().decode("utf-8")).get("projects") or {}).get(cwd)
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+            project = None
+        d = os.path.join(paths["gemini"], "tmp", project, "chats") if isinstance(project, str) else None
+    elif agent == "qwen":
+        d = os.path.join(paths["qwen"], "projects", claude_project_dir_name(cwd or ""), "chats")
+    else:
+        d = os.path.join(paths["pi"], "sessions", pi_cwd_dir_name(cwd or ""))
+    for name in listdir(d, ".jsonl") if d else ():
+        path = os.path.join(d, name)
+        if agent == "pi":
+            tid = pi_id_from_path(path)
+        elif agent == "qwen":
+            tid = name[:-6]
+        else:
+            head = parse_json_lines(read_head_lines(path, 4096))[0][:1]
+            tid = head[0].get("sessionId") if head and gemini_id_from_path(path) else None
+        try:
+            if valid_thread_id(agent, tid):
+                out.append((os.stat(path).st_mtime, tid))
+        except OSError:
+            pass
+    return out
+
+
+def more_conversation_exists(paths, agent, tid):
+    """A Gemini CLI / Qwen Code / Pi conversation file for this id is still there (names only; a
+    Gemini file is named with the id's first 8 characters, its header line has the whole id)."""
+    if agent == "gemini":
+        root = os.path.join(paths["gemini"], "tmp")
+        for project in listdir(root):
+            d = os.path.join(root, project, "chats")
+            for name in listdir(d, ".jsonl"):
+                if gemini_id_from_path(name) == tid[:8]:
+                    head = parse_json_lines(read_head_lines(os.path.join(d, name), 4096))[0][:1]
+                    if head and head[0].get("sessionId") == tid:
+                        return True
+        return False
+    if agent == "qwen":
+        root = os.path.join(paths["qwen"], "projects")
+        return any(os.path.exists(os.path.join(root, d, "chats", tid + ".jsonl")) for d in listdir(root))
+    root = os.path.join(paths["pi"], "sessions")
+    return any(pi_id_from_path(n) == tid for d in listdir(root) for n in listdir(os.path.join(root, d), ".jsonl"))
+
+
+def qwen_registry_id(qwen_dir, pids):
+    """Qwen Code's live registry ~/.qwen/sessions/<pid>.json -> the session id of one of pids."""
+    for p in pids:
+        try:
+            with open(os.path.join(qwen_dir, "sessions", "%d.json" % p), "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict) and data.get("pid") == p and valid_thread_id("qwen", data.get("sessionId")):
+            return data["sessionId"]
+    return None
 
 
 def agent_in_tree(root, table, kids):
@@ -6122,6 +7451,10 @@ class Resurrect(object):
                     continue
                 if entry and claude_registry_alive(entry) and valid_thread_id("claude", entry["sessionId"]):
                     return entry["sessionId"], "claude-registry"
+        if agent == "qwen":
+            tid = qwen_registry_id(self.paths["qwen"], subtree)
+            if tid:
+                return tid, "qwen-registry"
         if agent == "codex":
             for p in subtree:
                 for fd in listdir("/proc/%d/fd" % p):
@@ -6212,6 +7545,8 @@ class Resurrect(object):
                     codex_reduce(head, rec)
                 if head["cwd"] == cwd:
                     candidates.append((os.stat(path).st_mtime, head["id"]))
+        elif agent in ("gemini", "qwen", "pi"):
+            candidates = more_cwd_candidates(self.paths, agent, cwd)
         for _, tid in sorted(candidates, reverse=True):
             if valid_thread_id(agent, tid) and (agent, tid) not in used:
                 return tid
@@ -6340,6 +7675,8 @@ class Resurrect(object):
                 return bool(sqlite_rows(self.paths["opencode_db"], "SELECT 1 FROM session WHERE id = ?", (tid,)))
             except sqlite3.Error:
                 return False
+        if agent in ("gemini", "qwen", "pi"):
+            return more_conversation_exists(self.paths, agent, tid)
         return True  # Amp keeps threads on its servers: nothing local to check
 
     def pane_state(self, target):
@@ -6571,6 +7908,9 @@ HELP_KEYS = (
     ("/", "filter by name"),
     ("f", "show all / with agents / needing you"),
     ("m", "mute the session's notifications"),
+    ("y/Y/N", "thread: approve/always/deny"),
+    ("i", "thread: type it a prompt"),
+    ("o g", "agents popup (prefix o g)"),
     ("?", "this help"),
     ("q/Esc", "leave the sidebar"),
 )
@@ -6755,8 +8095,11 @@ class SidebarModel(object):
     The key "FOCUS" (sent by `opensessions focus`) selects the session this sidebar is in.
     """
 
-    def __init__(self, own_session=None, charset="unicode"):
+    def __init__(self, own_session=None, charset="unicode", popup=False):
         self.state = None
+        self.popup = popup  # the agents popup (prefix o g): every thread, grouped by what needs you
+        self.preview = None  # {"item": thread item, "lines": [...]}: the selected thread's pane
+        self.preview_wanted = None  # the thread item render() had room to preview (the app reads it)
         self.own_session = own_session
         self.charset = charset
         self.selected = None  # ("session", name) or ("thread", session, agent, id)
@@ -6820,7 +8163,11 @@ class SidebarModel(object):
         return out
 
     def items(self):
-        """Selectable rows: every session, and the threads of the selected session."""
+        """Selectable rows: every session, and the threads of the selected session (in the popup:
+        every thread, group by group)."""
+        if self.popup:
+            return [("thread", name, t["agent"], t["id"]) for _, rows in popup_groups(self.state)
+                    for name, t in rows]
         out = []
         sel_session = self.selected[1] if self.selected else None
         for s in self.sessions():
@@ -6832,6 +8179,8 @@ class SidebarModel(object):
             elif s["name"] != sel_session:
                 threads = []
             out.extend(("thread", s["name"], t["agent"], t["id"]) for t in threads)
+            if s["name"] == sel_session and self.filter_mode != "attention":
+                out.extend(item for item, _ in pane_tree(s))
         return out
 
     def session(self, name):
@@ -6862,10 +8211,14 @@ class SidebarModel(object):
                  "\t": "_cycle", "KEY_BTAB": "_cycle", "\n": "activate", "\r": "activate", "KEY_ENTER": "activate",
                  "J": "_reorder_key", "K": "_reorder_key", "kDN3": "_reorder_key", "kUP3": "_reorder_key",
                  "d": "_hide", "u": "_unhide", "n": "_new", "x": "_kill", "o": "_open", "t": "_themes",
-                 "/": "_filter", "f": "_filter_mode", "m": "_mute", "?": "_help", "q": "_quit", "\x1b": "_quit"}
+                 "/": "_filter", "f": "_filter_mode", "m": "_mute", "?": "_help", "q": "_quit", "\x1b": "_quit",
+                 "y": "_reply", "Y": "_reply", "N": "_reply", "i": "_reply_text"}
+    REPLY_KEYS = {"y": "approve", "Y": "approve-always", "N": "deny"}
 
     def _list_key(self, k):
-        if len(k) == 1 and k in "123456789":
+        if self.popup and k in ("q", "\x1b"):
+            return [("quit",)]
+        if len(k) == 1 and k in "123456789" and not self.popup:
             return self._number_key(k)
         name = self.LIST_KEYS.get(k)
         if name is None:
@@ -6996,9 +8349,35 @@ class SidebarModel(object):
         if self.selected not in items:
             self.selected = items[0] if items else None
 
+    def _reply(self, k):
+        """y / Y / N: approve once, approve always, deny the selected thread's permission prompt."""
+        t = self.selected_thread()
+        if t is None:
+            self.message = "select an agent thread first"
+            return []
+        if t["status"] != "waiting":
+            self.message = "%s is %s, not waiting on a permission" % (t["agent"], t["status"])
+            return []
+        return [("reply", "%s:%s" % (t["agent"], t["id"]), self.REPLY_KEYS[k], None)]
+
+    def _reply_text(self, k):
+        """i: type a prompt for the selected thread (sent with Enter, Esc cancels)."""
+        t = self.selected_thread()
+        if t is None:
+            self.message = "select an agent thread first"
+            return []
+        self.mode = "prompt"
+        self.prompt = {"label": "to %s" % t["agent"], "text": "", "step": "reply",
+                       "values": {"thread": "%s:%s" % (t["agent"], t["id"])}}
+        return []
+
     def activate(self):
+        if self.selected and self.selected[0] in ("window", "pane"):
+            return [("switch-pane", self.selected[1], self.selected[2])]
         t = self.selected_thread()
         if t and t.get("pane"):
+            if self.popup:
+                return [("switch-pane", self.selected[1], t["pane"]), ("quit",)]
             return [("switch-pane", self.selected[1], t["pane"])]
         if self.selected:
             return [("switch", self.selected[1])]
@@ -7051,6 +8430,10 @@ class SidebarModel(object):
         if p["step"] == "filter":
             self.mode, self.prompt = "list", None
             return []
+        if p["step"] == "reply":
+            self.mode, self.prompt = "list", None
+            text = p["text"].strip()
+            return [("reply", p["values"]["thread"], "text", text)] if text else []
         if p["step"] == "name":
             name = p["text"].strip()
             if not name:
@@ -7165,15 +8548,93 @@ def render(model, width, height, now=None):
     elif model.mode == "theme":
         _render_themes(body)
         rows = body.rows[:room]
+    elif model.popup:
+        rows = _render_popup(body, room)
     else:
         _render_list(body, room)
         rows = _scroll(model, body.rows, room)
+        rows += _render_preview(model, width, now, room - len(rows), sidebar=True)
     return (scr.rows + rows + footer.rows)[:height]
+
+
+def popup_groups(state):
+    """The popup's list: [(group, [(session name, thread), ...])] for every agent thread of every
+    session, grouped by what needs you: waiting, error, finished unseen, running, idle (the rest).
+    Waiting and error oldest first (as `next` visits them), the others newest first. Pure."""
+    groups = [("waiting", []), ("error", []), ("finished unseen", []), ("running", []), ("idle", [])]
+    by = dict(groups)
+    for s in (state or {}).get("sessions", []):
+        if s.get("hidden"):
+            continue
+        for t in s.get("threads", []):
+            st = t["status"]
+            if st in ("waiting", "error"):
+                g = st
+            elif t.get("unseen") and st in ("done", "interrupted"):
+                g = "finished unseen"
+            elif st in ACTIVE_STATUSES:
+                g = "running"
+            else:
+                g = "idle"
+            by[g].append((s["name"], t))
+    for name, rows in groups:
+        rows.sort(key=lambda r: r[1].get("updatedAt") or 0, reverse=name not in ("waiting", "error"))
+    return [(name, rows) for name, rows in groups if rows]
+
+
+def _render_popup(scr, room):
+    """The agents popup: groups of threads, then the selected thread's preview below them."""
+    model = scr.model
+    groups = popup_groups(model.state)
+    if not groups:
+        scr.line(None, [("no agent threads" if model.state else "waiting for the server", "muted")])
+    for name, rows in groups:
+        scr.line(None, [("%s (%d)" % (name, len(rows)), GROUP_STYLE.get(name, "muted"))])
+        for session, t in rows:
+            item = ("thread", session, t["agent"], t["id"])
+            sel = item == model.selected
+            glyph, style = _badge(t["status"], t.get("unseen"), scr.g, model.frame, scr.charset)
+            scr.line(item, [(" " + glyph + " ", style), (session + " ", "sel" if sel else "accent"),
+                            (t["agent"] + " ", "sel" if sel else "muted"),
+                            (t.get("title") or t["id"][:8], "sel" if sel else "fg"),
+                            ("  " + age_text(t.get("updatedAt"), scr.now), "sel" if sel else "muted")])
+            if name == "waiting" and t.get("detail"):
+                scr.line(item, [("    needs: " + t["detail"], "sel" if sel else "waiting")])
+            elif name == "error" and t.get("detail"):
+                scr.line(item, [("    " + t["detail"], "sel" if sel else "error")])
+    list_room = max(3, room // 2) if model.selected else room
+    rows = _scroll(model, scr.rows, min(room, list_room) if len(scr.rows) > list_room else room)
+    return rows + _render_preview(model, scr.w, scr.now, room - len(rows))
+
+
+def _render_preview(model, width, now, room, sidebar=False):
+    """The last lines of the selected thread's pane (fetched by the app while shown), under a rule.
+    Sets model.preview_wanted to the thread when there is room, so nothing is read otherwise."""
+    item = model.selected if model.selected and model.selected[0] == "thread" else None
+    if item is None or room < (6 if sidebar else 3):
+        model.preview_wanted = None
+        return []
+    model.preview_wanted = item
+    scr = _Screen(model, width, now)
+    scr.line(None, [(scr.g["sep"] * scr.w, "muted")])
+    p = model.preview if model.preview and model.preview.get("item") == item else None
+    lines = p["lines"] if p else ["(reading the pane…)"]
+    if p and p.get("error"):
+        lines = [p["error"]]
+    for line in lines[-(room - 1):]:
+        scr.line(item, [(line, "muted" if not p or p.get("error") else "fg")])
+    return scr.rows
+
+
+GROUP_STYLE = {"waiting": "waiting", "error": "error", "finished unseen": "done", "running": "running",
+               "idle": "muted"}
 
 
 def _render_header(scr):
     model, w = scr.model, scr.w
     title = "opensessions" if w >= 16 else "os"
+    if model.popup:
+        title = "agents  (Enter go · y/Y/N approve/always/deny · i type · q close · ? help)"
     status = "" if model.connected or model.stopped else " (connecting…)"
     if model.filter_mode != "all" or model.filter_text:
         status += " [%s%s]" % (model.filter_mode if model.filter_mode != "all" else "",
@@ -7384,6 +8845,18 @@ def _detail(model, s, scr):
             panel.line(item, [("  " + usage_text(t["usage"]), "sel" if sel else "muted")])
     if s.get("usage") and len(s.get("threads", [])) > 1:
         panel.line(None, [("total ", "accent"), (usage_text(s["usage"]), "muted")])
+    for item, row in pane_tree(s):
+        sel = item == model.selected
+        if item[0] == "window":
+            panel.line(item, [("%s:%s" % (row["index"], row["name"]), "sel" if sel else "accent"),
+                              (" *" if row.get("active") else "", "sel" if sel else "muted")])
+            continue
+        t = row.get("_thread")
+        pieces = [("  " + row["id"] + " ", "sel" if sel else "muted"), (row.get("command") or "", "sel" if sel else "fg")]
+        if t:
+            glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, model.charset)
+            pieces += [(" " + glyph + " ", style), ("%s %s" % (t["agent"], t["status"]), "sel" if sel else "muted")]
+        panel.line(item, pieces)
     if s.get("ports"):
         panel.line(("port", s["name"]), [("ports", "accent")] + [(" :%d" % p, "accent") for p in s["ports"]])
     for entry in (meta.get("logs") or [])[-5:]:
@@ -7392,6 +8865,25 @@ def _detail(model, s, scr):
         text = (entry["source"] + ": " if entry.get("source") else "") + entry["message"]
         panel.wrapped(None, text + (" (%s)" % age if age else ""), style, indent=2, first=icon + " ")
     return panel.rows
+
+
+def pane_tree(s):
+    """A session's windows and their panes (sidebar panes left out) as selectable rows:
+    [(("window", session, window id), window), (("pane", session, pane id), pane + its thread)].
+    A window's item targets its id; a pane's row carries the newest thread shown in it. Pure."""
+    out = []
+    threads = {}
+    for t in s.get("threads", []):
+        if t.get("pane") and (t["pane"] not in threads or (t.get("updatedAt") or 0) > (threads[t["pane"]].get("updatedAt") or 0)):
+            threads[t["pane"]] = t
+    for w in s.get("windows", []):
+        panes = [p for p in w.get("panes", []) if not p.get("sidebar")]
+        if not panes:
+            continue
+        out.append((("window", s["name"], w["id"]), w))
+        for p in panes:
+            out.append((("pane", s["name"], p["id"]), dict(p, _thread=threads.get(p["id"]))))
+    return out
 
 
 def _scroll(model, rows, height):
@@ -7559,10 +9051,15 @@ class EventStream(object):
 class SidebarApp(object):
     """The curses sidebar: draws render() output, carries out the model's actions."""
 
-    def __init__(self, tmux, find_port, start_server=None, post=None, environ=None, is_stopped=None):
+    def __init__(self, tmux, find_port, start_server=None, post=None, environ=None, get=None, popup=False,
+                 client=None, is_stopped=None):
         env = os.environ if environ is None else environ
         self.tmux = tmux
-        self.pane = env.get("TMUX_PANE")
+        self.popup = popup
+        self.client = client  # the popup's client (it has no pane of its own)
+        self.get = get
+        self._preview_at = 0.0
+        self.pane = None if popup else env.get("TMUX_PANE")
         self.stream = EventStream(find_port, start_server, is_stopped)
         self.post = post
         self.model = None
@@ -7580,7 +9077,8 @@ class SidebarApp(object):
         import locale
         os.environ.setdefault("ESCDELAY", "25")
         locale.setlocale(locale.LC_ALL, "")
-        self.model = SidebarModel(charset=terminal_charset(os.environ, _python_chose_utf8(os.environ)))
+        self.model = SidebarModel(charset=terminal_charset(os.environ, _python_chose_utf8(os.environ)),
+                                  popup=self.popup)
         self.stream.start()
         try:
             curses.wrapper(self._main)
@@ -7640,6 +9138,13 @@ class SidebarApp(object):
             self._draw()
             running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() for t in s.get("threads", []))
             timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
+            if self.model.preview_wanted is not None:
+                # a preview on screen: its pane is read again at most PREVIEW_INTERVAL apart
+                due = self._preview_at + PREVIEW_INTERVAL - time.monotonic()
+                if due <= 0 or (self.model.preview or {}).get("item") != self.model.preview_wanted:
+                    self._fetch_preview()
+                    continue
+                timeout = due if timeout is None else min(timeout, due)
             try:
                 ready, _, _ = select.select([0, self.stream.wake_fd, self._winch[0]], [], [], timeout)
             except InterruptedError:
@@ -7670,6 +9175,24 @@ class SidebarApp(object):
         elif not self.stream.stopped and self.model.stopped:
             self.model.stopped = None
             self.last_rows = []
+
+    def _fetch_preview(self):
+        """GET /api/preview for the thread shown (only while it is shown: see _render_preview)."""
+        item = self.model.preview_wanted
+        self._preview_at = time.monotonic()
+        if self.get is None or item is None:
+            self.model.preview = {"item": item, "lines": [], "error": "no preview"}
+            return
+        h, _ = self.scr.getmaxyx()
+        try:
+            status, body = self.get("/api/preview?thread=%s:%s&lines=%d" % (item[2], item[3], max(3, min(60, h))))
+            doc = json.loads(body.decode("utf-8")) if body else {}
+            if status == 200:
+                self.model.preview = {"item": item, "lines": doc.get("lines") or []}
+            else:
+                self.model.preview = {"item": item, "lines": [], "error": doc.get("error") or "no preview"}
+        except (OSError, ValueError) as e:
+            self.model.preview = {"item": item, "lines": [], "error": "no preview: %s" % e}
 
     def _watch_resize(self):
         """A width change redraws at once: SIGWINCH wakes the select() through a pipe (curses only
@@ -7828,12 +9351,30 @@ class SidebarApp(object):
         return clients[0]["name"] if len(clients) == 1 else None
 
     def _switch(self, target):
-        client = self._client_for_me()
+        client = self.client or self._client_for_me()
         args = ["switch-client"] + (["-c", client] if client else []) + ["-t", target]
         try:
             self.tmux.run(*args)
         except TmuxError as e:
             self.model.message = str(e)
+
+    def _reply(self, thread, action, text):
+        """POST /api/reply; the server's answer (or its reason for refusing) goes to the footer."""
+        body = {"thread": thread, "action": action}
+        if text is not None:
+            body["text"] = text
+        try:
+            if self.post:
+                self.post("/api/reply", body)
+            self.model.message = {"approve": "approved", "approve-always": "approved (always)",
+                                  "deny": "denied", "text": "sent"}[action]
+        except OSError as e:
+            reason = str(e)
+            try:
+                reason = json.loads(reason).get("error") or reason
+            except (ValueError, AttributeError):
+                pass
+            self.model.message = "not sent: %s" % reason
 
     def _move_clients_off(self, name):
         """Killing the session a client views would detach it: move such clients elsewhere first."""
@@ -7877,6 +9418,10 @@ class SidebarApp(object):
                     return None
                 subprocess.Popen([opener, "http://localhost:%d" % action[1]], stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            elif kind == "quit":
+                return "quit"
+            elif kind == "reply":
+                self._reply(*action[1:])
             elif kind == "leave":
                 try:
                     self.tmux.run("last-pane")
@@ -8100,10 +9645,11 @@ class Client(object):
 def find_server(socket_path, environ=None):
     """-> (port, info or None). The runtime file for this tmux server wins; else the env/default port."""
     env = os.environ if environ is None else environ
+    port = env_port(env)  # a bad value is said even when the runtime file makes it moot
     info = RuntimeFiles(socket_path, env).live_info()
     if info and isinstance(info.get("port"), int):
         return info["port"], info
-    return _int(env.get("OPENSESSIONS_PORT"), DEFAULT_PORT), None
+    return (DEFAULT_PORT if port is None else port), None
 
 
 def _socket_from_args(args):
@@ -8266,6 +9812,10 @@ def start_background(args, wait=5.0, respect_stop=False):
             return info["port"], True
         if proc.poll() is not None and not runtime.held():
             err = proc.stderr.read().decode("utf-8", "replace").strip()
+            if "\n" in err:  # a traceback: keep all of it in the log, say its last line
+                with open(log_path, "a") as f:
+                    f.write(err + "\n")
+                err = "%s (see %s)" % (err.splitlines()[-1], log_path)
             raise OpensessionsError(err or "the server exited at once (see %s)" % log_path)
         # exited, but another start won the lock at the same moment: wait for that one
         time.sleep(0.02)
@@ -8340,6 +9890,20 @@ def cmd_clear_log(args):
 def cmd_notify(args):
     return _post_for_session(args, "/notify", {"session": args.session, "message": args.message,
                                                "tone": args.tone})
+
+
+def cmd_reply(args):
+    """Answer a thread's prompt without switching to its pane (see the reply section)."""
+    chosen = [a for a, on in (("approve", args.approve), ("approve-always", args.approve_always),
+                              ("deny", args.deny), ("text", args.text is not None)) if on]
+    if len(chosen) != 1:
+        raise OpensessionsError("say one of --approve, --approve-always, --deny, --text TEXT")
+    action = chosen[0]
+    body = {"thread": args.thread, "action": action}
+    if action == "text":
+        body["text"] = args.text
+    _post(args, "/api/reply", body)
+    return 0
 
 
 def status_lines(state, now=None):
@@ -8459,9 +10023,11 @@ def serve(socket_path, port=None, log_path=None, environ=None):
     """Run the server in the foreground until stopped, its tmux server exits, or a signal. -> exit code."""
     import signal
     env = os.environ if environ is None else environ
-    explicit = port is not None or bool(env.get("OPENSESSIONS_PORT"))
     if port is None:
-        port = _int(env.get("OPENSESSIONS_PORT"), DEFAULT_PORT) if env.get("OPENSESSIONS_PORT") else DEFAULT_PORT
+        port = env_port(env)
+    explicit = port is not None
+    if port is None:
+        port = DEFAULT_PORT
     if log_path:
         ensure_private_dir(os.path.dirname(log_path))
         open_log(log_path)
@@ -8479,14 +10045,16 @@ def serve(socket_path, port=None, log_path=None, environ=None):
 def build_server(tmux, port, explicit, environ):
     """The Server with every part attached: agent watchers, sidebar panes (the composition point)."""
     server = Server(tmux, port, explicit, environ)
-    recent = float(environ.get("OPENSESSIONS_RECENT_DAYS") or 7)
+    recent = env_number("OPENSESSIONS_RECENT_DAYS", 7.0, environ)
+    list_hours = env_number("OPENSESSIONS_LIST_HOURS", None, environ)
     server.watchers = AgentWatchers(server, environ, recent_days=recent)
-    if environ.get("OPENSESSIONS_LIST_HOURS"):
-        server.store.recent_ms = int(float(environ["OPENSESSIONS_LIST_HOURS"]) * 3600 * 1000)
+    if list_hours is not None:
+        server.store.recent_ms = int(list_hours * 3600 * 1000)
     if environ.get("OPENSESSIONS_PEER_CHECK") == "token":  # test the macOS way on Linux
         server.peer_uids = False
-    if environ.get("OPENSESSIONS_READ_DEADLINE"):
-        server.read_deadline = max(0.1, float(environ["OPENSESSIONS_READ_DEADLINE"]))
+    read_deadline = env_number("OPENSESSIONS_READ_DEADLINE", None, environ)
+    if read_deadline is not None:
+        server.read_deadline = max(0.1, read_deadline)
     server.sidebars = SidebarPanes(server, _self_command() + " sidebar")
     server.notifier = Notifier(server)
     server.tmux_options = TmuxOptions(server)
@@ -8503,18 +10071,27 @@ def _self_command():
     return " ".join(shlex.quote(a) for a in (sys.executable or "python3", "-S", target))
 
 
-def _agent_ancestor(agent, start_pid, proc_root="/proc", depth=12):
-    """The nearest ancestor process that is the agent itself (the hook runs under a shell)."""
+def _agent_ancestor(agent, start_pid, probes=None, depth=12):
+    """The nearest ancestor process that is the agent itself (the hook runs under a shell).
+    Linux reads /proc/<pid>/stat per step; without /proc (macOS) one `ps` gives the whole table."""
+    probes = probes or SystemProbes()
+    table = None if probes.has_proc else probes.processes()
     pid = start_pid
     for _ in range(depth):
         if pid <= 1:
             return None
-        try:
-            with open(os.path.join(proc_root, str(pid), "stat"), "r", encoding="utf-8", errors="replace") as f:
-                _, comm, ppid, _ = parse_proc_stat(f.read())
-        except (OSError, ValueError, IndexError):
+        if table is None:
+            try:
+                with open(os.path.join(probes.proc_root, str(pid), "stat"), "r", encoding="utf-8",
+                          errors="replace") as f:
+                    _, comm, ppid, _ = parse_proc_stat(f.read())
+            except (OSError, ValueError, IndexError):  # gone (the agent exited meanwhile)
+                return None
+        elif pid in table:
+            comm, ppid = table[pid].comm, table[pid].ppid
+        else:
             return None
-        if classify_agent_process(comm, process_args(pid, proc_root)) == agent:
+        if (table is None or comm in AGENT_COMMS) and classify_agent_process(comm, probes.args(pid)) == agent:
             return pid
         pid = ppid
     return None
@@ -8524,7 +10101,8 @@ def cmd_hook(args):
     """Called by an agent's hook with the payload on stdin. Never blocks or fails the agent."""
     try:
         raw = sys.stdin.buffer.read(MAX_BODY)
-        body = hook_event(args.agent, json.loads(raw.decode("utf-8")))
+        payload = json.loads(raw.decode("utf-8"))
+        body = (gemini_hook_event if args.agent == "gemini" else hook_event)(args.agent, payload)
         if body is None:
             return 0
         if "pid" not in body:
@@ -8538,9 +10116,38 @@ def cmd_hook(args):
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             return 0
         Client(port, timeout=1.0, token=(info or {}).get("token")).request("POST", "/api/agent-event", body)
-    except Exception:  # the agent must never see a failing hook
+    except OSError:  # no server to tell (not running, or gone): nothing is wrong
         pass
+    except Exception:  # the agent must never see a failing hook, but a bug is written down
+        import traceback
+        hook_log("hook %s failed:\n%s" % (args.agent, traceback.format_exc()))
     return 0
+
+
+HOOK_LOG_MAX = 64 * 1024
+
+
+def hook_log(message, environ=None, limit=HOOK_LOG_MAX):
+    """Append to $XDG_STATE_HOME/opensessions/hook.log, kept under `limit` bytes (the older half is
+    dropped when it grows past). Never raises: it runs inside an agent's hook."""
+    try:
+        path = os.path.join(ensure_private_dir(state_dir(environ)), "hook.log")
+        line = ("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)).encode("utf-8", "replace")
+        try:
+            size = os.path.getsize(path)
+        except FileNotFoundError:
+            size = 0
+        if size + len(line) > limit:
+            with open(path, "rb") as f:
+                f.seek(max(0, size - limit // 2))
+                kept = f.read()
+            kept = kept[kept.find(b"\n") + 1:] if b"\n" in kept else b""
+            atomic_write(path, kept + line[-(limit // 2):])
+        else:
+            with open(path, "ab") as f:
+                f.write(line)
+    except (OSError, OpensessionsError):
+        pass
 
 
 def cmd_install(args):
@@ -8606,8 +10213,9 @@ def _tmux(args):
     return Tmux(_socket_from_args(args))
 
 
-def cmd_sidebar(args):
-    """Run the curses sidebar in this pane (the sidebar pane manager starts these)."""
+def cmd_sidebar(args, popup=False, client=None):
+    """Run the curses sidebar in this pane (the sidebar pane manager starts these); with popup, the
+    agents popup (`opensessions popup`, in a display-popup)."""
     global _log_file
     socket_path = _socket_from_args(args)
     # The pane is the sidebar's screen: its log lines (and any traceback) go to the log file.
@@ -8630,12 +10238,60 @@ def cmd_sidebar(args):
     find_port.token = None
 
     def post(path, body):
-        status, content = Client(find_port(), timeout=2, token=find_port.token).request("POST", path, body)
+        timeout = 10 if path == "/api/reply" else 2  # a reply waits for the agent's screen
+        status, content = Client(find_port(), timeout=timeout, token=find_port.token).request("POST", path, body)
         if status >= 400:
             raise OSError(content.decode("utf-8", "replace"))
 
+    def get(path):
+        return Client(find_port(), timeout=2, token=find_port.token).request("GET", path)
+
     return SidebarApp(Tmux(socket_path), find_port, start_server=lambda: start_background(args, respect_stop=True),
-                      post=post, is_stopped=runtime.stopped).run()
+                      post=post, get=get, popup=popup, client=client, is_stopped=runtime.stopped).run()
+
+
+def cmd_popup(args):
+    """The agents popup itself (what `prefix o g` runs inside display-popup)."""
+    return cmd_sidebar(args, popup=True, client=args.client)
+
+
+POPUP_DEFAULTS = {"@opensessions-popup-width": "80%", "@opensessions-popup-height": "75%"}
+
+
+def popup_command(me, client, version, width, height):
+    """The tmux command that opens the agents popup for a client: display-popup (tmux >= 3.2),
+    else a temporary window that closes when the popup program exits. Pure."""
+    import shlex
+    inner = "%s popup -c %s" % (me, shlex.quote(client))
+    nums = re.findall(r"\d+", version or "")
+    if nums and (int(nums[0]), int(nums[1]) if len(nums) > 1 else 0) >= (3, 2):
+        # display-popup expands formats in its command: a '#' in a path stays a '#'
+        return ["display-popup", "-c", client, "-E", "-w", width, "-h", height, tmux_literal(inner)]
+    return ["new-window", "-t", client, "-n", "agents", inner]
+
+
+def cmd_popup_open(args):
+    """Open the popup for a client (`prefix o g`), sized by @opensessions-popup-width/-height."""
+    tmux = _tmux(args)
+    start_background(args)
+    opts = {name: (_tmux_option(tmux, name) or default) for name, default in POPUP_DEFAULTS.items()}
+    try:
+        version = tmux.run("display-message", "-p", "#{version}").strip()
+    except TmuxError:
+        version = ""
+    if not version or "version" in version:
+        import subprocess
+        try:
+            version = subprocess.run(["tmux", "-V"], stdout=subprocess.PIPE, timeout=5).stdout.decode()
+        except (OSError, subprocess.SubprocessError):
+            version = ""
+    me = _self_command()
+    if args.port:
+        me += " --port %d" % args.port
+    client = args.client or tmux.run("display-message", "-p", "#{client_name}").strip()
+    tmux.spawn(*popup_command(me, client, version, opts["@opensessions-popup-width"],
+                              opts["@opensessions-popup-height"]))
+    return 0
 
 
 def cmd_toggle(args):
@@ -8705,7 +10361,7 @@ def cmd_switch(args):
 TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": str(DEFAULT_WIDTH),
                 "@opensessions-position": "left", "@opensessions-theme": "", "@opensessions-port": "",
                 "@opensessions-focus-key": "", "@opensessions-index-keys": "off", "@opensessions-resurrect": "on",
-                "@opensessions-notify": "", "@opensessions-notify-on": ""}
+                "@opensessions-notify": "", "@opensessions-notify-on": "", "@opensessions-popup-key": "g"}
 KEY_TABLE = "opensessions"
 
 
@@ -8721,7 +10377,8 @@ def tmux_bindings(me, options):
            (KEY_TABLE, "t", ) + run("toggle"),
            (KEY_TABLE, "e", ) + run("layout -w '#{window_id}'"),
            (KEY_TABLE, "n", ) + run("next -c '#{client_name}'"),
-           (KEY_TABLE, "p", ) + run("next --back -c '#{client_name}'")]
+           (KEY_TABLE, "p", ) + run("next --back -c '#{client_name}'"),
+           (KEY_TABLE, options.get("@opensessions-popup-key") or "g") + run("popup-open -c '#{client_name}'")]
     for n in range(1, 10):
         out.append((KEY_TABLE, str(n)) + run("switch %d -c '#{client_name}'" % n))
     focus = options.get("@opensessions-focus-key")
@@ -8982,8 +10639,8 @@ def _restore_binding(tmux, saved):
 
 
 COMMANDS = ("server", "start", "stop", "status", "usage", "set-status", "set-progress", "log", "clear-log", "notify",
-            "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next", "mute",
-            "save", "restore", "kitty", "tmux-setup", "uninstall-tmux")
+            "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next",
+            "popup", "popup-open", "reply", "mute", "save", "restore", "kitty", "tmux-setup", "uninstall-tmux")
 
 
 def command_of(argv):
@@ -9040,9 +10697,11 @@ def _command_table():
           (("--session",), dict(help="the session it is about (muted sessions stay quiet)")),
           (("--tone",), tone)]),
         ("hook", cmd_hook, "(called by agent hooks) report a hook payload from stdin",
-         [(("agent",), dict(choices=("claude", "codex"), help="the agent whose hook calls: claude or codex"))]),
+         [(("agent",), dict(choices=("claude", "codex", "gemini", "qwen"),
+                            help="the agent whose hook calls: claude, codex, gemini or qwen"))]),
         ("install", cmd_install,
-         "add our Claude Code and Codex hooks and the OpenCode plugin (idempotent, with backups)", []),
+         "add our Claude Code, Codex, Gemini CLI and Qwen Code hooks, the OpenCode plugin and the Pi extension"
+         " (idempotent, with backups)", []),
         ("uninstall", cmd_uninstall, "remove what `install` added, and nothing else", []),
         ("sidebar", cmd_sidebar, "run the curses sidebar in this pane", []),
         ("toggle", cmd_toggle, "show or hide the sidebar in every window", [display]),
@@ -9053,6 +10712,17 @@ def _command_table():
         ("next", cmd_next, "switch to the next thread that needs you, oldest first (--back: return)",
          [(("--back",), dict(action="store_true", help="go back to where the last `next` came from")),
           client, display]),
+        ("popup", cmd_popup, "the agents popup: every thread by what needs you, with a preview and reply keys",
+         [client]),
+        ("popup-open", cmd_popup_open, "open the agents popup (display-popup; a window before tmux 3.2)",
+         [client, display]),
+        ("reply", cmd_reply, "answer a thread's prompt without switching to it: approve once, approve always, "
+                             "deny, or type a prompt",
+         [(("thread",), dict(help="thread id (as in `opensessions status --json`), or AGENT:ID")),
+          (("--approve",), dict(action="store_true", help="approve the permission once")),
+          (("--approve-always",), dict(action="store_true", help="approve, and do not ask again (where offered)")),
+          (("--deny",), dict(action="store_true", help="deny the permission")),
+          (("--text",), dict(metavar="TEXT", help="type TEXT (one line) as the next prompt and submit it"))]),
         ("mute", cmd_mute, "mute (or --off: unmute) a session's notifications",
          [session, (("--off",), dict(action="store_true", help="unmute"))]),
         ("save", cmd_save, "save every agent's conversation next to tmux-resurrect's save", []),
@@ -9151,8 +10821,8 @@ def _for_key_binding(func, args):
         with contextlib.redirect_stdout(out):
             func(args)
         text = out.getvalue().strip()
-    except (OpensessionsError, TmuxError) as e:
-        text = "opensessions: %s" % e
+    except (OpensessionsError, TmuxError, OSError) as e:
+        text = "opensessions: %s" % user_message(e)
     if text:
         client = ["-c", args.client] if getattr(args, "client", None) else []
         try:
@@ -9167,7 +10837,7 @@ def main(argv=None):
     command = command_of(argv)
     if command == "hook" and "-h" not in argv and "--help" not in argv:
         args = _HookArgs(argv)
-        if args.agent in ("claude", "codex"):
+        if args.agent in ("claude", "codex", "gemini", "qwen"):
             return cmd_hook(args)
     parser = build_parser(command)
     args = parser.parse_args(argv)
@@ -9175,12 +10845,28 @@ def main(argv=None):
     if getattr(args, "display", False):
         return _for_key_binding(func, args)
     try:
+        check_port(getattr(args, "port", None))
         return func(args) or 0
-    except OpensessionsError as e:
-        sys.stderr.write("opensessions: %s\n" % e)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except (OpensessionsError, TmuxError, OSError) as e:
+        sys.stderr.write("opensessions: %s\n" % user_message(e))
+        return 1
+
+
+def user_message(error):
+    """One line for the user: no traceback, no doubled "opensessions:" prefix."""
+    if isinstance(error, TmuxGone):
+        text = "no tmux server: %s" % error
+    elif isinstance(error, OSError) and error.strerror:
+        text = "%s%s" % (error.strerror, ": %s" % error.filename if error.filename else "")
+    else:
+        text = str(error) or type(error).__name__
+    lines = [l.strip() for l in text.splitlines() if l.strip()] or [type(error).__name__]
+    text = lines[-1] if len(lines) > 1 and lines[0].startswith("Traceback") else " ".join(lines)
+    while text.startswith("opensessions: "):
+        text = text[len("opensessions: "):]
+    return text
 
 
 if __name__ == "__main__":
