@@ -5237,6 +5237,7 @@ class Server(object):
         self.map_threads()
         self.publish()
 
+    # -- agent processes and links: which pane each thread runs in -------------------------
     def agent_pid_exited(self, agent, pid):
         for t in self.store.threads.values():
             if t.agent == agent and t.pid == pid and t.alive:
@@ -5342,6 +5343,7 @@ class Server(object):
                 self.store.touch()
                 self.state_file.schedule_save()
 
+    # -- git and ports: per session, from its directory and the processes under its panes -----
     def _refresh_git(self):
         git = {}
         for s in self.store.sessions:
@@ -5458,7 +5460,7 @@ class Server(object):
         finally:  # a failure is logged by the loop; the next look still happens
             self.loop.call_later(2.0 if linux else 10.0, self._ports_timer)
 
-    # -- state changes from the API ----------------------------------------------------------
+    # -- the apply step: watchers, hooks and the API change threads here; then publish ---------
     def publish(self):
         self._judge_status_changes()
         if self.store.publish():
@@ -5615,7 +5617,7 @@ class Server(object):
             return any(c["session"] == thread.session for c in clients)
         return False
 
-    # -- persistence -------------------------------------------------------------------------
+    # -- the state file's document; preferences (ui.json) ----------------------------------
     def _state_document(self):
         doc = self.store.metadata_json()
         doc["tmux"] = self.tmux_instance  # whose pane ids the threads' "pane" are
