@@ -4777,6 +4777,46 @@ class Processes(object):
         self.exact_starts = exact_starts
 
 
+def read_pane_processes(probes, sessions):
+    """Read the process table once (through `probes`, a SystemProbes) -> (Processes, pid groups):
+    which pane each process is under, the top-most agent process in each pane, the Codex processes'
+    open rollout files; and session id -> the pids under its panes (for its ports)."""
+    table = probes.processes()
+    kids = children_index(table)
+    groups = {}
+    pane_of_pid = {}
+    agents = {}  # pane id -> (agent, pid, args) of the top-most agent process in it
+    for s in sessions:
+        pids = []
+        for w in s["windows"]:
+            for p in w["panes"]:
+                if not p["pid"]:
+                    continue
+                under = descendants(p["pid"], kids)
+                pids.extend(under)
+                for pid in under:
+                    pane_of_pid[pid] = p["id"]
+                for pid in under[1:]:
+                    proc = table.get(pid)
+                    if proc is None or p["id"] in agents:
+                        continue
+                    if proc.comm in AGENT_COMMS:
+                        args = probes.args(pid)
+                        agent = classify_agent_process(proc.comm, args)
+                        if agent:
+                            agents[p["id"]] = (agent, pid, args)
+        groups[s["id"]] = pids
+    codex = {}  # pid -> thread id for Codex processes holding a rollout file open (/proc/<pid>/fd)
+    for proc in table.values():
+        if proc.comm != "codex":
+            continue
+        for target in probes.open_files(proc.pid):
+            tid = codex_id_from_path(target)
+            if tid:
+                codex[proc.pid] = tid
+    return Processes(table, pane_of_pid, agents, codex, probes.has_proc), groups
+
+
 def link_threads(threads, panes, processes):
     """Link threads to panes by pid: a pure function of the threads (read, never changed), the
     panes ({pane id: (session name, cwd)}) and the processes (a Processes). The pid is the one a
@@ -5382,49 +5422,12 @@ class Server(object):
 
     def _read_processes(self):
         """One process-table read: which pane each process is under, and the agents in panes."""
-        table = self.probes.processes()
-        kids = children_index(table)
-        groups = {}
-        pane_of_pid = {}
-        agents = {}  # pane id -> (agent, pid, args) of the top-most agent process in it
-        for s in self.store.sessions:
-            pids = []
-            for w in s["windows"]:
-                for p in w["panes"]:
-                    if not p["pid"]:
-                        continue
-                    under = descendants(p["pid"], kids)
-                    pids.extend(under)
-                    for pid in under:
-                        pane_of_pid[pid] = p["id"]
-                    for pid in under[1:]:
-                        proc = table.get(pid)
-                        if proc is None or p["id"] in agents:
-                            continue
-                        if proc.comm in AGENT_COMMS:
-                            args = self.probes.args(pid)
-                            agent = classify_agent_process(proc.comm, args)
-                            if agent:
-                                agents[p["id"]] = (agent, pid, args)
-            groups[s["id"]] = pids
-        self._pid_groups = groups
-        self.proc_table = table
-        self.pane_of_pid = pane_of_pid
-        self.pane_agents = agents
+        processes, self._pid_groups = read_pane_processes(self.probes, self.store.sessions)
+        self.proc_table = processes.table
+        self.pane_of_pid = processes.pane_of_pid
+        self.pane_agents = processes.agents
         self._processes_read_at = self.clock()
-        self._codex_fd_links = self._codex_open_rollouts(table)
-
-    def _codex_open_rollouts(self, table):
-        """pid -> thread id for Codex processes holding a rollout file open (/proc/<pid>/fd)."""
-        links = {}
-        for proc in table.values():
-            if proc.comm != "codex":
-                continue
-            for target in self.probes.open_files(proc.pid):
-                tid = codex_id_from_path(target)
-                if tid:
-                    links[proc.pid] = tid
-        return links
+        self._codex_fd_links = processes.codex_rollouts
 
     def _update_ports(self, listening=None):
         """Map listening ports to sessions; the fd walk runs only when the processes under the
