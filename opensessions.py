@@ -41,6 +41,96 @@ class OpensessionsError(Exception):
     """An error with a message meant for the user (no traceback)."""
 
 
+_log_file = None
+_log_path = None
+_log_lock = None
+LOG_MAX_BYTES = 1024 * 1024  # server.log is rotated to server.log.1 past this size
+
+
+def open_log(path, max_bytes=None):
+    """Send log() to path (appending); past LOG_MAX_BYTES it moves to path.1 and starts again."""
+    import threading
+    global _log_file, _log_path, _log_lock, LOG_MAX_BYTES
+    if max_bytes is not None:
+        LOG_MAX_BYTES = max_bytes
+    _log_lock = _log_lock or threading.Lock()
+    _log_path = path
+    _log_file = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
+    _rotate_log()
+
+
+def _rotate_log():
+    global _log_file
+    try:
+        if _log_file.tell() < LOG_MAX_BYTES:
+            return
+        _log_file.close()
+        os.replace(_log_path, _log_path + ".1")
+    except (OSError, ValueError):
+        pass
+    try:
+        _log_file = open(_log_path, "a", buffering=1, encoding="utf-8", errors="replace")
+    except OSError:
+        _log_file = None
+
+
+def log(message):
+    """Server log line (stderr, or the log file set by the server)."""
+    line = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)
+    if _log_lock is not None:
+        with _log_lock:
+            _write_log(line)
+            if _log_file is not None:
+                _rotate_log()
+    else:
+        _write_log(line)
+
+
+def _write_log(line):
+    target = _log_file or sys.stderr
+    try:
+        target.write(line)
+        target.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _int(value, default=0):
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):  # None, "x", NaN, 1e999
+        return default
+
+
+def env_number(name, default, environ=None, kind=float, low=0):
+    """A numeric setting from the environment: unset or empty -> default; anything else that is not
+    a number >= low is the user's mistake, said in one line (never silently ignored)."""
+    env = os.environ if environ is None else environ
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value != value or value < low:
+        raise OpensessionsError("%s=%s is not %s >= %s" % (name, raw, "an integer" if kind is int else "a number", low))
+    return value
+
+
+def check_port(port, where="--port"):
+    """A TCP port we may bind or call: 0 (any free port, when binding) to 65535."""
+    if port is not None and not (isinstance(port, int) and 0 <= port <= 65535):
+        raise OpensessionsError("%s%s%s is not a port (0-65535)" % (where, "" if where.endswith("=") else " ", port))
+    return port
+
+
+def env_port(environ=None):
+    """$OPENSESSIONS_PORT, or None when unset."""
+    port = env_number("OPENSESSIONS_PORT", None, environ, kind=int)
+    return check_port(port, "OPENSESSIONS_PORT=")
+
+
 def _env(name, default=None, environ=None):
     env = os.environ if environ is None else environ
     value = env.get(name)
@@ -923,16 +1013,13 @@ def claude_registry_entry(data):
     }
 
 
-def claude_registry_alive(entry, proc_root="/proc"):
-    """The registry's process still runs (and is the same process: procStart matches)."""
-    if not _pid_alive(entry["pid"]):
+def claude_registry_matches(entry, alive, start):
+    """Is the registry entry's process still the one that wrote it? `alive`: its pid runs; `start`:
+    that pid's start time now (None where it cannot be known: no /proc). Pure."""
+    if not alive:
         return False
-    if entry.get("procStart") and os.path.isdir(os.path.join(proc_root, "self")):
-        try:
-            with open(os.path.join(proc_root, str(entry["pid"]), "stat"), "r", errors="replace") as f:
-                return parse_proc_stat(f.read())[3] == entry["procStart"]
-        except (OSError, ValueError, IndexError):
-            return False
+    if entry.get("procStart") and start is not None:
+        return start == entry["procStart"]
     return True
 
 
@@ -1946,13 +2033,6 @@ class TmuxGone(TmuxError):
     """The tmux server is not running (any more)."""
 
 
-def _int(value, default=0):
-    try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError):  # None, "x", NaN, 1e999
-        return default
-
-
 def tmux_record_format(kind, fields):
     """A tmux -F format for one record: kind, then each field as '<bytes>:<value>'."""
     return kind + "".join("#{n:%s}:#{%s}" % (f, f) for f in fields)
@@ -2144,7 +2224,37 @@ def parse_proc_stat(data):
     return pid, comm, int(fields[1]), int(fields[19])
 
 
-def process_table(proc_root="/proc"):
+def process_start(pid, proc_root="/proc"):
+    """A process's start time (clock ticks since boot, as /proc/<pid>/stat has it): None without
+    /proc (macOS), -1 when the process is gone."""
+    if not os.path.isdir(os.path.join(proc_root, "self")):
+        return None
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat"), "r", encoding="utf-8", errors="replace") as f:
+            return parse_proc_stat(f.read())[3]
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def claude_registry_alive(entry, proc_root="/proc"):
+    """The registry's process still runs and is the same process (procStart matches)."""
+    pid = entry["pid"]
+    return claude_registry_matches(entry, _pid_alive(pid), process_start(pid, proc_root))
+
+
+def run_text(argv, timeout=5.0):
+    """stdout of a command as text. Raises OSError when it cannot run or times out (the probes'
+    default runner; tests inject their own `ps` and `lsof`)."""
+    import subprocess
+    try:
+        out = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, timeout=timeout).stdout
+    except subprocess.TimeoutExpired:
+        raise OSError("%s timed out" % argv[0])
+    return out.decode("utf-8", "replace")
+
+
+def process_table(proc_root="/proc", run=run_text):
     """{pid: Proc} for every process: one read of /proc on Linux, one `ps` elsewhere."""
     table = {}
     if os.path.isdir(os.path.join(proc_root, "self")):
@@ -2158,11 +2268,10 @@ def process_table(proc_root="/proc"):
                 continue
             table[pid] = Proc(pid, ppid, comm, start)
         return table
-    import subprocess
     try:
-        out = subprocess.run(["ps", "-axo", "pid=,ppid=,comm="], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, timeout=5).stdout.decode("utf-8", "replace")
-    except (OSError, subprocess.SubprocessError):
+        out = run(["ps", "-axo", "pid=,ppid=,comm="])
+    except OSError as e:
+        log("ps failed (%s): no process table" % e)
         return table
     for line in out.splitlines():
         parts = line.split(None, 2)
@@ -2171,7 +2280,7 @@ def process_table(proc_root="/proc"):
     return table
 
 
-def process_args(pid, proc_root="/proc"):
+def process_args(pid, proc_root="/proc", run=run_text):
     """argv of a process as a list (empty when unreadable)."""
     try:
         with open(os.path.join(proc_root, str(pid), "cmdline"), "rb") as f:
@@ -2183,12 +2292,9 @@ def process_args(pid, proc_root="/proc"):
     if os.path.isdir(os.path.join(proc_root, "self")):
         return []
     import shlex
-    import subprocess
     try:
-        out = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, timeout=5).stdout.decode("utf-8", "replace")
-        return shlex.split(out.strip())
-    except (OSError, ValueError, subprocess.SubprocessError):
+        return shlex.split(run(["ps", "-o", "args=", "-p", str(pid)]).strip())
+    except (OSError, ValueError):  # gone, or args shlex cannot split (an unbalanced quote)
         return []
 
 
@@ -2294,14 +2400,14 @@ def listening_sockets(proc_root="/proc"):
     if proc_root == "/proc":
         try:
             return listening_sockets_netlink()
-        except (OSError, AttributeError, ValueError):
-            pass
+        except (OSError, AttributeError, ValueError):  # no sock_diag here (a container, an old kernel)
+            pass  # /proc/net below answers the same, slower
     found = {}
     for name in ("tcp", "tcp6"):
         try:
             with open(os.path.join(proc_root, "net", name), "r") as f:
                 found.update(parse_proc_net_tcp(f.read()))
-        except OSError:
+        except OSError:  # tcp6 is missing where IPv6 is off
             pass
     return found
 
@@ -2347,28 +2453,29 @@ def tcp_peer_uid(peer, local, proc_root="/proc"):
     return None
 
 
-def socket_inodes(pid, proc_root="/proc"):
-    """Socket inodes a process holds open (from /proc/<pid>/fd links)."""
-    inodes = set()
+def fd_targets(pid, proc_root="/proc"):
+    """What a process holds open: the targets of its /proc/<pid>/fd links ([] when unreadable)."""
     fd_dir = os.path.join(proc_root, str(pid), "fd")
     try:
         names = os.listdir(fd_dir)
     except OSError:
-        return inodes
+        return []
+    targets = []
     for fd in names:
         try:
-            target = os.readlink(os.path.join(fd_dir, fd))
-        except OSError:
+            targets.append(os.readlink(os.path.join(fd_dir, fd)))
+        except OSError:  # closed meanwhile
             continue
-        if target.startswith("socket:["):
-            try:
-                inodes.add(int(target[8:-1]))
-            except ValueError:
-                pass
-    return inodes
+    return targets
 
 
-def ports_for_pids(pid_groups, proc_root="/proc", listening=None):
+def socket_inodes(pid, proc_root="/proc"):
+    """Socket inodes a process holds open (from /proc/<pid>/fd links)."""
+    return {int(t[8:-1]) for t in fd_targets(pid, proc_root)
+            if t.startswith("socket:[") and t.endswith("]") and t[8:-1].isdigit()}
+
+
+def ports_for_pids(pid_groups, proc_root="/proc", listening=None, run=run_text):
     """{group: sorted ports} for groups of pids (a group = processes under one session's panes)."""
     if os.path.isdir(os.path.join(proc_root, "self")):
         if listening is None:
@@ -2386,15 +2493,11 @@ def ports_for_pids(pid_groups, proc_root="/proc", listening=None):
             if ports:
                 result[group] = sorted(ports)
         return result
-    return _ports_lsof(pid_groups)
+    return _ports_lsof(pid_groups, run)
 
 
-def _ports_lsof(pid_groups):
+def _ports_lsof(pid_groups, run=run_text):
     """macOS and other systems without /proc: lsof, when it is on PATH."""
-    import shutil
-    import subprocess
-    if not shutil.which("lsof"):
-        return {}
     pid_to_group = {}
     for group, pids in pid_groups.items():
         for pid in pids:
@@ -2402,10 +2505,8 @@ def _ports_lsof(pid_groups):
     if not pid_to_group:
         return {}
     try:
-        out = subprocess.run(["lsof", "-nP", "-a", "-iTCP", "-sTCP:LISTEN", "-Fpn",
-                              "-p", ",".join(str(p) for p in pid_to_group)],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=5).stdout.decode()
-    except (OSError, subprocess.SubprocessError):
+        out = run(["lsof", "-nP", "-a", "-iTCP", "-sTCP:LISTEN", "-Fpn", "-p", ",".join(str(p) for p in pid_to_group)])
+    except OSError:  # no lsof here: no ports
         return {}
     result = {}
     current = None
@@ -2417,6 +2518,32 @@ def _ports_lsof(pid_groups):
             if host in ("*", "127.0.0.1", "[::1]", "localhost", "[::]") and port.isdigit():
                 result.setdefault(current, set()).add(int(port))
     return {g: sorted(p) for g, p in result.items()}
+
+
+class SystemProbes(object):
+    """What the server asks the system about processes and sockets, in one injectable place:
+    Linux reads /proc (proc_root); without it (macOS) `ps` and `lsof` answer through `run`."""
+
+    def __init__(self, proc_root="/proc", run=run_text):
+        self.proc_root = proc_root
+        self.run = run
+        self.has_proc = os.path.isdir(os.path.join(proc_root, "self"))
+
+    def processes(self):
+        return process_table(self.proc_root, self.run)
+
+    def args(self, pid):
+        return process_args(pid, self.proc_root, self.run)
+
+    def listening(self):
+        """{inode: port} of listening sockets, or None where ports come from lsof instead."""
+        return listening_sockets(self.proc_root) if self.has_proc else None
+
+    def ports(self, pid_groups, listening=None):
+        return ports_for_pids(pid_groups, self.proc_root, listening, self.run)
+
+    def open_files(self, pid):
+        return fd_targets(pid, self.proc_root) if self.has_proc else []
 
 
 def find_git_dir(path):
@@ -2950,7 +3077,9 @@ class AgentWatchers(MoreAgentWatchers):
         self.clock = clock
         self.inotify = None
         self.watches = {}  # wd -> (dir, handler)
-        self.watched_dirs = {}  # dir -> wd
+        self.watched_dirs = {}  # dir -> inotify wd
+        self.polled_dirs = {}  # dir -> handler: scanned by stat (no inotify, or its watch failed)
+        self._polling = False
         self.pending_dirs = {}  # missing dir -> handler (watched through an existing parent)
         self.roots = {}  # the agents' own directories -> handler (awaited again when removed)
         self.tails = {}  # path -> FileTail
@@ -2972,7 +3101,7 @@ class AgentWatchers(MoreAgentWatchers):
         self._logged_bad = set()
         self._oc_bad_rows = set()
         self._more_pending = set()
-        self._stat_cache = {}
+        self._stat_cache = {}  # polled dir -> {name: (mtime_ns, size, inode, is_dir)}
 
     # -- setup -----------------------------------------------------------------------------------
     def start(self):
@@ -2994,8 +3123,6 @@ class AgentWatchers(MoreAgentWatchers):
         self.watch_root(self.paths["amp_threads"], self._on_amp_dir)
         self._more_start()
         self.cold_start()
-        if self.inotify is None:
-            self.server.loop.call_later(self.poll_interval, self._poll)
 
     def cold_start(self):
         for step in (self._scan_claude_registry, self._scan_claude_projects, self._read_codex_index,
@@ -3057,10 +3184,9 @@ class AgentWatchers(MoreAgentWatchers):
     def watch_dir(self, path, handler):
         """Watch a directory; a missing one is watched for through its nearest existing parent."""
         if self.inotify is None:
-            self.pending_dirs.pop(path, None)
-            self.watched_dirs[path] = handler
+            self.poll_dir(path, handler)
             return
-        if path in self.watched_dirs:
+        if path in self.watched_dirs or path in self.polled_dirs:
             return
         if os.path.isdir(path):
             # the caller lists it after this (so what is made before the watch is not lost)
@@ -3072,8 +3198,9 @@ class AgentWatchers(MoreAgentWatchers):
     def _add_dir_watch(self, path, handler):
         try:
             wd = self.inotify.add_watch(path, DIR_EVENTS)
-        except OSError as e:
-            log("cannot watch %s: %s" % (path, e))
+        except OSError as e:  # ENOSPC: the user's max_user_watches is used up
+            log("cannot watch %s (%s); scanning it by stat every %.1fs instead" % (path, e, self.poll_interval))
+            self.poll_dir(path, handler)  # its first scan reports what is there
             return False
         self.watches[wd] = (path, handler)
         self.watched_dirs[path] = wd
@@ -3103,7 +3230,10 @@ class AgentWatchers(MoreAgentWatchers):
                 if parent and parent not in self.watched_dirs:
                     try:
                         wd = self.inotify.add_watch(parent, IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF)
-                    except OSError:
+                    except OSError as e:  # scan the missing directory instead: it lists empty until made
+                        log("cannot watch %s (%s); scanning %s by stat every %.1fs instead"
+                            % (parent, e, path, self.poll_interval))
+                        self.poll_dir(path, handler)
                         continue
                     self.watches[wd] = (parent, self._on_ancestor)
                     self.watched_dirs[parent] = wd
@@ -3140,28 +3270,50 @@ class AgentWatchers(MoreAgentWatchers):
         if changed:
             self.server.after_watchers()
 
-    def _poll(self):
-        """Fallback without inotify: compare (mtime, size) of the watched directories' entries."""
-        try:
-            self._poll_once()
-        finally:  # a failure is logged by the loop; the next look still happens
+    def poll_dir(self, path, handler):
+        """Watch a directory by stat scans (no inotify here, or no watch left for it)."""
+        self.pending_dirs.pop(path, None)
+        self.polled_dirs[path] = handler
+        if not self._polling:
+            self._polling = True
             self.server.loop.call_later(self.poll_interval, self._poll)
 
-    def _poll_once(self):
-        for directory, handler in list(self.watched_dirs.items()):
-            for name in listdir(directory):
-                path = os.path.join(directory, name)
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-                if self._stat_cache.get(path) != stamp:
-                    known = path in self._stat_cache
-                    self._stat_cache[path] = stamp
-                    mask = (IN_MODIFY if known else IN_CREATE) | (IN_ISDIR if os.path.isdir(path) else 0)
-                    self._guarded(path, handler, directory, name, mask)
-        self.server.after_watchers()
+    def _poll(self):
+        """One stat scan of the polled directories, reported as inotify would (created, modified,
+        deleted). A failing handler is counted and logged (_guarded) and the scan goes on; the next scan
+        is always due."""
+        try:
+            for directory, handler in list(self.polled_dirs.items()):
+                for name, mask in self._poll_changes(directory):
+                    self._guarded(os.path.join(directory, name), handler, directory, name, mask)
+            self.server.after_watchers()
+        except Exception:
+            import traceback
+            log("stat scan failed:\n" + traceback.format_exc())
+        finally:
+            self.server.loop.call_later(self.poll_interval, self._poll)
+
+    def _poll_changes(self, directory):
+        """-> [(name, inotify-like mask)] since the last scan of directory."""
+        import stat
+        before = self._stat_cache.get(directory, {})
+        now = {}
+        changes = []
+        for name in listdir(directory):
+            try:
+                st = os.stat(os.path.join(directory, name))
+            except OSError:
+                continue
+            stamp = now[name] = (st.st_mtime_ns, st.st_size, st.st_ino, stat.S_ISDIR(st.st_mode))
+            old = before.get(name)
+            if old != stamp:
+                kind = IN_MODIFY if old is not None and old[2] == stamp[2] else IN_CREATE
+                changes.append((name, kind | (IN_ISDIR if stamp[3] else 0)))
+        for name, old in before.items():
+            if name not in now:
+                changes.append((name, IN_DELETE | (IN_ISDIR if old[3] else 0)))
+        self._stat_cache[directory] = now
+        return changes
 
     def _recent(self, path):
         try:
@@ -4183,60 +4335,6 @@ class EventLoop(object):
                 pass
 
 
-_log_file = None
-_log_path = None
-_log_lock = None
-LOG_MAX_BYTES = 1024 * 1024  # server.log is rotated to server.log.1 past this size
-
-
-def open_log(path, max_bytes=None):
-    """Send log() to path (appending); past LOG_MAX_BYTES it moves to path.1 and starts again."""
-    import threading
-    global _log_file, _log_path, _log_lock, LOG_MAX_BYTES
-    if max_bytes is not None:
-        LOG_MAX_BYTES = max_bytes
-    _log_lock = _log_lock or threading.Lock()
-    _log_path = path
-    _log_file = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
-    _rotate_log()
-
-
-def _rotate_log():
-    global _log_file
-    try:
-        if _log_file.tell() < LOG_MAX_BYTES:
-            return
-        _log_file.close()
-        os.replace(_log_path, _log_path + ".1")
-    except (OSError, ValueError):
-        pass
-    try:
-        _log_file = open(_log_path, "a", buffering=1, encoding="utf-8", errors="replace")
-    except OSError:
-        _log_file = None
-
-
-def log(message):
-    """Server log line (stderr, or the log file set by the server)."""
-    line = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)
-    if _log_lock is not None:
-        with _log_lock:
-            _write_log(line)
-            if _log_file is not None:
-                _rotate_log()
-    else:
-        _write_log(line)
-
-
-def _write_log(line):
-    target = _log_file or sys.stderr
-    try:
-        target.write(line)
-        target.flush()
-    except (OSError, ValueError):
-        pass
-
-
 class Store(object):
     """The server's state. Only the event loop thread changes it; publish() hands a finished,
     encoded snapshot to readers (HTTP threads) under a condition variable."""
@@ -4443,8 +4541,10 @@ SAVE_MAX_DELAY = 5.0  # ... or this long after the first unsaved change, whichev
 class Server(object):
     """Live state from tmux (+ watchers), served over HTTP and Server-Sent Events."""
 
-    def __init__(self, tmux, port=DEFAULT_PORT, port_explicit=False, environ=None, clock=time.time):
+    def __init__(self, tmux, port=DEFAULT_PORT, port_explicit=False, environ=None, clock=time.time, probes=None):
         self.tmux = tmux
+        self.probes = probes or SystemProbes()
+        self._processes_read_at = None
         self.environ = dict(os.environ if environ is None else environ)
         self.clock = clock
         self.loop = EventLoop()
@@ -4641,7 +4741,7 @@ class Server(object):
         except (OSError, ValueError, AttributeError):
             pass
 
-    def _stop_control(self):
+    def _stop_control(self, grace=2.0):
         if self.control is None:
             return
         try:
@@ -4652,12 +4752,26 @@ class Server(object):
             self.control.stdin.close()
         except OSError:
             pass
+        import subprocess
+        proc, self.control = self.control, None
         try:
-            self.control.terminate()
-            self.control.wait(2)
-        except Exception:
-            pass
-        self.control = None
+            proc.terminate()
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            log("control client pid %d ignored SIGTERM for %.1f s; killing it" % (proc.pid, grace))
+            proc.kill()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                log("control client pid %d did not exit after SIGKILL" % proc.pid)
+        except OSError as e:
+            log("stopping the control client failed: %s" % e)
+        for f in (proc.stdout, proc.stderr):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
 
     def _on_control_readable(self):
         if self.control is None:
@@ -4855,7 +4969,7 @@ class Server(object):
                                                             and _pid_alive(t.pid))
                           for t in self.store.threads.values())
         if need_reread:
-            if time.monotonic() - getattr(self, "_processes_read_at", 0) > 0.2:
+            if self._processes_read_at is None or self.clock() - self._processes_read_at > 0.2:
                 self._read_processes()
                 table = self.proc_table
             elif not self._relink_pending:
@@ -4890,7 +5004,7 @@ class Server(object):
             if t.pid:
                 proc = table.get(t.pid)
                 alive = proc is not None and (t.proc_start is None or proc.start == t.proc_start
-                                              or not os.path.isdir("/proc/self"))
+                                              or not self.probes.has_proc)
                 pane = self.pane_of_pid.get(t.pid) if alive else None
                 self._set_link(t, alive, pane, pane_session, "pid" if pane else None)
                 if pane:
@@ -4977,7 +5091,7 @@ class Server(object):
 
     def _read_processes(self):
         """One process-table read: which pane each process is under, and the agents in panes."""
-        table = process_table()
+        table = self.probes.processes()
         kids = children_index(table)
         groups = {}
         pane_of_pid = {}
@@ -4997,7 +5111,7 @@ class Server(object):
                         if proc is None or p["id"] in agents:
                             continue
                         if proc.comm in AGENT_COMMS:
-                            args = process_args(pid)
+                            args = self.probes.args(pid)
                             agent = classify_agent_process(proc.comm, args)
                             if agent:
                                 agents[p["id"]] = (agent, pid, args)
@@ -5006,27 +5120,16 @@ class Server(object):
         self.proc_table = table
         self.pane_of_pid = pane_of_pid
         self.pane_agents = agents
-        self._processes_read_at = time.monotonic()
+        self._processes_read_at = self.clock()
         self._codex_fd_links = self._codex_open_rollouts(table)
 
     def _codex_open_rollouts(self, table):
         """pid -> thread id for Codex processes holding a rollout file open (/proc/<pid>/fd)."""
         links = {}
-        if not os.path.isdir("/proc/self"):
-            return links
         for proc in table.values():
             if proc.comm != "codex":
                 continue
-            fd_dir = "/proc/%d/fd" % proc.pid
-            try:
-                fds = os.listdir(fd_dir)
-            except OSError:
-                continue
-            for fd in fds:
-                try:
-                    target = os.readlink(os.path.join(fd_dir, fd))
-                except OSError:
-                    continue
+            for target in self.probes.open_files(proc.pid):
                 tid = codex_id_from_path(target)
                 if tid:
                     links[proc.pid] = tid
@@ -5035,14 +5138,14 @@ class Server(object):
     def _update_ports(self, listening=None):
         """Map listening ports to sessions; the fd walk runs only when the processes under the
         panes or the listening sockets changed (a window switch changes neither)."""
-        if listening is None and os.path.isdir("/proc/self"):
-            listening = listening_sockets()
+        if listening is None:
+            listening = self.probes.listening()
         key = (tuple(sorted((g, tuple(p)) for g, p in self._pid_groups.items())),
                tuple(sorted(listening.items())) if listening is not None else None)
         if listening is not None and key == self._ports_key:
             return
         self._ports_key = key
-        ports = ports_for_pids(self._pid_groups, listening=listening)
+        ports = self.probes.ports(self._pid_groups, listening=listening)
         if ports != self.store.ports:
             self.store.ports = ports
             self.store.touch()
@@ -5051,10 +5154,10 @@ class Server(object):
         """Ports change without a tmux event (a dev server starts listening). On Linux one netlink
         query every 2 s; only a changed set of listeners makes us re-read processes and walk fds.
         Elsewhere each look runs lsof, so it looks every 10 s."""
-        linux = os.path.isdir("/proc/self")
+        linux = self.probes.has_proc
         try:
             if linux:
-                listening = listening_sockets()
+                listening = self.probes.listening()
                 if self._ports_key is None or tuple(sorted(listening.items())) != self._ports_key[1]:
                     self._read_processes()  # a new listener may be a new process under a pane
                 self._update_ports(listening)
@@ -5907,13 +6010,13 @@ class Notifier(object):
     commands are started and reaped later (killed after a timeout); a failing channel is logged
     once and skipped while the others go on."""
 
-    def __init__(self, server, clock=time.monotonic, which=None, platform=None):
+    def __init__(self, server, clock=time.monotonic, which=None, platform=None, window=COALESCE_WINDOW):
         import shutil
         self.server = server
         self.clock = clock
         self.which = which or shutil.which
         self.platform = platform or sys.platform
-        self.coalescer = Coalescer()
+        self.coalescer = Coalescer(window)
         self.running = []  # (Popen, started)
         self.failed = set()
         self.flush_scheduled = False
@@ -8641,10 +8744,11 @@ class Client(object):
 def find_server(socket_path, environ=None):
     """-> (port, info or None). The runtime file for this tmux server wins; else the env/default port."""
     env = os.environ if environ is None else environ
+    port = env_port(env)  # a bad value is said even when the runtime file makes it moot
     info = RuntimeFiles(socket_path, env).live_info()
     if info and isinstance(info.get("port"), int):
         return info["port"], info
-    return _int(env.get("OPENSESSIONS_PORT"), DEFAULT_PORT), None
+    return (DEFAULT_PORT if port is None else port), None
 
 
 def _socket_from_args(args):
@@ -8791,6 +8895,10 @@ def start_background(args, wait=5.0):
             return info["port"], True
         if proc.poll() is not None:
             err = proc.stderr.read().decode("utf-8", "replace").strip()
+            if "\n" in err:  # a traceback: keep all of it in the log, say its last line
+                with open(log_path, "a") as f:
+                    f.write(err + "\n")
+                err = "%s (see %s)" % (err.splitlines()[-1], log_path)
             raise OpensessionsError(err or "the server exited at once (see %s)" % log_path)
         time.sleep(0.02)
     raise OpensessionsError("the server did not start within %.0f s (see %s)" % (wait, log_path))
@@ -8981,9 +9089,11 @@ def serve(socket_path, port=None, log_path=None, environ=None):
     """Run the server in the foreground until stopped, its tmux server exits, or a signal. -> exit code."""
     import signal
     env = os.environ if environ is None else environ
-    explicit = port is not None or bool(env.get("OPENSESSIONS_PORT"))
     if port is None:
-        port = _int(env.get("OPENSESSIONS_PORT"), DEFAULT_PORT) if env.get("OPENSESSIONS_PORT") else DEFAULT_PORT
+        port = env_port(env)
+    explicit = port is not None
+    if port is None:
+        port = DEFAULT_PORT
     if log_path:
         ensure_private_dir(os.path.dirname(log_path))
         open_log(log_path)
@@ -9001,14 +9111,16 @@ def serve(socket_path, port=None, log_path=None, environ=None):
 def build_server(tmux, port, explicit, environ):
     """The Server with every part attached: agent watchers, sidebar panes (the composition point)."""
     server = Server(tmux, port, explicit, environ)
-    recent = float(environ.get("OPENSESSIONS_RECENT_DAYS") or 7)
+    recent = env_number("OPENSESSIONS_RECENT_DAYS", 7.0, environ)
+    list_hours = env_number("OPENSESSIONS_LIST_HOURS", None, environ)
     server.watchers = AgentWatchers(server, environ, recent_days=recent)
-    if environ.get("OPENSESSIONS_LIST_HOURS"):
-        server.store.recent_ms = int(float(environ["OPENSESSIONS_LIST_HOURS"]) * 3600 * 1000)
+    if list_hours is not None:
+        server.store.recent_ms = int(list_hours * 3600 * 1000)
     if environ.get("OPENSESSIONS_PEER_CHECK") == "token":  # test the macOS way on Linux
         server.peer_uids = False
-    if environ.get("OPENSESSIONS_READ_DEADLINE"):
-        server.read_deadline = max(0.1, float(environ["OPENSESSIONS_READ_DEADLINE"]))
+    read_deadline = env_number("OPENSESSIONS_READ_DEADLINE", None, environ)
+    if read_deadline is not None:
+        server.read_deadline = max(0.1, read_deadline)
     server.sidebars = SidebarPanes(server, _self_command() + " sidebar")
     server.notifier = Notifier(server)
     server.tmux_options = TmuxOptions(server)
@@ -9025,18 +9137,27 @@ def _self_command():
     return " ".join(shlex.quote(a) for a in (sys.executable or "python3", "-S", target))
 
 
-def _agent_ancestor(agent, start_pid, proc_root="/proc", depth=12):
-    """The nearest ancestor process that is the agent itself (the hook runs under a shell)."""
+def _agent_ancestor(agent, start_pid, probes=None, depth=12):
+    """The nearest ancestor process that is the agent itself (the hook runs under a shell).
+    Linux reads /proc/<pid>/stat per step; without /proc (macOS) one `ps` gives the whole table."""
+    probes = probes or SystemProbes()
+    table = None if probes.has_proc else probes.processes()
     pid = start_pid
     for _ in range(depth):
         if pid <= 1:
             return None
-        try:
-            with open(os.path.join(proc_root, str(pid), "stat"), "r", encoding="utf-8", errors="replace") as f:
-                _, comm, ppid, _ = parse_proc_stat(f.read())
-        except (OSError, ValueError, IndexError):
+        if table is None:
+            try:
+                with open(os.path.join(probes.proc_root, str(pid), "stat"), "r", encoding="utf-8",
+                          errors="replace") as f:
+                    _, comm, ppid, _ = parse_proc_stat(f.read())
+            except (OSError, ValueError, IndexError):  # gone (the agent exited meanwhile)
+                return None
+        elif pid in table:
+            comm, ppid = table[pid].comm, table[pid].ppid
+        else:
             return None
-        if classify_agent_process(comm, process_args(pid, proc_root)) == agent:
+        if (table is None or comm in AGENT_COMMS) and classify_agent_process(comm, probes.args(pid)) == agent:
             return pid
         pid = ppid
     return None
@@ -9061,9 +9182,38 @@ def cmd_hook(args):
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             return 0
         Client(port, timeout=1.0, token=(info or {}).get("token")).request("POST", "/api/agent-event", body)
-    except Exception:  # the agent must never see a failing hook
+    except OSError:  # no server to tell (not running, or gone): nothing is wrong
         pass
+    except Exception:  # the agent must never see a failing hook, but a bug is written down
+        import traceback
+        hook_log("hook %s failed:\n%s" % (args.agent, traceback.format_exc()))
     return 0
+
+
+HOOK_LOG_MAX = 64 * 1024
+
+
+def hook_log(message, environ=None, limit=HOOK_LOG_MAX):
+    """Append to $XDG_STATE_HOME/opensessions/hook.log, kept under `limit` bytes (the older half is
+    dropped when it grows past). Never raises: it runs inside an agent's hook."""
+    try:
+        path = os.path.join(ensure_private_dir(state_dir(environ)), "hook.log")
+        line = ("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)).encode("utf-8", "replace")
+        try:
+            size = os.path.getsize(path)
+        except FileNotFoundError:
+            size = 0
+        if size + len(line) > limit:
+            with open(path, "rb") as f:
+                f.seek(max(0, size - limit // 2))
+                kept = f.read()
+            kept = kept[kept.find(b"\n") + 1:] if b"\n" in kept else b""
+            atomic_write(path, kept + line[-(limit // 2):])
+        else:
+            with open(path, "ab") as f:
+                f.write(line)
+    except (OSError, OpensessionsError):
+        pass
 
 
 def cmd_install(args):
@@ -9550,8 +9700,8 @@ def _for_key_binding(func, args):
         with contextlib.redirect_stdout(out):
             func(args)
         text = out.getvalue().strip()
-    except (OpensessionsError, TmuxError) as e:
-        text = "opensessions: %s" % e
+    except (OpensessionsError, TmuxError, OSError) as e:
+        text = "opensessions: %s" % user_message(e)
     if text:
         client = ["-c", args.client] if getattr(args, "client", None) else []
         try:
@@ -9574,12 +9724,28 @@ def main(argv=None):
     if getattr(args, "display", False):
         return _for_key_binding(func, args)
     try:
+        check_port(getattr(args, "port", None))
         return func(args) or 0
-    except OpensessionsError as e:
-        sys.stderr.write("opensessions: %s\n" % e)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except (OpensessionsError, TmuxError, OSError) as e:
+        sys.stderr.write("opensessions: %s\n" % user_message(e))
+        return 1
+
+
+def user_message(error):
+    """One line for the user: no traceback, no doubled "opensessions:" prefix."""
+    if isinstance(error, TmuxGone):
+        text = "no tmux server: %s" % error
+    elif isinstance(error, OSError) and error.strerror:
+        text = "%s%s" % (error.strerror, ": %s" % error.filename if error.filename else "")
+    else:
+        text = str(error) or type(error).__name__
+    lines = [l.strip() for l in text.splitlines() if l.strip()] or [type(error).__name__]
+    text = lines[-1] if len(lines) > 1 and lines[0].startswith("Traceback") else " ".join(lines)
+    while text.startswith("opensessions: "):
+        text = text[len("opensessions: "):]
+    return text
 
 
 if __name__ == "__main__":

@@ -13,10 +13,9 @@ if ! "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)'; th
 fi
 app="$dir/opensessions.py"
 pyz="$dir/dist/opensessions.pyz"
-# Build (or rebuild after an update) the zipapp: it starts in milliseconds (bytecode inside).
-if [ ! -f "$pyz" ] || [ "$dir/opensessions.py" -nt "$pyz" ]; then
-  "$py" "$dir/build_zipapp.py" >/dev/null 2>&1 || true
-fi
+# Build (or rebuild after an update of opensessions or of Python: bytecode for another interpreter
+# would make every command compile from source) the zipapp: it starts in milliseconds.
+"$py" "$dir/build_zipapp.py" --if-stale >/dev/null 2>&1 || true
 [ -f "$pyz" ] && app="$pyz"
 if ! err="$("$py" "$app" tmux-setup 2>&1)"; then
   tmux display-message "opensessions: $err"

@@ -1,5 +1,6 @@
 """Attention: notifications (coalesced, muted, never blocking), status-line options, `next`."""
 import os
+import shlex
 import stat
 import time
 
@@ -78,14 +79,15 @@ def fake_notify_send(env):
     log = os.path.join(env.base, "notify-send.log")
     path = os.path.join(bin_dir, "notify-send")
     with open(path, "w") as f:
-        f.write('#!/bin/sh\nfor a in "$@"; do printf "%%s|" "$a"; done >> %s\necho >> %s\n' % (log, log))
+        # the whole line in one write (O_APPEND): a reader never sees half of it
+        f.write('#!/bin/sh\nline=""\nfor a in "$@"; do line="$line$a|"; done\nprintf "%%s\\n" "$line" >> %s\n' % shlex.quote(log))
     os.chmod(path, 0o755)
     env.vars["PATH"] = bin_dir + os.pathsep + env.vars["PATH"]
 
     def calls():
         try:
             with open(log) as f:
-                return [line.rstrip("|\n").split("|") for line in f if line.strip()]
+                return [line.rstrip("|\n").split("|") for line in f if line.endswith("\n") and line.strip()]
         except OSError:
             return []
     return calls
@@ -116,8 +118,18 @@ def test_background_thread_finishing_notifies_once(nserver):
     assert calls[0][:4] == ["-a", "opensessions", "-u", "normal"]
     assert calls[0][4] == "claude finished" and "main" in calls[0][5] and "fix login" in calls[0][5]
     event(nserver, "done")  # no change: no second notification
-    time.sleep(0.3)
-    assert len(nserver.calls()) == 1
+    assert_next_is_only(nserver, calls)
+
+
+def assert_next_is_only(server, before, session="main"):
+    """Nothing was notified since `before`: a sentinel thread fails, and the next notification is
+    that one alone (anything notified earlier would come first or be coalesced into it). The
+    server handles API calls in order, so no waiting is needed to show that nothing happened."""
+    event(server, "running", tid="sentinel", tmuxSession=session)
+    event(server, "error", tid="sentinel", tmuxSession=session, threadName="sentinel")
+    calls = retry_until(lambda: len(server.calls()) > len(before) and server.calls(), timeout=6)
+    assert calls[len(before)][4:] == ["claude failed", "%s · sentinel" % session], calls
+    assert len(calls) == len(before) + 1, calls
 
 
 def test_foreground_thread_does_not_notify(nserver, tmux, attach):
@@ -127,8 +139,9 @@ def test_foreground_thread_does_not_notify(nserver, tmux, attach):
     event(nserver, "running", pane=pane)
     event(nserver, "done", pane=pane)
     event(nserver, "waiting", tid="t2", pane=pane)
-    time.sleep(0.3)
-    assert nserver.calls() == []
+    tmux.new_session("elsewhere")  # a session nobody looks at
+    retry_until(lambda: nserver.session("elsewhere"))
+    assert_next_is_only(nserver, [], session="elsewhere")
 
 
 def test_burst_is_coalesced_and_errors_are_urgent(nserver):
@@ -141,8 +154,7 @@ def test_burst_is_coalesced_and_errors_are_urgent(nserver):
     calls = retry_until(lambda: len(nserver.calls()) >= 2 and nserver.calls(), timeout=5)
     assert calls[0][3] == "critical" and calls[0][4] == "claude failed"
     assert calls[1][4] == "1 agent needs you, 2 agents finished" and calls[1][3] == "critical"
-    time.sleep(0.5)
-    assert len(nserver.calls()) == 2
+    assert_next_is_only(nserver, calls[:2])
 
 
 def test_mute_silences_a_session(nserver):
@@ -150,12 +162,8 @@ def test_mute_silences_a_session(nserver):
     assert nserver.session("main")["muted"] is True
     event(nserver, "running")
     event(nserver, "done")
-    time.sleep(0.3)
-    assert nserver.calls() == []
     assert nserver.cli("mute", "main", "--off").returncode == 0
-    event(nserver, "running", tid="t2")
-    event(nserver, "error", tid="t2")
-    retry_until(nserver.calls)
+    assert_next_is_only(nserver, [])
 
 
 def test_missing_channel_does_not_break_the_others(env, tmux, attach):
