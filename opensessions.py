@@ -2191,6 +2191,16 @@ class Tmux(object):
             raise TmuxError(err or "tmux %s failed (exit %d)" % (args[0] if args else "", proc.returncode))
         return proc.stdout.decode("utf-8", "replace")
 
+    def spawn(self, *args):
+        """Start one tmux command without waiting for it (display-popup returns only when its popup
+        closes)."""
+        import subprocess
+        try:
+            subprocess.Popen(self.argv(*args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError as e:
+            raise TmuxError("cannot run tmux: %s" % e)
+
     def alive(self):
         try:
             self.run("list-sessions", "-F", "#{session_id}")
@@ -5695,6 +5705,105 @@ class Server(object):
         new = [s for s in current if s != session] + ([session] if muted else [])
         self.api_ui({"muted": new})
 
+    # -- reply and preview: act on an agent's pane without switching to it -----------------
+    def _thread_by_id(self, value):
+        if not isinstance(value, str) or not value:
+            raise ApiError(400, "'thread' (a thread id) is required")
+        agent, sep, tid = value.partition(":")
+        found = [t for t in self.store.threads.values()
+                 if t.id == value or (sep and t.agent == agent and t.id == tid)]
+        if not found:
+            raise ApiError(404, "no thread %s" % value)
+        if len(found) > 1:
+            raise ApiError(409, "thread id %s is ambiguous; say AGENT:ID" % value)
+        return found[0]
+
+    def _pane_of(self, pane_id):
+        for s in self.store.sessions:
+            for w in s["windows"]:
+                for p in w["panes"]:
+                    if p["id"] == pane_id:
+                        return p
+        return None
+
+    def api_reply(self, body):
+        """POST /api/reply {"thread", "action", "text"}: checked here on the loop (thread, status,
+        exact pane link); the returned function reads the screen and types, off the loop."""
+        action = body.get("action")
+        if action not in REPLY_ACTIONS:
+            raise ApiError(400, "'action' must be one of %s" % ", ".join(REPLY_ACTIONS))
+        t = self._thread_by_id(body.get("thread"))
+        text = body.get("text") if action == "text" else None
+        what = "%s %s/%s" % (action, t.agent, t.id)
+
+        def refuse(reason):
+            log("reply %s refused: %s" % (what, reason))
+            raise ApiError(409, reason)
+        if action == "text":
+            try:
+                check_reply_text(text)
+            except ReplyRefused as e:
+                log("reply %s refused: %s" % (what, e))
+                raise ApiError(400, str(e))
+            if t.status not in ("done", "idle", "interrupted", "error", "waiting"):
+                refuse("the thread is %s; text is sent only to a thread that waits for input or is done" % t.status)
+        elif t.status != "waiting":
+            refuse("the thread is %s, not waiting on a permission" % t.status)
+        if not t.alive:
+            refuse("the agent's process is gone")
+        if not t.pane or t.link != "pid" or not t.pid:
+            refuse("the thread's pane is not known exactly (%s)" % (
+                "linked by its directory only" if t.link == "cwd" else "no pane"))
+        pane = self._pane_of(t.pane)
+        if pane is None or not pane.get("pid"):
+            refuse("pane %s is gone" % t.pane)
+        newer = [u for u in self.store.threads.values() if u is not t and u.agent == t.agent and u.alive
+                 and u.pid == t.pid and u.updated_at > t.updated_at]
+        if newer:  # one process, several conversations (resumed, /new): its screen shows the newest
+            refuse("the agent in pane %s has moved on to thread %s" % (t.pane, newer[0].id))
+        agent, pid, pane_id, pane_pid, start = t.agent, t.pid, t.pane, pane["pid"], t.proc_start
+        tmux = self.tmux
+        lock = getattr(self, "_reply_lock", None)
+        if lock is None:  # made on the loop thread, so only once
+            import threading
+            lock = self._reply_lock = threading.Lock()
+
+        def send():
+            with lock:  # one reply at a time: keystrokes of two replies never interleave
+                try:
+                    reason = foreground_problem(agent, pid, pane_pid, start)
+                    if reason:
+                        raise ReplyRefused(reason)
+                    # the status can come before the screen shows the prompt (a hook fires as
+                    # it draws): look again for a moment before refusing
+                    deadline = time.monotonic() + REPLY_SCREEN_WAIT
+                    while True:
+                        screen = tmux.run("capture-pane", "-p", "-e", "-t", pane_id)
+                        try:
+                            steps = reply_plan(agent, action, screen, text)
+                            break
+                        except ReplyRefused:
+                            if time.monotonic() > deadline:
+                                raise
+                            time.sleep(0.05)
+                    changed_ms = run_reply_steps(tmux, pane_id, steps, screen)
+                except ReplyRefused as e:
+                    refuse(str(e))
+                except TmuxError as e:
+                    refuse("tmux: %s" % e)
+            keys = " ".join(" ".join(s[1]) for s in steps if s[0] == "keys")
+            log("reply %s sent to pane %s: %skeys %s; the screen changed %s after the last key" % (
+                what, pane_id, ("%d characters of text, " % len(text)) if text else "", keys,
+                "%.0f ms" % changed_ms if changed_ms is not None else "(not measured)"))
+        return send
+
+    def api_preview(self, thread_id, lines=20):
+        """GET /api/preview?thread=ID[&lines=N] -> the pane to read (read off the loop)."""
+        t = self._thread_by_id(thread_id)
+        if not t.pane or self._pane_of(t.pane) is None:
+            raise ApiError(409, "the thread has no pane")
+        return {"thread": t.id, "agent": t.agent, "pane": t.pane, "link": t.link, "status": t.status}
+
     def on_ui_changed(self, change):
         """Visibility, width or side changed: put the sidebar panes right."""
         if self.sidebars is not None and {"visible", "width", "position"} & set(change):
@@ -5760,8 +5869,9 @@ ROUTES = {
     "/api/opencode-event": "api_opencode_event",
     "/ui": "api_ui",
     "/mute": "api_mute",
+    "/api/reply": "api_reply",
 }
-GET_ROUTES = ("/", "/state", "/events", "/health")
+GET_ROUTES = ("/", "/state", "/events", "/health", "/api/preview")
 MAX_CONNECTIONS = 500  # open connections (one thread and one fd each); more get a 503
 MAX_SSE_CLIENTS = 400  # of which /events streams
 READ_DEADLINE = 10.0  # seconds to send a request's line, headers and body (and to start the next one)
@@ -5836,6 +5946,8 @@ def route_post(server, path, body):
     method = ROUTES[path]
     try:
         result = server.loop.call(server.handle, method, body)
+        if callable(result):  # the part that waits on tmux (a reply) runs here, off the loop
+            result = result()
     except ApiError as e:
         return _error_body(e.status, e.message) + (None,)
     except TimeoutError:
@@ -6027,6 +6139,8 @@ def make_handler(server):
             path = self._path()
             if path == "/events":
                 return self._events()
+            if path == "/api/preview":
+                return self._preview()
             status, body, ctype, extra = route_get(server, path)
             self._send(status, body, ctype, extra)
 
@@ -6061,6 +6175,26 @@ def make_handler(server):
                 return
             allow = "POST" if self._path() in ROUTES else "GET"
             self._error(405, "method %s not allowed" % self.command, {"Allow": allow})
+
+        def _preview(self):
+            """GET /api/preview?thread=ID[&lines=N]: the last lines of the thread's pane, as text
+            without escapes. Read on request only: a client asks while it shows the preview."""
+            from urllib.parse import parse_qs
+            query = parse_qs(self.path.partition("?")[2])
+            lines = _int((query.get("lines") or ["20"])[0], 20)
+            if not 1 <= lines <= 200:
+                return self._error(400, "'lines' must be 1..200")
+            try:
+                info = server.loop.call(server.api_preview, (query.get("thread") or [""])[0])
+                screen = server.tmux.run("capture-pane", "-p", "-t", info["pane"])
+            except ApiError as e:
+                return self._error(e.status, e.message)
+            except TmuxError as e:
+                return self._error(409, "tmux: %s" % e)
+            except TimeoutError:
+                return self._error(503, "server busy")
+            info["lines"] = thread_preview(screen, lines)
+            return self._send(200, json.dumps(info).encode())
 
         def _events(self):
             httpd = self.server
@@ -6267,7 +6401,9 @@ class Notifier(object):
         for c in clients:
             if cmds:
                 cmds.append(";")
-            cmds += ["display-message", "-c", c["name"], "-d", "5000", tmux_literal(text)]
+            # for the user's own display-time: tmux 3.3a holds back the client's pane redraws while
+            # a message shows, so a long fixed duration froze the screen for 5 s
+            cmds += ["display-message", "-c", c["name"], tmux_literal(text)]
         self._spawn("tmux", self.server.tmux.argv(*cmds), title, body)
 
     def _desktop(self, title, body, status, panes):
@@ -6410,6 +6546,393 @@ def attention_queue(state):
                 out.append((rank[t["status"]], t.get("updatedAt") or 0, s["name"], t))
     out.sort(key=lambda x: (x[0], x[1]))
     return [(name, t) for _, _, name, t in out]
+
+
+##############################################################################
+# Reply: answer an agent's prompt without switching to it (pure: screens in, keys out)
+##############################################################################
+# The keys each agent's prompt expects were learned from the real agents (agents-lab pinned
+# versions, fake model on loopback); the screens are in tests/fixtures/<agent>/:
+# - Claude Code 2.1.330: a numbered menu under "Do you want to …?" ("Esc to cancel" below it). A digit
+#   picks its option at once: "1. Yes", "2. Yes, and always allow …" (absent for some tools),
+#   "N. No" (the denial: "Interrupted · What should Claude do instead?"). A prompt is typed into the
+#   "❯" composer between two ─── rules and submitted with Enter.
+# - Codex 0.169.0: "Would you like to run …?" with "1. Yes, proceed (y)", "2. Yes, and don't ask again
+#   … (p)", "3. No, and tell Codex what to do differently (esc)": the letter in parentheses picks the
+#   option ("esc" = Escape; the denial: "You canceled the request …"). Codex takes fast input as a
+#   paste and an Enter inside it as a newline, so Enter is sent only once the text is on screen.
+# - OpenCode 1.18.33: "Permission required" with buttons "Allow once  Allow always  Reject"; Left/Right
+#   move the selection (it wraps), Enter confirms, Escape rejects. "Allow always" asks again
+#   ("Always allow … Confirm  Cancel", Confirm selected): a second Enter. The selected button is the
+#   one drawn on another background, so these are read with `capture-pane -e`.
+
+REPLY_ACTIONS = ("approve", "approve-always", "deny", "text")
+CLAUDE_PROMPT_GRACE = 0.25
+TEXT_SETTLE = 0.15
+REPLY_SCREEN_WAIT = 1.5
+MAX_REPLY_TEXT = 4000
+_CSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+_ANY_ESC_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
+_CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+_MENU_RE = re.compile(r"^\s*(?:[❯›>]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
+_CODEX_KEY_RE = re.compile(r"^(.*?)\s*\((\w+)\)$")
+
+
+class ReplyRefused(Exception):
+    """The reply cannot be sent safely: the reason says why (HTTP 409)."""
+
+
+def strip_escapes(text):
+    """Screen text without escape sequences or other control characters (tabs and newlines kept)."""
+    return _CTRL_RE.sub("", _ANY_ESC_RE.sub("", text))
+
+
+def screen_lines(text, limit=None):
+    """The last `limit` non-blank-trailing lines of a captured screen, escapes removed."""
+    lines = [l.rstrip() for l in strip_escapes(text).split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines[-limit:] if limit else lines
+
+
+def check_reply_text(text):
+    """A prompt to type: one line, no control characters. -> text, or raises ReplyRefused."""
+    if not isinstance(text, str) or not text.strip():
+        raise ReplyRefused("'text' must be a non-empty string")
+    if len(text) > MAX_REPLY_TEXT:
+        raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT)
+    if re.search(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]", text):
+        raise ReplyRefused("'text' contains control characters (a newline too): refused, it is typed literally")
+    return text
+
+
+def _pick(options, action):
+    """Which option answers the action: 'Yes' once, 'Yes, and always/don't ask again', 'No'."""
+    for number, text in options:
+        low = text.lower()
+        if action == "approve" and low.startswith("yes") and ", and" not in low:
+            return number, text
+        if action == "approve-always" and low.startswith("yes, and") and ("always" in low or "don't ask" in low
+                                                                           or "do not ask" in low):
+            return number, text
+        if action == "deny" and low.startswith("no"):
+            return number, text
+    return None
+
+
+def claude_prompt(lines):
+    """-> ('permission', options) | ('input', composer text) | None, from a Claude Code screen."""
+    tail = lines[-40:]
+    if any("Esc to cancel" in l for l in tail[-6:]) and any(l.strip().startswith("Do you want to") for l in tail):
+        start = max(i for i, l in enumerate(tail) if l.strip().startswith("Do you want to"))
+        options = [(int(m.group(1)), m.group(2)) for m in (_MENU_RE.match(l) for l in tail[start + 1:]) if m]
+        if options:
+            return ("permission", options)
+    for i in range(len(tail) - 1, 0, -1):
+        line = tail[i]
+        if line.startswith("❯") and tail[i - 1].startswith("──") and any(l.startswith("──") for l in tail[i + 1:i + 4]):
+            return ("input", line[1:].strip())
+    return None
+
+
+def codex_prompt(lines):
+    """-> ('permission', [(number, text, key)]) | ('input', None) | None, from a Codex screen."""
+    tail = lines[-40:]
+    if any("Press enter to confirm or esc to cancel" in l for l in tail[-6:]):
+        options = []
+        for l in tail:
+            m = _MENU_RE.match(l)
+            if m:
+                k = _CODEX_KEY_RE.match(m.group(2))
+                if k:
+                    options.append((int(m.group(1)), k.group(1), k.group(2)))
+        if options:
+            return ("permission", options)
+        return None
+    if any(l.startswith("› ") for l in tail[-6:]):
+        return ("input", None)
+    return None
+
+
+def _sgr_background(params, bg):
+    """The background after one SGR sequence's parameters."""
+    parts = params.split(";") if params else ["0"]
+    i = 0
+    while i < len(parts):
+        p = parts[i]
+        if p in ("", "0"):
+            bg = None
+        elif p == "49":
+            bg = None
+        elif p in ("48",) and i + 1 < len(parts):
+            n = 3 if parts[i + 1] == "5" else 5
+            bg = ";".join(parts[i:i + n])
+            i += n - 1
+        elif p.isdigit() and (40 <= int(p) <= 47 or 100 <= int(p) <= 107):
+            bg = p
+        elif p in ("38",) and i + 1 < len(parts):
+            i += 2 if parts[i + 1] == "5" else 4
+        i += 1
+    return bg
+
+
+def selected_button(line_with_escapes, labels, hint="select"):
+    """Which of `labels` is drawn on another background than the `hint` text of the same line (how
+    OpenCode shows its selected button), or None when that cannot be told."""
+    bg = None
+    pos = 0
+    plain = []
+    backgrounds = []
+    for m in _CSI_RE.finditer(line_with_escapes):
+        for ch in line_with_escapes[pos:m.start()]:
+            plain.append(ch)
+            backgrounds.append(bg)
+        if m.group(0).endswith("m"):
+            bg = _sgr_background(m.group(0)[2:-1], bg)
+        pos = m.end()
+    for ch in line_with_escapes[pos:]:
+        plain.append(ch)
+        backgrounds.append(bg)
+    text = "".join(plain)
+    h = text.find(hint)
+    if h < 0:
+        return None
+    base = backgrounds[h]
+    picked = []
+    for label in labels:
+        i = text.find(label)
+        if i < 0:
+            return None
+        if backgrounds[i] != base:
+            picked.append(label)
+    return picked[0] if len(picked) == 1 else None
+
+
+OPENCODE_BUTTONS = ("Allow once", "Allow always", "Reject")
+
+
+def opencode_prompt(screen_esc):
+    """-> ('permission', selected button or None) | ('confirm-always', selected) | ('input', None) | None,
+    from an OpenCode screen captured with escapes."""
+    raw = screen_esc.split("\n")
+    lines = [strip_escapes(l).rstrip() for l in raw]
+    tail = range(max(0, len(lines) - 30), len(lines))
+    for i in tail:
+        if "Allow once" in lines[i] and "Reject" in lines[i] and any(
+                "Permission required" in lines[j] for j in range(max(0, i - 25), i)):
+            return ("permission", selected_button(raw[i], OPENCODE_BUTTONS))
+        if "Confirm" in lines[i] and "Cancel" in lines[i] and any(
+                "Always allow" in lines[j] for j in range(max(0, i - 25), i)):
+            return ("confirm-always", selected_button(raw[i], ("Confirm", "Cancel")))
+    if any(l.lstrip().startswith("╹▀") for l in (lines[i] for i in tail)) and any("ctrl+p commands" in lines[i] for i in tail):
+        return ("input", None)
+    return None
+
+
+def reply_plan(agent, action, screen_esc, text=None):
+    """The steps that answer `action` on this agent's screen (captured with -e):
+    [("keys", [tmux key names]) | ("literal", text) | ("expect", description, predicate(screen_esc))].
+    Raises ReplyRefused with the reason when the screen does not show the prompt the action answers."""
+    if action not in REPLY_ACTIONS:
+        raise ReplyRefused("unknown action %r (one of %s)" % (action, ", ".join(REPLY_ACTIONS)))
+    if action == "text":
+        check_reply_text(text)
+    lines = screen_lines(screen_esc)
+    if agent == "claude":
+        found = claude_prompt(lines)
+    elif agent == "codex":
+        found = codex_prompt(lines)
+    elif agent == "opencode":
+        found = opencode_prompt(screen_esc)
+    else:
+        raise ReplyRefused("replying to %s is not supported (its prompts were not learned)" % agent)
+    kind = found[0] if found else None
+    if action == "text":
+        if kind != "input":
+            raise ReplyRefused("the %s screen does not show its prompt input%s" % (
+                agent, " (it shows a permission prompt)" if kind in ("permission", "confirm-always") else ""))
+        if agent == "claude" and found[1]:
+            raise ReplyRefused("the Claude Code input already holds text (%r); not typing into it" % found[1][:40])
+        needle = text[-20:]
+        typed_screen = [screen_esc]
+
+        def typed(screen, needle=needle):
+            if needle in "\n".join(screen_lines(screen)[-30:]):
+                typed_screen[0] = screen
+                return True
+            return False
+
+        def submitted(screen, needle=needle):
+            lines = screen_lines(screen)
+            if agent == "claude":
+                f = claude_prompt(lines)
+                return f is None or f[0] != "input" or needle not in f[1]
+            if agent == "codex":
+                composer = [l for l in lines[-8:] if l.startswith("› ")]
+                return not composer or needle not in composer[-1]
+            return screen != typed_screen[0]
+        # Enter only once the text is on screen, and a moment later: Codex takes input that comes
+        # fast as a paste, and an Enter inside a paste as a newline (seen with Enter right after)
+        return [("literal", text), ("expect", "the typed text on screen", typed, TEXT_SETTLE),
+                ("keys", ["Enter"]), ("expect", "the prompt being submitted", submitted)]
+    if kind not in ("permission", "confirm-always"):
+        raise ReplyRefused("the %s screen does not show a permission prompt" % agent)
+    def same_prompt(screen, agent=agent, found=found):
+        lines = screen_lines(screen)
+        now = {"claude": claude_prompt, "codex": codex_prompt}[agent](lines) if agent != "opencode" else opencode_prompt(screen)
+        return now is not None and now[0] == found[0] and (agent == "opencode" or now[1] == found[1])
+
+    def gone(screen, same_prompt=same_prompt):
+        if agent == "opencode":  # neither the buttons nor the "Always allow" confirmation
+            now = opencode_prompt(screen)
+            return now is None or now[0] not in ("permission", "confirm-always")
+        return not same_prompt(screen)
+    if agent == "claude":
+        picked = _pick(found[1], action)
+        if picked is None:
+            raise ReplyRefused("this Claude Code prompt offers no option for %s (options: %s)" % (
+                action, "; ".join("%d. %s" % o for o in found[1])))
+        # Claude Code ignores keys in the first ~0.1 s a permission prompt is up (seen: a digit
+        # 50 ms after it appeared was dropped, 100 ms after was taken): see it up that long first
+        return [("hold", CLAUDE_PROMPT_GRACE, "the permission prompt", same_prompt), ("keys", [str(picked[0])]),
+                ("expect", "the prompt going away after the key", gone)]
+    if agent == "codex":
+        picked = None
+        for number, label, key in found[1]:
+            if _pick([(number, label)], action):
+                picked = key
+                break
+        if picked is None:
+            raise ReplyRefused("this Codex prompt offers no option for %s (options: %s)" % (
+                action, "; ".join("%d. %s (%s)" % o for o in found[1])))
+        return [("keys", ["Escape" if picked == "esc" else picked]), ("expect", "the prompt going away after the key", gone)]
+    # opencode
+    if kind == "confirm-always":
+        raise ReplyRefused("OpenCode is asking to confirm an 'Allow always' already; answer it in its pane")
+    if action == "deny":
+        return [("keys", ["Escape"]), ("expect", "the prompt going away after the key", gone)]
+    selected = found[1]
+    if selected is None:
+        raise ReplyRefused("cannot tell which OpenCode button is selected")
+    target = "Allow once" if action == "approve" else "Allow always"
+    moves = (OPENCODE_BUTTONS.index(target) - OPENCODE_BUTTONS.index(selected)) % len(OPENCODE_BUTTONS)
+
+    def on_target(screen, target=target):
+        f = opencode_prompt(screen)
+        return f is not None and f[0] == "permission" and f[1] == target
+    steps = []
+    if moves:
+        steps += [("keys", ["Right"] * moves), ("expect", "%r selected" % target, on_target)]
+    steps.append(("keys", ["Enter"]))
+    if action == "approve-always":
+        def confirm(screen):
+            f = opencode_prompt(screen)
+            return f is not None and f[0] == "confirm-always" and f[1] == "Confirm"
+        steps += [("expect", "the 'Always allow' confirmation with Confirm selected", confirm), ("keys", ["Enter"])]
+    steps.append(("expect", "the prompt going away after the key", gone))
+    return steps
+
+
+def _proc_stat_fields(pid, proc_root="/proc"):
+    """Fields of /proc/<pid>/stat after the command name (state is [0], ppid [1], pgrp [2],
+    tpgid [5], starttime [19]), or None."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat"), "r", encoding="utf-8", errors="replace") as f:
+            data = f.read()
+        return data[data.rindex(")") + 2:].split(" ")
+    except (OSError, ValueError):
+        return None
+
+
+def foreground_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
+    """Why the agent process `pid` is not in front in the pane whose process is `pane_pid` (None
+    when it is): it must run below the pane's process, it or an ancestor below the pane must be in
+    the terminal's foreground process group, and that group's leader must be this agent (Codex's
+    rollout is held by its app-server, a child of the TUI in a session of its own: the TUI is what
+    is in front). Linux (/proc) only; elsewhere nothing is checked here."""
+    if not os.path.isdir(os.path.join(proc_root, "self")):
+        return None
+    mine = _proc_stat_fields(pid, proc_root)
+    if mine is None:
+        return "the agent's process %d is gone" % pid
+    if start is not None and _int(mine[19]) != start:
+        return "process %d is not the agent any more (restarted)" % pid
+    shell = _proc_stat_fields(pane_pid, proc_root)
+    if shell is None:
+        return "the pane's process is gone"
+    front = _int(shell[5])
+    chain, p = ([(pid, _int(mine[2]))], 0) if pid == pane_pid else ([], pid)  # the pane runs the agent itself
+    while p and p != pane_pid and len(chain) < 64:
+        f = _proc_stat_fields(p, proc_root)
+        if f is None:
+            break
+        chain.append((p, _int(f[2])))
+        p = _int(f[1])
+    if p != pane_pid and pid != pane_pid:
+        return "process %d does not run in that pane" % pid
+    if not any(pgrp == front for _, pgrp in chain):
+        return "the agent is not the pane's foreground process (another program runs in front of it)"
+    try:
+        with open(os.path.join(proc_root, str(front), "stat"), "r", encoding="utf-8", errors="replace") as fh:
+            comm = parse_proc_stat(fh.read())[1]
+    except (OSError, ValueError, IndexError):
+        return "the pane's foreground process cannot be read"
+    if classify_agent_process(comm, process_args(front, proc_root)) != agent:
+        return "the pane's foreground process (%s) is not %s" % (comm, agent)
+    return None
+
+
+REPLY_EXPECT_TIMEOUT = 2.0
+PREVIEW_INTERVAL = 0.3  # a shown preview is read at most ~3 times a second
+
+
+def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=time.sleep,
+                    timeout=REPLY_EXPECT_TIMEOUT):
+    """Send the steps of reply_plan to a pane through the tmux gateway. A "hold" step checks the
+    prompt stays up for a while before a key; an "expect" step waits for the screen to show what it
+    needs before anything more is sent: when that does not come, the rest is not sent (ReplyRefused
+    says what was). `screen` is the screen the plan was made from.
+    -> milliseconds from the last keys to the first change of the screen, or None."""
+    sent = []
+    sent_at = before = changed_ms = None
+    for step in steps:
+        if step[0] == "keys":
+            tmux.run("send-keys", "-t", pane, *step[1])
+            sent_at, before, changed_ms = clock(), screen, None
+            sent.append(" ".join(step[1]))
+        elif step[0] == "literal":
+            tmux.run("send-keys", "-t", pane, "-l", "--", step[1])
+            sent.append("%d characters of text" % len(step[1]))
+        elif step[0] == "hold":
+            end = clock() + step[1]
+            while True:
+                screen = tmux.run("capture-pane", "-p", "-e", "-t", pane)
+                if not step[3](screen):
+                    raise ReplyRefused("%s went away before the key was sent; nothing was sent" % step[2])
+                if clock() >= end:
+                    break
+                sleep(min(0.05, max(0.0, end - clock())))
+        elif step[0] == "expect":
+            deadline = clock() + timeout
+            while True:
+                screen = tmux.run("capture-pane", "-p", "-e", "-t", pane)
+                if changed_ms is None and sent_at is not None and before is not None and screen != before:
+                    changed_ms = (clock() - sent_at) * 1000
+                if step[2](screen):
+                    break
+                if clock() > deadline:
+                    raise ReplyRefused("%s%s: not seen within %.0f s" % (
+                        ("sent %s; then waited for " % ", ".join(sent)) if sent else "waited for ",
+                        step[1], timeout))
+                sleep(0.01)
+            if len(step) > 3 and step[3]:
+                sleep(step[3])
+    return changed_ms
+
+
+def thread_preview(screen, lines=20):
+    """The last `lines` lines of a pane for a preview: no escapes, no trailing blank lines."""
+    return screen_lines(screen, lines)
 
 
 ##############################################################################
@@ -7410,6 +7933,9 @@ HELP_KEYS = (
     ("/", "filter by name"),
     ("f", "show all / with agents / needing you"),
     ("m", "mute the session's notifications"),
+    ("y/Y/N", "thread: approve/always/deny"),
+    ("i", "thread: type it a prompt"),
+    ("o g", "agents popup (prefix o g)"),
     ("?", "this help"),
     ("q/Esc", "leave the sidebar"),
 )
@@ -7594,8 +8120,11 @@ class SidebarModel(object):
     The key "FOCUS" (sent by `opensessions focus`) selects the session this sidebar is in.
     """
 
-    def __init__(self, own_session=None, charset="unicode"):
+    def __init__(self, own_session=None, charset="unicode", popup=False):
         self.state = None
+        self.popup = popup  # the agents popup (prefix o g): every thread, grouped by what needs you
+        self.preview = None  # {"item": thread item, "lines": [...]}: the selected thread's pane
+        self.preview_wanted = None  # the thread item render() had room to preview (the app reads it)
         self.own_session = own_session
         self.charset = charset
         self.selected = None  # ("session", name) or ("thread", session, agent, id)
@@ -7658,7 +8187,11 @@ class SidebarModel(object):
         return out
 
     def items(self):
-        """Selectable rows: every session, and the threads of the selected session."""
+        """Selectable rows: every session, and the threads of the selected session (in the popup:
+        every thread, group by group)."""
+        if self.popup:
+            return [("thread", name, t["agent"], t["id"]) for _, rows in popup_groups(self.state)
+                    for name, t in rows]
         out = []
         sel_session = self.selected[1] if self.selected else None
         for s in self.sessions():
@@ -7670,6 +8203,8 @@ class SidebarModel(object):
             elif s["name"] != sel_session:
                 threads = []
             out.extend(("thread", s["name"], t["agent"], t["id"]) for t in threads)
+            if s["name"] == sel_session and self.filter_mode != "attention":
+                out.extend(item for item, _ in pane_tree(s))
         return out
 
     def session(self, name):
@@ -7700,10 +8235,14 @@ class SidebarModel(object):
                  "\t": "_cycle", "KEY_BTAB": "_cycle", "\n": "activate", "\r": "activate", "KEY_ENTER": "activate",
                  "J": "_reorder_key", "K": "_reorder_key", "kDN3": "_reorder_key", "kUP3": "_reorder_key",
                  "d": "_hide", "u": "_unhide", "n": "_new", "x": "_kill", "o": "_open", "t": "_themes",
-                 "/": "_filter", "f": "_filter_mode", "m": "_mute", "?": "_help", "q": "_quit", "\x1b": "_quit"}
+                 "/": "_filter", "f": "_filter_mode", "m": "_mute", "?": "_help", "q": "_quit", "\x1b": "_quit",
+                 "y": "_reply", "Y": "_reply", "N": "_reply", "i": "_reply_text"}
+    REPLY_KEYS = {"y": "approve", "Y": "approve-always", "N": "deny"}
 
     def _list_key(self, k):
-        if len(k) == 1 and k in "123456789":
+        if self.popup and k in ("q", "\x1b"):
+            return [("quit",)]
+        if len(k) == 1 and k in "123456789" and not self.popup:
             return self._number_key(k)
         name = self.LIST_KEYS.get(k)
         if name is None:
@@ -7834,9 +8373,35 @@ class SidebarModel(object):
         if self.selected not in items:
             self.selected = items[0] if items else None
 
+    def _reply(self, k):
+        """y / Y / N: approve once, approve always, deny the selected thread's permission prompt."""
+        t = self.selected_thread()
+        if t is None:
+            self.message = "select an agent thread first"
+            return []
+        if t["status"] != "waiting":
+            self.message = "%s is %s, not waiting on a permission" % (t["agent"], t["status"])
+            return []
+        return [("reply", "%s:%s" % (t["agent"], t["id"]), self.REPLY_KEYS[k], None)]
+
+    def _reply_text(self, k):
+        """i: type a prompt for the selected thread (sent with Enter, Esc cancels)."""
+        t = self.selected_thread()
+        if t is None:
+            self.message = "select an agent thread first"
+            return []
+        self.mode = "prompt"
+        self.prompt = {"label": "to %s" % t["agent"], "text": "", "step": "reply",
+                       "values": {"thread": "%s:%s" % (t["agent"], t["id"])}}
+        return []
+
     def activate(self):
+        if self.selected and self.selected[0] in ("window", "pane"):
+            return [("switch-pane", self.selected[1], self.selected[2])]
         t = self.selected_thread()
         if t and t.get("pane"):
+            if self.popup:
+                return [("switch-pane", self.selected[1], t["pane"]), ("quit",)]
             return [("switch-pane", self.selected[1], t["pane"])]
         if self.selected:
             return [("switch", self.selected[1])]
@@ -7889,6 +8454,10 @@ class SidebarModel(object):
         if p["step"] == "filter":
             self.mode, self.prompt = "list", None
             return []
+        if p["step"] == "reply":
+            self.mode, self.prompt = "list", None
+            text = p["text"].strip()
+            return [("reply", p["values"]["thread"], "text", text)] if text else []
         if p["step"] == "name":
             name = p["text"].strip()
             if not name:
@@ -8000,15 +8569,93 @@ def render(model, width, height, now=None):
     elif model.mode == "theme":
         _render_themes(body)
         rows = body.rows[:room]
+    elif model.popup:
+        rows = _render_popup(body, room)
     else:
         _render_list(body, room)
         rows = _scroll(model, body.rows, room)
+        rows += _render_preview(model, width, now, room - len(rows), sidebar=True)
     return (scr.rows + rows + footer.rows)[:height]
+
+
+def popup_groups(state):
+    """The popup's list: [(group, [(session name, thread), ...])] for every agent thread of every
+    session, grouped by what needs you: waiting, error, finished unseen, running, idle (the rest).
+    Waiting and error oldest first (as `next` visits them), the others newest first. Pure."""
+    groups = [("waiting", []), ("error", []), ("finished unseen", []), ("running", []), ("idle", [])]
+    by = dict(groups)
+    for s in (state or {}).get("sessions", []):
+        if s.get("hidden"):
+            continue
+        for t in s.get("threads", []):
+            st = t["status"]
+            if st in ("waiting", "error"):
+                g = st
+            elif t.get("unseen") and st in ("done", "interrupted"):
+                g = "finished unseen"
+            elif st in ACTIVE_STATUSES:
+                g = "running"
+            else:
+                g = "idle"
+            by[g].append((s["name"], t))
+    for name, rows in groups:
+        rows.sort(key=lambda r: r[1].get("updatedAt") or 0, reverse=name not in ("waiting", "error"))
+    return [(name, rows) for name, rows in groups if rows]
+
+
+def _render_popup(scr, room):
+    """The agents popup: groups of threads, then the selected thread's preview below them."""
+    model = scr.model
+    groups = popup_groups(model.state)
+    if not groups:
+        scr.line(None, [("no agent threads" if model.state else "waiting for the server", "muted")])
+    for name, rows in groups:
+        scr.line(None, [("%s (%d)" % (name, len(rows)), GROUP_STYLE.get(name, "muted"))])
+        for session, t in rows:
+            item = ("thread", session, t["agent"], t["id"])
+            sel = item == model.selected
+            glyph, style = _badge(t["status"], t.get("unseen"), scr.g, model.frame, scr.charset)
+            scr.line(item, [(" " + glyph + " ", style), (session + " ", "sel" if sel else "accent"),
+                            (t["agent"] + " ", "sel" if sel else "muted"),
+                            (t.get("title") or t["id"][:8], "sel" if sel else "fg"),
+                            ("  " + age_text(t.get("updatedAt"), scr.now), "sel" if sel else "muted")])
+            if name == "waiting" and t.get("detail"):
+                scr.line(item, [("    needs: " + t["detail"], "sel" if sel else "waiting")])
+            elif name == "error" and t.get("detail"):
+                scr.line(item, [("    " + t["detail"], "sel" if sel else "error")])
+    list_room = max(3, room // 2) if model.selected else room
+    rows = _scroll(model, scr.rows, min(room, list_room) if len(scr.rows) > list_room else room)
+    return rows + _render_preview(model, scr.w, scr.now, room - len(rows))
+
+
+def _render_preview(model, width, now, room, sidebar=False):
+    """The last lines of the selected thread's pane (fetched by the app while shown), under a rule.
+    Sets model.preview_wanted to the thread when there is room, so nothing is read otherwise."""
+    item = model.selected if model.selected and model.selected[0] == "thread" else None
+    if item is None or room < (6 if sidebar else 3):
+        model.preview_wanted = None
+        return []
+    model.preview_wanted = item
+    scr = _Screen(model, width, now)
+    scr.line(None, [(scr.g["sep"] * scr.w, "muted")])
+    p = model.preview if model.preview and model.preview.get("item") == item else None
+    lines = p["lines"] if p else ["(reading the pane…)"]
+    if p and p.get("error"):
+        lines = [p["error"]]
+    for line in lines[-(room - 1):]:
+        scr.line(item, [(line, "muted" if not p or p.get("error") else "fg")])
+    return scr.rows
+
+
+GROUP_STYLE = {"waiting": "waiting", "error": "error", "finished unseen": "done", "running": "running",
+               "idle": "muted"}
 
 
 def _render_header(scr):
     model, w = scr.model, scr.w
     title = "opensessions" if w >= 16 else "os"
+    if model.popup:
+        title = "agents  (Enter go · y/Y/N approve/always/deny · i type · q close · ? help)"
     status = "" if model.connected else " (connecting…)"
     if model.filter_mode != "all" or model.filter_text:
         status += " [%s%s]" % (model.filter_mode if model.filter_mode != "all" else "",
@@ -8219,6 +8866,18 @@ def _detail(model, s, scr):
             panel.line(item, [("  " + usage_text(t["usage"]), "sel" if sel else "muted")])
     if s.get("usage") and len(s.get("threads", [])) > 1:
         panel.line(None, [("total ", "accent"), (usage_text(s["usage"]), "muted")])
+    for item, row in pane_tree(s):
+        sel = item == model.selected
+        if item[0] == "window":
+            panel.line(item, [("%s:%s" % (row["index"], row["name"]), "sel" if sel else "accent"),
+                              (" *" if row.get("active") else "", "sel" if sel else "muted")])
+            continue
+        t = row.get("_thread")
+        pieces = [("  " + row["id"] + " ", "sel" if sel else "muted"), (row.get("command") or "", "sel" if sel else "fg")]
+        if t:
+            glyph, style = _badge(t["status"], t.get("unseen"), g, model.frame, model.charset)
+            pieces += [(" " + glyph + " ", style), ("%s %s" % (t["agent"], t["status"]), "sel" if sel else "muted")]
+        panel.line(item, pieces)
     if s.get("ports"):
         panel.line(("port", s["name"]), [("ports", "accent")] + [(" :%d" % p, "accent") for p in s["ports"]])
     for entry in (meta.get("logs") or [])[-5:]:
@@ -8227,6 +8886,25 @@ def _detail(model, s, scr):
         text = (entry["source"] + ": " if entry.get("source") else "") + entry["message"]
         panel.wrapped(None, text + (" (%s)" % age if age else ""), style, indent=2, first=icon + " ")
     return panel.rows
+
+
+def pane_tree(s):
+    """A session's windows and their panes (sidebar panes left out) as selectable rows:
+    [(("window", session, window id), window), (("pane", session, pane id), pane + its thread)].
+    A window's item targets its id; a pane's row carries the newest thread shown in it. Pure."""
+    out = []
+    threads = {}
+    for t in s.get("threads", []):
+        if t.get("pane") and (t["pane"] not in threads or (t.get("updatedAt") or 0) > (threads[t["pane"]].get("updatedAt") or 0)):
+            threads[t["pane"]] = t
+    for w in s.get("windows", []):
+        panes = [p for p in w.get("panes", []) if not p.get("sidebar")]
+        if not panes:
+            continue
+        out.append((("window", s["name"], w["id"]), w))
+        for p in panes:
+            out.append((("pane", s["name"], p["id"]), dict(p, _thread=threads.get(p["id"]))))
+    return out
 
 
 def _scroll(model, rows, height):
@@ -8380,10 +9058,15 @@ class EventStream(object):
 class SidebarApp(object):
     """The curses sidebar: draws render() output, carries out the model's actions."""
 
-    def __init__(self, tmux, find_port, start_server=None, post=None, environ=None):
+    def __init__(self, tmux, find_port, start_server=None, post=None, environ=None, get=None, popup=False,
+                 client=None):
         env = os.environ if environ is None else environ
         self.tmux = tmux
-        self.pane = env.get("TMUX_PANE")
+        self.popup = popup
+        self.client = client  # the popup's client (it has no pane of its own)
+        self.get = get
+        self._preview_at = 0.0
+        self.pane = None if popup else env.get("TMUX_PANE")
         self.stream = EventStream(find_port, start_server)
         self.post = post
         self.model = None
@@ -8401,7 +9084,8 @@ class SidebarApp(object):
         import locale
         os.environ.setdefault("ESCDELAY", "25")
         locale.setlocale(locale.LC_ALL, "")
-        self.model = SidebarModel(charset=terminal_charset(os.environ, _python_chose_utf8(os.environ)))
+        self.model = SidebarModel(charset=terminal_charset(os.environ, _python_chose_utf8(os.environ)),
+                                  popup=self.popup)
         self.stream.start()
         try:
             curses.wrapper(self._main)
@@ -8461,6 +9145,13 @@ class SidebarApp(object):
             self._draw()
             running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() for t in s.get("threads", []))
             timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
+            if self.model.preview_wanted is not None:
+                # a preview on screen: its pane is read again at most PREVIEW_INTERVAL apart
+                due = self._preview_at + PREVIEW_INTERVAL - time.monotonic()
+                if due <= 0 or (self.model.preview or {}).get("item") != self.model.preview_wanted:
+                    self._fetch_preview()
+                    continue
+                timeout = due if timeout is None else min(timeout, due)
             try:
                 ready, _, _ = select.select([0, self.stream.wake_fd, self._winch[0]], [], [], timeout)
             except InterruptedError:
@@ -8479,6 +9170,24 @@ class SidebarApp(object):
             if 0 in ready:
                 if self._keys() == "quit":
                     return
+
+    def _fetch_preview(self):
+        """GET /api/preview for the thread shown (only while it is shown: see _render_preview)."""
+        item = self.model.preview_wanted
+        self._preview_at = time.monotonic()
+        if self.get is None or item is None:
+            self.model.preview = {"item": item, "lines": [], "error": "no preview"}
+            return
+        h, _ = self.scr.getmaxyx()
+        try:
+            status, body = self.get("/api/preview?thread=%s:%s&lines=%d" % (item[2], item[3], max(3, min(60, h))))
+            doc = json.loads(body.decode("utf-8")) if body else {}
+            if status == 200:
+                self.model.preview = {"item": item, "lines": doc.get("lines") or []}
+            else:
+                self.model.preview = {"item": item, "lines": [], "error": doc.get("error") or "no preview"}
+        except (OSError, ValueError) as e:
+            self.model.preview = {"item": item, "lines": [], "error": "no preview: %s" % e}
 
     def _watch_resize(self):
         """A width change redraws at once: SIGWINCH wakes the select() through a pipe (curses only
@@ -8637,12 +9346,30 @@ class SidebarApp(object):
         return clients[0]["name"] if len(clients) == 1 else None
 
     def _switch(self, target):
-        client = self._client_for_me()
+        client = self.client or self._client_for_me()
         args = ["switch-client"] + (["-c", client] if client else []) + ["-t", target]
         try:
             self.tmux.run(*args)
         except TmuxError as e:
             self.model.message = str(e)
+
+    def _reply(self, thread, action, text):
+        """POST /api/reply; the server's answer (or its reason for refusing) goes to the footer."""
+        body = {"thread": thread, "action": action}
+        if text is not None:
+            body["text"] = text
+        try:
+            if self.post:
+                self.post("/api/reply", body)
+            self.model.message = {"approve": "approved", "approve-always": "approved (always)",
+                                  "deny": "denied", "text": "sent"}[action]
+        except OSError as e:
+            reason = str(e)
+            try:
+                reason = json.loads(reason).get("error") or reason
+            except (ValueError, AttributeError):
+                pass
+            self.model.message = "not sent: %s" % reason
 
     def _move_clients_off(self, name):
         """Killing the session a client views would detach it: move such clients elsewhere first."""
@@ -8686,6 +9413,10 @@ class SidebarApp(object):
                     return None
                 subprocess.Popen([opener, "http://localhost:%d" % action[1]], stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            elif kind == "quit":
+                return "quit"
+            elif kind == "reply":
+                self._reply(*action[1:])
             elif kind == "leave":
                 try:
                     self.tmux.run("last-pane")
@@ -9137,6 +9868,20 @@ def cmd_notify(args):
     return 0
 
 
+def cmd_reply(args):
+    """Answer a thread's prompt without switching to its pane (see the reply section)."""
+    chosen = [a for a, on in (("approve", args.approve), ("approve-always", args.approve_always),
+                              ("deny", args.deny), ("text", args.text is not None)) if on]
+    if len(chosen) != 1:
+        raise OpensessionsError("say one of --approve, --approve-always, --deny, --text TEXT")
+    action = chosen[0]
+    body = {"thread": args.thread, "action": action}
+    if action == "text":
+        body["text"] = args.text
+    _post(args, "/api/reply", body)
+    return 0
+
+
 def status_lines(state, now=None):
     """`opensessions status` as aligned, labelled columns: a session per row, its threads indented
     under it. Pure."""
@@ -9444,8 +10189,9 @@ def _tmux(args):
     return Tmux(_socket_from_args(args))
 
 
-def cmd_sidebar(args):
-    """Run the curses sidebar in this pane (the sidebar pane manager starts these)."""
+def cmd_sidebar(args, popup=False, client=None):
+    """Run the curses sidebar in this pane (the sidebar pane manager starts these); with popup, the
+    agents popup (`opensessions popup`, in a display-popup)."""
     socket_path = _socket_from_args(args)
 
     def find_port():
@@ -9457,12 +10203,60 @@ def cmd_sidebar(args):
     find_port.token = None
 
     def post(path, body):
-        status, content = Client(find_port(), timeout=2, token=find_port.token).request("POST", path, body)
+        timeout = 10 if path == "/api/reply" else 2  # a reply waits for the agent's screen
+        status, content = Client(find_port(), timeout=timeout, token=find_port.token).request("POST", path, body)
         if status >= 400:
             raise OSError(content.decode("utf-8", "replace"))
 
+    def get(path):
+        return Client(find_port(), timeout=2, token=find_port.token).request("GET", path)
+
     return SidebarApp(Tmux(socket_path), find_port, start_server=lambda: start_background(args),
-                      post=post).run()
+                      post=post, get=get, popup=popup, client=client).run()
+
+
+def cmd_popup(args):
+    """The agents popup itself (what `prefix o g` runs inside display-popup)."""
+    return cmd_sidebar(args, popup=True, client=args.client)
+
+
+POPUP_DEFAULTS = {"@opensessions-popup-width": "80%", "@opensessions-popup-height": "75%"}
+
+
+def popup_command(me, client, version, width, height):
+    """The tmux command that opens the agents popup for a client: display-popup (tmux >= 3.2),
+    else a temporary window that closes when the popup program exits. Pure."""
+    import shlex
+    inner = "%s popup -c %s" % (me, shlex.quote(client))
+    nums = re.findall(r"\d+", version or "")
+    if nums and (int(nums[0]), int(nums[1]) if len(nums) > 1 else 0) >= (3, 2):
+        # display-popup expands formats in its command: a '#' in a path stays a '#'
+        return ["display-popup", "-c", client, "-E", "-w", width, "-h", height, tmux_literal(inner)]
+    return ["new-window", "-t", client, "-n", "agents", inner]
+
+
+def cmd_popup_open(args):
+    """Open the popup for a client (`prefix o g`), sized by @opensessions-popup-width/-height."""
+    tmux = _tmux(args)
+    start_background(args)
+    opts = {name: (_tmux_option(tmux, name) or default) for name, default in POPUP_DEFAULTS.items()}
+    try:
+        version = tmux.run("display-message", "-p", "#{version}").strip()
+    except TmuxError:
+        version = ""
+    if not version or "version" in version:
+        import subprocess
+        try:
+            version = subprocess.run(["tmux", "-V"], stdout=subprocess.PIPE, timeout=5).stdout.decode()
+        except (OSError, subprocess.SubprocessError):
+            version = ""
+    me = _self_command()
+    if args.port:
+        me += " --port %d" % args.port
+    client = args.client or tmux.run("display-message", "-p", "#{client_name}").strip()
+    tmux.spawn(*popup_command(me, client, version, opts["@opensessions-popup-width"],
+                              opts["@opensessions-popup-height"]))
+    return 0
 
 
 def cmd_toggle(args):
@@ -9532,7 +10326,7 @@ def cmd_switch(args):
 TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": str(DEFAULT_WIDTH),
                 "@opensessions-position": "left", "@opensessions-theme": "", "@opensessions-port": "",
                 "@opensessions-focus-key": "", "@opensessions-index-keys": "off", "@opensessions-resurrect": "on",
-                "@opensessions-notify": "", "@opensessions-notify-on": ""}
+                "@opensessions-notify": "", "@opensessions-notify-on": "", "@opensessions-popup-key": "g"}
 KEY_TABLE = "opensessions"
 
 
@@ -9548,7 +10342,8 @@ def tmux_bindings(me, options):
            (KEY_TABLE, "t", ) + run("toggle"),
            (KEY_TABLE, "e", ) + run("layout -w '#{window_id}'"),
            (KEY_TABLE, "n", ) + run("next -c '#{client_name}'"),
-           (KEY_TABLE, "p", ) + run("next --back -c '#{client_name}'")]
+           (KEY_TABLE, "p", ) + run("next --back -c '#{client_name}'"),
+           (KEY_TABLE, options.get("@opensessions-popup-key") or "g") + run("popup-open -c '#{client_name}'")]
     for n in range(1, 10):
         out.append((KEY_TABLE, str(n)) + run("switch %d -c '#{client_name}'" % n))
     focus = options.get("@opensessions-focus-key")
@@ -9695,8 +10490,8 @@ def cmd_uninstall_tmux(args):
 
 
 COMMANDS = ("server", "start", "stop", "status", "usage", "set-status", "set-progress", "log", "clear-log", "notify",
-            "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next", "mute",
-            "save", "restore", "kitty", "tmux-setup", "uninstall-tmux")
+            "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next",
+            "popup", "popup-open", "reply", "mute", "save", "restore", "kitty", "tmux-setup", "uninstall-tmux")
 
 
 def command_of(argv):
@@ -9768,6 +10563,17 @@ def _command_table():
         ("next", cmd_next, "switch to the next thread that needs you, oldest first (--back: return)",
          [(("--back",), dict(action="store_true", help="go back to where the last `next` came from")),
           client, display]),
+        ("popup", cmd_popup, "the agents popup: every thread by what needs you, with a preview and reply keys",
+         [client]),
+        ("popup-open", cmd_popup_open, "open the agents popup (display-popup; a window before tmux 3.2)",
+         [client, display]),
+        ("reply", cmd_reply, "answer a thread's prompt without switching to it: approve once, approve always, "
+                             "deny, or type a prompt",
+         [(("thread",), dict(help="thread id (as in `opensessions status --json`), or AGENT:ID")),
+          (("--approve",), dict(action="store_true", help="approve the permission once")),
+          (("--approve-always",), dict(action="store_true", help="approve, and do not ask again (where offered)")),
+          (("--deny",), dict(action="store_true", help="deny the permission")),
+          (("--text",), dict(metavar="TEXT", help="type TEXT (one line) as the next prompt and submit it"))]),
         ("mute", cmd_mute, "mute (or --off: unmute) a session's notifications",
          [session, (("--off",), dict(action="store_true", help="unmute"))]),
         ("save", cmd_save, "save every agent's conversation next to tmux-resurrect's save", []),

@@ -145,8 +145,9 @@ def test_claude_registry_links_pid_to_pane_and_tracks_status(labserver, labenv, 
     reg = os.path.join(labenv.home, ".claude", "sessions")
     pane = run_in_pane(tmux, "agent", cwd, os.path.join(bin_dir, "claude") + " --session-id " + U4,
                        {"FAKE_REGISTRY": reg, "FAKE_SESSION": U4, "FAKE_STATUS": "busy"})
-    t = retry_until(lambda: (lambda x: x if x and x["alive"] else None)(thread(labserver.state(), "claude", U4)),
-                    timeout=5)
+    # linked (alive) and the registry's status read: two steps, eventually both
+    t = retry_until(lambda: (lambda x: x if x and x["alive"] and x["status"] == "running" else None)(
+        thread(labserver.state(), "claude", U4)), timeout=5)
     assert t["pane"] == pane and t["_session"] == "agent" and t["status"] == "running" and t["pid"]
     # the registry says waiting for a permission answer
     regfile = os.path.join(reg, "%d.json" % t["pid"])
