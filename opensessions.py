@@ -3914,7 +3914,7 @@ class AgentWatchers(object):
     def cold_start(self):
         for watcher in self.agents:
             for step in watcher.cold_steps():
-                self.core.guarded(step.__name__, step)
+                self.core.guarded("%s.%s" % (type(watcher).__name__, step.__name__), step)
 
     def close(self):
         self.core.close()
