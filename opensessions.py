@@ -2001,13 +2001,13 @@ PANE_FIELDS = (
     ("pane_active", "pane_active"), ("pane_width", "pane_width"), ("pane_height", "pane_height"),
     ("sidebar", "@opensessions-sidebar"), ("window_width", "window_width"),
     ("sidebar_window", "@opensessions-window"), ("pane_left", "pane_left"), ("pane_top", "pane_top"),
-    ("window_height", "window_height"),
+    ("window_height", "window_height"), ("sidebar_asleep", "@opensessions-asleep"),
 )
 CLIENT_FIELDS = (
     ("client_name", "client_name"), ("client_tty", "client_tty"),
     ("client_control_mode", "client_control_mode"), ("client_pid", "client_pid"),
     ("session_id", "session_id"), ("session_name", "session_name"), ("window_id", "window_id"),
-    ("pane_id", "pane_id"), ("client_activity", "client_activity"),
+    ("pane_id", "pane_id"), ("client_activity", "client_activity"), ("client_flags", "client_flags"),
 )
 # Every field is length-prefixed ('<bytes>:<value>'; tmux's n: modifier counts bytes): a cwd or a
 # command line may hold '\n' or FS, and must neither drop a pane nor forge one.
@@ -2034,6 +2034,10 @@ def tmux_arg(arg):
     runs the rest as another command), so its ';' is escaped; a lone ';' stays the separator."""
     arg = str(arg)
     return arg[:-1] + "\\;" if arg.endswith(";") and arg != ";" else arg
+
+
+# Control-mode notifications that a client now shows another window (its sidebar must follow).
+SWITCH_EVENTS = ("session-window-changed", "client-session-changed")
 
 
 class TmuxError(Exception):
@@ -2117,7 +2121,7 @@ def parse_snapshot(output):
                 "active": row["pane_active"] == "1", "width": _int(row["pane_width"]),
                 "height": _int(row["pane_height"]), "sidebar": row["sidebar"] == "1",
                 "sidebarWindow": row["sidebar_window"] or None, "left": _int(row["pane_left"]),
-                "top": _int(row["pane_top"]),
+                "top": _int(row["pane_top"]), "sidebarAsleep": row["sidebar_asleep"] == "1",
             })
         elif kind == "C":
             row = dict(zip((k for k, _ in CLIENT_FIELDS), values))
@@ -2127,6 +2131,7 @@ def parse_snapshot(output):
                 "sessionId": row["session_id"], "session": row["session_name"],
                 "window": row["window_id"], "pane": row["pane_id"],
                 "activity": _int(row["client_activity"]),
+                "noOutput": "no-output" in row["client_flags"].split(","),
             })
     result = []
     for sid in order:
@@ -4980,9 +4985,13 @@ class Server(object):
                 # subscribe once attached: sent earlier, tmux answers "no current client"
                 self._control_subscribed = True
                 self._control_send("refresh-client -B 'os-panes::%s'" % SUBSCRIPTION_FORMAT)
-            interesting = True
+            if parsed[0] in SWITCH_EVENTS:
+                interesting = "switch"
+            elif not interesting:
+                interesting = True
         if interesting:
-            self.schedule_refresh()
+            # a client went to another window: its sidebar comes at once (no coalescing wait)
+            self.schedule_refresh(0 if interesting == "switch" else 0.005)
 
     def _on_control_exit(self):
         """The control client ended: its session died, or the whole tmux server did."""
@@ -5033,6 +5042,8 @@ class Server(object):
         self.store.sessions = sessions
         self.store.clients = clients
         self.store.touch()
+        if self.sidebars is not None:
+            self.sidebars.sync()  # first: a window a client just switched to gets its sidebar sooner
         self._refresh_git()
         self._refresh_port_groups()
         self.on_tmux_refreshed()
@@ -5041,8 +5052,6 @@ class Server(object):
         """Panes and clients changed: re-link threads to panes, clear what a client now views."""
         self.map_threads()
         self.clear_viewed()
-        if self.sidebars is not None:
-            self.sidebars.sync()
 
     def after_watchers(self):
         """Agent files changed (called by the watchers after a batch of events)."""
@@ -9452,6 +9461,11 @@ def even_layout(window_width, height, sidebar, panes, position="left"):
 
 
 STASH_SESSION = HIDDEN_SESSION_PREFIX + "stash"
+# A sidebar runs only where a client looks, plus this many "warm" ones in the windows clients left
+# last (drawn at once if a client comes back); every other window's sidebar pane holds a sleeping
+# placeholder that costs ~0.2 MB and no CPU. Run as an argv (not through the user's shell).
+SIDEBAR_WARM = 3
+SIDEBAR_SLEEPER = ("sleep", "2147483647")
 
 
 class SidebarPanes(object):
@@ -9461,24 +9475,61 @@ class SidebarPanes(object):
     resizes and layout changes, a window left with only its sidebar is closed (or, if it is the
     session's last window, gets a fresh shell, so the session never dies for it), and hiding
     parks the panes in the hidden session _os_stash so they come back without restarting.
+
+    Only the windows a client shows (and SIDEBAR_WARM more, the ones clients left last) run the
+    curses sidebar; the others hold a placeholder (@opensessions-asleep). When a client switches to
+    a window whose sidebar sleeps, the running sidebar of the window it left (the free one shown
+    last) is swapped into it (swap-pane: one tmux command, the sidebar already drawn, its cursor and
+    filter coming along) and the placeholder goes where that one was; only when no running sidebar
+    is free does the placeholder become one (respawn-pane).
     """
 
-    def __init__(self, server, command):
+    def __init__(self, server, command, warm=SIDEBAR_WARM, clock=time.monotonic):
         self.server = server
         self.command = command  # the shell command that runs `opensessions sidebar`
+        self.warm = warm
+        self.clock = clock
         self.busy = False
         self.fixed = {}  # pane -> when we last corrected its place or width
+        self.shown_at = {}  # window id -> when a client last showed it
+        self.focused = set()  # windows whose focused sidebar left for another window
+        self.follow_ups = 0  # refreshes asked for in a row after changing panes
 
     def sync(self):
         if self.busy:
             return
         self.busy = True
         try:
-            self._sync()
+            changed = self._sync()
         except TmuxError as e:
             log("sidebar panes: %s" % e)
+            changed = False
+        except Exception as e:  # it runs first in every refresh: a slip here must not stop the rest
+            log("sidebar panes: %s: %s" % (type(e).__name__, e))
+            changed = False
         finally:
             self.busy = False
+        # What we changed is read back at once (tmux tells a control client about other sessions'
+        # panes only once a second): at most a few rounds in a row, so nothing can loop.
+        self.follow_ups = self.follow_ups + 1 if changed else 0
+        if changed and self.follow_ups <= 4:
+            self.server.schedule_refresh()
+
+    def shown_windows(self):
+        """Windows a client looks at: each terminal client's current window, and every window of
+        the session a control-mode client that takes pane output (e.g. iTerm2's tmux integration:
+        windows as tabs) is attached to. Ours (no-output) shows nothing."""
+        store = self.server.store
+        shown = set()
+        for c in store.clients:
+            if not c.get("control"):
+                shown.add(c.get("window"))
+            elif not c.get("noOutput"):
+                for s in store.sessions:
+                    if s["id"] == c.get("sessionId"):
+                        shown.update(w["id"] for w in s["windows"])
+        shown.discard(None)
+        return shown
 
     def _sync(self):
         store = self.server.store
@@ -9486,7 +9537,18 @@ class SidebarPanes(object):
         tmux = self.server.tmux
         stash = store.session_by_name(STASH_SESSION)
         parked = [p for w in (stash or {}).get("windows", []) for p in w["panes"] if p["sidebar"]]
-        changed = False
+        shown = self.shown_windows()
+        now = self.clock()
+        windows = set()
+        for s in store.sessions:
+            windows.update(w["id"] for w in s["windows"])
+        self.shown_at = {w: t for w, t in self.shown_at.items() if w in windows}
+        self.focused &= windows
+        for w in shown:
+            self.shown_at[w] = now
+        # running sidebars no client looks at: the next shown window takes one of these
+        spare = len([p for w, p in self._slots() if w not in shown and not p.get("sidebarAsleep")])
+        changed = moved_panes = False
         for s in store.visible_sessions():
             for w in s["windows"]:
                 sidebars = [p for p in w["panes"] if p["sidebar"]]
@@ -9495,7 +9557,7 @@ class SidebarPanes(object):
                     for p in sidebars:
                         self._park(p, w["id"], stash)
                         stash = stash or {"windows": []}
-                        changed = True
+                        changed = moved_panes = True
                     continue
                 if sidebars and not work:
                     if len(s["windows"]) > 1:
@@ -9504,11 +9566,11 @@ class SidebarPanes(object):
                         tmux.run("split-window", "-h", "-t", sidebars[0]["id"], "-c",
                                  tmux_literal(s.get("dir") or home_dir()))
                         self._place(sidebars[0]["id"], ui)
-                    changed = True
+                    changed = moved_panes = True
                     continue
                 for extra in sidebars[1:]:
                     tmux.run("kill-pane", "-t", extra["id"])
-                    changed = True
+                    changed = moved_panes = True
                 if not sidebars:
                     mine = next((p for p in parked if p.get("sidebarWindow") == w["id"]), None) or \
                         next(iter(parked), None)
@@ -9516,8 +9578,17 @@ class SidebarPanes(object):
                         parked.remove(mine)
                         self._join(mine["id"], work[0]["id"], w["id"], ui)
                     else:
-                        self._split(work[0]["id"], w["id"], ui, s.get("dir"))
-                    changed = True
+                        # a shown window takes a spare next round (swapped in: drawn at once);
+                        # else it starts one; a window nobody looks at gets one while fewer than
+                        # `warm` are spare, else a placeholder
+                        if w["id"] in shown:
+                            live = spare <= 0
+                            spare -= 0 if live else 1
+                        else:
+                            live = spare < self.warm
+                            spare += 1 if live else 0
+                        self._split(work[0]["id"], w["id"], ui, s.get("dir"), live)
+                    changed = moved_panes = True
                 elif w.get("width", 0) > ui["width"] + 10:
                     sb = sidebars[0]
                     edge = sb["left"] == 0 if ui["position"] == "left" else sb["left"] + sb["width"] == w["width"]
@@ -9528,7 +9599,99 @@ class SidebarPanes(object):
                         else:
                             tmux.run("resize-pane", "-t", sb["id"], "-x", ui["width"])
                         changed = True
+        if not moved_panes:  # every window has its one sidebar: now who runs and who sleeps
+            changed = self._balance(shown, ui["visible"]) or changed
         return changed
+
+    def _slots(self):
+        """(window id, sidebar pane) for every sidebar pane, parked ones included, each pane once
+        (a window linked into two sessions is listed twice)."""
+        out, seen = [], set()
+        for s in self.server.store.sessions:
+            if s["name"].startswith(HIDDEN_SESSION_PREFIX) and s["name"] != STASH_SESSION:
+                continue
+            for w in s["windows"]:
+                for p in w["panes"]:
+                    if p["sidebar"] and p["id"] not in seen:
+                        seen.add(p["id"])
+                        out.append((w["id"], p))
+        return out
+
+    def _balance(self, shown, visible):
+        """Shown windows get a running sidebar (a spare swapped in, else the placeholder started),
+        `warm` spares are kept (the windows shown last), the rest sleep. -> whether anything changed."""
+        stash = self.server.store.session_by_name(STASH_SESSION)
+        stash_windows = {w["id"] for w in (stash or {}).get("windows", [])}
+        slots = self._slots()
+        left_over = [p for w, p in slots if w in stash_windows]
+        if visible and left_over:
+            # every window has its sidebar: parked panes left over (their windows closed while
+            # hidden) are not needed any more
+            for p in left_over:
+                self._run_each(("kill-pane", "-t", p["id"]))
+            return True
+        home = {p["id"]: (p.get("sidebarWindow") or w) if w in stash_windows else w for w, p in slots}
+        work = {}  # window -> a work pane, to take the focus a placeholder must not hold
+        for s in self.server.store.sessions:
+            for win in s["windows"]:
+                work.setdefault(win["id"], next((q["id"] for q in win["panes"] if not q["sidebar"]), None))
+        free = [(w, p) for w, p in slots if w not in shown and not p.get("sidebarAsleep")]
+        free.sort(key=lambda wp: -self.shown_at.get(wp[0], -1.0))  # most recently shown first
+        changed = False
+        for w, p in slots:
+            if w in shown and p.get("sidebarAsleep"):
+                if free:
+                    fw, fp = free.pop(0)
+                    self._run_each(("swap-pane", "-d", "-Z", "-s", fp["id"], "-t", p["id"], ";",
+                                    "set-option", "-p", "-t", fp["id"], "@opensessions-window", home[p["id"]], ";",
+                                    "set-option", "-p", "-t", p["id"], "@opensessions-window", home[fp["id"]])
+                                   + self._unfocus(fw, fp, work) + self._refocus(w, fp["id"]))
+                else:
+                    self._wake(p["id"], self._refocus(w, p["id"]))
+                changed = True
+        while len(free) > self.warm:
+            w, p = free.pop()  # the least recently shown
+            self._sleep(p["id"], self._unfocus(w, p, work))
+            changed = True
+        if len(free) < self.warm:
+            asleep = [(w, p) for w, p in slots if w not in shown and p.get("sidebarAsleep")]
+            asleep.sort(key=lambda wp: -self.shown_at.get(wp[0], -1.0))  # most recently shown first
+            for w, p in asleep[:self.warm - len(free)]:
+                self._wake(p["id"], self._refocus(w, p["id"]))
+                changed = True
+        return changed
+
+    def _unfocus(self, window, pane, work):
+        """A running sidebar that had the focus of its window leaves it to a placeholder: the
+        window's focus goes to a work pane (a placeholder named `sleep` would name the window),
+        and comes back to the sidebar with the next running one. -> tmux arguments to add."""
+        if not pane.get("active") or not work.get(window):
+            return ()
+        self.focused.add(window)
+        return (";", "select-pane", "-t", work[window])
+
+    def _refocus(self, window, pane):
+        if window not in self.focused:
+            return ()
+        self.focused.discard(window)
+        return (";", "select-pane", "-t", pane)
+
+    def _run_each(self, args):
+        """One tmux command for one pane: a pane that went away meanwhile costs only this step."""
+        try:
+            self.server.tmux.run(*args)
+        except TmuxGone:
+            raise
+        except TmuxError as e:
+            log("sidebar panes: %s" % e)
+
+    def _wake(self, pane, more=()):
+        self._run_each(("respawn-pane", "-k", "-t", pane, self.command, ";",
+                        "set-option", "-p", "-u", "-t", pane, "@opensessions-asleep") + tuple(more))
+
+    def _sleep(self, pane, more=()):
+        self._run_each(("respawn-pane", "-k", "-t", pane) + SIDEBAR_SLEEPER + (
+            ";", "set-option", "-p", "-t", pane, "@opensessions-asleep", "1") + tuple(more))
 
     def _may_fix(self, pane, clock=time.monotonic):
         """At most one fix a second per pane, so a layout that refuses our width never makes us
@@ -9543,20 +9706,23 @@ class SidebarPanes(object):
     def _flags(self, ui):
         return ["-h", "-f", "-d", "-l", str(ui["width"])] + (["-b"] if ui["position"] == "left" else [])
 
-    def _split(self, target, window_id, ui, cwd):
+    def _split(self, target, window_id, ui, cwd, live=True):
+        command = [self.command] if live else list(SIDEBAR_SLEEPER)
         out = self.server.tmux.run("split-window", *(self._flags(ui) + [
-            "-t", target, "-c", tmux_literal(cwd or home_dir()), "-P", "-F", "#{pane_id}", self.command]))
+            "-t", target, "-c", tmux_literal(cwd or home_dir()), "-P", "-F", "#{pane_id}"] + command))
         pane = out.strip()
         if pane:
-            self._mark(pane, window_id)
+            self._mark(pane, window_id, asleep=not live)
 
     def _join(self, pane, target, window_id, ui):
         self.server.tmux.run("join-pane", *(self._flags(ui) + ["-s", pane, "-t", target]))
         self._mark(pane, window_id)
 
-    def _mark(self, pane, window_id):
+    def _mark(self, pane, window_id, asleep=None):
+        more = [] if asleep is None else [";", "set-option", "-p", "-t", pane, "@opensessions-asleep", "1"] \
+            if asleep else [";", "set-option", "-p", "-u", "-t", pane, "@opensessions-asleep"]
         self.server.tmux.run("set-option", "-p", "-t", pane, "@opensessions-sidebar", "1", ";",
-                             "set-option", "-p", "-t", pane, "@opensessions-window", window_id)
+                             "set-option", "-p", "-t", pane, "@opensessions-window", window_id, *more)
 
     def _place(self, pane, ui):
         """After a fresh work pane was split off a lone sidebar, put the sidebar back at its side."""

@@ -561,10 +561,12 @@ def bench_sidebar(w, res, seconds):
     deadline = time.monotonic() + 20
     sb = None
     while time.monotonic() < deadline:
-        rows = [l.split() for l in w.tmux("list-panes", "-a", "-F", "#{session_name} #{pane_id} #{pane_pid} #{@opensessions-sidebar}").splitlines()]
-        sbs = [r for r in rows if len(r) == 4 and r[3] == "1"]
-        if len(sbs) >= 30:
-            sb = next(r for r in sbs if r[0] == "s000")
+        rows = [l.split() for l in w.tmux("list-panes", "-a", "-F", "#{session_name} #{pane_id} #{pane_pid} #{@opensessions-sidebar} "
+                                          "#{?#{@opensessions-asleep},asleep,running}").splitlines()]
+        sbs = [r for r in rows if len(r) == 5 and r[3] == "1"]
+        # the shown window's running sidebar (the others may hold a sleeping placeholder)
+        sb = next((r for r in sbs if r[0] == "s000" and r[4] == "running"), None)
+        if len(sbs) >= 30 and sb is not None:
             break
         time.sleep(0.1)
     if sb is None:
@@ -611,6 +613,125 @@ def bench_sidebar(w, res, seconds):
     client.terminate()
     os.close(master)
     return cpu, rss, lat
+
+
+def _tree_memory(pids):
+    """(PSS MB, RSS MB, process count) of these processes and all their descendants."""
+    kids = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(name))
+    seen, todo = set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            todo.extend(kids.get(pid, []))
+    pss = rss = 0
+    for pid in seen:
+        try:
+            with open("/proc/%d/smaps_rollup" % pid) as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+                    elif line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+        except OSError:
+            pass
+    return pss / 1024.0, rss / 1024.0, len(seen)
+
+
+def bench_sidebar_windows(res, quick):
+    """30 windows (10 sessions of 3), one client on a pty: the memory of every sidebar pane's
+    processes together, and how soon a window's sidebar shows the session list after the client
+    switches to it (select-window in its session, or switch-client to another session)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    w = World(10, claude=0, codex=0)
+    master = client = None
+    try:
+        for i in range(10):
+            for _ in range(2):
+                w.tmux("new-window", "-d", "-t", "=s%03d" % i, "-c", w.cwd)
+        w.start_server()
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+        client = subprocess.Popen(["tmux", "-S", w.socket, "attach-session", "-t", "=s000"], stdin=slave,
+                                  stdout=slave, stderr=slave, env=dict(w.env, TERM="xterm-256color"),
+                                  start_new_session=True)
+        os.close(slave)
+
+        def drain():
+            try:
+                while os.read(master, 65536):
+                    pass
+            except OSError:
+                pass
+        threading.Thread(target=drain, daemon=True).start()
+        http(w.port, "POST", "/ui", {"visible": True})
+
+        def sidebar_pids():
+            rows = [l.split() for l in w.tmux("list-panes", "-a", "-F", "#{session_name} #{pane_pid} "
+                                              "#{@opensessions-sidebar}").splitlines()]
+            return [int(r[1]) for r in rows if len(r) == 3 and r[2] == "1"], \
+                len([r for r in rows if len(r) == 3 and r[2] == "1" and not r[0].startswith("_os_")])
+
+        def drawn(target):
+            try:
+                text = w.tmux("capture-pane", "-p", "-t", target + ".0")
+            except subprocess.CalledProcessError:
+                return False
+            return len({"s%03d" % i for i in range(10) if "s%03d" % i in text}) >= 3
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (sidebar_pids()[1] >= 30 and drawn("=s000:0")):
+            time.sleep(0.05)
+        if not drawn("=s000:0"):
+            raise RuntimeError("sidebars did not appear")
+        time.sleep(3)  # every pane settled (sidebars started, placeholders if any in place)
+        pids, n_windows = sidebar_pids()
+        pss, rss, nproc = _tree_memory(pids)
+        res.add("30 windows: all sidebars PSS", "10 sessions x 3 windows, 1 client", [pss], "MB", 120, "<=",
+                note="RSS %.0f MB, %d processes" % (rss, nproc))
+        rng = random.Random(7)
+        current = ("s000", 0)
+        lat = []
+        for i in range(12 if quick else 40):
+            if i % 2 == 0:
+                target = (current[0], rng.choice([x for x in range(3) if x != current[1]]))
+                cmd = ["select-window", "-t", "=%s:%d" % target]
+            else:
+                target = ("s%03d" % rng.choice([x for x in range(10) if "s%03d" % x != current[0]]), rng.randrange(3))
+                w.tmux("select-window", "-t", "=%s:%d" % target)  # that session's current window
+                cmd = ["switch-client", "-t", "=%s" % target[0]]
+            t0 = time.monotonic()
+            w.tmux(*cmd)
+            end = t0 + 5
+            while time.monotonic() < end and not drawn("=%s:%d" % target):
+                time.sleep(0.001)
+            lat.append((time.monotonic() - t0) * 1000 if drawn("=%s:%d" % target) else float("nan"))
+            current = target
+            time.sleep(0.3)
+        res.add("window switch -> sidebar drawn", "30 windows, 1 client; p50 %.0f ms" % pct(lat, 50), lat, "ms",
+                100, "p95<=")
+        pss_after, _, _ = _tree_memory(sidebar_pids()[0])
+        res.add("30 windows: all sidebars PSS after switching", "after %d switches" % len(lat), [pss_after], "MB",
+                120, "<=")
+        return pss, lat
+    finally:
+        if client is not None:
+            client.terminate()
+            client.wait(5)
+        if master is not None:
+            os.close(master)
+        w.close()
 
 
 def bench_notify(res, n):
@@ -935,6 +1056,7 @@ def main():
         bench_sidebar(w, res, idle_s)
     finally:
         w.close()
+    bench_sidebar_windows(res, quick)
     bench_dev_home(res, quick)
     bench_bytes_per_append(res, quick)
     bench_cold_start(res, quick)

@@ -268,7 +268,8 @@ def test_keys_switch_reorder_hide_create_and_kill(shown, tmux, attach, env):
     tmux.run("send-keys", "-t", sb, "-l", env.base)
     tmux.run("send-keys", "-t", sb, "Enter")
     retry_until(lambda: "fresh" in tmux.run("list-sessions", "-F", "#{session_name}").split())
-    assert tmux.run("display-message", "-p", "-t", "=fresh:0.0", "#{pane_current_path}").strip() == env.base
+    fresh_pane = next(p["pane"] for p in panes(tmux) if p["session"] == "fresh" and p["sidebar"] != "1")
+    assert tmux.run("display-message", "-p", "-t", fresh_pane, "#{pane_current_path}").strip() == env.base
     retry_until(lambda: client() == "fresh")
     # the list is now work, main, fresh: 3 selects fresh, x asks, n cancels, y kills
     retry_until(lambda: listed(tmux, sb) == ["work", "main", "fresh"])

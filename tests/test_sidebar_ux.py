@@ -51,7 +51,9 @@ def grab(tmux, pane, want, message=None):
 
 
 def sidebar_of(tmux, session):
-    return retry_until(lambda: sidebars(tmux, session), timeout=10)[0]["pane"]
+    """The session's running sidebar (a window no client shows may hold a sleeping placeholder,
+    and a client coming to it brings a running sidebar in: ask after the client came)."""
+    return retry_until(lambda: [p for p in sidebars(tmux, session) if p["cmd"] != "sleep"], timeout=10)[0]["pane"]
 
 
 @pytest.fixture
@@ -198,9 +200,9 @@ def bound(env, tmux, server):
 
 def test_new_sidebar_and_prefix_o_s_select_the_clients_session(shown, tmux, attach, bound):
     tmux.new_session("my new project")
-    sb = sidebar_of(tmux, "my new project")
     client = attach("=my new project")
     retry_until(lambda: client_session(tmux) == "my new project")
+    sb = sidebar_of(tmux, "my new project")
     grab(tmux, sb, lambda lines: "▌3 my new project" in lines)
     # a new sidebar starts on its own session: x asks about this one, not the first
     tmux.run("send-keys", "-t", sb, "x")

@@ -65,11 +65,12 @@ def test_parse_snapshot_hides_control_clients_from_attached():
     fs = _LengthPrefixed
     out = "\n".join([
         fs.join(["P", "$1", "s", "100", "@1", "0", "w", "1", "%1", "0", "11", "/dev/pts/1", "/x", "bash", "t", "1",
-                 "80", "24", "", "80", "", "33", "0", "24"]),
+                 "80", "24", "", "80", "", "33", "0", "24", ""]),
         fs.join(["P", "$1", "s", "100", "@1", "0", "w", "1", "%2", "1", "12", "/dev/pts/2", "/y", "python3", "os", "0",
-                 "32", "24", "1", "80", "@1", "0", "0", "24"]),
-        fs.join(["C", "/dev/pts/9", "/dev/pts/9", "0", "50", "$1", "s", "@1", "%1", "5"]),
-        fs.join(["C", "client-77", "", "1", "77", "$1", "s", "@1", "%1", "5"]),
+                 "32", "24", "1", "80", "@1", "0", "0", "24", "1"]),
+        fs.join(["C", "/dev/pts/9", "/dev/pts/9", "0", "50", "$1", "s", "@1", "%1", "5", "attached,focused,UTF-8"]),
+        fs.join(["C", "client-77", "", "1", "77", "$1", "s", "@1", "%1", "5",
+                 "attached,control-mode,ignore-size,no-output,read-only"]),
         "garbage line",
     ])
     sessions, clients = os_.parse_snapshot(out)
@@ -78,6 +79,7 @@ def test_parse_snapshot_hides_control_clients_from_attached():
     assert [p["sidebar"] for p in panes] == [False, True] and panes[1]["width"] == 32
     assert sessions[0]["dir"] == "/x"  # a sidebar pane is never the session's directory
     assert [c["control"] for c in clients] == [False, True]
+    assert [p["sidebarAsleep"] for p in panes] == [False, True] and [c["noOutput"] for c in clients] == [False, True]
 
 
 def test_proc_stat_parser_handles_odd_comm():
