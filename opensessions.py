@@ -2846,12 +2846,21 @@ def sqlite_ro(path, timeout=0.2):
     Leaves the agent's directory as it was: a read-only connection to a WAL database creates
     `-wal` and `-shm` files and cannot remove them. With no `-wal` file no writer has the database
     open, so it is opened immutable (SQLite then creates nothing); a writer that starts meanwhile
-    changes the files, and that change makes us read again."""
+    changes the files, and that change makes us read again. A file shorter than SQLite's 100-byte
+    header is still being written (copied, restored): it is not opened (its header, read by SQLite
+    later than by us, could say WAL), and the write's next change makes us read again."""
     import sqlite3
     from urllib.parse import quote
     flags = "mode=ro"
-    if not os.path.exists(path + "-wal") and sqlite_is_wal(path):
-        flags += "&immutable=1"
+    if not os.path.exists(path + "-wal"):
+        try:
+            size = os.stat(path).st_size
+        except OSError as e:
+            raise sqlite3.OperationalError("%s: %s" % (path, e))
+        if size < 100:
+            raise sqlite3.OperationalError("%s: %d bytes, no database header yet" % (path, size))
+        if sqlite_is_wal(path):
+            flags += "&immutable=1"
     conn = sqlite3.connect("file:%s?%s" % (quote(os.path.abspath(path)), flags), uri=True, timeout=timeout,
                            check_same_thread=False)
     conn.row_factory = sqlite3.Row
