@@ -123,3 +123,16 @@ def test_watchers_tell_their_facts_and_never_read_the_store(tmp_path):
     w.qwen._on_chats(str(chats), name, os_.IN_MODIFY)
     told = [f for agent, t, f in server.updates if (agent, t) == ("qwen", tid)]
     assert told[-1]["moved_on"] is True  # the assistant answered
+
+
+def test_a_database_still_being_copied_is_not_opened(tmp_path):
+    """A file shorter than SQLite's header (a copy under way) is not opened: SQLite would read its
+    header later than we do and, finding WAL, leave -wal and -shm in the agent's directory."""
+    import sqlite3
+    db = tmp_path / "opencode.db"
+    db.write_bytes(b"")
+    with pytest.raises(sqlite3.OperationalError, match="no database header yet"):
+        os_.sqlite_ro(str(db))
+    with pytest.raises(sqlite3.OperationalError):
+        os_.sqlite_ro(str(tmp_path / "missing.db"))
+    assert sorted(os.listdir(str(tmp_path))) == ["opencode.db"]
