@@ -268,14 +268,30 @@ def _pid_alive(pid):
     return True
 
 
+def program_source(path):
+    """The bytes of the program's source: the file itself, or opensessions.py inside a .pyz."""
+    if os.path.isfile(path) and not path.endswith(".pyz"):
+        with open(path, "rb") as f:
+            return f.read()
+    archive, inner = path, "opensessions.py"
+    if not os.path.isfile(path):  # a module path inside a zipapp: .../opensessions.pyz/opensessions.py
+        archive, _, inner = path.rpartition(os.sep)
+    import zipfile
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            return zf.read(inner)
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise OSError(str(e))
+
+
 def program_digest(path=None):
-    """A short hash of the program file (.pyz or .py): an update changes it even when the version
-    string does not, so the plugin knows to restart the server."""
+    """A short hash of the program's source: an update changes it even when the version string
+    does not, so the plugin knows to restart the server. The same source run as .py or from the
+    .pyz is the same version (the archive's bytes are not hashed, its opensessions.py is)."""
     import hashlib
     path = path or (sys.argv[0] if sys.argv and sys.argv[0] and os.path.isfile(sys.argv[0]) else __file__)
     try:
-        with open(path, "rb") as f:
-            return hashlib.sha1(f.read()).hexdigest()[:12]
+        return hashlib.sha1(program_source(path)).hexdigest()[:12]
     except OSError:
         return None
 
@@ -653,8 +669,8 @@ def validate_ui(body):
                 raise ApiError(400, "'%s' must be a list of session names" % key)
             out[key] = list(dict.fromkeys(clean_str(v) for v in value))
     if "theme" in body:
-        if not isinstance(body["theme"], str) or not re.match(r"^[a-z0-9-]{1,40}$", body["theme"]):
-            raise ApiError(400, "'theme' must be a theme name")
+        if not isinstance(body["theme"], str) or body["theme"] not in THEMES:
+            raise ApiError(400, "'theme' must be one of: %s" % ", ".join(sorted(THEMES)))
         out["theme"] = body["theme"]
     if "width" in body:
         w = body["width"]
@@ -2214,6 +2230,15 @@ class Tmux(object):
             return False
         except TmuxError:
             return True
+
+    def instance(self):
+        """Which tmux server this is ("pid:start time"): pane ids start again at %0 in a new
+        server on the same socket, so a pane id means nothing across instances. None if unknown."""
+        try:
+            out = self.run("display-message", "-p", "#{pid}:#{start_time}").strip()
+        except TmuxError:
+            return None
+        return out if re.match(r"^[0-9]+:[0-9]+$", out) else None
 
     def snapshot(self):
         """One tmux process for the whole state: all panes plus all clients."""
@@ -4555,15 +4580,20 @@ class Store(object):
         return None
 
     def session_for_dir(self, path):
-        """The session with the most specific pane cwd containing path."""
-        best, best_len = None, -1
-        for s in self.sessions:
+        """The session with the most specific pane cwd containing path; None when two sessions
+        tie (an ambiguous directory names no session)."""
+        best, best_len, tied = None, -1, False
+        for s in self.visible_sessions():
             for w in s["windows"]:
                 for p in w["panes"]:
+                    if p.get("sidebar"):
+                        continue
                     hit = most_specific_dir(path, [p["cwd"]])
                     if hit and len(hit) > best_len:
-                        best, best_len = s, len(hit)
-        return best
+                        best, best_len, tied = s, len(hit), False
+                    elif hit and len(hit) == best_len and s is not best:
+                        tied = True
+        return None if tied else best
 
     def visible_sessions(self):
         return [s for s in self.sessions if not s["name"].startswith(HIDDEN_SESSION_PREFIX)]
@@ -4649,8 +4679,24 @@ class RuntimeFiles(object):
         key = socket_key(socket_path)
         self.lock_path = os.path.join(self.dir, "server-%s.lock" % key)
         self.info_path = os.path.join(self.dir, "server-%s.json" % key)
+        self.stopped_path = os.path.join(self.dir, "stopped-%s" % key)
         self._lock_fd = None
         self.token = None
+
+    def stopped(self):
+        """True when the server was stopped on purpose (`opensessions stop`): sidebars leave it so."""
+        return os.path.exists(self.stopped_path)
+
+    def mark_stopped(self, stopped=True):
+        """Set (stop) or clear (start) the marker that says the server is stopped on purpose."""
+        if stopped:
+            ensure_private_dir(self.dir)
+            atomic_write(self.stopped_path, "")
+        else:
+            try:
+                os.unlink(self.stopped_path)
+            except OSError:
+                pass
 
     def acquire(self):
         """Take the lock; a lock left by a dead server is free (flock dies with its process)."""
@@ -4675,6 +4721,7 @@ class RuntimeFiles(object):
             pass
 
     def write(self, port):
+        self.mark_stopped(False)  # a server that runs is not stopped
         atomic_write(self.info_path, json.dumps({
             "pid": os.getpid(), "port": port, "socket": self.socket_path, "version": __version__,
             "digest": program_digest(), "started": int(time.time()), "token": self.token}))
@@ -4682,6 +4729,23 @@ class RuntimeFiles(object):
     def read(self):
         """The runtime file, if it is ours and private (else nobody vouches for its port)."""
         return read_private_json(self.info_path)
+
+    def held(self):
+        """True while some server holds the lock (it may not have written its runtime file yet)."""
+        import fcntl
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
 
     def live_info(self):
         """The runtime info if its server is alive (holds the lock), else None."""
@@ -4761,10 +4825,12 @@ class Server(object):
         self.cold_starting = False
         self._status_changes = []
         self._known_before_cold = frozenset()
+        self._status_before_cold = {}
         self.proc_table = None
         self.pane_of_pid = {}
         self.pane_agents = {}
         self._codex_fd_links = {}
+        self.tmux_instance = None
         self._pidfds = {}  # pid of a live thread's agent -> pidfd (readable when it exits)
         self._pidfd_ok = hasattr(os, "pidfd_open")
         self._pid_check_armed = False
@@ -4778,18 +4844,25 @@ class Server(object):
         try:
             if not self.tmux.alive():
                 raise OpensessionsError("no tmux server at %s" % self.tmux.socket_path)
+            self.tmux_instance = self.tmux.instance()
             self._load_state()
             self._load_ui()
+            self._apply_tmux_options()
             self._bind()
             self.refresh()
             if self.watchers is not None:
                 t0 = time.monotonic()
                 self.cold_starting = True
                 self._known_before_cold = frozenset(self.store.threads)
+                self._status_before_cold = {k: t.status for k, t in self.store.threads.items()}
                 try:
                     self.watchers.start()
                 finally:
                     self.cold_starting = False
+                now = now_ms(self.clock)
+                for t in self.store.threads.values():
+                    if not t.updated_at:  # found with no time of its own: first seen now
+                        t.updated_at = now
                 self.map_threads()
                 self.prune_threads()
                 log("cold start: %d threads from %d files (%d KB read, %d corrupt records skipped) in %.3fs"
@@ -4797,7 +4870,7 @@ class Server(object):
                        sum(t.bytes_read for t in self.watchers.tails.values()) // 1024,
                        self.watchers.bad_records, time.monotonic() - t0))
             self.store.publish()
-            self._start_control()
+            self._follow_tmux()
             self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
             self.loop.call_later(2.0, self._ports_timer)
             self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
@@ -4897,6 +4970,22 @@ class Server(object):
         self.loop.add_reader(self.control.stdout.fileno(), self._on_control_readable)
         if self._control_buf:
             self.loop.post(self._on_control_readable)
+
+    def _follow_tmux(self):
+        """Start the control client, once a session exists to attach it to (a tmux server still
+        reading its config has none: attaching would fail, and each try leaves a "no sessions"
+        message in tmux). Until then, look again every second."""
+        try:
+            has_session = bool(self.tmux.run("list-sessions", "-F", "#{session_id}").strip())
+        except TmuxGone:
+            self.stop("tmux server exited")
+            return
+        except TmuxError:
+            has_session = True
+        if has_session:
+            self._start_control()
+        else:
+            self.loop.call_later(1.0, self._on_control_exit)
 
     def _wait_attached(self, timeout=2.0):
         """Run no other tmux command until the control client has attached: tmux 3.3a can crash
@@ -5006,8 +5095,13 @@ class Server(object):
         """The control client ended: its session died, or the whole tmux server did."""
         self._stop_control()
         if self.tmux.alive():
+            instance = self.tmux.instance()
+            if instance != self.tmux_instance:  # a new tmux server on the same socket
+                log("tmux server %s was restarted; its old pane ids point nowhere now" % self.tmux.socket_path)
+                self.tmux_instance = instance
+                self.forget_panes()
             self.schedule_refresh()
-            self._start_control()
+            self._follow_tmux()
         else:
             log("tmux server %s is gone; exiting" % self.tmux.socket_path)
             self.stop("tmux server exited")
@@ -5143,6 +5237,15 @@ class Server(object):
             self.proc_table.pop(pid)  # exited, not yet reaped: dead all the same
         self.map_threads()
         self.publish()
+
+    def forget_panes(self):
+        """Another tmux server: every thread keeps its session name (and its unseen flag and age)
+        but points at no pane, and no process of the old server's panes."""
+        for t in self.store.threads.values():
+            if t.pane is not None or t.pid is not None or t.alive:
+                t.pane, t.pid, t.proc_start, t.alive, t.link = None, None, None, False, None
+                self.store.touch()
+        self._schedule_save()
 
     def map_threads(self):
         """Link each thread to its pane: by pid first (registry, hooks, plugin, open rollout file,
@@ -5334,6 +5437,8 @@ class Server(object):
             return
         self._ports_key = key
         ports = self.probes.ports(self._pid_groups, listening=listening)
+        ports = {g: [p for p in found if p != self.port] for g, found in ports.items()}  # never our own API
+        ports = {g: found for g, found in ports.items() if found}
         if ports != self.store.ports:
             self.store.ports = ports
             self.store.touch()
@@ -5367,6 +5472,9 @@ class Server(object):
         for t, prev, status in changes:
             if t.status != status:
                 continue  # changed again within the batch: the later change decides
+            if status in ACTIVE_STATUSES:
+                t.unseen = False
+                self.store.touch()
             if becomes_unseen(prev, status, self.is_viewed(t)):
                 t.unseen = True
                 self.store.touch()
@@ -5398,17 +5506,20 @@ class Server(object):
         session, status = validate_set_status(body)
         self._meta(session)["status"] = status
         self._changed_metadata()
+        return self.store.session_by_name(session) is not None  # kept either way; False -> 202
 
     def api_set_progress(self, body):
         session, progress = validate_set_progress(body)
         self._meta(session)["progress"] = progress
         self._changed_metadata()
+        return self.store.session_by_name(session) is not None
 
     def api_log(self, body):
         session, entry = validate_log(body, self.clock)
         meta = self._meta(session)
         meta["logs"] = apply_log(meta.get("logs", []), entry)
         self._changed_metadata()
+        return self.store.session_by_name(session) is not None
 
     def api_clear_log(self, body):
         session = _require_session(body)
@@ -5422,9 +5533,13 @@ class Server(object):
             meta["logs"] = apply_log(meta.get("logs", []), dict(note, source="notify", ts=now_ms(self.clock)))
             self._changed_metadata()
         self.notify_user(session, note["message"], note["tone"])
+        return not session or self.store.session_by_name(session) is not None
 
     def notify_user(self, session, message, tone):
-        """Send a notification through the enabled channels (see the notifications section)."""
+        """Send a notification through the enabled channels (see the notifications section);
+        a muted session's stay quiet (they still reach its log)."""
+        if session and session in self.store.ui["muted"]:
+            return
         if self.notifier is not None:
             self.notifier.send(session, message, tone)
 
@@ -5557,13 +5672,15 @@ class Server(object):
                 self._schedule_save()
         if updated_at:
             t.updated_at = max(t.updated_at, int(updated_at))
-        elif changed or is_new:
-            t.updated_at = now_ms(self.clock)
+        elif (changed or is_new) and not self.cold_starting:
+            t.updated_at = now_ms(self.clock)  # (a cold start's changes carry their own time, or none)
         prev_status = None if is_new else old[0]
+        if self.cold_starting and key in self._status_before_cold:
+            # a cold start passes through transient states (a registry read before its transcript):
+            # what counts is where the thread was before the restart
+            prev_status = self._status_before_cold[key]
         observed = not self.cold_starting or key in self._known_before_cold
         if prev_status != t.status and observed:
-            if t.status in ACTIVE_STATUSES:
-                t.unseen = False
             # judged at publish time, once the batch is applied and threads are linked to panes
             self._status_changes.append((t, prev_status, t.status))
         if changed or is_new:
@@ -5678,6 +5795,8 @@ class Server(object):
                         source=t.get("source"))
             th.usage = usage_json(t.get("usage"))  # the figures last shown, until the watchers read again
             self.store.threads[th.key] = th
+        if data.get("tmux") != self.tmux_instance and self.store.threads:
+            self.forget_panes()  # saved under another tmux server: its pane ids are not ours
 
     def _load_ui(self):
         """Sidebar preferences; a broken file gives a message and defaults (and is not overwritten
@@ -5691,19 +5810,36 @@ class Server(object):
         self.store.ui = load_ui(data)
         self.store.touch()
 
+    def _apply_tmux_options(self):
+        """The @opensessions-* options (from ~/.tmux.conf) hold from the first sidebar on."""
+        try:
+            change = ui_from_tmux_options(read_tmux_options(self.tmux))
+        except Exception as e:  # never fail a start for an option
+            log("cannot read the tmux options: %s" % e)
+            return
+        change = {k: v for k, v in change.items() if self.store.ui.get(k) != v}
+        if change:  # before any sidebar is placed: nothing to move yet
+            self.store.ui.update(change)
+            self.store.touch()
+            if self.store.ui_error is None:  # a broken ui.json is kept until the user changes something
+                self._save_ui()
+
     def api_ui(self, body):
         change = validate_ui(body)
         self.store.ui.update(change)
-        self.store.ui_error = None
-        self.store.touch()
         if "prices" in change:
             self.reprice_usage()
+        self._save_ui()
+        self.on_ui_changed(change)
+
+    def _save_ui(self):
+        self.store.ui_error = None
+        self.store.touch()
         try:
             ensure_private_dir(os.path.dirname(self.ui_path))
             atomic_write(self.ui_path, json.dumps(self.store.ui, indent=2) + "\n", mode=0o644)
         except (OSError, OpensessionsError) as e:
             log("cannot save %s: %s" % (self.ui_path, e))
-        self.on_ui_changed(change)
 
     def reprice_usage(self):
         """The user's prices changed: price every thread's usage again."""
@@ -5853,7 +5989,9 @@ class Server(object):
         self._save_pending = False
         try:
             ensure_private_dir(os.path.dirname(self.state_path))
-            atomic_write(self.state_path, encode_json(self.store.metadata_json()))
+            doc = self.store.metadata_json()
+            doc["tmux"] = self.tmux_instance  # whose pane ids the threads' "pane" are
+            atomic_write(self.state_path, encode_json(doc))
         except (OSError, OpensessionsError) as e:
             log("cannot save state to %s: %s" % (self.state_path, e))
 
@@ -5973,7 +6111,7 @@ def route_post(server, path, body):
     except Exception as e:  # never crash on a request; say what happened
         log("%s failed: %r" % (path, e))
         return _error_body(500, "internal error: %s" % e.__class__.__name__) + (None,)
-    if method == "api_agent_event" and result is False:
+    if result is False:  # a session (or thread) the call named is not there: kept, not matched
         return 202, json.dumps({"matched": False}).encode(), "application/json", None
     return 204, b"", None, None
 
@@ -6483,6 +6621,8 @@ def status_summary(state, charset="unicode"):
     for s in state["sessions"]:
         pane_window = {p["id"]: w["id"] for w in s["windows"] for p in w["panes"]}
         for t in s["threads"]:
+            if s.get("hidden"):  # count exactly what the sidebar shows: a hidden session is not
+                continue
             if t["status"] in ACTIVE_STATUSES:
                 running += 1
             if t["status"] == "waiting":
@@ -8157,6 +8297,7 @@ class SidebarModel(object):
         self.message = None
         self.frame = 0
         self.connected = False
+        self.stopped = None  # the line to show while the server is stopped on purpose
         self._selected_own = None  # the own session we last selected by ourselves
 
     # -- data --------------------------------------------------------------------------------
@@ -8580,7 +8721,10 @@ def render(model, width, height, now=None):
     _render_footer(footer)
     room = max(1, height - 1 - len(footer.rows))
     body = _Screen(model, width, now)
-    if model.mode == "help":
+    if model.stopped:  # the server was stopped on purpose: one calm line, nothing stale
+        body.line(None, [(model.stopped, "muted")])
+        rows = body.rows[:room]
+    elif model.mode == "help":
         _render_help(body)
         model.help_scroll = max(0, min(model.help_scroll, len(body.rows) - room))
         rows = body.rows[model.help_scroll:model.help_scroll + room]
@@ -8674,7 +8818,7 @@ def _render_header(scr):
     title = "opensessions" if w >= 16 else "os"
     if model.popup:
         title = "agents  (Enter go · y/Y/N approve/always/deny · i type · q close · ? help)"
-    status = "" if model.connected else " (connecting…)"
+    status = "" if model.connected or model.stopped else " (connecting…)"
     if model.filter_mode != "all" or model.filter_text:
         status += " [%s%s]" % (model.filter_mode if model.filter_mode != "all" else "",
                                ("/" + model.filter_text) if model.filter_text else "")
@@ -8967,12 +9111,14 @@ class EventStream(object):
     """Reads the server's /events in a thread; the latest snapshot waits in `latest`, and a byte on
     `wake_fd` tells the curses loop. Reconnects (and starts the server on demand) when it goes away."""
 
-    def __init__(self, find_port, start_server=None):
+    def __init__(self, find_port, start_server=None, is_stopped=None):
         import threading
         self.find_port = find_port
         self.start_server = start_server
+        self.is_stopped = is_stopped  # -> True while the server is stopped on purpose
         self.latest = None
         self.connected = False
+        self.stopped = False
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         self.wake_fd = self._r
@@ -9005,6 +9151,16 @@ class EventStream(object):
         delay = 0.1
         started_at = 0.0
         while not self._stop:
+            stopped = bool(self.is_stopped and self.is_stopped())
+            if stopped != self.stopped:
+                self.stopped = stopped
+                self._wake()
+                if not stopped:  # a user's command is starting it right now: connect, do not start another
+                    started_at, delay = time.monotonic(), 0.1
+            if stopped:  # stopped on purpose: neither connect nor start it; look again in a while
+                self.connected = False
+                time.sleep(0.5)
+                continue
             try:
                 port = self.find_port()
                 sock = socket.create_connection((HOST, port), timeout=5)
@@ -9015,6 +9171,8 @@ class EventStream(object):
                     started_at = time.monotonic()
                     try:
                         self.start_server()
+                    except ServerStopped:
+                        pass  # stopped meanwhile: the next turn shows it
                     except Exception as e:
                         log("sidebar could not start the server: %s" % e)
                 time.sleep(delay)
@@ -9077,7 +9235,7 @@ class SidebarApp(object):
     """The curses sidebar: draws render() output, carries out the model's actions."""
 
     def __init__(self, tmux, find_port, start_server=None, post=None, environ=None, get=None, popup=False,
-                 client=None):
+                 client=None, is_stopped=None):
         env = os.environ if environ is None else environ
         self.tmux = tmux
         self.popup = popup
@@ -9085,7 +9243,7 @@ class SidebarApp(object):
         self.get = get
         self._preview_at = 0.0
         self.pane = None if popup else env.get("TMUX_PANE")
-        self.stream = EventStream(find_port, start_server)
+        self.stream = EventStream(find_port, start_server, is_stopped)
         self.post = post
         self.model = None
         self.scr = None
@@ -9185,9 +9343,21 @@ class SidebarApp(object):
                     self.model.set_state(state)
                     self._colors(state.get("ui") or {})
                 self.model.connected = self.stream.connected
+                self._stopped_state()
             if 0 in ready:
                 if self._keys() == "quit":
                     return
+
+    def _stopped_state(self):
+        """Server stopped on purpose: one calm line saying so and which key starts it again."""
+        if self.stream.stopped and not self.model.stopped:
+            key = _tmux_option(self.tmux, "@opensessions-bound-key") or "o"
+            self.model.stopped = "stopped: prefix %s s starts it" % key
+            self.model.state = None  # what it showed is no longer followed
+            self.last_rows = []
+        elif not self.stream.stopped and self.model.stopped:
+            self.model.stopped = None
+            self.last_rows = []
 
     def _fetch_preview(self):
         """GET /api/preview for the thread shown (only while it is shown: see _render_preview)."""
@@ -9852,6 +10022,13 @@ def _post(args, path, body):
     return _request(args, "POST", path, body)[0]
 
 
+def _post_for_session(args, path, body):
+    """POST something about a session; say so when tmux has no such session (the server keeps it)."""
+    if _post(args, path, body) == 202 and body.get("session"):
+        sys.stderr.write("opensessions: no tmux session named %s (kept for when it appears)\n" % body["session"])
+    return 0
+
+
 def _live_threads(args):
     """The running server's threads (exact pid links), or [] when no server runs."""
     port, info = find_server(_socket_from_args(args))
@@ -9945,14 +10122,23 @@ def _server_argv(args):
     return argv
 
 
-def start_background(args, wait=5.0):
-    """Start a server in the background unless one runs. -> (port, started)."""
+class ServerStopped(OpensessionsError):
+    """The server was stopped on purpose; only the user starts it again."""
+
+
+def start_background(args, wait=5.0, respect_stop=False):
+    """Start a server in the background unless one runs. -> (port, started). A user's command
+    starts it even after `opensessions stop`; a sidebar (respect_stop) does not."""
     import subprocess
     socket_path = _socket_from_args(args)
     runtime = RuntimeFiles(socket_path)
     info = runtime.live_info()
     if info:
         return info["port"], False
+    if runtime.stopped():
+        if respect_stop:
+            raise ServerStopped("the server was stopped with `opensessions stop`")
+        runtime.mark_stopped(False)
     ensure_private_dir(state_dir())
     log_path = os.path.join(state_dir(), "server.log")
     argv = _server_argv(args) + ["--log", log_path]
@@ -9964,13 +10150,14 @@ def start_background(args, wait=5.0):
         if info:
             proc.stderr.close()
             return info["port"], True
-        if proc.poll() is not None:
+        if proc.poll() is not None and not runtime.held():
             err = proc.stderr.read().decode("utf-8", "replace").strip()
             if "\n" in err:  # a traceback: keep all of it in the log, say its last line
                 with open(log_path, "a") as f:
                     f.write(err + "\n")
                 err = "%s (see %s)" % (err.splitlines()[-1], log_path)
             raise OpensessionsError(err or "the server exited at once (see %s)" % log_path)
+        # exited, but another start won the lock at the same moment: wait for that one
         time.sleep(0.02)
     raise OpensessionsError("the server did not start within %.0f s (see %s)" % (wait, log_path))
 
@@ -9981,10 +10168,14 @@ def cmd_start(args):
     return 0
 
 
-def cmd_stop(args):
+def cmd_stop(args, on_purpose=True, hint=True):
+    """Stop the server. On purpose (the user's `stop`), it stays stopped: sidebars do not start it
+    again until a user's command does (start, prefix o s, tmux-setup)."""
     import signal
     socket_path = _socket_from_args(args)
     runtime = RuntimeFiles(socket_path)
+    if on_purpose:
+        runtime.mark_stopped()  # before the signal: a sidebar seeing the server gone must know why
     info = runtime.live_info()
     if not info:
         print("no opensessions server runs for tmux socket %s" % socket_path)
@@ -9999,7 +10190,8 @@ def cmd_stop(args):
         time.sleep(0.02)
     if runtime.live_info():
         raise OpensessionsError("server pid %s did not stop within 5 s" % pid)
-    print("opensessions server stopped (pid %s)" % pid)
+    print("opensessions server stopped (pid %s)%s" % (pid, "; it stays stopped until `opensessions start` "
+                                                          "(or prefix o s)" if on_purpose and hint else ""))
     return 0
 
 
@@ -10007,8 +10199,7 @@ def cmd_set_status(args):
     text = None if args.clear else args.text
     if text is None and not args.clear:
         raise OpensessionsError("give TEXT, or --clear")
-    _post(args, "/set-status", {"session": args.session, "text": text, "tone": args.tone})
-    return 0
+    return _post_for_session(args, "/set-status", {"session": args.session, "text": text, "tone": args.tone})
 
 
 def cmd_set_progress(args):
@@ -10023,14 +10214,12 @@ def cmd_set_progress(args):
         raise OpensessionsError("give CURRENT TOTAL, --percent N or --clear")
     if args.label:
         body["label"] = args.label
-    _post(args, "/set-progress", body)
-    return 0
+    return _post_for_session(args, "/set-progress", body)
 
 
 def cmd_log(args):
-    _post(args, "/log", {"session": args.session, "message": args.message, "source": args.source,
-                         "tone": args.tone})
-    return 0
+    return _post_for_session(args, "/log", {"session": args.session, "message": args.message,
+                                            "source": args.source, "tone": args.tone})
 
 
 def cmd_clear_log(args):
@@ -10039,8 +10228,8 @@ def cmd_clear_log(args):
 
 
 def cmd_notify(args):
-    _post(args, "/notify", {"session": args.session, "message": args.message, "tone": args.tone})
-    return 0
+    return _post_for_session(args, "/notify", {"session": args.session, "message": args.message,
+                                               "tone": args.tone})
 
 
 def cmd_reply(args):
@@ -10367,7 +10556,18 @@ def _tmux(args):
 def cmd_sidebar(args, popup=False, client=None):
     """Run the curses sidebar in this pane (the sidebar pane manager starts these); with popup, the
     agents popup (`opensessions popup`, in a display-popup)."""
+    global _log_file
     socket_path = _socket_from_args(args)
+    # The pane is the sidebar's screen: its log lines (and any traceback) go to the log file.
+    log_path = os.path.join(state_dir(), "sidebar.log")
+    try:
+        ensure_private_dir(state_dir())
+        _log_file = open(log_path, "a", buffering=1)
+        os.dup2(_log_file.fileno(), 2)
+    except (OSError, OpensessionsError):
+        _log_file = open(os.devnull, "w")
+        os.dup2(_log_file.fileno(), 2)
+    runtime = RuntimeFiles(socket_path)
 
     def find_port():
         if args.port:
@@ -10386,8 +10586,8 @@ def cmd_sidebar(args, popup=False, client=None):
     def get(path):
         return Client(find_port(), timeout=2, token=find_port.token).request("GET", path)
 
-    return SidebarApp(Tmux(socket_path), find_port, start_server=lambda: start_background(args),
-                      post=post, get=get, popup=popup, client=client).run()
+    return SidebarApp(Tmux(socket_path), find_port, start_server=lambda: start_background(args, respect_stop=True),
+                      post=post, get=get, popup=popup, client=client, is_stopped=runtime.stopped).run()
 
 
 def cmd_popup(args):
@@ -10551,41 +10751,103 @@ def _tmux_option(tmux, name):
         return ""
 
 
+def read_tmux_options(tmux, defaults=None):
+    """Our @opensessions-* options in one tmux call (it works before any session exists), the
+    default for those not set. -> {name: value}"""
+    defaults = TMUX_OPTIONS if defaults is None else defaults
+    names = sorted(defaults)
+    fmt = "\x1f".join("#{%s}" % n for n in names)
+    try:
+        out = tmux.run("display-message", "-p", fmt).rstrip("\n").split("\x1f")
+    except TmuxError:
+        out = []
+    if len(out) != len(names):
+        out = [_tmux_option(tmux, n) for n in names]
+    return {n: (v or defaults[n]) for n, v in zip(names, out)}
+
+
+def ui_from_tmux_options(options):
+    """The sidebar preferences the @opensessions-* options set (only those given). Pure."""
+    ui = {}
+    if options.get("@opensessions-width", "").isdigit():
+        ui["width"] = int(options["@opensessions-width"])
+    if options.get("@opensessions-position") in ("left", "right"):
+        ui["position"] = options["@opensessions-position"]
+    if options.get("@opensessions-theme") in THEMES:
+        ui["theme"] = options["@opensessions-theme"]
+    for option, key, allowed in (("@opensessions-notify", "notify", NOTIFY_CHANNELS),
+                                 ("@opensessions-notify-on", "notifyOn", NOTIFY_STATUSES)):
+        words = [w for w in re.split(r"[ ,]+", options.get(option) or "") if w]
+        if words:
+            ui[key] = [w for w in words if w in allowed] if words != ["none"] else []
+    try:  # what validate_ui refuses (a width of 5) is left at its current value
+        return validate_ui(ui) if ui else {}
+    except ApiError:
+        return {k: v for k, v in ui.items() if k != "width"}
+
+
+# The hook that finishes the plugin's setup when the first session appears (TPM runs us while
+# tmux reads its config, before any session exists). An array index of its own: the user's
+# session-created hooks are left alone.
+BOOT_HOOK = "session-created[77]"
+
+
 def cmd_tmux_setup(args):
-    """What opensessions.tmux runs: bind keys, apply options, start (or update) the server."""
+    """What opensessions.tmux runs: bind keys, apply options, start (or update) the server.
+    Before any session exists (tmux reading its config at boot), it binds keys and leaves the
+    rest to a one-shot hook on the first session: no server runs against a server with no session."""
+    if not getattr(args, "hook", False):
+        return _tmux_setup(args)
+    try:  # run by the hook: nobody reads our stderr, and run-shell would print it over a pane
+        return _tmux_setup(args)
+    except OpensessionsError as e:
+        try:
+            _tmux(args).run("display-message", "opensessions: %s" % e)
+        except TmuxError:
+            pass
+        return 0
+
+
+def _tmux_setup(args):
+    import shlex
     tmux = _tmux(args)
-    options = {name: (_tmux_option(tmux, name) or default) for name, default in TMUX_OPTIONS.items()}
+    options = read_tmux_options(tmux)
     me = _self_command()
     if options["@opensessions-port"]:
         args.port = _int(options["@opensessions-port"], None)
         me += " --port %d" % args.port
-    for table, key, *command in tmux_bindings(me, options):
-        tmux.run("bind-key", *(["-T", table] if table != "prefix" else []) + [key] + command)
-    tmux.run("set-option", "-g", "@opensessions-bound-key", options["@opensessions-key"])
+    key = options["@opensessions-key"]
+    try:
+        previous = tmux.run("list-keys", "-T", "prefix", key).strip()
+    except TmuxError:
+        previous = ""
+    cmds = []
+    if previous and "opensessions" not in previous and not _tmux_option(tmux, "@opensessions-saved-binding"):
+        cmds += ["set-option", "-g", "@opensessions-saved-binding", previous.splitlines()[0], ";"]
+    for table, k, *command in tmux_bindings(me, options):
+        cmds += ["bind-key"] + (["-T", table] if table != "prefix" else []) + [k] + command + [";"]
+    cmds += ["set-option", "-g", "@opensessions-bound-key", key]
+    tmux.run(*cmds)  # one tmux process for every binding: tmux waits for us at boot
     _keep_window_names(tmux)
+    if options["@opensessions-resurrect"] in ("on", "1", "yes", "true"):
+        tmux_setup_resurrect(tmux, me)
+    if not tmux.run("list-sessions", "-F", "#{session_id}").strip():
+        tmux.run("set-hook", "-g", BOOT_HOOK, "run-shell -b " + shlex.quote(me + " tmux-setup --hook"))
+        return 0
+    try:
+        tmux.run("set-hook", "-gu", BOOT_HOOK)
+    except TmuxError:
+        pass
     runtime = RuntimeFiles(_socket_from_args(args))
     info = runtime.live_info()
     if info and (info.get("version"), info.get("digest")) != (__version__, program_digest()):
-        cmd_stop(args)  # an updated plugin: restart the server on the new code
-    start_background(args)
-    ui = {}
-    if options["@opensessions-width"].isdigit():
-        ui["width"] = int(options["@opensessions-width"])
-    if options["@opensessions-position"] in ("left", "right"):
-        ui["position"] = options["@opensessions-position"]
-    if options["@opensessions-theme"] in THEMES:
-        ui["theme"] = options["@opensessions-theme"]
-    for option, key, allowed in (("@opensessions-notify", "notify", NOTIFY_CHANNELS),
-                                 ("@opensessions-notify-on", "notifyOn", NOTIFY_STATUSES)):
-        words = [w for w in re.split(r"[ ,]+", options[option]) if w]
-        if words:
-            ui[key] = [w for w in words if w in allowed] if words != ["none"] else []
+        cmd_stop(args, on_purpose=False)  # an updated plugin: restart the server on the new code
+    start_background(args)  # a new server reads the options itself, before its first sidebar
+    ui = ui_from_tmux_options(options)
     state_ui = _get_state(args).get("ui", {})
     ui = {k: v for k, v in ui.items() if state_ui.get(k) != v}
     if ui:
         _post(args, "/ui", ui)
-    if options["@opensessions-resurrect"] in ("on", "1", "yes", "true"):
-        tmux_setup_resurrect(tmux, me)
     return 0
 
 
@@ -10611,10 +10873,36 @@ def tmux_setup_resurrect(tmux, me):
         tmux.run("set-option", "-g", option, chain_hook(_tmux_option(tmux, option), me + " " + verb))
 
 
+def _our_option(name):
+    return name.startswith("@opensessions-") or name == "@agent_session"
+
+
+def _unset_our_options(tmux, scope, target=None):
+    """Unset every option of ours in one scope ("-g", "-gw", "-s", "-w", "-p") of one target."""
+    flags = [scope] + (["-t", target] if target else [])
+    try:
+        out = tmux.run("show-options", *flags)
+    except TmuxError:
+        return
+    cmds = []
+    for line in out.splitlines():
+        name = line.split(" ", 1)[0]
+        if _our_option(name):
+            if cmds:
+                cmds.append(";")
+            cmds.extend(["set-option", "-qu"] + flags + [name])
+    if cmds:
+        try:
+            tmux.run(*cmds)
+        except TmuxError:
+            pass
+
+
 def cmd_uninstall_tmux(args):
-    """Remove every binding, option, sidebar pane and helper session we made; stop the server."""
+    """Remove every binding, option, sidebar pane and helper session we made; stop the server
+    (for good: sidebars still shown do not start it again)."""
     tmux = _tmux(args)
-    cmd_stop(args)  # first: a running server would put sidebar panes back
+    cmd_stop(args, hint=False)  # first, and marked stopped: a server or a sidebar would put things back
     key = _tmux_option(tmux, "@opensessions-bound-key") or "o"
     for table, k, *_ in tmux_bindings("x", {"@opensessions-key": key, "@opensessions-focus-key":
                                              _tmux_option(tmux, "@opensessions-focus-key"),
@@ -10627,14 +10915,15 @@ def cmd_uninstall_tmux(args):
             continue
         if KEY_TABLE in bound or "opensessions" in bound:
             tmux.run("unbind-key", *(["-T", table] if table != "prefix" else []) + [k])
+    _restore_binding(tmux, _tmux_option(tmux, "@opensessions-saved-binding"))
     try:
         tmux.run("unbind-key", "-a", "-T", KEY_TABLE)
     except TmuxError:
         pass
-    for line in tmux.run("show-options", "-g").splitlines():
-        name = line.split(" ", 1)[0]
-        if name.startswith("@opensessions-"):
-            tmux.run("set-option", "-gu", name)
+    try:
+        tmux.run("set-hook", "-gu", BOOT_HOOK)
+    except TmuxError:
+        pass
     _keep_window_names(tmux, remove=True)
     for option, _ in RESURRECT_HOOKS:
         current = _tmux_option(tmux, option)
@@ -10651,17 +10940,42 @@ def cmd_uninstall_tmux(args):
                 tmux.run("kill-pane", "-t", pane)
             except TmuxError:
                 pass
-    try:
-        tmux.run("kill-session", "-t", "=" + STASH_SESSION)
-    except TmuxError:
-        pass
+    for line in tmux.run("list-sessions", "-F", "#{session_id} #{session_name}").splitlines():
+        sid, _, name = line.partition(" ")
+        if name.startswith(HIDDEN_SESSION_PREFIX):
+            try:
+                tmux.run("kill-session", "-t", sid)
+            except TmuxError:
+                pass
+    _unset_our_options(tmux, "-g")
+    _unset_our_options(tmux, "-gw")
+    for line in tmux.run("list-sessions", "-F", "#{session_id}").splitlines():
+        _unset_our_options(tmux, "-s", line.strip())
     for line in tmux.run("list-windows", "-a", "-F", "#{window_id}").splitlines():
-        try:
-            tmux.run("set-option", "-wu", "-t", line.strip(), "@agent_session")
-        except TmuxError:
-            pass
+        _unset_our_options(tmux, "-w", line.strip())
+    for line in tmux.run("list-panes", "-a", "-F", "#{pane_id}").splitlines():
+        _unset_our_options(tmux, "-p", line.strip())
     print("opensessions removed from this tmux server")
     return 0
+
+
+def _restore_binding(tmux, saved):
+    """Put back the prefix-table binding our key replaced (a `bind-key ...` line from list-keys)."""
+    if not saved or not saved.startswith("bind-key"):
+        return
+    import tempfile
+    fd, path = tempfile.mkstemp(prefix="opensessions-", suffix=".conf")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(saved + "\n")
+        tmux.run("source-file", path)
+    except (OSError, TmuxError) as e:
+        sys.stderr.write("opensessions: could not restore %r: %s\n" % (saved, e))
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 COMMANDS = ("server", "start", "stop", "status", "usage", "set-status", "set-progress", "log", "clear-log", "notify",
@@ -10757,7 +11071,8 @@ def _command_table():
           (("-v", "--verbose"), dict(action="store_true", help="print each decision"))]),
         ("kitty", cmd_kitty, "one kitty tab per tmux session (or --session-file)",
          [(("--session-file",), dict(metavar="PATH", help="write a kitty session file instead"))]),
-        ("tmux-setup", cmd_tmux_setup, "(run by opensessions.tmux) bind keys, start the server", []),
+        ("tmux-setup", cmd_tmux_setup, "(run by opensessions.tmux) bind keys, start the server",
+         [(("--hook",), dict(action="store_true", help="==SUPPRESS=="))]),  # the boot hook: errors go to tmux
         ("uninstall-tmux", cmd_uninstall_tmux,
          "remove our bindings, options, sidebar panes and helper session; stop the server", []),
     )

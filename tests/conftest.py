@@ -293,8 +293,8 @@ printf '%s\t%s\t%s\t%s\n' "$TMUX_PANE" "$PWD" "${0##*/}" "$*" >> "${FAKE_LOG:-/d
 if [ -n "$FAKE_REGISTRY" ]; then
   mkdir -p "$FAKE_REGISTRY"
   reg="$FAKE_REGISTRY/$$.json"
-  printf '{"pid": %s, "sessionId": "%s", "cwd": "%s", "status": "%s", "kind": "interactive"}' \
-    "$$" "$FAKE_SESSION" "$PWD" "${FAKE_STATUS:-idle}" > "$reg.tmp" && mv "$reg.tmp" "$reg"
+  printf '{"pid": %s, "sessionId": "%s", "cwd": "%s", "status": "%s", "kind": "interactive", "updatedAt": %s}' \
+    "$$" "$FAKE_SESSION" "$PWD" "${FAKE_STATUS:-idle}" "$(date +%s%3N)" > "$reg.tmp" && mv "$reg.tmp" "$reg"
   trap 'rm -f "$reg"; exit 0' EXIT HUP TERM INT
 fi
 if [ -n "$FAKE_HOLD" ]; then exec 3>>"$FAKE_HOLD"; fi

@@ -178,6 +178,10 @@ def test_prompts_show_what_is_typed(shown, tmux):
 
 def prefix_o(tmux, client, key):
     """prefix o KEY typed in the client's terminal (KEY once tmux has switched to our key table)."""
+    # tmux treats a key that comes within assume-paste-time (1 ms) of the session's last activity
+    # as pasted text and sends it to the pane: a machine typing right after a tmux command would
+    # lose the key, a person never does
+    tmux.run("set-option", "-g", "assume-paste-time", "0")
     os.write(client.master, b"\x02o")
     retry_until(lambda: "opensessions" in tmux.run("list-clients", "-F", "#{client_key_table}").split())
     os.write(client.master, key)
