@@ -10842,13 +10842,26 @@ def _tmux_setup(args):
     info = runtime.live_info()
     if info and (info.get("version"), info.get("digest")) != (__version__, program_digest()):
         cmd_stop(args, on_purpose=False)  # an updated plugin: restart the server on the new code
+    first_run = _first_run()  # asked before a new server saves ui.json with its defaults
     start_background(args)  # a new server reads the options itself, before its first sidebar
     ui = ui_from_tmux_options(options)
+    if first_run:
+        ui["visible"] = True  # the plugin's first run shows the sidebars; later, prefix o t's choice holds
     state_ui = _get_state(args).get("ui", {})
     ui = {k: v for k, v in ui.items() if state_ui.get(k) != v}
     if ui:
         _post(args, "/ui", ui)
     return 0
+
+
+def _first_run(environ=None):
+    """True when the user never chose whether the sidebars show: no ui.json, or one without
+    "visible" (a broken file is the user's to mend: not a first run)."""
+    try:
+        data = read_json_file(os.path.join(config_dir(environ), "ui.json"), default={})
+    except OpensessionsError:
+        return False
+    return isinstance(data, dict) and "visible" not in data
 
 
 RESURRECT_HOOKS = (("@resurrect-hook-post-save-all", "save"), ("@resurrect-hook-post-restore-all", "restore"))
