@@ -5,7 +5,7 @@ One module, standard library only.  Sections, from the pure core to the I/O edge
 (each uses only those above it):
 
     constants and paths -> model -> agent parsers -> tmux gateway -> system probes
-    -> watchers -> server -> notifications -> resurrect and kitty -> sidebar -> CLI
+    -> watchers -> installer -> server -> notifications -> resurrect and kitty -> sidebar -> CLI
 
 Importing this module has no side effects: nothing runs, nothing is written, no
 heavy module is imported until a function needs it (client commands must start fast).
@@ -399,7 +399,7 @@ class Thread(object):
 
     __slots__ = ("agent", "id", "title", "status", "detail", "attempt", "cwd", "model", "pane",
                  "session", "pid", "alive", "unseen", "updated_at", "hidden", "source", "proc_start",
-                 "rollout", "link", "usage", "usage_raw")
+                 "link", "usage", "usage_raw")
 
     def __init__(self, agent, id, title="", status="idle", detail=None, attempt=None, cwd=None,
                  model=None, pane=None, session=None, pid=None, alive=True, unseen=False,
@@ -421,7 +421,6 @@ class Thread(object):
         self.hidden = hidden
         self.source = source
         self.proc_start = None
-        self.rollout = None
         self.link = None  # how the pane was found: "pid", or "cwd" for the last-resort guess
         self.usage = None  # the /state usage (priced); usage_raw: the watcher's raw figures
         self.usage_raw = None
@@ -490,6 +489,18 @@ def threads_to_prune(threads, now_ms_, list_ms, cap=MAX_THREADS):
 def becomes_unseen(old_status, new_status, viewed):
     """A thread turning done/error/interrupted/waiting while nobody looks at it is unseen."""
     return (not viewed) and new_status in UNSEEN_STATUSES and new_status != old_status
+
+
+def live_state_holds(current, agent, status, moved_on):
+    """Which source wins when an agent's own files say a thread runs (the apply step's rule,
+    DESIGN.md): a state only a live source can see holds until the files show that it ended.
+      OpenCode: its database cannot see a permission wait or a retry; the plugin's hold.
+      The others: a wait (known only from a hook) holds while the file has not moved on."""
+    if current is None or status != "running":
+        return False
+    if agent == "opencode":
+        return current.source == "plugin" and current.status in ("waiting", "retry")
+    return current.status == "waiting" and not moved_on
 
 
 def _require_session(body):
@@ -2835,7 +2846,7 @@ def read_head_lines(path, limit=HEAD_BYTES):
     return lines
 
 
-def listdir(path, suffix=""):
+def dir_entries(path, suffix=""):
     """Entries of a directory ending in suffix; [] when it is missing or unreadable."""
     try:
         names = os.listdir(path)
@@ -2860,12 +2871,21 @@ def sqlite_ro(path, timeout=0.2):
     Leaves the agent's directory as it was: a read-only connection to a WAL database creates
     `-wal` and `-shm` files and cannot remove them. With no `-wal` file no writer has the database
     open, so it is opened immutable (SQLite then creates nothing); a writer that starts meanwhile
-    changes the files, and that change makes us read again."""
+    changes the files, and that change makes us read again. A file shorter than SQLite's 100-byte
+    header is still being written (copied, restored): it is not opened (its header, read by SQLite
+    later than by us, could say WAL), and the write's next change makes us read again."""
     import sqlite3
     from urllib.parse import quote
     flags = "mode=ro"
-    if not os.path.exists(path + "-wal") and sqlite_is_wal(path):
-        flags += "&immutable=1"
+    if not os.path.exists(path + "-wal"):
+        try:
+            size = os.stat(path).st_size
+        except OSError as e:
+            raise sqlite3.OperationalError("%s: %s" % (path, e))
+        if size < 100:
+            raise sqlite3.OperationalError("%s: %d bytes, no database header yet" % (path, size))
+        if sqlite_is_wal(path):
+            flags += "&immutable=1"
     conn = sqlite3.connect("file:%s?%s" % (quote(os.path.abspath(path)), flags), uri=True, timeout=timeout,
                            check_same_thread=False)
     conn.row_factory = sqlite3.Row
@@ -2942,171 +2962,14 @@ def agent_paths(environ=None):
     }
 
 
-class MoreAgentWatchers(object):
-    """Gemini CLI, Qwen Code and Pi: inotify tails of their JSONL chat files (a mixin of
-    AgentWatchers, using its watch core: watch_dir, FileTail, states). Read only; nothing here
-    writes, moves or deletes an agent's files.
-
-      Gemini: ~/.gemini/tmp/<project>/chats/session-<time>-<id8>.jsonl (projects.json: dir -> project)
-      Qwen:   ~/.qwen/projects/<encoded cwd>/chats/<uuid>.jsonl
-      Pi:     ~/.pi/agent/sessions/--<cwd>--/<time>_<uuid>.jsonl
-    """
-
-    MORE_REDUCERS = {"gemini": gemini_reduce, "qwen": qwen_reduce, "pi": pi_reduce}
-
-    def _more_start(self):
-        p = self.paths
-        self.gemini_projects = {}  # project name -> directory
-        self.watch_root(p["gemini"], self._on_gemini_home)
-        self.watch_root(os.path.join(p["gemini"], "tmp"), self._on_gemini_tmp)
-        self.watch_root(os.path.join(p["qwen"], "projects"), self._on_qwen_projects)
-        self.watch_root(os.path.join(p["pi"], "sessions"), self._on_pi_sessions)
-        self.qwen_registry = {}  # registry file -> (pid, session id)
-        self.watch_root(os.path.join(p["qwen"], "sessions"), self._on_qwen_registry)
-
-    def _more_cold_start(self):
-        self._read_gemini_projects()
-        self._on_gemini_tmp(os.path.join(self.paths["gemini"], "tmp"), None, 0)
-        self._on_qwen_projects(os.path.join(self.paths["qwen"], "projects"), None, 0)
-        self._on_pi_sessions(os.path.join(self.paths["pi"], "sessions"), None, 0)
-        self._on_qwen_registry(os.path.join(self.paths["qwen"], "sessions"), None, 0)
-
-    # -- directories -------------------------------------------------------------------------------
-    def _more_subdirs(self, directory, name, sub, handler):
-        """A new (name) or every (None) subdirectory: watch <it>/<sub> and read its recent files."""
-        names = [name] if name else listdir(directory)
-        for n in names:
-            d = os.path.join(directory, n, sub) if sub else os.path.join(directory, n)
-            if os.path.isdir(os.path.join(directory, n)):
-                self.watch_dir(d, handler)
-                if os.path.isdir(d):
-                    handler(d, None, 0)
-
-    def _on_gemini_home(self, directory, name, mask):
-        if name in (None, "projects.json"):
-            self._read_gemini_projects()
-        if name == "tmp" and mask & IN_ISDIR:
-            self.watch_dir(os.path.join(directory, name), self._on_gemini_tmp)
-            self._on_gemini_tmp(os.path.join(directory, name), None, 0)
-
-    def _on_gemini_tmp(self, directory, name, mask):
-        if name is None or mask & IN_ISDIR:
-            self._more_subdirs(directory, name, "chats", self._on_more_chats("gemini"))
-
-    def _on_qwen_projects(self, directory, name, mask):
-        if name is None or mask & IN_ISDIR:
-            self._more_subdirs(directory, name, "chats", self._on_more_chats("qwen"))
-
-    def _on_pi_sessions(self, directory, name, mask):
-        if name is None or mask & IN_ISDIR:
-            self._more_subdirs(directory, name, "", self._on_more_chats("pi"))
-
-    def _on_more_chats(self, agent):
-        handlers = self.__dict__.setdefault("_more_handlers", {})
-        if agent not in handlers:
-            def handler(directory, name, mask, agent=agent):
-                if name is None:
-                    for n in listdir(directory, ".jsonl"):
-                        path = os.path.join(directory, n)
-                        if path not in self.tails and self._recent(path):
-                            self._more_read_file(agent, path)
-                elif name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
-                    self._more_read_file(agent, os.path.join(directory, name))
-            handlers[agent] = handler
-        return handlers[agent]
-
-    def _on_qwen_registry(self, directory, name, mask):
-        """~/.qwen/sessions/<pid>.json, Qwen Code's live registry ({pid, sessionId, cwd}; removed
-        at exit): the exact pid of a thread, so its pane, without hooks."""
-        for n in [name] if name else listdir(directory, ".json"):
-            if not n or not n.endswith(".json"):
-                continue
-            path = os.path.join(directory, n)
-            if name and mask & (IN_DELETE | IN_MOVED_FROM) or not os.path.exists(path):
-                gone = self.qwen_registry.pop(path, None)
-                if gone:
-                    self.server.agent_pid_exited("qwen", gone[0])
-                continue
-            try:
-                with open(path, "rb") as f:
-                    data = json.loads(f.read().decode("utf-8"))
-            except (OSError, ValueError, UnicodeDecodeError):
-                continue  # half-written: the next event reads it again
-            pid = data.get("pid") if isinstance(data, dict) else None
-            sid = data.get("sessionId") if isinstance(data, dict) else None
-            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or not valid_thread_id("qwen", sid) \
-                    or n != "%d.json" % pid or not _pid_alive(pid):
-                continue
-            if self.qwen_registry.get(path) != (pid, sid):
-                self.qwen_registry[path] = (pid, sid)
-                cwd = data.get("cwd") if isinstance(data.get("cwd"), str) else None
-                self.server.apply_thread_update("qwen", sid, pid=pid, cwd=cwd, alive=True)
-
-    def _read_gemini_projects(self):
-        try:
-            with open(os.path.join(self.paths["gemini"], "projects.json"), "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
-            return
-        projects = data.get("projects") if isinstance(data, dict) else None
-        if isinstance(projects, dict):
-            self.gemini_projects = {v: k for k, v in projects.items() if isinstance(k, str) and isinstance(v, str)}
-
-    # -- files ---------------------------------------------------------------------------------------
-    def _more_thread_id(self, agent, path):
-        if agent == "pi":
-            return pi_id_from_path(path)
-        if agent == "qwen":
-            name = os.path.basename(path)[:-6]
-            return name if _UUID_RE.match(name) else None
-        # Gemini names the file with 8 characters of the id: the full one is in its header line
-        if gemini_id_from_path(path) is None:
-            return None
-        for rec in parse_json_lines(read_head_lines(path, 4096))[0][:1]:
-            sid = rec.get("sessionId")
-            if isinstance(sid, str) and _UUID_RE.match(sid):
-                return sid
-        return None
-
-    def _more_read_file(self, agent, path):
-        state = self.states.get(path)
-        tid = state["id"] if state is not None else self._more_thread_id(agent, path)
-        if not tid:
-            return
-        _, records = self._tail_thread(path, agent, tid, self.MORE_REDUCERS[agent])
-        if records:
-            self._apply_more(agent, path, records)
-
-    def _apply_more(self, agent, path, records):
-        state = self.states[path]
-        tid = state["id"]
-        if agent == "gemini" and not state["cwd"]:
-            parts = path.split(os.sep)
-            if len(parts) >= 3:
-                state["cwd"] = self.gemini_projects.get(parts[-3])
-        status, detail = state["status"], state["detail"]
-        current = self.server.store.threads.get((agent, tid))
-        moved = any(agent != "gemini" or "$set" not in r for r in records)
-        if current is not None and current.status == "waiting" and status == "running" and \
-                (not moved or agent == "qwen" and not any(r.get("type") in ("assistant", "tool_result") for r in records)):
-            # a permission wait is known only from a hook; the file has not moved on
-            status, detail = current.status, current.detail
-        fields = dict(status=status, detail=detail, title=thread_title(state), cwd=state["cwd"],
-                      model=state["model"], updated_at=state["updatedAt"] or None, source="file")
-        if state.get("hidden"):
-            fields["hidden"] = True
-        if state.get("usage"):
-            fields["usage"] = dict(state["usage"])
-        self.server.apply_thread_update(agent, tid, **fields)
-
-
-class AgentWatchers(MoreAgentWatchers):
-    """Follows each agent's own files and databases and feeds thread updates to the server.
-
-    Runs on the server's event loop. inotify (Linux) wakes it within milliseconds; elsewhere a
-    cheap stat scan runs every `poll_interval` seconds. Cold start reads only the tails of files
-    changed in the last `recent_days` days.
-    """
+class WatchCore(object):
+    """What every agent's watcher shares, on the server's event loop: directories watched by inotify
+    (Linux: it wakes us within milliseconds) or scanned by stat every `poll_interval` seconds (no
+    inotify, OPENSESSIONS_WATCH=poll, or no watch left for a directory), directories awaited until
+    they exist, file tails and the thread states reduced from them, database reads timed around
+    their writers' commits, and the guard under which each file, row or directory is read (what no
+    parser expected is skipped and counted). Cold start reads only files changed in the last
+    `recent_days` days."""
 
     def __init__(self, server, environ=None, recent_days=7.0, poll_interval=1.0, clock=time.time):
         self.server = server
@@ -3125,26 +2988,17 @@ class AgentWatchers(MoreAgentWatchers):
         self.tails = {}  # path -> FileTail
         self.states = {}  # path -> thread state
         self.state_paths = {}  # (agent, thread id) -> the first path read for it (no scan of states per file)
-        self.claude_registry = {}  # pid -> registry entry
-        self.claude_reg_files = {}  # registry file -> pid
-        self.codex_names = {}
-        self.codex_index_tail = None
-        self.oc_last = 0
-        self.oc_pending = False
-        self.oc_queried_at = None  # monotonic time of the last opencode.db query
         self.db_stamps = {}  # database -> sqlite_stamp() taken before our last read of it
         self.db_waits = {}  # database -> tries, while we wait for its writer to finish a commit
-        self.oc_error_logged = False
-        self.amp_mtimes = {}
         self.bad_records = 0
         self.long_lines = 0  # lines over MAX_LINE_BYTES, skipped unread
         self._logged_bad = set()
-        self._oc_bad_rows = set()
-        self._more_pending = set()
+        self._reads_due = set()  # files whose last read stopped at its budget (read_later)
         self._stat_cache = {}  # polled dir -> {name: (mtime_ns, size, inode, is_dir)}
+        self.on_overflow = lambda: None  # inotify dropped events: every agent reads its files again
 
-    # -- setup -----------------------------------------------------------------------------------
     def start(self):
+        """inotify where there is one (and OPENSESSIONS_WATCH is not "poll"), else stat scans."""
         try:
             if self.force_poll:
                 raise OSError("OPENSESSIONS_WATCH=poll")
@@ -3153,24 +3007,8 @@ class AgentWatchers(MoreAgentWatchers):
         except (OSError, AttributeError) as e:
             log("inotify unavailable (%s); watching agent files by stat every %.1fs" % (e, self.poll_interval))
             self.inotify = None
-        claude = self.paths["claude"]
-        self.watch_root(os.path.join(claude, "sessions"), self._on_claude_registry_dir)
-        self.watch_root(os.path.join(claude, "projects"), self._on_claude_projects_dir)
-        codex = self.paths["codex"]
-        self.watch_root(codex, self._on_codex_home)
-        self.watch_root(os.path.join(codex, "sessions"), self._on_codex_tree)
-        self.watch_root(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
-        self.watch_root(self.paths["amp_threads"], self._on_amp_dir)
-        self._more_start()
-        self.cold_start()
 
-    def cold_start(self):
-        for step in (self._scan_claude_registry, self._scan_claude_projects, self._read_codex_index,
-                     self._read_codex_names_db, self._scan_codex_sessions, self._codex_turns_fallback,
-                     self._query_opencode, self._scan_amp, self._more_cold_start):
-            self._guarded(step.__name__, step)
-
-    def _guarded(self, what, fn, *args):
+    def guarded(self, what, fn, *args):
         """Read one file, row or directory under its own guard: what no parser expected is skipped
         and counted (/health skippedRecords), logged once, and the rest is read."""
         try:
@@ -3182,40 +3020,23 @@ class AgentWatchers(MoreAgentWatchers):
                 log("skipped %s (%s: %s)" % (what, type(e).__name__, str(e)[:200]))
             return None
 
-    def _listdir(self, path):
+    def listdir_counted(self, path):
         """Sorted entries of a directory; an unreadable one (left by `sudo codex`) is skipped and counted."""
         try:
             return sorted(os.listdir(path))
         except FileNotFoundError:
             return []
         except OSError as e:
-            self._guarded(path, _raise, e)
+            self.guarded(path, _raise, e)
             return []
 
-    def _codex_turns_fallback(self):
-        """A rollout read from its tail may not reach back to its turn's task_started (a long turn):
-        thread_history_1.sqlite knows each turn's status (inProgress/completed/interrupted/failed)."""
-        import sqlite3
-        unknown = {st["id"]: path for path, st in self.states.items()
-                   if st["agent"] == "codex" and st["turns"] == 0}
-        db = os.path.join(self.paths["codex"], "thread_history_1.sqlite")
-        if not unknown or not os.path.exists(db):
-            return
+    def recent(self, path):
         try:
-            rows = sqlite_rows(db, "SELECT thread_id, status, error_json FROM thread_turns t WHERE started_at = "
-                                   "(SELECT max(started_at) FROM thread_turns u WHERE u.thread_id = t.thread_id)")
-        except sqlite3.Error as e:
-            log("codex thread_history_1.sqlite not readable now (%s)" % e)
-            return
-        for row in rows:
-            path = unknown.get(row["thread_id"])
-            if path is None:
-                continue
-            status, detail = codex_turn_status(row["status"], row["error_json"])
-            if status:
-                self.states[path].update(status=status, detail=detail, turns=1)
-                self._guarded(path, self._apply_codex, path)
+            return self.clock() - os.stat(path).st_mtime <= self.recent_s
+        except OSError:
+            return False
 
+    # -- directories -------------------------------------------------------------------------------
     def watch_root(self, path, handler):
         """An agent's own directory: watched (or awaited) for good, even after it is removed."""
         self.roots[path] = handler
@@ -3286,7 +3107,7 @@ class AgentWatchers(MoreAgentWatchers):
         changed = False
         for wd, mask, name in self.inotify.read():
             if mask & IN_Q_OVERFLOW:
-                self.cold_start()
+                self.on_overflow()
                 changed = True
                 continue
             entry = self.watches.get(wd)
@@ -3302,10 +3123,10 @@ class AgentWatchers(MoreAgentWatchers):
                 if self.pending_dirs:
                     self._settle_pending()  # an awaited directory's watched parent went away
                 continue
-            self._guarded("%s/%s" % (directory, name or ""), handler, directory, name or None, mask)
+            self.guarded("%s/%s" % (directory, name or ""), handler, directory, name or None, mask)
             if self.pending_dirs and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO) \
                     and handler != self._on_ancestor:
-                self._guarded(directory, self._settle_pending)  # a parent of an awaited directory may be watched
+                self.guarded(directory, self._settle_pending)  # a parent of an awaited directory may be watched
             changed = True
         if changed:
             self.server.after_watchers()
@@ -3320,12 +3141,12 @@ class AgentWatchers(MoreAgentWatchers):
 
     def _poll(self):
         """One stat scan of the polled directories, reported as inotify would (created, modified,
-        deleted). A failing handler is counted and logged (_guarded) and the scan goes on; the next scan
+        deleted). A failing handler is counted and logged (guarded) and the scan goes on; the next scan
         is always due."""
         try:
             for directory, handler in list(self.polled_dirs.items()):
                 for name, mask in self._poll_changes(directory):
-                    self._guarded(os.path.join(directory, name), handler, directory, name, mask)
+                    self.guarded(os.path.join(directory, name), handler, directory, name, mask)
             self.server.after_watchers()
         except Exception:
             import traceback
@@ -3339,7 +3160,7 @@ class AgentWatchers(MoreAgentWatchers):
         before = self._stat_cache.get(directory, {})
         now = {}
         changes = []
-        for name in listdir(directory):
+        for name in dir_entries(directory):
             try:
                 st = os.stat(os.path.join(directory, name))
             except OSError:
@@ -3355,84 +3176,11 @@ class AgentWatchers(MoreAgentWatchers):
         self._stat_cache[directory] = now
         return changes
 
-    def _recent(self, path):
-        try:
-            return self.clock() - os.stat(path).st_mtime <= self.recent_s
-        except OSError:
-            return False
-
-    # -- Claude Code -----------------------------------------------------------------------------
-    def _scan_claude_registry(self):
-        d = os.path.join(self.paths["claude"], "sessions")
-        for name in listdir(d, ".json"):
-            self._guarded(os.path.join(d, name), self._read_claude_registry_file, os.path.join(d, name))
-
-    def _on_claude_registry_dir(self, directory, name, mask):
-        if name is None:
-            return self._scan_claude_registry()
-        if not name.endswith(".json") or name.startswith("."):
-            return
-        path = os.path.join(directory, name)
-        if mask & (IN_DELETE | IN_MOVED_FROM) or not os.path.exists(path):
-            pid = self.claude_registry_forget(path)
-            if pid is not None:
-                self.server.agent_pid_exited("claude", pid)
-            return
-        self._read_claude_registry_file(path)
-
-    def claude_registry_forget(self, path):
-        pid = self.claude_reg_files.pop(path, None)
-        if pid is not None:
-            self.claude_registry.pop(pid, None)
-        return pid
-
-    def _read_claude_registry_file(self, path):
-        try:
-            with open(path, "rb") as f:
-                entry = claude_registry_entry(clean_parsed_strings(json.loads(f.read(MAX_LINE_BYTES).decode("utf-8"))))
-        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
-            return  # half-written: the next event re-reads it
-        if entry is None:
-            return
-        self.claude_reg_files[path] = entry["pid"]
-        self.claude_registry[entry["pid"]] = entry
-        self._apply_claude(entry["sessionId"])
-
-    def _claude_transcript_path(self, session_id, cwd):
-        projects = os.path.join(self.paths["claude"], "projects")
-        if cwd:
-            p = os.path.join(projects, claude_project_dir_name(cwd), session_id + ".jsonl")
-            if os.path.exists(p):
-                return p
-        return self.state_paths.get(("claude", session_id))
-
-    def _scan_claude_projects(self):
-        projects = os.path.join(self.paths["claude"], "projects")
-        for d in listdir(projects):
-            full = os.path.join(projects, d)
-            if os.path.isdir(full):
-                self.watch_dir(full, self._on_claude_project)
-                for name in listdir(full, ".jsonl"):
-                    path = os.path.join(full, name)
-                    if path not in self.tails and self._recent(path):
-                        self._guarded(path, self._read_claude_transcript, path)
-
-    def _on_claude_projects_dir(self, directory, name, mask):
-        if name is None:
-            return self._scan_claude_projects()
-        full = os.path.join(directory, name)
-        if os.path.isdir(full):
-            self.watch_dir(full, self._on_claude_project)
-            for n in listdir(full, ".jsonl"):
-                self._guarded(os.path.join(full, n), self._read_claude_transcript, os.path.join(full, n))
-
-    def _on_claude_project(self, directory, name, mask):
-        if name and name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
-            self._read_claude_transcript(os.path.join(directory, name))
-
-    def _tail_thread(self, path, agent, tid, reducer):
+    # -- files -------------------------------------------------------------------------------------
+    def tail_thread(self, path, agent, tid, reducer, reader):
         """Read what was appended to a transcript and reduce it into that thread's state.
-        -> (state, records). The first read takes the file's tail (and its head, for the title)."""
+        -> (state, records). The first read takes the file's tail (and its head, for the title);
+        a read that stops at its budget is continued by reader(path) on a later loop turn."""
         tail = self.tails.get(path)
         cold = tail is None
         if cold:
@@ -3440,9 +3188,9 @@ class AgentWatchers(MoreAgentWatchers):
         long_before = tail.skipped_lines
         lines, reset = tail.read(cold_tail=TAIL_BYTES)
         if tail.skipped_lines != long_before:
-            self._count_long_lines(path, tail.skipped_lines - long_before)
+            self.count_long_lines(path, tail.skipped_lines - long_before)
         if tail.more:
-            self._read_more_later(path, agent)
+            self.read_later(path, reader)
         state = self.states.get(path)
         if state is None or reset:
             state = self.states[path] = new_thread_state(agent, tid)
@@ -3460,73 +3208,35 @@ class AgentWatchers(MoreAgentWatchers):
             reducer(state, rec)
         return state, records
 
-    def _count_long_lines(self, path, n):
+    def count_long_lines(self, path, n):
         self.long_lines += n
         self.bad_records += n
         if len(self._logged_bad) < 200 and ("long", path) not in self._logged_bad:
             self._logged_bad.add(("long", path))
             log("skipped a line over %d MB in %s (and count them from now on)" % (MAX_LINE_BYTES >> 20, path))
 
-    def _read_more_later(self, path, agent):
-        """A file read stopped at its budget: the rest is read on a later loop turn, so HTTP and
-        tmux events are served in between (a 400 MB append takes many short turns, not one long one)."""
-        if path in self._more_pending:
+    def read_later(self, path, reader):
+        """A file read stopped at its budget: reader(path) reads the rest on a later loop turn, so
+        HTTP and tmux events are served in between (a 400 MB append takes many short turns, not one
+        long one)."""
+        if path in self._reads_due:
             return
-        self._more_pending.add(path)
-        reader = self._read_claude_transcript if agent == "claude" else self._read_codex_rollout
-        if agent in self.MORE_REDUCERS:  # Gemini CLI, Qwen Code, Pi
-            reader = lambda p, a=agent: self._more_read_file(a, p)
-        self.server.loop.call_later(0.0, self._read_more, path, reader)
+        self._reads_due.add(path)
+        self.server.loop.call_later(0.0, self._read_due, path, reader)
 
-    def _read_more(self, path, reader):
-        self._more_pending.discard(path)
-        self._guarded(path, reader, path)
+    def _read_due(self, path, reader):
+        self._reads_due.discard(path)
+        self.guarded(path, reader, path)
         self.server.after_watchers()
 
-    def _read_claude_transcript(self, path):
-        sid = os.path.basename(path)[:-6]
-        if _UUID_RE.match(sid):
-            _, records = self._tail_thread(path, "claude", sid, claude_reduce)
-            if records:
-                self._apply_claude(sid)
-
-    def _apply_claude(self, sid):
-        """Combine the registry (live) and the transcript (history) for one Claude thread."""
-        # A crashed Claude leaves its file behind (it says nothing live); a resumed session can
-        # have a stale file and a live one: the live one wins.
-        live = [e for e in self.claude_registry.values() if e["sessionId"] == sid and claude_registry_alive(e)]
-        entry = max(live, key=lambda e: e["updatedAt"]) if live else None
-        path = self._claude_transcript_path(sid, entry["cwd"] if entry else None)
-        state = self.states.get(path) if path else None
-        if path and state is None:
-            self._read_claude_transcript(path)
-            state = self.states.get(path)
-        if state is None:
-            state = new_thread_state("claude", sid)
-            if entry:
-                state["cwd"] = entry["cwd"]
-        registry_status = entry["status"] if entry else None
-        status, detail = claude_live_status(state["status"], registry_status,
-                                            entry["waitingFor"] if entry else None, state["turns"])
-        if detail is None and status == state["status"]:
-            detail = state["detail"]
-        fields = dict(status=status, detail=detail, title=thread_title(state, entry["name"] if entry else None),
-                      cwd=state["cwd"] or (entry and entry["cwd"]), model=state["model"], source="file",
-                      usage=claude_usage(state))
-        if entry:
-            fields["pid"] = entry["pid"]
-            fields["proc_start"] = entry["procStart"]
-        updated = max(state["updatedAt"], entry["updatedAt"] if entry else 0)
-        self.server.apply_thread_update("claude", sid, updated_at=updated or None, **fields)
-
-    # -- Codex -----------------------------------------------------------------------------------
-    def _db_changed(self, db, mask):
+    # -- databases ---------------------------------------------------------------------------------
+    def db_changed(self, db, mask):
         """An event on a database or its -wal is a real change, not one our own read caused: a
         write (IN_MODIFY; we never write), or a file whose inode, size or mtime differs from what
         it was when we last read. Our read's close (IN_CLOSE_WRITE) and -shm events are not."""
         return bool(mask & IN_MODIFY) or sqlite_stamp(db) != self.db_stamps.get(db)
 
-    def _db_read(self, db, read):
+    def db_read(self, db, read):
         """read() now, or, while the database's writer is committing (the -wal write that woke us
         comes before the commit is visible), as soon as its write lock is released. Where the lock
         cannot be seen, read now and once more a moment later."""
@@ -3552,40 +3262,229 @@ class AgentWatchers(MoreAgentWatchers):
         read()
         self.server.after_watchers()
 
+    def close(self):
+        if self.inotify is not None:
+            self.server.loop.remove_reader(self.inotify.fd)
+            self.inotify.close()
+            self.inotify = None
+
+
+class AgentWatcher(object):
+    """One agent's files over the shared WatchCore: start() watches its directories, cold_steps()
+    are the reads of what they hold now (each run under the core's guard). Each watcher tells the
+    server what its files say (apply_thread_update); which source wins is decided there."""
+
+    def __init__(self, core):
+        self.core = core
+        self.server = core.server
+        self.paths = core.paths
+
+    def start(self):
+        pass
+
+    def cold_steps(self):
+        return ()
+
+
+class ClaudeWatcher(AgentWatcher):
+    """Claude Code: its live registry ~/.claude/sessions/<pid>.json (status, pid, name) and its
+    transcripts ~/.claude/projects/<project dir>/<session id>.jsonl (history, title, usage)."""
+
+    def __init__(self, core):
+        AgentWatcher.__init__(self, core)
+        self.registry = {}  # pid -> registry entry
+        self.registry_files = {}  # registry file -> pid
+
+    def start(self):
+        claude = self.paths["claude"]
+        self.core.watch_root(os.path.join(claude, "sessions"), self._on_registry_dir)
+        self.core.watch_root(os.path.join(claude, "projects"), self._on_projects_dir)
+
+    def cold_steps(self):
+        return (self._scan_claude_registry, self._scan_claude_projects)
+
+    def _scan_claude_registry(self):
+        d = os.path.join(self.paths["claude"], "sessions")
+        for name in dir_entries(d, ".json"):
+            self.core.guarded(os.path.join(d, name), self._read_registry_file, os.path.join(d, name))
+
+    def _on_registry_dir(self, directory, name, mask):
+        if name is None:
+            return self._scan_claude_registry()
+        if not name.endswith(".json") or name.startswith("."):
+            return
+        path = os.path.join(directory, name)
+        if mask & (IN_DELETE | IN_MOVED_FROM) or not os.path.exists(path):
+            pid = self.registry_forget(path)
+            if pid is not None:
+                self.server.agent_pid_exited("claude", pid)
+            return
+        self._read_registry_file(path)
+
+    def registry_forget(self, path):
+        pid = self.registry_files.pop(path, None)
+        if pid is not None:
+            self.registry.pop(pid, None)
+        return pid
+
+    def _read_registry_file(self, path):
+        try:
+            with open(path, "rb") as f:
+                entry = claude_registry_entry(clean_parsed_strings(json.loads(f.read(MAX_LINE_BYTES).decode("utf-8"))))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+            return  # half-written: the next event re-reads it
+        if entry is None:
+            return
+        self.registry_files[path] = entry["pid"]
+        self.registry[entry["pid"]] = entry
+        self._apply(entry["sessionId"])
+
+    def _transcript_path(self, session_id, cwd):
+        projects = os.path.join(self.paths["claude"], "projects")
+        if cwd:
+            p = os.path.join(projects, claude_project_dir_name(cwd), session_id + ".jsonl")
+            if os.path.exists(p):
+                return p
+        return self.core.state_paths.get(("claude", session_id))
+
+    def _scan_claude_projects(self):
+        projects = os.path.join(self.paths["claude"], "projects")
+        for d in dir_entries(projects):
+            full = os.path.join(projects, d)
+            if os.path.isdir(full):
+                self.core.watch_dir(full, self._on_project)
+                for name in dir_entries(full, ".jsonl"):
+                    path = os.path.join(full, name)
+                    if path not in self.core.tails and self.core.recent(path):
+                        self.core.guarded(path, self._read_transcript, path)
+
+    def _on_projects_dir(self, directory, name, mask):
+        if name is None:
+            return self._scan_claude_projects()
+        full = os.path.join(directory, name)
+        if os.path.isdir(full):
+            self.core.watch_dir(full, self._on_project)
+            for n in dir_entries(full, ".jsonl"):
+                self.core.guarded(os.path.join(full, n), self._read_transcript, os.path.join(full, n))
+
+    def _on_project(self, directory, name, mask):
+        if name and name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
+            self._read_transcript(os.path.join(directory, name))
+
+    def _read_transcript(self, path):
+        sid = os.path.basename(path)[:-6]
+        if _UUID_RE.match(sid):
+            _, records = self.core.tail_thread(path, "claude", sid, claude_reduce, self._read_transcript)
+            if records:
+                self._apply(sid)
+
+    def _apply(self, sid):
+        """Combine the registry (live) and the transcript (history) for one Claude thread."""
+        # A crashed Claude leaves its file behind (it says nothing live); a resumed session can
+        # have a stale file and a live one: the live one wins.
+        live = [e for e in self.registry.values() if e["sessionId"] == sid and claude_registry_alive(e)]
+        entry = max(live, key=lambda e: e["updatedAt"]) if live else None
+        path = self._transcript_path(sid, entry["cwd"] if entry else None)
+        state = self.core.states.get(path) if path else None
+        if path and state is None:
+            self._read_transcript(path)
+            state = self.core.states.get(path)
+        if state is None:
+            state = new_thread_state("claude", sid)
+            if entry:
+                state["cwd"] = entry["cwd"]
+        registry_status = entry["status"] if entry else None
+        status, detail = claude_live_status(state["status"], registry_status,
+                                            entry["waitingFor"] if entry else None, state["turns"])
+        if detail is None and status == state["status"]:
+            detail = state["detail"]
+        fields = dict(status=status, detail=detail, title=thread_title(state, entry["name"] if entry else None),
+                      cwd=state["cwd"] or (entry and entry["cwd"]), model=state["model"], source="file",
+                      usage=claude_usage(state))
+        if entry:
+            fields["pid"] = entry["pid"]
+            fields["proc_start"] = entry["procStart"]
+        updated = max(state["updatedAt"], entry["updatedAt"] if entry else 0)
+        self.server.apply_thread_update("claude", sid, updated_at=updated or None, **fields)
+
+
+class CodexWatcher(AgentWatcher):
+    """Codex: rollouts ~/.codex/sessions/YYYY/MM/DD/rollout-<time>-<uuid>.jsonl, thread names from
+    session_index.jsonl and state_5.sqlite, turn statuses from thread_history_1.sqlite."""
+
+    def __init__(self, core):
+        AgentWatcher.__init__(self, core)
+        self.codex_names = {}  # thread id -> name
+        self.index_tail = None  # FileTail of session_index.jsonl
+
+    def start(self):
+        codex = self.paths["codex"]
+        self.core.watch_root(codex, self._on_codex_home)
+        self.core.watch_root(os.path.join(codex, "sessions"), self._on_codex_tree)
+
+    def cold_steps(self):
+        return (self._read_codex_index, self._read_codex_names_db, self._scan_codex_sessions,
+                self._codex_turns_fallback)
+
+    def _codex_states(self):
+        return [(path, st) for path, st in self.core.states.items() if st["agent"] == "codex"]
+
+    def _codex_turns_fallback(self):
+        """A rollout read from its tail may not reach back to its turn's task_started (a long turn):
+        thread_history_1.sqlite knows each turn's status (inProgress/completed/interrupted/failed)."""
+        import sqlite3
+        unknown = {st["id"]: path for path, st in self._codex_states() if st["turns"] == 0}
+        db = os.path.join(self.paths["codex"], "thread_history_1.sqlite")
+        if not unknown or not os.path.exists(db):
+            return
+        try:
+            rows = sqlite_rows(db, "SELECT thread_id, status, error_json FROM thread_turns t WHERE started_at = "
+                                   "(SELECT max(started_at) FROM thread_turns u WHERE u.thread_id = t.thread_id)")
+        except sqlite3.Error as e:
+            log("codex thread_history_1.sqlite not readable now (%s)" % e)
+            return
+        for row in rows:
+            path = unknown.get(row["thread_id"])
+            if path is None:
+                continue
+            status, detail = codex_turn_status(row["status"], row["error_json"])
+            if status:
+                self.core.states[path].update(status=status, detail=detail, turns=1)
+                self.core.guarded(path, self._apply, path)
+
     def _on_codex_home(self, directory, name, mask):
         if name is None:  # ~/.codex appeared (a first Codex run): read what it already holds
             self._read_codex_index()
-            self._db_read(os.path.join(directory, "state_5.sqlite"), self._read_codex_names_db)
+            self.core.db_read(os.path.join(directory, "state_5.sqlite"), self._read_codex_names_db)
         elif name == "session_index.jsonl":
             self._read_codex_index()
         elif name in ("state_5.sqlite", "state_5.sqlite-wal"):
             db = os.path.join(directory, "state_5.sqlite")
-            if self._db_changed(db, mask):
-                self._db_read(db, self._read_codex_names_db)
+            if self.core.db_changed(db, mask):
+                self.core.db_read(db, self._read_codex_names_db)
         elif name == "sessions" and mask & IN_ISDIR:
-            self.watch_dir(os.path.join(directory, name), self._on_codex_tree)
+            self.core.watch_dir(os.path.join(directory, name), self._on_codex_tree)
             self._scan_codex_sessions()
 
     def _read_codex_index(self):
         path = os.path.join(self.paths["codex"], "session_index.jsonl")
-        if self.codex_index_tail is None:
-            self.codex_index_tail = FileTail(path)
-        tail = self.codex_index_tail
+        if self.index_tail is None:
+            self.index_tail = FileTail(path)
+        tail = self.index_tail
         long_before = tail.skipped_lines
         lines, _ = tail.read()
         if tail.skipped_lines != long_before:
-            self._count_long_lines(path, tail.skipped_lines - long_before)
-        if tail.more and path not in self._more_pending:
-            self._more_pending.add(path)
-            self.server.loop.call_later(0.0, self._read_more, path, lambda _path: self._read_codex_index())
+            self.core.count_long_lines(path, tail.skipped_lines - long_before)
+        if tail.more:
+            self.core.read_later(path, lambda _path: self._read_codex_index())
         records, bad = parse_json_lines(lines)
-        self.bad_records += bad
+        self.core.bad_records += bad
         names = parse_codex_session_index(records)
         if names:
             self.codex_names.update(names)
-            for path, st in self.states.items():
-                if st["agent"] == "codex" and st["id"] in names:
-                    self._apply_codex(path)
+            for rollout, st in self._codex_states():
+                if st["id"] in names:
+                    self._apply(rollout)
 
     def _read_codex_names_db(self):
         """Thread names from state_5.sqlite (read-only; a locked or half-written DB is skipped)."""
@@ -3593,11 +3492,11 @@ class AgentWatchers(MoreAgentWatchers):
         path = os.path.join(self.paths["codex"], "state_5.sqlite")
         if not os.path.exists(path):
             return
-        self.db_stamps[path] = sqlite_stamp(path)
+        self.core.db_stamps[path] = sqlite_stamp(path)
         try:
             rows = sqlite_rows(path, "SELECT id, name FROM threads WHERE name IS NOT NULL AND name != ''")
         except sqlite3.Error as e:
-            self.db_stamps.pop(path, None)
+            self.core.db_stamps.pop(path, None)
             log("codex state_5.sqlite not readable now (%s); will retry on its next change" % e)
             return
         renamed = set()
@@ -3606,88 +3505,102 @@ class AgentWatchers(MoreAgentWatchers):
                 self.codex_names[row["id"]] = row["name"]
                 renamed.add(row["id"])
         if renamed:
-            for rollout, st in list(self.states.items()):
-                if st["agent"] == "codex" and st["id"] in renamed:
-                    self._apply_codex(rollout, moved=False)
+            for rollout, st in self._codex_states():
+                if st["id"] in renamed:
+                    self._apply(rollout, moved_on=False)
 
     def _scan_codex_sessions(self):
+        listdir_counted = self.core.listdir_counted
         root = os.path.join(self.paths["codex"], "sessions")
-        years = self._listdir(root)
-        horizon = time.strftime("%Y/%m/%d", time.localtime(self.clock() - self.recent_s - 86400))
-        for y in years:
+        horizon = time.strftime("%Y/%m/%d", time.localtime(self.core.clock() - self.core.recent_s - 86400))
+        for y in listdir_counted(root):
             ydir = os.path.join(root, y)
             if not os.path.isdir(ydir):
                 continue
-            self.watch_dir(ydir, self._on_codex_tree)
-            for m in self._listdir(ydir):
+            self.core.watch_dir(ydir, self._on_codex_tree)
+            for m in listdir_counted(ydir):
                 mdir = os.path.join(ydir, m)
                 if not os.path.isdir(mdir) or "%s/%s/99" % (y, m) < horizon:
                     continue
-                self.watch_dir(mdir, self._on_codex_tree)
-                for d in self._listdir(mdir):
+                self.core.watch_dir(mdir, self._on_codex_tree)
+                for d in listdir_counted(mdir):
                     ddir = os.path.join(mdir, d)
                     if not os.path.isdir(ddir) or "%s/%s/%s" % (y, m, d) < horizon:
                         continue
-                    self.watch_dir(ddir, self._on_codex_tree)
-                    for name in self._listdir(ddir):
+                    self.core.watch_dir(ddir, self._on_codex_tree)
+                    for name in listdir_counted(ddir):
                         path = os.path.join(ddir, name)
-                        if codex_id_from_path(path) and path not in self.tails and self._recent(path):
-                            self._guarded(path, self._read_codex_rollout, path)
+                        if codex_id_from_path(path) and path not in self.core.tails and self.core.recent(path):
+                            self.core.guarded(path, self._read_codex_rollout, path)
 
     def _on_codex_tree(self, directory, name, mask):
         if name is None:
             return self._scan_codex_sessions()
         path = os.path.join(directory, name)
         if mask & IN_ISDIR or os.path.isdir(path):
-            self.watch_dir(path, self._on_codex_tree)
-            for sub in self._listdir(path) if os.path.isdir(path) else ():
-                self._guarded(os.path.join(path, sub), self._on_codex_tree, path, sub, IN_CREATE)
+            self.core.watch_dir(path, self._on_codex_tree)
+            for sub in self.core.listdir_counted(path) if os.path.isdir(path) else ():
+                self.core.guarded(os.path.join(path, sub), self._on_codex_tree, path, sub, IN_CREATE)
         elif codex_id_from_path(path) and not mask & (IN_DELETE | IN_MOVED_FROM):
             self._read_codex_rollout(path)
 
     def _read_codex_rollout(self, path):
         tid = codex_id_from_path(path)
-        before = self.states[path]["status"] if path in self.states else None
-        state, records = self._tail_thread(path, "codex", tid, codex_reduce)
+        before = self.core.states[path]["status"] if path in self.core.states else None
+        state, records = self.core.tail_thread(path, "codex", tid, codex_reduce, self._read_codex_rollout)
         if not records:
             return
-        moved = before != state["status"] or any(codex_moved_on(rec) for rec in records)
-        self._apply_codex(path, moved)
+        moved_on = before != state["status"] or any(codex_moved_on(rec) for rec in records)
+        self._apply(path, moved_on)
 
-    def _apply_codex(self, path, moved=True):
-        state = self.states[path]
+    def _apply(self, path, moved_on=True):
+        """moved_on: the rollout shows the turn went on (else a wait known from the hook may hold)."""
+        state = self.core.states[path]
         tid = state["id"]
-        current = self.server.store.threads.get(("codex", tid))
-        status, detail = state["status"], state["detail"]
-        if current is not None and current.status == "waiting" and status == "running" and not moved:
-            # an approval wait is only known from the hook; the file has not moved on
-            status, detail = current.status, current.detail
         self.server.apply_thread_update(
-            "codex", tid, status=status, detail=detail,
+            "codex", tid, status=state["status"], detail=state["detail"],
             title=thread_title(state, self.codex_names.get(tid)), cwd=state["cwd"], model=state["model"],
-            updated_at=state["updatedAt"] or None, source="file", rollout=path, usage=state.get("usage"))
+            updated_at=state["updatedAt"] or None, source="file", usage=state.get("usage"), moved_on=moved_on)
 
-    # -- OpenCode --------------------------------------------------------------------------------
+
+class OpenCodeWatcher(AgentWatcher):
+    """OpenCode: its SQLite database (sessions, their newest message, a running tool), read only
+    for the sessions changed since the last look."""
+
+    def __init__(self, core):
+        AgentWatcher.__init__(self, core)
+        self.newest_seen = 0  # the greatest session time_updated read (ms): the next query's lower bound
+        self.query_due = False  # a query waits for OPENCODE_MIN_INTERVAL to pass
+        self.queried_at = None  # monotonic time of the last query
+        self.error_logged = False
+        self._bad_rows = set()
+
+    def start(self):
+        self.core.watch_root(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
+
+    def cold_steps(self):
+        return (self._query_opencode,)
+
     def _on_opencode_dir(self, directory, name, mask):
         base = os.path.basename(self.paths["opencode_db"])
-        if name is None or (name in (base, base + "-wal") and self._db_changed(self.paths["opencode_db"], mask)):
+        if name is None or (name in (base, base + "-wal") and self.core.db_changed(self.paths["opencode_db"], mask)):
             self._schedule_opencode()
 
     def _schedule_opencode(self):
         """OpenCode writes its WAL many times per second while streaming: a change is read at once,
         and then at most every OPENCODE_MIN_INTERVAL seconds (changes in between are read at its end)."""
-        if self.oc_pending:
+        if self.query_due:
             return
-        wait = 0.0 if self.oc_queried_at is None else self.oc_queried_at + OPENCODE_MIN_INTERVAL - time.monotonic()
+        wait = 0.0 if self.queried_at is None else self.queried_at + OPENCODE_MIN_INTERVAL - time.monotonic()
         if wait <= 0:
-            self._db_read(self.paths["opencode_db"], self._query_opencode)  # the caller publishes
+            self.core.db_read(self.paths["opencode_db"], self._query_opencode)  # the caller publishes
             return
-        self.oc_pending = True
+        self.query_due = True
         self.server.loop.call_later(wait, self._query_opencode_later)
 
     def _query_opencode_later(self):
-        self.oc_pending = False
-        self._db_read(self.paths["opencode_db"], self._query_opencode)
+        self.query_due = False
+        self.core.db_read(self.paths["opencode_db"], self._query_opencode)
         self.server.after_watchers()
 
     def _query_opencode(self):
@@ -3696,9 +3609,9 @@ class AgentWatchers(MoreAgentWatchers):
         path = self.paths["opencode_db"]
         if not os.path.exists(path):
             return
-        self.oc_queried_at = time.monotonic()
-        self.db_stamps[path] = sqlite_stamp(path)
-        since = self.oc_last or int((self.clock() - self.recent_s) * 1000)
+        self.queried_at = time.monotonic()
+        self.core.db_stamps[path] = sqlite_stamp(path)
+        since = self.newest_seen or int((self.core.clock() - self.core.recent_s) * 1000)
         try:
             conn = sqlite_ro(path)
             try:
@@ -3707,20 +3620,20 @@ class AgentWatchers(MoreAgentWatchers):
                     "WHERE time_updated > ? ORDER BY time_updated" % opencode_usage_columns(conn), (since,)).fetchall()
                 updates = []
                 for s in sessions:
-                    row = self._guarded("opencode session %r" % (s["id"],), self._opencode_row, conn, s)
+                    row = self.core.guarded("opencode session %r" % (s["id"],), self._opencode_row, conn, s)
                     if row is not None:
                         updates.append(row)
             finally:
                 conn.close()
         except sqlite3.Error as e:
-            self.db_stamps.pop(path, None)
-            if not self.oc_error_logged:
+            self.core.db_stamps.pop(path, None)
+            if not self.error_logged:
                 log("opencode.db not readable now (%s); retrying on its next change" % e)
-                self.oc_error_logged = True
+                self.error_logged = True
             return
-        self.oc_error_logged = False
+        self.error_logged = False
         for s, data, running_tool in updates:
-            self._guarded("opencode session %r" % (s["id"],), self._apply_opencode, s, data, running_tool)
+            self.core.guarded("opencode session %r" % (s["id"],), self._apply, s, data, running_tool)
 
     def _opencode_row(self, conn, s):
         """One session row -> (row, newest message data, running tool), or None for an odd row
@@ -3728,9 +3641,9 @@ class AgentWatchers(MoreAgentWatchers):
         import sqlite3
         if not valid_thread_id("opencode", s["id"]) or isinstance(s["time_updated"], bool) \
                 or not isinstance(s["time_updated"], int):
-            if s["id"] not in self._oc_bad_rows and len(self._oc_bad_rows) < 10000:
-                self._oc_bad_rows.add(s["id"])
-                self.bad_records += 1
+            if s["id"] not in self._bad_rows and len(self._bad_rows) < 10000:
+                self._bad_rows.add(s["id"])
+                self.core.bad_records += 1
             return None
         msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "
                            "ORDER BY time_created DESC, id DESC LIMIT 1", (s["id"],)).fetchone()
@@ -3740,7 +3653,7 @@ class AgentWatchers(MoreAgentWatchers):
             try:
                 data = clean_parsed_strings(json.loads(msg["data"]))
             except (ValueError, TypeError, RecursionError):  # not JSON, NULL, a blob
-                self.bad_records += 1
+                self.core.bad_records += 1
             try:
                 running_tool = conn.execute(
                     "SELECT 1 FROM part WHERE message_id = ? AND data LIKE '%\"status\":\"running\"%' LIMIT 1",
@@ -3749,8 +3662,8 @@ class AgentWatchers(MoreAgentWatchers):
                 running_tool = False
         return s, data, running_tool
 
-    def _apply_opencode(self, s, data, running_tool):
-        self.oc_last = max(self.oc_last, s["time_updated"])
+    def _apply(self, s, data, running_tool):
+        self.newest_seen = max(self.newest_seen, s["time_updated"])
         status, detail = opencode_status(data, running_tool)
         model = None
         try:
@@ -3761,26 +3674,34 @@ class AgentWatchers(MoreAgentWatchers):
             pass
         if isinstance(data, dict) and isinstance(data.get("modelID"), str) and data["modelID"]:
             model = data["modelID"]
-        current = self.server.store.threads.get(("opencode", s["id"]))
-        attempt = None
-        if current is not None and current.source == "plugin" and current.status in ("waiting", "retry") \
-                and status == "running":  # the DB cannot see these; the plugin can
-            status, detail, attempt = current.status, current.detail, current.attempt
+        # the database cannot see a permission wait or a retry (the plugin can): moved_on=False
         self.server.apply_thread_update(
-            "opencode", s["id"], status=status, detail=detail, attempt=attempt,
+            "opencode", s["id"], status=status, detail=detail,
             title=_clip_title(clean_str(s["title"]) if isinstance(s["title"], str) else ""),
             cwd=clean_str(s["directory"]) if isinstance(s["directory"], str) else None,
             model=model, updated_at=s["time_updated"], hidden=bool(s["parent_id"]),
-            source=current.source if current is not None and current.source == "plugin" else "file",
-            usage=opencode_usage(s, data))
+            source="file", usage=opencode_usage(s, data), moved_on=False)
 
-    # -- Amp (format unverified, see amp_thread_state) -----------------------------------------------
+
+class AmpWatcher(AgentWatcher):
+    """Amp: one JSON file per thread, rewritten whole (format unverified, see amp_thread_state)."""
+
+    def __init__(self, core):
+        AgentWatcher.__init__(self, core)
+        self.read_stamps = {}  # path -> (mtime_ns, size) when last read
+
+    def start(self):
+        self.core.watch_root(self.paths["amp_threads"], self._on_amp_dir)
+
+    def cold_steps(self):
+        return (self._scan_amp,)
+
     def _scan_amp(self):
         d = self.paths["amp_threads"]
-        for name in listdir(d, ".json"):
+        for name in dir_entries(d, ".json"):
             path = os.path.join(d, name)
-            if self._recent(path):
-                self._guarded(path, self._read_amp, path)
+            if self.core.recent(path):
+                self.core.guarded(path, self._read_amp, path)
 
     def _on_amp_dir(self, directory, name, mask):
         if name is None:
@@ -3791,16 +3712,16 @@ class AgentWatchers(MoreAgentWatchers):
     def _read_amp(self, path):
         try:
             st = os.stat(path)
-            if self.amp_mtimes.get(path) == (st.st_mtime_ns, st.st_size):
+            if self.read_stamps.get(path) == (st.st_mtime_ns, st.st_size):
                 return
             if st.st_size > MAX_LINE_BYTES:
                 raise ValueError("%d bytes, over the %d-byte cap" % (st.st_size, MAX_LINE_BYTES))
             with open(path, "rb") as f:
                 data = clean_parsed_strings(json.loads(f.read().decode("utf-8")))
         except (OSError, ValueError, UnicodeDecodeError, RecursionError):
-            self.bad_records += 1
+            self.core.bad_records += 1
             return  # half-written (Amp rewrites the whole file): the next event re-reads it
-        self.amp_mtimes[path] = (st.st_mtime_ns, st.st_size)
+        self.read_stamps[path] = (st.st_mtime_ns, st.st_size)
         state = amp_thread_state(data, int(st.st_mtime * 1000))
         if state is None:
             return
@@ -3808,13 +3729,261 @@ class AgentWatchers(MoreAgentWatchers):
                                         title=thread_title(state), cwd=state["cwd"], model=state["model"],
                                         updated_at=state["updatedAt"], source="file", usage=state.get("usage"))
 
+
+class ChatFilesWatcher(AgentWatcher):
+    """An agent that appends its chats to JSONL files, one directory of them per project (Gemini
+    CLI, Qwen Code, Pi): the chat directories are watched and their recent files tailed. Read
+    only; nothing here writes, moves or deletes an agent's files."""
+
+    agent = None
+    reducer = None
+    chats = "chats"  # the chat files' directory inside a project's ("" for the project's own)
+
+    def __init__(self, core):
+        AgentWatcher.__init__(self, core)
+        self.projects_dir = None  # set by the subclass: the directory of project directories
+
+    def start(self):
+        self.core.watch_root(self.projects_dir, self._on_projects)
+
+    def cold_steps(self):
+        return (self._scan_projects,)
+
+    def _scan_projects(self):
+        self._on_projects(self.projects_dir, None, 0)
+
+    def _on_projects(self, directory, name, mask):
+        """A new (name) or every (None) project directory: watch its chats and read its recent files."""
+        if name is not None and not mask & IN_ISDIR:
+            return
+        for n in [name] if name else dir_entries(directory):
+            d = os.path.join(directory, n, self.chats) if self.chats else os.path.join(directory, n)
+            if os.path.isdir(os.path.join(directory, n)):
+                self.core.watch_dir(d, self._on_chats)
+                if os.path.isdir(d):
+                    self._on_chats(d, None, 0)
+
+    def _on_chats(self, directory, name, mask):
+        if name is None:
+            for n in dir_entries(directory, ".jsonl"):
+                path = os.path.join(directory, n)
+                if path not in self.core.tails and self.core.recent(path):
+                    self._read_chat(path)
+        elif name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
+            self._read_chat(os.path.join(directory, name))
+
+    def thread_id(self, path):
+        raise NotImplementedError
+
+    def _read_chat(self, path):
+        state = self.core.states.get(path)
+        tid = state["id"] if state is not None else self.thread_id(path)
+        if not tid:
+            return
+        _, records = self.core.tail_thread(path, self.agent, tid, self.reducer, self._read_chat)
+        if records:
+            self._apply(path, records)
+
+    def moved_on(self, records):
+        """The records show the conversation went on (else a wait known from a hook may hold)."""
+        return True
+
+    def _apply(self, path, records):
+        state = self.core.states[path]
+        fields = dict(status=state["status"], detail=state["detail"], title=thread_title(state), cwd=state["cwd"],
+                      model=state["model"], updated_at=state["updatedAt"] or None, source="file",
+                      moved_on=self.moved_on(records))
+        if state.get("hidden"):
+            fields["hidden"] = True
+        if state.get("usage"):
+            fields["usage"] = dict(state["usage"])
+        self.server.apply_thread_update(self.agent, state["id"], **fields)
+
+
+class GeminiWatcher(ChatFilesWatcher):
+    """Gemini CLI: ~/.gemini/tmp/<project>/chats/session-<time>-<id8>.jsonl; projects.json maps
+    each project name to its directory."""
+
+    agent = "gemini"
+    reducer = staticmethod(gemini_reduce)
+
+    def __init__(self, core):
+        ChatFilesWatcher.__init__(self, core)
+        self.projects_dir = os.path.join(self.paths["gemini"], "tmp")
+        self.project_dirs = {}  # project name -> directory
+
+    def start(self):
+        self.core.watch_root(self.paths["gemini"], self._on_gemini_home)
+        ChatFilesWatcher.start(self)
+
+    def cold_steps(self):
+        return (self._read_gemini_projects, self._scan_projects)
+
+    def _on_gemini_home(self, directory, name, mask):
+        if name in (None, "projects.json"):
+            self._read_gemini_projects()
+        if name == "tmp" and mask & IN_ISDIR:
+            self.core.watch_dir(os.path.join(directory, name), self._on_projects)
+            self._on_projects(os.path.join(directory, name), None, 0)
+
+    def _read_gemini_projects(self):
+        try:
+            with open(os.path.join(self.paths["gemini"], "projects.json"), "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return
+        projects = data.get("projects") if isinstance(data, dict) else None
+        if isinstance(projects, dict):
+            self.project_dirs = {v: k for k, v in projects.items() if isinstance(k, str) and isinstance(v, str)}
+
+    def thread_id(self, path):
+        # Gemini names the file with 8 characters of the id: the full one is in its header line
+        if gemini_id_from_path(path) is None:
+            return None
+        records = parse_json_lines(read_head_lines(path, 4096))[0]
+        sid = records[0].get("sessionId") if records else None
+        return sid if isinstance(sid, str) and _UUID_RE.match(sid) else None
+
+    def moved_on(self, records):
+        return any("$set" not in r for r in records)  # a "$set" record only updates the header
+
+    def _apply(self, path, records):
+        state = self.core.states[path]
+        if not state["cwd"]:
+            parts = path.split(os.sep)
+            if len(parts) >= 3:
+                state["cwd"] = self.project_dirs.get(parts[-3])
+        ChatFilesWatcher._apply(self, path, records)
+
+
+class QwenWatcher(ChatFilesWatcher):
+    """Qwen Code: ~/.qwen/projects/<encoded cwd>/chats/<uuid>.jsonl, and its live registry
+    ~/.qwen/sessions/<pid>.json ({pid, sessionId, cwd}; removed at exit)."""
+
+    agent = "qwen"
+    reducer = staticmethod(qwen_reduce)
+
+    def __init__(self, core):
+        ChatFilesWatcher.__init__(self, core)
+        self.projects_dir = os.path.join(self.paths["qwen"], "projects")
+        self.registry_dir = os.path.join(self.paths["qwen"], "sessions")
+        self.registry = {}  # registry file -> (pid, session id)
+
+    def start(self):
+        ChatFilesWatcher.start(self)
+        self.core.watch_root(self.registry_dir, self._on_qwen_registry)
+
+    def cold_steps(self):
+        return (self._scan_projects, self._scan_qwen_registry)
+
+    def thread_id(self, path):
+        name = os.path.basename(path)[:-6]
+        return name if _UUID_RE.match(name) else None
+
+    def moved_on(self, records):
+        return any(r.get("type") in ("assistant", "tool_result") for r in records)
+
+    def _scan_qwen_registry(self):
+        self._on_qwen_registry(self.registry_dir, None, 0)
+
+    def _on_qwen_registry(self, directory, name, mask):
+        """A registry file names the exact pid of a thread, so its pane, without hooks."""
+        for n in [name] if name else dir_entries(directory, ".json"):
+            if not n or not n.endswith(".json"):
+                continue
+            path = os.path.join(directory, n)
+            if name and mask & (IN_DELETE | IN_MOVED_FROM) or not os.path.exists(path):
+                gone = self.registry.pop(path, None)
+                if gone:
+                    self.server.agent_pid_exited("qwen", gone[0])
+                continue
+            try:
+                with open(path, "rb") as f:
+                    data = json.loads(f.read().decode("utf-8"))
+            except (OSError, ValueError, UnicodeDecodeError):
+                continue  # half-written: the next event reads it again
+            pid = data.get("pid") if isinstance(data, dict) else None
+            sid = data.get("sessionId") if isinstance(data, dict) else None
+            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or not valid_thread_id("qwen", sid) \
+                    or n != "%d.json" % pid or not _pid_alive(pid):
+                continue
+            if self.registry.get(path) != (pid, sid):
+                self.registry[path] = (pid, sid)
+                cwd = data.get("cwd") if isinstance(data.get("cwd"), str) else None
+                self.server.apply_thread_update("qwen", sid, pid=pid, cwd=cwd, alive=True)
+
+
+class PiWatcher(ChatFilesWatcher):
+    """Pi: ~/.pi/agent/sessions/--<cwd>--/<time>_<uuid>.jsonl."""
+
+    agent = "pi"
+    reducer = staticmethod(pi_reduce)
+    chats = ""
+
+    def __init__(self, core):
+        ChatFilesWatcher.__init__(self, core)
+        self.projects_dir = os.path.join(self.paths["pi"], "sessions")
+
+    def thread_id(self, path):
+        return pi_id_from_path(path)
+
+
+class AgentWatchers(object):
+    """Follows each agent's own files and databases and feeds thread updates to the server: the
+    wiring of one WatchCore and one watcher per agent."""
+
+    def __init__(self, server, environ=None, recent_days=7.0, poll_interval=1.0, clock=time.time):
+        self.core = WatchCore(server, environ, recent_days, poll_interval, clock)
+        self.core.on_overflow = self.cold_start
+        self.claude = ClaudeWatcher(self.core)
+        self.codex = CodexWatcher(self.core)
+        self.opencode = OpenCodeWatcher(self.core)
+        self.amp = AmpWatcher(self.core)
+        self.gemini = GeminiWatcher(self.core)
+        self.qwen = QwenWatcher(self.core)
+        self.pi = PiWatcher(self.core)
+        self.agents = (self.claude, self.codex, self.opencode, self.amp, self.gemini, self.qwen, self.pi)
+
+    def start(self):
+        self.core.start()
+        for watcher in self.agents:
+            watcher.start()
+        self.cold_start()
+
+    def cold_start(self):
+        for watcher in self.agents:
+            for step in watcher.cold_steps():
+                self.core.guarded("%s.%s" % (type(watcher).__name__, step.__name__), step)
+
     def close(self):
-        if self.inotify is not None:
-            self.server.loop.remove_reader(self.inotify.fd)
-            self.inotify.close()
-            self.inotify = None
+        self.core.close()
+
+    # what the Server (/health, its start log) and the tests read of the core
+    tails = property(lambda self: self.core.tails)
+    bad_records = property(lambda self: self.core.bad_records)
+    long_lines = property(lambda self: self.core.long_lines)
+    watched_dirs = property(lambda self: self.core.watched_dirs)
+    polled_dirs = property(lambda self: self.core.polled_dirs)
+    pending_dirs = property(lambda self: self.core.pending_dirs)
+
+    @property
+    def inotify(self):
+        return self.core.inotify
+
+    @inotify.setter
+    def inotify(self, value):  # a test's stand-in
+        self.core.inotify = value
+
+    def watch_dir(self, path, handler):
+        self.core.watch_dir(path, handler)
+
+    def poll_dir(self, path, handler):
+        self.core.poll_dir(path, handler)
 
 
+##############################################################################
+# Installer: our hooks, plugin and extension in the agents' own configs
+##############################################################################
 
 OPENCODE_PLUGIN_NAME = "opensessions.js"
 # The OpenCode plugin: forwards the few events that carry live status (busy / retry / idle, errors,
@@ -5509,6 +5678,11 @@ class Server(object):
             t = Thread(agent, thread_id, title="", status="idle", alive=False)
             self.store.threads[key] = t
         old = (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.hidden, t.alive)
+        if "moved_on" in fields:  # what an agent's own files say (the watchers): does a live state hold?
+            if live_state_holds(t, agent, fields.get("status"), fields.pop("moved_on")):
+                fields.update(status=t.status, detail=t.detail, attempt=t.attempt if agent == "opencode" else None)
+            if agent == "opencode" and t.source == "plugin":
+                fields["source"] = "plugin"  # the plugin stays the thread's source
         updated_at = fields.pop("updated_at", None)
         for name in ("title", "detail", "model"):  # from files, hooks and plugins alike: shown in a row
             if isinstance(fields.get(name), str):
@@ -7343,7 +7517,7 @@ def more_cwd_candidates(paths, agent, cwd):
         d = os.path.join(paths["qwen"], "projects", claude_project_dir_name(cwd or ""), "chats")
     else:
         d = os.path.join(paths["pi"], "sessions", pi_cwd_dir_name(cwd or ""))
-    for name in listdir(d, ".jsonl") if d else ():
+    for name in dir_entries(d, ".jsonl") if d else ():
         path = os.path.join(d, name)
         if agent == "pi":
             tid = pi_id_from_path(path)
@@ -7365,9 +7539,9 @@ def more_conversation_exists(paths, agent, tid):
     Gemini file is named with the id's first 8 characters, its header line has the whole id)."""
     if agent == "gemini":
         root = os.path.join(paths["gemini"], "tmp")
-        for project in listdir(root):
+        for project in dir_entries(root):
             d = os.path.join(root, project, "chats")
-            for name in listdir(d, ".jsonl"):
+            for name in dir_entries(d, ".jsonl"):
                 if gemini_id_from_path(name) == tid[:8]:
                     head = parse_json_lines(read_head_lines(os.path.join(d, name), 4096))[0][:1]
                     if head and head[0].get("sessionId") == tid:
@@ -7375,9 +7549,9 @@ def more_conversation_exists(paths, agent, tid):
         return False
     if agent == "qwen":
         root = os.path.join(paths["qwen"], "projects")
-        return any(os.path.exists(os.path.join(root, d, "chats", tid + ".jsonl")) for d in listdir(root))
+        return any(os.path.exists(os.path.join(root, d, "chats", tid + ".jsonl")) for d in dir_entries(root))
     root = os.path.join(paths["pi"], "sessions")
-    return any(pi_id_from_path(n) == tid for d in listdir(root) for n in listdir(os.path.join(root, d), ".jsonl"))
+    return any(pi_id_from_path(n) == tid for d in dir_entries(root) for n in dir_entries(os.path.join(root, d), ".jsonl"))
 
 
 def qwen_registry_id(qwen_dir, pids):
@@ -7582,7 +7756,7 @@ class Resurrect(object):
                 return tid, "qwen-registry"
         if agent == "codex":
             for p in subtree:
-                for fd in listdir("/proc/%d/fd" % p):
+                for fd in dir_entries("/proc/%d/fd" % p):
                     try:
                         tid = codex_id_from_path(os.readlink("/proc/%d/fd/%s" % (p, fd)))
                     except OSError:
@@ -7650,7 +7824,7 @@ class Resurrect(object):
         candidates = []
         if agent == "claude":
             d = os.path.join(self.paths["claude"], "projects", claude_project_dir_name(cwd or ""))
-            for name in listdir(d, ".jsonl"):
+            for name in dir_entries(d, ".jsonl"):
                 try:
                     candidates.append((os.stat(os.path.join(d, name)).st_mtime, name[:-6]))
                 except OSError:
@@ -7755,7 +7929,7 @@ class Resurrect(object):
         else tmux-assistant-resurrect's assistant-sessions.json. -> (records, source path)."""
         rdir = resurrect_dir(self.option, self.env)
         pointer = os.path.join(rdir, SIDECAR_PREFIX + "last")
-        names = sorted((n for n in listdir(rdir, ".json") if n.startswith(SIDECAR_PREFIX)), reverse=True)
+        names = sorted((n for n in dir_entries(rdir, ".json") if n.startswith(SIDECAR_PREFIX)), reverse=True)
         first = os.path.realpath(pointer) if os.path.lexists(pointer) else None
         candidates = ([first] if first else []) + [os.path.join(rdir, n) for n in names
                                                   if os.path.join(rdir, n) != first]
@@ -7784,7 +7958,7 @@ class Resurrect(object):
         agent, tid = rec["agent"], rec["id"]
         if agent == "claude":
             projects = os.path.join(self.paths["claude"], "projects")
-            for d in listdir(projects):
+            for d in dir_entries(projects):
                 p = os.path.join(projects, d, tid + ".jsonl")
                 try:
                     if os.path.getsize(p) > 0:
@@ -10784,13 +10958,26 @@ def _tmux_setup(args):
     info = runtime.live_info()
     if info and (info.get("version"), info.get("digest")) != (__version__, program_digest()):
         cmd_stop(args, on_purpose=False)  # an updated plugin: restart the server on the new code
+    first_run = _first_run()  # asked before a new server saves ui.json with its defaults
     start_background(args)  # a new server reads the options itself, before its first sidebar
     ui = ui_from_tmux_options(options)
+    if first_run:
+        ui["visible"] = True  # the plugin's first run shows the sidebars; later, prefix o t's choice holds
     state_ui = _get_state(args).get("ui", {})
     ui = {k: v for k, v in ui.items() if state_ui.get(k) != v}
     if ui:
         _post(args, "/ui", ui)
     return 0
+
+
+def _first_run(environ=None):
+    """True when the user never chose whether the sidebars show: no ui.json, or one without
+    "visible" (a broken file is the user's to mend: not a first run)."""
+    try:
+        data = read_json_file(os.path.join(config_dir(environ), "ui.json"), default={})
+    except OpensessionsError:
+        return False
+    return isinstance(data, dict) and "visible" not in data
 
 
 RESURRECT_HOOKS = (("@resurrect-hook-post-save-all", "save"), ("@resurrect-hook-post-restore-all", "restore"))

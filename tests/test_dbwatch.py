@@ -114,11 +114,11 @@ def watchers(home, **kw):
     server = StubServer()
     w = os_.AgentWatchers(server, environ, recent_days=100000, **kw)
     reads = {"codex": 0, "opencode": 0}
-    for name, key in (("_read_codex_names_db", "codex"), ("_query_opencode", "opencode")):
-        def counted(fn=getattr(w, name), key=key):
+    for watcher, name, key in ((w.codex, "_read_codex_names_db", "codex"), (w.opencode, "_query_opencode", "opencode")):
+        def counted(fn=getattr(watcher, name), key=key):
             reads[key] += 1
             return fn()
-        setattr(w, name, counted)
+        setattr(watcher, name, counted)
     w.start()
     reads.update(cold=dict(reads), codex=0, opencode=0)  # the cold start's own reads
     return w, server, reads
@@ -150,7 +150,7 @@ def test_a_live_writers_commits_are_read_and_our_reads_are_not_changes(home):
             before = dict(reads, cold=None)
             # each commit is read, and the reads' own traces (-shm, the -wal's close) then go quiet
             assert server.loop.run_until_quiet() is not None
-            assert w.codex_names[CODEX_ID] == "renamed %d" % i
+            assert w.codex.codex_names[CODEX_ID] == "renamed %d" % i
             assert server.threads[("codex", CODEX_ID)]["title"] == "renamed %d" % i
             assert server.threads[("opencode", OC_ID)]["title"] == "retitled %d" % i
             assert 1 <= reads["codex"] - before["codex"] <= 4 and 1 <= reads["opencode"] - before["opencode"] <= 4
@@ -170,12 +170,12 @@ def test_a_commit_under_way_is_read_once_it_is_visible(home):
         codex.sql("UPDATE threads SET name = 'late' WHERE id = '%s'" % CODEX_ID)
         assert os_.sqlite_write_locked(db) is True
         before = reads["codex"]
-        w._on_codex_home(os.path.dirname(db), "state_5.sqlite-wal", os_.IN_MODIFY)  # ... a -wal write woke us
+        w.codex._on_codex_home(os.path.dirname(db), "state_5.sqlite-wal", os_.IN_MODIFY)  # ... a -wal write woke us
         assert reads["codex"] == before  # not read while the commit is under way
         codex.sql("COMMIT")
         assert os_.sqlite_write_locked(db) is False
         assert server.loop.run_until_quiet() is not None
-        assert w.codex_names[CODEX_ID] == "late"
+        assert w.codex.codex_names[CODEX_ID] == "late"
     finally:
         w.close()
         codex.close()
@@ -222,7 +222,7 @@ def test_directories_made_while_the_watch_is_placed_are_not_missed(tmp_path):
                     break
             return real_add(path, mask)
         w.inotify.add_watch = add_watch
-        w._on_inotify()  # nothing queued yet; then the first level is made
+        w.core._on_inotify()  # nothing queued yet; then the first level is made
         os.mkdir(levels[0])
         assert server.loop.run_until_quiet() is not None
         assert os.path.dirname(db) in w.watched_dirs

@@ -250,3 +250,32 @@ def test_a_tmux_server_replaced_under_a_running_server_unlinks_panes(env):
     srv.state_file.save_now()  # the state file says whose pane ids its threads hold
     with open(srv.state_file.path) as f:
         assert json.load(f)["tmux"] == "200:1795000999"
+
+
+def test_the_plugins_first_run_shows_the_sidebars(tmp_path):
+    """A new user (no ui.json): the sidebars are there from the first session the plugin sees, and
+    the choice is kept; a user who hid them (visible false) keeps them hidden."""
+    from test_week import Week
+    w = Week(str(tmp_path))
+    try:
+        os.unlink(os.path.join(w.env.home, ".config", "opensessions", "ui.json"))
+        w.boot("main")
+        first = retry_until(w.sidebars, timeout=15, message="no sidebar on the plugin's first run")
+        assert [p[3] for p in first] == ["40"]
+        assert retry_until(lambda: w.state()["ui"]["visible"]) is True
+        retry_until(lambda: not os_._first_run(w.env.vars), message="the choice was not kept in ui.json")
+    finally:
+        w.close()
+
+
+def test_first_run_is_only_when_the_user_never_chose(tmp_path):
+    env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    assert os_._first_run(env) is True
+    d = tmp_path / "cfg" / "opensessions"
+    d.mkdir(parents=True)
+    (d / "ui.json").write_text('{"width": 40}')
+    assert os_._first_run(env) is True
+    (d / "ui.json").write_text('{"visible": false}')
+    assert os_._first_run(env) is False
+    (d / "ui.json").write_text('{"visible": tru')  # broken: the user's to mend, not a first run
+    assert os_._first_run(env) is False
