@@ -111,7 +111,7 @@ CODEX_RECS = load_lines(os.path.join(FIX, "codex", "rollout-interactive.jsonl"))
 
 def claude_transcript(path, sid, cwd, size):
     """A transcript of ~size bytes: the captured interactive session's records, repeated, re-pointed."""
-    out, total = [], 0
+    out, total, stamp = [], 0, iso_now()
     while total < size:
         for rec in CLAUDE_RECS:
             r = dict(rec)
@@ -119,6 +119,8 @@ def claude_transcript(path, sid, cwd, size):
                 r["sessionId"] = sid
             if "cwd" in r:
                 r["cwd"] = cwd
+            if "timestamp" in r:  # written today: older finished threads are not listed (LIST_HOURS)
+                r["timestamp"] = stamp
             line = json.dumps(r) + "\n"
             out.append(line)
             total += len(line)
@@ -127,7 +129,7 @@ def claude_transcript(path, sid, cwd, size):
 
 
 def codex_rollout(path, tid, cwd, size):
-    out, total = [], 0
+    out, total, stamp = [], 0, iso_now()
     while total < size:
         for rec in CODEX_RECS:
             r = json.loads(json.dumps(rec))
@@ -136,6 +138,8 @@ def codex_rollout(path, tid, cwd, size):
                 p["id"] = p["session_id"] = tid
             if "cwd" in p:
                 p["cwd"] = cwd
+            if "timestamp" in r:
+                r["timestamp"] = stamp
             line = json.dumps(r) + "\n"
             out.append(line)
             total += len(line)
