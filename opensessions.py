@@ -5023,7 +5023,10 @@ def link_threads(threads, panes, processes):
             alive = proc is not None and (t.proc_start is None or proc.start == t.proc_start
                                           or not processes.exact_starts)
             pane = pane_of_pid.get(p) if alive else None
-            links.append((t.key, p, alive, pane, "pid" if pane else None))
+            # a pid our own cwd guess gave, which no source has vouched for since, stays a guess
+            # (replies type only into exact links)
+            guessed = t.link == "cwd" and p == t.pid
+            links.append((t.key, p, alive, pane, ("cwd" if guessed else "pid") if pane else None))
         elif t.key in daemon_held:
             links.append((t.key, p, True, None, None))
         elif t.link == "cwd":
@@ -5701,6 +5704,8 @@ class Server(object):
         for name, value in fields.items():
             if value is not None and (name != "title" or value):
                 setattr(t, name, value)
+        if fields.get("pid") is not None and t.link == "cwd":
+            t.link = None  # a registry, hook or plugin vouched for the pid: no longer our guess
         if fields.get("status") is not None:
             # a status comes with its own detail and attempt: None clears the previous ones
             t.detail, t.attempt = fields.get("detail"), fields.get("attempt")

@@ -140,3 +140,19 @@ def test_a_hook_named_pane_gets_its_session_once_tmux_tells_of_it():
           thread("claude", CLAUDE_B, pane="%9", session="old", link="api", alive=True)]
     links, sessions = os_.link_threads(ts, PANES, procs())
     assert links == [] and sessions == {("claude", CLAUDE_A): "web"}
+
+
+def test_a_cwd_guess_stays_a_guess_at_the_next_link_until_a_source_vouches_for_the_pid():
+    ts = [thread("claude", CLAUDE_A, cwd="/src/api", updated_at=1)]
+    p = procs({"%1": ("claude", 110, ["claude"])})
+    links, _ = os_.link_threads(ts, PANES, p)
+    apply(ts, os_.guess_threads_by_cwd(ts, PANES, p, links))
+    assert (ts[0].pid, ts[0].link) == (110, "cwd")
+    # the next refresh: the guessed pid is still only our guess (replies need an exact link)
+    links, _ = os_.link_threads(ts, PANES, p)
+    assert links == [(("claude", CLAUDE_A), 110, True, "%1", "cwd")]
+    assert os_.guess_threads_by_cwd(ts, PANES, p, links) == []  # and %1 is not guessed twice
+    # a registry/hook/plugin gives the pid (the server clears the guess mark): exact from then on
+    ts[0].link = None
+    links, _ = os_.link_threads(ts, PANES, p)
+    assert links == [(("claude", CLAUDE_A), 110, True, "%1", "pid")]
