@@ -355,7 +355,9 @@ def test_session_total_in_state_status_and_usage_cli(labenv, tmux):
     labenv.vars["PATH"] = bin_dir + os.pathsep + labenv.vars["PATH"]
     tmux.run("set-option", "-g", "default-command", "bash --norc --noprofile")
     registry = os.path.join(labenv.home, ".claude", "sessions")
-    cwd = os.path.join(labenv.home, "work", "claude")
+    # not the lab's work/claude: no dead lab thread of that directory can be guessed into the session
+    # for a moment and then stay there (that made the session's thread count differ between reads)
+    cwd = os.path.join(labenv.home, "work", "usage-proj")
     os.makedirs(cwd, exist_ok=True)
     srv = ServerProc(labenv, tmux)
     try:
