@@ -9763,9 +9763,12 @@ def even_layout(window_width, height, sidebar, panes, position="left"):
 STASH_SESSION = HIDDEN_SESSION_PREFIX + "stash"
 # A sidebar runs only where a client looks, plus this many "warm" ones in the windows clients left
 # last (drawn at once if a client comes back); every other window's sidebar pane holds a sleeping
-# placeholder that costs ~0.2 MB and no CPU. Run as an argv (not through the user's shell).
+# placeholder that costs ~0.2 MB and no CPU. Run as an argv (not through the user's shell). It
+# draws the sidebar's title and the key that starts opensessions: seen only for the moment a live
+# sidebar takes its place, or while the server is stopped (then nothing swaps a sidebar in).
 SIDEBAR_WARM = 3
-SIDEBAR_SLEEPER = ("sleep", "2147483647")
+SIDEBAR_SLEEPER = ("sh", "-c", "printf '%s\\n\\n%s\\n' ' opensessions' ' prefix o s: start / focus';"
+                   " exec sleep 2147483647")
 
 
 class SidebarPanes(object):

@@ -61,6 +61,8 @@ def test_only_shown_and_warm_windows_run_a_sidebar(server, tmux, attach):
     sleepers = [p for p in sidebar_panes(tmux) if p["asleep"] == "1"]
     assert len(sleepers) == 9 - 1 - WARM
     retry_until(lambda: all(p["cmd"] == "sleep" for p in sidebar_panes(tmux) if p["asleep"] == "1"))
+    # a placeholder says what it is and how to start opensessions (what shows while the server is stopped)
+    assert "prefix o s" in tmux.run("capture-pane", "-p", "-t", sleepers[0]["pane"])
     assert all(p["width"] == "32" for p in sidebar_panes(tmux))
     # the state says which are asleep
     panes = [p for s in server.state()["sessions"] for w in s["windows"] for p in w["panes"] if p["sidebar"]]
@@ -255,7 +257,7 @@ def test_balance_sleeps_the_least_recently_shown_and_wakes_when_nothing_is_free(
     calls = [c[:5] for c in server.tmux.calls]
     # @3 takes @1's sidebar (shown last); of @0 and @2 one stays warm (@0, shown later), @2 sleeps
     assert calls[0] == ("swap-pane", "-d", "-Z", "-s", "%11")
-    assert calls[1] == ("respawn-pane", "-k", "-t", "%12", "sleep")
+    assert calls[1] == ("respawn-pane", "-k", "-t", "%12") + os_.SIDEBAR_SLEEPER[:1]
     assert len(calls) == 2
     # nothing running anywhere: a shown placeholder is started, and one warm sidebar besides
     server = FakeServer(world([True, True, True]), [client("@1")])
