@@ -221,15 +221,19 @@ def read_private_json(path, limit=65536):
     return data if isinstance(data, dict) else None
 
 
-def atomic_write(path, data, mode=0o600):
-    """Write bytes or str to path through a temp file and rename: readers never see half a file."""
+def atomic_write(path, data, mode=0o600, exact_mode=False):
+    """Write bytes or str to path through a temp file and rename: readers never see half a file.
+    mode goes through the umask, unless exact_mode (a user's file keeping its own mode)."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     directory = os.path.dirname(path) or "."
     tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0),
+                 0o600 if exact_mode else mode)
     try:
         with os.fdopen(fd, "wb") as f:
+            if exact_mode:
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -4139,23 +4143,8 @@ def _write_config(path, text):
         mode = os.stat(real).st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o644
-    directory = os.path.dirname(real)
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(real), os.getpid()))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)  # exactly the file's mode, whatever the umask
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, real)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    os.makedirs(os.path.dirname(real), exist_ok=True)
+    atomic_write(real, text, mode, exact_mode=True)
 
 
 def _edit_json_config(path, change):

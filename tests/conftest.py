@@ -302,6 +302,16 @@ while read -r line; do :; done
 """
 
 
+@pytest.fixture
+def labenv(env):
+    """env with a HOME laid out like the lab's (real captures), listed whatever their age."""
+    shutil.rmtree(env.home)
+    lab_home(env.home)
+    env.vars["OPENSESSIONS_LIST_HOURS"] = "1000000"  # fixture records are dated 2026-11-22
+    env.vars["OPENSESSIONS_RECENT_DAYS"] = "100000"
+    return env
+
+
 def fake_agents(bin_dir, names=("claude", "codex", "opencode", "amp")):
     """Small executables named like the agents (comm = the name), for real panes."""
     os.makedirs(bin_dir, exist_ok=True)

@@ -32,14 +32,6 @@ def write_jsonl(path, records):
             f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
 
 
-@pytest.fixture
-def labenv(env):
-    import shutil
-    shutil.rmtree(env.home)
-    lab_home(env.home)
-    env.vars["OPENSESSIONS_LIST_HOURS"] = "1000000"
-    env.vars["OPENSESSIONS_RECENT_DAYS"] = "100000"
-    return env
 
 
 def plant_odd_records(home):

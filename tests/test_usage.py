@@ -296,13 +296,6 @@ def find(state, agent, tid):
     return next((t for t in state["threads"] if t["agent"] == agent and t["id"] == tid), None)
 
 
-@pytest.fixture
-def labenv(env):
-    shutil.rmtree(env.home)
-    lab_home(env.home)
-    env.vars["OPENSESSIONS_LIST_HOURS"] = "1000000"  # fixture records are dated 2026-11-22
-    env.vars["OPENSESSIONS_RECENT_DAYS"] = "100000"
-    return env
 
 
 def test_state_carries_usage_for_every_agent_and_session_totals(labenv, tmux):

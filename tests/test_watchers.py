@@ -27,13 +27,6 @@ def thread(state, agent, tid):
     return None
 
 
-@pytest.fixture
-def labenv(env):
-    shutil.rmtree(env.home)
-    lab_home(env.home)
-    env.vars["OPENSESSIONS_LIST_HOURS"] = "1000000"  # fixture records are dated 2026-11-22
-    env.vars["OPENSESSIONS_RECENT_DAYS"] = "100000"
-    return env
 
 
 @pytest.fixture
