@@ -547,13 +547,20 @@ def bench_long_line(res, quick):
         w.close()
 
 
-def bench_sidebar(w, res, seconds):
-    # a real client attached on a pty; the sidebar shown in every window
+def attach_client(w, size=None):
+    """A real tmux client attached to s000 on a pty (size: rows, cols), its output drained.
+    -> (pty master, client process)"""
     import pty
     master, slave = pty.openpty()
+    if size:
+        import fcntl
+        import struct
+        import termios
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
     client = subprocess.Popen(["tmux", "-S", w.socket, "attach-session", "-t", "=s000"], stdin=slave, stdout=slave,
                               stderr=slave, env=dict(w.env, TERM="xterm-256color"), start_new_session=True)
     os.close(slave)
+
     def drain():
         try:
             while os.read(master, 65536):
@@ -561,6 +568,12 @@ def bench_sidebar(w, res, seconds):
         except OSError:
             pass
     threading.Thread(target=drain, daemon=True).start()
+    return master, client
+
+
+def bench_sidebar(w, res, seconds):
+    # a real client attached on a pty; the sidebar shown in every window
+    master, client = attach_client(w)
     http(w.port, "POST", "/ui", {"visible": True})
     deadline = time.monotonic() + 20
     sb = None
@@ -654,10 +667,6 @@ def bench_sidebar_windows(res, quick):
     """30 windows (10 sessions of 3), one client on a pty: the memory of every sidebar pane's
     processes together, and how soon a window's sidebar shows the session list after the client
     switches to it (select-window in its session, or switch-client to another session)."""
-    import fcntl
-    import pty
-    import struct
-    import termios
     w = World(10, claude=0, codex=0)
     master = client = None
     try:
@@ -665,20 +674,7 @@ def bench_sidebar_windows(res, quick):
             for _ in range(2):
                 w.tmux("new-window", "-d", "-t", "=s%03d" % i, "-c", w.cwd)
         w.start_server()
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
-        client = subprocess.Popen(["tmux", "-S", w.socket, "attach-session", "-t", "=s000"], stdin=slave,
-                                  stdout=slave, stderr=slave, env=dict(w.env, TERM="xterm-256color"),
-                                  start_new_session=True)
-        os.close(slave)
-
-        def drain():
-            try:
-                while os.read(master, 65536):
-                    pass
-            except OSError:
-                pass
-        threading.Thread(target=drain, daemon=True).start()
+        master, client = attach_client(w, size=(50, 200))
         http(w.port, "POST", "/ui", {"visible": True})
 
         def sidebar_pids():
