@@ -3992,17 +3992,9 @@ class AgentWatchers(object):
 OPENCODE_PLUGIN_NAME = "opensessions.js"
 # The OpenCode plugin: forwards the few events that carry live status (busy / retry / idle, errors,
 # permission asked / replied) to the server; the server maps them (opencode_plugin_status).
-OPENCODE_PLUGIN = r"""// opensessions: reports OpenCode session status to the opensessions server.
-// Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks OpenCode.
-import fs from "node:fs";
-import path from "node:path";
-
-const TYPES = new Set(["session.status", "session.idle", "session.error", "permission.asked",
-  "permission.replied", "session.updated"]);
-
-// The server's runtime file, trusted only when it is ours and private (a shared TMPDIR is writable
-// by everyone): no file, no report (never to whatever listens on a default port).
-function server() {
+# The OpenCode plugin and the Pi extension find the server the same way: this function is in
+# both (plain JS, which Pi's TypeScript loader takes as it is). Tested under node against socket_key().
+_JS_SERVER_LOOKUP = r"""function server() {
   try {
     const uid = process.getuid();
     const t = process.env.TMUX;
@@ -4023,7 +4015,19 @@ function server() {
   } catch (e) {}
   return null;
 }
+"""
 
+OPENCODE_PLUGIN = r"""// opensessions: reports OpenCode session status to the opensessions server.
+// Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks OpenCode.
+import fs from "node:fs";
+import path from "node:path";
+
+const TYPES = new Set(["session.status", "session.idle", "session.error", "permission.asked",
+  "permission.replied", "session.updated"]);
+
+// The server's runtime file, trusted only when it is ours and private (a shared TMPDIR is writable
+// by everyone): no file, no report (never to whatever listens on a default port).
+""" + _JS_SERVER_LOOKUP + r"""
 function slim(event) {
   const p = event.properties || {};
   const out = { sessionID: p.sessionID || (p.info && p.info.id), status: p.status, error: p.error,
@@ -4308,28 +4312,7 @@ import fs from "node:fs";
 import path from "node:path";
 
 // The server's runtime file, trusted only when it is ours and private (as in our OpenCode plugin).
-function server(): any {
-  try {
-    const uid = process.getuid!();
-    const t = process.env.TMUX;
-    const sock = t ? t.split(",").slice(0, -2).join(",")
-      : path.join(process.env.TMUX_TMPDIR || "/tmp", "tmux-" + uid, "default");
-    let h = 0xcbf29ce484222325n;  // FNV-1a 64, as opensessions' socket_key()
-    for (const b of Buffer.from(sock, "utf8")) h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn;
-    const key = h.toString(16).padStart(16, "0").slice(0, 12);
-    const xdg = process.env.XDG_RUNTIME_DIR;
-    const dir = xdg && fs.existsSync(xdg) ? path.join(xdg, "opensessions")
-      : path.join(process.env.TMPDIR || "/tmp", "opensessions-" + uid);
-    const file = path.join(dir, "server-" + key + ".json");
-    for (const st of [fs.lstatSync(dir), fs.lstatSync(file)]) {
-      if (st.isSymbolicLink() || st.uid !== uid || (st.mode & 0o077)) return null;
-    }
-    const info = JSON.parse(fs.readFileSync(file, "utf8"));
-    if (Number.isInteger(info.port) && info.port > 0 && info.port < 65536) return info;
-  } catch (e) {}
-  return null;
-}
-
+""" + _JS_SERVER_LOOKUP + r"""
 async function report(ctx: any, status: string, extra: any = {}) {
   try {
     const sm = ctx && ctx.sessionManager;
