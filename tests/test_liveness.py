@@ -7,7 +7,7 @@ import time
 
 import opensessions as os_
 from conftest import fake_agents, retry_until
-from test_watchers import CODEX_ID, NEW, append, claude_records, labenv, labserver, run_in_pane, thread  # noqa: F401
+from test_watchers import CODEX_ID, NEW, append, claude_records, labserver, run_in_pane, thread  # noqa: F401
 
 
 def running_option(tmux):
