@@ -1,14 +1,31 @@
 #!/usr/bin/env python3
 """opensessions: live status of AI coding agents across tmux sessions.
 
-One module, standard library only.  Sections, from the pure core to the I/O edges
-(each uses only those above it):
+One module, standard library only, Python 3.9+.  This is the map; each section below starts with
+a banner of the same name, and each uses only the sections above it (tests/test_structure.py
+holds that claim with `ast`):
 
-    constants and paths -> model -> agent parsers -> tmux gateway -> system probes
-    -> watchers -> installer -> server -> notifications -> resurrect and kitty -> sidebar -> CLI
+  1. Constants and paths     ports, limits, log, env settings, XDG and runtime dirs, atomic writes
+  2. Model (pure)            threads, statuses, attention, unseen, metadata and ui validation,
+                             themes and glyphs, prices
+  3. Agent parsers (pure)    bytes in, records out: each agent's transcripts, registries, hooks,
+                             usage; which process is which agent
+  4. tmux gateway            the one place that runs tmux: commands, formats, snapshot,
+                             control-mode lines, our @opensessions-* options
+  5. System probes           process table, listening ports, git branch, pidfds
+  6. Watchers                inotify (or stat polling), file tails, read-only SQLite; one
+                             watcher per agent over a shared core
+  7. Installer               our hooks, plugin and extension in the agents' own configs
+  8. Reply                   answer an agent's prompt without switching: screens in, keys out,
+                             and the checks around typing
+  9. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock
+ 10. Notifications           tmux / desktop / terminal / bell, coalesced; status-line options
+ 11. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
+ 12. Sidebar                 curses: model -> lines (pure) -> draw; the popup; sidebar panes
+ 13. CLI                     argparse, client commands, plugin setup, main()
 
-Importing this module has no side effects: nothing runs, nothing is written, no
-heavy module is imported until a function needs it (client commands must start fast).
+Importing this module has no side effects: nothing runs, nothing is written, no heavy module is
+imported until a function needs it (client commands must start fast).
 """
 
 import json
@@ -305,7 +322,7 @@ def now_ms(clock=time.time):
 
 
 ##############################################################################
-# Model: threads, statuses, attention, metadata validation (pure)
+# Model (pure): threads, statuses, attention, unseen, metadata and ui validation, themes, prices
 ##############################################################################
 
 STATUSES = ("running", "waiting", "retry", "done", "error", "interrupted", "idle")
@@ -496,8 +513,8 @@ def becomes_unseen(old_status, new_status, viewed):
 
 
 def live_state_holds(current, agent, status, moved_on):
-    """Which source wins when an agent's own files say a thread runs (the apply step's rule,
-    DESIGN.md): a state only a live source can see holds until the files show that it ended.
+    """Which source wins when an agent's own files say a thread runs (the apply step's rule):
+    a state only a live source can see holds until the files show that it ended.
       OpenCode: its database cannot see a permission wait or a retry; the plugin's hold.
       The others: a wait (known only from a hook) holds while the file has not moved on."""
     if current is None or status != "running":
@@ -779,8 +796,94 @@ def socket_key(socket_path):
     return ("%016x" % h)[:12]
 
 
+PRICE_FIELDS = ("input", "output", "cacheRead", "cacheWrite", "context")
+
+
+def validate_prices(value):
+    """ui.json "prices": {model prefix: {input, output, cacheRead, cacheWrite, context}} -> clean dict."""
+    if not isinstance(value, dict) or len(value) > 200:
+        raise ApiError(400, "'prices' must be an object of model name -> {input, output, cacheRead, cacheWrite, context}")
+    out = {}
+    for model, p in value.items():
+        if not isinstance(model, str) or not 0 < len(model) <= 100 or not isinstance(p, dict):
+            raise ApiError(400, "'prices' must be an object of model name -> {input, output, cacheRead, cacheWrite, context}")
+        entry = {}
+        for key in PRICE_FIELDS:
+            v = p.get(key)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not finite_number(v) or v < 0 or v > 1e9:
+                raise ApiError(400, "'prices.%s.%s' must be a non-negative number (USD per million tokens)" % (model, key))
+            entry[key] = v
+        out[clean_str(model)] = entry
+    return out
+
+
+THEMES = {
+    "catppuccin-mocha": {"bg": "#1e1e2e", "fg": "#cdd6f4", "muted": "#6c7086", "accent": "#89b4fa",
+                         "sel": "#313244", "running": "#89dceb", "waiting": "#f9e2af", "error": "#f38ba8",
+                         "done": "#a6e3a1", "unseen": "#fab387", "interrupted": "#cba6f7"},
+    "catppuccin-latte": {"bg": "#eff1f5", "fg": "#4c4f69", "muted": "#8c8fa1", "accent": "#1e66f5",
+                         "sel": "#ccd0da", "running": "#04a5e5", "waiting": "#df8e1d", "error": "#d20f39",
+                         "done": "#40a02b", "unseen": "#fe640b", "interrupted": "#8839ef"},
+    "tokyo-night": {"bg": "#1a1b26", "fg": "#c0caf5", "muted": "#565f89", "accent": "#7aa2f7",
+                    "sel": "#292e42", "running": "#7dcfff", "waiting": "#e0af68", "error": "#f7768e",
+                    "done": "#9ece6a", "unseen": "#ff9e64", "interrupted": "#bb9af7"},
+    "gruvbox-dark": {"bg": "#282828", "fg": "#ebdbb2", "muted": "#928374", "accent": "#83a598",
+                     "sel": "#3c3836", "running": "#8ec07c", "waiting": "#fabd2f", "error": "#fb4934",
+                     "done": "#b8bb26", "unseen": "#fe8019", "interrupted": "#d3869b"},
+    "nord": {"bg": "#2e3440", "fg": "#d8dee9", "muted": "#4c566a", "accent": "#88c0d0", "sel": "#3b4252",
+             "running": "#8fbcbb", "waiting": "#ebcb8b", "error": "#bf616a", "done": "#a3be8c",
+             "unseen": "#d08770", "interrupted": "#b48ead"},
+    "dracula": {"bg": "#282a36", "fg": "#f8f8f2", "muted": "#6272a4", "accent": "#bd93f9", "sel": "#44475a",
+                "running": "#8be9fd", "waiting": "#f1fa8c", "error": "#ff5555", "done": "#50fa7b",
+                "unseen": "#ffb86c", "interrupted": "#ff79c6"},
+    "one-dark": {"bg": "#282c34", "fg": "#abb2bf", "muted": "#5c6370", "accent": "#61afef", "sel": "#3e4451",
+                 "running": "#56b6c2", "waiting": "#e5c07b", "error": "#e06c75", "done": "#98c379",
+                 "unseen": "#d19a66", "interrupted": "#c678dd"},
+    "solarized-light": {"bg": "#fdf6e3", "fg": "#657b83", "muted": "#93a1a1", "accent": "#268bd2",
+                        "sel": "#eee8d5", "running": "#2aa198", "waiting": "#b58900", "error": "#dc322f",
+                        "done": "#859900", "unseen": "#cb4b16", "interrupted": "#6c71c4"},
+}
+
+
+SPINNER = {"unicode": "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏", "ascii": "|/-\\"}
+
+
+GLYPHS = {
+    "unicode": {"running": None, "retry": "↻", "waiting": "◉", "error": "✗", "interrupted": "⊘",
+                "done-unseen": "●", "done": "✓", "idle": "○", "unseen": "●", "bar": "█", "bar_empty": "░",
+                "more": "…", "sep": "─", "current": "▌", "neutral": "·", "info": "i", "success": "✓",
+                "warn": "!", "tone-error": "✗"},
+    "ascii": {"running": None, "retry": "r", "waiting": "?", "error": "x", "interrupted": "!",
+              "done-unseen": "*", "done": "v", "idle": "o", "unseen": "*", "bar": "#", "bar_empty": "-",
+              "more": "~", "sep": "-", "current": ">", "neutral": "-", "info": "i", "success": "v",
+              "warn": "!", "tone-error": "x"},
+}
+
+
+def ui_from_tmux_options(options):
+    """The sidebar preferences the @opensessions-* options set (only those given). Pure."""
+    ui = {}
+    if options.get("@opensessions-width", "").isdigit():
+        ui["width"] = int(options["@opensessions-width"])
+    if options.get("@opensessions-position") in ("left", "right"):
+        ui["position"] = options["@opensessions-position"]
+    if options.get("@opensessions-theme") in THEMES:
+        ui["theme"] = options["@opensessions-theme"]
+    for option, key, allowed in (("@opensessions-notify", "notify", NOTIFY_CHANNELS),
+                                 ("@opensessions-notify-on", "notifyOn", NOTIFY_STATUSES)):
+        words = [w for w in re.split(r"[ ,]+", options.get(option) or "") if w]
+        if words:
+            ui[key] = [w for w in words if w in allowed] if words != ["none"] else []
+    try:  # what validate_ui refuses (a width of 5) is left at its current value
+        return validate_ui(ui) if ui else {}
+    except ApiError:
+        return {k: v for k, v in ui.items() if k != "width"}
+
+
 ##############################################################################
-# Agent parsers (pure: bytes in, records out)
+# Agent parsers (pure): bytes in, records out
 ##############################################################################
 
 # Formats are those of the releases captured in shared/agents-lab (Claude Code 2.1.330,
@@ -1264,7 +1367,6 @@ PRICES = {
     "o3": (2.0, 8.0, 0.5, 0.0, 200000),
     "o4-mini": (1.1, 4.4, 0.275, 0.0, 200000),
 }
-PRICE_FIELDS = ("input", "output", "cacheRead", "cacheWrite", "context")
 
 
 def _tokens(value):
@@ -1277,26 +1379,6 @@ def _tokens(value):
 def new_usage():
     return {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "cost": None,
             "contextTokens": None, "contextWindow": None, "partial": False}
-
-
-def validate_prices(value):
-    """ui.json "prices": {model prefix: {input, output, cacheRead, cacheWrite, context}} -> clean dict."""
-    if not isinstance(value, dict) or len(value) > 200:
-        raise ApiError(400, "'prices' must be an object of model name -> {input, output, cacheRead, cacheWrite, context}")
-    out = {}
-    for model, p in value.items():
-        if not isinstance(model, str) or not 0 < len(model) <= 100 or not isinstance(p, dict):
-            raise ApiError(400, "'prices' must be an object of model name -> {input, output, cacheRead, cacheWrite, context}")
-        entry = {}
-        for key in PRICE_FIELDS:
-            v = p.get(key)
-            if v is None:
-                continue
-            if isinstance(v, bool) or not finite_number(v) or v < 0 or v > 1e9:
-                raise ApiError(400, "'prices.%s.%s' must be a non-negative number (USD per million tokens)" % (model, key))
-            entry[key] = v
-        out[clean_str(model)] = entry
-    return out
 
 
 def model_price(model, prices=None):
@@ -1950,7 +2032,6 @@ def agent_resume_id_from_args(agent, args):
     return None
 
 
-
 def hook_event(agent, payload, environ=None):
     """Map a Claude Code or Codex hook payload (stdin JSON) to an /api/agent-event body, or None.
 
@@ -2007,8 +2088,9 @@ def hook_event(agent, payload, environ=None):
         body["prompt"] = payload["prompt"][:MAX_LOG_MESSAGE]
     return {k: clean_str(v) for k, v in body.items()}  # an emoji cut in half must not fail the request
 
+
 ##############################################################################
-# tmux gateway (the only place that runs tmux)
+# tmux gateway: the one place that runs tmux
 ##############################################################################
 
 PANE_FIELDS = (
@@ -2253,9 +2335,63 @@ class Tmux(object):
         # no-output: no pane output; ignore-size: does not shrink windows; read-only: types nothing.
         return self.argv("-C", "attach-session", "-f", "no-output,ignore-size,read-only")
 
+    def version(self):
+        """tmux's version ("3.3a"), from the server, else from `tmux -V` (no server yet). '' if unknown."""
+        import subprocess
+        try:
+            version = self.run("display-message", "-p", "#{version}").strip()
+        except TmuxError:
+            version = ""
+        if version and "version" not in version:
+            return version
+        try:
+            out = subprocess.run([self.tmux_bin, "-V"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, timeout=5).stdout.decode("utf-8", "replace")
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.strip().rpartition(" ")[2]
+
+
+def exec_tmux(*args, **kw):
+    """Replace this process with tmux on the default server (outside tmux: `opensessions` starts or
+    attaches its session). The one tmux run that has no socket yet."""
+    import shutil
+    tmux_bin = kw.get("tmux_bin", "tmux")
+    if not shutil.which(tmux_bin):
+        raise OpensessionsError("tmux is not installed")
+    os.execvp(tmux_bin, [tmux_bin] + [tmux_arg(a) for a in args])
+
+
+def _tmux_option(tmux, name):
+    try:
+        return tmux.run("show-option", "-gqv", name).rstrip("\n")
+    except TmuxError:
+        return ""
+
+
+def read_tmux_options(tmux, defaults=None):
+    """Our @opensessions-* options in one tmux call (it works before any session exists), the
+    default for those not set. -> {name: value}"""
+    defaults = TMUX_OPTIONS if defaults is None else defaults
+    names = sorted(defaults)
+    fmt = "\x1f".join("#{%s}" % n for n in names)
+    try:
+        out = tmux.run("display-message", "-p", fmt).rstrip("\n").split("\x1f")
+    except TmuxError:
+        out = []
+    if len(out) != len(names):
+        out = [_tmux_option(tmux, n) for n in names]
+    return {n: (v or defaults[n]) for n, v in zip(names, out)}
+
+
+TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": str(DEFAULT_WIDTH),
+                "@opensessions-position": "left", "@opensessions-theme": "", "@opensessions-port": "",
+                "@opensessions-focus-key": "", "@opensessions-index-keys": "off", "@opensessions-resurrect": "on",
+                "@opensessions-notify": "", "@opensessions-notify-on": "", "@opensessions-popup-key": "g"}
+
 
 ##############################################################################
-# System probes (processes, ports, git)
+# System probes: processes, ports, git
 ##############################################################################
 
 class Proc(object):
@@ -4396,6 +4532,393 @@ def more_install_steps(paths, uninstall):
 
 
 ##############################################################################
+# Reply: answer an agent's prompt without switching to it (screens in, keys out)
+##############################################################################
+# The keys each agent's prompt expects were learned from the real agents (agents-lab pinned
+# versions, fake model on loopback); the screens are in tests/fixtures/<agent>/:
+# - Claude Code 2.1.330: a numbered menu under "Do you want to …?" ("Esc to cancel" below it). A digit
+#   picks its option at once: "1. Yes", "2. Yes, and always allow …" (absent for some tools),
+#   "N. No" (the denial: "Interrupted · What should Claude do instead?"). A prompt is typed into the
+#   "❯" composer between two ─── rules and submitted with Enter.
+# - Codex 0.169.0: "Would you like to run …?" with "1. Yes, proceed (y)", "2. Yes, and don't ask again
+#   … (p)", "3. No, and tell Codex what to do differently (esc)": the letter in parentheses picks the
+#   option ("esc" = Escape; the denial: "You canceled the request …"). Codex takes fast input as a
+#   paste and an Enter inside it as a newline, so Enter is sent only once the text is on screen.
+# - OpenCode 1.18.33: "Permission required" with buttons "Allow once  Allow always  Reject"; Left/Right
+#   move the selection (it wraps), Enter confirms, Escape rejects. "Allow always" asks again
+#   ("Always allow … Confirm  Cancel", Confirm selected): a second Enter. The selected button is the
+#   one drawn on another background, so these are read with `capture-pane -e`.
+
+REPLY_ACTIONS = ("approve", "approve-always", "deny", "text")
+CLAUDE_PROMPT_GRACE = 0.25
+TEXT_SETTLE = 0.15
+REPLY_SCREEN_WAIT = 1.5
+MAX_REPLY_TEXT = 4000
+_CSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+_ANY_ESC_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
+_CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+_MENU_RE = re.compile(r"^\s*(?:[❯›>]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
+_CODEX_KEY_RE = re.compile(r"^(.*?)\s*\((\w+)\)$")
+
+
+class ReplyRefused(Exception):
+    """The reply cannot be sent safely: the reason says why (HTTP 409)."""
+
+
+def strip_escapes(text):
+    """Screen text without escape sequences or other control characters (tabs and newlines kept)."""
+    return _CTRL_RE.sub("", _ANY_ESC_RE.sub("", text))
+
+
+def screen_lines(text, limit=None):
+    """The last `limit` non-blank-trailing lines of a captured screen, escapes removed."""
+    lines = [l.rstrip() for l in strip_escapes(text).split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines[-limit:] if limit else lines
+
+
+def check_reply_text(text):
+    """A prompt to type: one line, no control characters. -> text, or raises ReplyRefused."""
+    if not isinstance(text, str) or not text.strip():
+        raise ReplyRefused("'text' must be a non-empty string")
+    if len(text) > MAX_REPLY_TEXT:
+        raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT)
+    if re.search(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]", text):
+        raise ReplyRefused("'text' contains control characters (a newline too): refused, it is typed literally")
+    return text
+
+
+def _pick(options, action):
+    """Which option answers the action: 'Yes' once, 'Yes, and always/don't ask again', 'No'."""
+    for number, text in options:
+        low = text.lower()
+        if action == "approve" and low.startswith("yes") and ", and" not in low:
+            return number, text
+        if action == "approve-always" and low.startswith("yes, and") and ("always" in low or "don't ask" in low
+                                                                           or "do not ask" in low):
+            return number, text
+        if action == "deny" and low.startswith("no"):
+            return number, text
+    return None
+
+
+def claude_prompt(lines):
+    """-> ('permission', options) | ('input', composer text) | None, from a Claude Code screen."""
+    tail = lines[-40:]
+    if any("Esc to cancel" in l for l in tail[-6:]) and any(l.strip().startswith("Do you want to") for l in tail):
+        start = max(i for i, l in enumerate(tail) if l.strip().startswith("Do you want to"))
+        options = [(int(m.group(1)), m.group(2)) for m in (_MENU_RE.match(l) for l in tail[start + 1:]) if m]
+        if options:
+            return ("permission", options)
+    for i in range(len(tail) - 1, 0, -1):
+        line = tail[i]
+        if line.startswith("❯") and tail[i - 1].startswith("──") and any(l.startswith("──") for l in tail[i + 1:i + 4]):
+            return ("input", line[1:].strip())
+    return None
+
+
+def codex_prompt(lines):
+    """-> ('permission', [(number, text, key)]) | ('input', None) | None, from a Codex screen."""
+    tail = lines[-40:]
+    if any("Press enter to confirm or esc to cancel" in l for l in tail[-6:]):
+        options = []
+        for l in tail:
+            m = _MENU_RE.match(l)
+            if m:
+                k = _CODEX_KEY_RE.match(m.group(2))
+                if k:
+                    options.append((int(m.group(1)), k.group(1), k.group(2)))
+        if options:
+            return ("permission", options)
+        return None
+    if any(l.startswith("› ") for l in tail[-6:]):
+        return ("input", None)
+    return None
+
+
+def _sgr_background(params, bg):
+    """The background after one SGR sequence's parameters."""
+    parts = params.split(";") if params else ["0"]
+    i = 0
+    while i < len(parts):
+        p = parts[i]
+        if p in ("", "0"):
+            bg = None
+        elif p == "49":
+            bg = None
+        elif p in ("48",) and i + 1 < len(parts):
+            n = 3 if parts[i + 1] == "5" else 5
+            bg = ";".join(parts[i:i + n])
+            i += n - 1
+        elif p.isdigit() and (40 <= int(p) <= 47 or 100 <= int(p) <= 107):
+            bg = p
+        elif p in ("38",) and i + 1 < len(parts):
+            i += 2 if parts[i + 1] == "5" else 4
+        i += 1
+    return bg
+
+
+def selected_button(line_with_escapes, labels, hint="select"):
+    """Which of `labels` is drawn on another background than the `hint` text of the same line (how
+    OpenCode shows its selected button), or None when that cannot be told."""
+    bg = None
+    pos = 0
+    plain = []
+    backgrounds = []
+    for m in _CSI_RE.finditer(line_with_escapes):
+        for ch in line_with_escapes[pos:m.start()]:
+            plain.append(ch)
+            backgrounds.append(bg)
+        if m.group(0).endswith("m"):
+            bg = _sgr_background(m.group(0)[2:-1], bg)
+        pos = m.end()
+    for ch in line_with_escapes[pos:]:
+        plain.append(ch)
+        backgrounds.append(bg)
+    text = "".join(plain)
+    h = text.find(hint)
+    if h < 0:
+        return None
+    base = backgrounds[h]
+    picked = []
+    for label in labels:
+        i = text.find(label)
+        if i < 0:
+            return None
+        if backgrounds[i] != base:
+            picked.append(label)
+    return picked[0] if len(picked) == 1 else None
+
+
+OPENCODE_BUTTONS = ("Allow once", "Allow always", "Reject")
+
+
+def opencode_prompt(screen_esc):
+    """-> ('permission', selected button or None) | ('confirm-always', selected) | ('input', None) | None,
+    from an OpenCode screen captured with escapes."""
+    raw = screen_esc.split("\n")
+    lines = [strip_escapes(l).rstrip() for l in raw]
+    tail = range(max(0, len(lines) - 30), len(lines))
+    for i in tail:
+        if "Allow once" in lines[i] and "Reject" in lines[i] and any(
+                "Permission required" in lines[j] for j in range(max(0, i - 25), i)):
+            return ("permission", selected_button(raw[i], OPENCODE_BUTTONS))
+        if "Confirm" in lines[i] and "Cancel" in lines[i] and any(
+                "Always allow" in lines[j] for j in range(max(0, i - 25), i)):
+            return ("confirm-always", selected_button(raw[i], ("Confirm", "Cancel")))
+    if any(l.lstrip().startswith("╹▀") for l in (lines[i] for i in tail)) and any("ctrl+p commands" in lines[i] for i in tail):
+        return ("input", None)
+    return None
+
+
+def reply_plan(agent, action, screen_esc, text=None):
+    """The steps that answer `action` on this agent's screen (captured with -e):
+    [("keys", [tmux key names]) | ("literal", text) | ("expect", description, predicate(screen_esc))].
+    Raises ReplyRefused with the reason when the screen does not show the prompt the action answers."""
+    if action not in REPLY_ACTIONS:
+        raise ReplyRefused("unknown action %r (one of %s)" % (action, ", ".join(REPLY_ACTIONS)))
+    if action == "text":
+        check_reply_text(text)
+    lines = screen_lines(screen_esc)
+    if agent == "claude":
+        found = claude_prompt(lines)
+    elif agent == "codex":
+        found = codex_prompt(lines)
+    elif agent == "opencode":
+        found = opencode_prompt(screen_esc)
+    else:
+        raise ReplyRefused("replying to %s is not supported (its prompts were not learned)" % agent)
+    kind = found[0] if found else None
+    if action == "text":
+        if kind != "input":
+            raise ReplyRefused("the %s screen does not show its prompt input%s" % (
+                agent, " (it shows a permission prompt)" if kind in ("permission", "confirm-always") else ""))
+        if agent == "claude" and found[1]:
+            raise ReplyRefused("the Claude Code input already holds text (%r); not typing into it" % found[1][:40])
+        needle = text[-20:]
+        typed_screen = [screen_esc]
+
+        def typed(screen, needle=needle):
+            if needle in "\n".join(screen_lines(screen)[-30:]):
+                typed_screen[0] = screen
+                return True
+            return False
+
+        def submitted(screen, needle=needle):
+            lines = screen_lines(screen)
+            if agent == "claude":
+                f = claude_prompt(lines)
+                return f is None or f[0] != "input" or needle not in f[1]
+            if agent == "codex":
+                composer = [l for l in lines[-8:] if l.startswith("› ")]
+                return not composer or needle not in composer[-1]
+            return screen != typed_screen[0]
+        # Enter only once the text is on screen, and a moment later: Codex takes input that comes
+        # fast as a paste, and an Enter inside a paste as a newline (seen with Enter right after)
+        return [("literal", text), ("expect", "the typed text on screen", typed, TEXT_SETTLE),
+                ("keys", ["Enter"]), ("expect", "the prompt being submitted", submitted)]
+    if kind not in ("permission", "confirm-always"):
+        raise ReplyRefused("the %s screen does not show a permission prompt" % agent)
+    def same_prompt(screen, agent=agent, found=found):
+        lines = screen_lines(screen)
+        now = {"claude": claude_prompt, "codex": codex_prompt}[agent](lines) if agent != "opencode" else opencode_prompt(screen)
+        return now is not None and now[0] == found[0] and (agent == "opencode" or now[1] == found[1])
+
+    def gone(screen, same_prompt=same_prompt):
+        if agent == "opencode":  # neither the buttons nor the "Always allow" confirmation
+            now = opencode_prompt(screen)
+            return now is None or now[0] not in ("permission", "confirm-always")
+        return not same_prompt(screen)
+    if agent == "claude":
+        picked = _pick(found[1], action)
+        if picked is None:
+            raise ReplyRefused("this Claude Code prompt offers no option for %s (options: %s)" % (
+                action, "; ".join("%d. %s" % o for o in found[1])))
+        # Claude Code ignores keys in the first ~0.1 s a permission prompt is up (seen: a digit
+        # 50 ms after it appeared was dropped, 100 ms after was taken): see it up that long first
+        return [("hold", CLAUDE_PROMPT_GRACE, "the permission prompt", same_prompt), ("keys", [str(picked[0])]),
+                ("expect", "the prompt going away after the key", gone)]
+    if agent == "codex":
+        picked = None
+        for number, label, key in found[1]:
+            if _pick([(number, label)], action):
+                picked = key
+                break
+        if picked is None:
+            raise ReplyRefused("this Codex prompt offers no option for %s (options: %s)" % (
+                action, "; ".join("%d. %s (%s)" % o for o in found[1])))
+        return [("keys", ["Escape" if picked == "esc" else picked]), ("expect", "the prompt going away after the key", gone)]
+    # opencode
+    if kind == "confirm-always":
+        raise ReplyRefused("OpenCode is asking to confirm an 'Allow always' already; answer it in its pane")
+    if action == "deny":
+        return [("keys", ["Escape"]), ("expect", "the prompt going away after the key", gone)]
+    selected = found[1]
+    if selected is None:
+        raise ReplyRefused("cannot tell which OpenCode button is selected")
+    target = "Allow once" if action == "approve" else "Allow always"
+    moves = (OPENCODE_BUTTONS.index(target) - OPENCODE_BUTTONS.index(selected)) % len(OPENCODE_BUTTONS)
+
+    def on_target(screen, target=target):
+        f = opencode_prompt(screen)
+        return f is not None and f[0] == "permission" and f[1] == target
+    steps = []
+    if moves:
+        steps += [("keys", ["Right"] * moves), ("expect", "%r selected" % target, on_target)]
+    steps.append(("keys", ["Enter"]))
+    if action == "approve-always":
+        def confirm(screen):
+            f = opencode_prompt(screen)
+            return f is not None and f[0] == "confirm-always" and f[1] == "Confirm"
+        steps += [("expect", "the 'Always allow' confirmation with Confirm selected", confirm), ("keys", ["Enter"])]
+    steps.append(("expect", "the prompt going away after the key", gone))
+    return steps
+
+
+def _proc_stat_fields(pid, proc_root="/proc"):
+    """Fields of /proc/<pid>/stat after the command name (state is [0], ppid [1], pgrp [2],
+    tpgid [5], starttime [19]), or None."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat"), "r", encoding="utf-8", errors="replace") as f:
+            data = f.read()
+        return data[data.rindex(")") + 2:].split(" ")
+    except (OSError, ValueError):
+        return None
+
+
+def foreground_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
+    """Why the agent process `pid` is not in front in the pane whose process is `pane_pid` (None
+    when it is): it must run below the pane's process, it or an ancestor below the pane must be in
+    the terminal's foreground process group, and that group's leader must be this agent (Codex's
+    rollout is held by its app-server, a child of the TUI in a session of its own: the TUI is what
+    is in front). Linux (/proc) only; elsewhere nothing is checked here."""
+    if not os.path.isdir(os.path.join(proc_root, "self")):
+        return None
+    mine = _proc_stat_fields(pid, proc_root)
+    if mine is None:
+        return "the agent's process %d is gone" % pid
+    if start is not None and _int(mine[19]) != start:
+        return "process %d is not the agent any more (restarted)" % pid
+    shell = _proc_stat_fields(pane_pid, proc_root)
+    if shell is None:
+        return "the pane's process is gone"
+    front = _int(shell[5])
+    chain, p = ([(pid, _int(mine[2]))], 0) if pid == pane_pid else ([], pid)  # the pane runs the agent itself
+    while p and p != pane_pid and len(chain) < 64:
+        f = _proc_stat_fields(p, proc_root)
+        if f is None:
+            break
+        chain.append((p, _int(f[2])))
+        p = _int(f[1])
+    if p != pane_pid and pid != pane_pid:
+        return "process %d does not run in that pane" % pid
+    if not any(pgrp == front for _, pgrp in chain):
+        return "the agent is not the pane's foreground process (another program runs in front of it)"
+    try:
+        with open(os.path.join(proc_root, str(front), "stat"), "r", encoding="utf-8", errors="replace") as fh:
+            comm = parse_proc_stat(fh.read())[1]
+    except (OSError, ValueError, IndexError):
+        return "the pane's foreground process cannot be read"
+    if classify_agent_process(comm, process_args(front, proc_root)) != agent:
+        return "the pane's foreground process (%s) is not %s" % (comm, agent)
+    return None
+
+
+REPLY_EXPECT_TIMEOUT = 2.0
+PREVIEW_INTERVAL = 0.3  # a shown preview is read at most ~3 times a second
+
+
+def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=time.sleep,
+                    timeout=REPLY_EXPECT_TIMEOUT):
+    """Send the steps of reply_plan to a pane through the tmux gateway. A "hold" step checks the
+    prompt stays up for a while before a key; an "expect" step waits for the screen to show what it
+    needs before anything more is sent: when that does not come, the rest is not sent (ReplyRefused
+    says what was). `screen` is the screen the plan was made from.
+    -> milliseconds from the last keys to the first change of the screen, or None."""
+    sent = []
+    sent_at = before = changed_ms = None
+    for step in steps:
+        if step[0] == "keys":
+            tmux.run("send-keys", "-t", pane, *step[1])
+            sent_at, before, changed_ms = clock(), screen, None
+            sent.append(" ".join(step[1]))
+        elif step[0] == "literal":
+            tmux.run("send-keys", "-t", pane, "-l", "--", step[1])
+            sent.append("%d characters of text" % len(step[1]))
+        elif step[0] == "hold":
+            end = clock() + step[1]
+            while True:
+                screen = tmux.run("capture-pane", "-p", "-e", "-t", pane)
+                if not step[3](screen):
+                    raise ReplyRefused("%s went away before the key was sent; nothing was sent" % step[2])
+                if clock() >= end:
+                    break
+                sleep(min(0.05, max(0.0, end - clock())))
+        elif step[0] == "expect":
+            deadline = clock() + timeout
+            while True:
+                screen = tmux.run("capture-pane", "-p", "-e", "-t", pane)
+                if changed_ms is None and sent_at is not None and before is not None and screen != before:
+                    changed_ms = (clock() - sent_at) * 1000
+                if step[2](screen):
+                    break
+                if clock() > deadline:
+                    raise ReplyRefused("%s%s: not seen within %.0f s" % (
+                        ("sent %s; then waited for " % ", ".join(sent)) if sent else "waited for ",
+                        step[1], timeout))
+                sleep(0.01)
+            if len(step) > 3 and step[3]:
+                sleep(step[3])
+    return changed_ms
+
+
+def thread_preview(screen, lines=20):
+    """The last `lines` lines of a pane for a preview: no escapes, no trailing blank lines."""
+    return screen_lines(screen, lines)
+
+
+##############################################################################
 # Server: event loop, state store, HTTP handlers, runtime file and lock
 ##############################################################################
 
@@ -6470,6 +6993,17 @@ def make_handler(server):
     return Handler
 
 
+def token_header(token):
+    """The header line carrying the runtime file's token ('' without a well-formed one)."""
+    if isinstance(token, str) and re.match(r"^[0-9a-f]{1,64}$", token):
+        return "%s: %s\r\n" % (TOKEN_HEADER, token)
+    return ""
+
+
+class ServerStopped(OpensessionsError):
+    """The server was stopped on purpose; only the user starts it again."""
+
+
 ##############################################################################
 # Notifications
 ##############################################################################
@@ -6797,393 +7331,6 @@ def attention_queue(state):
                 out.append((rank[t["status"]], t.get("updatedAt") or 0, s["name"], t))
     out.sort(key=lambda x: (x[0], x[1]))
     return [(name, t) for _, _, name, t in out]
-
-
-##############################################################################
-# Reply: answer an agent's prompt without switching to it (pure: screens in, keys out)
-##############################################################################
-# The keys each agent's prompt expects were learned from the real agents (agents-lab pinned
-# versions, fake model on loopback); the screens are in tests/fixtures/<agent>/:
-# - Claude Code 2.1.330: a numbered menu under "Do you want to …?" ("Esc to cancel" below it). A digit
-#   picks its option at once: "1. Yes", "2. Yes, and always allow …" (absent for some tools),
-#   "N. No" (the denial: "Interrupted · What should Claude do instead?"). A prompt is typed into the
-#   "❯" composer between two ─── rules and submitted with Enter.
-# - Codex 0.169.0: "Would you like to run …?" with "1. Yes, proceed (y)", "2. Yes, and don't ask again
-#   … (p)", "3. No, and tell Codex what to do differently (esc)": the letter in parentheses picks the
-#   option ("esc" = Escape; the denial: "You canceled the request …"). Codex takes fast input as a
-#   paste and an Enter inside it as a newline, so Enter is sent only once the text is on screen.
-# - OpenCode 1.18.33: "Permission required" with buttons "Allow once  Allow always  Reject"; Left/Right
-#   move the selection (it wraps), Enter confirms, Escape rejects. "Allow always" asks again
-#   ("Always allow … Confirm  Cancel", Confirm selected): a second Enter. The selected button is the
-#   one drawn on another background, so these are read with `capture-pane -e`.
-
-REPLY_ACTIONS = ("approve", "approve-always", "deny", "text")
-CLAUDE_PROMPT_GRACE = 0.25
-TEXT_SETTLE = 0.15
-REPLY_SCREEN_WAIT = 1.5
-MAX_REPLY_TEXT = 4000
-_CSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
-_ANY_ESC_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
-_CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
-_MENU_RE = re.compile(r"^\s*(?:[❯›>]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
-_CODEX_KEY_RE = re.compile(r"^(.*?)\s*\((\w+)\)$")
-
-
-class ReplyRefused(Exception):
-    """The reply cannot be sent safely: the reason says why (HTTP 409)."""
-
-
-def strip_escapes(text):
-    """Screen text without escape sequences or other control characters (tabs and newlines kept)."""
-    return _CTRL_RE.sub("", _ANY_ESC_RE.sub("", text))
-
-
-def screen_lines(text, limit=None):
-    """The last `limit` non-blank-trailing lines of a captured screen, escapes removed."""
-    lines = [l.rstrip() for l in strip_escapes(text).split("\n")]
-    while lines and not lines[-1]:
-        lines.pop()
-    return lines[-limit:] if limit else lines
-
-
-def check_reply_text(text):
-    """A prompt to type: one line, no control characters. -> text, or raises ReplyRefused."""
-    if not isinstance(text, str) or not text.strip():
-        raise ReplyRefused("'text' must be a non-empty string")
-    if len(text) > MAX_REPLY_TEXT:
-        raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT)
-    if re.search(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]", text):
-        raise ReplyRefused("'text' contains control characters (a newline too): refused, it is typed literally")
-    return text
-
-
-def _pick(options, action):
-    """Which option answers the action: 'Yes' once, 'Yes, and always/don't ask again', 'No'."""
-    for number, text in options:
-        low = text.lower()
-        if action == "approve" and low.startswith("yes") and ", and" not in low:
-            return number, text
-        if action == "approve-always" and low.startswith("yes, and") and ("always" in low or "don't ask" in low
-                                                                           or "do not ask" in low):
-            return number, text
-        if action == "deny" and low.startswith("no"):
-            return number, text
-    return None
-
-
-def claude_prompt(lines):
-    """-> ('permission', options) | ('input', composer text) | None, from a Claude Code screen."""
-    tail = lines[-40:]
-    if any("Esc to cancel" in l for l in tail[-6:]) and any(l.strip().startswith("Do you want to") for l in tail):
-        start = max(i for i, l in enumerate(tail) if l.strip().startswith("Do you want to"))
-        options = [(int(m.group(1)), m.group(2)) for m in (_MENU_RE.match(l) for l in tail[start + 1:]) if m]
-        if options:
-            return ("permission", options)
-    for i in range(len(tail) - 1, 0, -1):
-        line = tail[i]
-        if line.startswith("❯") and tail[i - 1].startswith("──") and any(l.startswith("──") for l in tail[i + 1:i + 4]):
-            return ("input", line[1:].strip())
-    return None
-
-
-def codex_prompt(lines):
-    """-> ('permission', [(number, text, key)]) | ('input', None) | None, from a Codex screen."""
-    tail = lines[-40:]
-    if any("Press enter to confirm or esc to cancel" in l for l in tail[-6:]):
-        options = []
-        for l in tail:
-            m = _MENU_RE.match(l)
-            if m:
-                k = _CODEX_KEY_RE.match(m.group(2))
-                if k:
-                    options.append((int(m.group(1)), k.group(1), k.group(2)))
-        if options:
-            return ("permission", options)
-        return None
-    if any(l.startswith("› ") for l in tail[-6:]):
-        return ("input", None)
-    return None
-
-
-def _sgr_background(params, bg):
-    """The background after one SGR sequence's parameters."""
-    parts = params.split(";") if params else ["0"]
-    i = 0
-    while i < len(parts):
-        p = parts[i]
-        if p in ("", "0"):
-            bg = None
-        elif p == "49":
-            bg = None
-        elif p in ("48",) and i + 1 < len(parts):
-            n = 3 if parts[i + 1] == "5" else 5
-            bg = ";".join(parts[i:i + n])
-            i += n - 1
-        elif p.isdigit() and (40 <= int(p) <= 47 or 100 <= int(p) <= 107):
-            bg = p
-        elif p in ("38",) and i + 1 < len(parts):
-            i += 2 if parts[i + 1] == "5" else 4
-        i += 1
-    return bg
-
-
-def selected_button(line_with_escapes, labels, hint="select"):
-    """Which of `labels` is drawn on another background than the `hint` text of the same line (how
-    OpenCode shows its selected button), or None when that cannot be told."""
-    bg = None
-    pos = 0
-    plain = []
-    backgrounds = []
-    for m in _CSI_RE.finditer(line_with_escapes):
-        for ch in line_with_escapes[pos:m.start()]:
-            plain.append(ch)
-            backgrounds.append(bg)
-        if m.group(0).endswith("m"):
-            bg = _sgr_background(m.group(0)[2:-1], bg)
-        pos = m.end()
-    for ch in line_with_escapes[pos:]:
-        plain.append(ch)
-        backgrounds.append(bg)
-    text = "".join(plain)
-    h = text.find(hint)
-    if h < 0:
-        return None
-    base = backgrounds[h]
-    picked = []
-    for label in labels:
-        i = text.find(label)
-        if i < 0:
-            return None
-        if backgrounds[i] != base:
-            picked.append(label)
-    return picked[0] if len(picked) == 1 else None
-
-
-OPENCODE_BUTTONS = ("Allow once", "Allow always", "Reject")
-
-
-def opencode_prompt(screen_esc):
-    """-> ('permission', selected button or None) | ('confirm-always', selected) | ('input', None) | None,
-    from an OpenCode screen captured with escapes."""
-    raw = screen_esc.split("\n")
-    lines = [strip_escapes(l).rstrip() for l in raw]
-    tail = range(max(0, len(lines) - 30), len(lines))
-    for i in tail:
-        if "Allow once" in lines[i] and "Reject" in lines[i] and any(
-                "Permission required" in lines[j] for j in range(max(0, i - 25), i)):
-            return ("permission", selected_button(raw[i], OPENCODE_BUTTONS))
-        if "Confirm" in lines[i] and "Cancel" in lines[i] and any(
-                "Always allow" in lines[j] for j in range(max(0, i - 25), i)):
-            return ("confirm-always", selected_button(raw[i], ("Confirm", "Cancel")))
-    if any(l.lstrip().startswith("╹▀") for l in (lines[i] for i in tail)) and any("ctrl+p commands" in lines[i] for i in tail):
-        return ("input", None)
-    return None
-
-
-def reply_plan(agent, action, screen_esc, text=None):
-    """The steps that answer `action` on this agent's screen (captured with -e):
-    [("keys", [tmux key names]) | ("literal", text) | ("expect", description, predicate(screen_esc))].
-    Raises ReplyRefused with the reason when the screen does not show the prompt the action answers."""
-    if action not in REPLY_ACTIONS:
-        raise ReplyRefused("unknown action %r (one of %s)" % (action, ", ".join(REPLY_ACTIONS)))
-    if action == "text":
-        check_reply_text(text)
-    lines = screen_lines(screen_esc)
-    if agent == "claude":
-        found = claude_prompt(lines)
-    elif agent == "codex":
-        found = codex_prompt(lines)
-    elif agent == "opencode":
-        found = opencode_prompt(screen_esc)
-    else:
-        raise ReplyRefused("replying to %s is not supported (its prompts were not learned)" % agent)
-    kind = found[0] if found else None
-    if action == "text":
-        if kind != "input":
-            raise ReplyRefused("the %s screen does not show its prompt input%s" % (
-                agent, " (it shows a permission prompt)" if kind in ("permission", "confirm-always") else ""))
-        if agent == "claude" and found[1]:
-            raise ReplyRefused("the Claude Code input already holds text (%r); not typing into it" % found[1][:40])
-        needle = text[-20:]
-        typed_screen = [screen_esc]
-
-        def typed(screen, needle=needle):
-            if needle in "\n".join(screen_lines(screen)[-30:]):
-                typed_screen[0] = screen
-                return True
-            return False
-
-        def submitted(screen, needle=needle):
-            lines = screen_lines(screen)
-            if agent == "claude":
-                f = claude_prompt(lines)
-                return f is None or f[0] != "input" or needle not in f[1]
-            if agent == "codex":
-                composer = [l for l in lines[-8:] if l.startswith("› ")]
-                return not composer or needle not in composer[-1]
-            return screen != typed_screen[0]
-        # Enter only once the text is on screen, and a moment later: Codex takes input that comes
-        # fast as a paste, and an Enter inside a paste as a newline (seen with Enter right after)
-        return [("literal", text), ("expect", "the typed text on screen", typed, TEXT_SETTLE),
-                ("keys", ["Enter"]), ("expect", "the prompt being submitted", submitted)]
-    if kind not in ("permission", "confirm-always"):
-        raise ReplyRefused("the %s screen does not show a permission prompt" % agent)
-    def same_prompt(screen, agent=agent, found=found):
-        lines = screen_lines(screen)
-        now = {"claude": claude_prompt, "codex": codex_prompt}[agent](lines) if agent != "opencode" else opencode_prompt(screen)
-        return now is not None and now[0] == found[0] and (agent == "opencode" or now[1] == found[1])
-
-    def gone(screen, same_prompt=same_prompt):
-        if agent == "opencode":  # neither the buttons nor the "Always allow" confirmation
-            now = opencode_prompt(screen)
-            return now is None or now[0] not in ("permission", "confirm-always")
-        return not same_prompt(screen)
-    if agent == "claude":
-        picked = _pick(found[1], action)
-        if picked is None:
-            raise ReplyRefused("this Claude Code prompt offers no option for %s (options: %s)" % (
-                action, "; ".join("%d. %s" % o for o in found[1])))
-        # Claude Code ignores keys in the first ~0.1 s a permission prompt is up (seen: a digit
-        # 50 ms after it appeared was dropped, 100 ms after was taken): see it up that long first
-        return [("hold", CLAUDE_PROMPT_GRACE, "the permission prompt", same_prompt), ("keys", [str(picked[0])]),
-                ("expect", "the prompt going away after the key", gone)]
-    if agent == "codex":
-        picked = None
-        for number, label, key in found[1]:
-            if _pick([(number, label)], action):
-                picked = key
-                break
-        if picked is None:
-            raise ReplyRefused("this Codex prompt offers no option for %s (options: %s)" % (
-                action, "; ".join("%d. %s (%s)" % o for o in found[1])))
-        return [("keys", ["Escape" if picked == "esc" else picked]), ("expect", "the prompt going away after the key", gone)]
-    # opencode
-    if kind == "confirm-always":
-        raise ReplyRefused("OpenCode is asking to confirm an 'Allow always' already; answer it in its pane")
-    if action == "deny":
-        return [("keys", ["Escape"]), ("expect", "the prompt going away after the key", gone)]
-    selected = found[1]
-    if selected is None:
-        raise ReplyRefused("cannot tell which OpenCode button is selected")
-    target = "Allow once" if action == "approve" else "Allow always"
-    moves = (OPENCODE_BUTTONS.index(target) - OPENCODE_BUTTONS.index(selected)) % len(OPENCODE_BUTTONS)
-
-    def on_target(screen, target=target):
-        f = opencode_prompt(screen)
-        return f is not None and f[0] == "permission" and f[1] == target
-    steps = []
-    if moves:
-        steps += [("keys", ["Right"] * moves), ("expect", "%r selected" % target, on_target)]
-    steps.append(("keys", ["Enter"]))
-    if action == "approve-always":
-        def confirm(screen):
-            f = opencode_prompt(screen)
-            return f is not None and f[0] == "confirm-always" and f[1] == "Confirm"
-        steps += [("expect", "the 'Always allow' confirmation with Confirm selected", confirm), ("keys", ["Enter"])]
-    steps.append(("expect", "the prompt going away after the key", gone))
-    return steps
-
-
-def _proc_stat_fields(pid, proc_root="/proc"):
-    """Fields of /proc/<pid>/stat after the command name (state is [0], ppid [1], pgrp [2],
-    tpgid [5], starttime [19]), or None."""
-    try:
-        with open(os.path.join(proc_root, str(pid), "stat"), "r", encoding="utf-8", errors="replace") as f:
-            data = f.read()
-        return data[data.rindex(")") + 2:].split(" ")
-    except (OSError, ValueError):
-        return None
-
-
-def foreground_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
-    """Why the agent process `pid` is not in front in the pane whose process is `pane_pid` (None
-    when it is): it must run below the pane's process, it or an ancestor below the pane must be in
-    the terminal's foreground process group, and that group's leader must be this agent (Codex's
-    rollout is held by its app-server, a child of the TUI in a session of its own: the TUI is what
-    is in front). Linux (/proc) only; elsewhere nothing is checked here."""
-    if not os.path.isdir(os.path.join(proc_root, "self")):
-        return None
-    mine = _proc_stat_fields(pid, proc_root)
-    if mine is None:
-        return "the agent's process %d is gone" % pid
-    if start is not None and _int(mine[19]) != start:
-        return "process %d is not the agent any more (restarted)" % pid
-    shell = _proc_stat_fields(pane_pid, proc_root)
-    if shell is None:
-        return "the pane's process is gone"
-    front = _int(shell[5])
-    chain, p = ([(pid, _int(mine[2]))], 0) if pid == pane_pid else ([], pid)  # the pane runs the agent itself
-    while p and p != pane_pid and len(chain) < 64:
-        f = _proc_stat_fields(p, proc_root)
-        if f is None:
-            break
-        chain.append((p, _int(f[2])))
-        p = _int(f[1])
-    if p != pane_pid and pid != pane_pid:
-        return "process %d does not run in that pane" % pid
-    if not any(pgrp == front for _, pgrp in chain):
-        return "the agent is not the pane's foreground process (another program runs in front of it)"
-    try:
-        with open(os.path.join(proc_root, str(front), "stat"), "r", encoding="utf-8", errors="replace") as fh:
-            comm = parse_proc_stat(fh.read())[1]
-    except (OSError, ValueError, IndexError):
-        return "the pane's foreground process cannot be read"
-    if classify_agent_process(comm, process_args(front, proc_root)) != agent:
-        return "the pane's foreground process (%s) is not %s" % (comm, agent)
-    return None
-
-
-REPLY_EXPECT_TIMEOUT = 2.0
-PREVIEW_INTERVAL = 0.3  # a shown preview is read at most ~3 times a second
-
-
-def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=time.sleep,
-                    timeout=REPLY_EXPECT_TIMEOUT):
-    """Send the steps of reply_plan to a pane through the tmux gateway. A "hold" step checks the
-    prompt stays up for a while before a key; an "expect" step waits for the screen to show what it
-    needs before anything more is sent: when that does not come, the rest is not sent (ReplyRefused
-    says what was). `screen` is the screen the plan was made from.
-    -> milliseconds from the last keys to the first change of the screen, or None."""
-    sent = []
-    sent_at = before = changed_ms = None
-    for step in steps:
-        if step[0] == "keys":
-            tmux.run("send-keys", "-t", pane, *step[1])
-            sent_at, before, changed_ms = clock(), screen, None
-            sent.append(" ".join(step[1]))
-        elif step[0] == "literal":
-            tmux.run("send-keys", "-t", pane, "-l", "--", step[1])
-            sent.append("%d characters of text" % len(step[1]))
-        elif step[0] == "hold":
-            end = clock() + step[1]
-            while True:
-                screen = tmux.run("capture-pane", "-p", "-e", "-t", pane)
-                if not step[3](screen):
-                    raise ReplyRefused("%s went away before the key was sent; nothing was sent" % step[2])
-                if clock() >= end:
-                    break
-                sleep(min(0.05, max(0.0, end - clock())))
-        elif step[0] == "expect":
-            deadline = clock() + timeout
-            while True:
-                screen = tmux.run("capture-pane", "-p", "-e", "-t", pane)
-                if changed_ms is None and sent_at is not None and before is not None and screen != before:
-                    changed_ms = (clock() - sent_at) * 1000
-                if step[2](screen):
-                    break
-                if clock() > deadline:
-                    raise ReplyRefused("%s%s: not seen within %.0f s" % (
-                        ("sent %s; then waited for " % ", ".join(sent)) if sent else "waited for ",
-                        step[1], timeout))
-                sleep(0.01)
-            if len(step) > 3 and step[3]:
-                sleep(step[3])
-    return changed_ms
-
-
-def thread_preview(screen, lines=20):
-    """The last `lines` lines of a pane for a preview: no escapes, no trailing blank lines."""
-    return screen_lines(screen, lines)
 
 
 ##############################################################################
@@ -8129,45 +8276,8 @@ def kitty_session_file(tabs):
 # render() turns a state snapshot into lines of (text, style) pieces. Only SidebarApp touches
 # curses, sockets and tmux.
 
-THEMES = {
-    "catppuccin-mocha": {"bg": "#1e1e2e", "fg": "#cdd6f4", "muted": "#6c7086", "accent": "#89b4fa",
-                         "sel": "#313244", "running": "#89dceb", "waiting": "#f9e2af", "error": "#f38ba8",
-                         "done": "#a6e3a1", "unseen": "#fab387", "interrupted": "#cba6f7"},
-    "catppuccin-latte": {"bg": "#eff1f5", "fg": "#4c4f69", "muted": "#8c8fa1", "accent": "#1e66f5",
-                         "sel": "#ccd0da", "running": "#04a5e5", "waiting": "#df8e1d", "error": "#d20f39",
-                         "done": "#40a02b", "unseen": "#fe640b", "interrupted": "#8839ef"},
-    "tokyo-night": {"bg": "#1a1b26", "fg": "#c0caf5", "muted": "#565f89", "accent": "#7aa2f7",
-                    "sel": "#292e42", "running": "#7dcfff", "waiting": "#e0af68", "error": "#f7768e",
-                    "done": "#9ece6a", "unseen": "#ff9e64", "interrupted": "#bb9af7"},
-    "gruvbox-dark": {"bg": "#282828", "fg": "#ebdbb2", "muted": "#928374", "accent": "#83a598",
-                     "sel": "#3c3836", "running": "#8ec07c", "waiting": "#fabd2f", "error": "#fb4934",
-                     "done": "#b8bb26", "unseen": "#fe8019", "interrupted": "#d3869b"},
-    "nord": {"bg": "#2e3440", "fg": "#d8dee9", "muted": "#4c566a", "accent": "#88c0d0", "sel": "#3b4252",
-             "running": "#8fbcbb", "waiting": "#ebcb8b", "error": "#bf616a", "done": "#a3be8c",
-             "unseen": "#d08770", "interrupted": "#b48ead"},
-    "dracula": {"bg": "#282a36", "fg": "#f8f8f2", "muted": "#6272a4", "accent": "#bd93f9", "sel": "#44475a",
-                "running": "#8be9fd", "waiting": "#f1fa8c", "error": "#ff5555", "done": "#50fa7b",
-                "unseen": "#ffb86c", "interrupted": "#ff79c6"},
-    "one-dark": {"bg": "#282c34", "fg": "#abb2bf", "muted": "#5c6370", "accent": "#61afef", "sel": "#3e4451",
-                 "running": "#56b6c2", "waiting": "#e5c07b", "error": "#e06c75", "done": "#98c379",
-                 "unseen": "#d19a66", "interrupted": "#c678dd"},
-    "solarized-light": {"bg": "#fdf6e3", "fg": "#657b83", "muted": "#93a1a1", "accent": "#268bd2",
-                        "sel": "#eee8d5", "running": "#2aa198", "waiting": "#b58900", "error": "#dc322f",
-                        "done": "#859900", "unseen": "#cb4b16", "interrupted": "#6c71c4"},
-}
 DEFAULT_THEME = "catppuccin-mocha"
 THEME_KEYS = ("bg", "fg", "muted", "accent", "sel", "running", "waiting", "error", "done", "unseen", "interrupted")
-SPINNER = {"unicode": "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏", "ascii": "|/-\\"}
-GLYPHS = {
-    "unicode": {"running": None, "retry": "↻", "waiting": "◉", "error": "✗", "interrupted": "⊘",
-                "done-unseen": "●", "done": "✓", "idle": "○", "unseen": "●", "bar": "█", "bar_empty": "░",
-                "more": "…", "sep": "─", "current": "▌", "neutral": "·", "info": "i", "success": "✓",
-                "warn": "!", "tone-error": "✗"},
-    "ascii": {"running": None, "retry": "r", "waiting": "?", "error": "x", "interrupted": "!",
-              "done-unseen": "*", "done": "v", "idle": "o", "unseen": "*", "bar": "#", "bar_empty": "-",
-              "more": "~", "sep": "-", "current": ">", "neutral": "-", "info": "i", "success": "v",
-              "warn": "!", "tone-error": "x"},
-}
 TONE_STYLE = {"neutral": "fg", "info": "accent", "success": "done", "warn": "waiting", "error": "error"}
 FILTERS = ("all", "agents", "attention")
 HELP_KEYS = (
@@ -10030,12 +10140,6 @@ class SidebarPanes(object):
 # CLI
 ##############################################################################
 
-def token_header(token):
-    """The header line carrying the runtime file's token ('' without a well-formed one)."""
-    if isinstance(token, str) and re.match(r"^[0-9a-f]{1,64}$", token):
-        return "%s: %s\r\n" % (TOKEN_HEADER, token)
-    return ""
-
 
 class Client(object):
     """A tiny HTTP client over a raw socket: no http.client import, so commands start fast."""
@@ -10216,10 +10320,6 @@ def _server_argv(args):
     if args.port is not None:
         argv += ["--port", str(args.port)]
     return argv
-
-
-class ServerStopped(OpensessionsError):
-    """The server was stopped on purpose; only the user starts it again."""
 
 
 def start_background(args, wait=5.0, respect_stop=False):
@@ -10711,16 +10811,7 @@ def cmd_popup_open(args):
     tmux = _tmux(args)
     start_background(args)
     opts = {name: (_tmux_option(tmux, name) or default) for name, default in POPUP_DEFAULTS.items()}
-    try:
-        version = tmux.run("display-message", "-p", "#{version}").strip()
-    except TmuxError:
-        version = ""
-    if not version or "version" in version:
-        import subprocess
-        try:
-            version = subprocess.run(["tmux", "-V"], stdout=subprocess.PIPE, timeout=5).stdout.decode()
-        except (OSError, subprocess.SubprocessError):
-            version = ""
+    version = tmux.version()
     me = _self_command()
     if args.port:
         me += " --port %d" % args.port
@@ -10794,10 +10885,6 @@ def cmd_switch(args):
     return 0
 
 
-TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": str(DEFAULT_WIDTH),
-                "@opensessions-position": "left", "@opensessions-theme": "", "@opensessions-port": "",
-                "@opensessions-focus-key": "", "@opensessions-index-keys": "off", "@opensessions-resurrect": "on",
-                "@opensessions-notify": "", "@opensessions-notify-on": "", "@opensessions-popup-key": "g"}
 KEY_TABLE = "opensessions"
 
 
@@ -10838,48 +10925,6 @@ def _keep_window_names(tmux, remove=False):
         tmux.run("set-option", "-g", "automatic-rename-format", current[len(RENAME_GUARD):-1])
     elif not remove and not wrapped and current:
         tmux.run("set-option", "-g", "automatic-rename-format", RENAME_GUARD + current + "}")
-
-
-def _tmux_option(tmux, name):
-    try:
-        return tmux.run("show-option", "-gqv", name).rstrip("\n")
-    except TmuxError:
-        return ""
-
-
-def read_tmux_options(tmux, defaults=None):
-    """Our @opensessions-* options in one tmux call (it works before any session exists), the
-    default for those not set. -> {name: value}"""
-    defaults = TMUX_OPTIONS if defaults is None else defaults
-    names = sorted(defaults)
-    fmt = "\x1f".join("#{%s}" % n for n in names)
-    try:
-        out = tmux.run("display-message", "-p", fmt).rstrip("\n").split("\x1f")
-    except TmuxError:
-        out = []
-    if len(out) != len(names):
-        out = [_tmux_option(tmux, n) for n in names]
-    return {n: (v or defaults[n]) for n, v in zip(names, out)}
-
-
-def ui_from_tmux_options(options):
-    """The sidebar preferences the @opensessions-* options set (only those given). Pure."""
-    ui = {}
-    if options.get("@opensessions-width", "").isdigit():
-        ui["width"] = int(options["@opensessions-width"])
-    if options.get("@opensessions-position") in ("left", "right"):
-        ui["position"] = options["@opensessions-position"]
-    if options.get("@opensessions-theme") in THEMES:
-        ui["theme"] = options["@opensessions-theme"]
-    for option, key, allowed in (("@opensessions-notify", "notify", NOTIFY_CHANNELS),
-                                 ("@opensessions-notify-on", "notifyOn", NOTIFY_STATUSES)):
-        words = [w for w in re.split(r"[ ,]+", options.get(option) or "") if w]
-        if words:
-            ui[key] = [w for w in words if w in allowed] if words != ["none"] else []
-    try:  # what validate_ui refuses (a width of 5) is left at its current value
-        return validate_ui(ui) if ui else {}
-    except ApiError:
-        return {k: v for k, v in ui.items() if k != "width"}
 
 
 # The hook that finishes the plugin's setup when the first session appears (TPM runs us while
@@ -11229,12 +11274,8 @@ def cmd_default(args):
         _post(args, "/ui", {"visible": True})
         print("opensessions: the sidebar is shown; prefix o t hides it, prefix o s focuses it")
         return 0
-    import shutil
-    if not shutil.which("tmux"):
-        raise OpensessionsError("tmux is not installed")
     me = [sys.executable, os.path.abspath(sys.argv[0])]
-    os.execvp("tmux", ["tmux", "new-session", "-A", "-s", "opensessions",
-                       " ".join(_shell_quote(a) for a in me) + "; exec ${SHELL:-sh}"])
+    exec_tmux("new-session", "-A", "-s", "opensessions", " ".join(_shell_quote(a) for a in me) + "; exec ${SHELL:-sh}")
 
 
 def _shell_quote(s):
