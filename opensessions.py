@@ -21,8 +21,11 @@ holds that claim with `ast`):
   9. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock
  10. Notifications           tmux / desktop / terminal / bell, coalesced; status-line options
  11. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
- 12. Sidebar                 curses: model -> lines (pure) -> draw; the popup; sidebar panes
- 13. CLI                     argparse, client commands, plugin setup, main()
+ 12. History                 every past conversation: the index (built off the loop, kept live,
+                             saved), search, preview, resume and fork
+ 13. Sidebar                 curses: model -> lines (pure) -> draw; the popup and its history
+                             tab; sidebar panes
+ 14. CLI                     argparse, client commands, plugin setup, main()
 
 Importing this module has no side effects: nothing runs, nothing is written, no heavy module is
 imported until a function needs it (client commands must start fast).
@@ -981,32 +984,36 @@ def parse_json_lines(lines):
     return records, bad
 
 
+_ISO_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,3}))?", re.ASCII)
+_ISO_DAYS = {}  # 'YYYY-MM-DD' -> epoch seconds of that day (records of one conversation share few days)
+
+
 def parse_iso_ms(value):
-    """ISO 8601 ('2026-11-22T01:46:19.452Z') -> epoch ms, or None."""
+    """ISO 8601 ('2026-11-22T01:46:19.452Z') -> epoch ms, or None. Every record of every agent goes
+    through here: one regex, and each day's calendar arithmetic done once."""
     if not isinstance(value, str) or len(value) < 19:
         return None
-    import calendar
-    if value[4] != "-" or value[7] != "-" or value[10] not in "T " or value[13] != ":" or value[16] != ":":
+    m = _ISO_RE.match(value)
+    if m is None:
         return None
-    try:
-        parts = (value[0:4], value[5:7], value[8:10], value[11:13], value[14:16], value[17:19])
-        if not all(p.isdigit() and p.isascii() for p in parts):
-            return None
-        y, mo, d, h, mi, sec = (int(p) for p in parts)
-        if not (1 <= mo <= 12 and 1 <= d <= 31 and h <= 23 and mi <= 59 and sec <= 61):
-            return None
-        base = calendar.timegm((y, mo, d, h, mi, sec))
-    except (ValueError, OverflowError):
+    _, _, _, h, mi, sec, frac = m.groups()
+    h, mi, sec = int(h), int(mi), int(sec)
+    if h > 23 or mi > 59 or sec > 61:
         return None
-    ms = 0
-    if len(value) > 20 and value[19] == ".":
-        digits = ""
-        for ch in value[20:23]:
-            if not ch.isdigit():
-                break
-            digits += ch
-        ms = int((digits + "000")[:3]) if digits else 0
-    return base * 1000 + ms
+    day = _ISO_DAYS.get(value[:10])
+    if day is None:
+        import calendar
+        y, mo, d = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        if not (1 <= mo <= 12 and 1 <= d <= 31):
+            return None
+        try:
+            day = calendar.timegm((y, mo, d, 0, 0, 0))
+        except (ValueError, OverflowError):
+            return None
+        if len(_ISO_DAYS) >= 4096:
+            _ISO_DAYS.clear()
+        _ISO_DAYS[value[:10]] = day
+    return (day + h * 3600 + mi * 60 + sec) * 1000 + (int((frac + "00")[:3]) if frac else 0)
 
 
 def _epoch_ms(value):
@@ -2387,7 +2394,8 @@ def read_tmux_options(tmux, defaults=None):
 TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": str(DEFAULT_WIDTH),
                 "@opensessions-position": "left", "@opensessions-theme": "", "@opensessions-port": "",
                 "@opensessions-focus-key": "", "@opensessions-index-keys": "off", "@opensessions-resurrect": "on",
-                "@opensessions-notify": "", "@opensessions-notify-on": "", "@opensessions-popup-key": "g"}
+                "@opensessions-notify": "", "@opensessions-notify-on": "", "@opensessions-popup-key": "g",
+                "@opensessions-history-key": "r"}
 
 
 ##############################################################################
@@ -5732,6 +5740,7 @@ class Server(object):
         self.watchers = None
         self.sidebars = None
         self.tmux_options = None
+        self.history = None  # the conversation index (History), built off the loop once the state is full
         self.cold_starting = False
         self._status_changes = []
         self._known_before_cold = frozenset()
@@ -5779,6 +5788,9 @@ class Server(object):
                        sum(t.bytes_read for t in self.watchers.tails.values()) // 1024,
                        self.watchers.bad_records, time.monotonic() - t0))
             self.store.publish()
+            if self.history is not None:
+                self.history.set_live(list(self.store.threads.values()))
+                self.history.start()  # its worker thread reads what changed since the saved index
             self._follow_tmux()
             self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
             self.loop.call_later(2.0, self._ports_timer)
@@ -5850,6 +5862,8 @@ class Server(object):
         self.agent_exits.close()
         if self.watchers is not None:
             self.watchers.close()
+        if self.history is not None:
+            self.history.stop()
         self.state_file.save_now()
         self.runtime.release()
 
@@ -6155,6 +6169,8 @@ class Server(object):
         """A new snapshot: keep the tmux status-line options current."""
         if self.tmux_options is not None:
             self.tmux_options.update(self.store.published[1])
+        if self.history is not None:
+            self.history.set_live(list(self.store.threads.values()))  # the picker's live marker
 
     def notify_user(self, session, message, tone):
         """Send a notification through the enabled channels (see the notifications section);
@@ -6229,6 +6245,8 @@ class Server(object):
             self.state_file.schedule_save()
         if is_new and len(self.store.threads) > MAX_THREADS:
             self.prune_threads()
+        if self.history is not None:
+            self.history.seen(agent, thread_id)  # the index reads what the watchers saw
         return t
 
     def prune_threads(self):
@@ -6604,6 +6622,13 @@ class Api(object):
                 "%.0f ms" % changed_ms if changed_ms is not None else "(not measured)"))
         return send
 
+    def api_resume(self, body):
+        """POST /api/resume {"thread", "fork", "target", "session"}: checked on the loop by the history
+        index (id, live thread, directory, flags); the tmux part runs off the loop."""
+        if self.server.history is None:
+            raise ApiError(503, "the conversation history is off")
+        return self.server.history.api_resume(body, self.store, self.server.tmux)
+
     def api_preview(self, thread_id, lines=20):
         """GET /api/preview?thread=ID[&lines=N] -> the pane to read (read off the loop)."""
         t = self._thread_by_id(thread_id)
@@ -6642,8 +6667,9 @@ ROUTES = {
     "/ui": "api_ui",
     "/mute": "api_mute",
     "/api/reply": "api_reply",
+    "/api/resume": "api_resume",
 }
-GET_ROUTES = ("/", "/state", "/events", "/health", "/api/preview")
+GET_ROUTES = ("/", "/state", "/events", "/health", "/api/preview", "/api/history", "/api/history/preview")
 MAX_CONNECTIONS = 500  # open connections (one thread and one fd each); more get a 503
 MAX_SSE_CLIENTS = 400  # of which /events streams
 READ_DEADLINE = 10.0  # seconds to send a request's line, headers and body (and to start the next one)
@@ -6694,7 +6720,8 @@ def health_json(server):
         "skippedRecords": watchers.bad_records if watchers is not None else 0,
         "skippedLongLines": watchers.long_lines if watchers is not None else 0,
         "inotify": bool(watchers is not None and watchers.inotify is not None),
-        "connections": getattr(httpd, "active", 0), "streams": getattr(httpd, "streams", 0)}).encode()
+        "connections": getattr(httpd, "active", 0), "streams": getattr(httpd, "streams", 0),
+        "history": server.history.health() if server.history is not None else None}).encode()
 
 
 def route_get(server, path):
@@ -6718,7 +6745,7 @@ def route_post(server, path, body):
     method = ROUTES[path]
     try:
         result = server.loop.call(server.api.apply_and_publish, method, body)
-        if callable(result):  # the part that waits on tmux (a reply) runs here, off the loop
+        if callable(result):  # the part that waits on tmux (a reply, a resume) runs here, off the loop
             result = result()
     except ApiError as e:
         return _error_body(e.status, e.message) + (None,)
@@ -6729,6 +6756,8 @@ def route_post(server, path, body):
         return _error_body(500, "internal error: %s" % e.__class__.__name__) + (None,)
     if result is False:  # a session (or thread) the call named is not there: kept, not matched
         return 202, json.dumps({"matched": False}).encode(), "application/json", None
+    if isinstance(result, dict):  # an answer with content (/api/resume)
+        return 200, encode_json(result), "application/json", None
     return 204, b"", None, None
 
 
@@ -6913,6 +6942,8 @@ def make_handler(server):
                 return self._events()
             if path == "/api/preview":
                 return self._preview()
+            if path in ("/api/history", "/api/history/preview"):
+                return self._history(path)
             status, body, ctype, extra = route_get(server, path)
             self._send(status, body, ctype, extra)
 
@@ -6967,6 +6998,22 @@ def make_handler(server):
                 return self._error(503, "server busy")
             info["lines"] = thread_preview(screen, lines)
             return self._send(200, json.dumps(info).encode())
+
+        def _history(self, path):
+            """GET /api/history?dir=&q=&agent=&since=&limit=&offset= (the index, searched here, off the
+            loop) and /api/history/preview?thread=AGENT:ID&n=N (the conversation's last messages)."""
+            from urllib.parse import parse_qs
+            if server.history is None:
+                return self._error(503, "the conversation history is off")
+            query = parse_qs(self.path.partition("?")[2], keep_blank_values=True)
+            try:
+                if path == "/api/history":
+                    doc = server.history.api_query(query, server.store.ui.get("prices"))
+                else:
+                    doc = server.history.api_preview_query(query)
+            except ApiError as e:
+                return self._error(e.status, e.message)
+            return self._send(200, encode_json(doc))
 
         def _events(self):
             httpd = self.server
@@ -8269,6 +8316,1511 @@ def kitty_session_file(tabs):
 
 
 ##############################################################################
+# History: every past conversation, found, resumed or forked
+##############################################################################
+
+# The index of every conversation of every agent we read, live or long finished: the picker
+# (`prefix o r`), `opensessions history`, /api/history and /api/resume. One entry per conversation,
+# metadata only: ids, title, first prompt cut to a line, directory, git branch, start and last
+# activity, turns, tokens, cost, and the flags and program it was last run with where we saw them.
+# It lives in the server: a worker thread builds it at cold start (the event loop keeps serving),
+# the watchers' updates keep it live (each conversation they report is read again, from where the
+# last read stopped), and it is saved in our state dir (history.jsonl), so a restart reads only the
+# files whose inode, size or mtime changed. Nothing is ever written into an agent's directory.
+#
+# What is exact and what is estimated (HistoryEntry.exact):
+# - A conversation file up to HISTORY_FULL bytes is read whole, and appends are read as they come:
+#   its turns and tokens are exact (a Claude message whose records straddle two reads may count
+#   its provisional output once more).
+# - A bigger file first seen whole is read from its head (first prompt, directory, branch, start)
+#   and its tail: its turns are extrapolated from the share of the file read, its tokens are the
+#   tail's (both marked estimated, "~" in the picker), except where the agent keeps running totals:
+#   Codex (token_count totals; turns from thread_history_1.sqlite when it has the thread) and
+#   OpenCode (the session row's totals; turns counted in its database).
+# - Amp (unverified format) is read whole up to MAX_LINE_BYTES.
+
+HISTORY_FILE = "history.jsonl"
+HISTORY_VERSION = 1
+HISTORY_FULL = 256 * 1024  # a file up to this size is read whole (exact turns and tokens)
+HISTORY_HEAD = 32 * 1024  # ... else its first bytes (first prompt, cwd, branch, start) ...
+HISTORY_TAIL = 64 * 1024  # ... and its last bytes (last activity, title, usage)
+HISTORY_APPEND = 1024 * 1024  # an append up to this size is read on; a bigger one: head and tail again
+HISTORY_PROMPT = 160  # characters kept of the first prompt (its first line)
+HISTORY_MAX = 100000  # entries kept at most; past it the least recently active are dropped
+HISTORY_SAVE_QUIET = 5.0  # the index file is written once changes pause this long
+HISTORY_PREVIEW_BYTES = 256 * 1024  # a preview reads at most this much of a transcript's end
+HISTORY_PREVIEW_TEXT = 2000  # characters kept of each previewed message
+EXACT_TURNS, EXACT_USAGE = 1, 2
+HISTORY_REDUCERS = {"claude": claude_reduce, "codex": codex_reduce, "gemini": gemini_reduce, "qwen": qwen_reduce,
+                    "pi": pi_reduce}
+# The words that resume a conversation and, where the agent's CLI has one, fork it (the new
+# conversation starts with the old one's messages). The resume words are resume_command()'s; a fork
+# changes its tail: (what resume_command() ends with, what the fork ends with), %s = the id.
+# Captured from each pinned CLI's --help (tests/fixtures/<agent>/).
+HISTORY_FORK = {
+    "claude": (" --resume %s", " --resume %s --fork-session"),
+    "codex": (" resume %s", " fork %s"),
+    "opencode": (" -s %s", " -s %s --fork"),
+    "pi": (" --session %s", " --fork %s"),
+}
+# Flags a conversation was run with that must not come back when it is resumed from the picker:
+# one-shot modes (`claude -p`) and output formats for scripts.
+HISTORY_DROP_FLAGS = {
+    "claude": {"value": ("--output-format", "--input-format", "--max-turns"), "bool": ("-p", "--print")},
+    "opencode": {"value": ("--format",), "bool": ()},
+    "codex": {"value": ("--output-last-message", "-o"), "bool": ("--json",)},
+    "gemini": {"value": ("--prompt", "-p", "--output-format", "-o"), "bool": ()},
+    "qwen": {"value": ("--prompt", "-p", "--output-format", "-o"), "bool": ()},
+    "pi": {"value": ("--mode",), "bool": ("-p", "--print")},
+    "amp": {"value": ("--execute", "-x"), "bool": ()},
+}
+
+
+def _intern(text):
+    return sys.intern(text) if isinstance(text, str) else None
+
+
+class HistoryEntry(object):
+    """One conversation in the index. Slots, and shared strings for what repeats (agent, directory,
+    branch, model): 20,000 of them fit in a few MB."""
+
+    __slots__ = ("agent", "id", "title", "prompt", "cwd", "branch", "created", "updated", "turns", "input",
+                 "output", "cache_read", "cache_write", "cost", "model", "path", "ino", "size", "mtime",
+                 "offset", "exact", "flags", "program", "hay")
+
+    FIELDS = __slots__[:-1]  # what is saved (hay is made again)
+
+    def __init__(self, agent, id):
+        self.agent = _intern(agent)
+        self.id = id
+        self.title = self.prompt = self.cwd = self.branch = self.model = self.path = None
+        self.created = self.updated = self.turns = 0
+        self.input = self.output = self.cache_read = self.cache_write = 0
+        self.cost = None  # the agent's own figure (OpenCode, Pi, Claude's cost-state), else priced when shown
+        self.ino = self.size = self.mtime = self.offset = 0
+        self.exact = EXACT_TURNS | EXACT_USAGE
+        self.flags = None  # tuple of the launch flags last seen (recorded), or None
+        self.program = None  # absolute path of the program last seen running it, or None
+        self.hay = ""
+
+    @property
+    def key(self):
+        return (self.agent, self.id)
+
+    def index_text(self):
+        """What typing matches, lower-case: title, first prompt, directory and agent."""
+        self.hay = ("%s\n%s\n%s\n%s" % (self.title or "", self.prompt or "", self.cwd or "", self.agent)).lower()
+
+    def to_row(self):
+        return [getattr(self, f) for f in self.FIELDS]
+
+    @classmethod
+    def from_row(cls, row):
+        """A saved row -> entry, or None when it is not one of ours (wrong shape or types)."""
+        if not isinstance(row, list) or len(row) != len(cls.FIELDS):
+            return None
+        d = dict(zip(cls.FIELDS, row))
+        if d["agent"] not in AGENTS or not valid_thread_id(d["agent"], d["id"]):
+            return None
+        for f in ("title", "prompt", "cwd", "branch", "model", "path", "program"):
+            if d[f] is not None and not isinstance(d[f], str):
+                return None
+        for f in ("created", "updated", "turns", "input", "output", "cache_read", "cache_write", "ino", "size",
+                  "mtime", "offset", "exact"):
+            if isinstance(d[f], bool) or not isinstance(d[f], int) or d[f] < 0:
+                return None
+        if d["cost"] is not None and not finite_number(d["cost"]):
+            return None
+        flags = d["flags"]
+        if flags is not None and (not isinstance(flags, list) or not all(isinstance(a, str) for a in flags)):
+            return None
+        e = cls(d["agent"], d["id"])
+        for f in cls.FIELDS[2:]:
+            setattr(e, f, d[f])
+        e.flags = tuple(flags) if flags is not None else None
+        for f in ("cwd", "branch", "model"):
+            setattr(e, f, _intern(getattr(e, f)))
+        e.index_text()
+        return e
+
+    def raw_usage(self):
+        """The tokens and the agent's own cost in usage_json()'s raw shape (None when none seen)."""
+        if not (self.input or self.output or self.cache_read or self.cache_write or self.cost is not None):
+            return None
+        usage = new_usage()
+        usage.update(input=self.input, output=self.output, cacheRead=self.cache_read, cacheWrite=self.cache_write,
+                     cost=self.cost, partial=not self.exact & EXACT_USAGE)
+        return usage
+
+
+def history_prompt_line(text):
+    """A first prompt as the index keeps it: its first non-empty line, control characters made
+    spaces, cut to HISTORY_PROMPT characters (a 10 MB prompt costs what a short one does). Pure."""
+    if not isinstance(text, str):
+        return None
+    head = text[:HISTORY_PROMPT * 8]
+    for line in head.splitlines():
+        line = " ".join(clean_text(line).split())
+        if line:
+            return line if len(line) <= HISTORY_PROMPT else line[:HISTORY_PROMPT - 1] + "…"
+    return None
+
+
+def history_title(text):
+    """A title from an agent's file or database: one line, clean, cut to TITLE_MAX. Pure."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    return _clip_title(clean_text(text[:TITLE_MAX * 8]))
+
+
+# Records the index never needs, told by their first bytes (so the big ones are not parsed at
+# all): Claude Code's attachments (system prompt snapshots, tool listings), API request shapes and
+# file-history snapshots. Compact (Claude's own) and spaced (the captures) JSON alike.
+HISTORY_SKIP = {
+    "claude": (b'"attachment":', b'{"type":"api-request', b'{"type": "api-request', b'{"type":"file-history-snapshot"',
+               b'{"type": "file-history-snapshot"'),
+}
+
+
+def history_records(agent, lines):
+    """JSON objects of the lines the index reads (HISTORY_SKIP's are left unparsed). Strings are
+    kept as parsed: the index cleans the few it keeps. Pure."""
+    skip = HISTORY_SKIP.get(agent, ())
+    out = []
+    for line in lines:
+        if not line.strip():
+            continue
+        head = line[:200]
+        if skip and any(s in head for s in skip):
+            continue
+        try:
+            rec = json.loads(line)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def _history_extra(agent, rec, extra):
+    """What the reducers do not keep: when the conversation started, and its git branch where the
+    agent records one (Claude `gitBranch` on each record, Codex session_meta `git.branch`)."""
+    if "created" not in extra:
+        ts = parse_iso_ms(rec.get("timestamp") or rec.get("startTime"))
+        if ts:
+            extra["created"] = ts
+    if agent in ("claude", "qwen"):
+        branch = rec.get("gitBranch")
+        if isinstance(branch, str) and branch and branch != "HEAD":
+            extra["branch"] = branch
+    elif agent == "codex" and rec.get("type") == "session_meta":
+        payload = rec.get("payload") if isinstance(rec.get("payload"), dict) else {}
+        git = payload.get("git") if isinstance(payload.get("git"), dict) else {}
+        if isinstance(git.get("branch"), str) and git["branch"]:
+            extra["branch"] = git["branch"]
+        started = parse_iso_ms(payload.get("timestamp"))
+        if started:
+            extra["created"] = started
+
+
+def _history_lines(data, from_start):
+    """Complete lines of a chunk read from a file -> (lines, bytes consumed). A chunk that does not
+    start the file drops its first (partial) line; what follows the last newline is a line still
+    being written: not consumed (the next read starts there)."""
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], 0
+    lines = data[:end].split(b"\n")
+    return (lines if from_start else lines[1:]), end + 1
+
+
+def _history_read_fd(path):
+    """An agent's file opened for a bounded read: O_NONBLOCK (a FIFO named like a transcript never
+    blocks us) and regular files only. -> (fd, stat); the caller closes fd."""
+    import stat
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError("%s is not a regular file" % path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _pread(fd, offset, size):
+    out = []
+    while size > 0:
+        chunk = os.pread(fd, min(size, READ_CHUNK), offset)
+        if not chunk:
+            break
+        out.append(chunk)
+        offset += len(chunk)
+        size -= len(chunk)
+    return b"".join(out)
+
+
+def _history_seed(entry, agent, tid):
+    """A reducer state that continues an entry's counters (for an append)."""
+    state = new_thread_state(agent, tid)
+    state.update(turns=entry.turns, firstPrompt=entry.prompt, cwd=entry.cwd, model=entry.model,
+                 updatedAt=entry.updated)
+    if entry.input or entry.output or entry.cache_read or entry.cache_write or entry.cost is not None:
+        state["usage"] = new_usage()
+        state["usage"].update(input=entry.input, output=entry.output, cacheRead=entry.cache_read,
+                              cacheWrite=entry.cache_write, cost=entry.cost)
+    return state
+
+
+def history_read_jsonl(agent, path, prev=None, tid=None):
+    """One JSONL conversation file -> a HistoryEntry (None when the file holds no conversation of
+    ours). Reads only what is needed: the bytes appended since `prev` was read (same inode, grown by
+    at most HISTORY_APPEND), else the whole file up to HISTORY_FULL, else its head and its tail."""
+    fd, st = _history_read_fd(path)
+    try:
+        reducer = HISTORY_REDUCERS[agent]
+        extra = {}
+        if prev is not None and prev.ino == st.st_ino and prev.size <= st.st_size \
+                and st.st_size - prev.offset <= HISTORY_APPEND and prev.path == path:
+            if (prev.size, prev.mtime) == (st.st_size, st.st_mtime_ns):
+                return prev
+            state = _history_seed(prev, agent, prev.id)
+            data = _pread(fd, prev.offset, st.st_size - prev.offset)
+            lines, used = _history_lines(data, True)
+            for rec in history_records(agent, lines):
+                reducer(state, rec)
+                _history_extra(agent, rec, extra)
+            entry = _history_entry(agent, prev.id, state, extra, prev)
+            entry.offset = prev.offset + used
+            entry.exact = prev.exact
+        else:
+            state = new_thread_state(agent, tid or "")
+            if st.st_size <= HISTORY_FULL:
+                data = _pread(fd, 0, st.st_size)
+                lines, used = _history_lines(data, True)
+                for rec in history_records(agent, lines):
+                    reducer(state, rec)
+                    _history_extra(agent, rec, extra)
+                exact = EXACT_TURNS | EXACT_USAGE
+            else:
+                head = _pread(fd, 0, HISTORY_HEAD)
+                head_lines, head_used = _history_lines(head, True)
+                for rec in history_records(agent, head_lines):
+                    reducer(state, rec)
+                    _history_extra(agent, rec, extra)
+                if not state["firstPrompt"]:  # a first prompt longer than the head: its beginning
+                    state["firstPrompt"] = history_partial_prompt(head[head_used:])
+                head_turns = state["turns"]
+                start = st.st_size - HISTORY_TAIL
+                tail = _pread(fd, start, HISTORY_TAIL)
+                lines, used = _history_lines(tail, False)
+                used += start
+                tail_state = new_thread_state(agent, state["id"])
+                tail_state.update(firstPrompt=state["firstPrompt"], cwd=state["cwd"], model=state["model"],
+                                  customTitle=state["customTitle"])
+                for rec in history_records(agent, lines):
+                    reducer(tail_state, rec)
+                    _history_extra(agent, rec, extra)
+                read = HISTORY_HEAD + HISTORY_TAIL
+                sampled = head_turns + tail_state["turns"]
+                tail_state["turns"] = max(sampled, int(round(sampled * float(st.st_size) / read)))
+                tail_state["updatedAt"] = max(state["updatedAt"], tail_state["updatedAt"])
+                if agent == "codex" and tail_state.get("usage"):
+                    exact = EXACT_USAGE  # token_count carries the thread's running total
+                else:
+                    exact = 0
+                state = tail_state
+            if not valid_thread_id(agent, state["id"]):
+                return None
+            entry = _history_entry(agent, state["id"], state, extra, None)
+            entry.offset = used
+            entry.exact = exact
+        entry.path, entry.ino, entry.size, entry.mtime = path, st.st_ino, st.st_size, st.st_mtime_ns
+        if not entry.updated:
+            entry.updated = int(st.st_mtime * 1000)
+        if not entry.created:
+            entry.created = entry.updated
+        return entry if not state.get("hidden") else None
+    finally:
+        os.close(fd)
+
+
+def history_partial_prompt(data):
+    """The beginning of a user prompt in a record cut short (a prompt of megabytes: the head read
+    holds only its start): the first "text" or "content" string after the user role. Pure."""
+    text = data[:64 * 1024].decode("utf-8", "replace")
+    m = re.search(r'"(?:role|type)":\s*"user"', text)
+    if m is None:
+        return None
+    k = re.compile(r'"(?:text|content)":\s*"').search(text, m.end())
+    if k is None:
+        return None
+    raw = text[k.end():k.end() + 4096]
+    raw = re.sub(r"\\(?:u[0-9a-fA-F]{0,3})?$", "", raw)  # an escape cut in two
+    end = raw.find('"')
+    while end > 0 and raw[end - 1] == "\\":
+        end = raw.find('"', end + 1)
+    try:
+        prompt = json.loads('"%s"' % (raw[:end] if end >= 0 else raw))
+    except ValueError:
+        return None
+    return prompt if _is_prompt_text(prompt) else None
+
+
+def _history_entry(agent, tid, state, extra, prev):
+    """A reducer state (and the extras) -> a new HistoryEntry; what the state lacks comes from prev."""
+    e = HistoryEntry(agent, tid)
+    if prev is not None:
+        for f in HistoryEntry.FIELDS[2:]:
+            setattr(e, f, getattr(prev, f))
+    title = history_title(state.get("customTitle"))
+    if title:
+        e.title = title
+    prompt = history_prompt_line(state.get("firstPrompt"))
+    if prompt and not e.prompt:
+        e.prompt = prompt
+    if not e.prompt:  # a tail-only read: the newest prompt is better than nothing
+        e.prompt = history_prompt_line(state.get("lastPrompt"))
+    if isinstance(state.get("cwd"), str) and state["cwd"]:
+        e.cwd = _intern(clean_str(state["cwd"]))
+    if isinstance(state.get("model"), str) and state["model"]:
+        e.model = _intern(clean_str(state["model"][:100]))
+    if extra.get("branch"):
+        e.branch = _intern(clean_str(extra["branch"][:200]))
+    if extra.get("created") and (not e.created or extra["created"] < e.created):
+        e.created = extra["created"]
+    e.updated = max(e.updated, state.get("updatedAt") or 0)
+    e.turns = max(0, _int(state.get("turns")))
+    usage = claude_usage(state) if agent == "claude" else state.get("usage")
+    if isinstance(usage, dict):
+        e.input, e.output = _tokens(usage.get("input")), _tokens(usage.get("output"))
+        e.cache_read, e.cache_write = _tokens(usage.get("cacheRead")), _tokens(usage.get("cacheWrite"))
+        cost = usage.get("cost")
+        e.cost = round(float(cost), 6) if finite_number(cost) and not isinstance(cost, bool) else None
+    e.index_text()
+    return e
+
+
+def _json_string_at(text, key):
+    """The value of "key": "…" in JSON text that may be cut short (a capped read), or None."""
+    import json.decoder
+    i = text.find('"%s":' % key)
+    if i < 0:
+        return None
+    j = text.find('"', i + len(key) + 3)
+    if j < 0:
+        return None
+    for end in range(len(text), max(j, len(text) - 8), -1):
+        try:
+            return json.decoder.scanstring(text[:end] + ('"' if end < len(text) or not text.endswith('"') else ""),
+                                           j + 1)[0]
+        except ValueError:
+            continue
+    return None
+
+
+def history_read_opencode(db, ids=None, since_ms=0):
+    """OpenCode's database -> ([HistoryEntry] of the top-level sessions named by ids, or else changed
+    after since_ms; the newest time_updated seen). Turns are its user messages; the first prompt is
+    the text part of its first user message (its first 4 KB); tokens and cost are the session
+    row's own totals. Read-only; raises sqlite3.Error."""
+    conn = sqlite_ro(db)
+    try:
+        base = ("SELECT id, parent_id, directory, title, time_created, time_updated, model%s FROM session "
+                % opencode_usage_columns(conn))
+        if ids is None:
+            rows = conn.execute(base + "WHERE time_updated > ? ORDER BY time_updated", (since_ms,)).fetchall()
+        else:
+            rows = []
+            for n in range(0, len(ids), 500):
+                chunk = list(ids[n:n + 500])
+                rows += conn.execute(base + "WHERE id IN (%s)" % ",".join("?" * len(chunk)), chunk).fetchall()
+        newest = since_ms
+        out = {}
+        for s in rows:
+            if isinstance(s["time_updated"], int) and not isinstance(s["time_updated"], bool):
+                newest = max(newest, s["time_updated"])
+            if s["parent_id"] or not valid_thread_id("opencode", s["id"]):
+                continue  # a subagent's session is not resumed on its own
+            e = HistoryEntry("opencode", s["id"])
+            title = s["title"] if isinstance(s["title"], str) else None
+            if title and not title.startswith("New session - "):
+                e.title = history_title(title)
+            if isinstance(s["directory"], str):
+                e.cwd = _intern(clean_str(s["directory"]))
+            e.created, e.updated = _epoch_ms(s["time_created"]), _epoch_ms(s["time_updated"])
+            usage = opencode_usage(s)
+            if usage:
+                e.input, e.output = usage["input"], usage["output"]
+                e.cache_read, e.cache_write, e.cost = usage["cacheRead"], usage["cacheWrite"], usage["cost"]
+            try:
+                m = json.loads(s["model"]) if isinstance(s["model"], str) else None
+                if isinstance(m, dict) and isinstance(m.get("id") or m.get("modelID"), str):
+                    e.model = _intern(clean_str((m.get("id") or m.get("modelID"))[:100]))
+            except (ValueError, RecursionError):
+                pass
+            out[s["id"]] = e
+        ids = list(out)
+        for n in range(0, len(ids), 500):
+            chunk = ids[n:n + 500]
+            marks = ",".join("?" * len(chunk))
+            for sid, count in conn.execute(
+                    "SELECT session_id, count(*) FROM message WHERE session_id IN (%s) "
+                    "AND (instr(data, '\"role\":\"user\"') > 0 OR instr(data, '\"role\": \"user\"') > 0) GROUP BY session_id" % marks, chunk):
+                out[sid].turns = _int(count)
+            for sid, _, data in conn.execute(
+                    "SELECT session_id, min(time_created), substr(data, 1, 4096) FROM part WHERE session_id IN (%s) "
+                    "AND (instr(substr(data, 1, 64), '\"type\":\"text\"') > 0 OR instr(substr(data, 1, 64), '\"type\": \"text\"') > 0) AND message_id IN (SELECT id FROM message "
+                    "WHERE session_id IN (%s) AND (instr(data, '\"role\":\"user\"') > 0 OR instr(data, '\"role\": \"user\"') > 0)) GROUP BY session_id"
+                    % (marks, marks), chunk + chunk):
+                if isinstance(data, str):
+                    out[sid].prompt = history_prompt_line(_json_string_at(data, "text"))
+        for e in out.values():
+            e.path = db
+            e.index_text()
+        return list(out.values()), newest
+    finally:
+        conn.close()
+
+
+def history_read_amp(path, prev=None):
+    """An Amp thread file (unverified format, see amp_thread_state), read whole up to MAX_LINE_BYTES."""
+    fd, st = _history_read_fd(path)
+    try:
+        if prev is not None and (prev.ino, prev.size, prev.mtime) == (st.st_ino, st.st_size, st.st_mtime_ns):
+            return prev
+        if st.st_size > MAX_LINE_BYTES:
+            raise ValueError("%d bytes, over the %d-byte cap" % (st.st_size, MAX_LINE_BYTES))
+        data = clean_parsed_strings(json.loads(_pread(fd, 0, st.st_size).decode("utf-8")))
+    finally:
+        os.close(fd)
+    state = amp_thread_state(data, int(st.st_mtime * 1000))
+    if state is None:
+        return None
+    extra = {"created": _epoch_ms(data.get("created"))}
+    e = _history_entry("amp", state["id"], state, extra, None)
+    e.path, e.ino, e.size, e.mtime, e.offset = path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_size
+    return e
+
+
+def history_files(paths, agent, errors=None):
+    """Every conversation file of a file-based agent -> [(path, id or None)], walking its own tree
+    (read-only). `errors` collects directories that could not be listed (their entries are kept)."""
+    def listdir(d):
+        try:
+            return sorted(os.listdir(d))
+        except FileNotFoundError:
+            return []
+        except OSError:
+            if errors is not None:
+                errors.add(d)
+            return []
+    out = []
+    if agent == "claude":
+        root = os.path.join(paths["claude"], "projects")
+        for d in listdir(root):
+            for name in listdir(os.path.join(root, d)):
+                if name.endswith(".jsonl") and _UUID_RE.match(name[:-6]):
+                    out.append((os.path.join(root, d, name), name[:-6]))
+    elif agent == "codex":
+        root = os.path.join(paths["codex"], "sessions")
+        for y in listdir(root):
+            for m in listdir(os.path.join(root, y)) if y.isdigit() else ():
+                for d in listdir(os.path.join(root, y, m)) if m.isdigit() else ():
+                    ddir = os.path.join(root, y, m, d)
+                    for name in listdir(ddir) if d.isdigit() else ():
+                        tid = codex_id_from_path(name)
+                        if tid:
+                            out.append((os.path.join(ddir, name), tid))
+    elif agent == "gemini":
+        root = os.path.join(paths["gemini"], "tmp")
+        for project in listdir(root):
+            d = os.path.join(root, project, "chats")
+            for name in listdir(d):
+                if gemini_id_from_path(name):
+                    out.append((os.path.join(d, name), None))  # the whole id is in the file's header
+    elif agent == "qwen":
+        root = os.path.join(paths["qwen"], "projects")
+        for project in listdir(root):
+            d = os.path.join(root, project, "chats")
+            for name in listdir(d):
+                if name.endswith(".jsonl") and _UUID_RE.match(name[:-6]):
+                    out.append((os.path.join(d, name), name[:-6]))
+    elif agent == "pi":
+        root = os.path.join(paths["pi"], "sessions")
+        for project in listdir(root):
+            for name in listdir(os.path.join(root, project)):
+                tid = pi_id_from_path(name)
+                if tid:
+                    out.append((os.path.join(root, project, name), tid))
+    elif agent == "amp":
+        root = paths["amp_threads"]
+        for name in listdir(root):
+            if name.endswith(".json") and valid_thread_id("amp", name[:-5]):
+                out.append((os.path.join(root, name), name[:-5]))
+    return out
+
+
+def history_locate(paths, agent, tid):
+    """The file of one conversation we have no path for yet (a new one the watchers just saw), or
+    None. Looks where that agent writes: newest day directories first for Codex."""
+    if agent == "claude":
+        root = os.path.join(paths["claude"], "projects")
+        for d in dir_entries(root):
+            p = os.path.join(root, d, tid + ".jsonl")
+            if os.path.isfile(p):
+                return p
+    elif agent == "qwen":
+        root = os.path.join(paths["qwen"], "projects")
+        for d in dir_entries(root):
+            p = os.path.join(root, d, "chats", tid + ".jsonl")
+            if os.path.isfile(p):
+                return p
+    elif agent == "amp":
+        p = os.path.join(paths["amp_threads"], tid + ".json")
+        return p if os.path.isfile(p) else None
+    elif agent in ("codex", "pi", "gemini"):
+        files = history_files(paths, agent)
+        if agent == "codex":
+            files.sort(reverse=True)  # sessions/YYYY/MM/DD sorts newest first
+        for path, fid in files:
+            if fid == tid:
+                return path
+            if agent == "gemini" and gemini_id_from_path(path) == tid[:8]:
+                head = parse_json_lines(read_head_lines(path, 4096))[0][:1]
+                if head and head[0].get("sessionId") == tid:
+                    return path
+    return None
+
+
+def history_gemini_dirs(gemini_home):
+    """Gemini CLI's projects.json -> {project name: directory}."""
+    try:
+        with open(os.path.join(gemini_home, "projects.json"), "rb") as f:
+            data = json.loads(f.read(MAX_BODY * 16).decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return {}
+    projects = data.get("projects") if isinstance(data, dict) else None
+    if not isinstance(projects, dict):
+        return {}
+    return {v: k for k, v in projects.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def history_codex_names(codex_home):
+    """Codex's own names and facts for its threads: {id: {"name", "branch", "turns"}} from
+    session_index.jsonl (renames), state_5.sqlite `threads` (name, git_branch) and
+    thread_history_1.sqlite `thread_turns` (one row per turn: exact counts). Missing pieces are
+    skipped; a database being written is read another time."""
+    import sqlite3
+    out = {}
+    path = os.path.join(codex_home, "session_index.jsonl")
+    try:
+        fd, st = _history_read_fd(path)
+        try:
+            data = _pread(fd, 0, min(st.st_size, 64 * 1024 * 1024))
+        finally:
+            os.close(fd)
+        for tid, name in parse_codex_session_index(parse_json_lines(data.split(b"\n"))[0]).items():
+            out.setdefault(tid, {})["name"] = name
+    except OSError:
+        pass
+    db = os.path.join(codex_home, "state_5.sqlite")
+    if os.path.exists(db):
+        try:
+            conn = sqlite_ro(db)
+            try:
+                have = {row[1] for row in conn.execute("PRAGMA table_info(threads)")}
+                cols = [c for c in ("name", "git_branch") if c in have]
+                if cols:
+                    for row in conn.execute("SELECT id, %s FROM threads" % ", ".join(cols)):
+                        d = out.setdefault(row["id"], {})
+                        if "name" in cols and isinstance(row["name"], str) and row["name"]:
+                            d["name"] = row["name"]
+                        if "git_branch" in cols and isinstance(row["git_branch"], str) and row["git_branch"]:
+                            d["branch"] = row["git_branch"]
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            log("history: codex state_5.sqlite not readable now (%s)" % e)
+    db = os.path.join(codex_home, "thread_history_1.sqlite")
+    if os.path.exists(db):
+        try:
+            for row in sqlite_rows(db, "SELECT thread_id, count(*) AS n FROM thread_turns GROUP BY thread_id"):
+                out.setdefault(row["thread_id"], {})["turns"] = _int(row["n"])
+        except sqlite3.Error as e:
+            log("history: codex thread_history_1.sqlite not readable now (%s)" % e)
+    return out
+
+
+def _preview_text(text):
+    """A previewed message: control characters out, whitespace runs as one space, cut. Pure."""
+    text = " ".join(clean_text(text[:HISTORY_PREVIEW_TEXT * 4]).split())
+    return text if len(text) <= HISTORY_PREVIEW_TEXT else text[:HISTORY_PREVIEW_TEXT - 1] + "…"
+
+
+def history_messages(agent, records):
+    """The user and assistant messages in a run of records -> [(role, text)], oldest first: what
+    the picker's preview shows (tool calls, tool results, meta records and system text left out).
+    Pure."""
+    out = []
+
+    def add(role, texts):
+        text = "\n".join(t for t in texts if isinstance(t, str) and t.strip())
+        if text.strip():
+            out.append((role, _preview_text(text)))
+    for rec in records:
+        kind = rec.get("type")
+        if agent == "claude":
+            if rec.get("isSidechain") or rec.get("isMeta") or kind not in ("user", "assistant"):
+                continue
+            message = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+            texts = _content_texts(message.get("content"))
+            if kind == "user":
+                add("user", [t for t in texts if _is_prompt_text(t)])
+            elif not rec.get("isApiErrorMessage"):
+                add("assistant", texts)
+        elif agent == "codex":
+            payload = rec.get("payload") if isinstance(rec.get("payload"), dict) else {}
+            if kind == "response_item" and payload.get("type") == "message" and payload.get("role") in ("user",
+                                                                                                   "assistant"):
+                texts = _content_texts(payload.get("content"))
+                add(payload["role"], [t for t in texts if payload["role"] == "assistant" or _is_prompt_text(t)])
+        elif agent == "gemini":
+            if kind == "user":
+                prompt = _gemini_prompt(rec.get("content"))
+                if prompt:
+                    add("user", [prompt])
+            elif kind == "gemini":
+                content = rec.get("content")
+                add("assistant", [content] if isinstance(content, str) else _content_texts(content))
+        elif agent == "qwen":
+            message = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+            parts = message.get("parts") if isinstance(message.get("parts"), list) else []
+            texts = [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)
+                     and not p.get("thought")]
+            if kind == "user":
+                add("user", [t for t in texts if _is_prompt_text(t)])
+            elif kind == "assistant":
+                add("assistant", texts)
+        elif agent == "pi" and kind == "message":
+            message = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+            if message.get("role") in ("user", "assistant"):
+                add(message["role"], _content_texts(message.get("content")))
+        elif agent == "amp" and rec.get("role") in ("user", "assistant"):
+            add(rec["role"], _content_texts(rec.get("content")))
+    return out
+
+
+def history_preview(entry, n=6, budget=HISTORY_PREVIEW_BYTES):
+    """The last n user/assistant messages of a conversation, read on demand from the end of its
+    file (at most `budget` bytes, growing from 32 KB until n messages are found) or, for OpenCode,
+    its last messages' text parts. -> [{"role", "text"}]. Raises OSError when the file is gone."""
+    agent = entry.agent
+    if agent == "opencode":
+        return _opencode_preview(entry, n)
+    if agent == "amp":
+        fd, st = _history_read_fd(entry.path)
+        try:
+            if st.st_size > MAX_LINE_BYTES:
+                return []
+            data = json.loads(_pread(fd, 0, st.st_size).decode("utf-8", "replace"))
+        except ValueError:
+            return []
+        finally:
+            os.close(fd)
+        messages = data.get("messages") if isinstance(data, dict) and isinstance(data.get("messages"), list) else []
+        found = history_messages("amp", [m for m in messages if isinstance(m, dict)])
+        return [{"role": r, "text": t} for r, t in found[-n:]]
+    fd, st = _history_read_fd(entry.path)
+    try:
+        size, data, start = 32 * 1024, b"", st.st_size
+        while True:  # each step reads only the part before what was read: `budget` bytes in all
+            new_start = max(0, st.st_size - size)
+            data = _pread(fd, new_start, start - new_start) + data
+            start = new_start
+            lines, _ = _history_lines(data + b"\n", start == 0)
+            found = history_messages(agent, parse_json_lines(lines)[0])
+            if len(found) >= n or start == 0 or size >= budget:
+                return [{"role": r, "text": t} for r, t in found[-n:]]
+            size = min(budget, size * 4)
+    finally:
+        os.close(fd)
+
+
+def _opencode_preview(entry, n):
+    """OpenCode: the newest n messages (role from message.data) with their text parts (4 KB each)."""
+    conn = sqlite_ro(entry.path)
+    try:
+        msgs = conn.execute("SELECT id, (instr(data, '\"role\":\"user\"') > 0 OR instr(data, '\"role\": \"user\"') > 0) AS is_user FROM message "
+                            "WHERE session_id = ? ORDER BY time_created DESC, id DESC LIMIT ?",
+                            (entry.id, n * 3)).fetchall()
+        out = []
+        for m in reversed(msgs):
+            texts = []
+            for (data,) in conn.execute("SELECT substr(data, 1, 4096) FROM part WHERE message_id = ? AND "
+                                        "(instr(substr(data, 1, 64), '\"type\":\"text\"') > 0 OR instr(substr(data, 1, 64), '\"type\": \"text\"') > 0) ORDER BY id",
+                                        (m["id"],)):
+                text = _json_string_at(data, "text") if isinstance(data, str) else None
+                if text:
+                    texts.append(text)
+            if texts and "".join(texts).strip():
+                out.append({"role": "user" if m["is_user"] else "assistant", "text": _preview_text("\n".join(texts))})
+        return out[-n:]
+    finally:
+        conn.close()
+
+
+def history_drop_flags(agent, flags):
+    """Recorded launch flags minus those that must not come back from the picker (HISTORY_DROP_FLAGS:
+    one-shot modes, script output formats). Pure."""
+    drop = HISTORY_DROP_FLAGS.get(agent, {"value": (), "bool": ()})
+    out, skip = [], False
+    for i, a in enumerate(flags):
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in drop["value"]:
+            skip = "=" not in a
+            continue
+        if a in drop["bool"]:
+            continue
+        out.append(a)
+    return out
+
+
+def history_fork_command(line, agent, tid):
+    """resume_command()'s line for a conversation -> the line that forks it instead (HISTORY_FORK),
+    or ValueError where the agent's CLI has no fork. Pure."""
+    words = HISTORY_FORK.get(agent)
+    if words is None:
+        raise ValueError("%s has no fork" % agent)
+    tail = words[0] % tid
+    if not line.endswith(tail):
+        raise ValueError("cannot fork %s %s: its resume command does not end with %r" % (agent, tid, tail))
+    return line[:-len(tail)] + words[1] % tid
+
+
+def history_resume_plan(entry, fork=False, exists=None):
+    """How to resume (or fork) one conversation: -> {"command", "cwd", "notes"}, the command being
+    resurrect's resume_command() (exact id, recorded flags and program where we have them, POSIX
+    quoting), or ValueError with the reason it cannot be. `exists(path)` says whether a directory or
+    program is still there (os.path.exists by default). A gone directory follows restore's rule:
+    agents that resume anywhere (RESUME_ANYWHERE) resume without it; the others say why not."""
+    exists = exists or os.path.exists
+    rec = {"agent": entry.agent, "id": entry.id, "cwd": entry.cwd,
+           "flags": history_drop_flags(entry.agent, list(entry.flags or ())), "program": entry.program}
+    notes = []
+    if rec["program"] and not exists(rec["program"]):
+        notes.append("program %s is gone; using `command %s`" % (rec["program"], entry.agent))
+        rec["program"] = None
+    if rec["cwd"] and not exists(rec["cwd"]):
+        if entry.agent not in RESUME_ANYWHERE:
+            names = {"claude": "Claude", "gemini": "Gemini CLI", "qwen": "Qwen Code"}
+            raise ValueError("not resuming %s %s: its directory %s is gone (%s resumes a conversation only from its "
+                             "project directory)" % (entry.agent, entry.id, resurrect_escape(rec["cwd"]),
+                                                     names.get(entry.agent, entry.agent)))
+        notes.append("directory %s is gone; %s resumes by id from elsewhere" % (resurrect_escape(rec["cwd"]),
+                                                                                 entry.agent))
+        rec["cwd"] = None
+    line = resume_command(rec)
+    if fork:
+        line = history_fork_command(line, entry.agent, entry.id)
+    return {"command": line, "cwd": rec["cwd"], "notes": notes}
+
+
+def history_scope(cwd, directory):
+    """Is cwd the directory or under it? ('/' holds everything.) Pure."""
+    if not directory or directory == "/":
+        return True
+    return bool(cwd) and (cwd == directory or cwd.startswith(directory + "/"))
+
+
+class History(object):
+    """The conversation index of one server. A worker thread builds it (cold start: the saved
+    index, then a stat of every conversation file, reading only the changed ones) and refreshes
+    what the watchers report; HTTP threads query it; the event loop tells it which conversations
+    are live (and with which flags and program they run). Everything shared is under `lock`."""
+
+    def __init__(self, environ=None, path=None, clock=time.time, tmux=None):
+        import threading
+        self.tmux = tmux  # for @resurrect-dir (where our sidecars recorded flags)
+        self.env = dict(os.environ if environ is None else environ)
+        self.paths = agent_paths(self.env)
+        self.path = path or os.path.join(state_dir(self.env), HISTORY_FILE)
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.entries = {}  # (agent, id) -> HistoryEntry
+        self.version = 0
+        self.complete = False  # the cold scan has finished
+        self.live = {}  # (agent, id) -> {"session", "pane", "status", "pid"} (the loop replaces it whole)
+        self.loaded = 0  # entries read from the saved index
+        self.removed = 0  # entries whose conversation is confirmed gone since
+        self.opencode_newest = 0
+        self.codex_facts = {}
+        self.gemini_dirs = {}
+        self.stats = {"files": 0, "read": 0, "errors": 0, "seconds": None}
+        self._sorted = (-1, [])
+        self._found = {}  # (scope key) -> (version, query, [entries]): incremental typing
+        self._plock = threading.Lock()  # guards the two below (the loop adds, the worker takes)
+        self._pending = set()  # (agent, id) the watchers reported
+        self._launches = {}  # (agent, id) -> pid: a live process to read flags and program from
+        self._recorded = set()  # (agent, id, pid) already read (the loop's own)
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = None
+        self._dirty_at = None  # monotonic time of the first unsaved change
+        self._logged = set()
+
+    # -- the loop's side (cheap: sets and a wake-up) --------------------------------------------
+    def start(self):
+        import threading
+        self._thread = threading.Thread(target=self._run, name="history", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout=5.0):
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def seen(self, agent, tid):
+        """The watchers (or a hook) reported this conversation: read it again soon."""
+        if valid_thread_id(agent, tid):
+            with self._plock:
+                self._pending.add((agent, tid))
+            self._wake.set()
+
+    def set_live(self, threads):
+        """The live threads of the newest /state (alive ones): the live marker, and for those linked
+        to their pane by pid, a process to read their launch flags and program from."""
+        live = {}
+        for t in threads:
+            if not t.alive:
+                continue
+            live[t.key] = {"session": t.session, "pane": t.pane, "status": t.status, "pid": t.pid, "link": t.link}
+            if t.pid and t.link == "pid" and (t.agent, t.id, t.pid) not in self._recorded:
+                self._recorded.add((t.agent, t.id, t.pid))
+                with self._plock:
+                    self._launches[t.key] = t.pid
+                self._wake.set()
+        self.live = live
+
+    # -- the worker ----------------------------------------------------------------------------
+    def _run(self):
+        t0 = time.monotonic()
+        try:
+            self.load()
+            self.scan()
+            self.read_sidecars()
+        except Exception:
+            import traceback
+            log("history: cold scan failed:\n" + traceback.format_exc())
+        self.stats["seconds"] = round(time.monotonic() - t0, 3)
+        self.complete = True
+        log("history: %d conversations (%d saved, %d files, %d read, %d skipped) in %.3fs"
+            % (len(self.entries), self.loaded, self.stats["files"], self.stats["read"], self.stats["errors"],
+               self.stats["seconds"]))
+        self.save()
+        while not self._stop:
+            timeout = None
+            if self._dirty_at is not None:
+                timeout = max(0.0, self._dirty_at + HISTORY_SAVE_QUIET - time.monotonic())
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if self._stop:
+                break
+            try:
+                self._refresh()
+            except Exception:
+                import traceback
+                log("history: refresh failed:\n" + traceback.format_exc())
+            if self._dirty_at is not None and time.monotonic() - self._dirty_at >= HISTORY_SAVE_QUIET:
+                self.save()
+        if self._dirty_at is not None:
+            self.save()
+
+    def _guard(self, what, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as e:  # an odd file: skipped, counted, logged once
+            self.stats["errors"] += 1
+            if what not in self._logged and len(self._logged) < 200:
+                self._logged.add(what)
+                log("history: skipped %s (%s: %s)" % (what, type(e).__name__, str(e)[:200]))
+            return None
+
+    def _changed(self):
+        self.version += 1
+        if self._dirty_at is None:
+            self._dirty_at = time.monotonic()
+
+    def put(self, entry, prev=None):
+        """Add or replace one entry (what we recorded of its launch is kept)."""
+        with self.lock:
+            old = self.entries.get(entry.key) if prev is None else prev
+            if old is not None and old is not entry:
+                if entry.flags is None:
+                    entry.flags = old.flags
+                if entry.program is None:
+                    entry.program = old.program
+                if entry.title is None and old.title and entry.agent in ("codex",):
+                    entry.title = old.title
+            self.entries[entry.key] = entry
+            self._changed()
+            if len(self.entries) > HISTORY_MAX:
+                for e in sorted(self.entries.values(), key=lambda e: e.updated)[:len(self.entries) - HISTORY_MAX]:
+                    del self.entries[e.key]
+
+    def remove(self, key):
+        with self.lock:
+            if self.entries.pop(key, None) is not None:
+                self.removed += 1
+                self._changed()
+
+    def scan(self):
+        """Every agent's conversations: a file whose inode, size and mtime are those saved is not
+        read again; a changed one is read on from where we stopped (an append) or again."""
+        for agent in ("claude", "codex", "gemini", "qwen", "pi", "amp"):
+            self._guard("history %s scan" % agent, self._scan_files, agent)
+        self._guard("history opencode scan", self._scan_opencode)
+
+    def _scan_files(self, agent):
+        errors = set()
+        files = history_files(self.paths, agent, errors)
+        self.stats["files"] += len(files)
+        if agent == "codex":
+            self.codex_facts = self._guard("codex names", history_codex_names, self.paths["codex"]) or {}
+        if agent == "gemini":
+            self.gemini_dirs = history_gemini_dirs(self.paths["gemini"])
+        with self.lock:
+            mine = [e for e in self.entries.values() if e.agent == agent]
+        by_path = {e.path: e for e in mine}
+        seen = set()
+        for path, tid in files:
+            prev = by_path.get(path)
+            if prev is None and tid:
+                prev = self.entries.get((agent, tid))
+            entry = self._guard(path, self._read_file, agent, path, tid, prev)
+            if entry is not None:
+                seen.add(entry.key)
+            elif prev is not None:
+                seen.add(prev.key)  # unreadable now: kept as it was
+        for e in mine:
+            if e.key in seen or not e.path:
+                continue
+            directory = os.path.dirname(e.path)
+            if directory in errors or os.path.lexists(e.path):
+                continue  # not listed (unreadable directory): not known to be gone
+            if os.path.isdir(self._root(agent)):
+                self.remove(e.key)  # confirmed gone (the agent's own tree is there and lists without it)
+
+    def _root(self, agent):
+        return {"claude": os.path.join(self.paths["claude"], "projects"),
+                "codex": os.path.join(self.paths["codex"], "sessions"),
+                "gemini": os.path.join(self.paths["gemini"], "tmp"),
+                "qwen": os.path.join(self.paths["qwen"], "projects"),
+                "pi": os.path.join(self.paths["pi"], "sessions"), "amp": self.paths["amp_threads"]}[agent]
+
+    def _read_file(self, agent, path, tid, prev):
+        """One conversation file -> its entry (put in the index), prev itself when unchanged."""
+        if prev is not None and prev.path == path:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return None
+            if (prev.ino, prev.size, prev.mtime) == (st.st_ino, st.st_size, st.st_mtime_ns):
+                return prev
+        self.stats["read"] += 1
+        entry = history_read_amp(path, prev) if agent == "amp" else history_read_jsonl(agent, path, prev, tid)
+        if entry is None:
+            return None
+        if agent == "codex":
+            facts = self.codex_facts.get(entry.id) or {}
+            if facts.get("name"):
+                entry.title = history_title(facts["name"])
+            if facts.get("branch") and not entry.branch:
+                entry.branch = _intern(clean_str(facts["branch"][:200]))
+            if facts.get("turns") is not None:
+                entry.turns = facts["turns"]
+                entry.exact |= EXACT_TURNS
+            entry.index_text()
+        elif agent == "gemini" and not entry.cwd:
+            parts = path.split(os.sep)
+            entry.cwd = _intern(self.gemini_dirs.get(parts[-3])) if len(parts) >= 3 else None
+        if entry is not prev:
+            self.put(entry, prev)
+        return entry
+
+    def _scan_opencode(self):
+        """OpenCode: its top-level sessions listed (id, time_updated); only the new and changed ones
+        are read in full; a session no longer in a database that could be read is gone."""
+        import sqlite3
+        db = self.paths["opencode_db"]
+        if not os.path.exists(db):
+            return
+        try:
+            listed = {r["id"]: r["time_updated"] for r in sqlite_rows(
+                db, "SELECT id, time_updated FROM session WHERE parent_id IS NULL")}
+        except sqlite3.Error as e:
+            log("history: opencode.db not readable now (%s); its conversations are kept as saved" % e)
+            return
+        with self.lock:
+            mine = {e.id: e for e in self.entries.values() if e.agent == "opencode"}
+        for sid, e in mine.items():
+            if sid not in listed:
+                self.remove(e.key)
+        changed = [sid for sid, t in listed.items() if sid not in mine or mine[sid].updated != _epoch_ms(t)]
+        self.stats["files"] += len(listed)
+        self._read_opencode(changed)
+        newest = [_epoch_ms(t) for t in listed.values()]
+        self.opencode_newest = max(newest) if newest else 0
+
+    def _read_opencode(self, ids=None):
+        db = self.paths["opencode_db"]
+        if ids is not None and not ids:
+            return
+        entries, newest = history_read_opencode(db, ids=ids, since_ms=self.opencode_newest if ids is None else 0)
+        self.opencode_newest = max(self.opencode_newest, newest)
+        self.stats["read"] += len(entries)
+        for e in entries:
+            self.put(e)
+
+    def _refresh(self):
+        """What the watchers reported since the last turn, and the launches to record."""
+        with self._plock:
+            pending, self._pending = self._pending, set()
+            launches, self._launches = self._launches, {}
+        agents = {a for a, _ in pending}
+        if "codex" in agents:
+            self.codex_facts = self._guard("codex names", history_codex_names, self.paths["codex"]) or self.codex_facts
+        if "gemini" in agents:
+            self.gemini_dirs = history_gemini_dirs(self.paths["gemini"]) or self.gemini_dirs
+        if "opencode" in agents:
+            self._guard("opencode refresh", self._read_opencode)
+        for agent, tid in sorted(pending):
+            if agent == "opencode":
+                continue
+            prev = self.entries.get((agent, tid))
+            path = prev.path if prev is not None and prev.path else history_locate(self.paths, agent, tid)
+            if path:
+                self._guard(path, self._read_file, agent, path, tid, prev)
+        for key, pid in launches.items():
+            self._guard("launch of %s:%s" % key, self._record_launch, key, pid)
+
+    def _record_launch(self, key, pid):
+        """A live conversation's process: its launch flags (launch_flags: no resume flag, no prompt)
+        and the absolute path of its program, kept with its entry for the picker's resume."""
+        agent = key[0]
+        args = process_args(pid)
+        if not args:
+            return
+        flags = launch_flags(agent, agent_argv(agent, args))[0]
+        program = Resurrect(None, self.env)._program(agent, pid, args)
+        self.record(key, flags, program)
+
+    def record(self, key, flags, program):
+        with self.lock:
+            e = self.entries.get(key)
+            if e is None:
+                return
+            flags = tuple(history_drop_flags(key[0], flags)) if flags is not None else e.flags
+            if (flags, program or e.program) != (e.flags, e.program):
+                e.flags, e.program = flags, program or e.program
+                self._changed()
+
+    def read_sidecars(self, limit=20):
+        """Flags and programs our resurrect sidecars recorded, for conversations we have none for yet
+        (the newest sidecar first; what a live process shows later wins)."""
+        if self.tmux is None:
+            return
+        d = resurrect_dir(lambda name: _tmux_option(self.tmux, name), self.env)
+        names = sorted((n for n in dir_entries(d, ".json") if n.startswith(SIDECAR_PREFIX)), reverse=True)[:limit]
+        done = set()
+        for name in names:
+            try:
+                fd, st = _history_read_fd(os.path.join(d, name))
+                try:
+                    doc = json.loads(_pread(fd, 0, min(st.st_size, 16 * 1024 * 1024)).decode("utf-8"))
+                finally:
+                    os.close(fd)
+            except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+                continue
+            records = doc.get("records") if isinstance(doc, dict) else None
+            for rec in records if isinstance(records, list) else ():
+                if not isinstance(rec, dict) or record_problem(rec, pane=False):
+                    continue
+                key = (rec["agent"], rec["id"])
+                e = self.entry(*key)
+                if key in done or e is None or e.flags is not None:
+                    continue
+                done.add(key)
+                self.record(key, rec.get("flags") or [], rec.get("program"))
+
+    # -- saved index ---------------------------------------------------------------------------
+    def load(self):
+        """The saved index (history.jsonl: a header line, then one entry per line). A line that is
+        not an entry of ours is skipped; a file that is not ours at all is kept aside (.corrupt)."""
+        try:
+            fd, st = _history_read_fd(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log("history: cannot read %s (%s); building the index again" % (self.path, e))
+            return
+        try:
+            f = os.fdopen(fd, "rb")
+        except OSError:
+            os.close(fd)
+            raise
+        with f:
+            header = f.readline()
+            try:
+                head = json.loads(header.decode("utf-8"))
+                ok = isinstance(head, dict) and head.get("history") == HISTORY_VERSION
+            except (ValueError, UnicodeDecodeError):
+                ok, head = False, None
+            if not ok:
+                log("history: %s is not an index of this version; kept as %s.corrupt, building again"
+                    % (self.path, self.path))
+                try:
+                    os.replace(self.path, self.path + ".corrupt")
+                except OSError:
+                    pass
+                return
+            self.opencode_newest = _int(head.get("opencodeNewest"))
+            entries, bad = {}, 0
+            for line in f:
+                try:
+                    e = HistoryEntry.from_row(json.loads(line.decode("utf-8")))
+                except (ValueError, UnicodeDecodeError, RecursionError):
+                    e = None
+                if e is None:
+                    bad += 1
+                    continue
+                entries[e.key] = e
+        if bad:
+            log("history: %d unreadable line(s) in %s skipped" % (bad, self.path))
+        with self.lock:
+            for key, e in entries.items():
+                self.entries.setdefault(key, e)
+            self.loaded = len(entries)
+            self.version += 1
+
+    def save(self):
+        """Write the index (atomic, 0600, our state dir). Never an emptier index by accident: fewer
+        entries than were loaded, beyond those confirmed gone, is refused (and logged)."""
+        with self.lock:
+            rows = [e.to_row() for e in self.entries.values()]
+            self._dirty_at = None
+            loaded, removed = self.loaded, self.removed
+        if len(rows) < loaded - removed:
+            log("history: not saving %d conversations over %d saved (only %d confirmed gone)"
+                % (len(rows), loaded, removed))
+            return False
+        rows.sort(key=lambda r: r[0] + r[1])
+        parts = [json.dumps({"history": HISTORY_VERSION, "savedAt": int(self.clock()),
+                             "opencodeNewest": self.opencode_newest})]
+        parts.extend(encode_json(r).decode("utf-8") for r in rows)
+        try:
+            ensure_private_dir(os.path.dirname(self.path))
+            atomic_write(self.path, "\n".join(parts) + "\n")
+        except (OSError, OpensessionsError) as e:
+            log("history: cannot save %s: %s" % (self.path, e))
+            return False
+        return True
+
+    # -- queries (any thread) ------------------------------------------------------------------
+    def sorted_entries(self):
+        """-> (version, every entry, most recently active first); sorted again only after a change."""
+        with self.lock:
+            if self._sorted[0] != self.version:
+                import operator
+                self._sorted = (self.version, sorted(self.entries.values(), key=operator.attrgetter("updated"),
+                                                     reverse=True))
+            return self._sorted
+
+    def query(self, directory=None, text="", agent=None, since_ms=None):
+        """The entries in scope (directory and below, or all), of that agent, active since
+        since_ms, whose title, first prompt, directory or agent hold every word of text
+        (case-insensitive). -> [entries], most recent first. Typing one more character filters the
+        previous answer, not the whole index."""
+        directory = os.path.normpath(directory) if directory else None
+        words = text.lower().split()
+        scope = (directory, agent, since_ms)
+        version, entries = self.sorted_entries()
+        with self.lock:
+            cached = self._found.get(scope)
+        if cached and cached[0] == version and text.lower().startswith(cached[1]):
+            base, done = cached[2], cached[1].split()
+        else:
+            base, done = None, []
+        if base is None:
+            base = entries
+            if directory not in (None, "/"):
+                inside = {}  # per directory string (shared): is it in scope?
+                for e in entries:
+                    if e.cwd not in inside:
+                        inside[e.cwd] = history_scope(e.cwd, directory)
+                base = [e for e in entries if inside[e.cwd]]
+            if agent is not None:
+                base = [e for e in base if e.agent == agent]
+            if since_ms is not None:
+                base = [e for e in base if e.updated >= since_ms]
+            with self.lock:
+                self._found[scope] = (version, "", base)
+        out = base
+        if words and words != done:
+            for w in [w for w in words if w not in done] or words:
+                out = [e for e in out if w in e.hay]
+        with self.lock:
+            if len(self._found) > 16:
+                self._found.clear()
+            self._found[scope] = (version, text.lower(), out)
+        return out
+
+    def entry(self, agent, tid):
+        with self.lock:
+            return self.entries.get((agent, tid))
+
+    def find(self, value):
+        """'agent:id' or a bare id -> the entry; ValueError with the reason otherwise."""
+        if not isinstance(value, str) or not value:
+            raise ValueError("'thread' (AGENT:ID or an id) is required")
+        agent, sep, tid = value.partition(":")
+        if sep:
+            if agent not in AGENTS or not valid_thread_id(agent, tid):
+                raise ValueError("%r is not a valid %s conversation id" % (tid, agent))
+            e = self.entry(agent, tid)
+            if e is None:
+                raise LookupError("no %s conversation %s in the history" % (agent, tid))
+            return e
+        with self.lock:
+            found = [e for e in self.entries.values() if e.id == value]
+        if not found:
+            if not any(valid_thread_id(a, value) for a in AGENTS):
+                raise ValueError("%r is not a conversation id" % (value,))
+            raise LookupError("no conversation %s in the history" % value)
+        if len(found) > 1:
+            raise ValueError("%s is the id of several agents' conversations; say AGENT:ID" % value)
+        return found[0]
+
+    def to_json(self, e, now=None, prices=None, dir_gone=None):
+        live = self.live.get(e.key)
+        raw = e.raw_usage()
+        usage = usage_json(raw, e.model, prices) if raw else None
+        if usage is not None:
+            usage["exact"] = bool(e.exact & EXACT_USAGE)
+        return {"thread": "%s:%s" % (e.agent, e.id), "agent": e.agent, "id": e.id, "title": e.title,
+                "prompt": e.prompt, "cwd": e.cwd, "dirGone": bool(dir_gone), "branch": e.branch,
+                "createdAt": e.created, "updatedAt": e.updated, "turns": e.turns,
+                "turnsExact": bool(e.exact & EXACT_TURNS), "usage": usage, "model": e.model,
+                "live": {"session": live["session"], "pane": live["pane"], "status": live["status"]} if live else None,
+                "canFork": e.agent in HISTORY_FORK, "recorded": e.flags is not None or e.program is not None}
+
+    def page(self, params, prices=None):
+        """GET /api/history: params (already validated) -> the answer document."""
+        since = params.get("since")
+        found = self.query(params.get("dir"), params.get("q") or "", params.get("agent"), since)
+        offset, limit = params.get("offset", 0), params.get("limit", 50)
+        shown = found[offset:offset + limit]
+        gone = {}
+        for e in shown:
+            if e.cwd and e.cwd not in gone:
+                gone[e.cwd] = not os.path.isdir(e.cwd)
+        return {"total": len(found), "offset": offset, "limit": limit, "complete": self.complete,
+                "count": len(self.entries),
+                "threads": [self.to_json(e, prices=prices, dir_gone=gone.get(e.cwd)) for e in shown]}
+
+    # -- the API's side ------------------------------------------------------------------------
+    def conversation_exists(self, e):
+        """Its file (or OpenCode row) is still there: what restore checks before typing."""
+        if e.agent == "opencode":
+            import sqlite3
+            try:
+                return bool(sqlite_rows(e.path or self.paths["opencode_db"], "SELECT 1 FROM session WHERE id = ?",
+                                        (e.id,)))
+            except sqlite3.Error:
+                return False
+        return bool(e.path) and os.path.isfile(e.path)
+
+    def api_resume(self, body, store, tmux):
+        """POST /api/resume, on the event loop: checks (body, conversation, live thread, how to resume
+        it) -> the answer, or a function that does the tmux part off the loop and returns it."""
+        thread, fork, target, session = history_resume_request(body)
+        try:
+            e = self.find(thread)
+        except ValueError as ex:
+            raise ApiError(400, str(ex))
+        except LookupError as ex:
+            raise ApiError(404, str(ex))
+        answer = {"thread": "%s:%s" % e.key, "agent": e.agent, "id": e.id, "fork": fork}
+        t = store.threads.get(e.key)
+        if t is not None and t.alive and not fork:
+            # a live thread is never resumed twice: its pane is the answer
+            if t.pane and store.session_of_pane(t.pane):
+                return dict(answer, action="jumped", pane=t.pane, session=store.session_of_pane(t.pane)[0]["name"])
+            raise ApiError(409, "%s %s is running%s outside this tmux server's panes; not resuming it twice"
+                           % (e.agent, e.id, " (pid %d)" % t.pid if t.pid else ""))
+        try:
+            plan = history_resume_plan(e, fork)
+        except ValueError as ex:
+            log("history: %s %s refused: %s" % ("fork" if fork else "resume", answer["thread"], ex))
+            raise ApiError(409, str(ex))
+        if not self.conversation_exists(e):
+            raise ApiError(409, "%s conversation %s no longer exists" % (e.agent, e.id))
+        answer.update(action="forked" if fork else "resumed", command=plan["command"], notes=plan["notes"])
+        if target == "command":
+            return dict(answer, action="command")
+        if target.startswith("%"):
+            if store.session_of_pane(target) is None:
+                raise ApiError(404, "no pane %s" % target)
+            return lambda: self._type_into(tmux, target, answer)
+        names = [s["name"] for s in store.visible_sessions()]
+        if session is None:
+            clients = [c for c in store.clients if not c.get("control") and c.get("session") in names]
+            session = clients[0]["session"] if clients else (names[0] if names else None)
+        if session is None or session not in names:
+            raise ApiError(404, "no tmux session %s to open a window in" % (session or "(none)"))
+        home = home_dir(self.env)
+        return lambda: self._new_window(tmux, session, plan["cwd"] or home, answer)
+
+    def _type_into(self, tmux, pane, answer):
+        """Type the command into a pane that is an idle shell (the same judgement as restore's)."""
+        out = tmux.run("display-message", "-p", "-t", pane, "#{pane_current_command}" + FS + "#{pane_pid}")
+        command, _, pid = out.rstrip("\n").partition(FS)
+        if command not in SHELLS:
+            raise ApiError(409, "pane %s is busy with %s (not an idle shell); not typing into it"
+                           % (pane, resurrect_escape(command)))
+        table = process_table()
+        running = agent_in_tree(_int(pid), table, children_index(table))
+        if running:
+            raise ApiError(409, "pane %s is busy with %s (pid %d); not typing into it" % (pane, running[0], running[1]))
+        tmux.run("send-keys", "-t", pane, "-l", answer["command"])
+        tmux.run("send-keys", "-t", pane, "Enter")
+        log("history: %s %s in pane %s: %s" % (answer["action"], answer["thread"], pane, answer["command"]))
+        return dict(answer, pane=pane)
+
+    def _new_window(self, tmux, session, cwd, answer):
+        """A new window in the session, in the conversation's directory; the command is typed once
+        its shell shows a prompt (as restore does)."""
+        out = tmux.run("new-window", "-d", "-P", "-F", "#{pane_id}" + FS + "#{window_id}", "-t", "=%s:" % session,
+                       "-c", tmux_literal(cwd))
+        pane, _, window = out.strip("\n").partition(FS)
+        if not Resurrect(tmux, self.env).wait_for_prompt(pane):
+            log("history: no prompt in the new window %s after 10 s; typing anyway" % pane)
+        tmux.run("send-keys", "-t", pane, "-l", answer["command"])
+        tmux.run("send-keys", "-t", pane, "Enter")
+        log("history: %s %s in a new window %s of %s: %s" % (answer["action"], answer["thread"], window,
+                                                             resurrect_escape(session), answer["command"]))
+        return dict(answer, pane=pane, window=window, session=session)
+
+    def api_preview(self, thread, n=6):
+        """GET /api/history/preview: the last n messages of a conversation (read off the loop)."""
+        try:
+            e = self.find(thread)
+        except ValueError as ex:
+            raise ApiError(400, str(ex))
+        except LookupError as ex:
+            raise ApiError(404, str(ex))
+        try:
+            messages = history_preview(e, n)
+        except (OSError, ValueError) as ex:
+            raise ApiError(409, "cannot read %s %s: %s" % (e.agent, e.id, resurrect_escape(str(ex))))
+        except Exception as ex:  # sqlite3.Error and what no parser expected
+            raise ApiError(409, "cannot read %s %s: %s" % (e.agent, e.id, type(ex).__name__))
+        return {"thread": "%s:%s" % e.key, "messages": messages}
+
+    def api_query(self, query, prices=None):
+        """GET /api/history (query: parse_qs of its query string) -> the answer document."""
+        return self.page(history_query_params(query, now_ms(self.clock)), prices)
+
+    def api_preview_query(self, query):
+        """GET /api/history/preview?thread=AGENT:ID&n=N (1-20, default 6)."""
+        n = _int((query.get("n") or ["6"])[0], 0)
+        if not 1 <= n <= 20:
+            raise ApiError(400, "'n' must be 1..20")
+        return self.api_preview((query.get("thread") or [""])[0], n)
+
+    def health(self):
+        return {"conversations": len(self.entries), "complete": self.complete, "seconds": self.stats["seconds"],
+                "skipped": self.stats["errors"]}
+
+
+_PANE_ID_RE = re.compile(r"^%[0-9]{1,9}$")
+
+
+def history_since(text, now_ms_):
+    """'7d', '12h', '30m', '2w' -> epoch ms (None for ''); ValueError otherwise. Pure."""
+    if text in (None, ""):
+        return None
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$", text)
+    if not m:
+        raise ValueError("'since' takes a duration such as 7d, 12h or 30m")
+    return int(now_ms_ - float(m.group(1)) * {"m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)] * 1000)
+
+
+def history_query_params(query, now_ms_):
+    """GET /api/history's query string (parse_qs) -> validated params, or ApiError(400). Pure."""
+    def one(name, default=None):
+        values = query.get(name)
+        if not values:
+            return default
+        if len(values) > 1:
+            raise ApiError(400, "'%s' is given more than once" % name)
+        return values[0]
+    out = {}
+    directory = one("dir")
+    if directory and one("all") not in ("1", "true", "yes"):
+        if len(directory) > 4096 or "\x00" in directory or not directory.startswith("/"):
+            raise ApiError(400, "'dir' must be an absolute directory")
+        out["dir"] = directory
+    q = one("q", "")
+    if len(q) > 1000:
+        raise ApiError(400, "'q' is longer than 1000 characters")
+    out["q"] = q
+    agent = one("agent")
+    if agent:
+        if agent not in AGENTS:
+            raise ApiError(400, "'agent' must be one of %s" % ", ".join(AGENTS))
+        out["agent"] = agent
+    for name, default, high in (("limit", 50, 500), ("offset", 0, 10 ** 7)):
+        raw = one(name)
+        value = default if raw in (None, "") else _int(raw, None)
+        if value is None or not (0 if name == "offset" else 1) <= value <= high:
+            raise ApiError(400, "'%s' must be a whole number from %d to %d" % (name, 0 if name == "offset" else 1, high))
+        out[name] = value
+    try:
+        out["since"] = history_since(one("since"), now_ms_)
+    except ValueError as e:
+        raise ApiError(400, str(e))
+    return out
+
+
+def history_resume_request(body):
+    """POST /api/resume's body -> (thread, fork, target, session), or ApiError(400). target is
+    "window" (a new window: in `session`, else the session a client shows), a pane id ("%12": typed
+    there if it is an idle shell) or "command" (nothing is run: the command is answered). Pure."""
+    thread = body.get("thread")
+    if not isinstance(thread, str) or not thread or len(thread) > 200:
+        raise ApiError(400, "'thread' (AGENT:ID, as /api/history lists it) is required")
+    fork = body.get("fork", False)
+    if not isinstance(fork, bool):
+        raise ApiError(400, "'fork' must be true or false")
+    target = body.get("target", "window")
+    if target is None:
+        target = "window"
+    if not isinstance(target, str) or not (target in ("window", "command") or _PANE_ID_RE.match(target)):
+        raise ApiError(400, "'target' must be \"window\", \"command\" or a pane id such as \"%12\"")
+    session = body.get("session")
+    if session is not None and (not isinstance(session, str) or not session or len(session) > 256
+                                or _CONTROL_RE.search(session)):
+        raise ApiError(400, "'session' must be a tmux session name")
+    return thread, fork, target, session
+
+
+##############################################################################
 # Sidebar
 ##############################################################################
 
@@ -9310,6 +10862,297 @@ def _render_footer(scr):
             scr.line(None, [(part, "waiting")])
 
 
+HISTORY_PAGE = 100  # conversations fetched at once; more as the selection nears the end
+HISTORY_HELP = (
+    ("typing", "filters: every word must be in the title, first prompt, directory or agent"),
+    ("Enter", "resume in a new window, in its directory (a live one: go to its pane)"),
+    ("Up/Down", "move (also C-n/C-p, PgUp/PgDn)"),
+    ("C-a", "this directory and below / all directories"),
+    ("Esc", "keys mode: the letters below act"),
+    ("f", "fork: a new conversation that starts with this one's messages"),
+    ("p", "resume here, in the pane the picker opened over (an idle shell)"),
+    ("a", "this directory and below / all directories"),
+    ("/", "type again"),
+    ("q/Esc", "close"),
+)
+
+
+def tilde(path, home):
+    """/home/u/src -> ~/src. Pure."""
+    if path and home and (path == home or path.startswith(home.rstrip("/") + "/")):
+        return "~" + path[len(home.rstrip("/")):]
+    return path or ""
+
+
+class HistoryView(object):
+    """The history picker (`prefix o r`, and the agents popup's second tab): the conversations in
+    scope (the pane's directory and below, or all), filtered as you type. Pure: keys in, actions
+    out; the app fetches and hands the answers back (set_answer, set_preview).
+
+    Actions: ("fetch",) the list again (the query or the scope changed), ("more",) the next page,
+    ("resume", thread, fork, target) with target "window" or "here", ("tab",) back to the agents
+    tab, ("quit",)."""
+
+    def __init__(self, directory=None, home=None, charset="unicode", tabs=False):
+        self.directory = directory  # the scope: this directory and below
+        self.home = home
+        self.charset = charset
+        self.tabs = tabs  # inside the agents popup (Tab goes back)
+        self.all = not directory
+        self.query = ""
+        self.typing = True  # typing filters; Esc: keys mode (f, p, a, q act)
+        self.help = False
+        self.threads = []  # the answer's thread documents (pages appended)
+        self.total = 0  # how many match
+        self.count = 0  # how many the index holds
+        self.complete = True  # the index's cold scan has finished
+        self.loaded = False
+        self.error = None  # the last fetch failed: why
+        self.index = 0
+        self.scroll = 0  # first conversation shown
+        self.preview = None  # {"thread", "messages"} or {"thread", "error"}
+        self.preview_wanted = None  # the thread render() had room to preview
+        self.message = None
+        self.busy = None  # what we are doing ("resuming …")
+
+    @property
+    def selected(self):
+        t = self.selected_thread()
+        return ("history", t["thread"]) if t else None
+
+    def selected_thread(self):
+        return self.threads[self.index] if 0 <= self.index < len(self.threads) else None
+
+    def params(self, offset=0):
+        """The query string's parameters for GET /api/history."""
+        p = {"q": self.query, "limit": HISTORY_PAGE, "offset": offset}
+        if not self.all and self.directory:
+            p["dir"] = self.directory
+        return p
+
+    def set_answer(self, doc, offset=0):
+        """An /api/history answer (offset: a next page) or, with doc None, a failure (error)."""
+        self.loaded = True
+        if not isinstance(doc, dict):
+            self.error = doc if isinstance(doc, str) else "no answer"
+            return
+        self.error = None
+        threads = [t for t in doc.get("threads") or () if isinstance(t, dict) and isinstance(t.get("thread"), str)]
+        if offset:
+            self.threads = self.threads[:offset] + threads
+        else:
+            self.threads, self.index, self.scroll = threads, 0, 0
+        self.total, self.count = _int(doc.get("total")), _int(doc.get("count"))
+        self.complete = bool(doc.get("complete", True))
+
+    def set_preview(self, thread, doc=None, error=None):
+        self.preview = {"thread": thread, "messages": (doc or {}).get("messages") or [], "error": error}
+
+    # -- keys ----------------------------------------------------------------------------------
+    def key(self, k):
+        """One key (a curses key name or a character) -> actions."""
+        self.message = None
+        if self.help:
+            self.help = False
+            return []
+        if k in ("KEY_UP", "\x10", "KEY_DOWN", "\x0e", "KEY_PPAGE", "KEY_NPAGE", "KEY_HOME", "KEY_END"):
+            return self._move({"KEY_UP": -1, "\x10": -1, "KEY_DOWN": 1, "\x0e": 1, "KEY_PPAGE": -10,
+                               "KEY_NPAGE": 10, "KEY_HOME": -10 ** 6, "KEY_END": 10 ** 6}[k])
+        if k in ("\n", "\r", "KEY_ENTER"):
+            return self.activate()
+        if k == "\x01":
+            return self._toggle_all()
+        if k == "\t" or k == "KEY_BTAB":
+            return [("tab",)] if self.tabs else []
+        if self.typing:
+            if k == "\x1b":
+                self.typing = False
+                return []
+            if k in ("KEY_BACKSPACE", "\x7f", "\b"):
+                if not self.query:
+                    return []
+                self.query = self.query[:-1]
+                return [("fetch",)]
+            if k == "\x15":  # C-u
+                self.query = ""
+                return [("fetch",)]
+            if len(k) == 1 and k.isprintable():
+                self.query += k
+                return [("fetch",)]
+            return []
+        if k in ("q", "\x1b"):
+            return [("quit",)]
+        if k in ("j", "k"):
+            return self._move(1 if k == "j" else -1)
+        if k in ("g", "G"):
+            return self._move(-10 ** 6 if k == "g" else 10 ** 6)
+        if k in ("/", "i"):
+            self.typing = True
+            return []
+        if k == "f":
+            return self.activate(fork=True)
+        if k == "p":
+            return self.activate(here=True)
+        if k == "a":
+            return self._toggle_all()
+        if k == "r":
+            return [("fetch",)]
+        if k == "?":
+            self.help = True
+        return []
+
+    def _move(self, delta):
+        if not self.threads:
+            return []
+        self.index = max(0, min(len(self.threads) - 1, self.index + delta))
+        if self.index >= len(self.threads) - 20 and len(self.threads) < self.total:
+            return [("more",)]
+        return []
+
+    def _toggle_all(self):
+        if not self.directory:
+            self.message = "no directory to narrow to: all directories are shown"
+            return []
+        self.all = not self.all
+        return [("fetch",)]
+
+    def activate(self, fork=False, here=False):
+        t = self.selected_thread()
+        if t is None:
+            self.message = "no conversation selected"
+            return []
+        if fork and not t.get("canFork"):
+            self.message = "%s has no fork" % t.get("agent")
+            return []
+        return [("resume", t["thread"], fork, "here" if here else "window")]
+
+
+def _history_row_pieces(view, t, width, now, sel):
+    """A conversation's two lines: agent, title (else first prompt), directory and branch; then
+    age, last activity, turns, tokens and cost, and where it is live."""
+    s = (lambda style: "sel" if sel else style)
+    live = t.get("live")
+    mark = ("●" if view.charset == "unicode" else "*") if live else " "
+    where = tilde(t.get("cwd") or "", view.home)
+    if t.get("branch"):
+        where += " (%s)" % t["branch"]
+    right = [(" " + where, s("muted"))] if where else []
+    if t.get("dirGone"):
+        right.append((" gone", s("error")))
+    right_w = min(max(12, width * 2 // 5), sum(display_width(p[0]) for p in right))
+    title = t.get("title") or t.get("prompt") or t.get("id") or ""
+    left_w = max(8, width - right_w)
+    head = [(mark + " ", s("running" if live else "muted")), ("%-8s " % t.get("agent", ""), s("accent"))]
+    used = sum(display_width(p[0]) for p in head)
+    head.append((fit(title, max(1, left_w - used)), s("fg")))
+    used += display_width(head[-1][0])
+    pad = left_w - used
+    line1 = head + ([(" " * pad, s("fg"))] if pad > 0 else [])
+    if right:
+        room = width - max(used, left_w)
+        cut, acc = [], 0
+        for text, style in right:
+            if acc >= room:
+                break
+            piece = fit(text, room - acc)
+            cut.append((piece, style))
+            acc += display_width(piece)
+        line1 += cut
+    facts = ["started %s ago" % age_text(t.get("createdAt"), now) if t.get("createdAt") else "",
+             "active %s ago" % age_text(t.get("updatedAt"), now) if t.get("updatedAt") else ""]
+    turns = t.get("turns") or 0
+    facts.append("%s%d turn%s" % ("" if t.get("turnsExact") else "~", turns, "" if turns == 1 else "s"))
+    u = t.get("usage")
+    if isinstance(u, dict):
+        tokens = sum(_int(u.get(k)) for k in USAGE_KEYS)
+        est = "" if u.get("exact") else "~"
+        facts.append("%s%s tok" % (est, token_text(tokens)))
+        if u.get("cost") is not None:
+            facts.append(est + cost_text(u["cost"]))
+    line2 = [("    " + " · ".join(f for f in facts if f), s("muted"))]
+    if live:
+        line2.append(("  live in %s" % (live.get("session") or "another tmux"), s("running")))
+    return line1, line2
+
+
+def render_history(view, width, height, now=None):
+    """The history picker as rows [(item or None, [(text, style), ...])], at most height. Pure."""
+    now = now if now is not None else now_ms()
+    scr = _Screen(view, width, now)
+    if view.tabs:
+        scr.line(None, [("agents", "muted"), (" | ", "muted"), ("history", "accent"), ("   Tab: agents", "muted")])
+    scope = "all directories" if view.all else "%s and below" % tilde(view.directory, view.home)
+    counts = "  %d of %d" % (view.total, view.count) if view.loaded else "  reading…"
+    if view.loaded and not view.complete:
+        counts += " (still reading the agents' files…)"
+    scr.line(None, [("history", "accent"), ("  " + scope, "fg"), (counts, "muted")])
+    cursor = "_" if view.typing else ""
+    scr.line(None, [("> " if view.typing else "/ ", "waiting" if view.typing else "muted"),
+                    (scr.clean(view.query) + cursor, "fg" if view.typing else "muted")])
+    foot = _Screen(view, width, now)
+    if view.busy:
+        foot.line(None, [(view.busy, "waiting")])
+    elif view.message:
+        for part in wrap(scr.clean(view.message), foot.w)[:3]:
+            foot.line(None, [(part, "waiting")])
+    elif view.typing:
+        foot.line(None, [("Enter resume · ↑↓ move · C-a all dirs · Esc: f fork, p here, ? help", "muted")])
+    else:
+        foot.line(None, [("Enter resume · f fork · p here · a all dirs · / type · ? help · q close", "muted")])
+    room = max(1, height - len(scr.rows) - len(foot.rows))
+    body = _Screen(view, width, now)
+    view.preview_wanted = None
+    if view.help:
+        for keys, text in HISTORY_HELP:
+            body.line(None, [(keys.ljust(9), "accent"), (text, "fg")])
+        return (scr.rows + body.rows[:room] + foot.rows)[:height]
+    if view.error:
+        body.line(None, [("cannot read the history: %s" % view.error, "error")])
+    elif view.loaded and not view.threads:
+        body.line(None, [("no conversation matches" if view.query else "no conversation here yet"
+                          + ("" if view.all else " (C-a: all directories)"), "muted")])
+    keep = room // 3 if room >= 12 and view.threads else 0  # the preview's share when the list is long
+    per = max(1, (room - keep - len(body.rows)) // 2)
+    if view.index < view.scroll:
+        view.scroll = view.index
+    elif view.index >= view.scroll + per:
+        view.scroll = view.index - per + 1
+    view.scroll = max(0, min(view.scroll, max(0, len(view.threads) - per)))
+    for i in range(view.scroll, min(len(view.threads), view.scroll + per)):
+        t = view.threads[i]
+        item = ("history", t["thread"])
+        line1, line2 = _history_row_pieces(view, t, body.w, now, i == view.index)
+        body.line(item, line1)
+        body.line(item, line2)
+    rows = body.rows[:room]
+    t = view.selected_thread()
+    preview_room = room - len(rows)
+    if t is not None and room >= 12 and preview_room >= 3:
+        view.preview_wanted = t["thread"]
+        pv = _Screen(view, width, now)
+        pv.line(None, [(pv.g["sep"] * pv.w, "muted")])
+        p = view.preview if view.preview and view.preview.get("thread") == t["thread"] else None
+        if p is None:
+            pv.line(None, [("(reading the conversation…)", "muted")])
+        elif p.get("error"):
+            pv.line(None, [(p["error"], "error")])
+        else:
+            msgs = p.get("messages") or []
+            if not msgs:
+                pv.line(None, [("(no messages)", "muted")])
+            lines = []
+            for m in msgs:
+                who = "you" if m.get("role") == "user" else t.get("agent") or "agent"
+                for n, part in enumerate(wrap(pv.clean(str(m.get("text") or "")), max(1, pv.w - 2))):
+                    lines.append([((who + ": ") if n == 0 else "  ", "accent" if m.get("role") == "user" else "muted"),
+                                  (part, "fg")])
+            for pieces in lines[-(preview_room - 1):]:
+                pv.line(None, pieces)
+        rows += pv.rows[:preview_room]
+    rows += [(None, [])] * (room - len(rows))  # the footer stays at the bottom
+    return (scr.rows + rows + foot.rows)[:height]
+
+
 class EventStream(object):
     """Reads the server's /events in a thread; the latest snapshot waits in `latest`, and a byte on
     `wake_fd` tells the curses loop. Reconnects (and starts the server on demand) when it goes away."""
@@ -9438,16 +11281,21 @@ class SidebarApp(object):
     """The curses sidebar: draws render() output, carries out the model's actions."""
 
     def __init__(self, tmux, find_port, start_server=None, post=None, environ=None, get=None, popup=False,
-                 client=None, is_stopped=None):
+                 client=None, is_stopped=None, tab="agents", origin=None):
         env = os.environ if environ is None else environ
         self.tmux = tmux
         self.popup = popup
+        self.tab = tab  # the popup's tab: "agents" or "history" (prefix o r opens on it)
+        self.origin = origin or {}  # the client's pane under the popup: {"pane", "dir", "session"}
+        self.home = home_dir(env)
+        self.history = None  # HistoryView, made with the popup
         self.client = client  # the popup's client (it has no pane of its own)
         self.get = get
         self._preview_at = 0.0
         self.pane = None if popup else env.get("TMUX_PANE")
         self.stream = EventStream(find_port, start_server, is_stopped)
         self.post = post
+        self.post_answer = None  # (path, body) -> (status, content): a POST whose answer we read
         self.model = None
         self.scr = None
         self.pairs = {}
@@ -9465,6 +11313,8 @@ class SidebarApp(object):
         locale.setlocale(locale.LC_ALL, "")
         self.model = SidebarModel(charset=terminal_charset(os.environ, _python_chose_utf8(os.environ)),
                                   popup=self.popup)
+        if self.popup:
+            self.history = HistoryView(self.origin.get("dir"), self.home, self.model.charset, tabs=True)
         self.stream.start()
         try:
             curses.wrapper(self._main)
@@ -9522,9 +11372,12 @@ class SidebarApp(object):
         self._watch_resize()
         while True:
             self._draw()
+            if self.tab == "history":
+                if self._history_work():
+                    continue
             running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() for t in s.get("threads", []))
-            timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
-            if self.model.preview_wanted is not None:
+            timeout = 0.2 if running and self.tab == "agents" else None  # no CPU between events unless a spinner turns
+            if self.model.preview_wanted is not None and self.tab == "agents":
                 # a preview on screen: its pane is read again at most PREVIEW_INTERVAL apart
                 due = self._preview_at + PREVIEW_INTERVAL - time.monotonic()
                 if due <= 0 or (self.model.preview or {}).get("item") != self.model.preview_wanted:
@@ -9561,6 +11414,82 @@ class SidebarApp(object):
         elif not self.stream.stopped and self.model.stopped:
             self.model.stopped = None
             self.last_rows = []
+
+    # -- the history tab ------------------------------------------------------------------------
+    def _history_work(self):
+        """After a draw of the history tab: the first list, then the selected conversation's preview
+        (only once no key waits: typing stays fast). -> True when something was fetched (draw again)."""
+        import select
+        view = self.history
+        if not view.loaded:
+            self._history_fetch()
+            return True
+        wanted = view.preview_wanted
+        if wanted and (view.preview or {}).get("thread") != wanted:
+            if select.select([0], [], [], 0)[0]:
+                return False  # keys first
+            self._history_preview(wanted)
+            return True
+        return False
+
+    def _history_get(self, path):
+        if self.get is None:
+            raise OSError("no server")
+        status, body = self.get(path)
+        doc = json.loads(body.decode("utf-8")) if body else {}
+        if status != 200:
+            raise OSError((doc or {}).get("error") or "HTTP %d" % status)
+        return doc
+
+    def _history_fetch(self, offset=0):
+        from urllib.parse import urlencode
+        try:
+            doc = self._history_get("/api/history?" + urlencode(self.history.params(offset)))
+        except (OSError, ValueError) as e:
+            self.history.set_answer(str(e) or "no answer")
+            return
+        self.history.set_answer(doc, offset)
+
+    def _history_preview(self, thread):
+        from urllib.parse import quote
+        try:
+            doc = self._history_get("/api/history/preview?n=6&thread=" + quote(thread, safe=":"))
+        except (OSError, ValueError) as e:
+            self.history.set_preview(thread, error=str(e) or "no preview")
+            return
+        self.history.set_preview(thread, doc)
+
+    def _history_resume(self, thread, fork, where):
+        """POST /api/resume: a new window in this client's session (or the pane under the popup);
+        a live thread: its pane. Then the client goes there and the popup closes."""
+        view = self.history
+        body = {"thread": thread, "fork": fork}
+        if where == "here":
+            if not self.origin.get("pane"):
+                view.message = "no pane to resume in"
+                return None
+            body["target"] = self.origin["pane"]
+        elif self.origin.get("session"):
+            body["session"] = self.origin["session"]
+        view.busy = "%s %s…" % ("forking" if fork else "resuming", thread)
+        self._draw()
+        try:
+            status, content = self.post_answer("/api/resume", body)
+        except OSError as e:
+            status, content = 0, json.dumps({"error": str(e)}).encode()
+        finally:
+            view.busy = None
+        try:
+            doc = json.loads(content.decode("utf-8")) if content else {}
+        except ValueError:
+            doc = {}
+        if status != 200:
+            view.message = "not resumed: %s" % (doc.get("error") or "HTTP %d" % status)
+            return None
+        pane = doc.get("pane")
+        if pane and where != "here":
+            self._switch(pane)
+        return "quit"
 
     def _fetch_preview(self):
         """GET /api/preview for the thread shown (only while it is shown: see _render_preview)."""
@@ -9631,13 +11560,13 @@ class SidebarApp(object):
                     self.last_rows = []
                     continue
                 if name == "KEY_MOUSE":
-                    actions = self._mouse()
+                    actions = self._mouse() if self.tab == "agents" else []
                 else:
-                    actions = self.model.key(name)
+                    actions = self._key(name)
             elif ch == "\x1b":
                 actions = self._escape()
             else:
-                actions = self.model.key(ch)
+                actions = self._key(ch)
             for action in actions:
                 if self._do(action) == "quit":
                     return "quit"
@@ -9662,13 +11591,22 @@ class SidebarApp(object):
         finally:
             self.scr.nodelay(True)
         if more == "[I":
-            return self.model.key("FOCUS")
+            return self.model.key("FOCUS") if self.tab == "agents" else []
         if more == "[O":
             return []
-        actions = self.model.key("\x1b")
+        actions = self._key("\x1b")
         for ch in more:
-            actions += self.model.key(ch)
+            actions += self._key(ch)
         return actions
+
+    def _key(self, k):
+        """A key for the tab shown: the agents list (SidebarModel) or the history (HistoryView). In the
+        popup, Tab on the agents tab opens the history tab."""
+        if self.tab == "history":
+            return self.history.key(k)
+        if self.popup and k == "\t" and self.model.mode == "list":
+            return [("tab",)]
+        return self.model.key(k)
 
     def _mouse(self):
         import curses
@@ -9693,10 +11631,15 @@ class SidebarApp(object):
     def _draw(self):
         import curses
         h, w = self.scr.getmaxyx()
-        self.rows = render(self.model, w, h)
+        if self.tab == "history":
+            self.rows = render_history(self.history, w, h)
+            current = self.history.selected
+        else:
+            self.rows = render(self.model, w, h)
+            current = self.model.selected
         for y in range(h):
             row = self.rows[y] if y < len(self.rows) else (None, [])
-            selected = row[0] is not None and row[0] == self.model.selected
+            selected = row[0] is not None and row[0] == current
             key = (row[1], selected, w)
             if y < len(self.last_rows) and self.last_rows[y] == key:
                 continue
@@ -9808,6 +11751,15 @@ class SidebarApp(object):
                 return "quit"
             elif kind == "reply":
                 self._reply(*action[1:])
+            elif kind == "tab":
+                self.tab = "agents" if self.tab == "history" else "history"
+                self.last_rows = []
+            elif kind == "fetch":
+                self._history_fetch()
+            elif kind == "more":
+                self._history_fetch(offset=len(self.history.threads))
+            elif kind == "resume":
+                return self._history_resume(*action[1:])
             elif kind == "leave":
                 try:
                     self.tmux.run("last-pane")
@@ -10555,6 +12507,89 @@ def cmd_status(args):
     return 0
 
 
+def history_lines(doc, home=None, now=None):
+    """`opensessions history` as aligned, labelled columns, the newest first. Pure."""
+    now = now if now is not None else now_ms()
+    rows = [("THREAD", "ACTIVE", "TURNS", "TOKENS", "COST", "LIVE", "DIRECTORY", "TITLE / FIRST PROMPT")]
+    for t in doc.get("threads") or ():
+        u = t.get("usage") or {}
+        est = "" if u.get("exact", True) else "~"
+        where = tilde(t.get("cwd") or "", home) + (" (%s)" % t["branch"] if t.get("branch") else "")
+        if t.get("dirGone"):
+            where += " [gone]"
+        rows.append((t["thread"], age_text(t.get("updatedAt"), now) + " ago" if t.get("updatedAt") else "",
+                     ("" if t.get("turnsExact") else "~") + str(t.get("turns") or 0),
+                     est + token_text(sum(_int(u.get(k)) for k in USAGE_KEYS)) if u else "",
+                     est + cost_text(u.get("cost")) if u.get("cost") is not None else "",
+                     (t.get("live") or {}).get("session") or ("yes" if t.get("live") else ""),
+                     clean_text(where), clean_text(t.get("title") or t.get("prompt") or "")))
+    widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join([c + " " * (w - display_width(c)) for c, w in zip(r, widths)] + [r[-1]]).rstrip()
+             for r in rows]
+    if doc.get("total", 0) > len(doc.get("threads") or ()):
+        lines.append("(%d of %d shown; --limit shows more)" % (len(doc.get("threads") or ()), doc["total"]))
+    return lines
+
+
+def cmd_history(args):
+    """Past conversations of every agent, in this directory and below (--dir, --all), filtered by
+    words; from the server's index (started if needed; its first scan is waited for)."""
+    from urllib.parse import urlencode
+    start_background(args)
+    params = {"q": " ".join(args.query or ()), "limit": args.limit}
+    if not args.all:
+        params["dir"] = os.path.abspath(os.path.expanduser(args.dir or os.getcwd()))
+    if args.agent:
+        params["agent"] = args.agent
+    if args.since:
+        params["since"] = args.since
+    deadline = time.monotonic() + 30
+    while True:
+        doc = json.loads(_request(args, "GET", "/api/history?" + urlencode(params))[1].decode("utf-8"))
+        if doc.get("complete") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if not doc.get("complete"):
+        sys.stderr.write("opensessions: the index is still being built; this list is partial\n")
+    if args.json:
+        sys.stdout.write(json.dumps(doc) + "\n")
+        return 0
+    for line in history_lines(doc, home_dir()):
+        print(line)
+    return 0
+
+
+def cmd_resume(args):
+    """Resume (or --fork) a past conversation: a new window in this tmux session, in its directory;
+    --here: in this terminal. A live one is never started twice: you are taken to its pane."""
+    body = {"thread": args.thread, "fork": args.fork, "target": "command" if args.here else "window"}
+    tmux = _tmux(args)
+    inside = bool(os.environ.get("TMUX"))
+    if inside and not args.here:
+        try:
+            body["session"] = tmux.run("display-message", "-p", "#{session_name}").strip() or None
+        except TmuxError:
+            pass
+    start_background(args)
+    doc = json.loads(_request(args, "POST", "/api/resume", body)[1].decode("utf-8"))
+    for note in doc.get("notes") or ():
+        sys.stderr.write("opensessions: %s\n" % note)
+    if doc.get("action") == "jumped":
+        if inside:
+            tmux.run("switch-client", "-t", doc["pane"])
+        print("%s is live in session %s (pane %s)%s" % (doc["thread"], doc.get("session"), doc["pane"],
+                                                         ": switched there" if inside else ""))
+        return 0
+    if args.here:
+        sys.stderr.write("opensessions: %s\n" % resurrect_escape(doc["command"]))
+        sys.stdout.flush()
+        os.execvp("sh", ["sh", "-c", doc["command"]])
+    if inside and doc.get("pane"):
+        tmux.run("switch-client", "-t", doc["pane"])
+    print("%s %s in session %s (pane %s)" % (doc["action"], doc["thread"], doc.get("session"), doc.get("pane")))
+    return 0
+
+
 def serve(socket_path, port=None, log_path=None, environ=None):
     """Run the server in the foreground until stopped, its tmux server exits, or a signal. -> exit code."""
     import signal
@@ -10594,6 +12629,8 @@ def build_server(tmux, port, explicit, environ):
     server.sidebars = SidebarPanes(server, _self_command() + " sidebar")
     server.notifier = Notifier(server)
     server.tmux_options = TmuxOptions(server)
+    if environ.get("OPENSESSIONS_HISTORY") != "off":
+        server.history = History(environ, clock=server.clock, tmux=tmux)
     return server
 
 
@@ -10749,7 +12786,7 @@ def _tmux(args):
     return Tmux(_socket_from_args(args))
 
 
-def cmd_sidebar(args, popup=False, client=None):
+def cmd_sidebar(args, popup=False, client=None, tab="agents"):
     """Run the curses sidebar in this pane (the sidebar pane manager starts these); with popup, the
     agents popup (`opensessions popup`, in a display-popup)."""
     global _log_file
@@ -10782,8 +12819,30 @@ def cmd_sidebar(args, popup=False, client=None):
     def get(path):
         return Client(find_port(), timeout=2, token=find_port.token).request("GET", path)
 
-    return SidebarApp(Tmux(socket_path), find_port, start_server=lambda: start_background(args, respect_stop=True),
-                      post=post, get=get, popup=popup, client=client, is_stopped=runtime.stopped).run()
+    def post_answer(path, body):  # a resume waits for the new window's shell to show its prompt
+        return Client(find_port(), timeout=30, token=find_port.token).request("POST", path, body)
+
+    tmux = Tmux(socket_path)
+    app = SidebarApp(tmux, find_port, start_server=lambda: start_background(args, respect_stop=True),
+                     post=post, get=get, popup=popup, client=client, is_stopped=runtime.stopped, tab=tab,
+                     origin=_client_origin(tmux, client) if popup else None)
+    app.post_answer = post_answer
+    return app.run()
+
+
+def _client_origin(tmux, client):
+    """The pane a popup opened over: {"pane", "dir", "session"} (the history tab's scope, and
+    where `p` resumes), or {} when tmux cannot say."""
+    target = ["-c", client] if client else []
+    try:
+        out = tmux.run("display-message", "-p", *(target + ["#{pane_id}" + FS + "#{pane_current_path}" + FS +
+                                                            "#{session_name}"]))
+    except TmuxError:
+        return {}
+    parts = out.rstrip("\n").split(FS)
+    if len(parts) != 3 or not parts[0].startswith("%"):
+        return {}
+    return {"pane": parts[0], "dir": parts[1] or None, "session": parts[2] or None}
 
 
 def cmd_popup(args):
@@ -10791,22 +12850,29 @@ def cmd_popup(args):
     return cmd_sidebar(args, popup=True, client=args.client)
 
 
+def cmd_history_popup(args):
+    """The history picker itself (what `prefix o r` runs inside display-popup): the agents popup
+    opened on its history tab."""
+    return cmd_sidebar(args, popup=True, client=args.client, tab="history")
+
+
 POPUP_DEFAULTS = {"@opensessions-popup-width": "80%", "@opensessions-popup-height": "75%"}
 
 
-def popup_command(me, client, version, width, height):
-    """The tmux command that opens the agents popup for a client: display-popup (tmux >= 3.2),
-    else a temporary window that closes when the popup program exits. Pure."""
+def popup_command(me, client, version, width, height, command="popup"):
+    """The tmux command that opens the agents popup (or, command "history-popup", the history
+    picker) for a client: display-popup (tmux >= 3.2), else a temporary window that closes when the
+    popup program exits. Pure."""
     import shlex
-    inner = "%s popup -c %s" % (me, shlex.quote(client))
+    inner = "%s %s -c %s" % (me, command, shlex.quote(client))
     nums = re.findall(r"\d+", version or "")
     if nums and (int(nums[0]), int(nums[1]) if len(nums) > 1 else 0) >= (3, 2):
         # display-popup expands formats in its command: a '#' in a path stays a '#'
         return ["display-popup", "-c", client, "-E", "-w", width, "-h", height, tmux_literal(inner)]
-    return ["new-window", "-t", client, "-n", "agents", inner]
+    return ["new-window", "-t", client, "-n", "agents" if command == "popup" else "history", inner]
 
 
-def cmd_popup_open(args):
+def cmd_popup_open(args, command="popup"):
     """Open the popup for a client (`prefix o g`), sized by @opensessions-popup-width/-height."""
     tmux = _tmux(args)
     start_background(args)
@@ -10817,8 +12883,13 @@ def cmd_popup_open(args):
         me += " --port %d" % args.port
     client = args.client or tmux.run("display-message", "-p", "#{client_name}").strip()
     tmux.spawn(*popup_command(me, client, version, opts["@opensessions-popup-width"],
-                              opts["@opensessions-popup-height"]))
+                              opts["@opensessions-popup-height"], command))
     return 0
+
+
+def cmd_history_open(args):
+    """Open the history picker for a client (`prefix o r`), as the agents popup is opened."""
+    return cmd_popup_open(args, "history-popup")
 
 
 def cmd_toggle(args):
@@ -10901,7 +12972,8 @@ def tmux_bindings(me, options):
            (KEY_TABLE, "e", ) + run("layout -w '#{window_id}'"),
            (KEY_TABLE, "n", ) + run("next -c '#{client_name}'"),
            (KEY_TABLE, "p", ) + run("next --back -c '#{client_name}'"),
-           (KEY_TABLE, options.get("@opensessions-popup-key") or "g") + run("popup-open -c '#{client_name}'")]
+           (KEY_TABLE, options.get("@opensessions-popup-key") or "g") + run("popup-open -c '#{client_name}'"),
+           (KEY_TABLE, options.get("@opensessions-history-key") or "r") + run("history-open -c '#{client_name}'")]
     for n in range(1, 10):
         out.append((KEY_TABLE, str(n)) + run("switch %d -c '#{client_name}'" % n))
     focus = options.get("@opensessions-focus-key")
@@ -11134,7 +13206,8 @@ def _restore_binding(tmux, saved):
 
 COMMANDS = ("server", "start", "stop", "status", "usage", "set-status", "set-progress", "log", "clear-log", "notify",
             "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next",
-            "popup", "popup-open", "reply", "mute", "save", "restore", "kitty", "tmux-setup", "uninstall-tmux")
+            "popup", "popup-open", "reply", "mute", "save", "restore", "kitty", "tmux-setup", "uninstall-tmux",
+            "history", "resume", "history-popup", "history-open")
 
 
 def command_of(argv):
@@ -11219,6 +13292,23 @@ def _command_table():
           (("--text",), dict(metavar="TEXT", help="type TEXT (one line) as the next prompt and submit it"))]),
         ("mute", cmd_mute, "mute (or --off: unmute) a session's notifications",
          [session, (("--off",), dict(action="store_true", help="unmute"))]),
+        ("history", cmd_history, "past conversations of every agent, here and below (or --all), newest first",
+         [(("query",), dict(nargs="*", metavar="WORD", help="words that must all be in the title, first prompt, "
+                                                               "directory or agent (any case)")),
+          (("--dir",), dict(metavar="D", help="this directory and those below it (default: the current one)")),
+          (("--all",), dict(action="store_true", help="every directory")),
+          (("--agent",), dict(choices=AGENTS, help="only this agent's conversations")),
+          (("--since",), dict(metavar="AGE", help="only those active in the last AGE: 7d, 12h, 30m, 2w")),
+          (("--limit",), dict(type=int, default=50, help="how many to show (default 50, at most 500)")),
+          (("--json",), dict(action="store_true", help="print /api/history's answer as JSON"))]),
+        ("resume", cmd_resume, "resume a past conversation in a new window in its directory (--fork: fork it; "
+                               "--here: in this terminal); a live one: go to its pane",
+         [(("thread",), dict(help="AGENT:ID (as `opensessions history` shows it), or the bare id")),
+          (("--fork",), dict(action="store_true", help="a new conversation that starts with this one's messages "
+                                                        "(Claude Code, Codex, OpenCode, Pi)")),
+          (("--here",), dict(action="store_true", help="run it in this terminal instead of a new window"))]),
+        ("history-popup", cmd_history_popup, "the history picker (what prefix o r runs in its popup)", [client]),
+        ("history-open", cmd_history_open, "open the history picker (prefix o r)", [client, display]),
         ("save", cmd_save, "save every agent's conversation next to tmux-resurrect's save", []),
         ("restore", cmd_restore, "resume each saved agent in its pane after a restore",
          [(("--dry-run",), dict(action="store_true", help="print what would be typed where, type nothing")),
