@@ -8353,14 +8353,18 @@ HISTORY_PREVIEW_TEXT = 2000  # characters kept of each previewed message
 EXACT_TURNS, EXACT_USAGE = 1, 2
 HISTORY_REDUCERS = {"claude": claude_reduce, "codex": codex_reduce, "gemini": gemini_reduce, "qwen": qwen_reduce,
                     "pi": pi_reduce}
-# The words that resume a conversation and, where the agent's CLI has one, fork it (the new
-# conversation starts with the old one's messages). The resume words are resume_command()'s; a fork
-# changes its tail: (what resume_command() ends with, what the fork ends with), %s = the id.
-# Captured from each pinned CLI's --help (tests/fixtures/<agent>/).
+# The words that fork a conversation where the agent's CLI has a fork (a new conversation that
+# starts with the old one's messages): the resume words are resume_command()'s, and a fork changes
+# their tail: (what resume_command() ends with, what the fork ends with), %s = the id. From each
+# pinned CLI's --help and the lab's runs (tests/fixtures/<agent>/help.txt, FORMATS.md). Gemini CLI
+# 0.61.0 has no fork; Amp was never captured. OpenCode 1.18.33 makes the fork (a new session
+# "<title> (fork #1)" with copies of the messages) but its TUI then opens its home screen, not
+# the fork: the fork is in the picker, resumed from there.
 HISTORY_FORK = {
     "claude": (" --resume %s", " --resume %s --fork-session"),
     "codex": (" resume %s", " fork %s"),
     "opencode": (" -s %s", " -s %s --fork"),
+    "qwen": (" --resume %s", " --resume %s --fork-session"),
     "pi": (" --session %s", " --fork %s"),
 }
 # Flags a conversation was run with that must not come back when it is resumed from the picker:
@@ -9350,6 +9354,10 @@ class History(object):
             parts = path.split(os.sep)
             entry.cwd = _intern(self.gemini_dirs.get(parts[-3])) if len(parts) >= 3 else None
         if entry is not prev:
+            other = self.entries.get(entry.key)
+            if other is not None and other.path != path and os.path.exists(other.path or "") and \
+                    (other.turns, other.size, other.updated) > (entry.turns, entry.size, entry.updated):
+                return other  # two files of one conversation (Gemini's resume leaves a same-id stub): the one that grows wins
             self.put(entry, prev)
         return entry
 
