@@ -11041,16 +11041,16 @@ def _history_row_pieces(view, t, width, now, sel):
     s = (lambda style: "sel" if sel else style)
     live = t.get("live")
     mark = ("●" if view.charset == "unicode" else "*") if live else " "
-    where = tilde(t.get("cwd") or "", view.home)
+    where = clean_text(tilde(t.get("cwd") or "", view.home))  # what a server sends is shown, never obeyed
     if t.get("branch"):
-        where += " (%s)" % t["branch"]
+        where += " (%s)" % clean_text(str(t["branch"]))
     right = [(" " + where, s("muted"))] if where else []
     if t.get("dirGone"):
         right.append((" gone", s("error")))
     right_w = min(max(12, width * 2 // 5), sum(display_width(p[0]) for p in right))
-    title = t.get("title") or t.get("prompt") or t.get("id") or ""
+    title = clean_text(str(t.get("title") or t.get("prompt") or t.get("id") or ""))
     left_w = max(8, width - right_w)
-    head = [(mark + " ", s("running" if live else "muted")), ("%-8s " % t.get("agent", ""), s("accent"))]
+    head = [(mark + " ", s("running" if live else "muted")), ("%-8s " % clean_text(str(t.get("agent", ""))), s("accent"))]
     used = sum(display_width(p[0]) for p in head)
     head.append((fit(title, max(1, left_w - used)), s("fg")))
     used += display_width(head[-1][0])
@@ -11079,7 +11079,7 @@ def _history_row_pieces(view, t, width, now, sel):
             facts.append(est + cost_text(u["cost"]))
     line2 = [("    " + " · ".join(f for f in facts if f), s("muted"))]
     if live:
-        line2.append(("  live in %s" % (live.get("session") or "another tmux"), s("running")))
+        line2.append(("  live in %s" % clean_text(str(live.get("session") or "another tmux")), s("running")))
     return line1, line2
 
 
@@ -11089,19 +11089,19 @@ def render_history(view, width, height, now=None):
     scr = _Screen(view, width, now)
     if view.tabs:
         scr.line(None, [("agents", "muted"), (" | ", "muted"), ("history", "accent"), ("   Tab: agents", "muted")])
-    scope = "all directories" if view.all else "%s and below" % tilde(view.directory, view.home)
+    scope = "all directories" if view.all else "%s and below" % clean_text(tilde(view.directory, view.home))
     counts = "  %d of %d" % (view.total, view.count) if view.loaded else "  reading…"
     if view.loaded and not view.complete:
         counts += " (still reading the agents' files…)"
     scr.line(None, [("history", "accent"), ("  " + scope, "fg"), (counts, "muted")])
     cursor = "_" if view.typing else ""
     scr.line(None, [("> " if view.typing else "/ ", "waiting" if view.typing else "muted"),
-                    (scr.clean(view.query) + cursor, "fg" if view.typing else "muted")])
+                    (scr.clean(clean_text(view.query)) + cursor, "fg" if view.typing else "muted")])
     foot = _Screen(view, width, now)
     if view.busy:
-        foot.line(None, [(view.busy, "waiting")])
+        foot.line(None, [(clean_text(view.busy), "waiting")])
     elif view.message:
-        for part in wrap(scr.clean(view.message), foot.w)[:3]:
+        for part in wrap(scr.clean(clean_text(view.message)), foot.w)[:3]:
             foot.line(None, [(part, "waiting")])
     elif view.typing:
         foot.line(None, [("Enter resume · ↑↓ move · C-a all dirs · Esc: f fork, p here, ? help", "muted")])
@@ -11115,7 +11115,7 @@ def render_history(view, width, height, now=None):
             body.line(None, [(keys.ljust(9), "accent"), (text, "fg")])
         return (scr.rows + body.rows[:room] + foot.rows)[:height]
     if view.error:
-        body.line(None, [("cannot read the history: %s" % view.error, "error")])
+        body.line(None, [("cannot read the history: %s" % clean_text(view.error), "error")])
     elif view.loaded and not view.threads:
         body.line(None, [("no conversation matches" if view.query else "no conversation here yet"
                           + ("" if view.all else " (C-a: all directories)"), "muted")])
@@ -11143,7 +11143,7 @@ def render_history(view, width, height, now=None):
         if p is None:
             pv.line(None, [("(reading the conversation…)", "muted")])
         elif p.get("error"):
-            pv.line(None, [(p["error"], "error")])
+            pv.line(None, [(clean_text(p["error"]), "error")])
         else:
             msgs = p.get("messages") or []
             if not msgs:
@@ -11151,7 +11151,7 @@ def render_history(view, width, height, now=None):
             lines = []
             for m in msgs:
                 who = "you" if m.get("role") == "user" else t.get("agent") or "agent"
-                for n, part in enumerate(wrap(pv.clean(str(m.get("text") or "")), max(1, pv.w - 2))):
+                for n, part in enumerate(wrap(pv.clean(clean_text(str(m.get("text") or ""))), max(1, pv.w - 2))):
                     lines.append([((who + ": ") if n == 0 else "  ", "accent" if m.get("role") == "user" else "muted"),
                                   (part, "fg")])
             for pieces in lines[-(preview_room - 1):]:

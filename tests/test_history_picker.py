@@ -1,0 +1,159 @@
+"""The history picker (prefix o r, and the agents popup's second tab): keys to actions (pure), its
+rows (pure: hostile titles and directories drawn safely, within the width), the key binding, and
+the real popup on a real client: typing filters, Enter resumes and closes it."""
+import json
+import os
+import time
+import uuid
+
+import pytest
+
+from conftest import FIXTURES, requires_tmux, retry_until
+from test_history import write_claude
+from test_history_api import H
+
+import opensessions as o
+
+NOW = 1796400000000
+
+
+def doc(*threads, total=None):
+    return {"threads": list(threads), "total": len(threads) if total is None else total, "count": 50, "complete": True}
+
+
+def conv(n, agent="claude", title=None, prompt="fix the login", cwd="/home/u/src/app", live=None, gone=False,
+         can_fork=True, usage=None, exact=True):
+    return {"thread": "%s:%s" % (agent, "id-%d" % n), "agent": agent, "id": "id-%d" % n, "title": title,
+            "prompt": prompt, "cwd": cwd, "dirGone": gone, "branch": "main", "createdAt": NOW - 3 * 86400000,
+            "updatedAt": NOW - 2 * 3600000, "turns": 12, "turnsExact": exact,
+            "usage": usage if usage is not None else {"input": 1000, "output": 200, "cacheRead": 1200000,
+                                                      "cacheWrite": 0, "cost": 0.84, "exact": exact},
+            "live": live, "canFork": can_fork}
+
+
+def view(*threads, **kw):
+    v = o.HistoryView("/home/u/src/app", "/home/u", **kw)
+    v.set_answer(doc(*threads))
+    return v
+
+
+def text_of(rows):
+    return ["".join(t for t, _ in r[1]) for r in rows]
+
+
+def test_typing_filters_and_enter_resumes():
+    v = view(conv(1), conv(2, agent="codex"))
+    assert v.typing and v.params() == {"q": "", "limit": o.HISTORY_PAGE, "offset": 0, "dir": "/home/u/src/app"}
+    assert v.key("f") == [("fetch",)] and v.key("i") == [("fetch",)] and v.query == "fi"  # letters are text
+    assert v.key("KEY_BACKSPACE") == [("fetch",)] and v.query == "f"
+    assert v.key("\x15") == [("fetch",)] and v.query == ""
+    assert v.key("KEY_DOWN") == [] and v.selected == ("history", "codex:id-2")
+    assert v.key("\n") == [("resume", "codex:id-2", False, "window")]
+    assert v.key("\x01") == [("fetch",)] and v.all and "dir" not in v.params()  # C-a: all directories
+
+
+def test_keys_mode_f_forks_p_resumes_here_a_all_q_closes():
+    v = view(conv(1), conv(2, agent="gemini", can_fork=False))
+    assert v.key("\x1b") == [] and not v.typing
+    assert v.key("f") == [("resume", "claude:id-1", True, "window")]
+    assert v.key("p") == [("resume", "claude:id-1", False, "here")]
+    assert v.key("j") == [] and v.key("f") == [] and "gemini has no fork" in v.message
+    assert v.key("a") == [("fetch",)] and v.all
+    assert v.key("/") == [] and v.typing
+    v.key("\x1b")
+    assert v.key("q") == [("quit",)] and v.key("\x1b") == [("quit",)]
+    assert v.key("\t") == [] and o.HistoryView(tabs=True).key("\t") == [("tab",)]
+
+
+def test_more_is_fetched_near_the_end():
+    threads = [conv(n) for n in range(30)]
+    v = o.HistoryView("/x", "/home/u")
+    v.set_answer(doc(*threads, total=300))
+    assert v.key("KEY_NPAGE") == [("more",)]
+    v.set_answer(doc(*[conv(n) for n in range(30, 60)], total=300), offset=30)
+    assert len(v.threads) == 60 and v.index == 10
+
+
+def test_rows_show_what_matters():
+    live = conv(1, title="Payments refactor", live={"session": "api", "pane": "%3", "status": "running"})
+    est = conv(2, prompt="a big one", exact=False)
+    gone = conv(3, cwd="/home/u/src/app/old", gone=True)
+    v = view(live, est, gone)
+    lines = text_of(o.render_history(v, 120, 30, now=NOW))
+    assert lines[0].startswith("history  ~/src/app and below  3 of 50")
+    assert lines[1] == "> _"
+    first = [l for l in lines if "Payments refactor" in l][0]
+    assert first.startswith("● claude") and first.rstrip().endswith("~/src/app (main)")
+    facts = lines[lines.index(first) + 1]
+    assert "started 3d ago · active 2h ago · 12 turns · 1.2M tok · $0.84" in facts and "live in api" in facts
+    assert "~12 turns · ~1.2M tok · ~$0.84" in [l for l in lines if "~12 turns" in l][0]
+    assert [l for l in lines if "~/src/app/old (main) gone" in l]
+    assert lines[-1].startswith("Enter resume")
+    assert v.preview_wanted == "claude:id-1" and "(reading the conversation…)" in lines
+    v.set_preview("claude:id-1", {"messages": [{"role": "user", "text": "refactor payments"},
+                                               {"role": "assistant", "text": "Done: three files changed."}]})
+    lines = text_of(o.render_history(v, 120, 30, now=NOW))
+    assert "you: refactor payments" in lines and "claude: Done: three files changed." in lines
+    assert o.render_history(v, 120, 8, now=NOW) and v.preview_wanted is None  # no room: nothing is read
+
+
+@pytest.mark.parametrize("width", [20, 40, 80, 200])
+def test_hostile_titles_and_directories_are_drawn_safely(width):
+    evil = conv(1, title="\x1b[2J\x1b]52;c;cm0gLXJmIH4=\x07 #(rm) ; $(id)", prompt="x" * 5000,
+                cwd="/home/u/\x1b[31mred\n;#(touch p)" + "d" * 300, live={"session": "s\x07", "pane": "%1"})
+    v = view(evil, conv(2, title="日本語のタイトル" * 20))
+    v.query = "\x1b[1m"
+    for charset in ("unicode", "ascii"):
+        v.charset = charset
+        rows = o.render_history(v, width, 24, now=NOW)
+        assert len(rows) <= 24
+        for _, pieces in rows:
+            line = "".join(t for t, _ in pieces)
+            assert o.display_width(line) <= width, (width, line)
+            assert not o._CONTROL_RE.search(line), repr(line)
+
+
+def test_the_binding_and_its_popup():
+    binds = o.tmux_bindings("os", {})
+    r = [b for b in binds if b[:2] == ("opensessions", "r")]
+    assert r and "history-open -c '#{client_name}'" in r[0][-1]
+    assert [b for b in o.tmux_bindings("os", {"@opensessions-history-key": "h"}) if b[:2] == ("opensessions", "h")]
+    assert o.popup_command("py /x/o#s.py", "/dev/pts/3", "3.3a", "80%", "75%", "history-popup")[-1] == \
+        "py /x/o##s.py history-popup -c /dev/pts/3"
+    assert o.popup_command("py", "c", "3.1", "1", "1", "history-popup")[:4] == ["new-window", "-t", "c", "-n"]
+
+
+def test_history_lines_for_the_cli():
+    lines = o.history_lines(doc(conv(1, title="t\x1b[31m", live={"session": "api"}), conv(2, exact=False),
+                                total=9), "/home/u", now=NOW)
+    assert lines[0].split()[:6] == ["THREAD", "ACTIVE", "TURNS", "TOKENS", "COST", "LIVE"]
+    assert "claude:id-1  2h ago  12" in lines[1] and "api" in lines[1] and "~/src/app (main)" in lines[1]
+    assert "\x1b" not in lines[1] and "~12" in lines[2] and "~$0.84" in lines[2]
+    assert lines[-1] == "(2 of 9 shown; --limit shows more)"
+
+
+@requires_tmux
+def test_the_popup_filters_as_you_type_and_enter_resumes(env, tmp_path):
+    h = H(env, tmp_path)
+    try:
+        h.start()
+        sid = str(uuid.uuid4())
+        write_claude(env.home, sid, h.dirs[0], "quokka migration plan")
+        retry_until(lambda: h.get("/api/history?q=quokka")["total"] == 1, timeout=10)
+        # the picker as prefix o r runs it, here in a window of its own in the directory (display-popup
+        # needs an attached client): its scope is the pane it opened over
+        h.tmux.run("new-window", "-t", "main", "-n", "picker", "-c", h.dirs[0], "%s %s -S %s --port %d history-popup" % (
+            o.sys.executable, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "opensessions.py"),
+            h.tmux.socket, h.server.port))
+        screen = lambda: h.tmux.run("capture-pane", "-p", "-t", "main:picker")
+        retry_until(lambda: "~/src/app and below" in screen(), timeout=15)
+        for ch in "quokka":
+            h.tmux.run("send-keys", "-t", "main:picker", "-l", ch)
+        retry_until(lambda: "1 of" in screen() and "quokka migration plan" in screen(), timeout=10)
+        retry_until(lambda: "you: quokka migration plan" in screen(), timeout=10)  # the preview
+        h.tmux.run("send-keys", "-t", "main:picker", "Enter")
+        line = retry_until(lambda: [l for l in h.launched() if l[3] == "--resume " + sid], timeout=15)[0]
+        assert line[1] == h.dirs[0]
+        retry_until(lambda: "picker" not in h.tmux.run("list-windows", "-t", "main", "-F", "#{window_name}"), timeout=10)
+    finally:
+        h.close()
