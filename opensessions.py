@@ -6999,6 +6999,11 @@ def make_handler(server):
             info["lines"] = thread_preview(screen, lines)
             return self._send(200, json.dumps(info).encode())
 
+        @staticmethod
+        def _pane_of(pane_id):
+            found = server.store.session_of_pane(pane_id)  # (sessions are replaced whole: a safe read)
+            return (found[2].get("cwd") or None, found[0]["name"]) if found else None
+
         def _history(self, path):
             """GET /api/history?dir=&q=&agent=&since=&limit=&offset= (the index, searched here, off the
             loop) and /api/history/preview?thread=AGENT:ID&n=N (the conversation's last messages)."""
@@ -7008,7 +7013,7 @@ def make_handler(server):
             query = parse_qs(self.path.partition("?")[2], keep_blank_values=True)
             try:
                 if path == "/api/history":
-                    doc = server.history.api_query(query, server.store.ui.get("prices"))
+                    doc = server.history.api_query(query, server.store.ui.get("prices"), self._pane_of)
                 else:
                     doc = server.history.api_preview_query(query)
             except ApiError as e:
@@ -9226,7 +9231,8 @@ class History(object):
         log("history: %d conversations (%d saved, %d files, %d read, %d skipped) in %.3fs"
             % (len(self.entries), self.loaded, self.stats["files"], self.stats["read"], self.stats["errors"],
                self.stats["seconds"]))
-        self.save()
+        if self._dirty_at is not None or not self.loaded:
+            self.save()
         while not self._stop:
             timeout = None
             if self._dirty_at is not None:
@@ -9740,9 +9746,19 @@ class History(object):
             raise ApiError(409, "cannot read %s %s: %s" % (e.agent, e.id, type(ex).__name__))
         return {"thread": "%s:%s" % e.key, "messages": messages}
 
-    def api_query(self, query, prices=None):
-        """GET /api/history (query: parse_qs of its query string) -> the answer document."""
-        return self.page(history_query_params(query, now_ms(self.clock)), prices)
+    def api_query(self, query, prices=None, pane_of=None):
+        """GET /api/history (query: parse_qs of its query string) -> the answer document. With
+        pane=%N (the picker's first request) the scope is that pane's directory, and the answer says
+        which directory and session that is (pane_of(pane) -> (cwd, session) or None)."""
+        params = history_query_params(query, now_ms(self.clock))
+        where = pane_of(params["pane"]) if params.get("pane") and pane_of else None
+        if where and not params.get("dir") and not params["all"]:
+            params["dir"] = where[0]
+        doc = self.page(params, prices)
+        doc["dir"] = params.get("dir")
+        if where:
+            doc["session"] = where[1]
+        return doc
 
     def api_preview_query(self, query):
         """GET /api/history/preview?thread=AGENT:ID&n=N (1-20, default 6)."""
@@ -9780,10 +9796,17 @@ def history_query_params(query, now_ms_):
         return values[0]
     out = {}
     directory = one("dir")
-    if directory and one("all") not in ("1", "true", "yes"):
+    every = one("all") in ("1", "true", "yes")
+    if directory and not every:
         if len(directory) > 4096 or "\x00" in directory or not directory.startswith("/"):
             raise ApiError(400, "'dir' must be an absolute directory")
         out["dir"] = directory
+    pane = one("pane")
+    if pane:
+        if not _PANE_ID_RE.match(pane):
+            raise ApiError(400, "'pane' must be a pane id such as %12")
+        out["pane"] = pane
+    out["all"] = every
     q = one("q", "")
     if len(q) > 1000:
         raise ApiError(400, "'q' is longer than 1000 characters")
@@ -9937,7 +9960,9 @@ def theme_colors(theme, ncolors):
 
 
 def display_width(text):
-    """Terminal cells a string takes (wide East Asian characters take two)."""
+    """Terminal cells a string takes (wide East Asian characters take two). ASCII: one a character."""
+    if text.isascii():
+        return len(text)
     import unicodedata
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 0 if unicodedata.combining(ch) else 1
                for ch in text)
@@ -9949,6 +9974,8 @@ def fit(text, width, more="…"):
         return ""
     if display_width(text) <= width:
         return text
+    if text.isascii() and more.isascii():
+        return text[:width - len(more)] + more if width >= len(more) else ""
     out, used = "", 0
     limit = width - display_width(more)
     for ch in text:
@@ -10870,7 +10897,7 @@ def _render_footer(scr):
             scr.line(None, [(part, "waiting")])
 
 
-HISTORY_PAGE = 100  # conversations fetched at once; more as the selection nears the end
+HISTORY_PAGE = 50  # conversations fetched at once; more as the selection nears the end
 HISTORY_HELP = (
     ("typing", "filters: every word must be in the title, first prompt, directory or agent"),
     ("Enter", "resume in a new window, in its directory (a live one: go to its pane)"),
@@ -10901,12 +10928,14 @@ class HistoryView(object):
     ("resume", thread, fork, target) with target "window" or "here", ("tab",) back to the agents
     tab, ("quit",)."""
 
-    def __init__(self, directory=None, home=None, charset="unicode", tabs=False):
+    def __init__(self, directory=None, home=None, charset="unicode", tabs=False, pane=None):
         self.directory = directory  # the scope: this directory and below
+        self.pane = pane  # the pane it opened over: the server says its directory (and session)
+        self.session = None
         self.home = home
         self.charset = charset
         self.tabs = tabs  # inside the agents popup (Tab goes back)
-        self.all = not directory
+        self.all = not directory and not pane
         self.query = ""
         self.typing = True  # typing filters; Esc: keys mode (f, p, a, q act)
         self.help = False
@@ -10936,6 +10965,8 @@ class HistoryView(object):
         p = {"q": self.query, "limit": HISTORY_PAGE, "offset": offset}
         if not self.all and self.directory:
             p["dir"] = self.directory
+        elif not self.all and self.pane:
+            p["pane"] = self.pane
         return p
 
     def set_answer(self, doc, offset=0):
@@ -10945,6 +10976,10 @@ class HistoryView(object):
             self.error = doc if isinstance(doc, str) else "no answer"
             return
         self.error = None
+        if not self.directory and isinstance(doc.get("dir"), str):
+            self.directory = doc["dir"]  # the pane's directory, as the server knows it
+        if isinstance(doc.get("session"), str):
+            self.session = doc["session"]
         threads = [t for t in doc.get("threads") or () if isinstance(t, dict) and isinstance(t.get("thread"), str)]
         if offset:
             self.threads = self.threads[:offset] + threads
@@ -11018,7 +11053,7 @@ class HistoryView(object):
         return []
 
     def _toggle_all(self):
-        if not self.directory:
+        if not self.directory and not self.pane:
             self.message = "no directory to narrow to: all directories are shown"
             return []
         self.all = not self.all
@@ -11089,7 +11124,7 @@ def render_history(view, width, height, now=None):
     scr = _Screen(view, width, now)
     if view.tabs:
         scr.line(None, [("agents", "muted"), (" | ", "muted"), ("history", "accent"), ("   Tab: agents", "muted")])
-    scope = "all directories" if view.all else "%s and below" % clean_text(tilde(view.directory, view.home))
+    scope = "all directories" if view.all else "%s and below" % clean_text(tilde(view.directory or "…", view.home))
     counts = "  %d of %d" % (view.total, view.count) if view.loaded else "  reading…"
     if view.loaded and not view.complete:
         counts += " (still reading the agents' files…)"
@@ -11297,7 +11332,8 @@ class SidebarApp(object):
         self.origin = origin or {}  # the client's pane under the popup: {"pane", "dir", "session"}
         self.home = home_dir(env)
         self.history = None  # HistoryView, made with the popup
-        self.client = client  # the popup's client (it has no pane of its own)
+        self.trace = env.get("OPENSESSIONS_TRACE")  # bench/run.py: a line per history draw (when it reached the terminal)
+        self.client = client or self.origin.get("client")  # the popup's client (it has no pane of its own)
         self.get = get
         self._preview_at = 0.0
         self.pane = None if popup else env.get("TMUX_PANE")
@@ -11322,8 +11358,10 @@ class SidebarApp(object):
         self.model = SidebarModel(charset=terminal_charset(os.environ, _python_chose_utf8(os.environ)),
                                   popup=self.popup)
         if self.popup:
-            self.history = HistoryView(self.origin.get("dir"), self.home, self.model.charset, tabs=True)
-        self.stream.start()
+            self.history = HistoryView(self.origin.get("dir"), self.home, self.model.charset, tabs=True,
+                                       pane=self.origin.get("pane"))
+        if self.tab == "agents":
+            self.stream.start()  # the history tab needs no live state: the stream starts with the agents tab
         try:
             curses.wrapper(self._main)
         finally:
@@ -11451,8 +11489,18 @@ class SidebarApp(object):
 
     def _history_fetch(self, offset=0):
         from urllib.parse import urlencode
+        path = "/api/history?" + urlencode(self.history.params(offset))
         try:
-            doc = self._history_get("/api/history?" + urlencode(self.history.params(offset)))
+            doc = self._history_get(path)
+        except ConnectionError as e:  # no server (prefix o r opens the popup directly): start it, ask again
+            try:
+                if self.stream.start_server is None:
+                    raise
+                self.stream.start_server()
+                doc = self._history_get(path)
+            except (OSError, ValueError, OpensessionsError) as e2:
+                self.history.set_answer(str(e2) or str(e) or "no answer")
+                return
         except (OSError, ValueError) as e:
             self.history.set_answer(str(e) or "no answer")
             return
@@ -11473,12 +11521,12 @@ class SidebarApp(object):
         view = self.history
         body = {"thread": thread, "fork": fork}
         if where == "here":
-            if not self.origin.get("pane"):
+            if not (self.origin.get("pane") or view.pane):
                 view.message = "no pane to resume in"
                 return None
-            body["target"] = self.origin["pane"]
-        elif self.origin.get("session"):
-            body["session"] = self.origin["session"]
+            body["target"] = self.origin.get("pane") or view.pane
+        elif self.history.session or self.origin.get("session"):
+            body["session"] = self.history.session or self.origin["session"]
         view.busy = "%s %s…" % ("forking" if fork else "resuming", thread)
         self._draw()
         try:
@@ -11671,6 +11719,13 @@ class SidebarApp(object):
         del self.last_rows[h:]
         self.scr.noutrefresh()
         curses.doupdate()
+        if self.trace and self.tab == "history":
+            try:
+                with open(self.trace, "a") as f:
+                    f.write("%.6f %d %d %.6f %s\n" % (time.monotonic(), self.history.loaded, self.history.total,
+                                                       time.process_time(), json.dumps(self.history.query)))
+            except OSError:
+                self.trace = None
 
     # -- actions -------------------------------------------------------------------------------
     def _client_for_me(self):
@@ -11762,6 +11817,8 @@ class SidebarApp(object):
             elif kind == "tab":
                 self.tab = "agents" if self.tab == "history" else "history"
                 self.last_rows = []
+                if self.tab == "agents" and not self.stream._thread.is_alive() and not self.stream._stop:
+                    self.stream.start()
             elif kind == "fetch":
                 self._history_fetch()
             elif kind == "more":
@@ -12794,7 +12851,7 @@ def _tmux(args):
     return Tmux(_socket_from_args(args))
 
 
-def cmd_sidebar(args, popup=False, client=None, tab="agents"):
+def cmd_sidebar(args, popup=False, client=None, tab="agents", pane=None):
     """Run the curses sidebar in this pane (the sidebar pane manager starts these); with popup, the
     agents popup (`opensessions popup`, in a display-popup)."""
     global _log_file
@@ -12833,24 +12890,25 @@ def cmd_sidebar(args, popup=False, client=None, tab="agents"):
     tmux = Tmux(socket_path)
     app = SidebarApp(tmux, find_port, start_server=lambda: start_background(args, respect_stop=True),
                      post=post, get=get, popup=popup, client=client, is_stopped=runtime.stopped, tab=tab,
-                     origin=_client_origin(tmux, client) if popup else None)
+                     origin=({"pane": pane} if pane else _client_origin(tmux, client)) if popup else None)
     app.post_answer = post_answer
     return app.run()
 
 
 def _client_origin(tmux, client):
-    """The pane a popup opened over: {"pane", "dir", "session"} (the history tab's scope, and
-    where `p` resumes), or {} when tmux cannot say."""
+    """The pane a popup opened over: {"pane", "dir", "session", "client"} (the history tab's scope,
+    where `p` resumes, the client to switch), or {} when tmux cannot say. Without a client named,
+    tmux answers for the client whose popup asks."""
     target = ["-c", client] if client else []
     try:
-        out = tmux.run("display-message", "-p", *(target + ["#{pane_id}" + FS + "#{pane_current_path}" + FS +
-                                                            "#{session_name}"]))
+        out = tmux.run("display-message", "-p", *(target + [FS.join(("#{pane_id}", "#{pane_current_path}",
+                                                                     "#{session_name}", "#{client_name}"))]))
     except TmuxError:
         return {}
     parts = out.rstrip("\n").split(FS)
-    if len(parts) != 3 or not parts[0].startswith("%"):
+    if len(parts) != 4 or not parts[0].startswith("%"):
         return {}
-    return {"pane": parts[0], "dir": parts[1] or None, "session": parts[2] or None}
+    return {"pane": parts[0], "dir": parts[1] or None, "session": parts[2] or None, "client": parts[3] or None}
 
 
 def cmd_popup(args):
@@ -12861,7 +12919,10 @@ def cmd_popup(args):
 def cmd_history_popup(args):
     """The history picker itself (what `prefix o r` runs inside display-popup): the agents popup
     opened on its history tab."""
-    return cmd_sidebar(args, popup=True, client=args.client, tab="history")
+    pane = getattr(args, "pane", None)
+    if pane and not re.match(r"^%[0-9]{1,9}$", pane):
+        raise OpensessionsError("-t takes a pane id such as %12")
+    return cmd_sidebar(args, popup=True, client=args.client, tab="history", pane=pane)
 
 
 POPUP_DEFAULTS = {"@opensessions-popup-width": "80%", "@opensessions-popup-height": "75%"}
@@ -12967,13 +13028,18 @@ def cmd_switch(args):
 KEY_TABLE = "opensessions"
 
 
-def tmux_bindings(me, options):
+def tmux_bindings(me, options, popup=None):
     """(table, key, command...) tuples the plugin binds. Pure. `me` is our shell command prefix.
     Every command runs with --display: what it says goes to the status line (display-message),
     so tmux never opens its view mode over a pane."""
     def run(cmd):
         return ("run-shell", "-b", tmux_literal(me) + " " + cmd + " --display")  # run-shell expands formats
     key = options.get("@opensessions-key") or "o"
+    if popup:  # tmux >= 3.2: the picker opens in a popup at once (one process started, not two); tmux
+        # 3.3a does not expand formats in a popup's command: the picker asks tmux which client it is
+        history = ("display-popup", "-E", "-w", popup[0], "-h", popup[1], tmux_literal(me) + " history-popup")
+    else:
+        history = run("history-open -c '#{client_name}'")
     out = [("prefix", key, "switch-client", "-T", KEY_TABLE),
            (KEY_TABLE, "s", ) + run("focus -w '#{window_id}'"),
            (KEY_TABLE, "t", ) + run("toggle"),
@@ -12981,7 +13047,7 @@ def tmux_bindings(me, options):
            (KEY_TABLE, "n", ) + run("next -c '#{client_name}'"),
            (KEY_TABLE, "p", ) + run("next --back -c '#{client_name}'"),
            (KEY_TABLE, options.get("@opensessions-popup-key") or "g") + run("popup-open -c '#{client_name}'"),
-           (KEY_TABLE, options.get("@opensessions-history-key") or "r") + run("history-open -c '#{client_name}'")]
+           (KEY_TABLE, options.get("@opensessions-history-key") or "r") + history]
     for n in range(1, 10):
         out.append((KEY_TABLE, str(n)) + run("switch %d -c '#{client_name}'" % n))
     focus = options.get("@opensessions-focus-key")
@@ -13045,7 +13111,12 @@ def _tmux_setup(args):
     cmds = []
     if previous and "opensessions" not in previous and not _tmux_option(tmux, "@opensessions-saved-binding"):
         cmds += ["set-option", "-g", "@opensessions-saved-binding", previous.splitlines()[0], ";"]
-    for table, k, *command in tmux_bindings(me, options):
+    nums = re.findall(r"\d+", tmux.version() or "")
+    popup = None
+    if nums and (int(nums[0]), int(nums[1]) if len(nums) > 1 else 0) >= (3, 2):
+        popup = tuple(_tmux_option(tmux, name) or POPUP_DEFAULTS[name]
+                      for name in ("@opensessions-popup-width", "@opensessions-popup-height"))
+    for table, k, *command in tmux_bindings(me, options, popup):
         cmds += ["bind-key"] + (["-T", table] if table != "prefix" else []) + [k] + command + [";"]
     cmds += ["set-option", "-g", "@opensessions-bound-key", key]
     tmux.run(*cmds)  # one tmux process for every binding: tmux waits for us at boot
@@ -13315,7 +13386,8 @@ def _command_table():
           (("--fork",), dict(action="store_true", help="a new conversation that starts with this one's messages "
                                                         "(Claude Code, Codex, OpenCode, Pi)")),
           (("--here",), dict(action="store_true", help="run it in this terminal instead of a new window"))]),
-        ("history-popup", cmd_history_popup, "the history picker (what prefix o r runs in its popup)", [client]),
+        ("history-popup", cmd_history_popup, "the history picker (what prefix o r runs in its popup)",
+         [client, (("-t", "--pane"), dict(help="the pane it opens over (its directory is the scope; p resumes there)"))]),
         ("history-open", cmd_history_open, "open the history picker (prefix o r)", [client, display]),
         ("save", cmd_save, "save every agent's conversation next to tmux-resurrect's save", []),
         ("restore", cmd_restore, "resume each saved agent in its pane after a restore",

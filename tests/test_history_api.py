@@ -102,6 +102,10 @@ def test_history_api_scope_words_agent_paging_and_errors(hist):
     for bad in ("limit=0", "limit=501", "offset=-1", "agent=vim", "dir=relative/path", "since=yesterday",
                 "q=" + "x" * 1001, "limit=1&limit=2"):
         assert hist.status("/api/history?" + bad) == 400, bad
+    pane = hist.tmux.run("display-message", "-p", "-t", "main", "#{pane_id}").strip()
+    by_pane = hist.get("/api/history?limit=500&pane=" + pane.replace("%", "%25"))
+    assert by_pane["dir"] == hist.env.home and by_pane["session"] == "main" and by_pane["total"] == 36
+    assert hist.status("/api/history?pane=12") == 400
     health = hist.get("/health")["history"]
     assert health["conversations"] == 36 and health["complete"]
 

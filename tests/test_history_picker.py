@@ -118,9 +118,36 @@ def test_the_binding_and_its_popup():
     r = [b for b in binds if b[:2] == ("opensessions", "r")]
     assert r and "history-open -c '#{client_name}'" in r[0][-1]
     assert [b for b in o.tmux_bindings("os", {"@opensessions-history-key": "h"}) if b[:2] == ("opensessions", "h")]
+    direct = [b for b in o.tmux_bindings("py /x/o#s.py", {}, ("90%", "60%")) if b[:2] == ("opensessions", "r")][0]
+    assert direct[2:] == ("display-popup", "-E", "-w", "90%", "-h", "60%", "py /x/o##s.py history-popup")  # no extra process
     assert o.popup_command("py /x/o#s.py", "/dev/pts/3", "3.3a", "80%", "75%", "history-popup")[-1] == \
         "py /x/o##s.py history-popup -c /dev/pts/3"
     assert o.popup_command("py", "c", "3.1", "1", "1", "history-popup")[:4] == ["new-window", "-t", "c", "-n"]
+
+
+def test_display_width_and_fit_take_the_ascii_shortcut_exactly():
+    import unicodedata
+
+    def width(text):
+        return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 0 if unicodedata.combining(ch) else 1
+                   for ch in text)
+
+    def slow_fit(text, w, more):
+        if w <= 0:
+            return ""
+        if width(text) <= w:
+            return text
+        out, used, limit = "", 0, w - width(more)
+        for ch in text:
+            if used + width(ch) > limit:
+                break
+            out, used = out + ch, used + width(ch)
+        return out + more if limit >= 0 else out[:w]
+    for text in ("", "a", "abc def", "\x1b[31m;x", "x" * 50, "日本", "e\u0301t\u00e9"):
+        assert o.display_width(text) == width(text)
+        for more in ("…", "~", ".."):
+            for w in range(0, 12):
+                assert o.fit(text, w, more) == slow_fit(text, w, more), (text, w, more)
 
 
 def test_history_lines_for_the_cli():
