@@ -9176,6 +9176,7 @@ class History(object):
         self._pending = set()  # (agent, id) the watchers reported
         self._launches = {}  # (agent, id) -> pid: a live process to read flags and program from
         self._recorded = set()  # (agent, id, pid) already read (the loop's own)
+        self._launched = {}  # (agent, id) -> (flags, program) seen live before its conversation was indexed
         self._wake = threading.Event()
         self._stop = False
         self._thread = None
@@ -9277,6 +9278,10 @@ class History(object):
                     entry.program = old.program
                 if entry.title is None and old.title and entry.agent in ("codex",):
                     entry.title = old.title
+            launched = self._launched.pop(entry.key, None)
+            if launched is not None:  # its process was seen live before its file was read
+                entry.flags = tuple(history_drop_flags(entry.agent, launched[0]))
+                entry.program = launched[1] or entry.program
             self.entries[entry.key] = entry
             self._changed()
             if len(self.entries) > HISTORY_MAX:
@@ -9437,7 +9442,10 @@ class History(object):
     def record(self, key, flags, program):
         with self.lock:
             e = self.entries.get(key)
-            if e is None:
+            if e is None:  # a conversation not indexed yet (no file before its first prompt): kept for put()
+                if len(self._launched) >= 500:
+                    self._launched.pop(next(iter(self._launched)))
+                self._launched[key] = (list(flags or ()), program)
                 return
             flags = tuple(history_drop_flags(key[0], flags)) if flags is not None else e.flags
             if (flags, program or e.program) != (e.flags, e.program):

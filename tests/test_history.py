@@ -287,6 +287,24 @@ def test_nothing_is_written_into_the_agents_dirs(tmp_path):
     assert listing() == before
 
 
+def test_how_a_live_process_ran_is_kept_even_before_its_conversation_is_indexed(tmp_path):
+    """Claude writes its transcript at the first prompt: the server sees the process (and reads its
+    flags and program) before the index has the conversation. They are kept and come back with it."""
+    home = str(tmp_path / "home")
+    os.makedirs(home)
+    h = built(env_for(home, str(tmp_path)))
+    sid = SID % 7
+    h.record(("claude", sid), ["--permission-mode", "default", "-p"], "/opt/claude/bin/claude")
+    assert h.entry("claude", sid) is None
+    write_claude(home, sid, "/w", "first")
+    h.seen("claude", sid)
+    h._refresh()
+    e = h.entry("claude", sid)
+    assert e.flags == ("--permission-mode", "default") and e.program == "/opt/claude/bin/claude"  # -p dropped
+    h.record(("claude", sid), ["--model", "opus"], None)  # seen again, another run
+    assert h.entry("claude", sid).flags == ("--model", "opus") and h.entry("claude", sid).program == "/opt/claude/bin/claude"
+
+
 def test_a_fifo_named_like_a_transcript_does_not_block(tmp_path):
     home = str(tmp_path / "home")
     d = os.path.join(home, ".claude", "projects", "-w")
