@@ -11536,7 +11536,8 @@ class SidebarApp(object):
         elif self.history.session or self.origin.get("session"):
             body["session"] = self.history.session or self.origin["session"]
         view.busy = "%s %s…" % ("forking" if fork else "resuming", thread)
-        self._draw()
+        if self.scr is not None:
+            self._draw()
         try:
             status, content = self.post_answer("/api/resume", body)
         except OSError as e:
@@ -11551,7 +11552,7 @@ class SidebarApp(object):
             view.message = "not resumed: %s" % (doc.get("error") or "HTTP %d" % status)
             return None
         pane = doc.get("pane")
-        if pane and where != "here":
+        if pane and (where != "here" or doc.get("action") == "jumped"):  # a live one: go to its pane
             self._switch(pane)
         return "quit"
 

@@ -150,6 +150,38 @@ def test_display_width_and_fit_take_the_ascii_shortcut_exactly():
                 assert o.fit(text, w, more) == slow_fit(text, w, more), (text, w, more)
 
 
+class FakeTmux(object):
+    def __init__(self):
+        self.calls = []
+
+    def run(self, *args, **kw):
+        self.calls.append(args)
+        return ""
+
+
+@pytest.mark.parametrize("answer,where,switched", [
+    ({"action": "resumed", "pane": "%9"}, "window", "%9"),  # the new window
+    ({"action": "jumped", "pane": "%7"}, "window", "%7"),  # a live one: its pane
+    ({"action": "jumped", "pane": "%7"}, "here", "%7"),  # p on a live one: its pane too, nothing typed
+    ({"action": "resumed", "pane": "%1"}, "here", None),  # resumed in the pane under the popup: stay
+])
+def test_the_picker_goes_where_the_conversation_is(answer, where, switched):
+    tmux = FakeTmux()
+    app = o.SidebarApp(tmux, lambda: 1, popup=True, tab="history",
+                       origin={"pane": "%1", "session": "api", "client": "/dev/pts/3"})
+    app.history = o.HistoryView(None, "/home/u", pane="%1")
+    sent = []
+    app.post_answer = lambda path, body: sent.append((path, body)) or (200, json.dumps(answer).encode())
+    assert app._history_resume("claude:x", False, where) == "quit"
+    assert sent[0][1] == ({"thread": "claude:x", "fork": False, "target": "%1"} if where == "here" else
+                          {"thread": "claude:x", "fork": False, "session": "api"})
+    switches = [c for c in tmux.calls if c[0] == "switch-client"]
+    assert switches == ([("switch-client", "-c", "/dev/pts/3", "-t", switched)] if switched else [])
+    app.post_answer = lambda path, body: (409, b'{"error": "its directory /x is gone"}')
+    assert app._history_resume("claude:x", False, "window") is None
+    assert app.history.message == "not resumed: its directory /x is gone"
+
+
 def test_history_lines_for_the_cli():
     lines = o.history_lines(doc(conv(1, title="t\x1b[31m", live={"session": "api"}), conv(2, exact=False),
                                 total=9), "/home/u", now=NOW)
