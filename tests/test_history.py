@@ -160,6 +160,23 @@ def test_resumed_and_forked_conversations_as_the_real_clis_left_them(tmp_path):
     assert codex_fork.prompt and codex_fork.turns >= 1  # its own prompts (the parent's are pointed at, not copied)
 
 
+def test_amp_where_its_files_exist(tmp_path):
+    """Amp was never captured: its publicly documented thread shape (the one amp_thread_state reads)."""
+    from test_parsers import AMP_DOC
+    home = str(tmp_path / "home")
+    d = os.path.join(home, ".local", "share", "amp", "threads")
+    os.makedirs(d)
+    with open(os.path.join(d, AMP_DOC["id"] + ".json"), "w") as f:
+        json.dump(AMP_DOC, f)
+    h = built(env_for(home, str(tmp_path)))
+    e = h.entry("amp", AMP_DOC["id"])
+    assert (e.title, e.prompt, e.cwd, e.turns) == ("Thread title", "fix it", "/home/u/my proj", 1)
+    assert o.history_preview(e) == [{"role": "user", "text": "fix it"}]
+    os.makedirs(str(tmp_path / "p"))
+    e.cwd = str(tmp_path / "p")
+    assert o.history_resume_plan(e)["command"].endswith("command amp threads continue %s" % AMP_DOC["id"])
+
+
 def test_a_big_file_is_read_from_head_and_tail_and_says_it_is_estimated(tmp_path):
     home = str(tmp_path / "home")
     sid = SID % 1
