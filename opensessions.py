@@ -9203,17 +9203,18 @@ class History(object):
             self._wake.set()
 
     def set_live(self, threads):
-        """The live threads of the newest /state (alive ones): the live marker, and for those linked
-        to their pane by pid, a process to read their launch flags and program from."""
+        """The live threads of the newest /state (alive ones): the live marker, and a process to read
+        how they were started from: the program for any thread linked to a pane's agent process, and
+        its launch flags only where the link is exact (by pid, not a guess from the directory)."""
         live = {}
         for t in threads:
             if not t.alive:
                 continue
             live[t.key] = {"session": t.session, "pane": t.pane, "status": t.status, "pid": t.pid, "link": t.link}
-            if t.pid and t.link == "pid" and (t.agent, t.id, t.pid) not in self._recorded:
-                self._recorded.add((t.agent, t.id, t.pid))
+            if t.pid and t.link in ("pid", "cwd") and (t.agent, t.id, t.pid, t.link) not in self._recorded:
+                self._recorded.add((t.agent, t.id, t.pid, t.link))
                 with self._plock:
-                    self._launches[t.key] = t.pid
+                    self._launches[t.key] = (t.pid, t.link == "pid")
                 self._wake.set()
         self.live = live
 
@@ -9280,7 +9281,8 @@ class History(object):
                     entry.title = old.title
             launched = self._launched.pop(entry.key, None)
             if launched is not None:  # its process was seen live before its file was read
-                entry.flags = tuple(history_drop_flags(entry.agent, launched[0]))
+                if launched[0] is not None:
+                    entry.flags = tuple(history_drop_flags(entry.agent, launched[0]))
                 entry.program = launched[1] or entry.program
             self.entries[entry.key] = entry
             self._changed()
@@ -9425,17 +9427,18 @@ class History(object):
             path = prev.path if prev is not None and prev.path else history_locate(self.paths, agent, tid)
             if path:
                 self._guard(path, self._read_file, agent, path, tid, prev)
-        for key, pid in launches.items():
-            self._guard("launch of %s:%s" % key, self._record_launch, key, pid)
+        for key, (pid, exact) in launches.items():
+            self._guard("launch of %s:%s" % key, self._record_launch, key, pid, exact)
 
-    def _record_launch(self, key, pid):
-        """A live conversation's process: its launch flags (launch_flags: no resume flag, no prompt)
-        and the absolute path of its program, kept with its entry for the picker's resume."""
+    def _record_launch(self, key, pid, exact=True):
+        """A live conversation's process: the absolute path of its program and, when the process is
+        surely this conversation's (exact), its launch flags (launch_flags: no resume flag, no
+        prompt), kept with its entry for the picker's resume."""
         agent = key[0]
         args = process_args(pid)
         if not args:
             return
-        flags = launch_flags(agent, agent_argv(agent, args))[0]
+        flags = launch_flags(agent, agent_argv(agent, args))[0] if exact else None
         program = Resurrect(None, self.env)._program(agent, pid, args)
         self.record(key, flags, program)
 
@@ -9445,7 +9448,7 @@ class History(object):
             if e is None:  # a conversation not indexed yet (no file before its first prompt): kept for put()
                 if len(self._launched) >= 500:
                     self._launched.pop(next(iter(self._launched)))
-                self._launched[key] = (list(flags or ()), program)
+                self._launched[key] = (list(flags) if flags is not None else None, program)
                 return
             flags = tuple(history_drop_flags(key[0], flags)) if flags is not None else e.flags
             if (flags, program or e.program) != (e.flags, e.program):

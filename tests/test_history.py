@@ -322,6 +322,34 @@ def test_how_a_live_process_ran_is_kept_even_before_its_conversation_is_indexed(
     assert h.entry("claude", sid).flags == ("--model", "opus") and h.entry("claude", sid).program == "/opt/claude/bin/claude"
 
 
+def test_a_guessed_link_gives_the_program_and_only_an_exact_one_the_flags(tmp_path):
+    import subprocess
+    from conftest import fake_agents
+    home = str(tmp_path / "home")
+    os.makedirs(home)
+    h = built(env_for(home, str(tmp_path)))
+    sid = SID % 8
+    write_claude(home, sid, "/w", "first")
+    h.seen("claude", sid)
+    h._refresh()
+    prog = os.path.join(fake_agents(str(tmp_path / "bin"), ("claude",)), "claude")
+    p = subprocess.Popen([prog, "--model", "opus"], stdin=subprocess.PIPE)
+    try:
+        t = o.Thread("claude", sid, alive=True)
+        t.pid, t.pane, t.link = p.pid, "%3", "cwd"  # guessed from the pane's directory
+        h.set_live([t])
+        h._refresh()
+        assert h.entry("claude", sid).program == prog and h.entry("claude", sid).flags is None
+        assert h.live[("claude", sid)]["pane"] == "%3"
+        t.link = "pid"  # now vouched for by the registry
+        h.set_live([t])
+        h._refresh()
+        assert h.entry("claude", sid).flags == ("--model", "opus")
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_a_fifo_named_like_a_transcript_does_not_block(tmp_path):
     home = str(tmp_path / "home")
     d = os.path.join(home, ".claude", "projects", "-w")
