@@ -8353,6 +8353,7 @@ HISTORY_APPEND = 1024 * 1024  # an append up to this size is read on; a bigger o
 HISTORY_PROMPT = 160  # characters kept of the first prompt (its first line)
 HISTORY_MAX = 100000  # entries kept at most; past it the least recently active are dropped
 HISTORY_SAVE_QUIET = 5.0  # the index file is written once changes pause this long
+HISTORY_BATCH = 0.3  # what the watchers report is read in batches at most this often (a streaming agent)
 HISTORY_PREVIEW_BYTES = 256 * 1024  # a preview reads at most this much of a transcript's end
 HISTORY_PREVIEW_TEXT = 2000  # characters kept of each previewed message
 EXACT_TURNS, EXACT_USAGE = 1, 2
@@ -8903,6 +8904,20 @@ def history_locate(paths, agent, tid):
     return None
 
 
+def history_codex_apply(entry, facts):
+    """Codex's own facts for one of its conversations (history_codex_names) onto its entry: its
+    name is the title, its branch, its exact turn count."""
+    facts = facts or {}
+    if facts.get("name"):
+        entry.title = history_title(facts["name"])
+    if facts.get("branch") and not entry.branch:
+        entry.branch = _intern(clean_str(facts["branch"][:200]))
+    if facts.get("turns") is not None:
+        entry.turns = facts["turns"]
+        entry.exact |= EXACT_TURNS
+    entry.index_text()
+
+
 def history_gemini_dirs(gemini_home):
     """Gemini CLI's projects.json -> {project name: directory}."""
     try:
@@ -9168,6 +9183,7 @@ class History(object):
         self.removed = 0  # entries whose conversation is confirmed gone since
         self.opencode_newest = 0
         self.codex_facts = {}
+        self._codex_read = None  # _codex_stamp() when codex_facts were read
         self.gemini_dirs = {}
         self.stats = {"files": 0, "read": 0, "errors": 0, "seconds": None}
         self._sorted = (-1, [])
@@ -9240,9 +9256,10 @@ class History(object):
             if self._dirty_at is not None:
                 timeout = max(0.0, self._dirty_at + HISTORY_SAVE_QUIET - time.monotonic())
             self._wake.wait(timeout)
-            self._wake.clear()
             if self._stop:
                 break
+            time.sleep(HISTORY_BATCH)  # a streaming agent reports every line: one read for the batch
+            self._wake.clear()
             try:
                 self._refresh()
             except Exception:
@@ -9286,8 +9303,8 @@ class History(object):
                 entry.program = launched[1] or entry.program
             self.entries[entry.key] = entry
             self._changed()
-            if len(self.entries) > HISTORY_MAX:
-                for e in sorted(self.entries.values(), key=lambda e: e.updated)[:len(self.entries) - HISTORY_MAX]:
+            if len(self.entries) > HISTORY_MAX:  # the least recently active go (a hundredth at once)
+                for e in sorted(self.entries.values(), key=lambda e: e.updated)[:len(self.entries) - HISTORY_MAX * 99 // 100]:
                     del self.entries[e.key]
 
     def remove(self, key):
@@ -9308,6 +9325,7 @@ class History(object):
         files = history_files(self.paths, agent, errors)
         self.stats["files"] += len(files)
         if agent == "codex":
+            self._codex_read = self._codex_stamp()
             self.codex_facts = self._guard("codex names", history_codex_names, self.paths["codex"]) or {}
         if agent == "gemini":
             self.gemini_dirs = history_gemini_dirs(self.paths["gemini"])
@@ -9354,15 +9372,7 @@ class History(object):
         if entry is None:
             return None
         if agent == "codex":
-            facts = self.codex_facts.get(entry.id) or {}
-            if facts.get("name"):
-                entry.title = history_title(facts["name"])
-            if facts.get("branch") and not entry.branch:
-                entry.branch = _intern(clean_str(facts["branch"][:200]))
-            if facts.get("turns") is not None:
-                entry.turns = facts["turns"]
-                entry.exact |= EXACT_TURNS
-            entry.index_text()
+            history_codex_apply(entry, self.codex_facts.get(entry.id))
         elif agent == "gemini" and not entry.cwd:
             parts = path.split(os.sep)
             entry.cwd = _intern(self.gemini_dirs.get(parts[-3])) if len(parts) >= 3 else None
@@ -9414,8 +9424,17 @@ class History(object):
             pending, self._pending = self._pending, set()
             launches, self._launches = self._launches, {}
         agents = {a for a, _ in pending}
-        if "codex" in agents:
-            self.codex_facts = self._guard("codex names", history_codex_names, self.paths["codex"]) or self.codex_facts
+        if "codex" in agents and self._codex_stamp() != self._codex_read:
+            self._codex_read = self._codex_stamp()  # its names and turn counts changed: read them again
+            old, self.codex_facts = self.codex_facts, self._guard("codex names", history_codex_names,
+                                                                  self.paths["codex"]) or self.codex_facts
+            with self.lock:
+                renamed = [e for e in self.entries.values() if e.agent == "codex" and
+                           self.codex_facts.get(e.id) != old.get(e.id)]
+                for e in renamed:  # a /rename changes no rollout: the entry changes here
+                    history_codex_apply(e, self.codex_facts.get(e.id))
+                if renamed:
+                    self._changed()
         if "gemini" in agents:
             self.gemini_dirs = history_gemini_dirs(self.paths["gemini"]) or self.gemini_dirs
         if "opencode" in agents:
@@ -9429,6 +9448,16 @@ class History(object):
                 self._guard(path, self._read_file, agent, path, tid, prev)
         for key, (pid, exact) in launches.items():
             self._guard("launch of %s:%s" % key, self._record_launch, key, pid, exact)
+
+    def _codex_stamp(self):
+        codex = self.paths["codex"]
+        out = [sqlite_stamp(os.path.join(codex, db)) for db in ("state_5.sqlite", "thread_history_1.sqlite")]
+        try:
+            st = os.stat(os.path.join(codex, "session_index.jsonl"))
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+        return tuple(out)
 
     def _record_launch(self, key, pid, exact=True):
         """A live conversation's process: the absolute path of its program and, when the process is

@@ -225,6 +225,18 @@ def test_an_append_is_read_from_where_the_last_read_stopped(tmp_path, monkeypatc
     assert e2.updated > e.updated and e2.offset < os.path.getsize(path)  # the partial line: read next time
 
 
+def test_a_codex_rename_reaches_the_index_though_no_rollout_changes(tmp_path):
+    home = lab_home(str(tmp_path / "home"))
+    h = built(env_for(home, str(tmp_path)))
+    tid = "01a200ee-ed35-7443-92af-a58cf3c30a84"
+    assert h.entry("codex", tid).title is None
+    with open(os.path.join(home, ".codex", "session_index.jsonl"), "a") as f:
+        f.write(json.dumps({"id": tid, "thread_name": "the new name", "updated_at": "2026-11-22T02:00:00Z"}) + "\n")
+    h.seen("codex", tid)  # what the Codex watcher reports on that write
+    h._refresh()
+    assert h.entry("codex", tid).title == "the new name" and [e.id for e in h.query(None, "new name")] == [tid]
+
+
 def test_a_restart_reads_only_what_changed(tmp_path):
     home = str(tmp_path / "home")
     history_home().build(FIXTURES, home, total=60, seed=5)
