@@ -9730,7 +9730,7 @@ class History(object):
         if target.startswith("%"):
             if store.session_of_pane(target) is None:
                 raise ApiError(404, "no pane %s" % target)
-            return lambda: self._type_into(tmux, target, answer)
+            return lambda: self._tmux_part(self._type_into, tmux, target, answer)
         names = [s["name"] for s in store.visible_sessions()]
         if session is None:
             clients = [c for c in store.clients if not c.get("control") and c.get("session") in names]
@@ -9738,7 +9738,13 @@ class History(object):
         if session is None or session not in names:
             raise ApiError(404, "no tmux session %s to open a window in" % (session or "(none)"))
         home = home_dir(self.env)
-        return lambda: self._new_window(tmux, session, plan["cwd"] or home, answer)
+        return lambda: self._tmux_part(self._new_window, tmux, session, plan["cwd"] or home, answer)
+
+    def _tmux_part(self, fn, *args):
+        try:
+            return fn(*args)
+        except TmuxError as e:
+            raise ApiError(409, "tmux: %s" % e)
 
     def _type_into(self, tmux, pane, answer):
         """Type the command into a pane that is an idle shell (the same judgement as restore's)."""

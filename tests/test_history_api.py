@@ -227,6 +227,13 @@ def test_resume_requests_are_validated(hist):
         assert status == code, (body, status, doc)
     status, doc = hist.resume(thread="claude:" + tid, target="command")
     assert status == 200 and doc["action"] == "command" and doc["command"].endswith("--resume " + tid)
+    import socket
+    s = socket.create_connection(("127.0.0.1", hist.server.port))
+    body = json.dumps({"thread": "claude:" + tid}).encode()
+    s.sendall(b"POST /api/resume HTTP/1.0\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    assert s.recv(100).split(b" ")[1] == b"403"  # a web page cannot resume anything
+    s.close()
     assert not hist.launched()
 
 
