@@ -10653,7 +10653,7 @@ def _render_header(scr):
     model, w = scr.model, scr.w
     title = "opensessions" if w >= 16 else "os"
     if model.popup:
-        title = "agents  (Enter go · y/Y/N approve/always/deny · i type · q close · ? help)"
+        title = "agents  (Enter go · y/Y/N approve/always/deny · i type · Tab history · q close · ? help)"
     status = "" if model.connected or model.stopped else " (connecting…)"
     if model.filter_mode != "all" or model.filter_text:
         status += " [%s%s]" % (model.filter_mode if model.filter_mode != "all" else "",

@@ -182,6 +182,17 @@ def test_the_picker_goes_where_the_conversation_is(answer, where, switched):
     assert app.history.message == "not resumed: its directory /x is gone"
 
 
+def test_tab_in_the_agents_popup_opens_the_history_tab_and_back():
+    app = o.SidebarApp(FakeTmux(), lambda: 1, popup=True, origin={"pane": "%1"})
+    app.model = o.SidebarModel(popup=True)
+    app.history = o.HistoryView(None, "/home/u", pane="%1", tabs=True)
+    assert app._key("\t") == [("tab",)]
+    app._do(("tab",))
+    assert app.tab == "history" and app._key("q") == [("fetch",)]  # letters filter there
+    assert app._key("\t") == [("tab",)]
+    assert "Tab history" in text_of(o.render(app.model, 120, 10))[0]
+
+
 def test_history_lines_for_the_cli():
     lines = o.history_lines(doc(conv(1, title="t\x1b[31m", live={"session": "api"}), conv(2, exact=False),
                                 total=9), "/home/u", now=NOW)
