@@ -242,8 +242,9 @@ def read_private_json(path, limit=65536):
 
 
 def atomic_write(path, data, mode=0o600, exact_mode=False):
-    """Write bytes or str to path through a temp file and rename: readers never see half a file.
-    mode goes through the umask, unless exact_mode (a user's file keeping its own mode)."""
+    """Write bytes or str (or an iterable of bytes, written piece by piece, never held whole) to
+    path through a temp file and rename: readers never see half a file. mode goes through the
+    umask, unless exact_mode (a user's file keeping its own mode)."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     directory = os.path.dirname(path) or "."
@@ -254,7 +255,11 @@ def atomic_write(path, data, mode=0o600, exact_mode=False):
         with os.fdopen(fd, "wb") as f:
             if exact_mode:
                 os.fchmod(f.fileno(), mode)
-            f.write(data)
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                for piece in data:
+                    f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -8386,28 +8391,62 @@ HISTORY_DROP_FLAGS = {
 }
 
 
+def release_memory():
+    """Give the memory freed by a big read back to the system (glibc's malloc_trim; elsewhere
+    nothing): the index's first build parses thousands of files and keeps a few MB of them."""
+    try:
+        import ctypes
+        import ctypes.util
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        trim = getattr(libc, "malloc_trim", None)
+        if trim is not None:
+            trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _intern(text):
     return sys.intern(text) if isinstance(text, str) else None
 
 
+_M64 = (1 << 64) - 1
+
+
+def _packed(slot, i):
+    """A property for the i-th 64-bit field packed in the int `slot` (one int object, not four)."""
+    def get(self):
+        return (getattr(self, slot) >> (64 * i)) & _M64
+
+    def put(self, value):
+        value = min(max(0, int(value)), _M64)
+        setattr(self, slot, getattr(self, slot) & ~(_M64 << (64 * i)) | (value << (64 * i)))
+    return property(get, put)
+
+
 class HistoryEntry(object):
-    """One conversation in the index. Slots, and shared strings for what repeats (agent, directory,
-    branch, model): 20,000 of them fit in a few MB."""
+    """One conversation in the index. Slots, shared strings for what repeats (agent, directory,
+    branch, model), and the token counts and the file's stamp packed in one int each: 20,000 of
+    them take about 10 MB."""
 
-    __slots__ = ("agent", "id", "title", "prompt", "cwd", "branch", "created", "updated", "turns", "input",
-                 "output", "cache_read", "cache_write", "cost", "model", "path", "ino", "size", "mtime",
-                 "offset", "exact", "flags", "program", "hay")
+    __slots__ = ("agent", "id", "title", "prompt", "cwd", "branch", "created", "updated", "turns", "_tokens",
+                 "cost", "model", "path", "_stamp", "exact", "flags", "program", "hay")
+    # what is saved (one row per entry) and copied: the packed fields by name
+    FIELDS = ("agent", "id", "title", "prompt", "cwd", "branch", "created", "updated", "turns", "input", "output",
+              "cache_read", "cache_write", "cost", "model", "path", "ino", "size", "mtime", "offset", "exact",
+              "flags", "program")
+    COPY = ("title", "prompt", "cwd", "branch", "created", "updated", "turns", "_tokens", "cost", "model", "path",
+            "_stamp", "exact", "flags", "program")
 
-    FIELDS = __slots__[:-1]  # what is saved (hay is made again)
+    input, output, cache_read, cache_write = (_packed("_tokens", i) for i in range(4))
+    ino, size, mtime, offset = (_packed("_stamp", i) for i in range(4))
 
     def __init__(self, agent, id):
         self.agent = _intern(agent)
         self.id = id
         self.title = self.prompt = self.cwd = self.branch = self.model = self.path = None
         self.created = self.updated = self.turns = 0
-        self.input = self.output = self.cache_read = self.cache_write = 0
+        self._tokens = self._stamp = 0  # input, output, cache read, cache write / inode, size, mtime ns, offset
         self.cost = None  # the agent's own figure (OpenCode, Pi, Claude's cost-state), else priced when shown
-        self.ino = self.size = self.mtime = self.offset = 0
         self.exact = EXACT_TURNS | EXACT_USAGE
         self.flags = None  # tuple of the launch flags last seen (recorded), or None
         self.program = None  # absolute path of the program last seen running it, or None
@@ -8418,8 +8457,9 @@ class HistoryEntry(object):
         return (self.agent, self.id)
 
     def index_text(self):
-        """What typing matches, lower-case: title, first prompt, directory and agent."""
-        self.hay = ("%s\n%s\n%s\n%s" % (self.title or "", self.prompt or "", self.cwd or "", self.agent)).lower()
+        """What typing matches, lower-case: title, first prompt and agent (the directory is matched
+        on its own: one lower-case string per directory, not per conversation)."""
+        self.hay = ("%s\n%s\n%s" % (self.title or "", self.prompt or "", self.agent)).lower()
 
     def to_row(self):
         return [getattr(self, f) for f in self.FIELDS]
@@ -8437,7 +8477,7 @@ class HistoryEntry(object):
                 return None
         for f in ("created", "updated", "turns", "input", "output", "cache_read", "cache_write", "ino", "size",
                   "mtime", "offset", "exact"):
-            if isinstance(d[f], bool) or not isinstance(d[f], int) or d[f] < 0:
+            if isinstance(d[f], bool) or not isinstance(d[f], int) or not 0 <= d[f] <= _M64:
                 return None
         if d["cost"] is not None and not finite_number(d["cost"]):
             return None
@@ -8455,7 +8495,7 @@ class HistoryEntry(object):
 
     def raw_usage(self):
         """The tokens and the agent's own cost in usage_json()'s raw shape (None when none seen)."""
-        if not (self.input or self.output or self.cache_read or self.cache_write or self.cost is not None):
+        if not (self._tokens or self.cost is not None):
             return None
         usage = new_usage()
         usage.update(input=self.input, output=self.output, cacheRead=self.cache_read, cacheWrite=self.cache_write,
@@ -8576,7 +8616,7 @@ def _history_seed(entry, agent, tid):
     state = new_thread_state(agent, tid)
     state.update(turns=entry.turns, firstPrompt=entry.prompt, cwd=entry.cwd, model=entry.model,
                  updatedAt=entry.updated)
-    if entry.input or entry.output or entry.cache_read or entry.cache_write or entry.cost is not None:
+    if entry._tokens or entry.cost is not None:
         state["usage"] = new_usage()
         state["usage"].update(input=entry.input, output=entry.output, cacheRead=entry.cache_read,
                               cacheWrite=entry.cache_write, cost=entry.cost)
@@ -8682,7 +8722,7 @@ def _history_entry(agent, tid, state, extra, prev):
     """A reducer state (and the extras) -> a new HistoryEntry; what the state lacks comes from prev."""
     e = HistoryEntry(agent, tid)
     if prev is not None:
-        for f in HistoryEntry.FIELDS[2:]:
+        for f in HistoryEntry.COPY:
             setattr(e, f, getattr(prev, f))
     title = history_title(state.get("customTitle"))
     if title:
@@ -9245,6 +9285,7 @@ class History(object):
             import traceback
             log("history: cold scan failed:\n" + traceback.format_exc())
         self.stats["seconds"] = round(time.monotonic() - t0, 3)
+        release_memory()
         self.complete = True
         log("history: %d conversations (%d saved, %d files, %d read, %d skipped) in %.3fs"
             % (len(self.entries), self.loaded, self.stats["files"], self.stats["read"], self.stats["errors"],
@@ -9563,26 +9604,31 @@ class History(object):
             self.version += 1
 
     def save(self):
-        """Write the index (atomic, 0600, our state dir). Never an emptier index by accident: fewer
-        entries than were loaded, beyond those confirmed gone, is refused (and logged)."""
+        """Write the index (atomic, 0600, our state dir), a line at a time (never the whole document
+        in memory). Never an emptier index by accident: fewer entries than were loaded, beyond those
+        confirmed gone, is refused (and logged)."""
         with self.lock:
-            rows = [e.to_row() for e in self.entries.values()]
+            entries = list(self.entries.values())
             self._dirty_at = None
             loaded, removed = self.loaded, self.removed
-        if len(rows) < loaded - removed:
+        if len(entries) < loaded - removed:
             log("history: not saving %d conversations over %d saved (only %d confirmed gone)"
-                % (len(rows), loaded, removed))
+                % (len(entries), loaded, removed))
             return False
-        rows.sort(key=lambda r: r[0] + r[1])
-        parts = [json.dumps({"history": HISTORY_VERSION, "savedAt": int(self.clock()),
-                             "opencodeNewest": self.opencode_newest})]
-        parts.extend(encode_json(r).decode("utf-8") for r in rows)
+
+        def lines():
+            yield json.dumps({"history": HISTORY_VERSION, "savedAt": int(self.clock()),
+                              "opencodeNewest": self.opencode_newest}).encode() + b"\n"
+            for e in entries:
+                yield encode_json(e.to_row()) + b"\n"
         try:
             ensure_private_dir(os.path.dirname(self.path))
-            atomic_write(self.path, "\n".join(parts) + "\n")
+            atomic_write(self.path, lines())
         except (OSError, OpensessionsError) as e:
             log("history: cannot save %s: %s" % (self.path, e))
             return False
+        finally:
+            release_memory()
         return True
 
     # -- queries (any thread) ------------------------------------------------------------------
@@ -9626,8 +9672,19 @@ class History(object):
                 self._found[scope] = (version, "", base)
         out = base
         if words and words != done:
+            lower = {}  # directory -> its lower-case form (shared by its conversations)
             for w in [w for w in words if w not in done] or words:
-                out = [e for e in out if w in e.hay]
+                keep = []
+                for e in out:
+                    if w in e.hay:
+                        keep.append(e)
+                        continue
+                    low = lower.get(e.cwd)
+                    if low is None:
+                        low = lower[e.cwd] = (e.cwd or "").lower()
+                    if w in low:
+                        keep.append(e)
+                out = keep
         with self.lock:
             if len(self._found) > 16:
                 self._found.clear()
