@@ -5773,6 +5773,8 @@ class Server(object):
             self._apply_tmux_options()
             self._bind()
             self.refresh()
+            if self.history is not None:
+                self.history.start()  # its worker reads the saved index while the watchers read the recent files
             if self.watchers is not None:
                 t0 = time.monotonic()
                 self.cold_starting = True
@@ -5795,7 +5797,6 @@ class Server(object):
             self.store.publish()
             if self.history is not None:
                 self.history.set_live(list(self.store.threads.values()))
-                self.history.start()  # its worker thread reads what changed since the saved index
             self._follow_tmux()
             self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
             self.loop.call_later(2.0, self._ports_timer)
@@ -9227,7 +9228,8 @@ class History(object):
         self.gemini_dirs = {}
         self.stats = {"files": 0, "read": 0, "errors": 0, "seconds": None}
         self._sorted = (-1, [])
-        self._found = {}  # (scope key) -> (version, query, [entries]): incremental typing
+        self._found = {}  # (directory, agent, since) -> (version, {typed text: [entries]}): incremental typing
+        self._cwd_lower = {}  # directory -> its lower-case form (typing matches directories through it)
         self._plock = threading.Lock()  # guards the two below (the loop adds, the worker takes)
         self._pending = set()  # (agent, id) the watchers reported
         self._launches = {}  # (agent, id) -> pid: a live process to read flags and program from
@@ -9343,6 +9345,8 @@ class History(object):
                     entry.flags = tuple(history_drop_flags(entry.agent, launched[0]))
                 entry.program = launched[1] or entry.program
             self.entries[entry.key] = entry
+            if entry.cwd not in self._cwd_lower:
+                self._cwd_lower[entry.cwd] = (entry.cwd or "").lower()
             self._changed()
             if len(self.entries) > HISTORY_MAX:  # the least recently active go (a hundredth at once)
                 for e in sorted(self.entries.values(), key=lambda e: e.updated)[:len(self.entries) - HISTORY_MAX * 99 // 100]:
@@ -9600,6 +9604,8 @@ class History(object):
         with self.lock:
             for key, e in entries.items():
                 self.entries.setdefault(key, e)
+                if e.cwd not in self._cwd_lower:
+                    self._cwd_lower[e.cwd] = (e.cwd or "").lower()
             self.loaded = len(entries)
             self.version += 1
 
@@ -9645,18 +9651,23 @@ class History(object):
         """The entries in scope (directory and below, or all), of that agent, active since
         since_ms, whose title, first prompt, directory or agent hold every word of text
         (case-insensitive). -> [entries], most recent first. Typing one more character filters the
-        previous answer, not the whole index."""
+        answer to the text before it, and a backspace finds its answer kept (answers per scope are
+        kept until the index changes)."""
         directory = os.path.normpath(directory) if directory else None
-        words = text.lower().split()
+        text = text.lower()
+        words = text.split()
         scope = (directory, agent, since_ms)
         version, entries = self.sorted_entries()
         with self.lock:
             cached = self._found.get(scope)
-        if cached and cached[0] == version and text.lower().startswith(cached[1]):
-            base, done = cached[2], cached[1].split()
-        else:
-            base, done = None, []
-        if base is None:
+            if cached is None or cached[0] != version:
+                cached = None
+            else:
+                found = cached[1]
+                if text in found:
+                    return found[text]
+                prefix = max((t for t in found if text.startswith(t)), key=len, default=None)
+        if cached is None:
             base = entries
             if directory not in (None, "/"):
                 inside = {}  # per directory string (shared): is it in scope?
@@ -9668,27 +9679,19 @@ class History(object):
                 base = [e for e in base if e.agent == agent]
             if since_ms is not None:
                 base = [e for e in base if e.updated >= since_ms]
-            with self.lock:
-                self._found[scope] = (version, "", base)
-        out = base
+            found, prefix = {"": base}, ""
+        out, done = found[prefix], prefix.split()
         if words and words != done:
-            lower = {}  # directory -> its lower-case form (shared by its conversations)
+            low = self._cwd_lower
             for w in [w for w in words if w not in done] or words:
-                keep = []
-                for e in out:
-                    if w in e.hay:
-                        keep.append(e)
-                        continue
-                    low = lower.get(e.cwd)
-                    if low is None:
-                        low = lower[e.cwd] = (e.cwd or "").lower()
-                    if w in low:
-                        keep.append(e)
-                out = keep
+                out = [e for e in out if w in e.hay or w in low.get(e.cwd, "")]
         with self.lock:
+            if len(found) > 64:
+                found = {"": found[""]}
+            found[text] = out
             if len(self._found) > 16:
                 self._found.clear()
-            self._found[scope] = (version, text.lower(), out)
+            self._found[scope] = (version, found)
         return out
 
     def entry(self, agent, tid):

@@ -346,6 +346,8 @@ def test_a_guessed_link_gives_the_program_and_only_an_exact_one_the_flags(tmp_pa
     h._refresh()
     prog = os.path.join(fake_agents(str(tmp_path / "bin"), ("claude",)), "claude")
     p = subprocess.Popen([prog, "--model", "opus"], stdin=subprocess.PIPE)
+    from conftest import retry_until
+    retry_until(lambda: "--model" in o.process_args(p.pid))  # exec'd (not the fork before it)
     try:
         t = o.Thread("claude", sid, alive=True)
         t.pid, t.pane, t.link = p.pid, "%3", "cwd"  # guessed from the pane's directory
@@ -387,8 +389,7 @@ def entries(*specs):
 def index_of(es):
     h = o.History({"HOME": "/nonexistent"})
     for e in es:
-        h.entries[e.key] = e
-    h.version += 1
+        h.put(e)
     return h
 
 
@@ -422,6 +423,9 @@ def test_typing_on_gives_what_a_fresh_search_gives(specs, typed):
         found = h.query("/a", text)
         fresh = index_of(list(h.entries.values())).query("/a", text)
         assert [e.key for e in found] == [e.key for e in fresh]
+    while text:  # backspaces: each answer as a fresh search gives it
+        text = text[:-1]
+        assert [e.key for e in h.query("/a", text)] == [e.key for e in index_of(list(h.entries.values())).query("/a", text)]
 
 
 # -- resume and fork commands ------------------------------------------------------------------------
