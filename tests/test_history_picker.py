@@ -119,7 +119,8 @@ def test_the_binding_and_its_popup():
     assert r and "history-open -c '#{client_name}'" in r[0][-1]
     assert [b for b in o.tmux_bindings("os", {"@opensessions-history-key": "h"}) if b[:2] == ("opensessions", "h")]
     direct = [b for b in o.tmux_bindings("py /x/o#s.py", {}, ("90%", "60%")) if b[:2] == ("opensessions", "r")][0]
-    assert direct[2:] == ("display-popup", "-E", "-w", "90%", "-h", "60%", "py /x/o##s.py history-popup")  # no extra process
+    assert direct[2:] == ("display-popup", "-E", "-w", "90%", "-h", "60%", "-d", "#{pane_current_path}",
+                          "py /x/o##s.py history-popup --here")  # no extra process; tmux expands -d
     assert o.popup_command("py /x/o#s.py", "/dev/pts/3", "3.3a", "80%", "75%", "history-popup")[-1] == \
         "py /x/o##s.py history-popup -c /dev/pts/3"
     assert o.popup_command("py", "c", "3.1", "1", "1", "history-popup")[:4] == ["new-window", "-t", "c", "-n"]
@@ -191,6 +192,16 @@ def test_tab_in_the_agents_popup_opens_the_history_tab_and_back():
     assert app.tab == "history" and app._key("q") == [("fetch",)]  # letters filter there
     assert app._key("\t") == [("tab",)]
     assert "Tab history" in text_of(o.render(app.model, 120, 10))[0]
+
+
+def test_the_popups_own_query_string_and_arguments():
+    from urllib.parse import quote, urlencode
+    for params in ({"q": "fix login/ü;&=%#+", "limit": 50, "dir": "/home/u/a b"}, {"thread": "claude:x"}, {"q": ""}):
+        assert o.query_string(params) == urlencode(params, quote_via=quote, safe="")
+    a = o._PopupArgs(["-S", "/tmp/s", "--port", "7", "history-popup", "--here", "-c", "/dev/pts/1", "-t", "%3"])
+    assert (a.ok, a.socket_path, a.port, a.here, a.client, a.pane) == (True, "/tmp/s", 7, True, "/dev/pts/1", "%3")
+    for bad in (["history-popup", "--what"], ["history-popup", "--port", "x"], ["history-popup", "-c"]):
+        assert not o._PopupArgs(bad).ok  # argparse then says what is wrong
 
 
 def test_history_lines_for_the_cli():
