@@ -8856,8 +8856,9 @@ def history_read_amp(path, prev=None):
 
 
 def history_files(paths, agent, errors=None):
-    """Every conversation file of a file-based agent -> [(path, id or None)], walking its own tree
-    (read-only). `errors` collects directories that could not be listed (their entries are kept)."""
+    """Every conversation file of a file-based agent -> (path, id or None), one at a time (20,000
+    files are never listed at once), walking its own tree (read-only). `errors` collects the
+    directories that could not be listed (their conversations are kept as they were)."""
     def listdir(d):
         try:
             return sorted(os.listdir(d))
@@ -8867,13 +8868,12 @@ def history_files(paths, agent, errors=None):
             if errors is not None:
                 errors.add(d)
             return []
-    out = []
     if agent == "claude":
         root = os.path.join(paths["claude"], "projects")
         for d in listdir(root):
             for name in listdir(os.path.join(root, d)):
                 if name.endswith(".jsonl") and _UUID_RE.match(name[:-6]):
-                    out.append((os.path.join(root, d, name), name[:-6]))
+                    yield (os.path.join(root, d, name), name[:-6])
     elif agent == "codex":
         root = os.path.join(paths["codex"], "sessions")
         for y in listdir(root):
@@ -8883,34 +8883,33 @@ def history_files(paths, agent, errors=None):
                     for name in listdir(ddir) if d.isdigit() else ():
                         tid = codex_id_from_path(name)
                         if tid:
-                            out.append((os.path.join(ddir, name), tid))
+                            yield (os.path.join(ddir, name), tid)
     elif agent == "gemini":
         root = os.path.join(paths["gemini"], "tmp")
         for project in listdir(root):
             d = os.path.join(root, project, "chats")
             for name in listdir(d):
                 if gemini_id_from_path(name):
-                    out.append((os.path.join(d, name), None))  # the whole id is in the file's header
+                    yield (os.path.join(d, name), None)  # the whole id is in the file's header
     elif agent == "qwen":
         root = os.path.join(paths["qwen"], "projects")
         for project in listdir(root):
             d = os.path.join(root, project, "chats")
             for name in listdir(d):
                 if name.endswith(".jsonl") and _UUID_RE.match(name[:-6]):
-                    out.append((os.path.join(d, name), name[:-6]))
+                    yield (os.path.join(d, name), name[:-6])
     elif agent == "pi":
         root = os.path.join(paths["pi"], "sessions")
         for project in listdir(root):
             for name in listdir(os.path.join(root, project)):
                 tid = pi_id_from_path(name)
                 if tid:
-                    out.append((os.path.join(root, project, name), tid))
+                    yield (os.path.join(root, project, name), tid)
     elif agent == "amp":
         root = paths["amp_threads"]
         for name in listdir(root):
             if name.endswith(".json") and valid_thread_id("amp", name[:-5]):
-                out.append((os.path.join(root, name), name[:-5]))
-    return out
+                yield (os.path.join(root, name), name[:-5])
 
 
 def history_locate(paths, agent, tid):
@@ -8932,7 +8931,7 @@ def history_locate(paths, agent, tid):
         p = os.path.join(paths["amp_threads"], tid + ".json")
         return p if os.path.isfile(p) else None
     elif agent in ("codex", "pi", "gemini"):
-        files = history_files(paths, agent)
+        files = list(history_files(paths, agent))
         if agent == "codex":
             files.sort(reverse=True)  # sessions/YYYY/MM/DD sorts newest first
         for path, fid in files:
@@ -9367,28 +9366,27 @@ class History(object):
 
     def _scan_files(self, agent):
         errors = set()
-        files = history_files(self.paths, agent, errors)
-        self.stats["files"] += len(files)
         if agent == "codex":
             self._codex_read = self._codex_stamp()
             self.codex_facts = self._guard("codex names", history_codex_names, self.paths["codex"]) or {}
-        if agent == "gemini":
+        by_path = {}
+        if agent == "gemini":  # its file names hold 8 characters of the id: its conversations are found by path
             self.gemini_dirs = history_gemini_dirs(self.paths["gemini"])
-        with self.lock:
-            mine = [e for e in self.entries.values() if e.agent == agent]
-        by_path = {e.path: e for e in mine}
-        seen = set()
-        for path, tid in files:
-            prev = by_path.get(path)
-            if prev is None and tid:
-                prev = self.entries.get((agent, tid))
+            with self.lock:
+                by_path = {e.path: e for e in self.entries.values() if e.agent == agent}
+        seen = set()  # ids of the conversations whose file is there
+        for path, tid in history_files(self.paths, agent, errors):
+            self.stats["files"] += 1
+            prev = self.entries.get((agent, tid)) if tid else by_path.get(path)
             entry = self._guard(path, self._read_file, agent, path, tid, prev)
             if entry is not None:
-                seen.add(entry.key)
+                seen.add(entry.id)
             elif prev is not None:
-                seen.add(prev.key)  # unreadable now: kept as it was
+                seen.add(prev.id)  # unreadable now: kept as it was
+        with self.lock:
+            mine = [e for e in self.entries.values() if e.agent == agent and e.id not in seen]
         for e in mine:
-            if e.key in seen or not e.path:
+            if not e.path:
                 continue
             directory = os.path.dirname(e.path)
             if directory in errors or os.path.lexists(e.path):
