@@ -8430,13 +8430,14 @@ class HistoryEntry(object):
     them take about 10 MB."""
 
     __slots__ = ("agent", "id", "title", "prompt", "cwd", "branch", "created", "updated", "turns", "_tokens",
-                 "cost", "model", "path", "_stamp", "exact", "flags", "program", "hay")
+                 "cost", "model", "_dir", "_name", "_stamp", "exact", "flags", "program", "hay")
     # what is saved (one row per entry) and copied: the packed fields by name
     FIELDS = ("agent", "id", "title", "prompt", "cwd", "branch", "created", "updated", "turns", "input", "output",
               "cache_read", "cache_write", "cost", "model", "path", "ino", "size", "mtime", "offset", "exact",
               "flags", "program")
-    COPY = ("title", "prompt", "cwd", "branch", "created", "updated", "turns", "_tokens", "cost", "model", "path",
-            "_stamp", "exact", "flags", "program")
+    COPY = ("title", "prompt", "cwd", "branch", "created", "updated", "turns", "_tokens", "cost", "model", "_dir",
+            "_name", "_stamp", "exact", "flags", "program")
+    NAMED = {"claude": ".jsonl", "qwen": ".jsonl", "amp": ".json"}  # files named <id><suffix>
 
     input, output, cache_read, cache_write = (_packed("_tokens", i) for i in range(4))
     ino, size, mtime, offset = (_packed("_stamp", i) for i in range(4))
@@ -8444,7 +8445,7 @@ class HistoryEntry(object):
     def __init__(self, agent, id):
         self.agent = _intern(agent)
         self.id = id
-        self.title = self.prompt = self.cwd = self.branch = self.model = self.path = None
+        self.title = self.prompt = self.cwd = self.branch = self.model = self._dir = self._name = None
         self.created = self.updated = self.turns = 0
         self._tokens = self._stamp = 0  # input, output, cache read, cache write / inode, size, mtime ns, offset
         self.cost = None  # the agent's own figure (OpenCode, Pi, Claude's cost-state), else priced when shown
@@ -8456,6 +8457,26 @@ class HistoryEntry(object):
     @property
     def key(self):
         return (self.agent, self.id)
+
+    @property
+    def path(self):
+        """The conversation's file (OpenCode: its database): its directory is shared with the
+        others there, and a name that is the id and the agent's suffix is not kept."""
+        if self._dir is None:
+            return None
+        return os.path.join(self._dir, self._name if self._name is not None else self.id + self.NAMED[self.agent])
+
+    @path.setter
+    def path(self, value):
+        if value is None:
+            self._dir = self._name = None
+            return
+        directory, name = os.path.split(value)
+        self._dir = sys.intern(directory)
+        if name == self.id + self.NAMED.get(self.agent, "\0"):
+            self._name = None
+        else:
+            self._name = sys.intern(name) if self.agent == "opencode" else name
 
     def index_text(self):
         """What typing matches, lower-case: title, first prompt and agent (the directory is matched
@@ -9286,13 +9307,18 @@ class History(object):
             import traceback
             log("history: cold scan failed:\n" + traceback.format_exc())
         self.stats["seconds"] = round(time.monotonic() - t0, 3)
+        if self._stop:  # stopped during the first scan: what was read is kept for the next start
+            log("history: stopped while reading (%d conversations so far); saved for the next start"
+                % len(self.entries))
+            self.save()
+            return
+        if self._dirty_at is not None or not self.loaded:
+            self.save()
         release_memory()
         self.complete = True
         log("history: %d conversations (%d saved, %d files, %d read, %d skipped) in %.3fs"
             % (len(self.entries), self.loaded, self.stats["files"], self.stats["read"], self.stats["errors"],
                self.stats["seconds"]))
-        if self._dirty_at is not None or not self.loaded:
-            self.save()
         while not self._stop:
             timeout = None
             if self._dirty_at is not None:
@@ -9359,10 +9385,13 @@ class History(object):
 
     def scan(self):
         """Every agent's conversations: a file whose inode, size and mtime are those saved is not
-        read again; a changed one is read on from where we stopped (an append) or again."""
+        read again; a changed one is read on from where we stopped (an append) or again. A stop
+        (the server ending) interrupts it between files."""
         for agent in ("claude", "codex", "gemini", "qwen", "pi", "amp"):
-            self._guard("history %s scan" % agent, self._scan_files, agent)
-        self._guard("history opencode scan", self._scan_opencode)
+            if not self._stop:
+                self._guard("history %s scan" % agent, self._scan_files, agent)
+        if not self._stop:
+            self._guard("history opencode scan", self._scan_opencode)
 
     def _scan_files(self, agent):
         errors = set()
@@ -9376,6 +9405,8 @@ class History(object):
                 by_path = {e.path: e for e in self.entries.values() if e.agent == agent}
         seen = set()  # ids of the conversations whose file is there
         for path, tid in history_files(self.paths, agent, errors):
+            if self._stop:
+                return  # the server ends: nothing is taken for gone from a scan cut short
             self.stats["files"] += 1
             prev = self.entries.get((agent, tid)) if tid else by_path.get(path)
             entry = self._guard(path, self._read_file, agent, path, tid, prev)

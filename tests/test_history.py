@@ -280,6 +280,27 @@ def test_the_saved_index_is_never_replaced_by_an_emptier_one_by_accident(tmp_pat
     assert len(built(env).entries) == 39
 
 
+def test_a_stop_during_the_first_scan_keeps_what_was_read(tmp_path, monkeypatch):
+    home = str(tmp_path / "home")
+    history_home().build(FIXTURES, home, total=40, seed=13)
+    env = env_for(home, str(tmp_path))
+    h = o.History(env)
+    real = o.history_read_jsonl
+    reads = []
+
+    def read_then_stop(*a, **kw):
+        reads.append(a[1])
+        if len(reads) == 5:
+            h._stop = True  # the server ends while the index is being built
+        return real(*a, **kw)
+    monkeypatch.setattr(o, "history_read_jsonl", read_then_stop)
+    h._run()
+    assert len(reads) == 5 and not h.complete
+    monkeypatch.undo()
+    h2 = built(env)
+    assert h2.loaded == 5 and len(h2.entries) == 40 and h2.stats["read"] == 35  # the rest, not the first five
+
+
 def test_a_corrupt_saved_index_is_kept_aside_and_bad_lines_skipped(tmp_path):
     home = str(tmp_path / "home")
     history_home().build(FIXTURES, home, total=10, seed=9)
