@@ -5773,8 +5773,6 @@ class Server(object):
             self._apply_tmux_options()
             self._bind()
             self.refresh()
-            if self.history is not None:
-                self.history.start()  # its worker reads the saved index while the watchers read the recent files
             if self.watchers is not None:
                 t0 = time.monotonic()
                 self.cold_starting = True
@@ -5795,8 +5793,9 @@ class Server(object):
                        sum(t.bytes_read for t in self.watchers.tails.values()) // 1024,
                        self.watchers.bad_records, time.monotonic() - t0))
             self.store.publish()
-            if self.history is not None:
+            if self.history is not None:  # after the watchers' cold start: it never slows the server's
                 self.history.set_live(list(self.store.threads.values()))
+                self.history.start()  # its worker reads what changed since the saved index
             self._follow_tmux()
             self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
             self.loop.call_later(2.0, self._ports_timer)
