@@ -22,8 +22,7 @@ sys.path.insert(0, ROOT)
 import opensessions  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "opensessions.py")
-LAB = os.path.join(os.path.dirname(ROOT), "shared", "agents-lab")
-FIXTURES = os.path.join(LAB, "fixtures")
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")  # real captures, one dir per agent (fixtures/README.md)
 PYTHON = sys.executable
 
 
@@ -277,10 +276,24 @@ def sse():
         r.close()
 
 
+_MAKE_HOMES = []
+
+
+def _make_homes():
+    if _MAKE_HOMES:
+        return _MAKE_HOMES[0]
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_homes", os.path.join(FIXTURES, "tools", "make_homes.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _MAKE_HOMES.append(module)
+    return module
+
+
 def lab_home(dest, home_path=None):
-    """A copy of the agents-lab fake HOME whose paths point at dest (tools/make_homes.py)."""
-    subprocess.run([PYTHON, os.path.join(LAB, "tools", "make_homes.py"), FIXTURES, dest,
-                    "--home-path", home_path or dest], check=True, stdout=subprocess.DEVNULL)
+    """A HOME laid out like a real user's from the captures (fixtures/tools/make_homes.py), its paths
+    pointing at dest (or home_path)."""
+    _make_homes().build(FIXTURES, dest, home_path or dest)
     return dest
 
 

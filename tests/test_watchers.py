@@ -13,7 +13,6 @@ from conftest import PYTHON, SCRIPT, ServerProc, fake_agents, lab_home, retry_un
 U4 = "44444444-4444-4444-8444-444444444444"
 NEW = "55555555-5555-4555-8555-555555555555"
 CODEX_ID = "01a200ee-fa97-79d0-9e17-4806385eaaf9"
-FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "agents-lab", "fixtures")
 
 
 def thread(state, agent, tid):
