@@ -53,6 +53,13 @@ def retry_until(fn, timeout=5.0, interval=0.01, message=None):
     raise AssertionError(message or "condition not met within %.1fs (last: %r)" % (timeout, last))
 
 
+def unused_port():
+    """A loopback port that nothing listened on a moment ago (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Env(object):
     """A temp HOME with XDG dirs and an environment that points at it."""
 
@@ -76,7 +83,9 @@ class Env(object):
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
         })
-        self.vars.pop("OPENSESSIONS_PORT", None)
+        # Not the default port 7391: the user's own server (or another checkout's) may listen there, and
+        # a client that finds no runtime file would talk to it. A port nothing listens on instead.
+        self.vars["OPENSESSIONS_PORT"] = str(unused_port())
 
 
 class TmuxServer(object):
