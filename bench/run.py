@@ -1021,7 +1021,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a ~1 minute pass with fewer samples and shorter idle windows")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
-    ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home"],
+    ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home", "cli",
+                                       "save"],
                     help="run one group of figures")
     args = ap.parse_args()
     quick = args.quick
@@ -1037,6 +1038,15 @@ def main():
             bench_long_line(res, quick)
         if args.only == "dev-home":
             bench_dev_home(res, quick)
+        if args.only == "cli":
+            w = World(30)
+            try:
+                w.start_server()
+                bench_cli(w, res, 10 if quick else 20)
+            finally:
+                w.close()
+        if args.only == "save":
+            bench_save(res, 5 if quick else 10)
         print(res.table())
         return 0 if all(r["pass"] for r in res.rows) else 1
     idle_s = 10 if quick else 60

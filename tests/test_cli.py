@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import opensessions as os_
 from conftest import PYTHON, ROOT, SCRIPT, ServerProc, retry_until
@@ -100,11 +101,24 @@ def test_help_lists_every_command():
 def test_client_command_imports_nothing_heavy(server):
     code = ("import sys; sys.argv=['opensessions','-S',%r,'set-status','main','x'];"
             "import opensessions; rc=opensessions.main();"
-            "heavy=[m for m in ('curses','sqlite3','http.server','http.client','subprocess','email')"
-            " if m in sys.modules]; print(rc, heavy)") % server.tmux.socket
-    r = subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=server.vars, stdout=subprocess.PIPE,
+            "heavy=[m for m in ('curses','sqlite3','http.server','http.client','subprocess','email','argparse',"
+            "'socket','shutil') if m in sys.modules]; print(rc, heavy)") % server.tmux.socket
+    # -S as hooks and key bindings run it (site's own imports would hide ours)
+    r = subprocess.run([PYTHON, "-S", "-c", code], cwd=ROOT, env=server.vars, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=20)
     assert r.stdout.decode().strip() == "0 []", r.stdout + r.stderr
+
+
+def test_import_compiles_no_pattern():
+    """The module's regular expressions are compiled on first use, not by importing it."""
+    code = ("import opensessions as o; lazy=[n for n, v in vars(o).items() if isinstance(v, o.LazyPattern)];"
+            "print(len(lazy), [n for n in lazy if len(vars(getattr(o, n))) > 1])")
+    r = subprocess.run([PYTHON, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, check=True)
+    count, compiled = r.stdout.decode().split(" ", 1)
+    assert int(count) >= 10 and compiled.strip() == "[]"
+    p = os_.LazyPattern(r"^a(\d+)$")
+    assert p.match("a12").group(1) == "12" and p.sub("x", "a1") == "x" and p.match("b") is None
+    assert p.match.__self__ is p.search.__self__  # one compiled pattern, its methods kept on the instance
 
 
 def test_import_has_no_side_effects(tmp_path):
@@ -330,3 +344,49 @@ def test_main_job_outside_tmux_starts_a_session_with_the_sidebar(env):
         proc.kill()
         proc.wait()
         os.close(master)
+
+
+# -- the plain parser: the same answers as argparse, or none -----------------------------------------
+
+def _argparse(argv):
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            return vars(os_.build_parser(os_.command_of(argv)).parse_args(argv))
+        except SystemExit:
+            return None
+
+
+def _tokens(name):
+    flags = [f for e in os_._command_table() if e[0] == name for flags, kw in e[3] for f in flags
+             if f.startswith("-")]
+    return flags + ["-S", "-L", "--port", "s", "hi there", "3", "2.5", "-5", "nan", "", "-", "--", "warn", "loud",
+                    "claude", "=x", "-h", "--help", "--tone=warn", "--tone=", "--clear=1", "--po", "-Sx", "@3", "7391"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_the_plain_parser_agrees_with_argparse(data):
+    name = data.draw(st.sampled_from(os_.COMMANDS))
+    before = data.draw(st.lists(st.sampled_from(["-S", "/tmp/s", "-L", "x", "--port", "80", "-5", "--tone"]),
+                                max_size=4))
+    after = data.draw(st.lists(st.sampled_from(_tokens(name)), max_size=7))
+    argv = before + [name] + after
+    plain = os_.parse_plainly(argv)
+    expected = _argparse(argv)
+    if plain is not None:
+        assert expected is not None, argv
+        assert {k: repr(v) for k, v in vars(plain).items()} == {k: repr(v) for k, v in expected.items()}, argv
+
+
+@pytest.mark.parametrize("argv", [
+    ["-S", "/tmp/s", "set-status", "main", "Deploying", "--tone", "warn"], ["set-status", "main", "--clear"],
+    ["set-progress", "main", "3", "10", "--label=services"], ["log", "main", "done", "--source", "ci"],
+    ["notify", "hi", "--session", "main"], ["hook", "claude"], ["next", "--display", "-c", "/dev/pts/1"],
+    ["switch", "2"], ["status", "--json"], ["mute", "main", "--off"], ["reply", "claude:x", "--text", "go on"],
+    ["save"], ["--port", "7391", "clear-log", "main"],
+])
+def test_the_plain_parser_takes_what_hooks_and_keys_send(argv):
+    plain = os_.parse_plainly(argv)
+    assert plain is not None and vars(plain) == _argparse(argv)
