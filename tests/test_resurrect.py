@@ -300,3 +300,21 @@ def test_kitty_session_file(env, tmux, server):
     r = subprocess.run([PYTHON, SCRIPT, "-S", tmux.socket, "kitty"], env=dict(server.vars, PATH="/nonexistent"),
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
     assert r.returncode == 1 and b"kitten" in r.stderr
+
+
+def test_a_save_reads_tmux_once(world):
+    """Server check, options and panes come from one tmux process (each one more costs a save,
+    which tmux-resurrect waits for, a process start)."""
+    w = world
+    w.start_server()
+    w.pane("proj a", w.claude_dir, "claude", {"FAKE_REGISTRY": w.registry, "FAKE_SESSION": U4})
+    retry_until(lambda: any(U4 in open(os.path.join(w.registry, n)).read() for n in os.listdir(w.registry)))
+    calls = []
+
+    class CountingTmux(os_.Tmux):
+        def run(self, *args, **kw):
+            calls.append(args[0])
+            return os_.Tmux.run(self, *args, **kw)
+    records, rdir = os_.Resurrect(CountingTmux(w.tmux.socket), environ=w.env.vars).save()
+    assert [r["id"] for r in records] == [U4] and rdir == w.rdir
+    assert calls == ["display-message"]  # display-message -p OPTIONS ; list-panes -a -F PANES
