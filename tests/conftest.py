@@ -384,7 +384,9 @@ def attach(tmux):
     def open_(target):
         c = AttachedClient(tmux, target)
         clients.append(c)
-        retry_until(lambda: any(l.strip() for l in tmux.run("list-clients", "-F", "#{client_name}").splitlines()))
+        # this client, by its pid: any client listed would let a second attach return before it is there
+        retry_until(lambda: str(c.proc.pid) in tmux.run("list-clients", "-F", "#{client_pid}").split(),
+                    message="the client attached to %s did not show up" % target)
         return c
     yield open_
     for c in clients:
