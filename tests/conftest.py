@@ -310,7 +310,8 @@ requires_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is
 
 
 FAKE_AGENT = r"""#!/bin/sh
-# A fake agent: records its argv, optionally writes a Claude registry entry, stays alive cheaply.
+# A fake agent: records its argv, optionally writes a Claude registry entry, stays alive cheaply
+# (with FAKE_INPUT, recording each line typed into it).
 printf '%s\t%s\t%s\t%s\n' "$TMUX_PANE" "$PWD" "${0##*/}" "$*" >> "${FAKE_LOG:-/dev/null}"
 if [ -n "$FAKE_REGISTRY" ]; then
   mkdir -p "$FAKE_REGISTRY"
@@ -320,7 +321,9 @@ if [ -n "$FAKE_REGISTRY" ]; then
   trap 'rm -f "$reg"; exit 0' EXIT HUP TERM INT
 fi
 if [ -n "$FAKE_HOLD" ]; then exec 3>>"$FAKE_HOLD"; fi
-while read -r line; do :; done
+while read -r line; do
+  if [ -n "$FAKE_INPUT" ]; then printf '%s\t%s\n' "$TMUX_PANE" "$line" >> "$FAKE_INPUT"; fi
+done
 """
 
 
