@@ -306,6 +306,19 @@ def lab_home(dest, home_path=None):
     return dest
 
 
+class FakeLoop(object):
+    """The server's event loop as the parts see it, driven by the test: call_later only records."""
+
+    def __init__(self):
+        self.timers = []
+
+    def call_later(self, delay, fn, *args):
+        self.timers.append((delay, fn, args))
+
+    def add_reader(self, fd, fn):
+        pass
+
+
 requires_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
 

@@ -1,4 +1,4 @@
-"""Issue 11, the HTTP / Store / security part: nothing in a request, a state file or a hook payload
+"""Hostile input, the HTTP / Store / security part: nothing in a request, a state file or a hook payload
 crashes the server, hangs it, or reaches another user."""
 import json
 import os

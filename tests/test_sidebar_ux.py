@@ -1,4 +1,4 @@
-"""The sidebar as a user sees it in the first ten minutes (issue 14): each through a real client
+"""The sidebar as a user sees it in the first ten minutes: each through a real client
 (sidebar panes in real tmux, keys through an attached client's terminal), read with capture-pane.
 
 Set OPENSESSIONS_SHOW=DIR to keep the screens these tests read in DIR (for notes)."""

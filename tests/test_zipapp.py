@@ -1,11 +1,16 @@
 """dist/opensessions.pyz (build_zipapp.py): what it holds, that it rebuilds only when it must, that
 it runs the same program, and how it starts and ends a client command."""
+import importlib.util
 import os
+import shutil
 import subprocess
+import sys
+import zipfile
 
 import pytest
 
-from conftest import PYTHON, ROOT
+import opensessions as os_
+from conftest import PYTHON, ROOT, SCRIPT, ServerProc
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +70,75 @@ def test_quick_output_through_a_pipe_is_whole(pyz, server):
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
     assert r.returncode == 0 and len(r.stdout) > 10000, r.stderr
     assert r.stdout.count(b"line ") == as_py.stdout.count(b"line ") == 50  # MAX_LOGS
+
+
+def _clone(tmp_path):
+    for name in ("opensessions.py", "build_zipapp.py"):
+        shutil.copy(os.path.join(ROOT, name), str(tmp_path / name))
+    return str(tmp_path / "dist" / "opensessions.pyz")
+
+
+def _build(tmp_path, *extra, env=None):
+    return subprocess.run([PYTHON, str(tmp_path / "build_zipapp.py")] + list(extra), env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True).stdout
+
+
+def test_pyz_is_identical_whatever_the_hash_seed(tmp_path):
+    out = _clone(tmp_path)
+    digests = set()
+    for seed in ("1", "2", "random"):
+        _build(tmp_path, env=dict(os.environ, PYTHONHASHSEED=seed))
+        with open(out, "rb") as f:
+            digests.add(f.read())
+    assert len(digests) == 1
+
+
+def test_if_stale_rebuilds_for_another_python_and_for_new_source(tmp_path):
+    out = _clone(tmp_path)
+    assert _build(tmp_path, "--if-stale").strip() == out.encode()  # missing: built
+    assert _build(tmp_path, "--if-stale") == b""  # current: left alone
+    # a Python upgrade: the bytecode inside carries another interpreter's magic number
+    with zipfile.ZipFile(out) as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    entries["opensessions.pyc"] = b"\x00\x00\r\n" + entries["opensessions.pyc"][4:]
+    with zipfile.ZipFile(out, "w") as zf:
+        for n, data in entries.items():
+            zf.writestr(n, data)
+    assert _build(tmp_path, "--if-stale").strip() == out.encode()
+    with zipfile.ZipFile(out) as zf:
+        assert zf.read("opensessions.pyc")[:4] == importlib.util.MAGIC_NUMBER
+    assert _build(tmp_path, "--if-stale") == b""
+    with open(str(tmp_path / "opensessions.py"), "a") as f:
+        f.write("\n# an update\n")
+    assert _build(tmp_path, "--if-stale").strip() == out.encode()
+
+
+def test_pyz_runs_the_server_and_clients(env, tmux, pyz):
+    with open(pyz, "rb") as f:
+        assert f.read(23) == b"#!/usr/bin/env python3\n"
+    s = ServerProc(env, tmux, argv=[PYTHON, pyz])
+    try:
+        r = s.cli("set-status", "main", "from pyz")
+        assert r.returncode == 0, r.stderr
+        assert s.session("main")["metadata"]["status"]["text"] == "from pyz"
+    finally:
+        s.stop()
+
+
+def test_pyz_is_byte_identical_on_rebuild(tmp_path, pyz):
+    other = str(tmp_path / "again.pyz")
+    subprocess.run([PYTHON, os.path.join(ROOT, "build_zipapp.py"), "--out", other], check=True,
+                   stdout=subprocess.DEVNULL)
+    with open(pyz, "rb") as a, open(other, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_same_source_is_the_same_version(tmp_path):
+    sys.path.insert(0, ROOT)
+    import build_zipapp
+    pyz = build_zipapp.build(str(tmp_path / "opensessions.pyz"))
+    assert os_.program_digest(SCRIPT) == os_.program_digest(pyz) == \
+        os_.program_digest(os.path.join(pyz, "opensessions.py"))
+    changed = tmp_path / "opensessions.py"
+    changed.write_bytes(open(SCRIPT, "rb").read() + b"\n# edited\n")
+    assert os_.program_digest(str(changed)) != os_.program_digest(SCRIPT)
