@@ -900,7 +900,7 @@ def ui_from_tmux_options(options):
 # Agent parsers (pure): bytes in, records out
 ##############################################################################
 
-# Formats are those of the releases captured in shared/agents-lab (Claude Code 2.1.330,
+# Formats are those of the releases captured in tests/fixtures (Claude Code 2.1.330,
 # Codex CLI 0.169.0, OpenCode 1.18.33). Amp was not captured: see the Amp parser's note.
 
 _UUID_RE = LazyPattern(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -4567,7 +4567,7 @@ def more_install_steps(paths, uninstall):
 ##############################################################################
 # Reply: answer an agent's prompt without switching to it (screens in, keys out)
 ##############################################################################
-# The keys each agent's prompt expects were learned from the real agents (agents-lab pinned
+# The keys each agent's prompt expects were learned from the real agents (the pinned
 # versions, fake model on loopback); the screens are in tests/fixtures/<agent>/:
 # - Claude Code 2.1.330: a numbered menu under "Do you want to …?" ("Esc to cancel" below it). A digit
 #   picks its option at once: "1. Yes", "2. Yes, and always allow …" (absent for some tools),
