@@ -312,10 +312,15 @@ def test_main_job_outside_tmux_starts_a_session_with_the_sidebar(env):
             pass
     drain = __import__("threading").Thread(target=read_terminal, daemon=True)
     tmux = os_.Tmux(os_.tmux_socket_path(environ=vars_))
+
+    def sessions():
+        try:  # the socket file is there a moment before the server answers on it ("no server running")
+            return tmux.run("list-sessions", "-F", "#{session_name}").split()
+        except os_.TmuxError:
+            return []
     try:
         drain.start()
-        retry_until(lambda: "opensessions" in tmux.run("list-sessions", "-F", "#{session_name}").split()
-                    if os.path.exists(tmux.socket_path) else False, timeout=15)
+        retry_until(lambda: "opensessions" in sessions(), timeout=15)
         retry_until(lambda: "1" in tmux.run("list-panes", "-a", "-F", "#{@opensessions-sidebar}").split(),
                     timeout=15)
     finally:
