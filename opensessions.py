@@ -58,6 +58,20 @@ class OpensessionsError(Exception):
     """An error with a message meant for the user (no traceback)."""
 
 
+class LazyPattern(object):
+    """re.compile(pattern), done on first use: the module's patterns cost a client command nothing
+    at start-up (compiling them all took ~4 ms of every call). After the first use each method is
+    the compiled pattern's own, kept on the instance, so a hot path pays no indirection."""
+
+    def __init__(self, pattern):
+        self.pattern = pattern
+
+    def __getattr__(self, name):  # only for names not set yet: match, search, sub...
+        value = getattr(re.compile(self.pattern), name)
+        setattr(self, name, value)
+        return value
+
+
 _log_file = None
 _log_path = None
 _log_lock = None
@@ -339,7 +353,7 @@ STATUS_ALIASES = {
     "retrying": "retry", "ready": "idle",
 }
 AGENTS = ("claude", "codex", "opencode", "amp", "gemini", "qwen", "pi")
-_AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_AGENT_NAME_RE = LazyPattern(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 class ApiError(Exception):
@@ -351,8 +365,8 @@ class ApiError(Exception):
         self.message = message
 
 
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SURROGATE_RE = LazyPattern("[\ud800-\udfff]")
+_CONTROL_RE = LazyPattern("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def clean_str(value):
@@ -886,12 +900,12 @@ def ui_from_tmux_options(options):
 # Agent parsers (pure): bytes in, records out
 ##############################################################################
 
-# Formats are those of the releases captured in shared/agents-lab (Claude Code 2.1.330,
+# Formats are those of the releases captured in tests/fixtures (Claude Code 2.1.330,
 # Codex CLI 0.169.0, OpenCode 1.18.33). Amp was not captured: see the Amp parser's note.
 
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_OPENCODE_ID_RE = re.compile(r"^ses_[0-9A-Za-z]{20,40}$")
-_AMP_ID_RE = re.compile(r"^T-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID_RE = LazyPattern(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_OPENCODE_ID_RE = LazyPattern(r"^ses_[0-9A-Za-z]{20,40}$")
+_AMP_ID_RE = LazyPattern(r"^T-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 ID_PATTERNS = {"claude": _UUID_RE, "codex": _UUID_RE, "opencode": _OPENCODE_ID_RE, "amp": _AMP_ID_RE,
                "gemini": _UUID_RE, "qwen": _UUID_RE, "pi": _UUID_RE}
 INTERRUPT_MARK = "[Request interrupted by user"
@@ -2405,6 +2419,17 @@ class Proc(object):
         self.args = args
 
 
+def read_proc_stat(path):
+    """parse_proc_stat of the file at path. os.read, not open(): a process table reads one per
+    process, and a text file object costs three times the read itself."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    return parse_proc_stat(data.decode("utf-8", "replace"))
+
+
 def parse_proc_stat(data):
     """Parse /proc/<pid>/stat -> (pid, comm, ppid, starttime). comm may contain spaces and ')'."""
     left = data.index("(")
@@ -2421,8 +2446,7 @@ def process_start(pid, proc_root="/proc"):
     if not os.path.isdir(os.path.join(proc_root, "self")):
         return None
     try:
-        with open(os.path.join(proc_root, str(pid), "stat"), "r", encoding="utf-8", errors="replace") as f:
-            return parse_proc_stat(f.read())[3]
+        return read_proc_stat(os.path.join(proc_root, str(pid), "stat"))[3]
     except (OSError, ValueError, IndexError):
         return -1
 
@@ -2445,6 +2469,16 @@ def run_text(argv, timeout=5.0):
     return out.decode("utf-8", "replace")
 
 
+def which_in(name, path):
+    """shutil.which(name, path=path) for a plain command name (importing shutil costs a save ~5 ms):
+    the first executable file of that name in the PATH string's directories, or None."""
+    for d in path.split(os.pathsep):
+        candidate = os.path.join(d, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def process_table(proc_root="/proc", run=run_text):
     """{pid: Proc} for every process: one read of /proc on Linux, one `ps` elsewhere."""
     table = {}
@@ -2453,8 +2487,7 @@ def process_table(proc_root="/proc", run=run_text):
             if not name.isdigit():
                 continue
             try:
-                with open(os.path.join(proc_root, name, "stat"), "r", encoding="utf-8", errors="replace") as f:
-                    pid, comm, ppid, start = parse_proc_stat(f.read())
+                pid, comm, ppid, start = read_proc_stat(os.path.join(proc_root, name, "stat"))
             except (OSError, ValueError, IndexError):
                 continue
             table[pid] = Proc(pid, ppid, comm, start)
@@ -4534,7 +4567,7 @@ def more_install_steps(paths, uninstall):
 ##############################################################################
 # Reply: answer an agent's prompt without switching to it (screens in, keys out)
 ##############################################################################
-# The keys each agent's prompt expects were learned from the real agents (agents-lab pinned
+# The keys each agent's prompt expects were learned from the real agents (the pinned
 # versions, fake model on loopback); the screens are in tests/fixtures/<agent>/:
 # - Claude Code 2.1.330: a numbered menu under "Do you want to …?" ("Esc to cancel" below it). A digit
 #   picks its option at once: "1. Yes", "2. Yes, and always allow …" (absent for some tools),
@@ -4554,11 +4587,11 @@ CLAUDE_PROMPT_GRACE = 0.25
 TEXT_SETTLE = 0.15
 REPLY_SCREEN_WAIT = 1.5
 MAX_REPLY_TEXT = 4000
-_CSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
-_ANY_ESC_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
-_CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
-_MENU_RE = re.compile(r"^\s*(?:[❯›>]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
-_CODEX_KEY_RE = re.compile(r"^(.*?)\s*\((\w+)\)$")
+_CSI_RE = LazyPattern(r"\x1b\[[0-?]*[ -/]*[@-~]")
+_ANY_ESC_RE = LazyPattern(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
+_CTRL_RE = LazyPattern(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+_MENU_RE = LazyPattern(r"^\s*(?:[❯›>]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
+_CODEX_KEY_RE = LazyPattern(r"^(.*?)\s*\((\w+)\)$")
 
 
 class ReplyRefused(Exception):
@@ -7227,7 +7260,7 @@ class Notifier(object):
         self.sent.append((self.clock(), "bell", title, body))
 
 
-_PLAIN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_PLAIN_ID_RE = LazyPattern(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
 def tmux_safe_thread_id(agent, thread_id):
@@ -7366,10 +7399,10 @@ BOOL_FLAGS = {
 SIDECAR_PREFIX = "opensessions_"
 EMPTY_SAVE_GRACE = 60.0
 PANE_CONTENTS_ARCHIVE = "pane_contents.tar.gz"  # tmux-resurrect's @resurrect-capture-pane-contents
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = LazyPattern(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # C0, DEL and C1: typed into a line editor they edit the line (^U erases it, ^M runs it), printed on a
 # terminal they move the cursor. A restore record holding one is refused; everything shown is escaped.
-CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
+CONTROL_CHARS = LazyPattern("[\x00-\x1f\x7f-\x9f]")
 # Keys tmux-assistant-resurrect keeps in a record's env for itself (not variables to set again).
 TAR_ENV_BOOKKEEPING = frozenset(("tmux_pane", "shell", "TMUX_PANE", "SHELL", "TMUX", "PWD", "OLDPWD", "SHLVL", "_"))
 # Agents that resume a conversation by id from any directory. Claude keeps conversations under the
@@ -7780,8 +7813,9 @@ class Resurrect(object):
         except TmuxError:
             return ""
 
-    def _read_tmux(self):
-        """The options we need and every pane, with one tmux process."""
+    def _read_tmux(self, strict=False):
+        """The options we need and every pane, with one tmux process (strict: a TmuxError, such as
+        no server, is raised; else it reads as no options and no panes)."""
         fmt = FS.join(("P", "#{session_name}", "#{window_index}", "#{pane_index}", "#{pane_id}", "#{pane_pid}",
                        "#{pane_current_path}", "#{pane_current_command}", "#{@opensessions-sidebar}"))
         opts = FS.join(["O"] + ["#{%s}" % n for n in self.OPTIONS])
@@ -7789,6 +7823,8 @@ class Resurrect(object):
             out = self.tmux.run("display-message", "-p", opts, ";", "list-panes", "-a", "-F", fmt)
         except TmuxError:
             self._options, self._panes = {}, []
+            if strict:
+                raise
             return
         self._options, self._panes = {}, []
         for line in out.splitlines():
@@ -7807,7 +7843,8 @@ class Resurrect(object):
 
     # -- save --------------------------------------------------------------------------------
     def panes(self):
-        self._read_tmux()
+        if self._options is None:
+            self._read_tmux()
         return self._panes
 
     def collect(self):
@@ -7902,7 +7939,6 @@ class Resurrect(object):
     def _program(self, agent, pid, args):
         """The absolute path of the executable the agent ran (restore types it, so a shell alias or
         function named like the agent cannot add its flags twice), or None."""
-        import shutil
         argv = list(args)
         if len(argv) >= 2 and os.path.basename(argv[0]) in INTERPRETERS and os.path.basename(argv[1]) == agent:
             word = argv[1]  # `/bin/sh …/claude`, `node …/codex`: the script is the program
@@ -7913,7 +7949,7 @@ class Resurrect(object):
             path = os.path.join(self._proc_cwd(pid) or "/", word)
         elif word:
             env_path = self._environ(pid, ["PATH"]).get("PATH")
-            path = shutil.which(word, path=env_path) if env_path else None
+            path = which_in(word, env_path) if env_path else None
             path = path if path and os.path.isabs(path) else None  # a relative PATH entry: not ours to resolve
         if not path:
             try:
@@ -7987,7 +8023,7 @@ class Resurrect(object):
         take the agent panes out of resurrect's captured pane contents. No tmux server: raises
         OpensessionsError and writes nothing."""
         try:
-            self.tmux.run("display-message", "-p", "#{pid}")
+            self._read_tmux(strict=True)
         except TmuxError as e:
             raise OpensessionsError("cannot save: no tmux server to read (%s); nothing written" % e)
         records, skipped = self.collect()
@@ -8020,11 +8056,11 @@ class Resurrect(object):
         return records, rdir
 
     def _strip_pane_contents(self, rdir, records):
-        import tarfile
-        import zlib
         archive = os.path.join(rdir, PANE_CONTENTS_ARCHIVE)
         if not records or not os.path.isfile(archive):
             return
+        import tarfile  # only now: importing it costs a save without pane contents ~10 ms
+        import zlib
         targets = ["%s:%s.%s" % (r["session"], r["window"], r["paneIndex"]) for r in records]
         try:
             removed = strip_pane_contents(archive, targets)
@@ -11266,6 +11302,105 @@ def build_parser(command=None):
     return p
 
 
+class ParsedArgs(object):
+    """The parsed command line, as argparse's Namespace would hold it."""
+
+    def __init__(self, values):
+        self.__dict__.update(values)
+
+
+_GLOBAL_OPTIONS = {"-L": ("socket_name", None), "-S": ("socket_path", None), "--port": ("port", int)}
+_PLAIN_KEYWORDS = frozenset(("help", "metavar", "default", "type", "choices", "action", "nargs", "dest"))
+
+
+def parse_plainly(argv):
+    """argv parsed without argparse when it is plainly well formed, from the same command table:
+    `[-L N | -S P | --port N]... COMMAND POSITIONAL... [--option [VALUE] | --option=VALUE]...`.
+    -> ParsedArgs with what build_parser(COMMAND).parse_args(argv) would give, or None for anything
+    else (help, an unknown or abbreviated option, a value that starts with '-', a bad value, a
+    positional after an option...): argparse then parses it and words any error. Importing argparse
+    and building even one subcommand cost a client command ~10 ms."""
+    values = {dest: None for dest, _ in _GLOBAL_OPTIONS.values()}
+    i = 0
+    while i < len(argv) and argv[i] in _GLOBAL_OPTIONS:
+        if not _take_plain_value(values, _GLOBAL_OPTIONS[argv[i]], {}, argv[i + 1:i + 2]):
+            return None
+        i += 2
+    entry = next((e for e in _command_table() if i < len(argv) and e[0] == argv[i]), None)
+    if entry is None:
+        return None
+    name, func, _, arguments = entry
+    options = {flag: (dest, conv, {}) for flag, (dest, conv) in _GLOBAL_OPTIONS.items()}
+    positionals = []
+    for flags, kw in arguments:
+        if not _PLAIN_KEYWORDS.issuperset(kw) or kw.get("action", "store_true") != "store_true" \
+                or kw.get("nargs", "?") != "?":
+            return None
+        if not flags[0].startswith("-"):
+            if positionals and positionals[-1][1].get("nargs") == "?" and kw.get("nargs") != "?":
+                return None  # a required one after an optional one: argparse's matching, not ours
+            positionals.append((flags[0], kw))
+            values[flags[0]] = kw.get("default")
+            continue
+        dest = kw.get("dest") or next((f for f in flags if f.startswith("--")), flags[0]).lstrip("-").replace("-", "_")
+        default = kw.get("default", False if kw.get("action") else None)
+        if isinstance(default, str) and kw.get("type"):
+            default = kw["type"](default)
+        values[dest] = default
+        for f in flags:
+            options[f] = (dest, kw.get("type"), kw)
+    values.update(command=name, func=func)
+    rest, given, option_seen = argv[i + 1:], [], False
+    k = 0
+    while k < len(rest):
+        a = rest[k]
+        k += 1
+        if not a.startswith("-"):
+            if option_seen:
+                return None
+            given.append(a)
+            continue
+        option_seen = True
+        flag, eq, value = a.partition("=") if a.startswith("--") else (a, "", "")
+        if flag not in options:
+            return None
+        dest, conv, kw = options[flag]
+        if kw.get("action") == "store_true":
+            if eq:
+                return None
+            values[dest] = True
+            continue
+        if not eq:
+            if not _take_plain_value(values, (dest, conv), kw, rest[k:k + 1]):
+                return None
+            k += 1
+        elif not _take_plain_value(values, (dest, conv), kw, [value], explicit=True):
+            return None
+    required = sum(1 for _, kw in positionals if kw.get("nargs") != "?")
+    if not required <= len(given) <= len(positionals):
+        return None
+    for (dest, kw), text in zip(positionals, given):
+        if not _take_plain_value(values, (dest, kw.get("type")), kw, [text], explicit=True):
+            return None
+    return ParsedArgs(values)
+
+
+def _take_plain_value(values, target, kw, texts, explicit=False):
+    """Store texts[0], converted and checked as argparse would, under target's dest; False when
+    there is none, it looks like an option, or it does not convert or is not one of the choices."""
+    if not texts or (not explicit and texts[0].startswith("-")):
+        return False
+    dest, conv = target
+    try:
+        value = conv(texts[0]) if conv else texts[0]
+    except (TypeError, ValueError):
+        return False
+    if "choices" in kw and value not in kw["choices"]:
+        return False
+    values[dest] = value
+    return True
+
+
 def cmd_default(args):
     """No command: inside tmux, set up (keys, server) and show the sidebar; outside tmux, start or
     attach a tmux session named opensessions that does that."""
@@ -11329,8 +11464,9 @@ def main(argv=None):
         args = _HookArgs(argv)
         if args.agent in ("claude", "codex", "gemini", "qwen"):
             return cmd_hook(args)
-    parser = build_parser(command)
-    args = parser.parse_args(argv)
+    args = parse_plainly(argv) if command else None
+    if args is None:
+        args = build_parser(command).parse_args(argv)
     func = getattr(args, "func", None) or cmd_default
     if getattr(args, "display", False):
         return _for_key_binding(func, args)

@@ -1,9 +1,11 @@
-"""Server's parts alone: AgentExits (pidfds, or a 1 s timer where there are none) and StateFile."""
+"""Server's parts alone: AgentExits (pidfds, or a 1 s timer where there are none), StateFile, the
+control-mode client, the store's publish and metadata rules, the unseen rule."""
 import os
 import subprocess
 import sys
 
 import opensessions as os_
+from conftest import PYTHON
 
 
 class FakeLoop(object):
@@ -104,3 +106,72 @@ def test_state_file_round_trip_and_corrupt_file_kept(tmp_path):
         f.write("{not json")
     assert os_.StateFile(path, os_.Store(lambda: 1000.0), loop).load() == {}
     assert os.path.exists(path + ".corrupt") and not os.path.exists(path)
+
+
+def test_stop_control_kills_a_client_that_ignores_sigterm(capsys):
+    proc = subprocess.Popen([PYTHON, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                             "print('ready', flush=True); time.sleep(60)"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout.readline() == b"ready\n"
+
+    class Loop(object):
+        def remove_reader(self, fd):
+            pass
+
+    control = os_.ControlClient(None, Loop(), {}, None, None)
+    control.proc = proc
+    control.stop(grace=0.2)
+    assert control.proc is None and not control.running
+    assert proc.poll() == -9  # killed, not left running
+    assert "ignored SIGTERM" in capsys.readouterr().err
+
+
+def test_rule_publish_skips_when_nothing_changed():
+    store = os_.Store(clock=lambda: 1000.0)
+    assert store.publish() is True
+    version, doc, body = store.published
+    store.touch()  # marked dirty, but the document is the same
+    assert store.publish() is False
+    assert store.version == version and store.published[1] is doc  # readers are not woken for nothing
+    store.ui = dict(store.ui, width=store.ui.get("width", 30) + 1)
+    store.touch()
+    assert store.publish() is True and store.version == version + 1
+
+
+def _bare_server(tmp_path, clock=lambda: 1000.0):
+    env = {"HOME": str(tmp_path / "home"), "XDG_RUNTIME_DIR": str(tmp_path)}
+    return os_.Server(os_.Tmux(str(tmp_path / "no.sock")), 0, False, env, clock=clock)
+
+
+def test_rule_metadata_is_evicted_past_the_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(os_, "MAX_METADATA_SESSIONS", 3)
+    s = _bare_server(tmp_path)
+    try:
+        s.store.sessions = [{"name": "live"}]
+        for name in ("live", "gone-a", "gone-b"):
+            s.api.api_set_status({"session": name, "text": "x"})
+        assert len(s.store.metadata) == 3
+        s.api.api_set_status({"session": "new", "text": "y"})
+        # full: the metadata of sessions that no longer exist goes; a live session's stays
+        assert set(s.store.metadata) == {"live", "new"}
+    finally:
+        s.loop.close()
+
+
+def test_rule_an_active_status_clears_unseen(tmp_path):
+    s = _bare_server(tmp_path)
+    try:
+        s.apply_thread_update("claude", "t1", status="running", alive=True)
+        s.publish()
+        t = s.apply_thread_update("claude", "t1", status="done")
+        s.publish()
+        assert t.unseen  # finished while nobody looked
+        for active in os_.ACTIVE_STATUSES:
+            s.apply_thread_update("claude", "t1", status="done")
+            s.publish()
+            assert t.unseen
+            s.apply_thread_update("claude", "t1", status=active)
+            s.publish()
+            assert not t.unseen, active  # working again: what it finished before is old news
+    finally:
+        s.loop.close()

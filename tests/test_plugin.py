@@ -1,5 +1,6 @@
-"""A week in a user's life, on a real tmux booted from a ~/.tmux.conf (tmux -f), in order: each test
-is one step and starts where the one before left off (a failed step fails the ones after it).
+"""The tmux plugin (opensessions.tmux, tmux-setup) through a week in a user's life, on a real tmux
+booted from a ~/.tmux.conf (tmux -f), in order: each test is one step and starts where the one
+before left off (a failed step fails the ones after it); then the plugin's first run.
 
 boot with options -> an agent finishes unseen -> looked at -> killed mid-turn -> tmux kill-server
 and a fresh server -> `opensessions stop` with sidebars shown -> `uninstall-tmux` with sidebars shown.
@@ -317,3 +318,31 @@ def test_7_uninstall_tmux_with_sidebars_shown(week):
     assert week.opt("-g", "status-right") == STATUS_RIGHT
     # and it stays gone: whatever was still running has ended, nothing came back
     assert week.runtime.live_info() is None and not any(p[4] == "1" for p in week.panes())
+
+
+def test_the_plugins_first_run_shows_the_sidebars(tmp_path):
+    """A new user (no ui.json): the sidebars are there from the first session the plugin sees, and
+    the choice is kept; a user who hid them (visible false) keeps them hidden."""
+    w = Week(str(tmp_path))
+    try:
+        os.unlink(os.path.join(w.env.home, ".config", "opensessions", "ui.json"))
+        w.boot("main")
+        first = retry_until(w.sidebars, timeout=15, message="no sidebar on the plugin's first run")
+        assert [p[3] for p in first] == ["40"]
+        assert retry_until(lambda: w.state()["ui"]["visible"]) is True
+        retry_until(lambda: not os_._first_run(w.env.vars), message="the choice was not kept in ui.json")
+    finally:
+        w.close()
+
+
+def test_first_run_is_only_when_the_user_never_chose(tmp_path):
+    env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    assert os_._first_run(env) is True
+    d = tmp_path / "cfg" / "opensessions"
+    d.mkdir(parents=True)
+    (d / "ui.json").write_text('{"width": 40}')
+    assert os_._first_run(env) is True
+    (d / "ui.json").write_text('{"visible": false}')
+    assert os_._first_run(env) is False
+    (d / "ui.json").write_text('{"visible": tru')  # broken: the user's to mend, not a first run
+    assert os_._first_run(env) is False

@@ -1,10 +1,11 @@
-"""The watchers as one class per agent over a shared core; which source wins is the apply step's
-decision (live_state_holds), not a watcher's."""
+"""The watchers' shared core: one class per agent over it, which source wins (the apply step's
+decision, live_state_holds, not a watcher's), and stat polling where inotify is not there."""
 import os
 
 import pytest
 
 import opensessions as os_
+from conftest import FakeLoop
 
 
 def _thread(status, source="hook", detail=None, attempt=None):
@@ -136,3 +137,93 @@ def test_a_database_still_being_copied_is_not_opened(tmp_path):
     with pytest.raises(sqlite3.OperationalError):
         os_.sqlite_ro(str(tmp_path / "missing.db"))
     assert sorted(os.listdir(str(tmp_path))) == ["opencode.db"]
+
+
+# -- stat polling (OPENSESSIONS_WATCH=poll, or a directory inotify cannot watch) ---------------------
+
+
+class FakeServer(object):
+    def __init__(self):
+        self.loop = FakeLoop()
+        self.after = 0
+
+    def after_watchers(self):
+        self.after += 1
+
+
+def _watchers(tmp_path):
+    server = FakeServer()
+    w = os_.AgentWatchers(server, {"HOME": str(tmp_path / "home"), "OPENSESSIONS_WATCH": "poll"})
+    return server, w
+
+
+def _scan(server):
+    """Run the one scan that is due, as the event loop would."""
+    assert len(server.loop.timers) == 1, server.loop.timers
+    _, fn, args = server.loop.timers.pop()
+    fn(*args)
+
+
+def test_poll_mode_survives_a_failing_handler_and_reports_deletions(tmp_path, capsys):
+    server, w = _watchers(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    seen = []
+
+    def broken(directory, name, mask):
+        raise ValueError("a bug in one handler")
+
+    def record(directory, name, mask):
+        seen.append((name, mask & (os_.IN_CREATE | os_.IN_MODIFY | os_.IN_DELETE)))
+    w.poll_dir(str(a), broken)
+    w.poll_dir(str(b), record)
+    (a / "x.json").write_text("{}")
+    (b / "y.json").write_text("{}")
+    _scan(server)
+    assert seen == [("y.json", os_.IN_CREATE)]
+    assert "a bug in one handler" in capsys.readouterr().err
+    (b / "y.json").write_text("{} ")
+    _scan(server)  # still scanning after the failure: rescheduled every time
+    assert seen[-1] == ("y.json", os_.IN_MODIFY)
+    (b / "y.json").unlink()
+    _scan(server)
+    assert seen[-1] == ("y.json", os_.IN_DELETE)
+    _scan(server)
+    assert len(seen) == 3 and server.after == 4
+
+
+def test_poll_mode_reschedules_even_when_after_watchers_fails(tmp_path, capsys):
+    server, w = _watchers(tmp_path)
+    w.poll_dir(str(tmp_path), lambda *a: None)
+
+    def boom():
+        raise RuntimeError("apply step failed")
+    server.after_watchers = boom
+    _scan(server)
+    _scan(server)
+    assert capsys.readouterr().err.count("RuntimeError: apply step failed") == 2
+
+
+def test_a_failed_inotify_watch_falls_back_to_polling_that_directory(tmp_path, capsys):
+    import errno
+    server, w = _watchers(tmp_path)
+
+    class NoWatchesLeft(object):
+        fd = -1
+
+        def add_watch(self, path, mask):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    w.inotify = NoWatchesLeft()
+    d = tmp_path / "sessions"
+    d.mkdir()
+    seen = []
+    w.watch_dir(str(d), lambda directory, name, mask: seen.append((name, mask & os_.IN_DELETE)))
+    w.watch_dir(str(tmp_path / "missing" / "dir"), lambda *a: seen.append(a))
+    assert set(w.polled_dirs) == {str(d), str(tmp_path / "missing" / "dir")} and not w.pending_dirs
+    assert "scanning it by stat" in capsys.readouterr().err
+    (d / "1.json").write_text("{}")
+    _scan(server)
+    (d / "1.json").unlink()
+    _scan(server)
+    assert seen == [("1.json", 0), ("1.json", os_.IN_DELETE)]

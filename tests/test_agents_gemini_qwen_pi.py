@@ -63,7 +63,7 @@ def test_pi_session_name_and_ids():
     name = open(os.path.join(FIX, "pi", "session-filename.txt")).read().strip()
     assert os_.pi_id_from_path("/x/" + name) == PI_ID
     assert os_.pi_id_from_path("/x/notes.jsonl") is None
-    assert os_.pi_cwd_dir_name("/tmp/agents-lab2/cap-pi/proj") == "--tmp-agents-lab2-cap-pi-proj--"
+    assert os_.pi_cwd_dir_name("/tmp/oslab/cap-pi/proj") == "--tmp-oslab-cap-pi-proj--"
 
 
 def test_gemini_capture_states_title_usage():
