@@ -8,21 +8,21 @@ holds that claim with `ast`):
   1. Constants and paths     ports, limits, log, env settings, XDG and runtime dirs, atomic writes
   2. Model (pure)            threads, statuses, attention, unseen, metadata and ui validation,
                              themes and glyphs, prices
-  3. Agent parsers (pure)    bytes in, records out: each agent's transcripts, registries, hooks,
-                             usage; which process is which agent
-  4. tmux gateway            the one place that runs tmux: commands, formats, snapshot,
+  3. Agent parsers (pure)    bytes in, records out: each agent's transcripts, registries, usage
+  4. Agents (pure)           one AgentSpec per agent: ids, process recognition, hook payloads
+  5. tmux gateway            the one place that runs tmux: commands, formats, snapshot,
                              control-mode lines, our @opensessions-* options
-  5. System probes           process table, listening ports, git branch, pidfds
-  6. Watchers                inotify (or stat polling), file tails, read-only SQLite; one
+  6. System probes           process table, listening ports, git branch, pidfds
+  7. Watchers                inotify (or stat polling), file tails, read-only SQLite; one
                              watcher per agent over a shared core
-  7. Installer               our hooks, plugin and extension in the agents' own configs
-  8. Reply                   answer an agent's prompt without switching: screens in, keys out,
+  8. Installer               our hooks, plugin and extension in the agents' own configs
+  9. Reply                   answer an agent's prompt without switching: screens in, keys out,
                              and the checks around typing
-  9. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock
- 10. Notifications           tmux / desktop / terminal / bell, coalesced; status-line options
- 11. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
- 12. Sidebar                 curses: model -> lines (pure) -> draw; the popup; sidebar panes
- 13. CLI                     argparse, client commands, plugin setup, main()
+ 10. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock
+ 11. Notifications           tmux / desktop / terminal / bell, coalesced; status-line options
+ 12. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
+ 13. Sidebar                 curses: model -> lines (pure) -> draw; the popup; sidebar panes
+ 14. CLI                     argparse, client commands, plugin setup, main()
 
 Importing this module has no side effects: nothing runs, nothing is written, no heavy module is
 imported until a function needs it (client commands must start fast).
@@ -338,7 +338,6 @@ STATUS_ALIASES = {
     "permission": "waiting", "input": "waiting", "needs-input": "waiting", "question": "waiting",
     "retrying": "retry", "ready": "idle",
 }
-AGENTS = ("claude", "codex", "opencode", "amp", "gemini", "qwen", "pi")
 _AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -892,16 +891,8 @@ def ui_from_tmux_options(options):
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _OPENCODE_ID_RE = re.compile(r"^ses_[0-9A-Za-z]{20,40}$")
 _AMP_ID_RE = re.compile(r"^T-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-ID_PATTERNS = {"claude": _UUID_RE, "codex": _UUID_RE, "opencode": _OPENCODE_ID_RE, "amp": _AMP_ID_RE,
-               "gemini": _UUID_RE, "qwen": _UUID_RE, "pi": _UUID_RE}
 INTERRUPT_MARK = "[Request interrupted by user"
 TITLE_MAX = 120
-
-
-def valid_thread_id(agent, thread_id):
-    """True when thread_id has the shape that agent's resume command takes."""
-    pattern = ID_PATTERNS.get(agent)
-    return bool(pattern and isinstance(thread_id, str) and pattern.match(thread_id))
 
 
 class LineBuffer(object):
@@ -1182,7 +1173,7 @@ def codex_reduce(state, rec):
     if ts:
         state["updatedAt"] = max(state["updatedAt"], ts)
     if kind == "session_meta":
-        if valid_thread_id("codex", payload.get("id")):
+        if isinstance(payload.get("id"), str) and _UUID_RE.match(payload["id"]):
             state["id"] = payload["id"]
         if isinstance(payload.get("cwd"), str):
             state["cwd"] = payload["cwd"]
@@ -1587,7 +1578,7 @@ def amp_usage(messages):
 # and is unverified against a real file.
 def amp_thread_state(data, mtime_ms=0):
     """Parse one Amp thread JSON document -> thread state, or None when it is not one."""
-    if not isinstance(data, dict) or not valid_thread_id("amp", data.get("id")):
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not _AMP_ID_RE.match(data["id"]):
         return None
     state = new_thread_state("amp", data["id"])
     state["updatedAt"] = max(_epoch_ms(data.get("created")), mtime_ms)
@@ -1890,141 +1881,220 @@ def qwen_reduce(state, rec):
     return state
 
 
-def gemini_hook_event(agent, payload, environ=None):
-    """Map a Gemini CLI (or Qwen Code) hook payload to an /api/agent-event body, or None.
-
-    Gemini's events: SessionStart/SessionEnd, BeforeAgent (a prompt), BeforeTool/AfterTool,
-    Notification (notification_type ToolPermission: a permission prompt), AfterAgent (the turn
-    ended). No hook fires on an interrupt or an API error; the chat file tells those.
-    Qwen Code uses Claude's names; those go through hook_event()."""
-    env = os.environ if environ is None else environ
-    if not isinstance(payload, dict):
-        return None
-    name = payload.get("hook_event_name")
-    sid = payload.get("session_id")
-    if not isinstance(name, str) or not valid_thread_id(agent, sid):
-        return None
-    status, detail, alive = None, None, None
-    if name == "SessionStart":
-        status = "idle"
-    elif name in ("BeforeAgent", "BeforeTool", "AfterTool"):
-        status = "running"
-    elif name == "Notification":
-        if payload.get("notification_type") != "ToolPermission":
-            return None
-        status = "waiting"
-        detail = str(payload.get("message") or "permission")[:MAX_LOG_MESSAGE]
-    elif name == "AfterAgent":
-        status = "idle"  # settled by the server: a turn under way becomes done
-    elif name == "SessionEnd":
-        status, alive = "idle", False
-    else:
-        return None
-    body = {"agent": agent, "status": status, "threadId": sid, "source": "hook"}
-    if detail:
-        body["detail"] = detail
-    if alive is False:
-        body["alive"] = False
-    if isinstance(payload.get("cwd"), str):
-        body["projectDir"] = payload["cwd"]
-    pane = env.get("TMUX_PANE")
-    if pane and re.match(r"^%\d+$", pane):
-        body["paneId"] = pane
-    if name == "BeforeAgent" and isinstance(payload.get("prompt"), str):
-        body["prompt"] = payload["prompt"][:MAX_LOG_MESSAGE]
-    return {k: clean_str(v) for k, v in body.items()}
+##############################################################################
+# Agents (pure): one spec per agent
+##############################################################################
+# Each agent is one AgentSpec: data and pure functions that say what every section needs to know of
+# it. The sections below loop over AGENT_SPECS and name no agent. See the map for where the I/O
+# behind a spec lives.
 
 
-AGENT_COMMS = frozenset(("claude", "codex", "opencode", "amp", "node", "bun", "gemini", "qwen", "pi"))
+class Record(object):
+    """A plain record of named fields, built by keyword: FIELDS lists (name, default) pairs. A
+    default is shared between records: give a record its own list or dict, never change one."""
+
+    FIELDS = ()
+
+    def __init__(self, **kw):
+        unknown = set(kw).difference(name for name, _ in self.FIELDS)
+        if unknown:
+            raise TypeError("%s has no field %s" % (type(self).__name__, ", ".join(sorted(unknown))))
+        for name, default in self.FIELDS:
+            setattr(self, name, kw.get(name, default))
+
+    def __repr__(self):
+        return "%s(%s)" % (type(self).__name__, ", ".join("%s=%r" % (n, getattr(self, n)) for n, _ in self.FIELDS))
 
 
-def classify_agent_process(comm, args):
-    """Which agent a process is -> 'claude' | 'codex' | 'opencode' | 'amp' | None.
+class Process(Record):
+    """How an agent's process is recognised in the process table (its comm and argv)."""
 
-    Look-alikes are not agents: `claude -p` one-shots, `opencode run` children, language servers,
-    Codex's app-server daemon (it is not in a pane). Codex's node wrapper and its native child are
-    both 'codex' (the caller keeps the top-most one per pane).
-    """
-    if len(args) >= 2 and os.path.basename(args[0]) in ("sh", "bash", "dash") and os.path.basename(args[1]) in AGENTS:
-        args = args[1:]  # a script named like the agent, run by its #! shell: its own argv follows
-    argv0 = os.path.basename(args[0]) if args else ""
-    rest = args[1:] if args else []
-    names = {comm, argv0}
-    if "claude" in names:
-        if "-p" in rest or "--print" in rest:
-            return None
-        return "claude"
-    if "opencode" in names:
-        if rest[:1] in (["run"], ["serve"], ["lsp"], ["acp"]):
-            return None
-        return "opencode"
-    if "codex" in names:
-        if rest[:1] in (["app-server"], ["exec"], ["mcp-server"]):
-            return None
-        return "codex"
-    if "pi" in names:  # Pi sets its process title to `pi` (its argv is overwritten with it)
-        return "pi" if not ({"-p", "--print", "--mode"} & set(rest)) else None
-    for agent in ("gemini", "qwen"):
-        if agent in names:  # installed as a native binary or a script named like the agent
-            return agent if not ({"-p", "--prompt"} & set(rest)) else None
-    if comm in ("node", "bun") or argv0 in ("node", "bun"):
-        more = _more_agent_of_node(rest)
-        if more is not None:
-            return more or None
-        script = os.path.basename(rest[0]) if rest else ""
-        if script == "codex" and (len(rest) < 2 or rest[1] not in ("app-server", "exec")):
-            return "codex"
-        if script == "amp":
-            return "amp"
-        if script == "claude" and "-p" not in rest and "--print" not in rest:
-            return "claude"
-    if "amp" in names:
-        return "amp"
+    FIELDS = (
+        ("names", ()),  # its comm or argv[0]: a native binary, or a script named like the agent
+        ("via_node", False),  # also run as `node|bun [node flags] …/<name> …` (an npm package's .bin link)
+        ("package", None),  # the npm package's directory name, when node runs the package's own file ...
+        ("entry_files", ()),  # ... and that file's names (the .bin link points at one of them)
+        ("one_shot", ()),  # flags that make a run a one-shot (`claude -p`): no live agent to show
+        ("helpers", ()),  # first words of helper runs (`opencode serve`, `codex app-server`): not the agent
+    )
+
+
+class Hooks(Record):
+    """The hook payloads an agent pipes to `opensessions hook AGENT` (stdin JSON: hook_event_name,
+    session_id, cwd, ...) and what each event says (see hook_event)."""
+
+    FIELDS = (
+        ("states", {}),  # hook_event_name -> "idle" | "running" | "prompt" (running, with the prompt) |
+                         # "permission" (waiting on a tool) | "notification" | "error" | "end" (it exited)
+        ("notifications", ()),  # the notification_types that mean a prompt waits for the user
+        ("pid_env", None),  # an environment variable in which the agent gives its hooks its own pid
+    )
+
+
+class AgentSpec(Record):
+    """One agent, in one place (fields in the order of the sections that use them)."""
+
+    FIELDS = (
+        ("name", None),  # "claude": the agent's key in thread keys, hook commands and /state
+        ("title", None),  # "Claude Code": how messages name it
+        ("id_pattern", None),  # a compiled regex: the conversation ids its resume command takes
+        ("process", Process()),  # how its process is recognised
+        ("id_flags", ()),  # flags whose value is the conversation id (`--resume ID`): read back from argv
+        ("id_commands", ()),  # subcommands followed by the conversation id (`codex resume ID`)
+        ("hooks", None),  # Hooks: what its hook payloads say (None: it has no hooks)
+    )
+
+
+# What Claude-shaped hook events say (Claude Code, Codex and Qwen Code use these names). No hook fires on
+# an interrupt; an agent's own files tell those.
+CLAUDE_HOOK_STATES = {
+    "SessionStart": "idle", "UserPromptSubmit": "prompt", "PreToolUse": "running", "PostToolUse": "running",
+    "PostToolUseFailure": "running", "PermissionRequest": "permission", "Notification": "notification",
+    "Stop": "idle",  # the server settles it: a turn under way becomes done
+    "StopFailure": "error", "SessionEnd": "end",
+}
+CLAUDE_NOTIFICATIONS = (None, "permission_prompt", "elicitation_dialog")  # idle reminders change nothing
+# Gemini CLI's events: BeforeAgent is a prompt, Notification with notification_type ToolPermission a
+# permission prompt, AfterAgent the end of a turn. No hook fires on an interrupt or an API error.
+GEMINI_HOOK_STATES = {
+    "SessionStart": "idle", "BeforeAgent": "prompt", "BeforeTool": "running", "AfterTool": "running",
+    "Notification": "notification", "AfterAgent": "idle", "SessionEnd": "end",
+}
+
+# -- the agents (Amp's formats were not captured: see the Amp parser's note) -------------------------
+
+CLAUDE = AgentSpec(
+    name="claude", title="Claude Code", id_pattern=_UUID_RE,
+    process=Process(names=("claude",), via_node=True, one_shot=("-p", "--print")),
+    id_flags=("--resume", "-r", "--session-id"),
+    hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS, pid_env="CLAUDE_PID"),
+)
+
+CODEX = AgentSpec(
+    name="codex", title="Codex", id_pattern=_UUID_RE,
+    # its app-server daemon holds rollouts open but is not in a pane
+    process=Process(names=("codex",), via_node=True, helpers=("app-server", "exec", "mcp-server")),
+    id_commands=("resume", "continue"),
+    hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS),
+)
+
+OPENCODE = AgentSpec(
+    name="opencode", title="OpenCode", id_pattern=_OPENCODE_ID_RE,
+    process=Process(names=("opencode",), helpers=("run", "serve", "lsp", "acp")),
+    id_flags=("-s", "--session"),
+)
+
+AMP = AgentSpec(
+    name="amp", title="Amp", id_pattern=_AMP_ID_RE,
+    process=Process(names=("amp",), via_node=True),
+    id_commands=("resume", "continue"),
+)
+
+GEMINI = AgentSpec(
+    name="gemini", title="Gemini CLI", id_pattern=_UUID_RE,
+    # `node …/.bin/gemini` relaunches itself as `node --max-old-space-size=N …/gemini` (the same agent)
+    process=Process(names=("gemini",), via_node=True, package="gemini-cli", entry_files=("gemini.js",),
+                    one_shot=("-p", "--prompt", "--print"), helpers=("mcp", "extensions", "hooks")),
+    id_flags=("--resume", "-r", "--session-id"),
+    hooks=Hooks(states=GEMINI_HOOK_STATES, notifications=("ToolPermission",)),
+)
+
+QWEN = AgentSpec(
+    name="qwen", title="Qwen Code", id_pattern=_UUID_RE,
+    process=Process(names=("qwen",), via_node=True, package="qwen-code", entry_files=("cli.js", "cli-entry.js"),
+                    one_shot=("-p", "--prompt", "--print"), helpers=("mcp", "extensions", "hooks")),
+    id_flags=("--resume", "-r", "--session-id"),
+    hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS),
+)
+
+PI = AgentSpec(
+    name="pi", title="Pi", id_pattern=_UUID_RE,
+    # Pi sets its process title to `pi` (its argv is overwritten with it)
+    process=Process(names=("pi",), via_node=True, package="pi-coding-agent", entry_files=("cli.js",),
+                    one_shot=("-p", "--print", "--mode", "--prompt"), helpers=("mcp", "extensions", "hooks")),
+    id_flags=("--session",),
+)
+
+AGENT_SPECS = {spec.name: spec for spec in (CLAUDE, CODEX, OPENCODE, AMP, GEMINI, QWEN, PI)}
+AGENTS = tuple(AGENT_SPECS)
+HOOK_AGENTS = tuple(name for name, spec in AGENT_SPECS.items() if spec.hooks)  # `opensessions hook AGENT`
+# process names worth reading the arguments of (the agents', and the interpreters that run them)
+AGENT_COMMS = frozenset(n for spec in AGENT_SPECS.values() for n in spec.process.names) | {"node", "bun"}
+
+
+# -- what the sections ask of an agent, answered from its spec ----------------------------------------
+
+def valid_thread_id(agent, thread_id):
+    """True when thread_id has the shape that agent's resume command takes."""
+    spec = AGENT_SPECS.get(agent)
+    return bool(spec and isinstance(thread_id, str) and spec.id_pattern.match(thread_id))
+
+
+def _node_flags_end(args):
+    """Where node's own flags end in `node [flags] script …` (Gemini relaunches itself with
+    --max-old-space-size=…, Qwen Code with --expose-gc)."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 1
+    return i
+
+
+def _live_run(spec, args):
+    """The agent runs for the user with these arguments: not a one-shot, not a helper."""
+    return not set(spec.process.one_shot).intersection(args) and not (args and args[0] in spec.process.helpers)
+
+
+def _node_script_agent(script):
+    """The agent whose script node runs: …/<agent> (its .bin link), or its package's own file."""
+    base = os.path.basename(script)
+    for spec in AGENT_SPECS.values():
+        p = spec.process
+        if p.via_node and (base in p.names or (base in p.entry_files and p.package in script.split("/")[:-1])):
+            return spec
     return None
 
 
-def _more_agent_of_node(rest):
-    """`node [node flags] …/gemini|qwen|pi <args>` -> that agent, '' for its one-shot and helper
-    runs (-p/--prompt, Gemini's relaunched child is the same agent), None for another script."""
-    i = 0
-    while i < len(rest) and rest[i].startswith("-"):
-        i += 1  # node's own flags (Gemini relaunches itself with --max-old-space-size=…)
-    script = os.path.basename(rest[i]) if i < len(rest) else ""
-    if script in ("gemini", "qwen", "pi", "gemini.js", "cli.js", "cli-entry.js"):
-        if script.endswith(".js"):  # the package's own file (…/.bin/<agent> links to it)
-            parts = rest[i].split("/")
-            package = {"qwen-code": "qwen", "gemini-cli": "gemini", "pi-coding-agent": "pi"}
-            script = next((package[p] for p in reversed(parts[:-1]) if p in package), "")
-            if not script:
-                return None
-        args = rest[i + 1:]
-        if {"-p", "--prompt", "--print"} & set(args) or args[:1] in (["mcp"], ["extensions"], ["hooks"]):
-            return ""
-        return script
+def classify_agent_process(comm, args):
+    """Which agent a process is -> its name, or None.
+
+    Look-alikes are not agents: one-shots (`claude -p`), helper runs (`opencode run`, Codex's
+    app-server daemon, which is not in a pane), language servers. Codex's node wrapper and its
+    native child are both 'codex' (the caller keeps the top-most one per pane)."""
+    if len(args) >= 2 and os.path.basename(args[0]) in ("sh", "bash", "dash") and \
+            os.path.basename(args[1]) in AGENT_SPECS:
+        args = args[1:]  # a script named like the agent, run by its #! shell: its own argv follows
+    argv0 = os.path.basename(args[0]) if args else ""
+    rest = list(args[1:]) if args else []
+    names = {comm, argv0}
+    for spec in AGENT_SPECS.values():
+        if names.intersection(spec.process.names):
+            return spec.name if _live_run(spec, rest) else None
+    if names.intersection(("node", "bun")):
+        i = _node_flags_end(rest)
+        spec = _node_script_agent(rest[i]) if i < len(rest) else None
+        if spec is not None:
+            return spec.name if _live_run(spec, rest[i + 1:]) else None
     return None
 
 
 def agent_resume_id_from_args(agent, args):
-    """A session id given on the command line (--resume ID, -s ID, resume ID …), validated."""
+    """A conversation id given on the command line (--resume ID, -s ID, resume ID …), validated."""
+    spec = AGENT_SPECS.get(agent)
+    if spec is None:
+        return None
     rest = list(args[1:]) if args else []
-    if agent == "codex" and len(rest) >= 2 and os.path.basename(rest[0]) == "codex":
-        rest = rest[1:]  # the node wrapper: node …/codex <args>
-    if agent in ("gemini", "qwen", "pi") and args and os.path.basename(args[0]) in ("node", "bun"):
-        while rest and rest[0].startswith("-"):
-            rest = rest[1:]  # node's flags before the script (Gemini's relaunched child)
-        if rest and os.path.basename(rest[0]) in (agent, "gemini.js", "cli.js", "cli-entry.js"):
-            rest = rest[1:]
+    if args and os.path.basename(args[0]) in ("node", "bun"):
+        rest = rest[_node_flags_end(rest):]  # node's flags before the script
+    if rest and (os.path.basename(rest[0]) in spec.process.names or os.path.basename(rest[0]) in spec.process.entry_files):
+        rest = rest[1:]  # the script node runs
     candidates = []
-    flags = {"claude": ("--resume", "-r", "--session-id"), "opencode": ("-s", "--session"),
-             "gemini": ("--resume", "-r", "--session-id"), "qwen": ("--resume", "-r", "--session-id"),
-             "pi": ("--session",), "codex": (), "amp": ()}.get(agent, ())
     for i, a in enumerate(rest):
-        for f in flags:
+        for f in spec.id_flags:
             if a == f and i + 1 < len(rest):
                 candidates.append(rest[i + 1])
             elif a.startswith(f + "=") and f.startswith("--"):
                 candidates.append(a[len(f) + 1:])
-        if agent in ("codex", "amp") and a in ("resume", "continue") and i + 1 < len(rest):
+        if a in spec.id_commands and i + 1 < len(rest):
             candidates.append(rest[i + 1])
     for c in candidates:
         if valid_thread_id(agent, c):
@@ -2033,39 +2103,37 @@ def agent_resume_id_from_args(agent, args):
 
 
 def hook_event(agent, payload, environ=None):
-    """Map a Claude Code or Codex hook payload (stdin JSON) to an /api/agent-event body, or None.
-
-    Claude and Codex share the hook format: hook_event_name, session_id, cwd, and per event
-    prompt / tool_name / error / notification_type. Neither fires a hook on an interrupt.
-    """
+    """Map an agent's hook payload (stdin JSON) to an /api/agent-event body, or None (an event that
+    changes nothing, or a payload that is not the agent's). What each event says is in the agent's
+    spec (Hooks): hook_event_name, session_id, cwd, and per event prompt / tool_name / error /
+    notification_type."""
+    spec = AGENT_SPECS.get(agent)
     env = os.environ if environ is None else environ
-    if not isinstance(payload, dict):
+    if spec is None or spec.hooks is None or not isinstance(payload, dict):
         return None
     name = payload.get("hook_event_name")
     sid = payload.get("session_id")
     if not isinstance(name, str) or not valid_thread_id(agent, sid):
         return None
+    says = spec.hooks.states.get(name)
     status, detail, alive = None, None, None
-    if name == "SessionStart":
-        status = "idle"
-    elif name in ("UserPromptSubmit", "PreToolUse", "PostToolUse", "PostToolUseFailure"):
+    if says in ("idle", "running"):
+        status = says
+    elif says == "prompt":
         status = "running"
-    elif name == "PermissionRequest":
+    elif says == "permission":
         status = "waiting"
         tool = payload.get("tool_name")
         detail = "permission: %s" % tool if isinstance(tool, str) else "permission"
-    elif name == "Notification":
-        kind = payload.get("notification_type")
-        if kind not in (None, "permission_prompt", "elicitation_dialog"):
+    elif says == "notification":
+        if payload.get("notification_type") not in spec.hooks.notifications:
             return None  # idle reminders and the like are not a change of state
         status = "waiting"
         detail = str(payload.get("message") or "permission")[:MAX_LOG_MESSAGE]
-    elif name == "Stop":
-        status = "idle"  # the server settles it: a turn under way becomes done
-    elif name == "StopFailure":
+    elif says == "error":
         status = "error"
         detail = str(payload.get("last_assistant_message") or payload.get("error") or "error")[:MAX_LOG_MESSAGE]
-    elif name == "SessionEnd":
+    elif says == "end":
         status, alive = "idle", False
     else:
         return None
@@ -2081,10 +2149,10 @@ def hook_event(agent, payload, environ=None):
     pane = env.get("TMUX_PANE")
     if pane and re.match(r"^%\d+$", pane):
         body["paneId"] = pane
-    pid = _int(env.get("CLAUDE_PID"), None) if agent == "claude" else None
+    pid = _int(env.get(spec.hooks.pid_env), None) if spec.hooks.pid_env else None
     if pid:
         body["pid"] = pid
-    if name == "UserPromptSubmit" and isinstance(payload.get("prompt"), str):
+    if says == "prompt" and isinstance(payload.get("prompt"), str):
         body["prompt"] = payload["prompt"][:MAX_LOG_MESSAGE]
     return {k: clean_str(v) for k, v in body.items()}  # an emoji cut in half must not fail the request
 
@@ -10638,7 +10706,7 @@ def cmd_hook(args):
     try:
         raw = sys.stdin.buffer.read(MAX_BODY)
         payload = json.loads(raw.decode("utf-8"))
-        body = (gemini_hook_event if args.agent == "gemini" else hook_event)(args.agent, payload)
+        body = hook_event(args.agent, payload)
         if body is None:
             return 0
         if "pid" not in body:
@@ -11191,8 +11259,8 @@ def _command_table():
           (("--session",), dict(help="the session it is about (muted sessions stay quiet)")),
           (("--tone",), tone)]),
         ("hook", cmd_hook, "(called by agent hooks) report a hook payload from stdin",
-         [(("agent",), dict(choices=("claude", "codex", "gemini", "qwen"),
-                            help="the agent whose hook calls: claude, codex, gemini or qwen"))]),
+         [(("agent",), dict(choices=HOOK_AGENTS, help="the agent whose hook calls: %s or %s" % (
+             ", ".join(HOOK_AGENTS[:-1]), HOOK_AGENTS[-1])))]),
         ("install", cmd_install,
          "add our Claude Code, Codex, Gemini CLI and Qwen Code hooks, the OpenCode plugin and the Pi extension"
          " (idempotent, with backups)", []),
@@ -11250,7 +11318,8 @@ def build_parser(command=None):
 
     p = argparse.ArgumentParser(
         prog="opensessions", parents=[common(True)],
-        description="Live status of AI coding agents (Claude Code, Codex, OpenCode, Amp) across tmux sessions. "
+        description="Live status of AI coding agents (%s) across tmux sessions. "
+                    % ", ".join(spec.title for spec in AGENT_SPECS.values()) +
                     "With no command: inside tmux, start the server; outside tmux, start a tmux session.")
     p.add_argument("--version", action="version", version="opensessions " + __version__)
     shared = common(False)
@@ -11327,7 +11396,7 @@ def main(argv=None):
     command = command_of(argv)
     if command == "hook" and "-h" not in argv and "--help" not in argv:
         args = _HookArgs(argv)
-        if args.agent in ("claude", "codex", "gemini", "qwen"):
+        if args.agent in HOOK_AGENTS:
             return cmd_hook(args)
     parser = build_parser(command)
     args = parser.parse_args(argv)

@@ -115,7 +115,7 @@ def hooks(agent):
 def test_gemini_hooks_map_to_states():
     got = []
     for payload in hooks("gemini"):
-        body = os_.gemini_hook_event("gemini", payload, environ={"TMUX_PANE": "%7"})
+        body = os_.hook_event("gemini", payload, environ={"TMUX_PANE": "%7"})
         if body:
             got.append((payload["hook_event_name"], body["status"], body.get("detail")))
             assert body["threadId"] == gemini_id() and body["paneId"] == "%7"
