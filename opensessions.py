@@ -1942,6 +1942,15 @@ class AgentSpec(Record):
         ("id_flags", ()),  # flags whose value is the conversation id (`--resume ID`): read back from argv
         ("id_commands", ()),  # subcommands followed by the conversation id (`codex resume ID`)
         ("hooks", None),  # Hooks: what its hook payloads say (None: it has no hooks)
+        # resume, fork and the flags a restore keeps (Resurrect): in resume_args and fork_args "{flags}"
+        # stands for the flags kept from the saved command line, "{id}" for the conversation id
+        ("resume_args", ()),  # the arguments that resume conversation {id}
+        ("fork_args", None),  # the arguments that start a new conversation from {id}'s history (None: not known)
+        ("resumes_anywhere", False),  # resumes by id from any directory (else only from the one it ran in)
+        ("session_flags", ()),  # flags whose value picks a conversation: dropped when saving (restore adds its own)
+        ("session_switches", ()),  # flags without a value that pick one (--continue): dropped too
+        ("session_commands", ()),  # subcommands that pick one ("resume", "threads continue"): dropped with the id
+        ("switches", ()),  # flags known to take no value (the word after one is a prompt, never its value)
     )
 
 
@@ -1968,6 +1977,11 @@ CLAUDE = AgentSpec(
     process=Process(names=("claude",), via_node=True, one_shot=("-p", "--print")),
     id_flags=("--resume", "-r", "--session-id"),
     hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS, pid_env="CLAUDE_PID"),
+    # conversations live under the project directory (~/.claude/projects/<cwd>): resumed only from there
+    resume_args=("{flags}", "--resume", "{id}"), fork_args=("{flags}", "--resume", "{id}", "--fork-session"),
+    session_flags=("--resume", "-r", "--session-id"), session_switches=("--continue", "-c", "--fork-session"),
+    switches=("--dangerously-skip-permissions", "--verbose", "--debug", "--ide", "--strict-mcp-config",
+              "--continue", "-c", "--fork-session", "--print", "-p"),
 )
 
 CODEX = AgentSpec(
@@ -1976,18 +1990,30 @@ CODEX = AgentSpec(
     process=Process(names=("codex",), via_node=True, helpers=("app-server", "exec", "mcp-server")),
     id_commands=("resume", "continue"),
     hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS),
+    resume_args=("{flags}", "resume", "{id}"), fork_args=("{flags}", "fork", "{id}"), resumes_anywhere=True,
+    session_switches=("--last",),  # codex's -c is --config: kept
+    session_commands=("threads continue", "threads", "resume", "fork"),
+    switches=("--full-auto", "--dangerously-bypass-approvals-and-sandbox", "--search", "--oss", "--last",
+              "--dangerously-bypass-hook-trust", "--skip-git-repo-check", "--no-daemon"),
 )
 
 OPENCODE = AgentSpec(
     name="opencode", title="OpenCode", id_pattern=_OPENCODE_ID_RE,
     process=Process(names=("opencode",), helpers=("run", "serve", "lsp", "acp")),
     id_flags=("-s", "--session"),
+    resume_args=("{flags}", "-s", "{id}"), fork_args=("{flags}", "-s", "{id}", "--fork"), resumes_anywhere=True,
+    session_flags=("--session", "-s"), session_switches=("--continue", "-c", "--fork"),
+    switches=("--continue", "-c", "--print-logs", "--fork"),
 )
 
 AMP = AgentSpec(
     name="amp", title="Amp", id_pattern=_AMP_ID_RE,
     process=Process(names=("amp",), via_node=True),
     id_commands=("resume", "continue"),
+    # Amp keeps threads on its servers: any directory will do (its saved flags are not typed again)
+    resume_args=("threads", "continue", "{id}"), resumes_anywhere=True,
+    session_switches=("--last",), session_commands=("threads continue", "threads", "resume", "fork"),
+    switches=("--dangerously-allow-all", "--last"),
 )
 
 GEMINI = AgentSpec(
@@ -1997,6 +2023,10 @@ GEMINI = AgentSpec(
                     one_shot=("-p", "--prompt", "--print"), helpers=("mcp", "extensions", "hooks")),
     id_flags=("--resume", "-r", "--session-id"),
     hooks=Hooks(states=GEMINI_HOOK_STATES, notifications=("ToolPermission",)),
+    # chats are kept per project (~/.gemini/tmp/<project>): resumed only from that directory
+    resume_args=("{flags}", "--resume", "{id}"),
+    session_flags=("--resume", "-r", "--session-id", "--session-file", "--prompt-interactive", "-i"),
+    switches=("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--skip-trust", "--screen-reader"),
 )
 
 QWEN = AgentSpec(
@@ -2005,6 +2035,11 @@ QWEN = AgentSpec(
                     one_shot=("-p", "--prompt", "--print"), helpers=("mcp", "extensions", "hooks")),
     id_flags=("--resume", "-r", "--session-id"),
     hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS),
+    # chats are kept per project (~/.qwen/projects/<cwd>): resumed only from that directory
+    resume_args=("{flags}", "--resume", "{id}"),
+    session_flags=("--resume", "-r", "--session-id", "--prompt-interactive", "-i"),
+    session_switches=("--continue", "-c"),
+    switches=("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--continue", "-c"),
 )
 
 PI = AgentSpec(
@@ -2013,6 +2048,9 @@ PI = AgentSpec(
     process=Process(names=("pi",), via_node=True, package="pi-coding-agent", entry_files=("cli.js",),
                     one_shot=("-p", "--print", "--mode", "--prompt"), helpers=("mcp", "extensions", "hooks")),
     id_flags=("--session",),
+    resume_args=("{flags}", "--session", "{id}"), fork_args=("{flags}", "--fork", "{id}"), resumes_anywhere=True,
+    session_flags=("--session", "--fork"), session_switches=("--continue", "-c", "--resume", "-r"),
+    switches=("--continue", "-c", "--resume", "-r", "--no-session", "--verbose"),
 )
 
 AGENT_SPECS = {spec.name: spec for spec in (CLAUDE, CODEX, OPENCODE, AMP, GEMINI, QWEN, PI)}
@@ -2100,6 +2138,20 @@ def agent_resume_id_from_args(agent, args):
         if valid_thread_id(agent, c):
             return c
     return None
+
+
+def conversation_args(agent, thread_id, flags=(), fork=False):
+    """The arguments after the agent's program that resume conversation thread_id (or, with fork, start
+    a new one from its history), the given flags kept. -> list of words, or None when the agent cannot
+    do it (or no fork form is known). The id must be valid_thread_id (it is typed into a shell)."""
+    spec = AGENT_SPECS.get(agent)
+    template = (spec.fork_args if fork else spec.resume_args) if spec else None
+    if not template:
+        return None
+    words = []
+    for word in template:
+        words.extend(flags if word == "{flags}" else [thread_id] if word == "{id}" else [word])
+    return words
 
 
 def hook_event(agent, payload, environ=None):
@@ -7408,29 +7460,6 @@ def attention_queue(state):
 SHELLS = frozenset(("bash", "zsh", "fish", "sh", "dash", "ksh", "mksh", "tcsh", "csh", "nu", "elvish", "xonsh",
                     "-bash", "-zsh", "-sh", "-fish"))
 INTERPRETERS = frozenset(("node", "bun", "deno", "sh", "bash"))
-# Flags that select a conversation: dropped from saved flags (restore adds the right one back).
-RESUME_FLAGS = {
-    "claude": {"value": ("--resume", "-r", "--session-id"), "bool": ("--continue", "-c", "--fork-session")},
-    "opencode": {"value": ("--session", "-s"), "bool": ("--continue", "-c", "--fork")},
-    "codex": {"value": (), "bool": ("--last",)},  # codex's -c is --config: kept
-    "amp": {"value": (), "bool": ("--last",)},
-    "gemini": {"value": ("--resume", "-r", "--session-id", "--session-file", "--prompt-interactive", "-i"),
-               "bool": ()},
-    "qwen": {"value": ("--resume", "-r", "--session-id", "--prompt-interactive", "-i"), "bool": ("--continue", "-c")},
-    "pi": {"value": ("--session", "--fork"), "bool": ("--continue", "-c", "--resume", "-r")},
-}
-# Flags known to take no value (so a word after them is a positional prompt, never a value).
-BOOL_FLAGS = {
-    "claude": ("--dangerously-skip-permissions", "--verbose", "--debug", "--ide", "--strict-mcp-config",
-               "--continue", "-c", "--fork-session", "--print", "-p"),
-    "opencode": ("--continue", "-c", "--print-logs", "--fork"),
-    "codex": ("--full-auto", "--dangerously-bypass-approvals-and-sandbox", "--search", "--oss", "--last",
-              "--dangerously-bypass-hook-trust", "--skip-git-repo-check", "--no-daemon"),
-    "amp": ("--dangerously-allow-all", "--last"),
-    "gemini": ("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--skip-trust", "--screen-reader"),
-    "qwen": ("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--continue", "-c"),
-    "pi": ("--continue", "-c", "--resume", "-r", "--no-session", "--verbose"),
-}
 SIDECAR_PREFIX = "opensessions_"
 EMPTY_SAVE_GRACE = 60.0
 PANE_CONTENTS_ARCHIVE = "pane_contents.tar.gz"  # tmux-resurrect's @resurrect-capture-pane-contents
@@ -7440,11 +7469,6 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
 # Keys tmux-assistant-resurrect keeps in a record's env for itself (not variables to set again).
 TAR_ENV_BOOKKEEPING = frozenset(("tmux_pane", "shell", "TMUX_PANE", "SHELL", "TMUX", "PWD", "OLDPWD", "SHLVL", "_"))
-# Agents that resume a conversation by id from any directory. Claude keeps conversations under the
-# project directory (~/.claude/projects/<cwd>): it resumes only from there.
-RESUME_ANYWHERE = frozenset(("codex", "opencode", "amp", "pi"))
-# Gemini CLI and Qwen Code keep chats per project (~/.gemini/tmp/<project>, ~/.qwen/projects/<cwd>) and,
-# like Claude, resume only from that directory; Pi finds a session by id from anywhere.
 
 
 def resurrect_escape(text):
@@ -7505,33 +7529,34 @@ def agent_argv(agent, args):
 
 
 def launch_flags(agent, argv):
-    """-> (flags to keep, dropped words). Resume/continue/session flags and positional prompts go;
-    Codex's `resume <id>` subcommand goes too. Pure."""
+    """-> (flags to keep, dropped words). What picks a conversation goes (the agent's session flags,
+    switches and subcommands such as Codex's `resume <id>`: a restore adds its own), and so do
+    positional prompts. Pure."""
+    spec = AGENT_SPECS.get(agent) or AgentSpec()
     rest = list(argv[1:])
-    drop = RESUME_FLAGS.get(agent, {"value": (), "bool": ()})
-    bools = BOOL_FLAGS.get(agent, ())
     keep, dropped = [], []
-    if agent in ("codex", "amp") and rest[:1] in (["resume"], ["fork"], ["threads"]):
-        sub = rest.pop(0)
-        if sub == "threads" and rest[:1] == ["continue"]:
-            rest.pop(0)
-        dropped.append(sub)
-        if rest and not rest[0].startswith("-"):
-            dropped.append(rest.pop(0))
+    for phrase in sorted(spec.session_commands, key=len, reverse=True):
+        words = phrase.split()
+        if rest[:len(words)] == words:
+            del rest[:len(words)]
+            dropped.extend(words)
+            if rest and not rest[0].startswith("-"):
+                dropped.append(rest.pop(0))
+            break
     i = 0
     while i < len(rest):
         a = rest[i]
         name = a.split("=", 1)[0]
-        if name in drop["value"]:
+        if name in spec.session_flags:
             dropped.append(a)
             if "=" not in a and i + 1 < len(rest):
                 dropped.append(rest[i + 1])
                 i += 1
-        elif a in drop["bool"]:
+        elif a in spec.session_switches:
             dropped.append(a)
         elif a.startswith("-"):
             keep.append(a)
-            if ("=" not in a and a not in bools and i + 1 < len(rest) and not rest[i + 1].startswith("-")):
+            if ("=" not in a and a not in spec.switches and i + 1 < len(rest) and not rest[i + 1].startswith("-")):
                 keep.append(rest[i + 1])
                 i += 1
         else:
@@ -7565,18 +7590,7 @@ def resume_command(record):
     words = ["%s=%s" % (name, shlex.quote(env[name])) for name in sorted(env)]
     program = record.get("program")
     words += [shlex.quote(program)] if program else ["command", agent]
-    if agent == "claude":
-        words += flags + ["--resume", tid]
-    elif agent == "opencode":
-        words += flags + ["-s", tid]
-    elif agent == "codex":
-        words += flags + ["resume", tid]
-    elif agent in ("gemini", "qwen"):
-        words += flags + ["--resume", tid]
-    elif agent == "pi":
-        words += flags + ["--session", tid]
-    else:
-        words += ["threads", "continue", tid]
+    words += conversation_args(agent, tid, flags)
     line = " ".join(words)
     cwd = record.get("cwd")
     return "cd %s && %s" % (shlex.quote(cwd), line) if cwd else line
@@ -8269,7 +8283,8 @@ class Resurrect(object):
         agent, tid, cwd = rec["agent"], rec["id"], rec.get("cwd")
         typed_rec, notes = dict(rec), []
         cwd_gone = bool(cwd) and not os.path.isdir(cwd)
-        if cwd_gone and agent in RESUME_ANYWHERE:
+        resumes_anywhere = AGENT_SPECS[agent].resumes_anywhere
+        if cwd_gone and resumes_anywhere:
             typed_rec["cwd"] = None
             notes.append("directory %s is gone; %s resumes by id from the pane's directory" % (cwd, agent))
         program = rec.get("program")
@@ -8293,9 +8308,9 @@ class Resurrect(object):
             return skip(target, "busy with %s (pid %d); not typing %s %s" % (running[0], running[1], agent, tid))
         if not self.conversation_exists(rec):
             return skip(target, "%s conversation %s no longer exists; left the shell" % (agent, tid))
-        if cwd_gone and agent not in RESUME_ANYWHERE:
-            why = ("not resuming %s %s: its directory %s is gone (Claude resumes a conversation only from "
-                   "its project directory)" % (agent, tid, cwd))
+        if cwd_gone and not resumes_anywhere:
+            why = ("not resuming %s %s: its directory %s is gone (%s resumes a conversation only from "
+                   "the directory it ran in)" % (agent, tid, cwd, AGENT_SPECS[agent].title))
             if not dry_run:
                 self.tell_pane(st, why)
             return skip(target, why + "; left the shell")

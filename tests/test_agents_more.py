@@ -174,7 +174,7 @@ def test_resume_ids_flags_and_commands():
         "cd /w && command gemini --yolo --resume " + gid
     assert rc({"agent": "qwen", "id": QWEN_ID, "flags": []}) == "command qwen --resume " + QWEN_ID
     assert rc({"agent": "pi", "id": PI_ID, "program": "/opt/pi"}) == "/opt/pi --session " + PI_ID
-    assert "pi" in os_.RESUME_ANYWHERE and "gemini" not in os_.RESUME_ANYWHERE
+    assert os_.AGENT_SPECS["pi"].resumes_anywhere and not os_.AGENT_SPECS["gemini"].resumes_anywhere
 
 
 def test_qwen_registry_gives_the_exact_id(tmp_path):
