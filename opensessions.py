@@ -9,20 +9,23 @@ holds that claim with `ast`):
   2. Model (pure)            threads, statuses, attention, unseen, metadata and ui validation,
                              themes and glyphs, prices
   3. Agent parsers (pure)    bytes in, records out: each agent's transcripts, registries, usage
-  4. Agents (pure)           one AgentSpec per agent: ids, process recognition, hook payloads
-  5. tmux gateway            the one place that runs tmux: commands, formats, snapshot,
+  4. Agent screens (pure)    screens in, keys out: each agent's prompt read from its screen, and
+                             the steps that answer it (one reply planner per agent)
+  5. Agents (pure)           one AgentSpec per agent: ids, paths, process recognition, hooks and
+                             install, resume and fork, reply planner; AGENT_SPECS
+  6. tmux gateway            the one place that runs tmux: commands, formats, snapshot,
                              control-mode lines, our @opensessions-* options
-  6. System probes           process table, listening ports, git branch, pidfds
-  7. Watchers                inotify (or stat polling), file tails, read-only SQLite; one
+  7. System probes           process table, listening ports, git branch, pidfds
+  8. Watchers                inotify (or stat polling), file tails, read-only SQLite; one
                              watcher per agent over a shared core
-  8. Installer               our hooks, plugin and extension in the agents' own configs
-  9. Reply                   answer an agent's prompt without switching: screens in, keys out,
-                             and the checks around typing
- 10. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock
- 11. Notifications           tmux / desktop / terminal / bell, coalesced; status-line options
- 12. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
- 13. Sidebar                 curses: model -> lines (pure) -> draw; the popup; sidebar panes
- 14. CLI                     argparse, client commands, plugin setup, main()
+  9. Installer               our hooks, plugin and extension in the agents' own configs
+ 10. Reply                   answer an agent's prompt without switching: the checks around
+                             typing, and the typing
+ 11. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock
+ 12. Notifications           tmux / desktop / terminal / bell, coalesced; status-line options
+ 13. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
+ 14. Sidebar                 curses: model -> lines (pure) -> draw; the popup; sidebar panes
+ 15. CLI                     argparse, client commands, plugin setup, main()
 
 Importing this module has no side effects: nothing runs, nothing is written, no heavy module is
 imported until a function needs it (client commands must start fast).
@@ -1882,6 +1885,305 @@ def qwen_reduce(state, rec):
 
 
 ##############################################################################
+# Agent screens (pure): each agent's prompt read from its screen, and the keys that answer it
+##############################################################################
+# The keys each agent's prompt expects were learned from the real agents (agents-lab pinned
+# versions, fake model on loopback); the screens are in tests/fixtures/<agent>/:
+# - Claude Code 2.1.330: a numbered menu under "Do you want to …?" ("Esc to cancel" below it). A digit
+#   picks its option at once: "1. Yes", "2. Yes, and always allow …" (absent for some tools),
+#   "N. No" (the denial: "Interrupted · What should Claude do instead?"). A prompt is typed into the
+#   "❯" composer between two ─── rules and submitted with Enter.
+# - Codex 0.169.0: "Would you like to run …?" with "1. Yes, proceed (y)", "2. Yes, and don't ask again
+#   … (p)", "3. No, and tell Codex what to do differently (esc)": the letter in parentheses picks the
+#   option ("esc" = Escape; the denial: "You canceled the request …"). Codex takes fast input as a
+#   paste and an Enter inside it as a newline, so Enter is sent only once the text is on screen.
+# - OpenCode 1.18.33: "Permission required" with buttons "Allow once  Allow always  Reject"; Left/Right
+#   move the selection (it wraps), Enter confirms, Escape rejects. "Allow always" asks again
+#   ("Always allow … Confirm  Cancel", Confirm selected): a second Enter. The selected button is the
+#   one drawn on another background, so these are read with `capture-pane -e`.
+
+REPLY_ACTIONS = ("approve", "approve-always", "deny", "text")
+CLAUDE_PROMPT_GRACE = 0.25
+TEXT_SETTLE = 0.15
+MAX_REPLY_TEXT = 4000
+_CSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+_ANY_ESC_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
+_CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+_MENU_RE = re.compile(r"^\s*(?:[❯›>]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
+_CODEX_KEY_RE = re.compile(r"^(.*?)\s*\((\w+)\)$")
+
+
+class ReplyRefused(Exception):
+    """The reply cannot be sent safely: the reason says why (HTTP 409)."""
+
+
+def strip_escapes(text):
+    """Screen text without escape sequences or other control characters (tabs and newlines kept)."""
+    return _CTRL_RE.sub("", _ANY_ESC_RE.sub("", text))
+
+
+def screen_lines(text, limit=None):
+    """The last `limit` non-blank-trailing lines of a captured screen, escapes removed."""
+    lines = [l.rstrip() for l in strip_escapes(text).split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines[-limit:] if limit else lines
+
+
+def check_reply_text(text):
+    """A prompt to type: one line, no control characters. -> text, or raises ReplyRefused."""
+    if not isinstance(text, str) or not text.strip():
+        raise ReplyRefused("'text' must be a non-empty string")
+    if len(text) > MAX_REPLY_TEXT:
+        raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT)
+    if re.search(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]", text):
+        raise ReplyRefused("'text' contains control characters (a newline too): refused, it is typed literally")
+    return text
+
+
+def _pick(options, action):
+    """Which option answers the action: 'Yes' once, 'Yes, and always/don't ask again', 'No'."""
+    for number, text in options:
+        low = text.lower()
+        if action == "approve" and low.startswith("yes") and ", and" not in low:
+            return number, text
+        if action == "approve-always" and low.startswith("yes, and") and ("always" in low or "don't ask" in low
+                                                                           or "do not ask" in low):
+            return number, text
+        if action == "deny" and low.startswith("no"):
+            return number, text
+    return None
+
+
+def claude_prompt(screen_esc):
+    """-> ('permission', options) | ('input', composer text) | None, from a Claude Code screen."""
+    tail = screen_lines(screen_esc)[-40:]
+    if any("Esc to cancel" in l for l in tail[-6:]) and any(l.strip().startswith("Do you want to") for l in tail):
+        start = max(i for i, l in enumerate(tail) if l.strip().startswith("Do you want to"))
+        options = [(int(m.group(1)), m.group(2)) for m in (_MENU_RE.match(l) for l in tail[start + 1:]) if m]
+        if options:
+            return ("permission", options)
+    for i in range(len(tail) - 1, 0, -1):
+        line = tail[i]
+        if line.startswith("❯") and tail[i - 1].startswith("──") and any(l.startswith("──") for l in tail[i + 1:i + 4]):
+            return ("input", line[1:].strip())
+    return None
+
+
+def codex_prompt(screen_esc):
+    """-> ('permission', [(number, text, key)]) | ('input', None) | None, from a Codex screen."""
+    tail = screen_lines(screen_esc)[-40:]
+    if any("Press enter to confirm or esc to cancel" in l for l in tail[-6:]):
+        options = []
+        for l in tail:
+            m = _MENU_RE.match(l)
+            if m:
+                k = _CODEX_KEY_RE.match(m.group(2))
+                if k:
+                    options.append((int(m.group(1)), k.group(1), k.group(2)))
+        if options:
+            return ("permission", options)
+        return None
+    if any(l.startswith("› ") for l in tail[-6:]):
+        return ("input", None)
+    return None
+
+
+def _sgr_background(params, bg):
+    """The background after one SGR sequence's parameters."""
+    parts = params.split(";") if params else ["0"]
+    i = 0
+    while i < len(parts):
+        p = parts[i]
+        if p in ("", "0"):
+            bg = None
+        elif p == "49":
+            bg = None
+        elif p in ("48",) and i + 1 < len(parts):
+            n = 3 if parts[i + 1] == "5" else 5
+            bg = ";".join(parts[i:i + n])
+            i += n - 1
+        elif p.isdigit() and (40 <= int(p) <= 47 or 100 <= int(p) <= 107):
+            bg = p
+        elif p in ("38",) and i + 1 < len(parts):
+            i += 2 if parts[i + 1] == "5" else 4
+        i += 1
+    return bg
+
+
+def selected_button(line_with_escapes, labels, hint="select"):
+    """Which of `labels` is drawn on another background than the `hint` text of the same line (how
+    OpenCode shows its selected button), or None when that cannot be told."""
+    bg = None
+    pos = 0
+    plain = []
+    backgrounds = []
+    for m in _CSI_RE.finditer(line_with_escapes):
+        for ch in line_with_escapes[pos:m.start()]:
+            plain.append(ch)
+            backgrounds.append(bg)
+        if m.group(0).endswith("m"):
+            bg = _sgr_background(m.group(0)[2:-1], bg)
+        pos = m.end()
+    for ch in line_with_escapes[pos:]:
+        plain.append(ch)
+        backgrounds.append(bg)
+    text = "".join(plain)
+    h = text.find(hint)
+    if h < 0:
+        return None
+    base = backgrounds[h]
+    picked = []
+    for label in labels:
+        i = text.find(label)
+        if i < 0:
+            return None
+        if backgrounds[i] != base:
+            picked.append(label)
+    return picked[0] if len(picked) == 1 else None
+
+
+OPENCODE_BUTTONS = ("Allow once", "Allow always", "Reject")
+
+
+def opencode_prompt(screen_esc):
+    """-> ('permission', selected button or None) | ('confirm-always', selected) | ('input', None) | None,
+    from an OpenCode screen captured with escapes."""
+    raw = screen_esc.split("\n")
+    lines = [strip_escapes(l).rstrip() for l in raw]
+    tail = range(max(0, len(lines) - 30), len(lines))
+    for i in tail:
+        if "Allow once" in lines[i] and "Reject" in lines[i] and any(
+                "Permission required" in lines[j] for j in range(max(0, i - 25), i)):
+            return ("permission", selected_button(raw[i], OPENCODE_BUTTONS))
+        if "Confirm" in lines[i] and "Cancel" in lines[i] and any(
+                "Always allow" in lines[j] for j in range(max(0, i - 25), i)):
+            return ("confirm-always", selected_button(raw[i], ("Confirm", "Cancel")))
+    if any(l.lstrip().startswith("╹▀") for l in (lines[i] for i in tail)) and any("ctrl+p commands" in lines[i] for i in tail):
+        return ("input", None)
+    return None
+
+def _text_steps(text, screen_esc, submitted):
+    """Type a prompt: the text, then Enter only once it is on screen and a moment later (Codex takes
+    input that comes fast as a paste, and an Enter inside a paste as a newline: seen with Enter right
+    after), then wait for it to be submitted (`submitted(screen, needle, typed_screen)`)."""
+    needle = text[-20:]
+    typed_screen = [screen_esc]
+
+    def typed(screen):
+        if needle in "\n".join(screen_lines(screen)[-30:]):
+            typed_screen[0] = screen
+            return True
+        return False
+    return [("literal", text), ("expect", "the typed text on screen", typed, TEXT_SETTLE),
+            ("keys", ["Enter"]), ("expect", "the prompt being submitted",
+                                   lambda screen: submitted(screen, needle, typed_screen[0]))]
+
+
+def _not_input(title, found):
+    """The refusal for text sent to a screen that shows no prompt input."""
+    kind = found[0] if found else None
+    return ReplyRefused("the %s screen does not show its prompt input%s" % (
+        title, " (it shows a permission prompt)" if kind in ("permission", "confirm-always") else ""))
+
+
+def _gone(read, found):
+    """-> predicate: the prompt `found` (as `read` reads a screen) is no longer up."""
+    def gone(screen):
+        now = read(screen)
+        return not (now is not None and now[0] == found[0] and now[1] == found[1])
+    return gone
+
+
+def claude_reply_plan(action, screen_esc, text=None):
+    """Claude Code: a digit picks a permission option; a prompt goes into an empty composer."""
+    found = claude_prompt(screen_esc)
+    if action == "text":
+        if not found or found[0] != "input":
+            raise _not_input("Claude Code", found)
+        if found[1]:
+            raise ReplyRefused("the Claude Code input already holds text (%r); not typing into it" % found[1][:40])
+
+        def submitted(screen, needle, typed_screen):
+            f = claude_prompt(screen)
+            return f is None or f[0] != "input" or needle not in f[1]
+        return _text_steps(text, screen_esc, submitted)
+    if not found or found[0] != "permission":
+        raise ReplyRefused("the Claude Code screen does not show a permission prompt")
+    picked = _pick(found[1], action)
+    if picked is None:
+        raise ReplyRefused("this Claude Code prompt offers no option for %s (options: %s)" % (
+            action, "; ".join("%d. %s" % o for o in found[1])))
+    gone = _gone(claude_prompt, found)
+    # Claude Code ignores keys in the first ~0.1 s a permission prompt is up (seen: a digit 50 ms after
+    # it appeared was dropped, 100 ms after was taken): see it up that long first
+    return [("hold", CLAUDE_PROMPT_GRACE, "the permission prompt", lambda screen: not gone(screen)),
+            ("keys", [str(picked[0])]), ("expect", "the prompt going away after the key", gone)]
+
+
+def codex_reply_plan(action, screen_esc, text=None):
+    """Codex: the letter in parentheses picks a permission option ("esc" is Escape)."""
+    found = codex_prompt(screen_esc)
+    if action == "text":
+        if not found or found[0] != "input":
+            raise _not_input("Codex", found)
+
+        def submitted(screen, needle, typed_screen):
+            composer = [l for l in screen_lines(screen)[-8:] if l.startswith("› ")]
+            return not composer or needle not in composer[-1]
+        return _text_steps(text, screen_esc, submitted)
+    if not found or found[0] != "permission":
+        raise ReplyRefused("the Codex screen does not show a permission prompt")
+    picked = next((key for number, label, key in found[1] if _pick([(number, label)], action)), None)
+    if picked is None:
+        raise ReplyRefused("this Codex prompt offers no option for %s (options: %s)" % (
+            action, "; ".join("%d. %s (%s)" % o for o in found[1])))
+    return [("keys", ["Escape" if picked == "esc" else picked]),
+            ("expect", "the prompt going away after the key", _gone(codex_prompt, found))]
+
+
+def opencode_reply_plan(action, screen_esc, text=None):
+    """OpenCode: Right moves to the wanted button, Enter confirms ("Allow always" asks again: a second
+    Enter), Escape rejects."""
+    found = opencode_prompt(screen_esc)
+    kind = found[0] if found else None
+    if action == "text":
+        if kind != "input":
+            raise _not_input("OpenCode", found)
+        return _text_steps(text, screen_esc, lambda screen, needle, typed_screen: screen != typed_screen)
+    if kind not in ("permission", "confirm-always"):
+        raise ReplyRefused("the OpenCode screen does not show a permission prompt")
+
+    def gone(screen):  # neither the buttons nor the "Always allow" confirmation
+        now = opencode_prompt(screen)
+        return now is None or now[0] not in ("permission", "confirm-always")
+    if kind == "confirm-always":
+        raise ReplyRefused("OpenCode is asking to confirm an 'Allow always' already; answer it in its pane")
+    if action == "deny":
+        return [("keys", ["Escape"]), ("expect", "the prompt going away after the key", gone)]
+    selected = found[1]
+    if selected is None:
+        raise ReplyRefused("cannot tell which OpenCode button is selected")
+    target = "Allow once" if action == "approve" else "Allow always"
+    moves = (OPENCODE_BUTTONS.index(target) - OPENCODE_BUTTONS.index(selected)) % len(OPENCODE_BUTTONS)
+
+    def on_target(screen):
+        f = opencode_prompt(screen)
+        return f is not None and f[0] == "permission" and f[1] == target
+    steps = []
+    if moves:
+        steps += [("keys", ["Right"] * moves), ("expect", "%r selected" % target, on_target)]
+    steps.append(("keys", ["Enter"]))
+    if action == "approve-always":
+        def confirm(screen):
+            f = opencode_prompt(screen)
+            return f is not None and f[0] == "confirm-always" and f[1] == "Confirm"
+        steps += [("expect", "the 'Always allow' confirmation with Confirm selected", confirm), ("keys", ["Enter"])]
+    steps.append(("expect", "the prompt going away after the key", gone))
+    return steps
+
+
+##############################################################################
 # Agents (pure): one spec per agent
 ##############################################################################
 # Each agent is one AgentSpec: data and pure functions that say what every section needs to know of
@@ -1931,6 +2233,31 @@ class Hooks(Record):
     )
 
 
+class HookInstall(Record):
+    """Our hook command in an agent's own hook config, in Claude's shape ({"hooks": {Event: [{"hooks":
+    [entry]}]}}): `opensessions install` adds it to each event, `uninstall` removes it (and only it)."""
+
+    FIELDS = (
+        ("file", None),  # the config file, in the agent's home
+        ("events", ()),  # the events our hook is added to
+        ("entry", {}),  # what our entry holds besides its type and command (a timeout: seconds or ms)
+        ("only_if_set_up", False),  # only where the agent's home exists (nothing is created for others)
+        ("note", None),  # a line for the user after installing
+    )
+
+
+class FileInstall(Record):
+    """A file of ours that the agent loads (a plugin, an extension), written whole by install."""
+
+    FIELDS = (
+        ("what", None),  # "the OpenCode plugin": how messages name it
+        ("under", "home"),  # the agent's path (a key of its paths) the file goes under ...
+        ("path", ()),  # ... and the file's path there
+        ("text", ""),  # the file's contents
+        ("only_if_set_up", False),  # only where that directory exists
+    )
+
+
 class AgentSpec(Record):
     """One agent, in one place (fields in the order of the sections that use them)."""
 
@@ -1938,10 +2265,12 @@ class AgentSpec(Record):
         ("name", None),  # "claude": the agent's key in thread keys, hook commands and /state
         ("title", None),  # "Claude Code": how messages name it
         ("id_pattern", None),  # a compiled regex: the conversation ids its resume command takes
+        ("paths", None),  # environ -> {"home": its directory, other named paths}: where its files are
         ("process", Process()),  # how its process is recognised
         ("id_flags", ()),  # flags whose value is the conversation id (`--resume ID`): read back from argv
         ("id_commands", ()),  # subcommands followed by the conversation id (`codex resume ID`)
         ("hooks", None),  # Hooks: what its hook payloads say (None: it has no hooks)
+        ("install", None),  # HookInstall or FileInstall: what `opensessions install` adds for it
         # resume, fork and the flags a restore keeps (Resurrect): in resume_args and fork_args "{flags}"
         # stands for the flags kept from the saved command line, "{id}" for the conversation id
         ("resume_args", ()),  # the arguments that resume conversation {id}
@@ -1951,6 +2280,9 @@ class AgentSpec(Record):
         ("session_switches", ()),  # flags without a value that pick one (--continue): dropped too
         ("session_commands", ()),  # subcommands that pick one ("resume", "threads continue"): dropped with the id
         ("switches", ()),  # flags known to take no value (the word after one is a prompt, never its value)
+        # replies (Agent screens): what its screen shows, and the keys that answer it
+        ("prompt_reader", None),  # captured screen (with escapes) -> ("permission" | "input" | …, details) or None
+        ("reply_planner", None),  # (action, screen, text) -> reply steps, or ReplyRefused (None: not learned)
     )
 
 
@@ -1970,44 +2302,211 @@ GEMINI_HOOK_STATES = {
     "Notification": "notification", "AfterAgent": "idle", "SessionEnd": "end",
 }
 
+CLAUDE_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "StopFailure", "Notification",
+                      "PermissionRequest")
+CODEX_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "PermissionRequest")
+# Gemini CLI and Qwen Code read hooks from settings.json in Claude's shape; Gemini's `timeout` is in ms.
+GEMINI_HOOK_EVENTS = ("SessionStart", "SessionEnd", "BeforeAgent", "AfterAgent", "Notification")
+QWEN_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "StopFailure", "Notification",
+                    "PermissionRequest")
+
+# -- what we install into agents that have no hooks: their own plugin formats ----------------------
+OPENCODE_PLUGIN_NAME = "opensessions.js"
+# The OpenCode plugin: forwards the few events that carry live status (busy / retry / idle, errors,
+# permission asked / replied) to the server; the server maps them (opencode_plugin_status).
+# The OpenCode plugin and the Pi extension find the server the same way: this function is in
+# both (plain JS, which Pi's TypeScript loader takes as it is). Tested under node against socket_key().
+_JS_SERVER_LOOKUP = r"""function server() {
+  try {
+    const uid = process.getuid();
+    const t = process.env.TMUX;
+    const sock = t ? t.split(",").slice(0, -2).join(",")
+      : path.join(process.env.TMUX_TMPDIR || "/tmp", "tmux-" + uid, "default");
+    let h = 0xcbf29ce484222325n;  // FNV-1a 64, as opensessions' socket_key()
+    for (const b of Buffer.from(sock, "utf8")) h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn;
+    const key = h.toString(16).padStart(16, "0").slice(0, 12);
+    const xdg = process.env.XDG_RUNTIME_DIR;
+    const dir = xdg && fs.existsSync(xdg) ? path.join(xdg, "opensessions")
+      : path.join(process.env.TMPDIR || "/tmp", "opensessions-" + uid);
+    const file = path.join(dir, "server-" + key + ".json");
+    for (const st of [fs.lstatSync(dir), fs.lstatSync(file)]) {
+      if (st.isSymbolicLink() || st.uid !== uid || (st.mode & 0o077)) return null;
+    }
+    const info = JSON.parse(fs.readFileSync(file, "utf8"));
+    if (Number.isInteger(info.port) && info.port > 0 && info.port < 65536) return info;
+  } catch (e) {}
+  return null;
+}
+"""
+
+OPENCODE_PLUGIN = r"""// opensessions: reports OpenCode session status to the opensessions server.
+// Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks OpenCode.
+import fs from "node:fs";
+import path from "node:path";
+
+const TYPES = new Set(["session.status", "session.idle", "session.error", "permission.asked",
+  "permission.replied", "session.updated"]);
+
+// The server's runtime file, trusted only when it is ours and private (a shared TMPDIR is writable
+// by everyone): no file, no report (never to whatever listens on a default port).
+""" + _JS_SERVER_LOOKUP + r"""
+function slim(event) {
+  const p = event.properties || {};
+  const out = { sessionID: p.sessionID || (p.info && p.info.id), status: p.status, error: p.error,
+    permission: p.permission, patterns: p.patterns };
+  if (event.type === "session.updated" && p.info) {
+    out.title = p.info.title; out.parentID = p.info.parentID; out.directory = p.info.directory;
+  }
+  return out;
+}
+
+export const OpenSessions = async (ctx) => {
+  return {
+    event: async ({ event }) => {
+      if (!event || !TYPES.has(event.type)) return;
+      const body = JSON.stringify({ type: event.type, properties: slim(event), pid: process.pid,
+        directory: ctx.directory, paneId: process.env.TMUX_PANE || null });
+      const info = server();
+      if (!info) return;
+      const headers = { "content-type": "application/json" };
+      if (typeof info.token === "string") headers["x-opensessions-token"] = info.token;
+      try {
+        await fetch("http://127.0.0.1:" + info.port + "/api/opencode-event", { method: "POST",
+          headers, body, signal: AbortSignal.timeout(1000) });
+      } catch (e) {}
+    },
+  };
+};
+"""
+PI_EXTENSION_NAME = "opensessions.ts"
+# The Pi extension: Pi has no hooks; an extension in ~/.pi/agent/extensions/ gets its session and
+# agent events. It reports the turn's start and end (with the last message's stopReason: error,
+# aborted) and the session's end, to /api/agent-event, as our hooks do. Never blocks Pi.
+PI_EXTENSION = r"""// opensessions: reports Pi session status to the opensessions server.
+// Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks Pi.
+import fs from "node:fs";
+import path from "node:path";
+
+// The server's runtime file, trusted only when it is ours and private (as in our OpenCode plugin).
+""" + _JS_SERVER_LOOKUP + r"""
+async function report(ctx: any, status: string, extra: any = {}) {
+  try {
+    const sm = ctx && ctx.sessionManager;
+    const id = sm && sm.getSessionId ? sm.getSessionId() : null;
+    if (!id) return;
+    const body: any = { agent: "pi", status, threadId: id, source: "hook", pid: process.pid,
+      projectDir: (sm.getCwd && sm.getCwd()) || ctx.cwd };
+    if (process.env.TMUX_PANE) body.paneId = process.env.TMUX_PANE;
+    const name = sm.getSessionName && sm.getSessionName();
+    if (name) body.threadName = String(name).slice(0, 200);
+    Object.assign(body, extra);
+    const info = server();
+    if (!info) return;
+    const headers: any = { "content-type": "application/json" };
+    if (typeof info.token === "string") headers["x-opensessions-token"] = info.token;
+    await fetch("http://127.0.0.1:" + info.port + "/api/agent-event", { method: "POST", headers,
+      body: JSON.stringify(body), signal: AbortSignal.timeout(1000) });
+  } catch (e) {}
+}
+
+export default function (pi: any) {
+  pi.on("session_start", async (_event: any, ctx: any) => { void report(ctx, "idle"); });
+  pi.on("agent_start", async (_event: any, ctx: any) => { void report(ctx, "running"); });
+  pi.on("agent_end", async (event: any, ctx: any) => {
+    const msgs = (event && event.messages) || [];
+    let last: any = null;
+    for (const m of msgs) if (m && m.role === "assistant") last = m;
+    if (last && last.stopReason === "error") {
+      void report(ctx, "error", { detail: String(last.errorMessage || "error").slice(0, 500) });
+    } else if (last && last.stopReason === "aborted") {
+      void report(ctx, "interrupted");
+    } else {
+      void report(ctx, "idle");
+    }
+  });
+  pi.on("session_shutdown", async (_event: any, ctx: any) => { await report(ctx, "idle", { alive: false }); });
+}
+"""
+
+
+# -- where each agent keeps its files (with their environment overrides) ---------------------------
+
+def claude_paths(env):
+    return {"home": env.get("CLAUDE_CONFIG_DIR") or os.path.join(home_dir(env), ".claude")}
+
+
+def codex_paths(env):
+    return {"home": env.get("CODEX_HOME") or os.path.join(home_dir(env), ".codex")}
+
+
+def opencode_paths(env):
+    db = env.get("OPENCODE_DB") or os.path.join(xdg_dir("DATA", env), "opencode", "opencode.db")
+    return {"home": os.path.dirname(db), "db": db, "config": os.path.join(xdg_dir("CONFIG", env), "opencode")}
+
+
+def amp_paths(env):
+    threads = os.path.join(xdg_dir("DATA", env), "amp", "threads")
+    return {"home": os.path.dirname(threads), "threads": threads}
+
+
+def gemini_paths(env):
+    return {"home": os.path.join(env.get("GEMINI_CLI_HOME") or home_dir(env), ".gemini")}
+
+
+def qwen_paths(env):
+    return {"home": os.path.join(home_dir(env), ".qwen")}
+
+
+def pi_paths(env):
+    return {"home": env.get("PI_CODING_AGENT_DIR") or os.path.join(home_dir(env), ".pi", "agent")}
+
+
 # -- the agents (Amp's formats were not captured: see the Amp parser's note) -------------------------
 
 CLAUDE = AgentSpec(
-    name="claude", title="Claude Code", id_pattern=_UUID_RE,
+    name="claude", title="Claude Code", id_pattern=_UUID_RE, paths=claude_paths,
     process=Process(names=("claude",), via_node=True, one_shot=("-p", "--print")),
     id_flags=("--resume", "-r", "--session-id"),
     hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS, pid_env="CLAUDE_PID"),
+    install=HookInstall(file="settings.json", events=CLAUDE_HOOK_EVENTS, entry={"timeout": 5}),
     # conversations live under the project directory (~/.claude/projects/<cwd>): resumed only from there
     resume_args=("{flags}", "--resume", "{id}"), fork_args=("{flags}", "--resume", "{id}", "--fork-session"),
     session_flags=("--resume", "-r", "--session-id"), session_switches=("--continue", "-c", "--fork-session"),
     switches=("--dangerously-skip-permissions", "--verbose", "--debug", "--ide", "--strict-mcp-config",
               "--continue", "-c", "--fork-session", "--print", "-p"),
+    prompt_reader=claude_prompt, reply_planner=claude_reply_plan,
 )
 
 CODEX = AgentSpec(
-    name="codex", title="Codex", id_pattern=_UUID_RE,
+    name="codex", title="Codex", id_pattern=_UUID_RE, paths=codex_paths,
     # its app-server daemon holds rollouts open but is not in a pane
     process=Process(names=("codex",), via_node=True, helpers=("app-server", "exec", "mcp-server")),
     id_commands=("resume", "continue"),
     hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS),
+    install=HookInstall(file="hooks.json", events=CODEX_HOOK_EVENTS, entry={"timeout": 5},
+                        note="Codex asks to trust new hooks once (or start it with --dangerously-bypass-hook-trust)."),
     resume_args=("{flags}", "resume", "{id}"), fork_args=("{flags}", "fork", "{id}"), resumes_anywhere=True,
     session_switches=("--last",),  # codex's -c is --config: kept
     session_commands=("threads continue", "threads", "resume", "fork"),
     switches=("--full-auto", "--dangerously-bypass-approvals-and-sandbox", "--search", "--oss", "--last",
               "--dangerously-bypass-hook-trust", "--skip-git-repo-check", "--no-daemon"),
+    prompt_reader=codex_prompt, reply_planner=codex_reply_plan,
 )
 
 OPENCODE = AgentSpec(
-    name="opencode", title="OpenCode", id_pattern=_OPENCODE_ID_RE,
+    name="opencode", title="OpenCode", id_pattern=_OPENCODE_ID_RE, paths=opencode_paths,
+    install=FileInstall(what="the OpenCode plugin", under="config", path=("plugins", OPENCODE_PLUGIN_NAME),
+                        text=OPENCODE_PLUGIN),
     process=Process(names=("opencode",), helpers=("run", "serve", "lsp", "acp")),
     id_flags=("-s", "--session"),
     resume_args=("{flags}", "-s", "{id}"), fork_args=("{flags}", "-s", "{id}", "--fork"), resumes_anywhere=True,
     session_flags=("--session", "-s"), session_switches=("--continue", "-c", "--fork"),
     switches=("--continue", "-c", "--print-logs", "--fork"),
+    prompt_reader=opencode_prompt, reply_planner=opencode_reply_plan,
 )
 
 AMP = AgentSpec(
-    name="amp", title="Amp", id_pattern=_AMP_ID_RE,
+    name="amp", title="Amp", id_pattern=_AMP_ID_RE, paths=amp_paths,
     process=Process(names=("amp",), via_node=True),
     id_commands=("resume", "continue"),
     # Amp keeps threads on its servers: any directory will do (its saved flags are not typed again)
@@ -2017,12 +2516,14 @@ AMP = AgentSpec(
 )
 
 GEMINI = AgentSpec(
-    name="gemini", title="Gemini CLI", id_pattern=_UUID_RE,
+    name="gemini", title="Gemini CLI", id_pattern=_UUID_RE, paths=gemini_paths,
     # `node …/.bin/gemini` relaunches itself as `node --max-old-space-size=N …/gemini` (the same agent)
     process=Process(names=("gemini",), via_node=True, package="gemini-cli", entry_files=("gemini.js",),
                     one_shot=("-p", "--prompt", "--print"), helpers=("mcp", "extensions", "hooks")),
     id_flags=("--resume", "-r", "--session-id"),
     hooks=Hooks(states=GEMINI_HOOK_STATES, notifications=("ToolPermission",)),
+    install=HookInstall(file="settings.json", events=GEMINI_HOOK_EVENTS, entry={"timeout": 5000, "name": "opensessions"},
+                        only_if_set_up=True),
     # chats are kept per project (~/.gemini/tmp/<project>): resumed only from that directory
     resume_args=("{flags}", "--resume", "{id}"),
     session_flags=("--resume", "-r", "--session-id", "--session-file", "--prompt-interactive", "-i"),
@@ -2030,11 +2531,12 @@ GEMINI = AgentSpec(
 )
 
 QWEN = AgentSpec(
-    name="qwen", title="Qwen Code", id_pattern=_UUID_RE,
+    name="qwen", title="Qwen Code", id_pattern=_UUID_RE, paths=qwen_paths,
     process=Process(names=("qwen",), via_node=True, package="qwen-code", entry_files=("cli.js", "cli-entry.js"),
                     one_shot=("-p", "--prompt", "--print"), helpers=("mcp", "extensions", "hooks")),
     id_flags=("--resume", "-r", "--session-id"),
     hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS),
+    install=HookInstall(file="settings.json", events=QWEN_HOOK_EVENTS, only_if_set_up=True),  # its default timeout
     # chats are kept per project (~/.qwen/projects/<cwd>): resumed only from that directory
     resume_args=("{flags}", "--resume", "{id}"),
     session_flags=("--resume", "-r", "--session-id", "--prompt-interactive", "-i"),
@@ -2043,7 +2545,9 @@ QWEN = AgentSpec(
 )
 
 PI = AgentSpec(
-    name="pi", title="Pi", id_pattern=_UUID_RE,
+    name="pi", title="Pi", id_pattern=_UUID_RE, paths=pi_paths,
+    install=FileInstall(what="the Pi extension", path=("extensions", PI_EXTENSION_NAME), text=PI_EXTENSION,
+                        only_if_set_up=True),
     # Pi sets its process title to `pi` (its argv is overwritten with it)
     process=Process(names=("pi",), via_node=True, package="pi-coding-agent", entry_files=("cli.js",),
                     one_shot=("-p", "--print", "--mode", "--prompt"), helpers=("mcp", "extensions", "hooks")),
@@ -2061,6 +2565,12 @@ AGENT_COMMS = frozenset(n for spec in AGENT_SPECS.values() for n in spec.process
 
 
 # -- what the sections ask of an agent, answered from its spec ----------------------------------------
+
+def agent_paths(environ=None):
+    """Where each agent keeps its files: {agent: {"home": …, …}} (its spec's paths)."""
+    env = os.environ if environ is None else environ
+    return {name: spec.paths(env) for name, spec in AGENT_SPECS.items()}
+
 
 def valid_thread_id(agent, thread_id):
     """True when thread_id has the shape that agent's resume command takes."""
@@ -2152,6 +2662,21 @@ def conversation_args(agent, thread_id, flags=(), fork=False):
     for word in template:
         words.extend(flags if word == "{flags}" else [thread_id] if word == "{id}" else [word])
     return words
+
+
+def reply_plan(agent, action, screen_esc, text=None):
+    """The steps that answer `action` on this agent's screen (captured with -e), from its spec's reply
+    planner: [("keys", [tmux key names]) | ("literal", text) | ("hold", seconds, description,
+    predicate(screen)) | ("expect", description, predicate(screen_esc)[, settle seconds])].
+    Raises ReplyRefused with the reason when the screen does not show the prompt the action answers."""
+    if action not in REPLY_ACTIONS:
+        raise ReplyRefused("unknown action %r (one of %s)" % (action, ", ".join(REPLY_ACTIONS)))
+    if action == "text":
+        check_reply_text(text)
+    spec = AGENT_SPECS.get(agent)
+    if spec is None or spec.reply_planner is None:
+        raise ReplyRefused("replying to %s is not supported (its prompts were not learned)" % agent)
+    return spec.reply_planner(action, screen_esc, text)
 
 
 def hook_event(agent, payload, environ=None):
@@ -3206,22 +3731,6 @@ def sqlite_rows(path, sql, params=()):
         conn.close()
 
 
-def agent_paths(environ=None):
-    """Where each agent keeps its files, with their environment overrides."""
-    env = os.environ if environ is None else environ
-    home = home_dir(env)
-    return {
-        "claude": env.get("CLAUDE_CONFIG_DIR") or os.path.join(home, ".claude"),
-        "codex": env.get("CODEX_HOME") or os.path.join(home, ".codex"),
-        "opencode_db": env.get("OPENCODE_DB") or os.path.join(xdg_dir("DATA", env), "opencode", "opencode.db"),
-        "opencode_config": os.path.join(xdg_dir("CONFIG", env), "opencode"),
-        "amp_threads": os.path.join(xdg_dir("DATA", env), "amp", "threads"),
-        "gemini": os.path.join(env.get("GEMINI_CLI_HOME") or home, ".gemini"),
-        "qwen": os.path.join(home, ".qwen"),
-        "pi": env.get("PI_CODING_AGENT_DIR") or os.path.join(home, ".pi", "agent"),
-    }
-
-
 class WatchCore(object):
     """What every agent's watcher shares, on the server's event loop: directories watched by inotify
     (Linux: it wakes us within milliseconds) or scanned by stat every `poll_interval` seconds (no
@@ -3556,7 +4065,7 @@ class ClaudeWatcher(AgentWatcher):
         self.registry_files = {}  # registry file -> pid
 
     def start(self):
-        claude = self.paths["claude"]
+        claude = self.paths["claude"]["home"]
         self.core.watch_root(os.path.join(claude, "sessions"), self._on_registry_dir)
         self.core.watch_root(os.path.join(claude, "projects"), self._on_projects_dir)
 
@@ -3564,7 +4073,7 @@ class ClaudeWatcher(AgentWatcher):
         return (self._scan_claude_registry, self._scan_claude_projects)
 
     def _scan_claude_registry(self):
-        d = os.path.join(self.paths["claude"], "sessions")
+        d = os.path.join(self.paths["claude"]["home"], "sessions")
         for name in dir_entries(d, ".json"):
             self.core.guarded(os.path.join(d, name), self._read_registry_file, os.path.join(d, name))
 
@@ -3600,7 +4109,7 @@ class ClaudeWatcher(AgentWatcher):
         self._apply(entry["sessionId"])
 
     def _transcript_path(self, session_id, cwd):
-        projects = os.path.join(self.paths["claude"], "projects")
+        projects = os.path.join(self.paths["claude"]["home"], "projects")
         if cwd:
             p = os.path.join(projects, claude_project_dir_name(cwd), session_id + ".jsonl")
             if os.path.exists(p):
@@ -3608,7 +4117,7 @@ class ClaudeWatcher(AgentWatcher):
         return self.core.state_paths.get(("claude", session_id))
 
     def _scan_claude_projects(self):
-        projects = os.path.join(self.paths["claude"], "projects")
+        projects = os.path.join(self.paths["claude"]["home"], "projects")
         for d in dir_entries(projects):
             full = os.path.join(projects, d)
             if os.path.isdir(full):
@@ -3678,7 +4187,7 @@ class CodexWatcher(AgentWatcher):
         self.index_tail = None  # FileTail of session_index.jsonl
 
     def start(self):
-        codex = self.paths["codex"]
+        codex = self.paths["codex"]["home"]
         self.core.watch_root(codex, self._on_codex_home)
         self.core.watch_root(os.path.join(codex, "sessions"), self._on_codex_tree)
 
@@ -3694,7 +4203,7 @@ class CodexWatcher(AgentWatcher):
         thread_history_1.sqlite knows each turn's status (inProgress/completed/interrupted/failed)."""
         import sqlite3
         unknown = {st["id"]: path for path, st in self._codex_states() if st["turns"] == 0}
-        db = os.path.join(self.paths["codex"], "thread_history_1.sqlite")
+        db = os.path.join(self.paths["codex"]["home"], "thread_history_1.sqlite")
         if not unknown or not os.path.exists(db):
             return
         try:
@@ -3727,7 +4236,7 @@ class CodexWatcher(AgentWatcher):
             self._scan_codex_sessions()
 
     def _read_codex_index(self):
-        path = os.path.join(self.paths["codex"], "session_index.jsonl")
+        path = os.path.join(self.paths["codex"]["home"], "session_index.jsonl")
         if self.index_tail is None:
             self.index_tail = FileTail(path)
         tail = self.index_tail
@@ -3749,7 +4258,7 @@ class CodexWatcher(AgentWatcher):
     def _read_codex_names_db(self):
         """Thread names from state_5.sqlite (read-only; a locked or half-written DB is skipped)."""
         import sqlite3
-        path = os.path.join(self.paths["codex"], "state_5.sqlite")
+        path = os.path.join(self.paths["codex"]["home"], "state_5.sqlite")
         if not os.path.exists(path):
             return
         self.core.db_stamps[path] = sqlite_stamp(path)
@@ -3771,7 +4280,7 @@ class CodexWatcher(AgentWatcher):
 
     def _scan_codex_sessions(self):
         listdir_counted = self.core.listdir_counted
-        root = os.path.join(self.paths["codex"], "sessions")
+        root = os.path.join(self.paths["codex"]["home"], "sessions")
         horizon = time.strftime("%Y/%m/%d", time.localtime(self.core.clock() - self.core.recent_s - 86400))
         for y in listdir_counted(root):
             ydir = os.path.join(root, y)
@@ -3836,14 +4345,14 @@ class OpenCodeWatcher(AgentWatcher):
         self._bad_rows = set()
 
     def start(self):
-        self.core.watch_root(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
+        self.core.watch_root(os.path.dirname(self.paths["opencode"]["db"]), self._on_opencode_dir)
 
     def cold_steps(self):
         return (self._query_opencode,)
 
     def _on_opencode_dir(self, directory, name, mask):
-        base = os.path.basename(self.paths["opencode_db"])
-        if name is None or (name in (base, base + "-wal") and self.core.db_changed(self.paths["opencode_db"], mask)):
+        base = os.path.basename(self.paths["opencode"]["db"])
+        if name is None or (name in (base, base + "-wal") and self.core.db_changed(self.paths["opencode"]["db"], mask)):
             self._schedule_opencode()
 
     def _schedule_opencode(self):
@@ -3853,20 +4362,20 @@ class OpenCodeWatcher(AgentWatcher):
             return
         wait = 0.0 if self.queried_at is None else self.queried_at + OPENCODE_MIN_INTERVAL - time.monotonic()
         if wait <= 0:
-            self.core.db_read(self.paths["opencode_db"], self._query_opencode)  # the caller publishes
+            self.core.db_read(self.paths["opencode"]["db"], self._query_opencode)  # the caller publishes
             return
         self.query_due = True
         self.server.loop.call_later(wait, self._query_opencode_later)
 
     def _query_opencode_later(self):
         self.query_due = False
-        self.core.db_read(self.paths["opencode_db"], self._query_opencode)
+        self.core.db_read(self.paths["opencode"]["db"], self._query_opencode)
         self.server.after_watchers()
 
     def _query_opencode(self):
         """Read only the sessions changed since the last look (read-only, short busy timeout)."""
         import sqlite3
-        path = self.paths["opencode_db"]
+        path = self.paths["opencode"]["db"]
         if not os.path.exists(path):
             return
         self.queried_at = time.monotonic()
@@ -3951,13 +4460,13 @@ class AmpWatcher(AgentWatcher):
         self.read_stamps = {}  # path -> (mtime_ns, size) when last read
 
     def start(self):
-        self.core.watch_root(self.paths["amp_threads"], self._on_amp_dir)
+        self.core.watch_root(self.paths["amp"]["threads"], self._on_amp_dir)
 
     def cold_steps(self):
         return (self._scan_amp,)
 
     def _scan_amp(self):
-        d = self.paths["amp_threads"]
+        d = self.paths["amp"]["threads"]
         for name in dir_entries(d, ".json"):
             path = os.path.join(d, name)
             if self.core.recent(path):
@@ -4069,11 +4578,11 @@ class GeminiWatcher(ChatFilesWatcher):
 
     def __init__(self, core):
         ChatFilesWatcher.__init__(self, core)
-        self.projects_dir = os.path.join(self.paths["gemini"], "tmp")
+        self.projects_dir = os.path.join(self.paths["gemini"]["home"], "tmp")
         self.project_dirs = {}  # project name -> directory
 
     def start(self):
-        self.core.watch_root(self.paths["gemini"], self._on_gemini_home)
+        self.core.watch_root(self.paths["gemini"]["home"], self._on_gemini_home)
         ChatFilesWatcher.start(self)
 
     def cold_steps(self):
@@ -4088,7 +4597,7 @@ class GeminiWatcher(ChatFilesWatcher):
 
     def _read_gemini_projects(self):
         try:
-            with open(os.path.join(self.paths["gemini"], "projects.json"), "rb") as f:
+            with open(os.path.join(self.paths["gemini"]["home"], "projects.json"), "rb") as f:
                 data = json.loads(f.read().decode("utf-8"))
         except (OSError, ValueError, UnicodeDecodeError):
             return
@@ -4125,8 +4634,8 @@ class QwenWatcher(ChatFilesWatcher):
 
     def __init__(self, core):
         ChatFilesWatcher.__init__(self, core)
-        self.projects_dir = os.path.join(self.paths["qwen"], "projects")
-        self.registry_dir = os.path.join(self.paths["qwen"], "sessions")
+        self.projects_dir = os.path.join(self.paths["qwen"]["home"], "projects")
+        self.registry_dir = os.path.join(self.paths["qwen"]["home"], "sessions")
         self.registry = {}  # registry file -> (pid, session id)
 
     def start(self):
@@ -4182,7 +4691,7 @@ class PiWatcher(ChatFilesWatcher):
 
     def __init__(self, core):
         ChatFilesWatcher.__init__(self, core)
-        self.projects_dir = os.path.join(self.paths["pi"], "sessions")
+        self.projects_dir = os.path.join(self.paths["pi"]["home"], "sessions")
 
     def thread_id(self, path):
         return pi_id_from_path(path)
@@ -4245,76 +4754,6 @@ class AgentWatchers(object):
 # Installer: our hooks, plugin and extension in the agents' own configs
 ##############################################################################
 
-OPENCODE_PLUGIN_NAME = "opensessions.js"
-# The OpenCode plugin: forwards the few events that carry live status (busy / retry / idle, errors,
-# permission asked / replied) to the server; the server maps them (opencode_plugin_status).
-# The OpenCode plugin and the Pi extension find the server the same way: this function is in
-# both (plain JS, which Pi's TypeScript loader takes as it is). Tested under node against socket_key().
-_JS_SERVER_LOOKUP = r"""function server() {
-  try {
-    const uid = process.getuid();
-    const t = process.env.TMUX;
-    const sock = t ? t.split(",").slice(0, -2).join(",")
-      : path.join(process.env.TMUX_TMPDIR || "/tmp", "tmux-" + uid, "default");
-    let h = 0xcbf29ce484222325n;  // FNV-1a 64, as opensessions' socket_key()
-    for (const b of Buffer.from(sock, "utf8")) h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn;
-    const key = h.toString(16).padStart(16, "0").slice(0, 12);
-    const xdg = process.env.XDG_RUNTIME_DIR;
-    const dir = xdg && fs.existsSync(xdg) ? path.join(xdg, "opensessions")
-      : path.join(process.env.TMPDIR || "/tmp", "opensessions-" + uid);
-    const file = path.join(dir, "server-" + key + ".json");
-    for (const st of [fs.lstatSync(dir), fs.lstatSync(file)]) {
-      if (st.isSymbolicLink() || st.uid !== uid || (st.mode & 0o077)) return null;
-    }
-    const info = JSON.parse(fs.readFileSync(file, "utf8"));
-    if (Number.isInteger(info.port) && info.port > 0 && info.port < 65536) return info;
-  } catch (e) {}
-  return null;
-}
-"""
-
-OPENCODE_PLUGIN = r"""// opensessions: reports OpenCode session status to the opensessions server.
-// Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks OpenCode.
-import fs from "node:fs";
-import path from "node:path";
-
-const TYPES = new Set(["session.status", "session.idle", "session.error", "permission.asked",
-  "permission.replied", "session.updated"]);
-
-// The server's runtime file, trusted only when it is ours and private (a shared TMPDIR is writable
-// by everyone): no file, no report (never to whatever listens on a default port).
-""" + _JS_SERVER_LOOKUP + r"""
-function slim(event) {
-  const p = event.properties || {};
-  const out = { sessionID: p.sessionID || (p.info && p.info.id), status: p.status, error: p.error,
-    permission: p.permission, patterns: p.patterns };
-  if (event.type === "session.updated" && p.info) {
-    out.title = p.info.title; out.parentID = p.info.parentID; out.directory = p.info.directory;
-  }
-  return out;
-}
-
-export const OpenSessions = async (ctx) => {
-  return {
-    event: async ({ event }) => {
-      if (!event || !TYPES.has(event.type)) return;
-      const body = JSON.stringify({ type: event.type, properties: slim(event), pid: process.pid,
-        directory: ctx.directory, paneId: process.env.TMUX_PANE || null });
-      const info = server();
-      if (!info) return;
-      const headers = { "content-type": "application/json" };
-      if (typeof info.token === "string") headers["x-opensessions-token"] = info.token;
-      try {
-        await fetch("http://127.0.0.1:" + info.port + "/api/opencode-event", { method: "POST",
-          headers, body, signal: AbortSignal.timeout(1000) });
-      } catch (e) {}
-    },
-  };
-};
-"""
-CLAUDE_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "StopFailure", "Notification",
-                      "PermissionRequest")
-CODEX_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "PermissionRequest")
 
 
 def _is_our_hook(hook, agent, commands=()):
@@ -4341,7 +4780,12 @@ def _is_our_hook(hook, agent, commands=()):
     return prefix[1:] in ([], ["-S"])
 
 
-def hooks_install(config, agent, events, command, commands=()):
+def hook_entry(command, extra=None):
+    """Our entry in an agent's hook config: the command, and what its HookInstall adds (a timeout)."""
+    return dict({"type": "command", "command": command}, **(extra or {}))
+
+
+def hooks_install(config, agent, events, command, commands=(), entry=None):
     """Add our hook to each event of a Claude/Codex-format hook config (a dict); keep every other
     entry. Idempotent. Returns the new config (the input is not changed)."""
     import copy
@@ -4355,7 +4799,7 @@ def hooks_install(config, agent, events, command, commands=()):
     config = hooks_uninstall(config, agent, tuple(commands) + (command,), keep_emptied=events)
     hooks = config.setdefault("hooks", {})
     for event in events:
-        hooks.setdefault(event, []).append({"hooks": [hook_entry(agent, command)]})
+        hooks.setdefault(event, []).append({"hooks": [hook_entry(command, entry)]})
     return config
 
 
@@ -4458,7 +4902,9 @@ def _write_install_ledger(ledger, environ=None):
     atomic_write(path, json.dumps(ledger, indent=1, sort_keys=True))
 
 
-def _install_hooks_file(path, agent, events, command, ledger):
+def _install_hooks_file(path, agent, install, command, ledger):
+    """Our hook in one agent's hook config (a HookInstall), noting in the ledger what was the user's."""
+    events = install.events
     real = os.path.realpath(path)
     entry = dict(ledger.get(real) or {})
     created_file = not os.path.exists(path)
@@ -4468,7 +4914,7 @@ def _install_hooks_file(path, agent, events, command, ledger):
         if not entry:
             entry.update(createdFile=created_file, hooks=hooks is None,
                          events=[e for e in events if hooks is None or e not in hooks], commands=[])
-        return hooks_install(config, agent, events, command, entry.get("commands") or ())
+        return hooks_install(config, agent, events, command, entry.get("commands") or (), install.entry)
     changed = _edit_json_config(path, change)
     if command not in (entry.get("commands") or []):
         entry["commands"] = (entry.get("commands") or []) + [command]
@@ -4497,33 +4943,45 @@ def _uninstall_hooks_file(path, agent, command, ledger):
     return done
 
 
+def install_steps(paths, uninstall):
+    """(what, spec, path) of each agent's install (its spec's HookInstall or FileInstall), in the
+    specs' order; an install marked only_if_set_up only where the agent is set up here (nothing is
+    created for the others) and, to remove it, only where it is there."""
+    steps = []
+    for spec in AGENT_SPECS.values():
+        inst = spec.install
+        if inst is None:
+            continue
+        if isinstance(inst, HookInstall):
+            base = paths[spec.name]["home"]
+            path, what, there = os.path.join(base, inst.file), "%s hooks in " % spec.name, os.path.exists
+        else:
+            base = paths[spec.name][inst.under]
+            path, what, there = os.path.join(base, *inst.path), inst.what + " ", os.path.lexists
+        if inst.only_if_set_up and not (os.path.isdir(base) and (not uninstall or there(path))):
+            continue
+        steps.append((what + path, spec, path))
+    return steps
+
+
 def install_agents(command_prefix, environ=None, uninstall=False):
-    """Add (or remove) our Claude and Codex hooks and the OpenCode plugin. -> list of messages.
-    A step that fails stops there with an error that says what was already changed."""
-    paths = agent_paths(environ)
+    """Add (or remove) our hooks, plugin and extension for every agent (install_steps). -> list of
+    messages. A step that fails stops there with an error that says what was already changed."""
     done = []
     ledger = _read_install_ledger(environ)
-    plugin = os.path.join(paths["opencode_config"], "plugins", OPENCODE_PLUGIN_NAME)
-    steps = []
-    for agent, path, events in (("claude", os.path.join(paths["claude"], "settings.json"), CLAUDE_HOOK_EVENTS),
-                                ("codex", os.path.join(paths["codex"], "hooks.json"), CODEX_HOOK_EVENTS)):
-        steps.append(("%s hooks in %s" % (agent, path), agent, path, events))
-    steps.append(("the OpenCode plugin %s" % plugin, "opencode", plugin, ()))
-    steps.extend(more_install_steps(paths, uninstall))  # Gemini CLI, Qwen Code, Pi: where set up
+    steps = install_steps(agent_paths(environ), uninstall)
     try:
-        for what, agent, path, events in steps:
-            command = command_prefix + " hook " + agent
+        for n, (what, spec, path) in enumerate(steps):
+            command = command_prefix + " hook " + spec.name
             try:
-                if agent == "opencode":
-                    done.extend(_plugin_step(plugin, uninstall))
-                elif agent == "pi":
-                    done.extend(_pi_extension_step(path, uninstall))
+                if isinstance(spec.install, FileInstall):
+                    done.extend(_file_step(spec.install, path, uninstall))
                 elif uninstall:
-                    done.extend(_uninstall_hooks_file(path, agent, command, ledger))
-                elif _install_hooks_file(path, agent, events, command, ledger):
-                    done.append("installed %s hooks in %s" % (agent, path))
+                    done.extend(_uninstall_hooks_file(path, spec.name, command, ledger))
+                elif _install_hooks_file(path, spec.name, spec.install, command, ledger):
+                    done.append("installed %s hooks in %s" % (spec.name, path))
             except (OpensessionsError, OSError) as e:
-                left = [w for w, _, _, _ in steps[steps.index((what, agent, path, events)) + 1:]]
+                left = [w for w, _, _ in steps[n + 1:]]
                 raise OpensessionsError(
                     "%s %s failed: %s\nchanged before that: %s%s" % (
                         "removing" if uninstall else "installing", what, e,
@@ -4537,404 +4995,35 @@ def install_agents(command_prefix, environ=None, uninstall=False):
     return done
 
 
-def _plugin_step(plugin, uninstall):
+def install_notes(done):
+    """The lines each agent's install asks to add for the user, for the agents installed now."""
+    return [spec.install.note for spec in AGENT_SPECS.values() if isinstance(spec.install, HookInstall)
+            and spec.install.note and any(d.startswith("installed %s hooks" % spec.name) for d in done)]
+
+
+def _file_step(install, path, uninstall):
+    """Install or remove one file of ours (a FileInstall: a plugin, an extension). -> what was done."""
     if uninstall:
-        if os.path.lexists(plugin):
-            os.unlink(plugin)
-            return ["removed the OpenCode plugin %s" % plugin]
+        if os.path.lexists(path):
+            os.unlink(path)
+            return ["removed %s %s" % (install.what, path)]
         return []
     current = None
-    if os.path.exists(plugin):
-        with open(plugin, "r", encoding="utf-8", errors="replace") as f:
+    if os.path.exists(path):
+        with open(path, "r", encoding="utf-8", errors="replace") as f:
             current = f.read()
-    if current == OPENCODE_PLUGIN:
+    if current == install.text:
         return []
-    os.makedirs(os.path.dirname(plugin), exist_ok=True)
-    atomic_write(plugin, OPENCODE_PLUGIN, mode=0o644)
-    return ["installed the OpenCode plugin %s" % plugin]
-
-# Gemini CLI and Qwen Code read hooks from settings.json in Claude's shape ({"hooks": {Event:
-# [{"hooks": [{"type": "command", "command": …}]}]}}); Gemini's `timeout` is in milliseconds.
-GEMINI_HOOK_EVENTS = ("SessionStart", "SessionEnd", "BeforeAgent", "AfterAgent", "Notification")
-QWEN_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "StopFailure", "Notification",
-                    "PermissionRequest")
-PI_EXTENSION_NAME = "opensessions.ts"
-# The Pi extension: Pi has no hooks; an extension in ~/.pi/agent/extensions/ gets its session and
-# agent events. It reports the turn's start and end (with the last message's stopReason: error,
-# aborted) and the session's end, to /api/agent-event, as our hooks do. Never blocks Pi.
-PI_EXTENSION = r"""// opensessions: reports Pi session status to the opensessions server.
-// Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks Pi.
-import fs from "node:fs";
-import path from "node:path";
-
-// The server's runtime file, trusted only when it is ours and private (as in our OpenCode plugin).
-""" + _JS_SERVER_LOOKUP + r"""
-async function report(ctx: any, status: string, extra: any = {}) {
-  try {
-    const sm = ctx && ctx.sessionManager;
-    const id = sm && sm.getSessionId ? sm.getSessionId() : null;
-    if (!id) return;
-    const body: any = { agent: "pi", status, threadId: id, source: "hook", pid: process.pid,
-      projectDir: (sm.getCwd && sm.getCwd()) || ctx.cwd };
-    if (process.env.TMUX_PANE) body.paneId = process.env.TMUX_PANE;
-    const name = sm.getSessionName && sm.getSessionName();
-    if (name) body.threadName = String(name).slice(0, 200);
-    Object.assign(body, extra);
-    const info = server();
-    if (!info) return;
-    const headers: any = { "content-type": "application/json" };
-    if (typeof info.token === "string") headers["x-opensessions-token"] = info.token;
-    await fetch("http://127.0.0.1:" + info.port + "/api/agent-event", { method: "POST", headers,
-      body: JSON.stringify(body), signal: AbortSignal.timeout(1000) });
-  } catch (e) {}
-}
-
-export default function (pi: any) {
-  pi.on("session_start", async (_event: any, ctx: any) => { void report(ctx, "idle"); });
-  pi.on("agent_start", async (_event: any, ctx: any) => { void report(ctx, "running"); });
-  pi.on("agent_end", async (event: any, ctx: any) => {
-    const msgs = (event && event.messages) || [];
-    let last: any = null;
-    for (const m of msgs) if (m && m.role === "assistant") last = m;
-    if (last && last.stopReason === "error") {
-      void report(ctx, "error", { detail: String(last.errorMessage || "error").slice(0, 500) });
-    } else if (last && last.stopReason === "aborted") {
-      void report(ctx, "interrupted");
-    } else {
-      void report(ctx, "idle");
-    }
-  });
-  pi.on("session_shutdown", async (_event: any, ctx: any) => { await report(ctx, "idle", { alive: false }); });
-}
-"""
-
-
-def hook_entry(agent, command):
-    """Our entry in an agent's hook config: Claude's and Codex's `timeout` is in seconds, Gemini
-    CLI's in milliseconds (it also shows a `name`); Qwen Code keeps its default timeout."""
-    if agent == "gemini":
-        return {"type": "command", "command": command, "timeout": 5000, "name": "opensessions"}
-    if agent == "qwen":
-        return {"type": "command", "command": command}
-    return {"type": "command", "command": command, "timeout": 5}
-
-
-def _pi_extension_step(ext, uninstall):
-    """Install or remove the Pi extension file. -> list of what was done."""
-    if uninstall:
-        if os.path.lexists(ext):
-            os.unlink(ext)
-            return ["removed the Pi extension %s" % ext]
-        return []
-    current = None
-    if os.path.exists(ext):
-        with open(ext, "r", encoding="utf-8", errors="replace") as f:
-            current = f.read()
-    if current == PI_EXTENSION:
-        return []
-    os.makedirs(os.path.dirname(ext), exist_ok=True)
-    atomic_write(ext, PI_EXTENSION, mode=0o644)
-    return ["installed the Pi extension %s" % ext]
-
-
-def more_install_steps(paths, uninstall):
-    """install_agents' steps for Gemini CLI, Qwen Code and Pi: only for agents set up here (their
-    directory exists); nothing is created for the others."""
-    steps = []
-    for agent, events in (("gemini", GEMINI_HOOK_EVENTS), ("qwen", QWEN_HOOK_EVENTS)):
-        path = os.path.join(paths[agent], "settings.json")
-        if os.path.isdir(paths[agent]) and (not uninstall or os.path.exists(path)):
-            steps.append(("%s hooks in %s" % (agent, path), agent, path, events))
-    ext = os.path.join(paths["pi"], "extensions", PI_EXTENSION_NAME)
-    if os.path.isdir(paths["pi"]) and (not uninstall or os.path.lexists(ext)):
-        steps.append(("the Pi extension %s" % ext, "pi", ext, ()))
-    return steps
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write(path, install.text, mode=0o644)
+    return ["installed %s %s" % (install.what, path)]
 
 
 ##############################################################################
-# Reply: answer an agent's prompt without switching to it (screens in, keys out)
+# Reply: answer an agent's prompt without switching to it: the checks around typing, the typing
 ##############################################################################
-# The keys each agent's prompt expects were learned from the real agents (agents-lab pinned
-# versions, fake model on loopback); the screens are in tests/fixtures/<agent>/:
-# - Claude Code 2.1.330: a numbered menu under "Do you want to …?" ("Esc to cancel" below it). A digit
-#   picks its option at once: "1. Yes", "2. Yes, and always allow …" (absent for some tools),
-#   "N. No" (the denial: "Interrupted · What should Claude do instead?"). A prompt is typed into the
-#   "❯" composer between two ─── rules and submitted with Enter.
-# - Codex 0.169.0: "Would you like to run …?" with "1. Yes, proceed (y)", "2. Yes, and don't ask again
-#   … (p)", "3. No, and tell Codex what to do differently (esc)": the letter in parentheses picks the
-#   option ("esc" = Escape; the denial: "You canceled the request …"). Codex takes fast input as a
-#   paste and an Enter inside it as a newline, so Enter is sent only once the text is on screen.
-# - OpenCode 1.18.33: "Permission required" with buttons "Allow once  Allow always  Reject"; Left/Right
-#   move the selection (it wraps), Enter confirms, Escape rejects. "Allow always" asks again
-#   ("Always allow … Confirm  Cancel", Confirm selected): a second Enter. The selected button is the
-#   one drawn on another background, so these are read with `capture-pane -e`.
-
-REPLY_ACTIONS = ("approve", "approve-always", "deny", "text")
-CLAUDE_PROMPT_GRACE = 0.25
-TEXT_SETTLE = 0.15
-REPLY_SCREEN_WAIT = 1.5
-MAX_REPLY_TEXT = 4000
-_CSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
-_ANY_ESC_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
-_CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
-_MENU_RE = re.compile(r"^\s*(?:[❯›>]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
-_CODEX_KEY_RE = re.compile(r"^(.*?)\s*\((\w+)\)$")
-
-
-class ReplyRefused(Exception):
-    """The reply cannot be sent safely: the reason says why (HTTP 409)."""
-
-
-def strip_escapes(text):
-    """Screen text without escape sequences or other control characters (tabs and newlines kept)."""
-    return _CTRL_RE.sub("", _ANY_ESC_RE.sub("", text))
-
-
-def screen_lines(text, limit=None):
-    """The last `limit` non-blank-trailing lines of a captured screen, escapes removed."""
-    lines = [l.rstrip() for l in strip_escapes(text).split("\n")]
-    while lines and not lines[-1]:
-        lines.pop()
-    return lines[-limit:] if limit else lines
-
-
-def check_reply_text(text):
-    """A prompt to type: one line, no control characters. -> text, or raises ReplyRefused."""
-    if not isinstance(text, str) or not text.strip():
-        raise ReplyRefused("'text' must be a non-empty string")
-    if len(text) > MAX_REPLY_TEXT:
-        raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT)
-    if re.search(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]", text):
-        raise ReplyRefused("'text' contains control characters (a newline too): refused, it is typed literally")
-    return text
-
-
-def _pick(options, action):
-    """Which option answers the action: 'Yes' once, 'Yes, and always/don't ask again', 'No'."""
-    for number, text in options:
-        low = text.lower()
-        if action == "approve" and low.startswith("yes") and ", and" not in low:
-            return number, text
-        if action == "approve-always" and low.startswith("yes, and") and ("always" in low or "don't ask" in low
-                                                                           or "do not ask" in low):
-            return number, text
-        if action == "deny" and low.startswith("no"):
-            return number, text
-    return None
-
-
-def claude_prompt(lines):
-    """-> ('permission', options) | ('input', composer text) | None, from a Claude Code screen."""
-    tail = lines[-40:]
-    if any("Esc to cancel" in l for l in tail[-6:]) and any(l.strip().startswith("Do you want to") for l in tail):
-        start = max(i for i, l in enumerate(tail) if l.strip().startswith("Do you want to"))
-        options = [(int(m.group(1)), m.group(2)) for m in (_MENU_RE.match(l) for l in tail[start + 1:]) if m]
-        if options:
-            return ("permission", options)
-    for i in range(len(tail) - 1, 0, -1):
-        line = tail[i]
-        if line.startswith("❯") and tail[i - 1].startswith("──") and any(l.startswith("──") for l in tail[i + 1:i + 4]):
-            return ("input", line[1:].strip())
-    return None
-
-
-def codex_prompt(lines):
-    """-> ('permission', [(number, text, key)]) | ('input', None) | None, from a Codex screen."""
-    tail = lines[-40:]
-    if any("Press enter to confirm or esc to cancel" in l for l in tail[-6:]):
-        options = []
-        for l in tail:
-            m = _MENU_RE.match(l)
-            if m:
-                k = _CODEX_KEY_RE.match(m.group(2))
-                if k:
-                    options.append((int(m.group(1)), k.group(1), k.group(2)))
-        if options:
-            return ("permission", options)
-        return None
-    if any(l.startswith("› ") for l in tail[-6:]):
-        return ("input", None)
-    return None
-
-
-def _sgr_background(params, bg):
-    """The background after one SGR sequence's parameters."""
-    parts = params.split(";") if params else ["0"]
-    i = 0
-    while i < len(parts):
-        p = parts[i]
-        if p in ("", "0"):
-            bg = None
-        elif p == "49":
-            bg = None
-        elif p in ("48",) and i + 1 < len(parts):
-            n = 3 if parts[i + 1] == "5" else 5
-            bg = ";".join(parts[i:i + n])
-            i += n - 1
-        elif p.isdigit() and (40 <= int(p) <= 47 or 100 <= int(p) <= 107):
-            bg = p
-        elif p in ("38",) and i + 1 < len(parts):
-            i += 2 if parts[i + 1] == "5" else 4
-        i += 1
-    return bg
-
-
-def selected_button(line_with_escapes, labels, hint="select"):
-    """Which of `labels` is drawn on another background than the `hint` text of the same line (how
-    OpenCode shows its selected button), or None when that cannot be told."""
-    bg = None
-    pos = 0
-    plain = []
-    backgrounds = []
-    for m in _CSI_RE.finditer(line_with_escapes):
-        for ch in line_with_escapes[pos:m.start()]:
-            plain.append(ch)
-            backgrounds.append(bg)
-        if m.group(0).endswith("m"):
-            bg = _sgr_background(m.group(0)[2:-1], bg)
-        pos = m.end()
-    for ch in line_with_escapes[pos:]:
-        plain.append(ch)
-        backgrounds.append(bg)
-    text = "".join(plain)
-    h = text.find(hint)
-    if h < 0:
-        return None
-    base = backgrounds[h]
-    picked = []
-    for label in labels:
-        i = text.find(label)
-        if i < 0:
-            return None
-        if backgrounds[i] != base:
-            picked.append(label)
-    return picked[0] if len(picked) == 1 else None
-
-
-OPENCODE_BUTTONS = ("Allow once", "Allow always", "Reject")
-
-
-def opencode_prompt(screen_esc):
-    """-> ('permission', selected button or None) | ('confirm-always', selected) | ('input', None) | None,
-    from an OpenCode screen captured with escapes."""
-    raw = screen_esc.split("\n")
-    lines = [strip_escapes(l).rstrip() for l in raw]
-    tail = range(max(0, len(lines) - 30), len(lines))
-    for i in tail:
-        if "Allow once" in lines[i] and "Reject" in lines[i] and any(
-                "Permission required" in lines[j] for j in range(max(0, i - 25), i)):
-            return ("permission", selected_button(raw[i], OPENCODE_BUTTONS))
-        if "Confirm" in lines[i] and "Cancel" in lines[i] and any(
-                "Always allow" in lines[j] for j in range(max(0, i - 25), i)):
-            return ("confirm-always", selected_button(raw[i], ("Confirm", "Cancel")))
-    if any(l.lstrip().startswith("╹▀") for l in (lines[i] for i in tail)) and any("ctrl+p commands" in lines[i] for i in tail):
-        return ("input", None)
-    return None
-
-
-def reply_plan(agent, action, screen_esc, text=None):
-    """The steps that answer `action` on this agent's screen (captured with -e):
-    [("keys", [tmux key names]) | ("literal", text) | ("expect", description, predicate(screen_esc))].
-    Raises ReplyRefused with the reason when the screen does not show the prompt the action answers."""
-    if action not in REPLY_ACTIONS:
-        raise ReplyRefused("unknown action %r (one of %s)" % (action, ", ".join(REPLY_ACTIONS)))
-    if action == "text":
-        check_reply_text(text)
-    lines = screen_lines(screen_esc)
-    if agent == "claude":
-        found = claude_prompt(lines)
-    elif agent == "codex":
-        found = codex_prompt(lines)
-    elif agent == "opencode":
-        found = opencode_prompt(screen_esc)
-    else:
-        raise ReplyRefused("replying to %s is not supported (its prompts were not learned)" % agent)
-    kind = found[0] if found else None
-    if action == "text":
-        if kind != "input":
-            raise ReplyRefused("the %s screen does not show its prompt input%s" % (
-                agent, " (it shows a permission prompt)" if kind in ("permission", "confirm-always") else ""))
-        if agent == "claude" and found[1]:
-            raise ReplyRefused("the Claude Code input already holds text (%r); not typing into it" % found[1][:40])
-        needle = text[-20:]
-        typed_screen = [screen_esc]
-
-        def typed(screen, needle=needle):
-            if needle in "\n".join(screen_lines(screen)[-30:]):
-                typed_screen[0] = screen
-                return True
-            return False
-
-        def submitted(screen, needle=needle):
-            lines = screen_lines(screen)
-            if agent == "claude":
-                f = claude_prompt(lines)
-                return f is None or f[0] != "input" or needle not in f[1]
-            if agent == "codex":
-                composer = [l for l in lines[-8:] if l.startswith("› ")]
-                return not composer or needle not in composer[-1]
-            return screen != typed_screen[0]
-        # Enter only once the text is on screen, and a moment later: Codex takes input that comes
-        # fast as a paste, and an Enter inside a paste as a newline (seen with Enter right after)
-        return [("literal", text), ("expect", "the typed text on screen", typed, TEXT_SETTLE),
-                ("keys", ["Enter"]), ("expect", "the prompt being submitted", submitted)]
-    if kind not in ("permission", "confirm-always"):
-        raise ReplyRefused("the %s screen does not show a permission prompt" % agent)
-    def same_prompt(screen, agent=agent, found=found):
-        lines = screen_lines(screen)
-        now = {"claude": claude_prompt, "codex": codex_prompt}[agent](lines) if agent != "opencode" else opencode_prompt(screen)
-        return now is not None and now[0] == found[0] and (agent == "opencode" or now[1] == found[1])
-
-    def gone(screen, same_prompt=same_prompt):
-        if agent == "opencode":  # neither the buttons nor the "Always allow" confirmation
-            now = opencode_prompt(screen)
-            return now is None or now[0] not in ("permission", "confirm-always")
-        return not same_prompt(screen)
-    if agent == "claude":
-        picked = _pick(found[1], action)
-        if picked is None:
-            raise ReplyRefused("this Claude Code prompt offers no option for %s (options: %s)" % (
-                action, "; ".join("%d. %s" % o for o in found[1])))
-        # Claude Code ignores keys in the first ~0.1 s a permission prompt is up (seen: a digit
-        # 50 ms after it appeared was dropped, 100 ms after was taken): see it up that long first
-        return [("hold", CLAUDE_PROMPT_GRACE, "the permission prompt", same_prompt), ("keys", [str(picked[0])]),
-                ("expect", "the prompt going away after the key", gone)]
-    if agent == "codex":
-        picked = None
-        for number, label, key in found[1]:
-            if _pick([(number, label)], action):
-                picked = key
-                break
-        if picked is None:
-            raise ReplyRefused("this Codex prompt offers no option for %s (options: %s)" % (
-                action, "; ".join("%d. %s (%s)" % o for o in found[1])))
-        return [("keys", ["Escape" if picked == "esc" else picked]), ("expect", "the prompt going away after the key", gone)]
-    # opencode
-    if kind == "confirm-always":
-        raise ReplyRefused("OpenCode is asking to confirm an 'Allow always' already; answer it in its pane")
-    if action == "deny":
-        return [("keys", ["Escape"]), ("expect", "the prompt going away after the key", gone)]
-    selected = found[1]
-    if selected is None:
-        raise ReplyRefused("cannot tell which OpenCode button is selected")
-    target = "Allow once" if action == "approve" else "Allow always"
-    moves = (OPENCODE_BUTTONS.index(target) - OPENCODE_BUTTONS.index(selected)) % len(OPENCODE_BUTTONS)
-
-    def on_target(screen, target=target):
-        f = opencode_prompt(screen)
-        return f is not None and f[0] == "permission" and f[1] == target
-    steps = []
-    if moves:
-        steps += [("keys", ["Right"] * moves), ("expect", "%r selected" % target, on_target)]
-    steps.append(("keys", ["Enter"]))
-    if action == "approve-always":
-        def confirm(screen):
-            f = opencode_prompt(screen)
-            return f is not None and f[0] == "confirm-always" and f[1] == "Confirm"
-        steps += [("expect", "the 'Always allow' confirmation with Confirm selected", confirm), ("keys", ["Enter"])]
-    steps.append(("expect", "the prompt going away after the key", gone))
-    return steps
-
+# What to type comes from the agent's spec (its reply planner, in Agent screens); here the agent is
+# checked to be in front in its pane, and the keys are sent step by step, each waiting for the screen.
 
 def _proc_stat_fields(pid, proc_root="/proc"):
     """Fields of /proc/<pid>/stat after the command name (state is [0], ppid [1], pgrp [2],
@@ -4985,6 +5074,7 @@ def foreground_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
     return None
 
 
+REPLY_SCREEN_WAIT = 1.5  # a prompt the status says is up may take this long to show on screen
 REPLY_EXPECT_TIMEOUT = 2.0
 PREVIEW_INTERVAL = 0.3  # a shown preview is read at most ~3 times a second
 
@@ -7714,15 +7804,15 @@ def more_cwd_candidates(paths, agent, cwd):
     out = []
     if agent == "gemini":
         try:
-            with open(os.path.join(paths["gemini"], "projects.json"), "rb") as f:
+            with open(os.path.join(paths["gemini"]["home"], "projects.json"), "rb") as f:
                 project = (json.loads(f.read().decode("utf-8")).get("projects") or {}).get(cwd)
         except (OSError, ValueError, UnicodeDecodeError, AttributeError):
             project = None
-        d = os.path.join(paths["gemini"], "tmp", project, "chats") if isinstance(project, str) else None
+        d = os.path.join(paths["gemini"]["home"], "tmp", project, "chats") if isinstance(project, str) else None
     elif agent == "qwen":
-        d = os.path.join(paths["qwen"], "projects", claude_project_dir_name(cwd or ""), "chats")
+        d = os.path.join(paths["qwen"]["home"], "projects", claude_project_dir_name(cwd or ""), "chats")
     else:
-        d = os.path.join(paths["pi"], "sessions", pi_cwd_dir_name(cwd or ""))
+        d = os.path.join(paths["pi"]["home"], "sessions", pi_cwd_dir_name(cwd or ""))
     for name in dir_entries(d, ".jsonl") if d else ():
         path = os.path.join(d, name)
         if agent == "pi":
@@ -7744,7 +7834,7 @@ def more_conversation_exists(paths, agent, tid):
     """A Gemini CLI / Qwen Code / Pi conversation file for this id is still there (names only; a
     Gemini file is named with the id's first 8 characters, its header line has the whole id)."""
     if agent == "gemini":
-        root = os.path.join(paths["gemini"], "tmp")
+        root = os.path.join(paths["gemini"]["home"], "tmp")
         for project in dir_entries(root):
             d = os.path.join(root, project, "chats")
             for name in dir_entries(d, ".jsonl"):
@@ -7754,9 +7844,9 @@ def more_conversation_exists(paths, agent, tid):
                         return True
         return False
     if agent == "qwen":
-        root = os.path.join(paths["qwen"], "projects")
+        root = os.path.join(paths["qwen"]["home"], "projects")
         return any(os.path.exists(os.path.join(root, d, "chats", tid + ".jsonl")) for d in dir_entries(root))
-    root = os.path.join(paths["pi"], "sessions")
+    root = os.path.join(paths["pi"]["home"], "sessions")
     return any(pi_id_from_path(n) == tid for d in dir_entries(root) for n in dir_entries(os.path.join(root, d), ".jsonl"))
 
 
@@ -7946,7 +8036,7 @@ class Resurrect(object):
                 if t.get("link") != "cwd":
                     return t["id"], "server"
         if agent == "claude":
-            reg = os.path.join(self.paths["claude"], "sessions")
+            reg = os.path.join(self.paths["claude"]["home"], "sessions")
             for p in subtree:
                 path = os.path.join(reg, "%d.json" % p)
                 try:
@@ -7957,7 +8047,7 @@ class Resurrect(object):
                 if entry and claude_registry_alive(entry) and valid_thread_id("claude", entry["sessionId"]):
                     return entry["sessionId"], "claude-registry"
         if agent == "qwen":
-            tid = qwen_registry_id(self.paths["qwen"], subtree)
+            tid = qwen_registry_id(self.paths["qwen"]["home"], subtree)
             if tid:
                 return tid, "qwen-registry"
         if agent == "codex":
@@ -8029,7 +8119,7 @@ class Resurrect(object):
         another pane. A guess: marked as such in the record and the log."""
         candidates = []
         if agent == "claude":
-            d = os.path.join(self.paths["claude"], "projects", claude_project_dir_name(cwd or ""))
+            d = os.path.join(self.paths["claude"]["home"], "projects", claude_project_dir_name(cwd or ""))
             for name in dir_entries(d, ".jsonl"):
                 try:
                     candidates.append((os.stat(os.path.join(d, name)).st_mtime, name[:-6]))
@@ -8039,7 +8129,7 @@ class Resurrect(object):
             import sqlite3
             try:
                 candidates = [(r["time_updated"], r["id"]) for r in sqlite_rows(
-                    self.paths["opencode_db"],
+                    self.paths["opencode"]["db"],
                     "SELECT id, time_updated FROM session WHERE directory = ? AND parent_id IS NULL", (cwd,))]
             except sqlite3.Error:
                 pass
@@ -8058,7 +8148,7 @@ class Resurrect(object):
         return None
 
     def _codex_rollouts(self):
-        root = os.path.join(self.paths["codex"], "sessions")
+        root = os.path.join(self.paths["codex"]["home"], "sessions")
         for dirpath, _, names in os.walk(root):
             for name in names:
                 if codex_id_from_path(name):
@@ -8163,7 +8253,7 @@ class Resurrect(object):
     def conversation_exists(self, rec):
         agent, tid = rec["agent"], rec["id"]
         if agent == "claude":
-            projects = os.path.join(self.paths["claude"], "projects")
+            projects = os.path.join(self.paths["claude"]["home"], "projects")
             for d in dir_entries(projects):
                 p = os.path.join(projects, d, tid + ".jsonl")
                 try:
@@ -8177,7 +8267,7 @@ class Resurrect(object):
         if agent == "opencode":
             import sqlite3
             try:
-                return bool(sqlite_rows(self.paths["opencode_db"], "SELECT 1 FROM session WHERE id = ?", (tid,)))
+                return bool(sqlite_rows(self.paths["opencode"]["db"], "SELECT 1 FROM session WHERE id = ?", (tid,)))
             except sqlite3.Error:
                 return False
         if agent in ("gemini", "qwen", "pi"):
@@ -10770,9 +10860,9 @@ def hook_log(message, environ=None, limit=HOOK_LOG_MAX):
 
 
 def cmd_install(args):
-    for line in install_agents(_self_command()) or ["already installed; nothing changed"]:
+    done = install_agents(_self_command())
+    for line in (done or ["already installed; nothing changed"]) + install_notes(done):
         print(line)
-    print("Codex asks to trust new hooks once (or start it with --dangerously-bypass-hook-trust).")
     return 0
 
 
@@ -11235,6 +11325,12 @@ def command_of(argv):
     return None
 
 
+def _words(items, last="and"):
+    """'a, b and c'."""
+    items = list(items)
+    return ", ".join(items[:-1]) + (" %s " % last if len(items) > 1 else "") + (items[-1] if items else "")
+
+
 def _command_table():
     """(name, function, one-line description, arguments) for every subcommand; an argument is
     (flags, argparse keywords), each with its help."""
@@ -11274,11 +11370,10 @@ def _command_table():
           (("--session",), dict(help="the session it is about (muted sessions stay quiet)")),
           (("--tone",), tone)]),
         ("hook", cmd_hook, "(called by agent hooks) report a hook payload from stdin",
-         [(("agent",), dict(choices=HOOK_AGENTS, help="the agent whose hook calls: %s or %s" % (
-             ", ".join(HOOK_AGENTS[:-1]), HOOK_AGENTS[-1])))]),
-        ("install", cmd_install,
-         "add our Claude Code, Codex, Gemini CLI and Qwen Code hooks, the OpenCode plugin and the Pi extension"
-         " (idempotent, with backups)", []),
+         [(("agent",), dict(choices=HOOK_AGENTS, help="the agent whose hook calls: " + _words(HOOK_AGENTS, "or")))]),
+        ("install", cmd_install, "add our %s hooks, %s (idempotent, with backups)" % (
+            _words([s.title for s in AGENT_SPECS.values() if isinstance(s.install, HookInstall)]),
+            _words([s.install.what for s in AGENT_SPECS.values() if isinstance(s.install, FileInstall)])), []),
         ("uninstall", cmd_uninstall, "remove what `install` added, and nothing else", []),
         ("sidebar", cmd_sidebar, "run the curses sidebar in this pane", []),
         ("toggle", cmd_toggle, "show or hide the sidebar in every window", [display]),
