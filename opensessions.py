@@ -421,12 +421,12 @@ class Thread(object):
     """One agent conversation. Plain attributes; to_json() gives the /state shape."""
 
     __slots__ = ("agent", "id", "title", "status", "detail", "attempt", "cwd", "model", "pane",
-                 "session", "pid", "alive", "unseen", "updated_at", "hidden", "source", "proc_start",
+                 "session", "pid", "alive", "unseen", "updated_at", "subagent", "source", "proc_start",
                  "link", "usage", "usage_raw")
 
     def __init__(self, agent, id, title="", status="idle", detail=None, attempt=None, cwd=None,
                  model=None, pane=None, session=None, pid=None, alive=True, unseen=False,
-                 updated_at=0, hidden=False, source=None):
+                 updated_at=0, subagent=False, source=None):
         self.agent = agent
         self.id = id
         self.title = title
@@ -441,7 +441,7 @@ class Thread(object):
         self.alive = alive
         self.unseen = unseen
         self.updated_at = updated_at
-        self.hidden = hidden
+        self.subagent = subagent  # a helper another thread started (a subagent): not listed on its own
         self.source = source
         self.proc_start = None
         self.link = None  # how the pane was found: "pid", or "cwd" for the last-resort guess
@@ -472,7 +472,7 @@ def session_state(threads):
     """Overall state of a session's threads by attention priority; None when it has none."""
     best = None
     for t in threads:
-        if t.hidden:
+        if t.subagent:
             continue
         a = thread_attention(t)
         if best is None or ATTENTION_ORDER.index(a) < ATTENTION_ORDER.index(best):
@@ -485,8 +485,8 @@ MAX_ORPHANS = 30
 
 
 def thread_visible(thread, now_ms_, recent_ms=RECENT_MS):
-    """Shown in /state: not a hidden helper, and alive, unseen, or active within recent_ms."""
-    if thread.hidden:
+    """Shown in /state: not a subagent, and alive, unseen, or active within recent_ms."""
+    if thread.subagent:
         return False
     return thread.alive or thread.unseen or now_ms_ - thread.updated_at <= recent_ms
 
@@ -514,14 +514,15 @@ def becomes_unseen(old_status, new_status, viewed):
     return (not viewed) and new_status in UNSEEN_STATUSES and new_status != old_status
 
 
-def live_state_holds(current, agent, status, moved_on):
+def live_state_holds(current, status, moved_on, plugin_holds=False):
     """Which source wins when an agent's own files say a thread runs (the apply step's rule):
     a state only a live source can see holds until the files show that it ended.
-      OpenCode: its database cannot see a permission wait or a retry; the plugin's hold.
+      plugin_holds (the agent's spec: OpenCode's database cannot see a permission wait or a
+      retry): the plugin's hold.
       The others: a wait (known only from a hook) holds while the file has not moved on."""
     if current is None or status != "running":
         return False
-    if agent == "opencode":
+    if plugin_holds:
         return current.source == "plugin" and current.status in ("waiting", "retry")
     return current.status == "waiting" and not moved_on
 
@@ -1037,7 +1038,7 @@ def new_thread_state(agent, thread_id):
     """The reducers' state for one thread (plain dict, JSON-friendly)."""
     return {"agent": agent, "id": thread_id, "status": "idle", "detail": None, "attempt": None,
             "customTitle": None, "firstPrompt": None, "lastPrompt": None, "model": None, "cwd": None,
-            "updatedAt": 0, "turns": 0, "bad": 0, "hidden": False, "usage": None}
+            "updatedAt": 0, "turns": 0, "bad": 0, "subagent": False, "usage": None}
 
 
 def thread_title(state, registry_name=None):
@@ -1336,31 +1337,6 @@ def settle_idle(old_status):
 
 USAGE_KEYS = ("input", "output", "cacheRead", "cacheWrite")
 
-# USD per million tokens: (input, output, cache read, cache write, context window). Matched by the
-# longest prefix of the model name (a date suffix such as -20250929 still matches). Vendors' list
-# prices; a user's ui.json "prices" overrides or adds entries: {"model-prefix": {"input": 3,
-# "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75, "context": 200000}} (all per million tokens).
-# Claude's cache writes are priced at the 5-minute rate (1.25 x input); OpenAI has no cache-write price.
-PRICES = {
-    "claude-opus-4-5": (5.0, 25.0, 0.5, 6.25, 200000),
-    "claude-opus-4-6": (5.0, 25.0, 0.5, 6.25, 200000),
-    "claude-opus-4": (15.0, 75.0, 1.5, 18.75, 200000),
-    "claude-sonnet-4": (3.0, 15.0, 0.3, 3.75, 200000),
-    "claude-3-7-sonnet": (3.0, 15.0, 0.3, 3.75, 200000),
-    "claude-haiku-4-5": (1.0, 5.0, 0.1, 1.25, 200000),
-    "claude-3-5-haiku": (0.8, 4.0, 0.08, 1.0, 200000),
-    # what Claude Code itself charged for it in the lab capture: 24 in + 10 out = $0.000296, and its
-    # modelUsage gives contextWindow 1000000
-    "claude-opus-5-5": (4.0, 20.0, 0.4, 5.0, 1000000),
-    "gpt-5-mini": (0.25, 2.0, 0.025, 0.0, 400000),
-    "gpt-5-nano": (0.05, 0.4, 0.005, 0.0, 400000),
-    "gpt-5": (1.25, 10.0, 0.125, 0.0, 400000),
-    "gpt-5.1-codex-mini": (0.25, 2.0, 0.025, 0.0, 400000),
-    "gpt-5.2": (1.75, 14.0, 0.175, 0.0, 400000),
-    "gpt-4.1": (2.0, 8.0, 0.5, 0.0, 1047576),
-    "o3": (2.0, 8.0, 0.5, 0.0, 200000),
-    "o4-mini": (1.1, 4.4, 0.275, 0.0, 200000),
-}
 
 
 def _tokens(value):
@@ -1373,71 +1349,6 @@ def _tokens(value):
 def new_usage():
     return {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "cost": None,
             "contextTokens": None, "contextWindow": None, "partial": False}
-
-
-def model_price(model, prices=None):
-    """The price entry for a model -> dict of PRICE_FIELDS, or None when unknown. The user's prices
-    win over the built-in table; both match by the longest prefix (case-insensitive)."""
-    if not isinstance(model, str) or not model:
-        return None
-    name = model.lower()
-    for table in (prices or {}, PRICES):
-        best = None
-        for prefix in table:
-            if name.startswith(prefix.lower()) and (best is None or len(prefix) > len(best)):
-                best = prefix
-        if best is not None:
-            entry = table[best]
-            if isinstance(entry, tuple):
-                return dict(zip(PRICE_FIELDS, entry))
-            base = model_price(model) if table is not PRICES else None  # a partial override keeps the rest
-            merged = dict(base or {})
-            merged.update(entry)
-            return merged
-    return None
-
-
-def usage_json(raw, model=None, prices=None):
-    """Raw usage -> the /state shape {"input", "output", "cacheRead", "cacheWrite", "cost",
-    "contextPct"} (+ "partial": true when only part of the history was read), or None.
-
-    cost: the agent's own figure where it records one, else tokens x the price table, else None
-    (unknown model: tokens only). contextPct: the newest call's context over the window the agent
-    reports, else the table's window for the model, else None."""
-    if not isinstance(raw, dict):
-        return None
-    out = {k: _tokens(raw.get(k)) for k in USAGE_KEYS}
-    price = model_price(model, prices)
-    cost = raw.get("cost")
-    if finite_number(cost) and not isinstance(cost, bool):
-        out["cost"] = round(float(cost), 6)
-    elif price is not None:
-        out["cost"] = round(sum(out[k] * float(price.get(k) or 0) for k in USAGE_KEYS) / 1e6, 6)
-    else:
-        out["cost"] = None
-    window = raw.get("contextWindow") or (price or {}).get("context")
-    used = raw.get("contextTokens")
-    if finite_number(window) and window > 0 and finite_number(used) and not isinstance(used, bool):
-        out["contextPct"] = int(min(100, max(0, round(100.0 * used / window))))
-    else:
-        out["contextPct"] = None
-    if raw.get("partial"):
-        out["partial"] = True
-    return out
-
-
-def usage_total(usages):
-    """Sum of /state usages (a session's total): tokens, and the cost of those that have one."""
-    usages = [u for u in usages if isinstance(u, dict)]
-    if not usages:
-        return None
-    out = {k: sum(_tokens(u.get(k)) for u in usages) for k in USAGE_KEYS}
-    costs = [u["cost"] for u in usages if finite_number(u.get("cost"))]
-    out["cost"] = round(sum(costs), 6) if costs else None
-    out["contextPct"] = None
-    if any(u.get("partial") for u in usages) or (costs and len(costs) < len(usages)):
-        out["partial"] = True  # some history unread, or some thread's cost unknown
-    return out
 
 
 def claude_add_usage(state, rec):
@@ -1752,7 +1663,7 @@ def gemini_reduce(state, rec):
         if ts:
             state["updatedAt"] = max(state["updatedAt"], ts)
         if rec.get("kind") not in (None, "main"):
-            state["hidden"] = True  # a subagent's chat
+            state["subagent"] = True  # a subagent's chat
         return state
     if isinstance(rec.get("type"), str):
         _gemini_message(state, rec)
@@ -1763,6 +1674,11 @@ def gemini_id_from_path(path):
     """session-2026-11-27T22-08-4fc6198e.jsonl -> the short id prefix '4fc6198e' (or None)."""
     m = re.match(r"^session-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-([0-9a-f]{8})\.jsonl$", os.path.basename(path))
     return m.group(1) if m else None
+
+
+def gemini_moved_on(records):
+    """Gemini chat records that show the conversation went on: any but a "$set" (a header update)."""
+    return any("$set" not in r for r in records)
 
 
 def pi_reduce(state, rec):
@@ -1830,6 +1746,17 @@ def pi_id_from_path(path):
 def pi_cwd_dir_name(cwd):
     """Pi's sessions/ directory for a cwd: '--' + the path with '/' as '-' + '--'."""
     return "--" + cwd.strip("/").replace("/", "-") + "--"
+
+
+def qwen_id_from_name(name):
+    """<uuid>.jsonl -> uuid, or None."""
+    tid = name[:-6] if name.endswith(".jsonl") else ""
+    return tid if _UUID_RE.match(tid) else None
+
+
+def qwen_moved_on(records):
+    """Qwen chat records that show the conversation went past a wait: an answer or a tool's result."""
+    return any(r.get("type") in ("assistant", "tool_result") for r in records)
 
 
 def qwen_reduce(state, rec):
@@ -2233,6 +2160,29 @@ class Hooks(Record):
     )
 
 
+class Watch(Record):
+    """How an agent's files are followed: `kind` names the watcher class that reads them
+    (Watchers: WATCHER_KINDS); a kind other than "chat-files" is one agent's own."""
+
+    FIELDS = (("kind", None),)
+
+
+class ChatFiles(Record):
+    """An agent that appends each conversation to a JSONL file, one directory of them per project:
+    the "chat-files" watcher (or a subclass, by kind) follows them with no code of the agent's own."""
+
+    FIELDS = (
+        ("kind", "chat-files"),
+        ("projects", None),  # the directory of project directories, in the agent's home
+        ("chats", ""),  # the chat files' directory in a project's ("" for the project's own)
+        ("reducer", None),  # (thread state, record) -> state: one line of a chat file applied
+        ("name_id", None),  # file name -> its thread id (or, with header_id, the id's start), or None
+        ("header_id", False),  # the whole id is in the first line's "sessionId"
+        ("moved_on", None),  # records -> the conversation went on (else a wait from a hook holds); None: always
+        ("project_of", None),  # cwd -> the name of its project directory (None: not known from the cwd alone)
+    )
+
+
 class HookInstall(Record):
     """Our hook command in an agent's own hook config, in Claude's shape ({"hooks": {Event: [{"hooks":
     [entry]}]}}): `opensessions install` adds it to each event, `uninstall` removes it (and only it)."""
@@ -2266,6 +2216,8 @@ class AgentSpec(Record):
         ("title", None),  # "Claude Code": how messages name it
         ("id_pattern", None),  # a compiled regex: the conversation ids its resume command takes
         ("paths", None),  # environ -> {"home": its directory, other named paths}: where its files are
+        ("watch", None),  # Watch or ChatFiles: how its files are read (the watcher of that kind)
+        ("open_file", None),  # (what, path -> thread id): an open file of its process names its conversation
         ("process", Process()),  # how its process is recognised
         ("id_flags", ()),  # flags whose value is the conversation id (`--resume ID`): read back from argv
         ("id_commands", ()),  # subcommands followed by the conversation id (`codex resume ID`)
@@ -2283,6 +2235,12 @@ class AgentSpec(Record):
         # replies (Agent screens): what its screen shows, and the keys that answer it
         ("prompt_reader", None),  # captured screen (with escapes) -> ("permission" | "input" | …, details) or None
         ("reply_planner", None),  # (action, screen, text) -> reply steps, or ReplyRefused (None: not learned)
+        # what its usage costs: the list prices of the models its vendor sells (USD per million tokens); an
+        # agent that records its own cost (OpenCode, Pi, Claude's cost-state) is priced by that first
+        ("prices", {}),
+        # which source wins (the Server's apply step): its files cannot show a permission wait or a retry,
+        # which its plugin reports; those hold until the files show the turn ended (OpenCode's database)
+        ("plugin_holds", False),
     )
 
 
@@ -2429,6 +2387,36 @@ export default function (pi: any) {
 """
 
 
+# List prices, USD per million tokens: (input, output, cache read, cache write, context window). An
+# agent's spec names the prices of the models its vendor sells; one model is priced the same whatever
+# agent runs it, matched by the longest prefix of the model name (a date suffix such as -20250929 still matches). Vendors' list
+# prices; a user's ui.json "prices" overrides or adds entries: {"model-prefix": {"input": 3,
+# "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75, "context": 200000}} (all per million tokens).
+# Claude's cache writes are priced at the 5-minute rate (1.25 x input); OpenAI has no cache-write price.
+ANTHROPIC_PRICES = {
+    "claude-opus-4-5": (5.0, 25.0, 0.5, 6.25, 200000),
+    "claude-opus-4-6": (5.0, 25.0, 0.5, 6.25, 200000),
+    "claude-opus-4": (15.0, 75.0, 1.5, 18.75, 200000),
+    "claude-sonnet-4": (3.0, 15.0, 0.3, 3.75, 200000),
+    "claude-3-7-sonnet": (3.0, 15.0, 0.3, 3.75, 200000),
+    "claude-haiku-4-5": (1.0, 5.0, 0.1, 1.25, 200000),
+    "claude-3-5-haiku": (0.8, 4.0, 0.08, 1.0, 200000),
+    # what Claude Code itself charged for it in the lab capture: 24 in + 10 out = $0.000296, and its
+    # modelUsage gives contextWindow 1000000
+    "claude-opus-5-5": (4.0, 20.0, 0.4, 5.0, 1000000),
+}
+OPENAI_PRICES = {
+    "gpt-5-mini": (0.25, 2.0, 0.025, 0.0, 400000),
+    "gpt-5-nano": (0.05, 0.4, 0.005, 0.0, 400000),
+    "gpt-5": (1.25, 10.0, 0.125, 0.0, 400000),
+    "gpt-5.1-codex-mini": (0.25, 2.0, 0.025, 0.0, 400000),
+    "gpt-5.2": (1.75, 14.0, 0.175, 0.0, 400000),
+    "gpt-4.1": (2.0, 8.0, 0.5, 0.0, 1047576),
+    "o3": (2.0, 8.0, 0.5, 0.0, 200000),
+    "o4-mini": (1.1, 4.4, 0.275, 0.0, 200000),
+}
+
+
 # -- where each agent keeps its files (with their environment overrides) ---------------------------
 
 def claude_paths(env):
@@ -2465,6 +2453,7 @@ def pi_paths(env):
 
 CLAUDE = AgentSpec(
     name="claude", title="Claude Code", id_pattern=_UUID_RE, paths=claude_paths,
+    watch=Watch(kind="claude"),
     process=Process(names=("claude",), via_node=True, one_shot=("-p", "--print")),
     id_flags=("--resume", "-r", "--session-id"),
     hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS, pid_env="CLAUDE_PID"),
@@ -2475,10 +2464,12 @@ CLAUDE = AgentSpec(
     switches=("--dangerously-skip-permissions", "--verbose", "--debug", "--ide", "--strict-mcp-config",
               "--continue", "-c", "--fork-session", "--print", "-p"),
     prompt_reader=claude_prompt, reply_planner=claude_reply_plan,
+    prices=ANTHROPIC_PRICES,
 )
 
 CODEX = AgentSpec(
     name="codex", title="Codex", id_pattern=_UUID_RE, paths=codex_paths,
+    watch=Watch(kind="codex"), open_file=("rollout", codex_id_from_path),
     # its app-server daemon holds rollouts open but is not in a pane
     process=Process(names=("codex",), via_node=True, helpers=("app-server", "exec", "mcp-server")),
     id_commands=("resume", "continue"),
@@ -2491,10 +2482,12 @@ CODEX = AgentSpec(
     switches=("--full-auto", "--dangerously-bypass-approvals-and-sandbox", "--search", "--oss", "--last",
               "--dangerously-bypass-hook-trust", "--skip-git-repo-check", "--no-daemon"),
     prompt_reader=codex_prompt, reply_planner=codex_reply_plan,
+    prices=OPENAI_PRICES,
 )
 
 OPENCODE = AgentSpec(
     name="opencode", title="OpenCode", id_pattern=_OPENCODE_ID_RE, paths=opencode_paths,
+    watch=Watch(kind="opencode"),
     install=FileInstall(what="the OpenCode plugin", under="config", path=("plugins", OPENCODE_PLUGIN_NAME),
                         text=OPENCODE_PLUGIN),
     process=Process(names=("opencode",), helpers=("run", "serve", "lsp", "acp")),
@@ -2503,10 +2496,12 @@ OPENCODE = AgentSpec(
     session_flags=("--session", "-s"), session_switches=("--continue", "-c", "--fork"),
     switches=("--continue", "-c", "--print-logs", "--fork"),
     prompt_reader=opencode_prompt, reply_planner=opencode_reply_plan,
+    plugin_holds=True,
 )
 
 AMP = AgentSpec(
     name="amp", title="Amp", id_pattern=_AMP_ID_RE, paths=amp_paths,
+    watch=Watch(kind="amp"),
     process=Process(names=("amp",), via_node=True),
     id_commands=("resume", "continue"),
     # Amp keeps threads on its servers: any directory will do (its saved flags are not typed again)
@@ -2517,6 +2512,8 @@ AMP = AgentSpec(
 
 GEMINI = AgentSpec(
     name="gemini", title="Gemini CLI", id_pattern=_UUID_RE, paths=gemini_paths,
+    watch=ChatFiles(kind="gemini", projects="tmp", chats="chats", reducer=gemini_reduce, name_id=gemini_id_from_path,
+                   header_id=True, moved_on=gemini_moved_on),
     # `node …/.bin/gemini` relaunches itself as `node --max-old-space-size=N …/gemini` (the same agent)
     process=Process(names=("gemini",), via_node=True, package="gemini-cli", entry_files=("gemini.js",),
                     one_shot=("-p", "--prompt", "--print"), helpers=("mcp", "extensions", "hooks")),
@@ -2532,6 +2529,8 @@ GEMINI = AgentSpec(
 
 QWEN = AgentSpec(
     name="qwen", title="Qwen Code", id_pattern=_UUID_RE, paths=qwen_paths,
+    watch=ChatFiles(kind="qwen", projects="projects", chats="chats", reducer=qwen_reduce, name_id=qwen_id_from_name,
+                   moved_on=qwen_moved_on, project_of=claude_project_dir_name),
     process=Process(names=("qwen",), via_node=True, package="qwen-code", entry_files=("cli.js", "cli-entry.js"),
                     one_shot=("-p", "--prompt", "--print"), helpers=("mcp", "extensions", "hooks")),
     id_flags=("--resume", "-r", "--session-id"),
@@ -2546,6 +2545,7 @@ QWEN = AgentSpec(
 
 PI = AgentSpec(
     name="pi", title="Pi", id_pattern=_UUID_RE, paths=pi_paths,
+    watch=ChatFiles(projects="sessions", reducer=pi_reduce, name_id=pi_id_from_path, project_of=pi_cwd_dir_name),
     install=FileInstall(what="the Pi extension", path=("extensions", PI_EXTENSION_NAME), text=PI_EXTENSION,
                         only_if_set_up=True),
     # Pi sets its process title to `pi` (its argv is overwritten with it)
@@ -2677,6 +2677,80 @@ def reply_plan(agent, action, screen_esc, text=None):
     if spec is None or spec.reply_planner is None:
         raise ReplyRefused("replying to %s is not supported (its prompts were not learned)" % agent)
     return spec.reply_planner(action, screen_esc, text)
+
+
+def list_prices():
+    """Every agent's list prices (its spec's prices) in one table {model prefix: (input, …)}."""
+    table = {}
+    for spec in AGENT_SPECS.values():
+        table.update(spec.prices)
+    return table
+
+
+def model_price(model, prices=None):
+    """The price entry for a model -> dict of PRICE_FIELDS, or None when unknown. The user's prices
+    win over the built-in table; both match by the longest prefix (case-insensitive)."""
+    if not isinstance(model, str) or not model:
+        return None
+    name = model.lower()
+    listed = list_prices()
+    for table in (prices or {}, listed):
+        best = None
+        for prefix in table:
+            if name.startswith(prefix.lower()) and (best is None or len(prefix) > len(best)):
+                best = prefix
+        if best is not None:
+            entry = table[best]
+            if isinstance(entry, tuple):
+                return dict(zip(PRICE_FIELDS, entry))
+            base = model_price(model) if table is not listed else None  # a partial override keeps the rest
+            merged = dict(base or {})
+            merged.update(entry)
+            return merged
+    return None
+
+
+def usage_json(raw, model=None, prices=None):
+    """Raw usage -> the /state shape {"input", "output", "cacheRead", "cacheWrite", "cost",
+    "contextPct"} (+ "partial": true when only part of the history was read), or None.
+
+    cost: the agent's own figure where it records one, else tokens x the price table, else None
+    (unknown model: tokens only). contextPct: the newest call's context over the window the agent
+    reports, else the table's window for the model, else None."""
+    if not isinstance(raw, dict):
+        return None
+    out = {k: _tokens(raw.get(k)) for k in USAGE_KEYS}
+    price = model_price(model, prices)
+    cost = raw.get("cost")
+    if finite_number(cost) and not isinstance(cost, bool):
+        out["cost"] = round(float(cost), 6)
+    elif price is not None:
+        out["cost"] = round(sum(out[k] * float(price.get(k) or 0) for k in USAGE_KEYS) / 1e6, 6)
+    else:
+        out["cost"] = None
+    window = raw.get("contextWindow") or (price or {}).get("context")
+    used = raw.get("contextTokens")
+    if finite_number(window) and window > 0 and finite_number(used) and not isinstance(used, bool):
+        out["contextPct"] = int(min(100, max(0, round(100.0 * used / window))))
+    else:
+        out["contextPct"] = None
+    if raw.get("partial"):
+        out["partial"] = True
+    return out
+
+
+def usage_total(usages):
+    """Sum of /state usages (a session's total): tokens, and the cost of those that have one."""
+    usages = [u for u in usages if isinstance(u, dict)]
+    if not usages:
+        return None
+    out = {k: sum(_tokens(u.get(k)) for u in usages) for k in USAGE_KEYS}
+    costs = [u["cost"] for u in usages if finite_number(u.get("cost"))]
+    out["cost"] = round(sum(costs), 6) if costs else None
+    out["contextPct"] = None
+    if any(u.get("partial") for u in usages) or (costs and len(costs) < len(usages)):
+        out["partial"] = True  # some history unread, or some thread's cost unknown
+    return out
 
 
 def hook_event(agent, payload, environ=None):
@@ -4031,6 +4105,38 @@ class WatchCore(object):
         read()
         self.server.after_watchers()
 
+    # -- what the per-agent watchers read of the core ---------------------------------------------
+    def state(self, path):
+        """The thread state reduced from the file at path, or None."""
+        return self.states.get(path)
+
+    def thread_states(self, agent):
+        """[(path, state)] of one agent's files read so far."""
+        return [(path, st) for path, st in self.states.items() if st["agent"] == agent]
+
+    def path_of(self, agent, tid):
+        """The first file read for a thread, or None."""
+        return self.state_paths.get((agent, tid))
+
+    def is_tailed(self, path):
+        return path in self.tails
+
+    def horizon(self):
+        """The time (epoch seconds) before which a cold start reads nothing (recent_days)."""
+        return self.clock() - self.recent_s
+
+    def count_bad(self, n=1):
+        """Records (rows, files) no parser expected: skipped and counted (/health skippedRecords)."""
+        self.bad_records += n
+
+    def db_reading(self, db):
+        """A read of db begins: what it looks like now is what the next change is told from."""
+        self.db_stamps[db] = sqlite_stamp(db)
+
+    def db_read_failed(self, db):
+        """A read of db failed: its next change reads it again."""
+        self.db_stamps.pop(db, None)
+
     def close(self):
         if self.inotify is not None:
             self.server.loop.remove_reader(self.inotify.fd)
@@ -4038,15 +4144,34 @@ class WatchCore(object):
             self.inotify = None
 
 
+class WatcherHost(object):
+    """What an agent's watcher may ask of the server, and nothing more: the event loop (its timers),
+    the apply step for what the agent's files say (`update(agent, thread id, **fields)`, the server's
+    apply_thread_update), a registry's word that a pid exited, and that a batch of changes is done
+    (the core calls `after_watchers`)."""
+
+    def __init__(self, loop, update, pid_exited, after_watchers):
+        self.loop = loop
+        self.update = update
+        self.pid_exited = pid_exited
+        self.after_watchers = after_watchers
+
+
 class AgentWatcher(object):
     """One agent's files over the shared WatchCore: start() watches its directories, cold_steps()
     are the reads of what they hold now (each run under the core's guard). Each watcher tells the
-    server what its files say (apply_thread_update); which source wins is decided there."""
+    server what its files say (host.update); which source wins is decided there.
 
-    def __init__(self, core):
+    The class methods answer, from the agent's files, what a restore asks (Resurrect): which
+    conversation a process runs (live_id), which ran in a directory (cwd_candidates), and whether one
+    is still there (conversation_exists)."""
+
+    def __init__(self, core, host, spec, paths):
         self.core = core
-        self.server = core.server
-        self.paths = core.paths
+        self.host = host
+        self.spec = spec
+        self.agent = spec.name
+        self.paths = paths  # this agent's (its spec's paths)
 
     def start(self):
         pass
@@ -4054,18 +4179,34 @@ class AgentWatcher(object):
     def cold_steps(self):
         return ()
 
+    @classmethod
+    def live_id(cls, spec, paths, pids):
+        """(thread id, source) of the conversation one of these processes runs, from a registry the
+        agent keeps; None."""
+        return None
+
+    @classmethod
+    def cwd_candidates(cls, spec, paths, cwd):
+        """[(mtime, thread id)] of conversations started in cwd (a restore's last-resort guess)."""
+        return []
+
+    @classmethod
+    def conversation_exists(cls, spec, paths, tid):
+        """The conversation can still be resumed (its file is there). True where nothing local tells."""
+        return True
+
 
 class ClaudeWatcher(AgentWatcher):
     """Claude Code: its live registry ~/.claude/sessions/<pid>.json (status, pid, name) and its
     transcripts ~/.claude/projects/<project dir>/<session id>.jsonl (history, title, usage)."""
 
-    def __init__(self, core):
-        AgentWatcher.__init__(self, core)
+    def __init__(self, core, host, spec, paths):
+        AgentWatcher.__init__(self, core, host, spec, paths)
         self.registry = {}  # pid -> registry entry
         self.registry_files = {}  # registry file -> pid
 
     def start(self):
-        claude = self.paths["claude"]["home"]
+        claude = self.paths["home"]
         self.core.watch_root(os.path.join(claude, "sessions"), self._on_registry_dir)
         self.core.watch_root(os.path.join(claude, "projects"), self._on_projects_dir)
 
@@ -4073,7 +4214,7 @@ class ClaudeWatcher(AgentWatcher):
         return (self._scan_claude_registry, self._scan_claude_projects)
 
     def _scan_claude_registry(self):
-        d = os.path.join(self.paths["claude"]["home"], "sessions")
+        d = os.path.join(self.paths["home"], "sessions")
         for name in dir_entries(d, ".json"):
             self.core.guarded(os.path.join(d, name), self._read_registry_file, os.path.join(d, name))
 
@@ -4086,7 +4227,7 @@ class ClaudeWatcher(AgentWatcher):
         if mask & (IN_DELETE | IN_MOVED_FROM) or not os.path.exists(path):
             pid = self.registry_forget(path)
             if pid is not None:
-                self.server.agent_pid_exited("claude", pid)
+                self.host.pid_exited(self.agent, pid)
             return
         self._read_registry_file(path)
 
@@ -4109,22 +4250,22 @@ class ClaudeWatcher(AgentWatcher):
         self._apply(entry["sessionId"])
 
     def _transcript_path(self, session_id, cwd):
-        projects = os.path.join(self.paths["claude"]["home"], "projects")
+        projects = os.path.join(self.paths["home"], "projects")
         if cwd:
             p = os.path.join(projects, claude_project_dir_name(cwd), session_id + ".jsonl")
             if os.path.exists(p):
                 return p
-        return self.core.state_paths.get(("claude", session_id))
+        return self.core.path_of(self.agent, session_id)
 
     def _scan_claude_projects(self):
-        projects = os.path.join(self.paths["claude"]["home"], "projects")
+        projects = os.path.join(self.paths["home"], "projects")
         for d in dir_entries(projects):
             full = os.path.join(projects, d)
             if os.path.isdir(full):
                 self.core.watch_dir(full, self._on_project)
                 for name in dir_entries(full, ".jsonl"):
                     path = os.path.join(full, name)
-                    if path not in self.core.tails and self.core.recent(path):
+                    if not self.core.is_tailed(path) and self.core.recent(path):
                         self.core.guarded(path, self._read_transcript, path)
 
     def _on_projects_dir(self, directory, name, mask):
@@ -4142,8 +4283,8 @@ class ClaudeWatcher(AgentWatcher):
 
     def _read_transcript(self, path):
         sid = os.path.basename(path)[:-6]
-        if _UUID_RE.match(sid):
-            _, records = self.core.tail_thread(path, "claude", sid, claude_reduce, self._read_transcript)
+        if valid_thread_id(self.agent, sid):
+            _, records = self.core.tail_thread(path, self.agent, sid, claude_reduce, self._read_transcript)
             if records:
                 self._apply(sid)
 
@@ -4154,12 +4295,12 @@ class ClaudeWatcher(AgentWatcher):
         live = [e for e in self.registry.values() if e["sessionId"] == sid and claude_registry_alive(e)]
         entry = max(live, key=lambda e: e["updatedAt"]) if live else None
         path = self._transcript_path(sid, entry["cwd"] if entry else None)
-        state = self.core.states.get(path) if path else None
+        state = self.core.state(path) if path else None
         if path and state is None:
             self._read_transcript(path)
-            state = self.core.states.get(path)
+            state = self.core.state(path)
         if state is None:
-            state = new_thread_state("claude", sid)
+            state = new_thread_state(self.agent, sid)
             if entry:
                 state["cwd"] = entry["cwd"]
         registry_status = entry["status"] if entry else None
@@ -4174,20 +4315,55 @@ class ClaudeWatcher(AgentWatcher):
             fields["pid"] = entry["pid"]
             fields["proc_start"] = entry["procStart"]
         updated = max(state["updatedAt"], entry["updatedAt"] if entry else 0)
-        self.server.apply_thread_update("claude", sid, updated_at=updated or None, **fields)
+        self.host.update(self.agent, sid, updated_at=updated or None, **fields)
+
+    @classmethod
+    def live_id(cls, spec, paths, pids):
+        reg = os.path.join(paths["home"], "sessions")
+        for p in pids:
+            try:
+                with open(os.path.join(reg, "%d.json" % p), "rb") as f:
+                    entry = claude_registry_entry(json.loads(f.read().decode("utf-8")))
+            except (OSError, ValueError, UnicodeDecodeError):
+                continue
+            if entry and claude_registry_alive(entry) and valid_thread_id(spec.name, entry["sessionId"]):
+                return entry["sessionId"], "claude-registry"
+        return None
+
+    @classmethod
+    def cwd_candidates(cls, spec, paths, cwd):
+        d = os.path.join(paths["home"], "projects", claude_project_dir_name(cwd or ""))
+        out = []
+        for name in dir_entries(d, ".jsonl"):
+            try:
+                out.append((os.stat(os.path.join(d, name)).st_mtime, name[:-6]))
+            except OSError:
+                pass
+        return out
+
+    @classmethod
+    def conversation_exists(cls, spec, paths, tid):
+        projects = os.path.join(paths["home"], "projects")
+        for d in dir_entries(projects):
+            try:
+                if os.path.getsize(os.path.join(projects, d, tid + ".jsonl")) > 0:
+                    return True
+            except OSError:
+                continue
+        return False
 
 
 class CodexWatcher(AgentWatcher):
     """Codex: rollouts ~/.codex/sessions/YYYY/MM/DD/rollout-<time>-<uuid>.jsonl, thread names from
     session_index.jsonl and state_5.sqlite, turn statuses from thread_history_1.sqlite."""
 
-    def __init__(self, core):
-        AgentWatcher.__init__(self, core)
+    def __init__(self, core, host, spec, paths):
+        AgentWatcher.__init__(self, core, host, spec, paths)
         self.codex_names = {}  # thread id -> name
         self.index_tail = None  # FileTail of session_index.jsonl
 
     def start(self):
-        codex = self.paths["codex"]["home"]
+        codex = self.paths["home"]
         self.core.watch_root(codex, self._on_codex_home)
         self.core.watch_root(os.path.join(codex, "sessions"), self._on_codex_tree)
 
@@ -4195,15 +4371,12 @@ class CodexWatcher(AgentWatcher):
         return (self._read_codex_index, self._read_codex_names_db, self._scan_codex_sessions,
                 self._codex_turns_fallback)
 
-    def _codex_states(self):
-        return [(path, st) for path, st in self.core.states.items() if st["agent"] == "codex"]
-
     def _codex_turns_fallback(self):
         """A rollout read from its tail may not reach back to its turn's task_started (a long turn):
         thread_history_1.sqlite knows each turn's status (inProgress/completed/interrupted/failed)."""
         import sqlite3
-        unknown = {st["id"]: path for path, st in self._codex_states() if st["turns"] == 0}
-        db = os.path.join(self.paths["codex"]["home"], "thread_history_1.sqlite")
+        unknown = {st["id"]: path for path, st in self.core.thread_states(self.agent) if st["turns"] == 0}
+        db = os.path.join(self.paths["home"], "thread_history_1.sqlite")
         if not unknown or not os.path.exists(db):
             return
         try:
@@ -4218,7 +4391,7 @@ class CodexWatcher(AgentWatcher):
                 continue
             status, detail = codex_turn_status(row["status"], row["error_json"])
             if status:
-                self.core.states[path].update(status=status, detail=detail, turns=1)
+                self.core.state(path).update(status=status, detail=detail, turns=1)
                 self.core.guarded(path, self._apply, path)
 
     def _on_codex_home(self, directory, name, mask):
@@ -4236,7 +4409,7 @@ class CodexWatcher(AgentWatcher):
             self._scan_codex_sessions()
 
     def _read_codex_index(self):
-        path = os.path.join(self.paths["codex"]["home"], "session_index.jsonl")
+        path = os.path.join(self.paths["home"], "session_index.jsonl")
         if self.index_tail is None:
             self.index_tail = FileTail(path)
         tail = self.index_tail
@@ -4247,25 +4420,25 @@ class CodexWatcher(AgentWatcher):
         if tail.more:
             self.core.read_later(path, lambda _path: self._read_codex_index())
         records, bad = parse_json_lines(lines)
-        self.core.bad_records += bad
+        self.core.count_bad(bad)
         names = parse_codex_session_index(records)
         if names:
             self.codex_names.update(names)
-            for rollout, st in self._codex_states():
+            for rollout, st in self.core.thread_states(self.agent):
                 if st["id"] in names:
                     self._apply(rollout)
 
     def _read_codex_names_db(self):
         """Thread names from state_5.sqlite (read-only; a locked or half-written DB is skipped)."""
         import sqlite3
-        path = os.path.join(self.paths["codex"]["home"], "state_5.sqlite")
+        path = os.path.join(self.paths["home"], "state_5.sqlite")
         if not os.path.exists(path):
             return
-        self.core.db_stamps[path] = sqlite_stamp(path)
+        self.core.db_reading(path)
         try:
             rows = sqlite_rows(path, "SELECT id, name FROM threads WHERE name IS NOT NULL AND name != ''")
         except sqlite3.Error as e:
-            self.core.db_stamps.pop(path, None)
+            self.core.db_read_failed(path)
             log("codex state_5.sqlite not readable now (%s); will retry on its next change" % e)
             return
         renamed = set()
@@ -4274,14 +4447,14 @@ class CodexWatcher(AgentWatcher):
                 self.codex_names[row["id"]] = row["name"]
                 renamed.add(row["id"])
         if renamed:
-            for rollout, st in self._codex_states():
+            for rollout, st in self.core.thread_states(self.agent):
                 if st["id"] in renamed:
                     self._apply(rollout, moved_on=False)
 
     def _scan_codex_sessions(self):
         listdir_counted = self.core.listdir_counted
-        root = os.path.join(self.paths["codex"]["home"], "sessions")
-        horizon = time.strftime("%Y/%m/%d", time.localtime(self.core.clock() - self.core.recent_s - 86400))
+        root = os.path.join(self.paths["home"], "sessions")
+        horizon = time.strftime("%Y/%m/%d", time.localtime(self.core.horizon() - 86400))
         for y in listdir_counted(root):
             ydir = os.path.join(root, y)
             if not os.path.isdir(ydir):
@@ -4299,7 +4472,7 @@ class CodexWatcher(AgentWatcher):
                     self.core.watch_dir(ddir, self._on_codex_tree)
                     for name in listdir_counted(ddir):
                         path = os.path.join(ddir, name)
-                        if codex_id_from_path(path) and path not in self.core.tails and self.core.recent(path):
+                        if codex_id_from_path(path) and not self.core.is_tailed(path) and self.core.recent(path):
                             self.core.guarded(path, self._read_codex_rollout, path)
 
     def _on_codex_tree(self, directory, name, mask):
@@ -4315,8 +4488,9 @@ class CodexWatcher(AgentWatcher):
 
     def _read_codex_rollout(self, path):
         tid = codex_id_from_path(path)
-        before = self.core.states[path]["status"] if path in self.core.states else None
-        state, records = self.core.tail_thread(path, "codex", tid, codex_reduce, self._read_codex_rollout)
+        before = self.core.state(path)
+        before = before["status"] if before is not None else None
+        state, records = self.core.tail_thread(path, self.agent, tid, codex_reduce, self._read_codex_rollout)
         if not records:
             return
         moved_on = before != state["status"] or any(codex_moved_on(rec) for rec in records)
@@ -4324,20 +4498,44 @@ class CodexWatcher(AgentWatcher):
 
     def _apply(self, path, moved_on=True):
         """moved_on: the rollout shows the turn went on (else a wait known from the hook may hold)."""
-        state = self.core.states[path]
+        state = self.core.state(path)
         tid = state["id"]
-        self.server.apply_thread_update(
-            "codex", tid, status=state["status"], detail=state["detail"],
+        self.host.update(
+            self.agent, tid, status=state["status"], detail=state["detail"],
             title=thread_title(state, self.codex_names.get(tid)), cwd=state["cwd"], model=state["model"],
             updated_at=state["updatedAt"] or None, source="file", usage=state.get("usage"), moved_on=moved_on)
+
+    @staticmethod
+    def rollouts(paths):
+        root = os.path.join(paths["home"], "sessions")
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                if codex_id_from_path(name):
+                    yield os.path.join(dirpath, name)
+
+    @classmethod
+    def cwd_candidates(cls, spec, paths, cwd):
+        out = []
+        for path in cls.rollouts(paths):
+            head = new_thread_state(spec.name, codex_id_from_path(path))
+            for rec in parse_json_lines(read_head_lines(path, 16384))[0][:3]:
+                codex_reduce(head, rec)
+            if head["cwd"] == cwd:
+                out.append((os.stat(path).st_mtime, head["id"]))
+        return out
+
+    @classmethod
+    def conversation_exists(cls, spec, paths, tid):
+        return any(codex_id_from_path(p) == tid for p in cls.rollouts(paths))
 
 
 class OpenCodeWatcher(AgentWatcher):
     """OpenCode: its SQLite database (sessions, their newest message, a running tool), read only
     for the sessions changed since the last look."""
 
-    def __init__(self, core):
-        AgentWatcher.__init__(self, core)
+    def __init__(self, core, host, spec, paths):
+        AgentWatcher.__init__(self, core, host, spec, paths)
+        self.db = paths["db"]
         self.newest_seen = 0  # the greatest session time_updated read (ms): the next query's lower bound
         self.query_due = False  # a query waits for OPENCODE_MIN_INTERVAL to pass
         self.queried_at = None  # monotonic time of the last query
@@ -4345,14 +4543,14 @@ class OpenCodeWatcher(AgentWatcher):
         self._bad_rows = set()
 
     def start(self):
-        self.core.watch_root(os.path.dirname(self.paths["opencode"]["db"]), self._on_opencode_dir)
+        self.core.watch_root(os.path.dirname(self.db), self._on_opencode_dir)
 
     def cold_steps(self):
         return (self._query_opencode,)
 
     def _on_opencode_dir(self, directory, name, mask):
-        base = os.path.basename(self.paths["opencode"]["db"])
-        if name is None or (name in (base, base + "-wal") and self.core.db_changed(self.paths["opencode"]["db"], mask)):
+        base = os.path.basename(self.db)
+        if name is None or (name in (base, base + "-wal") and self.core.db_changed(self.db, mask)):
             self._schedule_opencode()
 
     def _schedule_opencode(self):
@@ -4362,25 +4560,25 @@ class OpenCodeWatcher(AgentWatcher):
             return
         wait = 0.0 if self.queried_at is None else self.queried_at + OPENCODE_MIN_INTERVAL - time.monotonic()
         if wait <= 0:
-            self.core.db_read(self.paths["opencode"]["db"], self._query_opencode)  # the caller publishes
+            self.core.db_read(self.db, self._query_opencode)  # the caller publishes
             return
         self.query_due = True
-        self.server.loop.call_later(wait, self._query_opencode_later)
+        self.host.loop.call_later(wait, self._query_opencode_later)
 
     def _query_opencode_later(self):
         self.query_due = False
-        self.core.db_read(self.paths["opencode"]["db"], self._query_opencode)
-        self.server.after_watchers()
+        self.core.db_read(self.db, self._query_opencode)
+        self.host.after_watchers()
 
     def _query_opencode(self):
         """Read only the sessions changed since the last look (read-only, short busy timeout)."""
         import sqlite3
-        path = self.paths["opencode"]["db"]
+        path = self.db
         if not os.path.exists(path):
             return
         self.queried_at = time.monotonic()
-        self.core.db_stamps[path] = sqlite_stamp(path)
-        since = self.newest_seen or int((self.core.clock() - self.core.recent_s) * 1000)
+        self.core.db_reading(path)
+        since = self.newest_seen or int(self.core.horizon() * 1000)
         try:
             conn = sqlite_ro(path)
             try:
@@ -4395,7 +4593,7 @@ class OpenCodeWatcher(AgentWatcher):
             finally:
                 conn.close()
         except sqlite3.Error as e:
-            self.core.db_stamps.pop(path, None)
+            self.core.db_read_failed(path)
             if not self.error_logged:
                 log("opencode.db not readable now (%s); retrying on its next change" % e)
                 self.error_logged = True
@@ -4408,11 +4606,11 @@ class OpenCodeWatcher(AgentWatcher):
         """One session row -> (row, newest message data, running tool), or None for an odd row
         (counted once): time_updated not a number, id not text."""
         import sqlite3
-        if not valid_thread_id("opencode", s["id"]) or isinstance(s["time_updated"], bool) \
+        if not valid_thread_id(self.agent, s["id"]) or isinstance(s["time_updated"], bool) \
                 or not isinstance(s["time_updated"], int):
             if s["id"] not in self._bad_rows and len(self._bad_rows) < 10000:
                 self._bad_rows.add(s["id"])
-                self.core.bad_records += 1
+                self.core.count_bad()
             return None
         msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "
                            "ORDER BY time_created DESC, id DESC LIMIT 1", (s["id"],)).fetchone()
@@ -4422,7 +4620,7 @@ class OpenCodeWatcher(AgentWatcher):
             try:
                 data = clean_parsed_strings(json.loads(msg["data"]))
             except (ValueError, TypeError, RecursionError):  # not JSON, NULL, a blob
-                self.core.bad_records += 1
+                self.core.count_bad()
             try:
                 running_tool = conn.execute(
                     "SELECT 1 FROM part WHERE message_id = ? AND data LIKE '%\"status\":\"running\"%' LIMIT 1",
@@ -4444,29 +4642,47 @@ class OpenCodeWatcher(AgentWatcher):
         if isinstance(data, dict) and isinstance(data.get("modelID"), str) and data["modelID"]:
             model = data["modelID"]
         # the database cannot see a permission wait or a retry (the plugin can): moved_on=False
-        self.server.apply_thread_update(
-            "opencode", s["id"], status=status, detail=detail,
+        self.host.update(
+            self.agent, s["id"], status=status, detail=detail,
             title=_clip_title(clean_str(s["title"]) if isinstance(s["title"], str) else ""),
             cwd=clean_str(s["directory"]) if isinstance(s["directory"], str) else None,
-            model=model, updated_at=s["time_updated"], hidden=bool(s["parent_id"]),
+            model=model, updated_at=s["time_updated"], subagent=bool(s["parent_id"]),
             source="file", usage=opencode_usage(s, data), moved_on=False)
+
+    @classmethod
+    def cwd_candidates(cls, spec, paths, cwd):
+        import sqlite3
+        try:
+            return [(r["time_updated"], r["id"]) for r in sqlite_rows(
+                paths["db"], "SELECT id, time_updated FROM session WHERE directory = ? AND parent_id IS NULL", (cwd,))]
+        except sqlite3.Error:
+            return []
+
+    @classmethod
+    def conversation_exists(cls, spec, paths, tid):
+        import sqlite3
+        try:
+            return bool(sqlite_rows(paths["db"], "SELECT 1 FROM session WHERE id = ?", (tid,)))
+        except sqlite3.Error:
+            return False
 
 
 class AmpWatcher(AgentWatcher):
-    """Amp: one JSON file per thread, rewritten whole (format unverified, see amp_thread_state)."""
+    """Amp: one JSON file per thread, rewritten whole (format unverified, see amp_thread_state). Amp
+    keeps threads on its servers: nothing local says whether one can still be resumed."""
 
-    def __init__(self, core):
-        AgentWatcher.__init__(self, core)
+    def __init__(self, core, host, spec, paths):
+        AgentWatcher.__init__(self, core, host, spec, paths)
         self.read_stamps = {}  # path -> (mtime_ns, size) when last read
 
     def start(self):
-        self.core.watch_root(self.paths["amp"]["threads"], self._on_amp_dir)
+        self.core.watch_root(self.paths["threads"], self._on_amp_dir)
 
     def cold_steps(self):
         return (self._scan_amp,)
 
     def _scan_amp(self):
-        d = self.paths["amp"]["threads"]
+        d = self.paths["threads"]
         for name in dir_entries(d, ".json"):
             path = os.path.join(d, name)
             if self.core.recent(path):
@@ -4488,29 +4704,26 @@ class AmpWatcher(AgentWatcher):
             with open(path, "rb") as f:
                 data = clean_parsed_strings(json.loads(f.read().decode("utf-8")))
         except (OSError, ValueError, UnicodeDecodeError, RecursionError):
-            self.core.bad_records += 1
+            self.core.count_bad()
             return  # half-written (Amp rewrites the whole file): the next event re-reads it
         self.read_stamps[path] = (st.st_mtime_ns, st.st_size)
         state = amp_thread_state(data, int(st.st_mtime * 1000))
         if state is None:
             return
-        self.server.apply_thread_update("amp", state["id"], status=state["status"], detail=state["detail"],
-                                        title=thread_title(state), cwd=state["cwd"], model=state["model"],
-                                        updated_at=state["updatedAt"], source="file", usage=state.get("usage"))
+        self.host.update(self.agent, state["id"], status=state["status"], detail=state["detail"],
+                         title=thread_title(state), cwd=state["cwd"], model=state["model"],
+                         updated_at=state["updatedAt"], source="file", usage=state.get("usage"))
 
 
 class ChatFilesWatcher(AgentWatcher):
-    """An agent that appends its chats to JSONL files, one directory of them per project (Gemini
-    CLI, Qwen Code, Pi): the chat directories are watched and their recent files tailed. Read
-    only; nothing here writes, moves or deletes an agent's files."""
+    """An agent that appends its chats to JSONL files, one directory of them per project, as its
+    spec's ChatFiles says (Gemini CLI, Qwen Code, Pi): the chat directories are watched and their
+    recent files tailed. Read only; nothing here writes, moves or deletes an agent's files."""
 
-    agent = None
-    reducer = None
-    chats = "chats"  # the chat files' directory inside a project's ("" for the project's own)
-
-    def __init__(self, core):
-        AgentWatcher.__init__(self, core)
-        self.projects_dir = None  # set by the subclass: the directory of project directories
+    def __init__(self, core, host, spec, paths):
+        AgentWatcher.__init__(self, core, host, spec, paths)
+        self.chat = spec.watch  # its ChatFiles
+        self.projects_dir = os.path.join(paths["home"], self.chat.projects)
 
     def start(self):
         self.core.watch_root(self.projects_dir, self._on_projects)
@@ -4526,7 +4739,7 @@ class ChatFilesWatcher(AgentWatcher):
         if name is not None and not mask & IN_ISDIR:
             return
         for n in [name] if name else dir_entries(directory):
-            d = os.path.join(directory, n, self.chats) if self.chats else os.path.join(directory, n)
+            d = os.path.join(directory, n, self.chat.chats) if self.chat.chats else os.path.join(directory, n)
             if os.path.isdir(os.path.join(directory, n)):
                 self.core.watch_dir(d, self._on_chats)
                 if os.path.isdir(d):
@@ -4536,53 +4749,88 @@ class ChatFilesWatcher(AgentWatcher):
         if name is None:
             for n in dir_entries(directory, ".jsonl"):
                 path = os.path.join(directory, n)
-                if path not in self.core.tails and self.core.recent(path):
+                if not self.core.is_tailed(path) and self.core.recent(path):
                     self._read_chat(path)
         elif name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
             self._read_chat(os.path.join(directory, name))
 
-    def thread_id(self, path):
-        raise NotImplementedError
+    @classmethod
+    def chat_id(cls, spec, path):
+        """The thread id of a chat file: from its name, or (header_id) its first line's sessionId."""
+        tid = spec.watch.name_id(os.path.basename(path))
+        if tid is None or not spec.watch.header_id:
+            return tid if valid_thread_id(spec.name, tid) else None
+        records = parse_json_lines(read_head_lines(path, 4096))[0]
+        sid = records[0].get("sessionId") if records else None
+        return sid if valid_thread_id(spec.name, sid) else None
 
     def _read_chat(self, path):
-        state = self.core.states.get(path)
-        tid = state["id"] if state is not None else self.thread_id(path)
+        state = self.core.state(path)
+        tid = state["id"] if state is not None else self.chat_id(self.spec, path)
         if not tid:
             return
-        _, records = self.core.tail_thread(path, self.agent, tid, self.reducer, self._read_chat)
+        _, records = self.core.tail_thread(path, self.agent, tid, self.chat.reducer, self._read_chat)
         if records:
             self._apply(path, records)
 
-    def moved_on(self, records):
-        """The records show the conversation went on (else a wait known from a hook may hold)."""
-        return True
-
     def _apply(self, path, records):
-        state = self.core.states[path]
+        state = self.core.state(path)
+        moved_on = self.chat.moved_on(records) if self.chat.moved_on else True
         fields = dict(status=state["status"], detail=state["detail"], title=thread_title(state), cwd=state["cwd"],
                       model=state["model"], updated_at=state["updatedAt"] or None, source="file",
-                      moved_on=self.moved_on(records))
-        if state.get("hidden"):
-            fields["hidden"] = True
+                      moved_on=moved_on)
+        if state.get("subagent"):
+            fields["subagent"] = True
         if state.get("usage"):
             fields["usage"] = dict(state["usage"])
-        self.server.apply_thread_update(self.agent, state["id"], **fields)
+        self.host.update(self.agent, state["id"], **fields)
+
+    @classmethod
+    def chat_dir_of(cls, spec, paths, cwd):
+        """The directory of the chats started in cwd, or None (the spec's project_of, by default)."""
+        if spec.watch.project_of is None:
+            return None
+        project = os.path.join(paths["home"], spec.watch.projects, spec.watch.project_of(cwd or ""))
+        return os.path.join(project, spec.watch.chats) if spec.watch.chats else project
+
+    @classmethod
+    def cwd_candidates(cls, spec, paths, cwd):
+        d = cls.chat_dir_of(spec, paths, cwd)
+        out = []
+        for name in dir_entries(d, ".jsonl") if d else ():
+            path = os.path.join(d, name)
+            tid = cls.chat_id(spec, path)
+            try:
+                if tid:
+                    out.append((os.stat(path).st_mtime, tid))
+            except OSError:
+                pass
+        return out
+
+    @classmethod
+    def conversation_exists(cls, spec, paths, tid):
+        """A chat file of this id is still there (a header_id file is named with the id's start)."""
+        root = os.path.join(paths["home"], spec.watch.projects)
+        for project in dir_entries(root):
+            d = os.path.join(root, project, spec.watch.chats) if spec.watch.chats else os.path.join(root, project)
+            for name in dir_entries(d, ".jsonl"):
+                named = spec.watch.name_id(name)
+                if named and (tid.startswith(named) if spec.watch.header_id else named == tid) and \
+                        cls.chat_id(spec, os.path.join(d, name)) == tid:
+                    return True
+        return False
 
 
 class GeminiWatcher(ChatFilesWatcher):
-    """Gemini CLI: ~/.gemini/tmp/<project>/chats/session-<time>-<id8>.jsonl; projects.json maps
-    each project name to its directory."""
+    """Gemini CLI: chats under ~/.gemini/tmp/<project>/chats; projects.json maps each directory to
+    its project's name (a chat's cwd, and where a directory's chats are)."""
 
-    agent = "gemini"
-    reducer = staticmethod(gemini_reduce)
-
-    def __init__(self, core):
-        ChatFilesWatcher.__init__(self, core)
-        self.projects_dir = os.path.join(self.paths["gemini"]["home"], "tmp")
+    def __init__(self, core, host, spec, paths):
+        ChatFilesWatcher.__init__(self, core, host, spec, paths)
         self.project_dirs = {}  # project name -> directory
 
     def start(self):
-        self.core.watch_root(self.paths["gemini"]["home"], self._on_gemini_home)
+        self.core.watch_root(self.paths["home"], self._on_gemini_home)
         ChatFilesWatcher.start(self)
 
     def cold_steps(self):
@@ -4591,51 +4839,61 @@ class GeminiWatcher(ChatFilesWatcher):
     def _on_gemini_home(self, directory, name, mask):
         if name in (None, "projects.json"):
             self._read_gemini_projects()
-        if name == "tmp" and mask & IN_ISDIR:
+        if name == self.chat.projects and mask & IN_ISDIR:
             self.core.watch_dir(os.path.join(directory, name), self._on_projects)
             self._on_projects(os.path.join(directory, name), None, 0)
 
-    def _read_gemini_projects(self):
+    @staticmethod
+    def projects(paths):
+        """projects.json: {directory: project name}, or {} when unreadable."""
         try:
-            with open(os.path.join(self.paths["gemini"]["home"], "projects.json"), "rb") as f:
+            with open(os.path.join(paths["home"], "projects.json"), "rb") as f:
                 data = json.loads(f.read().decode("utf-8"))
         except (OSError, ValueError, UnicodeDecodeError):
-            return
+            return {}
         projects = data.get("projects") if isinstance(data, dict) else None
-        if isinstance(projects, dict):
-            self.project_dirs = {v: k for k, v in projects.items() if isinstance(k, str) and isinstance(v, str)}
+        return {k: v for k, v in projects.items() if isinstance(k, str) and isinstance(v, str)} \
+            if isinstance(projects, dict) else {}
 
-    def thread_id(self, path):
-        # Gemini names the file with 8 characters of the id: the full one is in its header line
-        if gemini_id_from_path(path) is None:
-            return None
-        records = parse_json_lines(read_head_lines(path, 4096))[0]
-        sid = records[0].get("sessionId") if records else None
-        return sid if isinstance(sid, str) and _UUID_RE.match(sid) else None
-
-    def moved_on(self, records):
-        return any("$set" not in r for r in records)  # a "$set" record only updates the header
+    def _read_gemini_projects(self):
+        projects = self.projects(self.paths)
+        if projects:
+            self.project_dirs = {v: k for k, v in projects.items()}
 
     def _apply(self, path, records):
-        state = self.core.states[path]
+        state = self.core.state(path)
         if not state["cwd"]:
             parts = path.split(os.sep)
             if len(parts) >= 3:
                 state["cwd"] = self.project_dirs.get(parts[-3])
         ChatFilesWatcher._apply(self, path, records)
 
+    @classmethod
+    def chat_dir_of(cls, spec, paths, cwd):
+        project = cls.projects(paths).get(cwd)
+        return os.path.join(paths["home"], spec.watch.projects, project, spec.watch.chats) if project else None
+
+
+def qwen_registry_id(qwen_dir, pids):
+    """Qwen Code's live registry ~/.qwen/sessions/<pid>.json -> the session id of one of pids."""
+    for p in pids:
+        try:
+            with open(os.path.join(qwen_dir, "sessions", "%d.json" % p), "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict) and data.get("pid") == p and valid_thread_id("qwen", data.get("sessionId")):
+            return data["sessionId"]
+    return None
+
 
 class QwenWatcher(ChatFilesWatcher):
-    """Qwen Code: ~/.qwen/projects/<encoded cwd>/chats/<uuid>.jsonl, and its live registry
+    """Qwen Code: chats under ~/.qwen/projects/<encoded cwd>/chats, and its live registry
     ~/.qwen/sessions/<pid>.json ({pid, sessionId, cwd}; removed at exit)."""
 
-    agent = "qwen"
-    reducer = staticmethod(qwen_reduce)
-
-    def __init__(self, core):
-        ChatFilesWatcher.__init__(self, core)
-        self.projects_dir = os.path.join(self.paths["qwen"]["home"], "projects")
-        self.registry_dir = os.path.join(self.paths["qwen"]["home"], "sessions")
+    def __init__(self, core, host, spec, paths):
+        ChatFilesWatcher.__init__(self, core, host, spec, paths)
+        self.registry_dir = os.path.join(paths["home"], "sessions")
         self.registry = {}  # registry file -> (pid, session id)
 
     def start(self):
@@ -4644,13 +4902,6 @@ class QwenWatcher(ChatFilesWatcher):
 
     def cold_steps(self):
         return (self._scan_projects, self._scan_qwen_registry)
-
-    def thread_id(self, path):
-        name = os.path.basename(path)[:-6]
-        return name if _UUID_RE.match(name) else None
-
-    def moved_on(self, records):
-        return any(r.get("type") in ("assistant", "tool_result") for r in records)
 
     def _scan_qwen_registry(self):
         self._on_qwen_registry(self.registry_dir, None, 0)
@@ -4664,7 +4915,7 @@ class QwenWatcher(ChatFilesWatcher):
             if name and mask & (IN_DELETE | IN_MOVED_FROM) or not os.path.exists(path):
                 gone = self.registry.pop(path, None)
                 if gone:
-                    self.server.agent_pid_exited("qwen", gone[0])
+                    self.host.pid_exited(self.agent, gone[0])
                 continue
             try:
                 with open(path, "rb") as f:
@@ -4673,45 +4924,57 @@ class QwenWatcher(ChatFilesWatcher):
                 continue  # half-written: the next event reads it again
             pid = data.get("pid") if isinstance(data, dict) else None
             sid = data.get("sessionId") if isinstance(data, dict) else None
-            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or not valid_thread_id("qwen", sid) \
+            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or not valid_thread_id(self.agent, sid) \
                     or n != "%d.json" % pid or not _pid_alive(pid):
                 continue
             if self.registry.get(path) != (pid, sid):
                 self.registry[path] = (pid, sid)
                 cwd = data.get("cwd") if isinstance(data.get("cwd"), str) else None
-                self.server.apply_thread_update("qwen", sid, pid=pid, cwd=cwd, alive=True)
+                self.host.update(self.agent, sid, pid=pid, cwd=cwd, alive=True)
+
+    @classmethod
+    def live_id(cls, spec, paths, pids):
+        tid = qwen_registry_id(paths["home"], pids)
+        return (tid, "qwen-registry") if tid else None
 
 
-class PiWatcher(ChatFilesWatcher):
-    """Pi: ~/.pi/agent/sessions/--<cwd>--/<time>_<uuid>.jsonl."""
+# A spec's watch.kind -> the class that follows that agent's files (and answers a restore's questions).
+WATCHER_KINDS = {"claude": ClaudeWatcher, "codex": CodexWatcher, "opencode": OpenCodeWatcher, "amp": AmpWatcher,
+                 "chat-files": ChatFilesWatcher, "gemini": GeminiWatcher, "qwen": QwenWatcher}
 
-    agent = "pi"
-    reducer = staticmethod(pi_reduce)
-    chats = ""
 
-    def __init__(self, core):
-        ChatFilesWatcher.__init__(self, core)
-        self.projects_dir = os.path.join(self.paths["pi"]["home"], "sessions")
+def agent_files(agent):
+    """(spec, watcher class) of an agent: where its files are and how they are read."""
+    spec = AGENT_SPECS[agent]
+    return spec, WATCHER_KINDS[spec.watch.kind]
 
-    def thread_id(self, path):
-        return pi_id_from_path(path)
+
+def conversation_exists(agent, tid, paths):
+    """Agent conversation tid can still be resumed: its file is there (paths: that agent's)."""
+    spec, files = agent_files(agent)
+    return files.conversation_exists(spec, paths, tid)
 
 
 class AgentWatchers(object):
     """Follows each agent's own files and databases and feeds thread updates to the server: the
-    wiring of one WatchCore and one watcher per agent."""
+    wiring of one WatchCore and one watcher per agent (its spec's watch.kind), each given only a
+    WatcherHost (the loop, the apply step) and its own agent's paths."""
 
     def __init__(self, server, environ=None, recent_days=7.0, poll_interval=1.0, clock=time.time):
-        self.core = WatchCore(server, environ, recent_days, poll_interval, clock)
+        host = WatcherHost(server.loop, server.apply_thread_update, server.agent_pid_exited, server.after_watchers)
+        self.core = WatchCore(host, environ, recent_days, poll_interval, clock)
         self.core.on_overflow = self.cold_start
-        self.claude = ClaudeWatcher(self.core)
-        self.codex = CodexWatcher(self.core)
-        self.opencode = OpenCodeWatcher(self.core)
-        self.amp = AmpWatcher(self.core)
-        self.gemini = GeminiWatcher(self.core)
-        self.qwen = QwenWatcher(self.core)
-        self.pi = PiWatcher(self.core)
-        self.agents = (self.claude, self.codex, self.opencode, self.amp, self.gemini, self.qwen, self.pi)
+        paths = agent_paths(environ)
+        self.by_agent = {}
+        for name, spec in AGENT_SPECS.items():
+            self.by_agent[name] = WATCHER_KINDS[spec.watch.kind](self.core, host, spec, paths[name])
+        self.agents = tuple(self.by_agent.values())
+
+    def __getattr__(self, name):  # watchers.claude, watchers.qwen …
+        by_agent = self.__dict__.get("by_agent") or {}
+        if name in by_agent:
+            return by_agent[name]
+        raise AttributeError(name)
 
     def start(self):
         self.core.start()
@@ -5325,7 +5588,7 @@ class Store(object):
             threads = sorted(threads, key=lambda t: -t.updated_at)
             branch, dirty = self.git.get(s["id"], (None, None))
             meta = self.metadata.get(s["name"], {})
-            shown = [t for t in threads if not t.hidden]
+            shown = [t for t in threads if not t.subagent]
             item = dict(s)
             item.update({
                 "branch": branch, "dirty": dirty, "ports": self.ports.get(s["id"], []),
@@ -5370,7 +5633,7 @@ class Store(object):
         """What survives a restart: metadata, and threads that are alive, unseen or recent."""
         now = now_ms(self.clock)
         return {"metadata": self.metadata,
-                "threads": [dict(t.to_json(), hidden=t.hidden, source=t.source)
+                "threads": [dict(t.to_json(), subagent=t.subagent, source=t.source)
                             for t in self.threads.values()
                             if t.alive or t.unseen or now - t.updated_at <= keep_ms]}
 
@@ -5640,14 +5903,15 @@ class ControlClient(object):
 class Processes(object):
     """One read of the process table, as the linker needs it: `table` pid -> Proc; `pane_of_pid`
     pid -> pane id of every process under a pane; `agents` pane id -> (agent, pid, args) of the
-    top-most agent process in it; `codex_rollouts` pid -> id of the Codex thread whose rollout file
-    the process holds open; `exact_starts` True when a Proc's start time tells a reused pid apart."""
+    top-most agent process in it; `open_threads` pid -> (agent, thread id) named by a file the
+    process holds open (Codex's rollout: its spec's open_file); `exact_starts` True when a Proc's
+    start time tells a reused pid apart."""
 
-    def __init__(self, table, pane_of_pid, agents, codex_rollouts, exact_starts):
+    def __init__(self, table, pane_of_pid, agents, open_threads, exact_starts):
         self.table = table
         self.pane_of_pid = pane_of_pid
         self.agents = agents
-        self.codex_rollouts = codex_rollouts
+        self.open_threads = open_threads
         self.exact_starts = exact_starts
 
 
@@ -5680,38 +5944,39 @@ def read_pane_processes(probes, sessions):
                         if agent:
                             agents[p["id"]] = (agent, pid, args)
         groups[s["id"]] = pids
-    codex = {}  # pid -> thread id for Codex processes holding a rollout file open (/proc/<pid>/fd)
+    open_threads = {}  # pid -> (agent, thread id) named by a file the process holds open (/proc/<pid>/fd)
+    openers = {name: spec for spec in AGENT_SPECS.values() if spec.open_file for name in spec.process.names}
     for proc in table.values():
-        if proc.comm != "codex":
+        spec = openers.get(proc.comm)
+        if spec is None:
             continue
         for target in probes.open_files(proc.pid):
-            tid = codex_id_from_path(target)
+            tid = spec.open_file[1](target)
             if tid:
-                codex[proc.pid] = tid
-    return Processes(table, pane_of_pid, agents, codex, probes.has_proc), groups
+                open_threads[proc.pid] = (spec.name, tid)
+    return Processes(table, pane_of_pid, agents, open_threads, probes.has_proc), groups
 
 
 def link_threads(threads, panes, processes):
     """Link threads to panes by pid: a pure function of the threads (read, never changed), the
     panes ({pane id: (session name, cwd)}) and the processes (a Processes). The pid is the one a
-    registry, hook or plugin gave, else the Codex process holding the thread's rollout file open,
-    else the agent started with `resume <id>` of it.
+    registry, hook or plugin gave, else the process holding the thread's file open (Codex's
+    rollout), else the agent started with `resume <id>` of it.
 
     -> (links, sessions): `links` [(thread key, pid, alive, pane or None, "pid" or None)], one per
-    thread that has a pid, that a Codex daemon holds, or that was guessed by cwd before;
+    thread that has a pid, that a daemon holds (Codex's app-server), or that was guessed by cwd before;
     `sessions` {thread key: session name} for threads a hook put in a pane we now know."""
     threads = list(threads)
     table, pane_of_pid = processes.table, processes.pane_of_pid
     pid = {t.key: t.pid for t in threads}
     daemon_held = set()
-    for proc_pid, tid in processes.codex_rollouts.items():
-        key = ("codex", tid)
+    for proc_pid, key in processes.open_threads.items():
         if key not in pid:
             continue
         if proc_pid in pane_of_pid:
             pid[key] = proc_pid
         else:
-            # Codex's app-server daemon holds it (not in any pane): the thread is loaded, and
+            # a daemon holds it (Codex's app-server, not in any pane): the thread is loaded, and
             # its pane comes from the TUI's `resume <id>` or, failing that, the cwd
             daemon_held.add(key)
     for pane_id, (agent, agent_pid, args) in processes.agents.items():
@@ -5754,7 +6019,7 @@ def guess_threads_by_cwd(threads, panes, processes, pid_links):
             continue
         cwd = panes[pane_id][1] if pane_id in panes else None
         candidates = [t for t in threads
-                      if t.agent == agent and t.key not in taken and not t.hidden and t.cwd
+                      if t.agent == agent and t.key not in taken and not t.subagent and t.cwd
                       and most_specific_dir(cwd, [t.cwd]) is not None]
         if not candidates:
             continue
@@ -5873,7 +6138,8 @@ class StateFile(object):
                         detail=t.get("detail"), attempt=t.get("attempt"), cwd=t.get("cwd"),
                         model=t.get("model"), pane=t.get("pane"), session=t.get("session"),
                         pid=t.get("pid"), alive=bool(t.get("alive")), unseen=bool(t.get("unseen")),
-                        updated_at=_int(t.get("updatedAt")), hidden=bool(t.get("hidden")),
+                        updated_at=_int(t.get("updatedAt")),  # "hidden": its name before 0.2
+                        subagent=bool(t.get("subagent", t.get("hidden"))),
                         source=t.get("source"))
             th.usage = usage_json(t.get("usage"))  # the figures last shown, until the watchers read again
             self.store.threads[th.key] = th
@@ -5949,7 +6215,7 @@ class Server(object):
         self.proc_table = None
         self.pane_of_pid = {}
         self.pane_agents = {}
-        self._codex_fd_links = {}
+        self._open_threads = {}
         self.tmux_instance = None
         self.agent_exits = AgentExits(self.loop, self._live_agent_pids, self._on_agent_exit)
         self._exited_pids = set()  # pids whose exit we were told of (a zombie still answers kill 0)
@@ -6224,7 +6490,7 @@ class Server(object):
                 for p in w["panes"]:
                     panes[p["id"]] = (s["name"], p["cwd"])
         threads = self.store.threads
-        processes = Processes(table, self.pane_of_pid, self.pane_agents, self._codex_fd_links, self.probes.has_proc)
+        processes = Processes(table, self.pane_of_pid, self.pane_agents, self._open_threads, self.probes.has_proc)
         links, sessions = link_threads(threads.values(), panes, processes)
         self._apply_links(links, panes)
         for key, session in sessions.items():
@@ -6304,7 +6570,7 @@ class Server(object):
         self.pane_of_pid = processes.pane_of_pid
         self.pane_agents = processes.agents
         self._processes_read_at = self.clock()
-        self._codex_fd_links = processes.codex_rollouts
+        self._open_threads = processes.open_threads
 
     def _update_ports(self, listening=None):
         """Map listening ports to sessions; the fd walk runs only when the processes under the
@@ -6385,11 +6651,12 @@ class Server(object):
         if is_new:
             t = Thread(agent, thread_id, title="", status="idle", alive=False)
             self.store.threads[key] = t
-        old = (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.hidden, t.alive)
+        old = (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.subagent, t.alive)
         if "moved_on" in fields:  # what an agent's own files say (the watchers): does a live state hold?
-            if live_state_holds(t, agent, fields.get("status"), fields.pop("moved_on")):
-                fields.update(status=t.status, detail=t.detail, attempt=t.attempt if agent == "opencode" else None)
-            if agent == "opencode" and t.source == "plugin":
+            plugin_holds = AGENT_SPECS[agent].plugin_holds if agent in AGENT_SPECS else False
+            if live_state_holds(t, fields.get("status"), fields.pop("moved_on"), plugin_holds):
+                fields.update(status=t.status, detail=t.detail, attempt=t.attempt if plugin_holds else None)
+            if plugin_holds and t.source == "plugin":
                 fields["source"] = "plugin"  # the plugin stays the thread's source
         updated_at = fields.pop("updated_at", None)
         for name in ("title", "detail", "model"):  # from files, hooks and plugins alike: shown in a row
@@ -6414,7 +6681,7 @@ class Server(object):
         if fields.get("status") is not None:
             # a status comes with its own detail and attempt: None clears the previous ones
             t.detail, t.attempt = fields.get("detail"), fields.get("attempt")
-        changed = old != (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.hidden, t.alive)
+        changed = old != (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.subagent, t.alive)
         if t.usage_raw is not None:
             priced = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
             if priced != t.usage:
@@ -6683,7 +6950,7 @@ class Api(object):
             if isinstance(props.get("title"), str):
                 fields["title"] = _clip_title(props["title"])
             if props.get("parentID"):
-                fields["hidden"] = True
+                fields["subagent"] = True
             if fields:
                 self.server.apply_thread_update("opencode", sid, **fields)
             return True
@@ -7226,7 +7493,7 @@ COALESCE_WINDOW = 2.0
 
 def should_notify(thread, old_status, viewed, muted, notify_on):
     """Pure: does this status change deserve a notification?"""
-    if thread.hidden or muted or viewed or thread.status == old_status:
+    if thread.subagent or muted or viewed or thread.status == old_status:
         return False
     if thread.status not in notify_on:
         return False
@@ -7235,7 +7502,7 @@ def should_notify(thread, old_status, viewed, muted, notify_on):
     return True
 
 
-def describe(events):
+def notification_text(events):
     """One notification for one or several events: (title, body, worst status). Pure."""
     if len(events) == 1:
         e = events[0]
@@ -7342,7 +7609,7 @@ class Notifier(object):
                 self.server.loop.call_later(max(0.0, due - self.clock()), self._flush)
 
     def _send_events(self, events):
-        title, body, status = describe(events)
+        title, body, status = notification_text(events)
         panes = [e["pane"] for e in events if e.get("pane")]
         self.send_all(title, body, status, panes)
 
@@ -7798,71 +8065,6 @@ def records_from_assistant_sessions(doc, log=None, capture_env=None):
     return out
 
 
-def more_cwd_candidates(paths, agent, cwd):
-    """[(mtime, thread id)] of Gemini CLI, Qwen Code or Pi conversations started in cwd (for the
-    last-resort cwd guess). Reads directory listings and, for Gemini, each file's header line."""
-    out = []
-    if agent == "gemini":
-        try:
-            with open(os.path.join(paths["gemini"]["home"], "projects.json"), "rb") as f:
-                project = (json.loads(f.read().decode("utf-8")).get("projects") or {}).get(cwd)
-        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
-            project = None
-        d = os.path.join(paths["gemini"]["home"], "tmp", project, "chats") if isinstance(project, str) else None
-    elif agent == "qwen":
-        d = os.path.join(paths["qwen"]["home"], "projects", claude_project_dir_name(cwd or ""), "chats")
-    else:
-        d = os.path.join(paths["pi"]["home"], "sessions", pi_cwd_dir_name(cwd or ""))
-    for name in dir_entries(d, ".jsonl") if d else ():
-        path = os.path.join(d, name)
-        if agent == "pi":
-            tid = pi_id_from_path(path)
-        elif agent == "qwen":
-            tid = name[:-6]
-        else:
-            head = parse_json_lines(read_head_lines(path, 4096))[0][:1]
-            tid = head[0].get("sessionId") if head and gemini_id_from_path(path) else None
-        try:
-            if valid_thread_id(agent, tid):
-                out.append((os.stat(path).st_mtime, tid))
-        except OSError:
-            pass
-    return out
-
-
-def more_conversation_exists(paths, agent, tid):
-    """A Gemini CLI / Qwen Code / Pi conversation file for this id is still there (names only; a
-    Gemini file is named with the id's first 8 characters, its header line has the whole id)."""
-    if agent == "gemini":
-        root = os.path.join(paths["gemini"]["home"], "tmp")
-        for project in dir_entries(root):
-            d = os.path.join(root, project, "chats")
-            for name in dir_entries(d, ".jsonl"):
-                if gemini_id_from_path(name) == tid[:8]:
-                    head = parse_json_lines(read_head_lines(os.path.join(d, name), 4096))[0][:1]
-                    if head and head[0].get("sessionId") == tid:
-                        return True
-        return False
-    if agent == "qwen":
-        root = os.path.join(paths["qwen"]["home"], "projects")
-        return any(os.path.exists(os.path.join(root, d, "chats", tid + ".jsonl")) for d in dir_entries(root))
-    root = os.path.join(paths["pi"]["home"], "sessions")
-    return any(pi_id_from_path(n) == tid for d in dir_entries(root) for n in dir_entries(os.path.join(root, d), ".jsonl"))
-
-
-def qwen_registry_id(qwen_dir, pids):
-    """Qwen Code's live registry ~/.qwen/sessions/<pid>.json -> the session id of one of pids."""
-    for p in pids:
-        try:
-            with open(os.path.join(qwen_dir, "sessions", "%d.json" % p), "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
-            continue
-        if isinstance(data, dict) and data.get("pid") == p and valid_thread_id("qwen", data.get("sessionId")):
-            return data["sessionId"]
-    return None
-
-
 def agent_in_tree(root, table, kids):
     """The top-most agent below process root -> (agent, pid, argv) or None. The same judgement on save
     and restore: arguments included, so a shell with a background `claude -p …` or `opencode run …`
@@ -8030,35 +8232,27 @@ class Resurrect(object):
         return out, skipped
 
     def _exact_id(self, agent, pid, subtree, args, table):
+        """The conversation the agent in this process subtree runs, and how that is known: the
+        server's exact link, a registry the agent keeps, a file it holds open, its command line."""
         pids = set(subtree)
         for t in self.live_threads:
             if t.get("agent") == agent and t.get("pid") in pids and t.get("alive") and valid_thread_id(agent, t.get("id")):
                 if t.get("link") != "cwd":
                     return t["id"], "server"
-        if agent == "claude":
-            reg = os.path.join(self.paths["claude"]["home"], "sessions")
-            for p in subtree:
-                path = os.path.join(reg, "%d.json" % p)
-                try:
-                    with open(path, "rb") as f:
-                        entry = claude_registry_entry(json.loads(f.read().decode("utf-8")))
-                except (OSError, ValueError, UnicodeDecodeError):
-                    continue
-                if entry and claude_registry_alive(entry) and valid_thread_id("claude", entry["sessionId"]):
-                    return entry["sessionId"], "claude-registry"
-        if agent == "qwen":
-            tid = qwen_registry_id(self.paths["qwen"]["home"], subtree)
-            if tid:
-                return tid, "qwen-registry"
-        if agent == "codex":
+        spec, files = agent_files(agent)
+        found = files.live_id(spec, self.paths[agent], subtree)
+        if found:
+            return found
+        if spec.open_file:
+            what, id_of = spec.open_file
             for p in subtree:
                 for fd in dir_entries("/proc/%d/fd" % p):
                     try:
-                        tid = codex_id_from_path(os.readlink("/proc/%d/fd/%s" % (p, fd)))
+                        tid = id_of(os.readlink("/proc/%d/fd/%s" % (p, fd)))
                     except OSError:
                         continue
                     if tid:
-                        return tid, "codex-open-rollout"
+                        return tid, "%s-open-%s" % (agent, what)
         for p in subtree:
             tid = agent_resume_id_from_args(agent, agent_argv(agent, process_args(p)))
             if tid:
@@ -8117,42 +8311,11 @@ class Resurrect(object):
     def _guess_by_cwd(self, agent, cwd, used):
         """The most recently active conversation of that agent in that directory, not given to
         another pane. A guess: marked as such in the record and the log."""
-        candidates = []
-        if agent == "claude":
-            d = os.path.join(self.paths["claude"]["home"], "projects", claude_project_dir_name(cwd or ""))
-            for name in dir_entries(d, ".jsonl"):
-                try:
-                    candidates.append((os.stat(os.path.join(d, name)).st_mtime, name[:-6]))
-                except OSError:
-                    pass
-        elif agent == "opencode":
-            import sqlite3
-            try:
-                candidates = [(r["time_updated"], r["id"]) for r in sqlite_rows(
-                    self.paths["opencode"]["db"],
-                    "SELECT id, time_updated FROM session WHERE directory = ? AND parent_id IS NULL", (cwd,))]
-            except sqlite3.Error:
-                pass
-        elif agent == "codex":
-            for path in self._codex_rollouts():
-                head = new_thread_state("codex", codex_id_from_path(path))
-                for rec in parse_json_lines(read_head_lines(path, 16384))[0][:3]:
-                    codex_reduce(head, rec)
-                if head["cwd"] == cwd:
-                    candidates.append((os.stat(path).st_mtime, head["id"]))
-        elif agent in ("gemini", "qwen", "pi"):
-            candidates = more_cwd_candidates(self.paths, agent, cwd)
-        for _, tid in sorted(candidates, reverse=True):
+        spec, files = agent_files(agent)
+        for _, tid in sorted(files.cwd_candidates(spec, self.paths[agent], cwd), reverse=True):
             if valid_thread_id(agent, tid) and (agent, tid) not in used:
                 return tid
         return None
-
-    def _codex_rollouts(self):
-        root = os.path.join(self.paths["codex"]["home"], "sessions")
-        for dirpath, _, names in os.walk(root):
-            for name in names:
-                if codex_id_from_path(name):
-                    yield os.path.join(dirpath, name)
 
     def save(self):
         """Write the sidecar for resurrect's latest snapshot, the pointer, and assistant-sessions.json;
@@ -8251,28 +8414,7 @@ class Resurrect(object):
         return [], None
 
     def conversation_exists(self, rec):
-        agent, tid = rec["agent"], rec["id"]
-        if agent == "claude":
-            projects = os.path.join(self.paths["claude"]["home"], "projects")
-            for d in dir_entries(projects):
-                p = os.path.join(projects, d, tid + ".jsonl")
-                try:
-                    if os.path.getsize(p) > 0:
-                        return True
-                except OSError:
-                    continue
-            return False
-        if agent == "codex":
-            return any(codex_id_from_path(p) == tid for p in self._codex_rollouts())
-        if agent == "opencode":
-            import sqlite3
-            try:
-                return bool(sqlite_rows(self.paths["opencode"]["db"], "SELECT 1 FROM session WHERE id = ?", (tid,)))
-            except sqlite3.Error:
-                return False
-        if agent in ("gemini", "qwen", "pi"):
-            return more_conversation_exists(self.paths, agent, tid)
-        return True  # Amp keeps threads on its servers: nothing local to check
+        return conversation_exists(rec["agent"], rec["id"], self.paths[rec["agent"]])
 
     def pane_state(self, target):
         fmt = FS.join(("#{pane_id}", "#{pane_pid}", "#{pane_current_command}", "#{@opensessions-restored}",
@@ -9239,7 +9381,7 @@ def _render_list(scr, room):
     for s in sessions:
         _render_session(scr, s)
         if s["name"] == (model.selected or (None, None))[1]:
-            detail_rows = _detail(model, s, scr)
+            detail_rows = _session_panel(model, s, scr)
     # the detail panel for the selected session goes below the list (always when a thread in it is selected)
     in_detail = model.selected is not None and model.selected[0] == "thread" and model.filter_mode != "attention"
     if detail_rows and (room - len(scr.rows) > 3 or in_detail):
@@ -9370,7 +9512,7 @@ def usage_text(u):
     return " ".join(parts)
 
 
-def _detail(model, s, scr):
+def _session_panel(model, s, scr):
     """The selected session in full: directory, status, progress, threads, ports, logs."""
     g, now = scr.g, scr.now
     panel = _Screen(model, scr.w, now)
@@ -9812,7 +9954,7 @@ class SidebarApp(object):
             else:
                 actions = self.model.key(ch)
             for action in actions:
-                if self._do(action) == "quit":
+                if self.carry_out(action) == "quit":
                     return "quit"
             self._draw()
 
@@ -9945,7 +10087,9 @@ class SidebarApp(object):
             if c["session"] == name:
                 self.tmux.run("switch-client", "-c", c["name"], "-t", "=" + target)
 
-    def _do(self, action):
+    def carry_out(self, action):
+        """Carry out one of the model's actions (see SidebarModel) through tmux, the server or an
+        opener; a failure goes to the footer. -> "quit" when the sidebar should end."""
         import subprocess
         kind = action[0]
         try:
@@ -10636,7 +10780,7 @@ def status_lines(state, now=None):
 
 def usage_threads(state, saved=None, history=None):
     """Every thread with usage we know of: /state's (sessions' and orphans'), those the server's
-    saved file keeps (hidden helpers included) that /state no longer lists, and forgotten ones from
+    saved file keeps (subagents included) that /state no longer lists, and forgotten ones from
     the usage history (90 days). The freshest figure of a thread wins. -> list of dicts with "session"."""
     out = {}
     for doc in (history, saved):

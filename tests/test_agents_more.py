@@ -349,10 +349,11 @@ def test_save_and_restore_gemini_qwen_pi(env):
     os.makedirs(qdir)
     shutil.copy(os.path.join(FIX, "qwen", "session.jsonl"), os.path.join(qdir, QWEN_ID + ".jsonl"))
     paths = os_.agent_paths({"HOME": home})
-    assert os_.more_conversation_exists(paths, "gemini", gid) and os_.more_conversation_exists(paths, "pi", PI_ID)
-    assert os_.more_conversation_exists(paths, "qwen", QWEN_ID)
-    assert not os_.more_conversation_exists(paths, "gemini", gid[:-1] + "0")
-    assert not os_.more_conversation_exists(paths, "pi", QWEN_ID)
+    exists = os_.conversation_exists
+    assert exists("gemini", gid, paths["gemini"]) and exists("pi", PI_ID, paths["pi"])
+    assert exists("qwen", QWEN_ID, paths["qwen"])
+    assert not exists("gemini", gid[:-1] + "0", paths["gemini"])
+    assert not exists("pi", QWEN_ID, paths["pi"])
     t = TmuxServer(env, "more")
     try:
         t.new_session("seed", cwd=home)

@@ -60,9 +60,9 @@ def test_session_state_follows_attention_priority():
     assert os_.session_state([t("waiting"), t("interrupted")]) == "waiting"
     assert os_.session_state([t("waiting"), t("error")]) == "error"
     assert os_.session_state([t("idle"), t("done")]) == "done"
-    hidden = t("error")
-    hidden.hidden = True
-    assert os_.session_state([hidden, t("idle")]) == "idle"
+    subagent = t("error")
+    subagent.subagent = True  # a subagent does not count for its session
+    assert os_.session_state([subagent, t("idle")]) == "idle"
 
 
 def test_unseen_rule():

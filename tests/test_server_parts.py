@@ -1,4 +1,5 @@
 """Server's parts alone: AgentExits (pidfds, or a 1 s timer where there are none) and StateFile."""
+import json
 import os
 import subprocess
 import sys
@@ -80,6 +81,25 @@ def test_agent_exits_with_pidfds_reads_one_per_pid_and_closes_the_unwanted():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_state_file_keeps_subagents_and_reads_the_older_hidden_key(tmp_path):
+    """A subagent thread is saved as "subagent"; a file from before the rename says "hidden"."""
+    loop = FakeLoop()
+    path = str(tmp_path / "state-x.json")
+    store = os_.Store(lambda: 1000.0)
+    store.threads[("opencode", "ses_a")] = os_.Thread("opencode", "ses_a", subagent=True, updated_at=1000 * 1000)
+    sf = os_.StateFile(path, store, loop)
+    sf.save_now()
+    with open(path) as f:
+        saved = json.load(f)["threads"][0]
+    assert saved["subagent"] is True and "hidden" not in saved
+    legacy = {k: v for k, v in saved.items() if k != "subagent"}
+    with open(path, "w") as f:
+        json.dump({"threads": [dict(legacy, hidden=True)]}, f)
+    again = os_.Store(lambda: 1000.0)
+    os_.StateFile(path, again, loop).load()
+    assert again.threads[("opencode", "ses_a")].subagent is True
 
 
 def test_state_file_round_trip_and_corrupt_file_kept(tmp_path):
