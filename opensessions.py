@@ -115,11 +115,21 @@ def _write_log(line):
         pass
 
 
-def _int(value, default=0):
-    try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError):  # None, "x", NaN, 1e999
+def as_number(value, default=None, kind=float, low=None, high=None, text=False):
+    """The one coercion of a number that comes from outside (an agent's file, tmux, a request, the
+    state file): an int or a finite float, never a bool (JSON's 1e999 is inf, NaN is no number), a
+    numeric string only with text=True (tmux's fields, a registry's "procStart": "72036"); kind=int
+    truncates. Out of [low, high], or no number at all -> default."""
+    if text and isinstance(value, str):
+        try:
+            value = kind(value)
+        except ValueError:
+            return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value - value != 0:
         return default
+    if (low is not None and value < low) or (high is not None and value > high):
+        return default
+    return int(value) if kind is int else value
 
 
 def env_number(name, default, environ=None, kind=float, low=0):
@@ -354,7 +364,10 @@ class ApiError(Exception):
 
 
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# The one control-character rule: C0, DEL, C1 and the Unicode line and paragraph separators. Shown
+# in a row they break it, typed into a line editor they edit the line (^U erases it, ^M runs it),
+# printed on a terminal they move the cursor (C1's CSI included).
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def clean_str(value):
@@ -369,16 +382,9 @@ def clean_text(value):
     """Text shown in a sidebar row (status, log, title, detail): valid (clean_str) and on one line:
     control characters (C0, DEL, C1, line separators) become spaces."""
     value = clean_str(value)
-    if isinstance(value, str) and _CONTROL_RE.search(value):
-        return _CONTROL_RE.sub(" ", value)
+    if isinstance(value, str) and CONTROL_CHARS.search(value):
+        return CONTROL_CHARS.sub(" ", value)
     return value
-
-
-def finite_number(value):
-    """True for an int or a finite float (not bool): JSON's 1e999 parses as inf."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return isinstance(value, int) or value - value == 0
 
 
 def clean_json(value, max_depth=32):
@@ -386,7 +392,7 @@ def clean_json(value, max_depth=32):
     numbers dropped (None), nesting past max_depth dropped."""
     if isinstance(value, str):
         return clean_str(value)
-    if isinstance(value, float) and not finite_number(value):
+    if isinstance(value, float) and as_number(value) is None:
         return None
     if isinstance(value, (dict, list, tuple)) and max_depth <= 0:
         return None
@@ -547,7 +553,7 @@ def _number(body, key, required=True):
     value = body.get(key)
     if value is None and not required:
         return None
-    if not finite_number(value):
+    if as_number(value) is None:
         raise ApiError(400, "'%s' must be a finite number" % key)
     return value
 
@@ -815,7 +821,7 @@ def validate_prices(value):
             v = p.get(key)
             if v is None:
                 continue
-            if isinstance(v, bool) or not finite_number(v) or v < 0 or v > 1e9:
+            if as_number(v, low=0, high=1e9) is None:
                 raise ApiError(400, "'prices.%s.%s' must be a non-negative number (USD per million tokens)" % (model, key))
             entry[key] = v
         out[clean_str(model)] = entry
@@ -1006,8 +1012,7 @@ def parse_iso_ms(value):
 
 def _epoch_ms(value):
     """A time in ms from a file: an integer between 1970 and year 5138, else 0 (1e999, -1, "x")."""
-    ms = _int(value, 0)
-    return ms if 0 < ms < 10 ** 14 else 0
+    return as_number(value, 0, int, low=1, high=10 ** 14 - 1, text=True)
 
 
 def _text_or(value, default):
@@ -1135,7 +1140,7 @@ def claude_registry_entry(data):
         "status": status if status in ("busy", "idle", "waiting") else None,
         "waitingFor": data.get("waitingFor") if isinstance(data.get("waitingFor"), str) else None,
         "name": data.get("name") if data.get("nameSource") == "user" and isinstance(data.get("name"), str) else None,
-        "procStart": _int(data.get("procStart"), None),
+        "procStart": as_number(data.get("procStart"), None, int, text=True),
         "updatedAt": _epoch_ms(data.get("statusUpdatedAt") or data.get("updatedAt")),
         "tmux": data.get("tmux") if isinstance(data.get("tmux"), str) else None,
         "entrypoint": data.get("entrypoint"),
@@ -1294,7 +1299,7 @@ def opencode_plugin_status(event_type, props):
         if kind == "busy":
             return "running", None, None
         if kind == "retry":
-            return "retry", st.get("message"), _int(st.get("attempt"), None)
+            return "retry", st.get("message"), as_number(st.get("attempt"), None, int, text=True)
         if kind == "idle":
             return "idle", None, None
         return None
@@ -1339,11 +1344,9 @@ USAGE_KEYS = ("input", "output", "cacheRead", "cacheWrite")
 
 
 
-def _tokens(value):
-    """A token count from an agent's record: a non-negative int, else 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
-        return 0
-    return int(min(value, 1e15))
+def token_count(value):
+    """A token count from an agent's record: a non-negative int (at most 10**15), else 0."""
+    return min(as_number(value, 0, int, low=0), 10 ** 15)
 
 
 def new_usage():
@@ -1360,8 +1363,8 @@ def claude_add_usage(state, rec):
     model = message.get("model")
     if not isinstance(u, dict) or (isinstance(model, str) and model.startswith("<")):
         return  # <synthetic> error messages cost nothing
-    row = [_tokens(u.get("input_tokens")), _tokens(u.get("output_tokens")),
-           _tokens(u.get("cache_read_input_tokens")), _tokens(u.get("cache_creation_input_tokens"))]
+    row = [token_count(u.get("input_tokens")), token_count(u.get("output_tokens")),
+           token_count(u.get("cache_read_input_tokens")), token_count(u.get("cache_creation_input_tokens"))]
     usage = state.get("usage") or new_usage()
     seen = state.setdefault("usageSeen", {})
     mid = message.get("id") if isinstance(message.get("id"), str) else rec.get("uuid")
@@ -1391,11 +1394,11 @@ def claude_cost_state(state, rec):
     for mu in models.values():
         if isinstance(mu, dict):
             for i, key in enumerate(("inputTokens", "outputTokens", "cacheReadInputTokens", "cacheCreationInputTokens")):
-                tokens[i] += _tokens(mu.get(key))
+                tokens[i] += token_count(mu.get(key))
     cost = rec.get("totalCostUSD")
     old = state.get("costState")
     state["costState"] = {"start": rec.get("startTime"), "tokens": tokens,
-                          "cost": float(cost) if finite_number(cost) and not isinstance(cost, bool) else None,
+                          "cost": None if as_number(cost) is None else float(cost),
                           "fresh": True, "mixed": bool(old) and (old["mixed"] or old["start"] != rec.get("startTime"))}
 
 
@@ -1425,13 +1428,13 @@ def codex_usage(info, old=None):
     total = info.get("total_token_usage") if isinstance(info.get("total_token_usage"), dict) else {}
     last = info.get("last_token_usage") if isinstance(info.get("last_token_usage"), dict) else {}
     usage = new_usage()
-    cached = _tokens(total.get("cached_input_tokens"))
-    usage.update(input=max(0, _tokens(total.get("input_tokens")) - cached), output=_tokens(total.get("output_tokens")),
-                 cacheRead=cached, cacheWrite=_tokens(total.get("cache_write_input_tokens")))
+    cached = token_count(total.get("cached_input_tokens"))
+    usage.update(input=max(0, token_count(total.get("input_tokens")) - cached), output=token_count(total.get("output_tokens")),
+                 cacheRead=cached, cacheWrite=token_count(total.get("cache_write_input_tokens")))
     if last:
-        usage["contextTokens"] = _tokens(last.get("total_tokens")) or (
-            _tokens(last.get("input_tokens")) + _tokens(last.get("output_tokens")))
-    window = _tokens(info.get("model_context_window"))
+        usage["contextTokens"] = token_count(last.get("total_tokens")) or (
+            token_count(last.get("input_tokens")) + token_count(last.get("output_tokens")))
+    window = token_count(info.get("model_context_window"))
     usage["contextWindow"] = window or None
     return usage
 
@@ -1444,15 +1447,15 @@ def opencode_usage(session_row, message_data=None):
     if "tokens_input" not in keys:
         return None
     usage = new_usage()
-    usage.update(input=_tokens(session_row["tokens_input"]), output=_tokens(session_row["tokens_output"]),
-                 cacheRead=_tokens(session_row["tokens_cache_read"]) if "tokens_cache_read" in keys else 0,
-                 cacheWrite=_tokens(session_row["tokens_cache_write"]) if "tokens_cache_write" in keys else 0)
+    usage.update(input=token_count(session_row["tokens_input"]), output=token_count(session_row["tokens_output"]),
+                 cacheRead=token_count(session_row["tokens_cache_read"]) if "tokens_cache_read" in keys else 0,
+                 cacheWrite=token_count(session_row["tokens_cache_write"]) if "tokens_cache_write" in keys else 0)
     cost = session_row["cost"] if "cost" in keys else None
-    usage["cost"] = float(cost) if finite_number(cost) and not isinstance(cost, bool) else None
+    usage["cost"] = None if as_number(cost) is None else float(cost)
     if isinstance(message_data, dict) and message_data.get("role") == "assistant":
         tokens = message_data.get("tokens") if isinstance(message_data.get("tokens"), dict) else {}
         cache = tokens.get("cache") if isinstance(tokens.get("cache"), dict) else {}
-        used = _tokens(tokens.get("input")) + _tokens(cache.get("read")) + _tokens(cache.get("write"))
+        used = token_count(tokens.get("input")) + token_count(cache.get("read")) + token_count(cache.get("write"))
         usage["contextTokens"] = used or None
     return usage
 
@@ -1475,13 +1478,13 @@ def amp_usage(messages):
         if not u or not any(k in u for k in ("inputTokens", "outputTokens")):
             continue
         usage = usage or new_usage()
-        usage["input"] += _tokens(u.get("inputTokens"))
-        usage["output"] += _tokens(u.get("outputTokens"))
-        usage["cacheRead"] += _tokens(u.get("cacheReadInputTokens"))
-        usage["cacheWrite"] += _tokens(u.get("cacheCreationInputTokens"))
-        usage["contextTokens"] = _tokens(u.get("inputTokens")) + _tokens(u.get("cacheReadInputTokens")) + \
-            _tokens(u.get("cacheCreationInputTokens"))
-        usage["contextWindow"] = _tokens(u.get("maxInputTokens")) or None
+        usage["input"] += token_count(u.get("inputTokens"))
+        usage["output"] += token_count(u.get("outputTokens"))
+        usage["cacheRead"] += token_count(u.get("cacheReadInputTokens"))
+        usage["cacheWrite"] += token_count(u.get("cacheCreationInputTokens"))
+        usage["contextTokens"] = token_count(u.get("inputTokens")) + token_count(u.get("cacheReadInputTokens")) + \
+            token_count(u.get("cacheCreationInputTokens"))
+        usage["contextWindow"] = token_count(u.get("maxInputTokens")) or None
     return usage
 
 
@@ -1553,18 +1556,14 @@ def _usage_add(usage, sign, tokens, cost=None):
         usage["cost"] = round((usage["cost"] or 0.0) + sign * cost, 9)
 
 
-def _num(value):
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value else 0
-
-
-def gemini_tokens(tokens):
+def geminitoken_count(tokens):
     """Gemini CLI's per-message `tokens` ({input, output, cached, thoughts, tool, total}; input
     counts the cached part) -> our keys (input without the cached part; thoughts are output)."""
     if not isinstance(tokens, dict):
         return None
-    cached = _num(tokens.get("cached"))
-    return {"input": max(0, _num(tokens.get("input")) - cached), "output": _num(tokens.get("output")) +
-            _num(tokens.get("thoughts")), "cacheRead": cached, "cacheWrite": 0}
+    cached = as_number(tokens.get("cached"), 0)
+    return {"input": max(0, as_number(tokens.get("input"), 0) - cached), "output": as_number(tokens.get("output"), 0) +
+            as_number(tokens.get("thoughts"), 0), "cacheRead": cached, "cacheWrite": 0}
 
 
 def _gemini_prompt(parts):
@@ -1605,7 +1604,7 @@ def _gemini_message(state, msg, counted=True):
     elif kind == "gemini":
         if isinstance(msg.get("model"), str) and msg["model"]:
             state["model"] = msg["model"]
-        tokens = gemini_tokens(msg.get("tokens"))
+        tokens = geminitoken_count(msg.get("tokens"))
         if tokens is not None and counted:
             # a message re-written under the same id replaces the earlier one: count it once
             usage = _thread_usage(state)
@@ -1720,8 +1719,8 @@ def pi_reduce(state, rec):
             if usage is not None:
                 cost = usage.get("cost") if isinstance(usage.get("cost"), dict) else {}
                 _usage_add(_thread_usage(state), 1,
-                           {k: _num(usage.get(k)) for k in USAGE_KEYS},
-                           _num(cost.get("total")) if "total" in cost else None)
+                           {k: as_number(usage.get(k), 0) for k in USAGE_KEYS},
+                           as_number(cost.get("total"), 0) if "total" in cost else None)
             stop = msg.get("stopReason")
             if stop == "toolUse":
                 state.update(status="running", detail=None)
@@ -1792,7 +1791,7 @@ def qwen_reduce(state, rec):
             state["model"] = rec["model"]
         meta = rec.get("usageMetadata") if isinstance(rec.get("usageMetadata"), dict) else None
         if meta is not None:
-            _usage_add(_thread_usage(state), 1, gemini_tokens({
+            _usage_add(_thread_usage(state), 1, geminitoken_count({
                 "input": meta.get("promptTokenCount"), "output": meta.get("candidatesTokenCount"),
                 "cached": meta.get("cachedContentTokenCount"), "thoughts": meta.get("thoughtsTokenCount")}))
         if any(isinstance(p, dict) and "functionCall" in p for p in parts):
@@ -1835,7 +1834,6 @@ TEXT_SETTLE = 0.15
 MAX_REPLY_TEXT = 4000
 _CSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 _ANY_ESC_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
-_CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
 _MENU_RE = re.compile(r"^\s*(?:[❯›>]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
 _CODEX_KEY_RE = re.compile(r"^(.*?)\s*\((\w+)\)$")
 
@@ -1846,7 +1844,7 @@ class ReplyRefused(Exception):
 
 def strip_escapes(text):
     """Screen text without escape sequences or other control characters (tabs and newlines kept)."""
-    return _CTRL_RE.sub("", _ANY_ESC_RE.sub("", text))
+    return CONTROL_CHARS.sub(lambda m: m.group() if m.group() in "\t\n" else "", _ANY_ESC_RE.sub("", text))
 
 
 def screen_lines(text, limit=None):
@@ -1863,7 +1861,7 @@ def check_reply_text(text):
         raise ReplyRefused("'text' must be a non-empty string")
     if len(text) > MAX_REPLY_TEXT:
         raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT)
-    if re.search(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]", text):
+    if CONTROL_CHARS.search(text):
         raise ReplyRefused("'text' contains control characters (a newline too): refused, it is typed literally")
     return text
 
@@ -2719,10 +2717,10 @@ def usage_json(raw, model=None, prices=None):
     reports, else the table's window for the model, else None."""
     if not isinstance(raw, dict):
         return None
-    out = {k: _tokens(raw.get(k)) for k in USAGE_KEYS}
+    out = {k: token_count(raw.get(k)) for k in USAGE_KEYS}
     price = model_price(model, prices)
     cost = raw.get("cost")
-    if finite_number(cost) and not isinstance(cost, bool):
+    if as_number(cost) is not None:
         out["cost"] = round(float(cost), 6)
     elif price is not None:
         out["cost"] = round(sum(out[k] * float(price.get(k) or 0) for k in USAGE_KEYS) / 1e6, 6)
@@ -2730,7 +2728,7 @@ def usage_json(raw, model=None, prices=None):
         out["cost"] = None
     window = raw.get("contextWindow") or (price or {}).get("context")
     used = raw.get("contextTokens")
-    if finite_number(window) and window > 0 and finite_number(used) and not isinstance(used, bool):
+    if as_number(window, low=1) is not None and as_number(used) is not None:
         out["contextPct"] = int(min(100, max(0, round(100.0 * used / window))))
     else:
         out["contextPct"] = None
@@ -2744,8 +2742,8 @@ def usage_total(usages):
     usages = [u for u in usages if isinstance(u, dict)]
     if not usages:
         return None
-    out = {k: sum(_tokens(u.get(k)) for u in usages) for k in USAGE_KEYS}
-    costs = [u["cost"] for u in usages if finite_number(u.get("cost"))]
+    out = {k: sum(token_count(u.get(k)) for u in usages) for k in USAGE_KEYS}
+    costs = [u["cost"] for u in usages if as_number(u.get("cost")) is not None]
     out["cost"] = round(sum(costs), 6) if costs else None
     out["contextPct"] = None
     if any(u.get("partial") for u in usages) or (costs and len(costs) < len(usages)):
@@ -2800,7 +2798,7 @@ def hook_event(agent, payload, environ=None):
     pane = env.get("TMUX_PANE")
     if pane and re.match(r"^%\d+$", pane):
         body["paneId"] = pane
-    pid = _int(env.get(spec.hooks.pid_env), None) if spec.hooks.pid_env else None
+    pid = as_number(env.get(spec.hooks.pid_env), None, int, low=1, text=True) if spec.hooks.pid_env else None
     if pid:
         body["pid"] = pid
     if says == "prompt" and isinstance(payload.get("prompt"), str):
@@ -2924,34 +2922,34 @@ def parse_snapshot(output):
             sid = row["session_id"]
             s = sessions.get(sid)
             if s is None:
-                s = {"id": sid, "name": row["session_name"], "created": _int(row["session_created"]),
+                s = {"id": sid, "name": row["session_name"], "created": as_number(row["session_created"], 0, int, text=True),
                      "attached": 0, "windows": [], "_win": {}}
                 sessions[sid] = s
                 order.append(sid)
             w = s["_win"].get(row["window_id"])
             if w is None:
-                w = {"id": row["window_id"], "index": _int(row["window_index"]),
+                w = {"id": row["window_id"], "index": as_number(row["window_index"], 0, int, text=True),
                      "name": row["window_name"], "active": row["window_active"] == "1",
-                     "width": _int(row["window_width"]), "height": _int(row["window_height"]), "panes": []}
+                     "width": as_number(row["window_width"], 0, int, text=True), "height": as_number(row["window_height"], 0, int, text=True), "panes": []}
                 s["_win"][row["window_id"]] = w
                 s["windows"].append(w)
             w["panes"].append({
-                "id": row["pane_id"], "index": _int(row["pane_index"]), "pid": _int(row["pane_pid"]),
+                "id": row["pane_id"], "index": as_number(row["pane_index"], 0, int, text=True), "pid": as_number(row["pane_pid"], 0, int, text=True),
                 "tty": row["pane_tty"], "cwd": row["pane_current_path"],
                 "command": row["pane_current_command"], "title": row["pane_title"],
-                "active": row["pane_active"] == "1", "width": _int(row["pane_width"]),
-                "height": _int(row["pane_height"]), "sidebar": row["sidebar"] == "1",
-                "sidebarWindow": row["sidebar_window"] or None, "left": _int(row["pane_left"]),
-                "top": _int(row["pane_top"]), "sidebarAsleep": row["sidebar_asleep"] == "1",
+                "active": row["pane_active"] == "1", "width": as_number(row["pane_width"], 0, int, text=True),
+                "height": as_number(row["pane_height"], 0, int, text=True), "sidebar": row["sidebar"] == "1",
+                "sidebarWindow": row["sidebar_window"] or None, "left": as_number(row["pane_left"], 0, int, text=True),
+                "top": as_number(row["pane_top"], 0, int, text=True), "sidebarAsleep": row["sidebar_asleep"] == "1",
             })
         elif kind == "C":
             row = dict(zip((k for k, _ in CLIENT_FIELDS), values))
             clients.append({
                 "name": row["client_name"], "tty": row["client_tty"],
-                "control": row["client_control_mode"] == "1", "pid": _int(row["client_pid"]),
+                "control": row["client_control_mode"] == "1", "pid": as_number(row["client_pid"], 0, int, text=True),
                 "sessionId": row["session_id"], "session": row["session_name"],
                 "window": row["window_id"], "pane": row["pane_id"],
-                "activity": _int(row["client_activity"]),
+                "activity": as_number(row["client_activity"], 0, int, text=True),
                 "noOutput": "no-output" in row["client_flags"].split(","),
             })
     result = []
@@ -3422,7 +3420,7 @@ def _ports_lsof(pid_groups, run=run_text):
     current = None
     for line in out.splitlines():
         if line.startswith("p"):
-            current = pid_to_group.get(_int(line[1:], -1))
+            current = pid_to_group.get(as_number(line[1:], -1, int, text=True))
         elif line.startswith("n") and current is not None:
             host, _, port = line[1:].rpartition(":")
             if host in ("*", "127.0.0.1", "[::1]", "localhost", "[::]") and port.isdigit():
@@ -5310,19 +5308,19 @@ def foreground_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
     mine = _proc_stat_fields(pid, proc_root)
     if mine is None:
         return "the agent's process %d is gone" % pid
-    if start is not None and _int(mine[19]) != start:
+    if start is not None and as_number(mine[19], 0, int, text=True) != start:
         return "process %d is not the agent any more (restarted)" % pid
     shell = _proc_stat_fields(pane_pid, proc_root)
     if shell is None:
         return "the pane's process is gone"
-    front = _int(shell[5])
-    chain, p = ([(pid, _int(mine[2]))], 0) if pid == pane_pid else ([], pid)  # the pane runs the agent itself
+    front = as_number(shell[5], 0, int, text=True)
+    chain, p = ([(pid, as_number(mine[2], 0, int, text=True))], 0) if pid == pane_pid else ([], pid)  # the pane runs the agent itself
     while p and p != pane_pid and len(chain) < 64:
         f = _proc_stat_fields(p, proc_root)
         if f is None:
             break
-        chain.append((p, _int(f[2])))
-        p = _int(f[1])
+        chain.append((p, as_number(f[2], 0, int, text=True)))
+        p = as_number(f[1], 0, int, text=True)
     if p != pane_pid and pid != pane_pid:
         return "process %d does not run in that pane" % pid
     if not any(pgrp == front for _, pgrp in chain):
@@ -6138,7 +6136,7 @@ class StateFile(object):
                         detail=t.get("detail"), attempt=t.get("attempt"), cwd=t.get("cwd"),
                         model=t.get("model"), pane=t.get("pane"), session=t.get("session"),
                         pid=t.get("pid"), alive=bool(t.get("alive")), unseen=bool(t.get("unseen")),
-                        updated_at=_int(t.get("updatedAt")),  # "hidden": its name before 0.2
+                        updated_at=as_number(t.get("updatedAt"), 0, int, text=True),  # "hidden": older files' name
                         subagent=bool(t.get("subagent", t.get("hidden"))),
                         source=t.get("source"))
             th.usage = usage_json(t.get("usage"))  # the figures last shown, until the watchers read again
@@ -6666,9 +6664,9 @@ class Server(object):
             if isinstance(fields.get(name), str):
                 fields[name] = clean_str(fields[name])
         for name in ("attempt", "pid"):
-            if fields.get(name) is not None and not (finite_number(fields[name]) and fields[name] == int(fields[name])):
+            if fields.get(name) is not None and not (as_number(fields[name]) is not None and fields[name] == int(fields[name])):
                 fields[name] = None
-        if updated_at is not None and not finite_number(updated_at):
+        if updated_at is not None and as_number(updated_at) is None:
             updated_at = None
         raw_usage = fields.pop("usage", None)
         if isinstance(raw_usage, dict):
@@ -6745,8 +6743,8 @@ class Server(object):
             keep[t.key] = {"agent": t.agent, "id": t.id, "session": t.session, "model": t.model,
                            "title": t.title, "updatedAt": t.updated_at, "usage": t.usage}
         horizon = now_ms(self.clock) - USAGE_HISTORY_DAYS * 86400 * 1000
-        kept = sorted((e for e in keep.values() if _int(e.get("updatedAt")) >= horizon),
-                      key=lambda e: _int(e.get("updatedAt")))[-USAGE_HISTORY_MAX:]
+        kept = sorted((e for e in keep.values() if as_number(e.get("updatedAt"), 0, int, text=True) >= horizon),
+                      key=lambda e: as_number(e.get("updatedAt"), 0, int, text=True))[-USAGE_HISTORY_MAX:]
         try:
             ensure_private_dir(os.path.dirname(self.usage_path))
             atomic_write(self.usage_path, encode_json({"threads": kept}))
@@ -7430,7 +7428,7 @@ def make_handler(server):
             without escapes. Read on request only: a client asks while it shows the preview."""
             from urllib.parse import parse_qs
             query = parse_qs(self.path.partition("?")[2])
-            lines = _int((query.get("lines") or ["20"])[0], 20)
+            lines = as_number((query.get("lines") or ["20"])[0], 20, int, text=True)
             if not 1 <= lines <= 200:
                 return self._error(400, "'lines' must be 1..200")
             try:
@@ -7555,8 +7553,8 @@ class Coalescer(object):
 
 def osc_notification(title, body):
     """OSC 777 (rxvt, kitty, WezTerm, foot, Ghostty) and OSC 9 (iTerm2, WezTerm, kitty) sequences."""
-    def clean(s):
-        return "".join(ch for ch in s if ch >= " " and ch not in "\x7f;")[:200]
+    def clean(s):  # no control character (it would end the sequence early), no ';' (a field separator)
+        return CONTROL_CHARS.sub("", s).replace(";", "")[:200]
     return ("\033]777;notify;%s;%s\a\033]9;%s: %s\a" % (clean(title), clean(body), clean(title), clean(body))).encode()
 
 
@@ -7821,16 +7819,14 @@ SIDECAR_PREFIX = "opensessions_"
 EMPTY_SAVE_GRACE = 60.0
 PANE_CONTENTS_ARCHIVE = "pane_contents.tar.gz"  # tmux-resurrect's @resurrect-capture-pane-contents
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# C0, DEL and C1: typed into a line editor they edit the line (^U erases it, ^M runs it), printed on a
-# terminal they move the cursor. A restore record holding one is refused; everything shown is escaped.
-CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
 # Keys tmux-assistant-resurrect keeps in a record's env for itself (not variables to set again).
 TAR_ENV_BOOKKEEPING = frozenset(("tmux_pane", "shell", "TMUX_PANE", "SHELL", "TMUX", "PWD", "OLDPWD", "SHLVL", "_"))
 
 
 def resurrect_escape(text):
-    """text with control characters shown as \\xNN: safe in a log line or on a terminal. Pure."""
-    return CONTROL_CHARS.sub(lambda m: "\\x%02x" % ord(m.group()), str(text))
+    """text with control characters (CONTROL_CHARS) shown as \\xNN or \\uNNNN: safe in a log line or
+    on a terminal (a restore record holding one is refused). Pure."""
+    return CONTROL_CHARS.sub(lambda m: ("\\x%02x" if ord(m.group()) < 0x100 else "\\u%04x") % ord(m.group()), str(text))
 
 
 def pane_problem(rec):
@@ -8172,8 +8168,9 @@ class Resurrect(object):
             elif parts[0] == "P" and len(parts) == 9:
                 if parts[8] == "1" or parts[1].startswith(HIDDEN_SESSION_PREFIX):
                     continue
-                self._panes.append({"session": parts[1], "window": _int(parts[2]), "paneIndex": _int(parts[3]),
-                                    "pane": parts[4], "pid": _int(parts[5]), "cwd": parts[6],
+                self._panes.append({"session": parts[1], "window": as_number(parts[2], 0, int, text=True),
+                                    "paneIndex": as_number(parts[3], 0, int, text=True),
+                                    "pane": parts[4], "pid": as_number(parts[5], 0, int, text=True), "cwd": parts[6],
                                     "command": parts[7]})
             elif line.strip():
                 self.log("save: skipped a pane line that does not parse (a control character in a cwd or "
@@ -8420,8 +8417,8 @@ class Resurrect(object):
         fmt = FS.join(("#{pane_id}", "#{pane_pid}", "#{pane_current_command}", "#{@opensessions-restored}",
                        "#{cursor_y}", "#{pane_dead}", "#{pane_tty}"))
         out = self.tmux.run("display-message", "-p", "-t", target, fmt).rstrip("\n").split(FS)
-        return {"pane": out[0], "pid": _int(out[1]), "command": out[2], "restored": out[3],
-                "cursor_y": _int(out[4]), "dead": out[5] == "1", "tty": out[6] if len(out) > 6 else ""}
+        return {"pane": out[0], "pid": as_number(out[1], 0, int, text=True), "command": out[2], "restored": out[3],
+                "cursor_y": as_number(out[4], 0, int, text=True), "dead": out[5] == "1", "tty": out[6] if len(out) > 6 else ""}
 
     def wait_for_prompt(self, target, timeout=10.0):
         """The shell is ready when its prompt is drawn: the cursor line has text and stays the same."""
@@ -9488,7 +9485,7 @@ def token_text(n):
 
 def cost_text(cost, row=False):
     """USD for the sidebar and the CLI; '' when unknown (and, on a row, when nothing was spent)."""
-    if not finite_number(cost) or (row and cost <= 0):
+    if as_number(cost) is None or (row and cost <= 0):
         return ""
     if cost >= 100:
         return "$%d" % round(cost)
@@ -11272,7 +11269,7 @@ def _tmux_setup(args):
     options = read_tmux_options(tmux)
     me = _self_command()
     if options["@opensessions-port"]:
-        args.port = _int(options["@opensessions-port"], None)
+        args.port = as_number(options["@opensessions-port"], None, int, text=True)
         me += " --port %d" % args.port
     key = options["@opensessions-key"]
     try:
@@ -11619,7 +11616,7 @@ class _HookArgs(object):
             elif a == "-S":
                 self.socket_path = next(it, None)
             elif a == "--port":
-                self.port = _int(next(it, None), None)
+                self.port = as_number(next(it, None), None, int, text=True)
             elif a != "hook" and self.agent is None:
                 self.agent = a
 

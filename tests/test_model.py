@@ -126,3 +126,25 @@ def test_validators_raise_only_api_errors(body):
             fn(body)
         except ApiError as e:
             assert e.status == 400 and isinstance(e.message, str)
+
+
+def test_one_number_coercion():
+    n = os_.as_number
+    assert n(3) == 3 and n(2.5) == 2.5 and n(2.9, kind=int) == 2
+    for bad in (True, None, "7", float("inf"), float("nan"), [], {}):
+        assert n(bad) is None and n(bad, 0) == 0
+    assert n("72036", None, int, text=True) == 72036 and n("1.5", -1, int, text=True) == -1
+    assert n(-1, 0, low=0) == 0 and n(5, 0, high=4) == 0
+    assert os_.token_count(1e300) == 10 ** 15 and os_.token_count(-5) == 0 and os_.token_count("9") == 0
+
+
+def test_one_control_character_rule():
+    """C0, DEL, C1 and U+2028/U+2029 everywhere: a row, a typed reply, a restore record, a screen."""
+    for ch in ("\x00", "\n", "\x7f", "\x9b", "\u2028", "\u2029"):
+        assert os_.CONTROL_CHARS.search("a" + ch) and os_.clean_text("a%sb" % ch) == "a b"
+        with pytest.raises(os_.ReplyRefused):
+            os_.check_reply_text("hi" + ch)
+    assert os_.resurrect_escape("x\u2028\x9by") == "x\\u2028\\x9by"
+    assert "control character" in os_.record_problem({"agent": "claude", "id": "44444444-4444-4444-8444-444444444444",
+                                                       "flags": ["--x\u2028"]}, pane=False)
+    assert os_.strip_escapes("a\tb\x07\u2028\nc\x1b[1m") == "a\tb\nc"  # a screen keeps its tabs and lines

@@ -52,6 +52,7 @@ def test_describe_one_and_many():
 def test_osc_sequences_are_clean():
     data = os_.osc_notification("a;b", "line\nbreak\x1b]")
     assert data.startswith(b"\x1b]777;notify;ab;linebreak]\x07") and b"\x1b]9;" in data
+    assert b"\xc2\x9b" not in os_.osc_notification("C1\x9bCSI", "b")  # C1's CSI would start a sequence
 
 
 def test_status_summary_and_attention_queue():
