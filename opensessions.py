@@ -736,16 +736,38 @@ def validate_ui(body):
 
 
 def load_ui(data):
-    """UI preferences from the config file's JSON (anything odd falls back to the default)."""
+    """UI preferences from the config file's JSON -> (ui, problems): each valid field kept, each
+    field validate_ui refuses left at its default and said in `problems` (a list of messages)."""
     ui = json.loads(json.dumps(UI_DEFAULTS))
-    if isinstance(data, dict):
-        for key in UI_DEFAULTS:
-            if key in data:
-                try:
-                    ui.update(validate_ui({key: data[key]}))
-                except ApiError:
-                    pass
-    return ui
+    problems = []
+    if data is not None and not isinstance(data, dict):
+        return ui, ["it holds %s, not an object" % type(data).__name__]
+    for key in UI_DEFAULTS:
+        if key in (data or {}):
+            try:
+                ui.update(validate_ui({key: data[key]}))
+            except ApiError as e:
+                problems.append(e.message)
+    return ui, problems
+
+
+def clean_thread_fields(fields):
+    """What a watcher, hook or plugin says of a thread, made safe to keep and to show (the apply
+    step's input): title, detail and model on one line, cwd and source valid text, attempt and pid
+    whole numbers, updated_at a finite number; anything else of theirs becomes None. -> new dict."""
+    out = dict(fields)
+    for name in ("title", "detail", "model"):  # shown in a row
+        if isinstance(out.get(name), str):
+            out[name] = clean_text(out[name])
+    for name in ("cwd", "source"):
+        if isinstance(out.get(name), str):
+            out[name] = clean_str(out[name])
+    for name in ("attempt", "pid"):
+        if out.get(name) is not None and not (as_number(out[name]) is not None and out[name] == int(out[name])):
+            out[name] = None
+    if out.get("updated_at") is not None and as_number(out["updated_at"]) is None:
+        out["updated_at"] = None
+    return out
 
 
 def order_sessions(sessions, order):
@@ -5528,7 +5550,7 @@ class Store(object):
         self.cond = threading.Condition()
         self._dirty = True
         self.recent_ms = RECENT_MS
-        self.ui = load_ui(None)
+        self.ui = load_ui(None)[0]
         self.ui_error = None
 
     def touch(self):
@@ -6656,18 +6678,8 @@ class Server(object):
                 fields.update(status=t.status, detail=t.detail, attempt=t.attempt if plugin_holds else None)
             if plugin_holds and t.source == "plugin":
                 fields["source"] = "plugin"  # the plugin stays the thread's source
+        fields = clean_thread_fields(fields)  # from files, hooks and plugins alike
         updated_at = fields.pop("updated_at", None)
-        for name in ("title", "detail", "model"):  # from files, hooks and plugins alike: shown in a row
-            if isinstance(fields.get(name), str):
-                fields[name] = clean_text(fields[name])
-        for name in ("cwd", "source"):
-            if isinstance(fields.get(name), str):
-                fields[name] = clean_str(fields[name])
-        for name in ("attempt", "pid"):
-            if fields.get(name) is not None and not (as_number(fields[name]) is not None and fields[name] == int(fields[name])):
-                fields[name] = None
-        if updated_at is not None and as_number(updated_at) is None:
-            updated_at = None
         raw_usage = fields.pop("usage", None)
         if isinstance(raw_usage, dict):
             t.usage_raw = raw_usage
@@ -6784,7 +6796,11 @@ class Server(object):
             self.store.ui_error = "%s; using defaults" % e
             log(self.store.ui_error)
             data = {}
-        self.store.ui = load_ui(data)
+        self.store.ui, problems = load_ui(data)
+        if problems:  # said as a bad environment value is: a log line, and /state's ui.error
+            self.store.ui_error = "%s: %s; %s" % (self.ui_path, "; ".join(problems), "using defaults" if not
+                                                  isinstance(data, dict) else "the rest of it is used")
+            log(self.store.ui_error)
         self.store.touch()
 
     def _apply_tmux_options(self):
@@ -9617,8 +9633,8 @@ def _render_footer(scr):
                 typed = more + typed
                 break
         scr.line(None, [(typed, "fg")])
-    elif model.message:
-        for part in wrap(scr.clean(model.message), w)[:3]:
+    elif model.message or model.ui().get("error"):
+        for part in wrap(scr.clean(model.message or model.ui()["error"]), w)[:3]:
             scr.line(None, [(part, "waiting")])
 
 
@@ -10861,6 +10877,8 @@ def cmd_usage(args):
 
 def cmd_status(args):
     state = _get_state(args)
+    if (state.get("ui") or {}).get("error"):
+        sys.stderr.write("opensessions: %s\n" % state["ui"]["error"])
     if args.json:
         sys.stdout.write(json.dumps(state) + "\n")
         return 0
