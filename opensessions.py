@@ -8831,6 +8831,42 @@ class SidebarModel(object):
         self.stopped = None  # the line to show while the server is stopped on purpose
         self._selected_own = None  # the own session we last selected by ourselves
 
+    # -- what the app tells it (the app sets no field of the model directly) --------------------
+    def receive(self, state, own_session=None):
+        """A new /state snapshot, and the session this sidebar's pane is in now (None: unknown)."""
+        if own_session is not None:
+            self.own_session = own_session
+        self.set_state(state)
+
+    def set_connected(self, connected):
+        self.connected = bool(connected)
+
+    def server_stopped(self, line):
+        """The server was stopped on purpose (`line`: what to show, nothing stale with it), or
+        runs again (None)."""
+        self.stopped = line
+        if line:
+            self.state = None  # what it showed is no longer followed
+
+    def set_preview(self, item, lines=(), error=None):
+        """The last lines of a thread's pane, or why there are none."""
+        self.preview = {"item": item, "lines": list(lines)}
+        if error:
+            self.preview["error"] = error
+
+    def say(self, message):
+        """A line for the footer (until the next key)."""
+        self.message = message
+
+    def tick(self):
+        """The next frame of the spinner."""
+        self.frame += 1
+
+    def viewed(self, view):
+        """What the last render showed (render_view's view): the list's and the help's scroll, and
+        the thread whose pane the preview wants (None: none is shown, none is read)."""
+        self.scroll, self.help_scroll, self.preview_wanted = view["scroll"], view["help_scroll"], view["preview"]
+
     # -- data --------------------------------------------------------------------------------
     def set_state(self, state):
         self.state = state
@@ -9241,34 +9277,41 @@ class _Screen(object):
 
 def render(model, width, height, now=None):
     """The whole screen as rows: [(item or None, [(text, style), ...]), ...], at most height rows.
+    Pure (render_view also says where the rows are scrolled to)."""
+    return render_view(model, width, height, now)[0]
 
-    Styles are theme keys plus 'sel' (selected row background). Pure. A header row, the body
-    (the list and the detail panel, or the help or the theme picker), and a footer for prompts
-    and messages that always stays on screen.
-    """
+
+def render_view(model, width, height, now=None):
+    """-> (rows, view). Rows as render(); styles are theme keys plus 'sel' (selected row background).
+    A header row, the body (the list and the detail panel, or the help or the theme picker), and a
+    footer for prompts and messages that always stays on screen. `view` is what the rows show, for
+    the model to keep (SidebarModel.viewed): {"scroll", "help_scroll": where the list and the help
+    are scrolled to, "preview": the thread whose pane the preview shows, or None}. Pure."""
     scr = _Screen(model, width, now)
     _render_header(scr)
     footer = _Screen(model, width, now)
     _render_footer(footer)
     room = max(1, height - 1 - len(footer.rows))
     body = _Screen(model, width, now)
+    view = {"scroll": model.scroll, "help_scroll": model.help_scroll, "preview": None}
     if model.stopped:  # the server was stopped on purpose: one calm line, nothing stale
         body.line(None, [(model.stopped, "muted")])
         rows = body.rows[:room]
     elif model.mode == "help":
         _render_help(body)
-        model.help_scroll = max(0, min(model.help_scroll, len(body.rows) - room))
-        rows = body.rows[model.help_scroll:model.help_scroll + room]
+        top = view["help_scroll"] = max(0, min(model.help_scroll, len(body.rows) - room))
+        rows = body.rows[top:top + room]
     elif model.mode == "theme":
         _render_themes(body)
         rows = body.rows[:room]
     elif model.popup:
-        rows = _render_popup(body, room)
+        rows, view["scroll"], view["preview"] = _render_popup(body, room)
     else:
         _render_list(body, room)
-        rows = _scroll(model, body.rows, room)
-        rows += _render_preview(model, width, now, room - len(rows), sidebar=True)
-    return (scr.rows + rows + footer.rows)[:height]
+        rows, view["scroll"] = _scroll(model, body.rows, room)
+        preview, view["preview"] = _render_preview(model, width, now, room - len(rows), sidebar=True)
+        rows += preview
+    return (scr.rows + rows + footer.rows)[:height], view
 
 
 def popup_groups(state):
@@ -9297,7 +9340,8 @@ def popup_groups(state):
 
 
 def _render_popup(scr, room):
-    """The agents popup: groups of threads, then the selected thread's preview below them."""
+    """The agents popup: groups of threads, then the selected thread's preview below them.
+    -> (rows, scroll, the thread the preview wants)."""
     model = scr.model
     groups = popup_groups(model.state)
     if not groups:
@@ -9317,18 +9361,17 @@ def _render_popup(scr, room):
             elif name == "error" and t.get("detail"):
                 scr.line(item, [("    " + t["detail"], "sel" if sel else "error")])
     list_room = max(3, room // 2) if model.selected else room
-    rows = _scroll(model, scr.rows, min(room, list_room) if len(scr.rows) > list_room else room)
-    return rows + _render_preview(model, scr.w, scr.now, room - len(rows))
+    rows, scroll = _scroll(model, scr.rows, min(room, list_room) if len(scr.rows) > list_room else room)
+    preview, wanted = _render_preview(model, scr.w, scr.now, room - len(rows))
+    return rows + preview, scroll, wanted
 
 
 def _render_preview(model, width, now, room, sidebar=False):
     """The last lines of the selected thread's pane (fetched by the app while shown), under a rule.
-    Sets model.preview_wanted to the thread when there is room, so nothing is read otherwise."""
+    -> (rows, the thread wanted): a thread only when there is room, so nothing is read otherwise."""
     item = model.selected if model.selected and model.selected[0] == "thread" else None
     if item is None or room < (6 if sidebar else 3):
-        model.preview_wanted = None
-        return []
-    model.preview_wanted = item
+        return [], None
     scr = _Screen(model, width, now)
     scr.line(None, [(scr.g["sep"] * scr.w, "muted")])
     p = model.preview if model.preview and model.preview.get("item") == item else None
@@ -9337,7 +9380,7 @@ def _render_preview(model, width, now, room, sidebar=False):
         lines = [p["error"]]
     for line in lines[-(room - 1):]:
         scr.line(item, [(line, "muted" if not p or p.get("error") else "fg")])
-    return scr.rows
+    return scr.rows, item
 
 
 GROUP_STYLE = {"waiting": "waiting", "error": "error", "finished unseen": "done", "running": "running",
@@ -9601,19 +9644,20 @@ def pane_tree(s):
 
 
 def _scroll(model, rows, height):
-    """Keep the selected row on screen."""
+    """Keep the selected row on screen, moving as little as possible from model.scroll.
+    -> (the rows shown, the scroll they start at)."""
     if len(rows) <= height:
-        model.scroll = 0
-        return rows
+        return rows, 0
+    scroll = model.scroll
     sel_rows = [i for i, r in enumerate(rows) if r[0] is not None and r[0] == model.selected]
     if sel_rows:
         first = sel_rows[0]
-        if first < model.scroll:
-            model.scroll = first
-        elif sel_rows[-1] >= model.scroll + height:
-            model.scroll = sel_rows[-1] - height + 1
-    model.scroll = max(0, min(model.scroll, len(rows) - height))
-    return rows[model.scroll:model.scroll + height]
+        if first < scroll:
+            scroll = first
+        elif sel_rows[-1] >= scroll + height:
+            scroll = sel_rows[-1] - height + 1
+    scroll = max(0, min(scroll, len(rows) - height))
+    return rows[scroll:scroll + height], scroll
 
 
 def _render_footer(scr):
@@ -9864,16 +9908,15 @@ class SidebarApp(object):
             except InterruptedError:
                 ready = [0]
             if not ready:
-                self.model.frame += 1
+                self.model.tick()
             if self._winch[0] in ready:
                 self._resized()
             if self.stream.wake_fd in ready:
                 state = self.stream.take()
                 if state is not None:
-                    self.model.own_session = self._own_session(state)
-                    self.model.set_state(state)
+                    self.model.receive(state, self._own_session(state))
                     self._colors(state.get("ui") or {})
-                self.model.connected = self.stream.connected
+                self.model.set_connected(self.stream.connected)
                 self._stopped_state()
             if 0 in ready:
                 if self._keys() == "quit":
@@ -9883,11 +9926,10 @@ class SidebarApp(object):
         """Server stopped on purpose: one calm line saying so and which key starts it again."""
         if self.stream.stopped and not self.model.stopped:
             key = _tmux_option(self.tmux, "@opensessions-bound-key") or "o"
-            self.model.stopped = "stopped: prefix %s s starts it" % key
-            self.model.state = None  # what it showed is no longer followed
+            self.model.server_stopped("stopped: prefix %s s starts it" % key)
             self.last_rows = []
         elif not self.stream.stopped and self.model.stopped:
-            self.model.stopped = None
+            self.model.server_stopped(None)
             self.last_rows = []
 
     def _fetch_preview(self):
@@ -9895,18 +9937,18 @@ class SidebarApp(object):
         item = self.model.preview_wanted
         self._preview_at = time.monotonic()
         if self.get is None or item is None:
-            self.model.preview = {"item": item, "lines": [], "error": "no preview"}
+            self.model.set_preview(item, error="no preview")
             return
         h, _ = self.scr.getmaxyx()
         try:
             status, body = self.get("/api/preview?thread=%s:%s&lines=%d" % (item[2], item[3], max(3, min(60, h))))
             doc = json.loads(body.decode("utf-8")) if body else {}
             if status == 200:
-                self.model.preview = {"item": item, "lines": doc.get("lines") or []}
+                self.model.set_preview(item, doc.get("lines") or [])
             else:
-                self.model.preview = {"item": item, "lines": [], "error": doc.get("error") or "no preview"}
+                self.model.set_preview(item, error=doc.get("error") or "no preview")
         except (OSError, ValueError) as e:
-            self.model.preview = {"item": item, "lines": [], "error": "no preview: %s" % e}
+            self.model.set_preview(item, error="no preview: %s" % e)
 
     def _watch_resize(self):
         """A width change redraws at once: SIGWINCH wakes the select() through a pipe (curses only
@@ -10021,7 +10063,8 @@ class SidebarApp(object):
     def _draw(self):
         import curses
         h, w = self.scr.getmaxyx()
-        self.rows = render(self.model, w, h)
+        self.rows, view = render_view(self.model, w, h)
+        self.model.viewed(view)
         for y in range(h):
             row = self.rows[y] if y < len(self.rows) else (None, [])
             selected = row[0] is not None and row[0] == self.model.selected
@@ -10070,7 +10113,7 @@ class SidebarApp(object):
         try:
             self.tmux.run(*args)
         except TmuxError as e:
-            self.model.message = str(e)
+            self.model.say(str(e))
 
     def _reply(self, thread, action, text):
         """POST /api/reply; the server's answer (or its reason for refusing) goes to the footer."""
@@ -10080,15 +10123,15 @@ class SidebarApp(object):
         try:
             if self.post:
                 self.post("/api/reply", body)
-            self.model.message = {"approve": "approved", "approve-always": "approved (always)",
-                                  "deny": "denied", "text": "sent"}[action]
+            self.model.say({"approve": "approved", "approve-always": "approved (always)",
+                            "deny": "denied", "text": "sent"}[action])
         except OSError as e:
             reason = str(e)
             try:
                 reason = json.loads(reason).get("error") or reason
             except (ValueError, AttributeError):
                 pass
-            self.model.message = "not sent: %s" % reason
+            self.model.say("not sent: %s" % reason)
 
     def _move_clients_off(self, name):
         """Killing the session a client views would detach it: move such clients elsewhere first."""
@@ -10120,7 +10163,7 @@ class SidebarApp(object):
             elif kind == "new":
                 directory = os.path.expanduser(action[2])
                 if not os.path.isdir(directory):
-                    self.model.message = "no such directory: %s" % directory
+                    self.model.say("no such directory: %s" % directory)
                     return None
                 self.tmux.run("new-session", "-d", "-s", tmux_literal(action[1]), "-c", tmux_literal(directory))
                 self._switch("=" + action[1])
@@ -10129,8 +10172,8 @@ class SidebarApp(object):
                 wanted = "open" if sys.platform == "darwin" else "xdg-open"
                 opener = shutil.which(wanted)
                 if not opener:
-                    self.model.message = "cannot open http://localhost:%d: %s is not installed%s" % (
-                        action[1], wanted, " (xdg-utils)" if wanted == "xdg-open" else "")
+                    self.model.say("cannot open http://localhost:%d: %s is not installed%s" % (
+                        action[1], wanted, " (xdg-utils)" if wanted == "xdg-open" else ""))
                     return None
                 subprocess.Popen([opener, "http://localhost:%d" % action[1]], stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -10144,9 +10187,9 @@ class SidebarApp(object):
                 except TmuxError:
                     self.tmux.run("select-pane", "-t", "{next}")
         except TmuxError as e:
-            self.model.message = str(e)
+            self.model.say(str(e))
         except OSError as e:
-            self.model.message = "server: %s" % e
+            self.model.say("server: %s" % e)
         return None
 
 
