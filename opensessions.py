@@ -10226,115 +10226,97 @@ SIDEBAR_SLEEPER = ("sh", "-c", "printf '%s\\n\\n%s\\n' ' opensessions' ' prefix 
                    " exec sleep 2147483647")
 
 
-class SidebarPanes(object):
-    """Keeps a sidebar pane in every window while the sidebar is shown (server side).
+def shown_windows(sessions, clients):
+    """Windows a client looks at: each terminal client's current window, and every window of the
+    session a control-mode client that takes pane output (e.g. iTerm2's tmux integration: windows as
+    tabs) is attached to. Ours (no-output) shows nothing. Pure."""
+    shown = set()
+    for c in clients:
+        if not c.get("control"):
+            shown.add(c.get("window"))
+        elif not c.get("noOutput"):
+            for s in sessions:
+                if s["id"] == c.get("sessionId"):
+                    shown.update(w["id"] for w in s["windows"])
+    shown.discard(None)
+    return shown
 
-    Runs after every tmux refresh: new windows get one, the width is put back after splits,
-    resizes and layout changes, a window left with only its sidebar is closed (or, if it is the
-    session's last window, gets a fresh shell, so the session never dies for it), and hiding
-    parks the panes in the hidden session _os_stash so they come back without restarting.
 
-    Only the windows a client shows (and SIDEBAR_WARM more, the ones clients left last) run the
-    curses sidebar; the others hold a placeholder (@opensessions-asleep). When a client switches to
-    a window whose sidebar sleeps, the running sidebar of the window it left (the free one shown
-    last) is swapped into it (swap-pane: one tmux command, the sidebar already drawn, its cursor and
-    filter coming along) and the placeholder goes where that one was; only when no running sidebar
-    is free does the placeholder become one (respawn-pane).
-    """
+class SidebarPlan(object):
+    """The decisions of SidebarPanes, pure: from tmux's sessions and clients, the preferences and
+    what SidebarPanes remembers (`memory`: when each window was last shown, windows whose focused
+    sidebar left, when each pane was last fixed), the tmux steps that put every window's sidebar
+    right, and the memory after them. Nothing runs here: run_sidebar_steps carries the steps out.
 
-    def __init__(self, server, command, warm=SIDEBAR_WARM, clock=time.monotonic):
-        self.server = server
-        self.command = command  # the shell command that runs `opensessions sidebar`
+    Steps: ("run", args): one tmux command (a failure ends the round); ("each", args): one pane's
+    command (a pane gone meanwhile costs only that step); ("split", args, window id, asleep): a new
+    sidebar pane (tmux prints its id), then marked as ours."""
+
+    def __init__(self, sessions, clients, ui, memory, now, command, warm=SIDEBAR_WARM):
+        self.sessions = sessions
+        self.clients = clients
+        self.ui = ui
+        self.shown_at = dict(memory.get("shown_at") or {})
+        self.focused = set(memory.get("focused") or ())
+        self.fixed = dict(memory.get("fixed") or {})
+        self.now = now
+        self.command = command
         self.warm = warm
-        self.clock = clock
-        self.busy = False
-        self.fixed = {}  # pane -> when we last corrected its place or width
-        self.shown_at = {}  # window id -> when a client last showed it
-        self.focused = set()  # windows whose focused sidebar left for another window
-        self.follow_ups = 0  # refreshes asked for in a row after changing panes
+        self.steps = []
+        self.refresh_in = None  # a fix that must wait: seconds until the next look
 
-    def sync(self):
-        if self.busy:
-            return
-        self.busy = True
-        try:
-            changed = self._sync()
-        except TmuxError as e:
-            log("sidebar panes: %s" % e)
-            changed = False
-        except Exception as e:  # it runs first in every refresh: a slip here must not stop the rest
-            log("sidebar panes: %s: %s" % (type(e).__name__, e))
-            changed = False
-        finally:
-            self.busy = False
-        # What we changed is read back at once (tmux tells a control client about other sessions'
-        # panes only once a second): at most a few rounds in a row, so nothing can loop.
-        self.follow_ups = self.follow_ups + 1 if changed else 0
-        if changed and self.follow_ups <= 4:
-            self.server.schedule_refresh()
+    def memory(self):
+        return {"shown_at": self.shown_at, "focused": self.focused, "fixed": self.fixed}
 
-    def shown_windows(self):
-        """Windows a client looks at: each terminal client's current window, and every window of
-        the session a control-mode client that takes pane output (e.g. iTerm2's tmux integration:
-        windows as tabs) is attached to. Ours (no-output) shows nothing."""
-        store = self.server.store
-        shown = set()
-        for c in store.clients:
-            if not c.get("control"):
-                shown.add(c.get("window"))
-            elif not c.get("noOutput"):
-                for s in store.sessions:
-                    if s["id"] == c.get("sessionId"):
-                        shown.update(w["id"] for w in s["windows"])
-        shown.discard(None)
-        return shown
+    def _stash(self):
+        return next((s for s in self.sessions if s["name"] == STASH_SESSION), None)
 
-    def _sync(self):
-        store = self.server.store
-        ui = store.ui
-        tmux = self.server.tmux
-        stash = store.session_by_name(STASH_SESSION)
+    def plan(self):
+        """-> the steps (also in self.steps)."""
+        ui = self.ui
+        stash = self._stash()
         parked = [p for w in (stash or {}).get("windows", []) for p in w["panes"] if p["sidebar"]]
-        shown = self.shown_windows()
-        now = self.clock()
+        shown = shown_windows(self.sessions, self.clients)
         windows = set()
-        for s in store.sessions:
+        for s in self.sessions:
             windows.update(w["id"] for w in s["windows"])
         self.shown_at = {w: t for w, t in self.shown_at.items() if w in windows}
         self.focused &= windows
         for w in shown:
-            self.shown_at[w] = now
+            self.shown_at[w] = self.now
         # running sidebars no client looks at: the next shown window takes one of these
         spare = len([p for w, p in self._slots() if w not in shown and not p.get("sidebarAsleep")])
-        changed = moved_panes = False
-        for s in store.visible_sessions():
+        moved_panes = False
+        for s in self.sessions:
+            if s["name"].startswith(HIDDEN_SESSION_PREFIX):
+                continue
             for w in s["windows"]:
                 sidebars = [p for p in w["panes"] if p["sidebar"]]
                 work = [p for p in w["panes"] if not p["sidebar"]]
                 if not ui["visible"]:
                     for p in sidebars:
-                        self._park(p, w["id"], stash)
+                        self._park(p, stash)
                         stash = stash or {"windows": []}
-                        changed = moved_panes = True
+                        moved_panes = True
                     continue
                 if sidebars and not work:
                     if len(s["windows"]) > 1:
-                        tmux.run("kill-window", "-t", w["id"])
+                        self._run("kill-window", "-t", w["id"])
                     else:
-                        tmux.run("split-window", "-h", "-t", sidebars[0]["id"], "-c",
-                                 tmux_literal(s.get("dir") or home_dir()))
-                        self._place(sidebars[0]["id"], ui)
-                    changed = moved_panes = True
+                        self._run("split-window", "-h", "-t", sidebars[0]["id"], "-c",
+                                  tmux_literal(s.get("dir") or home_dir()))
+                        self._run("resize-pane", "-t", sidebars[0]["id"], "-x", ui["width"])  # back at its side
+                    moved_panes = True
                     continue
                 for extra in sidebars[1:]:
-                    tmux.run("kill-pane", "-t", extra["id"])
-                    changed = moved_panes = True
+                    self._run("kill-pane", "-t", extra["id"])
+                    moved_panes = True
                 if not sidebars:
                     mine = next((p for p in parked if p.get("sidebarWindow") == w["id"]), None) or \
                         next(iter(parked), None)
                     if mine is not None:
                         parked.remove(mine)
-                        self._join(mine["id"], work[0]["id"], w["id"], ui)
+                        self._join(mine["id"], work[0]["id"], w["id"])
                     else:
                         # a shown window takes a spare next round (swapped in: drawn at once);
                         # else it starts one; a window nobody looks at gets one while fewer than
@@ -10345,27 +10327,26 @@ class SidebarPanes(object):
                         else:
                             live = spare < self.warm
                             spare += 1 if live else 0
-                        self._split(work[0]["id"], w["id"], ui, s.get("dir"), live)
-                    changed = moved_panes = True
+                        self._split(work[0]["id"], w["id"], s.get("dir"), live)
+                    moved_panes = True
                 elif w.get("width", 0) > ui["width"] + 10:
                     sb = sidebars[0]
                     edge = sb["left"] == 0 if ui["position"] == "left" else sb["left"] + sb["width"] == w["width"]
                     moved = sb["top"] != 0 or sb["height"] != w.get("height", sb["height"]) or not edge
                     if (moved or sb["width"] != ui["width"]) and self._may_fix(sb["id"]):
                         if moved:  # a layout (tiled, main-vertical…) moved it: back to a full-height column
-                            self._join(sb["id"], work[0]["id"], w["id"], ui)
+                            self._join(sb["id"], work[0]["id"], w["id"])
                         else:
-                            tmux.run("resize-pane", "-t", sb["id"], "-x", ui["width"])
-                        changed = True
+                            self._run("resize-pane", "-t", sb["id"], "-x", ui["width"])
         if not moved_panes:  # every window has its one sidebar: now who runs and who sleeps
-            changed = self._balance(shown, ui["visible"]) or changed
-        return changed
+            self._balance(shown)
+        return self.steps
 
     def _slots(self):
         """(window id, sidebar pane) for every sidebar pane, parked ones included, each pane once
         (a window linked into two sessions is listed twice)."""
         out, seen = [], set()
-        for s in self.server.store.sessions:
+        for s in self.sessions:
             if s["name"].startswith(HIDDEN_SESSION_PREFIX) and s["name"] != STASH_SESSION:
                 continue
             for w in s["windows"]:
@@ -10375,49 +10356,44 @@ class SidebarPanes(object):
                         out.append((w["id"], p))
         return out
 
-    def _balance(self, shown, visible):
+    def _balance(self, shown):
         """Shown windows get a running sidebar (a spare swapped in, else the placeholder started),
-        `warm` spares are kept (the windows shown last), the rest sleep. -> whether anything changed."""
-        stash = self.server.store.session_by_name(STASH_SESSION)
+        `warm` spares are kept (the windows shown last), the rest sleep."""
+        stash = self._stash()
         stash_windows = {w["id"] for w in (stash or {}).get("windows", [])}
         slots = self._slots()
         left_over = [p for w, p in slots if w in stash_windows]
-        if visible and left_over:
+        if self.ui["visible"] and left_over:
             # every window has its sidebar: parked panes left over (their windows closed while
             # hidden) are not needed any more
             for p in left_over:
-                self._run_each(("kill-pane", "-t", p["id"]))
-            return True
+                self._each("kill-pane", "-t", p["id"])
+            return
         home = {p["id"]: (p.get("sidebarWindow") or w) if w in stash_windows else w for w, p in slots}
         work = {}  # window -> a work pane, to take the focus a placeholder must not hold
-        for s in self.server.store.sessions:
+        for s in self.sessions:
             for win in s["windows"]:
                 work.setdefault(win["id"], next((q["id"] for q in win["panes"] if not q["sidebar"]), None))
         free = [(w, p) for w, p in slots if w not in shown and not p.get("sidebarAsleep")]
         free.sort(key=lambda wp: -self.shown_at.get(wp[0], -1.0))  # most recently shown first
-        changed = False
         for w, p in slots:
             if w in shown and p.get("sidebarAsleep"):
                 if free:
                     fw, fp = free.pop(0)
-                    self._run_each(("swap-pane", "-d", "-Z", "-s", fp["id"], "-t", p["id"], ";",
-                                    "set-option", "-p", "-t", fp["id"], "@opensessions-window", home[p["id"]], ";",
-                                    "set-option", "-p", "-t", p["id"], "@opensessions-window", home[fp["id"]])
-                                   + self._unfocus(fw, fp, work) + self._refocus(w, fp["id"]))
+                    self._each("swap-pane", "-d", "-Z", "-s", fp["id"], "-t", p["id"], ";",
+                               "set-option", "-p", "-t", fp["id"], "@opensessions-window", home[p["id"]], ";",
+                               "set-option", "-p", "-t", p["id"], "@opensessions-window", home[fp["id"]],
+                               *(self._unfocus(fw, fp, work) + self._refocus(w, fp["id"])))
                 else:
                     self._wake(p["id"], self._refocus(w, p["id"]))
-                changed = True
         while len(free) > self.warm:
             w, p = free.pop()  # the least recently shown
             self._sleep(p["id"], self._unfocus(w, p, work))
-            changed = True
         if len(free) < self.warm:
             asleep = [(w, p) for w, p in slots if w not in shown and p.get("sidebarAsleep")]
             asleep.sort(key=lambda wp: -self.shown_at.get(wp[0], -1.0))  # most recently shown first
             for w, p in asleep[:self.warm - len(free)]:
                 self._wake(p["id"], self._refocus(w, p["id"]))
-                changed = True
-        return changed
 
     def _unfocus(self, window, pane, work):
         """A running sidebar that had the focus of its window leaves it to a placeholder: the
@@ -10434,79 +10410,156 @@ class SidebarPanes(object):
         self.focused.discard(window)
         return (";", "select-pane", "-t", pane)
 
-    def _run_each(self, args):
-        """One tmux command for one pane: a pane that went away meanwhile costs only this step."""
-        try:
-            self.server.tmux.run(*args)
-        except TmuxGone:
-            raise
-        except TmuxError as e:
-            log("sidebar panes: %s" % e)
-
-    def _wake(self, pane, more=()):
-        self._run_each(("respawn-pane", "-k", "-t", pane, self.command, ";",
-                        "set-option", "-p", "-u", "-t", pane, "@opensessions-asleep") + tuple(more))
-
-    def _sleep(self, pane, more=()):
-        self._run_each(("respawn-pane", "-k", "-t", pane) + SIDEBAR_SLEEPER + (
-            ";", "set-option", "-p", "-t", pane, "@opensessions-asleep", "1") + tuple(more))
-
-    def _may_fix(self, pane, clock=time.monotonic):
+    def _may_fix(self, pane):
         """At most one fix a second per pane, so a layout that refuses our width never makes us
-        spin; a fix that has to wait is retried when it may run."""
-        wait = 1.0 - (clock() - self.fixed.get(pane, -10.0))
+        spin; a fix that has to wait is looked at again when it may run."""
+        wait = 1.0 - (self.now - self.fixed.get(pane, -10.0))
         if wait > 0:
-            self.server.schedule_refresh(wait)
+            self.refresh_in = wait if self.refresh_in is None else min(self.refresh_in, wait)
             return False
-        self.fixed[pane] = clock()
+        self.fixed[pane] = self.now
         return True
 
-    def _flags(self, ui):
-        return ["-h", "-f", "-d", "-l", str(ui["width"])] + (["-b"] if ui["position"] == "left" else [])
+    # -- the steps ---------------------------------------------------------------------------------
+    def _run(self, *args):
+        self.steps.append(("run", args))
 
-    def _split(self, target, window_id, ui, cwd, live=True):
+    def _each(self, *args):
+        self.steps.append(("each", args))
+
+    def _wake(self, pane, more=()):
+        self._each("respawn-pane", "-k", "-t", pane, self.command, ";",
+                   "set-option", "-p", "-u", "-t", pane, "@opensessions-asleep", *more)
+
+    def _sleep(self, pane, more=()):
+        self._each(*(("respawn-pane", "-k", "-t", pane) + SIDEBAR_SLEEPER + (
+            ";", "set-option", "-p", "-t", pane, "@opensessions-asleep", "1") + tuple(more)))
+
+    def _flags(self):
+        return ["-h", "-f", "-d", "-l", str(self.ui["width"])] + (["-b"] if self.ui["position"] == "left" else [])
+
+    def _split(self, target, window_id, cwd, live=True):
         command = [self.command] if live else list(SIDEBAR_SLEEPER)
-        out = self.server.tmux.run("split-window", *(self._flags(ui) + [
-            "-t", target, "-c", tmux_literal(cwd or home_dir()), "-P", "-F", "#{pane_id}"] + command))
-        pane = out.strip()
-        if pane:
-            self._mark(pane, window_id, asleep=not live)
+        self.steps.append(("split", tuple(["split-window"] + self._flags() + [
+            "-t", target, "-c", tmux_literal(cwd or home_dir()), "-P", "-F", "#{pane_id}"] + command),
+            window_id, not live))
 
-    def _join(self, pane, target, window_id, ui):
-        self.server.tmux.run("join-pane", *(self._flags(ui) + ["-s", pane, "-t", target]))
-        self._mark(pane, window_id)
+    def _join(self, pane, target, window_id):
+        self._run(*(["join-pane"] + self._flags() + ["-s", pane, "-t", target]))
+        self._run(*sidebar_mark_args(pane, window_id))
 
-    def _mark(self, pane, window_id, asleep=None):
-        more = [] if asleep is None else [";", "set-option", "-p", "-t", pane, "@opensessions-asleep", "1"] \
-            if asleep else [";", "set-option", "-p", "-u", "-t", pane, "@opensessions-asleep"]
-        self.server.tmux.run("set-option", "-p", "-t", pane, "@opensessions-sidebar", "1", ";",
-                             "set-option", "-p", "-t", pane, "@opensessions-window", window_id, *more)
-
-    def _place(self, pane, ui):
-        """After a fresh work pane was split off a lone sidebar, put the sidebar back at its side."""
-        self.server.tmux.run("resize-pane", "-t", pane, "-x", ui["width"])
-
-    def _park(self, pane, window_id, stash):
-        tmux = self.server.tmux
+    def _park(self, pane, stash):
         if stash is None:
-            tmux.run("new-session", "-d", "-s", STASH_SESSION, "-x", "80", "-y", "24")
-        tmux.run("break-pane", "-d", "-s", pane["id"], "-t", "=%s:" % STASH_SESSION)
+            self._run("new-session", "-d", "-s", STASH_SESSION, "-x", "80", "-y", "24")
+        self._run("break-pane", "-d", "-s", pane["id"], "-t", "=%s:" % STASH_SESSION)
+
+
+def sidebar_mark_args(pane, window_id, asleep=None):
+    """tmux arguments that mark a pane as a sidebar of a window (and asleep or awake, when given)."""
+    more = [] if asleep is None else [";", "set-option", "-p", "-t", pane, "@opensessions-asleep", "1"] \
+        if asleep else [";", "set-option", "-p", "-u", "-t", pane, "@opensessions-asleep"]
+    return ["set-option", "-p", "-t", pane, "@opensessions-sidebar", "1", ";",
+            "set-option", "-p", "-t", pane, "@opensessions-window", window_id] + more
+
+
+def run_sidebar_steps(run, steps):
+    """Carry out SidebarPlan's steps with `run` (the tmux gateway's Tmux.run)."""
+    for step in steps:
+        if step[0] == "run":
+            run(*step[1])
+        elif step[0] == "each":
+            try:
+                run(*step[1])
+            except TmuxGone:
+                raise
+            except TmuxError as e:
+                log("sidebar panes: %s" % e)
+        elif step[0] == "split":
+            pane = run(*step[1]).strip()
+            if pane:
+                run(*sidebar_mark_args(pane, step[2], asleep=step[3]))
+
+
+class SidebarPanes(object):
+    """Keeps a sidebar pane in every window while the sidebar is shown (server side).
+
+    Runs after every tmux refresh: new windows get one, the width is put back after splits,
+    resizes and layout changes, a window left with only its sidebar is closed (or, if it is the
+    session's last window, gets a fresh shell, so the session never dies for it), and hiding
+    parks the panes in the hidden session _os_stash so they come back without restarting.
+
+    Only the windows a client shows (and SIDEBAR_WARM more, the ones clients left last) run the
+    curses sidebar; the others hold a placeholder (@opensessions-asleep). When a client switches to
+    a window whose sidebar sleeps, the running sidebar of the window it left (the free one shown
+    last) is swapped into it (swap-pane: one tmux command, the sidebar already drawn, its cursor and
+    filter coming along) and the placeholder goes where that one was; only when no running sidebar
+    is free does the placeholder become one (respawn-pane).
+
+    The decisions are SidebarPlan's (pure); this runs them. It is given only what it needs: the
+    tmux gateway, `world()` -> (sessions, clients, ui) as the server's store has them now, and the
+    server's schedule_refresh(delay).
+    """
+
+    def __init__(self, tmux, world, schedule_refresh, command, warm=SIDEBAR_WARM, clock=time.monotonic):
+        self.tmux = tmux
+        self.world = world
+        self.schedule_refresh = schedule_refresh
+        self.command = command  # the shell command that runs `opensessions sidebar`
+        self.warm = warm
+        self.clock = clock
+        self.busy = False
+        self.fixed = {}  # pane -> when we last corrected its place or width
+        self.shown_at = {}  # window id -> when a client last showed it
+        self.focused = set()  # windows whose focused sidebar left for another window
+        self.follow_ups = 0  # refreshes asked for in a row after changing panes
+
+    def sync(self):
+        if self.busy:
+            return
+        self.busy = True
+        try:
+            sessions, clients, ui = self.world()
+            plan = SidebarPlan(sessions, clients, ui, {"shown_at": self.shown_at, "focused": self.focused,
+                                                      "fixed": self.fixed}, self.clock(), self.command, self.warm)
+            steps = plan.plan()
+            self.shown_at, self.focused, self.fixed = plan.shown_at, plan.focused, plan.fixed
+            if plan.refresh_in is not None:
+                self.schedule_refresh(plan.refresh_in)  # a fix that had to wait
+            run_sidebar_steps(self.tmux.run, steps)
+            changed = bool(steps)
+        except TmuxError as e:
+            log("sidebar panes: %s" % e)
+            changed = False
+        except Exception as e:  # it runs first in every refresh: a slip here must not stop the rest
+            log("sidebar panes: %s: %s" % (type(e).__name__, e))
+            changed = False
+        finally:
+            self.busy = False
+        # What we changed is read back at once (tmux tells a control client about other sessions'
+        # panes only once a second): at most a few rounds in a row, so nothing can loop.
+        self.follow_ups = self.follow_ups + 1 if changed else 0
+        if changed and self.follow_ups <= 4:
+            self.schedule_refresh()
+
+    def shown_windows(self):
+        sessions, clients, _ = self.world()
+        return shown_windows(sessions, clients)
 
     def remove_all(self):
         """Kill every sidebar pane and the stash session (uninstall)."""
-        tmux = self.server.tmux
-        for s in self.server.store.sessions:
+        for s in self.world()[0]:
             for w in s["windows"]:
                 for p in w["panes"]:
                     if p["sidebar"]:
                         try:
-                            tmux.run("kill-pane", "-t", p["id"])
+                            self.tmux.run("kill-pane", "-t", p["id"])
                         except TmuxError:
                             pass
         try:
-            tmux.run("kill-session", "-t", "=" + STASH_SESSION)
+            self.tmux.run("kill-session", "-t", "=" + STASH_SESSION)
         except TmuxError:
             pass
+
 
 
 ##############################################################################
@@ -10966,7 +11019,8 @@ def build_server(tmux, port, explicit, environ):
     read_deadline = env_number("OPENSESSIONS_READ_DEADLINE", None, environ)
     if read_deadline is not None:
         server.read_deadline = max(0.1, read_deadline)
-    server.sidebars = SidebarPanes(server, _self_command() + " sidebar")
+    server.sidebars = SidebarPanes(server.tmux, lambda: (server.store.sessions, server.store.clients, server.store.ui),
+                                   server.schedule_refresh, _self_command() + " sidebar")
     server.notifier = Notifier(server)
     server.tmux_options = TmuxOptions(server)
     return server
