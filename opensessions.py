@@ -6283,16 +6283,29 @@ class Server(object):
             self.runtime.release()
             raise
 
+    def http_door(self):
+        """What the HTTP layer may ask of this server (an HttpDoor)."""
+        return HttpDoor(self.peer_uids, self.read_deadline, self.token_ok, self.store, self.loop.call, self.api,
+                        lambda pane: self.tmux.run("capture-pane", "-p", "-t", pane), self.health)
+
+    def health(self):
+        """This server's figures for /health."""
+        watchers = self.watchers
+        return {"threads": len(self.store.threads),
+                "skippedRecords": watchers.bad_records if watchers is not None else 0,
+                "skippedLongLines": watchers.long_lines if watchers is not None else 0,
+                "inotify": bool(watchers is not None and watchers.inotify is not None)}
+
     def _bind(self):
         try:
-            self.httpd = make_http_server(self, (HOST, self.port))
+            self.httpd = make_http_server(self.http_door(), (HOST, self.port))
         except OSError as e:
             if self.port_explicit or self.port == 0:
                 raise OpensessionsError("cannot listen on %s:%d: %s (is another program using it? "
                                         "choose another with --port or OPENSESSIONS_PORT; 0 = any free port)"
                                         % (HOST, self.port, e.strerror or e))
             log("port %d is in use (%s); listening on a free port instead" % (self.port, e.strerror or e))
-            self.httpd = make_http_server(self, (HOST, 0))
+            self.httpd = make_http_server(self.http_door(), (HOST, 0))
         self.port = self.httpd.server_address[1]
 
     def token_ok(self, token):
@@ -6327,7 +6340,7 @@ class Server(object):
     def serve_forever(self):
         # Connections are accepted by the event loop (no poll interval, no extra thread);
         # each connection is then handled on its own daemon thread (ThreadingHTTPServer).
-        self.loop.add_reader(self.httpd.fileno(), self.httpd._handle_request_noblock)
+        self.loop.add_reader(self.httpd.fileno(), self.httpd.accept_one)
         self.loop.call_later(1.0, self._watch_connections)
         try:
             self.loop.run()
@@ -7176,39 +7189,50 @@ def read_json_body(headers, rfile):
     return body
 
 
-def health_json(server):
-    watchers = server.watchers
-    httpd = server.httpd
-    return json.dumps({
-        "ok": True, "version": __version__, "pid": os.getpid(),
-        "threads": len(server.store.threads),
-        "skippedRecords": watchers.bad_records if watchers is not None else 0,
-        "skippedLongLines": watchers.long_lines if watchers is not None else 0,
-        "inotify": bool(watchers is not None and watchers.inotify is not None),
-        "connections": getattr(httpd, "active", 0), "streams": getattr(httpd, "streams", 0)}).encode()
+class HttpDoor(object):
+    """What the HTTP layer may ask of the server, and nothing more: whether the kernel names a
+    peer's uid (else the runtime file's token is checked), how long a request may take to arrive,
+    the published snapshots (the store's `published` and `cond`, for /state and /events), `on_loop`
+    (run a function on the event loop and wait for its result), the API's handlers, a pane's text
+    (`capture(pane)`) and the server's own figures for /health (`health()`)."""
+
+    def __init__(self, peer_uids, read_deadline, token_ok, snapshots, on_loop, api, capture, health):
+        self.peer_uids = peer_uids
+        self.read_deadline = read_deadline
+        self.token_ok = token_ok
+        self.snapshots = snapshots
+        self.on_loop = on_loop
+        self.api = api
+        self.capture = capture
+        self.health = health
 
 
-def route_get(server, path):
+def health_json(door, httpd):
+    return json.dumps(dict({"ok": True, "version": __version__, "pid": os.getpid()}, **door.health(),
+                           connections=getattr(httpd, "active", 0), streams=getattr(httpd, "streams", 0))).encode()
+
+
+def route_get(door, httpd, path):
     """GET/HEAD answers other than /events -> (status, body, content type, extra headers)."""
     if path in ROUTES:
         return _error_body(405, "use POST for %s" % path) + ({"Allow": "POST"},)
     if path == "/":
         return 200, b"opensessions server\n", "text/plain; charset=utf-8", None
     if path == "/health":
-        return 200, health_json(server), "application/json", None
+        return 200, health_json(door, httpd), "application/json", None
     if path == "/state":
-        published = server.store.published
+        published = door.snapshots.published
         if published is None:
             return _error_body(503, "server is starting or stopping") + (None,)
         return 200, published[2], "application/json", None
     return _error_body(404, "no such endpoint: %s" % path) + (None,)
 
 
-def route_post(server, path, body):
+def route_post(door, path, body):
     """Apply one POST on the loop thread -> (status, body, content type, extra headers)."""
     method = ROUTES[path]
     try:
-        result = server.loop.call(server.api.apply_and_publish, method, body)
+        result = door.on_loop(door.api.apply_and_publish, method, body)
         if callable(result):  # the part that waits on tmux (a reply) runs here, off the loop
             result = result()
     except ApiError as e:
@@ -7265,223 +7289,255 @@ def _raw_refusal(sock, status, reason, message):
         pass
 
 
-def make_http_server(server, address):
-    """The listening server: a thread per connection up to MAX_CONNECTIONS (the excess gets a 503
-    at once), a read deadline per request (see Server._watch_connections), one log line per
-    failed connection."""
-    import http.server
-    import threading
+class ApiListener(object):
+    """The listening server's own part, over http.server's ThreadingHTTPServer (http_classes() adds
+    it: importing http.server would cost every client command): a thread per connection up to
+    MAX_CONNECTIONS (the excess gets a 503 at once), a read deadline per request (see
+    Server._watch_connections), one log line per failed connection, and accept_one() for the event
+    loop, which sees the listening socket readable (socketserver's own loop would poll)."""
 
-    class HTTPServer(http.server.ThreadingHTTPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-        request_queue_size = 64
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
 
-        def __init__(self, *a):
-            self.lock = threading.Lock()
-            self.active = 0
-            self.streams = 0
-            self.deadlines = {}  # handler -> monotonic time its request must be read by
-            http.server.ThreadingHTTPServer.__init__(self, *a)
+    def __init__(self, address, handler, door):
+        import threading
+        self.door = door  # what the handlers serve (an HttpDoor)
+        self.lock = threading.Lock()
+        self.active = 0
+        self.streams = 0
+        self.deadlines = {}  # handler -> monotonic time its request must be read by
+        super().__init__(address, handler)
 
-        def process_request(self, request, client_address):
+    def accept_one(self):
+        """One connection waiting on the listening socket: accepted and handed to its thread."""
+        try:
+            request, client_address = self.get_request()
+        except OSError:
+            return
+        if not self.verify_request(request, client_address):
+            self.shutdown_request(request)
+            return
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
+    def process_request(self, request, client_address):
+        with self.lock:
+            full = self.active >= MAX_CONNECTIONS
+            if not full:
+                self.active += 1
+        if full:
+            _raw_refusal(request, 503, "Service Unavailable", "too many connections (%d); try again" % MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
             with self.lock:
-                full = self.active >= MAX_CONNECTIONS
-                if not full:
-                    self.active += 1
-            if full:
-                _raw_refusal(request, 503, "Service Unavailable",
-                             "too many connections (%d); try again" % MAX_CONNECTIONS)
-                self.shutdown_request(request)
-                return
-            try:
-                http.server.ThreadingHTTPServer.process_request(self, request, client_address)
-            except BaseException:
-                with self.lock:
-                    self.active -= 1
-                raise
+                self.active -= 1
+            raise
 
-        def process_request_thread(self, request, client_address):
-            try:
-                http.server.ThreadingHTTPServer.process_request_thread(self, request, client_address)
-            finally:
-                with self.lock:
-                    self.active -= 1
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.lock:
+                self.active -= 1
 
-        def handle_error(self, request, client_address):
-            e = sys.exc_info()[1]
-            log("connection from port %s failed: %s: %s" % (client_address[1], e.__class__.__name__, e))
-
-    return HTTPServer(address, make_handler(server))
+    def handle_error(self, request, client_address):
+        e = sys.exc_info()[1]
+        log("connection from port %s failed: %s: %s" % (client_address[1], e.__class__.__name__, e))
 
 
-def make_handler(server):
-    """The HTTP request handler class bound to one Server: checks (peer, Host, Origin), then
-    route_get / route_post / stream_state."""
-    import http.server
-    import socket
+class ApiRequests(object):
+    """The HTTP request handler's own part, over http.server's BaseHTTPRequestHandler (http_classes()
+    adds it): checks (peer, Host, Origin, token), then route_get / route_post / stream_state, for
+    the door its listener holds (self.server.door)."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "opensessions/" + __version__
-        sys_version = ""
-        timeout = WRITE_TIMEOUT  # socket timeout; reading a request has the shorter READ_DEADLINE
+    protocol_version = "HTTP/1.1"
+    server_version = "opensessions/" + __version__
+    sys_version = ""
+    timeout = WRITE_TIMEOUT  # socket timeout; reading a request has the shorter READ_DEADLINE
 
-        def log_message(self, fmt, *args):  # quiet: no line per request
+    def log_message(self, fmt, *args):  # quiet: no line per request
+        pass
+
+    def setup(self):
+        import socket
+        super().setup()
+        self.door = self.server.door
+        try:  # one write per answer and no Nagle wait for the next one
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
             pass
+        self.peer_uid = tcp_peer_uid(self.client_address, self.connection.getsockname()) \
+            if self.door.peer_uids else None
 
-        def setup(self):
-            http.server.BaseHTTPRequestHandler.setup(self)
-            try:  # one write per answer and no Nagle wait for the next one
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-            self.peer_uid = tcp_peer_uid(self.client_address, self.connection.getsockname()) \
-                if server.peer_uids else None
+    def handle(self):
+        if self.peer_uid is not None and self.peer_uid != os.getuid():
+            _raw_refusal(self.connection, 403, "Forbidden",
+                         "connections from other users (uid %d) are refused" % self.peer_uid)
+            return
+        super().handle()
 
-        def handle(self):
-            if self.peer_uid is not None and self.peer_uid != os.getuid():
-                _raw_refusal(self.connection, 403, "Forbidden",
-                             "connections from other users (uid %d) are refused" % self.peer_uid)
-                return
-            http.server.BaseHTTPRequestHandler.handle(self)
-
-        def handle_one_request(self):
-            self._deadline(server.read_deadline)
-            try:
-                http.server.BaseHTTPRequestHandler.handle_one_request(self)
-            finally:
-                self._deadline(None)
-
-        def _deadline(self, seconds):
-            httpd = self.server
-            with httpd.lock:
-                if seconds is None:
-                    httpd.deadlines.pop(self, None)
-                else:
-                    httpd.deadlines[self] = time.monotonic() + seconds
-
-        def _send(self, status, body=b"", content_type="application/json", extra=None):
-            """The whole answer in one write."""
-            self.send_response(status)
-            if status != 204:
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            for k, v in (extra or {}).items():
-                self.send_header(k, v)
-            self._headers_buffer.append(b"\r\n")
-            if body and self.command != "HEAD":
-                self._headers_buffer.append(body)
-            self.flush_headers()
-
-        def _error(self, status, message, extra=None):
-            self._send(status, json.dumps({"error": message}).encode(), extra=extra)
-
-        def _guard(self):
-            if not host_is_loopback(self.headers.get("Host")):
-                self._error(403, "Host %r is not loopback; refused (DNS rebinding protection)"
-                            % self.headers.get("Host"))
-                return False
-            if self.headers.get("Origin") is not None:
-                self._error(403, "requests from web pages (with an Origin header) are refused")
-                return False
-            if self.peer_uid is None and not server.token_ok(self.headers.get(TOKEN_HEADER)):
-                # no way to know who connected (not Linux): our clients send the runtime file's token
-                self._error(403, "send the %s header (the token in the server's runtime file)" % TOKEN_HEADER)
-                return False
-            return True
-
-        def _path(self):
-            return self.path.split("?", 1)[0]
-
-        def do_GET(self):
+    def handle_one_request(self):
+        self._deadline(self.door.read_deadline)
+        try:
+            super().handle_one_request()
+        finally:
             self._deadline(None)
-            if not self._guard():
-                return
-            path = self._path()
-            if path == "/events":
-                return self._events()
-            if path == "/api/preview":
-                return self._preview()
-            status, body, ctype, extra = route_get(server, path)
-            self._send(status, body, ctype, extra)
 
-        do_HEAD = do_GET
+    def _deadline(self, seconds):
+        httpd = self.server
+        with httpd.lock:
+            if seconds is None:
+                httpd.deadlines.pop(self, None)
+            else:
+                httpd.deadlines[self] = time.monotonic() + seconds
 
-        def do_POST(self):
-            if not self._guard():
-                return
-            path = self._path()
-            if path in GET_ROUTES:
-                return self._error(405, "use GET for %s" % path, {"Allow": "GET"})
-            if path not in ROUTES:
-                return self._error(404, "no such endpoint: %s" % path)
-            try:
-                body = read_json_body(self.headers, self.rfile)
-            except BodyError as e:
-                self.close_connection = True
-                return self._error(e.status, e.message)
-            except ApiError as e:
-                return self._error(e.status, e.message)
-            finally:
-                self._deadline(None)
-            self._send(*route_post(server, path, body))
+    def _send(self, status, body=b"", content_type="application/json", extra=None):
+        """The whole answer in one write."""
+        self.send_response(status)
+        if status != 204:
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self._headers_buffer.append(b"\r\n")
+        if body and self.command != "HEAD":
+            self._headers_buffer.append(body)
+        self.flush_headers()
 
-        def do_PUT(self):
-            self._other()
+    def _error(self, status, message, extra=None):
+        self._send(status, json.dumps({"error": message}).encode(), extra=extra)
 
-        do_DELETE = do_PATCH = do_PUT
+    def _guard(self):
+        if not host_is_loopback(self.headers.get("Host")):
+            self._error(403, "Host %r is not loopback; refused (DNS rebinding protection)" % self.headers.get("Host"))
+            return False
+        if self.headers.get("Origin") is not None:
+            self._error(403, "requests from web pages (with an Origin header) are refused")
+            return False
+        if self.peer_uid is None and not self.door.token_ok(self.headers.get(TOKEN_HEADER)):
+            # no way to know who connected (not Linux): our clients send the runtime file's token
+            self._error(403, "send the %s header (the token in the server's runtime file)" % TOKEN_HEADER)
+            return False
+        return True
 
-        def _other(self):
-            if not self._guard():
-                return
-            allow = "POST" if self._path() in ROUTES else "GET"
-            self._error(405, "method %s not allowed" % self.command, {"Allow": allow})
+    def _path(self):
+        return self.path.split("?", 1)[0]
 
-        def _preview(self):
-            """GET /api/preview?thread=ID[&lines=N]: the last lines of the thread's pane, as text
-            without escapes. Read on request only: a client asks while it shows the preview."""
-            from urllib.parse import parse_qs
-            query = parse_qs(self.path.partition("?")[2])
-            lines = as_number((query.get("lines") or ["20"])[0], 20, int, text=True)
-            if not 1 <= lines <= 200:
-                return self._error(400, "'lines' must be 1..200")
-            try:
-                info = server.loop.call(server.api.api_preview, (query.get("thread") or [""])[0])
-                screen = server.tmux.run("capture-pane", "-p", "-t", info["pane"])
-            except ApiError as e:
-                return self._error(e.status, e.message)
-            except TmuxError as e:
-                return self._error(409, "tmux: %s" % e)
-            except TimeoutError:
-                return self._error(503, "server busy")
-            info["lines"] = thread_preview(screen, lines)
-            return self._send(200, json.dumps(info).encode())
+    def do_GET(self):
+        self._deadline(None)
+        if not self._guard():
+            return
+        path = self._path()
+        if path == "/events":
+            return self._events()
+        if path == "/api/preview":
+            return self._preview()
+        status, body, ctype, extra = route_get(self.door, self.server, path)
+        self._send(status, body, ctype, extra)
 
-        def _events(self):
-            httpd = self.server
+    def do_HEAD(self):
+        self.do_GET()
+
+    def do_POST(self):
+        if not self._guard():
+            return
+        path = self._path()
+        if path in GET_ROUTES:
+            return self._error(405, "use GET for %s" % path, {"Allow": "GET"})
+        if path not in ROUTES:
+            return self._error(404, "no such endpoint: %s" % path)
+        try:
+            body = read_json_body(self.headers, self.rfile)
+        except BodyError as e:
+            self.close_connection = True
+            return self._error(e.status, e.message)
+        except ApiError as e:
+            return self._error(e.status, e.message)
+        finally:
+            self._deadline(None)
+        self._send(*route_post(self.door, path, body))
+
+    def do_PUT(self):
+        self._other()
+
+    do_DELETE = do_PATCH = do_PUT
+
+    def _other(self):
+        if not self._guard():
+            return
+        allow = "POST" if self._path() in ROUTES else "GET"
+        self._error(405, "method %s not allowed" % self.command, {"Allow": allow})
+
+    def _preview(self):
+        """GET /api/preview?thread=ID[&lines=N]: the last lines of the thread's pane, as text
+        without escapes. Read on request only: a client asks while it shows the preview."""
+        from urllib.parse import parse_qs
+        query = parse_qs(self.path.partition("?")[2])
+        lines = as_number((query.get("lines") or ["20"])[0], 20, int, text=True)
+        if not 1 <= lines <= 200:
+            return self._error(400, "'lines' must be 1..200")
+        try:
+            info = self.door.on_loop(self.door.api.api_preview, (query.get("thread") or [""])[0])
+            screen = self.door.capture(info["pane"])
+        except ApiError as e:
+            return self._error(e.status, e.message)
+        except TmuxError as e:
+            return self._error(409, "tmux: %s" % e)
+        except TimeoutError:
+            return self._error(503, "server busy")
+        info["lines"] = thread_preview(screen, lines)
+        return self._send(200, json.dumps(info).encode())
+
+    def _events(self):
+        httpd = self.server
+        with httpd.lock:
+            full = httpd.streams >= MAX_SSE_CLIENTS
+            if not full:
+                httpd.streams += 1
+        if full:
+            self.close_connection = True
+            return self._error(503, "too many /events clients (%d)" % MAX_SSE_CLIENTS, {"Retry-After": "5"})
+        try:
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Connection", "close")
+            self.send_header("X-Accel-Buffering", "no")
+            self.end_headers()
+            stream_state(self.wfile.write, self.door.snapshots)
+        finally:
             with httpd.lock:
-                full = httpd.streams >= MAX_SSE_CLIENTS
-                if not full:
-                    httpd.streams += 1
-            if full:
-                self.close_connection = True
-                return self._error(503, "too many /events clients (%d)" % MAX_SSE_CLIENTS, {"Retry-After": "5"})
-            try:
-                self.close_connection = True
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Cache-Control", "no-store")
-                self.send_header("Connection", "close")
-                self.send_header("X-Accel-Buffering", "no")
-                self.end_headers()
-                stream_state(self.wfile.write, server.store)
-            finally:
-                with httpd.lock:
-                    httpd.streams -= 1
+                httpd.streams -= 1
 
-    return Handler
+
+_HTTP_CLASSES = []
+
+
+def http_classes():
+    """(listener class, request handler class): ours over http.server's, made on first use."""
+    if not _HTTP_CLASSES:
+        import http.server
+        _HTTP_CLASSES.extend((type("ApiHTTPServer", (ApiListener, http.server.ThreadingHTTPServer), {}),
+                              type("ApiRequestHandler", (ApiRequests, http.server.BaseHTTPRequestHandler), {})))
+    return tuple(_HTTP_CLASSES)
+
+
+def make_http_server(door, address):
+    """The listening server for a door (an HttpDoor)."""
+    listener, handler = http_classes()
+    return listener(address, handler, door)
 
 
 def token_header(token):

@@ -233,7 +233,7 @@ def test_server_log_is_rotated(tmp_path):
 
 def test_an_answer_with_a_body_is_one_write(env):
     """Headers and body in two writes wait ~40 ms for the client's delayed ACK (Nagle)."""
-    Handler = os_.make_handler(bare_server(env))
+    Handler = os_.http_classes()[1]
     h = Handler.__new__(Handler)
     writes = []
 
