@@ -4981,7 +4981,8 @@ class AgentWatchers(object):
     WatcherHost (the loop, the apply step) and its own agent's paths."""
 
     def __init__(self, server, environ=None, recent_days=7.0, poll_interval=1.0, clock=time.time):
-        host = WatcherHost(server.loop, server.apply_thread_update, server.agent_pid_exited, server.after_watchers)
+        host = WatcherHost(server.loop, lambda *a, **kw: server.apply_thread_update(*a, **kw),
+                           lambda agent, pid: server.agent_pid_exited(agent, pid), lambda: server.after_watchers())
         self.core = WatchCore(host, environ, recent_days, poll_interval, clock)
         self.core.on_overflow = self.cold_start
         paths = agent_paths(environ)
@@ -6216,7 +6217,10 @@ class Server(object):
         self.read_deadline = READ_DEADLINE
         self.peer_uids = True  # False: act as where the kernel cannot name a peer (macOS): token only
         self.control = ControlClient(tmux, self.loop, self.environ, self.schedule_refresh, self._on_control_exit)
-        self.api = Api(self)
+        self.api = Api(self.store, clock, tmux, ApiHost(
+            publish=self.publish, refresh=self.schedule_refresh, pane_of_pid=self.pane_of, update_thread=self.apply_thread_update,
+            relink=self.map_threads, notify=self.notify_user, save_state=self.state_file.schedule_save,
+            change_ui=self.change_ui))
         self._refresh_pending = False
         self._refresh_due = 0.0
         self._refresh_cancel = None
@@ -6596,6 +6600,14 @@ class Server(object):
         self._read_processes()
         self._update_ports()
 
+    def pane_of(self, pid):
+        """The pane a process runs in; a pid new to us reads the process table again. None if none."""
+        pane = self.pane_of_pid.get(pid)
+        if pane is None:
+            self._read_processes()
+            pane = self.pane_of_pid.get(pid)
+        return pane
+
     def _read_processes(self):
         """One process-table read: which pane each process is under, and the agents in panes."""
         processes, self._pid_groups = read_pane_processes(self.probes, self.store.sessions)
@@ -6839,6 +6851,15 @@ class Server(object):
         except (OSError, OpensessionsError) as e:
             log("cannot save %s: %s" % (self.ui_path, e))
 
+    def change_ui(self, change):
+        """Preferences changed (POST /ui, /mute): kept, usage priced again for new prices, saved, and
+        the sidebar panes put right."""
+        self.store.ui.update(change)
+        if "prices" in change:
+            self.reprice_usage()
+        self._save_ui()
+        self.on_ui_changed(change)
+
     def reprice_usage(self):
         """The user's prices changed: price every thread's usage again."""
         for t in self.store.threads.values():
@@ -6853,22 +6874,39 @@ class Server(object):
             self.schedule_refresh()
 
 
+class ApiHost(Record):
+    """What the API's handlers may ask of the server besides its store (each a function)."""
+
+    FIELDS = (
+        ("publish", None),  # () -> publish what changed
+        ("refresh", None),  # () -> read tmux again soon (a pane it has not told us of yet)
+        ("pane_of_pid", None),  # pid -> the pane it runs in (the process table read again if new), or None
+        ("update_thread", None),  # (agent, thread id, **fields): the apply step (Server.apply_thread_update)
+        ("relink", None),  # () -> link threads to panes again
+        ("notify", None),  # (session, message, tone) -> a notification through the user's channels
+        ("save_state", None),  # () -> the state file is written soon
+        ("change_ui", None),  # (change) -> preferences changed: kept, saved, applied
+    )
+
+
 class Api(object):
     """The HTTP API's handlers (the ROUTES values, and api_preview), run on the loop thread over
-    the server's store; they change the store and ask the server to link, refresh or publish."""
+    the server's store; they change the store and ask the server (an ApiHost) to link, refresh or
+    publish; a reply types through the tmux gateway."""
 
-    def __init__(self, server):
+    def __init__(self, store, clock, tmux, host):
         import threading
-        self.server = server
-        self.store = server.store
-        self.clock = server.clock
+        self.store = store
+        self.clock = clock
+        self.tmux = tmux
+        self.host = host
         self._reply_lock = threading.Lock()  # one reply at a time
 
     def apply_and_publish(self, handler, body):
         """Run the handler named `handler` (a ROUTES value) on the loop thread, then publish
         whatever it changed."""
         result = getattr(self, handler)(body)
-        self.server.publish()
+        self.host.publish()
         return result
 
     def _meta(self, session):
@@ -6911,7 +6949,7 @@ class Api(object):
             meta = self._meta(session)
             meta["logs"] = apply_log(meta.get("logs", []), dict(note, source="notify", ts=now_ms(self.clock)))
             self._changed_metadata()
-        self.server.notify_user(session, note["message"], note["tone"])
+        self.host.notify(session, note["message"], note["tone"])
         return not session or self.store.session_by_name(session) is not None
 
     def api_agent_event(self, body):
@@ -6924,14 +6962,11 @@ class Api(object):
             if found:
                 session = found[0]
             else:
-                self.server.schedule_refresh()  # a pane tmux has not told us about yet: map it after
-        if pane is None and ev["pid"] and getattr(self.server, "pane_of_pid", None) is not None:
-            pane = self.server.pane_of_pid.get(ev["pid"])
+                self.host.refresh()  # a pane tmux has not told us about yet: map it after
+        if pane is None and ev["pid"]:
+            pane = self.host.pane_of_pid(ev["pid"])
             if pane is None:
-                self.server._read_processes()
-                pane = self.server.pane_of_pid.get(ev["pid"])
-            if pane is None:
-                self.server.schedule_refresh()  # a pane tmux has not told us about yet: link it after
+                self.host.refresh()  # a pane tmux has not told us about yet: link it after
             found = self.store.session_of_pane(pane) if pane else None
             session = found[0] if found else None
         if session is None and ev["tmuxSession"]:
@@ -6959,8 +6994,8 @@ class Api(object):
             fields.update(pane=pane, link="api")
         if session is not None and (pane or current is None or not current.pane):
             fields["session"] = session["name"]
-        self.server.apply_thread_update(ev["agent"], thread_id, **fields)
-        self.server.map_threads()
+        self.host.update_thread(ev["agent"], thread_id, **fields)
+        self.host.relink()
         return session is not None
 
     def api_opencode_event(self, body):
@@ -6979,7 +7014,7 @@ class Api(object):
             if props.get("parentID"):
                 fields["subagent"] = True
             if fields:
-                self.server.apply_thread_update("opencode", sid, **fields)
+                self.host.update_thread("opencode", sid, **fields)
             return True
         mapped = opencode_plugin_status(etype, props)
         if mapped is None:
@@ -6998,15 +7033,10 @@ class Api(object):
 
     def _changed_metadata(self):
         self.store.touch()
-        self.server.state_file.schedule_save()
+        self.host.save_state()
 
     def api_ui(self, body):
-        change = validate_ui(body)
-        self.store.ui.update(change)
-        if "prices" in change:
-            self.server.reprice_usage()
-        self.server._save_ui()
-        self.server.on_ui_changed(change)
+        self.host.change_ui(validate_ui(body))
 
     def api_mute(self, body):
         """POST /mute {"session", "muted": true|false}; without "muted" it toggles."""
@@ -7076,7 +7106,7 @@ class Api(object):
         if newer:  # one process, several conversations (resumed, /new): its screen shows the newest
             refuse("the agent in pane %s has moved on to thread %s" % (t.pane, newer[0].id))
         agent, pid, pane_id, pane_pid, start = t.agent, t.pid, t.pane, pane["pid"], t.proc_start
-        tmux = self.server.tmux
+        tmux = self.tmux
         lock = self._reply_lock
 
         def send():
@@ -7634,14 +7664,27 @@ def applescript_string(s):
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+class NotifierHost(Record):
+    """What the notifier may ask of the server (each a function)."""
+
+    FIELDS = (
+        ("ui", None),  # () -> the preferences (notify, notifyOn, muted)
+        ("clients", None),  # () -> tmux's clients (terminal ones get OSC sequences, tmux messages)
+        ("is_viewed", None),  # thread -> a client looks at its pane
+        ("call_later", None),  # (delay, fn): the event loop's timer
+        ("tmux_argv", None),  # (*args) -> the argv of a tmux command (the gateway's)
+        ("pane_tty", None),  # pane id -> its terminal, or None (the bell)
+    )
+
+
 class Notifier(object):
     """Sends notifications through the enabled channels without ever blocking the event loop:
     commands are started and reaped later (killed after a timeout); a failing channel is logged
-    once and skipped while the others go on."""
+    once and skipped while the others go on. `host`: a NotifierHost."""
 
-    def __init__(self, server, clock=time.monotonic, which=None, platform=None, window=COALESCE_WINDOW):
+    def __init__(self, host, clock=time.monotonic, which=None, platform=None, window=COALESCE_WINDOW):
         import shutil
-        self.server = server
+        self.host = host
         self.clock = clock
         self.which = which or shutil.which
         self.platform = platform or sys.platform
@@ -7652,8 +7695,8 @@ class Notifier(object):
         self.sent = []  # (monotonic time, channel, title, body) of the last sends, for tests and status
 
     def thread_changed(self, thread, old_status):
-        ui = self.server.store.ui
-        if not should_notify(thread, old_status, self.server.is_viewed(thread),
+        ui = self.host.ui()
+        if not should_notify(thread, old_status, self.host.is_viewed(thread),
                              thread.session in ui["muted"], ui["notifyOn"]):
             return
         event = {"agent": thread.agent, "status": thread.status, "session": thread.session,
@@ -7664,7 +7707,7 @@ class Notifier(object):
             self._send_events(ready)
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            self.server.loop.call_later(max(0.0, self.coalescer.next_due() - now), self._flush)
+            self.host.call_later(max(0.0, self.coalescer.next_due() - now), self._flush)
 
     def _flush(self):
         self.flush_scheduled = False
@@ -7676,7 +7719,7 @@ class Notifier(object):
             due = self.coalescer.next_due()
             if due is not None:
                 self.flush_scheduled = True
-                self.server.loop.call_later(max(0.0, due - self.clock()), self._flush)
+                self.host.call_later(max(0.0, due - self.clock()), self._flush)
 
     def _send_events(self, events):
         title, body, status = notification_text(events)
@@ -7689,7 +7732,7 @@ class Notifier(object):
         self.send_all("opensessions" + (": " + session if session else ""), message, status, [])
 
     def send_all(self, title, body, status, panes):
-        channels = self.server.store.ui["notify"]
+        channels = self.host.ui()["notify"]
         for channel in channels:
             try:
                 getattr(self, "_" + channel)(title, body, status, panes)
@@ -7709,7 +7752,7 @@ class Notifier(object):
         self.running.append((proc, self.clock()))
         self.sent.append((self.clock(), channel, title, body))
         del self.sent[:-50]
-        self.server.loop.call_later(5.0, self._reap)
+        self.host.call_later(5.0, self._reap)
 
     def _reap(self):
         keep = []
@@ -7724,7 +7767,7 @@ class Notifier(object):
 
     def _tmux(self, title, body, status, panes):
         text = "%s: %s" % (title, body) if body else title
-        clients = [c for c in self.server.store.clients if not c["control"]]
+        clients = [c for c in self.host.clients() if not c["control"]]
         if not clients:
             return
         cmds = []
@@ -7734,7 +7777,7 @@ class Notifier(object):
             # for the user's own display-time: tmux 3.3a holds back the client's pane redraws while
             # a message shows, so a long fixed duration froze the screen for 5 s
             cmds += ["display-message", "-c", c["name"], tmux_literal(text)]
-        self._spawn("tmux", self.server.tmux.argv(*cmds), title, body)
+        self._spawn("tmux", self.host.tmux_argv(*cmds), title, body)
 
     def _desktop(self, title, body, status, panes):
         if self.platform == "darwin":
@@ -7752,7 +7795,7 @@ class Notifier(object):
 
     def _terminal(self, title, body, status, panes):
         data = osc_notification(title, body)
-        for c in self.server.store.clients:
+        for c in self.host.clients():
             if c["control"] or not c.get("tty"):
                 continue
             fd = os.open(c["tty"], os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
@@ -7764,9 +7807,9 @@ class Notifier(object):
 
     def _bell(self, title, body, status, panes):
         for pane in panes:
-            found = self.server.store.session_of_pane(pane)
-            if found:
-                fd = os.open(found[2]["tty"], os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+            tty = self.host.pane_tty(pane)
+            if tty:
+                fd = os.open(tty, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
                 try:
                     os.write(fd, b"\a")
                 finally:
@@ -7830,8 +7873,8 @@ class TmuxOptions(object):
     """Keeps the status-line and live-link options current: only changed values are written, in
     one tmux call; tmux evaluates #{@opensessions-status} itself (no process per status refresh)."""
 
-    def __init__(self, server):
-        self.server = server
+    def __init__(self, run):
+        self.run = run  # the tmux gateway's Tmux.run
         self.written = {"global": {}, "windows": {}}
 
     def update(self, state):
@@ -7857,7 +7900,7 @@ class TmuxOptions(object):
         if not cmds:
             return
         try:
-            self.server.tmux.run(*cmds)
+            self.run(*cmds)
         except TmuxError as e:
             log("cannot set status options: %s" % e)
             return
@@ -11077,8 +11120,11 @@ def build_server(tmux, port, explicit, environ):
         server.read_deadline = max(0.1, read_deadline)
     server.sidebars = SidebarPanes(server.tmux, lambda: (server.store.sessions, server.store.clients, server.store.ui),
                                    server.schedule_refresh, _self_command() + " sidebar")
-    server.notifier = Notifier(server)
-    server.tmux_options = TmuxOptions(server)
+    store = server.store
+    server.notifier = Notifier(NotifierHost(
+        ui=lambda: store.ui, clients=lambda: store.clients, is_viewed=server.is_viewed, call_later=server.loop.call_later,
+        tmux_argv=server.tmux.argv, pane_tty=lambda pane: (store.session_of_pane(pane) or (None, None, {}))[2].get("tty")))
+    server.tmux_options = TmuxOptions(server.tmux.run)
     return server
 
 

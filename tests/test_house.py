@@ -316,7 +316,10 @@ def _notifier(clock, window=2.0):
         def is_viewed(self, thread):
             return False
     srv = Srv()
-    return srv, os_.Notifier(srv, clock=clock, window=window)
+    host = os_.NotifierHost(ui=lambda: srv.store.ui, clients=lambda: srv.store.clients, is_viewed=srv.is_viewed,
+                            call_later=srv.loop.call_later, tmux_argv=lambda *a: ["tmux"] + list(a),
+                            pane_tty=lambda pane: None)
+    return srv, os_.Notifier(host, clock=clock, window=window)
 
 
 def test_coalescing_window_with_an_injected_clock_sends_nothing_more():

@@ -124,3 +124,22 @@ def test_state_file_round_trip_and_corrupt_file_kept(tmp_path):
         f.write("{not json")
     assert os_.StateFile(path, os_.Store(lambda: 1000.0), loop).load() == {}
     assert os.path.exists(path + ".corrupt") and not os.path.exists(path)
+
+
+def test_the_api_needs_only_its_store_and_an_api_host():
+    """Api is given a store, a clock, the tmux gateway and an ApiHost: no Server behind it."""
+    store = os_.Store(lambda: 1000.0)
+    calls = []
+    host = os_.ApiHost(
+        publish=lambda: calls.append("publish"), refresh=lambda: calls.append("refresh"),
+        pane_of_pid=lambda pid: calls.append(("pane of", pid)),
+        update_thread=lambda agent, tid, **f: calls.append(("update", agent, tid, f["status"])),
+        relink=lambda: calls.append("relink"), notify=lambda *a: calls.append(("notify",) + a),
+        save_state=lambda: calls.append("save"), change_ui=lambda change: calls.append(("ui", change)))
+    api = os_.Api(store, lambda: 1000.0, None, host)
+    body = {"agent": "claude", "status": "running", "threadId": "t1", "pid": 4242}
+    assert api.apply_and_publish("api_agent_event", body) is False  # no session known
+    assert calls == [("pane of", 4242), "refresh", ("update", "claude", "t1", "running"), "relink", "publish"]
+    del calls[:]
+    api.apply_and_publish("api_mute", {"session": "s"})
+    assert calls == [("ui", {"muted": ["s"]}), "publish"]
