@@ -2578,10 +2578,18 @@ PI = AgentSpec(
 )
 
 AGENT_SPECS = {spec.name: spec for spec in (CLAUDE, CODEX, OPENCODE, AMP, GEMINI, QWEN, PI)}
-AGENTS = tuple(AGENT_SPECS)
-HOOK_AGENTS = tuple(name for name, spec in AGENT_SPECS.items() if spec.hooks)  # `opensessions hook AGENT`
-# process names worth reading the arguments of (the agents', and the interpreters that run them)
-AGENT_COMMS = frozenset(n for spec in AGENT_SPECS.values() for n in spec.process.names) | {"node", "bun"}
+
+
+# -- what the sections ask of the agents as a whole (derived when asked: a spec added later counts) ---
+
+def hook_agents():
+    """The agents `opensessions hook AGENT` takes (those with hooks), in the specs' order."""
+    return tuple(name for name, spec in AGENT_SPECS.items() if spec.hooks)
+
+
+def agent_comms():
+    """Process names worth reading the arguments of: the agents', and the interpreters that run them."""
+    return frozenset(n for spec in AGENT_SPECS.values() for n in spec.process.names) | {"node", "bun"}
 
 
 # -- what the sections ask of an agent, answered from its spec ----------------------------------------
@@ -5945,6 +5953,7 @@ def read_pane_processes(probes, sessions):
     groups = {}
     pane_of_pid = {}
     agents = {}  # pane id -> (agent, pid, args) of the top-most agent process in it
+    comms = agent_comms()
     for s in sessions:
         pids = []
         for w in s["windows"]:
@@ -5959,7 +5968,7 @@ def read_pane_processes(probes, sessions):
                     proc = table.get(pid)
                     if proc is None or p["id"] in agents:
                         continue
-                    if proc.comm in AGENT_COMMS:
+                    if proc.comm in comms:
                         args = probes.args(pid)
                         agent = classify_agent_process(proc.comm, args)
                         if agent:
@@ -7962,7 +7971,7 @@ def record_problem(rec, pane=True):
     if pane and pane_problem(rec):
         return pane_problem(rec)
     agent = rec.get("agent")
-    if agent not in AGENTS:
+    if agent not in AGENT_SPECS:
         return "unknown agent %r" % (agent,)
     if not valid_thread_id(agent, rec.get("id")):
         return "%r is not a valid %s session id" % (rec.get("id"), agent)
@@ -8139,7 +8148,7 @@ def records_from_assistant_sessions(doc, log=None, capture_env=None):
             log("restore: %s: unparsable pane name %r (want session:window.pane); skipped" % (where, s.get("pane")))
             continue
         where = "%s (%s)" % (where, s["pane"])
-        if s.get("tool") not in AGENTS:
+        if s.get("tool") not in AGENT_SPECS:
             log("restore: %s: unknown tool %r; skipped" % (where, s.get("tool")))
             continue
         cli_args = s.get("cli_args")
@@ -8180,9 +8189,10 @@ def agent_in_tree(root, table, kids):
     """The top-most agent below process root -> (agent, pid, argv) or None. The same judgement on save
     and restore: arguments included, so a shell with a background `claude -p …` or `opencode run …`
     has no agent."""
+    comms = agent_comms()
     for pid in descendants(root, kids)[1:]:
         proc = table.get(pid)
-        if proc is None or proc.comm not in AGENT_COMMS:
+        if proc is None or proc.comm not in comms:
             continue
         args = process_args(pid)
         agent = classify_agent_process(proc.comm, args)
@@ -11158,7 +11168,7 @@ def _agent_ancestor(agent, start_pid, probes=None, depth=12):
             comm, ppid = table[pid].comm, table[pid].ppid
         else:
             return None
-        if (table is None or comm in AGENT_COMMS) and classify_agent_process(comm, probes.args(pid)) == agent:
+        if (table is None or comm in agent_comms()) and classify_agent_process(comm, probes.args(pid)) == agent:
             return pid
         pid = ppid
     return None
@@ -11728,7 +11738,7 @@ def _command_table():
           (("--session",), dict(help="the session it is about (muted sessions stay quiet)")),
           (("--tone",), tone)]),
         ("hook", cmd_hook, "(called by agent hooks) report a hook payload from stdin",
-         [(("agent",), dict(choices=HOOK_AGENTS, help="the agent whose hook calls: " + _words(HOOK_AGENTS, "or")))]),
+         [(("agent",), dict(choices=hook_agents(), help="the agent whose hook calls: " + _words(hook_agents(), "or")))]),
         ("install", cmd_install, "add our %s hooks, %s (idempotent, with backups)" % (
             _words([s.title for s in AGENT_SPECS.values() if isinstance(s.install, HookInstall)]),
             _words([s.install.what for s in AGENT_SPECS.values() if isinstance(s.install, FileInstall)])), []),
@@ -11864,7 +11874,7 @@ def main(argv=None):
     command = command_of(argv)
     if command == "hook" and "-h" not in argv and "--help" not in argv:
         args = _HookArgs(argv)
-        if args.agent in HOOK_AGENTS:
+        if args.agent in hook_agents():
             return cmd_hook(args)
     parser = build_parser(command)
     args = parser.parse_args(argv)
