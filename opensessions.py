@@ -5,19 +5,20 @@ One module, standard library only, Python 3.9+.  This is the map; each section b
 a banner of the same name, and each uses only the sections above it (tests/test_structure.py
 holds that claim with `ast`):
 
-  1. Constants and paths     ports, limits, log, env settings, XDG and runtime dirs, atomic writes
+  1. Constants and paths     ports, limits, log, env settings, XDG and runtime dirs, atomic writes,
+                             the one number coercion
   2. Model (pure)            threads, statuses, attention, unseen, metadata and ui validation,
-                             themes and glyphs, prices
+                             input cleaning (one control-character rule), themes and glyphs
   3. Agent parsers (pure)    bytes in, records out: each agent's transcripts, registries, usage
   4. Agent screens (pure)    screens in, keys out: each agent's prompt read from its screen, and
                              the steps that answer it (one reply planner per agent)
-  5. Agents (pure)           one AgentSpec per agent: ids, paths, process recognition, hooks and
-                             install, resume and fork, reply planner; AGENT_SPECS
+  5. Agents (pure)           one AgentSpec per agent, AGENT_SPECS, and what the sections ask of
+                             an agent: ids, process recognition, hook payloads, resume, prices
   6. tmux gateway            the one place that runs tmux: commands, formats, snapshot,
                              control-mode lines, our @opensessions-* options
   7. System probes           process table, listening ports, git branch, pidfds
   8. Watchers                inotify (or stat polling), file tails, read-only SQLite; one
-                             watcher per agent over a shared core
+                             watcher per agent (by its spec's watch kind) over a shared core
   9. Installer               our hooks, plugin and extension in the agents' own configs
  10. Reply                   answer an agent's prompt without switching: the checks around
                              typing, and the typing
@@ -26,6 +27,26 @@ holds that claim with `ast`):
  13. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
  14. Sidebar                 curses: model -> lines (pure) -> draw; the popup; sidebar panes
  15. CLI                     argparse, client commands, plugin setup, main()
+
+One spec per agent. Everything particular to an agent is in its AgentSpec (section 5): where its
+files are (paths) and how they are read (watch), how its process is recognised (process), how its
+hook payloads map to statuses (hooks) and what `install` adds for it (install), how a conversation
+is resumed or forked and which of its flags a restore keeps (resume_args, fork_args, session_*),
+how its prompts are read and answered (prompt_reader, reply_planner), what its models cost
+(prices), what its ids look like (id_pattern). The sections below loop over AGENT_SPECS and name no
+agent. A spec holds only data and pure functions: the I/O behind it lives in the section that does
+that I/O and is found by a kind the spec names, never by a spec field pointing down the map (an
+upward use): `watch.kind` picks a class in the Watchers' WATCHER_KINDS (which also answers what a
+restore asks of the agent's files), the Installer carries out its HookInstall or FileInstall, Reply
+runs its planner's steps. So an agent whose files and hooks fit kinds that exist (JSONL chats per
+project: "chat-files"; Claude-shaped hooks) is added in one place, its spec and its parser beside
+it; one that needs new I/O also adds its watcher class and names its kind.
+
+Narrow doors. The Server owns the store and the loop; each collaborator is given only what it
+uses: the watchers a WatcherHost, the API an ApiHost, the notifier a NotifierHost, the HTTP
+handlers an HttpDoor, the sidebar panes tmux, a view of the store and schedule_refresh. Decisions
+are pure where they can be, with a small executor beside them: reply_plan / run_reply_steps,
+SidebarPlan / run_sidebar_steps, render_view (the sidebar's rows, and what they scrolled to).
 
 Importing this module has no side effects: nothing runs, nothing is written, no heavy module is
 imported until a function needs it (client commands must start fast).
