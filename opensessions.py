@@ -6223,13 +6223,318 @@ class StateFile(object):
             log("cannot save state to %s: %s" % (self.path, e))
 
 
+class Linker(object):
+    """Which pane each thread runs in: one read of the process table (read_pane_processes), the
+    pure decisions (link_threads by pid, then guess_threads_by_cwd) applied to the store's threads,
+    the exits of agent processes (AgentExits), and a thread whose process died mid-turn. Given the
+    store, the loop, the probes, a clock, and the server's publish, status_changed(thread, old,
+    new) (the apply step judges it) and save_state."""
+
+    def __init__(self, store, loop, probes, clock, publish, status_changed, save_state):
+        self.store = store
+        self.loop = loop
+        self.probes = probes
+        self.clock = clock
+        self.publish = publish
+        self.status_changed = status_changed
+        self.save_state = save_state
+        self.proc_table = None
+        self.pane_of_pid = {}
+        self.pane_agents = {}
+        self.open_threads = {}
+        self.pid_groups = {}  # session id -> the pids under its panes (for its ports)
+        self.read_at = None
+        self.exited_pids = set()  # pids whose exit we were told of (a zombie still answers kill 0)
+        self._relink_pending = False
+        self.agent_exits = AgentExits(loop, self._live_agent_pids, self._on_agent_exit)
+
+    def read_processes(self):
+        """One process-table read: which pane each process is under, and the agents in panes."""
+        processes, self.pid_groups = read_pane_processes(self.probes, self.store.sessions)
+        self.proc_table = processes.table
+        self.pane_of_pid = processes.pane_of_pid
+        self.pane_agents = processes.agents
+        self.open_threads = processes.open_threads
+        self.read_at = self.clock()
+
+    def pane_of(self, pid):
+        """The pane a process runs in; a pid new to us reads the process table again. None if none."""
+        pane = self.pane_of_pid.get(pid)
+        if pane is None:
+            self.read_processes()
+            pane = self.pane_of_pid.get(pid)
+        return pane
+
+    def link(self):
+        """Link each thread to its pane: read the processes again if a thread's pid is new to us,
+        decide (link_threads by pid, then guess_threads_by_cwd) and apply the links."""
+        table = self.proc_table
+        if table is None:
+            return
+        # a thread whose process is not in our table: it died, or it started after our last read
+        # (a new agent's registry file or hook can come first); read again, at most every 0.2 s
+        need_reread = any(t.pid and t.pid not in table and (t.alive or t.pid not in self.exited_pids
+                                                            and _pid_alive(t.pid))
+                          for t in self.store.threads.values())
+        if need_reread:
+            if self.read_at is None or self.clock() - self.read_at > 0.2:
+                self.read_processes()
+                table = self.proc_table
+            elif not self._relink_pending:
+                self._relink_pending = True
+                self.loop.call_later(0.25, self._relink)
+        panes = {}
+        for s in self.store.sessions:
+            for w in s["windows"]:
+                for p in w["panes"]:
+                    panes[p["id"]] = (s["name"], p["cwd"])
+        threads = self.store.threads
+        processes = Processes(table, self.pane_of_pid, self.pane_agents, self.open_threads, self.probes.has_proc)
+        links, sessions = link_threads(threads.values(), panes, processes)
+        self._apply_links(links, panes)
+        for key, session in sessions.items():
+            threads[key].session = session
+            self.store.touch()
+        self._apply_links(guess_threads_by_cwd(list(threads.values()), panes, processes, links), panes)
+        self.agent_exits.sync()
+
+    def _relink(self):
+        self._relink_pending = False
+        self.link()
+        self.publish()
+
+    def _apply_links(self, links, panes):
+        for key, pid, alive, pane, link in links:
+            t = self.store.threads[key]
+            t.pid = pid
+            self._set_link(t, alive, pane, panes, link)
+
+    def _set_link(self, t, alive, pane, panes, link):
+        session = panes.get(pane, (None, None))[0] if pane else t.session  # a dead thread stays where it ran
+        new_pane = pane if (pane or alive) else t.pane  # ... and keeps the pane it ran in
+        if (t.alive, t.pane, t.session, t.link) != (alive, new_pane, session, link):
+            t.alive, t.pane, t.session, t.link = alive, new_pane, session, link
+            self.store.touch()
+        if not alive:
+            self._process_gone(t)
+
+    def agent_pid_exited(self, agent, pid):
+        """An agent's registry says its process exited."""
+        for t in self.store.threads.values():
+            if t.agent == agent and t.pid == pid and t.alive:
+                t.alive = False
+                self.store.touch()
+                self._process_gone(t)
+
+    def _process_gone(self, t):
+        """A thread whose agent process died mid-turn (kill -9, a crash, a reboot) is no longer
+        running or waiting: it says so, and leaves the running count. Its files may still say
+        "running" (nothing wrote the end of the turn), so this is judged again at every link."""
+        if t.status not in ("running", "waiting", "retry") or t.alive or not t.pid:
+            return
+        if t.pid not in self.exited_pids and _pid_alive(t.pid) \
+                and (self.proc_table is None or t.pid not in self.proc_table):
+            return  # our process table is older than the process: it runs
+        prev = t.status
+        t.status, t.detail, t.attempt = "interrupted", "agent exited", None
+        t.updated_at = now_ms(self.clock)
+        self.status_changed(t, prev, t.status)
+        self.store.touch()
+        self.save_state()
+
+    def _live_agent_pids(self):
+        return {t.pid for t in self.store.threads.values() if t.alive and t.pid}
+
+    def _on_agent_exit(self, pid):
+        self.agent_exits.forget(pid)
+        self.read_processes()
+        self.exited_pids = {p for p in self.exited_pids if p in self.proc_table}
+        if pid in self.proc_table:
+            self.exited_pids.add(pid)
+            self.proc_table.pop(pid)  # exited, not yet reaped: dead all the same
+        self.link()
+        self.publish()
+
+    def forget_panes(self):
+        """Another tmux server: every thread keeps its session name (and its unseen flag and age)
+        but points at no pane, and no process of the old server's panes."""
+        for t in self.store.threads.values():
+            if t.pane is not None or t.pid is not None or t.alive:
+                t.pane, t.pid, t.proc_start, t.alive, t.link = None, None, None, False, None
+                self.store.touch()
+        self.save_state()
+
+    def close(self):
+        self.agent_exits.close()
+
+
+class SessionFacts(object):
+    """Per session, from its directory and the processes under its panes: its git branch and dirty
+    flag (GitProbe; `git status` runs off the loop) and its listening ports. Given the store, the
+    loop, the probes, the linker (its process reads and pid groups), the server's own port (never
+    listed) and publish."""
+
+    def __init__(self, store, loop, probes, linker, own_port, publish):
+        self.store = store
+        self.loop = loop
+        self.probes = probes
+        self.linker = linker
+        self.own_port = own_port  # () -> the API's port
+        self.publish = publish
+        self.git = GitProbe()
+        self._git_jobs = set()
+        self._ports_key = None
+
+    def refresh(self):
+        """tmux changed: git again, the processes again, and the ports where they changed."""
+        self.refresh_git()
+        self.linker.read_processes()
+        self.update_ports()
+
+    def refresh_git(self):
+        git = {}
+        for s in self.store.sessions:
+            d = s.get("dir")
+            if not d:
+                continue
+            branch = self.git.branch(d)
+            dirty, needs_check = self.git.dirty_cached(d)
+            git[s["id"]] = (branch, dirty)
+            if needs_check and branch is not None:
+                self._check_dirty_async(d)
+        self.store.git = git
+
+    def _check_dirty_async(self, directory):
+        import threading
+        root, _ = self.git.locate(directory)
+        if root in self._git_jobs:
+            return
+        self._git_jobs.add(root)
+
+        def job():
+            try:
+                self.git.check_dirty(directory)
+            finally:
+                self.loop.post(self._git_done, root)
+        threading.Thread(target=job, name="git", daemon=True).start()
+
+    def _git_done(self, root):
+        self._git_jobs.discard(root)
+        self.refresh_git()
+        self.publish()
+
+    def update_ports(self, listening=None):
+        """Map listening ports to sessions; the fd walk runs only when the processes under the
+        panes or the listening sockets changed (a window switch changes neither)."""
+        if listening is None:
+            listening = self.probes.listening()
+        groups = self.linker.pid_groups
+        key = (tuple(sorted((g, tuple(p)) for g, p in groups.items())),
+               tuple(sorted(listening.items())) if listening is not None else None)
+        if listening is not None and key == self._ports_key:
+            return
+        self._ports_key = key
+        ports = self.probes.ports(groups, listening=listening)
+        ports = {g: [p for p in found if p != self.own_port()] for g, found in ports.items()}  # never our own API
+        ports = {g: found for g, found in ports.items() if found}
+        if ports != self.store.ports:
+            self.store.ports = ports
+            self.store.touch()
+
+    def ports_timer(self):
+        """Ports change without a tmux event (a dev server starts listening). On Linux one netlink
+        query every 2 s; only a changed set of listeners makes us re-read processes and walk fds.
+        Elsewhere each look runs lsof, so it looks every 10 s."""
+        linux = self.probes.has_proc
+        try:
+            if linux:
+                listening = self.probes.listening()
+                if self._ports_key is None or tuple(sorted(listening.items())) != self._ports_key[1]:
+                    self.linker.read_processes()  # a new listener may be a new process under a pane
+                self.update_ports(listening)
+            else:
+                self.update_ports()
+            self.publish()
+        finally:  # a failure is logged by the loop; the next look still happens
+            self.loop.call_later(2.0 if linux else 10.0, self.ports_timer)
+
+
+class Preferences(object):
+    """The sidebar preferences (ui.json, in the store's `ui`): read at start (what is refused is
+    said), the @opensessions-* tmux options applied, a change kept, saved and applied (usage priced
+    again for new prices; `on_change(change)` for the sidebar panes). A broken file is not
+    overwritten until the user changes a preference. Given the store, the file's path and tmux."""
+
+    def __init__(self, store, path, tmux, on_change):
+        self.store = store
+        self.path = path
+        self.tmux = tmux
+        self.on_change = on_change
+
+    def load(self):
+        """Sidebar preferences; a broken file gives a message and defaults, a refused field the
+        message and its default."""
+        try:
+            data = read_json_file(self.path, {})
+        except OpensessionsError as e:
+            self.store.ui_error = "%s; using defaults" % e
+            log(self.store.ui_error)
+            data = {}
+        self.store.ui, problems = load_ui(data)
+        if problems:  # said as a bad environment value is: a log line, and /state's ui.error
+            self.store.ui_error = "%s: %s; %s" % (self.path, "; ".join(problems), "using defaults" if not
+                                                  isinstance(data, dict) else "the rest of it is used")
+            log(self.store.ui_error)
+        self.store.touch()
+
+    def apply_tmux_options(self):
+        """The @opensessions-* options (from ~/.tmux.conf) hold from the first sidebar on."""
+        try:
+            change = ui_from_tmux_options(read_tmux_options(self.tmux))
+        except Exception as e:  # never fail a start for an option
+            log("cannot read the tmux options: %s" % e)
+            return
+        change = {k: v for k, v in change.items() if self.store.ui.get(k) != v}
+        if change:  # before any sidebar is placed: nothing to move yet
+            self.store.ui.update(change)
+            self.store.touch()
+            if self.store.ui_error is None:  # a broken ui.json is kept until the user changes something
+                self.save()
+
+    def save(self):
+        self.store.ui_error = None
+        self.store.touch()
+        try:
+            ensure_private_dir(os.path.dirname(self.path))
+            atomic_write(self.path, json.dumps(self.store.ui, indent=2) + "\n", mode=0o644)
+        except (OSError, OpensessionsError) as e:
+            log("cannot save %s: %s" % (self.path, e))
+
+    def change(self, change):
+        """Preferences changed (POST /ui, /mute): kept, usage priced again for new prices, saved,
+        and applied."""
+        self.store.ui.update(change)
+        if "prices" in change:
+            self.reprice()
+        self.save()
+        self.on_change(change)
+
+    def reprice(self):
+        """The user's prices changed: price every thread's usage again."""
+        for t in self.store.threads.values():
+            if t.usage_raw is not None:
+                t.usage = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
+
+
 class Server(object):
-    """Live state from tmux (+ watchers), served over HTTP and Server-Sent Events."""
+    """Live state from tmux (+ watchers), served over HTTP and Server-Sent Events: the hub that
+    owns the loop and the store, follows tmux, runs the apply step and publishes. Its rooms: the
+    Linker (threads to panes), SessionFacts (git and ports per session), Preferences (ui.json),
+    the Api, the StateFile, the RuntimeFiles, the ControlClient."""
 
     def __init__(self, tmux, port=DEFAULT_PORT, port_explicit=False, environ=None, clock=time.time, probes=None):
         self.tmux = tmux
         self.probes = probes or SystemProbes()
-        self._processes_read_at = None
         self.environ = dict(os.environ if environ is None else environ)
         self.clock = clock
         self.loop = EventLoop()
@@ -6240,40 +6545,32 @@ class Server(object):
         key = socket_key(tmux.socket_path)
         self.state_file = StateFile(os.path.join(state_dir(self.environ), "state-%s.json" % key), self.store,
                                     self.loop, self._state_document)
-        self.ui_path = os.path.join(config_dir(self.environ), "ui.json")
         self.usage_path = os.path.join(state_dir(self.environ), "usage-%s.json" % key)
-        self.git = GitProbe()
+        self._status_changes = []
+        self.linker = Linker(self.store, self.loop, self.probes, clock, self.publish,
+                             lambda t, old, new: self._status_changes.append((t, old, new)), self.state_file.schedule_save)
+        self.facts = SessionFacts(self.store, self.loop, self.probes, self.linker, lambda: self.port, self.publish)
+        self.prefs = Preferences(self.store, os.path.join(config_dir(self.environ), "ui.json"), tmux, self.on_ui_changed)
         self.httpd = None
         self.read_deadline = READ_DEADLINE
         self.peer_uids = True  # False: act as where the kernel cannot name a peer (macOS): token only
         self.control = ControlClient(tmux, self.loop, self.environ, self.schedule_refresh, self._on_control_exit)
         self.api = Api(self.store, clock, tmux, ApiHost(
-            publish=self.publish, refresh=self.schedule_refresh, pane_of_pid=self.pane_of, update_thread=self.apply_thread_update,
-            relink=self.map_threads, notify=self.notify_user, save_state=self.state_file.schedule_save,
-            change_ui=self.change_ui))
+            publish=self.publish, refresh=self.schedule_refresh, pane_of_pid=self.linker.pane_of,
+            update_thread=self.apply_thread_update, relink=self.linker.link, notify=self.notify_user,
+            save_state=self.state_file.schedule_save, change_ui=self.prefs.change))
         self._refresh_pending = False
         self._refresh_due = 0.0
         self._refresh_cancel = None
-        self._ports_key = None
-        self._pid_groups = {}
-        self._git_jobs = set()
         self.exit_reason = None
         self.notifier = None
         self.watchers = None
         self.sidebars = None
         self.tmux_options = None
         self.cold_starting = False
-        self._status_changes = []
         self._known_before_cold = frozenset()
         self._status_before_cold = {}
-        self.proc_table = None
-        self.pane_of_pid = {}
-        self.pane_agents = {}
-        self._open_threads = {}
         self.tmux_instance = None
-        self.agent_exits = AgentExits(self.loop, self._live_agent_pids, self._on_agent_exit)
-        self._exited_pids = set()  # pids whose exit we were told of (a zombie still answers kill 0)
-        self._relink_pending = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self):
@@ -6284,9 +6581,9 @@ class Server(object):
                 raise OpensessionsError("no tmux server at %s" % self.tmux.socket_path)
             self.tmux_instance = self.tmux.instance()
             if self.state_file.load().get("tmux") != self.tmux_instance and self.store.threads:
-                self.forget_panes()  # saved under another tmux server: its pane ids are not ours
-            self._load_ui()
-            self._apply_tmux_options()
+                self.linker.forget_panes()  # saved under another tmux server: its pane ids are not ours
+            self.prefs.load()
+            self.prefs.apply_tmux_options()
             self._bind()
             self.refresh()
             if self.watchers is not None:
@@ -6302,7 +6599,7 @@ class Server(object):
                 for t in self.store.threads.values():
                     if not t.updated_at:  # found with no time of its own: first seen now
                         t.updated_at = now
-                self.map_threads()
+                self.linker.link()
                 self.prune_threads()
                 log("cold start: %d threads from %d files (%d KB read, %d corrupt records skipped) in %.3fs"
                     % (len(self.store.threads), len(self.watchers.tails),
@@ -6311,7 +6608,7 @@ class Server(object):
             self.store.publish()
             self._follow_tmux()
             self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
-            self.loop.call_later(2.0, self._ports_timer)
+            self.loop.call_later(2.0, self.facts.ports_timer)
             self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
         except BaseException:
             self.runtime.release()
@@ -6390,7 +6687,7 @@ class Server(object):
             self.httpd.server_close()
             self.httpd = None
         self.control.stop()
-        self.agent_exits.close()
+        self.linker.close()
         if self.watchers is not None:
             self.watchers.close()
         self.state_file.save_now()
@@ -6425,7 +6722,7 @@ class Server(object):
             if instance != self.tmux_instance:  # a new tmux server on the same socket
                 log("tmux server %s was restarted; its old pane ids point nowhere now" % self.tmux.socket_path)
                 self.tmux_instance = instance
-                self.forget_panes()
+                self.linker.forget_panes()
             self.schedule_refresh()
             self._follow_tmux()
         else:
@@ -6473,118 +6770,22 @@ class Server(object):
         self.store.touch()
         if self.sidebars is not None:
             self.sidebars.sync()  # first: a window a client just switched to gets its sidebar sooner
-        self._refresh_git()
-        self._refresh_port_groups()
+        self.facts.refresh()
         self.on_tmux_refreshed()
 
     def on_tmux_refreshed(self):
         """Panes and clients changed: re-link threads to panes, clear what a client now views."""
-        self.map_threads()
+        self.linker.link()
         self.clear_viewed()
 
     def after_watchers(self):
         """Agent files changed (called by the watchers after a batch of events)."""
-        self.map_threads()
+        self.linker.link()
         self.publish()
 
-    # -- agent processes and links: which pane each thread runs in -------------------------
+    # -- agent processes and links: the Linker's ------------------------------------------------
     def agent_pid_exited(self, agent, pid):
-        for t in self.store.threads.values():
-            if t.agent == agent and t.pid == pid and t.alive:
-                t.alive = False
-                self.store.touch()
-                self._process_gone(t)
-
-    def _process_gone(self, t):
-        """A thread whose agent process died mid-turn (kill -9, a crash, a reboot) is no longer
-        running or waiting: it says so, and leaves the running count. Its files may still say
-        "running" (nothing wrote the end of the turn), so this is judged again at every link."""
-        if t.status not in ("running", "waiting", "retry") or t.alive or not t.pid:
-            return
-        if t.pid not in self._exited_pids and _pid_alive(t.pid) \
-                and (self.proc_table is None or t.pid not in self.proc_table):
-            return  # our process table is older than the process: it runs
-        prev = t.status
-        t.status, t.detail, t.attempt = "interrupted", "agent exited", None
-        t.updated_at = now_ms(self.clock)
-        self._status_changes.append((t, prev, t.status))
-        self.store.touch()
-        self.state_file.schedule_save()
-
-    def _live_agent_pids(self):
-        return {t.pid for t in self.store.threads.values() if t.alive and t.pid}
-
-    def _on_agent_exit(self, pid):
-        self.agent_exits.forget(pid)
-        self._read_processes()
-        self._exited_pids = {p for p in self._exited_pids if p in self.proc_table}
-        if pid in self.proc_table:
-            self._exited_pids.add(pid)
-            self.proc_table.pop(pid)  # exited, not yet reaped: dead all the same
-        self.map_threads()
-        self.publish()
-
-    def forget_panes(self):
-        """Another tmux server: every thread keeps its session name (and its unseen flag and age)
-        but points at no pane, and no process of the old server's panes."""
-        for t in self.store.threads.values():
-            if t.pane is not None or t.pid is not None or t.alive:
-                t.pane, t.pid, t.proc_start, t.alive, t.link = None, None, None, False, None
-                self.store.touch()
-        self.state_file.schedule_save()
-
-    def map_threads(self):
-        """Link each thread to its pane: read the processes again if a thread's pid is new to us,
-        decide (link_threads by pid, then guess_threads_by_cwd) and apply the links."""
-        table = self.proc_table
-        if table is None:
-            return
-        # a thread whose process is not in our table: it died, or it started after our last read
-        # (a new agent's registry file or hook can come first); read again, at most every 0.2 s
-        need_reread = any(t.pid and t.pid not in table and (t.alive or t.pid not in self._exited_pids
-                                                            and _pid_alive(t.pid))
-                          for t in self.store.threads.values())
-        if need_reread:
-            if self._processes_read_at is None or self.clock() - self._processes_read_at > 0.2:
-                self._read_processes()
-                table = self.proc_table
-            elif not self._relink_pending:
-                self._relink_pending = True
-                self.loop.call_later(0.25, self._relink)
-        panes = {}
-        for s in self.store.sessions:
-            for w in s["windows"]:
-                for p in w["panes"]:
-                    panes[p["id"]] = (s["name"], p["cwd"])
-        threads = self.store.threads
-        processes = Processes(table, self.pane_of_pid, self.pane_agents, self._open_threads, self.probes.has_proc)
-        links, sessions = link_threads(threads.values(), panes, processes)
-        self._apply_links(links, panes)
-        for key, session in sessions.items():
-            threads[key].session = session
-            self.store.touch()
-        self._apply_links(guess_threads_by_cwd(list(threads.values()), panes, processes, links), panes)
-        self.agent_exits.sync()
-
-    def _relink(self):
-        self._relink_pending = False
-        self.map_threads()
-        self.publish()
-
-    def _apply_links(self, links, panes):
-        for key, pid, alive, pane, link in links:
-            t = self.store.threads[key]
-            t.pid = pid
-            self._set_link(t, alive, pane, panes, link)
-
-    def _set_link(self, t, alive, pane, panes, link):
-        session = panes.get(pane, (None, None))[0] if pane else t.session  # a dead thread stays where it ran
-        new_pane = pane if (pane or alive) else t.pane  # ... and keeps the pane it ran in
-        if (t.alive, t.pane, t.session, t.link) != (alive, new_pane, session, link):
-            t.alive, t.pane, t.session, t.link = alive, new_pane, session, link
-            self.store.touch()
-        if not alive:
-            self._process_gone(t)
+        self.linker.agent_pid_exited(agent, pid)
 
     def clear_viewed(self):
         for t in self.store.threads.values():
@@ -6592,94 +6793,6 @@ class Server(object):
                 t.unseen = False
                 self.store.touch()
                 self.state_file.schedule_save()
-
-    # -- git and ports: per session, from its directory and the processes under its panes -----
-    def _refresh_git(self):
-        git = {}
-        for s in self.store.sessions:
-            d = s.get("dir")
-            if not d:
-                continue
-            branch = self.git.branch(d)
-            dirty, needs_check = self.git.dirty_cached(d)
-            git[s["id"]] = (branch, dirty)
-            if needs_check and branch is not None:
-                self._check_dirty_async(d)
-        self.store.git = git
-
-    def _check_dirty_async(self, directory):
-        import threading
-        root, _ = self.git.locate(directory)
-        if root in self._git_jobs:
-            return
-        self._git_jobs.add(root)
-
-        def job():
-            try:
-                self.git.check_dirty(directory)
-            finally:
-                self.loop.post(self._git_done, root)
-        threading.Thread(target=job, name="git", daemon=True).start()
-
-    def _git_done(self, root):
-        self._git_jobs.discard(root)
-        self._refresh_git()
-        self.publish()
-
-    def _refresh_port_groups(self):
-        self._read_processes()
-        self._update_ports()
-
-    def pane_of(self, pid):
-        """The pane a process runs in; a pid new to us reads the process table again. None if none."""
-        pane = self.pane_of_pid.get(pid)
-        if pane is None:
-            self._read_processes()
-            pane = self.pane_of_pid.get(pid)
-        return pane
-
-    def _read_processes(self):
-        """One process-table read: which pane each process is under, and the agents in panes."""
-        processes, self._pid_groups = read_pane_processes(self.probes, self.store.sessions)
-        self.proc_table = processes.table
-        self.pane_of_pid = processes.pane_of_pid
-        self.pane_agents = processes.agents
-        self._processes_read_at = self.clock()
-        self._open_threads = processes.open_threads
-
-    def _update_ports(self, listening=None):
-        """Map listening ports to sessions; the fd walk runs only when the processes under the
-        panes or the listening sockets changed (a window switch changes neither)."""
-        if listening is None:
-            listening = self.probes.listening()
-        key = (tuple(sorted((g, tuple(p)) for g, p in self._pid_groups.items())),
-               tuple(sorted(listening.items())) if listening is not None else None)
-        if listening is not None and key == self._ports_key:
-            return
-        self._ports_key = key
-        ports = self.probes.ports(self._pid_groups, listening=listening)
-        ports = {g: [p for p in found if p != self.port] for g, found in ports.items()}  # never our own API
-        ports = {g: found for g, found in ports.items() if found}
-        if ports != self.store.ports:
-            self.store.ports = ports
-            self.store.touch()
-
-    def _ports_timer(self):
-        """Ports change without a tmux event (a dev server starts listening). On Linux one netlink
-        query every 2 s; only a changed set of listeners makes us re-read processes and walk fds.
-        Elsewhere each look runs lsof, so it looks every 10 s."""
-        linux = self.probes.has_proc
-        try:
-            if linux:
-                listening = self.probes.listening()
-                if self._ports_key is None or tuple(sorted(listening.items())) != self._ports_key[1]:
-                    self._read_processes()  # a new listener may be a new process under a pane
-                self._update_ports(listening)
-            else:
-                self._update_ports()
-            self.publish()
-        finally:  # a failure is logged by the loop; the next look still happens
-            self.loop.call_later(2.0 if linux else 10.0, self._ports_timer)
 
     # -- the apply step: watchers, hooks and the API change threads here; then publish ---------
     def publish(self):
@@ -6836,65 +6949,11 @@ class Server(object):
             return any(c["session"] == thread.session for c in clients)
         return False
 
-    # -- the state file's document; preferences (ui.json) ----------------------------------
+    # -- the state file's document; what a preferences change moves --------------------------
     def _state_document(self):
         doc = self.store.metadata_json()
         doc["tmux"] = self.tmux_instance  # whose pane ids the threads' "pane" are
         return doc
-
-    def _load_ui(self):
-        """Sidebar preferences; a broken file gives a message and defaults (and is not overwritten
-        until the user changes a preference)."""
-        try:
-            data = read_json_file(self.ui_path, {})
-        except OpensessionsError as e:
-            self.store.ui_error = "%s; using defaults" % e
-            log(self.store.ui_error)
-            data = {}
-        self.store.ui, problems = load_ui(data)
-        if problems:  # said as a bad environment value is: a log line, and /state's ui.error
-            self.store.ui_error = "%s: %s; %s" % (self.ui_path, "; ".join(problems), "using defaults" if not
-                                                  isinstance(data, dict) else "the rest of it is used")
-            log(self.store.ui_error)
-        self.store.touch()
-
-    def _apply_tmux_options(self):
-        """The @opensessions-* options (from ~/.tmux.conf) hold from the first sidebar on."""
-        try:
-            change = ui_from_tmux_options(read_tmux_options(self.tmux))
-        except Exception as e:  # never fail a start for an option
-            log("cannot read the tmux options: %s" % e)
-            return
-        change = {k: v for k, v in change.items() if self.store.ui.get(k) != v}
-        if change:  # before any sidebar is placed: nothing to move yet
-            self.store.ui.update(change)
-            self.store.touch()
-            if self.store.ui_error is None:  # a broken ui.json is kept until the user changes something
-                self._save_ui()
-
-    def _save_ui(self):
-        self.store.ui_error = None
-        self.store.touch()
-        try:
-            ensure_private_dir(os.path.dirname(self.ui_path))
-            atomic_write(self.ui_path, json.dumps(self.store.ui, indent=2) + "\n", mode=0o644)
-        except (OSError, OpensessionsError) as e:
-            log("cannot save %s: %s" % (self.ui_path, e))
-
-    def change_ui(self, change):
-        """Preferences changed (POST /ui, /mute): kept, usage priced again for new prices, saved, and
-        the sidebar panes put right."""
-        self.store.ui.update(change)
-        if "prices" in change:
-            self.reprice_usage()
-        self._save_ui()
-        self.on_ui_changed(change)
-
-    def reprice_usage(self):
-        """The user's prices changed: price every thread's usage again."""
-        for t in self.store.threads.values():
-            if t.usage_raw is not None:
-                t.usage = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
 
     def on_ui_changed(self, change):
         """Visibility, width or side changed: put the sidebar panes right."""

@@ -257,8 +257,8 @@ def test_a_timer_whose_work_raises_runs_again(env, monkeypatch):
     srv.probes.has_proc = True  # the Linux path, through the server's injected probes
     monkeypatch.setattr(srv.probes, "listening", broken)
     with pytest.raises(OSError):
-        srv._ports_timer()
-    assert [e[2] for e in srv.loop._timers] == [srv._ports_timer]
+        srv.facts.ports_timer()
+    assert [e[2] for e in srv.loop._timers] == [srv.facts.ports_timer]
 
 
 # -- other users -----------------------------------------------------------------------------------
