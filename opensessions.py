@@ -2529,15 +2529,16 @@ CODEX = AgentSpec(
 OPENCODE = AgentSpec(
     name="opencode", title="OpenCode", id_pattern=_OPENCODE_ID_RE, paths=opencode_paths,
     watch=Watch(kind="opencode"),
-    install=FileInstall(what="the OpenCode plugin", under="config", path=("plugins", OPENCODE_PLUGIN_NAME),
-                        text=OPENCODE_PLUGIN),
     process=Process(names=("opencode",), helpers=("run", "serve", "lsp", "acp")),
     id_flags=("-s", "--session"),
+    # no hooks: our plugin posts its events to /api/opencode-event (opencode_plugin_status maps them)
+    install=FileInstall(what="the OpenCode plugin", under="config", path=("plugins", OPENCODE_PLUGIN_NAME),
+                        text=OPENCODE_PLUGIN),
     resume_args=("{flags}", "-s", "{id}"), fork_args=("{flags}", "-s", "{id}", "--fork"), resumes_anywhere=True,
     session_flags=("--session", "-s"), session_switches=("--continue", "-c", "--fork"),
     switches=("--continue", "-c", "--print-logs", "--fork"),
     prompt_reader=opencode_prompt, reply_planner=opencode_reply_plan,
-    plugin_holds=True,
+    plugin_holds=True,  # and no list prices: its database records the cost of every session
 )
 
 AMP = AgentSpec(
@@ -2549,6 +2550,7 @@ AMP = AgentSpec(
     resume_args=("threads", "continue", "{id}"), resumes_anywhere=True,
     session_switches=("--last",), session_commands=("threads continue", "threads", "resume", "fork"),
     switches=("--dangerously-allow-all", "--last"),
+    # its models are priced by the list prices of their vendors (the other specs' prices)
 )
 
 GEMINI = AgentSpec(
@@ -2566,6 +2568,7 @@ GEMINI = AgentSpec(
     resume_args=("{flags}", "--resume", "{id}"),
     session_flags=("--resume", "-r", "--session-id", "--session-file", "--prompt-interactive", "-i"),
     switches=("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--skip-trust", "--screen-reader"),
+    # replies: not learned yet (its screens are in tests/fixtures/gemini/screens); no list prices known
 )
 
 QWEN = AgentSpec(
@@ -2582,20 +2585,23 @@ QWEN = AgentSpec(
     session_flags=("--resume", "-r", "--session-id", "--prompt-interactive", "-i"),
     session_switches=("--continue", "-c"),
     switches=("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--continue", "-c"),
+    # replies: not learned yet (its screens are in tests/fixtures/qwen/screens); no list prices known
 )
 
 PI = AgentSpec(
     name="pi", title="Pi", id_pattern=_UUID_RE, paths=pi_paths,
     watch=ChatFiles(projects="sessions", reducer=pi_reduce, name_id=pi_id_from_path, project_of=pi_cwd_dir_name),
-    install=FileInstall(what="the Pi extension", path=("extensions", PI_EXTENSION_NAME), text=PI_EXTENSION,
-                        only_if_set_up=True),
     # Pi sets its process title to `pi` (its argv is overwritten with it)
     process=Process(names=("pi",), via_node=True, package="pi-coding-agent", entry_files=("cli.js",),
                     one_shot=("-p", "--print", "--mode", "--prompt"), helpers=("mcp", "extensions", "hooks")),
     id_flags=("--session",),
+    # no hooks: our extension posts to /api/agent-event itself
+    install=FileInstall(what="the Pi extension", path=("extensions", PI_EXTENSION_NAME), text=PI_EXTENSION,
+                        only_if_set_up=True),
     resume_args=("{flags}", "--session", "{id}"), fork_args=("{flags}", "--fork", "{id}"), resumes_anywhere=True,
     session_flags=("--session", "--fork"), session_switches=("--continue", "-c", "--resume", "-r"),
     switches=("--continue", "-c", "--resume", "-r", "--no-session", "--verbose"),
+    # replies: not learned yet (its screens are in tests/fixtures/pi/screens); no list prices: it records its cost
 )
 
 AGENT_SPECS = {spec.name: spec for spec in (CLAUDE, CODEX, OPENCODE, AMP, GEMINI, QWEN, PI)}
