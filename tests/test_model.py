@@ -148,3 +148,13 @@ def test_one_control_character_rule():
     assert "control character" in os_.record_problem({"agent": "claude", "id": "44444444-4444-4444-8444-444444444444",
                                                        "flags": ["--x\u2028"]}, pane=False)
     assert os_.strip_escapes("a\tb\x07\u2028\nc\x1b[1m") == "a\tb\nc"  # a screen keeps its tabs and lines
+
+
+def test_thread_updates_are_cleaned_by_the_model():
+    """What a watcher, hook or plugin says is made safe before the apply step keeps it (pure)."""
+    out = os_.clean_thread_fields({"title": "a\nb\x1b", "cwd": "/w\ud800", "pid": 12.5, "attempt": True,
+                                   "updated_at": float("inf"), "status": "running"})
+    assert out == {"title": "a b ", "cwd": "/w\ufffd", "pid": None, "attempt": None, "updated_at": None,
+                   "status": "running"}
+    assert os_.clean_thread_fields({"pid": 4242, "attempt": 2.0, "updated_at": 5}) == \
+        {"pid": 4242, "attempt": 2.0, "updated_at": 5}
