@@ -1365,6 +1365,19 @@ def opencode_plugin_status(event_type, props):
     return None
 
 
+def opencode_plugin_thread(event_type, props):
+    """Map an OpenCode plugin event to the thread fields it changes besides a status (a session's
+    title; a parent session makes it a subagent), or None for other events."""
+    if event_type != "session.updated":
+        return None
+    fields = {}
+    if isinstance(props.get("title"), str):
+        fields["title"] = _clip_title(props["title"])
+    if props.get("parentID"):
+        fields["subagent"] = True
+    return fields
+
+
 def settle_idle(old_status):
     """A hook or plugin says the agent is idle: a turn that was under way is done; a turn that
     ended in error or interrupt keeps that; nothing before stays idle."""
@@ -2249,6 +2262,17 @@ class FileInstall(Record):
     )
 
 
+class Plugin(Record):
+    """Events our plugin inside the agent posts to `route`: {type, properties: {sessionID, …}, pid,
+    paneId, directory} (the Api's api_plugin_event maps them)."""
+
+    FIELDS = (
+        ("route", None),  # the POST path the plugin calls
+        ("status", None),  # (type, properties) -> (status, detail, attempt), or None: not a status
+        ("thread", None),  # (type, properties) -> other thread fields it changes ({} or more), or None
+    )
+
+
 class AgentSpec(Record):
     """One agent, in one place (fields in the order of the sections that use them)."""
 
@@ -2264,6 +2288,7 @@ class AgentSpec(Record):
         ("id_commands", ()),  # subcommands followed by the conversation id (`codex resume ID`)
         ("hooks", None),  # Hooks: what its hook payloads say (None: it has no hooks)
         ("install", None),  # HookInstall or FileInstall: what `opensessions install` adds for it
+        ("plugin", None),  # Plugin: the events its plugin posts (None: it has none)
         # resume, fork and the flags a restore keeps (Resurrect): in resume_args and fork_args "{flags}"
         # stands for the flags kept from the saved command line, "{id}" for the conversation id
         ("resume_args", ()),  # the arguments that resume conversation {id}
@@ -2531,9 +2556,10 @@ OPENCODE = AgentSpec(
     watch=Watch(kind="opencode"),
     process=Process(names=("opencode",), helpers=("run", "serve", "lsp", "acp")),
     id_flags=("-s", "--session"),
-    # no hooks: our plugin posts its events to /api/opencode-event (opencode_plugin_status maps them)
+    # no hooks: our plugin posts its events (the route is in OPENCODE_PLUGIN)
     install=FileInstall(what="the OpenCode plugin", under="config", path=("plugins", OPENCODE_PLUGIN_NAME),
                         text=OPENCODE_PLUGIN),
+    plugin=Plugin(route="/api/opencode-event", status=opencode_plugin_status, thread=opencode_plugin_thread),
     resume_args=("{flags}", "-s", "{id}"), fork_args=("{flags}", "-s", "{id}", "--fork"), resumes_anywhere=True,
     session_flags=("--session", "-s"), session_switches=("--continue", "-c", "--fork"),
     switches=("--continue", "-c", "--print-logs", "--fork"),
@@ -6998,9 +7024,10 @@ class Api(object):
         self._reply_lock = threading.Lock()  # one reply at a time
 
     def apply_and_publish(self, handler, body):
-        """Run the handler named `handler` (a ROUTES value) on the loop thread, then publish
-        whatever it changed."""
-        result = getattr(self, handler)(body)
+        """Run the handler a ROUTES value names (a method name, or (name, agent) for a plugin's
+        route) on the loop thread, then publish whatever it changed."""
+        name, args = (handler, ()) if isinstance(handler, str) else (handler[0], handler[1:])
+        result = getattr(self, name)(body, *args)
         self.host.publish()
         return result
 
@@ -7093,35 +7120,32 @@ class Api(object):
         self.host.relink()
         return session is not None
 
-    def api_opencode_event(self, body):
-        """An event from our OpenCode plugin -> an agent event (see opencode_plugin_status)."""
+    def api_plugin_event(self, body, agent):
+        """An event from our plugin inside an agent -> an agent event (its spec's Plugin maps it)."""
+        spec = AGENT_SPECS[agent]
         etype = body.get("type")
         props = body.get("properties")
         if not isinstance(etype, str) or not isinstance(props, dict):
             raise ApiError(400, "'type' (string) and 'properties' (object) are required")
         sid = props.get("sessionID")
-        if not valid_thread_id("opencode", sid):
-            raise ApiError(400, "'properties.sessionID' must be an OpenCode session id (ses_…)")
-        if etype == "session.updated":
-            fields = {}
-            if isinstance(props.get("title"), str):
-                fields["title"] = _clip_title(props["title"])
-            if props.get("parentID"):
-                fields["subagent"] = True
+        if not valid_thread_id(agent, sid):
+            raise ApiError(400, "'properties.sessionID' must be the id of a %s session" % spec.title)
+        fields = spec.plugin.thread(etype, props) if spec.plugin.thread else None
+        if fields is not None:
             if fields:
-                self.host.update_thread("opencode", sid, **fields)
+                self.host.update_thread(agent, sid, **fields)
             return True
-        mapped = opencode_plugin_status(etype, props)
+        mapped = spec.plugin.status(etype, props)
         if mapped is None:
             return True
         status, detail, attempt = mapped
-        event = {"agent": "opencode", "status": status, "threadId": sid, "detail": detail, "attempt": attempt,
+        event = {"agent": agent, "status": status, "threadId": sid, "detail": detail, "attempt": attempt,
                  "source": "plugin"}
         for key, src_key in (("pid", "pid"), ("paneId", "paneId"), ("projectDir", "directory")):
             if body.get(src_key) is not None:
                 event[key] = body[src_key]
         if status == "retry":
-            current = self.store.threads.get(("opencode", sid))
+            current = self.store.threads.get((agent, sid))
             if current is not None and current.status == "retry" and current.attempt == attempt:
                 return True
         return self.api_agent_event(event)
@@ -7267,11 +7291,11 @@ ROUTES = {
     "/clear-log": "api_clear_log",
     "/notify": "api_notify",
     "/api/agent-event": "api_agent_event",
-    "/api/opencode-event": "api_opencode_event",
     "/ui": "api_ui",
     "/mute": "api_mute",
     "/api/reply": "api_reply",
 }
+ROUTES.update({spec.plugin.route: ("api_plugin_event", spec.name) for spec in AGENT_SPECS.values() if spec.plugin})
 GET_ROUTES = ("/", "/state", "/events", "/health", "/api/preview")
 MAX_CONNECTIONS = 500  # open connections (one thread and one fd each); more get a 503
 MAX_SSE_CLIENTS = 400  # of which /events streams

@@ -116,3 +116,12 @@ def test_a_new_agent_is_one_spec(tmp_path, monkeypatch):
     with pytest.raises(os_.ReplyRefused, match="not supported"):
         os_.reply_plan("kite", "approve", "")
     assert os_.model_price("kite-1-fast")["input"] == 1.0
+
+
+def test_a_plugins_events_come_through_its_spec():
+    """OpenCode's plugin posts to the route its spec names; session.updated changes the title (a
+    parent makes the session a subagent), the others are statuses."""
+    assert os_.ROUTES["/api/opencode-event"] == ("api_plugin_event", "opencode")
+    thread = os_.AGENT_SPECS["opencode"].plugin.thread
+    assert thread("session.updated", {"title": "fix it", "parentID": "ses_x"}) == {"title": "fix it", "subagent": True}
+    assert thread("session.updated", {}) == {} and thread("session.idle", {}) is None
