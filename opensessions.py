@@ -7646,6 +7646,9 @@ class ApiRequests(object):
         except TimeoutError:
             return self._error(503, "server busy")
         info["lines"] = thread_preview(screen, lines)
+        spec = AGENT_SPECS.get(info["agent"])
+        found = spec.prompt_reader(screen) if spec is not None and spec.prompt_reader else None
+        info["prompt"] = found[0] if found else None  # what its screen asks: "permission", "input" …
         return self._send(200, json.dumps(info).encode())
 
     def _events(self):
