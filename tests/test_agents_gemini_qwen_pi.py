@@ -115,7 +115,7 @@ def hooks(agent):
 def test_gemini_hooks_map_to_states():
     got = []
     for payload in hooks("gemini"):
-        body = os_.gemini_hook_event("gemini", payload, environ={"TMUX_PANE": "%7"})
+        body = os_.hook_event("gemini", payload, environ={"TMUX_PANE": "%7"})
         if body:
             got.append((payload["hook_event_name"], body["status"], body.get("detail")))
             assert body["threadId"] == gemini_id() and body["paneId"] == "%7"
@@ -174,7 +174,7 @@ def test_resume_ids_flags_and_commands():
         "cd /w && command gemini --yolo --resume " + gid
     assert rc({"agent": "qwen", "id": QWEN_ID, "flags": []}) == "command qwen --resume " + QWEN_ID
     assert rc({"agent": "pi", "id": PI_ID, "program": "/opt/pi"}) == "/opt/pi --session " + PI_ID
-    assert "pi" in os_.RESUME_ANYWHERE and "gemini" not in os_.RESUME_ANYWHERE
+    assert os_.AGENT_SPECS["pi"].resumes_anywhere and not os_.AGENT_SPECS["gemini"].resumes_anywhere
 
 
 def test_qwen_registry_gives_the_exact_id(tmp_path):
@@ -349,10 +349,11 @@ def test_save_and_restore_gemini_qwen_pi(env):
     os.makedirs(qdir)
     shutil.copy(os.path.join(FIX, "qwen", "session.jsonl"), os.path.join(qdir, QWEN_ID + ".jsonl"))
     paths = os_.agent_paths({"HOME": home})
-    assert os_.more_conversation_exists(paths, "gemini", gid) and os_.more_conversation_exists(paths, "pi", PI_ID)
-    assert os_.more_conversation_exists(paths, "qwen", QWEN_ID)
-    assert not os_.more_conversation_exists(paths, "gemini", gid[:-1] + "0")
-    assert not os_.more_conversation_exists(paths, "pi", QWEN_ID)
+    exists = os_.conversation_exists
+    assert exists("gemini", gid, paths["gemini"]) and exists("pi", PI_ID, paths["pi"])
+    assert exists("qwen", QWEN_ID, paths["qwen"])
+    assert not exists("gemini", gid[:-1] + "0", paths["gemini"])
+    assert not exists("pi", QWEN_ID, paths["pi"])
     t = TmuxServer(env, "more")
     try:
         t.new_session("seed", cwd=home)

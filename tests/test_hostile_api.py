@@ -236,7 +236,7 @@ def test_server_log_is_rotated(tmp_path):
 
 def test_an_answer_with_a_body_is_one_write(env):
     """Headers and body in two writes wait ~40 ms for the client's delayed ACK (Nagle)."""
-    Handler = os_.make_handler(bare_server(env))
+    Handler = os_.http_classes()[1]
     h = Handler.__new__(Handler)
     writes = []
 
@@ -260,8 +260,8 @@ def test_a_timer_whose_work_raises_runs_again(env, monkeypatch):
     srv.probes.has_proc = True  # the Linux path, through the server's injected probes
     monkeypatch.setattr(srv.probes, "listening", broken)
     with pytest.raises(OSError):
-        srv._ports_timer()
-    assert [e[2] for e in srv.loop._timers] == [srv._ports_timer]
+        srv.facts.ports_timer()
+    assert [e[2] for e in srv.loop._timers] == [srv.facts.ports_timer]
 
 
 # -- other users -----------------------------------------------------------------------------------

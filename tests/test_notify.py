@@ -20,7 +20,7 @@ def test_should_notify_rules():
     assert os_.should_notify(th("done"), "running", viewed=False, muted=False, notify_on=on)
     assert not os_.should_notify(th("done"), "running", viewed=True, muted=False, notify_on=on)
     assert not os_.should_notify(th("done"), "running", viewed=False, muted=True, notify_on=on)
-    assert not os_.should_notify(th("done", hidden=True), "running", viewed=False, muted=False, notify_on=on)
+    assert not os_.should_notify(th("done", subagent=True), "running", viewed=False, muted=False, notify_on=on)
     assert not os_.should_notify(th("interrupted"), "running", viewed=False, muted=False, notify_on=on)
     assert os_.should_notify(th("retry", attempt=1), "running", viewed=False, muted=False, notify_on=on)
     assert not os_.should_notify(th("retry", attempt=2), "retry", viewed=False, muted=False, notify_on=on)
@@ -41,17 +41,18 @@ def test_coalescer_with_injected_clock():
 
 def test_describe_one_and_many():
     one = [{"agent": "codex", "status": "error", "session": "api", "title": "migrate", "detail": "HTTP 500"}]
-    assert os_.describe(one) == ("codex failed", "api · migrate · HTTP 500", "error")
+    assert os_.notification_text(one) == ("codex failed", "api · migrate · HTTP 500", "error")
     many = [{"agent": "claude", "status": "done", "session": s, "title": ""} for s in ("a", "b", "c")]
-    title, body, worst = os_.describe(many)
+    title, body, worst = os_.notification_text(many)
     assert title == "3 agents finished" and body == "a, b, c" and worst == "done"
     mixed = many + [{"agent": "amp", "status": "waiting", "session": "d", "title": ""}]
-    assert os_.describe(mixed)[0] == "1 agent needs you, 3 agents finished"
+    assert os_.notification_text(mixed)[0] == "1 agent needs you, 3 agents finished"
 
 
 def test_osc_sequences_are_clean():
     data = os_.osc_notification("a;b", "line\nbreak\x1b]")
     assert data.startswith(b"\x1b]777;notify;ab;linebreak]\x07") and b"\x1b]9;" in data
+    assert b"\xc2\x9b" not in os_.osc_notification("C1\x9bCSI", "b")  # C1's CSI would start a sequence
 
 
 def test_status_summary_and_attention_queue():
@@ -278,7 +279,10 @@ def _notifier(clock, window=2.0):
         def is_viewed(self, thread):
             return False
     srv = Srv()
-    return srv, os_.Notifier(srv, clock=clock, window=window)
+    host = os_.NotifierHost(ui=lambda: srv.store.ui, clients=lambda: srv.store.clients, is_viewed=srv.is_viewed,
+                            call_later=srv.loop.call_later, tmux_argv=lambda *a: ["tmux"] + list(a),
+                            pane_tty=lambda pane: None)
+    return srv, os_.Notifier(host, clock=clock, window=window)
 
 
 def test_coalescing_window_with_an_injected_clock_sends_nothing_more():

@@ -64,11 +64,11 @@ def test_server_links_agents_and_ports_through_injected_probes(tmp_path):
         s.store.sessions = [
             {"id": "$1", "name": "api", "windows": [{"id": "@1", "panes": [{"id": "%1", "pid": 100}]}]},
             {"id": "$2", "name": "web", "windows": [{"id": "@2", "panes": [{"id": "%2", "pid": 300}]}]}]
-        s._read_processes()
-        assert s.pane_agents["%1"][:2] == ("claude", 200) and "%2" not in s.pane_agents
-        assert s.pane_of_pid[201] == "%1" and s.pane_of_pid[301] == "%2"
-        assert s._processes_read_at == 1000.0  # the injected clock, not the machine's
-        s._update_ports()
+        s.linker.read_processes()
+        assert s.linker.pane_agents["%1"][:2] == ("claude", 200) and "%2" not in s.linker.pane_agents
+        assert s.linker.pane_of_pid[201] == "%1" and s.linker.pane_of_pid[301] == "%2"
+        assert s.linker.read_at == 1000.0  # the injected clock, not the machine's
+        s.facts.update_ports()
         assert s.store.ports == {"$1": [5173, 9229], "$2": [3000]}
         assert not any("/proc" in " ".join(c) for c in calls)
     finally:

@@ -1,5 +1,6 @@
 """Server's parts alone: AgentExits (pidfds, or a 1 s timer where there are none), StateFile, the
 control-mode client, the store's publish and metadata rules, the unseen rule."""
+import json
 import os
 import subprocess
 import sys
@@ -175,3 +176,41 @@ def test_rule_an_active_status_clears_unseen(tmp_path):
             assert not t.unseen, active  # working again: what it finished before is old news
     finally:
         s.loop.close()
+
+
+def test_state_file_keeps_subagents_and_reads_the_older_hidden_key(tmp_path):
+    """A subagent thread is saved as "subagent"; a file from before the rename says "hidden"."""
+    loop = FakeLoop()
+    path = str(tmp_path / "state-x.json")
+    store = os_.Store(lambda: 1000.0)
+    store.threads[("opencode", "ses_a")] = os_.Thread("opencode", "ses_a", subagent=True, updated_at=1000 * 1000)
+    sf = os_.StateFile(path, store, loop)
+    sf.save_now()
+    with open(path) as f:
+        saved = json.load(f)["threads"][0]
+    assert saved["subagent"] is True and "hidden" not in saved
+    legacy = {k: v for k, v in saved.items() if k != "subagent"}
+    with open(path, "w") as f:
+        json.dump({"threads": [dict(legacy, hidden=True)]}, f)
+    again = os_.Store(lambda: 1000.0)
+    os_.StateFile(path, again, loop).load()
+    assert again.threads[("opencode", "ses_a")].subagent is True
+
+
+def test_the_api_needs_only_its_store_and_an_api_host():
+    """Api is given a store, a clock, the tmux gateway and an ApiHost: no Server behind it."""
+    store = os_.Store(lambda: 1000.0)
+    calls = []
+    host = os_.ApiHost(
+        publish=lambda: calls.append("publish"), refresh=lambda: calls.append("refresh"),
+        pane_of_pid=lambda pid: calls.append(("pane of", pid)),
+        update_thread=lambda agent, tid, **f: calls.append(("update", agent, tid, f["status"])),
+        relink=lambda: calls.append("relink"), notify=lambda *a: calls.append(("notify",) + a),
+        save_state=lambda: calls.append("save"), change_ui=lambda change: calls.append(("ui", change)))
+    api = os_.Api(store, lambda: 1000.0, None, host)
+    body = {"agent": "claude", "status": "running", "threadId": "t1", "pid": 4242}
+    assert api.apply_and_publish("api_agent_event", body) is False  # no session known
+    assert calls == [("pane of", 4242), "refresh", ("update", "claude", "t1", "running"), "relink", "publish"]
+    del calls[:]
+    api.apply_and_publish("api_mute", {"session": "s"})
+    assert calls == [("ui", {"muted": ["s"]}), "publish"]

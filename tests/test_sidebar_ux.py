@@ -369,7 +369,7 @@ def test_clicking_a_port_opens_it_or_says_what_is_missing(monkeypatch):
     app = os_.SidebarApp(tmux=None, find_port=lambda: 1, environ={})
     app.model = m
     monkeypatch.setenv("PATH", "/nonexistent")
-    app._do(("open", 3000))
+    app.carry_out(("open", 3000))
     assert m.message == "cannot open http://localhost:3000: xdg-open is not installed (xdg-utils)"
 
 

@@ -16,18 +16,19 @@ def _thread(status, source="hook", detail=None, attempt=None):
 
 def test_a_wait_holds_until_the_file_moves_on():
     waiting = _thread("waiting", detail="approve?")
-    assert os_.live_state_holds(waiting, "codex", "running", moved_on=False)
-    assert not os_.live_state_holds(waiting, "codex", "running", moved_on=True)
-    assert not os_.live_state_holds(waiting, "codex", "done", moved_on=False)  # only "running" yields
-    assert not os_.live_state_holds(_thread("done"), "qwen", "running", moved_on=False)
-    assert not os_.live_state_holds(None, "pi", "running", moved_on=False)
+    assert os_.live_state_holds(waiting, "running", moved_on=False)
+    assert not os_.live_state_holds(waiting, "running", moved_on=True)
+    assert not os_.live_state_holds(waiting, "done", moved_on=False)  # only "running" yields
+    assert not os_.live_state_holds(_thread("done"), "running", moved_on=False)
+    assert not os_.live_state_holds(None, "running", moved_on=False)
 
 
 def test_opencode_database_yields_to_the_plugin_for_waits_and_retries():
     for status in ("waiting", "retry"):
-        assert os_.live_state_holds(_thread(status, source="plugin"), "opencode", "running", moved_on=False)
-        assert not os_.live_state_holds(_thread(status, source="file"), "opencode", "running", moved_on=False)
-    assert not os_.live_state_holds(_thread("done", source="plugin"), "opencode", "running", moved_on=False)
+        assert os_.live_state_holds(_thread(status, source="plugin"), "running", False, plugin_holds=True)
+        assert not os_.live_state_holds(_thread(status, source="file"), "running", False, plugin_holds=True)
+    assert not os_.live_state_holds(_thread("done", source="plugin"), "running", False, plugin_holds=True)
+    assert os_.AGENT_SPECS["opencode"].plugin_holds and not os_.AGENT_SPECS["codex"].plugin_holds
 
 
 @pytest.fixture
@@ -95,7 +96,8 @@ def test_each_agent_has_its_own_watcher_over_one_core(tmp_path):
     agents = (w.claude, w.codex, w.opencode, w.amp, w.gemini, w.qwen, w.pi)
     assert all(a.core is w.core for a in agents) and tuple(w.agents) == agents
     assert [type(a).__name__ for a in agents] == ["ClaudeWatcher", "CodexWatcher", "OpenCodeWatcher", "AmpWatcher",
-                                                  "GeminiWatcher", "QwenWatcher", "PiWatcher"]
+                                                  "GeminiWatcher", "QwenWatcher", "ChatFilesWatcher"]
+    assert [a.spec for a in agents] == list(os_.AGENT_SPECS.values())  # each agent's spec names its kind
     w.start()
     assert os.path.join(str(tmp_path), ".qwen", "projects") in w.polled_dirs and w.inotify is None
     w.close()
