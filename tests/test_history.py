@@ -177,6 +177,34 @@ def test_amp_where_its_files_exist(tmp_path):
     assert o.history_resume_plan(e)["command"].endswith("command amp threads continue %s" % AMP_DOC["id"])
 
 
+def test_a_new_agent_in_the_history_is_its_spec(tmp_path, monkeypatch):
+    """The History section names no agent: a made-up one (test_agent_specs' "kite", its chat format
+    this test's own) is found, read, previewed, resumed and forked from its spec alone."""
+    from test_agent_specs import kite_reduce, kite_spec
+
+    def kite_messages(records):
+        return [("user" if r.get("type") == "user" else "assistant", r.get("text") or "done") for r in records]
+    spec = kite_spec()
+    spec.fork_args = ("{flags}", "--resume", "{id}", "--branch")
+    spec.history = o.HistoryFormat(dirs=("projects", "*"), name_id=o.qwen_id_from_name, suffix=".jsonl",
+                                   reducer=kite_reduce, messages=kite_messages, one_shot=((), ("-p",)))
+    monkeypatch.setitem(o.AGENT_SPECS, "kite", spec)
+    home = str(tmp_path / "home")
+    d = os.path.join(home, ".kite", "projects", "-w")
+    os.makedirs(d)
+    with open(os.path.join(d, UUID + ".jsonl"), "w") as f:
+        f.write(json.dumps({"type": "user", "text": "fly home", "cwd": str(tmp_path)}) + "\n")
+        f.write(json.dumps({"type": "answer", "model": "kite-1"}) + "\n")
+    h = built(env_for(home, str(tmp_path)))
+    e = h.entry("kite", UUID)
+    assert (e.prompt, e.cwd, e.turns, e.path) == ("fly home", str(tmp_path), 1, os.path.join(d, UUID + ".jsonl"))
+    assert o.history_preview(e) == [{"role": "user", "text": "fly home"}, {"role": "assistant", "text": "done"}]
+    e.flags = ("-p", "--fast")
+    assert o.history_resume_plan(e)["command"].endswith("command kite --fast --resume " + UUID)
+    assert o.history_resume_plan(e, fork=True)["command"].endswith("--resume %s --branch" % UUID)
+    assert h.to_json(e)["canFork"] and [x.id for x in h.query(None, "fly")] == [UUID]
+
+
 def test_a_big_file_is_read_from_head_and_tail_and_says_it_is_estimated(tmp_path):
     home = str(tmp_path / "home")
     sid = SID % 1
@@ -547,7 +575,7 @@ def test_preview_reads_the_last_messages_only(tmp_path, monkeypatch):
     e = o.HistoryEntry("claude", sid)
     e.path = path
     found = o.history_preview(e, 2)
-    assert found and found[-1]["role"] == "user" and len(found[-1]["text"]) == o.HISTORY_PREVIEW_TEXT
+    assert found and found[-1]["role"] == "user" and len(found[-1]["text"]) == o.PREVIEW_TEXT
     assert sum(reads) <= o.HISTORY_PREVIEW_BYTES < os.path.getsize(path)
 
 
