@@ -9640,6 +9640,25 @@ def history_files(paths, agent, errors=None):
         yield from walk(root, tuple(fmt.dirs))
 
 
+def history_head(path, limit=4096):
+    """The first bytes of an agent's file (a bounded read that never blocks), b"" when unreadable."""
+    try:
+        fd, _ = _history_read_fd(path)
+    except OSError:
+        return b""
+    try:
+        return _pread(fd, 0, limit)
+    finally:
+        os.close(fd)
+
+
+def history_header_id(path):
+    """The "sessionId" of a header_id agent's file's first line, or None."""
+    head = parse_json_lines(_history_lines(history_head(path), True)[0][:1])[0]
+    sid = head[0].get("sessionId") if head else None
+    return sid if isinstance(sid, str) else None
+
+
 def history_root(paths, agent):
     """The directory an agent's conversation files are under (its tree's first named level)."""
     fmt = AGENT_SPECS[agent].history
@@ -9661,8 +9680,7 @@ def history_locate(paths, agent, tid):
         if fid == tid:
             return path
         if fmt.header_id and fmt.name_id(name) and tid.startswith(fmt.name_id(name)):
-            head = parse_json_lines(read_head_lines(path, 4096))[0][:1]
-            if head and head[0].get("sessionId") == tid:
+            if history_header_id(path) == tid:
                 return path
     return None
 
@@ -9684,9 +9702,8 @@ def history_codex_apply(entry, facts):
 def history_gemini_dirs(gemini_home):
     """The "gemini-projects" facts: Gemini CLI's projects.json -> {project name: directory}."""
     try:
-        with open(os.path.join(gemini_home, "projects.json"), "rb") as f:
-            data = json.loads(f.read(MAX_BODY * 16).decode("utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        data = json.loads(history_head(os.path.join(gemini_home, "projects.json"), MAX_BODY * 16).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return {}
     projects = data.get("projects") if isinstance(data, dict) else None
     if not isinstance(projects, dict):
@@ -14231,8 +14248,8 @@ def _restore_binding(tmux, saved):
 
 COMMANDS = ("server", "start", "stop", "status", "usage", "set-status", "set-progress", "log", "clear-log", "notify",
             "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next",
-            "popup", "popup-open", "reply", "mute", "save", "restore", "kitty", "tmux-setup", "uninstall-tmux",
-            "history", "resume", "history-popup", "history-open")
+            "popup", "popup-open", "reply", "mute", "history", "resume", "history-popup", "history-open", "save",
+            "restore", "kitty", "tmux-setup", "uninstall-tmux")
 
 
 def command_of(argv):
