@@ -263,13 +263,93 @@ def atomic_write(path, data, mode=0o600, exact_mode=False):
         raise
 
 
-def read_json_file(path, default=None):
-    """Read a JSON file we own. Missing -> default; corrupt -> OpensessionsError naming the file."""
+# Every read of a file we do not own (an agent's registry, transcript, chat file, database header,
+# config; tmux-resurrect's files; a repository's .git) goes through open_foreign / read_foreign: a
+# FIFO there would block the open (and the event loop with it) for good, /dev/zero or a 1 GB file
+# would be read into memory without end. So: opened with O_NONBLOCK (and O_NOFOLLOW where a link is
+# not expected), kept only when fstat says it is a regular file, and read up to a cap.
+REGISTRY_MAX = 1024 * 1024  # an agent's live registry entry (~/.claude/sessions/<pid>.json: ~300 bytes)
+FOREIGN_JSON_MAX = 16 * 1024 * 1024  # an agent's or a tool's JSON file read whole (projects.json, settings)
+OWN_JSON_MAX = 64 * 1024 * 1024  # our own state, usage history and preferences
+
+
+class ForeignFileError(OSError):
+    """A file we do not own that is not read: not a regular file (a FIFO, a device such as
+    /dev/zero, a socket, a directory), or longer than the cap for it."""
+
+
+def open_foreign(path, follow=True):
+    """A read-only fd on a file we do not own -> (fd, fstat result). Never blocks: the file is
+    looked at (stat) before it is opened, opened with O_NONBLOCK (a FIFO put there meanwhile
+    opens at once instead of waiting for a writer) and O_NOCTTY, with O_NOFOLLOW unless follow,
+    and kept only when fstat says it is a regular file; anything else raises ForeignFileError."""
+    import errno
+    import stat
+    st = os.stat(path) if follow else os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ForeignFileError("%s is %s, not a regular file; not read" % (path, _file_kind(st.st_mode)))
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        fd = os.open(path, flags)
+    except OSError as e:
+        if not follow and e.errno == errno.ELOOP:  # made a symlink between the look and the open
+            raise ForeignFileError("%s is a symlink, not a regular file; not read" % path)
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # replaced between the look and the open
+            raise ForeignFileError("%s is %s, not a regular file; not read" % (path, _file_kind(st.st_mode)))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _file_kind(mode):
+    import stat
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_foreign(path, limit, follow=True, whole=True):
+    """The bytes of a file we do not own (see open_foreign), at most `limit` of them. whole: the
+    file is read whole or not at all (a longer one raises ForeignFileError: a JSON document cut
+    short means nothing); else its first `limit` bytes (the head of a transcript)."""
+    fd, st = open_foreign(path, follow)
+    try:
+        if whole and st.st_size > limit:
+            raise ForeignFileError("%s is %d bytes, over the %d-byte cap for it; not read" % (path, st.st_size, limit))
+        want = limit + 1 if whole else limit  # one byte more tells a file that grew past the cap
+        chunks, got = [], 0
+        while got < want:
+            chunk = os.read(fd, min(want - got, 1024 * 1024))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if whole and len(data) > limit:
+        raise ForeignFileError("%s grew past the %d-byte cap for it; not read" % (path, limit))
+    return data
+
+
+def read_json_file(path, default=None):
+    """Read a JSON file we own. Missing -> default; corrupt (or not a regular file, or over
+    OWN_JSON_MAX) -> OpensessionsError naming the file."""
+    try:
+        raw = read_foreign(path, OWN_JSON_MAX)
     except FileNotFoundError:
         return default
+    except ForeignFileError as e:
+        raise OpensessionsError(str(e))
     try:
         return json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -2746,8 +2826,7 @@ def find_git_dir(path):
             return path, dotgit
         if os.path.isfile(dotgit):
             try:
-                with open(dotgit, "r") as f:
-                    content = f.read().strip()
+                content = read_foreign(dotgit, 4096, whole=False).decode("utf-8", "replace").strip()
             except OSError:
                 return None, None
             if content.startswith("gitdir:"):
@@ -2766,8 +2845,7 @@ def find_git_dir(path):
 def read_git_branch(git_dir):
     """Branch name from HEAD (short sha when detached); None when unreadable."""
     try:
-        with open(os.path.join(git_dir, "HEAD"), "r") as f:
-            head = f.read().strip()
+        head = read_foreign(os.path.join(git_dir, "HEAD"), 4096, whole=False).decode("utf-8", "replace").strip()
     except OSError:
         return None
     if head.startswith("ref:"):
@@ -2925,12 +3003,17 @@ class FileTail(object):
     def read(self, cold_tail=None):
         """-> (lines, reset). reset is True when the file was replaced or truncated (start over).
         On the first read with cold_tail, only the last cold_tail bytes are read. One read takes at
-        most `budget` bytes (self.more tells that there is more); a line over max_line is skipped."""
+        most `budget` bytes (self.more tells that there is more); a line over max_line is skipped.
+        A path that is not a regular file (a FIFO, a symlink: to /dev/zero or anywhere) raises
+        ForeignFileError unread."""
+        import stat
         self.more = False
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except OSError:
             return [], False
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a link to /dev/zero is never opened
+            raise ForeignFileError("%s is %s, not a regular file; not read" % (self.path, _file_kind(st.st_mode)))
         reset = False
         skip_partial = False
         if self.inode != st.st_ino or st.st_size < self.offset:
@@ -2948,7 +3031,11 @@ class FileTail(object):
         left = self.budget
         skipped_before = self.buf.skipped
         try:
-            with open(self.path, "rb") as f:
+            fd, fst = open_foreign(self.path, follow=False)
+            if fst.st_ino != self.inode:  # replaced since the look: the next read starts it over
+                os.close(fd)
+                return lines, reset
+            with os.fdopen(fd, "rb") as f:
                 f.seek(self.offset)
                 while True:
                     if left <= 0:
@@ -2967,6 +3054,8 @@ class FileTail(object):
                         chunk = chunk[nl + 1:]
                         skip_partial = False
                     lines.extend(self.buf.feed(chunk))
+        except ForeignFileError:
+            raise
         except OSError:
             pass
         self.skipped_lines += self.buf.skipped - skipped_before
@@ -2974,10 +3063,10 @@ class FileTail(object):
 
 
 def read_head_lines(path, limit=HEAD_BYTES):
-    """Complete lines from the start of a file (for a title in a file read from its tail)."""
+    """Complete lines from the start of a file (for a title in a file read from its tail). A file
+    that is not a regular one (a FIFO, a link to /dev/zero) has none."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit)
+        data = read_foreign(path, limit, follow=False, whole=False)
     except OSError:
         return []
     lines = data.split(b"\n")
@@ -2998,8 +3087,7 @@ def dir_entries(path, suffix=""):
 def sqlite_is_wal(path):
     """The database file's header says WAL mode (bytes 18-19 are 2)."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(20)
+        head = read_foreign(path, 20, whole=False)
     except OSError:
         return False
     return len(head) == 20 and head[18] == 2 and head[19] == 2
@@ -3013,9 +3101,21 @@ def sqlite_ro(path, timeout=0.2):
     open, so it is opened immutable (SQLite then creates nothing); a writer that starts meanwhile
     changes the files, and that change makes us read again. A file shorter than SQLite's 100-byte
     header is still being written (copied, restored): it is not opened (its header, read by SQLite
-    later than by us, could say WAL), and the write's next change makes us read again."""
+    later than by us, could say WAL), and the write's next change makes us read again. The
+    database and its -wal, -shm and -journal (the files SQLite opens, without O_NONBLOCK) must be
+    regular files where they exist: a FIFO would block the open for good."""
     import sqlite3
+    import stat
     from urllib.parse import quote
+    for p in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            mode = os.stat(p).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise sqlite3.OperationalError("%s: %s" % (p, e))
+        if not stat.S_ISREG(mode):
+            raise sqlite3.OperationalError("%s is %s, not a regular file; not opened" % (p, _file_kind(mode)))
     flags = "mode=ro"
     if not os.path.exists(path + "-wal"):
         try:
@@ -3052,7 +3152,9 @@ def sqlite_write_locked(path):
     else:
         return None
     try:
-        fd = os.open(path + "-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd, _ = open_foreign(path + "-shm")
+    except ForeignFileError:
+        return None  # not a regular file (sqlite_ro refuses the database)
     except OSError:
         return False  # no -shm: no writer shares the database
     try:
@@ -3469,8 +3571,10 @@ class ClaudeWatcher(AgentWatcher):
 
     def _read_registry_file(self, path):
         try:
-            with open(path, "rb") as f:
-                entry = claude_registry_entry(clean_parsed_strings(json.loads(f.read(MAX_LINE_BYTES).decode("utf-8"))))
+            raw = read_foreign(path, REGISTRY_MAX, follow=False)
+            entry = claude_registry_entry(clean_parsed_strings(json.loads(raw.decode("utf-8"))))
+        except ForeignFileError:
+            raise  # a FIFO, a link, /dev/zero, a huge file: skipped and counted by the guard
         except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             return  # half-written: the next event re-reads it
         if entry is None:
@@ -3527,7 +3631,7 @@ class ClaudeWatcher(AgentWatcher):
         path = self._transcript_path(sid, entry["cwd"] if entry else None)
         state = self.core.states.get(path) if path else None
         if path and state is None:
-            self._read_transcript(path)
+            self.core.guarded(path, self._read_transcript, path)
             state = self.core.states.get(path)
         if state is None:
             state = new_thread_state("claude", sid)
@@ -3856,8 +3960,7 @@ class AmpWatcher(AgentWatcher):
                 return
             if st.st_size > MAX_LINE_BYTES:
                 raise ValueError("%d bytes, over the %d-byte cap" % (st.st_size, MAX_LINE_BYTES))
-            with open(path, "rb") as f:
-                data = clean_parsed_strings(json.loads(f.read().decode("utf-8")))
+            data = clean_parsed_strings(json.loads(read_foreign(path, MAX_LINE_BYTES, follow=False).decode("utf-8")))
         except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             self.core.bad_records += 1
             return  # half-written (Amp rewrites the whole file): the next event re-reads it
@@ -3908,7 +4011,7 @@ class ChatFilesWatcher(AgentWatcher):
             for n in dir_entries(directory, ".jsonl"):
                 path = os.path.join(directory, n)
                 if path not in self.core.tails and self.core.recent(path):
-                    self._read_chat(path)
+                    self.core.guarded(path, self._read_chat, path)
         elif name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
             self._read_chat(os.path.join(directory, name))
 
@@ -3968,9 +4071,11 @@ class GeminiWatcher(ChatFilesWatcher):
 
     def _read_gemini_projects(self):
         try:
-            with open(os.path.join(self.paths["gemini"], "projects.json"), "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
+            data = json.loads(read_foreign(os.path.join(self.paths["gemini"], "projects.json"),
+                                           FOREIGN_JSON_MAX).decode("utf-8"))
+        except ForeignFileError:
+            raise  # skipped and counted by the guard
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             return
         projects = data.get("projects") if isinstance(data, dict) else None
         if isinstance(projects, dict):
@@ -4038,9 +4143,11 @@ class QwenWatcher(ChatFilesWatcher):
                     self.server.agent_pid_exited("qwen", gone[0])
                 continue
             try:
-                with open(path, "rb") as f:
-                    data = json.loads(f.read().decode("utf-8"))
-            except (OSError, ValueError, UnicodeDecodeError):
+                data = json.loads(read_foreign(path, REGISTRY_MAX, follow=False).decode("utf-8"))
+            except ForeignFileError as e:
+                self.core.guarded(path, _raise, e)  # skipped and counted; the other files are read
+                continue
+            except (OSError, ValueError, UnicodeDecodeError, RecursionError):
                 continue  # half-written: the next event reads it again
             pid = data.get("pid") if isinstance(data, dict) else None
             sid = data.get("sessionId") if isinstance(data, dict) else None
@@ -4294,8 +4401,7 @@ def _edit_json_config(path, change):
     existing = None
     raw = None
     if os.path.exists(path):
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = read_foreign(path, FOREIGN_JSON_MAX)  # a FIFO or /dev/zero there: refused, never read
         try:
             existing = json.loads(raw.decode("utf-8")) if raw.strip() else {}
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -4319,10 +4425,9 @@ def _read_install_ledger(environ=None):
     """What install added where ({real path: {"commands", "events", "hooks", "createdFile"}}), so
     uninstall removes only that."""
     try:
-        with open(_install_ledger_path(environ), "rb") as f:
-            data = json.loads(f.read().decode("utf-8"))
+        data = json.loads(read_foreign(_install_ledger_path(environ), OWN_JSON_MAX).decode("utf-8"))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return {}
 
 
@@ -7366,6 +7471,8 @@ BOOL_FLAGS = {
 SIDECAR_PREFIX = "opensessions_"
 EMPTY_SAVE_GRACE = 60.0
 PANE_CONTENTS_ARCHIVE = "pane_contents.tar.gz"  # tmux-resurrect's @resurrect-capture-pane-contents
+PANE_CONTENTS_MAX = 64 * 1024 * 1024  # a larger archive is left as it is (not read)
+SIDECAR_MAX = 64 * 1024 * 1024  # a sidecar or assistant-sessions.json (one record per pane)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # C0, DEL and C1: typed into a line editor they edit the line (^U erases it, ^M runs it), printed on a
 # terminal they move the cursor. A restore record holding one is refused; everything shown is escaped.
@@ -7632,9 +7739,9 @@ def more_cwd_candidates(paths, agent, cwd):
     out = []
     if agent == "gemini":
         try:
-            with open(os.path.join(paths["gemini"], "projects.json"), "rb") as f:
-                project = (json.loads(f.read().decode("utf-8")).get("projects") or {}).get(cwd)
-        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+            raw = read_foreign(os.path.join(paths["gemini"], "projects.json"), FOREIGN_JSON_MAX)
+            project = (json.loads(raw.decode("utf-8")).get("projects") or {}).get(cwd)
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError, RecursionError, TypeError):
             project = None
         d = os.path.join(paths["gemini"], "tmp", project, "chats") if isinstance(project, str) else None
     elif agent == "qwen":
@@ -7682,9 +7789,9 @@ def qwen_registry_id(qwen_dir, pids):
     """Qwen Code's live registry ~/.qwen/sessions/<pid>.json -> the session id of one of pids."""
     for p in pids:
         try:
-            with open(os.path.join(qwen_dir, "sessions", "%d.json" % p), "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
+            data = json.loads(read_foreign(os.path.join(qwen_dir, "sessions", "%d.json" % p), REGISTRY_MAX,
+                                           follow=False).decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             continue
         if isinstance(data, dict) and data.get("pid") == p and valid_thread_id("qwen", data.get("sessionId")):
             return data["sessionId"]
@@ -7713,8 +7820,7 @@ def strip_pane_contents(archive, targets):
     import io
     import tarfile
     names = set("pane_contents/pane-%s" % t for t in targets)
-    with open(archive, "rb") as f:
-        raw = f.read()
+    raw = read_foreign(archive, PANE_CONTENTS_MAX)  # tmux-resurrect's file: a FIFO or /dev/zero is refused
     out = io.BytesIO()
     removed = 0
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as src, \
@@ -7868,9 +7974,8 @@ class Resurrect(object):
             for p in subtree:
                 path = os.path.join(reg, "%d.json" % p)
                 try:
-                    with open(path, "rb") as f:
-                        entry = claude_registry_entry(json.loads(f.read().decode("utf-8")))
-                except (OSError, ValueError, UnicodeDecodeError):
+                    entry = claude_registry_entry(json.loads(read_foreign(path, REGISTRY_MAX, follow=False).decode("utf-8")))
+                except (OSError, ValueError, UnicodeDecodeError, RecursionError):
                     continue
                 if entry and claude_registry_alive(entry) and valid_thread_id("claude", entry["sessionId"]):
                     return entry["sessionId"], "claude-registry"
@@ -8036,14 +8141,13 @@ class Resurrect(object):
     # -- restore -----------------------------------------------------------------------------
     def _read_sidecar(self, path, quiet=False):
         try:
-            with open(path, "rb") as f:
-                doc = json.loads(f.read().decode("utf-8"))
+            doc = json.loads(read_foreign(path, SIDECAR_MAX).decode("utf-8"))
             if not isinstance(doc, dict) or not isinstance(doc.get("records"), list):
                 raise ValueError("no records list")
             return doc
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, UnicodeDecodeError) as e:
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
             if not quiet:
                 self.log("restore: %s is corrupt (%s)" % (path, e))
             return None
@@ -8065,11 +8169,10 @@ class Resurrect(object):
                 return doc["records"], path
         legacy = os.path.join(rdir, "assistant-sessions.json")
         try:
-            with open(legacy, "rb") as f:
-                doc = json.loads(f.read().decode("utf-8"))
+            doc = json.loads(read_foreign(legacy, SIDECAR_MAX).decode("utf-8"))
         except FileNotFoundError:
             pass
-        except (OSError, ValueError, UnicodeDecodeError) as e:
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
             self.log("restore: %s is corrupt (%s)" % (legacy, e))
         else:
             names = self.option("@assistant-resurrect-capture-env").split()
