@@ -1728,18 +1728,27 @@ def _usage_add(usage, sign, tokens, cost=None):
         usage["cost"] = round((usage["cost"] or 0.0) + sign * cost, 9)
 
 
-def _num(value):
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value else 0
+def _num(value, state=None):
+    """A count or a cost from an agent's record: a finite number within +-1e15, else 0 (a string,
+    NaN, or 10^400, which would raise OverflowError once added to a float cost and hide the whole
+    thread). Such a field is skipped and, given the reducer's state, counted in state["bad"]
+    (/health skippedRecords)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and -1e15 <= value <= 1e15:
+        return value
+    if state is not None and value is not None:
+        state["bad"] = state.get("bad", 0) + 1
+    return 0
 
 
-def gemini_tokens(tokens):
+def gemini_tokens(tokens, state=None):
     """Gemini CLI's per-message `tokens` ({input, output, cached, thoughts, tool, total}; input
-    counts the cached part) -> our keys (input without the cached part; thoughts are output)."""
+    counts the cached part) -> our keys (input without the cached part; thoughts are output). An
+    odd count is skipped (and counted in state["bad"])."""
     if not isinstance(tokens, dict):
         return None
-    cached = _num(tokens.get("cached"))
-    return {"input": max(0, _num(tokens.get("input")) - cached), "output": _num(tokens.get("output")) +
-            _num(tokens.get("thoughts")), "cacheRead": cached, "cacheWrite": 0}
+    cached = _num(tokens.get("cached"), state)
+    return {"input": max(0, _num(tokens.get("input"), state) - cached), "output": _num(tokens.get("output"), state) +
+            _num(tokens.get("thoughts"), state), "cacheRead": cached, "cacheWrite": 0}
 
 
 def _gemini_prompt(parts):
@@ -1780,7 +1789,7 @@ def _gemini_message(state, msg, counted=True):
     elif kind == "gemini":
         if isinstance(msg.get("model"), str) and msg["model"]:
             state["model"] = msg["model"]
-        tokens = gemini_tokens(msg.get("tokens"))
+        tokens = gemini_tokens(msg.get("tokens"), state if counted else None)
         if tokens is not None and counted:
             # a message re-written under the same id replaces the earlier one: count it once
             usage = _thread_usage(state)
@@ -1890,8 +1899,8 @@ def pi_reduce(state, rec):
             if usage is not None:
                 cost = usage.get("cost") if isinstance(usage.get("cost"), dict) else {}
                 _usage_add(_thread_usage(state), 1,
-                           {k: _num(usage.get(k)) for k in USAGE_KEYS},
-                           _num(cost.get("total")) if "total" in cost else None)
+                           {k: _num(usage.get(k), state) for k in USAGE_KEYS},
+                           _num(cost.get("total"), state) if "total" in cost else None)
             stop = msg.get("stopReason")
             if stop == "toolUse":
                 state.update(status="running", detail=None)
@@ -1953,7 +1962,7 @@ def qwen_reduce(state, rec):
         if meta is not None:
             _usage_add(_thread_usage(state), 1, gemini_tokens({
                 "input": meta.get("promptTokenCount"), "output": meta.get("candidatesTokenCount"),
-                "cached": meta.get("cachedContentTokenCount"), "thoughts": meta.get("thoughtsTokenCount")}))
+                "cached": meta.get("cachedContentTokenCount"), "thoughts": meta.get("thoughtsTokenCount")}, state))
         if any(isinstance(p, dict) and "functionCall" in p for p in parts):
             state.update(status="running", detail=None, attempt=None)
         elif meta is None:
@@ -3446,8 +3455,10 @@ class WatchCore(object):
         records, bad = parse_json_lines(lines)
         self.bad_records += bad
         state["bad"] += bad
+        before = state["bad"]
         for rec in records:
             reducer(state, rec)
+        self.bad_records += state["bad"] - before  # fields a reducer skipped (a count of 10^400)
         return state, records
 
     def count_long_lines(self, path, n):
