@@ -2121,6 +2121,66 @@ def agent_resume_id_from_args(agent, args):
     return None
 
 
+_JSON_WS = re.compile(r"[ \t\n\r]*")
+CUT_STRING_KEEP = 64 * 1024  # of a string value cut by the end of the input, this much is kept
+
+
+def json_object_prefix(raw):
+    """The members of a JSON object whose text was cut short (a hook's stdin past its cap):
+    {key: value} for each top-level member read whole before the cut, and the start of a string
+    value the cut fell inside (the cut member is the last one). -> dict ({} when raw does not
+    start an object). Pure."""
+    text = raw.decode("utf-8", "ignore") if isinstance(raw, bytes) else raw
+    decoder = json.JSONDecoder(strict=False)
+    out = {}
+    pos = _JSON_WS.match(text, 0).end()
+    if text[pos:pos + 1] != "{":
+        return out
+    pos += 1
+    while True:
+        pos = _JSON_WS.match(text, pos).end()
+        if text[pos:pos + 1] != '"':
+            break
+        try:
+            key, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            break
+        pos = _JSON_WS.match(text, pos).end()
+        if text[pos:pos + 1] != ":":
+            break
+        pos = _JSON_WS.match(text, pos + 1).end()
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except (ValueError, RecursionError):
+            if text[pos:pos + 1] == '"':
+                cut = _json_string_start(text[pos + 1:pos + 1 + CUT_STRING_KEEP], decoder)
+                if cut is not None:
+                    out[key] = cut
+            break
+        out[key] = value
+        pos = _JSON_WS.match(text, pos).end()
+        if text[pos:pos + 1] != ",":
+            break
+        pos += 1
+    return out
+
+
+def _json_string_start(body, decoder):
+    """The text of a JSON string whose closing quote was cut off: body is what follows its opening
+    quote (an escape cut in half at the end is dropped). -> str, or None."""
+    for drop in range(0, 7):
+        part = body[:len(body) - drop] if drop else body
+        if part.endswith("\\") and (len(part) - len(part.rstrip("\\"))) % 2:
+            continue  # ends inside an escape
+        try:
+            value, end = decoder.raw_decode('"' + part + '"')
+        except ValueError:
+            continue
+        if end == len(part) + 2:
+            return value
+    return None
+
+
 def hook_event(agent, payload, environ=None):
     """Map a Claude Code or Codex hook payload (stdin JSON) to an /api/agent-event body, or None.
 
@@ -4282,12 +4342,22 @@ const TYPES = new Set(["session.status", "session.idle", "session.error", "permi
 // The server's runtime file, trusted only when it is ours and private (a shared TMPDIR is writable
 // by everyone): no file, no report (never to whatever listens on a default port).
 """ + _JS_SERVER_LOOKUP + r"""
+// What the server reads of an event, each part cut short: a permission for a 100 KB write or a long
+// error must not make the body too large for the server (64 KiB), and so be lost.
+function clip(v, n) { return typeof v === "string" && v.length > n ? v.slice(0, n) : v; }
+
 function slim(event) {
   const p = event.properties || {};
-  const out = { sessionID: p.sessionID || (p.info && p.info.id), status: p.status, error: p.error,
-    permission: p.permission, patterns: p.patterns };
+  const st = p.status && typeof p.status === "object" ? p.status : null;
+  const err = p.error && typeof p.error === "object" ? p.error : null;
+  const out = { sessionID: clip(p.sessionID || (p.info && p.info.id), 200),
+    status: st ? { type: clip(st.type, 50), message: clip(st.message, 1000), attempt: st.attempt } : undefined,
+    error: err ? { name: clip(err.name, 200), data: { message: clip(err.data && err.data.message, 1000) } } : undefined,
+    permission: clip(p.permission, 200),
+    patterns: Array.isArray(p.patterns) ? p.patterns.slice(0, 1).map((x) => clip(String(x), 1000)) : undefined };
   if (event.type === "session.updated" && p.info) {
-    out.title = p.info.title; out.parentID = p.info.parentID; out.directory = p.info.directory;
+    out.title = clip(p.info.title, 1000); out.parentID = clip(p.info.parentID, 200);
+    out.directory = clip(p.info.directory, 4096);
   }
   return out;
 }
@@ -10747,11 +10817,40 @@ def _agent_ancestor(agent, start_pid, probes=None, depth=12):
     return None
 
 
+HOOK_STDIN_MAX = 8 * 1024 * 1024  # a hook's payload is read whole up to this (a 100 KB write, a long answer)
+HOOK_DRAIN_SECONDS = 3.0  # past the cap, the rest is read and dropped for at most this long
+
+
+def read_hook_payload(stream, limit=HOOK_STDIN_MAX, clock=time.monotonic, drain=HOOK_DRAIN_SECONDS):
+    """A hook's JSON payload from its stdin: read whole up to `limit` bytes. A longer one (a write
+    of megabytes) keeps what we need from its start (json_object_prefix: the event's name, session
+    and the fields before the long one; a long string cut keeps its start), and the rest is read
+    and dropped (for at most `drain` seconds), so the agent writing it never meets a closed pipe.
+    -> (payload, cut: True when past the cap). Raises ValueError for what is not JSON."""
+    fd = stream.fileno()
+    chunks, got = [], 0
+    while got <= limit:
+        chunk = os.read(fd, min(1024 * 1024, limit + 1 - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    raw = b"".join(chunks)
+    if len(raw) <= limit:
+        return json.loads(raw.decode("utf-8")), False
+    end = clock() + drain
+    while clock() < end and os.read(fd, 1024 * 1024):
+        pass
+    return json_object_prefix(raw[:limit]), True
+
+
 def cmd_hook(args):
     """Called by an agent's hook with the payload on stdin. Never blocks or fails the agent."""
     try:
-        raw = sys.stdin.buffer.read(MAX_BODY)
-        payload = json.loads(raw.decode("utf-8"))
+        payload, cut = read_hook_payload(sys.stdin.buffer)
+        if cut:
+            hook_log("hook %s: a payload over %d MB; kept the %d fields before the cut (%s)" % (
+                args.agent, HOOK_STDIN_MAX >> 20, len(payload), ascii(payload.get("hook_event_name"))[:60]))
         body = (gemini_hook_event if args.agent == "gemini" else hook_event)(args.agent, payload)
         if body is None:
             return 0
