@@ -2280,11 +2280,18 @@ def tmux_literal(text):
     return str(text).replace("#", "##")
 
 
+class TmuxText(str):
+    """An argument that is text (keys to type), never the command separator: even a lone ';' in
+    it is escaped by tmux_arg."""
+
+
 def tmux_arg(arg):
     """One argv element for tmux: an argument ending in ';' would end the command there (tmux then
-    runs the rest as another command), so its ';' is escaped; a lone ';' stays the separator."""
+    runs the rest as another command), so its ';' is escaped; a lone ';' stays the separator,
+    unless it is TmuxText."""
+    text = isinstance(arg, TmuxText)
     arg = str(arg)
-    return arg[:-1] + "\\;" if arg.endswith(";") and arg != ";" else arg
+    return arg[:-1] + "\\;" if arg.endswith(";") and (arg != ";" or text) else arg
 
 
 # Control-mode notifications that a client now shows another window (its sidebar must follow).
@@ -4772,6 +4779,8 @@ def check_reply_text(text):
         raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT)
     if re.search(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]", text):
         raise ReplyRefused("'text' contains control characters (a newline too): refused, it is typed literally")
+    if re.search(r"[\ud800-\udfff]", text):  # would reach the pane as raw bytes (0x9b is an 8-bit CSI)
+        raise ReplyRefused("'text' contains a lone surrogate (\\ud800-\\udfff), which is not a character: refused")
     return text
 
 
@@ -5070,7 +5079,7 @@ def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=
             sent_at, before, changed_ms = clock(), screen, None
             sent.append(" ".join(step[1]))
         elif step[0] == "literal":
-            tmux.run("send-keys", "-t", pane, "-l", "--", step[1])
+            tmux.run("send-keys", "-t", pane, "-l", "--", TmuxText(step[1]))
             sent.append("%d characters of text" % len(step[1]))
         elif step[0] == "hold":
             end = clock() + step[1]
