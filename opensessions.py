@@ -5060,20 +5060,79 @@ def foreground_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
     return None
 
 
+def foreground_guard(agent, pid, pane_pid, start=None, proc_root="/proc"):
+    """-> check(): the reply's look at the pane, made again right before each keystroke. The first
+    call is foreground_problem's; each later one also wants the same foreground process group and
+    the same process (pid and start time) as the first saw. -> None while so, else why not. The
+    reply waits seconds (a prompt held, a screen awaited): an agent that exits meanwhile leaves the
+    shell in front, which must get neither the text nor the Enter. Linux (/proc) only."""
+    seen = {}
+
+    def check():
+        if not os.path.isdir(os.path.join(proc_root, "self")):
+            return None
+        reason = foreground_problem(agent, pid, pane_pid, start if start is not None else seen.get("start"), proc_root)
+        if reason:
+            return reason
+        shell, mine = _proc_stat_fields(pane_pid, proc_root), _proc_stat_fields(pid, proc_root)
+        if shell is None or mine is None:
+            return "the agent's process %d or the pane's process is gone" % pid
+        front, began = _int(shell[5]), _int(mine[19])
+        if not seen:
+            seen.update(front=front, start=began)
+            return None
+        if front != seen["front"]:
+            return "the pane's foreground process group changed (%d, was %d)" % (front, seen["front"])
+        if began != seen["start"]:
+            return "process %d is not the agent any more (restarted)" % pid
+        return None
+    return check
+
+
+def preview_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
+    """Why the pane should not be shown as this thread's preview (None when it may): its foreground
+    process must be the thread's agent, checked as a reply checks it (with the thread's pid), or,
+    for a thread whose pane is only guessed (no pid), an agent of its kind. Linux (/proc) only."""
+    if not os.path.isdir(os.path.join(proc_root, "self")):
+        return None
+    if pid:
+        return foreground_problem(agent, pid, pane_pid, start, proc_root)
+    shell = _proc_stat_fields(pane_pid, proc_root)
+    if shell is None:
+        return "the pane's process is gone"
+    front = _int(shell[5])
+    try:
+        with open(os.path.join(proc_root, str(front), "stat"), "r", encoding="utf-8", errors="replace") as fh:
+            comm = parse_proc_stat(fh.read())[1]
+    except (OSError, ValueError, IndexError):
+        return "the pane's foreground process cannot be read"
+    if classify_agent_process(comm, process_args(front, proc_root)) != agent:
+        return "the pane's foreground process (%s) is not %s" % (comm, agent)
+    return None
+
+
 REPLY_EXPECT_TIMEOUT = 2.0
 PREVIEW_INTERVAL = 0.3  # a shown preview is read at most ~3 times a second
 
 
 def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=time.sleep,
-                    timeout=REPLY_EXPECT_TIMEOUT):
+                    timeout=REPLY_EXPECT_TIMEOUT, guard=None):
     """Send the steps of reply_plan to a pane through the tmux gateway. A "hold" step checks the
     prompt stays up for a while before a key; an "expect" step waits for the screen to show what it
     needs before anything more is sent: when that does not come, the rest is not sent (ReplyRefused
-    says what was). `screen` is the screen the plan was made from.
+    says what was). `guard()` (foreground_guard) is asked right before each keystroke step: a
+    reason stops the reply there (ReplyRefused says what was typed before). `screen` is the
+    screen the plan was made from.
     -> milliseconds from the last keys to the first change of the screen, or None."""
     sent = []
     sent_at = before = changed_ms = None
     for step in steps:
+        if step[0] in ("keys", "literal") and guard is not None:
+            reason = guard()
+            if reason:
+                raise ReplyRefused("%s: %s" % (
+                    ("sent %s; stopped before %s" % (", ".join(sent), " ".join(step[1]) if step[0] == "keys" else "the text"))
+                    if sent else "nothing was sent", reason))
         if step[0] == "keys":
             tmux.run("send-keys", "-t", pane, *step[1])
             sent_at, before, changed_ms = clock(), screen, None
@@ -6773,7 +6832,8 @@ class Api(object):
         def send():
             with lock:  # one reply at a time: keystrokes of two replies never interleave
                 try:
-                    reason = foreground_problem(agent, pid, pane_pid, start)
+                    guard = foreground_guard(agent, pid, pane_pid, start)
+                    reason = guard()
                     if reason:
                         raise ReplyRefused(reason)
                     # the status can come before the screen shows the prompt (a hook fires as
@@ -6788,7 +6848,7 @@ class Api(object):
                             if time.monotonic() > deadline:
                                 raise
                             time.sleep(0.05)
-                    changed_ms = run_reply_steps(tmux, pane_id, steps, screen)
+                    changed_ms = run_reply_steps(tmux, pane_id, steps, screen, guard=guard)
                 except ReplyRefused as e:
                     refuse(str(e))
                 except TmuxError as e:
