@@ -6860,11 +6860,14 @@ class Api(object):
         return send
 
     def api_preview(self, thread_id, lines=20):
-        """GET /api/preview?thread=ID[&lines=N] -> the pane to read (read off the loop)."""
+        """GET /api/preview?thread=ID[&lines=N] -> the pane to read (read off the loop), and, under
+        "_check", what preview_problem needs (the pane is shown only while the agent is in front)."""
         t = self._thread_by_id(thread_id)
-        if not t.pane or self._pane_of(t.pane) is None:
+        pane = self._pane_of(t.pane) if t.pane else None
+        if pane is None:
             raise ApiError(409, "the thread has no pane")
-        return {"thread": t.id, "agent": t.agent, "pane": t.pane, "link": t.link, "status": t.status}
+        return {"thread": t.id, "agent": t.agent, "pane": t.pane, "link": t.link, "status": t.status,
+                "_check": (t.agent, t.pid, pane.get("pid"), t.proc_start)}
 
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -7213,7 +7216,14 @@ def make_handler(server):
                 return self._error(400, "'lines' must be 1..200")
             try:
                 info = server.loop.call(server.api.api_preview, (query.get("thread") or [""])[0])
-                screen = server.tmux.run("capture-pane", "-p", "-t", info["pane"])
+                check = info.pop("_check")
+                # only the agent's own screen: not the shell after it exited, not a pane a forged
+                # registry named (looked at before and after the capture)
+                reason = preview_problem(*check) if check[2] else "the pane's process is not known"
+                screen = server.tmux.run("capture-pane", "-p", "-t", info["pane"]) if not reason else None
+                reason = reason or preview_problem(*check)
+                if reason:
+                    raise ApiError(409, "no preview: %s" % reason)
             except ApiError as e:
                 return self._error(e.status, e.message)
             except TmuxError as e:
