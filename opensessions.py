@@ -2583,6 +2583,22 @@ def process_start(pid, proc_root="/proc"):
         return -1
 
 
+def process_start_stamp(pid, proc_root="/proc"):
+    """What tells this process from a later one with its pid: its start time from /proc (clock
+    ticks since boot, an int), else `ps -o lstart=` in the C locale (a string), else None."""
+    start = process_start(pid, proc_root)
+    if start is not None:
+        return start if start >= 0 else None
+    import subprocess
+    try:
+        out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=5,
+                             env=dict(os.environ, LC_ALL="C")).stdout.decode("utf-8", "replace").strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
+
+
 def claude_registry_alive(entry, proc_root="/proc"):
     """The registry's process still runs and is the same process (procStart matches)."""
     pid = entry["pid"]
@@ -4318,21 +4334,67 @@ OPENCODE_PLUGIN_NAME = "opensessions.js"
 _JS_SERVER_LOOKUP = r"""function server() {
   try {
     const uid = process.getuid();
-    const t = process.env.TMUX;
+    const env = process.env;
+    const t = env.TMUX;
     const sock = t ? t.split(",").slice(0, -2).join(",")
-      : path.join(process.env.TMUX_TMPDIR || "/tmp", "tmux-" + uid, "default");
+      : path.join(env.TMUX_TMPDIR || "/tmp", "tmux-" + uid, "default");
     let h = 0xcbf29ce484222325n;  // FNV-1a 64, as opensessions' socket_key()
     for (const b of Buffer.from(sock, "utf8")) h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn;
     const key = h.toString(16).padStart(16, "0").slice(0, 12);
-    const xdg = process.env.XDG_RUNTIME_DIR;
-    const dir = xdg && fs.existsSync(xdg) ? path.join(xdg, "opensessions")
-      : path.join(process.env.TMPDIR || "/tmp", "opensessions-" + uid);
+    const isDir = (p) => { try { return fs.statSync(p).isDirectory(); } catch (e) { return false; } };
+    let dir;  // as opensessions' runtime_dir(): a squatted temp dir gives way to one in the state dir
+    if (env.XDG_RUNTIME_DIR && isDir(env.XDG_RUNTIME_DIR)) {
+      dir = path.join(env.XDG_RUNTIME_DIR, "opensessions");
+    } else {
+      dir = path.join(env.TMPDIR || "/tmp", "opensessions-" + uid);
+      let squatted = false;
+      try {
+        const l = fs.lstatSync(dir);
+        if (l.uid !== uid) squatted = true;
+        else if (l.isSymbolicLink()) {
+          const st = fs.statSync(dir);
+          squatted = st.uid !== uid || !st.isDirectory() || (st.mode & 0o077) !== 0;
+        } else squatted = !l.isDirectory();
+      } catch (e) { squatted = e.code !== "ENOENT"; }
+      if (squatted) {
+        dir = path.join(env.XDG_STATE_HOME || path.join(env.HOME || "/nonexistent", ".local", "state"),
+          "opensessions", "run");
+      }
+    }
     const file = path.join(dir, "server-" + key + ".json");
     for (const st of [fs.lstatSync(dir), fs.lstatSync(file)]) {
       if (st.isSymbolicLink() || st.uid !== uid || (st.mode & 0o077)) return null;
     }
-    const info = JSON.parse(fs.readFileSync(file, "utf8"));
-    if (Number.isInteger(info.port) && info.port > 0 && info.port < 65536) return info;
+    // never blocks: a FIFO put there opens at once and is refused, as is anything but a small file
+    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOFOLLOW);
+    let text;
+    try {
+      const st = fs.fstatSync(fd);
+      if (!st.isFile() || st.uid !== uid || (st.mode & 0o077) || st.size > 65536) return null;
+      const buf = Buffer.alloc(st.size);
+      text = buf.toString("utf8", 0, fs.readSync(fd, buf, 0, st.size, 0));
+    } finally { fs.closeSync(fd); }
+    const info = JSON.parse(text);
+    if (!(Number.isInteger(info.port) && info.port > 0 && info.port < 65536)) return null;
+    // the server must still run: its pid alive and ours (kill 0 fails for another user's), with the
+    // start time it wrote (a file left by a kill -9 names a dead or reused pid: nothing is sent)
+    const pid = info.pid;
+    if (!Number.isInteger(pid) || pid <= 0) return null;
+    process.kill(pid, 0);
+    if (typeof info.procStart === "number") {  // Linux: /proc/<pid>/stat's starttime, of a process of ours
+      if (fs.statSync("/proc/" + pid).uid !== uid) return null;
+      const stat = fs.readFileSync("/proc/" + pid + "/stat", "latin1");
+      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]) !== info.procStart) return null;
+    } else if (typeof info.procStart === "string" && info.procStart) {  // elsewhere: ps -o lstart=
+      const seen = pid + " " + info.procStart;
+      if (server.verified !== seen) {
+        const out = execFileSync("ps", ["-o", "lstart=", "-p", String(pid)],
+          { env: Object.assign({}, env, { LC_ALL: "C" }), timeout: 2000, encoding: "utf8" });
+        if (out.trim() !== info.procStart) return null;
+        server.verified = seen;  // the pid stays ours while kill 0 works: ps runs once per server
+      }
+    } else return null;
+    return info;
   } catch (e) {}
   return null;
 }
@@ -4342,6 +4404,7 @@ OPENCODE_PLUGIN = r"""// opensessions: reports OpenCode session status to the op
 // Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks OpenCode.
 import fs from "node:fs";
 import path from "node:path";
+import { execFileSync } from "node:child_process";
 
 const TYPES = new Set(["session.status", "session.idle", "session.error", "permission.asked",
   "permission.replied", "session.updated"]);
@@ -4639,6 +4702,7 @@ PI_EXTENSION = r"""// opensessions: reports Pi session status to the opensession
 // Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks Pi.
 import fs from "node:fs";
 import path from "node:path";
+import { execFileSync } from "node:child_process";
 
 // The server's runtime file, trusted only when it is ours and private (as in our OpenCode plugin).
 """ + _JS_SERVER_LOOKUP + r"""
@@ -5473,7 +5537,10 @@ class RuntimeFiles(object):
         self.mark_stopped(False)  # a server that runs is not stopped
         atomic_write(self.info_path, json.dumps({
             "pid": os.getpid(), "port": port, "socket": self.socket_path, "version": __version__,
-            "digest": program_digest(), "started": int(time.time()), "token": self.token}))
+            "digest": program_digest(), "started": int(time.time()), "token": self.token,
+            # the plugin and the extension (no flock in node) trust the port only while this
+            # process (pid and start) lives: a runtime file left by a kill -9 sends them nowhere
+            "procStart": process_start_stamp(os.getpid())}))
 
     def read(self):
         """The runtime file, if it is ours and private (else nobody vouches for its port)."""

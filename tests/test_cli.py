@@ -283,8 +283,8 @@ def test_opencode_plugin_finds_the_server_like_python_does(env, tmp_path):
     run_dir = os.path.join(env.base, "run", "opensessions")
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
     info_path = os.path.join(run_dir, "server-%s.json" % os_.socket_key(sock))
-    with open(os.open(info_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-        json.dump({"port": 45678, "token": "ab12"}, f)
+    with open(os.open(info_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:  # a live server: this process
+        json.dump({"port": 45678, "token": "ab12", "pid": os.getpid(), "procStart": os_.process_start(os.getpid())}, f)
     plugin = tmp_path / "plugin.mjs"
     plugin.write_text(os_.OPENCODE_PLUGIN + "\nexport { server };\n")
     script = "import(%s).then(m => console.log(JSON.stringify(m.server())))" % json.dumps(plugin.as_uri())
@@ -294,7 +294,7 @@ def test_opencode_plugin_finds_the_server_like_python_does(env, tmp_path):
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
-    assert run() == {"port": 45678, "token": "ab12"}
+    assert {k: v for k, v in run().items() if k in ("port", "token")} == {"port": 45678, "token": "ab12"}
     os.chmod(info_path, 0o644)  # a file others could have written: nobody vouches for that port
     assert run() is None
 
