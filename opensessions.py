@@ -165,12 +165,47 @@ def xdg_dir(kind, environ=None):
 
 
 def runtime_dir(environ=None):
-    """Where the lock and runtime file live: $XDG_RUNTIME_DIR/opensessions or a per-user temp dir."""
+    """Where the lock and runtime file live: $XDG_RUNTIME_DIR/opensessions, else the per-user temp
+    dir $TMPDIR/opensessions-<uid>; when someone else made that one first (squatted: not a private
+    directory of ours, see runtime_dir_squatted), a directory of our own in the state dir. The
+    OpenCode plugin and the Pi extension find it the same way (_JS_SERVER_LOOKUP)."""
     base = _env("XDG_RUNTIME_DIR", None, environ)
     if base and os.path.isdir(base):
         return os.path.join(base, "opensessions")
-    tmp = _env("TMPDIR", "/tmp", environ)
-    return os.path.join(tmp, "opensessions-%d" % os.getuid())
+    tmp = temp_runtime_dir(environ)
+    if runtime_dir_squatted(tmp):
+        return os.path.join(state_dir(environ), "run")
+    return tmp
+
+
+def temp_runtime_dir(environ=None):
+    return os.path.join(_env("TMPDIR", "/tmp", environ), "opensessions-%d" % os.getuid())
+
+
+def runtime_dir_squatted(path):
+    """Why a runtime dir under a shared $TMPDIR cannot be ours (another user made it first, as a
+    directory, a file or a symlink), or None when it is ours or not there yet. A directory of ours
+    with a loose mode is ours (ensure_private_dir makes it 0700)."""
+    import stat
+    try:
+        lst = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return "%s cannot be looked at (%s)" % (path, e)
+    if lst.st_uid != os.getuid():
+        return "%s is owned by uid %d, not by you" % (path, lst.st_uid)
+    if stat.S_ISLNK(lst.st_mode):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return "%s is a symlink to nothing" % path
+        if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o077:
+            return "%s is a symlink to a directory that is not private to you" % path
+        return None
+    if not stat.S_ISDIR(lst.st_mode):
+        return "%s is not a directory" % path
+    return None
 
 
 def config_dir(environ=None):
@@ -5495,6 +5530,10 @@ class RuntimeFiles(object):
         self.stopped_path = os.path.join(self.dir, "stopped-%s" % key)
         self._lock_fd = None
         self.token = None
+        squat = runtime_dir_squatted(temp_runtime_dir(environ)) \
+            if self.dir == os.path.join(state_dir(environ), "run") else None
+        # what the user is told (server log, `opensessions start`) when runtime_dir fell back
+        self.squatted = ("%s (someone else made it first); using %s instead" % (squat, self.dir)) if squat else None
 
     def stopped(self):
         """True when the server was stopped on purpose (`opensessions stop`): sidebars leave it so."""
@@ -6069,6 +6108,8 @@ class Server(object):
     # -- lifecycle -------------------------------------------------------------------------
     def start(self):
         """Take the lock, bind the port, read tmux once. Raises OpensessionsError with a reason."""
+        if self.runtime.squatted:
+            log("runtime dir: %s" % self.runtime.squatted)
         self.runtime.acquire()
         try:
             if not self.tmux.alive():
@@ -10689,6 +10730,9 @@ def start_background(args, wait=5.0, respect_stop=False):
 
 
 def cmd_start(args):
+    squatted = RuntimeFiles(_socket_from_args(args)).squatted
+    if squatted:
+        sys.stderr.write("opensessions: runtime dir: %s\n" % squatted)
     port, started = start_background(args)
     print("opensessions server %s on http://%s:%d" % ("started" if started else "already running", HOST, port))
     return 0
