@@ -4570,14 +4570,36 @@ def hooks_uninstall(config, agent, commands=(), created=None, keep_emptied=()):
 
 def _write_config(path, text):
     """Write a user's config file atomically, keeping its mode, and through a symlink to its target
-    (the link stays a link). A new file gets 0644."""
+    (the link stays a link). A new file gets 0644. Only a file of the user who runs us is written
+    (same owner): root with another user's HOME, or a link into another user's file, is refused
+    (the file would become root's)."""
     real = os.path.realpath(path)
+    _check_same_owner(path, real)
     try:
         mode = os.stat(real).st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o644
     os.makedirs(os.path.dirname(real), exist_ok=True)
     atomic_write(real, text, mode, exact_mode=True)
+
+
+def _check_same_owner(path, real):
+    """Raise OpensessionsError unless the file we are about to write (the symlink's target, or the
+    nearest existing directory it would be made in) is owned by our effective uid."""
+    euid = os.geteuid()
+    where = real
+    while True:
+        try:
+            owner = os.stat(where).st_uid
+            break
+        except FileNotFoundError:
+            parent = os.path.dirname(where)
+            if parent == where:
+                return
+            where = parent
+    if owner != euid:
+        raise OpensessionsError("%s is owned by uid %d, not by you (uid %d)%s; not writing %s (run it as that "
+                                "user)" % (where, owner, euid, "" if real == path else ": %s leads there" % path, path))
 
 
 def _edit_json_config(path, change):
@@ -4597,6 +4619,7 @@ def _edit_json_config(path, change):
     new = change(existing or {})
     if existing is not None and new == existing:
         return False
+    _check_same_owner(path, os.path.realpath(path))  # before the backup: nothing written when refused
     if raw is not None:
         atomic_write(path + ".opensessions.bak", raw)
     _write_config(path, json.dumps(new, indent=2, ensure_ascii=False) + "\n")
@@ -4686,9 +4709,9 @@ def install_agents(command_prefix, environ=None, uninstall=False):
             command = command_prefix + " hook " + agent
             try:
                 if agent == "opencode":
-                    done.extend(_plugin_step(plugin, uninstall))
+                    done.extend(_plugin_step(plugin, uninstall, ledger))
                 elif agent == "pi":
-                    done.extend(_pi_extension_step(path, uninstall))
+                    done.extend(_pi_extension_step(path, uninstall, ledger))
                 elif uninstall:
                     done.extend(_uninstall_hooks_file(path, agent, command, ledger))
                 elif _install_hooks_file(path, agent, events, command, ledger):
@@ -4708,21 +4731,63 @@ def install_agents(command_prefix, environ=None, uninstall=False):
     return done
 
 
-def _plugin_step(plugin, uninstall):
+def _plugin_step(plugin, uninstall, ledger=None):
+    """Install or remove the OpenCode plugin file (see _own_file_step). -> list of what was done."""
+    return _own_file_step(plugin, OPENCODE_PLUGIN, "the OpenCode plugin", uninstall, {} if ledger is None else ledger)
+
+
+OWN_FILE_MAX = 1024 * 1024  # a file of ours (plugin, extension), or the user's file in its place
+
+
+def _own_file_step(path, content, what, uninstall, ledger):
+    """Install or remove a file that is all ours (the OpenCode plugin, the Pi extension), as the
+    JSON configs are: a user's own file in its place is backed up (`.opensessions.bak`) before it
+    is replaced; a symlink is written through (it stays a link), and only into a file of the user
+    who runs us (same owner); the ledger records what install did, so uninstall deletes only a
+    file install made, gives a replaced one back, and leaves a file that is not ours alone.
+    -> list of what was done."""
+    real = os.path.realpath(path)
+    entry = ledger.get(real)
+    backup = path + ".opensessions.bak"
+    head = content.split("\n", 1)[0]  # our first line: an older version of ours has it too
+    raw = None  # None: nothing there (or a dangling link: written through, made where it points)
+    if os.path.lexists(path) and os.path.exists(path):
+        raw = read_foreign(path, OWN_FILE_MAX)  # a FIFO or /dev/zero there: refused, never read
+    current = raw.decode("utf-8", "replace") if raw is not None else None
+    ours = current is not None and current.split("\n", 1)[0] == head
     if uninstall:
-        if os.path.lexists(plugin):
-            os.unlink(plugin)
-            return ["removed the OpenCode plugin %s" % plugin]
+        ledger.pop(real, None)
+        if current is None:
+            return []
+        if not ours:
+            return ["left %s as it is: it is not ours%s" % (path, " (changed since install)" if entry else "")]
+        if entry and entry.get("backup") and os.path.isfile(backup):
+            _write_config(path, read_foreign(backup, OWN_FILE_MAX))
+            os.unlink(backup)
+            return ["gave back your own %s (install had kept it in %s)" % (path, backup)]
+        if os.path.islink(path):
+            if entry and entry.get("createdFile"):
+                os.unlink(real)
+                return ["removed %s %s (where the symlink %s points; the link is yours and stays)" % (what, real, path)]
+            return ["left %s as it is: a symlink of yours (to %s)" % (path, real)]
+        os.unlink(path)
+        return ["removed %s %s" % (what, path)]
+    if current == content:
+        if entry is None and ours:
+            ledger[real] = {"createdFile": not os.path.islink(path)}
         return []
-    current = None
-    if os.path.exists(plugin):
-        with open(plugin, "r", encoding="utf-8", errors="replace") as f:
-            current = f.read()
-    if current == OPENCODE_PLUGIN:
-        return []
-    os.makedirs(os.path.dirname(plugin), exist_ok=True)
-    atomic_write(plugin, OPENCODE_PLUGIN, mode=0o644)
-    return ["installed the OpenCode plugin %s" % plugin]
+    _check_same_owner(path, real)
+    new_entry = dict(entry or {"createdFile": current is None})
+    if current is not None and not ours:
+        atomic_write(backup, raw, mode=os.stat(path).st_mode & 0o777, exact_mode=True)
+        new_entry["backup"] = True
+    elif entry is None and ours:
+        new_entry = {"createdFile": not os.path.islink(path)}  # ours from before the ledger
+    _write_config(path, content)
+    ledger[real] = new_entry
+    if current is not None and not ours:
+        return ["installed %s %s (your own file there is kept in %s)" % (what, path, backup)]
+    return ["installed %s %s" % (what, path)]
 
 # Gemini CLI and Qwen Code read hooks from settings.json in Claude's shape ({"hooks": {Event:
 # [{"hooks": [{"type": "command", "command": …}]}]}}); Gemini's `timeout` is in milliseconds.
@@ -4791,22 +4856,9 @@ def hook_entry(agent, command):
     return {"type": "command", "command": command, "timeout": 5}
 
 
-def _pi_extension_step(ext, uninstall):
-    """Install or remove the Pi extension file. -> list of what was done."""
-    if uninstall:
-        if os.path.lexists(ext):
-            os.unlink(ext)
-            return ["removed the Pi extension %s" % ext]
-        return []
-    current = None
-    if os.path.exists(ext):
-        with open(ext, "r", encoding="utf-8", errors="replace") as f:
-            current = f.read()
-    if current == PI_EXTENSION:
-        return []
-    os.makedirs(os.path.dirname(ext), exist_ok=True)
-    atomic_write(ext, PI_EXTENSION, mode=0o644)
-    return ["installed the Pi extension %s" % ext]
+def _pi_extension_step(ext, uninstall, ledger=None):
+    """Install or remove the Pi extension file (see _own_file_step). -> list of what was done."""
+    return _own_file_step(ext, PI_EXTENSION, "the Pi extension", uninstall, {} if ledger is None else ledger)
 
 
 def more_install_steps(paths, uninstall):
