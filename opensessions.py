@@ -7187,6 +7187,7 @@ def _raw_refusal(sock, status, reason, message):
     try:
         sock.settimeout(0.5)
         sock.sendall(("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                      "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
                       "Connection: close\r\nRetry-After: 1\r\n\r\n" % (status, reason, len(body))).encode() + body)
     except OSError:
         pass
@@ -7295,6 +7296,7 @@ def make_handler(server):
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
             for k, v in (extra or {}).items():
                 self.send_header(k, v)
             self._headers_buffer.append(b"\r\n")
@@ -7312,6 +7314,13 @@ def make_handler(server):
                 return False
             if self.headers.get("Origin") is not None:
                 self._error(403, "requests from web pages (with an Origin header) are refused")
+                return False
+            # an <img> or <script> GET carries no Origin, but a browser says where it comes from
+            site = (self.headers.get("Sec-Fetch-Site") or "").strip().lower()
+            mode = (self.headers.get("Sec-Fetch-Mode") or "").strip().lower()
+            if site in ("cross-site", "same-site") or mode == "no-cors":
+                self._error(403, "requests from web pages (Sec-Fetch-Site: %s, Sec-Fetch-Mode: %s) are refused"
+                            % (site or "-", mode or "-"))
                 return False
             if self.peer_uid is None and not server.token_ok(self.headers.get(TOKEN_HEADER)):
                 # no way to know who connected (not Linux): our clients send the runtime file's token
@@ -7407,6 +7416,7 @@ def make_handler(server):
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Cache-Control", "no-store")
+                self.send_header("X-Content-Type-Options", "nosniff")
                 self.send_header("Connection", "close")
                 self.send_header("X-Accel-Buffering", "no")
                 self.end_headers()
