@@ -8669,15 +8669,54 @@ class Resurrect(object):
             for note in notes:
                 self.log("restore: %s: (dry run) %s" % (target, note))
             return False
-        if not self.wait_for_prompt(target):
-            return skip(target, "the shell did not show a prompt")
-        self.clear_pane(st["pane"])
-        self.tmux.run("set-option", "-p", "-t", st["pane"], "@opensessions-restored", tid)
-        self.tmux.run("send-keys", "-t", st["pane"], "-l", command)
-        self.tmux.run("send-keys", "-t", st["pane"], "Enter")
+        # the pane is ours before any wait (for the prompt, for `clear`): a second restore running
+        # at the same time finds it claimed and types nothing
+        claim = self.claim_pane(st["pane"])
+        if claim is None:
+            return skip(target, "another restore is typing into this pane; not typing %s %s twice" % (agent, tid))
+        try:
+            if self.pane_state(target)["restored"] == tid:  # one that finished just before our claim
+                return skip(target, "already restored %s %s; not typing twice" % (agent, tid))
+            if not self.wait_for_prompt(target):
+                return skip(target, "the shell did not show a prompt")
+            self.clear_pane(st["pane"])
+            self.tmux.run("set-option", "-p", "-t", st["pane"], "@opensessions-restored", tid)
+            self.tmux.run("send-keys", "-t", st["pane"], "-l", command)
+            self.tmux.run("send-keys", "-t", st["pane"], "Enter")
+        finally:
+            self.release_pane(st["pane"], claim)
         self.log("restore: %s: %s%s%s" % (target, command, " (id was a cwd guess)" if rec.get("guess") else "",
                                         "".join(" (%s)" % note for note in notes)))
         return True
+
+    CLAIM_OPTION = "@opensessions-restoring"
+
+    def _swap_claim(self, pane, expected, value):
+        """Compare-and-set the pane's CLAIM_OPTION: to `value` ("" unsets it) only while it holds
+        `expected` ("" when unset), in one tmux command sequence: tmux runs one client's commands one
+        after another, so two restores can never both find it free. -> what it holds after."""
+        assert re.match(r"^%\d+$", pane) and re.match(r"^[a-z0-9-]*$", expected + value)
+        change = ("set-option -p -t %s %s %s" % (pane, self.CLAIM_OPTION, value)) if value \
+            else ("set-option -p -u -t %s %s" % (pane, self.CLAIM_OPTION))
+        return self.tmux.run("if-shell", "-F", "-t", pane, "#{==:#{%s},%s}" % (self.CLAIM_OPTION, expected), change,
+                             ";", "display-message", "-p", "-t", pane, "#{%s}" % self.CLAIM_OPTION).rstrip("\n")
+
+    def claim_pane(self, pane):
+        """Make the pane this restore's (a claim naming our pid), unless another live restore holds
+        it; a claim left by one that died is taken over. -> the claim, or None."""
+        claim = "claim-%d-%s" % (os.getpid(), os.urandom(4).hex())
+        held = self._swap_claim(pane, "", claim)
+        if held != claim:
+            m = re.match(r"^claim-(\d+)-[0-9a-f]+$", held)
+            if not m or _pid_alive(int(m.group(1))) or self._swap_claim(pane, held, claim) != claim:
+                return None
+        return claim
+
+    def release_pane(self, pane, claim):
+        try:
+            self._swap_claim(pane, claim, "")
+        except TmuxError:
+            pass
 
 
 def kitty_tabs(sessions, socket_path, shown_titles=()):
