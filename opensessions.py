@@ -10936,21 +10936,55 @@ def status_lines(state, now=None):
             for r in rows]
 
 
-def usage_threads(state, saved=None, history=None):
+USAGE_TIME_MAX = 10 ** 14  # ms: the year 5138; a larger updatedAt is no time
+
+
+def usage_entry_problem(t):
+    """Why one thread of the usage history, the state file or /state cannot be counted (a field of
+    the wrong type, a time no calendar has), or None. Pure."""
+    if not isinstance(t, dict):
+        return "not an object (%s)" % type(t).__name__
+    for key in ("agent", "id"):
+        if not isinstance(t.get(key), str):
+            return "%s is not a string (%s)" % (key, ascii(t.get(key))[:40])
+    if not isinstance(t.get("usage"), dict):
+        return "usage is not an object"
+    if t.get("session") is not None and not isinstance(t.get("session"), str):
+        return "session is not a string (%s)" % ascii(t.get("session"))[:40]
+    when = t.get("updatedAt")
+    if when is not None and not (finite_number(when) and 0 <= when <= USAGE_TIME_MAX):
+        return "updatedAt %s is not a time" % ascii(when)[:40]
+    return None
+
+
+def usage_threads(state, saved=None, history=None, warn=None):
     """Every thread with usage we know of: /state's (sessions' and orphans'), those the server's
     saved file keeps (hidden helpers included) that /state no longer lists, and forgotten ones from
-    the usage history (90 days). The freshest figure of a thread wins. -> list of dicts with "session"."""
+    the usage history (90 days). The freshest figure of a thread wins. An entry that cannot be
+    counted (usage_entry_problem) is skipped: warn(line) gets one line per source that had any.
+    -> list of dicts with "session"."""
     out = {}
-    for doc in (history, saved):
+    skipped = {}
+
+    def take(where, t, **extra):
+        problem = usage_entry_problem(dict(t, **extra) if isinstance(t, dict) else t)
+        if problem:
+            skipped.setdefault(where, []).append(problem)
+            return
+        out[(t["agent"], t["id"])] = dict(t, **extra)
+    for where, doc in (("the usage history", history), ("the state file", saved)):
         for t in doc.get("threads", []) if isinstance(doc, dict) and isinstance(doc.get("threads"), list) else ():
-            if isinstance(t, dict) and isinstance(t.get("usage"), dict) and isinstance(t.get("agent"), str):
-                out[(t["agent"], t.get("id"))] = dict(t)
-    for s in state.get("sessions", []):
-        for t in s.get("threads", []):
-            out[(t["agent"], t["id"])] = dict(t, session=s["name"])
-    for t in state.get("threads", []):
-        out[(t["agent"], t["id"])] = dict(t)
-    return [t for t in out.values() if isinstance(t.get("usage"), dict)]
+            take(where, t)
+    for s in state.get("sessions", []) if isinstance(state.get("sessions"), list) else ():
+        for t in s.get("threads", []) if isinstance(s, dict) and isinstance(s.get("threads"), list) else ():
+            take("/state", t, session=s.get("name"))
+    for t in state.get("threads", []) if isinstance(state.get("threads"), list) else ():
+        take("/state", t)
+    for where, problems in skipped.items():
+        if warn is not None:
+            warn("usage: skipped %d odd entr%s in %s (first: %s)" % (
+                len(problems), "y" if len(problems) == 1 else "ies", where, problems[0]))
+    return list(out.values())
 
 
 def usage_report(threads, since_ms, now_ms_):
@@ -10993,12 +11027,13 @@ def usage_lines(report):
 
 
 def parse_since(text, now_ms_):
-    """'1d', '7d', '12h', '30m' -> epoch ms."""
+    """'1d', '7d', '12h', '30m' -> epoch ms (0, everything, for a duration reaching before 1970)."""
     m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$", text or "")
     if not m:
         raise OpensessionsError("--since takes a duration such as 1d, 7d, 12h")
     unit = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[m.group(2)]
-    return int(now_ms_ - float(m.group(1)) * unit * 1000)
+    back = float(m.group(1)) * unit * 1000  # 400 digits: inf
+    return 0 if not finite_number(back) or back >= now_ms_ else int(now_ms_ - back)
 
 
 def cmd_usage(args):
@@ -11011,7 +11046,9 @@ def cmd_usage(args):
         except (OpensessionsError, OSError):
             docs.append(None)  # these only add older threads: /state alone still answers
     now = now_ms()
-    report = usage_report(usage_threads(state, docs[1], docs[0]), parse_since(args.since, now), now)
+    report = usage_report(usage_threads(state, docs[1], docs[0],
+                                        warn=lambda line: sys.stderr.write("opensessions: %s\n" % line)),
+                          parse_since(args.since, now), now)
     if args.json:
         sys.stdout.write(json.dumps(report) + "\n")
         return 0
