@@ -3845,7 +3845,7 @@ class CodexWatcher(AgentWatcher):
             self.index_tail = FileTail(path)
         tail = self.index_tail
         long_before = tail.skipped_lines
-        lines, _ = tail.read()
+        lines, _ = tail.read(cold_tail=MAX_LINE_BYTES)  # the newest names are at its end
         if tail.skipped_lines != long_before:
             self.core.count_long_lines(path, tail.skipped_lines - long_before)
         if tail.more:
