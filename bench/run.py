@@ -1017,11 +1017,153 @@ def bench_many_threads(res, quick):
         w.close()
 
 
+FOREIGN_KINDS = ("fifo", "zero", "sparse")
+
+
+def _plant(path, kind):
+    """Where a reader expects a small regular file: a FIFO, a symlink to /dev/zero, or a 1 GB sparse file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.lexists(path):
+        os.unlink(path)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "zero":
+        os.symlink("/dev/zero", path)
+    else:
+        with open(path, "wb") as f:
+            f.truncate(1 << 30)
+
+
+def _foreign_readers(w):
+    """reader -> (path at start, path planted while the server runs): what the server reads of the
+    agents' files and the panes' repositories (issue 19). The same path twice: removed, planted again."""
+    paths = opensessions.agent_paths(w.env)
+    day = os.path.join(paths["codex"], "sessions", time.strftime("%Y/%m/%d"))
+    u = "6f1c3a52-1d0b-4c1e-9a57-%012d"
+    two = lambda f: (f % 0, f % 1)
+    return {
+        "claude registry": two(os.path.join(paths["claude"], "sessions", "40000%02d.json")),
+        "claude transcript": two(os.path.join(w.proj, u + ".jsonl")),
+        "codex rollout": two(os.path.join(day, "rollout-2026-11-22T01-46-31-01a200ee-0000-7000-9e17-%012d.jsonl")),
+        "codex session_index": (os.path.join(paths["codex"], "session_index.jsonl"),) * 2,
+        "codex state_5.sqlite": (os.path.join(paths["codex"], "state_5.sqlite"),) * 2,
+        "opencode.db": (paths["opencode_db"],) * 2,
+        "opencode.db-journal": (paths["opencode_db"] + "-journal",) * 2,
+        "amp thread": two(os.path.join(paths["amp_threads"], "T-019b9d03-62e3-772f-9780-%012d.json")),
+        "gemini projects.json": (os.path.join(paths["gemini"], "projects.json"),) * 2,
+        "gemini chat (1st line)": two(os.path.join(paths["gemini"], "tmp", "p", "chats",
+                                                   "session-2026-11-27T22-08-%08x.jsonl")),
+        "qwen registry": two(os.path.join(paths["qwen"], "sessions", "40000%02d.json")),
+        "qwen chat": two(os.path.join(paths["qwen"], "projects", "-w", "chats", u + ".jsonl")),
+        "pi session": two(os.path.join(paths["pi"], "sessions", "--w--", "2026-11-22T01-46-31-000Z_" + u + ".jsonl")),
+        "git HEAD (pane cwd)": (os.path.join(w.cwd, ".git", "HEAD"),) * 2,
+    }
+
+
+def _start_within(w, seconds):
+    """Start the server; -> seconds until its runtime file appeared, or None (it never answered)."""
+    t0 = time.monotonic()
+    w.server = subprocess.Popen([PY, w.pyz, "-S", w.socket, "server", "--port", "0", "--log",
+                                 os.path.join(w.base, "server.log")], env=w.env)
+    info_dir = os.path.join(w.base, "run", "opensessions")
+    while time.monotonic() - t0 < seconds:
+        for name in os.listdir(info_dir) if os.path.isdir(info_dir) else []:
+            if name.endswith(".json") and not name.startswith("."):
+                try:
+                    with open(os.path.join(info_dir, name)) as f:
+                        info = json.load(f)
+                except (ValueError, OSError):
+                    continue
+                if info.get("pid") == w.server.pid:
+                    w.port = info["port"]
+                    return time.monotonic() - t0
+        time.sleep(0.01)
+    return None
+
+
+def _stop(w):
+    if w.server and w.server.poll() is None:
+        w.server.kill()
+        w.server.wait(10)
+    info_dir = os.path.join(w.base, "run", "opensessions")
+    for name in os.listdir(info_dir) if os.path.isdir(info_dir) else []:
+        os.unlink(os.path.join(info_dir, name))
+
+
+def bench_foreign_files(res, quick, detail=True):
+    """Files that never end where the server expects an agent's small file (issue 19, High): for each
+    reader and each of a FIFO, a symlink to /dev/zero and a 1 GB sparse file, planted before the
+    server starts (its cold start) and again while it runs (inotify): /health answer times while it
+    meets them (polled every 10 ms: p95 and max), and the server's peak RSS (VmHWM). A server that
+    never answers counts 10 s. The first row is the same with no such file (the machine's own noise)."""
+    w = World(1, claude=1, codex=0, size=20 * 1024)
+    worst_p95, worst_max, worst_rss, rows = 0.0, 0.0, 0.0, []
+    seconds = 0.5 if quick else 1.0
+    try:
+        readers = _foreign_readers(w)
+        cases = [("(no such file: baseline)", None, None, "-")] + [
+            (reader, first, later, kind) for reader, (first, later) in sorted(readers.items()) for kind in FOREIGN_KINDS]
+        for reader, first, later, kind in cases:
+            if first and first.endswith("-journal"):  # a database beside it: SQLite looks for a hot journal
+                import sqlite3
+                conn = sqlite3.connect(first[:-len("-journal")])
+                conn.execute("CREATE TABLE IF NOT EXISTS session (id TEXT)")
+                conn.commit()
+                conn.close()
+            if first:
+                _plant(first, kind)
+            started = _start_within(w, 10.0)
+            stalls, rss = [], float("nan")
+            if started is None:
+                stalls = [10000.0]
+            else:
+                done = threading.Event()
+
+                def poll():
+                    while not done.is_set():
+                        a = time.monotonic()
+                        try:
+                            http(w.port, "GET", "/health")
+                            stalls.append((time.monotonic() - a) * 1000)
+                        except OSError:
+                            stalls.append(10000.0)
+                        time.sleep(0.01)
+                poller = threading.Thread(target=poll, daemon=True)
+                poller.start()
+                if later:
+                    _plant(later, kind)
+                time.sleep(seconds)
+                done.set()
+                poller.join(15)
+                rss = proc_status(w.server.pid, "VmHWM")
+            _stop(w)
+            for p in set((first, later)) - {None}:
+                if os.path.lexists(p):
+                    os.unlink(p)
+            p95, top = pct(stalls, 95), max(stalls)
+            if first:
+                worst_p95, worst_max = max(worst_p95, p95), max(worst_max, top)
+                worst_rss = max(worst_rss, rss if rss == rss else 0)
+            rows.append({"reader": reader, "kind": kind, "start_s": started, "p95_ms": p95, "max_ms": top,
+                         "peak_rss_mb": rss, "requests": len(stalls)})
+            if detail or not first:
+                res.add("/health: %s, %s" % (reader, kind), "%d requests, start %s" % (
+                    len(stalls), "%.2f s" % started if started is not None else "never"), stalls, "ms", 100, "p95<=",
+                    note="max %.0f ms, peak RSS %s" % (top, "%.0f MB" % rss if rss == rss else "- (did not start)"))
+        res.add("/health beside files that never end", "worst p95 of %d readers x FIFO, /dev/zero, 1 GB sparse"
+                % len(readers), [worst_p95], "ms", 100, "<=", note="worst max %.0f ms" % worst_max)
+        res.add("peak RSS beside files that never end", "worst server VmHWM of the same", [worst_rss], "MB", 100, "<=")
+        return rows
+    finally:
+        w.close()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a ~1 minute pass with fewer samples and shorter idle windows")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
-    ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home"],
+    ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home",
+                                       "foreign"],
                     help="run one group of figures")
     args = ap.parse_args()
     quick = args.quick
@@ -1037,6 +1179,8 @@ def main():
             bench_long_line(res, quick)
         if args.only == "dev-home":
             bench_dev_home(res, quick)
+        if args.only in ("foreign", "hostile"):
+            bench_foreign_files(res, quick, detail=args.only == "foreign")
         print(res.table())
         return 0 if all(r["pass"] for r in res.rows) else 1
     idle_s = 10 if quick else 60
@@ -1062,6 +1206,7 @@ def main():
     bench_cold_start(res, quick)
     bench_cold_start_many(res, quick)
     bench_long_line(res, quick)
+    bench_foreign_files(res, quick, detail=False)
     bench_notify(res, 5 if quick else 20)
     bench_save(res, 5 if quick else 10)
     bench_keepalive(res, 50 if quick else 200)
