@@ -2,7 +2,7 @@
 """Measure what users feel, against targets: `python3 bench/run.py` (full, ~6 min) or `--quick` (~1 min).
 
 Builds its own workloads in a temp HOME and a private tmux socket from the real record shapes in
-../shared/agents-lab/fixtures, runs the real program (dist/opensessions.pyz, built fresh), and
+tests/fixtures (the captures), runs the real program (dist/opensessions.pyz, built fresh), and
 prints a table (figure, median, p95 / spread, target, pass) plus bench/results.json.
 Nothing here touches your tmux server or your home.
 """
@@ -23,7 +23,7 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-FIX = os.path.join(os.path.dirname(ROOT), "shared", "agents-lab", "fixtures")
+FIX = os.path.join(ROOT, "tests", "fixtures")  # the real captures the tests use
 PY = sys.executable
 sys.path.insert(0, ROOT)
 import opensessions  # noqa: E402  (only for its pure helpers: encodings, ids)
@@ -167,8 +167,8 @@ class World(object):
         WORLDS.append(self)
         self.home = os.path.join(self.base, "home")
         os.makedirs(self.home)
-        if dev_home:  # a HOME laid out like a real one (homes/dev, relocated so its paths are real)
-            subprocess.run([PY, os.path.join(os.path.dirname(FIX), "tools", "make_homes.py"), FIX, self.home,
+        if dev_home:  # a HOME laid out like a real one (the captures, placed so their paths are real)
+            subprocess.run([PY, os.path.join(FIX, "tools", "make_homes.py"), FIX, self.home,
                             "--home-path", self.home], check=True, stdout=subprocess.DEVNULL)
         os.makedirs(os.path.join(self.base, "run"), mode=0o700)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("TMUX", "XDG_", "CLAUDE", "CODEX", "OPENCODE"))}
@@ -1038,24 +1038,24 @@ def _foreign_readers(w):
     """reader -> (path at start, path planted while the server runs): what the server reads of the
     agents' files and the panes' repositories (issue 19). The same path twice: removed, planted again."""
     paths = opensessions.agent_paths(w.env)
-    day = os.path.join(paths["codex"], "sessions", time.strftime("%Y/%m/%d"))
+    day = os.path.join(paths["codex"]["home"], "sessions", time.strftime("%Y/%m/%d"))
     u = "6f1c3a52-1d0b-4c1e-9a57-%012d"
     two = lambda f: (f % 0, f % 1)
     return {
-        "claude registry": two(os.path.join(paths["claude"], "sessions", "40000%02d.json")),
+        "claude registry": two(os.path.join(paths["claude"]["home"], "sessions", "40000%02d.json")),
         "claude transcript": two(os.path.join(w.proj, u + ".jsonl")),
         "codex rollout": two(os.path.join(day, "rollout-2026-11-22T01-46-31-01a200ee-0000-7000-9e17-%012d.jsonl")),
-        "codex session_index": (os.path.join(paths["codex"], "session_index.jsonl"),) * 2,
-        "codex state_5.sqlite": (os.path.join(paths["codex"], "state_5.sqlite"),) * 2,
-        "opencode.db": (paths["opencode_db"],) * 2,
-        "opencode.db-journal": (paths["opencode_db"] + "-journal",) * 2,
-        "amp thread": two(os.path.join(paths["amp_threads"], "T-019b9d03-62e3-772f-9780-%012d.json")),
-        "gemini projects.json": (os.path.join(paths["gemini"], "projects.json"),) * 2,
-        "gemini chat (1st line)": two(os.path.join(paths["gemini"], "tmp", "p", "chats",
+        "codex session_index": (os.path.join(paths["codex"]["home"], "session_index.jsonl"),) * 2,
+        "codex state_5.sqlite": (os.path.join(paths["codex"]["home"], "state_5.sqlite"),) * 2,
+        "opencode.db": (paths["opencode"]["db"],) * 2,
+        "opencode.db-journal": (paths["opencode"]["db"] + "-journal",) * 2,
+        "amp thread": two(os.path.join(paths["amp"]["threads"], "T-019b9d03-62e3-772f-9780-%012d.json")),
+        "gemini projects.json": (os.path.join(paths["gemini"]["home"], "projects.json"),) * 2,
+        "gemini chat (1st line)": two(os.path.join(paths["gemini"]["home"], "tmp", "p", "chats",
                                                    "session-2026-11-27T22-08-%08x.jsonl")),
-        "qwen registry": two(os.path.join(paths["qwen"], "sessions", "40000%02d.json")),
-        "qwen chat": two(os.path.join(paths["qwen"], "projects", "-w", "chats", u + ".jsonl")),
-        "pi session": two(os.path.join(paths["pi"], "sessions", "--w--", "2026-11-22T01-46-31-000Z_" + u + ".jsonl")),
+        "qwen registry": two(os.path.join(paths["qwen"]["home"], "sessions", "40000%02d.json")),
+        "qwen chat": two(os.path.join(paths["qwen"]["home"], "projects", "-w", "chats", u + ".jsonl")),
+        "pi session": two(os.path.join(paths["pi"]["home"], "sessions", "--w--", "2026-11-22T01-46-31-000Z_" + u + ".jsonl")),
         "git HEAD (pane cwd)": (os.path.join(w.cwd, ".git", "HEAD"),) * 2,
     }
 
@@ -1162,8 +1162,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a ~1 minute pass with fewer samples and shorter idle windows")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
-    ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home",
-                                       "foreign"],
+    ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home", "cli",
+                                       "save", "foreign"],
                     help="run one group of figures")
     args = ap.parse_args()
     quick = args.quick
@@ -1181,6 +1181,15 @@ def main():
             bench_dev_home(res, quick)
         if args.only in ("foreign", "hostile"):
             bench_foreign_files(res, quick, detail=args.only == "foreign")
+        if args.only == "cli":
+            w = World(30)
+            try:
+                w.start_server()
+                bench_cli(w, res, 10 if quick else 20)
+            finally:
+                w.close()
+        if args.only == "save":
+            bench_save(res, 5 if quick else 10)
         print(res.table())
         return 0 if all(r["pass"] for r in res.rows) else 1
     idle_s = 10 if quick else 60

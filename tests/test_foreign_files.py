@@ -43,6 +43,7 @@ READERS = {
     "assistant-sessions.json": "resurrect/assistant-sessions.json",
     "pane contents archive": "resurrect/pane_contents.tar.gz",
     "qwen registry (save)": ".qwen/sessions/{pid}.json#save",
+    "claude registry (save)": ".claude/sessions/{pid}.json#save",
     "gemini projects.json (save)": ".gemini/projects.json#save",
     "gemini chat (restore)": ".gemini/tmp/proj/chats/session-2026-11-27T22-08-4fc6198e.jsonl#restore",
     "claude settings.json (install)": ".claude/settings.json",
@@ -144,10 +145,15 @@ def run():
             return {"error": str(e)}
     if reader == "qwen registry (save)":
         return {"id": o.qwen_registry_id(os.path.join(home, ".qwen"), [os.getpid()])}
+    if reader == "claude registry (save)":
+        spec, files = o.agent_files("claude")
+        return {"id": files.live_id(spec, o.agent_paths(env)["claude"], [os.getpid()])}
     if reader == "gemini projects.json (save)":
-        return {"candidates": o.more_cwd_candidates(o.agent_paths(env), "gemini", "/w")}
+        spec, files = o.agent_files("gemini")
+        return {"candidates": files.cwd_candidates(spec, o.agent_paths(env)["gemini"], "/w")}
     if reader == "gemini chat (restore)":
-        return {"exists": o.more_conversation_exists(o.agent_paths(env), "gemini", "4fc6198e" + "-0000-4000-8000-000000000000")}
+        return {"exists": o.conversation_exists("gemini", "4fc6198e" + "-0000-4000-8000-000000000000",
+                                                o.agent_paths(env)["gemini"])}
     if reader.endswith("(install)") or reader == "install ledger (ours)":
         for d in (".claude", ".codex", ".pi/agent", ".config/opencode"):
             os.makedirs(os.path.join(home, d), exist_ok=True)
