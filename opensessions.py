@@ -882,6 +882,17 @@ def ui_from_tmux_options(options):
         return {k: v for k, v in ui.items() if k != "width"}
 
 
+def tmux_ui_change(from_tmux, last_applied, ui):
+    """Which of the preferences the @opensessions-* options set (`from_tmux`, as
+    ui_from_tmux_options gives them) to apply at a server start or a re-source of ~/.tmux.conf.
+    An option is applied only when its value differs from the one last applied from tmux: a theme
+    picked with `t` or a width set through POST /ui holds until the option itself is changed. Pure.
+    -> (change for ui, what to remember as last applied)"""
+    last = last_applied if isinstance(last_applied, dict) else {}
+    change = {k: v for k, v in from_tmux.items() if last.get(k) != v and ui.get(k) != v}
+    return change, dict(from_tmux)
+
+
 ##############################################################################
 # Agent parsers (pure): bytes in, records out
 ##############################################################################
@@ -2384,8 +2395,9 @@ def read_tmux_options(tmux, defaults=None):
     return {n: (v or defaults[n]) for n, v in zip(names, out)}
 
 
-TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": str(DEFAULT_WIDTH),
-                "@opensessions-position": "left", "@opensessions-theme": "", "@opensessions-port": "",
+# Width, side and theme default to "" (unset): only what ~/.tmux.conf sets is applied over ui.json.
+TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": "",
+                "@opensessions-position": "", "@opensessions-theme": "", "@opensessions-port": "",
                 "@opensessions-focus-key": "", "@opensessions-index-keys": "off", "@opensessions-resurrect": "on",
                 "@opensessions-notify": "", "@opensessions-notify-on": "", "@opensessions-popup-key": "g"}
 
@@ -5714,6 +5726,8 @@ class Server(object):
         self.state_file = StateFile(os.path.join(state_dir(self.environ), "state-%s.json" % key), self.store,
                                     self.loop, self._state_document)
         self.ui_path = os.path.join(config_dir(self.environ), "ui.json")
+        # the preferences last applied from the @opensessions-* options (see tmux_ui_change)
+        self.tmux_applied_path = os.path.join(state_dir(self.environ), "tmux-options.json")
         self.usage_path = os.path.join(state_dir(self.environ), "usage-%s.json" % key)
         self.git = GitProbe()
         self.httpd = None
@@ -6312,19 +6326,35 @@ class Server(object):
         self.store.ui = load_ui(data)
         self.store.touch()
 
-    def _apply_tmux_options(self):
-        """The @opensessions-* options (from ~/.tmux.conf) hold from the first sidebar on."""
+    def _apply_tmux_options(self, from_tmux=None):
+        """The @opensessions-* options (from ~/.tmux.conf) hold from the first sidebar on, where
+        their value changed since it was last applied (tmux_ui_change); `from_tmux` is what
+        tmux-setup read at a re-source, else they are read here. -> the change made."""
+        if from_tmux is None:
+            try:
+                from_tmux = ui_from_tmux_options(read_tmux_options(self.tmux))
+            except Exception as e:  # never fail a start for an option
+                log("cannot read the tmux options: %s" % e)
+                return {}
         try:
-            change = ui_from_tmux_options(read_tmux_options(self.tmux))
-        except Exception as e:  # never fail a start for an option
-            log("cannot read the tmux options: %s" % e)
-            return
-        change = {k: v for k, v in change.items() if self.store.ui.get(k) != v}
-        if change:  # before any sidebar is placed: nothing to move yet
+            last = read_json_file(self.tmux_applied_path, {})
+        except OpensessionsError as e:
+            log("%s; applying every @opensessions-* option again" % e)
+            last = {}
+        change, remember = tmux_ui_change(from_tmux, last, self.store.ui)
+        if remember != last:
+            try:
+                ensure_private_dir(os.path.dirname(self.tmux_applied_path))
+                atomic_write(self.tmux_applied_path, json.dumps(remember, indent=2) + "\n")
+            except (OSError, OpensessionsError) as e:
+                log("cannot save %s: %s" % (self.tmux_applied_path, e))
+        if change:
+            log("applied from the tmux options: %s" % json.dumps(change, sort_keys=True))
             self.store.ui.update(change)
             self.store.touch()
             if self.store.ui_error is None:  # a broken ui.json is kept until the user changes something
                 self._save_ui()
+        return change
 
     def _save_ui(self):
         self.store.ui_error = None
@@ -6497,6 +6527,18 @@ class Api(object):
         self.server.state_file.schedule_save()
 
     def api_ui(self, body):
+        """POST /ui: a partial update of the preferences. {"fromTmux": {...}} (what tmux-setup read
+        from the @opensessions-* options) is applied where an option changed (tmux_ui_change)."""
+        if isinstance(body, dict) and "fromTmux" in body:
+            body = dict(body)
+            from_tmux = body.pop("fromTmux")
+            if not isinstance(from_tmux, dict):
+                raise ApiError(400, "'fromTmux' must be an object of preferences")
+            from_tmux = validate_ui(from_tmux) if from_tmux else {}
+            rest = validate_ui(body) if body else {}
+            self.server.on_ui_changed(self.server._apply_tmux_options(from_tmux))
+            if not rest:
+                return None
         change = validate_ui(body)
         self.store.ui.update(change)
         if "prices" in change:
@@ -10913,6 +10955,57 @@ def tmux_bindings(me, options):
     return out
 
 
+def key_bindings(listing):
+    """`tmux list-keys` output -> {(table, key): the line}. Pure."""
+    out = {}
+    for line in listing.splitlines():
+        m = re.match(r"^bind-key\s+(?:-r\s+)?-T\s+(\S+)\s+(\S+)\s", line)
+        if m:
+            out[(m.group(1), m.group(2))] = line.strip()
+    return out
+
+
+def _bind_keys(tmux, me, options):
+    """Bind our keys (one tmux process for all: tmux waits for us at boot). What we bound before and
+    no longer bind goes: a re-source of ~/.tmux.conf with another @opensessions-key gives the old
+    key back its binding from before us (the user's, or tmux's own), and our key table and root
+    keys hold only what the options ask for now."""
+    key = options["@opensessions-key"]
+    wanted = tmux_bindings(me, options)
+    try:
+        bound = key_bindings(tmux.run("list-keys"))
+    except TmuxError:
+        bound = {}
+    old_key = _tmux_option(tmux, "@opensessions-bound-key")
+    saved = _tmux_option(tmux, "@opensessions-saved-binding")
+    give_back = None
+    cmds = []
+    if old_key and old_key != key:
+        if "-T " + KEY_TABLE in bound.get(("prefix", old_key), ""):  # still ours
+            if saved.startswith("bind-key"):
+                give_back = saved
+            else:
+                cmds += ["unbind-key", old_key, ";"]
+        saved = ""
+        cmds += ["set-option", "-gu", "@opensessions-saved-binding", ";"]
+    previous = bound.get(("prefix", key), "")
+    if previous and "opensessions" not in previous and not saved:
+        cmds += ["set-option", "-g", "@opensessions-saved-binding", previous, ";"]
+    if any(table == KEY_TABLE for table, _ in bound):
+        cmds += ["unbind-key", "-a", "-T", KEY_TABLE, ";"]  # a popup key changed: the old one goes
+    root = [k for table, k, *_ in wanted if table == "root"]
+    for k in _tmux_option(tmux, "@opensessions-bound-root").split():
+        if k not in root and "opensessions" in bound.get(("root", k), ""):
+            cmds += ["unbind-key", "-n", k, ";"]
+    for table, k, *command in wanted:
+        cmds += ["bind-key"] + (["-T", table] if table != "prefix" else []) + [k] + command + [";"]
+    cmds += ["set-option", "-g", "@opensessions-bound-root", " ".join(root), ";"]
+    cmds += ["set-option", "-g", "@opensessions-bound-key", key]
+    tmux.run(*cmds)
+    if give_back:
+        _restore_binding(tmux, give_back)
+
+
 RENAME_GUARD = "#{?#{@opensessions-sidebar},#{window_name},"
 
 
@@ -10957,18 +11050,7 @@ def _tmux_setup(args):
     if options["@opensessions-port"]:
         args.port = _int(options["@opensessions-port"], None)
         me += " --port %d" % args.port
-    key = options["@opensessions-key"]
-    try:
-        previous = tmux.run("list-keys", "-T", "prefix", key).strip()
-    except TmuxError:
-        previous = ""
-    cmds = []
-    if previous and "opensessions" not in previous and not _tmux_option(tmux, "@opensessions-saved-binding"):
-        cmds += ["set-option", "-g", "@opensessions-saved-binding", previous.splitlines()[0], ";"]
-    for table, k, *command in tmux_bindings(me, options):
-        cmds += ["bind-key"] + (["-T", table] if table != "prefix" else []) + [k] + command + [";"]
-    cmds += ["set-option", "-g", "@opensessions-bound-key", key]
-    tmux.run(*cmds)  # one tmux process for every binding: tmux waits for us at boot
+    _bind_keys(tmux, me, options)
     _keep_window_names(tmux)
     if options["@opensessions-resurrect"] in ("on", "1", "yes", "true"):
         tmux_setup_resurrect(tmux, me)
@@ -10985,13 +11067,12 @@ def _tmux_setup(args):
         cmd_stop(args, on_purpose=False)  # an updated plugin: restart the server on the new code
     first_run = _first_run()  # asked before a new server saves ui.json with its defaults
     start_background(args)  # a new server reads the options itself, before its first sidebar
-    ui = ui_from_tmux_options(options)
+    # a re-source of ~/.tmux.conf: the server applies the options whose value changed since it
+    # last applied them (a theme picked with `t` holds otherwise)
+    body = {"fromTmux": ui_from_tmux_options(options)}
     if first_run:
-        ui["visible"] = True  # the plugin's first run shows the sidebars; later, prefix o t's choice holds
-    state_ui = _get_state(args).get("ui", {})
-    ui = {k: v for k, v in ui.items() if state_ui.get(k) != v}
-    if ui:
-        _post(args, "/ui", ui)
+        body["visible"] = True  # the plugin's first run shows the sidebars; later, prefix o t's choice holds
+    _post(args, "/ui", body)
     return 0
 
 
@@ -11069,6 +11150,12 @@ def cmd_uninstall_tmux(args):
             continue
         if KEY_TABLE in bound or "opensessions" in bound:
             tmux.run("unbind-key", *(["-T", table] if table != "prefix" else []) + [k])
+    for k in _tmux_option(tmux, "@opensessions-bound-root").split():  # root keys bound by an older setup
+        try:
+            if "opensessions" in tmux.run("list-keys", "-T", "root", k):
+                tmux.run("unbind-key", "-n", k)
+        except TmuxError:
+            pass
     _restore_binding(tmux, _tmux_option(tmux, "@opensessions-saved-binding"))
     try:
         tmux.run("unbind-key", "-a", "-T", KEY_TABLE)
