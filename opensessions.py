@@ -853,12 +853,12 @@ SPINNER = {"unicode": "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏", "ascii": "|/-\\"}
 GLYPHS = {
     "unicode": {"running": None, "retry": "↻", "waiting": "◉", "error": "✗", "interrupted": "⊘",
                 "done-unseen": "●", "done": "✓", "idle": "○", "unseen": "●", "bar": "█", "bar_empty": "░",
-                "more": "…", "sep": "─", "current": "▌", "neutral": "·", "info": "i", "success": "✓",
-                "warn": "!", "tone-error": "✗"},
+                "more": "…", "sep": "─", "current": "◂", "cursor": "❯", "neutral": "·", "info": "i",
+                "success": "✓", "warn": "!", "tone-error": "✗"},
     "ascii": {"running": None, "retry": "r", "waiting": "?", "error": "x", "interrupted": "!",
               "done-unseen": "*", "done": "v", "idle": "o", "unseen": "*", "bar": "#", "bar_empty": "-",
-              "more": "~", "sep": "-", "current": ">", "neutral": "-", "info": "i", "success": "v",
-              "warn": "!", "tone-error": "x"},
+              "more": "~", "sep": "-", "current": "<", "cursor": ">", "neutral": "-", "info": "i",
+              "success": "v", "warn": "!", "tone-error": "x"},
 }
 
 
@@ -8332,7 +8332,7 @@ HELP_KEYS = (
     ("n", "new session (name, then directory)"),
     ("x", "kill the session (asks first)"),
     ("o", "open the session's port (or click it)"),
-    ("t", "pick a theme"),
+    ("t", "pick a theme (it holds until @opensessions-theme changes)"),
     ("/", "filter by name"),
     ("f", "show all / with agents / needing you"),
     ("m", "mute the session's notifications"),
@@ -8342,11 +8342,39 @@ HELP_KEYS = (
     ("?", "this help"),
     ("q/Esc", "leave the sidebar"),
 )
+# The popup's own keys: only these act there (the sidebar's session keys do nothing in it)
+POPUP_HELP_KEYS = (
+    ("j/k", "move (also the arrow keys)"),
+    ("Enter", "go to the thread's pane (closes the popup)"),
+    ("y/Y/N", "approve once / always / deny its permission prompt"),
+    ("i", "type the thread a prompt (Enter sends, Esc cancels)"),
+    ("?", "this help"),
+    ("q/Esc", "close the popup"),
+)
+PROMPT_HELP = "typing: C-a/C-e start/end, C-u/C-k cut before/after, C-w cut a word"
+PROMPT_HELP_DIR = ", Tab completes a directory, ~ is your home"
 # (glyph key, meaning) for the help's legend; "spinner" is the running animation
 HELP_LEGEND = (
     ("spinner", "working"), ("retry", "retrying after an error"), ("waiting", "waiting for you"),
     ("error", "stopped on an error"), ("interrupted", "interrupted"),
     ("done-unseen", "finished, not seen yet"), ("done", "finished"), ("idle", "idle"),
+)
+# (glyph key or literal text, meaning): every mark a session's row and the rows under it can show
+HELP_ROW_LEGEND = (
+    ("cursor", "the cursor (j/k move it)"),
+    ("current", "the session you are in"),
+    ("1-9", "its number: prefix o N"),
+    ("$0.28", "what its agents cost"),
+    ("badges", "a mark per agent thread:"),
+)
+HELP_ROW_LEGEND_AFTER = (
+    ("unseen", "apart: news you have not seen (goes when you look)"),
+    ("m", "notifications muted"),
+    ("", "the rows under it:"),
+    ("main*", "git branch; * uncommitted changes"),
+    ("[..]", "status pill (set-status)"),
+    ("bar", "progress (set-progress)"),
+    ("log", "newest log line, by tone"),
 )
 
 
@@ -8539,7 +8567,8 @@ class SidebarModel(object):
         self.prompt = None  # {"label", "text", "step", "values"}
         self.confirm = None
         self.theme_index = 0
-        self.message = None
+        self._message = None  # the footer's line, and what it was about (see say)
+        self._message_about = None
         self.frame = 0
         self.connected = False
         self.stopped = None  # the line to show while the server is stopped on purpose
@@ -8557,6 +8586,48 @@ class SidebarModel(object):
             self._selected_own = self.own_session
         elif self.selected not in items:
             self.selected = own if own in items else (items[0] if items else None)
+        self._expire_message()
+
+    # -- the footer's message: it belongs to the moment --------------------------------------
+    @property
+    def message(self):
+        return self._message
+
+    @message.setter
+    def message(self, text):
+        self.say(text)
+
+    def say(self, text, answered=False):
+        """Put a line in the footer about what is selected now. It goes at the next key, when the
+        selection moves, and when the thread it was about changes (a new prompt, a new status).
+        answered: the result of a reply sent to the selected thread, whose first change (leaving
+        the prompt it answered) is the reply's own effect and keeps the line."""
+        self._message = text
+        item = self.selected
+        self._message_about = (item, self._signature(item), answered) if text else None
+
+    def _signature(self, item):
+        """What a message about `item` depends on: a thread's status (and what it waits for or
+        failed on); None for anything else."""
+        if not item or item[0] != "thread":
+            return None
+        t = self._thread(item)
+        if t is None:
+            return ("gone",)
+        return (t["status"], t.get("detail") if t["status"] in ("waiting", "error") else None)
+
+    def _expire_message(self):
+        about = self._message_about
+        if self._message is None or about is None or about[1] is None or self.mode in ("confirm", "prompt"):
+            return
+        item, sig, answered = about
+        now = self._signature(item)
+        if now == sig:
+            return
+        if answered and now[0] not in ("waiting", "gone"):
+            self._message_about = (item, now, False)  # the reply's own effect: the next change clears it
+            return
+        self._message = self._message_about = None
 
     def ui(self):
         return (self.state or {}).get("ui") or {}
@@ -8618,16 +8689,18 @@ class SidebarModel(object):
         return self.session(self.selected[1]) if self.selected else None
 
     def selected_thread(self):
-        if not self.selected or self.selected[0] != "thread":
+        return self._thread(self.selected)
+
+    def _thread(self, item):
+        if not item or item[0] != "thread":
             return None
-        s = self.session(self.selected[1])
-        return next((t for t in (s or {}).get("threads", [])
-                     if (t["agent"], t["id"]) == self.selected[2:]), None)
+        s = self.session(item[1])
+        return next((t for t in (s or {}).get("threads", []) if (t["agent"], t["id"]) == item[2:]), None)
 
     # -- keys --------------------------------------------------------------------------------
     def key(self, k):
         """Handle one key (a curses key name such as 'j', 'KEY_DOWN', '\\n', 'KEY_BTAB'). -> actions."""
-        self.message = None
+        self.say(None)
         if k == "FOCUS":
             return self._focus()
         handler = {"prompt": self._prompt_key, "confirm": self._confirm_key, "help": self._help_key,
@@ -8641,14 +8714,17 @@ class SidebarModel(object):
                  "d": "_hide", "u": "_unhide", "n": "_new", "x": "_kill", "o": "_open", "t": "_themes",
                  "/": "_filter", "f": "_filter_mode", "m": "_mute", "?": "_help", "q": "_quit", "\x1b": "_quit",
                  "y": "_reply", "Y": "_reply", "N": "_reply", "i": "_reply_text"}
+    # the popup's own keys: every other key (the sidebar's session keys) does nothing there
+    POPUP_KEYS = {"j": "_move", "KEY_DOWN": "_move", "k": "_move", "KEY_UP": "_move",
+                  "\n": "activate", "\r": "activate", "KEY_ENTER": "activate",
+                  "y": "_reply", "Y": "_reply", "N": "_reply", "i": "_reply_text", "?": "_help",
+                  "q": "_close", "\x1b": "_close"}
     REPLY_KEYS = {"y": "approve", "Y": "approve-always", "N": "deny"}
 
     def _list_key(self, k):
-        if self.popup and k in ("q", "\x1b"):
-            return [("quit",)]
         if len(k) == 1 and k in "123456789" and not self.popup:
             return self._number_key(k)
-        name = self.LIST_KEYS.get(k)
+        name = (self.POPUP_KEYS if self.popup else self.LIST_KEYS).get(k)
         if name is None:
             return []
         if name == "activate":
@@ -8761,6 +8837,9 @@ class SidebarModel(object):
         self.mode = "help"
         self.help_scroll = 0
 
+    def _close(self, k):
+        return [("quit",)]
+
     def _quit(self, k):
         if self.filter_text:
             self.filter_text = ""
@@ -8838,20 +8917,62 @@ class SidebarModel(object):
         return []
 
     def _prompt_key(self, k):
+        """Every text prompt edits its line as a shell does: Left/Right, C-a/C-e (Home/End),
+        Backspace, C-d/Delete, C-u/C-k (cut before/after the cursor), C-w (cut a word or a
+        directory); Tab completes the directory prompt (a ("complete", text) action: the app lists
+        the directories and calls complete()). A pre-filled directory is replaced by the first
+        character typed."""
         p = self.prompt
+        text, pos = p["text"], min(p.get("pos", len(p["text"])), len(p["text"]))
+        fresh = p.pop("fresh", False)
+        p.pop("choices", None)
         if k == "\x1b":
             self.mode, self.prompt = "list", None
             return []
-        if k in ("KEY_BACKSPACE", "\x7f", "\b"):
-            p["text"] = p["text"][:-1]
-        elif k in ("\n", "\r", "KEY_ENTER"):
+        if k in ("\n", "\r", "KEY_ENTER"):
             return self._prompt_done()
+        if k == "\t":
+            if p["step"] == "dir":
+                p["pos"] = len(text)
+                return [("complete", text)]
+            return []
+        if k in ("KEY_BACKSPACE", "\x7f", "\b"):
+            text, pos = text[:max(0, pos - 1)] + text[pos:], max(0, pos - 1)
+        elif k in ("KEY_DC", "\x04"):
+            text = text[:pos] + text[pos + 1:]
+        elif k in ("KEY_LEFT", "\x02"):
+            pos = max(0, pos - 1)
+        elif k in ("KEY_RIGHT", "\x06"):
+            pos = min(len(text), pos + 1)
+        elif k in ("KEY_HOME", "\x01"):
+            pos = 0
+        elif k in ("KEY_END", "\x05"):
+            pos = len(text)
+        elif k == "\x15":
+            text, pos = text[pos:], 0
+        elif k == "\x0b":
+            text = text[:pos]
+        elif k == "\x17":
+            start = word_start(text, pos)
+            text, pos = text[:start] + text[pos:], start
         elif len(k) == 1 and k.isprintable():
-            p["text"] += k
+            if fresh:
+                text, pos = "", 0
+            text, pos = text[:pos] + k + text[pos:], pos + 1
+        else:
+            p["fresh"] = fresh  # a key that does nothing here leaves the pre-filled text as it was
+        p["text"], p["pos"] = text, pos
         if p["step"] == "filter":
             self.filter_text = p["text"]
             self._reselect()
         return []
+
+    def complete(self, text, choices):
+        """Tab's answer (complete_directory): the completed text, and the choices when several fit."""
+        if self.mode == "prompt" and self.prompt and self.prompt["step"] == "dir":
+            self.prompt.update(text=text, pos=len(text))
+            if len(choices) > 1:
+                self.prompt["choices"] = choices
 
     def _prompt_done(self):
         p = self.prompt
@@ -8868,7 +8989,11 @@ class SidebarModel(object):
                 self.mode, self.prompt = "list", None
                 return []
             s = self.selected_session()
-            p.update(step="dir", label="directory", text=(s or {}).get("dir") or "~")
+            home = home_dir()
+            start = (s or {}).get("dir") or home
+            if start == home or start.startswith(home.rstrip("/") + "/"):
+                start = "~" + start[len(home.rstrip("/")):]
+            p.update(step="dir", label="directory", text=start, pos=len(start), fresh=True)
             p["values"]["name"] = name
             return []
         name = p["values"]["name"]
@@ -8881,6 +9006,7 @@ class SidebarModel(object):
         if not 0 <= row < len(rows) or rows[row][0] is None:
             return []
         item = rows[row][0]
+        self.say(None)
         if item[0] == "port":
             port = _port_at(rows[row][1], x)
             return [("open", port)] if port else []
@@ -8891,9 +9017,57 @@ class SidebarModel(object):
         return []
 
     def wheel(self, delta):
+        self.say(None)
         items = self.items()
         idx = items.index(self.selected) if self.selected in items else 0
         self._select(items, idx + delta)
+
+
+def word_start(text, pos):
+    """Where C-w's cut starts: back over separators (space, /), then over a word. Pure."""
+    i = pos
+    while i > 0 and text[i - 1] in " /":
+        i -= 1
+    while i > 0 and text[i - 1] not in " /":
+        i -= 1
+    return i
+
+
+def complete_directory(text, list_dirs, home):
+    """Tab in the directory prompt -> (the text completed as far as it is unambiguous, the
+    directories that fit when there are several). `~` is home, a relative path is under home (as
+    the new session's directory is); list_dirs(path) -> the names of its subdirectories. Pure."""
+    if text == "~":
+        return "~/", []
+    expanded = home.rstrip("/") + text[1:] if text.startswith("~/") else text
+    head, slash, prefix = expanded.rpartition("/")
+    if expanded.startswith("/"):
+        base = head + slash if head else "/"
+    else:
+        base = os.path.join(home, head)
+    try:
+        names = sorted(n for n in list_dirs(base) if n.startswith(prefix) and (prefix[:1] == "." or n[:1] != "."))
+    except OSError:
+        names = []
+    if not names:
+        return text, []
+    typed_head = text[:len(text) - len(prefix)]
+    if len(names) == 1:
+        return typed_head + names[0] + "/", []
+    return typed_head + os.path.commonprefix(names), names
+
+
+def list_subdirectories(path):
+    """The names of path's subdirectories (for complete_directory)."""
+    out = []
+    with os.scandir(path) as it:
+        for entry in it:
+            try:
+                if entry.is_dir():
+                    out.append(entry.name)
+            except OSError:
+                pass
+    return out
 
 
 def _port_at(pieces, x):
@@ -9067,20 +9241,39 @@ def _render_header(scr):
     if model.filter_mode != "all" or model.filter_text:
         status += " [%s%s]" % (model.filter_mode if model.filter_mode != "all" else "",
                                ("/" + model.filter_text) if model.filter_text else "")
-    scr.line(None, [(title, "accent"), (status, "muted")])
+    pieces = [(title, "accent"), (status, "muted")]
+    if not model.popup and model.mode == "list":  # where the keys are: the popup says it in its title
+        used = display_width(title + scr.clean(status))
+        for hint in ("? help", "?"):
+            if used + 1 + len(hint) <= w:
+                pieces.append((" " * (w - used - len(hint)) + hint, "muted"))
+                break
+    scr.line(None, pieces)
 
 
 def _render_help(scr):
-    g, w = scr.g, scr.w
+    """The keys (the popup's own in the popup), then what every mark means."""
+    g, w, model = scr.g, scr.w, scr.model
+    keys = POPUP_HELP_KEYS if model.popup else HELP_KEYS
     kw = max(len(k) for k, _ in HELP_KEYS) + 1 if w >= 24 else 0
-    for keys, text in HELP_KEYS:
+
+    def entry(key, text, key_style="accent"):
         if kw:
             for i, part in enumerate(wrap(text, w - kw)):
-                scr.line(None, [((keys if i == 0 else "").ljust(kw), "accent"), (part, "fg")])
+                scr.line(None, [((key if i == 0 else "").ljust(kw), key_style), (part, "fg")])
         else:
-            scr.line(None, [(keys, "accent")])
+            scr.line(None, [(key, key_style)])
             scr.wrapped(None, text, "fg", indent=2, first="  ")
+    for key, text in keys:
+        entry(key, text)
+    scr.wrapped(None, PROMPT_HELP + ("" if model.popup else PROMPT_HELP_DIR), "muted", indent=2)
     scr.line(None, [("", "fg")])
+    if not model.popup:
+        scr.wrapped(None, "a session's row: %s2 web %s  $0.28 %s%s %s" % (
+            g["cursor"], g["current"], g["waiting"], g["done"], g["unseen"]), "muted", indent=2)
+        for key, meaning in HELP_ROW_LEGEND:
+            mark = {"cursor": g["cursor"], "current": g["current"], "badges": g["waiting"] + g["done"]}.get(key, key)
+            entry(mark, meaning, "accent" if key != "badges" else "waiting")
     for key, meaning in HELP_LEGEND:
         if key == "spinner":
             glyph, style = SPINNER[scr.charset][0], "running"
@@ -9088,7 +9281,17 @@ def _render_help(scr):
             glyph, style = _badge(key.replace("done-unseen", "done"), key == "done-unseen", g, 0, scr.charset)
         for i, part in enumerate(wrap(meaning, w - 2)):
             scr.line(None, [((glyph if i == 0 else " ") + " ", style), (part, "fg")])
-    scr.line(None, [("j/k scroll, any other key closes", "muted")])
+    if not model.popup:
+        for key, meaning in HELP_ROW_LEGEND_AFTER:
+            mark = {"unseen": g["unseen"], "bar": g["bar"] * 2 + g["bar_empty"],
+                    "log": g["success"] + g["warn"] + g["tone-error"] + g["info"] + g["neutral"]}.get(key, key)
+            if key:
+                entry(mark, meaning, "unseen" if key == "unseen" else "accent")
+            else:
+                scr.line(None, [(meaning, "muted")])
+    else:
+        scr.wrapped(None, "groups: waiting and error oldest first (as prefix o n visits them), the others "
+                          "newest first; under the list, the selected thread's pane", "muted", indent=2)
 
 
 def _render_themes(scr):
@@ -9129,12 +9332,13 @@ def _render_session(scr, s):
     if s.get("muted"):
         unseen.append((" m", "muted"))
     tail = len(badges) + sum(display_width(t) for t, _ in unseen)
-    name_room = w - 3 - tail - (1 if badges else 0)
-    name = fit(scr.clean(s["name"]), max(1, name_room), g["more"])
-    pieces = [(g["current"] if is_current else " ", "accent"), (("%d" % n if n else " ") + " ", "muted"),
+    here = " " + g["current"] if is_current else ""  # the session this client shows: marked after its name
+    name_room = w - 3 - tail - (1 if badges else 0) - len(here)
+    name = fit(scr.clean(s["name"]), max(1, name_room), g["more"]) + here
+    pieces = [(g["cursor"] if selected else " ", "accent"), (("%d" % n if n else " ") + " ", "muted"),
               (name, "accent" if is_current else base)]
     cost = cost_text((s.get("usage") or {}).get("cost"), row=True)
-    if cost and name_room - display_width(name) >= len(cost) + 2:  # the session's total, when there is room
+    if cost and name_room - display_width(name) + len(here) >= len(cost) + 2:  # its total, when there is room
         pieces.append((" " * (w - 3 - display_width(name) - tail - len(cost) - (1 if badges else 0)), base))
         pieces.append((cost, "muted"))
         if badges:
@@ -9331,25 +9535,41 @@ def _scroll(model, rows, height):
 
 
 def _render_footer(scr):
-    """Prompts show the end of what is typed (the label goes on its own row when both do not fit);
+    """Prompts show what is typed with the cursor on it (the label goes on its own row when both do
+    not fit; a long text is cut to keep the cursor in view), and Tab's choices above them;
     messages and questions wrap."""
     model, w = scr.model, scr.w
     if model.mode == "prompt":
-        label, typed = model.prompt["label"] + ":", scr.clean(model.prompt["text"]) + "_"
-        if display_width(label + " " + typed) <= w:
-            scr.line(None, [(label + " ", "waiting"), (typed, "fg")])
+        p = model.prompt
+        if p.get("choices"):
+            for part in wrap(" ".join(c + "/" for c in p["choices"]), w)[:2]:
+                scr.line(None, [(part, "muted")])
+        label = p["label"] + ":"
+        text = scr.clean(p["text"])
+        pos = min(p.get("pos", len(text)), len(text))
+        style = "sel" if p.get("fresh") else "fg"  # pre-filled: typing replaces it
+        if display_width(label + " " + text) + 1 <= w:
+            scr.line(None, [(label + " ", "waiting")] + _typed_pieces(text, pos, style))
             return
         scr.line(None, [(label, "waiting")])
         more = scr.g["more"]
-        while display_width(typed) > w and len(typed) > 1:
-            typed = typed[1:]
-            if display_width(more + typed) <= w:
-                typed = more + typed
-                break
-        scr.line(None, [(typed, "fg")])
+        start = 0
+        while display_width(text[start:pos]) + (2 if start else 1) > w and start < pos:
+            start += 1
+        pieces = _typed_pieces(text[start:], pos - start, style)
+        scr.line(None, ([(more, "muted")] if start else []) + pieces)
+    elif model.mode == "help":  # always on screen, however long the help
+        scr.line(None, [(fit("j/k scroll, any other key closes", w, scr.g["more"]), "muted")])
     elif model.message:
         for part in wrap(scr.clean(model.message), w)[:3]:
             scr.line(None, [(part, "waiting")])
+
+
+def _typed_pieces(text, pos, style="fg"):
+    """A prompt's text with its cursor: the character under it shown selected, or '_' at the end."""
+    if pos >= len(text):
+        return [(text, style), ("_", "fg")]
+    return [(text[:pos], style), (text[pos], "sel"), (text[pos + 1:], style)]
 
 
 class EventStream(object):
@@ -9794,8 +10014,8 @@ class SidebarApp(object):
         try:
             if self.post:
                 self.post("/api/reply", body)
-            self.model.message = {"approve": "approved", "approve-always": "approved (always)",
-                                  "deny": "denied", "text": "sent"}[action]
+            self.model.say({"approve": "approved", "approve-always": "approved (always)",
+                            "deny": "denied", "text": "sent"}[action], answered=True)
         except OSError as e:
             reason = str(e)
             try:
@@ -9829,8 +10049,10 @@ class SidebarApp(object):
             elif kind == "kill":
                 self._move_clients_off(action[1])
                 self.tmux.run("kill-session", "-t", "=" + action[1])
+            elif kind == "complete":
+                self.model.complete(*complete_directory(action[1], list_subdirectories, home_dir()))
             elif kind == "new":
-                directory = os.path.expanduser(action[2])
+                directory = os.path.join(home_dir(), os.path.expanduser(action[2]))  # relative: under home
                 if not os.path.isdir(directory):
                     self.model.message = "no such directory: %s" % directory
                     return None
