@@ -10771,23 +10771,45 @@ def usage_lines(report):
         rows.append((title, "", "", "", "", ""))
         for name, u in report[group].items():
             row("  " + name, u, u["threads"])
-    if report["total"]:
-        row("TOTAL", report["total"], report["threads"])
+    row("TOTAL", report["total"] or dict(new_usage(), cost=0), report["threads"])
     widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c + " " * (w - display_width(c)) for c, w in zip(r, widths)).rstrip() for r in rows]
     if any(u.get("partial") for g in ("agents", "sessions", "days") for u in report[g].values()):
         lines.append("+? : some cost unknown (a model without a price: add it to ui.json \"prices\") "
                      "or history not fully read")
+    if not report["threads"]:
+        try:
+            since = " (since %s)" % time.strftime("%Y-%m-%d %H:%M", time.localtime(report["since"] / 1000.0))
+        except (OverflowError, ValueError, OSError):
+            since = ""
+        lines.append("nothing in this period%s" % since)
     return lines
 
 
 def parse_since(text, now_ms_):
     """'1d', '7d', '12h', '30m' -> epoch ms."""
+    if (text or "").strip().startswith("-"):
+        raise OpensessionsError("--since %s: how far back cannot be negative; give a duration such as 1d, 7d, "
+                                "12h (0d: from now, nothing)" % text.strip())
     m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$", text or "")
     if not m:
         raise OpensessionsError("--since takes a duration such as 1d, 7d, 12h")
     unit = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[m.group(2)]
     return int(now_ms_ - float(m.group(1)) * unit * 1000)
+
+
+def negative_since_joined(argv):
+    """`usage --since -1d`: argparse would take -1d for an option and say only "expected one
+    argument"; joined as --since=-1d, parse_since says why it is refused. Pure."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--since" and i + 1 < len(argv) and re.match(r"-\d", argv[i + 1]):
+            out.append("--since=" + argv[i + 1])
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def cmd_usage(args):
@@ -10988,8 +11010,16 @@ def cmd_next(args):
     if args.back:
         back = _tmux_option(tmux, "@opensessions-return")
         if not back:
-            raise OpensessionsError("nowhere to go back to: `next` was not used yet")
-        tmux.run("switch-client", *(target + ["-t", back]))
+            print("nothing to go back to: `next` has not jumped anywhere yet")
+            return 0
+        if tmux.run("display-message", "-p", *(target + ["#{pane_id}"])).strip() == back:
+            print("nothing to go back to: you are where the last jump came from")
+            return 0
+        try:
+            tmux.run("switch-client", *(target + ["-t", back]))
+        except TmuxError:
+            tmux.run("set-option", "-gu", "@opensessions-return")
+            print("nothing to go back to: the pane the last jump came from is gone")
         return 0
     here_pane, _, here_session = tmux.run("display-message", "-p", *(target + ["#{pane_id}\t#{session_name}"])
                                           ).strip("\n").partition("\t")
@@ -11017,6 +11047,10 @@ def cmd_sidebar(args, popup=False, client=None):
     """Run the curses sidebar in this pane (the sidebar pane manager starts these); with popup, the
     agents popup (`opensessions popup`, in a display-popup)."""
     global _log_file
+    if not (os.isatty(0) and os.isatty(1)):  # said before curses writes a byte, and before stderr goes to the log
+        raise OpensessionsError("the %s needs a terminal (%s)" % (
+            ("popup", "prefix o g opens it") if popup else ("sidebar", "it runs in a tmux pane; `opensessions` "
+                                                                      "shows one in every window")))
     socket_path = _socket_from_args(args)
     # The pane is the sidebar's screen: its log lines (and any traceback) go to the log file.
     log_path = os.path.join(state_dir(), "sidebar.log")
@@ -11559,7 +11593,8 @@ def build_parser(command=None):
 
     p = argparse.ArgumentParser(
         prog="opensessions", parents=[common(True)],
-        description="Live status of AI coding agents (Claude Code, Codex, OpenCode, Amp) across tmux sessions. "
+        description="Live status of AI coding agents (Claude Code, Codex, OpenCode, Gemini CLI, Qwen Code, Pi, Amp) "
+                    "across tmux sessions. "
                     "With no command: inside tmux, start the server; outside tmux, start a tmux session.")
     p.add_argument("--version", action="version", version="opensessions " + __version__)
     shared = common(False)
@@ -11575,16 +11610,22 @@ def build_parser(command=None):
     return p
 
 
+# The session `opensessions` starts outside tmux: tmux's default status-left, "[#{session_name}] ",
+# is cut at status-left-length 10, so the name has at most 7 characters ("[opensessi" otherwise).
+OUTSIDE_SESSION = "agents"
+
+
 def cmd_default(args):
     """No command: inside tmux, set up (keys, server) and show the sidebar; outside tmux, start or
-    attach a tmux session named opensessions that does that."""
+    attach a tmux session named `agents` (OUTSIDE_SESSION) that does that."""
     if os.environ.get("TMUX") or args.socket_name or args.socket_path:
         cmd_tmux_setup(args)
         _post(args, "/ui", {"visible": True})
         print("opensessions: the sidebar is shown; prefix o t hides it, prefix o s focuses it")
         return 0
     me = [sys.executable, os.path.abspath(sys.argv[0])]
-    exec_tmux("new-session", "-A", "-s", "opensessions", " ".join(_shell_quote(a) for a in me) + "; exec ${SHELL:-sh}")
+    exec_tmux("new-session", "-A", "-s", OUTSIDE_SESSION, " ".join(_shell_quote(a) for a in me) + "; exec ${SHELL:-sh}")
+
 
 
 def _shell_quote(s):
@@ -11639,6 +11680,8 @@ def main(argv=None):
         if args.agent in ("claude", "codex", "gemini", "qwen"):
             return cmd_hook(args)
     parser = build_parser(command)
+    if command == "usage":
+        argv = negative_since_joined(argv)
     args = parser.parse_args(argv)
     func = getattr(args, "func", None) or cmd_default
     if getattr(args, "display", False):

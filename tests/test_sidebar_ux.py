@@ -442,11 +442,11 @@ def test_prefix_o_keys_never_open_view_mode(shown, tmux, attach, bound):
     client = attach("=main")
     retry_until(lambda: client_session(tmux) == "main")
     in_mode = lambda: tmux.run("list-panes", "-a", "-F", "#{pane_in_mode}").split()
-    for key, said in ((b"9", "there is no session number 9 (2 listed)"),
-                      (b"p", "nowhere to go back to: `next` was not used yet"), (b"n", "nothing (else) needs you")):
+    for key, said in ((b"9", "opensessions: there is no session number 9 (2 listed)"),
+                      (b"p", "nothing to go back to: `next` has not jumped anywhere yet"),
+                      (b"n", "nothing (else) needs you")):
         prefix_o(tmux, client, key)
-        retry_until(lambda: ("message: opensessions: " + said if said != "nothing (else) needs you" else
-                             "message: " + said) in tmux.run("show-messages"),
+        retry_until(lambda: "message: " + said in tmux.run("show-messages"),
                     message="%r not shown on the status line" % said, timeout=10)
         assert "1" not in in_mode()
     prefix_o(tmux, client, b"2")
@@ -474,8 +474,18 @@ def test_next_visits_every_thread_that_needs_you_and_comes_round(server, tmux, a
             client_session(tmux))))
     assert seen == ["a", "b", "c", "a"]
     r = server.cli("next", "--back", "-c", cname)
-    assert r.returncode == 0
+    assert r.returncode == 0 and r.stdout == b""
     retry_until(lambda: client_session(tmux) == "c")  # where the last jump came from
+    # back there already, then the pane gone: it says so instead of nothing
+    r = server.cli("next", "--back", "-c", cname)
+    assert (r.returncode, r.stdout) == (0, b"nothing to go back to: you are where the last jump came from\n")
+    tmux.run("switch-client", "-c", cname, "-t", "=main")
+    retry_until(lambda: client_session(tmux) == "main")
+    tmux.run("kill-session", "-t", "=c")
+    r = server.cli("next", "--back", "-c", cname)
+    assert (r.returncode, r.stdout) == (0, b"nothing to go back to: the pane the last jump came from is gone\n")
+    r = server.cli("next", "--back", "-c", cname)
+    assert (r.returncode, r.stdout) == (0, b"nothing to go back to: `next` has not jumped anywhere yet\n")
 
 
 def test_next_attention_order_is_a_round():
