@@ -11232,8 +11232,9 @@ def _bind_keys(tmux, me, options):
         bound = key_bindings(tmux.run("list-keys"))
     except TmuxError:
         bound = {}
-    old_key = _tmux_option(tmux, "@opensessions-bound-key")
-    saved = _tmux_option(tmux, "@opensessions-saved-binding")
+    mine = read_tmux_options(tmux, {"@opensessions-bound-key": "", "@opensessions-saved-binding": "",
+                                    "@opensessions-bound-root": ""})  # what an earlier setup bound
+    old_key, saved = mine["@opensessions-bound-key"], mine["@opensessions-saved-binding"]
     give_back = None
     cmds = []
     if old_key and old_key != key:
@@ -11250,7 +11251,7 @@ def _bind_keys(tmux, me, options):
     if any(table == KEY_TABLE for table, _ in bound):
         cmds += ["unbind-key", "-a", "-T", KEY_TABLE, ";"]  # a popup key changed: the old one goes
     root = [k for table, k, *_ in wanted if table == "root"]
-    for k in _tmux_option(tmux, "@opensessions-bound-root").split():
+    for k in mine["@opensessions-bound-root"].split():
         if k not in root and "opensessions" in bound.get(("root", k), ""):
             cmds += ["unbind-key", "-n", k, ";"]
     for table, k, *command in wanted:
