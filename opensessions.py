@@ -7836,6 +7836,13 @@ def program_pyz(path=None):
     return b"#!/usr/bin/env python3\n" + buf.getvalue()
 
 
+def program_argv():
+    """How a window we open runs this program: this interpreter with -S, this file (.pyz or .py)."""
+    target = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] and os.path.exists(sys.argv[0]) \
+        else os.path.abspath(__file__)
+    return [sys.executable or "python3", "-S", target]
+
+
 class RemoteHost(object):
     """One host followed over one ssh process, driven by the server's event loop: never blocks
     (non-blocking pipes, a writer callback for what the pipe cannot take yet), so a hung host
@@ -8998,6 +9005,7 @@ class Resurrect(object):
         self.clock = clock
         self._options = None
         self._panes = []
+        self.me = program_argv()  # how a restored ssh-attach window runs us
 
     OPTIONS = ("@resurrect-dir", "@opensessions-resurrect-env")
 
@@ -9014,7 +9022,8 @@ class Resurrect(object):
     def _read_tmux(self):
         """The options we need and every pane, with one tmux process."""
         fmt = FS.join(("P", "#{session_name}", "#{window_index}", "#{pane_index}", "#{pane_id}", "#{pane_pid}",
-                       "#{pane_current_path}", "#{pane_current_command}", "#{@opensessions-sidebar}"))
+                       "#{pane_current_path}", "#{pane_current_command}", "#{@opensessions-sidebar}",
+                       "#{@opensessions-remote}"))
         opts = FS.join(["O"] + ["#{%s}" % n for n in self.OPTIONS])
         try:
             out = self.tmux.run("display-message", "-p", opts, ";", "list-panes", "-a", "-F", fmt)
@@ -9026,12 +9035,12 @@ class Resurrect(object):
             parts = line.split(FS)
             if parts[0] == "O" and len(parts) == len(self.OPTIONS) + 1:
                 self._options = dict(zip(self.OPTIONS, parts[1:]))
-            elif parts[0] == "P" and len(parts) == 9:
+            elif parts[0] == "P" and len(parts) == 10:
                 if parts[8] == "1" or parts[1].startswith(HIDDEN_SESSION_PREFIX):
                     continue
                 self._panes.append({"session": parts[1], "window": _int(parts[2]), "paneIndex": _int(parts[3]),
                                     "pane": parts[4], "pid": _int(parts[5]), "cwd": parts[6],
-                                    "command": parts[7]})
+                                    "command": parts[7], "remote": parts[9]})
             elif line.strip():
                 self.log("save: skipped a pane line that does not parse (a control character in a cwd or "
                          "command?): %r" % line[:300])
@@ -9229,14 +9238,15 @@ class Resurrect(object):
         stamp = sidecar_stamp(snapshot, self.clock())
         pointer = os.path.join(rdir, SIDECAR_PREFIX + "last")
         previous = self._read_sidecar(pointer, quiet=True)
-        if not records and previous and previous.get("records") and \
+        remote = self.remote_records()
+        if not records and not remote and previous and previous.get("records") and \
                 self.clock() - previous.get("savedAt", 0) < EMPTY_SAVE_GRACE:
             self.log("save: found no agents, but a save %ds ago found %d; keeping it (start-up race)"
                      % (self.clock() - previous.get("savedAt", 0), len(previous["records"])))
             return previous["records"], rdir
         timestamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))
         doc = {"version": 1, "timestamp": timestamp, "savedAt": self.clock(), "resurrectFile": snapshot,
-               "records": records, "skipped": skipped}
+               "records": records, "skipped": skipped, "remote": remote}
         name = "%s%s.json" % (SIDECAR_PREFIX, stamp)
         atomic_write(os.path.join(rdir, name), json.dumps(doc, indent=1))
         tmp_link = pointer + ".%d.tmp" % os.getpid()
@@ -9249,6 +9259,23 @@ class Resurrect(object):
         self.log("save: %d agent(s) saved to %s" % (len(records), os.path.join(rdir, name)))
         self._strip_pane_contents(rdir, records)
         return records, rdir
+
+    def remote_records(self):
+        """The windows showing a host's session (ssh-attach, marked @opensessions-remote): restored
+        as ssh-attach windows. One record per window (its pane that is not a sidebar)."""
+        out, seen = [], set()
+        for pane in self._panes:
+            host, _, session = (pane.get("remote") or "").partition(":")
+            if not valid_host(host) or remote_session_name(session) != session:
+                continue
+            if (pane["session"], pane["window"]) in seen:
+                continue
+            seen.add((pane["session"], pane["window"]))
+            out.append({"session": pane["session"], "window": pane["window"], "paneIndex": pane["paneIndex"],
+                        "host": host, "remoteSession": session})
+            self.log("save: %s:%s.%s shows %s on %s (an ssh-attach window)"
+                     % (pane["session"], pane["window"], pane["paneIndex"], session, host))
+        return out
 
     def _strip_pane_contents(self, rdir, records):
         import tarfile
@@ -9397,8 +9424,48 @@ class Resurrect(object):
         except OSError as e:
             self.log("restore: could not write to %s (%s)" % (tty, e))
 
+    def restore_remote(self, source, dry_run=False, out=print):
+        """The ssh-attach windows of the sidecar `source`: each one's pane runs
+        `opensessions ssh-attach HOST SESSION` again (typed at its shell, once). -> count typed."""
+        import shlex
+        doc = self._read_sidecar(source, quiet=True) if source else None
+        recs = doc.get("remote") if isinstance(doc, dict) and isinstance(doc.get("remote"), list) else []
+        typed = 0
+        for rec in recs:
+            if not isinstance(rec, dict) or pane_problem(rec) or not valid_host(rec.get("host")) \
+                    or remote_session_name(rec.get("remoteSession")) != rec.get("remoteSession"):
+                self.log("restore: an ssh-attach record that does not check out; skipped: %r" % (rec,))
+                continue
+            target = "=%s:%s.%s" % (rec["session"], rec["window"], rec["paneIndex"])
+            mark = "%s:%s" % (rec["host"], rec["remoteSession"])
+            command = " ".join(shlex.quote(a) for a in self.me + ["ssh-attach", rec["host"], rec["remoteSession"]])
+            if dry_run:
+                out("%s\t%s" % (resurrect_escape(target), resurrect_escape(command)))
+                continue
+            try:
+                st = self.pane_state(target)
+            except TmuxError:
+                self.log("restore: %s: no such pane; skipped (%s)" % (target, mark))
+                continue
+            if st["restored"] == mark:
+                self.log("restore: %s: already attached to %s; not typing twice" % (target, mark))
+                continue
+            if st["command"] not in SHELLS or not self.wait_for_prompt(target):
+                self.log("restore: %s: no shell prompt (%s); not typing the ssh-attach for %s"
+                         % (target, st["command"], mark))
+                continue
+            self.tmux.run("set-option", "-p", "-t", st["pane"], "@opensessions-restored", mark)
+            self.tmux.run("set-option", "-w", "-t", st["pane"], "@opensessions-remote", mark)
+            self.tmux.run("send-keys", "-t", st["pane"], "-l", command)
+            self.tmux.run("send-keys", "-t", st["pane"], "Enter")
+            self.log("restore: %s: %s" % (target, command))
+            typed += 1
+        return typed
+
     def restore(self, dry_run=False, out=print):
         records, source = self.load()
+        if source and os.path.basename(source).startswith(SIDECAR_PREFIX):
+            self.restore_remote(source, dry_run, out)
         if not isinstance(records, list):
             self.log("restore: %s: \"records\" is not a list; nothing to restore" % source)
             return 0
@@ -9998,7 +10065,7 @@ class SidebarModel(object):
         if t["status"] != "waiting":
             self.message = "%s is %s, not waiting on a permission" % (t["agent"], t["status"])
             return []
-        return [("reply", "%s:%s" % (t["agent"], t["id"]), self.REPLY_KEYS[k], None, t.get("host"))]
+        return [("reply", "%s:%s" % (t["agent"], t["id"]), self.REPLY_KEYS[k], None) + _on_host(t)]
 
     def _reply_text(self, k):
         """i: type a prompt for the selected thread (sent with Enter, Esc cancels)."""
@@ -10093,7 +10160,7 @@ class SidebarModel(object):
         if p["step"] == "reply":
             self.mode, self.prompt = "list", None
             text = p["text"].strip()
-            return [("reply", p["values"]["thread"], "text", text, p["values"].get("host"))] if text else []
+            return [("reply", p["values"]["thread"], "text", text) + _on_host(p["values"])] if text else []
         if p["step"] == "name":
             name = p["text"].strip()
             if not name:
@@ -10126,6 +10193,11 @@ class SidebarModel(object):
         items = self.items()
         idx = items.index(self.selected) if self.selected in items else 0
         self._select(items, idx + delta)
+
+
+def _on_host(thing):
+    """(host,) for a thread (or prompt values) on another machine, () for one of this machine."""
+    return (thing["host"],) if thing.get("host") else ()
 
 
 def _port_at(pieces, x):
@@ -10224,7 +10296,7 @@ def popup_groups(state):
     groups = [("waiting", []), ("error", []), ("finished unseen", []), ("running", []), ("idle", [])]
     by = dict(groups)
     for s in (state or {}).get("sessions", []):
-        if s.get("hidden"):
+        if s.get("hidden") or s.get("stale"):  # a host we cannot reach now: its threads may have moved on
             continue
         for t in s.get("threads", []):
             st = t["status"]
@@ -10333,14 +10405,17 @@ def _render_themes(scr):
 
 def _render_list(scr, room):
     model = scr.model
-    sessions = model.sessions()
-    if not sessions:
+    groups = model.groups()
+    if not any(sessions for _, sessions in groups) and len(groups) == 1:
         scr.line(None, [("no sessions" if model.state else "waiting for the server", "muted")])
     detail_rows = []
-    for s in sessions:
-        _render_session(scr, s)
-        if s["name"] == (model.selected or (None, None))[1]:
-            detail_rows = _detail(model, s, scr)
+    for host, sessions in groups:
+        if host is not None:
+            _render_host(scr, host, len([s for s in model.listed() if s.get("host") == host["name"]]))
+        for s in sessions:
+            _render_session(scr, s)
+            if s["name"] == (model.selected or (None, None))[1]:
+                detail_rows = _detail(model, s, scr)
     # the detail panel for the selected session goes below the list (always when a thread in it is selected)
     in_detail = model.selected is not None and model.selected[0] == "thread" and model.filter_mode != "attention"
     if detail_rows and (room - len(scr.rows) > 3 or in_detail):
@@ -10348,8 +10423,46 @@ def _render_list(scr, room):
         scr.rows.extend(detail_rows)
 
 
+def host_line(h, now):
+    """What a host's header says after its name: '' when connected and its server answers. Pure."""
+    if h.get("state") == "unreachable":
+        wait = max(0, int(round(((h.get("retryAt") or now) - now) / 1000.0)))
+        return "unreachable: %s, retrying %s" % (h.get("reason") or "?", "in %d s" % wait if wait else "now")
+    if h.get("state") == "connecting":
+        return "connecting…"
+    return h.get("note") or ""
+
+
+def _render_host(scr, h, count):
+    """A host's header: fold mark, name, and how it is reached when not plainly connected."""
+    model = scr.model
+    item = ("host", h["name"])
+    sel = model.selected == item
+    folded = h["name"] in (model.ui().get("collapsed") or ())
+    tail = " (%d)" % count if folded and count else ""
+    style = "sel" if sel else ("accent" if h.get("state") == "connected" and not h.get("note") else "muted")
+    scr.line(item, [((scr.g["closed"] if folded else scr.g["open"]) + " ", "muted"), (h["name"], style),
+                    (tail, "sel" if sel else "muted")])
+    text = host_line(h, scr.now)
+    if text:
+        scr.wrapped(item, text, "sel" if sel else ("error" if h.get("state") == "unreachable" else "muted"),
+                    indent=4, first="  ")
+
+
 def _render_session(scr, s):
-    """The session's row, then its metadata rows: branch, status pill, progress, newest log line."""
+    """The session's row, then its metadata rows: branch, status pill, progress, newest log line.
+    A host's session shows its own name (its host's header is above it), greyed while the host
+    cannot be reached."""
+    if s.get("stale"):
+        rows = len(scr.rows)
+        _render_session_rows(scr, s)
+        scr.rows[rows:] = [(item, [(t, st if st == "sel" else "muted") for t, st in pieces])
+                           for item, pieces in scr.rows[rows:]]
+        return
+    _render_session_rows(scr, s)
+
+
+def _render_session_rows(scr, s):
     model, g, w = scr.model, scr.g, scr.w
     item = ("session", s["name"])
     selected = model.selected == item
@@ -10362,7 +10475,7 @@ def _render_session(scr, s):
         unseen.append((" m", "muted"))
     tail = len(badges) + sum(display_width(t) for t, _ in unseen)
     name_room = w - 3 - tail - (1 if badges else 0)
-    name = fit(scr.clean(s["name"]), max(1, name_room), g["more"])
+    name = fit(scr.clean(s.get("remoteName") or s["name"]), max(1, name_room), g["more"])
     pieces = [(g["current"] if is_current else " ", "accent"), (("%d" % n if n else " ") + " ", "muted"),
               (name, "accent" if is_current else base)]
     cost = cost_text((s.get("usage") or {}).get("cost"), row=True)
@@ -10798,6 +10911,8 @@ class SidebarApp(object):
             self._draw()
             running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() for t in s.get("threads", []))
             timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
+            if timeout is None and any(h.get("state") != "connected" for h in (self.model.state or {}).get("hosts") or ()):
+                timeout = 1.0  # a host's "retrying in N s" counts down
             if self.model.preview_wanted is not None:
                 # a preview on screen: its pane is read again at most PREVIEW_INTERVAL apart
                 due = self._preview_at + PREVIEW_INTERVAL - time.monotonic()
@@ -10844,8 +10959,12 @@ class SidebarApp(object):
             self.model.preview = {"item": item, "lines": [], "error": "no preview"}
             return
         h, _ = self.scr.getmaxyx()
+        from urllib.parse import quote
+        host = (self.model.session(item[1]) or {}).get("host")
         try:
-            status, body = self.get("/api/preview?thread=%s:%s&lines=%d" % (item[2], item[3], max(3, min(60, h))))
+            status, body = self.get("/api/preview?thread=%s&lines=%d%s" % (
+                quote("%s:%s" % (item[2], item[3]), safe=":"), max(3, min(60, h)),
+                "&host=" + quote(host, safe="") if host else ""))
             doc = json.loads(body.decode("utf-8")) if body else {}
             if status == 200:
                 self.model.preview = {"item": item, "lines": doc.get("lines") or []}
@@ -10887,6 +11006,8 @@ class SidebarApp(object):
 
     def _own_session(self, state):
         for s in state.get("sessions", []):
+            if s.get("host"):  # a host's pane ids are its own
+                continue
             for w in s["windows"]:
                 if any(p["id"] == self.pane for p in w["panes"]):
                     return s["name"]
@@ -11001,6 +11122,8 @@ class SidebarApp(object):
         state = self.model.state or {}
         my_window = None
         for s in state.get("sessions", []):
+            if s.get("host"):
+                continue
             for w in s["windows"]:
                 if any(p["id"] == self.pane for p in w["panes"]):
                     my_window = w["id"]
@@ -11018,11 +11141,13 @@ class SidebarApp(object):
         except TmuxError as e:
             self.model.message = str(e)
 
-    def _reply(self, thread, action, text):
+    def _reply(self, thread, action, text, host=None):
         """POST /api/reply; the server's answer (or its reason for refusing) goes to the footer."""
         body = {"thread": thread, "action": action}
         if text is not None:
             body["text"] = text
+        if host is not None:
+            body["host"] = host
         try:
             if self.post:
                 self.post("/api/reply", body)
@@ -11038,7 +11163,7 @@ class SidebarApp(object):
 
     def _move_clients_off(self, name):
         """Killing the session a client views would detach it: move such clients elsewhere first."""
-        others = [s["name"] for s in self.model.sessions() if s["name"] != name]
+        others = [s["name"] for s in self.model.sessions() if s["name"] != name and not s.get("host")]
         if not others:
             return
         target = self.model.own_session if self.model.own_session in others else others[0]
@@ -11054,6 +11179,13 @@ class SidebarApp(object):
                 self._switch("=" + action[1])
             elif kind == "switch-pane":
                 self._switch(action[2])
+            elif kind == "remote":
+                here = self.model.own_session
+                if here is None and self.popup:
+                    here = self.tmux.run("display-message", "-p", "-c", self.client, "#{session_name}").strip() \
+                        if self.client else None
+                open_remote(self.tmux, program_argv(), action[1], action[2], action[3], action[4],
+                            client=self.client or self._client_for_me(), here=here)
             elif kind in ("ui", "mute"):
                 body = action[1] if kind == "ui" else {"session": action[1]}
                 if self.post:
@@ -11087,7 +11219,7 @@ class SidebarApp(object):
                     self.tmux.run("last-pane")
                 except TmuxError:
                     self.tmux.run("select-pane", "-t", "{next}")
-        except TmuxError as e:
+        except (TmuxError, OpensessionsError) as e:
             self.model.message = str(e)
         except OSError as e:
             self.model.message = "server: %s" % e
@@ -11546,7 +11678,7 @@ def cmd_kitty(args):
     import subprocess
     state = _get_state(args) if find_server(_socket_from_args(args))[1] else None
     if state is not None:
-        sessions = [s for s in state["sessions"] if not s.get("hidden")]
+        sessions = [s for s in state["sessions"] if not s.get("hidden") and not s.get("host")]
     else:
         snap, _ = _tmux(args).snapshot()
         sessions = [s for s in snap if not s["name"].startswith(HIDDEN_SESSION_PREFIX)]
@@ -11722,6 +11854,9 @@ def status_lines(state, now=None):
     now = now if now is not None else now_ms()
     rows = [("SESSION / AGENT", "STATUS", "UNSEEN", "UPDATED", "COST", "BRANCH / TITLE")]
     for s in state["sessions"]:
+        if s.get("stale"):  # a host we cannot reach now: what it last said
+            rows.append((s["name"], "(stale)", "", "", "", ""))
+            continue
         rows.append((s["name"], s.get("state") or "-", "yes" if s.get("unseen") else "",
                      "", cost_text((s.get("usage") or {}).get("cost")),
                      (s.get("branch") or "") + ("*" if s.get("dirty") else "")))
@@ -11826,6 +11961,10 @@ def cmd_status(args):
         return 0
     for line in status_lines(state):
         print(line)
+    if state.get("hosts"):
+        print("")
+        for line in hosts_lines(state):
+            print(line)
     return 0
 
 
@@ -11974,16 +12113,19 @@ def cmd_uninstall(args):
     return 0
 
 
-def next_attention(queue, here_pane, here_session):
+def next_attention(queue, here_pane, here_session, here_remote=None):
     """The stop after the one the client is at on the tour of threads that need you (the queue from
     attention_queue), coming round at the end; the first when it is elsewhere.
     -> (destination, session, thread) or None. Pure."""
     stops = []
     for session, t in queue:
         dest = t["pane"] if t.get("alive") and t.get("pane") else "=" + session
+        if t.get("host"):  # on another machine: its window there, shown through an ssh-attach window
+            dest = "%s\t%s" % (session, t.get("pane") or "")
         if dest not in [d for d, _, _ in stops]:
             stops.append((dest, session, t))
-    at = next((i for i, (d, _, _) in enumerate(stops) if d in (here_pane, "=" + here_session)), None)
+    at = next((i for i, (d, _, _) in enumerate(stops) if d in (here_pane, "=" + here_session)
+               or here_remote and d.startswith(here_remote + "\t")), None)
     if at is None:
         return stops[0] if stops else None
     if len(stops) == 1:
@@ -12002,15 +12144,24 @@ def cmd_next(args):
             raise OpensessionsError("nowhere to go back to: `next` was not used yet")
         tmux.run("switch-client", *(target + ["-t", back]))
         return 0
-    here_pane, _, here_session = tmux.run("display-message", "-p", *(target + ["#{pane_id}\t#{session_name}"])
-                                          ).strip("\n").partition("\t")
-    stop = next_attention(attention_queue(_get_state(args)), here_pane, here_session)
+    here_pane, here_session, here_remote = (tmux.run("display-message", "-p", *(
+        target + ["#{pane_id}\t#{session_name}\t#{@opensessions-remote}"])).strip("\n").split("\t") + ["", ""])[:3]
+    state = _get_state(args)
+    stop = next_attention(attention_queue(state), here_pane, here_session, here_remote or None)
     if stop is None:
         print("nothing (else) needs you")
         return 0
     dest, session, t = stop
     tmux.run("set-option", "-g", "@opensessions-return", here_pane)
-    tmux.run("switch-client", *(target + ["-t", dest]))
+    if t.get("host"):
+        s = next((x for x in state["sessions"] if x["name"] == session), {})
+        pane = t.get("pane")
+        open_remote(tmux, program_argv(), t["host"], s.get("remoteName") or session.partition(":")[2],
+                    remote_thread_window(s, pane) if pane else None, pane,
+                    client=args.client or tmux.run("display-message", "-p", "#{client_name}").strip() or None,
+                    here=here_session)
+    else:
+        tmux.run("switch-client", *(target + ["-t", dest]))
     print("%s: %s %s" % (session, t["agent"], t["status"]))
     return 0
 
@@ -12246,6 +12397,8 @@ def cmd_toggle(args):
 
 def _window_sidebar(state, window_id):
     for s in state["sessions"]:
+        if s.get("host"):  # a host's window ids are its own
+            continue
         for w in s["windows"]:
             if w["id"] == window_id:
                 return w, next((p for p in w["panes"] if p.get("sidebar")), None)
@@ -12293,7 +12446,7 @@ def cmd_layout(args):
 
 def cmd_switch(args):
     """Switch a client to the session at place N of the sidebar's list."""
-    sessions = [s for s in _get_state(args)["sessions"] if not s.get("hidden")]
+    sessions = [s for s in _get_state(args)["sessions"] if not s.get("hidden") and not s.get("host")]
     if not 1 <= args.n <= len(sessions):
         raise OpensessionsError("there is no session number %d (%d listed)" % (args.n, len(sessions)))
     target = ["-c", args.client] if args.client else []
