@@ -9580,7 +9580,8 @@ TONE_STYLE = {"neutral": "fg", "info": "accent", "success": "done", "warn": "wai
 FILTERS = ("all", "agents", "attention")
 HELP_KEYS = (
     ("j/k", "move (also the arrow keys)"),
-    ("Enter", "switch to the session or thread"),
+    ("Enter", "switch to the session or thread (on another host: a window attached over ssh; "
+              "on a host's header: fold or unfold it)"),
     ("Tab", "next session (S-Tab: previous)"),
     ("1-9", "switch to session N, as prefix o N"),
     ("J/K", "move the session down/up"),
