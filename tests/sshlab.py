@@ -150,6 +150,7 @@ append(0)
 if mode == "wait":
     append(1)
     registry("waiting")
+    note("waiting")
     show("permission")
 else:
     registry("busy")

@@ -89,6 +89,39 @@ def test_hostile_state_is_rebuilt_from_checked_fields():
         assert o.clean_remote_state(junk, "h")["sessions"] == []
 
 
+def test_state_with_hosts_is_the_same_json_when_their_sessions_are_encoded_once():
+    store = o.Store()
+
+    class Host(object):
+        state, note, server, orphans, source = "connected", None, {"pid": 1}, [], "ui.json"
+
+        def __init__(self, name):
+            self.name, self.encoded = name, {}
+            self.sessions = o.clean_remote_state(HOSTILE, name)["sessions"][:40]
+
+        def to_json(self):
+            return {"name": self.name, "state": self.state}
+
+    class Hosts(o.RemoteHosts):
+        def __init__(self):
+            self.server = type("S", (), {"store": store})
+            self.order = ["a", "b"]
+            self.hosts = {n: Host(n) for n in self.order}
+    store.remote = Hosts()
+    store.ui["hidden"] = ["a:s3"]
+    for _ in range(2):  # the second time from the cache
+        store.touch()
+        store.ui["width"] = 30 + _  # a local change: published again, the hosts' part from the cache
+        assert store.publish()
+        _, doc, body = store.published
+        assert json.loads(body) == json.loads(o.encode_json(doc))
+        assert [s for s in json.loads(body)["sessions"] if s["name"] == "a:s3"][0]["hidden"] is True
+    store.remote.hosts["b"].state = "unreachable"  # greyed: the cached JSON is not reused
+    store.touch()
+    store.publish()
+    assert all(s["stale"] for s in json.loads(store.published[2])["sessions"] if s["host"] == "b")
+
+
 def test_the_bootstrap_command_is_fixed_and_quotes_its_arguments():
     digest = hashlib.sha256(b"program").hexdigest()
     cmd = o.remote_command(digest, 5)
