@@ -7521,7 +7521,7 @@ def ssh_options(control_path, alive=REMOTE_ALIVE, master=True):
         opts += ["BatchMode=yes", "ConnectTimeout=%d" % max(1, round(2 * alive)),
                  "ServerAliveInterval=%d" % max(1, round(alive)), "ServerAliveCountMax=3",
                  "StrictHostKeyChecking=yes", "ControlMaster=auto", "ControlPersist=no", "RequestTTY=no",
-                 "ForwardX11=no", "PermitLocalCommand=no"]
+                 "ForwardX11=no", "PermitLocalCommand=no", "LogLevel=INFO"]  # ssh says why it ended
     else:
         opts += ["ControlMaster=no"]
     out = []

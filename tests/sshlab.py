@@ -34,6 +34,9 @@ def missing():
             return "OpenSSH server/client or useradd missing (apt-get install -y openssh-server)"
     if not shutil.which("tmux"):
         return "tmux is not installed"
+    mode = os.stat("/tmp").st_mode & 0o7777
+    if mode & 0o1777 != 0o1777:  # the hosts' users keep their tmux sockets there
+        return "/tmp is mode %o, not 1777: other users cannot use it (something made it private)" % mode
     return None
 
 
