@@ -7756,11 +7756,12 @@ def remote_thread_window(session, pane_id):
     return None
 
 
-def remote_attach_command(session, window=None, pane=None):
+def remote_attach_command(session, window=None, pane=None, utf8=False):
     """What `ssh -t HOST` runs to open a host's session: attach, then select the thread's window
-    and pane, each word quoted for the host's shell (the name is the host's: hostile). Pure."""
+    and pane, each word quoted for the host's shell (the name is the host's: hostile). utf8: this
+    terminal is UTF-8 (ssh passes no locale unless configured to; tmux would draw '_'). Pure."""
     import shlex
-    args = ["tmux", "attach-session", "-t", "=" + session]
+    args = ["tmux"] + (["-u"] if utf8 else []) + ["attach-session", "-t", "=" + session]
     if window and _WINDOW_ID_RE.match(window):
         args += [";", "select-window", "-t", window]
     if pane and _PANE_ID_RE.match(pane):
@@ -10476,9 +10477,13 @@ def _render_session(scr, s):
     """The session's row, then its metadata rows: branch, status pill, progress, newest log line.
     A host's session shows its own name (its host's header is above it), greyed while the host
     cannot be reached."""
-    if s.get("stale"):
-        rows = len(scr.rows)
-        _render_session_rows(scr, s)
+    if s.get("stale"):  # greyed, and its spinners stand still: nothing is known to run there now
+        rows, frame = len(scr.rows), scr.model.frame
+        scr.model.frame = 0
+        try:
+            _render_session_rows(scr, s)
+        finally:
+            scr.model.frame = frame
         scr.rows[rows:] = [(item, [(t, st if st == "sel" else "muted") for t, st in pieces])
                            for item, pieces in scr.rows[rows:]]
         return
@@ -10932,7 +10937,8 @@ class SidebarApp(object):
         self._watch_resize()
         while True:
             self._draw()
-            running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() for t in s.get("threads", []))
+            running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() if not s.get("stale")
+                          for t in s.get("threads", []))
             timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
             if timeout is None and any(h.get("state") != "connected" for h in (self.model.state or {}).get("hosts") or ()):
                 timeout = 1.0  # a host's "retrying in N s" counts down
@@ -12225,8 +12231,9 @@ def cmd_ssh_attach(args):
     if remote_session_name(args.session) != args.session:
         raise OpensessionsError("not a tmux session name: %r" % args.session)
     cp = ssh_control_path(_socket_from_args(args), args.host)
+    utf8 = terminal_charset(os.environ, _python_chose_utf8(os.environ)) == "unicode"
     argv = ["ssh", "-t"] + ssh_options(cp, master=False) + [
-        "--", args.host, remote_attach_command(args.session, args.window, args.pane)]
+        "--", args.host, remote_attach_command(args.session, args.window, args.pane, utf8)]
     started = time.monotonic()
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for ssh and the host's tmux
     try:
@@ -12263,7 +12270,8 @@ def hosts_lines(state, now=None):
     for h in state.get("hosts", []):
         detail = h.get("reason") or h.get("note") or ""
         if h.get("state") == "unreachable" and h.get("retryAt"):
-            detail += ", retrying in %d s" % max(0, round((h["retryAt"] - now) / 1000.0))
+            wait = max(0, int(round((h["retryAt"] - now) / 1000.0)))
+            detail += ", retrying %s" % ("in %d s" % wait if wait else "now")
         version = " ".join(x for x in (h.get("remoteVersion"), h.get("remoteDigest")) if x)
         rows.append((h["name"], h.get("state") or "", str(h.get("sessions", 0)),
                      (age_text(h["lastEvent"], now) + " ago") if h.get("lastEvent") else "-",

@@ -220,6 +220,7 @@ def test_attach_commands_quote_the_hosts_names():
                                 "select-window", "-t", "@3", ";", "select-pane", "-t", "%7"]
     assert shlex.split(o.remote_attach_command("s", "@3;x", "%%7")) == ["tmux", "attach-session", "-t", "=s"]
     assert o.remote_select_command(None, None) is None
+    assert shlex.split(o.remote_attach_command("s", utf8=True))[:3] == ["tmux", "-u", "attach-session"]
 
 
 def test_hosts_in_ui_json_and_tmux_conf_are_checked():
