@@ -8006,6 +8006,9 @@ class RemoteHost(object):
             return
         self._read_rest(proc)
         reason = self._why(code if code is not None else -1)
+        said = [clean_text(l).strip() for l in self.stderr.decode("utf-8", "replace").splitlines() if l.strip()]
+        if said and not self.closed:
+            log("%s: ssh said: %s" % (self.name, " | ".join(said[-4:])[:600]))
         if code is None:
             proc.kill()
             proc.wait()

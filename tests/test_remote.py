@@ -137,6 +137,45 @@ def test_the_bootstrap_command_is_fixed_and_quotes_its_arguments():
     assert shlex.split(o.remote_command("x; rm -rf ~", 1))[3] == "x; rm -rf ~"
 
 
+def test_the_bootstrap_says_when_python_is_too_old(tmp_path):
+    code = "import sys; sys.version_info = (3, 8, 10)\n" + o.BOOTSTRAP
+    p = subprocess.run([PYTHON, "-c", code, "0" * 64, "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       stdin=subprocess.DEVNULL, env=dict(os.environ, HOME=str(tmp_path)), timeout=30)
+    assert json.loads(p.stdout) == {"t": "fatal", "reason": "python3 on the host is 3.8; opensessions needs Python "
+                                                              "3.9 or newer there"}
+    assert not os.path.exists(str(tmp_path / ".cache"))
+
+
+def test_the_bootstrap_takes_only_the_program_of_its_digest(tmp_path):
+    data = b"#!/usr/bin/env python3\nprint('hi')\n"
+    digest = hashlib.sha256(data).hexdigest()
+    env = dict(os.environ, HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    run = lambda stdin: subprocess.run([PYTHON, "-c", o.BOOTSTRAP, digest, "5"], input=stdin, env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    bad = run(b"%d\n" % len(data) + data.replace(b"hi", b"HI"))  # the wrong bytes: refused, nothing written
+    assert [json.loads(l)["t"] for l in bad.stdout.splitlines()] == ["need", "fatal"]
+    assert "sha256" in bad.stdout.decode() and not os.path.exists(str(tmp_path / "cache" / "opensessions"))
+    good = run(b"%d\n" % len(data) + data)  # the right ones: installed (0600 in a 0700 dir), then run
+    lines = good.stdout.splitlines()
+    assert [json.loads(l)["t"] for l in lines[:2]] == ["need", "installed"]
+    path = tmp_path / "cache" / "opensessions" / ("opensessions-%s.pyz" % digest[:16])
+    assert path.read_bytes() == data and oct(path.stat().st_mode & 0o777) == "0o600"
+    assert oct((tmp_path / "cache" / "opensessions").stat().st_mode & 0o777) == "0o700"
+    again = run(b"")  # cached and whole: not asked for again
+    assert b"need" not in again.stdout
+
+
+def test_the_relay_says_when_tmux_is_missing_or_too_old():
+    for version, want in ((None, "tmux is not installed on the host"), ("2.9a", "tmux on the host is 2.9a")):
+        r, w = os.pipe()
+        relay = o.Relay(lambda: None, lambda: None, None, lambda: False, tmux_version=version, out_fd=w)
+        assert relay.run() == 0
+        os.close(w)
+        frames = o.FrameReader().feed(os.read(r, 65536))
+        os.close(r)
+        assert [f["t"] for f in frames] == ["hello", "fatal"] and frames[1]["reason"].startswith(want)
+
+
 def test_ssh_options_never_prompt_and_open_no_forwards():
     opts = o.ssh_options("/run/x/ssh/a%b.sock", 5)
     pairs = [opts[i + 1] for i in range(0, len(opts), 2)]
@@ -419,6 +458,22 @@ def test_each_host_is_followed_over_one_ssh_with_the_program_shipped(world):
 
 
 @needs_ssh
+def test_a_damaged_copy_on_the_host_is_sent_again(world):
+    cache = world.a.path(".cache", "opensessions")
+    name = [n for n in os.listdir(cache) if n.endswith(".pyz")][0]
+    with open(os.path.join(cache, name), "r+b") as f:
+        f.seek(100)
+        f.write(b"XXXX")
+    sent = world.server.log().count("sending it")
+    for pid in world.ssh_children("hostA"):  # the connection drops; the next one finds the copy damaged
+        os.kill(pid, signal.SIGKILL)
+    retry_until(lambda: world.server.log().count("sending it") > sent and world.host("hostA")["state"] == "connected",
+                timeout=30)
+    with open(os.path.join(cache, name), "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest()[:16] == name[len("opensessions-"):-4]
+
+
+@needs_ssh
 def test_hosts_that_cannot_be_reached_say_why_and_when_they_retry(world):
     def reasons():
         st = world.state()
@@ -491,6 +546,12 @@ def test_the_walk_wait_notify_approve_proceed(world):
     # the popup lists it (under its host's name)
     assert any(name == "hostB:work" and x["id"] == sid for _, rows in o.popup_groups(world.state())
                for name, x in rows)
+    # `next` (prefix o n) goes there: a local window attached to host B
+    out = world.server.cli("next")
+    assert out.returncode == 0 and "hostB:work: claude waiting" in out.stdout.decode(), out.stderr
+    wid = retry_until(lambda: [l.split()[0] for l in world.tmux.run(
+        "list-windows", "-a", "-F", "#{window_id} #{@opensessions-remote}").splitlines() if l.endswith(" hostB:work")])
+    world.tmux.run("kill-window", "-t", wid[0])
     # the preview is read by host B's server
     code, body = world.server.get("/api/preview?thread=claude:%s&host=hostB&lines=30" % sid)
     doc = json.loads(body)
