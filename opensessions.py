@@ -5823,7 +5823,7 @@ class Server(object):
             self._follow_tmux()
             self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
             if self.remote is not None:
-                self.remote.start()
+                self.loop.post(self.remote.start)  # once the loop runs: nothing here delays a stop
             self.loop.call_later(2.0, self._ports_timer)
             self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
         except BaseException:
@@ -6747,7 +6747,8 @@ def health_json(server):
         "skippedRecords": watchers.bad_records if watchers is not None else 0,
         "skippedLongLines": watchers.long_lines if watchers is not None else 0,
         "inotify": bool(watchers is not None and watchers.inotify is not None),
-        "connections": getattr(httpd, "active", 0), "streams": getattr(httpd, "streams", 0)}).encode()
+        "connections": getattr(httpd, "active", 0), "streams": getattr(httpd, "streams", 0),
+        "hosts": server.remote.health() if getattr(server, "remote", None) is not None else None}).encode()
 
 
 def route_get(server, path):
@@ -8356,6 +8357,11 @@ class RemoteHosts(object):
         rest = encode_json({k: v for k, v in doc.items() if k != "sessions"})
         return b'{"sessions":[' + b",".join(parts) + b"]" + (b"," + rest[1:] if rest != b"{}" else b"}")
 
+    def health(self):
+        """/health: how many hosts are followed and connected (read from an HTTP thread: counts only)."""
+        states = [h.state for h in list(self.hosts.values())]
+        return {"followed": len(states), "connected": states.count("connected")}
+
     def host(self, name):
         if not isinstance(name, str) or name not in self.hosts:
             raise ApiError(404, "no host %r (hosts: %s)" % (name, ", ".join(self.order) or "none"))
@@ -9606,8 +9612,8 @@ TONE_STYLE = {"neutral": "fg", "info": "accent", "success": "done", "warn": "wai
 FILTERS = ("all", "agents", "attention")
 HELP_KEYS = (
     ("j/k", "move (also the arrow keys)"),
-    ("Enter", "switch to the session or thread (on another host: a window attached over ssh; "
-              "on a host's header: fold or unfold it)"),
+    ("Enter", "switch to the session or thread"),
+    ("host", "Enter on a host folds it; on its sessions and threads: a window attached over ssh"),
     ("Tab", "next session (S-Tab: previous)"),
     ("1-9", "switch to session N, as prefix o N"),
     ("J/K", "move the session down/up"),

@@ -610,8 +610,9 @@ def test_sshd_hung_mid_stream_slows_nothing_else_and_is_caught_up_after(world, s
     world.a.stop()
     try:
         t0 = time.monotonic()
-        code, _ = world.server.get("/health")
+        code, body = world.server.get("/health")
         assert code == 200 and time.monotonic() - t0 < 2.0
+        assert json.loads(body)["hosts"]["followed"] == 5
         # the other host still streams: an append on B reaches /events
         reader = sse(world.server.port)
         reader.next()
