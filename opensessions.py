@@ -9613,7 +9613,6 @@ FILTERS = ("all", "agents", "attention")
 HELP_KEYS = (
     ("j/k", "move (also the arrow keys)"),
     ("Enter", "switch to the session or thread"),
-    ("host", "Enter on a host folds it; on its sessions and threads: a window attached over ssh"),
     ("Tab", "next session (S-Tab: previous)"),
     ("1-9", "switch to session N, as prefix o N"),
     ("J/K", "move the session down/up"),
@@ -9636,6 +9635,7 @@ HELP_LEGEND = (
     ("spinner", "working"), ("retry", "retrying after an error"), ("waiting", "waiting for you"),
     ("error", "stopped on an error"), ("interrupted", "interrupted"),
     ("done-unseen", "finished, not seen yet"), ("done", "finished"), ("idle", "idle"),
+    ("open", "a host: Enter folds it"),
 )
 
 
@@ -10421,6 +10421,8 @@ def _render_help(scr):
     for key, meaning in HELP_LEGEND:
         if key == "spinner":
             glyph, style = SPINNER[scr.charset][0], "running"
+        elif key == "open":
+            glyph, style = g["open"], "accent"
         else:
             glyph, style = _badge(key.replace("done-unseen", "done"), key == "done-unseen", g, 0, scr.charset)
         for i, part in enumerate(wrap(meaning, w - 2)):
