@@ -1171,7 +1171,8 @@ def bench_remote(res, quick):
         for i in range(3 if quick else 5):
             h = hosts[i % len(hosts)]
             before = open(notify_log).read().count("\n") if os.path.exists(notify_log) else 0
-            open(h.path("keys.log"), "w").close()
+            if os.path.exists(h.path("keys.log")):
+                os.unlink(h.path("keys.log"))  # the host's user writes it (not root)
             sid = str(uuid.uuid4())
             h.tmux("new-window", "-d", "-t", "=s0:", "-c", h.path("proj"),
                    "exec %s %s wait" % (h.path("bin", "claude"), sid))
@@ -1180,10 +1181,11 @@ def bench_remote(res, quick):
             while time.monotonic() < deadline:
                 lines = open(notify_log).read().split() if os.path.exists(notify_log) else []
                 if len(lines) > before:
-                    marks = [json.loads(l) for l in open(h.path("keys.log")) if '"waiting"' in l]
+                    marks = [json.loads(l) for l in open(h.path("keys.log")) if '"waiting"' in l] \
+                        if os.path.exists(h.path("keys.log")) else []
                     if marks:
                         got = (float(lines[before]) - marks[0]["t"]) * 1000
-                    break
+                        break
                 time.sleep(0.005)
             waits.append(got)
             time.sleep(2.1)  # past the notifier's 2 s quiet window: each sample is a first notification
