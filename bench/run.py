@@ -1079,7 +1079,7 @@ def bench_remote(res, quick):
         bin_dir = os.path.join(w.base, "bin")
         os.makedirs(bin_dir, exist_ok=True)
         with open(os.path.join(bin_dir, "notify-send"), "w") as f:
-            f.write("#!/bin/sh\ndate +%%s.%%N >> %s\n" % notify_log)
+            f.write('#!/bin/sh\necho "$(date +%%s.%%N) $*" >> %s\n' % notify_log)
         os.chmod(os.path.join(bin_dir, "notify-send"), 0o755)
         w.env = lab.env(w.env)
         w.env["PATH"] = bin_dir + os.pathsep + w.env["PATH"]
@@ -1171,6 +1171,7 @@ def bench_remote(res, quick):
         for i in range(3 if quick else 5):
             h = hosts[i % len(hosts)]
             before = open(notify_log).read().count("\n") if os.path.exists(notify_log) else 0
+            want = "%s:s0" % h.alias
             if os.path.exists(h.path("keys.log")):
                 os.unlink(h.path("keys.log"))  # the host's user writes it (not root)
             sid = str(uuid.uuid4())
@@ -1179,12 +1180,13 @@ def bench_remote(res, quick):
             deadline = time.monotonic() + 10
             got = float("nan")
             while time.monotonic() < deadline:
-                lines = open(notify_log).read().split() if os.path.exists(notify_log) else []
-                if len(lines) > before:
+                lines = open(notify_log).read().splitlines()[before:] if os.path.exists(notify_log) else []
+                lines = [l.split()[0] for l in lines if want in l and "needs you" in l]
+                if lines:
                     marks = [json.loads(l) for l in open(h.path("keys.log")) if '"waiting"' in l] \
                         if os.path.exists(h.path("keys.log")) else []
                     if marks:
-                        got = (float(lines[before]) - marks[0]["t"]) * 1000
+                        got = (float(lines[0]) - marks[0]["t"]) * 1000
                         break
                 time.sleep(0.005)
             waits.append(got)
