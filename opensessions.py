@@ -10479,9 +10479,9 @@ def _render_host(scr, h, count):
     scr.line(item, [((scr.g["closed"] if folded else scr.g["open"]) + " ", "muted"), (h["name"], style),
                     (tail, "sel" if sel else "muted")])
     text = host_line(h, scr.now)
-    if text:
-        scr.wrapped(item, text, "sel" if sel else ("error" if h.get("state") == "unreachable" else "muted"),
-                    indent=4, first="  ")
+    style = "sel" if sel else ("error" if h.get("state") == "unreachable" else "muted")
+    for i, part in enumerate(wrap(scr.clean(text), max(1, scr.w - 4)) if text else ()):
+        scr.line(item, [(("  " if i == 0 else "    ") + part, style)])
 
 
 def _render_session(scr, s):
