@@ -8462,6 +8462,7 @@ class Relay(object):
         self.out_fd, self.in_fd = out_fd, in_fd
         self.lock = threading.Lock()
         self.last_sent = 0.0
+        self.streamed = False
         self.busy = threading.BoundedSemaphore(8)
 
     def send(self, frame, raw=None):
@@ -8519,14 +8520,20 @@ class Relay(object):
                     said = reason
                 time.sleep(2.0)
                 continue
-            said = None
+            began = time.monotonic()
+            reason = "the host's opensessions server went away; starting it again"
+            self.streamed = False
             try:
                 self._stream(*found)
-            except (OSError, ValueError):
-                pass
-            self.send({"t": "down", "reason": "the host's opensessions server went away; starting it again"})
-            said = "gone"
-            time.sleep(0.2)
+            except (OSError, ValueError) as e:
+                reason = "the host's opensessions server does not stream (%s); trying again" % e
+            if self.streamed:
+                said = None  # it streamed: its going away is news again
+            if reason != said:
+                self.send({"t": "down", "reason": reason})
+                said = reason
+            # a stream that ends at once (a server refusing us) is not tried again at once
+            time.sleep(0.2 if time.monotonic() - began > 5 else 2.0)
 
     def _stream(self, port, token, info):
         import socket
@@ -8554,6 +8561,7 @@ class Relay(object):
                     for line in block.split(b"\n"):
                         if line.startswith(b"data: "):
                             self.send(None, b'{"t":"state","server":' + server + b',"state":' + line[6:] + b"}\n")
+                            self.streamed = True
         finally:
             sock.close()
 
