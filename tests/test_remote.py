@@ -572,6 +572,36 @@ def test_the_walk_wait_notify_approve_proceed(world):
 
 
 @needs_ssh
+def test_a_wait_seen_through_an_attach_window_notifies_nothing(world):
+    """Someone looks at host B's window here (a local client on our attach window, whose ssh client
+    on B shows that window): B's agent waiting there is seen, not notified. A wait on host A, which
+    nobody looks at, is (the sentinel: notifications go out in order)."""
+    from conftest import AttachedClient
+    wid = o.open_remote(world.tmux.tmux, [PYTHON, "-S", SCRIPT], "hostB", "work", here="main")
+    client = AttachedClient(world.tmux, wid)
+    try:
+        retry_until(lambda: any(c["window"] == wid for c in world.state()["clients"]), timeout=15)
+        retry_until(lambda: "0" in world.b.tmux_here("list-clients", "-F", "#{client_control_mode}").split(),
+                    timeout=15)
+        before = open(world.notify_log).read() if os.path.exists(world.notify_log) else ""
+        seen, other = str(uuid.uuid4()), str(uuid.uuid4())
+        world.b.tmux("new-window", "-t", "=work:", "-n", "seen", "-c", world.b.path("proj"),
+                     "exec %s %s wait" % (world.b.path("bin", "claude"), seen))  # current: B's client shows it
+        t = retry_until(lambda: (lambda t: t if t and t["status"] == "waiting" else None)(
+            world.thread("hostB", seen)), timeout=20)
+        assert t["unseen"] is False  # B's server saw its client there
+        world.agent(world.a, other, "wait", name="other")
+        retry_until(lambda: "hostA:work" in open(world.notify_log).read()[len(before):], timeout=15)
+        new = open(world.notify_log).read()[len(before):]
+        assert "needs you" in new and "hostB:work" not in new
+    finally:
+        client.close()
+        world.tmux.run("kill-window", "-t", wid)
+        world.b.tmux("kill-window", "-t", "=work:seen")
+        world.a.tmux("kill-window", "-t", "=work:other")
+
+
+@needs_ssh
 def test_enter_opens_a_local_window_attached_to_the_hosts_pane(world):
     t = retry_until(lambda: world.thread("hostB", world.sid_b), timeout=15)
     state = world.state()
