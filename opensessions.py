@@ -11020,6 +11020,9 @@ class SidebarApp(object):
                 self.model.preview = {"item": item, "lines": [], "error": doc.get("error") or "no preview"}
         except (OSError, ValueError) as e:
             self.model.preview = {"item": item, "lines": [], "error": "no preview: %s" % e}
+        # counted from the answer: a slow read (a host's pane, over ssh) leaves the loop its time to
+        # take new state between reads, rather than reading again at once
+        self._preview_at = time.monotonic()
 
     def _watch_resize(self):
         """A width change redraws at once: SIGWINCH wakes the select() through a pipe (curses only
