@@ -7867,6 +7867,7 @@ class RemoteHost(object):
         self.note = None  # connected, but the host's server is not there (why)
         self.sessions, self.orphans, self.clients = [], [], []
         self.statuses = None  # {(agent, id): status} of the last snapshot (None: none yet)
+        self.resync = True  # the next snapshot is a connection's first: always an event
         self.encoded = {}  # session name -> (flags, its JSON) for this snapshot (see RemoteHosts.encode)
         self.proc = None
         self.reader = FrameReader()
@@ -7888,7 +7889,7 @@ class RemoteHost(object):
         if self.closed or self.proc is not None:
             return
         self.reader = FrameReader()
-        self.stderr, self.out, self.shipped, self.hello = b"", b"", None, None
+        self.stderr, self.out, self.shipped, self.hello, self.resync = b"", b"", None, None, True
         try:
             argv = self.hosts.ssh_argv(self.name)
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -8135,7 +8136,10 @@ class RemoteHost(object):
         self.server = server
         doc = clean_remote_state(f.get("state"), self.name)
         old = self.statuses
-        self.sessions, self.orphans, self.clients = doc["sessions"], doc["threads"], doc["clients"]
+        self.clients = doc["clients"]
+        if not self.resync and self.note is None and (self.sessions, self.orphans) == (doc["sessions"], doc["threads"]):
+            return  # nothing shown here changed (the host's own ui, clients, other hosts): no event
+        self.sessions, self.orphans = doc["sessions"], doc["threads"]
         self.encoded = {}
         self.statuses = {}
         for s in self.sessions:
@@ -8143,7 +8147,7 @@ class RemoteHost(object):
                 self.statuses[(t["agent"], t["id"])] = t["status"]
                 if old is not None and old.get((t["agent"], t["id"])) != t["status"]:
                     self.hosts.thread_changed(self, s, t, old.get((t["agent"], t["id"])))
-        self.note = None
+        self.note, self.resync = None, False
         self.last_event = self.hosts.wall()
         self.hosts.changed()
 
