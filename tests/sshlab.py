@@ -186,13 +186,14 @@ class Host(object):
 
     def __init__(self, lab, alias, addr, nopython=False, wrong_key=False, silent=False):
         self.lab, self.alias, self.addr = lab, alias, addr
-        self.port = free_port(addr)
         self.silent = silent
         self.proc = None
+        lab.hosts[alias] = self  # closed by lab.close() even if the rest of this fails
+        self.port = free_port(addr)
         self.dir = os.path.join(lab.base, "hosts", alias)
         os.makedirs(self.dir)
         if silent:  # accepts TCP (the kernel does) and never says a word: ssh waits for a banner
-            self.sock = socket.socket()
+            self.sock = socket.socket()  # (closed by close())
             self.sock.bind((addr, self.port))
             self.sock.listen(16)
             self.user = None
@@ -339,7 +340,8 @@ class Host(object):
 
     def close(self):
         if self.silent:
-            self.sock.close()
+            if getattr(self, "sock", None) is not None:
+                self.sock.close()
             return
         self.cont()
         self.kill()
@@ -392,9 +394,7 @@ class SshLab(object):
                     % (alias, addr, port, user, self.client_key, self.known_hosts))
 
     def add(self, alias, addr, **kw):
-        h = Host(self, alias, addr, **kw)
-        self.hosts[alias] = h
-        return h
+        return Host(self, alias, addr, **kw)
 
     def close(self):
         for h in self.hosts.values():

@@ -357,6 +357,14 @@ class World(object):
 
     def __init__(self, tmp):
         self.lab = sshlab.SshLab()
+        self.tmux = self.server = None
+        try:
+            self._build(tmp)
+        except BaseException:  # a half-made world leaves no user, sshd or server behind
+            self.close()
+            raise
+
+    def _build(self, tmp):
         self.env = Env(tmp)
         self.notify_log = os.path.join(self.env.base, "notify.log")
         bin_dir = os.path.join(self.env.base, "bin")
@@ -413,10 +421,14 @@ class World(object):
 
     def close(self):
         try:
-            self.server.stop()
+            if self.server is not None:
+                self.server.stop()
         finally:
-            self.tmux.kill()
-            self.lab.close()
+            try:
+                if self.tmux is not None:
+                    self.tmux.kill()
+            finally:
+                self.lab.close()
 
 
 @pytest.fixture(scope="module")
