@@ -19,7 +19,8 @@ def procs(agents=None, codex=None, extra=(), exact_starts=True):
         pane_of_pid[pid] = pane
     for p in extra:  # processes in no pane (a daemon)
         table[p.pid] = p
-    return os_.Processes(table, pane_of_pid, dict(agents or {}), dict(codex or {}), exact_starts)
+    open_threads = {pid: ("codex", tid) for pid, tid in (codex or {}).items()}  # Codex's open rollouts
+    return os_.Processes(table, pane_of_pid, dict(agents or {}), open_threads, exact_starts)
 
 
 def thread(agent, tid, **kw):
@@ -88,7 +89,7 @@ def test_a_cwd_guess_prefers_the_closest_directory_and_skips_hidden_and_taken_th
     panes = {"%1": ("api", "/src/api/sub")}
     ts = [thread("claude", CLAUDE_A, cwd="/src", updated_at=9),
           thread("claude", CLAUDE_B, cwd="/src/api", updated_at=1),
-          thread("claude", "2f5d5a6a-7b6a-4d0a-9c73-7b2e4e3c9a33", cwd="/src/api/sub", hidden=True),
+          thread("claude", "2f5d5a6a-7b6a-4d0a-9c73-7b2e4e3c9a33", cwd="/src/api/sub", subagent=True),
           thread("claude", "3a6e6b7b-8c7b-4e1b-8d84-8c3f5f4d0b44", cwd="/src/api/sub", pane="%9", alive=True),
           thread("codex", CODEX, cwd="/src/api/sub")]  # another agent
     p = os_.Processes({110: os_.Proc(110, 100, "claude")}, {110: "%1"}, {"%1": ("claude", 110, ["claude"])}, {}, True)

@@ -105,7 +105,7 @@ def test_state_with_hosts_is_the_same_json_when_their_sessions_are_encoded_once(
 
     class Hosts(o.RemoteHosts):
         def __init__(self):
-            self.server = type("S", (), {"store": store})
+            self.door = o.RemoteDoor(store=store)
             self.order = ["a", "b"]
             self.hosts = {n: Host(n) for n in self.order}
     store.remote = Hosts()
@@ -227,16 +227,15 @@ class _FakeHost(object):
 
 
 def test_a_machine_that_slept_tries_every_host_again_at_once():
-    class Server(object):
-        loop = o.EventLoop()
-    hosts = o.RemoteHosts(Server(), environ={})
+    door = o.RemoteDoor(loop=o.EventLoop())
+    hosts = o.RemoteHosts(door, environ={})
     a, b = _FakeHost(), _FakeHost()
     hosts.hosts = {"a": a, "b": b}
     assert hosts.check(100.0, 1000.0) is False  # first look: nothing to compare
     assert hosts.check(105.0, 1005.1) is False and a.checked == 2
     assert hosts.check(110.0, 1900.0) is True  # 5 s of monotonic time, 895 s of wall time: it slept
     assert (a.retried, b.retried) == (1, 1)
-    Server.loop.close()
+    door.loop.close()
 
 
 def test_the_relay_takes_only_its_fixed_requests():
@@ -263,6 +262,34 @@ def test_attach_commands_quote_the_hosts_names():
     assert shlex.split(o.remote_attach_command("s", utf8=True))[:3] == ["tmux", "-u", "attach-session"]
 
 
+def test_the_api_sends_a_hosts_requests_through_its_api_host():
+    """Api routes a request naming a host (reply, preview, ui) through ApiHost.to_host, checked on
+    the loop; with no remote hosts it is refused (never applied to this machine's threads or ui)."""
+    store = o.Store(lambda: 1000.0)
+    asked = []
+
+    def to_host(op, body):
+        asked.append((op, dict(body)))
+        return lambda: (200, {"lines": []}) if op == "preview" else None
+    api = o.Api(store, lambda: 1000.0, None, o.ApiHost(publish=lambda: None, to_host=to_host,
+                                                      change_ui=lambda change: asked.append(("local", change))))
+    send = api.apply_and_publish("api_reply", {"host": "b", "thread": "claude:x", "action": "approve"})
+    assert callable(send) and send() is None
+    assert api.apply_and_publish("api_ui", {"host": "b", "order": ["s"]})() is None
+    assert api.api_host_preview("b", "claude:x", 30)() == (200, {"lines": []})
+    assert asked == [("reply", {"host": "b", "thread": "claude:x", "action": "approve"}),
+                     ("ui", {"host": "b", "order": ["s"]}), ("preview", {"host": "b", "thread": "claude:x", "lines": 30})]
+    alone = o.Api(store, lambda: 1000.0, None, o.ApiHost(publish=lambda: None,
+                                                        change_ui=lambda change: asked.append(("local", change))))
+    for call in (lambda: alone.api_ui({"host": "b", "order": ["s"]}),
+                 lambda: alone.api_reply({"host": "b", "thread": "claude:x", "action": "approve"}),
+                 lambda: alone.api_host_preview("b", "claude:x", 30)):
+        with pytest.raises(o.ApiError) as e:
+            call()
+        assert e.value.status == 404
+    assert not [a for a in asked if a[0] == "local"]  # the host's order never became this machine's
+
+
 def test_hosts_in_ui_json_and_tmux_conf_are_checked():
     assert o.parse_hosts("devbox, gpu1  me@vm2 -oProxyCommand=x a:22 devbox") == (
         ["devbox", "gpu1", "me@vm2"], ["-oProxyCommand=x", "a:22"])
@@ -270,7 +297,8 @@ def test_hosts_in_ui_json_and_tmux_conf_are_checked():
     for bad in (["-oProxyCommand=touch /tmp/x"], ["a b"], ["h;x"], "devbox", ["x"] * 40):
         with pytest.raises(o.ApiError):
             o.validate_ui({"hosts": bad})
-    assert o.load_ui({"hosts": ["ok", "-bad"]})["hosts"] == []  # a bad list falls back to none
+    ui, problems = o.load_ui({"hosts": ["ok", "-bad"]})
+    assert ui["hosts"] == [] and any("ssh hosts" in p for p in problems)  # a bad list: none, and said
 
 
 def remote_state(now_ms, stale_b=True):
@@ -342,6 +370,10 @@ def test_counts_and_the_tour_take_hosts_but_not_their_window_ids_nor_stale_hosts
     assert o.next_attention(queue, "%9", "main", here_remote="gpu1:train") is None  # already there
     groups = o.popup_groups(st)
     assert groups == [("waiting", [("gpu1:train", st["sessions"][1]["threads"][0])])]
+    # a restore's save links threads to this machine's panes by pid: a host's pids are not ours
+    st["sessions"][0]["threads"] = [{"agent": "claude", "id": "m1", "pid": 7, "status": "idle"}]
+    st["threads"] = [{"agent": "codex", "id": "h2", "pid": 7, "host": "gpu1"}, {"agent": "codex", "id": "m2"}]
+    assert sorted(t["id"] for t in o.local_threads(st)) == ["m1", "m2"]
 
 
 # -- real OpenSSH ----------------------------------------------------------------------------------
@@ -569,6 +601,7 @@ def test_the_walk_wait_notify_approve_proceed(world):
     code, body = world.server.get("/api/preview?thread=claude:%s&host=hostB&lines=30" % sid)
     doc = json.loads(body)
     assert code == 200 and doc["host"] == "hostB" and any("Yes" in line for line in doc["lines"]), doc
+    assert doc["prompt"] == "permission"  # what the screen asks, read by the host's agent spec
     # approve: sent to host B's server over the same ssh, which checks pane, process and screen
     code, body = world.server.post("/api/reply", {"host": "hostB", "thread": "claude:" + sid, "action": "approve"})
     assert code == 204, body
