@@ -3116,6 +3116,7 @@ DIR_BOOST_S = 60.0  # after a directory changed, its files are looked at as if h
 HELD_DIR_STATS = 100  # the files of a held (or just changed) directory: at most this many stats a second
 RACY_S = 2.0  # a directory changed this recently may change again within its mtime's granularity
 KQUEUE_FD_BUDGET = 64  # at most this many fds for kqueue (well under macOS's default ulimit -n of 256)
+CODEX_UPDATED_HOLD_S = 600  # a Codex thread whose state_5.sqlite row changed this lately: its rollout is held
 KQUEUE_RECENT_DIR_S = 86400.0  # a directory changed within this gets a kqueue fd at once; older ones are polled
 
 
@@ -4079,6 +4080,7 @@ class CodexWatcher(AgentWatcher):
         self.updated_seen = None  # the greatest threads.updated_at read (s): the next query's lower bound
         self.names_read = False  # state_5.sqlite was read once (later renames are news)
         self.unknown = set()  # ids state_5.sqlite had no rollout for, at its last read
+        self.updated_lately = {}  # thread id -> (updated_at, rollout) of rows updated in the last minutes
 
     def start(self):
         codex = self.paths["codex"]
@@ -4217,12 +4219,18 @@ class CodexWatcher(AgentWatcher):
         live = self.names_read
         self.names_read = True
         self.unknown.clear()
+        lately = self.core.clock() - CODEX_UPDATED_HOLD_S
         for row in updated:
-            if isinstance(row["updated_at"], int) and not isinstance(row["updated_at"], bool):
-                self.updated_seen = max(self.updated_seen or 0, row["updated_at"])
+            stamp = row["updated_at"]
+            if isinstance(stamp, int) and not isinstance(stamp, bool):
+                self.updated_seen = max(self.updated_seen or 0, stamp)
             rollout = self._rollout_of(row["id"], row["rollout_path"]) if valid_thread_id("codex", row["id"]) else None
+            if rollout and isinstance(stamp, int) and stamp >= lately:
+                self.updated_lately[row["id"]] = (stamp, rollout)
             if rollout and rollout not in self.core.tails and (live or self.core.recent(rollout)):
                 self.core.guarded(rollout, self._read_codex_rollout, rollout)
+        self.updated_lately = {t: v for t, v in self.updated_lately.items() if v[0] >= lately}
+        self.core.hold("codex-updated", [rollout for _, rollout in self.updated_lately.values()])
         renamed = set()
         for row in rows:
             if self.codex_names.get(row["id"]) != row["name"]:

@@ -1,0 +1,151 @@
+"""A conversation resumed days later is live again.
+
+The HOME here is made from the lab's captures and then aged: every file, and Codex's day
+directory and state_5.sqlite rows, are a month old, past OPENSESSIONS_RECENT_DAYS (7). Codex
+appends a resumed conversation to its ORIGINAL rollout in its original sessions/YYYY/MM/DD/, and
+renames it in state_5.sqlite: both must reach /events, with inotify and by stat (the macOS path),
+where what makes it quick is a sign that the agent runs (its lock file, its registry, its process)."""
+import json
+import os
+import shutil
+import sqlite3
+import time
+
+import pytest
+
+import opensessions as os_
+from conftest import ServerProc, fake_agents, lab_home, retry_until
+
+CODEX_ID = "01a200ee-ed35-7443-92af-a58cf3c30a84"  # `codex exec "say hi"`, no name
+U4 = "44444444-4444-4444-8444-444444444444"  # the interactive Claude session
+MONTH = 30 * 86400
+
+
+def iso_now():
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+
+
+@pytest.fixture
+def oldenv(env):
+    """env whose HOME holds the lab's captures as they would be a month later."""
+    shutil.rmtree(env.home)
+    home = lab_home(env.home)
+    then = time.time() - MONTH
+    sessions = os.path.join(home, ".codex", "sessions")
+    day = os.path.join(sessions, time.strftime("%Y/%m/%d", time.localtime(then)))
+    src = os.path.join(sessions, "2026", "11", "22")
+    moved = {}
+    if os.path.abspath(src) != os.path.abspath(day):
+        os.makedirs(day)
+        for name in os.listdir(src):
+            os.rename(os.path.join(src, name), os.path.join(day, name))
+            moved[os.path.join(src, name)] = os.path.join(day, name)
+        shutil.rmtree(os.path.join(sessions, "2026", "11", "22"))
+    conn = sqlite3.connect(os.path.join(home, ".codex", "state_5.sqlite"))
+    for tid, path in conn.execute("SELECT id, rollout_path FROM threads").fetchall():
+        conn.execute("UPDATE threads SET rollout_path = ?, updated_at = ?, updated_at_ms = ? WHERE id = ?",
+                     (moved.get(path, path), int(then), int(then * 1000), tid))
+    conn.commit()
+    conn.close()
+    for dirpath, dirnames, names in os.walk(home):
+        for n in names + dirnames:
+            os.utime(os.path.join(dirpath, n), (then, then))
+    env.vars.pop("OPENSESSIONS_RECENT_DAYS", None)  # the default window: 7 days
+    env.vars["OPENSESSIONS_LIST_HOURS"] = "24"
+    env.rollout = [os.path.join(day, n) for n in os.listdir(day) if CODEX_ID in n][0]
+    return env
+
+
+def codex_thread(data, tid=CODEX_ID):
+    return next((t for t in [t for s in data["sessions"] for t in s["threads"]] + data["threads"]
+                 if t["agent"] == "codex" and t["id"] == tid), None)
+
+
+def append_codex_turn(rollout, text):
+    """What Codex writes to a resumed rollout when the user sends a prompt."""
+    with open(rollout, "a") as f:
+        for rec in ({"timestamp": iso_now(), "type": "event_msg", "payload": {"type": "task_started", "turn_id": "t-resumed"}},
+                    {"timestamp": iso_now(), "type": "event_msg", "payload": {"type": "user_message", "message": text}}):
+            f.write(json.dumps(rec) + "\n")
+
+
+def start(env, tmux, sse, poll=False):
+    if poll:
+        env.vars["OPENSESSIONS_WATCH"] = "poll"
+    s = ServerProc(env, tmux)
+    assert codex_thread(s.state()) is None  # older than the window: not read at cold start
+    return s, sse(s.port)
+
+
+def test_inotify_an_append_to_a_rollout_older_than_the_window_reaches_events(oldenv, tmux, sse):
+    s, events = start(oldenv, tmux, sse)
+    try:
+        append_codex_turn(oldenv.rollout, "resumed after a month")
+        events.wait_for(lambda d: (codex_thread(d) or {}).get("status") == "running")
+    finally:
+        s.stop()
+
+
+def test_inotify_a_rename_in_state_5_of_an_old_thread_reaches_events(oldenv, tmux, sse):
+    s, events = start(oldenv, tmux, sse)
+    try:
+        conn = sqlite3.connect(os.path.join(oldenv.home, ".codex", "state_5.sqlite"))
+        conn.execute("UPDATE threads SET name = 'renamed after a month' WHERE id = ?", (CODEX_ID,))
+        conn.commit()
+        conn.close()
+        events.wait_for(lambda d: (codex_thread(d) or {}).get("title") == "renamed after a month")
+    finally:
+        s.stop()
+
+
+def test_poll_codex_lock_file_makes_an_old_rollouts_append_quick(oldenv, tmux, sse):
+    """By stat, a rollout idle for a month is looked at every STAT_IDLE_MAX (120 s); Codex's lock
+    file (there while it has the thread loaded) holds it at a look a second."""
+    s, events = start(oldenv, tmux, sse, poll=True)
+    try:
+        locks = os.path.join(oldenv.home, ".codex", "thread-writer-locks")
+        os.makedirs(locks)
+        open(os.path.join(locks, CODEX_ID + ".lock"), "w").close()
+        retry_until(lambda: json.loads(s.get("/health")[1])["watch"]["held"] >= 1)
+        append_codex_turn(oldenv.rollout, "resumed, by stat")
+        events.wait_for(lambda d: (codex_thread(d) or {}).get("status") == "running", timeout=5)
+    finally:
+        s.stop()
+
+
+def test_poll_codex_state_5_update_reads_a_rollout_resumed_in_an_old_day(oldenv, tmux, sse):
+    """Codex updates its thread row as it writes: the row's updated_at points at the rollout."""
+    s, events = start(oldenv, tmux, sse, poll=True)
+    try:
+        append_codex_turn(oldenv.rollout, "resumed, seen through state_5")
+        conn = sqlite3.connect(os.path.join(oldenv.home, ".codex", "state_5.sqlite"))
+        conn.execute("UPDATE threads SET updated_at = ?, updated_at_ms = ? WHERE id = ?",
+                     (int(time.time()), int(time.time() * 1000), CODEX_ID))
+        conn.commit()
+        conn.close()
+        events.wait_for(lambda d: (codex_thread(d) or {}).get("status") == "running", timeout=5)
+    finally:
+        s.stop()
+
+
+def test_poll_claude_resumed_after_a_month_its_registry_holds_the_transcript(oldenv, tmux, sse):
+    """`claude --resume <id>` on a month-old conversation: its registry names the session, the
+    thread is read and linked, and its transcript is looked at each second from then on."""
+    s, events = start(oldenv, tmux, sse, poll=True)
+    try:
+        bin_dir = fake_agents(os.path.join(oldenv.base, "bin"))
+        cwd = os.path.join(oldenv.home, "work", "claude")
+        reg = os.path.join(oldenv.home, ".claude", "sessions")
+        os.makedirs(cwd, exist_ok=True)  # (the captures' directory is only named in them)
+        tmux.run("new-session", "-d", "-s", "agent", "-c", cwd)
+        tmux.run("send-keys", "-t", "=agent:0.0", "cd %s && env FAKE_REGISTRY=%s FAKE_SESSION=%s %s --resume %s"
+                 % (cwd, reg, U4, os.path.join(bin_dir, "claude"), U4), "Enter")
+        events.wait_for(lambda d: any(t["id"] == U4 and t["alive"] for s_ in d["sessions"] for t in s_["threads"]),
+                        timeout=10)
+        transcript = os.path.join(oldenv.home, ".claude", "projects", os_.claude_project_dir_name(cwd), U4 + ".jsonl")
+        with open(transcript, "a") as f:
+            f.write(json.dumps({"type": "custom-title", "customTitle": "back after a month", "sessionId": U4}) + "\n")
+        events.wait_for(lambda d: any(t["id"] == U4 and t["title"] == "back after a month"
+                                      for s_ in d["sessions"] for t in s_["threads"]), timeout=5)
+    finally:
+        s.stop()
