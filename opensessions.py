@@ -3316,7 +3316,7 @@ class StatPoller(object):
                 stamp = (fst.st_mtime_ns, fst.st_size, fst.st_ino)
                 f = self.files[path] = _Polled(path, d.path, stamp=stamp,
                                                changed=now if events is not None else fst.st_mtime)
-                self._schedule(f, now)
+                self._schedule(f, now, spread=events is None)
             if events is not None:
                 events.append((d.handler, d.path, name, IN_CREATE | (IN_ISDIR if is_dir else 0)))
                 self.on_active(path, is_dir)
@@ -3376,8 +3376,12 @@ class StatPoller(object):
             return min(own, max(1.0, len(d.names) / float(HELD_DIR_STATS)))
         return own
 
-    def _schedule(self, entry, now):
+    def _schedule(self, entry, now, spread=False):
+        """spread: a first look, somewhere within the interval (the files of a baseline are not all
+        looked at in the same tick, then again all together: the cost is even over time)."""
         ticks = max(1, int(self.interval(entry, now) / self.poll_interval + 0.5))
+        if spread:
+            ticks = 1 + (self._seq * 7919) % ticks
         self._push(entry, self.tick + ticks)
 
     def _push(self, entry, due):
@@ -4573,6 +4577,11 @@ class GeminiWatcher(ChatFilesWatcher):
     def cwd_dirs(self, cwd):
         return [os.path.join(self.projects_dir, name, self.chats) for name, d in self.project_dirs.items() if d == cwd]
 
+    def thread_files(self, tid, cwd):
+        """session-<time>-<first 8 of the id>.jsonl in the chats of cwd's project."""
+        return [os.path.join(d, n) for d in (self.cwd_dirs(cwd) if cwd else ()) for n in dir_entries(d, ".jsonl")
+                if gemini_id_from_path(n) == tid[:8]]
+
     def cold_steps(self):
         return (self._read_gemini_projects, self._scan_projects)
 
@@ -4692,6 +4701,11 @@ class PiWatcher(ChatFilesWatcher):
 
     def cwd_dirs(self, cwd):
         return [os.path.join(self.projects_dir, pi_cwd_dir_name(cwd))]
+
+    def thread_files(self, tid, cwd):
+        """<time>_<id>.jsonl in the sessions of cwd."""
+        return [os.path.join(d, n) for d in (self.cwd_dirs(cwd) if cwd else ()) for n in dir_entries(d, ".jsonl")
+                if pi_id_from_path(n) == tid]
 
 
 class AgentWatchers(object):

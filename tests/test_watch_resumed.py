@@ -149,3 +149,59 @@ def test_poll_claude_resumed_after_a_month_its_registry_holds_the_transcript(old
                                       for s_ in d["sessions"] for t in s_["threads"]), timeout=5)
     finally:
         s.stop()
+
+
+class _Stub(object):
+    def __init__(self):
+        import types
+        self.loop = types.SimpleNamespace(call_later=lambda *a: (lambda: None), add_reader=lambda *a: None,
+                                          remove_reader=lambda *a: None)
+
+    def apply_thread_update(self, agent, tid, **fields):
+        pass
+
+    def after_watchers(self):
+        pass
+
+    def agent_pid_exited(self, agent, pid):
+        pass
+
+
+def test_every_agent_names_the_files_a_live_conversation_can_change(tmp_path):
+    """By stat, what a live agent maps to is held (a look a second): for each agent, from the
+    captured file names, the conversation's own file when it can be named, else the directory its
+    agent writes in. A month-old chat of each, none read at cold start."""
+    fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+    home = str(tmp_path / "home")
+    cwd = "/home/dev/proj"
+    then = time.time() - MONTH
+
+    def place(agent, directory):
+        name = open(os.path.join(fixtures, agent, "session-filename.txt")).read().strip()
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, name)
+        shutil.copy(os.path.join(fixtures, agent, "session.jsonl"), path)
+        os.utime(path, (then, then))
+        return path
+    gemini = place("gemini", os.path.join(home, ".gemini", "tmp", "proj", "chats"))
+    shutil.copy(os.path.join(fixtures, "gemini", "projects.json"), os.path.join(home, ".gemini", "projects.json"))
+    qwen = place("qwen", os.path.join(home, ".qwen", "projects", os_.claude_project_dir_name(cwd), "chats"))
+    pi = place("pi", os.path.join(home, ".pi", "agent", "sessions", os_.pi_cwd_dir_name(cwd)))
+    claude = os.path.join(home, ".claude", "projects", os_.claude_project_dir_name(cwd), U4 + ".jsonl")
+    w = os_.AgentWatchers(_Stub(), {"HOME": home, "OPENSESSIONS_WATCH": "poll"})
+    w.start()
+    try:
+        assert not w.tails  # a month old: nothing read at cold start
+        ids = {"gemini": "96a28b5e-e5ee-46ee-aaf6-4635d3250404", "qwen": "60a8d642-8592-4432-be89-8737ccdec561",
+               "pi": "01a21f0e-e5b8-73bf-b370-29620fbabbee", "claude": U4}
+        w.hold_threads([(agent, tid, cwd) for agent, tid in ids.items()])
+        held = set(w.core.poller.held)
+        assert {gemini, qwen, pi, claude} <= held
+        # an agent in a pane on a conversation we cannot name: the directory it writes in
+        w.hold_threads([], [("pi", cwd), ("gemini", cwd), ("claude", cwd), ("codex", cwd)])
+        held = set(w.core.poller.held)
+        assert {os.path.dirname(pi), os.path.dirname(gemini), os.path.dirname(claude)} <= held
+        assert os.path.join(home, ".codex", "sessions", time.strftime("%Y/%m/%d")) in held
+        assert gemini not in held  # let go
+    finally:
+        w.close()
