@@ -13,8 +13,8 @@ holds that claim with `ast`):
   4. tmux gateway            the one place that runs tmux: commands, formats, snapshot,
                              control-mode lines, our @opensessions-* options
   5. System probes           process table, listening ports, git branch, pidfds
-  6. Watchers                inotify (or stat polling), file tails, read-only SQLite; one
-                             watcher per agent over a shared core
+  6. Watchers                inotify, kqueue or a stat poller (by how recently files changed),
+                             file tails, read-only SQLite; one watcher per agent over a shared core
   7. Installer               our hooks, plugin and extension in the agents' own configs
   8. Reply                   answer an agent's prompt without switching: screens in, keys out,
                              and the checks around typing
@@ -3110,7 +3110,7 @@ def agent_paths(environ=None):
 # then less and less often, at most every STAT_IDLE_MAX seconds. A file is back to each second when
 # its directory changes, when an agent process maps to it, or when a hook names it (a "hold"): a
 # conversation resumed after weeks is seen within a second or two of its agent starting.
-STAT_IDLE_MAX = 120.0  # a file idle for 2 hours or more is looked at every 2 minutes (unless held)
+STAT_IDLE_MAX = 300.0  # a file idle for 5 hours or more is looked at every 5 minutes (unless held)
 DIR_IDLE_MAX = 5.0  # a directory idle for 5 minutes or more, every 5 s (a new file in an old project)
 DIR_BOOST_S = 60.0  # after a directory changed, its files are looked at as if held, this long
 HELD_DIR_STATS = 100  # the files of a held (or just changed) directory: at most this many stats a second
@@ -3146,7 +3146,7 @@ class _Polled(object):
 class StatPoller(object):
     """Directories and their files watched by stat, at a cost that grows with what changes, not
     with how many files there are. The loop calls run() once per `poll_interval` (a tick); each
-    entry is due at a tick, kept in a heap, so a tick costs only the looks that are due. What
+    entry is due at a tick, kept in that tick's bucket, so a tick costs only the looks that are due. What
     changed is reported as inotify would: (handler, directory, name, mask), mask IN_CREATE,
     IN_MODIFY or IN_DELETE (| IN_ISDIR). Time (how long a file has been idle) comes from `clock`:
     tests drive it and the ticks, and sleep never.
@@ -3166,7 +3166,7 @@ class StatPoller(object):
         self.tick = 0
         self.dirs = {}  # directory -> _Polled
         self.files = {}  # file -> _Polled (the non-directory entries of the directories)
-        self._heap = []  # (due tick, seq, path)
+        self._due = {}  # tick -> [paths due then] (an entry rescheduled since is skipped)
         self._seq = 0
         self.holds = {}  # source -> frozenset of held paths
         self.held = {}  # path -> number of sources holding it
@@ -3229,20 +3229,23 @@ class StatPoller(object):
     # -- looking ---------------------------------------------------------------------------------
     def run(self):
         """One tick: look at every entry due. -> [(handler, directory, name, mask)]"""
-        import heapq
         self.tick += 1
+        tick = self.tick
         now = self.clock()
         events = []
-        heap = self._heap
-        while heap and heap[0][0] <= self.tick:
-            due, _, path = heapq.heappop(heap)
-            entry = self.dirs.get(path) or self.files.get(path)
-            if entry is None or entry.due != due or path in self.suspended:
+        dirs, files, suspended = self.dirs, self.files, self.suspended
+        for path in self._due.pop(tick, ()):
+            entry = files.get(path) or dirs.get(path)
+            if entry is None or entry.due != tick or path in suspended:
                 continue  # gone, rescheduled since, or followed by another watch
-            self._look(entry, now, events)
-            if entry.path not in self.suspended and (entry.directory is None and entry.path in self.dirs
-                                                      or entry.path in self.files):
-                self._schedule(entry, now)
+            if entry.directory is None:
+                self._look_dir(entry, now, events)
+                if path in dirs and path not in suspended:
+                    self._schedule(entry, now)
+            else:
+                self._look_file(entry, now, events)
+                if path in files and path not in suspended:
+                    self._schedule(entry, now)
         return events
 
     def check(self, path):
@@ -3385,12 +3388,15 @@ class StatPoller(object):
         self._push(entry, self.tick + ticks)
 
     def _push(self, entry, due):
-        import heapq
         if entry.due and self.tick < entry.due <= due:
             return  # already due sooner
         entry.due = due
         self._seq += 1
-        heapq.heappush(self._heap, (due, self._seq, entry.path))
+        bucket = self._due.get(due)
+        if bucket is None:
+            self._due[due] = [entry.path]
+        else:
+            bucket.append(entry.path)
 
 
 # kqueue (macOS, the BSDs): the filter flags we ask for, and what each means in inotify's terms
