@@ -956,11 +956,12 @@ def recent_transcripts(w, n, projects=20, rng=None):
         with open(path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in recs)
         os.utime(path, (t, t))
-    for dirpath, dirnames, _ in os.walk(os.path.join(w.home, ".codex", "sessions")):
-        for dn in dirnames:  # a day directory changed when its last rollout was made
-            p = os.path.join(dirpath, dn)
-            newest = max([os.stat(os.path.join(p, x)).st_mtime for x in os.listdir(p)] or [now - 86400])
-            os.utime(p, (newest, newest))
+    for top in (os.path.join(w.home, ".codex", "sessions"), os.path.join(w.home, ".claude", "projects")):
+        for dirpath, dirnames, _ in os.walk(top, topdown=False):
+            for dn in dirnames:  # a directory changed when its newest entry was made
+                p = os.path.join(dirpath, dn)
+                newest = max([os.stat(os.path.join(p, x)).st_mtime for x in os.listdir(p)] or [now - 86400])
+                os.utime(p, (newest, newest))
 
 
 def health_watch(w):

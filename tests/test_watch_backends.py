@@ -110,13 +110,13 @@ def test_an_append_to_a_file_idle_for_a_week_is_seen_late_unless_held(tmp_path):
     age(str(d), WEEK, clock)
     p = os_.StatPoller(clock)
     p.add_dir(str(d), None)
-    ticks(p, clock, 130)
+    ticks(p, clock, int(os_.STAT_IDLE_MAX) + 10)
     with open(str(old), "a") as f:
         f.write("{}\n")
     # unheld it is found within STAT_IDLE_MAX, not at once
     waited = 0
     seen = []
-    while not seen and waited < 200:
+    while not seen and waited < os_.STAT_IDLE_MAX + 10:
         seen = ticks(p, clock, 1)
         waited += 1
     assert kinds(seen) == [("old.jsonl", os_.IN_MODIFY)] and waited <= os_.STAT_IDLE_MAX + 1
@@ -128,8 +128,8 @@ def test_an_append_to_a_file_idle_for_a_week_is_seen_late_unless_held(tmp_path):
     with open(str(old), "a") as f:
         f.write("{}\n")
     assert kinds(ticks(p, clock, 1)) == [("old.jsonl", os_.IN_MODIFY)]
-    p.hold("agents", [])  # let go: it goes idle again, less and less often (2 h: at the cap)
-    ticks(p, clock, 7300)
+    p.hold("agents", [])  # let go: it goes idle again, less and less often, down to the cap
+    ticks(p, clock, int(os_.STAT_IDLE_MAX * 60) + 100)
     before = p.stat_calls
     ticks(p, clock, 600)
     assert p.stat_calls - before <= 600 / os_.STAT_IDLE_MAX + 600 / os_.DIR_IDLE_MAX + 2
