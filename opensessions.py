@@ -4621,6 +4621,10 @@ class GeminiWatcher(ChatFilesWatcher):
 
     def _apply(self, path, records):
         state = self.core.states[path]
+        if not state["turns"] and self.core.state_paths.get((self.agent, state["id"]), path) != path:
+            # a resume appends to the original file and leaves a stub with the same id (a header
+            # and the session context, never written again): the original speaks for the thread
+            return
         if not state["cwd"]:
             parts = path.split(os.sep)
             if len(parts) >= 3:

@@ -205,3 +205,30 @@ def test_every_agent_names_the_files_a_live_conversation_can_change(tmp_path):
         assert gemini not in held  # let go
     finally:
         w.close()
+
+
+def test_gemini_resume_stub_never_speaks_over_the_original(tmp_path):
+    """Gemini CLI 0.61.0 resuming a 10-day-old chat (lab capture): it appends to the original file
+    and leaves a stub `session-<now>-<same 8>.jsonl` with the same sessionId (a header and the
+    session context only). In either reading order the thread's status is the original's."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "gemini", "history", "chats")
+    original, stub = "session-2026-11-23T18-24-3cd2468e.jsonl", "session-2026-12-03T18-24-3cd2468e.jsonl"
+    sid = "3cd2468e-a58d-43dd-97cd-5fc492a63bd5"
+    for order in ((original, stub), (stub, original)):
+        home = str(tmp_path / ("home-" + order[0][8:18]))
+        chats = os.path.join(home, ".gemini", "tmp", "proj", "chats")
+        os.makedirs(chats)
+        seen = []
+
+        class Server(_Stub):
+            def apply_thread_update(self, agent, tid, **fields):
+                seen.append((agent, tid, fields.get("status")))
+        w = os_.AgentWatchers(Server(), {"HOME": home, "OPENSESSIONS_WATCH": "poll"})
+        w.start()
+        try:
+            for name in order:
+                shutil.copy(os.path.join(src, name), os.path.join(chats, name))
+                w.gemini._read_chat(os.path.join(chats, name))
+            assert seen and seen[-1] == ("gemini", sid, "done"), (order, seen)
+        finally:
+            w.close()
