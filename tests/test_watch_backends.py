@@ -403,3 +403,9 @@ def test_kqueue_polls_idle_directories_and_promotes_them_when_they_change(tmp_pa
     assert w.take() == [("rollout-x.jsonl", os_.IN_CREATE)]
     assert old in w.core.kq_paths and rollout in w.core.kq_paths
     w.core.close()
+
+
+def test_kqueue_fd_budget_stays_well_under_the_fd_limit():
+    assert os_.kqueue_fd_budget(256) == 64  # macOS's default ulimit -n
+    assert os_.kqueue_fd_budget(100) == 25 and os_.kqueue_fd_budget(20) == 8
+    assert os_.kqueue_fd_budget(1 << 20) == os_.KQUEUE_FD_BUDGET and os_.kqueue_fd_budget(-1) == os_.KQUEUE_FD_BUDGET
