@@ -6704,15 +6704,19 @@ class Server(object):
             self.store.touch()
         self._apply_links(guess_threads_by_cwd(list(threads.values()), panes, processes, links), panes)
         self.agent_exits.sync()
-        if self.watchers is not None:
-            self._hold_agent_files(panes)
+        self.hold_agent_files(panes)
 
-    def _hold_agent_files(self, panes):
+    def hold_agent_files(self, panes=None):
         """Tell the watchers which conversations can change now (polled, they are looked at each
         second; under kqueue they get an fd): threads whose agent runs, or that a hook or plugin
         said were under way in the last hour; the conversation an agent in a pane was started on
         (`resume <id>`, an open rollout); and for an agent in a pane on a conversation we cannot
-        name, the directory it writes in."""
+        name, the directory it writes in. panes: {pane id: (session name, cwd)} (else from the store)."""
+        if self.watchers is None:
+            return
+        if panes is None:
+            panes = {p["id"]: (s["name"], p["cwd"]) for s in self.store.sessions for w in s["windows"]
+                     for p in w["panes"]}
         recent = now_ms(self.clock) - 3600 * 1000
         threads = [(t.agent, t.id, t.cwd) for t in self.store.threads.values()
                    if t.alive or t.status in ("running", "waiting", "retry") and t.updated_at >= recent]
@@ -7161,7 +7165,7 @@ class Api(object):
         if session is not None and (pane or current is None or not current.pane):
             fields["session"] = session["name"]
         self.server.apply_thread_update(ev["agent"], thread_id, **fields)
-        self.server.map_threads()
+        self.server.map_threads()  # (and the files of what it names can change now: hold_agent_files)
         return session is not None
 
     def api_opencode_event(self, body):

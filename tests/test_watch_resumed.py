@@ -105,8 +105,9 @@ def test_poll_codex_lock_file_makes_an_old_rollouts_append_quick(oldenv, tmux, s
     try:
         locks = os.path.join(oldenv.home, ".codex", "thread-writer-locks")
         os.makedirs(locks)
+        held = json.loads(s.get("/health")[1])["watch"]["held"]  # the databases, always
         open(os.path.join(locks, CODEX_ID + ".lock"), "w").close()
-        retry_until(lambda: json.loads(s.get("/health")[1])["watch"]["held"] >= 1)
+        retry_until(lambda: json.loads(s.get("/health")[1])["watch"]["held"] == held + 1)
         append_codex_turn(oldenv.rollout, "resumed, by stat")
         events.wait_for(lambda d: (codex_thread(d) or {}).get("status") == "running", timeout=5)
     finally:
@@ -232,3 +233,20 @@ def test_gemini_resume_stub_never_speaks_over_the_original(tmp_path):
             assert seen and seen[-1] == ("gemini", sid, "done"), (order, seen)
         finally:
             w.close()
+
+
+def test_poll_a_hook_naming_an_old_conversation_holds_its_file(oldenv, tmux, sse):
+    """Codex's hook (UserPromptSubmit of a resumed thread) names it: its month-old rollout, found
+    through state_5.sqlite, is looked at each second from then on."""
+    s, events = start(oldenv, tmux, sse, poll=True)
+    try:
+        held = json.loads(s.get("/health")[1])["watch"]["held"]  # the databases, always
+        status, _ = s.post("/api/agent-event", {"agent": "codex", "threadId": CODEX_ID, "status": "running",
+                                                "source": "hook"})
+        assert status in (200, 202) and codex_thread(s.state())["title"] == ""  # the hook named it; unread
+        assert json.loads(s.get("/health")[1])["watch"]["held"] == held + 1
+        append_codex_turn(oldenv.rollout, "resumed, a hook said so")
+        # the rollout is read: its first prompt becomes the title
+        events.wait_for(lambda d: (codex_thread(d) or {}).get("title") == "say hi", timeout=5)
+    finally:
+        s.stop()
