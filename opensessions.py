@@ -4755,7 +4755,7 @@ class AgentWatchers(object):
         once), `cwds` [(agent, cwd)] of agents in panes on a conversation we cannot name (the
         directories they write in). inotify sees every change anyway: nothing to do there."""
         core = self.core
-        if core.backend == "inotify" and not core.poller.dirs:
+        if not self.wants_holds():
             return
         by_agent = {"claude": self.claude, "codex": self.codex, "opencode": self.opencode, "amp": self.amp,
                     "gemini": self.gemini, "qwen": self.qwen, "pi": self.pi}
@@ -4772,6 +4772,10 @@ class AgentWatchers(object):
             if agent in by_agent and isinstance(cwd, str) and cwd:
                 paths.update(by_agent[agent].cwd_dirs(cwd))
         core.hold("agents", paths)
+
+    def wants_holds(self):
+        """Something is watched by stat or kqueue (for which a hold makes a difference)."""
+        return self.core.backend != "inotify" or bool(self.core.poller.dirs)
 
     def watch_stats(self):
         """How agent files are watched, and what it costs (/health)."""
@@ -6712,8 +6716,8 @@ class Server(object):
         said were under way in the last hour; the conversation an agent in a pane was started on
         (`resume <id>`, an open rollout); and for an agent in a pane on a conversation we cannot
         name, the directory it writes in. panes: {pane id: (session name, cwd)} (else from the store)."""
-        if self.watchers is None:
-            return
+        if self.watchers is None or not self.watchers.wants_holds():
+            return  # inotify sees every change: nothing to hold (and no pass over the threads)
         if panes is None:
             panes = {p["id"]: (s["name"], p["cwd"]) for s in self.store.sessions for w in s["windows"]
                      for p in w["panes"]}
