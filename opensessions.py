@@ -5,24 +5,50 @@ One module, standard library only, Python 3.9+.  This is the map; each section b
 a banner of the same name, and each uses only the sections above it (tests/test_structure.py
 holds that claim with `ast`):
 
-  1. Constants and paths     ports, limits, log, env settings, XDG and runtime dirs, atomic writes
+  1. Constants and paths     ports, limits, log, env settings, XDG and runtime dirs, atomic writes,
+                             the one number coercion
   2. Model (pure)            threads, statuses, attention, unseen, metadata and ui validation,
-                             themes and glyphs, prices
-  3. Agent parsers (pure)    bytes in, records out: each agent's transcripts, registries, hooks,
-                             usage; which process is which agent
-  4. tmux gateway            the one place that runs tmux: commands, formats, snapshot,
+                             input cleaning (one control-character rule), themes and glyphs
+  3. Agent parsers (pure)    bytes in, records out: each agent's transcripts, registries, usage
+  4. Agent screens (pure)    screens in, keys out: each agent's prompt read from its screen, and
+                             the steps that answer it (one reply planner per agent)
+  5. Agents (pure)           one AgentSpec per agent, AGENT_SPECS, and what the sections ask of
+                             an agent: ids, process recognition, hook payloads, resume, prices
+  6. tmux gateway            the one place that runs tmux: commands, formats, snapshot,
                              control-mode lines, our @opensessions-* options
-  5. System probes           process table, listening ports, git branch, pidfds
-  6. Watchers                inotify, kqueue or a stat poller (by how recently files changed),
-                             file tails, read-only SQLite; one watcher per agent over a shared core
-  7. Installer               our hooks, plugin and extension in the agents' own configs
-  8. Reply                   answer an agent's prompt without switching: screens in, keys out,
-                             and the checks around typing
-  9. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock
- 10. Notifications           tmux / desktop / terminal / bell, coalesced; status-line options
- 11. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
- 12. Sidebar                 curses: model -> lines (pure) -> draw; the popup; sidebar panes
- 13. CLI                     argparse, client commands, plugin setup, main()
+  7. System probes           process table, listening ports, git branch, pidfds
+  8. Watchers                inotify, kqueue or a stat poller (by how recently files changed),
+                             file tails, read-only SQLite; one watcher per agent (by its spec's
+                             watch kind) over a shared core
+  9. Installer               our hooks, plugin and extension in the agents' own configs
+ 10. Reply                   answer an agent's prompt without switching: the checks around
+                             typing, and the typing
+ 11. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock
+ 12. Notifications           tmux / desktop / terminal / bell, coalesced; status-line options
+ 13. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
+ 14. Sidebar                 curses: model -> lines (pure) -> draw; the popup; sidebar panes
+ 15. CLI                     argparse, client commands, plugin setup, main()
+
+One spec per agent. Everything particular to an agent is in its AgentSpec (section 5): where its
+files are (paths) and how they are read (watch), how its process is recognised (process), how its
+hook payloads map to statuses (hooks) and what `install` adds for it (install), how a conversation
+is resumed or forked and which of its flags a restore keeps (resume_args, fork_args, session_*),
+how its prompts are read and answered (prompt_reader, reply_planner), what its models cost
+(prices), what its ids look like (id_pattern). The sections below loop over AGENT_SPECS and name no
+agent. A spec holds only data and pure functions: the I/O behind it lives in the section that does
+that I/O and is found by a kind the spec names, never by a spec field pointing down the map (an
+upward use): `watch.kind` picks a class in the Watchers' WATCHER_KINDS (which also answers what a
+restore asks of the agent's files, and which of them a live conversation can change), the Installer
+carries out its HookInstall or FileInstall, Reply runs its planner's steps. So an agent whose files
+and hooks fit kinds that exist (JSONL chats per project: "chat-files"; Claude-shaped hooks) is added
+in one place, its spec and its parser beside it; one that needs new I/O also adds its watcher class
+and names its kind.
+
+Narrow doors. The Server owns the store and the loop; each collaborator is given only what it
+uses: the watchers a WatcherHost, the API an ApiHost, the notifier a NotifierHost, the HTTP
+handlers an HttpDoor, the sidebar panes tmux, a view of the store and schedule_refresh. Decisions
+are pure where they can be, with a small executor beside them: reply_plan / run_reply_steps,
+SidebarPlan / run_sidebar_steps, render_view (the sidebar's rows, and what they scrolled to).
 
 Importing this module has no side effects: nothing runs, nothing is written, no heavy module is
 imported until a function needs it (client commands must start fast).
@@ -56,6 +82,20 @@ HIDDEN_SESSION_PREFIX = "_os_"  # helper sessions we create (sidebar stash) are 
 
 class OpensessionsError(Exception):
     """An error with a message meant for the user (no traceback)."""
+
+
+class LazyPattern(object):
+    """re.compile(pattern), done on first use: the module's patterns cost a client command nothing
+    at start-up (compiling them all took ~4 ms of every call). After the first use each method is
+    the compiled pattern's own, kept on the instance, so a hot path pays no indirection."""
+
+    def __init__(self, pattern):
+        self.pattern = pattern
+
+    def __getattr__(self, name):  # only for names not set yet: match, search, sub...
+        value = getattr(re.compile(self.pattern), name)
+        setattr(self, name, value)
+        return value
 
 
 _log_file = None
@@ -112,11 +152,21 @@ def _write_log(line):
         pass
 
 
-def _int(value, default=0):
-    try:
-        return int(value)
-    except (TypeError, ValueError, OverflowError):  # None, "x", NaN, 1e999
+def as_number(value, default=None, kind=float, low=None, high=None, text=False):
+    """The one coercion of a number that comes from outside (an agent's file, tmux, a request, the
+    state file): an int or a finite float, never a bool (JSON's 1e999 is inf, NaN is no number), a
+    numeric string only with text=True (tmux's fields, a registry's "procStart": "72036"); kind=int
+    truncates. Out of [low, high], or no number at all -> default."""
+    if text and isinstance(value, str):
+        try:
+            value = kind(value)
+        except ValueError:
+            return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value - value != 0:
         return default
+    if (low is not None and value < low) or (high is not None and value > high):
+        return default
+    return int(value) if kind is int else value
 
 
 def env_number(name, default, environ=None, kind=float, low=0):
@@ -338,8 +388,7 @@ STATUS_ALIASES = {
     "permission": "waiting", "input": "waiting", "needs-input": "waiting", "question": "waiting",
     "retrying": "retry", "ready": "idle",
 }
-AGENTS = ("claude", "codex", "opencode", "amp", "gemini", "qwen", "pi")
-_AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_AGENT_NAME_RE = LazyPattern(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 class ApiError(Exception):
@@ -351,8 +400,11 @@ class ApiError(Exception):
         self.message = message
 
 
-_SURROGATE_RE = re.compile("[\ud800-\udfff]")
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SURROGATE_RE = LazyPattern("[\ud800-\udfff]")
+# The one control-character rule: C0, DEL, C1 and the Unicode line and paragraph separators. Shown
+# in a row they break it, typed into a line editor they edit the line (^U erases it, ^M runs it),
+# printed on a terminal they move the cursor (C1's CSI included).
+CONTROL_CHARS = LazyPattern("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def clean_str(value):
@@ -367,16 +419,9 @@ def clean_text(value):
     """Text shown in a sidebar row (status, log, title, detail): valid (clean_str) and on one line:
     control characters (C0, DEL, C1, line separators) become spaces."""
     value = clean_str(value)
-    if isinstance(value, str) and _CONTROL_RE.search(value):
-        return _CONTROL_RE.sub(" ", value)
+    if isinstance(value, str) and CONTROL_CHARS.search(value):
+        return CONTROL_CHARS.sub(" ", value)
     return value
-
-
-def finite_number(value):
-    """True for an int or a finite float (not bool): JSON's 1e999 parses as inf."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return isinstance(value, int) or value - value == 0
 
 
 def clean_json(value, max_depth=32):
@@ -384,7 +429,7 @@ def clean_json(value, max_depth=32):
     numbers dropped (None), nesting past max_depth dropped."""
     if isinstance(value, str):
         return clean_str(value)
-    if isinstance(value, float) and not finite_number(value):
+    if isinstance(value, float) and as_number(value) is None:
         return None
     if isinstance(value, (dict, list, tuple)) and max_depth <= 0:
         return None
@@ -419,12 +464,12 @@ class Thread(object):
     """One agent conversation. Plain attributes; to_json() gives the /state shape."""
 
     __slots__ = ("agent", "id", "title", "status", "detail", "attempt", "cwd", "model", "pane",
-                 "session", "pid", "alive", "unseen", "updated_at", "hidden", "source", "proc_start",
+                 "session", "pid", "alive", "unseen", "updated_at", "subagent", "source", "proc_start",
                  "link", "usage", "usage_raw")
 
     def __init__(self, agent, id, title="", status="idle", detail=None, attempt=None, cwd=None,
                  model=None, pane=None, session=None, pid=None, alive=True, unseen=False,
-                 updated_at=0, hidden=False, source=None):
+                 updated_at=0, subagent=False, source=None):
         self.agent = agent
         self.id = id
         self.title = title
@@ -439,7 +484,7 @@ class Thread(object):
         self.alive = alive
         self.unseen = unseen
         self.updated_at = updated_at
-        self.hidden = hidden
+        self.subagent = subagent  # a helper another thread started (a subagent): not listed on its own
         self.source = source
         self.proc_start = None
         self.link = None  # how the pane was found: "pid", or "cwd" for the last-resort guess
@@ -470,7 +515,7 @@ def session_state(threads):
     """Overall state of a session's threads by attention priority; None when it has none."""
     best = None
     for t in threads:
-        if t.hidden:
+        if t.subagent:
             continue
         a = thread_attention(t)
         if best is None or ATTENTION_ORDER.index(a) < ATTENTION_ORDER.index(best):
@@ -483,8 +528,8 @@ MAX_ORPHANS = 30
 
 
 def thread_visible(thread, now_ms_, recent_ms=RECENT_MS):
-    """Shown in /state: not a hidden helper, and alive, unseen, or active within recent_ms."""
-    if thread.hidden:
+    """Shown in /state: not a subagent, and alive, unseen, or active within recent_ms."""
+    if thread.subagent:
         return False
     return thread.alive or thread.unseen or now_ms_ - thread.updated_at <= recent_ms
 
@@ -512,14 +557,15 @@ def becomes_unseen(old_status, new_status, viewed):
     return (not viewed) and new_status in UNSEEN_STATUSES and new_status != old_status
 
 
-def live_state_holds(current, agent, status, moved_on):
+def live_state_holds(current, status, moved_on, plugin_holds=False):
     """Which source wins when an agent's own files say a thread runs (the apply step's rule):
     a state only a live source can see holds until the files show that it ended.
-      OpenCode: its database cannot see a permission wait or a retry; the plugin's hold.
+      plugin_holds (the agent's spec: OpenCode's database cannot see a permission wait or a
+      retry): the plugin's hold.
       The others: a wait (known only from a hook) holds while the file has not moved on."""
     if current is None or status != "running":
         return False
-    if agent == "opencode":
+    if plugin_holds:
         return current.source == "plugin" and current.status in ("waiting", "retry")
     return current.status == "waiting" and not moved_on
 
@@ -544,7 +590,7 @@ def _number(body, key, required=True):
     value = body.get(key)
     if value is None and not required:
         return None
-    if not finite_number(value):
+    if as_number(value) is None:
         raise ApiError(400, "'%s' must be a finite number" % key)
     return value
 
@@ -727,16 +773,38 @@ def validate_ui(body):
 
 
 def load_ui(data):
-    """UI preferences from the config file's JSON (anything odd falls back to the default)."""
+    """UI preferences from the config file's JSON -> (ui, problems): each valid field kept, each
+    field validate_ui refuses left at its default and said in `problems` (a list of messages)."""
     ui = json.loads(json.dumps(UI_DEFAULTS))
-    if isinstance(data, dict):
-        for key in UI_DEFAULTS:
-            if key in data:
-                try:
-                    ui.update(validate_ui({key: data[key]}))
-                except ApiError:
-                    pass
-    return ui
+    problems = []
+    if data is not None and not isinstance(data, dict):
+        return ui, ["it holds %s, not an object" % type(data).__name__]
+    for key in UI_DEFAULTS:
+        if key in (data or {}):
+            try:
+                ui.update(validate_ui({key: data[key]}))
+            except ApiError as e:
+                problems.append(e.message)
+    return ui, problems
+
+
+def clean_thread_fields(fields):
+    """What a watcher, hook or plugin says of a thread, made safe to keep and to show (the apply
+    step's input): title, detail and model on one line, cwd and source valid text, attempt and pid
+    whole numbers, updated_at a finite number; anything else of theirs becomes None. -> new dict."""
+    out = dict(fields)
+    for name in ("title", "detail", "model"):  # shown in a row
+        if isinstance(out.get(name), str):
+            out[name] = clean_text(out[name])
+    for name in ("cwd", "source"):
+        if isinstance(out.get(name), str):
+            out[name] = clean_str(out[name])
+    for name in ("attempt", "pid"):
+        if out.get(name) is not None and not (as_number(out[name]) is not None and out[name] == int(out[name])):
+            out[name] = None
+    if out.get("updated_at") is not None and as_number(out["updated_at"]) is None:
+        out["updated_at"] = None
+    return out
 
 
 def order_sessions(sessions, order):
@@ -812,7 +880,7 @@ def validate_prices(value):
             v = p.get(key)
             if v is None:
                 continue
-            if isinstance(v, bool) or not finite_number(v) or v < 0 or v > 1e9:
+            if as_number(v, low=0, high=1e9) is None:
                 raise ApiError(400, "'prices.%s.%s' must be a non-negative number (USD per million tokens)" % (model, key))
             entry[key] = v
         out[clean_str(model)] = entry
@@ -886,22 +954,14 @@ def ui_from_tmux_options(options):
 # Agent parsers (pure): bytes in, records out
 ##############################################################################
 
-# Formats are those of the releases captured in shared/agents-lab (Claude Code 2.1.330,
+# Formats are those of the releases captured in tests/fixtures (Claude Code 2.1.330,
 # Codex CLI 0.169.0, OpenCode 1.18.33). Amp was not captured: see the Amp parser's note.
 
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_OPENCODE_ID_RE = re.compile(r"^ses_[0-9A-Za-z]{20,40}$")
-_AMP_ID_RE = re.compile(r"^T-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-ID_PATTERNS = {"claude": _UUID_RE, "codex": _UUID_RE, "opencode": _OPENCODE_ID_RE, "amp": _AMP_ID_RE,
-               "gemini": _UUID_RE, "qwen": _UUID_RE, "pi": _UUID_RE}
+_UUID_RE = LazyPattern(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_OPENCODE_ID_RE = LazyPattern(r"^ses_[0-9A-Za-z]{20,40}$")
+_AMP_ID_RE = LazyPattern(r"^T-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 INTERRUPT_MARK = "[Request interrupted by user"
 TITLE_MAX = 120
-
-
-def valid_thread_id(agent, thread_id):
-    """True when thread_id has the shape that agent's resume command takes."""
-    pattern = ID_PATTERNS.get(agent)
-    return bool(pattern and isinstance(thread_id, str) and pattern.match(thread_id))
 
 
 class LineBuffer(object):
@@ -1011,8 +1071,7 @@ def parse_iso_ms(value):
 
 def _epoch_ms(value):
     """A time in ms from a file: an integer between 1970 and year 5138, else 0 (1e999, -1, "x")."""
-    ms = _int(value, 0)
-    return ms if 0 < ms < 10 ** 14 else 0
+    return as_number(value, 0, int, low=1, high=10 ** 14 - 1, text=True)
 
 
 def _text_or(value, default):
@@ -1043,7 +1102,7 @@ def new_thread_state(agent, thread_id):
     """The reducers' state for one thread (plain dict, JSON-friendly)."""
     return {"agent": agent, "id": thread_id, "status": "idle", "detail": None, "attempt": None,
             "customTitle": None, "firstPrompt": None, "lastPrompt": None, "model": None, "cwd": None,
-            "updatedAt": 0, "turns": 0, "bad": 0, "hidden": False, "usage": None}
+            "updatedAt": 0, "turns": 0, "bad": 0, "subagent": False, "usage": None}
 
 
 def thread_title(state, registry_name=None):
@@ -1140,7 +1199,7 @@ def claude_registry_entry(data):
         "status": status if status in ("busy", "idle", "waiting") else None,
         "waitingFor": data.get("waitingFor") if isinstance(data.get("waitingFor"), str) else None,
         "name": data.get("name") if data.get("nameSource") == "user" and isinstance(data.get("name"), str) else None,
-        "procStart": _int(data.get("procStart"), None),
+        "procStart": as_number(data.get("procStart"), None, int, text=True),
         "updatedAt": _epoch_ms(data.get("statusUpdatedAt") or data.get("updatedAt")),
         "tmux": data.get("tmux") if isinstance(data.get("tmux"), str) else None,
         "entrypoint": data.get("entrypoint"),
@@ -1182,7 +1241,7 @@ def codex_reduce(state, rec):
     if ts:
         state["updatedAt"] = max(state["updatedAt"], ts)
     if kind == "session_meta":
-        if valid_thread_id("codex", payload.get("id")):
+        if isinstance(payload.get("id"), str) and _UUID_RE.match(payload["id"]):
             state["id"] = payload["id"]
         if isinstance(payload.get("cwd"), str):
             state["cwd"] = payload["cwd"]
@@ -1299,7 +1358,7 @@ def opencode_plugin_status(event_type, props):
         if kind == "busy":
             return "running", None, None
         if kind == "retry":
-            return "retry", st.get("message"), _int(st.get("attempt"), None)
+            return "retry", st.get("message"), as_number(st.get("attempt"), None, int, text=True)
         if kind == "idle":
             return "idle", None, None
         return None
@@ -1322,6 +1381,19 @@ def opencode_plugin_status(event_type, props):
     return None
 
 
+def opencode_plugin_thread(event_type, props):
+    """Map an OpenCode plugin event to the thread fields it changes besides a status (a session's
+    title; a parent session makes it a subagent), or None for other events."""
+    if event_type != "session.updated":
+        return None
+    fields = {}
+    if isinstance(props.get("title"), str):
+        fields["title"] = _clip_title(props["title"])
+    if props.get("parentID"):
+        fields["subagent"] = True
+    return fields
+
+
 def settle_idle(old_status):
     """A hook or plugin says the agent is idle: a turn that was under way is done; a turn that
     ended in error or interrupt keeps that; nothing before stays idle."""
@@ -1342,108 +1414,16 @@ def settle_idle(old_status):
 
 USAGE_KEYS = ("input", "output", "cacheRead", "cacheWrite")
 
-# USD per million tokens: (input, output, cache read, cache write, context window). Matched by the
-# longest prefix of the model name (a date suffix such as -20250929 still matches). Vendors' list
-# prices; a user's ui.json "prices" overrides or adds entries: {"model-prefix": {"input": 3,
-# "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75, "context": 200000}} (all per million tokens).
-# Claude's cache writes are priced at the 5-minute rate (1.25 x input); OpenAI has no cache-write price.
-PRICES = {
-    "claude-opus-4-5": (5.0, 25.0, 0.5, 6.25, 200000),
-    "claude-opus-4-6": (5.0, 25.0, 0.5, 6.25, 200000),
-    "claude-opus-4": (15.0, 75.0, 1.5, 18.75, 200000),
-    "claude-sonnet-4": (3.0, 15.0, 0.3, 3.75, 200000),
-    "claude-3-7-sonnet": (3.0, 15.0, 0.3, 3.75, 200000),
-    "claude-haiku-4-5": (1.0, 5.0, 0.1, 1.25, 200000),
-    "claude-3-5-haiku": (0.8, 4.0, 0.08, 1.0, 200000),
-    # what Claude Code itself charged for it in the lab capture: 24 in + 10 out = $0.000296, and its
-    # modelUsage gives contextWindow 1000000
-    "claude-opus-5-5": (4.0, 20.0, 0.4, 5.0, 1000000),
-    "gpt-5-mini": (0.25, 2.0, 0.025, 0.0, 400000),
-    "gpt-5-nano": (0.05, 0.4, 0.005, 0.0, 400000),
-    "gpt-5": (1.25, 10.0, 0.125, 0.0, 400000),
-    "gpt-5.1-codex-mini": (0.25, 2.0, 0.025, 0.0, 400000),
-    "gpt-5.2": (1.75, 14.0, 0.175, 0.0, 400000),
-    "gpt-4.1": (2.0, 8.0, 0.5, 0.0, 1047576),
-    "o3": (2.0, 8.0, 0.5, 0.0, 200000),
-    "o4-mini": (1.1, 4.4, 0.275, 0.0, 200000),
-}
 
 
-def _tokens(value):
-    """A token count from an agent's record: a non-negative int, else 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
-        return 0
-    return int(min(value, 1e15))
+def token_count(value):
+    """A token count from an agent's record: a non-negative int (at most 10**15), else 0."""
+    return min(as_number(value, 0, int, low=0), 10 ** 15)
 
 
 def new_usage():
     return {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "cost": None,
             "contextTokens": None, "contextWindow": None, "partial": False}
-
-
-def model_price(model, prices=None):
-    """The price entry for a model -> dict of PRICE_FIELDS, or None when unknown. The user's prices
-    win over the built-in table; both match by the longest prefix (case-insensitive)."""
-    if not isinstance(model, str) or not model:
-        return None
-    name = model.lower()
-    for table in (prices or {}, PRICES):
-        best = None
-        for prefix in table:
-            if name.startswith(prefix.lower()) and (best is None or len(prefix) > len(best)):
-                best = prefix
-        if best is not None:
-            entry = table[best]
-            if isinstance(entry, tuple):
-                return dict(zip(PRICE_FIELDS, entry))
-            base = model_price(model) if table is not PRICES else None  # a partial override keeps the rest
-            merged = dict(base or {})
-            merged.update(entry)
-            return merged
-    return None
-
-
-def usage_json(raw, model=None, prices=None):
-    """Raw usage -> the /state shape {"input", "output", "cacheRead", "cacheWrite", "cost",
-    "contextPct"} (+ "partial": true when only part of the history was read), or None.
-
-    cost: the agent's own figure where it records one, else tokens x the price table, else None
-    (unknown model: tokens only). contextPct: the newest call's context over the window the agent
-    reports, else the table's window for the model, else None."""
-    if not isinstance(raw, dict):
-        return None
-    out = {k: _tokens(raw.get(k)) for k in USAGE_KEYS}
-    price = model_price(model, prices)
-    cost = raw.get("cost")
-    if finite_number(cost) and not isinstance(cost, bool):
-        out["cost"] = round(float(cost), 6)
-    elif price is not None:
-        out["cost"] = round(sum(out[k] * float(price.get(k) or 0) for k in USAGE_KEYS) / 1e6, 6)
-    else:
-        out["cost"] = None
-    window = raw.get("contextWindow") or (price or {}).get("context")
-    used = raw.get("contextTokens")
-    if finite_number(window) and window > 0 and finite_number(used) and not isinstance(used, bool):
-        out["contextPct"] = int(min(100, max(0, round(100.0 * used / window))))
-    else:
-        out["contextPct"] = None
-    if raw.get("partial"):
-        out["partial"] = True
-    return out
-
-
-def usage_total(usages):
-    """Sum of /state usages (a session's total): tokens, and the cost of those that have one."""
-    usages = [u for u in usages if isinstance(u, dict)]
-    if not usages:
-        return None
-    out = {k: sum(_tokens(u.get(k)) for u in usages) for k in USAGE_KEYS}
-    costs = [u["cost"] for u in usages if finite_number(u.get("cost"))]
-    out["cost"] = round(sum(costs), 6) if costs else None
-    out["contextPct"] = None
-    if any(u.get("partial") for u in usages) or (costs and len(costs) < len(usages)):
-        out["partial"] = True  # some history unread, or some thread's cost unknown
-    return out
 
 
 def claude_add_usage(state, rec):
@@ -1455,8 +1435,8 @@ def claude_add_usage(state, rec):
     model = message.get("model")
     if not isinstance(u, dict) or (isinstance(model, str) and model.startswith("<")):
         return  # <synthetic> error messages cost nothing
-    row = [_tokens(u.get("input_tokens")), _tokens(u.get("output_tokens")),
-           _tokens(u.get("cache_read_input_tokens")), _tokens(u.get("cache_creation_input_tokens"))]
+    row = [token_count(u.get("input_tokens")), token_count(u.get("output_tokens")),
+           token_count(u.get("cache_read_input_tokens")), token_count(u.get("cache_creation_input_tokens"))]
     usage = state.get("usage") or new_usage()
     seen = state.setdefault("usageSeen", {})
     mid = message.get("id") if isinstance(message.get("id"), str) else rec.get("uuid")
@@ -1486,11 +1466,11 @@ def claude_cost_state(state, rec):
     for mu in models.values():
         if isinstance(mu, dict):
             for i, key in enumerate(("inputTokens", "outputTokens", "cacheReadInputTokens", "cacheCreationInputTokens")):
-                tokens[i] += _tokens(mu.get(key))
+                tokens[i] += token_count(mu.get(key))
     cost = rec.get("totalCostUSD")
     old = state.get("costState")
     state["costState"] = {"start": rec.get("startTime"), "tokens": tokens,
-                          "cost": float(cost) if finite_number(cost) and not isinstance(cost, bool) else None,
+                          "cost": None if as_number(cost) is None else float(cost),
                           "fresh": True, "mixed": bool(old) and (old["mixed"] or old["start"] != rec.get("startTime"))}
 
 
@@ -1520,13 +1500,13 @@ def codex_usage(info, old=None):
     total = info.get("total_token_usage") if isinstance(info.get("total_token_usage"), dict) else {}
     last = info.get("last_token_usage") if isinstance(info.get("last_token_usage"), dict) else {}
     usage = new_usage()
-    cached = _tokens(total.get("cached_input_tokens"))
-    usage.update(input=max(0, _tokens(total.get("input_tokens")) - cached), output=_tokens(total.get("output_tokens")),
-                 cacheRead=cached, cacheWrite=_tokens(total.get("cache_write_input_tokens")))
+    cached = token_count(total.get("cached_input_tokens"))
+    usage.update(input=max(0, token_count(total.get("input_tokens")) - cached), output=token_count(total.get("output_tokens")),
+                 cacheRead=cached, cacheWrite=token_count(total.get("cache_write_input_tokens")))
     if last:
-        usage["contextTokens"] = _tokens(last.get("total_tokens")) or (
-            _tokens(last.get("input_tokens")) + _tokens(last.get("output_tokens")))
-    window = _tokens(info.get("model_context_window"))
+        usage["contextTokens"] = token_count(last.get("total_tokens")) or (
+            token_count(last.get("input_tokens")) + token_count(last.get("output_tokens")))
+    window = token_count(info.get("model_context_window"))
     usage["contextWindow"] = window or None
     return usage
 
@@ -1539,15 +1519,15 @@ def opencode_usage(session_row, message_data=None):
     if "tokens_input" not in keys:
         return None
     usage = new_usage()
-    usage.update(input=_tokens(session_row["tokens_input"]), output=_tokens(session_row["tokens_output"]),
-                 cacheRead=_tokens(session_row["tokens_cache_read"]) if "tokens_cache_read" in keys else 0,
-                 cacheWrite=_tokens(session_row["tokens_cache_write"]) if "tokens_cache_write" in keys else 0)
+    usage.update(input=token_count(session_row["tokens_input"]), output=token_count(session_row["tokens_output"]),
+                 cacheRead=token_count(session_row["tokens_cache_read"]) if "tokens_cache_read" in keys else 0,
+                 cacheWrite=token_count(session_row["tokens_cache_write"]) if "tokens_cache_write" in keys else 0)
     cost = session_row["cost"] if "cost" in keys else None
-    usage["cost"] = float(cost) if finite_number(cost) and not isinstance(cost, bool) else None
+    usage["cost"] = None if as_number(cost) is None else float(cost)
     if isinstance(message_data, dict) and message_data.get("role") == "assistant":
         tokens = message_data.get("tokens") if isinstance(message_data.get("tokens"), dict) else {}
         cache = tokens.get("cache") if isinstance(tokens.get("cache"), dict) else {}
-        used = _tokens(tokens.get("input")) + _tokens(cache.get("read")) + _tokens(cache.get("write"))
+        used = token_count(tokens.get("input")) + token_count(cache.get("read")) + token_count(cache.get("write"))
         usage["contextTokens"] = used or None
     return usage
 
@@ -1570,13 +1550,13 @@ def amp_usage(messages):
         if not u or not any(k in u for k in ("inputTokens", "outputTokens")):
             continue
         usage = usage or new_usage()
-        usage["input"] += _tokens(u.get("inputTokens"))
-        usage["output"] += _tokens(u.get("outputTokens"))
-        usage["cacheRead"] += _tokens(u.get("cacheReadInputTokens"))
-        usage["cacheWrite"] += _tokens(u.get("cacheCreationInputTokens"))
-        usage["contextTokens"] = _tokens(u.get("inputTokens")) + _tokens(u.get("cacheReadInputTokens")) + \
-            _tokens(u.get("cacheCreationInputTokens"))
-        usage["contextWindow"] = _tokens(u.get("maxInputTokens")) or None
+        usage["input"] += token_count(u.get("inputTokens"))
+        usage["output"] += token_count(u.get("outputTokens"))
+        usage["cacheRead"] += token_count(u.get("cacheReadInputTokens"))
+        usage["cacheWrite"] += token_count(u.get("cacheCreationInputTokens"))
+        usage["contextTokens"] = token_count(u.get("inputTokens")) + token_count(u.get("cacheReadInputTokens")) + \
+            token_count(u.get("cacheCreationInputTokens"))
+        usage["contextWindow"] = token_count(u.get("maxInputTokens")) or None
     return usage
 
 
@@ -1587,7 +1567,7 @@ def amp_usage(messages):
 # and is unverified against a real file.
 def amp_thread_state(data, mtime_ms=0):
     """Parse one Amp thread JSON document -> thread state, or None when it is not one."""
-    if not isinstance(data, dict) or not valid_thread_id("amp", data.get("id")):
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not _AMP_ID_RE.match(data["id"]):
         return None
     state = new_thread_state("amp", data["id"])
     state["updatedAt"] = max(_epoch_ms(data.get("created")), mtime_ms)
@@ -1648,18 +1628,14 @@ def _usage_add(usage, sign, tokens, cost=None):
         usage["cost"] = round((usage["cost"] or 0.0) + sign * cost, 9)
 
 
-def _num(value):
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value else 0
-
-
-def gemini_tokens(tokens):
+def geminitoken_count(tokens):
     """Gemini CLI's per-message `tokens` ({input, output, cached, thoughts, tool, total}; input
     counts the cached part) -> our keys (input without the cached part; thoughts are output)."""
     if not isinstance(tokens, dict):
         return None
-    cached = _num(tokens.get("cached"))
-    return {"input": max(0, _num(tokens.get("input")) - cached), "output": _num(tokens.get("output")) +
-            _num(tokens.get("thoughts")), "cacheRead": cached, "cacheWrite": 0}
+    cached = as_number(tokens.get("cached"), 0)
+    return {"input": max(0, as_number(tokens.get("input"), 0) - cached), "output": as_number(tokens.get("output"), 0) +
+            as_number(tokens.get("thoughts"), 0), "cacheRead": cached, "cacheWrite": 0}
 
 
 def _gemini_prompt(parts):
@@ -1700,7 +1676,7 @@ def _gemini_message(state, msg, counted=True):
     elif kind == "gemini":
         if isinstance(msg.get("model"), str) and msg["model"]:
             state["model"] = msg["model"]
-        tokens = gemini_tokens(msg.get("tokens"))
+        tokens = geminitoken_count(msg.get("tokens"))
         if tokens is not None and counted:
             # a message re-written under the same id replaces the earlier one: count it once
             usage = _thread_usage(state)
@@ -1758,7 +1734,7 @@ def gemini_reduce(state, rec):
         if ts:
             state["updatedAt"] = max(state["updatedAt"], ts)
         if rec.get("kind") not in (None, "main"):
-            state["hidden"] = True  # a subagent's chat
+            state["subagent"] = True  # a subagent's chat
         return state
     if isinstance(rec.get("type"), str):
         _gemini_message(state, rec)
@@ -1769,6 +1745,11 @@ def gemini_id_from_path(path):
     """session-2026-11-27T22-08-4fc6198e.jsonl -> the short id prefix '4fc6198e' (or None)."""
     m = re.match(r"^session-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-([0-9a-f]{8})\.jsonl$", os.path.basename(path))
     return m.group(1) if m else None
+
+
+def gemini_moved_on(records):
+    """Gemini chat records that show the conversation went on: any but a "$set" (a header update)."""
+    return any("$set" not in r for r in records)
 
 
 def pi_reduce(state, rec):
@@ -1810,8 +1791,8 @@ def pi_reduce(state, rec):
             if usage is not None:
                 cost = usage.get("cost") if isinstance(usage.get("cost"), dict) else {}
                 _usage_add(_thread_usage(state), 1,
-                           {k: _num(usage.get(k)) for k in USAGE_KEYS},
-                           _num(cost.get("total")) if "total" in cost else None)
+                           {k: as_number(usage.get(k), 0) for k in USAGE_KEYS},
+                           as_number(cost.get("total"), 0) if "total" in cost else None)
             stop = msg.get("stopReason")
             if stop == "toolUse":
                 state.update(status="running", detail=None)
@@ -1836,6 +1817,17 @@ def pi_id_from_path(path):
 def pi_cwd_dir_name(cwd):
     """Pi's sessions/ directory for a cwd: '--' + the path with '/' as '-' + '--'."""
     return "--" + cwd.strip("/").replace("/", "-") + "--"
+
+
+def qwen_id_from_name(name):
+    """<uuid>.jsonl -> uuid, or None."""
+    tid = name[:-6] if name.endswith(".jsonl") else ""
+    return tid if _UUID_RE.match(tid) else None
+
+
+def qwen_moved_on(records):
+    """Qwen chat records that show the conversation went past a wait: an answer or a tool's result."""
+    return any(r.get("type") in ("assistant", "tool_result") for r in records)
 
 
 def qwen_reduce(state, rec):
@@ -1871,7 +1863,7 @@ def qwen_reduce(state, rec):
             state["model"] = rec["model"]
         meta = rec.get("usageMetadata") if isinstance(rec.get("usageMetadata"), dict) else None
         if meta is not None:
-            _usage_add(_thread_usage(state), 1, gemini_tokens({
+            _usage_add(_thread_usage(state), 1, geminitoken_count({
                 "input": meta.get("promptTokenCount"), "output": meta.get("candidatesTokenCount"),
                 "cached": meta.get("cachedContentTokenCount"), "thoughts": meta.get("thoughtsTokenCount")}))
         if any(isinstance(p, dict) and "functionCall" in p for p in parts):
@@ -1890,141 +1882,864 @@ def qwen_reduce(state, rec):
     return state
 
 
-def gemini_hook_event(agent, payload, environ=None):
-    """Map a Gemini CLI (or Qwen Code) hook payload to an /api/agent-event body, or None.
+##############################################################################
+# Agent screens (pure): each agent's prompt read from its screen, and the keys that answer it
+##############################################################################
+# The keys each agent's prompt expects were learned from the real agents (the pinned
+# versions, fake model on loopback); the screens are in tests/fixtures/<agent>/:
+# - Claude Code 2.1.330: a numbered menu under "Do you want to …?" ("Esc to cancel" below it). A digit
+#   picks its option at once: "1. Yes", "2. Yes, and always allow …" (absent for some tools),
+#   "N. No" (the denial: "Interrupted · What should Claude do instead?"). A prompt is typed into the
+#   "❯" composer between two ─── rules and submitted with Enter.
+# - Codex 0.169.0: "Would you like to run …?" with "1. Yes, proceed (y)", "2. Yes, and don't ask again
+#   … (p)", "3. No, and tell Codex what to do differently (esc)": the letter in parentheses picks the
+#   option ("esc" = Escape; the denial: "You canceled the request …"). Codex takes fast input as a
+#   paste and an Enter inside it as a newline, so Enter is sent only once the text is on screen.
+# - OpenCode 1.18.33: "Permission required" with buttons "Allow once  Allow always  Reject"; Left/Right
+#   move the selection (it wraps), Enter confirms, Escape rejects. "Allow always" asks again
+#   ("Always allow … Confirm  Cancel", Confirm selected): a second Enter. The selected button is the
+#   one drawn on another background, so these are read with `capture-pane -e`.
 
-    Gemini's events: SessionStart/SessionEnd, BeforeAgent (a prompt), BeforeTool/AfterTool,
-    Notification (notification_type ToolPermission: a permission prompt), AfterAgent (the turn
-    ended). No hook fires on an interrupt or an API error; the chat file tells those.
-    Qwen Code uses Claude's names; those go through hook_event()."""
-    env = os.environ if environ is None else environ
-    if not isinstance(payload, dict):
-        return None
-    name = payload.get("hook_event_name")
-    sid = payload.get("session_id")
-    if not isinstance(name, str) or not valid_thread_id(agent, sid):
-        return None
-    status, detail, alive = None, None, None
-    if name == "SessionStart":
-        status = "idle"
-    elif name in ("BeforeAgent", "BeforeTool", "AfterTool"):
-        status = "running"
-    elif name == "Notification":
-        if payload.get("notification_type") != "ToolPermission":
-            return None
-        status = "waiting"
-        detail = str(payload.get("message") or "permission")[:MAX_LOG_MESSAGE]
-    elif name == "AfterAgent":
-        status = "idle"  # settled by the server: a turn under way becomes done
-    elif name == "SessionEnd":
-        status, alive = "idle", False
-    else:
-        return None
-    body = {"agent": agent, "status": status, "threadId": sid, "source": "hook"}
-    if detail:
-        body["detail"] = detail
-    if alive is False:
-        body["alive"] = False
-    if isinstance(payload.get("cwd"), str):
-        body["projectDir"] = payload["cwd"]
-    pane = env.get("TMUX_PANE")
-    if pane and re.match(r"^%\d+$", pane):
-        body["paneId"] = pane
-    if name == "BeforeAgent" and isinstance(payload.get("prompt"), str):
-        body["prompt"] = payload["prompt"][:MAX_LOG_MESSAGE]
-    return {k: clean_str(v) for k, v in body.items()}
+REPLY_ACTIONS = ("approve", "approve-always", "deny", "text")
+CLAUDE_PROMPT_GRACE = 0.25
+TEXT_SETTLE = 0.15
+MAX_REPLY_TEXT = 4000
+_CSI_RE = LazyPattern(r"\x1b\[[0-?]*[ -/]*[@-~]")
+_ANY_ESC_RE = LazyPattern(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
+_MENU_RE = LazyPattern(r"^\s*(?:[❯›>]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
+_CODEX_KEY_RE = LazyPattern(r"^(.*?)\s*\((\w+)\)$")
 
 
-AGENT_COMMS = frozenset(("claude", "codex", "opencode", "amp", "node", "bun", "gemini", "qwen", "pi"))
+class ReplyRefused(Exception):
+    """The reply cannot be sent safely: the reason says why (HTTP 409)."""
 
 
-def classify_agent_process(comm, args):
-    """Which agent a process is -> 'claude' | 'codex' | 'opencode' | 'amp' | None.
+def strip_escapes(text):
+    """Screen text without escape sequences or other control characters (tabs and newlines kept)."""
+    return CONTROL_CHARS.sub(lambda m: m.group() if m.group() in "\t\n" else "", _ANY_ESC_RE.sub("", text))
 
-    Look-alikes are not agents: `claude -p` one-shots, `opencode run` children, language servers,
-    Codex's app-server daemon (it is not in a pane). Codex's node wrapper and its native child are
-    both 'codex' (the caller keeps the top-most one per pane).
-    """
-    if len(args) >= 2 and os.path.basename(args[0]) in ("sh", "bash", "dash") and os.path.basename(args[1]) in AGENTS:
-        args = args[1:]  # a script named like the agent, run by its #! shell: its own argv follows
-    argv0 = os.path.basename(args[0]) if args else ""
-    rest = args[1:] if args else []
-    names = {comm, argv0}
-    if "claude" in names:
-        if "-p" in rest or "--print" in rest:
-            return None
-        return "claude"
-    if "opencode" in names:
-        if rest[:1] in (["run"], ["serve"], ["lsp"], ["acp"]):
-            return None
-        return "opencode"
-    if "codex" in names:
-        if rest[:1] in (["app-server"], ["exec"], ["mcp-server"]):
-            return None
-        return "codex"
-    if "pi" in names:  # Pi sets its process title to `pi` (its argv is overwritten with it)
-        return "pi" if not ({"-p", "--print", "--mode"} & set(rest)) else None
-    for agent in ("gemini", "qwen"):
-        if agent in names:  # installed as a native binary or a script named like the agent
-            return agent if not ({"-p", "--prompt"} & set(rest)) else None
-    if comm in ("node", "bun") or argv0 in ("node", "bun"):
-        more = _more_agent_of_node(rest)
-        if more is not None:
-            return more or None
-        script = os.path.basename(rest[0]) if rest else ""
-        if script == "codex" and (len(rest) < 2 or rest[1] not in ("app-server", "exec")):
-            return "codex"
-        if script == "amp":
-            return "amp"
-        if script == "claude" and "-p" not in rest and "--print" not in rest:
-            return "claude"
-    if "amp" in names:
-        return "amp"
+
+def screen_lines(text, limit=None):
+    """The last `limit` non-blank-trailing lines of a captured screen, escapes removed."""
+    lines = [l.rstrip() for l in strip_escapes(text).split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines[-limit:] if limit else lines
+
+
+def check_reply_text(text):
+    """A prompt to type: one line, no control characters. -> text, or raises ReplyRefused."""
+    if not isinstance(text, str) or not text.strip():
+        raise ReplyRefused("'text' must be a non-empty string")
+    if len(text) > MAX_REPLY_TEXT:
+        raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT)
+    if CONTROL_CHARS.search(text):
+        raise ReplyRefused("'text' contains control characters (a newline too): refused, it is typed literally")
+    return text
+
+
+def _pick(options, action):
+    """Which option answers the action: 'Yes' once, 'Yes, and always/don't ask again', 'No'."""
+    for number, text in options:
+        low = text.lower()
+        if action == "approve" and low.startswith("yes") and ", and" not in low:
+            return number, text
+        if action == "approve-always" and low.startswith("yes, and") and ("always" in low or "don't ask" in low
+                                                                           or "do not ask" in low):
+            return number, text
+        if action == "deny" and low.startswith("no"):
+            return number, text
     return None
 
 
-def _more_agent_of_node(rest):
-    """`node [node flags] …/gemini|qwen|pi <args>` -> that agent, '' for its one-shot and helper
-    runs (-p/--prompt, Gemini's relaunched child is the same agent), None for another script."""
+def claude_prompt(screen_esc):
+    """-> ('permission', options) | ('input', composer text) | None, from a Claude Code screen."""
+    tail = screen_lines(screen_esc)[-40:]
+    if any("Esc to cancel" in l for l in tail[-6:]) and any(l.strip().startswith("Do you want to") for l in tail):
+        start = max(i for i, l in enumerate(tail) if l.strip().startswith("Do you want to"))
+        options = [(int(m.group(1)), m.group(2)) for m in (_MENU_RE.match(l) for l in tail[start + 1:]) if m]
+        if options:
+            return ("permission", options)
+    for i in range(len(tail) - 1, 0, -1):
+        line = tail[i]
+        if line.startswith("❯") and tail[i - 1].startswith("──") and any(l.startswith("──") for l in tail[i + 1:i + 4]):
+            return ("input", line[1:].strip())
+    return None
+
+
+def codex_prompt(screen_esc):
+    """-> ('permission', [(number, text, key)]) | ('input', None) | None, from a Codex screen."""
+    tail = screen_lines(screen_esc)[-40:]
+    if any("Press enter to confirm or esc to cancel" in l for l in tail[-6:]):
+        options = []
+        for l in tail:
+            m = _MENU_RE.match(l)
+            if m:
+                k = _CODEX_KEY_RE.match(m.group(2))
+                if k:
+                    options.append((int(m.group(1)), k.group(1), k.group(2)))
+        if options:
+            return ("permission", options)
+        return None
+    if any(l.startswith("› ") for l in tail[-6:]):
+        return ("input", None)
+    return None
+
+
+def _sgr_background(params, bg):
+    """The background after one SGR sequence's parameters."""
+    parts = params.split(";") if params else ["0"]
     i = 0
-    while i < len(rest) and rest[i].startswith("-"):
-        i += 1  # node's own flags (Gemini relaunches itself with --max-old-space-size=…)
-    script = os.path.basename(rest[i]) if i < len(rest) else ""
-    if script in ("gemini", "qwen", "pi", "gemini.js", "cli.js", "cli-entry.js"):
-        if script.endswith(".js"):  # the package's own file (…/.bin/<agent> links to it)
-            parts = rest[i].split("/")
-            package = {"qwen-code": "qwen", "gemini-cli": "gemini", "pi-coding-agent": "pi"}
-            script = next((package[p] for p in reversed(parts[:-1]) if p in package), "")
-            if not script:
-                return None
-        args = rest[i + 1:]
-        if {"-p", "--prompt", "--print"} & set(args) or args[:1] in (["mcp"], ["extensions"], ["hooks"]):
-            return ""
-        return script
+    while i < len(parts):
+        p = parts[i]
+        if p in ("", "0"):
+            bg = None
+        elif p == "49":
+            bg = None
+        elif p in ("48",) and i + 1 < len(parts):
+            n = 3 if parts[i + 1] == "5" else 5
+            bg = ";".join(parts[i:i + n])
+            i += n - 1
+        elif p.isdigit() and (40 <= int(p) <= 47 or 100 <= int(p) <= 107):
+            bg = p
+        elif p in ("38",) and i + 1 < len(parts):
+            i += 2 if parts[i + 1] == "5" else 4
+        i += 1
+    return bg
+
+
+def selected_button(line_with_escapes, labels, hint="select"):
+    """Which of `labels` is drawn on another background than the `hint` text of the same line (how
+    OpenCode shows its selected button), or None when that cannot be told."""
+    bg = None
+    pos = 0
+    plain = []
+    backgrounds = []
+    for m in _CSI_RE.finditer(line_with_escapes):
+        for ch in line_with_escapes[pos:m.start()]:
+            plain.append(ch)
+            backgrounds.append(bg)
+        if m.group(0).endswith("m"):
+            bg = _sgr_background(m.group(0)[2:-1], bg)
+        pos = m.end()
+    for ch in line_with_escapes[pos:]:
+        plain.append(ch)
+        backgrounds.append(bg)
+    text = "".join(plain)
+    h = text.find(hint)
+    if h < 0:
+        return None
+    base = backgrounds[h]
+    picked = []
+    for label in labels:
+        i = text.find(label)
+        if i < 0:
+            return None
+        if backgrounds[i] != base:
+            picked.append(label)
+    return picked[0] if len(picked) == 1 else None
+
+
+OPENCODE_BUTTONS = ("Allow once", "Allow always", "Reject")
+
+
+def opencode_prompt(screen_esc):
+    """-> ('permission', selected button or None) | ('confirm-always', selected) | ('input', None) | None,
+    from an OpenCode screen captured with escapes."""
+    raw = screen_esc.split("\n")
+    lines = [strip_escapes(l).rstrip() for l in raw]
+    tail = range(max(0, len(lines) - 30), len(lines))
+    for i in tail:
+        if "Allow once" in lines[i] and "Reject" in lines[i] and any(
+                "Permission required" in lines[j] for j in range(max(0, i - 25), i)):
+            return ("permission", selected_button(raw[i], OPENCODE_BUTTONS))
+        if "Confirm" in lines[i] and "Cancel" in lines[i] and any(
+                "Always allow" in lines[j] for j in range(max(0, i - 25), i)):
+            return ("confirm-always", selected_button(raw[i], ("Confirm", "Cancel")))
+    if any(l.lstrip().startswith("╹▀") for l in (lines[i] for i in tail)) and any("ctrl+p commands" in lines[i] for i in tail):
+        return ("input", None)
+    return None
+
+def _text_steps(text, screen_esc, submitted):
+    """Type a prompt: the text, then Enter only once it is on screen and a moment later (Codex takes
+    input that comes fast as a paste, and an Enter inside a paste as a newline: seen with Enter right
+    after), then wait for it to be submitted (`submitted(screen, needle, typed_screen)`)."""
+    needle = text[-20:]
+    typed_screen = [screen_esc]
+
+    def typed(screen):
+        if needle in "\n".join(screen_lines(screen)[-30:]):
+            typed_screen[0] = screen
+            return True
+        return False
+    return [("literal", text), ("expect", "the typed text on screen", typed, TEXT_SETTLE),
+            ("keys", ["Enter"]), ("expect", "the prompt being submitted",
+                                   lambda screen: submitted(screen, needle, typed_screen[0]))]
+
+
+def _not_input(title, found):
+    """The refusal for text sent to a screen that shows no prompt input."""
+    kind = found[0] if found else None
+    return ReplyRefused("the %s screen does not show its prompt input%s" % (
+        title, " (it shows a permission prompt)" if kind in ("permission", "confirm-always") else ""))
+
+
+def _gone(read, found):
+    """-> predicate: the prompt `found` (as `read` reads a screen) is no longer up."""
+    def gone(screen):
+        now = read(screen)
+        return not (now is not None and now[0] == found[0] and now[1] == found[1])
+    return gone
+
+
+def claude_reply_plan(action, screen_esc, text=None):
+    """Claude Code: a digit picks a permission option; a prompt goes into an empty composer."""
+    found = claude_prompt(screen_esc)
+    if action == "text":
+        if not found or found[0] != "input":
+            raise _not_input("Claude Code", found)
+        if found[1]:
+            raise ReplyRefused("the Claude Code input already holds text (%r); not typing into it" % found[1][:40])
+
+        def submitted(screen, needle, typed_screen):
+            f = claude_prompt(screen)
+            return f is None or f[0] != "input" or needle not in f[1]
+        return _text_steps(text, screen_esc, submitted)
+    if not found or found[0] != "permission":
+        raise ReplyRefused("the Claude Code screen does not show a permission prompt")
+    picked = _pick(found[1], action)
+    if picked is None:
+        raise ReplyRefused("this Claude Code prompt offers no option for %s (options: %s)" % (
+            action, "; ".join("%d. %s" % o for o in found[1])))
+    gone = _gone(claude_prompt, found)
+    # Claude Code ignores keys in the first ~0.1 s a permission prompt is up (seen: a digit 50 ms after
+    # it appeared was dropped, 100 ms after was taken): see it up that long first
+    return [("hold", CLAUDE_PROMPT_GRACE, "the permission prompt", lambda screen: not gone(screen)),
+            ("keys", [str(picked[0])]), ("expect", "the prompt going away after the key", gone)]
+
+
+def codex_reply_plan(action, screen_esc, text=None):
+    """Codex: the letter in parentheses picks a permission option ("esc" is Escape)."""
+    found = codex_prompt(screen_esc)
+    if action == "text":
+        if not found or found[0] != "input":
+            raise _not_input("Codex", found)
+
+        def submitted(screen, needle, typed_screen):
+            composer = [l for l in screen_lines(screen)[-8:] if l.startswith("› ")]
+            return not composer or needle not in composer[-1]
+        return _text_steps(text, screen_esc, submitted)
+    if not found or found[0] != "permission":
+        raise ReplyRefused("the Codex screen does not show a permission prompt")
+    picked = next((key for number, label, key in found[1] if _pick([(number, label)], action)), None)
+    if picked is None:
+        raise ReplyRefused("this Codex prompt offers no option for %s (options: %s)" % (
+            action, "; ".join("%d. %s (%s)" % o for o in found[1])))
+    return [("keys", ["Escape" if picked == "esc" else picked]),
+            ("expect", "the prompt going away after the key", _gone(codex_prompt, found))]
+
+
+def opencode_reply_plan(action, screen_esc, text=None):
+    """OpenCode: Right moves to the wanted button, Enter confirms ("Allow always" asks again: a second
+    Enter), Escape rejects."""
+    found = opencode_prompt(screen_esc)
+    kind = found[0] if found else None
+    if action == "text":
+        if kind != "input":
+            raise _not_input("OpenCode", found)
+        return _text_steps(text, screen_esc, lambda screen, needle, typed_screen: screen != typed_screen)
+    if kind not in ("permission", "confirm-always"):
+        raise ReplyRefused("the OpenCode screen does not show a permission prompt")
+
+    def gone(screen):  # neither the buttons nor the "Always allow" confirmation
+        now = opencode_prompt(screen)
+        return now is None or now[0] not in ("permission", "confirm-always")
+    if kind == "confirm-always":
+        raise ReplyRefused("OpenCode is asking to confirm an 'Allow always' already; answer it in its pane")
+    if action == "deny":
+        return [("keys", ["Escape"]), ("expect", "the prompt going away after the key", gone)]
+    selected = found[1]
+    if selected is None:
+        raise ReplyRefused("cannot tell which OpenCode button is selected")
+    target = "Allow once" if action == "approve" else "Allow always"
+    moves = (OPENCODE_BUTTONS.index(target) - OPENCODE_BUTTONS.index(selected)) % len(OPENCODE_BUTTONS)
+
+    def on_target(screen):
+        f = opencode_prompt(screen)
+        return f is not None and f[0] == "permission" and f[1] == target
+    steps = []
+    if moves:
+        steps += [("keys", ["Right"] * moves), ("expect", "%r selected" % target, on_target)]
+    steps.append(("keys", ["Enter"]))
+    if action == "approve-always":
+        def confirm(screen):
+            f = opencode_prompt(screen)
+            return f is not None and f[0] == "confirm-always" and f[1] == "Confirm"
+        steps += [("expect", "the 'Always allow' confirmation with Confirm selected", confirm), ("keys", ["Enter"])]
+    steps.append(("expect", "the prompt going away after the key", gone))
+    return steps
+
+
+##############################################################################
+# Agents (pure): one spec per agent
+##############################################################################
+# Each agent is one AgentSpec: data and pure functions that say what every section needs to know of
+# it. The sections below loop over AGENT_SPECS and name no agent. See the map for where the I/O
+# behind a spec lives.
+
+
+class Record(object):
+    """A plain record of named fields, built by keyword: FIELDS lists (name, default) pairs. A
+    default is shared between records: give a record its own list or dict, never change one."""
+
+    FIELDS = ()
+
+    def __init__(self, **kw):
+        unknown = set(kw).difference(name for name, _ in self.FIELDS)
+        if unknown:
+            raise TypeError("%s has no field %s" % (type(self).__name__, ", ".join(sorted(unknown))))
+        for name, default in self.FIELDS:
+            setattr(self, name, kw.get(name, default))
+
+    def __repr__(self):
+        return "%s(%s)" % (type(self).__name__, ", ".join("%s=%r" % (n, getattr(self, n)) for n, _ in self.FIELDS))
+
+
+class Process(Record):
+    """How an agent's process is recognised in the process table (its comm and argv)."""
+
+    FIELDS = (
+        ("names", ()),  # its comm or argv[0]: a native binary, or a script named like the agent
+        ("via_node", False),  # also run as `node|bun [node flags] …/<name> …` (an npm package's .bin link)
+        ("package", None),  # the npm package's directory name, when node runs the package's own file ...
+        ("entry_files", ()),  # ... and that file's names (the .bin link points at one of them)
+        ("one_shot", ()),  # flags that make a run a one-shot (`claude -p`): no live agent to show
+        ("helpers", ()),  # first words of helper runs (`opencode serve`, `codex app-server`): not the agent
+    )
+
+
+class Hooks(Record):
+    """The hook payloads an agent pipes to `opensessions hook AGENT` (stdin JSON: hook_event_name,
+    session_id, cwd, ...) and what each event says (see hook_event)."""
+
+    FIELDS = (
+        ("states", {}),  # hook_event_name -> "idle" | "running" | "prompt" (running, with the prompt) |
+                         # "permission" (waiting on a tool) | "notification" | "error" | "end" (it exited)
+        ("notifications", ()),  # the notification_types that mean a prompt waits for the user
+        ("pid_env", None),  # an environment variable in which the agent gives its hooks its own pid
+    )
+
+
+class Watch(Record):
+    """How an agent's files are followed: `kind` names the watcher class that reads them
+    (Watchers: WATCHER_KINDS); a kind other than "chat-files" is one agent's own."""
+
+    FIELDS = (("kind", None),)
+
+
+class ChatFiles(Record):
+    """An agent that appends each conversation to a JSONL file, one directory of them per project:
+    the "chat-files" watcher (or a subclass, by kind) follows them with no code of the agent's own."""
+
+    FIELDS = (
+        ("kind", "chat-files"),
+        ("projects", None),  # the directory of project directories, in the agent's home
+        ("chats", ""),  # the chat files' directory in a project's ("" for the project's own)
+        ("reducer", None),  # (thread state, record) -> state: one line of a chat file applied
+        ("name_id", None),  # file name -> its thread id (or, with header_id, the id's start), or None
+        ("header_id", False),  # the whole id is in the first line's "sessionId"
+        ("moved_on", None),  # records -> the conversation went on (else a wait from a hook holds); None: always
+        ("project_of", None),  # cwd -> the name of its project directory (None: not known from the cwd alone)
+    )
+
+
+class HookInstall(Record):
+    """Our hook command in an agent's own hook config, in Claude's shape ({"hooks": {Event: [{"hooks":
+    [entry]}]}}): `opensessions install` adds it to each event, `uninstall` removes it (and only it)."""
+
+    FIELDS = (
+        ("file", None),  # the config file, in the agent's home
+        ("events", ()),  # the events our hook is added to
+        ("entry", {}),  # what our entry holds besides its type and command (a timeout: seconds or ms)
+        ("only_if_set_up", False),  # only where the agent's home exists (nothing is created for others)
+        ("note", None),  # a line for the user after installing
+    )
+
+
+class FileInstall(Record):
+    """A file of ours that the agent loads (a plugin, an extension), written whole by install."""
+
+    FIELDS = (
+        ("what", None),  # "the OpenCode plugin": how messages name it
+        ("under", "home"),  # the agent's path (a key of its paths) the file goes under ...
+        ("path", ()),  # ... and the file's path there
+        ("text", ""),  # the file's contents
+        ("only_if_set_up", False),  # only where that directory exists
+    )
+
+
+class Plugin(Record):
+    """Events our plugin inside the agent posts to `route`: {type, properties: {sessionID, …}, pid,
+    paneId, directory} (the Api's api_plugin_event maps them)."""
+
+    FIELDS = (
+        ("route", None),  # the POST path the plugin calls
+        ("status", None),  # (type, properties) -> (status, detail, attempt), or None: not a status
+        ("thread", None),  # (type, properties) -> other thread fields it changes ({} or more), or None
+    )
+
+
+class AgentSpec(Record):
+    """One agent, in one place (fields in the order of the sections that use them)."""
+
+    FIELDS = (
+        ("name", None),  # "claude": the agent's key in thread keys, hook commands and /state
+        ("title", None),  # "Claude Code": how messages name it
+        ("id_pattern", None),  # a compiled regex: the conversation ids its resume command takes
+        ("paths", None),  # environ -> {"home": its directory, other named paths}: where its files are
+        ("watch", None),  # Watch or ChatFiles: how its files are read (the watcher of that kind)
+        ("open_file", None),  # (what, path -> thread id): an open file of its process names its conversation
+        ("process", Process()),  # how its process is recognised
+        ("id_flags", ()),  # flags whose value is the conversation id (`--resume ID`): read back from argv
+        ("id_commands", ()),  # subcommands followed by the conversation id (`codex resume ID`)
+        ("hooks", None),  # Hooks: what its hook payloads say (None: it has no hooks)
+        ("install", None),  # HookInstall or FileInstall: what `opensessions install` adds for it
+        ("plugin", None),  # Plugin: the events its plugin posts (None: it has none)
+        # resume, fork and the flags a restore keeps (Resurrect): in resume_args and fork_args "{flags}"
+        # stands for the flags kept from the saved command line, "{id}" for the conversation id
+        ("resume_args", ()),  # the arguments that resume conversation {id}
+        ("fork_args", None),  # the arguments that start a new conversation from {id}'s history (None: not known)
+        ("resumes_anywhere", False),  # resumes by id from any directory (else only from the one it ran in)
+        ("session_flags", ()),  # flags whose value picks a conversation: dropped when saving (restore adds its own)
+        ("session_switches", ()),  # flags without a value that pick one (--continue): dropped too
+        ("session_commands", ()),  # subcommands that pick one ("resume", "threads continue"): dropped with the id
+        ("switches", ()),  # flags known to take no value (the word after one is a prompt, never its value)
+        # replies (Agent screens): what its screen shows, and the keys that answer it
+        ("prompt_reader", None),  # captured screen (with escapes) -> ("permission" | "input" | …, details) or None
+        ("reply_planner", None),  # (action, screen, text) -> reply steps, or ReplyRefused (None: not learned)
+        # what its usage costs: the list prices of the models its vendor sells (USD per million tokens); an
+        # agent that records its own cost (OpenCode, Pi, Claude's cost-state) is priced by that first
+        ("prices", {}),
+        # which source wins (the Server's apply step): its files cannot show a permission wait or a retry,
+        # which its plugin reports; those hold until the files show the turn ended (OpenCode's database)
+        ("plugin_holds", False),
+    )
+
+
+# What Claude-shaped hook events say (Claude Code, Codex and Qwen Code use these names). No hook fires on
+# an interrupt; an agent's own files tell those.
+CLAUDE_HOOK_STATES = {
+    "SessionStart": "idle", "UserPromptSubmit": "prompt", "PreToolUse": "running", "PostToolUse": "running",
+    "PostToolUseFailure": "running", "PermissionRequest": "permission", "Notification": "notification",
+    "Stop": "idle",  # the server settles it: a turn under way becomes done
+    "StopFailure": "error", "SessionEnd": "end",
+}
+CLAUDE_NOTIFICATIONS = (None, "permission_prompt", "elicitation_dialog")  # idle reminders change nothing
+# Gemini CLI's events: BeforeAgent is a prompt, Notification with notification_type ToolPermission a
+# permission prompt, AfterAgent the end of a turn. No hook fires on an interrupt or an API error.
+GEMINI_HOOK_STATES = {
+    "SessionStart": "idle", "BeforeAgent": "prompt", "BeforeTool": "running", "AfterTool": "running",
+    "Notification": "notification", "AfterAgent": "idle", "SessionEnd": "end",
+}
+
+CLAUDE_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "StopFailure", "Notification",
+                      "PermissionRequest")
+CODEX_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "PermissionRequest")
+# Gemini CLI and Qwen Code read hooks from settings.json in Claude's shape; Gemini's `timeout` is in ms.
+GEMINI_HOOK_EVENTS = ("SessionStart", "SessionEnd", "BeforeAgent", "AfterAgent", "Notification")
+QWEN_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "StopFailure", "Notification",
+                    "PermissionRequest")
+
+# -- what we install into agents that have no hooks: their own plugin formats ----------------------
+OPENCODE_PLUGIN_NAME = "opensessions.js"
+# The OpenCode plugin: forwards the few events that carry live status (busy / retry / idle, errors,
+# permission asked / replied) to the server; the server maps them (opencode_plugin_status).
+# The OpenCode plugin and the Pi extension find the server the same way: this function is in
+# both (plain JS, which Pi's TypeScript loader takes as it is). Tested under node against socket_key().
+_JS_SERVER_LOOKUP = r"""function server() {
+  try {
+    const uid = process.getuid();
+    const t = process.env.TMUX;
+    const sock = t ? t.split(",").slice(0, -2).join(",")
+      : path.join(process.env.TMUX_TMPDIR || "/tmp", "tmux-" + uid, "default");
+    let h = 0xcbf29ce484222325n;  // FNV-1a 64, as opensessions' socket_key()
+    for (const b of Buffer.from(sock, "utf8")) h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn;
+    const key = h.toString(16).padStart(16, "0").slice(0, 12);
+    const xdg = process.env.XDG_RUNTIME_DIR;
+    const dir = xdg && fs.existsSync(xdg) ? path.join(xdg, "opensessions")
+      : path.join(process.env.TMPDIR || "/tmp", "opensessions-" + uid);
+    const file = path.join(dir, "server-" + key + ".json");
+    for (const st of [fs.lstatSync(dir), fs.lstatSync(file)]) {
+      if (st.isSymbolicLink() || st.uid !== uid || (st.mode & 0o077)) return null;
+    }
+    const info = JSON.parse(fs.readFileSync(file, "utf8"));
+    if (Number.isInteger(info.port) && info.port > 0 && info.port < 65536) return info;
+  } catch (e) {}
+  return null;
+}
+"""
+
+OPENCODE_PLUGIN = r"""// opensessions: reports OpenCode session status to the opensessions server.
+// Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks OpenCode.
+import fs from "node:fs";
+import path from "node:path";
+
+const TYPES = new Set(["session.status", "session.idle", "session.error", "permission.asked",
+  "permission.replied", "session.updated"]);
+
+// The server's runtime file, trusted only when it is ours and private (a shared TMPDIR is writable
+// by everyone): no file, no report (never to whatever listens on a default port).
+""" + _JS_SERVER_LOOKUP + r"""
+function slim(event) {
+  const p = event.properties || {};
+  const out = { sessionID: p.sessionID || (p.info && p.info.id), status: p.status, error: p.error,
+    permission: p.permission, patterns: p.patterns };
+  if (event.type === "session.updated" && p.info) {
+    out.title = p.info.title; out.parentID = p.info.parentID; out.directory = p.info.directory;
+  }
+  return out;
+}
+
+export const OpenSessions = async (ctx) => {
+  return {
+    event: async ({ event }) => {
+      if (!event || !TYPES.has(event.type)) return;
+      const body = JSON.stringify({ type: event.type, properties: slim(event), pid: process.pid,
+        directory: ctx.directory, paneId: process.env.TMUX_PANE || null });
+      const info = server();
+      if (!info) return;
+      const headers = { "content-type": "application/json" };
+      if (typeof info.token === "string") headers["x-opensessions-token"] = info.token;
+      try {
+        await fetch("http://127.0.0.1:" + info.port + "/api/opencode-event", { method: "POST",
+          headers, body, signal: AbortSignal.timeout(1000) });
+      } catch (e) {}
+    },
+  };
+};
+"""
+PI_EXTENSION_NAME = "opensessions.ts"
+# The Pi extension: Pi has no hooks; an extension in ~/.pi/agent/extensions/ gets its session and
+# agent events. It reports the turn's start and end (with the last message's stopReason: error,
+# aborted) and the session's end, to /api/agent-event, as our hooks do. Never blocks Pi.
+PI_EXTENSION = r"""// opensessions: reports Pi session status to the opensessions server.
+// Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks Pi.
+import fs from "node:fs";
+import path from "node:path";
+
+// The server's runtime file, trusted only when it is ours and private (as in our OpenCode plugin).
+""" + _JS_SERVER_LOOKUP + r"""
+async function report(ctx: any, status: string, extra: any = {}) {
+  try {
+    const sm = ctx && ctx.sessionManager;
+    const id = sm && sm.getSessionId ? sm.getSessionId() : null;
+    if (!id) return;
+    const body: any = { agent: "pi", status, threadId: id, source: "hook", pid: process.pid,
+      projectDir: (sm.getCwd && sm.getCwd()) || ctx.cwd };
+    if (process.env.TMUX_PANE) body.paneId = process.env.TMUX_PANE;
+    const name = sm.getSessionName && sm.getSessionName();
+    if (name) body.threadName = String(name).slice(0, 200);
+    Object.assign(body, extra);
+    const info = server();
+    if (!info) return;
+    const headers: any = { "content-type": "application/json" };
+    if (typeof info.token === "string") headers["x-opensessions-token"] = info.token;
+    await fetch("http://127.0.0.1:" + info.port + "/api/agent-event", { method: "POST", headers,
+      body: JSON.stringify(body), signal: AbortSignal.timeout(1000) });
+  } catch (e) {}
+}
+
+export default function (pi: any) {
+  pi.on("session_start", async (_event: any, ctx: any) => { void report(ctx, "idle"); });
+  pi.on("agent_start", async (_event: any, ctx: any) => { void report(ctx, "running"); });
+  pi.on("agent_end", async (event: any, ctx: any) => {
+    const msgs = (event && event.messages) || [];
+    let last: any = null;
+    for (const m of msgs) if (m && m.role === "assistant") last = m;
+    if (last && last.stopReason === "error") {
+      void report(ctx, "error", { detail: String(last.errorMessage || "error").slice(0, 500) });
+    } else if (last && last.stopReason === "aborted") {
+      void report(ctx, "interrupted");
+    } else {
+      void report(ctx, "idle");
+    }
+  });
+  pi.on("session_shutdown", async (_event: any, ctx: any) => { await report(ctx, "idle", { alive: false }); });
+}
+"""
+
+
+# List prices, USD per million tokens: (input, output, cache read, cache write, context window). An
+# agent's spec names the prices of the models its vendor sells; one model is priced the same whatever
+# agent runs it, matched by the longest prefix of the model name (a date suffix such as -20250929 still matches). Vendors' list
+# prices; a user's ui.json "prices" overrides or adds entries: {"model-prefix": {"input": 3,
+# "output": 15, "cacheRead": 0.3, "cacheWrite": 3.75, "context": 200000}} (all per million tokens).
+# Claude's cache writes are priced at the 5-minute rate (1.25 x input); OpenAI has no cache-write price.
+ANTHROPIC_PRICES = {
+    "claude-opus-4-5": (5.0, 25.0, 0.5, 6.25, 200000),
+    "claude-opus-4-6": (5.0, 25.0, 0.5, 6.25, 200000),
+    "claude-opus-4": (15.0, 75.0, 1.5, 18.75, 200000),
+    "claude-sonnet-4": (3.0, 15.0, 0.3, 3.75, 200000),
+    "claude-3-7-sonnet": (3.0, 15.0, 0.3, 3.75, 200000),
+    "claude-haiku-4-5": (1.0, 5.0, 0.1, 1.25, 200000),
+    "claude-3-5-haiku": (0.8, 4.0, 0.08, 1.0, 200000),
+    # what Claude Code itself charged for it in the lab capture: 24 in + 10 out = $0.000296, and its
+    # modelUsage gives contextWindow 1000000
+    "claude-opus-5-5": (4.0, 20.0, 0.4, 5.0, 1000000),
+}
+OPENAI_PRICES = {
+    "gpt-5-mini": (0.25, 2.0, 0.025, 0.0, 400000),
+    "gpt-5-nano": (0.05, 0.4, 0.005, 0.0, 400000),
+    "gpt-5": (1.25, 10.0, 0.125, 0.0, 400000),
+    "gpt-5.1-codex-mini": (0.25, 2.0, 0.025, 0.0, 400000),
+    "gpt-5.2": (1.75, 14.0, 0.175, 0.0, 400000),
+    "gpt-4.1": (2.0, 8.0, 0.5, 0.0, 1047576),
+    "o3": (2.0, 8.0, 0.5, 0.0, 200000),
+    "o4-mini": (1.1, 4.4, 0.275, 0.0, 200000),
+}
+
+
+# -- where each agent keeps its files (with their environment overrides) ---------------------------
+
+def claude_paths(env):
+    return {"home": env.get("CLAUDE_CONFIG_DIR") or os.path.join(home_dir(env), ".claude")}
+
+
+def codex_paths(env):
+    return {"home": env.get("CODEX_HOME") or os.path.join(home_dir(env), ".codex")}
+
+
+def opencode_paths(env):
+    db = env.get("OPENCODE_DB") or os.path.join(xdg_dir("DATA", env), "opencode", "opencode.db")
+    return {"home": os.path.dirname(db), "db": db, "config": os.path.join(xdg_dir("CONFIG", env), "opencode")}
+
+
+def amp_paths(env):
+    threads = os.path.join(xdg_dir("DATA", env), "amp", "threads")
+    return {"home": os.path.dirname(threads), "threads": threads}
+
+
+def gemini_paths(env):
+    return {"home": os.path.join(env.get("GEMINI_CLI_HOME") or home_dir(env), ".gemini")}
+
+
+def qwen_paths(env):
+    return {"home": os.path.join(home_dir(env), ".qwen")}
+
+
+def pi_paths(env):
+    return {"home": env.get("PI_CODING_AGENT_DIR") or os.path.join(home_dir(env), ".pi", "agent")}
+
+
+# -- the agents (Amp's formats were not captured: see the Amp parser's note) -------------------------
+
+CLAUDE = AgentSpec(
+    name="claude", title="Claude Code", id_pattern=_UUID_RE, paths=claude_paths,
+    watch=Watch(kind="claude"),
+    process=Process(names=("claude",), via_node=True, one_shot=("-p", "--print")),
+    id_flags=("--resume", "-r", "--session-id"),
+    hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS, pid_env="CLAUDE_PID"),
+    install=HookInstall(file="settings.json", events=CLAUDE_HOOK_EVENTS, entry={"timeout": 5}),
+    # conversations live under the project directory (~/.claude/projects/<cwd>): resumed only from there
+    resume_args=("{flags}", "--resume", "{id}"), fork_args=("{flags}", "--resume", "{id}", "--fork-session"),
+    session_flags=("--resume", "-r", "--session-id"), session_switches=("--continue", "-c", "--fork-session"),
+    switches=("--dangerously-skip-permissions", "--verbose", "--debug", "--ide", "--strict-mcp-config",
+              "--continue", "-c", "--fork-session", "--print", "-p"),
+    prompt_reader=claude_prompt, reply_planner=claude_reply_plan,
+    prices=ANTHROPIC_PRICES,
+)
+
+CODEX = AgentSpec(
+    name="codex", title="Codex", id_pattern=_UUID_RE, paths=codex_paths,
+    watch=Watch(kind="codex"), open_file=("rollout", codex_id_from_path),
+    # its app-server daemon holds rollouts open but is not in a pane
+    process=Process(names=("codex",), via_node=True, helpers=("app-server", "exec", "mcp-server")),
+    id_commands=("resume", "continue"),
+    hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS),
+    install=HookInstall(file="hooks.json", events=CODEX_HOOK_EVENTS, entry={"timeout": 5},
+                        note="Codex asks to trust new hooks once (or start it with --dangerously-bypass-hook-trust)."),
+    resume_args=("{flags}", "resume", "{id}"), fork_args=("{flags}", "fork", "{id}"), resumes_anywhere=True,
+    session_switches=("--last",),  # codex's -c is --config: kept
+    session_commands=("threads continue", "threads", "resume", "fork"),
+    switches=("--full-auto", "--dangerously-bypass-approvals-and-sandbox", "--search", "--oss", "--last",
+              "--dangerously-bypass-hook-trust", "--skip-git-repo-check", "--no-daemon"),
+    prompt_reader=codex_prompt, reply_planner=codex_reply_plan,
+    prices=OPENAI_PRICES,
+)
+
+OPENCODE = AgentSpec(
+    name="opencode", title="OpenCode", id_pattern=_OPENCODE_ID_RE, paths=opencode_paths,
+    watch=Watch(kind="opencode"),
+    process=Process(names=("opencode",), helpers=("run", "serve", "lsp", "acp")),
+    id_flags=("-s", "--session"),
+    # no hooks: our plugin posts its events (the route is in OPENCODE_PLUGIN)
+    install=FileInstall(what="the OpenCode plugin", under="config", path=("plugins", OPENCODE_PLUGIN_NAME),
+                        text=OPENCODE_PLUGIN),
+    plugin=Plugin(route="/api/opencode-event", status=opencode_plugin_status, thread=opencode_plugin_thread),
+    resume_args=("{flags}", "-s", "{id}"), fork_args=("{flags}", "-s", "{id}", "--fork"), resumes_anywhere=True,
+    session_flags=("--session", "-s"), session_switches=("--continue", "-c", "--fork"),
+    switches=("--continue", "-c", "--print-logs", "--fork"),
+    prompt_reader=opencode_prompt, reply_planner=opencode_reply_plan,
+    plugin_holds=True,  # and no list prices: its database records the cost of every session
+)
+
+AMP = AgentSpec(
+    name="amp", title="Amp", id_pattern=_AMP_ID_RE, paths=amp_paths,
+    watch=Watch(kind="amp"),
+    process=Process(names=("amp",), via_node=True),
+    id_commands=("resume", "continue"),
+    # Amp keeps threads on its servers: any directory will do (its saved flags are not typed again)
+    resume_args=("threads", "continue", "{id}"), resumes_anywhere=True,
+    session_switches=("--last",), session_commands=("threads continue", "threads", "resume", "fork"),
+    switches=("--dangerously-allow-all", "--last"),
+    # its models are priced by the list prices of their vendors (the other specs' prices)
+)
+
+GEMINI = AgentSpec(
+    name="gemini", title="Gemini CLI", id_pattern=_UUID_RE, paths=gemini_paths,
+    watch=ChatFiles(kind="gemini", projects="tmp", chats="chats", reducer=gemini_reduce, name_id=gemini_id_from_path,
+                   header_id=True, moved_on=gemini_moved_on),
+    # `node …/.bin/gemini` relaunches itself as `node --max-old-space-size=N …/gemini` (the same agent)
+    process=Process(names=("gemini",), via_node=True, package="gemini-cli", entry_files=("gemini.js",),
+                    one_shot=("-p", "--prompt", "--print"), helpers=("mcp", "extensions", "hooks")),
+    id_flags=("--resume", "-r", "--session-id"),
+    hooks=Hooks(states=GEMINI_HOOK_STATES, notifications=("ToolPermission",)),
+    install=HookInstall(file="settings.json", events=GEMINI_HOOK_EVENTS, entry={"timeout": 5000, "name": "opensessions"},
+                        only_if_set_up=True),
+    # chats are kept per project (~/.gemini/tmp/<project>): resumed only from that directory
+    resume_args=("{flags}", "--resume", "{id}"),
+    session_flags=("--resume", "-r", "--session-id", "--session-file", "--prompt-interactive", "-i"),
+    switches=("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--skip-trust", "--screen-reader"),
+    # replies: not learned yet (its screens are in tests/fixtures/gemini/screens); no list prices known
+)
+
+QWEN = AgentSpec(
+    name="qwen", title="Qwen Code", id_pattern=_UUID_RE, paths=qwen_paths,
+    watch=ChatFiles(kind="qwen", projects="projects", chats="chats", reducer=qwen_reduce, name_id=qwen_id_from_name,
+                   moved_on=qwen_moved_on, project_of=claude_project_dir_name),
+    process=Process(names=("qwen",), via_node=True, package="qwen-code", entry_files=("cli.js", "cli-entry.js"),
+                    one_shot=("-p", "--prompt", "--print"), helpers=("mcp", "extensions", "hooks")),
+    id_flags=("--resume", "-r", "--session-id"),
+    hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS),
+    install=HookInstall(file="settings.json", events=QWEN_HOOK_EVENTS, only_if_set_up=True),  # its default timeout
+    # chats are kept per project (~/.qwen/projects/<cwd>): resumed only from that directory
+    resume_args=("{flags}", "--resume", "{id}"),
+    session_flags=("--resume", "-r", "--session-id", "--prompt-interactive", "-i"),
+    session_switches=("--continue", "-c"),
+    switches=("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--continue", "-c"),
+    # replies: not learned yet (its screens are in tests/fixtures/qwen/screens); no list prices known
+)
+
+PI = AgentSpec(
+    name="pi", title="Pi", id_pattern=_UUID_RE, paths=pi_paths,
+    watch=ChatFiles(projects="sessions", reducer=pi_reduce, name_id=pi_id_from_path, project_of=pi_cwd_dir_name),
+    # Pi sets its process title to `pi` (its argv is overwritten with it)
+    process=Process(names=("pi",), via_node=True, package="pi-coding-agent", entry_files=("cli.js",),
+                    one_shot=("-p", "--print", "--mode", "--prompt"), helpers=("mcp", "extensions", "hooks")),
+    id_flags=("--session",),
+    # no hooks: our extension posts to /api/agent-event itself
+    install=FileInstall(what="the Pi extension", path=("extensions", PI_EXTENSION_NAME), text=PI_EXTENSION,
+                        only_if_set_up=True),
+    resume_args=("{flags}", "--session", "{id}"), fork_args=("{flags}", "--fork", "{id}"), resumes_anywhere=True,
+    session_flags=("--session", "--fork"), session_switches=("--continue", "-c", "--resume", "-r"),
+    switches=("--continue", "-c", "--resume", "-r", "--no-session", "--verbose"),
+    # replies: not learned yet (its screens are in tests/fixtures/pi/screens); no list prices: it records its cost
+)
+
+AGENT_SPECS = {spec.name: spec for spec in (CLAUDE, CODEX, OPENCODE, AMP, GEMINI, QWEN, PI)}
+
+
+# -- what the sections ask of the agents as a whole (derived when asked: a spec added later counts) ---
+
+def hook_agents():
+    """The agents `opensessions hook AGENT` takes (those with hooks), in the specs' order."""
+    return tuple(name for name, spec in AGENT_SPECS.items() if spec.hooks)
+
+
+def agent_comms():
+    """Process names worth reading the arguments of: the agents', and the interpreters that run them."""
+    return frozenset(n for spec in AGENT_SPECS.values() for n in spec.process.names) | {"node", "bun"}
+
+
+# -- what the sections ask of an agent, answered from its spec ----------------------------------------
+
+def agent_paths(environ=None):
+    """Where each agent keeps its files: {agent: {"home": …, …}} (its spec's paths)."""
+    env = os.environ if environ is None else environ
+    return {name: spec.paths(env) for name, spec in AGENT_SPECS.items()}
+
+
+def valid_thread_id(agent, thread_id):
+    """True when thread_id has the shape that agent's resume command takes."""
+    spec = AGENT_SPECS.get(agent)
+    return bool(spec and isinstance(thread_id, str) and spec.id_pattern.match(thread_id))
+
+
+def _node_flags_end(args):
+    """Where node's own flags end in `node [flags] script …` (Gemini relaunches itself with
+    --max-old-space-size=…, Qwen Code with --expose-gc)."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 1
+    return i
+
+
+def _live_run(spec, args):
+    """The agent runs for the user with these arguments: not a one-shot, not a helper."""
+    return not set(spec.process.one_shot).intersection(args) and not (args and args[0] in spec.process.helpers)
+
+
+def _node_script_agent(script):
+    """The agent whose script node runs: …/<agent> (its .bin link), or its package's own file."""
+    base = os.path.basename(script)
+    for spec in AGENT_SPECS.values():
+        p = spec.process
+        if p.via_node and (base in p.names or (base in p.entry_files and p.package in script.split("/")[:-1])):
+            return spec
+    return None
+
+
+def classify_agent_process(comm, args):
+    """Which agent a process is -> its name, or None.
+
+    Look-alikes are not agents: one-shots (`claude -p`), helper runs (`opencode run`, Codex's
+    app-server daemon, which is not in a pane), language servers. Codex's node wrapper and its
+    native child are both 'codex' (the caller keeps the top-most one per pane)."""
+    if len(args) >= 2 and os.path.basename(args[0]) in ("sh", "bash", "dash") and \
+            os.path.basename(args[1]) in AGENT_SPECS:
+        args = args[1:]  # a script named like the agent, run by its #! shell: its own argv follows
+    argv0 = os.path.basename(args[0]) if args else ""
+    rest = list(args[1:]) if args else []
+    names = {comm, argv0}
+    for spec in AGENT_SPECS.values():
+        if names.intersection(spec.process.names):
+            return spec.name if _live_run(spec, rest) else None
+    if names.intersection(("node", "bun")):
+        i = _node_flags_end(rest)
+        spec = _node_script_agent(rest[i]) if i < len(rest) else None
+        if spec is not None:
+            return spec.name if _live_run(spec, rest[i + 1:]) else None
     return None
 
 
 def agent_resume_id_from_args(agent, args):
-    """A session id given on the command line (--resume ID, -s ID, resume ID …), validated."""
+    """A conversation id given on the command line (--resume ID, -s ID, resume ID …), validated."""
+    spec = AGENT_SPECS.get(agent)
+    if spec is None:
+        return None
     rest = list(args[1:]) if args else []
-    if agent == "codex" and len(rest) >= 2 and os.path.basename(rest[0]) == "codex":
-        rest = rest[1:]  # the node wrapper: node …/codex <args>
-    if agent in ("gemini", "qwen", "pi") and args and os.path.basename(args[0]) in ("node", "bun"):
-        while rest and rest[0].startswith("-"):
-            rest = rest[1:]  # node's flags before the script (Gemini's relaunched child)
-        if rest and os.path.basename(rest[0]) in (agent, "gemini.js", "cli.js", "cli-entry.js"):
-            rest = rest[1:]
+    if args and os.path.basename(args[0]) in ("node", "bun"):
+        rest = rest[_node_flags_end(rest):]  # node's flags before the script
+    if rest and (os.path.basename(rest[0]) in spec.process.names or os.path.basename(rest[0]) in spec.process.entry_files):
+        rest = rest[1:]  # the script node runs
     candidates = []
-    flags = {"claude": ("--resume", "-r", "--session-id"), "opencode": ("-s", "--session"),
-             "gemini": ("--resume", "-r", "--session-id"), "qwen": ("--resume", "-r", "--session-id"),
-             "pi": ("--session",), "codex": (), "amp": ()}.get(agent, ())
     for i, a in enumerate(rest):
-        for f in flags:
+        for f in spec.id_flags:
             if a == f and i + 1 < len(rest):
                 candidates.append(rest[i + 1])
             elif a.startswith(f + "=") and f.startswith("--"):
                 candidates.append(a[len(f) + 1:])
-        if agent in ("codex", "amp") and a in ("resume", "continue") and i + 1 < len(rest):
+        if a in spec.id_commands and i + 1 < len(rest):
             candidates.append(rest[i + 1])
     for c in candidates:
         if valid_thread_id(agent, c):
@@ -2032,40 +2747,141 @@ def agent_resume_id_from_args(agent, args):
     return None
 
 
-def hook_event(agent, payload, environ=None):
-    """Map a Claude Code or Codex hook payload (stdin JSON) to an /api/agent-event body, or None.
+def conversation_args(agent, thread_id, flags=(), fork=False):
+    """The arguments after the agent's program that resume conversation thread_id (or, with fork, start
+    a new one from its history), the given flags kept. -> list of words, or None when the agent cannot
+    do it (or no fork form is known). The id must be valid_thread_id (it is typed into a shell)."""
+    spec = AGENT_SPECS.get(agent)
+    template = (spec.fork_args if fork else spec.resume_args) if spec else None
+    if not template:
+        return None
+    words = []
+    for word in template:
+        words.extend(flags if word == "{flags}" else [thread_id] if word == "{id}" else [word])
+    return words
 
-    Claude and Codex share the hook format: hook_event_name, session_id, cwd, and per event
-    prompt / tool_name / error / notification_type. Neither fires a hook on an interrupt.
-    """
+
+def reply_plan(agent, action, screen_esc, text=None):
+    """The steps that answer `action` on this agent's screen (captured with -e), from its spec's reply
+    planner: [("keys", [tmux key names]) | ("literal", text) | ("hold", seconds, description,
+    predicate(screen)) | ("expect", description, predicate(screen_esc)[, settle seconds])].
+    Raises ReplyRefused with the reason when the screen does not show the prompt the action answers."""
+    if action not in REPLY_ACTIONS:
+        raise ReplyRefused("unknown action %r (one of %s)" % (action, ", ".join(REPLY_ACTIONS)))
+    if action == "text":
+        check_reply_text(text)
+    spec = AGENT_SPECS.get(agent)
+    if spec is None or spec.reply_planner is None:
+        raise ReplyRefused("replying to %s is not supported (its prompts were not learned)" % agent)
+    return spec.reply_planner(action, screen_esc, text)
+
+
+def list_prices():
+    """Every agent's list prices (its spec's prices) in one table {model prefix: (input, …)}."""
+    table = {}
+    for spec in AGENT_SPECS.values():
+        table.update(spec.prices)
+    return table
+
+
+def model_price(model, prices=None):
+    """The price entry for a model -> dict of PRICE_FIELDS, or None when unknown. The user's prices
+    win over the built-in table; both match by the longest prefix (case-insensitive)."""
+    if not isinstance(model, str) or not model:
+        return None
+    name = model.lower()
+    listed = list_prices()
+    for table in (prices or {}, listed):
+        best = None
+        for prefix in table:
+            if name.startswith(prefix.lower()) and (best is None or len(prefix) > len(best)):
+                best = prefix
+        if best is not None:
+            entry = table[best]
+            if isinstance(entry, tuple):
+                return dict(zip(PRICE_FIELDS, entry))
+            base = model_price(model) if table is not listed else None  # a partial override keeps the rest
+            merged = dict(base or {})
+            merged.update(entry)
+            return merged
+    return None
+
+
+def usage_json(raw, model=None, prices=None):
+    """Raw usage -> the /state shape {"input", "output", "cacheRead", "cacheWrite", "cost",
+    "contextPct"} (+ "partial": true when only part of the history was read), or None.
+
+    cost: the agent's own figure where it records one, else tokens x the price table, else None
+    (unknown model: tokens only). contextPct: the newest call's context over the window the agent
+    reports, else the table's window for the model, else None."""
+    if not isinstance(raw, dict):
+        return None
+    out = {k: token_count(raw.get(k)) for k in USAGE_KEYS}
+    price = model_price(model, prices)
+    cost = raw.get("cost")
+    if as_number(cost) is not None:
+        out["cost"] = round(float(cost), 6)
+    elif price is not None:
+        out["cost"] = round(sum(out[k] * float(price.get(k) or 0) for k in USAGE_KEYS) / 1e6, 6)
+    else:
+        out["cost"] = None
+    window = raw.get("contextWindow") or (price or {}).get("context")
+    used = raw.get("contextTokens")
+    if as_number(window, low=1) is not None and as_number(used) is not None:
+        out["contextPct"] = int(min(100, max(0, round(100.0 * used / window))))
+    else:
+        out["contextPct"] = None
+    if raw.get("partial"):
+        out["partial"] = True
+    return out
+
+
+def usage_total(usages):
+    """Sum of /state usages (a session's total): tokens, and the cost of those that have one."""
+    usages = [u for u in usages if isinstance(u, dict)]
+    if not usages:
+        return None
+    out = {k: sum(token_count(u.get(k)) for u in usages) for k in USAGE_KEYS}
+    costs = [u["cost"] for u in usages if as_number(u.get("cost")) is not None]
+    out["cost"] = round(sum(costs), 6) if costs else None
+    out["contextPct"] = None
+    if any(u.get("partial") for u in usages) or (costs and len(costs) < len(usages)):
+        out["partial"] = True  # some history unread, or some thread's cost unknown
+    return out
+
+
+def hook_event(agent, payload, environ=None):
+    """Map an agent's hook payload (stdin JSON) to an /api/agent-event body, or None (an event that
+    changes nothing, or a payload that is not the agent's). What each event says is in the agent's
+    spec (Hooks): hook_event_name, session_id, cwd, and per event prompt / tool_name / error /
+    notification_type."""
+    spec = AGENT_SPECS.get(agent)
     env = os.environ if environ is None else environ
-    if not isinstance(payload, dict):
+    if spec is None or spec.hooks is None or not isinstance(payload, dict):
         return None
     name = payload.get("hook_event_name")
     sid = payload.get("session_id")
     if not isinstance(name, str) or not valid_thread_id(agent, sid):
         return None
+    says = spec.hooks.states.get(name)
     status, detail, alive = None, None, None
-    if name == "SessionStart":
-        status = "idle"
-    elif name in ("UserPromptSubmit", "PreToolUse", "PostToolUse", "PostToolUseFailure"):
+    if says in ("idle", "running"):
+        status = says
+    elif says == "prompt":
         status = "running"
-    elif name == "PermissionRequest":
+    elif says == "permission":
         status = "waiting"
         tool = payload.get("tool_name")
         detail = "permission: %s" % tool if isinstance(tool, str) else "permission"
-    elif name == "Notification":
-        kind = payload.get("notification_type")
-        if kind not in (None, "permission_prompt", "elicitation_dialog"):
+    elif says == "notification":
+        if payload.get("notification_type") not in spec.hooks.notifications:
             return None  # idle reminders and the like are not a change of state
         status = "waiting"
         detail = str(payload.get("message") or "permission")[:MAX_LOG_MESSAGE]
-    elif name == "Stop":
-        status = "idle"  # the server settles it: a turn under way becomes done
-    elif name == "StopFailure":
+    elif says == "error":
         status = "error"
         detail = str(payload.get("last_assistant_message") or payload.get("error") or "error")[:MAX_LOG_MESSAGE]
-    elif name == "SessionEnd":
+    elif says == "end":
         status, alive = "idle", False
     else:
         return None
@@ -2081,10 +2897,10 @@ def hook_event(agent, payload, environ=None):
     pane = env.get("TMUX_PANE")
     if pane and re.match(r"^%\d+$", pane):
         body["paneId"] = pane
-    pid = _int(env.get("CLAUDE_PID"), None) if agent == "claude" else None
+    pid = as_number(env.get(spec.hooks.pid_env), None, int, low=1, text=True) if spec.hooks.pid_env else None
     if pid:
         body["pid"] = pid
-    if name == "UserPromptSubmit" and isinstance(payload.get("prompt"), str):
+    if says == "prompt" and isinstance(payload.get("prompt"), str):
         body["prompt"] = payload["prompt"][:MAX_LOG_MESSAGE]
     return {k: clean_str(v) for k, v in body.items()}  # an emoji cut in half must not fail the request
 
@@ -2205,34 +3021,34 @@ def parse_snapshot(output):
             sid = row["session_id"]
             s = sessions.get(sid)
             if s is None:
-                s = {"id": sid, "name": row["session_name"], "created": _int(row["session_created"]),
+                s = {"id": sid, "name": row["session_name"], "created": as_number(row["session_created"], 0, int, text=True),
                      "attached": 0, "windows": [], "_win": {}}
                 sessions[sid] = s
                 order.append(sid)
             w = s["_win"].get(row["window_id"])
             if w is None:
-                w = {"id": row["window_id"], "index": _int(row["window_index"]),
+                w = {"id": row["window_id"], "index": as_number(row["window_index"], 0, int, text=True),
                      "name": row["window_name"], "active": row["window_active"] == "1",
-                     "width": _int(row["window_width"]), "height": _int(row["window_height"]), "panes": []}
+                     "width": as_number(row["window_width"], 0, int, text=True), "height": as_number(row["window_height"], 0, int, text=True), "panes": []}
                 s["_win"][row["window_id"]] = w
                 s["windows"].append(w)
             w["panes"].append({
-                "id": row["pane_id"], "index": _int(row["pane_index"]), "pid": _int(row["pane_pid"]),
+                "id": row["pane_id"], "index": as_number(row["pane_index"], 0, int, text=True), "pid": as_number(row["pane_pid"], 0, int, text=True),
                 "tty": row["pane_tty"], "cwd": row["pane_current_path"],
                 "command": row["pane_current_command"], "title": row["pane_title"],
-                "active": row["pane_active"] == "1", "width": _int(row["pane_width"]),
-                "height": _int(row["pane_height"]), "sidebar": row["sidebar"] == "1",
-                "sidebarWindow": row["sidebar_window"] or None, "left": _int(row["pane_left"]),
-                "top": _int(row["pane_top"]), "sidebarAsleep": row["sidebar_asleep"] == "1",
+                "active": row["pane_active"] == "1", "width": as_number(row["pane_width"], 0, int, text=True),
+                "height": as_number(row["pane_height"], 0, int, text=True), "sidebar": row["sidebar"] == "1",
+                "sidebarWindow": row["sidebar_window"] or None, "left": as_number(row["pane_left"], 0, int, text=True),
+                "top": as_number(row["pane_top"], 0, int, text=True), "sidebarAsleep": row["sidebar_asleep"] == "1",
             })
         elif kind == "C":
             row = dict(zip((k for k, _ in CLIENT_FIELDS), values))
             clients.append({
                 "name": row["client_name"], "tty": row["client_tty"],
-                "control": row["client_control_mode"] == "1", "pid": _int(row["client_pid"]),
+                "control": row["client_control_mode"] == "1", "pid": as_number(row["client_pid"], 0, int, text=True),
                 "sessionId": row["session_id"], "session": row["session_name"],
                 "window": row["window_id"], "pane": row["pane_id"],
-                "activity": _int(row["client_activity"]),
+                "activity": as_number(row["client_activity"], 0, int, text=True),
                 "noOutput": "no-output" in row["client_flags"].split(","),
             })
     result = []
@@ -2405,6 +3221,17 @@ class Proc(object):
         self.args = args
 
 
+def read_proc_stat(path):
+    """parse_proc_stat of the file at path. os.read, not open(): a process table reads one per
+    process, and a text file object costs three times the read itself."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    return parse_proc_stat(data.decode("utf-8", "replace"))
+
+
 def parse_proc_stat(data):
     """Parse /proc/<pid>/stat -> (pid, comm, ppid, starttime). comm may contain spaces and ')'."""
     left = data.index("(")
@@ -2421,8 +3248,7 @@ def process_start(pid, proc_root="/proc"):
     if not os.path.isdir(os.path.join(proc_root, "self")):
         return None
     try:
-        with open(os.path.join(proc_root, str(pid), "stat"), "r", encoding="utf-8", errors="replace") as f:
-            return parse_proc_stat(f.read())[3]
+        return read_proc_stat(os.path.join(proc_root, str(pid), "stat"))[3]
     except (OSError, ValueError, IndexError):
         return -1
 
@@ -2445,6 +3271,16 @@ def run_text(argv, timeout=5.0):
     return out.decode("utf-8", "replace")
 
 
+def which_in(name, path):
+    """shutil.which(name, path=path) for a plain command name (importing shutil costs a save ~5 ms):
+    the first executable file of that name in the PATH string's directories, or None."""
+    for d in path.split(os.pathsep):
+        candidate = os.path.join(d, name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def process_table(proc_root="/proc", run=run_text):
     """{pid: Proc} for every process: one read of /proc on Linux, one `ps` elsewhere."""
     table = {}
@@ -2453,8 +3289,7 @@ def process_table(proc_root="/proc", run=run_text):
             if not name.isdigit():
                 continue
             try:
-                with open(os.path.join(proc_root, name, "stat"), "r", encoding="utf-8", errors="replace") as f:
-                    pid, comm, ppid, start = parse_proc_stat(f.read())
+                pid, comm, ppid, start = read_proc_stat(os.path.join(proc_root, name, "stat"))
             except (OSError, ValueError, IndexError):
                 continue
             table[pid] = Proc(pid, ppid, comm, start)
@@ -2703,7 +3538,7 @@ def _ports_lsof(pid_groups, run=run_text):
     current = None
     for line in out.splitlines():
         if line.startswith("p"):
-            current = pid_to_group.get(_int(line[1:], -1))
+            current = pid_to_group.get(as_number(line[1:], -1, int, text=True))
         elif line.startswith("n") and current is not None:
             host, _, port = line[1:].rpartition(":")
             if host in ("*", "127.0.0.1", "[::1]", "localhost", "[::]") and port.isdigit():
@@ -3084,22 +3919,6 @@ def sqlite_rows(path, sql, params=()):
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
-
-
-def agent_paths(environ=None):
-    """Where each agent keeps its files, with their environment overrides."""
-    env = os.environ if environ is None else environ
-    home = home_dir(env)
-    return {
-        "claude": env.get("CLAUDE_CONFIG_DIR") or os.path.join(home, ".claude"),
-        "codex": env.get("CODEX_HOME") or os.path.join(home, ".codex"),
-        "opencode_db": env.get("OPENCODE_DB") or os.path.join(xdg_dir("DATA", env), "opencode", "opencode.db"),
-        "opencode_config": os.path.join(xdg_dir("CONFIG", env), "opencode"),
-        "amp_threads": os.path.join(xdg_dir("DATA", env), "amp", "threads"),
-        "gemini": os.path.join(env.get("GEMINI_CLI_HOME") or home, ".gemini"),
-        "qwen": os.path.join(home, ".qwen"),
-        "pi": env.get("PI_CODING_AGENT_DIR") or os.path.join(home, ".pi", "agent"),
-    }
 
 
 # -- polling by stat, cheaply: directories by mtime, files by how recently they changed ------------
@@ -3565,8 +4384,8 @@ class WatchCore(object):
                 self.kqueue = None
                 why += "; kqueue: %s" % e
         self.backend = "poll"
-        log("inotify unavailable (%s); watching agent files by stat: directories each second, files "
-            "by how recently they changed (every 1 to %.0f s)" % (why, STAT_IDLE_MAX))
+        log("inotify unavailable (%s); watching agent files by stat: directories by their mtime (every 1 "
+            "to %.0f s), files by how recently they changed (every 1 to %.0f s)" % (why, DIR_IDLE_MAX, STAT_IDLE_MAX))
 
     def guarded(self, what, fn, *args):
         """Read one file, row or directory under its own guard: what no parser expected is skipped
@@ -3906,6 +4725,42 @@ class WatchCore(object):
         read()
         self.server.after_watchers()
 
+    # -- what the per-agent watchers read of the core ---------------------------------------------
+    def state(self, path):
+        """The thread state reduced from the file at path, or None."""
+        return self.states.get(path)
+
+    def thread_states(self, agent):
+        """[(path, state)] of one agent's files read so far."""
+        return [(path, st) for path, st in self.states.items() if st["agent"] == agent]
+
+    def path_of(self, agent, tid):
+        """The first file read for a thread, or None."""
+        return self.state_paths.get((agent, tid))
+
+    def is_tailed(self, path):
+        return path in self.tails
+
+    def now(self):
+        """The core's clock (epoch seconds; a test's own clock where one is given)."""
+        return self.clock()
+
+    def horizon(self):
+        """The time (epoch seconds) before which a cold start reads nothing (recent_days)."""
+        return self.clock() - self.recent_s
+
+    def count_bad(self, n=1):
+        """Records (rows, files) no parser expected: skipped and counted (/health skippedRecords)."""
+        self.bad_records += n
+
+    def db_reading(self, db):
+        """A read of db begins: what it looks like now is what the next change is told from."""
+        self.db_stamps[db] = sqlite_stamp(db)
+
+    def db_read_failed(self, db):
+        """A read of db failed: its next change reads it again."""
+        self.db_stamps.pop(db, None)
+
     def close(self):
         if self.inotify is not None:
             self.server.loop.remove_reader(self.inotify.fd)
@@ -3919,15 +4774,36 @@ class WatchCore(object):
             self.kq_wds.clear()
 
 
+class WatcherHost(object):
+    """What an agent's watcher may ask of the server, and nothing more: the event loop (its timers),
+    the apply step for what the agent's files say (`update(agent, thread id, **fields)`, the server's
+    apply_thread_update), a registry's word that a pid exited, and that a batch of changes is done
+    (the core calls `after_watchers`)."""
+
+    def __init__(self, loop, update, pid_exited, after_watchers):
+        self.loop = loop
+        self.update = update
+        self.pid_exited = pid_exited
+        self.after_watchers = after_watchers
+
+
 class AgentWatcher(object):
     """One agent's files over the shared WatchCore: start() watches its directories, cold_steps()
     are the reads of what they hold now (each run under the core's guard). Each watcher tells the
-    server what its files say (apply_thread_update); which source wins is decided there."""
+    server what its files say (host.update); which source wins is decided there.
 
-    def __init__(self, core):
+    thread_files and cwd_dirs name the files a live conversation can change (the Linker's holds:
+looked at each second when polled, given a kqueue fd). The class methods answer, from the agent's
+files, what a restore asks (Resurrect): which
+    conversation a process runs (live_id), which ran in a directory (cwd_candidates), and whether one
+    is still there (conversation_exists)."""
+
+    def __init__(self, core, host, spec, paths):
         self.core = core
-        self.server = core.server
-        self.paths = core.paths
+        self.host = host
+        self.spec = spec
+        self.agent = spec.name
+        self.paths = paths  # this agent's (its spec's paths)
 
     def start(self):
         pass
@@ -3937,39 +4813,57 @@ class AgentWatcher(object):
 
     def thread_files(self, tid, cwd):
         """The files of one conversation that can change now (its agent runs, a hook named it),
-        beyond the one it was read from."""
+        beyond the one it was read from. cwd: where it runs, or None."""
         return ()
 
     def cwd_dirs(self, cwd):
         """Where an agent running in cwd, on a conversation we cannot name, writes."""
         return ()
 
+    @classmethod
+    def live_id(cls, spec, paths, pids):
+        """(thread id, source) of the conversation one of these processes runs, from a registry the
+        agent keeps; None."""
+        return None
+
+    @classmethod
+    def cwd_candidates(cls, spec, paths, cwd):
+        """[(mtime, thread id)] of conversations started in cwd (a restore's last-resort guess)."""
+        return []
+
+    @classmethod
+    def conversation_exists(cls, spec, paths, tid):
+        """The conversation can still be resumed (its file is there). True where nothing local tells."""
+        return True
+
 
 class ClaudeWatcher(AgentWatcher):
     """Claude Code: its live registry ~/.claude/sessions/<pid>.json (status, pid, name) and its
     transcripts ~/.claude/projects/<project dir>/<session id>.jsonl (history, title, usage)."""
 
-    def __init__(self, core):
-        AgentWatcher.__init__(self, core)
+    def __init__(self, core, host, spec, paths):
+        AgentWatcher.__init__(self, core, host, spec, paths)
         self.registry = {}  # pid -> registry entry
         self.registry_files = {}  # registry file -> pid
 
     def start(self):
-        claude = self.paths["claude"]
+        claude = self.paths["home"]
         self.core.watch_root(os.path.join(claude, "sessions"), self._on_registry_dir, live=True)
         self.core.watch_root(os.path.join(claude, "projects"), self._on_projects_dir)
-
-    def thread_files(self, tid, cwd):
-        return [os.path.join(self.cwd_dirs(cwd)[0], tid + ".jsonl")] if cwd else []
-
-    def cwd_dirs(self, cwd):
-        return [os.path.join(self.paths["claude"], "projects", claude_project_dir_name(cwd))]
 
     def cold_steps(self):
         return (self._scan_claude_registry, self._scan_claude_projects)
 
+    def thread_files(self, tid, cwd):
+        """projects/<cwd's project>/<id>.jsonl (there or not yet: a new session writes it at its
+        first prompt)."""
+        return [os.path.join(self.cwd_dirs(cwd)[0], tid + ".jsonl")] if cwd else []
+
+    def cwd_dirs(self, cwd):
+        return [os.path.join(self.paths["home"], "projects", claude_project_dir_name(cwd))]
+
     def _scan_claude_registry(self):
-        d = os.path.join(self.paths["claude"], "sessions")
+        d = os.path.join(self.paths["home"], "sessions")
         for name in dir_entries(d, ".json"):
             self.core.guarded(os.path.join(d, name), self._read_registry_file, os.path.join(d, name))
 
@@ -3982,7 +4876,7 @@ class ClaudeWatcher(AgentWatcher):
         if mask & (IN_DELETE | IN_MOVED_FROM) or not os.path.exists(path):
             pid = self.registry_forget(path)
             if pid is not None:
-                self.server.agent_pid_exited("claude", pid)
+                self.host.pid_exited(self.agent, pid)
             return
         self._read_registry_file(path)
 
@@ -4005,22 +4899,22 @@ class ClaudeWatcher(AgentWatcher):
         self._apply(entry["sessionId"])
 
     def _transcript_path(self, session_id, cwd):
-        projects = os.path.join(self.paths["claude"], "projects")
+        projects = os.path.join(self.paths["home"], "projects")
         if cwd:
             p = os.path.join(projects, claude_project_dir_name(cwd), session_id + ".jsonl")
             if os.path.exists(p):
                 return p
-        return self.core.state_paths.get(("claude", session_id))
+        return self.core.path_of(self.agent, session_id)
 
     def _scan_claude_projects(self):
-        projects = os.path.join(self.paths["claude"], "projects")
+        projects = os.path.join(self.paths["home"], "projects")
         for d in dir_entries(projects):
             full = os.path.join(projects, d)
             if os.path.isdir(full):
                 self.core.watch_dir(full, self._on_project)
                 for name in dir_entries(full, ".jsonl"):
                     path = os.path.join(full, name)
-                    if path not in self.core.tails and self.core.recent(path):
+                    if not self.core.is_tailed(path) and self.core.recent(path):
                         self.core.guarded(path, self._read_transcript, path)
 
     def _on_projects_dir(self, directory, name, mask):
@@ -4038,8 +4932,8 @@ class ClaudeWatcher(AgentWatcher):
 
     def _read_transcript(self, path):
         sid = os.path.basename(path)[:-6]
-        if _UUID_RE.match(sid):
-            _, records = self.core.tail_thread(path, "claude", sid, claude_reduce, self._read_transcript)
+        if valid_thread_id(self.agent, sid):
+            _, records = self.core.tail_thread(path, self.agent, sid, claude_reduce, self._read_transcript)
             if records:
                 self._apply(sid)
 
@@ -4050,12 +4944,12 @@ class ClaudeWatcher(AgentWatcher):
         live = [e for e in self.registry.values() if e["sessionId"] == sid and claude_registry_alive(e)]
         entry = max(live, key=lambda e: e["updatedAt"]) if live else None
         path = self._transcript_path(sid, entry["cwd"] if entry else None)
-        state = self.core.states.get(path) if path else None
+        state = self.core.state(path) if path else None
         if path and state is None:
             self._read_transcript(path)
-            state = self.core.states.get(path)
+            state = self.core.state(path)
         if state is None:
-            state = new_thread_state("claude", sid)
+            state = new_thread_state(self.agent, sid)
             if entry:
                 state["cwd"] = entry["cwd"]
         registry_status = entry["status"] if entry else None
@@ -4070,7 +4964,42 @@ class ClaudeWatcher(AgentWatcher):
             fields["pid"] = entry["pid"]
             fields["proc_start"] = entry["procStart"]
         updated = max(state["updatedAt"], entry["updatedAt"] if entry else 0)
-        self.server.apply_thread_update("claude", sid, updated_at=updated or None, **fields)
+        self.host.update(self.agent, sid, updated_at=updated or None, **fields)
+
+    @classmethod
+    def live_id(cls, spec, paths, pids):
+        reg = os.path.join(paths["home"], "sessions")
+        for p in pids:
+            try:
+                with open(os.path.join(reg, "%d.json" % p), "rb") as f:
+                    entry = claude_registry_entry(json.loads(f.read().decode("utf-8")))
+            except (OSError, ValueError, UnicodeDecodeError):
+                continue
+            if entry and claude_registry_alive(entry) and valid_thread_id(spec.name, entry["sessionId"]):
+                return entry["sessionId"], "claude-registry"
+        return None
+
+    @classmethod
+    def cwd_candidates(cls, spec, paths, cwd):
+        d = os.path.join(paths["home"], "projects", claude_project_dir_name(cwd or ""))
+        out = []
+        for name in dir_entries(d, ".jsonl"):
+            try:
+                out.append((os.stat(os.path.join(d, name)).st_mtime, name[:-6]))
+            except OSError:
+                pass
+        return out
+
+    @classmethod
+    def conversation_exists(cls, spec, paths, tid):
+        projects = os.path.join(paths["home"], "projects")
+        for d in dir_entries(projects):
+            try:
+                if os.path.getsize(os.path.join(projects, d, tid + ".jsonl")) > 0:
+                    return True
+            except OSError:
+                continue
+        return False
 
 
 class CodexWatcher(AgentWatcher):
@@ -4082,18 +5011,18 @@ class CodexWatcher(AgentWatcher):
     threads.updated_at finds rollouts resumed lately wherever they are, and
     thread-writer-locks/<id>.lock (there while Codex has the thread loaded) holds its rollout."""
 
-    def __init__(self, core):
-        AgentWatcher.__init__(self, core)
+    def __init__(self, core, host, spec, paths):
+        AgentWatcher.__init__(self, core, host, spec, paths)
         self.codex_names = {}  # thread id -> name
         self.index_tail = None  # FileTail of session_index.jsonl
-        self.rollouts = {}  # thread id -> its rollout (from state_5.sqlite and the listings)
+        self.rollout_paths = {}  # thread id -> its rollout (from state_5.sqlite and the listings)
         self.updated_seen = None  # the greatest threads.updated_at read (s): the next query's lower bound
         self.names_read = False  # state_5.sqlite was read once (later renames are news)
         self.unknown = set()  # ids state_5.sqlite had no rollout for, at its last read
         self.updated_lately = {}  # thread id -> (updated_at, rollout) of rows updated in the last minutes
 
     def start(self):
-        codex = self.paths["codex"]
+        codex = self.paths["home"]
         self.core.watch_root(codex, self._on_codex_home)
         self.core.watch_root(os.path.join(codex, "sessions"), self._on_codex_tree)
         self.core.watch_root(os.path.join(codex, "thread-writer-locks"), self._on_codex_locks, live=True)
@@ -4107,10 +5036,10 @@ class CodexWatcher(AgentWatcher):
     def rollout_path(self, tid):
         """The rollout of a thread id: known from a listing or state_5.sqlite (a path there is
         taken only inside sessions/ and only with the id in its name), else None."""
-        path = self.rollouts.get(tid) or self.core.state_paths.get(("codex", tid))
-        if path or not valid_thread_id("codex", tid) or tid in self.unknown:
+        path = self.rollout_paths.get(tid) or self.core.path_of(self.agent, tid)
+        if path or not valid_thread_id(self.agent, tid) or tid in self.unknown:
             return path
-        db = os.path.join(self.paths["codex"], "state_5.sqlite")
+        db = os.path.join(self.paths["home"], "state_5.sqlite")
         if not os.path.exists(db):
             return None
         import sqlite3
@@ -4124,10 +5053,10 @@ class CodexWatcher(AgentWatcher):
         return found
 
     def _rollout_of(self, tid, path):
-        root = os.path.join(self.paths["codex"], "sessions") + os.sep
+        root = os.path.join(self.paths["home"], "sessions") + os.sep
         if isinstance(path, str) and os.path.abspath(path).startswith(root) and codex_id_from_path(path) == tid:
-            self.rollouts[tid] = os.path.abspath(path)
-            return self.rollouts[tid]
+            self.rollout_paths[tid] = os.path.abspath(path)
+            return self.rollout_paths[tid]
         return None
 
     def thread_files(self, tid, cwd):
@@ -4136,27 +5065,25 @@ class CodexWatcher(AgentWatcher):
 
     def cwd_dirs(self, cwd):
         """A Codex with no thread we can name writes its new rollout under today's directory."""
-        return [os.path.join(self.paths["codex"], "sessions",
-                             time.strftime("%Y/%m/%d", time.localtime(self.core.clock())))]
+        return [os.path.join(self.paths["home"], "sessions",
+                             time.strftime("%Y/%m/%d", time.localtime(self.core.now())))]
 
     def _read_codex_locks(self):
-        self._on_codex_locks(os.path.join(self.paths["codex"], "thread-writer-locks"), None, 0)
+        self._on_codex_locks(os.path.join(self.paths["home"], "thread-writer-locks"), None, 0)
 
     def _on_codex_locks(self, directory, name, mask):
         """thread-writer-locks/<id>.lock is there while Codex (its TUI, or its app-server daemon)
         has the thread loaded: that thread's rollout can change now, wherever it is."""
         ids = [n[:-5] for n in dir_entries(directory, ".lock")]
-        self.core.hold("codex-locks", [p for p in (self.rollout_path(t) for t in ids if valid_thread_id("codex", t)) if p])
-
-    def _codex_states(self):
-        return [(path, st) for path, st in self.core.states.items() if st["agent"] == "codex"]
+        self.core.hold("codex-locks", [p for p in (self.rollout_path(t) for t in ids
+                                                   if valid_thread_id(self.agent, t)) if p])
 
     def _codex_turns_fallback(self):
         """A rollout read from its tail may not reach back to its turn's task_started (a long turn):
         thread_history_1.sqlite knows each turn's status (inProgress/completed/interrupted/failed)."""
         import sqlite3
-        unknown = {st["id"]: path for path, st in self._codex_states() if st["turns"] == 0}
-        db = os.path.join(self.paths["codex"], "thread_history_1.sqlite")
+        unknown = {st["id"]: path for path, st in self.core.thread_states(self.agent) if st["turns"] == 0}
+        db = os.path.join(self.paths["home"], "thread_history_1.sqlite")
         if not unknown or not os.path.exists(db):
             return
         try:
@@ -4171,7 +5098,7 @@ class CodexWatcher(AgentWatcher):
                 continue
             status, detail = codex_turn_status(row["status"], row["error_json"])
             if status:
-                self.core.states[path].update(status=status, detail=detail, turns=1)
+                self.core.state(path).update(status=status, detail=detail, turns=1)
                 self.core.guarded(path, self._apply, path)
 
     def _on_codex_home(self, directory, name, mask):
@@ -4189,7 +5116,7 @@ class CodexWatcher(AgentWatcher):
             self._scan_codex_sessions()
 
     def _read_codex_index(self):
-        path = os.path.join(self.paths["codex"], "session_index.jsonl")
+        path = os.path.join(self.paths["home"], "session_index.jsonl")
         if self.index_tail is None:
             self.index_tail = FileTail(path)
         tail = self.index_tail
@@ -4200,11 +5127,11 @@ class CodexWatcher(AgentWatcher):
         if tail.more:
             self.core.read_later(path, lambda _path: self._read_codex_index())
         records, bad = parse_json_lines(lines)
-        self.core.bad_records += bad
+        self.core.count_bad(bad)
         names = parse_codex_session_index(records)
         if names:
             self.codex_names.update(names)
-            for rollout, st in self._codex_states():
+            for rollout, st in self.core.thread_states(self.agent):
                 if st["id"] in names:
                     self._apply(rollout)
 
@@ -4213,31 +5140,32 @@ class CodexWatcher(AgentWatcher):
         the rollouts of threads updated since the last look: a conversation resumed in a day
         directory older than the cold start's window is read from there."""
         import sqlite3
-        path = os.path.join(self.paths["codex"], "state_5.sqlite")
+        path = os.path.join(self.paths["home"], "state_5.sqlite")
         if not os.path.exists(path):
             return
-        self.core.db_stamps[path] = sqlite_stamp(path)
-        since = self.updated_seen if self.updated_seen is not None else int(self.core.clock() - self.core.recent_s)
+        self.core.db_reading(path)
+        since = self.updated_seen if self.updated_seen is not None else int(self.core.horizon())
         try:
             rows = sqlite_rows(path, "SELECT id, name FROM threads WHERE name IS NOT NULL AND name != ''")
             updated = sqlite_rows(path, "SELECT id, rollout_path, updated_at FROM threads WHERE updated_at >= ? "
                                         "ORDER BY updated_at", (since,))
         except sqlite3.Error as e:
-            self.core.db_stamps.pop(path, None)
+            self.core.db_read_failed(path)
             log("codex state_5.sqlite not readable now (%s); will retry on its next change" % e)
             return
         live = self.names_read
         self.names_read = True
         self.unknown.clear()
-        lately = self.core.clock() - CODEX_UPDATED_HOLD_S
+        lately = self.core.now() - CODEX_UPDATED_HOLD_S
         for row in updated:
             stamp = row["updated_at"]
             if isinstance(stamp, int) and not isinstance(stamp, bool):
                 self.updated_seen = max(self.updated_seen or 0, stamp)
-            rollout = self._rollout_of(row["id"], row["rollout_path"]) if valid_thread_id("codex", row["id"]) else None
+            rollout = self._rollout_of(row["id"], row["rollout_path"]) \
+                if valid_thread_id(self.agent, row["id"]) else None
             if rollout and isinstance(stamp, int) and stamp >= lately:
                 self.updated_lately[row["id"]] = (stamp, rollout)
-            if rollout and rollout not in self.core.tails and (live or self.core.recent(rollout)):
+            if rollout and not self.core.is_tailed(rollout) and (live or self.core.recent(rollout)):
                 self.core.guarded(rollout, self._read_codex_rollout, rollout)
         self.updated_lately = {t: v for t, v in self.updated_lately.items() if v[0] >= lately}
         self.core.hold("codex-updated", [rollout for _, rollout in self.updated_lately.values()])
@@ -4248,24 +5176,24 @@ class CodexWatcher(AgentWatcher):
                 renamed.add(row["id"])
         if not renamed:
             return
-        for rollout, st in self._codex_states():
+        for rollout, st in self.core.thread_states(self.agent):
             if st["id"] in renamed:
                 renamed.discard(st["id"])
                 self._apply(rollout, moved_on=False)
         for tid in renamed if live else ():
             # renamed now, in a conversation we had not read (older than the window): it is live again
             rollout = self.rollout_path(tid)
-            if rollout and valid_thread_id("codex", tid):
+            if rollout and valid_thread_id(self.agent, tid):
                 self.core.guarded(rollout, self._read_codex_rollout, rollout)
-                if rollout in self.core.states:
-                    self._apply(rollout, moved_on=False, updated_at=int(self.core.clock() * 1000))
+                if self.core.state(rollout) is not None:
+                    self._apply(rollout, moved_on=False, updated_at=int(self.core.now() * 1000))
 
     def _scan_codex_sessions(self):
         """Watch every day directory (a resumed conversation is appended where it began); read the
         rollouts of the recent ones (older ones resumed lately come from state_5.sqlite)."""
         listdir_counted = self.core.listdir_counted
-        root = os.path.join(self.paths["codex"], "sessions")
-        horizon = time.strftime("%Y/%m/%d", time.localtime(self.core.clock() - self.core.recent_s - 86400))
+        root = os.path.join(self.paths["home"], "sessions")
+        horizon = time.strftime("%Y/%m/%d", time.localtime(self.core.horizon() - 86400))
         for y in listdir_counted(root):
             ydir = os.path.join(root, y)
             if not os.path.isdir(ydir):
@@ -4287,8 +5215,8 @@ class CodexWatcher(AgentWatcher):
                         path = os.path.join(ddir, name)
                         tid = codex_id_from_path(path)
                         if tid:
-                            self.rollouts[tid] = path
-                        if tid and path not in self.core.tails and self.core.recent(path):
+                            self.rollout_paths[tid] = path
+                        if tid and not self.core.is_tailed(path) and self.core.recent(path):
                             self.core.guarded(path, self._read_codex_rollout, path)
 
     def _on_codex_tree(self, directory, name, mask):
@@ -4300,13 +5228,14 @@ class CodexWatcher(AgentWatcher):
             for sub in self.core.listdir_counted(path) if os.path.isdir(path) else ():
                 self.core.guarded(os.path.join(path, sub), self._on_codex_tree, path, sub, IN_CREATE)
         elif codex_id_from_path(path) and not mask & (IN_DELETE | IN_MOVED_FROM):
-            self.rollouts[codex_id_from_path(path)] = path
+            self.rollout_paths[codex_id_from_path(path)] = path
             self._read_codex_rollout(path)
 
     def _read_codex_rollout(self, path):
         tid = codex_id_from_path(path)
-        before = self.core.states[path]["status"] if path in self.core.states else None
-        state, records = self.core.tail_thread(path, "codex", tid, codex_reduce, self._read_codex_rollout)
+        before = self.core.state(path)
+        before = before["status"] if before is not None else None
+        state, records = self.core.tail_thread(path, self.agent, tid, codex_reduce, self._read_codex_rollout)
         if not records:
             return
         moved_on = before != state["status"] or any(codex_moved_on(rec) for rec in records)
@@ -4315,21 +5244,45 @@ class CodexWatcher(AgentWatcher):
     def _apply(self, path, moved_on=True, updated_at=None):
         """moved_on: the rollout shows the turn went on (else a wait known from the hook may hold).
         updated_at: a later time than the rollout's own (a rename seen now)."""
-        state = self.core.states[path]
+        state = self.core.state(path)
         tid = state["id"]
-        self.server.apply_thread_update(
-            "codex", tid, status=state["status"], detail=state["detail"],
+        self.host.update(
+            self.agent, tid, status=state["status"], detail=state["detail"],
             title=thread_title(state, self.codex_names.get(tid)), cwd=state["cwd"], model=state["model"],
             updated_at=max(state["updatedAt"] or 0, updated_at or 0) or None, source="file",
             usage=state.get("usage"), moved_on=moved_on)
+
+    @staticmethod
+    def rollouts(paths):
+        root = os.path.join(paths["home"], "sessions")
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                if codex_id_from_path(name):
+                    yield os.path.join(dirpath, name)
+
+    @classmethod
+    def cwd_candidates(cls, spec, paths, cwd):
+        out = []
+        for path in cls.rollouts(paths):
+            head = new_thread_state(spec.name, codex_id_from_path(path))
+            for rec in parse_json_lines(read_head_lines(path, 16384))[0][:3]:
+                codex_reduce(head, rec)
+            if head["cwd"] == cwd:
+                out.append((os.stat(path).st_mtime, head["id"]))
+        return out
+
+    @classmethod
+    def conversation_exists(cls, spec, paths, tid):
+        return any(codex_id_from_path(p) == tid for p in cls.rollouts(paths))
 
 
 class OpenCodeWatcher(AgentWatcher):
     """OpenCode: its SQLite database (sessions, their newest message, a running tool), read only
     for the sessions changed since the last look."""
 
-    def __init__(self, core):
-        AgentWatcher.__init__(self, core)
+    def __init__(self, core, host, spec, paths):
+        AgentWatcher.__init__(self, core, host, spec, paths)
+        self.db = paths["db"]
         self.newest_seen = 0  # the greatest session time_updated read (ms): the next query's lower bound
         self.query_due = False  # a query waits for OPENCODE_MIN_INTERVAL to pass
         self.queried_at = None  # monotonic time of the last query
@@ -4337,16 +5290,16 @@ class OpenCodeWatcher(AgentWatcher):
         self._bad_rows = set()
 
     def start(self):
-        self.core.watch_root(os.path.dirname(self.paths["opencode_db"]), self._on_opencode_dir)
-        self.core.live_file(self.paths["opencode_db"])
-        self.core.live_file(self.paths["opencode_db"] + "-wal")
+        self.core.watch_root(os.path.dirname(self.db), self._on_opencode_dir)
+        self.core.live_file(self.db)
+        self.core.live_file(self.db + "-wal")
 
     def cold_steps(self):
         return (self._query_opencode,)
 
     def _on_opencode_dir(self, directory, name, mask):
-        base = os.path.basename(self.paths["opencode_db"])
-        if name is None or (name in (base, base + "-wal") and self.core.db_changed(self.paths["opencode_db"], mask)):
+        base = os.path.basename(self.db)
+        if name is None or (name in (base, base + "-wal") and self.core.db_changed(self.db, mask)):
             self._schedule_opencode()
 
     def _schedule_opencode(self):
@@ -4356,25 +5309,25 @@ class OpenCodeWatcher(AgentWatcher):
             return
         wait = 0.0 if self.queried_at is None else self.queried_at + OPENCODE_MIN_INTERVAL - time.monotonic()
         if wait <= 0:
-            self.core.db_read(self.paths["opencode_db"], self._query_opencode)  # the caller publishes
+            self.core.db_read(self.db, self._query_opencode)  # the caller publishes
             return
         self.query_due = True
-        self.server.loop.call_later(wait, self._query_opencode_later)
+        self.host.loop.call_later(wait, self._query_opencode_later)
 
     def _query_opencode_later(self):
         self.query_due = False
-        self.core.db_read(self.paths["opencode_db"], self._query_opencode)
-        self.server.after_watchers()
+        self.core.db_read(self.db, self._query_opencode)
+        self.host.after_watchers()
 
     def _query_opencode(self):
         """Read only the sessions changed since the last look (read-only, short busy timeout)."""
         import sqlite3
-        path = self.paths["opencode_db"]
+        path = self.db
         if not os.path.exists(path):
             return
         self.queried_at = time.monotonic()
-        self.core.db_stamps[path] = sqlite_stamp(path)
-        since = self.newest_seen or int((self.core.clock() - self.core.recent_s) * 1000)
+        self.core.db_reading(path)
+        since = self.newest_seen or int(self.core.horizon() * 1000)
         try:
             conn = sqlite_ro(path)
             try:
@@ -4389,7 +5342,7 @@ class OpenCodeWatcher(AgentWatcher):
             finally:
                 conn.close()
         except sqlite3.Error as e:
-            self.core.db_stamps.pop(path, None)
+            self.core.db_read_failed(path)
             if not self.error_logged:
                 log("opencode.db not readable now (%s); retrying on its next change" % e)
                 self.error_logged = True
@@ -4402,11 +5355,11 @@ class OpenCodeWatcher(AgentWatcher):
         """One session row -> (row, newest message data, running tool), or None for an odd row
         (counted once): time_updated not a number, id not text."""
         import sqlite3
-        if not valid_thread_id("opencode", s["id"]) or isinstance(s["time_updated"], bool) \
+        if not valid_thread_id(self.agent, s["id"]) or isinstance(s["time_updated"], bool) \
                 or not isinstance(s["time_updated"], int):
             if s["id"] not in self._bad_rows and len(self._bad_rows) < 10000:
                 self._bad_rows.add(s["id"])
-                self.core.bad_records += 1
+                self.core.count_bad()
             return None
         msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "
                            "ORDER BY time_created DESC, id DESC LIMIT 1", (s["id"],)).fetchone()
@@ -4416,7 +5369,7 @@ class OpenCodeWatcher(AgentWatcher):
             try:
                 data = clean_parsed_strings(json.loads(msg["data"]))
             except (ValueError, TypeError, RecursionError):  # not JSON, NULL, a blob
-                self.core.bad_records += 1
+                self.core.count_bad()
             try:
                 running_tool = conn.execute(
                     "SELECT 1 FROM part WHERE message_id = ? AND data LIKE '%\"status\":\"running\"%' LIMIT 1",
@@ -4438,29 +5391,47 @@ class OpenCodeWatcher(AgentWatcher):
         if isinstance(data, dict) and isinstance(data.get("modelID"), str) and data["modelID"]:
             model = data["modelID"]
         # the database cannot see a permission wait or a retry (the plugin can): moved_on=False
-        self.server.apply_thread_update(
-            "opencode", s["id"], status=status, detail=detail,
+        self.host.update(
+            self.agent, s["id"], status=status, detail=detail,
             title=_clip_title(clean_str(s["title"]) if isinstance(s["title"], str) else ""),
             cwd=clean_str(s["directory"]) if isinstance(s["directory"], str) else None,
-            model=model, updated_at=s["time_updated"], hidden=bool(s["parent_id"]),
+            model=model, updated_at=s["time_updated"], subagent=bool(s["parent_id"]),
             source="file", usage=opencode_usage(s, data), moved_on=False)
+
+    @classmethod
+    def cwd_candidates(cls, spec, paths, cwd):
+        import sqlite3
+        try:
+            return [(r["time_updated"], r["id"]) for r in sqlite_rows(
+                paths["db"], "SELECT id, time_updated FROM session WHERE directory = ? AND parent_id IS NULL", (cwd,))]
+        except sqlite3.Error:
+            return []
+
+    @classmethod
+    def conversation_exists(cls, spec, paths, tid):
+        import sqlite3
+        try:
+            return bool(sqlite_rows(paths["db"], "SELECT 1 FROM session WHERE id = ?", (tid,)))
+        except sqlite3.Error:
+            return False
 
 
 class AmpWatcher(AgentWatcher):
-    """Amp: one JSON file per thread, rewritten whole (format unverified, see amp_thread_state)."""
+    """Amp: one JSON file per thread, rewritten whole (format unverified, see amp_thread_state). Amp
+    keeps threads on its servers: nothing local says whether one can still be resumed."""
 
-    def __init__(self, core):
-        AgentWatcher.__init__(self, core)
+    def __init__(self, core, host, spec, paths):
+        AgentWatcher.__init__(self, core, host, spec, paths)
         self.read_stamps = {}  # path -> (mtime_ns, size) when last read
 
     def start(self):
-        self.core.watch_root(self.paths["amp_threads"], self._on_amp_dir)
+        self.core.watch_root(self.paths["threads"], self._on_amp_dir)
 
     def cold_steps(self):
         return (self._scan_amp,)
 
     def _scan_amp(self):
-        d = self.paths["amp_threads"]
+        d = self.paths["threads"]
         for name in dir_entries(d, ".json"):
             path = os.path.join(d, name)
             if self.core.recent(path):
@@ -4482,29 +5453,26 @@ class AmpWatcher(AgentWatcher):
             with open(path, "rb") as f:
                 data = clean_parsed_strings(json.loads(f.read().decode("utf-8")))
         except (OSError, ValueError, UnicodeDecodeError, RecursionError):
-            self.core.bad_records += 1
+            self.core.count_bad()
             return  # half-written (Amp rewrites the whole file): the next event re-reads it
         self.read_stamps[path] = (st.st_mtime_ns, st.st_size)
         state = amp_thread_state(data, int(st.st_mtime * 1000))
         if state is None:
             return
-        self.server.apply_thread_update("amp", state["id"], status=state["status"], detail=state["detail"],
-                                        title=thread_title(state), cwd=state["cwd"], model=state["model"],
-                                        updated_at=state["updatedAt"], source="file", usage=state.get("usage"))
+        self.host.update(self.agent, state["id"], status=state["status"], detail=state["detail"],
+                         title=thread_title(state), cwd=state["cwd"], model=state["model"],
+                         updated_at=state["updatedAt"], source="file", usage=state.get("usage"))
 
 
 class ChatFilesWatcher(AgentWatcher):
-    """An agent that appends its chats to JSONL files, one directory of them per project (Gemini
-    CLI, Qwen Code, Pi): the chat directories are watched and their recent files tailed. Read
-    only; nothing here writes, moves or deletes an agent's files."""
+    """An agent that appends its chats to JSONL files, one directory of them per project, as its
+    spec's ChatFiles says (Gemini CLI, Qwen Code, Pi): the chat directories are watched and their
+    recent files tailed. Read only; nothing here writes, moves or deletes an agent's files."""
 
-    agent = None
-    reducer = None
-    chats = "chats"  # the chat files' directory inside a project's ("" for the project's own)
-
-    def __init__(self, core):
-        AgentWatcher.__init__(self, core)
-        self.projects_dir = None  # set by the subclass: the directory of project directories
+    def __init__(self, core, host, spec, paths):
+        AgentWatcher.__init__(self, core, host, spec, paths)
+        self.chat = spec.watch  # its ChatFiles
+        self.projects_dir = os.path.join(paths["home"], self.chat.projects)
 
     def start(self):
         self.core.watch_root(self.projects_dir, self._on_projects)
@@ -4515,12 +5483,31 @@ class ChatFilesWatcher(AgentWatcher):
     def _scan_projects(self):
         self._on_projects(self.projects_dir, None, 0)
 
+    def chat_dir(self, cwd):
+        """The directory of the chats started in cwd, as this watcher knows it now, or None."""
+        return self.chat_dir_of(self.spec, self.paths, cwd)
+
+    def cwd_dirs(self, cwd):
+        d = self.chat_dir(cwd)
+        return [d] if d else []
+
+    def thread_files(self, tid, cwd):
+        """The chat files of thread tid in cwd's chat directory, named by its id (or, header_id, by
+        the id's start: Gemini's session-<time>-<first 8>.jsonl)."""
+        d = self.chat_dir(cwd) if cwd else None
+        out = []
+        for name in dir_entries(d, ".jsonl") if d else ():
+            named = self.chat.name_id(name)
+            if named and (tid.startswith(named) if self.chat.header_id else named == tid):
+                out.append(os.path.join(d, name))
+        return out
+
     def _on_projects(self, directory, name, mask):
         """A new (name) or every (None) project directory: watch its chats and read its recent files."""
         if name is not None and not mask & IN_ISDIR:
             return
         for n in [name] if name else dir_entries(directory):
-            d = os.path.join(directory, n, self.chats) if self.chats else os.path.join(directory, n)
+            d = os.path.join(directory, n, self.chat.chats) if self.chat.chats else os.path.join(directory, n)
             if os.path.isdir(os.path.join(directory, n)):
                 self.core.watch_dir(d, self._on_chats)
                 if os.path.isdir(d):
@@ -4530,63 +5517,95 @@ class ChatFilesWatcher(AgentWatcher):
         if name is None:
             for n in dir_entries(directory, ".jsonl"):
                 path = os.path.join(directory, n)
-                if path not in self.core.tails and self.core.recent(path):
+                if not self.core.is_tailed(path) and self.core.recent(path):
                     self._read_chat(path)
         elif name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
             self._read_chat(os.path.join(directory, name))
 
-    def thread_id(self, path):
-        raise NotImplementedError
+    @classmethod
+    def chat_id(cls, spec, path):
+        """The thread id of a chat file: from its name, or (header_id) its first line's sessionId."""
+        tid = spec.watch.name_id(os.path.basename(path))
+        if tid is None or not spec.watch.header_id:
+            return tid if valid_thread_id(spec.name, tid) else None
+        records = parse_json_lines(read_head_lines(path, 4096))[0]
+        sid = records[0].get("sessionId") if records else None
+        return sid if valid_thread_id(spec.name, sid) else None
 
     def _read_chat(self, path):
-        state = self.core.states.get(path)
-        tid = state["id"] if state is not None else self.thread_id(path)
+        state = self.core.state(path)
+        tid = state["id"] if state is not None else self.chat_id(self.spec, path)
         if not tid:
             return
-        _, records = self.core.tail_thread(path, self.agent, tid, self.reducer, self._read_chat)
+        _, records = self.core.tail_thread(path, self.agent, tid, self.chat.reducer, self._read_chat)
         if records:
             self._apply(path, records)
 
-    def moved_on(self, records):
-        """The records show the conversation went on (else a wait known from a hook may hold)."""
-        return True
-
     def _apply(self, path, records):
-        state = self.core.states[path]
+        state = self.core.state(path)
+        moved_on = self.chat.moved_on(records) if self.chat.moved_on else True
         fields = dict(status=state["status"], detail=state["detail"], title=thread_title(state), cwd=state["cwd"],
                       model=state["model"], updated_at=state["updatedAt"] or None, source="file",
-                      moved_on=self.moved_on(records))
-        if state.get("hidden"):
-            fields["hidden"] = True
+                      moved_on=moved_on)
+        if state.get("subagent"):
+            fields["subagent"] = True
         if state.get("usage"):
             fields["usage"] = dict(state["usage"])
-        self.server.apply_thread_update(self.agent, state["id"], **fields)
+        self.host.update(self.agent, state["id"], **fields)
+
+    @classmethod
+    def chat_dir_of(cls, spec, paths, cwd):
+        """The directory of the chats started in cwd, or None (the spec's project_of, by default)."""
+        if spec.watch.project_of is None:
+            return None
+        project = os.path.join(paths["home"], spec.watch.projects, spec.watch.project_of(cwd or ""))
+        return os.path.join(project, spec.watch.chats) if spec.watch.chats else project
+
+    @classmethod
+    def cwd_candidates(cls, spec, paths, cwd):
+        d = cls.chat_dir_of(spec, paths, cwd)
+        out = []
+        for name in dir_entries(d, ".jsonl") if d else ():
+            path = os.path.join(d, name)
+            tid = cls.chat_id(spec, path)
+            try:
+                if tid:
+                    out.append((os.stat(path).st_mtime, tid))
+            except OSError:
+                pass
+        return out
+
+    @classmethod
+    def conversation_exists(cls, spec, paths, tid):
+        """A chat file of this id is still there (a header_id file is named with the id's start)."""
+        root = os.path.join(paths["home"], spec.watch.projects)
+        for project in dir_entries(root):
+            d = os.path.join(root, project, spec.watch.chats) if spec.watch.chats else os.path.join(root, project)
+            for name in dir_entries(d, ".jsonl"):
+                named = spec.watch.name_id(name)
+                if named and (tid.startswith(named) if spec.watch.header_id else named == tid) and \
+                        cls.chat_id(spec, os.path.join(d, name)) == tid:
+                    return True
+        return False
 
 
 class GeminiWatcher(ChatFilesWatcher):
-    """Gemini CLI: ~/.gemini/tmp/<project>/chats/session-<time>-<id8>.jsonl; projects.json maps
-    each project name to its directory."""
+    """Gemini CLI: chats under ~/.gemini/tmp/<project>/chats; projects.json maps each directory to
+    its project's name (a chat's cwd, and where a directory's chats are)."""
 
-    agent = "gemini"
-    reducer = staticmethod(gemini_reduce)
-
-    def __init__(self, core):
-        ChatFilesWatcher.__init__(self, core)
-        self.projects_dir = os.path.join(self.paths["gemini"], "tmp")
+    def __init__(self, core, host, spec, paths):
+        ChatFilesWatcher.__init__(self, core, host, spec, paths)
         self.project_dirs = {}  # project name -> directory
 
     def start(self):
-        self.core.watch_root(self.paths["gemini"], self._on_gemini_home)
-        self.core.live_file(os.path.join(self.paths["gemini"], "projects.json"))
+        self.core.watch_root(self.paths["home"], self._on_gemini_home)
+        self.core.live_file(os.path.join(self.paths["home"], "projects.json"))
         ChatFilesWatcher.start(self)
 
-    def cwd_dirs(self, cwd):
-        return [os.path.join(self.projects_dir, name, self.chats) for name, d in self.project_dirs.items() if d == cwd]
-
-    def thread_files(self, tid, cwd):
-        """session-<time>-<first 8 of the id>.jsonl in the chats of cwd's project."""
-        return [os.path.join(d, n) for d in (self.cwd_dirs(cwd) if cwd else ()) for n in dir_entries(d, ".jsonl")
-                if gemini_id_from_path(n) == tid[:8]]
+    def chat_dir(self, cwd):
+        """From projects.json as last read (no read of it per question)."""
+        project = next((name for name, d in self.project_dirs.items() if d == cwd), None)
+        return os.path.join(self.projects_dir, project, self.chat.chats) if project else None
 
     def cold_steps(self):
         return (self._read_gemini_projects, self._scan_projects)
@@ -4594,34 +5613,30 @@ class GeminiWatcher(ChatFilesWatcher):
     def _on_gemini_home(self, directory, name, mask):
         if name in (None, "projects.json"):
             self._read_gemini_projects()
-        if name == "tmp" and mask & IN_ISDIR:
+        if name == self.chat.projects and mask & IN_ISDIR:
             self.core.watch_dir(os.path.join(directory, name), self._on_projects)
             self._on_projects(os.path.join(directory, name), None, 0)
 
-    def _read_gemini_projects(self):
+    @staticmethod
+    def projects(paths):
+        """projects.json: {directory: project name}, or {} when unreadable."""
         try:
-            with open(os.path.join(self.paths["gemini"], "projects.json"), "rb") as f:
+            with open(os.path.join(paths["home"], "projects.json"), "rb") as f:
                 data = json.loads(f.read().decode("utf-8"))
         except (OSError, ValueError, UnicodeDecodeError):
-            return
+            return {}
         projects = data.get("projects") if isinstance(data, dict) else None
-        if isinstance(projects, dict):
-            self.project_dirs = {v: k for k, v in projects.items() if isinstance(k, str) and isinstance(v, str)}
+        return {k: v for k, v in projects.items() if isinstance(k, str) and isinstance(v, str)} \
+            if isinstance(projects, dict) else {}
 
-    def thread_id(self, path):
-        # Gemini names the file with 8 characters of the id: the full one is in its header line
-        if gemini_id_from_path(path) is None:
-            return None
-        records = parse_json_lines(read_head_lines(path, 4096))[0]
-        sid = records[0].get("sessionId") if records else None
-        return sid if isinstance(sid, str) and _UUID_RE.match(sid) else None
-
-    def moved_on(self, records):
-        return any("$set" not in r for r in records)  # a "$set" record only updates the header
+    def _read_gemini_projects(self):
+        projects = self.projects(self.paths)
+        if projects:
+            self.project_dirs = {v: k for k, v in projects.items()}
 
     def _apply(self, path, records):
-        state = self.core.states[path]
-        if not state["turns"] and self.core.state_paths.get((self.agent, state["id"]), path) != path:
+        state = self.core.state(path)
+        if not state["turns"] and self.core.path_of(self.agent, state["id"]) not in (None, path):
             # a resume appends to the original file and leaves a stub with the same id (a header
             # and the session context, never written again): the original speaks for the thread
             return
@@ -4631,39 +5646,40 @@ class GeminiWatcher(ChatFilesWatcher):
                 state["cwd"] = self.project_dirs.get(parts[-3])
         ChatFilesWatcher._apply(self, path, records)
 
+    @classmethod
+    def chat_dir_of(cls, spec, paths, cwd):
+        project = cls.projects(paths).get(cwd)
+        return os.path.join(paths["home"], spec.watch.projects, project, spec.watch.chats) if project else None
+
+
+def qwen_registry_id(qwen_dir, pids):
+    """Qwen Code's live registry ~/.qwen/sessions/<pid>.json -> the session id of one of pids."""
+    for p in pids:
+        try:
+            with open(os.path.join(qwen_dir, "sessions", "%d.json" % p), "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict) and data.get("pid") == p and valid_thread_id("qwen", data.get("sessionId")):
+            return data["sessionId"]
+    return None
+
 
 class QwenWatcher(ChatFilesWatcher):
-    """Qwen Code: ~/.qwen/projects/<encoded cwd>/chats/<uuid>.jsonl, and its live registry
+    """Qwen Code: chats under ~/.qwen/projects/<encoded cwd>/chats, and its live registry
     ~/.qwen/sessions/<pid>.json ({pid, sessionId, cwd}; removed at exit)."""
 
-    agent = "qwen"
-    reducer = staticmethod(qwen_reduce)
-
-    def __init__(self, core):
-        ChatFilesWatcher.__init__(self, core)
-        self.projects_dir = os.path.join(self.paths["qwen"], "projects")
-        self.registry_dir = os.path.join(self.paths["qwen"], "sessions")
+    def __init__(self, core, host, spec, paths):
+        ChatFilesWatcher.__init__(self, core, host, spec, paths)
+        self.registry_dir = os.path.join(paths["home"], "sessions")
         self.registry = {}  # registry file -> (pid, session id)
 
     def start(self):
         ChatFilesWatcher.start(self)
         self.core.watch_root(self.registry_dir, self._on_qwen_registry, live=True)
 
-    def thread_files(self, tid, cwd):
-        return [os.path.join(self.cwd_dirs(cwd)[0], tid + ".jsonl")] if cwd else []
-
-    def cwd_dirs(self, cwd):
-        return [os.path.join(self.projects_dir, claude_project_dir_name(cwd), self.chats)]
-
     def cold_steps(self):
         return (self._scan_projects, self._scan_qwen_registry)
-
-    def thread_id(self, path):
-        name = os.path.basename(path)[:-6]
-        return name if _UUID_RE.match(name) else None
-
-    def moved_on(self, records):
-        return any(r.get("type") in ("assistant", "tool_result") for r in records)
 
     def _scan_qwen_registry(self):
         self._on_qwen_registry(self.registry_dir, None, 0)
@@ -4677,7 +5693,7 @@ class QwenWatcher(ChatFilesWatcher):
             if name and mask & (IN_DELETE | IN_MOVED_FROM) or not os.path.exists(path):
                 gone = self.registry.pop(path, None)
                 if gone:
-                    self.server.agent_pid_exited("qwen", gone[0])
+                    self.host.pid_exited(self.agent, gone[0])
                 continue
             try:
                 with open(path, "rb") as f:
@@ -4686,53 +5702,58 @@ class QwenWatcher(ChatFilesWatcher):
                 continue  # half-written: the next event reads it again
             pid = data.get("pid") if isinstance(data, dict) else None
             sid = data.get("sessionId") if isinstance(data, dict) else None
-            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or not valid_thread_id("qwen", sid) \
+            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0 or not valid_thread_id(self.agent, sid) \
                     or n != "%d.json" % pid or not _pid_alive(pid):
                 continue
             if self.registry.get(path) != (pid, sid):
                 self.registry[path] = (pid, sid)
                 cwd = data.get("cwd") if isinstance(data.get("cwd"), str) else None
-                self.server.apply_thread_update("qwen", sid, pid=pid, cwd=cwd, alive=True)
+                self.host.update(self.agent, sid, pid=pid, cwd=cwd, alive=True)
+
+    @classmethod
+    def live_id(cls, spec, paths, pids):
+        tid = qwen_registry_id(paths["home"], pids)
+        return (tid, "qwen-registry") if tid else None
 
 
-class PiWatcher(ChatFilesWatcher):
-    """Pi: ~/.pi/agent/sessions/--<cwd>--/<time>_<uuid>.jsonl."""
+# A spec's watch.kind -> the class that follows that agent's files (and answers a restore's questions).
+WATCHER_KINDS = {"claude": ClaudeWatcher, "codex": CodexWatcher, "opencode": OpenCodeWatcher, "amp": AmpWatcher,
+                 "chat-files": ChatFilesWatcher, "gemini": GeminiWatcher, "qwen": QwenWatcher}
 
-    agent = "pi"
-    reducer = staticmethod(pi_reduce)
-    chats = ""
 
-    def __init__(self, core):
-        ChatFilesWatcher.__init__(self, core)
-        self.projects_dir = os.path.join(self.paths["pi"], "sessions")
+def agent_files(agent):
+    """(spec, watcher class) of an agent: where its files are and how they are read."""
+    spec = AGENT_SPECS[agent]
+    return spec, WATCHER_KINDS[spec.watch.kind]
 
-    def thread_id(self, path):
-        return pi_id_from_path(path)
 
-    def cwd_dirs(self, cwd):
-        return [os.path.join(self.projects_dir, pi_cwd_dir_name(cwd))]
-
-    def thread_files(self, tid, cwd):
-        """<time>_<id>.jsonl in the sessions of cwd."""
-        return [os.path.join(d, n) for d in (self.cwd_dirs(cwd) if cwd else ()) for n in dir_entries(d, ".jsonl")
-                if pi_id_from_path(n) == tid]
+def conversation_exists(agent, tid, paths):
+    """Agent conversation tid can still be resumed: its file is there (paths: that agent's)."""
+    spec, files = agent_files(agent)
+    return files.conversation_exists(spec, paths, tid)
 
 
 class AgentWatchers(object):
     """Follows each agent's own files and databases and feeds thread updates to the server: the
-    wiring of one WatchCore and one watcher per agent."""
+    wiring of one WatchCore and one watcher per agent (its spec's watch.kind), each given only a
+    WatcherHost (the loop, the apply step) and its own agent's paths."""
 
     def __init__(self, server, environ=None, recent_days=7.0, poll_interval=1.0, clock=time.time, kmod=None):
-        self.core = WatchCore(server, environ, recent_days, poll_interval, clock, kmod)
+        host = WatcherHost(server.loop, lambda *a, **kw: server.apply_thread_update(*a, **kw),
+                           lambda agent, pid: server.agent_pid_exited(agent, pid), lambda: server.after_watchers())
+        self.core = WatchCore(host, environ, recent_days, poll_interval, clock, kmod)
         self.core.on_overflow = self.cold_start
-        self.claude = ClaudeWatcher(self.core)
-        self.codex = CodexWatcher(self.core)
-        self.opencode = OpenCodeWatcher(self.core)
-        self.amp = AmpWatcher(self.core)
-        self.gemini = GeminiWatcher(self.core)
-        self.qwen = QwenWatcher(self.core)
-        self.pi = PiWatcher(self.core)
-        self.agents = (self.claude, self.codex, self.opencode, self.amp, self.gemini, self.qwen, self.pi)
+        paths = agent_paths(environ)
+        self.by_agent = {}
+        for name, spec in AGENT_SPECS.items():
+            self.by_agent[name] = WATCHER_KINDS[spec.watch.kind](self.core, host, spec, paths[name])
+        self.agents = tuple(self.by_agent.values())
+
+    def __getattr__(self, name):  # watchers.claude, watchers.qwen …
+        by_agent = self.__dict__.get("by_agent") or {}
+        if name in by_agent:
+            return by_agent[name]
+        raise AttributeError(name)
 
     def start(self):
         self.core.start()
@@ -4749,28 +5770,27 @@ class AgentWatchers(object):
         self.core.close()
 
     def hold_threads(self, threads, cwds=()):
-        """What the server knows is live now, as files that can change: `threads` [(agent, thread
+        """What the Linker knows is live now, as files that can change: `threads` [(agent, thread
         id, cwd)] whose agent runs or that a hook or plugin says are under way (their files are
         looked at each second, or given a kqueue fd: a conversation resumed after weeks is seen at
         once), `cwds` [(agent, cwd)] of agents in panes on a conversation we cannot name (the
-        directories they write in). inotify sees every change anyway: nothing to do there."""
+        directories they write in). Each agent's watcher names the files (thread_files, cwd_dirs).
+        inotify sees every change anyway: nothing to do there."""
         core = self.core
         if not self.wants_holds():
             return
-        by_agent = {"claude": self.claude, "codex": self.codex, "opencode": self.opencode, "amp": self.amp,
-                    "gemini": self.gemini, "qwen": self.qwen, "pi": self.pi}
         paths = set()
         for agent, tid, cwd in threads:
-            watcher = by_agent.get(agent)
+            watcher = self.by_agent.get(agent)
             if watcher is None:
                 continue
-            known = core.state_paths.get((agent, tid))
+            known = core.path_of(agent, tid)
             if known:
                 paths.add(known)
             paths.update(watcher.thread_files(tid, cwd if isinstance(cwd, str) and cwd else None))
         for agent, cwd in cwds:
-            if agent in by_agent and isinstance(cwd, str) and cwd:
-                paths.update(by_agent[agent].cwd_dirs(cwd))
+            if agent in self.by_agent and isinstance(cwd, str) and cwd:
+                paths.update(self.by_agent[agent].cwd_dirs(cwd))
         core.hold("agents", paths)
 
     def wants_holds(self):
@@ -4811,76 +5831,6 @@ class AgentWatchers(object):
 # Installer: our hooks, plugin and extension in the agents' own configs
 ##############################################################################
 
-OPENCODE_PLUGIN_NAME = "opensessions.js"
-# The OpenCode plugin: forwards the few events that carry live status (busy / retry / idle, errors,
-# permission asked / replied) to the server; the server maps them (opencode_plugin_status).
-# The OpenCode plugin and the Pi extension find the server the same way: this function is in
-# both (plain JS, which Pi's TypeScript loader takes as it is). Tested under node against socket_key().
-_JS_SERVER_LOOKUP = r"""function server() {
-  try {
-    const uid = process.getuid();
-    const t = process.env.TMUX;
-    const sock = t ? t.split(",").slice(0, -2).join(",")
-      : path.join(process.env.TMUX_TMPDIR || "/tmp", "tmux-" + uid, "default");
-    let h = 0xcbf29ce484222325n;  // FNV-1a 64, as opensessions' socket_key()
-    for (const b of Buffer.from(sock, "utf8")) h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn;
-    const key = h.toString(16).padStart(16, "0").slice(0, 12);
-    const xdg = process.env.XDG_RUNTIME_DIR;
-    const dir = xdg && fs.existsSync(xdg) ? path.join(xdg, "opensessions")
-      : path.join(process.env.TMPDIR || "/tmp", "opensessions-" + uid);
-    const file = path.join(dir, "server-" + key + ".json");
-    for (const st of [fs.lstatSync(dir), fs.lstatSync(file)]) {
-      if (st.isSymbolicLink() || st.uid !== uid || (st.mode & 0o077)) return null;
-    }
-    const info = JSON.parse(fs.readFileSync(file, "utf8"));
-    if (Number.isInteger(info.port) && info.port > 0 && info.port < 65536) return info;
-  } catch (e) {}
-  return null;
-}
-"""
-
-OPENCODE_PLUGIN = r"""// opensessions: reports OpenCode session status to the opensessions server.
-// Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks OpenCode.
-import fs from "node:fs";
-import path from "node:path";
-
-const TYPES = new Set(["session.status", "session.idle", "session.error", "permission.asked",
-  "permission.replied", "session.updated"]);
-
-// The server's runtime file, trusted only when it is ours and private (a shared TMPDIR is writable
-// by everyone): no file, no report (never to whatever listens on a default port).
-""" + _JS_SERVER_LOOKUP + r"""
-function slim(event) {
-  const p = event.properties || {};
-  const out = { sessionID: p.sessionID || (p.info && p.info.id), status: p.status, error: p.error,
-    permission: p.permission, patterns: p.patterns };
-  if (event.type === "session.updated" && p.info) {
-    out.title = p.info.title; out.parentID = p.info.parentID; out.directory = p.info.directory;
-  }
-  return out;
-}
-
-export const OpenSessions = async (ctx) => {
-  return {
-    event: async ({ event }) => {
-      if (!event || !TYPES.has(event.type)) return;
-      const body = JSON.stringify({ type: event.type, properties: slim(event), pid: process.pid,
-        directory: ctx.directory, paneId: process.env.TMUX_PANE || null });
-      const info = server();
-      if (!info) return;
-      const headers = { "content-type": "application/json" };
-      if (typeof info.token === "string") headers["x-opensessions-token"] = info.token;
-      try {
-        await fetch("http://127.0.0.1:" + info.port + "/api/opencode-event", { method: "POST",
-          headers, body, signal: AbortSignal.timeout(1000) });
-      } catch (e) {}
-    },
-  };
-};
-"""
-CLAUDE_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "StopFailure", "Notification",
-                      "PermissionRequest")
-CODEX_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "PermissionRequest")
 
 
 def _is_our_hook(hook, agent, commands=()):
@@ -4907,7 +5857,12 @@ def _is_our_hook(hook, agent, commands=()):
     return prefix[1:] in ([], ["-S"])
 
 
-def hooks_install(config, agent, events, command, commands=()):
+def hook_entry(command, extra=None):
+    """Our entry in an agent's hook config: the command, and what its HookInstall adds (a timeout)."""
+    return dict({"type": "command", "command": command}, **(extra or {}))
+
+
+def hooks_install(config, agent, events, command, commands=(), entry=None):
     """Add our hook to each event of a Claude/Codex-format hook config (a dict); keep every other
     entry. Idempotent. Returns the new config (the input is not changed)."""
     import copy
@@ -4921,7 +5876,7 @@ def hooks_install(config, agent, events, command, commands=()):
     config = hooks_uninstall(config, agent, tuple(commands) + (command,), keep_emptied=events)
     hooks = config.setdefault("hooks", {})
     for event in events:
-        hooks.setdefault(event, []).append({"hooks": [hook_entry(agent, command)]})
+        hooks.setdefault(event, []).append({"hooks": [hook_entry(command, entry)]})
     return config
 
 
@@ -5024,7 +5979,9 @@ def _write_install_ledger(ledger, environ=None):
     atomic_write(path, json.dumps(ledger, indent=1, sort_keys=True))
 
 
-def _install_hooks_file(path, agent, events, command, ledger):
+def _install_hooks_file(path, agent, install, command, ledger):
+    """Our hook in one agent's hook config (a HookInstall), noting in the ledger what was the user's."""
+    events = install.events
     real = os.path.realpath(path)
     entry = dict(ledger.get(real) or {})
     created_file = not os.path.exists(path)
@@ -5034,7 +5991,7 @@ def _install_hooks_file(path, agent, events, command, ledger):
         if not entry:
             entry.update(createdFile=created_file, hooks=hooks is None,
                          events=[e for e in events if hooks is None or e not in hooks], commands=[])
-        return hooks_install(config, agent, events, command, entry.get("commands") or ())
+        return hooks_install(config, agent, events, command, entry.get("commands") or (), install.entry)
     changed = _edit_json_config(path, change)
     if command not in (entry.get("commands") or []):
         entry["commands"] = (entry.get("commands") or []) + [command]
@@ -5063,33 +6020,45 @@ def _uninstall_hooks_file(path, agent, command, ledger):
     return done
 
 
+def install_steps(paths, uninstall):
+    """(what, spec, path) of each agent's install (its spec's HookInstall or FileInstall), in the
+    specs' order; an install marked only_if_set_up only where the agent is set up here (nothing is
+    created for the others) and, to remove it, only where it is there."""
+    steps = []
+    for spec in AGENT_SPECS.values():
+        inst = spec.install
+        if inst is None:
+            continue
+        if isinstance(inst, HookInstall):
+            base = paths[spec.name]["home"]
+            path, what, there = os.path.join(base, inst.file), "%s hooks in " % spec.name, os.path.exists
+        else:
+            base = paths[spec.name][inst.under]
+            path, what, there = os.path.join(base, *inst.path), inst.what + " ", os.path.lexists
+        if inst.only_if_set_up and not (os.path.isdir(base) and (not uninstall or there(path))):
+            continue
+        steps.append((what + path, spec, path))
+    return steps
+
+
 def install_agents(command_prefix, environ=None, uninstall=False):
-    """Add (or remove) our Claude and Codex hooks and the OpenCode plugin. -> list of messages.
-    A step that fails stops there with an error that says what was already changed."""
-    paths = agent_paths(environ)
+    """Add (or remove) our hooks, plugin and extension for every agent (install_steps). -> list of
+    messages. A step that fails stops there with an error that says what was already changed."""
     done = []
     ledger = _read_install_ledger(environ)
-    plugin = os.path.join(paths["opencode_config"], "plugins", OPENCODE_PLUGIN_NAME)
-    steps = []
-    for agent, path, events in (("claude", os.path.join(paths["claude"], "settings.json"), CLAUDE_HOOK_EVENTS),
-                                ("codex", os.path.join(paths["codex"], "hooks.json"), CODEX_HOOK_EVENTS)):
-        steps.append(("%s hooks in %s" % (agent, path), agent, path, events))
-    steps.append(("the OpenCode plugin %s" % plugin, "opencode", plugin, ()))
-    steps.extend(more_install_steps(paths, uninstall))  # Gemini CLI, Qwen Code, Pi: where set up
+    steps = install_steps(agent_paths(environ), uninstall)
     try:
-        for what, agent, path, events in steps:
-            command = command_prefix + " hook " + agent
+        for n, (what, spec, path) in enumerate(steps):
+            command = command_prefix + " hook " + spec.name
             try:
-                if agent == "opencode":
-                    done.extend(_plugin_step(plugin, uninstall))
-                elif agent == "pi":
-                    done.extend(_pi_extension_step(path, uninstall))
+                if isinstance(spec.install, FileInstall):
+                    done.extend(_file_step(spec.install, path, uninstall))
                 elif uninstall:
-                    done.extend(_uninstall_hooks_file(path, agent, command, ledger))
-                elif _install_hooks_file(path, agent, events, command, ledger):
-                    done.append("installed %s hooks in %s" % (agent, path))
+                    done.extend(_uninstall_hooks_file(path, spec.name, command, ledger))
+                elif _install_hooks_file(path, spec.name, spec.install, command, ledger):
+                    done.append("installed %s hooks in %s" % (spec.name, path))
             except (OpensessionsError, OSError) as e:
-                left = [w for w, _, _, _ in steps[steps.index((what, agent, path, events)) + 1:]]
+                left = [w for w, _, _ in steps[n + 1:]]
                 raise OpensessionsError(
                     "%s %s failed: %s\nchanged before that: %s%s" % (
                         "removing" if uninstall else "installing", what, e,
@@ -5103,404 +6072,35 @@ def install_agents(command_prefix, environ=None, uninstall=False):
     return done
 
 
-def _plugin_step(plugin, uninstall):
+def install_notes(done):
+    """The lines each agent's install asks to add for the user, for the agents installed now."""
+    return [spec.install.note for spec in AGENT_SPECS.values() if isinstance(spec.install, HookInstall)
+            and spec.install.note and any(d.startswith("installed %s hooks" % spec.name) for d in done)]
+
+
+def _file_step(install, path, uninstall):
+    """Install or remove one file of ours (a FileInstall: a plugin, an extension). -> what was done."""
     if uninstall:
-        if os.path.lexists(plugin):
-            os.unlink(plugin)
-            return ["removed the OpenCode plugin %s" % plugin]
+        if os.path.lexists(path):
+            os.unlink(path)
+            return ["removed %s %s" % (install.what, path)]
         return []
     current = None
-    if os.path.exists(plugin):
-        with open(plugin, "r", encoding="utf-8", errors="replace") as f:
+    if os.path.exists(path):
+        with open(path, "r", encoding="utf-8", errors="replace") as f:
             current = f.read()
-    if current == OPENCODE_PLUGIN:
+    if current == install.text:
         return []
-    os.makedirs(os.path.dirname(plugin), exist_ok=True)
-    atomic_write(plugin, OPENCODE_PLUGIN, mode=0o644)
-    return ["installed the OpenCode plugin %s" % plugin]
-
-# Gemini CLI and Qwen Code read hooks from settings.json in Claude's shape ({"hooks": {Event:
-# [{"hooks": [{"type": "command", "command": …}]}]}}); Gemini's `timeout` is in milliseconds.
-GEMINI_HOOK_EVENTS = ("SessionStart", "SessionEnd", "BeforeAgent", "AfterAgent", "Notification")
-QWEN_HOOK_EVENTS = ("SessionStart", "SessionEnd", "UserPromptSubmit", "Stop", "StopFailure", "Notification",
-                    "PermissionRequest")
-PI_EXTENSION_NAME = "opensessions.ts"
-# The Pi extension: Pi has no hooks; an extension in ~/.pi/agent/extensions/ gets its session and
-# agent events. It reports the turn's start and end (with the last message's stopReason: error,
-# aborted) and the session's end, to /api/agent-event, as our hooks do. Never blocks Pi.
-PI_EXTENSION = r"""// opensessions: reports Pi session status to the opensessions server.
-// Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks Pi.
-import fs from "node:fs";
-import path from "node:path";
-
-// The server's runtime file, trusted only when it is ours and private (as in our OpenCode plugin).
-""" + _JS_SERVER_LOOKUP + r"""
-async function report(ctx: any, status: string, extra: any = {}) {
-  try {
-    const sm = ctx && ctx.sessionManager;
-    const id = sm && sm.getSessionId ? sm.getSessionId() : null;
-    if (!id) return;
-    const body: any = { agent: "pi", status, threadId: id, source: "hook", pid: process.pid,
-      projectDir: (sm.getCwd && sm.getCwd()) || ctx.cwd };
-    if (process.env.TMUX_PANE) body.paneId = process.env.TMUX_PANE;
-    const name = sm.getSessionName && sm.getSessionName();
-    if (name) body.threadName = String(name).slice(0, 200);
-    Object.assign(body, extra);
-    const info = server();
-    if (!info) return;
-    const headers: any = { "content-type": "application/json" };
-    if (typeof info.token === "string") headers["x-opensessions-token"] = info.token;
-    await fetch("http://127.0.0.1:" + info.port + "/api/agent-event", { method: "POST", headers,
-      body: JSON.stringify(body), signal: AbortSignal.timeout(1000) });
-  } catch (e) {}
-}
-
-export default function (pi: any) {
-  pi.on("session_start", async (_event: any, ctx: any) => { void report(ctx, "idle"); });
-  pi.on("agent_start", async (_event: any, ctx: any) => { void report(ctx, "running"); });
-  pi.on("agent_end", async (event: any, ctx: any) => {
-    const msgs = (event && event.messages) || [];
-    let last: any = null;
-    for (const m of msgs) if (m && m.role === "assistant") last = m;
-    if (last && last.stopReason === "error") {
-      void report(ctx, "error", { detail: String(last.errorMessage || "error").slice(0, 500) });
-    } else if (last && last.stopReason === "aborted") {
-      void report(ctx, "interrupted");
-    } else {
-      void report(ctx, "idle");
-    }
-  });
-  pi.on("session_shutdown", async (_event: any, ctx: any) => { await report(ctx, "idle", { alive: false }); });
-}
-"""
-
-
-def hook_entry(agent, command):
-    """Our entry in an agent's hook config: Claude's and Codex's `timeout` is in seconds, Gemini
-    CLI's in milliseconds (it also shows a `name`); Qwen Code keeps its default timeout."""
-    if agent == "gemini":
-        return {"type": "command", "command": command, "timeout": 5000, "name": "opensessions"}
-    if agent == "qwen":
-        return {"type": "command", "command": command}
-    return {"type": "command", "command": command, "timeout": 5}
-
-
-def _pi_extension_step(ext, uninstall):
-    """Install or remove the Pi extension file. -> list of what was done."""
-    if uninstall:
-        if os.path.lexists(ext):
-            os.unlink(ext)
-            return ["removed the Pi extension %s" % ext]
-        return []
-    current = None
-    if os.path.exists(ext):
-        with open(ext, "r", encoding="utf-8", errors="replace") as f:
-            current = f.read()
-    if current == PI_EXTENSION:
-        return []
-    os.makedirs(os.path.dirname(ext), exist_ok=True)
-    atomic_write(ext, PI_EXTENSION, mode=0o644)
-    return ["installed the Pi extension %s" % ext]
-
-
-def more_install_steps(paths, uninstall):
-    """install_agents' steps for Gemini CLI, Qwen Code and Pi: only for agents set up here (their
-    directory exists); nothing is created for the others."""
-    steps = []
-    for agent, events in (("gemini", GEMINI_HOOK_EVENTS), ("qwen", QWEN_HOOK_EVENTS)):
-        path = os.path.join(paths[agent], "settings.json")
-        if os.path.isdir(paths[agent]) and (not uninstall or os.path.exists(path)):
-            steps.append(("%s hooks in %s" % (agent, path), agent, path, events))
-    ext = os.path.join(paths["pi"], "extensions", PI_EXTENSION_NAME)
-    if os.path.isdir(paths["pi"]) and (not uninstall or os.path.lexists(ext)):
-        steps.append(("the Pi extension %s" % ext, "pi", ext, ()))
-    return steps
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write(path, install.text, mode=0o644)
+    return ["installed %s %s" % (install.what, path)]
 
 
 ##############################################################################
-# Reply: answer an agent's prompt without switching to it (screens in, keys out)
+# Reply: answer an agent's prompt without switching to it: the checks around typing, the typing
 ##############################################################################
-# The keys each agent's prompt expects were learned from the real agents (agents-lab pinned
-# versions, fake model on loopback); the screens are in tests/fixtures/<agent>/:
-# - Claude Code 2.1.330: a numbered menu under "Do you want to …?" ("Esc to cancel" below it). A digit
-#   picks its option at once: "1. Yes", "2. Yes, and always allow …" (absent for some tools),
-#   "N. No" (the denial: "Interrupted · What should Claude do instead?"). A prompt is typed into the
-#   "❯" composer between two ─── rules and submitted with Enter.
-# - Codex 0.169.0: "Would you like to run …?" with "1. Yes, proceed (y)", "2. Yes, and don't ask again
-#   … (p)", "3. No, and tell Codex what to do differently (esc)": the letter in parentheses picks the
-#   option ("esc" = Escape; the denial: "You canceled the request …"). Codex takes fast input as a
-#   paste and an Enter inside it as a newline, so Enter is sent only once the text is on screen.
-# - OpenCode 1.18.33: "Permission required" with buttons "Allow once  Allow always  Reject"; Left/Right
-#   move the selection (it wraps), Enter confirms, Escape rejects. "Allow always" asks again
-#   ("Always allow … Confirm  Cancel", Confirm selected): a second Enter. The selected button is the
-#   one drawn on another background, so these are read with `capture-pane -e`.
-
-REPLY_ACTIONS = ("approve", "approve-always", "deny", "text")
-CLAUDE_PROMPT_GRACE = 0.25
-TEXT_SETTLE = 0.15
-REPLY_SCREEN_WAIT = 1.5
-MAX_REPLY_TEXT = 4000
-_CSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
-_ANY_ESC_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
-_CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
-_MENU_RE = re.compile(r"^\s*(?:[❯›>]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
-_CODEX_KEY_RE = re.compile(r"^(.*?)\s*\((\w+)\)$")
-
-
-class ReplyRefused(Exception):
-    """The reply cannot be sent safely: the reason says why (HTTP 409)."""
-
-
-def strip_escapes(text):
-    """Screen text without escape sequences or other control characters (tabs and newlines kept)."""
-    return _CTRL_RE.sub("", _ANY_ESC_RE.sub("", text))
-
-
-def screen_lines(text, limit=None):
-    """The last `limit` non-blank-trailing lines of a captured screen, escapes removed."""
-    lines = [l.rstrip() for l in strip_escapes(text).split("\n")]
-    while lines and not lines[-1]:
-        lines.pop()
-    return lines[-limit:] if limit else lines
-
-
-def check_reply_text(text):
-    """A prompt to type: one line, no control characters. -> text, or raises ReplyRefused."""
-    if not isinstance(text, str) or not text.strip():
-        raise ReplyRefused("'text' must be a non-empty string")
-    if len(text) > MAX_REPLY_TEXT:
-        raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT)
-    if re.search(r"[\x00-\x1f\x7f\x80-\x9f\u2028\u2029]", text):
-        raise ReplyRefused("'text' contains control characters (a newline too): refused, it is typed literally")
-    return text
-
-
-def _pick(options, action):
-    """Which option answers the action: 'Yes' once, 'Yes, and always/don't ask again', 'No'."""
-    for number, text in options:
-        low = text.lower()
-        if action == "approve" and low.startswith("yes") and ", and" not in low:
-            return number, text
-        if action == "approve-always" and low.startswith("yes, and") and ("always" in low or "don't ask" in low
-                                                                           or "do not ask" in low):
-            return number, text
-        if action == "deny" and low.startswith("no"):
-            return number, text
-    return None
-
-
-def claude_prompt(lines):
-    """-> ('permission', options) | ('input', composer text) | None, from a Claude Code screen."""
-    tail = lines[-40:]
-    if any("Esc to cancel" in l for l in tail[-6:]) and any(l.strip().startswith("Do you want to") for l in tail):
-        start = max(i for i, l in enumerate(tail) if l.strip().startswith("Do you want to"))
-        options = [(int(m.group(1)), m.group(2)) for m in (_MENU_RE.match(l) for l in tail[start + 1:]) if m]
-        if options:
-            return ("permission", options)
-    for i in range(len(tail) - 1, 0, -1):
-        line = tail[i]
-        if line.startswith("❯") and tail[i - 1].startswith("──") and any(l.startswith("──") for l in tail[i + 1:i + 4]):
-            return ("input", line[1:].strip())
-    return None
-
-
-def codex_prompt(lines):
-    """-> ('permission', [(number, text, key)]) | ('input', None) | None, from a Codex screen."""
-    tail = lines[-40:]
-    if any("Press enter to confirm or esc to cancel" in l for l in tail[-6:]):
-        options = []
-        for l in tail:
-            m = _MENU_RE.match(l)
-            if m:
-                k = _CODEX_KEY_RE.match(m.group(2))
-                if k:
-                    options.append((int(m.group(1)), k.group(1), k.group(2)))
-        if options:
-            return ("permission", options)
-        return None
-    if any(l.startswith("› ") for l in tail[-6:]):
-        return ("input", None)
-    return None
-
-
-def _sgr_background(params, bg):
-    """The background after one SGR sequence's parameters."""
-    parts = params.split(";") if params else ["0"]
-    i = 0
-    while i < len(parts):
-        p = parts[i]
-        if p in ("", "0"):
-            bg = None
-        elif p == "49":
-            bg = None
-        elif p in ("48",) and i + 1 < len(parts):
-            n = 3 if parts[i + 1] == "5" else 5
-            bg = ";".join(parts[i:i + n])
-            i += n - 1
-        elif p.isdigit() and (40 <= int(p) <= 47 or 100 <= int(p) <= 107):
-            bg = p
-        elif p in ("38",) and i + 1 < len(parts):
-            i += 2 if parts[i + 1] == "5" else 4
-        i += 1
-    return bg
-
-
-def selected_button(line_with_escapes, labels, hint="select"):
-    """Which of `labels` is drawn on another background than the `hint` text of the same line (how
-    OpenCode shows its selected button), or None when that cannot be told."""
-    bg = None
-    pos = 0
-    plain = []
-    backgrounds = []
-    for m in _CSI_RE.finditer(line_with_escapes):
-        for ch in line_with_escapes[pos:m.start()]:
-            plain.append(ch)
-            backgrounds.append(bg)
-        if m.group(0).endswith("m"):
-            bg = _sgr_background(m.group(0)[2:-1], bg)
-        pos = m.end()
-    for ch in line_with_escapes[pos:]:
-        plain.append(ch)
-        backgrounds.append(bg)
-    text = "".join(plain)
-    h = text.find(hint)
-    if h < 0:
-        return None
-    base = backgrounds[h]
-    picked = []
-    for label in labels:
-        i = text.find(label)
-        if i < 0:
-            return None
-        if backgrounds[i] != base:
-            picked.append(label)
-    return picked[0] if len(picked) == 1 else None
-
-
-OPENCODE_BUTTONS = ("Allow once", "Allow always", "Reject")
-
-
-def opencode_prompt(screen_esc):
-    """-> ('permission', selected button or None) | ('confirm-always', selected) | ('input', None) | None,
-    from an OpenCode screen captured with escapes."""
-    raw = screen_esc.split("\n")
-    lines = [strip_escapes(l).rstrip() for l in raw]
-    tail = range(max(0, len(lines) - 30), len(lines))
-    for i in tail:
-        if "Allow once" in lines[i] and "Reject" in lines[i] and any(
-                "Permission required" in lines[j] for j in range(max(0, i - 25), i)):
-            return ("permission", selected_button(raw[i], OPENCODE_BUTTONS))
-        if "Confirm" in lines[i] and "Cancel" in lines[i] and any(
-                "Always allow" in lines[j] for j in range(max(0, i - 25), i)):
-            return ("confirm-always", selected_button(raw[i], ("Confirm", "Cancel")))
-    if any(l.lstrip().startswith("╹▀") for l in (lines[i] for i in tail)) and any("ctrl+p commands" in lines[i] for i in tail):
-        return ("input", None)
-    return None
-
-
-def reply_plan(agent, action, screen_esc, text=None):
-    """The steps that answer `action` on this agent's screen (captured with -e):
-    [("keys", [tmux key names]) | ("literal", text) | ("expect", description, predicate(screen_esc))].
-    Raises ReplyRefused with the reason when the screen does not show the prompt the action answers."""
-    if action not in REPLY_ACTIONS:
-        raise ReplyRefused("unknown action %r (one of %s)" % (action, ", ".join(REPLY_ACTIONS)))
-    if action == "text":
-        check_reply_text(text)
-    lines = screen_lines(screen_esc)
-    if agent == "claude":
-        found = claude_prompt(lines)
-    elif agent == "codex":
-        found = codex_prompt(lines)
-    elif agent == "opencode":
-        found = opencode_prompt(screen_esc)
-    else:
-        raise ReplyRefused("replying to %s is not supported (its prompts were not learned)" % agent)
-    kind = found[0] if found else None
-    if action == "text":
-        if kind != "input":
-            raise ReplyRefused("the %s screen does not show its prompt input%s" % (
-                agent, " (it shows a permission prompt)" if kind in ("permission", "confirm-always") else ""))
-        if agent == "claude" and found[1]:
-            raise ReplyRefused("the Claude Code input already holds text (%r); not typing into it" % found[1][:40])
-        needle = text[-20:]
-        typed_screen = [screen_esc]
-
-        def typed(screen, needle=needle):
-            if needle in "\n".join(screen_lines(screen)[-30:]):
-                typed_screen[0] = screen
-                return True
-            return False
-
-        def submitted(screen, needle=needle):
-            lines = screen_lines(screen)
-            if agent == "claude":
-                f = claude_prompt(lines)
-                return f is None or f[0] != "input" or needle not in f[1]
-            if agent == "codex":
-                composer = [l for l in lines[-8:] if l.startswith("› ")]
-                return not composer or needle not in composer[-1]
-            return screen != typed_screen[0]
-        # Enter only once the text is on screen, and a moment later: Codex takes input that comes
-        # fast as a paste, and an Enter inside a paste as a newline (seen with Enter right after)
-        return [("literal", text), ("expect", "the typed text on screen", typed, TEXT_SETTLE),
-                ("keys", ["Enter"]), ("expect", "the prompt being submitted", submitted)]
-    if kind not in ("permission", "confirm-always"):
-        raise ReplyRefused("the %s screen does not show a permission prompt" % agent)
-    def same_prompt(screen, agent=agent, found=found):
-        lines = screen_lines(screen)
-        now = {"claude": claude_prompt, "codex": codex_prompt}[agent](lines) if agent != "opencode" else opencode_prompt(screen)
-        return now is not None and now[0] == found[0] and (agent == "opencode" or now[1] == found[1])
-
-    def gone(screen, same_prompt=same_prompt):
-        if agent == "opencode":  # neither the buttons nor the "Always allow" confirmation
-            now = opencode_prompt(screen)
-            return now is None or now[0] not in ("permission", "confirm-always")
-        return not same_prompt(screen)
-    if agent == "claude":
-        picked = _pick(found[1], action)
-        if picked is None:
-            raise ReplyRefused("this Claude Code prompt offers no option for %s (options: %s)" % (
-                action, "; ".join("%d. %s" % o for o in found[1])))
-        # Claude Code ignores keys in the first ~0.1 s a permission prompt is up (seen: a digit
-        # 50 ms after it appeared was dropped, 100 ms after was taken): see it up that long first
-        return [("hold", CLAUDE_PROMPT_GRACE, "the permission prompt", same_prompt), ("keys", [str(picked[0])]),
-                ("expect", "the prompt going away after the key", gone)]
-    if agent == "codex":
-        picked = None
-        for number, label, key in found[1]:
-            if _pick([(number, label)], action):
-                picked = key
-                break
-        if picked is None:
-            raise ReplyRefused("this Codex prompt offers no option for %s (options: %s)" % (
-                action, "; ".join("%d. %s (%s)" % o for o in found[1])))
-        return [("keys", ["Escape" if picked == "esc" else picked]), ("expect", "the prompt going away after the key", gone)]
-    # opencode
-    if kind == "confirm-always":
-        raise ReplyRefused("OpenCode is asking to confirm an 'Allow always' already; answer it in its pane")
-    if action == "deny":
-        return [("keys", ["Escape"]), ("expect", "the prompt going away after the key", gone)]
-    selected = found[1]
-    if selected is None:
-        raise ReplyRefused("cannot tell which OpenCode button is selected")
-    target = "Allow once" if action == "approve" else "Allow always"
-    moves = (OPENCODE_BUTTONS.index(target) - OPENCODE_BUTTONS.index(selected)) % len(OPENCODE_BUTTONS)
-
-    def on_target(screen, target=target):
-        f = opencode_prompt(screen)
-        return f is not None and f[0] == "permission" and f[1] == target
-    steps = []
-    if moves:
-        steps += [("keys", ["Right"] * moves), ("expect", "%r selected" % target, on_target)]
-    steps.append(("keys", ["Enter"]))
-    if action == "approve-always":
-        def confirm(screen):
-            f = opencode_prompt(screen)
-            return f is not None and f[0] == "confirm-always" and f[1] == "Confirm"
-        steps += [("expect", "the 'Always allow' confirmation with Confirm selected", confirm), ("keys", ["Enter"])]
-    steps.append(("expect", "the prompt going away after the key", gone))
-    return steps
-
+# What to type comes from the agent's spec (its reply planner, in Agent screens); here the agent is
+# checked to be in front in its pane, and the keys are sent step by step, each waiting for the screen.
 
 def _proc_stat_fields(pid, proc_root="/proc"):
     """Fields of /proc/<pid>/stat after the command name (state is [0], ppid [1], pgrp [2],
@@ -5524,19 +6124,19 @@ def foreground_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
     mine = _proc_stat_fields(pid, proc_root)
     if mine is None:
         return "the agent's process %d is gone" % pid
-    if start is not None and _int(mine[19]) != start:
+    if start is not None and as_number(mine[19], 0, int, text=True) != start:
         return "process %d is not the agent any more (restarted)" % pid
     shell = _proc_stat_fields(pane_pid, proc_root)
     if shell is None:
         return "the pane's process is gone"
-    front = _int(shell[5])
-    chain, p = ([(pid, _int(mine[2]))], 0) if pid == pane_pid else ([], pid)  # the pane runs the agent itself
+    front = as_number(shell[5], 0, int, text=True)
+    chain, p = ([(pid, as_number(mine[2], 0, int, text=True))], 0) if pid == pane_pid else ([], pid)  # the pane runs the agent itself
     while p and p != pane_pid and len(chain) < 64:
         f = _proc_stat_fields(p, proc_root)
         if f is None:
             break
-        chain.append((p, _int(f[2])))
-        p = _int(f[1])
+        chain.append((p, as_number(f[2], 0, int, text=True)))
+        p = as_number(f[1], 0, int, text=True)
     if p != pane_pid and pid != pane_pid:
         return "process %d does not run in that pane" % pid
     if not any(pgrp == front for _, pgrp in chain):
@@ -5551,6 +6151,7 @@ def foreground_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
     return None
 
 
+REPLY_SCREEN_WAIT = 1.5  # a prompt the status says is up may take this long to show on screen
 REPLY_EXPECT_TIMEOUT = 2.0
 PREVIEW_INTERVAL = 0.3  # a shown preview is read at most ~3 times a second
 
@@ -5743,7 +6344,7 @@ class Store(object):
         self.cond = threading.Condition()
         self._dirty = True
         self.recent_ms = RECENT_MS
-        self.ui = load_ui(None)
+        self.ui = load_ui(None)[0]
         self.ui_error = None
 
     def touch(self):
@@ -5801,7 +6402,7 @@ class Store(object):
             threads = sorted(threads, key=lambda t: -t.updated_at)
             branch, dirty = self.git.get(s["id"], (None, None))
             meta = self.metadata.get(s["name"], {})
-            shown = [t for t in threads if not t.hidden]
+            shown = [t for t in threads if not t.subagent]
             item = dict(s)
             item.update({
                 "branch": branch, "dirty": dirty, "ports": self.ports.get(s["id"], []),
@@ -5846,7 +6447,7 @@ class Store(object):
         """What survives a restart: metadata, and threads that are alive, unseen or recent."""
         now = now_ms(self.clock)
         return {"metadata": self.metadata,
-                "threads": [dict(t.to_json(), hidden=t.hidden, source=t.source)
+                "threads": [dict(t.to_json(), subagent=t.subagent, source=t.source)
                             for t in self.threads.values()
                             if t.alive or t.unseen or now - t.updated_at <= keep_ms]}
 
@@ -6116,14 +6717,15 @@ class ControlClient(object):
 class Processes(object):
     """One read of the process table, as the linker needs it: `table` pid -> Proc; `pane_of_pid`
     pid -> pane id of every process under a pane; `agents` pane id -> (agent, pid, args) of the
-    top-most agent process in it; `codex_rollouts` pid -> id of the Codex thread whose rollout file
-    the process holds open; `exact_starts` True when a Proc's start time tells a reused pid apart."""
+    top-most agent process in it; `open_threads` pid -> (agent, thread id) named by a file the
+    process holds open (Codex's rollout: its spec's open_file); `exact_starts` True when a Proc's
+    start time tells a reused pid apart."""
 
-    def __init__(self, table, pane_of_pid, agents, codex_rollouts, exact_starts):
+    def __init__(self, table, pane_of_pid, agents, open_threads, exact_starts):
         self.table = table
         self.pane_of_pid = pane_of_pid
         self.agents = agents
-        self.codex_rollouts = codex_rollouts
+        self.open_threads = open_threads
         self.exact_starts = exact_starts
 
 
@@ -6136,6 +6738,7 @@ def read_pane_processes(probes, sessions):
     groups = {}
     pane_of_pid = {}
     agents = {}  # pane id -> (agent, pid, args) of the top-most agent process in it
+    comms = agent_comms()
     for s in sessions:
         pids = []
         for w in s["windows"]:
@@ -6150,44 +6753,45 @@ def read_pane_processes(probes, sessions):
                     proc = table.get(pid)
                     if proc is None or p["id"] in agents:
                         continue
-                    if proc.comm in AGENT_COMMS:
+                    if proc.comm in comms:
                         args = probes.args(pid)
                         agent = classify_agent_process(proc.comm, args)
                         if agent:
                             agents[p["id"]] = (agent, pid, args)
         groups[s["id"]] = pids
-    codex = {}  # pid -> thread id for Codex processes holding a rollout file open (/proc/<pid>/fd)
+    open_threads = {}  # pid -> (agent, thread id) named by a file the process holds open (/proc/<pid>/fd)
+    openers = {name: spec for spec in AGENT_SPECS.values() if spec.open_file for name in spec.process.names}
     for proc in table.values():
-        if proc.comm != "codex":
+        spec = openers.get(proc.comm)
+        if spec is None:
             continue
         for target in probes.open_files(proc.pid):
-            tid = codex_id_from_path(target)
+            tid = spec.open_file[1](target)
             if tid:
-                codex[proc.pid] = tid
-    return Processes(table, pane_of_pid, agents, codex, probes.has_proc), groups
+                open_threads[proc.pid] = (spec.name, tid)
+    return Processes(table, pane_of_pid, agents, open_threads, probes.has_proc), groups
 
 
 def link_threads(threads, panes, processes):
     """Link threads to panes by pid: a pure function of the threads (read, never changed), the
     panes ({pane id: (session name, cwd)}) and the processes (a Processes). The pid is the one a
-    registry, hook or plugin gave, else the Codex process holding the thread's rollout file open,
-    else the agent started with `resume <id>` of it.
+    registry, hook or plugin gave, else the process holding the thread's file open (Codex's
+    rollout), else the agent started with `resume <id>` of it.
 
     -> (links, sessions): `links` [(thread key, pid, alive, pane or None, "pid" or None)], one per
-    thread that has a pid, that a Codex daemon holds, or that was guessed by cwd before;
+    thread that has a pid, that a daemon holds (Codex's app-server), or that was guessed by cwd before;
     `sessions` {thread key: session name} for threads a hook put in a pane we now know."""
     threads = list(threads)
     table, pane_of_pid = processes.table, processes.pane_of_pid
     pid = {t.key: t.pid for t in threads}
     daemon_held = set()
-    for proc_pid, tid in processes.codex_rollouts.items():
-        key = ("codex", tid)
+    for proc_pid, key in processes.open_threads.items():
         if key not in pid:
             continue
         if proc_pid in pane_of_pid:
             pid[key] = proc_pid
         else:
-            # Codex's app-server daemon holds it (not in any pane): the thread is loaded, and
+            # a daemon holds it (Codex's app-server, not in any pane): the thread is loaded, and
             # its pane comes from the TUI's `resume <id>` or, failing that, the cwd
             daemon_held.add(key)
     for pane_id, (agent, agent_pid, args) in processes.agents.items():
@@ -6230,7 +6834,7 @@ def guess_threads_by_cwd(threads, panes, processes, pid_links):
             continue
         cwd = panes[pane_id][1] if pane_id in panes else None
         candidates = [t for t in threads
-                      if t.agent == agent and t.key not in taken and not t.hidden and t.cwd
+                      if t.agent == agent and t.key not in taken and not t.subagent and t.cwd
                       and most_specific_dir(cwd, [t.cwd]) is not None]
         if not candidates:
             continue
@@ -6238,6 +6842,33 @@ def guess_threads_by_cwd(threads, panes, processes, pid_links):
         taken.add(best.key)
         links.append((best.key, agent_pid, True, pane_id, "cwd"))
     return links
+
+
+LIVE_HOOK_MS = 3600 * 1000  # a thread a hook or plugin said is under way, this recently, can change now
+
+
+def live_conversations(threads, panes, processes, now):
+    """Which conversations can change now, as files to hold (a pure function of the threads, the
+    panes {pane id: (session name, cwd)}, the processes (a Processes) and the time in ms):
+    threads whose agent runs, or that a hook or plugin said were under way in the last
+    LIVE_HOOK_MS; the conversation an agent in a pane was started on (`resume <id>`) or holds open
+    (Codex's rollout); and for an agent in a pane on a conversation we cannot name, the directory
+    it writes in. -> ([(agent, thread id, cwd or None)], [(agent, cwd)])"""
+    threads = list(threads)
+    recent = now - LIVE_HOOK_MS
+    live = [(t.agent, t.id, t.cwd) for t in threads
+            if t.alive or t.status in ("running", "waiting", "retry") and t.updated_at >= recent]
+    linked = {t.pane for t in threads if t.alive and t.pane}
+    cwds = []
+    for pane_id, (agent, _pid, args) in sorted(processes.agents.items()):
+        rid = agent_resume_id_from_args(agent, args)
+        cwd = panes.get(pane_id, (None, None))[1]
+        if rid:
+            live.append((agent, rid, cwd))
+        elif pane_id not in linked and cwd:
+            cwds.append((agent, cwd))
+    live.extend((agent, tid, None) for agent, tid in processes.open_threads.values())
+    return live, cwds
 
 
 class AgentExits(object):
@@ -6349,7 +6980,8 @@ class StateFile(object):
                         detail=t.get("detail"), attempt=t.get("attempt"), cwd=t.get("cwd"),
                         model=t.get("model"), pane=t.get("pane"), session=t.get("session"),
                         pid=t.get("pid"), alive=bool(t.get("alive")), unseen=bool(t.get("unseen")),
-                        updated_at=_int(t.get("updatedAt")), hidden=bool(t.get("hidden")),
+                        updated_at=as_number(t.get("updatedAt"), 0, int, text=True),  # "hidden": older files' name
+                        subagent=bool(t.get("subagent", t.get("hidden"))),
                         source=t.get("source"))
             th.usage = usage_json(t.get("usage"))  # the figures last shown, until the watchers read again
             self.store.threads[th.key] = th
@@ -6382,13 +7014,325 @@ class StateFile(object):
             log("cannot save state to %s: %s" % (self.path, e))
 
 
+class Linker(object):
+    """Which pane each thread runs in: one read of the process table (read_pane_processes), the
+    pure decisions (link_threads by pid, then guess_threads_by_cwd) applied to the store's threads,
+    the exits of agent processes (AgentExits), and a thread whose process died mid-turn. Given the
+    store, the loop, the probes, a clock, and the server's publish, status_changed(thread, old,
+    new) (the apply step judges it) and save_state; and, where the agents' files are watched by stat
+    or kqueue (holds_wanted()), hold_files(threads, cwds): the files of the conversations that can
+    change now (live_conversations), looked at each second or given a kqueue fd."""
+
+    def __init__(self, store, loop, probes, clock, publish, status_changed, save_state,
+                 holds_wanted=lambda: False, hold_files=lambda threads, cwds: None):
+        self.store = store
+        self.loop = loop
+        self.probes = probes
+        self.clock = clock
+        self.publish = publish
+        self.status_changed = status_changed
+        self.save_state = save_state
+        self.holds_wanted = holds_wanted
+        self.hold_files = hold_files
+        self.proc_table = None
+        self.pane_of_pid = {}
+        self.pane_agents = {}
+        self.open_threads = {}
+        self.pid_groups = {}  # session id -> the pids under its panes (for its ports)
+        self.read_at = None
+        self.exited_pids = set()  # pids whose exit we were told of (a zombie still answers kill 0)
+        self._relink_pending = False
+        self.agent_exits = AgentExits(loop, self._live_agent_pids, self._on_agent_exit)
+
+    def read_processes(self):
+        """One process-table read: which pane each process is under, and the agents in panes."""
+        processes, self.pid_groups = read_pane_processes(self.probes, self.store.sessions)
+        self.proc_table = processes.table
+        self.pane_of_pid = processes.pane_of_pid
+        self.pane_agents = processes.agents
+        self.open_threads = processes.open_threads
+        self.read_at = self.clock()
+
+    def pane_of(self, pid):
+        """The pane a process runs in; a pid new to us reads the process table again. None if none."""
+        pane = self.pane_of_pid.get(pid)
+        if pane is None:
+            self.read_processes()
+            pane = self.pane_of_pid.get(pid)
+        return pane
+
+    def link(self):
+        """Link each thread to its pane: read the processes again if a thread's pid is new to us,
+        decide (link_threads by pid, then guess_threads_by_cwd) and apply the links."""
+        table = self.proc_table
+        if table is None:
+            return
+        # a thread whose process is not in our table: it died, or it started after our last read
+        # (a new agent's registry file or hook can come first); read again, at most every 0.2 s
+        need_reread = any(t.pid and t.pid not in table and (t.alive or t.pid not in self.exited_pids
+                                                            and _pid_alive(t.pid))
+                          for t in self.store.threads.values())
+        if need_reread:
+            if self.read_at is None or self.clock() - self.read_at > 0.2:
+                self.read_processes()
+                table = self.proc_table
+            elif not self._relink_pending:
+                self._relink_pending = True
+                self.loop.call_later(0.25, self._relink)
+        panes = {}
+        for s in self.store.sessions:
+            for w in s["windows"]:
+                for p in w["panes"]:
+                    panes[p["id"]] = (s["name"], p["cwd"])
+        threads = self.store.threads
+        processes = Processes(table, self.pane_of_pid, self.pane_agents, self.open_threads, self.probes.has_proc)
+        links, sessions = link_threads(threads.values(), panes, processes)
+        self._apply_links(links, panes)
+        for key, session in sessions.items():
+            threads[key].session = session
+            self.store.touch()
+        self._apply_links(guess_threads_by_cwd(list(threads.values()), panes, processes, links), panes)
+        self.agent_exits.sync()
+        if self.holds_wanted():  # (inotify sees every change: no pass over the threads for it)
+            self.hold_files(*live_conversations(threads.values(), panes, processes, now_ms(self.clock)))
+
+    def _relink(self):
+        self._relink_pending = False
+        self.link()
+        self.publish()
+
+    def _apply_links(self, links, panes):
+        for key, pid, alive, pane, link in links:
+            t = self.store.threads[key]
+            t.pid = pid
+            self._set_link(t, alive, pane, panes, link)
+
+    def _set_link(self, t, alive, pane, panes, link):
+        session = panes.get(pane, (None, None))[0] if pane else t.session  # a dead thread stays where it ran
+        new_pane = pane if (pane or alive) else t.pane  # ... and keeps the pane it ran in
+        if (t.alive, t.pane, t.session, t.link) != (alive, new_pane, session, link):
+            t.alive, t.pane, t.session, t.link = alive, new_pane, session, link
+            self.store.touch()
+        if not alive:
+            self._process_gone(t)
+
+    def agent_pid_exited(self, agent, pid):
+        """An agent's registry says its process exited."""
+        for t in self.store.threads.values():
+            if t.agent == agent and t.pid == pid and t.alive:
+                t.alive = False
+                self.store.touch()
+                self._process_gone(t)
+
+    def _process_gone(self, t):
+        """A thread whose agent process died mid-turn (kill -9, a crash, a reboot) is no longer
+        running or waiting: it says so, and leaves the running count. Its files may still say
+        "running" (nothing wrote the end of the turn), so this is judged again at every link."""
+        if t.status not in ("running", "waiting", "retry") or t.alive or not t.pid:
+            return
+        if t.pid not in self.exited_pids and _pid_alive(t.pid) \
+                and (self.proc_table is None or t.pid not in self.proc_table):
+            return  # our process table is older than the process: it runs
+        prev = t.status
+        t.status, t.detail, t.attempt = "interrupted", "agent exited", None
+        t.updated_at = now_ms(self.clock)
+        self.status_changed(t, prev, t.status)
+        self.store.touch()
+        self.save_state()
+
+    def _live_agent_pids(self):
+        return {t.pid for t in self.store.threads.values() if t.alive and t.pid}
+
+    def _on_agent_exit(self, pid):
+        self.agent_exits.forget(pid)
+        self.read_processes()
+        self.exited_pids = {p for p in self.exited_pids if p in self.proc_table}
+        if pid in self.proc_table:
+            self.exited_pids.add(pid)
+            self.proc_table.pop(pid)  # exited, not yet reaped: dead all the same
+        self.link()
+        self.publish()
+
+    def forget_panes(self):
+        """Another tmux server: every thread keeps its session name (and its unseen flag and age)
+        but points at no pane, and no process of the old server's panes."""
+        for t in self.store.threads.values():
+            if t.pane is not None or t.pid is not None or t.alive:
+                t.pane, t.pid, t.proc_start, t.alive, t.link = None, None, None, False, None
+                self.store.touch()
+        self.save_state()
+
+    def close(self):
+        self.agent_exits.close()
+
+
+class SessionFacts(object):
+    """Per session, from its directory and the processes under its panes: its git branch and dirty
+    flag (GitProbe; `git status` runs off the loop) and its listening ports. Given the store, the
+    loop, the probes, the linker (its process reads and pid groups), the server's own port (never
+    listed) and publish."""
+
+    def __init__(self, store, loop, probes, linker, own_port, publish):
+        self.store = store
+        self.loop = loop
+        self.probes = probes
+        self.linker = linker
+        self.own_port = own_port  # () -> the API's port
+        self.publish = publish
+        self.git = GitProbe()
+        self._git_jobs = set()
+        self._ports_key = None
+
+    def refresh(self):
+        """tmux changed: git again, the processes again, and the ports where they changed."""
+        self.refresh_git()
+        self.linker.read_processes()
+        self.update_ports()
+
+    def refresh_git(self):
+        git = {}
+        for s in self.store.sessions:
+            d = s.get("dir")
+            if not d:
+                continue
+            branch = self.git.branch(d)
+            dirty, needs_check = self.git.dirty_cached(d)
+            git[s["id"]] = (branch, dirty)
+            if needs_check and branch is not None:
+                self._check_dirty_async(d)
+        self.store.git = git
+
+    def _check_dirty_async(self, directory):
+        import threading
+        root, _ = self.git.locate(directory)
+        if root in self._git_jobs:
+            return
+        self._git_jobs.add(root)
+
+        def job():
+            try:
+                self.git.check_dirty(directory)
+            finally:
+                self.loop.post(self._git_done, root)
+        threading.Thread(target=job, name="git", daemon=True).start()
+
+    def _git_done(self, root):
+        self._git_jobs.discard(root)
+        self.refresh_git()
+        self.publish()
+
+    def update_ports(self, listening=None):
+        """Map listening ports to sessions; the fd walk runs only when the processes under the
+        panes or the listening sockets changed (a window switch changes neither)."""
+        if listening is None:
+            listening = self.probes.listening()
+        groups = self.linker.pid_groups
+        key = (tuple(sorted((g, tuple(p)) for g, p in groups.items())),
+               tuple(sorted(listening.items())) if listening is not None else None)
+        if listening is not None and key == self._ports_key:
+            return
+        self._ports_key = key
+        ports = self.probes.ports(groups, listening=listening)
+        ports = {g: [p for p in found if p != self.own_port()] for g, found in ports.items()}  # never our own API
+        ports = {g: found for g, found in ports.items() if found}
+        if ports != self.store.ports:
+            self.store.ports = ports
+            self.store.touch()
+
+    def ports_timer(self):
+        """Ports change without a tmux event (a dev server starts listening). On Linux one netlink
+        query every 2 s; only a changed set of listeners makes us re-read processes and walk fds.
+        Elsewhere each look runs lsof, so it looks every 10 s."""
+        linux = self.probes.has_proc
+        try:
+            if linux:
+                listening = self.probes.listening()
+                if self._ports_key is None or tuple(sorted(listening.items())) != self._ports_key[1]:
+                    self.linker.read_processes()  # a new listener may be a new process under a pane
+                self.update_ports(listening)
+            else:
+                self.update_ports()
+            self.publish()
+        finally:  # a failure is logged by the loop; the next look still happens
+            self.loop.call_later(2.0 if linux else 10.0, self.ports_timer)
+
+
+class Preferences(object):
+    """The sidebar preferences (ui.json, in the store's `ui`): read at start (what is refused is
+    said), the @opensessions-* tmux options applied, a change kept, saved and applied (usage priced
+    again for new prices; `on_change(change)` for the sidebar panes). A broken file is not
+    overwritten until the user changes a preference. Given the store, the file's path and tmux."""
+
+    def __init__(self, store, path, tmux, on_change):
+        self.store = store
+        self.path = path
+        self.tmux = tmux
+        self.on_change = on_change
+
+    def load(self):
+        """Sidebar preferences; a broken file gives a message and defaults, a refused field the
+        message and its default."""
+        try:
+            data = read_json_file(self.path, {})
+        except OpensessionsError as e:
+            self.store.ui_error = "%s; using defaults" % e
+            log(self.store.ui_error)
+            data = {}
+        self.store.ui, problems = load_ui(data)
+        if problems:  # said as a bad environment value is: a log line, and /state's ui.error
+            self.store.ui_error = "%s: %s; %s" % (self.path, "; ".join(problems), "using defaults" if not
+                                                  isinstance(data, dict) else "the rest of it is used")
+            log(self.store.ui_error)
+        self.store.touch()
+
+    def apply_tmux_options(self):
+        """The @opensessions-* options (from ~/.tmux.conf) hold from the first sidebar on."""
+        try:
+            change = ui_from_tmux_options(read_tmux_options(self.tmux))
+        except Exception as e:  # never fail a start for an option
+            log("cannot read the tmux options: %s" % e)
+            return
+        change = {k: v for k, v in change.items() if self.store.ui.get(k) != v}
+        if change:  # before any sidebar is placed: nothing to move yet
+            self.store.ui.update(change)
+            self.store.touch()
+            if self.store.ui_error is None:  # a broken ui.json is kept until the user changes something
+                self.save()
+
+    def save(self):
+        self.store.ui_error = None
+        self.store.touch()
+        try:
+            ensure_private_dir(os.path.dirname(self.path))
+            atomic_write(self.path, json.dumps(self.store.ui, indent=2) + "\n", mode=0o644)
+        except (OSError, OpensessionsError) as e:
+            log("cannot save %s: %s" % (self.path, e))
+
+    def change(self, change):
+        """Preferences changed (POST /ui, /mute): kept, usage priced again for new prices, saved,
+        and applied."""
+        self.store.ui.update(change)
+        if "prices" in change:
+            self.reprice()
+        self.save()
+        self.on_change(change)
+
+    def reprice(self):
+        """The user's prices changed: price every thread's usage again."""
+        for t in self.store.threads.values():
+            if t.usage_raw is not None:
+                t.usage = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
+
+
 class Server(object):
-    """Live state from tmux (+ watchers), served over HTTP and Server-Sent Events."""
+    """Live state from tmux (+ watchers), served over HTTP and Server-Sent Events: the hub that
+    owns the loop and the store, follows tmux, runs the apply step and publishes. Its rooms: the
+    Linker (threads to panes), SessionFacts (git and ports per session), Preferences (ui.json),
+    the Api, the StateFile, the RuntimeFiles, the ControlClient."""
 
     def __init__(self, tmux, port=DEFAULT_PORT, port_explicit=False, environ=None, clock=time.time, probes=None):
         self.tmux = tmux
         self.probes = probes or SystemProbes()
-        self._processes_read_at = None
         self.environ = dict(os.environ if environ is None else environ)
         self.clock = clock
         self.loop = EventLoop()
@@ -6399,37 +7343,35 @@ class Server(object):
         key = socket_key(tmux.socket_path)
         self.state_file = StateFile(os.path.join(state_dir(self.environ), "state-%s.json" % key), self.store,
                                     self.loop, self._state_document)
-        self.ui_path = os.path.join(config_dir(self.environ), "ui.json")
         self.usage_path = os.path.join(state_dir(self.environ), "usage-%s.json" % key)
-        self.git = GitProbe()
+        self._status_changes = []
+        self.linker = Linker(self.store, self.loop, self.probes, clock, self.publish,
+                             lambda t, old, new: self._status_changes.append((t, old, new)),
+                             self.state_file.schedule_save,
+                             holds_wanted=lambda: self.watchers is not None and self.watchers.wants_holds(),
+                             hold_files=lambda threads, cwds: self.watchers.hold_threads(threads, cwds))
+        self.facts = SessionFacts(self.store, self.loop, self.probes, self.linker, lambda: self.port, self.publish)
+        self.prefs = Preferences(self.store, os.path.join(config_dir(self.environ), "ui.json"), tmux, self.on_ui_changed)
         self.httpd = None
         self.read_deadline = READ_DEADLINE
         self.peer_uids = True  # False: act as where the kernel cannot name a peer (macOS): token only
         self.control = ControlClient(tmux, self.loop, self.environ, self.schedule_refresh, self._on_control_exit)
-        self.api = Api(self)
+        self.api = Api(self.store, clock, tmux, ApiHost(
+            publish=self.publish, refresh=self.schedule_refresh, pane_of_pid=self.linker.pane_of,
+            update_thread=self.apply_thread_update, relink=self.linker.link, notify=self.notify_user,
+            save_state=self.state_file.schedule_save, change_ui=self.prefs.change))
         self._refresh_pending = False
         self._refresh_due = 0.0
         self._refresh_cancel = None
-        self._ports_key = None
-        self._pid_groups = {}
-        self._git_jobs = set()
         self.exit_reason = None
         self.notifier = None
         self.watchers = None
         self.sidebars = None
         self.tmux_options = None
         self.cold_starting = False
-        self._status_changes = []
         self._known_before_cold = frozenset()
         self._status_before_cold = {}
-        self.proc_table = None
-        self.pane_of_pid = {}
-        self.pane_agents = {}
-        self._codex_fd_links = {}
         self.tmux_instance = None
-        self.agent_exits = AgentExits(self.loop, self._live_agent_pids, self._on_agent_exit)
-        self._exited_pids = set()  # pids whose exit we were told of (a zombie still answers kill 0)
-        self._relink_pending = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self):
@@ -6440,9 +7382,9 @@ class Server(object):
                 raise OpensessionsError("no tmux server at %s" % self.tmux.socket_path)
             self.tmux_instance = self.tmux.instance()
             if self.state_file.load().get("tmux") != self.tmux_instance and self.store.threads:
-                self.forget_panes()  # saved under another tmux server: its pane ids are not ours
-            self._load_ui()
-            self._apply_tmux_options()
+                self.linker.forget_panes()  # saved under another tmux server: its pane ids are not ours
+            self.prefs.load()
+            self.prefs.apply_tmux_options()
             self._bind()
             self.refresh()
             if self.watchers is not None:
@@ -6458,7 +7400,7 @@ class Server(object):
                 for t in self.store.threads.values():
                     if not t.updated_at:  # found with no time of its own: first seen now
                         t.updated_at = now
-                self.map_threads()
+                self.linker.link()
                 self.prune_threads()
                 log("cold start: %d threads from %d files (%d KB read, %d corrupt records skipped) in %.3fs"
                     % (len(self.store.threads), len(self.watchers.tails),
@@ -6467,22 +7409,36 @@ class Server(object):
             self.store.publish()
             self._follow_tmux()
             self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
-            self.loop.call_later(2.0, self._ports_timer)
+            self.loop.call_later(2.0, self.facts.ports_timer)
             self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
         except BaseException:
             self.runtime.release()
             raise
 
+    def http_door(self):
+        """What the HTTP layer may ask of this server (an HttpDoor)."""
+        return HttpDoor(self.peer_uids, self.read_deadline, self.token_ok, self.store, self.loop.call, self.api,
+                        lambda pane: self.tmux.run("capture-pane", "-p", "-t", pane), self.health)
+
+    def health(self):
+        """This server's figures for /health."""
+        watchers = self.watchers
+        return {"threads": len(self.store.threads),
+                "skippedRecords": watchers.bad_records if watchers is not None else 0,
+                "skippedLongLines": watchers.long_lines if watchers is not None else 0,
+                "inotify": bool(watchers is not None and watchers.inotify is not None),
+                "watch": watchers.watch_stats() if watchers is not None else None}
+
     def _bind(self):
         try:
-            self.httpd = make_http_server(self, (HOST, self.port))
+            self.httpd = make_http_server(self.http_door(), (HOST, self.port))
         except OSError as e:
             if self.port_explicit or self.port == 0:
                 raise OpensessionsError("cannot listen on %s:%d: %s (is another program using it? "
                                         "choose another with --port or OPENSESSIONS_PORT; 0 = any free port)"
                                         % (HOST, self.port, e.strerror or e))
             log("port %d is in use (%s); listening on a free port instead" % (self.port, e.strerror or e))
-            self.httpd = make_http_server(self, (HOST, 0))
+            self.httpd = make_http_server(self.http_door(), (HOST, 0))
         self.port = self.httpd.server_address[1]
 
     def token_ok(self, token):
@@ -6517,7 +7473,7 @@ class Server(object):
     def serve_forever(self):
         # Connections are accepted by the event loop (no poll interval, no extra thread);
         # each connection is then handled on its own daemon thread (ThreadingHTTPServer).
-        self.loop.add_reader(self.httpd.fileno(), self.httpd._handle_request_noblock)
+        self.loop.add_reader(self.httpd.fileno(), self.httpd.accept_one)
         self.loop.call_later(1.0, self._watch_connections)
         try:
             self.loop.run()
@@ -6533,7 +7489,7 @@ class Server(object):
             self.httpd.server_close()
             self.httpd = None
         self.control.stop()
-        self.agent_exits.close()
+        self.linker.close()
         if self.watchers is not None:
             self.watchers.close()
         self.state_file.save_now()
@@ -6568,7 +7524,7 @@ class Server(object):
             if instance != self.tmux_instance:  # a new tmux server on the same socket
                 log("tmux server %s was restarted; its old pane ids point nowhere now" % self.tmux.socket_path)
                 self.tmux_instance = instance
-                self.forget_panes()
+                self.linker.forget_panes()
             self.schedule_refresh()
             self._follow_tmux()
         else:
@@ -6616,145 +7572,22 @@ class Server(object):
         self.store.touch()
         if self.sidebars is not None:
             self.sidebars.sync()  # first: a window a client just switched to gets its sidebar sooner
-        self._refresh_git()
-        self._refresh_port_groups()
+        self.facts.refresh()
         self.on_tmux_refreshed()
 
     def on_tmux_refreshed(self):
         """Panes and clients changed: re-link threads to panes, clear what a client now views."""
-        self.map_threads()
+        self.linker.link()
         self.clear_viewed()
 
     def after_watchers(self):
         """Agent files changed (called by the watchers after a batch of events)."""
-        self.map_threads()
+        self.linker.link()
         self.publish()
 
-    # -- agent processes and links: which pane each thread runs in -------------------------
+    # -- agent processes and links: the Linker's ------------------------------------------------
     def agent_pid_exited(self, agent, pid):
-        for t in self.store.threads.values():
-            if t.agent == agent and t.pid == pid and t.alive:
-                t.alive = False
-                self.store.touch()
-                self._process_gone(t)
-
-    def _process_gone(self, t):
-        """A thread whose agent process died mid-turn (kill -9, a crash, a reboot) is no longer
-        running or waiting: it says so, and leaves the running count. Its files may still say
-        "running" (nothing wrote the end of the turn), so this is judged again at every link."""
-        if t.status not in ("running", "waiting", "retry") or t.alive or not t.pid:
-            return
-        if t.pid not in self._exited_pids and _pid_alive(t.pid) \
-                and (self.proc_table is None or t.pid not in self.proc_table):
-            return  # our process table is older than the process: it runs
-        prev = t.status
-        t.status, t.detail, t.attempt = "interrupted", "agent exited", None
-        t.updated_at = now_ms(self.clock)
-        self._status_changes.append((t, prev, t.status))
-        self.store.touch()
-        self.state_file.schedule_save()
-
-    def _live_agent_pids(self):
-        return {t.pid for t in self.store.threads.values() if t.alive and t.pid}
-
-    def _on_agent_exit(self, pid):
-        self.agent_exits.forget(pid)
-        self._read_processes()
-        self._exited_pids = {p for p in self._exited_pids if p in self.proc_table}
-        if pid in self.proc_table:
-            self._exited_pids.add(pid)
-            self.proc_table.pop(pid)  # exited, not yet reaped: dead all the same
-        self.map_threads()
-        self.publish()
-
-    def forget_panes(self):
-        """Another tmux server: every thread keeps its session name (and its unseen flag and age)
-        but points at no pane, and no process of the old server's panes."""
-        for t in self.store.threads.values():
-            if t.pane is not None or t.pid is not None or t.alive:
-                t.pane, t.pid, t.proc_start, t.alive, t.link = None, None, None, False, None
-                self.store.touch()
-        self.state_file.schedule_save()
-
-    def map_threads(self):
-        """Link each thread to its pane: read the processes again if a thread's pid is new to us,
-        decide (link_threads by pid, then guess_threads_by_cwd) and apply the links."""
-        table = self.proc_table
-        if table is None:
-            return
-        # a thread whose process is not in our table: it died, or it started after our last read
-        # (a new agent's registry file or hook can come first); read again, at most every 0.2 s
-        need_reread = any(t.pid and t.pid not in table and (t.alive or t.pid not in self._exited_pids
-                                                            and _pid_alive(t.pid))
-                          for t in self.store.threads.values())
-        if need_reread:
-            if self._processes_read_at is None or self.clock() - self._processes_read_at > 0.2:
-                self._read_processes()
-                table = self.proc_table
-            elif not self._relink_pending:
-                self._relink_pending = True
-                self.loop.call_later(0.25, self._relink)
-        panes = {}
-        for s in self.store.sessions:
-            for w in s["windows"]:
-                for p in w["panes"]:
-                    panes[p["id"]] = (s["name"], p["cwd"])
-        threads = self.store.threads
-        processes = Processes(table, self.pane_of_pid, self.pane_agents, self._codex_fd_links, self.probes.has_proc)
-        links, sessions = link_threads(threads.values(), panes, processes)
-        self._apply_links(links, panes)
-        for key, session in sessions.items():
-            threads[key].session = session
-            self.store.touch()
-        self._apply_links(guess_threads_by_cwd(list(threads.values()), panes, processes, links), panes)
-        self.agent_exits.sync()
-        self.hold_agent_files(panes)
-
-    def hold_agent_files(self, panes=None):
-        """Tell the watchers which conversations can change now (polled, they are looked at each
-        second; under kqueue they get an fd): threads whose agent runs, or that a hook or plugin
-        said were under way in the last hour; the conversation an agent in a pane was started on
-        (`resume <id>`, an open rollout); and for an agent in a pane on a conversation we cannot
-        name, the directory it writes in. panes: {pane id: (session name, cwd)} (else from the store)."""
-        if self.watchers is None or not self.watchers.wants_holds():
-            return  # inotify sees every change: nothing to hold (and no pass over the threads)
-        if panes is None:
-            panes = {p["id"]: (s["name"], p["cwd"]) for s in self.store.sessions for w in s["windows"]
-                     for p in w["panes"]}
-        recent = now_ms(self.clock) - 3600 * 1000
-        threads = [(t.agent, t.id, t.cwd) for t in self.store.threads.values()
-                   if t.alive or t.status in ("running", "waiting", "retry") and t.updated_at >= recent]
-        linked = {t.pane for t in self.store.threads.values() if t.alive and t.pane}
-        cwds = []
-        for pane_id, (agent, _pid, args) in self.pane_agents.items():
-            rid = agent_resume_id_from_args(agent, args)
-            cwd = panes.get(pane_id, (None, None))[1]
-            if rid:
-                threads.append((agent, rid, cwd))
-            elif pane_id not in linked and cwd:
-                cwds.append((agent, cwd))
-        threads.extend(("codex", tid, None) for tid in self._codex_fd_links.values())
-        self.watchers.hold_threads(threads, cwds)
-
-    def _relink(self):
-        self._relink_pending = False
-        self.map_threads()
-        self.publish()
-
-    def _apply_links(self, links, panes):
-        for key, pid, alive, pane, link in links:
-            t = self.store.threads[key]
-            t.pid = pid
-            self._set_link(t, alive, pane, panes, link)
-
-    def _set_link(self, t, alive, pane, panes, link):
-        session = panes.get(pane, (None, None))[0] if pane else t.session  # a dead thread stays where it ran
-        new_pane = pane if (pane or alive) else t.pane  # ... and keeps the pane it ran in
-        if (t.alive, t.pane, t.session, t.link) != (alive, new_pane, session, link):
-            t.alive, t.pane, t.session, t.link = alive, new_pane, session, link
-            self.store.touch()
-        if not alive:
-            self._process_gone(t)
+        self.linker.agent_pid_exited(agent, pid)
 
     def clear_viewed(self):
         for t in self.store.threads.values():
@@ -6762,86 +7595,6 @@ class Server(object):
                 t.unseen = False
                 self.store.touch()
                 self.state_file.schedule_save()
-
-    # -- git and ports: per session, from its directory and the processes under its panes -----
-    def _refresh_git(self):
-        git = {}
-        for s in self.store.sessions:
-            d = s.get("dir")
-            if not d:
-                continue
-            branch = self.git.branch(d)
-            dirty, needs_check = self.git.dirty_cached(d)
-            git[s["id"]] = (branch, dirty)
-            if needs_check and branch is not None:
-                self._check_dirty_async(d)
-        self.store.git = git
-
-    def _check_dirty_async(self, directory):
-        import threading
-        root, _ = self.git.locate(directory)
-        if root in self._git_jobs:
-            return
-        self._git_jobs.add(root)
-
-        def job():
-            try:
-                self.git.check_dirty(directory)
-            finally:
-                self.loop.post(self._git_done, root)
-        threading.Thread(target=job, name="git", daemon=True).start()
-
-    def _git_done(self, root):
-        self._git_jobs.discard(root)
-        self._refresh_git()
-        self.publish()
-
-    def _refresh_port_groups(self):
-        self._read_processes()
-        self._update_ports()
-
-    def _read_processes(self):
-        """One process-table read: which pane each process is under, and the agents in panes."""
-        processes, self._pid_groups = read_pane_processes(self.probes, self.store.sessions)
-        self.proc_table = processes.table
-        self.pane_of_pid = processes.pane_of_pid
-        self.pane_agents = processes.agents
-        self._processes_read_at = self.clock()
-        self._codex_fd_links = processes.codex_rollouts
-
-    def _update_ports(self, listening=None):
-        """Map listening ports to sessions; the fd walk runs only when the processes under the
-        panes or the listening sockets changed (a window switch changes neither)."""
-        if listening is None:
-            listening = self.probes.listening()
-        key = (tuple(sorted((g, tuple(p)) for g, p in self._pid_groups.items())),
-               tuple(sorted(listening.items())) if listening is not None else None)
-        if listening is not None and key == self._ports_key:
-            return
-        self._ports_key = key
-        ports = self.probes.ports(self._pid_groups, listening=listening)
-        ports = {g: [p for p in found if p != self.port] for g, found in ports.items()}  # never our own API
-        ports = {g: found for g, found in ports.items() if found}
-        if ports != self.store.ports:
-            self.store.ports = ports
-            self.store.touch()
-
-    def _ports_timer(self):
-        """Ports change without a tmux event (a dev server starts listening). On Linux one netlink
-        query every 2 s; only a changed set of listeners makes us re-read processes and walk fds.
-        Elsewhere each look runs lsof, so it looks every 10 s."""
-        linux = self.probes.has_proc
-        try:
-            if linux:
-                listening = self.probes.listening()
-                if self._ports_key is None or tuple(sorted(listening.items())) != self._ports_key[1]:
-                    self._read_processes()  # a new listener may be a new process under a pane
-                self._update_ports(listening)
-            else:
-                self._update_ports()
-            self.publish()
-        finally:  # a failure is logged by the loop; the next look still happens
-            self.loop.call_later(2.0 if linux else 10.0, self._ports_timer)
 
     # -- the apply step: watchers, hooks and the API change threads here; then publish ---------
     def publish(self):
@@ -6888,24 +7641,15 @@ class Server(object):
         if is_new:
             t = Thread(agent, thread_id, title="", status="idle", alive=False)
             self.store.threads[key] = t
-        old = (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.hidden, t.alive)
+        old = (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.subagent, t.alive)
         if "moved_on" in fields:  # what an agent's own files say (the watchers): does a live state hold?
-            if live_state_holds(t, agent, fields.get("status"), fields.pop("moved_on")):
-                fields.update(status=t.status, detail=t.detail, attempt=t.attempt if agent == "opencode" else None)
-            if agent == "opencode" and t.source == "plugin":
+            plugin_holds = AGENT_SPECS[agent].plugin_holds if agent in AGENT_SPECS else False
+            if live_state_holds(t, fields.get("status"), fields.pop("moved_on"), plugin_holds):
+                fields.update(status=t.status, detail=t.detail, attempt=t.attempt if plugin_holds else None)
+            if plugin_holds and t.source == "plugin":
                 fields["source"] = "plugin"  # the plugin stays the thread's source
+        fields = clean_thread_fields(fields)  # from files, hooks and plugins alike
         updated_at = fields.pop("updated_at", None)
-        for name in ("title", "detail", "model"):  # from files, hooks and plugins alike: shown in a row
-            if isinstance(fields.get(name), str):
-                fields[name] = clean_text(fields[name])
-        for name in ("cwd", "source"):
-            if isinstance(fields.get(name), str):
-                fields[name] = clean_str(fields[name])
-        for name in ("attempt", "pid"):
-            if fields.get(name) is not None and not (finite_number(fields[name]) and fields[name] == int(fields[name])):
-                fields[name] = None
-        if updated_at is not None and not finite_number(updated_at):
-            updated_at = None
         raw_usage = fields.pop("usage", None)
         if isinstance(raw_usage, dict):
             t.usage_raw = raw_usage
@@ -6917,7 +7661,7 @@ class Server(object):
         if fields.get("status") is not None:
             # a status comes with its own detail and attempt: None clears the previous ones
             t.detail, t.attempt = fields.get("detail"), fields.get("attempt")
-        changed = old != (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.hidden, t.alive)
+        changed = old != (t.status, t.detail, t.title, t.cwd, t.model, t.pid, t.attempt, t.subagent, t.alive)
         if t.usage_raw is not None:
             priced = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
             if priced != t.usage:
@@ -6981,8 +7725,8 @@ class Server(object):
             keep[t.key] = {"agent": t.agent, "id": t.id, "session": t.session, "model": t.model,
                            "title": t.title, "updatedAt": t.updated_at, "usage": t.usage}
         horizon = now_ms(self.clock) - USAGE_HISTORY_DAYS * 86400 * 1000
-        kept = sorted((e for e in keep.values() if _int(e.get("updatedAt")) >= horizon),
-                      key=lambda e: _int(e.get("updatedAt")))[-USAGE_HISTORY_MAX:]
+        kept = sorted((e for e in keep.values() if as_number(e.get("updatedAt"), 0, int, text=True) >= horizon),
+                      key=lambda e: as_number(e.get("updatedAt"), 0, int, text=True))[-USAGE_HISTORY_MAX:]
         try:
             ensure_private_dir(os.path.dirname(self.usage_path))
             atomic_write(self.usage_path, encode_json({"threads": kept}))
@@ -7007,52 +7751,11 @@ class Server(object):
             return any(c["session"] == thread.session for c in clients)
         return False
 
-    # -- the state file's document; preferences (ui.json) ----------------------------------
+    # -- the state file's document; what a preferences change moves --------------------------
     def _state_document(self):
         doc = self.store.metadata_json()
         doc["tmux"] = self.tmux_instance  # whose pane ids the threads' "pane" are
         return doc
-
-    def _load_ui(self):
-        """Sidebar preferences; a broken file gives a message and defaults (and is not overwritten
-        until the user changes a preference)."""
-        try:
-            data = read_json_file(self.ui_path, {})
-        except OpensessionsError as e:
-            self.store.ui_error = "%s; using defaults" % e
-            log(self.store.ui_error)
-            data = {}
-        self.store.ui = load_ui(data)
-        self.store.touch()
-
-    def _apply_tmux_options(self):
-        """The @opensessions-* options (from ~/.tmux.conf) hold from the first sidebar on."""
-        try:
-            change = ui_from_tmux_options(read_tmux_options(self.tmux))
-        except Exception as e:  # never fail a start for an option
-            log("cannot read the tmux options: %s" % e)
-            return
-        change = {k: v for k, v in change.items() if self.store.ui.get(k) != v}
-        if change:  # before any sidebar is placed: nothing to move yet
-            self.store.ui.update(change)
-            self.store.touch()
-            if self.store.ui_error is None:  # a broken ui.json is kept until the user changes something
-                self._save_ui()
-
-    def _save_ui(self):
-        self.store.ui_error = None
-        self.store.touch()
-        try:
-            ensure_private_dir(os.path.dirname(self.ui_path))
-            atomic_write(self.ui_path, json.dumps(self.store.ui, indent=2) + "\n", mode=0o644)
-        except (OSError, OpensessionsError) as e:
-            log("cannot save %s: %s" % (self.ui_path, e))
-
-    def reprice_usage(self):
-        """The user's prices changed: price every thread's usage again."""
-        for t in self.store.threads.values():
-            if t.usage_raw is not None:
-                t.usage = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
 
     def on_ui_changed(self, change):
         """Visibility, width or side changed: put the sidebar panes right."""
@@ -7062,22 +7765,40 @@ class Server(object):
             self.schedule_refresh()
 
 
+class ApiHost(Record):
+    """What the API's handlers may ask of the server besides its store (each a function)."""
+
+    FIELDS = (
+        ("publish", None),  # () -> publish what changed
+        ("refresh", None),  # () -> read tmux again soon (a pane it has not told us of yet)
+        ("pane_of_pid", None),  # pid -> the pane it runs in (the process table read again if new), or None
+        ("update_thread", None),  # (agent, thread id, **fields): the apply step (Server.apply_thread_update)
+        ("relink", None),  # () -> link threads to panes again
+        ("notify", None),  # (session, message, tone) -> a notification through the user's channels
+        ("save_state", None),  # () -> the state file is written soon
+        ("change_ui", None),  # (change) -> preferences changed: kept, saved, applied
+    )
+
+
 class Api(object):
     """The HTTP API's handlers (the ROUTES values, and api_preview), run on the loop thread over
-    the server's store; they change the store and ask the server to link, refresh or publish."""
+    the server's store; they change the store and ask the server (an ApiHost) to link, refresh or
+    publish; a reply types through the tmux gateway."""
 
-    def __init__(self, server):
+    def __init__(self, store, clock, tmux, host):
         import threading
-        self.server = server
-        self.store = server.store
-        self.clock = server.clock
+        self.store = store
+        self.clock = clock
+        self.tmux = tmux
+        self.host = host
         self._reply_lock = threading.Lock()  # one reply at a time
 
     def apply_and_publish(self, handler, body):
-        """Run the handler named `handler` (a ROUTES value) on the loop thread, then publish
-        whatever it changed."""
-        result = getattr(self, handler)(body)
-        self.server.publish()
+        """Run the handler a ROUTES value names (a method name, or (name, agent) for a plugin's
+        route) on the loop thread, then publish whatever it changed."""
+        name, args = (handler, ()) if isinstance(handler, str) else (handler[0], handler[1:])
+        result = getattr(self, name)(body, *args)
+        self.host.publish()
         return result
 
     def _meta(self, session):
@@ -7120,7 +7841,7 @@ class Api(object):
             meta = self._meta(session)
             meta["logs"] = apply_log(meta.get("logs", []), dict(note, source="notify", ts=now_ms(self.clock)))
             self._changed_metadata()
-        self.server.notify_user(session, note["message"], note["tone"])
+        self.host.notify(session, note["message"], note["tone"])
         return not session or self.store.session_by_name(session) is not None
 
     def api_agent_event(self, body):
@@ -7133,14 +7854,11 @@ class Api(object):
             if found:
                 session = found[0]
             else:
-                self.server.schedule_refresh()  # a pane tmux has not told us about yet: map it after
-        if pane is None and ev["pid"] and getattr(self.server, "pane_of_pid", None) is not None:
-            pane = self.server.pane_of_pid.get(ev["pid"])
+                self.host.refresh()  # a pane tmux has not told us about yet: map it after
+        if pane is None and ev["pid"]:
+            pane = self.host.pane_of_pid(ev["pid"])
             if pane is None:
-                self.server._read_processes()
-                pane = self.server.pane_of_pid.get(ev["pid"])
-            if pane is None:
-                self.server.schedule_refresh()  # a pane tmux has not told us about yet: link it after
+                self.host.refresh()  # a pane tmux has not told us about yet: link it after
             found = self.store.session_of_pane(pane) if pane else None
             session = found[0] if found else None
         if session is None and ev["tmuxSession"]:
@@ -7168,54 +7886,46 @@ class Api(object):
             fields.update(pane=pane, link="api")
         if session is not None and (pane or current is None or not current.pane):
             fields["session"] = session["name"]
-        self.server.apply_thread_update(ev["agent"], thread_id, **fields)
-        self.server.map_threads()  # (and the files of what it names can change now: hold_agent_files)
+        self.host.update_thread(ev["agent"], thread_id, **fields)
+        self.host.relink()  # (and the files of what it names can change now: the Linker holds them)
         return session is not None
 
-    def api_opencode_event(self, body):
-        """An event from our OpenCode plugin -> an agent event (see opencode_plugin_status)."""
+    def api_plugin_event(self, body, agent):
+        """An event from our plugin inside an agent -> an agent event (its spec's Plugin maps it)."""
+        spec = AGENT_SPECS[agent]
         etype = body.get("type")
         props = body.get("properties")
         if not isinstance(etype, str) or not isinstance(props, dict):
             raise ApiError(400, "'type' (string) and 'properties' (object) are required")
         sid = props.get("sessionID")
-        if not valid_thread_id("opencode", sid):
-            raise ApiError(400, "'properties.sessionID' must be an OpenCode session id (ses_…)")
-        if etype == "session.updated":
-            fields = {}
-            if isinstance(props.get("title"), str):
-                fields["title"] = _clip_title(props["title"])
-            if props.get("parentID"):
-                fields["hidden"] = True
+        if not valid_thread_id(agent, sid):
+            raise ApiError(400, "'properties.sessionID' must be the id of a %s session" % spec.title)
+        fields = spec.plugin.thread(etype, props) if spec.plugin.thread else None
+        if fields is not None:
             if fields:
-                self.server.apply_thread_update("opencode", sid, **fields)
+                self.host.update_thread(agent, sid, **fields)
             return True
-        mapped = opencode_plugin_status(etype, props)
+        mapped = spec.plugin.status(etype, props)
         if mapped is None:
             return True
         status, detail, attempt = mapped
-        event = {"agent": "opencode", "status": status, "threadId": sid, "detail": detail, "attempt": attempt,
+        event = {"agent": agent, "status": status, "threadId": sid, "detail": detail, "attempt": attempt,
                  "source": "plugin"}
         for key, src_key in (("pid", "pid"), ("paneId", "paneId"), ("projectDir", "directory")):
             if body.get(src_key) is not None:
                 event[key] = body[src_key]
         if status == "retry":
-            current = self.store.threads.get(("opencode", sid))
+            current = self.store.threads.get((agent, sid))
             if current is not None and current.status == "retry" and current.attempt == attempt:
                 return True
         return self.api_agent_event(event)
 
     def _changed_metadata(self):
         self.store.touch()
-        self.server.state_file.schedule_save()
+        self.host.save_state()
 
     def api_ui(self, body):
-        change = validate_ui(body)
-        self.store.ui.update(change)
-        if "prices" in change:
-            self.server.reprice_usage()
-        self.server._save_ui()
-        self.server.on_ui_changed(change)
+        self.host.change_ui(validate_ui(body))
 
     def api_mute(self, body):
         """POST /mute {"session", "muted": true|false}; without "muted" it toggles."""
@@ -7285,7 +7995,7 @@ class Api(object):
         if newer:  # one process, several conversations (resumed, /new): its screen shows the newest
             refuse("the agent in pane %s has moved on to thread %s" % (t.pane, newer[0].id))
         agent, pid, pane_id, pane_pid, start = t.agent, t.pid, t.pane, pane["pid"], t.proc_start
-        tmux = self.server.tmux
+        tmux = self.tmux
         lock = self._reply_lock
 
         def send():
@@ -7351,11 +8061,11 @@ ROUTES = {
     "/clear-log": "api_clear_log",
     "/notify": "api_notify",
     "/api/agent-event": "api_agent_event",
-    "/api/opencode-event": "api_opencode_event",
     "/ui": "api_ui",
     "/mute": "api_mute",
     "/api/reply": "api_reply",
 }
+ROUTES.update({spec.plugin.route: ("api_plugin_event", spec.name) for spec in AGENT_SPECS.values() if spec.plugin})
 GET_ROUTES = ("/", "/state", "/events", "/health", "/api/preview")
 MAX_CONNECTIONS = 500  # open connections (one thread and one fd each); more get a 503
 MAX_SSE_CLIENTS = 400  # of which /events streams
@@ -7398,40 +8108,50 @@ def read_json_body(headers, rfile):
     return body
 
 
-def health_json(server):
-    watchers = server.watchers
-    httpd = server.httpd
-    return json.dumps({
-        "ok": True, "version": __version__, "pid": os.getpid(),
-        "threads": len(server.store.threads),
-        "skippedRecords": watchers.bad_records if watchers is not None else 0,
-        "skippedLongLines": watchers.long_lines if watchers is not None else 0,
-        "inotify": bool(watchers is not None and watchers.inotify is not None),
-        "watch": watchers.watch_stats() if watchers is not None else None,
-        "connections": getattr(httpd, "active", 0), "streams": getattr(httpd, "streams", 0)}).encode()
+class HttpDoor(object):
+    """What the HTTP layer may ask of the server, and nothing more: whether the kernel names a
+    peer's uid (else the runtime file's token is checked), how long a request may take to arrive,
+    the published snapshots (the store's `published` and `cond`, for /state and /events), `on_loop`
+    (run a function on the event loop and wait for its result), the API's handlers, a pane's text
+    (`capture(pane)`) and the server's own figures for /health (`health()`)."""
+
+    def __init__(self, peer_uids, read_deadline, token_ok, snapshots, on_loop, api, capture, health):
+        self.peer_uids = peer_uids
+        self.read_deadline = read_deadline
+        self.token_ok = token_ok
+        self.snapshots = snapshots
+        self.on_loop = on_loop
+        self.api = api
+        self.capture = capture
+        self.health = health
 
 
-def route_get(server, path):
+def health_json(door, httpd):
+    return json.dumps(dict({"ok": True, "version": __version__, "pid": os.getpid()}, **door.health(),
+                           connections=getattr(httpd, "active", 0), streams=getattr(httpd, "streams", 0))).encode()
+
+
+def route_get(door, httpd, path):
     """GET/HEAD answers other than /events -> (status, body, content type, extra headers)."""
     if path in ROUTES:
         return _error_body(405, "use POST for %s" % path) + ({"Allow": "POST"},)
     if path == "/":
         return 200, b"opensessions server\n", "text/plain; charset=utf-8", None
     if path == "/health":
-        return 200, health_json(server), "application/json", None
+        return 200, health_json(door, httpd), "application/json", None
     if path == "/state":
-        published = server.store.published
+        published = door.snapshots.published
         if published is None:
             return _error_body(503, "server is starting or stopping") + (None,)
         return 200, published[2], "application/json", None
     return _error_body(404, "no such endpoint: %s" % path) + (None,)
 
 
-def route_post(server, path, body):
+def route_post(door, path, body):
     """Apply one POST on the loop thread -> (status, body, content type, extra headers)."""
     method = ROUTES[path]
     try:
-        result = server.loop.call(server.api.apply_and_publish, method, body)
+        result = door.on_loop(door.api.apply_and_publish, method, body)
         if callable(result):  # the part that waits on tmux (a reply) runs here, off the loop
             result = result()
     except ApiError as e:
@@ -7488,223 +8208,258 @@ def _raw_refusal(sock, status, reason, message):
         pass
 
 
-def make_http_server(server, address):
-    """The listening server: a thread per connection up to MAX_CONNECTIONS (the excess gets a 503
-    at once), a read deadline per request (see Server._watch_connections), one log line per
-    failed connection."""
-    import http.server
-    import threading
+class ApiListener(object):
+    """The listening server's own part, over http.server's ThreadingHTTPServer (http_classes() adds
+    it: importing http.server would cost every client command): a thread per connection up to
+    MAX_CONNECTIONS (the excess gets a 503 at once), a read deadline per request (see
+    Server._watch_connections), one log line per failed connection, and accept_one() for the event
+    loop, which sees the listening socket readable (socketserver's own loop would poll)."""
 
-    class HTTPServer(http.server.ThreadingHTTPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-        request_queue_size = 64
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
 
-        def __init__(self, *a):
-            self.lock = threading.Lock()
-            self.active = 0
-            self.streams = 0
-            self.deadlines = {}  # handler -> monotonic time its request must be read by
-            http.server.ThreadingHTTPServer.__init__(self, *a)
+    def __init__(self, address, handler, door):
+        import threading
+        self.door = door  # what the handlers serve (an HttpDoor)
+        self.lock = threading.Lock()
+        self.active = 0
+        self.streams = 0
+        self.deadlines = {}  # handler -> monotonic time its request must be read by
+        super().__init__(address, handler)
 
-        def process_request(self, request, client_address):
+    def accept_one(self):
+        """One connection waiting on the listening socket: accepted and handed to its thread."""
+        try:
+            request, client_address = self.get_request()
+        except OSError:
+            return
+        if not self.verify_request(request, client_address):
+            self.shutdown_request(request)
+            return
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
+    def process_request(self, request, client_address):
+        with self.lock:
+            full = self.active >= MAX_CONNECTIONS
+            if not full:
+                self.active += 1
+        if full:
+            _raw_refusal(request, 503, "Service Unavailable", "too many connections (%d); try again" % MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
             with self.lock:
-                full = self.active >= MAX_CONNECTIONS
-                if not full:
-                    self.active += 1
-            if full:
-                _raw_refusal(request, 503, "Service Unavailable",
-                             "too many connections (%d); try again" % MAX_CONNECTIONS)
-                self.shutdown_request(request)
-                return
-            try:
-                http.server.ThreadingHTTPServer.process_request(self, request, client_address)
-            except BaseException:
-                with self.lock:
-                    self.active -= 1
-                raise
+                self.active -= 1
+            raise
 
-        def process_request_thread(self, request, client_address):
-            try:
-                http.server.ThreadingHTTPServer.process_request_thread(self, request, client_address)
-            finally:
-                with self.lock:
-                    self.active -= 1
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.lock:
+                self.active -= 1
 
-        def handle_error(self, request, client_address):
-            e = sys.exc_info()[1]
-            log("connection from port %s failed: %s: %s" % (client_address[1], e.__class__.__name__, e))
-
-    return HTTPServer(address, make_handler(server))
+    def handle_error(self, request, client_address):
+        e = sys.exc_info()[1]
+        log("connection from port %s failed: %s: %s" % (client_address[1], e.__class__.__name__, e))
 
 
-def make_handler(server):
-    """The HTTP request handler class bound to one Server: checks (peer, Host, Origin), then
-    route_get / route_post / stream_state."""
-    import http.server
-    import socket
+class ApiRequests(object):
+    """The HTTP request handler's own part, over http.server's BaseHTTPRequestHandler (http_classes()
+    adds it): checks (peer, Host, Origin, token), then route_get / route_post / stream_state, for
+    the door its listener holds (self.server.door)."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "opensessions/" + __version__
-        sys_version = ""
-        timeout = WRITE_TIMEOUT  # socket timeout; reading a request has the shorter READ_DEADLINE
+    protocol_version = "HTTP/1.1"
+    server_version = "opensessions/" + __version__
+    sys_version = ""
+    timeout = WRITE_TIMEOUT  # socket timeout; reading a request has the shorter READ_DEADLINE
 
-        def log_message(self, fmt, *args):  # quiet: no line per request
+    def log_message(self, fmt, *args):  # quiet: no line per request
+        pass
+
+    def setup(self):
+        import socket
+        super().setup()
+        self.door = self.server.door
+        try:  # one write per answer and no Nagle wait for the next one
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
             pass
+        self.peer_uid = tcp_peer_uid(self.client_address, self.connection.getsockname()) \
+            if self.door.peer_uids else None
 
-        def setup(self):
-            http.server.BaseHTTPRequestHandler.setup(self)
-            try:  # one write per answer and no Nagle wait for the next one
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-            self.peer_uid = tcp_peer_uid(self.client_address, self.connection.getsockname()) \
-                if server.peer_uids else None
+    def handle(self):
+        if self.peer_uid is not None and self.peer_uid != os.getuid():
+            _raw_refusal(self.connection, 403, "Forbidden",
+                         "connections from other users (uid %d) are refused" % self.peer_uid)
+            return
+        super().handle()
 
-        def handle(self):
-            if self.peer_uid is not None and self.peer_uid != os.getuid():
-                _raw_refusal(self.connection, 403, "Forbidden",
-                             "connections from other users (uid %d) are refused" % self.peer_uid)
-                return
-            http.server.BaseHTTPRequestHandler.handle(self)
-
-        def handle_one_request(self):
-            self._deadline(server.read_deadline)
-            try:
-                http.server.BaseHTTPRequestHandler.handle_one_request(self)
-            finally:
-                self._deadline(None)
-
-        def _deadline(self, seconds):
-            httpd = self.server
-            with httpd.lock:
-                if seconds is None:
-                    httpd.deadlines.pop(self, None)
-                else:
-                    httpd.deadlines[self] = time.monotonic() + seconds
-
-        def _send(self, status, body=b"", content_type="application/json", extra=None):
-            """The whole answer in one write."""
-            self.send_response(status)
-            if status != 204:
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            for k, v in (extra or {}).items():
-                self.send_header(k, v)
-            self._headers_buffer.append(b"\r\n")
-            if body and self.command != "HEAD":
-                self._headers_buffer.append(body)
-            self.flush_headers()
-
-        def _error(self, status, message, extra=None):
-            self._send(status, json.dumps({"error": message}).encode(), extra=extra)
-
-        def _guard(self):
-            if not host_is_loopback(self.headers.get("Host")):
-                self._error(403, "Host %r is not loopback; refused (DNS rebinding protection)"
-                            % self.headers.get("Host"))
-                return False
-            if self.headers.get("Origin") is not None:
-                self._error(403, "requests from web pages (with an Origin header) are refused")
-                return False
-            if self.peer_uid is None and not server.token_ok(self.headers.get(TOKEN_HEADER)):
-                # no way to know who connected (not Linux): our clients send the runtime file's token
-                self._error(403, "send the %s header (the token in the server's runtime file)" % TOKEN_HEADER)
-                return False
-            return True
-
-        def _path(self):
-            return self.path.split("?", 1)[0]
-
-        def do_GET(self):
+    def handle_one_request(self):
+        self._deadline(self.door.read_deadline)
+        try:
+            super().handle_one_request()
+        finally:
             self._deadline(None)
-            if not self._guard():
-                return
-            path = self._path()
-            if path == "/events":
-                return self._events()
-            if path == "/api/preview":
-                return self._preview()
-            status, body, ctype, extra = route_get(server, path)
-            self._send(status, body, ctype, extra)
 
-        do_HEAD = do_GET
+    def _deadline(self, seconds):
+        httpd = self.server
+        with httpd.lock:
+            if seconds is None:
+                httpd.deadlines.pop(self, None)
+            else:
+                httpd.deadlines[self] = time.monotonic() + seconds
 
-        def do_POST(self):
-            if not self._guard():
-                return
-            path = self._path()
-            if path in GET_ROUTES:
-                return self._error(405, "use GET for %s" % path, {"Allow": "GET"})
-            if path not in ROUTES:
-                return self._error(404, "no such endpoint: %s" % path)
-            try:
-                body = read_json_body(self.headers, self.rfile)
-            except BodyError as e:
-                self.close_connection = True
-                return self._error(e.status, e.message)
-            except ApiError as e:
-                return self._error(e.status, e.message)
-            finally:
-                self._deadline(None)
-            self._send(*route_post(server, path, body))
+    def _send(self, status, body=b"", content_type="application/json", extra=None):
+        """The whole answer in one write."""
+        self.send_response(status)
+        if status != 204:
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self._headers_buffer.append(b"\r\n")
+        if body and self.command != "HEAD":
+            self._headers_buffer.append(body)
+        self.flush_headers()
 
-        def do_PUT(self):
-            self._other()
+    def _error(self, status, message, extra=None):
+        self._send(status, json.dumps({"error": message}).encode(), extra=extra)
 
-        do_DELETE = do_PATCH = do_PUT
+    def _guard(self):
+        if not host_is_loopback(self.headers.get("Host")):
+            self._error(403, "Host %r is not loopback; refused (DNS rebinding protection)" % self.headers.get("Host"))
+            return False
+        if self.headers.get("Origin") is not None:
+            self._error(403, "requests from web pages (with an Origin header) are refused")
+            return False
+        if self.peer_uid is None and not self.door.token_ok(self.headers.get(TOKEN_HEADER)):
+            # no way to know who connected (not Linux): our clients send the runtime file's token
+            self._error(403, "send the %s header (the token in the server's runtime file)" % TOKEN_HEADER)
+            return False
+        return True
 
-        def _other(self):
-            if not self._guard():
-                return
-            allow = "POST" if self._path() in ROUTES else "GET"
-            self._error(405, "method %s not allowed" % self.command, {"Allow": allow})
+    def _path(self):
+        return self.path.split("?", 1)[0]
 
-        def _preview(self):
-            """GET /api/preview?thread=ID[&lines=N]: the last lines of the thread's pane, as text
-            without escapes. Read on request only: a client asks while it shows the preview."""
-            from urllib.parse import parse_qs
-            query = parse_qs(self.path.partition("?")[2])
-            lines = _int((query.get("lines") or ["20"])[0], 20)
-            if not 1 <= lines <= 200:
-                return self._error(400, "'lines' must be 1..200")
-            try:
-                info = server.loop.call(server.api.api_preview, (query.get("thread") or [""])[0])
-                screen = server.tmux.run("capture-pane", "-p", "-t", info["pane"])
-            except ApiError as e:
-                return self._error(e.status, e.message)
-            except TmuxError as e:
-                return self._error(409, "tmux: %s" % e)
-            except TimeoutError:
-                return self._error(503, "server busy")
-            info["lines"] = thread_preview(screen, lines)
-            return self._send(200, json.dumps(info).encode())
+    def do_GET(self):
+        self._deadline(None)
+        if not self._guard():
+            return
+        path = self._path()
+        if path == "/events":
+            return self._events()
+        if path == "/api/preview":
+            return self._preview()
+        status, body, ctype, extra = route_get(self.door, self.server, path)
+        self._send(status, body, ctype, extra)
 
-        def _events(self):
-            httpd = self.server
+    def do_HEAD(self):
+        self.do_GET()
+
+    def do_POST(self):
+        if not self._guard():
+            return
+        path = self._path()
+        if path in GET_ROUTES:
+            return self._error(405, "use GET for %s" % path, {"Allow": "GET"})
+        if path not in ROUTES:
+            return self._error(404, "no such endpoint: %s" % path)
+        try:
+            body = read_json_body(self.headers, self.rfile)
+        except BodyError as e:
+            self.close_connection = True
+            return self._error(e.status, e.message)
+        except ApiError as e:
+            return self._error(e.status, e.message)
+        finally:
+            self._deadline(None)
+        self._send(*route_post(self.door, path, body))
+
+    def do_PUT(self):
+        self._other()
+
+    do_DELETE = do_PATCH = do_PUT
+
+    def _other(self):
+        if not self._guard():
+            return
+        allow = "POST" if self._path() in ROUTES else "GET"
+        self._error(405, "method %s not allowed" % self.command, {"Allow": allow})
+
+    def _preview(self):
+        """GET /api/preview?thread=ID[&lines=N]: the last lines of the thread's pane, as text
+        without escapes. Read on request only: a client asks while it shows the preview."""
+        from urllib.parse import parse_qs
+        query = parse_qs(self.path.partition("?")[2])
+        lines = as_number((query.get("lines") or ["20"])[0], 20, int, text=True)
+        if not 1 <= lines <= 200:
+            return self._error(400, "'lines' must be 1..200")
+        try:
+            info = self.door.on_loop(self.door.api.api_preview, (query.get("thread") or [""])[0])
+            screen = self.door.capture(info["pane"])
+        except ApiError as e:
+            return self._error(e.status, e.message)
+        except TmuxError as e:
+            return self._error(409, "tmux: %s" % e)
+        except TimeoutError:
+            return self._error(503, "server busy")
+        info["lines"] = thread_preview(screen, lines)
+        spec = AGENT_SPECS.get(info["agent"])
+        found = spec.prompt_reader(screen) if spec is not None and spec.prompt_reader else None
+        info["prompt"] = found[0] if found else None  # what its screen asks: "permission", "input" …
+        return self._send(200, json.dumps(info).encode())
+
+    def _events(self):
+        httpd = self.server
+        with httpd.lock:
+            full = httpd.streams >= MAX_SSE_CLIENTS
+            if not full:
+                httpd.streams += 1
+        if full:
+            self.close_connection = True
+            return self._error(503, "too many /events clients (%d)" % MAX_SSE_CLIENTS, {"Retry-After": "5"})
+        try:
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Connection", "close")
+            self.send_header("X-Accel-Buffering", "no")
+            self.end_headers()
+            stream_state(self.wfile.write, self.door.snapshots)
+        finally:
             with httpd.lock:
-                full = httpd.streams >= MAX_SSE_CLIENTS
-                if not full:
-                    httpd.streams += 1
-            if full:
-                self.close_connection = True
-                return self._error(503, "too many /events clients (%d)" % MAX_SSE_CLIENTS, {"Retry-After": "5"})
-            try:
-                self.close_connection = True
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Cache-Control", "no-store")
-                self.send_header("Connection", "close")
-                self.send_header("X-Accel-Buffering", "no")
-                self.end_headers()
-                stream_state(self.wfile.write, server.store)
-            finally:
-                with httpd.lock:
-                    httpd.streams -= 1
+                httpd.streams -= 1
 
-    return Handler
+
+_HTTP_CLASSES = []
+
+
+def http_classes():
+    """(listener class, request handler class): ours over http.server's, made on first use."""
+    if not _HTTP_CLASSES:
+        import http.server
+        _HTTP_CLASSES.extend((type("ApiHTTPServer", (ApiListener, http.server.ThreadingHTTPServer), {}),
+                              type("ApiRequestHandler", (ApiRequests, http.server.BaseHTTPRequestHandler), {})))
+    return tuple(_HTTP_CLASSES)
+
+
+def make_http_server(door, address):
+    """The listening server for a door (an HttpDoor)."""
+    listener, handler = http_classes()
+    return listener(address, handler, door)
 
 
 def token_header(token):
@@ -7730,7 +8485,7 @@ COALESCE_WINDOW = 2.0
 
 def should_notify(thread, old_status, viewed, muted, notify_on):
     """Pure: does this status change deserve a notification?"""
-    if thread.hidden or muted or viewed or thread.status == old_status:
+    if thread.subagent or muted or viewed or thread.status == old_status:
         return False
     if thread.status not in notify_on:
         return False
@@ -7739,7 +8494,7 @@ def should_notify(thread, old_status, viewed, muted, notify_on):
     return True
 
 
-def describe(events):
+def notification_text(events):
     """One notification for one or several events: (title, body, worst status). Pure."""
     if len(events) == 1:
         e = events[0]
@@ -7792,8 +8547,8 @@ class Coalescer(object):
 
 def osc_notification(title, body):
     """OSC 777 (rxvt, kitty, WezTerm, foot, Ghostty) and OSC 9 (iTerm2, WezTerm, kitty) sequences."""
-    def clean(s):
-        return "".join(ch for ch in s if ch >= " " and ch not in "\x7f;")[:200]
+    def clean(s):  # no control character (it would end the sequence early), no ';' (a field separator)
+        return CONTROL_CHARS.sub("", s).replace(";", "")[:200]
     return ("\033]777;notify;%s;%s\a\033]9;%s: %s\a" % (clean(title), clean(body), clean(title), clean(body))).encode()
 
 
@@ -7801,14 +8556,27 @@ def applescript_string(s):
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+class NotifierHost(Record):
+    """What the notifier may ask of the server (each a function)."""
+
+    FIELDS = (
+        ("ui", None),  # () -> the preferences (notify, notifyOn, muted)
+        ("clients", None),  # () -> tmux's clients (terminal ones get OSC sequences, tmux messages)
+        ("is_viewed", None),  # thread -> a client looks at its pane
+        ("call_later", None),  # (delay, fn): the event loop's timer
+        ("tmux_argv", None),  # (*args) -> the argv of a tmux command (the gateway's)
+        ("pane_tty", None),  # pane id -> its terminal, or None (the bell)
+    )
+
+
 class Notifier(object):
     """Sends notifications through the enabled channels without ever blocking the event loop:
     commands are started and reaped later (killed after a timeout); a failing channel is logged
-    once and skipped while the others go on."""
+    once and skipped while the others go on. `host`: a NotifierHost."""
 
-    def __init__(self, server, clock=time.monotonic, which=None, platform=None, window=COALESCE_WINDOW):
+    def __init__(self, host, clock=time.monotonic, which=None, platform=None, window=COALESCE_WINDOW):
         import shutil
-        self.server = server
+        self.host = host
         self.clock = clock
         self.which = which or shutil.which
         self.platform = platform or sys.platform
@@ -7819,8 +8587,8 @@ class Notifier(object):
         self.sent = []  # (monotonic time, channel, title, body) of the last sends, for tests and status
 
     def thread_changed(self, thread, old_status):
-        ui = self.server.store.ui
-        if not should_notify(thread, old_status, self.server.is_viewed(thread),
+        ui = self.host.ui()
+        if not should_notify(thread, old_status, self.host.is_viewed(thread),
                              thread.session in ui["muted"], ui["notifyOn"]):
             return
         event = {"agent": thread.agent, "status": thread.status, "session": thread.session,
@@ -7831,7 +8599,7 @@ class Notifier(object):
             self._send_events(ready)
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            self.server.loop.call_later(max(0.0, self.coalescer.next_due() - now), self._flush)
+            self.host.call_later(max(0.0, self.coalescer.next_due() - now), self._flush)
 
     def _flush(self):
         self.flush_scheduled = False
@@ -7843,10 +8611,10 @@ class Notifier(object):
             due = self.coalescer.next_due()
             if due is not None:
                 self.flush_scheduled = True
-                self.server.loop.call_later(max(0.0, due - self.clock()), self._flush)
+                self.host.call_later(max(0.0, due - self.clock()), self._flush)
 
     def _send_events(self, events):
-        title, body, status = describe(events)
+        title, body, status = notification_text(events)
         panes = [e["pane"] for e in events if e.get("pane")]
         self.send_all(title, body, status, panes)
 
@@ -7856,7 +8624,7 @@ class Notifier(object):
         self.send_all("opensessions" + (": " + session if session else ""), message, status, [])
 
     def send_all(self, title, body, status, panes):
-        channels = self.server.store.ui["notify"]
+        channels = self.host.ui()["notify"]
         for channel in channels:
             try:
                 getattr(self, "_" + channel)(title, body, status, panes)
@@ -7876,7 +8644,7 @@ class Notifier(object):
         self.running.append((proc, self.clock()))
         self.sent.append((self.clock(), channel, title, body))
         del self.sent[:-50]
-        self.server.loop.call_later(5.0, self._reap)
+        self.host.call_later(5.0, self._reap)
 
     def _reap(self):
         keep = []
@@ -7891,7 +8659,7 @@ class Notifier(object):
 
     def _tmux(self, title, body, status, panes):
         text = "%s: %s" % (title, body) if body else title
-        clients = [c for c in self.server.store.clients if not c["control"]]
+        clients = [c for c in self.host.clients() if not c["control"]]
         if not clients:
             return
         cmds = []
@@ -7901,7 +8669,7 @@ class Notifier(object):
             # for the user's own display-time: tmux 3.3a holds back the client's pane redraws while
             # a message shows, so a long fixed duration froze the screen for 5 s
             cmds += ["display-message", "-c", c["name"], tmux_literal(text)]
-        self._spawn("tmux", self.server.tmux.argv(*cmds), title, body)
+        self._spawn("tmux", self.host.tmux_argv(*cmds), title, body)
 
     def _desktop(self, title, body, status, panes):
         if self.platform == "darwin":
@@ -7919,7 +8687,7 @@ class Notifier(object):
 
     def _terminal(self, title, body, status, panes):
         data = osc_notification(title, body)
-        for c in self.server.store.clients:
+        for c in self.host.clients():
             if c["control"] or not c.get("tty"):
                 continue
             fd = os.open(c["tty"], os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
@@ -7931,9 +8699,9 @@ class Notifier(object):
 
     def _bell(self, title, body, status, panes):
         for pane in panes:
-            found = self.server.store.session_of_pane(pane)
-            if found:
-                fd = os.open(found[2]["tty"], os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+            tty = self.host.pane_tty(pane)
+            if tty:
+                fd = os.open(tty, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
                 try:
                     os.write(fd, b"\a")
                 finally:
@@ -7941,7 +8709,7 @@ class Notifier(object):
         self.sent.append((self.clock(), "bell", title, body))
 
 
-_PLAIN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_PLAIN_ID_RE = LazyPattern(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
 def tmux_safe_thread_id(agent, thread_id):
@@ -7997,8 +8765,8 @@ class TmuxOptions(object):
     """Keeps the status-line and live-link options current: only changed values are written, in
     one tmux call; tmux evaluates #{@opensessions-status} itself (no process per status refresh)."""
 
-    def __init__(self, server):
-        self.server = server
+    def __init__(self, run):
+        self.run = run  # the tmux gateway's Tmux.run
         self.written = {"global": {}, "windows": {}}
 
     def update(self, state):
@@ -8024,7 +8792,7 @@ class TmuxOptions(object):
         if not cmds:
             return
         try:
-            self.server.tmux.run(*cmds)
+            self.run(*cmds)
         except TmuxError as e:
             log("cannot set status options: %s" % e)
             return
@@ -8054,48 +8822,18 @@ def attention_queue(state):
 SHELLS = frozenset(("bash", "zsh", "fish", "sh", "dash", "ksh", "mksh", "tcsh", "csh", "nu", "elvish", "xonsh",
                     "-bash", "-zsh", "-sh", "-fish"))
 INTERPRETERS = frozenset(("node", "bun", "deno", "sh", "bash"))
-# Flags that select a conversation: dropped from saved flags (restore adds the right one back).
-RESUME_FLAGS = {
-    "claude": {"value": ("--resume", "-r", "--session-id"), "bool": ("--continue", "-c", "--fork-session")},
-    "opencode": {"value": ("--session", "-s"), "bool": ("--continue", "-c", "--fork")},
-    "codex": {"value": (), "bool": ("--last",)},  # codex's -c is --config: kept
-    "amp": {"value": (), "bool": ("--last",)},
-    "gemini": {"value": ("--resume", "-r", "--session-id", "--session-file", "--prompt-interactive", "-i"),
-               "bool": ()},
-    "qwen": {"value": ("--resume", "-r", "--session-id", "--prompt-interactive", "-i"), "bool": ("--continue", "-c")},
-    "pi": {"value": ("--session", "--fork"), "bool": ("--continue", "-c", "--resume", "-r")},
-}
-# Flags known to take no value (so a word after them is a positional prompt, never a value).
-BOOL_FLAGS = {
-    "claude": ("--dangerously-skip-permissions", "--verbose", "--debug", "--ide", "--strict-mcp-config",
-               "--continue", "-c", "--fork-session", "--print", "-p"),
-    "opencode": ("--continue", "-c", "--print-logs", "--fork"),
-    "codex": ("--full-auto", "--dangerously-bypass-approvals-and-sandbox", "--search", "--oss", "--last",
-              "--dangerously-bypass-hook-trust", "--skip-git-repo-check", "--no-daemon"),
-    "amp": ("--dangerously-allow-all", "--last"),
-    "gemini": ("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--skip-trust", "--screen-reader"),
-    "qwen": ("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--continue", "-c"),
-    "pi": ("--continue", "-c", "--resume", "-r", "--no-session", "--verbose"),
-}
 SIDECAR_PREFIX = "opensessions_"
 EMPTY_SAVE_GRACE = 60.0
 PANE_CONTENTS_ARCHIVE = "pane_contents.tar.gz"  # tmux-resurrect's @resurrect-capture-pane-contents
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# C0, DEL and C1: typed into a line editor they edit the line (^U erases it, ^M runs it), printed on a
-# terminal they move the cursor. A restore record holding one is refused; everything shown is escaped.
-CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f]")
+ENV_NAME = LazyPattern(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Keys tmux-assistant-resurrect keeps in a record's env for itself (not variables to set again).
 TAR_ENV_BOOKKEEPING = frozenset(("tmux_pane", "shell", "TMUX_PANE", "SHELL", "TMUX", "PWD", "OLDPWD", "SHLVL", "_"))
-# Agents that resume a conversation by id from any directory. Claude keeps conversations under the
-# project directory (~/.claude/projects/<cwd>): it resumes only from there.
-RESUME_ANYWHERE = frozenset(("codex", "opencode", "amp", "pi"))
-# Gemini CLI and Qwen Code keep chats per project (~/.gemini/tmp/<project>, ~/.qwen/projects/<cwd>) and,
-# like Claude, resume only from that directory; Pi finds a session by id from anywhere.
 
 
 def resurrect_escape(text):
-    """text with control characters shown as \\xNN: safe in a log line or on a terminal. Pure."""
-    return CONTROL_CHARS.sub(lambda m: "\\x%02x" % ord(m.group()), str(text))
+    """text with control characters (CONTROL_CHARS) shown as \\xNN or \\uNNNN: safe in a log line or
+    on a terminal (a restore record holding one is refused). Pure."""
+    return CONTROL_CHARS.sub(lambda m: ("\\x%02x" if ord(m.group()) < 0x100 else "\\u%04x") % ord(m.group()), str(text))
 
 
 def pane_problem(rec):
@@ -8116,7 +8854,7 @@ def record_problem(rec, pane=True):
     if pane and pane_problem(rec):
         return pane_problem(rec)
     agent = rec.get("agent")
-    if agent not in AGENTS:
+    if agent not in AGENT_SPECS:
         return "unknown agent %r" % (agent,)
     if not valid_thread_id(agent, rec.get("id")):
         return "%r is not a valid %s session id" % (rec.get("id"), agent)
@@ -8151,33 +8889,34 @@ def agent_argv(agent, args):
 
 
 def launch_flags(agent, argv):
-    """-> (flags to keep, dropped words). Resume/continue/session flags and positional prompts go;
-    Codex's `resume <id>` subcommand goes too. Pure."""
+    """-> (flags to keep, dropped words). What picks a conversation goes (the agent's session flags,
+    switches and subcommands such as Codex's `resume <id>`: a restore adds its own), and so do
+    positional prompts. Pure."""
+    spec = AGENT_SPECS.get(agent) or AgentSpec()
     rest = list(argv[1:])
-    drop = RESUME_FLAGS.get(agent, {"value": (), "bool": ()})
-    bools = BOOL_FLAGS.get(agent, ())
     keep, dropped = [], []
-    if agent in ("codex", "amp") and rest[:1] in (["resume"], ["fork"], ["threads"]):
-        sub = rest.pop(0)
-        if sub == "threads" and rest[:1] == ["continue"]:
-            rest.pop(0)
-        dropped.append(sub)
-        if rest and not rest[0].startswith("-"):
-            dropped.append(rest.pop(0))
+    for phrase in sorted(spec.session_commands, key=len, reverse=True):
+        words = phrase.split()
+        if rest[:len(words)] == words:
+            del rest[:len(words)]
+            dropped.extend(words)
+            if rest and not rest[0].startswith("-"):
+                dropped.append(rest.pop(0))
+            break
     i = 0
     while i < len(rest):
         a = rest[i]
         name = a.split("=", 1)[0]
-        if name in drop["value"]:
+        if name in spec.session_flags:
             dropped.append(a)
             if "=" not in a and i + 1 < len(rest):
                 dropped.append(rest[i + 1])
                 i += 1
-        elif a in drop["bool"]:
+        elif a in spec.session_switches:
             dropped.append(a)
         elif a.startswith("-"):
             keep.append(a)
-            if ("=" not in a and a not in bools and i + 1 < len(rest) and not rest[i + 1].startswith("-")):
+            if ("=" not in a and a not in spec.switches and i + 1 < len(rest) and not rest[i + 1].startswith("-")):
                 keep.append(rest[i + 1])
                 i += 1
         else:
@@ -8211,18 +8950,7 @@ def resume_command(record):
     words = ["%s=%s" % (name, shlex.quote(env[name])) for name in sorted(env)]
     program = record.get("program")
     words += [shlex.quote(program)] if program else ["command", agent]
-    if agent == "claude":
-        words += flags + ["--resume", tid]
-    elif agent == "opencode":
-        words += flags + ["-s", tid]
-    elif agent == "codex":
-        words += flags + ["resume", tid]
-    elif agent in ("gemini", "qwen"):
-        words += flags + ["--resume", tid]
-    elif agent == "pi":
-        words += flags + ["--session", tid]
-    else:
-        words += ["threads", "continue", tid]
+    words += conversation_args(agent, tid, flags)
     line = " ".join(words)
     cwd = record.get("cwd")
     return "cd %s && %s" % (shlex.quote(cwd), line) if cwd else line
@@ -8303,7 +9031,7 @@ def records_from_assistant_sessions(doc, log=None, capture_env=None):
             log("restore: %s: unparsable pane name %r (want session:window.pane); skipped" % (where, s.get("pane")))
             continue
         where = "%s (%s)" % (where, s["pane"])
-        if s.get("tool") not in AGENTS:
+        if s.get("tool") not in AGENT_SPECS:
             log("restore: %s: unknown tool %r; skipped" % (where, s.get("tool")))
             continue
         cli_args = s.get("cli_args")
@@ -8340,78 +9068,14 @@ def records_from_assistant_sessions(doc, log=None, capture_env=None):
     return out
 
 
-def more_cwd_candidates(paths, agent, cwd):
-    """[(mtime, thread id)] of Gemini CLI, Qwen Code or Pi conversations started in cwd (for the
-    last-resort cwd guess). Reads directory listings and, for Gemini, each file's header line."""
-    out = []
-    if agent == "gemini":
-        try:
-            with open(os.path.join(paths["gemini"], "projects.json"), "rb") as f:
-                project = (json.loads(f.read().decode("utf-8")).get("projects") or {}).get(cwd)
-        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
-            project = None
-        d = os.path.join(paths["gemini"], "tmp", project, "chats") if isinstance(project, str) else None
-    elif agent == "qwen":
-        d = os.path.join(paths["qwen"], "projects", claude_project_dir_name(cwd or ""), "chats")
-    else:
-        d = os.path.join(paths["pi"], "sessions", pi_cwd_dir_name(cwd or ""))
-    for name in dir_entries(d, ".jsonl") if d else ():
-        path = os.path.join(d, name)
-        if agent == "pi":
-            tid = pi_id_from_path(path)
-        elif agent == "qwen":
-            tid = name[:-6]
-        else:
-            head = parse_json_lines(read_head_lines(path, 4096))[0][:1]
-            tid = head[0].get("sessionId") if head and gemini_id_from_path(path) else None
-        try:
-            if valid_thread_id(agent, tid):
-                out.append((os.stat(path).st_mtime, tid))
-        except OSError:
-            pass
-    return out
-
-
-def more_conversation_exists(paths, agent, tid):
-    """A Gemini CLI / Qwen Code / Pi conversation file for this id is still there (names only; a
-    Gemini file is named with the id's first 8 characters, its header line has the whole id)."""
-    if agent == "gemini":
-        root = os.path.join(paths["gemini"], "tmp")
-        for project in dir_entries(root):
-            d = os.path.join(root, project, "chats")
-            for name in dir_entries(d, ".jsonl"):
-                if gemini_id_from_path(name) == tid[:8]:
-                    head = parse_json_lines(read_head_lines(os.path.join(d, name), 4096))[0][:1]
-                    if head and head[0].get("sessionId") == tid:
-                        return True
-        return False
-    if agent == "qwen":
-        root = os.path.join(paths["qwen"], "projects")
-        return any(os.path.exists(os.path.join(root, d, "chats", tid + ".jsonl")) for d in dir_entries(root))
-    root = os.path.join(paths["pi"], "sessions")
-    return any(pi_id_from_path(n) == tid for d in dir_entries(root) for n in dir_entries(os.path.join(root, d), ".jsonl"))
-
-
-def qwen_registry_id(qwen_dir, pids):
-    """Qwen Code's live registry ~/.qwen/sessions/<pid>.json -> the session id of one of pids."""
-    for p in pids:
-        try:
-            with open(os.path.join(qwen_dir, "sessions", "%d.json" % p), "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
-            continue
-        if isinstance(data, dict) and data.get("pid") == p and valid_thread_id("qwen", data.get("sessionId")):
-            return data["sessionId"]
-    return None
-
-
 def agent_in_tree(root, table, kids):
     """The top-most agent below process root -> (agent, pid, argv) or None. The same judgement on save
     and restore: arguments included, so a shell with a background `claude -p …` or `opencode run …`
     has no agent."""
+    comms = agent_comms()
     for pid in descendants(root, kids)[1:]:
         proc = table.get(pid)
-        if proc is None or proc.comm not in AGENT_COMMS:
+        if proc is None or proc.comm not in comms:
             continue
         args = process_args(pid)
         agent = classify_agent_process(proc.comm, args)
@@ -8494,8 +9158,9 @@ class Resurrect(object):
         except TmuxError:
             return ""
 
-    def _read_tmux(self):
-        """The options we need and every pane, with one tmux process."""
+    def _read_tmux(self, strict=False):
+        """The options we need and every pane, with one tmux process (strict: a TmuxError, such as
+        no server, is raised; else it reads as no options and no panes)."""
         fmt = FS.join(("P", "#{session_name}", "#{window_index}", "#{pane_index}", "#{pane_id}", "#{pane_pid}",
                        "#{pane_current_path}", "#{pane_current_command}", "#{@opensessions-sidebar}"))
         opts = FS.join(["O"] + ["#{%s}" % n for n in self.OPTIONS])
@@ -8503,6 +9168,8 @@ class Resurrect(object):
             out = self.tmux.run("display-message", "-p", opts, ";", "list-panes", "-a", "-F", fmt)
         except TmuxError:
             self._options, self._panes = {}, []
+            if strict:
+                raise
             return
         self._options, self._panes = {}, []
         for line in out.splitlines():
@@ -8512,8 +9179,9 @@ class Resurrect(object):
             elif parts[0] == "P" and len(parts) == 9:
                 if parts[8] == "1" or parts[1].startswith(HIDDEN_SESSION_PREFIX):
                     continue
-                self._panes.append({"session": parts[1], "window": _int(parts[2]), "paneIndex": _int(parts[3]),
-                                    "pane": parts[4], "pid": _int(parts[5]), "cwd": parts[6],
+                self._panes.append({"session": parts[1], "window": as_number(parts[2], 0, int, text=True),
+                                    "paneIndex": as_number(parts[3], 0, int, text=True),
+                                    "pane": parts[4], "pid": as_number(parts[5], 0, int, text=True), "cwd": parts[6],
                                     "command": parts[7]})
             elif line.strip():
                 self.log("save: skipped a pane line that does not parse (a control character in a cwd or "
@@ -8521,7 +9189,8 @@ class Resurrect(object):
 
     # -- save --------------------------------------------------------------------------------
     def panes(self):
-        self._read_tmux()
+        if self._options is None:
+            self._read_tmux()
         return self._panes
 
     def collect(self):
@@ -8572,35 +9241,27 @@ class Resurrect(object):
         return out, skipped
 
     def _exact_id(self, agent, pid, subtree, args, table):
+        """The conversation the agent in this process subtree runs, and how that is known: the
+        server's exact link, a registry the agent keeps, a file it holds open, its command line."""
         pids = set(subtree)
         for t in self.live_threads:
             if t.get("agent") == agent and t.get("pid") in pids and t.get("alive") and valid_thread_id(agent, t.get("id")):
                 if t.get("link") != "cwd":
                     return t["id"], "server"
-        if agent == "claude":
-            reg = os.path.join(self.paths["claude"], "sessions")
-            for p in subtree:
-                path = os.path.join(reg, "%d.json" % p)
-                try:
-                    with open(path, "rb") as f:
-                        entry = claude_registry_entry(json.loads(f.read().decode("utf-8")))
-                except (OSError, ValueError, UnicodeDecodeError):
-                    continue
-                if entry and claude_registry_alive(entry) and valid_thread_id("claude", entry["sessionId"]):
-                    return entry["sessionId"], "claude-registry"
-        if agent == "qwen":
-            tid = qwen_registry_id(self.paths["qwen"], subtree)
-            if tid:
-                return tid, "qwen-registry"
-        if agent == "codex":
+        spec, files = agent_files(agent)
+        found = files.live_id(spec, self.paths[agent], subtree)
+        if found:
+            return found
+        if spec.open_file:
+            what, id_of = spec.open_file
             for p in subtree:
                 for fd in dir_entries("/proc/%d/fd" % p):
                     try:
-                        tid = codex_id_from_path(os.readlink("/proc/%d/fd/%s" % (p, fd)))
+                        tid = id_of(os.readlink("/proc/%d/fd/%s" % (p, fd)))
                     except OSError:
                         continue
                     if tid:
-                        return tid, "codex-open-rollout"
+                        return tid, "%s-open-%s" % (agent, what)
         for p in subtree:
             tid = agent_resume_id_from_args(agent, agent_argv(agent, process_args(p)))
             if tid:
@@ -8616,7 +9277,6 @@ class Resurrect(object):
     def _program(self, agent, pid, args):
         """The absolute path of the executable the agent ran (restore types it, so a shell alias or
         function named like the agent cannot add its flags twice), or None."""
-        import shutil
         argv = list(args)
         if len(argv) >= 2 and os.path.basename(argv[0]) in INTERPRETERS and os.path.basename(argv[1]) == agent:
             word = argv[1]  # `/bin/sh …/claude`, `node …/codex`: the script is the program
@@ -8627,7 +9287,7 @@ class Resurrect(object):
             path = os.path.join(self._proc_cwd(pid) or "/", word)
         elif word:
             env_path = self._environ(pid, ["PATH"]).get("PATH")
-            path = shutil.which(word, path=env_path) if env_path else None
+            path = which_in(word, env_path) if env_path else None
             path = path if path and os.path.isabs(path) else None  # a relative PATH entry: not ours to resolve
         if not path:
             try:
@@ -8659,49 +9319,18 @@ class Resurrect(object):
     def _guess_by_cwd(self, agent, cwd, used):
         """The most recently active conversation of that agent in that directory, not given to
         another pane. A guess: marked as such in the record and the log."""
-        candidates = []
-        if agent == "claude":
-            d = os.path.join(self.paths["claude"], "projects", claude_project_dir_name(cwd or ""))
-            for name in dir_entries(d, ".jsonl"):
-                try:
-                    candidates.append((os.stat(os.path.join(d, name)).st_mtime, name[:-6]))
-                except OSError:
-                    pass
-        elif agent == "opencode":
-            import sqlite3
-            try:
-                candidates = [(r["time_updated"], r["id"]) for r in sqlite_rows(
-                    self.paths["opencode_db"],
-                    "SELECT id, time_updated FROM session WHERE directory = ? AND parent_id IS NULL", (cwd,))]
-            except sqlite3.Error:
-                pass
-        elif agent == "codex":
-            for path in self._codex_rollouts():
-                head = new_thread_state("codex", codex_id_from_path(path))
-                for rec in parse_json_lines(read_head_lines(path, 16384))[0][:3]:
-                    codex_reduce(head, rec)
-                if head["cwd"] == cwd:
-                    candidates.append((os.stat(path).st_mtime, head["id"]))
-        elif agent in ("gemini", "qwen", "pi"):
-            candidates = more_cwd_candidates(self.paths, agent, cwd)
-        for _, tid in sorted(candidates, reverse=True):
+        spec, files = agent_files(agent)
+        for _, tid in sorted(files.cwd_candidates(spec, self.paths[agent], cwd), reverse=True):
             if valid_thread_id(agent, tid) and (agent, tid) not in used:
                 return tid
         return None
-
-    def _codex_rollouts(self):
-        root = os.path.join(self.paths["codex"], "sessions")
-        for dirpath, _, names in os.walk(root):
-            for name in names:
-                if codex_id_from_path(name):
-                    yield os.path.join(dirpath, name)
 
     def save(self):
         """Write the sidecar for resurrect's latest snapshot, the pointer, and assistant-sessions.json;
         take the agent panes out of resurrect's captured pane contents. No tmux server: raises
         OpensessionsError and writes nothing."""
         try:
-            self.tmux.run("display-message", "-p", "#{pid}")
+            self._read_tmux(strict=True)
         except TmuxError as e:
             raise OpensessionsError("cannot save: no tmux server to read (%s); nothing written" % e)
         records, skipped = self.collect()
@@ -8734,11 +9363,11 @@ class Resurrect(object):
         return records, rdir
 
     def _strip_pane_contents(self, rdir, records):
-        import tarfile
-        import zlib
         archive = os.path.join(rdir, PANE_CONTENTS_ARCHIVE)
         if not records or not os.path.isfile(archive):
             return
+        import tarfile  # only now: importing it costs a save without pane contents ~10 ms
+        import zlib
         targets = ["%s:%s.%s" % (r["session"], r["window"], r["paneIndex"]) for r in records]
         try:
             removed = strip_pane_contents(archive, targets)
@@ -8793,35 +9422,14 @@ class Resurrect(object):
         return [], None
 
     def conversation_exists(self, rec):
-        agent, tid = rec["agent"], rec["id"]
-        if agent == "claude":
-            projects = os.path.join(self.paths["claude"], "projects")
-            for d in dir_entries(projects):
-                p = os.path.join(projects, d, tid + ".jsonl")
-                try:
-                    if os.path.getsize(p) > 0:
-                        return True
-                except OSError:
-                    continue
-            return False
-        if agent == "codex":
-            return any(codex_id_from_path(p) == tid for p in self._codex_rollouts())
-        if agent == "opencode":
-            import sqlite3
-            try:
-                return bool(sqlite_rows(self.paths["opencode_db"], "SELECT 1 FROM session WHERE id = ?", (tid,)))
-            except sqlite3.Error:
-                return False
-        if agent in ("gemini", "qwen", "pi"):
-            return more_conversation_exists(self.paths, agent, tid)
-        return True  # Amp keeps threads on its servers: nothing local to check
+        return conversation_exists(rec["agent"], rec["id"], self.paths[rec["agent"]])
 
     def pane_state(self, target):
         fmt = FS.join(("#{pane_id}", "#{pane_pid}", "#{pane_current_command}", "#{@opensessions-restored}",
                        "#{cursor_y}", "#{pane_dead}", "#{pane_tty}"))
         out = self.tmux.run("display-message", "-p", "-t", target, fmt).rstrip("\n").split(FS)
-        return {"pane": out[0], "pid": _int(out[1]), "command": out[2], "restored": out[3],
-                "cursor_y": _int(out[4]), "dead": out[5] == "1", "tty": out[6] if len(out) > 6 else ""}
+        return {"pane": out[0], "pid": as_number(out[1], 0, int, text=True), "command": out[2], "restored": out[3],
+                "cursor_y": as_number(out[4], 0, int, text=True), "dead": out[5] == "1", "tty": out[6] if len(out) > 6 else ""}
 
     def wait_for_prompt(self, target, timeout=10.0):
         """The shell is ready when its prompt is drawn: the cursor line has text and stays the same."""
@@ -8915,7 +9523,8 @@ class Resurrect(object):
         agent, tid, cwd = rec["agent"], rec["id"], rec.get("cwd")
         typed_rec, notes = dict(rec), []
         cwd_gone = bool(cwd) and not os.path.isdir(cwd)
-        if cwd_gone and agent in RESUME_ANYWHERE:
+        resumes_anywhere = AGENT_SPECS[agent].resumes_anywhere
+        if cwd_gone and resumes_anywhere:
             typed_rec["cwd"] = None
             notes.append("directory %s is gone; %s resumes by id from the pane's directory" % (cwd, agent))
         program = rec.get("program")
@@ -8939,9 +9548,9 @@ class Resurrect(object):
             return skip(target, "busy with %s (pid %d); not typing %s %s" % (running[0], running[1], agent, tid))
         if not self.conversation_exists(rec):
             return skip(target, "%s conversation %s no longer exists; left the shell" % (agent, tid))
-        if cwd_gone and agent not in RESUME_ANYWHERE:
-            why = ("not resuming %s %s: its directory %s is gone (Claude resumes a conversation only from "
-                   "its project directory)" % (agent, tid, cwd))
+        if cwd_gone and not resumes_anywhere:
+            why = ("not resuming %s %s: its directory %s is gone (%s resumes a conversation only from "
+                   "the directory it ran in)" % (agent, tid, cwd, AGENT_SPECS[agent].title))
             if not dry_run:
                 self.tell_pane(st, why)
             return skip(target, why + "; left the shell")
@@ -9216,6 +9825,42 @@ class SidebarModel(object):
         self.connected = False
         self.stopped = None  # the line to show while the server is stopped on purpose
         self._selected_own = None  # the own session we last selected by ourselves
+
+    # -- what the app tells it (the app sets no field of the model directly) --------------------
+    def receive(self, state, own_session=None):
+        """A new /state snapshot, and the session this sidebar's pane is in now (None: unknown)."""
+        if own_session is not None:
+            self.own_session = own_session
+        self.set_state(state)
+
+    def set_connected(self, connected):
+        self.connected = bool(connected)
+
+    def server_stopped(self, line):
+        """The server was stopped on purpose (`line`: what to show, nothing stale with it), or
+        runs again (None)."""
+        self.stopped = line
+        if line:
+            self.state = None  # what it showed is no longer followed
+
+    def set_preview(self, item, lines=(), error=None):
+        """The last lines of a thread's pane, or why there are none."""
+        self.preview = {"item": item, "lines": list(lines)}
+        if error:
+            self.preview["error"] = error
+
+    def say(self, message):
+        """A line for the footer (until the next key)."""
+        self.message = message
+
+    def tick(self):
+        """The next frame of the spinner."""
+        self.frame += 1
+
+    def viewed(self, view):
+        """What the last render showed (render_view's view): the list's and the help's scroll, and
+        the thread whose pane the preview wants (None: none is shown, none is read)."""
+        self.scroll, self.help_scroll, self.preview_wanted = view["scroll"], view["help_scroll"], view["preview"]
 
     # -- data --------------------------------------------------------------------------------
     def set_state(self, state):
@@ -9627,34 +10272,41 @@ class _Screen(object):
 
 def render(model, width, height, now=None):
     """The whole screen as rows: [(item or None, [(text, style), ...]), ...], at most height rows.
+    Pure (render_view also says where the rows are scrolled to)."""
+    return render_view(model, width, height, now)[0]
 
-    Styles are theme keys plus 'sel' (selected row background). Pure. A header row, the body
-    (the list and the detail panel, or the help or the theme picker), and a footer for prompts
-    and messages that always stays on screen.
-    """
+
+def render_view(model, width, height, now=None):
+    """-> (rows, view). Rows as render(); styles are theme keys plus 'sel' (selected row background).
+    A header row, the body (the list and the detail panel, or the help or the theme picker), and a
+    footer for prompts and messages that always stays on screen. `view` is what the rows show, for
+    the model to keep (SidebarModel.viewed): {"scroll", "help_scroll": where the list and the help
+    are scrolled to, "preview": the thread whose pane the preview shows, or None}. Pure."""
     scr = _Screen(model, width, now)
     _render_header(scr)
     footer = _Screen(model, width, now)
     _render_footer(footer)
     room = max(1, height - 1 - len(footer.rows))
     body = _Screen(model, width, now)
+    view = {"scroll": model.scroll, "help_scroll": model.help_scroll, "preview": None}
     if model.stopped:  # the server was stopped on purpose: one calm line, nothing stale
         body.line(None, [(model.stopped, "muted")])
         rows = body.rows[:room]
     elif model.mode == "help":
         _render_help(body)
-        model.help_scroll = max(0, min(model.help_scroll, len(body.rows) - room))
-        rows = body.rows[model.help_scroll:model.help_scroll + room]
+        top = view["help_scroll"] = max(0, min(model.help_scroll, len(body.rows) - room))
+        rows = body.rows[top:top + room]
     elif model.mode == "theme":
         _render_themes(body)
         rows = body.rows[:room]
     elif model.popup:
-        rows = _render_popup(body, room)
+        rows, view["scroll"], view["preview"] = _render_popup(body, room)
     else:
         _render_list(body, room)
-        rows = _scroll(model, body.rows, room)
-        rows += _render_preview(model, width, now, room - len(rows), sidebar=True)
-    return (scr.rows + rows + footer.rows)[:height]
+        rows, view["scroll"] = _scroll(model, body.rows, room)
+        preview, view["preview"] = _render_preview(model, width, now, room - len(rows), sidebar=True)
+        rows += preview
+    return (scr.rows + rows + footer.rows)[:height], view
 
 
 def popup_groups(state):
@@ -9683,7 +10335,8 @@ def popup_groups(state):
 
 
 def _render_popup(scr, room):
-    """The agents popup: groups of threads, then the selected thread's preview below them."""
+    """The agents popup: groups of threads, then the selected thread's preview below them.
+    -> (rows, scroll, the thread the preview wants)."""
     model = scr.model
     groups = popup_groups(model.state)
     if not groups:
@@ -9703,18 +10356,17 @@ def _render_popup(scr, room):
             elif name == "error" and t.get("detail"):
                 scr.line(item, [("    " + t["detail"], "sel" if sel else "error")])
     list_room = max(3, room // 2) if model.selected else room
-    rows = _scroll(model, scr.rows, min(room, list_room) if len(scr.rows) > list_room else room)
-    return rows + _render_preview(model, scr.w, scr.now, room - len(rows))
+    rows, scroll = _scroll(model, scr.rows, min(room, list_room) if len(scr.rows) > list_room else room)
+    preview, wanted = _render_preview(model, scr.w, scr.now, room - len(rows))
+    return rows + preview, scroll, wanted
 
 
 def _render_preview(model, width, now, room, sidebar=False):
     """The last lines of the selected thread's pane (fetched by the app while shown), under a rule.
-    Sets model.preview_wanted to the thread when there is room, so nothing is read otherwise."""
+    -> (rows, the thread wanted): a thread only when there is room, so nothing is read otherwise."""
     item = model.selected if model.selected and model.selected[0] == "thread" else None
     if item is None or room < (6 if sidebar else 3):
-        model.preview_wanted = None
-        return []
-    model.preview_wanted = item
+        return [], None
     scr = _Screen(model, width, now)
     scr.line(None, [(scr.g["sep"] * scr.w, "muted")])
     p = model.preview if model.preview and model.preview.get("item") == item else None
@@ -9723,7 +10375,7 @@ def _render_preview(model, width, now, room, sidebar=False):
         lines = [p["error"]]
     for line in lines[-(room - 1):]:
         scr.line(item, [(line, "muted" if not p or p.get("error") else "fg")])
-    return scr.rows
+    return scr.rows, item
 
 
 GROUP_STYLE = {"waiting": "waiting", "error": "error", "finished unseen": "done", "running": "running",
@@ -9780,7 +10432,7 @@ def _render_list(scr, room):
     for s in sessions:
         _render_session(scr, s)
         if s["name"] == (model.selected or (None, None))[1]:
-            detail_rows = _detail(model, s, scr)
+            detail_rows = _session_panel(model, s, scr)
     # the detail panel for the selected session goes below the list (always when a thread in it is selected)
     in_detail = model.selected is not None and model.selected[0] == "thread" and model.filter_mode != "attention"
     if detail_rows and (room - len(scr.rows) > 3 or in_detail):
@@ -9887,7 +10539,7 @@ def token_text(n):
 
 def cost_text(cost, row=False):
     """USD for the sidebar and the CLI; '' when unknown (and, on a row, when nothing was spent)."""
-    if not finite_number(cost) or (row and cost <= 0):
+    if as_number(cost) is None or (row and cost <= 0):
         return ""
     if cost >= 100:
         return "$%d" % round(cost)
@@ -9911,7 +10563,7 @@ def usage_text(u):
     return " ".join(parts)
 
 
-def _detail(model, s, scr):
+def _session_panel(model, s, scr):
     """The selected session in full: directory, status, progress, threads, ports, logs."""
     g, now = scr.g, scr.now
     panel = _Screen(model, scr.w, now)
@@ -9987,19 +10639,20 @@ def pane_tree(s):
 
 
 def _scroll(model, rows, height):
-    """Keep the selected row on screen."""
+    """Keep the selected row on screen, moving as little as possible from model.scroll.
+    -> (the rows shown, the scroll they start at)."""
     if len(rows) <= height:
-        model.scroll = 0
-        return rows
+        return rows, 0
+    scroll = model.scroll
     sel_rows = [i for i, r in enumerate(rows) if r[0] is not None and r[0] == model.selected]
     if sel_rows:
         first = sel_rows[0]
-        if first < model.scroll:
-            model.scroll = first
-        elif sel_rows[-1] >= model.scroll + height:
-            model.scroll = sel_rows[-1] - height + 1
-    model.scroll = max(0, min(model.scroll, len(rows) - height))
-    return rows[model.scroll:model.scroll + height]
+        if first < scroll:
+            scroll = first
+        elif sel_rows[-1] >= scroll + height:
+            scroll = sel_rows[-1] - height + 1
+    scroll = max(0, min(scroll, len(rows) - height))
+    return rows[scroll:scroll + height], scroll
 
 
 def _render_footer(scr):
@@ -10019,8 +10672,8 @@ def _render_footer(scr):
                 typed = more + typed
                 break
         scr.line(None, [(typed, "fg")])
-    elif model.message:
-        for part in wrap(scr.clean(model.message), w)[:3]:
+    elif model.message or model.ui().get("error"):
+        for part in wrap(scr.clean(model.message or model.ui()["error"]), w)[:3]:
             scr.line(None, [(part, "waiting")])
 
 
@@ -10250,16 +10903,15 @@ class SidebarApp(object):
             except InterruptedError:
                 ready = [0]
             if not ready:
-                self.model.frame += 1
+                self.model.tick()
             if self._winch[0] in ready:
                 self._resized()
             if self.stream.wake_fd in ready:
                 state = self.stream.take()
                 if state is not None:
-                    self.model.own_session = self._own_session(state)
-                    self.model.set_state(state)
+                    self.model.receive(state, self._own_session(state))
                     self._colors(state.get("ui") or {})
-                self.model.connected = self.stream.connected
+                self.model.set_connected(self.stream.connected)
                 self._stopped_state()
             if 0 in ready:
                 if self._keys() == "quit":
@@ -10269,11 +10921,10 @@ class SidebarApp(object):
         """Server stopped on purpose: one calm line saying so and which key starts it again."""
         if self.stream.stopped and not self.model.stopped:
             key = _tmux_option(self.tmux, "@opensessions-bound-key") or "o"
-            self.model.stopped = "stopped: prefix %s s starts it" % key
-            self.model.state = None  # what it showed is no longer followed
+            self.model.server_stopped("stopped: prefix %s s starts it" % key)
             self.last_rows = []
         elif not self.stream.stopped and self.model.stopped:
-            self.model.stopped = None
+            self.model.server_stopped(None)
             self.last_rows = []
 
     def _fetch_preview(self):
@@ -10281,18 +10932,18 @@ class SidebarApp(object):
         item = self.model.preview_wanted
         self._preview_at = time.monotonic()
         if self.get is None or item is None:
-            self.model.preview = {"item": item, "lines": [], "error": "no preview"}
+            self.model.set_preview(item, error="no preview")
             return
         h, _ = self.scr.getmaxyx()
         try:
             status, body = self.get("/api/preview?thread=%s:%s&lines=%d" % (item[2], item[3], max(3, min(60, h))))
             doc = json.loads(body.decode("utf-8")) if body else {}
             if status == 200:
-                self.model.preview = {"item": item, "lines": doc.get("lines") or []}
+                self.model.set_preview(item, doc.get("lines") or [])
             else:
-                self.model.preview = {"item": item, "lines": [], "error": doc.get("error") or "no preview"}
+                self.model.set_preview(item, error=doc.get("error") or "no preview")
         except (OSError, ValueError) as e:
-            self.model.preview = {"item": item, "lines": [], "error": "no preview: %s" % e}
+            self.model.set_preview(item, error="no preview: %s" % e)
 
     def _watch_resize(self):
         """A width change redraws at once: SIGWINCH wakes the select() through a pipe (curses only
@@ -10353,7 +11004,7 @@ class SidebarApp(object):
             else:
                 actions = self.model.key(ch)
             for action in actions:
-                if self._do(action) == "quit":
+                if self.carry_out(action) == "quit":
                     return "quit"
             self._draw()
 
@@ -10407,7 +11058,8 @@ class SidebarApp(object):
     def _draw(self):
         import curses
         h, w = self.scr.getmaxyx()
-        self.rows = render(self.model, w, h)
+        self.rows, view = render_view(self.model, w, h)
+        self.model.viewed(view)
         for y in range(h):
             row = self.rows[y] if y < len(self.rows) else (None, [])
             selected = row[0] is not None and row[0] == self.model.selected
@@ -10456,7 +11108,7 @@ class SidebarApp(object):
         try:
             self.tmux.run(*args)
         except TmuxError as e:
-            self.model.message = str(e)
+            self.model.say(str(e))
 
     def _reply(self, thread, action, text):
         """POST /api/reply; the server's answer (or its reason for refusing) goes to the footer."""
@@ -10466,15 +11118,15 @@ class SidebarApp(object):
         try:
             if self.post:
                 self.post("/api/reply", body)
-            self.model.message = {"approve": "approved", "approve-always": "approved (always)",
-                                  "deny": "denied", "text": "sent"}[action]
+            self.model.say({"approve": "approved", "approve-always": "approved (always)",
+                            "deny": "denied", "text": "sent"}[action])
         except OSError as e:
             reason = str(e)
             try:
                 reason = json.loads(reason).get("error") or reason
             except (ValueError, AttributeError):
                 pass
-            self.model.message = "not sent: %s" % reason
+            self.model.say("not sent: %s" % reason)
 
     def _move_clients_off(self, name):
         """Killing the session a client views would detach it: move such clients elsewhere first."""
@@ -10486,7 +11138,9 @@ class SidebarApp(object):
             if c["session"] == name:
                 self.tmux.run("switch-client", "-c", c["name"], "-t", "=" + target)
 
-    def _do(self, action):
+    def carry_out(self, action):
+        """Carry out one of the model's actions (see SidebarModel) through tmux, the server or an
+        opener; a failure goes to the footer. -> "quit" when the sidebar should end."""
         import subprocess
         kind = action[0]
         try:
@@ -10504,7 +11158,7 @@ class SidebarApp(object):
             elif kind == "new":
                 directory = os.path.expanduser(action[2])
                 if not os.path.isdir(directory):
-                    self.model.message = "no such directory: %s" % directory
+                    self.model.say("no such directory: %s" % directory)
                     return None
                 self.tmux.run("new-session", "-d", "-s", tmux_literal(action[1]), "-c", tmux_literal(directory))
                 self._switch("=" + action[1])
@@ -10513,8 +11167,8 @@ class SidebarApp(object):
                 wanted = "open" if sys.platform == "darwin" else "xdg-open"
                 opener = shutil.which(wanted)
                 if not opener:
-                    self.model.message = "cannot open http://localhost:%d: %s is not installed%s" % (
-                        action[1], wanted, " (xdg-utils)" if wanted == "xdg-open" else "")
+                    self.model.say("cannot open http://localhost:%d: %s is not installed%s" % (
+                        action[1], wanted, " (xdg-utils)" if wanted == "xdg-open" else ""))
                     return None
                 subprocess.Popen([opener, "http://localhost:%d" % action[1]], stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -10528,9 +11182,9 @@ class SidebarApp(object):
                 except TmuxError:
                     self.tmux.run("select-pane", "-t", "{next}")
         except TmuxError as e:
-            self.model.message = str(e)
+            self.model.say(str(e))
         except OSError as e:
-            self.model.message = "server: %s" % e
+            self.model.say("server: %s" % e)
         return None
 
 
@@ -10567,115 +11221,97 @@ SIDEBAR_SLEEPER = ("sh", "-c", "printf '%s\\n\\n%s\\n' ' opensessions' ' prefix 
                    " exec sleep 2147483647")
 
 
-class SidebarPanes(object):
-    """Keeps a sidebar pane in every window while the sidebar is shown (server side).
+def shown_windows(sessions, clients):
+    """Windows a client looks at: each terminal client's current window, and every window of the
+    session a control-mode client that takes pane output (e.g. iTerm2's tmux integration: windows as
+    tabs) is attached to. Ours (no-output) shows nothing. Pure."""
+    shown = set()
+    for c in clients:
+        if not c.get("control"):
+            shown.add(c.get("window"))
+        elif not c.get("noOutput"):
+            for s in sessions:
+                if s["id"] == c.get("sessionId"):
+                    shown.update(w["id"] for w in s["windows"])
+    shown.discard(None)
+    return shown
 
-    Runs after every tmux refresh: new windows get one, the width is put back after splits,
-    resizes and layout changes, a window left with only its sidebar is closed (or, if it is the
-    session's last window, gets a fresh shell, so the session never dies for it), and hiding
-    parks the panes in the hidden session _os_stash so they come back without restarting.
 
-    Only the windows a client shows (and SIDEBAR_WARM more, the ones clients left last) run the
-    curses sidebar; the others hold a placeholder (@opensessions-asleep). When a client switches to
-    a window whose sidebar sleeps, the running sidebar of the window it left (the free one shown
-    last) is swapped into it (swap-pane: one tmux command, the sidebar already drawn, its cursor and
-    filter coming along) and the placeholder goes where that one was; only when no running sidebar
-    is free does the placeholder become one (respawn-pane).
-    """
+class SidebarPlan(object):
+    """The decisions of SidebarPanes, pure: from tmux's sessions and clients, the preferences and
+    what SidebarPanes remembers (`memory`: when each window was last shown, windows whose focused
+    sidebar left, when each pane was last fixed), the tmux steps that put every window's sidebar
+    right, and the memory after them. Nothing runs here: run_sidebar_steps carries the steps out.
 
-    def __init__(self, server, command, warm=SIDEBAR_WARM, clock=time.monotonic):
-        self.server = server
-        self.command = command  # the shell command that runs `opensessions sidebar`
+    Steps: ("run", args): one tmux command (a failure ends the round); ("each", args): one pane's
+    command (a pane gone meanwhile costs only that step); ("split", args, window id, asleep): a new
+    sidebar pane (tmux prints its id), then marked as ours."""
+
+    def __init__(self, sessions, clients, ui, memory, now, command, warm=SIDEBAR_WARM):
+        self.sessions = sessions
+        self.clients = clients
+        self.ui = ui
+        self.shown_at = dict(memory.get("shown_at") or {})
+        self.focused = set(memory.get("focused") or ())
+        self.fixed = dict(memory.get("fixed") or {})
+        self.now = now
+        self.command = command
         self.warm = warm
-        self.clock = clock
-        self.busy = False
-        self.fixed = {}  # pane -> when we last corrected its place or width
-        self.shown_at = {}  # window id -> when a client last showed it
-        self.focused = set()  # windows whose focused sidebar left for another window
-        self.follow_ups = 0  # refreshes asked for in a row after changing panes
+        self.steps = []
+        self.refresh_in = None  # a fix that must wait: seconds until the next look
 
-    def sync(self):
-        if self.busy:
-            return
-        self.busy = True
-        try:
-            changed = self._sync()
-        except TmuxError as e:
-            log("sidebar panes: %s" % e)
-            changed = False
-        except Exception as e:  # it runs first in every refresh: a slip here must not stop the rest
-            log("sidebar panes: %s: %s" % (type(e).__name__, e))
-            changed = False
-        finally:
-            self.busy = False
-        # What we changed is read back at once (tmux tells a control client about other sessions'
-        # panes only once a second): at most a few rounds in a row, so nothing can loop.
-        self.follow_ups = self.follow_ups + 1 if changed else 0
-        if changed and self.follow_ups <= 4:
-            self.server.schedule_refresh()
+    def memory(self):
+        return {"shown_at": self.shown_at, "focused": self.focused, "fixed": self.fixed}
 
-    def shown_windows(self):
-        """Windows a client looks at: each terminal client's current window, and every window of
-        the session a control-mode client that takes pane output (e.g. iTerm2's tmux integration:
-        windows as tabs) is attached to. Ours (no-output) shows nothing."""
-        store = self.server.store
-        shown = set()
-        for c in store.clients:
-            if not c.get("control"):
-                shown.add(c.get("window"))
-            elif not c.get("noOutput"):
-                for s in store.sessions:
-                    if s["id"] == c.get("sessionId"):
-                        shown.update(w["id"] for w in s["windows"])
-        shown.discard(None)
-        return shown
+    def _stash(self):
+        return next((s for s in self.sessions if s["name"] == STASH_SESSION), None)
 
-    def _sync(self):
-        store = self.server.store
-        ui = store.ui
-        tmux = self.server.tmux
-        stash = store.session_by_name(STASH_SESSION)
+    def plan(self):
+        """-> the steps (also in self.steps)."""
+        ui = self.ui
+        stash = self._stash()
         parked = [p for w in (stash or {}).get("windows", []) for p in w["panes"] if p["sidebar"]]
-        shown = self.shown_windows()
-        now = self.clock()
+        shown = shown_windows(self.sessions, self.clients)
         windows = set()
-        for s in store.sessions:
+        for s in self.sessions:
             windows.update(w["id"] for w in s["windows"])
         self.shown_at = {w: t for w, t in self.shown_at.items() if w in windows}
         self.focused &= windows
         for w in shown:
-            self.shown_at[w] = now
+            self.shown_at[w] = self.now
         # running sidebars no client looks at: the next shown window takes one of these
         spare = len([p for w, p in self._slots() if w not in shown and not p.get("sidebarAsleep")])
-        changed = moved_panes = False
-        for s in store.visible_sessions():
+        moved_panes = False
+        for s in self.sessions:
+            if s["name"].startswith(HIDDEN_SESSION_PREFIX):
+                continue
             for w in s["windows"]:
                 sidebars = [p for p in w["panes"] if p["sidebar"]]
                 work = [p for p in w["panes"] if not p["sidebar"]]
                 if not ui["visible"]:
                     for p in sidebars:
-                        self._park(p, w["id"], stash)
+                        self._park(p, stash)
                         stash = stash or {"windows": []}
-                        changed = moved_panes = True
+                        moved_panes = True
                     continue
                 if sidebars and not work:
                     if len(s["windows"]) > 1:
-                        tmux.run("kill-window", "-t", w["id"])
+                        self._run("kill-window", "-t", w["id"])
                     else:
-                        tmux.run("split-window", "-h", "-t", sidebars[0]["id"], "-c",
-                                 tmux_literal(s.get("dir") or home_dir()))
-                        self._place(sidebars[0]["id"], ui)
-                    changed = moved_panes = True
+                        self._run("split-window", "-h", "-t", sidebars[0]["id"], "-c",
+                                  tmux_literal(s.get("dir") or home_dir()))
+                        self._run("resize-pane", "-t", sidebars[0]["id"], "-x", ui["width"])  # back at its side
+                    moved_panes = True
                     continue
                 for extra in sidebars[1:]:
-                    tmux.run("kill-pane", "-t", extra["id"])
-                    changed = moved_panes = True
+                    self._run("kill-pane", "-t", extra["id"])
+                    moved_panes = True
                 if not sidebars:
                     mine = next((p for p in parked if p.get("sidebarWindow") == w["id"]), None) or \
                         next(iter(parked), None)
                     if mine is not None:
                         parked.remove(mine)
-                        self._join(mine["id"], work[0]["id"], w["id"], ui)
+                        self._join(mine["id"], work[0]["id"], w["id"])
                     else:
                         # a shown window takes a spare next round (swapped in: drawn at once);
                         # else it starts one; a window nobody looks at gets one while fewer than
@@ -10686,27 +11322,26 @@ class SidebarPanes(object):
                         else:
                             live = spare < self.warm
                             spare += 1 if live else 0
-                        self._split(work[0]["id"], w["id"], ui, s.get("dir"), live)
-                    changed = moved_panes = True
+                        self._split(work[0]["id"], w["id"], s.get("dir"), live)
+                    moved_panes = True
                 elif w.get("width", 0) > ui["width"] + 10:
                     sb = sidebars[0]
                     edge = sb["left"] == 0 if ui["position"] == "left" else sb["left"] + sb["width"] == w["width"]
                     moved = sb["top"] != 0 or sb["height"] != w.get("height", sb["height"]) or not edge
                     if (moved or sb["width"] != ui["width"]) and self._may_fix(sb["id"]):
                         if moved:  # a layout (tiled, main-vertical…) moved it: back to a full-height column
-                            self._join(sb["id"], work[0]["id"], w["id"], ui)
+                            self._join(sb["id"], work[0]["id"], w["id"])
                         else:
-                            tmux.run("resize-pane", "-t", sb["id"], "-x", ui["width"])
-                        changed = True
+                            self._run("resize-pane", "-t", sb["id"], "-x", ui["width"])
         if not moved_panes:  # every window has its one sidebar: now who runs and who sleeps
-            changed = self._balance(shown, ui["visible"]) or changed
-        return changed
+            self._balance(shown)
+        return self.steps
 
     def _slots(self):
         """(window id, sidebar pane) for every sidebar pane, parked ones included, each pane once
         (a window linked into two sessions is listed twice)."""
         out, seen = [], set()
-        for s in self.server.store.sessions:
+        for s in self.sessions:
             if s["name"].startswith(HIDDEN_SESSION_PREFIX) and s["name"] != STASH_SESSION:
                 continue
             for w in s["windows"]:
@@ -10716,49 +11351,44 @@ class SidebarPanes(object):
                         out.append((w["id"], p))
         return out
 
-    def _balance(self, shown, visible):
+    def _balance(self, shown):
         """Shown windows get a running sidebar (a spare swapped in, else the placeholder started),
-        `warm` spares are kept (the windows shown last), the rest sleep. -> whether anything changed."""
-        stash = self.server.store.session_by_name(STASH_SESSION)
+        `warm` spares are kept (the windows shown last), the rest sleep."""
+        stash = self._stash()
         stash_windows = {w["id"] for w in (stash or {}).get("windows", [])}
         slots = self._slots()
         left_over = [p for w, p in slots if w in stash_windows]
-        if visible and left_over:
+        if self.ui["visible"] and left_over:
             # every window has its sidebar: parked panes left over (their windows closed while
             # hidden) are not needed any more
             for p in left_over:
-                self._run_each(("kill-pane", "-t", p["id"]))
-            return True
+                self._each("kill-pane", "-t", p["id"])
+            return
         home = {p["id"]: (p.get("sidebarWindow") or w) if w in stash_windows else w for w, p in slots}
         work = {}  # window -> a work pane, to take the focus a placeholder must not hold
-        for s in self.server.store.sessions:
+        for s in self.sessions:
             for win in s["windows"]:
                 work.setdefault(win["id"], next((q["id"] for q in win["panes"] if not q["sidebar"]), None))
         free = [(w, p) for w, p in slots if w not in shown and not p.get("sidebarAsleep")]
         free.sort(key=lambda wp: -self.shown_at.get(wp[0], -1.0))  # most recently shown first
-        changed = False
         for w, p in slots:
             if w in shown and p.get("sidebarAsleep"):
                 if free:
                     fw, fp = free.pop(0)
-                    self._run_each(("swap-pane", "-d", "-Z", "-s", fp["id"], "-t", p["id"], ";",
-                                    "set-option", "-p", "-t", fp["id"], "@opensessions-window", home[p["id"]], ";",
-                                    "set-option", "-p", "-t", p["id"], "@opensessions-window", home[fp["id"]])
-                                   + self._unfocus(fw, fp, work) + self._refocus(w, fp["id"]))
+                    self._each("swap-pane", "-d", "-Z", "-s", fp["id"], "-t", p["id"], ";",
+                               "set-option", "-p", "-t", fp["id"], "@opensessions-window", home[p["id"]], ";",
+                               "set-option", "-p", "-t", p["id"], "@opensessions-window", home[fp["id"]],
+                               *(self._unfocus(fw, fp, work) + self._refocus(w, fp["id"])))
                 else:
                     self._wake(p["id"], self._refocus(w, p["id"]))
-                changed = True
         while len(free) > self.warm:
             w, p = free.pop()  # the least recently shown
             self._sleep(p["id"], self._unfocus(w, p, work))
-            changed = True
         if len(free) < self.warm:
             asleep = [(w, p) for w, p in slots if w not in shown and p.get("sidebarAsleep")]
             asleep.sort(key=lambda wp: -self.shown_at.get(wp[0], -1.0))  # most recently shown first
             for w, p in asleep[:self.warm - len(free)]:
                 self._wake(p["id"], self._refocus(w, p["id"]))
-                changed = True
-        return changed
 
     def _unfocus(self, window, pane, work):
         """A running sidebar that had the focus of its window leaves it to a placeholder: the
@@ -10775,79 +11405,156 @@ class SidebarPanes(object):
         self.focused.discard(window)
         return (";", "select-pane", "-t", pane)
 
-    def _run_each(self, args):
-        """One tmux command for one pane: a pane that went away meanwhile costs only this step."""
-        try:
-            self.server.tmux.run(*args)
-        except TmuxGone:
-            raise
-        except TmuxError as e:
-            log("sidebar panes: %s" % e)
-
-    def _wake(self, pane, more=()):
-        self._run_each(("respawn-pane", "-k", "-t", pane, self.command, ";",
-                        "set-option", "-p", "-u", "-t", pane, "@opensessions-asleep") + tuple(more))
-
-    def _sleep(self, pane, more=()):
-        self._run_each(("respawn-pane", "-k", "-t", pane) + SIDEBAR_SLEEPER + (
-            ";", "set-option", "-p", "-t", pane, "@opensessions-asleep", "1") + tuple(more))
-
-    def _may_fix(self, pane, clock=time.monotonic):
+    def _may_fix(self, pane):
         """At most one fix a second per pane, so a layout that refuses our width never makes us
-        spin; a fix that has to wait is retried when it may run."""
-        wait = 1.0 - (clock() - self.fixed.get(pane, -10.0))
+        spin; a fix that has to wait is looked at again when it may run."""
+        wait = 1.0 - (self.now - self.fixed.get(pane, -10.0))
         if wait > 0:
-            self.server.schedule_refresh(wait)
+            self.refresh_in = wait if self.refresh_in is None else min(self.refresh_in, wait)
             return False
-        self.fixed[pane] = clock()
+        self.fixed[pane] = self.now
         return True
 
-    def _flags(self, ui):
-        return ["-h", "-f", "-d", "-l", str(ui["width"])] + (["-b"] if ui["position"] == "left" else [])
+    # -- the steps ---------------------------------------------------------------------------------
+    def _run(self, *args):
+        self.steps.append(("run", args))
 
-    def _split(self, target, window_id, ui, cwd, live=True):
+    def _each(self, *args):
+        self.steps.append(("each", args))
+
+    def _wake(self, pane, more=()):
+        self._each("respawn-pane", "-k", "-t", pane, self.command, ";",
+                   "set-option", "-p", "-u", "-t", pane, "@opensessions-asleep", *more)
+
+    def _sleep(self, pane, more=()):
+        self._each(*(("respawn-pane", "-k", "-t", pane) + SIDEBAR_SLEEPER + (
+            ";", "set-option", "-p", "-t", pane, "@opensessions-asleep", "1") + tuple(more)))
+
+    def _flags(self):
+        return ["-h", "-f", "-d", "-l", str(self.ui["width"])] + (["-b"] if self.ui["position"] == "left" else [])
+
+    def _split(self, target, window_id, cwd, live=True):
         command = [self.command] if live else list(SIDEBAR_SLEEPER)
-        out = self.server.tmux.run("split-window", *(self._flags(ui) + [
-            "-t", target, "-c", tmux_literal(cwd or home_dir()), "-P", "-F", "#{pane_id}"] + command))
-        pane = out.strip()
-        if pane:
-            self._mark(pane, window_id, asleep=not live)
+        self.steps.append(("split", tuple(["split-window"] + self._flags() + [
+            "-t", target, "-c", tmux_literal(cwd or home_dir()), "-P", "-F", "#{pane_id}"] + command),
+            window_id, not live))
 
-    def _join(self, pane, target, window_id, ui):
-        self.server.tmux.run("join-pane", *(self._flags(ui) + ["-s", pane, "-t", target]))
-        self._mark(pane, window_id)
+    def _join(self, pane, target, window_id):
+        self._run(*(["join-pane"] + self._flags() + ["-s", pane, "-t", target]))
+        self._run(*sidebar_mark_args(pane, window_id))
 
-    def _mark(self, pane, window_id, asleep=None):
-        more = [] if asleep is None else [";", "set-option", "-p", "-t", pane, "@opensessions-asleep", "1"] \
-            if asleep else [";", "set-option", "-p", "-u", "-t", pane, "@opensessions-asleep"]
-        self.server.tmux.run("set-option", "-p", "-t", pane, "@opensessions-sidebar", "1", ";",
-                             "set-option", "-p", "-t", pane, "@opensessions-window", window_id, *more)
-
-    def _place(self, pane, ui):
-        """After a fresh work pane was split off a lone sidebar, put the sidebar back at its side."""
-        self.server.tmux.run("resize-pane", "-t", pane, "-x", ui["width"])
-
-    def _park(self, pane, window_id, stash):
-        tmux = self.server.tmux
+    def _park(self, pane, stash):
         if stash is None:
-            tmux.run("new-session", "-d", "-s", STASH_SESSION, "-x", "80", "-y", "24")
-        tmux.run("break-pane", "-d", "-s", pane["id"], "-t", "=%s:" % STASH_SESSION)
+            self._run("new-session", "-d", "-s", STASH_SESSION, "-x", "80", "-y", "24")
+        self._run("break-pane", "-d", "-s", pane["id"], "-t", "=%s:" % STASH_SESSION)
+
+
+def sidebar_mark_args(pane, window_id, asleep=None):
+    """tmux arguments that mark a pane as a sidebar of a window (and asleep or awake, when given)."""
+    more = [] if asleep is None else [";", "set-option", "-p", "-t", pane, "@opensessions-asleep", "1"] \
+        if asleep else [";", "set-option", "-p", "-u", "-t", pane, "@opensessions-asleep"]
+    return ["set-option", "-p", "-t", pane, "@opensessions-sidebar", "1", ";",
+            "set-option", "-p", "-t", pane, "@opensessions-window", window_id] + more
+
+
+def run_sidebar_steps(run, steps):
+    """Carry out SidebarPlan's steps with `run` (the tmux gateway's Tmux.run)."""
+    for step in steps:
+        if step[0] == "run":
+            run(*step[1])
+        elif step[0] == "each":
+            try:
+                run(*step[1])
+            except TmuxGone:
+                raise
+            except TmuxError as e:
+                log("sidebar panes: %s" % e)
+        elif step[0] == "split":
+            pane = run(*step[1]).strip()
+            if pane:
+                run(*sidebar_mark_args(pane, step[2], asleep=step[3]))
+
+
+class SidebarPanes(object):
+    """Keeps a sidebar pane in every window while the sidebar is shown (server side).
+
+    Runs after every tmux refresh: new windows get one, the width is put back after splits,
+    resizes and layout changes, a window left with only its sidebar is closed (or, if it is the
+    session's last window, gets a fresh shell, so the session never dies for it), and hiding
+    parks the panes in the hidden session _os_stash so they come back without restarting.
+
+    Only the windows a client shows (and SIDEBAR_WARM more, the ones clients left last) run the
+    curses sidebar; the others hold a placeholder (@opensessions-asleep). When a client switches to
+    a window whose sidebar sleeps, the running sidebar of the window it left (the free one shown
+    last) is swapped into it (swap-pane: one tmux command, the sidebar already drawn, its cursor and
+    filter coming along) and the placeholder goes where that one was; only when no running sidebar
+    is free does the placeholder become one (respawn-pane).
+
+    The decisions are SidebarPlan's (pure); this runs them. It is given only what it needs: the
+    tmux gateway, `world()` -> (sessions, clients, ui) as the server's store has them now, and the
+    server's schedule_refresh(delay).
+    """
+
+    def __init__(self, tmux, world, schedule_refresh, command, warm=SIDEBAR_WARM, clock=time.monotonic):
+        self.tmux = tmux
+        self.world = world
+        self.schedule_refresh = schedule_refresh
+        self.command = command  # the shell command that runs `opensessions sidebar`
+        self.warm = warm
+        self.clock = clock
+        self.busy = False
+        self.fixed = {}  # pane -> when we last corrected its place or width
+        self.shown_at = {}  # window id -> when a client last showed it
+        self.focused = set()  # windows whose focused sidebar left for another window
+        self.follow_ups = 0  # refreshes asked for in a row after changing panes
+
+    def sync(self):
+        if self.busy:
+            return
+        self.busy = True
+        try:
+            sessions, clients, ui = self.world()
+            plan = SidebarPlan(sessions, clients, ui, {"shown_at": self.shown_at, "focused": self.focused,
+                                                      "fixed": self.fixed}, self.clock(), self.command, self.warm)
+            steps = plan.plan()
+            self.shown_at, self.focused, self.fixed = plan.shown_at, plan.focused, plan.fixed
+            if plan.refresh_in is not None:
+                self.schedule_refresh(plan.refresh_in)  # a fix that had to wait
+            run_sidebar_steps(self.tmux.run, steps)
+            changed = bool(steps)
+        except TmuxError as e:
+            log("sidebar panes: %s" % e)
+            changed = False
+        except Exception as e:  # it runs first in every refresh: a slip here must not stop the rest
+            log("sidebar panes: %s: %s" % (type(e).__name__, e))
+            changed = False
+        finally:
+            self.busy = False
+        # What we changed is read back at once (tmux tells a control client about other sessions'
+        # panes only once a second): at most a few rounds in a row, so nothing can loop.
+        self.follow_ups = self.follow_ups + 1 if changed else 0
+        if changed and self.follow_ups <= 4:
+            self.schedule_refresh()
+
+    def shown_windows(self):
+        sessions, clients, _ = self.world()
+        return shown_windows(sessions, clients)
 
     def remove_all(self):
         """Kill every sidebar pane and the stash session (uninstall)."""
-        tmux = self.server.tmux
-        for s in self.server.store.sessions:
+        for s in self.world()[0]:
             for w in s["windows"]:
                 for p in w["panes"]:
                     if p["sidebar"]:
                         try:
-                            tmux.run("kill-pane", "-t", p["id"])
+                            self.tmux.run("kill-pane", "-t", p["id"])
                         except TmuxError:
                             pass
         try:
-            tmux.run("kill-session", "-t", "=" + STASH_SESSION)
+            self.tmux.run("kill-session", "-t", "=" + STASH_SESSION)
         except TmuxError:
             pass
+
 
 
 ##############################################################################
@@ -11177,7 +11884,7 @@ def status_lines(state, now=None):
 
 def usage_threads(state, saved=None, history=None):
     """Every thread with usage we know of: /state's (sessions' and orphans'), those the server's
-    saved file keeps (hidden helpers included) that /state no longer lists, and forgotten ones from
+    saved file keeps (subagents included) that /state no longer lists, and forgotten ones from
     the usage history (90 days). The freshest figure of a thread wins. -> list of dicts with "session"."""
     out = {}
     for doc in (history, saved):
@@ -11261,6 +11968,8 @@ def cmd_usage(args):
 
 def cmd_status(args):
     state = _get_state(args)
+    if (state.get("ui") or {}).get("error"):
+        sys.stderr.write("opensessions: %s\n" % state["ui"]["error"])
     if args.json:
         sys.stdout.write(json.dumps(state) + "\n")
         return 0
@@ -11305,9 +12014,13 @@ def build_server(tmux, port, explicit, environ):
     read_deadline = env_number("OPENSESSIONS_READ_DEADLINE", None, environ)
     if read_deadline is not None:
         server.read_deadline = max(0.1, read_deadline)
-    server.sidebars = SidebarPanes(server, _self_command() + " sidebar")
-    server.notifier = Notifier(server)
-    server.tmux_options = TmuxOptions(server)
+    server.sidebars = SidebarPanes(server.tmux, lambda: (server.store.sessions, server.store.clients, server.store.ui),
+                                   server.schedule_refresh, _self_command() + " sidebar")
+    store = server.store
+    server.notifier = Notifier(NotifierHost(
+        ui=lambda: store.ui, clients=lambda: store.clients, is_viewed=server.is_viewed, call_later=server.loop.call_later,
+        tmux_argv=server.tmux.argv, pane_tty=lambda pane: (store.session_of_pane(pane) or (None, None, {}))[2].get("tty")))
+    server.tmux_options = TmuxOptions(server.tmux.run)
     return server
 
 
@@ -11341,7 +12054,7 @@ def _agent_ancestor(agent, start_pid, probes=None, depth=12):
             comm, ppid = table[pid].comm, table[pid].ppid
         else:
             return None
-        if (table is None or comm in AGENT_COMMS) and classify_agent_process(comm, probes.args(pid)) == agent:
+        if (table is None or comm in agent_comms()) and classify_agent_process(comm, probes.args(pid)) == agent:
             return pid
         pid = ppid
     return None
@@ -11352,7 +12065,7 @@ def cmd_hook(args):
     try:
         raw = sys.stdin.buffer.read(MAX_BODY)
         payload = json.loads(raw.decode("utf-8"))
-        body = (gemini_hook_event if args.agent == "gemini" else hook_event)(args.agent, payload)
+        body = hook_event(args.agent, payload)
         if body is None:
             return 0
         if "pid" not in body:
@@ -11401,9 +12114,9 @@ def hook_log(message, environ=None, limit=HOOK_LOG_MAX):
 
 
 def cmd_install(args):
-    for line in install_agents(_self_command()) or ["already installed; nothing changed"]:
+    done = install_agents(_self_command())
+    for line in (done or ["already installed; nothing changed"]) + install_notes(done):
         print(line)
-    print("Codex asks to trust new hooks once (or start it with --dangerously-bypass-hook-trust).")
     return 0
 
 
@@ -11669,7 +12382,7 @@ def _tmux_setup(args):
     options = read_tmux_options(tmux)
     me = _self_command()
     if options["@opensessions-port"]:
-        args.port = _int(options["@opensessions-port"], None)
+        args.port = as_number(options["@opensessions-port"], None, int, text=True)
         me += " --port %d" % args.port
     key = options["@opensessions-key"]
     try:
@@ -11866,6 +12579,12 @@ def command_of(argv):
     return None
 
 
+def _words(items, last="and"):
+    """'a, b and c'."""
+    items = list(items)
+    return ", ".join(items[:-1]) + (" %s " % last if len(items) > 1 else "") + (items[-1] if items else "")
+
+
 def _command_table():
     """(name, function, one-line description, arguments) for every subcommand; an argument is
     (flags, argparse keywords), each with its help."""
@@ -11905,11 +12624,10 @@ def _command_table():
           (("--session",), dict(help="the session it is about (muted sessions stay quiet)")),
           (("--tone",), tone)]),
         ("hook", cmd_hook, "(called by agent hooks) report a hook payload from stdin",
-         [(("agent",), dict(choices=("claude", "codex", "gemini", "qwen"),
-                            help="the agent whose hook calls: claude, codex, gemini or qwen"))]),
-        ("install", cmd_install,
-         "add our Claude Code, Codex, Gemini CLI and Qwen Code hooks, the OpenCode plugin and the Pi extension"
-         " (idempotent, with backups)", []),
+         [(("agent",), dict(choices=hook_agents(), help="the agent whose hook calls: " + _words(hook_agents(), "or")))]),
+        ("install", cmd_install, "add our %s hooks, %s (idempotent, with backups)" % (
+            _words([s.title for s in AGENT_SPECS.values() if isinstance(s.install, HookInstall)]),
+            _words([s.install.what for s in AGENT_SPECS.values() if isinstance(s.install, FileInstall)])), []),
         ("uninstall", cmd_uninstall, "remove what `install` added, and nothing else", []),
         ("sidebar", cmd_sidebar, "run the curses sidebar in this pane", []),
         ("toggle", cmd_toggle, "show or hide the sidebar in every window", [display]),
@@ -11964,7 +12682,8 @@ def build_parser(command=None):
 
     p = argparse.ArgumentParser(
         prog="opensessions", parents=[common(True)],
-        description="Live status of AI coding agents (Claude Code, Codex, OpenCode, Amp) across tmux sessions. "
+        description="Live status of AI coding agents (%s) across tmux sessions. "
+                    % ", ".join(spec.title for spec in AGENT_SPECS.values()) +
                     "With no command: inside tmux, start the server; outside tmux, start a tmux session.")
     p.add_argument("--version", action="version", version="opensessions " + __version__)
     shared = common(False)
@@ -11978,6 +12697,105 @@ def build_parser(command=None):
             s.add_argument(*flags, **kw)
         s.set_defaults(func=func)
     return p
+
+
+class ParsedArgs(object):
+    """The parsed command line, as argparse's Namespace would hold it."""
+
+    def __init__(self, values):
+        self.__dict__.update(values)
+
+
+_GLOBAL_OPTIONS = {"-L": ("socket_name", None), "-S": ("socket_path", None), "--port": ("port", int)}
+_PLAIN_KEYWORDS = frozenset(("help", "metavar", "default", "type", "choices", "action", "nargs", "dest"))
+
+
+def parse_plainly(argv):
+    """argv parsed without argparse when it is plainly well formed, from the same command table:
+    `[-L N | -S P | --port N]... COMMAND POSITIONAL... [--option [VALUE] | --option=VALUE]...`.
+    -> ParsedArgs with what build_parser(COMMAND).parse_args(argv) would give, or None for anything
+    else (help, an unknown or abbreviated option, a value that starts with '-', a bad value, a
+    positional after an option...): argparse then parses it and words any error. Importing argparse
+    and building even one subcommand cost a client command ~10 ms."""
+    values = {dest: None for dest, _ in _GLOBAL_OPTIONS.values()}
+    i = 0
+    while i < len(argv) and argv[i] in _GLOBAL_OPTIONS:
+        if not _take_plain_value(values, _GLOBAL_OPTIONS[argv[i]], {}, argv[i + 1:i + 2]):
+            return None
+        i += 2
+    entry = next((e for e in _command_table() if i < len(argv) and e[0] == argv[i]), None)
+    if entry is None:
+        return None
+    name, func, _, arguments = entry
+    options = {flag: (dest, conv, {}) for flag, (dest, conv) in _GLOBAL_OPTIONS.items()}
+    positionals = []
+    for flags, kw in arguments:
+        if not _PLAIN_KEYWORDS.issuperset(kw) or kw.get("action", "store_true") != "store_true" \
+                or kw.get("nargs", "?") != "?":
+            return None
+        if not flags[0].startswith("-"):
+            if positionals and positionals[-1][1].get("nargs") == "?" and kw.get("nargs") != "?":
+                return None  # a required one after an optional one: argparse's matching, not ours
+            positionals.append((flags[0], kw))
+            values[flags[0]] = kw.get("default")
+            continue
+        dest = kw.get("dest") or next((f for f in flags if f.startswith("--")), flags[0]).lstrip("-").replace("-", "_")
+        default = kw.get("default", False if kw.get("action") else None)
+        if isinstance(default, str) and kw.get("type"):
+            default = kw["type"](default)
+        values[dest] = default
+        for f in flags:
+            options[f] = (dest, kw.get("type"), kw)
+    values.update(command=name, func=func)
+    rest, given, option_seen = argv[i + 1:], [], False
+    k = 0
+    while k < len(rest):
+        a = rest[k]
+        k += 1
+        if not a.startswith("-"):
+            if option_seen:
+                return None
+            given.append(a)
+            continue
+        option_seen = True
+        flag, eq, value = a.partition("=") if a.startswith("--") else (a, "", "")
+        if flag not in options:
+            return None
+        dest, conv, kw = options[flag]
+        if kw.get("action") == "store_true":
+            if eq:
+                return None
+            values[dest] = True
+            continue
+        if not eq:
+            if not _take_plain_value(values, (dest, conv), kw, rest[k:k + 1]):
+                return None
+            k += 1
+        elif not _take_plain_value(values, (dest, conv), kw, [value], explicit=True):
+            return None
+    required = sum(1 for _, kw in positionals if kw.get("nargs") != "?")
+    if not required <= len(given) <= len(positionals):
+        return None
+    for (dest, kw), text in zip(positionals, given):
+        if not _take_plain_value(values, (dest, kw.get("type")), kw, [text], explicit=True):
+            return None
+    return ParsedArgs(values)
+
+
+def _take_plain_value(values, target, kw, texts, explicit=False):
+    """Store texts[0], converted and checked as argparse would, under target's dest; False when
+    there is none, it looks like an option, or it does not convert or is not one of the choices."""
+    if not texts or (not explicit and texts[0].startswith("-")):
+        return False
+    dest, conv = target
+    try:
+        value = conv(texts[0]) if conv else texts[0]
+    except (TypeError, ValueError):
+        return False
+    if "choices" in kw and value not in kw["choices"]:
+        return False
+    values[dest] = value
+    return True
 
 
 def cmd_default(args):
@@ -12010,7 +12828,7 @@ class _HookArgs(object):
             elif a == "-S":
                 self.socket_path = next(it, None)
             elif a == "--port":
-                self.port = _int(next(it, None), None)
+                self.port = as_number(next(it, None), None, int, text=True)
             elif a != "hook" and self.agent is None:
                 self.agent = a
 
@@ -12041,10 +12859,11 @@ def main(argv=None):
     command = command_of(argv)
     if command == "hook" and "-h" not in argv and "--help" not in argv:
         args = _HookArgs(argv)
-        if args.agent in ("claude", "codex", "gemini", "qwen"):
+        if args.agent in hook_agents():
             return cmd_hook(args)
-    parser = build_parser(command)
-    args = parser.parse_args(argv)
+    args = parse_plainly(argv) if command else None
+    if args is None:
+        args = build_parser(command).parse_args(argv)
     func = getattr(args, "func", None) or cmd_default
     if getattr(args, "display", False):
         return _for_key_binding(func, args)

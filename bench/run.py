@@ -2,7 +2,7 @@
 """Measure what users feel, against targets: `python3 bench/run.py` (full, ~6 min) or `--quick` (~1 min).
 
 Builds its own workloads in a temp HOME and a private tmux socket from the real record shapes in
-../shared/agents-lab/fixtures, runs the real program (dist/opensessions.pyz, built fresh), and
+tests/fixtures (the captures), runs the real program (dist/opensessions.pyz, built fresh), and
 prints a table (figure, median, p95 / spread, target, pass) plus bench/results.json.
 Nothing here touches your tmux server or your home.
 """
@@ -23,7 +23,7 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-FIX = os.path.join(os.path.dirname(ROOT), "shared", "agents-lab", "fixtures")
+FIX = os.path.join(ROOT, "tests", "fixtures")  # the real captures the tests use
 PY = sys.executable
 sys.path.insert(0, ROOT)
 import opensessions  # noqa: E402  (only for its pure helpers: encodings, ids)
@@ -167,8 +167,8 @@ class World(object):
         WORLDS.append(self)
         self.home = os.path.join(self.base, "home")
         os.makedirs(self.home)
-        if dev_home:  # a HOME laid out like a real one (homes/dev, relocated so its paths are real)
-            subprocess.run([PY, os.path.join(os.path.dirname(FIX), "tools", "make_homes.py"), FIX, self.home,
+        if dev_home:  # a HOME laid out like a real one (the captures, placed so their paths are real)
+            subprocess.run([PY, os.path.join(FIX, "tools", "make_homes.py"), FIX, self.home,
                             "--home-path", self.home], check=True, stdout=subprocess.DEVNULL)
         os.makedirs(os.path.join(self.base, "run"), mode=0o700)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("TMUX", "XDG_", "CLAUDE", "CODEX", "OPENCODE"))}
@@ -1189,7 +1189,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a ~1 minute pass with fewer samples and shorter idle windows")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
-    ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home", "poll"],
+    ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home", "cli",
+                                       "save", "poll"],
                     help="run one group of figures")
     args = ap.parse_args()
     quick = args.quick
@@ -1205,6 +1206,15 @@ def main():
             bench_long_line(res, quick)
         if args.only == "dev-home":
             bench_dev_home(res, quick)
+        if args.only == "cli":
+            w = World(30)
+            try:
+                w.start_server()
+                bench_cli(w, res, 10 if quick else 20)
+            finally:
+                w.close()
+        if args.only == "save":
+            bench_save(res, 5 if quick else 10)
         if args.only == "poll":
             bench_poll_latency(res, quick)
             bench_poll_idle(res, quick)

@@ -22,8 +22,7 @@ sys.path.insert(0, ROOT)
 import opensessions  # noqa: E402
 
 SCRIPT = os.path.join(ROOT, "opensessions.py")
-LAB = os.path.join(os.path.dirname(ROOT), "shared", "agents-lab")
-FIXTURES = os.path.join(LAB, "fixtures")
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")  # real captures, one dir per agent (fixtures/README.md)
 PYTHON = sys.executable
 
 
@@ -54,6 +53,13 @@ def retry_until(fn, timeout=5.0, interval=0.01, message=None):
     raise AssertionError(message or "condition not met within %.1fs (last: %r)" % (timeout, last))
 
 
+def unused_port():
+    """A loopback port that nothing listened on a moment ago (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Env(object):
     """A temp HOME with XDG dirs and an environment that points at it."""
 
@@ -77,7 +83,9 @@ class Env(object):
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
         })
-        self.vars.pop("OPENSESSIONS_PORT", None)
+        # Not the default port 7391: the user's own server (or another checkout's) may listen there, and
+        # a client that finds no runtime file would talk to it. A port nothing listens on instead.
+        self.vars["OPENSESSIONS_PORT"] = str(unused_port())
 
 
 class TmuxServer(object):
@@ -277,18 +285,46 @@ def sse():
         r.close()
 
 
+_MAKE_HOMES = []
+
+
+def _make_homes():
+    if _MAKE_HOMES:
+        return _MAKE_HOMES[0]
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_homes", os.path.join(FIXTURES, "tools", "make_homes.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _MAKE_HOMES.append(module)
+    return module
+
+
 def lab_home(dest, home_path=None):
-    """A copy of the agents-lab fake HOME whose paths point at dest (tools/make_homes.py)."""
-    subprocess.run([PYTHON, os.path.join(LAB, "tools", "make_homes.py"), FIXTURES, dest,
-                    "--home-path", home_path or dest], check=True, stdout=subprocess.DEVNULL)
+    """A HOME laid out like a real user's from the captures (fixtures/tools/make_homes.py), its paths
+    pointing at dest (or home_path)."""
+    _make_homes().build(FIXTURES, dest, home_path or dest)
     return dest
+
+
+class FakeLoop(object):
+    """The server's event loop as the parts see it, driven by the test: call_later only records."""
+
+    def __init__(self):
+        self.timers = []
+
+    def call_later(self, delay, fn, *args):
+        self.timers.append((delay, fn, args))
+
+    def add_reader(self, fd, fn):
+        pass
 
 
 requires_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
 
 FAKE_AGENT = r"""#!/bin/sh
-# A fake agent: records its argv, optionally writes a Claude registry entry, stays alive cheaply.
+# A fake agent: records its argv, optionally writes a Claude registry entry, stays alive cheaply
+# (with FAKE_INPUT, recording each line typed into it).
 printf '%s\t%s\t%s\t%s\n' "$TMUX_PANE" "$PWD" "${0##*/}" "$*" >> "${FAKE_LOG:-/dev/null}"
 if [ -n "$FAKE_REGISTRY" ]; then
   mkdir -p "$FAKE_REGISTRY"
@@ -298,7 +334,9 @@ if [ -n "$FAKE_REGISTRY" ]; then
   trap 'rm -f "$reg"; exit 0' EXIT HUP TERM INT
 fi
 if [ -n "$FAKE_HOLD" ]; then exec 3>>"$FAKE_HOLD"; fi
-while read -r line; do :; done
+while read -r line; do
+  if [ -n "$FAKE_INPUT" ]; then printf '%s\t%s\n' "$TMUX_PANE" "$line" >> "$FAKE_INPUT"; fi
+done
 """
 
 
@@ -362,7 +400,9 @@ def attach(tmux):
     def open_(target):
         c = AttachedClient(tmux, target)
         clients.append(c)
-        retry_until(lambda: any(l.strip() for l in tmux.run("list-clients", "-F", "#{client_name}").splitlines()))
+        # this client, by its pid: any client listed would let a second attach return before it is there
+        retry_until(lambda: str(c.proc.pid) in tmux.run("list-clients", "-F", "#{client_pid}").split(),
+                    message="the client attached to %s did not show up" % target)
         return c
     yield open_
     for c in clients:

@@ -1,4 +1,5 @@
-"""The HTTP API and live tmux state, against a real server process and a real private tmux."""
+"""The HTTP API and live tmux state, against a real server process and a real private tmux: agent
+events, metadata for sessions that do not exist yet, ui validation."""
 import json
 import os
 import socket
@@ -290,3 +291,45 @@ def test_a_port_opened_in_a_pane_shows_in_its_session(server, tmux, env):
     assert server.session("main")["ports"] == []
     tmux.run("send-keys", "-t", "=web:0.0", "C-c", "")
     retry_until(lambda: server.session("web")["ports"] == [], timeout=10)
+
+
+def test_an_ambiguous_project_dir_is_not_a_match(server, tmux, env):
+    tmux.new_session("other", cwd=env.home)  # main and other both sit in HOME
+    retry_until(lambda: [p["cwd"] for w in (server.session("other") or {"windows": []})["windows"]
+                         for p in w["panes"]] == [env.home])
+    status, body = server.post("/api/agent-event", {"agent": "amp", "status": "running", "threadId": "T-a",
+                                                    "projectDir": env.home + "/sub"})
+    assert (status, body) == (202, {"matched": False})
+    proj = os.path.join(env.home, "proj")
+    os.makedirs(proj)
+    tmux.new_session("proj", cwd=proj)
+    retry_until(lambda: [p["cwd"] for w in (server.session("proj") or {"windows": []})["windows"]
+                         for p in w["panes"]] == [proj])
+    assert server.post("/api/agent-event", {"agent": "amp", "status": "running", "threadId": "T-b",
+                                            "projectDir": proj + "/x"})[0] == 204
+    assert [t["id"] for t in server.session("proj")["threads"]] == ["T-b"]
+
+
+def test_a_session_that_does_not_exist_is_kept_and_said(server, tmux, env):
+    for path, body in (("/set-status", {"session": "later", "text": "deploying"}),
+                       ("/set-progress", {"session": "later", "percent": 40}),
+                       ("/log", {"session": "later", "message": "step 1"}),
+                       ("/notify", {"session": "later", "message": "hello"})):
+        assert server.post(path, body) == (202, {"matched": False}), path
+    assert server.post("/set-status", {"session": "main", "text": "ok"})[0] == 204
+    assert server.post("/notify", {"message": "no session named"})[0] == 204
+    r = server.cli("set-status", "later", "still deploying")
+    assert r.returncode == 0 and r.stderr.decode() == \
+        "opensessions: no tmux session named later (kept for when it appears)\n"
+    r = server.cli("log", "main", "fine")
+    assert r.returncode == 0 and r.stderr == b""
+    tmux.new_session("later", cwd=env.home)
+    meta = retry_until(lambda: (server.session("later") or {}).get("metadata"))
+    assert meta["status"]["text"] == "still deploying" and meta["progress"]["percent"] == 40
+    assert [l["message"] for l in meta["logs"]] == ["step 1", "hello"]
+
+
+def test_an_unknown_theme_is_refused_with_the_names(server):
+    status, body = server.post("/ui", {"theme": "no-such"})
+    assert status == 400 and "nord" in body["error"] and "catppuccin-mocha" in body["error"]
+    assert server.post("/ui", {"theme": "nord"})[0] == 204

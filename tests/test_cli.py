@@ -1,13 +1,15 @@
-"""The command line: client commands, start/stop, the .pyz, --help, startup cost."""
+"""The command line: client commands, start/stop, one-line errors, the hook command, --help,
+start-up cost and the plain parser (client commands without argparse)."""
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import opensessions as os_
-from conftest import PYTHON, ROOT, SCRIPT, ServerProc, retry_until
+from conftest import PYTHON, ROOT, SCRIPT, retry_until
 
 
 @pytest.fixture(scope="module")
@@ -71,26 +73,6 @@ def test_start_and_stop(env, tmux):
     assert r.returncode == 0 and b"no opensessions server" in r.stdout
 
 
-def test_pyz_runs_the_server_and_clients(env, tmux, pyz):
-    with open(pyz, "rb") as f:
-        assert f.read(23) == b"#!/usr/bin/env python3\n"
-    s = ServerProc(env, tmux, argv=[PYTHON, pyz])
-    try:
-        r = s.cli("set-status", "main", "from pyz")
-        assert r.returncode == 0, r.stderr
-        assert s.session("main")["metadata"]["status"]["text"] == "from pyz"
-    finally:
-        s.stop()
-
-
-def test_pyz_is_byte_identical_on_rebuild(tmp_path, pyz):
-    other = str(tmp_path / "again.pyz")
-    subprocess.run([PYTHON, os.path.join(ROOT, "build_zipapp.py"), "--out", other], check=True,
-                   stdout=subprocess.DEVNULL)
-    with open(pyz, "rb") as a, open(other, "rb") as b:
-        assert a.read() == b.read()
-
-
 def test_help_lists_every_command():
     out = subprocess.run([PYTHON, SCRIPT, "--help"], stdout=subprocess.PIPE, check=True).stdout.decode()
     for cmd in ("server", "start", "stop", "status", "set-status", "set-progress", "log", "clear-log", "notify"):
@@ -100,11 +82,24 @@ def test_help_lists_every_command():
 def test_client_command_imports_nothing_heavy(server):
     code = ("import sys; sys.argv=['opensessions','-S',%r,'set-status','main','x'];"
             "import opensessions; rc=opensessions.main();"
-            "heavy=[m for m in ('curses','sqlite3','http.server','http.client','subprocess','email')"
-            " if m in sys.modules]; print(rc, heavy)") % server.tmux.socket
-    r = subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=server.vars, stdout=subprocess.PIPE,
+            "heavy=[m for m in ('curses','sqlite3','http.server','http.client','subprocess','email','argparse',"
+            "'socket','shutil') if m in sys.modules]; print(rc, heavy)") % server.tmux.socket
+    # -S as hooks and key bindings run it (site's own imports would hide ours)
+    r = subprocess.run([PYTHON, "-S", "-c", code], cwd=ROOT, env=server.vars, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, timeout=20)
     assert r.stdout.decode().strip() == "0 []", r.stdout + r.stderr
+
+
+def test_import_compiles_no_pattern():
+    """The module's regular expressions are compiled on first use, not by importing it."""
+    code = ("import opensessions as o; lazy=[n for n, v in vars(o).items() if isinstance(v, o.LazyPattern)];"
+            "print(len(lazy), [n for n in lazy if len(vars(getattr(o, n))) > 1])")
+    r = subprocess.run([PYTHON, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, check=True)
+    count, compiled = r.stdout.decode().split(" ", 1)
+    assert int(count) >= 10 and compiled.strip() == "[]"
+    p = os_.LazyPattern(r"^a(\d+)$")
+    assert p.match("a12").group(1) == "12" and p.sub("x", "a1") == "x" and p.match("b") is None
+    assert p.match.__self__ is p.search.__self__  # one compiled pattern, its methods kept on the instance
 
 
 def test_import_has_no_side_effects(tmp_path):
@@ -317,10 +312,15 @@ def test_main_job_outside_tmux_starts_a_session_with_the_sidebar(env):
             pass
     drain = __import__("threading").Thread(target=read_terminal, daemon=True)
     tmux = os_.Tmux(os_.tmux_socket_path(environ=vars_))
+
+    def sessions():
+        try:  # the socket file is there a moment before the server answers on it ("no server running")
+            return tmux.run("list-sessions", "-F", "#{session_name}").split()
+        except os_.TmuxError:
+            return []
     try:
         drain.start()
-        retry_until(lambda: "opensessions" in tmux.run("list-sessions", "-F", "#{session_name}").split()
-                    if os.path.exists(tmux.socket_path) else False, timeout=15)
+        retry_until(lambda: "opensessions" in sessions(), timeout=15)
         retry_until(lambda: "1" in tmux.run("list-panes", "-a", "-F", "#{@opensessions-sidebar}").split(),
                     timeout=15)
     finally:
@@ -330,3 +330,140 @@ def test_main_job_outside_tmux_starts_a_session_with_the_sidebar(env):
         proc.kill()
         proc.wait()
         os.close(master)
+
+
+# -- the plain parser: the same answers as argparse, or none -----------------------------------------
+
+def _argparse(argv):
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            return vars(os_.build_parser(os_.command_of(argv)).parse_args(argv))
+        except SystemExit:
+            return None
+
+
+def _tokens(name):
+    flags = [f for e in os_._command_table() if e[0] == name for flags, kw in e[3] for f in flags
+             if f.startswith("-")]
+    return flags + ["-S", "-L", "--port", "s", "hi there", "3", "2.5", "-5", "nan", "", "-", "--", "warn", "loud",
+                    "claude", "=x", "-h", "--help", "--tone=warn", "--tone=", "--clear=1", "--po", "-Sx", "@3", "7391"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_the_plain_parser_agrees_with_argparse(data):
+    name = data.draw(st.sampled_from(os_.COMMANDS))
+    before = data.draw(st.lists(st.sampled_from(["-S", "/tmp/s", "-L", "x", "--port", "80", "-5", "--tone"]),
+                                max_size=4))
+    after = data.draw(st.lists(st.sampled_from(_tokens(name)), max_size=7))
+    argv = before + [name] + after
+    plain = os_.parse_plainly(argv)
+    expected = _argparse(argv)
+    if plain is not None:
+        assert expected is not None, argv
+        assert {k: repr(v) for k, v in vars(plain).items()} == {k: repr(v) for k, v in expected.items()}, argv
+
+
+@pytest.mark.parametrize("argv", [
+    ["-S", "/tmp/s", "set-status", "main", "Deploying", "--tone", "warn"], ["set-status", "main", "--clear"],
+    ["set-progress", "main", "3", "10", "--label=services"], ["log", "main", "done", "--source", "ci"],
+    ["notify", "hi", "--session", "main"], ["hook", "claude"], ["next", "--display", "-c", "/dev/pts/1"],
+    ["switch", "2"], ["status", "--json"], ["mute", "main", "--off"], ["reply", "claude:x", "--text", "go on"],
+    ["save"], ["--port", "7391", "clear-log", "main"],
+])
+def test_the_plain_parser_takes_what_hooks_and_keys_send(argv):
+    plain = os_.parse_plainly(argv)
+    assert plain is not None and vars(plain) == _argparse(argv)
+
+
+def _run(env, argv, extra=None, stdin=None):
+    vars_ = dict(env.vars, **(extra or {}))
+    vars_.pop("TMUX", None)
+    return subprocess.run([PYTHON, SCRIPT] + argv, env=vars_, input=stdin, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=30)
+
+
+@pytest.mark.parametrize("argv,extra", [
+    (["kitty"], None), (["next"], None), (["layout"], None), (["toggle"], None), (["tmux-setup"], None),
+    (["uninstall-tmux"], None), (["focus"], None), (["switch", "1"], None),
+    (["--port", "99999", "status"], None), (["status", "--port", "-3"], None),
+    (["server"], {"OPENSESSIONS_RECENT_DAYS": "abc"}), (["server"], {"OPENSESSIONS_LIST_HOURS": "-1"}),
+    (["status"], {"OPENSESSIONS_PORT": "abc"}), (["start"], {"OPENSESSIONS_PORT": "70000"}),
+])
+def test_user_failures_are_one_line_and_non_zero(env, argv, extra):
+    """Without a tmux server (or with a bad setting): one line, no traceback, no doubled prefix."""
+    r = _run(env, ["-S", os.path.join(env.base, "no-tmux.sock")] + argv, extra)
+    err = r.stderr.decode()
+    assert r.returncode != 0, (argv, err)
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith("opensessions: ") and "opensessions: opensessions:" not in err, err
+    if extra:
+        assert list(extra)[0] in err
+
+
+def test_port_from_the_environment_is_used_not_ignored(env):
+    assert os_.env_port({"OPENSESSIONS_PORT": "8123"}) == 8123
+    assert os_.env_port({"OPENSESSIONS_PORT": ""}) is None
+    assert os_.find_server("/nonexistent/sock", {"OPENSESSIONS_PORT": "8123", "XDG_RUNTIME_DIR": env.base})[0] == 8123
+    for bad in ("abc", "-1", "65536", "1.5"):
+        with pytest.raises(os_.OpensessionsError, match="OPENSESSIONS_PORT=" + re_escape(bad)):
+            os_.env_port({"OPENSESSIONS_PORT": bad})
+
+
+def re_escape(s):
+    import re
+    return re.escape(s)
+
+
+def test_hook_never_fails_the_agent_and_writes_bugs_to_a_bounded_log(env):
+    log_path = os.path.join(env.home, ".local/state/opensessions/hook.log")
+    # no server: nothing to tell, nothing wrong, nothing logged
+    r = _run(env, ["-S", os.path.join(env.base, "x.sock"), "hook", "claude"],
+             stdin=b'{"hook_event_name": "Stop", "session_id": "0d3b3f4e-5f4e-4b8e-9a51-5f0c2c1a7e11"}')
+    assert r.returncode == 0 and r.stdout == b"" and r.stderr == b""
+    assert not os.path.exists(log_path)
+    # a payload that is not JSON (a bug on one side or the other): exit 0, silent, written down
+    r = _run(env, ["-S", os.path.join(env.base, "x.sock"), "hook", "codex"], stdin=b"{not json")
+    assert r.returncode == 0 and r.stdout == b"" and r.stderr == b""
+    with open(log_path) as f:
+        text = f.read()
+    assert "hook codex failed" in text and "Traceback" in text
+    # bounded: many failures never grow it past the limit, and the newest one is kept
+    envd = dict(env.vars)
+    for i in range(200):
+        os_.hook_log("failure %d %s" % (i, "x" * 300), envd, limit=8192)
+    assert os.path.getsize(log_path) <= 8192
+    with open(log_path) as f:
+        lines = f.read().splitlines()
+    assert lines[-1].split(" ")[2] == "199" and all(l.count(" ") >= 2 for l in lines)
+
+
+def test_a_server_stopped_on_purpose_is_not_started_by_a_sidebar(env, tmux, monkeypatch):
+    class Args(object):
+        socket_name = None
+        socket_path = tmux.socket
+        port = 0
+    monkeypatch.setattr(sys, "argv", [SCRIPT])
+    for k in list(os.environ):
+        monkeypatch.delenv(k)
+    for k, v in env.vars.items():
+        monkeypatch.setenv(k, v)
+    runtime = os_.RuntimeFiles(tmux.socket)
+    runtime.mark_stopped()
+    try:
+        os_.start_background(Args(), respect_stop=True)
+    except os_.ServerStopped:
+        pass
+    else:
+        raise AssertionError("a sidebar started a server stopped on purpose")
+    assert runtime.stopped() and runtime.live_info() is None
+    port, started = os_.start_background(Args())  # the user's command starts it, and clears the mark
+    info = runtime.live_info()
+    try:
+        assert started and not runtime.stopped()
+        assert os_.Client(port).request("GET", "/health")[0] == 200
+    finally:
+        os.kill(info["pid"], 15)
+    retry_until(lambda: runtime.live_info() is None, timeout=10)

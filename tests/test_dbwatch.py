@@ -200,9 +200,15 @@ def test_sqlite_ro_opens_immutable_only_without_a_writer(tmp_path):
     assert os_.sqlite_is_wal(db) and not os_.sqlite_is_wal(str(tmp_path / "missing.db"))
 
 
+def captured_opencode_db(tmp_path):
+    """The captured OpenCode database, built in a HOME of its own (fixtures/tools/make_homes.py)."""
+    return os.path.join(lab_home(str(tmp_path / "captured")), ".local", "share", "opencode", "opencode.db")
+
+
 def test_directories_made_while_the_watch_is_placed_are_not_missed(tmp_path):
     """The race of a first OpenCode install: each level of ~/.local/share/opencode is made just
     before the watch on its parent is in place (so that watch never sees it)."""
+    src = captured_opencode_db(tmp_path)
     home = str(tmp_path / "home")
     os.makedirs(home)
     w, server, reads = watchers(home)
@@ -216,9 +222,7 @@ def test_directories_made_while_the_watch_is_placed_are_not_missed(tmp_path):
                 if not os.path.isdir(level):
                     os.mkdir(level)
                     if level == levels[-1]:
-                        shutil.copy(os.path.join(os.path.dirname(os.path.dirname(__file__)), "..", "shared",
-                                                 "agents-lab", "fixtures", "homes", "dev", ".local", "share",
-                                                 "opencode", "opencode.db"), db)
+                        shutil.copy(src, db)
                     break
             return real_add(path, mask)
         w.inotify.add_watch = add_watch
@@ -233,14 +237,13 @@ def test_directories_made_while_the_watch_is_placed_are_not_missed(tmp_path):
 
 def test_directories_made_in_a_tight_loop(tmp_path):
     """Nested directories made as fast as a program can, while we watch for the deepest."""
+    src = captured_opencode_db(tmp_path)
     for attempt in range(7):
         base = str(tmp_path / ("home%d" % attempt))
         os.makedirs(base)
         w, server, reads = watchers(base)
         try:
             db = os.path.join(base, ".local", "share", "opencode", "opencode.db")
-            src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
-                               "agents-lab", "fixtures", "homes", "dev", ".local", "share", "opencode", "opencode.db")
             maker = threading.Thread(target=lambda: (os.makedirs(os.path.dirname(db)), shutil.copy(src, db)))
             maker.start()
             for _ in range(200):

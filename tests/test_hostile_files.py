@@ -1,4 +1,4 @@
-"""Hostile input from files, names and directories (issue 11): an odd record is skipped and counted,
+"""Hostile input from files, names and directories: an odd record is skipped and counted,
 never stops the server; user-controlled strings never reach tmux's format expansion; pane fields
 cannot be split by their content; a huge line is skipped without being held; installs keep what
 the user had."""

@@ -60,9 +60,9 @@ def test_session_state_follows_attention_priority():
     assert os_.session_state([t("waiting"), t("interrupted")]) == "waiting"
     assert os_.session_state([t("waiting"), t("error")]) == "error"
     assert os_.session_state([t("idle"), t("done")]) == "done"
-    hidden = t("error")
-    hidden.hidden = True
-    assert os_.session_state([hidden, t("idle")]) == "idle"
+    subagent = t("error")
+    subagent.subagent = True  # a subagent does not count for its session
+    assert os_.session_state([subagent, t("idle")]) == "idle"
 
 
 def test_unseen_rule():
@@ -126,3 +126,35 @@ def test_validators_raise_only_api_errors(body):
             fn(body)
         except ApiError as e:
             assert e.status == 400 and isinstance(e.message, str)
+
+
+def test_one_number_coercion():
+    n = os_.as_number
+    assert n(3) == 3 and n(2.5) == 2.5 and n(2.9, kind=int) == 2
+    for bad in (True, None, "7", float("inf"), float("nan"), [], {}):
+        assert n(bad) is None and n(bad, 0) == 0
+    assert n("72036", None, int, text=True) == 72036 and n("1.5", -1, int, text=True) == -1
+    assert n(-1, 0, low=0) == 0 and n(5, 0, high=4) == 0
+    assert os_.token_count(1e300) == 10 ** 15 and os_.token_count(-5) == 0 and os_.token_count("9") == 0
+
+
+def test_one_control_character_rule():
+    """C0, DEL, C1 and U+2028/U+2029 everywhere: a row, a typed reply, a restore record, a screen."""
+    for ch in ("\x00", "\n", "\x7f", "\x9b", "\u2028", "\u2029"):
+        assert os_.CONTROL_CHARS.search("a" + ch) and os_.clean_text("a%sb" % ch) == "a b"
+        with pytest.raises(os_.ReplyRefused):
+            os_.check_reply_text("hi" + ch)
+    assert os_.resurrect_escape("x\u2028\x9by") == "x\\u2028\\x9by"
+    assert "control character" in os_.record_problem({"agent": "claude", "id": "44444444-4444-4444-8444-444444444444",
+                                                       "flags": ["--x\u2028"]}, pane=False)
+    assert os_.strip_escapes("a\tb\x07\u2028\nc\x1b[1m") == "a\tb\nc"  # a screen keeps its tabs and lines
+
+
+def test_thread_updates_are_cleaned_by_the_model():
+    """What a watcher, hook or plugin says is made safe before the apply step keeps it (pure)."""
+    out = os_.clean_thread_fields({"title": "a\nb\x1b", "cwd": "/w\ud800", "pid": 12.5, "attempt": True,
+                                   "updated_at": float("inf"), "status": "running"})
+    assert out == {"title": "a b ", "cwd": "/w\ufffd", "pid": None, "attempt": None, "updated_at": None,
+                   "status": "running"}
+    assert os_.clean_thread_fields({"pid": 4242, "attempt": 2.0, "updated_at": 5}) == \
+        {"pid": 4242, "attempt": 2.0, "updated_at": 5}

@@ -1,13 +1,13 @@
-"""Attention: notifications (coalesced, muted, never blocking), status-line options, `next`."""
+"""Attention: notifications (coalesced, muted, never blocking; the notifier alone on an injected
+clock, and live), status-line options, `next`."""
 import os
 import shlex
 import stat
-import time
 
 import pytest
 
 import opensessions as os_
-from conftest import ServerProc, retry_until
+from conftest import FakeLoop, ServerProc, retry_until
 
 
 def th(status, old=None, **kw):
@@ -20,7 +20,7 @@ def test_should_notify_rules():
     assert os_.should_notify(th("done"), "running", viewed=False, muted=False, notify_on=on)
     assert not os_.should_notify(th("done"), "running", viewed=True, muted=False, notify_on=on)
     assert not os_.should_notify(th("done"), "running", viewed=False, muted=True, notify_on=on)
-    assert not os_.should_notify(th("done", hidden=True), "running", viewed=False, muted=False, notify_on=on)
+    assert not os_.should_notify(th("done", subagent=True), "running", viewed=False, muted=False, notify_on=on)
     assert not os_.should_notify(th("interrupted"), "running", viewed=False, muted=False, notify_on=on)
     assert os_.should_notify(th("retry", attempt=1), "running", viewed=False, muted=False, notify_on=on)
     assert not os_.should_notify(th("retry", attempt=2), "retry", viewed=False, muted=False, notify_on=on)
@@ -41,17 +41,18 @@ def test_coalescer_with_injected_clock():
 
 def test_describe_one_and_many():
     one = [{"agent": "codex", "status": "error", "session": "api", "title": "migrate", "detail": "HTTP 500"}]
-    assert os_.describe(one) == ("codex failed", "api · migrate · HTTP 500", "error")
+    assert os_.notification_text(one) == ("codex failed", "api · migrate · HTTP 500", "error")
     many = [{"agent": "claude", "status": "done", "session": s, "title": ""} for s in ("a", "b", "c")]
-    title, body, worst = os_.describe(many)
+    title, body, worst = os_.notification_text(many)
     assert title == "3 agents finished" and body == "a, b, c" and worst == "done"
     mixed = many + [{"agent": "amp", "status": "waiting", "session": "d", "title": ""}]
-    assert os_.describe(mixed)[0] == "1 agent needs you, 3 agents finished"
+    assert os_.notification_text(mixed)[0] == "1 agent needs you, 3 agents finished"
 
 
 def test_osc_sequences_are_clean():
     data = os_.osc_notification("a;b", "line\nbreak\x1b]")
     assert data.startswith(b"\x1b]777;notify;ab;linebreak]\x07") and b"\x1b]9;" in data
+    assert b"\xc2\x9b" not in os_.osc_notification("C1\x9bCSI", "b")  # C1's CSI would start a sequence
 
 
 def test_status_summary_and_attention_queue():
@@ -173,14 +174,14 @@ def test_missing_channel_does_not_break_the_others(env, tmux, attach):
         tmux.new_session("other")
         attach("=other")
         retry_until(lambda: s.state()["clients"])
-        for i in range(2):
-            tid = "m%d" % i
-            event(s, "running", tid=tid)
-            event(s, "done", tid=tid)
-            time.sleep(2.1)  # a new notification window each time
-        messages = retry_until(lambda: (lambda m: m if m.count("claude finished") >= 2 else None)(
-            tmux.run("show-messages")), timeout=5)
-        assert "claude finished" in messages
+        shown = lambda n: (lambda m: m if m.count("claude finished") >= n else None)(tmux.run("show-messages"))
+        for i in range(2):  # the second is held by the coalescing window, then sent alone at its end
+            event(s, "running", tid="m%d" % i)
+            event(s, "done", tid="m%d" % i)
+            retry_until(lambda: shown(i + 1), timeout=6)
+        # both went through every channel: the server sent the second from its one loop, and answers
+        # this request only after that round, desktop attempt included
+        s.state()
         assert s.log().count("notification channel desktop failed") == 1  # logged once, skipped after
     finally:
         s.stop()
@@ -241,3 +242,113 @@ def test_terminal_channel_writes_osc_to_the_client_terminal(nserver, tmux, attac
     retry_until(lambda: b"\x1b]777;notify;claude finished;bg" in client.output, timeout=5)
     assert b"\x1b]9;claude finished: bg" in client.output
     assert nserver.calls() == []  # only the enabled channel ran
+
+
+# -- the notifier alone, on an injected clock and loop -------------------------------------------
+
+
+def test_rule_only_the_first_retry_notifies():
+    on = list(os_.NOTIFY_STATUSES)
+
+    def retry(attempt, old):
+        return os_.should_notify(os_.Thread("opencode", "ses_1", status="retry", attempt=attempt), old,
+                                 viewed=False, muted=False, notify_on=on)
+    assert retry(1, "running") and retry(None, "running")
+    assert not retry(2, "running")  # a later attempt seen first (e.g. after a restart): not news
+    assert not retry(3, "waiting")
+    assert not retry(2, "retry")
+
+
+class Clock(object):
+    def __init__(self, t=100.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def _notifier(clock, window=2.0):
+    class Store(object):
+        ui = {"notify": ["terminal"], "notifyOn": list(os_.NOTIFY_STATUSES), "muted": []}
+        clients = []
+
+    class Srv(object):
+        store = Store()
+        loop = FakeLoop()
+
+        def is_viewed(self, thread):
+            return False
+    srv = Srv()
+    host = os_.NotifierHost(ui=lambda: srv.store.ui, clients=lambda: srv.store.clients, is_viewed=srv.is_viewed,
+                            call_later=srv.loop.call_later, tmux_argv=lambda *a: ["tmux"] + list(a),
+                            pane_tty=lambda pane: None)
+    return srv, os_.Notifier(host, clock=clock, window=window)
+
+
+def test_coalescing_window_with_an_injected_clock_sends_nothing_more():
+    clock = Clock()
+    srv, n = _notifier(clock, window=30.0)
+
+    def change(tid, status):
+        n.thread_changed(os_.Thread("claude", tid, title=tid, status=status, session="main"), "running")
+    change("a", "done")
+    assert [x[2] for x in n.sent] == ["claude finished"]  # the first goes out at once
+    clock.t += 10
+    change("b", "error")
+    change("c", "done")
+    assert len(n.sent) == 1  # held: the window is open
+    ((delay, flush, _),) = srv.loop.timers
+    assert delay == 30.0  # scheduled for the window's end, not polled
+    srv.loop.timers.clear()
+    clock.t = 130.0
+    flush()
+    assert [x[2] for x in n.sent] == ["claude finished", "1 agent failed, 1 agent finished"]
+    # the flush opened a quiet window; with nothing held, its end sends nothing more, ever
+    ((delay, flush, _),) = srv.loop.timers
+    srv.loop.timers.clear()
+    clock.t += delay + 3600
+    flush()
+    assert len(n.sent) == 2 and srv.loop.timers == []
+
+
+def test_desktop_notification_on_macos_runs_osascript(tmp_path):
+    log = tmp_path / "osascript.log"
+    exe = tmp_path / "osascript"
+    exe.write_text('#!/bin/sh\nprintf "%%s\\n" "$*" >> %s\n' % shlex_quote(str(log)))
+    exe.chmod(0o755)
+    srv, n = _notifier(Clock())
+    n.platform = "darwin"
+    n.which = lambda name: str(exe) if name == "osascript" else None
+    n._desktop('say "hi"', "done \\ ok", "done", [])
+    proc = n.running[0][0]
+    proc.wait(10)
+    assert log.read_text() == '-e display notification "done \\\\ ok" with title "say \\"hi\\""\n'
+    n.which = lambda name: None
+    with pytest.raises(OSError, match="osascript"):
+        n._desktop("t", "b", "done", [])
+
+
+def shlex_quote(s):
+    import shlex
+    return shlex.quote(s)
+
+
+def test_notify_on_a_muted_session_stays_quiet(nserver):  # noqa: F811
+    assert nserver.post("/mute", {"session": "main"})[0] == 204
+    assert nserver.cli("notify", "quiet please", "--session", "main").returncode == 0
+    assert nserver.cli("notify", "loud").returncode == 0
+    calls = retry_until(nserver.calls)  # sent in order: the muted one would have come first
+    assert [c[5] for c in calls] == ["loud"]
+    assert [l["message"] for l in nserver.session("main")["metadata"]["logs"]] == ["quiet please"]
+
+
+def test_status_line_counts_what_the_sidebar_shows():
+    def session(name, hidden, status, unseen=False):
+        return {"name": name, "hidden": hidden, "windows": [{"id": "@1", "panes": [{"id": "%1"}]}],
+                "threads": [{"agent": "claude", "id": name, "status": status, "unseen": unseen,
+                             "pane": None, "alive": False}]}
+    state = {"sessions": [session("shown", False, "running"), session("hid", True, "done", unseen=True),
+                          session("hid2", True, "running")],
+             "threads": [{"agent": "amp", "id": "orphan", "status": "running", "unseen": True}]}
+    out = os_.status_summary(state)["global"]
+    assert (out["@opensessions-running"], out["@opensessions-unseen"]) == ("1", "0")

@@ -1,4 +1,4 @@
-"""Agent parsers against the real captured files in shared/agents-lab/fixtures (pure, no I/O but reading)."""
+"""Agent parsers against the real captured files in tests/fixtures/<agent>/ (pure, no I/O but reading)."""
 import json
 import os
 import sqlite3

@@ -84,13 +84,25 @@ def test_reply_keys_in_the_sidebar():
     assert m.key("y") == [] and "select an agent thread" in m.message  # a session is selected
     m.selected = ("thread", "web", "claude", "c-wait-old")
     assert m.key("N") == [("reply", "claude:c-wait-old", "deny", None)]
-    o.render(m, 32, 60)
-    assert m.preview_wanted == ("thread", "web", "claude", "c-wait-old")  # room for a preview
-    o.render(m, 32, 8)
-    assert m.preview_wanted is None  # no room: nothing is read
+    assert o.render_view(m, 32, 60)[1]["preview"] == ("thread", "web", "claude", "c-wait-old")  # room for one
+    assert o.render_view(m, 32, 8)[1]["preview"] is None  # no room: nothing is read
     m.key("?")
     help_lines = text_of(o.render(m, 32, 80))
     assert any("approve/always/deny" in l for l in help_lines) and any("prefix o g" in l for l in help_lines)
+
+
+def test_render_writes_nothing_into_the_model():
+    """render() is pure: what it scrolled to comes back in render_view's view for the app to keep."""
+    m = popup_model()
+    m.key("?")
+    before = dict(vars(m))
+    for _ in range(30):
+        m.key(" ")  # ten rows a press: far past the help's end
+    scrolled = dict(vars(m))
+    rows, view = o.render_view(m, 30, 10)
+    assert vars(m) == scrolled and view["help_scroll"] < scrolled["help_scroll"]  # clamped in the view only
+    m.viewed(view)
+    assert m.help_scroll == view["help_scroll"] and before["help_scroll"] == 0
 
 
 def text_of(rows):
@@ -99,17 +111,20 @@ def text_of(rows):
 
 def test_popup_render_groups_what_for_and_preview():
     m = popup_model()
-    lines = text_of(o.render(m, 80, 40))
+    rows, view = o.render_view(m, 80, 40)
+    lines = text_of(rows)
     assert lines[0].startswith("agents")
     for head in ("waiting (2)", "error (1)", "finished unseen (2)", "running (1)", "idle (1)"):
         assert head in lines, head
     assert "    needs: permission prompt" in lines and "    needs: permission: Bash" in lines
     assert "(reading the pane…)" in lines
-    assert m.preview_wanted == ("thread", "web", "claude", "c-wait-old")
-    m.preview = {"item": m.preview_wanted, "lines": ["$ echo hi > hi.txt", " Do you want to proceed?", " ❯ 1. Yes"]}
+    assert view["preview"] == ("thread", "web", "claude", "c-wait-old")
+    m.viewed(view)
+    assert m.preview_wanted == view["preview"]  # what the app reads the pane for
+    m.set_preview(view["preview"], ["$ echo hi > hi.txt", " Do you want to proceed?", " ❯ 1. Yes"])
     lines = text_of(o.render(m, 80, 40))
     assert lines[-3:] == ["$ echo hi > hi.txt", " Do you want to proceed?", " ❯ 1. Yes"]
-    m.preview = {"item": m.preview_wanted, "lines": [], "error": "the thread has no pane"}
+    m.set_preview(view["preview"], error="the thread has no pane")
     assert "the thread has no pane" in text_of(o.render(m, 80, 40))
     # a short popup keeps the selected row and a preview on screen
     m.selected = ("thread", "api", "claude", "c-done-seen")

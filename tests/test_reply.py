@@ -359,4 +359,5 @@ def test_preview_endpoint(lab):
     doc = json.loads(body.decode())
     assert doc["pane"] == pane and len(doc["lines"]) == 6
     assert any("Allow once" in l for l in doc["lines"]) and not any("\x1b" in l for l in doc["lines"])
+    assert doc["prompt"] == "permission"  # its spec's prompt reader
     assert lab.server.get("/api/preview?thread=nope")[0] == 404

@@ -4,7 +4,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import time
 
 import pytest
 
@@ -84,6 +83,8 @@ class World(object):
         self.log = os.path.join(env.base, "agents.log")
         env.vars["PATH"] = self.bin + os.pathsep + env.vars["PATH"]
         env.vars["FAKE_LOG"] = self.log
+        self.input = os.path.join(env.base, "typed.log")  # every line typed into a running fake agent
+        env.vars["FAKE_INPUT"] = self.input
         self.rdir = os.path.join(env.base, "resurrect")
         os.makedirs(self.rdir)
         self.claude_dir = os.path.join(env.home, "work", "claude")
@@ -217,10 +218,17 @@ def test_save_kill_restore_cycle(world):
                and "--permission-mode default --resume" in " ".join(os_.process_args(p.pid))]
     assert len(resumed) == 1
     assert b"MY_VENV=/venv/a b\0" in open("/proc/%d/environ" % resumed[0], "rb").read()
-    # a second restore types nothing
+    # a second restore types nothing: a sentinel line typed into each resumed agent after it is the
+    # first thing each one reads (tmux hands a pane its keys in order)
     r = w.cli("restore")
     assert r.returncode == 0
-    time.sleep(0.5)
+    for target in ("=proj a:0.0", "=proj a:0.1", "=it's odd & done:0.0", "=oc:0.0"):
+        w.tmux.run("send-keys", "-t", target, "-l", "sentinel " + target)
+        w.tmux.run("send-keys", "-t", target, "Enter")
+    typed = lambda: [l.rstrip("\n").split("\t", 1)[1] for l in open(w.input)] if os.path.exists(w.input) else []
+    retry_until(lambda: sum(l.startswith("sentinel ") for l in typed()) == 4, timeout=10)
+    assert sorted(typed()) == sorted("sentinel " + t for t in ("=proj a:0.0", "=proj a:0.1", "=it's odd & done:0.0",
+                                                                 "=oc:0.0"))
     assert len(w.log_lines()) == before + 4
     assert "not typing twice" in w.restore_log() or "busy with" in w.restore_log()
 
@@ -300,3 +308,21 @@ def test_kitty_session_file(env, tmux, server):
     r = subprocess.run([PYTHON, SCRIPT, "-S", tmux.socket, "kitty"], env=dict(server.vars, PATH="/nonexistent"),
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
     assert r.returncode == 1 and b"kitten" in r.stderr
+
+
+def test_a_save_reads_tmux_once(world):
+    """Server check, options and panes come from one tmux process (each one more costs a save,
+    which tmux-resurrect waits for, a process start)."""
+    w = world
+    w.start_server()
+    w.pane("proj a", w.claude_dir, "claude", {"FAKE_REGISTRY": w.registry, "FAKE_SESSION": U4})
+    retry_until(lambda: any(U4 in open(os.path.join(w.registry, n)).read() for n in os.listdir(w.registry)))
+    calls = []
+
+    class CountingTmux(os_.Tmux):
+        def run(self, *args, **kw):
+            calls.append(args[0])
+            return os_.Tmux.run(self, *args, **kw)
+    records, rdir = os_.Resurrect(CountingTmux(w.tmux.socket), environ=w.env.vars).save()
+    assert [r["id"] for r in records] == [U4] and rdir == w.rdir
+    assert calls == ["display-message"]  # display-message -p OPTIONS ; list-panes -a -F PANES

@@ -437,7 +437,7 @@ def test_save_without_a_tmux_server_fails_and_writes_nothing(world):
     assert [l[1:] for l in started(w, 1, before)] == [[w.env.home, "opencode", "-s " + OC_ID]]
 
 
-# ---- control characters (issue 11) -------------------------------------------------------------------------
+# ---- control characters -------------------------------------------------------------------------
 
 def test_control_characters_refused_and_shown_escaped(world):
     w = world

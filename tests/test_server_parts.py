@@ -1,9 +1,12 @@
-"""Server's parts alone: AgentExits (pidfds, or a 1 s timer where there are none) and StateFile."""
+"""Server's parts alone: AgentExits (pidfds, or a 1 s timer where there are none), StateFile, the
+control-mode client, the store's publish and metadata rules, the unseen rule."""
+import json
 import os
 import subprocess
 import sys
 
 import opensessions as os_
+from conftest import PYTHON
 
 
 class FakeLoop(object):
@@ -104,3 +107,110 @@ def test_state_file_round_trip_and_corrupt_file_kept(tmp_path):
         f.write("{not json")
     assert os_.StateFile(path, os_.Store(lambda: 1000.0), loop).load() == {}
     assert os.path.exists(path + ".corrupt") and not os.path.exists(path)
+
+
+def test_stop_control_kills_a_client_that_ignores_sigterm(capsys):
+    proc = subprocess.Popen([PYTHON, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                             "print('ready', flush=True); time.sleep(60)"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout.readline() == b"ready\n"
+
+    class Loop(object):
+        def remove_reader(self, fd):
+            pass
+
+    control = os_.ControlClient(None, Loop(), {}, None, None)
+    control.proc = proc
+    control.stop(grace=0.2)
+    assert control.proc is None and not control.running
+    assert proc.poll() == -9  # killed, not left running
+    assert "ignored SIGTERM" in capsys.readouterr().err
+
+
+def test_rule_publish_skips_when_nothing_changed():
+    store = os_.Store(clock=lambda: 1000.0)
+    assert store.publish() is True
+    version, doc, body = store.published
+    store.touch()  # marked dirty, but the document is the same
+    assert store.publish() is False
+    assert store.version == version and store.published[1] is doc  # readers are not woken for nothing
+    store.ui = dict(store.ui, width=store.ui.get("width", 30) + 1)
+    store.touch()
+    assert store.publish() is True and store.version == version + 1
+
+
+def _bare_server(tmp_path, clock=lambda: 1000.0):
+    env = {"HOME": str(tmp_path / "home"), "XDG_RUNTIME_DIR": str(tmp_path)}
+    return os_.Server(os_.Tmux(str(tmp_path / "no.sock")), 0, False, env, clock=clock)
+
+
+def test_rule_metadata_is_evicted_past_the_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(os_, "MAX_METADATA_SESSIONS", 3)
+    s = _bare_server(tmp_path)
+    try:
+        s.store.sessions = [{"name": "live"}]
+        for name in ("live", "gone-a", "gone-b"):
+            s.api.api_set_status({"session": name, "text": "x"})
+        assert len(s.store.metadata) == 3
+        s.api.api_set_status({"session": "new", "text": "y"})
+        # full: the metadata of sessions that no longer exist goes; a live session's stays
+        assert set(s.store.metadata) == {"live", "new"}
+    finally:
+        s.loop.close()
+
+
+def test_rule_an_active_status_clears_unseen(tmp_path):
+    s = _bare_server(tmp_path)
+    try:
+        s.apply_thread_update("claude", "t1", status="running", alive=True)
+        s.publish()
+        t = s.apply_thread_update("claude", "t1", status="done")
+        s.publish()
+        assert t.unseen  # finished while nobody looked
+        for active in os_.ACTIVE_STATUSES:
+            s.apply_thread_update("claude", "t1", status="done")
+            s.publish()
+            assert t.unseen
+            s.apply_thread_update("claude", "t1", status=active)
+            s.publish()
+            assert not t.unseen, active  # working again: what it finished before is old news
+    finally:
+        s.loop.close()
+
+
+def test_state_file_keeps_subagents_and_reads_the_older_hidden_key(tmp_path):
+    """A subagent thread is saved as "subagent"; a file from before the rename says "hidden"."""
+    loop = FakeLoop()
+    path = str(tmp_path / "state-x.json")
+    store = os_.Store(lambda: 1000.0)
+    store.threads[("opencode", "ses_a")] = os_.Thread("opencode", "ses_a", subagent=True, updated_at=1000 * 1000)
+    sf = os_.StateFile(path, store, loop)
+    sf.save_now()
+    with open(path) as f:
+        saved = json.load(f)["threads"][0]
+    assert saved["subagent"] is True and "hidden" not in saved
+    legacy = {k: v for k, v in saved.items() if k != "subagent"}
+    with open(path, "w") as f:
+        json.dump({"threads": [dict(legacy, hidden=True)]}, f)
+    again = os_.Store(lambda: 1000.0)
+    os_.StateFile(path, again, loop).load()
+    assert again.threads[("opencode", "ses_a")].subagent is True
+
+
+def test_the_api_needs_only_its_store_and_an_api_host():
+    """Api is given a store, a clock, the tmux gateway and an ApiHost: no Server behind it."""
+    store = os_.Store(lambda: 1000.0)
+    calls = []
+    host = os_.ApiHost(
+        publish=lambda: calls.append("publish"), refresh=lambda: calls.append("refresh"),
+        pane_of_pid=lambda pid: calls.append(("pane of", pid)),
+        update_thread=lambda agent, tid, **f: calls.append(("update", agent, tid, f["status"])),
+        relink=lambda: calls.append("relink"), notify=lambda *a: calls.append(("notify",) + a),
+        save_state=lambda: calls.append("save"), change_ui=lambda change: calls.append(("ui", change)))
+    api = os_.Api(store, lambda: 1000.0, None, host)
+    body = {"agent": "claude", "status": "running", "threadId": "t1", "pid": 4242}
+    assert api.apply_and_publish("api_agent_event", body) is False  # no session known
+    assert calls == [("pane of", 4242), "refresh", ("update", "claude", "t1", "running"), "relink", "publish"]
+    del calls[:]
+    api.apply_and_publish("api_mute", {"session": "s"})
+    assert calls == [("ui", {"muted": ["s"]}), "publish"]

@@ -349,6 +349,30 @@ def test_broken_ui_file_gives_message_and_defaults(env, tmux):
         s.stop()
 
 
+def test_a_ui_file_with_bad_values_keeps_the_good_ones_and_says_so(env, tmux):
+    """{"theme": "nope", "width": -5} is said (log, /state, the sidebar's footer, `status`), not
+    silently loaded as the defaults; the valid field is kept."""
+    path = os.path.join(env.home, ".config", "opensessions", "ui.json")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        json.dump({"theme": "nope", "width": -5, "muted": ["work"]}, f)
+    s = ServerProc(env, tmux)
+    try:
+        ui = s.state()["ui"]
+        assert (ui["muted"], ui["theme"], ui["width"]) == (["work"], "catppuccin-mocha", 32)
+        assert "'theme' must be one of" in ui["error"] and "'width' must be" in ui["error"]
+        assert "'theme' must be one of" in s.log()
+        r = s.cli("status")
+        assert r.returncode == 0 and b"'width' must be" in r.stderr
+        m = os_.SidebarModel()
+        m.set_state(dict(s.state(), sessions=[]))
+        footer = [text for _, pieces in os_.render(m, 40, 20)[-3:] for text, _ in pieces]
+        assert any("ui.json" in text for text in footer)
+        assert json.load(open(path))["theme"] == "nope"  # the user's file, until they change something
+    finally:
+        s.stop()
+
+
 def test_position_right_moves_every_sidebar(shown, tmux):
     assert shown.post("/ui", {"position": "right"})[0] == 204
     def at_right():

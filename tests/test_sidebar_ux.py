@@ -1,4 +1,4 @@
-"""The sidebar as a user sees it in the first ten minutes (issue 14): each through a real client
+"""The sidebar as a user sees it in the first ten minutes: each through a real client
 (sidebar panes in real tmux, keys through an attached client's terminal), read with capture-pane.
 
 Set OPENSESSIONS_SHOW=DIR to keep the screens these tests read in DIR (for notes)."""
@@ -73,9 +73,11 @@ def test_metadata_rows_stay_visible_at_every_width(proj, server, tmux, width):
     assert server.post("/ui", {"width": width})[0] == 204
 
     def fits(lines):
-        # drawn at this width (not tmux's cut of the old screen): the log line ends with its age at the edge
+        # drawn at this width (not tmux's cut of the old screen): the log line ends with its age at the edge,
+        # and the detail panel under the rule is drawn too (a capture can fall between the two)
         return (lines and all(len(l) <= width for l in lines) and any(l.startswith("─" * width) for l in lines)
-                and any(l.startswith("   ✓ ci:") and len(l) == width and l.endswith("s") for l in lines))
+                and any(l.startswith("   ✓ ci:") and len(l) == width and l.endswith("s") for l in lines)
+                and "Deploying" in " ".join(lines[[l.startswith("─") for l in lines].index(True):]))
     text = grab(tmux, proj, fits, "not redrawn at width %d" % width)
     keep("sidebar-%d" % width, text)
     lines = text.splitlines()
@@ -367,7 +369,7 @@ def test_clicking_a_port_opens_it_or_says_what_is_missing(monkeypatch):
     app = os_.SidebarApp(tmux=None, find_port=lambda: 1, environ={})
     app.model = m
     monkeypatch.setenv("PATH", "/nonexistent")
-    app._do(("open", 3000))
+    app.carry_out(("open", 3000))
     assert m.message == "cannot open http://localhost:3000: xdg-open is not installed (xdg-utils)"
 
 

@@ -1,4 +1,5 @@
-"""tmux gateway and parsers against a real tmux server on a private socket; probes."""
+"""tmux gateway and parsers against a real tmux server on a private socket; our @opensessions-*
+options."""
 import os
 import socket
 
@@ -165,3 +166,14 @@ def test_git_dirty_runs_git_only_when_index_changes(tmp_path):
     subprocess.run(["git", "-C", repo, "add", "f"], check=True)
     assert probe.dirty_cached(repo)[1] is True  # index changed
     assert probe.check_dirty(repo) is True
+
+
+def test_ui_from_tmux_options_is_what_the_options_say():
+    opts = dict(os_.TMUX_OPTIONS)
+    assert os_.ui_from_tmux_options(opts) == {"width": os_.DEFAULT_WIDTH, "position": "left"}
+    opts.update({"@opensessions-width": "40", "@opensessions-theme": "nord", "@opensessions-notify": "none",
+                 "@opensessions-notify-on": "done, error"})
+    assert os_.ui_from_tmux_options(opts) == {"width": 40, "position": "left", "theme": "nord", "notify": [],
+                                              "notifyOn": ["done", "error"]}
+    opts.update({"@opensessions-width": "5", "@opensessions-theme": "no-such"})
+    assert os_.ui_from_tmux_options(opts) == {"position": "left", "notify": [], "notifyOn": ["done", "error"]}

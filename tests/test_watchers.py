@@ -13,7 +13,6 @@ from conftest import PYTHON, SCRIPT, ServerProc, fake_agents, lab_home, retry_un
 U4 = "44444444-4444-4444-8444-444444444444"
 NEW = "55555555-5555-4555-8555-555555555555"
 CODEX_ID = "01a200ee-fa97-79d0-9e17-4806385eaaf9"
-FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "agents-lab", "fixtures")
 
 
 def thread(state, agent, tid):
@@ -289,12 +288,16 @@ def test_locked_opencode_db_is_survived(labserver, labenv):
     import sqlite3
     db = os.path.join(labenv.home, ".local", "share", "opencode", "opencode.db")
     conn = sqlite3.connect(db, timeout=1)
+    conn.execute("PRAGMA cache_size=1")  # the transaction spills its pages into the -wal before it commits
     conn.execute("BEGIN EXCLUSIVE")
     try:
         conn.execute("UPDATE session SET title = 'renamed', time_updated = time_updated + 100000000 "
                      "WHERE slug = 'glowing-wolf'")
-        time.sleep(0.3)  # let the watcher try (and fail) while the lock is held
-        assert labserver.get("/")[0] == 200
+        conn.execute("UPDATE part SET data = data")  # pages enough to spill: the -wal is written under the lock
+        assert os.path.getsize(db + "-wal") > 0  # so the watcher has a write to react to, while the lock is held
+        # that event was queued before these requests, and the server's one loop handles every ready
+        # file each round: by its second answer it has handled the event, and it did not block on it
+        assert labserver.get("/")[0] == 200 and labserver.get("/")[0] == 200
     finally:
         conn.commit()
         conn.close()

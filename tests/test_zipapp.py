@@ -1,0 +1,145 @@
+"""dist/opensessions.pyz (build_zipapp.py): what it holds, that it rebuilds only when it must, that
+it runs the same program, and how it starts and ends a client command."""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+import opensessions as os_
+from conftest import PYTHON, ROOT, SCRIPT, ServerProc
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("dist") / "opensessions.pyz")
+    subprocess.run([PYTHON, os.path.join(ROOT, "build_zipapp.py"), "--out", out], check=True,
+                   stdout=subprocess.DEVNULL)
+    return out
+
+
+RUN_PYZ = r"""
+import marshal, runpy, sys, zipfile
+pyz = sys.argv[1]
+sys.argv = sys.argv[1:]
+ours = len(zipfile.ZipFile(pyz).read("opensessions.pyc")) - 16  # the code after the .pyc header
+loads, big = marshal.loads, []
+def counting(data):
+    if len(data) == ours:
+        big.append(len(data))
+    return loads(data)
+marshal.loads = counting
+class Probe(object):
+    def __del__(self):
+        sys.stderr.write("teardown ran, %d big unmarshal(s)\n" % len(big))
+sys.modules["probe"] = Probe()
+runpy.run_path(pyz, run_name="__main__")
+"""
+
+
+def run_pyz(pyz, *argv):
+    return subprocess.run([PYTHON, "-S", "-c", RUN_PYZ, pyz] + list(argv), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=30)
+
+
+def test_the_bytecode_is_read_and_unmarshalled_once(pyz):
+    """zipimport would load the module's code twice (get_filename loads it too): ~10 ms a command."""
+    r = run_pyz(pyz, "--version")
+    assert r.returncode == 0 and r.stdout.decode().startswith("opensessions "), r.stderr
+    assert r.stderr.decode().endswith("teardown ran, 1 big unmarshal(s)\n")
+
+
+def test_a_quick_command_skips_the_teardown_and_keeps_its_output_and_code(pyz, tmp_path):
+    env_missing = ["-S", str(tmp_path / "no-tmux.sock"), "--port", "9"]  # port 9: nothing listens
+    r = run_pyz(pyz, *env_missing + ["set-status", "main", "x"])
+    assert r.returncode == 1 and "teardown" not in r.stderr.decode()
+    assert r.stderr.decode().startswith("opensessions: cannot reach the opensessions server"), r.stderr
+    # not a quick command (help): the interpreter ends as usual
+    r = run_pyz(pyz, "set-status", "--help")
+    assert r.returncode == 0 and b"usage:" in r.stdout and b"teardown ran" in r.stderr
+
+
+def test_quick_output_through_a_pipe_is_whole(pyz, server):
+    """A quick command's output is flushed before it exits without the teardown."""
+    for i in range(60):
+        assert server.post("/log", {"session": "main", "message": "line %d %s" % (i, "x" * 200)})[0] == 204
+    as_py = server.cli("status", "--json")
+    r = subprocess.run([PYTHON, "-S", pyz, "-S", server.tmux.socket, "status", "--json"], env=server.vars,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    assert r.returncode == 0 and len(r.stdout) > 10000, r.stderr
+    assert r.stdout.count(b"line ") == as_py.stdout.count(b"line ") == 50  # MAX_LOGS
+
+
+def _clone(tmp_path):
+    for name in ("opensessions.py", "build_zipapp.py"):
+        shutil.copy(os.path.join(ROOT, name), str(tmp_path / name))
+    return str(tmp_path / "dist" / "opensessions.pyz")
+
+
+def _build(tmp_path, *extra, env=None):
+    return subprocess.run([PYTHON, str(tmp_path / "build_zipapp.py")] + list(extra), env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True).stdout
+
+
+def test_pyz_is_identical_whatever_the_hash_seed(tmp_path):
+    out = _clone(tmp_path)
+    digests = set()
+    for seed in ("1", "2", "random"):
+        _build(tmp_path, env=dict(os.environ, PYTHONHASHSEED=seed))
+        with open(out, "rb") as f:
+            digests.add(f.read())
+    assert len(digests) == 1
+
+
+def test_if_stale_rebuilds_for_another_python_and_for_new_source(tmp_path):
+    out = _clone(tmp_path)
+    assert _build(tmp_path, "--if-stale").strip() == out.encode()  # missing: built
+    assert _build(tmp_path, "--if-stale") == b""  # current: left alone
+    # a Python upgrade: the bytecode inside carries another interpreter's magic number
+    with zipfile.ZipFile(out) as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    entries["opensessions.pyc"] = b"\x00\x00\r\n" + entries["opensessions.pyc"][4:]
+    with zipfile.ZipFile(out, "w") as zf:
+        for n, data in entries.items():
+            zf.writestr(n, data)
+    assert _build(tmp_path, "--if-stale").strip() == out.encode()
+    with zipfile.ZipFile(out) as zf:
+        assert zf.read("opensessions.pyc")[:4] == importlib.util.MAGIC_NUMBER
+    assert _build(tmp_path, "--if-stale") == b""
+    with open(str(tmp_path / "opensessions.py"), "a") as f:
+        f.write("\n# an update\n")
+    assert _build(tmp_path, "--if-stale").strip() == out.encode()
+
+
+def test_pyz_runs_the_server_and_clients(env, tmux, pyz):
+    with open(pyz, "rb") as f:
+        assert f.read(23) == b"#!/usr/bin/env python3\n"
+    s = ServerProc(env, tmux, argv=[PYTHON, pyz])
+    try:
+        r = s.cli("set-status", "main", "from pyz")
+        assert r.returncode == 0, r.stderr
+        assert s.session("main")["metadata"]["status"]["text"] == "from pyz"
+    finally:
+        s.stop()
+
+
+def test_pyz_is_byte_identical_on_rebuild(tmp_path, pyz):
+    other = str(tmp_path / "again.pyz")
+    subprocess.run([PYTHON, os.path.join(ROOT, "build_zipapp.py"), "--out", other], check=True,
+                   stdout=subprocess.DEVNULL)
+    with open(pyz, "rb") as a, open(other, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_same_source_is_the_same_version(tmp_path):
+    sys.path.insert(0, ROOT)
+    import build_zipapp
+    pyz = build_zipapp.build(str(tmp_path / "opensessions.pyz"))
+    assert os_.program_digest(SCRIPT) == os_.program_digest(pyz) == \
+        os_.program_digest(os.path.join(pyz, "opensessions.py"))
+    changed = tmp_path / "opensessions.py"
+    changed.write_bytes(open(SCRIPT, "rb").read() + b"\n# edited\n")
+    assert os_.program_digest(str(changed)) != os_.program_digest(SCRIPT)
