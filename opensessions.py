@@ -17,8 +17,9 @@ holds that claim with `ast`):
   6. tmux gateway            the one place that runs tmux: commands, formats, snapshot,
                              control-mode lines, our @opensessions-* options
   7. System probes           process table, listening ports, git branch, pidfds
-  8. Watchers                inotify (or stat polling), file tails, read-only SQLite; one
-                             watcher per agent (by its spec's watch kind) over a shared core
+  8. Watchers                inotify, kqueue or a stat poller (by how recently files changed),
+                             file tails, read-only SQLite; one watcher per agent (by its spec's
+                             watch kind) over a shared core
   9. Installer               our hooks, plugin and extension in the agents' own configs
  10. Reply                   answer an agent's prompt without switching: the checks around
                              typing, and the typing
@@ -39,10 +40,11 @@ how its prompts are read and answered (prompt_reader, reply_planner), what its m
 agent. A spec holds only data and pure functions: the I/O behind it lives in the section that does
 that I/O and is found by a kind the spec names, never by a spec field pointing down the map (an
 upward use): `watch.kind` picks a class in the Watchers' WATCHER_KINDS (which also answers what a
-restore asks of the agent's files), the Installer carries out its HookInstall or FileInstall, Reply
-runs its planner's steps. So an agent whose files and hooks fit kinds that exist (JSONL chats per
-project: "chat-files"; Claude-shaped hooks) is added in one place, its spec and its parser beside
-it; one that needs new I/O also adds its watcher class and names its kind.
+restore asks of the agent's files, and which of them a live conversation can change), the Installer
+carries out its HookInstall or FileInstall, Reply runs its planner's steps. So an agent whose files
+and hooks fit kinds that exist (JSONL chats per project: "chat-files"; Claude-shaped hooks) is added
+in one place, its spec and its parser beside it; one that needs new I/O also adds its watcher class
+and names its kind.
 
 Narrow doors. The Server owns the store and the loop; each collaborator is given only what it
 uses: the watchers a WatcherHost, the API an ApiHost, the notifier a NotifierHost, the remote
@@ -4275,16 +4277,406 @@ def sqlite_rows(path, sql, params=()):
         conn.close()
 
 
+# -- polling by stat, cheaply: directories by mtime, files by how recently they changed ------------
+# Where no inotify wakes us (macOS and the BSDs beside kqueue, OPENSESSIONS_WATCH=poll, no watch
+# left) directories and files are looked at by stat. A directory's mtime changes when an entry is
+# made, renamed or removed in it, so a directory is listed again only then; a file is stat-ed by how
+# recently it changed (appends do not change its directory): each second in its first minute idle,
+# then less and less often, at most every STAT_IDLE_MAX seconds. A file is back to each second when
+# its directory changes, when an agent process maps to it, or when a hook names it (a "hold"): a
+# conversation resumed after weeks is seen within a second or two of its agent starting.
+STAT_IDLE_MAX = 300.0  # a file idle for 5 hours or more is looked at every 5 minutes (unless held)
+DIR_IDLE_MAX = 5.0  # a directory idle for 5 minutes or more, every 5 s (a new file in an old project)
+DIR_BOOST_S = 60.0  # after a directory changed, its files are looked at as if held, this long
+HELD_DIR_STATS = 100  # the files of a held (or just changed) directory: at most this many stats a second
+RACY_S = 2.0  # a directory changed this recently may change again within its mtime's granularity
+KQUEUE_FD_BUDGET = 64  # at most this many fds for kqueue (well under macOS's default ulimit -n of 256)
+CODEX_UPDATED_HOLD_S = 600  # a Codex thread whose state_5.sqlite row changed this lately: its rollout is held
+KQUEUE_RECENT_DIR_S = 86400.0  # a directory changed within this gets a kqueue fd at once; older ones are polled
+
+
+def stat_interval(idle_s, most):
+    """Seconds between two looks at a file or directory idle for idle_s seconds: each second in its
+    first minute idle, then idle_s / 60 (10 minutes idle -> every 10 s), never more than `most`."""
+    return min(most, max(1.0, idle_s / 60.0))
+
+
+class _Polled(object):
+    """One directory or file the StatPoller looks at."""
+    __slots__ = ("path", "directory", "handler", "stamp", "names", "changed", "due", "live", "racy", "boost")
+
+    def __init__(self, path, directory=None, handler=None, stamp=None, changed=0.0, live=False):
+        self.path = path
+        self.directory = directory  # a file's directory (None for a directory)
+        self.handler = handler  # a directory's handler(directory, name, mask)
+        self.stamp = stamp
+        self.names = {}  # a directory's entries: name -> is a directory
+        self.changed = changed  # clock time of the last change seen (at first sight: the mtime)
+        self.due = 0  # the tick of the next look
+        self.live = live  # a directory whose files can change any moment (registries): each second
+        self.racy = False  # listed within RACY_S of its mtime: list again at the next look
+        self.boost = 0.0  # until then the directory's files are looked at as if held
+
+
+class StatPoller(object):
+    """Directories and their files watched by stat, at a cost that grows with what changes, not
+    with how many files there are. The loop calls run() once per `poll_interval` (a tick); each
+    entry is due at a tick, kept in that tick's bucket, so a tick costs only the looks that are due. What
+    changed is reported as inotify would: (handler, directory, name, mask), mask IN_CREATE,
+    IN_MODIFY or IN_DELETE (| IN_ISDIR). Time (how long a file has been idle) comes from `clock`:
+    tests drive it and the ticks, and sleep never.
+
+    A directory's first listing (add_dir) is a baseline and reports nothing (the caller lists it
+    itself, as with inotify); a missing directory lists empty until it is made. `hold(source,
+    paths)` keeps files or directories at one look a second until the source lets them go;
+    `suspend(path)` stops the timed looks of a path another watch follows (a kqueue fd) and
+    `check(path)` looks at it at once (that watch's event). `on_active(path)` is told of each
+    file or directory that just changed (kqueue gives it an fd)."""
+
+    def __init__(self, clock, poll_interval=1.0, stat=os.stat, listdir=os.listdir):
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self._stat = stat
+        self._listdir = listdir
+        self.tick = 0
+        self.dirs = {}  # directory -> _Polled
+        self.files = {}  # file -> _Polled (the non-directory entries of the directories)
+        self._due = {}  # tick -> [paths due then] (an entry rescheduled since is skipped)
+        self._seq = 0
+        self.holds = {}  # source -> frozenset of held paths
+        self.held = {}  # path -> number of sources holding it
+        self.suspended = set()
+        self.stat_calls = 0  # every stat and listing made (what polling costs; /health)
+        self.on_active = lambda path, is_dir: None
+
+    # -- what is watched -------------------------------------------------------------------------
+    def add_dir(self, path, handler, live=False):
+        d = self.dirs.get(path)
+        if d is not None:
+            d.handler = handler
+            d.live = d.live or live
+            return
+        d = self.dirs[path] = _Polled(path, handler=handler, live=live)
+        now = self.clock()
+        self._relist(d, now, events=None)
+        d.changed = self._mtime(d, now)
+        self._schedule(d, now)
+
+    def remove_dir(self, path):
+        d = self.dirs.pop(path, None)
+        if d is not None:
+            for name in d.names:
+                self.files.pop(os.path.join(path, name), None)
+
+    def hold(self, source, paths):
+        """Keep `paths` (files or directories) at a look a second while `source` holds them; the
+        source's previous paths are let go. A newly held path is looked at in the next tick (a
+        held file not seen yet: its directory is listed again)."""
+        new = frozenset(p for p in paths if p)
+        old = self.holds.get(source, frozenset())
+        if new == old:
+            return
+        for p in new - old:
+            self.held[p] = self.held.get(p, 0) + 1
+            entry = self.dirs.get(p) or self.files.get(p) or self.dirs.get(os.path.dirname(p))
+            if entry is not None and entry.path not in self.suspended:
+                self._push(entry, self.tick + 1)
+        for p in old - new:
+            n = self.held.get(p, 0) - 1
+            if n > 0:
+                self.held[p] = n
+            else:
+                self.held.pop(p, None)
+        if new:
+            self.holds[source] = new
+        else:
+            self.holds.pop(source, None)
+
+    def suspend(self, path):
+        self.suspended.add(path)
+
+    def resume(self, path):
+        self.suspended.discard(path)
+        entry = self.dirs.get(path) or self.files.get(path)
+        if entry is not None:
+            self._push(entry, self.tick + 1)
+
+    # -- looking ---------------------------------------------------------------------------------
+    def run(self):
+        """One tick: look at every entry due. -> [(handler, directory, name, mask)]"""
+        self.tick += 1
+        tick = self.tick
+        now = self.clock()
+        events = []
+        dirs, files, suspended = self.dirs, self.files, self.suspended
+        for path in self._due.pop(tick, ()):
+            entry = files.get(path) or dirs.get(path)
+            if entry is None or entry.due != tick or path in suspended:
+                continue  # gone, rescheduled since, or followed by another watch
+            if entry.directory is None:
+                self._look_dir(entry, now, events)
+                if path in dirs and path not in suspended:
+                    self._schedule(entry, now)
+            else:
+                self._look_file(entry, now, events)
+                if path in files and path not in suspended:
+                    self._schedule(entry, now)
+        return events
+
+    def check(self, path):
+        """Look at one file or directory now (another watch said it changed)."""
+        now = self.clock()
+        events = []
+        entry = self.dirs.get(path) or self.files.get(path)
+        if entry is not None:
+            self._look(entry, now, events)
+            if path not in self.suspended and (path in self.dirs or path in self.files):
+                self._schedule(entry, now)
+        return events
+
+    def _look(self, entry, now, events):
+        if entry.directory is None:
+            self._look_dir(entry, now, events)
+        else:
+            self._look_file(entry, now, events)
+
+    def _look_dir(self, d, now, events):
+        try:
+            self.stat_calls += 1
+            st = self._stat(d.path)
+        except OSError:
+            if d.stamp is not None or d.names:
+                self._relist(d, now, events)  # removed: everything in it is gone
+            return
+        moved = (st.st_mtime_ns, st.st_ino) != d.stamp
+        if moved or d.racy:
+            self._relist(d, now, events, st, look_files=moved)
+
+    def _relist(self, d, now, events, st=None, look_files=True):
+        """List a directory again: report what was made, replaced or removed since, and look at
+        each of its files now (a change of a directory is a sign of activity around its files)."""
+        import stat as stat_
+        try:
+            if st is None:
+                self.stat_calls += 1
+                st = self._stat(d.path)
+            self.stat_calls += 1
+            names = self._listdir(d.path)
+        except OSError:
+            st, names = None, []
+        was_missing = d.stamp is None
+        d.stamp = (st.st_mtime_ns, st.st_ino) if st is not None else None
+        d.racy = st is not None and time.time() - st.st_mtime < RACY_S
+        before = d.names
+        now_names = {}
+        changed = False
+        look_files = look_files and events is not None
+        if look_files:
+            d.boost = now + DIR_BOOST_S
+        for name in names:
+            path = os.path.join(d.path, name)
+            if name in before:
+                now_names[name] = before[name]
+                f = self.files.get(path)
+                if f is not None and look_files and path not in self.suspended:
+                    self._look_file(f, now, events)  # replaced (an atomic rewrite) or appended
+                    self._schedule(f, now)  # and from now on as often as the boost says
+                continue
+            try:
+                self.stat_calls += 1
+                fst = self._stat(path)
+            except OSError:
+                continue  # gone already
+            is_dir = stat_.S_ISDIR(fst.st_mode)
+            now_names[name] = is_dir
+            changed = True
+            if not is_dir:
+                stamp = (fst.st_mtime_ns, fst.st_size, fst.st_ino)
+                f = self.files[path] = _Polled(path, d.path, stamp=stamp,
+                                               changed=now if events is not None else fst.st_mtime)
+                self._schedule(f, now, spread=events is None)
+            if events is not None:
+                events.append((d.handler, d.path, name, IN_CREATE | (IN_ISDIR if is_dir else 0)))
+                self.on_active(path, is_dir)
+        for name, is_dir in before.items():
+            if name not in now_names:
+                changed = True
+                self.files.pop(os.path.join(d.path, name), None)
+                if events is not None:
+                    events.append((d.handler, d.path, name, IN_DELETE | (IN_ISDIR if is_dir else 0)))
+        d.names = now_names
+        if events is not None and (changed or was_missing and st is not None):
+            d.changed = now
+            self.on_active(d.path, True)
+
+    def _look_file(self, f, now, events):
+        try:
+            self.stat_calls += 1
+            st = self._stat(f.path)
+        except OSError:
+            d = self.dirs.get(f.directory)  # removed or renamed: its directory says which
+            if d is not None:
+                self._relist(d, now, events)
+            return
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == f.stamp:
+            return
+        replaced = f.stamp is not None and f.stamp[2] != stamp[2]
+        f.stamp = stamp
+        f.changed = now
+        d = self.dirs.get(f.directory)
+        if d is not None:
+            events.append((d.handler, d.path, os.path.basename(f.path), IN_CREATE if replaced else IN_MODIFY))
+        self.on_active(f.path, False)
+
+    # -- when to look next ------------------------------------------------------------------------
+    def _mtime(self, d, now):
+        try:
+            return self._stat(d.path).st_mtime
+        except OSError:
+            return now
+
+    def interval(self, entry, now):
+        """Seconds until the next look at a file or directory."""
+        if entry.path in self.held:
+            return 1.0
+        if entry.directory is None:
+            if entry.stamp is None or entry.live or entry.racy:
+                return 1.0  # missing (awaited), a registry, or changed a moment ago
+            return stat_interval(now - entry.changed, DIR_IDLE_MAX)
+        own = stat_interval(now - entry.changed, STAT_IDLE_MAX)
+        d = self.dirs.get(entry.directory)
+        if d is None:
+            return own
+        if d.live:
+            return 1.0
+        if d.path in self.held or d.boost > now:
+            return min(own, max(1.0, len(d.names) / float(HELD_DIR_STATS)))
+        return own
+
+    def _schedule(self, entry, now, spread=False):
+        """spread: a first look, somewhere within the interval (the files of a baseline are not all
+        looked at in the same tick, then again all together: the cost is even over time)."""
+        ticks = max(1, int(self.interval(entry, now) / self.poll_interval + 0.5))
+        if spread:
+            ticks = 1 + (self._seq * 7919) % ticks
+        self._push(entry, self.tick + ticks)
+
+    def _push(self, entry, due):
+        if entry.due and self.tick < entry.due <= due:
+            return  # already due sooner
+        entry.due = due
+        self._seq += 1
+        bucket = self._due.get(due)
+        if bucket is None:
+            self._due[due] = [entry.path]
+        else:
+            bucket.append(entry.path)
+
+
+# kqueue (macOS, the BSDs): the filter flags we ask for, and what each means in inotify's terms
+KQ_DIR, KQ_FILE = "dir", "file"
+
+
+class Kqueue(object):
+    """kqueue behind the Inotify class's interface: one fd for the event loop, add_watch(path,
+    kind) -> wd, read() -> [(wd, mask, None)], remove_watch(wd), close(). Each watch is an open fd
+    of its file or directory: a directory's NOTE_WRITE (an entry made, renamed, removed) reads as
+    IN_MODIFY, a file's NOTE_WRITE / NOTE_EXTEND as IN_MODIFY, NOTE_DELETE as IN_DELETE_SELF and
+    NOTE_RENAME as IN_MOVE_SELF. kqueue names no entry: the caller lists a directory again (the
+    StatPoller does). `kmod` is the select module; a test passes a fake that replays events."""
+
+    def __init__(self, kmod=None, open_fd=None):
+        if kmod is None:
+            import select as kmod
+        if not hasattr(kmod, "kqueue"):
+            raise OSError("kqueue is not available")
+        self.k = kmod
+        self._open = open_fd or (lambda path: os.open(path, os.O_RDONLY | getattr(os, "O_EVTONLY", 0)
+                                                      | getattr(os, "O_CLOEXEC", 0)))
+        self.kq = kmod.kqueue()
+        self.fd = self.kq.fileno()
+        self.watches = {}  # wd -> path
+
+    def add_watch(self, path, kind):
+        k = self.k
+        fflags = k.KQ_NOTE_WRITE | k.KQ_NOTE_DELETE | k.KQ_NOTE_RENAME
+        if kind == KQ_FILE:
+            fflags |= k.KQ_NOTE_EXTEND
+        fd = self._open(path)
+        try:
+            self.kq.control([k.kevent(fd, filter=k.KQ_FILTER_VNODE, flags=k.KQ_EV_ADD | k.KQ_EV_CLEAR,
+                                      fflags=fflags)], 0, 0)
+        except (OSError, ValueError):
+            os.close(fd)
+            raise
+        self.watches[fd] = path
+        return fd
+
+    def remove_watch(self, wd):
+        """Closing the fd removes its events from the kqueue."""
+        if self.watches.pop(wd, None) is not None:
+            try:
+                os.close(wd)
+            except OSError:
+                pass
+
+    def read(self):
+        k = self.k
+        out = []
+        while True:
+            events = self.kq.control(None, 256, 0)
+            for ev in events:
+                if ev.ident not in self.watches:
+                    continue
+                mask = 0
+                if ev.fflags & (k.KQ_NOTE_WRITE | k.KQ_NOTE_EXTEND):
+                    mask |= IN_MODIFY
+                if ev.fflags & k.KQ_NOTE_DELETE:
+                    mask |= IN_DELETE_SELF
+                if ev.fflags & k.KQ_NOTE_RENAME:
+                    mask |= IN_MOVE_SELF
+                if mask:
+                    out.append((ev.ident, mask, None))
+            if len(events) < 256:
+                return out
+
+    def close(self):
+        for wd in list(self.watches):
+            self.remove_watch(wd)
+        try:
+            self.kq.close()
+        except OSError:
+            pass
+
+
+def kqueue_fd_budget(limit=None):
+    """How many fds kqueue may hold: KQUEUE_FD_BUDGET, or a quarter of a lower `ulimit -n`."""
+    if limit is None:
+        try:
+            import resource
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError, ValueError):
+            limit = 256
+    if limit is None or limit < 0:  # RLIM_INFINITY
+        return KQUEUE_FD_BUDGET
+    return max(8, min(KQUEUE_FD_BUDGET, limit // 4))
+
+
 class WatchCore(object):
     """What every agent's watcher shares, on the server's event loop: directories watched by inotify
-    (Linux: it wakes us within milliseconds) or scanned by stat every `poll_interval` seconds (no
-    inotify, OPENSESSIONS_WATCH=poll, or no watch left for a directory), directories awaited until
-    they exist, file tails and the thread states reduced from them, database reads timed around
-    their writers' commits, and the guard under which each file, row or directory is read (what no
-    parser expected is skipped and counted). Cold start reads only files changed in the last
-    `recent_days` days."""
+    (Linux: it wakes us within milliseconds), by kqueue (macOS, the BSDs: an fd per directory and
+    per file that can change now, within a budget) or by the StatPoller (OPENSESSIONS_WATCH=poll,
+    no watch left, and what kqueue has no fd for), directories awaited until they exist, file tails
+    and the thread states reduced from them, database reads timed around their writers' commits,
+    and the guard under which each file, row or directory is read (what no parser expected is
+    skipped and counted). Cold start reads only files changed in the last `recent_days` days.
 
-    def __init__(self, server, environ=None, recent_days=7.0, poll_interval=1.0, clock=time.time):
+    hold(source, paths) says which files can change now (an agent process maps to them, a hook
+    named them): polled, they are looked at each second; under kqueue they get an fd."""
+
+    def __init__(self, server, environ=None, recent_days=7.0, poll_interval=1.0, clock=time.time, kmod=None):
+        import collections
         self.server = server
         self.paths = agent_paths(environ)
         self.force_poll = (environ or {}).get("OPENSESSIONS_WATCH") == "poll"
@@ -4292,9 +4684,18 @@ class WatchCore(object):
         self.poll_interval = poll_interval
         self.clock = clock
         self.inotify = None
+        self.kqueue = None
+        self.kmod = kmod  # the select module, or a test's fake kqueue
+        self.backend = None  # "inotify", "kqueue" or "poll", once started
         self.watches = {}  # wd -> (dir, handler)
         self.watched_dirs = {}  # dir -> inotify wd
-        self.polled_dirs = {}  # dir -> handler: scanned by stat (no inotify, or its watch failed)
+        self.poller = StatPoller(clock, poll_interval)
+        self.poller.on_active = self._on_active
+        self.kq_paths = collections.OrderedDict()  # path -> kqueue wd, the least recently active first
+        self.kq_wds = {}  # kqueue wd -> path
+        self.kq_pinned = set()  # roots and live files: never given back to the poller
+        self.kq_budget = kqueue_fd_budget()
+        self.live_paths = set()  # files that can change at any moment (databases, their -wal, indexes)
         self._polling = False
         self.pending_dirs = {}  # missing dir -> handler (watched through an existing parent)
         self.roots = {}  # the agents' own directories -> handler (awaited again when removed)
@@ -4307,19 +4708,40 @@ class WatchCore(object):
         self.long_lines = 0  # lines over MAX_LINE_BYTES, skipped unread
         self._logged_bad = set()
         self._reads_due = set()  # files whose last read stopped at its budget (read_later)
-        self._stat_cache = {}  # polled dir -> {name: (mtime_ns, size, inode, is_dir)}
         self.on_overflow = lambda: None  # inotify dropped events: every agent reads its files again
 
+    @property
+    def polled_dirs(self):
+        """Directories looked at by stat now: dir -> handler (kqueue's are not)."""
+        return {p: d.handler for p, d in self.poller.dirs.items() if p not in self.poller.suspended}
+
     def start(self):
-        """inotify where there is one (and OPENSESSIONS_WATCH is not "poll"), else stat scans."""
-        try:
-            if self.force_poll:
-                raise OSError("OPENSESSIONS_WATCH=poll")
-            self.inotify = Inotify()
-            self.server.loop.add_reader(self.inotify.fd, self._on_inotify)
-        except (OSError, AttributeError) as e:
-            log("inotify unavailable (%s); watching agent files by stat every %.1fs" % (e, self.poll_interval))
-            self.inotify = None
+        """inotify where there is one, else kqueue, else the StatPoller (OPENSESSIONS_WATCH=poll
+        forces it)."""
+        if self.force_poll:
+            why = "OPENSESSIONS_WATCH=poll"
+        else:
+            try:
+                self.inotify = Inotify()
+                self.server.loop.add_reader(self.inotify.fd, self._on_inotify)
+                self.backend = "inotify"
+                return
+            except (OSError, AttributeError) as e:
+                self.inotify = None
+                why = "inotify: %s" % e
+            try:
+                self.kqueue = Kqueue(self.kmod)
+                self.server.loop.add_reader(self.kqueue.fd, self._on_kqueue)
+                self.backend = "kqueue"
+                log("watching agent files with kqueue (at most %d fds), the rest by stat (%s)" % (self.kq_budget, why))
+                self._start_polling()
+                return
+            except (OSError, AttributeError) as e:
+                self.kqueue = None
+                why += "; kqueue: %s" % e
+        self.backend = "poll"
+        log("inotify unavailable (%s); watching agent files by stat: directories by their mtime (every 1 "
+            "to %.0f s), files by how recently they changed (every 1 to %.0f s)" % (why, DIR_IDLE_MAX, STAT_IDLE_MAX))
 
     def guarded(self, what, fn, *args):
         """Read one file, row or directory under its own guard: what no parser expected is skipped
@@ -4350,15 +4772,39 @@ class WatchCore(object):
             return False
 
     # -- directories -------------------------------------------------------------------------------
-    def watch_root(self, path, handler):
-        """An agent's own directory: watched (or awaited) for good, even after it is removed."""
+    def watch_root(self, path, handler, live=False):
+        """An agent's own directory: watched (or awaited) for good, even after it is removed.
+        live: its files can change at any moment (a registry): polled each second, or pinned to
+        a kqueue fd."""
         self.roots[path] = handler
-        self.watch_dir(path, handler)
+        self.watch_dir(path, handler, live=live)
 
-    def watch_dir(self, path, handler):
+    def live_file(self, path):
+        """A file that can change at any moment (a database, its -wal, an index): looked at each
+        second when polled, pinned to a kqueue fd (once it exists)."""
+        self.live_paths.add(path)
+        self.poller.hold("live", self.live_paths)
+        if self.kqueue is not None and path in self.poller.files:
+            self._kq_add(path, KQ_FILE, pinned=True)
+
+    def hold(self, source, paths):
+        """Files or directories that can change now, as `source` knows (its previous ones are let go):
+        polled each second, or given a kqueue fd. inotify sees every change anyway."""
+        paths = frozenset(paths)
+        self.poller.hold(source, paths)
+        if self.kqueue is not None:
+            for p in paths:
+                if p in self.poller.files:
+                    self._kq_add(p, KQ_FILE)
+                elif p in self.poller.dirs:
+                    self._kq_add(p, KQ_DIR)
+
+    def watch_dir(self, path, handler, live=False):
         """Watch a directory; a missing one is watched for through its nearest existing parent."""
         if self.inotify is None:
-            self.poll_dir(path, handler)
+            self.poll_dir(path, handler, live)
+            if self.kqueue is not None:
+                self._kq_dir(path, pinned=live or path in self.roots)
             return
         if path in self.watched_dirs or path in self.polled_dirs:
             return
@@ -4393,8 +4839,7 @@ class WatchCore(object):
                     continue  # settled meanwhile (a handler below watched it)
                 if os.path.isdir(path):
                     if not self._add_dir_watch(path, handler):
-                        self.pending_dirs.pop(path, None)
-                        continue
+                        self.pending_dirs.pop(path, None)  # polled instead (a baseline: listed here)
                     handler(path, None, IN_CREATE | IN_ISDIR)
                     looked_again = True
                     continue
@@ -4444,50 +4889,111 @@ class WatchCore(object):
         if changed:
             self.server.after_watchers()
 
-    def poll_dir(self, path, handler):
-        """Watch a directory by stat scans (no inotify here, or no watch left for it)."""
+    def poll_dir(self, path, handler, live=False):
+        """Watch a directory by stat (no inotify here, or no watch left for it). What it holds now
+        is the baseline: the caller lists it (a missing one lists empty until it is made)."""
         self.pending_dirs.pop(path, None)
-        self.polled_dirs[path] = handler
+        self.poller.add_dir(path, handler, live)
+        self._start_polling()
+
+    def _start_polling(self):
         if not self._polling:
             self._polling = True
             self.server.loop.call_later(self.poll_interval, self._poll)
 
     def _poll(self):
-        """One stat scan of the polled directories, reported as inotify would (created, modified,
-        deleted). A failing handler is counted and logged (guarded) and the scan goes on; the next scan
-        is always due."""
+        """One tick of the StatPoller: what is due is looked at, what changed is reported as inotify
+        would (created, modified, deleted). A failing handler is counted and logged (guarded) and the
+        tick goes on; the next tick is always due. A tick that finds nothing costs nothing more."""
         try:
-            for directory, handler in list(self.polled_dirs.items()):
-                for name, mask in self._poll_changes(directory):
-                    self.guarded(os.path.join(directory, name), handler, directory, name, mask)
-            self.server.after_watchers()
+            if self._dispatch(self.poller.run()):
+                self.server.after_watchers()
         except Exception:
             import traceback
             log("stat scan failed:\n" + traceback.format_exc())
         finally:
             self.server.loop.call_later(self.poll_interval, self._poll)
 
-    def _poll_changes(self, directory):
-        """-> [(name, inotify-like mask)] since the last scan of directory."""
-        import stat
-        before = self._stat_cache.get(directory, {})
-        now = {}
-        changes = []
-        for name in dir_entries(directory):
-            try:
-                st = os.stat(os.path.join(directory, name))
-            except OSError:
+    def _dispatch(self, events):
+        for handler, directory, name, mask in events:
+            self.guarded(os.path.join(directory, name), handler, directory, name, mask)
+        return bool(events)
+
+    # -- kqueue: an fd per directory and per file that can change now, within a budget -------------
+    def _kq_dir(self, path, pinned=False):
+        """A directory gets an fd when it is an agent's own (pinned) or changed lately; an idle one
+        is left to the poller, which hands it over (on_active) once it changes."""
+        d = self.poller.dirs.get(path)
+        if d is None or d.stamp is None:
+            return  # missing: polled until it is made
+        if pinned or self.clock() - d.changed < KQUEUE_RECENT_DIR_S:
+            self._kq_add(path, KQ_DIR, pinned)
+
+    def _on_active(self, path, is_dir):
+        """The poller saw a file or directory change: under kqueue it gets an fd (it may change again)."""
+        if self.kqueue is None:
+            return
+        if is_dir and path in self.poller.dirs:
+            self._kq_add(path, KQ_DIR, pinned=path in self.roots)
+        elif not is_dir and path in self.poller.files:
+            self._kq_add(path, KQ_FILE, pinned=path in self.live_paths)
+
+    def _kq_add(self, path, kind, pinned=False):
+        """Follow path by a kqueue fd (suspending its timed looks). With the budget spent, the least
+        recently active path that is not pinned goes back to the poller; if every one is pinned,
+        path stays polled. -> True when path has an fd."""
+        if path in self.kq_paths:
+            self.kq_paths.move_to_end(path)
+            if pinned:
+                self.kq_pinned.add(path)
+            return True
+        if len(self.kq_paths) >= self.kq_budget:
+            victim = next((p for p in self.kq_paths if p not in self.kq_pinned), None)
+            if victim is None:
+                return False
+            self._kq_drop(victim)
+        try:
+            wd = self.kqueue.add_watch(path, kind)
+        except OSError as e:
+            if ("kqueue", path) not in self._logged_bad and len(self._logged_bad) < 200:
+                self._logged_bad.add(("kqueue", path))
+                log("cannot follow %s with kqueue (%s); looking at it by stat instead" % (path, e))
+            return False
+        self.kq_paths[path] = wd
+        self.kq_wds[wd] = path
+        if pinned:
+            self.kq_pinned.add(path)
+        self.poller.suspend(path)
+        return True
+
+    def _kq_drop(self, path):
+        wd = self.kq_paths.pop(path, None)
+        if wd is None:
+            return
+        self.kq_wds.pop(wd, None)
+        self.kq_pinned.discard(path)
+        self.kqueue.remove_watch(wd)
+        self.poller.resume(path)
+
+    def _on_kqueue(self):
+        """kqueue events: each names a file or directory that changed; the poller looks at it now
+        and reports what changed, as inotify would. A deleted or renamed one loses its fd (the fd
+        follows the old file) and is looked at by stat until it is active again."""
+        changed = False
+        for wd, mask, _ in self.kqueue.read():
+            path = self.kq_wds.get(wd)
+            if path is None:
                 continue
-            stamp = now[name] = (st.st_mtime_ns, st.st_size, st.st_ino, stat.S_ISDIR(st.st_mode))
-            old = before.get(name)
-            if old != stamp:
-                kind = IN_MODIFY if old is not None and old[2] == stamp[2] else IN_CREATE
-                changes.append((name, kind | (IN_ISDIR if stamp[3] else 0)))
-        for name, old in before.items():
-            if name not in now:
-                changes.append((name, IN_DELETE | (IN_ISDIR if old[3] else 0)))
-        self._stat_cache[directory] = now
-        return changes
+            self.kq_paths.move_to_end(path)
+            if mask & (IN_DELETE_SELF | IN_MOVE_SELF):
+                self._kq_drop(path)
+            events = self.poller.check(path)
+            parent = os.path.dirname(path)
+            if mask & (IN_DELETE_SELF | IN_MOVE_SELF) and parent in self.poller.dirs:
+                events += self.poller.check(parent)
+            changed = self._dispatch(events) or changed
+        if changed:
+            self.server.after_watchers()
 
     # -- files -------------------------------------------------------------------------------------
     def tail_thread(self, path, agent, tid, reducer, reader):
@@ -4593,6 +5099,10 @@ class WatchCore(object):
     def is_tailed(self, path):
         return path in self.tails
 
+    def now(self):
+        """The core's clock (epoch seconds; a test's own clock where one is given)."""
+        return self.clock()
+
     def horizon(self):
         """The time (epoch seconds) before which a cold start reads nothing (recent_days)."""
         return self.clock() - self.recent_s
@@ -4614,6 +5124,12 @@ class WatchCore(object):
             self.server.loop.remove_reader(self.inotify.fd)
             self.inotify.close()
             self.inotify = None
+        if self.kqueue is not None:
+            self.server.loop.remove_reader(self.kqueue.fd)
+            self.kqueue.close()
+            self.kqueue = None
+            self.kq_paths.clear()
+            self.kq_wds.clear()
 
 
 class WatcherHost(object):
@@ -4634,7 +5150,9 @@ class AgentWatcher(object):
     are the reads of what they hold now (each run under the core's guard). Each watcher tells the
     server what its files say (host.update); which source wins is decided there.
 
-    The class methods answer, from the agent's files, what a restore asks (Resurrect): which
+    thread_files and cwd_dirs name the files a live conversation can change (the Linker's holds:
+looked at each second when polled, given a kqueue fd). The class methods answer, from the agent's
+files, what a restore asks (Resurrect): which
     conversation a process runs (live_id), which ran in a directory (cwd_candidates), and whether one
     is still there (conversation_exists)."""
 
@@ -4649,6 +5167,15 @@ class AgentWatcher(object):
         pass
 
     def cold_steps(self):
+        return ()
+
+    def thread_files(self, tid, cwd):
+        """The files of one conversation that can change now (its agent runs, a hook named it),
+        beyond the one it was read from. cwd: where it runs, or None."""
+        return ()
+
+    def cwd_dirs(self, cwd):
+        """Where an agent running in cwd, on a conversation we cannot name, writes."""
         return ()
 
     @classmethod
@@ -4679,11 +5206,19 @@ class ClaudeWatcher(AgentWatcher):
 
     def start(self):
         claude = self.paths["home"]
-        self.core.watch_root(os.path.join(claude, "sessions"), self._on_registry_dir)
+        self.core.watch_root(os.path.join(claude, "sessions"), self._on_registry_dir, live=True)
         self.core.watch_root(os.path.join(claude, "projects"), self._on_projects_dir)
 
     def cold_steps(self):
         return (self._scan_claude_registry, self._scan_claude_projects)
+
+    def thread_files(self, tid, cwd):
+        """projects/<cwd's project>/<id>.jsonl (there or not yet: a new session writes it at its
+        first prompt)."""
+        return [os.path.join(self.cwd_dirs(cwd)[0], tid + ".jsonl")] if cwd else []
+
+    def cwd_dirs(self, cwd):
+        return [os.path.join(self.paths["home"], "projects", claude_project_dir_name(cwd))]
 
     def _scan_claude_registry(self):
         d = os.path.join(self.paths["home"], "sessions")
@@ -4829,21 +5364,79 @@ class ClaudeWatcher(AgentWatcher):
 
 class CodexWatcher(AgentWatcher):
     """Codex: rollouts ~/.codex/sessions/YYYY/MM/DD/rollout-<time>-<uuid>.jsonl, thread names from
-    session_index.jsonl and state_5.sqlite, turn statuses from thread_history_1.sqlite."""
+    session_index.jsonl and state_5.sqlite, turn statuses from thread_history_1.sqlite.
+
+    A resumed conversation is appended to its ORIGINAL rollout, in the day directory of its first
+    day: every day directory is watched (only recent ones are read at cold start), state_5.sqlite's
+    threads.updated_at finds rollouts resumed lately wherever they are, and
+    thread-writer-locks/<id>.lock (there while Codex has the thread loaded) holds its rollout."""
 
     def __init__(self, core, host, spec, paths):
         AgentWatcher.__init__(self, core, host, spec, paths)
         self.codex_names = {}  # thread id -> name
         self.index_tail = None  # FileTail of session_index.jsonl
+        self.rollout_paths = {}  # thread id -> its rollout (from state_5.sqlite and the listings)
+        self.updated_seen = None  # the greatest threads.updated_at read (s): the next query's lower bound
+        self.names_read = False  # state_5.sqlite was read once (later renames are news)
+        self.unknown = set()  # ids state_5.sqlite had no rollout for, at its last read
+        self.updated_lately = {}  # thread id -> (updated_at, rollout) of rows updated in the last minutes
 
     def start(self):
         codex = self.paths["home"]
         self.core.watch_root(codex, self._on_codex_home)
         self.core.watch_root(os.path.join(codex, "sessions"), self._on_codex_tree)
+        self.core.watch_root(os.path.join(codex, "thread-writer-locks"), self._on_codex_locks, live=True)
+        for name in ("state_5.sqlite", "state_5.sqlite-wal", "session_index.jsonl"):
+            self.core.live_file(os.path.join(codex, name))
 
     def cold_steps(self):
         return (self._read_codex_index, self._read_codex_names_db, self._scan_codex_sessions,
-                self._codex_turns_fallback)
+                self._codex_turns_fallback, self._read_codex_locks)
+
+    def rollout_path(self, tid):
+        """The rollout of a thread id: known from a listing or state_5.sqlite (a path there is
+        taken only inside sessions/ and only with the id in its name), else None."""
+        path = self.rollout_paths.get(tid) or self.core.path_of(self.agent, tid)
+        if path or not valid_thread_id(self.agent, tid) or tid in self.unknown:
+            return path
+        db = os.path.join(self.paths["home"], "state_5.sqlite")
+        if not os.path.exists(db):
+            return None
+        import sqlite3
+        try:
+            rows = sqlite_rows(db, "SELECT rollout_path FROM threads WHERE id = ?", (tid,))
+        except sqlite3.Error:
+            return None
+        found = self._rollout_of(tid, rows[0]["rollout_path"]) if rows else None
+        if found is None and len(self.unknown) < 10000:
+            self.unknown.add(tid)  # asked again once state_5.sqlite changes
+        return found
+
+    def _rollout_of(self, tid, path):
+        root = os.path.join(self.paths["home"], "sessions") + os.sep
+        if isinstance(path, str) and os.path.abspath(path).startswith(root) and codex_id_from_path(path) == tid:
+            self.rollout_paths[tid] = os.path.abspath(path)
+            return self.rollout_paths[tid]
+        return None
+
+    def thread_files(self, tid, cwd):
+        path = self.rollout_path(tid)
+        return [path] if path else []
+
+    def cwd_dirs(self, cwd):
+        """A Codex with no thread we can name writes its new rollout under today's directory."""
+        return [os.path.join(self.paths["home"], "sessions",
+                             time.strftime("%Y/%m/%d", time.localtime(self.core.now())))]
+
+    def _read_codex_locks(self):
+        self._on_codex_locks(os.path.join(self.paths["home"], "thread-writer-locks"), None, 0)
+
+    def _on_codex_locks(self, directory, name, mask):
+        """thread-writer-locks/<id>.lock is there while Codex (its TUI, or its app-server daemon)
+        has the thread loaded: that thread's rollout can change now, wherever it is."""
+        ids = [n[:-5] for n in dir_entries(directory, ".lock")]
+        self.core.hold("codex-locks", [p for p in (self.rollout_path(t) for t in ids
+                                                   if valid_thread_id(self.agent, t)) if p])
 
     def _codex_turns_fallback(self):
         """A rollout read from its tail may not reach back to its turn's task_started (a long turn):
@@ -4903,29 +5496,61 @@ class CodexWatcher(AgentWatcher):
                     self._apply(rollout)
 
     def _read_codex_names_db(self):
-        """Thread names from state_5.sqlite (read-only; a locked or half-written DB is skipped)."""
+        """Thread names from state_5.sqlite (read-only; a locked or half-written DB is skipped), and
+        the rollouts of threads updated since the last look: a conversation resumed in a day
+        directory older than the cold start's window is read from there."""
         import sqlite3
         path = os.path.join(self.paths["home"], "state_5.sqlite")
         if not os.path.exists(path):
             return
         self.core.db_reading(path)
+        since = self.updated_seen if self.updated_seen is not None else int(self.core.horizon())
         try:
             rows = sqlite_rows(path, "SELECT id, name FROM threads WHERE name IS NOT NULL AND name != ''")
+            updated = sqlite_rows(path, "SELECT id, rollout_path, updated_at FROM threads WHERE updated_at >= ? "
+                                        "ORDER BY updated_at", (since,))
         except sqlite3.Error as e:
             self.core.db_read_failed(path)
             log("codex state_5.sqlite not readable now (%s); will retry on its next change" % e)
             return
+        live = self.names_read
+        self.names_read = True
+        self.unknown.clear()
+        lately = self.core.now() - CODEX_UPDATED_HOLD_S
+        for row in updated:
+            stamp = row["updated_at"]
+            if isinstance(stamp, int) and not isinstance(stamp, bool):
+                self.updated_seen = max(self.updated_seen or 0, stamp)
+            rollout = self._rollout_of(row["id"], row["rollout_path"]) \
+                if valid_thread_id(self.agent, row["id"]) else None
+            if rollout and isinstance(stamp, int) and stamp >= lately:
+                self.updated_lately[row["id"]] = (stamp, rollout)
+            if rollout and not self.core.is_tailed(rollout) and (live or self.core.recent(rollout)):
+                self.core.guarded(rollout, self._read_codex_rollout, rollout)
+        self.updated_lately = {t: v for t, v in self.updated_lately.items() if v[0] >= lately}
+        self.core.hold("codex-updated", [rollout for _, rollout in self.updated_lately.values()])
         renamed = set()
         for row in rows:
             if self.codex_names.get(row["id"]) != row["name"]:
                 self.codex_names[row["id"]] = row["name"]
                 renamed.add(row["id"])
-        if renamed:
-            for rollout, st in self.core.thread_states(self.agent):
-                if st["id"] in renamed:
-                    self._apply(rollout, moved_on=False)
+        if not renamed:
+            return
+        for rollout, st in self.core.thread_states(self.agent):
+            if st["id"] in renamed:
+                renamed.discard(st["id"])
+                self._apply(rollout, moved_on=False)
+        for tid in renamed if live else ():
+            # renamed now, in a conversation we had not read (older than the window): it is live again
+            rollout = self.rollout_path(tid)
+            if rollout and valid_thread_id(self.agent, tid):
+                self.core.guarded(rollout, self._read_codex_rollout, rollout)
+                if self.core.state(rollout) is not None:
+                    self._apply(rollout, moved_on=False, updated_at=int(self.core.now() * 1000))
 
     def _scan_codex_sessions(self):
+        """Watch every day directory (a resumed conversation is appended where it began); read the
+        rollouts of the recent ones (older ones resumed lately come from state_5.sqlite)."""
         listdir_counted = self.core.listdir_counted
         root = os.path.join(self.paths["home"], "sessions")
         horizon = time.strftime("%Y/%m/%d", time.localtime(self.core.horizon() - 86400))
@@ -4936,17 +5561,22 @@ class CodexWatcher(AgentWatcher):
             self.core.watch_dir(ydir, self._on_codex_tree)
             for m in listdir_counted(ydir):
                 mdir = os.path.join(ydir, m)
-                if not os.path.isdir(mdir) or "%s/%s/99" % (y, m) < horizon:
+                if not os.path.isdir(mdir):
                     continue
                 self.core.watch_dir(mdir, self._on_codex_tree)
                 for d in listdir_counted(mdir):
                     ddir = os.path.join(mdir, d)
-                    if not os.path.isdir(ddir) or "%s/%s/%s" % (y, m, d) < horizon:
+                    if not os.path.isdir(ddir):
                         continue
                     self.core.watch_dir(ddir, self._on_codex_tree)
+                    if "%s/%s/%s" % (y, m, d) < horizon:
+                        continue
                     for name in listdir_counted(ddir):
                         path = os.path.join(ddir, name)
-                        if codex_id_from_path(path) and not self.core.is_tailed(path) and self.core.recent(path):
+                        tid = codex_id_from_path(path)
+                        if tid:
+                            self.rollout_paths[tid] = path
+                        if tid and not self.core.is_tailed(path) and self.core.recent(path):
                             self.core.guarded(path, self._read_codex_rollout, path)
 
     def _on_codex_tree(self, directory, name, mask):
@@ -4958,6 +5588,7 @@ class CodexWatcher(AgentWatcher):
             for sub in self.core.listdir_counted(path) if os.path.isdir(path) else ():
                 self.core.guarded(os.path.join(path, sub), self._on_codex_tree, path, sub, IN_CREATE)
         elif codex_id_from_path(path) and not mask & (IN_DELETE | IN_MOVED_FROM):
+            self.rollout_paths[codex_id_from_path(path)] = path
             self._read_codex_rollout(path)
 
     def _read_codex_rollout(self, path):
@@ -4970,14 +5601,16 @@ class CodexWatcher(AgentWatcher):
         moved_on = before != state["status"] or any(codex_moved_on(rec) for rec in records)
         self._apply(path, moved_on)
 
-    def _apply(self, path, moved_on=True):
-        """moved_on: the rollout shows the turn went on (else a wait known from the hook may hold)."""
+    def _apply(self, path, moved_on=True, updated_at=None):
+        """moved_on: the rollout shows the turn went on (else a wait known from the hook may hold).
+        updated_at: a later time than the rollout's own (a rename seen now)."""
         state = self.core.state(path)
         tid = state["id"]
         self.host.update(
             self.agent, tid, status=state["status"], detail=state["detail"],
             title=thread_title(state, self.codex_names.get(tid)), cwd=state["cwd"], model=state["model"],
-            updated_at=state["updatedAt"] or None, source="file", usage=state.get("usage"), moved_on=moved_on)
+            updated_at=max(state["updatedAt"] or 0, updated_at or 0) or None, source="file",
+            usage=state.get("usage"), moved_on=moved_on)
 
     @staticmethod
     def rollouts(paths):
@@ -5018,6 +5651,8 @@ class OpenCodeWatcher(AgentWatcher):
 
     def start(self):
         self.core.watch_root(os.path.dirname(self.db), self._on_opencode_dir)
+        self.core.live_file(self.db)
+        self.core.live_file(self.db + "-wal")
 
     def cold_steps(self):
         return (self._query_opencode,)
@@ -5207,6 +5842,25 @@ class ChatFilesWatcher(AgentWatcher):
     def _scan_projects(self):
         self._on_projects(self.projects_dir, None, 0)
 
+    def chat_dir(self, cwd):
+        """The directory of the chats started in cwd, as this watcher knows it now, or None."""
+        return self.chat_dir_of(self.spec, self.paths, cwd)
+
+    def cwd_dirs(self, cwd):
+        d = self.chat_dir(cwd)
+        return [d] if d else []
+
+    def thread_files(self, tid, cwd):
+        """The chat files of thread tid in cwd's chat directory, named by its id (or, header_id, by
+        the id's start: Gemini's session-<time>-<first 8>.jsonl)."""
+        d = self.chat_dir(cwd) if cwd else None
+        out = []
+        for name in dir_entries(d, ".jsonl") if d else ():
+            named = self.chat.name_id(name)
+            if named and (tid.startswith(named) if self.chat.header_id else named == tid):
+                out.append(os.path.join(d, name))
+        return out
+
     def _on_projects(self, directory, name, mask):
         """A new (name) or every (None) project directory: watch its chats and read its recent files."""
         if name is not None and not mask & IN_ISDIR:
@@ -5304,7 +5958,13 @@ class GeminiWatcher(ChatFilesWatcher):
 
     def start(self):
         self.core.watch_root(self.paths["home"], self._on_gemini_home)
+        self.core.live_file(os.path.join(self.paths["home"], "projects.json"))
         ChatFilesWatcher.start(self)
+
+    def chat_dir(self, cwd):
+        """From projects.json as last read (no read of it per question)."""
+        project = next((name for name, d in self.project_dirs.items() if d == cwd), None)
+        return os.path.join(self.projects_dir, project, self.chat.chats) if project else None
 
     def cold_steps(self):
         return (self._read_gemini_projects, self._scan_projects)
@@ -5340,6 +6000,10 @@ class GeminiWatcher(ChatFilesWatcher):
 
     def _apply(self, path, records):
         state = self.core.state(path)
+        if not state["turns"] and self.core.path_of(self.agent, state["id"]) not in (None, path):
+            # a resume appends to the original file and leaves a stub with the same id (a header
+            # and the session context, never written again): the original speaks for the thread
+            return
         if not state["cwd"]:
             parts = path.split(os.sep)
             if len(parts) >= 3:
@@ -5376,7 +6040,7 @@ class QwenWatcher(ChatFilesWatcher):
 
     def start(self):
         ChatFilesWatcher.start(self)
-        self.core.watch_root(self.registry_dir, self._on_qwen_registry)
+        self.core.watch_root(self.registry_dir, self._on_qwen_registry, live=True)
 
     def cold_steps(self):
         return (self._scan_projects, self._scan_qwen_registry)
@@ -5440,10 +6104,10 @@ class AgentWatchers(object):
     wiring of one WatchCore and one watcher per agent (its spec's watch.kind), each given only a
     WatcherHost (the loop, the apply step) and its own agent's paths."""
 
-    def __init__(self, server, environ=None, recent_days=7.0, poll_interval=1.0, clock=time.time):
+    def __init__(self, server, environ=None, recent_days=7.0, poll_interval=1.0, clock=time.time, kmod=None):
         host = WatcherHost(server.loop, lambda *a, **kw: server.apply_thread_update(*a, **kw),
                            lambda agent, pid: server.agent_pid_exited(agent, pid), lambda: server.after_watchers())
-        self.core = WatchCore(host, environ, recent_days, poll_interval, clock)
+        self.core = WatchCore(host, environ, recent_days, poll_interval, clock, kmod)
         self.core.on_overflow = self.cold_start
         paths = agent_paths(environ)
         self.by_agent = {}
@@ -5470,6 +6134,41 @@ class AgentWatchers(object):
 
     def close(self):
         self.core.close()
+
+    def hold_threads(self, threads, cwds=()):
+        """What the Linker knows is live now, as files that can change: `threads` [(agent, thread
+        id, cwd)] whose agent runs or that a hook or plugin says are under way (their files are
+        looked at each second, or given a kqueue fd: a conversation resumed after weeks is seen at
+        once), `cwds` [(agent, cwd)] of agents in panes on a conversation we cannot name (the
+        directories they write in). Each agent's watcher names the files (thread_files, cwd_dirs).
+        inotify sees every change anyway: nothing to do there."""
+        core = self.core
+        if not self.wants_holds():
+            return
+        paths = set()
+        for agent, tid, cwd in threads:
+            watcher = self.by_agent.get(agent)
+            if watcher is None:
+                continue
+            known = core.path_of(agent, tid)
+            if known:
+                paths.add(known)
+            paths.update(watcher.thread_files(tid, cwd if isinstance(cwd, str) and cwd else None))
+        for agent, cwd in cwds:
+            if agent in self.by_agent and isinstance(cwd, str) and cwd:
+                paths.update(self.by_agent[agent].cwd_dirs(cwd))
+        core.hold("agents", paths)
+
+    def wants_holds(self):
+        """Something is watched by stat or kqueue (for which a hold makes a difference)."""
+        return self.core.backend != "inotify" or bool(self.core.poller.dirs)
+
+    def watch_stats(self):
+        """How agent files are watched, and what it costs (/health)."""
+        core = self.core
+        # (read from an HTTP thread: only counters and lengths)
+        return {"backend": core.backend, "statCalls": core.poller.stat_calls, "dirs": len(core.poller.dirs),
+                "files": len(core.poller.files), "kqueueFds": len(core.kq_paths), "held": len(core.poller.held)}
 
     # what the Server (/health, its start log) and the tests read of the core
     tails = property(lambda self: self.core.tails)
@@ -6648,6 +7347,33 @@ def guess_threads_by_cwd(threads, panes, processes, pid_links):
     return links
 
 
+LIVE_HOOK_MS = 3600 * 1000  # a thread a hook or plugin said is under way, this recently, can change now
+
+
+def live_conversations(threads, panes, processes, now):
+    """Which conversations can change now, as files to hold (a pure function of the threads, the
+    panes {pane id: (session name, cwd)}, the processes (a Processes) and the time in ms):
+    threads whose agent runs, or that a hook or plugin said were under way in the last
+    LIVE_HOOK_MS; the conversation an agent in a pane was started on (`resume <id>`) or holds open
+    (Codex's rollout); and for an agent in a pane on a conversation we cannot name, the directory
+    it writes in. -> ([(agent, thread id, cwd or None)], [(agent, cwd)])"""
+    threads = list(threads)
+    recent = now - LIVE_HOOK_MS
+    live = [(t.agent, t.id, t.cwd) for t in threads
+            if t.alive or t.status in ("running", "waiting", "retry") and t.updated_at >= recent]
+    linked = {t.pane for t in threads if t.alive and t.pane}
+    cwds = []
+    for pane_id, (agent, _pid, args) in sorted(processes.agents.items()):
+        rid = agent_resume_id_from_args(agent, args)
+        cwd = panes.get(pane_id, (None, None))[1]
+        if rid:
+            live.append((agent, rid, cwd))
+        elif pane_id not in linked and cwd:
+            cwds.append((agent, cwd))
+    live.extend((agent, tid, None) for agent, tid in processes.open_threads.values())
+    return live, cwds
+
+
 class AgentExits(object):
     """Be woken when an agent process a live thread runs in exits: a pidfd per process (Linux
     5.3+, Python 3.9+) in the event loop. Elsewhere a 1 s timer asks the kernel about those pids
@@ -6796,9 +7522,12 @@ class Linker(object):
     pure decisions (link_threads by pid, then guess_threads_by_cwd) applied to the store's threads,
     the exits of agent processes (AgentExits), and a thread whose process died mid-turn. Given the
     store, the loop, the probes, a clock, and the server's publish, status_changed(thread, old,
-    new) (the apply step judges it) and save_state."""
+    new) (the apply step judges it) and save_state; and, where the agents' files are watched by stat
+    or kqueue (holds_wanted()), hold_files(threads, cwds): the files of the conversations that can
+    change now (live_conversations), looked at each second or given a kqueue fd."""
 
-    def __init__(self, store, loop, probes, clock, publish, status_changed, save_state):
+    def __init__(self, store, loop, probes, clock, publish, status_changed, save_state,
+                 holds_wanted=lambda: False, hold_files=lambda threads, cwds: None):
         self.store = store
         self.loop = loop
         self.probes = probes
@@ -6806,6 +7535,8 @@ class Linker(object):
         self.publish = publish
         self.status_changed = status_changed
         self.save_state = save_state
+        self.holds_wanted = holds_wanted
+        self.hold_files = hold_files
         self.proc_table = None
         self.pane_of_pid = {}
         self.pane_agents = {}
@@ -6865,6 +7596,8 @@ class Linker(object):
             self.store.touch()
         self._apply_links(guess_threads_by_cwd(list(threads.values()), panes, processes, links), panes)
         self.agent_exits.sync()
+        if self.holds_wanted():  # (inotify sees every change: no pass over the threads for it)
+            self.hold_files(*live_conversations(threads.values(), panes, processes, now_ms(self.clock)))
 
     def _relink(self):
         self._relink_pending = False
@@ -7138,7 +7871,10 @@ class Server(object):
         self.usage_path = os.path.join(state_dir(self.environ), "usage-%s.json" % key)
         self._status_changes = []
         self.linker = Linker(self.store, self.loop, self.probes, clock, self.publish,
-                             lambda t, old, new: self._status_changes.append((t, old, new)), self.state_file.schedule_save)
+                             lambda t, old, new: self._status_changes.append((t, old, new)),
+                             self.state_file.schedule_save,
+                             holds_wanted=lambda: self.watchers is not None and self.watchers.wants_holds(),
+                             hold_files=lambda threads, cwds: self.watchers.hold_threads(threads, cwds))
         self.facts = SessionFacts(self.store, self.loop, self.probes, self.linker, lambda: self.port, self.publish)
         self.prefs = Preferences(self.store, os.path.join(config_dir(self.environ), "ui.json"), tmux, self.on_ui_changed,
                                  os.path.join(state_dir(self.environ), "tmux-options.json"))
@@ -7229,6 +7965,7 @@ class Server(object):
                 "skippedRecords": watchers.bad_records if watchers is not None else 0,
                 "skippedLongLines": watchers.long_lines if watchers is not None else 0,
                 "inotify": bool(watchers is not None and watchers.inotify is not None),
+                "watch": watchers.watch_stats() if watchers is not None else None,
                 "hosts": self.remote.health() if self.remote is not None else None}
 
     def _bind(self):
@@ -7698,7 +8435,7 @@ class Api(object):
         if session is not None and (pane or current is None or not current.pane):
             fields["session"] = session["name"]
         self.host.update_thread(ev["agent"], thread_id, **fields)
-        self.host.relink()
+        self.host.relink()  # (and the files of what it names can change now: the Linker holds them)
         return session is not None
 
     def api_plugin_event(self, body, agent):

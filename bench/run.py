@@ -865,10 +865,14 @@ def bench_dev_home(res, quick):
         osid = ow.execute("SELECT id FROM session WHERE parent_id IS NULL LIMIT 1").fetchone()[0]
         ev = Events(w.port)
         time.sleep(0.3)
-        with open(rollout, "a") as f:  # the Codex thread is live (recent), so /state lists it
+        # the captures are older than the window (their day directory too): a conversation resumed
+        # there is appended to its rollout, which must make it live again before its renames count
+        with open(rollout, "a") as f:
             f.write(json.dumps({"timestamp": iso_now(), "type": "event_msg",
                                 "payload": {"type": "user_message", "message": "bench live"}}) + "\n")
-        ev.wait(0, lambda raw: thread_field(raw, "codex", ctid, "title") is not None)
+        if ev.wait(0, lambda raw: thread_field(raw, "codex", ctid, "title") is not None, 5) is None:
+            raise RuntimeError("an append to the rollout of Codex thread %s (in %s) never reached /events"
+                               % (ctid, os.path.dirname(rollout)))
         clat, olat = [], []
         for i in range(4 if quick else 10):
             name = "live name %d" % i
@@ -912,6 +916,170 @@ def bench_dev_home(res, quick):
         cw.close()
         ow.close()
         return cpu
+    finally:
+        w.close()
+
+
+def recent_transcripts(w, n, projects=20, rng=None):
+    """n conversations in the window, made from the captured records: 3/4 Claude transcripts over
+    `projects` project directories, 1/4 Codex rollouts in their day directories, last changed at
+    times spread over the last 7 days (what a user with many conversations has; none is active)."""
+    rng = rng or random.Random(n)
+    now = time.time()
+    claude_n = n * 3 // 4
+    for i in range(n):
+        t = now - 120 - rng.random() * 7 * 86400 * 0.98
+        if i < claude_n:
+            cwd = os.path.join(w.home, "work", "p%02d" % (i % projects))
+            d = os.path.join(w.home, ".claude", "projects", opensessions.claude_project_dir_name(cwd))
+            sid = str(uuid.uuid4())
+            path = os.path.join(d, sid + ".jsonl")
+            recs = []
+            for rec in CLAUDE_RECS[:6]:
+                r = dict(rec)
+                if "sessionId" in r:
+                    r["sessionId"] = sid
+                if "cwd" in r:
+                    r["cwd"] = cwd
+                recs.append(r)
+        else:
+            d = os.path.join(w.home, ".codex", "sessions", time.strftime("%Y/%m/%d", time.localtime(t)))
+            tid = "01a200ee-%04x-7%03x-9e17-%012x" % (i % 0xffff, i % 0xfff, i)
+            path = os.path.join(d, "rollout-%s-%s.jsonl" % (time.strftime("%Y-%m-%dT%H-%M-%S", time.localtime(t)), tid))
+            recs = []
+            for rec in CODEX_RECS[:6]:
+                r = json.loads(json.dumps(rec))
+                if r["type"] == "session_meta":
+                    r["payload"]["id"] = r["payload"]["session_id"] = tid
+                recs.append(r)
+        os.makedirs(d, exist_ok=True)
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in recs)
+        os.utime(path, (t, t))
+    for top in (os.path.join(w.home, ".codex", "sessions"), os.path.join(w.home, ".claude", "projects")):
+        for dirpath, dirnames, _ in os.walk(top, topdown=False):
+            for dn in dirnames:  # a directory changed when its newest entry was made
+                p = os.path.join(dirpath, dn)
+                newest = max([os.stat(os.path.join(p, x)).st_mtime for x in os.listdir(p)] or [now - 86400])
+                os.utime(p, (newest, newest))
+
+
+def health_watch(w):
+    return json.loads(http(w.port, "GET", "/health")[1])["watch"]
+
+
+def idle_with_stats(w, seconds):
+    """-> (idle CPU %, stat calls per second) of the running server over `seconds`."""
+    s0, t0, c0 = health_watch(w)["statCalls"], time.monotonic(), proc_cpu_s(w.server.pid)
+    time.sleep(seconds)
+    c1, t1, s1 = proc_cpu_s(w.server.pid), time.monotonic(), health_watch(w)["statCalls"]
+    return (c1 - c0) / (t1 - t0) * 100, (s1 - s0) / (t1 - t0)
+
+
+def bench_poll_idle(res, quick):
+    """Idle CPU of the server by stat (OPENSESSIONS_WATCH=poll, the macOS fallback) and by inotify,
+    with 150 / 2,000 / 20,000 conversations in the window; stat calls per second."""
+    idle_s = 10 if quick else 30
+    out = {}
+    for n in (150, 2000, 20000):
+        w = World(1, claude=0, codex=0)
+        try:
+            recent_transcripts(w, n)
+            subprocess.run(["sync"])
+            for mode in ("poll", "inotify"):
+                w.env.pop("OPENSESSIONS_WATCH", None)
+                if mode == "poll":
+                    w.env["OPENSESSIONS_WATCH"] = "poll"
+                w.start_server()
+                time.sleep(5)  # past the cold start's own work
+                cpu, stats = idle_with_stats(w, idle_s)
+                watch = health_watch(w)
+                w.server.terminate()
+                w.server.wait()
+                out[(mode, n)] = (cpu, stats)
+                note = "%s: %d dirs, %d files; %.0f stat calls/s" % (watch["backend"], watch["dirs"], watch["files"], stats)
+                res.add("%s idle CPU, %d recent transcripts" % ("poll path" if mode == "poll" else "inotify", n),
+                        "%d transcripts over 7 days, %ds" % (n, idle_s), [cpu], "%", 0.2, "<=", note=note)
+                if mode == "poll" and n == 20000:
+                    res.add("poll path: stat calls per second", "%d recent transcripts, idle" % n, [stats], "/s",
+                            float("inf"), "<=", note="reported")
+        finally:
+            w.close()
+    return out
+
+
+FAKE_CLAUDE_IDLE = """#!/bin/sh
+# a fake Claude Code resuming a conversation: its registry names the session, as the real one's does
+mkdir -p "$FAKE_REGISTRY"
+printf '{"pid": %s, "sessionId": "%s", "cwd": "%s", "status": "idle", "kind": "interactive"}' \\
+  "$$" "$FAKE_SESSION" "$PWD" > "$FAKE_REGISTRY/$$.json.tmp" && mv "$FAKE_REGISTRY/$$.json.tmp" "$FAKE_REGISTRY/$$.json"
+trap 'rm -f "$FAKE_REGISTRY/$$.json"; exit 0' INT TERM
+while read -r line; do :; done
+"""
+
+
+def bench_poll_latency(res, quick):
+    """By stat: an append to an active transcript, and to one idle for a week whose agent was just
+    started on it (`claude --resume <id>`: its registry names the session) -> /events."""
+    w = World(2, claude=0, codex=0)
+    try:
+        recent_transcripts(w, 2000)
+        cwd = os.path.join(w.home, "work", "resumed")
+        os.makedirs(cwd)
+        proj = os.path.join(w.home, ".claude", "projects", opensessions.claude_project_dir_name(cwd))
+        os.makedirs(proj)
+        week_ago = time.time() - 7 * 86400
+        old = []
+        for i in range(4 if quick else 10):
+            sid = str(uuid.uuid4())
+            claude_transcript(os.path.join(proj, sid + ".jsonl"), sid, cwd, 20 * 1024)
+            os.utime(os.path.join(proj, sid + ".jsonl"), (week_ago, week_ago))
+            old.append(sid)
+        os.utime(proj, (week_ago, week_ago))
+        active_sid = str(uuid.uuid4())
+        active = os.path.join(proj, active_sid + ".jsonl")
+        claude_transcript(active, active_sid, cwd, 20 * 1024)
+        w.env["OPENSESSIONS_WATCH"] = "poll"
+        w.start_server()
+        ev = Events(w.port)
+        time.sleep(0.5)
+        lat = []
+        for i in range(10 if quick else 30):
+            name = "active %d" % i
+            start = len(ev.events)
+            t0 = time.monotonic()
+            with open(active, "a") as f:
+                f.write(json.dumps({"type": "custom-title", "customTitle": name, "sessionId": active_sid}) + "\n")
+            t = ev.wait(start, lambda raw: thread_field(raw, "claude", active_sid, "title") == name, 10)
+            lat.append((t - t0) * 1000 if t else float("nan"))
+            time.sleep(random.uniform(0.2, 1.5))  # appends at any phase of the 1 s tick
+        res.add("poll path: append to an active transcript", "2,000 recent transcripts, OPENSESSIONS_WATCH=poll",
+                lat, "ms", 1200, "p95<=", note=missed(lat))
+        fake = os.path.join(w.base, "bin", "claude")
+        os.makedirs(os.path.dirname(fake))
+        with open(fake, "w") as f:
+            f.write(FAKE_CLAUDE_IDLE)
+        os.chmod(fake, 0o755)
+        reg = os.path.join(w.home, ".claude", "sessions")
+        wlat = []
+        for sid in old:
+            start = len(ev.events)
+            w.tmux("send-keys", "-t", "=s001:", "cd %s && FAKE_REGISTRY=%s FAKE_SESSION=%s %s --resume %s" % (cwd, reg, sid, fake, sid), "Enter")
+            if ev.wait(start, lambda raw: thread_field(raw, "claude", sid, "alive") is True, 10) is None:
+                raise RuntimeError("the fake Claude's registry never made thread %s live" % sid)
+            time.sleep(random.uniform(0.2, 1.0))  # the user types a first prompt
+            name = "resumed %s" % sid[:8]
+            start = len(ev.events)
+            t0 = time.monotonic()
+            with open(os.path.join(proj, sid + ".jsonl"), "a") as f:
+                f.write(json.dumps({"type": "custom-title", "customTitle": name, "sessionId": sid}) + "\n")
+            t = ev.wait(start, lambda raw: thread_field(raw, "claude", sid, "title") == name, 10)
+            wlat.append((t - t0) * 1000 if t else float("nan"))
+            w.tmux("send-keys", "-t", "=s001:", "C-c", "")
+            time.sleep(0.3)
+        res.add("poll path: append to a transcript idle a week", "its agent just started on it: the registry holds it",
+                wlat, "ms", 5000, "p95<=", note=missed(wlat))
+        ev.close()
     finally:
         w.close()
 
@@ -1384,7 +1552,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a ~1 minute pass with fewer samples and shorter idle windows")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home", "cli",
-                                       "save", "remote", "foreign"],
+                                       "save", "remote", "foreign", "poll"],
                     help="run one group of figures")
     args = ap.parse_args()
     quick = args.quick
@@ -1413,6 +1581,9 @@ def main():
                 w.close()
         if args.only == "save":
             bench_save(res, 5 if quick else 10)
+        if args.only == "poll":
+            bench_poll_latency(res, quick)
+            bench_poll_idle(res, quick)
         print(res.table())
         return 0 if all(r["pass"] for r in res.rows) else 1
     idle_s = 10 if quick else 60
@@ -1434,6 +1605,8 @@ def main():
         w.close()
     bench_sidebar_windows(res, quick)
     bench_dev_home(res, quick)
+    bench_poll_latency(res, quick)
+    bench_poll_idle(res, quick)
     bench_bytes_per_append(res, quick)
     bench_cold_start(res, quick)
     bench_cold_start_many(res, quick)
