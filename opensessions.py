@@ -1884,11 +1884,12 @@ def qwen_reduce(state, rec):
 # Agent screens (pure): each agent's prompt read from its screen, and the keys that answer it
 ##############################################################################
 # The keys each agent's prompt expects were learned from the real agents (the pinned
-# versions, fake model on loopback); the screens are in tests/fixtures/<agent>/:
+# versions, fake model on loopback); the screens are in tests/fixtures/<agent>/ (FORMATS.md):
 # - Claude Code 2.1.330: a numbered menu under "Do you want to …?" ("Esc to cancel" below it). A digit
-#   picks its option at once: "1. Yes", "2. Yes, and always allow …" (absent for some tools),
-#   "N. No" (the denial: "Interrupted · What should Claude do instead?"). A prompt is typed into the
-#   "❯" composer between two ─── rules and submitted with Enter.
+#   picks its option at once: "1. Yes", "2. Yes, and …" (what it allows differs by call: "don’t ask
+#   again for: npm *", "always allow access to <dir> from this project", "switch to accept edits …
+#   for this session"; absent for some tools), "N. No" (the denial: "Interrupted · What should Claude
+#   do instead?"). A prompt is typed into the "❯" composer between two ─── rules, Enter submits.
 # - Codex 0.169.0: "Would you like to run …?" with "1. Yes, proceed (y)", "2. Yes, and don't ask again
 #   … (p)", "3. No, and tell Codex what to do differently (esc)": the letter in parentheses picks the
 #   option ("esc" = Escape; the denial: "You canceled the request …"). Codex takes fast input as a
@@ -1897,19 +1898,49 @@ def qwen_reduce(state, rec):
 #   move the selection (it wraps), Enter confirms, Escape rejects. "Allow always" asks again
 #   ("Always allow … Confirm  Cancel", Confirm selected): a second Enter. The selected button is the
 #   one drawn on another background, so these are read with `capture-pane -e`.
+# - Gemini CLI 0.61.0: a box "? Shell  <command>" … "Allow execution of [Shell]?" (or "? WriteFile …"
+#   … "Apply this change?") with "● 1. Allow once", "2. Allow for this session", then "No, suggest
+#   changes (esc)" as 3 (shell) or 4 (file, after "3. Modify with external editor"); a digit picks.
+#   "Allow for this session" allows, until Gemini exits, shell commands with the same first word
+#   (file prompts: every file write). The input is "> " under a ─── rule (placeholder "Type your
+#   message or @path/to/file"); while a hook runs ("Executing Hook … (esc to cancel") Enter is dropped.
+# - Qwen Code 0.24.4: "Allow execution of: 'echo'?" (or "Apply this change?") with "› 1. Yes, allow
+#   once", "2. Always allow run 'echo *' commands in this project", "3. … for this user", "4. No,
+#   suggest changes (esc)" (files: "2. Yes, allow always" = auto-accept edits for this run, "3. No");
+#   a digit picks. The input is "> " between two ─── rules; after an Esc it may hold the old prompt.
+# - Pi 0.73.1: never asks for permission; its input is the lines between two ─── rules.
+# Multi-line text is one bracketed paste (`paste-buffer -p`: tmux brackets it for a pane that asked
+# for bracketed paste, as all six do), then Enter: no agent submits on a pasted newline. What each
+# shows after the paste differs (OpenCode: "[Pasted ~N lines]"; Qwen draws it late; Gemini ignores
+# an Enter within ~2 s of a paste).
 
 REPLY_ACTIONS = ("approve", "approve-always", "deny", "text")
 CLAUDE_PROMPT_GRACE = 0.25
 TEXT_SETTLE = 0.15
+GEMINI_PASTE_SETTLE = 2.0  # Gemini CLI takes an Enter as submit only ~2 s after a paste
+PASTE_SHOWN_TIMEOUT = 4.0  # Qwen Code drew a paste ~1.7 s after it (under load)
+SUBMIT_TIMEOUT = 4.0
+BUSY_WAIT = 4.0  # a screen that says the agent is busy (a hook running) is looked at this long
 MAX_REPLY_TEXT = 4000
+MAX_REPLY_LINES = 200
 _CSI_RE = LazyPattern(r"\x1b\[[0-?]*[ -/]*[@-~]")
 _ANY_ESC_RE = LazyPattern(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
-_MENU_RE = LazyPattern(r"^\s*(?:[❯›>]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
+_MENU_RE = LazyPattern(r"^\s*(?:[❯›>●]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
 _CODEX_KEY_RE = LazyPattern(r"^(.*?)\s*\((\w+)\)$")
+_EDGE_RE = LazyPattern(r"^\s*[│┃]\s?|\s*[│┃█]\s*$")
+_RULE_RE = LazyPattern(r"^\s*─{20,}\s*$")
+_HINT_RE = LazyPattern(r"\s*\((?:esc|shift\s*\+\s*tab|[a-z])\)$")
 
 
 class ReplyRefused(Exception):
-    """The reply cannot be sent safely: the reason says why (HTTP 409)."""
+    """The reply cannot be sent safely: the reason says why (HTTP 409). `wait`: how long the screen
+    is worth looking at again while it changes (it may be drawing the prompt); 0 when the screen
+    shows something definite that another look will not change (refuse at once), None for the
+    caller's default."""
+
+    def __init__(self, message, wait=None):
+        Exception.__init__(self, message)
+        self.wait = wait
 
 
 def strip_escapes(text):
@@ -1925,43 +1956,113 @@ def screen_lines(text, limit=None):
     return lines[-limit:] if limit else lines
 
 
+def _unboxed(line):
+    """A screen line without the box edges around it (Gemini's dialog │ … │, a split pane's │, Qwen's
+    scroll bar █), nested boxes too."""
+    while True:
+        bare = _EDGE_RE.sub("", line)
+        if bare == line:
+            return line.rstrip()
+        line = bare
+
+
 def check_reply_text(text):
-    """A prompt to type: one line, no control characters. -> text, or raises ReplyRefused."""
+    """A prompt to type: one line, or several (sent as one bracketed paste; "\\r\\n" counts as a
+    newline); no other control characters (a tab only in several lines). -> the text, or raises
+    ReplyRefused."""
     if not isinstance(text, str) or not text.strip():
-        raise ReplyRefused("'text' must be a non-empty string")
+        raise ReplyRefused("'text' must be a non-empty string", 0)
     if len(text) > MAX_REPLY_TEXT:
-        raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT)
-    if CONTROL_CHARS.search(text):
-        raise ReplyRefused("'text' contains control characters (a newline too): refused, it is typed literally")
-    return text
+        raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT, 0)
+    text = text.replace("\r\n", "\n")
+    if text.count("\n") >= MAX_REPLY_LINES:
+        raise ReplyRefused("'text' has more than %d lines" % MAX_REPLY_LINES, 0)
+    allowed = "\n\t" if "\n" in text.strip("\n") else ""
+    if any(ch not in allowed for ch in CONTROL_CHARS.findall(text)):
+        raise ReplyRefused("'text' contains control characters (other than newlines between lines): refused, "
+                           "it would be typed as keys", 0)
+    return text.strip("\n") if "\n" in text else text
+
+
+def option_kind(text):
+    """What a permission option does, from its own words: "once" (approve this call), "always" (approve
+    it and more: a command prefix, a directory, every edit for the session), "deny", or None (another
+    kind: switch to auto mode, edit in an external editor)."""
+    low = _HINT_RE.sub("", text.strip().lower().replace("\u2019", "'"))
+    if low == "no" or low.startswith(("no,", "no ")):
+        return "deny"
+    if "auto mode" in low or "external editor" in low:
+        return None
+    if "always" in low or "don't ask again" in low or "do not ask again" in low or "for this session" in low:
+        return "always"
+    if low.startswith(("yes", "allow once")) and ", and" not in low:
+        return "once"
+    return None
+
+
+_ACTION_KIND = {"approve": "once", "approve-always": "always", "deny": "deny"}
 
 
 def _pick(options, action):
-    """Which option answers the action: 'Yes' once, 'Yes, and always/don't ask again', 'No'."""
-    for number, text in options:
-        low = text.lower()
-        if action == "approve" and low.startswith("yes") and ", and" not in low:
-            return number, text
-        if action == "approve-always" and low.startswith("yes, and") and ("always" in low or "don't ask" in low
-                                                                           or "do not ask" in low):
-            return number, text
-        if action == "deny" and low.startswith("no"):
-            return number, text
+    """The option (number, text, …) that answers the action, read from the options' own words: the
+    first of its kind (Qwen's "in this project" before "for this user"), or None."""
+    for option in options:
+        if option_kind(option[1]) == _ACTION_KIND.get(action):
+            return option
     return None
+
+
+def _no_option(title, action, options):
+    """The refusal for a prompt without an option for the action: the agent's own options, quoted."""
+    want = {"approve": "approve once", "approve-always": "approve always", "deny": "deny"}[action]
+    return ReplyRefused("this %s prompt has no option to %s; it offers: %s" % (
+        title, want, "; ".join("%d. %s" % (o[0], _HINT_RE.sub("", o[1])) for o in options)), 0)
+
+
+def _answer(option, covers=None):
+    """What an answer did, in the agent's own words: the option chosen, and what it covers."""
+    said = "%d. %s" % (option[0], _HINT_RE.sub("", option[1]))
+    return ("answer", "“%s”%s" % (said, ("; " + covers) if covers else ""))
+
+
+def _menu(tail, start):
+    """The numbered options that follow line `start` -> [(number, text)] (boxes removed)."""
+    out = []
+    column = 0
+    for line in tail[start + 1:]:
+        line = _unboxed(line)
+        m = _MENU_RE.match(line)
+        if m:
+            out.append((int(m.group(1)), m.group(2)))
+            column = m.start(2)
+        elif out and line.strip():
+            if len(line) - len(line.lstrip()) < column - 1:
+                break
+            out[-1] = (out[-1][0], out[-1][1] + " " + line.strip())  # the option's text, wrapped
+    return out
+
+
+def _rule_bounds(tail):
+    """Indexes of the last two ─── rules in the lines (None where missing)."""
+    rules = [i for i, l in enumerate(tail) if _RULE_RE.match(l)]
+    return (rules[-2] if len(rules) > 1 else None), (rules[-1] if rules else None)
 
 
 def claude_prompt(screen_esc):
     """-> ('permission', options) | ('input', composer text) | None, from a Claude Code screen."""
-    tail = screen_lines(screen_esc)[-40:]
+    tail = [_unboxed(l) for l in screen_lines(screen_esc)[-40:]]
     if any("Esc to cancel" in l for l in tail[-6:]) and any(l.strip().startswith("Do you want to") for l in tail):
         start = max(i for i, l in enumerate(tail) if l.strip().startswith("Do you want to"))
-        options = [(int(m.group(1)), m.group(2)) for m in (_MENU_RE.match(l) for l in tail[start + 1:]) if m]
+        options = _menu(tail, start)
         if options:
             return ("permission", options)
     for i in range(len(tail) - 1, 0, -1):
         line = tail[i]
-        if line.startswith("❯") and tail[i - 1].startswith("──") and any(l.startswith("──") for l in tail[i + 1:i + 4]):
-            return ("input", line[1:].strip())
+        if line.startswith("❯") and tail[i - 1].startswith("──"):
+            end = next((j for j in range(i + 1, min(len(tail), i + 60)) if tail[j].startswith("──")), None)
+            if end is not None:
+                text = "\n".join([line[1:].strip()] + [l.strip() for l in tail[i + 1:end]])
+                return ("input", text.strip("\n"))
     return None
 
 
@@ -1979,7 +2080,7 @@ def codex_prompt(screen_esc):
         if options:
             return ("permission", options)
         return None
-    if any(l.startswith("› ") for l in tail[-6:]):
+    if any(l.startswith("› ") for l in tail[-8:]):
         return ("input", None)
     return None
 
@@ -2058,28 +2159,157 @@ def opencode_prompt(screen_esc):
         return ("input", None)
     return None
 
-def _text_steps(text, screen_esc, submitted):
-    """Type a prompt: the text, then Enter only once it is on screen and a moment later (Codex takes
-    input that comes fast as a paste, and an Enter inside a paste as a newline: seen with Enter right
-    after), then wait for it to be submitted (`submitted(screen, needle, typed_screen)`)."""
-    needle = text[-20:]
-    typed_screen = [screen_esc]
 
-    def typed(screen):
-        if needle in "\n".join(screen_lines(screen)[-30:]):
-            typed_screen[0] = screen
-            return True
-        return False
-    return [("literal", text), ("expect", "the typed text on screen", typed, TEXT_SETTLE),
-            ("keys", ["Enter"]), ("expect", "the prompt being submitted",
-                                   lambda screen: submitted(screen, needle, typed_screen[0]))]
+def opencode_input(screen_esc):
+    """The text in OpenCode's composer (the ┃ lines right above its ╹▀▀ edge, without the mode line
+    under the text), "" when empty or showing its placeholder ("Ask anything…"), or None."""
+    lines = screen_lines(screen_esc)[-40:]
+    edge = max((i for i, l in enumerate(lines) if l.lstrip().startswith("╹▀")), default=None)
+    if edge is None:
+        return None
+    box = []
+    for l in reversed(lines[:edge]):
+        if not l.lstrip().startswith("┃"):
+            break
+        box.insert(0, re.split(r"\s{10,}", l.lstrip()[1:].strip())[0])
+    text = "\n".join(box[:-1]).strip("\n") if box else ""
+    return "" if text.startswith("Ask anything") else text
+
+
+def opencode_always_patterns(screen_esc):
+    """The patterns OpenCode's "Always allow" confirmation lists ("- echo *" lines), or []."""
+    lines = [strip_escapes(l).strip() for l in screen_esc.split("\n")]
+    start = max((i for i, l in enumerate(lines) if "Always allow" in l), default=None)
+    if start is None:
+        return []
+    out = []
+    for l in lines[start + 1:start + 20]:
+        l = l.strip("┃│ ")
+        if l.startswith("- "):
+            out.append(l[2:].strip())
+        elif "Confirm" in l:
+            break
+    return out
+
+
+_INPUT_PLACEHOLDER = "Type your message or @path/to/file"
+
+
+def _input_after(tail, start, sign=">"):
+    """The input that begins on the first line after `start` starting with `sign` ("> " then
+    continuation lines, up to a blank line or a rule) -> its text ("" for the placeholder), or None."""
+    for i in range(start + 1, min(len(tail), start + 6)):
+        line = tail[i].strip()
+        if line.startswith(sign):
+            lines = [line[len(sign):].strip()]
+            for l in tail[i + 1:i + 60]:
+                if not l.strip() or _RULE_RE.match(l):
+                    break
+                lines.append(l.strip())
+            text = "\n".join(lines).replace("\u200b", "").strip()
+            return "" if text == _INPUT_PLACEHOLDER else text
+    return None
+
+
+def gemini_prompt(screen_esc):
+    """-> ('permission', options) | ('input', text) | ('busy', text) | None, from a Gemini CLI screen
+    (busy: its spinner line "… (esc to cancel, Ns)" shows above the input: a hook runs, Enter is lost)."""
+    tail = [_unboxed(l) for l in screen_lines(screen_esc)[-60:]]
+    asks = [i for i, l in enumerate(tail) if l.strip().startswith(("Allow execution of", "Apply this change?"))
+            or (l.strip().startswith("Allow ") and l.strip().endswith("?"))]
+    if asks:
+        options = _menu(tail, asks[-1])
+        if options and option_kind(options[0][1]) == "once":
+            return ("permission", options)
+    _, rule = _rule_bounds(tail)
+    if rule is None:
+        return None
+    text = _input_after(tail, rule)
+    if text is None:
+        return None
+    busy = any("esc to cancel" in l for l in tail[max(0, rule - 3):rule])
+    return ("busy" if busy else "input", text)
+
+
+def qwen_prompt(screen_esc):
+    """-> ('permission', options) | ('input', text) | ('busy', text) | None, from a Qwen Code screen
+    (busy: "… (Ns · esc to cancel)" above the input, "Enter to steer" in the footer)."""
+    tail = [_unboxed(l) for l in screen_lines(screen_esc)[-60:]]
+    asks = [i for i, l in enumerate(tail) if l.strip().startswith(("Allow execution of", "Apply this change?"))]
+    if asks:
+        options = _menu(tail, asks[-1])
+        if options and option_kind(options[0][1]) == "once":
+            return ("permission", options)
+    top, bottom = _rule_bounds(tail)
+    if top is None:
+        return None
+    text = _input_after(tail, top)
+    if text is None:
+        return None
+    busy = any("esc to cancel" in l for l in tail[max(0, top - 3):top]) or \
+        any("Enter to steer" in l for l in tail[bottom + 1:])
+    return ("busy" if busy else "input", text)
+
+
+def pi_prompt(screen_esc):
+    """-> ('input', text) | ('busy', text) | None, from a Pi screen (the editor is the lines between
+    its two ─── rules; busy: "Working..." above them). Pi never asks for a permission."""
+    tail = screen_lines(screen_esc)[-60:]
+    top, bottom = _rule_bounds(tail)
+    if top is None:
+        return None
+    text = "\n".join(l.rstrip() for l in tail[top + 1:bottom]).strip("\n")
+    busy = any("Working..." in l for l in tail[max(0, top - 3):top])
+    return ("busy" if busy else "input", text)
+
+
+def _text_steps(text, submitted, paste_shown=None, enter_after=TEXT_SETTLE):
+    """Type a prompt and submit it. One line: the text, then Enter only once it is on screen and a
+    moment later (Codex takes input that comes fast as a paste, and an Enter inside a paste as a
+    newline: seen with Enter right after). Several lines: one bracketed paste, then Enter once the
+    agent shows it (`paste_shown(screen)`, default: its last line on screen) and `enter_after`
+    seconds more. Then wait for the prompt to be submitted (`submitted(screen, needle)`)."""
+    last = [l for l in text.split("\n") if l.strip()][-1].strip()
+    needle = last[-20:]
+
+    def shown(screen):  # (a long paste may show as "[Pasted Content …]" instead)
+        tail = "\n".join(screen_lines(screen)[-40:])
+        return needle in tail or "[Pasted" in tail
+    if "\n" in text:
+        first = ("paste", text)
+        what = "the pasted text in the input"
+        check = paste_shown or shown
+        timeout = PASTE_SHOWN_TIMEOUT
+    else:
+        first, what, check, timeout = ("literal", text), "the typed text on screen", shown, None
+    return [first, ("expect", what, check, enter_after, timeout), ("keys", ["Enter"]),
+            ("expect", "the prompt being submitted", lambda screen: submitted(screen, needle), None, SUBMIT_TIMEOUT)]
 
 
 def _not_input(title, found):
-    """The refusal for text sent to a screen that shows no prompt input."""
+    """The refusal for text sent to a screen that shows no prompt input: at once when it shows a
+    permission prompt (another look will not change that), else after the screen settles."""
     kind = found[0] if found else None
-    return ReplyRefused("the %s screen does not show its prompt input%s" % (
-        title, " (it shows a permission prompt)" if kind in ("permission", "confirm-always") else ""))
+    if kind in ("permission", "confirm-always"):
+        return ReplyRefused("%s is asking for a permission; text is typed only at its prompt input "
+                            "(answer the permission first)" % title, 0)
+    if kind == "busy":
+        return ReplyRefused("%s is busy (its screen says so); text is typed only when it waits at its "
+                            "prompt input" % title, BUSY_WAIT)
+    return ReplyRefused("%s's screen does not show its prompt input" % title)
+
+
+def _not_permission(title, found, action):
+    """The refusal for an answer to a screen that shows no permission prompt."""
+    what = "nothing to %s" % ("deny" if action == "deny" else "approve")
+    if found and found[0] in ("input", "busy"):
+        return ReplyRefused("%s shows its prompt input, not a permission prompt; there is %s" % (title, what))
+    return ReplyRefused("%s's screen does not show a permission prompt; there is %s" % (title, what))
+
+
+def _holds_text(title, text):
+    return ReplyRefused("%s's input already holds text (%r); not typing into it: clear it in its pane "
+                        "first" % (title, text[:40]))
 
 
 def _gone(read, found):
@@ -2090,30 +2320,53 @@ def _gone(read, found):
     return gone
 
 
+def _input_empty(read):
+    """-> predicate: the reader sees its input, and it is empty (a prompt was submitted)."""
+    def empty(screen):
+        now = read(screen)
+        return now is not None and now[0] in ("input", "busy") and not now[1]
+    return empty
+
+
+def _digit_plan(title, read, action, screen_esc, covers=None, grace=None):
+    """A numbered menu answered by its digit: the option is read from the screen (never assumed)."""
+    found = read(screen_esc)
+    if not found or found[0] != "permission":
+        raise _not_permission(title, found, action)
+    picked = _pick(found[1], action)
+    if picked is None:
+        raise _no_option(title, action, found[1])
+    gone = _gone(read, found)
+    steps = [_answer(picked, covers(picked[1]) if covers and action == "approve-always" else None)]
+    if grace:
+        steps.append(("hold", grace, "the permission prompt", lambda screen: not gone(screen)))
+    return steps + [("keys", [str(picked[0])]), ("expect", "the prompt going away after the key", gone)]
+
+
+def _claude_covers(option):
+    low = option.lower().replace("\u2019", "'")
+    if "always allow access to" in low:
+        return ("Claude allows access to that directory, not this command: the same call may ask "
+                "again (seen with Claude Code 2.1.330)")
+    return None
+
+
 def claude_reply_plan(action, screen_esc, text=None):
     """Claude Code: a digit picks a permission option; a prompt goes into an empty composer."""
-    found = claude_prompt(screen_esc)
     if action == "text":
+        found = claude_prompt(screen_esc)
         if not found or found[0] != "input":
             raise _not_input("Claude Code", found)
         if found[1]:
-            raise ReplyRefused("the Claude Code input already holds text (%r); not typing into it" % found[1][:40])
+            raise _holds_text("Claude Code", found[1])
 
-        def submitted(screen, needle, typed_screen):
+        def submitted(screen, needle):
             f = claude_prompt(screen)
             return f is None or f[0] != "input" or needle not in f[1]
-        return _text_steps(text, screen_esc, submitted)
-    if not found or found[0] != "permission":
-        raise ReplyRefused("the Claude Code screen does not show a permission prompt")
-    picked = _pick(found[1], action)
-    if picked is None:
-        raise ReplyRefused("this Claude Code prompt offers no option for %s (options: %s)" % (
-            action, "; ".join("%d. %s" % o for o in found[1])))
-    gone = _gone(claude_prompt, found)
+        return _text_steps(text, submitted, lambda screen: bool((claude_prompt(screen) or ("", ""))[1]))
     # Claude Code ignores keys in the first ~0.1 s a permission prompt is up (seen: a digit 50 ms after
     # it appeared was dropped, 100 ms after was taken): see it up that long first
-    return [("hold", CLAUDE_PROMPT_GRACE, "the permission prompt", lambda screen: not gone(screen)),
-            ("keys", [str(picked[0])]), ("expect", "the prompt going away after the key", gone)]
+    return _digit_plan("Claude Code", claude_prompt, action, screen_esc, _claude_covers, CLAUDE_PROMPT_GRACE)
 
 
 def codex_reply_plan(action, screen_esc, text=None):
@@ -2123,17 +2376,16 @@ def codex_reply_plan(action, screen_esc, text=None):
         if not found or found[0] != "input":
             raise _not_input("Codex", found)
 
-        def submitted(screen, needle, typed_screen):
-            composer = [l for l in screen_lines(screen)[-8:] if l.startswith("› ")]
-            return not composer or needle not in composer[-1]
-        return _text_steps(text, screen_esc, submitted)
+        def submitted(screen, needle):
+            composer = "\n".join(screen_lines(screen)[-12:])
+            return "› " not in composer or needle not in composer.split("› ")[-1]
+        return _text_steps(text, submitted)
     if not found or found[0] != "permission":
-        raise ReplyRefused("the Codex screen does not show a permission prompt")
-    picked = next((key for number, label, key in found[1] if _pick([(number, label)], action)), None)
+        raise _not_permission("Codex", found, action)
+    picked = next((o for o in found[1] if _pick([o], action)), None)
     if picked is None:
-        raise ReplyRefused("this Codex prompt offers no option for %s (options: %s)" % (
-            action, "; ".join("%d. %s (%s)" % o for o in found[1])))
-    return [("keys", ["Escape" if picked == "esc" else picked]),
+        raise _no_option("Codex", action, found[1])
+    return [_answer(picked), ("keys", ["Escape" if picked[2] == "esc" else picked[2]]),
             ("expect", "the prompt going away after the key", _gone(codex_prompt, found))]
 
 
@@ -2145,17 +2397,28 @@ def opencode_reply_plan(action, screen_esc, text=None):
     if action == "text":
         if kind != "input":
             raise _not_input("OpenCode", found)
-        return _text_steps(text, screen_esc, lambda screen, needle, typed_screen: screen != typed_screen)
+
+        held = opencode_input(screen_esc)
+        if held:
+            raise _holds_text("OpenCode", held)
+
+        def pasted(screen):  # OpenCode shows a paste as "[Pasted ~N lines]", not its text
+            return "[Pasted ~" in (opencode_input(screen) or "")
+
+        def submitted(screen, needle):
+            now = opencode_input(screen)
+            return now is not None and "[Pasted ~" not in now and needle not in now
+        return _text_steps(text, submitted, pasted)
     if kind not in ("permission", "confirm-always"):
-        raise ReplyRefused("the OpenCode screen does not show a permission prompt")
+        raise _not_permission("OpenCode", found, action)
 
     def gone(screen):  # neither the buttons nor the "Always allow" confirmation
         now = opencode_prompt(screen)
         return now is None or now[0] not in ("permission", "confirm-always")
     if kind == "confirm-always":
-        raise ReplyRefused("OpenCode is asking to confirm an 'Allow always' already; answer it in its pane")
+        raise ReplyRefused("OpenCode is asking to confirm an 'Allow always' already; answer it in its pane", 0)
     if action == "deny":
-        return [("keys", ["Escape"]), ("expect", "the prompt going away after the key", gone)]
+        return [("answer", "“Reject”"), ("keys", ["Escape"]), ("expect", "the prompt going away after the key", gone)]
     selected = found[1]
     if selected is None:
         raise ReplyRefused("cannot tell which OpenCode button is selected")
@@ -2165,7 +2428,7 @@ def opencode_reply_plan(action, screen_esc, text=None):
     def on_target(screen):
         f = opencode_prompt(screen)
         return f is not None and f[0] == "permission" and f[1] == target
-    steps = []
+    steps = [("answer", "“%s”" % target)]
     if moves:
         steps += [("keys", ["Right"] * moves), ("expect", "%r selected" % target, on_target)]
     steps.append(("keys", ["Enter"]))
@@ -2173,9 +2436,79 @@ def opencode_reply_plan(action, screen_esc, text=None):
         def confirm(screen):
             f = opencode_prompt(screen)
             return f is not None and f[0] == "confirm-always" and f[1] == "Confirm"
-        steps += [("expect", "the 'Always allow' confirmation with Confirm selected", confirm), ("keys", ["Enter"])]
+        steps += [("expect", "the 'Always allow' confirmation with Confirm selected", confirm),
+                  ("answer-from-screen", lambda screen: "“Allow always”: %s until OpenCode restarts" % (
+                      ", ".join("`%s`" % p for p in opencode_always_patterns(screen)) or "this call")),
+                  ("keys", ["Enter"])]
     steps.append(("expect", "the prompt going away after the key", gone))
     return steps
+
+
+def _gemini_covers(option):
+    return ("Gemini allows, until it exits, shell commands with the same first word, and every file write "
+            "once a file prompt was allowed (nothing is written to its settings)")
+
+
+def _qwen_covers(option):
+    low = option.lower()
+    if "in this project" in low:
+        return "Qwen wrote it to <project>/.qwen/settings.json"
+    if "for this user" in low:
+        return "Qwen wrote it to ~/.qwen/settings.json"
+    return "Qwen switches this run to auto-accept edits (every file edit, not shell commands)"
+
+
+def _enter_taken(read, title):
+    """After Enter: the input emptied (else the text stays typed and it was not sent)."""
+    empty = _input_empty(read)
+
+    def submitted(screen, needle):
+        return empty(screen)
+    return submitted
+
+
+def gemini_reply_plan(action, screen_esc, text=None):
+    """Gemini CLI: a digit picks a permission option (the "No" digit is 3 on shell prompts, 4 on file
+    prompts: read, never assumed); a prompt goes into its empty input, Enter ~2 s after a paste."""
+    if action == "text":
+        found = gemini_prompt(screen_esc)
+        if not found or found[0] != "input":
+            raise _not_input("Gemini CLI", found)
+        if found[1]:
+            raise _holds_text("Gemini CLI", found[1])
+        return _text_steps(text, _enter_taken(gemini_prompt, "Gemini CLI"),
+                           lambda screen: bool((gemini_prompt(screen) or ("", ""))[1]),
+                           enter_after=GEMINI_PASTE_SETTLE if "\n" in text else TEXT_SETTLE)
+    return _digit_plan("Gemini CLI", gemini_prompt, action, screen_esc, _gemini_covers)
+
+
+def qwen_reply_plan(action, screen_esc, text=None):
+    """Qwen Code: a digit picks a permission option (No is 4 on shell prompts, 3 on file prompts);
+    a prompt goes into its input only when that is empty (after an Esc it holds the old prompt),
+    checked over a few frames (one redraw frame showed other text there)."""
+    if action == "text":
+        found = qwen_prompt(screen_esc)
+        if not found or found[0] != "input":
+            raise _not_input("Qwen Code", found)
+        if found[1]:
+            raise _holds_text("Qwen Code", found[1])
+        empty = _input_empty(qwen_prompt)
+        return [("hold", TEXT_SETTLE, "the empty input", empty)] + _text_steps(
+            text, _enter_taken(qwen_prompt, "Qwen Code"), lambda screen: bool((qwen_prompt(screen) or ("", ""))[1]))
+    return _digit_plan("Qwen Code", qwen_prompt, action, screen_esc, _qwen_covers)
+
+
+def pi_reply_plan(action, screen_esc, text=None):
+    """Pi: no permission prompts (its tools run without asking); a prompt goes into its empty editor."""
+    if action != "text":
+        raise ReplyRefused("Pi never asks for a permission (its tools run without asking); there is "
+                           "nothing to %s" % ("deny" if action == "deny" else "approve"), 0)
+    found = pi_prompt(screen_esc)
+    if not found or found[0] != "input":
+        raise _not_input("Pi", found)
+    if found[1]:
+        raise _holds_text("Pi", found[1])
+    return _text_steps(text, _enter_taken(pi_prompt, "Pi"), lambda screen: bool((pi_prompt(screen) or ("", ""))[1]))
 
 
 ##############################################################################
@@ -2590,6 +2923,7 @@ AMP = AgentSpec(
     resume_args=("threads", "continue", "{id}"), resumes_anywhere=True,
     session_switches=("--last",), session_commands=("threads continue", "threads", "resume", "fork"),
     switches=("--dangerously-allow-all", "--last"),
+    # no replies: Amp could not be run offline, so its screens were never seen (reply_plan refuses)
     # its models are priced by the list prices of their vendors (the other specs' prices)
 )
 
@@ -2608,7 +2942,8 @@ GEMINI = AgentSpec(
     resume_args=("{flags}", "--resume", "{id}"),
     session_flags=("--resume", "-r", "--session-id", "--session-file", "--prompt-interactive", "-i"),
     switches=("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--skip-trust", "--screen-reader"),
-    # replies: not learned yet (its screens are in tests/fixtures/gemini/screens); no list prices known
+    prompt_reader=gemini_prompt, reply_planner=gemini_reply_plan,
+    # no list prices known
 )
 
 QWEN = AgentSpec(
@@ -2625,7 +2960,8 @@ QWEN = AgentSpec(
     session_flags=("--resume", "-r", "--session-id", "--prompt-interactive", "-i"),
     session_switches=("--continue", "-c"),
     switches=("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--continue", "-c"),
-    # replies: not learned yet (its screens are in tests/fixtures/qwen/screens); no list prices known
+    prompt_reader=qwen_prompt, reply_planner=qwen_reply_plan,
+    # no list prices known
 )
 
 PI = AgentSpec(
@@ -2641,7 +2977,8 @@ PI = AgentSpec(
     resume_args=("{flags}", "--session", "{id}"), fork_args=("{flags}", "--fork", "{id}"), resumes_anywhere=True,
     session_flags=("--session", "--fork"), session_switches=("--continue", "-c", "--resume", "-r"),
     switches=("--continue", "-c", "--resume", "-r", "--no-session", "--verbose"),
-    # replies: not learned yet (its screens are in tests/fixtures/pi/screens); no list prices: it records its cost
+    prompt_reader=pi_prompt, reply_planner=pi_reply_plan,  # text only: Pi never asks for a permission
+    # no list prices: it records its cost
 )
 
 AGENT_SPECS = {spec.name: spec for spec in (CLAUDE, CODEX, OPENCODE, AMP, GEMINI, QWEN, PI)}
@@ -2761,16 +3098,19 @@ def conversation_args(agent, thread_id, flags=(), fork=False):
 
 def reply_plan(agent, action, screen_esc, text=None):
     """The steps that answer `action` on this agent's screen (captured with -e), from its spec's reply
-    planner: [("keys", [tmux key names]) | ("literal", text) | ("hold", seconds, description,
-    predicate(screen)) | ("expect", description, predicate(screen_esc)[, settle seconds])].
+    planner: [("keys", [tmux key names]) | ("literal", text) | ("paste", text: one bracketed paste) |
+    ("hold", seconds, description, predicate(screen)) | ("expect", description, predicate(screen_esc)
+    [, settle seconds[, timeout seconds]]) | ("answer", what the answer does, in the agent's words) |
+    ("answer-from-screen", screen -> those words, read from the last screen seen)].
     Raises ReplyRefused with the reason when the screen does not show the prompt the action answers."""
     if action not in REPLY_ACTIONS:
-        raise ReplyRefused("unknown action %r (one of %s)" % (action, ", ".join(REPLY_ACTIONS)))
+        raise ReplyRefused("unknown action %r (one of %s)" % (action, ", ".join(REPLY_ACTIONS)), 0)
     if action == "text":
-        check_reply_text(text)
+        text = check_reply_text(text)
     spec = AGENT_SPECS.get(agent)
     if spec is None or spec.reply_planner is None:
-        raise ReplyRefused("replying to %s is not supported (its prompts were not learned)" % agent)
+        raise ReplyRefused("replying to %s is not supported: its screens were never seen (it could not be run "
+                           "here), so nothing is typed into it" % (spec.title if spec else agent), 0)
     return spec.reply_planner(action, screen_esc, text)
 
 
@@ -5453,20 +5793,55 @@ def foreground_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
 
 
 REPLY_SCREEN_WAIT = 1.5  # a prompt the status says is up may take this long to show on screen
+REPLY_SCREEN_STILL = 0.3  # ... but a screen that stays the same this long will not show it
 REPLY_EXPECT_TIMEOUT = 2.0
-PREVIEW_INTERVAL = 0.3  # a shown preview is read at most ~3 times a second
+PREVIEW_INTERVAL = 0.3  # a preview that cannot follow its pane's output is read at most this often
+PASTE_BUFFER = "opensessions-reply"  # the tmux paste buffer a multi-line reply goes through (deleted after)
+
+
+def plan_when_ready(read_screen, plan, clock=time.monotonic, sleep=time.sleep, wait=REPLY_SCREEN_WAIT,
+                    still=REPLY_SCREEN_STILL):
+    """Make the reply's plan from the pane's screen, looking again only while that may help: a
+    refusal that says the screen shows something definite (another prompt: ReplyRefused.wait == 0)
+    is final at once; otherwise the screen is read again while it changes (the status can come
+    before the prompt is drawn: a hook fires as it draws), up to the refusal's own wait (a busy
+    agent) or `wait`, and a screen that stays the same for `still` seconds ends it.
+    -> (steps, screen) or raises the last ReplyRefused."""
+    began = clock()
+    last = None
+    same_since = began
+    while True:
+        screen = read_screen()
+        try:
+            return plan(screen), screen
+        except ReplyRefused as e:
+            now = clock()
+            limit = wait if e.wait is None else e.wait
+            if screen != last:
+                last, same_since = screen, now
+            if now - began >= limit or (now - same_since >= still and limit <= wait):
+                raise
+        sleep(0.05)
 
 
 def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=time.sleep,
-                    timeout=REPLY_EXPECT_TIMEOUT):
+                    timeout=REPLY_EXPECT_TIMEOUT, guard=None, said=None):
     """Send the steps of reply_plan to a pane through the tmux gateway. A "hold" step checks the
     prompt stays up for a while before a key; an "expect" step waits for the screen to show what it
-    needs before anything more is sent: when that does not come, the rest is not sent (ReplyRefused
-    says what was). `screen` is the screen the plan was made from.
+    needs before anything more is sent (its own timeout, else `timeout`): when that does not come,
+    the rest is not sent (ReplyRefused says what was). `guard()` (the foreground check) is asked
+    right before each step that sends: a reason stops the reply there. `screen` is the screen the
+    plan was made from; `said` (a list) gets what "answer-from-screen" steps read.
     -> milliseconds from the last keys to the first change of the screen, or None."""
     sent = []
     sent_at = before = changed_ms = None
     for step in steps:
+        if step[0] in ("keys", "literal", "paste") and guard is not None:
+            reason = guard()
+            if reason:
+                raise ReplyRefused("%s: %s" % (
+                    ("sent %s; stopped before %s" % (", ".join(sent), " ".join(step[1]) if step[0] == "keys" else "the text"))
+                    if sent else "nothing was sent", reason), 0)
         if step[0] == "keys":
             tmux.run("send-keys", "-t", pane, *step[1])
             sent_at, before, changed_ms = clock(), screen, None
@@ -5474,6 +5849,15 @@ def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=
         elif step[0] == "literal":
             tmux.run("send-keys", "-t", pane, "-l", "--", step[1])
             sent.append("%d characters of text" % len(step[1]))
+        elif step[0] == "paste":
+            # bracketed (-p: tmux adds the brackets for a pane that asked for them), newlines kept
+            # as typed Enters would not be (-r), the buffer deleted after (-d)
+            tmux.run("set-buffer", "-b", PASTE_BUFFER, "--", step[1])
+            tmux.run("paste-buffer", "-p", "-r", "-d", "-b", PASTE_BUFFER, "-t", pane)
+            sent.append("%d lines of text as one paste" % (step[1].count("\n") + 1))
+        elif step[0] == "answer-from-screen":
+            if said is not None and screen is not None:
+                said.append(step[1](screen))
         elif step[0] == "hold":
             end = clock() + step[1]
             while True:
@@ -5484,7 +5868,8 @@ def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=
                     break
                 sleep(min(0.05, max(0.0, end - clock())))
         elif step[0] == "expect":
-            deadline = clock() + timeout
+            limit = step[4] if len(step) > 4 and step[4] else timeout
+            deadline = clock() + limit
             while True:
                 screen = tmux.run("capture-pane", "-p", "-e", "-t", pane)
                 if changed_ms is None and sent_at is not None and before is not None and screen != before:
@@ -5494,11 +5879,44 @@ def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=
                 if clock() > deadline:
                     raise ReplyRefused("%s%s: not seen within %.0f s" % (
                         ("sent %s; then waited for " % ", ".join(sent)) if sent else "waited for ",
-                        step[1], timeout))
+                        step[1], limit))
                 sleep(0.01)
             if len(step) > 3 and step[3]:
                 sleep(step[3])
     return changed_ms
+
+
+def reply_summary(action, agent_title, pane, steps, said, text, changed_ms):
+    """The one line a reply that went through prints: what was sent, to which agent and pane, what
+    the answer does (the option's own words), and how soon the screen showed it. Pure."""
+    answer = ([s[1] for s in steps if s[0] == "answer"] + list(said or []))[-1:]
+    keys = " ".join(k for s in steps if s[0] == "keys" for k in s[1])
+    if action == "text":
+        lines = text.count("\n") + 1
+        what = "sent %s to %s in pane %s (%s, then %s)" % (
+            "a %d-line prompt" % lines if lines > 1 else "the prompt", agent_title, pane,
+            "one paste" if lines > 1 else "%d characters" % len(text), keys)
+    else:
+        verb = {"approve": "approved once", "approve-always": "approved always", "deny": "denied"}[action]
+        what = "%s in %s, pane %s: %s (keys %s)" % (verb, agent_title, pane, answer[0] if answer else "", keys)
+    return what + ("; on screen %.0f ms after the last key" % changed_ms if changed_ms is not None
+                   else "; its screen did not change (not measured)")
+
+
+def reply_status_refusal(title, action, status):
+    """Why a thread's status rules out the reply, as a sentence (None when the status allows it)."""
+    if action == "text":
+        if status in ("done", "idle", "interrupted", "error", "waiting"):
+            return None
+        doing = {"running": "is working on a turn", "retry": "is retrying a failed request"}.get(status, "is %s" % status)
+        return "%s %s; text is sent only when it waits for input (wait for the turn to end, or interrupt it in its pane)" % (
+            title, doing)
+    if status == "waiting":
+        return None
+    state = {"running": "is working on a turn", "retry": "is retrying a failed request", "done": "has finished its turn",
+             "idle": "is idle at its prompt", "interrupted": "was interrupted", "error": "stopped on an error"}.get(
+        status, "is %s" % status)
+    return "%s %s; there is no permission to answer" % (title, state)
 
 
 def thread_preview(screen, lines=20):
@@ -7224,70 +7642,66 @@ class Api(object):
 
     def api_reply(self, body):
         """POST /api/reply {"thread", "action", "text"}: checked here on the loop (thread, status,
-        exact pane link); the returned function reads the screen and types, off the loop."""
+        exact pane link); the returned function reads the screen and types, off the loop, and
+        returns what was done ({"sent": one line, "answer": the option's words, "ms": key to screen})."""
         action = body.get("action")
         if action not in REPLY_ACTIONS:
             raise ApiError(400, "'action' must be one of %s" % ", ".join(REPLY_ACTIONS))
         t = self._thread_by_id(body.get("thread"))
         text = body.get("text") if action == "text" else None
         what = "%s %s/%s" % (action, t.agent, t.id)
+        spec = AGENT_SPECS.get(t.agent)
+        title = spec.title if spec else t.agent
 
         def refuse(reason):
             log("reply %s refused: %s" % (what, reason))
             raise ApiError(409, reason)
         if action == "text":
             try:
-                check_reply_text(text)
+                text = check_reply_text(text)
             except ReplyRefused as e:
                 log("reply %s refused: %s" % (what, e))
                 raise ApiError(400, str(e))
-            if t.status not in ("done", "idle", "interrupted", "error", "waiting"):
-                refuse("the thread is %s; text is sent only to a thread that waits for input or is done" % t.status)
-        elif t.status != "waiting":
-            refuse("the thread is %s, not waiting on a permission" % t.status)
+        reason = reply_status_refusal(title, action, t.status)
+        if reason:
+            refuse(reason)
         if not t.alive:
-            refuse("the agent's process is gone")
+            refuse("%s's process has exited; there is nothing to answer" % title)
         if not t.pane or t.link != "pid" or not t.pid:
-            refuse("the thread's pane is not known exactly (%s)" % (
-                "linked by its directory only" if t.link == "cwd" else "no pane"))
+            refuse("the thread's pane is not known exactly (%s); nothing is typed into a guess" % (
+                "it was linked by its directory only" if t.link == "cwd" else "no pane"))
         pane = self._pane_of(t.pane)
         if pane is None or not pane.get("pid"):
             refuse("pane %s is gone" % t.pane)
         newer = [u for u in self.store.threads.values() if u is not t and u.agent == t.agent and u.alive
                  and u.pid == t.pid and u.updated_at > t.updated_at]
         if newer:  # one process, several conversations (resumed, /new): its screen shows the newest
-            refuse("the agent in pane %s has moved on to thread %s" % (t.pane, newer[0].id))
+            refuse("the %s in pane %s has moved on to thread %s; this one is no longer on its screen" % (
+                title, t.pane, newer[0].id))
         agent, pid, pane_id, pane_pid, start = t.agent, t.pid, t.pane, pane["pid"], t.proc_start
         tmux = self.tmux
         lock = self._reply_lock
 
         def send():
             with lock:  # one reply at a time: keystrokes of two replies never interleave
+                said = []
                 try:
                     reason = foreground_problem(agent, pid, pane_pid, start)
                     if reason:
                         raise ReplyRefused(reason)
-                    # the status can come before the screen shows the prompt (a hook fires as
-                    # it draws): look again for a moment before refusing
-                    deadline = time.monotonic() + REPLY_SCREEN_WAIT
-                    while True:
-                        screen = tmux.run("capture-pane", "-p", "-e", "-t", pane_id)
-                        try:
-                            steps = reply_plan(agent, action, screen, text)
-                            break
-                        except ReplyRefused:
-                            if time.monotonic() > deadline:
-                                raise
-                            time.sleep(0.05)
-                    changed_ms = run_reply_steps(tmux, pane_id, steps, screen)
+                    steps, screen = plan_when_ready(lambda: tmux.run("capture-pane", "-p", "-e", "-t", pane_id),
+                                                    lambda screen: reply_plan(agent, action, screen, text))
+                    changed_ms = run_reply_steps(tmux, pane_id, steps, screen, said=said)
                 except ReplyRefused as e:
                     refuse(str(e))
                 except TmuxError as e:
                     refuse("tmux: %s" % e)
-            keys = " ".join(" ".join(s[1]) for s in steps if s[0] == "keys")
-            log("reply %s sent to pane %s: %skeys %s; the screen changed %s after the last key" % (
-                what, pane_id, ("%d characters of text, " % len(text)) if text else "", keys,
-                "%.0f ms" % changed_ms if changed_ms is not None else "(not measured)"))
+            line = reply_summary(action, title, pane_id, steps, said, text, changed_ms)
+            log("reply %s sent to pane %s: %s" % (what, pane_id, line))
+            answer = ([s[1] for s in steps if s[0] == "answer"] + said)[-1:]
+            return {"thread": t.id, "agent": agent, "pane": pane_id, "action": action, "sent": line,
+                    "answer": answer[0] if answer else None,
+                    "ms": round(changed_ms) if changed_ms is not None else None}
         return send
 
     def api_preview(self, thread_id, lines=20):
@@ -7426,6 +7840,8 @@ def route_post(door, path, body):
         return _error_body(500, "internal error: %s" % e.__class__.__name__) + (None,)
     if result is False:  # a session (or thread) the call named is not there: kept, not matched
         return 202, json.dumps({"matched": False}).encode(), "application/json", None
+    if isinstance(result, dict):  # what was done (a reply)
+        return 200, json.dumps(result).encode(), "application/json", None
     return 204, b"", None, None
 
 
@@ -10379,10 +10795,10 @@ class SidebarApp(object):
         if text is not None:
             body["text"] = text
         try:
-            if self.post:
-                self.post("/api/reply", body)
-            self.model.say({"approve": "approved", "approve-always": "approved (always)",
-                            "deny": "denied", "text": "sent"}[action])
+            doc = self.post("/api/reply", body) if self.post else None
+            short = {"approve": "approved", "approve-always": "approved always", "deny": "denied", "text": "sent"}[action]
+            answer = doc.get("answer") if isinstance(doc, dict) else None
+            self.model.say("%s: %s" % (short, answer) if answer and action == "approve-always" else short)
         except OSError as e:
             reason = str(e)
             try:
@@ -11121,8 +11537,21 @@ def cmd_reply(args):
     action = chosen[0]
     body = {"thread": args.thread, "action": action}
     if action == "text":
-        body["text"] = args.text
-    _post(args, "/api/reply", body)
+        body["text"] = sys.stdin.read() if args.text == "-" else args.text
+    port, info = args.port, None
+    if not port:
+        port, info = find_server(_socket_from_args(args))
+    try:  # a reply waits for the agent's screen (Gemini takes a paste's Enter only ~2 s after it)
+        status, content = Client(port, timeout=20, token=(info or {}).get("token")).request("POST", "/api/reply", body)
+    except OSError as e:
+        raise OpensessionsError("cannot reach the opensessions server (%s); start it with `opensessions start`" % e)
+    try:
+        doc = json.loads(content.decode("utf-8")) if content else {}
+    except ValueError:
+        doc = {}
+    if status >= 400:
+        raise OpensessionsError("not sent: %s" % (doc.get("error") or content.decode("utf-8", "replace")))
+    print(doc.get("sent") or "sent")
     return 0
 
 
@@ -11464,10 +11893,14 @@ def cmd_sidebar(args, popup=False, client=None):
     find_port.token = None
 
     def post(path, body):
-        timeout = 10 if path == "/api/reply" else 2  # a reply waits for the agent's screen
+        timeout = 20 if path == "/api/reply" else 2  # a reply waits for the agent's screen
         status, content = Client(find_port(), timeout=timeout, token=find_port.token).request("POST", path, body)
         if status >= 400:
             raise OSError(content.decode("utf-8", "replace"))
+        try:
+            return json.loads(content.decode("utf-8")) if status == 200 and content else None
+        except ValueError:
+            return None
 
     def get(path):
         return Client(find_port(), timeout=2, token=find_port.token).request("GET", path)
@@ -11911,7 +12344,8 @@ def _command_table():
           (("--approve",), dict(action="store_true", help="approve the permission once")),
           (("--approve-always",), dict(action="store_true", help="approve, and do not ask again (where offered)")),
           (("--deny",), dict(action="store_true", help="deny the permission")),
-          (("--text",), dict(metavar="TEXT", help="type TEXT (one line) as the next prompt and submit it"))]),
+          (("--text",), dict(metavar="TEXT", help="type TEXT as the next prompt and submit it (several lines go "
+                                                   "as one paste; - reads it from stdin)"))]),
         ("mute", cmd_mute, "mute (or --off: unmute) a session's notifications",
          [session, (("--off",), dict(action="store_true", help="unmute"))]),
         ("save", cmd_save, "save every agent's conversation next to tmux-resurrect's save", []),
