@@ -706,6 +706,10 @@ def validate_agent_event(body):
     if alive is not None and not isinstance(alive, bool):
         raise ApiError(400, "'alive' must be a boolean")
     out["alive"] = alive
+    idle_prompt = body.get("idlePrompt")
+    if idle_prompt is not None and not isinstance(idle_prompt, bool):
+        raise ApiError(400, "'idlePrompt' must be a boolean")
+    out["idlePrompt"] = bool(idle_prompt)
     for key in ("source", "prompt"):
         value = body.get(key)
         if value is not None and not isinstance(value, str):
@@ -1147,7 +1151,10 @@ def claude_reduce(state, rec):
         content = message.get("content")
         blocks = content if isinstance(content, list) else []
         texts = _content_texts(content)
-        if any(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks):
+        state["toolPending"] = False
+        if rec.get("toolDenialKind") == "user-rejected" or rec.get("toolUseResult") == "User rejected tool use":
+            state.update(status="interrupted", detail=None)  # a permission denied: the turn stops here
+        elif any(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks):
             state.update(status="running", detail=None)
         elif any(t.startswith(INTERRUPT_MARK) for t in texts):
             state.update(status="interrupted", detail=None)
@@ -1163,6 +1170,9 @@ def claude_reduce(state, rec):
         model = message.get("model")
         if isinstance(model, str) and model and not model.startswith("<"):
             state["model"] = model
+        blocks = message.get("content") if isinstance(message.get("content"), list) else []
+        # a tool call not answered yet (its permission may be asked, and denied: see claude_live_status)
+        state["toolPending"] = any(isinstance(b, dict) and b.get("type") == "tool_use" for b in blocks)
         if rec.get("isApiErrorMessage"):
             texts = _content_texts(message.get("content"))
             detail = texts[0] if texts else rec.get("error")
@@ -1214,11 +1224,14 @@ def claude_registry_matches(entry, alive, start):
     return True
 
 
-def claude_live_status(transcript_status, registry_status, waiting_for=None, turns=1):
+def claude_live_status(transcript_status, registry_status, waiting_for=None, turns=1, tool_pending=False):
     """Combine the registry (the live truth while the process runs) with the transcript.
 
     -> (status, detail). busy -> running; waiting -> waiting (with what for); idle -> the
-    transcript's finished state (done / error / interrupted), or idle before any turn.
+    transcript's finished state (done / error / interrupted), or idle before any turn. Idle while
+    the transcript still ends in a tool call nobody answered is a denied permission (Claude Code
+    2.1.330 writes the registry ~0.2 s before the rejection reaches the transcript): interrupted
+    at once, not done first (which could notify "finished").
     """
     if registry_status == "busy":
         return "running", None
@@ -1227,6 +1240,8 @@ def claude_live_status(transcript_status, registry_status, waiting_for=None, tur
     if registry_status == "idle":
         if transcript_status in ("done", "error", "interrupted"):
             return transcript_status, None
+        if transcript_status == "running" and tool_pending:
+            return "interrupted", None
         return ("done" if turns else "idle"), None
     return transcript_status, None
 
@@ -1319,15 +1334,35 @@ def parse_codex_session_index(records):
     return names
 
 
-def opencode_status(message_data, running_tool=False):
+OPENCODE_REJECTED = "rejected permission"  # "The user rejected permission to use this specific tool call."
+
+
+def opencode_tool_rejected(parts):
+    """The newest message's parts (their `data` JSON, newest first): its last tool or text part is a
+    tool call the user rejected (OpenCode 1.18.33: state.status "error", the error naming the
+    rejection) and nothing came after it but the step's end. Pure."""
+    for part in parts:
+        if not isinstance(part, dict) or part.get("type") in ("step-start", "step-finish"):
+            continue
+        state = part.get("state") if isinstance(part.get("state"), dict) else {}
+        return (part.get("type") == "tool" and state.get("status") == "error"
+                and OPENCODE_REJECTED in str(state.get("error") or ""))
+    return False
+
+
+def opencode_status(message_data, running_tool=False, rejected=False):
     """Status of an OpenCode session from its newest message's `data` JSON (and parts).
 
     The DB cannot show a permission wait or a retry (both look like running): the plugin tells those.
+    A denied permission ends the turn: the rejected tool call is the message's last (`rejected`,
+    see opencode_tool_rejected) while the message says finish "tool-calls" as mid-turn: interrupted.
     """
     if not isinstance(message_data, dict):
         return "idle", None
     if message_data.get("role") == "user":
         return "running", None
+    if rejected and not running_tool and not isinstance(message_data.get("error"), dict):
+        return "interrupted", None
     err = message_data.get("error")
     if isinstance(err, dict):
         data = err.get("data") if isinstance(err.get("data"), dict) else {}
@@ -2557,6 +2592,8 @@ class Hooks(Record):
         ("states", {}),  # hook_event_name -> "idle" | "running" | "prompt" (running, with the prompt) |
                          # "permission" (waiting on a tool) | "notification" | "error" | "end" (it exited)
         ("notifications", ()),  # the notification_types that mean a prompt waits for the user
+        ("idle_notifications", ()),  # notification_types saying it waits at its prompt input, the turn over:
+                                     # one still under way was stopped (Qwen Code's Esc during retries)
         ("pid_env", None),  # an environment variable in which the agent gives its hooks its own pid
     )
 
@@ -2953,7 +2990,8 @@ QWEN = AgentSpec(
     process=Process(names=("qwen",), via_node=True, package="qwen-code", entry_files=("cli.js", "cli-entry.js"),
                     one_shot=("-p", "--prompt", "--print"), helpers=("mcp", "extensions", "hooks")),
     id_flags=("--resume", "-r", "--session-id"),
-    hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS),
+    # its Notification "idle_prompt" comes ~1.7 s after each turn's Stop, and after an Esc that stopped a turn
+    hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS, idle_notifications=("idle_prompt",)),
     install=HookInstall(file="settings.json", events=QWEN_HOOK_EVENTS, only_if_set_up=True),  # its default timeout
     # chats are kept per project (~/.qwen/projects/<cwd>): resumed only from that directory
     resume_args=("{flags}", "--resume", "{id}"),
@@ -3211,6 +3249,8 @@ def hook_event(agent, payload, environ=None):
         status = "waiting"
         tool = payload.get("tool_name")
         detail = "permission: %s" % tool if isinstance(tool, str) else "permission"
+    elif says == "notification" and payload.get("notification_type") in spec.hooks.idle_notifications:
+        status = "idle"  # at its prompt: the server ends a turn still under way as interrupted
     elif says == "notification":
         if payload.get("notification_type") not in spec.hooks.notifications:
             return None  # idle reminders and the like are not a change of state
@@ -3224,6 +3264,8 @@ def hook_event(agent, payload, environ=None):
     else:
         return None
     body = {"agent": agent, "status": status, "threadId": sid, "source": "hook"}
+    if says == "notification" and status == "idle":
+        body["idlePrompt"] = True
     if detail:
         body["detail"] = detail
     if alive is False:
@@ -4759,7 +4801,8 @@ class ClaudeWatcher(AgentWatcher):
                 state["cwd"] = entry["cwd"]
         registry_status = entry["status"] if entry else None
         status, detail = claude_live_status(state["status"], registry_status,
-                                            entry["waitingFor"] if entry else None, state["turns"])
+                                            entry["waitingFor"] if entry else None, state["turns"],
+                                            state.get("toolPending", False))
         if detail is None and status == state["status"]:
             detail = state["detail"]
         fields = dict(status=status, detail=detail, title=thread_title(state, entry["name"] if entry else None),
@@ -5053,11 +5096,12 @@ class OpenCodeWatcher(AgentWatcher):
                 self.error_logged = True
             return
         self.error_logged = False
-        for s, data, running_tool in updates:
-            self.core.guarded("opencode session %r" % (s["id"],), self._apply, s, data, running_tool)
+        for s, data, tool in updates:
+            self.core.guarded("opencode session %r" % (s["id"],), self._apply, s, data, tool)
 
     def _opencode_row(self, conn, s):
-        """One session row -> (row, newest message data, running tool), or None for an odd row
+        """One session row -> (row, newest message data, (a tool running, its last tool rejected)),
+        or None for an odd row
         (counted once): time_updated not a number, id not text."""
         import sqlite3
         if not valid_thread_id(self.agent, s["id"]) or isinstance(s["time_updated"], bool) \
@@ -5068,7 +5112,7 @@ class OpenCodeWatcher(AgentWatcher):
             return None
         msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "
                            "ORDER BY time_created DESC, id DESC LIMIT 1", (s["id"],)).fetchone()
-        running_tool = False
+        running_tool = rejected = False
         data = None
         if msg is not None:
             try:
@@ -5079,13 +5123,22 @@ class OpenCodeWatcher(AgentWatcher):
                 running_tool = conn.execute(
                     "SELECT 1 FROM part WHERE message_id = ? AND data LIKE '%\"status\":\"running\"%' LIMIT 1",
                     (msg["id"],)).fetchone() is not None
+                # the last few parts (ids grow with time): is the last call a rejected one?
+                parts = []
+                for row in conn.execute("SELECT data FROM part WHERE message_id = ? ORDER BY id DESC LIMIT 4",
+                                        (msg["id"],)):
+                    try:
+                        parts.append(json.loads(row["data"]))
+                    except (ValueError, TypeError, RecursionError):
+                        parts.append(None)
+                rejected = opencode_tool_rejected(parts)
             except sqlite3.InterfaceError:
                 running_tool = False
-        return s, data, running_tool
+        return s, data, (running_tool, rejected)
 
-    def _apply(self, s, data, running_tool):
+    def _apply(self, s, data, tool):
         self.newest_seen = max(self.newest_seen, s["time_updated"])
-        status, detail = opencode_status(data, running_tool)
+        status, detail = opencode_status(data, *tool)
         model = None
         try:
             m = json.loads(s["model"]) if s["model"] else None
@@ -6543,10 +6596,13 @@ def link_threads(threads, panes, processes):
 def guess_threads_by_cwd(threads, panes, processes, pid_links):
     """For each agent process in a pane that no thread is linked to by pid (`pid_links`, the links
     of link_threads), guess its thread: the same agent's visible thread whose directory holds the
-    pane's cwd most closely, newest first, not already alive in a pane. A pure function; a thread
-    is never guessed for two panes. -> [(thread key, pid, True, pane, "cwd")]"""
+    pane's cwd most closely, newest first, not already alive in a pane, and not one whose own
+    process is known to have exited (a run killed and a new one started in the same directory: the
+    dead thread stays dead until its own id is seen live, by pid). A pure function; a thread is
+    never guessed for two panes. -> [(thread key, pid, True, pane, "cwd")]"""
     linked_panes = {(key[0], pane) for key, _, _, pane, link in pid_links if pane}
     taken = {t.key for t in threads if t.alive and t.pane}
+    taken.update(key for key, pid, alive, _, _ in pid_links if pid and not alive)  # its process exited
     links = []
     for pane_id, (agent, agent_pid, args) in sorted(processes.agents.items()):
         if (agent, pane_id) in linked_panes:
@@ -7551,7 +7607,13 @@ class Api(object):
             return False
         current = self.store.threads.get((ev["agent"], thread_id))
         status = ev["status"]
-        if status == "idle":
+        if ev["idlePrompt"]:
+            # the agent waits at its prompt input: a turn still under way was stopped there (an Esc
+            # during retries leaves nothing in Qwen's chat file); anything else stays as it is
+            if current is None or current.status not in ("running", "retry"):
+                return session is not None
+            status = "interrupted"
+        elif status == "idle":
             status = settle_idle(current.status if current else None)
         fields = dict(status=status, title=ev["threadName"], detail=ev["detail"], attempt=ev["attempt"],
                       cwd=ev["projectDir"], model=ev["model"], pid=ev["pid"],
