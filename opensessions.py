@@ -923,12 +923,12 @@ SPINNER = {"unicode": "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏", "ascii": "|/-\\"}
 GLYPHS = {
     "unicode": {"running": None, "retry": "↻", "waiting": "◉", "error": "✗", "interrupted": "⊘",
                 "done-unseen": "●", "done": "✓", "idle": "○", "unseen": "●", "bar": "█", "bar_empty": "░",
-                "more": "…", "sep": "─", "current": "▌", "neutral": "·", "info": "i", "success": "✓",
-                "warn": "!", "tone-error": "✗"},
+                "more": "…", "sep": "─", "current": "◂", "cursor": "❯", "neutral": "·", "info": "i",
+                "success": "✓", "warn": "!", "tone-error": "✗"},
     "ascii": {"running": None, "retry": "r", "waiting": "?", "error": "x", "interrupted": "!",
               "done-unseen": "*", "done": "v", "idle": "o", "unseen": "*", "bar": "#", "bar_empty": "-",
-              "more": "~", "sep": "-", "current": ">", "neutral": "-", "info": "i", "success": "v",
-              "warn": "!", "tone-error": "x"},
+              "more": "~", "sep": "-", "current": "<", "cursor": ">", "neutral": "-", "info": "i",
+              "success": "v", "warn": "!", "tone-error": "x"},
 }
 
 
@@ -950,6 +950,17 @@ def ui_from_tmux_options(options):
         return validate_ui(ui) if ui else {}
     except ApiError:
         return {k: v for k, v in ui.items() if k != "width"}
+
+
+def tmux_ui_change(from_tmux, last_applied, ui):
+    """Which of the preferences the @opensessions-* options set (`from_tmux`, as
+    ui_from_tmux_options gives them) to apply at a server start or a re-source of ~/.tmux.conf.
+    An option is applied only when its value differs from the one last applied from tmux: a theme
+    picked with `t` or a width set through POST /ui holds until the option itself is changed. Pure.
+    -> (change for ui, what to remember as last applied)"""
+    last = last_applied if isinstance(last_applied, dict) else {}
+    change = {k: v for k, v in from_tmux.items() if last.get(k) != v and ui.get(k) != v}
+    return change, dict(from_tmux)
 
 
 ##############################################################################
@@ -3580,8 +3591,9 @@ def read_tmux_options(tmux, defaults=None):
     return {n: (v or defaults[n]) for n, v in zip(names, out)}
 
 
-TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": str(DEFAULT_WIDTH),
-                "@opensessions-position": "left", "@opensessions-theme": "", "@opensessions-port": "",
+# Width, side and theme default to "" (unset): only what ~/.tmux.conf sets is applied over ui.json.
+TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": "",
+                "@opensessions-position": "", "@opensessions-theme": "", "@opensessions-port": "",
                 "@opensessions-focus-key": "", "@opensessions-index-keys": "off", "@opensessions-resurrect": "on",
                 "@opensessions-notify": "", "@opensessions-notify-on": "", "@opensessions-popup-key": "g"}
 
@@ -7004,11 +7016,13 @@ class Preferences(object):
     again for new prices; `on_change(change)` for the sidebar panes). A broken file is not
     overwritten until the user changes a preference. Given the store, the file's path and tmux."""
 
-    def __init__(self, store, path, tmux, on_change):
+    def __init__(self, store, path, tmux, on_change, applied_path=None):
         self.store = store
         self.path = path
         self.tmux = tmux
         self.on_change = on_change
+        # the preferences last applied from the @opensessions-* options (see tmux_ui_change)
+        self.applied_path = applied_path
 
     def load(self):
         """Sidebar preferences; a broken file gives a message and defaults, a refused field the
@@ -7026,19 +7040,39 @@ class Preferences(object):
             log(self.store.ui_error)
         self.store.touch()
 
-    def apply_tmux_options(self):
-        """The @opensessions-* options (from ~/.tmux.conf) hold from the first sidebar on."""
-        try:
-            change = ui_from_tmux_options(read_tmux_options(self.tmux))
-        except Exception as e:  # never fail a start for an option
-            log("cannot read the tmux options: %s" % e)
-            return
-        change = {k: v for k, v in change.items() if self.store.ui.get(k) != v}
-        if change:  # before any sidebar is placed: nothing to move yet
+    def apply_tmux_options(self, from_tmux=None):
+        """The @opensessions-* options (from ~/.tmux.conf) hold from the first sidebar on, where
+        their value changed since it was last applied from tmux (tmux_ui_change, remembered in
+        applied_path): a theme picked with `t` holds until the option itself changes. `from_tmux`
+        is what tmux-setup read at a re-source (POST /ui {"fromTmux"}), else they are read here.
+        -> the change made (applied through on_change)."""
+        if from_tmux is None:
+            try:
+                from_tmux = ui_from_tmux_options(read_tmux_options(self.tmux))
+            except Exception as e:  # never fail a start for an option
+                log("cannot read the tmux options: %s" % e)
+                return {}
+        last = {}
+        if self.applied_path:
+            try:
+                last = read_json_file(self.applied_path, {})
+            except OpensessionsError as e:
+                log("%s; applying every @opensessions-* option again" % e)
+        change, remember = tmux_ui_change(from_tmux, last, self.store.ui)
+        if self.applied_path and remember != last:
+            try:
+                ensure_private_dir(os.path.dirname(self.applied_path))
+                atomic_write(self.applied_path, json.dumps(remember, indent=2) + "\n")
+            except (OSError, OpensessionsError) as e:
+                log("cannot save %s: %s" % (self.applied_path, e))
+        if change:
+            log("applied from the tmux options: %s" % json.dumps(change, sort_keys=True))
             self.store.ui.update(change)
             self.store.touch()
             if self.store.ui_error is None:  # a broken ui.json is kept until the user changes something
                 self.save()
+            self.on_change(change)  # at a start, before any sidebar is placed: nothing to move yet
+        return change
 
     def save(self):
         self.store.ui_error = None
@@ -7089,7 +7123,8 @@ class Server(object):
         self.linker = Linker(self.store, self.loop, self.probes, clock, self.publish,
                              lambda t, old, new: self._status_changes.append((t, old, new)), self.state_file.schedule_save)
         self.facts = SessionFacts(self.store, self.loop, self.probes, self.linker, lambda: self.port, self.publish)
-        self.prefs = Preferences(self.store, os.path.join(config_dir(self.environ), "ui.json"), tmux, self.on_ui_changed)
+        self.prefs = Preferences(self.store, os.path.join(config_dir(self.environ), "ui.json"), tmux, self.on_ui_changed,
+                                 os.path.join(state_dir(self.environ), "tmux-options.json"))
         self.httpd = None
         self.read_deadline = READ_DEADLINE
         self.peer_uids = True  # False: act as where the kernel cannot name a peer (macOS): token only
@@ -7097,7 +7132,8 @@ class Server(object):
         self.api = Api(self.store, clock, tmux, ApiHost(
             publish=self.publish, refresh=self.schedule_refresh, pane_of_pid=self.linker.pane_of,
             update_thread=self.apply_thread_update, relink=self.linker.link, notify=self.notify_user,
-            save_state=self.state_file.schedule_save, change_ui=self.prefs.change))
+            save_state=self.state_file.schedule_save, change_ui=self.prefs.change,
+            tmux_options=self.prefs.apply_tmux_options))
         self._refresh_pending = False
         self._refresh_due = 0.0
         self._refresh_cancel = None
@@ -7514,6 +7550,7 @@ class ApiHost(Record):
         ("notify", None),  # (session, message, tone) -> a notification through the user's channels
         ("save_state", None),  # () -> the state file is written soon
         ("change_ui", None),  # (change) -> preferences changed: kept, saved, applied
+        ("tmux_options", None),  # (from the @opensessions-* options) -> those changed since last applied, applied
     )
 
 
@@ -7668,6 +7705,20 @@ class Api(object):
         self.host.save_state()
 
     def api_ui(self, body):
+        """POST /ui: a partial update of the preferences. {"fromTmux": {...}} (what tmux-setup read
+        from the @opensessions-* options) is applied where an option changed since it was last
+        applied from tmux (tmux_ui_change); the rest of the body is a change as usual."""
+        if isinstance(body, dict) and "fromTmux" in body:
+            body = dict(body)
+            from_tmux = body.pop("fromTmux")
+            if not isinstance(from_tmux, dict):
+                raise ApiError(400, "'fromTmux' must be an object of preferences")
+            from_tmux = validate_ui(from_tmux) if from_tmux else {}
+            rest = validate_ui(body) if body else {}
+            self.host.tmux_options(from_tmux)
+            if rest:
+                self.host.change_ui(rest)
+            return None
         self.host.change_ui(validate_ui(body))
 
     def api_mute(self, body):
@@ -9354,7 +9405,7 @@ HELP_KEYS = (
     ("n", "new session (name, then directory)"),
     ("x", "kill the session (asks first)"),
     ("o", "open the session's port (or click it)"),
-    ("t", "pick a theme"),
+    ("t", "pick a theme (it holds until @opensessions-theme changes)"),
     ("/", "filter by name"),
     ("f", "show all / with agents / needing you"),
     ("m", "mute the session's notifications"),
@@ -9364,11 +9415,39 @@ HELP_KEYS = (
     ("?", "this help"),
     ("q/Esc", "leave the sidebar"),
 )
+# The popup's own keys: only these act there (the sidebar's session keys do nothing in it)
+POPUP_HELP_KEYS = (
+    ("j/k", "move (also the arrow keys)"),
+    ("Enter", "go to the thread's pane (closes the popup)"),
+    ("y/Y/N", "approve once / always / deny its permission prompt"),
+    ("i", "type the thread a prompt (Enter sends, Esc cancels)"),
+    ("?", "this help"),
+    ("q/Esc", "close the popup"),
+)
+PROMPT_HELP = "typing: C-a/C-e start/end, C-u/C-k cut before/after, C-w cut a word"
+PROMPT_HELP_DIR = ", Tab completes a directory, ~ is your home"
 # (glyph key, meaning) for the help's legend; "spinner" is the running animation
 HELP_LEGEND = (
     ("spinner", "working"), ("retry", "retrying after an error"), ("waiting", "waiting for you"),
     ("error", "stopped on an error"), ("interrupted", "interrupted"),
     ("done-unseen", "finished, not seen yet"), ("done", "finished"), ("idle", "idle"),
+)
+# (glyph key or literal text, meaning): every mark a session's row and the rows under it can show
+HELP_ROW_LEGEND = (
+    ("cursor", "the cursor (j/k move it)"),
+    ("current", "the session you are in"),
+    ("1-9", "its number: prefix o N"),
+    ("$0.28", "what its agents cost"),
+    ("badges", "a mark per agent thread:"),
+)
+HELP_ROW_LEGEND_AFTER = (
+    ("unseen", "apart: news you have not seen (goes when you look)"),
+    ("m", "notifications muted"),
+    ("", "the rows under it:"),
+    ("main*", "git branch; * uncommitted changes"),
+    ("[..]", "status pill (set-status)"),
+    ("bar", "progress (set-progress)"),
+    ("log", "newest log line, by tone"),
 )
 
 
@@ -9541,7 +9620,8 @@ class SidebarModel(object):
 
     Actions are tuples the curses layer carries out: ("switch", session name), ("switch-pane",
     session, pane id), ("ui", body) for the server's /ui, ("mute", session), ("kill", session),
-    ("new", name, directory), ("open", port), ("leave",), ("quit",).
+    ("new", name, directory), ("open", port), ("complete", text) (Tab in the directory prompt: the app
+    lists directories and calls complete()), ("leave",), ("quit",).
     The key "FOCUS" (sent by `opensessions focus`) selects the session this sidebar is in.
     """
 
@@ -9561,7 +9641,8 @@ class SidebarModel(object):
         self.prompt = None  # {"label", "text", "step", "values"}
         self.confirm = None
         self.theme_index = 0
-        self.message = None
+        self._message = None  # the footer's line, and what it was about (see say)
+        self._message_about = None
         self.frame = 0
         self.connected = False
         self.stopped = None  # the line to show while the server is stopped on purpose
@@ -9590,10 +9671,6 @@ class SidebarModel(object):
         if error:
             self.preview["error"] = error
 
-    def say(self, message):
-        """A line for the footer (until the next key)."""
-        self.message = message
-
     def tick(self):
         """The next frame of the spinner."""
         self.frame += 1
@@ -9615,6 +9692,48 @@ class SidebarModel(object):
             self._selected_own = self.own_session
         elif self.selected not in items:
             self.selected = own if own in items else (items[0] if items else None)
+        self._expire_message()
+
+    # -- the footer's message: it belongs to the moment --------------------------------------
+    @property
+    def message(self):
+        return self._message
+
+    @message.setter
+    def message(self, text):
+        self.say(text)
+
+    def say(self, text, answered=False):
+        """Put a line in the footer about what is selected now. It goes at the next key, when the
+        selection moves, and when the thread it was about changes (a new prompt, a new status).
+        answered: the result of a reply sent to the selected thread, whose first change (leaving
+        the prompt it answered) is the reply's own effect and keeps the line."""
+        self._message = text
+        item = self.selected
+        self._message_about = (item, self._signature(item), answered) if text else None
+
+    def _signature(self, item):
+        """What a message about `item` depends on: a thread's status (and what it waits for or
+        failed on); None for anything else."""
+        if not item or item[0] != "thread":
+            return None
+        t = self._thread(item)
+        if t is None:
+            return ("gone",)
+        return (t["status"], t.get("detail") if t["status"] in ("waiting", "error") else None)
+
+    def _expire_message(self):
+        about = self._message_about
+        if self._message is None or about is None or about[1] is None or self.mode in ("confirm", "prompt"):
+            return
+        item, sig, answered = about
+        now = self._signature(item)
+        if now == sig:
+            return
+        if answered and now[0] not in ("waiting", "gone"):
+            self._message_about = (item, now, False)  # the reply's own effect: the next change clears it
+            return
+        self._message = self._message_about = None
 
     def ui(self):
         return (self.state or {}).get("ui") or {}
@@ -9676,16 +9795,18 @@ class SidebarModel(object):
         return self.session(self.selected[1]) if self.selected else None
 
     def selected_thread(self):
-        if not self.selected or self.selected[0] != "thread":
+        return self._thread(self.selected)
+
+    def _thread(self, item):
+        if not item or item[0] != "thread":
             return None
-        s = self.session(self.selected[1])
-        return next((t for t in (s or {}).get("threads", [])
-                     if (t["agent"], t["id"]) == self.selected[2:]), None)
+        s = self.session(item[1])
+        return next((t for t in (s or {}).get("threads", []) if (t["agent"], t["id"]) == item[2:]), None)
 
     # -- keys --------------------------------------------------------------------------------
     def key(self, k):
         """Handle one key (a curses key name such as 'j', 'KEY_DOWN', '\\n', 'KEY_BTAB'). -> actions."""
-        self.message = None
+        self.say(None)
         if k == "FOCUS":
             return self._focus()
         handler = {"prompt": self._prompt_key, "confirm": self._confirm_key, "help": self._help_key,
@@ -9699,14 +9820,17 @@ class SidebarModel(object):
                  "d": "_hide", "u": "_unhide", "n": "_new", "x": "_kill", "o": "_open", "t": "_themes",
                  "/": "_filter", "f": "_filter_mode", "m": "_mute", "?": "_help", "q": "_quit", "\x1b": "_quit",
                  "y": "_reply", "Y": "_reply", "N": "_reply", "i": "_reply_text"}
+    # the popup's own keys: every other key (the sidebar's session keys) does nothing there
+    POPUP_KEYS = {"j": "_move", "KEY_DOWN": "_move", "k": "_move", "KEY_UP": "_move",
+                  "\n": "activate", "\r": "activate", "KEY_ENTER": "activate",
+                  "y": "_reply", "Y": "_reply", "N": "_reply", "i": "_reply_text", "?": "_help",
+                  "q": "_close", "\x1b": "_close"}
     REPLY_KEYS = {"y": "approve", "Y": "approve-always", "N": "deny"}
 
     def _list_key(self, k):
-        if self.popup and k in ("q", "\x1b"):
-            return [("quit",)]
         if len(k) == 1 and k in "123456789" and not self.popup:
             return self._number_key(k)
-        name = self.LIST_KEYS.get(k)
+        name = (self.POPUP_KEYS if self.popup else self.LIST_KEYS).get(k)
         if name is None:
             return []
         if name == "activate":
@@ -9819,6 +9943,9 @@ class SidebarModel(object):
         self.mode = "help"
         self.help_scroll = 0
 
+    def _close(self, k):
+        return [("quit",)]
+
     def _quit(self, k):
         if self.filter_text:
             self.filter_text = ""
@@ -9896,20 +10023,62 @@ class SidebarModel(object):
         return []
 
     def _prompt_key(self, k):
+        """Every text prompt edits its line as a shell does: Left/Right, C-a/C-e (Home/End),
+        Backspace, C-d/Delete, C-u/C-k (cut before/after the cursor), C-w (cut a word or a
+        directory); Tab completes the directory prompt (a ("complete", text) action: the app lists
+        the directories and calls complete()). A pre-filled directory is replaced by the first
+        character typed."""
         p = self.prompt
+        text, pos = p["text"], min(p.get("pos", len(p["text"])), len(p["text"]))
+        fresh = p.pop("fresh", False)
+        p.pop("choices", None)
         if k == "\x1b":
             self.mode, self.prompt = "list", None
             return []
-        if k in ("KEY_BACKSPACE", "\x7f", "\b"):
-            p["text"] = p["text"][:-1]
-        elif k in ("\n", "\r", "KEY_ENTER"):
+        if k in ("\n", "\r", "KEY_ENTER"):
             return self._prompt_done()
+        if k == "\t":
+            if p["step"] == "dir":
+                p["pos"] = len(text)
+                return [("complete", text)]
+            return []
+        if k in ("KEY_BACKSPACE", "\x7f", "\b"):
+            text, pos = text[:max(0, pos - 1)] + text[pos:], max(0, pos - 1)
+        elif k in ("KEY_DC", "\x04"):
+            text = text[:pos] + text[pos + 1:]
+        elif k in ("KEY_LEFT", "\x02"):
+            pos = max(0, pos - 1)
+        elif k in ("KEY_RIGHT", "\x06"):
+            pos = min(len(text), pos + 1)
+        elif k in ("KEY_HOME", "\x01"):
+            pos = 0
+        elif k in ("KEY_END", "\x05"):
+            pos = len(text)
+        elif k == "\x15":
+            text, pos = text[pos:], 0
+        elif k == "\x0b":
+            text = text[:pos]
+        elif k == "\x17":
+            start = word_start(text, pos)
+            text, pos = text[:start] + text[pos:], start
         elif len(k) == 1 and k.isprintable():
-            p["text"] += k
+            if fresh:
+                text, pos = "", 0
+            text, pos = text[:pos] + k + text[pos:], pos + 1
+        else:
+            p["fresh"] = fresh  # a key that does nothing here leaves the pre-filled text as it was
+        p["text"], p["pos"] = text, pos
         if p["step"] == "filter":
             self.filter_text = p["text"]
             self._reselect()
         return []
+
+    def complete(self, text, choices):
+        """Tab's answer (complete_directory): the completed text, and the choices when several fit."""
+        if self.mode == "prompt" and self.prompt and self.prompt["step"] == "dir":
+            self.prompt.update(text=text, pos=len(text))
+            if len(choices) > 1:
+                self.prompt["choices"] = choices
 
     def _prompt_done(self):
         p = self.prompt
@@ -9926,7 +10095,11 @@ class SidebarModel(object):
                 self.mode, self.prompt = "list", None
                 return []
             s = self.selected_session()
-            p.update(step="dir", label="directory", text=(s or {}).get("dir") or "~")
+            home = home_dir()
+            start = (s or {}).get("dir") or home
+            if start == home or start.startswith(home.rstrip("/") + "/"):
+                start = "~" + start[len(home.rstrip("/")):]
+            p.update(step="dir", label="directory", text=start, pos=len(start), fresh=True)
             p["values"]["name"] = name
             return []
         name = p["values"]["name"]
@@ -9939,6 +10112,7 @@ class SidebarModel(object):
         if not 0 <= row < len(rows) or rows[row][0] is None:
             return []
         item = rows[row][0]
+        self.say(None)
         if item[0] == "port":
             port = _port_at(rows[row][1], x)
             return [("open", port)] if port else []
@@ -9949,9 +10123,57 @@ class SidebarModel(object):
         return []
 
     def wheel(self, delta):
+        self.say(None)
         items = self.items()
         idx = items.index(self.selected) if self.selected in items else 0
         self._select(items, idx + delta)
+
+
+def word_start(text, pos):
+    """Where C-w's cut starts: back over separators (space, /), then over a word. Pure."""
+    i = pos
+    while i > 0 and text[i - 1] in " /":
+        i -= 1
+    while i > 0 and text[i - 1] not in " /":
+        i -= 1
+    return i
+
+
+def complete_directory(text, list_dirs, home):
+    """Tab in the directory prompt -> (the text completed as far as it is unambiguous, the
+    directories that fit when there are several). `~` is home, a relative path is under home (as
+    the new session's directory is); list_dirs(path) -> the names of its subdirectories. Pure."""
+    if text == "~":
+        return "~/", []
+    expanded = home.rstrip("/") + text[1:] if text.startswith("~/") else text
+    head, slash, prefix = expanded.rpartition("/")
+    if expanded.startswith("/"):
+        base = head + slash if head else "/"
+    else:
+        base = os.path.join(home, head)
+    try:
+        names = sorted(n for n in list_dirs(base) if n.startswith(prefix) and (prefix[:1] == "." or n[:1] != "."))
+    except OSError:
+        names = []
+    if not names:
+        return text, []
+    typed_head = text[:len(text) - len(prefix)]
+    if len(names) == 1:
+        return typed_head + names[0] + "/", []
+    return typed_head + os.path.commonprefix(names), names
+
+
+def list_subdirectories(path):
+    """The names of path's subdirectories (for complete_directory)."""
+    out = []
+    with os.scandir(path) as it:
+        for entry in it:
+            try:
+                if entry.is_dir():
+                    out.append(entry.name)
+            except OSError:
+                pass
+    return out
 
 
 def _port_at(pieces, x):
@@ -10132,20 +10354,39 @@ def _render_header(scr):
     if model.filter_mode != "all" or model.filter_text:
         status += " [%s%s]" % (model.filter_mode if model.filter_mode != "all" else "",
                                ("/" + model.filter_text) if model.filter_text else "")
-    scr.line(None, [(title, "accent"), (status, "muted")])
+    pieces = [(title, "accent"), (status, "muted")]
+    if not model.popup and model.mode == "list":  # where the keys are: the popup says it in its title
+        used = display_width(title + scr.clean(status))
+        for hint in ("? help", "?"):
+            if used + 1 + len(hint) <= w:
+                pieces.append((" " * (w - used - len(hint)) + hint, "muted"))
+                break
+    scr.line(None, pieces)
 
 
 def _render_help(scr):
-    g, w = scr.g, scr.w
+    """The keys (the popup's own in the popup), then what every mark means."""
+    g, w, model = scr.g, scr.w, scr.model
+    keys = POPUP_HELP_KEYS if model.popup else HELP_KEYS
     kw = max(len(k) for k, _ in HELP_KEYS) + 1 if w >= 24 else 0
-    for keys, text in HELP_KEYS:
+
+    def entry(key, text, key_style="accent"):
         if kw:
             for i, part in enumerate(wrap(text, w - kw)):
-                scr.line(None, [((keys if i == 0 else "").ljust(kw), "accent"), (part, "fg")])
+                scr.line(None, [((key if i == 0 else "").ljust(kw), key_style), (part, "fg")])
         else:
-            scr.line(None, [(keys, "accent")])
+            scr.line(None, [(key, key_style)])
             scr.wrapped(None, text, "fg", indent=2, first="  ")
+    for key, text in keys:
+        entry(key, text)
+    scr.wrapped(None, PROMPT_HELP + ("" if model.popup else PROMPT_HELP_DIR), "muted", indent=2)
     scr.line(None, [("", "fg")])
+    if not model.popup:
+        scr.wrapped(None, "a session's row: %s2 web %s  $0.28 %s%s %s" % (
+            g["cursor"], g["current"], g["waiting"], g["done"], g["unseen"]), "muted", indent=2)
+        for key, meaning in HELP_ROW_LEGEND:
+            mark = {"cursor": g["cursor"], "current": g["current"], "badges": g["waiting"] + g["done"]}.get(key, key)
+            entry(mark, meaning, "accent" if key != "badges" else "waiting")
     for key, meaning in HELP_LEGEND:
         if key == "spinner":
             glyph, style = SPINNER[scr.charset][0], "running"
@@ -10153,7 +10394,17 @@ def _render_help(scr):
             glyph, style = _badge(key.replace("done-unseen", "done"), key == "done-unseen", g, 0, scr.charset)
         for i, part in enumerate(wrap(meaning, w - 2)):
             scr.line(None, [((glyph if i == 0 else " ") + " ", style), (part, "fg")])
-    scr.line(None, [("j/k scroll, any other key closes", "muted")])
+    if not model.popup:
+        for key, meaning in HELP_ROW_LEGEND_AFTER:
+            mark = {"unseen": g["unseen"], "bar": g["bar"] * 2 + g["bar_empty"],
+                    "log": g["success"] + g["warn"] + g["tone-error"] + g["info"] + g["neutral"]}.get(key, key)
+            if key:
+                entry(mark, meaning, "unseen" if key == "unseen" else "accent")
+            else:
+                scr.line(None, [(meaning, "muted")])
+    else:
+        scr.wrapped(None, "groups: waiting and error oldest first (as prefix o n visits them), the others "
+                          "newest first; under the list, the selected thread's pane", "muted", indent=2)
 
 
 def _render_themes(scr):
@@ -10194,12 +10445,13 @@ def _render_session(scr, s):
     if s.get("muted"):
         unseen.append((" m", "muted"))
     tail = len(badges) + sum(display_width(t) for t, _ in unseen)
-    name_room = w - 3 - tail - (1 if badges else 0)
-    name = fit(scr.clean(s["name"]), max(1, name_room), g["more"])
-    pieces = [(g["current"] if is_current else " ", "accent"), (("%d" % n if n else " ") + " ", "muted"),
+    here = " " + g["current"] if is_current else ""  # the session this client shows: marked after its name
+    name_room = w - 3 - tail - (1 if badges else 0) - len(here)
+    name = fit(scr.clean(s["name"]), max(1, name_room), g["more"]) + here
+    pieces = [(g["cursor"] if selected else " ", "accent"), (("%d" % n if n else " ") + " ", "muted"),
               (name, "accent" if is_current else base)]
     cost = cost_text((s.get("usage") or {}).get("cost"), row=True)
-    if cost and name_room - display_width(name) >= len(cost) + 2:  # the session's total, when there is room
+    if cost and name_room - display_width(name) + len(here) >= len(cost) + 2:  # its total, when there is room
         pieces.append((" " * (w - 3 - display_width(name) - tail - len(cost) - (1 if badges else 0)), base))
         pieces.append((cost, "muted"))
         if badges:
@@ -10397,25 +10649,41 @@ def _scroll(model, rows, height):
 
 
 def _render_footer(scr):
-    """Prompts show the end of what is typed (the label goes on its own row when both do not fit);
+    """Prompts show what is typed with the cursor on it (the label goes on its own row when both do
+    not fit; a long text is cut to keep the cursor in view), and Tab's choices above them;
     messages and questions wrap."""
     model, w = scr.model, scr.w
     if model.mode == "prompt":
-        label, typed = model.prompt["label"] + ":", scr.clean(model.prompt["text"]) + "_"
-        if display_width(label + " " + typed) <= w:
-            scr.line(None, [(label + " ", "waiting"), (typed, "fg")])
+        p = model.prompt
+        if p.get("choices"):
+            for part in wrap(" ".join(c + "/" for c in p["choices"]), w)[:2]:
+                scr.line(None, [(part, "muted")])
+        label = p["label"] + ":"
+        text = scr.clean(p["text"])
+        pos = min(p.get("pos", len(text)), len(text))
+        style = "sel" if p.get("fresh") else "fg"  # pre-filled: typing replaces it
+        if display_width(label + " " + text) + 1 <= w:
+            scr.line(None, [(label + " ", "waiting")] + _typed_pieces(text, pos, style))
             return
         scr.line(None, [(label, "waiting")])
         more = scr.g["more"]
-        while display_width(typed) > w and len(typed) > 1:
-            typed = typed[1:]
-            if display_width(more + typed) <= w:
-                typed = more + typed
-                break
-        scr.line(None, [(typed, "fg")])
+        start = 0
+        while display_width(text[start:pos]) + (2 if start else 1) > w and start < pos:
+            start += 1
+        pieces = _typed_pieces(text[start:], pos - start, style)
+        scr.line(None, ([(more, "muted")] if start else []) + pieces)
+    elif model.mode == "help":  # always on screen, however long the help
+        scr.line(None, [(fit("j/k scroll, any other key closes", w, scr.g["more"]), "muted")])
     elif model.message or model.ui().get("error"):
         for part in wrap(scr.clean(model.message or model.ui()["error"]), w)[:3]:
             scr.line(None, [(part, "waiting")])
+
+
+def _typed_pieces(text, pos, style="fg"):
+    """A prompt's text with its cursor: the character under it shown selected, or '_' at the end."""
+    if pos >= len(text):
+        return [(text, style), ("_", "fg")]
+    return [(text[:pos], style), (text[pos], "sel"), (text[pos + 1:], style)]
 
 
 class EventStream(object):
@@ -10860,7 +11128,8 @@ class SidebarApp(object):
             doc = self.post("/api/reply", body) if self.post else None
             short = {"approve": "approved", "approve-always": "approved always", "deny": "denied", "text": "sent"}[action]
             answer = doc.get("answer") if isinstance(doc, dict) else None
-            self.model.say("%s: %s" % (short, answer) if answer and action == "approve-always" else short)
+            self.model.say("%s: %s" % (short, answer) if answer and action == "approve-always" else short,
+                           answered=True)
         except OSError as e:
             reason = str(e)
             try:
@@ -10896,8 +11165,10 @@ class SidebarApp(object):
             elif kind == "kill":
                 self._move_clients_off(action[1])
                 self.tmux.run("kill-session", "-t", "=" + action[1])
+            elif kind == "complete":
+                self.model.complete(*complete_directory(action[1], list_subdirectories, home_dir()))
             elif kind == "new":
-                directory = os.path.expanduser(action[2])
+                directory = os.path.join(home_dir(), os.path.expanduser(action[2]))  # relative: under home
                 if not os.path.isdir(directory):
                     self.model.say("no such directory: %s" % directory)
                     return None
@@ -11682,23 +11953,45 @@ def usage_lines(report):
         rows.append((title, "", "", "", "", ""))
         for name, u in report[group].items():
             row("  " + name, u, u["threads"])
-    if report["total"]:
-        row("TOTAL", report["total"], report["threads"])
+    row("TOTAL", report["total"] or dict(new_usage(), cost=0), report["threads"])
     widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c + " " * (w - display_width(c)) for c, w in zip(r, widths)).rstrip() for r in rows]
     if any(u.get("partial") for g in ("agents", "sessions", "days") for u in report[g].values()):
         lines.append("+? : some cost unknown (a model without a price: add it to ui.json \"prices\") "
                      "or history not fully read")
+    if not report["threads"]:
+        try:
+            since = " (since %s)" % time.strftime("%Y-%m-%d %H:%M", time.localtime(report["since"] / 1000.0))
+        except (OverflowError, ValueError, OSError):
+            since = ""
+        lines.append("nothing in this period%s" % since)
     return lines
 
 
 def parse_since(text, now_ms_):
     """'1d', '7d', '12h', '30m' -> epoch ms."""
+    if (text or "").strip().startswith("-"):
+        raise OpensessionsError("--since %s: how far back cannot be negative; give a duration such as 1d, 7d, "
+                                "12h (0d: from now, nothing)" % text.strip())
     m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$", text or "")
     if not m:
         raise OpensessionsError("--since takes a duration such as 1d, 7d, 12h")
     unit = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[m.group(2)]
     return int(now_ms_ - float(m.group(1)) * unit * 1000)
+
+
+def negative_since_joined(argv):
+    """`usage --since -1d`: argparse would take -1d for an option and say only "expected one
+    argument"; joined as --since=-1d, parse_since says why it is refused. Pure."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--since" and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            out.append("--since=" + argv[i + 1])
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def cmd_usage(args):
@@ -11905,8 +12198,16 @@ def cmd_next(args):
     if args.back:
         back = _tmux_option(tmux, "@opensessions-return")
         if not back:
-            raise OpensessionsError("nowhere to go back to: `next` was not used yet")
-        tmux.run("switch-client", *(target + ["-t", back]))
+            print("nothing to go back to: `next` has not jumped anywhere yet")
+            return 0
+        if tmux.run("display-message", "-p", *(target + ["#{pane_id}"])).strip() == back:
+            print("nothing to go back to: you are where the last jump came from")
+            return 0
+        try:
+            tmux.run("switch-client", *(target + ["-t", back]))
+        except TmuxError:
+            tmux.run("set-option", "-gu", "@opensessions-return")
+            print("nothing to go back to: the pane the last jump came from is gone")
         return 0
     here_pane, _, here_session = tmux.run("display-message", "-p", *(target + ["#{pane_id}\t#{session_name}"])
                                           ).strip("\n").partition("\t")
@@ -11934,6 +12235,10 @@ def cmd_sidebar(args, popup=False, client=None):
     """Run the curses sidebar in this pane (the sidebar pane manager starts these); with popup, the
     agents popup (`opensessions popup`, in a display-popup)."""
     global _log_file
+    if not (os.isatty(0) and os.isatty(1)):  # said before curses writes a byte, and before stderr goes to the log
+        raise OpensessionsError("the %s needs a terminal (%s)" % (
+            ("popup", "prefix o g opens it") if popup else ("sidebar", "it runs in a tmux pane; `opensessions` "
+                                                                      "shows one in every window")))
     socket_path = _socket_from_args(args)
     # The pane is the sidebar's screen: its log lines (and any traceback) go to the log file.
     log_path = os.path.join(state_dir(), "sidebar.log")
@@ -12098,6 +12403,58 @@ def tmux_bindings(me, options):
     return out
 
 
+def key_bindings(listing):
+    """`tmux list-keys` output -> {(table, key): the line}. Pure."""
+    out = {}
+    for line in listing.splitlines():
+        m = re.match(r"^bind-key\s+(?:-r\s+)?-T\s+(\S+)\s+(\S+)\s", line)
+        if m:
+            out[(m.group(1), m.group(2))] = line.strip()
+    return out
+
+
+def _bind_keys(tmux, me, options):
+    """Bind our keys (one tmux process for all: tmux waits for us at boot). What we bound before and
+    no longer bind goes: a re-source of ~/.tmux.conf with another @opensessions-key gives the old
+    key back its binding from before us (the user's, or tmux's own), and our key table and root
+    keys hold only what the options ask for now."""
+    key = options["@opensessions-key"]
+    wanted = tmux_bindings(me, options)
+    try:
+        bound = key_bindings(tmux.run("list-keys"))
+    except TmuxError:
+        bound = {}
+    mine = read_tmux_options(tmux, {"@opensessions-bound-key": "", "@opensessions-saved-binding": "",
+                                    "@opensessions-bound-root": ""})  # what an earlier setup bound
+    old_key, saved = mine["@opensessions-bound-key"], mine["@opensessions-saved-binding"]
+    give_back = None
+    cmds = []
+    if old_key and old_key != key:
+        if "-T " + KEY_TABLE in bound.get(("prefix", old_key), ""):  # still ours
+            if saved.startswith("bind-key"):
+                give_back = saved
+            else:
+                cmds += ["unbind-key", old_key, ";"]
+        saved = ""
+        cmds += ["set-option", "-gu", "@opensessions-saved-binding", ";"]
+    previous = bound.get(("prefix", key), "")
+    if previous and "opensessions" not in previous and not saved:
+        cmds += ["set-option", "-g", "@opensessions-saved-binding", previous, ";"]
+    if any(table == KEY_TABLE for table, _ in bound):
+        cmds += ["unbind-key", "-a", "-T", KEY_TABLE, ";"]  # a popup key changed: the old one goes
+    root = [k for table, k, *_ in wanted if table == "root"]
+    for k in mine["@opensessions-bound-root"].split():
+        if k not in root and "opensessions" in bound.get(("root", k), ""):
+            cmds += ["unbind-key", "-n", k, ";"]
+    for table, k, *command in wanted:
+        cmds += ["bind-key"] + (["-T", table] if table != "prefix" else []) + [k] + command + [";"]
+    cmds += ["set-option", "-g", "@opensessions-bound-root", " ".join(root), ";"]
+    cmds += ["set-option", "-g", "@opensessions-bound-key", key]
+    tmux.run(*cmds)
+    if give_back:
+        _restore_binding(tmux, give_back)
+
+
 RENAME_GUARD = "#{?#{@opensessions-sidebar},#{window_name},"
 
 
@@ -12142,18 +12499,7 @@ def _tmux_setup(args):
     if options["@opensessions-port"]:
         args.port = as_number(options["@opensessions-port"], None, int, text=True)
         me += " --port %d" % args.port
-    key = options["@opensessions-key"]
-    try:
-        previous = tmux.run("list-keys", "-T", "prefix", key).strip()
-    except TmuxError:
-        previous = ""
-    cmds = []
-    if previous and "opensessions" not in previous and not _tmux_option(tmux, "@opensessions-saved-binding"):
-        cmds += ["set-option", "-g", "@opensessions-saved-binding", previous.splitlines()[0], ";"]
-    for table, k, *command in tmux_bindings(me, options):
-        cmds += ["bind-key"] + (["-T", table] if table != "prefix" else []) + [k] + command + [";"]
-    cmds += ["set-option", "-g", "@opensessions-bound-key", key]
-    tmux.run(*cmds)  # one tmux process for every binding: tmux waits for us at boot
+    _bind_keys(tmux, me, options)
     _keep_window_names(tmux)
     if options["@opensessions-resurrect"] in ("on", "1", "yes", "true"):
         tmux_setup_resurrect(tmux, me)
@@ -12170,13 +12516,12 @@ def _tmux_setup(args):
         cmd_stop(args, on_purpose=False)  # an updated plugin: restart the server on the new code
     first_run = _first_run()  # asked before a new server saves ui.json with its defaults
     start_background(args)  # a new server reads the options itself, before its first sidebar
-    ui = ui_from_tmux_options(options)
+    # a re-source of ~/.tmux.conf: the server applies the options whose value changed since it
+    # last applied them (a theme picked with `t` holds otherwise)
+    body = {"fromTmux": ui_from_tmux_options(options)}
     if first_run:
-        ui["visible"] = True  # the plugin's first run shows the sidebars; later, prefix o t's choice holds
-    state_ui = _get_state(args).get("ui", {})
-    ui = {k: v for k, v in ui.items() if state_ui.get(k) != v}
-    if ui:
-        _post(args, "/ui", ui)
+        body["visible"] = True  # the plugin's first run shows the sidebars; later, prefix o t's choice holds
+    _post(args, "/ui", body)
     return 0
 
 
@@ -12254,6 +12599,12 @@ def cmd_uninstall_tmux(args):
             continue
         if KEY_TABLE in bound or "opensessions" in bound:
             tmux.run("unbind-key", *(["-T", table] if table != "prefix" else []) + [k])
+    for k in _tmux_option(tmux, "@opensessions-bound-root").split():  # root keys bound by an older setup
+        try:
+            if "opensessions" in tmux.run("list-keys", "-T", "root", k):
+                tmux.run("unbind-key", "-n", k)
+        except TmuxError:
+            pass
     _restore_binding(tmux, _tmux_option(tmux, "@opensessions-saved-binding"))
     try:
         tmux.run("unbind-key", "-a", "-T", KEY_TABLE)
@@ -12557,16 +12908,22 @@ def _take_plain_value(values, target, kw, texts, explicit=False):
     return True
 
 
+# The session `opensessions` starts outside tmux: tmux's default status-left, "[#{session_name}] ",
+# is cut at status-left-length 10, so the name has at most 7 characters ("[opensessi" otherwise).
+OUTSIDE_SESSION = "agents"
+
+
 def cmd_default(args):
     """No command: inside tmux, set up (keys, server) and show the sidebar; outside tmux, start or
-    attach a tmux session named opensessions that does that."""
+    attach a tmux session named `agents` (OUTSIDE_SESSION) that does that."""
     if os.environ.get("TMUX") or args.socket_name or args.socket_path:
         cmd_tmux_setup(args)
         _post(args, "/ui", {"visible": True})
         print("opensessions: the sidebar is shown; prefix o t hides it, prefix o s focuses it")
         return 0
     me = [sys.executable, os.path.abspath(sys.argv[0])]
-    exec_tmux("new-session", "-A", "-s", "opensessions", " ".join(_shell_quote(a) for a in me) + "; exec ${SHELL:-sh}")
+    exec_tmux("new-session", "-A", "-s", OUTSIDE_SESSION, " ".join(_shell_quote(a) for a in me) + "; exec ${SHELL:-sh}")
+
 
 
 def _shell_quote(s):
@@ -12620,6 +12977,8 @@ def main(argv=None):
         args = _HookArgs(argv)
         if args.agent in hook_agents():
             return cmd_hook(args)
+    if command == "usage":
+        argv = negative_since_joined(argv)
     args = parse_plainly(argv) if command else None
     if args is None:
         args = build_parser(command).parse_args(argv)

@@ -79,6 +79,45 @@ def test_help_lists_every_command():
         assert cmd in out
 
 
+AGENTS = ("Claude Code", "Codex", "OpenCode", "Amp", "Gemini CLI", "Qwen Code", "Pi")
+
+
+def test_help_and_the_package_name_all_seven_agents():
+    # --help names them from the specs (in AGENT_SPECS order); pyproject.toml says the same
+    assert tuple(spec.title for spec in os_.AGENT_SPECS.values()) == AGENTS
+    out = subprocess.run([PYTHON, SCRIPT, "--help"], stdout=subprocess.PIPE, check=True).stdout.decode()
+    description = " ".join(out.split("\n\n")[1].split())
+    assert description.startswith("Live status of AI coding agents (%s)" % ", ".join(AGENTS)), description
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        assert "(%s)" % ", ".join(AGENTS) in f.read()
+
+
+def test_usage_of_an_empty_period_and_of_a_negative_one(server):
+    r = server.cli("usage", "--since", "0d")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines[-2].split() == ["TOTAL", "0", "0", "0", "0", "$0.00"]
+    assert lines[-1].startswith("nothing in this period (since ") and lines[-1].endswith(")")
+    for argv in (("--since", "-1d"), ("--since=-1d",), ("--since", "-2h", "--json")):
+        r = server.cli("usage", *argv)
+        assert (r.returncode, r.stdout) == (1, b""), argv
+        assert r.stderr.decode() == ("opensessions: --since -%s: how far back cannot be negative; give a duration "
+                                     "such as 1d, 7d, 12h (0d: from now, nothing)\n" % argv[-1 if len(argv) < 3 else 1]
+                                     .lstrip("-").replace("since=-", "")), argv
+    assert os_.negative_since_joined(["usage", "--since", "-1d", "--json"]) == ["usage", "--since=-1d", "--json"]
+    assert os_.negative_since_joined(["usage", "--since", "--json"]) == ["usage", "--since", "--json"]
+
+
+def test_the_sidebar_without_a_terminal_says_so(server, env):
+    for argv, what in ((("sidebar",), "sidebar"), (("popup", "-c", "/dev/pts/99"), "popup")):
+        r = subprocess.run([PYTHON, SCRIPT, "-S", server.tmux.socket, "--port", str(server.port)] + list(argv),
+                           env=server.vars, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=20)
+        assert r.returncode == 1 and r.stdout == b"", (argv, r.stdout)  # no curses escape codes
+        assert r.stderr.decode().startswith("opensessions: the %s needs a terminal (" % what), r.stderr
+        assert b"\x1b" not in r.stderr
+
+
 def test_client_command_imports_nothing_heavy(server):
     code = ("import sys; sys.argv=['opensessions','-S',%r,'set-status','main','x'];"
             "import opensessions; rc=opensessions.main();"
@@ -320,7 +359,11 @@ def test_main_job_outside_tmux_starts_a_session_with_the_sidebar(env):
             return []
     try:
         drain.start()
-        retry_until(lambda: "opensessions" in sessions(), timeout=15)
+        retry_until(lambda: "agents" in sessions(), timeout=15)
+        # the name fits tmux's default status-left ("[#{session_name}] ", cut at 10): "[agents] ", not "[opensessi"
+        left = tmux.run("display-message", "-p", "-t", "=agents:", "#{T:status-left}")
+        assert left.rstrip("\n") == "[agents] " and len(left.rstrip("\n")) <= int(
+            tmux.run("show-options", "-gv", "status-left-length"))
         retry_until(lambda: "1" in tmux.run("list-panes", "-a", "-F", "#{@opensessions-sidebar}").split(),
                     timeout=15)
     finally:
@@ -376,6 +419,16 @@ def test_the_plain_parser_agrees_with_argparse(data):
 def test_the_plain_parser_takes_what_hooks_and_keys_send(argv):
     plain = os_.parse_plainly(argv)
     assert plain is not None and vars(plain) == _argparse(argv)
+
+
+def test_a_negative_since_is_joined_before_either_parser():
+    """`usage --since -1d` is joined into --since=-1d (so parse_since can say why it is refused)
+    before main parses it; the plain parser and argparse then read it alike."""
+    argv = os_.negative_since_joined(["usage", "--since", "-1d", "--json"])
+    assert argv == ["usage", "--since=-1d", "--json"]
+    plain = os_.parse_plainly(argv)
+    assert plain is not None and vars(plain) == _argparse(argv) and plain.since == "-1d"
+    assert os_.negative_since_joined(["usage", "--since", "1d"]) == ["usage", "--since", "1d"]
 
 
 def _run(env, argv, extra=None, stdin=None):
