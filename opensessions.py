@@ -6354,19 +6354,28 @@ SAVE_MAX_DELAY = 5.0  # ... or this long after the first unsaved change, whichev
 
 class ControlClient(object):
     """The hidden `tmux -C` client that tells us when panes, windows or clients change: started
-    and stopped here, its lines read here; each change calls
-    `on_change(delay)` (0 for a client switching windows), its end `on_exit()`."""
+    and stopped here, its lines read here; each change calls `on_change(delay)` (0 for a client
+    switching windows), its end `on_exit()`. It also runs commands whose answers come back on its
+    own stdout (`command(line, callback)`: a capture costs no tmux process), and follows the
+    output of one pane for a preview (`follow(pane, session, others)`: `on_output(pane)` per block
+    of output; see PreviewFeed)."""
 
-    def __init__(self, tmux, loop, environ, on_change, on_exit):
+    def __init__(self, tmux, loop, environ, on_change, on_exit, on_output=None):
         self.tmux = tmux
         self.loop = loop
         self.environ = environ
         self.on_change = on_change
         self.on_exit = on_exit
+        self.on_output = on_output  # (pane id) on %output of a followed pane; (pane id, True) on %pause
         self.proc = None
         self._buf = b""
         self._subscribed = False
         self._block = None  # output lines of the command block being read
+        self._block_end = None  # "%end <time> <number>": the one line that ends it (pane text cannot forge it)
+        self._answers = []  # callbacks of the commands we sent, in order: tmux answers in order
+        self._block_ours = False
+        self.session = None  # the session it is attached to ($id), from %session-changed
+        self.following = None  # (pane, session) whose output it takes, or None (no-output)
 
     @property
     def running(self):
@@ -6386,7 +6395,9 @@ class ControlClient(object):
             return
         self._buf = b""
         self._subscribed = False
-        self._block = None
+        self._block = self._block_end = None
+        self._answers = []
+        self.session = self.following = None
         os.set_blocking(self.proc.stdout.fileno(), False)
         self._wait_attached()
         self.loop.add_reader(self.proc.stdout.fileno(), self._on_readable)
@@ -6413,12 +6424,50 @@ class ControlClient(object):
                 return
             self._buf += chunk
 
-    def send(self, line):
+    def send(self, line, callback=None):
+        """One command (never several joined by ';': each would be answered on its own, and an
+        error drops the rest unanswered). Its answer, `callback(ok, lines)`, comes on the loop; a
+        client that ends first answers (False, [])."""
+        if self.proc is None:
+            return False
         try:
             self.proc.stdin.write(line.encode("utf-8") + b"\n")
             self.proc.stdin.flush()
         except (OSError, ValueError, AttributeError):
-            pass
+            return False
+        self._answers.append(callback)
+        return True
+
+    def command(self, line, callback):
+        """Run a command through this client; -> False when it cannot be sent (not running)."""
+        return self.send(line, callback)
+
+    def follow(self, pane, session, others):
+        """Take the output of `pane` (in `session`, a "$id") and of no other pane: attach to its
+        session, turn output on (with pause-after: tmux pauses a pane we fall behind on rather than
+        stop reading it) and pause every other pane there. Paused, not "off": a pane that every
+        attached client has off is not read at all, and its program would block."""
+        if self.proc is None or not re.match(r"^%\d+$", pane or "") or not re.match(r"^\$\d+$", session or ""):
+            return False
+        if self.session != session:
+            self.send("switch-client -t '%s'" % session)
+        if self.following is None:
+            self.send("refresh-client -f 'pause-after=2,!no-output'")
+        pauses = " ".join("-A '%s:pause'" % p for p in others if re.match(r"^%\d+$", p) and p != pane)
+        self.following = (pane, session)
+        return self.send("refresh-client -A '%s:continue'%s" % (pane, (" " + pauses) if pauses else ""))
+
+    def pause(self, panes):
+        """Pause panes that appeared in the followed session (their output is not wanted)."""
+        panes = [p for p in panes if re.match(r"^%\d+$", p)]
+        if panes and self.following:
+            self.send("refresh-client %s" % " ".join("-A '%s:pause'" % p for p in panes))
+
+    def unfollow(self):
+        """No pane's output any more (no-output, as it started)."""
+        if self.following is not None:
+            self.following = None
+            self.send("refresh-client -f no-output")
 
     def stop(self, grace=2.0):
         if self.proc is None:
@@ -6433,6 +6482,8 @@ class ControlClient(object):
             pass
         import subprocess
         proc, self.proc = self.proc, None
+        answers, self._answers = self._answers, []
+        self.following = None
         try:
             proc.terminate()
             proc.wait(grace)
@@ -6451,12 +6502,15 @@ class ControlClient(object):
                     f.close()
             except OSError:
                 pass
+        for callback in answers:  # nobody will answer them now
+            if callback is not None:
+                callback(False, [])
 
     def _on_readable(self):
         if self.proc is None:
             return
         try:
-            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            chunk = os.read(self.proc.stdout.fileno(), 262144)
         except BlockingIOError:
             chunk = None  # nothing new: still parse what _wait_attached kept
         except OSError:
@@ -6469,26 +6523,43 @@ class ControlClient(object):
         self._buf = lines.pop()
         interesting = False
         for raw in lines:
+            if self._block is not None:  # a command's answer: every line is its text up to its own %end
+                text = raw.decode("utf-8", "replace")
+                if text.startswith(self._block_end):
+                    self._end_block(text.startswith("%end"))
+                else:
+                    self._block.append(text)
+                continue
+            if raw.startswith(b"%output ") or raw.startswith(b"%extended-output "):
+                # the followed pane printed: only its id matters (the screen is read by a capture)
+                if self.on_output is not None:
+                    self.on_output(raw.split(b" ", 2)[1].decode("ascii", "replace"))
+                continue
             text = raw.decode("utf-8", "replace").rstrip("\r")
             parsed = parse_control_line(text)
             if parsed is None:
-                if self._block is not None:
-                    self._block.append(text)
                 continue
             if parsed[0] == "begin":
+                # "%begin <time> <number> <flags>": flags 1 for a command we sent on stdin
+                head = parsed[1].split(" ")
                 self._block = []
+                self._block_end = ("%end " + " ".join(head[:2]), "%error " + " ".join(head[:2]))
+                self._block_ours = head[2:3] == ["1"]
                 continue
             if parsed[0] in ("end", "error"):
-                if parsed[0] == "error":
-                    log("tmux control client command failed: %s" % " ".join(self._block or ()))
-                self._block = None
-                continue
-            if parsed[0] in ("output", "exit"):
+                continue  # (an end without its begin: nothing to close)
+            if parsed[0] in ("exit", "continue"):
                 continue  # EOF follows %exit
-            if parsed[0] == "session-changed" and not self._subscribed:
-                # subscribe once attached: sent earlier, tmux answers "no current client"
-                self._subscribed = True
-                self.send("refresh-client -B 'os-panes::%s'" % SUBSCRIPTION_FORMAT)
+            if parsed[0] == "pause":
+                if self.on_output is not None:
+                    self.on_output(parsed[1].strip(), True)
+                continue
+            if parsed[0] == "session-changed":
+                self.session = parsed[1].split(" ")[0]
+                if not self._subscribed:
+                    # subscribe once attached: sent earlier, tmux answers "no current client"
+                    self._subscribed = True
+                    self.send("refresh-client -B 'os-panes::%s'" % SUBSCRIPTION_FORMAT)
             if parsed[0] in SWITCH_EVENTS:
                 interesting = "switch"
             elif not interesting:
@@ -6496,6 +6567,16 @@ class ControlClient(object):
         if interesting:
             # a client went to another window: its sidebar comes at once (no coalescing wait)
             self.on_change(0 if interesting == "switch" else 0.005)
+
+    def _end_block(self, ok):
+        lines, self._block, self._block_end = self._block, None, None
+        if not self._block_ours:
+            return  # the attach's own answer, not one we asked for
+        callback = self._answers.pop(0) if self._answers else None
+        if not ok:
+            log("tmux control client command failed: %s" % " ".join(lines))
+        if callback is not None:
+            callback(ok, lines)
 
 
 class Processes(object):
@@ -7099,6 +7180,151 @@ class Preferences(object):
                 t.usage = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
 
 
+PREVIEW_MIN_GAP = 0.1  # a followed pane is read at most 10 times a second, however fast it prints
+
+
+class PreviewFeed(object):
+    """Previews pushed to the clients that show them (GET /api/preview?follow=1): a shown pane is
+    read (capture-pane, answered through the control client: no tmux process per read) when tmux
+    says it printed (%output), at most every PREVIEW_MIN_GAP, and each watcher is sent its doc when
+    that changes. tmux 3.3a gives a control client the output of its own session's panes only: the
+    newest preview's pane is followed (the control client attaches to its session and pauses the
+    others there); a preview of a pane elsewhere is read every PREVIEW_INTERVAL while it is shown.
+    Given the loop, the control client, `capture(pane, callback(screen or None))` and `sessions()`
+    (the store's tmux sessions)."""
+
+    def __init__(self, loop, control, capture, sessions, clock=time.monotonic):
+        self.loop = loop
+        self.control = control
+        self.capture = capture
+        self.sessions = sessions
+        self.clock = clock
+        self.subs = {}  # token -> {"pane", "to_doc": screen -> doc, "send": doc -> None, "last": doc sent}
+        self.panes = {}  # pane -> {"screen", "at": last read, "busy": a read under way, "again": output since}
+        self.followed = None  # the pane whose output the control client takes
+        self._token = 0
+        self.reads = 0  # captures made (bench, tests)
+
+    def subscribe(self, pane, to_doc, send):
+        """A client shows `pane`: it is sent to_doc(screen) now and whenever that changes. -> token."""
+        self._token += 1
+        self.subs[self._token] = {"pane": pane, "to_doc": to_doc, "send": send, "last": None}
+        state = self.panes.get(pane)
+        if state is None:
+            state = self.panes[pane] = {"screen": None, "at": None, "busy": False, "again": False, "timer": None}
+        if state["screen"] is not None:
+            self._push(pane)
+        self._follow(pane)
+        self._read(pane)
+        return self._token
+
+    def unsubscribe(self, token):
+        sub = self.subs.pop(token, None)
+        if sub is None:
+            return
+        pane = sub["pane"]
+        if not any(s["pane"] == pane for s in self.subs.values()):
+            state = self.panes.pop(pane, None)
+            if state and state["timer"]:
+                state["timer"]()
+            if pane == self.followed:
+                self.followed = None
+                newest = max(self.subs, default=None)
+                if newest is not None:
+                    self._follow(self.subs[newest]["pane"])
+                else:
+                    self.control.unfollow()
+
+    def _session_of(self, pane):
+        """-> (session id, the other panes of that session), or (None, ())."""
+        for s in self.sessions():
+            panes = [p["id"] for w in s["windows"] for p in w["panes"]]
+            if pane in panes:
+                return s["id"], [p for p in panes if p != pane]
+        return None, ()
+
+    def _follow(self, pane):
+        session, others = self._session_of(pane)
+        if session is not None and self.control.running and self.control.follow(pane, session, others):
+            self.followed = pane
+        elif pane == self.followed:
+            self.followed = None
+
+    def tmux_changed(self):
+        """tmux's panes changed (or the control client was started again): new panes in the followed
+        session are paused; a followed pane whose client restarted is followed again."""
+        if not self.subs:
+            return
+        want = self.subs[max(self.subs)]["pane"]
+        following = self.control.following
+        if following is None or following[0] != want or self._session_of(want)[0] != following[1]:
+            self._follow(want)
+        elif self.followed:
+            session, others = self._session_of(self.followed)
+            known = self.panes.get(self.followed, {}).setdefault("others", set(others))
+            new = [p for p in others if p not in known]
+            if new:
+                known.update(new)
+                self.control.pause(new)
+
+    def on_output(self, pane, paused=False):
+        """The control client saw output of `pane` (or tmux paused it: we fell behind)."""
+        if pane not in self.panes:
+            return  # another pane of that session, printed before its pause took effect
+        if paused:
+            if pane == self.followed:
+                self.control.send("refresh-client -A '%s:continue'" % pane)
+        self._read(pane)
+
+    def _read(self, pane):
+        """Read the pane now, or once PREVIEW_MIN_GAP has passed since the last read (one read under
+        way at a time; output meanwhile asks for one more)."""
+        state = self.panes.get(pane)
+        if state is None:
+            return
+        if state["busy"]:
+            state["again"] = True
+            return
+        wait = 0.0 if state["at"] is None else state["at"] + PREVIEW_MIN_GAP - self.clock()
+        if wait > 0:
+            if not state["timer"]:
+                state["timer"] = self.loop.call_later(wait, self._timer_read, pane)
+            return
+        state["busy"], state["again"], state["at"] = True, False, self.clock()
+        self.reads += 1
+        self.capture(pane, lambda screen: self._got(pane, screen))
+
+    def _timer_read(self, pane):
+        state = self.panes.get(pane)
+        if state is not None:
+            state["timer"] = None
+            self._read(pane)
+
+    def _got(self, pane, screen):
+        state = self.panes.get(pane)
+        if state is None:
+            return
+        state["busy"] = False
+        if screen is not None and screen != state["screen"]:
+            state["screen"] = screen
+            self._push(pane)
+        if state["again"]:
+            self._read(pane)
+        elif pane != self.followed and not state["timer"]:
+            # no output notifications for a pane in another session: look again in a while
+            state["timer"] = self.loop.call_later(PREVIEW_INTERVAL, self._timer_read, pane)
+
+    def _push(self, pane):
+        screen = self.panes[pane]["screen"]
+        for sub in list(self.subs.values()):
+            if sub["pane"] != pane:
+                continue
+            doc = sub["to_doc"](screen)
+            if doc != sub["last"]:
+                sub["last"] = doc
+                sub["send"](doc)
+
+
 class Server(object):
     """Live state from tmux (+ watchers), served over HTTP and Server-Sent Events: the hub that
     owns the loop and the store, follows tmux, runs the apply step and publishes. Its rooms: the
@@ -7129,6 +7355,8 @@ class Server(object):
         self.read_deadline = READ_DEADLINE
         self.peer_uids = True  # False: act as where the kernel cannot name a peer (macOS): token only
         self.control = ControlClient(tmux, self.loop, self.environ, self.schedule_refresh, self._on_control_exit)
+        self.previews = PreviewFeed(self.loop, self.control, self._capture_for_preview, lambda: self.store.sessions)
+        self.control.on_output = self.previews.on_output
         self.api = Api(self.store, clock, tmux, ApiHost(
             publish=self.publish, refresh=self.schedule_refresh, pane_of_pid=self.linker.pane_of,
             update_thread=self.apply_thread_update, relink=self.linker.link, notify=self.notify_user,
@@ -7192,7 +7420,7 @@ class Server(object):
     def http_door(self):
         """What the HTTP layer may ask of this server (an HttpDoor)."""
         return HttpDoor(self.peer_uids, self.read_deadline, self.token_ok, self.store, self.loop.call, self.api,
-                        lambda pane: self.tmux.run("capture-pane", "-p", "-t", pane), self.health)
+                        lambda pane: self.tmux.run("capture-pane", "-p", "-t", pane), self.health, self.previews)
 
     def health(self):
         """This server's figures for /health."""
@@ -7200,7 +7428,10 @@ class Server(object):
         return {"threads": len(self.store.threads),
                 "skippedRecords": watchers.bad_records if watchers is not None else 0,
                 "skippedLongLines": watchers.long_lines if watchers is not None else 0,
-                "inotify": bool(watchers is not None and watchers.inotify is not None)}
+                "inotify": bool(watchers is not None and watchers.inotify is not None),
+                # previews pushed to clients: how many are shown, the pane whose output is followed, reads made
+                "previews": {"shown": len(self.previews.subs), "followed": self.previews.followed,
+                             "reads": self.previews.reads}}
 
     def _bind(self):
         try:
@@ -7347,6 +7578,18 @@ class Server(object):
             self.sidebars.sync()  # first: a window a client just switched to gets its sidebar sooner
         self.facts.refresh()
         self.on_tmux_refreshed()
+        self.previews.tmux_changed()
+
+    def _capture_for_preview(self, pane, callback):
+        """A pane's screen (with escapes) for a preview: answered through the control client when it
+        runs (no tmux process), else read here. callback(screen, or None when it cannot be read)."""
+        if self.control.command("capture-pane -p -e -t '%s'" % pane,
+                                lambda ok, lines: callback("\n".join(lines) if ok else None)):
+            return
+        try:
+            callback(self.tmux.run("capture-pane", "-p", "-e", "-t", pane))
+        except TmuxError:
+            callback(None)
 
     def on_tmux_refreshed(self):
         """Panes and clients changed: re-link threads to panes, clear what a client now views."""
@@ -7903,9 +8146,10 @@ class HttpDoor(object):
     peer's uid (else the runtime file's token is checked), how long a request may take to arrive,
     the published snapshots (the store's `published` and `cond`, for /state and /events), `on_loop`
     (run a function on the event loop and wait for its result), the API's handlers, a pane's text
-    (`capture(pane)`) and the server's own figures for /health (`health()`)."""
+    (`capture(pane)`), the server's own figures for /health (`health()`) and the preview feed
+    (`previews`: subscribe / unsubscribe, on the loop)."""
 
-    def __init__(self, peer_uids, read_deadline, token_ok, snapshots, on_loop, api, capture, health):
+    def __init__(self, peer_uids, read_deadline, token_ok, snapshots, on_loop, api, capture, health, previews=None):
         self.peer_uids = peer_uids
         self.read_deadline = read_deadline
         self.token_ok = token_ok
@@ -7914,6 +8158,7 @@ class HttpDoor(object):
         self.api = api
         self.capture = capture
         self.health = health
+        self.previews = previews
 
 
 def health_json(door, httpd):
@@ -8198,6 +8443,8 @@ class ApiRequests(object):
         lines = as_number((query.get("lines") or ["20"])[0], 20, int, text=True)
         if not 1 <= lines <= 200:
             return self._error(400, "'lines' must be 1..200")
+        if (query.get("follow") or ["0"])[0] == "1":
+            return self._preview_stream((query.get("thread") or [""])[0], lines)
         try:
             info = self.door.on_loop(self.door.api.api_preview, (query.get("thread") or [""])[0])
             screen = self.door.capture(info["pane"])
@@ -8212,6 +8459,82 @@ class ApiRequests(object):
         found = spec.prompt_reader(screen) if spec is not None and spec.prompt_reader else None
         info["prompt"] = found[0] if found else None  # what its screen asks: "permission", "input" …
         return self._send(200, json.dumps(info).encode())
+
+    def _preview_stream(self, thread, lines):
+        """GET /api/preview?thread=ID&lines=N&follow=1: the preview as `event: preview` (the same
+        JSON as without follow), sent when the pane's lines change (PreviewFeed: read when tmux says
+        the pane printed); a comment as keep-alive. Ends when the client goes or the server stops."""
+        import select
+        import threading
+        httpd = self.server
+        door = self.door
+        try:
+            info = door.on_loop(door.api.api_preview, thread)
+        except ApiError as e:
+            return self._error(e.status, e.message)
+        except TimeoutError:
+            return self._error(503, "server busy")
+        with httpd.lock:
+            full = httpd.streams >= MAX_SSE_CLIENTS
+            if not full:
+                httpd.streams += 1
+        if full:
+            self.close_connection = True
+            return self._error(503, "too many streams (%d)" % MAX_SSE_CLIENTS, {"Retry-After": "5"})
+        spec = AGENT_SPECS.get(info["agent"])
+        lock = threading.Lock()
+        latest = {"doc": None, "n": 0}
+        wake_r, wake_w = os.pipe()  # a new doc wakes the wait below, as does the client going away
+        os.set_blocking(wake_w, False)
+
+        def preview_doc(screen):  # on the loop
+            found = spec.prompt_reader(screen) if spec is not None and spec.prompt_reader else None
+            return dict({k: v for k, v in info.items() if k != "status"},  # (a status here would go stale)
+                        lines=thread_preview(screen, lines), prompt=found[0] if found else None)
+
+        def send(doc):  # on the loop
+            with lock:
+                latest["doc"], latest["n"] = doc, latest["n"] + 1
+            try:
+                os.write(wake_w, b"x")
+            except OSError:
+                pass  # (the pipe is full: a wake-up is pending already)
+        token = None
+        try:
+            token = door.on_loop(door.previews.subscribe, info["pane"], preview_doc, send)
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            sent = 0
+            while door.snapshots.published is not None:
+                ready = select.select([wake_r, self.connection], [], [], SSE_KEEPALIVE)[0]
+                if self.connection in ready and not self.connection.recv(4096):
+                    return  # the client went away: stop reading its pane now, not at the next write
+                if wake_r in ready:
+                    os.read(wake_r, 4096)
+                with lock:
+                    doc, n = latest["doc"], latest["n"]
+                if n == sent:
+                    if not ready:
+                        self.wfile.write(b": keepalive\n\n")
+                    continue
+                sent = n
+                self.wfile.write(b"event: preview\ndata: " + json.dumps(doc).encode() + b"\n\n")
+        except (OSError, TimeoutError, ValueError):
+            pass  # the client went away (or the server is stopping)
+        finally:
+            with httpd.lock:
+                httpd.streams -= 1
+            if token is not None:
+                try:
+                    door.on_loop(door.previews.unsubscribe, token)
+                except Exception:  # a stopped loop: the feed goes with it
+                    pass
+            for fd in (wake_r, wake_w):
+                os.close(fd)
 
     def _events(self):
         httpd = self.server
@@ -10810,6 +11133,135 @@ class EventStream(object):
                 pass
 
 
+class PreviewStream(object):
+    """The preview the sidebar shows, pushed by the server (GET /api/preview?…&follow=1) and read in
+    a thread: `want(path)` names the stream (None: none), `take()` -> (path, doc) of the newest doc
+    (or an error), a byte on `wake_fd` tells the curses loop. Nothing is read while nothing is shown."""
+
+    def __init__(self, find_port):
+        import threading
+        self.find_port = find_port
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        self.wake_fd = self._r
+        self._cond = threading.Condition()
+        self._path = None
+        self._sock = None
+        self._latest = None
+        self._thread = None
+        self._stop = False
+
+    def want(self, path):
+        import threading
+        with self._cond:
+            if path == self._path:
+                return
+            self._path = path
+            self._latest = None
+            sock = self._sock
+            self._cond.notify()
+        if sock is not None:
+            try:
+                sock.shutdown(2)  # the reader ends this stream and opens the new one
+            except OSError:
+                pass
+        if path is not None and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="preview", daemon=True)
+            self._thread.start()
+
+    def take(self):
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        with self._cond:
+            latest, self._latest = self._latest, None
+        return latest
+
+    def _put(self, path, doc):
+        with self._cond:
+            if path != self._path:
+                return
+            self._latest = (path, doc)
+        try:
+            os.write(self._w, b"x")
+        except OSError:
+            pass
+
+    def _run(self):
+        import socket
+        while not self._stop:
+            with self._cond:
+                self._cond.wait_for(lambda: self._path is not None or self._stop)
+                path = self._path
+            if self._stop:
+                return
+            try:
+                port = self.find_port()
+                sock = socket.create_connection((HOST, port), timeout=5)
+            except OSError as e:
+                self._put(path, {"error": "no preview: %s" % e})
+                time.sleep(1.0)
+                continue
+            with self._cond:
+                if path != self._path:
+                    sock.close()
+                    continue
+                self._sock = sock
+            try:
+                sock.settimeout(SSE_KEEPALIVE * 3)
+                sock.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n"
+                              % (path, port, token_header(getattr(self.find_port, "token", None)))).encode())
+                self._read(sock, path)
+            except OSError:
+                pass
+            finally:
+                with self._cond:
+                    self._sock = None
+                sock.close()
+            with self._cond:
+                again = path == self._path
+            if again:
+                time.sleep(0.5)  # the stream ended on its own (server restart): open it again
+
+    def _read(self, sock, path):
+        buf = b""
+        header_done = False
+        while not self._stop:
+            data = sock.recv(262144)
+            if not data:
+                return
+            buf += data
+            if not header_done:
+                if b"\r\n\r\n" not in buf:
+                    continue
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                if b" 200 " not in head.split(b"\r\n", 1)[0]:
+                    try:
+                        doc = json.loads(buf.decode("utf-8"))
+                    except ValueError:
+                        doc = {}
+                    self._put(path, {"error": doc.get("error") or "no preview"})
+                    time.sleep(1.0)
+                    return
+                header_done = True
+            while b"\n\n" in buf:
+                block, buf = buf.split(b"\n\n", 1)
+                for line in block.split(b"\n"):
+                    if line.startswith(b"data: "):
+                        try:
+                            self._put(path, json.loads(line[6:].decode("utf-8")))
+                        except ValueError:
+                            continue
+
+    def close(self):
+        self._stop = True
+        self.want(None)
+        with self._cond:
+            self._cond.notify()
+
+
 class SidebarApp(object):
     """The curses sidebar: draws render() output, carries out the model's actions."""
 
@@ -10820,9 +11272,10 @@ class SidebarApp(object):
         self.popup = popup
         self.client = client  # the popup's client (it has no pane of its own)
         self.get = get
-        self._preview_at = 0.0
         self.pane = None if popup else env.get("TMUX_PANE")
         self.stream = EventStream(find_port, start_server, is_stopped)
+        self.previews = PreviewStream(find_port)
+        self._preview_path = self._preview_item = None
         self.post = post
         self.model = None
         self.scr = None
@@ -10846,6 +11299,7 @@ class SidebarApp(object):
             curses.wrapper(self._main)
         finally:
             self.stream.close()
+            self.previews.close()
         return 0
 
     # -- colours -------------------------------------------------------------------------------
@@ -10900,21 +11354,18 @@ class SidebarApp(object):
             self._draw()
             running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() for t in s.get("threads", []))
             timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
-            if self.model.preview_wanted is not None:
-                # a preview on screen: its pane is read again at most PREVIEW_INTERVAL apart
-                due = self._preview_at + PREVIEW_INTERVAL - time.monotonic()
-                if due <= 0 or (self.model.preview or {}).get("item") != self.model.preview_wanted:
-                    self._fetch_preview()
-                    continue
-                timeout = due if timeout is None else min(timeout, due)
+            self._want_preview()
             try:
-                ready, _, _ = select.select([0, self.stream.wake_fd, self._winch[0]], [], [], timeout)
+                ready, _, _ = select.select([0, self.stream.wake_fd, self._winch[0], self.previews.wake_fd], [], [],
+                                            timeout)
             except InterruptedError:
                 ready = [0]
             if not ready:
                 self.model.tick()
             if self._winch[0] in ready:
                 self._resized()
+            if self.previews.wake_fd in ready:
+                self._preview_came()
             if self.stream.wake_fd in ready:
                 state = self.stream.take()
                 if state is not None:
@@ -10936,23 +11387,27 @@ class SidebarApp(object):
             self.model.server_stopped(None)
             self.last_rows = []
 
-    def _fetch_preview(self):
-        """GET /api/preview for the thread shown (only while it is shown: see _render_preview)."""
+    def _want_preview(self):
+        """The preview shown (render's choice) is the one streamed: the server pushes its lines when
+        its pane prints (PreviewStream); nothing is read while none is shown."""
         item = self.model.preview_wanted
-        self._preview_at = time.monotonic()
-        if self.get is None or item is None:
-            self.model.set_preview(item, error="no preview")
+        path = None
+        if item is not None:
+            h, _ = self.scr.getmaxyx()
+            path = "/api/preview?thread=%s:%s&lines=%d&follow=1" % (item[2], item[3], max(3, min(60, h)))
+        if path != self._preview_path:
+            self._preview_path, self._preview_item = path, item
+            self.previews.want(path)
+
+    def _preview_came(self):
+        got = self.previews.take()
+        if got is None or got[0] != self._preview_path:
             return
-        h, _ = self.scr.getmaxyx()
-        try:
-            status, body = self.get("/api/preview?thread=%s:%s&lines=%d" % (item[2], item[3], max(3, min(60, h))))
-            doc = json.loads(body.decode("utf-8")) if body else {}
-            if status == 200:
-                self.model.set_preview(item, doc.get("lines") or [])
-            else:
-                self.model.set_preview(item, error=doc.get("error") or "no preview")
-        except (OSError, ValueError) as e:
-            self.model.set_preview(item, error="no preview: %s" % e)
+        doc = got[1]
+        if doc.get("error"):
+            self.model.set_preview(self._preview_item, error=doc["error"])
+        else:
+            self.model.set_preview(self._preview_item, doc.get("lines") or [])
 
     def _watch_resize(self):
         """A width change redraws at once: SIGWINCH wakes the select() through a pipe (curses only
