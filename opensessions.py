@@ -7180,14 +7180,16 @@ class Preferences(object):
                 t.usage = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
 
 
-PREVIEW_MIN_GAP = 0.1  # a followed pane is read at most 10 times a second, however fast it prints
+PREVIEW_MIN_GAP = 0.1  # a followed pane is read at most 10 times a second, however fast it prints ...
+PREVIEW_BURST = 3  # ... after a burst of up to 3 reads at once (a command's echo, then its output)
 
 
 class PreviewFeed(object):
     """Previews pushed to the clients that show them (GET /api/preview?follow=1): a shown pane is
     read (capture-pane, answered through the control client: no tmux process per read) when tmux
     says it printed (%output), at most every PREVIEW_MIN_GAP, and each watcher is sent its doc when
-    that changes. tmux 3.3a gives a control client the output of its own session's panes only: the
+    that changes (a burst of PREVIEW_BURST reads may come closer: a line typed and its output each
+    show at once). tmux 3.3a gives a control client the output of its own session's panes only: the
     newest preview's pane is followed (the control client attaches to its session and pauses the
     others there); a preview of a pane elsewhere is read every PREVIEW_INTERVAL while it is shown.
     Given the loop, the control client, `capture(pane, callback(screen or None))` and `sessions()`
@@ -7211,7 +7213,8 @@ class PreviewFeed(object):
         self.subs[self._token] = {"pane": pane, "to_doc": to_doc, "send": send, "last": None}
         state = self.panes.get(pane)
         if state is None:
-            state = self.panes[pane] = {"screen": None, "at": None, "busy": False, "again": False, "timer": None}
+            state = self.panes[pane] = {"screen": None, "at": None, "busy": False, "again": False, "timer": None,
+                                        "tokens": float(PREVIEW_BURST)}
         if state["screen"] is not None:
             self._push(pane)
         self._follow(pane)
@@ -7277,20 +7280,26 @@ class PreviewFeed(object):
         self._read(pane)
 
     def _read(self, pane):
-        """Read the pane now, or once PREVIEW_MIN_GAP has passed since the last read (one read under
-        way at a time; output meanwhile asks for one more)."""
+        """Read the pane now if its budget allows (a token per PREVIEW_MIN_GAP, PREVIEW_BURST at
+        most), else when it does; one read under way at a time, output meanwhile asks for one more."""
         state = self.panes.get(pane)
         if state is None:
             return
         if state["busy"]:
             state["again"] = True
             return
-        wait = 0.0 if state["at"] is None else state["at"] + PREVIEW_MIN_GAP - self.clock()
-        if wait > 0:
+        now = self.clock()
+        if state["at"] is not None:
+            state["tokens"] = min(float(PREVIEW_BURST), state["tokens"] + (now - state["at"]) / PREVIEW_MIN_GAP)
+        state["at"] = now
+        if state["tokens"] < 1.0 - 1e-6:
             if not state["timer"]:
+                wait = max(0.005, (1.0 - state["tokens"]) * PREVIEW_MIN_GAP)
                 state["timer"] = self.loop.call_later(wait, self._timer_read, pane)
             return
-        state["busy"], state["again"], state["at"] = True, False, self.clock()
+        state["tokens"] = max(1.0, state["tokens"])
+        state["tokens"] -= 1.0
+        state["busy"], state["again"] = True, False
         self.reads += 1
         self.capture(pane, lambda screen: self._got(pane, screen))
 
