@@ -1702,11 +1702,20 @@ def _gemini_prompt(parts):
     return text
 
 
+GEMINI_REPLAY_MS = 500  # the history Gemini writes again right after a cancel comes within this
+
+
 def _gemini_message(state, msg, counted=True):
     kind = msg.get("type")
     ts = parse_iso_ms(msg.get("timestamp"))
     if ts:
         state["updatedAt"] = max(state["updatedAt"], ts)
+    cancelled = state.get("cancelledAt")
+    if cancelled and ts and 0 <= ts - cancelled < GEMINI_REPLAY_MS and kind != "info":
+        # after "Request cancelled." Gemini CLI 0.61.0 writes its history again (its context, the
+        # earlier prompts, tool calls and answers) stamped within a few ms: no new turn (its last
+        # answer would read as done). A prompt typed after it is one (its hooks say so at once too).
+        return
     if kind == "user":
         prompt = _gemini_prompt(msg.get("content"))
         if prompt is None:
@@ -1738,6 +1747,7 @@ def _gemini_message(state, msg, counted=True):
             state.update(status="done", detail=None)
     elif kind == "info" and isinstance(msg.get("content"), str) and msg["content"].startswith("Request cancelled"):
         state.update(status="interrupted", detail=None)
+        state["cancelledAt"] = ts
     elif kind == "error":
         text = msg.get("content") if isinstance(msg.get("content"), str) else "error"
         state.update(status="error", detail=text[:MAX_LOG_MESSAGE])
@@ -1761,7 +1771,7 @@ def gemini_reduce(state, rec):
         msgs = patch.get("messages")
         if isinstance(msgs, list):
             # a rewrite of the history: titles and turns from it, no usage counted twice
-            kept = dict((k, state[k]) for k in ("status", "detail", "attempt", "turns", "lastPrompt"))
+            kept = dict((k, state.get(k)) for k in ("status", "detail", "attempt", "turns", "lastPrompt", "cancelledAt"))
             turns = 0
             for m in msgs:
                 if isinstance(m, dict):

@@ -265,3 +265,47 @@ def test_a_killed_run_stays_dead_when_a_new_one_starts_in_its_directory():
     p = os_.Processes(table, {100: "%1", 120: "%1"}, {"%1": ("codex", 120, ["codex"])}, {}, True)
     links, _ = os_.link_threads([old, never], panes, p)
     assert os_.guess_threads_by_cwd([old, never], panes, p, links) == [(never.key, 120, True, "%1", "cwd")]
+
+
+# -- (e) Gemini CLI after a denial: interrupted, not done (found checking the real CLI) --------------------
+
+GEMINI_SESSION = "5b192ac3-0dda-4f03-8a82-c4aab9463113"
+
+
+def replay_gemini(env):
+    """gemini/replies: its hook calls, and its chat file as written (the header, then each append)."""
+    rows = timeline("gemini/replies/timeline.jsonl")
+    srv = server_with_watchers(env)
+    seq = Sequence(srv, "gemini", GEMINI_SESSION)
+    for r in rows:
+        path = in_home(env, r.get("path", ""))
+        if r["kind"] == "append" and "hooks-gemini" in r["path"]:
+            for line in r["lines"]:
+                body = os_.hook_event("gemini", json.loads(line)["stdin"], environ={})
+                if body:
+                    srv.api.api_agent_event(body)
+        elif r["kind"] in ("file", "append") and path and "/chats/" in path:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w" if r["kind"] == "file" else "a", encoding="utf-8") as f:
+                f.write(r["text"] if r["kind"] == "file" else "".join(l + "\n" for l in r["lines"]))
+            srv.watchers.gemini._read_chat(path)
+        else:
+            continue
+        seq.look(r["at"])
+    return rows, seq
+
+
+def test_gemini_denial_settles_on_interrupted(env):
+    rows, seq = replay_gemini(env)
+    keys = [r["at"] for r in rows if r["kind"] == "mark" and r["text"] in ("keys Escape", "keys 3")]
+    assert len(keys) == 3  # Esc twice (touch, ls), then the "No" digit (date)
+    for at in keys:
+        after = [s for t, s in seq.seen if at <= t < at + 2.5]
+        assert after == ["interrupted"], (at, seq.seen)  # not "done" (Gemini writes its history again)
+
+
+def test_gemini_denial_before_the_fix_read_as_done(env, monkeypatch):
+    monkeypatch.setattr(os_, "GEMINI_REPLAY_MS", 0)
+    rows, seq = replay_gemini(env)
+    at = [r["at"] for r in rows if r["kind"] == "mark" and r["text"] == "keys 3"][0]
+    assert [s for t, s in seq.seen if at <= t < at + 2.5][-1] == "done", seq.seen
