@@ -2287,9 +2287,17 @@ def gemini_prompt(screen_esc):
     return ("busy" if busy else "input", text)
 
 
+# Qwen Code's input with nothing typed: the cursor (underlined) right after "> ", the rest in its
+# placeholder colour: "Type your message…", or a suggested next prompt it shows after a turn
+# ("> Hello from the fake model." in the lab: Tab takes it, typing replaces it).
+_QWEN_UNTYPED_RE = LazyPattern(r"> (?:\x1b\[[0-9;]*m)*\x1b\[4m(?:\x1b\[[0-9;]*m)*[^\x1b](?:\x1b\[[0-9;]*m)*\x1b\[38;5;103m")
+
+
 def qwen_prompt(screen_esc):
     """-> ('permission', options) | ('input', text) | ('busy', text) | None, from a Qwen Code screen
-    (busy: "… (Ns · esc to cancel)" above the input, "Enter to steer" in the footer)."""
+    (busy: "… (Ns · esc to cancel)" above the input, "Enter to steer" in the footer). The text is ""
+    when nothing is typed (its placeholder, or a suggestion it shows in the placeholder's colour:
+    told apart with the screen's escapes)."""
     tail = [_unboxed(l) for l in screen_lines(screen_esc)[-60:]]
     asks = [i for i, l in enumerate(tail) if l.strip().startswith(("Allow execution of", "Apply this change?"))]
     if asks:
@@ -2302,6 +2310,8 @@ def qwen_prompt(screen_esc):
     text = _input_after(tail, top)
     if text is None:
         return None
+    if text and any(_QWEN_UNTYPED_RE.search(l) for l in screen_esc.split("\n")[-60:]):
+        text = ""  # a suggestion, not typed text
     busy = any("esc to cancel" in l for l in tail[max(0, top - 3):top]) or \
         any("Enter to steer" in l for l in tail[bottom + 1:])
     return ("busy" if busy else "input", text)

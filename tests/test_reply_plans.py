@@ -245,3 +245,15 @@ def test_refusals_are_sentences(status, sentence):
     assert o.reply_status_refusal("Codex", "approve", "waiting") is None
     assert o.reply_status_refusal("Codex", "text", "running").startswith(
         "Codex is working on a turn; text is sent only when it waits for input")
+
+
+def test_qwen_suggestion_in_its_input_is_not_typed_text():
+    # after a turn Qwen Code shows a suggested next prompt in its input, in the placeholder's colour,
+    # the cursor before it (captured from the real CLI: qwen/replies/screens/23-…)
+    shown = screen("qwen/replies/screens/23-suggestion-after-turn.esc.txt")
+    assert o.qwen_prompt(shown) == ("input", "")
+    steps = o.reply_plan("qwen", "text", shown, "say hi")
+    assert ("literal", "say hi") in steps
+    # without the escapes it cannot be told from typed text: refused (nothing typed over it)
+    with pytest.raises(o.ReplyRefused, match="already holds text"):
+        o.reply_plan("qwen", "text", screen("qwen/replies/screens/23-suggestion-after-turn.txt"), "say hi")
