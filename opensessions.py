@@ -24,9 +24,11 @@ holds that claim with `ast`):
                              typing, and the typing
  11. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock
  12. Notifications           tmux / desktop / terminal / bell, coalesced; status-line options
- 13. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
- 14. Sidebar                 curses: model -> lines (pure) -> draw; the popup; sidebar panes
- 15. CLI                     argparse, client commands, plugin setup, main()
+ 13. Remote hosts            other machines over the user's ssh: one ssh and one relay per host,
+                             the program shipped when missing, frames checked as hostile input
+ 14. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
+ 15. Sidebar                 curses: model -> lines (pure) -> draw; the popup; sidebar panes
+ 16. CLI                     argparse, client commands, plugin setup, main()
 
 One spec per agent. Everything particular to an agent is in its AgentSpec (section 5): where its
 files are (paths) and how they are read (watch), how its process is recognised (process), how its
@@ -43,9 +45,10 @@ project: "chat-files"; Claude-shaped hooks) is added in one place, its spec and 
 it; one that needs new I/O also adds its watcher class and names its kind.
 
 Narrow doors. The Server owns the store and the loop; each collaborator is given only what it
-uses: the watchers a WatcherHost, the API an ApiHost, the notifier a NotifierHost, the HTTP
-handlers an HttpDoor, the sidebar panes tmux, a view of the store and schedule_refresh. Decisions
-are pure where they can be, with a small executor beside them: reply_plan / run_reply_steps,
+uses: the watchers a WatcherHost, the API an ApiHost, the notifier a NotifierHost, the remote
+hosts a RemoteDoor, the HTTP handlers an HttpDoor, the sidebar panes tmux, a view of the store and
+schedule_refresh (a request naming a host reaches the hosts through ApiHost.to_host). Decisions are
+pure where they can be, with a small executor beside them: reply_plan / run_reply_steps,
 SidebarPlan / run_sidebar_steps, render_view (the sidebar's rows, and what they scrolled to).
 
 Importing this module has no side effects: nothing runs, nothing is written, no heavy module is
@@ -725,7 +728,25 @@ NOTIFY_CHANNELS = ("tmux", "desktop", "terminal", "bell")
 NOTIFY_STATUSES = ("done", "error", "waiting", "retry", "interrupted")
 UI_DEFAULTS = {"order": [], "hidden": [], "muted": [], "theme": "catppuccin-mocha", "width": DEFAULT_WIDTH,
                "position": "left", "colors": {}, "visible": False,
-               "notify": ["tmux", "desktop"], "notifyOn": ["done", "error", "waiting", "retry"], "prices": {}}
+               "notify": ["tmux", "desktop"], "notifyOn": ["done", "error", "waiting", "retry"], "prices": {},
+               "hosts": [], "collapsed": []}
+MAX_HOSTS = 32
+# A remote host as ssh takes it: an alias of ~/.ssh/config or a name, with an optional user@.
+# Never a leading '-' (an ssh option), no ':' (the port goes in ~/.ssh/config; ':' also joins a host
+# and a session in /state), no space, no shell character.
+_HOST_RE = LazyPattern(r"^(?:[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}@)?[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
+
+
+def valid_host(name):
+    """A host name we may hand to ssh (see _HOST_RE)."""
+    return isinstance(name, str) and bool(_HOST_RE.match(name))
+
+
+def parse_hosts(text):
+    """'devbox gpu1 me@vm2' (spaces or commas) -> (valid hosts in order, invalid words). Pure."""
+    words = [w for w in re.split(r"[\s,]+", text or "") if w]
+    good = [w for w in words if valid_host(w)]
+    return list(dict.fromkeys(good))[:MAX_HOSTS], [w for w in words if not valid_host(w)]
 
 
 def validate_ui(body):
@@ -762,6 +783,13 @@ def validate_ui(body):
             if not isinstance(value, list) or not all(v in allowed for v in value):
                 raise ApiError(400, "'%s' must be a list drawn from: %s" % (key, ", ".join(allowed)))
             out[key] = list(dict.fromkeys(value))
+    for key in ("hosts", "collapsed"):
+        if key in body:
+            value = body[key]
+            if not isinstance(value, list) or len(value) > MAX_HOSTS or not all(valid_host(v) for v in value):
+                raise ApiError(400, "'%s' must be a list of at most %d ssh hosts (HOST or USER@HOST, as ssh takes "
+                                    "them; no ':' or spaces)" % (key, MAX_HOSTS))
+            out[key] = list(dict.fromkeys(value))
     if "colors" in body:
         c = body["colors"]
         if not isinstance(c, dict) or not all(isinstance(v, str) and re.match(r"^#[0-9a-fA-F]{6}$", v)
@@ -770,7 +798,7 @@ def validate_ui(body):
         out["colors"] = dict(c)
     if not out:
         raise ApiError(400, "nothing to change: give order, hidden, muted, theme, width, position, visible, prices, "
-                            "colors, notify or notifyOn")
+                            "colors, notify, notifyOn, hosts or collapsed")
     return out
 
 
@@ -924,11 +952,11 @@ GLYPHS = {
     "unicode": {"running": None, "retry": "↻", "waiting": "◉", "error": "✗", "interrupted": "⊘",
                 "done-unseen": "●", "done": "✓", "idle": "○", "unseen": "●", "bar": "█", "bar_empty": "░",
                 "more": "…", "sep": "─", "current": "◂", "cursor": "❯", "neutral": "·", "info": "i",
-                "success": "✓", "warn": "!", "tone-error": "✗"},
+                "success": "✓", "warn": "!", "tone-error": "✗", "open": "▾", "closed": "▸"},
     "ascii": {"running": None, "retry": "r", "waiting": "?", "error": "x", "interrupted": "!",
               "done-unseen": "*", "done": "v", "idle": "o", "unseen": "*", "bar": "#", "bar_empty": "-",
               "more": "~", "sep": "-", "current": "<", "cursor": ">", "neutral": "-", "info": "i",
-              "success": "v", "warn": "!", "tone-error": "x"},
+              "success": "v", "warn": "!", "tone-error": "x", "open": "v", "closed": ">"},
 }
 
 
@@ -3615,7 +3643,8 @@ def read_tmux_options(tmux, defaults=None):
 TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": "",
                 "@opensessions-position": "", "@opensessions-theme": "", "@opensessions-port": "",
                 "@opensessions-focus-key": "", "@opensessions-index-keys": "off", "@opensessions-resurrect": "on",
-                "@opensessions-notify": "", "@opensessions-notify-on": "", "@opensessions-popup-key": "g"}
+                "@opensessions-notify": "", "@opensessions-notify-on": "", "@opensessions-popup-key": "g",
+                "@opensessions-hosts": ""}
 
 
 ##############################################################################
@@ -6041,6 +6070,12 @@ class EventLoop(object):
         except (KeyError, ValueError):
             pass
 
+    def add_writer(self, fd, callback):
+        """callback() whenever fd can take more bytes (a pipe to a child that reads slowly);
+        remove_reader(fd) ends it."""
+        import selectors
+        self._sel.register(fd, selectors.EVENT_WRITE, callback)
+
     def post(self, fn, *args):
         """Run fn(*args) on the loop soon; safe from any thread."""
         self._ready.append((fn, args))
@@ -6150,6 +6185,7 @@ class Store(object):
         self.recent_ms = RECENT_MS
         self.ui = load_ui(None)[0]
         self.ui_error = None
+        self.remote = None  # RemoteHosts: other machines' sessions, merged into /state by build()
 
     def touch(self):
         self._dirty = True
@@ -6218,14 +6254,18 @@ class Store(object):
                 "usage": usage_total([t.usage for t in by_session.get(s["name"], ())]),  # helpers' calls too
             })
             out_sessions.append(item)
-        return {
+        doc = {
             "version": self.version, "serverVersion": __version__, "ts": now_ms(self.clock),
             "clients": [{"name": c["name"], "session": c["session"], "window": c["window"],
                          "pane": c["pane"]} for c in self.clients if not c["control"]],
             "sessions": out_sessions,
             "threads": [t.to_json() for t in sorted(orphans, key=lambda t: -t.updated_at)[:MAX_ORPHANS]],
             "ui": dict(self.ui, error=self.ui_error),
+            "hosts": [],
         }
+        if self.remote is not None:
+            self.remote.merge(doc)
+        return doc
 
     def publish(self):
         """If anything changed, build a new snapshot and wake every reader. Returns True if published."""
@@ -6234,7 +6274,8 @@ class Store(object):
         self._dirty = False
         self.version += 1
         doc = self.build()
-        body = encode_json(doc)  # always valid UTF-8, never NaN: one bad string cannot stop /state
+        # always valid UTF-8, never NaN: one bad string cannot stop /state (hosts' sessions: encoded once)
+        body = self.remote.encode(doc) if self.remote is not None else encode_json(doc)
         if self.published is not None:
             # Only the version and time differ? then nothing really changed: keep the old one.
             old = self.published[1]
@@ -7390,7 +7431,7 @@ class Server(object):
             publish=self.publish, refresh=self.schedule_refresh, pane_of_pid=self.linker.pane_of,
             update_thread=self.apply_thread_update, relink=self.linker.link, notify=self.notify_user,
             save_state=self.state_file.schedule_save, change_ui=self.prefs.change,
-            tmux_options=self.prefs.apply_tmux_options))
+            tmux_options=self.prefs.apply_tmux_options, to_host=self.to_host))
         self._refresh_pending = False
         self._refresh_due = 0.0
         self._refresh_cancel = None
@@ -7399,6 +7440,7 @@ class Server(object):
         self.watchers = None
         self.sidebars = None
         self.tmux_options = None
+        self.remote = None  # RemoteHosts (the remote hosts section), attached by build_server
         self.cold_starting = False
         self._known_before_cold = frozenset()
         self._status_before_cold = {}
@@ -7440,11 +7482,19 @@ class Server(object):
             self.store.publish()
             self._follow_tmux()
             self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
+            if self.remote is not None:
+                self.loop.post(self.remote.start)  # once the loop runs: nothing here delays a stop
             self.loop.call_later(2.0, self.facts.ports_timer)
             self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
         except BaseException:
             self.runtime.release()
             raise
+
+    def to_host(self, op, body):
+        """The API's door to the remote hosts (ApiHost.to_host): a request for body["host"]."""
+        if self.remote is None:
+            raise ApiError(404, "no remote hosts are followed")
+        return self.remote.request_for(op, body)
 
     def http_door(self):
         """What the HTTP layer may ask of this server (an HttpDoor)."""
@@ -7458,6 +7508,7 @@ class Server(object):
                 "skippedRecords": watchers.bad_records if watchers is not None else 0,
                 "skippedLongLines": watchers.long_lines if watchers is not None else 0,
                 "inotify": bool(watchers is not None and watchers.inotify is not None),
+                "hosts": self.remote.health() if self.remote is not None else None,
                 # previews pushed to clients: how many are shown, the pane whose output is followed, reads made
                 "previews": {"shown": len(self.previews.subs), "followed": self.previews.followed,
                              "reads": self.previews.reads}}
@@ -7523,6 +7574,8 @@ class Server(object):
             self.httpd = None
         self.control.stop()
         self.linker.close()
+        if self.remote is not None:
+            self.remote.close()
         if self.watchers is not None:
             self.watchers.close()
         self.state_file.save_now()
@@ -7803,7 +7856,9 @@ class Server(object):
         return doc
 
     def on_ui_changed(self, change):
-        """Visibility, width or side changed: put the sidebar panes right."""
+        """Visibility, width or side changed: put the sidebar panes right. Hosts changed: follow them."""
+        if "hosts" in change and self.remote is not None:
+            self.remote.sync()
         if self.sidebars is not None and {"visible", "width", "position"} & set(change):
             if "position" in change:
                 self.sidebars.remove_all()
@@ -7823,6 +7878,10 @@ class ApiHost(Record):
         ("save_state", None),  # () -> the state file is written soon
         ("change_ui", None),  # (change) -> preferences changed: kept, saved, applied
         ("tmux_options", None),  # (from the @opensessions-* options) -> those changed since last applied, applied
+        # (op, body) -> a request for the server of body["host"] (op "reply", "preview" or "ui"), checked
+        # on the loop; returns the function that carries it there and waits for the answer, off the loop
+        # (preview: -> (status, body dict)). Raises ApiError (404: no such host). None: no remote hosts.
+        ("to_host", None),
     )
 
 
@@ -7979,7 +8038,10 @@ class Api(object):
     def api_ui(self, body):
         """POST /ui: a partial update of the preferences. {"fromTmux": {...}} (what tmux-setup read
         from the @opensessions-* options) is applied where an option changed since it was last
-        applied from tmux (tmux_ui_change); the rest of the body is a change as usual."""
+        applied from tmux (tmux_ui_change); the rest of the body is a change as usual. With "host",
+        it is that host's own preferences (such as its order), changed by its server."""
+        if "host" in body:
+            return self._to_host("ui", body)
         if isinstance(body, dict) and "fromTmux" in body:
             body = dict(body)
             from_tmux = body.pop("fromTmux")
@@ -8029,6 +8091,8 @@ class Api(object):
         """POST /api/reply {"thread", "action", "text"}: checked here on the loop (thread, status,
         exact pane link); the returned function reads the screen and types, off the loop, and
         returns what was done ({"sent": one line, "answer": the option's words, "ms": key to screen})."""
+        if body.get("host") is not None:  # a thread on another machine: its own server checks and types
+            return self._to_host("reply", body)
         action = body.get("action")
         if action not in REPLY_ACTIONS:
             raise ApiError(400, "'action' must be one of %s" % ", ".join(REPLY_ACTIONS))
@@ -8095,6 +8159,18 @@ class Api(object):
         if not t.pane or self._pane_of(t.pane) is None:
             raise ApiError(409, "the thread has no pane")
         return {"thread": t.id, "agent": t.agent, "pane": t.pane, "link": t.link, "status": t.status}
+
+    def api_host_preview(self, host, thread_id, lines):
+        """GET /api/preview?host=HOST&thread=ID: checked here on the loop; the returned function asks
+        that host's server for it (off the loop) -> (status, body dict)."""
+        return self._to_host("preview", {"host": host, "thread": thread_id, "lines": lines})
+
+    def _to_host(self, op, body):
+        """A request for another machine's server ("reply", "preview", "ui", with body["host"]): checked
+        on the loop by the ApiHost's to_host, which returns the function that carries it off the loop."""
+        if self.host.to_host is None:
+            raise ApiError(404, "no remote hosts are followed")
+        return self.host.to_host(op, body)
 
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -8472,6 +8548,16 @@ class ApiRequests(object):
         lines = as_number((query.get("lines") or ["20"])[0], 20, int, text=True)
         if not 1 <= lines <= 200:
             return self._error(400, "'lines' must be 1..200")
+        if query.get("host"):  # a thread on another machine: read by that host's server (not pushed)
+            try:
+                fetch = self.door.on_loop(self.door.api.api_host_preview, query["host"][0],
+                                          (query.get("thread") or [""])[0], lines)
+                status, doc = fetch()
+            except ApiError as e:
+                return self._error(e.status, e.message)
+            except TimeoutError:
+                return self._error(503, "server busy")
+            return self._send(status, json.dumps(doc).encode())
         if (query.get("follow") or ["0"])[0] == "1":
             return self._preview_stream((query.get("thread") or [""])[0], lines)
         try:
@@ -8872,10 +8958,11 @@ def status_summary(state, charset="unicode"):
     running = waiting = unseen = errors = 0
     windows = {}
     for s in state["sessions"]:
-        pane_window = {p["id"]: w["id"] for w in s["windows"] for p in w["panes"]}
+        # a host's window and pane ids are its own: no local window option from them
+        pane_window = {} if s.get("host") else {p["id"]: w["id"] for w in s["windows"] for p in w["panes"]}
         for t in s["threads"]:
-            if s.get("hidden"):  # count exactly what the sidebar shows: a hidden session is not
-                continue
+            if s.get("hidden") or s.get("stale"):  # count exactly what the sidebar shows: a hidden session
+                continue  # is not; a host we cannot reach may have moved on
             if t["status"] in ACTIVE_STATUSES:
                 running += 1
             if t["status"] == "waiting":
@@ -8950,13 +9037,1270 @@ def attention_queue(state):
     rank = {"waiting": 0, "error": 1, "interrupted": 2, "done": 2}
     out = []
     for s in state["sessions"]:
-        if s.get("hidden"):
+        if s.get("hidden") or s.get("stale"):
             continue
         for t in s["threads"]:
             if t["status"] in ("waiting", "error") or (t.get("unseen") and t["status"] in rank):
                 out.append((rank[t["status"]], t.get("updatedAt") or 0, s["name"], t))
     out.sort(key=lambda x: (x[0], x[1]))
     return [(name, t) for _, _, name, t in out]
+
+
+##############################################################################
+# Remote hosts: agents on other machines, over the user's own ssh
+##############################################################################
+
+# One long-lived `ssh` per host (the user's own binary and ~/.ssh/config, BatchMode, a ControlMaster
+# socket of ours that extra commands reuse, no forwards) runs one fixed bootstrap on the host. The
+# bootstrap runs our program from the host's cache dir, after receiving it over the same connection
+# when it is missing or another build (sha256), and execs `opensessions relay`. The relay follows the
+# host's own opensessions server (starting it under the host's default tmux server) and writes each
+# /events snapshot as one line of JSON on stdout; it reads a fixed set of requests (reply, preview,
+# ui) from stdin and answers them by calling that server's HTTP API, which applies its own checks.
+# Everything a host sends is hostile input: frames are capped in size, and every snapshot is rebuilt
+# from validated fields (clean_remote_state) before it reaches /state.
+#
+# Frames, host -> local:  {"t": "hello", "proto", "version", "digest", "python", "tmux"}
+#   {"t": "need"} (the bootstrap asks for the program: local sends "<size>\n" + the .pyz bytes)
+#   {"t": "installed"}  {"t": "fatal", "reason"}  {"t": "down", "reason"}  {"t": "ping"}
+#   {"t": "state", "server": {"pid", "started", "version", "digest"}, "state": <the host's /state>}
+#   {"t": "res", "id", "status", "body"}
+# Frames, local -> host:  {"t": "req", "id", "op": "reply" | "preview" | "ui", "body": {...}}
+
+RELAY_PROTOCOL = 1
+REMOTE_MAX_FRAME = 8 * 1024 * 1024  # a host's /state: 500 sessions x 50 threads fit well below this
+REMOTE_MAX_REQUEST = 256 * 1024
+REMOTE_OPS = ("reply", "preview", "ui")
+REMOTE_BACKOFF_MIN, REMOTE_BACKOFF_MAX = 1.0, 30.0
+REMOTE_ALIVE = 5.0  # relay heartbeat and ssh ServerAliveInterval; 3 of them silent: the host is gone
+REMOTE_HELLO_WAIT = 30.0  # from ssh's start to the relay's hello (connect, python, shipping the program)
+REMOTE_MIN_TMUX = (3, 2)
+REMOTE_MAX_SESSIONS = 500
+REMOTE_MAX_WINDOWS = 200
+REMOTE_MAX_PANES = 64
+REMOTE_MAX_THREADS = 2000
+_SESSION_ID_RE = LazyPattern(r"^\$\d{1,9}$")
+_WINDOW_ID_RE = LazyPattern(r"^@\d{1,9}$")
+_PANE_ID_RE = LazyPattern(r"^%\d{1,9}$")
+
+# The bootstrap, run by the host's python3 with the program's sha256 and the heartbeat as arguments.
+# It is sent base64-encoded inside a fixed command line (remote_command), so no shell of any kind
+# (sh, bash, zsh, fish, csh) reads a quote or a '$' of it.
+BOOTSTRAP = r'''
+import hashlib, json, os, sys
+def say(**frame):
+    os.write(1, (json.dumps(frame) + "\n").encode())
+digest, alive = sys.argv[1], sys.argv[2]
+if sys.version_info < (3, 9):
+    say(t="fatal", reason="python3 on the host is %d.%d; opensessions needs Python 3.9 or newer there"
+        % tuple(sys.version_info[:2]))
+    sys.exit(0)
+home = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                    "opensessions")
+path = os.path.join(home, "opensessions-%s.pyz" % digest[:16])
+def good():
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest() == digest
+    except OSError:
+        return False
+if not good():
+    say(t="need")
+    head = b""
+    while not head.endswith(b"\n"):
+        c = os.read(0, 1)
+        if not c or len(head) > 20:
+            sys.exit(3)
+        head += c
+    left, parts = int(head), []
+    while left > 0:
+        c = os.read(0, min(left, 65536))
+        if not c:
+            sys.exit(3)
+        parts.append(c)
+        left -= len(c)
+    data = b"".join(parts)
+    if hashlib.sha256(data).hexdigest() != digest:
+        say(t="fatal", reason="the program sent to the host failed its sha256 check")
+        sys.exit(0)
+    try:
+        os.makedirs(home, mode=0o700, exist_ok=True)
+        if os.lstat(home).st_uid != os.getuid():
+            raise OSError("%s is not owned by this user" % home)
+        tmp = "%s.%d.tmp" % (path, os.getpid())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        say(t="fatal", reason="cannot write %s on the host: %s" % (path, e))
+        sys.exit(0)
+    say(t="installed", bytes=len(data))
+os.execv(sys.executable, [sys.executable, "-S", path, "relay", "--alive", alive])
+'''
+
+
+def remote_command(digest, alive=REMOTE_ALIVE):
+    """The one command line ssh runs on a host: fixed but for our own digest and heartbeat, both
+    quoted. Pure."""
+    import base64
+    import shlex
+    code = base64.b64encode(BOOTSTRAP.encode("ascii")).decode("ascii")
+    return "python3 -c 'import base64;exec(base64.b64decode(\"%s\"))' %s %s" % (
+        code, shlex.quote(digest), shlex.quote("%g" % alive))
+
+
+def ssh_control_path(tmux_socket, host, environ=None):
+    """Our ControlMaster socket for a host (one per local tmux server and host): the server's ssh
+    is the master, and `ssh-attach` windows reuse its connection. Unix socket paths are short:
+    past ~100 characters it goes to /tmp/opensessions-ssh-<uid>."""
+    name = "%s-%s.sock" % (socket_key(tmux_socket or ""), socket_key(host)[:10])
+    base = os.path.join(runtime_dir(environ), "ssh")
+    if len(base) + len(name) > 100:
+        base = "/tmp/opensessions-ssh-%d" % os.getuid()
+    return os.path.join(base, name)
+
+
+def ssh_options(control_path, alive=REMOTE_ALIVE, master=True):
+    """ssh -o options of the server's connection (master) or of a command reusing it. The server
+    never prompts (BatchMode), never accepts a new or changed host key (StrictHostKeyChecking: a
+    host is accepted once with a plain `ssh HOST`), and opens no forwards. Pure."""
+    opts = ["ControlPath=%s" % control_path.replace("%", "%%"), "ClearAllForwardings=yes"]
+    if master:
+        opts += ["BatchMode=yes", "ConnectTimeout=%d" % max(1, round(2 * alive)),
+                 "ServerAliveInterval=%d" % max(1, round(alive)), "ServerAliveCountMax=3",
+                 "StrictHostKeyChecking=yes", "ControlMaster=auto", "ControlPersist=no", "RequestTTY=no",
+                 "ForwardX11=no", "PermitLocalCommand=no", "LogLevel=INFO"]  # ssh says why it ended
+    else:
+        opts += ["ControlMaster=no"]
+    out = []
+    for o in opts:
+        out += ["-o", o]
+    return out
+
+
+def ssh_failure(returncode, stderr, got_hello):
+    """Why an ssh to a host ended, in a line for the sidebar (from ssh's own messages). Pure."""
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else (stderr or "")
+    lines = [clean_text(l).strip() for l in text.splitlines() if l.strip()]
+    said = [l for l in lines if not l.startswith(("@@@", "Warning: Permanently added", "Pseudo-terminal"))]
+    last = said[-1][:200] if said else ""
+    low = text.lower()
+    if "remote host identification has changed" in low or "host key for" in low and "has changed" in low:
+        return "its host key CHANGED; refused (check it, then fix ~/.ssh/known_hosts)"
+    if "host key verification failed" in low or "no matching host key" in low:
+        return "host key not known; refused (connect once with `ssh HOST` to check and accept it)"
+    if returncode == 127 or "python3: not found" in low or "python3: command not found" in low \
+            or "unknown command: python3" in low or "command not found: python3" in low:
+        return "python3 is not on PATH there (opensessions needs Python 3.9+ and tmux on the host)"
+    if "permission denied" in low:
+        return "login refused: %s (BatchMode: no password prompts; use a key or ssh-agent)" % (last or "permission denied")
+    if "could not resolve hostname" in low:
+        return "unknown host name"
+    if "connection refused" in low:
+        return "connection refused"
+    if "timed out" in low:
+        return "connection timed out"
+    if "not responding" in low:
+        return "the host stopped answering (ssh keepalive)"
+    if "no route to host" in low or "network is unreachable" in low:
+        return "no route to host"
+    if last:
+        return last
+    if got_hello:
+        return "connection closed"
+    return "ssh exited with status %s" % returncode
+
+
+def next_backoff(delay):
+    """Seconds before the next try after a failure: 1, 2, 4, ... capped at 30. Pure."""
+    return REMOTE_BACKOFF_MIN if not delay else min(REMOTE_BACKOFF_MAX, delay * 2)
+
+
+def slept(mono_delta, wall_delta, slack=10.0):
+    """The machine slept: the wall clock moved on much more than the monotonic one (which stands
+    still in suspend). Pure."""
+    return wall_delta - mono_delta > slack
+
+
+class FrameReader(object):
+    """Newline-delimited JSON objects from a byte stream, each at most `limit` bytes: a longer line
+    is dropped as it comes (never held whole); a line that is not a JSON object is counted."""
+
+    def __init__(self, limit=REMOTE_MAX_FRAME):
+        self.limit = limit
+        self.buf = b""
+        self.skipping = False
+        self.too_long = 0
+        self.bad = 0
+        self.first_bad = None
+
+    def feed(self, data):
+        """-> [frame dict, ...] complete in data (and what came before it)."""
+        out = []
+        start = len(self.buf)  # the bytes before have no newline: look only at the new ones
+        self.buf += data
+        while True:
+            nl = self.buf.find(b"\n", start)
+            start = 0
+            if nl < 0:
+                if len(self.buf) > self.limit:
+                    if not self.skipping:
+                        self.too_long += 1
+                    self.skipping, self.buf = True, b""
+                return out
+            line, self.buf = self.buf[:nl], self.buf[nl + 1:]
+            if self.skipping:
+                self.skipping = False
+                continue
+            if len(line) > self.limit:
+                self.too_long += 1
+                continue
+            frame = None
+            try:
+                frame = json.loads(line.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                pass
+            if isinstance(frame, dict) and isinstance(frame.get("t"), str):
+                out.append(frame)
+            elif line.strip():
+                self.bad += 1
+                if self.first_bad is None:
+                    self.first_bad = clean_text(line[:120].decode("utf-8", "replace"))
+
+
+def _r_text(value, limit):
+    return clean_text(value[:limit]) if isinstance(value, str) else None
+
+
+def _r_int(value, low=0, high=2 ** 53):
+    """A whole number a host sent, in [low, high], else None (the one coercion: never a bool, text,
+    NaN or inf)."""
+    return as_number(value, None, int, low, high)
+
+
+def _r_usage(u):
+    if not isinstance(u, dict):
+        return None
+    out = {k: token_count(u.get(k)) for k in USAGE_KEYS}
+    cost = as_number(u.get("cost"), None, float, 0, 1e9)
+    out["cost"] = float(cost) if cost is not None else None
+    out["contextPct"] = as_number(u.get("contextPct"), None, int, 0, 100)
+    if u.get("partial") is True:
+        out["partial"] = True
+    return out
+
+
+def _r_thread(t, host, session):
+    """One thread of a host's /state, rebuilt from checked fields, or None."""
+    if not isinstance(t, dict):
+        return None
+    agent, tid = t.get("agent"), t.get("id")
+    if not isinstance(agent, str) or not _AGENT_NAME_RE.match(agent):
+        return None
+    if not isinstance(tid, str) or not 0 < len(tid) <= 200 or clean_text(tid) != tid:
+        return None
+    pane = t.get("pane") if isinstance(t.get("pane"), str) and _PANE_ID_RE.match(t["pane"]) else None
+    return {"agent": agent, "id": tid, "title": _r_text(t.get("title"), 500) or "",
+            "status": t.get("status") if t.get("status") in STATUSES else "idle",
+            "detail": _r_text(t.get("detail"), MAX_LOG_MESSAGE), "attempt": _r_int(t.get("attempt"), 0, 10 ** 6),
+            "cwd": _r_text(t.get("cwd"), 4096), "model": _r_text(t.get("model"), 200), "pane": pane,
+            "session": session, "pid": _r_int(t.get("pid"), 1, 2 ** 31), "alive": t.get("alive") is True,
+            "unseen": t.get("unseen") is True, "updatedAt": _r_int(t.get("updatedAt")) or 0,
+            "link": t.get("link") if t.get("link") in ("pid", "api", "cwd") else None,
+            "usage": _r_usage(t.get("usage")), "host": host}
+
+
+def _r_pane(p):
+    if not isinstance(p, dict) or not isinstance(p.get("id"), str) or not _PANE_ID_RE.match(p["id"]):
+        return None
+    return {"id": p["id"], "index": _r_int(p.get("index"), 0, 10 ** 6) or 0, "pid": _r_int(p.get("pid"), 1, 2 ** 31),
+            "cwd": _r_text(p.get("cwd"), 4096) or "", "command": _r_text(p.get("command"), 200) or "",
+            "title": _r_text(p.get("title"), 200) or "", "active": p.get("active") is True,
+            "width": _r_int(p.get("width"), 0, 10000) or 0, "height": _r_int(p.get("height"), 0, 10000) or 0,
+            "sidebar": p.get("sidebar") is True}
+
+
+def _r_window(w):
+    if not isinstance(w, dict) or not isinstance(w.get("id"), str) or not _WINDOW_ID_RE.match(w["id"]):
+        return None
+    panes = [p for p in (_r_pane(p) for p in (w.get("panes") if isinstance(w.get("panes"), list) else ())[:REMOTE_MAX_PANES]) if p]
+    return {"id": w["id"], "index": _r_int(w.get("index"), 0, 10 ** 6) or 0, "name": _r_text(w.get("name"), 200) or "",
+            "active": w.get("active") is True, "width": _r_int(w.get("width"), 0, 10000) or 0,
+            "height": _r_int(w.get("height"), 0, 10000) or 0, "panes": panes}
+
+
+def remote_session_name(name):
+    """A host's session name as we show and key it: text on one line, ':' and '.' as tmux itself
+    makes them ('_'; a real tmux name never holds them), at most 200 characters; None if empty."""
+    if not isinstance(name, str):
+        return None
+    name = clean_text(name[:200]).replace(":", "_").replace(".", "_")
+    return name if name.strip() else None
+
+
+def _dict_state(threads):
+    """A session's state from its /state threads, as session_state does for Thread objects."""
+    best = None
+    for t in threads:
+        a = "done-unseen" if t["status"] == "done" and t["unseen"] else t["status"]
+        if best is None or ATTENTION_ORDER.index(a) < ATTENTION_ORDER.index(best):
+            best = a
+    return best
+
+
+def clean_remote_state(doc, host):
+    """A host's /state document rebuilt from checked fields only (hostile input: names, paths and
+    titles with '#(', ';' or control characters, wrong types, huge lists, NaN):
+    -> {"sessions", "threads", "clients"}. Its sessions are named HOST:NAME (no local tmux session
+    can have a ':'), carry "host" and "remoteName", and their threads carry "host". Pure."""
+    doc = doc if isinstance(doc, dict) else {}
+    sessions, seen, total = [], set(), 0
+    for s in (doc.get("sessions") if isinstance(doc.get("sessions"), list) else ())[:REMOTE_MAX_SESSIONS]:
+        if not isinstance(s, dict):
+            continue
+        name = remote_session_name(s.get("name"))
+        if name is None or name in seen:
+            continue
+        seen.add(name)
+        key = "%s:%s" % (host, name)
+        windows = [w for w in (_r_window(w) for w in (s.get("windows") if isinstance(s.get("windows"), list)
+                                                          else ())[:REMOTE_MAX_WINDOWS]) if w]
+        threads = []
+        for t in (s.get("threads") if isinstance(s.get("threads"), list) else ())[:MAX_SESSION_THREADS]:
+            t = _r_thread(t, host, key)
+            if t is not None and total < REMOTE_MAX_THREADS:
+                threads.append(t)
+                total += 1
+        ports = [p for p in (s.get("ports") if isinstance(s.get("ports"), list) else ())[:64]
+                 if _r_int(p, 1, 65535) is not None]
+        meta = s.get("metadata") if isinstance(s.get("metadata"), dict) else {}
+        sessions.append({
+            "id": s["id"] if isinstance(s.get("id"), str) and _SESSION_ID_RE.match(s["id"]) else None,
+            "name": key, "host": host, "remoteName": name, "created": _r_int(s.get("created")) or 0,
+            "attached": _r_int(s.get("attached"), 0, 10 ** 6) or 0, "dir": _r_text(s.get("dir"), 4096),
+            "branch": _r_text(s.get("branch"), 200), "dirty": s.get("dirty") if isinstance(s.get("dirty"), bool) else None,
+            "ports": ports, "windows": windows, "state": _dict_state(threads),
+            "unseen": any(t["unseen"] for t in threads), "threads": threads,
+            "usage": _r_usage(s.get("usage")), "metadata": stored_metadata(key, meta)})
+    orphans = []
+    for t in (doc.get("threads") if isinstance(doc.get("threads"), list) else ())[:MAX_ORPHANS]:
+        t = _r_thread(t, host, None)
+        if t is not None:
+            orphans.append(t)
+    clients = []
+    for c in (doc.get("clients") if isinstance(doc.get("clients"), list) else ())[:100]:
+        if isinstance(c, dict):
+            clients.append({"session": "%s:%s" % (host, remote_session_name(c.get("session")) or ""),
+                            "window": c.get("window") if isinstance(c.get("window"), str)
+                            and _WINDOW_ID_RE.match(c["window"]) else None})
+    return {"sessions": sessions, "threads": orphans, "clients": clients}
+
+
+def remote_thread_window(session, pane_id):
+    """The id of the window holding pane_id in a (cleaned) session, or None. Pure."""
+    for w in session.get("windows", ()):
+        if any(p["id"] == pane_id for p in w.get("panes", ())):
+            return w["id"]
+    return None
+
+
+def remote_attach_command(session, window=None, pane=None, utf8=False):
+    """What `ssh -t HOST` runs to open a host's session: attach, then select the thread's window
+    and pane, each word quoted for the host's shell (the name is the host's: hostile). utf8: this
+    terminal is UTF-8 (ssh passes no locale unless configured to; tmux would draw '_'). Pure."""
+    import shlex
+    args = ["tmux"] + (["-u"] if utf8 else []) + ["attach-session", "-t", "=" + session]
+    if window and _WINDOW_ID_RE.match(window):
+        args += [";", "select-window", "-t", window]
+    if pane and _PANE_ID_RE.match(pane):
+        args += [";", "select-pane", "-t", pane]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def remote_select_command(window=None, pane=None):
+    """Select a window and pane on a host's tmux (an attach window already shows its session)."""
+    import shlex
+    args = ["tmux"]
+    if window and _WINDOW_ID_RE.match(window):
+        args += ["select-window", "-t", window]
+    if pane and _PANE_ID_RE.match(pane):
+        args += ([";"] if len(args) > 1 else []) + ["select-pane", "-t", pane]
+    return " ".join(shlex.quote(a) for a in args) if len(args) > 1 else None
+
+
+def open_remote(tmux, me, host, session, window=None, pane=None, client=None, here=None, environ=None):
+    """Show a host's session in a local window (Enter on a remote thread, `next`): the window that
+    already attaches to it (our @opensessions-remote option names it), else a new window running
+    `opensessions ssh-attach` (ssh -t HOST tmux attach ...). Nothing is a shell string: the
+    window's command is an argv. me: our command as an argv; here: the local session to open it in."""
+    import subprocess
+    if not valid_host(host) or remote_session_name(session) != session:
+        raise OpensessionsError("not a remote session: %r on %r" % (session, host))
+    key = "%s:%s" % (host, session)
+    target = ["-c", client] if client else []
+    found = None
+    for line in tmux.run("list-windows", "-a", "-F", "#{window_id}" + FS + "#{@opensessions-remote}").splitlines():
+        wid, _, mark = line.partition(FS)
+        if mark == key:
+            found = wid
+            break
+    if found:
+        tmux.run("switch-client", *(target + ["-t", found]))
+        cmd = remote_select_command(window, pane)
+        if cmd:  # over the server's connection (ControlMaster), in the background
+            cp = ssh_control_path(tmux.socket_path, host, environ)
+            subprocess.Popen(["ssh"] + ssh_options(cp, master=False) + ["-o", "BatchMode=yes", "--", host, cmd],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        return found
+    argv = list(me) + ["ssh-attach", host, session]
+    if window and _WINDOW_ID_RE.match(window):
+        argv += ["--window", window]
+    if pane and _PANE_ID_RE.match(pane):
+        argv += ["--pane", pane]
+    where = ["-t", "=%s:" % here] if here else []
+    wid = tmux.run("new-window", "-P", "-F", "#{window_id}", *(where + ["-n", tmux_literal(key)] + argv)).strip()
+    tmux.run("set-option", "-w", "-t", wid, "@opensessions-remote", key)
+    if client:
+        tmux.run("switch-client", "-c", client, "-t", wid)
+    return wid
+
+
+def program_pyz(path=None):
+    """This program as a zipapp to ship to a host: the .pyz we run from, else one built in memory
+    from our source (deterministic: the same source gives the same bytes, so a host keeps its copy)."""
+    import io
+    import zipfile
+    path = path or (sys.argv[0] if sys.argv and sys.argv[0] and os.path.isfile(sys.argv[0]) else __file__)
+    if path.endswith(".pyz") and os.path.isfile(path):
+        with open(path, "rb") as f:
+            return f.read()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in (("__main__.py", b"import sys\nimport opensessions\nsys.exit(opensessions.main())\n"),
+                           ("opensessions.py", program_source(path))):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+    return b"#!/usr/bin/env python3\n" + buf.getvalue()
+
+
+def program_argv():
+    """How a window we open runs this program: this interpreter with -S, this file (.pyz or .py)."""
+    target = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] and os.path.exists(sys.argv[0]) \
+        else os.path.abspath(__file__)
+    return [sys.executable or "python3", "-S", target]
+
+
+class RemoteHost(object):
+    """One host followed over one ssh process, driven by the server's event loop: never blocks
+    (non-blocking pipes, a writer callback for what the pipe cannot take yet), so a hung host
+    slows nothing else. States: connecting, connected, unreachable (with reason and retry time)."""
+
+    def __init__(self, name, hosts, source="ui.json"):
+        self.name = name
+        self.hosts = hosts
+        self.loop = hosts.loop
+        self.source = source
+        self.state = "connecting"
+        self.reason = None
+        self.retry_at = None  # wall time (s) of the next try
+        self.delay = 0.0
+        self.last_event = None  # wall time (s) of the last snapshot
+        self.connected_at = None
+        self.hello = None
+        self.server = None  # the host's opensessions server: {"pid", "started", "version", "digest"}
+        self.note = None  # connected, but the host's server is not there (why)
+        self.sessions, self.orphans, self.clients = [], [], []
+        self.statuses = None  # {(agent, id): status} of the last snapshot (None: none yet)
+        self.resync = True  # the next snapshot is a connection's first: always an event
+        self.encoded = {}  # session name -> (flags, its JSON) for this snapshot (see RemoteHosts.encode)
+        self.proc = None
+        self.reader = FrameReader()
+        self.stderr = b""
+        self.out = b""
+        self.writing = False
+        self.spawned = None
+        self.last_frame = None
+        self.pending = {}  # request id -> box
+        self.seq = 0
+        self.retry_cancel = None
+        self.closed = False
+        self.shipped = None  # bytes of the program sent in this connection (None: the host had it)
+
+    # -- the connection ----------------------------------------------------------------------
+    def start(self):
+        import subprocess
+        self.retry_cancel = None
+        if self.closed or self.proc is not None:
+            return
+        self.reader = FrameReader()
+        self.stderr, self.out, self.shipped, self.hello, self.resync = b"", b"", None, None, True
+        try:
+            argv = self.hosts.ssh_argv(self.name)
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
+        except (OSError, OpensessionsError) as e:
+            self.proc = None
+            return self._failed("cannot run ssh: %s" % (getattr(e, "strerror", None) or e))
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            os.set_blocking(f.fileno(), False)
+        self.loop.add_reader(self.proc.stdout.fileno(), self._on_stdout)
+        self.loop.add_reader(self.proc.stderr.fileno(), self._on_stderr)
+        self.state, self.reason, self.retry_at = "connecting", None, None
+        self.spawned = self.last_frame = self.loop.clock()
+        self.hosts.changed()
+
+    def close(self):
+        self.closed = True
+        if self.retry_cancel:
+            self.retry_cancel()
+        self._drop("host removed")
+
+    def retry_now(self):
+        """Try again at once (the machine woke up; the user asked)."""
+        if self.proc is not None:
+            self._drop(None)
+        if self.retry_cancel:
+            self.retry_cancel()
+        self.delay = 0.0
+        self.start()
+
+    def check(self, now):
+        """Called every heartbeat: a host that stopped answering is dropped and tried again."""
+        if self.proc is None:
+            return
+        if self.hello is None and now - self.spawned > max(REMOTE_HELLO_WAIT, 4 * self.hosts.alive):
+            self._gone("no answer from the host within %d s" % (now - self.spawned))
+        elif self.hello is not None and now - self.last_frame > 3 * self.hosts.alive:
+            self._gone("the host stopped answering (nothing for %d s)" % (now - self.last_frame))
+
+    def _on_stdout(self):
+        try:
+            data = os.read(self.proc.stdout.fileno(), 1 << 20)  # at most 1 MB a turn: fair to the others
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            return self._gone(None)
+        self.last_frame = self.loop.clock()
+        for frame in self.reader.feed(data):
+            try:
+                self._frame(frame)
+            except (TypeError, ValueError, AttributeError, KeyError) as e:
+                self.reader.bad += 1
+                log("%s: a frame we cannot use (%s); skipped" % (self.name, e))
+            if self.proc is None:
+                return
+
+    def _on_stderr(self):
+        try:
+            data = os.read(self.proc.stderr.fileno(), 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove_reader(self.proc.stderr.fileno())
+            return
+        self.stderr = (self.stderr + data)[-8192:]
+
+    def _write(self, data):
+        self.out += data
+        self._flush()
+
+    def _flush(self):
+        if self.proc is None:
+            return
+        fd = self.proc.stdin.fileno()
+        while self.out:
+            try:
+                n = os.write(fd, self.out[:1 << 16])
+            except BlockingIOError:
+                if not self.writing:
+                    self.writing = True
+                    self.loop.add_writer(fd, self._flush)
+                return
+            except OSError:  # the ssh is gone: its stdout ends too, and says why
+                self.out = b""
+                break
+            self.out = self.out[n:]
+        if self.writing:
+            self.writing = False
+            self.loop.remove_reader(fd)
+
+    def _gone(self, reason):
+        """The connection ended (reason None: ssh ended; find out why from ssh itself)."""
+        proc = self.proc
+        if proc is None:
+            return
+        code = proc.poll()
+        if code is None and reason is None:
+            # stdout closed first: ssh still says why on stderr and exits within a moment
+            self._drop(None, keep_proc=True)
+            self.loop.call_later(0.05, self._reap, proc, 0)
+            return
+        if code is None:
+            self._drop(reason)
+            return
+        self._read_rest(proc)
+        self._drop(reason or self._why(code))
+
+    def _reap(self, proc, tries):
+        code = proc.poll()
+        if code is None and tries < 20:
+            self.loop.call_later(0.05, self._reap, proc, tries + 1)
+            return
+        self._read_rest(proc)
+        reason = self._why(code if code is not None else -1)
+        said = [clean_text(l).strip() for l in self.stderr.decode("utf-8", "replace").splitlines() if l.strip()]
+        if said and not self.closed:
+            log("%s: ssh said: %s" % (self.name, " | ".join(said[-4:])[:600]))
+        if code is None:
+            proc.kill()
+            proc.wait()
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self._failed(reason)
+
+    def _read_rest(self, proc):
+        try:
+            while True:
+                data = os.read(proc.stderr.fileno(), 65536)
+                if not data:
+                    break
+                self.stderr = (self.stderr + data)[-8192:]
+        except (OSError, ValueError):
+            pass
+
+    def _why(self, code):
+        if self.hello is None and self.reader.first_bad and code == 0:
+            return "the host did not start the relay (it printed: %s)" % self.reader.first_bad
+        return ssh_failure(code, self.stderr, self.hello is not None)
+
+    def _drop(self, reason, keep_proc=False):
+        """Stop following: readers off, ssh ended (unless still saying why), requests failed."""
+        proc = self.proc
+        if proc is None:
+            return
+        self.proc = None
+        for fd in (proc.stdout, proc.stderr, proc.stdin):
+            try:
+                self.loop.remove_reader(fd.fileno())
+            except (OSError, ValueError):
+                pass
+        self.writing = False
+        for box in self.pending.values():
+            box["error"] = "%s went away: %s" % (self.name, reason or "connection closed")
+            box["done"].set()
+        self.pending = {}
+        if keep_proc:
+            return
+        if proc.poll() is None:
+            proc.kill()
+            self.loop.call_later(0.1, self._wait, proc)
+        else:
+            self._wait(proc)
+        if reason is not None:
+            self._failed(reason)
+
+    def _wait(self, proc):
+        if proc.poll() is None:
+            self.loop.call_later(0.1, self._wait, proc)
+            return
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def _failed(self, reason):
+        if self.closed:
+            self.state, self.reason = "removed", reason
+            return
+        if self.state != "unreachable" or self.reason != reason:
+            log("%s: unreachable: %s" % (self.name, reason))
+        if self.state == "connected" and self.connected_at and self.hosts.wall() - self.connected_at >= REMOTE_BACKOFF_MAX:
+            self.delay = 0.0  # it was up for a while: start again from 1 s (a host that flaps keeps backing off)
+        self.state, self.reason = "unreachable", reason
+        self.delay = next_backoff(self.delay)
+        self.retry_at = self.hosts.wall() + self.delay
+        self.retry_cancel = self.loop.call_later(self.delay, self.start)
+        self.hosts.changed()
+
+    # -- frames ------------------------------------------------------------------------------
+    def _frame(self, f):
+        kind = f["t"]
+        if kind == "ping":
+            return
+        if kind == "need":
+            pyz, digest = self.hosts.program()
+            self.shipped = len(pyz)
+            log("%s: the host has no copy of this opensessions (%s); sending it (%d KB)"
+                % (self.name, digest[:12], len(pyz) // 1024))
+            self._write(b"%d\n" % len(pyz) + pyz)
+        elif kind == "installed":
+            log("%s: opensessions installed in the host's cache dir" % self.name)
+        elif kind == "hello":
+            self.hello = {k: _r_text(f.get(k), 40) for k in ("version", "digest", "python", "tmux")}
+            self.hello["proto"] = _r_int(f.get("proto"))
+            self.state, self.reason, self.retry_at = "connected", None, None
+            self.connected_at = self.hosts.wall()
+            log("%s: connected (opensessions %s %s, python %s, tmux %s)%s" % (
+                self.name, self.hello["version"], self.hello["digest"], self.hello["python"], self.hello["tmux"],
+                "" if self.shipped is None else " after sending the program"))
+            self.hosts.changed()
+        elif kind == "fatal":
+            self._drop(_r_text(f.get("reason"), 300) or "the host refused")
+        elif kind == "down":
+            note = _r_text(f.get("reason"), 300) or "the host's opensessions server is not running"
+            if note != self.note:
+                log("%s: %s" % (self.name, note))
+            self.note = note
+            self.hosts.changed()
+        elif kind == "state":
+            self._state(f)
+        elif kind == "res":
+            box = self.pending.pop(_r_int(f.get("id")), None)
+            if box is not None:
+                box["status"] = _r_int(f.get("status"), 100, 599) or 502
+                body = f.get("body")
+                box["body"] = clean_json(body, 8) if isinstance(body, dict) else {}
+                box["done"].set()
+
+    def _state(self, f):
+        server = f.get("server") if isinstance(f.get("server"), dict) else {}
+        server = {"pid": _r_int(server.get("pid"), 1, 2 ** 31), "started": _r_int(server.get("started")),
+                  "version": _r_text(server.get("version"), 40), "digest": _r_text(server.get("digest"), 40)}
+        if self.server and server["pid"] != self.server["pid"]:
+            log("%s: the host's opensessions server was restarted (pid %s -> %s); resynced"
+                % (self.name, self.server["pid"], server["pid"]))
+        self.server = server
+        doc = clean_remote_state(f.get("state"), self.name)
+        old = self.statuses
+        self.clients = doc["clients"]
+        if not self.resync and self.note is None and (self.sessions, self.orphans) == (doc["sessions"], doc["threads"]):
+            return  # nothing shown here changed (the host's own ui, clients, other hosts): no event
+        self.sessions, self.orphans = doc["sessions"], doc["threads"]
+        self.encoded = {}
+        self.statuses = {}
+        for s in self.sessions:
+            for t in s["threads"]:
+                self.statuses[(t["agent"], t["id"])] = t["status"]
+                if old is not None and old.get((t["agent"], t["id"])) != t["status"]:
+                    self.hosts.thread_changed(self, s, t, old.get((t["agent"], t["id"])))
+        self.note, self.resync = None, False
+        self.last_event = self.hosts.wall()
+        self.hosts.changed()
+
+    # -- requests (from HTTP threads) ----------------------------------------------------------
+    def request(self, op, body, timeout):
+        """Send one request to the host's relay and wait for its answer. -> (status, body dict).
+        Raises ApiError (503 unreachable, 504 no answer in time)."""
+        import threading
+        box = {"done": threading.Event()}
+        self.loop.call(self._submit, op, body, box)
+        if not box["done"].wait(timeout):
+            self.loop.post(self.pending.pop, box.get("id"), None)
+            raise ApiError(504, "%s did not answer within %d s" % (self.name, timeout))
+        if "error" in box:
+            raise ApiError(503, box["error"])
+        return box["status"], box["body"]
+
+    def _submit(self, op, body, box):
+        if self.proc is None or self.state != "connected":
+            raise ApiError(503, "%s is %s%s" % (self.name, self.state, ": " + self.reason if self.reason else ""))
+        self.seq += 1
+        box["id"] = self.seq
+        self.pending[self.seq] = box
+        self._write(json.dumps({"t": "req", "id": self.seq, "op": op, "body": body}).encode() + b"\n")
+
+    # -- /state --------------------------------------------------------------------------------
+    def to_json(self):
+        hello, server = self.hello or {}, self.server or {}
+        return {"name": self.name, "state": self.state, "reason": self.reason,
+                "retryAt": int(self.retry_at * 1000) if self.retry_at else None,
+                "lastEvent": int(self.last_event * 1000) if self.last_event else None,
+                "connectedAt": int(self.connected_at * 1000) if self.connected_at and self.state == "connected" else None,
+                "remoteVersion": server.get("version") or hello.get("version"),
+                "remoteDigest": server.get("digest") or hello.get("digest"),
+                "relayDigest": hello.get("digest"), "python": hello.get("python"), "tmux": hello.get("tmux"),
+                "serverPid": server.get("pid"), "serverStarted": server.get("started"),
+                "note": self.note, "source": self.source, "sessions": len(self.sessions),
+                "badFrames": self.reader.bad + self.reader.too_long}
+
+
+class RemoteDoor(Record):
+    """What the remote hosts may ask of the server: its loop, its store (the preferences' hosts,
+    its clients; touched when a host changed), the tmux gateway (our windows attached to a host,
+    @opensessions-hosts), publish, and the notifier's thread_changed."""
+
+    FIELDS = (
+        ("loop", None),  # the EventLoop every host is driven by
+        ("store", None),  # the Store: ui, clients, touch() (hosts' sessions go in through Store.remote)
+        ("tmux", None),  # the tmux gateway: run(), socket_path
+        ("publish", None),  # () -> publish what changed
+        ("notify", None),  # (thread, old status) -> the notifier's thread_changed, or None: no notifier
+    )
+
+
+class RemoteHosts(object):
+    """Every configured host (@opensessions-hosts in tmux.conf, "hosts" in ui.json), on the server's
+    loop: their sessions merged into /state (Store.remote), their status changes to the notifier,
+    replies and previews to the right host. A tick every heartbeat checks liveness and notices a
+    machine that slept (every host is tried again at once). `door`: a RemoteDoor."""
+
+    def __init__(self, door, environ=None, wall=time.time):
+        self.door = door
+        self.loop = door.loop
+        self.wall = wall
+        self.environ = dict(os.environ if environ is None else environ)
+        self.alive = env_number("OPENSESSIONS_REMOTE_ALIVE", REMOTE_ALIVE, self.environ, low=0.2)
+        self.hosts = {}
+        self.order = []
+        self.tmux_hosts = []
+        self._program = None
+        self._tick_cancel = None
+        self._clocks = None
+        self._publish_posted = False
+
+    # -- configuration ---------------------------------------------------------------------------
+    def configured(self):
+        """[(host, source)]: @opensessions-hosts first, then ui.json's "hosts"."""
+        out = [(h, "tmux.conf") for h in self.tmux_hosts]
+        names = set(self.tmux_hosts)
+        out += [(h, "ui.json") for h in self.door.store.ui.get("hosts", []) if h not in names]
+        return out[:MAX_HOSTS]
+
+    def read_tmux_option(self):
+        value = _tmux_option(self.door.tmux, "@opensessions-hosts")
+        self.tmux_hosts, bad = parse_hosts(value)
+        if bad:
+            log("@opensessions-hosts: not a host for ssh, skipped: %s" % " ".join(repr(b) for b in bad))
+
+    def start(self):
+        self.sync()
+        self._clocks = (self.loop.clock(), self.wall())
+        self._tick_cancel = self.loop.call_later(self.alive, self._tick)
+
+    def sync(self, reread=True):
+        """Follow exactly the configured hosts: new ones connect, removed ones are closed."""
+        if reread:
+            self.read_tmux_option()
+        wanted = self.configured()
+        names = [h for h, _ in wanted]
+        for name in [n for n in self.hosts if n not in names]:
+            self.hosts.pop(name).close()
+            log("%s: no longer followed" % name)
+        for name, source in wanted:
+            if name not in self.hosts:
+                self.hosts[name] = RemoteHost(name, self, source)
+                self.hosts[name].start()
+            self.hosts[name].source = source
+        self.order = names
+        self.changed()
+
+    def close(self):
+        if self._tick_cancel:
+            self._tick_cancel()
+        for h in self.hosts.values():
+            h.close()
+
+    def _tick(self):
+        try:
+            mono, wall = self.loop.clock(), self.wall()
+            self.check(mono, wall)
+        finally:
+            self._tick_cancel = self.loop.call_later(self.alive, self._tick)
+
+    def check(self, mono, wall):
+        """Liveness of every host, and sleep: when the wall clock jumped ahead of the monotonic one
+        (a suspended laptop), every connection is probably dead: try each host again now."""
+        last = self._clocks
+        self._clocks = (mono, wall)
+        if last is not None and slept(mono - last[0], wall - last[1]):
+            log("the machine slept for about %d s; connecting to every host again" % (wall - last[1] - (mono - last[0])))
+            for h in self.hosts.values():
+                h.retry_now()
+            return True
+        for h in list(self.hosts.values()):
+            h.check(mono)
+        return False
+
+    # -- what hosts need -------------------------------------------------------------------------
+    def program(self):
+        """(bytes, sha256) of the program we ship."""
+        if self._program is None:
+            import hashlib
+            data = program_pyz()
+            self._program = (data, hashlib.sha256(data).hexdigest())
+        return self._program
+
+    def ssh_argv(self, name):
+        cp = ssh_control_path(self.door.tmux.socket_path, name, self.environ)
+        ensure_private_dir(os.path.dirname(cp))
+        try:
+            os.unlink(cp)  # a master of ours that died: its socket would stop this one being the master
+        except OSError:
+            pass
+        return ["ssh", "-T", "-e", "none"] + ssh_options(cp, self.alive) + [
+            "--", name, remote_command(self.program()[1], self.alive)]
+
+    def changed(self):
+        self.door.store.touch()
+        if not self._publish_posted:
+            self._publish_posted = True
+            self.loop.post(self._publish)
+
+    def _publish(self):
+        self._publish_posted = False
+        self.door.publish()
+
+    # -- notifications -------------------------------------------------------------------------
+    def thread_changed(self, host, session, t, old_status):
+        """A host's thread changed status: notify as for a local one, unless someone looks at it
+        (a host's client shows its window, and a local client shows our window attached to it)."""
+        if self.door.notify is None or old_status is None and t["status"] not in UNSEEN_STATUSES:
+            return
+        if self.viewed(host, session, t):
+            return
+        thread = Thread(t["agent"], t["id"], title=t["title"], status=t["status"], detail=t["detail"],
+                        attempt=t["attempt"], session=session["name"], unseen=t["unseen"])
+        self.door.notify(thread, old_status)
+
+    def viewed(self, host, session, t):
+        window = remote_thread_window(session, t["pane"]) if t["pane"] else None
+        if not any(c["session"] == session["name"] and (window is None or c["window"] == window) for c in host.clients):
+            return False
+        mine = [c["window"] for c in self.door.store.clients if not c["control"]]
+        if not mine:
+            return False
+        try:
+            out = self.door.tmux.run("list-windows", "-a", "-F", "#{window_id}" + FS + "#{@opensessions-remote}")
+        except TmuxError:
+            return False
+        attached = {line.partition(FS)[0] for line in out.splitlines() if line.partition(FS)[2] == session["name"]}
+        return any(w in attached for w in mine)
+
+    # -- /state ----------------------------------------------------------------------------------
+    def merge(self, doc):
+        """Add the hosts (top-level "hosts"), their sessions (after the local ones, host by host;
+        stale while the host is not connected or its server is down) and their loose threads."""
+        ui = self.door.store.ui
+        hidden, muted = set(ui.get("hidden", ())), set(ui.get("muted", ()))
+        hosts = []
+        for name in self.order:
+            h = self.hosts.get(name)
+            if h is None:
+                continue
+            hosts.append(h.to_json())
+            stale = h.state != "connected" or h.note is not None or h.server is None
+            for s in h.sessions:
+                doc["sessions"].append(dict(s, hidden=s["name"] in hidden, muted=s["name"] in muted, stale=stale))
+            doc["threads"].extend(h.orphans)
+        doc["hosts"] = hosts
+
+    def encode(self, doc):
+        """encode_json(doc), each host's session encoded once per snapshot (10 hosts x 50 threads are
+        most of /state, and re-encoding them for every local change cost ~10 ms)."""
+        parts = []
+        for s in doc["sessions"]:
+            h = self.hosts.get(s.get("host")) if s.get("host") else None
+            if h is None:
+                parts.append(encode_json(s))
+                continue
+            flags = (s.get("hidden"), s.get("muted"), s.get("stale"))
+            cached = h.encoded.get(s["name"])
+            if cached is None or cached[0] != flags:
+                cached = h.encoded[s["name"]] = (flags, encode_json(s))
+            parts.append(cached[1])
+        rest = encode_json({k: v for k, v in doc.items() if k != "sessions"})
+        return b'{"sessions":[' + b",".join(parts) + b"]" + (b"," + rest[1:] if rest != b"{}" else b"}")
+
+    def health(self):
+        """/health: how many hosts are followed and connected (read from an HTTP thread: counts only)."""
+        states = [h.state for h in list(self.hosts.values())]
+        return {"followed": len(states), "connected": states.count("connected")}
+
+    def host(self, name):
+        if not isinstance(name, str) or name not in self.hosts:
+            raise ApiError(404, "no host %r (hosts: %s)" % (name, ", ".join(self.order) or "none"))
+        return self.hosts[name]
+
+    # -- requests (POST /api/reply, GET /api/preview, POST /ui with "host") ------------------------
+    def reply(self, body):
+        """On the loop: check the request as the HTTP API does; -> the function that sends it to the
+        host and waits for the host's own answer (off the loop). The host checks the pane, the
+        foreground process and the screen itself."""
+        h = self.host(body.get("host"))
+        action = body.get("action")
+        if action not in REPLY_ACTIONS:
+            raise ApiError(400, "'action' must be one of %s" % ", ".join(REPLY_ACTIONS))
+        thread = body.get("thread")
+        if not isinstance(thread, str) or not 0 < len(thread) <= 300 or clean_text(thread) != thread:
+            raise ApiError(400, "'thread' (a thread id) is required")
+        req = {"thread": thread, "action": action}
+        if action == "text":
+            try:
+                req["text"] = check_reply_text(body.get("text"))
+            except ReplyRefused as e:
+                raise ApiError(400, str(e))
+
+        def send():
+            status, answer = h.request("reply", req, 20.0)
+            what = "reply %s %s on %s" % (action, thread, h.name)
+            if status >= 400:
+                reason = answer.get("error") if isinstance(answer.get("error"), str) else "HTTP %d" % status
+                log("%s refused by the host: %s" % (what, clean_text(reason)))
+                raise ApiError(status, "%s: %s" % (h.name, clean_text(reason[:500])))
+            log("%s sent" % what)
+            if isinstance(answer, dict) and isinstance(answer.get("sent"), str):
+                # what the host's server did, in its words (a host of an older version answers nothing)
+                said = answer.get("answer")
+                return {"thread": thread, "host": h.name, "action": action,
+                        "sent": "%s (on %s)" % (clean_text(answer["sent"])[:500], h.name),
+                        "answer": clean_text(said)[:500] if isinstance(said, str) else None,
+                        "ms": as_number(answer.get("ms"), None, int, low=0)}
+        return send
+
+    def preview(self, body):
+        """GET /api/preview with "host", on the loop: checked; -> the function that asks the host's
+        server (off the loop) -> (status, body dict), its answer rebuilt from checked fields."""
+        h = self.host(body.get("host"))
+        thread, lines = body.get("thread"), body.get("lines")
+        if not isinstance(thread, str) or not 0 < len(thread) <= 300 or clean_text(thread) != thread:
+            raise ApiError(400, "'thread' is required")
+        lines = _r_int(lines, 1, 200) or 20
+
+        def fetch():
+            status, answer = h.request("preview", {"thread": thread, "lines": lines}, 10.0)
+            if status != 200:
+                return status, {"error": "%s: %s" % (
+                    h.name, clean_text(str(answer.get("error") or "HTTP %d" % status))[:500])}
+            got = answer.get("lines") if isinstance(answer.get("lines"), list) else []
+            prompt = answer.get("prompt")
+            return 200, {"host": h.name, "thread": clean_text(str(answer.get("thread") or thread))[:200],
+                         "agent": clean_text(str(answer.get("agent") or ""))[:40],
+                         "pane": answer.get("pane") if isinstance(answer.get("pane"), str)
+                         and _PANE_ID_RE.match(answer["pane"]) else None,
+                         "lines": [clean_text(l[:1000]) for l in got[:200] if isinstance(l, str)],
+                         "prompt": clean_text(prompt[:40]) if isinstance(prompt, str) else None}
+        return fetch
+
+    def request_for(self, op, body):
+        """On the loop: a request for body["host"] (the API's to_host): "reply", "preview" or "ui"
+        checked here; -> the function that carries it to the host and waits, off the loop."""
+        if op not in REMOTE_OPS:
+            raise ApiError(400, "no such request for a host: %r" % (op,))
+        return getattr(self, op)(body)
+
+    def ui(self, body):
+        """POST /ui with "host": a change of that host's own preferences (such as its order)."""
+        h = self.host(body.get("host"))
+        change = validate_ui({k: v for k, v in body.items() if k != "host"})
+
+        def send():
+            status, answer = h.request("ui", change, 10.0)
+            if status >= 400:
+                raise ApiError(status, "%s: %s" % (h.name, clean_text(str(answer.get("error") or status))[:500]))
+        return send
+
+
+def relay_request(frame):
+    """A request read by the relay -> (id, method, path, body), checked as the HTTP API checks;
+    raises ValueError with the reason. Only REMOTE_OPS exist. Pure."""
+    from urllib.parse import quote
+    rid = frame.get("id") if isinstance(frame, dict) else None
+    if frame.get("t") != "req" or _r_int(rid) is None:
+        raise ValueError("not a request")
+    op, body = frame.get("op"), frame.get("body")
+    if op not in REMOTE_OPS:
+        raise ValueError("unknown request %r: only %s" % (op, ", ".join(REMOTE_OPS)))
+    if not isinstance(body, dict):
+        raise ValueError("the request's body must be an object")
+    if op == "reply":
+        return rid, "POST", "/api/reply", {k: body[k] for k in ("thread", "action", "text") if k in body}
+    if op == "preview":
+        thread, lines = body.get("thread"), _r_int(body.get("lines"), 1, 200) or 20
+        if not isinstance(thread, str) or not thread:
+            raise ValueError("'thread' is required")
+        return rid, "GET", "/api/preview?thread=%s&lines=%d" % (quote(thread, safe=""), lines), None
+    return rid, "POST", "/ui", body
+
+
+class Relay(object):
+    """`opensessions relay`, on the host: frames to stdout, requests from stdin (see the section's
+    note). find() -> (port, token, info) of the host's server or None; start_server() starts it
+    (raising ServerStopped after `opensessions stop`); http(port, token, method, path, body,
+    timeout) -> (status, bytes); tmux_alive() -> bool."""
+
+    def __init__(self, find, start_server, http, tmux_alive, alive=REMOTE_ALIVE, tmux_version=None,
+                 out_fd=1, in_fd=0):
+        import threading
+        self.find = find
+        self.start_server = start_server
+        self.http = http
+        self.tmux_alive = tmux_alive
+        self.alive = alive
+        self.tmux_version = tmux_version
+        self.out_fd, self.in_fd = out_fd, in_fd
+        self.lock = threading.Lock()
+        self.last_sent = 0.0
+        self.streamed = False
+        self.busy = threading.BoundedSemaphore(8)
+
+    def send(self, frame, raw=None):
+        data = raw if raw is not None else json.dumps(frame, separators=(",", ":")).encode() + b"\n"
+        with self.lock:
+            try:
+                while data:
+                    n = os.write(self.out_fd, data)
+                    data = data[n:]
+            except OSError:  # the connection is gone: nothing to relay to
+                os._exit(0)
+            self.last_sent = time.monotonic()
+
+    def run(self):
+        import threading
+        v = self.tmux_version
+        self.send({"t": "hello", "proto": RELAY_PROTOCOL, "version": __version__, "digest": program_digest(),
+                   "python": "%d.%d.%d" % sys.version_info[:3], "tmux": v})
+        nums = [int(n) for n in re.findall(r"\d+", v or "")[:2]]
+        if not v:
+            self.send({"t": "fatal", "reason": "tmux is not installed on the host (opensessions needs tmux 3.2+)"})
+            return 0
+        if nums and tuple(nums + [0])[:2] < REMOTE_MIN_TMUX:
+            self.send({"t": "fatal", "reason": "tmux on the host is %s; opensessions needs tmux %d.%d or newer"
+                       % ((v,) + REMOTE_MIN_TMUX)})
+            return 0
+        threading.Thread(target=self._requests, daemon=True).start()
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+        self._follow()
+        return 0
+
+    def _heartbeat(self):
+        while True:
+            time.sleep(self.alive / 2.0)
+            if time.monotonic() - self.last_sent >= self.alive * 0.9:
+                self.send({"t": "ping"})
+
+    def _follow(self):
+        said = None
+        while True:
+            found = self.find()
+            if found is None:
+                if not self.tmux_alive():
+                    reason = "no tmux server runs on the host (its sessions show here once one does)"
+                else:
+                    try:
+                        self.start_server()
+                        continue
+                    except ServerStopped:
+                        reason = "the host's opensessions server was stopped with `opensessions stop`"
+                    except Exception as e:
+                        reason = "cannot start the host's opensessions server: %s" % e
+                if reason != said:
+                    self.send({"t": "down", "reason": reason})
+                    said = reason
+                time.sleep(2.0)
+                continue
+            began = time.monotonic()
+            reason = "the host's opensessions server went away; starting it again"
+            self.streamed = False
+            try:
+                self._stream(*found)
+            except (OSError, ValueError) as e:
+                reason = "the host's opensessions server does not stream (%s); trying again" % e
+            if self.streamed:
+                said = None  # it streamed: its going away is news again
+            if reason != said:
+                self.send({"t": "down", "reason": reason})
+                said = reason
+            # a stream that ends at once (a server refusing us) is not tried again at once
+            time.sleep(0.2 if time.monotonic() - began > 5 else 2.0)
+
+    def _stream(self, port, token, info):
+        import socket
+        server = json.dumps({"pid": info.get("pid"), "started": info.get("started"), "version": info.get("version"),
+                             "digest": info.get("digest")}, separators=(",", ":")).encode()
+        sock = socket.create_connection((HOST, port), timeout=5)
+        try:
+            sock.settimeout(SSE_KEEPALIVE * 3)
+            sock.sendall(("GET /events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n" % (port, token_header(token))).encode())
+            buf, head = b"", False
+            while True:
+                data = sock.recv(1 << 20)
+                if not data:
+                    return
+                buf += data
+                if not head:
+                    if b"\r\n\r\n" not in buf:
+                        continue
+                    first, buf = buf.split(b"\r\n\r\n", 1)
+                    if b" 200 " not in first.split(b"\r\n", 1)[0]:
+                        raise ValueError("the host's server answered: %r" % first[:80])
+                    head = True
+                while b"\n\n" in buf:
+                    block, buf = buf.split(b"\n\n", 1)
+                    for line in block.split(b"\n"):
+                        if line.startswith(b"data: "):
+                            self.send(None, b'{"t":"state","server":' + server + b',"state":' + line[6:] + b"}\n")
+                            self.streamed = True
+        finally:
+            sock.close()
+
+    def _requests(self):
+        import threading
+        stdin = os.fdopen(self.in_fd, "rb", buffering=1 << 16)
+        while True:
+            line = stdin.readline(REMOTE_MAX_REQUEST + 1)
+            if not line:
+                os._exit(0)  # the connection closed: the local server is gone or dropped us
+            if not line.endswith(b"\n"):  # too long: skip to the end of it, answer nothing
+                while line and not line.endswith(b"\n"):
+                    line = stdin.readline(REMOTE_MAX_REQUEST + 1)
+                continue
+            try:
+                frame = json.loads(line.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                continue
+            if not isinstance(frame, dict):
+                continue
+            if not self.busy.acquire(blocking=False):
+                self._answer(frame.get("id"), 503, {"error": "too many requests at once"})
+                continue
+            threading.Thread(target=self._one, args=(frame,), daemon=True).start()
+
+    def _answer(self, rid, status, body):
+        if _r_int(rid) is not None:
+            self.send({"t": "res", "id": rid, "status": status, "body": body})
+
+    def _one(self, frame):
+        try:
+            try:
+                rid, method, path, body = relay_request(frame)
+            except ValueError as e:
+                return self._answer(frame.get("id"), 400, {"error": str(e)})
+            found = self.find()
+            if found is None:
+                return self._answer(rid, 503, {"error": "the host's opensessions server is not running"})
+            port, token, _ = found
+            try:
+                status, content = self.http(port, token, method, path, body, 15.0 if path == "/api/reply" else 5.0)
+                doc = json.loads(content.decode("utf-8")) if content.strip() else {}
+            except (OSError, ValueError) as e:
+                return self._answer(rid, 502, {"error": "the host's server did not answer: %s" % e})
+            self._answer(rid, status, doc if isinstance(doc, dict) else {})
+        finally:
+            self.busy.release()
 
 
 ##############################################################################
@@ -9289,6 +10633,7 @@ class Resurrect(object):
         self.clock = clock
         self._options = None
         self._panes = []
+        self.me = program_argv()  # how a restored ssh-attach window runs us
 
     OPTIONS = ("@resurrect-dir", "@opensessions-resurrect-env")
 
@@ -9306,7 +10651,8 @@ class Resurrect(object):
         """The options we need and every pane, with one tmux process (strict: a TmuxError, such as
         no server, is raised; else it reads as no options and no panes)."""
         fmt = FS.join(("P", "#{session_name}", "#{window_index}", "#{pane_index}", "#{pane_id}", "#{pane_pid}",
-                       "#{pane_current_path}", "#{pane_current_command}", "#{@opensessions-sidebar}"))
+                       "#{pane_current_path}", "#{pane_current_command}", "#{@opensessions-sidebar}",
+                       "#{@opensessions-remote}"))
         opts = FS.join(["O"] + ["#{%s}" % n for n in self.OPTIONS])
         try:
             out = self.tmux.run("display-message", "-p", opts, ";", "list-panes", "-a", "-F", fmt)
@@ -9320,13 +10666,13 @@ class Resurrect(object):
             parts = line.split(FS)
             if parts[0] == "O" and len(parts) == len(self.OPTIONS) + 1:
                 self._options = dict(zip(self.OPTIONS, parts[1:]))
-            elif parts[0] == "P" and len(parts) == 9:
+            elif parts[0] == "P" and len(parts) == 10:
                 if parts[8] == "1" or parts[1].startswith(HIDDEN_SESSION_PREFIX):
                     continue
                 self._panes.append({"session": parts[1], "window": as_number(parts[2], 0, int, text=True),
                                     "paneIndex": as_number(parts[3], 0, int, text=True),
                                     "pane": parts[4], "pid": as_number(parts[5], 0, int, text=True), "cwd": parts[6],
-                                    "command": parts[7]})
+                                    "command": parts[7], "remote": parts[9]})
             elif line.strip():
                 self.log("save: skipped a pane line that does not parse (a control character in a cwd or "
                          "command?): %r" % line[:300])
@@ -9485,14 +10831,15 @@ class Resurrect(object):
         stamp = sidecar_stamp(snapshot, self.clock())
         pointer = os.path.join(rdir, SIDECAR_PREFIX + "last")
         previous = self._read_sidecar(pointer, quiet=True)
-        if not records and previous and previous.get("records") and \
+        remote = self.remote_records()
+        if not records and not remote and previous and previous.get("records") and \
                 self.clock() - previous.get("savedAt", 0) < EMPTY_SAVE_GRACE:
             self.log("save: found no agents, but a save %ds ago found %d; keeping it (start-up race)"
                      % (self.clock() - previous.get("savedAt", 0), len(previous["records"])))
             return previous["records"], rdir
         timestamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))
         doc = {"version": 1, "timestamp": timestamp, "savedAt": self.clock(), "resurrectFile": snapshot,
-               "records": records, "skipped": skipped}
+               "records": records, "skipped": skipped, "remote": remote}
         name = "%s%s.json" % (SIDECAR_PREFIX, stamp)
         atomic_write(os.path.join(rdir, name), json.dumps(doc, indent=1))
         tmp_link = pointer + ".%d.tmp" % os.getpid()
@@ -9505,6 +10852,23 @@ class Resurrect(object):
         self.log("save: %d agent(s) saved to %s" % (len(records), os.path.join(rdir, name)))
         self._strip_pane_contents(rdir, records)
         return records, rdir
+
+    def remote_records(self):
+        """The windows showing a host's session (ssh-attach, marked @opensessions-remote): restored
+        as ssh-attach windows. One record per window (its pane that is not a sidebar)."""
+        out, seen = [], set()
+        for pane in self._panes:
+            host, _, session = (pane.get("remote") or "").partition(":")
+            if not valid_host(host) or remote_session_name(session) != session:
+                continue
+            if (pane["session"], pane["window"]) in seen:
+                continue
+            seen.add((pane["session"], pane["window"]))
+            out.append({"session": pane["session"], "window": pane["window"], "paneIndex": pane["paneIndex"],
+                        "host": host, "remoteSession": session})
+            self.log("save: %s:%s.%s shows %s on %s (an ssh-attach window)"
+                     % (pane["session"], pane["window"], pane["paneIndex"], session, host))
+        return out
 
     def _strip_pane_contents(self, rdir, records):
         archive = os.path.join(rdir, PANE_CONTENTS_ARCHIVE)
@@ -9632,8 +10996,48 @@ class Resurrect(object):
         except OSError as e:
             self.log("restore: could not write to %s (%s)" % (tty, e))
 
+    def restore_remote(self, source, dry_run=False, out=print):
+        """The ssh-attach windows of the sidecar `source`: each one's pane runs
+        `opensessions ssh-attach HOST SESSION` again (typed at its shell, once). -> count typed."""
+        import shlex
+        doc = self._read_sidecar(source, quiet=True) if source else None
+        recs = doc.get("remote") if isinstance(doc, dict) and isinstance(doc.get("remote"), list) else []
+        typed = 0
+        for rec in recs:
+            if not isinstance(rec, dict) or pane_problem(rec) or not valid_host(rec.get("host")) \
+                    or remote_session_name(rec.get("remoteSession")) != rec.get("remoteSession"):
+                self.log("restore: an ssh-attach record that does not check out; skipped: %r" % (rec,))
+                continue
+            target = "=%s:%s.%s" % (rec["session"], rec["window"], rec["paneIndex"])
+            mark = "%s:%s" % (rec["host"], rec["remoteSession"])
+            command = " ".join(shlex.quote(a) for a in self.me + ["ssh-attach", rec["host"], rec["remoteSession"]])
+            if dry_run:
+                out("%s\t%s" % (resurrect_escape(target), resurrect_escape(command)))
+                continue
+            try:
+                st = self.pane_state(target)
+            except TmuxError:
+                self.log("restore: %s: no such pane; skipped (%s)" % (target, mark))
+                continue
+            if st["restored"] == mark:
+                self.log("restore: %s: already attached to %s; not typing twice" % (target, mark))
+                continue
+            if st["command"] not in SHELLS or not self.wait_for_prompt(target):
+                self.log("restore: %s: no shell prompt (%s); not typing the ssh-attach for %s"
+                         % (target, st["command"], mark))
+                continue
+            self.tmux.run("set-option", "-p", "-t", st["pane"], "@opensessions-restored", mark)
+            self.tmux.run("set-option", "-w", "-t", st["pane"], "@opensessions-remote", mark)
+            self.tmux.run("send-keys", "-t", st["pane"], "-l", command)
+            self.tmux.run("send-keys", "-t", st["pane"], "Enter")
+            self.log("restore: %s: %s" % (target, command))
+            typed += 1
+        return typed
+
     def restore(self, dry_run=False, out=print):
         records, source = self.load()
+        if source and os.path.basename(source).startswith(SIDECAR_PREFIX):
+            self.restore_remote(source, dry_run, out)
         if not isinstance(records, list):
             self.log("restore: %s: \"records\" is not a list; nothing to restore" % source)
             return 0
@@ -9783,6 +11187,7 @@ HELP_LEGEND = (
     ("spinner", "working"), ("retry", "retrying after an error"), ("waiting", "waiting for you"),
     ("error", "stopped on an error"), ("interrupted", "interrupted"),
     ("done-unseen", "finished, not seen yet"), ("done", "finished"), ("idle", "idle"),
+    ("open", "a host: Enter folds it"),
 )
 # (glyph key or literal text, meaning): every mark a session's row and the rows under it can show
 HELP_ROW_LEGEND = (
@@ -10100,15 +11505,19 @@ class SidebarModel(object):
         return [s for s in (self.state or {}).get("sessions", []) if not s.get("hidden")]
 
     def number(self, name):
-        """The number shown beside a session (1-9, as `prefix o N`), or None."""
-        names = [s["name"] for s in self.listed()]
+        """The number shown beside a session (1-9, as `prefix o N`: this machine's sessions), or None."""
+        names = [s["name"] for s in self.listed() if not s.get("host")]
         n = names.index(name) + 1 if name in names else 0
         return n if 1 <= n <= 9 else None
 
     def sessions(self):
-        """Sessions in the user's order, hidden ones and filtered ones left out."""
+        """Sessions in the user's order, hidden ones, filtered ones and those of collapsed hosts
+        left out (this machine's first, then each host's)."""
         out = []
+        collapsed = set(self.ui().get("collapsed") or ())
         for s in self.listed():
+            if s.get("host") in collapsed:
+                continue
             if self.filter_text and self.filter_text.lower() not in s["name"].lower():
                 continue
             if self.filter_mode == "agents" and not s.get("threads"):
@@ -10119,26 +11528,41 @@ class SidebarModel(object):
             out.append(s)
         return out
 
+    def groups(self):
+        """[(None, this machine's sessions), (host, its sessions), ...] as sessions() shows them;
+        every host has its group (its header shows how it is reached), collapsed or not."""
+        shown = self.sessions()
+        out = [(None, [s for s in shown if not s.get("host")])]
+        for h in (self.state or {}).get("hosts") or ():
+            out.append((h, [s for s in shown if s.get("host") == h["name"]]))
+        return out
+
     def items(self):
         """Selectable rows: every session, and the threads of the selected session (in the popup:
-        every thread, group by group)."""
+        every thread, group by group); each host's header before its sessions."""
         if self.popup:
             return [("thread", name, t["agent"], t["id"]) for _, rows in popup_groups(self.state)
                     for name, t in rows]
         out = []
         sel_session = self.selected[1] if self.selected else None
-        for s in self.sessions():
-            out.append(("session", s["name"]))
-            threads = s.get("threads", [])
-            if self.filter_mode == "attention":
-                threads = [t for t in threads if t["status"] in ACTIVE_STATUSES + ("waiting", "error")
-                           or t.get("unseen")]
-            elif s["name"] != sel_session:
-                threads = []
-            out.extend(("thread", s["name"], t["agent"], t["id"]) for t in threads)
-            if s["name"] == sel_session and self.filter_mode != "attention":
-                out.extend(item for item, _ in pane_tree(s))
+        for host, sessions in self.groups():
+            if host is not None:
+                out.append(("host", host["name"]))
+            for s in sessions:
+                out.append(("session", s["name"]))
+                threads = s.get("threads", [])
+                if self.filter_mode == "attention":
+                    threads = [t for t in threads if t["status"] in ACTIVE_STATUSES + ("waiting", "error")
+                               or t.get("unseen")]
+                elif s["name"] != sel_session:
+                    threads = []
+                out.extend(("thread", s["name"], t["agent"], t["id"]) for t in threads)
+                if s["name"] == sel_session and self.filter_mode != "attention":
+                    out.extend(item for item, _ in pane_tree(s))
         return out
+
+    def host(self, name):
+        return next((h for h in (self.state or {}).get("hosts") or () if h["name"] == name), None)
 
     def session(self, name):
         return next((s for s in (self.state or {}).get("sessions", []) if s["name"] == name), None)
@@ -10229,7 +11653,7 @@ class SidebarModel(object):
 
     def _number_key(self, k):
         """1-9: the session with that number, as `prefix o N` (the same numbers in any filter)."""
-        listed = self.listed()
+        listed = [s for s in self.listed() if not s.get("host")]
         n = int(k) - 1
         if n >= len(listed):
             self.message = "no session number %s" % k
@@ -10260,14 +11684,18 @@ class SidebarModel(object):
 
     def _kill(self, k):
         s = self.selected_session()
-        if s:
+        if s and s.get("host"):
+            self.message = "%s is on %s: kill it there (Enter opens it)" % (s["remoteName"], s["host"])
+        elif s:
             self.mode = "confirm"
             self.confirm = ("kill", s["name"])
             self.message = "kill session %s? (y/n)" % s["name"]
 
     def _open(self, k):
         s = self.selected_session()
-        if s and s.get("ports"):
+        if s and s.get("host") and s.get("ports"):
+            self.message = "port :%d listens on %s (no ssh forwards are made)" % (s["ports"][0], s["host"])
+        elif s and s.get("ports"):
             return [("open", s["ports"][0])]
         self.message = "no listening port in this session"
 
@@ -10323,7 +11751,7 @@ class SidebarModel(object):
         if t["status"] != "waiting":
             self.message = "%s is %s, not waiting on a permission" % (t["agent"], t["status"])
             return []
-        return [("reply", "%s:%s" % (t["agent"], t["id"]), self.REPLY_KEYS[k], None)]
+        return [("reply", "%s:%s" % (t["agent"], t["id"]), self.REPLY_KEYS[k], None) + _on_host(t)]
 
     def _reply_text(self, k):
         """i: type a prompt for the selected thread (sent with Enter, Esc cancels)."""
@@ -10333,10 +11761,28 @@ class SidebarModel(object):
             return []
         self.mode = "prompt"
         self.prompt = {"label": "to %s" % t["agent"], "text": "", "step": "reply",
-                       "values": {"thread": "%s:%s" % (t["agent"], t["id"])}}
+                       "values": {"thread": "%s:%s" % (t["agent"], t["id"]), "host": t.get("host")}}
         return []
 
     def activate(self):
+        if self.selected and self.selected[0] == "host":  # a host's header: fold or unfold it
+            collapsed = list(self.ui().get("collapsed") or ())
+            name = self.selected[1]
+            return [("ui", {"collapsed": [h for h in collapsed if h != name] if name in collapsed
+                            else collapsed + [name]})]
+        s = self.session(self.selected[1]) if self.selected else None
+        if s is not None and s.get("host"):  # a host's session: a local window attached to it over ssh
+            window = pane = None
+            if self.selected[0] == "window":
+                window = self.selected[2]
+            elif self.selected[0] == "pane":
+                pane = self.selected[2]
+            else:
+                t = self.selected_thread()
+                pane = t.get("pane") if t else None
+            if pane:
+                window = remote_thread_window(s, pane)
+            return [("remote", s["host"], s["remoteName"], window, pane)] + ([("quit",)] if self.popup else [])
         if self.selected and self.selected[0] in ("window", "pane"):
             return [("switch-pane", self.selected[1], self.selected[2])]
         t = self.selected_thread()
@@ -10352,14 +11798,16 @@ class SidebarModel(object):
         s = self.selected_session()
         if not s:
             return []
-        order = [x["name"] for x in (self.state or {}).get("sessions", [])]
-        i = order.index(s["name"])
+        host = s.get("host")  # a host's sessions move among themselves, in that host's own order
+        mine = [x for x in (self.state or {}).get("sessions", []) if x.get("host") == host]
+        order = [x["remoteName"] if host else x["name"] for x in mine]
+        i = [x["name"] for x in mine].index(s["name"])
         j = max(0, min(len(order) - 1, i + delta))
         if i == j:
             return []
         order.insert(j, order.pop(i))
         self.selected = ("session", s["name"])
-        return [("ui", {"order": order})]
+        return [("ui", dict({"order": order}, **({"host": host} if host else {})))]
 
     def _theme_key(self, k):
         names = sorted(THEMES)
@@ -10440,7 +11888,7 @@ class SidebarModel(object):
         if p["step"] == "reply":
             self.mode, self.prompt = "list", None
             text = p["text"].strip()
-            return [("reply", p["values"]["thread"], "text", text)] if text else []
+            return [("reply", p["values"]["thread"], "text", text) + _on_host(p["values"])] if text else []
         if p["step"] == "name":
             name = p["text"].strip()
             if not name:
@@ -10528,6 +11976,11 @@ def list_subdirectories(path):
     return out
 
 
+def _on_host(thing):
+    """(host,) for a thread (or prompt values) on another machine, () for one of this machine."""
+    return (thing["host"],) if thing.get("host") else ()
+
+
 def _port_at(pieces, x):
     """The port whose ':NNNN' piece is at column x of a ports row (any port if x is None)."""
     col = 0
@@ -10565,6 +12018,7 @@ class _Screen(object):
         self.now = now if now is not None else now_ms()
         self.w = max(1, width)
         self.rows = []
+        self.frame = model.frame  # the spinners' frame (0 for a host we cannot reach: they stand still)
 
     def line(self, item, pieces):
         out, used = [], 0
@@ -10631,7 +12085,7 @@ def popup_groups(state):
     groups = [("waiting", []), ("error", []), ("finished unseen", []), ("running", []), ("idle", [])]
     by = dict(groups)
     for s in (state or {}).get("sessions", []):
-        if s.get("hidden"):
+        if s.get("hidden") or s.get("stale"):  # a host we cannot reach now: its threads may have moved on
             continue
         for t in s.get("threads", []):
             st = t["status"]
@@ -10661,7 +12115,7 @@ def _render_popup(scr, room):
         for session, t in rows:
             item = ("thread", session, t["agent"], t["id"])
             sel = item == model.selected
-            glyph, style = _badge(t["status"], t.get("unseen"), scr.g, model.frame, scr.charset)
+            glyph, style = _badge(t["status"], t.get("unseen"), scr.g, scr.frame, scr.charset)
             scr.line(item, [(" " + glyph + " ", style), (session + " ", "sel" if sel else "accent"),
                             (t["agent"] + " ", "sel" if sel else "muted"),
                             (t.get("title") or t["id"][:8], "sel" if sel else "fg"),
@@ -10742,6 +12196,8 @@ def _render_help(scr):
     for key, meaning in HELP_LEGEND:
         if key == "spinner":
             glyph, style = SPINNER[scr.charset][0], "running"
+        elif key == "open":
+            glyph, style = g["open"], "accent"
         else:
             glyph, style = _badge(key.replace("done-unseen", "done"), key == "done-unseen", g, 0, scr.charset)
         for i, part in enumerate(wrap(meaning, w - 2)):
@@ -10769,14 +12225,17 @@ def _render_themes(scr):
 
 def _render_list(scr, room):
     model = scr.model
-    sessions = model.sessions()
-    if not sessions:
+    groups = model.groups()
+    if not any(sessions for _, sessions in groups) and len(groups) == 1:
         scr.line(None, [("no sessions" if model.state else "waiting for the server", "muted")])
     detail_rows = []
-    for s in sessions:
-        _render_session(scr, s)
-        if s["name"] == (model.selected or (None, None))[1]:
-            detail_rows = _session_panel(model, s, scr)
+    for host, sessions in groups:
+        if host is not None:
+            _render_host(scr, host, len([s for s in model.listed() if s.get("host") == host["name"]]))
+        for s in sessions:
+            _render_session(scr, s)
+            if s["name"] == (model.selected or (None, None))[1]:
+                detail_rows = _session_panel(model, s, scr)
     # the detail panel for the selected session goes below the list (always when a thread in it is selected)
     in_detail = model.selected is not None and model.selected[0] == "thread" and model.filter_mode != "attention"
     if detail_rows and (room - len(scr.rows) > 3 or in_detail):
@@ -10784,22 +12243,64 @@ def _render_list(scr, room):
         scr.rows.extend(detail_rows)
 
 
+def host_line(h, now):
+    """What a host's header says after its name: '' when connected and its server answers. Pure."""
+    if h.get("state") == "unreachable":
+        wait = max(0, int(round(((h.get("retryAt") or now) - now) / 1000.0)))
+        return "unreachable: %s, retrying %s" % (h.get("reason") or "?", "in %d s" % wait if wait else "now")
+    if h.get("state") == "connecting":
+        return "connecting…"
+    return h.get("note") or ""
+
+
+def _render_host(scr, h, count):
+    """A host's header: fold mark, name, and how it is reached when not plainly connected."""
+    model = scr.model
+    item = ("host", h["name"])
+    sel = model.selected == item
+    folded = h["name"] in (model.ui().get("collapsed") or ())
+    tail = " (%d)" % count if folded and count else ""
+    style = "sel" if sel else ("accent" if h.get("state") == "connected" and not h.get("note") else "muted")
+    scr.line(item, [((scr.g["closed"] if folded else scr.g["open"]) + " ", "muted"), (h["name"], style),
+                    (tail, "sel" if sel else "muted")])
+    text = host_line(h, scr.now)
+    style = "sel" if sel else ("error" if h.get("state") == "unreachable" else "muted")
+    for i, part in enumerate(wrap(scr.clean(text), max(1, scr.w - 4)) if text else ()):
+        scr.line(item, [(("  " if i == 0 else "    ") + part, style)])
+
+
 def _render_session(scr, s):
-    """The session's row, then its metadata rows: branch, status pill, progress, newest log line."""
+    """The session's row, then its metadata rows: branch, status pill, progress, newest log line.
+    A host's session shows its own name (its host's header is above it), greyed while the host
+    cannot be reached."""
+    if s.get("stale"):  # greyed, and its spinners stand still: nothing is known to run there now
+        rows, frame = len(scr.rows), scr.frame
+        scr.frame = 0
+        try:
+            _render_session_rows(scr, s)
+        finally:
+            scr.frame = frame
+        scr.rows[rows:] = [(item, [(t, st if st == "sel" else "muted") for t, st in pieces])
+                           for item, pieces in scr.rows[rows:]]
+        return
+    _render_session_rows(scr, s)
+
+
+def _render_session_rows(scr, s):
     model, g, w = scr.model, scr.g, scr.w
     item = ("session", s["name"])
     selected = model.selected == item
     is_current = s["name"] == model.current_session()
     base = "sel" if selected else "fg"
     n = model.number(s["name"])
-    badges = [_badge(t["status"], t.get("unseen"), g, model.frame, scr.charset) for t in s.get("threads", [])[:6]]
+    badges = [_badge(t["status"], t.get("unseen"), g, scr.frame, scr.charset) for t in s.get("threads", [])[:6]]
     unseen = [(" " + g["unseen"], "unseen")] if s.get("unseen") else []
     if s.get("muted"):
         unseen.append((" m", "muted"))
     tail = len(badges) + sum(display_width(t) for t, _ in unseen)
     here = " " + g["current"] if is_current else ""  # the session this client shows: marked after its name
     name_room = w - 3 - tail - (1 if badges else 0) - len(here)
-    name = fit(scr.clean(s["name"]), max(1, name_room), g["more"]) + here
+    name = fit(scr.clean(s.get("remoteName") or s["name"]), max(1, name_room), g["more"]) + here
     pieces = [(g["cursor"] if selected else " ", "accent"), (("%d" % n if n else " ") + " ", "muted"),
               (name, "accent" if is_current else base)]
     cost = cost_text((s.get("usage") or {}).get("cost"), row=True)
@@ -10849,7 +12350,7 @@ def _render_attention_threads(scr, s):
     since you last looked."""
     for t in s.get("threads", []):
         if t["status"] in ACTIVE_STATUSES or t.get("unseen") or t["status"] in ("waiting", "error"):
-            glyph, style = _badge(t["status"], t.get("unseen"), scr.g, scr.model.frame, scr.charset)
+            glyph, style = _badge(t["status"], t.get("unseen"), scr.g, scr.frame, scr.charset)
             status_text = t["status"] + ("#%s" % t["attempt"] if t.get("attempt") else "")
             scr.line(("thread", s["name"], t["agent"], t["id"]),
                      [("   " + glyph + " ", style), ((t.get("title") or t["agent"]) + " ", "fg"),
@@ -11305,6 +12806,7 @@ class SidebarApp(object):
         self.stream = EventStream(find_port, start_server, is_stopped)
         self.previews = PreviewStream(find_port)
         self._preview_path = self._preview_item = None
+        self._preview_at = 0.0  # a remote host's preview: asked for again PREVIEW_INTERVAL after the answer
         self.post = post
         self.model = None
         self.scr = None
@@ -11381,9 +12883,21 @@ class SidebarApp(object):
         self._watch_resize()
         while True:
             self._draw()
-            running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() for t in s.get("threads", []))
+            running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() if not s.get("stale")
+                          for t in s.get("threads", []))
             timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
-            self._want_preview()
+            if timeout is None and any(h.get("state") != "connected" for h in (self.model.state or {}).get("hosts") or ()):
+                timeout = 1.0  # a host's "retrying in N s" counts down
+            wanted = self.model.preview_wanted
+            host = (self.model.session(wanted[1]) or {}).get("host") if wanted is not None else None
+            self._want_preview(None if host else wanted)  # a local pane's preview is pushed to us
+            if host:
+                # a host's pane: asked of its server (through ours) at most PREVIEW_INTERVAL apart
+                due = self._preview_at + PREVIEW_INTERVAL - time.monotonic()
+                if due <= 0 or (self.model.preview or {}).get("item") != wanted:
+                    self._fetch_preview()
+                    continue
+                timeout = due if timeout is None else min(timeout, due)
             try:
                 ready, _, _ = select.select([0, self.stream.wake_fd, self._winch[0], self.previews.wake_fd], [], [],
                                             timeout)
@@ -11416,14 +12930,15 @@ class SidebarApp(object):
             self.model.server_stopped(None)
             self.last_rows = []
 
-    def _want_preview(self):
-        """The preview shown (render's choice) is the one streamed: the server pushes its lines when
-        its pane prints (PreviewStream); nothing is read while none is shown."""
-        item = self.model.preview_wanted
+    def _want_preview(self, item):
+        """The preview shown (render's choice) of a local thread is the one streamed: the server
+        pushes its lines when its pane prints (PreviewStream); nothing is read while none is shown."""
         path = None
         if item is not None:
             h, _ = self.scr.getmaxyx()
-            path = "/api/preview?thread=%s:%s&lines=%d&follow=1" % (item[2], item[3], max(3, min(60, h)))
+            from urllib.parse import quote
+            path = "/api/preview?thread=%s&lines=%d&follow=1" % (quote("%s:%s" % (item[2], item[3]), safe=":"),
+                                                                 max(3, min(60, h)))
         if path != self._preview_path:
             self._preview_path, self._preview_item = path, item
             self.previews.want(path)
@@ -11437,6 +12952,30 @@ class SidebarApp(object):
             self.model.set_preview(self._preview_item, error=doc["error"])
         else:
             self.model.set_preview(self._preview_item, doc.get("lines") or [])
+
+    def _fetch_preview(self):
+        """GET /api/preview for the thread shown, on a remote host (only while it is shown)."""
+        item = self.model.preview_wanted
+        if self.get is None or item is None:
+            self.model.set_preview(item, error="no preview")
+            return
+        h, _ = self.scr.getmaxyx()
+        from urllib.parse import quote
+        host = (self.model.session(item[1]) or {}).get("host")
+        try:
+            status, body = self.get("/api/preview?thread=%s&lines=%d%s" % (
+                quote("%s:%s" % (item[2], item[3]), safe=":"), max(3, min(60, h)),
+                "&host=" + quote(host, safe="") if host else ""))
+            doc = json.loads(body.decode("utf-8")) if body else {}
+            if status == 200:
+                self.model.set_preview(item, doc.get("lines") or [])
+            else:
+                self.model.set_preview(item, error=doc.get("error") or "no preview")
+        except (OSError, ValueError) as e:
+            self.model.set_preview(item, error="no preview: %s" % e)
+        # counted from the answer: a slow read (a host's pane, over ssh) leaves the loop its time to
+        # take new state between reads, rather than reading again at once
+        self._preview_at = time.monotonic()
 
     def _watch_resize(self):
         """A width change redraws at once: SIGWINCH wakes the select() through a pipe (curses only
@@ -11471,6 +13010,8 @@ class SidebarApp(object):
 
     def _own_session(self, state):
         for s in state.get("sessions", []):
+            if s.get("host"):  # a host's pane ids are its own
+                continue
             for w in s["windows"]:
                 if any(p["id"] == self.pane for p in w["panes"]):
                     return s["name"]
@@ -11586,6 +13127,8 @@ class SidebarApp(object):
         state = self.model.state or {}
         my_window = None
         for s in state.get("sessions", []):
+            if s.get("host"):
+                continue
             for w in s["windows"]:
                 if any(p["id"] == self.pane for p in w["panes"]):
                     my_window = w["id"]
@@ -11603,11 +13146,13 @@ class SidebarApp(object):
         except TmuxError as e:
             self.model.say(str(e))
 
-    def _reply(self, thread, action, text):
+    def _reply(self, thread, action, text, host=None):
         """POST /api/reply; the server's answer (or its reason for refusing) goes to the footer."""
         body = {"thread": thread, "action": action}
         if text is not None:
             body["text"] = text
+        if host is not None:
+            body["host"] = host
         try:
             doc = self.post("/api/reply", body) if self.post else None
             short = {"approve": "approved", "approve-always": "approved always", "deny": "denied", "text": "sent"}[action]
@@ -11624,7 +13169,7 @@ class SidebarApp(object):
 
     def _move_clients_off(self, name):
         """Killing the session a client views would detach it: move such clients elsewhere first."""
-        others = [s["name"] for s in self.model.sessions() if s["name"] != name]
+        others = [s["name"] for s in self.model.sessions() if s["name"] != name and not s.get("host")]
         if not others:
             return
         target = self.model.own_session if self.model.own_session in others else others[0]
@@ -11642,6 +13187,13 @@ class SidebarApp(object):
                 self._switch("=" + action[1])
             elif kind == "switch-pane":
                 self._switch(action[2])
+            elif kind == "remote":
+                here = self.model.own_session
+                if here is None and self.popup:
+                    here = self.tmux.run("display-message", "-p", "-c", self.client, "#{session_name}").strip() \
+                        if self.client else None
+                open_remote(self.tmux, program_argv(), action[1], action[2], action[3], action[4],
+                            client=self.client or self._client_for_me(), here=here)
             elif kind in ("ui", "mute"):
                 body = action[1] if kind == "ui" else {"session": action[1]}
                 if self.post:
@@ -11677,7 +13229,7 @@ class SidebarApp(object):
                     self.tmux.run("last-pane")
                 except TmuxError:
                     self.tmux.run("select-pane", "-t", "{next}")
-        except TmuxError as e:
+        except (TmuxError, OpensessionsError) as e:
             self.model.say(str(e))
         except OSError as e:
             self.model.say("server: %s" % e)
@@ -12156,9 +13708,15 @@ def _live_threads(args):
         state = json.loads(content.decode("utf-8")) if status == 200 else {}
     except (OSError, ValueError):
         return []
-    threads = list(state.get("threads", []))
+    return local_threads(state)
+
+
+def local_threads(state):
+    """This machine's threads in a /state document (a host's pids and panes are that host's). Pure."""
+    threads = [t for t in state.get("threads", []) if not t.get("host")]
     for s in state.get("sessions", []):
-        threads.extend(s.get("threads", []))
+        if not s.get("host"):
+            threads.extend(s.get("threads", []))
     return threads
 
 
@@ -12189,7 +13747,7 @@ def cmd_kitty(args):
     import subprocess
     state = _get_state(args) if find_server(_socket_from_args(args))[1] else None
     if state is not None:
-        sessions = [s for s in state["sessions"] if not s.get("hidden")]
+        sessions = [s for s in state["sessions"] if not s.get("hidden") and not s.get("host")]
     else:
         snap, _ = _tmux(args).snapshot()
         sessions = [s for s in snap if not s["name"].startswith(HIDDEN_SESSION_PREFIX)]
@@ -12378,6 +13936,9 @@ def status_lines(state, now=None):
     now = now if now is not None else now_ms()
     rows = [("SESSION / AGENT", "STATUS", "UNSEEN", "UPDATED", "COST", "BRANCH / TITLE")]
     for s in state["sessions"]:
+        if s.get("stale"):  # a host we cannot reach now: what it last said
+            rows.append((s["name"], "(stale)", "", "", "", ""))
+            continue
         rows.append((s["name"], s.get("state") or "-", "yes" if s.get("unseen") else "",
                      "", cost_text((s.get("usage") or {}).get("cost")),
                      (s.get("branch") or "") + ("*" if s.get("dirty") else "")))
@@ -12506,6 +14067,10 @@ def cmd_status(args):
         return 0
     for line in status_lines(state):
         print(line)
+    if state.get("hosts"):
+        print("")
+        for line in hosts_lines(state):
+            print(line)
     return 0
 
 
@@ -12552,6 +14117,9 @@ def build_server(tmux, port, explicit, environ):
         ui=lambda: store.ui, clients=lambda: store.clients, is_viewed=server.is_viewed, call_later=server.loop.call_later,
         tmux_argv=server.tmux.argv, pane_tty=lambda pane: (store.session_of_pane(pane) or (None, None, {}))[2].get("tty")))
     server.tmux_options = TmuxOptions(server.tmux.run)
+    server.remote = store.remote = RemoteHosts(RemoteDoor(
+        loop=server.loop, store=store, tmux=server.tmux, publish=server.publish,
+        notify=server.notifier.thread_changed), environ)
     return server
 
 
@@ -12657,16 +14225,19 @@ def cmd_uninstall(args):
     return 0
 
 
-def next_attention(queue, here_pane, here_session):
+def next_attention(queue, here_pane, here_session, here_remote=None):
     """The stop after the one the client is at on the tour of threads that need you (the queue from
     attention_queue), coming round at the end; the first when it is elsewhere.
     -> (destination, session, thread) or None. Pure."""
     stops = []
     for session, t in queue:
         dest = t["pane"] if t.get("alive") and t.get("pane") else "=" + session
+        if t.get("host"):  # on another machine: its window there, shown through an ssh-attach window
+            dest = "%s\t%s" % (session, t.get("pane") or "")
         if dest not in [d for d, _, _ in stops]:
             stops.append((dest, session, t))
-    at = next((i for i, (d, _, _) in enumerate(stops) if d in (here_pane, "=" + here_session)), None)
+    at = next((i for i, (d, _, _) in enumerate(stops) if d in (here_pane, "=" + here_session)
+               or here_remote and d.startswith(here_remote + "\t")), None)
     if at is None:
         return stops[0] if stops else None
     if len(stops) == 1:
@@ -12693,16 +14264,168 @@ def cmd_next(args):
             tmux.run("set-option", "-gu", "@opensessions-return")
             print("nothing to go back to: the pane the last jump came from is gone")
         return 0
-    here_pane, _, here_session = tmux.run("display-message", "-p", *(target + ["#{pane_id}\t#{session_name}"])
-                                          ).strip("\n").partition("\t")
-    stop = next_attention(attention_queue(_get_state(args)), here_pane, here_session)
+    here_pane, here_session, here_remote = (tmux.run("display-message", "-p", *(
+        target + ["#{pane_id}\t#{session_name}\t#{@opensessions-remote}"])).strip("\n").split("\t") + ["", ""])[:3]
+    state = _get_state(args)
+    stop = next_attention(attention_queue(state), here_pane, here_session, here_remote or None)
     if stop is None:
         print("nothing (else) needs you")
         return 0
     dest, session, t = stop
     tmux.run("set-option", "-g", "@opensessions-return", here_pane)
-    tmux.run("switch-client", *(target + ["-t", dest]))
+    if t.get("host"):
+        s = next((x for x in state["sessions"] if x["name"] == session), {})
+        pane = t.get("pane")
+        open_remote(tmux, program_argv(), t["host"], s.get("remoteName") or session.partition(":")[2],
+                    remote_thread_window(s, pane) if pane else None, pane,
+                    client=args.client or tmux.run("display-message", "-p", "#{client_name}").strip() or None,
+                    here=here_session)
+    else:
+        tmux.run("switch-client", *(target + ["-t", dest]))
     print("%s: %s %s" % (session, t["agent"], t["status"]))
+    return 0
+
+
+def cmd_relay(args):
+    """On a host: what a local server's ssh runs (the bootstrap execs it). Follows this host's
+    opensessions server, started under its default tmux server if needed; see the remote hosts
+    section."""
+    socket_path = _socket_from_args(args)
+    tmux = Tmux(socket_path)
+    runtime = RuntimeFiles(socket_path)
+
+    def find():
+        info = runtime.live_info()
+        if info and isinstance(info.get("port"), int):
+            return info["port"], info.get("token"), info
+        return None
+
+    def http(port, token, method, path, body, timeout):
+        return Client(port, timeout=timeout, token=token).request(method, path, body)
+    relay = Relay(find, lambda: start_background(args, respect_stop=True), http, tmux.alive,
+                  alive=args.alive, tmux_version=tmux.version())
+    return relay.run()
+
+
+TERMINAL_RESET = ("\x1b[?1049l\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?1004l\x1b[?2004l"
+                  "\x1b[?25h\x1b[0m\x1bc")
+
+
+def cmd_ssh_attach(args):
+    """The command of a local window showing a host's session: ssh -t HOST tmux attach -t =SESSION
+    (reusing the server's connection), selecting the thread's window and pane; the terminal is
+    reset when it returns."""
+    import signal
+    import subprocess
+    if not valid_host(args.host):
+        raise OpensessionsError("not a host for ssh: %r" % args.host)
+    if remote_session_name(args.session) != args.session:
+        raise OpensessionsError("not a tmux session name: %r" % args.session)
+    cp = ssh_control_path(_socket_from_args(args), args.host)
+    utf8 = terminal_charset(os.environ, _python_chose_utf8(os.environ)) == "unicode"
+    argv = ["ssh", "-t"] + ssh_options(cp, master=False) + [
+        "--", args.host, remote_attach_command(args.session, args.window, args.pane, utf8)]
+    started = time.monotonic()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for ssh and the host's tmux
+    try:
+        code = subprocess.call(argv)
+    except OSError as e:
+        code = 255
+        sys.stderr.write("opensessions: cannot run ssh: %s\n" % e)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        sys.stdout.write(TERMINAL_RESET)
+        sys.stdout.flush()
+        try:
+            subprocess.call(["stty", "sane"], stderr=subprocess.DEVNULL)
+        except OSError:
+            pass
+    if code != 0 and time.monotonic() - started < 5 and sys.stdin.isatty():
+        sys.stdout.write("ssh %s exited with status %d; press Enter to close this window\n" % (args.host, code))
+        sys.stdout.flush()
+        try:
+            sys.stdin.readline()
+        except (OSError, KeyboardInterrupt):
+            pass
+    return code
+
+
+def _ui_path():
+    return os.path.join(config_dir(), "ui.json")
+
+
+def hosts_lines(state, now=None):
+    """`opensessions hosts` / the hosts part of `opensessions status`: one line per host. Pure."""
+    now = now if now is not None else now_ms()
+    rows = [("HOST", "STATE", "SESSIONS", "LAST EVENT", "REMOTE VERSION", "FROM", "DETAIL")]
+    for h in state.get("hosts", []):
+        detail = h.get("reason") or h.get("note") or ""
+        if h.get("state") == "unreachable" and h.get("retryAt"):
+            wait = max(0, int(round((h["retryAt"] - now) / 1000.0)))
+            detail += ", retrying %s" % ("in %d s" % wait if wait else "now")
+        version = " ".join(x for x in (h.get("remoteVersion"), h.get("remoteDigest")) if x)
+        rows.append((h["name"], h.get("state") or "", str(h.get("sessions", 0)),
+                     (age_text(h["lastEvent"], now) + " ago") if h.get("lastEvent") else "-",
+                     version or "-", h.get("source") or "", detail))
+    widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join([c + " " * (w - display_width(c)) for c, w in zip(r, widths)] + [r[-1]]).rstrip()
+            for r in rows]
+
+
+def cmd_hosts(args):
+    """List, add or remove the remote hosts the server follows (ui.json "hosts"; those of
+    @opensessions-hosts in ~/.tmux.conf are listed, and removed there)."""
+    action = args.action or "list"
+    running = find_server(_socket_from_args(args))[1] is not None
+    state = _get_state(args) if running else None
+    tmux_hosts = parse_hosts(_tmux_option(_tmux(args), "@opensessions-hosts"))[0]
+    if state is not None:
+        ui_hosts = list(state.get("ui", {}).get("hosts", []))
+    else:
+        ui_hosts = list(load_ui(read_json_file(_ui_path(), {}))[0].get("hosts", []))
+    if action == "list":
+        if state is not None and state.get("hosts"):
+            for line in hosts_lines(state):
+                print(line)
+        elif tmux_hosts or ui_hosts:
+            for h in tmux_hosts + [h for h in ui_hosts if h not in tmux_hosts]:
+                print("%s  (%s; the server is not running)" % (h, "tmux.conf" if h in tmux_hosts else "ui.json"))
+        else:
+            print("no remote hosts: add one with `opensessions hosts add HOST` (a host or alias ssh knows), "
+                  "or set @opensessions-hosts in ~/.tmux.conf")
+        return 0
+    if not args.host:
+        raise OpensessionsError("say which host: opensessions hosts %s HOST" % action)
+    host = args.host
+    if not valid_host(host):
+        raise OpensessionsError("%r is not a host for ssh (HOST or USER@HOST as in ~/.ssh/config; a port goes "
+                                "there too, not after ':')" % host)
+    if action == "add":
+        if host in tmux_hosts or host in ui_hosts:
+            print("%s is already followed" % host)
+            return 0
+        if len(set(tmux_hosts + ui_hosts)) >= MAX_HOSTS:
+            raise OpensessionsError("at most %d hosts" % MAX_HOSTS)
+        new = ui_hosts + [host]
+    else:
+        if host not in ui_hosts:
+            if host in tmux_hosts:
+                raise OpensessionsError("%s comes from @opensessions-hosts in ~/.tmux.conf: remove it there "
+                                        "(then reload tmux.conf)" % host)
+            raise OpensessionsError("%s is not followed" % host)
+        new = [h for h in ui_hosts if h != host]
+    if running:
+        _post(args, "/ui", {"hosts": new})
+    else:
+        path = _ui_path()
+        data = read_json_file(path, {})
+        if not isinstance(data, dict):
+            raise OpensessionsError("%s is not a JSON object; fix it first" % path)
+        data["hosts"] = new
+        ensure_private_dir(os.path.dirname(path))
+        atomic_write(path, json.dumps(data, indent=2) + "\n", mode=0o644)
+    print("%s %s%s" % ("added" if action == "add" else "removed", host,
+                       " (connecting: `opensessions hosts` shows how it goes)" if action == "add" and running else ""))
     return 0
 
 
@@ -12804,6 +14527,8 @@ def cmd_toggle(args):
 
 def _window_sidebar(state, window_id):
     for s in state["sessions"]:
+        if s.get("host"):  # a host's window ids are its own
+            continue
         for w in s["windows"]:
             if w["id"] == window_id:
                 return w, next((p for p in w["panes"] if p.get("sidebar")), None)
@@ -12851,7 +14576,7 @@ def cmd_layout(args):
 
 def cmd_switch(args):
     """Switch a client to the session at place N of the sidebar's list."""
-    sessions = [s for s in _get_state(args)["sessions"] if not s.get("hidden")]
+    sessions = [s for s in _get_state(args)["sessions"] if not s.get("hidden") and not s.get("host")]
     if not 1 <= args.n <= len(sessions):
         raise OpensessionsError("there is no session number %d (%d listed)" % (args.n, len(sessions)))
     target = ["-c", args.client] if args.client else []
@@ -13005,6 +14730,10 @@ def _tmux_setup(args):
     body = {"fromTmux": ui_from_tmux_options(options)}
     if first_run:
         body["visible"] = True  # the plugin's first run shows the sidebars; later, prefix o t's choice holds
+    state = _get_state(args)
+    followed = [h.get("name") for h in state.get("hosts", []) if h.get("source") == "tmux.conf"]
+    if parse_hosts(options["@opensessions-hosts"])[0] != followed:
+        body["hosts"] = state.get("ui", {}).get("hosts", [])  # @opensessions-hosts changed: the server reads it again
     _post(args, "/ui", body)
     return 0
 
@@ -13154,7 +14883,8 @@ def _restore_binding(tmux, saved):
 
 COMMANDS = ("server", "start", "stop", "status", "usage", "set-status", "set-progress", "log", "clear-log", "notify",
             "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next",
-            "popup", "popup-open", "reply", "mute", "save", "restore", "kitty", "tmux-setup", "uninstall-tmux")
+            "popup", "popup-open", "reply", "mute", "save", "restore", "kitty", "tmux-setup", "uninstall-tmux",
+            "hosts", "ssh-attach", "relay")
 
 
 def command_of(argv):
@@ -13255,6 +14985,14 @@ def _command_table():
          [(("--hook",), dict(action="store_true", help="==SUPPRESS=="))]),  # the boot hook: errors go to tmux
         ("uninstall-tmux", cmd_uninstall_tmux,
          "remove our bindings, options, sidebar panes and helper session; stop the server", []),
+        ("hosts", cmd_hosts, "list, add or remove remote hosts (their agents in the same sidebar, over ssh)",
+         [(("action",), dict(nargs="?", choices=("list", "add", "remove"), help="list (default), add or remove")),
+          (("host",), dict(nargs="?", help="HOST or USER@HOST, as ssh takes it (an alias of ~/.ssh/config)"))]),
+        ("ssh-attach", cmd_ssh_attach, "(run in a window by Enter on a remote thread) ssh -t HOST tmux attach",
+         [(("host",), dict(help="the host")), (("session",), dict(help="its tmux session")),
+          (("--window",), dict(help="window id (@N) to select")), (("--pane",), dict(help="pane id (%%N) to select"))]),
+        ("relay", cmd_relay, "(run on a host by a local server over ssh) stream this host's state on stdout",
+         [(("--alive",), dict(type=float, default=REMOTE_ALIVE, help="heartbeat seconds"))]),
     )
 
 

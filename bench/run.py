@@ -1125,12 +1125,233 @@ def bench_preview(res, quick):
         w.close()
 
 
+# ---- remote hosts over real OpenSSH (tests/sshlab.py: sshd per host on 127.0.0.N, a user each) ---------
+
+POST_EVENTS = r"""
+import glob, json, os, sys, urllib.request
+d = "/tmp/opensessions-%d" % os.getuid()
+info = json.load(open(glob.glob(os.path.join(d, "server-*.json"))[0]))
+for s in range(int(sys.argv[1])):
+    for t in range(int(sys.argv[2])):
+        body = json.dumps({"agent": "claude", "status": "done", "threadId": "bench-%d-%d" % (s, t),
+                           "threadName": "thread %d of s%d" % (t, s), "tmuxSession": "s%d" % s}).encode()
+        req = urllib.request.Request("http://127.0.0.1:%d/api/agent-event" % info["port"], body,
+                                     {"X-Opensessions-Token": info["token"]})
+        urllib.request.urlopen(req).read()
+"""
+
+
+def _remote_thread(raw, host, tid, field="status"):
+    state = json.loads(raw)
+    for t in [t for s in state["sessions"] for t in s["threads"]] + state["threads"]:
+        if t.get("host") == host and t["id"] == tid:
+            return t.get(field)
+    return None
+
+
+def _host(raw, name):
+    return next((h for h in json.loads(raw)["hosts"] if h["name"] == name), {})
+
+
+def _claude_line(sid, cwd, done=False):
+    with open(os.path.join(ROOT, "tests", "fixtures", "remote", "claude-turn.jsonl")) as f:
+        recs = [json.loads(l) for l in f]
+    rec = json.loads(json.dumps(recs[3] if done else recs[0]))
+    rec["sessionId"] = sid
+    if "cwd" in rec:
+        rec["cwd"] = cwd
+    rec["timestamp"] = iso_now()
+    return json.dumps(rec) + "\n"
+
+
+def bench_remote(res, quick):
+    """10 hosts x 50 threads (5 sessions x 10 each), each an sshd on 127.0.0.N for its own user, all
+    followed by one local server (the .pyz): zero-install first connects, append and wait latency,
+    idle CPU and RSS, processes per host, a hung host, an sshd restart."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import sshlab
+    why = sshlab.missing()
+    if why:
+        for row in ("remote: zero-install first connect", "remote: transcript append -> local /events",
+                    "remote: agent waiting -> local notification", "remote: local idle CPU, 10 hosts x 50 threads",
+                    "remote: local RSS, 10 hosts x 50 threads", "remote: ssh processes per host",
+                    "remote: sshd restarted -> reconnected, resynced", "remote: host hung: local /health",
+                    "remote: host hung: other host append -> /events"):
+            res.add(row, "real ssh", [], "", 0, "<=", note="skipped: " + why)
+        return
+    n_hosts = 10
+    lab = sshlab.SshLab()
+    w = World(1, claude=0, codex=0)
+    try:
+        notify_log = os.path.join(w.base, "notify.log")
+        bin_dir = os.path.join(w.base, "bin")
+        os.makedirs(bin_dir, exist_ok=True)
+        with open(os.path.join(bin_dir, "notify-send"), "w") as f:
+            f.write('#!/bin/sh\necho "$(date +%%s.%%N) $*" >> %s\n' % notify_log)
+        os.chmod(os.path.join(bin_dir, "notify-send"), 0o755)
+        w.env = lab.env(w.env)
+        w.env["PATH"] = bin_dir + os.pathsep + w.env["PATH"]
+        hosts = [lab.add("host%d" % i, "127.0.0.%d" % (10 + i)) for i in range(n_hosts)]
+        sids = {}
+        for h in hosts:
+            h.tmux("new-session", "-d", "-s", "s0", "-x", "160", "-y", "40", "-c", h.path("proj"))
+            for s in range(1, 5):
+                h.tmux("new-session", "-d", "-s", "s%d" % s, "-c", h.path("proj"))
+            sid = str(uuid.uuid4())  # a transcript-only thread for the append figures
+            proj = h.path(".claude", "projects", opensessions.claude_project_dir_name(h.path("proj")))
+            os.makedirs(proj, exist_ok=True)
+            with open(os.path.join(proj, sid + ".jsonl"), "w") as f:
+                f.write(_claude_line(sid, h.path("proj"), done=True))
+            h.chown()
+            sids[h.alias] = (sid, os.path.join(proj, sid + ".jsonl"))
+        w.start_server()
+        ev = Events(w.port)
+        idle_s = 10 if quick else 30
+        time.sleep(2)
+        base_cpu = bench_idle_cpu(w.server.pid, idle_s)  # the same server with no host: this machine's noise
+        # zero-install: each host is new (no cached program): add it, wait for connected + first snapshot
+        first = []
+        for h in hosts:
+            start = len(ev.events)
+            t0 = time.monotonic()
+            names = [x.alias for x in hosts[:hosts.index(h) + 1]]
+            http(w.port, "POST", "/ui", {"hosts": names})
+            t = ev.wait(start, lambda raw: _host(raw, h.alias).get("state") == "connected"
+                        and _host(raw, h.alias).get("lastEvent"), timeout=30)
+            first.append((t - t0) if t else float("nan"))
+        res.add("remote: zero-install first connect", "ssh + .pyz shipped + host server started, 10 hosts",
+                first, "s", 3, "p95<=", note=missed(first))
+        # 50 threads per host, reported to each host's own server
+        for h in hosts:
+            h.ssh("python3 -c %s 5 10" % shlex_quote(POST_EVENTS))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            st = w.state()
+            counts = [sum(len(s["threads"]) for s in st["sessions"] if s.get("host") == h.alias) for h in hosts]
+            if min(counts) >= 50:
+                break
+            time.sleep(0.2)
+        # processes per host on this side: ssh children of the server, by host
+        table = sshlab.proc_table()
+        per_host = []
+        for h in hosts:
+            n = 0
+            for pid in sshlab.descendants(w.server.pid, table):
+                try:
+                    argv = open("/proc/%d/cmdline" % pid, "rb").read().split(b"\0")
+                except OSError:
+                    continue
+                if table[pid][1] == "ssh" and h.alias.encode() in argv:
+                    n += 1
+            per_host.append(n)
+        others = [p for p in sshlab.descendants(w.server.pid, table) if table[p][1] not in ("ssh", "tmux")]
+        res.add("remote: ssh processes per host", "local side, 10 hosts (other children: %d)" % len(others),
+                [max(per_host)], "procs", 1, "<=", note="" if min(per_host) == 1 else "min %d" % min(per_host))
+        # idle: CPU and RSS with 10 hosts x 50 threads
+        time.sleep(3)
+        cpu = bench_idle_cpu(w.server.pid, idle_s)
+        res.add("remote: local idle CPU, 10 hosts x 50 threads", "%d s, heartbeats only" % idle_s, [cpu], "%",
+                0.5, "<=", note="%d threads per host listed; no hosts: %.2f %%" % (min(counts), base_cpu))
+        res.add("remote: local RSS, 10 hosts x 50 threads", "after the figures above",
+                [proc_status(w.server.pid, "VmRSS")], "MB", 60, "<=")
+        # a host's transcript append -> local /events
+        def append_latency(pool, n):
+            lat = []
+            for i in range(n):
+                h = pool[i % len(pool)]
+                sid, path = sids[h.alias]
+                for done in (False, True):
+                    start = len(ev.events)
+                    t0 = time.monotonic()
+                    with open(path, "a") as f:
+                        f.write(_claude_line(sid, h.path("proj"), done))
+                    want = "done" if done else "running"
+                    t = ev.wait(start, lambda raw: _remote_thread(raw, h.alias, sid) == want, timeout=10)
+                    if not done:
+                        lat.append((t - t0) * 1000 if t else float("nan"))
+                time.sleep(0.05)
+            return lat
+        lat = append_latency(hosts, 10 if quick else 20)
+        res.add("remote: transcript append -> local /events", "10 hosts x 50 threads, over ssh", lat, "ms", 50,
+                "p95<=", note=missed(lat))
+        # a host's agent waits -> local notification (the fake agent notes when its registry says so)
+        waits = []
+        for i in range(3 if quick else 5):
+            h = hosts[i % len(hosts)]
+            before = open(notify_log).read().count("\n") if os.path.exists(notify_log) else 0
+            want = "%s:s0" % h.alias
+            if os.path.exists(h.path("keys.log")):
+                os.unlink(h.path("keys.log"))  # the host's user writes it (not root)
+            sid = str(uuid.uuid4())
+            h.tmux("new-window", "-d", "-t", "=s0:", "-c", h.path("proj"),
+                   "exec %s %s wait" % (h.path("bin", "claude"), sid))
+            deadline = time.monotonic() + 10
+            got = float("nan")
+            while time.monotonic() < deadline:
+                lines = open(notify_log).read().splitlines()[before:] if os.path.exists(notify_log) else []
+                lines = [l.split()[0] for l in lines if want in l and "needs you" in l]
+                if lines:
+                    marks = [json.loads(l) for l in open(h.path("keys.log")) if '"waiting"' in l] \
+                        if os.path.exists(h.path("keys.log")) else []
+                    if marks:
+                        got = (float(lines[0]) - marks[0]["t"]) * 1000
+                        break
+                time.sleep(0.005)
+            waits.append(got)
+            time.sleep(2.1)  # past the notifier's 2 s quiet window: each sample is a first notification
+        res.add("remote: agent waiting -> local notification", "fake Claude registry 'waiting' -> notify-send",
+                waits, "ms", 1000, "<=", note=missed(waits))
+        # one host hung (every sshd process of it SIGSTOPped): /health and the other hosts' appends
+        hung = hosts[0]
+        hung.stop()
+        try:
+            health = []
+            for i in range(20):
+                t0 = time.monotonic()
+                code, _ = http(w.port, "GET", "/health")
+                health.append((time.monotonic() - t0) * 1000 if code == 200 else float("nan"))
+                time.sleep(0.05)
+            lat = append_latency(hosts[1:], 10 if quick else 20)
+            down = ev.wait(0, lambda raw: _host(raw, hung.alias).get("state") != "connected", timeout=30)
+        finally:
+            hung.cont()
+        res.add("remote: host hung: local /health", "one of 10 hosts SIGSTOPped", health, "ms", 50, "p95<=")
+        res.add("remote: host hung: other host append -> /events", "9 hosts answering, 1 hung", lat, "ms", 50,
+                "p95<=", note=missed(lat) + ("" if down else " (the hung host was never noticed)"))
+        # sshd restarted on a host: connected and resynced after it is back
+        back = []
+        for i in range(2 if quick else 4):
+            h = hosts[1 + i]
+            h.kill()
+            start = len(ev.events)
+            ev.wait(start, lambda raw: _host(raw, h.alias).get("state") == "unreachable", timeout=20)
+            time.sleep(random.uniform(0.0, 2.0))
+            start = len(ev.events)
+            h.start()
+            t_back = time.monotonic()
+            wall_back = time.time() * 1000
+            t = ev.wait(start, lambda raw: _host(raw, h.alias).get("state") == "connected"
+                        and (_host(raw, h.alias).get("lastEvent") or 0) > wall_back, timeout=40)
+            back.append((t - t_back) if t else float("nan"))
+        res.add("remote: sshd restarted -> reconnected, resynced", "after it is back (backoff 1, 2, 4 ... s)",
+                back, "s", 5, "<=", note=missed(back))
+        ev.close()
+    finally:
+        w.close()
+        lab.close()
+
+
+def shlex_quote(s):
+    import shlex
+    return shlex.quote(s)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a ~1 minute pass with fewer samples and shorter idle windows")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home", "cli",
-                                       "save", "preview"],
+                                       "save", "remote", "preview"],
                     help="run one group of figures")
     args = ap.parse_args()
     quick = args.quick
@@ -1146,6 +1367,8 @@ def main():
             bench_long_line(res, quick)
         if args.only == "dev-home":
             bench_dev_home(res, quick)
+        if args.only == "remote":
+            bench_remote(res, quick)
         if args.only == "cli":
             w = World(30)
             try:
@@ -1186,6 +1409,7 @@ def main():
     bench_save(res, 5 if quick else 10)
     bench_keepalive(res, 50 if quick else 200)
     bench_many_threads(res, quick)
+    bench_remote(res, quick)
     bench_preview(res, quick)
 
     # scaling: latency and idle CPU at 10, 30, 100 sessions

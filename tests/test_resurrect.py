@@ -315,8 +315,11 @@ def test_a_save_reads_tmux_once(world):
     which tmux-resurrect waits for, a process start)."""
     w = world
     w.start_server()
+    lab_entries = set(os.listdir(w.registry))  # the lab HOME's own registry names U4 too
     w.pane("proj a", w.claude_dir, "claude", {"FAKE_REGISTRY": w.registry, "FAKE_SESSION": U4})
-    retry_until(lambda: any(U4 in open(os.path.join(w.registry, n)).read() for n in os.listdir(w.registry)))
+    # the fake writes <pid>.json.tmp, then renames it: only the renamed file is the registry's
+    retry_until(lambda: any(U4 in open(os.path.join(w.registry, n)).read()
+                            for n in os.listdir(w.registry) if n.endswith(".json") and n not in lab_entries))
     calls = []
 
     class CountingTmux(os_.Tmux):
