@@ -22,7 +22,9 @@ holds that claim with `ast`):
   9. Installer               our hooks, plugin and extension in the agents' own configs
  10. Reply                   answer an agent's prompt without switching: the checks around
                              typing, and the typing
- 11. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock
+ 11. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock,
+                             the control client (its commands, a followed pane's output) and the
+                             previews pushed when their pane prints
  12. Notifications           tmux / desktop / terminal / bell, coalesced; status-line options
  13. Remote hosts            other machines over the user's ssh: one ssh and one relay per host,
                              the program shipped when missing, frames checked as hostile input
@@ -562,12 +564,14 @@ def live_state_holds(current, status, moved_on, plugin_holds=False):
     """Which source wins when an agent's own files say a thread runs (the apply step's rule):
     a state only a live source can see holds until the files show that it ended.
       plugin_holds (the agent's spec: OpenCode's database cannot see a permission wait or a
-      retry): the plugin's hold.
+      retry, and shows a denied call as running for a moment): the plugin's hold.
       The others: a wait (known only from a hook) holds while the file has not moved on."""
     if current is None or status != "running":
         return False
     if plugin_holds:
-        return current.source == "plugin" and current.status in ("waiting", "retry")
+        # a denial's interrupt too: the database still shows the rejected call running for a moment,
+        # and the next turn starts with the plugin's own busy event
+        return current.source == "plugin" and current.status in ("waiting", "retry", "interrupted")
     return current.status == "waiting" and not moved_on
 
 
@@ -1449,6 +1453,8 @@ def opencode_plugin_status(event_type, props):
             what = "%s: %s" % (what, patterns[0])
         return "waiting", str(what)[:MAX_LOG_MESSAGE], None
     if event_type == "permission.replied":
+        if props.get("reply") == "reject":  # a denial ends the turn (OpenCode 1.18.33 goes no further)
+            return "interrupted", None, None
         return "running", None, None
     return None
 
@@ -6750,13 +6756,15 @@ def link_threads(threads, panes, processes):
 def guess_threads_by_cwd(threads, panes, processes, pid_links):
     """For each agent process in a pane that no thread is linked to by pid (`pid_links`, the links
     of link_threads), guess its thread: the same agent's visible thread whose directory holds the
-    pane's cwd most closely, newest first, not already alive in a pane, and not one whose own
-    process is known to have exited (a run killed and a new one started in the same directory: the
-    dead thread stays dead until its own id is seen live, by pid). A pure function; a thread is
-    never guessed for two panes. -> [(thread key, pid, True, pane, "cwd")]"""
+    pane's cwd most closely, newest first, not already alive in a pane, and never one whose own
+    process we know (a registry, hook, plugin or open file named it): that thread is that process's,
+    not this one's. So a run killed and a new one started in the same directory leaves the killed
+    run's thread dead (or, Codex, held by the app-server it left behind, outside any pane) until its
+    own id is seen live. A pure function; a thread is never guessed for two panes.
+    -> [(thread key, pid, True, pane, "cwd")]"""
     linked_panes = {(key[0], pane) for key, _, _, pane, link in pid_links if pane}
     taken = {t.key for t in threads if t.alive and t.pane}
-    taken.update(key for key, pid, alive, _, _ in pid_links if pid and not alive)  # its process exited
+    taken.update(t.key for t in threads if t.pid and t.link != "cwd")  # another process's thread
     links = []
     for pane_id, (agent, agent_pid, args) in sorted(processes.agents.items()):
         if (agent, pane_id) in linked_panes:

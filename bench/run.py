@@ -1096,12 +1096,23 @@ def bench_preview(res, quick):
         pushes = (len(reader.docs) - n0) / span
         health = json.loads(http(w.port, "GET", "/health")[1])["previews"]
         reader.close()
+        # what the sidebar did before: GET /api/preview every 0.3 s while shown (a tmux process per read)
+        base_srv, base_tmux = proc_cpu_s(w.server.pid), proc_cpu_s(tmux_pid)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < secs:
+            http(w.port, "GET", "/api/preview?thread=%s&lines=40" % ids[loud])
+            time.sleep(0.3)
+        span = time.monotonic() - t0
+        polled = (proc_cpu_s(w.server.pid) - base_srv) / span * 100
+        polled_tmux = (proc_cpu_s(tmux_pid) - base_tmux) / span * 100 - tmux_idle
         label = "pane printing 1,000 lines/s, %ds, load %.1f" % (secs, os.getloadavg()[0])
         res.add("preview: server CPU while shown", label + " (%.2f%% before it was shown)" % srv_idle, [srv], "%", 5, "<=")
         res.add("preview: server + tmux CPU it adds", label + " (tmux %+.2f%%)" % tmux_more,
                 [srv - srv_idle + tmux_more], "%", 5, "<=")
         res.add("preview: pushes per second", label + " (followed %s)" % ("yes" if health["followed"] == loud else "NO"),
                 [pushes], "/s", 5, ">=")
+        res.add("preview polled every 0.3 s (before): server + tmux CPU", label + " (tmux %+.2f%%; 3.3 reads/s)"
+                % polled_tmux, [polled - srv_idle + polled_tmux], "%", 5, "<=")
         # a quiet pane: a printed line reaches the client this soon
         reader = PreviewStreamReader(w.port, ids[quiet])
         time.sleep(1.0)

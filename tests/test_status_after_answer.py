@@ -114,15 +114,18 @@ def test_opencode_denial_settles_on_interrupted(env):
     esc = mark_at(rows, "keys Escape")
     reject = mark_at(rows, "keys Enter")  # the Reject button
     after_esc = [s for t, s in seq.seen if esc <= t < mark_at(rows, "type 'say hi after esc'")]
-    assert after_esc == ["running", "interrupted"], seq.seen  # permission.replied, then the rejected part
+    assert after_esc == ["interrupted"], seq.seen  # permission.replied "reject", held until the next turn
     after_reject = [s for t, s in seq.seen if reject <= t < mark_at(rows, "type 'say hi after reject'")]
-    assert after_reject[-1] == "interrupted" and "done" not in after_reject, seq.seen
+    assert after_reject == ["interrupted"], seq.seen
     assert seq.seen[-1][1] == "done"  # the turn typed after it ran and finished
     assert os_.reply_status_refusal("OpenCode", "text", "interrupted") is None  # text goes through now
 
 
 def test_opencode_denial_before_the_fix_stayed_running(env, monkeypatch):
     monkeypatch.setattr(os_, "opencode_tool_rejected", lambda parts: False)
+    real = os_.OPENCODE.plugin.status
+    monkeypatch.setattr(os_.OPENCODE.plugin, "status", lambda etype, props: (
+        ("running", None, None) if etype == "permission.replied" else real(etype, props)))
     rows, seq = replay_opencode(env, until=mark_at(rows_of("opencode/deny/timeline.jsonl"), "type 'say hi after esc'"))
     assert seq.seen[-1][1] == "running", seq.seen  # what issue 23 saw: text refused as "running"
 
@@ -260,6 +263,17 @@ def test_a_killed_run_stays_dead_when_a_new_one_starts_in_its_directory():
     p = os_.Processes(table, {100: "%1", 120: "%1"}, {"%1": ("codex", 120, ["codex", "resume", old.id])}, {}, True)
     links, _ = os_.link_threads([old], panes, p)
     assert links == [(old.key, 120, True, "%1", "pid")]
+    # Codex: the TUI killed, its app-server (the process holding the rollout, the thread's pid) lives on
+    # outside any pane: the thread is that process's, never guessed for the new TUI (seen in the lab)
+    daemon = os_.Thread("codex", "019a2b3c-4d5e-7f60-8a9b-0c1d2e3f4a5d", cwd="/src/api", pid=130, alive=True,
+                        updated_at=9)
+    table_d = dict(table)
+    table_d[130] = os_.Proc(130, 1, "codex", start=3)
+    p = os_.Processes(table_d, {100: "%1", 120: "%1"}, {"%1": ("codex", 120, ["codex"])},
+                      {130: ("codex", daemon.id)}, True)
+    links, _ = os_.link_threads([daemon], panes, p)
+    assert links == [(daemon.key, 130, True, None, None)]
+    assert os_.guess_threads_by_cwd([daemon], panes, p, links) == []
     # a thread never seen with a process can still be guessed (a picker resume): the old behaviour
     never = os_.Thread("codex", "019a2b3c-4d5e-7f60-8a9b-0c1d2e3f4a5c", cwd="/src/api", alive=False, updated_at=4)
     p = os_.Processes(table, {100: "%1", 120: "%1"}, {"%1": ("codex", 120, ["codex"])}, {}, True)
