@@ -293,8 +293,14 @@ def test_the_preview_stream_follows_its_pane(env, tmux, server):
             assert got[0] - t0 < 2.0
         health = json.loads(server.get("/health")[1])
         assert health["previews"]["followed"] == pane and health["previews"]["shown"] == 1  # pushed, not polled
-        # nothing printed: nothing read and no doc (a sentinel line printed afterwards is the next doc)
-        reads = health["previews"]["reads"]
+        # nothing printed: nothing read and no doc (a sentinel line printed afterwards is the next doc);
+        # first the shell's prompt after the echo has been read (the pane is quiet from then on)
+        def quiet():
+            a = json.loads(server.get("/health")[1])["previews"]["reads"]
+            time.sleep(0.3)
+            b = json.loads(server.get("/health")[1])["previews"]["reads"]
+            return a == b and b
+        reads = retry_until(quiet, timeout=10)
         time.sleep(1.0)  # (a polled preview would be read ~3 times here)
         assert json.loads(server.get("/health")[1])["previews"]["reads"] == reads
         n = len(reader.docs)
