@@ -2826,7 +2826,7 @@ const TYPES = new Set(["session.status", "session.idle", "session.error", "permi
 function slim(event) {
   const p = event.properties || {};
   const out = { sessionID: p.sessionID || (p.info && p.info.id), status: p.status, error: p.error,
-    permission: p.permission, patterns: p.patterns };
+    permission: p.permission, patterns: p.patterns, reply: p.reply };
   if (event.type === "session.updated" && p.info) {
     out.title = p.info.title; out.parentID = p.info.parentID; out.directory = p.info.directory;
   }
@@ -6721,7 +6721,10 @@ def link_threads(threads, panes, processes):
         if key not in pid:
             continue
         if proc_pid in pane_of_pid:
-            pid[key] = proc_pid
+            # the pane's agent (Codex's TUI) rather than its helper holding the file (its app-server, a
+            # child that outlives a killed TUI): the thread lives and dies with the agent in the pane
+            front = processes.agents.get(pane_of_pid[proc_pid])
+            pid[key] = front[1] if front and front[0] == key[0] and front[1] in table else proc_pid
         else:
             # a daemon holds it (Codex's app-server, not in any pane): the thread is loaded, and
             # its pane comes from the TUI's `resume <id>` or, failing that, the cwd

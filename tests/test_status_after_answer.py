@@ -57,6 +57,28 @@ class Sequence(object):
 OC_SESSION = "ses_dc2d11f08ffeV3b70C0LfPp18T"
 
 
+PLUGIN_TYPES = ("session.status", "session.idle", "session.error", "permission.asked", "permission.replied",
+                "session.updated")
+PLUGIN_KEYS = ("status", "error", "permission", "patterns", "reply")
+
+
+def plugin_slim(props):
+    """The properties our OpenCode plugin forwards (OPENCODE_PLUGIN's slim), from an event's."""
+    out = {"sessionID": props.get("sessionID") or (props.get("info") or {}).get("id")}
+    out.update((k, props[k]) for k in PLUGIN_KEYS if k in props)
+    if isinstance(props.get("info"), dict):
+        out.update(title=props["info"].get("title"), parentID=props["info"].get("parentID"),
+                   directory=props["info"].get("directory"))
+    return out
+
+
+def test_the_plugin_forwards_what_the_replay_sends():
+    for key in PLUGIN_KEYS:
+        assert "%s: p.%s" % (key, key) in os_.OPENCODE_PLUGIN, key  # (a denial is told by "reply")
+    for etype in PLUGIN_TYPES:
+        assert '"%s"' % etype in os_.OPENCODE_PLUGIN
+
+
 def opencode_db(env):
     path = os.path.join(env.home, ".local", "share", "opencode", "opencode.db")
     os.makedirs(os.path.dirname(path))
@@ -102,8 +124,10 @@ def replay_opencode(env, until=None):
             conn.commit()
             srv.watchers.opencode._query_opencode()  # what its next DB read sees
             seq.look(r["at"])
-            # (without the lab's pid: no such process runs here, and the linker would call it exited)
-            srv.api.api_plugin_event({"type": etype, "properties": props}, "opencode")
+            # what our plugin sends (its slim(): only these properties), without the lab's pid (no
+            # such process runs here, and the linker would call it exited)
+            if etype in PLUGIN_TYPES:
+                srv.api.api_plugin_event({"type": etype, "properties": plugin_slim(props)}, "opencode")
             seq.look(r["at"])
     conn.close()
     return rows, seq
@@ -274,6 +298,19 @@ def test_a_killed_run_stays_dead_when_a_new_one_starts_in_its_directory():
     links, _ = os_.link_threads([daemon], panes, p)
     assert links == [(daemon.key, 130, True, None, None)]
     assert os_.guess_threads_by_cwd([daemon], panes, p, links) == []
+    # ... and the thread's pid is the TUI in the pane, not its app-server (a child holding the rollout):
+    # the TUI killed, the thread is dead though the orphaned app-server still holds its file
+    t = os_.Thread("codex", "019a2b3c-4d5e-7f60-8a9b-0c1d2e3f4a5e", cwd="/src/api", updated_at=9)
+    live = {100: os_.Proc(100, 1, "zsh"), 140: os_.Proc(140, 100, "codex", start=4),
+            141: os_.Proc(141, 140, "codex", start=4)}
+    p = os_.Processes(live, {100: "%1", 140: "%1", 141: "%1"}, {"%1": ("codex", 140, ["codex"])},
+                      {141: ("codex", t.id)}, True)
+    links, _ = os_.link_threads([t], panes, p)
+    assert links == [(t.key, 140, True, "%1", "pid")]
+    t.pid = 140
+    orphan = {100: os_.Proc(100, 1, "zsh"), 141: os_.Proc(141, 1, "codex", start=4)}
+    p = os_.Processes(orphan, {100: "%1"}, {}, {141: ("codex", t.id)}, True)
+    assert os_.link_threads([t], panes, p)[0] == [(t.key, 140, False, None, None)]
     # a thread never seen with a process can still be guessed (a picker resume): the old behaviour
     never = os_.Thread("codex", "019a2b3c-4d5e-7f60-8a9b-0c1d2e3f4a5c", cwd="/src/api", alive=False, updated_at=4)
     p = os_.Processes(table, {100: "%1", 120: "%1"}, {"%1": ("codex", 120, ["codex"])}, {}, True)
