@@ -285,24 +285,16 @@ def test_the_preview_stream_follows_its_pane(env, tmux, server):
     try:
         retry_until(lambda: reader.docs, timeout=10)
         assert reader.docs[0][1]["pane"] == pane and reader.docs[0][1]["agent"] == "claude"
-        for word in ("alpha", "beta"):
-            t0 = time.monotonic()
+        for word in ("alpha", "beta"):  # (how soon: bench/run.py --only preview)
             tmux.run("send-keys", "-t", pane, "echo marker-%s" % word, "Enter")
-            got = retry_until(lambda: [t for t, d in reader.docs if any("marker-%s" % word == l for l in d["lines"])],
-                              timeout=10)
-            assert got[0] - t0 < 2.0
+            retry_until(lambda: [t for t, d in reader.docs if any("marker-%s" % word == l for l in d["lines"])],
+                        timeout=10)
         health = json.loads(server.get("/health")[1])
         assert health["previews"]["followed"] == pane and health["previews"]["shown"] == 1  # pushed, not polled
-        # nothing printed: nothing read and no doc (a sentinel line printed afterwards is the next doc);
-        # first the shell's prompt after the echo has been read (the pane is quiet from then on)
-        def quiet():
-            a = json.loads(server.get("/health")[1])["previews"]["reads"]
-            time.sleep(0.3)
-            b = json.loads(server.get("/health")[1])["previews"]["reads"]
-            return a == b and b
-        reads = retry_until(quiet, timeout=10)
-        time.sleep(1.0)  # (a polled preview would be read ~3 times here)
-        assert json.loads(server.get("/health")[1])["previews"]["reads"] == reads
+        # nothing printed, no doc: once the shell's prompt after the echo is shown, the next doc is the
+        # sentinel's (the feed's reads of a quiet pane, none, are held by the injected-clock tests above)
+        retry_until(lambda: reader.docs[-1][1]["lines"][-1].strip() not in ("marker-beta", "")
+                    and "echo marker-beta" not in reader.docs[-1][1]["lines"][-1], timeout=10)
         n = len(reader.docs)
         tmux.run("send-keys", "-t", pane, "echo sentinel", "Enter")
         retry_until(lambda: any("sentinel" in l for d in reader.docs[n:] for l in d[1]["lines"]))

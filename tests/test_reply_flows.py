@@ -243,14 +243,12 @@ def test_qwen_input_holding_the_old_prompt_gets_nothing(lab):
 
 @requires_tmux
 def test_text_on_a_permission_prompt_is_refused_at_once(lab):
-    import time
+    # refused on the first look (it waited 1.5-3.5 s before: issue 24.4; the wait itself is held by
+    # test_reply_plans.py's injected clock, the time by bench)
     pane, pid = lab.start("gemini", "shell")
     lab.report("gemini", "waiting", pid)
-    began = time.monotonic()
     code, body = lab.reply("gemini", "text", "hi")
-    took = time.monotonic() - began
     assert code == 409 and body["error"].startswith("Gemini CLI is asking for a permission"), body
-    assert took < 1.0, took  # refused on the first look (it waited 1.5-3.5 s before: issue 24.4)
     assert lab.records("key") == []
 
 
