@@ -23,7 +23,9 @@ holds that claim with `ast`):
   9. Installer               our hooks, plugin and extension in the agents' own configs
  10. Reply                   answer an agent's prompt without switching: the checks around
                              typing, and the typing
- 11. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock
+ 11. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock,
+                             the control client (its commands, a followed pane's output) and the
+                             previews pushed when their pane prints
  12. Notifications           tmux / desktop / terminal / bell, coalesced; status-line options
  13. Remote hosts            other machines over the user's ssh: one ssh and one relay per host,
                              the program shipped when missing, frames checked as hostile input
@@ -699,12 +701,14 @@ def live_state_holds(current, status, moved_on, plugin_holds=False):
     """Which source wins when an agent's own files say a thread runs (the apply step's rule):
     a state only a live source can see holds until the files show that it ended.
       plugin_holds (the agent's spec: OpenCode's database cannot see a permission wait or a
-      retry): the plugin's hold.
+      retry, and shows a denied call as running for a moment): the plugin's hold.
       The others: a wait (known only from a hook) holds while the file has not moved on."""
     if current is None or status != "running":
         return False
     if plugin_holds:
-        return current.source == "plugin" and current.status in ("waiting", "retry")
+        # a denial's interrupt too: the database still shows the rejected call running for a moment,
+        # and the next turn starts with the plugin's own busy event
+        return current.source == "plugin" and current.status in ("waiting", "retry", "interrupted")
     return current.status == "waiting" and not moved_on
 
 
@@ -846,6 +850,10 @@ def validate_agent_event(body):
     if alive is not None and not isinstance(alive, bool):
         raise ApiError(400, "'alive' must be a boolean")
     out["alive"] = alive
+    idle_prompt = body.get("idlePrompt")
+    if idle_prompt is not None and not isinstance(idle_prompt, bool):
+        raise ApiError(400, "'idlePrompt' must be a boolean")
+    out["idlePrompt"] = bool(idle_prompt)
     for key in ("source", "prompt"):
         value = body.get(key)
         if value is not None and not isinstance(value, str):
@@ -1323,7 +1331,10 @@ def claude_reduce(state, rec):
         content = message.get("content")
         blocks = content if isinstance(content, list) else []
         texts = _content_texts(content)
-        if any(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks):
+        state["toolPending"] = False
+        if rec.get("toolDenialKind") == "user-rejected" or rec.get("toolUseResult") == "User rejected tool use":
+            state.update(status="interrupted", detail=None)  # a permission denied: the turn stops here
+        elif any(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks):
             state.update(status="running", detail=None)
         elif any(t.startswith(INTERRUPT_MARK) for t in texts):
             state.update(status="interrupted", detail=None)
@@ -1339,6 +1350,9 @@ def claude_reduce(state, rec):
         model = message.get("model")
         if isinstance(model, str) and model and not model.startswith("<"):
             state["model"] = model
+        blocks = message.get("content") if isinstance(message.get("content"), list) else []
+        # a tool call not answered yet (its permission may be asked, and denied: see claude_live_status)
+        state["toolPending"] = any(isinstance(b, dict) and b.get("type") == "tool_use" for b in blocks)
         if rec.get("isApiErrorMessage"):
             texts = _content_texts(message.get("content"))
             detail = texts[0] if texts else rec.get("error")
@@ -1390,11 +1404,14 @@ def claude_registry_matches(entry, alive, start):
     return True
 
 
-def claude_live_status(transcript_status, registry_status, waiting_for=None, turns=1):
+def claude_live_status(transcript_status, registry_status, waiting_for=None, turns=1, tool_pending=False):
     """Combine the registry (the live truth while the process runs) with the transcript.
 
     -> (status, detail). busy -> running; waiting -> waiting (with what for); idle -> the
-    transcript's finished state (done / error / interrupted), or idle before any turn.
+    transcript's finished state (done / error / interrupted), or idle before any turn. Idle while
+    the transcript still ends in a tool call nobody answered is a denied permission (Claude Code
+    2.1.330 writes the registry ~0.2 s before the rejection reaches the transcript): interrupted
+    at once, not done first (which could notify "finished").
     """
     if registry_status == "busy":
         return "running", None
@@ -1403,6 +1420,8 @@ def claude_live_status(transcript_status, registry_status, waiting_for=None, tur
     if registry_status == "idle":
         if transcript_status in ("done", "error", "interrupted"):
             return transcript_status, None
+        if transcript_status == "running" and tool_pending:
+            return "interrupted", None
         return ("done" if turns else "idle"), None
     return transcript_status, None
 
@@ -1495,15 +1514,35 @@ def parse_codex_session_index(records):
     return names
 
 
-def opencode_status(message_data, running_tool=False):
+OPENCODE_REJECTED = "rejected permission"  # "The user rejected permission to use this specific tool call."
+
+
+def opencode_tool_rejected(parts):
+    """The newest message's parts (their `data` JSON, newest first): its last tool or text part is a
+    tool call the user rejected (OpenCode 1.18.33: state.status "error", the error naming the
+    rejection) and nothing came after it but the step's end. Pure."""
+    for part in parts:
+        if not isinstance(part, dict) or part.get("type") in ("step-start", "step-finish"):
+            continue
+        state = part.get("state") if isinstance(part.get("state"), dict) else {}
+        return (part.get("type") == "tool" and state.get("status") == "error"
+                and OPENCODE_REJECTED in str(state.get("error") or ""))
+    return False
+
+
+def opencode_status(message_data, running_tool=False, rejected=False):
     """Status of an OpenCode session from its newest message's `data` JSON (and parts).
 
     The DB cannot show a permission wait or a retry (both look like running): the plugin tells those.
+    A denied permission ends the turn: the rejected tool call is the message's last (`rejected`,
+    see opencode_tool_rejected) while the message says finish "tool-calls" as mid-turn: interrupted.
     """
     if not isinstance(message_data, dict):
         return "idle", None
     if message_data.get("role") == "user":
         return "running", None
+    if rejected and not running_tool and not isinstance(message_data.get("error"), dict):
+        return "interrupted", None
     err = message_data.get("error")
     if isinstance(err, dict):
         data = err.get("data") if isinstance(err.get("data"), dict) else {}
@@ -1551,6 +1590,8 @@ def opencode_plugin_status(event_type, props):
             what = "%s: %s" % (what, patterns[0])
         return "waiting", str(what)[:MAX_LOG_MESSAGE], None
     if event_type == "permission.replied":
+        if props.get("reply") == "reject":  # a denial ends the turn (OpenCode 1.18.33 goes no further)
+            return "interrupted", None, None
         return "running", None, None
     return None
 
@@ -1847,11 +1888,20 @@ def _gemini_prompt(parts):
     return text
 
 
+GEMINI_REPLAY_MS = 500  # the history Gemini writes again right after a cancel comes within this
+
+
 def _gemini_message(state, msg, counted=True):
     kind = msg.get("type")
     ts = parse_iso_ms(msg.get("timestamp"))
     if ts:
         state["updatedAt"] = max(state["updatedAt"], ts)
+    cancelled = state.get("cancelledAt")
+    if cancelled and ts and 0 <= ts - cancelled < GEMINI_REPLAY_MS and kind != "info":
+        # after "Request cancelled." Gemini CLI 0.61.0 writes its history again (its context, the
+        # earlier prompts, tool calls and answers) stamped within a few ms: no new turn (its last
+        # answer would read as done). A prompt typed after it is one (its hooks say so at once too).
+        return
     if kind == "user":
         prompt = _gemini_prompt(msg.get("content"))
         if prompt is None:
@@ -1883,6 +1933,7 @@ def _gemini_message(state, msg, counted=True):
             state.update(status="done", detail=None)
     elif kind == "info" and isinstance(msg.get("content"), str) and msg["content"].startswith("Request cancelled"):
         state.update(status="interrupted", detail=None)
+        state["cancelledAt"] = ts
     elif kind == "error":
         text = msg.get("content") if isinstance(msg.get("content"), str) else "error"
         state.update(status="error", detail=text[:MAX_LOG_MESSAGE])
@@ -1906,7 +1957,7 @@ def gemini_reduce(state, rec):
         msgs = patch.get("messages")
         if isinstance(msgs, list):
             # a rewrite of the history: titles and turns from it, no usage counted twice
-            kept = dict((k, state[k]) for k in ("status", "detail", "attempt", "turns", "lastPrompt"))
+            kept = dict((k, state.get(k)) for k in ("status", "detail", "attempt", "turns", "lastPrompt", "cancelledAt"))
             turns = 0
             for m in msgs:
                 if isinstance(m, dict):
@@ -2075,11 +2126,12 @@ def qwen_reduce(state, rec):
 # Agent screens (pure): each agent's prompt read from its screen, and the keys that answer it
 ##############################################################################
 # The keys each agent's prompt expects were learned from the real agents (the pinned
-# versions, fake model on loopback); the screens are in tests/fixtures/<agent>/:
+# versions, fake model on loopback); the screens are in tests/fixtures/<agent>/ (FORMATS.md):
 # - Claude Code 2.1.330: a numbered menu under "Do you want to …?" ("Esc to cancel" below it). A digit
-#   picks its option at once: "1. Yes", "2. Yes, and always allow …" (absent for some tools),
-#   "N. No" (the denial: "Interrupted · What should Claude do instead?"). A prompt is typed into the
-#   "❯" composer between two ─── rules and submitted with Enter.
+#   picks its option at once: "1. Yes", "2. Yes, and …" (what it allows differs by call: "don’t ask
+#   again for: npm *", "always allow access to <dir> from this project", "switch to accept edits …
+#   for this session"; absent for some tools), "N. No" (the denial: "Interrupted · What should Claude
+#   do instead?"). A prompt is typed into the "❯" composer between two ─── rules, Enter submits.
 # - Codex 0.169.0: "Would you like to run …?" with "1. Yes, proceed (y)", "2. Yes, and don't ask again
 #   … (p)", "3. No, and tell Codex what to do differently (esc)": the letter in parentheses picks the
 #   option ("esc" = Escape; the denial: "You canceled the request …"). Codex takes fast input as a
@@ -2088,19 +2140,49 @@ def qwen_reduce(state, rec):
 #   move the selection (it wraps), Enter confirms, Escape rejects. "Allow always" asks again
 #   ("Always allow … Confirm  Cancel", Confirm selected): a second Enter. The selected button is the
 #   one drawn on another background, so these are read with `capture-pane -e`.
+# - Gemini CLI 0.61.0: a box "? Shell  <command>" … "Allow execution of [Shell]?" (or "? WriteFile …"
+#   … "Apply this change?") with "● 1. Allow once", "2. Allow for this session", then "No, suggest
+#   changes (esc)" as 3 (shell) or 4 (file, after "3. Modify with external editor"); a digit picks.
+#   "Allow for this session" allows, until Gemini exits, shell commands with the same first word
+#   (file prompts: every file write). The input is "> " under a ─── rule (placeholder "Type your
+#   message or @path/to/file"); while a hook runs ("Executing Hook … (esc to cancel") Enter is dropped.
+# - Qwen Code 0.24.4: "Allow execution of: 'echo'?" (or "Apply this change?") with "› 1. Yes, allow
+#   once", "2. Always allow run 'echo *' commands in this project", "3. … for this user", "4. No,
+#   suggest changes (esc)" (files: "2. Yes, allow always" = auto-accept edits for this run, "3. No");
+#   a digit picks. The input is "> " between two ─── rules; after an Esc it may hold the old prompt.
+# - Pi 0.73.1: never asks for permission; its input is the lines between two ─── rules.
+# Multi-line text is one bracketed paste (`paste-buffer -p`: tmux brackets it for a pane that asked
+# for bracketed paste, as all six do), then Enter: no agent submits on a pasted newline. What each
+# shows after the paste differs (OpenCode: "[Pasted ~N lines]"; Qwen draws it late; Gemini ignores
+# an Enter within ~2 s of a paste).
 
 REPLY_ACTIONS = ("approve", "approve-always", "deny", "text")
 CLAUDE_PROMPT_GRACE = 0.25
 TEXT_SETTLE = 0.15
+GEMINI_PASTE_SETTLE = 2.0  # Gemini CLI takes an Enter as submit only ~2 s after a paste
+PASTE_SHOWN_TIMEOUT = 4.0  # Qwen Code drew a paste ~1.7 s after it (under load)
+SUBMIT_TIMEOUT = 4.0
+BUSY_WAIT = 4.0  # a screen that says the agent is busy (a hook running) is looked at this long
 MAX_REPLY_TEXT = 4000
+MAX_REPLY_LINES = 200
 _CSI_RE = LazyPattern(r"\x1b\[[0-?]*[ -/]*[@-~]")
 _ANY_ESC_RE = LazyPattern(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
-_MENU_RE = LazyPattern(r"^\s*(?:[❯›>]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
+_MENU_RE = LazyPattern(r"^\s*(?:[❯›>●]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
 _CODEX_KEY_RE = LazyPattern(r"^(.*?)\s*\((\w+)\)$")
+_EDGE_RE = LazyPattern(r"^\s*[│┃]\s?|\s*[│┃█]\s*$")
+_RULE_RE = LazyPattern(r"^\s*─{20,}\s*$")
+_HINT_RE = LazyPattern(r"\s*\((?:esc|shift\s*\+\s*tab|[a-z])\)$")
 
 
 class ReplyRefused(Exception):
-    """The reply cannot be sent safely: the reason says why (HTTP 409)."""
+    """The reply cannot be sent safely: the reason says why (HTTP 409). `wait`: how long the screen
+    is worth looking at again while it changes (it may be drawing the prompt); 0 when the screen
+    shows something definite that another look will not change (refuse at once), None for the
+    caller's default."""
+
+    def __init__(self, message, wait=None):
+        Exception.__init__(self, message)
+        self.wait = wait
 
 
 def strip_escapes(text):
@@ -2116,45 +2198,115 @@ def screen_lines(text, limit=None):
     return lines[-limit:] if limit else lines
 
 
+def _unboxed(line):
+    """A screen line without the box edges around it (Gemini's dialog │ … │, a split pane's │, Qwen's
+    scroll bar █), nested boxes too."""
+    while True:
+        bare = _EDGE_RE.sub("", line)
+        if bare == line:
+            return line.rstrip()
+        line = bare
+
+
 def check_reply_text(text):
-    """A prompt to type: one line, no control characters. -> text, or raises ReplyRefused."""
+    """A prompt to type: one line, or several (sent as one bracketed paste; "\\r\\n" counts as a
+    newline); no other control characters (a tab only in several lines). -> the text, or raises
+    ReplyRefused."""
     if not isinstance(text, str) or not text.strip():
-        raise ReplyRefused("'text' must be a non-empty string")
+        raise ReplyRefused("'text' must be a non-empty string", 0)
     if len(text) > MAX_REPLY_TEXT:
-        raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT)
-    if CONTROL_CHARS.search(text):
-        raise ReplyRefused("'text' contains control characters (a newline too): refused, it is typed literally")
+        raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT, 0)
+    text = text.replace("\r\n", "\n")
+    if text.count("\n") >= MAX_REPLY_LINES:
+        raise ReplyRefused("'text' has more than %d lines" % MAX_REPLY_LINES, 0)
+    allowed = "\n\t" if "\n" in text.strip("\n") else ""
+    if any(ch not in allowed for ch in CONTROL_CHARS.findall(text)):
+        raise ReplyRefused("'text' contains control characters (other than newlines between lines): refused, "
+                           "it would be typed as keys", 0)
     if _SURROGATE_RE.search(text):  # would reach the pane as raw bytes (0x9b is an 8-bit CSI)
-        raise ReplyRefused("'text' contains a lone surrogate (\\ud800-\\udfff), which is not a character: refused")
-    return text
+        raise ReplyRefused("'text' contains a lone surrogate (\\ud800-\\udfff), which is not a character: refused", 0)
+    return text.strip("\n") if "\n" in text else text
+
+
+def option_kind(text):
+    """What a permission option does, from its own words: "once" (approve this call), "always" (approve
+    it and more: a command prefix, a directory, every edit for the session), "deny", or None (another
+    kind: switch to auto mode, edit in an external editor)."""
+    low = _HINT_RE.sub("", text.strip().lower().replace("\u2019", "'"))
+    if low == "no" or low.startswith(("no,", "no ")):
+        return "deny"
+    if "auto mode" in low or "external editor" in low:
+        return None
+    if "always" in low or "don't ask again" in low or "do not ask again" in low or "for this session" in low:
+        return "always"
+    if low.startswith(("yes", "allow once")) and ", and" not in low:
+        return "once"
+    return None
+
+
+_ACTION_KIND = {"approve": "once", "approve-always": "always", "deny": "deny"}
 
 
 def _pick(options, action):
-    """Which option answers the action: 'Yes' once, 'Yes, and always/don't ask again', 'No'."""
-    for number, text in options:
-        low = text.lower()
-        if action == "approve" and low.startswith("yes") and ", and" not in low:
-            return number, text
-        if action == "approve-always" and low.startswith("yes, and") and ("always" in low or "don't ask" in low
-                                                                           or "do not ask" in low):
-            return number, text
-        if action == "deny" and low.startswith("no"):
-            return number, text
+    """The option (number, text, …) that answers the action, read from the options' own words: the
+    first of its kind (Qwen's "in this project" before "for this user"), or None."""
+    for option in options:
+        if option_kind(option[1]) == _ACTION_KIND.get(action):
+            return option
     return None
+
+
+def _no_option(title, action, options):
+    """The refusal for a prompt without an option for the action: the agent's own options, quoted."""
+    want = {"approve": "approve once", "approve-always": "approve always", "deny": "deny"}[action]
+    return ReplyRefused("this %s prompt has no option to %s; it offers: %s" % (
+        title, want, "; ".join("%d. %s" % (o[0], _HINT_RE.sub("", o[1])) for o in options)), 0)
+
+
+def _answer(option, covers=None):
+    """What an answer did, in the agent's own words: the option chosen, and what it covers."""
+    said = "%d. %s" % (option[0], _HINT_RE.sub("", option[1]))
+    return ("answer", "“%s”%s" % (said, ("; " + covers) if covers else ""))
+
+
+def _menu(tail, start):
+    """The numbered options that follow line `start` -> [(number, text)] (boxes removed)."""
+    out = []
+    column = 0
+    for line in tail[start + 1:]:
+        line = _unboxed(line)
+        m = _MENU_RE.match(line)
+        if m:
+            out.append((int(m.group(1)), m.group(2)))
+            column = m.start(2)
+        elif out and line.strip():
+            if len(line) - len(line.lstrip()) < column - 1:
+                break
+            out[-1] = (out[-1][0], out[-1][1] + " " + line.strip())  # the option's text, wrapped
+    return out
+
+
+def _rule_bounds(tail):
+    """Indexes of the last two ─── rules in the lines (None where missing)."""
+    rules = [i for i, l in enumerate(tail) if _RULE_RE.match(l)]
+    return (rules[-2] if len(rules) > 1 else None), (rules[-1] if rules else None)
 
 
 def claude_prompt(screen_esc):
     """-> ('permission', options) | ('input', composer text) | None, from a Claude Code screen."""
-    tail = screen_lines(screen_esc)[-40:]
+    tail = [_unboxed(l) for l in screen_lines(screen_esc)[-40:]]
     if any("Esc to cancel" in l for l in tail[-6:]) and any(l.strip().startswith("Do you want to") for l in tail):
         start = max(i for i, l in enumerate(tail) if l.strip().startswith("Do you want to"))
-        options = [(int(m.group(1)), m.group(2)) for m in (_MENU_RE.match(l) for l in tail[start + 1:]) if m]
+        options = _menu(tail, start)
         if options:
             return ("permission", options)
     for i in range(len(tail) - 1, 0, -1):
         line = tail[i]
-        if line.startswith("❯") and tail[i - 1].startswith("──") and any(l.startswith("──") for l in tail[i + 1:i + 4]):
-            return ("input", line[1:].strip())
+        if line.startswith("❯") and tail[i - 1].startswith("──"):
+            end = next((j for j in range(i + 1, min(len(tail), i + 60)) if tail[j].startswith("──")), None)
+            if end is not None:
+                text = "\n".join([line[1:].strip()] + [l.strip() for l in tail[i + 1:end]])
+                return ("input", text.strip("\n"))
     return None
 
 
@@ -2172,7 +2324,7 @@ def codex_prompt(screen_esc):
         if options:
             return ("permission", options)
         return None
-    if any(l.startswith("› ") for l in tail[-6:]):
+    if any(l.startswith("› ") for l in tail[-8:]):
         return ("input", None)
     return None
 
@@ -2251,28 +2403,167 @@ def opencode_prompt(screen_esc):
         return ("input", None)
     return None
 
-def _text_steps(text, screen_esc, submitted):
-    """Type a prompt: the text, then Enter only once it is on screen and a moment later (Codex takes
-    input that comes fast as a paste, and an Enter inside a paste as a newline: seen with Enter right
-    after), then wait for it to be submitted (`submitted(screen, needle, typed_screen)`)."""
-    needle = text[-20:]
-    typed_screen = [screen_esc]
 
-    def typed(screen):
-        if needle in "\n".join(screen_lines(screen)[-30:]):
-            typed_screen[0] = screen
-            return True
-        return False
-    return [("literal", text), ("expect", "the typed text on screen", typed, TEXT_SETTLE),
-            ("keys", ["Enter"]), ("expect", "the prompt being submitted",
-                                   lambda screen: submitted(screen, needle, typed_screen[0]))]
+def opencode_input(screen_esc):
+    """The text in OpenCode's composer (the ┃ lines right above its ╹▀▀ edge, without the mode line
+    under the text), "" when empty or showing its placeholder ("Ask anything…"), or None."""
+    lines = screen_lines(screen_esc)[-40:]
+    edge = max((i for i, l in enumerate(lines) if l.lstrip().startswith("╹▀")), default=None)
+    if edge is None:
+        return None
+    box = []
+    for l in reversed(lines[:edge]):
+        if not l.lstrip().startswith("┃"):
+            break
+        box.insert(0, re.split(r"\s{10,}", l.lstrip()[1:].strip())[0])
+    text = "\n".join(box[:-1]).strip("\n") if box else ""
+    return "" if text.startswith("Ask anything") else text
+
+
+def opencode_always_patterns(screen_esc):
+    """The patterns OpenCode's "Always allow" confirmation lists ("- echo *" lines), or []."""
+    lines = [strip_escapes(l).strip() for l in screen_esc.split("\n")]
+    start = max((i for i, l in enumerate(lines) if "Always allow" in l), default=None)
+    if start is None:
+        return []
+    out = []
+    for l in lines[start + 1:start + 20]:
+        l = l.strip("┃│ ")
+        if l.startswith("- "):
+            out.append(l[2:].strip())
+        elif "Confirm" in l:
+            break
+    return out
+
+
+_INPUT_PLACEHOLDER = "Type your message or @path/to/file"
+
+
+def _input_after(tail, start, sign=">"):
+    """The input that begins on the first line after `start` starting with `sign` ("> " then
+    continuation lines, up to a blank line or a rule) -> its text ("" for the placeholder), or None."""
+    for i in range(start + 1, min(len(tail), start + 6)):
+        line = tail[i].strip()
+        if line.startswith(sign):
+            lines = [line[len(sign):].strip()]
+            for l in tail[i + 1:i + 60]:
+                if not l.strip() or _RULE_RE.match(l):
+                    break
+                lines.append(l.strip())
+            text = "\n".join(lines).replace("\u200b", "").strip()
+            return "" if text == _INPUT_PLACEHOLDER else text
+    return None
+
+
+def gemini_prompt(screen_esc):
+    """-> ('permission', options) | ('input', text) | ('busy', text) | None, from a Gemini CLI screen
+    (busy: its spinner line "… (esc to cancel, Ns)" shows above the input: a hook runs, Enter is lost)."""
+    tail = [_unboxed(l) for l in screen_lines(screen_esc)[-60:]]
+    asks = [i for i, l in enumerate(tail) if l.strip().startswith(("Allow execution of", "Apply this change?"))
+            or (l.strip().startswith("Allow ") and l.strip().endswith("?"))]
+    if asks:
+        options = _menu(tail, asks[-1])
+        if options and option_kind(options[0][1]) == "once":
+            return ("permission", options)
+    _, rule = _rule_bounds(tail)
+    if rule is None:
+        return None
+    text = _input_after(tail, rule)
+    if text is None:
+        return None
+    busy = any("esc to cancel" in l for l in tail[max(0, rule - 3):rule])
+    return ("busy" if busy else "input", text)
+
+
+# Qwen Code's input with nothing typed: the cursor (underlined) right after "> ", the rest in its
+# placeholder colour: "Type your message…", or a suggested next prompt it shows after a turn
+# ("> Hello from the fake model." in the lab: Tab takes it, typing replaces it).
+_QWEN_UNTYPED_RE = LazyPattern(r"> (?:\x1b\[[0-9;]*m)*\x1b\[4m(?:\x1b\[[0-9;]*m)*[^\x1b](?:\x1b\[[0-9;]*m)*\x1b\[38;5;103m")
+
+
+def qwen_prompt(screen_esc):
+    """-> ('permission', options) | ('input', text) | ('busy', text) | None, from a Qwen Code screen
+    (busy: "… (Ns · esc to cancel)" above the input, "Enter to steer" in the footer). The text is ""
+    when nothing is typed (its placeholder, or a suggestion it shows in the placeholder's colour:
+    told apart with the screen's escapes)."""
+    tail = [_unboxed(l) for l in screen_lines(screen_esc)[-60:]]
+    asks = [i for i, l in enumerate(tail) if l.strip().startswith(("Allow execution of", "Apply this change?"))]
+    if asks:
+        options = _menu(tail, asks[-1])
+        if options and option_kind(options[0][1]) == "once":
+            return ("permission", options)
+    top, bottom = _rule_bounds(tail)
+    if top is None:
+        return None
+    text = _input_after(tail, top)
+    if text is None:
+        return None
+    if text and any(_QWEN_UNTYPED_RE.search(l) for l in screen_esc.split("\n")[-60:]):
+        text = ""  # a suggestion, not typed text
+    busy = any("esc to cancel" in l for l in tail[max(0, top - 3):top]) or \
+        any("Enter to steer" in l for l in tail[bottom + 1:])
+    return ("busy" if busy else "input", text)
+
+
+def pi_prompt(screen_esc):
+    """-> ('input', text) | ('busy', text) | None, from a Pi screen (the editor is the lines between
+    its two ─── rules; busy: "Working..." above them). Pi never asks for a permission."""
+    tail = screen_lines(screen_esc)[-60:]
+    top, bottom = _rule_bounds(tail)
+    if top is None:
+        return None
+    text = "\n".join(l.rstrip() for l in tail[top + 1:bottom]).strip("\n")
+    busy = any("Working..." in l for l in tail[max(0, top - 3):top])
+    return ("busy" if busy else "input", text)
+
+
+def _text_steps(text, submitted, paste_shown=None, enter_after=TEXT_SETTLE):
+    """Type a prompt and submit it. One line: the text, then Enter only once it is on screen and a
+    moment later (Codex takes input that comes fast as a paste, and an Enter inside a paste as a
+    newline: seen with Enter right after). Several lines: one bracketed paste, then Enter once the
+    agent shows it (`paste_shown(screen)`, default: its last line on screen) and `enter_after`
+    seconds more. Then wait for the prompt to be submitted (`submitted(screen, needle)`)."""
+    last = [l for l in text.split("\n") if l.strip()][-1].strip()
+    needle = last[-20:]
+
+    def shown(screen):  # (a long paste may show as "[Pasted Content …]" instead)
+        tail = "\n".join(screen_lines(screen)[-40:])
+        return needle in tail or "[Pasted" in tail
+    if "\n" in text:
+        first = ("paste", text)
+        what = "the pasted text in the input"
+        check = paste_shown or shown
+        timeout = PASTE_SHOWN_TIMEOUT
+    else:
+        first, what, check, timeout = ("literal", text), "the typed text on screen", shown, None
+    return [first, ("expect", what, check, enter_after, timeout), ("keys", ["Enter"]),
+            ("expect", "the prompt being submitted", lambda screen: submitted(screen, needle), None, SUBMIT_TIMEOUT)]
 
 
 def _not_input(title, found):
-    """The refusal for text sent to a screen that shows no prompt input."""
+    """The refusal for text sent to a screen that shows no prompt input: at once when it shows a
+    permission prompt (another look will not change that), else after the screen settles."""
     kind = found[0] if found else None
-    return ReplyRefused("the %s screen does not show its prompt input%s" % (
-        title, " (it shows a permission prompt)" if kind in ("permission", "confirm-always") else ""))
+    if kind in ("permission", "confirm-always"):
+        return ReplyRefused("%s is asking for a permission; text is typed only at its prompt input "
+                            "(answer the permission first)" % title, 0)
+    if kind == "busy":
+        return ReplyRefused("%s is busy (its screen says so); text is typed only when it waits at its "
+                            "prompt input" % title, BUSY_WAIT)
+    return ReplyRefused("%s's screen does not show its prompt input" % title)
+
+
+def _not_permission(title, found, action):
+    """The refusal for an answer to a screen that shows no permission prompt."""
+    what = "nothing to %s" % ("deny" if action == "deny" else "approve")
+    if found and found[0] in ("input", "busy"):
+        return ReplyRefused("%s shows its prompt input, not a permission prompt; there is %s" % (title, what))
+    return ReplyRefused("%s's screen does not show a permission prompt; there is %s" % (title, what))
+
+
+def _holds_text(title, text):
+    return ReplyRefused("%s's input already holds text (%r); not typing into it: clear it in its pane "
+                        "first" % (title, text[:40]))
 
 
 def _gone(read, found):
@@ -2283,30 +2574,53 @@ def _gone(read, found):
     return gone
 
 
+def _input_empty(read):
+    """-> predicate: the reader sees its input, and it is empty (a prompt was submitted)."""
+    def empty(screen):
+        now = read(screen)
+        return now is not None and now[0] in ("input", "busy") and not now[1]
+    return empty
+
+
+def _digit_plan(title, read, action, screen_esc, covers=None, grace=None):
+    """A numbered menu answered by its digit: the option is read from the screen (never assumed)."""
+    found = read(screen_esc)
+    if not found or found[0] != "permission":
+        raise _not_permission(title, found, action)
+    picked = _pick(found[1], action)
+    if picked is None:
+        raise _no_option(title, action, found[1])
+    gone = _gone(read, found)
+    steps = [_answer(picked, covers(picked[1]) if covers and action == "approve-always" else None)]
+    if grace:
+        steps.append(("hold", grace, "the permission prompt", lambda screen: not gone(screen)))
+    return steps + [("keys", [str(picked[0])]), ("expect", "the prompt going away after the key", gone)]
+
+
+def _claude_covers(option):
+    low = option.lower().replace("\u2019", "'")
+    if "always allow access to" in low:
+        return ("Claude allows access to that directory, not this command: the same call may ask "
+                "again (seen with Claude Code 2.1.330)")
+    return None
+
+
 def claude_reply_plan(action, screen_esc, text=None):
     """Claude Code: a digit picks a permission option; a prompt goes into an empty composer."""
-    found = claude_prompt(screen_esc)
     if action == "text":
+        found = claude_prompt(screen_esc)
         if not found or found[0] != "input":
             raise _not_input("Claude Code", found)
         if found[1]:
-            raise ReplyRefused("the Claude Code input already holds text (%r); not typing into it" % found[1][:40])
+            raise _holds_text("Claude Code", found[1])
 
-        def submitted(screen, needle, typed_screen):
+        def submitted(screen, needle):
             f = claude_prompt(screen)
             return f is None or f[0] != "input" or needle not in f[1]
-        return _text_steps(text, screen_esc, submitted)
-    if not found or found[0] != "permission":
-        raise ReplyRefused("the Claude Code screen does not show a permission prompt")
-    picked = _pick(found[1], action)
-    if picked is None:
-        raise ReplyRefused("this Claude Code prompt offers no option for %s (options: %s)" % (
-            action, "; ".join("%d. %s" % o for o in found[1])))
-    gone = _gone(claude_prompt, found)
+        return _text_steps(text, submitted, lambda screen: bool((claude_prompt(screen) or ("", ""))[1]))
     # Claude Code ignores keys in the first ~0.1 s a permission prompt is up (seen: a digit 50 ms after
     # it appeared was dropped, 100 ms after was taken): see it up that long first
-    return [("hold", CLAUDE_PROMPT_GRACE, "the permission prompt", lambda screen: not gone(screen)),
-            ("keys", [str(picked[0])]), ("expect", "the prompt going away after the key", gone)]
+    return _digit_plan("Claude Code", claude_prompt, action, screen_esc, _claude_covers, CLAUDE_PROMPT_GRACE)
 
 
 def codex_reply_plan(action, screen_esc, text=None):
@@ -2316,17 +2630,16 @@ def codex_reply_plan(action, screen_esc, text=None):
         if not found or found[0] != "input":
             raise _not_input("Codex", found)
 
-        def submitted(screen, needle, typed_screen):
-            composer = [l for l in screen_lines(screen)[-8:] if l.startswith("› ")]
-            return not composer or needle not in composer[-1]
-        return _text_steps(text, screen_esc, submitted)
+        def submitted(screen, needle):
+            composer = "\n".join(screen_lines(screen)[-12:])
+            return "› " not in composer or needle not in composer.split("› ")[-1]
+        return _text_steps(text, submitted)
     if not found or found[0] != "permission":
-        raise ReplyRefused("the Codex screen does not show a permission prompt")
-    picked = next((key for number, label, key in found[1] if _pick([(number, label)], action)), None)
+        raise _not_permission("Codex", found, action)
+    picked = next((o for o in found[1] if _pick([o], action)), None)
     if picked is None:
-        raise ReplyRefused("this Codex prompt offers no option for %s (options: %s)" % (
-            action, "; ".join("%d. %s (%s)" % o for o in found[1])))
-    return [("keys", ["Escape" if picked == "esc" else picked]),
+        raise _no_option("Codex", action, found[1])
+    return [_answer(picked), ("keys", ["Escape" if picked[2] == "esc" else picked[2]]),
             ("expect", "the prompt going away after the key", _gone(codex_prompt, found))]
 
 
@@ -2338,17 +2651,28 @@ def opencode_reply_plan(action, screen_esc, text=None):
     if action == "text":
         if kind != "input":
             raise _not_input("OpenCode", found)
-        return _text_steps(text, screen_esc, lambda screen, needle, typed_screen: screen != typed_screen)
+
+        held = opencode_input(screen_esc)
+        if held:
+            raise _holds_text("OpenCode", held)
+
+        def pasted(screen):  # OpenCode shows a paste as "[Pasted ~N lines]", not its text
+            return "[Pasted ~" in (opencode_input(screen) or "")
+
+        def submitted(screen, needle):
+            now = opencode_input(screen)
+            return now is not None and "[Pasted ~" not in now and needle not in now
+        return _text_steps(text, submitted, pasted)
     if kind not in ("permission", "confirm-always"):
-        raise ReplyRefused("the OpenCode screen does not show a permission prompt")
+        raise _not_permission("OpenCode", found, action)
 
     def gone(screen):  # neither the buttons nor the "Always allow" confirmation
         now = opencode_prompt(screen)
         return now is None or now[0] not in ("permission", "confirm-always")
     if kind == "confirm-always":
-        raise ReplyRefused("OpenCode is asking to confirm an 'Allow always' already; answer it in its pane")
+        raise ReplyRefused("OpenCode is asking to confirm an 'Allow always' already; answer it in its pane", 0)
     if action == "deny":
-        return [("keys", ["Escape"]), ("expect", "the prompt going away after the key", gone)]
+        return [("answer", "“Reject”"), ("keys", ["Escape"]), ("expect", "the prompt going away after the key", gone)]
     selected = found[1]
     if selected is None:
         raise ReplyRefused("cannot tell which OpenCode button is selected")
@@ -2358,7 +2682,7 @@ def opencode_reply_plan(action, screen_esc, text=None):
     def on_target(screen):
         f = opencode_prompt(screen)
         return f is not None and f[0] == "permission" and f[1] == target
-    steps = []
+    steps = [("answer", "“%s”" % target)]
     if moves:
         steps += [("keys", ["Right"] * moves), ("expect", "%r selected" % target, on_target)]
     steps.append(("keys", ["Enter"]))
@@ -2366,9 +2690,79 @@ def opencode_reply_plan(action, screen_esc, text=None):
         def confirm(screen):
             f = opencode_prompt(screen)
             return f is not None and f[0] == "confirm-always" and f[1] == "Confirm"
-        steps += [("expect", "the 'Always allow' confirmation with Confirm selected", confirm), ("keys", ["Enter"])]
+        steps += [("expect", "the 'Always allow' confirmation with Confirm selected", confirm),
+                  ("answer-from-screen", lambda screen: "“Allow always”: %s until OpenCode restarts" % (
+                      ", ".join("`%s`" % p for p in opencode_always_patterns(screen)) or "this call")),
+                  ("keys", ["Enter"])]
     steps.append(("expect", "the prompt going away after the key", gone))
     return steps
+
+
+def _gemini_covers(option):
+    return ("Gemini allows, until it exits, shell commands with the same first word, and every file write "
+            "once a file prompt was allowed (nothing is written to its settings)")
+
+
+def _qwen_covers(option):
+    low = option.lower()
+    if "in this project" in low:
+        return "Qwen wrote it to <project>/.qwen/settings.json"
+    if "for this user" in low:
+        return "Qwen wrote it to ~/.qwen/settings.json"
+    return "Qwen switches this run to auto-accept edits (every file edit, not shell commands)"
+
+
+def _enter_taken(read, title):
+    """After Enter: the input emptied (else the text stays typed and it was not sent)."""
+    empty = _input_empty(read)
+
+    def submitted(screen, needle):
+        return empty(screen)
+    return submitted
+
+
+def gemini_reply_plan(action, screen_esc, text=None):
+    """Gemini CLI: a digit picks a permission option (the "No" digit is 3 on shell prompts, 4 on file
+    prompts: read, never assumed); a prompt goes into its empty input, Enter ~2 s after a paste."""
+    if action == "text":
+        found = gemini_prompt(screen_esc)
+        if not found or found[0] != "input":
+            raise _not_input("Gemini CLI", found)
+        if found[1]:
+            raise _holds_text("Gemini CLI", found[1])
+        return _text_steps(text, _enter_taken(gemini_prompt, "Gemini CLI"),
+                           lambda screen: bool((gemini_prompt(screen) or ("", ""))[1]),
+                           enter_after=GEMINI_PASTE_SETTLE if "\n" in text else TEXT_SETTLE)
+    return _digit_plan("Gemini CLI", gemini_prompt, action, screen_esc, _gemini_covers)
+
+
+def qwen_reply_plan(action, screen_esc, text=None):
+    """Qwen Code: a digit picks a permission option (No is 4 on shell prompts, 3 on file prompts);
+    a prompt goes into its input only when that is empty (after an Esc it holds the old prompt),
+    checked over a few frames (one redraw frame showed other text there)."""
+    if action == "text":
+        found = qwen_prompt(screen_esc)
+        if not found or found[0] != "input":
+            raise _not_input("Qwen Code", found)
+        if found[1]:
+            raise _holds_text("Qwen Code", found[1])
+        empty = _input_empty(qwen_prompt)
+        return [("hold", TEXT_SETTLE, "the empty input", empty)] + _text_steps(
+            text, _enter_taken(qwen_prompt, "Qwen Code"), lambda screen: bool((qwen_prompt(screen) or ("", ""))[1]))
+    return _digit_plan("Qwen Code", qwen_prompt, action, screen_esc, _qwen_covers)
+
+
+def pi_reply_plan(action, screen_esc, text=None):
+    """Pi: no permission prompts (its tools run without asking); a prompt goes into its empty editor."""
+    if action != "text":
+        raise ReplyRefused("Pi never asks for a permission (its tools run without asking); there is "
+                           "nothing to %s" % ("deny" if action == "deny" else "approve"), 0)
+    found = pi_prompt(screen_esc)
+    if not found or found[0] != "input":
+        raise _not_input("Pi", found)
+    if found[1]:
+        raise _holds_text("Pi", found[1])
+    return _text_steps(text, _enter_taken(pi_prompt, "Pi"), lambda screen: bool((pi_prompt(screen) or ("", ""))[1]))
 
 
 ##############################################################################
@@ -2417,6 +2811,8 @@ class Hooks(Record):
         ("states", {}),  # hook_event_name -> "idle" | "running" | "prompt" (running, with the prompt) |
                          # "permission" (waiting on a tool) | "notification" | "error" | "end" (it exited)
         ("notifications", ()),  # the notification_types that mean a prompt waits for the user
+        ("idle_notifications", ()),  # notification_types saying it waits at its prompt input, the turn over:
+                                     # one still under way was stopped (Qwen Code's Esc during retries)
         ("pid_env", None),  # an environment variable in which the agent gives its hooks its own pid
     )
 
@@ -2640,7 +3036,8 @@ function slim(event) {
     status: st ? { type: clip(st.type, 50), message: clip(st.message, 1000), attempt: st.attempt } : undefined,
     error: err ? { name: clip(err.name, 200), data: { message: clip(err.data && err.data.message, 1000) } } : undefined,
     permission: clip(p.permission, 200),
-    patterns: Array.isArray(p.patterns) ? p.patterns.slice(0, 1).map((x) => clip(String(x), 1000)) : undefined };
+    patterns: Array.isArray(p.patterns) ? p.patterns.slice(0, 1).map((x) => clip(String(x), 1000)) : undefined,
+    reply: clip(p.reply, 50) };
   if (event.type === "session.updated" && p.info) {
     out.title = clip(p.info.title, 1000); out.parentID = clip(p.info.parentID, 200);
     out.directory = clip(p.info.directory, 4096);
@@ -2841,6 +3238,7 @@ AMP = AgentSpec(
     resume_args=("threads", "continue", "{id}"), resumes_anywhere=True,
     session_switches=("--last",), session_commands=("threads continue", "threads", "resume", "fork"),
     switches=("--dangerously-allow-all", "--last"),
+    # no replies: Amp could not be run offline, so its screens were never seen (reply_plan refuses)
     # its models are priced by the list prices of their vendors (the other specs' prices)
 )
 
@@ -2859,7 +3257,8 @@ GEMINI = AgentSpec(
     resume_args=("{flags}", "--resume", "{id}"),
     session_flags=("--resume", "-r", "--session-id", "--session-file", "--prompt-interactive", "-i"),
     switches=("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--skip-trust", "--screen-reader"),
-    # replies: not learned yet (its screens are in tests/fixtures/gemini/screens); no list prices known
+    prompt_reader=gemini_prompt, reply_planner=gemini_reply_plan,
+    # no list prices known
 )
 
 QWEN = AgentSpec(
@@ -2869,14 +3268,16 @@ QWEN = AgentSpec(
     process=Process(names=("qwen",), via_node=True, package="qwen-code", entry_files=("cli.js", "cli-entry.js"),
                     one_shot=("-p", "--prompt", "--print"), helpers=("mcp", "extensions", "hooks")),
     id_flags=("--resume", "-r", "--session-id"),
-    hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS),
+    # its Notification "idle_prompt" comes ~1.7 s after each turn's Stop, and after an Esc that stopped a turn
+    hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS, idle_notifications=("idle_prompt",)),
     install=HookInstall(file="settings.json", events=QWEN_HOOK_EVENTS, only_if_set_up=True),  # its default timeout
     # chats are kept per project (~/.qwen/projects/<cwd>): resumed only from that directory
     resume_args=("{flags}", "--resume", "{id}"),
     session_flags=("--resume", "-r", "--session-id", "--prompt-interactive", "-i"),
     session_switches=("--continue", "-c"),
     switches=("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--continue", "-c"),
-    # replies: not learned yet (its screens are in tests/fixtures/qwen/screens); no list prices known
+    prompt_reader=qwen_prompt, reply_planner=qwen_reply_plan,
+    # no list prices known
 )
 
 PI = AgentSpec(
@@ -2892,7 +3293,8 @@ PI = AgentSpec(
     resume_args=("{flags}", "--session", "{id}"), fork_args=("{flags}", "--fork", "{id}"), resumes_anywhere=True,
     session_flags=("--session", "--fork"), session_switches=("--continue", "-c", "--resume", "-r"),
     switches=("--continue", "-c", "--resume", "-r", "--no-session", "--verbose"),
-    # replies: not learned yet (its screens are in tests/fixtures/pi/screens); no list prices: it records its cost
+    prompt_reader=pi_prompt, reply_planner=pi_reply_plan,  # text only: Pi never asks for a permission
+    # no list prices: it records its cost
 )
 
 AGENT_SPECS = {spec.name: spec for spec in (CLAUDE, CODEX, OPENCODE, AMP, GEMINI, QWEN, PI)}
@@ -3012,16 +3414,19 @@ def conversation_args(agent, thread_id, flags=(), fork=False):
 
 def reply_plan(agent, action, screen_esc, text=None):
     """The steps that answer `action` on this agent's screen (captured with -e), from its spec's reply
-    planner: [("keys", [tmux key names]) | ("literal", text) | ("hold", seconds, description,
-    predicate(screen)) | ("expect", description, predicate(screen_esc)[, settle seconds])].
+    planner: [("keys", [tmux key names]) | ("literal", text) | ("paste", text: one bracketed paste) |
+    ("hold", seconds, description, predicate(screen)) | ("expect", description, predicate(screen_esc)
+    [, settle seconds[, timeout seconds]]) | ("answer", what the answer does, in the agent's words) |
+    ("answer-from-screen", screen -> those words, read from the last screen seen)].
     Raises ReplyRefused with the reason when the screen does not show the prompt the action answers."""
     if action not in REPLY_ACTIONS:
-        raise ReplyRefused("unknown action %r (one of %s)" % (action, ", ".join(REPLY_ACTIONS)))
+        raise ReplyRefused("unknown action %r (one of %s)" % (action, ", ".join(REPLY_ACTIONS)), 0)
     if action == "text":
-        check_reply_text(text)
+        text = check_reply_text(text)
     spec = AGENT_SPECS.get(agent)
     if spec is None or spec.reply_planner is None:
-        raise ReplyRefused("replying to %s is not supported (its prompts were not learned)" % agent)
+        raise ReplyRefused("replying to %s is not supported: its screens were never seen (it could not be run "
+                           "here), so nothing is typed into it" % (spec.title if spec else agent), 0)
     return spec.reply_planner(action, screen_esc, text)
 
 
@@ -3182,6 +3587,8 @@ def hook_event(agent, payload, environ=None):
         status = "waiting"
         tool = payload.get("tool_name")
         detail = "permission: %s" % tool if isinstance(tool, str) else "permission"
+    elif says == "notification" and payload.get("notification_type") in spec.hooks.idle_notifications:
+        status = "idle"  # at its prompt: the server ends a turn still under way as interrupted
     elif says == "notification":
         if payload.get("notification_type") not in spec.hooks.notifications:
             return None  # idle reminders and the like are not a change of state
@@ -3195,6 +3602,8 @@ def hook_event(agent, payload, environ=None):
     else:
         return None
     body = {"agent": agent, "status": status, "threadId": sid, "source": "hook"}
+    if says == "notification" and status == "idle":
+        body["idlePrompt"] = True
     if detail:
         body["detail"] = detail
     if alive is False:
@@ -5314,7 +5723,8 @@ class ClaudeWatcher(AgentWatcher):
                 state["cwd"] = entry["cwd"]
         registry_status = entry["status"] if entry else None
         status, detail = claude_live_status(state["status"], registry_status,
-                                            entry["waitingFor"] if entry else None, state["turns"])
+                                            entry["waitingFor"] if entry else None, state["turns"],
+                                            state.get("toolPending", False))
         if detail is None and status == state["status"]:
             detail = state["detail"]
         fields = dict(status=status, detail=detail, title=thread_title(state, entry["name"] if entry else None),
@@ -5708,11 +6118,12 @@ class OpenCodeWatcher(AgentWatcher):
                 self.error_logged = True
             return
         self.error_logged = False
-        for s, data, running_tool in updates:
-            self.core.guarded("opencode session %r" % (s["id"],), self._apply, s, data, running_tool)
+        for s, data, tool in updates:
+            self.core.guarded("opencode session %r" % (s["id"],), self._apply, s, data, tool)
 
     def _opencode_row(self, conn, s):
-        """One session row -> (row, newest message data, running tool), or None for an odd row
+        """One session row -> (row, newest message data, (a tool running, its last tool rejected)),
+        or None for an odd row
         (counted once): time_updated not a number, id not text."""
         import sqlite3
         if not valid_thread_id(self.agent, s["id"]) or isinstance(s["time_updated"], bool) \
@@ -5723,7 +6134,7 @@ class OpenCodeWatcher(AgentWatcher):
             return None
         msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "
                            "ORDER BY time_created DESC, id DESC LIMIT 1", (s["id"],)).fetchone()
-        running_tool = False
+        running_tool = rejected = False
         data = None
         if msg is not None:
             try:
@@ -5734,13 +6145,22 @@ class OpenCodeWatcher(AgentWatcher):
                 running_tool = conn.execute(
                     "SELECT 1 FROM part WHERE message_id = ? AND data LIKE '%\"status\":\"running\"%' LIMIT 1",
                     (msg["id"],)).fetchone() is not None
+                # the last few parts (ids grow with time): is the last call a rejected one?
+                parts = []
+                for row in conn.execute("SELECT data FROM part WHERE message_id = ? ORDER BY id DESC LIMIT 4",
+                                        (msg["id"],)):
+                    try:
+                        parts.append(json.loads(row["data"]))
+                    except (ValueError, TypeError, RecursionError):
+                        parts.append(None)
+                rejected = opencode_tool_rejected(parts)
             except sqlite3.InterfaceError:
                 running_tool = False
-        return s, data, running_tool
+        return s, data, (running_tool, rejected)
 
-    def _apply(self, s, data, running_tool):
+    def _apply(self, s, data, tool):
         self.newest_seen = max(self.newest_seen, s["time_updated"])
-        status, detail = opencode_status(data, running_tool)
+        status, detail = opencode_status(data, *tool)
         model = None
         try:
             m = json.loads(s["model"]) if s["model"] else None
@@ -6628,28 +7048,55 @@ def preview_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
 
 
 REPLY_SCREEN_WAIT = 1.5  # a prompt the status says is up may take this long to show on screen
+REPLY_SCREEN_STILL = 0.3  # ... but a screen that stays the same this long will not show it
 REPLY_EXPECT_TIMEOUT = 2.0
-PREVIEW_INTERVAL = 0.3  # a shown preview is read at most ~3 times a second
+PREVIEW_INTERVAL = 0.3  # a preview that cannot follow its pane's output is read at most this often
+PASTE_BUFFER = "opensessions-reply"  # the tmux paste buffer a multi-line reply goes through (deleted after)
+
+
+def plan_when_ready(read_screen, plan, clock=time.monotonic, sleep=time.sleep, wait=REPLY_SCREEN_WAIT,
+                    still=REPLY_SCREEN_STILL):
+    """Make the reply's plan from the pane's screen, looking again only while that may help: a
+    refusal that says the screen shows something definite (another prompt: ReplyRefused.wait == 0)
+    is final at once; otherwise the screen is read again while it changes (the status can come
+    before the prompt is drawn: a hook fires as it draws), up to the refusal's own wait (a busy
+    agent) or `wait`, and a screen that stays the same for `still` seconds ends it.
+    -> (steps, screen) or raises the last ReplyRefused."""
+    began = clock()
+    last = None
+    same_since = began
+    while True:
+        screen = read_screen()
+        try:
+            return plan(screen), screen
+        except ReplyRefused as e:
+            now = clock()
+            limit = wait if e.wait is None else e.wait
+            if screen != last:
+                last, same_since = screen, now
+            if now - began >= limit or (now - same_since >= still and limit <= wait):
+                raise
+        sleep(0.05)
 
 
 def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=time.sleep,
-                    timeout=REPLY_EXPECT_TIMEOUT, guard=None):
+                    timeout=REPLY_EXPECT_TIMEOUT, guard=None, said=None):
     """Send the steps of reply_plan to a pane through the tmux gateway. A "hold" step checks the
     prompt stays up for a while before a key; an "expect" step waits for the screen to show what it
-    needs before anything more is sent: when that does not come, the rest is not sent (ReplyRefused
-    says what was). `guard()` (foreground_guard) is asked right before each keystroke step: a
-    reason stops the reply there (ReplyRefused says what was typed before). `screen` is the
-    screen the plan was made from.
+    needs before anything more is sent (its own timeout, else `timeout`): when that does not come,
+    the rest is not sent (ReplyRefused says what was). `guard()` (foreground_guard) is asked
+    right before each step that sends: a reason stops the reply there. `screen` is the screen the
+    plan was made from; `said` (a list) gets what "answer-from-screen" steps read.
     -> milliseconds from the last keys to the first change of the screen, or None."""
     sent = []
     sent_at = before = changed_ms = None
     for step in steps:
-        if step[0] in ("keys", "literal") and guard is not None:
+        if step[0] in ("keys", "literal", "paste") and guard is not None:
             reason = guard()
             if reason:
                 raise ReplyRefused("%s: %s" % (
                     ("sent %s; stopped before %s" % (", ".join(sent), " ".join(step[1]) if step[0] == "keys" else "the text"))
-                    if sent else "nothing was sent", reason))
+                    if sent else "nothing was sent", reason), 0)
         if step[0] == "keys":
             tmux.run("send-keys", "-t", pane, *step[1])
             sent_at, before, changed_ms = clock(), screen, None
@@ -6657,6 +7104,15 @@ def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=
         elif step[0] == "literal":
             tmux.run("send-keys", "-t", pane, "-l", "--", TmuxText(step[1]))
             sent.append("%d characters of text" % len(step[1]))
+        elif step[0] == "paste":
+            # bracketed (-p: tmux adds the brackets for a pane that asked for them), newlines kept
+            # as typed Enters would not be (-r), the buffer deleted after (-d)
+            tmux.run("set-buffer", "-b", PASTE_BUFFER, "--", step[1])
+            tmux.run("paste-buffer", "-p", "-r", "-d", "-b", PASTE_BUFFER, "-t", pane)
+            sent.append("%d lines of text as one paste" % (step[1].count("\n") + 1))
+        elif step[0] == "answer-from-screen":
+            if said is not None and screen is not None:
+                said.append(step[1](screen))
         elif step[0] == "hold":
             end = clock() + step[1]
             while True:
@@ -6667,7 +7123,8 @@ def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=
                     break
                 sleep(min(0.05, max(0.0, end - clock())))
         elif step[0] == "expect":
-            deadline = clock() + timeout
+            limit = step[4] if len(step) > 4 and step[4] else timeout
+            deadline = clock() + limit
             while True:
                 screen = tmux.run("capture-pane", "-p", "-e", "-t", pane)
                 if changed_ms is None and sent_at is not None and before is not None and screen != before:
@@ -6677,11 +7134,44 @@ def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=
                 if clock() > deadline:
                     raise ReplyRefused("%s%s: not seen within %.0f s" % (
                         ("sent %s; then waited for " % ", ".join(sent)) if sent else "waited for ",
-                        step[1], timeout))
+                        step[1], limit))
                 sleep(0.01)
             if len(step) > 3 and step[3]:
                 sleep(step[3])
     return changed_ms
+
+
+def reply_summary(action, agent_title, pane, steps, said, text, changed_ms):
+    """The one line a reply that went through prints: what was sent, to which agent and pane, what
+    the answer does (the option's own words), and how soon the screen showed it. Pure."""
+    answer = ([s[1] for s in steps if s[0] == "answer"] + list(said or []))[-1:]
+    keys = " ".join(k for s in steps if s[0] == "keys" for k in s[1])
+    if action == "text":
+        lines = text.count("\n") + 1
+        what = "sent %s to %s in pane %s (%s, then %s)" % (
+            "a %d-line prompt" % lines if lines > 1 else "the prompt", agent_title, pane,
+            "one paste" if lines > 1 else "%d characters" % len(text), keys)
+    else:
+        verb = {"approve": "approved once", "approve-always": "approved always", "deny": "denied"}[action]
+        what = "%s in %s, pane %s: %s (keys %s)" % (verb, agent_title, pane, answer[0] if answer else "", keys)
+    return what + ("; on screen %.0f ms after the last key" % changed_ms if changed_ms is not None
+                   else "; its screen did not change (not measured)")
+
+
+def reply_status_refusal(title, action, status):
+    """Why a thread's status rules out the reply, as a sentence (None when the status allows it)."""
+    if action == "text":
+        if status in ("done", "idle", "interrupted", "error", "waiting"):
+            return None
+        doing = {"running": "is working on a turn", "retry": "is retrying a failed request"}.get(status, "is %s" % status)
+        return "%s %s; text is sent only when it waits for input (wait for the turn to end, or interrupt it in its pane)" % (
+            title, doing)
+    if status == "waiting":
+        return None
+    state = {"running": "is working on a turn", "retry": "is retrying a failed request", "done": "has finished its turn",
+             "idle": "is idle at its prompt", "interrupted": "was interrupted", "error": "stopped on an error"}.get(
+        status, "is %s" % status)
+    return "%s %s; there is no permission to answer" % (title, state)
 
 
 def thread_preview(screen, lines=20):
@@ -7073,19 +7563,28 @@ SAVE_MAX_DELAY = 5.0  # ... or this long after the first unsaved change, whichev
 
 class ControlClient(object):
     """The hidden `tmux -C` client that tells us when panes, windows or clients change: started
-    and stopped here, its lines read here; each change calls
-    `on_change(delay)` (0 for a client switching windows), its end `on_exit()`."""
+    and stopped here, its lines read here; each change calls `on_change(delay)` (0 for a client
+    switching windows), its end `on_exit()`. It also runs commands whose answers come back on its
+    own stdout (`command(line, callback)`: a capture costs no tmux process), and follows the
+    output of one pane for a preview (`follow(pane, session, others)`: `on_output(pane)` per block
+    of output; see PreviewFeed)."""
 
-    def __init__(self, tmux, loop, environ, on_change, on_exit):
+    def __init__(self, tmux, loop, environ, on_change, on_exit, on_output=None):
         self.tmux = tmux
         self.loop = loop
         self.environ = environ
         self.on_change = on_change
         self.on_exit = on_exit
+        self.on_output = on_output  # (pane id) on %output of a followed pane; (pane id, True) on %pause
         self.proc = None
         self._buf = b""
         self._subscribed = False
         self._block = None  # output lines of the command block being read
+        self._block_end = None  # "%end <time> <number>": the one line that ends it (pane text cannot forge it)
+        self._answers = []  # callbacks of the commands we sent, in order: tmux answers in order
+        self._block_ours = False
+        self.session = None  # the session it is attached to ($id), from %session-changed
+        self.following = None  # (pane, session) whose output it takes, or None (no-output)
 
     @property
     def running(self):
@@ -7105,7 +7604,9 @@ class ControlClient(object):
             return
         self._buf = b""
         self._subscribed = False
-        self._block = None
+        self._block = self._block_end = None
+        self._answers = []
+        self.session = self.following = None
         os.set_blocking(self.proc.stdout.fileno(), False)
         self._wait_attached()
         self.loop.add_reader(self.proc.stdout.fileno(), self._on_readable)
@@ -7132,12 +7633,50 @@ class ControlClient(object):
                 return
             self._buf += chunk
 
-    def send(self, line):
+    def send(self, line, callback=None):
+        """One command (never several joined by ';': each would be answered on its own, and an
+        error drops the rest unanswered). Its answer, `callback(ok, lines)`, comes on the loop; a
+        client that ends first answers (False, [])."""
+        if self.proc is None:
+            return False
         try:
             self.proc.stdin.write(line.encode("utf-8") + b"\n")
             self.proc.stdin.flush()
         except (OSError, ValueError, AttributeError):
-            pass
+            return False
+        self._answers.append(callback)
+        return True
+
+    def command(self, line, callback):
+        """Run a command through this client; -> False when it cannot be sent (not running)."""
+        return self.send(line, callback)
+
+    def follow(self, pane, session, others):
+        """Take the output of `pane` (in `session`, a "$id") and of no other pane: attach to its
+        session, turn output on (with pause-after: tmux pauses a pane we fall behind on rather than
+        stop reading it) and pause every other pane there. Paused, not "off": a pane that every
+        attached client has off is not read at all, and its program would block."""
+        if self.proc is None or not re.match(r"^%\d+$", pane or "") or not re.match(r"^\$\d+$", session or ""):
+            return False
+        if self.session != session:
+            self.send("switch-client -t '%s'" % session)
+        if self.following is None:
+            self.send("refresh-client -f 'pause-after=2,!no-output'")
+        pauses = " ".join("-A '%s:pause'" % p for p in others if re.match(r"^%\d+$", p) and p != pane)
+        self.following = (pane, session)
+        return self.send("refresh-client -A '%s:continue'%s" % (pane, (" " + pauses) if pauses else ""))
+
+    def pause(self, panes):
+        """Pause panes that appeared in the followed session (their output is not wanted)."""
+        panes = [p for p in panes if re.match(r"^%\d+$", p)]
+        if panes and self.following:
+            self.send("refresh-client %s" % " ".join("-A '%s:pause'" % p for p in panes))
+
+    def unfollow(self):
+        """No pane's output any more (no-output, as it started)."""
+        if self.following is not None:
+            self.following = None
+            self.send("refresh-client -f no-output")
 
     def stop(self, grace=2.0):
         if self.proc is None:
@@ -7152,6 +7691,8 @@ class ControlClient(object):
             pass
         import subprocess
         proc, self.proc = self.proc, None
+        answers, self._answers = self._answers, []
+        self.following = None
         try:
             proc.terminate()
             proc.wait(grace)
@@ -7170,12 +7711,15 @@ class ControlClient(object):
                     f.close()
             except OSError:
                 pass
+        for callback in answers:  # nobody will answer them now
+            if callback is not None:
+                callback(False, [])
 
     def _on_readable(self):
         if self.proc is None:
             return
         try:
-            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            chunk = os.read(self.proc.stdout.fileno(), 262144)
         except BlockingIOError:
             chunk = None  # nothing new: still parse what _wait_attached kept
         except OSError:
@@ -7188,26 +7732,43 @@ class ControlClient(object):
         self._buf = lines.pop()
         interesting = False
         for raw in lines:
+            if self._block is not None:  # a command's answer: every line is its text up to its own %end
+                text = raw.decode("utf-8", "replace")
+                if text.startswith(self._block_end):
+                    self._end_block(text.startswith("%end"))
+                else:
+                    self._block.append(text)
+                continue
+            if raw.startswith(b"%output ") or raw.startswith(b"%extended-output "):
+                # the followed pane printed: only its id matters (the screen is read by a capture)
+                if self.on_output is not None:
+                    self.on_output(raw.split(b" ", 2)[1].decode("ascii", "replace"))
+                continue
             text = raw.decode("utf-8", "replace").rstrip("\r")
             parsed = parse_control_line(text)
             if parsed is None:
-                if self._block is not None:
-                    self._block.append(text)
                 continue
             if parsed[0] == "begin":
+                # "%begin <time> <number> <flags>": flags 1 for a command we sent on stdin
+                head = parsed[1].split(" ")
                 self._block = []
+                self._block_end = ("%end " + " ".join(head[:2]), "%error " + " ".join(head[:2]))
+                self._block_ours = head[2:3] == ["1"]
                 continue
             if parsed[0] in ("end", "error"):
-                if parsed[0] == "error":
-                    log("tmux control client command failed: %s" % " ".join(self._block or ()))
-                self._block = None
-                continue
-            if parsed[0] in ("output", "exit"):
+                continue  # (an end without its begin: nothing to close)
+            if parsed[0] in ("exit", "continue"):
                 continue  # EOF follows %exit
-            if parsed[0] == "session-changed" and not self._subscribed:
-                # subscribe once attached: sent earlier, tmux answers "no current client"
-                self._subscribed = True
-                self.send("refresh-client -B 'os-panes::%s'" % SUBSCRIPTION_FORMAT)
+            if parsed[0] == "pause":
+                if self.on_output is not None:
+                    self.on_output(parsed[1].strip(), True)
+                continue
+            if parsed[0] == "session-changed":
+                self.session = parsed[1].split(" ")[0]
+                if not self._subscribed:
+                    # subscribe once attached: sent earlier, tmux answers "no current client"
+                    self._subscribed = True
+                    self.send("refresh-client -B 'os-panes::%s'" % SUBSCRIPTION_FORMAT)
             if parsed[0] in SWITCH_EVENTS:
                 interesting = "switch"
             elif not interesting:
@@ -7215,6 +7776,16 @@ class ControlClient(object):
         if interesting:
             # a client went to another window: its sidebar comes at once (no coalescing wait)
             self.on_change(0 if interesting == "switch" else 0.005)
+
+    def _end_block(self, ok):
+        lines, self._block, self._block_end = self._block, None, None
+        if not self._block_ours:
+            return  # the attach's own answer, not one we asked for
+        callback = self._answers.pop(0) if self._answers else None
+        if not ok:
+            log("tmux control client command failed: %s" % " ".join(lines))
+        if callback is not None:
+            callback(ok, lines)
 
 
 class Processes(object):
@@ -7292,7 +7863,10 @@ def link_threads(threads, panes, processes):
         if key not in pid:
             continue
         if proc_pid in pane_of_pid:
-            pid[key] = proc_pid
+            # the pane's agent (Codex's TUI) rather than its helper holding the file (its app-server, a
+            # child that outlives a killed TUI): the thread lives and dies with the agent in the pane
+            front = processes.agents.get(pane_of_pid[proc_pid])
+            pid[key] = front[1] if front and front[0] == key[0] and front[1] in table else proc_pid
         else:
             # a daemon holds it (Codex's app-server, not in any pane): the thread is loaded, and
             # its pane comes from the TUI's `resume <id>` or, failing that, the cwd
@@ -7327,10 +7901,15 @@ def link_threads(threads, panes, processes):
 def guess_threads_by_cwd(threads, panes, processes, pid_links):
     """For each agent process in a pane that no thread is linked to by pid (`pid_links`, the links
     of link_threads), guess its thread: the same agent's visible thread whose directory holds the
-    pane's cwd most closely, newest first, not already alive in a pane. A pure function; a thread
-    is never guessed for two panes. -> [(thread key, pid, True, pane, "cwd")]"""
+    pane's cwd most closely, newest first, not already alive in a pane, and never one whose own
+    process we know (a registry, hook, plugin or open file named it): that thread is that process's,
+    not this one's. So a run killed and a new one started in the same directory leaves the killed
+    run's thread dead (or, Codex, held by the app-server it left behind, outside any pane) until its
+    own id is seen live. A pure function; a thread is never guessed for two panes.
+    -> [(thread key, pid, True, pane, "cwd")]"""
     linked_panes = {(key[0], pane) for key, _, _, pane, link in pid_links if pane}
     taken = {t.key for t in threads if t.alive and t.pane}
+    taken.update(t.key for t in threads if t.pid and t.link != "cwd")  # another process's thread
     links = []
     for pane_id, (agent, agent_pid, args) in sorted(processes.agents.items()):
         if (agent, pane_id) in linked_panes:
@@ -7849,6 +8428,160 @@ class Preferences(object):
                 t.usage = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
 
 
+PREVIEW_MIN_GAP = 0.1  # a followed pane is read at most 10 times a second, however fast it prints ...
+PREVIEW_BURST = 3  # ... after a burst of up to 3 reads at once (a command's echo, then its output)
+
+
+class PreviewFeed(object):
+    """Previews pushed to the clients that show them (GET /api/preview?follow=1): a shown pane is
+    read (capture-pane, answered through the control client: no tmux process per read) when tmux
+    says it printed (%output), at most every PREVIEW_MIN_GAP, and each watcher is sent its doc when
+    that changes (a burst of PREVIEW_BURST reads may come closer: a line typed and its output each
+    show at once). tmux 3.3a gives a control client the output of its own session's panes only: the
+    newest preview's pane is followed (the control client attaches to its session and pauses the
+    others there); a preview of a pane elsewhere is read every PREVIEW_INTERVAL while it is shown.
+    Given the loop, the control client, `capture(pane, callback(screen or None))` and `sessions()`
+    (the store's tmux sessions)."""
+
+    def __init__(self, loop, control, capture, sessions, clock=time.monotonic):
+        self.loop = loop
+        self.control = control
+        self.capture = capture
+        self.sessions = sessions
+        self.clock = clock
+        self.subs = {}  # token -> {"pane", "to_doc": screen -> doc, "send": doc -> None, "last": doc sent}
+        self.panes = {}  # pane -> {"screen", "at": last read, "busy": a read under way, "again": output since}
+        self.followed = None  # the pane whose output the control client takes
+        self._token = 0
+        self.reads = 0  # captures made (bench, tests)
+
+    def subscribe(self, pane, to_doc, send):
+        """A client shows `pane`: it is sent to_doc(screen) now and whenever that changes. -> token."""
+        self._token += 1
+        self.subs[self._token] = {"pane": pane, "to_doc": to_doc, "send": send, "last": None}
+        state = self.panes.get(pane)
+        if state is None:
+            state = self.panes[pane] = {"screen": None, "at": None, "busy": False, "again": False, "timer": None,
+                                        "tokens": float(PREVIEW_BURST)}
+        if state["screen"] is not None:
+            self._push(pane)
+        self._follow(pane)
+        self._read(pane)
+        return self._token
+
+    def unsubscribe(self, token):
+        sub = self.subs.pop(token, None)
+        if sub is None:
+            return
+        pane = sub["pane"]
+        if not any(s["pane"] == pane for s in self.subs.values()):
+            state = self.panes.pop(pane, None)
+            if state and state["timer"]:
+                state["timer"]()
+            if pane == self.followed:
+                self.followed = None
+                newest = max(self.subs, default=None)
+                if newest is not None:
+                    self._follow(self.subs[newest]["pane"])
+                else:
+                    self.control.unfollow()
+
+    def _session_of(self, pane):
+        """-> (session id, the other panes of that session), or (None, ())."""
+        for s in self.sessions():
+            panes = [p["id"] for w in s["windows"] for p in w["panes"]]
+            if pane in panes:
+                return s["id"], [p for p in panes if p != pane]
+        return None, ()
+
+    def _follow(self, pane):
+        session, others = self._session_of(pane)
+        if session is not None and self.control.running and self.control.follow(pane, session, others):
+            self.followed = pane
+        elif pane == self.followed:
+            self.followed = None
+
+    def tmux_changed(self):
+        """tmux's panes changed (or the control client was started again): new panes in the followed
+        session are paused; a followed pane whose client restarted is followed again."""
+        if not self.subs:
+            return
+        want = self.subs[max(self.subs)]["pane"]
+        following = self.control.following
+        if following is None or following[0] != want or self._session_of(want)[0] != following[1]:
+            self._follow(want)
+        elif self.followed:
+            session, others = self._session_of(self.followed)
+            known = self.panes.get(self.followed, {}).setdefault("others", set(others))
+            new = [p for p in others if p not in known]
+            if new:
+                known.update(new)
+                self.control.pause(new)
+
+    def on_output(self, pane, paused=False):
+        """The control client saw output of `pane` (or tmux paused it: we fell behind)."""
+        if pane not in self.panes:
+            return  # another pane of that session, printed before its pause took effect
+        if paused:
+            if pane == self.followed:
+                self.control.send("refresh-client -A '%s:continue'" % pane)
+        self._read(pane)
+
+    def _read(self, pane):
+        """Read the pane now if its budget allows (a token per PREVIEW_MIN_GAP, PREVIEW_BURST at
+        most), else when it does; one read under way at a time, output meanwhile asks for one more."""
+        state = self.panes.get(pane)
+        if state is None:
+            return
+        if state["busy"]:
+            state["again"] = True
+            return
+        now = self.clock()
+        if state["at"] is not None:
+            state["tokens"] = min(float(PREVIEW_BURST), state["tokens"] + (now - state["at"]) / PREVIEW_MIN_GAP)
+        state["at"] = now
+        if state["tokens"] < 1.0 - 1e-6:
+            if not state["timer"]:
+                wait = max(0.005, (1.0 - state["tokens"]) * PREVIEW_MIN_GAP)
+                state["timer"] = self.loop.call_later(wait, self._timer_read, pane)
+            return
+        state["tokens"] = max(1.0, state["tokens"])
+        state["tokens"] -= 1.0
+        state["busy"], state["again"] = True, False
+        self.reads += 1
+        self.capture(pane, lambda screen: self._got(pane, screen))
+
+    def _timer_read(self, pane):
+        state = self.panes.get(pane)
+        if state is not None:
+            state["timer"] = None
+            self._read(pane)
+
+    def _got(self, pane, screen):
+        state = self.panes.get(pane)
+        if state is None:
+            return
+        state["busy"] = False
+        if screen is not None and screen != state["screen"]:
+            state["screen"] = screen
+            self._push(pane)
+        if state["again"]:
+            self._read(pane)
+        elif pane != self.followed and not state["timer"]:
+            # no output notifications for a pane in another session: look again in a while
+            state["timer"] = self.loop.call_later(PREVIEW_INTERVAL, self._timer_read, pane)
+
+    def _push(self, pane):
+        screen = self.panes[pane]["screen"]
+        for sub in list(self.subs.values()):
+            if sub["pane"] != pane:
+                continue
+            doc = sub["to_doc"](screen)
+            if doc != sub["last"]:
+                sub["last"] = doc
+                sub["send"](doc)
+
+
 class Server(object):
     """Live state from tmux (+ watchers), served over HTTP and Server-Sent Events: the hub that
     owns the loop and the store, follows tmux, runs the apply step and publishes. Its rooms: the
@@ -7882,6 +8615,8 @@ class Server(object):
         self.read_deadline = READ_DEADLINE
         self.peer_uids = True  # False: act as where the kernel cannot name a peer (macOS): token only
         self.control = ControlClient(tmux, self.loop, self.environ, self.schedule_refresh, self._on_control_exit)
+        self.previews = PreviewFeed(self.loop, self.control, self._capture_for_preview, lambda: self.store.sessions)
+        self.control.on_output = self.previews.on_output
         self.api = Api(self.store, clock, tmux, ApiHost(
             publish=self.publish, refresh=self.schedule_refresh, pane_of_pid=self.linker.pane_of,
             update_thread=self.apply_thread_update, relink=self.linker.link, notify=self.notify_user,
@@ -7956,7 +8691,7 @@ class Server(object):
     def http_door(self):
         """What the HTTP layer may ask of this server (an HttpDoor)."""
         return HttpDoor(self.peer_uids, self.read_deadline, self.token_ok, self.store, self.loop.call, self.api,
-                        lambda pane: self.tmux.run("capture-pane", "-p", "-t", pane), self.health)
+                        lambda pane: self.tmux.run("capture-pane", "-p", "-t", pane), self.health, self.previews)
 
     def health(self):
         """This server's figures for /health."""
@@ -7966,7 +8701,10 @@ class Server(object):
                 "skippedLongLines": watchers.long_lines if watchers is not None else 0,
                 "inotify": bool(watchers is not None and watchers.inotify is not None),
                 "watch": watchers.watch_stats() if watchers is not None else None,
-                "hosts": self.remote.health() if self.remote is not None else None}
+                "hosts": self.remote.health() if self.remote is not None else None,
+                # previews pushed to clients: how many are shown, the pane whose output is followed, reads made
+                "previews": {"shown": len(self.previews.subs), "followed": self.previews.followed,
+                             "reads": self.previews.reads}}
 
     def _bind(self):
         try:
@@ -8115,6 +8853,18 @@ class Server(object):
             self.sidebars.sync()  # first: a window a client just switched to gets its sidebar sooner
         self.facts.refresh()
         self.on_tmux_refreshed()
+        self.previews.tmux_changed()
+
+    def _capture_for_preview(self, pane, callback):
+        """A pane's screen (with escapes) for a preview: answered through the control client when it
+        runs (no tmux process), else read here. callback(screen, or None when it cannot be read)."""
+        if self.control.command("capture-pane -p -e -t '%s'" % pane,
+                                lambda ok, lines: callback("\n".join(lines) if ok else None)):
+            return
+        try:
+            callback(self.tmux.run("capture-pane", "-p", "-e", "-t", pane))
+        except TmuxError:
+            callback(None)
 
     def on_tmux_refreshed(self):
         """Panes and clients changed: re-link threads to panes, clear what a client now views."""
@@ -8418,7 +9168,13 @@ class Api(object):
             return False
         current = self.store.threads.get((ev["agent"], thread_id))
         status = ev["status"]
-        if status == "idle":
+        if ev["idlePrompt"]:
+            # the agent waits at its prompt input: a turn still under way was stopped there (an Esc
+            # during retries leaves nothing in Qwen's chat file); anything else stays as it is
+            if current is None or current.status not in ("running", "retry"):
+                return session is not None
+            status = "interrupted"
+        elif status == "idle":
             status = settle_idle(current.status if current else None)
         fields = dict(status=status, title=ev["threadName"], detail=ev["detail"], attempt=ev["attempt"],
                       cwd=ev["projectDir"], model=ev["model"], pid=ev["pid"],
@@ -8526,7 +9282,8 @@ class Api(object):
 
     def api_reply(self, body):
         """POST /api/reply {"thread", "action", "text"}: checked here on the loop (thread, status,
-        exact pane link); the returned function reads the screen and types, off the loop."""
+        exact pane link); the returned function reads the screen and types, off the loop, and
+        returns what was done ({"sent": one line, "answer": the option's words, "ms": key to screen})."""
         if body.get("host") is not None:  # a thread on another machine: its own server checks and types
             return self._to_host("reply", body)
         action = body.get("action")
@@ -8535,64 +9292,59 @@ class Api(object):
         t = self._thread_by_id(body.get("thread"))
         text = body.get("text") if action == "text" else None
         what = "%s %s/%s" % (action, t.agent, t.id)
+        spec = AGENT_SPECS.get(t.agent)
+        title = spec.title if spec else t.agent
 
         def refuse(reason):
             log("reply %s refused: %s" % (what, reason))
             raise ApiError(409, reason)
         if action == "text":
             try:
-                check_reply_text(text)
+                text = check_reply_text(text)
             except ReplyRefused as e:
                 log("reply %s refused: %s" % (what, e))
                 raise ApiError(400, str(e))
-            if t.status not in ("done", "idle", "interrupted", "error", "waiting"):
-                refuse("the thread is %s; text is sent only to a thread that waits for input or is done" % t.status)
-        elif t.status != "waiting":
-            refuse("the thread is %s, not waiting on a permission" % t.status)
+        reason = reply_status_refusal(title, action, t.status)
+        if reason:
+            refuse(reason)
         if not t.alive:
-            refuse("the agent's process is gone")
+            refuse("%s's process has exited; there is nothing to answer" % title)
         if not t.pane or t.link != "pid" or not t.pid:
-            refuse("the thread's pane is not known exactly (%s)" % (
-                "linked by its directory only" if t.link == "cwd" else "no pane"))
+            refuse("the thread's pane is not known exactly (%s); nothing is typed into a guess" % (
+                "it was linked by its directory only" if t.link == "cwd" else "no pane"))
         pane = self._pane_of(t.pane)
         if pane is None or not pane.get("pid"):
             refuse("pane %s is gone" % t.pane)
         newer = [u for u in self.store.threads.values() if u is not t and u.agent == t.agent and u.alive
                  and u.pid == t.pid and u.updated_at > t.updated_at]
         if newer:  # one process, several conversations (resumed, /new): its screen shows the newest
-            refuse("the agent in pane %s has moved on to thread %s" % (t.pane, newer[0].id))
+            refuse("the %s in pane %s has moved on to thread %s; this one is no longer on its screen" % (
+                title, t.pane, newer[0].id))
         agent, pid, pane_id, pane_pid, start = t.agent, t.pid, t.pane, pane["pid"], t.proc_start
         tmux = self.tmux
         lock = self._reply_lock
 
         def send():
             with lock:  # one reply at a time: keystrokes of two replies never interleave
+                said = []
                 try:
                     guard = foreground_guard(agent, pid, pane_pid, start)
                     reason = guard()
                     if reason:
                         raise ReplyRefused(reason)
-                    # the status can come before the screen shows the prompt (a hook fires as
-                    # it draws): look again for a moment before refusing
-                    deadline = time.monotonic() + REPLY_SCREEN_WAIT
-                    while True:
-                        screen = tmux.run("capture-pane", "-p", "-e", "-t", pane_id)
-                        try:
-                            steps = reply_plan(agent, action, screen, text)
-                            break
-                        except ReplyRefused:
-                            if time.monotonic() > deadline:
-                                raise
-                            time.sleep(0.05)
-                    changed_ms = run_reply_steps(tmux, pane_id, steps, screen, guard=guard)
+                    steps, screen = plan_when_ready(lambda: tmux.run("capture-pane", "-p", "-e", "-t", pane_id),
+                                                    lambda screen: reply_plan(agent, action, screen, text))
+                    changed_ms = run_reply_steps(tmux, pane_id, steps, screen, guard=guard, said=said)
                 except ReplyRefused as e:
                     refuse(str(e))
                 except TmuxError as e:
                     refuse("tmux: %s" % e)
-            keys = " ".join(" ".join(s[1]) for s in steps if s[0] == "keys")
-            log("reply %s sent to pane %s: %skeys %s; the screen changed %s after the last key" % (
-                what, pane_id, ("%d characters of text, " % len(text)) if text else "", keys,
-                "%.0f ms" % changed_ms if changed_ms is not None else "(not measured)"))
+            line = reply_summary(action, title, pane_id, steps, said, text, changed_ms)
+            log("reply %s sent to pane %s: %s" % (what, pane_id, line))
+            answer = ([s[1] for s in steps if s[0] == "answer"] + said)[-1:]
+            return {"thread": t.id, "agent": agent, "pane": pane_id, "action": action, "sent": line,
+                    "answer": answer[0] if answer else None,
+                    "ms": round(changed_ms) if changed_ms is not None else None}
         return send
 
     def api_preview(self, thread_id, lines=20):
@@ -8696,9 +9448,10 @@ class HttpDoor(object):
     peer's uid (else the runtime file's token is checked), how long a request may take to arrive,
     the published snapshots (the store's `published` and `cond`, for /state and /events), `on_loop`
     (run a function on the event loop and wait for its result), the API's handlers, a pane's text
-    (`capture(pane)`) and the server's own figures for /health (`health()`)."""
+    (`capture(pane)`), the server's own figures for /health (`health()`) and the preview feed
+    (`previews`: subscribe / unsubscribe, on the loop)."""
 
-    def __init__(self, peer_uids, read_deadline, token_ok, snapshots, on_loop, api, capture, health):
+    def __init__(self, peer_uids, read_deadline, token_ok, snapshots, on_loop, api, capture, health, previews=None):
         self.peer_uids = peer_uids
         self.read_deadline = read_deadline
         self.token_ok = token_ok
@@ -8707,6 +9460,7 @@ class HttpDoor(object):
         self.api = api
         self.capture = capture
         self.health = health
+        self.previews = previews
 
 
 def health_json(door, httpd):
@@ -8746,6 +9500,8 @@ def route_post(door, path, body):
         return _error_body(500, "internal error: %s" % e.__class__.__name__) + (None,)
     if result is False:  # a session (or thread) the call named is not there: kept, not matched
         return 202, json.dumps({"matched": False}).encode(), "application/json", None
+    if isinstance(result, dict):  # what was done (a reply)
+        return 200, json.dumps(result).encode(), "application/json", None
     return 204, b"", None, None
 
 
@@ -8998,7 +9754,7 @@ class ApiRequests(object):
         lines = as_number((query.get("lines") or ["20"])[0], 20, int, text=True)
         if not 1 <= lines <= 200:
             return self._error(400, "'lines' must be 1..200")
-        if query.get("host"):  # a thread on another machine: read by that host's server
+        if query.get("host"):  # a thread on another machine: read by that host's server (not pushed)
             try:
                 fetch = self.door.on_loop(self.door.api.api_host_preview, query["host"][0],
                                           (query.get("thread") or [""])[0], lines)
@@ -9008,6 +9764,8 @@ class ApiRequests(object):
             except TimeoutError:
                 return self._error(503, "server busy")
             return self._send(status, json.dumps(doc).encode())
+        if (query.get("follow") or ["0"])[0] == "1":
+            return self._preview_stream((query.get("thread") or [""])[0], lines)
         try:
             info = self.door.on_loop(self.door.api.api_preview, (query.get("thread") or [""])[0])
             check = info.pop("_check")
@@ -9029,6 +9787,90 @@ class ApiRequests(object):
         found = spec.prompt_reader(screen) if spec is not None and spec.prompt_reader else None
         info["prompt"] = found[0] if found else None  # what its screen asks: "permission", "input" …
         return self._send(200, json.dumps(info).encode())
+
+    def _preview_stream(self, thread, lines):
+        """GET /api/preview?thread=ID&lines=N&follow=1: the preview as `event: preview` (the same
+        JSON as without follow), sent when the pane's lines change (PreviewFeed: read when tmux says
+        the pane printed); a comment as keep-alive. Ends when the client goes or the server stops."""
+        import select
+        import threading
+        httpd = self.server
+        door = self.door
+        try:
+            info = door.on_loop(door.api.api_preview, thread)
+        except ApiError as e:
+            return self._error(e.status, e.message)
+        except TimeoutError:
+            return self._error(503, "server busy")
+        with httpd.lock:
+            full = httpd.streams >= MAX_SSE_CLIENTS
+            if not full:
+                httpd.streams += 1
+        if full:
+            self.close_connection = True
+            return self._error(503, "too many streams (%d)" % MAX_SSE_CLIENTS, {"Retry-After": "5"})
+        check = info.pop("_check")
+        reason = preview_problem(*check) if check[2] else "the pane's process is not known"
+        if reason:  # only the agent's own screen, as without follow
+            return self._error(409, "no preview: %s" % reason)
+        spec = AGENT_SPECS.get(info["agent"])
+        lock = threading.Lock()
+        latest = {"doc": None, "n": 0}
+        wake_r, wake_w = os.pipe()  # a new doc wakes the wait below, as does the client going away
+        os.set_blocking(wake_w, False)
+
+        def preview_doc(screen):  # on the loop
+            problem = preview_problem(*check)  # looked at for every screen pushed: the agent may have exited
+            if problem:
+                return dict({k: v for k, v in info.items() if k != "status"}, lines=[], prompt=None,
+                            error="no preview: %s" % problem)
+            found = spec.prompt_reader(screen) if spec is not None and spec.prompt_reader else None
+            return dict({k: v for k, v in info.items() if k != "status"},  # (a status here would go stale)
+                        lines=thread_preview(screen, lines), prompt=found[0] if found else None)
+
+        def send(doc):  # on the loop
+            with lock:
+                latest["doc"], latest["n"] = doc, latest["n"] + 1
+            try:
+                os.write(wake_w, b"x")
+            except OSError:
+                pass  # (the pipe is full: a wake-up is pending already)
+        token = None
+        try:
+            token = door.on_loop(door.previews.subscribe, info["pane"], preview_doc, send)
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            sent = 0
+            while door.snapshots.published is not None:
+                ready = select.select([wake_r, self.connection], [], [], SSE_KEEPALIVE)[0]
+                if self.connection in ready and not self.connection.recv(4096):
+                    return  # the client went away: stop reading its pane now, not at the next write
+                if wake_r in ready:
+                    os.read(wake_r, 4096)
+                with lock:
+                    doc, n = latest["doc"], latest["n"]
+                if n == sent:
+                    if not ready:
+                        self.wfile.write(b": keepalive\n\n")
+                    continue
+                sent = n
+                self.wfile.write(b"event: preview\ndata: " + json.dumps(doc).encode() + b"\n\n")
+        except (OSError, TimeoutError, ValueError):
+            pass  # the client went away (or the server is stopping)
+        finally:
+            with httpd.lock:
+                httpd.streams -= 1
+            if token is not None:
+                try:
+                    door.on_loop(door.previews.unsubscribe, token)
+                except Exception:  # a stopped loop: the feed goes with it
+                    pass
+            for fd in (wake_r, wake_w):
+                os.close(fd)
 
     def _events(self):
         httpd = self.server
@@ -10442,6 +11284,13 @@ class RemoteHosts(object):
                 log("%s refused by the host: %s" % (what, clean_text(reason)))
                 raise ApiError(status, "%s: %s" % (h.name, clean_text(reason[:500])))
             log("%s sent" % what)
+            if isinstance(answer, dict) and isinstance(answer.get("sent"), str):
+                # what the host's server did, in its words (a host of an older version answers nothing)
+                said = answer.get("answer")
+                return {"thread": thread, "host": h.name, "action": action,
+                        "sent": "%s (on %s)" % (clean_text(answer["sent"])[:500], h.name),
+                        "answer": clean_text(said)[:500] if isinstance(said, str) else None,
+                        "ms": as_number(answer.get("ms"), None, int, low=0)}
         return send
 
     def preview(self, body):
@@ -13074,6 +13923,135 @@ class EventStream(object):
                 pass
 
 
+class PreviewStream(object):
+    """The preview the sidebar shows, pushed by the server (GET /api/preview?…&follow=1) and read in
+    a thread: `want(path)` names the stream (None: none), `take()` -> (path, doc) of the newest doc
+    (or an error), a byte on `wake_fd` tells the curses loop. Nothing is read while nothing is shown."""
+
+    def __init__(self, find_port):
+        import threading
+        self.find_port = find_port
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        self.wake_fd = self._r
+        self._cond = threading.Condition()
+        self._path = None
+        self._sock = None
+        self._latest = None
+        self._thread = None
+        self._stop = False
+
+    def want(self, path):
+        import threading
+        with self._cond:
+            if path == self._path:
+                return
+            self._path = path
+            self._latest = None
+            sock = self._sock
+            self._cond.notify()
+        if sock is not None:
+            try:
+                sock.shutdown(2)  # the reader ends this stream and opens the new one
+            except OSError:
+                pass
+        if path is not None and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="preview", daemon=True)
+            self._thread.start()
+
+    def take(self):
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        with self._cond:
+            latest, self._latest = self._latest, None
+        return latest
+
+    def _put(self, path, doc):
+        with self._cond:
+            if path != self._path:
+                return
+            self._latest = (path, doc)
+        try:
+            os.write(self._w, b"x")
+        except OSError:
+            pass
+
+    def _run(self):
+        import socket
+        while not self._stop:
+            with self._cond:
+                self._cond.wait_for(lambda: self._path is not None or self._stop)
+                path = self._path
+            if self._stop:
+                return
+            try:
+                port = self.find_port()
+                sock = socket.create_connection((HOST, port), timeout=5)
+            except OSError as e:
+                self._put(path, {"error": "no preview: %s" % e})
+                time.sleep(1.0)
+                continue
+            with self._cond:
+                if path != self._path:
+                    sock.close()
+                    continue
+                self._sock = sock
+            try:
+                sock.settimeout(SSE_KEEPALIVE * 3)
+                sock.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n"
+                              % (path, port, token_header(getattr(self.find_port, "token", None)))).encode())
+                self._read(sock, path)
+            except OSError:
+                pass
+            finally:
+                with self._cond:
+                    self._sock = None
+                sock.close()
+            with self._cond:
+                again = path == self._path
+            if again:
+                time.sleep(0.5)  # the stream ended on its own (server restart): open it again
+
+    def _read(self, sock, path):
+        buf = b""
+        header_done = False
+        while not self._stop:
+            data = sock.recv(262144)
+            if not data:
+                return
+            buf += data
+            if not header_done:
+                if b"\r\n\r\n" not in buf:
+                    continue
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                if b" 200 " not in head.split(b"\r\n", 1)[0]:
+                    try:
+                        doc = json.loads(buf.decode("utf-8"))
+                    except ValueError:
+                        doc = {}
+                    self._put(path, {"error": doc.get("error") or "no preview"})
+                    time.sleep(1.0)
+                    return
+                header_done = True
+            while b"\n\n" in buf:
+                block, buf = buf.split(b"\n\n", 1)
+                for line in block.split(b"\n"):
+                    if line.startswith(b"data: "):
+                        try:
+                            self._put(path, json.loads(line[6:].decode("utf-8")))
+                        except ValueError:
+                            continue
+
+    def close(self):
+        self._stop = True
+        self.want(None)
+        with self._cond:
+            self._cond.notify()
+
+
 class SidebarApp(object):
     """The curses sidebar: draws render() output, carries out the model's actions."""
 
@@ -13084,9 +14062,11 @@ class SidebarApp(object):
         self.popup = popup
         self.client = client  # the popup's client (it has no pane of its own)
         self.get = get
-        self._preview_at = 0.0
         self.pane = None if popup else env.get("TMUX_PANE")
         self.stream = EventStream(find_port, start_server, is_stopped)
+        self.previews = PreviewStream(find_port)
+        self._preview_path = self._preview_item = None
+        self._preview_at = 0.0  # a remote host's preview: asked for again PREVIEW_INTERVAL after the answer
         self.post = post
         self.model = None
         self.scr = None
@@ -13110,6 +14090,7 @@ class SidebarApp(object):
             curses.wrapper(self._main)
         finally:
             self.stream.close()
+            self.previews.close()
         return 0
 
     # -- colours -------------------------------------------------------------------------------
@@ -13167,21 +14148,27 @@ class SidebarApp(object):
             timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
             if timeout is None and any(h.get("state") != "connected" for h in (self.model.state or {}).get("hosts") or ()):
                 timeout = 1.0  # a host's "retrying in N s" counts down
-            if self.model.preview_wanted is not None:
-                # a preview on screen: its pane is read again at most PREVIEW_INTERVAL apart
+            wanted = self.model.preview_wanted
+            host = (self.model.session(wanted[1]) or {}).get("host") if wanted is not None else None
+            self._want_preview(None if host else wanted)  # a local pane's preview is pushed to us
+            if host:
+                # a host's pane: asked of its server (through ours) at most PREVIEW_INTERVAL apart
                 due = self._preview_at + PREVIEW_INTERVAL - time.monotonic()
-                if due <= 0 or (self.model.preview or {}).get("item") != self.model.preview_wanted:
+                if due <= 0 or (self.model.preview or {}).get("item") != wanted:
                     self._fetch_preview()
                     continue
                 timeout = due if timeout is None else min(timeout, due)
             try:
-                ready, _, _ = select.select([0, self.stream.wake_fd, self._winch[0]], [], [], timeout)
+                ready, _, _ = select.select([0, self.stream.wake_fd, self._winch[0], self.previews.wake_fd], [], [],
+                                            timeout)
             except InterruptedError:
                 ready = [0]
             if not ready:
                 self.model.tick()
             if self._winch[0] in ready:
                 self._resized()
+            if self.previews.wake_fd in ready:
+                self._preview_came()
             if self.stream.wake_fd in ready:
                 state = self.stream.take()
                 if state is not None:
@@ -13203,10 +14190,32 @@ class SidebarApp(object):
             self.model.server_stopped(None)
             self.last_rows = []
 
+    def _want_preview(self, item):
+        """The preview shown (render's choice) of a local thread is the one streamed: the server
+        pushes its lines when its pane prints (PreviewStream); nothing is read while none is shown."""
+        path = None
+        if item is not None:
+            h, _ = self.scr.getmaxyx()
+            from urllib.parse import quote
+            path = "/api/preview?thread=%s&lines=%d&follow=1" % (quote("%s:%s" % (item[2], item[3]), safe=":"),
+                                                                 max(3, min(60, h)))
+        if path != self._preview_path:
+            self._preview_path, self._preview_item = path, item
+            self.previews.want(path)
+
+    def _preview_came(self):
+        got = self.previews.take()
+        if got is None or got[0] != self._preview_path:
+            return
+        doc = got[1]
+        if doc.get("error"):
+            self.model.set_preview(self._preview_item, error=doc["error"])
+        else:
+            self.model.set_preview(self._preview_item, doc.get("lines") or [])
+
     def _fetch_preview(self):
-        """GET /api/preview for the thread shown (only while it is shown: see _render_preview)."""
+        """GET /api/preview for the thread shown, on a remote host (only while it is shown)."""
         item = self.model.preview_wanted
-        self._preview_at = time.monotonic()
         if self.get is None or item is None:
             self.model.set_preview(item, error="no preview")
             return
@@ -13405,10 +14414,11 @@ class SidebarApp(object):
         if host is not None:
             body["host"] = host
         try:
-            if self.post:
-                self.post("/api/reply", body)
-            self.model.say({"approve": "approved", "approve-always": "approved (always)",
-                            "deny": "denied", "text": "sent"}[action], answered=True)
+            doc = self.post("/api/reply", body) if self.post else None
+            short = {"approve": "approved", "approve-always": "approved always", "deny": "denied", "text": "sent"}[action]
+            answer = doc.get("answer") if isinstance(doc, dict) else None
+            self.model.say("%s: %s" % (short, answer) if answer and action == "approve-always" else short,
+                           answered=True)
         except OSError as e:
             reason = str(e)
             try:
@@ -14165,8 +15175,21 @@ def cmd_reply(args):
     action = chosen[0]
     body = {"thread": args.thread, "action": action}
     if action == "text":
-        body["text"] = args.text
-    _post(args, "/api/reply", body)
+        body["text"] = sys.stdin.read() if args.text == "-" else args.text
+    port, info = args.port, None
+    if not port:
+        port, info = find_server(_socket_from_args(args))
+    try:  # a reply waits for the agent's screen (Gemini takes a paste's Enter only ~2 s after it)
+        status, content = Client(port, timeout=20, token=(info or {}).get("token")).request("POST", "/api/reply", body)
+    except OSError as e:
+        raise OpensessionsError("cannot reach the opensessions server (%s); start it with `opensessions start`" % e)
+    try:
+        doc = json.loads(content.decode("utf-8")) if content else {}
+    except ValueError:
+        doc = {}
+    if status >= 400:
+        raise OpensessionsError("not sent: %s" % (doc.get("error") or content.decode("utf-8", "replace")))
+    print(doc.get("sent") or "sent")
     return 0
 
 
@@ -14773,10 +15796,14 @@ def cmd_sidebar(args, popup=False, client=None):
     find_port.token = None
 
     def post(path, body):
-        timeout = 10 if path == "/api/reply" else 2  # a reply waits for the agent's screen
+        timeout = 20 if path == "/api/reply" else 2  # a reply waits for the agent's screen
         status, content = Client(find_port(), timeout=timeout, token=find_port.token).request("POST", path, body)
         if status >= 400:
             raise OSError(content.decode("utf-8", "replace"))
+        try:
+            return json.loads(content.decode("utf-8")) if status == 200 and content else None
+        except ValueError:
+            return None
 
     def get(path):
         return Client(find_port(), timeout=2, token=find_port.token).request("GET", path)
@@ -15274,7 +16301,8 @@ def _command_table():
           (("--approve",), dict(action="store_true", help="approve the permission once")),
           (("--approve-always",), dict(action="store_true", help="approve, and do not ask again (where offered)")),
           (("--deny",), dict(action="store_true", help="deny the permission")),
-          (("--text",), dict(metavar="TEXT", help="type TEXT (one line) as the next prompt and submit it"))]),
+          (("--text",), dict(metavar="TEXT", help="type TEXT as the next prompt and submit it (several lines go "
+                                                   "as one paste; - reads it from stdin)"))]),
         ("mute", cmd_mute, "mute (or --off: unmute) a session's notifications",
          [session, (("--off",), dict(action="store_true", help="unmute"))]),
         ("save", cmd_save, "save every agent's conversation next to tmux-resurrect's save", []),

@@ -1326,6 +1326,125 @@ def bench_foreign_files(res, quick, detail=True):
         w.close()
 
 
+PRINTER = r"""
+import sys, time
+line = "%06d the quick brown fox jumps over the lazy dog 0123456789 abcdefghij"
+n, t0 = 0, time.monotonic()
+while True:  # 1,000 lines a second, in batches of 10
+    sys.stdout.write("".join(line % (n + i) + "\n" for i in range(10)))
+    sys.stdout.flush()
+    n += 10
+    time.sleep(max(0.0, t0 + n / 1000.0 - time.monotonic()))
+"""
+
+
+class PreviewStreamReader(object):
+    """GET /api/preview?…&follow=1: (arrival time, doc) per pushed preview, in a thread."""
+
+    def __init__(self, port, thread):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(("GET /api/preview?thread=%s&lines=40&follow=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                           % thread).encode())
+        self.docs = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        buf = b""
+        while True:
+            try:
+                d = self.sock.recv(1 << 20)
+            except OSError:
+                return
+            if not d:
+                return
+            buf += d
+            while b"\n\n" in buf:
+                block, buf = buf.split(b"\n\n", 1)
+                i = block.find(b"data: ")
+                if i >= 0:
+                    with self.cond:
+                        self.docs.append((time.monotonic(), json.loads(block[i + 6:])))
+                        self.cond.notify_all()
+
+    def close(self):
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+def bench_preview(res, quick):
+    """A preview shown over a pane printing 1,000 lines a second: the CPU it costs (our server, and
+    what tmux spends more than without it), how many times a second it is pushed; and how soon a
+    line printed in a quiet pane reaches the client."""
+    secs = 10 if quick else 60
+    w = World(2, claude=0, codex=0)
+    try:
+        w.start_server()
+        tmux_pid = int(w.tmux("display-message", "-p", "#{pid}").strip())
+        loud = w.tmux("new-window", "-d", "-P", "-F", "#{pane_id}", "-t", "s001", PY + " -c '%s'" % PRINTER.replace("'", "'\\''")).strip()
+        quiet = w.tmux("new-window", "-d", "-P", "-F", "#{pane_id}", "-t", "s001").strip()
+        ids = {loud: str(uuid.uuid4()), quiet: str(uuid.uuid4())}
+        for pane, tid in ids.items():
+            http(w.port, "POST", "/api/agent-event", {"agent": "claude", "status": "running", "threadId": tid, "paneId": pane})
+        time.sleep(2.0)
+        base_srv, base_tmux = proc_cpu_s(w.server.pid), proc_cpu_s(tmux_pid)
+        t0 = time.monotonic()
+        time.sleep(secs)
+        span = time.monotonic() - t0
+        srv_idle = (proc_cpu_s(w.server.pid) - base_srv) / span * 100
+        tmux_idle = (proc_cpu_s(tmux_pid) - base_tmux) / span * 100
+        reader = PreviewStreamReader(w.port, ids[loud])
+        time.sleep(1.0)
+        n0 = len(reader.docs)
+        base_srv, base_tmux = proc_cpu_s(w.server.pid), proc_cpu_s(tmux_pid)
+        t0 = time.monotonic()
+        time.sleep(secs)
+        span = time.monotonic() - t0
+        srv = (proc_cpu_s(w.server.pid) - base_srv) / span * 100
+        tmux_more = (proc_cpu_s(tmux_pid) - base_tmux) / span * 100 - tmux_idle
+        pushes = (len(reader.docs) - n0) / span
+        health = json.loads(http(w.port, "GET", "/health")[1])["previews"]
+        reader.close()
+        # what the sidebar did before: GET /api/preview every 0.3 s while shown (a tmux process per read)
+        base_srv, base_tmux = proc_cpu_s(w.server.pid), proc_cpu_s(tmux_pid)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < secs:
+            http(w.port, "GET", "/api/preview?thread=%s&lines=40" % ids[loud])
+            time.sleep(0.3)
+        span = time.monotonic() - t0
+        polled = (proc_cpu_s(w.server.pid) - base_srv) / span * 100
+        polled_tmux = (proc_cpu_s(tmux_pid) - base_tmux) / span * 100 - tmux_idle
+        label = "pane printing 1,000 lines/s, %ds, load %.1f" % (secs, os.getloadavg()[0])
+        res.add("preview: server CPU while shown", label + " (%.2f%% before it was shown)" % srv_idle, [srv], "%", 5, "<=")
+        res.add("preview: server + tmux CPU it adds", label + " (tmux %+.2f%%)" % tmux_more,
+                [srv - srv_idle + tmux_more], "%", 5, "<=")
+        res.add("preview: pushes per second", label + " (followed %s)" % ("yes" if health["followed"] == loud else "NO"),
+                [pushes], "/s", 5, ">=")
+        res.add("preview polled every 0.3 s (before): server + tmux CPU", label + " (tmux %+.2f%%; 3.3 reads/s)"
+                % polled_tmux, [polled - srv_idle + polled_tmux], "%", 5, "<=")
+        # a quiet pane: a printed line reaches the client this soon
+        reader = PreviewStreamReader(w.port, ids[quiet])
+        time.sleep(1.0)
+        lat = []
+        for i in range(10 if quick else 20):
+            marker = "marker-%d-%d" % (i, random.randint(0, 1 << 30))
+            with reader.cond:
+                n = len(reader.docs)
+            t = time.monotonic()
+            w.tmux("send-keys", "-t", quiet, "echo " + marker, "Enter")
+            with reader.cond:
+                ok = reader.cond.wait_for(lambda: any(marker in l.split()[-1:] for _, d in reader.docs[n:]
+                                                      for l in d["lines"] if l.strip() == marker), 5)
+                got = next((a for a, d in reader.docs[n:] if any(l.strip() == marker for l in d["lines"])), None)
+            lat.append((got - t) * 1000 if ok and got else float("nan"))
+            time.sleep(0.2)
+        reader.close()
+        res.add("preview: a printed line reaches the client", "quiet pane (tmux send-keys -> the pushed doc)", lat,
+                "ms", 100, "p95<=")
+    finally:
+        w.close()
+
+
 # ---- remote hosts over real OpenSSH (tests/sshlab.py: sshd per host on 127.0.0.N, a user each) ---------
 
 POST_EVENTS = r"""
@@ -1552,7 +1671,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a ~1 minute pass with fewer samples and shorter idle windows")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home", "cli",
-                                       "save", "remote", "foreign", "poll"],
+                                       "save", "remote", "foreign", "poll", "preview"],
                     help="run one group of figures")
     args = ap.parse_args()
     quick = args.quick
@@ -1584,6 +1703,8 @@ def main():
         if args.only == "poll":
             bench_poll_latency(res, quick)
             bench_poll_idle(res, quick)
+        if args.only == "preview":
+            bench_preview(res, quick)
         print(res.table())
         return 0 if all(r["pass"] for r in res.rows) else 1
     idle_s = 10 if quick else 60
@@ -1617,6 +1738,7 @@ def main():
     bench_keepalive(res, 50 if quick else 200)
     bench_many_threads(res, quick)
     bench_remote(res, quick)
+    bench_preview(res, quick)
 
     # scaling: latency and idle CPU at 10, 30, 100 sessions
     scaling = []

@@ -604,14 +604,15 @@ def test_the_walk_wait_notify_approve_proceed(world):
     assert doc["prompt"] == "permission"  # what the screen asks, read by the host's agent spec
     # approve: sent to host B's server over the same ssh, which checks pane, process and screen
     code, body = world.server.post("/api/reply", {"host": "hostB", "thread": "claude:" + sid, "action": "approve"})
-    assert code == 204, body
+    assert code == 200 and body["host"] == "hostB" and body["answer"] == "“1. Yes”", body  # the host's own words
+    assert body["sent"].startswith("approved once in Claude Code, pane ") and body["sent"].endswith("(on hostB)")
     keys_log = world.b.path("keys.log")
     retry_until(lambda: '"proceeded"' in open(keys_log).read(), timeout=10)
     assert [json.loads(l)["data"] for l in open(keys_log) if '"key"' in l] == ["1"]
     retry_until(lambda: world.thread("hostB", sid)["status"] == "done", timeout=15)
     # a refused reply says why, in the host's words, prefixed with the host
     code, body = world.server.post("/api/reply", {"host": "hostB", "thread": "claude:" + sid, "action": "approve"})
-    assert code == 409 and body["error"].startswith("hostB: ") and "not waiting" in body["error"]
+    assert code == 409 and body["error"].startswith("hostB: ") and "there is no permission to answer" in body["error"]
     code, body = world.server.post("/api/reply", {"host": "nohost", "thread": "x", "action": "approve"})
     assert code == 404
     world.b.tmux("kill-window", "-t", "=work:walk")

@@ -258,7 +258,7 @@ def test_text_of_a_lone_semicolon_is_typed(race):
     race.report("done", pid)
     for text in (";", "a;", "a\\;"):
         code, body = race.reply(text)
-        assert code == 204, (text, body)
+        assert code == 200 and body.get("sent"), (text, body)  # 200 with what was sent
     assert retry_until(lambda: (lambda s: s if len(s) == 3 else None)(
         [r["data"] for r in race.records("submitted")])) == [";", "a;", "a\\;"]
 
