@@ -17,19 +17,24 @@ holds that claim with `ast`):
   6. tmux gateway            the one place that runs tmux: commands, formats, snapshot,
                              control-mode lines, our @opensessions-* options
   7. System probes           process table, listening ports, git branch, pidfds
-  8. Watchers                inotify (or stat polling), file tails, read-only SQLite; one
-                             watcher per agent (by its spec's watch kind) over a shared core
+  8. Watchers                inotify, kqueue or a stat poller (by how recently files changed),
+                             file tails, read-only SQLite; one watcher per agent (by its spec's
+                             watch kind) over a shared core
   9. Installer               our hooks, plugin and extension in the agents' own configs
  10. Reply                   answer an agent's prompt without switching: the checks around
                              typing, and the typing
- 11. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock
+ 11. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock,
+                             the control client (its commands, a followed pane's output) and the
+                             previews pushed when their pane prints
  12. Notifications           tmux / desktop / terminal / bell, coalesced; status-line options
- 13. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
- 14. History                 every past conversation: the index (built off the loop, kept live,
-                             saved), search, preview, resume and fork
- 15. Sidebar                 curses: model -> lines (pure) -> draw; the popup and its history
+ 13. Remote hosts            other machines over the user's ssh: one ssh and one relay per host,
+                             the program shipped when missing, frames checked as hostile input
+ 14. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
+ 15. History                 every past conversation on this machine: the index (built off the
+                             loop, kept live, saved), search, preview, resume and fork
+ 16. Sidebar                 curses: model -> lines (pure) -> draw; the popup and its history
                              tab; sidebar panes
- 16. CLI                     argparse, client commands, plugin setup, main()
+ 17. CLI                     argparse, client commands, plugin setup, main()
 
 One spec per agent. Everything particular to an agent is in its AgentSpec (section 5): where its
 files are (paths) and how they are read (watch), how its process is recognised (process), how its
@@ -41,15 +46,17 @@ reads them (history). The sections below loop over AGENT_SPECS and name no
 agent. A spec holds only data and pure functions: the I/O behind it lives in the section that does
 that I/O and is found by a kind the spec names, never by a spec field pointing down the map (an
 upward use): `watch.kind` picks a class in the Watchers' WATCHER_KINDS (which also answers what a
-restore asks of the agent's files), the Installer carries out its HookInstall or FileInstall, Reply
-runs its planner's steps. So an agent whose files and hooks fit kinds that exist (JSONL chats per
-project: "chat-files"; Claude-shaped hooks) is added in one place, its spec and its parser beside
-it; one that needs new I/O also adds its watcher class and names its kind.
+restore asks of the agent's files, and which of them a live conversation can change), the Installer
+carries out its HookInstall or FileInstall, Reply runs its planner's steps. So an agent whose files
+and hooks fit kinds that exist (JSONL chats per project: "chat-files"; Claude-shaped hooks) is added
+in one place, its spec and its parser beside it; one that needs new I/O also adds its watcher class
+and names its kind.
 
 Narrow doors. The Server owns the store and the loop; each collaborator is given only what it
-uses: the watchers a WatcherHost, the API an ApiHost, the notifier a NotifierHost, the HTTP
-handlers an HttpDoor, the sidebar panes tmux, a view of the store and schedule_refresh. Decisions
-are pure where they can be, with a small executor beside them: reply_plan / run_reply_steps,
+uses: the watchers a WatcherHost, the API an ApiHost, the notifier a NotifierHost, the remote
+hosts a RemoteDoor, the HTTP handlers an HttpDoor, the sidebar panes tmux, a view of the store and
+schedule_refresh (a request naming a host reaches the hosts through ApiHost.to_host). Decisions are
+pure where they can be, with a small executor beside them: reply_plan / run_reply_steps,
 SidebarPlan / run_sidebar_steps, render_view (the sidebar's rows, and what they scrolled to).
 
 Importing this module has no side effects: nothing runs, nothing is written, no heavy module is
@@ -106,6 +113,12 @@ _log_lock = None
 LOG_MAX_BYTES = 1024 * 1024  # server.log is rotated to server.log.1 past this size
 
 
+def _log_opener(path, flags):
+    """A log file is made 0600 and never opened through a symlink (one planted in a shared dir such
+    as /tmp would make us append to whatever it points at)."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o600)
+
+
 def open_log(path, max_bytes=None):
     """Send log() to path (appending); past LOG_MAX_BYTES it moves to path.1 and starts again."""
     import threading
@@ -114,7 +127,7 @@ def open_log(path, max_bytes=None):
         LOG_MAX_BYTES = max_bytes
     _log_lock = _log_lock or threading.Lock()
     _log_path = path
-    _log_file = open(path, "a", buffering=1, encoding="utf-8", errors="replace")
+    _log_file = open(path, "a", buffering=1, encoding="utf-8", errors="replace", opener=_log_opener)
     _rotate_log()
 
 
@@ -128,7 +141,7 @@ def _rotate_log():
     except (OSError, ValueError):
         pass
     try:
-        _log_file = open(_log_path, "a", buffering=1, encoding="utf-8", errors="replace")
+        _log_file = open(_log_path, "a", buffering=1, encoding="utf-8", errors="replace", opener=_log_opener)
     except OSError:
         _log_file = None
 
@@ -217,12 +230,47 @@ def xdg_dir(kind, environ=None):
 
 
 def runtime_dir(environ=None):
-    """Where the lock and runtime file live: $XDG_RUNTIME_DIR/opensessions or a per-user temp dir."""
+    """Where the lock and runtime file live: $XDG_RUNTIME_DIR/opensessions, else the per-user temp
+    dir $TMPDIR/opensessions-<uid>; when someone else made that one first (squatted: not a private
+    directory of ours, see runtime_dir_squatted), a directory of our own in the state dir. The
+    OpenCode plugin and the Pi extension find it the same way (_JS_SERVER_LOOKUP)."""
     base = _env("XDG_RUNTIME_DIR", None, environ)
     if base and os.path.isdir(base):
         return os.path.join(base, "opensessions")
-    tmp = _env("TMPDIR", "/tmp", environ)
-    return os.path.join(tmp, "opensessions-%d" % os.getuid())
+    tmp = temp_runtime_dir(environ)
+    if runtime_dir_squatted(tmp):
+        return os.path.join(state_dir(environ), "run")
+    return tmp
+
+
+def temp_runtime_dir(environ=None):
+    return os.path.join(_env("TMPDIR", "/tmp", environ), "opensessions-%d" % os.getuid())
+
+
+def runtime_dir_squatted(path):
+    """Why a runtime dir under a shared $TMPDIR cannot be ours (another user made it first, as a
+    directory, a file or a symlink), or None when it is ours or not there yet. A directory of ours
+    with a loose mode is ours (ensure_private_dir makes it 0700)."""
+    import stat
+    try:
+        lst = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return "%s cannot be looked at (%s)" % (path, e)
+    if lst.st_uid != os.getuid():
+        return "%s is owned by uid %d, not by you" % (path, lst.st_uid)
+    if stat.S_ISLNK(lst.st_mode):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return "%s is a symlink to nothing" % path
+        if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o077:
+            return "%s is a symlink to a directory that is not private to you" % path
+        return None
+    if not stat.S_ISDIR(lst.st_mode):
+        return "%s is not a directory" % path
+    return None
 
 
 def config_dir(environ=None):
@@ -258,6 +306,20 @@ def ensure_private_dir(path):
     finally:
         os.close(fd)
     return path
+
+
+def log_dir_ready(log_path, environ=None):
+    """Make the directory of a log file ready: our own state or runtime dir (or one inside them) is
+    made private (ensure_private_dir); any other directory (`server --log /tmp/x.log`: a shared
+    one) is only created when missing, never chmodded nor refused (as root, /tmp became 0700)."""
+    d = os.path.dirname(os.path.abspath(log_path))
+    real = os.path.realpath(d)
+    for own in (state_dir(environ), runtime_dir(environ)):
+        own = os.path.realpath(own)
+        if real == own or real.startswith(own.rstrip(os.sep) + os.sep):
+            return ensure_private_dir(d)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    return d
 
 
 def private_file_ok(st):
@@ -320,13 +382,93 @@ def atomic_write(path, data, mode=0o600, exact_mode=False):
         raise
 
 
-def read_json_file(path, default=None):
-    """Read a JSON file we own. Missing -> default; corrupt -> OpensessionsError naming the file."""
+# Every read of a file we do not own (an agent's registry, transcript, chat file, database header,
+# config; tmux-resurrect's files; a repository's .git) goes through open_foreign / read_foreign: a
+# FIFO there would block the open (and the event loop with it) for good, /dev/zero or a 1 GB file
+# would be read into memory without end. So: opened with O_NONBLOCK (and O_NOFOLLOW where a link is
+# not expected), kept only when fstat says it is a regular file, and read up to a cap.
+REGISTRY_MAX = 1024 * 1024  # an agent's live registry entry (~/.claude/sessions/<pid>.json: ~300 bytes)
+FOREIGN_JSON_MAX = 16 * 1024 * 1024  # an agent's or a tool's JSON file read whole (projects.json, settings)
+OWN_JSON_MAX = 64 * 1024 * 1024  # our own state, usage history and preferences
+
+
+class ForeignFileError(OSError):
+    """A file we do not own that is not read: not a regular file (a FIFO, a device such as
+    /dev/zero, a socket, a directory), or longer than the cap for it."""
+
+
+def open_foreign(path, follow=True):
+    """A read-only fd on a file we do not own -> (fd, fstat result). Never blocks: the file is
+    looked at (stat) before it is opened, opened with O_NONBLOCK (a FIFO put there meanwhile
+    opens at once instead of waiting for a writer) and O_NOCTTY, with O_NOFOLLOW unless follow,
+    and kept only when fstat says it is a regular file; anything else raises ForeignFileError."""
+    import errno
+    import stat
+    st = os.stat(path) if follow else os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ForeignFileError("%s is %s, not a regular file; not read" % (path, _file_kind(st.st_mode)))
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        fd = os.open(path, flags)
+    except OSError as e:
+        if not follow and e.errno == errno.ELOOP:  # made a symlink between the look and the open
+            raise ForeignFileError("%s is a symlink, not a regular file; not read" % path)
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # replaced between the look and the open
+            raise ForeignFileError("%s is %s, not a regular file; not read" % (path, _file_kind(st.st_mode)))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _file_kind(mode):
+    import stat
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_foreign(path, limit, follow=True, whole=True):
+    """The bytes of a file we do not own (see open_foreign), at most `limit` of them. whole: the
+    file is read whole or not at all (a longer one raises ForeignFileError: a JSON document cut
+    short means nothing); else its first `limit` bytes (the head of a transcript)."""
+    fd, st = open_foreign(path, follow)
+    try:
+        if whole and st.st_size > limit:
+            raise ForeignFileError("%s is %d bytes, over the %d-byte cap for it; not read" % (path, st.st_size, limit))
+        want = limit + 1 if whole else limit  # one byte more tells a file that grew past the cap
+        chunks, got = [], 0
+        while got < want:
+            chunk = os.read(fd, min(want - got, 1024 * 1024))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if whole and len(data) > limit:
+        raise ForeignFileError("%s grew past the %d-byte cap for it; not read" % (path, limit))
+    return data
+
+
+def read_json_file(path, default=None):
+    """Read a JSON file we own. Missing -> default; corrupt (or not a regular file, or over
+    OWN_JSON_MAX) -> OpensessionsError naming the file."""
+    try:
+        raw = read_foreign(path, OWN_JSON_MAX)
     except FileNotFoundError:
         return default
+    except ForeignFileError as e:
+        raise OpensessionsError(str(e))
     try:
         return json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -568,12 +710,14 @@ def live_state_holds(current, status, moved_on, plugin_holds=False):
     """Which source wins when an agent's own files say a thread runs (the apply step's rule):
     a state only a live source can see holds until the files show that it ended.
       plugin_holds (the agent's spec: OpenCode's database cannot see a permission wait or a
-      retry): the plugin's hold.
+      retry, and shows a denied call as running for a moment): the plugin's hold.
       The others: a wait (known only from a hook) holds while the file has not moved on."""
     if current is None or status != "running":
         return False
     if plugin_holds:
-        return current.source == "plugin" and current.status in ("waiting", "retry")
+        # a denial's interrupt too: the database still shows the rejected call running for a moment,
+        # and the next turn starts with the plugin's own busy event
+        return current.source == "plugin" and current.status in ("waiting", "retry", "interrupted")
     return current.status == "waiting" and not moved_on
 
 
@@ -715,6 +859,10 @@ def validate_agent_event(body):
     if alive is not None and not isinstance(alive, bool):
         raise ApiError(400, "'alive' must be a boolean")
     out["alive"] = alive
+    idle_prompt = body.get("idlePrompt")
+    if idle_prompt is not None and not isinstance(idle_prompt, bool):
+        raise ApiError(400, "'idlePrompt' must be a boolean")
+    out["idlePrompt"] = bool(idle_prompt)
     for key in ("source", "prompt"):
         value = body.get(key)
         if value is not None and not isinstance(value, str):
@@ -730,7 +878,25 @@ NOTIFY_CHANNELS = ("tmux", "desktop", "terminal", "bell")
 NOTIFY_STATUSES = ("done", "error", "waiting", "retry", "interrupted")
 UI_DEFAULTS = {"order": [], "hidden": [], "muted": [], "theme": "catppuccin-mocha", "width": DEFAULT_WIDTH,
                "position": "left", "colors": {}, "visible": False,
-               "notify": ["tmux", "desktop"], "notifyOn": ["done", "error", "waiting", "retry"], "prices": {}}
+               "notify": ["tmux", "desktop"], "notifyOn": ["done", "error", "waiting", "retry"], "prices": {},
+               "hosts": [], "collapsed": []}
+MAX_HOSTS = 32
+# A remote host as ssh takes it: an alias of ~/.ssh/config or a name, with an optional user@.
+# Never a leading '-' (an ssh option), no ':' (the port goes in ~/.ssh/config; ':' also joins a host
+# and a session in /state), no space, no shell character.
+_HOST_RE = LazyPattern(r"^(?:[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}@)?[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
+
+
+def valid_host(name):
+    """A host name we may hand to ssh (see _HOST_RE)."""
+    return isinstance(name, str) and bool(_HOST_RE.match(name))
+
+
+def parse_hosts(text):
+    """'devbox gpu1 me@vm2' (spaces or commas) -> (valid hosts in order, invalid words). Pure."""
+    words = [w for w in re.split(r"[\s,]+", text or "") if w]
+    good = [w for w in words if valid_host(w)]
+    return list(dict.fromkeys(good))[:MAX_HOSTS], [w for w in words if not valid_host(w)]
 
 
 def validate_ui(body):
@@ -767,6 +933,13 @@ def validate_ui(body):
             if not isinstance(value, list) or not all(v in allowed for v in value):
                 raise ApiError(400, "'%s' must be a list drawn from: %s" % (key, ", ".join(allowed)))
             out[key] = list(dict.fromkeys(value))
+    for key in ("hosts", "collapsed"):
+        if key in body:
+            value = body[key]
+            if not isinstance(value, list) or len(value) > MAX_HOSTS or not all(valid_host(v) for v in value):
+                raise ApiError(400, "'%s' must be a list of at most %d ssh hosts (HOST or USER@HOST, as ssh takes "
+                                    "them; no ':' or spaces)" % (key, MAX_HOSTS))
+            out[key] = list(dict.fromkeys(value))
     if "colors" in body:
         c = body["colors"]
         if not isinstance(c, dict) or not all(isinstance(v, str) and re.match(r"^#[0-9a-fA-F]{6}$", v)
@@ -775,7 +948,7 @@ def validate_ui(body):
         out["colors"] = dict(c)
     if not out:
         raise ApiError(400, "nothing to change: give order, hidden, muted, theme, width, position, visible, prices, "
-                            "colors, notify or notifyOn")
+                            "colors, notify, notifyOn, hosts or collapsed")
     return out
 
 
@@ -928,12 +1101,12 @@ SPINNER = {"unicode": "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏", "ascii": "|/-\\"}
 GLYPHS = {
     "unicode": {"running": None, "retry": "↻", "waiting": "◉", "error": "✗", "interrupted": "⊘",
                 "done-unseen": "●", "done": "✓", "idle": "○", "unseen": "●", "bar": "█", "bar_empty": "░",
-                "more": "…", "sep": "─", "current": "▌", "neutral": "·", "info": "i", "success": "✓",
-                "warn": "!", "tone-error": "✗"},
+                "more": "…", "sep": "─", "current": "◂", "cursor": "❯", "neutral": "·", "info": "i",
+                "success": "✓", "warn": "!", "tone-error": "✗", "open": "▾", "closed": "▸"},
     "ascii": {"running": None, "retry": "r", "waiting": "?", "error": "x", "interrupted": "!",
               "done-unseen": "*", "done": "v", "idle": "o", "unseen": "*", "bar": "#", "bar_empty": "-",
-              "more": "~", "sep": "-", "current": ">", "neutral": "-", "info": "i", "success": "v",
-              "warn": "!", "tone-error": "x"},
+              "more": "~", "sep": "-", "current": "<", "cursor": ">", "neutral": "-", "info": "i",
+              "success": "v", "warn": "!", "tone-error": "x", "open": "v", "closed": ">"},
 }
 
 
@@ -955,6 +1128,17 @@ def ui_from_tmux_options(options):
         return validate_ui(ui) if ui else {}
     except ApiError:
         return {k: v for k, v in ui.items() if k != "width"}
+
+
+def tmux_ui_change(from_tmux, last_applied, ui):
+    """Which of the preferences the @opensessions-* options set (`from_tmux`, as
+    ui_from_tmux_options gives them) to apply at a server start or a re-source of ~/.tmux.conf.
+    An option is applied only when its value differs from the one last applied from tmux: a theme
+    picked with `t` or a width set through POST /ui holds until the option itself is changed. Pure.
+    -> (change for ui, what to remember as last applied)"""
+    last = last_applied if isinstance(last_applied, dict) else {}
+    change = {k: v for k, v in from_tmux.items() if last.get(k) != v and ui.get(k) != v}
+    return change, dict(from_tmux)
 
 
 ##############################################################################
@@ -1160,7 +1344,10 @@ def claude_reduce(state, rec):
         content = message.get("content")
         blocks = content if isinstance(content, list) else []
         texts = _content_texts(content)
-        if any(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks):
+        state["toolPending"] = False
+        if rec.get("toolDenialKind") == "user-rejected" or rec.get("toolUseResult") == "User rejected tool use":
+            state.update(status="interrupted", detail=None)  # a permission denied: the turn stops here
+        elif any(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks):
             state.update(status="running", detail=None)
         elif any(t.startswith(INTERRUPT_MARK) for t in texts):
             state.update(status="interrupted", detail=None)
@@ -1176,6 +1363,9 @@ def claude_reduce(state, rec):
         model = message.get("model")
         if isinstance(model, str) and model and not model.startswith("<"):
             state["model"] = model
+        blocks = message.get("content") if isinstance(message.get("content"), list) else []
+        # a tool call not answered yet (its permission may be asked, and denied: see claude_live_status)
+        state["toolPending"] = any(isinstance(b, dict) and b.get("type") == "tool_use" for b in blocks)
         if rec.get("isApiErrorMessage"):
             texts = _content_texts(message.get("content"))
             detail = texts[0] if texts else rec.get("error")
@@ -1227,11 +1417,14 @@ def claude_registry_matches(entry, alive, start):
     return True
 
 
-def claude_live_status(transcript_status, registry_status, waiting_for=None, turns=1):
+def claude_live_status(transcript_status, registry_status, waiting_for=None, turns=1, tool_pending=False):
     """Combine the registry (the live truth while the process runs) with the transcript.
 
     -> (status, detail). busy -> running; waiting -> waiting (with what for); idle -> the
-    transcript's finished state (done / error / interrupted), or idle before any turn.
+    transcript's finished state (done / error / interrupted), or idle before any turn. Idle while
+    the transcript still ends in a tool call nobody answered is a denied permission (Claude Code
+    2.1.330 writes the registry ~0.2 s before the rejection reaches the transcript): interrupted
+    at once, not done first (which could notify "finished").
     """
     if registry_status == "busy":
         return "running", None
@@ -1240,6 +1433,8 @@ def claude_live_status(transcript_status, registry_status, waiting_for=None, tur
     if registry_status == "idle":
         if transcript_status in ("done", "error", "interrupted"):
             return transcript_status, None
+        if transcript_status == "running" and tool_pending:
+            return "interrupted", None
         return ("done" if turns else "idle"), None
     return transcript_status, None
 
@@ -1332,15 +1527,35 @@ def parse_codex_session_index(records):
     return names
 
 
-def opencode_status(message_data, running_tool=False):
+OPENCODE_REJECTED = "rejected permission"  # "The user rejected permission to use this specific tool call."
+
+
+def opencode_tool_rejected(parts):
+    """The newest message's parts (their `data` JSON, newest first): its last tool or text part is a
+    tool call the user rejected (OpenCode 1.18.33: state.status "error", the error naming the
+    rejection) and nothing came after it but the step's end. Pure."""
+    for part in parts:
+        if not isinstance(part, dict) or part.get("type") in ("step-start", "step-finish"):
+            continue
+        state = part.get("state") if isinstance(part.get("state"), dict) else {}
+        return (part.get("type") == "tool" and state.get("status") == "error"
+                and OPENCODE_REJECTED in str(state.get("error") or ""))
+    return False
+
+
+def opencode_status(message_data, running_tool=False, rejected=False):
     """Status of an OpenCode session from its newest message's `data` JSON (and parts).
 
     The DB cannot show a permission wait or a retry (both look like running): the plugin tells those.
+    A denied permission ends the turn: the rejected tool call is the message's last (`rejected`,
+    see opencode_tool_rejected) while the message says finish "tool-calls" as mid-turn: interrupted.
     """
     if not isinstance(message_data, dict):
         return "idle", None
     if message_data.get("role") == "user":
         return "running", None
+    if rejected and not running_tool and not isinstance(message_data.get("error"), dict):
+        return "interrupted", None
     err = message_data.get("error")
     if isinstance(err, dict):
         data = err.get("data") if isinstance(err.get("data"), dict) else {}
@@ -1388,6 +1603,8 @@ def opencode_plugin_status(event_type, props):
             what = "%s: %s" % (what, patterns[0])
         return "waiting", str(what)[:MAX_LOG_MESSAGE], None
     if event_type == "permission.replied":
+        if props.get("reply") == "reject":  # a denial ends the turn (OpenCode 1.18.33 goes no further)
+            return "interrupted", None, None
         return "running", None, None
     return None
 
@@ -1639,14 +1856,29 @@ def _usage_add(usage, sign, tokens, cost=None):
         usage["cost"] = round((usage["cost"] or 0.0) + sign * cost, 9)
 
 
-def geminitoken_count(tokens):
+def usage_count(value, state=None):
+    """A count or a cost from an agent's record: as_number within +-1e15, else 0 (a string, NaN,
+    or 10^400, which would raise OverflowError once added to a float cost and hide the whole
+    thread). Such a field is skipped and, given the reducer's state, counted in state["bad"]
+    (/health skippedRecords)."""
+    number = as_number(value, None, low=-1e15, high=1e15)
+    if number is None:
+        if state is not None and value is not None:
+            state["bad"] = state.get("bad", 0) + 1
+        return 0
+    return number
+
+
+def geminitoken_count(tokens, state=None):
     """Gemini CLI's per-message `tokens` ({input, output, cached, thoughts, tool, total}; input
-    counts the cached part) -> our keys (input without the cached part; thoughts are output)."""
+    counts the cached part) -> our keys (input without the cached part; thoughts are output). An
+    odd count is skipped (and counted in state["bad"])."""
     if not isinstance(tokens, dict):
         return None
-    cached = as_number(tokens.get("cached"), 0)
-    return {"input": max(0, as_number(tokens.get("input"), 0) - cached), "output": as_number(tokens.get("output"), 0) +
-            as_number(tokens.get("thoughts"), 0), "cacheRead": cached, "cacheWrite": 0}
+    cached = usage_count(tokens.get("cached"), state)
+    return {"input": max(0, usage_count(tokens.get("input"), state) - cached),
+            "output": usage_count(tokens.get("output"), state) + usage_count(tokens.get("thoughts"), state),
+            "cacheRead": cached, "cacheWrite": 0}
 
 
 def _gemini_prompt(parts):
@@ -1669,11 +1901,20 @@ def _gemini_prompt(parts):
     return text
 
 
+GEMINI_REPLAY_MS = 500  # the history Gemini writes again right after a cancel comes within this
+
+
 def _gemini_message(state, msg, counted=True):
     kind = msg.get("type")
     ts = parse_iso_ms(msg.get("timestamp"))
     if ts:
         state["updatedAt"] = max(state["updatedAt"], ts)
+    cancelled = state.get("cancelledAt")
+    if cancelled and ts and 0 <= ts - cancelled < GEMINI_REPLAY_MS and kind != "info":
+        # after "Request cancelled." Gemini CLI 0.61.0 writes its history again (its context, the
+        # earlier prompts, tool calls and answers) stamped within a few ms: no new turn (its last
+        # answer would read as done). A prompt typed after it is one (its hooks say so at once too).
+        return
     if kind == "user":
         prompt = _gemini_prompt(msg.get("content"))
         if prompt is None:
@@ -1687,7 +1928,7 @@ def _gemini_message(state, msg, counted=True):
     elif kind == "gemini":
         if isinstance(msg.get("model"), str) and msg["model"]:
             state["model"] = msg["model"]
-        tokens = geminitoken_count(msg.get("tokens"))
+        tokens = geminitoken_count(msg.get("tokens"), state if counted else None)
         if tokens is not None and counted:
             # a message re-written under the same id replaces the earlier one: count it once
             usage = _thread_usage(state)
@@ -1705,6 +1946,7 @@ def _gemini_message(state, msg, counted=True):
             state.update(status="done", detail=None)
     elif kind == "info" and isinstance(msg.get("content"), str) and msg["content"].startswith("Request cancelled"):
         state.update(status="interrupted", detail=None)
+        state["cancelledAt"] = ts
     elif kind == "error":
         text = msg.get("content") if isinstance(msg.get("content"), str) else "error"
         state.update(status="error", detail=text[:MAX_LOG_MESSAGE])
@@ -1728,7 +1970,7 @@ def gemini_reduce(state, rec):
         msgs = patch.get("messages")
         if isinstance(msgs, list):
             # a rewrite of the history: titles and turns from it, no usage counted twice
-            kept = dict((k, state[k]) for k in ("status", "detail", "attempt", "turns", "lastPrompt"))
+            kept = dict((k, state.get(k)) for k in ("status", "detail", "attempt", "turns", "lastPrompt", "cancelledAt"))
             turns = 0
             for m in msgs:
                 if isinstance(m, dict):
@@ -1802,8 +2044,8 @@ def pi_reduce(state, rec):
             if usage is not None:
                 cost = usage.get("cost") if isinstance(usage.get("cost"), dict) else {}
                 _usage_add(_thread_usage(state), 1,
-                           {k: as_number(usage.get(k), 0) for k in USAGE_KEYS},
-                           as_number(cost.get("total"), 0) if "total" in cost else None)
+                           {k: usage_count(usage.get(k), state) for k in USAGE_KEYS},
+                           usage_count(cost.get("total"), state) if "total" in cost else None)
             stop = msg.get("stopReason")
             if stop == "toolUse":
                 state.update(status="running", detail=None)
@@ -1876,7 +2118,7 @@ def qwen_reduce(state, rec):
         if meta is not None:
             _usage_add(_thread_usage(state), 1, geminitoken_count({
                 "input": meta.get("promptTokenCount"), "output": meta.get("candidatesTokenCount"),
-                "cached": meta.get("cachedContentTokenCount"), "thoughts": meta.get("thoughtsTokenCount")}))
+                "cached": meta.get("cachedContentTokenCount"), "thoughts": meta.get("thoughtsTokenCount")}, state))
         if any(isinstance(p, dict) and "functionCall" in p for p in parts):
             state.update(status="running", detail=None, attempt=None)
         elif meta is None:
@@ -2015,11 +2257,12 @@ def amp_id_from_name(name):
 # Agent screens (pure): each agent's prompt read from its screen, and the keys that answer it
 ##############################################################################
 # The keys each agent's prompt expects were learned from the real agents (the pinned
-# versions, fake model on loopback); the screens are in tests/fixtures/<agent>/:
+# versions, fake model on loopback); the screens are in tests/fixtures/<agent>/ (FORMATS.md):
 # - Claude Code 2.1.330: a numbered menu under "Do you want to …?" ("Esc to cancel" below it). A digit
-#   picks its option at once: "1. Yes", "2. Yes, and always allow …" (absent for some tools),
-#   "N. No" (the denial: "Interrupted · What should Claude do instead?"). A prompt is typed into the
-#   "❯" composer between two ─── rules and submitted with Enter.
+#   picks its option at once: "1. Yes", "2. Yes, and …" (what it allows differs by call: "don’t ask
+#   again for: npm *", "always allow access to <dir> from this project", "switch to accept edits …
+#   for this session"; absent for some tools), "N. No" (the denial: "Interrupted · What should Claude
+#   do instead?"). A prompt is typed into the "❯" composer between two ─── rules, Enter submits.
 # - Codex 0.169.0: "Would you like to run …?" with "1. Yes, proceed (y)", "2. Yes, and don't ask again
 #   … (p)", "3. No, and tell Codex what to do differently (esc)": the letter in parentheses picks the
 #   option ("esc" = Escape; the denial: "You canceled the request …"). Codex takes fast input as a
@@ -2028,19 +2271,49 @@ def amp_id_from_name(name):
 #   move the selection (it wraps), Enter confirms, Escape rejects. "Allow always" asks again
 #   ("Always allow … Confirm  Cancel", Confirm selected): a second Enter. The selected button is the
 #   one drawn on another background, so these are read with `capture-pane -e`.
+# - Gemini CLI 0.61.0: a box "? Shell  <command>" … "Allow execution of [Shell]?" (or "? WriteFile …"
+#   … "Apply this change?") with "● 1. Allow once", "2. Allow for this session", then "No, suggest
+#   changes (esc)" as 3 (shell) or 4 (file, after "3. Modify with external editor"); a digit picks.
+#   "Allow for this session" allows, until Gemini exits, shell commands with the same first word
+#   (file prompts: every file write). The input is "> " under a ─── rule (placeholder "Type your
+#   message or @path/to/file"); while a hook runs ("Executing Hook … (esc to cancel") Enter is dropped.
+# - Qwen Code 0.24.4: "Allow execution of: 'echo'?" (or "Apply this change?") with "› 1. Yes, allow
+#   once", "2. Always allow run 'echo *' commands in this project", "3. … for this user", "4. No,
+#   suggest changes (esc)" (files: "2. Yes, allow always" = auto-accept edits for this run, "3. No");
+#   a digit picks. The input is "> " between two ─── rules; after an Esc it may hold the old prompt.
+# - Pi 0.73.1: never asks for permission; its input is the lines between two ─── rules.
+# Multi-line text is one bracketed paste (`paste-buffer -p`: tmux brackets it for a pane that asked
+# for bracketed paste, as all six do), then Enter: no agent submits on a pasted newline. What each
+# shows after the paste differs (OpenCode: "[Pasted ~N lines]"; Qwen draws it late; Gemini ignores
+# an Enter within ~2 s of a paste).
 
 REPLY_ACTIONS = ("approve", "approve-always", "deny", "text")
 CLAUDE_PROMPT_GRACE = 0.25
 TEXT_SETTLE = 0.15
+GEMINI_PASTE_SETTLE = 2.0  # Gemini CLI takes an Enter as submit only ~2 s after a paste
+PASTE_SHOWN_TIMEOUT = 4.0  # Qwen Code drew a paste ~1.7 s after it (under load)
+SUBMIT_TIMEOUT = 4.0
+BUSY_WAIT = 4.0  # a screen that says the agent is busy (a hook running) is looked at this long
 MAX_REPLY_TEXT = 4000
+MAX_REPLY_LINES = 200
 _CSI_RE = LazyPattern(r"\x1b\[[0-?]*[ -/]*[@-~]")
 _ANY_ESC_RE = LazyPattern(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?|.)")
-_MENU_RE = LazyPattern(r"^\s*(?:[❯›>]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
+_MENU_RE = LazyPattern(r"^\s*(?:[❯›>●]\s*)?(\d{1,2})\.\s+(.*?)\s*$")
 _CODEX_KEY_RE = LazyPattern(r"^(.*?)\s*\((\w+)\)$")
+_EDGE_RE = LazyPattern(r"^\s*[│┃]\s?|\s*[│┃█]\s*$")
+_RULE_RE = LazyPattern(r"^\s*─{20,}\s*$")
+_HINT_RE = LazyPattern(r"\s*\((?:esc|shift\s*\+\s*tab|[a-z])\)$")
 
 
 class ReplyRefused(Exception):
-    """The reply cannot be sent safely: the reason says why (HTTP 409)."""
+    """The reply cannot be sent safely: the reason says why (HTTP 409). `wait`: how long the screen
+    is worth looking at again while it changes (it may be drawing the prompt); 0 when the screen
+    shows something definite that another look will not change (refuse at once), None for the
+    caller's default."""
+
+    def __init__(self, message, wait=None):
+        Exception.__init__(self, message)
+        self.wait = wait
 
 
 def strip_escapes(text):
@@ -2056,43 +2329,115 @@ def screen_lines(text, limit=None):
     return lines[-limit:] if limit else lines
 
 
+def _unboxed(line):
+    """A screen line without the box edges around it (Gemini's dialog │ … │, a split pane's │, Qwen's
+    scroll bar █), nested boxes too."""
+    while True:
+        bare = _EDGE_RE.sub("", line)
+        if bare == line:
+            return line.rstrip()
+        line = bare
+
+
 def check_reply_text(text):
-    """A prompt to type: one line, no control characters. -> text, or raises ReplyRefused."""
+    """A prompt to type: one line, or several (sent as one bracketed paste; "\\r\\n" counts as a
+    newline); no other control characters (a tab only in several lines). -> the text, or raises
+    ReplyRefused."""
     if not isinstance(text, str) or not text.strip():
-        raise ReplyRefused("'text' must be a non-empty string")
+        raise ReplyRefused("'text' must be a non-empty string", 0)
     if len(text) > MAX_REPLY_TEXT:
-        raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT)
-    if CONTROL_CHARS.search(text):
-        raise ReplyRefused("'text' contains control characters (a newline too): refused, it is typed literally")
-    return text
+        raise ReplyRefused("'text' is longer than %d characters" % MAX_REPLY_TEXT, 0)
+    text = text.replace("\r\n", "\n")
+    if text.count("\n") >= MAX_REPLY_LINES:
+        raise ReplyRefused("'text' has more than %d lines" % MAX_REPLY_LINES, 0)
+    allowed = "\n\t" if "\n" in text.strip("\n") else ""
+    if any(ch not in allowed for ch in CONTROL_CHARS.findall(text)):
+        raise ReplyRefused("'text' contains control characters (other than newlines between lines): refused, "
+                           "it would be typed as keys", 0)
+    if _SURROGATE_RE.search(text):  # would reach the pane as raw bytes (0x9b is an 8-bit CSI)
+        raise ReplyRefused("'text' contains a lone surrogate (\\ud800-\\udfff), which is not a character: refused", 0)
+    return text.strip("\n") if "\n" in text else text
+
+
+def option_kind(text):
+    """What a permission option does, from its own words: "once" (approve this call), "always" (approve
+    it and more: a command prefix, a directory, every edit for the session), "deny", or None (another
+    kind: switch to auto mode, edit in an external editor)."""
+    low = _HINT_RE.sub("", text.strip().lower().replace("\u2019", "'"))
+    if low == "no" or low.startswith(("no,", "no ")):
+        return "deny"
+    if "auto mode" in low or "external editor" in low:
+        return None
+    if "always" in low or "don't ask again" in low or "do not ask again" in low or "for this session" in low:
+        return "always"
+    if low.startswith(("yes", "allow once")) and ", and" not in low:
+        return "once"
+    return None
+
+
+_ACTION_KIND = {"approve": "once", "approve-always": "always", "deny": "deny"}
 
 
 def _pick(options, action):
-    """Which option answers the action: 'Yes' once, 'Yes, and always/don't ask again', 'No'."""
-    for number, text in options:
-        low = text.lower()
-        if action == "approve" and low.startswith("yes") and ", and" not in low:
-            return number, text
-        if action == "approve-always" and low.startswith("yes, and") and ("always" in low or "don't ask" in low
-                                                                           or "do not ask" in low):
-            return number, text
-        if action == "deny" and low.startswith("no"):
-            return number, text
+    """The option (number, text, …) that answers the action, read from the options' own words: the
+    first of its kind (Qwen's "in this project" before "for this user"), or None."""
+    for option in options:
+        if option_kind(option[1]) == _ACTION_KIND.get(action):
+            return option
     return None
+
+
+def _no_option(title, action, options):
+    """The refusal for a prompt without an option for the action: the agent's own options, quoted."""
+    want = {"approve": "approve once", "approve-always": "approve always", "deny": "deny"}[action]
+    return ReplyRefused("this %s prompt has no option to %s; it offers: %s" % (
+        title, want, "; ".join("%d. %s" % (o[0], _HINT_RE.sub("", o[1])) for o in options)), 0)
+
+
+def _answer(option, covers=None):
+    """What an answer did, in the agent's own words: the option chosen, and what it covers."""
+    said = "%d. %s" % (option[0], _HINT_RE.sub("", option[1]))
+    return ("answer", "“%s”%s" % (said, ("; " + covers) if covers else ""))
+
+
+def _menu(tail, start):
+    """The numbered options that follow line `start` -> [(number, text)] (boxes removed)."""
+    out = []
+    column = 0
+    for line in tail[start + 1:]:
+        line = _unboxed(line)
+        m = _MENU_RE.match(line)
+        if m:
+            out.append((int(m.group(1)), m.group(2)))
+            column = m.start(2)
+        elif out and line.strip():
+            if len(line) - len(line.lstrip()) < column - 1:
+                break
+            out[-1] = (out[-1][0], out[-1][1] + " " + line.strip())  # the option's text, wrapped
+    return out
+
+
+def _rule_bounds(tail):
+    """Indexes of the last two ─── rules in the lines (None where missing)."""
+    rules = [i for i, l in enumerate(tail) if _RULE_RE.match(l)]
+    return (rules[-2] if len(rules) > 1 else None), (rules[-1] if rules else None)
 
 
 def claude_prompt(screen_esc):
     """-> ('permission', options) | ('input', composer text) | None, from a Claude Code screen."""
-    tail = screen_lines(screen_esc)[-40:]
+    tail = [_unboxed(l) for l in screen_lines(screen_esc)[-40:]]
     if any("Esc to cancel" in l for l in tail[-6:]) and any(l.strip().startswith("Do you want to") for l in tail):
         start = max(i for i, l in enumerate(tail) if l.strip().startswith("Do you want to"))
-        options = [(int(m.group(1)), m.group(2)) for m in (_MENU_RE.match(l) for l in tail[start + 1:]) if m]
+        options = _menu(tail, start)
         if options:
             return ("permission", options)
     for i in range(len(tail) - 1, 0, -1):
         line = tail[i]
-        if line.startswith("❯") and tail[i - 1].startswith("──") and any(l.startswith("──") for l in tail[i + 1:i + 4]):
-            return ("input", line[1:].strip())
+        if line.startswith("❯") and tail[i - 1].startswith("──"):
+            end = next((j for j in range(i + 1, min(len(tail), i + 60)) if tail[j].startswith("──")), None)
+            if end is not None:
+                text = "\n".join([line[1:].strip()] + [l.strip() for l in tail[i + 1:end]])
+                return ("input", text.strip("\n"))
     return None
 
 
@@ -2110,7 +2455,7 @@ def codex_prompt(screen_esc):
         if options:
             return ("permission", options)
         return None
-    if any(l.startswith("› ") for l in tail[-6:]):
+    if any(l.startswith("› ") for l in tail[-8:]):
         return ("input", None)
     return None
 
@@ -2189,28 +2534,167 @@ def opencode_prompt(screen_esc):
         return ("input", None)
     return None
 
-def _text_steps(text, screen_esc, submitted):
-    """Type a prompt: the text, then Enter only once it is on screen and a moment later (Codex takes
-    input that comes fast as a paste, and an Enter inside a paste as a newline: seen with Enter right
-    after), then wait for it to be submitted (`submitted(screen, needle, typed_screen)`)."""
-    needle = text[-20:]
-    typed_screen = [screen_esc]
 
-    def typed(screen):
-        if needle in "\n".join(screen_lines(screen)[-30:]):
-            typed_screen[0] = screen
-            return True
-        return False
-    return [("literal", text), ("expect", "the typed text on screen", typed, TEXT_SETTLE),
-            ("keys", ["Enter"]), ("expect", "the prompt being submitted",
-                                   lambda screen: submitted(screen, needle, typed_screen[0]))]
+def opencode_input(screen_esc):
+    """The text in OpenCode's composer (the ┃ lines right above its ╹▀▀ edge, without the mode line
+    under the text), "" when empty or showing its placeholder ("Ask anything…"), or None."""
+    lines = screen_lines(screen_esc)[-40:]
+    edge = max((i for i, l in enumerate(lines) if l.lstrip().startswith("╹▀")), default=None)
+    if edge is None:
+        return None
+    box = []
+    for l in reversed(lines[:edge]):
+        if not l.lstrip().startswith("┃"):
+            break
+        box.insert(0, re.split(r"\s{10,}", l.lstrip()[1:].strip())[0])
+    text = "\n".join(box[:-1]).strip("\n") if box else ""
+    return "" if text.startswith("Ask anything") else text
+
+
+def opencode_always_patterns(screen_esc):
+    """The patterns OpenCode's "Always allow" confirmation lists ("- echo *" lines), or []."""
+    lines = [strip_escapes(l).strip() for l in screen_esc.split("\n")]
+    start = max((i for i, l in enumerate(lines) if "Always allow" in l), default=None)
+    if start is None:
+        return []
+    out = []
+    for l in lines[start + 1:start + 20]:
+        l = l.strip("┃│ ")
+        if l.startswith("- "):
+            out.append(l[2:].strip())
+        elif "Confirm" in l:
+            break
+    return out
+
+
+_INPUT_PLACEHOLDER = "Type your message or @path/to/file"
+
+
+def _input_after(tail, start, sign=">"):
+    """The input that begins on the first line after `start` starting with `sign` ("> " then
+    continuation lines, up to a blank line or a rule) -> its text ("" for the placeholder), or None."""
+    for i in range(start + 1, min(len(tail), start + 6)):
+        line = tail[i].strip()
+        if line.startswith(sign):
+            lines = [line[len(sign):].strip()]
+            for l in tail[i + 1:i + 60]:
+                if not l.strip() or _RULE_RE.match(l):
+                    break
+                lines.append(l.strip())
+            text = "\n".join(lines).replace("\u200b", "").strip()
+            return "" if text == _INPUT_PLACEHOLDER else text
+    return None
+
+
+def gemini_prompt(screen_esc):
+    """-> ('permission', options) | ('input', text) | ('busy', text) | None, from a Gemini CLI screen
+    (busy: its spinner line "… (esc to cancel, Ns)" shows above the input: a hook runs, Enter is lost)."""
+    tail = [_unboxed(l) for l in screen_lines(screen_esc)[-60:]]
+    asks = [i for i, l in enumerate(tail) if l.strip().startswith(("Allow execution of", "Apply this change?"))
+            or (l.strip().startswith("Allow ") and l.strip().endswith("?"))]
+    if asks:
+        options = _menu(tail, asks[-1])
+        if options and option_kind(options[0][1]) == "once":
+            return ("permission", options)
+    _, rule = _rule_bounds(tail)
+    if rule is None:
+        return None
+    text = _input_after(tail, rule)
+    if text is None:
+        return None
+    busy = any("esc to cancel" in l for l in tail[max(0, rule - 3):rule])
+    return ("busy" if busy else "input", text)
+
+
+# Qwen Code's input with nothing typed: the cursor (underlined) right after "> ", the rest in its
+# placeholder colour: "Type your message…", or a suggested next prompt it shows after a turn
+# ("> Hello from the fake model." in the lab: Tab takes it, typing replaces it).
+_QWEN_UNTYPED_RE = LazyPattern(r"> (?:\x1b\[[0-9;]*m)*\x1b\[4m(?:\x1b\[[0-9;]*m)*[^\x1b](?:\x1b\[[0-9;]*m)*\x1b\[38;5;103m")
+
+
+def qwen_prompt(screen_esc):
+    """-> ('permission', options) | ('input', text) | ('busy', text) | None, from a Qwen Code screen
+    (busy: "… (Ns · esc to cancel)" above the input, "Enter to steer" in the footer). The text is ""
+    when nothing is typed (its placeholder, or a suggestion it shows in the placeholder's colour:
+    told apart with the screen's escapes)."""
+    tail = [_unboxed(l) for l in screen_lines(screen_esc)[-60:]]
+    asks = [i for i, l in enumerate(tail) if l.strip().startswith(("Allow execution of", "Apply this change?"))]
+    if asks:
+        options = _menu(tail, asks[-1])
+        if options and option_kind(options[0][1]) == "once":
+            return ("permission", options)
+    top, bottom = _rule_bounds(tail)
+    if top is None:
+        return None
+    text = _input_after(tail, top)
+    if text is None:
+        return None
+    if text and any(_QWEN_UNTYPED_RE.search(l) for l in screen_esc.split("\n")[-60:]):
+        text = ""  # a suggestion, not typed text
+    busy = any("esc to cancel" in l for l in tail[max(0, top - 3):top]) or \
+        any("Enter to steer" in l for l in tail[bottom + 1:])
+    return ("busy" if busy else "input", text)
+
+
+def pi_prompt(screen_esc):
+    """-> ('input', text) | ('busy', text) | None, from a Pi screen (the editor is the lines between
+    its two ─── rules; busy: "Working..." above them). Pi never asks for a permission."""
+    tail = screen_lines(screen_esc)[-60:]
+    top, bottom = _rule_bounds(tail)
+    if top is None:
+        return None
+    text = "\n".join(l.rstrip() for l in tail[top + 1:bottom]).strip("\n")
+    busy = any("Working..." in l for l in tail[max(0, top - 3):top])
+    return ("busy" if busy else "input", text)
+
+
+def _text_steps(text, submitted, paste_shown=None, enter_after=TEXT_SETTLE):
+    """Type a prompt and submit it. One line: the text, then Enter only once it is on screen and a
+    moment later (Codex takes input that comes fast as a paste, and an Enter inside a paste as a
+    newline: seen with Enter right after). Several lines: one bracketed paste, then Enter once the
+    agent shows it (`paste_shown(screen)`, default: its last line on screen) and `enter_after`
+    seconds more. Then wait for the prompt to be submitted (`submitted(screen, needle)`)."""
+    last = [l for l in text.split("\n") if l.strip()][-1].strip()
+    needle = last[-20:]
+
+    def shown(screen):  # (a long paste may show as "[Pasted Content …]" instead)
+        tail = "\n".join(screen_lines(screen)[-40:])
+        return needle in tail or "[Pasted" in tail
+    if "\n" in text:
+        first = ("paste", text)
+        what = "the pasted text in the input"
+        check = paste_shown or shown
+        timeout = PASTE_SHOWN_TIMEOUT
+    else:
+        first, what, check, timeout = ("literal", text), "the typed text on screen", shown, None
+    return [first, ("expect", what, check, enter_after, timeout), ("keys", ["Enter"]),
+            ("expect", "the prompt being submitted", lambda screen: submitted(screen, needle), None, SUBMIT_TIMEOUT)]
 
 
 def _not_input(title, found):
-    """The refusal for text sent to a screen that shows no prompt input."""
+    """The refusal for text sent to a screen that shows no prompt input: at once when it shows a
+    permission prompt (another look will not change that), else after the screen settles."""
     kind = found[0] if found else None
-    return ReplyRefused("the %s screen does not show its prompt input%s" % (
-        title, " (it shows a permission prompt)" if kind in ("permission", "confirm-always") else ""))
+    if kind in ("permission", "confirm-always"):
+        return ReplyRefused("%s is asking for a permission; text is typed only at its prompt input "
+                            "(answer the permission first)" % title, 0)
+    if kind == "busy":
+        return ReplyRefused("%s is busy (its screen says so); text is typed only when it waits at its "
+                            "prompt input" % title, BUSY_WAIT)
+    return ReplyRefused("%s's screen does not show its prompt input" % title)
+
+
+def _not_permission(title, found, action):
+    """The refusal for an answer to a screen that shows no permission prompt."""
+    what = "nothing to %s" % ("deny" if action == "deny" else "approve")
+    if found and found[0] in ("input", "busy"):
+        return ReplyRefused("%s shows its prompt input, not a permission prompt; there is %s" % (title, what))
+    return ReplyRefused("%s's screen does not show a permission prompt; there is %s" % (title, what))
+
+
+def _holds_text(title, text):
+    return ReplyRefused("%s's input already holds text (%r); not typing into it: clear it in its pane "
+                        "first" % (title, text[:40]))
 
 
 def _gone(read, found):
@@ -2221,30 +2705,53 @@ def _gone(read, found):
     return gone
 
 
+def _input_empty(read):
+    """-> predicate: the reader sees its input, and it is empty (a prompt was submitted)."""
+    def empty(screen):
+        now = read(screen)
+        return now is not None and now[0] in ("input", "busy") and not now[1]
+    return empty
+
+
+def _digit_plan(title, read, action, screen_esc, covers=None, grace=None):
+    """A numbered menu answered by its digit: the option is read from the screen (never assumed)."""
+    found = read(screen_esc)
+    if not found or found[0] != "permission":
+        raise _not_permission(title, found, action)
+    picked = _pick(found[1], action)
+    if picked is None:
+        raise _no_option(title, action, found[1])
+    gone = _gone(read, found)
+    steps = [_answer(picked, covers(picked[1]) if covers and action == "approve-always" else None)]
+    if grace:
+        steps.append(("hold", grace, "the permission prompt", lambda screen: not gone(screen)))
+    return steps + [("keys", [str(picked[0])]), ("expect", "the prompt going away after the key", gone)]
+
+
+def _claude_covers(option):
+    low = option.lower().replace("\u2019", "'")
+    if "always allow access to" in low:
+        return ("Claude allows access to that directory, not this command: the same call may ask "
+                "again (seen with Claude Code 2.1.330)")
+    return None
+
+
 def claude_reply_plan(action, screen_esc, text=None):
     """Claude Code: a digit picks a permission option; a prompt goes into an empty composer."""
-    found = claude_prompt(screen_esc)
     if action == "text":
+        found = claude_prompt(screen_esc)
         if not found or found[0] != "input":
             raise _not_input("Claude Code", found)
         if found[1]:
-            raise ReplyRefused("the Claude Code input already holds text (%r); not typing into it" % found[1][:40])
+            raise _holds_text("Claude Code", found[1])
 
-        def submitted(screen, needle, typed_screen):
+        def submitted(screen, needle):
             f = claude_prompt(screen)
             return f is None or f[0] != "input" or needle not in f[1]
-        return _text_steps(text, screen_esc, submitted)
-    if not found or found[0] != "permission":
-        raise ReplyRefused("the Claude Code screen does not show a permission prompt")
-    picked = _pick(found[1], action)
-    if picked is None:
-        raise ReplyRefused("this Claude Code prompt offers no option for %s (options: %s)" % (
-            action, "; ".join("%d. %s" % o for o in found[1])))
-    gone = _gone(claude_prompt, found)
+        return _text_steps(text, submitted, lambda screen: bool((claude_prompt(screen) or ("", ""))[1]))
     # Claude Code ignores keys in the first ~0.1 s a permission prompt is up (seen: a digit 50 ms after
     # it appeared was dropped, 100 ms after was taken): see it up that long first
-    return [("hold", CLAUDE_PROMPT_GRACE, "the permission prompt", lambda screen: not gone(screen)),
-            ("keys", [str(picked[0])]), ("expect", "the prompt going away after the key", gone)]
+    return _digit_plan("Claude Code", claude_prompt, action, screen_esc, _claude_covers, CLAUDE_PROMPT_GRACE)
 
 
 def codex_reply_plan(action, screen_esc, text=None):
@@ -2254,17 +2761,16 @@ def codex_reply_plan(action, screen_esc, text=None):
         if not found or found[0] != "input":
             raise _not_input("Codex", found)
 
-        def submitted(screen, needle, typed_screen):
-            composer = [l for l in screen_lines(screen)[-8:] if l.startswith("› ")]
-            return not composer or needle not in composer[-1]
-        return _text_steps(text, screen_esc, submitted)
+        def submitted(screen, needle):
+            composer = "\n".join(screen_lines(screen)[-12:])
+            return "› " not in composer or needle not in composer.split("› ")[-1]
+        return _text_steps(text, submitted)
     if not found or found[0] != "permission":
-        raise ReplyRefused("the Codex screen does not show a permission prompt")
-    picked = next((key for number, label, key in found[1] if _pick([(number, label)], action)), None)
+        raise _not_permission("Codex", found, action)
+    picked = next((o for o in found[1] if _pick([o], action)), None)
     if picked is None:
-        raise ReplyRefused("this Codex prompt offers no option for %s (options: %s)" % (
-            action, "; ".join("%d. %s (%s)" % o for o in found[1])))
-    return [("keys", ["Escape" if picked == "esc" else picked]),
+        raise _no_option("Codex", action, found[1])
+    return [_answer(picked), ("keys", ["Escape" if picked[2] == "esc" else picked[2]]),
             ("expect", "the prompt going away after the key", _gone(codex_prompt, found))]
 
 
@@ -2276,17 +2782,28 @@ def opencode_reply_plan(action, screen_esc, text=None):
     if action == "text":
         if kind != "input":
             raise _not_input("OpenCode", found)
-        return _text_steps(text, screen_esc, lambda screen, needle, typed_screen: screen != typed_screen)
+
+        held = opencode_input(screen_esc)
+        if held:
+            raise _holds_text("OpenCode", held)
+
+        def pasted(screen):  # OpenCode shows a paste as "[Pasted ~N lines]", not its text
+            return "[Pasted ~" in (opencode_input(screen) or "")
+
+        def submitted(screen, needle):
+            now = opencode_input(screen)
+            return now is not None and "[Pasted ~" not in now and needle not in now
+        return _text_steps(text, submitted, pasted)
     if kind not in ("permission", "confirm-always"):
-        raise ReplyRefused("the OpenCode screen does not show a permission prompt")
+        raise _not_permission("OpenCode", found, action)
 
     def gone(screen):  # neither the buttons nor the "Always allow" confirmation
         now = opencode_prompt(screen)
         return now is None or now[0] not in ("permission", "confirm-always")
     if kind == "confirm-always":
-        raise ReplyRefused("OpenCode is asking to confirm an 'Allow always' already; answer it in its pane")
+        raise ReplyRefused("OpenCode is asking to confirm an 'Allow always' already; answer it in its pane", 0)
     if action == "deny":
-        return [("keys", ["Escape"]), ("expect", "the prompt going away after the key", gone)]
+        return [("answer", "“Reject”"), ("keys", ["Escape"]), ("expect", "the prompt going away after the key", gone)]
     selected = found[1]
     if selected is None:
         raise ReplyRefused("cannot tell which OpenCode button is selected")
@@ -2296,7 +2813,7 @@ def opencode_reply_plan(action, screen_esc, text=None):
     def on_target(screen):
         f = opencode_prompt(screen)
         return f is not None and f[0] == "permission" and f[1] == target
-    steps = []
+    steps = [("answer", "“%s”" % target)]
     if moves:
         steps += [("keys", ["Right"] * moves), ("expect", "%r selected" % target, on_target)]
     steps.append(("keys", ["Enter"]))
@@ -2304,9 +2821,79 @@ def opencode_reply_plan(action, screen_esc, text=None):
         def confirm(screen):
             f = opencode_prompt(screen)
             return f is not None and f[0] == "confirm-always" and f[1] == "Confirm"
-        steps += [("expect", "the 'Always allow' confirmation with Confirm selected", confirm), ("keys", ["Enter"])]
+        steps += [("expect", "the 'Always allow' confirmation with Confirm selected", confirm),
+                  ("answer-from-screen", lambda screen: "“Allow always”: %s until OpenCode restarts" % (
+                      ", ".join("`%s`" % p for p in opencode_always_patterns(screen)) or "this call")),
+                  ("keys", ["Enter"])]
     steps.append(("expect", "the prompt going away after the key", gone))
     return steps
+
+
+def _gemini_covers(option):
+    return ("Gemini allows, until it exits, shell commands with the same first word, and every file write "
+            "once a file prompt was allowed (nothing is written to its settings)")
+
+
+def _qwen_covers(option):
+    low = option.lower()
+    if "in this project" in low:
+        return "Qwen wrote it to <project>/.qwen/settings.json"
+    if "for this user" in low:
+        return "Qwen wrote it to ~/.qwen/settings.json"
+    return "Qwen switches this run to auto-accept edits (every file edit, not shell commands)"
+
+
+def _enter_taken(read, title):
+    """After Enter: the input emptied (else the text stays typed and it was not sent)."""
+    empty = _input_empty(read)
+
+    def submitted(screen, needle):
+        return empty(screen)
+    return submitted
+
+
+def gemini_reply_plan(action, screen_esc, text=None):
+    """Gemini CLI: a digit picks a permission option (the "No" digit is 3 on shell prompts, 4 on file
+    prompts: read, never assumed); a prompt goes into its empty input, Enter ~2 s after a paste."""
+    if action == "text":
+        found = gemini_prompt(screen_esc)
+        if not found or found[0] != "input":
+            raise _not_input("Gemini CLI", found)
+        if found[1]:
+            raise _holds_text("Gemini CLI", found[1])
+        return _text_steps(text, _enter_taken(gemini_prompt, "Gemini CLI"),
+                           lambda screen: bool((gemini_prompt(screen) or ("", ""))[1]),
+                           enter_after=GEMINI_PASTE_SETTLE if "\n" in text else TEXT_SETTLE)
+    return _digit_plan("Gemini CLI", gemini_prompt, action, screen_esc, _gemini_covers)
+
+
+def qwen_reply_plan(action, screen_esc, text=None):
+    """Qwen Code: a digit picks a permission option (No is 4 on shell prompts, 3 on file prompts);
+    a prompt goes into its input only when that is empty (after an Esc it holds the old prompt),
+    checked over a few frames (one redraw frame showed other text there)."""
+    if action == "text":
+        found = qwen_prompt(screen_esc)
+        if not found or found[0] != "input":
+            raise _not_input("Qwen Code", found)
+        if found[1]:
+            raise _holds_text("Qwen Code", found[1])
+        empty = _input_empty(qwen_prompt)
+        return [("hold", TEXT_SETTLE, "the empty input", empty)] + _text_steps(
+            text, _enter_taken(qwen_prompt, "Qwen Code"), lambda screen: bool((qwen_prompt(screen) or ("", ""))[1]))
+    return _digit_plan("Qwen Code", qwen_prompt, action, screen_esc, _qwen_covers)
+
+
+def pi_reply_plan(action, screen_esc, text=None):
+    """Pi: no permission prompts (its tools run without asking); a prompt goes into its empty editor."""
+    if action != "text":
+        raise ReplyRefused("Pi never asks for a permission (its tools run without asking); there is "
+                           "nothing to %s" % ("deny" if action == "deny" else "approve"), 0)
+    found = pi_prompt(screen_esc)
+    if not found or found[0] != "input":
+        raise _not_input("Pi", found)
+    if found[1]:
+        raise _holds_text("Pi", found[1])
+    return _text_steps(text, _enter_taken(pi_prompt, "Pi"), lambda screen: bool((pi_prompt(screen) or ("", ""))[1]))
 
 
 ##############################################################################
@@ -2355,6 +2942,8 @@ class Hooks(Record):
         ("states", {}),  # hook_event_name -> "idle" | "running" | "prompt" (running, with the prompt) |
                          # "permission" (waiting on a tool) | "notification" | "error" | "end" (it exited)
         ("notifications", ()),  # the notification_types that mean a prompt waits for the user
+        ("idle_notifications", ()),  # notification_types saying it waits at its prompt input, the turn over:
+                                     # one still under way was stopped (Qwen Code's Esc during retries)
         ("pid_env", None),  # an environment variable in which the agent gives its hooks its own pid
     )
 
@@ -2517,21 +3106,67 @@ OPENCODE_PLUGIN_NAME = "opensessions.js"
 _JS_SERVER_LOOKUP = r"""function server() {
   try {
     const uid = process.getuid();
-    const t = process.env.TMUX;
+    const env = process.env;
+    const t = env.TMUX;
     const sock = t ? t.split(",").slice(0, -2).join(",")
-      : path.join(process.env.TMUX_TMPDIR || "/tmp", "tmux-" + uid, "default");
+      : path.join(env.TMUX_TMPDIR || "/tmp", "tmux-" + uid, "default");
     let h = 0xcbf29ce484222325n;  // FNV-1a 64, as opensessions' socket_key()
     for (const b of Buffer.from(sock, "utf8")) h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn;
     const key = h.toString(16).padStart(16, "0").slice(0, 12);
-    const xdg = process.env.XDG_RUNTIME_DIR;
-    const dir = xdg && fs.existsSync(xdg) ? path.join(xdg, "opensessions")
-      : path.join(process.env.TMPDIR || "/tmp", "opensessions-" + uid);
+    const isDir = (p) => { try { return fs.statSync(p).isDirectory(); } catch (e) { return false; } };
+    let dir;  // as opensessions' runtime_dir(): a squatted temp dir gives way to one in the state dir
+    if (env.XDG_RUNTIME_DIR && isDir(env.XDG_RUNTIME_DIR)) {
+      dir = path.join(env.XDG_RUNTIME_DIR, "opensessions");
+    } else {
+      dir = path.join(env.TMPDIR || "/tmp", "opensessions-" + uid);
+      let squatted = false;
+      try {
+        const l = fs.lstatSync(dir);
+        if (l.uid !== uid) squatted = true;
+        else if (l.isSymbolicLink()) {
+          const st = fs.statSync(dir);
+          squatted = st.uid !== uid || !st.isDirectory() || (st.mode & 0o077) !== 0;
+        } else squatted = !l.isDirectory();
+      } catch (e) { squatted = e.code !== "ENOENT"; }
+      if (squatted) {
+        dir = path.join(env.XDG_STATE_HOME || path.join(env.HOME || "/nonexistent", ".local", "state"),
+          "opensessions", "run");
+      }
+    }
     const file = path.join(dir, "server-" + key + ".json");
     for (const st of [fs.lstatSync(dir), fs.lstatSync(file)]) {
       if (st.isSymbolicLink() || st.uid !== uid || (st.mode & 0o077)) return null;
     }
-    const info = JSON.parse(fs.readFileSync(file, "utf8"));
-    if (Number.isInteger(info.port) && info.port > 0 && info.port < 65536) return info;
+    // never blocks: a FIFO put there opens at once and is refused, as is anything but a small file
+    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | fs.constants.O_NOFOLLOW);
+    let text;
+    try {
+      const st = fs.fstatSync(fd);
+      if (!st.isFile() || st.uid !== uid || (st.mode & 0o077) || st.size > 65536) return null;
+      const buf = Buffer.alloc(st.size);
+      text = buf.toString("utf8", 0, fs.readSync(fd, buf, 0, st.size, 0));
+    } finally { fs.closeSync(fd); }
+    const info = JSON.parse(text);
+    if (!(Number.isInteger(info.port) && info.port > 0 && info.port < 65536)) return null;
+    // the server must still run: its pid alive and ours (kill 0 fails for another user's), with the
+    // start time it wrote (a file left by a kill -9 names a dead or reused pid: nothing is sent)
+    const pid = info.pid;
+    if (!Number.isInteger(pid) || pid <= 0) return null;
+    process.kill(pid, 0);
+    if (typeof info.procStart === "number") {  // Linux: /proc/<pid>/stat's starttime, of a process of ours
+      if (fs.statSync("/proc/" + pid).uid !== uid) return null;
+      const stat = fs.readFileSync("/proc/" + pid + "/stat", "latin1");
+      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]) !== info.procStart) return null;
+    } else if (typeof info.procStart === "string" && info.procStart) {  // elsewhere: ps -o lstart=
+      const seen = pid + " " + info.procStart;
+      if (server.verified !== seen) {
+        const out = execFileSync("ps", ["-o", "lstart=", "-p", String(pid)],
+          { env: Object.assign({}, env, { LC_ALL: "C" }), timeout: 2000, encoding: "utf8" });
+        if (out.trim() !== info.procStart) return null;
+        server.verified = seen;  // the pid stays ours while kill 0 works: ps runs once per server
+      }
+    } else return null;
+    return info;
   } catch (e) {}
   return null;
 }
@@ -2541,6 +3176,7 @@ OPENCODE_PLUGIN = r"""// opensessions: reports OpenCode session status to the op
 // Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks OpenCode.
 import fs from "node:fs";
 import path from "node:path";
+import { execFileSync } from "node:child_process";
 
 const TYPES = new Set(["session.status", "session.idle", "session.error", "permission.asked",
   "permission.replied", "session.updated"]);
@@ -2548,12 +3184,23 @@ const TYPES = new Set(["session.status", "session.idle", "session.error", "permi
 // The server's runtime file, trusted only when it is ours and private (a shared TMPDIR is writable
 // by everyone): no file, no report (never to whatever listens on a default port).
 """ + _JS_SERVER_LOOKUP + r"""
+// What the server reads of an event, each part cut short: a permission for a 100 KB write or a long
+// error must not make the body too large for the server (64 KiB), and so be lost.
+function clip(v, n) { return typeof v === "string" && v.length > n ? v.slice(0, n) : v; }
+
 function slim(event) {
   const p = event.properties || {};
-  const out = { sessionID: p.sessionID || (p.info && p.info.id), status: p.status, error: p.error,
-    permission: p.permission, patterns: p.patterns };
+  const st = p.status && typeof p.status === "object" ? p.status : null;
+  const err = p.error && typeof p.error === "object" ? p.error : null;
+  const out = { sessionID: clip(p.sessionID || (p.info && p.info.id), 200),
+    status: st ? { type: clip(st.type, 50), message: clip(st.message, 1000), attempt: st.attempt } : undefined,
+    error: err ? { name: clip(err.name, 200), data: { message: clip(err.data && err.data.message, 1000) } } : undefined,
+    permission: clip(p.permission, 200),
+    patterns: Array.isArray(p.patterns) ? p.patterns.slice(0, 1).map((x) => clip(String(x), 1000)) : undefined,
+    reply: clip(p.reply, 50) };
   if (event.type === "session.updated" && p.info) {
-    out.title = p.info.title; out.parentID = p.info.parentID; out.directory = p.info.directory;
+    out.title = clip(p.info.title, 1000); out.parentID = clip(p.info.parentID, 200);
+    out.directory = clip(p.info.directory, 4096);
   }
   return out;
 }
@@ -2584,6 +3231,7 @@ PI_EXTENSION = r"""// opensessions: reports Pi session status to the opensession
 // Installed by `opensessions install`; removed by `opensessions uninstall`. Never blocks Pi.
 import fs from "node:fs";
 import path from "node:path";
+import { execFileSync } from "node:child_process";
 
 // The server's runtime file, trusted only when it is ours and private (as in our OpenCode plugin).
 """ + _JS_SERVER_LOOKUP + r"""
@@ -2757,6 +3405,7 @@ AMP = AgentSpec(
     resume_args=("threads", "continue", "{id}"), resumes_anywhere=True,
     session_switches=("--last",), session_commands=("threads continue", "threads", "resume", "fork"),
     switches=("--dangerously-allow-all", "--last"),
+    # no replies: Amp could not be run offline, so its screens were never seen (reply_plan refuses)
     # its models are priced by the list prices of their vendors (the other specs' prices)
     history=HistoryFormat(kind="amp-json", under="threads", name_id=amp_id_from_name, suffix=".json",
                           messages=amp_messages, one_shot=(("--execute", "-x"), ())),
@@ -2777,7 +3426,8 @@ GEMINI = AgentSpec(
     resume_args=("{flags}", "--resume", "{id}"),
     session_flags=("--resume", "-r", "--session-id", "--session-file", "--prompt-interactive", "-i"),
     switches=("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--skip-trust", "--screen-reader"),
-    # replies: not learned yet (its screens are in tests/fixtures/gemini/screens); no list prices known
+    prompt_reader=gemini_prompt, reply_planner=gemini_reply_plan,
+    # no list prices known
     history=HistoryFormat(dirs=("tmp", "*", "chats"), name_id=gemini_id_from_path, header_id=True, reducer=gemini_reduce,
                           messages=gemini_messages, facts="gemini-projects",
                           one_shot=(("--prompt", "-p", "--output-format", "-o"), ())),
@@ -2790,14 +3440,16 @@ QWEN = AgentSpec(
     process=Process(names=("qwen",), via_node=True, package="qwen-code", entry_files=("cli.js", "cli-entry.js"),
                     one_shot=("-p", "--prompt", "--print"), helpers=("mcp", "extensions", "hooks")),
     id_flags=("--resume", "-r", "--session-id"),
-    hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS),
+    # its Notification "idle_prompt" comes ~1.7 s after each turn's Stop, and after an Esc that stopped a turn
+    hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS, idle_notifications=("idle_prompt",)),
     install=HookInstall(file="settings.json", events=QWEN_HOOK_EVENTS, only_if_set_up=True),  # its default timeout
     # chats are kept per project (~/.qwen/projects/<cwd>): resumed only from that directory
     resume_args=("{flags}", "--resume", "{id}"), fork_args=("{flags}", "--resume", "{id}", "--fork-session"),
     session_flags=("--resume", "-r", "--session-id", "--prompt-interactive", "-i"),
     session_switches=("--continue", "-c"),
     switches=("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--continue", "-c"),
-    # replies: not learned yet (its screens are in tests/fixtures/qwen/screens); no list prices known
+    prompt_reader=qwen_prompt, reply_planner=qwen_reply_plan,
+    # no list prices known
     history=HistoryFormat(dirs=("projects", "*", "chats"), name_id=qwen_id_from_name, suffix=".jsonl",
                           reducer=qwen_reduce, branch=claude_branch, messages=qwen_messages,
                           one_shot=(("--prompt", "-p", "--output-format", "-o"), ())),
@@ -2816,7 +3468,8 @@ PI = AgentSpec(
     resume_args=("{flags}", "--session", "{id}"), fork_args=("{flags}", "--fork", "{id}"), resumes_anywhere=True,
     session_flags=("--session", "--fork"), session_switches=("--continue", "-c", "--resume", "-r"),
     switches=("--continue", "-c", "--resume", "-r", "--no-session", "--verbose"),
-    # replies: not learned yet (its screens are in tests/fixtures/pi/screens); no list prices: it records its cost
+    prompt_reader=pi_prompt, reply_planner=pi_reply_plan,  # text only: Pi never asks for a permission
+    # no list prices: it records its cost
     history=HistoryFormat(dirs=("sessions", "*"), name_id=pi_id_from_path, reducer=pi_reduce, messages=pi_messages,
                           one_shot=(("--mode",), ("-p", "--print"))),
 )
@@ -2938,16 +3591,19 @@ def conversation_args(agent, thread_id, flags=(), fork=False):
 
 def reply_plan(agent, action, screen_esc, text=None):
     """The steps that answer `action` on this agent's screen (captured with -e), from its spec's reply
-    planner: [("keys", [tmux key names]) | ("literal", text) | ("hold", seconds, description,
-    predicate(screen)) | ("expect", description, predicate(screen_esc)[, settle seconds])].
+    planner: [("keys", [tmux key names]) | ("literal", text) | ("paste", text: one bracketed paste) |
+    ("hold", seconds, description, predicate(screen)) | ("expect", description, predicate(screen_esc)
+    [, settle seconds[, timeout seconds]]) | ("answer", what the answer does, in the agent's words) |
+    ("answer-from-screen", screen -> those words, read from the last screen seen)].
     Raises ReplyRefused with the reason when the screen does not show the prompt the action answers."""
     if action not in REPLY_ACTIONS:
-        raise ReplyRefused("unknown action %r (one of %s)" % (action, ", ".join(REPLY_ACTIONS)))
+        raise ReplyRefused("unknown action %r (one of %s)" % (action, ", ".join(REPLY_ACTIONS)), 0)
     if action == "text":
-        check_reply_text(text)
+        text = check_reply_text(text)
     spec = AGENT_SPECS.get(agent)
     if spec is None or spec.reply_planner is None:
-        raise ReplyRefused("replying to %s is not supported (its prompts were not learned)" % agent)
+        raise ReplyRefused("replying to %s is not supported: its screens were never seen (it could not be run "
+                           "here), so nothing is typed into it" % (spec.title if spec else agent), 0)
     return spec.reply_planner(action, screen_esc, text)
 
 
@@ -3025,6 +3681,66 @@ def usage_total(usages):
     return out
 
 
+_JSON_WS = LazyPattern(r"[ \t\n\r]*")
+CUT_STRING_KEEP = 64 * 1024  # of a string value cut by the end of the input, this much is kept
+
+
+def json_object_prefix(raw):
+    """The members of a JSON object whose text was cut short (a hook's stdin past its cap):
+    {key: value} for each top-level member read whole before the cut, and the start of a string
+    value the cut fell inside (the cut member is the last one). -> dict ({} when raw does not
+    start an object). Pure."""
+    text = raw.decode("utf-8", "ignore") if isinstance(raw, bytes) else raw
+    decoder = json.JSONDecoder(strict=False)
+    out = {}
+    pos = _JSON_WS.match(text, 0).end()
+    if text[pos:pos + 1] != "{":
+        return out
+    pos += 1
+    while True:
+        pos = _JSON_WS.match(text, pos).end()
+        if text[pos:pos + 1] != '"':
+            break
+        try:
+            key, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            break
+        pos = _JSON_WS.match(text, pos).end()
+        if text[pos:pos + 1] != ":":
+            break
+        pos = _JSON_WS.match(text, pos + 1).end()
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except (ValueError, RecursionError):
+            if text[pos:pos + 1] == '"':
+                cut = _json_string_start(text[pos + 1:pos + 1 + CUT_STRING_KEEP], decoder)
+                if cut is not None:
+                    out[key] = cut
+            break
+        out[key] = value
+        pos = _JSON_WS.match(text, pos).end()
+        if text[pos:pos + 1] != ",":
+            break
+        pos += 1
+    return out
+
+
+def _json_string_start(body, decoder):
+    """The text of a JSON string whose closing quote was cut off: body is what follows its opening
+    quote (an escape cut in half at the end is dropped). -> str, or None."""
+    for drop in range(0, 7):
+        part = body[:len(body) - drop] if drop else body
+        if part.endswith("\\") and (len(part) - len(part.rstrip("\\"))) % 2:
+            continue  # ends inside an escape
+        try:
+            value, end = decoder.raw_decode('"' + part + '"')
+        except ValueError:
+            continue
+        if end == len(part) + 2:
+            return value
+    return None
+
+
 def hook_event(agent, payload, environ=None):
     """Map an agent's hook payload (stdin JSON) to an /api/agent-event body, or None (an event that
     changes nothing, or a payload that is not the agent's). What each event says is in the agent's
@@ -3048,6 +3764,8 @@ def hook_event(agent, payload, environ=None):
         status = "waiting"
         tool = payload.get("tool_name")
         detail = "permission: %s" % tool if isinstance(tool, str) else "permission"
+    elif says == "notification" and payload.get("notification_type") in spec.hooks.idle_notifications:
+        status = "idle"  # at its prompt: the server ends a turn still under way as interrupted
     elif says == "notification":
         if payload.get("notification_type") not in spec.hooks.notifications:
             return None  # idle reminders and the like are not a change of state
@@ -3061,6 +3779,8 @@ def hook_event(agent, payload, environ=None):
     else:
         return None
     body = {"agent": agent, "status": status, "threadId": sid, "source": "hook"}
+    if says == "notification" and status == "idle":
+        body["idlePrompt"] = True
     if detail:
         body["detail"] = detail
     if alive is False:
@@ -3122,11 +3842,18 @@ def tmux_literal(text):
     return str(text).replace("#", "##")
 
 
+class TmuxText(str):
+    """An argument that is text (keys to type), never the command separator: even a lone ';' in
+    it is escaped by tmux_arg."""
+
+
 def tmux_arg(arg):
     """One argv element for tmux: an argument ending in ';' would end the command there (tmux then
-    runs the rest as another command), so its ';' is escaped; a lone ';' stays the separator."""
+    runs the rest as another command), so its ';' is escaped; a lone ';' stays the separator,
+    unless it is TmuxText."""
+    text = isinstance(arg, TmuxText)
     arg = str(arg)
-    return arg[:-1] + "\\;" if arg.endswith(";") and arg != ";" else arg
+    return arg[:-1] + "\\;" if arg.endswith(";") and (arg != ";" or text) else arg
 
 
 # Control-mode notifications that a client now shows another window (its sidebar must follow).
@@ -3375,11 +4102,12 @@ def read_tmux_options(tmux, defaults=None):
     return {n: (v or defaults[n]) for n, v in zip(names, out)}
 
 
-TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": str(DEFAULT_WIDTH),
-                "@opensessions-position": "left", "@opensessions-theme": "", "@opensessions-port": "",
+# Width, side and theme default to "" (unset): only what ~/.tmux.conf sets is applied over ui.json.
+TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": "",
+                "@opensessions-position": "", "@opensessions-theme": "", "@opensessions-port": "",
                 "@opensessions-focus-key": "", "@opensessions-index-keys": "off", "@opensessions-resurrect": "on",
                 "@opensessions-notify": "", "@opensessions-notify-on": "", "@opensessions-popup-key": "g",
-                "@opensessions-history-key": "r"}
+                "@opensessions-history-key": "r", "@opensessions-hosts": ""}
 
 
 ##############################################################################
@@ -3427,6 +4155,22 @@ def process_start(pid, proc_root="/proc"):
         return read_proc_stat(os.path.join(proc_root, str(pid), "stat"))[3]
     except (OSError, ValueError, IndexError):
         return -1
+
+
+def process_start_stamp(pid, proc_root="/proc"):
+    """What tells this process from a later one with its pid: its start time from /proc (clock
+    ticks since boot, an int), else `ps -o lstart=` in the C locale (a string), else None."""
+    start = process_start(pid, proc_root)
+    if start is not None:
+        return start if start >= 0 else None
+    import subprocess
+    try:
+        out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=5,
+                             env=dict(os.environ, LC_ALL="C")).stdout.decode("utf-8", "replace").strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
 
 
 def claude_registry_alive(entry, proc_root="/proc"):
@@ -3757,8 +4501,7 @@ def find_git_dir(path):
             return path, dotgit
         if os.path.isfile(dotgit):
             try:
-                with open(dotgit, "r") as f:
-                    content = f.read().strip()
+                content = read_foreign(dotgit, 4096, whole=False).decode("utf-8", "replace").strip()
             except OSError:
                 return None, None
             if content.startswith("gitdir:"):
@@ -3777,8 +4520,7 @@ def find_git_dir(path):
 def read_git_branch(git_dir):
     """Branch name from HEAD (short sha when detached); None when unreadable."""
     try:
-        with open(os.path.join(git_dir, "HEAD"), "r") as f:
-            head = f.read().strip()
+        head = read_foreign(os.path.join(git_dir, "HEAD"), 4096, whole=False).decode("utf-8", "replace").strip()
     except OSError:
         return None
     if head.startswith("ref:"):
@@ -3936,12 +4678,17 @@ class FileTail(object):
     def read(self, cold_tail=None):
         """-> (lines, reset). reset is True when the file was replaced or truncated (start over).
         On the first read with cold_tail, only the last cold_tail bytes are read. One read takes at
-        most `budget` bytes (self.more tells that there is more); a line over max_line is skipped."""
+        most `budget` bytes (self.more tells that there is more); a line over max_line is skipped.
+        A path that is not a regular file (a FIFO, a symlink: to /dev/zero or anywhere) raises
+        ForeignFileError unread."""
+        import stat
         self.more = False
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except OSError:
             return [], False
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a link to /dev/zero is never opened
+            raise ForeignFileError("%s is %s, not a regular file; not read" % (self.path, _file_kind(st.st_mode)))
         reset = False
         skip_partial = False
         if self.inode != st.st_ino or st.st_size < self.offset:
@@ -3959,7 +4706,11 @@ class FileTail(object):
         left = self.budget
         skipped_before = self.buf.skipped
         try:
-            with open(self.path, "rb") as f:
+            fd, fst = open_foreign(self.path, follow=False)
+            if fst.st_ino != self.inode:  # replaced since the look: the next read starts it over
+                os.close(fd)
+                return lines, reset
+            with os.fdopen(fd, "rb") as f:
                 f.seek(self.offset)
                 while True:
                     if left <= 0:
@@ -3978,6 +4729,8 @@ class FileTail(object):
                         chunk = chunk[nl + 1:]
                         skip_partial = False
                     lines.extend(self.buf.feed(chunk))
+        except ForeignFileError:
+            raise
         except OSError:
             pass
         self.skipped_lines += self.buf.skipped - skipped_before
@@ -3985,10 +4738,10 @@ class FileTail(object):
 
 
 def read_head_lines(path, limit=HEAD_BYTES):
-    """Complete lines from the start of a file (for a title in a file read from its tail)."""
+    """Complete lines from the start of a file (for a title in a file read from its tail). A file
+    that is not a regular one (a FIFO, a link to /dev/zero) has none."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit)
+        data = read_foreign(path, limit, follow=False, whole=False)
     except OSError:
         return []
     lines = data.split(b"\n")
@@ -4009,8 +4762,7 @@ def dir_entries(path, suffix=""):
 def sqlite_is_wal(path):
     """The database file's header says WAL mode (bytes 18-19 are 2)."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(20)
+        head = read_foreign(path, 20, whole=False)
     except OSError:
         return False
     return len(head) == 20 and head[18] == 2 and head[19] == 2
@@ -4024,9 +4776,21 @@ def sqlite_ro(path, timeout=0.2):
     open, so it is opened immutable (SQLite then creates nothing); a writer that starts meanwhile
     changes the files, and that change makes us read again. A file shorter than SQLite's 100-byte
     header is still being written (copied, restored): it is not opened (its header, read by SQLite
-    later than by us, could say WAL), and the write's next change makes us read again."""
+    later than by us, could say WAL), and the write's next change makes us read again. The
+    database and its -wal, -shm and -journal (the files SQLite opens, without O_NONBLOCK) must be
+    regular files where they exist: a FIFO would block the open for good."""
     import sqlite3
+    import stat
     from urllib.parse import quote
+    for p in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            mode = os.stat(p).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise sqlite3.OperationalError("%s: %s" % (p, e))
+        if not stat.S_ISREG(mode):
+            raise sqlite3.OperationalError("%s is %s, not a regular file; not opened" % (p, _file_kind(mode)))
     flags = "mode=ro"
     if not os.path.exists(path + "-wal"):
         try:
@@ -4063,7 +4827,9 @@ def sqlite_write_locked(path):
     else:
         return None
     try:
-        fd = os.open(path + "-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd, _ = open_foreign(path + "-shm")
+    except ForeignFileError:
+        return None  # not a regular file (sqlite_ro refuses the database)
     except OSError:
         return False  # no -shm: no writer shares the database
     try:
@@ -4097,16 +4863,406 @@ def sqlite_rows(path, sql, params=()):
         conn.close()
 
 
+# -- polling by stat, cheaply: directories by mtime, files by how recently they changed ------------
+# Where no inotify wakes us (macOS and the BSDs beside kqueue, OPENSESSIONS_WATCH=poll, no watch
+# left) directories and files are looked at by stat. A directory's mtime changes when an entry is
+# made, renamed or removed in it, so a directory is listed again only then; a file is stat-ed by how
+# recently it changed (appends do not change its directory): each second in its first minute idle,
+# then less and less often, at most every STAT_IDLE_MAX seconds. A file is back to each second when
+# its directory changes, when an agent process maps to it, or when a hook names it (a "hold"): a
+# conversation resumed after weeks is seen within a second or two of its agent starting.
+STAT_IDLE_MAX = 300.0  # a file idle for 5 hours or more is looked at every 5 minutes (unless held)
+DIR_IDLE_MAX = 5.0  # a directory idle for 5 minutes or more, every 5 s (a new file in an old project)
+DIR_BOOST_S = 60.0  # after a directory changed, its files are looked at as if held, this long
+HELD_DIR_STATS = 100  # the files of a held (or just changed) directory: at most this many stats a second
+RACY_S = 2.0  # a directory changed this recently may change again within its mtime's granularity
+KQUEUE_FD_BUDGET = 64  # at most this many fds for kqueue (well under macOS's default ulimit -n of 256)
+CODEX_UPDATED_HOLD_S = 600  # a Codex thread whose state_5.sqlite row changed this lately: its rollout is held
+KQUEUE_RECENT_DIR_S = 86400.0  # a directory changed within this gets a kqueue fd at once; older ones are polled
+
+
+def stat_interval(idle_s, most):
+    """Seconds between two looks at a file or directory idle for idle_s seconds: each second in its
+    first minute idle, then idle_s / 60 (10 minutes idle -> every 10 s), never more than `most`."""
+    return min(most, max(1.0, idle_s / 60.0))
+
+
+class _Polled(object):
+    """One directory or file the StatPoller looks at."""
+    __slots__ = ("path", "directory", "handler", "stamp", "names", "changed", "due", "live", "racy", "boost")
+
+    def __init__(self, path, directory=None, handler=None, stamp=None, changed=0.0, live=False):
+        self.path = path
+        self.directory = directory  # a file's directory (None for a directory)
+        self.handler = handler  # a directory's handler(directory, name, mask)
+        self.stamp = stamp
+        self.names = {}  # a directory's entries: name -> is a directory
+        self.changed = changed  # clock time of the last change seen (at first sight: the mtime)
+        self.due = 0  # the tick of the next look
+        self.live = live  # a directory whose files can change any moment (registries): each second
+        self.racy = False  # listed within RACY_S of its mtime: list again at the next look
+        self.boost = 0.0  # until then the directory's files are looked at as if held
+
+
+class StatPoller(object):
+    """Directories and their files watched by stat, at a cost that grows with what changes, not
+    with how many files there are. The loop calls run() once per `poll_interval` (a tick); each
+    entry is due at a tick, kept in that tick's bucket, so a tick costs only the looks that are due. What
+    changed is reported as inotify would: (handler, directory, name, mask), mask IN_CREATE,
+    IN_MODIFY or IN_DELETE (| IN_ISDIR). Time (how long a file has been idle) comes from `clock`:
+    tests drive it and the ticks, and sleep never.
+
+    A directory's first listing (add_dir) is a baseline and reports nothing (the caller lists it
+    itself, as with inotify); a missing directory lists empty until it is made. `hold(source,
+    paths)` keeps files or directories at one look a second until the source lets them go;
+    `suspend(path)` stops the timed looks of a path another watch follows (a kqueue fd) and
+    `check(path)` looks at it at once (that watch's event). `on_active(path)` is told of each
+    file or directory that just changed (kqueue gives it an fd)."""
+
+    def __init__(self, clock, poll_interval=1.0, stat=os.stat, listdir=os.listdir):
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self._stat = stat
+        self._listdir = listdir
+        self.tick = 0
+        self.dirs = {}  # directory -> _Polled
+        self.files = {}  # file -> _Polled (the non-directory entries of the directories)
+        self._due = {}  # tick -> [paths due then] (an entry rescheduled since is skipped)
+        self._seq = 0
+        self.holds = {}  # source -> frozenset of held paths
+        self.held = {}  # path -> number of sources holding it
+        self.suspended = set()
+        self.stat_calls = 0  # every stat and listing made (what polling costs; /health)
+        self.on_active = lambda path, is_dir: None
+
+    # -- what is watched -------------------------------------------------------------------------
+    def add_dir(self, path, handler, live=False):
+        d = self.dirs.get(path)
+        if d is not None:
+            d.handler = handler
+            d.live = d.live or live
+            return
+        d = self.dirs[path] = _Polled(path, handler=handler, live=live)
+        now = self.clock()
+        self._relist(d, now, events=None)
+        d.changed = self._mtime(d, now)
+        self._schedule(d, now)
+
+    def remove_dir(self, path):
+        d = self.dirs.pop(path, None)
+        if d is not None:
+            for name in d.names:
+                self.files.pop(os.path.join(path, name), None)
+
+    def hold(self, source, paths):
+        """Keep `paths` (files or directories) at a look a second while `source` holds them; the
+        source's previous paths are let go. A newly held path is looked at in the next tick (a
+        held file not seen yet: its directory is listed again)."""
+        new = frozenset(p for p in paths if p)
+        old = self.holds.get(source, frozenset())
+        if new == old:
+            return
+        for p in new - old:
+            self.held[p] = self.held.get(p, 0) + 1
+            entry = self.dirs.get(p) or self.files.get(p) or self.dirs.get(os.path.dirname(p))
+            if entry is not None and entry.path not in self.suspended:
+                self._push(entry, self.tick + 1)
+        for p in old - new:
+            n = self.held.get(p, 0) - 1
+            if n > 0:
+                self.held[p] = n
+            else:
+                self.held.pop(p, None)
+        if new:
+            self.holds[source] = new
+        else:
+            self.holds.pop(source, None)
+
+    def suspend(self, path):
+        self.suspended.add(path)
+
+    def resume(self, path):
+        self.suspended.discard(path)
+        entry = self.dirs.get(path) or self.files.get(path)
+        if entry is not None:
+            self._push(entry, self.tick + 1)
+
+    # -- looking ---------------------------------------------------------------------------------
+    def run(self):
+        """One tick: look at every entry due. -> [(handler, directory, name, mask)]"""
+        self.tick += 1
+        tick = self.tick
+        now = self.clock()
+        events = []
+        dirs, files, suspended = self.dirs, self.files, self.suspended
+        for path in self._due.pop(tick, ()):
+            entry = files.get(path) or dirs.get(path)
+            if entry is None or entry.due != tick or path in suspended:
+                continue  # gone, rescheduled since, or followed by another watch
+            if entry.directory is None:
+                self._look_dir(entry, now, events)
+                if path in dirs and path not in suspended:
+                    self._schedule(entry, now)
+            else:
+                self._look_file(entry, now, events)
+                if path in files and path not in suspended:
+                    self._schedule(entry, now)
+        return events
+
+    def check(self, path):
+        """Look at one file or directory now (another watch said it changed)."""
+        now = self.clock()
+        events = []
+        entry = self.dirs.get(path) or self.files.get(path)
+        if entry is not None:
+            self._look(entry, now, events)
+            if path not in self.suspended and (path in self.dirs or path in self.files):
+                self._schedule(entry, now)
+        return events
+
+    def _look(self, entry, now, events):
+        if entry.directory is None:
+            self._look_dir(entry, now, events)
+        else:
+            self._look_file(entry, now, events)
+
+    def _look_dir(self, d, now, events):
+        try:
+            self.stat_calls += 1
+            st = self._stat(d.path)
+        except OSError:
+            if d.stamp is not None or d.names:
+                self._relist(d, now, events)  # removed: everything in it is gone
+            return
+        moved = (st.st_mtime_ns, st.st_ino) != d.stamp
+        if moved or d.racy:
+            self._relist(d, now, events, st, look_files=moved)
+
+    def _relist(self, d, now, events, st=None, look_files=True):
+        """List a directory again: report what was made, replaced or removed since, and look at
+        each of its files now (a change of a directory is a sign of activity around its files)."""
+        import stat as stat_
+        try:
+            if st is None:
+                self.stat_calls += 1
+                st = self._stat(d.path)
+            self.stat_calls += 1
+            names = self._listdir(d.path)
+        except OSError:
+            st, names = None, []
+        was_missing = d.stamp is None
+        d.stamp = (st.st_mtime_ns, st.st_ino) if st is not None else None
+        d.racy = st is not None and time.time() - st.st_mtime < RACY_S
+        before = d.names
+        now_names = {}
+        changed = False
+        look_files = look_files and events is not None
+        if look_files:
+            d.boost = now + DIR_BOOST_S
+        for name in names:
+            path = os.path.join(d.path, name)
+            if name in before:
+                now_names[name] = before[name]
+                f = self.files.get(path)
+                if f is not None and look_files and path not in self.suspended:
+                    self._look_file(f, now, events)  # replaced (an atomic rewrite) or appended
+                    self._schedule(f, now)  # and from now on as often as the boost says
+                continue
+            try:
+                self.stat_calls += 1
+                fst = self._stat(path)
+            except OSError:
+                continue  # gone already
+            is_dir = stat_.S_ISDIR(fst.st_mode)
+            now_names[name] = is_dir
+            changed = True
+            if not is_dir:
+                stamp = (fst.st_mtime_ns, fst.st_size, fst.st_ino)
+                f = self.files[path] = _Polled(path, d.path, stamp=stamp,
+                                               changed=now if events is not None else fst.st_mtime)
+                self._schedule(f, now, spread=events is None)
+            if events is not None:
+                events.append((d.handler, d.path, name, IN_CREATE | (IN_ISDIR if is_dir else 0)))
+                self.on_active(path, is_dir)
+        for name, is_dir in before.items():
+            if name not in now_names:
+                changed = True
+                self.files.pop(os.path.join(d.path, name), None)
+                if events is not None:
+                    events.append((d.handler, d.path, name, IN_DELETE | (IN_ISDIR if is_dir else 0)))
+        d.names = now_names
+        if events is not None and (changed or was_missing and st is not None):
+            d.changed = now
+            self.on_active(d.path, True)
+
+    def _look_file(self, f, now, events):
+        try:
+            self.stat_calls += 1
+            st = self._stat(f.path)
+        except OSError:
+            d = self.dirs.get(f.directory)  # removed or renamed: its directory says which
+            if d is not None:
+                self._relist(d, now, events)
+            return
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == f.stamp:
+            return
+        replaced = f.stamp is not None and f.stamp[2] != stamp[2]
+        f.stamp = stamp
+        f.changed = now
+        d = self.dirs.get(f.directory)
+        if d is not None:
+            events.append((d.handler, d.path, os.path.basename(f.path), IN_CREATE if replaced else IN_MODIFY))
+        self.on_active(f.path, False)
+
+    # -- when to look next ------------------------------------------------------------------------
+    def _mtime(self, d, now):
+        try:
+            return self._stat(d.path).st_mtime
+        except OSError:
+            return now
+
+    def interval(self, entry, now):
+        """Seconds until the next look at a file or directory."""
+        if entry.path in self.held:
+            return 1.0
+        if entry.directory is None:
+            if entry.stamp is None or entry.live or entry.racy:
+                return 1.0  # missing (awaited), a registry, or changed a moment ago
+            return stat_interval(now - entry.changed, DIR_IDLE_MAX)
+        own = stat_interval(now - entry.changed, STAT_IDLE_MAX)
+        d = self.dirs.get(entry.directory)
+        if d is None:
+            return own
+        if d.live:
+            return 1.0
+        if d.path in self.held or d.boost > now:
+            return min(own, max(1.0, len(d.names) / float(HELD_DIR_STATS)))
+        return own
+
+    def _schedule(self, entry, now, spread=False):
+        """spread: a first look, somewhere within the interval (the files of a baseline are not all
+        looked at in the same tick, then again all together: the cost is even over time)."""
+        ticks = max(1, int(self.interval(entry, now) / self.poll_interval + 0.5))
+        if spread:
+            ticks = 1 + (self._seq * 7919) % ticks
+        self._push(entry, self.tick + ticks)
+
+    def _push(self, entry, due):
+        if entry.due and self.tick < entry.due <= due:
+            return  # already due sooner
+        entry.due = due
+        self._seq += 1
+        bucket = self._due.get(due)
+        if bucket is None:
+            self._due[due] = [entry.path]
+        else:
+            bucket.append(entry.path)
+
+
+# kqueue (macOS, the BSDs): the filter flags we ask for, and what each means in inotify's terms
+KQ_DIR, KQ_FILE = "dir", "file"
+
+
+class Kqueue(object):
+    """kqueue behind the Inotify class's interface: one fd for the event loop, add_watch(path,
+    kind) -> wd, read() -> [(wd, mask, None)], remove_watch(wd), close(). Each watch is an open fd
+    of its file or directory: a directory's NOTE_WRITE (an entry made, renamed, removed) reads as
+    IN_MODIFY, a file's NOTE_WRITE / NOTE_EXTEND as IN_MODIFY, NOTE_DELETE as IN_DELETE_SELF and
+    NOTE_RENAME as IN_MOVE_SELF. kqueue names no entry: the caller lists a directory again (the
+    StatPoller does). `kmod` is the select module; a test passes a fake that replays events."""
+
+    def __init__(self, kmod=None, open_fd=None):
+        if kmod is None:
+            import select as kmod
+        if not hasattr(kmod, "kqueue"):
+            raise OSError("kqueue is not available")
+        self.k = kmod
+        self._open = open_fd or (lambda path: os.open(path, os.O_RDONLY | getattr(os, "O_EVTONLY", 0)
+                                                      | getattr(os, "O_CLOEXEC", 0)))
+        self.kq = kmod.kqueue()
+        self.fd = self.kq.fileno()
+        self.watches = {}  # wd -> path
+
+    def add_watch(self, path, kind):
+        k = self.k
+        fflags = k.KQ_NOTE_WRITE | k.KQ_NOTE_DELETE | k.KQ_NOTE_RENAME
+        if kind == KQ_FILE:
+            fflags |= k.KQ_NOTE_EXTEND
+        fd = self._open(path)
+        try:
+            self.kq.control([k.kevent(fd, filter=k.KQ_FILTER_VNODE, flags=k.KQ_EV_ADD | k.KQ_EV_CLEAR,
+                                      fflags=fflags)], 0, 0)
+        except (OSError, ValueError):
+            os.close(fd)
+            raise
+        self.watches[fd] = path
+        return fd
+
+    def remove_watch(self, wd):
+        """Closing the fd removes its events from the kqueue."""
+        if self.watches.pop(wd, None) is not None:
+            try:
+                os.close(wd)
+            except OSError:
+                pass
+
+    def read(self):
+        k = self.k
+        out = []
+        while True:
+            events = self.kq.control(None, 256, 0)
+            for ev in events:
+                if ev.ident not in self.watches:
+                    continue
+                mask = 0
+                if ev.fflags & (k.KQ_NOTE_WRITE | k.KQ_NOTE_EXTEND):
+                    mask |= IN_MODIFY
+                if ev.fflags & k.KQ_NOTE_DELETE:
+                    mask |= IN_DELETE_SELF
+                if ev.fflags & k.KQ_NOTE_RENAME:
+                    mask |= IN_MOVE_SELF
+                if mask:
+                    out.append((ev.ident, mask, None))
+            if len(events) < 256:
+                return out
+
+    def close(self):
+        for wd in list(self.watches):
+            self.remove_watch(wd)
+        try:
+            self.kq.close()
+        except OSError:
+            pass
+
+
+def kqueue_fd_budget(limit=None):
+    """How many fds kqueue may hold: KQUEUE_FD_BUDGET, or a quarter of a lower `ulimit -n`."""
+    if limit is None:
+        try:
+            import resource
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError, ValueError):
+            limit = 256
+    if limit is None or limit < 0:  # RLIM_INFINITY
+        return KQUEUE_FD_BUDGET
+    return max(8, min(KQUEUE_FD_BUDGET, limit // 4))
+
+
 class WatchCore(object):
     """What every agent's watcher shares, on the server's event loop: directories watched by inotify
-    (Linux: it wakes us within milliseconds) or scanned by stat every `poll_interval` seconds (no
-    inotify, OPENSESSIONS_WATCH=poll, or no watch left for a directory), directories awaited until
-    they exist, file tails and the thread states reduced from them, database reads timed around
-    their writers' commits, and the guard under which each file, row or directory is read (what no
-    parser expected is skipped and counted). Cold start reads only files changed in the last
-    `recent_days` days."""
+    (Linux: it wakes us within milliseconds), by kqueue (macOS, the BSDs: an fd per directory and
+    per file that can change now, within a budget) or by the StatPoller (OPENSESSIONS_WATCH=poll,
+    no watch left, and what kqueue has no fd for), directories awaited until they exist, file tails
+    and the thread states reduced from them, database reads timed around their writers' commits,
+    and the guard under which each file, row or directory is read (what no parser expected is
+    skipped and counted). Cold start reads only files changed in the last `recent_days` days.
 
-    def __init__(self, server, environ=None, recent_days=7.0, poll_interval=1.0, clock=time.time):
+    hold(source, paths) says which files can change now (an agent process maps to them, a hook
+    named them): polled, they are looked at each second; under kqueue they get an fd."""
+
+    def __init__(self, server, environ=None, recent_days=7.0, poll_interval=1.0, clock=time.time, kmod=None):
+        import collections
         self.server = server
         self.paths = agent_paths(environ)
         self.force_poll = (environ or {}).get("OPENSESSIONS_WATCH") == "poll"
@@ -4114,9 +5270,18 @@ class WatchCore(object):
         self.poll_interval = poll_interval
         self.clock = clock
         self.inotify = None
+        self.kqueue = None
+        self.kmod = kmod  # the select module, or a test's fake kqueue
+        self.backend = None  # "inotify", "kqueue" or "poll", once started
         self.watches = {}  # wd -> (dir, handler)
         self.watched_dirs = {}  # dir -> inotify wd
-        self.polled_dirs = {}  # dir -> handler: scanned by stat (no inotify, or its watch failed)
+        self.poller = StatPoller(clock, poll_interval)
+        self.poller.on_active = self._on_active
+        self.kq_paths = collections.OrderedDict()  # path -> kqueue wd, the least recently active first
+        self.kq_wds = {}  # kqueue wd -> path
+        self.kq_pinned = set()  # roots and live files: never given back to the poller
+        self.kq_budget = kqueue_fd_budget()
+        self.live_paths = set()  # files that can change at any moment (databases, their -wal, indexes)
         self._polling = False
         self.pending_dirs = {}  # missing dir -> handler (watched through an existing parent)
         self.roots = {}  # the agents' own directories -> handler (awaited again when removed)
@@ -4129,19 +5294,40 @@ class WatchCore(object):
         self.long_lines = 0  # lines over MAX_LINE_BYTES, skipped unread
         self._logged_bad = set()
         self._reads_due = set()  # files whose last read stopped at its budget (read_later)
-        self._stat_cache = {}  # polled dir -> {name: (mtime_ns, size, inode, is_dir)}
         self.on_overflow = lambda: None  # inotify dropped events: every agent reads its files again
 
+    @property
+    def polled_dirs(self):
+        """Directories looked at by stat now: dir -> handler (kqueue's are not)."""
+        return {p: d.handler for p, d in self.poller.dirs.items() if p not in self.poller.suspended}
+
     def start(self):
-        """inotify where there is one (and OPENSESSIONS_WATCH is not "poll"), else stat scans."""
-        try:
-            if self.force_poll:
-                raise OSError("OPENSESSIONS_WATCH=poll")
-            self.inotify = Inotify()
-            self.server.loop.add_reader(self.inotify.fd, self._on_inotify)
-        except (OSError, AttributeError) as e:
-            log("inotify unavailable (%s); watching agent files by stat every %.1fs" % (e, self.poll_interval))
-            self.inotify = None
+        """inotify where there is one, else kqueue, else the StatPoller (OPENSESSIONS_WATCH=poll
+        forces it)."""
+        if self.force_poll:
+            why = "OPENSESSIONS_WATCH=poll"
+        else:
+            try:
+                self.inotify = Inotify()
+                self.server.loop.add_reader(self.inotify.fd, self._on_inotify)
+                self.backend = "inotify"
+                return
+            except (OSError, AttributeError) as e:
+                self.inotify = None
+                why = "inotify: %s" % e
+            try:
+                self.kqueue = Kqueue(self.kmod)
+                self.server.loop.add_reader(self.kqueue.fd, self._on_kqueue)
+                self.backend = "kqueue"
+                log("watching agent files with kqueue (at most %d fds), the rest by stat (%s)" % (self.kq_budget, why))
+                self._start_polling()
+                return
+            except (OSError, AttributeError) as e:
+                self.kqueue = None
+                why += "; kqueue: %s" % e
+        self.backend = "poll"
+        log("inotify unavailable (%s); watching agent files by stat: directories by their mtime (every 1 "
+            "to %.0f s), files by how recently they changed (every 1 to %.0f s)" % (why, DIR_IDLE_MAX, STAT_IDLE_MAX))
 
     def guarded(self, what, fn, *args):
         """Read one file, row or directory under its own guard: what no parser expected is skipped
@@ -4172,15 +5358,39 @@ class WatchCore(object):
             return False
 
     # -- directories -------------------------------------------------------------------------------
-    def watch_root(self, path, handler):
-        """An agent's own directory: watched (or awaited) for good, even after it is removed."""
+    def watch_root(self, path, handler, live=False):
+        """An agent's own directory: watched (or awaited) for good, even after it is removed.
+        live: its files can change at any moment (a registry): polled each second, or pinned to
+        a kqueue fd."""
         self.roots[path] = handler
-        self.watch_dir(path, handler)
+        self.watch_dir(path, handler, live=live)
 
-    def watch_dir(self, path, handler):
+    def live_file(self, path):
+        """A file that can change at any moment (a database, its -wal, an index): looked at each
+        second when polled, pinned to a kqueue fd (once it exists)."""
+        self.live_paths.add(path)
+        self.poller.hold("live", self.live_paths)
+        if self.kqueue is not None and path in self.poller.files:
+            self._kq_add(path, KQ_FILE, pinned=True)
+
+    def hold(self, source, paths):
+        """Files or directories that can change now, as `source` knows (its previous ones are let go):
+        polled each second, or given a kqueue fd. inotify sees every change anyway."""
+        paths = frozenset(paths)
+        self.poller.hold(source, paths)
+        if self.kqueue is not None:
+            for p in paths:
+                if p in self.poller.files:
+                    self._kq_add(p, KQ_FILE)
+                elif p in self.poller.dirs:
+                    self._kq_add(p, KQ_DIR)
+
+    def watch_dir(self, path, handler, live=False):
         """Watch a directory; a missing one is watched for through its nearest existing parent."""
         if self.inotify is None:
-            self.poll_dir(path, handler)
+            self.poll_dir(path, handler, live)
+            if self.kqueue is not None:
+                self._kq_dir(path, pinned=live or path in self.roots)
             return
         if path in self.watched_dirs or path in self.polled_dirs:
             return
@@ -4215,8 +5425,7 @@ class WatchCore(object):
                     continue  # settled meanwhile (a handler below watched it)
                 if os.path.isdir(path):
                     if not self._add_dir_watch(path, handler):
-                        self.pending_dirs.pop(path, None)
-                        continue
+                        self.pending_dirs.pop(path, None)  # polled instead (a baseline: listed here)
                     handler(path, None, IN_CREATE | IN_ISDIR)
                     looked_again = True
                     continue
@@ -4266,50 +5475,111 @@ class WatchCore(object):
         if changed:
             self.server.after_watchers()
 
-    def poll_dir(self, path, handler):
-        """Watch a directory by stat scans (no inotify here, or no watch left for it)."""
+    def poll_dir(self, path, handler, live=False):
+        """Watch a directory by stat (no inotify here, or no watch left for it). What it holds now
+        is the baseline: the caller lists it (a missing one lists empty until it is made)."""
         self.pending_dirs.pop(path, None)
-        self.polled_dirs[path] = handler
+        self.poller.add_dir(path, handler, live)
+        self._start_polling()
+
+    def _start_polling(self):
         if not self._polling:
             self._polling = True
             self.server.loop.call_later(self.poll_interval, self._poll)
 
     def _poll(self):
-        """One stat scan of the polled directories, reported as inotify would (created, modified,
-        deleted). A failing handler is counted and logged (guarded) and the scan goes on; the next scan
-        is always due."""
+        """One tick of the StatPoller: what is due is looked at, what changed is reported as inotify
+        would (created, modified, deleted). A failing handler is counted and logged (guarded) and the
+        tick goes on; the next tick is always due. A tick that finds nothing costs nothing more."""
         try:
-            for directory, handler in list(self.polled_dirs.items()):
-                for name, mask in self._poll_changes(directory):
-                    self.guarded(os.path.join(directory, name), handler, directory, name, mask)
-            self.server.after_watchers()
+            if self._dispatch(self.poller.run()):
+                self.server.after_watchers()
         except Exception:
             import traceback
             log("stat scan failed:\n" + traceback.format_exc())
         finally:
             self.server.loop.call_later(self.poll_interval, self._poll)
 
-    def _poll_changes(self, directory):
-        """-> [(name, inotify-like mask)] since the last scan of directory."""
-        import stat
-        before = self._stat_cache.get(directory, {})
-        now = {}
-        changes = []
-        for name in dir_entries(directory):
-            try:
-                st = os.stat(os.path.join(directory, name))
-            except OSError:
+    def _dispatch(self, events):
+        for handler, directory, name, mask in events:
+            self.guarded(os.path.join(directory, name), handler, directory, name, mask)
+        return bool(events)
+
+    # -- kqueue: an fd per directory and per file that can change now, within a budget -------------
+    def _kq_dir(self, path, pinned=False):
+        """A directory gets an fd when it is an agent's own (pinned) or changed lately; an idle one
+        is left to the poller, which hands it over (on_active) once it changes."""
+        d = self.poller.dirs.get(path)
+        if d is None or d.stamp is None:
+            return  # missing: polled until it is made
+        if pinned or self.clock() - d.changed < KQUEUE_RECENT_DIR_S:
+            self._kq_add(path, KQ_DIR, pinned)
+
+    def _on_active(self, path, is_dir):
+        """The poller saw a file or directory change: under kqueue it gets an fd (it may change again)."""
+        if self.kqueue is None:
+            return
+        if is_dir and path in self.poller.dirs:
+            self._kq_add(path, KQ_DIR, pinned=path in self.roots)
+        elif not is_dir and path in self.poller.files:
+            self._kq_add(path, KQ_FILE, pinned=path in self.live_paths)
+
+    def _kq_add(self, path, kind, pinned=False):
+        """Follow path by a kqueue fd (suspending its timed looks). With the budget spent, the least
+        recently active path that is not pinned goes back to the poller; if every one is pinned,
+        path stays polled. -> True when path has an fd."""
+        if path in self.kq_paths:
+            self.kq_paths.move_to_end(path)
+            if pinned:
+                self.kq_pinned.add(path)
+            return True
+        if len(self.kq_paths) >= self.kq_budget:
+            victim = next((p for p in self.kq_paths if p not in self.kq_pinned), None)
+            if victim is None:
+                return False
+            self._kq_drop(victim)
+        try:
+            wd = self.kqueue.add_watch(path, kind)
+        except OSError as e:
+            if ("kqueue", path) not in self._logged_bad and len(self._logged_bad) < 200:
+                self._logged_bad.add(("kqueue", path))
+                log("cannot follow %s with kqueue (%s); looking at it by stat instead" % (path, e))
+            return False
+        self.kq_paths[path] = wd
+        self.kq_wds[wd] = path
+        if pinned:
+            self.kq_pinned.add(path)
+        self.poller.suspend(path)
+        return True
+
+    def _kq_drop(self, path):
+        wd = self.kq_paths.pop(path, None)
+        if wd is None:
+            return
+        self.kq_wds.pop(wd, None)
+        self.kq_pinned.discard(path)
+        self.kqueue.remove_watch(wd)
+        self.poller.resume(path)
+
+    def _on_kqueue(self):
+        """kqueue events: each names a file or directory that changed; the poller looks at it now
+        and reports what changed, as inotify would. A deleted or renamed one loses its fd (the fd
+        follows the old file) and is looked at by stat until it is active again."""
+        changed = False
+        for wd, mask, _ in self.kqueue.read():
+            path = self.kq_wds.get(wd)
+            if path is None:
                 continue
-            stamp = now[name] = (st.st_mtime_ns, st.st_size, st.st_ino, stat.S_ISDIR(st.st_mode))
-            old = before.get(name)
-            if old != stamp:
-                kind = IN_MODIFY if old is not None and old[2] == stamp[2] else IN_CREATE
-                changes.append((name, kind | (IN_ISDIR if stamp[3] else 0)))
-        for name, old in before.items():
-            if name not in now:
-                changes.append((name, IN_DELETE | (IN_ISDIR if old[3] else 0)))
-        self._stat_cache[directory] = now
-        return changes
+            self.kq_paths.move_to_end(path)
+            if mask & (IN_DELETE_SELF | IN_MOVE_SELF):
+                self._kq_drop(path)
+            events = self.poller.check(path)
+            parent = os.path.dirname(path)
+            if mask & (IN_DELETE_SELF | IN_MOVE_SELF) and parent in self.poller.dirs:
+                events += self.poller.check(parent)
+            changed = self._dispatch(events) or changed
+        if changed:
+            self.server.after_watchers()
 
     # -- files -------------------------------------------------------------------------------------
     def tail_thread(self, path, agent, tid, reducer, reader):
@@ -4339,8 +5609,10 @@ class WatchCore(object):
         records, bad = parse_json_lines(lines)
         self.bad_records += bad
         state["bad"] += bad
+        before = state["bad"]
         for rec in records:
             reducer(state, rec)
+        self.bad_records += state["bad"] - before  # fields a reducer skipped (a count of 10^400)
         return state, records
 
     def count_long_lines(self, path, n):
@@ -4413,6 +5685,10 @@ class WatchCore(object):
     def is_tailed(self, path):
         return path in self.tails
 
+    def now(self):
+        """The core's clock (epoch seconds; a test's own clock where one is given)."""
+        return self.clock()
+
     def horizon(self):
         """The time (epoch seconds) before which a cold start reads nothing (recent_days)."""
         return self.clock() - self.recent_s
@@ -4434,6 +5710,12 @@ class WatchCore(object):
             self.server.loop.remove_reader(self.inotify.fd)
             self.inotify.close()
             self.inotify = None
+        if self.kqueue is not None:
+            self.server.loop.remove_reader(self.kqueue.fd)
+            self.kqueue.close()
+            self.kqueue = None
+            self.kq_paths.clear()
+            self.kq_wds.clear()
 
 
 class WatcherHost(object):
@@ -4454,7 +5736,9 @@ class AgentWatcher(object):
     are the reads of what they hold now (each run under the core's guard). Each watcher tells the
     server what its files say (host.update); which source wins is decided there.
 
-    The class methods answer, from the agent's files, what a restore asks (Resurrect): which
+    thread_files and cwd_dirs name the files a live conversation can change (the Linker's holds:
+looked at each second when polled, given a kqueue fd). The class methods answer, from the agent's
+files, what a restore asks (Resurrect): which
     conversation a process runs (live_id), which ran in a directory (cwd_candidates), and whether one
     is still there (conversation_exists)."""
 
@@ -4469,6 +5753,15 @@ class AgentWatcher(object):
         pass
 
     def cold_steps(self):
+        return ()
+
+    def thread_files(self, tid, cwd):
+        """The files of one conversation that can change now (its agent runs, a hook named it),
+        beyond the one it was read from. cwd: where it runs, or None."""
+        return ()
+
+    def cwd_dirs(self, cwd):
+        """Where an agent running in cwd, on a conversation we cannot name, writes."""
         return ()
 
     @classmethod
@@ -4499,11 +5792,19 @@ class ClaudeWatcher(AgentWatcher):
 
     def start(self):
         claude = self.paths["home"]
-        self.core.watch_root(os.path.join(claude, "sessions"), self._on_registry_dir)
+        self.core.watch_root(os.path.join(claude, "sessions"), self._on_registry_dir, live=True)
         self.core.watch_root(os.path.join(claude, "projects"), self._on_projects_dir)
 
     def cold_steps(self):
         return (self._scan_claude_registry, self._scan_claude_projects)
+
+    def thread_files(self, tid, cwd):
+        """projects/<cwd's project>/<id>.jsonl (there or not yet: a new session writes it at its
+        first prompt)."""
+        return [os.path.join(self.cwd_dirs(cwd)[0], tid + ".jsonl")] if cwd else []
+
+    def cwd_dirs(self, cwd):
+        return [os.path.join(self.paths["home"], "projects", claude_project_dir_name(cwd))]
 
     def _scan_claude_registry(self):
         d = os.path.join(self.paths["home"], "sessions")
@@ -4531,8 +5832,10 @@ class ClaudeWatcher(AgentWatcher):
 
     def _read_registry_file(self, path):
         try:
-            with open(path, "rb") as f:
-                entry = claude_registry_entry(clean_parsed_strings(json.loads(f.read(MAX_LINE_BYTES).decode("utf-8"))))
+            raw = read_foreign(path, REGISTRY_MAX, follow=False)
+            entry = claude_registry_entry(clean_parsed_strings(json.loads(raw.decode("utf-8"))))
+        except ForeignFileError:
+            raise  # a FIFO, a link, /dev/zero, a huge file: skipped and counted by the guard
         except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             return  # half-written: the next event re-reads it
         if entry is None:
@@ -4589,7 +5892,7 @@ class ClaudeWatcher(AgentWatcher):
         path = self._transcript_path(sid, entry["cwd"] if entry else None)
         state = self.core.state(path) if path else None
         if path and state is None:
-            self._read_transcript(path)
+            self.core.guarded(path, self._read_transcript, path)
             state = self.core.state(path)
         if state is None:
             state = new_thread_state(self.agent, sid)
@@ -4597,7 +5900,8 @@ class ClaudeWatcher(AgentWatcher):
                 state["cwd"] = entry["cwd"]
         registry_status = entry["status"] if entry else None
         status, detail = claude_live_status(state["status"], registry_status,
-                                            entry["waitingFor"] if entry else None, state["turns"])
+                                            entry["waitingFor"] if entry else None, state["turns"],
+                                            state.get("toolPending", False))
         if detail is None and status == state["status"]:
             detail = state["detail"]
         fields = dict(status=status, detail=detail, title=thread_title(state, entry["name"] if entry else None),
@@ -4614,9 +5918,9 @@ class ClaudeWatcher(AgentWatcher):
         reg = os.path.join(paths["home"], "sessions")
         for p in pids:
             try:
-                with open(os.path.join(reg, "%d.json" % p), "rb") as f:
-                    entry = claude_registry_entry(json.loads(f.read().decode("utf-8")))
-            except (OSError, ValueError, UnicodeDecodeError):
+                entry = claude_registry_entry(json.loads(read_foreign(os.path.join(reg, "%d.json" % p), REGISTRY_MAX,
+                                                                      follow=False).decode("utf-8")))
+            except (OSError, ValueError, UnicodeDecodeError, RecursionError):
                 continue
             if entry and claude_registry_alive(entry) and valid_thread_id(spec.name, entry["sessionId"]):
                 return entry["sessionId"], "claude-registry"
@@ -4647,21 +5951,79 @@ class ClaudeWatcher(AgentWatcher):
 
 class CodexWatcher(AgentWatcher):
     """Codex: rollouts ~/.codex/sessions/YYYY/MM/DD/rollout-<time>-<uuid>.jsonl, thread names from
-    session_index.jsonl and state_5.sqlite, turn statuses from thread_history_1.sqlite."""
+    session_index.jsonl and state_5.sqlite, turn statuses from thread_history_1.sqlite.
+
+    A resumed conversation is appended to its ORIGINAL rollout, in the day directory of its first
+    day: every day directory is watched (only recent ones are read at cold start), state_5.sqlite's
+    threads.updated_at finds rollouts resumed lately wherever they are, and
+    thread-writer-locks/<id>.lock (there while Codex has the thread loaded) holds its rollout."""
 
     def __init__(self, core, host, spec, paths):
         AgentWatcher.__init__(self, core, host, spec, paths)
         self.codex_names = {}  # thread id -> name
         self.index_tail = None  # FileTail of session_index.jsonl
+        self.rollout_paths = {}  # thread id -> its rollout (from state_5.sqlite and the listings)
+        self.updated_seen = None  # the greatest threads.updated_at read (s): the next query's lower bound
+        self.names_read = False  # state_5.sqlite was read once (later renames are news)
+        self.unknown = set()  # ids state_5.sqlite had no rollout for, at its last read
+        self.updated_lately = {}  # thread id -> (updated_at, rollout) of rows updated in the last minutes
 
     def start(self):
         codex = self.paths["home"]
         self.core.watch_root(codex, self._on_codex_home)
         self.core.watch_root(os.path.join(codex, "sessions"), self._on_codex_tree)
+        self.core.watch_root(os.path.join(codex, "thread-writer-locks"), self._on_codex_locks, live=True)
+        for name in ("state_5.sqlite", "state_5.sqlite-wal", "session_index.jsonl"):
+            self.core.live_file(os.path.join(codex, name))
 
     def cold_steps(self):
         return (self._read_codex_index, self._read_codex_names_db, self._scan_codex_sessions,
-                self._codex_turns_fallback)
+                self._codex_turns_fallback, self._read_codex_locks)
+
+    def rollout_path(self, tid):
+        """The rollout of a thread id: known from a listing or state_5.sqlite (a path there is
+        taken only inside sessions/ and only with the id in its name), else None."""
+        path = self.rollout_paths.get(tid) or self.core.path_of(self.agent, tid)
+        if path or not valid_thread_id(self.agent, tid) or tid in self.unknown:
+            return path
+        db = os.path.join(self.paths["home"], "state_5.sqlite")
+        if not os.path.exists(db):
+            return None
+        import sqlite3
+        try:
+            rows = sqlite_rows(db, "SELECT rollout_path FROM threads WHERE id = ?", (tid,))
+        except sqlite3.Error:
+            return None
+        found = self._rollout_of(tid, rows[0]["rollout_path"]) if rows else None
+        if found is None and len(self.unknown) < 10000:
+            self.unknown.add(tid)  # asked again once state_5.sqlite changes
+        return found
+
+    def _rollout_of(self, tid, path):
+        root = os.path.join(self.paths["home"], "sessions") + os.sep
+        if isinstance(path, str) and os.path.abspath(path).startswith(root) and codex_id_from_path(path) == tid:
+            self.rollout_paths[tid] = os.path.abspath(path)
+            return self.rollout_paths[tid]
+        return None
+
+    def thread_files(self, tid, cwd):
+        path = self.rollout_path(tid)
+        return [path] if path else []
+
+    def cwd_dirs(self, cwd):
+        """A Codex with no thread we can name writes its new rollout under today's directory."""
+        return [os.path.join(self.paths["home"], "sessions",
+                             time.strftime("%Y/%m/%d", time.localtime(self.core.now())))]
+
+    def _read_codex_locks(self):
+        self._on_codex_locks(os.path.join(self.paths["home"], "thread-writer-locks"), None, 0)
+
+    def _on_codex_locks(self, directory, name, mask):
+        """thread-writer-locks/<id>.lock is there while Codex (its TUI, or its app-server daemon)
+        has the thread loaded: that thread's rollout can change now, wherever it is."""
+        ids = [n[:-5] for n in dir_entries(directory, ".lock")]
+        self.core.hold("codex-locks", [p for p in (self.rollout_path(t) for t in ids
+                                                   if valid_thread_id(self.agent, t)) if p])
 
     def _codex_turns_fallback(self):
         """A rollout read from its tail may not reach back to its turn's task_started (a long turn):
@@ -4706,7 +6068,7 @@ class CodexWatcher(AgentWatcher):
             self.index_tail = FileTail(path)
         tail = self.index_tail
         long_before = tail.skipped_lines
-        lines, _ = tail.read()
+        lines, _ = tail.read(cold_tail=MAX_LINE_BYTES)  # the newest names are at its end
         if tail.skipped_lines != long_before:
             self.core.count_long_lines(path, tail.skipped_lines - long_before)
         if tail.more:
@@ -4721,29 +6083,61 @@ class CodexWatcher(AgentWatcher):
                     self._apply(rollout)
 
     def _read_codex_names_db(self):
-        """Thread names from state_5.sqlite (read-only; a locked or half-written DB is skipped)."""
+        """Thread names from state_5.sqlite (read-only; a locked or half-written DB is skipped), and
+        the rollouts of threads updated since the last look: a conversation resumed in a day
+        directory older than the cold start's window is read from there."""
         import sqlite3
         path = os.path.join(self.paths["home"], "state_5.sqlite")
         if not os.path.exists(path):
             return
         self.core.db_reading(path)
+        since = self.updated_seen if self.updated_seen is not None else int(self.core.horizon())
         try:
             rows = sqlite_rows(path, "SELECT id, name FROM threads WHERE name IS NOT NULL AND name != ''")
+            updated = sqlite_rows(path, "SELECT id, rollout_path, updated_at FROM threads WHERE updated_at >= ? "
+                                        "ORDER BY updated_at", (since,))
         except sqlite3.Error as e:
             self.core.db_read_failed(path)
             log("codex state_5.sqlite not readable now (%s); will retry on its next change" % e)
             return
+        live = self.names_read
+        self.names_read = True
+        self.unknown.clear()
+        lately = self.core.now() - CODEX_UPDATED_HOLD_S
+        for row in updated:
+            stamp = row["updated_at"]
+            if isinstance(stamp, int) and not isinstance(stamp, bool):
+                self.updated_seen = max(self.updated_seen or 0, stamp)
+            rollout = self._rollout_of(row["id"], row["rollout_path"]) \
+                if valid_thread_id(self.agent, row["id"]) else None
+            if rollout and isinstance(stamp, int) and stamp >= lately:
+                self.updated_lately[row["id"]] = (stamp, rollout)
+            if rollout and not self.core.is_tailed(rollout) and (live or self.core.recent(rollout)):
+                self.core.guarded(rollout, self._read_codex_rollout, rollout)
+        self.updated_lately = {t: v for t, v in self.updated_lately.items() if v[0] >= lately}
+        self.core.hold("codex-updated", [rollout for _, rollout in self.updated_lately.values()])
         renamed = set()
         for row in rows:
             if self.codex_names.get(row["id"]) != row["name"]:
                 self.codex_names[row["id"]] = row["name"]
                 renamed.add(row["id"])
-        if renamed:
-            for rollout, st in self.core.thread_states(self.agent):
-                if st["id"] in renamed:
-                    self._apply(rollout, moved_on=False)
+        if not renamed:
+            return
+        for rollout, st in self.core.thread_states(self.agent):
+            if st["id"] in renamed:
+                renamed.discard(st["id"])
+                self._apply(rollout, moved_on=False)
+        for tid in renamed if live else ():
+            # renamed now, in a conversation we had not read (older than the window): it is live again
+            rollout = self.rollout_path(tid)
+            if rollout and valid_thread_id(self.agent, tid):
+                self.core.guarded(rollout, self._read_codex_rollout, rollout)
+                if self.core.state(rollout) is not None:
+                    self._apply(rollout, moved_on=False, updated_at=int(self.core.now() * 1000))
 
     def _scan_codex_sessions(self):
+        """Watch every day directory (a resumed conversation is appended where it began); read the
+        rollouts of the recent ones (older ones resumed lately come from state_5.sqlite)."""
         listdir_counted = self.core.listdir_counted
         root = os.path.join(self.paths["home"], "sessions")
         horizon = time.strftime("%Y/%m/%d", time.localtime(self.core.horizon() - 86400))
@@ -4754,17 +6148,22 @@ class CodexWatcher(AgentWatcher):
             self.core.watch_dir(ydir, self._on_codex_tree)
             for m in listdir_counted(ydir):
                 mdir = os.path.join(ydir, m)
-                if not os.path.isdir(mdir) or "%s/%s/99" % (y, m) < horizon:
+                if not os.path.isdir(mdir):
                     continue
                 self.core.watch_dir(mdir, self._on_codex_tree)
                 for d in listdir_counted(mdir):
                     ddir = os.path.join(mdir, d)
-                    if not os.path.isdir(ddir) or "%s/%s/%s" % (y, m, d) < horizon:
+                    if not os.path.isdir(ddir):
                         continue
                     self.core.watch_dir(ddir, self._on_codex_tree)
+                    if "%s/%s/%s" % (y, m, d) < horizon:
+                        continue
                     for name in listdir_counted(ddir):
                         path = os.path.join(ddir, name)
-                        if codex_id_from_path(path) and not self.core.is_tailed(path) and self.core.recent(path):
+                        tid = codex_id_from_path(path)
+                        if tid:
+                            self.rollout_paths[tid] = path
+                        if tid and not self.core.is_tailed(path) and self.core.recent(path):
                             self.core.guarded(path, self._read_codex_rollout, path)
 
     def _on_codex_tree(self, directory, name, mask):
@@ -4776,6 +6175,7 @@ class CodexWatcher(AgentWatcher):
             for sub in self.core.listdir_counted(path) if os.path.isdir(path) else ():
                 self.core.guarded(os.path.join(path, sub), self._on_codex_tree, path, sub, IN_CREATE)
         elif codex_id_from_path(path) and not mask & (IN_DELETE | IN_MOVED_FROM):
+            self.rollout_paths[codex_id_from_path(path)] = path
             self._read_codex_rollout(path)
 
     def _read_codex_rollout(self, path):
@@ -4788,14 +6188,16 @@ class CodexWatcher(AgentWatcher):
         moved_on = before != state["status"] or any(codex_moved_on(rec) for rec in records)
         self._apply(path, moved_on)
 
-    def _apply(self, path, moved_on=True):
-        """moved_on: the rollout shows the turn went on (else a wait known from the hook may hold)."""
+    def _apply(self, path, moved_on=True, updated_at=None):
+        """moved_on: the rollout shows the turn went on (else a wait known from the hook may hold).
+        updated_at: a later time than the rollout's own (a rename seen now)."""
         state = self.core.state(path)
         tid = state["id"]
         self.host.update(
             self.agent, tid, status=state["status"], detail=state["detail"],
             title=thread_title(state, self.codex_names.get(tid)), cwd=state["cwd"], model=state["model"],
-            updated_at=state["updatedAt"] or None, source="file", usage=state.get("usage"), moved_on=moved_on)
+            updated_at=max(state["updatedAt"] or 0, updated_at or 0) or None, source="file",
+            usage=state.get("usage"), moved_on=moved_on)
 
     @staticmethod
     def rollouts(paths):
@@ -4836,6 +6238,8 @@ class OpenCodeWatcher(AgentWatcher):
 
     def start(self):
         self.core.watch_root(os.path.dirname(self.db), self._on_opencode_dir)
+        self.core.live_file(self.db)
+        self.core.live_file(self.db + "-wal")
 
     def cold_steps(self):
         return (self._query_opencode,)
@@ -4891,11 +6295,12 @@ class OpenCodeWatcher(AgentWatcher):
                 self.error_logged = True
             return
         self.error_logged = False
-        for s, data, running_tool in updates:
-            self.core.guarded("opencode session %r" % (s["id"],), self._apply, s, data, running_tool)
+        for s, data, tool in updates:
+            self.core.guarded("opencode session %r" % (s["id"],), self._apply, s, data, tool)
 
     def _opencode_row(self, conn, s):
-        """One session row -> (row, newest message data, running tool), or None for an odd row
+        """One session row -> (row, newest message data, (a tool running, its last tool rejected)),
+        or None for an odd row
         (counted once): time_updated not a number, id not text."""
         import sqlite3
         if not valid_thread_id(self.agent, s["id"]) or isinstance(s["time_updated"], bool) \
@@ -4906,7 +6311,7 @@ class OpenCodeWatcher(AgentWatcher):
             return None
         msg = conn.execute("SELECT id, data FROM message WHERE session_id = ? "
                            "ORDER BY time_created DESC, id DESC LIMIT 1", (s["id"],)).fetchone()
-        running_tool = False
+        running_tool = rejected = False
         data = None
         if msg is not None:
             try:
@@ -4917,13 +6322,22 @@ class OpenCodeWatcher(AgentWatcher):
                 running_tool = conn.execute(
                     "SELECT 1 FROM part WHERE message_id = ? AND data LIKE '%\"status\":\"running\"%' LIMIT 1",
                     (msg["id"],)).fetchone() is not None
+                # the last few parts (ids grow with time): is the last call a rejected one?
+                parts = []
+                for row in conn.execute("SELECT data FROM part WHERE message_id = ? ORDER BY id DESC LIMIT 4",
+                                        (msg["id"],)):
+                    try:
+                        parts.append(json.loads(row["data"]))
+                    except (ValueError, TypeError, RecursionError):
+                        parts.append(None)
+                rejected = opencode_tool_rejected(parts)
             except sqlite3.InterfaceError:
                 running_tool = False
-        return s, data, running_tool
+        return s, data, (running_tool, rejected)
 
-    def _apply(self, s, data, running_tool):
+    def _apply(self, s, data, tool):
         self.newest_seen = max(self.newest_seen, s["time_updated"])
-        status, detail = opencode_status(data, running_tool)
+        status, detail = opencode_status(data, *tool)
         model = None
         try:
             m = json.loads(s["model"]) if s["model"] else None
@@ -4993,8 +6407,7 @@ class AmpWatcher(AgentWatcher):
                 return
             if st.st_size > MAX_LINE_BYTES:
                 raise ValueError("%d bytes, over the %d-byte cap" % (st.st_size, MAX_LINE_BYTES))
-            with open(path, "rb") as f:
-                data = clean_parsed_strings(json.loads(f.read().decode("utf-8")))
+            data = clean_parsed_strings(json.loads(read_foreign(path, MAX_LINE_BYTES, follow=False).decode("utf-8")))
         except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             self.core.count_bad()
             return  # half-written (Amp rewrites the whole file): the next event re-reads it
@@ -5026,6 +6439,25 @@ class ChatFilesWatcher(AgentWatcher):
     def _scan_projects(self):
         self._on_projects(self.projects_dir, None, 0)
 
+    def chat_dir(self, cwd):
+        """The directory of the chats started in cwd, as this watcher knows it now, or None."""
+        return self.chat_dir_of(self.spec, self.paths, cwd)
+
+    def cwd_dirs(self, cwd):
+        d = self.chat_dir(cwd)
+        return [d] if d else []
+
+    def thread_files(self, tid, cwd):
+        """The chat files of thread tid in cwd's chat directory, named by its id (or, header_id, by
+        the id's start: Gemini's session-<time>-<first 8>.jsonl)."""
+        d = self.chat_dir(cwd) if cwd else None
+        out = []
+        for name in dir_entries(d, ".jsonl") if d else ():
+            named = self.chat.name_id(name)
+            if named and (tid.startswith(named) if self.chat.header_id else named == tid):
+                out.append(os.path.join(d, name))
+        return out
+
     def _on_projects(self, directory, name, mask):
         """A new (name) or every (None) project directory: watch its chats and read its recent files."""
         if name is not None and not mask & IN_ISDIR:
@@ -5042,7 +6474,7 @@ class ChatFilesWatcher(AgentWatcher):
             for n in dir_entries(directory, ".jsonl"):
                 path = os.path.join(directory, n)
                 if not self.core.is_tailed(path) and self.core.recent(path):
-                    self._read_chat(path)
+                    self.core.guarded(path, self._read_chat, path)
         elif name.endswith(".jsonl") and not mask & (IN_DELETE | IN_MOVED_FROM):
             self._read_chat(os.path.join(directory, name))
 
@@ -5123,7 +6555,13 @@ class GeminiWatcher(ChatFilesWatcher):
 
     def start(self):
         self.core.watch_root(self.paths["home"], self._on_gemini_home)
+        self.core.live_file(os.path.join(self.paths["home"], "projects.json"))
         ChatFilesWatcher.start(self)
+
+    def chat_dir(self, cwd):
+        """From projects.json as last read (no read of it per question)."""
+        project = next((name for name, d in self.project_dirs.items() if d == cwd), None)
+        return os.path.join(self.projects_dir, project, self.chat.chats) if project else None
 
     def cold_steps(self):
         return (self._read_gemini_projects, self._scan_projects)
@@ -5136,24 +6574,33 @@ class GeminiWatcher(ChatFilesWatcher):
             self._on_projects(os.path.join(directory, name), None, 0)
 
     @staticmethod
-    def projects(paths):
-        """projects.json: {directory: project name}, or {} when unreadable."""
+    def projects(paths, strict=False):
+        """projects.json: {directory: project name}, or {} when unreadable (strict: one that is not
+        a regular file, or over FOREIGN_JSON_MAX, raises ForeignFileError)."""
         try:
-            with open(os.path.join(paths["home"], "projects.json"), "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
+            raw = read_foreign(os.path.join(paths["home"], "projects.json"), FOREIGN_JSON_MAX)
+            data = json.loads(raw.decode("utf-8"))
+        except ForeignFileError:
+            if strict:
+                raise  # the watcher's: skipped and counted by the guard
+            return {}
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             return {}
         projects = data.get("projects") if isinstance(data, dict) else None
         return {k: v for k, v in projects.items() if isinstance(k, str) and isinstance(v, str)} \
             if isinstance(projects, dict) else {}
 
     def _read_gemini_projects(self):
-        projects = self.projects(self.paths)
+        projects = self.projects(self.paths, strict=True)
         if projects:
             self.project_dirs = {v: k for k, v in projects.items()}
 
     def _apply(self, path, records):
         state = self.core.state(path)
+        if not state["turns"] and self.core.path_of(self.agent, state["id"]) not in (None, path):
+            # a resume appends to the original file and leaves a stub with the same id (a header
+            # and the session context, never written again): the original speaks for the thread
+            return
         if not state["cwd"]:
             parts = path.split(os.sep)
             if len(parts) >= 3:
@@ -5170,9 +6617,9 @@ def qwen_registry_id(qwen_dir, pids):
     """Qwen Code's live registry ~/.qwen/sessions/<pid>.json -> the session id of one of pids."""
     for p in pids:
         try:
-            with open(os.path.join(qwen_dir, "sessions", "%d.json" % p), "rb") as f:
-                data = json.loads(f.read().decode("utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
+            data = json.loads(read_foreign(os.path.join(qwen_dir, "sessions", "%d.json" % p), REGISTRY_MAX,
+                                           follow=False).decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             continue
         if isinstance(data, dict) and data.get("pid") == p and valid_thread_id("qwen", data.get("sessionId")):
             return data["sessionId"]
@@ -5190,7 +6637,7 @@ class QwenWatcher(ChatFilesWatcher):
 
     def start(self):
         ChatFilesWatcher.start(self)
-        self.core.watch_root(self.registry_dir, self._on_qwen_registry)
+        self.core.watch_root(self.registry_dir, self._on_qwen_registry, live=True)
 
     def cold_steps(self):
         return (self._scan_projects, self._scan_qwen_registry)
@@ -5210,9 +6657,11 @@ class QwenWatcher(ChatFilesWatcher):
                     self.host.pid_exited(self.agent, gone[0])
                 continue
             try:
-                with open(path, "rb") as f:
-                    data = json.loads(f.read().decode("utf-8"))
-            except (OSError, ValueError, UnicodeDecodeError):
+                data = json.loads(read_foreign(path, REGISTRY_MAX, follow=False).decode("utf-8"))
+            except ForeignFileError as e:
+                self.core.guarded(path, _raise, e)  # skipped and counted; the other files are read
+                continue
+            except (OSError, ValueError, UnicodeDecodeError, RecursionError):
                 continue  # half-written: the next event reads it again
             pid = data.get("pid") if isinstance(data, dict) else None
             sid = data.get("sessionId") if isinstance(data, dict) else None
@@ -5252,10 +6701,10 @@ class AgentWatchers(object):
     wiring of one WatchCore and one watcher per agent (its spec's watch.kind), each given only a
     WatcherHost (the loop, the apply step) and its own agent's paths."""
 
-    def __init__(self, server, environ=None, recent_days=7.0, poll_interval=1.0, clock=time.time):
+    def __init__(self, server, environ=None, recent_days=7.0, poll_interval=1.0, clock=time.time, kmod=None):
         host = WatcherHost(server.loop, lambda *a, **kw: server.apply_thread_update(*a, **kw),
                            lambda agent, pid: server.agent_pid_exited(agent, pid), lambda: server.after_watchers())
-        self.core = WatchCore(host, environ, recent_days, poll_interval, clock)
+        self.core = WatchCore(host, environ, recent_days, poll_interval, clock, kmod)
         self.core.on_overflow = self.cold_start
         paths = agent_paths(environ)
         self.by_agent = {}
@@ -5282,6 +6731,41 @@ class AgentWatchers(object):
 
     def close(self):
         self.core.close()
+
+    def hold_threads(self, threads, cwds=()):
+        """What the Linker knows is live now, as files that can change: `threads` [(agent, thread
+        id, cwd)] whose agent runs or that a hook or plugin says are under way (their files are
+        looked at each second, or given a kqueue fd: a conversation resumed after weeks is seen at
+        once), `cwds` [(agent, cwd)] of agents in panes on a conversation we cannot name (the
+        directories they write in). Each agent's watcher names the files (thread_files, cwd_dirs).
+        inotify sees every change anyway: nothing to do there."""
+        core = self.core
+        if not self.wants_holds():
+            return
+        paths = set()
+        for agent, tid, cwd in threads:
+            watcher = self.by_agent.get(agent)
+            if watcher is None:
+                continue
+            known = core.path_of(agent, tid)
+            if known:
+                paths.add(known)
+            paths.update(watcher.thread_files(tid, cwd if isinstance(cwd, str) and cwd else None))
+        for agent, cwd in cwds:
+            if agent in self.by_agent and isinstance(cwd, str) and cwd:
+                paths.update(self.by_agent[agent].cwd_dirs(cwd))
+        core.hold("agents", paths)
+
+    def wants_holds(self):
+        """Something is watched by stat or kqueue (for which a hold makes a difference)."""
+        return self.core.backend != "inotify" or bool(self.core.poller.dirs)
+
+    def watch_stats(self):
+        """How agent files are watched, and what it costs (/health)."""
+        core = self.core
+        # (read from an HTTP thread: only counters and lengths)
+        return {"backend": core.backend, "statCalls": core.poller.stat_calls, "dirs": len(core.poller.dirs),
+                "files": len(core.poller.files), "kqueueFds": len(core.kq_paths), "held": len(core.poller.held)}
 
     # what the Server (/health, its start log) and the tests read of the core
     tails = property(lambda self: self.core.tails)
@@ -5397,14 +6881,36 @@ def hooks_uninstall(config, agent, commands=(), created=None, keep_emptied=()):
 
 def _write_config(path, text):
     """Write a user's config file atomically, keeping its mode, and through a symlink to its target
-    (the link stays a link). A new file gets 0644."""
+    (the link stays a link). A new file gets 0644. Only a file of the user who runs us is written
+    (same owner): root with another user's HOME, or a link into another user's file, is refused
+    (the file would become root's)."""
     real = os.path.realpath(path)
+    _check_same_owner(path, real)
     try:
         mode = os.stat(real).st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o644
     os.makedirs(os.path.dirname(real), exist_ok=True)
     atomic_write(real, text, mode, exact_mode=True)
+
+
+def _check_same_owner(path, real):
+    """Raise OpensessionsError unless the file we are about to write (the symlink's target, or the
+    nearest existing directory it would be made in) is owned by our effective uid."""
+    euid = os.geteuid()
+    where = real
+    while True:
+        try:
+            owner = os.stat(where).st_uid
+            break
+        except FileNotFoundError:
+            parent = os.path.dirname(where)
+            if parent == where:
+                return
+            where = parent
+    if owner != euid:
+        raise OpensessionsError("%s is owned by uid %d, not by you (uid %d)%s; not writing %s (run it as that "
+                                "user)" % (where, owner, euid, "" if real == path else ": %s leads there" % path, path))
 
 
 def _edit_json_config(path, change):
@@ -5414,8 +6920,7 @@ def _edit_json_config(path, change):
     existing = None
     raw = None
     if os.path.exists(path):
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = read_foreign(path, FOREIGN_JSON_MAX)  # a FIFO or /dev/zero there: refused, never read
         try:
             existing = json.loads(raw.decode("utf-8")) if raw.strip() else {}
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -5425,6 +6930,7 @@ def _edit_json_config(path, change):
     new = change(existing or {})
     if existing is not None and new == existing:
         return False
+    _check_same_owner(path, os.path.realpath(path))  # before the backup: nothing written when refused
     if raw is not None:
         atomic_write(path + ".opensessions.bak", raw)
     _write_config(path, json.dumps(new, indent=2, ensure_ascii=False) + "\n")
@@ -5439,10 +6945,9 @@ def _read_install_ledger(environ=None):
     """What install added where ({real path: {"commands", "events", "hooks", "createdFile"}}), so
     uninstall removes only that."""
     try:
-        with open(_install_ledger_path(environ), "rb") as f:
-            data = json.loads(f.read().decode("utf-8"))
+        data = json.loads(read_foreign(_install_ledger_path(environ), OWN_JSON_MAX).decode("utf-8"))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return {}
 
 
@@ -5531,7 +7036,7 @@ def install_agents(command_prefix, environ=None, uninstall=False):
             command = command_prefix + " hook " + spec.name
             try:
                 if isinstance(spec.install, FileInstall):
-                    done.extend(_file_step(spec.install, path, uninstall))
+                    done.extend(_file_step(spec.install, path, uninstall, ledger))
                 elif uninstall:
                     done.extend(_uninstall_hooks_file(path, spec.name, command, ledger))
                 elif _install_hooks_file(path, spec.name, spec.install, command, ledger):
@@ -5557,22 +7062,60 @@ def install_notes(done):
             and spec.install.note and any(d.startswith("installed %s hooks" % spec.name) for d in done)]
 
 
-def _file_step(install, path, uninstall):
-    """Install or remove one file of ours (a FileInstall: a plugin, an extension). -> what was done."""
+OWN_FILE_MAX = 1024 * 1024  # a file of ours (plugin, extension), or the user's file in its place
+
+
+def _file_step(install, path, uninstall, ledger=None):
+    """Install or remove one file of ours (a FileInstall: the OpenCode plugin, the Pi extension),
+    as the JSON configs are: a user's own file in its place is backed up (`.opensessions.bak`)
+    before it is replaced; a symlink is written through (it stays a link), and only into a file of
+    the user who runs us (same owner); the ledger records what install did, so uninstall deletes
+    only a file install made, gives a replaced one back, and leaves a file that is not ours alone.
+    -> list of what was done."""
+    ledger = {} if ledger is None else ledger
+    content, what = install.text, install.what
+    real = os.path.realpath(path)
+    entry = ledger.get(real)
+    backup = path + ".opensessions.bak"
+    head = content.split("\n", 1)[0]  # our first line: an older version of ours has it too
+    raw = None  # None: nothing there (or a dangling link: written through, made where it points)
+    if os.path.lexists(path) and os.path.exists(path):
+        raw = read_foreign(path, OWN_FILE_MAX)  # a FIFO or /dev/zero there: refused, never read
+    current = raw.decode("utf-8", "replace") if raw is not None else None
+    ours = current is not None and current.split("\n", 1)[0] == head
     if uninstall:
-        if os.path.lexists(path):
-            os.unlink(path)
-            return ["removed %s %s" % (install.what, path)]
+        ledger.pop(real, None)
+        if current is None:
+            return []
+        if not ours:
+            return ["left %s as it is: it is not ours%s" % (path, " (changed since install)" if entry else "")]
+        if entry and entry.get("backup") and os.path.isfile(backup):
+            _write_config(path, read_foreign(backup, OWN_FILE_MAX))
+            os.unlink(backup)
+            return ["gave back your own %s (install had kept it in %s)" % (path, backup)]
+        if os.path.islink(path):
+            if entry and entry.get("createdFile"):
+                os.unlink(real)
+                return ["removed %s %s (where the symlink %s points; the link is yours and stays)" % (what, real, path)]
+            return ["left %s as it is: a symlink of yours (to %s)" % (path, real)]
+        os.unlink(path)
+        return ["removed %s %s" % (what, path)]
+    if current == content:
+        if entry is None and ours:
+            ledger[real] = {"createdFile": not os.path.islink(path)}
         return []
-    current = None
-    if os.path.exists(path):
-        with open(path, "r", encoding="utf-8", errors="replace") as f:
-            current = f.read()
-    if current == install.text:
-        return []
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_write(path, install.text, mode=0o644)
-    return ["installed %s %s" % (install.what, path)]
+    _check_same_owner(path, real)
+    new_entry = dict(entry or {"createdFile": current is None})
+    if current is not None and not ours:
+        atomic_write(backup, raw, mode=os.stat(path).st_mode & 0o777, exact_mode=True)
+        new_entry["backup"] = True
+    elif entry is None and ours:
+        new_entry = {"createdFile": not os.path.islink(path)}  # ours from before the ledger
+    _write_config(path, content)
+    ledger[real] = new_entry
+    if current is not None and not ours:
+        return ["installed %s %s (your own file there is kept in %s)" % (what, path, backup)]
+    return ["installed %s %s" % (what, path)]
 
 
 ##############################################################################
@@ -5630,28 +7173,123 @@ def foreground_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
     return None
 
 
+def foreground_guard(agent, pid, pane_pid, start=None, proc_root="/proc"):
+    """-> check(): the reply's look at the pane, made again right before each keystroke. The first
+    call is foreground_problem's; each later one also wants the same foreground process group and
+    the same process (pid and start time) as the first saw. -> None while so, else why not. The
+    reply waits seconds (a prompt held, a screen awaited): an agent that exits meanwhile leaves the
+    shell in front, which must get neither the text nor the Enter. Linux (/proc) only."""
+    seen = {}
+
+    def check():
+        if not os.path.isdir(os.path.join(proc_root, "self")):
+            return None
+        reason = foreground_problem(agent, pid, pane_pid, start if start is not None else seen.get("start"), proc_root)
+        if reason:
+            return reason
+        shell, mine = _proc_stat_fields(pane_pid, proc_root), _proc_stat_fields(pid, proc_root)
+        if shell is None or mine is None:
+            return "the agent's process %d or the pane's process is gone" % pid
+        front, began = as_number(shell[5], 0, int, text=True), as_number(mine[19], 0, int, text=True)
+        if not seen:
+            seen.update(front=front, start=began)
+            return None
+        if front != seen["front"]:
+            return "the pane's foreground process group changed (%d, was %d)" % (front, seen["front"])
+        if began != seen["start"]:
+            return "process %d is not the agent any more (restarted)" % pid
+        return None
+    return check
+
+
+def preview_problem(agent, pid, pane_pid, start=None, proc_root="/proc"):
+    """Why the pane should not be shown as this thread's preview (None when it may): its foreground
+    process must be the thread's agent, checked as a reply checks it (with the thread's pid), or,
+    for a thread whose pane is only guessed (no pid), an agent of its kind. Linux (/proc) only."""
+    if not os.path.isdir(os.path.join(proc_root, "self")):
+        return None
+    if pid:
+        return foreground_problem(agent, pid, pane_pid, start, proc_root)
+    shell = _proc_stat_fields(pane_pid, proc_root)
+    if shell is None:
+        return "the pane's process is gone"
+    front = as_number(shell[5], 0, int, text=True)
+    try:
+        with open(os.path.join(proc_root, str(front), "stat"), "r", encoding="utf-8", errors="replace") as fh:
+            comm = parse_proc_stat(fh.read())[1]
+    except (OSError, ValueError, IndexError):
+        return "the pane's foreground process cannot be read"
+    if classify_agent_process(comm, process_args(front, proc_root)) != agent:
+        return "the pane's foreground process (%s) is not %s" % (comm, agent)
+    return None
+
+
 REPLY_SCREEN_WAIT = 1.5  # a prompt the status says is up may take this long to show on screen
+REPLY_SCREEN_STILL = 0.3  # ... but a screen that stays the same this long will not show it
 REPLY_EXPECT_TIMEOUT = 2.0
-PREVIEW_INTERVAL = 0.3  # a shown preview is read at most ~3 times a second
+PREVIEW_INTERVAL = 0.3  # a preview that cannot follow its pane's output is read at most this often
+PASTE_BUFFER = "opensessions-reply"  # the tmux paste buffer a multi-line reply goes through (deleted after)
+
+
+def plan_when_ready(read_screen, plan, clock=time.monotonic, sleep=time.sleep, wait=REPLY_SCREEN_WAIT,
+                    still=REPLY_SCREEN_STILL):
+    """Make the reply's plan from the pane's screen, looking again only while that may help: a
+    refusal that says the screen shows something definite (another prompt: ReplyRefused.wait == 0)
+    is final at once; otherwise the screen is read again while it changes (the status can come
+    before the prompt is drawn: a hook fires as it draws), up to the refusal's own wait (a busy
+    agent) or `wait`, and a screen that stays the same for `still` seconds ends it.
+    -> (steps, screen) or raises the last ReplyRefused."""
+    began = clock()
+    last = None
+    same_since = began
+    while True:
+        screen = read_screen()
+        try:
+            return plan(screen), screen
+        except ReplyRefused as e:
+            now = clock()
+            limit = wait if e.wait is None else e.wait
+            if screen != last:
+                last, same_since = screen, now
+            if now - began >= limit or (now - same_since >= still and limit <= wait):
+                raise
+        sleep(0.05)
 
 
 def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=time.sleep,
-                    timeout=REPLY_EXPECT_TIMEOUT):
+                    timeout=REPLY_EXPECT_TIMEOUT, guard=None, said=None):
     """Send the steps of reply_plan to a pane through the tmux gateway. A "hold" step checks the
     prompt stays up for a while before a key; an "expect" step waits for the screen to show what it
-    needs before anything more is sent: when that does not come, the rest is not sent (ReplyRefused
-    says what was). `screen` is the screen the plan was made from.
+    needs before anything more is sent (its own timeout, else `timeout`): when that does not come,
+    the rest is not sent (ReplyRefused says what was). `guard()` (foreground_guard) is asked
+    right before each step that sends: a reason stops the reply there. `screen` is the screen the
+    plan was made from; `said` (a list) gets what "answer-from-screen" steps read.
     -> milliseconds from the last keys to the first change of the screen, or None."""
     sent = []
     sent_at = before = changed_ms = None
     for step in steps:
+        if step[0] in ("keys", "literal", "paste") and guard is not None:
+            reason = guard()
+            if reason:
+                raise ReplyRefused("%s: %s" % (
+                    ("sent %s; stopped before %s" % (", ".join(sent), " ".join(step[1]) if step[0] == "keys" else "the text"))
+                    if sent else "nothing was sent", reason), 0)
         if step[0] == "keys":
             tmux.run("send-keys", "-t", pane, *step[1])
             sent_at, before, changed_ms = clock(), screen, None
             sent.append(" ".join(step[1]))
         elif step[0] == "literal":
-            tmux.run("send-keys", "-t", pane, "-l", "--", step[1])
+            tmux.run("send-keys", "-t", pane, "-l", "--", TmuxText(step[1]))
             sent.append("%d characters of text" % len(step[1]))
+        elif step[0] == "paste":
+            # bracketed (-p: tmux adds the brackets for a pane that asked for them), newlines kept
+            # as typed Enters would not be (-r), the buffer deleted after (-d)
+            tmux.run("set-buffer", "-b", PASTE_BUFFER, "--", step[1])
+            tmux.run("paste-buffer", "-p", "-r", "-d", "-b", PASTE_BUFFER, "-t", pane)
+            sent.append("%d lines of text as one paste" % (step[1].count("\n") + 1))
+        elif step[0] == "answer-from-screen":
+            if said is not None and screen is not None:
+                said.append(step[1](screen))
         elif step[0] == "hold":
             end = clock() + step[1]
             while True:
@@ -5662,7 +7300,8 @@ def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=
                     break
                 sleep(min(0.05, max(0.0, end - clock())))
         elif step[0] == "expect":
-            deadline = clock() + timeout
+            limit = step[4] if len(step) > 4 and step[4] else timeout
+            deadline = clock() + limit
             while True:
                 screen = tmux.run("capture-pane", "-p", "-e", "-t", pane)
                 if changed_ms is None and sent_at is not None and before is not None and screen != before:
@@ -5672,11 +7311,44 @@ def run_reply_steps(tmux, pane, steps, screen=None, clock=time.monotonic, sleep=
                 if clock() > deadline:
                     raise ReplyRefused("%s%s: not seen within %.0f s" % (
                         ("sent %s; then waited for " % ", ".join(sent)) if sent else "waited for ",
-                        step[1], timeout))
+                        step[1], limit))
                 sleep(0.01)
             if len(step) > 3 and step[3]:
                 sleep(step[3])
     return changed_ms
+
+
+def reply_summary(action, agent_title, pane, steps, said, text, changed_ms):
+    """The one line a reply that went through prints: what was sent, to which agent and pane, what
+    the answer does (the option's own words), and how soon the screen showed it. Pure."""
+    answer = ([s[1] for s in steps if s[0] == "answer"] + list(said or []))[-1:]
+    keys = " ".join(k for s in steps if s[0] == "keys" for k in s[1])
+    if action == "text":
+        lines = text.count("\n") + 1
+        what = "sent %s to %s in pane %s (%s, then %s)" % (
+            "a %d-line prompt" % lines if lines > 1 else "the prompt", agent_title, pane,
+            "one paste" if lines > 1 else "%d characters" % len(text), keys)
+    else:
+        verb = {"approve": "approved once", "approve-always": "approved always", "deny": "denied"}[action]
+        what = "%s in %s, pane %s: %s (keys %s)" % (verb, agent_title, pane, answer[0] if answer else "", keys)
+    return what + ("; on screen %.0f ms after the last key" % changed_ms if changed_ms is not None
+                   else "; its screen did not change (not measured)")
+
+
+def reply_status_refusal(title, action, status):
+    """Why a thread's status rules out the reply, as a sentence (None when the status allows it)."""
+    if action == "text":
+        if status in ("done", "idle", "interrupted", "error", "waiting"):
+            return None
+        doing = {"running": "is working on a turn", "retry": "is retrying a failed request"}.get(status, "is %s" % status)
+        return "%s %s; text is sent only when it waits for input (wait for the turn to end, or interrupt it in its pane)" % (
+            title, doing)
+    if status == "waiting":
+        return None
+    state = {"running": "is working on a turn", "retry": "is retrying a failed request", "done": "has finished its turn",
+             "idle": "is idle at its prompt", "interrupted": "was interrupted", "error": "stopped on an error"}.get(
+        status, "is %s" % status)
+    return "%s %s; there is no permission to answer" % (title, state)
 
 
 def thread_preview(screen, lines=20):
@@ -5715,6 +7387,12 @@ class EventLoop(object):
             self._sel.unregister(fd)
         except (KeyError, ValueError):
             pass
+
+    def add_writer(self, fd, callback):
+        """callback() whenever fd can take more bytes (a pipe to a child that reads slowly);
+        remove_reader(fd) ends it."""
+        import selectors
+        self._sel.register(fd, selectors.EVENT_WRITE, callback)
 
     def post(self, fn, *args):
         """Run fn(*args) on the loop soon; safe from any thread."""
@@ -5825,6 +7503,7 @@ class Store(object):
         self.recent_ms = RECENT_MS
         self.ui = load_ui(None)[0]
         self.ui_error = None
+        self.remote = None  # RemoteHosts: other machines' sessions, merged into /state by build()
 
     def touch(self):
         self._dirty = True
@@ -5893,14 +7572,18 @@ class Store(object):
                 "usage": usage_total([t.usage for t in by_session.get(s["name"], ())]),  # helpers' calls too
             })
             out_sessions.append(item)
-        return {
+        doc = {
             "version": self.version, "serverVersion": __version__, "ts": now_ms(self.clock),
             "clients": [{"name": c["name"], "session": c["session"], "window": c["window"],
                          "pane": c["pane"]} for c in self.clients if not c["control"]],
             "sessions": out_sessions,
             "threads": [t.to_json() for t in sorted(orphans, key=lambda t: -t.updated_at)[:MAX_ORPHANS]],
             "ui": dict(self.ui, error=self.ui_error),
+            "hosts": [],
         }
+        if self.remote is not None:
+            self.remote.merge(doc)
+        return doc
 
     def publish(self):
         """If anything changed, build a new snapshot and wake every reader. Returns True if published."""
@@ -5909,7 +7592,8 @@ class Store(object):
         self._dirty = False
         self.version += 1
         doc = self.build()
-        body = encode_json(doc)  # always valid UTF-8, never NaN: one bad string cannot stop /state
+        # always valid UTF-8, never NaN: one bad string cannot stop /state (hosts' sessions: encoded once)
+        body = self.remote.encode(doc) if self.remote is not None else encode_json(doc)
         if self.published is not None:
             # Only the version and time differ? then nothing really changed: keep the old one.
             old = self.published[1]
@@ -5943,6 +7627,10 @@ class RuntimeFiles(object):
         self.stopped_path = os.path.join(self.dir, "stopped-%s" % key)
         self._lock_fd = None
         self.token = None
+        squat = runtime_dir_squatted(temp_runtime_dir(environ)) \
+            if self.dir == os.path.join(state_dir(environ), "run") else None
+        # what the user is told (server log, `opensessions start`) when runtime_dir fell back
+        self.squatted = ("%s (someone else made it first); using %s instead" % (squat, self.dir)) if squat else None
 
     def stopped(self):
         """True when the server was stopped on purpose (`opensessions stop`): sidebars leave it so."""
@@ -5985,7 +7673,10 @@ class RuntimeFiles(object):
         self.mark_stopped(False)  # a server that runs is not stopped
         atomic_write(self.info_path, json.dumps({
             "pid": os.getpid(), "port": port, "socket": self.socket_path, "version": __version__,
-            "digest": program_digest(), "started": int(time.time()), "token": self.token}))
+            "digest": program_digest(), "started": int(time.time()), "token": self.token,
+            # the plugin and the extension (no flock in node) trust the port only while this
+            # process (pid and start) lives: a runtime file left by a kill -9 sends them nowhere
+            "procStart": process_start_stamp(os.getpid())}))
 
     def read(self):
         """The runtime file, if it is ours and private (else nobody vouches for its port)."""
@@ -6049,19 +7740,28 @@ SAVE_MAX_DELAY = 5.0  # ... or this long after the first unsaved change, whichev
 
 class ControlClient(object):
     """The hidden `tmux -C` client that tells us when panes, windows or clients change: started
-    and stopped here, its lines read here; each change calls
-    `on_change(delay)` (0 for a client switching windows), its end `on_exit()`."""
+    and stopped here, its lines read here; each change calls `on_change(delay)` (0 for a client
+    switching windows), its end `on_exit()`. It also runs commands whose answers come back on its
+    own stdout (`command(line, callback)`: a capture costs no tmux process), and follows the
+    output of one pane for a preview (`follow(pane, session, others)`: `on_output(pane)` per block
+    of output; see PreviewFeed)."""
 
-    def __init__(self, tmux, loop, environ, on_change, on_exit):
+    def __init__(self, tmux, loop, environ, on_change, on_exit, on_output=None):
         self.tmux = tmux
         self.loop = loop
         self.environ = environ
         self.on_change = on_change
         self.on_exit = on_exit
+        self.on_output = on_output  # (pane id) on %output of a followed pane; (pane id, True) on %pause
         self.proc = None
         self._buf = b""
         self._subscribed = False
         self._block = None  # output lines of the command block being read
+        self._block_end = None  # "%end <time> <number>": the one line that ends it (pane text cannot forge it)
+        self._answers = []  # callbacks of the commands we sent, in order: tmux answers in order
+        self._block_ours = False
+        self.session = None  # the session it is attached to ($id), from %session-changed
+        self.following = None  # (pane, session) whose output it takes, or None (no-output)
 
     @property
     def running(self):
@@ -6081,7 +7781,9 @@ class ControlClient(object):
             return
         self._buf = b""
         self._subscribed = False
-        self._block = None
+        self._block = self._block_end = None
+        self._answers = []
+        self.session = self.following = None
         os.set_blocking(self.proc.stdout.fileno(), False)
         self._wait_attached()
         self.loop.add_reader(self.proc.stdout.fileno(), self._on_readable)
@@ -6108,12 +7810,50 @@ class ControlClient(object):
                 return
             self._buf += chunk
 
-    def send(self, line):
+    def send(self, line, callback=None):
+        """One command (never several joined by ';': each would be answered on its own, and an
+        error drops the rest unanswered). Its answer, `callback(ok, lines)`, comes on the loop; a
+        client that ends first answers (False, [])."""
+        if self.proc is None:
+            return False
         try:
             self.proc.stdin.write(line.encode("utf-8") + b"\n")
             self.proc.stdin.flush()
         except (OSError, ValueError, AttributeError):
-            pass
+            return False
+        self._answers.append(callback)
+        return True
+
+    def command(self, line, callback):
+        """Run a command through this client; -> False when it cannot be sent (not running)."""
+        return self.send(line, callback)
+
+    def follow(self, pane, session, others):
+        """Take the output of `pane` (in `session`, a "$id") and of no other pane: attach to its
+        session, turn output on (with pause-after: tmux pauses a pane we fall behind on rather than
+        stop reading it) and pause every other pane there. Paused, not "off": a pane that every
+        attached client has off is not read at all, and its program would block."""
+        if self.proc is None or not re.match(r"^%\d+$", pane or "") or not re.match(r"^\$\d+$", session or ""):
+            return False
+        if self.session != session:
+            self.send("switch-client -t '%s'" % session)
+        if self.following is None:
+            self.send("refresh-client -f 'pause-after=2,!no-output'")
+        pauses = " ".join("-A '%s:pause'" % p for p in others if re.match(r"^%\d+$", p) and p != pane)
+        self.following = (pane, session)
+        return self.send("refresh-client -A '%s:continue'%s" % (pane, (" " + pauses) if pauses else ""))
+
+    def pause(self, panes):
+        """Pause panes that appeared in the followed session (their output is not wanted)."""
+        panes = [p for p in panes if re.match(r"^%\d+$", p)]
+        if panes and self.following:
+            self.send("refresh-client %s" % " ".join("-A '%s:pause'" % p for p in panes))
+
+    def unfollow(self):
+        """No pane's output any more (no-output, as it started)."""
+        if self.following is not None:
+            self.following = None
+            self.send("refresh-client -f no-output")
 
     def stop(self, grace=2.0):
         if self.proc is None:
@@ -6128,6 +7868,8 @@ class ControlClient(object):
             pass
         import subprocess
         proc, self.proc = self.proc, None
+        answers, self._answers = self._answers, []
+        self.following = None
         try:
             proc.terminate()
             proc.wait(grace)
@@ -6146,12 +7888,15 @@ class ControlClient(object):
                     f.close()
             except OSError:
                 pass
+        for callback in answers:  # nobody will answer them now
+            if callback is not None:
+                callback(False, [])
 
     def _on_readable(self):
         if self.proc is None:
             return
         try:
-            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            chunk = os.read(self.proc.stdout.fileno(), 262144)
         except BlockingIOError:
             chunk = None  # nothing new: still parse what _wait_attached kept
         except OSError:
@@ -6164,26 +7909,43 @@ class ControlClient(object):
         self._buf = lines.pop()
         interesting = False
         for raw in lines:
+            if self._block is not None:  # a command's answer: every line is its text up to its own %end
+                text = raw.decode("utf-8", "replace")
+                if text.startswith(self._block_end):
+                    self._end_block(text.startswith("%end"))
+                else:
+                    self._block.append(text)
+                continue
+            if raw.startswith(b"%output ") or raw.startswith(b"%extended-output "):
+                # the followed pane printed: only its id matters (the screen is read by a capture)
+                if self.on_output is not None:
+                    self.on_output(raw.split(b" ", 2)[1].decode("ascii", "replace"))
+                continue
             text = raw.decode("utf-8", "replace").rstrip("\r")
             parsed = parse_control_line(text)
             if parsed is None:
-                if self._block is not None:
-                    self._block.append(text)
                 continue
             if parsed[0] == "begin":
+                # "%begin <time> <number> <flags>": flags 1 for a command we sent on stdin
+                head = parsed[1].split(" ")
                 self._block = []
+                self._block_end = ("%end " + " ".join(head[:2]), "%error " + " ".join(head[:2]))
+                self._block_ours = head[2:3] == ["1"]
                 continue
             if parsed[0] in ("end", "error"):
-                if parsed[0] == "error":
-                    log("tmux control client command failed: %s" % " ".join(self._block or ()))
-                self._block = None
-                continue
-            if parsed[0] in ("output", "exit"):
+                continue  # (an end without its begin: nothing to close)
+            if parsed[0] in ("exit", "continue"):
                 continue  # EOF follows %exit
-            if parsed[0] == "session-changed" and not self._subscribed:
-                # subscribe once attached: sent earlier, tmux answers "no current client"
-                self._subscribed = True
-                self.send("refresh-client -B 'os-panes::%s'" % SUBSCRIPTION_FORMAT)
+            if parsed[0] == "pause":
+                if self.on_output is not None:
+                    self.on_output(parsed[1].strip(), True)
+                continue
+            if parsed[0] == "session-changed":
+                self.session = parsed[1].split(" ")[0]
+                if not self._subscribed:
+                    # subscribe once attached: sent earlier, tmux answers "no current client"
+                    self._subscribed = True
+                    self.send("refresh-client -B 'os-panes::%s'" % SUBSCRIPTION_FORMAT)
             if parsed[0] in SWITCH_EVENTS:
                 interesting = "switch"
             elif not interesting:
@@ -6191,6 +7953,16 @@ class ControlClient(object):
         if interesting:
             # a client went to another window: its sidebar comes at once (no coalescing wait)
             self.on_change(0 if interesting == "switch" else 0.005)
+
+    def _end_block(self, ok):
+        lines, self._block, self._block_end = self._block, None, None
+        if not self._block_ours:
+            return  # the attach's own answer, not one we asked for
+        callback = self._answers.pop(0) if self._answers else None
+        if not ok:
+            log("tmux control client command failed: %s" % " ".join(lines))
+        if callback is not None:
+            callback(ok, lines)
 
 
 class Processes(object):
@@ -6268,7 +8040,10 @@ def link_threads(threads, panes, processes):
         if key not in pid:
             continue
         if proc_pid in pane_of_pid:
-            pid[key] = proc_pid
+            # the pane's agent (Codex's TUI) rather than its helper holding the file (its app-server, a
+            # child that outlives a killed TUI): the thread lives and dies with the agent in the pane
+            front = processes.agents.get(pane_of_pid[proc_pid])
+            pid[key] = front[1] if front and front[0] == key[0] and front[1] in table else proc_pid
         else:
             # a daemon holds it (Codex's app-server, not in any pane): the thread is loaded, and
             # its pane comes from the TUI's `resume <id>` or, failing that, the cwd
@@ -6303,10 +8078,15 @@ def link_threads(threads, panes, processes):
 def guess_threads_by_cwd(threads, panes, processes, pid_links):
     """For each agent process in a pane that no thread is linked to by pid (`pid_links`, the links
     of link_threads), guess its thread: the same agent's visible thread whose directory holds the
-    pane's cwd most closely, newest first, not already alive in a pane. A pure function; a thread
-    is never guessed for two panes. -> [(thread key, pid, True, pane, "cwd")]"""
+    pane's cwd most closely, newest first, not already alive in a pane, and never one whose own
+    process we know (a registry, hook, plugin or open file named it): that thread is that process's,
+    not this one's. So a run killed and a new one started in the same directory leaves the killed
+    run's thread dead (or, Codex, held by the app-server it left behind, outside any pane) until its
+    own id is seen live. A pure function; a thread is never guessed for two panes.
+    -> [(thread key, pid, True, pane, "cwd")]"""
     linked_panes = {(key[0], pane) for key, _, _, pane, link in pid_links if pane}
     taken = {t.key for t in threads if t.alive and t.pane}
+    taken.update(t.key for t in threads if t.pid and t.link != "cwd")  # another process's thread
     links = []
     for pane_id, (agent, agent_pid, args) in sorted(processes.agents.items()):
         if (agent, pane_id) in linked_panes:
@@ -6321,6 +8101,33 @@ def guess_threads_by_cwd(threads, panes, processes, pid_links):
         taken.add(best.key)
         links.append((best.key, agent_pid, True, pane_id, "cwd"))
     return links
+
+
+LIVE_HOOK_MS = 3600 * 1000  # a thread a hook or plugin said is under way, this recently, can change now
+
+
+def live_conversations(threads, panes, processes, now):
+    """Which conversations can change now, as files to hold (a pure function of the threads, the
+    panes {pane id: (session name, cwd)}, the processes (a Processes) and the time in ms):
+    threads whose agent runs, or that a hook or plugin said were under way in the last
+    LIVE_HOOK_MS; the conversation an agent in a pane was started on (`resume <id>`) or holds open
+    (Codex's rollout); and for an agent in a pane on a conversation we cannot name, the directory
+    it writes in. -> ([(agent, thread id, cwd or None)], [(agent, cwd)])"""
+    threads = list(threads)
+    recent = now - LIVE_HOOK_MS
+    live = [(t.agent, t.id, t.cwd) for t in threads
+            if t.alive or t.status in ("running", "waiting", "retry") and t.updated_at >= recent]
+    linked = {t.pane for t in threads if t.alive and t.pane}
+    cwds = []
+    for pane_id, (agent, _pid, args) in sorted(processes.agents.items()):
+        rid = agent_resume_id_from_args(agent, args)
+        cwd = panes.get(pane_id, (None, None))[1]
+        if rid:
+            live.append((agent, rid, cwd))
+        elif pane_id not in linked and cwd:
+            cwds.append((agent, cwd))
+    live.extend((agent, tid, None) for agent, tid in processes.open_threads.values())
+    return live, cwds
 
 
 class AgentExits(object):
@@ -6471,9 +8278,12 @@ class Linker(object):
     pure decisions (link_threads by pid, then guess_threads_by_cwd) applied to the store's threads,
     the exits of agent processes (AgentExits), and a thread whose process died mid-turn. Given the
     store, the loop, the probes, a clock, and the server's publish, status_changed(thread, old,
-    new) (the apply step judges it) and save_state."""
+    new) (the apply step judges it) and save_state; and, where the agents' files are watched by stat
+    or kqueue (holds_wanted()), hold_files(threads, cwds): the files of the conversations that can
+    change now (live_conversations), looked at each second or given a kqueue fd."""
 
-    def __init__(self, store, loop, probes, clock, publish, status_changed, save_state):
+    def __init__(self, store, loop, probes, clock, publish, status_changed, save_state,
+                 holds_wanted=lambda: False, hold_files=lambda threads, cwds: None):
         self.store = store
         self.loop = loop
         self.probes = probes
@@ -6481,6 +8291,8 @@ class Linker(object):
         self.publish = publish
         self.status_changed = status_changed
         self.save_state = save_state
+        self.holds_wanted = holds_wanted
+        self.hold_files = hold_files
         self.proc_table = None
         self.pane_of_pid = {}
         self.pane_agents = {}
@@ -6540,6 +8352,8 @@ class Linker(object):
             self.store.touch()
         self._apply_links(guess_threads_by_cwd(list(threads.values()), panes, processes, links), panes)
         self.agent_exits.sync()
+        if self.holds_wanted():  # (inotify sees every change: no pass over the threads for it)
+            self.hold_files(*live_conversations(threads.values(), panes, processes, now_ms(self.clock)))
 
     def _relink(self):
         self._relink_pending = False
@@ -6708,11 +8522,13 @@ class Preferences(object):
     again for new prices; `on_change(change)` for the sidebar panes). A broken file is not
     overwritten until the user changes a preference. Given the store, the file's path and tmux."""
 
-    def __init__(self, store, path, tmux, on_change):
+    def __init__(self, store, path, tmux, on_change, applied_path=None):
         self.store = store
         self.path = path
         self.tmux = tmux
         self.on_change = on_change
+        # the preferences last applied from the @opensessions-* options (see tmux_ui_change)
+        self.applied_path = applied_path
 
     def load(self):
         """Sidebar preferences; a broken file gives a message and defaults, a refused field the
@@ -6730,19 +8546,39 @@ class Preferences(object):
             log(self.store.ui_error)
         self.store.touch()
 
-    def apply_tmux_options(self):
-        """The @opensessions-* options (from ~/.tmux.conf) hold from the first sidebar on."""
-        try:
-            change = ui_from_tmux_options(read_tmux_options(self.tmux))
-        except Exception as e:  # never fail a start for an option
-            log("cannot read the tmux options: %s" % e)
-            return
-        change = {k: v for k, v in change.items() if self.store.ui.get(k) != v}
-        if change:  # before any sidebar is placed: nothing to move yet
+    def apply_tmux_options(self, from_tmux=None):
+        """The @opensessions-* options (from ~/.tmux.conf) hold from the first sidebar on, where
+        their value changed since it was last applied from tmux (tmux_ui_change, remembered in
+        applied_path): a theme picked with `t` holds until the option itself changes. `from_tmux`
+        is what tmux-setup read at a re-source (POST /ui {"fromTmux"}), else they are read here.
+        -> the change made (applied through on_change)."""
+        if from_tmux is None:
+            try:
+                from_tmux = ui_from_tmux_options(read_tmux_options(self.tmux))
+            except Exception as e:  # never fail a start for an option
+                log("cannot read the tmux options: %s" % e)
+                return {}
+        last = {}
+        if self.applied_path:
+            try:
+                last = read_json_file(self.applied_path, {})
+            except OpensessionsError as e:
+                log("%s; applying every @opensessions-* option again" % e)
+        change, remember = tmux_ui_change(from_tmux, last, self.store.ui)
+        if self.applied_path and remember != last:
+            try:
+                ensure_private_dir(os.path.dirname(self.applied_path))
+                atomic_write(self.applied_path, json.dumps(remember, indent=2) + "\n")
+            except (OSError, OpensessionsError) as e:
+                log("cannot save %s: %s" % (self.applied_path, e))
+        if change:
+            log("applied from the tmux options: %s" % json.dumps(change, sort_keys=True))
             self.store.ui.update(change)
             self.store.touch()
             if self.store.ui_error is None:  # a broken ui.json is kept until the user changes something
                 self.save()
+            self.on_change(change)  # at a start, before any sidebar is placed: nothing to move yet
+        return change
 
     def save(self):
         self.store.ui_error = None
@@ -6769,6 +8605,160 @@ class Preferences(object):
                 t.usage = usage_json(t.usage_raw, t.model, self.store.ui.get("prices"))
 
 
+PREVIEW_MIN_GAP = 0.1  # a followed pane is read at most 10 times a second, however fast it prints ...
+PREVIEW_BURST = 3  # ... after a burst of up to 3 reads at once (a command's echo, then its output)
+
+
+class PreviewFeed(object):
+    """Previews pushed to the clients that show them (GET /api/preview?follow=1): a shown pane is
+    read (capture-pane, answered through the control client: no tmux process per read) when tmux
+    says it printed (%output), at most every PREVIEW_MIN_GAP, and each watcher is sent its doc when
+    that changes (a burst of PREVIEW_BURST reads may come closer: a line typed and its output each
+    show at once). tmux 3.3a gives a control client the output of its own session's panes only: the
+    newest preview's pane is followed (the control client attaches to its session and pauses the
+    others there); a preview of a pane elsewhere is read every PREVIEW_INTERVAL while it is shown.
+    Given the loop, the control client, `capture(pane, callback(screen or None))` and `sessions()`
+    (the store's tmux sessions)."""
+
+    def __init__(self, loop, control, capture, sessions, clock=time.monotonic):
+        self.loop = loop
+        self.control = control
+        self.capture = capture
+        self.sessions = sessions
+        self.clock = clock
+        self.subs = {}  # token -> {"pane", "to_doc": screen -> doc, "send": doc -> None, "last": doc sent}
+        self.panes = {}  # pane -> {"screen", "at": last read, "busy": a read under way, "again": output since}
+        self.followed = None  # the pane whose output the control client takes
+        self._token = 0
+        self.reads = 0  # captures made (bench, tests)
+
+    def subscribe(self, pane, to_doc, send):
+        """A client shows `pane`: it is sent to_doc(screen) now and whenever that changes. -> token."""
+        self._token += 1
+        self.subs[self._token] = {"pane": pane, "to_doc": to_doc, "send": send, "last": None}
+        state = self.panes.get(pane)
+        if state is None:
+            state = self.panes[pane] = {"screen": None, "at": None, "busy": False, "again": False, "timer": None,
+                                        "tokens": float(PREVIEW_BURST)}
+        if state["screen"] is not None:
+            self._push(pane)
+        self._follow(pane)
+        self._read(pane)
+        return self._token
+
+    def unsubscribe(self, token):
+        sub = self.subs.pop(token, None)
+        if sub is None:
+            return
+        pane = sub["pane"]
+        if not any(s["pane"] == pane for s in self.subs.values()):
+            state = self.panes.pop(pane, None)
+            if state and state["timer"]:
+                state["timer"]()
+            if pane == self.followed:
+                self.followed = None
+                newest = max(self.subs, default=None)
+                if newest is not None:
+                    self._follow(self.subs[newest]["pane"])
+                else:
+                    self.control.unfollow()
+
+    def _session_of(self, pane):
+        """-> (session id, the other panes of that session), or (None, ())."""
+        for s in self.sessions():
+            panes = [p["id"] for w in s["windows"] for p in w["panes"]]
+            if pane in panes:
+                return s["id"], [p for p in panes if p != pane]
+        return None, ()
+
+    def _follow(self, pane):
+        session, others = self._session_of(pane)
+        if session is not None and self.control.running and self.control.follow(pane, session, others):
+            self.followed = pane
+        elif pane == self.followed:
+            self.followed = None
+
+    def tmux_changed(self):
+        """tmux's panes changed (or the control client was started again): new panes in the followed
+        session are paused; a followed pane whose client restarted is followed again."""
+        if not self.subs:
+            return
+        want = self.subs[max(self.subs)]["pane"]
+        following = self.control.following
+        if following is None or following[0] != want or self._session_of(want)[0] != following[1]:
+            self._follow(want)
+        elif self.followed:
+            session, others = self._session_of(self.followed)
+            known = self.panes.get(self.followed, {}).setdefault("others", set(others))
+            new = [p for p in others if p not in known]
+            if new:
+                known.update(new)
+                self.control.pause(new)
+
+    def on_output(self, pane, paused=False):
+        """The control client saw output of `pane` (or tmux paused it: we fell behind)."""
+        if pane not in self.panes:
+            return  # another pane of that session, printed before its pause took effect
+        if paused:
+            if pane == self.followed:
+                self.control.send("refresh-client -A '%s:continue'" % pane)
+        self._read(pane)
+
+    def _read(self, pane):
+        """Read the pane now if its budget allows (a token per PREVIEW_MIN_GAP, PREVIEW_BURST at
+        most), else when it does; one read under way at a time, output meanwhile asks for one more."""
+        state = self.panes.get(pane)
+        if state is None:
+            return
+        if state["busy"]:
+            state["again"] = True
+            return
+        now = self.clock()
+        if state["at"] is not None:
+            state["tokens"] = min(float(PREVIEW_BURST), state["tokens"] + (now - state["at"]) / PREVIEW_MIN_GAP)
+        state["at"] = now
+        if state["tokens"] < 1.0 - 1e-6:
+            if not state["timer"]:
+                wait = max(0.005, (1.0 - state["tokens"]) * PREVIEW_MIN_GAP)
+                state["timer"] = self.loop.call_later(wait, self._timer_read, pane)
+            return
+        state["tokens"] = max(1.0, state["tokens"])
+        state["tokens"] -= 1.0
+        state["busy"], state["again"] = True, False
+        self.reads += 1
+        self.capture(pane, lambda screen: self._got(pane, screen))
+
+    def _timer_read(self, pane):
+        state = self.panes.get(pane)
+        if state is not None:
+            state["timer"] = None
+            self._read(pane)
+
+    def _got(self, pane, screen):
+        state = self.panes.get(pane)
+        if state is None:
+            return
+        state["busy"] = False
+        if screen is not None and screen != state["screen"]:
+            state["screen"] = screen
+            self._push(pane)
+        if state["again"]:
+            self._read(pane)
+        elif pane != self.followed and not state["timer"]:
+            # no output notifications for a pane in another session: look again in a while
+            state["timer"] = self.loop.call_later(PREVIEW_INTERVAL, self._timer_read, pane)
+
+    def _push(self, pane):
+        screen = self.panes[pane]["screen"]
+        for sub in list(self.subs.values()):
+            if sub["pane"] != pane:
+                continue
+            doc = sub["to_doc"](screen)
+            if doc != sub["last"]:
+                sub["last"] = doc
+                sub["send"](doc)
+
+
 class Server(object):
     """Live state from tmux (+ watchers), served over HTTP and Server-Sent Events: the hub that
     owns the loop and the store, follows tmux, runs the apply step and publishes. Its rooms: the
@@ -6791,17 +8781,24 @@ class Server(object):
         self.usage_path = os.path.join(state_dir(self.environ), "usage-%s.json" % key)
         self._status_changes = []
         self.linker = Linker(self.store, self.loop, self.probes, clock, self.publish,
-                             lambda t, old, new: self._status_changes.append((t, old, new)), self.state_file.schedule_save)
+                             lambda t, old, new: self._status_changes.append((t, old, new)),
+                             self.state_file.schedule_save,
+                             holds_wanted=lambda: self.watchers is not None and self.watchers.wants_holds(),
+                             hold_files=lambda threads, cwds: self.watchers.hold_threads(threads, cwds))
         self.facts = SessionFacts(self.store, self.loop, self.probes, self.linker, lambda: self.port, self.publish)
-        self.prefs = Preferences(self.store, os.path.join(config_dir(self.environ), "ui.json"), tmux, self.on_ui_changed)
+        self.prefs = Preferences(self.store, os.path.join(config_dir(self.environ), "ui.json"), tmux, self.on_ui_changed,
+                                 os.path.join(state_dir(self.environ), "tmux-options.json"))
         self.httpd = None
         self.read_deadline = READ_DEADLINE
         self.peer_uids = True  # False: act as where the kernel cannot name a peer (macOS): token only
         self.control = ControlClient(tmux, self.loop, self.environ, self.schedule_refresh, self._on_control_exit)
+        self.previews = PreviewFeed(self.loop, self.control, self._capture_for_preview, lambda: self.store.sessions)
+        self.control.on_output = self.previews.on_output
         self.api = Api(self.store, clock, tmux, ApiHost(
             publish=self.publish, refresh=self.schedule_refresh, pane_of_pid=self.linker.pane_of,
             update_thread=self.apply_thread_update, relink=self.linker.link, notify=self.notify_user,
-            save_state=self.state_file.schedule_save, change_ui=self.prefs.change, resume=self._history_resume))
+            save_state=self.state_file.schedule_save, change_ui=self.prefs.change,
+            tmux_options=self.prefs.apply_tmux_options, to_host=self.to_host, resume=self._history_resume))
         self._refresh_pending = False
         self._refresh_due = 0.0
         self._refresh_cancel = None
@@ -6810,6 +8807,7 @@ class Server(object):
         self.watchers = None
         self.sidebars = None
         self.tmux_options = None
+        self.remote = None  # RemoteHosts (the remote hosts section), attached by build_server
         self.history = None  # the conversation index (History), built off the loop once the state is full
         self.cold_starting = False
         self._known_before_cold = frozenset()
@@ -6819,6 +8817,8 @@ class Server(object):
     # -- lifecycle -------------------------------------------------------------------------
     def start(self):
         """Take the lock, bind the port, read tmux once. Raises OpensessionsError with a reason."""
+        if self.runtime.squatted:
+            log("runtime dir: %s" % self.runtime.squatted)
         self.runtime.acquire()
         try:
             if not self.tmux.alive():
@@ -6855,16 +8855,24 @@ class Server(object):
                 self.history.start()  # its worker reads what changed since the saved index
             self._follow_tmux()
             self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
+            if self.remote is not None:
+                self.loop.post(self.remote.start)  # once the loop runs: nothing here delays a stop
             self.loop.call_later(2.0, self.facts.ports_timer)
             self.loop.call_later(PRUNE_INTERVAL, self._prune_timer)
         except BaseException:
             self.runtime.release()
             raise
 
+    def to_host(self, op, body):
+        """The API's door to the remote hosts (ApiHost.to_host): a request for body["host"]."""
+        if self.remote is None:
+            raise ApiError(404, "no remote hosts are followed")
+        return self.remote.request_for(op, body)
+
     def http_door(self):
         """What the HTTP layer may ask of this server (an HttpDoor)."""
         return HttpDoor(self.peer_uids, self.read_deadline, self.token_ok, self.store, self.loop.call, self.api,
-                        lambda pane: self.tmux.run("capture-pane", "-p", "-t", pane), self.health,
+                        lambda pane: self.tmux.run("capture-pane", "-p", "-t", pane), self.health, self.previews,
                         self._history_answer if self.history is not None else None)
 
     def _history_resume(self, body):
@@ -6892,6 +8900,11 @@ class Server(object):
                 "skippedRecords": watchers.bad_records if watchers is not None else 0,
                 "skippedLongLines": watchers.long_lines if watchers is not None else 0,
                 "inotify": bool(watchers is not None and watchers.inotify is not None),
+                "watch": watchers.watch_stats() if watchers is not None else None,
+                "hosts": self.remote.health() if self.remote is not None else None,
+                # previews pushed to clients: how many are shown, the pane whose output is followed, reads made
+                "previews": {"shown": len(self.previews.subs), "followed": self.previews.followed,
+                             "reads": self.previews.reads},
                 "history": self.history.health() if self.history is not None else None}
 
     def _bind(self):
@@ -6955,6 +8968,8 @@ class Server(object):
             self.httpd = None
         self.control.stop()
         self.linker.close()
+        if self.remote is not None:
+            self.remote.close()
         if self.watchers is not None:
             self.watchers.close()
         if self.history is not None:
@@ -7041,6 +9056,18 @@ class Server(object):
             self.sidebars.sync()  # first: a window a client just switched to gets its sidebar sooner
         self.facts.refresh()
         self.on_tmux_refreshed()
+        self.previews.tmux_changed()
+
+    def _capture_for_preview(self, pane, callback):
+        """A pane's screen (with escapes) for a preview: answered through the control client when it
+        runs (no tmux process), else read here. callback(screen, or None when it cannot be read)."""
+        if self.control.command("capture-pane -p -e -t '%s'" % pane,
+                                lambda ok, lines: callback("\n".join(lines) if ok else None)):
+            return
+        try:
+            callback(self.tmux.run("capture-pane", "-p", "-e", "-t", pane))
+        except TmuxError:
+            callback(None)
 
     def on_tmux_refreshed(self):
         """Panes and clients changed: re-link threads to panes, clear what a client now views."""
@@ -7229,7 +9256,9 @@ class Server(object):
         return doc
 
     def on_ui_changed(self, change):
-        """Visibility, width or side changed: put the sidebar panes right."""
+        """Visibility, width or side changed: put the sidebar panes right. Hosts changed: follow them."""
+        if "hosts" in change and self.remote is not None:
+            self.remote.sync()
         if self.sidebars is not None and {"visible", "width", "position"} & set(change):
             if "position" in change:
                 self.sidebars.remove_all()
@@ -7248,6 +9277,11 @@ class ApiHost(Record):
         ("notify", None),  # (session, message, tone) -> a notification through the user's channels
         ("save_state", None),  # () -> the state file is written soon
         ("change_ui", None),  # (change) -> preferences changed: kept, saved, applied
+        ("tmux_options", None),  # (from the @opensessions-* options) -> those changed since last applied, applied
+        # (op, body) -> a request for the server of body["host"] (op "reply", "preview" or "ui"), checked
+        # on the loop; returns the function that carries it there and waits for the answer, off the loop
+        # (preview: -> (status, body dict)). Raises ApiError (404: no such host). None: no remote hosts.
+        ("to_host", None),
         ("resume", None),  # (body) -> the conversation history's answer to POST /api/resume
     )
 
@@ -7342,7 +9376,13 @@ class Api(object):
             return False
         current = self.store.threads.get((ev["agent"], thread_id))
         status = ev["status"]
-        if status == "idle":
+        if ev["idlePrompt"]:
+            # the agent waits at its prompt input: a turn still under way was stopped there (an Esc
+            # during retries leaves nothing in Qwen's chat file); anything else stays as it is
+            if current is None or current.status not in ("running", "retry"):
+                return session is not None
+            status = "interrupted"
+        elif status == "idle":
             status = settle_idle(current.status if current else None)
         fields = dict(status=status, title=ev["threadName"], detail=ev["detail"], attempt=ev["attempt"],
                       cwd=ev["projectDir"], model=ev["model"], pid=ev["pid"],
@@ -7359,7 +9399,7 @@ class Api(object):
         if session is not None and (pane or current is None or not current.pane):
             fields["session"] = session["name"]
         self.host.update_thread(ev["agent"], thread_id, **fields)
-        self.host.relink()
+        self.host.relink()  # (and the files of what it names can change now: the Linker holds them)
         return session is not None
 
     def api_plugin_event(self, body, agent):
@@ -7397,6 +9437,23 @@ class Api(object):
         self.host.save_state()
 
     def api_ui(self, body):
+        """POST /ui: a partial update of the preferences. {"fromTmux": {...}} (what tmux-setup read
+        from the @opensessions-* options) is applied where an option changed since it was last
+        applied from tmux (tmux_ui_change); the rest of the body is a change as usual. With "host",
+        it is that host's own preferences (such as its order), changed by its server."""
+        if "host" in body:
+            return self._to_host("ui", body)
+        if isinstance(body, dict) and "fromTmux" in body:
+            body = dict(body)
+            from_tmux = body.pop("fromTmux")
+            if not isinstance(from_tmux, dict):
+                raise ApiError(400, "'fromTmux' must be an object of preferences")
+            from_tmux = validate_ui(from_tmux) if from_tmux else {}
+            rest = validate_ui(body) if body else {}
+            self.host.tmux_options(from_tmux)
+            if rest:
+                self.host.change_ui(rest)
+            return None
         self.host.change_ui(validate_ui(body))
 
     def api_mute(self, body):
@@ -7433,70 +9490,69 @@ class Api(object):
 
     def api_reply(self, body):
         """POST /api/reply {"thread", "action", "text"}: checked here on the loop (thread, status,
-        exact pane link); the returned function reads the screen and types, off the loop."""
+        exact pane link); the returned function reads the screen and types, off the loop, and
+        returns what was done ({"sent": one line, "answer": the option's words, "ms": key to screen})."""
+        if body.get("host") is not None:  # a thread on another machine: its own server checks and types
+            return self._to_host("reply", body)
         action = body.get("action")
         if action not in REPLY_ACTIONS:
             raise ApiError(400, "'action' must be one of %s" % ", ".join(REPLY_ACTIONS))
         t = self._thread_by_id(body.get("thread"))
         text = body.get("text") if action == "text" else None
         what = "%s %s/%s" % (action, t.agent, t.id)
+        spec = AGENT_SPECS.get(t.agent)
+        title = spec.title if spec else t.agent
 
         def refuse(reason):
             log("reply %s refused: %s" % (what, reason))
             raise ApiError(409, reason)
         if action == "text":
             try:
-                check_reply_text(text)
+                text = check_reply_text(text)
             except ReplyRefused as e:
                 log("reply %s refused: %s" % (what, e))
                 raise ApiError(400, str(e))
-            if t.status not in ("done", "idle", "interrupted", "error", "waiting"):
-                refuse("the thread is %s; text is sent only to a thread that waits for input or is done" % t.status)
-        elif t.status != "waiting":
-            refuse("the thread is %s, not waiting on a permission" % t.status)
+        reason = reply_status_refusal(title, action, t.status)
+        if reason:
+            refuse(reason)
         if not t.alive:
-            refuse("the agent's process is gone")
+            refuse("%s's process has exited; there is nothing to answer" % title)
         if not t.pane or t.link != "pid" or not t.pid:
-            refuse("the thread's pane is not known exactly (%s)" % (
-                "linked by its directory only" if t.link == "cwd" else "no pane"))
+            refuse("the thread's pane is not known exactly (%s); nothing is typed into a guess" % (
+                "it was linked by its directory only" if t.link == "cwd" else "no pane"))
         pane = self._pane_of(t.pane)
         if pane is None or not pane.get("pid"):
             refuse("pane %s is gone" % t.pane)
         newer = [u for u in self.store.threads.values() if u is not t and u.agent == t.agent and u.alive
                  and u.pid == t.pid and u.updated_at > t.updated_at]
         if newer:  # one process, several conversations (resumed, /new): its screen shows the newest
-            refuse("the agent in pane %s has moved on to thread %s" % (t.pane, newer[0].id))
+            refuse("the %s in pane %s has moved on to thread %s; this one is no longer on its screen" % (
+                title, t.pane, newer[0].id))
         agent, pid, pane_id, pane_pid, start = t.agent, t.pid, t.pane, pane["pid"], t.proc_start
         tmux = self.tmux
         lock = self._reply_lock
 
         def send():
             with lock:  # one reply at a time: keystrokes of two replies never interleave
+                said = []
                 try:
-                    reason = foreground_problem(agent, pid, pane_pid, start)
+                    guard = foreground_guard(agent, pid, pane_pid, start)
+                    reason = guard()
                     if reason:
                         raise ReplyRefused(reason)
-                    # the status can come before the screen shows the prompt (a hook fires as
-                    # it draws): look again for a moment before refusing
-                    deadline = time.monotonic() + REPLY_SCREEN_WAIT
-                    while True:
-                        screen = tmux.run("capture-pane", "-p", "-e", "-t", pane_id)
-                        try:
-                            steps = reply_plan(agent, action, screen, text)
-                            break
-                        except ReplyRefused:
-                            if time.monotonic() > deadline:
-                                raise
-                            time.sleep(0.05)
-                    changed_ms = run_reply_steps(tmux, pane_id, steps, screen)
+                    steps, screen = plan_when_ready(lambda: tmux.run("capture-pane", "-p", "-e", "-t", pane_id),
+                                                    lambda screen: reply_plan(agent, action, screen, text))
+                    changed_ms = run_reply_steps(tmux, pane_id, steps, screen, guard=guard, said=said)
                 except ReplyRefused as e:
                     refuse(str(e))
                 except TmuxError as e:
                     refuse("tmux: %s" % e)
-            keys = " ".join(" ".join(s[1]) for s in steps if s[0] == "keys")
-            log("reply %s sent to pane %s: %skeys %s; the screen changed %s after the last key" % (
-                what, pane_id, ("%d characters of text, " % len(text)) if text else "", keys,
-                "%.0f ms" % changed_ms if changed_ms is not None else "(not measured)"))
+            line = reply_summary(action, title, pane_id, steps, said, text, changed_ms)
+            log("reply %s sent to pane %s: %s" % (what, pane_id, line))
+            answer = ([s[1] for s in steps if s[0] == "answer"] + said)[-1:]
+            return {"thread": t.id, "agent": agent, "pane": pane_id, "action": action, "sent": line,
+                    "answer": answer[0] if answer else None,
+                    "ms": round(changed_ms) if changed_ms is not None else None}
         return send
 
     def api_resume(self, body):
@@ -7505,11 +9561,26 @@ class Api(object):
         return self.host.resume(body)
 
     def api_preview(self, thread_id, lines=20):
-        """GET /api/preview?thread=ID[&lines=N] -> the pane to read (read off the loop)."""
+        """GET /api/preview?thread=ID[&lines=N] -> the pane to read (read off the loop), and, under
+        "_check", what preview_problem needs (the pane is shown only while the agent is in front)."""
         t = self._thread_by_id(thread_id)
-        if not t.pane or self._pane_of(t.pane) is None:
+        pane = self._pane_of(t.pane) if t.pane else None
+        if pane is None:
             raise ApiError(409, "the thread has no pane")
-        return {"thread": t.id, "agent": t.agent, "pane": t.pane, "link": t.link, "status": t.status}
+        return {"thread": t.id, "agent": t.agent, "pane": t.pane, "link": t.link, "status": t.status,
+                "_check": (t.agent, t.pid, pane.get("pid"), t.proc_start)}
+
+    def api_host_preview(self, host, thread_id, lines):
+        """GET /api/preview?host=HOST&thread=ID: checked here on the loop; the returned function asks
+        that host's server for it (off the loop) -> (status, body dict)."""
+        return self._to_host("preview", {"host": host, "thread": thread_id, "lines": lines})
+
+    def _to_host(self, op, body):
+        """A request for another machine's server ("reply", "preview", "ui", with body["host"]): checked
+        on the loop by the ApiHost's to_host, which returns the function that carries it off the loop."""
+        if self.host.to_host is None:
+            raise ApiError(404, "no remote hosts are followed")
+        return self.host.to_host(op, body)
 
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -7591,10 +9662,12 @@ class HttpDoor(object):
     peer's uid (else the runtime file's token is checked), how long a request may take to arrive,
     the published snapshots (the store's `published` and `cond`, for /state and /events), `on_loop`
     (run a function on the event loop and wait for its result), the API's handlers, a pane's text
-    (`capture(pane)`), the server's own figures for /health (`health()`) and the conversation
-    history's answers (`history(path, query)`, None when it is off), read off the loop."""
+    (`capture(pane)`), the server's own figures for /health (`health()`), the preview feed
+    (`previews`: subscribe / unsubscribe, on the loop) and the conversation history's answers
+    (`history(path, query)`, None when it is off), read off the loop."""
 
-    def __init__(self, peer_uids, read_deadline, token_ok, snapshots, on_loop, api, capture, health, history=None):
+    def __init__(self, peer_uids, read_deadline, token_ok, snapshots, on_loop, api, capture, health, previews=None,
+                 history=None):
         self.peer_uids = peer_uids
         self.read_deadline = read_deadline
         self.token_ok = token_ok
@@ -7604,6 +9677,7 @@ class HttpDoor(object):
         self.capture = capture
         self.health = health
         self.history = history
+        self.previews = previews
 
 
 def health_json(door, httpd):
@@ -7643,7 +9717,7 @@ def route_post(door, path, body):
         return _error_body(500, "internal error: %s" % e.__class__.__name__) + (None,)
     if result is False:  # a session (or thread) the call named is not there: kept, not matched
         return 202, json.dumps({"matched": False}).encode(), "application/json", None
-    if isinstance(result, dict):  # an answer with content (/api/resume)
+    if isinstance(result, dict):  # an answer with content (a reply: what was done; /api/resume)
         return 200, encode_json(result), "application/json", None
     return 204, b"", None, None
 
@@ -7685,6 +9759,7 @@ def _raw_refusal(sock, status, reason, message):
     try:
         sock.settimeout(0.5)
         sock.sendall(("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                      "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
                       "Connection: close\r\nRetry-After: 1\r\n\r\n" % (status, reason, len(body))).encode() + body)
     except OSError:
         pass
@@ -7809,6 +9884,7 @@ class ApiRequests(object):
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self._headers_buffer.append(b"\r\n")
@@ -7825,6 +9901,13 @@ class ApiRequests(object):
             return False
         if self.headers.get("Origin") is not None:
             self._error(403, "requests from web pages (with an Origin header) are refused")
+            return False
+        # an <img> or <script> GET carries no Origin, but a browser says where it comes from
+        site = (self.headers.get("Sec-Fetch-Site") or "").strip().lower()
+        mode = (self.headers.get("Sec-Fetch-Mode") or "").strip().lower()
+        if site in ("cross-site", "same-site") or mode == "no-cors":
+            self._error(403, "requests from web pages (Sec-Fetch-Site: %s, Sec-Fetch-Mode: %s) are refused"
+                        % (site or "-", mode or "-"))
             return False
         if self.peer_uid is None and not self.door.token_ok(self.headers.get(TOKEN_HEADER)):
             # no way to know who connected (not Linux): our clients send the runtime file's token
@@ -7890,9 +9973,28 @@ class ApiRequests(object):
         lines = as_number((query.get("lines") or ["20"])[0], 20, int, text=True)
         if not 1 <= lines <= 200:
             return self._error(400, "'lines' must be 1..200")
+        if query.get("host"):  # a thread on another machine: read by that host's server (not pushed)
+            try:
+                fetch = self.door.on_loop(self.door.api.api_host_preview, query["host"][0],
+                                          (query.get("thread") or [""])[0], lines)
+                status, doc = fetch()
+            except ApiError as e:
+                return self._error(e.status, e.message)
+            except TimeoutError:
+                return self._error(503, "server busy")
+            return self._send(status, json.dumps(doc).encode())
+        if (query.get("follow") or ["0"])[0] == "1":
+            return self._preview_stream((query.get("thread") or [""])[0], lines)
         try:
             info = self.door.on_loop(self.door.api.api_preview, (query.get("thread") or [""])[0])
-            screen = self.door.capture(info["pane"])
+            check = info.pop("_check")
+            # only the agent's own screen: not the shell after it exited, not a pane a forged
+            # registry named (looked at before and after the capture)
+            reason = preview_problem(*check) if check[2] else "the pane's process is not known"
+            screen = self.door.capture(info["pane"]) if not reason else None
+            reason = reason or preview_problem(*check)
+            if reason:
+                raise ApiError(409, "no preview: %s" % reason)
         except ApiError as e:
             return self._error(e.status, e.message)
         except TmuxError as e:
@@ -7918,6 +10020,89 @@ class ApiRequests(object):
             return self._error(e.status, e.message)
         return self._send(200, encode_json(doc))
 
+    def _preview_stream(self, thread, lines):
+        """GET /api/preview?thread=ID&lines=N&follow=1: the preview as `event: preview` (the same
+        JSON as without follow), sent when the pane's lines change (PreviewFeed: read when tmux says
+        the pane printed); a comment as keep-alive. Ends when the client goes or the server stops."""
+        import select
+        import threading
+        httpd = self.server
+        door = self.door
+        try:
+            info = door.on_loop(door.api.api_preview, thread)
+        except ApiError as e:
+            return self._error(e.status, e.message)
+        except TimeoutError:
+            return self._error(503, "server busy")
+        with httpd.lock:
+            full = httpd.streams >= MAX_SSE_CLIENTS
+            if not full:
+                httpd.streams += 1
+        if full:
+            self.close_connection = True
+            return self._error(503, "too many streams (%d)" % MAX_SSE_CLIENTS, {"Retry-After": "5"})
+        check = info.pop("_check")
+        reason = preview_problem(*check) if check[2] else "the pane's process is not known"
+        if reason:  # only the agent's own screen, as without follow
+            return self._error(409, "no preview: %s" % reason)
+        spec = AGENT_SPECS.get(info["agent"])
+        lock = threading.Lock()
+        latest = {"doc": None, "n": 0}
+        wake_r, wake_w = os.pipe()  # a new doc wakes the wait below, as does the client going away
+        os.set_blocking(wake_w, False)
+
+        def preview_doc(screen):  # on the loop
+            problem = preview_problem(*check)  # looked at for every screen pushed: the agent may have exited
+            if problem:
+                return dict({k: v for k, v in info.items() if k != "status"}, lines=[], prompt=None,
+                            error="no preview: %s" % problem)
+            found = spec.prompt_reader(screen) if spec is not None and spec.prompt_reader else None
+            return dict({k: v for k, v in info.items() if k != "status"},  # (a status here would go stale)
+                        lines=thread_preview(screen, lines), prompt=found[0] if found else None)
+
+        def send(doc):  # on the loop
+            with lock:
+                latest["doc"], latest["n"] = doc, latest["n"] + 1
+            try:
+                os.write(wake_w, b"x")
+            except OSError:
+                pass  # (the pipe is full: a wake-up is pending already)
+        token = None
+        try:
+            token = door.on_loop(door.previews.subscribe, info["pane"], preview_doc, send)
+            self.close_connection = True
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            sent = 0
+            while door.snapshots.published is not None:
+                ready = select.select([wake_r, self.connection], [], [], SSE_KEEPALIVE)[0]
+                if self.connection in ready and not self.connection.recv(4096):
+                    return  # the client went away: stop reading its pane now, not at the next write
+                if wake_r in ready:
+                    os.read(wake_r, 4096)
+                with lock:
+                    doc, n = latest["doc"], latest["n"]
+                if n == sent:
+                    if not ready:
+                        self.wfile.write(b": keepalive\n\n")
+                    continue
+                sent = n
+                self.wfile.write(b"event: preview\ndata: " + json.dumps(doc).encode() + b"\n\n")
+        except (OSError, TimeoutError, ValueError):
+            pass  # the client went away (or the server is stopping)
+        finally:
+            with httpd.lock:
+                httpd.streams -= 1
+            if token is not None:
+                try:
+                    door.on_loop(door.previews.unsubscribe, token)
+                except Exception:  # a stopped loop: the feed goes with it
+                    pass
+            for fd in (wake_r, wake_w):
+                os.close(fd)
     def _events(self):
         httpd = self.server
         with httpd.lock:
@@ -7932,6 +10117,7 @@ class ApiRequests(object):
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
             self.send_header("Connection", "close")
             self.send_header("X-Accel-Buffering", "no")
             self.end_headers()
@@ -8225,10 +10411,11 @@ def status_summary(state, charset="unicode"):
     running = waiting = unseen = errors = 0
     windows = {}
     for s in state["sessions"]:
-        pane_window = {p["id"]: w["id"] for w in s["windows"] for p in w["panes"]}
+        # a host's window and pane ids are its own: no local window option from them
+        pane_window = {} if s.get("host") else {p["id"]: w["id"] for w in s["windows"] for p in w["panes"]}
         for t in s["threads"]:
-            if s.get("hidden"):  # count exactly what the sidebar shows: a hidden session is not
-                continue
+            if s.get("hidden") or s.get("stale"):  # count exactly what the sidebar shows: a hidden session
+                continue  # is not; a host we cannot reach may have moved on
             if t["status"] in ACTIVE_STATUSES:
                 running += 1
             if t["status"] == "waiting":
@@ -8303,13 +10490,1270 @@ def attention_queue(state):
     rank = {"waiting": 0, "error": 1, "interrupted": 2, "done": 2}
     out = []
     for s in state["sessions"]:
-        if s.get("hidden"):
+        if s.get("hidden") or s.get("stale"):
             continue
         for t in s["threads"]:
             if t["status"] in ("waiting", "error") or (t.get("unseen") and t["status"] in rank):
                 out.append((rank[t["status"]], t.get("updatedAt") or 0, s["name"], t))
     out.sort(key=lambda x: (x[0], x[1]))
     return [(name, t) for _, _, name, t in out]
+
+
+##############################################################################
+# Remote hosts: agents on other machines, over the user's own ssh
+##############################################################################
+
+# One long-lived `ssh` per host (the user's own binary and ~/.ssh/config, BatchMode, a ControlMaster
+# socket of ours that extra commands reuse, no forwards) runs one fixed bootstrap on the host. The
+# bootstrap runs our program from the host's cache dir, after receiving it over the same connection
+# when it is missing or another build (sha256), and execs `opensessions relay`. The relay follows the
+# host's own opensessions server (starting it under the host's default tmux server) and writes each
+# /events snapshot as one line of JSON on stdout; it reads a fixed set of requests (reply, preview,
+# ui) from stdin and answers them by calling that server's HTTP API, which applies its own checks.
+# Everything a host sends is hostile input: frames are capped in size, and every snapshot is rebuilt
+# from validated fields (clean_remote_state) before it reaches /state.
+#
+# Frames, host -> local:  {"t": "hello", "proto", "version", "digest", "python", "tmux"}
+#   {"t": "need"} (the bootstrap asks for the program: local sends "<size>\n" + the .pyz bytes)
+#   {"t": "installed"}  {"t": "fatal", "reason"}  {"t": "down", "reason"}  {"t": "ping"}
+#   {"t": "state", "server": {"pid", "started", "version", "digest"}, "state": <the host's /state>}
+#   {"t": "res", "id", "status", "body"}
+# Frames, local -> host:  {"t": "req", "id", "op": "reply" | "preview" | "ui", "body": {...}}
+
+RELAY_PROTOCOL = 1
+REMOTE_MAX_FRAME = 8 * 1024 * 1024  # a host's /state: 500 sessions x 50 threads fit well below this
+REMOTE_MAX_REQUEST = 256 * 1024
+REMOTE_OPS = ("reply", "preview", "ui")
+REMOTE_BACKOFF_MIN, REMOTE_BACKOFF_MAX = 1.0, 30.0
+REMOTE_ALIVE = 5.0  # relay heartbeat and ssh ServerAliveInterval; 3 of them silent: the host is gone
+REMOTE_HELLO_WAIT = 30.0  # from ssh's start to the relay's hello (connect, python, shipping the program)
+REMOTE_MIN_TMUX = (3, 2)
+REMOTE_MAX_SESSIONS = 500
+REMOTE_MAX_WINDOWS = 200
+REMOTE_MAX_PANES = 64
+REMOTE_MAX_THREADS = 2000
+_SESSION_ID_RE = LazyPattern(r"^\$\d{1,9}$")
+_WINDOW_ID_RE = LazyPattern(r"^@\d{1,9}$")
+_PANE_ID_RE = LazyPattern(r"^%\d{1,9}$")
+
+# The bootstrap, run by the host's python3 with the program's sha256 and the heartbeat as arguments.
+# It is sent base64-encoded inside a fixed command line (remote_command), so no shell of any kind
+# (sh, bash, zsh, fish, csh) reads a quote or a '$' of it.
+BOOTSTRAP = r'''
+import hashlib, json, os, sys
+def say(**frame):
+    os.write(1, (json.dumps(frame) + "\n").encode())
+digest, alive = sys.argv[1], sys.argv[2]
+if sys.version_info < (3, 9):
+    say(t="fatal", reason="python3 on the host is %d.%d; opensessions needs Python 3.9 or newer there"
+        % tuple(sys.version_info[:2]))
+    sys.exit(0)
+home = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                    "opensessions")
+path = os.path.join(home, "opensessions-%s.pyz" % digest[:16])
+def good():
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest() == digest
+    except OSError:
+        return False
+if not good():
+    say(t="need")
+    head = b""
+    while not head.endswith(b"\n"):
+        c = os.read(0, 1)
+        if not c or len(head) > 20:
+            sys.exit(3)
+        head += c
+    left, parts = int(head), []
+    while left > 0:
+        c = os.read(0, min(left, 65536))
+        if not c:
+            sys.exit(3)
+        parts.append(c)
+        left -= len(c)
+    data = b"".join(parts)
+    if hashlib.sha256(data).hexdigest() != digest:
+        say(t="fatal", reason="the program sent to the host failed its sha256 check")
+        sys.exit(0)
+    try:
+        os.makedirs(home, mode=0o700, exist_ok=True)
+        if os.lstat(home).st_uid != os.getuid():
+            raise OSError("%s is not owned by this user" % home)
+        tmp = "%s.%d.tmp" % (path, os.getpid())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        say(t="fatal", reason="cannot write %s on the host: %s" % (path, e))
+        sys.exit(0)
+    say(t="installed", bytes=len(data))
+os.execv(sys.executable, [sys.executable, "-S", path, "relay", "--alive", alive])
+'''
+
+
+def remote_command(digest, alive=REMOTE_ALIVE):
+    """The one command line ssh runs on a host: fixed but for our own digest and heartbeat, both
+    quoted. Pure."""
+    import base64
+    import shlex
+    code = base64.b64encode(BOOTSTRAP.encode("ascii")).decode("ascii")
+    return "python3 -c 'import base64;exec(base64.b64decode(\"%s\"))' %s %s" % (
+        code, shlex.quote(digest), shlex.quote("%g" % alive))
+
+
+def ssh_control_path(tmux_socket, host, environ=None):
+    """Our ControlMaster socket for a host (one per local tmux server and host): the server's ssh
+    is the master, and `ssh-attach` windows reuse its connection. Unix socket paths are short:
+    past ~100 characters it goes to /tmp/opensessions-ssh-<uid>."""
+    name = "%s-%s.sock" % (socket_key(tmux_socket or ""), socket_key(host)[:10])
+    base = os.path.join(runtime_dir(environ), "ssh")
+    if len(base) + len(name) > 100:
+        base = "/tmp/opensessions-ssh-%d" % os.getuid()
+    return os.path.join(base, name)
+
+
+def ssh_options(control_path, alive=REMOTE_ALIVE, master=True):
+    """ssh -o options of the server's connection (master) or of a command reusing it. The server
+    never prompts (BatchMode), never accepts a new or changed host key (StrictHostKeyChecking: a
+    host is accepted once with a plain `ssh HOST`), and opens no forwards. Pure."""
+    opts = ["ControlPath=%s" % control_path.replace("%", "%%"), "ClearAllForwardings=yes"]
+    if master:
+        opts += ["BatchMode=yes", "ConnectTimeout=%d" % max(1, round(2 * alive)),
+                 "ServerAliveInterval=%d" % max(1, round(alive)), "ServerAliveCountMax=3",
+                 "StrictHostKeyChecking=yes", "ControlMaster=auto", "ControlPersist=no", "RequestTTY=no",
+                 "ForwardX11=no", "PermitLocalCommand=no", "LogLevel=INFO"]  # ssh says why it ended
+    else:
+        opts += ["ControlMaster=no"]
+    out = []
+    for o in opts:
+        out += ["-o", o]
+    return out
+
+
+def ssh_failure(returncode, stderr, got_hello):
+    """Why an ssh to a host ended, in a line for the sidebar (from ssh's own messages). Pure."""
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else (stderr or "")
+    lines = [clean_text(l).strip() for l in text.splitlines() if l.strip()]
+    said = [l for l in lines if not l.startswith(("@@@", "Warning: Permanently added", "Pseudo-terminal"))]
+    last = said[-1][:200] if said else ""
+    low = text.lower()
+    if "remote host identification has changed" in low or "host key for" in low and "has changed" in low:
+        return "its host key CHANGED; refused (check it, then fix ~/.ssh/known_hosts)"
+    if "host key verification failed" in low or "no matching host key" in low:
+        return "host key not known; refused (connect once with `ssh HOST` to check and accept it)"
+    if returncode == 127 or "python3: not found" in low or "python3: command not found" in low \
+            or "unknown command: python3" in low or "command not found: python3" in low:
+        return "python3 is not on PATH there (opensessions needs Python 3.9+ and tmux on the host)"
+    if "permission denied" in low:
+        return "login refused: %s (BatchMode: no password prompts; use a key or ssh-agent)" % (last or "permission denied")
+    if "could not resolve hostname" in low:
+        return "unknown host name"
+    if "connection refused" in low:
+        return "connection refused"
+    if "timed out" in low:
+        return "connection timed out"
+    if "not responding" in low:
+        return "the host stopped answering (ssh keepalive)"
+    if "no route to host" in low or "network is unreachable" in low:
+        return "no route to host"
+    if last:
+        return last
+    if got_hello:
+        return "connection closed"
+    return "ssh exited with status %s" % returncode
+
+
+def next_backoff(delay):
+    """Seconds before the next try after a failure: 1, 2, 4, ... capped at 30. Pure."""
+    return REMOTE_BACKOFF_MIN if not delay else min(REMOTE_BACKOFF_MAX, delay * 2)
+
+
+def slept(mono_delta, wall_delta, slack=10.0):
+    """The machine slept: the wall clock moved on much more than the monotonic one (which stands
+    still in suspend). Pure."""
+    return wall_delta - mono_delta > slack
+
+
+class FrameReader(object):
+    """Newline-delimited JSON objects from a byte stream, each at most `limit` bytes: a longer line
+    is dropped as it comes (never held whole); a line that is not a JSON object is counted."""
+
+    def __init__(self, limit=REMOTE_MAX_FRAME):
+        self.limit = limit
+        self.buf = b""
+        self.skipping = False
+        self.too_long = 0
+        self.bad = 0
+        self.first_bad = None
+
+    def feed(self, data):
+        """-> [frame dict, ...] complete in data (and what came before it)."""
+        out = []
+        start = len(self.buf)  # the bytes before have no newline: look only at the new ones
+        self.buf += data
+        while True:
+            nl = self.buf.find(b"\n", start)
+            start = 0
+            if nl < 0:
+                if len(self.buf) > self.limit:
+                    if not self.skipping:
+                        self.too_long += 1
+                    self.skipping, self.buf = True, b""
+                return out
+            line, self.buf = self.buf[:nl], self.buf[nl + 1:]
+            if self.skipping:
+                self.skipping = False
+                continue
+            if len(line) > self.limit:
+                self.too_long += 1
+                continue
+            frame = None
+            try:
+                frame = json.loads(line.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                pass
+            if isinstance(frame, dict) and isinstance(frame.get("t"), str):
+                out.append(frame)
+            elif line.strip():
+                self.bad += 1
+                if self.first_bad is None:
+                    self.first_bad = clean_text(line[:120].decode("utf-8", "replace"))
+
+
+def _r_text(value, limit):
+    return clean_text(value[:limit]) if isinstance(value, str) else None
+
+
+def _r_int(value, low=0, high=2 ** 53):
+    """A whole number a host sent, in [low, high], else None (the one coercion: never a bool, text,
+    NaN or inf)."""
+    return as_number(value, None, int, low, high)
+
+
+def _r_usage(u):
+    if not isinstance(u, dict):
+        return None
+    out = {k: token_count(u.get(k)) for k in USAGE_KEYS}
+    cost = as_number(u.get("cost"), None, float, 0, 1e9)
+    out["cost"] = float(cost) if cost is not None else None
+    out["contextPct"] = as_number(u.get("contextPct"), None, int, 0, 100)
+    if u.get("partial") is True:
+        out["partial"] = True
+    return out
+
+
+def _r_thread(t, host, session):
+    """One thread of a host's /state, rebuilt from checked fields, or None."""
+    if not isinstance(t, dict):
+        return None
+    agent, tid = t.get("agent"), t.get("id")
+    if not isinstance(agent, str) or not _AGENT_NAME_RE.match(agent):
+        return None
+    if not isinstance(tid, str) or not 0 < len(tid) <= 200 or clean_text(tid) != tid:
+        return None
+    pane = t.get("pane") if isinstance(t.get("pane"), str) and _PANE_ID_RE.match(t["pane"]) else None
+    return {"agent": agent, "id": tid, "title": _r_text(t.get("title"), 500) or "",
+            "status": t.get("status") if t.get("status") in STATUSES else "idle",
+            "detail": _r_text(t.get("detail"), MAX_LOG_MESSAGE), "attempt": _r_int(t.get("attempt"), 0, 10 ** 6),
+            "cwd": _r_text(t.get("cwd"), 4096), "model": _r_text(t.get("model"), 200), "pane": pane,
+            "session": session, "pid": _r_int(t.get("pid"), 1, 2 ** 31), "alive": t.get("alive") is True,
+            "unseen": t.get("unseen") is True, "updatedAt": _r_int(t.get("updatedAt")) or 0,
+            "link": t.get("link") if t.get("link") in ("pid", "api", "cwd") else None,
+            "usage": _r_usage(t.get("usage")), "host": host}
+
+
+def _r_pane(p):
+    if not isinstance(p, dict) or not isinstance(p.get("id"), str) or not _PANE_ID_RE.match(p["id"]):
+        return None
+    return {"id": p["id"], "index": _r_int(p.get("index"), 0, 10 ** 6) or 0, "pid": _r_int(p.get("pid"), 1, 2 ** 31),
+            "cwd": _r_text(p.get("cwd"), 4096) or "", "command": _r_text(p.get("command"), 200) or "",
+            "title": _r_text(p.get("title"), 200) or "", "active": p.get("active") is True,
+            "width": _r_int(p.get("width"), 0, 10000) or 0, "height": _r_int(p.get("height"), 0, 10000) or 0,
+            "sidebar": p.get("sidebar") is True}
+
+
+def _r_window(w):
+    if not isinstance(w, dict) or not isinstance(w.get("id"), str) or not _WINDOW_ID_RE.match(w["id"]):
+        return None
+    panes = [p for p in (_r_pane(p) for p in (w.get("panes") if isinstance(w.get("panes"), list) else ())[:REMOTE_MAX_PANES]) if p]
+    return {"id": w["id"], "index": _r_int(w.get("index"), 0, 10 ** 6) or 0, "name": _r_text(w.get("name"), 200) or "",
+            "active": w.get("active") is True, "width": _r_int(w.get("width"), 0, 10000) or 0,
+            "height": _r_int(w.get("height"), 0, 10000) or 0, "panes": panes}
+
+
+def remote_session_name(name):
+    """A host's session name as we show and key it: text on one line, ':' and '.' as tmux itself
+    makes them ('_'; a real tmux name never holds them), at most 200 characters; None if empty."""
+    if not isinstance(name, str):
+        return None
+    name = clean_text(name[:200]).replace(":", "_").replace(".", "_")
+    return name if name.strip() else None
+
+
+def _dict_state(threads):
+    """A session's state from its /state threads, as session_state does for Thread objects."""
+    best = None
+    for t in threads:
+        a = "done-unseen" if t["status"] == "done" and t["unseen"] else t["status"]
+        if best is None or ATTENTION_ORDER.index(a) < ATTENTION_ORDER.index(best):
+            best = a
+    return best
+
+
+def clean_remote_state(doc, host):
+    """A host's /state document rebuilt from checked fields only (hostile input: names, paths and
+    titles with '#(', ';' or control characters, wrong types, huge lists, NaN):
+    -> {"sessions", "threads", "clients"}. Its sessions are named HOST:NAME (no local tmux session
+    can have a ':'), carry "host" and "remoteName", and their threads carry "host". Pure."""
+    doc = doc if isinstance(doc, dict) else {}
+    sessions, seen, total = [], set(), 0
+    for s in (doc.get("sessions") if isinstance(doc.get("sessions"), list) else ())[:REMOTE_MAX_SESSIONS]:
+        if not isinstance(s, dict):
+            continue
+        name = remote_session_name(s.get("name"))
+        if name is None or name in seen:
+            continue
+        seen.add(name)
+        key = "%s:%s" % (host, name)
+        windows = [w for w in (_r_window(w) for w in (s.get("windows") if isinstance(s.get("windows"), list)
+                                                          else ())[:REMOTE_MAX_WINDOWS]) if w]
+        threads = []
+        for t in (s.get("threads") if isinstance(s.get("threads"), list) else ())[:MAX_SESSION_THREADS]:
+            t = _r_thread(t, host, key)
+            if t is not None and total < REMOTE_MAX_THREADS:
+                threads.append(t)
+                total += 1
+        ports = [p for p in (s.get("ports") if isinstance(s.get("ports"), list) else ())[:64]
+                 if _r_int(p, 1, 65535) is not None]
+        meta = s.get("metadata") if isinstance(s.get("metadata"), dict) else {}
+        sessions.append({
+            "id": s["id"] if isinstance(s.get("id"), str) and _SESSION_ID_RE.match(s["id"]) else None,
+            "name": key, "host": host, "remoteName": name, "created": _r_int(s.get("created")) or 0,
+            "attached": _r_int(s.get("attached"), 0, 10 ** 6) or 0, "dir": _r_text(s.get("dir"), 4096),
+            "branch": _r_text(s.get("branch"), 200), "dirty": s.get("dirty") if isinstance(s.get("dirty"), bool) else None,
+            "ports": ports, "windows": windows, "state": _dict_state(threads),
+            "unseen": any(t["unseen"] for t in threads), "threads": threads,
+            "usage": _r_usage(s.get("usage")), "metadata": stored_metadata(key, meta)})
+    orphans = []
+    for t in (doc.get("threads") if isinstance(doc.get("threads"), list) else ())[:MAX_ORPHANS]:
+        t = _r_thread(t, host, None)
+        if t is not None:
+            orphans.append(t)
+    clients = []
+    for c in (doc.get("clients") if isinstance(doc.get("clients"), list) else ())[:100]:
+        if isinstance(c, dict):
+            clients.append({"session": "%s:%s" % (host, remote_session_name(c.get("session")) or ""),
+                            "window": c.get("window") if isinstance(c.get("window"), str)
+                            and _WINDOW_ID_RE.match(c["window"]) else None})
+    return {"sessions": sessions, "threads": orphans, "clients": clients}
+
+
+def remote_thread_window(session, pane_id):
+    """The id of the window holding pane_id in a (cleaned) session, or None. Pure."""
+    for w in session.get("windows", ()):
+        if any(p["id"] == pane_id for p in w.get("panes", ())):
+            return w["id"]
+    return None
+
+
+def remote_attach_command(session, window=None, pane=None, utf8=False):
+    """What `ssh -t HOST` runs to open a host's session: attach, then select the thread's window
+    and pane, each word quoted for the host's shell (the name is the host's: hostile). utf8: this
+    terminal is UTF-8 (ssh passes no locale unless configured to; tmux would draw '_'). Pure."""
+    import shlex
+    args = ["tmux"] + (["-u"] if utf8 else []) + ["attach-session", "-t", "=" + session]
+    if window and _WINDOW_ID_RE.match(window):
+        args += [";", "select-window", "-t", window]
+    if pane and _PANE_ID_RE.match(pane):
+        args += [";", "select-pane", "-t", pane]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def remote_select_command(window=None, pane=None):
+    """Select a window and pane on a host's tmux (an attach window already shows its session)."""
+    import shlex
+    args = ["tmux"]
+    if window and _WINDOW_ID_RE.match(window):
+        args += ["select-window", "-t", window]
+    if pane and _PANE_ID_RE.match(pane):
+        args += ([";"] if len(args) > 1 else []) + ["select-pane", "-t", pane]
+    return " ".join(shlex.quote(a) for a in args) if len(args) > 1 else None
+
+
+def open_remote(tmux, me, host, session, window=None, pane=None, client=None, here=None, environ=None):
+    """Show a host's session in a local window (Enter on a remote thread, `next`): the window that
+    already attaches to it (our @opensessions-remote option names it), else a new window running
+    `opensessions ssh-attach` (ssh -t HOST tmux attach ...). Nothing is a shell string: the
+    window's command is an argv. me: our command as an argv; here: the local session to open it in."""
+    import subprocess
+    if not valid_host(host) or remote_session_name(session) != session:
+        raise OpensessionsError("not a remote session: %r on %r" % (session, host))
+    key = "%s:%s" % (host, session)
+    target = ["-c", client] if client else []
+    found = None
+    for line in tmux.run("list-windows", "-a", "-F", "#{window_id}" + FS + "#{@opensessions-remote}").splitlines():
+        wid, _, mark = line.partition(FS)
+        if mark == key:
+            found = wid
+            break
+    if found:
+        tmux.run("switch-client", *(target + ["-t", found]))
+        cmd = remote_select_command(window, pane)
+        if cmd:  # over the server's connection (ControlMaster), in the background
+            cp = ssh_control_path(tmux.socket_path, host, environ)
+            subprocess.Popen(["ssh"] + ssh_options(cp, master=False) + ["-o", "BatchMode=yes", "--", host, cmd],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        return found
+    argv = list(me) + ["ssh-attach", host, session]
+    if window and _WINDOW_ID_RE.match(window):
+        argv += ["--window", window]
+    if pane and _PANE_ID_RE.match(pane):
+        argv += ["--pane", pane]
+    where = ["-t", "=%s:" % here] if here else []
+    wid = tmux.run("new-window", "-P", "-F", "#{window_id}", *(where + ["-n", tmux_literal(key)] + argv)).strip()
+    tmux.run("set-option", "-w", "-t", wid, "@opensessions-remote", key)
+    if client:
+        tmux.run("switch-client", "-c", client, "-t", wid)
+    return wid
+
+
+def program_pyz(path=None):
+    """This program as a zipapp to ship to a host: the .pyz we run from, else one built in memory
+    from our source (deterministic: the same source gives the same bytes, so a host keeps its copy)."""
+    import io
+    import zipfile
+    path = path or (sys.argv[0] if sys.argv and sys.argv[0] and os.path.isfile(sys.argv[0]) else __file__)
+    if path.endswith(".pyz") and os.path.isfile(path):
+        with open(path, "rb") as f:
+            return f.read()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in (("__main__.py", b"import sys\nimport opensessions\nsys.exit(opensessions.main())\n"),
+                           ("opensessions.py", program_source(path))):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+    return b"#!/usr/bin/env python3\n" + buf.getvalue()
+
+
+def program_argv():
+    """How a window we open runs this program: this interpreter with -S, this file (.pyz or .py)."""
+    target = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] and os.path.exists(sys.argv[0]) \
+        else os.path.abspath(__file__)
+    return [sys.executable or "python3", "-S", target]
+
+
+class RemoteHost(object):
+    """One host followed over one ssh process, driven by the server's event loop: never blocks
+    (non-blocking pipes, a writer callback for what the pipe cannot take yet), so a hung host
+    slows nothing else. States: connecting, connected, unreachable (with reason and retry time)."""
+
+    def __init__(self, name, hosts, source="ui.json"):
+        self.name = name
+        self.hosts = hosts
+        self.loop = hosts.loop
+        self.source = source
+        self.state = "connecting"
+        self.reason = None
+        self.retry_at = None  # wall time (s) of the next try
+        self.delay = 0.0
+        self.last_event = None  # wall time (s) of the last snapshot
+        self.connected_at = None
+        self.hello = None
+        self.server = None  # the host's opensessions server: {"pid", "started", "version", "digest"}
+        self.note = None  # connected, but the host's server is not there (why)
+        self.sessions, self.orphans, self.clients = [], [], []
+        self.statuses = None  # {(agent, id): status} of the last snapshot (None: none yet)
+        self.resync = True  # the next snapshot is a connection's first: always an event
+        self.encoded = {}  # session name -> (flags, its JSON) for this snapshot (see RemoteHosts.encode)
+        self.proc = None
+        self.reader = FrameReader()
+        self.stderr = b""
+        self.out = b""
+        self.writing = False
+        self.spawned = None
+        self.last_frame = None
+        self.pending = {}  # request id -> box
+        self.seq = 0
+        self.retry_cancel = None
+        self.closed = False
+        self.shipped = None  # bytes of the program sent in this connection (None: the host had it)
+
+    # -- the connection ----------------------------------------------------------------------
+    def start(self):
+        import subprocess
+        self.retry_cancel = None
+        if self.closed or self.proc is not None:
+            return
+        self.reader = FrameReader()
+        self.stderr, self.out, self.shipped, self.hello, self.resync = b"", b"", None, None, True
+        try:
+            argv = self.hosts.ssh_argv(self.name)
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
+        except (OSError, OpensessionsError) as e:
+            self.proc = None
+            return self._failed("cannot run ssh: %s" % (getattr(e, "strerror", None) or e))
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            os.set_blocking(f.fileno(), False)
+        self.loop.add_reader(self.proc.stdout.fileno(), self._on_stdout)
+        self.loop.add_reader(self.proc.stderr.fileno(), self._on_stderr)
+        self.state, self.reason, self.retry_at = "connecting", None, None
+        self.spawned = self.last_frame = self.loop.clock()
+        self.hosts.changed()
+
+    def close(self):
+        self.closed = True
+        if self.retry_cancel:
+            self.retry_cancel()
+        self._drop("host removed")
+
+    def retry_now(self):
+        """Try again at once (the machine woke up; the user asked)."""
+        if self.proc is not None:
+            self._drop(None)
+        if self.retry_cancel:
+            self.retry_cancel()
+        self.delay = 0.0
+        self.start()
+
+    def check(self, now):
+        """Called every heartbeat: a host that stopped answering is dropped and tried again."""
+        if self.proc is None:
+            return
+        if self.hello is None and now - self.spawned > max(REMOTE_HELLO_WAIT, 4 * self.hosts.alive):
+            self._gone("no answer from the host within %d s" % (now - self.spawned))
+        elif self.hello is not None and now - self.last_frame > 3 * self.hosts.alive:
+            self._gone("the host stopped answering (nothing for %d s)" % (now - self.last_frame))
+
+    def _on_stdout(self):
+        try:
+            data = os.read(self.proc.stdout.fileno(), 1 << 20)  # at most 1 MB a turn: fair to the others
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            return self._gone(None)
+        self.last_frame = self.loop.clock()
+        for frame in self.reader.feed(data):
+            try:
+                self._frame(frame)
+            except (TypeError, ValueError, AttributeError, KeyError) as e:
+                self.reader.bad += 1
+                log("%s: a frame we cannot use (%s); skipped" % (self.name, e))
+            if self.proc is None:
+                return
+
+    def _on_stderr(self):
+        try:
+            data = os.read(self.proc.stderr.fileno(), 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove_reader(self.proc.stderr.fileno())
+            return
+        self.stderr = (self.stderr + data)[-8192:]
+
+    def _write(self, data):
+        self.out += data
+        self._flush()
+
+    def _flush(self):
+        if self.proc is None:
+            return
+        fd = self.proc.stdin.fileno()
+        while self.out:
+            try:
+                n = os.write(fd, self.out[:1 << 16])
+            except BlockingIOError:
+                if not self.writing:
+                    self.writing = True
+                    self.loop.add_writer(fd, self._flush)
+                return
+            except OSError:  # the ssh is gone: its stdout ends too, and says why
+                self.out = b""
+                break
+            self.out = self.out[n:]
+        if self.writing:
+            self.writing = False
+            self.loop.remove_reader(fd)
+
+    def _gone(self, reason):
+        """The connection ended (reason None: ssh ended; find out why from ssh itself)."""
+        proc = self.proc
+        if proc is None:
+            return
+        code = proc.poll()
+        if code is None and reason is None:
+            # stdout closed first: ssh still says why on stderr and exits within a moment
+            self._drop(None, keep_proc=True)
+            self.loop.call_later(0.05, self._reap, proc, 0)
+            return
+        if code is None:
+            self._drop(reason)
+            return
+        self._read_rest(proc)
+        self._drop(reason or self._why(code))
+
+    def _reap(self, proc, tries):
+        code = proc.poll()
+        if code is None and tries < 20:
+            self.loop.call_later(0.05, self._reap, proc, tries + 1)
+            return
+        self._read_rest(proc)
+        reason = self._why(code if code is not None else -1)
+        said = [clean_text(l).strip() for l in self.stderr.decode("utf-8", "replace").splitlines() if l.strip()]
+        if said and not self.closed:
+            log("%s: ssh said: %s" % (self.name, " | ".join(said[-4:])[:600]))
+        if code is None:
+            proc.kill()
+            proc.wait()
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+        self._failed(reason)
+
+    def _read_rest(self, proc):
+        try:
+            while True:
+                data = os.read(proc.stderr.fileno(), 65536)
+                if not data:
+                    break
+                self.stderr = (self.stderr + data)[-8192:]
+        except (OSError, ValueError):
+            pass
+
+    def _why(self, code):
+        if self.hello is None and self.reader.first_bad and code == 0:
+            return "the host did not start the relay (it printed: %s)" % self.reader.first_bad
+        return ssh_failure(code, self.stderr, self.hello is not None)
+
+    def _drop(self, reason, keep_proc=False):
+        """Stop following: readers off, ssh ended (unless still saying why), requests failed."""
+        proc = self.proc
+        if proc is None:
+            return
+        self.proc = None
+        for fd in (proc.stdout, proc.stderr, proc.stdin):
+            try:
+                self.loop.remove_reader(fd.fileno())
+            except (OSError, ValueError):
+                pass
+        self.writing = False
+        for box in self.pending.values():
+            box["error"] = "%s went away: %s" % (self.name, reason or "connection closed")
+            box["done"].set()
+        self.pending = {}
+        if keep_proc:
+            return
+        if proc.poll() is None:
+            proc.kill()
+            self.loop.call_later(0.1, self._wait, proc)
+        else:
+            self._wait(proc)
+        if reason is not None:
+            self._failed(reason)
+
+    def _wait(self, proc):
+        if proc.poll() is None:
+            self.loop.call_later(0.1, self._wait, proc)
+            return
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def _failed(self, reason):
+        if self.closed:
+            self.state, self.reason = "removed", reason
+            return
+        if self.state != "unreachable" or self.reason != reason:
+            log("%s: unreachable: %s" % (self.name, reason))
+        if self.state == "connected" and self.connected_at and self.hosts.wall() - self.connected_at >= REMOTE_BACKOFF_MAX:
+            self.delay = 0.0  # it was up for a while: start again from 1 s (a host that flaps keeps backing off)
+        self.state, self.reason = "unreachable", reason
+        self.delay = next_backoff(self.delay)
+        self.retry_at = self.hosts.wall() + self.delay
+        self.retry_cancel = self.loop.call_later(self.delay, self.start)
+        self.hosts.changed()
+
+    # -- frames ------------------------------------------------------------------------------
+    def _frame(self, f):
+        kind = f["t"]
+        if kind == "ping":
+            return
+        if kind == "need":
+            pyz, digest = self.hosts.program()
+            self.shipped = len(pyz)
+            log("%s: the host has no copy of this opensessions (%s); sending it (%d KB)"
+                % (self.name, digest[:12], len(pyz) // 1024))
+            self._write(b"%d\n" % len(pyz) + pyz)
+        elif kind == "installed":
+            log("%s: opensessions installed in the host's cache dir" % self.name)
+        elif kind == "hello":
+            self.hello = {k: _r_text(f.get(k), 40) for k in ("version", "digest", "python", "tmux")}
+            self.hello["proto"] = _r_int(f.get("proto"))
+            self.state, self.reason, self.retry_at = "connected", None, None
+            self.connected_at = self.hosts.wall()
+            log("%s: connected (opensessions %s %s, python %s, tmux %s)%s" % (
+                self.name, self.hello["version"], self.hello["digest"], self.hello["python"], self.hello["tmux"],
+                "" if self.shipped is None else " after sending the program"))
+            self.hosts.changed()
+        elif kind == "fatal":
+            self._drop(_r_text(f.get("reason"), 300) or "the host refused")
+        elif kind == "down":
+            note = _r_text(f.get("reason"), 300) or "the host's opensessions server is not running"
+            if note != self.note:
+                log("%s: %s" % (self.name, note))
+            self.note = note
+            self.hosts.changed()
+        elif kind == "state":
+            self._state(f)
+        elif kind == "res":
+            box = self.pending.pop(_r_int(f.get("id")), None)
+            if box is not None:
+                box["status"] = _r_int(f.get("status"), 100, 599) or 502
+                body = f.get("body")
+                box["body"] = clean_json(body, 8) if isinstance(body, dict) else {}
+                box["done"].set()
+
+    def _state(self, f):
+        server = f.get("server") if isinstance(f.get("server"), dict) else {}
+        server = {"pid": _r_int(server.get("pid"), 1, 2 ** 31), "started": _r_int(server.get("started")),
+                  "version": _r_text(server.get("version"), 40), "digest": _r_text(server.get("digest"), 40)}
+        if self.server and server["pid"] != self.server["pid"]:
+            log("%s: the host's opensessions server was restarted (pid %s -> %s); resynced"
+                % (self.name, self.server["pid"], server["pid"]))
+        self.server = server
+        doc = clean_remote_state(f.get("state"), self.name)
+        old = self.statuses
+        self.clients = doc["clients"]
+        if not self.resync and self.note is None and (self.sessions, self.orphans) == (doc["sessions"], doc["threads"]):
+            return  # nothing shown here changed (the host's own ui, clients, other hosts): no event
+        self.sessions, self.orphans = doc["sessions"], doc["threads"]
+        self.encoded = {}
+        self.statuses = {}
+        for s in self.sessions:
+            for t in s["threads"]:
+                self.statuses[(t["agent"], t["id"])] = t["status"]
+                if old is not None and old.get((t["agent"], t["id"])) != t["status"]:
+                    self.hosts.thread_changed(self, s, t, old.get((t["agent"], t["id"])))
+        self.note, self.resync = None, False
+        self.last_event = self.hosts.wall()
+        self.hosts.changed()
+
+    # -- requests (from HTTP threads) ----------------------------------------------------------
+    def request(self, op, body, timeout):
+        """Send one request to the host's relay and wait for its answer. -> (status, body dict).
+        Raises ApiError (503 unreachable, 504 no answer in time)."""
+        import threading
+        box = {"done": threading.Event()}
+        self.loop.call(self._submit, op, body, box)
+        if not box["done"].wait(timeout):
+            self.loop.post(self.pending.pop, box.get("id"), None)
+            raise ApiError(504, "%s did not answer within %d s" % (self.name, timeout))
+        if "error" in box:
+            raise ApiError(503, box["error"])
+        return box["status"], box["body"]
+
+    def _submit(self, op, body, box):
+        if self.proc is None or self.state != "connected":
+            raise ApiError(503, "%s is %s%s" % (self.name, self.state, ": " + self.reason if self.reason else ""))
+        self.seq += 1
+        box["id"] = self.seq
+        self.pending[self.seq] = box
+        self._write(json.dumps({"t": "req", "id": self.seq, "op": op, "body": body}).encode() + b"\n")
+
+    # -- /state --------------------------------------------------------------------------------
+    def to_json(self):
+        hello, server = self.hello or {}, self.server or {}
+        return {"name": self.name, "state": self.state, "reason": self.reason,
+                "retryAt": int(self.retry_at * 1000) if self.retry_at else None,
+                "lastEvent": int(self.last_event * 1000) if self.last_event else None,
+                "connectedAt": int(self.connected_at * 1000) if self.connected_at and self.state == "connected" else None,
+                "remoteVersion": server.get("version") or hello.get("version"),
+                "remoteDigest": server.get("digest") or hello.get("digest"),
+                "relayDigest": hello.get("digest"), "python": hello.get("python"), "tmux": hello.get("tmux"),
+                "serverPid": server.get("pid"), "serverStarted": server.get("started"),
+                "note": self.note, "source": self.source, "sessions": len(self.sessions),
+                "badFrames": self.reader.bad + self.reader.too_long}
+
+
+class RemoteDoor(Record):
+    """What the remote hosts may ask of the server: its loop, its store (the preferences' hosts,
+    its clients; touched when a host changed), the tmux gateway (our windows attached to a host,
+    @opensessions-hosts), publish, and the notifier's thread_changed."""
+
+    FIELDS = (
+        ("loop", None),  # the EventLoop every host is driven by
+        ("store", None),  # the Store: ui, clients, touch() (hosts' sessions go in through Store.remote)
+        ("tmux", None),  # the tmux gateway: run(), socket_path
+        ("publish", None),  # () -> publish what changed
+        ("notify", None),  # (thread, old status) -> the notifier's thread_changed, or None: no notifier
+    )
+
+
+class RemoteHosts(object):
+    """Every configured host (@opensessions-hosts in tmux.conf, "hosts" in ui.json), on the server's
+    loop: their sessions merged into /state (Store.remote), their status changes to the notifier,
+    replies and previews to the right host. A tick every heartbeat checks liveness and notices a
+    machine that slept (every host is tried again at once). `door`: a RemoteDoor."""
+
+    def __init__(self, door, environ=None, wall=time.time):
+        self.door = door
+        self.loop = door.loop
+        self.wall = wall
+        self.environ = dict(os.environ if environ is None else environ)
+        self.alive = env_number("OPENSESSIONS_REMOTE_ALIVE", REMOTE_ALIVE, self.environ, low=0.2)
+        self.hosts = {}
+        self.order = []
+        self.tmux_hosts = []
+        self._program = None
+        self._tick_cancel = None
+        self._clocks = None
+        self._publish_posted = False
+
+    # -- configuration ---------------------------------------------------------------------------
+    def configured(self):
+        """[(host, source)]: @opensessions-hosts first, then ui.json's "hosts"."""
+        out = [(h, "tmux.conf") for h in self.tmux_hosts]
+        names = set(self.tmux_hosts)
+        out += [(h, "ui.json") for h in self.door.store.ui.get("hosts", []) if h not in names]
+        return out[:MAX_HOSTS]
+
+    def read_tmux_option(self):
+        value = _tmux_option(self.door.tmux, "@opensessions-hosts")
+        self.tmux_hosts, bad = parse_hosts(value)
+        if bad:
+            log("@opensessions-hosts: not a host for ssh, skipped: %s" % " ".join(repr(b) for b in bad))
+
+    def start(self):
+        self.sync()
+        self._clocks = (self.loop.clock(), self.wall())
+        self._tick_cancel = self.loop.call_later(self.alive, self._tick)
+
+    def sync(self, reread=True):
+        """Follow exactly the configured hosts: new ones connect, removed ones are closed."""
+        if reread:
+            self.read_tmux_option()
+        wanted = self.configured()
+        names = [h for h, _ in wanted]
+        for name in [n for n in self.hosts if n not in names]:
+            self.hosts.pop(name).close()
+            log("%s: no longer followed" % name)
+        for name, source in wanted:
+            if name not in self.hosts:
+                self.hosts[name] = RemoteHost(name, self, source)
+                self.hosts[name].start()
+            self.hosts[name].source = source
+        self.order = names
+        self.changed()
+
+    def close(self):
+        if self._tick_cancel:
+            self._tick_cancel()
+        for h in self.hosts.values():
+            h.close()
+
+    def _tick(self):
+        try:
+            mono, wall = self.loop.clock(), self.wall()
+            self.check(mono, wall)
+        finally:
+            self._tick_cancel = self.loop.call_later(self.alive, self._tick)
+
+    def check(self, mono, wall):
+        """Liveness of every host, and sleep: when the wall clock jumped ahead of the monotonic one
+        (a suspended laptop), every connection is probably dead: try each host again now."""
+        last = self._clocks
+        self._clocks = (mono, wall)
+        if last is not None and slept(mono - last[0], wall - last[1]):
+            log("the machine slept for about %d s; connecting to every host again" % (wall - last[1] - (mono - last[0])))
+            for h in self.hosts.values():
+                h.retry_now()
+            return True
+        for h in list(self.hosts.values()):
+            h.check(mono)
+        return False
+
+    # -- what hosts need -------------------------------------------------------------------------
+    def program(self):
+        """(bytes, sha256) of the program we ship."""
+        if self._program is None:
+            import hashlib
+            data = program_pyz()
+            self._program = (data, hashlib.sha256(data).hexdigest())
+        return self._program
+
+    def ssh_argv(self, name):
+        cp = ssh_control_path(self.door.tmux.socket_path, name, self.environ)
+        ensure_private_dir(os.path.dirname(cp))
+        try:
+            os.unlink(cp)  # a master of ours that died: its socket would stop this one being the master
+        except OSError:
+            pass
+        return ["ssh", "-T", "-e", "none"] + ssh_options(cp, self.alive) + [
+            "--", name, remote_command(self.program()[1], self.alive)]
+
+    def changed(self):
+        self.door.store.touch()
+        if not self._publish_posted:
+            self._publish_posted = True
+            self.loop.post(self._publish)
+
+    def _publish(self):
+        self._publish_posted = False
+        self.door.publish()
+
+    # -- notifications -------------------------------------------------------------------------
+    def thread_changed(self, host, session, t, old_status):
+        """A host's thread changed status: notify as for a local one, unless someone looks at it
+        (a host's client shows its window, and a local client shows our window attached to it)."""
+        if self.door.notify is None or old_status is None and t["status"] not in UNSEEN_STATUSES:
+            return
+        if self.viewed(host, session, t):
+            return
+        thread = Thread(t["agent"], t["id"], title=t["title"], status=t["status"], detail=t["detail"],
+                        attempt=t["attempt"], session=session["name"], unseen=t["unseen"])
+        self.door.notify(thread, old_status)
+
+    def viewed(self, host, session, t):
+        window = remote_thread_window(session, t["pane"]) if t["pane"] else None
+        if not any(c["session"] == session["name"] and (window is None or c["window"] == window) for c in host.clients):
+            return False
+        mine = [c["window"] for c in self.door.store.clients if not c["control"]]
+        if not mine:
+            return False
+        try:
+            out = self.door.tmux.run("list-windows", "-a", "-F", "#{window_id}" + FS + "#{@opensessions-remote}")
+        except TmuxError:
+            return False
+        attached = {line.partition(FS)[0] for line in out.splitlines() if line.partition(FS)[2] == session["name"]}
+        return any(w in attached for w in mine)
+
+    # -- /state ----------------------------------------------------------------------------------
+    def merge(self, doc):
+        """Add the hosts (top-level "hosts"), their sessions (after the local ones, host by host;
+        stale while the host is not connected or its server is down) and their loose threads."""
+        ui = self.door.store.ui
+        hidden, muted = set(ui.get("hidden", ())), set(ui.get("muted", ()))
+        hosts = []
+        for name in self.order:
+            h = self.hosts.get(name)
+            if h is None:
+                continue
+            hosts.append(h.to_json())
+            stale = h.state != "connected" or h.note is not None or h.server is None
+            for s in h.sessions:
+                doc["sessions"].append(dict(s, hidden=s["name"] in hidden, muted=s["name"] in muted, stale=stale))
+            doc["threads"].extend(h.orphans)
+        doc["hosts"] = hosts
+
+    def encode(self, doc):
+        """encode_json(doc), each host's session encoded once per snapshot (10 hosts x 50 threads are
+        most of /state, and re-encoding them for every local change cost ~10 ms)."""
+        parts = []
+        for s in doc["sessions"]:
+            h = self.hosts.get(s.get("host")) if s.get("host") else None
+            if h is None:
+                parts.append(encode_json(s))
+                continue
+            flags = (s.get("hidden"), s.get("muted"), s.get("stale"))
+            cached = h.encoded.get(s["name"])
+            if cached is None or cached[0] != flags:
+                cached = h.encoded[s["name"]] = (flags, encode_json(s))
+            parts.append(cached[1])
+        rest = encode_json({k: v for k, v in doc.items() if k != "sessions"})
+        return b'{"sessions":[' + b",".join(parts) + b"]" + (b"," + rest[1:] if rest != b"{}" else b"}")
+
+    def health(self):
+        """/health: how many hosts are followed and connected (read from an HTTP thread: counts only)."""
+        states = [h.state for h in list(self.hosts.values())]
+        return {"followed": len(states), "connected": states.count("connected")}
+
+    def host(self, name):
+        if not isinstance(name, str) or name not in self.hosts:
+            raise ApiError(404, "no host %r (hosts: %s)" % (name, ", ".join(self.order) or "none"))
+        return self.hosts[name]
+
+    # -- requests (POST /api/reply, GET /api/preview, POST /ui with "host") ------------------------
+    def reply(self, body):
+        """On the loop: check the request as the HTTP API does; -> the function that sends it to the
+        host and waits for the host's own answer (off the loop). The host checks the pane, the
+        foreground process and the screen itself."""
+        h = self.host(body.get("host"))
+        action = body.get("action")
+        if action not in REPLY_ACTIONS:
+            raise ApiError(400, "'action' must be one of %s" % ", ".join(REPLY_ACTIONS))
+        thread = body.get("thread")
+        if not isinstance(thread, str) or not 0 < len(thread) <= 300 or clean_text(thread) != thread:
+            raise ApiError(400, "'thread' (a thread id) is required")
+        req = {"thread": thread, "action": action}
+        if action == "text":
+            try:
+                req["text"] = check_reply_text(body.get("text"))
+            except ReplyRefused as e:
+                raise ApiError(400, str(e))
+
+        def send():
+            status, answer = h.request("reply", req, 20.0)
+            what = "reply %s %s on %s" % (action, thread, h.name)
+            if status >= 400:
+                reason = answer.get("error") if isinstance(answer.get("error"), str) else "HTTP %d" % status
+                log("%s refused by the host: %s" % (what, clean_text(reason)))
+                raise ApiError(status, "%s: %s" % (h.name, clean_text(reason[:500])))
+            log("%s sent" % what)
+            if isinstance(answer, dict) and isinstance(answer.get("sent"), str):
+                # what the host's server did, in its words (a host of an older version answers nothing)
+                said = answer.get("answer")
+                return {"thread": thread, "host": h.name, "action": action,
+                        "sent": "%s (on %s)" % (clean_text(answer["sent"])[:500], h.name),
+                        "answer": clean_text(said)[:500] if isinstance(said, str) else None,
+                        "ms": as_number(answer.get("ms"), None, int, low=0)}
+        return send
+
+    def preview(self, body):
+        """GET /api/preview with "host", on the loop: checked; -> the function that asks the host's
+        server (off the loop) -> (status, body dict), its answer rebuilt from checked fields."""
+        h = self.host(body.get("host"))
+        thread, lines = body.get("thread"), body.get("lines")
+        if not isinstance(thread, str) or not 0 < len(thread) <= 300 or clean_text(thread) != thread:
+            raise ApiError(400, "'thread' is required")
+        lines = _r_int(lines, 1, 200) or 20
+
+        def fetch():
+            status, answer = h.request("preview", {"thread": thread, "lines": lines}, 10.0)
+            if status != 200:
+                return status, {"error": "%s: %s" % (
+                    h.name, clean_text(str(answer.get("error") or "HTTP %d" % status))[:500])}
+            got = answer.get("lines") if isinstance(answer.get("lines"), list) else []
+            prompt = answer.get("prompt")
+            return 200, {"host": h.name, "thread": clean_text(str(answer.get("thread") or thread))[:200],
+                         "agent": clean_text(str(answer.get("agent") or ""))[:40],
+                         "pane": answer.get("pane") if isinstance(answer.get("pane"), str)
+                         and _PANE_ID_RE.match(answer["pane"]) else None,
+                         "lines": [clean_text(l[:1000]) for l in got[:200] if isinstance(l, str)],
+                         "prompt": clean_text(prompt[:40]) if isinstance(prompt, str) else None}
+        return fetch
+
+    def request_for(self, op, body):
+        """On the loop: a request for body["host"] (the API's to_host): "reply", "preview" or "ui"
+        checked here; -> the function that carries it to the host and waits, off the loop."""
+        if op not in REMOTE_OPS:
+            raise ApiError(400, "no such request for a host: %r" % (op,))
+        return getattr(self, op)(body)
+
+    def ui(self, body):
+        """POST /ui with "host": a change of that host's own preferences (such as its order)."""
+        h = self.host(body.get("host"))
+        change = validate_ui({k: v for k, v in body.items() if k != "host"})
+
+        def send():
+            status, answer = h.request("ui", change, 10.0)
+            if status >= 400:
+                raise ApiError(status, "%s: %s" % (h.name, clean_text(str(answer.get("error") or status))[:500]))
+        return send
+
+
+def relay_request(frame):
+    """A request read by the relay -> (id, method, path, body), checked as the HTTP API checks;
+    raises ValueError with the reason. Only REMOTE_OPS exist. Pure."""
+    from urllib.parse import quote
+    rid = frame.get("id") if isinstance(frame, dict) else None
+    if frame.get("t") != "req" or _r_int(rid) is None:
+        raise ValueError("not a request")
+    op, body = frame.get("op"), frame.get("body")
+    if op not in REMOTE_OPS:
+        raise ValueError("unknown request %r: only %s" % (op, ", ".join(REMOTE_OPS)))
+    if not isinstance(body, dict):
+        raise ValueError("the request's body must be an object")
+    if op == "reply":
+        return rid, "POST", "/api/reply", {k: body[k] for k in ("thread", "action", "text") if k in body}
+    if op == "preview":
+        thread, lines = body.get("thread"), _r_int(body.get("lines"), 1, 200) or 20
+        if not isinstance(thread, str) or not thread:
+            raise ValueError("'thread' is required")
+        return rid, "GET", "/api/preview?thread=%s&lines=%d" % (quote(thread, safe=""), lines), None
+    return rid, "POST", "/ui", body
+
+
+class Relay(object):
+    """`opensessions relay`, on the host: frames to stdout, requests from stdin (see the section's
+    note). find() -> (port, token, info) of the host's server or None; start_server() starts it
+    (raising ServerStopped after `opensessions stop`); http(port, token, method, path, body,
+    timeout) -> (status, bytes); tmux_alive() -> bool."""
+
+    def __init__(self, find, start_server, http, tmux_alive, alive=REMOTE_ALIVE, tmux_version=None,
+                 out_fd=1, in_fd=0):
+        import threading
+        self.find = find
+        self.start_server = start_server
+        self.http = http
+        self.tmux_alive = tmux_alive
+        self.alive = alive
+        self.tmux_version = tmux_version
+        self.out_fd, self.in_fd = out_fd, in_fd
+        self.lock = threading.Lock()
+        self.last_sent = 0.0
+        self.streamed = False
+        self.busy = threading.BoundedSemaphore(8)
+
+    def send(self, frame, raw=None):
+        data = raw if raw is not None else json.dumps(frame, separators=(",", ":")).encode() + b"\n"
+        with self.lock:
+            try:
+                while data:
+                    n = os.write(self.out_fd, data)
+                    data = data[n:]
+            except OSError:  # the connection is gone: nothing to relay to
+                os._exit(0)
+            self.last_sent = time.monotonic()
+
+    def run(self):
+        import threading
+        v = self.tmux_version
+        self.send({"t": "hello", "proto": RELAY_PROTOCOL, "version": __version__, "digest": program_digest(),
+                   "python": "%d.%d.%d" % sys.version_info[:3], "tmux": v})
+        nums = [int(n) for n in re.findall(r"\d+", v or "")[:2]]
+        if not v:
+            self.send({"t": "fatal", "reason": "tmux is not installed on the host (opensessions needs tmux 3.2+)"})
+            return 0
+        if nums and tuple(nums + [0])[:2] < REMOTE_MIN_TMUX:
+            self.send({"t": "fatal", "reason": "tmux on the host is %s; opensessions needs tmux %d.%d or newer"
+                       % ((v,) + REMOTE_MIN_TMUX)})
+            return 0
+        threading.Thread(target=self._requests, daemon=True).start()
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+        self._follow()
+        return 0
+
+    def _heartbeat(self):
+        while True:
+            time.sleep(self.alive / 2.0)
+            if time.monotonic() - self.last_sent >= self.alive * 0.9:
+                self.send({"t": "ping"})
+
+    def _follow(self):
+        said = None
+        while True:
+            found = self.find()
+            if found is None:
+                if not self.tmux_alive():
+                    reason = "no tmux server runs on the host (its sessions show here once one does)"
+                else:
+                    try:
+                        self.start_server()
+                        continue
+                    except ServerStopped:
+                        reason = "the host's opensessions server was stopped with `opensessions stop`"
+                    except Exception as e:
+                        reason = "cannot start the host's opensessions server: %s" % e
+                if reason != said:
+                    self.send({"t": "down", "reason": reason})
+                    said = reason
+                time.sleep(2.0)
+                continue
+            began = time.monotonic()
+            reason = "the host's opensessions server went away; starting it again"
+            self.streamed = False
+            try:
+                self._stream(*found)
+            except (OSError, ValueError) as e:
+                reason = "the host's opensessions server does not stream (%s); trying again" % e
+            if self.streamed:
+                said = None  # it streamed: its going away is news again
+            if reason != said:
+                self.send({"t": "down", "reason": reason})
+                said = reason
+            # a stream that ends at once (a server refusing us) is not tried again at once
+            time.sleep(0.2 if time.monotonic() - began > 5 else 2.0)
+
+    def _stream(self, port, token, info):
+        import socket
+        server = json.dumps({"pid": info.get("pid"), "started": info.get("started"), "version": info.get("version"),
+                             "digest": info.get("digest")}, separators=(",", ":")).encode()
+        sock = socket.create_connection((HOST, port), timeout=5)
+        try:
+            sock.settimeout(SSE_KEEPALIVE * 3)
+            sock.sendall(("GET /events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n" % (port, token_header(token))).encode())
+            buf, head = b"", False
+            while True:
+                data = sock.recv(1 << 20)
+                if not data:
+                    return
+                buf += data
+                if not head:
+                    if b"\r\n\r\n" not in buf:
+                        continue
+                    first, buf = buf.split(b"\r\n\r\n", 1)
+                    if b" 200 " not in first.split(b"\r\n", 1)[0]:
+                        raise ValueError("the host's server answered: %r" % first[:80])
+                    head = True
+                while b"\n\n" in buf:
+                    block, buf = buf.split(b"\n\n", 1)
+                    for line in block.split(b"\n"):
+                        if line.startswith(b"data: "):
+                            self.send(None, b'{"t":"state","server":' + server + b',"state":' + line[6:] + b"}\n")
+                            self.streamed = True
+        finally:
+            sock.close()
+
+    def _requests(self):
+        import threading
+        stdin = os.fdopen(self.in_fd, "rb", buffering=1 << 16)
+        while True:
+            line = stdin.readline(REMOTE_MAX_REQUEST + 1)
+            if not line:
+                os._exit(0)  # the connection closed: the local server is gone or dropped us
+            if not line.endswith(b"\n"):  # too long: skip to the end of it, answer nothing
+                while line and not line.endswith(b"\n"):
+                    line = stdin.readline(REMOTE_MAX_REQUEST + 1)
+                continue
+            try:
+                frame = json.loads(line.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                continue
+            if not isinstance(frame, dict):
+                continue
+            if not self.busy.acquire(blocking=False):
+                self._answer(frame.get("id"), 503, {"error": "too many requests at once"})
+                continue
+            threading.Thread(target=self._one, args=(frame,), daemon=True).start()
+
+    def _answer(self, rid, status, body):
+        if _r_int(rid) is not None:
+            self.send({"t": "res", "id": rid, "status": status, "body": body})
+
+    def _one(self, frame):
+        try:
+            try:
+                rid, method, path, body = relay_request(frame)
+            except ValueError as e:
+                return self._answer(frame.get("id"), 400, {"error": str(e)})
+            found = self.find()
+            if found is None:
+                return self._answer(rid, 503, {"error": "the host's opensessions server is not running"})
+            port, token, _ = found
+            try:
+                status, content = self.http(port, token, method, path, body, 15.0 if path == "/api/reply" else 5.0)
+                doc = json.loads(content.decode("utf-8")) if content.strip() else {}
+            except (OSError, ValueError) as e:
+                return self._answer(rid, 502, {"error": "the host's server did not answer: %s" % e})
+            self._answer(rid, status, doc if isinstance(doc, dict) else {})
+        finally:
+            self.busy.release()
 
 
 ##############################################################################
@@ -8322,6 +11766,8 @@ INTERPRETERS = frozenset(("node", "bun", "deno", "sh", "bash"))
 SIDECAR_PREFIX = "opensessions_"
 EMPTY_SAVE_GRACE = 60.0
 PANE_CONTENTS_ARCHIVE = "pane_contents.tar.gz"  # tmux-resurrect's @resurrect-capture-pane-contents
+PANE_CONTENTS_MAX = 64 * 1024 * 1024  # a larger archive is left as it is (not read)
+SIDECAR_MAX = 64 * 1024 * 1024  # a sidecar or assistant-sessions.json (one record per pane)
 ENV_NAME = LazyPattern(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Keys tmux-assistant-resurrect keeps in a record's env for itself (not variables to set again).
 TAR_ENV_BOOKKEEPING = frozenset(("tmux_pane", "shell", "TMUX_PANE", "SHELL", "TMUX", "PWD", "OLDPWD", "SHLVL", "_"))
@@ -8592,8 +12038,7 @@ def strip_pane_contents(archive, targets):
     import io
     import tarfile
     names = set("pane_contents/pane-%s" % t for t in targets)
-    with open(archive, "rb") as f:
-        raw = f.read()
+    raw = read_foreign(archive, PANE_CONTENTS_MAX)  # tmux-resurrect's file: a FIFO or /dev/zero is refused
     out = io.BytesIO()
     removed = 0
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as src, \
@@ -8646,6 +12091,7 @@ class Resurrect(object):
         self.clock = clock
         self._options = None
         self._panes = []
+        self.me = program_argv()  # how a restored ssh-attach window runs us
 
     OPTIONS = ("@resurrect-dir", "@opensessions-resurrect-env")
 
@@ -8663,7 +12109,8 @@ class Resurrect(object):
         """The options we need and every pane, with one tmux process (strict: a TmuxError, such as
         no server, is raised; else it reads as no options and no panes)."""
         fmt = FS.join(("P", "#{session_name}", "#{window_index}", "#{pane_index}", "#{pane_id}", "#{pane_pid}",
-                       "#{pane_current_path}", "#{pane_current_command}", "#{@opensessions-sidebar}"))
+                       "#{pane_current_path}", "#{pane_current_command}", "#{@opensessions-sidebar}",
+                       "#{@opensessions-remote}"))
         opts = FS.join(["O"] + ["#{%s}" % n for n in self.OPTIONS])
         try:
             out = self.tmux.run("display-message", "-p", opts, ";", "list-panes", "-a", "-F", fmt)
@@ -8677,13 +12124,13 @@ class Resurrect(object):
             parts = line.split(FS)
             if parts[0] == "O" and len(parts) == len(self.OPTIONS) + 1:
                 self._options = dict(zip(self.OPTIONS, parts[1:]))
-            elif parts[0] == "P" and len(parts) == 9:
+            elif parts[0] == "P" and len(parts) == 10:
                 if parts[8] == "1" or parts[1].startswith(HIDDEN_SESSION_PREFIX):
                     continue
                 self._panes.append({"session": parts[1], "window": as_number(parts[2], 0, int, text=True),
                                     "paneIndex": as_number(parts[3], 0, int, text=True),
                                     "pane": parts[4], "pid": as_number(parts[5], 0, int, text=True), "cwd": parts[6],
-                                    "command": parts[7]})
+                                    "command": parts[7], "remote": parts[9]})
             elif line.strip():
                 self.log("save: skipped a pane line that does not parse (a control character in a cwd or "
                          "command?): %r" % line[:300])
@@ -8842,14 +12289,15 @@ class Resurrect(object):
         stamp = sidecar_stamp(snapshot, self.clock())
         pointer = os.path.join(rdir, SIDECAR_PREFIX + "last")
         previous = self._read_sidecar(pointer, quiet=True)
-        if not records and previous and previous.get("records") and \
+        remote = self.remote_records()
+        if not records and not remote and previous and previous.get("records") and \
                 self.clock() - previous.get("savedAt", 0) < EMPTY_SAVE_GRACE:
             self.log("save: found no agents, but a save %ds ago found %d; keeping it (start-up race)"
                      % (self.clock() - previous.get("savedAt", 0), len(previous["records"])))
             return previous["records"], rdir
         timestamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))
         doc = {"version": 1, "timestamp": timestamp, "savedAt": self.clock(), "resurrectFile": snapshot,
-               "records": records, "skipped": skipped}
+               "records": records, "skipped": skipped, "remote": remote}
         name = "%s%s.json" % (SIDECAR_PREFIX, stamp)
         atomic_write(os.path.join(rdir, name), json.dumps(doc, indent=1))
         tmp_link = pointer + ".%d.tmp" % os.getpid()
@@ -8862,6 +12310,23 @@ class Resurrect(object):
         self.log("save: %d agent(s) saved to %s" % (len(records), os.path.join(rdir, name)))
         self._strip_pane_contents(rdir, records)
         return records, rdir
+
+    def remote_records(self):
+        """The windows showing a host's session (ssh-attach, marked @opensessions-remote): restored
+        as ssh-attach windows. One record per window (its pane that is not a sidebar)."""
+        out, seen = [], set()
+        for pane in self._panes:
+            host, _, session = (pane.get("remote") or "").partition(":")
+            if not valid_host(host) or remote_session_name(session) != session:
+                continue
+            if (pane["session"], pane["window"]) in seen:
+                continue
+            seen.add((pane["session"], pane["window"]))
+            out.append({"session": pane["session"], "window": pane["window"], "paneIndex": pane["paneIndex"],
+                        "host": host, "remoteSession": session})
+            self.log("save: %s:%s.%s shows %s on %s (an ssh-attach window)"
+                     % (pane["session"], pane["window"], pane["paneIndex"], session, host))
+        return out
 
     def _strip_pane_contents(self, rdir, records):
         archive = os.path.join(rdir, PANE_CONTENTS_ARCHIVE)
@@ -8880,14 +12345,13 @@ class Resurrect(object):
     # -- restore -----------------------------------------------------------------------------
     def _read_sidecar(self, path, quiet=False):
         try:
-            with open(path, "rb") as f:
-                doc = json.loads(f.read().decode("utf-8"))
+            doc = json.loads(read_foreign(path, SIDECAR_MAX).decode("utf-8"))
             if not isinstance(doc, dict) or not isinstance(doc.get("records"), list):
                 raise ValueError("no records list")
             return doc
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, UnicodeDecodeError) as e:
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
             if not quiet:
                 self.log("restore: %s is corrupt (%s)" % (path, e))
             return None
@@ -8909,11 +12373,10 @@ class Resurrect(object):
                 return doc["records"], path
         legacy = os.path.join(rdir, "assistant-sessions.json")
         try:
-            with open(legacy, "rb") as f:
-                doc = json.loads(f.read().decode("utf-8"))
+            doc = json.loads(read_foreign(legacy, SIDECAR_MAX).decode("utf-8"))
         except FileNotFoundError:
             pass
-        except (OSError, ValueError, UnicodeDecodeError) as e:
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
             self.log("restore: %s is corrupt (%s)" % (legacy, e))
         else:
             names = self.option("@assistant-resurrect-capture-env").split()
@@ -8989,8 +12452,48 @@ class Resurrect(object):
         except OSError as e:
             self.log("restore: could not write to %s (%s)" % (tty, e))
 
+    def restore_remote(self, source, dry_run=False, out=print):
+        """The ssh-attach windows of the sidecar `source`: each one's pane runs
+        `opensessions ssh-attach HOST SESSION` again (typed at its shell, once). -> count typed."""
+        import shlex
+        doc = self._read_sidecar(source, quiet=True) if source else None
+        recs = doc.get("remote") if isinstance(doc, dict) and isinstance(doc.get("remote"), list) else []
+        typed = 0
+        for rec in recs:
+            if not isinstance(rec, dict) or pane_problem(rec) or not valid_host(rec.get("host")) \
+                    or remote_session_name(rec.get("remoteSession")) != rec.get("remoteSession"):
+                self.log("restore: an ssh-attach record that does not check out; skipped: %r" % (rec,))
+                continue
+            target = "=%s:%s.%s" % (rec["session"], rec["window"], rec["paneIndex"])
+            mark = "%s:%s" % (rec["host"], rec["remoteSession"])
+            command = " ".join(shlex.quote(a) for a in self.me + ["ssh-attach", rec["host"], rec["remoteSession"]])
+            if dry_run:
+                out("%s\t%s" % (resurrect_escape(target), resurrect_escape(command)))
+                continue
+            try:
+                st = self.pane_state(target)
+            except TmuxError:
+                self.log("restore: %s: no such pane; skipped (%s)" % (target, mark))
+                continue
+            if st["restored"] == mark:
+                self.log("restore: %s: already attached to %s; not typing twice" % (target, mark))
+                continue
+            if st["command"] not in SHELLS or not self.wait_for_prompt(target):
+                self.log("restore: %s: no shell prompt (%s); not typing the ssh-attach for %s"
+                         % (target, st["command"], mark))
+                continue
+            self.tmux.run("set-option", "-p", "-t", st["pane"], "@opensessions-restored", mark)
+            self.tmux.run("set-option", "-w", "-t", st["pane"], "@opensessions-remote", mark)
+            self.tmux.run("send-keys", "-t", st["pane"], "-l", command)
+            self.tmux.run("send-keys", "-t", st["pane"], "Enter")
+            self.log("restore: %s: %s" % (target, command))
+            typed += 1
+        return typed
+
     def restore(self, dry_run=False, out=print):
         records, source = self.load()
+        if source and os.path.basename(source).startswith(SIDECAR_PREFIX):
+            self.restore_remote(source, dry_run, out)
         if not isinstance(records, list):
             self.log("restore: %s: \"records\" is not a list; nothing to restore" % source)
             return 0
@@ -9060,15 +12563,54 @@ class Resurrect(object):
             for note in notes:
                 self.log("restore: %s: (dry run) %s" % (target, note))
             return False
-        if not self.wait_for_prompt(target):
-            return skip(target, "the shell did not show a prompt")
-        self.clear_pane(st["pane"])
-        self.tmux.run("set-option", "-p", "-t", st["pane"], "@opensessions-restored", tid)
-        self.tmux.run("send-keys", "-t", st["pane"], "-l", command)
-        self.tmux.run("send-keys", "-t", st["pane"], "Enter")
+        # the pane is ours before any wait (for the prompt, for `clear`): a second restore running
+        # at the same time finds it claimed and types nothing
+        claim = self.claim_pane(st["pane"])
+        if claim is None:
+            return skip(target, "another restore is typing into this pane; not typing %s %s twice" % (agent, tid))
+        try:
+            if self.pane_state(target)["restored"] == tid:  # one that finished just before our claim
+                return skip(target, "already restored %s %s; not typing twice" % (agent, tid))
+            if not self.wait_for_prompt(target):
+                return skip(target, "the shell did not show a prompt")
+            self.clear_pane(st["pane"])
+            self.tmux.run("set-option", "-p", "-t", st["pane"], "@opensessions-restored", tid)
+            self.tmux.run("send-keys", "-t", st["pane"], "-l", command)
+            self.tmux.run("send-keys", "-t", st["pane"], "Enter")
+        finally:
+            self.release_pane(st["pane"], claim)
         self.log("restore: %s: %s%s%s" % (target, command, " (id was a cwd guess)" if rec.get("guess") else "",
                                         "".join(" (%s)" % note for note in notes)))
         return True
+
+    CLAIM_OPTION = "@opensessions-restoring"
+
+    def _swap_claim(self, pane, expected, value):
+        """Compare-and-set the pane's CLAIM_OPTION: to `value` ("" unsets it) only while it holds
+        `expected` ("" when unset), in one tmux command sequence: tmux runs one client's commands one
+        after another, so two restores can never both find it free. -> what it holds after."""
+        assert re.match(r"^%\d+$", pane) and re.match(r"^[a-z0-9-]*$", expected + value)
+        change = ("set-option -p -t %s %s %s" % (pane, self.CLAIM_OPTION, value)) if value \
+            else ("set-option -p -u -t %s %s" % (pane, self.CLAIM_OPTION))
+        return self.tmux.run("if-shell", "-F", "-t", pane, "#{==:#{%s},%s}" % (self.CLAIM_OPTION, expected), change,
+                             ";", "display-message", "-p", "-t", pane, "#{%s}" % self.CLAIM_OPTION).rstrip("\n")
+
+    def claim_pane(self, pane):
+        """Make the pane this restore's (a claim naming our pid), unless another live restore holds
+        it; a claim left by one that died is taken over. -> the claim, or None."""
+        claim = "claim-%d-%s" % (os.getpid(), os.urandom(4).hex())
+        held = self._swap_claim(pane, "", claim)
+        if held != claim:
+            m = re.match(r"^claim-(\d+)-[0-9a-f]+$", held)
+            if not m or _pid_alive(int(m.group(1))) or self._swap_claim(pane, held, claim) != claim:
+                return None
+        return claim
+
+    def release_pane(self, pane, claim):
+        try:
+            self._swap_claim(pane, claim, "")
+        except TmuxError:
+            pass
 
 
 def kitty_tabs(sessions, socket_path, shown_titles=()):
@@ -9333,21 +12875,6 @@ def _history_lines(data, from_start):
     return (lines if from_start else lines[1:]), end + 1
 
 
-def _history_read_fd(path):
-    """An agent's file opened for a bounded read: O_NONBLOCK (a FIFO named like a transcript never
-    blocks us) and regular files only. -> (fd, stat); the caller closes fd."""
-    import stat
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError("%s is not a regular file" % path)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st
-
-
 def _pread(fd, offset, size):
     out = []
     while size > 0:
@@ -9376,7 +12903,7 @@ def history_read_jsonl(agent, path, prev=None, tid=None):
     """One JSONL conversation file -> a HistoryEntry (None when the file holds no conversation of
     ours). Reads only what is needed: the bytes appended since `prev` was read (same inode, grown by
     at most HISTORY_APPEND), else the whole file up to HISTORY_FULL, else its head and its tail."""
-    fd, st = _history_read_fd(path)
+    fd, st = open_foreign(path)
     try:
         fmt = AGENT_SPECS[agent].history
         reducer, skip = fmt.reducer, fmt.skip
@@ -9585,7 +13112,7 @@ def history_read_opencode(agent, db, ids=None, since_ms=0):
 def history_read_amp(agent, path, prev=None):
     """The "amp-json" kind: an Amp thread file (unverified format, see amp_thread_state), read whole up
     to MAX_LINE_BYTES."""
-    fd, st = _history_read_fd(path)
+    fd, st = open_foreign(path)
     try:
         if prev is not None and (prev.ino, prev.size, prev.mtime) == (st.st_ino, st.st_size, st.st_mtime_ns):
             return prev
@@ -9643,7 +13170,7 @@ def history_files(paths, agent, errors=None):
 def history_head(path, limit=4096):
     """The first bytes of an agent's file (a bounded read that never blocks), b"" when unreadable."""
     try:
-        fd, _ = _history_read_fd(path)
+        fd, _ = open_foreign(path)
     except OSError:
         return b""
     try:
@@ -9702,8 +13229,8 @@ def history_codex_apply(entry, facts):
 def history_gemini_dirs(gemini_home):
     """The "gemini-projects" facts: Gemini CLI's projects.json -> {project name: directory}."""
     try:
-        data = json.loads(history_head(os.path.join(gemini_home, "projects.json"), MAX_BODY * 16).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        data = json.loads(read_foreign(os.path.join(gemini_home, "projects.json"), FOREIGN_JSON_MAX).decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         return {}
     projects = data.get("projects") if isinstance(data, dict) else None
     if not isinstance(projects, dict):
@@ -9721,12 +13248,13 @@ def history_codex_names(codex_home):
     out = {}
     path = os.path.join(codex_home, "session_index.jsonl")
     try:
-        fd, st = _history_read_fd(path)
-        try:
-            data = _pread(fd, 0, min(st.st_size, 64 * 1024 * 1024))
+        fd, st = open_foreign(path)
+        try:  # its newest names are at its end: its last MAX_LINE_BYTES (as the watcher's cold read)
+            start = max(0, st.st_size - MAX_LINE_BYTES)
+            lines = _history_lines(_pread(fd, start, st.st_size - start) + b"\n", start == 0)[0]
         finally:
             os.close(fd)
-        for tid, name in parse_codex_session_index(parse_json_lines(data.split(b"\n"))[0]).items():
+        for tid, name in parse_codex_session_index(parse_json_lines(lines)[0]).items():
             out.setdefault(tid, {})["name"] = name
     except OSError:
         pass
@@ -9766,7 +13294,7 @@ def history_preview(entry, n=6, budget=HISTORY_PREVIEW_BYTES):
     if fmt.kind == "opencode-db":
         return _opencode_preview(entry, n)
     if fmt.kind == "amp-json":
-        fd, st = _history_read_fd(entry.path)
+        fd, st = open_foreign(entry.path)
         try:
             if st.st_size > MAX_LINE_BYTES:
                 return []
@@ -9778,7 +13306,7 @@ def history_preview(entry, n=6, budget=HISTORY_PREVIEW_BYTES):
         messages = data.get("messages") if isinstance(data, dict) and isinstance(data.get("messages"), list) else []
         found = fmt.messages([m for m in messages if isinstance(m, dict)])
         return [{"role": r, "text": t} for r, t in found[-n:]]
-    fd, st = _history_read_fd(entry.path)
+    fd, st = open_foreign(entry.path)
     try:
         size, data, start = 32 * 1024, b"", st.st_size
         while True:  # each step reads only the part before what was read: `budget` bytes in all
@@ -10255,11 +13783,7 @@ class History(object):
         done = set()
         for name in names:
             try:
-                fd, st = _history_read_fd(os.path.join(d, name))
-                try:
-                    doc = json.loads(_pread(fd, 0, min(st.st_size, 16 * 1024 * 1024)).decode("utf-8"))
-                finally:
-                    os.close(fd)
+                doc = json.loads(read_foreign(os.path.join(d, name), FOREIGN_JSON_MAX).decode("utf-8"))
             except (OSError, ValueError, UnicodeDecodeError, RecursionError):
                 continue
             records = doc.get("records") if isinstance(doc, dict) else None
@@ -10278,7 +13802,7 @@ class History(object):
         """The saved index (history.jsonl: a header line, then one entry per line). A line that is
         not an entry of ours is skipped; a file that is not ours at all is kept aside (.corrupt)."""
         try:
-            fd, st = _history_read_fd(self.path)
+            fd, st = open_foreign(self.path)
         except FileNotFoundError:
             return
         except OSError as e:
@@ -10697,7 +14221,7 @@ HELP_KEYS = (
     ("n", "new session (name, then directory)"),
     ("x", "kill the session (asks first)"),
     ("o", "open the session's port (or click it)"),
-    ("t", "pick a theme"),
+    ("t", "pick a theme (it holds until @opensessions-theme changes)"),
     ("/", "filter by name"),
     ("f", "show all / with agents / needing you"),
     ("m", "mute the session's notifications"),
@@ -10707,11 +14231,40 @@ HELP_KEYS = (
     ("?", "this help"),
     ("q/Esc", "leave the sidebar"),
 )
+# The popup's own keys: only these act there (the sidebar's session keys do nothing in it)
+POPUP_HELP_KEYS = (
+    ("j/k", "move (also the arrow keys)"),
+    ("Enter", "go to the thread's pane (closes the popup)"),
+    ("y/Y/N", "approve once / always / deny its permission prompt"),
+    ("i", "type the thread a prompt (Enter sends, Esc cancels)"),
+    ("?", "this help"),
+    ("q/Esc", "close the popup"),
+)
+PROMPT_HELP = "typing: C-a/C-e start/end, C-u/C-k cut before/after, C-w cut a word"
+PROMPT_HELP_DIR = ", Tab completes a directory, ~ is your home"
 # (glyph key, meaning) for the help's legend; "spinner" is the running animation
 HELP_LEGEND = (
     ("spinner", "working"), ("retry", "retrying after an error"), ("waiting", "waiting for you"),
     ("error", "stopped on an error"), ("interrupted", "interrupted"),
     ("done-unseen", "finished, not seen yet"), ("done", "finished"), ("idle", "idle"),
+    ("open", "a host: Enter folds it"),
+)
+# (glyph key or literal text, meaning): every mark a session's row and the rows under it can show
+HELP_ROW_LEGEND = (
+    ("cursor", "the cursor (j/k move it)"),
+    ("current", "the session you are in"),
+    ("1-9", "its number: prefix o N"),
+    ("$0.28", "what its agents cost"),
+    ("badges", "a mark per agent thread:"),
+)
+HELP_ROW_LEGEND_AFTER = (
+    ("unseen", "apart: news you have not seen (goes when you look)"),
+    ("m", "notifications muted"),
+    ("", "the rows under it:"),
+    ("main*", "git branch; * uncommitted changes"),
+    ("[..]", "status pill (set-status)"),
+    ("bar", "progress (set-progress)"),
+    ("log", "newest log line, by tone"),
 )
 
 
@@ -10888,7 +14441,8 @@ class SidebarModel(object):
 
     Actions are tuples the curses layer carries out: ("switch", session name), ("switch-pane",
     session, pane id), ("ui", body) for the server's /ui, ("mute", session), ("kill", session),
-    ("new", name, directory), ("open", port), ("leave",), ("quit",).
+    ("new", name, directory), ("open", port), ("complete", text) (Tab in the directory prompt: the app
+    lists directories and calls complete()), ("leave",), ("quit",).
     The key "FOCUS" (sent by `opensessions focus`) selects the session this sidebar is in.
     """
 
@@ -10908,7 +14462,8 @@ class SidebarModel(object):
         self.prompt = None  # {"label", "text", "step", "values"}
         self.confirm = None
         self.theme_index = 0
-        self.message = None
+        self._message = None  # the footer's line, and what it was about (see say)
+        self._message_about = None
         self.frame = 0
         self.connected = False
         self.stopped = None  # the line to show while the server is stopped on purpose
@@ -10937,10 +14492,6 @@ class SidebarModel(object):
         if error:
             self.preview["error"] = error
 
-    def say(self, message):
-        """A line for the footer (until the next key)."""
-        self.message = message
-
     def tick(self):
         """The next frame of the spinner."""
         self.frame += 1
@@ -10962,6 +14513,48 @@ class SidebarModel(object):
             self._selected_own = self.own_session
         elif self.selected not in items:
             self.selected = own if own in items else (items[0] if items else None)
+        self._expire_message()
+
+    # -- the footer's message: it belongs to the moment --------------------------------------
+    @property
+    def message(self):
+        return self._message
+
+    @message.setter
+    def message(self, text):
+        self.say(text)
+
+    def say(self, text, answered=False):
+        """Put a line in the footer about what is selected now. It goes at the next key, when the
+        selection moves, and when the thread it was about changes (a new prompt, a new status).
+        answered: the result of a reply sent to the selected thread, whose first change (leaving
+        the prompt it answered) is the reply's own effect and keeps the line."""
+        self._message = text
+        item = self.selected
+        self._message_about = (item, self._signature(item), answered) if text else None
+
+    def _signature(self, item):
+        """What a message about `item` depends on: a thread's status (and what it waits for or
+        failed on); None for anything else."""
+        if not item or item[0] != "thread":
+            return None
+        t = self._thread(item)
+        if t is None:
+            return ("gone",)
+        return (t["status"], t.get("detail") if t["status"] in ("waiting", "error") else None)
+
+    def _expire_message(self):
+        about = self._message_about
+        if self._message is None or about is None or about[1] is None or self.mode in ("confirm", "prompt"):
+            return
+        item, sig, answered = about
+        now = self._signature(item)
+        if now == sig:
+            return
+        if answered and now[0] not in ("waiting", "gone"):
+            self._message_about = (item, now, False)  # the reply's own effect: the next change clears it
+            return
+        self._message = self._message_about = None
 
     def ui(self):
         return (self.state or {}).get("ui") or {}
@@ -10976,15 +14569,19 @@ class SidebarModel(object):
         return [s for s in (self.state or {}).get("sessions", []) if not s.get("hidden")]
 
     def number(self, name):
-        """The number shown beside a session (1-9, as `prefix o N`), or None."""
-        names = [s["name"] for s in self.listed()]
+        """The number shown beside a session (1-9, as `prefix o N`: this machine's sessions), or None."""
+        names = [s["name"] for s in self.listed() if not s.get("host")]
         n = names.index(name) + 1 if name in names else 0
         return n if 1 <= n <= 9 else None
 
     def sessions(self):
-        """Sessions in the user's order, hidden ones and filtered ones left out."""
+        """Sessions in the user's order, hidden ones, filtered ones and those of collapsed hosts
+        left out (this machine's first, then each host's)."""
         out = []
+        collapsed = set(self.ui().get("collapsed") or ())
         for s in self.listed():
+            if s.get("host") in collapsed:
+                continue
             if self.filter_text and self.filter_text.lower() not in s["name"].lower():
                 continue
             if self.filter_mode == "agents" and not s.get("threads"):
@@ -10995,26 +14592,41 @@ class SidebarModel(object):
             out.append(s)
         return out
 
+    def groups(self):
+        """[(None, this machine's sessions), (host, its sessions), ...] as sessions() shows them;
+        every host has its group (its header shows how it is reached), collapsed or not."""
+        shown = self.sessions()
+        out = [(None, [s for s in shown if not s.get("host")])]
+        for h in (self.state or {}).get("hosts") or ():
+            out.append((h, [s for s in shown if s.get("host") == h["name"]]))
+        return out
+
     def items(self):
         """Selectable rows: every session, and the threads of the selected session (in the popup:
-        every thread, group by group)."""
+        every thread, group by group); each host's header before its sessions."""
         if self.popup:
             return [("thread", name, t["agent"], t["id"]) for _, rows in popup_groups(self.state)
                     for name, t in rows]
         out = []
         sel_session = self.selected[1] if self.selected else None
-        for s in self.sessions():
-            out.append(("session", s["name"]))
-            threads = s.get("threads", [])
-            if self.filter_mode == "attention":
-                threads = [t for t in threads if t["status"] in ACTIVE_STATUSES + ("waiting", "error")
-                           or t.get("unseen")]
-            elif s["name"] != sel_session:
-                threads = []
-            out.extend(("thread", s["name"], t["agent"], t["id"]) for t in threads)
-            if s["name"] == sel_session and self.filter_mode != "attention":
-                out.extend(item for item, _ in pane_tree(s))
+        for host, sessions in self.groups():
+            if host is not None:
+                out.append(("host", host["name"]))
+            for s in sessions:
+                out.append(("session", s["name"]))
+                threads = s.get("threads", [])
+                if self.filter_mode == "attention":
+                    threads = [t for t in threads if t["status"] in ACTIVE_STATUSES + ("waiting", "error")
+                               or t.get("unseen")]
+                elif s["name"] != sel_session:
+                    threads = []
+                out.extend(("thread", s["name"], t["agent"], t["id"]) for t in threads)
+                if s["name"] == sel_session and self.filter_mode != "attention":
+                    out.extend(item for item, _ in pane_tree(s))
         return out
+
+    def host(self, name):
+        return next((h for h in (self.state or {}).get("hosts") or () if h["name"] == name), None)
 
     def session(self, name):
         return next((s for s in (self.state or {}).get("sessions", []) if s["name"] == name), None)
@@ -11023,16 +14635,18 @@ class SidebarModel(object):
         return self.session(self.selected[1]) if self.selected else None
 
     def selected_thread(self):
-        if not self.selected or self.selected[0] != "thread":
+        return self._thread(self.selected)
+
+    def _thread(self, item):
+        if not item or item[0] != "thread":
             return None
-        s = self.session(self.selected[1])
-        return next((t for t in (s or {}).get("threads", [])
-                     if (t["agent"], t["id"]) == self.selected[2:]), None)
+        s = self.session(item[1])
+        return next((t for t in (s or {}).get("threads", []) if (t["agent"], t["id"]) == item[2:]), None)
 
     # -- keys --------------------------------------------------------------------------------
     def key(self, k):
         """Handle one key (a curses key name such as 'j', 'KEY_DOWN', '\\n', 'KEY_BTAB'). -> actions."""
-        self.message = None
+        self.say(None)
         if k == "FOCUS":
             return self._focus()
         handler = {"prompt": self._prompt_key, "confirm": self._confirm_key, "help": self._help_key,
@@ -11046,14 +14660,17 @@ class SidebarModel(object):
                  "d": "_hide", "u": "_unhide", "n": "_new", "x": "_kill", "o": "_open", "t": "_themes",
                  "/": "_filter", "f": "_filter_mode", "m": "_mute", "?": "_help", "q": "_quit", "\x1b": "_quit",
                  "y": "_reply", "Y": "_reply", "N": "_reply", "i": "_reply_text"}
+    # the popup's own keys: every other key (the sidebar's session keys) does nothing there
+    POPUP_KEYS = {"j": "_move", "KEY_DOWN": "_move", "k": "_move", "KEY_UP": "_move",
+                  "\n": "activate", "\r": "activate", "KEY_ENTER": "activate",
+                  "y": "_reply", "Y": "_reply", "N": "_reply", "i": "_reply_text", "?": "_help",
+                  "q": "_close", "\x1b": "_close"}
     REPLY_KEYS = {"y": "approve", "Y": "approve-always", "N": "deny"}
 
     def _list_key(self, k):
-        if self.popup and k in ("q", "\x1b"):
-            return [("quit",)]
         if len(k) == 1 and k in "123456789" and not self.popup:
             return self._number_key(k)
-        name = self.LIST_KEYS.get(k)
+        name = (self.POPUP_KEYS if self.popup else self.LIST_KEYS).get(k)
         if name is None:
             return []
         if name == "activate":
@@ -11100,7 +14717,7 @@ class SidebarModel(object):
 
     def _number_key(self, k):
         """1-9: the session with that number, as `prefix o N` (the same numbers in any filter)."""
-        listed = self.listed()
+        listed = [s for s in self.listed() if not s.get("host")]
         n = int(k) - 1
         if n >= len(listed):
             self.message = "no session number %s" % k
@@ -11131,14 +14748,18 @@ class SidebarModel(object):
 
     def _kill(self, k):
         s = self.selected_session()
-        if s:
+        if s and s.get("host"):
+            self.message = "%s is on %s: kill it there (Enter opens it)" % (s["remoteName"], s["host"])
+        elif s:
             self.mode = "confirm"
             self.confirm = ("kill", s["name"])
             self.message = "kill session %s? (y/n)" % s["name"]
 
     def _open(self, k):
         s = self.selected_session()
-        if s and s.get("ports"):
+        if s and s.get("host") and s.get("ports"):
+            self.message = "port :%d listens on %s (no ssh forwards are made)" % (s["ports"][0], s["host"])
+        elif s and s.get("ports"):
             return [("open", s["ports"][0])]
         self.message = "no listening port in this session"
 
@@ -11166,6 +14787,9 @@ class SidebarModel(object):
         self.mode = "help"
         self.help_scroll = 0
 
+    def _close(self, k):
+        return [("quit",)]
+
     def _quit(self, k):
         if self.filter_text:
             self.filter_text = ""
@@ -11191,7 +14815,7 @@ class SidebarModel(object):
         if t["status"] != "waiting":
             self.message = "%s is %s, not waiting on a permission" % (t["agent"], t["status"])
             return []
-        return [("reply", "%s:%s" % (t["agent"], t["id"]), self.REPLY_KEYS[k], None)]
+        return [("reply", "%s:%s" % (t["agent"], t["id"]), self.REPLY_KEYS[k], None) + _on_host(t)]
 
     def _reply_text(self, k):
         """i: type a prompt for the selected thread (sent with Enter, Esc cancels)."""
@@ -11201,10 +14825,28 @@ class SidebarModel(object):
             return []
         self.mode = "prompt"
         self.prompt = {"label": "to %s" % t["agent"], "text": "", "step": "reply",
-                       "values": {"thread": "%s:%s" % (t["agent"], t["id"])}}
+                       "values": {"thread": "%s:%s" % (t["agent"], t["id"]), "host": t.get("host")}}
         return []
 
     def activate(self):
+        if self.selected and self.selected[0] == "host":  # a host's header: fold or unfold it
+            collapsed = list(self.ui().get("collapsed") or ())
+            name = self.selected[1]
+            return [("ui", {"collapsed": [h for h in collapsed if h != name] if name in collapsed
+                            else collapsed + [name]})]
+        s = self.session(self.selected[1]) if self.selected else None
+        if s is not None and s.get("host"):  # a host's session: a local window attached to it over ssh
+            window = pane = None
+            if self.selected[0] == "window":
+                window = self.selected[2]
+            elif self.selected[0] == "pane":
+                pane = self.selected[2]
+            else:
+                t = self.selected_thread()
+                pane = t.get("pane") if t else None
+            if pane:
+                window = remote_thread_window(s, pane)
+            return [("remote", s["host"], s["remoteName"], window, pane)] + ([("quit",)] if self.popup else [])
         if self.selected and self.selected[0] in ("window", "pane"):
             return [("switch-pane", self.selected[1], self.selected[2])]
         t = self.selected_thread()
@@ -11220,14 +14862,16 @@ class SidebarModel(object):
         s = self.selected_session()
         if not s:
             return []
-        order = [x["name"] for x in (self.state or {}).get("sessions", [])]
-        i = order.index(s["name"])
+        host = s.get("host")  # a host's sessions move among themselves, in that host's own order
+        mine = [x for x in (self.state or {}).get("sessions", []) if x.get("host") == host]
+        order = [x["remoteName"] if host else x["name"] for x in mine]
+        i = [x["name"] for x in mine].index(s["name"])
         j = max(0, min(len(order) - 1, i + delta))
         if i == j:
             return []
         order.insert(j, order.pop(i))
         self.selected = ("session", s["name"])
-        return [("ui", {"order": order})]
+        return [("ui", dict({"order": order}, **({"host": host} if host else {})))]
 
     def _theme_key(self, k):
         names = sorted(THEMES)
@@ -11243,20 +14887,62 @@ class SidebarModel(object):
         return []
 
     def _prompt_key(self, k):
+        """Every text prompt edits its line as a shell does: Left/Right, C-a/C-e (Home/End),
+        Backspace, C-d/Delete, C-u/C-k (cut before/after the cursor), C-w (cut a word or a
+        directory); Tab completes the directory prompt (a ("complete", text) action: the app lists
+        the directories and calls complete()). A pre-filled directory is replaced by the first
+        character typed."""
         p = self.prompt
+        text, pos = p["text"], min(p.get("pos", len(p["text"])), len(p["text"]))
+        fresh = p.pop("fresh", False)
+        p.pop("choices", None)
         if k == "\x1b":
             self.mode, self.prompt = "list", None
             return []
-        if k in ("KEY_BACKSPACE", "\x7f", "\b"):
-            p["text"] = p["text"][:-1]
-        elif k in ("\n", "\r", "KEY_ENTER"):
+        if k in ("\n", "\r", "KEY_ENTER"):
             return self._prompt_done()
+        if k == "\t":
+            if p["step"] == "dir":
+                p["pos"] = len(text)
+                return [("complete", text)]
+            return []
+        if k in ("KEY_BACKSPACE", "\x7f", "\b"):
+            text, pos = text[:max(0, pos - 1)] + text[pos:], max(0, pos - 1)
+        elif k in ("KEY_DC", "\x04"):
+            text = text[:pos] + text[pos + 1:]
+        elif k in ("KEY_LEFT", "\x02"):
+            pos = max(0, pos - 1)
+        elif k in ("KEY_RIGHT", "\x06"):
+            pos = min(len(text), pos + 1)
+        elif k in ("KEY_HOME", "\x01"):
+            pos = 0
+        elif k in ("KEY_END", "\x05"):
+            pos = len(text)
+        elif k == "\x15":
+            text, pos = text[pos:], 0
+        elif k == "\x0b":
+            text = text[:pos]
+        elif k == "\x17":
+            start = word_start(text, pos)
+            text, pos = text[:start] + text[pos:], start
         elif len(k) == 1 and k.isprintable():
-            p["text"] += k
+            if fresh:
+                text, pos = "", 0
+            text, pos = text[:pos] + k + text[pos:], pos + 1
+        else:
+            p["fresh"] = fresh  # a key that does nothing here leaves the pre-filled text as it was
+        p["text"], p["pos"] = text, pos
         if p["step"] == "filter":
             self.filter_text = p["text"]
             self._reselect()
         return []
+
+    def complete(self, text, choices):
+        """Tab's answer (complete_directory): the completed text, and the choices when several fit."""
+        if self.mode == "prompt" and self.prompt and self.prompt["step"] == "dir":
+            self.prompt.update(text=text, pos=len(text))
+            if len(choices) > 1:
+                self.prompt["choices"] = choices
 
     def _prompt_done(self):
         p = self.prompt
@@ -11266,14 +14952,18 @@ class SidebarModel(object):
         if p["step"] == "reply":
             self.mode, self.prompt = "list", None
             text = p["text"].strip()
-            return [("reply", p["values"]["thread"], "text", text)] if text else []
+            return [("reply", p["values"]["thread"], "text", text) + _on_host(p["values"])] if text else []
         if p["step"] == "name":
             name = p["text"].strip()
             if not name:
                 self.mode, self.prompt = "list", None
                 return []
             s = self.selected_session()
-            p.update(step="dir", label="directory", text=(s or {}).get("dir") or "~")
+            home = home_dir()
+            start = (s or {}).get("dir") or home
+            if start == home or start.startswith(home.rstrip("/") + "/"):
+                start = "~" + start[len(home.rstrip("/")):]
+            p.update(step="dir", label="directory", text=start, pos=len(start), fresh=True)
             p["values"]["name"] = name
             return []
         name = p["values"]["name"]
@@ -11286,6 +14976,7 @@ class SidebarModel(object):
         if not 0 <= row < len(rows) or rows[row][0] is None:
             return []
         item = rows[row][0]
+        self.say(None)
         if item[0] == "port":
             port = _port_at(rows[row][1], x)
             return [("open", port)] if port else []
@@ -11296,9 +14987,62 @@ class SidebarModel(object):
         return []
 
     def wheel(self, delta):
+        self.say(None)
         items = self.items()
         idx = items.index(self.selected) if self.selected in items else 0
         self._select(items, idx + delta)
+
+
+def word_start(text, pos):
+    """Where C-w's cut starts: back over separators (space, /), then over a word. Pure."""
+    i = pos
+    while i > 0 and text[i - 1] in " /":
+        i -= 1
+    while i > 0 and text[i - 1] not in " /":
+        i -= 1
+    return i
+
+
+def complete_directory(text, list_dirs, home):
+    """Tab in the directory prompt -> (the text completed as far as it is unambiguous, the
+    directories that fit when there are several). `~` is home, a relative path is under home (as
+    the new session's directory is); list_dirs(path) -> the names of its subdirectories. Pure."""
+    if text == "~":
+        return "~/", []
+    expanded = home.rstrip("/") + text[1:] if text.startswith("~/") else text
+    head, slash, prefix = expanded.rpartition("/")
+    if expanded.startswith("/"):
+        base = head + slash if head else "/"
+    else:
+        base = os.path.join(home, head)
+    try:
+        names = sorted(n for n in list_dirs(base) if n.startswith(prefix) and (prefix[:1] == "." or n[:1] != "."))
+    except OSError:
+        names = []
+    if not names:
+        return text, []
+    typed_head = text[:len(text) - len(prefix)]
+    if len(names) == 1:
+        return typed_head + names[0] + "/", []
+    return typed_head + os.path.commonprefix(names), names
+
+
+def list_subdirectories(path):
+    """The names of path's subdirectories (for complete_directory)."""
+    out = []
+    with os.scandir(path) as it:
+        for entry in it:
+            try:
+                if entry.is_dir():
+                    out.append(entry.name)
+            except OSError:
+                pass
+    return out
+
+
+def _on_host(thing):
+    """(host,) for a thread (or prompt values) on another machine, () for one of this machine."""
+    return (thing["host"],) if thing.get("host") else ()
 
 
 def _port_at(pieces, x):
@@ -11338,6 +15082,7 @@ class _Screen(object):
         self.now = now if now is not None else now_ms()
         self.w = max(1, width)
         self.rows = []
+        self.frame = model.frame  # the spinners' frame (0 for a host we cannot reach: they stand still)
 
     def line(self, item, pieces):
         out, used = [], 0
@@ -11404,7 +15149,7 @@ def popup_groups(state):
     groups = [("waiting", []), ("error", []), ("finished unseen", []), ("running", []), ("idle", [])]
     by = dict(groups)
     for s in (state or {}).get("sessions", []):
-        if s.get("hidden"):
+        if s.get("hidden") or s.get("stale"):  # a host we cannot reach now: its threads may have moved on
             continue
         for t in s.get("threads", []):
             st = t["status"]
@@ -11434,7 +15179,7 @@ def _render_popup(scr, room):
         for session, t in rows:
             item = ("thread", session, t["agent"], t["id"])
             sel = item == model.selected
-            glyph, style = _badge(t["status"], t.get("unseen"), scr.g, model.frame, scr.charset)
+            glyph, style = _badge(t["status"], t.get("unseen"), scr.g, scr.frame, scr.charset)
             scr.line(item, [(" " + glyph + " ", style), (session + " ", "sel" if sel else "accent"),
                             (t["agent"] + " ", "sel" if sel else "muted"),
                             (t.get("title") or t["id"][:8], "sel" if sel else "fg"),
@@ -11479,28 +15224,59 @@ def _render_header(scr):
     if model.filter_mode != "all" or model.filter_text:
         status += " [%s%s]" % (model.filter_mode if model.filter_mode != "all" else "",
                                ("/" + model.filter_text) if model.filter_text else "")
-    scr.line(None, [(title, "accent"), (status, "muted")])
+    pieces = [(title, "accent"), (status, "muted")]
+    if not model.popup and model.mode == "list":  # where the keys are: the popup says it in its title
+        used = display_width(title + scr.clean(status))
+        for hint in ("? help", "?"):
+            if used + 1 + len(hint) <= w:
+                pieces.append((" " * (w - used - len(hint)) + hint, "muted"))
+                break
+    scr.line(None, pieces)
 
 
 def _render_help(scr):
-    g, w = scr.g, scr.w
+    """The keys (the popup's own in the popup), then what every mark means."""
+    g, w, model = scr.g, scr.w, scr.model
+    keys = POPUP_HELP_KEYS if model.popup else HELP_KEYS
     kw = max(len(k) for k, _ in HELP_KEYS) + 1 if w >= 24 else 0
-    for keys, text in HELP_KEYS:
+
+    def entry(key, text, key_style="accent"):
         if kw:
             for i, part in enumerate(wrap(text, w - kw)):
-                scr.line(None, [((keys if i == 0 else "").ljust(kw), "accent"), (part, "fg")])
+                scr.line(None, [((key if i == 0 else "").ljust(kw), key_style), (part, "fg")])
         else:
-            scr.line(None, [(keys, "accent")])
+            scr.line(None, [(key, key_style)])
             scr.wrapped(None, text, "fg", indent=2, first="  ")
+    for key, text in keys:
+        entry(key, text)
+    scr.wrapped(None, PROMPT_HELP + ("" if model.popup else PROMPT_HELP_DIR), "muted", indent=2)
     scr.line(None, [("", "fg")])
+    if not model.popup:
+        scr.wrapped(None, "a session's row: %s2 web %s  $0.28 %s%s %s" % (
+            g["cursor"], g["current"], g["waiting"], g["done"], g["unseen"]), "muted", indent=2)
+        for key, meaning in HELP_ROW_LEGEND:
+            mark = {"cursor": g["cursor"], "current": g["current"], "badges": g["waiting"] + g["done"]}.get(key, key)
+            entry(mark, meaning, "accent" if key != "badges" else "waiting")
     for key, meaning in HELP_LEGEND:
         if key == "spinner":
             glyph, style = SPINNER[scr.charset][0], "running"
+        elif key == "open":
+            glyph, style = g["open"], "accent"
         else:
             glyph, style = _badge(key.replace("done-unseen", "done"), key == "done-unseen", g, 0, scr.charset)
         for i, part in enumerate(wrap(meaning, w - 2)):
             scr.line(None, [((glyph if i == 0 else " ") + " ", style), (part, "fg")])
-    scr.line(None, [("j/k scroll, any other key closes", "muted")])
+    if not model.popup:
+        for key, meaning in HELP_ROW_LEGEND_AFTER:
+            mark = {"unseen": g["unseen"], "bar": g["bar"] * 2 + g["bar_empty"],
+                    "log": g["success"] + g["warn"] + g["tone-error"] + g["info"] + g["neutral"]}.get(key, key)
+            if key:
+                entry(mark, meaning, "unseen" if key == "unseen" else "accent")
+            else:
+                scr.line(None, [(meaning, "muted")])
+    else:
+        scr.wrapped(None, "groups: waiting and error oldest first (as prefix o n visits them), the others "
+                          "newest first; under the list, the selected thread's pane", "muted", indent=2)
 
 
 def _render_themes(scr):
@@ -11513,14 +15289,17 @@ def _render_themes(scr):
 
 def _render_list(scr, room):
     model = scr.model
-    sessions = model.sessions()
-    if not sessions:
+    groups = model.groups()
+    if not any(sessions for _, sessions in groups) and len(groups) == 1:
         scr.line(None, [("no sessions" if model.state else "waiting for the server", "muted")])
     detail_rows = []
-    for s in sessions:
-        _render_session(scr, s)
-        if s["name"] == (model.selected or (None, None))[1]:
-            detail_rows = _session_panel(model, s, scr)
+    for host, sessions in groups:
+        if host is not None:
+            _render_host(scr, host, len([s for s in model.listed() if s.get("host") == host["name"]]))
+        for s in sessions:
+            _render_session(scr, s)
+            if s["name"] == (model.selected or (None, None))[1]:
+                detail_rows = _session_panel(model, s, scr)
     # the detail panel for the selected session goes below the list (always when a thread in it is selected)
     in_detail = model.selected is not None and model.selected[0] == "thread" and model.filter_mode != "attention"
     if detail_rows and (room - len(scr.rows) > 3 or in_detail):
@@ -11528,25 +15307,68 @@ def _render_list(scr, room):
         scr.rows.extend(detail_rows)
 
 
+def host_line(h, now):
+    """What a host's header says after its name: '' when connected and its server answers. Pure."""
+    if h.get("state") == "unreachable":
+        wait = max(0, int(round(((h.get("retryAt") or now) - now) / 1000.0)))
+        return "unreachable: %s, retrying %s" % (h.get("reason") or "?", "in %d s" % wait if wait else "now")
+    if h.get("state") == "connecting":
+        return "connecting…"
+    return h.get("note") or ""
+
+
+def _render_host(scr, h, count):
+    """A host's header: fold mark, name, and how it is reached when not plainly connected."""
+    model = scr.model
+    item = ("host", h["name"])
+    sel = model.selected == item
+    folded = h["name"] in (model.ui().get("collapsed") or ())
+    tail = " (%d)" % count if folded and count else ""
+    style = "sel" if sel else ("accent" if h.get("state") == "connected" and not h.get("note") else "muted")
+    scr.line(item, [((scr.g["closed"] if folded else scr.g["open"]) + " ", "muted"), (h["name"], style),
+                    (tail, "sel" if sel else "muted")])
+    text = host_line(h, scr.now)
+    style = "sel" if sel else ("error" if h.get("state") == "unreachable" else "muted")
+    for i, part in enumerate(wrap(scr.clean(text), max(1, scr.w - 4)) if text else ()):
+        scr.line(item, [(("  " if i == 0 else "    ") + part, style)])
+
+
 def _render_session(scr, s):
-    """The session's row, then its metadata rows: branch, status pill, progress, newest log line."""
+    """The session's row, then its metadata rows: branch, status pill, progress, newest log line.
+    A host's session shows its own name (its host's header is above it), greyed while the host
+    cannot be reached."""
+    if s.get("stale"):  # greyed, and its spinners stand still: nothing is known to run there now
+        rows, frame = len(scr.rows), scr.frame
+        scr.frame = 0
+        try:
+            _render_session_rows(scr, s)
+        finally:
+            scr.frame = frame
+        scr.rows[rows:] = [(item, [(t, st if st == "sel" else "muted") for t, st in pieces])
+                           for item, pieces in scr.rows[rows:]]
+        return
+    _render_session_rows(scr, s)
+
+
+def _render_session_rows(scr, s):
     model, g, w = scr.model, scr.g, scr.w
     item = ("session", s["name"])
     selected = model.selected == item
     is_current = s["name"] == model.current_session()
     base = "sel" if selected else "fg"
     n = model.number(s["name"])
-    badges = [_badge(t["status"], t.get("unseen"), g, model.frame, scr.charset) for t in s.get("threads", [])[:6]]
+    badges = [_badge(t["status"], t.get("unseen"), g, scr.frame, scr.charset) for t in s.get("threads", [])[:6]]
     unseen = [(" " + g["unseen"], "unseen")] if s.get("unseen") else []
     if s.get("muted"):
         unseen.append((" m", "muted"))
     tail = len(badges) + sum(display_width(t) for t, _ in unseen)
-    name_room = w - 3 - tail - (1 if badges else 0)
-    name = fit(scr.clean(s["name"]), max(1, name_room), g["more"])
-    pieces = [(g["current"] if is_current else " ", "accent"), (("%d" % n if n else " ") + " ", "muted"),
+    here = " " + g["current"] if is_current else ""  # the session this client shows: marked after its name
+    name_room = w - 3 - tail - (1 if badges else 0) - len(here)
+    name = fit(scr.clean(s.get("remoteName") or s["name"]), max(1, name_room), g["more"]) + here
+    pieces = [(g["cursor"] if selected else " ", "accent"), (("%d" % n if n else " ") + " ", "muted"),
               (name, "accent" if is_current else base)]
     cost = cost_text((s.get("usage") or {}).get("cost"), row=True)
-    if cost and name_room - display_width(name) >= len(cost) + 2:  # the session's total, when there is room
+    if cost and name_room - display_width(name) + len(here) >= len(cost) + 2:  # its total, when there is room
         pieces.append((" " * (w - 3 - display_width(name) - tail - len(cost) - (1 if badges else 0)), base))
         pieces.append((cost, "muted"))
         if badges:
@@ -11592,7 +15414,7 @@ def _render_attention_threads(scr, s):
     since you last looked."""
     for t in s.get("threads", []):
         if t["status"] in ACTIVE_STATUSES or t.get("unseen") or t["status"] in ("waiting", "error"):
-            glyph, style = _badge(t["status"], t.get("unseen"), scr.g, scr.model.frame, scr.charset)
+            glyph, style = _badge(t["status"], t.get("unseen"), scr.g, scr.frame, scr.charset)
             status_text = t["status"] + ("#%s" % t["attempt"] if t.get("attempt") else "")
             scr.line(("thread", s["name"], t["agent"], t["id"]),
                      [("   " + glyph + " ", style), ((t.get("title") or t["agent"]) + " ", "fg"),
@@ -11744,25 +15566,41 @@ def _scroll(model, rows, height):
 
 
 def _render_footer(scr):
-    """Prompts show the end of what is typed (the label goes on its own row when both do not fit);
+    """Prompts show what is typed with the cursor on it (the label goes on its own row when both do
+    not fit; a long text is cut to keep the cursor in view), and Tab's choices above them;
     messages and questions wrap."""
     model, w = scr.model, scr.w
     if model.mode == "prompt":
-        label, typed = model.prompt["label"] + ":", scr.clean(model.prompt["text"]) + "_"
-        if display_width(label + " " + typed) <= w:
-            scr.line(None, [(label + " ", "waiting"), (typed, "fg")])
+        p = model.prompt
+        if p.get("choices"):
+            for part in wrap(" ".join(c + "/" for c in p["choices"]), w)[:2]:
+                scr.line(None, [(part, "muted")])
+        label = p["label"] + ":"
+        text = scr.clean(p["text"])
+        pos = min(p.get("pos", len(text)), len(text))
+        style = "sel" if p.get("fresh") else "fg"  # pre-filled: typing replaces it
+        if display_width(label + " " + text) + 1 <= w:
+            scr.line(None, [(label + " ", "waiting")] + _typed_pieces(text, pos, style))
             return
         scr.line(None, [(label, "waiting")])
         more = scr.g["more"]
-        while display_width(typed) > w and len(typed) > 1:
-            typed = typed[1:]
-            if display_width(more + typed) <= w:
-                typed = more + typed
-                break
-        scr.line(None, [(typed, "fg")])
+        start = 0
+        while display_width(text[start:pos]) + (2 if start else 1) > w and start < pos:
+            start += 1
+        pieces = _typed_pieces(text[start:], pos - start, style)
+        scr.line(None, ([(more, "muted")] if start else []) + pieces)
+    elif model.mode == "help":  # always on screen, however long the help
+        scr.line(None, [(fit("j/k scroll, any other key closes", w, scr.g["more"]), "muted")])
     elif model.message or model.ui().get("error"):
         for part in wrap(scr.clean(model.message or model.ui()["error"]), w)[:3]:
             scr.line(None, [(part, "waiting")])
+
+
+def _typed_pieces(text, pos, style="fg"):
+    """A prompt's text with its cursor: the character under it shown selected, or '_' at the end."""
+    if pos >= len(text):
+        return [(text, style), ("_", "fg")]
+    return [(text[:pos], style), (text[pos], "sel"), (text[pos + 1:], style)]
 
 
 HISTORY_PAGE = 50  # conversations fetched at once; more as the selection nears the end
@@ -11805,6 +15643,8 @@ class HistoryView(object):
     Actions: ("fetch",) the list again (the query or the scope changed), ("more",) the next page,
     ("resume", thread, fork, target) with target "window" or "here", ("tab",) back to the agents
     tab, ("quit",)."""
+
+    frame = 0  # the spinners' frame a _Screen reads: nothing turns in the history
 
     def __init__(self, directory=None, home=None, charset="unicode", tabs=False, pane=None):
         self.directory = directory  # the scope: this directory and below
@@ -12072,8 +15912,6 @@ def render_history(view, width, height, now=None):
         rows += pv.rows[:preview_room]
     rows += [(None, [])] * (room - len(rows))  # the footer stays at the bottom
     return (scr.rows + rows + foot.rows)[:height]
-
-
 class EventStream(object):
     """Reads the server's /events in a thread; the latest snapshot waits in `latest`, and a byte on
     `wake_fd` tells the curses loop. Reconnects (and starts the server on demand) when it goes away."""
@@ -12198,6 +16036,135 @@ class EventStream(object):
                 pass
 
 
+class PreviewStream(object):
+    """The preview the sidebar shows, pushed by the server (GET /api/preview?…&follow=1) and read in
+    a thread: `want(path)` names the stream (None: none), `take()` -> (path, doc) of the newest doc
+    (or an error), a byte on `wake_fd` tells the curses loop. Nothing is read while nothing is shown."""
+
+    def __init__(self, find_port):
+        import threading
+        self.find_port = find_port
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        self.wake_fd = self._r
+        self._cond = threading.Condition()
+        self._path = None
+        self._sock = None
+        self._latest = None
+        self._thread = None
+        self._stop = False
+
+    def want(self, path):
+        import threading
+        with self._cond:
+            if path == self._path:
+                return
+            self._path = path
+            self._latest = None
+            sock = self._sock
+            self._cond.notify()
+        if sock is not None:
+            try:
+                sock.shutdown(2)  # the reader ends this stream and opens the new one
+            except OSError:
+                pass
+        if path is not None and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="preview", daemon=True)
+            self._thread.start()
+
+    def take(self):
+        try:
+            while os.read(self._r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        with self._cond:
+            latest, self._latest = self._latest, None
+        return latest
+
+    def _put(self, path, doc):
+        with self._cond:
+            if path != self._path:
+                return
+            self._latest = (path, doc)
+        try:
+            os.write(self._w, b"x")
+        except OSError:
+            pass
+
+    def _run(self):
+        import socket
+        while not self._stop:
+            with self._cond:
+                self._cond.wait_for(lambda: self._path is not None or self._stop)
+                path = self._path
+            if self._stop:
+                return
+            try:
+                port = self.find_port()
+                sock = socket.create_connection((HOST, port), timeout=5)
+            except OSError as e:
+                self._put(path, {"error": "no preview: %s" % e})
+                time.sleep(1.0)
+                continue
+            with self._cond:
+                if path != self._path:
+                    sock.close()
+                    continue
+                self._sock = sock
+            try:
+                sock.settimeout(SSE_KEEPALIVE * 3)
+                sock.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n"
+                              % (path, port, token_header(getattr(self.find_port, "token", None)))).encode())
+                self._read(sock, path)
+            except OSError:
+                pass
+            finally:
+                with self._cond:
+                    self._sock = None
+                sock.close()
+            with self._cond:
+                again = path == self._path
+            if again:
+                time.sleep(0.5)  # the stream ended on its own (server restart): open it again
+
+    def _read(self, sock, path):
+        buf = b""
+        header_done = False
+        while not self._stop:
+            data = sock.recv(262144)
+            if not data:
+                return
+            buf += data
+            if not header_done:
+                if b"\r\n\r\n" not in buf:
+                    continue
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                if b" 200 " not in head.split(b"\r\n", 1)[0]:
+                    try:
+                        doc = json.loads(buf.decode("utf-8"))
+                    except ValueError:
+                        doc = {}
+                    self._put(path, {"error": doc.get("error") or "no preview"})
+                    time.sleep(1.0)
+                    return
+                header_done = True
+            while b"\n\n" in buf:
+                block, buf = buf.split(b"\n\n", 1)
+                for line in block.split(b"\n"):
+                    if line.startswith(b"data: "):
+                        try:
+                            self._put(path, json.loads(line[6:].decode("utf-8")))
+                        except ValueError:
+                            continue
+
+    def close(self):
+        self._stop = True
+        self.want(None)
+        with self._cond:
+            self._cond.notify()
+
+
 class SidebarApp(object):
     """The curses sidebar: draws render() output, carries out the model's actions."""
 
@@ -12218,9 +16185,11 @@ class SidebarApp(object):
         self.trace = env.get("OPENSESSIONS_TRACE")  # bench/run.py: a line per history draw (when it reached the terminal)
         self.client = client or self.origin.get("client")  # the popup's client (it has no pane of its own)
         self.get = get
-        self._preview_at = 0.0
         self.pane = None if popup else env.get("TMUX_PANE")
         self.stream = EventStream(find_port, start_server, is_stopped)
+        self.previews = PreviewStream(find_port)
+        self._preview_path = self._preview_item = None
+        self._preview_at = 0.0  # a remote host's preview: asked for again PREVIEW_INTERVAL after the answer
         self.post = post
         self.post_answer = None  # (path, body) -> (status, content): a POST whose answer we read
         self.model = None
@@ -12249,6 +16218,7 @@ class SidebarApp(object):
             curses.wrapper(self._main)
         finally:
             self.stream.close()
+            self.previews.close()
         return 0
 
     # -- colours -------------------------------------------------------------------------------
@@ -12306,23 +16276,34 @@ class SidebarApp(object):
             if self.tab == "history":
                 if self._history_work():
                     continue
-            running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() for t in s.get("threads", []))
-            timeout = 0.2 if running and self.tab == "agents" else None  # no CPU between events unless a spinner turns
-            if self.model.preview_wanted is not None and self.tab == "agents":
-                # a preview on screen: its pane is read again at most PREVIEW_INTERVAL apart
+            agents = self.tab == "agents"  # the history tab shows no live state: no spinner, no preview
+            running = agents and any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions()
+                                     if not s.get("stale") for t in s.get("threads", []))
+            timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
+            if agents and timeout is None and any(h.get("state") != "connected"
+                                                  for h in (self.model.state or {}).get("hosts") or ()):
+                timeout = 1.0  # a host's "retrying in N s" counts down
+            wanted = self.model.preview_wanted if agents else None
+            host = (self.model.session(wanted[1]) or {}).get("host") if wanted is not None else None
+            self._want_preview(None if host else wanted)  # a local pane's preview is pushed to us
+            if host:
+                # a host's pane: asked of its server (through ours) at most PREVIEW_INTERVAL apart
                 due = self._preview_at + PREVIEW_INTERVAL - time.monotonic()
-                if due <= 0 or (self.model.preview or {}).get("item") != self.model.preview_wanted:
+                if due <= 0 or (self.model.preview or {}).get("item") != wanted:
                     self._fetch_preview()
                     continue
                 timeout = due if timeout is None else min(timeout, due)
             try:
-                ready, _, _ = select.select([0, self.stream.wake_fd, self._winch[0]], [], [], timeout)
+                ready, _, _ = select.select([0, self.stream.wake_fd, self._winch[0], self.previews.wake_fd], [], [],
+                                            timeout)
             except InterruptedError:
                 ready = [0]
             if not ready:
                 self.model.tick()
             if self._winch[0] in ready:
                 self._resized()
+            if self.previews.wake_fd in ready:
+                self._preview_came()
             if self.stream.wake_fd in ready:
                 state = self.stream.take()
                 if state is not None:
@@ -12440,16 +16421,41 @@ class SidebarApp(object):
             self._switch(pane)
         return "quit"
 
+    def _want_preview(self, item):
+        """The preview shown (render's choice) of a local thread is the one streamed: the server
+        pushes its lines when its pane prints (PreviewStream); nothing is read while none is shown."""
+        path = None
+        if item is not None:
+            h, _ = self.scr.getmaxyx()
+            from urllib.parse import quote
+            path = "/api/preview?thread=%s&lines=%d&follow=1" % (quote("%s:%s" % (item[2], item[3]), safe=":"),
+                                                                 max(3, min(60, h)))
+        if path != self._preview_path:
+            self._preview_path, self._preview_item = path, item
+            self.previews.want(path)
+
+    def _preview_came(self):
+        got = self.previews.take()
+        if got is None or got[0] != self._preview_path:
+            return
+        doc = got[1]
+        if doc.get("error"):
+            self.model.set_preview(self._preview_item, error=doc["error"])
+        else:
+            self.model.set_preview(self._preview_item, doc.get("lines") or [])
     def _fetch_preview(self):
-        """GET /api/preview for the thread shown (only while it is shown: see _render_preview)."""
+        """GET /api/preview for the thread shown, on a remote host (only while it is shown)."""
         item = self.model.preview_wanted
-        self._preview_at = time.monotonic()
         if self.get is None or item is None:
             self.model.set_preview(item, error="no preview")
             return
         h, _ = self.scr.getmaxyx()
+        from urllib.parse import quote
+        host = (self.model.session(item[1]) or {}).get("host")
         try:
-            status, body = self.get("/api/preview?thread=%s:%s&lines=%d" % (item[2], item[3], max(3, min(60, h))))
+            status, body = self.get("/api/preview?thread=%s&lines=%d%s" % (
+                quote("%s:%s" % (item[2], item[3]), safe=":"), max(3, min(60, h)),
+                "&host=" + quote(host, safe="") if host else ""))
             doc = json.loads(body.decode("utf-8")) if body else {}
             if status == 200:
                 self.model.set_preview(item, doc.get("lines") or [])
@@ -12457,6 +16463,9 @@ class SidebarApp(object):
                 self.model.set_preview(item, error=doc.get("error") or "no preview")
         except (OSError, ValueError) as e:
             self.model.set_preview(item, error="no preview: %s" % e)
+        # counted from the answer: a slow read (a host's pane, over ssh) leaves the loop its time to
+        # take new state between reads, rather than reading again at once
+        self._preview_at = time.monotonic()
 
     def _watch_resize(self):
         """A width change redraws at once: SIGWINCH wakes the select() through a pipe (curses only
@@ -12491,6 +16500,8 @@ class SidebarApp(object):
 
     def _own_session(self, state):
         for s in state.get("sessions", []):
+            if s.get("host"):  # a host's pane ids are its own
+                continue
             for w in s["windows"]:
                 if any(p["id"] == self.pane for p in w["panes"]):
                     return s["name"]
@@ -12627,6 +16638,8 @@ class SidebarApp(object):
         state = self.model.state or {}
         my_window = None
         for s in state.get("sessions", []):
+            if s.get("host"):
+                continue
             for w in s["windows"]:
                 if any(p["id"] == self.pane for p in w["panes"]):
                     my_window = w["id"]
@@ -12644,16 +16657,19 @@ class SidebarApp(object):
         except TmuxError as e:
             self.model.say(str(e))
 
-    def _reply(self, thread, action, text):
+    def _reply(self, thread, action, text, host=None):
         """POST /api/reply; the server's answer (or its reason for refusing) goes to the footer."""
         body = {"thread": thread, "action": action}
         if text is not None:
             body["text"] = text
+        if host is not None:
+            body["host"] = host
         try:
-            if self.post:
-                self.post("/api/reply", body)
-            self.model.say({"approve": "approved", "approve-always": "approved (always)",
-                            "deny": "denied", "text": "sent"}[action])
+            doc = self.post("/api/reply", body) if self.post else None
+            short = {"approve": "approved", "approve-always": "approved always", "deny": "denied", "text": "sent"}[action]
+            answer = doc.get("answer") if isinstance(doc, dict) else None
+            self.model.say("%s: %s" % (short, answer) if answer and action == "approve-always" else short,
+                           answered=True)
         except OSError as e:
             reason = str(e)
             try:
@@ -12664,7 +16680,7 @@ class SidebarApp(object):
 
     def _move_clients_off(self, name):
         """Killing the session a client views would detach it: move such clients elsewhere first."""
-        others = [s["name"] for s in self.model.sessions() if s["name"] != name]
+        others = [s["name"] for s in self.model.sessions() if s["name"] != name and not s.get("host")]
         if not others:
             return
         target = self.model.own_session if self.model.own_session in others else others[0]
@@ -12682,6 +16698,13 @@ class SidebarApp(object):
                 self._switch("=" + action[1])
             elif kind == "switch-pane":
                 self._switch(action[2])
+            elif kind == "remote":
+                here = self.model.own_session
+                if here is None and self.popup:
+                    here = self.tmux.run("display-message", "-p", "-c", self.client, "#{session_name}").strip() \
+                        if self.client else None
+                open_remote(self.tmux, program_argv(), action[1], action[2], action[3], action[4],
+                            client=self.client or self._client_for_me(), here=here)
             elif kind in ("ui", "mute"):
                 body = action[1] if kind == "ui" else {"session": action[1]}
                 if self.post:
@@ -12689,8 +16712,10 @@ class SidebarApp(object):
             elif kind == "kill":
                 self._move_clients_off(action[1])
                 self.tmux.run("kill-session", "-t", "=" + action[1])
+            elif kind == "complete":
+                self.model.complete(*complete_directory(action[1], list_subdirectories, home_dir()))
             elif kind == "new":
-                directory = os.path.expanduser(action[2])
+                directory = os.path.join(home_dir(), os.path.expanduser(action[2]))  # relative: under home
                 if not os.path.isdir(directory):
                     self.model.say("no such directory: %s" % directory)
                     return None
@@ -12727,7 +16752,7 @@ class SidebarApp(object):
                     self.tmux.run("last-pane")
                 except TmuxError:
                     self.tmux.run("select-pane", "-t", "{next}")
-        except TmuxError as e:
+        except (TmuxError, OpensessionsError) as e:
             self.model.say(str(e))
         except OSError as e:
             self.model.say("server: %s" % e)
@@ -13206,9 +17231,15 @@ def _live_threads(args):
         state = json.loads(content.decode("utf-8")) if status == 200 else {}
     except (OSError, ValueError):
         return []
-    threads = list(state.get("threads", []))
+    return local_threads(state)
+
+
+def local_threads(state):
+    """This machine's threads in a /state document (a host's pids and panes are that host's). Pure."""
+    threads = [t for t in state.get("threads", []) if not t.get("host")]
     for s in state.get("sessions", []):
-        threads.extend(s.get("threads", []))
+        if not s.get("host"):
+            threads.extend(s.get("threads", []))
     return threads
 
 
@@ -13239,7 +17270,7 @@ def cmd_kitty(args):
     import subprocess
     state = _get_state(args) if find_server(_socket_from_args(args))[1] else None
     if state is not None:
-        sessions = [s for s in state["sessions"] if not s.get("hidden")]
+        sessions = [s for s in state["sessions"] if not s.get("hidden") and not s.get("host")]
     else:
         snap, _ = _tmux(args).snapshot()
         sessions = [s for s in snap if not s["name"].startswith(HIDDEN_SESSION_PREFIX)]
@@ -13326,6 +17357,9 @@ def start_background(args, wait=5.0, respect_stop=False):
 
 
 def cmd_start(args):
+    squatted = RuntimeFiles(_socket_from_args(args)).squatted
+    if squatted:
+        sys.stderr.write("opensessions: runtime dir: %s\n" % squatted)
     port, started = start_background(args)
     print("opensessions server %s on http://%s:%d" % ("started" if started else "already running", HOST, port))
     return 0
@@ -13404,8 +17438,21 @@ def cmd_reply(args):
     action = chosen[0]
     body = {"thread": args.thread, "action": action}
     if action == "text":
-        body["text"] = args.text
-    _post(args, "/api/reply", body)
+        body["text"] = sys.stdin.read() if args.text == "-" else args.text
+    port, info = args.port, None
+    if not port:
+        port, info = find_server(_socket_from_args(args))
+    try:  # a reply waits for the agent's screen (Gemini takes a paste's Enter only ~2 s after it)
+        status, content = Client(port, timeout=20, token=(info or {}).get("token")).request("POST", "/api/reply", body)
+    except OSError as e:
+        raise OpensessionsError("cannot reach the opensessions server (%s); start it with `opensessions start`" % e)
+    try:
+        doc = json.loads(content.decode("utf-8")) if content else {}
+    except ValueError:
+        doc = {}
+    if status >= 400:
+        raise OpensessionsError("not sent: %s" % (doc.get("error") or content.decode("utf-8", "replace")))
+    print(doc.get("sent") or "sent")
     return 0
 
 
@@ -13415,6 +17462,9 @@ def status_lines(state, now=None):
     now = now if now is not None else now_ms()
     rows = [("SESSION / AGENT", "STATUS", "UNSEEN", "UPDATED", "COST", "BRANCH / TITLE")]
     for s in state["sessions"]:
+        if s.get("stale"):  # a host we cannot reach now: what it last said
+            rows.append((s["name"], "(stale)", "", "", "", ""))
+            continue
         rows.append((s["name"], s.get("state") or "-", "yes" if s.get("unseen") else "",
                      "", cost_text((s.get("usage") or {}).get("cost")),
                      (s.get("branch") or "") + ("*" if s.get("dirty") else "")))
@@ -13428,21 +17478,55 @@ def status_lines(state, now=None):
             for r in rows]
 
 
-def usage_threads(state, saved=None, history=None):
+USAGE_TIME_MAX = 10 ** 14  # ms: the year 5138; a larger updatedAt is no time
+
+
+def usage_entry_problem(t):
+    """Why one thread of the usage history, the state file or /state cannot be counted (a field of
+    the wrong type, a time no calendar has), or None. Pure."""
+    if not isinstance(t, dict):
+        return "not an object (%s)" % type(t).__name__
+    for key in ("agent", "id"):
+        if not isinstance(t.get(key), str):
+            return "%s is not a string (%s)" % (key, ascii(t.get(key))[:40])
+    if not isinstance(t.get("usage"), dict):
+        return "usage is not an object"
+    if t.get("session") is not None and not isinstance(t.get("session"), str):
+        return "session is not a string (%s)" % ascii(t.get("session"))[:40]
+    when = t.get("updatedAt")
+    if when is not None and as_number(when, None, low=0, high=USAGE_TIME_MAX) is None:
+        return "updatedAt %s is not a time" % ascii(when)[:40]
+    return None
+
+
+def usage_threads(state, saved=None, history=None, warn=None):
     """Every thread with usage we know of: /state's (sessions' and orphans'), those the server's
     saved file keeps (subagents included) that /state no longer lists, and forgotten ones from
-    the usage history (90 days). The freshest figure of a thread wins. -> list of dicts with "session"."""
+    the usage history (90 days). The freshest figure of a thread wins. An entry that cannot be
+    counted (usage_entry_problem) is skipped: warn(line) gets one line per source that had any.
+    -> list of dicts with "session"."""
     out = {}
-    for doc in (history, saved):
+    skipped = {}
+
+    def take(where, t, **extra):
+        problem = usage_entry_problem(dict(t, **extra) if isinstance(t, dict) else t)
+        if problem:
+            skipped.setdefault(where, []).append(problem)
+            return
+        out[(t["agent"], t["id"])] = dict(t, **extra)
+    for where, doc in (("the usage history", history), ("the state file", saved)):
         for t in doc.get("threads", []) if isinstance(doc, dict) and isinstance(doc.get("threads"), list) else ():
-            if isinstance(t, dict) and isinstance(t.get("usage"), dict) and isinstance(t.get("agent"), str):
-                out[(t["agent"], t.get("id"))] = dict(t)
-    for s in state.get("sessions", []):
-        for t in s.get("threads", []):
-            out[(t["agent"], t["id"])] = dict(t, session=s["name"])
-    for t in state.get("threads", []):
-        out[(t["agent"], t["id"])] = dict(t)
-    return [t for t in out.values() if isinstance(t.get("usage"), dict)]
+            take(where, t)
+    for s in state.get("sessions", []) if isinstance(state.get("sessions"), list) else ():
+        for t in s.get("threads", []) if isinstance(s, dict) and isinstance(s.get("threads"), list) else ():
+            take("/state", t, session=s.get("name"))
+    for t in state.get("threads", []) if isinstance(state.get("threads"), list) else ():
+        take("/state", t)
+    for where, problems in skipped.items():
+        if warn is not None:
+            warn("usage: skipped %d odd entr%s in %s (first: %s)" % (
+                len(problems), "y" if len(problems) == 1 else "ies", where, problems[0]))
+    return list(out.values())
 
 
 def usage_report(threads, since_ms, now_ms_):
@@ -13474,23 +17558,46 @@ def usage_lines(report):
         rows.append((title, "", "", "", "", ""))
         for name, u in report[group].items():
             row("  " + name, u, u["threads"])
-    if report["total"]:
-        row("TOTAL", report["total"], report["threads"])
+    row("TOTAL", report["total"] or dict(new_usage(), cost=0), report["threads"])
     widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c + " " * (w - display_width(c)) for c, w in zip(r, widths)).rstrip() for r in rows]
     if any(u.get("partial") for g in ("agents", "sessions", "days") for u in report[g].values()):
         lines.append("+? : some cost unknown (a model without a price: add it to ui.json \"prices\") "
                      "or history not fully read")
+    if not report["threads"]:
+        try:
+            since = " (since %s)" % time.strftime("%Y-%m-%d %H:%M", time.localtime(report["since"] / 1000.0))
+        except (OverflowError, ValueError, OSError):
+            since = ""
+        lines.append("nothing in this period%s" % since)
     return lines
 
 
 def parse_since(text, now_ms_):
-    """'1d', '7d', '12h', '30m' -> epoch ms."""
+    """'1d', '7d', '12h', '30m' -> epoch ms (0, everything, for a duration reaching before 1970)."""
+    if (text or "").strip().startswith("-"):
+        raise OpensessionsError("--since %s: how far back cannot be negative; give a duration such as 1d, 7d, "
+                                "12h (0d: from now, nothing)" % text.strip())
     m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$", text or "")
     if not m:
         raise OpensessionsError("--since takes a duration such as 1d, 7d, 12h")
     unit = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[m.group(2)]
-    return int(now_ms_ - float(m.group(1)) * unit * 1000)
+    back = float(m.group(1)) * unit * 1000  # 400 digits: inf
+    return 0 if as_number(back) is None or back >= now_ms_ else int(now_ms_ - back)
+
+
+def negative_since_joined(argv):
+    """`usage --since -1d`: argparse would take -1d for an option and say only "expected one
+    argument"; joined as --since=-1d, parse_since says why it is refused. Pure."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--since" and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            out.append("--since=" + argv[i + 1])
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def cmd_usage(args):
@@ -13503,7 +17610,9 @@ def cmd_usage(args):
         except (OpensessionsError, OSError):
             docs.append(None)  # these only add older threads: /state alone still answers
     now = now_ms()
-    report = usage_report(usage_threads(state, docs[1], docs[0]), parse_since(args.since, now), now)
+    report = usage_report(usage_threads(state, docs[1], docs[0],
+                                        warn=lambda line: sys.stderr.write("opensessions: %s\n" % line)),
+                          parse_since(args.since, now), now)
     if args.json:
         sys.stdout.write(json.dumps(report) + "\n")
         return 0
@@ -13521,6 +17630,10 @@ def cmd_status(args):
         return 0
     for line in status_lines(state):
         print(line)
+    if state.get("hosts"):
+        print("")
+        for line in hosts_lines(state):
+            print(line)
     return 0
 
 
@@ -13617,7 +17730,7 @@ def serve(socket_path, port=None, log_path=None, environ=None):
     if port is None:
         port = DEFAULT_PORT
     if log_path:
-        ensure_private_dir(os.path.dirname(log_path))
+        log_dir_ready(log_path, env)
         open_log(log_path)
     server = build_server(Tmux(socket_path), port, explicit, env)
     server.start()
@@ -13652,6 +17765,9 @@ def build_server(tmux, port, explicit, environ):
     server.tmux_options = TmuxOptions(server.tmux.run)
     if environ.get("OPENSESSIONS_HISTORY") != "off":
         server.history = History(environ, clock=server.clock, tmux=tmux)
+    server.remote = store.remote = RemoteHosts(RemoteDoor(
+        loop=server.loop, store=store, tmux=server.tmux, publish=server.publish,
+        notify=server.notifier.thread_changed), environ)
     return server
 
 
@@ -13691,11 +17807,40 @@ def _agent_ancestor(agent, start_pid, probes=None, depth=12):
     return None
 
 
+HOOK_STDIN_MAX = 8 * 1024 * 1024  # a hook's payload is read whole up to this (a 100 KB write, a long answer)
+HOOK_DRAIN_SECONDS = 3.0  # past the cap, the rest is read and dropped for at most this long
+
+
+def read_hook_payload(stream, limit=HOOK_STDIN_MAX, clock=time.monotonic, drain=HOOK_DRAIN_SECONDS):
+    """A hook's JSON payload from its stdin: read whole up to `limit` bytes. A longer one (a write
+    of megabytes) keeps what we need from its start (json_object_prefix: the event's name, session
+    and the fields before the long one; a long string cut keeps its start), and the rest is read
+    and dropped (for at most `drain` seconds), so the agent writing it never meets a closed pipe.
+    -> (payload, cut: True when past the cap). Raises ValueError for what is not JSON."""
+    fd = stream.fileno()
+    chunks, got = [], 0
+    while got <= limit:
+        chunk = os.read(fd, min(1024 * 1024, limit + 1 - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    raw = b"".join(chunks)
+    if len(raw) <= limit:
+        return json.loads(raw.decode("utf-8")), False
+    end = clock() + drain
+    while clock() < end and os.read(fd, 1024 * 1024):
+        pass
+    return json_object_prefix(raw[:limit]), True
+
+
 def cmd_hook(args):
     """Called by an agent's hook with the payload on stdin. Never blocks or fails the agent."""
     try:
-        raw = sys.stdin.buffer.read(MAX_BODY)
-        payload = json.loads(raw.decode("utf-8"))
+        payload, cut = read_hook_payload(sys.stdin.buffer)
+        if cut:
+            hook_log("hook %s: a payload over %d MB; kept the %d fields before the cut (%s)" % (
+                args.agent, HOOK_STDIN_MAX >> 20, len(payload), ascii(payload.get("hook_event_name"))[:60]))
         body = hook_event(args.agent, payload)
         if body is None:
             return 0
@@ -13757,16 +17902,19 @@ def cmd_uninstall(args):
     return 0
 
 
-def next_attention(queue, here_pane, here_session):
+def next_attention(queue, here_pane, here_session, here_remote=None):
     """The stop after the one the client is at on the tour of threads that need you (the queue from
     attention_queue), coming round at the end; the first when it is elsewhere.
     -> (destination, session, thread) or None. Pure."""
     stops = []
     for session, t in queue:
         dest = t["pane"] if t.get("alive") and t.get("pane") else "=" + session
+        if t.get("host"):  # on another machine: its window there, shown through an ssh-attach window
+            dest = "%s\t%s" % (session, t.get("pane") or "")
         if dest not in [d for d, _, _ in stops]:
             stops.append((dest, session, t))
-    at = next((i for i, (d, _, _) in enumerate(stops) if d in (here_pane, "=" + here_session)), None)
+    at = next((i for i, (d, _, _) in enumerate(stops) if d in (here_pane, "=" + here_session)
+               or here_remote and d.startswith(here_remote + "\t")), None)
     if at is None:
         return stops[0] if stops else None
     if len(stops) == 1:
@@ -13782,19 +17930,179 @@ def cmd_next(args):
     if args.back:
         back = _tmux_option(tmux, "@opensessions-return")
         if not back:
-            raise OpensessionsError("nowhere to go back to: `next` was not used yet")
-        tmux.run("switch-client", *(target + ["-t", back]))
+            print("nothing to go back to: `next` has not jumped anywhere yet")
+            return 0
+        if tmux.run("display-message", "-p", *(target + ["#{pane_id}"])).strip() == back:
+            print("nothing to go back to: you are where the last jump came from")
+            return 0
+        try:
+            tmux.run("switch-client", *(target + ["-t", back]))
+        except TmuxError:
+            tmux.run("set-option", "-gu", "@opensessions-return")
+            print("nothing to go back to: the pane the last jump came from is gone")
         return 0
-    here_pane, _, here_session = tmux.run("display-message", "-p", *(target + ["#{pane_id}\t#{session_name}"])
-                                          ).strip("\n").partition("\t")
-    stop = next_attention(attention_queue(_get_state(args)), here_pane, here_session)
+    here_pane, here_session, here_remote = (tmux.run("display-message", "-p", *(
+        target + ["#{pane_id}\t#{session_name}\t#{@opensessions-remote}"])).strip("\n").split("\t") + ["", ""])[:3]
+    state = _get_state(args)
+    stop = next_attention(attention_queue(state), here_pane, here_session, here_remote or None)
     if stop is None:
         print("nothing (else) needs you")
         return 0
     dest, session, t = stop
     tmux.run("set-option", "-g", "@opensessions-return", here_pane)
-    tmux.run("switch-client", *(target + ["-t", dest]))
+    if t.get("host"):
+        s = next((x for x in state["sessions"] if x["name"] == session), {})
+        pane = t.get("pane")
+        open_remote(tmux, program_argv(), t["host"], s.get("remoteName") or session.partition(":")[2],
+                    remote_thread_window(s, pane) if pane else None, pane,
+                    client=args.client or tmux.run("display-message", "-p", "#{client_name}").strip() or None,
+                    here=here_session)
+    else:
+        tmux.run("switch-client", *(target + ["-t", dest]))
     print("%s: %s %s" % (session, t["agent"], t["status"]))
+    return 0
+
+
+def cmd_relay(args):
+    """On a host: what a local server's ssh runs (the bootstrap execs it). Follows this host's
+    opensessions server, started under its default tmux server if needed; see the remote hosts
+    section."""
+    socket_path = _socket_from_args(args)
+    tmux = Tmux(socket_path)
+    runtime = RuntimeFiles(socket_path)
+
+    def find():
+        info = runtime.live_info()
+        if info and isinstance(info.get("port"), int):
+            return info["port"], info.get("token"), info
+        return None
+
+    def http(port, token, method, path, body, timeout):
+        return Client(port, timeout=timeout, token=token).request(method, path, body)
+    relay = Relay(find, lambda: start_background(args, respect_stop=True), http, tmux.alive,
+                  alive=args.alive, tmux_version=tmux.version())
+    return relay.run()
+
+
+TERMINAL_RESET = ("\x1b[?1049l\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?1004l\x1b[?2004l"
+                  "\x1b[?25h\x1b[0m\x1bc")
+
+
+def cmd_ssh_attach(args):
+    """The command of a local window showing a host's session: ssh -t HOST tmux attach -t =SESSION
+    (reusing the server's connection), selecting the thread's window and pane; the terminal is
+    reset when it returns."""
+    import signal
+    import subprocess
+    if not valid_host(args.host):
+        raise OpensessionsError("not a host for ssh: %r" % args.host)
+    if remote_session_name(args.session) != args.session:
+        raise OpensessionsError("not a tmux session name: %r" % args.session)
+    cp = ssh_control_path(_socket_from_args(args), args.host)
+    utf8 = terminal_charset(os.environ, _python_chose_utf8(os.environ)) == "unicode"
+    argv = ["ssh", "-t"] + ssh_options(cp, master=False) + [
+        "--", args.host, remote_attach_command(args.session, args.window, args.pane, utf8)]
+    started = time.monotonic()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for ssh and the host's tmux
+    try:
+        code = subprocess.call(argv)
+    except OSError as e:
+        code = 255
+        sys.stderr.write("opensessions: cannot run ssh: %s\n" % e)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        sys.stdout.write(TERMINAL_RESET)
+        sys.stdout.flush()
+        try:
+            subprocess.call(["stty", "sane"], stderr=subprocess.DEVNULL)
+        except OSError:
+            pass
+    if code != 0 and time.monotonic() - started < 5 and sys.stdin.isatty():
+        sys.stdout.write("ssh %s exited with status %d; press Enter to close this window\n" % (args.host, code))
+        sys.stdout.flush()
+        try:
+            sys.stdin.readline()
+        except (OSError, KeyboardInterrupt):
+            pass
+    return code
+
+
+def _ui_path():
+    return os.path.join(config_dir(), "ui.json")
+
+
+def hosts_lines(state, now=None):
+    """`opensessions hosts` / the hosts part of `opensessions status`: one line per host. Pure."""
+    now = now if now is not None else now_ms()
+    rows = [("HOST", "STATE", "SESSIONS", "LAST EVENT", "REMOTE VERSION", "FROM", "DETAIL")]
+    for h in state.get("hosts", []):
+        detail = h.get("reason") or h.get("note") or ""
+        if h.get("state") == "unreachable" and h.get("retryAt"):
+            wait = max(0, int(round((h["retryAt"] - now) / 1000.0)))
+            detail += ", retrying %s" % ("in %d s" % wait if wait else "now")
+        version = " ".join(x for x in (h.get("remoteVersion"), h.get("remoteDigest")) if x)
+        rows.append((h["name"], h.get("state") or "", str(h.get("sessions", 0)),
+                     (age_text(h["lastEvent"], now) + " ago") if h.get("lastEvent") else "-",
+                     version or "-", h.get("source") or "", detail))
+    widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join([c + " " * (w - display_width(c)) for c, w in zip(r, widths)] + [r[-1]]).rstrip()
+            for r in rows]
+
+
+def cmd_hosts(args):
+    """List, add or remove the remote hosts the server follows (ui.json "hosts"; those of
+    @opensessions-hosts in ~/.tmux.conf are listed, and removed there)."""
+    action = args.action or "list"
+    running = find_server(_socket_from_args(args))[1] is not None
+    state = _get_state(args) if running else None
+    tmux_hosts = parse_hosts(_tmux_option(_tmux(args), "@opensessions-hosts"))[0]
+    if state is not None:
+        ui_hosts = list(state.get("ui", {}).get("hosts", []))
+    else:
+        ui_hosts = list(load_ui(read_json_file(_ui_path(), {}))[0].get("hosts", []))
+    if action == "list":
+        if state is not None and state.get("hosts"):
+            for line in hosts_lines(state):
+                print(line)
+        elif tmux_hosts or ui_hosts:
+            for h in tmux_hosts + [h for h in ui_hosts if h not in tmux_hosts]:
+                print("%s  (%s; the server is not running)" % (h, "tmux.conf" if h in tmux_hosts else "ui.json"))
+        else:
+            print("no remote hosts: add one with `opensessions hosts add HOST` (a host or alias ssh knows), "
+                  "or set @opensessions-hosts in ~/.tmux.conf")
+        return 0
+    if not args.host:
+        raise OpensessionsError("say which host: opensessions hosts %s HOST" % action)
+    host = args.host
+    if not valid_host(host):
+        raise OpensessionsError("%r is not a host for ssh (HOST or USER@HOST as in ~/.ssh/config; a port goes "
+                                "there too, not after ':')" % host)
+    if action == "add":
+        if host in tmux_hosts or host in ui_hosts:
+            print("%s is already followed" % host)
+            return 0
+        if len(set(tmux_hosts + ui_hosts)) >= MAX_HOSTS:
+            raise OpensessionsError("at most %d hosts" % MAX_HOSTS)
+        new = ui_hosts + [host]
+    else:
+        if host not in ui_hosts:
+            if host in tmux_hosts:
+                raise OpensessionsError("%s comes from @opensessions-hosts in ~/.tmux.conf: remove it there "
+                                        "(then reload tmux.conf)" % host)
+            raise OpensessionsError("%s is not followed" % host)
+        new = [h for h in ui_hosts if h != host]
+    if running:
+        _post(args, "/ui", {"hosts": new})
+    else:
+        path = _ui_path()
+        data = read_json_file(path, {})
+        if not isinstance(data, dict):
+            raise OpensessionsError("%s is not a JSON object; fix it first" % path)
+        data["hosts"] = new
+        ensure_private_dir(os.path.dirname(path))
+        atomic_write(path, json.dumps(data, indent=2) + "\n", mode=0o644)
+    print("%s %s%s" % ("added" if action == "add" else "removed", host,
+                       " (connecting: `opensessions hosts` shows how it goes)" if action == "add" and running else ""))
     return 0
 
 
@@ -13811,6 +18119,10 @@ def cmd_sidebar(args, popup=False, client=None, tab="agents", pane=None, here=Fa
     """Run the curses sidebar in this pane (the sidebar pane manager starts these); with popup, the
     agents popup (`opensessions popup`, in a display-popup)."""
     global _log_file
+    if not (os.isatty(0) and os.isatty(1)):  # said before curses writes a byte, and before stderr goes to the log
+        raise OpensessionsError("the %s needs a terminal (%s)" % (
+            ("popup", "prefix o g opens it") if popup else ("sidebar", "it runs in a tmux pane; `opensessions` "
+                                                                      "shows one in every window")))
     socket_path = _socket_from_args(args)
     # The pane is the sidebar's screen: its log lines (and any traceback) go to the log file.
     log_path = os.path.join(state_dir(), "sidebar.log")
@@ -13832,10 +18144,14 @@ def cmd_sidebar(args, popup=False, client=None, tab="agents", pane=None, here=Fa
     find_port.token = None
 
     def post(path, body):
-        timeout = 10 if path == "/api/reply" else 2  # a reply waits for the agent's screen
+        timeout = 20 if path == "/api/reply" else 2  # a reply waits for the agent's screen
         status, content = Client(find_port(), timeout=timeout, token=find_port.token).request("POST", path, body)
         if status >= 400:
             raise OSError(content.decode("utf-8", "replace"))
+        try:
+            return json.loads(content.decode("utf-8")) if status == 200 and content else None
+        except ValueError:
+            return None
 
     def get(path):
         return Client(find_port(), timeout=2, token=find_port.token).request("GET", path)
@@ -13932,6 +18248,8 @@ def cmd_toggle(args):
 
 def _window_sidebar(state, window_id):
     for s in state["sessions"]:
+        if s.get("host"):  # a host's window ids are its own
+            continue
         for w in s["windows"]:
             if w["id"] == window_id:
                 return w, next((p for p in w["panes"] if p.get("sidebar")), None)
@@ -13979,7 +18297,7 @@ def cmd_layout(args):
 
 def cmd_switch(args):
     """Switch a client to the session at place N of the sidebar's list."""
-    sessions = [s for s in _get_state(args)["sessions"] if not s.get("hidden")]
+    sessions = [s for s in _get_state(args)["sessions"] if not s.get("hidden") and not s.get("host")]
     if not 1 <= args.n <= len(sessions):
         raise OpensessionsError("there is no session number %d (%d listed)" % (args.n, len(sessions)))
     target = ["-c", args.client] if args.client else []
@@ -14020,6 +18338,63 @@ def tmux_bindings(me, options, popup=None):
         for n in range(1, 10):
             out.append(("root", "M-%d" % n) + run("switch %d -c '#{client_name}'" % n))
     return out
+
+
+def key_bindings(listing):
+    """`tmux list-keys` output -> {(table, key): the line}. Pure."""
+    out = {}
+    for line in listing.splitlines():
+        m = re.match(r"^bind-key\s+(?:-r\s+)?-T\s+(\S+)\s+(\S+)\s", line)
+        if m:
+            out[(m.group(1), m.group(2))] = line.strip()
+    return out
+
+
+def _bind_keys(tmux, me, options):
+    """Bind our keys (one tmux process for all: tmux waits for us at boot). What we bound before and
+    no longer bind goes: a re-source of ~/.tmux.conf with another @opensessions-key gives the old
+    key back its binding from before us (the user's, or tmux's own), and our key table and root
+    keys hold only what the options ask for now."""
+    key = options["@opensessions-key"]
+    try:
+        bound = key_bindings(tmux.run("list-keys"))
+    except TmuxError:
+        bound = {}
+    # what an earlier setup bound, the history popup's size and tmux's version: one tmux call
+    mine = read_tmux_options(tmux, dict({"@opensessions-bound-key": "", "@opensessions-saved-binding": "",
+                                         "@opensessions-bound-root": "", "version": ""}, **POPUP_DEFAULTS))
+    nums = re.findall(r"\d+", mine["version"] or tmux.version() or "")
+    popup = None
+    if nums and (int(nums[0]), int(nums[1]) if len(nums) > 1 else 0) >= (3, 2):  # display-popup
+        popup = tuple(mine[name] for name in ("@opensessions-popup-width", "@opensessions-popup-height"))
+    wanted = tmux_bindings(me, options, popup)
+    old_key, saved = mine["@opensessions-bound-key"], mine["@opensessions-saved-binding"]
+    give_back = None
+    cmds = []
+    if old_key and old_key != key:
+        if "-T " + KEY_TABLE in bound.get(("prefix", old_key), ""):  # still ours
+            if saved.startswith("bind-key"):
+                give_back = saved
+            else:
+                cmds += ["unbind-key", old_key, ";"]
+        saved = ""
+        cmds += ["set-option", "-gu", "@opensessions-saved-binding", ";"]
+    previous = bound.get(("prefix", key), "")
+    if previous and "opensessions" not in previous and not saved:
+        cmds += ["set-option", "-g", "@opensessions-saved-binding", previous, ";"]
+    if any(table == KEY_TABLE for table, _ in bound):
+        cmds += ["unbind-key", "-a", "-T", KEY_TABLE, ";"]  # a popup key changed: the old one goes
+    root = [k for table, k, *_ in wanted if table == "root"]
+    for k in mine["@opensessions-bound-root"].split():
+        if k not in root and "opensessions" in bound.get(("root", k), ""):
+            cmds += ["unbind-key", "-n", k, ";"]
+    for table, k, *command in wanted:
+        cmds += ["bind-key"] + (["-T", table] if table != "prefix" else []) + [k] + command + [";"]
+    cmds += ["set-option", "-g", "@opensessions-bound-root", " ".join(root), ";"]
+    cmds += ["set-option", "-g", "@opensessions-bound-key", key]
+    tmux.run(*cmds)
+    if give_back:
+        _restore_binding(tmux, give_back)
 
 
 RENAME_GUARD = "#{?#{@opensessions-sidebar},#{window_name},"
@@ -14066,23 +18441,7 @@ def _tmux_setup(args):
     if options["@opensessions-port"]:
         args.port = as_number(options["@opensessions-port"], None, int, text=True)
         me += " --port %d" % args.port
-    key = options["@opensessions-key"]
-    try:
-        previous = tmux.run("list-keys", "-T", "prefix", key).strip()
-    except TmuxError:
-        previous = ""
-    cmds = []
-    if previous and "opensessions" not in previous and not _tmux_option(tmux, "@opensessions-saved-binding"):
-        cmds += ["set-option", "-g", "@opensessions-saved-binding", previous.splitlines()[0], ";"]
-    nums = re.findall(r"\d+", tmux.version() or "")
-    popup = None
-    if nums and (int(nums[0]), int(nums[1]) if len(nums) > 1 else 0) >= (3, 2):
-        popup = tuple(_tmux_option(tmux, name) or POPUP_DEFAULTS[name]
-                      for name in ("@opensessions-popup-width", "@opensessions-popup-height"))
-    for table, k, *command in tmux_bindings(me, options, popup):
-        cmds += ["bind-key"] + (["-T", table] if table != "prefix" else []) + [k] + command + [";"]
-    cmds += ["set-option", "-g", "@opensessions-bound-key", key]
-    tmux.run(*cmds)  # one tmux process for every binding: tmux waits for us at boot
+    _bind_keys(tmux, me, options)
     _keep_window_names(tmux)
     if options["@opensessions-resurrect"] in ("on", "1", "yes", "true"):
         tmux_setup_resurrect(tmux, me)
@@ -14099,13 +18458,16 @@ def _tmux_setup(args):
         cmd_stop(args, on_purpose=False)  # an updated plugin: restart the server on the new code
     first_run = _first_run()  # asked before a new server saves ui.json with its defaults
     start_background(args)  # a new server reads the options itself, before its first sidebar
-    ui = ui_from_tmux_options(options)
+    # a re-source of ~/.tmux.conf: the server applies the options whose value changed since it
+    # last applied them (a theme picked with `t` holds otherwise)
+    body = {"fromTmux": ui_from_tmux_options(options)}
     if first_run:
-        ui["visible"] = True  # the plugin's first run shows the sidebars; later, prefix o t's choice holds
-    state_ui = _get_state(args).get("ui", {})
-    ui = {k: v for k, v in ui.items() if state_ui.get(k) != v}
-    if ui:
-        _post(args, "/ui", ui)
+        body["visible"] = True  # the plugin's first run shows the sidebars; later, prefix o t's choice holds
+    state = _get_state(args)
+    followed = [h.get("name") for h in state.get("hosts", []) if h.get("source") == "tmux.conf"]
+    if parse_hosts(options["@opensessions-hosts"])[0] != followed:
+        body["hosts"] = state.get("ui", {}).get("hosts", [])  # @opensessions-hosts changed: the server reads it again
+    _post(args, "/ui", body)
     return 0
 
 
@@ -14183,6 +18545,12 @@ def cmd_uninstall_tmux(args):
             continue
         if KEY_TABLE in bound or "opensessions" in bound:
             tmux.run("unbind-key", *(["-T", table] if table != "prefix" else []) + [k])
+    for k in _tmux_option(tmux, "@opensessions-bound-root").split():  # root keys bound by an older setup
+        try:
+            if "opensessions" in tmux.run("list-keys", "-T", "root", k):
+                tmux.run("unbind-key", "-n", k)
+        except TmuxError:
+            pass
     _restore_binding(tmux, _tmux_option(tmux, "@opensessions-saved-binding"))
     try:
         tmux.run("unbind-key", "-a", "-T", KEY_TABLE)
@@ -14249,7 +18617,7 @@ def _restore_binding(tmux, saved):
 COMMANDS = ("server", "start", "stop", "status", "usage", "set-status", "set-progress", "log", "clear-log", "notify",
             "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next",
             "popup", "popup-open", "reply", "mute", "history", "resume", "history-popup", "history-open", "save",
-            "restore", "kitty", "tmux-setup", "uninstall-tmux")
+            "restore", "kitty", "tmux-setup", "uninstall-tmux", "hosts", "ssh-attach", "relay")
 
 
 def command_of(argv):
@@ -14285,7 +18653,8 @@ def _command_table():
     session = (("session",), dict(help="tmux session name"))
     return (
         ("server", cmd_server, "run the server in the foreground",
-         [(("--log",), dict(metavar="FILE", help="append log lines to FILE instead of stderr"))]),
+         [(("--log",), dict(metavar="FILE", help="append log lines to FILE instead of stderr (a new FILE is "
+                                                 "0600; a directory not ours is left as it is)"))]),
         ("start", cmd_start, "start the server in the background unless one runs", []),
         ("stop", cmd_stop, "stop the server", []),
         ("status", cmd_status, "print sessions and agent threads in labelled columns",
@@ -14336,7 +18705,8 @@ def _command_table():
           (("--approve",), dict(action="store_true", help="approve the permission once")),
           (("--approve-always",), dict(action="store_true", help="approve, and do not ask again (where offered)")),
           (("--deny",), dict(action="store_true", help="deny the permission")),
-          (("--text",), dict(metavar="TEXT", help="type TEXT (one line) as the next prompt and submit it"))]),
+          (("--text",), dict(metavar="TEXT", help="type TEXT as the next prompt and submit it (several lines go "
+                                                   "as one paste; - reads it from stdin)"))]),
         ("mute", cmd_mute, "mute (or --off: unmute) a session's notifications",
          [session, (("--off",), dict(action="store_true", help="unmute"))]),
         ("history", cmd_history, "past conversations of every agent, here and below (or --all), newest first",
@@ -14369,6 +18739,14 @@ def _command_table():
          [(("--hook",), dict(action="store_true", help="==SUPPRESS=="))]),  # the boot hook: errors go to tmux
         ("uninstall-tmux", cmd_uninstall_tmux,
          "remove our bindings, options, sidebar panes and helper session; stop the server", []),
+        ("hosts", cmd_hosts, "list, add or remove remote hosts (their agents in the same sidebar, over ssh)",
+         [(("action",), dict(nargs="?", choices=("list", "add", "remove"), help="list (default), add or remove")),
+          (("host",), dict(nargs="?", help="HOST or USER@HOST, as ssh takes it (an alias of ~/.ssh/config)"))]),
+        ("ssh-attach", cmd_ssh_attach, "(run in a window by Enter on a remote thread) ssh -t HOST tmux attach",
+         [(("host",), dict(help="the host")), (("session",), dict(help="its tmux session")),
+          (("--window",), dict(help="window id (@N) to select")), (("--pane",), dict(help="pane id (%%N) to select"))]),
+        ("relay", cmd_relay, "(run on a host by a local server over ssh) stream this host's state on stdout",
+         [(("--alive",), dict(type=float, default=REMOTE_ALIVE, help="heartbeat seconds"))]),
     )
 
 
@@ -14506,16 +18884,22 @@ def _take_plain_value(values, target, kw, texts, explicit=False):
     return True
 
 
+# The session `opensessions` starts outside tmux: tmux's default status-left, "[#{session_name}] ",
+# is cut at status-left-length 10, so the name has at most 7 characters ("[opensessi" otherwise).
+OUTSIDE_SESSION = "agents"
+
+
 def cmd_default(args):
     """No command: inside tmux, set up (keys, server) and show the sidebar; outside tmux, start or
-    attach a tmux session named opensessions that does that."""
+    attach a tmux session named `agents` (OUTSIDE_SESSION) that does that."""
     if os.environ.get("TMUX") or args.socket_name or args.socket_path:
         cmd_tmux_setup(args)
         _post(args, "/ui", {"visible": True})
         print("opensessions: the sidebar is shown; prefix o t hides it, prefix o s focuses it")
         return 0
     me = [sys.executable, os.path.abspath(sys.argv[0])]
-    exec_tmux("new-session", "-A", "-s", "opensessions", " ".join(_shell_quote(a) for a in me) + "; exec ${SHELL:-sh}")
+    exec_tmux("new-session", "-A", "-s", OUTSIDE_SESSION, " ".join(_shell_quote(a) for a in me) + "; exec ${SHELL:-sh}")
+
 
 
 def _shell_quote(s):
@@ -14569,6 +18953,8 @@ def main(argv=None):
         args = _HookArgs(argv)
         if args.agent in hook_agents():
             return cmd_hook(args)
+    if command == "usage":
+        argv = negative_since_joined(argv)
     args = parse_plainly(argv) if command else None
     if args is None:
         args = build_parser(command).parse_args(argv)

@@ -865,10 +865,14 @@ def bench_dev_home(res, quick):
         osid = ow.execute("SELECT id FROM session WHERE parent_id IS NULL LIMIT 1").fetchone()[0]
         ev = Events(w.port)
         time.sleep(0.3)
-        with open(rollout, "a") as f:  # the Codex thread is live (recent), so /state lists it
+        # the captures are older than the window (their day directory too): a conversation resumed
+        # there is appended to its rollout, which must make it live again before its renames count
+        with open(rollout, "a") as f:
             f.write(json.dumps({"timestamp": iso_now(), "type": "event_msg",
                                 "payload": {"type": "user_message", "message": "bench live"}}) + "\n")
-        ev.wait(0, lambda raw: thread_field(raw, "codex", ctid, "title") is not None)
+        if ev.wait(0, lambda raw: thread_field(raw, "codex", ctid, "title") is not None, 5) is None:
+            raise RuntimeError("an append to the rollout of Codex thread %s (in %s) never reached /events"
+                               % (ctid, os.path.dirname(rollout)))
         clat, olat = [], []
         for i in range(4 if quick else 10):
             name = "live name %d" % i
@@ -912,6 +916,170 @@ def bench_dev_home(res, quick):
         cw.close()
         ow.close()
         return cpu
+    finally:
+        w.close()
+
+
+def recent_transcripts(w, n, projects=20, rng=None):
+    """n conversations in the window, made from the captured records: 3/4 Claude transcripts over
+    `projects` project directories, 1/4 Codex rollouts in their day directories, last changed at
+    times spread over the last 7 days (what a user with many conversations has; none is active)."""
+    rng = rng or random.Random(n)
+    now = time.time()
+    claude_n = n * 3 // 4
+    for i in range(n):
+        t = now - 120 - rng.random() * 7 * 86400 * 0.98
+        if i < claude_n:
+            cwd = os.path.join(w.home, "work", "p%02d" % (i % projects))
+            d = os.path.join(w.home, ".claude", "projects", opensessions.claude_project_dir_name(cwd))
+            sid = str(uuid.uuid4())
+            path = os.path.join(d, sid + ".jsonl")
+            recs = []
+            for rec in CLAUDE_RECS[:6]:
+                r = dict(rec)
+                if "sessionId" in r:
+                    r["sessionId"] = sid
+                if "cwd" in r:
+                    r["cwd"] = cwd
+                recs.append(r)
+        else:
+            d = os.path.join(w.home, ".codex", "sessions", time.strftime("%Y/%m/%d", time.localtime(t)))
+            tid = "01a200ee-%04x-7%03x-9e17-%012x" % (i % 0xffff, i % 0xfff, i)
+            path = os.path.join(d, "rollout-%s-%s.jsonl" % (time.strftime("%Y-%m-%dT%H-%M-%S", time.localtime(t)), tid))
+            recs = []
+            for rec in CODEX_RECS[:6]:
+                r = json.loads(json.dumps(rec))
+                if r["type"] == "session_meta":
+                    r["payload"]["id"] = r["payload"]["session_id"] = tid
+                recs.append(r)
+        os.makedirs(d, exist_ok=True)
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in recs)
+        os.utime(path, (t, t))
+    for top in (os.path.join(w.home, ".codex", "sessions"), os.path.join(w.home, ".claude", "projects")):
+        for dirpath, dirnames, _ in os.walk(top, topdown=False):
+            for dn in dirnames:  # a directory changed when its newest entry was made
+                p = os.path.join(dirpath, dn)
+                newest = max([os.stat(os.path.join(p, x)).st_mtime for x in os.listdir(p)] or [now - 86400])
+                os.utime(p, (newest, newest))
+
+
+def health_watch(w):
+    return json.loads(http(w.port, "GET", "/health")[1])["watch"]
+
+
+def idle_with_stats(w, seconds):
+    """-> (idle CPU %, stat calls per second) of the running server over `seconds`."""
+    s0, t0, c0 = health_watch(w)["statCalls"], time.monotonic(), proc_cpu_s(w.server.pid)
+    time.sleep(seconds)
+    c1, t1, s1 = proc_cpu_s(w.server.pid), time.monotonic(), health_watch(w)["statCalls"]
+    return (c1 - c0) / (t1 - t0) * 100, (s1 - s0) / (t1 - t0)
+
+
+def bench_poll_idle(res, quick):
+    """Idle CPU of the server by stat (OPENSESSIONS_WATCH=poll, the macOS fallback) and by inotify,
+    with 150 / 2,000 / 20,000 conversations in the window; stat calls per second."""
+    idle_s = 10 if quick else 30
+    out = {}
+    for n in (150, 2000, 20000):
+        w = World(1, claude=0, codex=0)
+        try:
+            recent_transcripts(w, n)
+            subprocess.run(["sync"])
+            for mode in ("poll", "inotify"):
+                w.env.pop("OPENSESSIONS_WATCH", None)
+                if mode == "poll":
+                    w.env["OPENSESSIONS_WATCH"] = "poll"
+                w.start_server()
+                time.sleep(5)  # past the cold start's own work
+                cpu, stats = idle_with_stats(w, idle_s)
+                watch = health_watch(w)
+                w.server.terminate()
+                w.server.wait()
+                out[(mode, n)] = (cpu, stats)
+                note = "%s: %d dirs, %d files; %.0f stat calls/s" % (watch["backend"], watch["dirs"], watch["files"], stats)
+                res.add("%s idle CPU, %d recent transcripts" % ("poll path" if mode == "poll" else "inotify", n),
+                        "%d transcripts over 7 days, %ds" % (n, idle_s), [cpu], "%", 0.2, "<=", note=note)
+                if mode == "poll" and n == 20000:
+                    res.add("poll path: stat calls per second", "%d recent transcripts, idle" % n, [stats], "/s",
+                            float("inf"), "<=", note="reported")
+        finally:
+            w.close()
+    return out
+
+
+FAKE_CLAUDE_IDLE = """#!/bin/sh
+# a fake Claude Code resuming a conversation: its registry names the session, as the real one's does
+mkdir -p "$FAKE_REGISTRY"
+printf '{"pid": %s, "sessionId": "%s", "cwd": "%s", "status": "idle", "kind": "interactive"}' \\
+  "$$" "$FAKE_SESSION" "$PWD" > "$FAKE_REGISTRY/$$.json.tmp" && mv "$FAKE_REGISTRY/$$.json.tmp" "$FAKE_REGISTRY/$$.json"
+trap 'rm -f "$FAKE_REGISTRY/$$.json"; exit 0' INT TERM
+while read -r line; do :; done
+"""
+
+
+def bench_poll_latency(res, quick):
+    """By stat: an append to an active transcript, and to one idle for a week whose agent was just
+    started on it (`claude --resume <id>`: its registry names the session) -> /events."""
+    w = World(2, claude=0, codex=0)
+    try:
+        recent_transcripts(w, 2000)
+        cwd = os.path.join(w.home, "work", "resumed")
+        os.makedirs(cwd)
+        proj = os.path.join(w.home, ".claude", "projects", opensessions.claude_project_dir_name(cwd))
+        os.makedirs(proj)
+        week_ago = time.time() - 7 * 86400
+        old = []
+        for i in range(4 if quick else 10):
+            sid = str(uuid.uuid4())
+            claude_transcript(os.path.join(proj, sid + ".jsonl"), sid, cwd, 20 * 1024)
+            os.utime(os.path.join(proj, sid + ".jsonl"), (week_ago, week_ago))
+            old.append(sid)
+        os.utime(proj, (week_ago, week_ago))
+        active_sid = str(uuid.uuid4())
+        active = os.path.join(proj, active_sid + ".jsonl")
+        claude_transcript(active, active_sid, cwd, 20 * 1024)
+        w.env["OPENSESSIONS_WATCH"] = "poll"
+        w.start_server()
+        ev = Events(w.port)
+        time.sleep(0.5)
+        lat = []
+        for i in range(10 if quick else 30):
+            name = "active %d" % i
+            start = len(ev.events)
+            t0 = time.monotonic()
+            with open(active, "a") as f:
+                f.write(json.dumps({"type": "custom-title", "customTitle": name, "sessionId": active_sid}) + "\n")
+            t = ev.wait(start, lambda raw: thread_field(raw, "claude", active_sid, "title") == name, 10)
+            lat.append((t - t0) * 1000 if t else float("nan"))
+            time.sleep(random.uniform(0.2, 1.5))  # appends at any phase of the 1 s tick
+        res.add("poll path: append to an active transcript", "2,000 recent transcripts, OPENSESSIONS_WATCH=poll",
+                lat, "ms", 1200, "p95<=", note=missed(lat))
+        fake = os.path.join(w.base, "bin", "claude")
+        os.makedirs(os.path.dirname(fake))
+        with open(fake, "w") as f:
+            f.write(FAKE_CLAUDE_IDLE)
+        os.chmod(fake, 0o755)
+        reg = os.path.join(w.home, ".claude", "sessions")
+        wlat = []
+        for sid in old:
+            start = len(ev.events)
+            w.tmux("send-keys", "-t", "=s001:", "cd %s && FAKE_REGISTRY=%s FAKE_SESSION=%s %s --resume %s" % (cwd, reg, sid, fake, sid), "Enter")
+            if ev.wait(start, lambda raw: thread_field(raw, "claude", sid, "alive") is True, 10) is None:
+                raise RuntimeError("the fake Claude's registry never made thread %s live" % sid)
+            time.sleep(random.uniform(0.2, 1.0))  # the user types a first prompt
+            name = "resumed %s" % sid[:8]
+            start = len(ev.events)
+            t0 = time.monotonic()
+            with open(os.path.join(proj, sid + ".jsonl"), "a") as f:
+                f.write(json.dumps({"type": "custom-title", "customTitle": name, "sessionId": sid}) + "\n")
+            t = ev.wait(start, lambda raw: thread_field(raw, "claude", sid, "title") == name, 10)
+            wlat.append((t - t0) * 1000 if t else float("nan"))
+            w.tmux("send-keys", "-t", "=s001:", "C-c", "")
+            time.sleep(0.3)
+        res.add("poll path: append to a transcript idle a week", "its agent just started on it: the registry holds it",
+                wlat, "ms", 5000, "p95<=", note=missed(wlat))
+        ev.close()
     finally:
         w.close()
 
@@ -1015,6 +1183,487 @@ def bench_many_threads(res, quick):
         return costs
     finally:
         w.close()
+
+
+FOREIGN_KINDS = ("fifo", "zero", "sparse")
+
+
+def _plant(path, kind):
+    """Where a reader expects a small regular file: a FIFO, a symlink to /dev/zero, or a 1 GB sparse file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.lexists(path):
+        os.unlink(path)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "zero":
+        os.symlink("/dev/zero", path)
+    else:
+        with open(path, "wb") as f:
+            f.truncate(1 << 30)
+
+
+def _foreign_readers(w):
+    """reader -> (path at start, path planted while the server runs): what the server reads of the
+    agents' files and the panes' repositories (issue 19). The same path twice: removed, planted again."""
+    paths = opensessions.agent_paths(w.env)
+    day = os.path.join(paths["codex"]["home"], "sessions", time.strftime("%Y/%m/%d"))
+    u = "6f1c3a52-1d0b-4c1e-9a57-%012d"
+    two = lambda f: (f % 0, f % 1)
+    return {
+        "claude registry": two(os.path.join(paths["claude"]["home"], "sessions", "40000%02d.json")),
+        "claude transcript": two(os.path.join(w.proj, u + ".jsonl")),
+        "codex rollout": two(os.path.join(day, "rollout-2026-11-22T01-46-31-01a200ee-0000-7000-9e17-%012d.jsonl")),
+        "codex session_index": (os.path.join(paths["codex"]["home"], "session_index.jsonl"),) * 2,
+        "codex state_5.sqlite": (os.path.join(paths["codex"]["home"], "state_5.sqlite"),) * 2,
+        "opencode.db": (paths["opencode"]["db"],) * 2,
+        "opencode.db-journal": (paths["opencode"]["db"] + "-journal",) * 2,
+        "amp thread": two(os.path.join(paths["amp"]["threads"], "T-019b9d03-62e3-772f-9780-%012d.json")),
+        "gemini projects.json": (os.path.join(paths["gemini"]["home"], "projects.json"),) * 2,
+        "gemini chat (1st line)": two(os.path.join(paths["gemini"]["home"], "tmp", "p", "chats",
+                                                   "session-2026-11-27T22-08-%08x.jsonl")),
+        "qwen registry": two(os.path.join(paths["qwen"]["home"], "sessions", "40000%02d.json")),
+        "qwen chat": two(os.path.join(paths["qwen"]["home"], "projects", "-w", "chats", u + ".jsonl")),
+        "pi session": two(os.path.join(paths["pi"]["home"], "sessions", "--w--", "2026-11-22T01-46-31-000Z_" + u + ".jsonl")),
+        "git HEAD (pane cwd)": (os.path.join(w.cwd, ".git", "HEAD"),) * 2,
+    }
+
+
+def _start_within(w, seconds):
+    """Start the server; -> seconds until its runtime file appeared, or None (it never answered)."""
+    t0 = time.monotonic()
+    w.server = subprocess.Popen([PY, w.pyz, "-S", w.socket, "server", "--port", "0", "--log",
+                                 os.path.join(w.base, "server.log")], env=w.env)
+    info_dir = os.path.join(w.base, "run", "opensessions")
+    while time.monotonic() - t0 < seconds:
+        for name in os.listdir(info_dir) if os.path.isdir(info_dir) else []:
+            if name.endswith(".json") and not name.startswith("."):
+                try:
+                    with open(os.path.join(info_dir, name)) as f:
+                        info = json.load(f)
+                except (ValueError, OSError):
+                    continue
+                if info.get("pid") == w.server.pid:
+                    w.port = info["port"]
+                    return time.monotonic() - t0
+        time.sleep(0.01)
+    return None
+
+
+def _stop(w):
+    if w.server and w.server.poll() is None:
+        w.server.kill()
+        w.server.wait(10)
+    info_dir = os.path.join(w.base, "run", "opensessions")
+    for name in os.listdir(info_dir) if os.path.isdir(info_dir) else []:
+        os.unlink(os.path.join(info_dir, name))
+
+
+def bench_foreign_files(res, quick, detail=True):
+    """Files that never end where the server expects an agent's small file (issue 19, High): for each
+    reader and each of a FIFO, a symlink to /dev/zero and a 1 GB sparse file, planted before the
+    server starts (its cold start) and again while it runs (inotify): /health answer times while it
+    meets them (polled every 10 ms: p95 and max), and the server's peak RSS (VmHWM). A server that
+    never answers counts 10 s. The first row is the same with no such file (the machine's own noise)."""
+    w = World(1, claude=1, codex=0, size=20 * 1024)
+    worst_p95, worst_max, worst_rss, rows = 0.0, 0.0, 0.0, []
+    seconds = 0.5 if quick else 1.0
+    try:
+        readers = _foreign_readers(w)
+        cases = [("(no such file: baseline)", None, None, "-")] + [
+            (reader, first, later, kind) for reader, (first, later) in sorted(readers.items()) for kind in FOREIGN_KINDS]
+        for reader, first, later, kind in cases:
+            if first and first.endswith("-journal"):  # a database beside it: SQLite looks for a hot journal
+                import sqlite3
+                conn = sqlite3.connect(first[:-len("-journal")])
+                conn.execute("CREATE TABLE IF NOT EXISTS session (id TEXT)")
+                conn.commit()
+                conn.close()
+            if first:
+                _plant(first, kind)
+            started = _start_within(w, 10.0)
+            stalls, rss = [], float("nan")
+            if started is None:
+                stalls = [10000.0]
+            else:
+                done = threading.Event()
+
+                def poll():
+                    while not done.is_set():
+                        a = time.monotonic()
+                        try:
+                            http(w.port, "GET", "/health")
+                            stalls.append((time.monotonic() - a) * 1000)
+                        except OSError:
+                            stalls.append(10000.0)
+                        time.sleep(0.01)
+                poller = threading.Thread(target=poll, daemon=True)
+                poller.start()
+                if later:
+                    _plant(later, kind)
+                time.sleep(seconds)
+                done.set()
+                poller.join(15)
+                rss = proc_status(w.server.pid, "VmHWM")
+            _stop(w)
+            for p in set((first, later)) - {None}:
+                if os.path.lexists(p):
+                    os.unlink(p)
+            p95, top = pct(stalls, 95), max(stalls)
+            if first:
+                worst_p95, worst_max = max(worst_p95, p95), max(worst_max, top)
+                worst_rss = max(worst_rss, rss if rss == rss else 0)
+            rows.append({"reader": reader, "kind": kind, "start_s": started, "p95_ms": p95, "max_ms": top,
+                         "peak_rss_mb": rss, "requests": len(stalls)})
+            if detail or not first:
+                res.add("/health: %s, %s" % (reader, kind), "%d requests, start %s" % (
+                    len(stalls), "%.2f s" % started if started is not None else "never"), stalls, "ms", 100, "p95<=",
+                    note="max %.0f ms, peak RSS %s" % (top, "%.0f MB" % rss if rss == rss else "- (did not start)"))
+        res.add("/health beside files that never end", "worst p95 of %d readers x FIFO, /dev/zero, 1 GB sparse"
+                % len(readers), [worst_p95], "ms", 100, "<=", note="worst max %.0f ms" % worst_max)
+        res.add("peak RSS beside files that never end", "worst server VmHWM of the same", [worst_rss], "MB", 100, "<=")
+        return rows
+    finally:
+        w.close()
+
+
+PRINTER = r"""
+import sys, time
+line = "%06d the quick brown fox jumps over the lazy dog 0123456789 abcdefghij"
+n, t0 = 0, time.monotonic()
+while True:  # 1,000 lines a second, in batches of 10
+    sys.stdout.write("".join(line % (n + i) + "\n" for i in range(10)))
+    sys.stdout.flush()
+    n += 10
+    time.sleep(max(0.0, t0 + n / 1000.0 - time.monotonic()))
+"""
+
+
+class PreviewStreamReader(object):
+    """GET /api/preview?…&follow=1: (arrival time, doc) per pushed preview, in a thread."""
+
+    def __init__(self, port, thread):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(("GET /api/preview?thread=%s&lines=40&follow=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                           % thread).encode())
+        self.docs = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        buf = b""
+        while True:
+            try:
+                d = self.sock.recv(1 << 20)
+            except OSError:
+                return
+            if not d:
+                return
+            buf += d
+            while b"\n\n" in buf:
+                block, buf = buf.split(b"\n\n", 1)
+                i = block.find(b"data: ")
+                if i >= 0:
+                    with self.cond:
+                        self.docs.append((time.monotonic(), json.loads(block[i + 6:])))
+                        self.cond.notify_all()
+
+    def close(self):
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+def bench_preview(res, quick):
+    """A preview shown over a pane printing 1,000 lines a second: the CPU it costs (our server, and
+    what tmux spends more than without it), how many times a second it is pushed; and how soon a
+    line printed in a quiet pane reaches the client."""
+    secs = 10 if quick else 60
+    w = World(2, claude=0, codex=0)
+    try:
+        w.start_server()
+        tmux_pid = int(w.tmux("display-message", "-p", "#{pid}").strip())
+        loud = w.tmux("new-window", "-d", "-P", "-F", "#{pane_id}", "-t", "s001", PY + " -c '%s'" % PRINTER.replace("'", "'\\''")).strip()
+        quiet = w.tmux("new-window", "-d", "-P", "-F", "#{pane_id}", "-t", "s001").strip()
+        ids = {loud: str(uuid.uuid4()), quiet: str(uuid.uuid4())}
+        for pane, tid in ids.items():
+            http(w.port, "POST", "/api/agent-event", {"agent": "claude", "status": "running", "threadId": tid, "paneId": pane})
+        time.sleep(2.0)
+        base_srv, base_tmux = proc_cpu_s(w.server.pid), proc_cpu_s(tmux_pid)
+        t0 = time.monotonic()
+        time.sleep(secs)
+        span = time.monotonic() - t0
+        srv_idle = (proc_cpu_s(w.server.pid) - base_srv) / span * 100
+        tmux_idle = (proc_cpu_s(tmux_pid) - base_tmux) / span * 100
+        reader = PreviewStreamReader(w.port, ids[loud])
+        time.sleep(1.0)
+        n0 = len(reader.docs)
+        base_srv, base_tmux = proc_cpu_s(w.server.pid), proc_cpu_s(tmux_pid)
+        t0 = time.monotonic()
+        time.sleep(secs)
+        span = time.monotonic() - t0
+        srv = (proc_cpu_s(w.server.pid) - base_srv) / span * 100
+        tmux_more = (proc_cpu_s(tmux_pid) - base_tmux) / span * 100 - tmux_idle
+        pushes = (len(reader.docs) - n0) / span
+        health = json.loads(http(w.port, "GET", "/health")[1])["previews"]
+        reader.close()
+        # what the sidebar did before: GET /api/preview every 0.3 s while shown (a tmux process per read)
+        base_srv, base_tmux = proc_cpu_s(w.server.pid), proc_cpu_s(tmux_pid)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < secs:
+            http(w.port, "GET", "/api/preview?thread=%s&lines=40" % ids[loud])
+            time.sleep(0.3)
+        span = time.monotonic() - t0
+        polled = (proc_cpu_s(w.server.pid) - base_srv) / span * 100
+        polled_tmux = (proc_cpu_s(tmux_pid) - base_tmux) / span * 100 - tmux_idle
+        label = "pane printing 1,000 lines/s, %ds, load %.1f" % (secs, os.getloadavg()[0])
+        res.add("preview: server CPU while shown", label + " (%.2f%% before it was shown)" % srv_idle, [srv], "%", 5, "<=")
+        res.add("preview: server + tmux CPU it adds", label + " (tmux %+.2f%%)" % tmux_more,
+                [srv - srv_idle + tmux_more], "%", 5, "<=")
+        res.add("preview: pushes per second", label + " (followed %s)" % ("yes" if health["followed"] == loud else "NO"),
+                [pushes], "/s", 5, ">=")
+        res.add("preview polled every 0.3 s (before): server + tmux CPU", label + " (tmux %+.2f%%; 3.3 reads/s)"
+                % polled_tmux, [polled - srv_idle + polled_tmux], "%", 5, "<=")
+        # a quiet pane: a printed line reaches the client this soon
+        reader = PreviewStreamReader(w.port, ids[quiet])
+        time.sleep(1.0)
+        lat = []
+        for i in range(10 if quick else 20):
+            marker = "marker-%d-%d" % (i, random.randint(0, 1 << 30))
+            with reader.cond:
+                n = len(reader.docs)
+            t = time.monotonic()
+            w.tmux("send-keys", "-t", quiet, "echo " + marker, "Enter")
+            with reader.cond:
+                ok = reader.cond.wait_for(lambda: any(marker in l.split()[-1:] for _, d in reader.docs[n:]
+                                                      for l in d["lines"] if l.strip() == marker), 5)
+                got = next((a for a, d in reader.docs[n:] if any(l.strip() == marker for l in d["lines"])), None)
+            lat.append((got - t) * 1000 if ok and got else float("nan"))
+            time.sleep(0.2)
+        reader.close()
+        res.add("preview: a printed line reaches the client", "quiet pane (tmux send-keys -> the pushed doc)", lat,
+                "ms", 100, "p95<=")
+    finally:
+        w.close()
+
+
+# ---- remote hosts over real OpenSSH (tests/sshlab.py: sshd per host on 127.0.0.N, a user each) ---------
+
+POST_EVENTS = r"""
+import glob, json, os, sys, urllib.request
+d = "/tmp/opensessions-%d" % os.getuid()
+info = json.load(open(glob.glob(os.path.join(d, "server-*.json"))[0]))
+for s in range(int(sys.argv[1])):
+    for t in range(int(sys.argv[2])):
+        body = json.dumps({"agent": "claude", "status": "done", "threadId": "bench-%d-%d" % (s, t),
+                           "threadName": "thread %d of s%d" % (t, s), "tmuxSession": "s%d" % s}).encode()
+        req = urllib.request.Request("http://127.0.0.1:%d/api/agent-event" % info["port"], body,
+                                     {"X-Opensessions-Token": info["token"]})
+        urllib.request.urlopen(req).read()
+"""
+
+
+def _remote_thread(raw, host, tid, field="status"):
+    state = json.loads(raw)
+    for t in [t for s in state["sessions"] for t in s["threads"]] + state["threads"]:
+        if t.get("host") == host and t["id"] == tid:
+            return t.get(field)
+    return None
+
+
+def _host(raw, name):
+    return next((h for h in json.loads(raw)["hosts"] if h["name"] == name), {})
+
+
+def _claude_line(sid, cwd, done=False):
+    with open(os.path.join(ROOT, "tests", "fixtures", "remote", "claude-turn.jsonl")) as f:
+        recs = [json.loads(l) for l in f]
+    rec = json.loads(json.dumps(recs[3] if done else recs[0]))
+    rec["sessionId"] = sid
+    if "cwd" in rec:
+        rec["cwd"] = cwd
+    rec["timestamp"] = iso_now()
+    return json.dumps(rec) + "\n"
+
+
+def bench_remote(res, quick):
+    """10 hosts x 50 threads (5 sessions x 10 each), each an sshd on 127.0.0.N for its own user, all
+    followed by one local server (the .pyz): zero-install first connects, append and wait latency,
+    idle CPU and RSS, processes per host, a hung host, an sshd restart."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import sshlab
+    why = sshlab.missing()
+    if why:
+        for row in ("remote: zero-install first connect", "remote: transcript append -> local /events",
+                    "remote: agent waiting -> local notification", "remote: local idle CPU, 10 hosts x 50 threads",
+                    "remote: local RSS, 10 hosts x 50 threads", "remote: ssh processes per host",
+                    "remote: sshd restarted -> reconnected, resynced", "remote: host hung: local /health",
+                    "remote: host hung: other host append -> /events"):
+            res.add(row, "real ssh", [], "", 0, "<=", note="skipped: " + why)
+        return
+    n_hosts = 10
+    lab = sshlab.SshLab()
+    w = World(1, claude=0, codex=0)
+    try:
+        notify_log = os.path.join(w.base, "notify.log")
+        bin_dir = os.path.join(w.base, "bin")
+        os.makedirs(bin_dir, exist_ok=True)
+        with open(os.path.join(bin_dir, "notify-send"), "w") as f:
+            f.write('#!/bin/sh\necho "$(date +%%s.%%N) $*" >> %s\n' % notify_log)
+        os.chmod(os.path.join(bin_dir, "notify-send"), 0o755)
+        w.env = lab.env(w.env)
+        w.env["PATH"] = bin_dir + os.pathsep + w.env["PATH"]
+        hosts = [lab.add("host%d" % i, "127.0.0.%d" % (10 + i)) for i in range(n_hosts)]
+        sids = {}
+        for h in hosts:
+            h.tmux("new-session", "-d", "-s", "s0", "-x", "160", "-y", "40", "-c", h.path("proj"))
+            for s in range(1, 5):
+                h.tmux("new-session", "-d", "-s", "s%d" % s, "-c", h.path("proj"))
+            sid = str(uuid.uuid4())  # a transcript-only thread for the append figures
+            proj = h.path(".claude", "projects", opensessions.claude_project_dir_name(h.path("proj")))
+            os.makedirs(proj, exist_ok=True)
+            with open(os.path.join(proj, sid + ".jsonl"), "w") as f:
+                f.write(_claude_line(sid, h.path("proj"), done=True))
+            h.chown()
+            sids[h.alias] = (sid, os.path.join(proj, sid + ".jsonl"))
+        w.start_server()
+        ev = Events(w.port)
+        idle_s = 10 if quick else 30
+        time.sleep(2)
+        base_cpu = bench_idle_cpu(w.server.pid, idle_s)  # the same server with no host: this machine's noise
+        # zero-install: each host is new (no cached program): add it, wait for connected + first snapshot
+        first = []
+        for h in hosts:
+            start = len(ev.events)
+            t0 = time.monotonic()
+            names = [x.alias for x in hosts[:hosts.index(h) + 1]]
+            http(w.port, "POST", "/ui", {"hosts": names})
+            t = ev.wait(start, lambda raw: _host(raw, h.alias).get("state") == "connected"
+                        and _host(raw, h.alias).get("lastEvent"), timeout=30)
+            first.append((t - t0) if t else float("nan"))
+        res.add("remote: zero-install first connect", "ssh + .pyz shipped + host server started, 10 hosts",
+                first, "s", 3, "p95<=", note=missed(first))
+        # 50 threads per host, reported to each host's own server
+        for h in hosts:
+            h.ssh("python3 -c %s 5 10" % shlex_quote(POST_EVENTS))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            st = w.state()
+            counts = [sum(len(s["threads"]) for s in st["sessions"] if s.get("host") == h.alias) for h in hosts]
+            if min(counts) >= 50:
+                break
+            time.sleep(0.2)
+        # processes per host on this side: ssh children of the server, by host
+        table = sshlab.proc_table()
+        per_host = []
+        for h in hosts:
+            n = 0
+            for pid in sshlab.descendants(w.server.pid, table):
+                try:
+                    argv = open("/proc/%d/cmdline" % pid, "rb").read().split(b"\0")
+                except OSError:
+                    continue
+                if table[pid][1] == "ssh" and h.alias.encode() in argv:
+                    n += 1
+            per_host.append(n)
+        others = [p for p in sshlab.descendants(w.server.pid, table) if table[p][1] not in ("ssh", "tmux")]
+        res.add("remote: ssh processes per host", "local side, 10 hosts (other children: %d)" % len(others),
+                [max(per_host)], "procs", 1, "<=", note="" if min(per_host) == 1 else "min %d" % min(per_host))
+        # idle: CPU and RSS with 10 hosts x 50 threads
+        time.sleep(3)
+        cpu = bench_idle_cpu(w.server.pid, idle_s)
+        res.add("remote: local idle CPU, 10 hosts x 50 threads", "%d s, heartbeats only" % idle_s, [cpu], "%",
+                0.5, "<=", note="%d threads per host listed; no hosts: %.2f %%" % (min(counts), base_cpu))
+        res.add("remote: local RSS, 10 hosts x 50 threads", "after the figures above",
+                [proc_status(w.server.pid, "VmRSS")], "MB", 60, "<=")
+        # a host's transcript append -> local /events
+        def append_latency(pool, n):
+            lat = []
+            for i in range(n):
+                h = pool[i % len(pool)]
+                sid, path = sids[h.alias]
+                for done in (False, True):
+                    start = len(ev.events)
+                    t0 = time.monotonic()
+                    with open(path, "a") as f:
+                        f.write(_claude_line(sid, h.path("proj"), done))
+                    want = "done" if done else "running"
+                    t = ev.wait(start, lambda raw: _remote_thread(raw, h.alias, sid) == want, timeout=10)
+                    if not done:
+                        lat.append((t - t0) * 1000 if t else float("nan"))
+                time.sleep(0.05)
+            return lat
+        lat = append_latency(hosts, 10 if quick else 20)
+        res.add("remote: transcript append -> local /events", "10 hosts x 50 threads, over ssh", lat, "ms", 50,
+                "p95<=", note=missed(lat))
+        # a host's agent waits -> local notification (the fake agent notes when its registry says so)
+        waits = []
+        for i in range(3 if quick else 5):
+            h = hosts[i % len(hosts)]
+            before = open(notify_log).read().count("\n") if os.path.exists(notify_log) else 0
+            want = "%s:s0" % h.alias
+            if os.path.exists(h.path("keys.log")):
+                os.unlink(h.path("keys.log"))  # the host's user writes it (not root)
+            sid = str(uuid.uuid4())
+            h.tmux("new-window", "-d", "-t", "=s0:", "-c", h.path("proj"),
+                   "exec %s %s wait" % (h.path("bin", "claude"), sid))
+            deadline = time.monotonic() + 10
+            got = float("nan")
+            while time.monotonic() < deadline:
+                lines = open(notify_log).read().splitlines()[before:] if os.path.exists(notify_log) else []
+                lines = [l.split()[0] for l in lines if want in l and "needs you" in l]
+                if lines:
+                    marks = [json.loads(l) for l in open(h.path("keys.log")) if '"waiting"' in l] \
+                        if os.path.exists(h.path("keys.log")) else []
+                    if marks:
+                        got = (float(lines[0]) - marks[0]["t"]) * 1000
+                        break
+                time.sleep(0.005)
+            waits.append(got)
+            time.sleep(2.1)  # past the notifier's 2 s quiet window: each sample is a first notification
+        res.add("remote: agent waiting -> local notification", "fake Claude registry 'waiting' -> notify-send",
+                waits, "ms", 1000, "<=", note=missed(waits))
+        # one host hung (every sshd process of it SIGSTOPped): /health and the other hosts' appends
+        hung = hosts[0]
+        hung.stop()
+        try:
+            health = []
+            for i in range(20):
+                t0 = time.monotonic()
+                code, _ = http(w.port, "GET", "/health")
+                health.append((time.monotonic() - t0) * 1000 if code == 200 else float("nan"))
+                time.sleep(0.05)
+            lat = append_latency(hosts[1:], 10 if quick else 20)
+            down = ev.wait(0, lambda raw: _host(raw, hung.alias).get("state") != "connected", timeout=30)
+        finally:
+            hung.cont()
+        res.add("remote: host hung: local /health", "one of 10 hosts SIGSTOPped", health, "ms", 50, "p95<=")
+        res.add("remote: host hung: other host append -> /events", "9 hosts answering, 1 hung", lat, "ms", 50,
+                "p95<=", note=missed(lat) + ("" if down else " (the hung host was never noticed)"))
+        # sshd restarted on a host: connected and resynced after it is back
+        back = []
+        for i in range(2 if quick else 4):
+            h = hosts[1 + i]
+            h.kill()
+            start = len(ev.events)
+            ev.wait(start, lambda raw: _host(raw, h.alias).get("state") == "unreachable", timeout=20)
+            time.sleep(random.uniform(0.0, 2.0))
+            start = len(ev.events)
+            h.start()
+            t_back = time.monotonic()
+            wall_back = time.time() * 1000
+            t = ev.wait(start, lambda raw: _host(raw, h.alias).get("state") == "connected"
+                        and (_host(raw, h.alias).get("lastEvent") or 0) > wall_back, timeout=40)
+            back.append((t - t_back) if t else float("nan"))
+        res.add("remote: sshd restarted -> reconnected, resynced", "after it is back (backoff 1, 2, 4 ... s)",
+                back, "s", 5, "<=", note=missed(back))
+        ev.close()
+    finally:
+        w.close()
+        lab.close()
+
+
+def shlex_quote(s):
+    import shlex
+    return shlex.quote(s)
 
 
 def _history_generator():
@@ -1246,14 +1895,12 @@ def _picker_word(made, cwd):
     return "fix"
 
 
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a ~1 minute pass with fewer samples and shorter idle windows")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home", "cli",
-                                       "save", "history"],
+                                       "save", "remote", "foreign", "poll", "preview", "history"],
                     help="run one group of figures")
     args = ap.parse_args()
     quick = args.quick
@@ -1269,6 +1916,10 @@ def main():
             bench_long_line(res, quick)
         if args.only == "dev-home":
             bench_dev_home(res, quick)
+        if args.only in ("foreign", "hostile"):
+            bench_foreign_files(res, quick, detail=args.only == "foreign")
+        if args.only == "remote":
+            bench_remote(res, quick)
         if args.only == "history":
             bench_history(res, quick)
         if args.only == "cli":
@@ -1280,6 +1931,11 @@ def main():
                 w.close()
         if args.only == "save":
             bench_save(res, 5 if quick else 10)
+        if args.only == "poll":
+            bench_poll_latency(res, quick)
+            bench_poll_idle(res, quick)
+        if args.only == "preview":
+            bench_preview(res, quick)
         print(res.table())
         return 0 if all(r["pass"] for r in res.rows) else 1
     idle_s = 10 if quick else 60
@@ -1301,14 +1957,19 @@ def main():
         w.close()
     bench_sidebar_windows(res, quick)
     bench_dev_home(res, quick)
+    bench_poll_latency(res, quick)
+    bench_poll_idle(res, quick)
     bench_bytes_per_append(res, quick)
     bench_cold_start(res, quick)
     bench_cold_start_many(res, quick)
     bench_long_line(res, quick)
+    bench_foreign_files(res, quick, detail=False)
     bench_notify(res, 5 if quick else 20)
     bench_save(res, 5 if quick else 10)
     bench_keepalive(res, 50 if quick else 200)
     bench_many_threads(res, quick)
+    bench_remote(res, quick)
+    bench_preview(res, quick)
     bench_history(res, quick)
 
     # scaling: latency and idle CPU at 10, 30, 100 sessions

@@ -407,3 +407,15 @@ def attach(tmux):
     yield open_
     for c in clients:
         c.close()
+
+
+def agent_shell(env, agent="claude"):
+    """A shell whose process is named like an agent (a link named `agent` to /bin/sh: comm is the
+    link's name): a pane running it has "the agent" in front, and it still echoes what is typed
+    (a preview is shown only while the thread's agent is the pane's foreground process)."""
+    bin_dir = os.path.join(env.base, "agent-shell")
+    os.makedirs(bin_dir, exist_ok=True)
+    path = os.path.join(bin_dir, agent)
+    if not os.path.lexists(path):
+        os.symlink("/bin/sh", path)
+    return path

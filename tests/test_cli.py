@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import opensessions as os_
-from conftest import PYTHON, ROOT, SCRIPT, retry_until
+from conftest import PYTHON, ROOT, SCRIPT, end_process, retry_until
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,45 @@ def test_help_lists_every_command():
     out = subprocess.run([PYTHON, SCRIPT, "--help"], stdout=subprocess.PIPE, check=True).stdout.decode()
     for cmd in ("server", "start", "stop", "status", "set-status", "set-progress", "log", "clear-log", "notify"):
         assert cmd in out
+
+
+AGENTS = ("Claude Code", "Codex", "OpenCode", "Amp", "Gemini CLI", "Qwen Code", "Pi")
+
+
+def test_help_and_the_package_name_all_seven_agents():
+    # --help names them from the specs (in AGENT_SPECS order); pyproject.toml says the same
+    assert tuple(spec.title for spec in os_.AGENT_SPECS.values()) == AGENTS
+    out = subprocess.run([PYTHON, SCRIPT, "--help"], stdout=subprocess.PIPE, check=True).stdout.decode()
+    description = " ".join(out.split("\n\n")[1].split())
+    assert description.startswith("Live status of AI coding agents (%s)" % ", ".join(AGENTS)), description
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        assert "(%s)" % ", ".join(AGENTS) in f.read()
+
+
+def test_usage_of_an_empty_period_and_of_a_negative_one(server):
+    r = server.cli("usage", "--since", "0d")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines[-2].split() == ["TOTAL", "0", "0", "0", "0", "$0.00"]
+    assert lines[-1].startswith("nothing in this period (since ") and lines[-1].endswith(")")
+    for argv in (("--since", "-1d"), ("--since=-1d",), ("--since", "-2h", "--json")):
+        r = server.cli("usage", *argv)
+        assert (r.returncode, r.stdout) == (1, b""), argv
+        assert r.stderr.decode() == ("opensessions: --since -%s: how far back cannot be negative; give a duration "
+                                     "such as 1d, 7d, 12h (0d: from now, nothing)\n" % argv[-1 if len(argv) < 3 else 1]
+                                     .lstrip("-").replace("since=-", "")), argv
+    assert os_.negative_since_joined(["usage", "--since", "-1d", "--json"]) == ["usage", "--since=-1d", "--json"]
+    assert os_.negative_since_joined(["usage", "--since", "--json"]) == ["usage", "--since", "--json"]
+
+
+def test_the_sidebar_without_a_terminal_says_so(server, env):
+    for argv, what in ((("sidebar",), "sidebar"), (("popup", "-c", "/dev/pts/99"), "popup")):
+        r = subprocess.run([PYTHON, SCRIPT, "-S", server.tmux.socket, "--port", str(server.port)] + list(argv),
+                           env=server.vars, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=20)
+        assert r.returncode == 1 and r.stdout == b"", (argv, r.stdout)  # no curses escape codes
+        assert r.stderr.decode().startswith("opensessions: the %s needs a terminal (" % what), r.stderr
+        assert b"\x1b" not in r.stderr
 
 
 def test_client_command_imports_nothing_heavy(server):
@@ -278,8 +317,8 @@ def test_opencode_plugin_finds_the_server_like_python_does(env, tmp_path):
     run_dir = os.path.join(env.base, "run", "opensessions")
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
     info_path = os.path.join(run_dir, "server-%s.json" % os_.socket_key(sock))
-    with open(os.open(info_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-        json.dump({"port": 45678, "token": "ab12"}, f)
+    with open(os.open(info_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:  # a live server: this process
+        json.dump({"port": 45678, "token": "ab12", "pid": os.getpid(), "procStart": os_.process_start(os.getpid())}, f)
     plugin = tmp_path / "plugin.mjs"
     plugin.write_text(os_.OPENCODE_PLUGIN + "\nexport { server };\n")
     script = "import(%s).then(m => console.log(JSON.stringify(m.server())))" % json.dumps(plugin.as_uri())
@@ -289,7 +328,7 @@ def test_opencode_plugin_finds_the_server_like_python_does(env, tmp_path):
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
-    assert run() == {"port": 45678, "token": "ab12"}
+    assert {k: v for k, v in run().items() if k in ("port", "token")} == {"port": 45678, "token": "ab12"}
     os.chmod(info_path, 0o644)  # a file others could have written: nobody vouches for that port
     assert run() is None
 
@@ -320,7 +359,11 @@ def test_main_job_outside_tmux_starts_a_session_with_the_sidebar(env):
             return []
     try:
         drain.start()
-        retry_until(lambda: "opensessions" in sessions(), timeout=15)
+        retry_until(lambda: "agents" in sessions(), timeout=15)
+        # the name fits tmux's default status-left ("[#{session_name}] ", cut at 10): "[agents] ", not "[opensessi"
+        left = tmux.run("display-message", "-p", "-t", "=agents:", "#{T:status-left}")
+        assert left.rstrip("\n") == "[agents] " and len(left.rstrip("\n")) <= int(
+            tmux.run("show-options", "-gv", "status-left-length"))
         retry_until(lambda: "1" in tmux.run("list-panes", "-a", "-F", "#{@opensessions-sidebar}").split(),
                     timeout=15)
     finally:
@@ -376,6 +419,16 @@ def test_the_plain_parser_agrees_with_argparse(data):
 def test_the_plain_parser_takes_what_hooks_and_keys_send(argv):
     plain = os_.parse_plainly(argv)
     assert plain is not None and vars(plain) == _argparse(argv)
+
+
+def test_a_negative_since_is_joined_before_either_parser():
+    """`usage --since -1d` is joined into --since=-1d (so parse_since can say why it is refused)
+    before main parses it; the plain parser and argparse then read it alike."""
+    argv = os_.negative_since_joined(["usage", "--since", "-1d", "--json"])
+    assert argv == ["usage", "--since=-1d", "--json"]
+    plain = os_.parse_plainly(argv)
+    assert plain is not None and vars(plain) == _argparse(argv) and plain.since == "-1d"
+    assert os_.negative_since_joined(["usage", "--since", "1d"]) == ["usage", "--since", "1d"]
 
 
 def _run(env, argv, extra=None, stdin=None):
@@ -467,3 +520,45 @@ def test_a_server_stopped_on_purpose_is_not_started_by_a_sidebar(env, tmux, monk
     finally:
         os.kill(info["pid"], 15)
     retry_until(lambda: runtime.live_info() is None, timeout=10)
+
+
+def test_a_log_outside_our_dirs_leaves_its_directory_as_it_is(env, tmux, tmp_path):
+    # `server --log /tmp/x.log` as root made /tmp 0700: only our own state and runtime dirs are made
+    # private. A temp dir stands for the shared one (sticky, world-writable; ours, as /tmp is root's).
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(str(shared), 0o1777)
+    log = shared / "x.log"
+    proc = subprocess.Popen([PYTHON, SCRIPT, "-S", tmux.socket, "server", "--port", "0", "--log", str(log)],
+                            env=env.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        runtime = os_.RuntimeFiles(tmux.socket, env.vars)
+
+        def started():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            return runtime.live_info()
+        retry_until(started, timeout=10, message="server did not start")
+        retry_until(lambda: "serving" in log.read_text(), message="nothing logged")
+        assert oct(os.stat(str(shared)).st_mode & 0o7777) == oct(0o1777)  # as it was
+        assert oct(os.stat(str(log)).st_mode & 0o777) == oct(0o600)  # the log itself is ours alone
+    finally:
+        end_process(proc)
+        for f in (proc.stdout, proc.stderr):
+            f.close()
+    # our own state dir (and one inside it) is still made private
+    state = os_.state_dir(env.vars)
+    os.makedirs(os.path.join(state, "logs"), exist_ok=True)
+    for d in (state, os.path.join(state, "logs")):
+        os.chmod(d, 0o755)
+        os_.log_dir_ready(os.path.join(d, "server.log"), env.vars)
+        assert oct(os.stat(d).st_mode & 0o777) == oct(0o700)
+    # a missing directory elsewhere is made (private: it is new and ours); a symlink planted where the
+    # log goes is not written through
+    os_.log_dir_ready(str(shared / "new" / "x.log"), env.vars)
+    assert oct(os.stat(str(shared / "new")).st_mode & 0o777) == oct(0o700)
+    target = tmp_path / "target"
+    target.write_text("")
+    os.symlink(str(target), str(shared / "planted.log"))
+    with pytest.raises(OSError):
+        open(str(shared / "planted.log"), "a", opener=os_._log_opener)
+    assert target.read_text() == ""

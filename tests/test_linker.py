@@ -157,3 +157,47 @@ def test_a_cwd_guess_stays_a_guess_at_the_next_link_until_a_source_vouches_for_t
     ts[0].link = None
     links, _ = os_.link_threads(ts, PANES, p)
     assert links == [(("claude", CLAUDE_A), 110, True, "%1", "pid")]
+
+
+def test_live_conversations_name_what_can_change_now():
+    """What the Linker holds where files are watched by stat or kqueue (a pure function): threads
+    whose agent runs, threads a hook said were under way within the hour, the conversation an agent
+    was started on (`resume <id>`) or holds open (Codex's rollout, a daemon's too), and for an
+    agent in a pane with no thread linked, the directory it runs in."""
+    now = 10 * 3600 * 1000
+    ts = [thread("claude", CLAUDE_A, cwd="/src/api", alive=True, pane="%1"),
+          thread("claude", CLAUDE_B, cwd="/src/web", status="running", updated_at=now - 3599 * 1000),
+          thread("codex", "019a2b3c-0000-7f60-8a9b-0c1d2e3f4a5b", status="running", updated_at=now - 3601 * 1000),
+          thread("codex", "019a2b3c-1111-7f60-8a9b-0c1d2e3f4a5b", status="idle", updated_at=now)]
+    daemon = os_.Proc(900, 1, "codex")
+    p = procs({"%1": ("claude", 110, ["claude"]), "%2": ("codex", 210, ["codex", "resume", CODEX]),
+               "%3": ("claude", 310, ["claude"])}, codex={900: CODEX}, extra=[daemon])
+    threads, cwds = os_.live_conversations(ts, PANES, p, now)
+    assert threads == [("claude", CLAUDE_A, "/src/api"), ("claude", CLAUDE_B, "/src/web"),
+                       ("codex", CODEX, "/src/api"), ("codex", CODEX, None)]
+    # %1's agent is linked to its thread; %2's was started on a conversation it names
+    assert cwds == [("claude", "/src/web")]
+
+
+def test_the_linker_holds_live_files_only_where_files_are_watched_by_stat_or_kqueue():
+    """Each link tells the watchers what can change now (live_conversations) where a hold makes a
+    difference; under inotify it makes no pass over the threads for it."""
+    from conftest import FakeLoop
+    import types
+    store = os_.Store(lambda: 1000.0)
+    store.sessions = [{"name": "api", "id": "$1", "windows": [{"panes": [{"id": "%1", "cwd": "/src/api", "pid": 100}]}]}]
+    store.threads[("claude", CLAUDE_A)] = thread("claude", CLAUDE_A, cwd="/src/api")
+    held, wanted = [], [False]
+    probes = types.SimpleNamespace(has_proc=True)
+    loop = FakeLoop()
+    loop.post = loop.remove_reader = lambda *a: None  # (the agent pid here is made up: its exit is not awaited)
+    linker = os_.Linker(store, loop, probes, lambda: 1000.0, lambda: None, lambda *a: None, lambda: None,
+                        holds_wanted=lambda: wanted[0], hold_files=lambda threads, cwds: held.append((threads, cwds)))
+    p = procs({"%1": ("claude", 110, ["claude", "--resume", CLAUDE_A])})
+    linker.proc_table, linker.pane_of_pid, linker.pane_agents = p.table, p.pane_of_pid, p.agents
+    linker.link()
+    assert held == []  # inotify: nothing to hold
+    wanted[0] = True
+    linker.link()
+    assert held == [([("claude", CLAUDE_A, "/src/api"), ("claude", CLAUDE_A, "/src/api")], [])]
+    linker.close()

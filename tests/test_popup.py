@@ -1,6 +1,7 @@
 """The agents popup (prefix o g): every thread grouped by what needs you, a preview of the selected
 thread, reply keys (also in the sidebar), Enter to go there; opened with display-popup."""
 import os
+import subprocess
 import time
 
 import pytest
@@ -198,3 +199,102 @@ def test_session_expands_to_windows_and_panes_and_enter_jumps_there():
     assert m.key("\n") == [("switch-pane", "web", "@4")]
     m.selected = ("session", "api")  # another session: its tree, not this one's
     assert not [i for i in m.items() if i[0] == "pane" and i[1] == "web"]
+
+
+def test_the_popup_has_its_own_keys_and_help():
+    m = popup_model()
+    before = m.selected
+    for k in ("x", "d", "u", "n", "t", "/", "f", "m", "o", "K", "J", "\t", "1"):  # the sidebar's keys
+        assert m.key(k) == [] and m.mode == "list" and m.message is None, k
+    assert m.selected == before and m.filter_mode == "all"
+    m.key("?")
+    lines = text_of(o.render(m, 60, 60))
+    assert "q/Esc close the popup" in lines and "Enter go to the thread's pane (closes the popup)" in lines
+    assert not any("kill" in l or "session" in l for l in lines), lines
+    assert "◉ waiting for you" in lines
+    m.key("q")  # closes the help, not the popup
+    assert m.mode == "list"
+    assert m.key("q") == [("quit",)]
+
+
+class Terminal(object):
+    """A real client attached inside an outer tmux, whose pane is the client's terminal: the
+    screen it shows, popups included, is read with capture-pane (as a user sees it)."""
+
+    def __init__(self, tmux, target, width=120, height=36):
+        self.tmux = tmux
+        self.outer = os.path.join(tmux.env.base, "outer.sock")
+        cmd = "env -u TMUX tmux -S %s attach -t %s" % (tmux.socket, target)
+        subprocess.run(["tmux", "-S", self.outer, "-f", "/dev/null", "new-session", "-d", "-s", "term", "-x",
+                        str(width), "-y", str(height), cmd], env=dict(tmux.env.vars, TERM="xterm-256color"),
+                       check=True, timeout=10)
+        self.name = retry_until(lambda: [n for c, n in (l.split(" ", 1) for l in tmux.run(
+            "list-clients", "-F", "#{client_control_mode} #{client_name}").splitlines()) if c == "0"])[0]
+
+    def screen(self):
+        return subprocess.run(["tmux", "-S", self.outer, "capture-pane", "-p", "-t", "term"], env=self.tmux.env.vars,
+                              stdout=subprocess.PIPE, timeout=10).stdout.decode()
+
+    def wait(self, want, message):
+        last = []
+
+        def look():
+            last[:] = [self.screen()]
+            return last[0] if want(last[0]) else None
+        try:
+            return retry_until(look, timeout=10)
+        except AssertionError:
+            raise AssertionError("%s; the screen:\n%s" % (message, last[0]))
+
+    def keys(self, *keys):
+        for k in keys:
+            subprocess.run(["tmux", "-S", self.outer, "send-keys", "-t", "term", k], env=self.tmux.env.vars,
+                           check=True, timeout=10)
+
+    def close(self):
+        subprocess.run(["tmux", "-S", self.outer, "kill-server"], env=self.tmux.env.vars, timeout=10)
+
+
+@pytest.fixture
+def terminal(tmux):
+    made = []
+
+    def open_(target):
+        t = Terminal(tmux, target)
+        made.append(t)
+        return t
+    yield open_
+    for t in made:
+        t.close()
+
+
+@requires_tmux
+def test_in_a_real_popup_question_mark_shows_its_keys_and_x_kills_nothing(env, tmux, server, terminal):
+    pane = server.session("main")["windows"][0]["panes"][0]["id"]
+    assert server.post("/api/agent-event", {"agent": "claude", "status": "waiting", "threadId": "t1", "paneId": pane,
+                                            "threadName": "fix login", "detail": "Bash: rm -rf build"})[0] == 204
+    term = terminal("=main")
+    assert server.cli("popup-open", "-c", term.name).returncode == 0
+    term.wait(lambda s: "waiting (1)" in s and "fix login" in s, "no popup")
+    term.keys("?")
+    text = term.wait(lambda s: "close the popup" in s, "no popup help")
+    keep("popup-help", text)
+    assert "kill the session" not in text and "leave the sidebar" not in text
+    term.keys("q")  # closes the help
+    term.wait(lambda s: "waiting (1)" in s and "close the popup" not in s, "the help did not close")
+    # the sidebar's keys do nothing here: had x asked to kill, or t opened the themes, or n a prompt,
+    # the ? after them would not bring the help back
+    term.keys("x", "d", "t", "n", "/", "?")
+    text = term.wait(lambda s: "close the popup" in s, "a sidebar key acted in the popup")
+    assert "kill session" not in text
+    assert server.state()["ui"]["hidden"] == [] and "main" in tmux.run("list-sessions", "-F", "#{session_name}")
+    term.keys("q", "q")
+    term.wait(lambda s: "waiting (1)" not in s, "the popup did not close")
+
+
+def keep(name, text):
+    d = os.environ.get("OPENSESSIONS_SHOW")
+    if d:
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, name + ".txt"), "w") as f:
+            f.write(text)

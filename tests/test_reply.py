@@ -65,15 +65,16 @@ def test_text_goes_only_into_an_input_and_never_into_a_permission_prompt(agent):
     assert steps[0] == ("literal", "say hi") and keys_of(steps) == ["Enter"]
     assert keys_of(o.reply_plan(agent, "text", screen(agent, "denied"), "go on")) == ["Enter"]
     name = "permission-escapes" if agent == "opencode" else "permission"
-    with pytest.raises(o.ReplyRefused, match="permission prompt"):
+    with pytest.raises(o.ReplyRefused, match="is asking for a permission") as refused:
         o.reply_plan(agent, "text", screen(agent, name), "say hi")
+    assert refused.value.wait == 0  # another look would not change it: refused at once
     for action in ("approve", "deny"):
-        with pytest.raises(o.ReplyRefused, match="does not show a permission prompt"):
+        with pytest.raises(o.ReplyRefused, match="not a permission prompt; there is nothing to"):
             o.reply_plan(agent, action, screen(agent, "idle"))
 
 
 def test_text_with_control_characters_is_refused():
-    for bad in ("a\nb", "a\rb", "\x1b[A", "x\x03", "tab\there", "", "   ", "a\u2028b"):
+    for bad in ("a\rb", "\x1b[A", "x\x03", "tab\there", "", "   ", "a\u2028b", "two\nlines\x1b[A"):
         with pytest.raises(o.ReplyRefused):
             o.check_reply_text(bad)
     assert o.check_reply_text("fix the login bug; then run `make test` -- thanks") .startswith("fix")
@@ -88,7 +89,8 @@ def test_claude_input_holding_text_is_not_typed_into():
 def test_claude_option_missing_is_refused_with_the_options():
     three = screen("claude", "permission").replace(
         "   2. Yes, and always allow access to /home/dev/work/claude from this project\n", "")
-    with pytest.raises(o.ReplyRefused, match="no option for approve-always"):
+    with pytest.raises(o.ReplyRefused, match="has no option to approve always; it offers: 1. Yes; 3. Yes, and "
+                                             "switch to auto mode .*; 4. No"):
         o.reply_plan("claude", "approve-always", three)
 
 
@@ -272,7 +274,9 @@ def test_reply_answers_a_permission_prompt_without_switching(lab, agent, action,
     pane, pid = lab.start(agent, "permission")
     lab.report(agent, "waiting", pid)
     code, body = lab.reply(agent, action)
-    assert code == 204, body
+    assert code == 200, body
+    assert body["pane"] == pane and body["sent"].startswith({"approve": "approved once", "deny": "denied",
+                                                             "approve-always": "approved always"}[action])
     got = lab.keys()
     if got[-2:] == ["\x1bOC", "\r"] or got[:1] == ["\x1bOC"]:
         got = ["\x1b[C" if k == "\x1bOC" else k for k in got]
@@ -288,7 +292,7 @@ def test_reply_text_types_literally_and_submits(lab, agent):
     lab.report(agent, "done", pid)
     text = "fix #{pane_id} it; then run `make -j2 test` $HOME 'quoted' -- now;"
     code, body = lab.reply(agent, "text", text)
-    assert code == 204, body
+    assert code == 200, body
     submitted = retry_until(lambda: [r["data"] for r in lab.records() if r["what"] == "submitted"])
     assert submitted == [text]
     assert lab.keys()[-1] == "\r"
@@ -301,11 +305,11 @@ def test_reply_refusals_say_why_and_send_nothing(lab):
     assert code == 404
     lab.report("claude", "running", pid)
     code, body = lab.reply("claude", "approve")
-    assert code == 409 and "running" in body["error"]
+    assert code == 409 and body["error"] == "Claude Code is working on a turn; there is no permission to answer"
     lab.report("claude", "waiting", pid)
     code, body = lab.reply("claude", "text", "hello")
-    assert code == 409 and "permission prompt" in body["error"]
-    code, body = lab.reply("claude", "text", "two\nlines")
+    assert code == 409 and "is asking for a permission" in body["error"]
+    code, body = lab.reply("claude", "text", "two\nlines\x07")
     assert code == 400 and "control characters" in body["error"]
     code, body = lab.server.post("/api/reply", {"thread": CLAUDE_ID, "action": "shout"})
     assert code == 400
@@ -342,11 +346,17 @@ def test_cli_reply(lab):
     p = lab.server.cli("reply", CODEX_ID, "--approve")
     assert p.returncode == 0, p.stderr
     assert lab.keys() == ["y"]
+    # one line: what was sent, to which agent and pane, and how soon its screen showed it (issue 24.5)
+    out = p.stdout.decode().splitlines()
+    assert len(out) == 1 and out[0].startswith("approved once in Codex, pane %s: “1. Yes, proceed” (keys y); "
+                                               "on screen " % pane) and out[0].endswith(" ms after the last key"), out
     p = lab.server.cli("reply", CODEX_ID, "--deny")
-    assert p.returncode == 1 and b"does not show a permission prompt" in p.stderr
+    assert p.returncode == 1 and p.stderr == (b"opensessions: not sent: Codex shows its prompt input, not a permission "
+                                              b"prompt; there is nothing to deny\n")
     lab.report("codex", "done", pid)
     p = lab.server.cli("reply", CODEX_ID, "--text", "next step")
     assert p.returncode == 0, p.stderr
+    assert p.stdout.decode().startswith("sent the prompt to Codex in pane %s (9 characters, then Enter)" % pane)
     assert retry_until(lambda: [r["data"] for r in lab.records() if r["what"] == "submitted"]) == ["next step"]
 
 

@@ -214,8 +214,13 @@ def test_save_kill_restore_cycle(world):
     log = w.restore_log()
     assert "busy with sleep" in log and U3 + " no longer exists" in log
     # the environment variable asked for came back too
+    def ours(pid):  # this test's fakes (others' test runs on the machine may run the same command)
+        try:
+            return ("FAKE_LOG=%s\0" % w.log).encode() in open("/proc/%d/environ" % pid, "rb").read()
+        except OSError:
+            return False
     resumed = [p.pid for p in os_.process_table().values() if p.comm == "claude"
-               and "--permission-mode default --resume" in " ".join(os_.process_args(p.pid))]
+               and "--permission-mode default --resume" in " ".join(os_.process_args(p.pid)) and ours(p.pid)]
     assert len(resumed) == 1
     assert b"MY_VENV=/venv/a b\0" in open("/proc/%d/environ" % resumed[0], "rb").read()
     # a second restore types nothing: a sentinel line typed into each resumed agent after it is the
@@ -315,8 +320,11 @@ def test_a_save_reads_tmux_once(world):
     which tmux-resurrect waits for, a process start)."""
     w = world
     w.start_server()
+    lab_entries = set(os.listdir(w.registry))  # the lab HOME's own registry names U4 too
     w.pane("proj a", w.claude_dir, "claude", {"FAKE_REGISTRY": w.registry, "FAKE_SESSION": U4})
-    retry_until(lambda: any(U4 in open(os.path.join(w.registry, n)).read() for n in os.listdir(w.registry)))
+    # the fake writes <pid>.json.tmp, then renames it: only the renamed file is the registry's
+    retry_until(lambda: any(U4 in open(os.path.join(w.registry, n)).read()
+                            for n in os.listdir(w.registry) if n.endswith(".json") and n not in lab_entries))
     calls = []
 
     class CountingTmux(os_.Tmux):

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import opensessions as os_
 from conftest import PYTHON
 
@@ -214,3 +216,51 @@ def test_the_api_needs_only_its_store_and_an_api_host():
     del calls[:]
     api.apply_and_publish("api_mute", {"session": "s"})
     assert calls == [("ui", {"muted": ["s"]}), "publish"]
+
+
+def test_the_api_hands_what_tmux_setup_read_to_the_preferences():
+    """POST /ui {"fromTmux": …} (a re-source of ~/.tmux.conf) goes to the host's tmux_options, the
+    rest of the body to change_ui; a fromTmux that is not an object is refused."""
+    store = os_.Store(lambda: 1000.0)
+    calls = []
+    host = os_.ApiHost(publish=lambda: None, change_ui=lambda change: calls.append(("ui", change)),
+                       tmux_options=lambda from_tmux: calls.append(("tmux", from_tmux)))
+    api = os_.Api(store, lambda: 1000.0, None, host)
+    api.apply_and_publish("api_ui", {"fromTmux": {"theme": "nord", "width": 40}})
+    assert calls == [("tmux", {"theme": "nord", "width": 40})]
+    del calls[:]
+    api.apply_and_publish("api_ui", {"fromTmux": {}, "visible": True})
+    assert calls == [("tmux", {}), ("ui", {"visible": True})]
+    with pytest.raises(os_.ApiError) as e:
+        api.api_ui({"fromTmux": "nord"})
+    assert e.value.status == 400
+    with pytest.raises(os_.ApiError):
+        api.api_ui({"fromTmux": {"theme": "no-such-theme"}})
+
+
+def test_the_preferences_apply_an_option_only_when_it_changed(tmp_path):
+    """Preferences.apply_tmux_options keeps what it applied from tmux (tmux-options.json): the
+    same options again leave a choice made since alone; an edited option is applied, saved in
+    ui.json and handed to on_change."""
+    store = os_.Store(lambda: 1000.0)
+    changes = []
+    ui_path, applied = str(tmp_path / "config" / "ui.json"), str(tmp_path / "state" / "tmux-options.json")
+    prefs = os_.Preferences(store, ui_path, None, changes.append, applied)
+    prefs.load()
+    assert prefs.apply_tmux_options({"theme": "nord", "width": 40}) == {"theme": "nord", "width": 40}
+    with open(applied) as f:
+        assert json.load(f) == {"theme": "nord", "width": 40}
+    prefs.change({"theme": "dracula"})  # picked with t
+    assert prefs.apply_tmux_options({"theme": "nord", "width": 40}) == {}  # a restart, a re-source
+    assert store.ui["theme"] == "dracula"
+    assert prefs.apply_tmux_options({"theme": "gruvbox-dark", "width": 40}) == {"theme": "gruvbox-dark"}
+    with open(ui_path) as f:
+        assert json.load(f)["theme"] == "gruvbox-dark"
+    assert changes == [{"theme": "nord", "width": 40}, {"theme": "dracula"}, {"theme": "gruvbox-dark"}]
+    # a broken memory is said and every option applied again (nothing lost: it is rewritten)
+    with open(applied, "w") as f:
+        f.write("{not json")
+    prefs.change({"theme": "dracula"})
+    assert prefs.apply_tmux_options({"theme": "gruvbox-dark"}) == {"theme": "gruvbox-dark"}
+    with open(applied) as f:
+        assert json.load(f) == {"theme": "gruvbox-dark"}

@@ -38,7 +38,7 @@ def test_render_rows_badges_and_detail():
                          ("web", [th("opencode", "c", "running")])))
     lines = texts(os_.render(m, 32, 30, now=0))
     assert lines[0].startswith("opensessions")
-    assert lines[1].startswith("▌1 api") and lines[1].rstrip().endswith("◉● ●")
+    assert lines[1].startswith("❯1 api ◂") and lines[1].rstrip().endswith("◉● ●")  # cursor, client's session
     assert "main*" in lines[2]
     assert any(l.startswith(" 2 web") for l in lines)
     assert "/home/u/api" in lines and "ports :3000" in lines  # the detail panel of the selected session
@@ -251,7 +251,7 @@ def test_keys_switch_reorder_hide_create_and_kill(shown, tmux, attach, env):
     # "2" also selected work: K moves it up
     tmux.run("send-keys", "-t", sb, "K")
     retry_until(lambda: shown.state()["ui"]["order"] == ["work", "main"])
-    retry_until(lambda: screen(tmux, sb).splitlines()[1].startswith(" 1 work"))
+    retry_until(lambda: screen(tmux, sb).splitlines()[1][1:].startswith("1 work"))
     # hide work, then show it again
     tmux.run("send-keys", "-t", sb, "d")
     retry_until(lambda: shown.state()["ui"]["hidden"] == ["work"])

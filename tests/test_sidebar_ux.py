@@ -108,7 +108,7 @@ def test_lang_c_draws_ascii_glyphs(env, tmux, server):
     keep("sidebar-32-LANG-C", text)
     assert all(ord(c) < 128 for c in text), text
     lines = text.splitlines()
-    assert any(l.startswith(">2 proj") for l in lines)
+    assert any(l.startswith(">2 proj <") for l in lines)
     assert any(l.startswith("   ##-----") and "30% services" in l for l in lines)
     assert any(l.startswith("   v ci: Tests passed") for l in lines)
     assert any(l.startswith("   feature/a-very-long-branch-n~") for l in lines)
@@ -153,19 +153,208 @@ def test_resize_redraws_without_waiting_for_an_event(env, tmux, one_event):
     grab(tmux, pane, lambda lines: any(l == "─" * 40 for l in lines), "not redrawn after a resize")
 
 
+def help_lines(tmux, sb, last):
+    """Every line of the help (? pressed), scrolled through with j until `last` is on screen."""
+    seen = []
+    text = grab(tmux, sb, lambda lines: any("any other key" in l for l in lines))
+    for _ in range(80):
+        for l in text.splitlines():
+            if l not in seen:
+                seen.append(l)
+        if any(last in l for l in text.splitlines()):
+            return seen
+        before = text
+        tmux.run("send-keys", "-t", sb, "j")
+        text = grab(tmux, sb, lambda lines: "\n".join(lines) != before)
+    raise AssertionError("%r never came on screen; seen:\n%s" % (last, "\n".join(seen)))
+
+
 def test_help_wraps_to_the_width_with_a_glyph_legend(shown, tmux):
     sb = sidebar_of(tmux, "work")
     tmux.run("send-keys", "-t", sb, "?")
     text = grab(tmux, sb, lambda lines: any("any other key" in l for l in lines))
     keep("help-32", text)
-    lines = text.splitlines()
+    assert text.splitlines()[-1].startswith("j/k scroll, any other key closes")  # the footer: always shown
+    lines = help_lines(tmux, sb, "newest log line")
+    keep("help-32-all", "\n".join(lines))
     assert all(len(l) <= 32 for l in lines)
     assert "Enter switch to the session or" in lines and "      thread" in lines
     for legend in ("◉ waiting for you", "● finished, not seen yet", "✓ finished", "✗ stopped on an error",
-                   "⊘ interrupted", "↻ retrying after an error", "⠋ working"):
+                   "⊘ interrupted", "↻ retrying after an error", "⠋ working", "○ idle"):
         assert legend in lines, legend
+    # every mark a session's row can show, the separate unseen dot among them (issue 24 §9)
+    for legend in ("❯     the cursor (j/k move it)", "◂     the session you are in",
+                   "1-9   its number: prefix o N", "$0.28 what its agents cost", "◉✓    a mark per agent thread:",
+                   "●     apart: news you have not", "m     notifications muted",
+                   "main* git branch; * uncommitted", "[..]  status pill (set-status)",
+                   "██░   progress (set-progress)", "✓!✗i· newest log line, by tone"):
+        assert any(l.startswith(legend) for l in lines), legend
+    # which wins for the theme (issue 24 §2), and the prompts' keys (§10)
+    assert "t     pick a theme (it holds" in lines and "      until @opensessions-theme" in lines
+    assert any(l.startswith("typing: C-a/C-e start/end,") for l in lines)
     tmux.run("send-keys", "-t", sb, "x")
     grab(tmux, sb, lambda lines: not any("any other key" in l for l in lines))
+
+
+def test_cursor_and_the_clients_session_look_different_and_help_is_hinted(shown, tmux, attach):
+    client = attach("=work")
+    retry_until(lambda: client_session(tmux) == "work")
+    sb = sidebar_of(tmux, "work")
+    # it starts on its own session: the cursor and the session you are in on one row, ? help in the header
+    text = grab(tmux, sb, lambda lines: "❯2 work ◂" in lines and lines[0].startswith("opensessions"))
+    assert text.splitlines()[0] == "opensessions" + " " * 14 + "? help"
+    tmux.run("send-keys", "-t", sb, "Tab")  # the cursor to main: each mark stays on its own row
+    text = grab(tmux, sb, lambda lines: "❯1 main" in lines and " 2 work ◂" in lines)
+    keep("cursor-and-current", text)
+    styled = tmux.run("capture-pane", "-p", "-e", "-t", sb).splitlines()
+    sel = "48;5;%d" % os_.rgb_to_256(os_.hex_to_rgb(os_.THEMES["catppuccin-mocha"]["sel"]))
+    assert sel in next(l for l in styled if "main" in l) and sel not in next(l for l in styled if "work ◂" in l)
+
+
+def test_a_footer_message_goes_when_its_thread_changes(shown, tmux):
+    sb = sidebar_of(tmux, "work")
+    pane = next(p["id"] for p in shown.session("work")["windows"][0]["panes"] if not p["sidebar"])
+    event = {"agent": "claude", "threadId": "t1", "paneId": pane, "threadName": "fix login"}
+    assert shown.post("/api/agent-event", dict(event, status="waiting", detail="Bash: rm -rf build"))[0] == 204
+    grab(tmux, sb, lambda lines: any("fix login" in l for l in lines))
+    tmux.run("send-keys", "-t", sb, "j")  # the thread
+    tmux.run("send-keys", "-t", sb, "N")  # deny: refused (the pane is not linked by its process)
+    text = grab(tmux, sb, lambda lines: any(l.startswith("not sent:") for l in lines))
+    keep("footer-before-change", text)
+    # a status of the same thread that says nothing new (the same prompt) keeps it: a sentinel
+    assert shown.post("/set-status", {"session": "work", "text": "sentinel"})[0] == 204
+    grab(tmux, sb, lambda lines: any("[sentinel]" in l for l in lines) and any(l.startswith("not sent:")
+                                                                               for l in lines))
+    # the thread moves on to another prompt: the old footer is not left under it
+    assert shown.post("/api/agent-event", dict(event, status="running"))[0] == 204
+    assert shown.post("/api/agent-event", dict(event, status="waiting", detail="Edit: src/app.py"))[0] == 204
+    text = grab(tmux, sb, lambda lines: any("Edit: src/app.py" in l for l in lines))
+    keep("footer-after-change", text)
+    assert not any(l.startswith("not sent:") for l in text.splitlines()), text
+
+
+def test_a_replys_result_stays_while_the_reply_takes_effect():
+    m = os_.SidebarModel(own_session="b")
+    waiting = dict(th("claude", "t1", "waiting"), detail="Bash: ls")
+    m.set_state(snapshot(("a", []), ("b", [waiting])))
+    m.key("j")
+    assert m.key("N") == [("reply", "claude:t1", "deny", None)]
+    m.say("denied", answered=True)  # what the app says once the server sent the keys
+    m.set_state(snapshot(("a", []), ("b", [waiting])))
+    assert m.message == "denied"  # nothing changed yet
+    m.set_state(snapshot(("a", []), ("b", [th("claude", "t1", "interrupted")])))
+    assert m.message == "denied"  # the prompt went away: that is the reply's effect
+    m.set_state(snapshot(("a", []), ("b", [dict(waiting, detail="Edit: x.py")])))
+    assert m.message is None  # a new prompt: the old answer is not shown under it
+    # a refusal goes at the first change; a click or the wheel takes any message away
+    m.say("not sent: no")
+    m.set_state(snapshot(("a", []), ("b", [th("claude", "t1", "running")])))
+    assert m.message is None
+    m.say("something")
+    m.wheel(1)
+    assert m.message is None
+    # the question of x stays while it is asked, whatever the thread does
+    m.selected = ("session", "b")
+    m.key("x")
+    m.set_state(snapshot(("a", []), ("b", [th("claude", "t1", "done")])))
+    assert m.message == "kill session b? (y/n)"
+
+
+def test_prompts_edit_like_a_shell_line():
+    m = os_.SidebarModel(own_session="a")
+    m.set_state(snapshot(("a", []), ("b", [])))
+    m.key("/")
+    for k in ["w", "e", "b", "KEY_LEFT", "KEY_LEFT", "x", "\x01", "<", "\x05", ">"]:
+        m.key(k)
+    assert m.prompt["text"] == "<wxeb>"
+    for k in " api":
+        m.key(k)
+    for k, text in (("\x17", "<wxeb> "), ("KEY_HOME", "<wxeb> "), ("KEY_DC", "wxeb> "), ("KEY_RIGHT", "wxeb> "),
+                    ("\x0b", "w"), ("KEY_END", "w"), ("\x7f", ""), ("a", "a"), ("\x15", "")):
+        m.key(k)
+        assert m.prompt["text"] == text, k
+    rows = os_.render(m, 32, 10, now=0)
+    assert texts(rows)[-1] == "filter: _"
+    for k in "web":
+        m.key(k)
+    m.key("KEY_LEFT")
+    rows = os_.render(m, 32, 10, now=0)
+    assert rows[-1][1][-3:] == [("we", "fg"), ("b", "sel"), ("", "fg")]  # the cursor is on the b
+    assert os_.word_start("~/work/api", 10) == 7 and os_.word_start("~/work/", 7) == 2
+    assert os_.word_start("run the tests", 13) == 8
+
+
+def test_complete_directory():
+    tree = {"/h": ["work", "wiki", ".dot", "src"], "/h/work": ["api", "web"], "/": ["h", "tmp"]}
+
+    def list_dirs(path):
+        if path.rstrip("/") + "/" not in [k.rstrip("/") + "/" for k in tree]:
+            raise OSError("no such directory")
+        return tree[path.rstrip("/") or "/"]
+    assert os_.complete_directory("~", list_dirs, "/h") == ("~/", [])
+    assert os_.complete_directory("~/w", list_dirs, "/h") == ("~/w", ["wiki", "work"])
+    assert os_.complete_directory("~/wo", list_dirs, "/h") == ("~/work/", [])
+    assert os_.complete_directory("~/work/a", list_dirs, "/h") == ("~/work/api/", [])
+    assert os_.complete_directory("~/work/", list_dirs, "/h") == ("~/work/", ["api", "web"])
+    assert os_.complete_directory("~/.", list_dirs, "/h") == ("~/.dot/", [])  # hidden ones when asked for
+    assert os_.complete_directory("/t", list_dirs, "/h") == ("/tmp/", [])
+    assert os_.complete_directory("s", list_dirs, "/h") == ("src/", [])  # relative: under home
+    assert os_.complete_directory("~/nope/x", list_dirs, "/h") == ("~/nope/x", [])
+
+
+def test_new_session_prompt_clears_expands_and_completes(shown, tmux, env, attach):
+    for d in ("work/api", "work/web", "wiki", "proj"):
+        os.makedirs(os.path.join(env.home, d))
+    tmux.new_session("proj", cwd=os.path.join(env.home, "proj"))
+    client = attach("=proj")
+    retry_until(lambda: client_session(tmux) == "proj")
+    sb = sidebar_of(tmux, "proj")
+    grab(tmux, sb, lambda lines: "❯3 proj ◂" in lines)
+
+    def footer(want):
+        return grab(tmux, sb, lambda lines: lines and [l for l in lines if l.strip()][-1] == want)
+    tmux.run("send-keys", "-t", sb, "n")
+    tmux.run("send-keys", "-t", sb, "-l", "demo")
+    tmux.run("send-keys", "-t", sb, "Enter")
+    text = footer("directory: ~/proj_")  # the pre-filled directory, the session's own, written with ~
+    keep("new-dir-prefilled", text)
+    tmux.run("send-keys", "-t", sb, "C-u")  # cleared
+    footer("directory: _")
+    tmux.run("send-keys", "-t", sb, "-l", "~/w")
+    tmux.run("send-keys", "-t", sb, "Tab")  # two fit: both are shown
+    grab(tmux, sb, lambda lines: "wiki/ work/" in lines and "directory: ~/w_" in lines)
+    tmux.run("send-keys", "-t", sb, "-l", "o")
+    tmux.run("send-keys", "-t", sb, "Tab")
+    footer("directory: ~/work/_")
+    tmux.run("send-keys", "-t", sb, "-l", "w")
+    tmux.run("send-keys", "-t", sb, "Tab")
+    footer("directory: ~/work/web/_")
+    tmux.run("send-keys", "-t", sb, "C-w")  # a directory back
+    footer("directory: ~/work/_")
+    tmux.run("send-keys", "-t", sb, "-l", "api")
+    keep("new-dir-completed", footer("directory: ~/work/api_"))
+    tmux.run("send-keys", "-t", sb, "Enter")
+    retry_until(lambda: "demo" in tmux.run("list-sessions", "-F", "#{session_name}").split())
+    pane = next(l.split()[0] for l in tmux.run("list-panes", "-s", "-t", "=demo", "-F",
+                                               "#{pane_id} #{@opensessions-sidebar}").splitlines()
+                if l.split()[1:] != ["1"])
+    assert tmux.run("display-message", "-p", "-t", pane, "#{pane_current_path}").strip() == \
+        os.path.join(env.home, "work", "api")
+    # typed over the pre-filled directory: the first character replaces it (no '…/work~/wiki')
+    tmux.run("switch-client", "-c", client_name(tmux), "-t", "=proj")
+    retry_until(lambda: client_session(tmux) == "proj")
+    tmux.run("send-keys", "-t", sb, "n")
+    tmux.run("send-keys", "-t", sb, "-l", "demo2")
+    tmux.run("send-keys", "-t", sb, "Enter")
+    footer("directory: ~/proj_")
+    tmux.run("send-keys", "-t", sb, "-l", "~/wiki")
+    footer("directory: ~/wiki_")
+    tmux.run("send-keys", "-t", sb, "Escape")
+
+
+def client_name(tmux):
+    return [l.split(" ", 1)[1] for l in tmux.run("list-clients", "-F", "#{client_control_mode} #{client_name}")
+            .splitlines() if l.startswith("0 ")][0]
 
 
 def test_prompts_show_what_is_typed(shown, tmux):
@@ -209,7 +398,7 @@ def test_new_sidebar_and_prefix_o_s_select_the_clients_session(shown, tmux, atta
     client = attach("=my new project")
     retry_until(lambda: client_session(tmux) == "my new project")
     sb = sidebar_of(tmux, "my new project")
-    grab(tmux, sb, lambda lines: "▌3 my new project" in lines)
+    grab(tmux, sb, lambda lines: "❯3 my new project ◂" in lines)
     # a new sidebar starts on its own session: x asks about this one, not the first
     tmux.run("send-keys", "-t", sb, "x")
     grab(tmux, sb, lambda lines: "kill session my new project?" in lines)
@@ -255,11 +444,11 @@ def test_prefix_o_keys_never_open_view_mode(shown, tmux, attach, bound):
     client = attach("=main")
     retry_until(lambda: client_session(tmux) == "main")
     in_mode = lambda: tmux.run("list-panes", "-a", "-F", "#{pane_in_mode}").split()
-    for key, said in ((b"9", "there is no session number 9 (2 listed)"),
-                      (b"p", "nowhere to go back to: `next` was not used yet"), (b"n", "nothing (else) needs you")):
+    for key, said in ((b"9", "opensessions: there is no session number 9 (2 listed)"),
+                      (b"p", "nothing to go back to: `next` has not jumped anywhere yet"),
+                      (b"n", "nothing (else) needs you")):
         prefix_o(tmux, client, key)
-        retry_until(lambda: ("message: opensessions: " + said if said != "nothing (else) needs you" else
-                             "message: " + said) in tmux.run("show-messages"),
+        retry_until(lambda: "message: " + said in tmux.run("show-messages"),
                     message="%r not shown on the status line" % said, timeout=10)
         assert "1" not in in_mode()
     prefix_o(tmux, client, b"2")
@@ -287,8 +476,18 @@ def test_next_visits_every_thread_that_needs_you_and_comes_round(server, tmux, a
             client_session(tmux))))
     assert seen == ["a", "b", "c", "a"]
     r = server.cli("next", "--back", "-c", cname)
-    assert r.returncode == 0
+    assert r.returncode == 0 and r.stdout == b""
     retry_until(lambda: client_session(tmux) == "c")  # where the last jump came from
+    # back there already, then the pane gone: it says so instead of nothing
+    r = server.cli("next", "--back", "-c", cname)
+    assert (r.returncode, r.stdout) == (0, b"nothing to go back to: you are where the last jump came from\n")
+    tmux.run("switch-client", "-c", cname, "-t", "=main")
+    retry_until(lambda: client_session(tmux) == "main")
+    tmux.run("kill-session", "-t", "=c")
+    r = server.cli("next", "--back", "-c", cname)
+    assert (r.returncode, r.stdout) == (0, b"nothing to go back to: the pane the last jump came from is gone\n")
+    r = server.cli("next", "--back", "-c", cname)
+    assert (r.returncode, r.stdout) == (0, b"nothing to go back to: `next` has not jumped anywhere yet\n")
 
 
 def test_next_attention_order_is_a_round():

@@ -170,9 +170,9 @@ def test_git_dirty_runs_git_only_when_index_changes(tmp_path):
 
 def test_ui_from_tmux_options_is_what_the_options_say():
     opts = dict(os_.TMUX_OPTIONS)
-    assert os_.ui_from_tmux_options(opts) == {"width": os_.DEFAULT_WIDTH, "position": "left"}
+    assert os_.ui_from_tmux_options(opts) == {}  # nothing set: no preference of the file's
     opts.update({"@opensessions-width": "40", "@opensessions-theme": "nord", "@opensessions-notify": "none",
-                 "@opensessions-notify-on": "done, error"})
+                 "@opensessions-notify-on": "done, error", "@opensessions-position": "left"})
     assert os_.ui_from_tmux_options(opts) == {"width": 40, "position": "left", "theme": "nord", "notify": [],
                                               "notifyOn": ["done", "error"]}
     opts.update({"@opensessions-width": "5", "@opensessions-theme": "no-such"})

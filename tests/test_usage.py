@@ -429,7 +429,7 @@ def test_sidebar_shows_session_cost_on_its_row_and_usage_in_the_detail():
         m.set_state(doc)
         lines = texts(os_.render(m, width, 30, now=0))
         assert all(os_.display_width(l) <= width for l in lines)
-        row = next(l for l in lines if l.startswith("▌1 api"))
+        row = next(l for l in lines if l.startswith("❯1 api ◂"))
         if width >= 32:
             assert row.rstrip().endswith("$0.42 ✓⠋")  # the total, then the badges
         assert "$0.42 ctx 45% 12.0k in 3.1k out 40.0k cache" in "\n".join(lines) or width < 40
