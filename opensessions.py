@@ -14228,6 +14228,7 @@ HELP_KEYS = (
     ("y/Y/N", "thread: approve/always/deny"),
     ("i", "thread: type it a prompt"),
     ("o g", "agents popup (prefix o g)"),
+    ("o r", "every past conversation: find, resume, fork (prefix o r)"),
     ("?", "this help"),
     ("q/Esc", "leave the sidebar"),
 )
@@ -14237,6 +14238,7 @@ POPUP_HELP_KEYS = (
     ("Enter", "go to the thread's pane (closes the popup)"),
     ("y/Y/N", "approve once / always / deny its permission prompt"),
     ("i", "type the thread a prompt (Enter sends, Esc cancels)"),
+    ("Tab", "the history tab: every past conversation (as prefix o r; its ? lists its keys)"),
     ("?", "this help"),
     ("q/Esc", "close the popup"),
 )
@@ -14906,31 +14908,13 @@ class SidebarModel(object):
                 p["pos"] = len(text)
                 return [("complete", text)]
             return []
-        if k in ("KEY_BACKSPACE", "\x7f", "\b"):
-            text, pos = text[:max(0, pos - 1)] + text[pos:], max(0, pos - 1)
-        elif k in ("KEY_DC", "\x04"):
-            text = text[:pos] + text[pos + 1:]
-        elif k in ("KEY_LEFT", "\x02"):
-            pos = max(0, pos - 1)
-        elif k in ("KEY_RIGHT", "\x06"):
-            pos = min(len(text), pos + 1)
-        elif k in ("KEY_HOME", "\x01"):
-            pos = 0
-        elif k in ("KEY_END", "\x05"):
-            pos = len(text)
-        elif k == "\x15":
-            text, pos = text[pos:], 0
-        elif k == "\x0b":
-            text = text[:pos]
-        elif k == "\x17":
-            start = word_start(text, pos)
-            text, pos = text[:start] + text[pos:], start
-        elif len(k) == 1 and k.isprintable():
-            if fresh:
-                text, pos = "", 0
-            text, pos = text[:pos] + k + text[pos:], pos + 1
-        else:
+        if fresh and len(k) == 1 and k.isprintable():
+            text, pos = "", 0  # the first character typed replaces the pre-filled text
+        edited = edit_line(text, pos, k)
+        if edited is None:
             p["fresh"] = fresh  # a key that does nothing here leaves the pre-filled text as it was
+        else:
+            text, pos = edited
         p["text"], p["pos"] = text, pos
         if p["step"] == "filter":
             self.filter_text = p["text"]
@@ -15001,6 +14985,35 @@ def word_start(text, pos):
     while i > 0 and text[i - 1] not in " /":
         i -= 1
     return i
+
+
+def edit_line(text, pos, k):
+    """One key of a line edited as a shell edits it: Left/Right (C-b/C-f), C-a/C-e (Home/End),
+    Backspace, C-d/Delete, C-u/C-k (cut before/after the cursor), C-w (cut a word or a directory),
+    a printable character inserted. -> (text, pos), or None for a key that is no edit. Pure."""
+    pos = min(max(0, pos), len(text))
+    if k in ("KEY_BACKSPACE", "\x7f", "\b"):
+        return text[:max(0, pos - 1)] + text[pos:], max(0, pos - 1)
+    if k in ("KEY_DC", "\x04"):
+        return text[:pos] + text[pos + 1:], pos
+    if k in ("KEY_LEFT", "\x02"):
+        return text, max(0, pos - 1)
+    if k in ("KEY_RIGHT", "\x06"):
+        return text, min(len(text), pos + 1)
+    if k in ("KEY_HOME", "\x01"):
+        return text, 0
+    if k in ("KEY_END", "\x05"):
+        return text, len(text)
+    if k == "\x15":
+        return text[pos:], 0
+    if k == "\x0b":
+        return text[:pos], pos
+    if k == "\x17":
+        start = word_start(text, pos)
+        return text[:start] + text[pos:], start
+    if len(k) == 1 and k.isprintable():
+        return text[:pos] + k + text[pos:], pos + 1
+    return None
 
 
 def complete_directory(text, list_dirs, home):
@@ -15608,14 +15621,18 @@ HISTORY_HELP = (
     ("typing", "filters: every word must be in the title, first prompt, directory or agent"),
     ("Enter", "resume in a new window, in its directory (a live one: go to its pane)"),
     ("Up/Down", "move (also C-n/C-p, PgUp/PgDn)"),
-    ("C-a", "this directory and below / all directories"),
+    ("C-r", "this directory and below / all directories"),
+    ("Tab", "the agents tab (in the agents popup)"),
     ("Esc", "keys mode: the letters below act"),
     ("f", "fork: a new conversation that starts with this one's messages"),
     ("p", "resume here, in the pane the picker opened over (an idle shell)"),
     ("a", "this directory and below / all directories"),
+    ("j/k g/G", "move / first / last"),
     ("/", "type again"),
     ("q/Esc", "close"),
 )
+HISTORY_HELP_NOTE = ("only this machine's conversations: a remote host's are in its own history "
+                     "(opensessions history there)")
 
 
 def query_string(params):
@@ -15655,6 +15672,7 @@ class HistoryView(object):
         self.tabs = tabs  # inside the agents popup (Tab goes back)
         self.all = not directory and not pane
         self.query = ""
+        self.pos = 0  # the cursor in the query (it edits as a shell line does)
         self.typing = True  # typing filters; Esc: keys mode (f, p, a, q act)
         self.help = False
         self.threads = []  # the answer's thread documents (pages appended)
@@ -15716,12 +15734,14 @@ class HistoryView(object):
         if self.help:
             self.help = False
             return []
-        if k in ("KEY_UP", "\x10", "KEY_DOWN", "\x0e", "KEY_PPAGE", "KEY_NPAGE", "KEY_HOME", "KEY_END"):
-            return self._move({"KEY_UP": -1, "\x10": -1, "KEY_DOWN": 1, "\x0e": 1, "KEY_PPAGE": -10,
-                               "KEY_NPAGE": 10, "KEY_HOME": -10 ** 6, "KEY_END": 10 ** 6}[k])
+        moves = {"KEY_UP": -1, "\x10": -1, "KEY_DOWN": 1, "\x0e": 1, "KEY_PPAGE": -10, "KEY_NPAGE": 10}
+        if not self.typing:  # Home/End edit the typed line; in keys mode they go to the first/last
+            moves.update(KEY_HOME=-10 ** 6, KEY_END=10 ** 6)
+        if k in moves:
+            return self._move(moves[k])
         if k in ("\n", "\r", "KEY_ENTER"):
             return self.activate()
-        if k == "\x01":
+        if k == "\x12":  # C-r (as atuin's filter mode): a line-editing key would be lost to it
             return self._toggle_all()
         if k == "\t" or k == "KEY_BTAB":
             return [("tab",)] if self.tabs else []
@@ -15729,18 +15749,12 @@ class HistoryView(object):
             if k == "\x1b":
                 self.typing = False
                 return []
-            if k in ("KEY_BACKSPACE", "\x7f", "\b"):
-                if not self.query:
-                    return []
-                self.query = self.query[:-1]
-                return [("fetch",)]
-            if k == "\x15":  # C-u
-                self.query = ""
-                return [("fetch",)]
-            if len(k) == 1 and k.isprintable():
-                self.query += k
-                return [("fetch",)]
-            return []
+            edited = edit_line(self.query, self.pos, k)
+            if edited is None:
+                return []
+            changed = edited[0] != self.query
+            self.query, self.pos = edited
+            return [("fetch",)] if changed else []
         if k in ("q", "\x1b"):
             return [("quit",)]
         if k in ("j", "k"):
@@ -15749,6 +15763,7 @@ class HistoryView(object):
             return self._move(-10 ** 6 if k == "g" else 10 ** 6)
         if k in ("/", "i"):
             self.typing = True
+            self.pos = len(self.query)
             return []
         if k == "f":
             return self.activate(fork=True)
@@ -15847,9 +15862,10 @@ def render_history(view, width, height, now=None):
     if view.loaded and not view.complete:
         counts += " (still reading the agents' files…)"
     scr.line(None, [("history", "accent"), ("  " + scope, "fg"), (counts, "muted")])
-    cursor = "_" if view.typing else ""
-    scr.line(None, [("> " if view.typing else "/ ", "waiting" if view.typing else "muted"),
-                    (scr.clean(clean_text(view.query)) + cursor, "fg" if view.typing else "muted")])
+    query = scr.clean(clean_text(view.query))
+    typed = _typed_pieces(query, view.pos) if view.typing and len(query) == len(view.query) \
+        else [(query + ("_" if view.typing else ""), "fg" if view.typing else "muted")]
+    scr.line(None, [("> " if view.typing else "/ ", "waiting" if view.typing else "muted")] + typed)
     foot = _Screen(view, width, now)
     if view.busy:
         foot.line(None, [(clean_text(view.busy), "waiting")])
@@ -15857,7 +15873,7 @@ def render_history(view, width, height, now=None):
         for part in wrap(scr.clean(clean_text(view.message)), foot.w)[:3]:
             foot.line(None, [(part, "waiting")])
     elif view.typing:
-        foot.line(None, [("Enter resume · ↑↓ move · C-a all dirs · Esc: f fork, p here, ? help", "muted")])
+        foot.line(None, [("Enter resume · ↑↓ move · C-r all dirs · Esc: f fork, p here, ? help", "muted")])
     else:
         foot.line(None, [("Enter resume · f fork · p here · a all dirs · / type · ? help · q close", "muted")])
     room = max(1, height - len(scr.rows) - len(foot.rows))
@@ -15866,12 +15882,14 @@ def render_history(view, width, height, now=None):
     if view.help:
         for keys, text in HISTORY_HELP:
             body.line(None, [(keys.ljust(9), "accent"), (text, "fg")])
+        body.wrapped(None, PROMPT_HELP, "muted", indent=2)
+        body.wrapped(None, HISTORY_HELP_NOTE, "muted", indent=2)
         return (scr.rows + body.rows[:room] + foot.rows)[:height]
     if view.error:
         body.line(None, [("cannot read the history: %s" % clean_text(view.error), "error")])
     elif view.loaded and not view.threads:
         body.line(None, [("no conversation matches" if view.query else "no conversation here yet"
-                          + ("" if view.all else " (C-a: all directories)"), "muted")])
+                          + ("" if view.all else " (C-r: all directories)"), "muted")])
     keep = room // 3 if room >= 12 and view.threads else 0  # the preview's share when the list is long
     per = max(1, (room - keep - len(body.rows)) // 2)
     if view.index < view.scroll:

@@ -1852,7 +1852,7 @@ def bench_history(res, quick):
                 time.sleep(0.8)  # its preview is read; then type
                 for scope, out in (("dir", keys), ("all", keys_all)):
                     if scope == "all":
-                        client.type(b"\x01")  # C-a: every directory
+                        client.type(b"\x12")  # C-r: every directory
                         time.sleep(0.5)
                     typed = ""
                     for ch in word + "\x7f" * 3:

@@ -49,7 +49,45 @@ def test_typing_filters_and_enter_resumes():
     assert v.key("\x15") == [("fetch",)] and v.query == ""
     assert v.key("KEY_DOWN") == [] and v.selected == ("history", "codex:id-2")
     assert v.key("\n") == [("resume", "codex:id-2", False, "window")]
-    assert v.key("\x01") == [("fetch",)] and v.all and "dir" not in v.params()  # C-a: all directories
+    assert v.key("\x12") == [("fetch",)] and v.all and "dir" not in v.params()  # C-r: all directories
+
+
+def test_the_filter_edits_as_a_shell_line_does():
+    """As every text prompt of the sidebar and popup (h/firsthour): C-a/C-e, arrows, C-w, C-k, C-d;
+    only a change of the text asks the server again."""
+    v = view(conv(1))
+    for k in "fix login":
+        v.key(k)
+    assert (v.query, v.pos) == ("fix login", 9)
+    assert v.key("\x01") == [] and v.pos == 0 and not v.all  # C-a: start of the line, not the scope
+    assert v.key("KEY_RIGHT") == [] and v.key("\x06") == [] and v.pos == 2
+    assert v.key("\x0b") == [("fetch",)] and v.query == "fi"  # C-k: cut after the cursor
+    assert v.key("\x05") == [] and v.pos == 2
+    assert v.key(" ") == [("fetch",)] and v.key("x") == [("fetch",)] and v.query == "fi x"
+    assert v.key("\x17") == [("fetch",)] and v.query == "fi "  # C-w: a word
+    assert v.key("KEY_HOME") == [] and v.pos == 0 and v.key("\x04") == [("fetch",)] and v.query == "i "
+    assert v.key("KEY_LEFT") == [] and v.key("KEY_BACKSPACE") == [] and v.query == "i "  # nothing before
+    v.key("KEY_END")
+    assert v.key("\x15") == [("fetch",)] and v.query == "" and v.pos == 0  # C-u: cut before
+    rows = text_of(o.render_history(v, 80, 20, now=NOW))
+    assert rows[1] == "> _"
+    v.key("a"), v.key("b"), v.key("KEY_LEFT")
+    pieces = o.render_history(v, 80, 20, now=NOW)[1][1]
+    assert pieces[1:] == [("a", "fg"), ("b", "sel"), ("", "fg")]  # the cursor on the b
+
+
+def test_the_help_lists_the_history_keys_in_the_popup_and_the_sidebar():
+    assert ("Tab" in dict(o.POPUP_HELP_KEYS)) and "history" in dict(o.POPUP_HELP_KEYS)["Tab"]
+    assert "prefix o r" in dict(o.HELP_KEYS)["o r"]
+    m = o.SidebarModel(popup=True)
+    m.mode = "help"
+    help_text = "\n".join(text_of(o.render(m, 80, 80)))
+    assert "the history tab" in help_text
+    v = view(conv(1))
+    v.key("\x1b"), v.key("?")
+    lines = text_of(o.render_history(v, 100, 40, now=NOW))
+    for keys in ("C-r", "Tab", "f", "p", "C-a/C-e", "this machine"):
+        assert any(keys in l for l in lines), keys
 
 
 def test_keys_mode_f_forks_p_resumes_here_a_all_q_closes():
