@@ -30,15 +30,19 @@ holds that claim with `ast`):
  13. Remote hosts            other machines over the user's ssh: one ssh and one relay per host,
                              the program shipped when missing, frames checked as hostile input
  14. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
- 15. Sidebar                 curses: model -> lines (pure) -> draw; the popup; sidebar panes
- 16. CLI                     argparse, client commands, plugin setup, main()
+ 15. History                 every past conversation on this machine: the index (built off the
+                             loop, kept live, saved), search, preview, resume and fork
+ 16. Sidebar                 curses: model -> lines (pure) -> draw; the popup and its history
+                             tab; sidebar panes
+ 17. CLI                     argparse, client commands, plugin setup, main()
 
 One spec per agent. Everything particular to an agent is in its AgentSpec (section 5): where its
 files are (paths) and how they are read (watch), how its process is recognised (process), how its
 hook payloads map to statuses (hooks) and what `install` adds for it (install), how a conversation
 is resumed or forked and which of its flags a restore keeps (resume_args, fork_args, session_*),
 how its prompts are read and answered (prompt_reader, reply_planner), what its models cost
-(prices), what its ids look like (id_pattern). The sections below loop over AGENT_SPECS and name no
+(prices), what its ids look like (id_pattern), where its past conversations are and how the history
+reads them (history). The sections below loop over AGENT_SPECS and name no
 agent. A spec holds only data and pure functions: the I/O behind it lives in the section that does
 that I/O and is found by a kind the spec names, never by a spec field pointing down the map (an
 upward use): `watch.kind` picks a class in the Watchers' WATCHER_KINDS (which also answers what a
@@ -349,8 +353,9 @@ def read_private_json(path, limit=65536):
 
 
 def atomic_write(path, data, mode=0o600, exact_mode=False):
-    """Write bytes or str to path through a temp file and rename: readers never see half a file.
-    mode goes through the umask, unless exact_mode (a user's file keeping its own mode)."""
+    """Write bytes or str (or an iterable of bytes, written piece by piece, never held whole) to
+    path through a temp file and rename: readers never see half a file. mode goes through the
+    umask, unless exact_mode (a user's file keeping its own mode)."""
     if isinstance(data, str):
         data = data.encode("utf-8")
     directory = os.path.dirname(path) or "."
@@ -361,7 +366,11 @@ def atomic_write(path, data, mode=0o600, exact_mode=False):
         with os.fdopen(fd, "wb") as f:
             if exact_mode:
                 os.fchmod(f.fileno(), mode)
-            f.write(data)
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                for piece in data:
+                    f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -1223,32 +1232,36 @@ def parse_json_lines(lines):
     return records, bad
 
 
+_ISO_RE = LazyPattern(r"(?a)(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,3}))?")
+_ISO_DAYS = {}  # 'YYYY-MM-DD' -> epoch seconds of that day (records of one conversation share few days)
+
+
 def parse_iso_ms(value):
-    """ISO 8601 ('2026-11-22T01:46:19.452Z') -> epoch ms, or None."""
+    """ISO 8601 ('2026-11-22T01:46:19.452Z') -> epoch ms, or None. Every record of every agent goes
+    through here: one regex, and each day's calendar arithmetic done once."""
     if not isinstance(value, str) or len(value) < 19:
         return None
-    import calendar
-    if value[4] != "-" or value[7] != "-" or value[10] not in "T " or value[13] != ":" or value[16] != ":":
+    m = _ISO_RE.match(value)
+    if m is None:
         return None
-    try:
-        parts = (value[0:4], value[5:7], value[8:10], value[11:13], value[14:16], value[17:19])
-        if not all(p.isdigit() and p.isascii() for p in parts):
-            return None
-        y, mo, d, h, mi, sec = (int(p) for p in parts)
-        if not (1 <= mo <= 12 and 1 <= d <= 31 and h <= 23 and mi <= 59 and sec <= 61):
-            return None
-        base = calendar.timegm((y, mo, d, h, mi, sec))
-    except (ValueError, OverflowError):
+    _, _, _, h, mi, sec, frac = m.groups()
+    h, mi, sec = int(h), int(mi), int(sec)
+    if h > 23 or mi > 59 or sec > 61:
         return None
-    ms = 0
-    if len(value) > 20 and value[19] == ".":
-        digits = ""
-        for ch in value[20:23]:
-            if not ch.isdigit():
-                break
-            digits += ch
-        ms = int((digits + "000")[:3]) if digits else 0
-    return base * 1000 + ms
+    day = _ISO_DAYS.get(value[:10])
+    if day is None:
+        import calendar
+        y, mo, d = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        if not (1 <= mo <= 12 and 1 <= d <= 31):
+            return None
+        try:
+            day = calendar.timegm((y, mo, d, 0, 0, 0))
+        except (ValueError, OverflowError):
+            return None
+        if len(_ISO_DAYS) >= 4096:
+            _ISO_DAYS.clear()
+        _ISO_DAYS[value[:10]] = day
+    return (day + h * 3600 + mi * 60 + sec) * 1000 + (int((frac + "00")[:3]) if frac else 0)
 
 
 def _epoch_ms(value):
@@ -2122,6 +2135,124 @@ def qwen_reduce(state, rec):
     return state
 
 
+# -- what the conversation history reads of each agent's records (its spec's HistoryFormat) --------
+PREVIEW_TEXT = 2000  # characters kept of each previewed message
+
+
+def preview_text(text):
+    """A previewed message: control characters out, whitespace runs as one space, cut. Pure."""
+    text = " ".join(clean_text(text[:PREVIEW_TEXT * 4]).split())
+    return text if len(text) <= PREVIEW_TEXT else text[:PREVIEW_TEXT - 1] + "…"
+
+
+def _message(out, role, texts):
+    text = "\n".join(t for t in texts if isinstance(t, str) and t.strip())
+    if text.strip():
+        out.append((role, preview_text(text)))
+
+
+def claude_messages(records):
+    """Claude Code transcript records -> [(role, text)]: prompts and answers (tool results, meta
+    records, subagents' and error records left out). Pure."""
+    out = []
+    for rec in records:
+        kind = rec.get("type")
+        if rec.get("isSidechain") or rec.get("isMeta") or kind not in ("user", "assistant"):
+            continue
+        message = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+        texts = _content_texts(message.get("content"))
+        if kind == "user":
+            _message(out, "user", [t for t in texts if _is_prompt_text(t)])
+        elif not rec.get("isApiErrorMessage"):
+            _message(out, "assistant", texts)
+    return out
+
+
+def codex_messages(records):
+    """Codex rollout records -> [(role, text)]: its user and assistant message items. Pure."""
+    out = []
+    for rec in records:
+        payload = rec.get("payload") if isinstance(rec.get("payload"), dict) else {}
+        role = payload.get("role")
+        if rec.get("type") == "response_item" and payload.get("type") == "message" and role in ("user", "assistant"):
+            texts = _content_texts(payload.get("content"))
+            _message(out, role, [t for t in texts if role == "assistant" or _is_prompt_text(t)])
+    return out
+
+
+def gemini_messages(records):
+    """Gemini CLI chat lines -> [(role, text)]. Pure."""
+    out = []
+    for rec in records:
+        if rec.get("type") == "user":
+            prompt = _gemini_prompt(rec.get("content"))
+            if prompt:
+                _message(out, "user", [prompt])
+        elif rec.get("type") == "gemini":
+            content = rec.get("content")
+            _message(out, "assistant", [content] if isinstance(content, str) else _content_texts(content))
+    return out
+
+
+def qwen_messages(records):
+    """Qwen Code chat records -> [(role, text)] (its thoughts left out). Pure."""
+    out = []
+    for rec in records:
+        message = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+        parts = message.get("parts") if isinstance(message.get("parts"), list) else []
+        texts = [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought")]
+        if rec.get("type") == "user":
+            _message(out, "user", [t for t in texts if _is_prompt_text(t)])
+        elif rec.get("type") == "assistant":
+            _message(out, "assistant", texts)
+    return out
+
+
+def pi_messages(records):
+    """Pi session entries -> [(role, text)]. Pure."""
+    out = []
+    for rec in records:
+        message = rec.get("message") if isinstance(rec.get("message"), dict) else {}
+        if rec.get("type") == "message" and message.get("role") in ("user", "assistant"):
+            _message(out, message["role"], _content_texts(message.get("content")))
+    return out
+
+
+def amp_messages(records):
+    """Amp thread messages (UNVERIFIED: its documented shape) -> [(role, text)]. Pure."""
+    out = []
+    for rec in records:
+        if rec.get("role") in ("user", "assistant"):
+            _message(out, rec["role"], _content_texts(rec.get("content")))
+    return out
+
+
+# Claude Code's records the history never needs, told by their first bytes (the big ones left
+# unparsed): attachments (system prompt snapshots, tool listings), API request shapes and file-history
+# snapshots. Compact (Claude's own) and spaced (the captures) JSON alike.
+CLAUDE_BIG_RECORDS = (b'"attachment":', b'{"type":"api-request', b'{"type": "api-request',
+                      b'{"type":"file-history-snapshot"', b'{"type": "file-history-snapshot"')
+
+
+def claude_branch(rec):
+    """The git branch a Claude Code (or Qwen Code) record names (`gitBranch`), or None. Pure."""
+    branch = rec.get("gitBranch")
+    return branch if isinstance(branch, str) and branch and branch != "HEAD" else None
+
+
+def codex_branch(rec):
+    """The git branch a Codex rollout's session_meta names (`git.branch`), or None. Pure."""
+    payload = rec.get("payload") if rec.get("type") == "session_meta" and isinstance(rec.get("payload"), dict) else {}
+    git = payload.get("git") if isinstance(payload.get("git"), dict) else {}
+    return git["branch"] if isinstance(git.get("branch"), str) and git["branch"] else None
+
+
+def amp_id_from_name(name):
+    """T-<uuid>.json -> the thread id, or None."""
+    tid = name[:-5] if name.endswith(".json") else ""
+    return tid if _AMP_ID_RE.match(tid) else None
+
+
 ##############################################################################
 # Agent screens (pure): each agent's prompt read from its screen, and the keys that answer it
 ##############################################################################
@@ -2876,6 +3007,33 @@ class Plugin(Record):
     )
 
 
+class HistoryFormat(Record):
+    """How the conversation history (the History section) reads an agent's past conversations.
+    `kind` names its reader there: "jsonl" (one JSONL file per conversation, read with `reducer`,
+    a head and a tail of big ones), or the agent's own ("opencode-db", "amp-json"). Its files are
+    under its paths' `under`, then `dirs` ("*": any directory, "#": a dated one, all digits), and
+    `name_id` tells a conversation's file and id from its name (with header_id, only the id's
+    start: the whole one is in the first line's "sessionId"). `facts` names an extra reading there
+    (names, exact turn counts, directories the files do not hold)."""
+
+    FIELDS = (
+        ("kind", "jsonl"),
+        ("under", "home"),  # the key of its paths its conversations are under
+        ("dirs", ()),  # the directories below that, one pattern each
+        ("name_id", None),  # file name -> conversation id (or its start, with header_id), or None
+        ("header_id", False),
+        ("suffix", None),  # a file named <id><suffix>: found by name (and its name not kept)
+        ("reducer", None),  # (state, record) -> state: the watchers' own
+        ("skip", ()),  # first bytes of the big records the index never needs (left unparsed)
+        ("branch", None),  # record -> the git branch it names, or None
+        ("messages", None),  # records -> [(role, text)]: what the picker's preview shows
+        ("facts", None),  # a kind of extra reading in the History section, or None
+        ("usage", None),  # state -> its raw usage (None: the reducer's state["usage"])
+        ("totals", False),  # its usage is a running total: a tail read has it exact
+        ("one_shot", ((), ())),  # (flags with a value, flags without) of script runs: not repeated by a resume
+    )
+
+
 class AgentSpec(Record):
     """One agent, in one place (fields in the order of the sections that use them)."""
 
@@ -2910,6 +3068,8 @@ class AgentSpec(Record):
         # which source wins (the Server's apply step): its files cannot show a permission wait or a retry,
         # which its plugin reports; those hold until the files show the turn ended (OpenCode's database)
         ("plugin_holds", False),
+        # its past conversations (History): where they are and how the index reads them (None: not read)
+        ("history", None),
     )
 
 
@@ -3193,6 +3353,9 @@ CLAUDE = AgentSpec(
               "--continue", "-c", "--fork-session", "--print", "-p"),
     prompt_reader=claude_prompt, reply_planner=claude_reply_plan,
     prices=ANTHROPIC_PRICES,
+    history=HistoryFormat(dirs=("projects", "*"), name_id=qwen_id_from_name, suffix=".jsonl", reducer=claude_reduce,
+                          skip=CLAUDE_BIG_RECORDS, branch=claude_branch, messages=claude_messages, usage=claude_usage,
+                          one_shot=(("--output-format", "--input-format", "--max-turns"), ("-p", "--print"))),
 )
 
 CODEX = AgentSpec(
@@ -3211,6 +3374,9 @@ CODEX = AgentSpec(
               "--dangerously-bypass-hook-trust", "--skip-git-repo-check", "--no-daemon"),
     prompt_reader=codex_prompt, reply_planner=codex_reply_plan,
     prices=OPENAI_PRICES,
+    history=HistoryFormat(dirs=("sessions", "#", "#", "#"), name_id=codex_id_from_path, reducer=codex_reduce,
+                          branch=codex_branch, messages=codex_messages, facts="codex-db", totals=True,
+                          one_shot=(("--output-last-message", "-o"), ("--json",))),
 )
 
 OPENCODE = AgentSpec(
@@ -3227,6 +3393,7 @@ OPENCODE = AgentSpec(
     switches=("--continue", "-c", "--print-logs", "--fork"),
     prompt_reader=opencode_prompt, reply_planner=opencode_reply_plan,
     plugin_holds=True,  # and no list prices: its database records the cost of every session
+    history=HistoryFormat(kind="opencode-db", under="db", one_shot=(("--format",), ())),
 )
 
 AMP = AgentSpec(
@@ -3240,6 +3407,8 @@ AMP = AgentSpec(
     switches=("--dangerously-allow-all", "--last"),
     # no replies: Amp could not be run offline, so its screens were never seen (reply_plan refuses)
     # its models are priced by the list prices of their vendors (the other specs' prices)
+    history=HistoryFormat(kind="amp-json", under="threads", name_id=amp_id_from_name, suffix=".json",
+                          messages=amp_messages, one_shot=(("--execute", "-x"), ())),
 )
 
 GEMINI = AgentSpec(
@@ -3259,6 +3428,9 @@ GEMINI = AgentSpec(
     switches=("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--skip-trust", "--screen-reader"),
     prompt_reader=gemini_prompt, reply_planner=gemini_reply_plan,
     # no list prices known
+    history=HistoryFormat(dirs=("tmp", "*", "chats"), name_id=gemini_id_from_path, header_id=True, reducer=gemini_reduce,
+                          messages=gemini_messages, facts="gemini-projects",
+                          one_shot=(("--prompt", "-p", "--output-format", "-o"), ())),
 )
 
 QWEN = AgentSpec(
@@ -3272,12 +3444,15 @@ QWEN = AgentSpec(
     hooks=Hooks(states=CLAUDE_HOOK_STATES, notifications=CLAUDE_NOTIFICATIONS, idle_notifications=("idle_prompt",)),
     install=HookInstall(file="settings.json", events=QWEN_HOOK_EVENTS, only_if_set_up=True),  # its default timeout
     # chats are kept per project (~/.qwen/projects/<cwd>): resumed only from that directory
-    resume_args=("{flags}", "--resume", "{id}"),
+    resume_args=("{flags}", "--resume", "{id}"), fork_args=("{flags}", "--resume", "{id}", "--fork-session"),
     session_flags=("--resume", "-r", "--session-id", "--prompt-interactive", "-i"),
     session_switches=("--continue", "-c"),
     switches=("--yolo", "-y", "--sandbox", "-s", "--debug", "-d", "--continue", "-c"),
     prompt_reader=qwen_prompt, reply_planner=qwen_reply_plan,
     # no list prices known
+    history=HistoryFormat(dirs=("projects", "*", "chats"), name_id=qwen_id_from_name, suffix=".jsonl",
+                          reducer=qwen_reduce, branch=claude_branch, messages=qwen_messages,
+                          one_shot=(("--prompt", "-p", "--output-format", "-o"), ())),
 )
 
 PI = AgentSpec(
@@ -3295,6 +3470,8 @@ PI = AgentSpec(
     switches=("--continue", "-c", "--resume", "-r", "--no-session", "--verbose"),
     prompt_reader=pi_prompt, reply_planner=pi_reply_plan,  # text only: Pi never asks for a permission
     # no list prices: it records its cost
+    history=HistoryFormat(dirs=("sessions", "*"), name_id=pi_id_from_path, reducer=pi_reduce, messages=pi_messages,
+                          one_shot=(("--mode",), ("-p", "--print"))),
 )
 
 AGENT_SPECS = {spec.name: spec for spec in (CLAUDE, CODEX, OPENCODE, AMP, GEMINI, QWEN, PI)}
@@ -3930,7 +4107,7 @@ TMUX_OPTIONS = {"@opensessions-key": "o", "@opensessions-width": "",
                 "@opensessions-position": "", "@opensessions-theme": "", "@opensessions-port": "",
                 "@opensessions-focus-key": "", "@opensessions-index-keys": "off", "@opensessions-resurrect": "on",
                 "@opensessions-notify": "", "@opensessions-notify-on": "", "@opensessions-popup-key": "g",
-                "@opensessions-hosts": ""}
+                "@opensessions-history-key": "r", "@opensessions-hosts": ""}
 
 
 ##############################################################################
@@ -8621,7 +8798,7 @@ class Server(object):
             publish=self.publish, refresh=self.schedule_refresh, pane_of_pid=self.linker.pane_of,
             update_thread=self.apply_thread_update, relink=self.linker.link, notify=self.notify_user,
             save_state=self.state_file.schedule_save, change_ui=self.prefs.change,
-            tmux_options=self.prefs.apply_tmux_options, to_host=self.to_host))
+            tmux_options=self.prefs.apply_tmux_options, to_host=self.to_host, resume=self._history_resume))
         self._refresh_pending = False
         self._refresh_due = 0.0
         self._refresh_cancel = None
@@ -8631,6 +8808,7 @@ class Server(object):
         self.sidebars = None
         self.tmux_options = None
         self.remote = None  # RemoteHosts (the remote hosts section), attached by build_server
+        self.history = None  # the conversation index (History), built off the loop once the state is full
         self.cold_starting = False
         self._known_before_cold = frozenset()
         self._status_before_cold = {}
@@ -8672,6 +8850,9 @@ class Server(object):
                        sum(t.bytes_read for t in self.watchers.tails.values()) // 1024,
                        self.watchers.bad_records, time.monotonic() - t0))
             self.store.publish()
+            if self.history is not None:  # after the watchers' cold start: it never slows the server's
+                self.history.set_live(list(self.store.threads.values()))
+                self.history.start()  # its worker reads what changed since the saved index
             self._follow_tmux()
             self.runtime.write(self.port)  # clients find us once the state is full and tmux followed
             if self.remote is not None:
@@ -8691,7 +8872,26 @@ class Server(object):
     def http_door(self):
         """What the HTTP layer may ask of this server (an HttpDoor)."""
         return HttpDoor(self.peer_uids, self.read_deadline, self.token_ok, self.store, self.loop.call, self.api,
-                        lambda pane: self.tmux.run("capture-pane", "-p", "-t", pane), self.health, self.previews)
+                        lambda pane: self.tmux.run("capture-pane", "-p", "-t", pane), self.health, self.previews,
+                        self._history_answer if self.history is not None else None)
+
+    def _history_resume(self, body):
+        """POST /api/resume: checked here, on the loop, by the history (id, live thread, directory,
+        flags); the tmux part it returns runs off the loop."""
+        if self.history is None:
+            raise ApiError(503, "the conversation history is off")
+        return self.history.api_resume(body, self.store, self.tmux)
+
+    def _history_answer(self, path, query):
+        """GET /api/history and /api/history/preview, answered off the loop (the index has its own
+        lock; a pane's directory and session are read from the published sessions)."""
+        if path == "/api/history":
+            return self.history.api_query(query, self.store.ui.get("prices"), self._pane_where)
+        return self.history.api_preview_query(query)
+
+    def _pane_where(self, pane_id):
+        found = self.store.session_of_pane(pane_id)  # (sessions are replaced whole: a safe read)
+        return (found[2].get("cwd") or None, found[0]["name"]) if found else None
 
     def health(self):
         """This server's figures for /health."""
@@ -8704,7 +8904,8 @@ class Server(object):
                 "hosts": self.remote.health() if self.remote is not None else None,
                 # previews pushed to clients: how many are shown, the pane whose output is followed, reads made
                 "previews": {"shown": len(self.previews.subs), "followed": self.previews.followed,
-                             "reads": self.previews.reads}}
+                             "reads": self.previews.reads},
+                "history": self.history.health() if self.history is not None else None}
 
     def _bind(self):
         try:
@@ -8771,6 +8972,8 @@ class Server(object):
             self.remote.close()
         if self.watchers is not None:
             self.watchers.close()
+        if self.history is not None:
+            self.history.stop()
         self.state_file.save_now()
         self.runtime.release()
 
@@ -8912,6 +9115,8 @@ class Server(object):
         """A new snapshot: keep the tmux status-line options current."""
         if self.tmux_options is not None:
             self.tmux_options.update(self.store.published[1])
+        if self.history is not None:
+            self.history.set_live(list(self.store.threads.values()))  # the picker's live marker
 
     def notify_user(self, session, message, tone):
         """Send a notification through the enabled channels (see the notifications section);
@@ -8977,6 +9182,8 @@ class Server(object):
             self.state_file.schedule_save()
         if is_new and len(self.store.threads) > MAX_THREADS:
             self.prune_threads()
+        if self.history is not None:
+            self.history.seen(agent, thread_id)  # the index reads what the watchers saw
         return t
 
     def prune_threads(self):
@@ -9075,6 +9282,7 @@ class ApiHost(Record):
         # on the loop; returns the function that carries it there and waits for the answer, off the loop
         # (preview: -> (status, body dict)). Raises ApiError (404: no such host). None: no remote hosts.
         ("to_host", None),
+        ("resume", None),  # (body) -> the conversation history's answer to POST /api/resume
     )
 
 
@@ -9347,6 +9555,11 @@ class Api(object):
                     "ms": round(changed_ms) if changed_ms is not None else None}
         return send
 
+    def api_resume(self, body):
+        """POST /api/resume {"thread", "fork", "target", "session"}: the history's (the server's
+        resume), checked on the loop; the tmux part runs off the loop."""
+        return self.host.resume(body)
+
     def api_preview(self, thread_id, lines=20):
         """GET /api/preview?thread=ID[&lines=N] -> the pane to read (read off the loop), and, under
         "_check", what preview_problem needs (the pane is shown only while the agent is in front)."""
@@ -9399,9 +9612,10 @@ ROUTES = {
     "/ui": "api_ui",
     "/mute": "api_mute",
     "/api/reply": "api_reply",
+    "/api/resume": "api_resume",
 }
 ROUTES.update({spec.plugin.route: ("api_plugin_event", spec.name) for spec in AGENT_SPECS.values() if spec.plugin})
-GET_ROUTES = ("/", "/state", "/events", "/health", "/api/preview")
+GET_ROUTES = ("/", "/state", "/events", "/health", "/api/preview", "/api/history", "/api/history/preview")
 MAX_CONNECTIONS = 500  # open connections (one thread and one fd each); more get a 503
 MAX_SSE_CLIENTS = 400  # of which /events streams
 READ_DEADLINE = 10.0  # seconds to send a request's line, headers and body (and to start the next one)
@@ -9448,10 +9662,12 @@ class HttpDoor(object):
     peer's uid (else the runtime file's token is checked), how long a request may take to arrive,
     the published snapshots (the store's `published` and `cond`, for /state and /events), `on_loop`
     (run a function on the event loop and wait for its result), the API's handlers, a pane's text
-    (`capture(pane)`), the server's own figures for /health (`health()`) and the preview feed
-    (`previews`: subscribe / unsubscribe, on the loop)."""
+    (`capture(pane)`), the server's own figures for /health (`health()`), the preview feed
+    (`previews`: subscribe / unsubscribe, on the loop) and the conversation history's answers
+    (`history(path, query)`, None when it is off), read off the loop."""
 
-    def __init__(self, peer_uids, read_deadline, token_ok, snapshots, on_loop, api, capture, health, previews=None):
+    def __init__(self, peer_uids, read_deadline, token_ok, snapshots, on_loop, api, capture, health, previews=None,
+                 history=None):
         self.peer_uids = peer_uids
         self.read_deadline = read_deadline
         self.token_ok = token_ok
@@ -9460,6 +9676,7 @@ class HttpDoor(object):
         self.api = api
         self.capture = capture
         self.health = health
+        self.history = history
         self.previews = previews
 
 
@@ -9489,7 +9706,7 @@ def route_post(door, path, body):
     method = ROUTES[path]
     try:
         result = door.on_loop(door.api.apply_and_publish, method, body)
-        if callable(result):  # the part that waits on tmux (a reply) runs here, off the loop
+        if callable(result):  # the part that waits on tmux (a reply, a resume) runs here, off the loop
             result = result()
     except ApiError as e:
         return _error_body(e.status, e.message) + (None,)
@@ -9500,8 +9717,8 @@ def route_post(door, path, body):
         return _error_body(500, "internal error: %s" % e.__class__.__name__) + (None,)
     if result is False:  # a session (or thread) the call named is not there: kept, not matched
         return 202, json.dumps({"matched": False}).encode(), "application/json", None
-    if isinstance(result, dict):  # what was done (a reply)
-        return 200, json.dumps(result).encode(), "application/json", None
+    if isinstance(result, dict):  # an answer with content (a reply: what was done; /api/resume)
+        return 200, encode_json(result), "application/json", None
     return 204, b"", None, None
 
 
@@ -9710,6 +9927,8 @@ class ApiRequests(object):
             return self._events()
         if path == "/api/preview":
             return self._preview()
+        if path in ("/api/history", "/api/history/preview"):
+            return self._history(path)
         status, body, ctype, extra = route_get(self.door, self.server, path)
         self._send(status, body, ctype, extra)
 
@@ -9787,6 +10006,19 @@ class ApiRequests(object):
         found = spec.prompt_reader(screen) if spec is not None and spec.prompt_reader else None
         info["prompt"] = found[0] if found else None  # what its screen asks: "permission", "input" …
         return self._send(200, json.dumps(info).encode())
+
+    def _history(self, path):
+        """GET /api/history?dir=&pane=&q=&agent=&since=&limit=&offset= (the index, searched here, off
+        the loop) and /api/history/preview?thread=AGENT:ID&n=N (the conversation's last messages)."""
+        from urllib.parse import parse_qs
+        if self.door.history is None:
+            return self._error(503, "the conversation history is off")
+        query = parse_qs(self.path.partition("?")[2], keep_blank_values=True)
+        try:
+            doc = self.door.history(path, query)
+        except ApiError as e:
+            return self._error(e.status, e.message)
+        return self._send(200, encode_json(doc))
 
     def _preview_stream(self, thread, lines):
         """GET /api/preview?thread=ID&lines=N&follow=1: the preview as `event: preview` (the same
@@ -9871,7 +10103,6 @@ class ApiRequests(object):
                     pass
             for fd in (wake_r, wake_w):
                 os.close(fd)
-
     def _events(self):
         httpd = self.server
         with httpd.lock:
@@ -11647,8 +11878,9 @@ def flag_value(flags, names):
     return None
 
 
-def resume_command(record):
-    """The shell line restore types: `cd <cwd> && [VAR=value …] <program> <flags> <resume> <id>`.
+def resume_command(record, fork=False):
+    """The shell line restore types: `cd <cwd> && [VAR=value …] <program> <flags> <resume> <id>` (with
+    fork, the line that starts a new conversation from that one's history, where its spec has one).
     <program> is the saved absolute path of the agent's executable (aliases and functions named like
     the agent cannot add their flags a second time), else `command <agent>` (tmux-assistant-resurrect's
     choice). Everything is POSIX-quoted; the record must pass record_problem(). -> str or ValueError."""
@@ -11662,7 +11894,10 @@ def resume_command(record):
     words = ["%s=%s" % (name, shlex.quote(env[name])) for name in sorted(env)]
     program = record.get("program")
     words += [shlex.quote(program)] if program else ["command", agent]
-    words += conversation_args(agent, tid, flags)
+    args = conversation_args(agent, tid, flags, fork)
+    if args is None:
+        raise ValueError("%s has no %s" % (agent, "fork" if fork else "resume command"))
+    words += args
     line = " ".join(words)
     cwd = record.get("cwd")
     return "cd %s && %s" % (shlex.quote(cwd), line) if cwd else line
@@ -12400,6 +12635,1571 @@ def kitty_session_file(tabs):
 
 
 ##############################################################################
+# History: every past conversation, found, resumed or forked
+##############################################################################
+
+# The index of every conversation of every agent we read, live or long finished: the picker
+# (`prefix o r`), `opensessions history`, /api/history and /api/resume. One entry per conversation,
+# metadata only: ids, title, first prompt cut to a line, directory, git branch, start and last
+# activity, turns, tokens, cost, and the flags and program it was last run with where we saw them.
+# It lives in the server: a worker thread builds it at cold start (the event loop keeps serving),
+# the watchers' updates keep it live (each conversation they report is read again, from where the
+# last read stopped), and it is saved in our state dir (history.jsonl), so a restart reads only the
+# files whose inode, size or mtime changed. Nothing is ever written into an agent's directory.
+#
+# What is exact and what is estimated (HistoryEntry.exact):
+# - A conversation file up to HISTORY_FULL bytes is read whole, and appends are read as they come:
+#   its turns and tokens are exact (a Claude message whose records straddle two reads may count
+#   its provisional output once more).
+# - A bigger file first seen whole is read from its head (first prompt, directory, branch, start)
+#   and its tail: its turns are extrapolated from the share of the file read, its tokens are the
+#   tail's (both marked estimated, "~" in the picker), except where the agent keeps running totals:
+#   Codex (token_count totals; turns from thread_history_1.sqlite when it has the thread) and
+#   OpenCode (the session row's totals; turns counted in its database).
+# - Amp (unverified format) is read whole up to MAX_LINE_BYTES.
+#
+# What is particular to an agent is in its spec's HistoryFormat (where its conversations are, its
+# reducer, what its preview shows, its fork in fork_args); the readers below go by its `kind`, and
+# the extra readings some agents need (Codex's names and turn counts, Gemini's project directories)
+# by its `facts`, in HISTORY_FACTS.
+
+HISTORY_FILE = "history.jsonl"
+HISTORY_VERSION = 1
+HISTORY_FULL = 256 * 1024  # a file up to this size is read whole (exact turns and tokens)
+HISTORY_HEAD = 32 * 1024  # ... else its first bytes (first prompt, cwd, branch, start) ...
+HISTORY_TAIL = 64 * 1024  # ... and its last bytes (last activity, title, usage)
+HISTORY_APPEND = 1024 * 1024  # an append up to this size is read on; a bigger one: head and tail again
+HISTORY_PROMPT = 160  # characters kept of the first prompt (its first line)
+HISTORY_MAX = 100000  # entries kept at most; past it the least recently active are dropped
+HISTORY_SAVE_QUIET = 5.0  # the index file is written once changes pause this long
+HISTORY_BATCH = 0.3  # what the watchers report is read in batches at most this often (a streaming agent)
+HISTORY_PREVIEW_BYTES = 256 * 1024  # a preview reads at most this much of a transcript's end
+EXACT_TURNS, EXACT_USAGE = 1, 2
+
+
+def release_memory():
+    """Give the memory freed by a big read back to the system (glibc's malloc_trim; elsewhere
+    nothing): the index's first build parses thousands of files and keeps a few MB of them."""
+    try:
+        import ctypes
+        import ctypes.util
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        trim = getattr(libc, "malloc_trim", None)
+        if trim is not None:
+            trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _intern(text):
+    return sys.intern(text) if isinstance(text, str) else None
+
+
+_M64 = (1 << 64) - 1
+
+
+def _packed(slot, i):
+    """A property for the i-th 64-bit field packed in the int `slot` (one int object, not four)."""
+    def get(self):
+        return (getattr(self, slot) >> (64 * i)) & _M64
+
+    def put(self, value):
+        value = min(max(0, int(value)), _M64)
+        setattr(self, slot, getattr(self, slot) & ~(_M64 << (64 * i)) | (value << (64 * i)))
+    return property(get, put)
+
+
+class HistoryEntry(object):
+    """One conversation in the index. Slots, shared strings for what repeats (agent, directory,
+    branch, model), and the token counts and the file's stamp packed in one int each: 20,000 of
+    them take about 10 MB."""
+
+    __slots__ = ("agent", "id", "title", "prompt", "cwd", "branch", "created", "updated", "turns", "_tokens",
+                 "cost", "model", "_dir", "_name", "_stamp", "exact", "flags", "program", "hay")
+    # what is saved (one row per entry) and copied: the packed fields by name
+    FIELDS = ("agent", "id", "title", "prompt", "cwd", "branch", "created", "updated", "turns", "input", "output",
+              "cache_read", "cache_write", "cost", "model", "path", "ino", "size", "mtime", "offset", "exact",
+              "flags", "program")
+    COPY = ("title", "prompt", "cwd", "branch", "created", "updated", "turns", "_tokens", "cost", "model", "_dir",
+            "_name", "_stamp", "exact", "flags", "program")
+
+    input, output, cache_read, cache_write = (_packed("_tokens", i) for i in range(4))
+    ino, size, mtime, offset = (_packed("_stamp", i) for i in range(4))
+
+    def __init__(self, agent, id):
+        self.agent = _intern(agent)
+        self.id = id
+        self.title = self.prompt = self.cwd = self.branch = self.model = self._dir = self._name = None
+        self.created = self.updated = self.turns = 0
+        self._tokens = self._stamp = 0  # input, output, cache read, cache write / inode, size, mtime ns, offset
+        self.cost = None  # the agent's own figure (OpenCode, Pi, Claude's cost-state), else priced when shown
+        self.exact = EXACT_TURNS | EXACT_USAGE
+        self.flags = None  # tuple of the launch flags last seen (recorded), or None
+        self.program = None  # absolute path of the program last seen running it, or None
+        self.hay = ""
+
+    @property
+    def key(self):
+        return (self.agent, self.id)
+
+    @property
+    def path(self):
+        """The conversation's file (OpenCode: its database): its directory is shared with the
+        others there, and a name that is the id and the agent's suffix is not kept."""
+        if self._dir is None:
+            return None
+        return os.path.join(self._dir, self._name if self._name is not None else
+                            self.id + AGENT_SPECS[self.agent].history.suffix)
+
+    @path.setter
+    def path(self, value):
+        if value is None:
+            self._dir = self._name = None
+            return
+        directory, name = os.path.split(value)
+        self._dir = sys.intern(directory)
+        suffix = AGENT_SPECS[self.agent].history.suffix if self.agent in AGENT_SPECS else None
+        if suffix and name == self.id + suffix:
+            self._name = None
+        else:
+            # one database holds every conversation of a "opencode-db" agent: its name is shared too
+            fmt = AGENT_SPECS[self.agent].history if self.agent in AGENT_SPECS else None
+            self._name = sys.intern(name) if fmt is not None and fmt.kind == "opencode-db" else name
+
+    def index_text(self):
+        """What typing matches, lower-case: title, first prompt and agent (the directory is matched
+        on its own: one lower-case string per directory, not per conversation)."""
+        self.hay = ("%s\n%s\n%s" % (self.title or "", self.prompt or "", self.agent)).lower()
+
+    def to_row(self):
+        return [getattr(self, f) for f in self.FIELDS]
+
+    @classmethod
+    def from_row(cls, row):
+        """A saved row -> entry, or None when it is not one of ours (wrong shape or types)."""
+        if not isinstance(row, list) or len(row) != len(cls.FIELDS):
+            return None
+        d = dict(zip(cls.FIELDS, row))
+        if d["agent"] not in AGENT_SPECS or not valid_thread_id(d["agent"], d["id"]):
+            return None
+        for f in ("title", "prompt", "cwd", "branch", "model", "path", "program"):
+            if d[f] is not None and not isinstance(d[f], str):
+                return None
+        for f in ("created", "updated", "turns", "input", "output", "cache_read", "cache_write", "ino", "size",
+                  "mtime", "offset", "exact"):
+            if isinstance(d[f], bool) or not isinstance(d[f], int) or not 0 <= d[f] <= _M64:
+                return None
+        if d["cost"] is not None and not (as_number(d["cost"]) is not None):
+            return None
+        flags = d["flags"]
+        if flags is not None and (not isinstance(flags, list) or not all(isinstance(a, str) for a in flags)):
+            return None
+        e = cls(d["agent"], d["id"])
+        for f in cls.FIELDS[2:]:
+            setattr(e, f, d[f])
+        e.flags = tuple(flags) if flags is not None else None
+        for f in ("cwd", "branch", "model"):
+            setattr(e, f, _intern(getattr(e, f)))
+        e.index_text()
+        return e
+
+    def raw_usage(self):
+        """The tokens and the agent's own cost in usage_json()'s raw shape (None when none seen)."""
+        if not (self._tokens or self.cost is not None):
+            return None
+        usage = new_usage()
+        usage.update(input=self.input, output=self.output, cacheRead=self.cache_read, cacheWrite=self.cache_write,
+                     cost=self.cost, partial=not self.exact & EXACT_USAGE)
+        return usage
+
+
+def history_prompt_line(text):
+    """A first prompt as the index keeps it: its first non-empty line, control characters made
+    spaces, cut to HISTORY_PROMPT characters (a 10 MB prompt costs what a short one does). Pure."""
+    if not isinstance(text, str):
+        return None
+    head = text[:HISTORY_PROMPT * 8]
+    for line in head.splitlines():
+        line = " ".join(clean_text(line).split())
+        if line:
+            return line if len(line) <= HISTORY_PROMPT else line[:HISTORY_PROMPT - 1] + "…"
+    return None
+
+
+def history_title(text):
+    """A title from an agent's file or database: one line, clean, cut to TITLE_MAX. Pure."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    return _clip_title(clean_text(text[:TITLE_MAX * 8]))
+
+
+def history_records(skip, lines):
+    """JSON objects of the lines the index reads (those starting with one of `skip`, the spec's big
+    records, are left unparsed). Strings are kept as parsed: the index cleans the few it keeps. Pure."""
+    out = []
+    for line in lines:
+        if not line.strip():
+            continue
+        head = line[:200]
+        if skip and any(s in head for s in skip):
+            continue
+        try:
+            rec = json.loads(line)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def _history_extra(fmt, rec, extra):
+    """What the reducers do not keep: when the conversation started (its first record's time), and
+    its git branch where the agent records one (the spec's `branch`)."""
+    if "created" not in extra:
+        ts = parse_iso_ms(rec.get("timestamp") or rec.get("startTime"))
+        if ts:
+            extra["created"] = ts
+    branch = fmt.branch(rec) if fmt.branch else None
+    if branch:
+        extra["branch"] = branch
+
+
+def _history_lines(data, from_start):
+    """Complete lines of a chunk read from a file -> (lines, bytes consumed). A chunk that does not
+    start the file drops its first (partial) line; what follows the last newline is a line still
+    being written: not consumed (the next read starts there)."""
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], 0
+    lines = data[:end].split(b"\n")
+    return (lines if from_start else lines[1:]), end + 1
+
+
+def _pread(fd, offset, size):
+    out = []
+    while size > 0:
+        chunk = os.pread(fd, min(size, READ_CHUNK), offset)
+        if not chunk:
+            break
+        out.append(chunk)
+        offset += len(chunk)
+        size -= len(chunk)
+    return b"".join(out)
+
+
+def _history_seed(entry, agent, tid):
+    """A reducer state that continues an entry's counters (for an append)."""
+    state = new_thread_state(agent, tid)
+    state.update(turns=entry.turns, firstPrompt=entry.prompt, cwd=entry.cwd, model=entry.model,
+                 updatedAt=entry.updated)
+    if entry._tokens or entry.cost is not None:
+        state["usage"] = new_usage()
+        state["usage"].update(input=entry.input, output=entry.output, cacheRead=entry.cache_read,
+                              cacheWrite=entry.cache_write, cost=entry.cost)
+    return state
+
+
+def history_read_jsonl(agent, path, prev=None, tid=None):
+    """One JSONL conversation file -> a HistoryEntry (None when the file holds no conversation of
+    ours). Reads only what is needed: the bytes appended since `prev` was read (same inode, grown by
+    at most HISTORY_APPEND), else the whole file up to HISTORY_FULL, else its head and its tail."""
+    fd, st = open_foreign(path)
+    try:
+        fmt = AGENT_SPECS[agent].history
+        reducer, skip = fmt.reducer, fmt.skip
+        extra = {}
+        if prev is not None and prev.ino == st.st_ino and prev.size <= st.st_size \
+                and st.st_size - prev.offset <= HISTORY_APPEND and prev.path == path:
+            if (prev.size, prev.mtime) == (st.st_size, st.st_mtime_ns):
+                return prev
+            state = _history_seed(prev, agent, prev.id)
+            data = _pread(fd, prev.offset, st.st_size - prev.offset)
+            lines, used = _history_lines(data, True)
+            for rec in history_records(skip, lines):
+                reducer(state, rec)
+                _history_extra(fmt, rec, extra)
+            entry = _history_entry(agent, prev.id, state, extra, prev)
+            entry.offset = prev.offset + used
+            entry.exact = prev.exact
+        else:
+            state = new_thread_state(agent, tid or "")
+            if st.st_size <= HISTORY_FULL:
+                data = _pread(fd, 0, st.st_size)
+                lines, used = _history_lines(data, True)
+                for rec in history_records(skip, lines):
+                    reducer(state, rec)
+                    _history_extra(fmt, rec, extra)
+                exact = EXACT_TURNS | EXACT_USAGE
+            else:
+                head = _pread(fd, 0, HISTORY_HEAD)
+                head_lines, head_used = _history_lines(head, True)
+                for rec in history_records(skip, head_lines):
+                    reducer(state, rec)
+                    _history_extra(fmt, rec, extra)
+                if not state["firstPrompt"]:  # a first prompt longer than the head: its beginning
+                    state["firstPrompt"] = history_partial_prompt(head[head_used:])
+                head_turns = state["turns"]
+                start = st.st_size - HISTORY_TAIL
+                tail = _pread(fd, start, HISTORY_TAIL)
+                lines, used = _history_lines(tail, False)
+                used += start
+                tail_state = new_thread_state(agent, state["id"])
+                tail_state.update(firstPrompt=state["firstPrompt"], cwd=state["cwd"], model=state["model"],
+                                  customTitle=state["customTitle"])
+                for rec in history_records(skip, lines):
+                    reducer(tail_state, rec)
+                    _history_extra(fmt, rec, extra)
+                read = HISTORY_HEAD + HISTORY_TAIL
+                sampled = head_turns + tail_state["turns"]
+                tail_state["turns"] = max(sampled, int(round(sampled * float(st.st_size) / read)))
+                tail_state["updatedAt"] = max(state["updatedAt"], tail_state["updatedAt"])
+                # an agent recording running totals (Codex's token_count) has them exact in its tail
+                exact = EXACT_USAGE if fmt.totals and tail_state.get("usage") else 0
+                state = tail_state
+            if not valid_thread_id(agent, state["id"]):
+                return None
+            entry = _history_entry(agent, state["id"], state, extra, None)
+            entry.offset = used
+            entry.exact = exact
+        entry.path, entry.ino, entry.size, entry.mtime = path, st.st_ino, st.st_size, st.st_mtime_ns
+        if not entry.updated:
+            entry.updated = int(st.st_mtime * 1000)
+        if not entry.created:
+            entry.created = entry.updated
+        return entry if not state.get("hidden") else None
+    finally:
+        os.close(fd)
+
+
+def history_partial_prompt(data):
+    """The beginning of a user prompt in a record cut short (a prompt of megabytes: the head read
+    holds only its start): the first "text" or "content" string after the user role. Pure."""
+    text = data[:64 * 1024].decode("utf-8", "replace")
+    m = re.search(r'"(?:role|type)":\s*"user"', text)
+    if m is None:
+        return None
+    k = re.compile(r'"(?:text|content)":\s*"').search(text, m.end())
+    if k is None:
+        return None
+    raw = text[k.end():k.end() + 4096]
+    raw = re.sub(r"\\(?:u[0-9a-fA-F]{0,3})?$", "", raw)  # an escape cut in two
+    end = raw.find('"')
+    while end > 0 and raw[end - 1] == "\\":
+        end = raw.find('"', end + 1)
+    try:
+        prompt = json.loads('"%s"' % (raw[:end] if end >= 0 else raw))
+    except ValueError:
+        return None
+    return prompt if _is_prompt_text(prompt) else None
+
+
+def _history_entry(agent, tid, state, extra, prev):
+    """A reducer state (and the extras) -> a new HistoryEntry; what the state lacks comes from prev."""
+    e = HistoryEntry(agent, tid)
+    if prev is not None:
+        for f in HistoryEntry.COPY:
+            setattr(e, f, getattr(prev, f))
+    title = history_title(state.get("customTitle"))
+    if title:
+        e.title = title
+    prompt = history_prompt_line(state.get("firstPrompt"))
+    if prompt and not e.prompt:
+        e.prompt = prompt
+    if not e.prompt:  # a tail-only read: the newest prompt is better than nothing
+        e.prompt = history_prompt_line(state.get("lastPrompt"))
+    if isinstance(state.get("cwd"), str) and state["cwd"]:
+        e.cwd = _intern(clean_str(state["cwd"]))
+    if isinstance(state.get("model"), str) and state["model"]:
+        e.model = _intern(clean_str(state["model"][:100]))
+    if extra.get("branch"):
+        e.branch = _intern(clean_str(extra["branch"][:200]))
+    if extra.get("created") and (not e.created or extra["created"] < e.created):
+        e.created = extra["created"]
+    e.updated = max(e.updated, state.get("updatedAt") or 0)
+    e.turns = as_number(state.get("turns"), 0, int, low=0)
+    usage = AGENT_SPECS[agent].history.usage(state) if AGENT_SPECS[agent].history.usage else state.get("usage")
+    if isinstance(usage, dict):
+        e.input, e.output = token_count(usage.get("input")), token_count(usage.get("output"))
+        e.cache_read, e.cache_write = token_count(usage.get("cacheRead")), token_count(usage.get("cacheWrite"))
+        cost = usage.get("cost")
+        e.cost = round(float(cost), 6) if (as_number(cost) is not None) and not isinstance(cost, bool) else None
+    e.index_text()
+    return e
+
+
+def _json_string_at(text, key):
+    """The value of "key": "…" in JSON text that may be cut short (a capped read), or None."""
+    import json.decoder
+    i = text.find('"%s":' % key)
+    if i < 0:
+        return None
+    j = text.find('"', i + len(key) + 3)
+    if j < 0:
+        return None
+    for end in range(len(text), max(j, len(text) - 8), -1):
+        try:
+            return json.decoder.scanstring(text[:end] + ('"' if end < len(text) or not text.endswith('"') else ""),
+                                           j + 1)[0]
+        except ValueError:
+            continue
+    return None
+
+
+def history_read_opencode(agent, db, ids=None, since_ms=0):
+    """The "opencode-db" kind: OpenCode's database -> ([HistoryEntry] of the top-level sessions named
+    by ids, or else changed after since_ms; the newest time_updated seen). Turns are its user messages; the first prompt is
+    the text part of its first user message (its first 4 KB); tokens and cost are the session
+    row's own totals. Read-only; raises sqlite3.Error."""
+    conn = sqlite_ro(db)
+    try:
+        base = ("SELECT id, parent_id, directory, title, time_created, time_updated, model%s FROM session "
+                % opencode_usage_columns(conn))
+        if ids is None:
+            rows = conn.execute(base + "WHERE time_updated > ? ORDER BY time_updated", (since_ms,)).fetchall()
+        else:
+            rows = []
+            for n in range(0, len(ids), 500):
+                chunk = list(ids[n:n + 500])
+                rows += conn.execute(base + "WHERE id IN (%s)" % ",".join("?" * len(chunk)), chunk).fetchall()
+        newest = since_ms
+        out = {}
+        for s in rows:
+            if isinstance(s["time_updated"], int) and not isinstance(s["time_updated"], bool):
+                newest = max(newest, s["time_updated"])
+            if s["parent_id"] or not valid_thread_id(agent, s["id"]):
+                continue  # a subagent's session is not resumed on its own
+            e = HistoryEntry(agent, s["id"])
+            title = s["title"] if isinstance(s["title"], str) else None
+            if title and not title.startswith("New session - "):
+                e.title = history_title(title)
+            if isinstance(s["directory"], str):
+                e.cwd = _intern(clean_str(s["directory"]))
+            e.created, e.updated = _epoch_ms(s["time_created"]), _epoch_ms(s["time_updated"])
+            usage = opencode_usage(s)
+            if usage:
+                e.input, e.output = usage["input"], usage["output"]
+                e.cache_read, e.cache_write, e.cost = usage["cacheRead"], usage["cacheWrite"], usage["cost"]
+            try:
+                m = json.loads(s["model"]) if isinstance(s["model"], str) else None
+                if isinstance(m, dict) and isinstance(m.get("id") or m.get("modelID"), str):
+                    e.model = _intern(clean_str((m.get("id") or m.get("modelID"))[:100]))
+            except (ValueError, RecursionError):
+                pass
+            out[s["id"]] = e
+        ids = list(out)
+        for n in range(0, len(ids), 500):
+            chunk = ids[n:n + 500]
+            marks = ",".join("?" * len(chunk))
+            for sid, count in conn.execute(
+                    "SELECT session_id, count(*) FROM message WHERE session_id IN (%s) "
+                    "AND (instr(data, '\"role\":\"user\"') > 0 OR instr(data, '\"role\": \"user\"') > 0) GROUP BY session_id" % marks, chunk):
+                out[sid].turns = as_number(count, 0, int, low=0)
+            for sid, _, data in conn.execute(
+                    "SELECT session_id, min(time_created), substr(data, 1, 4096) FROM part WHERE session_id IN (%s) "
+                    "AND (instr(substr(data, 1, 64), '\"type\":\"text\"') > 0 OR instr(substr(data, 1, 64), '\"type\": \"text\"') > 0) AND message_id IN (SELECT id FROM message "
+                    "WHERE session_id IN (%s) AND (instr(data, '\"role\":\"user\"') > 0 OR instr(data, '\"role\": \"user\"') > 0)) GROUP BY session_id"
+                    % (marks, marks), chunk + chunk):
+                if isinstance(data, str):
+                    out[sid].prompt = history_prompt_line(_json_string_at(data, "text"))
+        for e in out.values():
+            e.path = db
+            e.index_text()
+        return list(out.values()), newest
+    finally:
+        conn.close()
+
+
+def history_read_amp(agent, path, prev=None):
+    """The "amp-json" kind: an Amp thread file (unverified format, see amp_thread_state), read whole up
+    to MAX_LINE_BYTES."""
+    fd, st = open_foreign(path)
+    try:
+        if prev is not None and (prev.ino, prev.size, prev.mtime) == (st.st_ino, st.st_size, st.st_mtime_ns):
+            return prev
+        if st.st_size > MAX_LINE_BYTES:
+            raise ValueError("%d bytes, over the %d-byte cap" % (st.st_size, MAX_LINE_BYTES))
+        data = clean_parsed_strings(json.loads(_pread(fd, 0, st.st_size).decode("utf-8")))
+    finally:
+        os.close(fd)
+    state = amp_thread_state(data, int(st.st_mtime * 1000))
+    if state is None:
+        return None
+    extra = {"created": _epoch_ms(data.get("created"))}
+    e = _history_entry(agent, state["id"], state, extra, None)
+    e.path, e.ino, e.size, e.mtime, e.offset = path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_size
+    return e
+
+
+def history_files(paths, agent, errors=None):
+    """Every conversation file of an agent read from files -> (path, id or None), one at a time
+    (20,000 files are never listed at once), walking its own tree as its spec's HistoryFormat says
+    (read-only). None for the id: its file name holds only the id's start (header_id). `errors`
+    collects the directories that could not be listed (their conversations are kept as they were)."""
+    fmt = AGENT_SPECS[agent].history
+
+    def listdir(d):
+        try:
+            return sorted(os.listdir(d))
+        except FileNotFoundError:
+            return []
+        except OSError:
+            if errors is not None:
+                errors.add(d)
+            return []
+
+    def walk(d, patterns):
+        if not patterns:
+            for name in listdir(d):
+                tid = fmt.name_id(name)
+                if tid:
+                    yield os.path.join(d, name), (None if fmt.header_id else tid)
+            return
+        if patterns[0] != "*" and patterns[0] != "#":
+            yield from walk(os.path.join(d, patterns[0]), patterns[1:])
+            return
+        for sub in listdir(d):
+            if patterns[0] == "#" and not sub.isdigit():
+                continue
+            if os.path.isdir(os.path.join(d, sub)):
+                yield from walk(os.path.join(d, sub), patterns[1:])
+    root = paths[agent].get(fmt.under)
+    if root and fmt.kind != "opencode-db":
+        yield from walk(root, tuple(fmt.dirs))
+
+
+def history_head(path, limit=4096):
+    """The first bytes of an agent's file (a bounded read that never blocks), b"" when unreadable."""
+    try:
+        fd, _ = open_foreign(path)
+    except OSError:
+        return b""
+    try:
+        return _pread(fd, 0, limit)
+    finally:
+        os.close(fd)
+
+
+def history_header_id(path):
+    """The "sessionId" of a header_id agent's file's first line, or None."""
+    head = parse_json_lines(_history_lines(history_head(path), True)[0][:1])[0]
+    sid = head[0].get("sessionId") if head else None
+    return sid if isinstance(sid, str) else None
+
+
+def history_root(paths, agent):
+    """The directory an agent's conversation files are under (its tree's first named level)."""
+    fmt = AGENT_SPECS[agent].history
+    named = [d for d in fmt.dirs if d not in ("*", "#")][:1]
+    return os.path.join(paths[agent][fmt.under], *named)
+
+
+def history_locate(paths, agent, tid):
+    """The file of one conversation we have no path for yet (a new one the watchers just saw), or
+    None: by its name where it is <id><suffix>, else among the agent's files (the newest dated
+    directories first), a header_id agent's by the id in its first line."""
+    fmt = AGENT_SPECS[agent].history
+    candidates = list(history_files(paths, agent))
+    candidates.sort(reverse=True)  # dated directories sort newest first
+    for path, fid in candidates:
+        name = os.path.basename(path)
+        if fmt.suffix and name == tid + fmt.suffix:
+            return path
+        if fid == tid:
+            return path
+        if fmt.header_id and fmt.name_id(name) and tid.startswith(fmt.name_id(name)):
+            if history_header_id(path) == tid:
+                return path
+    return None
+
+
+def history_codex_apply(entry, facts):
+    """Codex's own facts for one of its conversations (history_codex_names) onto its entry: its
+    name is the title, its branch, its exact turn count."""
+    facts = facts or {}
+    if facts.get("name"):
+        entry.title = history_title(facts["name"])
+    if facts.get("branch") and not entry.branch:
+        entry.branch = _intern(clean_str(facts["branch"][:200]))
+    if facts.get("turns") is not None:
+        entry.turns = facts["turns"]
+        entry.exact |= EXACT_TURNS
+    entry.index_text()
+
+
+def history_gemini_dirs(gemini_home):
+    """The "gemini-projects" facts: Gemini CLI's projects.json -> {project name: directory}."""
+    try:
+        data = json.loads(read_foreign(os.path.join(gemini_home, "projects.json"), FOREIGN_JSON_MAX).decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return {}
+    projects = data.get("projects") if isinstance(data, dict) else None
+    if not isinstance(projects, dict):
+        return {}
+    return {v: k for k, v in projects.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def history_codex_names(codex_home):
+    """The "codex-db" facts: Codex's own names and facts for its threads: {id: {"name", "branch",
+    "turns"}} from
+    session_index.jsonl (renames), state_5.sqlite `threads` (name, git_branch) and
+    thread_history_1.sqlite `thread_turns` (one row per turn: exact counts). Missing pieces are
+    skipped; a database being written is read another time."""
+    import sqlite3
+    out = {}
+    path = os.path.join(codex_home, "session_index.jsonl")
+    try:
+        fd, st = open_foreign(path)
+        try:  # its newest names are at its end: its last MAX_LINE_BYTES (as the watcher's cold read)
+            start = max(0, st.st_size - MAX_LINE_BYTES)
+            lines = _history_lines(_pread(fd, start, st.st_size - start) + b"\n", start == 0)[0]
+        finally:
+            os.close(fd)
+        for tid, name in parse_codex_session_index(parse_json_lines(lines)[0]).items():
+            out.setdefault(tid, {})["name"] = name
+    except OSError:
+        pass
+    db = os.path.join(codex_home, "state_5.sqlite")
+    if os.path.exists(db):
+        try:
+            conn = sqlite_ro(db)
+            try:
+                have = {row[1] for row in conn.execute("PRAGMA table_info(threads)")}
+                cols = [c for c in ("name", "git_branch") if c in have]
+                if cols:
+                    for row in conn.execute("SELECT id, %s FROM threads" % ", ".join(cols)):
+                        d = out.setdefault(row["id"], {})
+                        if "name" in cols and isinstance(row["name"], str) and row["name"]:
+                            d["name"] = row["name"]
+                        if "git_branch" in cols and isinstance(row["git_branch"], str) and row["git_branch"]:
+                            d["branch"] = row["git_branch"]
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            log("history: codex state_5.sqlite not readable now (%s)" % e)
+    db = os.path.join(codex_home, "thread_history_1.sqlite")
+    if os.path.exists(db):
+        try:
+            for row in sqlite_rows(db, "SELECT thread_id, count(*) AS n FROM thread_turns GROUP BY thread_id"):
+                out.setdefault(row["thread_id"], {})["turns"] = as_number(row["n"], 0, int, low=0)
+        except sqlite3.Error as e:
+            log("history: codex thread_history_1.sqlite not readable now (%s)" % e)
+    return out
+
+
+def history_preview(entry, n=6, budget=HISTORY_PREVIEW_BYTES):
+    """The last n user/assistant messages of a conversation, read on demand from the end of its
+    file (at most `budget` bytes, growing from 32 KB until n messages are found) or, for OpenCode,
+    its last messages' text parts. -> [{"role", "text"}]. Raises OSError when the file is gone."""
+    fmt = AGENT_SPECS[entry.agent].history
+    if fmt.kind == "opencode-db":
+        return _opencode_preview(entry, n)
+    if fmt.kind == "amp-json":
+        fd, st = open_foreign(entry.path)
+        try:
+            if st.st_size > MAX_LINE_BYTES:
+                return []
+            data = json.loads(_pread(fd, 0, st.st_size).decode("utf-8", "replace"))
+        except ValueError:
+            return []
+        finally:
+            os.close(fd)
+        messages = data.get("messages") if isinstance(data, dict) and isinstance(data.get("messages"), list) else []
+        found = fmt.messages([m for m in messages if isinstance(m, dict)])
+        return [{"role": r, "text": t} for r, t in found[-n:]]
+    fd, st = open_foreign(entry.path)
+    try:
+        size, data, start = 32 * 1024, b"", st.st_size
+        while True:  # each step reads only the part before what was read: `budget` bytes in all
+            new_start = max(0, st.st_size - size)
+            data = _pread(fd, new_start, start - new_start) + data
+            start = new_start
+            lines, _ = _history_lines(data + b"\n", start == 0)
+            found = fmt.messages(parse_json_lines(lines)[0])
+            if len(found) >= n or start == 0 or size >= budget:
+                return [{"role": r, "text": t} for r, t in found[-n:]]
+            size = min(budget, size * 4)
+    finally:
+        os.close(fd)
+
+
+def _opencode_preview(entry, n):
+    """OpenCode: the newest n messages (role from message.data) with their text parts (4 KB each)."""
+    conn = sqlite_ro(entry.path)
+    try:
+        msgs = conn.execute("SELECT id, (instr(data, '\"role\":\"user\"') > 0 OR instr(data, '\"role\": \"user\"') > 0) AS is_user FROM message "
+                            "WHERE session_id = ? ORDER BY time_created DESC, id DESC LIMIT ?",
+                            (entry.id, n * 3)).fetchall()
+        out = []
+        for m in reversed(msgs):
+            texts = []
+            for (data,) in conn.execute("SELECT substr(data, 1, 4096) FROM part WHERE message_id = ? AND "
+                                        "(instr(substr(data, 1, 64), '\"type\":\"text\"') > 0 OR instr(substr(data, 1, 64), '\"type\": \"text\"') > 0) ORDER BY id",
+                                        (m["id"],)):
+                text = _json_string_at(data, "text") if isinstance(data, str) else None
+                if text:
+                    texts.append(text)
+            if texts and "".join(texts).strip():
+                out.append({"role": "user" if m["is_user"] else "assistant", "text": preview_text("\n".join(texts))})
+        return out[-n:]
+    finally:
+        conn.close()
+
+
+def history_drop_flags(agent, flags):
+    """Recorded launch flags minus those that must not come back from the picker (its spec's
+    HistoryFormat one_shot: one-shot modes, script output formats). Pure."""
+    fmt = AGENT_SPECS[agent].history if agent in AGENT_SPECS else None
+    values, switches = fmt.one_shot if fmt else ((), ())
+    out, skip = [], False
+    for a in flags:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in values:
+            skip = "=" not in a
+            continue
+        if a in switches:
+            continue
+        out.append(a)
+    return out
+
+
+def history_resume_plan(entry, fork=False, exists=None):
+    """How to resume (or fork) one conversation: -> {"command", "cwd", "notes"}, the command being
+    resurrect's resume_command() (exact id, recorded flags and program where we have them, POSIX
+    quoting), or ValueError with the reason it cannot be. `exists(path)` says whether a directory or
+    program is still there (os.path.exists by default). A gone directory follows restore's rule:
+    agents that resume anywhere (RESUME_ANYWHERE) resume without it; the others say why not."""
+    exists = exists or os.path.exists
+    rec = {"agent": entry.agent, "id": entry.id, "cwd": entry.cwd,
+           "flags": history_drop_flags(entry.agent, list(entry.flags or ())), "program": entry.program}
+    notes = []
+    if rec["program"] and not exists(rec["program"]):
+        notes.append("program %s is gone; using `command %s`" % (rec["program"], entry.agent))
+        rec["program"] = None
+    if rec["cwd"] and not exists(rec["cwd"]):
+        if not AGENT_SPECS[entry.agent].resumes_anywhere:
+            raise ValueError("not resuming %s %s: its directory %s is gone (%s resumes a conversation only from its "
+                             "project directory)" % (entry.agent, entry.id, resurrect_escape(rec["cwd"]),
+                                                     AGENT_SPECS[entry.agent].title))
+        notes.append("directory %s is gone; %s resumes by id from elsewhere" % (resurrect_escape(rec["cwd"]),
+                                                                                 entry.agent))
+        rec["cwd"] = None
+    return {"command": resume_command(rec, fork), "cwd": rec["cwd"], "notes": notes}
+
+
+class CodexFacts(object):
+    """The "codex-db" facts: Codex's names, git branches and exact turn counts of its threads
+    (history_codex_names), read again when its databases or session_index.jsonl change."""
+
+    def stamp(self, paths):
+        home = paths["home"]
+        out = [sqlite_stamp(os.path.join(home, db)) for db in ("state_5.sqlite", "thread_history_1.sqlite")]
+        try:
+            st = os.stat(os.path.join(home, "session_index.jsonl"))
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append(None)
+        return tuple(out)
+
+    def read(self, paths):
+        return history_codex_names(paths["home"])
+
+    def apply(self, entry, facts):
+        history_codex_apply(entry, facts.get(entry.id))
+
+
+class GeminiProjects(object):
+    """The "gemini-projects" facts: Gemini CLI names a project directory by a name of its own;
+    projects.json says which directory it is (a chat file holds none)."""
+
+    def stamp(self, paths):
+        try:
+            st = os.stat(os.path.join(paths["home"], "projects.json"))
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def read(self, paths):
+        return history_gemini_dirs(paths["home"])
+
+    def apply(self, entry, facts):
+        if not entry.cwd and entry._dir:
+            parts = entry._dir.split(os.sep)  # <home>/tmp/<project>/chats
+            entry.cwd = _intern(facts.get(parts[-2])) if len(parts) >= 2 else None
+            entry.index_text()
+
+
+HISTORY_FACTS = {"codex-db": CodexFacts(), "gemini-projects": GeminiProjects()}
+
+
+def history_scope(cwd, directory):
+    """Is cwd the directory or under it? ('/' holds everything.) Pure."""
+    if not directory or directory == "/":
+        return True
+    return bool(cwd) and (cwd == directory or cwd.startswith(directory + "/"))
+
+
+class History(object):
+    """The conversation index of one server. A worker thread builds it (cold start: the saved
+    index, then a stat of every conversation file, reading only the changed ones) and refreshes
+    what the watchers report; HTTP threads query it; the event loop tells it which conversations
+    are live (and with which flags and program they run). Everything shared is under `lock`."""
+
+    def __init__(self, environ=None, path=None, clock=time.time, tmux=None):
+        import threading
+        self.tmux = tmux  # for @resurrect-dir (where our sidecars recorded flags)
+        self.env = dict(os.environ if environ is None else environ)
+        self.paths = agent_paths(self.env)
+        self.path = path or os.path.join(state_dir(self.env), HISTORY_FILE)
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.entries = {}  # (agent, id) -> HistoryEntry
+        self.version = 0
+        self.complete = False  # the cold scan has finished
+        self.live = {}  # (agent, id) -> {"session", "pane", "status", "pid"} (the loop replaces it whole)
+        self.loaded = 0  # entries read from the saved index
+        self.removed = 0  # entries whose conversation is confirmed gone since
+        self.db_newest = {}  # agent -> the newest time_updated read from its database ("opencode-db")
+        self.facts = {}  # agent -> what its facts kind read (HISTORY_FACTS)
+        self._facts_stamp = {}  # agent -> its facts' stamp when they were read
+        self.stats = {"files": 0, "read": 0, "errors": 0, "seconds": None}
+        self._sorted = (-1, [])
+        self._found = {}  # (directory, agent, since) -> (version, {typed text: [entries]}): incremental typing
+        self._cwd_lower = {}  # directory -> its lower-case form (typing matches directories through it)
+        self._plock = threading.Lock()  # guards the two below (the loop adds, the worker takes)
+        self._pending = set()  # (agent, id) the watchers reported
+        self._launches = {}  # (agent, id) -> pid: a live process to read flags and program from
+        self._recorded = set()  # (agent, id, pid) already read (the loop's own)
+        self._launched = {}  # (agent, id) -> (flags, program) seen live before its conversation was indexed
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = None
+        self._dirty_at = None  # monotonic time of the first unsaved change
+        self._logged = set()
+
+    # -- the loop's side (cheap: sets and a wake-up) --------------------------------------------
+    def start(self):
+        import threading
+        self._thread = threading.Thread(target=self._run, name="history", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout=5.0):
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def seen(self, agent, tid):
+        """The watchers (or a hook) reported this conversation: read it again soon."""
+        if valid_thread_id(agent, tid):
+            with self._plock:
+                self._pending.add((agent, tid))
+            self._wake.set()
+
+    def set_live(self, threads):
+        """The live threads of the newest /state (alive ones): the live marker, and a process to read
+        how they were started from: the program for any thread linked to a pane's agent process, and
+        its launch flags only where the link is exact (by pid, not a guess from the directory)."""
+        live = {}
+        for t in threads:
+            if not t.alive:
+                continue
+            live[t.key] = {"session": t.session, "pane": t.pane, "status": t.status, "pid": t.pid, "link": t.link}
+            if t.pid and t.link in ("pid", "cwd") and (t.agent, t.id, t.pid, t.link) not in self._recorded:
+                self._recorded.add((t.agent, t.id, t.pid, t.link))
+                with self._plock:
+                    self._launches[t.key] = (t.pid, t.link == "pid")
+                self._wake.set()
+        self.live = live
+
+    # -- the worker ----------------------------------------------------------------------------
+    def _run(self):
+        t0 = time.monotonic()
+        try:
+            self.load()
+            self.scan()
+            self.read_sidecars()
+        except Exception:
+            import traceback
+            log("history: cold scan failed:\n" + traceback.format_exc())
+        self.stats["seconds"] = round(time.monotonic() - t0, 3)
+        if self._stop:  # stopped during the first scan: what was read is kept for the next start
+            log("history: stopped while reading (%d conversations so far); saved for the next start"
+                % len(self.entries))
+            self.save()
+            return
+        if self._dirty_at is not None or not self.loaded:
+            self.save()
+        release_memory()
+        self.complete = True
+        log("history: %d conversations (%d saved, %d files, %d read, %d skipped) in %.3fs"
+            % (len(self.entries), self.loaded, self.stats["files"], self.stats["read"], self.stats["errors"],
+               self.stats["seconds"]))
+        while not self._stop:
+            timeout = None
+            if self._dirty_at is not None:
+                timeout = max(0.0, self._dirty_at + HISTORY_SAVE_QUIET - time.monotonic())
+            self._wake.wait(timeout)
+            if self._stop:
+                break
+            time.sleep(HISTORY_BATCH)  # a streaming agent reports every line: one read for the batch
+            self._wake.clear()
+            try:
+                self._refresh()
+            except Exception:
+                import traceback
+                log("history: refresh failed:\n" + traceback.format_exc())
+            if self._dirty_at is not None and time.monotonic() - self._dirty_at >= HISTORY_SAVE_QUIET:
+                self.save()
+        if self._dirty_at is not None:
+            self.save()
+
+    def _guard(self, what, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as e:  # an odd file: skipped, counted, logged once
+            self.stats["errors"] += 1
+            if what not in self._logged and len(self._logged) < 200:
+                self._logged.add(what)
+                log("history: skipped %s (%s: %s)" % (what, type(e).__name__, str(e)[:200]))
+            return None
+
+    def _changed(self):
+        self.version += 1
+        if self._dirty_at is None:
+            self._dirty_at = time.monotonic()
+
+    def put(self, entry, prev=None):
+        """Add or replace one entry (what we recorded of its launch is kept)."""
+        with self.lock:
+            old = self.entries.get(entry.key) if prev is None else prev
+            if old is not None and old is not entry:
+                if entry.flags is None:
+                    entry.flags = old.flags
+                if entry.program is None:
+                    entry.program = old.program
+                if entry.title is None and old.title:  # (a title is never taken back by its agent)
+                    entry.title = old.title
+            launched = self._launched.pop(entry.key, None)
+            if launched is not None:  # its process was seen live before its file was read
+                if launched[0] is not None:
+                    entry.flags = tuple(history_drop_flags(entry.agent, launched[0]))
+                entry.program = launched[1] or entry.program
+            self.entries[entry.key] = entry
+            if entry.cwd not in self._cwd_lower:
+                self._cwd_lower[entry.cwd] = (entry.cwd or "").lower()
+            self._changed()
+            if len(self.entries) > HISTORY_MAX:  # the least recently active go (a hundredth at once)
+                for e in sorted(self.entries.values(), key=lambda e: e.updated)[:len(self.entries) - HISTORY_MAX * 99 // 100]:
+                    del self.entries[e.key]
+
+    def remove(self, key):
+        with self.lock:
+            if self.entries.pop(key, None) is not None:
+                self.removed += 1
+                self._changed()
+
+    def scan(self):
+        """Every agent's conversations: a file whose inode, size and mtime are those saved is not
+        read again; a changed one is read on from where we stopped (an append) or again. A stop
+        (the server ending) interrupts it between files."""
+        for agent, spec in AGENT_SPECS.items():
+            if spec.history is None or self._stop:
+                continue
+            if spec.history.kind == "opencode-db":
+                self._guard("history %s scan" % agent, self._scan_db, agent)
+            else:
+                self._guard("history %s scan" % agent, self._scan_files, agent)
+
+    def _read_facts(self, agent):
+        """The agent's facts (its spec's HistoryFormat.facts kind), read when they changed -> True then."""
+        kind = HISTORY_FACTS.get(AGENT_SPECS[agent].history.facts)
+        if kind is None:
+            return False
+        stamp = kind.stamp(self.paths[agent])
+        if agent in self.facts and stamp == self._facts_stamp.get(agent):
+            return False
+        self._facts_stamp[agent] = stamp
+        self.facts[agent] = self._guard("%s facts" % agent, kind.read, self.paths[agent]) or self.facts.get(agent) or {}
+        return True
+
+    def _scan_files(self, agent):
+        errors = set()
+        fmt = AGENT_SPECS[agent].history
+        self._read_facts(agent)
+        by_path = {}
+        if fmt.header_id:  # its file names hold only the id's start: its conversations are found by path
+            with self.lock:
+                by_path = {e.path: e for e in self.entries.values() if e.agent == agent}
+        seen = set()  # ids of the conversations whose file is there
+        for path, tid in history_files(self.paths, agent, errors):
+            if self._stop:
+                return  # the server ends: nothing is taken for gone from a scan cut short
+            self.stats["files"] += 1
+            prev = self.entries.get((agent, tid)) if tid else by_path.get(path)
+            entry = self._guard(path, self._read_file, agent, path, tid, prev)
+            if entry is not None:
+                seen.add(entry.id)
+            elif prev is not None:
+                seen.add(prev.id)  # unreadable now: kept as it was
+        with self.lock:
+            mine = [e for e in self.entries.values() if e.agent == agent and e.id not in seen]
+        for e in mine:
+            if not e.path:
+                continue
+            directory = os.path.dirname(e.path)
+            if directory in errors or os.path.lexists(e.path):
+                continue  # not listed (unreadable directory): not known to be gone
+            if os.path.isdir(history_root(self.paths, agent)):
+                self.remove(e.key)  # confirmed gone (the agent's own tree is there and lists without it)
+
+    def _read_file(self, agent, path, tid, prev):
+        """One conversation file -> its entry (put in the index), prev itself when unchanged."""
+        if prev is not None and prev.path == path:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return None
+            if (prev.ino, prev.size, prev.mtime) == (st.st_ino, st.st_size, st.st_mtime_ns):
+                return prev
+        self.stats["read"] += 1
+        fmt = AGENT_SPECS[agent].history
+        read = history_read_amp if fmt.kind == "amp-json" else history_read_jsonl
+        entry = read(agent, path, prev) if fmt.kind == "amp-json" else read(agent, path, prev, tid)
+        if entry is None:
+            return None
+        kind = HISTORY_FACTS.get(fmt.facts)
+        if kind is not None:
+            kind.apply(entry, self.facts.get(agent) or {})
+        if entry is not prev:
+            other = self.entries.get(entry.key)
+            if other is not None and other.path != path and os.path.exists(other.path or "") and \
+                    (other.turns, other.size, other.updated) > (entry.turns, entry.size, entry.updated):
+                return other  # two files of one conversation (Gemini's resume leaves a same-id stub): the one that grows wins
+            self.put(entry, prev)
+        return entry
+
+    def _scan_db(self, agent):
+        """An agent whose conversations are rows of its database ("opencode-db"): its top-level
+        sessions listed (id, time_updated); only the new and changed ones are read in full; a session
+        no longer in a database that could be read is gone."""
+        import sqlite3
+        db = self.paths[agent][AGENT_SPECS[agent].history.under]
+        if not os.path.exists(db):
+            return
+        try:
+            listed = {r["id"]: r["time_updated"] for r in sqlite_rows(
+                db, "SELECT id, time_updated FROM session WHERE parent_id IS NULL")}
+        except sqlite3.Error as e:
+            log("history: %s not readable now (%s); its conversations are kept as saved" % (db, e))
+            return
+        with self.lock:
+            mine = {e.id: e for e in self.entries.values() if e.agent == agent}
+        for sid, e in mine.items():
+            if sid not in listed:
+                self.remove(e.key)
+        changed = [sid for sid, t in listed.items() if sid not in mine or mine[sid].updated != _epoch_ms(t)]
+        self.stats["files"] += len(listed)
+        self._read_db(agent, changed)
+        newest = [_epoch_ms(t) for t in listed.values()]
+        self.db_newest[agent] = max(newest) if newest else 0
+
+    def _read_db(self, agent, ids=None):
+        """Its sessions named by ids, or else those changed since the newest one read."""
+        db = self.paths[agent][AGENT_SPECS[agent].history.under]
+        if ids is not None and not ids:
+            return
+        newest = self.db_newest.get(agent, 0)
+        entries, newest = history_read_opencode(agent, db, ids=ids, since_ms=newest if ids is None else 0)
+        self.db_newest[agent] = max(self.db_newest.get(agent, 0), newest)
+        self.stats["read"] += len(entries)
+        for e in entries:
+            self.put(e)
+
+    def _refresh(self):
+        """What the watchers reported since the last turn, and the launches to record."""
+        with self._plock:
+            pending, self._pending = self._pending, set()
+            launches, self._launches = self._launches, {}
+        agents = {a for a, _ in pending if AGENT_SPECS.get(a) is not None and AGENT_SPECS[a].history is not None}
+        for agent in agents:
+            fmt = AGENT_SPECS[agent].history
+            if fmt.kind == "opencode-db":
+                self._guard("%s refresh" % agent, self._read_db, agent)
+            elif self._read_facts(agent):  # a rename changes no conversation file: its entries change here
+                kind = HISTORY_FACTS[fmt.facts]
+                with self.lock:
+                    changed = 0
+                    for e in [e for e in self.entries.values() if e.agent == agent]:
+                        before = (e.title, e.branch, e.turns, e.exact, e.cwd)
+                        kind.apply(e, self.facts[agent])
+                        changed += before != (e.title, e.branch, e.turns, e.exact, e.cwd)
+                    if changed:
+                        self._changed()
+        for agent, tid in sorted(pending):
+            if agent not in agents or AGENT_SPECS[agent].history.kind == "opencode-db":
+                continue
+            prev = self.entries.get((agent, tid))
+            path = prev.path if prev is not None and prev.path else history_locate(self.paths, agent, tid)
+            if path:
+                self._guard(path, self._read_file, agent, path, tid, prev)
+        for key, (pid, exact) in launches.items():
+            self._guard("launch of %s:%s" % key, self._record_launch, key, pid, exact)
+
+    def _record_launch(self, key, pid, exact=True):
+        """A live conversation's process: the absolute path of its program and, when the process is
+        surely this conversation's (exact), its launch flags (launch_flags: no resume flag, no
+        prompt), kept with its entry for the picker's resume."""
+        agent = key[0]
+        args = process_args(pid)
+        if not args:
+            return
+        flags = launch_flags(agent, agent_argv(agent, args))[0] if exact else None
+        program = Resurrect(None, self.env)._program(agent, pid, args)
+        self.record(key, flags, program)
+
+    def record(self, key, flags, program):
+        with self.lock:
+            e = self.entries.get(key)
+            if e is None:  # a conversation not indexed yet (no file before its first prompt): kept for put()
+                if len(self._launched) >= 500:
+                    self._launched.pop(next(iter(self._launched)))
+                self._launched[key] = (list(flags) if flags is not None else None, program)
+                return
+            flags = tuple(history_drop_flags(key[0], flags)) if flags is not None else e.flags
+            if (flags, program or e.program) != (e.flags, e.program):
+                e.flags, e.program = flags, program or e.program
+                self._changed()
+
+    def read_sidecars(self, limit=20):
+        """Flags and programs our resurrect sidecars recorded, for conversations we have none for yet
+        (the newest sidecar first; what a live process shows later wins)."""
+        if self.tmux is None:
+            return
+        d = resurrect_dir(lambda name: _tmux_option(self.tmux, name), self.env)
+        names = sorted((n for n in dir_entries(d, ".json") if n.startswith(SIDECAR_PREFIX)), reverse=True)[:limit]
+        done = set()
+        for name in names:
+            try:
+                doc = json.loads(read_foreign(os.path.join(d, name), FOREIGN_JSON_MAX).decode("utf-8"))
+            except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+                continue
+            records = doc.get("records") if isinstance(doc, dict) else None
+            for rec in records if isinstance(records, list) else ():
+                if not isinstance(rec, dict) or record_problem(rec, pane=False):
+                    continue
+                key = (rec["agent"], rec["id"])
+                e = self.entry(*key)
+                if key in done or e is None or e.flags is not None:
+                    continue
+                done.add(key)
+                self.record(key, rec.get("flags") or [], rec.get("program"))
+
+    # -- saved index ---------------------------------------------------------------------------
+    def load(self):
+        """The saved index (history.jsonl: a header line, then one entry per line). A line that is
+        not an entry of ours is skipped; a file that is not ours at all is kept aside (.corrupt)."""
+        try:
+            fd, st = open_foreign(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            log("history: cannot read %s (%s); building the index again" % (self.path, e))
+            return
+        try:
+            f = os.fdopen(fd, "rb")
+        except OSError:
+            os.close(fd)
+            raise
+        with f:
+            header = f.readline()
+            try:
+                head = json.loads(header.decode("utf-8"))
+                ok = isinstance(head, dict) and head.get("history") == HISTORY_VERSION
+            except (ValueError, UnicodeDecodeError):
+                ok, head = False, None
+            if not ok:
+                log("history: %s is not an index of this version; kept as %s.corrupt, building again"
+                    % (self.path, self.path))
+                try:
+                    os.replace(self.path, self.path + ".corrupt")
+                except OSError:
+                    pass
+                return
+            newest = head.get("dbNewest") if isinstance(head.get("dbNewest"), dict) else {}
+            self.db_newest = {a: as_number(n, 0, int) for a, n in newest.items() if a in AGENT_SPECS}
+            entries, bad = {}, 0
+            for line in f:
+                try:
+                    e = HistoryEntry.from_row(json.loads(line.decode("utf-8")))
+                except (ValueError, UnicodeDecodeError, RecursionError):
+                    e = None
+                if e is None:
+                    bad += 1
+                    continue
+                entries[e.key] = e
+        if bad:
+            log("history: %d unreadable line(s) in %s skipped" % (bad, self.path))
+        with self.lock:
+            for key, e in entries.items():
+                self.entries.setdefault(key, e)
+                if e.cwd not in self._cwd_lower:
+                    self._cwd_lower[e.cwd] = (e.cwd or "").lower()
+            self.loaded = len(entries)
+            self.version += 1
+
+    def save(self):
+        """Write the index (atomic, 0600, our state dir), a line at a time (never the whole document
+        in memory). Never an emptier index by accident: fewer entries than were loaded, beyond those
+        confirmed gone, is refused (and logged)."""
+        with self.lock:
+            entries = list(self.entries.values())
+            self._dirty_at = None
+            loaded, removed = self.loaded, self.removed
+        if len(entries) < loaded - removed:
+            log("history: not saving %d conversations over %d saved (only %d confirmed gone)"
+                % (len(entries), loaded, removed))
+            return False
+
+        def lines():
+            yield json.dumps({"history": HISTORY_VERSION, "savedAt": int(self.clock()),
+                              "dbNewest": self.db_newest}).encode() + b"\n"
+            for e in entries:
+                yield encode_json(e.to_row()) + b"\n"
+        try:
+            ensure_private_dir(os.path.dirname(self.path))
+            atomic_write(self.path, lines())
+        except (OSError, OpensessionsError) as e:
+            log("history: cannot save %s: %s" % (self.path, e))
+            return False
+        finally:
+            release_memory()
+        return True
+
+    # -- queries (any thread) ------------------------------------------------------------------
+    def sorted_entries(self):
+        """-> (version, every entry, most recently active first); sorted again only after a change."""
+        with self.lock:
+            if self._sorted[0] != self.version:
+                import operator
+                self._sorted = (self.version, sorted(self.entries.values(), key=operator.attrgetter("updated"),
+                                                     reverse=True))
+            return self._sorted
+
+    def query(self, directory=None, text="", agent=None, since_ms=None):
+        """The entries in scope (directory and below, or all), of that agent, active since
+        since_ms, whose title, first prompt, directory or agent hold every word of text
+        (case-insensitive). -> [entries], most recent first. Typing one more character filters the
+        answer to the text before it, and a backspace finds its answer kept (answers per scope are
+        kept until the index changes)."""
+        directory = os.path.normpath(directory) if directory else None
+        text = text.lower()
+        words = text.split()
+        scope = (directory, agent, since_ms)
+        version, entries = self.sorted_entries()
+        with self.lock:
+            cached = self._found.get(scope)
+            if cached is None or cached[0] != version:
+                cached = None
+            else:
+                found = cached[1]
+                if text in found:
+                    return found[text]
+                prefix = max((t for t in found if text.startswith(t)), key=len, default=None)
+        if cached is None:
+            base = entries
+            if directory not in (None, "/"):
+                inside = {}  # per directory string (shared): is it in scope?
+                for e in entries:
+                    if e.cwd not in inside:
+                        inside[e.cwd] = history_scope(e.cwd, directory)
+                base = [e for e in entries if inside[e.cwd]]
+            if agent is not None:
+                base = [e for e in base if e.agent == agent]
+            if since_ms is not None:
+                base = [e for e in base if e.updated >= since_ms]
+            found, prefix = {"": base}, ""
+        out, done = found[prefix], prefix.split()
+        if words and words != done:
+            low = self._cwd_lower
+            for w in [w for w in words if w not in done] or words:
+                out = [e for e in out if w in e.hay or w in low.get(e.cwd, "")]
+        with self.lock:
+            if len(found) > 64:
+                found = {"": found[""]}
+            found[text] = out
+            if len(self._found) > 16:
+                self._found.clear()
+            self._found[scope] = (version, found)
+        return out
+
+    def entry(self, agent, tid):
+        with self.lock:
+            return self.entries.get((agent, tid))
+
+    def find(self, value):
+        """'agent:id' or a bare id -> the entry; ValueError with the reason otherwise."""
+        if not isinstance(value, str) or not value:
+            raise ValueError("'thread' (AGENT:ID or an id) is required")
+        agent, sep, tid = value.partition(":")
+        if sep:
+            if agent not in AGENT_SPECS or not valid_thread_id(agent, tid):
+                raise ValueError("%r is not a valid %s conversation id" % (tid, agent))
+            e = self.entry(agent, tid)
+            if e is None:
+                raise LookupError("no %s conversation %s in the history" % (agent, tid))
+            return e
+        with self.lock:
+            found = [e for e in self.entries.values() if e.id == value]
+        if not found:
+            if not any(valid_thread_id(a, value) for a in AGENT_SPECS):
+                raise ValueError("%r is not a conversation id" % (value,))
+            raise LookupError("no conversation %s in the history" % value)
+        if len(found) > 1:
+            raise ValueError("%s is the id of several agents' conversations; say AGENT:ID" % value)
+        return found[0]
+
+    def to_json(self, e, now=None, prices=None, dir_gone=None):
+        live = self.live.get(e.key)
+        raw = e.raw_usage()
+        usage = usage_json(raw, e.model, prices) if raw else None
+        if usage is not None:
+            usage["exact"] = bool(e.exact & EXACT_USAGE)
+        return {"thread": "%s:%s" % (e.agent, e.id), "agent": e.agent, "id": e.id, "title": e.title,
+                "prompt": e.prompt, "cwd": e.cwd, "dirGone": bool(dir_gone), "branch": e.branch,
+                "createdAt": e.created, "updatedAt": e.updated, "turns": e.turns,
+                "turnsExact": bool(e.exact & EXACT_TURNS), "usage": usage, "model": e.model,
+                "live": {"session": live["session"], "pane": live["pane"], "status": live["status"]} if live else None,
+                "canFork": bool(AGENT_SPECS[e.agent].fork_args), "recorded": e.flags is not None or e.program is not None}
+
+    def page(self, params, prices=None):
+        """GET /api/history: params (already validated) -> the answer document."""
+        since = params.get("since")
+        found = self.query(params.get("dir"), params.get("q") or "", params.get("agent"), since)
+        offset, limit = params.get("offset", 0), params.get("limit", 50)
+        shown = found[offset:offset + limit]
+        gone = {}
+        for e in shown:
+            if e.cwd and e.cwd not in gone:
+                gone[e.cwd] = not os.path.isdir(e.cwd)
+        return {"total": len(found), "offset": offset, "limit": limit, "complete": self.complete,
+                "count": len(self.entries),
+                "threads": [self.to_json(e, prices=prices, dir_gone=gone.get(e.cwd)) for e in shown]}
+
+    # -- the API's side ------------------------------------------------------------------------
+    def conversation_exists(self, e):
+        """Its file (or OpenCode row) is still there: what restore checks before typing."""
+        fmt = AGENT_SPECS[e.agent].history
+        if fmt.kind == "opencode-db":
+            import sqlite3
+            try:
+                return bool(sqlite_rows(e.path or self.paths[e.agent][fmt.under], "SELECT 1 FROM session WHERE id = ?",
+                                        (e.id,)))
+            except sqlite3.Error:
+                return False
+        return bool(e.path) and os.path.isfile(e.path)
+
+    def api_resume(self, body, store, tmux):
+        """POST /api/resume, on the event loop: checks (body, conversation, live thread, how to resume
+        it) -> the answer, or a function that does the tmux part off the loop and returns it."""
+        thread, fork, target, session = history_resume_request(body)
+        try:
+            e = self.find(thread)
+        except ValueError as ex:
+            raise ApiError(400, str(ex))
+        except LookupError as ex:
+            raise ApiError(404, str(ex))
+        answer = {"thread": "%s:%s" % e.key, "agent": e.agent, "id": e.id, "fork": fork}
+        t = store.threads.get(e.key)
+        if t is not None and t.alive and not fork:
+            # a live thread is never resumed twice: its pane is the answer
+            if t.pane and store.session_of_pane(t.pane):
+                return dict(answer, action="jumped", pane=t.pane, session=store.session_of_pane(t.pane)[0]["name"])
+            raise ApiError(409, "%s %s is running%s outside this tmux server's panes; not resuming it twice"
+                           % (e.agent, e.id, " (pid %d)" % t.pid if t.pid else ""))
+        try:
+            plan = history_resume_plan(e, fork)
+        except ValueError as ex:
+            log("history: %s %s refused: %s" % ("fork" if fork else "resume", answer["thread"], ex))
+            raise ApiError(409, str(ex))
+        if not self.conversation_exists(e):
+            raise ApiError(409, "%s conversation %s no longer exists" % (e.agent, e.id))
+        answer.update(action="forked" if fork else "resumed", command=plan["command"], notes=plan["notes"])
+        if target == "command":
+            return dict(answer, action="command")
+        if target.startswith("%"):
+            if store.session_of_pane(target) is None:
+                raise ApiError(404, "no pane %s" % target)
+            return lambda: self._tmux_part(self._type_into, tmux, target, answer)
+        names = [s["name"] for s in store.visible_sessions()]
+        if session is None:
+            clients = [c for c in store.clients if not c.get("control") and c.get("session") in names]
+            session = clients[0]["session"] if clients else (names[0] if names else None)
+        if session is None or session not in names:
+            raise ApiError(404, "no tmux session %s to open a window in" % (session or "(none)"))
+        home = home_dir(self.env)
+        return lambda: self._tmux_part(self._new_window, tmux, session, plan["cwd"] or home, answer)
+
+    def _tmux_part(self, fn, *args):
+        try:
+            return fn(*args)
+        except TmuxError as e:
+            raise ApiError(409, "tmux: %s" % e)
+
+    def _type_into(self, tmux, pane, answer):
+        """Type the command into a pane that is an idle shell (the same judgement as restore's)."""
+        out = tmux.run("display-message", "-p", "-t", pane, "#{pane_current_command}" + FS + "#{pane_pid}")
+        command, _, pid = out.rstrip("\n").partition(FS)
+        if command not in SHELLS:
+            raise ApiError(409, "pane %s is busy with %s (not an idle shell); not typing into it"
+                           % (pane, resurrect_escape(command)))
+        table = process_table()
+        running = agent_in_tree(as_number(pid, 0, int, text=True), table, children_index(table))
+        if running:
+            raise ApiError(409, "pane %s is busy with %s (pid %d); not typing into it" % (pane, running[0], running[1]))
+        tmux.run("send-keys", "-t", pane, "-l", answer["command"])
+        tmux.run("send-keys", "-t", pane, "Enter")
+        log("history: %s %s in pane %s: %s" % (answer["action"], answer["thread"], pane, answer["command"]))
+        return dict(answer, pane=pane)
+
+    def _new_window(self, tmux, session, cwd, answer):
+        """A new window in the session, in the conversation's directory; the command is typed once
+        its shell shows a prompt (as restore does)."""
+        out = tmux.run("new-window", "-d", "-P", "-F", "#{pane_id}" + FS + "#{window_id}", "-t", "=%s:" % session,
+                       "-c", tmux_literal(cwd))
+        pane, _, window = out.strip("\n").partition(FS)
+        if not Resurrect(tmux, self.env).wait_for_prompt(pane):
+            log("history: no prompt in the new window %s after 10 s; typing anyway" % pane)
+        tmux.run("send-keys", "-t", pane, "-l", answer["command"])
+        tmux.run("send-keys", "-t", pane, "Enter")
+        log("history: %s %s in a new window %s of %s: %s" % (answer["action"], answer["thread"], window,
+                                                             resurrect_escape(session), answer["command"]))
+        return dict(answer, pane=pane, window=window, session=session)
+
+    def api_preview(self, thread, n=6):
+        """GET /api/history/preview: the last n messages of a conversation (read off the loop)."""
+        try:
+            e = self.find(thread)
+        except ValueError as ex:
+            raise ApiError(400, str(ex))
+        except LookupError as ex:
+            raise ApiError(404, str(ex))
+        try:
+            messages = history_preview(e, n)
+        except (OSError, ValueError) as ex:
+            raise ApiError(409, "cannot read %s %s: %s" % (e.agent, e.id, resurrect_escape(str(ex))))
+        except Exception as ex:  # sqlite3.Error and what no parser expected
+            raise ApiError(409, "cannot read %s %s: %s" % (e.agent, e.id, type(ex).__name__))
+        return {"thread": "%s:%s" % e.key, "messages": messages}
+
+    def api_query(self, query, prices=None, pane_of=None):
+        """GET /api/history (query: parse_qs of its query string) -> the answer document. With
+        pane=%N (the picker's first request) the scope is that pane's directory, and the answer says
+        which directory and session that is (pane_of(pane) -> (cwd, session) or None)."""
+        params = history_query_params(query, now_ms(self.clock))
+        where = pane_of(params["pane"]) if params.get("pane") and pane_of else None
+        if where and not params.get("dir") and not params["all"]:
+            params["dir"] = where[0]
+        doc = self.page(params, prices)
+        doc["dir"] = params.get("dir")
+        if where:
+            doc["session"] = where[1]
+        return doc
+
+    def api_preview_query(self, query):
+        """GET /api/history/preview?thread=AGENT:ID&n=N (1-20, default 6)."""
+        n = as_number((query.get("n") or ["6"])[0], 0, int, text=True)
+        if not 1 <= n <= 20:
+            raise ApiError(400, "'n' must be 1..20")
+        return self.api_preview((query.get("thread") or [""])[0], n)
+
+    def health(self):
+        return {"conversations": len(self.entries), "complete": self.complete, "seconds": self.stats["seconds"],
+                "skipped": self.stats["errors"]}
+
+
+_PANE_ID_RE = LazyPattern(r"^%[0-9]{1,9}$")
+
+
+def history_since(text, now_ms_):
+    """'7d', '12h', '30m', '2w' -> epoch ms (None for ''); ValueError otherwise. Pure."""
+    if text in (None, ""):
+        return None
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$", text)
+    if not m:
+        raise ValueError("'since' takes a duration such as 7d, 12h or 30m")
+    return int(now_ms_ - float(m.group(1)) * {"m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)] * 1000)
+
+
+def history_query_params(query, now_ms_):
+    """GET /api/history's query string (parse_qs) -> validated params, or ApiError(400). Pure."""
+    def one(name, default=None):
+        values = query.get(name)
+        if not values:
+            return default
+        if len(values) > 1:
+            raise ApiError(400, "'%s' is given more than once" % name)
+        return values[0]
+    out = {}
+    directory = one("dir")
+    every = one("all") in ("1", "true", "yes")
+    if directory and not every:
+        if len(directory) > 4096 or "\x00" in directory or not directory.startswith("/"):
+            raise ApiError(400, "'dir' must be an absolute directory")
+        out["dir"] = directory
+    pane = one("pane")
+    if pane:
+        if not _PANE_ID_RE.match(pane):
+            raise ApiError(400, "'pane' must be a pane id such as %12")
+        out["pane"] = pane
+    out["all"] = every
+    q = one("q", "")
+    if len(q) > 1000:
+        raise ApiError(400, "'q' is longer than 1000 characters")
+    out["q"] = q
+    agent = one("agent")
+    if agent:
+        if agent not in AGENT_SPECS:
+            raise ApiError(400, "'agent' must be one of %s" % ", ".join(AGENT_SPECS))
+        out["agent"] = agent
+    for name, default, high in (("limit", 50, 500), ("offset", 0, 10 ** 7)):
+        raw = one(name)
+        value = default if raw in (None, "") else as_number(raw, None, int, text=True)
+        if value is None or not (0 if name == "offset" else 1) <= value <= high:
+            raise ApiError(400, "'%s' must be a whole number from %d to %d" % (name, 0 if name == "offset" else 1, high))
+        out[name] = value
+    try:
+        out["since"] = history_since(one("since"), now_ms_)
+    except ValueError as e:
+        raise ApiError(400, str(e))
+    return out
+
+
+def history_resume_request(body):
+    """POST /api/resume's body -> (thread, fork, target, session), or ApiError(400). target is
+    "window" (a new window: in `session`, else the session a client shows), a pane id ("%12": typed
+    there if it is an idle shell) or "command" (nothing is run: the command is answered). Pure."""
+    thread = body.get("thread")
+    if not isinstance(thread, str) or not thread or len(thread) > 200:
+        raise ApiError(400, "'thread' (AGENT:ID, as /api/history lists it) is required")
+    fork = body.get("fork", False)
+    if not isinstance(fork, bool):
+        raise ApiError(400, "'fork' must be true or false")
+    target = body.get("target", "window")
+    if target is None:
+        target = "window"
+    if not isinstance(target, str) or not (target in ("window", "command") or _PANE_ID_RE.match(target)):
+        raise ApiError(400, "'target' must be \"window\", \"command\" or a pane id such as \"%12\"")
+    session = body.get("session")
+    if session is not None and (not isinstance(session, str) or not session or len(session) > 256
+                                or CONTROL_CHARS.search(session)):
+        raise ApiError(400, "'session' must be a tmux session name")
+    return thread, fork, target, session
+
+
+##############################################################################
 # Sidebar
 ##############################################################################
 
@@ -12428,6 +14228,7 @@ HELP_KEYS = (
     ("y/Y/N", "thread: approve/always/deny"),
     ("i", "thread: type it a prompt"),
     ("o g", "agents popup (prefix o g)"),
+    ("o r", "every past conversation: find, resume, fork (prefix o r)"),
     ("?", "this help"),
     ("q/Esc", "leave the sidebar"),
 )
@@ -12437,6 +14238,7 @@ POPUP_HELP_KEYS = (
     ("Enter", "go to the thread's pane (closes the popup)"),
     ("y/Y/N", "approve once / always / deny its permission prompt"),
     ("i", "type the thread a prompt (Enter sends, Esc cancels)"),
+    ("Tab", "the history tab: every past conversation (as prefix o r; its ? lists its keys)"),
     ("?", "this help"),
     ("q/Esc", "close the popup"),
 )
@@ -12537,7 +14339,9 @@ def theme_colors(theme, ncolors):
 
 
 def display_width(text):
-    """Terminal cells a string takes (wide East Asian characters take two)."""
+    """Terminal cells a string takes (wide East Asian characters take two). ASCII: one a character."""
+    if text.isascii():
+        return len(text)
     import unicodedata
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 0 if unicodedata.combining(ch) else 1
                for ch in text)
@@ -12549,6 +14353,8 @@ def fit(text, width, more="…"):
         return ""
     if display_width(text) <= width:
         return text
+    if text.isascii() and more.isascii():
+        return text[:width - len(more)] + more if width >= len(more) else ""
     out, used = "", 0
     limit = width - display_width(more)
     for ch in text:
@@ -13102,31 +14908,13 @@ class SidebarModel(object):
                 p["pos"] = len(text)
                 return [("complete", text)]
             return []
-        if k in ("KEY_BACKSPACE", "\x7f", "\b"):
-            text, pos = text[:max(0, pos - 1)] + text[pos:], max(0, pos - 1)
-        elif k in ("KEY_DC", "\x04"):
-            text = text[:pos] + text[pos + 1:]
-        elif k in ("KEY_LEFT", "\x02"):
-            pos = max(0, pos - 1)
-        elif k in ("KEY_RIGHT", "\x06"):
-            pos = min(len(text), pos + 1)
-        elif k in ("KEY_HOME", "\x01"):
-            pos = 0
-        elif k in ("KEY_END", "\x05"):
-            pos = len(text)
-        elif k == "\x15":
-            text, pos = text[pos:], 0
-        elif k == "\x0b":
-            text = text[:pos]
-        elif k == "\x17":
-            start = word_start(text, pos)
-            text, pos = text[:start] + text[pos:], start
-        elif len(k) == 1 and k.isprintable():
-            if fresh:
-                text, pos = "", 0
-            text, pos = text[:pos] + k + text[pos:], pos + 1
-        else:
+        if fresh and len(k) == 1 and k.isprintable():
+            text, pos = "", 0  # the first character typed replaces the pre-filled text
+        edited = edit_line(text, pos, k)
+        if edited is None:
             p["fresh"] = fresh  # a key that does nothing here leaves the pre-filled text as it was
+        else:
+            text, pos = edited
         p["text"], p["pos"] = text, pos
         if p["step"] == "filter":
             self.filter_text = p["text"]
@@ -13197,6 +14985,35 @@ def word_start(text, pos):
     while i > 0 and text[i - 1] not in " /":
         i -= 1
     return i
+
+
+def edit_line(text, pos, k):
+    """One key of a line edited as a shell edits it: Left/Right (C-b/C-f), C-a/C-e (Home/End),
+    Backspace, C-d/Delete, C-u/C-k (cut before/after the cursor), C-w (cut a word or a directory),
+    a printable character inserted. -> (text, pos), or None for a key that is no edit. Pure."""
+    pos = min(max(0, pos), len(text))
+    if k in ("KEY_BACKSPACE", "\x7f", "\b"):
+        return text[:max(0, pos - 1)] + text[pos:], max(0, pos - 1)
+    if k in ("KEY_DC", "\x04"):
+        return text[:pos] + text[pos + 1:], pos
+    if k in ("KEY_LEFT", "\x02"):
+        return text, max(0, pos - 1)
+    if k in ("KEY_RIGHT", "\x06"):
+        return text, min(len(text), pos + 1)
+    if k in ("KEY_HOME", "\x01"):
+        return text, 0
+    if k in ("KEY_END", "\x05"):
+        return text, len(text)
+    if k == "\x15":
+        return text[pos:], 0
+    if k == "\x0b":
+        return text[:pos], pos
+    if k == "\x17":
+        start = word_start(text, pos)
+        return text[:start] + text[pos:], start
+    if len(k) == 1 and k.isprintable():
+        return text[:pos] + k + text[pos:], pos + 1
+    return None
 
 
 def complete_directory(text, list_dirs, home):
@@ -13415,7 +15232,7 @@ def _render_header(scr):
     model, w = scr.model, scr.w
     title = "opensessions" if w >= 16 else "os"
     if model.popup:
-        title = "agents  (Enter go · y/Y/N approve/always/deny · i type · q close · ? help)"
+        title = "agents  (Enter go · y/Y/N approve/always/deny · i type · Tab history · q close · ? help)"
     status = "" if model.connected or model.stopped else " (connecting…)"
     if model.filter_mode != "all" or model.filter_text:
         status += " [%s%s]" % (model.filter_mode if model.filter_mode != "all" else "",
@@ -13799,6 +15616,320 @@ def _typed_pieces(text, pos, style="fg"):
     return [(text[:pos], style), (text[pos], "sel"), (text[pos + 1:], style)]
 
 
+HISTORY_PAGE = 50  # conversations fetched at once; more as the selection nears the end
+HISTORY_HELP = (
+    ("typing", "filters: every word must be in the title, first prompt, directory or agent"),
+    ("Enter", "resume in a new window, in its directory (a live one: go to its pane)"),
+    ("Up/Down", "move (also C-n/C-p, PgUp/PgDn)"),
+    ("C-r", "this directory and below / all directories"),
+    ("Tab", "the agents tab (in the agents popup)"),
+    ("Esc", "keys mode: the letters below act"),
+    ("f", "fork: a new conversation that starts with this one's messages"),
+    ("p", "resume here, in the pane the picker opened over (an idle shell)"),
+    ("a", "this directory and below / all directories"),
+    ("j/k g/G", "move / first / last"),
+    ("/", "type again"),
+    ("q/Esc", "close"),
+)
+HISTORY_HELP_NOTE = ("only this machine's conversations: a remote host's are in its own history "
+                     "(opensessions history there)")
+
+
+def query_string(params):
+    """{"q": "fix login", "limit": 50} -> 'q=fix%20login&limit=50' (urllib.parse costs a popup
+    ~13 ms to import). Pure."""
+    safe = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+    def enc(value):
+        return "".join(chr(b) if b in safe else "%%%02X" % b for b in str(value).encode("utf-8"))
+    return "&".join("%s=%s" % (enc(k), enc(v)) for k, v in params.items())
+
+
+def tilde(path, home):
+    """/home/u/src -> ~/src. Pure."""
+    if path and home and (path == home or path.startswith(home.rstrip("/") + "/")):
+        return "~" + path[len(home.rstrip("/")):]
+    return path or ""
+
+
+class HistoryView(object):
+    """The history picker (`prefix o r`, and the agents popup's second tab): the conversations in
+    scope (the pane's directory and below, or all), filtered as you type. Pure: keys in, actions
+    out; the app fetches and hands the answers back (set_answer, set_preview).
+
+    Actions: ("fetch",) the list again (the query or the scope changed), ("more",) the next page,
+    ("resume", thread, fork, target) with target "window" or "here", ("tab",) back to the agents
+    tab, ("quit",)."""
+
+    frame = 0  # the spinners' frame a _Screen reads: nothing turns in the history
+
+    def __init__(self, directory=None, home=None, charset="unicode", tabs=False, pane=None):
+        self.directory = directory  # the scope: this directory and below
+        self.pane = pane  # the pane it opened over: the server says its directory (and session)
+        self.session = None
+        self.home = home
+        self.charset = charset
+        self.tabs = tabs  # inside the agents popup (Tab goes back)
+        self.all = not directory and not pane
+        self.query = ""
+        self.pos = 0  # the cursor in the query (it edits as a shell line does)
+        self.typing = True  # typing filters; Esc: keys mode (f, p, a, q act)
+        self.help = False
+        self.threads = []  # the answer's thread documents (pages appended)
+        self.total = 0  # how many match
+        self.count = 0  # how many the index holds
+        self.complete = True  # the index's cold scan has finished
+        self.loaded = False
+        self.error = None  # the last fetch failed: why
+        self.index = 0
+        self.scroll = 0  # first conversation shown
+        self.preview = None  # {"thread", "messages"} or {"thread", "error"}
+        self.preview_wanted = None  # the thread render() had room to preview
+        self.message = None
+        self.busy = None  # what we are doing ("resuming …")
+
+    @property
+    def selected(self):
+        t = self.selected_thread()
+        return ("history", t["thread"]) if t else None
+
+    def selected_thread(self):
+        return self.threads[self.index] if 0 <= self.index < len(self.threads) else None
+
+    def params(self, offset=0):
+        """The query string's parameters for GET /api/history."""
+        p = {"q": self.query, "limit": HISTORY_PAGE, "offset": offset}
+        if not self.all and self.directory:
+            p["dir"] = self.directory
+        elif not self.all and self.pane:
+            p["pane"] = self.pane
+        return p
+
+    def set_answer(self, doc, offset=0):
+        """An /api/history answer (offset: a next page) or, with doc None, a failure (error)."""
+        self.loaded = True
+        if not isinstance(doc, dict):
+            self.error = doc if isinstance(doc, str) else "no answer"
+            return
+        self.error = None
+        if not self.directory and isinstance(doc.get("dir"), str):
+            self.directory = doc["dir"]  # the pane's directory, as the server knows it
+        if isinstance(doc.get("session"), str):
+            self.session = doc["session"]
+        threads = [t for t in doc.get("threads") or () if isinstance(t, dict) and isinstance(t.get("thread"), str)]
+        if offset:
+            self.threads = self.threads[:offset] + threads
+        else:
+            self.threads, self.index, self.scroll = threads, 0, 0
+        self.total, self.count = as_number(doc.get("total"), 0, int), as_number(doc.get("count"), 0, int)
+        self.complete = bool(doc.get("complete", True))
+
+    def set_preview(self, thread, doc=None, error=None):
+        self.preview = {"thread": thread, "messages": (doc or {}).get("messages") or [], "error": error}
+
+    # -- keys ----------------------------------------------------------------------------------
+    def key(self, k):
+        """One key (a curses key name or a character) -> actions."""
+        self.message = None
+        if self.help:
+            self.help = False
+            return []
+        moves = {"KEY_UP": -1, "\x10": -1, "KEY_DOWN": 1, "\x0e": 1, "KEY_PPAGE": -10, "KEY_NPAGE": 10}
+        if not self.typing:  # Home/End edit the typed line; in keys mode they go to the first/last
+            moves.update(KEY_HOME=-10 ** 6, KEY_END=10 ** 6)
+        if k in moves:
+            return self._move(moves[k])
+        if k in ("\n", "\r", "KEY_ENTER"):
+            return self.activate()
+        if k == "\x12":  # C-r (as atuin's filter mode): a line-editing key would be lost to it
+            return self._toggle_all()
+        if k == "\t" or k == "KEY_BTAB":
+            return [("tab",)] if self.tabs else []
+        if self.typing:
+            if k == "\x1b":
+                self.typing = False
+                return []
+            edited = edit_line(self.query, self.pos, k)
+            if edited is None:
+                return []
+            changed = edited[0] != self.query
+            self.query, self.pos = edited
+            return [("fetch",)] if changed else []
+        if k in ("q", "\x1b"):
+            return [("quit",)]
+        if k in ("j", "k"):
+            return self._move(1 if k == "j" else -1)
+        if k in ("g", "G"):
+            return self._move(-10 ** 6 if k == "g" else 10 ** 6)
+        if k in ("/", "i"):
+            self.typing = True
+            self.pos = len(self.query)
+            return []
+        if k == "f":
+            return self.activate(fork=True)
+        if k == "p":
+            return self.activate(here=True)
+        if k == "a":
+            return self._toggle_all()
+        if k == "r":
+            return [("fetch",)]
+        if k == "?":
+            self.help = True
+        return []
+
+    def _move(self, delta):
+        if not self.threads:
+            return []
+        self.index = max(0, min(len(self.threads) - 1, self.index + delta))
+        if self.index >= len(self.threads) - 20 and len(self.threads) < self.total:
+            return [("more",)]
+        return []
+
+    def _toggle_all(self):
+        if not self.directory and not self.pane:
+            self.message = "no directory to narrow to: all directories are shown"
+            return []
+        self.all = not self.all
+        return [("fetch",)]
+
+    def activate(self, fork=False, here=False):
+        t = self.selected_thread()
+        if t is None:
+            self.message = "no conversation selected"
+            return []
+        if fork and not t.get("canFork"):
+            self.message = "%s has no fork" % t.get("agent")
+            return []
+        return [("resume", t["thread"], fork, "here" if here else "window")]
+
+
+def _history_row_pieces(view, t, width, now, sel):
+    """A conversation's two lines: agent, title (else first prompt), directory and branch; then
+    age, last activity, turns, tokens and cost, and where it is live."""
+    s = (lambda style: "sel" if sel else style)
+    live = t.get("live")
+    mark = ("●" if view.charset == "unicode" else "*") if live else " "
+    where = clean_text(tilde(t.get("cwd") or "", view.home))  # what a server sends is shown, never obeyed
+    if t.get("branch"):
+        where += " (%s)" % clean_text(str(t["branch"]))
+    right = [(" " + where, s("muted"))] if where else []
+    if t.get("dirGone"):
+        right.append((" gone", s("error")))
+    right_w = min(max(12, width * 2 // 5), sum(display_width(p[0]) for p in right))
+    title = clean_text(str(t.get("title") or t.get("prompt") or t.get("id") or ""))
+    left_w = max(8, width - right_w)
+    head = [(mark + " ", s("running" if live else "muted")), ("%-8s " % clean_text(str(t.get("agent", ""))), s("accent"))]
+    used = sum(display_width(p[0]) for p in head)
+    head.append((fit(title, max(1, left_w - used)), s("fg")))
+    used += display_width(head[-1][0])
+    pad = left_w - used
+    line1 = head + ([(" " * pad, s("fg"))] if pad > 0 else [])
+    if right:
+        room = width - max(used, left_w)
+        cut, acc = [], 0
+        for text, style in right:
+            if acc >= room:
+                break
+            piece = fit(text, room - acc)
+            cut.append((piece, style))
+            acc += display_width(piece)
+        line1 += cut
+    facts = ["started %s ago" % age_text(t.get("createdAt"), now) if t.get("createdAt") else "",
+             "active %s ago" % age_text(t.get("updatedAt"), now) if t.get("updatedAt") else ""]
+    turns = t.get("turns") or 0
+    facts.append("%s%d turn%s" % ("" if t.get("turnsExact") else "~", turns, "" if turns == 1 else "s"))
+    u = t.get("usage")
+    if isinstance(u, dict):
+        tokens = sum(as_number(u.get(k), 0, int) for k in USAGE_KEYS)
+        est = "" if u.get("exact") else "~"
+        facts.append("%s%s tok" % (est, token_text(tokens)))
+        if u.get("cost") is not None:
+            facts.append(est + cost_text(u["cost"]))
+    line2 = [("    " + " · ".join(f for f in facts if f), s("muted"))]
+    if live:
+        line2.append(("  live in %s" % clean_text(str(live.get("session") or "another tmux")), s("running")))
+    return line1, line2
+
+
+def render_history(view, width, height, now=None):
+    """The history picker as rows [(item or None, [(text, style), ...])], at most height. Pure."""
+    now = now if now is not None else now_ms()
+    scr = _Screen(view, width, now)
+    if view.tabs:
+        scr.line(None, [("agents", "muted"), (" | ", "muted"), ("history", "accent"), ("   Tab: agents", "muted")])
+    scope = "all directories" if view.all else "%s and below" % clean_text(tilde(view.directory or "…", view.home))
+    counts = "  %d of %d" % (view.total, view.count) if view.loaded else "  reading…"
+    if view.loaded and not view.complete:
+        counts += " (still reading the agents' files…)"
+    scr.line(None, [("history", "accent"), ("  " + scope, "fg"), (counts, "muted")])
+    query = scr.clean(clean_text(view.query))
+    typed = _typed_pieces(query, view.pos) if view.typing and len(query) == len(view.query) \
+        else [(query + ("_" if view.typing else ""), "fg" if view.typing else "muted")]
+    scr.line(None, [("> " if view.typing else "/ ", "waiting" if view.typing else "muted")] + typed)
+    foot = _Screen(view, width, now)
+    if view.busy:
+        foot.line(None, [(clean_text(view.busy), "waiting")])
+    elif view.message:
+        for part in wrap(scr.clean(clean_text(view.message)), foot.w)[:3]:
+            foot.line(None, [(part, "waiting")])
+    elif view.typing:
+        foot.line(None, [("Enter resume · ↑↓ move · C-r all dirs · Esc: f fork, p here, ? help", "muted")])
+    else:
+        foot.line(None, [("Enter resume · f fork · p here · a all dirs · / type · ? help · q close", "muted")])
+    room = max(1, height - len(scr.rows) - len(foot.rows))
+    body = _Screen(view, width, now)
+    view.preview_wanted = None
+    if view.help:
+        for keys, text in HISTORY_HELP:
+            body.line(None, [(keys.ljust(9), "accent"), (text, "fg")])
+        body.wrapped(None, PROMPT_HELP, "muted", indent=2)
+        body.wrapped(None, HISTORY_HELP_NOTE, "muted", indent=2)
+        return (scr.rows + body.rows[:room] + foot.rows)[:height]
+    if view.error:
+        body.line(None, [("cannot read the history: %s" % clean_text(view.error), "error")])
+    elif view.loaded and not view.threads:
+        body.line(None, [("no conversation matches" if view.query else "no conversation here yet"
+                          + ("" if view.all else " (C-r: all directories)"), "muted")])
+    keep = room // 3 if room >= 12 and view.threads else 0  # the preview's share when the list is long
+    per = max(1, (room - keep - len(body.rows)) // 2)
+    if view.index < view.scroll:
+        view.scroll = view.index
+    elif view.index >= view.scroll + per:
+        view.scroll = view.index - per + 1
+    view.scroll = max(0, min(view.scroll, max(0, len(view.threads) - per)))
+    for i in range(view.scroll, min(len(view.threads), view.scroll + per)):
+        t = view.threads[i]
+        item = ("history", t["thread"])
+        line1, line2 = _history_row_pieces(view, t, body.w, now, i == view.index)
+        body.line(item, line1)
+        body.line(item, line2)
+    rows = body.rows[:room]
+    t = view.selected_thread()
+    preview_room = room - len(rows)
+    if t is not None and room >= 12 and preview_room >= 3:
+        view.preview_wanted = t["thread"]
+        pv = _Screen(view, width, now)
+        pv.line(None, [(pv.g["sep"] * pv.w, "muted")])
+        p = view.preview if view.preview and view.preview.get("thread") == t["thread"] else None
+        if p is None:
+            pv.line(None, [("(reading the conversation…)", "muted")])
+        elif p.get("error"):
+            pv.line(None, [(clean_text(p["error"]), "error")])
+        else:
+            msgs = p.get("messages") or []
+            if not msgs:
+                pv.line(None, [("(no messages)", "muted")])
+            lines = []
+            for m in msgs:
+                who = "you" if m.get("role") == "user" else t.get("agent") or "agent"
+                for n, part in enumerate(wrap(pv.clean(clean_text(str(m.get("text") or ""))), max(1, pv.w - 2))):
+                    lines.append([((who + ": ") if n == 0 else "  ", "accent" if m.get("role") == "user" else "muted"),
+                                  (part, "fg")])
+            for pieces in lines[-(preview_room - 1):]:
+                pv.line(None, pieces)
+        rows += pv.rows[:preview_room]
+    rows += [(None, [])] * (room - len(rows))  # the footer stays at the bottom
+    return (scr.rows + rows + foot.rows)[:height]
 class EventStream(object):
     """Reads the server's /events in a thread; the latest snapshot waits in `latest`, and a byte on
     `wake_fd` tells the curses loop. Reconnects (and starts the server on demand) when it goes away."""
@@ -14056,11 +16187,21 @@ class SidebarApp(object):
     """The curses sidebar: draws render() output, carries out the model's actions."""
 
     def __init__(self, tmux, find_port, start_server=None, post=None, environ=None, get=None, popup=False,
-                 client=None, is_stopped=None):
+                 client=None, is_stopped=None, tab="agents", origin=None, ask_origin=None):
         env = os.environ if environ is None else environ
         self.tmux = tmux
         self.popup = popup
-        self.client = client  # the popup's client (it has no pane of its own)
+        self.tab = tab  # the popup's tab: "agents" or "history" (prefix o r opens on it)
+        self.origin = origin or {}  # the client's pane under the popup: {"pane", "dir", "session", "client"}
+        self._asking = None  # a thread asking tmux for the rest of origin (off the first screen's path)
+        if ask_origin is not None:
+            import threading
+            self._asking = threading.Thread(target=lambda: self.origin.update(ask_origin()), daemon=True)
+            self._asking.start()
+        self.home = home_dir(env)
+        self.history = None  # HistoryView, made with the popup
+        self.trace = env.get("OPENSESSIONS_TRACE")  # bench/run.py: a line per history draw (when it reached the terminal)
+        self.client = client or self.origin.get("client")  # the popup's client (it has no pane of its own)
         self.get = get
         self.pane = None if popup else env.get("TMUX_PANE")
         self.stream = EventStream(find_port, start_server, is_stopped)
@@ -14068,6 +16209,7 @@ class SidebarApp(object):
         self._preview_path = self._preview_item = None
         self._preview_at = 0.0  # a remote host's preview: asked for again PREVIEW_INTERVAL after the answer
         self.post = post
+        self.post_answer = None  # (path, body) -> (status, content): a POST whose answer we read
         self.model = None
         self.scr = None
         self.pairs = {}
@@ -14085,7 +16227,11 @@ class SidebarApp(object):
         locale.setlocale(locale.LC_ALL, "")
         self.model = SidebarModel(charset=terminal_charset(os.environ, _python_chose_utf8(os.environ)),
                                   popup=self.popup)
-        self.stream.start()
+        if self.popup:
+            self.history = HistoryView(self.origin.get("dir"), self.home, self.model.charset, tabs=True,
+                                       pane=self.origin.get("pane"))
+        if self.tab == "agents":
+            self.stream.start()  # the history tab needs no live state: the stream starts with the agents tab
         try:
             curses.wrapper(self._main)
         finally:
@@ -14141,14 +16287,21 @@ class SidebarApp(object):
         curses.mouseinterval(0)
         self._colors({})
         self._watch_resize()
+        if self.tab == "history" and not self.history.loaded:
+            self._history_fetch()  # the first screen is the list: no "reading…" drawn before it
         while True:
             self._draw()
-            running = any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions() if not s.get("stale")
-                          for t in s.get("threads", []))
+            if self.tab == "history":
+                if self._history_work():
+                    continue
+            agents = self.tab == "agents"  # the history tab shows no live state: no spinner, no preview
+            running = agents and any(t["status"] in ACTIVE_STATUSES for s in self.model.sessions()
+                                     if not s.get("stale") for t in s.get("threads", []))
             timeout = 0.2 if running else None  # no CPU between events unless a spinner turns
-            if timeout is None and any(h.get("state") != "connected" for h in (self.model.state or {}).get("hosts") or ()):
+            if agents and timeout is None and any(h.get("state") != "connected"
+                                                  for h in (self.model.state or {}).get("hosts") or ()):
                 timeout = 1.0  # a host's "retrying in N s" counts down
-            wanted = self.model.preview_wanted
+            wanted = self.model.preview_wanted if agents else None
             host = (self.model.session(wanted[1]) or {}).get("host") if wanted is not None else None
             self._want_preview(None if host else wanted)  # a local pane's preview is pushed to us
             if host:
@@ -14190,6 +16343,102 @@ class SidebarApp(object):
             self.model.server_stopped(None)
             self.last_rows = []
 
+    # -- the history tab ------------------------------------------------------------------------
+    def _history_work(self):
+        """After a draw of the history tab: the first list, then the selected conversation's preview
+        (only once no key waits: typing stays fast). -> True when something was fetched (draw again)."""
+        import select
+        view = self.history
+        if not view.loaded:
+            self._history_fetch()
+            return True
+        wanted = view.preview_wanted
+        if wanted and (view.preview or {}).get("thread") != wanted:
+            if select.select([0], [], [], 0)[0]:
+                return False  # keys first
+            self._history_preview(wanted)
+            return True
+        return False
+
+    def _history_get(self, path):
+        if self.get is None:
+            raise OSError("no server")
+        status, body = self.get(path)
+        doc = json.loads(body.decode("utf-8")) if body else {}
+        if status != 200:
+            raise OSError((doc or {}).get("error") or "HTTP %d" % status)
+        return doc
+
+    def _history_fetch(self, offset=0):
+        path = "/api/history?" + query_string(self.history.params(offset))
+        try:
+            doc = self._history_get(path)
+        except ConnectionError as e:  # no server (prefix o r opens the popup directly): start it, ask again
+            try:
+                if self.stream.start_server is None:
+                    raise
+                self.stream.start_server()
+                doc = self._history_get(path)
+            except (OSError, ValueError, OpensessionsError) as e2:
+                self.history.set_answer(str(e2) or str(e) or "no answer")
+                return
+        except (OSError, ValueError) as e:
+            self.history.set_answer(str(e) or "no answer")
+            return
+        self.history.set_answer(doc, offset)
+
+    def _history_preview(self, thread):
+        try:
+            doc = self._history_get("/api/history/preview?n=6&" + query_string({"thread": thread}))
+        except (OSError, ValueError) as e:
+            self.history.set_preview(thread, error=str(e) or "no preview")
+            return
+        self.history.set_preview(thread, doc)
+
+    def _origin(self):
+        """The pane, session and client the popup opened over, once tmux has said (we asked while the
+        first screen was drawn)."""
+        if self._asking is not None:
+            self._asking.join(5)
+            self._asking = None
+            self.client = self.client or self.origin.get("client")
+        return self.origin
+
+    def _history_resume(self, thread, fork, where):
+        """POST /api/resume: a new window in this client's session (or the pane under the popup);
+        a live thread: its pane. Then the client goes there and the popup closes."""
+        view = self.history
+        self._origin()
+        body = {"thread": thread, "fork": fork}
+        if where == "here":
+            self._origin()
+            if not (self.origin.get("pane") or view.pane):
+                view.message = "no pane to resume in"
+                return None
+            body["target"] = self.origin.get("pane") or view.pane
+        elif self.history.session or self.origin.get("session"):
+            body["session"] = self.history.session or self.origin["session"]
+        view.busy = "%s %s…" % ("forking" if fork else "resuming", thread)
+        if self.scr is not None:
+            self._draw()
+        try:
+            status, content = self.post_answer("/api/resume", body)
+        except OSError as e:
+            status, content = 0, json.dumps({"error": str(e)}).encode()
+        finally:
+            view.busy = None
+        try:
+            doc = json.loads(content.decode("utf-8")) if content else {}
+        except ValueError:
+            doc = {}
+        if status != 200:
+            view.message = "not resumed: %s" % (doc.get("error") or "HTTP %d" % status)
+            return None
+        pane = doc.get("pane")
+        if pane and (where != "here" or doc.get("action") == "jumped"):  # a live one: go to its pane
+            self._switch(pane)
+        return "quit"
+
     def _want_preview(self, item):
         """The preview shown (render's choice) of a local thread is the one streamed: the server
         pushes its lines when its pane prints (PreviewStream); nothing is read while none is shown."""
@@ -14212,7 +16461,6 @@ class SidebarApp(object):
             self.model.set_preview(self._preview_item, error=doc["error"])
         else:
             self.model.set_preview(self._preview_item, doc.get("lines") or [])
-
     def _fetch_preview(self):
         """GET /api/preview for the thread shown, on a remote host (only while it is shown)."""
         item = self.model.preview_wanted
@@ -14290,13 +16538,13 @@ class SidebarApp(object):
                     self.last_rows = []
                     continue
                 if name == "KEY_MOUSE":
-                    actions = self._mouse()
+                    actions = self._mouse() if self.tab == "agents" else []
                 else:
-                    actions = self.model.key(name)
+                    actions = self._key(name)
             elif ch == "\x1b":
                 actions = self._escape()
             else:
-                actions = self.model.key(ch)
+                actions = self._key(ch)
             for action in actions:
                 if self.carry_out(action) == "quit":
                     return "quit"
@@ -14321,13 +16569,22 @@ class SidebarApp(object):
         finally:
             self.scr.nodelay(True)
         if more == "[I":
-            return self.model.key("FOCUS")
+            return self.model.key("FOCUS") if self.tab == "agents" else []
         if more == "[O":
             return []
-        actions = self.model.key("\x1b")
+        actions = self._key("\x1b")
         for ch in more:
-            actions += self.model.key(ch)
+            actions += self._key(ch)
         return actions
+
+    def _key(self, k):
+        """A key for the tab shown: the agents list (SidebarModel) or the history (HistoryView). In the
+        popup, Tab on the agents tab opens the history tab."""
+        if self.tab == "history":
+            return self.history.key(k)
+        if self.popup and k == "\t" and self.model.mode == "list":
+            return [("tab",)]
+        return self.model.key(k)
 
     def _mouse(self):
         import curses
@@ -14352,11 +16609,16 @@ class SidebarApp(object):
     def _draw(self):
         import curses
         h, w = self.scr.getmaxyx()
-        self.rows, view = render_view(self.model, w, h)
-        self.model.viewed(view)
+        if self.tab == "history":
+            self.rows = render_history(self.history, w, h)
+            current = self.history.selected
+        else:
+            self.rows, view = render_view(self.model, w, h)
+            self.model.viewed(view)
+            current = self.model.selected
         for y in range(h):
             row = self.rows[y] if y < len(self.rows) else (None, [])
-            selected = row[0] is not None and row[0] == self.model.selected
+            selected = row[0] is not None and row[0] == current
             key = (row[1], selected, w)
             if y < len(self.last_rows) and self.last_rows[y] == key:
                 continue
@@ -14380,6 +16642,13 @@ class SidebarApp(object):
         del self.last_rows[h:]
         self.scr.noutrefresh()
         curses.doupdate()
+        if self.trace and self.tab == "history":
+            try:
+                with open(self.trace, "a") as f:
+                    f.write("%.6f %d %d %.6f %s\n" % (time.monotonic(), self.history.loaded, self.history.total,
+                                                       time.process_time(), json.dumps(self.history.query)))
+            except OSError:
+                self.trace = None
 
     # -- actions -------------------------------------------------------------------------------
     def _client_for_me(self):
@@ -14484,6 +16753,18 @@ class SidebarApp(object):
                 return "quit"
             elif kind == "reply":
                 self._reply(*action[1:])
+            elif kind == "tab":
+                self._origin()
+                self.tab = "agents" if self.tab == "history" else "history"
+                self.last_rows = []
+                if self.tab == "agents" and not self.stream._thread.is_alive() and not self.stream._stop:
+                    self.stream.start()
+            elif kind == "fetch":
+                self._history_fetch()
+            elif kind == "more":
+                self._history_fetch(offset=len(self.history.threads))
+            elif kind == "resume":
+                return self._history_resume(*action[1:])
             elif kind == "leave":
                 try:
                     self.tmux.run("last-pane")
@@ -15374,6 +17655,89 @@ def cmd_status(args):
     return 0
 
 
+def history_lines(doc, home=None, now=None):
+    """`opensessions history` as aligned, labelled columns, the newest first. Pure."""
+    now = now if now is not None else now_ms()
+    rows = [("THREAD", "ACTIVE", "TURNS", "TOKENS", "COST", "LIVE", "DIRECTORY", "TITLE / FIRST PROMPT")]
+    for t in doc.get("threads") or ():
+        u = t.get("usage") or {}
+        est = "" if u.get("exact", True) else "~"
+        where = tilde(t.get("cwd") or "", home) + (" (%s)" % t["branch"] if t.get("branch") else "")
+        if t.get("dirGone"):
+            where += " [gone]"
+        rows.append((t["thread"], age_text(t.get("updatedAt"), now) + " ago" if t.get("updatedAt") else "",
+                     ("" if t.get("turnsExact") else "~") + str(t.get("turns") or 0),
+                     est + token_text(sum(as_number(u.get(k), 0, int) for k in USAGE_KEYS)) if u else "",
+                     est + cost_text(u.get("cost")) if u.get("cost") is not None else "",
+                     (t.get("live") or {}).get("session") or ("yes" if t.get("live") else ""),
+                     clean_text(where), clean_text(t.get("title") or t.get("prompt") or "")))
+    widths = [max(display_width(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join([c + " " * (w - display_width(c)) for c, w in zip(r, widths)] + [r[-1]]).rstrip()
+             for r in rows]
+    if doc.get("total", 0) > len(doc.get("threads") or ()):
+        lines.append("(%d of %d shown; --limit shows more)" % (len(doc.get("threads") or ()), doc["total"]))
+    return lines
+
+
+def cmd_history(args):
+    """Past conversations of every agent, in this directory and below (--dir, --all), filtered by
+    words; from the server's index (started if needed; its first scan is waited for)."""
+    from urllib.parse import urlencode
+    start_background(args)
+    params = {"q": " ".join(args.query or ()), "limit": args.limit}
+    if not args.all:
+        params["dir"] = os.path.abspath(os.path.expanduser(args.dir or os.getcwd()))
+    if args.agent:
+        params["agent"] = args.agent
+    if args.since:
+        params["since"] = args.since
+    deadline = time.monotonic() + 30
+    while True:
+        doc = json.loads(_request(args, "GET", "/api/history?" + urlencode(params))[1].decode("utf-8"))
+        if doc.get("complete") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if not doc.get("complete"):
+        sys.stderr.write("opensessions: the index is still being built; this list is partial\n")
+    if args.json:
+        sys.stdout.write(json.dumps(doc) + "\n")
+        return 0
+    for line in history_lines(doc, home_dir()):
+        print(line)
+    return 0
+
+
+def cmd_resume(args):
+    """Resume (or --fork) a past conversation: a new window in this tmux session, in its directory;
+    --here: in this terminal. A live one is never started twice: you are taken to its pane."""
+    body = {"thread": args.thread, "fork": args.fork, "target": "command" if args.here else "window"}
+    tmux = _tmux(args)
+    inside = bool(os.environ.get("TMUX"))
+    if inside and not args.here:
+        try:
+            body["session"] = tmux.run("display-message", "-p", "#{session_name}").strip() or None
+        except TmuxError:
+            pass
+    start_background(args)
+    doc = json.loads(_request(args, "POST", "/api/resume", body)[1].decode("utf-8"))
+    for note in doc.get("notes") or ():
+        sys.stderr.write("opensessions: %s\n" % note)
+    if doc.get("action") == "jumped":
+        if inside:
+            tmux.run("switch-client", "-t", doc["pane"])
+        print("%s is live in session %s (pane %s)%s" % (doc["thread"], doc.get("session"), doc["pane"],
+                                                         ": switched there" if inside else ""))
+        return 0
+    if args.here:
+        sys.stderr.write("opensessions: %s\n" % resurrect_escape(doc["command"]))
+        sys.stdout.flush()
+        os.execvp("sh", ["sh", "-c", doc["command"]])
+    if inside and doc.get("pane"):
+        tmux.run("switch-client", "-t", doc["pane"])
+    print("%s %s in session %s (pane %s)" % (doc["action"], doc["thread"], doc.get("session"), doc.get("pane")))
+    return 0
+
+
 def serve(socket_path, port=None, log_path=None, environ=None):
     """Run the server in the foreground until stopped, its tmux server exits, or a signal. -> exit code."""
     import signal
@@ -15417,6 +17781,8 @@ def build_server(tmux, port, explicit, environ):
         ui=lambda: store.ui, clients=lambda: store.clients, is_viewed=server.is_viewed, call_later=server.loop.call_later,
         tmux_argv=server.tmux.argv, pane_tty=lambda pane: (store.session_of_pane(pane) or (None, None, {}))[2].get("tty")))
     server.tmux_options = TmuxOptions(server.tmux.run)
+    if environ.get("OPENSESSIONS_HISTORY") != "off":
+        server.history = History(environ, clock=server.clock, tmux=tmux)
     server.remote = store.remote = RemoteHosts(RemoteDoor(
         loop=server.loop, store=store, tmux=server.tmux, publish=server.publish,
         notify=server.notifier.thread_changed), environ)
@@ -15767,7 +18133,7 @@ def _tmux(args):
     return Tmux(_socket_from_args(args))
 
 
-def cmd_sidebar(args, popup=False, client=None):
+def cmd_sidebar(args, popup=False, client=None, tab="agents", pane=None, here=False):
     """Run the curses sidebar in this pane (the sidebar pane manager starts these); with popup, the
     agents popup (`opensessions popup`, in a display-popup)."""
     global _log_file
@@ -15808,8 +18174,36 @@ def cmd_sidebar(args, popup=False, client=None):
     def get(path):
         return Client(find_port(), timeout=2, token=find_port.token).request("GET", path)
 
-    return SidebarApp(Tmux(socket_path), find_port, start_server=lambda: start_background(args, respect_stop=True),
-                      post=post, get=get, popup=popup, client=client, is_stopped=runtime.stopped).run()
+    def post_answer(path, body):  # a resume waits for the new window's shell to show its prompt
+        return Client(find_port(), timeout=30, token=find_port.token).request("POST", path, body)
+
+    tmux = Tmux(socket_path)
+    origin, ask = None, None
+    if popup and here:  # prefix o r: display-popup -d #{pane_current_path}; tmux is asked the rest meanwhile
+        origin, ask = {"dir": os.getcwd()}, (lambda: _client_origin(tmux, client))
+    elif popup:
+        origin = {"pane": pane} if pane else _client_origin(tmux, client)
+    app = SidebarApp(tmux, find_port, start_server=lambda: start_background(args, respect_stop=True),
+                     post=post, get=get, popup=popup, client=client, is_stopped=runtime.stopped, tab=tab,
+                     origin=origin, ask_origin=ask)
+    app.post_answer = post_answer
+    return app.run()
+
+
+def _client_origin(tmux, client):
+    """The pane a popup opened over: {"pane", "dir", "session", "client"} (the history tab's scope,
+    where `p` resumes, the client to switch), or {} when tmux cannot say. Without a client named,
+    tmux answers for the client whose popup asks."""
+    target = ["-c", client] if client else []
+    try:
+        out = tmux.run("display-message", "-p", *(target + [FS.join(("#{pane_id}", "#{pane_current_path}",
+                                                                     "#{session_name}", "#{client_name}"))]))
+    except TmuxError:
+        return {}
+    parts = out.rstrip("\n").split(FS)
+    if len(parts) != 4 or not parts[0].startswith("%"):
+        return {}
+    return {"pane": parts[0], "dir": parts[1] or None, "session": parts[2] or None, "client": parts[3] or None}
 
 
 def cmd_popup(args):
@@ -15817,22 +18211,33 @@ def cmd_popup(args):
     return cmd_sidebar(args, popup=True, client=args.client)
 
 
+def cmd_history_popup(args):
+    """The history picker itself (what `prefix o r` runs inside display-popup): the agents popup
+    opened on its history tab."""
+    pane = getattr(args, "pane", None)
+    if pane and not re.match(r"^%[0-9]{1,9}$", pane):
+        raise OpensessionsError("-t takes a pane id such as %12")
+    return cmd_sidebar(args, popup=True, client=args.client, tab="history", pane=pane,
+                       here=getattr(args, "here", False))
+
+
 POPUP_DEFAULTS = {"@opensessions-popup-width": "80%", "@opensessions-popup-height": "75%"}
 
 
-def popup_command(me, client, version, width, height):
-    """The tmux command that opens the agents popup for a client: display-popup (tmux >= 3.2),
-    else a temporary window that closes when the popup program exits. Pure."""
+def popup_command(me, client, version, width, height, command="popup"):
+    """The tmux command that opens the agents popup (or, command "history-popup", the history
+    picker) for a client: display-popup (tmux >= 3.2), else a temporary window that closes when the
+    popup program exits. Pure."""
     import shlex
-    inner = "%s popup -c %s" % (me, shlex.quote(client))
+    inner = "%s %s -c %s" % (me, command, shlex.quote(client))
     nums = re.findall(r"\d+", version or "")
     if nums and (int(nums[0]), int(nums[1]) if len(nums) > 1 else 0) >= (3, 2):
         # display-popup expands formats in its command: a '#' in a path stays a '#'
         return ["display-popup", "-c", client, "-E", "-w", width, "-h", height, tmux_literal(inner)]
-    return ["new-window", "-t", client, "-n", "agents", inner]
+    return ["new-window", "-t", client, "-n", "agents" if command == "popup" else "history", inner]
 
 
-def cmd_popup_open(args):
+def cmd_popup_open(args, command="popup"):
     """Open the popup for a client (`prefix o g`), sized by @opensessions-popup-width/-height."""
     tmux = _tmux(args)
     start_background(args)
@@ -15843,8 +18248,13 @@ def cmd_popup_open(args):
         me += " --port %d" % args.port
     client = args.client or tmux.run("display-message", "-p", "#{client_name}").strip()
     tmux.spawn(*popup_command(me, client, version, opts["@opensessions-popup-width"],
-                              opts["@opensessions-popup-height"]))
+                              opts["@opensessions-popup-height"], command))
     return 0
+
+
+def cmd_history_open(args):
+    """Open the history picker for a client (`prefix o r`), as the agents popup is opened."""
+    return cmd_popup_open(args, "history-popup")
 
 
 def cmd_toggle(args):
@@ -15916,20 +18326,27 @@ def cmd_switch(args):
 KEY_TABLE = "opensessions"
 
 
-def tmux_bindings(me, options):
+def tmux_bindings(me, options, popup=None):
     """(table, key, command...) tuples the plugin binds. Pure. `me` is our shell command prefix.
     Every command runs with --display: what it says goes to the status line (display-message),
     so tmux never opens its view mode over a pane."""
     def run(cmd):
         return ("run-shell", "-b", tmux_literal(me) + " " + cmd + " --display")  # run-shell expands formats
     key = options.get("@opensessions-key") or "o"
+    if popup:  # tmux >= 3.2: the picker opens in a popup at once (one process started, not two); tmux
+        # 3.3a does not expand formats in a popup's command: the picker asks tmux which client it is
+        history = ("display-popup", "-E", "-w", popup[0], "-h", popup[1], "-d", "#{pane_current_path}",
+                   tmux_literal(me) + " history-popup --here")
+    else:
+        history = run("history-open -c '#{client_name}'")
     out = [("prefix", key, "switch-client", "-T", KEY_TABLE),
            (KEY_TABLE, "s", ) + run("focus -w '#{window_id}'"),
            (KEY_TABLE, "t", ) + run("toggle"),
            (KEY_TABLE, "e", ) + run("layout -w '#{window_id}'"),
            (KEY_TABLE, "n", ) + run("next -c '#{client_name}'"),
            (KEY_TABLE, "p", ) + run("next --back -c '#{client_name}'"),
-           (KEY_TABLE, options.get("@opensessions-popup-key") or "g") + run("popup-open -c '#{client_name}'")]
+           (KEY_TABLE, options.get("@opensessions-popup-key") or "g") + run("popup-open -c '#{client_name}'"),
+           (KEY_TABLE, options.get("@opensessions-history-key") or "r") + history]
     for n in range(1, 10):
         out.append((KEY_TABLE, str(n)) + run("switch %d -c '#{client_name}'" % n))
     focus = options.get("@opensessions-focus-key")
@@ -15957,13 +18374,18 @@ def _bind_keys(tmux, me, options):
     key back its binding from before us (the user's, or tmux's own), and our key table and root
     keys hold only what the options ask for now."""
     key = options["@opensessions-key"]
-    wanted = tmux_bindings(me, options)
     try:
         bound = key_bindings(tmux.run("list-keys"))
     except TmuxError:
         bound = {}
-    mine = read_tmux_options(tmux, {"@opensessions-bound-key": "", "@opensessions-saved-binding": "",
-                                    "@opensessions-bound-root": ""})  # what an earlier setup bound
+    # what an earlier setup bound, the history popup's size and tmux's version: one tmux call
+    mine = read_tmux_options(tmux, dict({"@opensessions-bound-key": "", "@opensessions-saved-binding": "",
+                                         "@opensessions-bound-root": "", "version": ""}, **POPUP_DEFAULTS))
+    nums = re.findall(r"\d+", mine["version"] or tmux.version() or "")
+    popup = None
+    if nums and (int(nums[0]), int(nums[1]) if len(nums) > 1 else 0) >= (3, 2):  # display-popup
+        popup = tuple(mine[name] for name in ("@opensessions-popup-width", "@opensessions-popup-height"))
+    wanted = tmux_bindings(me, options, popup)
     old_key, saved = mine["@opensessions-bound-key"], mine["@opensessions-saved-binding"]
     give_back = None
     cmds = []
@@ -16212,8 +18634,8 @@ def _restore_binding(tmux, saved):
 
 COMMANDS = ("server", "start", "stop", "status", "usage", "set-status", "set-progress", "log", "clear-log", "notify",
             "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next",
-            "popup", "popup-open", "reply", "mute", "save", "restore", "kitty", "tmux-setup", "uninstall-tmux",
-            "hosts", "ssh-attach", "relay")
+            "popup", "popup-open", "reply", "mute", "history", "resume", "history-popup", "history-open", "save",
+            "restore", "kitty", "tmux-setup", "uninstall-tmux", "hosts", "ssh-attach", "relay")
 
 
 def command_of(argv):
@@ -16305,6 +18727,27 @@ def _command_table():
                                                    "as one paste; - reads it from stdin)"))]),
         ("mute", cmd_mute, "mute (or --off: unmute) a session's notifications",
          [session, (("--off",), dict(action="store_true", help="unmute"))]),
+        ("history", cmd_history, "past conversations of every agent, here and below (or --all), newest first",
+         [(("query",), dict(nargs="*", metavar="WORD", help="words that must all be in the title, first prompt, "
+                                                               "directory or agent (any case)")),
+          (("--dir",), dict(metavar="D", help="this directory and those below it (default: the current one)")),
+          (("--all",), dict(action="store_true", help="every directory")),
+          (("--agent",), dict(choices=tuple(AGENT_SPECS), help="only this agent's conversations")),
+          (("--since",), dict(metavar="AGE", help="only those active in the last AGE: 7d, 12h, 30m, 2w")),
+          (("--limit",), dict(type=int, default=50, help="how many to show (default 50, at most 500)")),
+          (("--json",), dict(action="store_true", help="print /api/history's answer as JSON"))]),
+        ("resume", cmd_resume, "resume a past conversation in a new window in its directory (--fork: fork it; "
+                               "--here: in this terminal); a live one: go to its pane",
+         [(("thread",), dict(help="AGENT:ID (as `opensessions history` shows it), or the bare id")),
+          (("--fork",), dict(action="store_true", help="a new conversation that starts with this one's messages "
+                                                        "(%s)" % ", ".join(s.title for s in AGENT_SPECS.values()
+                                                                            if s.fork_args))),
+          (("--here",), dict(action="store_true", help="run it in this terminal instead of a new window"))]),
+        ("history-popup", cmd_history_popup, "the history picker (what prefix o r runs in its popup)",
+         [client, (("-t", "--pane"), dict(help="the pane it opens over (its directory is the scope; p resumes there)")),
+          (("--here",), dict(action="store_true", help="the scope is this directory (display-popup -d "
+                                                         "'#{pane_current_path}', as prefix o r opens it)"))]),
+        ("history-open", cmd_history_open, "open the history picker (prefix o r)", [client, display]),
         ("save", cmd_save, "save every agent's conversation next to tmux-resurrect's save", []),
         ("restore", cmd_restore, "resume each saved agent in its pane after a restore",
          [(("--dry-run",), dict(action="store_true", help="print what would be typed where, type nothing")),

@@ -1666,12 +1666,241 @@ def shlex_quote(s):
     return shlex.quote(s)
 
 
+def _history_generator():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("history_home", os.path.join(ROOT, "tests", "fixtures", "tools",
+                                                                               "history_home.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class PtyClient(object):
+    """A real tmux client on a pty (keys typed into it as a user types them), its output drained."""
+
+    def __init__(self, w, rows=50, cols=200):
+        import fcntl
+        import pty
+        import struct
+        import termios
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.proc = subprocess.Popen(["tmux", "-S", w.socket, "attach-session", "-t", "=s000"], stdin=slave, stdout=slave,
+                                     stderr=slave, env=dict(w.env, TERM="xterm-256color"), start_new_session=True)
+        os.close(slave)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        try:
+            while os.read(self.master, 65536):
+                pass
+        except OSError:
+            return
+
+    def type(self, data):
+        os.write(self.master, data)
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            os.close(self.master)
+        except OSError:
+            pass
+
+
+def bench_history(res, quick):
+    """Issue 22: every past conversation on a HOME with 20,000 of them across six agents (made from the
+    captured formats, tests/fixtures/tools/history_home.py): cold start to a full index (first build,
+    and with the saved index), its memory, /api/history for one directory, the picker's first screen
+    and one typed character."""
+    total = 2000 if quick else 20000
+    w = World(1, claude=0, codex=0)
+    try:
+        w.env["XDG_DATA_HOME"] = os.path.join(w.home, ".local", "share")
+        t0 = time.monotonic()
+        made = _history_generator().build(FIX, w.home, total=total, seed=1)
+        print("history bench: %d conversations generated in %.0f s" % (total, time.monotonic() - t0), file=sys.stderr)
+        subprocess.run(["sync"])
+        w.tmux("set-option", "-g", "default-command", "sh")
+
+        during = []  # /health answered while the index is being built (the event loop is not blocked)
+
+        def complete(timeout=300):
+            t_start = time.monotonic()
+            while time.monotonic() - t_start < timeout:
+                try:
+                    status, body = http(w.port, "GET", "/api/history?limit=1")
+                    doc = json.loads(body)
+                    if status == 200 and doc.get("complete"):
+                        return doc
+                    t1 = time.monotonic()
+                    http(w.port, "GET", "/health")
+                    during.append((time.monotonic() - t1) * 1000)
+                except (OSError, ValueError):
+                    pass
+                time.sleep(0.05)
+            raise RuntimeError("the history index did not complete")
+
+        # the same HOME without the index: the baseline RSS
+        w.env["OPENSESSIONS_HISTORY"] = "off"
+        w.start_server()
+        time.sleep(3)
+        base_rss = proc_status(w.server.pid, "VmRSS")
+        w.server.terminate()
+        w.server.wait()
+        del w.env["OPENSESSIONS_HISTORY"]
+        state = os.path.join(w.env["XDG_STATE_HOME"], "opensessions", "history.jsonl")
+        firsts, restarts, rss = [], [], []
+        for run in range(1 if quick else 2):
+            if os.path.exists(state):
+                os.unlink(state)
+            t0 = time.monotonic()
+            w.start_server()
+            doc = complete()
+            firsts.append(time.monotonic() - t0)
+            if doc["count"] != total:
+                raise RuntimeError("the index holds %d conversations, want %d" % (doc["count"], total))
+            time.sleep(HISTORY_SETTLE)
+            rss.append(proc_status(w.server.pid, "VmRSS") - base_rss)
+            w.server.terminate()
+            w.server.wait()
+            for again in range(2 if quick else 3):  # the saved index: only changed files are read
+                t0 = time.monotonic()
+                w.start_server()
+                complete()
+                restarts.append(time.monotonic() - t0)
+                w.server.terminate()
+                w.server.wait()
+        w.start_server()  # for the rest: the API and the picker
+        complete()
+        time.sleep(HISTORY_SETTLE)
+        rss_saved = [proc_status(w.server.pid, "VmRSS") - base_rss]
+        load = os.getloadavg()[0]
+        res.add("history: cold start, first index build", "%d conversations, 6 agents, no saved index" % total, firsts,
+                "s", 60, "<=", note="runs in a worker thread: the server serves from its start; load %.1f" % load)
+        res.add("history: /health while the first index is built", "%d conversations" % total, during, "ms", 100,
+                "p95<=", note="the worker thread shares the interpreter lock with the loop")
+        res.add("history: cold start with the index built", "%d conversations, saved index" % total, restarts, "s", 3.0,
+                "<=", note="start to index complete; load %.1f" % load)
+        res.add("history: extra server RSS for the index", "%d conversations, saved index" % total, rss_saved, "MB",
+                20, "<=", note="vs the same HOME with OPENSESSIONS_HISTORY=off (%.0f MB)" % base_rss)
+        res.add("history: extra server RSS, first build", "%d conversations, built from the files" % total, rss, "MB",
+                20, "<=", note="what parsing 20,000 files leaves behind in the allocator")
+        # /api/history for one directory (the picker's first request)
+        counts = {}
+        for agent, convs in made.items():
+            for _, cwd, _, _ in convs:
+                counts[cwd] = counts.get(cwd, 0) + 1
+        busiest = max(counts, key=counts.get)
+        lat = []
+        for i in range(30 if quick else 100):
+            t0 = time.monotonic()
+            status, body = http(w.port, "GET", "/api/history?limit=100&dir=" + busiest)
+            lat.append((time.monotonic() - t0) * 1000)
+            if status != 200:
+                raise RuntimeError(body)
+        res.add("history: /api/history for one directory", "%d in the busiest dir of %d, 100 rows" % (counts[busiest], total),
+                lat, "ms", 20, "p95<=", note="load %.1f" % os.getloadavg()[0])
+        # the picker on a real client: prefix o r -> its first screen; one typed character -> the list redrawn.
+        # When: the picker writes a line per draw of its history tab once curses has written it to the
+        # terminal (OPENSESSIONS_TRACE, CLOCK_MONOTONIC as ours), matched to when we typed.
+        pane = w.tmux("display-message", "-p", "-t", "=s000", "#{pane_id}").strip()
+        w.tmux("send-keys", "-t", pane, "-l", "cd %s" % busiest)
+        w.tmux("send-keys", "-t", pane, "Enter")
+        trace = os.path.join(w.base, "picker-trace.txt")
+        w.tmux("set-environment", "-g", "OPENSESSIONS_TRACE", trace)
+        import shlex
+        for bind in opensessions.tmux_bindings(" ".join(shlex.quote(a) for a in (PY, "-S", w.pyz)), {}, ("80%", "75%")):
+            w.tmux("bind-key", "-T", bind[0], bind[1], *bind[2:])  # the plugin's bindings
+        time.sleep(0.5)
+        client = PtyClient(w)
+        time.sleep(1.0)
+        opens, keys, keys_all = [], [], []
+        word = _picker_word(made, busiest)
+
+        cpu = {"open": [], "key": []}  # the picker's own CPU seconds: to its first list / per key
+
+        def drawn(t0, pred, timeout=10.0, what=None):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    with open(trace) as f:
+                        prev = None
+                        for line in f:
+                            t, loaded, found, used, query = line.rstrip("\n").split(" ", 4)
+                            if float(t) >= t0 and pred(int(loaded), int(found), json.loads(query)):
+                                if what == "open":
+                                    cpu["open"].append(float(used))
+                                elif what == "key" and prev is not None:
+                                    cpu["key"].append(float(used) - prev)
+                                return float(t)
+                            prev = float(used)
+                except (OSError, ValueError):
+                    pass
+                time.sleep(0.002)
+            return None
+        try:
+            for attempt in range(3 if quick else 8):
+                client.type(b"\x02")  # C-b o r, as typed: tmux takes the three bytes at once for something else
+                time.sleep(0.05)
+                client.type(b"o")
+                time.sleep(0.05)
+                t0 = time.monotonic()
+                client.type(b"r")
+                t = drawn(t0, lambda loaded, found, q: loaded, what="open")
+                opens.append((t - t0) * 1000 if t else float("nan"))
+                time.sleep(0.8)  # its preview is read; then type
+                for scope, out in (("dir", keys), ("all", keys_all)):
+                    if scope == "all":
+                        client.type(b"\x12")  # C-r: every directory
+                        time.sleep(0.5)
+                    typed = ""
+                    for ch in word + "\x7f" * 3:
+                        typed = typed[:-1] if ch == "\x7f" else typed + ch
+                        t0 = time.monotonic()
+                        client.type(ch.encode())
+                        t = drawn(t0, lambda loaded, found, q, typed=typed: q == typed, 5, what="key")
+                        out.append((t - t0) * 1000 if t else float("nan"))
+                        time.sleep(0.15)
+                    client.type(b"\x15")  # C-u
+                    time.sleep(0.3)
+                client.type(b"\x1b")
+                time.sleep(0.1)
+                client.type(b"q")
+                time.sleep(0.8)
+        finally:
+            client.close()
+        load = os.getloadavg()[0]
+        res.add("history: prefix o r -> picker's first screen", "%d conversations, a real client" % total, opens, "ms",
+                150, "p95<=", note="picker CPU to it %.0f ms (python start included); load %.1f"
+                % (1000 * statistics.median(cpu["open"] or [float("nan")]), load))
+        res.add("history: one typed character -> list redrawn", "this directory and below (%d)" % counts[busiest], keys,
+                "ms", 30, "p95<=", note=(missed(keys) + " " if missed(keys) else "") + "picker CPU a key %.1f ms; load %.1f"
+                % (1000 * statistics.median(cpu["key"] or [float("nan")]), load))
+        res.add("history: one typed character -> list redrawn (all)", "every directory (%d)" % total, keys_all, "ms",
+                30, "p95<=", note=missed(keys_all))
+    finally:
+        w.close()
+
+
+HISTORY_SETTLE = 3.0  # seconds after the index completes before its RSS is read
+
+
+def _picker_word(made, cwd):
+    """A word typed into the picker: the first prompt word of a conversation in cwd."""
+    for convs in made.values():
+        for _, d, prompt, _ in convs:
+            if d == cwd:
+                return prompt.split()[0][:6]
+    return "fix"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a ~1 minute pass with fewer samples and shorter idle windows")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home", "cli",
-                                       "save", "remote", "foreign", "poll", "preview"],
+                                       "save", "remote", "foreign", "poll", "preview", "history"],
                     help="run one group of figures")
     args = ap.parse_args()
     quick = args.quick
@@ -1691,6 +1920,8 @@ def main():
             bench_foreign_files(res, quick, detail=args.only == "foreign")
         if args.only == "remote":
             bench_remote(res, quick)
+        if args.only == "history":
+            bench_history(res, quick)
         if args.only == "cli":
             w = World(30)
             try:
@@ -1739,6 +1970,7 @@ def main():
     bench_many_threads(res, quick)
     bench_remote(res, quick)
     bench_preview(res, quick)
+    bench_history(res, quick)
 
     # scaling: latency and idle CPU at 10, 30, 100 sessions
     scaling = []
