@@ -16057,7 +16057,14 @@ class EventStream(object):
 class PreviewStream(object):
     """The preview the sidebar shows, pushed by the server (GET /api/preview?…&follow=1) and read in
     a thread: `want(path)` names the stream (None: none), `take()` -> (path, doc) of the newest doc
-    (or an error), a byte on `wake_fd` tells the curses loop. Nothing is read while nothing is shown."""
+    (or an error), a byte on `wake_fd` tells the curses loop. Nothing is read while nothing is shown.
+    A preview the server refuses (the thread's agent is not in front of its pane: a 409) is asked
+    again only once the state changed (`poke()`, on each /events snapshot), at least `refused_gap`
+    after the refusal, or `refused_retry` later: a selected thread whose agent has exited costs the
+    server nothing while nothing happens (it was asked every 1.5 s, each a read of the process table)."""
+
+    refused_gap = 1.0
+    refused_retry = 30.0
 
     def __init__(self, find_port):
         import threading
@@ -16071,6 +16078,13 @@ class PreviewStream(object):
         self._latest = None
         self._thread = None
         self._stop = False
+        self._poked = False
+
+    def poke(self):
+        """The state changed: a refused preview may be shown now (asked again; nothing else is)."""
+        with self._cond:
+            self._poked = True
+            self._cond.notify()
 
     def want(self, path):
         import threading
@@ -16130,11 +16144,12 @@ class PreviewStream(object):
                     sock.close()
                     continue
                 self._sock = sock
+            refused = False
             try:
                 sock.settimeout(SSE_KEEPALIVE * 3)
                 sock.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n"
                               % (path, port, token_header(getattr(self.find_port, "token", None)))).encode())
-                self._read(sock, path)
+                refused = self._read(sock, path) == "refused"
             except OSError:
                 pass
             finally:
@@ -16142,8 +16157,13 @@ class PreviewStream(object):
                     self._sock = None
                 sock.close()
             with self._cond:
+                if refused:  # ask again when something changed (a poke), not on a timer
+                    self._poked = False
+                    moved = lambda: self._path != path or self._stop
+                    if not self._cond.wait_for(moved, self.refused_gap):
+                        self._cond.wait_for(lambda: self._poked or moved(), self.refused_retry)
                 again = path == self._path
-            if again:
+            if again and not refused:
                 time.sleep(0.5)  # the stream ended on its own (server restart): open it again
 
     def _read(self, sock, path):
@@ -16164,8 +16184,7 @@ class PreviewStream(object):
                     except ValueError:
                         doc = {}
                     self._put(path, {"error": doc.get("error") or "no preview"})
-                    time.sleep(1.0)
-                    return
+                    return "refused"
                 header_done = True
             while b"\n\n" in buf:
                 block, buf = buf.split(b"\n\n", 1)
@@ -16327,6 +16346,7 @@ class SidebarApp(object):
                 if state is not None:
                     self.model.receive(state, self._own_session(state))
                     self._colors(state.get("ui") or {})
+                    self.previews.poke()  # a preview refused before may be possible now
                 self.model.set_connected(self.stream.connected)
                 self._stopped_state()
             if 0 in ready:

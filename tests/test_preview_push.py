@@ -244,6 +244,60 @@ def test_new_panes_in_the_followed_session_are_paused():
     assert ctl.calls[-1] == ("pause", ("%9",))
 
 
+# -- the sidebar's stream: a refused preview is asked again on a change, not on a timer -----------------
+
+class Refuser(object):
+    """A fake server that refuses every preview (409, as when the thread's agent is not in front)."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.paths = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = conn.recv(4096)
+                    if not data:
+                        break
+                    head += data
+                self.paths.append(head.split(b" ")[1].decode())
+                body = b'{"error": "no preview: the pane\'s foreground process (bash) is not claude"}'
+                conn.sendall(b"HTTP/1.1 409 Conflict\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (len(body), body))
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_refused_preview_is_asked_again_when_the_state_changes_not_every_second():
+    """A selected thread whose agent exited (its pane shows a shell) was asked for every 1.5 s for as
+    long as it stayed selected, each ask a read of the process table by the server (an idle popup
+    cost the server 0.3 % of a core instead of 0.1 %). Now: once per change of the state."""
+    server = Refuser()
+    stream = os_.PreviewStream(lambda: server.port)
+    stream.refused_gap, stream.refused_retry = 0, 3600  # nothing but a poke or another path asks again
+    try:
+        stream.want("/api/preview?thread=a&follow=1")
+        got = retry_until(stream.take)
+        assert "not claude" in got[1]["error"] and server.paths == ["/api/preview?thread=a&follow=1"]
+        stream.poke()  # a new /events snapshot: asked once more
+        retry_until(lambda: len(server.paths) == 2)
+        stream.want("/api/preview?thread=b&follow=1")  # the sentinel: another thread selected
+        retry_until(lambda: len(server.paths) == 3)
+        assert server.paths == ["/api/preview?thread=a&follow=1"] * 2 + ["/api/preview?thread=b&follow=1"]
+    finally:
+        stream.close()
+        server.close()
+
+
 # -- a real tmux: the stream follows its pane ----------------------------------------------------------
 
 class PreviewReader(object):
@@ -350,3 +404,23 @@ def test_a_pushed_preview_stops_showing_the_pane_once_the_agent_is_not_in_front(
         assert not any("secret-after-exit" in l for _, d in reader.docs for l in d["lines"])
     finally:
         reader.close()
+
+
+@requires_tmux
+def test_the_sidebar_shows_the_preview_once_the_agent_comes_back_to_the_pane(env, tmux, server):
+    """Refused while a shell is in front; the agent started in the pane changes the state, and that
+    change (not a timer: the refused preview is asked again after 30 s otherwise) shows its screen."""
+    from test_sidebar import sidebars, screen
+    tmux.new_session("work")
+    tmux.run("resize-window", "-t", "=work", "-x", "160", "-y", "50")
+    work = retry_until(lambda: server.session("work"))["windows"][0]["panes"][0]["id"]
+    assert server.post("/api/agent-event", {"agent": "claude", "status": "done", "threadId": "t1", "paneId": work,
+                                            "threadName": "fix login"})[0] in (202, 204)
+    assert server.cli("toggle").returncode == 0
+    sb = retry_until(lambda: [p["pane"] for p in sidebars(tmux, "work")], timeout=10)[0]
+    retry_until(lambda: "fix login" in screen(tmux, sb), timeout=10)
+    tmux.run("send-keys", "-t", sb, "j")  # the thread selected: its pane's preview is refused (a shell)
+    retry_until(lambda: "no preview: the pane's" in screen(tmux, sb), timeout=10)
+    tmux.run("send-keys", "-t", work, "exec %s" % agent_shell(env), "Enter")
+    tmux.run("send-keys", "-t", work, "echo back-in-front", "Enter")
+    retry_until(lambda: any(l.strip() == "back-in-front" for l in screen(tmux, sb).splitlines()), timeout=10)
