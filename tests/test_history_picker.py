@@ -90,6 +90,24 @@ def test_the_help_lists_the_history_keys_in_the_popup_and_the_sidebar():
         assert any(keys in l for l in lines), keys
 
 
+def test_the_readme_names_the_keys_that_switch_to_every_directory():
+    """The README said `C-a` (or `a`) shows every directory; C-a moves the cursor to the start of the
+    typed line (it edits as a shell line does), C-r switches the scope. Each key the README names
+    for it does that."""
+    import re
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"),
+              encoding="utf-8") as f:
+        section = f.read().split("\n## History", 1)[1].split("\n## ", 1)[0]
+    sentence = [s for s in re.split(r"(?<=\.)\s+", section) if "every directory" in s][0]
+    keys = [k for k in re.findall(r"`([^`]+)`", sentence) if len(k) == 1 or re.match(r"^C-[a-z]$", k)]
+    assert keys
+    for k in keys:
+        v = view(conv(1))
+        if not k.startswith("C-"):
+            v.key("\x1b")  # a letter acts in keys mode (typed, it filters)
+        assert v.key(chr(ord(k[2]) - 96) if k.startswith("C-") else k) == [("fetch",)] and v.all, k
+
+
 def test_keys_mode_f_forks_p_resumes_here_a_all_q_closes():
     v = view(conv(1), conv(2, agent="gemini", can_fork=False))
     assert v.key("\x1b") == [] and not v.typing
