@@ -15629,6 +15629,7 @@ HISTORY_HELP = (
     ("a", "this directory and below / all directories"),
     ("j/k g/G", "move / first / last"),
     ("/", "type again"),
+    ("?", "this help (also typed on an empty line)"),
     ("q/Esc", "close"),
 )
 HISTORY_HELP_NOTE = ("only this machine's conversations: a remote host's are in its own history "
@@ -15748,6 +15749,9 @@ class HistoryView(object):
         if self.typing:
             if k == "\x1b":
                 self.typing = False
+                return []
+            if k == "?" and not self.query:  # the help, as the popup's ? and its help promise (later: text)
+                self.help = True
                 return []
             edited = edit_line(self.query, self.pos, k)
             if edited is None:

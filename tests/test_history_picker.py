@@ -108,6 +108,16 @@ def test_the_readme_names_the_keys_that_switch_to_every_directory():
         assert v.key(chr(ord(k[2]) - 96) if k.startswith("C-") else k) == [("fetch",)] and v.all, k
 
 
+def test_question_mark_on_an_empty_line_shows_the_help_as_the_popup_says():
+    """The agents popup's help says the history tab's ? lists its keys; typed first, it filtered for
+    '?' ("no conversation matches") instead. After a word it is text."""
+    v = view(conv(1))
+    assert v.key("?") == [] and v.help and v.query == ""
+    assert any("C-r" in l for l in text_of(o.render_history(v, 100, 40, now=NOW)))
+    assert v.key("x") == [] and not v.help and v.query == ""  # any key closes it
+    assert v.key("a") == [("fetch",)] and v.key("?") == [("fetch",)] and v.query == "a?" and not v.help
+
+
 def test_keys_mode_f_forks_p_resumes_here_a_all_q_closes():
     v = view(conv(1), conv(2, agent="gemini", can_fork=False))
     assert v.key("\x1b") == [] and not v.typing
