@@ -14227,8 +14227,6 @@ HELP_KEYS = (
     ("m", "mute the session's notifications"),
     ("y/Y/N", "thread: approve/always/deny"),
     ("i", "thread: type it a prompt"),
-    ("o g", "agents popup (prefix o g)"),
-    ("o r", "every past conversation: find, resume, fork (prefix o r)"),
     ("?", "this help"),
     ("q/Esc", "leave the sidebar"),
 )
@@ -14242,6 +14240,9 @@ POPUP_HELP_KEYS = (
     ("?", "this help"),
     ("q/Esc", "close the popup"),
 )
+# keys of tmux's prefix table, not of the sidebar (in the key column, "o g" read as o, then g: o opens a port)
+HELP_PREFIX_NOTE = ("from any pane: prefix o g the agents popup, prefix o r every past conversation (find, "
+                    "resume, fork), prefix o ? all prefix o keys")
 PROMPT_HELP = "typing: C-a/C-e start/end, C-u/C-k cut before/after, C-w cut a word"
 PROMPT_HELP_DIR = ", Tab completes a directory, ~ is your home"
 # (glyph key, meaning) for the help's legend; "spinner" is the running animation
@@ -15263,6 +15264,8 @@ def _render_help(scr):
     for key, text in keys:
         entry(key, text)
     scr.wrapped(None, PROMPT_HELP + ("" if model.popup else PROMPT_HELP_DIR), "muted", indent=2)
+    if not model.popup:
+        scr.wrapped(None, HELP_PREFIX_NOTE, "muted", indent=2)
     scr.line(None, [("", "fg")])
     if not model.popup:
         scr.wrapped(None, "a session's row: %s2 web %s  $0.28 %s%s %s" % (
@@ -18350,10 +18353,26 @@ def cmd_switch(args):
 KEY_TABLE = "opensessions"
 
 
-def tmux_bindings(me, options, popup=None):
+# prefix o ?: the key table as a menu (tmux >= 3.0), each row picked by its own key: (key, what it does);
+# "popup" and "history" stand for their configurable keys
+KEY_MENU = (("s", "focus the sidebar"), ("t", "show / hide the sidebars"), ("e", "even layout, sidebar kept"),
+            ("n", "next thread that needs you"), ("p", "back to where n came from"), ("popup", "agents popup"),
+            ("history", "every past conversation"))
+
+
+def tmux_menu_command(args):
+    """A bound command's argv as the command text of a display-menu item: quoted for tmux's parser,
+    and '#' doubled, since tmux expands formats in an item's command once when the menu opens (so
+    the command that runs is the binding's own). Pure."""
+    import shlex
+    return " ".join(shlex.quote(a) for a in args).replace("#", "##")
+
+
+def tmux_bindings(me, options, popup=None, menu=False):
     """(table, key, command...) tuples the plugin binds. Pure. `me` is our shell command prefix.
     Every command runs with --display: what it says goes to the status line (display-message),
-    so tmux never opens its view mode over a pane."""
+    so tmux never opens its view mode over a pane. menu (tmux >= 3.0): `?` shows the table's keys
+    as a display-menu, centred where tmux can (popup: >= 3.2)."""
     def run(cmd):
         return ("run-shell", "-b", tmux_literal(me) + " " + cmd + " --display")  # run-shell expands formats
     key = options.get("@opensessions-key") or "o"
@@ -18373,6 +18392,17 @@ def tmux_bindings(me, options, popup=None):
            (KEY_TABLE, options.get("@opensessions-history-key") or "r") + history]
     for n in range(1, 10):
         out.append((KEY_TABLE, str(n)) + run("switch %d -c '#{client_name}'" % n))
+    if menu:
+        keys = {"popup": options.get("@opensessions-popup-key") or "g",
+                "history": options.get("@opensessions-history-key") or "r"}
+        bound = {b[1]: b[2:] for b in out if b[0] == KEY_TABLE}
+        items = []
+        for k, text in KEY_MENU:
+            k = keys.get(k, k)
+            items += [text, k, tmux_menu_command(bound[k])]
+        items += ["-1-9: the session with that number", "", ""]  # (a "-" name: shown, not picked)
+        out.append((KEY_TABLE, "?", "display-menu", "-T", "#[align=centre]opensessions (prefix %s)" % key)
+                   + (("-x", "C", "-y", "C") if popup else ()) + tuple(items))
     focus = options.get("@opensessions-focus-key")
     if focus:
         out.append(("root", focus) + run("focus -w '#{window_id}'"))
@@ -18407,9 +18437,10 @@ def _bind_keys(tmux, me, options):
                                          "@opensessions-bound-root": "", "version": ""}, **POPUP_DEFAULTS))
     nums = re.findall(r"\d+", mine["version"] or tmux.version() or "")
     popup = None
-    if nums and (int(nums[0]), int(nums[1]) if len(nums) > 1 else 0) >= (3, 2):  # display-popup
+    version = (int(nums[0]), int(nums[1]) if len(nums) > 1 else 0) if nums else (0, 0)
+    if version >= (3, 2):  # display-popup
         popup = tuple(mine[name] for name in ("@opensessions-popup-width", "@opensessions-popup-height"))
-    wanted = tmux_bindings(me, options, popup)
+    wanted = tmux_bindings(me, options, popup, menu=version >= (3, 0))  # display-menu
     old_key, saved = mine["@opensessions-bound-key"], mine["@opensessions-saved-binding"]
     give_back = None
     cmds = []

@@ -78,7 +78,9 @@ def test_the_filter_edits_as_a_shell_line_does():
 
 def test_the_help_lists_the_history_keys_in_the_popup_and_the_sidebar():
     assert ("Tab" in dict(o.POPUP_HELP_KEYS)) and "history" in dict(o.POPUP_HELP_KEYS)["Tab"]
-    assert "prefix o r" in dict(o.HELP_KEYS)["o r"]
+    sidebar = o.SidebarModel()
+    sidebar.mode = "help"
+    assert "prefix o r every past conversation" in " ".join(text_of(o.render(sidebar, 200, 80)))
     m = o.SidebarModel(popup=True)
     m.mode = "help"
     help_text = "\n".join(text_of(o.render(m, 80, 80)))
@@ -190,6 +192,28 @@ def test_the_binding_and_its_popup():
     assert o.popup_command("py /x/o#s.py", "/dev/pts/3", "3.3a", "80%", "75%", "history-popup")[-1] == \
         "py /x/o##s.py history-popup -c /dev/pts/3"
     assert o.popup_command("py", "c", "3.1", "1", "1", "history-popup")[:4] == ["new-window", "-t", "c", "-n"]
+
+
+def test_the_key_menu_runs_each_key_s_own_command():
+    """prefix o ?: a display-menu whose rows are the key table's keys; tmux expands formats in an
+    item's command once when the menu opens, so after that pass (## -> #) and tmux's parsing (as a
+    shell's) each row's command is the bound command itself, also for a path with # and quotes."""
+    import shlex
+    me = "py '/x/o#s (it'\\''s).py'"
+    binds = o.tmux_bindings(me, {"@opensessions-history-key": "h"}, ("80%", "75%"), menu=True)
+    table = {b[1]: b[2:] for b in binds if b[0] == "opensessions"}
+    menu = table["?"]
+    assert menu[0] == "display-menu" and menu[menu.index("-x") + 1] == "C"
+    rows = menu[menu.index("-y") + 2:]
+    picked = {}
+    for name, key, command in zip(rows[0::3], rows[1::3], rows[2::3]):
+        if key:
+            picked[key] = tuple(shlex.split(command.replace("##", "#")))
+    assert sorted(picked) == sorted(k for k in table if not k.isdigit() and k != "?")  # every key but 1-9
+    for key, args in picked.items():
+        assert args == table[key], key
+    assert any(name.startswith("-1-9") for name in rows[0::3])  # shown, not picked
+    assert not [b for b in o.tmux_bindings(me, {}) if b[1] == "?"]  # tmux before 3.0: no menu
 
 
 def test_display_width_and_fit_take_the_ascii_shortcut_exactly():

@@ -116,6 +116,22 @@ def test_theme_picker_and_help():
     assert m.mode == "list"
 
 
+def test_every_key_in_the_help_is_a_key_of_the_sidebar():
+    """The help listed "o g" and "o r" beside the sidebar's keys (tmux's prefix o g / o r): o in the
+    sidebar opens a port. Each key of the help's key column is one the sidebar takes; the prefix
+    keys are said apart."""
+    names = {"Enter": "\n", "Tab": "\t", "Esc": "\x1b"}
+    for column, _ in os_.HELP_KEYS:
+        for k in (column.split("/") if column != "/" else ["/"]):
+            if k == "1-9":
+                continue
+            k = names.get(k, k)
+            assert k in os_.SidebarModel.LIST_KEYS, (column, k)
+    m = os_.SidebarModel()
+    m.mode = "help"
+    assert "from any pane: prefix o g the agents popup" in " ".join(texts(os_.render(m, 200, 80)))
+
+
 def test_mouse_click_and_wheel():
     m = os_.SidebarModel()
     m.set_state(snapshot(("a", []), ("b", [])))

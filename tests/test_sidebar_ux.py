@@ -393,6 +393,17 @@ def bound(env, tmux, server):
     return server
 
 
+def test_prefix_o_question_mark_shows_the_keys_as_a_menu_and_its_keys_act(shown, tmux, attach, bound):
+    """prefix o ? (tmux's own prefix ? lists keys) did nothing: the key table had no ?. Now a menu of
+    the table's keys, each picked by the same key (t here: the sidebars are hidden, as prefix o t)."""
+    client = attach("=work")
+    sidebar_of(tmux, "work")
+    prefix_o(tmux, client, b"?")
+    retry_until(lambda: b"every past conversation" in client.output and b"agents popup" in client.output)
+    os.write(client.master, b"t")
+    retry_until(lambda: not sidebars(tmux, "work"), timeout=10)
+
+
 def test_new_sidebar_and_prefix_o_s_select_the_clients_session(shown, tmux, attach, bound):
     tmux.new_session("my new project")
     client = attach("=my new project")
