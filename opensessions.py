@@ -17703,6 +17703,11 @@ def history_lines(doc, home=None, now=None):
              for r in rows]
     if doc.get("total", 0) > len(doc.get("threads") or ()):
         lines.append("(%d of %d shown; --limit shows more)" % (len(doc.get("threads") or ()), doc["total"]))
+    if not doc.get("threads") and not doc.get("total"):  # a bare header said nothing of why
+        where = doc.get("dir")
+        lines = ["no conversation found %s (%d in the history%s)" % (
+            "in %s or below" % clean_text(tilde(where, home)) if where else "in any directory",
+            as_number(doc.get("count"), 0, int), "; --all looks in every directory" if where else "")]
     return lines
 
 
@@ -17710,6 +17715,8 @@ def cmd_history(args):
     """Past conversations of every agent, in this directory and below (--dir, --all), filtered by
     words; from the server's index (started if needed; its first scan is waited for)."""
     from urllib.parse import urlencode
+    if args.all and args.dir:
+        raise OpensessionsError("--dir and --all: give one (--all is every directory)")
     start_background(args)
     params = {"q": " ".join(args.query or ()), "limit": args.limit}
     if not args.all:

@@ -271,6 +271,10 @@ def test_cli_history_and_resume(hist):
     out = hist.server.cli("history", "--dir", cwd, "--agent", "qwen", prompt.split()[0], "--json")
     doc = json.loads(out.stdout.decode())
     assert tid in [t["id"] for t in doc["threads"]] and all(t["agent"] == "qwen" for t in doc["threads"])
+    out = hist.server.cli("history", "--dir", os.path.join(cwd, "nothing-here"))  # said, not a bare header
+    assert out.returncode == 0 and out.stdout.decode().startswith("no conversation found in "), out.stdout
+    out = hist.server.cli("history", "--all", "--dir", cwd)  # all won silently over --dir
+    assert out.returncode == 1 and b"--dir and --all" in out.stderr
     out = hist.server.cli("resume", "qwen:" + tid)
     assert out.returncode == 0 and b"resumed qwen:" in out.stdout, out.stderr
     retry_until(lambda: [l for l in hist.launched() if l[3] == "--resume " + tid and l[1] == cwd], timeout=10)

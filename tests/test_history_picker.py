@@ -299,6 +299,11 @@ def test_history_lines_for_the_cli():
     assert "claude:id-1  2h ago  12" in lines[1] and "api" in lines[1] and "~/src/app (main)" in lines[1]
     assert "\x1b" not in lines[1] and "~12" in lines[2] and "~$0.84" in lines[2]
     assert lines[-1] == "(2 of 9 shown; --limit shows more)"
+    # nothing found: a sentence that says where it looked (a bare header said nothing)
+    assert o.history_lines(dict(doc(), dir="/home/u/src/x", count=14), "/home/u", now=NOW) == \
+        ["no conversation found in ~/src/x or below (14 in the history; --all looks in every directory)"]
+    assert o.history_lines(dict(doc(), count=14), "/home/u", now=NOW) == \
+        ["no conversation found in any directory (14 in the history)"]
 
 
 @requires_tmux
