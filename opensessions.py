@@ -13945,7 +13945,9 @@ class History(object):
             raise ValueError("'thread' (AGENT:ID or an id) is required")
         agent, sep, tid = value.partition(":")
         if sep:
-            if agent not in AGENT_SPECS or not valid_thread_id(agent, tid):
+            if agent not in AGENT_SPECS:
+                raise ValueError("%r is no agent (AGENT:ID, AGENT one of %s)" % (agent, ", ".join(AGENT_SPECS)))
+            if not valid_thread_id(agent, tid):
                 raise ValueError("%r is not a valid %s conversation id" % (tid, agent))
             e = self.entry(agent, tid)
             if e is None:

@@ -549,6 +549,8 @@ def test_ids_are_validated_per_agent():
     for bad in ("claude:../../etc/passwd", "claude:", "nope:" + UUID, "codex:ses_" + "a" * 26, "$(id)", ""):
         with pytest.raises(ValueError):
             h.find(bad)
+    with pytest.raises(ValueError, match=r"'nope' is no agent \(AGENT:ID, AGENT one of claude, codex"):
+        h.find("nope:" + UUID)  # (it said "'…' is not a valid nope conversation id")
     with pytest.raises(LookupError):
         h.find("claude:" + UUID)
     assert h.find("claude:" + SID % 0).id == SID % 0 == h.find(SID % 0).id
