@@ -16466,6 +16466,14 @@ class SidebarApp(object):
         pane = doc.get("pane")
         if pane and (where != "here" or doc.get("action") == "jumped"):  # a live one: go to its pane
             self._switch(pane)
+        notes = [str(n) for n in doc.get("notes") or () if n]
+        if notes:  # (a gone directory or program): the popup closes, so tmux's status line says it
+            client = self.client or self.origin.get("client")
+            try:
+                self.tmux.run("display-message", *(["-c", client] if client else []),
+                              tmux_literal(clean_text("opensessions: " + "; ".join(notes))))
+            except TmuxError:
+                pass
         return "quit"
 
     def _want_preview(self, item):

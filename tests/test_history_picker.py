@@ -268,6 +268,13 @@ def test_the_picker_goes_where_the_conversation_is(answer, where, switched):
                           {"thread": "claude:x", "fork": False, "session": "api"})
     switches = [c for c in tmux.calls if c[0] == "switch-client"]
     assert switches == ([("switch-client", "-c", "/dev/pts/3", "-t", switched)] if switched else [])
+    notes = ["directory /x/#{pane_id} is gone; opencode resumes by id from elsewhere"]
+    app.post_answer = lambda path, body: (200, json.dumps(dict(answer, notes=notes)).encode())
+    tmux.calls = []
+    assert app._history_resume("opencode:x", False, where) == "quit"  # the popup closes: tmux says it
+    assert [c for c in tmux.calls if c[0] == "display-message"] == [
+        ("display-message", "-c", "/dev/pts/3", "opensessions: directory /x/##{pane_id} is gone; opencode resumes "
+                                                "by id from elsewhere")]
     app.post_answer = lambda path, body: (409, b'{"error": "its directory /x is gone"}')
     assert app._history_resume("claude:x", False, "window") is None
     assert app.history.message == "not resumed: its directory /x is gone"
