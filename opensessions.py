@@ -15893,7 +15893,8 @@ def render_history(view, width, height, now=None):
             body.line(None, [(keys.ljust(9), "accent"), (text, "fg")])
         body.wrapped(None, PROMPT_HELP, "muted", indent=2)
         body.wrapped(None, HISTORY_HELP_NOTE, "muted", indent=2)
-        return (scr.rows + body.rows[:room] + foot.rows)[:height]
+        rows = body.rows[:room]
+        return (scr.rows + rows + [(None, [])] * (room - len(rows)) + foot.rows)[:height]  # the footer at the bottom
     if view.error:
         body.line(None, [("cannot read the history: %s" % clean_text(view.error), "error")])
     elif view.loaded and not view.threads:

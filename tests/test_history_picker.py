@@ -115,7 +115,9 @@ def test_question_mark_on_an_empty_line_shows_the_help_as_the_popup_says():
     '?' ("no conversation matches") instead. After a word it is text."""
     v = view(conv(1))
     assert v.key("?") == [] and v.help and v.query == ""
-    assert any("C-r" in l for l in text_of(o.render_history(v, 100, 40, now=NOW)))
+    lines = text_of(o.render_history(v, 100, 40, now=NOW))
+    assert any("C-r" in l for l in lines)
+    assert len(lines) == 40 and lines[-1].startswith("Enter resume")  # the footer stays at the bottom
     assert v.key("x") == [] and not v.help and v.query == ""  # any key closes it
     assert v.key("a") == [("fetch",)] and v.key("?") == [("fetch",)] and v.query == "a?" and not v.help
 
