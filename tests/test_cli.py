@@ -562,3 +562,27 @@ def test_a_log_outside_our_dirs_leaves_its_directory_as_it_is(env, tmux, tmp_pat
     with pytest.raises(OSError):
         open(str(shared / "planted.log"), "a", opener=os_._log_opener)
     assert target.read_text() == ""
+
+
+def test_the_readme_command_line_names_every_option_of_each_command():
+    """The README's Command line block and `opensessions COMMAND --help` agree: each option of a
+    command (its short or long form) is on that command's line there (history's --limit and
+    history-popup's -t / --here were missing). --display, --hook and --alive are for the plugin's
+    key bindings, its boot hook and the ssh relay, not typed by hand."""
+    import argparse
+    import re
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        block = f.read().split("\n## Command line", 1)[1].split("```", 2)[1]
+    parser = os_.build_parser()
+    commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)][0].choices
+    internal = {"--display", "--hook", "--alive", "--help", "-L", "-S", "--port"}
+    missing = []
+    for name, sub in commands.items():
+        lines = " ".join(l for l in block.splitlines()
+                         if l.startswith("opensessions ") and re.search(r"(?<![\w-])%s(?![\w-])" % re.escape(name), l))
+        assert lines, "no line for %s" % name
+        for action in sub._actions:
+            strings = set(action.option_strings)
+            if strings and not strings & internal and not any(s in lines for s in strings):
+                missing.append((name, sorted(strings)))
+    assert missing == []
