@@ -17565,6 +17565,8 @@ def usage_threads(state, saved=None, history=None, warn=None):
     skipped = {}
 
     def take(where, t, **extra):
+        if isinstance(t, dict) and t.get("usage") is None:
+            return  # no tokens recorded yet (a thread a hook reported, a first turn): nothing to count, nothing odd
         problem = usage_entry_problem(dict(t, **extra) if isinstance(t, dict) else t)
         if problem:
             skipped.setdefault(where, []).append(problem)

@@ -76,6 +76,20 @@ def test_usage_skips_odd_history_entries_with_one_line(server, env, tmux):
     assert json.loads(r.stdout)["since"] == 0
 
 
+def test_a_thread_without_usage_yet_is_not_an_odd_entry():
+    """`opensessions usage` said "skipped 1 odd entry in /state (first: usage is not an object)" for
+    a thread a hook reported before its agent recorded tokens (usage null, as /state documents)."""
+    good = {"agent": "claude", "id": "good", "updatedAt": os_.now_ms(),
+            "usage": {"input": 100, "output": 10, "cacheRead": 0, "cacheWrite": 0, "cost": 0.5}}
+    fresh = {"agent": "claude", "id": "fresh", "updatedAt": os_.now_ms(), "usage": None}
+    said = []
+    threads = os_.usage_threads({"sessions": [{"name": "web", "threads": [good, fresh]}], "threads": [fresh]},
+                                {"threads": [fresh]}, None, warn=said.append)
+    assert [t["id"] for t in threads] == ["good"] and said == []
+    os_.usage_threads({"sessions": [], "threads": [dict(fresh, usage="12")]}, warn=said.append)
+    assert said == ["usage: skipped 1 odd entry in /state (first: usage is not an object)"]  # odd is still said
+
+
 def test_parse_since_reaching_before_1970_is_everything():
     now = os_.now_ms()
     assert os_.parse_since("1d", now) == now - 86400000
