@@ -14184,8 +14184,11 @@ def history_resume_request(body):
     "window" (a new window: in `session`, else the session a client shows), a pane id ("%12": typed
     there if it is an idle shell) or "command" (nothing is run: the command is answered). Pure."""
     thread = body.get("thread")
-    if not isinstance(thread, str) or not thread or len(thread) > 200:
+    if thread is None or thread == "":
         raise ApiError(400, "'thread' (AGENT:ID, as /api/history lists it) is required")
+    if not isinstance(thread, str) or len(thread) > 200:
+        raise ApiError(400, "'thread' must be a string, AGENT:ID as /api/history lists it (got %s)"
+                       % (type(thread).__name__ if not isinstance(thread, str) else "%d characters" % len(thread)))
     fork = body.get("fork", False)
     if not isinstance(fork, bool):
         raise ApiError(400, "'fork' must be true or false")

@@ -213,6 +213,18 @@ def test_hostile_directories_reach_the_shell_quoted(hist, tmp_path):
     assert not sentinel.exists()
 
 
+def test_a_bad_resume_body_says_what_is_wrong_with_it():
+    """{"thread": 7} was answered "'thread' … is required": it is there, of the wrong type."""
+    for body, reason in (({}, "'thread' (AGENT:ID, as /api/history lists it) is required"),
+                         ({"thread": ""}, "is required"),
+                         ({"thread": 7}, "'thread' must be a string, AGENT:ID as /api/history lists it (got int)"),
+                         ({"thread": "x" * 201}, "(got 201 characters)"),
+                         ({"thread": "claude:x", "fork": "yes"}, "'fork' must be true or false")):
+        with pytest.raises(o.ApiError) as e:
+            o.history_resume_request(body)
+        assert e.value.status == 400 and reason in e.value.message, (body, e.value.message)
+
+
 def test_resume_requests_are_validated(hist):
     hist.start()
     tid = first(hist, "claude")
