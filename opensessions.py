@@ -17733,6 +17733,12 @@ def cmd_history(args):
     from urllib.parse import urlencode
     if args.all and args.dir:
         raise OpensessionsError("--dir and --all: give one (--all is every directory)")
+    if not 1 <= args.limit <= 500:  # said with the flag's name (the server's 400 names its parameter)
+        raise OpensessionsError("--limit %d: give 1 to 500" % args.limit)
+    try:
+        history_since(args.since, now_ms())
+    except ValueError:
+        raise OpensessionsError("--since %s: give a duration such as 7d, 12h, 30m or 2w" % args.since)
     start_background(args)
     params = {"q": " ".join(args.query or ()), "limit": args.limit}
     if not args.all:

@@ -287,6 +287,10 @@ def test_cli_history_and_resume(hist):
     assert out.returncode == 0 and out.stdout.decode().startswith("no conversation found in "), out.stdout
     out = hist.server.cli("history", "--all", "--dir", cwd)  # all won silently over --dir
     assert out.returncode == 1 and b"--dir and --all" in out.stderr
+    for args, said in ((("--limit", "1000"), b"opensessions: --limit 1000: give 1 to 500\n"),
+                       (("--since", "7"), b"opensessions: --since 7: give a duration such as 7d, 12h, 30m or 2w\n")):
+        out = hist.server.cli("history", *args)  # the flag by its name ('limit' must be …: the API's words)
+        assert out.returncode == 1 and out.stderr == said, out.stderr
     out = hist.server.cli("resume", "qwen:" + tid)
     assert out.returncode == 0 and b"resumed qwen:" in out.stdout, out.stderr
     retry_until(lambda: [l for l in hist.launched() if l[3] == "--resume " + tid and l[1] == cwd], timeout=10)
