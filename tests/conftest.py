@@ -21,9 +21,31 @@ sys.path.insert(0, ROOT)
 
 import opensessions  # noqa: E402
 
-SCRIPT = os.path.join(ROOT, "opensessions.py")
+SOURCE = os.path.join(ROOT, "opensessions.py")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")  # real captures, one dir per agent (fixtures/README.md)
 PYTHON = sys.executable
+
+
+def _program():
+    """The program the tests run: the zipapp built from SOURCE once per test run, in a temp dir
+    (build_zipapp.py, what the plugin runs). It starts from bytecode: `python3 opensessions.py`
+    compiles the whole module in every process (about 0.3 s of CPU), and the suite starts a few
+    hundred servers, sidebars and client commands. OPENSESSIONS_TEST_SOURCE=1 runs the source
+    instead."""
+    if os.environ.get("OPENSESSIONS_TEST_SOURCE") == "1":
+        return SOURCE
+    import atexit
+    import importlib.util
+    import tempfile
+    spec = importlib.util.spec_from_file_location("build_zipapp", os.path.join(ROOT, "build_zipapp.py"))
+    build_zipapp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_zipapp)
+    out = tempfile.mkdtemp(prefix="opensessions-tests-")
+    atexit.register(shutil.rmtree, out, True)
+    return build_zipapp.build(os.path.join(out, "opensessions.pyz"))
+
+
+SCRIPT = _program()
 
 
 def end_process(proc, grace=5):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import opensessions as os_
-from conftest import PYTHON, ROOT, SCRIPT, end_process, retry_until
+from conftest import PYTHON, ROOT, SCRIPT, SOURCE, end_process, retry_until
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,9 @@ def test_start_and_stop(env, tmux):
 
 
 def test_help_lists_every_command():
-    out = subprocess.run([PYTHON, SCRIPT, "--help"], stdout=subprocess.PIPE, check=True).stdout.decode()
+    # the source run as a script (the README's first command) and the zipapp the other tests run
+    out = subprocess.run([PYTHON, SOURCE, "--help"], stdout=subprocess.PIPE, check=True).stdout.decode()
+    assert subprocess.run([PYTHON, SCRIPT, "--help"], stdout=subprocess.PIPE, check=True).stdout.decode() == out
     for cmd in ("server", "start", "stop", "status", "set-status", "set-progress", "log", "clear-log", "notify"):
         assert cmd in out
 

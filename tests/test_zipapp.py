@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 import opensessions as os_
-from conftest import PYTHON, ROOT, SCRIPT, ServerProc
+from conftest import PYTHON, ROOT, SCRIPT, SOURCE, ServerProc
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +138,8 @@ def test_same_source_is_the_same_version(tmp_path):
     sys.path.insert(0, ROOT)
     import build_zipapp
     pyz = build_zipapp.build(str(tmp_path / "opensessions.pyz"))
-    assert os_.program_digest(SCRIPT) == os_.program_digest(pyz) == \
+    assert os_.program_digest(SOURCE) == os_.program_digest(pyz) == os_.program_digest(SCRIPT) == \
         os_.program_digest(os.path.join(pyz, "opensessions.py"))
     changed = tmp_path / "opensessions.py"
-    changed.write_bytes(open(SCRIPT, "rb").read() + b"\n# edited\n")
-    assert os_.program_digest(str(changed)) != os_.program_digest(SCRIPT)
+    changed.write_bytes(open(SOURCE, "rb").read() + b"\n# edited\n")
+    assert os_.program_digest(str(changed)) != os_.program_digest(SOURCE)
