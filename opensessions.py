@@ -9774,7 +9774,9 @@ class ApiListener(object):
 
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 64
+    # the listen queue holds a burst (every sidebar reconnecting after a restart): from a full one the
+    # kernel drops the SYN, and that client waits a second for its retry
+    request_queue_size = MAX_CONNECTIONS
 
     def __init__(self, address, handler, door):
         import threading

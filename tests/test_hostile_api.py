@@ -210,6 +210,18 @@ def test_connections_and_streams_are_capped(server):
             s.close()
 
 
+def test_a_burst_of_connections_waits_in_the_listen_queue(server):
+    """As many connections at once as the server takes (every sidebar reconnecting after a restart)
+    fit in the listen queue: a full queue drops a SYN, and that client waits a second for its retry
+    (500 at once took 7 s with a queue of 64)."""
+    assert os_.http_classes()[0].request_queue_size >= os_.MAX_CONNECTIONS
+    import shutil
+    if shutil.which("ss"):  # the listening socket's own backlog (ss shows it as Send-Q)
+        out = subprocess.run(["ss", "-ltnH", "sport = :%d" % server.port], stdout=subprocess.PIPE,
+                             timeout=10).stdout.decode().split()
+        assert int(out[2]) >= os_.MAX_CONNECTIONS, out
+
+
 def test_a_reset_connection_logs_one_line(server):
     s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     s.sendall(b"POST /log HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{\"se")
