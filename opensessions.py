@@ -13477,6 +13477,7 @@ class History(object):
         self._launched = {}  # (agent, id) -> (flags, program) seen live before its conversation was indexed
         self._wake = threading.Event()
         self._stop = False
+        self._stopping = threading.Event()  # set with _stop: ends the batch wait at once
         self._thread = None
         self._dirty_at = None  # monotonic time of the first unsaved change
         self._logged = set()
@@ -13489,6 +13490,7 @@ class History(object):
 
     def stop(self, timeout=5.0):
         self._stop = True
+        self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -13546,7 +13548,9 @@ class History(object):
             self._wake.wait(timeout)
             if self._stop:
                 break
-            time.sleep(HISTORY_BATCH)  # a streaming agent reports every line: one read for the batch
+            # a streaming agent reports every line: one read for the batch (a stop does not wait for it)
+            if self._stopping.wait(HISTORY_BATCH):
+                break
             self._wake.clear()
             try:
                 self._refresh()
