@@ -379,12 +379,18 @@ def test_main_job_outside_tmux_starts_a_session_with_the_sidebar(env):
 
 # -- the plain parser: the same answers as argparse, or none -----------------------------------------
 
+_PARSERS = {}  # command -> its argparse parser, built once (parse_args leaves a parser as it was)
+
+
 def _argparse(argv):
     import contextlib
     import io
+    command = os_.command_of(argv)
+    if command not in _PARSERS:
+        _PARSERS[command] = os_.build_parser(command)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         try:
-            return vars(os_.build_parser(os_.command_of(argv)).parse_args(argv))
+            return vars(_PARSERS[command].parse_args(argv))
         except SystemExit:
             return None
 
