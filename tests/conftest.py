@@ -266,6 +266,17 @@ class SSEReader(object):
         self.sock.close()
 
 
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory):
+    """A zipapp built from SOURCE by build_zipapp.py (the one the tests run, when they run one)."""
+    if SCRIPT.endswith(".pyz"):
+        return SCRIPT
+    out = str(tmp_path_factory.mktemp("dist") / "opensessions.pyz")
+    subprocess.run([PYTHON, os.path.join(ROOT, "build_zipapp.py"), "--out", out], check=True,
+                   stdout=subprocess.DEVNULL)
+    return out
+
+
 @pytest.fixture
 def env(tmp_path):
     return Env(str(tmp_path))

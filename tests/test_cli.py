@@ -12,14 +12,6 @@ import opensessions as os_
 from conftest import PYTHON, ROOT, SCRIPT, SOURCE, end_process, retry_until
 
 
-@pytest.fixture(scope="module")
-def pyz(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("dist") / "opensessions.pyz")
-    subprocess.run([PYTHON, os.path.join(ROOT, "build_zipapp.py"), "--out", out], check=True,
-                   stdout=subprocess.DEVNULL)
-    return out
-
-
 def test_client_commands_change_state(server):
     r = server.cli("set-status", "main", "Deploying", "--tone", "warn")
     assert r.returncode == 0, r.stderr

@@ -7,18 +7,8 @@ import subprocess
 import sys
 import zipfile
 
-import pytest
-
 import opensessions as os_
 from conftest import PYTHON, ROOT, SCRIPT, SOURCE, ServerProc
-
-
-@pytest.fixture(scope="module")
-def pyz(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("dist") / "opensessions.pyz")
-    subprocess.run([PYTHON, os.path.join(ROOT, "build_zipapp.py"), "--out", out], check=True,
-                   stdout=subprocess.DEVNULL)
-    return out
 
 
 RUN_PYZ = r"""
