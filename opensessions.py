@@ -8795,7 +8795,8 @@ class Server(object):
         self.previews = PreviewFeed(self.loop, self.control, self._capture_for_preview, lambda: self.store.sessions)
         self.control.on_output = self.previews.on_output
         self.api = Api(self.store, clock, tmux, ApiHost(
-            publish=self.publish, refresh=self.schedule_refresh, pane_of_pid=self.linker.pane_of,
+            publish=self.publish, refresh=self.schedule_refresh, read_tmux=self.read_tmux_now,
+            pane_of_pid=self.linker.pane_of,
             update_thread=self.apply_thread_update, relink=self.linker.link, notify=self.notify_user,
             save_state=self.state_file.schedule_save, change_ui=self.prefs.change,
             tmux_options=self.prefs.apply_tmux_options, to_host=self.to_host, resume=self._history_resume))
@@ -9029,6 +9030,14 @@ class Server(object):
         self._refresh_pending = False
         self.refresh()
         self.publish()
+
+    def read_tmux_now(self):
+        """Read tmux at once, on the loop (a request names what tmux has not told us of yet); a read
+        already scheduled is not needed any more. The caller publishes."""
+        if self._refresh_pending:
+            self._refresh_cancel()
+            self._refresh_pending = False
+        self.refresh()
 
     def refresh(self):
         """Read all panes and clients with one tmux process; recompute derived session data."""
@@ -9271,6 +9280,9 @@ class ApiHost(Record):
     FIELDS = (
         ("publish", None),  # () -> publish what changed
         ("refresh", None),  # () -> read tmux again soon (a pane it has not told us of yet)
+        # () -> read tmux now: a request names a session, pane or process that tmux made a moment ago,
+        # before its notification reached us (answered "not there" otherwise: a false 202)
+        ("read_tmux", None),
         ("pane_of_pid", None),  # pid -> the pane it runs in (the process table read again if new), or None
         ("update_thread", None),  # (agent, thread id, **fields): the apply step (Server.apply_thread_update)
         ("relink", None),  # () -> link threads to panes again
@@ -9299,6 +9311,19 @@ class Api(object):
         self.host = host
         self._reply_lock = threading.Lock()  # one reply at a time
 
+    def _found(self, look):
+        """look() -> what the store holds for a name a request gave, else None. When it finds nothing,
+        tmux is read once at once and it looks again: a session, pane or process made a moment ago
+        can be there before tmux's notification of it reached us."""
+        found = look()
+        if found is None and self.host.read_tmux is not None:
+            self.host.read_tmux()
+            found = look()
+        return found
+
+    def _session_known(self, session):
+        return self._found(lambda: self.store.session_by_name(session)) is not None
+
     def apply_and_publish(self, handler, body):
         """Run the handler a ROUTES value names (a method name, or (name, agent) for a plugin's
         route) on the loop thread, then publish whatever it changed."""
@@ -9321,20 +9346,20 @@ class Api(object):
         session, status = validate_set_status(body)
         self._meta(session)["status"] = status
         self._changed_metadata()
-        return self.store.session_by_name(session) is not None  # kept either way; False -> 202
+        return self._session_known(session)  # kept either way; False -> 202
 
     def api_set_progress(self, body):
         session, progress = validate_set_progress(body)
         self._meta(session)["progress"] = progress
         self._changed_metadata()
-        return self.store.session_by_name(session) is not None
+        return self._session_known(session)
 
     def api_log(self, body):
         session, entry = validate_log(body, self.clock)
         meta = self._meta(session)
         meta["logs"] = apply_log(meta.get("logs", []), entry)
         self._changed_metadata()
-        return self.store.session_by_name(session) is not None
+        return self._session_known(session)
 
     def api_clear_log(self, body):
         session = _require_session(body)
@@ -9348,7 +9373,7 @@ class Api(object):
             meta["logs"] = apply_log(meta.get("logs", []), dict(note, source="notify", ts=now_ms(self.clock)))
             self._changed_metadata()
         self.host.notify(session, note["message"], note["tone"])
-        return not session or self.store.session_by_name(session) is not None
+        return not session or self._session_known(session)
 
     def api_agent_event(self, body):
         """A hook or plugin reports a thread's status. -> True if a session matched."""
@@ -9356,19 +9381,19 @@ class Api(object):
         pane = session = None
         if ev["paneId"]:
             pane = ev["paneId"]
-            found = self.store.session_of_pane(pane)
+            found = self._found(lambda: self.store.session_of_pane(pane))
             if found:
                 session = found[0]
-            else:
+            elif self.host.read_tmux is None:
                 self.host.refresh()  # a pane tmux has not told us about yet: map it after
         if pane is None and ev["pid"]:
-            pane = self.host.pane_of_pid(ev["pid"])
-            if pane is None:
+            pane = self._found(lambda: self.host.pane_of_pid(ev["pid"]))
+            if pane is None and self.host.read_tmux is None:
                 self.host.refresh()  # a pane tmux has not told us about yet: link it after
             found = self.store.session_of_pane(pane) if pane else None
             session = found[0] if found else None
         if session is None and ev["tmuxSession"]:
-            session = self.store.session_by_name(ev["tmuxSession"])
+            session = self._found(lambda: self.store.session_by_name(ev["tmuxSession"]))
         if session is None and ev["projectDir"]:
             session = self.store.session_for_dir(ev["projectDir"])
         thread_id = ev["threadId"] or (pane and "pane" + pane) or (session and "session-" + session["name"])

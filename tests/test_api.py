@@ -333,6 +333,27 @@ def test_a_session_that_does_not_exist_is_kept_and_said(server, tmux, env):
     assert [l["message"] for l in meta["logs"]] == ["step 1", "hello"]
 
 
+def test_a_session_made_a_moment_ago_is_matched_before_tmux_says_so(tmux, env):
+    """A script makes a session and sets its status at once; a hook comes from a pane made a moment
+    ago: the server reads tmux when a request names what it does not know yet, rather than answer
+    "no tmux session named …" (202). Here the server's loop never runs, so tmux's notification of
+    the new session (waiting on the control client's pipe) cannot come first."""
+    srv = os_.Server(os_.Tmux(tmux.socket), port=0, environ=env.vars)
+    srv.start()
+    try:
+        tmux.new_session("fresh", cwd=env.home)
+        assert srv.api.apply_and_publish("api_set_status", {"session": "fresh", "text": "deploying"}) is True
+        pane = tmux.run("display-message", "-p", "-t", "=fresh:", "#{pane_id}").strip()
+        tmux.run("split-window", "-d", "-t", pane)
+        late = tmux.run("list-panes", "-t", "=fresh:", "-F", "#{pane_id}").split()[-1]
+        body = {"agent": "claude", "status": "running", "threadId": "t-fresh", "paneId": late}
+        assert srv.api.apply_and_publish("api_agent_event", body) is True
+        assert srv.store.threads[("claude", "t-fresh")].pane == late
+        assert srv.api.apply_and_publish("api_set_status", {"session": "nowhere", "text": "x"}) is False
+    finally:
+        srv.shutdown()
+
+
 def test_an_unknown_theme_is_refused_with_the_names(server):
     status, body = server.post("/ui", {"theme": "no-such"})
     assert status == 400 and "nord" in body["error"] and "catppuccin-mocha" in body["error"]
