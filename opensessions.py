@@ -9041,28 +9041,33 @@ class Server(object):
 
     def refresh(self):
         """Read all panes and clients with one tmux process; recompute derived session data."""
-        try:
-            sessions, clients = self.tmux.snapshot()
-        except TmuxGone:
-            if not self.control.running or not self.tmux.alive():
-                self.stop("tmux server exited")
-            return
-        except TmuxError as e:
-            log("tmux snapshot failed (keeping the last state): %s" % e)
-            return
-        if sessions and all(s["name"].startswith(HIDDEN_SESSION_PREFIX) for s in sessions):
-            # the user closed their last session: our helper sessions must not keep tmux alive
-            for s in sessions:
-                try:
-                    self.tmux.run("kill-session", "-t", s["id"])
-                except TmuxError:
-                    pass
-            return
-        self.store.sessions = sessions
-        self.store.clients = clients
-        self.store.touch()
-        if self.sidebars is not None:
-            self.sidebars.sync()  # first: a window a client just switched to gets its sidebar sooner
+        while True:
+            try:
+                sessions, clients = self.tmux.snapshot()
+            except TmuxGone:
+                if not self.control.running or not self.tmux.alive():
+                    self.stop("tmux server exited")
+                return
+            except TmuxError as e:
+                log("tmux snapshot failed (keeping the last state): %s" % e)
+                return
+            if sessions and all(s["name"].startswith(HIDDEN_SESSION_PREFIX) for s in sessions):
+                # the user closed their last session: our helper sessions must not keep tmux alive
+                for s in sessions:
+                    try:
+                        self.tmux.run("kill-session", "-t", s["id"])
+                    except TmuxError:
+                        pass
+                return
+            self.store.sessions = sessions
+            self.store.clients = clients
+            self.store.touch()
+            # first: a window a client just switched to gets its sidebar sooner. When that moved panes
+            # (a running sidebar swapped in, a placeholder split or woken), what was read is not tmux's
+            # layout any more: read it again now, so no snapshot shows a sidebar where it was (a
+            # sidebar learns its own session from it: it jumped to the window it left, then back)
+            if self.sidebars is None or not self.sidebars.sync():
+                break
         self.facts.refresh()
         self.on_tmux_refreshed()
         self.previews.tmux_changed()
@@ -17126,11 +17131,13 @@ class SidebarPanes(object):
         self.fixed = {}  # pane -> when we last corrected its place or width
         self.shown_at = {}  # window id -> when a client last showed it
         self.focused = set()  # windows whose focused sidebar left for another window
-        self.follow_ups = 0  # refreshes asked for in a row after changing panes
+        self.follow_ups = 0  # reads of tmux asked for in a row after changing panes
 
     def sync(self):
+        """Put every window's sidebar right. -> True when panes moved and the layout just read is
+        stale: the caller reads tmux again before anything uses it (at most a few rounds in a row)."""
         if self.busy:
-            return
+            return False
         self.busy = True
         try:
             sessions, clients, ui = self.world()
@@ -17153,8 +17160,7 @@ class SidebarPanes(object):
         # What we changed is read back at once (tmux tells a control client about other sessions'
         # panes only once a second): at most a few rounds in a row, so nothing can loop.
         self.follow_ups = self.follow_ups + 1 if changed else 0
-        if changed and self.follow_ups <= 4:
-            self.schedule_refresh()
+        return changed and self.follow_ups <= 4
 
     def shown_windows(self):
         sessions, clients, _ = self.world()
