@@ -18777,7 +18777,8 @@ def _command_table():
                                "--here: in this terminal); a live one: go to its pane",
          [(("thread",), dict(help="AGENT:ID (as `opensessions history` shows it), or the bare id")),
           (("--fork",), dict(action="store_true", help="a new conversation that starts with this one's messages "
-                                                        "(Claude Code, Codex, OpenCode, Pi)")),
+                                                        "(%s)" % ", ".join(s.title for s in AGENT_SPECS.values()
+                                                                            if s.fork_args))),
           (("--here",), dict(action="store_true", help="run it in this terminal instead of a new window"))]),
         ("history-popup", cmd_history_popup, "the history picker (what prefix o r runs in its popup)",
          [client, (("-t", "--pane"), dict(help="the pane it opens over (its directory is the scope; p resumes there)")),

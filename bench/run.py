@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import shlex
 import socket
 import statistics
 import subprocess
@@ -1381,8 +1382,17 @@ def bench_preview(res, quick):
     try:
         w.start_server()
         tmux_pid = int(w.tmux("display-message", "-p", "#{pid}").strip())
-        loud = w.tmux("new-window", "-d", "-P", "-F", "#{pane_id}", "-t", "s001", PY + " -c '%s'" % PRINTER.replace("'", "'\\''")).strip()
-        quiet = w.tmux("new-window", "-d", "-P", "-F", "#{pane_id}", "-t", "s001").strip()
+        # a preview is shown only while the thread's agent is the pane's foreground process: the
+        # printer and the quiet pane's shell run under the name `claude` (a link: comm is its name)
+        agent_bin = os.path.join(w.base, "agent-bin")
+        os.makedirs(agent_bin)
+        os.symlink(os.path.realpath(PY), os.path.join(agent_bin, "claude"))
+        os.makedirs(os.path.join(w.base, "agent-sh"))
+        os.symlink("/bin/sh", os.path.join(w.base, "agent-sh", "claude"))
+        printer = shlex.quote(os.path.join(agent_bin, "claude")) + " -c " + shlex.quote(PRINTER)
+        loud = w.tmux("new-window", "-d", "-P", "-F", "#{pane_id}", "-t", "s001", printer).strip()
+        quiet = w.tmux("new-window", "-d", "-P", "-F", "#{pane_id}", "-t", "s001",
+                       shlex.quote(os.path.join(w.base, "agent-sh", "claude"))).strip()
         ids = {loud: str(uuid.uuid4()), quiet: str(uuid.uuid4())}
         for pane, tid in ids.items():
             http(w.port, "POST", "/api/agent-event", {"agent": "claude", "status": "running", "threadId": tid, "paneId": pane})

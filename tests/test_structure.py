@@ -77,6 +77,22 @@ def test_the_map_names_every_section_in_order():
         assert title.lower().startswith(name.lower()), (name, title)
 
 
+NUMBERS = ("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+           "nineteen", "twenty")
+
+
+def test_the_readme_points_to_the_map_and_counts_its_sections():
+    """One map, in the module: the README's Development section points to it and says how many
+    sections it has, and keeps no map of its own."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    dev = readme[readme.index("## Development"):]
+    count = len(map_names(_source()))
+    said = re.search(r"Its docstring is the map: (\w+) sections", dev)
+    assert said and said.group(1) == NUMBERS[count - 10], (said and said.group(1), count)
+    assert not re.search(r"^\s*\d+\.\s+\w", dev, re.M)  # no numbered list of sections here
+
+
 def test_no_section_uses_a_name_from_a_section_below_it():
     assert upward_uses(_source()) == []
 

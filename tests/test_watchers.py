@@ -205,7 +205,8 @@ def test_opencode_plugin_events_and_pid_link(labserver, labenv, tmux):
     def post(etype, props):
         return labserver.post("/api/opencode-event", {"type": etype, "properties": dict(props, sessionID=sid),
                                                        "pid": pid, "directory": "/x"})
-    assert post("session.status", {"status": {"type": "busy"}})[0] == 204
+    # 202 when the server has not read the new process yet (kept, linked once it has), else 204
+    assert post("session.status", {"status": {"type": "busy"}})[0] in (202, 204)
     t = retry_until(lambda: (lambda x: x if x["pane"] else None)(thread(labserver.state(), "opencode", sid)))
     assert t["status"] == "running" and t["pane"] == pane and t["_session"] == "oc"
     assert post("permission.asked", {"permission": "bash", "patterns": ["rm -rf build"]})[0] == 204
