@@ -46,6 +46,8 @@ def _program():
 
 
 SCRIPT = _program()
+# where a child process imports opensessions from: the zipapp (its bytecode), else the source's dir
+IMPORT_PATH = SCRIPT if SCRIPT.endswith(".pyz") else ROOT
 
 
 def end_process(proc, grace=5):

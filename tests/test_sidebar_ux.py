@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 import opensessions as os_
-from conftest import PYTHON, ROOT, SCRIPT, retry_until
+from conftest import IMPORT_PATH, PYTHON, SCRIPT, retry_until
 from test_sidebar import shown, sidebars, screen, snapshot, th, texts  # noqa: F401  (shown: a fixture)
 
 LONG_BRANCH = "feature/a-very-long-branch-name-for-the-login-rework"
@@ -570,7 +570,7 @@ def test_terminal_charset_reads_the_locale():
     assert os_.terminal_charset({"LC_CTYPE": "C.UTF-8"}, python_chose_utf8=True) == "ascii"
     out = subprocess.run([PYTHON, "-c", "import sys, os; sys.path.insert(0, %r); import opensessions as o; "
                                         "print(o.terminal_charset(os.environ, o._python_chose_utf8(os.environ)))"
-                          % ROOT],
+                          % IMPORT_PATH],
                          env={"PATH": os.environ["PATH"], "LANG": "C"}, stdout=subprocess.PIPE, check=True)
     assert out.stdout.strip() == b"ascii"
 
