@@ -4614,14 +4614,29 @@ def _raise(error):
     raise error
 
 
+def c_library(symbol):
+    """The C library through ctypes, once it has `symbol` (else None): the process's own symbols
+    first (libc is loaded in every CPython), then find_library("c"), which runs `ldconfig -p` in
+    a child process (three times in every server start before)."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if hasattr(libc, symbol):
+            return libc
+        import ctypes.util
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    except OSError:
+        return None
+    return libc if hasattr(libc, symbol) else None
+
+
 class Inotify(object):
     """Linux inotify through ctypes: one fd for the event loop, events as (wd, mask, name)."""
 
     def __init__(self):
         import ctypes
-        import ctypes.util
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        if not hasattr(libc, "inotify_init1"):
+        libc = c_library("inotify_init1")
+        if libc is None:
             raise OSError("inotify is not available")
         self._libc = libc
         self.fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
@@ -12713,12 +12728,9 @@ def release_memory():
     """Give the memory freed by a big read back to the system (glibc's malloc_trim; elsewhere
     nothing): the index's first build parses thousands of files and keeps a few MB of them."""
     try:
-        import ctypes
-        import ctypes.util
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        trim = getattr(libc, "malloc_trim", None)
-        if trim is not None:
-            trim(0)
+        libc = c_library("malloc_trim")
+        if libc is not None:
+            libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
 
