@@ -46,6 +46,7 @@ def _program():
 
 
 SCRIPT = _program()
+TMUX = shutil.which("tmux") or "tmux"
 # where a child process imports opensessions from: the zipapp (its bytecode), else the source's dir
 IMPORT_PATH = SCRIPT if SCRIPT.endswith(".pyz") else ROOT
 
@@ -121,7 +122,9 @@ class TmuxServer(object):
         self.tmux = opensessions.Tmux(self.socket)
 
     def run(self, *args, check=True):
-        p = subprocess.run(["tmux", "-S", self.socket, "-f", "/dev/null"] + [str(a) for a in args],
+        # tmux by its path and close_fds=False (our fds are close-on-exec anyway): Python 3.9 then
+        # starts it with posix_spawn instead of forking this process, which grows to 200 MB in a run
+        p = subprocess.run([TMUX, "-S", self.socket, "-f", "/dev/null"] + [str(a) for a in args], close_fds=False,
                            env=self.env.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
         if check and p.returncode != 0:
             raise RuntimeError("tmux %s failed: %s" % (args, p.stderr.decode()))
@@ -162,7 +165,7 @@ class ServerProc(object):
         self.vars = vars_
         self.argv = argv or [PYTHON, SCRIPT]
         self.proc = subprocess.Popen(self.argv + ["-S", tmux.socket, "server", "--port", "0",
-                                                  "--log", self.log_path],
+                                                  "--log", self.log_path], close_fds=False,  # (see TmuxServer.run)
                                      env=vars_, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.runtime = opensessions.RuntimeFiles(tmux.socket, vars_)
         info = retry_until(lambda: self.proc.poll() is None and self.runtime.live_info() or self._dead(),
@@ -192,7 +195,7 @@ class ServerProc(object):
         return next((s for s in self.state()["sessions"] if s["name"] == name), None)
 
     def cli(self, *args, **kw):
-        return subprocess.run(self.argv + ["-S", self.tmux.socket] + list(args), env=self.vars,
+        return subprocess.run(self.argv + ["-S", self.tmux.socket] + list(args), env=self.vars, close_fds=False,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=kw.get("timeout", 20))
 
     def log(self):
