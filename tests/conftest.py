@@ -159,15 +159,26 @@ class TmuxServer(object):
         return int(self.run("display-message", "-p", "#{pid}").strip())
 
     def kill(self):
-        """kill-server, and wait until that server process is really gone."""
+        """kill-server, and wait until that server process is really gone (killed after 10 s)."""
         try:
             pid = self.pid()
         except (RuntimeError, ValueError):
             pid = None
-        self.run("kill-server", check=False)
+        # its output goes nowhere: tmux keeps a copy of a command client's stdout until it lets the
+        # client go, and a server on its way out under load once took over 10 s to (a pipe's reader
+        # waits for that, not for the client)
+        subprocess.run([TMUX, "-S", self.socket, "-f", "/dev/null", "kill-server"], close_fds=False, env=self.env.vars,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
         if pid:
-            retry_until(lambda: not os.path.exists("/proc/%d" % pid) or
-                        open("/proc/%d/stat" % pid).read().split(") ")[1].startswith("Z"), timeout=10, interval=0.002)
+            gone = lambda: not os.path.exists("/proc/%d" % pid) or \
+                open("/proc/%d/stat" % pid).read().split(") ")[1].startswith("Z")
+            try:
+                retry_until(gone, timeout=10, interval=0.002)
+            except AssertionError:
+                import warnings
+                warnings.warn("tmux server %d was still there 10 s after kill-server; killed" % pid)
+                os.kill(pid, 9)
+                retry_until(gone, timeout=10)
 
 
 class ServerProc(object):
