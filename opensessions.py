@@ -4614,14 +4614,29 @@ def _raise(error):
     raise error
 
 
+def c_library(symbol):
+    """The C library through ctypes, once it has `symbol` (else None): the process's own symbols
+    first (libc is loaded in every CPython), then find_library("c"), which runs `ldconfig -p` in
+    a child process (three times in every server start before)."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if hasattr(libc, symbol):
+            return libc
+        import ctypes.util
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    except OSError:
+        return None
+    return libc if hasattr(libc, symbol) else None
+
+
 class Inotify(object):
     """Linux inotify through ctypes: one fd for the event loop, events as (wd, mask, name)."""
 
     def __init__(self):
         import ctypes
-        import ctypes.util
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        if not hasattr(libc, "inotify_init1"):
+        libc = c_library("inotify_init1")
+        if libc is None:
             raise OSError("inotify is not available")
         self._libc = libc
         self.fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
@@ -8795,7 +8810,8 @@ class Server(object):
         self.previews = PreviewFeed(self.loop, self.control, self._capture_for_preview, lambda: self.store.sessions)
         self.control.on_output = self.previews.on_output
         self.api = Api(self.store, clock, tmux, ApiHost(
-            publish=self.publish, refresh=self.schedule_refresh, pane_of_pid=self.linker.pane_of,
+            publish=self.publish, refresh=self.schedule_refresh, read_tmux=self.read_tmux_now,
+            pane_of_pid=self.linker.pane_of,
             update_thread=self.apply_thread_update, relink=self.linker.link, notify=self.notify_user,
             save_state=self.state_file.schedule_save, change_ui=self.prefs.change,
             tmux_options=self.prefs.apply_tmux_options, to_host=self.to_host, resume=self._history_resume))
@@ -9030,30 +9046,43 @@ class Server(object):
         self.refresh()
         self.publish()
 
+    def read_tmux_now(self):
+        """Read tmux at once, on the loop (a request names what tmux has not told us of yet); a read
+        already scheduled is not needed any more. The caller publishes."""
+        if self._refresh_pending:
+            self._refresh_cancel()
+            self._refresh_pending = False
+        self.refresh()
+
     def refresh(self):
         """Read all panes and clients with one tmux process; recompute derived session data."""
-        try:
-            sessions, clients = self.tmux.snapshot()
-        except TmuxGone:
-            if not self.control.running or not self.tmux.alive():
-                self.stop("tmux server exited")
-            return
-        except TmuxError as e:
-            log("tmux snapshot failed (keeping the last state): %s" % e)
-            return
-        if sessions and all(s["name"].startswith(HIDDEN_SESSION_PREFIX) for s in sessions):
-            # the user closed their last session: our helper sessions must not keep tmux alive
-            for s in sessions:
-                try:
-                    self.tmux.run("kill-session", "-t", s["id"])
-                except TmuxError:
-                    pass
-            return
-        self.store.sessions = sessions
-        self.store.clients = clients
-        self.store.touch()
-        if self.sidebars is not None:
-            self.sidebars.sync()  # first: a window a client just switched to gets its sidebar sooner
+        while True:
+            try:
+                sessions, clients = self.tmux.snapshot()
+            except TmuxGone:
+                if not self.control.running or not self.tmux.alive():
+                    self.stop("tmux server exited")
+                return
+            except TmuxError as e:
+                log("tmux snapshot failed (keeping the last state): %s" % e)
+                return
+            if sessions and all(s["name"].startswith(HIDDEN_SESSION_PREFIX) for s in sessions):
+                # the user closed their last session: our helper sessions must not keep tmux alive
+                for s in sessions:
+                    try:
+                        self.tmux.run("kill-session", "-t", s["id"])
+                    except TmuxError:
+                        pass
+                return
+            self.store.sessions = sessions
+            self.store.clients = clients
+            self.store.touch()
+            # first: a window a client just switched to gets its sidebar sooner. When that moved panes
+            # (a running sidebar swapped in, a placeholder split or woken), what was read is not tmux's
+            # layout any more: read it again now, so no snapshot shows a sidebar where it was (a
+            # sidebar learns its own session from it: it jumped to the window it left, then back)
+            if self.sidebars is None or not self.sidebars.sync():
+                break
         self.facts.refresh()
         self.on_tmux_refreshed()
         self.previews.tmux_changed()
@@ -9271,6 +9300,9 @@ class ApiHost(Record):
     FIELDS = (
         ("publish", None),  # () -> publish what changed
         ("refresh", None),  # () -> read tmux again soon (a pane it has not told us of yet)
+        # () -> read tmux now: a request names a session, pane or process that tmux made a moment ago,
+        # before its notification reached us (answered "not there" otherwise: a false 202)
+        ("read_tmux", None),
         ("pane_of_pid", None),  # pid -> the pane it runs in (the process table read again if new), or None
         ("update_thread", None),  # (agent, thread id, **fields): the apply step (Server.apply_thread_update)
         ("relink", None),  # () -> link threads to panes again
@@ -9299,6 +9331,19 @@ class Api(object):
         self.host = host
         self._reply_lock = threading.Lock()  # one reply at a time
 
+    def _found(self, look):
+        """look() -> what the store holds for a name a request gave, else None. When it finds nothing,
+        tmux is read once at once and it looks again: a session, pane or process made a moment ago
+        can be there before tmux's notification of it reached us."""
+        found = look()
+        if found is None and self.host.read_tmux is not None:
+            self.host.read_tmux()
+            found = look()
+        return found
+
+    def _session_known(self, session):
+        return self._found(lambda: self.store.session_by_name(session)) is not None
+
     def apply_and_publish(self, handler, body):
         """Run the handler a ROUTES value names (a method name, or (name, agent) for a plugin's
         route) on the loop thread, then publish whatever it changed."""
@@ -9321,20 +9366,20 @@ class Api(object):
         session, status = validate_set_status(body)
         self._meta(session)["status"] = status
         self._changed_metadata()
-        return self.store.session_by_name(session) is not None  # kept either way; False -> 202
+        return self._session_known(session)  # kept either way; False -> 202
 
     def api_set_progress(self, body):
         session, progress = validate_set_progress(body)
         self._meta(session)["progress"] = progress
         self._changed_metadata()
-        return self.store.session_by_name(session) is not None
+        return self._session_known(session)
 
     def api_log(self, body):
         session, entry = validate_log(body, self.clock)
         meta = self._meta(session)
         meta["logs"] = apply_log(meta.get("logs", []), entry)
         self._changed_metadata()
-        return self.store.session_by_name(session) is not None
+        return self._session_known(session)
 
     def api_clear_log(self, body):
         session = _require_session(body)
@@ -9348,7 +9393,7 @@ class Api(object):
             meta["logs"] = apply_log(meta.get("logs", []), dict(note, source="notify", ts=now_ms(self.clock)))
             self._changed_metadata()
         self.host.notify(session, note["message"], note["tone"])
-        return not session or self.store.session_by_name(session) is not None
+        return not session or self._session_known(session)
 
     def api_agent_event(self, body):
         """A hook or plugin reports a thread's status. -> True if a session matched."""
@@ -9356,19 +9401,19 @@ class Api(object):
         pane = session = None
         if ev["paneId"]:
             pane = ev["paneId"]
-            found = self.store.session_of_pane(pane)
+            found = self._found(lambda: self.store.session_of_pane(pane))
             if found:
                 session = found[0]
-            else:
+            elif self.host.read_tmux is None:
                 self.host.refresh()  # a pane tmux has not told us about yet: map it after
         if pane is None and ev["pid"]:
-            pane = self.host.pane_of_pid(ev["pid"])
-            if pane is None:
+            pane = self._found(lambda: self.host.pane_of_pid(ev["pid"]))
+            if pane is None and self.host.read_tmux is None:
                 self.host.refresh()  # a pane tmux has not told us about yet: link it after
             found = self.store.session_of_pane(pane) if pane else None
             session = found[0] if found else None
         if session is None and ev["tmuxSession"]:
-            session = self.store.session_by_name(ev["tmuxSession"])
+            session = self._found(lambda: self.store.session_by_name(ev["tmuxSession"]))
         if session is None and ev["projectDir"]:
             session = self.store.session_for_dir(ev["projectDir"])
         thread_id = ev["threadId"] or (pane and "pane" + pane) or (session and "session-" + session["name"])
@@ -9774,7 +9819,9 @@ class ApiListener(object):
 
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 64
+    # the listen queue holds a burst (every sidebar reconnecting after a restart): from a full one the
+    # kernel drops the SYN, and that client waits a second for its retry
+    request_queue_size = MAX_CONNECTIONS
 
     def __init__(self, address, handler, door):
         import threading
@@ -12681,12 +12728,9 @@ def release_memory():
     """Give the memory freed by a big read back to the system (glibc's malloc_trim; elsewhere
     nothing): the index's first build parses thousands of files and keeps a few MB of them."""
     try:
-        import ctypes
-        import ctypes.util
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        trim = getattr(libc, "malloc_trim", None)
-        if trim is not None:
-            trim(0)
+        libc = c_library("malloc_trim")
+        if libc is not None:
+            libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
 
@@ -13475,6 +13519,7 @@ class History(object):
         self._launched = {}  # (agent, id) -> (flags, program) seen live before its conversation was indexed
         self._wake = threading.Event()
         self._stop = False
+        self._stopping = threading.Event()  # set with _stop: ends the batch wait at once
         self._thread = None
         self._dirty_at = None  # monotonic time of the first unsaved change
         self._logged = set()
@@ -13487,6 +13532,7 @@ class History(object):
 
     def stop(self, timeout=5.0):
         self._stop = True
+        self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -13544,7 +13590,9 @@ class History(object):
             self._wake.wait(timeout)
             if self._stop:
                 break
-            time.sleep(HISTORY_BATCH)  # a streaming agent reports every line: one read for the batch
+            # a streaming agent reports every line: one read for the batch (a stop does not wait for it)
+            if self._stopping.wait(HISTORY_BATCH):
+                break
             self._wake.clear()
             try:
                 self._refresh()
@@ -17136,11 +17184,13 @@ class SidebarPanes(object):
         self.fixed = {}  # pane -> when we last corrected its place or width
         self.shown_at = {}  # window id -> when a client last showed it
         self.focused = set()  # windows whose focused sidebar left for another window
-        self.follow_ups = 0  # refreshes asked for in a row after changing panes
+        self.follow_ups = 0  # reads of tmux asked for in a row after changing panes
 
     def sync(self):
+        """Put every window's sidebar right. -> True when panes moved and the layout just read is
+        stale: the caller reads tmux again before anything uses it (at most a few rounds in a row)."""
         if self.busy:
-            return
+            return False
         self.busy = True
         try:
             sessions, clients, ui = self.world()
@@ -17163,8 +17213,7 @@ class SidebarPanes(object):
         # What we changed is read back at once (tmux tells a control client about other sessions'
         # panes only once a second): at most a few rounds in a row, so nothing can loop.
         self.follow_ups = self.follow_ups + 1 if changed else 0
-        if changed and self.follow_ups <= 4:
-            self.schedule_refresh()
+        return changed and self.follow_ups <= 4
 
     def shown_windows(self):
         sessions, clients, _ = self.world()

@@ -21,9 +21,51 @@ sys.path.insert(0, ROOT)
 
 import opensessions  # noqa: E402
 
-SCRIPT = os.path.join(ROOT, "opensessions.py")
+SOURCE = os.path.join(ROOT, "opensessions.py")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")  # real captures, one dir per agent (fixtures/README.md)
 PYTHON = sys.executable
+
+
+def _program():
+    """The program the tests run: the zipapp built from SOURCE once per test run, in a temp dir
+    (build_zipapp.py, what the plugin runs). It starts from bytecode: `python3 opensessions.py`
+    compiles the whole module in every process (about 0.3 s of CPU), and the suite starts a few
+    hundred servers, sidebars and client commands. OPENSESSIONS_TEST_SOURCE=1 runs the source
+    instead."""
+    if os.environ.get("OPENSESSIONS_TEST_SOURCE") == "1":
+        return SOURCE
+    import atexit
+    import importlib.util
+    import tempfile
+    spec = importlib.util.spec_from_file_location("build_zipapp", os.path.join(ROOT, "build_zipapp.py"))
+    build_zipapp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_zipapp)
+    out = tempfile.mkdtemp(prefix="opensessions-tests-")
+    atexit.register(shutil.rmtree, out, True)
+    return build_zipapp.build(os.path.join(out, "opensessions.pyz"))
+
+
+SCRIPT = _program()
+TMUX = shutil.which("tmux") or "tmux"
+# where a child process imports opensessions from: the zipapp (its bytecode), else the source's dir
+IMPORT_PATH = SCRIPT if SCRIPT.endswith(".pyz") else ROOT
+
+
+def wait_process(proc, timeout):
+    """proc.wait(timeout), woken by the exit itself where the kernel has pidfds (Linux 5.3+):
+    Popen.wait with a timeout polls at growing intervals (up to 50 ms late), for every server a
+    test stops."""
+    import select
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return proc.wait(timeout)
+    try:
+        if not select.select([fd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(fd)
+    return proc.wait(timeout)
 
 
 def end_process(proc, grace=5):
@@ -31,7 +73,7 @@ def end_process(proc, grace=5):
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(grace)
+            wait_process(proc, grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(grace)
@@ -97,7 +139,9 @@ class TmuxServer(object):
         self.tmux = opensessions.Tmux(self.socket)
 
     def run(self, *args, check=True):
-        p = subprocess.run(["tmux", "-S", self.socket, "-f", "/dev/null"] + [str(a) for a in args],
+        # tmux by its path and close_fds=False (our fds are close-on-exec anyway): Python 3.9 then
+        # starts it with posix_spawn instead of forking this process, which grows to 200 MB in a run
+        p = subprocess.run([TMUX, "-S", self.socket, "-f", "/dev/null"] + [str(a) for a in args], close_fds=False,
                            env=self.env.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
         if check and p.returncode != 0:
             raise RuntimeError("tmux %s failed: %s" % (args, p.stderr.decode()))
@@ -115,15 +159,26 @@ class TmuxServer(object):
         return int(self.run("display-message", "-p", "#{pid}").strip())
 
     def kill(self):
-        """kill-server, and wait until that server process is really gone."""
+        """kill-server, and wait until that server process is really gone (killed after 10 s)."""
         try:
             pid = self.pid()
         except (RuntimeError, ValueError):
             pid = None
-        self.run("kill-server", check=False)
+        # its output goes nowhere: tmux keeps a copy of a command client's stdout until it lets the
+        # client go, and a server on its way out under load once took over 10 s to (a pipe's reader
+        # waits for that, not for the client)
+        subprocess.run([TMUX, "-S", self.socket, "-f", "/dev/null", "kill-server"], close_fds=False, env=self.env.vars,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
         if pid:
-            retry_until(lambda: not os.path.exists("/proc/%d" % pid) or
-                        open("/proc/%d/stat" % pid).read().split(") ")[1].startswith("Z"), timeout=10)
+            gone = lambda: not os.path.exists("/proc/%d" % pid) or \
+                open("/proc/%d/stat" % pid).read().split(") ")[1].startswith("Z")
+            try:
+                retry_until(gone, timeout=10, interval=0.002)
+            except AssertionError:
+                import warnings
+                warnings.warn("tmux server %d was still there 10 s after kill-server; killed" % pid)
+                os.kill(pid, 9)
+                retry_until(gone, timeout=10)
 
 
 class ServerProc(object):
@@ -138,11 +193,11 @@ class ServerProc(object):
         self.vars = vars_
         self.argv = argv or [PYTHON, SCRIPT]
         self.proc = subprocess.Popen(self.argv + ["-S", tmux.socket, "server", "--port", "0",
-                                                  "--log", self.log_path],
+                                                  "--log", self.log_path], close_fds=False,  # (see TmuxServer.run)
                                      env=vars_, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.runtime = opensessions.RuntimeFiles(tmux.socket, vars_)
         info = retry_until(lambda: self.proc.poll() is None and self.runtime.live_info() or self._dead(),
-                           timeout=10, message="server did not start")
+                           timeout=10, interval=0.005, message="server did not start")
         self.port = info["port"]
         self.client = opensessions.Client(self.port)
 
@@ -168,7 +223,7 @@ class ServerProc(object):
         return next((s for s in self.state()["sessions"] if s["name"] == name), None)
 
     def cli(self, *args, **kw):
-        return subprocess.run(self.argv + ["-S", self.tmux.socket] + list(args), env=self.vars,
+        return subprocess.run(self.argv + ["-S", self.tmux.socket] + list(args), env=self.vars, close_fds=False,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=kw.get("timeout", 20))
 
     def log(self):
@@ -244,6 +299,17 @@ class SSEReader(object):
         self.sock.close()
 
 
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory):
+    """A zipapp built from SOURCE by build_zipapp.py (the one the tests run, when they run one)."""
+    if SCRIPT.endswith(".pyz"):
+        return SCRIPT
+    out = str(tmp_path_factory.mktemp("dist") / "opensessions.pyz")
+    subprocess.run([PYTHON, os.path.join(ROOT, "build_zipapp.py"), "--out", out], check=True,
+                   stdout=subprocess.DEVNULL)
+    return out
+
+
 @pytest.fixture
 def env(tmp_path):
     return Env(str(tmp_path))
@@ -270,6 +336,23 @@ def server(env, tmux):
     yield s
     for p in procs:
         p.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server (its own tmux server and HOME) for a module's tests that change nothing another
+    test reads (refused requests, reads): a server per test costs 0.2 s to start and more to stop."""
+    env = Env(str(tmp_path_factory.mktemp("shared")))
+    tmux = TmuxServer(env)
+    tmux.new_session("main", cwd=env.home)
+    s = None
+    try:
+        s = ServerProc(env, tmux)
+        yield s
+    finally:
+        if s is not None:
+            s.stop()
+        tmux.kill()
 
 
 @pytest.fixture

@@ -122,7 +122,8 @@ def test_notify_endpoint_logs_and_displays(server):
     assert logs[-1]["message"] == "build done" and logs[-1]["source"] == "notify"
 
 
-def test_errors_are_json_with_reasons(server):
+def test_errors_are_json_with_reasons(shared_server):
+    server = shared_server  # reads and refused requests only: a server shared in this module
     port = server.port
     status, _, body = post_raw(port, "/set-status", b"{not json")
     assert status == 400 and "not valid JSON" in json.loads(body)["error"]
@@ -148,7 +149,8 @@ def test_errors_are_json_with_reasons(server):
     assert server.get("/")[0] == 200
 
 
-def test_host_and_origin_are_refused(server):
+def test_host_and_origin_are_refused(shared_server):
+    server = shared_server  # reads and refused requests only: a server shared in this module
     port = server.port
     status, _, body = post_raw(port, "/set-status", b'{"session":"main","text":"x"}', {"Host": "evil.example:%d" % port})
     assert status == 403 and "Host" in json.loads(body)["error"]
@@ -215,7 +217,8 @@ def test_stale_lock_is_taken_over(server, env, tmux):
     assert again.get("/")[0] == 200 and again.runtime.live_info()["pid"] == again.proc.pid
 
 
-def test_runtime_dir_is_private(server):
+def test_runtime_dir_is_private(shared_server):
+    server = shared_server  # reads and refused requests only: a server shared in this module
     assert (os.stat(server.runtime.dir).st_mode & 0o777) == 0o700
     info = server.runtime.live_info()
     assert info["port"] == server.port and info["socket"] == server.tmux.socket and info["pid"] == server.proc.pid
@@ -263,7 +266,8 @@ def test_random_bodies_always_get_json_answers(server, path, body):
         assert json.loads(content) == {"matched": False}
 
 
-def test_control_client_runs_with_a_minimal_environment(server, tmux):
+def test_control_client_runs_with_a_minimal_environment(shared_server):
+    tmux = shared_server.tmux  # reads only: the server shared in this module
     procs = [p for p in os_.process_table().values() if p.comm.startswith("tmux") and "-C" in os_.process_args(p.pid)
              and tmux.socket in os_.process_args(p.pid)]
     assert len(procs) == 1
@@ -327,6 +331,27 @@ def test_a_session_that_does_not_exist_is_kept_and_said(server, tmux, env):
     meta = retry_until(lambda: (server.session("later") or {}).get("metadata"))
     assert meta["status"]["text"] == "still deploying" and meta["progress"]["percent"] == 40
     assert [l["message"] for l in meta["logs"]] == ["step 1", "hello"]
+
+
+def test_a_session_made_a_moment_ago_is_matched_before_tmux_says_so(tmux, env):
+    """A script makes a session and sets its status at once; a hook comes from a pane made a moment
+    ago: the server reads tmux when a request names what it does not know yet, rather than answer
+    "no tmux session named …" (202). Here the server's loop never runs, so tmux's notification of
+    the new session (waiting on the control client's pipe) cannot come first."""
+    srv = os_.Server(os_.Tmux(tmux.socket), port=0, environ=env.vars)
+    srv.start()
+    try:
+        tmux.new_session("fresh", cwd=env.home)
+        assert srv.api.apply_and_publish("api_set_status", {"session": "fresh", "text": "deploying"}) is True
+        pane = tmux.run("display-message", "-p", "-t", "=fresh:", "#{pane_id}").strip()
+        tmux.run("split-window", "-d", "-t", pane)
+        late = tmux.run("list-panes", "-t", "=fresh:", "-F", "#{pane_id}").split()[-1]
+        body = {"agent": "claude", "status": "running", "threadId": "t-fresh", "paneId": late}
+        assert srv.api.apply_and_publish("api_agent_event", body) is True
+        assert srv.store.threads[("claude", "t-fresh")].pane == late
+        assert srv.api.apply_and_publish("api_set_status", {"session": "nowhere", "text": "x"}) is False
+    finally:
+        srv.shutdown()
 
 
 def test_an_unknown_theme_is_refused_with_the_names(server):

@@ -9,15 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import opensessions as os_
-from conftest import PYTHON, ROOT, SCRIPT, end_process, retry_until
-
-
-@pytest.fixture(scope="module")
-def pyz(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("dist") / "opensessions.pyz")
-    subprocess.run([PYTHON, os.path.join(ROOT, "build_zipapp.py"), "--out", out], check=True,
-                   stdout=subprocess.DEVNULL)
-    return out
+from conftest import PYTHON, ROOT, SCRIPT, SOURCE, end_process, retry_until
 
 
 def test_client_commands_change_state(server):
@@ -74,7 +66,9 @@ def test_start_and_stop(env, tmux):
 
 
 def test_help_lists_every_command():
-    out = subprocess.run([PYTHON, SCRIPT, "--help"], stdout=subprocess.PIPE, check=True).stdout.decode()
+    # the source run as a script (the README's first command) and the zipapp the other tests run
+    out = subprocess.run([PYTHON, SOURCE, "--help"], stdout=subprocess.PIPE, check=True).stdout.decode()
+    assert subprocess.run([PYTHON, SCRIPT, "--help"], stdout=subprocess.PIPE, check=True).stdout.decode() == out
     for cmd in ("server", "start", "stop", "status", "set-status", "set-progress", "log", "clear-log", "notify"):
         assert cmd in out
 
@@ -377,12 +371,18 @@ def test_main_job_outside_tmux_starts_a_session_with_the_sidebar(env):
 
 # -- the plain parser: the same answers as argparse, or none -----------------------------------------
 
+_PARSERS = {}  # command -> its argparse parser, built once (parse_args leaves a parser as it was)
+
+
 def _argparse(argv):
     import contextlib
     import io
+    command = os_.command_of(argv)
+    if command not in _PARSERS:
+        _PARSERS[command] = os_.build_parser(command)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         try:
-            return vars(os_.build_parser(os_.command_of(argv)).parse_args(argv))
+            return vars(_PARSERS[command].parse_args(argv))
         except SystemExit:
             return None
 

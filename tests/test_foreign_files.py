@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import PYTHON, ROOT
+from conftest import IMPORT_PATH, PYTHON
 
 KINDS = ("fifo", "zero", "sparse")
 SPARSE = 1 << 30
@@ -54,7 +54,7 @@ READERS = {
 
 DRIVER = r'''
 import json, os, resource, sys, time
-sys.path.insert(0, ROOT)
+sys.path.insert(0, IMPORT)  # the zipapp: its bytecode, not the source compiled in every child
 import opensessions as o
 
 base, reader, kinds = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -179,7 +179,7 @@ def run_reader(tmp_path, reader, kinds=KINDS, timeout=30):
     """The reader meeting each kind of file in turn, in one child -> {kind: the driver's report}; an
     AssertionError says how it failed (a deadline passed: blocked; the memory limit: unbounded)."""
     script = tmp_path / "driver.py"
-    script.write_text("ROOT = %r\nREADERS = %r\nSPARSE = %d\n" % (ROOT, READERS, SPARSE) + DRIVER)
+    script.write_text("IMPORT = %r\nREADERS = %r\nSPARSE = %d\n" % (IMPORT_PATH, READERS, SPARSE) + DRIVER)
 
     def limit():
         import resource

@@ -329,6 +329,34 @@ def test_a_stop_during_the_first_scan_keeps_what_was_read(tmp_path, monkeypatch)
     assert h2.loaded == 5 and len(h2.entries) == 40 and h2.stats["read"] == 35  # the rest, not the first five
 
 
+def test_a_stop_during_the_batch_wait_ends_the_worker_at_once(tmp_path, monkeypatch):
+    """A report from the watchers starts the worker's batch wait (HISTORY_BATCH); a server that
+    stops meanwhile does not wait it out (every server stop right after an agent's file changed
+    took up to that long)."""
+    import linecache
+    import sys
+    from conftest import retry_until
+    home = str(tmp_path / "home")
+    os.makedirs(home)
+    monkeypatch.setattr(o, "HISTORY_BATCH", 3600.0)
+    h = o.History(env_for(home, str(tmp_path)))
+    h.start()
+    try:
+        retry_until(lambda: h.complete)
+        h.seen("claude", "11111111-1111-4111-8111-111111111111")
+
+        def in_batch_wait():  # the worker's _run is on the line that waits HISTORY_BATCH
+            frame = sys._current_frames().get(h._thread.ident)
+            while frame is not None and frame.f_code.co_name != "_run":
+                frame = frame.f_back
+            return frame is not None and "HISTORY_BATCH" in linecache.getline(frame.f_code.co_filename,
+                                                                               frame.f_lineno)
+        retry_until(in_batch_wait)
+    finally:
+        h.stop(timeout=5)
+    assert not h._thread.is_alive()
+
+
 def test_a_corrupt_saved_index_is_kept_aside_and_bad_lines_skipped(tmp_path):
     home = str(tmp_path / "home")
     history_home().build(FIXTURES, home, total=10, seed=9)

@@ -125,7 +125,8 @@ def test_titles_from_files_and_hooks_are_made_valid(env):
 
 # -- non-finite numbers, deep JSON ------------------------------------------------------------------
 
-def test_non_finite_numbers_are_refused(server):
+def test_non_finite_numbers_are_refused(shared_server):
+    server = shared_server  # reads and refused requests only: a server shared in this module
     status, body = post_raw(server.port, "/set-progress", '{"session":"main","current":1e999,"total":1e999}')
     assert status == 400 and b"finite" in body
     assert post_raw(server.port, "/set-progress", '{"session":"main","percent":-1e999}')[0] == 400
@@ -147,7 +148,8 @@ def test_state_is_written_without_nan(env):
     assert "NaN" not in text and json.loads(text)["metadata"]["m"]["progress"] == {"percent": None}
 
 
-def test_deeply_nested_json_is_a_400(server):
+def test_deeply_nested_json_is_a_400(shared_server):
+    server = shared_server  # reads and refused requests only: a server shared in this module
     status, body = post_raw(server.port, "/log", "[" * 60000)
     assert status == 400 and b"nested too deeply" in body
     assert server.get("/health")[0] == 200
@@ -208,6 +210,19 @@ def test_connections_and_streams_are_capped(server):
     finally:
         for s in streams:
             s.close()
+
+
+def test_a_burst_of_connections_waits_in_the_listen_queue(shared_server):
+    server = shared_server  # reads and refused requests only: a server shared in this module
+    """As many connections at once as the server takes (every sidebar reconnecting after a restart)
+    fit in the listen queue: a full queue drops a SYN, and that client waits a second for its retry
+    (500 at once took 7 s with a queue of 64)."""
+    assert os_.http_classes()[0].request_queue_size >= os_.MAX_CONNECTIONS
+    import shutil
+    if shutil.which("ss"):  # the listening socket's own backlog (ss shows it as Send-Q)
+        out = subprocess.run(["ss", "-ltnH", "sport = :%d" % server.port], stdout=subprocess.PIPE,
+                             timeout=10).stdout.decode().split()
+        assert int(out[2]) >= os_.MAX_CONNECTIONS, out
 
 
 def test_a_reset_connection_logs_one_line(server):

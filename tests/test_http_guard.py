@@ -44,7 +44,8 @@ BROWSER = [("Sec-Fetch-Site: cross-site", "Sec-Fetch-Mode: no-cors", "Sec-Fetch-
 @pytest.mark.parametrize("method,path", [("GET", "/state"), ("GET", "/events"), ("GET", "/health"),
                                          ("GET", "/api/preview?thread=x"), ("GET", "/"),
                                          ("POST", "/set-status")])
-def test_requests_a_web_page_makes_are_refused(server, headers, method, path):
+def test_requests_a_web_page_makes_are_refused(shared_server, headers, method, path):
+    server = shared_server  # refused: nothing changes, so one server serves them all
     body = b'{"session": "main", "text": "x"}' if method == "POST" else b""
     status, hdrs, content = raw(server.port, method, path, headers, body)
     assert status == 403 and b"web pages" in content, (status, content)

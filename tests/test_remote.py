@@ -870,10 +870,16 @@ def test_resurrect_brings_back_ssh_attach_windows(env, tmux, tmp_path):
     assert cli("restore").returncode == 0
     pane = tmux.run("display-message", "-p", "-t", "=main:1.0", "#{pane_id}").strip()
     assert tmux.run("show-options", "-wqv", "-t", pane, "@opensessions-remote").strip() == "gpu1:train"
-    retry_until(lambda: "ssh-attach gpu1 train" in tmux.run("capture-pane", "-p", "-t", pane), timeout=10)
+    # typed (the log says what), and run: the screen shows the line, or once ssh to gpu1 (not a real
+    # host) failed, the reset screen and what ssh-attach says then (a look for the line alone raced)
+    log_path = os.path.join(env.home, ".local", "state", "opensessions", "opensessions.log")
+    command = dry.rstrip().split("\t", 1)[1]
+    assert "restore: =main:1.0: %s" % command in open(log_path).read()
+    retry_until(lambda: (lambda screen: "ssh-attach gpu1 train" in screen or "ssh gpu1 exited with status" in screen)(
+        tmux.run("capture-pane", "-p", "-t", pane)), timeout=10)
     # a second restore types nothing more
     assert cli("restore").returncode == 0
-    log = open(os.path.join(env.home, ".local", "state", "opensessions", "opensessions.log")).read()
+    log = open(log_path).read()
     assert "already attached to gpu1:train" in log
     # a record that does not check out (an ssh option for a host) is skipped, with its reason
     doc["remote"].append({"session": "main", "window": 1, "paneIndex": 0, "host": "-oProxyCommand=x",

@@ -218,6 +218,36 @@ def test_the_api_needs_only_its_store_and_an_api_host():
     assert calls == [("ui", {"muted": ["s"]}), "publish"]
 
 
+def test_a_request_naming_what_tmux_just_made_reads_tmux_before_answering():
+    """A session (or pane, or process) made a moment ago, before tmux's notification of it reached
+    the server: the API reads tmux once at once (ApiHost.read_tmux) and matches it (no false 202)."""
+    store = os_.Store(lambda: 1000.0)
+    store.sessions = [{"id": "$0", "name": "main", "windows": []}]
+    calls = []
+
+    def read_tmux():
+        calls.append("read")
+        store.sessions = store.sessions + [{"id": "$1", "name": "fresh", "windows": [
+            {"id": "@1", "panes": [{"id": "%7", "pid": 77, "sidebar": False}]}]}]
+    host = os_.ApiHost(publish=lambda: None, read_tmux=read_tmux, refresh=lambda: calls.append("refresh"),
+                       save_state=lambda: None, pane_of_pid=lambda pid: "%7" if calls else None,
+                       update_thread=lambda *a, **f: None, relink=lambda: None)
+    api = os_.Api(store, lambda: 1000.0, None, host)
+    assert api.apply_and_publish("api_set_status", {"session": "fresh", "text": "deploying"}) is True
+    assert calls == ["read"]
+    assert api.apply_and_publish("api_set_status", {"session": "main", "text": "x"}) is True
+    assert calls == ["read"]  # what the store knows is not read again
+    for body in ({"paneId": "%7"}, {"pid": 77}):
+        del calls[:]
+        store.sessions = store.sessions[:1]
+        event = dict({"agent": "claude", "status": "running", "threadId": "t1"}, **body)
+        assert api.apply_and_publish("api_agent_event", event) is True, body
+        assert calls == ["read"], body  # read now; no second read scheduled
+    del calls[:]
+    assert api.apply_and_publish("api_set_status", {"session": "nowhere", "text": "x"}) is False  # really not there
+    assert calls == ["read"]
+
+
 def test_the_api_hands_what_tmux_setup_read_to_the_preferences():
     """POST /ui {"fromTmux": …} (a re-source of ~/.tmux.conf) goes to the host's tmux_options, the
     rest of the body to change_ui; a fromTmux that is not an object is refused."""

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 import opensessions as os_
-from conftest import PYTHON, SCRIPT, retry_until
+from conftest import IMPORT_PATH, PYTHON, SCRIPT, retry_until
 from test_sidebar import shown, sidebars, screen, snapshot, th, texts  # noqa: F401  (shown: a fixture)
 
 LONG_BRANCH = "feature/a-very-long-branch-name-for-the-login-rework"
@@ -54,6 +54,26 @@ def sidebar_of(tmux, session):
     """The session's running sidebar (a window no client shows may hold a sleeping placeholder,
     and a client coming to it brings a running sidebar in: ask after the client came)."""
     return retry_until(lambda: [p for p in sidebars(tmux, session) if p["cmd"] != "sleep"], timeout=10)[0]["pane"]
+
+
+def client_sidebar(tmux, session, want):
+    """The running sidebar in `session`'s window once its screen satisfies `want(lines)`, found
+    again on each look: a client coming to a window brings a running sidebar with it (the one of the
+    window it left, swapped in), so the pane there can change after the client arrived; keys sent
+    by pane id before then go to a sidebar still in the window the client left."""
+    last = {}
+
+    def look():
+        for p in sidebars(tmux, session):
+            if p["cmd"] != "sleep":
+                last[p["pane"]] = screen(tmux, p["pane"])
+                if want(last[p["pane"]].splitlines()):
+                    return p["pane"]
+        return None
+    try:
+        return retry_until(look, timeout=10)
+    except AssertionError:
+        raise AssertionError("no sidebar in %s matched; the screens: %r" % (session, last))
 
 
 @pytest.fixture
@@ -199,9 +219,9 @@ def test_help_wraps_to_the_width_with_a_glyph_legend(shown, tmux):
 def test_cursor_and_the_clients_session_look_different_and_help_is_hinted(shown, tmux, attach):
     client = attach("=work")
     retry_until(lambda: client_session(tmux) == "work")
-    sb = sidebar_of(tmux, "work")
     # it starts on its own session: the cursor and the session you are in on one row, ? help in the header
-    text = grab(tmux, sb, lambda lines: "❯2 work ◂" in lines and lines[0].startswith("opensessions"))
+    sb = client_sidebar(tmux, "work", lambda lines: "❯2 work ◂" in lines and lines[0].startswith("opensessions"))
+    text = screen(tmux, sb)
     assert text.splitlines()[0] == "opensessions" + " " * 14 + "? help"
     tmux.run("send-keys", "-t", sb, "Tab")  # the cursor to main: each mark stays on its own row
     text = grab(tmux, sb, lambda lines: "❯1 main" in lines and " 2 work ◂" in lines)
@@ -308,8 +328,7 @@ def test_new_session_prompt_clears_expands_and_completes(shown, tmux, env, attac
     tmux.new_session("proj", cwd=os.path.join(env.home, "proj"))
     client = attach("=proj")
     retry_until(lambda: client_session(tmux) == "proj")
-    sb = sidebar_of(tmux, "proj")
-    grab(tmux, sb, lambda lines: "❯3 proj ◂" in lines)
+    sb = client_sidebar(tmux, "proj", lambda lines: "❯3 proj ◂" in lines)
 
     def footer(want):
         return grab(tmux, sb, lambda lines: lines and [l for l in lines if l.strip()][-1] == want)
@@ -343,6 +362,8 @@ def test_new_session_prompt_clears_expands_and_completes(shown, tmux, env, attac
     # typed over the pre-filled directory: the first character replaces it (no '…/work~/wiki')
     tmux.run("switch-client", "-c", client_name(tmux), "-t", "=proj")
     retry_until(lambda: client_session(tmux) == "proj")
+    # the client's sidebar went to demo with it and comes back now: keys go to it once it is here
+    sb = client_sidebar(tmux, "proj", lambda lines: "❯3 proj ◂" in lines)
     tmux.run("send-keys", "-t", sb, "n")
     tmux.run("send-keys", "-t", sb, "-l", "demo2")
     tmux.run("send-keys", "-t", sb, "Enter")
@@ -408,8 +429,7 @@ def test_new_sidebar_and_prefix_o_s_select_the_clients_session(shown, tmux, atta
     tmux.new_session("my new project")
     client = attach("=my new project")
     retry_until(lambda: client_session(tmux) == "my new project")
-    sb = sidebar_of(tmux, "my new project")
-    grab(tmux, sb, lambda lines: "❯3 my new project ◂" in lines)
+    sb = client_sidebar(tmux, "my new project", lambda lines: "❯3 my new project ◂" in lines)
     # a new sidebar starts on its own session: x asks about this one, not the first
     tmux.run("send-keys", "-t", sb, "x")
     grab(tmux, sb, lambda lines: "kill session my new project?" in lines)
@@ -561,7 +581,7 @@ def test_terminal_charset_reads_the_locale():
     assert os_.terminal_charset({"LC_CTYPE": "C.UTF-8"}, python_chose_utf8=True) == "ascii"
     out = subprocess.run([PYTHON, "-c", "import sys, os; sys.path.insert(0, %r); import opensessions as o; "
                                         "print(o.terminal_charset(os.environ, o._python_chose_utf8(os.environ)))"
-                          % os.path.dirname(SCRIPT)],
+                          % IMPORT_PATH],
                          env={"PATH": os.environ["PATH"], "LANG": "C"}, stdout=subprocess.PIPE, check=True)
     assert out.stdout.strip() == b"ascii"
 

@@ -1,11 +1,18 @@
 """The module's shape: the map in its docstring names the sections in order, and no section uses a
 name defined in a section below it (the map's claim, checked with ast)."""
 import ast
+import functools
 import os
 import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(ROOT, "opensessions.py")
+
+
+@functools.lru_cache(maxsize=4)
+def _parse(src):
+    """The module's tree, parsed once for the tests here (a second each); nothing changes it."""
+    return ast.parse(src)
 
 
 def _source():
@@ -24,7 +31,7 @@ def sections(src):
 
 
 def map_names(src):
-    doc = ast.get_docstring(ast.parse(src))
+    doc = ast.get_docstring(_parse(src))
     return [m.group(1).strip() for m in re.finditer(r"^\s*\d+\.\s+(\S.*?)(?:\s{2,}|$)", doc, re.M)]
 
 
@@ -50,7 +57,7 @@ def upward_uses(src):
     def section_of(lineno):
         return max([k for k, start in enumerate(starts) if start <= lineno] or [0])
 
-    tree = ast.parse(src)
+    tree = _parse(src)
     defined = top_level_names(tree, section_of)
     found = set()
     for node in tree.body:
@@ -102,7 +109,7 @@ def test_only_the_gateway_runs_tmux():
     secs = sections(src)
     gateway = next(k for k, (_, t) in enumerate(secs) if t.startswith("tmux gateway"))
     start, end = secs[gateway][0], secs[gateway + 1][0]
-    tree = ast.parse(src)
+    tree = _parse(src)
     runners = {"run", "Popen", "check_output", "check_call", "call", "execvp", "execv", "execlp", "spawnvp"}
     bad = []
     for node in ast.walk(tree):

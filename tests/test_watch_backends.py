@@ -3,9 +3,13 @@ OPENSESSIONS_WATCH=poll) and kqueue (macOS, the BSDs).
 
 The poller is driven tick by tick with an injected clock (no sleeping): its cost is counted in stat
 calls. kqueue cannot run on Linux: a fake select module replays the events a real kqueue would
-send (a new file, an append, a rename, a delete) and the fd budget is spent on purpose."""
+send (a new file, an append, a rename, a delete) and the fd budget is spent on purpose. inotify
+(Linux) takes its C library without starting a process."""
 import os
+import sys
 import types
+
+import pytest
 
 import opensessions as os_
 
@@ -409,3 +413,25 @@ def test_kqueue_fd_budget_stays_well_under_the_fd_limit():
     assert os_.kqueue_fd_budget(256) == 64  # macOS's default ulimit -n
     assert os_.kqueue_fd_budget(100) == 25 and os_.kqueue_fd_budget(20) == 8
     assert os_.kqueue_fd_budget(1 << 20) == os_.KQUEUE_FD_BUDGET and os_.kqueue_fd_budget(-1) == os_.KQUEUE_FD_BUDGET
+
+
+def test_the_c_library_is_found_without_a_child_process(monkeypatch):
+    """inotify and malloc_trim come from the process's own C library: ctypes.util.find_library("c")
+    runs `ldconfig -p` in a child (three of them in every server start)."""
+    import subprocess
+    started = []
+
+    class NoChild(object):
+        def __init__(self, *a, **kw):
+            started.append(a)
+            raise OSError("no child processes here")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("inotify is Linux's")
+    monkeypatch.setattr(subprocess, "Popen", NoChild)
+    watcher = os_.Inotify()
+    try:
+        assert watcher.fd >= 0
+    finally:
+        watcher.close()
+    os_.release_memory()
+    assert started == []

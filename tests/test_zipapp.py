@@ -7,18 +7,8 @@ import subprocess
 import sys
 import zipfile
 
-import pytest
-
 import opensessions as os_
-from conftest import PYTHON, ROOT, SCRIPT, ServerProc
-
-
-@pytest.fixture(scope="module")
-def pyz(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("dist") / "opensessions.pyz")
-    subprocess.run([PYTHON, os.path.join(ROOT, "build_zipapp.py"), "--out", out], check=True,
-                   stdout=subprocess.DEVNULL)
-    return out
+from conftest import PYTHON, ROOT, SCRIPT, SOURCE, ServerProc
 
 
 RUN_PYZ = r"""
@@ -138,8 +128,8 @@ def test_same_source_is_the_same_version(tmp_path):
     sys.path.insert(0, ROOT)
     import build_zipapp
     pyz = build_zipapp.build(str(tmp_path / "opensessions.pyz"))
-    assert os_.program_digest(SCRIPT) == os_.program_digest(pyz) == \
+    assert os_.program_digest(SOURCE) == os_.program_digest(pyz) == os_.program_digest(SCRIPT) == \
         os_.program_digest(os.path.join(pyz, "opensessions.py"))
     changed = tmp_path / "opensessions.py"
-    changed.write_bytes(open(SCRIPT, "rb").read() + b"\n# edited\n")
-    assert os_.program_digest(str(changed)) != os_.program_digest(SCRIPT)
+    changed.write_bytes(open(SOURCE, "rb").read() + b"\n# edited\n")
+    assert os_.program_digest(str(changed)) != os_.program_digest(SOURCE)
