@@ -362,17 +362,26 @@ def test_the_preview_stream_follows_its_pane(env, tmux, server):
                 == {"shown": 0, "followed": None})
 
 
-@requires_tmux
-def test_the_sidebar_shows_what_its_previewed_pane_prints(env, tmux, server):
+
+def sidebar_over_thread(tmux, server, status):
+    """Session "work" (160x50) whose pane holds claude thread t1 "fix login" in `status`, and the
+    sidebar shown beside it, drawn with the thread -> (the work pane, the sidebar pane)."""
     from test_sidebar import sidebars, screen
-    tmux.new_session("work", command=agent_shell(env))  # the thread's agent in front: a shell named claude
     tmux.run("resize-window", "-t", "=work", "-x", "160", "-y", "50")
     work = retry_until(lambda: server.session("work"))["windows"][0]["panes"][0]["id"]
-    assert server.post("/api/agent-event", {"agent": "claude", "status": "running", "threadId": "t1", "paneId": work,
+    assert server.post("/api/agent-event", {"agent": "claude", "status": status, "threadId": "t1", "paneId": work,
                                             "threadName": "fix login"})[0] in (202, 204)
     assert server.cli("toggle").returncode == 0
     sb = retry_until(lambda: [p["pane"] for p in sidebars(tmux, "work")], timeout=10)[0]
     retry_until(lambda: "fix login" in screen(tmux, sb), timeout=10)
+    return work, sb
+
+
+@requires_tmux
+def test_the_sidebar_shows_what_its_previewed_pane_prints(env, tmux, server):
+    from test_sidebar import sidebars, screen
+    tmux.new_session("work", command=agent_shell(env))  # the thread's agent in front: a shell named claude
+    work, sb = sidebar_over_thread(tmux, server, "running")
     tmux.run("send-keys", "-t", sb, "j")  # the thread selected: its pane previewed under the list
     for word in ("first", "second"):
         tmux.run("send-keys", "-t", work, "echo printed-%s" % word, "Enter")
@@ -412,13 +421,7 @@ def test_the_sidebar_shows_the_preview_once_the_agent_comes_back_to_the_pane(env
     change (not a timer: the refused preview is asked again after 30 s otherwise) shows its screen."""
     from test_sidebar import sidebars, screen
     tmux.new_session("work")
-    tmux.run("resize-window", "-t", "=work", "-x", "160", "-y", "50")
-    work = retry_until(lambda: server.session("work"))["windows"][0]["panes"][0]["id"]
-    assert server.post("/api/agent-event", {"agent": "claude", "status": "done", "threadId": "t1", "paneId": work,
-                                            "threadName": "fix login"})[0] in (202, 204)
-    assert server.cli("toggle").returncode == 0
-    sb = retry_until(lambda: [p["pane"] for p in sidebars(tmux, "work")], timeout=10)[0]
-    retry_until(lambda: "fix login" in screen(tmux, sb), timeout=10)
+    work, sb = sidebar_over_thread(tmux, server, "done")
     tmux.run("send-keys", "-t", sb, "j")  # the thread selected: its pane's preview is refused (a shell)
     retry_until(lambda: "no preview: the pane's" in screen(tmux, sb), timeout=10)
     tmux.run("send-keys", "-t", work, "exec %s" % agent_shell(env), "Enter")
