@@ -47,6 +47,23 @@ def _program():
 
 SCRIPT = _program()
 TMUX = shutil.which("tmux") or "tmux"
+
+
+def _no_inherited_fds():
+    """The processes tests start get stdin, stdout and stderr and nothing else of ours, though
+    some start with close_fds=False (see TmuxServer.run): an fd this process was given open and
+    inheritable (by a shell or a CI runner) would live on in every tmux server, for ever."""
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        fd = int(name)
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
+            except OSError:
+                pass
+
+
+_no_inherited_fds()
 # where a child process imports opensessions from: the zipapp (its bytecode), else the source's dir
 IMPORT_PATH = SCRIPT if SCRIPT.endswith(".pyz") else ROOT
 
@@ -158,26 +175,46 @@ class TmuxServer(object):
     def pid(self):
         return int(self.run("display-message", "-p", "#{pid}").strip())
 
+    def server_pids(self):
+        """The tmux server processes on this socket, found in /proc (no tmux command: this works
+        when that server does not answer)."""
+        out = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open("/proc/%s/comm" % name) as f:
+                    if f.read().strip() != "tmux: server":
+                        continue
+                with open("/proc/%s/cmdline" % name, "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if os.fsencode(self.socket) in argv:
+                out.append(int(name))
+        return out
+
     def kill(self):
-        """kill-server, and wait until that server process is really gone (killed after 10 s)."""
-        try:
-            pid = self.pid()
-        except (RuntimeError, ValueError):
-            pid = None
-        # its output goes nowhere: tmux keeps a copy of a command client's stdout until it lets the
-        # client go, and a server on its way out under load once took over 10 s to (a pipe's reader
-        # waits for that, not for the client)
-        subprocess.run([TMUX, "-S", self.socket, "-f", "/dev/null", "kill-server"], close_fds=False, env=self.env.vars,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
-        if pid:
+        """End this socket's tmux server (SIGTERM: tmux's kill-server) and wait until it is really
+        gone; one still there 10 s later is killed, with a warning. No tmux command: under load a
+        tmux server on its way out (or right after a control client left) once took over 10 s to
+        answer, or to let a command client's stdout go (a pipe's reader waits for that)."""
+        import signal
+        pids = self.server_pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        for pid in pids:
             gone = lambda: not os.path.exists("/proc/%d" % pid) or \
                 open("/proc/%d/stat" % pid).read().split(") ")[1].startswith("Z")
             try:
                 retry_until(gone, timeout=10, interval=0.002)
             except AssertionError:
                 import warnings
-                warnings.warn("tmux server %d was still there 10 s after kill-server; killed" % pid)
-                os.kill(pid, 9)
+                warnings.warn("tmux server %d was still there 10 s after SIGTERM; killed" % pid)
+                os.kill(pid, signal.SIGKILL)
                 retry_until(gone, timeout=10)
 
 
