@@ -17,24 +17,27 @@ holds that claim with `ast`):
   6. tmux gateway            the one place that runs tmux: commands, formats, snapshot,
                              control-mode lines, our @opensessions-* options
   7. System probes           process table, listening ports, git branch, pidfds
-  8. Watchers                inotify, kqueue or a stat poller (by how recently files changed),
+  8. Client                  how a command reaches the server (runtime file and lock, a tiny HTTP
+                             client) and the commands that need nothing more: hooks, key bindings,
+                             set-status and the like, parsed without argparse (run_client)
+  9. Watchers                inotify, kqueue or a stat poller (by how recently files changed),
                              file tails, read-only SQLite; one watcher per agent (by its spec's
                              watch kind) over a shared core
-  9. Installer               our hooks, plugin and extension in the agents' own configs
- 10. Reply                   answer an agent's prompt without switching: the checks around
+ 10. Installer               our hooks, plugin and extension in the agents' own configs
+ 11. Reply                   answer an agent's prompt without switching: the checks around
                              typing, and the typing
- 11. Server                  event loop, store, linker, HTTP API and SSE, runtime file and lock,
-                             the control client (its commands, a followed pane's output) and the
-                             previews pushed when their pane prints
- 12. Notifications           tmux / desktop / terminal / bell, coalesced; status-line options
- 13. Remote hosts            other machines over the user's ssh: one ssh and one relay per host,
+ 12. Server                  event loop, store, linker, HTTP API and SSE, the control client (its
+                             commands, a followed pane's output) and the previews pushed when their
+                             pane prints
+ 13. Notifications           tmux / desktop / terminal / bell, coalesced; status-line options
+ 14. Remote hosts            other machines over the user's ssh: one ssh and one relay per host,
                              the program shipped when missing, frames checked as hostile input
- 14. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
- 15. History                 every past conversation on this machine: the index (built off the
+ 15. Resurrect and kitty     save and restore agents with tmux-resurrect; kitty tabs
+ 16. History                 every past conversation on this machine: the index (built off the
                              loop, kept live, saved), search, preview, resume and fork
- 16. Sidebar                 curses: model -> lines (pure) -> draw; the popup and its history
+ 17. Sidebar                 curses: model -> lines (pure) -> draw; the popup and its history
                              tab; sidebar panes
- 17. CLI                     argparse, client commands, plugin setup, main()
+ 18. CLI                     argparse, the other commands, plugin setup, main()
 
 One spec per agent. Everything particular to an agent is in its AgentSpec (section 5): where its
 files are (paths) and how they are read (watch), how its process is recognised (process), how its
@@ -60,7 +63,8 @@ pure where they can be, with a small executor beside them: reply_plan / run_repl
 SidebarPlan / run_sidebar_steps, render_view (the sidebar's rows, and what they scrolled to).
 
 Importing this module has no side effects: nothing runs, nothing is written, no heavy module is
-imported until a function needs it (client commands must start fast).
+imported until a function needs it (client commands must start fast). The .pyz holds the module's
+bytecode in two parts, split after the Client section: a client command runs the first part only.
 """
 
 import json
@@ -1641,7 +1645,6 @@ def settle_idle(old_status):
 # subtract them, as Codex's own non_cached_input() does). usage_json() prices it for /state.
 
 USAGE_KEYS = ("input", "output", "cacheRead", "cacheWrite")
-
 
 
 def token_count(value):
@@ -4594,6 +4597,831 @@ class GitProbe(object):
 
 
 ##############################################################################
+# Client: how a command reaches the server, and the commands that need nothing more
+##############################################################################
+# The runtime file and lock (which server runs for this tmux server, on which port), a tiny HTTP
+# client, and the commands that only post, switch or report a hook, with their arguments parsed
+# without argparse (run_client). The .pyz runs the sections down to this one for them
+# (build_zipapp.py): a hook or a key binding never loads the rest of the module.
+
+
+TOKEN_HEADER = "X-Opensessions-Token"
+
+
+def token_header(token):
+    """The header line carrying the runtime file's token ('' without a well-formed one)."""
+    if isinstance(token, str) and re.match(r"^[0-9a-f]{1,64}$", token):
+        return "%s: %s\r\n" % (TOKEN_HEADER, token)
+    return ""
+
+
+class ServerStopped(OpensessionsError):
+    """The server was stopped on purpose; only the user starts it again."""
+
+
+class RuntimeFiles(object):
+    """The lock and the runtime file (pid, port, tmux socket) that let clients find the server."""
+
+    def __init__(self, socket_path, environ=None):
+        self.socket_path = socket_path
+        self.dir = runtime_dir(environ)
+        key = socket_key(socket_path)
+        self.lock_path = os.path.join(self.dir, "server-%s.lock" % key)
+        self.info_path = os.path.join(self.dir, "server-%s.json" % key)
+        self.stopped_path = os.path.join(self.dir, "stopped-%s" % key)
+        self._lock_fd = None
+        self.token = None
+        squat = runtime_dir_squatted(temp_runtime_dir(environ)) \
+            if self.dir == os.path.join(state_dir(environ), "run") else None
+        # what the user is told (server log, `opensessions start`) when runtime_dir fell back
+        self.squatted = ("%s (someone else made it first); using %s instead" % (squat, self.dir)) if squat else None
+
+    def stopped(self):
+        """True when the server was stopped on purpose (`opensessions stop`): sidebars leave it so."""
+        return os.path.exists(self.stopped_path)
+
+    def mark_stopped(self, stopped=True):
+        """Set (stop) or clear (start) the marker that says the server is stopped on purpose."""
+        if stopped:
+            ensure_private_dir(self.dir)
+            atomic_write(self.stopped_path, "")
+        else:
+            try:
+                os.unlink(self.stopped_path)
+            except OSError:
+                pass
+
+    def acquire(self):
+        """Take the lock; a lock left by a dead server is free (flock dies with its process)."""
+        import fcntl
+        ensure_private_dir(self.dir)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            info = self.read() or {}
+            raise OpensessionsError(
+                "an opensessions server already runs for tmux socket %s (pid %s, port %s); "
+                "use `opensessions stop` first" % (self.socket_path, info.get("pid", "?"), info.get("port", "?")))
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+        self.token = os.urandom(16).hex()
+        try:  # a dead server's file would send clients to a closed port until we write ours
+            os.unlink(self.info_path)
+        except OSError:
+            pass
+
+    def write(self, port):
+        self.mark_stopped(False)  # a server that runs is not stopped
+        atomic_write(self.info_path, json.dumps({
+            "pid": os.getpid(), "port": port, "socket": self.socket_path, "version": __version__,
+            "digest": program_digest(), "started": int(time.time()), "token": self.token,
+            # the plugin and the extension (no flock in node) trust the port only while this
+            # process (pid and start) lives: a runtime file left by a kill -9 sends them nowhere
+            "procStart": process_start_stamp(os.getpid())}))
+
+    def read(self):
+        """The runtime file, if it is ours and private (else nobody vouches for its port)."""
+        return read_private_json(self.info_path)
+
+    def held(self):
+        """True while some server holds the lock (it may not have written its runtime file yet)."""
+        import fcntl
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+    def live_info(self):
+        """The runtime info if its server is alive (holds the lock), else None."""
+        import fcntl
+        info = self.read()
+        if not info:
+            return None
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return info if _pid_alive(info.get("pid")) else None  # locked: the server lives
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def release(self):
+        if self._lock_fd is None:
+            return
+        for path in (self.info_path,):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+
+class Client(object):
+    """A tiny HTTP client over a raw socket: no http.client import, so commands start fast."""
+
+    def __init__(self, port, host=HOST, timeout=5.0, token=None):
+        self.port = port
+        self.host = host
+        self.timeout = timeout
+        self.token = token  # the runtime file's, for systems where the server cannot see our uid
+
+    def request(self, method, path, body=None):
+        """-> (status, body bytes). Raises OSError when the server is not reachable."""
+        try:
+            import _socket as sockmod  # the C module: importing socket.py costs ~6 ms more
+        except ImportError:
+            import socket as sockmod
+        payload = b"" if body is None else json.dumps(body).encode("utf-8")
+        head = ("%s %s HTTP/1.0\r\nHost: %s:%d\r\nContent-Type: application/json\r\n%s"
+                "Content-Length: %d\r\n\r\n" % (method, path, self.host, self.port, token_header(self.token),
+                                                   len(payload)))
+        sock = sockmod.socket(sockmod.AF_INET, sockmod.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect((self.host, self.port))
+            sock.sendall(head.encode("ascii") + payload)
+            chunks = []
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+        finally:
+            sock.close()
+        raw = b"".join(chunks)
+        header, _, content = raw.partition(b"\r\n\r\n")
+        try:
+            status = int(header.split(b" ", 2)[1])
+        except (IndexError, ValueError):
+            raise OSError("bad HTTP answer from the server")
+        return status, content
+
+
+def find_server(socket_path, environ=None):
+    """-> (port, info or None). The runtime file for this tmux server wins; else the env/default port."""
+    env = os.environ if environ is None else environ
+    port = env_port(env)  # a bad value is said even when the runtime file makes it moot
+    info = RuntimeFiles(socket_path, env).live_info()
+    if info and isinstance(info.get("port"), int):
+        return info["port"], info
+    return (DEFAULT_PORT if port is None else port), None
+
+
+def _socket_from_args(args):
+    return tmux_socket_path(getattr(args, "socket_name", None), getattr(args, "socket_path", None))
+
+
+def _client(args):
+    port, info = args.port, None
+    if not port:  # None, or 0 ("any free port"): the runtime file says which one it got
+        port, info = find_server(_socket_from_args(args))
+    return Client(port, token=(info or {}).get("token"))
+
+
+def _request(args, method, path, body=None):
+    """One request to this tmux server's opensessions server -> (status, content); clear errors."""
+    try:
+        status, content = _client(args).request(method, path, body)
+    except OSError as e:
+        raise OpensessionsError("cannot reach the opensessions server (%s); start it with `opensessions start`" % e)
+    if status >= 400:
+        try:
+            reason = json.loads(content.decode("utf-8")).get("error")
+        except (ValueError, AttributeError):
+            reason = content.decode("utf-8", "replace")
+        raise OpensessionsError("server refused: %s (HTTP %d)" % (reason, status))
+    return status, content
+
+
+def _post(args, path, body):
+    return _request(args, "POST", path, body)[0]
+
+
+def _post_for_session(args, path, body):
+    """POST something about a session; say so when tmux has no such session (the server keeps it)."""
+    if _post(args, path, body) == 202 and body.get("session"):
+        sys.stderr.write("opensessions: no tmux session named %s (kept for when it appears)\n" % body["session"])
+    return 0
+
+
+def _get_state(args):
+    return json.loads(_request(args, "GET", "/state")[1].decode("utf-8"))
+
+
+def _tmux(args):
+    return Tmux(_socket_from_args(args))
+
+
+def _server_argv(args):
+    """The command line that runs this program's server (the .pyz or the module file)."""
+    exe = sys.executable or "python3"
+    argv = [exe, os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else __file__]
+    if getattr(args, "socket_path", None):
+        argv += ["-S", os.path.abspath(args.socket_path)]
+    elif getattr(args, "socket_name", None):
+        argv += ["-L", args.socket_name]
+    argv.append("server")
+    if args.port is not None:
+        argv += ["--port", str(args.port)]
+    return argv
+
+
+def start_background(args, wait=5.0, respect_stop=False):
+    """Start a server in the background unless one runs. -> (port, started). A user's command
+    starts it even after `opensessions stop`; a sidebar (respect_stop) does not."""
+    import subprocess
+    socket_path = _socket_from_args(args)
+    runtime = RuntimeFiles(socket_path)
+    info = runtime.live_info()
+    if info:
+        return info["port"], False
+    if runtime.stopped():
+        if respect_stop:
+            raise ServerStopped("the server was stopped with `opensessions stop`")
+        runtime.mark_stopped(False)
+    ensure_private_dir(state_dir())
+    log_path = os.path.join(state_dir(), "server.log")
+    argv = _server_argv(args) + ["--log", log_path]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        info = runtime.live_info()
+        if info:
+            proc.stderr.close()
+            return info["port"], True
+        if proc.poll() is not None and not runtime.held():
+            err = proc.stderr.read().decode("utf-8", "replace").strip()
+            if "\n" in err:  # a traceback: keep all of it in the log, say its last line
+                with open(log_path, "a") as f:
+                    f.write(err + "\n")
+                err = "%s (see %s)" % (err.splitlines()[-1], log_path)
+            raise OpensessionsError(err or "the server exited at once (see %s)" % log_path)
+        # exited, but another start won the lock at the same moment: wait for that one
+        time.sleep(0.02)
+    raise OpensessionsError("the server did not start within %.0f s (see %s)" % (wait, log_path))
+
+
+def _self_command():
+    """How hooks, key bindings and sidebar panes call us back: this interpreter with -S (the program
+    needs no site-packages, and skipping `site` saves tens of milliseconds per call where many .pth
+    hooks are installed) and this file (.pyz or .py), shell-quoted."""
+    import shlex
+    target = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] and os.path.exists(sys.argv[0]) \
+        else os.path.abspath(__file__)
+    return " ".join(shlex.quote(a) for a in (sys.executable or "python3", "-S", target))
+
+
+POPUP_DEFAULTS = {"@opensessions-popup-width": "80%", "@opensessions-popup-height": "75%"}
+
+
+def popup_command(me, client, version, width, height, command="popup"):
+    """The tmux command that opens the agents popup (or, command "history-popup", the history
+    picker) for a client: display-popup (tmux >= 3.2), else a temporary window that closes when the
+    popup program exits. Pure."""
+    import shlex
+    inner = "%s %s -c %s" % (me, command, shlex.quote(client))
+    nums = re.findall(r"\d+", version or "")
+    if nums and (int(nums[0]), int(nums[1]) if len(nums) > 1 else 0) >= (3, 2):
+        # display-popup expands formats in its command: a '#' in a path stays a '#'
+        return ["display-popup", "-c", client, "-E", "-w", width, "-h", height, tmux_literal(inner)]
+    return ["new-window", "-t", client, "-n", "agents" if command == "popup" else "history", inner]
+
+
+def cmd_popup_open(args, command="popup"):
+    """Open the popup for a client (`prefix o g`), sized by @opensessions-popup-width/-height."""
+    tmux = _tmux(args)
+    start_background(args)
+    opts = {name: (_tmux_option(tmux, name) or default) for name, default in POPUP_DEFAULTS.items()}
+    version = tmux.version()
+    me = _self_command()
+    if args.port:
+        me += " --port %d" % args.port
+    client = args.client or tmux.run("display-message", "-p", "#{client_name}").strip()
+    tmux.spawn(*popup_command(me, client, version, opts["@opensessions-popup-width"],
+                              opts["@opensessions-popup-height"], command))
+    return 0
+
+
+def cmd_history_open(args):
+    """Open the history picker for a client (`prefix o r`), as the agents popup is opened."""
+    return cmd_popup_open(args, "history-popup")
+
+
+def cmd_set_status(args):
+    text = None if args.clear else args.text
+    if text is None and not args.clear:
+        raise OpensessionsError("give TEXT, or --clear")
+    return _post_for_session(args, "/set-status", {"session": args.session, "text": text, "tone": args.tone})
+
+
+def cmd_set_progress(args):
+    body = {"session": args.session}
+    if args.clear:
+        body["clear"] = True
+    elif args.percent is not None:
+        body["percent"] = args.percent
+    elif args.current is not None and args.total is not None:
+        body.update(current=args.current, total=args.total)
+    else:
+        raise OpensessionsError("give CURRENT TOTAL, --percent N or --clear")
+    if args.label:
+        body["label"] = args.label
+    return _post_for_session(args, "/set-progress", body)
+
+
+def cmd_log(args):
+    return _post_for_session(args, "/log", {"session": args.session, "message": args.message,
+                                            "source": args.source, "tone": args.tone})
+
+
+def cmd_clear_log(args):
+    _post(args, "/clear-log", {"session": args.session})
+    return 0
+
+
+def cmd_notify(args):
+    return _post_for_session(args, "/notify", {"session": args.session, "message": args.message,
+                                               "tone": args.tone})
+
+
+def cmd_mute(args):
+    _post(args, "/mute", {"session": args.session, "muted": not args.off})
+    return 0
+
+
+def cmd_reply(args):
+    """Answer a thread's prompt without switching to its pane (see the reply section)."""
+    chosen = [a for a, on in (("approve", args.approve), ("approve-always", args.approve_always),
+                              ("deny", args.deny), ("text", args.text is not None)) if on]
+    if len(chosen) != 1:
+        raise OpensessionsError("say one of --approve, --approve-always, --deny, --text TEXT")
+    action = chosen[0]
+    body = {"thread": args.thread, "action": action}
+    if action == "text":
+        body["text"] = sys.stdin.read() if args.text == "-" else args.text
+    port, info = args.port, None
+    if not port:
+        port, info = find_server(_socket_from_args(args))
+    try:  # a reply waits for the agent's screen (Gemini takes a paste's Enter only ~2 s after it)
+        status, content = Client(port, timeout=20, token=(info or {}).get("token")).request("POST", "/api/reply", body)
+    except OSError as e:
+        raise OpensessionsError("cannot reach the opensessions server (%s); start it with `opensessions start`" % e)
+    try:
+        doc = json.loads(content.decode("utf-8")) if content else {}
+    except ValueError:
+        doc = {}
+    if status >= 400:
+        raise OpensessionsError("not sent: %s" % (doc.get("error") or content.decode("utf-8", "replace")))
+    print(doc.get("sent") or "sent")
+    return 0
+
+
+def cmd_toggle(args):
+    start_background(args)
+    visible = not _get_state(args).get("ui", {}).get("visible")
+    _post(args, "/ui", {"visible": visible})
+    return 0
+
+
+def _window_sidebar(state, window_id):
+    for s in state["sessions"]:
+        if s.get("host"):  # a host's window ids are its own
+            continue
+        for w in s["windows"]:
+            if w["id"] == window_id:
+                return w, next((p for p in w["panes"] if p.get("sidebar")), None)
+    return None, None
+
+
+def cmd_focus(args):
+    """Focus the sidebar of a window (showing the sidebar first if it is hidden)."""
+    start_background(args)
+    tmux = _tmux(args)
+    window = args.window or tmux.run("display-message", "-p", "#{window_id}").strip()
+    if not _get_state(args).get("ui", {}).get("visible"):
+        _post(args, "/ui", {"visible": True})
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        _, pane = _window_sidebar(_get_state(args), window)
+        if pane:
+            tmux.run("select-pane", "-t", pane["id"])
+            # a focus-in report: the sidebar selects the session it is in (the client's)
+            tmux.run("send-keys", "-t", pane["id"], "-H", "1b", "5b", "49")
+            return 0
+        time.sleep(0.02)
+    raise OpensessionsError("no sidebar appeared in window %s" % window)
+
+
+def cmd_switch(args):
+    """Switch a client to the session at place N of the sidebar's list."""
+    sessions = [s for s in _get_state(args)["sessions"] if not s.get("hidden") and not s.get("host")]
+    if not 1 <= args.n <= len(sessions):
+        raise OpensessionsError("there is no session number %d (%d listed)" % (args.n, len(sessions)))
+    target = ["-c", args.client] if args.client else []
+    _tmux(args).run("switch-client", *(target + ["-t", "=" + sessions[args.n - 1]["name"]]))
+    return 0
+
+
+def _agent_ancestor(agent, start_pid, probes=None, depth=12):
+    """The nearest ancestor process that is the agent itself (the hook runs under a shell).
+    Linux reads /proc/<pid>/stat per step; without /proc (macOS) one `ps` gives the whole table."""
+    probes = probes or SystemProbes()
+    table = None if probes.has_proc else probes.processes()
+    pid = start_pid
+    for _ in range(depth):
+        if pid <= 1:
+            return None
+        if table is None:
+            try:
+                with open(os.path.join(probes.proc_root, str(pid), "stat"), "r", encoding="utf-8",
+                          errors="replace") as f:
+                    _, comm, ppid, _ = parse_proc_stat(f.read())
+            except (OSError, ValueError, IndexError):  # gone (the agent exited meanwhile)
+                return None
+        elif pid in table:
+            comm, ppid = table[pid].comm, table[pid].ppid
+        else:
+            return None
+        if (table is None or comm in agent_comms()) and classify_agent_process(comm, probes.args(pid)) == agent:
+            return pid
+        pid = ppid
+    return None
+
+
+HOOK_STDIN_MAX = 8 * 1024 * 1024  # a hook's payload is read whole up to this (a 100 KB write, a long answer)
+
+
+HOOK_DRAIN_SECONDS = 3.0  # past the cap, the rest is read and dropped for at most this long
+
+
+def read_hook_payload(stream, limit=HOOK_STDIN_MAX, clock=time.monotonic, drain=HOOK_DRAIN_SECONDS):
+    """A hook's JSON payload from its stdin: read whole up to `limit` bytes. A longer one (a write
+    of megabytes) keeps what we need from its start (json_object_prefix: the event's name, session
+    and the fields before the long one; a long string cut keeps its start), and the rest is read
+    and dropped (for at most `drain` seconds), so the agent writing it never meets a closed pipe.
+    -> (payload, cut: True when past the cap). Raises ValueError for what is not JSON."""
+    fd = stream.fileno()
+    chunks, got = [], 0
+    while got <= limit:
+        chunk = os.read(fd, min(1024 * 1024, limit + 1 - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    raw = b"".join(chunks)
+    if len(raw) <= limit:
+        return json.loads(raw.decode("utf-8")), False
+    end = clock() + drain
+    while clock() < end and os.read(fd, 1024 * 1024):
+        pass
+    return json_object_prefix(raw[:limit]), True
+
+
+def cmd_hook(args):
+    """Called by an agent's hook with the payload on stdin. Never blocks or fails the agent."""
+    try:
+        payload, cut = read_hook_payload(sys.stdin.buffer)
+        if cut:
+            hook_log("hook %s: a payload over %d MB; kept the %d fields before the cut (%s)" % (
+                args.agent, HOOK_STDIN_MAX >> 20, len(payload), ascii(payload.get("hook_event_name"))[:60]))
+        body = hook_event(args.agent, payload)
+        if body is None:
+            return 0
+        if "pid" not in body:
+            pid = _agent_ancestor(args.agent, os.getppid())
+            if pid:
+                body["pid"] = pid
+        # a prompt goes only to a server that vouches for itself: a runtime file that is ours and
+        # private, whose server holds the lock (is alive); never to whatever listens on 7391
+        info = RuntimeFiles(_socket_from_args(args)).live_info() if not args.port else {}
+        port = args.port or (info or {}).get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            return 0
+        Client(port, timeout=1.0, token=(info or {}).get("token")).request("POST", "/api/agent-event", body)
+    except OSError:  # no server to tell (not running, or gone): nothing is wrong
+        pass
+    except Exception:  # the agent must never see a failing hook, but a bug is written down
+        import traceback
+        hook_log("hook %s failed:\n%s" % (args.agent, traceback.format_exc()))
+    return 0
+
+
+HOOK_LOG_MAX = 64 * 1024
+
+
+def hook_log(message, environ=None, limit=HOOK_LOG_MAX):
+    """Append to $XDG_STATE_HOME/opensessions/hook.log, kept under `limit` bytes (the older half is
+    dropped when it grows past). Never raises: it runs inside an agent's hook."""
+    try:
+        path = os.path.join(ensure_private_dir(state_dir(environ)), "hook.log")
+        line = ("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)).encode("utf-8", "replace")
+        try:
+            size = os.path.getsize(path)
+        except FileNotFoundError:
+            size = 0
+        if size + len(line) > limit:
+            with open(path, "rb") as f:
+                f.seek(max(0, size - limit // 2))
+                kept = f.read()
+            kept = kept[kept.find(b"\n") + 1:] if b"\n" in kept else b""
+            atomic_write(path, kept + line[-(limit // 2):])
+        else:
+            with open(path, "ab") as f:
+                f.write(line)
+    except (OSError, OpensessionsError):
+        pass
+
+
+class _HookArgs(object):
+    """`hook AGENT` with only the global options: parsed without argparse (it runs on every agent
+    prompt and stop, and the agent waits for it)."""
+
+    def __init__(self, argv):
+        self.socket_name = self.socket_path = self.port = self.agent = None
+        it = iter(argv)
+        for a in it:
+            if a == "-L":
+                self.socket_name = next(it, None)
+            elif a == "-S":
+                self.socket_path = next(it, None)
+            elif a == "--port":
+                self.port = as_number(next(it, None), None, int, text=True)
+            elif a != "hook" and self.agent is None:
+                self.agent = a
+
+
+COMMANDS = ("server", "start", "stop", "status", "usage", "set-status", "set-progress", "log", "clear-log", "notify",
+            "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next",
+            "popup", "popup-open", "reply", "mute", "history", "resume", "history-popup", "history-open", "save",
+            "restore", "kitty", "tmux-setup", "uninstall-tmux", "hosts", "ssh-attach", "relay")
+
+
+def command_of(argv):
+    """The subcommand named in argv (skipping global options and their values), or None."""
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("-L", "-S", "--port"):
+            skip = True
+        elif a in ("-h", "--help"):
+            return None
+        elif not a.startswith("-"):
+            return a if a in COMMANDS else None
+    return None
+
+
+def _words(items, last="and"):
+    """'a, b and c'."""
+    items = list(items)
+    return ", ".join(items[:-1]) + (" %s " % last if len(items) > 1 else "") + (items[-1] if items else "")
+
+
+class ParsedArgs(object):
+    """The parsed command line, as argparse's Namespace would hold it."""
+
+    def __init__(self, values):
+        self.__dict__.update(values)
+
+
+_GLOBAL_OPTIONS = {"-L": ("socket_name", None), "-S": ("socket_path", None), "--port": ("port", int)}
+
+
+_PLAIN_KEYWORDS = frozenset(("help", "metavar", "default", "type", "choices", "action", "nargs", "dest"))
+
+
+def parse_plainly(argv, table):
+    """argv parsed without argparse when it is plainly well formed, from the same command table:
+    `[-L N | -S P | --port N]... COMMAND POSITIONAL... [--option [VALUE] | --option=VALUE]...`.
+    -> ParsedArgs with what build_parser(COMMAND).parse_args(argv) would give, or None for anything
+    else (help, an unknown or abbreviated option, a value that starts with '-', a bad value, a
+    positional after an option...): argparse then parses it and words any error. Importing argparse
+    and building even one subcommand cost a client command ~10 ms."""
+    values = {dest: None for dest, _ in _GLOBAL_OPTIONS.values()}
+    i = 0
+    while i < len(argv) and argv[i] in _GLOBAL_OPTIONS:
+        if not _take_plain_value(values, _GLOBAL_OPTIONS[argv[i]], {}, argv[i + 1:i + 2]):
+            return None
+        i += 2
+    entry = next((e for e in table if i < len(argv) and e[0] == argv[i]), None)
+    if entry is None:
+        return None
+    name, func, _, arguments = entry
+    options = {flag: (dest, conv, {}) for flag, (dest, conv) in _GLOBAL_OPTIONS.items()}
+    positionals = []
+    for flags, kw in arguments:
+        if not _PLAIN_KEYWORDS.issuperset(kw) or kw.get("action", "store_true") != "store_true" \
+                or kw.get("nargs", "?") != "?":
+            return None
+        if not flags[0].startswith("-"):
+            if positionals and positionals[-1][1].get("nargs") == "?" and kw.get("nargs") != "?":
+                return None  # a required one after an optional one: argparse's matching, not ours
+            positionals.append((flags[0], kw))
+            values[flags[0]] = kw.get("default")
+            continue
+        dest = kw.get("dest") or next((f for f in flags if f.startswith("--")), flags[0]).lstrip("-").replace("-", "_")
+        default = kw.get("default", False if kw.get("action") else None)
+        if isinstance(default, str) and kw.get("type"):
+            default = kw["type"](default)
+        values[dest] = default
+        for f in flags:
+            options[f] = (dest, kw.get("type"), kw)
+    values.update(command=name, func=func)
+    rest, given, option_seen = argv[i + 1:], [], False
+    k = 0
+    while k < len(rest):
+        a = rest[k]
+        k += 1
+        if not a.startswith("-"):
+            if option_seen:
+                return None
+            given.append(a)
+            continue
+        option_seen = True
+        flag, eq, value = a.partition("=") if a.startswith("--") else (a, "", "")
+        if flag not in options:
+            return None
+        dest, conv, kw = options[flag]
+        if kw.get("action") == "store_true":
+            if eq:
+                return None
+            values[dest] = True
+            continue
+        if not eq:
+            if not _take_plain_value(values, (dest, conv), kw, rest[k:k + 1]):
+                return None
+            k += 1
+        elif not _take_plain_value(values, (dest, conv), kw, [value], explicit=True):
+            return None
+    required = sum(1 for _, kw in positionals if kw.get("nargs") != "?")
+    if not required <= len(given) <= len(positionals):
+        return None
+    for (dest, kw), text in zip(positionals, given):
+        if not _take_plain_value(values, (dest, kw.get("type")), kw, [text], explicit=True):
+            return None
+    return ParsedArgs(values)
+
+
+def _take_plain_value(values, target, kw, texts, explicit=False):
+    """Store texts[0], converted and checked as argparse would, under target's dest; False when
+    there is none, it looks like an option, or it does not convert or is not one of the choices."""
+    if not texts or (not explicit and texts[0].startswith("-")):
+        return False
+    dest, conv = target
+    try:
+        value = conv(texts[0]) if conv else texts[0]
+    except (TypeError, ValueError):
+        return False
+    if "choices" in kw and value not in kw["choices"]:
+        return False
+    values[dest] = value
+    return True
+
+
+def user_message(error):
+    """One line for the user: no traceback, no doubled "opensessions:" prefix."""
+    if isinstance(error, TmuxGone):
+        text = "no tmux server: %s" % error
+    elif isinstance(error, OSError) and error.strerror:
+        text = "%s%s" % (error.strerror, ": %s" % error.filename if error.filename else "")
+    else:
+        text = str(error) or type(error).__name__
+    lines = [l.strip() for l in text.splitlines() if l.strip()] or [type(error).__name__]
+    text = lines[-1] if len(lines) > 1 and lines[0].startswith("Traceback") else " ".join(lines)
+    while text.startswith("opensessions: "):
+        text = text[len("opensessions: "):]
+    return text
+
+
+def _for_key_binding(func, args):
+    """Run a command bound to a key: its output and its errors go to the client's status line
+    through display-message, and it exits 0, so tmux never opens view mode over a pane."""
+    import contextlib
+    import io
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            func(args)
+        text = out.getvalue().strip()
+    except (OpensessionsError, TmuxError, OSError) as e:
+        text = "opensessions: %s" % user_message(e)
+    if text:
+        client = ["-c", args.client] if getattr(args, "client", None) else []
+        try:
+            _tmux(args).run("display-message", *(client + [" | ".join(text.splitlines())]))
+        except TmuxError:
+            pass
+    return 0
+
+
+# The arguments several commands share, as (flags, argparse keywords); never changed in place.
+ARG_TONE = (("--tone",), dict(choices=TONES, default="neutral", help="the colour it is shown in: neutral, info, "
+                                                                    "success, warn or error (default: neutral)"))
+ARG_WINDOW = (("-w", "--window"), dict(help="tmux window id such as @3 (default: the current window)"))
+ARG_CLIENT = (("-c", "--client"), dict(help="the tmux client to switch (default: tmux's choice)"))
+ARG_DISPLAY = (("--display",), dict(action="store_true", help="say the result with tmux display-message, "
+                                                               "not on stdout (for key bindings)"))
+ARG_SESSION = (("session",), dict(help="tmux session name"))
+
+
+def client_commands():
+    """(name, function, one-line description, arguments) of the commands this section runs: those
+    that hooks, key bindings and scripts run many times a day. The CLI's table holds them too."""
+    return (
+        ("set-status", cmd_set_status, "set (or --clear) a session's status pill",
+         [ARG_SESSION, (("text",), dict(nargs="?", help="the pill's text")), ARG_TONE,
+          (("--clear",), dict(action="store_true", help="remove the pill"))]),
+        ("set-progress", cmd_set_progress, "set a session's progress bar: CURRENT TOTAL, --percent or --clear",
+         [ARG_SESSION, (("current",), dict(nargs="?", type=float, help="steps done")),
+          (("total",), dict(nargs="?", type=float, help="steps in all")),
+          (("--percent",), dict(type=float, help="percent done (0-100) instead of CURRENT TOTAL")),
+          (("--label",), dict(help="a word or two shown after the bar")),
+          (("--clear",), dict(action="store_true", help="remove the bar"))]),
+        ("log", cmd_log, "add a log line to a session",
+         [ARG_SESSION, (("message",), dict(help="the line's text")),
+          (("--source",), dict(help="who says it, shown before the message (ci, deploy...)")), ARG_TONE]),
+        ("clear-log", cmd_clear_log, "clear a session's log lines", [ARG_SESSION]),
+        ("notify", cmd_notify, "send a notification through the enabled channels",
+         [(("message",), dict(help="the notification's text")),
+          (("--session",), dict(help="the session it is about (muted sessions stay quiet)")),
+          ARG_TONE]),
+        ("hook", cmd_hook, "(called by agent hooks) report a hook payload from stdin",
+         [(("agent",), dict(choices=hook_agents(), help="the agent whose hook calls: " + _words(hook_agents(), "or")))]),
+        ("toggle", cmd_toggle, "show or hide the sidebar in every window", [ARG_DISPLAY]),
+        ("focus", cmd_focus, "focus the sidebar of a window (showing it if hidden)", [ARG_WINDOW, ARG_DISPLAY]),
+        ("switch", cmd_switch, "switch to the session at place N in the sidebar's list",
+         [(("n",), dict(type=int, help="the session's number in the list (1 is the first)")), ARG_CLIENT, ARG_DISPLAY]),
+        ("popup-open", cmd_popup_open, "open the agents popup (display-popup; a window before tmux 3.2)",
+         [ARG_CLIENT, ARG_DISPLAY]),
+        ("reply", cmd_reply, "answer a thread's prompt without switching to it: approve once, approve always, "
+                             "deny, or type a prompt",
+         [(("thread",), dict(help="thread id (as in `opensessions status --json`), or AGENT:ID")),
+          (("--approve",), dict(action="store_true", help="approve the permission once")),
+          (("--approve-always",), dict(action="store_true", help="approve, and do not ask again (where offered)")),
+          (("--deny",), dict(action="store_true", help="deny the permission")),
+          (("--text",), dict(metavar="TEXT", help="type TEXT as the next prompt and submit it (several lines go "
+                                                   "as one paste; - reads it from stdin)"))]),
+        ("mute", cmd_mute, "mute (or --off: unmute) a session's notifications",
+         [ARG_SESSION, (("--off",), dict(action="store_true", help="unmute"))]),
+        ("history-open", cmd_history_open, "open the history picker (prefix o r)", [ARG_CLIENT, ARG_DISPLAY]),
+    )
+
+
+def run_parsed(args, default=None):
+    """Run a parsed command line -> exit status. Errors are one line on stderr (exit 1); a command
+    bound to a key (--display) says its result with display-message instead."""
+    func = getattr(args, "func", None) or default
+    if getattr(args, "display", False):
+        return _for_key_binding(func, args)
+    try:
+        check_port(getattr(args, "port", None))
+        return func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except (OpensessionsError, TmuxError, OSError) as e:
+        sys.stderr.write("opensessions: %s\n" % user_message(e))
+        return 1
+
+
+def run_client(argv):
+    """Run argv when it is one of client_commands() and plainly well formed -> exit status; None for
+    anything else (help, a typo, the server, the sidebar, ...), before doing anything: main() then
+    parses it with the whole table. `hook AGENT` is read without even the table."""
+    command = command_of(argv)
+    if command == "hook" and "-h" not in argv and "--help" not in argv:
+        args = _HookArgs(argv)
+        if args.agent in hook_agents():
+            return cmd_hook(args)
+    if command is None or command == "hook":
+        return None
+    table = client_commands()
+    if not any(e[0] == command for e in table):
+        return None
+    args = parse_plainly(argv, table)
+    return None if args is None else run_parsed(args)
+
+
+##############################################################################
 # Watchers
 ##############################################################################
 
@@ -6810,7 +7638,6 @@ class AgentWatchers(object):
 ##############################################################################
 
 
-
 def _is_our_hook(hook, agent, commands=()):
     """Our hook: a command we installed (the current one, or one recorded when installing), or one of
     the exact shape `[python [-S]] …/opensessions[.py|.pyz] hook AGENT`. A user's hook whose command
@@ -7628,122 +8455,6 @@ class Store(object):
                 "threads": [dict(t.to_json(), subagent=t.subagent, source=t.source)
                             for t in self.threads.values()
                             if t.alive or t.unseen or now - t.updated_at <= keep_ms]}
-
-
-class RuntimeFiles(object):
-    """The lock and the runtime file (pid, port, tmux socket) that let clients find the server."""
-
-    def __init__(self, socket_path, environ=None):
-        self.socket_path = socket_path
-        self.dir = runtime_dir(environ)
-        key = socket_key(socket_path)
-        self.lock_path = os.path.join(self.dir, "server-%s.lock" % key)
-        self.info_path = os.path.join(self.dir, "server-%s.json" % key)
-        self.stopped_path = os.path.join(self.dir, "stopped-%s" % key)
-        self._lock_fd = None
-        self.token = None
-        squat = runtime_dir_squatted(temp_runtime_dir(environ)) \
-            if self.dir == os.path.join(state_dir(environ), "run") else None
-        # what the user is told (server log, `opensessions start`) when runtime_dir fell back
-        self.squatted = ("%s (someone else made it first); using %s instead" % (squat, self.dir)) if squat else None
-
-    def stopped(self):
-        """True when the server was stopped on purpose (`opensessions stop`): sidebars leave it so."""
-        return os.path.exists(self.stopped_path)
-
-    def mark_stopped(self, stopped=True):
-        """Set (stop) or clear (start) the marker that says the server is stopped on purpose."""
-        if stopped:
-            ensure_private_dir(self.dir)
-            atomic_write(self.stopped_path, "")
-        else:
-            try:
-                os.unlink(self.stopped_path)
-            except OSError:
-                pass
-
-    def acquire(self):
-        """Take the lock; a lock left by a dead server is free (flock dies with its process)."""
-        import fcntl
-        ensure_private_dir(self.dir)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            info = self.read() or {}
-            raise OpensessionsError(
-                "an opensessions server already runs for tmux socket %s (pid %s, port %s); "
-                "use `opensessions stop` first" % (self.socket_path, info.get("pid", "?"), info.get("port", "?")))
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
-        self.token = os.urandom(16).hex()
-        try:  # a dead server's file would send clients to a closed port until we write ours
-            os.unlink(self.info_path)
-        except OSError:
-            pass
-
-    def write(self, port):
-        self.mark_stopped(False)  # a server that runs is not stopped
-        atomic_write(self.info_path, json.dumps({
-            "pid": os.getpid(), "port": port, "socket": self.socket_path, "version": __version__,
-            "digest": program_digest(), "started": int(time.time()), "token": self.token,
-            # the plugin and the extension (no flock in node) trust the port only while this
-            # process (pid and start) lives: a runtime file left by a kill -9 sends them nowhere
-            "procStart": process_start_stamp(os.getpid())}))
-
-    def read(self):
-        """The runtime file, if it is ours and private (else nobody vouches for its port)."""
-        return read_private_json(self.info_path)
-
-    def held(self):
-        """True while some server holds the lock (it may not have written its runtime file yet)."""
-        import fcntl
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return False
-        finally:
-            os.close(fd)
-
-    def live_info(self):
-        """The runtime info if its server is alive (holds the lock), else None."""
-        import fcntl
-        info = self.read()
-        if not info:
-            return None
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return info if _pid_alive(info.get("pid")) else None  # locked: the server lives
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        finally:
-            os.close(fd)
-
-    def release(self):
-        if self._lock_fd is None:
-            return
-        for path in (self.info_path,):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        os.close(self._lock_fd)
-        self._lock_fd = None
 
 
 PRUNE_INTERVAL = 60.0  # seconds between looks for threads to forget
@@ -9665,7 +10376,6 @@ MAX_CONNECTIONS = 500  # open connections (one thread and one fd each); more get
 MAX_SSE_CLIENTS = 400  # of which /events streams
 READ_DEADLINE = 10.0  # seconds to send a request's line, headers and body (and to start the next one)
 WRITE_TIMEOUT = 30.0  # a client that reads nothing for this long is dropped
-TOKEN_HEADER = "X-Opensessions-Token"
 
 
 class BodyError(ApiError):
@@ -10190,17 +10900,6 @@ def make_http_server(door, address):
     """The listening server for a door (an HttpDoor)."""
     listener, handler = http_classes()
     return listener(address, handler, door)
-
-
-def token_header(token):
-    """The header line carrying the runtime file's token ('' without a well-formed one)."""
-    if isinstance(token, str) and re.match(r"^[0-9a-f]{1,64}$", token):
-        return "%s: %s\r\n" % (TOKEN_HEADER, token)
-    return ""
-
-
-class ServerStopped(OpensessionsError):
-    """The server was stopped on purpose; only the user starts it again."""
 
 
 ##############################################################################
@@ -17235,98 +17934,9 @@ class SidebarPanes(object):
             pass
 
 
-
 ##############################################################################
 # CLI
 ##############################################################################
-
-
-class Client(object):
-    """A tiny HTTP client over a raw socket: no http.client import, so commands start fast."""
-
-    def __init__(self, port, host=HOST, timeout=5.0, token=None):
-        self.port = port
-        self.host = host
-        self.timeout = timeout
-        self.token = token  # the runtime file's, for systems where the server cannot see our uid
-
-    def request(self, method, path, body=None):
-        """-> (status, body bytes). Raises OSError when the server is not reachable."""
-        try:
-            import _socket as sockmod  # the C module: importing socket.py costs ~6 ms more
-        except ImportError:
-            import socket as sockmod
-        payload = b"" if body is None else json.dumps(body).encode("utf-8")
-        head = ("%s %s HTTP/1.0\r\nHost: %s:%d\r\nContent-Type: application/json\r\n%s"
-                "Content-Length: %d\r\n\r\n" % (method, path, self.host, self.port, token_header(self.token),
-                                                   len(payload)))
-        sock = sockmod.socket(sockmod.AF_INET, sockmod.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect((self.host, self.port))
-            sock.sendall(head.encode("ascii") + payload)
-            chunks = []
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-        finally:
-            sock.close()
-        raw = b"".join(chunks)
-        header, _, content = raw.partition(b"\r\n\r\n")
-        try:
-            status = int(header.split(b" ", 2)[1])
-        except (IndexError, ValueError):
-            raise OSError("bad HTTP answer from the server")
-        return status, content
-
-
-def find_server(socket_path, environ=None):
-    """-> (port, info or None). The runtime file for this tmux server wins; else the env/default port."""
-    env = os.environ if environ is None else environ
-    port = env_port(env)  # a bad value is said even when the runtime file makes it moot
-    info = RuntimeFiles(socket_path, env).live_info()
-    if info and isinstance(info.get("port"), int):
-        return info["port"], info
-    return (DEFAULT_PORT if port is None else port), None
-
-
-def _socket_from_args(args):
-    return tmux_socket_path(getattr(args, "socket_name", None), getattr(args, "socket_path", None))
-
-
-def _client(args):
-    port, info = args.port, None
-    if not port:  # None, or 0 ("any free port"): the runtime file says which one it got
-        port, info = find_server(_socket_from_args(args))
-    return Client(port, token=(info or {}).get("token"))
-
-
-def _request(args, method, path, body=None):
-    """One request to this tmux server's opensessions server -> (status, content); clear errors."""
-    try:
-        status, content = _client(args).request(method, path, body)
-    except OSError as e:
-        raise OpensessionsError("cannot reach the opensessions server (%s); start it with `opensessions start`" % e)
-    if status >= 400:
-        try:
-            reason = json.loads(content.decode("utf-8")).get("error")
-        except (ValueError, AttributeError):
-            reason = content.decode("utf-8", "replace")
-        raise OpensessionsError("server refused: %s (HTTP %d)" % (reason, status))
-    return status, content
-
-
-def _post(args, path, body):
-    return _request(args, "POST", path, body)[0]
-
-
-def _post_for_session(args, path, body):
-    """POST something about a session; say so when tmux has no such session (the server keeps it)."""
-    if _post(args, path, body) == 202 and body.get("session"):
-        sys.stderr.write("opensessions: no tmux session named %s (kept for when it appears)\n" % body["session"])
-    return 0
 
 
 def _live_threads(args):
@@ -17405,63 +18015,9 @@ def cmd_kitty(args):
     return 0
 
 
-def _get_state(args):
-    return json.loads(_request(args, "GET", "/state")[1].decode("utf-8"))
-
-
 def cmd_server(args):
     socket_path = _socket_from_args(args)
     return serve(socket_path, args.port, args.log)
-
-
-def _server_argv(args):
-    """The command line that runs this program's server (the .pyz or the module file)."""
-    exe = sys.executable or "python3"
-    argv = [exe, os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else __file__]
-    if getattr(args, "socket_path", None):
-        argv += ["-S", os.path.abspath(args.socket_path)]
-    elif getattr(args, "socket_name", None):
-        argv += ["-L", args.socket_name]
-    argv.append("server")
-    if args.port is not None:
-        argv += ["--port", str(args.port)]
-    return argv
-
-
-def start_background(args, wait=5.0, respect_stop=False):
-    """Start a server in the background unless one runs. -> (port, started). A user's command
-    starts it even after `opensessions stop`; a sidebar (respect_stop) does not."""
-    import subprocess
-    socket_path = _socket_from_args(args)
-    runtime = RuntimeFiles(socket_path)
-    info = runtime.live_info()
-    if info:
-        return info["port"], False
-    if runtime.stopped():
-        if respect_stop:
-            raise ServerStopped("the server was stopped with `opensessions stop`")
-        runtime.mark_stopped(False)
-    ensure_private_dir(state_dir())
-    log_path = os.path.join(state_dir(), "server.log")
-    argv = _server_argv(args) + ["--log", log_path]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        info = runtime.live_info()
-        if info:
-            proc.stderr.close()
-            return info["port"], True
-        if proc.poll() is not None and not runtime.held():
-            err = proc.stderr.read().decode("utf-8", "replace").strip()
-            if "\n" in err:  # a traceback: keep all of it in the log, say its last line
-                with open(log_path, "a") as f:
-                    f.write(err + "\n")
-                err = "%s (see %s)" % (err.splitlines()[-1], log_path)
-            raise OpensessionsError(err or "the server exited at once (see %s)" % log_path)
-        # exited, but another start won the lock at the same moment: wait for that one
-        time.sleep(0.02)
-    raise OpensessionsError("the server did not start within %.0f s (see %s)" % (wait, log_path))
 
 
 def cmd_start(args):
@@ -17497,70 +18053,6 @@ def cmd_stop(args, on_purpose=True, hint=True):
         raise OpensessionsError("server pid %s did not stop within 5 s" % pid)
     print("opensessions server stopped (pid %s)%s" % (pid, "; it stays stopped until `opensessions start` "
                                                           "(or prefix o s)" if on_purpose and hint else ""))
-    return 0
-
-
-def cmd_set_status(args):
-    text = None if args.clear else args.text
-    if text is None and not args.clear:
-        raise OpensessionsError("give TEXT, or --clear")
-    return _post_for_session(args, "/set-status", {"session": args.session, "text": text, "tone": args.tone})
-
-
-def cmd_set_progress(args):
-    body = {"session": args.session}
-    if args.clear:
-        body["clear"] = True
-    elif args.percent is not None:
-        body["percent"] = args.percent
-    elif args.current is not None and args.total is not None:
-        body.update(current=args.current, total=args.total)
-    else:
-        raise OpensessionsError("give CURRENT TOTAL, --percent N or --clear")
-    if args.label:
-        body["label"] = args.label
-    return _post_for_session(args, "/set-progress", body)
-
-
-def cmd_log(args):
-    return _post_for_session(args, "/log", {"session": args.session, "message": args.message,
-                                            "source": args.source, "tone": args.tone})
-
-
-def cmd_clear_log(args):
-    _post(args, "/clear-log", {"session": args.session})
-    return 0
-
-
-def cmd_notify(args):
-    return _post_for_session(args, "/notify", {"session": args.session, "message": args.message,
-                                               "tone": args.tone})
-
-
-def cmd_reply(args):
-    """Answer a thread's prompt without switching to its pane (see the reply section)."""
-    chosen = [a for a, on in (("approve", args.approve), ("approve-always", args.approve_always),
-                              ("deny", args.deny), ("text", args.text is not None)) if on]
-    if len(chosen) != 1:
-        raise OpensessionsError("say one of --approve, --approve-always, --deny, --text TEXT")
-    action = chosen[0]
-    body = {"thread": args.thread, "action": action}
-    if action == "text":
-        body["text"] = sys.stdin.read() if args.text == "-" else args.text
-    port, info = args.port, None
-    if not port:
-        port, info = find_server(_socket_from_args(args))
-    try:  # a reply waits for the agent's screen (Gemini takes a paste's Enter only ~2 s after it)
-        status, content = Client(port, timeout=20, token=(info or {}).get("token")).request("POST", "/api/reply", body)
-    except OSError as e:
-        raise OpensessionsError("cannot reach the opensessions server (%s); start it with `opensessions start`" % e)
-    try:
-        doc = json.loads(content.decode("utf-8")) if content else {}
-    except ValueError:
-        doc = {}
-    if status >= 400:
-        raise OpensessionsError("not sent: %s" % (doc.get("error") or content.decode("utf-8", "replace")))
-    print(doc.get("sent") or "sent")
     return 0
 
 
@@ -17894,124 +18386,6 @@ def build_server(tmux, port, explicit, environ):
     return server
 
 
-def _self_command():
-    """How hooks, key bindings and sidebar panes call us back: this interpreter with -S (the program
-    needs no site-packages, and skipping `site` saves tens of milliseconds per call where many .pth
-    hooks are installed) and this file (.pyz or .py), shell-quoted."""
-    import shlex
-    target = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] and os.path.exists(sys.argv[0]) \
-        else os.path.abspath(__file__)
-    return " ".join(shlex.quote(a) for a in (sys.executable or "python3", "-S", target))
-
-
-def _agent_ancestor(agent, start_pid, probes=None, depth=12):
-    """The nearest ancestor process that is the agent itself (the hook runs under a shell).
-    Linux reads /proc/<pid>/stat per step; without /proc (macOS) one `ps` gives the whole table."""
-    probes = probes or SystemProbes()
-    table = None if probes.has_proc else probes.processes()
-    pid = start_pid
-    for _ in range(depth):
-        if pid <= 1:
-            return None
-        if table is None:
-            try:
-                with open(os.path.join(probes.proc_root, str(pid), "stat"), "r", encoding="utf-8",
-                          errors="replace") as f:
-                    _, comm, ppid, _ = parse_proc_stat(f.read())
-            except (OSError, ValueError, IndexError):  # gone (the agent exited meanwhile)
-                return None
-        elif pid in table:
-            comm, ppid = table[pid].comm, table[pid].ppid
-        else:
-            return None
-        if (table is None or comm in agent_comms()) and classify_agent_process(comm, probes.args(pid)) == agent:
-            return pid
-        pid = ppid
-    return None
-
-
-HOOK_STDIN_MAX = 8 * 1024 * 1024  # a hook's payload is read whole up to this (a 100 KB write, a long answer)
-HOOK_DRAIN_SECONDS = 3.0  # past the cap, the rest is read and dropped for at most this long
-
-
-def read_hook_payload(stream, limit=HOOK_STDIN_MAX, clock=time.monotonic, drain=HOOK_DRAIN_SECONDS):
-    """A hook's JSON payload from its stdin: read whole up to `limit` bytes. A longer one (a write
-    of megabytes) keeps what we need from its start (json_object_prefix: the event's name, session
-    and the fields before the long one; a long string cut keeps its start), and the rest is read
-    and dropped (for at most `drain` seconds), so the agent writing it never meets a closed pipe.
-    -> (payload, cut: True when past the cap). Raises ValueError for what is not JSON."""
-    fd = stream.fileno()
-    chunks, got = [], 0
-    while got <= limit:
-        chunk = os.read(fd, min(1024 * 1024, limit + 1 - got))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    raw = b"".join(chunks)
-    if len(raw) <= limit:
-        return json.loads(raw.decode("utf-8")), False
-    end = clock() + drain
-    while clock() < end and os.read(fd, 1024 * 1024):
-        pass
-    return json_object_prefix(raw[:limit]), True
-
-
-def cmd_hook(args):
-    """Called by an agent's hook with the payload on stdin. Never blocks or fails the agent."""
-    try:
-        payload, cut = read_hook_payload(sys.stdin.buffer)
-        if cut:
-            hook_log("hook %s: a payload over %d MB; kept the %d fields before the cut (%s)" % (
-                args.agent, HOOK_STDIN_MAX >> 20, len(payload), ascii(payload.get("hook_event_name"))[:60]))
-        body = hook_event(args.agent, payload)
-        if body is None:
-            return 0
-        if "pid" not in body:
-            pid = _agent_ancestor(args.agent, os.getppid())
-            if pid:
-                body["pid"] = pid
-        # a prompt goes only to a server that vouches for itself: a runtime file that is ours and
-        # private, whose server holds the lock (is alive); never to whatever listens on 7391
-        info = RuntimeFiles(_socket_from_args(args)).live_info() if not args.port else {}
-        port = args.port or (info or {}).get("port")
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-            return 0
-        Client(port, timeout=1.0, token=(info or {}).get("token")).request("POST", "/api/agent-event", body)
-    except OSError:  # no server to tell (not running, or gone): nothing is wrong
-        pass
-    except Exception:  # the agent must never see a failing hook, but a bug is written down
-        import traceback
-        hook_log("hook %s failed:\n%s" % (args.agent, traceback.format_exc()))
-    return 0
-
-
-HOOK_LOG_MAX = 64 * 1024
-
-
-def hook_log(message, environ=None, limit=HOOK_LOG_MAX):
-    """Append to $XDG_STATE_HOME/opensessions/hook.log, kept under `limit` bytes (the older half is
-    dropped when it grows past). Never raises: it runs inside an agent's hook."""
-    try:
-        path = os.path.join(ensure_private_dir(state_dir(environ)), "hook.log")
-        line = ("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%S"), message)).encode("utf-8", "replace")
-        try:
-            size = os.path.getsize(path)
-        except FileNotFoundError:
-            size = 0
-        if size + len(line) > limit:
-            with open(path, "rb") as f:
-                f.seek(max(0, size - limit // 2))
-                kept = f.read()
-            kept = kept[kept.find(b"\n") + 1:] if b"\n" in kept else b""
-            atomic_write(path, kept + line[-(limit // 2):])
-        else:
-            with open(path, "ab") as f:
-                f.write(line)
-    except (OSError, OpensessionsError):
-        pass
-
-
 def cmd_install(args):
     done = install_agents(_self_command())
     for line in (done or ["already installed; nothing changed"]) + install_notes(done):
@@ -18229,15 +18603,6 @@ def cmd_hosts(args):
     return 0
 
 
-def cmd_mute(args):
-    _post(args, "/mute", {"session": args.session, "muted": not args.off})
-    return 0
-
-
-def _tmux(args):
-    return Tmux(_socket_from_args(args))
-
-
 def cmd_sidebar(args, popup=False, client=None, tab="agents", pane=None, here=False):
     """Run the curses sidebar in this pane (the sidebar pane manager starts these); with popup, the
     agents popup (`opensessions popup`, in a display-popup)."""
@@ -18326,78 +18691,6 @@ def cmd_history_popup(args):
                        here=getattr(args, "here", False))
 
 
-POPUP_DEFAULTS = {"@opensessions-popup-width": "80%", "@opensessions-popup-height": "75%"}
-
-
-def popup_command(me, client, version, width, height, command="popup"):
-    """The tmux command that opens the agents popup (or, command "history-popup", the history
-    picker) for a client: display-popup (tmux >= 3.2), else a temporary window that closes when the
-    popup program exits. Pure."""
-    import shlex
-    inner = "%s %s -c %s" % (me, command, shlex.quote(client))
-    nums = re.findall(r"\d+", version or "")
-    if nums and (int(nums[0]), int(nums[1]) if len(nums) > 1 else 0) >= (3, 2):
-        # display-popup expands formats in its command: a '#' in a path stays a '#'
-        return ["display-popup", "-c", client, "-E", "-w", width, "-h", height, tmux_literal(inner)]
-    return ["new-window", "-t", client, "-n", "agents" if command == "popup" else "history", inner]
-
-
-def cmd_popup_open(args, command="popup"):
-    """Open the popup for a client (`prefix o g`), sized by @opensessions-popup-width/-height."""
-    tmux = _tmux(args)
-    start_background(args)
-    opts = {name: (_tmux_option(tmux, name) or default) for name, default in POPUP_DEFAULTS.items()}
-    version = tmux.version()
-    me = _self_command()
-    if args.port:
-        me += " --port %d" % args.port
-    client = args.client or tmux.run("display-message", "-p", "#{client_name}").strip()
-    tmux.spawn(*popup_command(me, client, version, opts["@opensessions-popup-width"],
-                              opts["@opensessions-popup-height"], command))
-    return 0
-
-
-def cmd_history_open(args):
-    """Open the history picker for a client (`prefix o r`), as the agents popup is opened."""
-    return cmd_popup_open(args, "history-popup")
-
-
-def cmd_toggle(args):
-    start_background(args)
-    visible = not _get_state(args).get("ui", {}).get("visible")
-    _post(args, "/ui", {"visible": visible})
-    return 0
-
-
-def _window_sidebar(state, window_id):
-    for s in state["sessions"]:
-        if s.get("host"):  # a host's window ids are its own
-            continue
-        for w in s["windows"]:
-            if w["id"] == window_id:
-                return w, next((p for p in w["panes"] if p.get("sidebar")), None)
-    return None, None
-
-
-def cmd_focus(args):
-    """Focus the sidebar of a window (showing the sidebar first if it is hidden)."""
-    start_background(args)
-    tmux = _tmux(args)
-    window = args.window or tmux.run("display-message", "-p", "#{window_id}").strip()
-    if not _get_state(args).get("ui", {}).get("visible"):
-        _post(args, "/ui", {"visible": True})
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        _, pane = _window_sidebar(_get_state(args), window)
-        if pane:
-            tmux.run("select-pane", "-t", pane["id"])
-            # a focus-in report: the sidebar selects the session it is in (the client's)
-            tmux.run("send-keys", "-t", pane["id"], "-H", "1b", "5b", "49")
-            return 0
-        time.sleep(0.02)
-    raise OpensessionsError("no sidebar appeared in window %s" % window)
-
-
 def cmd_layout(args):
     """even-horizontal for the work panes, the sidebar keeping its width."""
     tmux = _tmux(args)
@@ -18415,16 +18708,6 @@ def cmd_layout(args):
     layout = even_layout(w["width"], height, (int(sidebar["id"][1:]), ui.get("width", DEFAULT_WIDTH)), work,
                          ui.get("position", "left"))
     tmux.run("select-layout", "-t", window, layout)
-    return 0
-
-
-def cmd_switch(args):
-    """Switch a client to the session at place N of the sidebar's list."""
-    sessions = [s for s in _get_state(args)["sessions"] if not s.get("hidden") and not s.get("host")]
-    if not 1 <= args.n <= len(sessions):
-        raise OpensessionsError("there is no session number %d (%d listed)" % (args.n, len(sessions)))
-    target = ["-c", args.client] if args.client else []
-    _tmux(args).run("switch-client", *(target + ["-t", "=" + sessions[args.n - 1]["name"]]))
     return 0
 
 
@@ -18765,44 +19048,11 @@ def _restore_binding(tmux, saved):
             pass
 
 
-COMMANDS = ("server", "start", "stop", "status", "usage", "set-status", "set-progress", "log", "clear-log", "notify",
-            "hook", "install", "uninstall", "sidebar", "toggle", "focus", "layout", "switch", "next",
-            "popup", "popup-open", "reply", "mute", "history", "resume", "history-popup", "history-open", "save",
-            "restore", "kitty", "tmux-setup", "uninstall-tmux", "hosts", "ssh-attach", "relay")
-
-
-def command_of(argv):
-    """The subcommand named in argv (skipping global options and their values), or None."""
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in ("-L", "-S", "--port"):
-            skip = True
-        elif a in ("-h", "--help"):
-            return None
-        elif not a.startswith("-"):
-            return a if a in COMMANDS else None
-    return None
-
-
-def _words(items, last="and"):
-    """'a, b and c'."""
-    items = list(items)
-    return ", ".join(items[:-1]) + (" %s " % last if len(items) > 1 else "") + (items[-1] if items else "")
-
-
 def _command_table():
-    """(name, function, one-line description, arguments) for every subcommand; an argument is
-    (flags, argparse keywords), each with its help."""
-    tone = dict(choices=TONES, default="neutral", help="the colour it is shown in: neutral, info, success, "
-                                                       "warn or error (default: neutral)")
-    window = (("-w", "--window"), dict(help="tmux window id such as @3 (default: the current window)"))
-    client = (("-c", "--client"), dict(help="the tmux client to switch (default: tmux's choice)"))
-    display = (("--display",), dict(action="store_true", help="say the result with tmux display-message, "
-                                                               "not on stdout (for key bindings)"))
-    session = (("session",), dict(help="tmux session name"))
-    return (
+    """(name, function, one-line description, arguments) for every subcommand, in COMMANDS' order:
+    the client commands (client_commands) and the rest; an argument is (flags, argparse keywords),
+    each with its help."""
+    own = (
         ("server", cmd_server, "run the server in the foreground",
          [(("--log",), dict(metavar="FILE", help="append log lines to FILE instead of stderr (a new FILE is "
                                                  "0600; a directory not ours is left as it is)"))]),
@@ -18814,52 +19064,17 @@ def _command_table():
          [(("--since",), dict(default="1d", help="how far back: 1d (default), 7d, 12h; threads count on the "
                                                    "day they were last active; the server keeps 90 days")),
           (("--json",), dict(action="store_true", help="print the report as JSON"))]),
-        ("set-status", cmd_set_status, "set (or --clear) a session's status pill",
-         [session, (("text",), dict(nargs="?", help="the pill's text")), (("--tone",), tone),
-          (("--clear",), dict(action="store_true", help="remove the pill"))]),
-        ("set-progress", cmd_set_progress, "set a session's progress bar: CURRENT TOTAL, --percent or --clear",
-         [session, (("current",), dict(nargs="?", type=float, help="steps done")),
-          (("total",), dict(nargs="?", type=float, help="steps in all")),
-          (("--percent",), dict(type=float, help="percent done (0-100) instead of CURRENT TOTAL")),
-          (("--label",), dict(help="a word or two shown after the bar")),
-          (("--clear",), dict(action="store_true", help="remove the bar"))]),
-        ("log", cmd_log, "add a log line to a session",
-         [session, (("message",), dict(help="the line's text")),
-          (("--source",), dict(help="who says it, shown before the message (ci, deploy...)")), (("--tone",), tone)]),
-        ("clear-log", cmd_clear_log, "clear a session's log lines", [session]),
-        ("notify", cmd_notify, "send a notification through the enabled channels",
-         [(("message",), dict(help="the notification's text")),
-          (("--session",), dict(help="the session it is about (muted sessions stay quiet)")),
-          (("--tone",), tone)]),
-        ("hook", cmd_hook, "(called by agent hooks) report a hook payload from stdin",
-         [(("agent",), dict(choices=hook_agents(), help="the agent whose hook calls: " + _words(hook_agents(), "or")))]),
         ("install", cmd_install, "add our %s hooks, %s (idempotent, with backups)" % (
             _words([s.title for s in AGENT_SPECS.values() if isinstance(s.install, HookInstall)]),
             _words([s.install.what for s in AGENT_SPECS.values() if isinstance(s.install, FileInstall)])), []),
         ("uninstall", cmd_uninstall, "remove what `install` added, and nothing else", []),
         ("sidebar", cmd_sidebar, "run the curses sidebar in this pane", []),
-        ("toggle", cmd_toggle, "show or hide the sidebar in every window", [display]),
-        ("focus", cmd_focus, "focus the sidebar of a window (showing it if hidden)", [window, display]),
-        ("layout", cmd_layout, "even-horizontal layout that keeps the sidebar's width", [window, display]),
-        ("switch", cmd_switch, "switch to the session at place N in the sidebar's list",
-         [(("n",), dict(type=int, help="the session's number in the list (1 is the first)")), client, display]),
+        ("layout", cmd_layout, "even-horizontal layout that keeps the sidebar's width", [ARG_WINDOW, ARG_DISPLAY]),
         ("next", cmd_next, "switch to the next thread that needs you, oldest first (--back: return)",
          [(("--back",), dict(action="store_true", help="go back to where the last `next` came from")),
-          client, display]),
+          ARG_CLIENT, ARG_DISPLAY]),
         ("popup", cmd_popup, "the agents popup: every thread by what needs you, with a preview and reply keys",
-         [client]),
-        ("popup-open", cmd_popup_open, "open the agents popup (display-popup; a window before tmux 3.2)",
-         [client, display]),
-        ("reply", cmd_reply, "answer a thread's prompt without switching to it: approve once, approve always, "
-                             "deny, or type a prompt",
-         [(("thread",), dict(help="thread id (as in `opensessions status --json`), or AGENT:ID")),
-          (("--approve",), dict(action="store_true", help="approve the permission once")),
-          (("--approve-always",), dict(action="store_true", help="approve, and do not ask again (where offered)")),
-          (("--deny",), dict(action="store_true", help="deny the permission")),
-          (("--text",), dict(metavar="TEXT", help="type TEXT as the next prompt and submit it (several lines go "
-                                                   "as one paste; - reads it from stdin)"))]),
-        ("mute", cmd_mute, "mute (or --off: unmute) a session's notifications",
-         [session, (("--off",), dict(action="store_true", help="unmute"))]),
+         [ARG_CLIENT]),
         ("history", cmd_history, "past conversations of every agent, here and below (or --all), newest first",
          [(("query",), dict(nargs="*", metavar="WORD", help="words that must all be in the title, first prompt, "
                                                                "directory or agent (any case)")),
@@ -18877,10 +19092,9 @@ def _command_table():
                                                                             if s.fork_args))),
           (("--here",), dict(action="store_true", help="run it in this terminal instead of a new window"))]),
         ("history-popup", cmd_history_popup, "the history picker (what prefix o r runs in its popup)",
-         [client, (("-t", "--pane"), dict(help="the pane it opens over (its directory is the scope; p resumes there)")),
+         [ARG_CLIENT, (("-t", "--pane"), dict(help="the pane it opens over (its directory is the scope; p resumes there)")),
           (("--here",), dict(action="store_true", help="the scope is this directory (display-popup -d "
                                                          "'#{pane_current_path}', as prefix o r opens it)"))]),
-        ("history-open", cmd_history_open, "open the history picker (prefix o r)", [client, display]),
         ("save", cmd_save, "save every agent's conversation next to tmux-resurrect's save", []),
         ("restore", cmd_restore, "resume each saved agent in its pane after a restore",
          [(("--dry-run",), dict(action="store_true", help="print what would be typed where, type nothing")),
@@ -18900,6 +19114,8 @@ def _command_table():
         ("relay", cmd_relay, "(run on a host by a local server over ssh) stream this host's state on stdout",
          [(("--alive",), dict(type=float, default=REMOTE_ALIVE, help="heartbeat seconds"))]),
     )
+    table = dict((e[0], e) for e in own + client_commands())
+    return tuple(table[name] for name in COMMANDS)
 
 
 def build_parser(command=None):
@@ -18937,105 +19153,6 @@ def build_parser(command=None):
     return p
 
 
-class ParsedArgs(object):
-    """The parsed command line, as argparse's Namespace would hold it."""
-
-    def __init__(self, values):
-        self.__dict__.update(values)
-
-
-_GLOBAL_OPTIONS = {"-L": ("socket_name", None), "-S": ("socket_path", None), "--port": ("port", int)}
-_PLAIN_KEYWORDS = frozenset(("help", "metavar", "default", "type", "choices", "action", "nargs", "dest"))
-
-
-def parse_plainly(argv):
-    """argv parsed without argparse when it is plainly well formed, from the same command table:
-    `[-L N | -S P | --port N]... COMMAND POSITIONAL... [--option [VALUE] | --option=VALUE]...`.
-    -> ParsedArgs with what build_parser(COMMAND).parse_args(argv) would give, or None for anything
-    else (help, an unknown or abbreviated option, a value that starts with '-', a bad value, a
-    positional after an option...): argparse then parses it and words any error. Importing argparse
-    and building even one subcommand cost a client command ~10 ms."""
-    values = {dest: None for dest, _ in _GLOBAL_OPTIONS.values()}
-    i = 0
-    while i < len(argv) and argv[i] in _GLOBAL_OPTIONS:
-        if not _take_plain_value(values, _GLOBAL_OPTIONS[argv[i]], {}, argv[i + 1:i + 2]):
-            return None
-        i += 2
-    entry = next((e for e in _command_table() if i < len(argv) and e[0] == argv[i]), None)
-    if entry is None:
-        return None
-    name, func, _, arguments = entry
-    options = {flag: (dest, conv, {}) for flag, (dest, conv) in _GLOBAL_OPTIONS.items()}
-    positionals = []
-    for flags, kw in arguments:
-        if not _PLAIN_KEYWORDS.issuperset(kw) or kw.get("action", "store_true") != "store_true" \
-                or kw.get("nargs", "?") != "?":
-            return None
-        if not flags[0].startswith("-"):
-            if positionals and positionals[-1][1].get("nargs") == "?" and kw.get("nargs") != "?":
-                return None  # a required one after an optional one: argparse's matching, not ours
-            positionals.append((flags[0], kw))
-            values[flags[0]] = kw.get("default")
-            continue
-        dest = kw.get("dest") or next((f for f in flags if f.startswith("--")), flags[0]).lstrip("-").replace("-", "_")
-        default = kw.get("default", False if kw.get("action") else None)
-        if isinstance(default, str) and kw.get("type"):
-            default = kw["type"](default)
-        values[dest] = default
-        for f in flags:
-            options[f] = (dest, kw.get("type"), kw)
-    values.update(command=name, func=func)
-    rest, given, option_seen = argv[i + 1:], [], False
-    k = 0
-    while k < len(rest):
-        a = rest[k]
-        k += 1
-        if not a.startswith("-"):
-            if option_seen:
-                return None
-            given.append(a)
-            continue
-        option_seen = True
-        flag, eq, value = a.partition("=") if a.startswith("--") else (a, "", "")
-        if flag not in options:
-            return None
-        dest, conv, kw = options[flag]
-        if kw.get("action") == "store_true":
-            if eq:
-                return None
-            values[dest] = True
-            continue
-        if not eq:
-            if not _take_plain_value(values, (dest, conv), kw, rest[k:k + 1]):
-                return None
-            k += 1
-        elif not _take_plain_value(values, (dest, conv), kw, [value], explicit=True):
-            return None
-    required = sum(1 for _, kw in positionals if kw.get("nargs") != "?")
-    if not required <= len(given) <= len(positionals):
-        return None
-    for (dest, kw), text in zip(positionals, given):
-        if not _take_plain_value(values, (dest, kw.get("type")), kw, [text], explicit=True):
-            return None
-    return ParsedArgs(values)
-
-
-def _take_plain_value(values, target, kw, texts, explicit=False):
-    """Store texts[0], converted and checked as argparse would, under target's dest; False when
-    there is none, it looks like an option, or it does not convert or is not one of the choices."""
-    if not texts or (not explicit and texts[0].startswith("-")):
-        return False
-    dest, conv = target
-    try:
-        value = conv(texts[0]) if conv else texts[0]
-    except (TypeError, ValueError):
-        return False
-    if "choices" in kw and value not in kw["choices"]:
-        return False
-    values[dest] = value
-    return True
-
-
 # The session `opensessions` starts outside tmux: tmux's default status-left, "[#{session_name}] ",
 # is cut at status-left-length 10, so the name has at most 7 characters ("[opensessi" otherwise).
 OUTSIDE_SESSION = "agents"
@@ -19053,89 +19170,23 @@ def cmd_default(args):
     exec_tmux("new-session", "-A", "-s", OUTSIDE_SESSION, " ".join(_shell_quote(a) for a in me) + "; exec ${SHELL:-sh}")
 
 
-
 def _shell_quote(s):
     import shlex
     return shlex.quote(s)
 
 
-class _HookArgs(object):
-    """`hook AGENT` with only the global options: parsed without argparse (it runs on every agent
-    prompt and stop, and the agent waits for it)."""
-
-    def __init__(self, argv):
-        self.socket_name = self.socket_path = self.port = self.agent = None
-        it = iter(argv)
-        for a in it:
-            if a == "-L":
-                self.socket_name = next(it, None)
-            elif a == "-S":
-                self.socket_path = next(it, None)
-            elif a == "--port":
-                self.port = as_number(next(it, None), None, int, text=True)
-            elif a != "hook" and self.agent is None:
-                self.agent = a
-
-
-def _for_key_binding(func, args):
-    """Run a command bound to a key: its output and its errors go to the client's status line
-    through display-message, and it exits 0, so tmux never opens view mode over a pane."""
-    import contextlib
-    import io
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            func(args)
-        text = out.getvalue().strip()
-    except (OpensessionsError, TmuxError, OSError) as e:
-        text = "opensessions: %s" % user_message(e)
-    if text:
-        client = ["-c", args.client] if getattr(args, "client", None) else []
-        try:
-            _tmux(args).run("display-message", *(client + [" | ".join(text.splitlines())]))
-        except TmuxError:
-            pass
-    return 0
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    done = run_client(argv)
+    if done is not None:
+        return done
     command = command_of(argv)
-    if command == "hook" and "-h" not in argv and "--help" not in argv:
-        args = _HookArgs(argv)
-        if args.agent in hook_agents():
-            return cmd_hook(args)
     if command == "usage":
         argv = negative_since_joined(argv)
-    args = parse_plainly(argv) if command else None
+    args = parse_plainly(argv, _command_table()) if command else None
     if args is None:
         args = build_parser(command).parse_args(argv)
-    func = getattr(args, "func", None) or cmd_default
-    if getattr(args, "display", False):
-        return _for_key_binding(func, args)
-    try:
-        check_port(getattr(args, "port", None))
-        return func(args) or 0
-    except KeyboardInterrupt:
-        return 130
-    except (OpensessionsError, TmuxError, OSError) as e:
-        sys.stderr.write("opensessions: %s\n" % user_message(e))
-        return 1
-
-
-def user_message(error):
-    """One line for the user: no traceback, no doubled "opensessions:" prefix."""
-    if isinstance(error, TmuxGone):
-        text = "no tmux server: %s" % error
-    elif isinstance(error, OSError) and error.strerror:
-        text = "%s%s" % (error.strerror, ": %s" % error.filename if error.filename else "")
-    else:
-        text = str(error) or type(error).__name__
-    lines = [l.strip() for l in text.splitlines() if l.strip()] or [type(error).__name__]
-    text = lines[-1] if len(lines) > 1 and lines[0].startswith("Traceback") else " ".join(lines)
-    while text.startswith("opensessions: "):
-        text = text[len("opensessions: "):]
-    return text
+    return run_parsed(args, cmd_default)
 
 
 if __name__ == "__main__":

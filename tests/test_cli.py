@@ -208,17 +208,19 @@ def test_installed_hook_command_reports_to_the_server(server, env):
 
 
 def test_pyz_falls_back_to_source_on_another_python(tmp_path, pyz):
-    """The bytecode inside is for the building interpreter; any other one must still run the source."""
+    """The bytecode inside is for the building interpreter; any other one must still run the source
+    (both parts for another Python, or only the rest: a command that needs it still runs)."""
     import zipfile
-    other = str(tmp_path / "other.pyz")
-    with zipfile.ZipFile(pyz) as src, zipfile.ZipFile(other, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info.filename)
-            if info.filename == "opensessions.pyc":
-                data = b"\x00\x00\r\n" + data[4:]  # a magic number no Python has
-            dst.writestr(info, data)
-    r = subprocess.run([PYTHON, other, "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
-    assert r.returncode == 0 and r.stdout.strip() == b"opensessions " + os_.__version__.encode(), r.stderr
+    for bad in (("bytecode/client.pyc", "bytecode/rest.pyc"), ("bytecode/rest.pyc",)):
+        other = str(tmp_path / "other.pyz")
+        with zipfile.ZipFile(pyz) as src, zipfile.ZipFile(other, "w") as dst:
+            for info in src.infolist():
+                data = src.read(info.filename)
+                if info.filename in bad:
+                    data = b"\x00\x00\r\n" + data[4:]  # a magic number no Python has
+                dst.writestr(info, data)
+        r = subprocess.run([PYTHON, other, "--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+        assert r.returncode == 0 and r.stdout.strip() == b"opensessions " + os_.__version__.encode(), r.stderr
     code = "import sys; sys.path.insert(0, %r); import opensessions; print(type(opensessions.__loader__).__name__)" % pyz
     r = subprocess.run([PYTHON, "-c", code], stdout=subprocess.PIPE, check=True)
     assert r.stdout.strip() == b"zipimporter"
@@ -402,7 +404,7 @@ def test_the_plain_parser_agrees_with_argparse(data):
                                 max_size=4))
     after = data.draw(st.lists(st.sampled_from(_tokens(name)), max_size=7))
     argv = before + [name] + after
-    plain = os_.parse_plainly(argv)
+    plain = os_.parse_plainly(argv, os_._command_table())
     expected = _argparse(argv)
     if plain is not None:
         assert expected is not None, argv
@@ -417,8 +419,29 @@ def test_the_plain_parser_agrees_with_argparse(data):
     ["save"], ["--port", "7391", "clear-log", "main"],
 ])
 def test_the_plain_parser_takes_what_hooks_and_keys_send(argv):
-    plain = os_.parse_plainly(argv)
+    plain = os_.parse_plainly(argv, os_._command_table())
     assert plain is not None and vars(plain) == _argparse(argv)
+
+
+def test_the_client_section_runs_its_commands_and_hands_the_rest_to_main(monkeypatch):
+    """run_client runs a client command alone (the .pyz runs only the sections down to Client for
+    it); anything else is None, before anything is done, so main() parses it with the whole table."""
+    table = dict((e[0], e) for e in os_._command_table())
+    assert tuple(table) == os_.COMMANDS
+    for entry in os_.client_commands():
+        assert table[entry[0]] == entry
+    ran = []
+    monkeypatch.setattr(os_, "cmd_set_status", lambda args: ran.append(vars(args)) or 0)
+    clients = os_.client_commands()
+    monkeypatch.setattr(os_, "client_commands", lambda: tuple(
+        (e[0], os_.cmd_set_status if e[0] == "set-status" else e[1]) + e[2:] for e in clients))
+    for argv in (["status", "--json"], ["--version"], ["set-status", "--help"], ["set-status"], [],
+                 ["set-status", "main", "--tone", "loud"], ["sidebar"], ["hook", "--help"], ["nope"]):
+        assert os_.run_client(argv) is None, argv
+    assert ran == []
+    assert os_.run_client(["-S", "/tmp/s", "set-status", "main", "hi", "--tone", "warn"]) == 0
+    assert ran == [dict(socket_name=None, socket_path="/tmp/s", port=None, session="main", text="hi", tone="warn",
+                        clear=False, command="set-status", func=os_.cmd_set_status)]
 
 
 def test_a_negative_since_is_joined_before_either_parser():
@@ -426,7 +449,7 @@ def test_a_negative_since_is_joined_before_either_parser():
     before main parses it; the plain parser and argparse then read it alike."""
     argv = os_.negative_since_joined(["usage", "--since", "-1d", "--json"])
     assert argv == ["usage", "--since=-1d", "--json"]
-    plain = os_.parse_plainly(argv)
+    plain = os_.parse_plainly(argv, os_._command_table())
     assert plain is not None and vars(plain) == _argparse(argv) and plain.since == "-1d"
     assert os_.negative_since_joined(["usage", "--since", "1d"]) == ["usage", "--since", "1d"]
 

@@ -297,7 +297,8 @@ def test_the_popups_own_query_string_and_arguments():
     from urllib.parse import quote, urlencode
     for params in ({"q": "fix login/ü;&=%#+", "limit": 50, "dir": "/home/u/a b"}, {"thread": "claude:x"}, {"q": ""}):
         assert o.query_string(params) == urlencode(params, quote_via=quote, safe="")
-    a = o.parse_plainly(["-S", "/tmp/s", "--port", "7", "history-popup", "--here", "-c", "/dev/pts/1", "-t", "%3"])
+    a = o.parse_plainly(["-S", "/tmp/s", "--port", "7", "history-popup", "--here", "-c", "/dev/pts/1", "-t", "%3"],
+                        o._command_table())
     assert (a.socket_path, a.port, a.here, a.client, a.pane) == ("/tmp/s", 7, True, "/dev/pts/1", "%3")  # no argparse
 
 

@@ -1,5 +1,6 @@
 """dist/opensessions.pyz (build_zipapp.py): what it holds, that it rebuilds only when it must, that
-it runs the same program, and how it starts and ends a client command."""
+it runs the same program, and how it starts and ends a client command (the client part of the
+bytecode only)."""
 import importlib.util
 import os
 import shutil
@@ -15,16 +16,16 @@ RUN_PYZ = r"""
 import marshal, runpy, sys, zipfile
 pyz = sys.argv[1]
 sys.argv = sys.argv[1:]
-ours = len(zipfile.ZipFile(pyz).read("opensessions.pyc")) - 16  # the code after the .pyc header
-loads, big = marshal.loads, []
+sizes = {len(zipfile.ZipFile(pyz).read("bytecode/%s.pyc" % part)) - 16: part for part in ("client", "rest")}
+loads = marshal.loads
 def counting(data):
-    if len(data) == ours:
-        big.append(len(data))
+    if len(data) in sizes:
+        sys.stderr.write("unmarshal %s\n" % sizes[len(data)])
     return loads(data)
 marshal.loads = counting
 class Probe(object):
     def __del__(self):
-        sys.stderr.write("teardown ran, %d big unmarshal(s)\n" % len(big))
+        sys.stderr.write("teardown ran\n")
 sys.modules["probe"] = Probe()
 runpy.run_path(pyz, run_name="__main__")
 """
@@ -35,21 +36,47 @@ def run_pyz(pyz, *argv):
                           stderr=subprocess.PIPE, timeout=30)
 
 
-def test_the_bytecode_is_read_and_unmarshalled_once(pyz):
-    """zipimport would load the module's code twice (get_filename loads it too): ~10 ms a command."""
+def test_each_part_of_the_bytecode_is_read_and_unmarshalled_once(pyz):
+    """zipimport would load the module's code twice (get_filename loads it too): ~10 ms a command.
+    A command that is not a client command runs both parts, each once."""
     r = run_pyz(pyz, "--version")
     assert r.returncode == 0 and r.stdout.decode().startswith("opensessions "), r.stderr
-    assert r.stderr.decode().endswith("teardown ran, 1 big unmarshal(s)\n")
+    assert r.stderr.decode() == "unmarshal client\nunmarshal rest\nteardown ran\n"
 
 
-def test_a_quick_command_skips_the_teardown_and_keeps_its_output_and_code(pyz, tmp_path):
+def test_a_client_command_runs_the_client_part_only_and_skips_the_teardown(pyz, tmp_path):
     env_missing = ["-S", str(tmp_path / "no-tmux.sock"), "--port", "9"]  # port 9: nothing listens
     r = run_pyz(pyz, *env_missing + ["set-status", "main", "x"])
     assert r.returncode == 1 and "teardown" not in r.stderr.decode()
-    assert r.stderr.decode().startswith("opensessions: cannot reach the opensessions server"), r.stderr
-    # not a quick command (help): the interpreter ends as usual
+    assert r.stderr.decode() == "unmarshal client\nopensessions: cannot reach the opensessions server ([Errno " \
+                                "111] Connection refused); start it with `opensessions start`\n", r.stderr
+    # help is argparse's, from the rest of the module: the interpreter ends as usual
     r = run_pyz(pyz, "set-status", "--help")
-    assert r.returncode == 0 and b"usage:" in r.stdout and b"teardown ran" in r.stderr
+    assert r.returncode == 0 and b"usage:" in r.stdout
+    assert r.stderr == b"unmarshal client\nunmarshal rest\nteardown ran\n"
+    # a hook with no server to tell: the client part only, silent
+    r = subprocess.run([PYTHON, "-S", "-c", RUN_PYZ, pyz] + env_missing + ["hook", "claude"], input=b"{}",
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"", b"unmarshal client\n")
+
+
+def test_the_client_part_ends_where_the_client_section_does():
+    """bytecode/client.pyc is the module down to the end of its Client section; the rest keeps its
+    line numbers (a traceback from the server names the right line of opensessions.py)."""
+    sys.path.insert(0, ROOT)
+    import build_zipapp
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    client, rest = build_zipapp.split(source)
+    lines = client.splitlines()
+    assert lines[-1] != b"#" * 78 and b"\ndef run_client(argv):\n" in client
+    assert client + rest[len(lines):] == source and rest[:len(lines)] == b"\n" * len(lines)
+    namespace = {"__name__": "opensessions"}
+    exec(compile(client, "opensessions.py", "exec"), namespace)
+    assert namespace["run_client"].__code__.co_firstlineno == os_.run_client.__code__.co_firstlineno
+    exec(compile(rest, "opensessions.py", "exec"), namespace)
+    assert namespace["main"].__code__.co_firstlineno == os_.main.__code__.co_firstlineno
+    assert sorted(k for k in namespace if not k.startswith("__")) == sorted(k for k in vars(os_) if not k.startswith("__"))
 
 
 def test_quick_output_through_a_pipe_is_whole(pyz, server):
@@ -91,13 +118,13 @@ def test_if_stale_rebuilds_for_another_python_and_for_new_source(tmp_path):
     # a Python upgrade: the bytecode inside carries another interpreter's magic number
     with zipfile.ZipFile(out) as zf:
         entries = {n: zf.read(n) for n in zf.namelist()}
-    entries["opensessions.pyc"] = b"\x00\x00\r\n" + entries["opensessions.pyc"][4:]
+    entries["bytecode/rest.pyc"] = b"\x00\x00\r\n" + entries["bytecode/rest.pyc"][4:]
     with zipfile.ZipFile(out, "w") as zf:
         for n, data in entries.items():
             zf.writestr(n, data)
     assert _build(tmp_path, "--if-stale").strip() == out.encode()
     with zipfile.ZipFile(out) as zf:
-        assert zf.read("opensessions.pyc")[:4] == importlib.util.MAGIC_NUMBER
+        assert zf.read("bytecode/rest.pyc")[:4] == importlib.util.MAGIC_NUMBER
     assert _build(tmp_path, "--if-stale") == b""
     with open(str(tmp_path / "opensessions.py"), "a") as f:
         f.write("\n# an update\n")
