@@ -3987,6 +3987,32 @@ def parse_control_line(line):
     return (name, rest)
 
 
+def command_output(proc, timeout, grace=0.5, clock=time.monotonic):
+    """(stdout, stderr) bytes of a tmux command client, done when the client exits rather than when
+    its pipes close: a client passes its stdio to the tmux server, which closes its copies only once
+    it handles the client's leaving (on a loaded machine that was seen to take over 10 s after the
+    client had exited 0 with its output written). Its pipes are read until they close or for
+    `grace` seconds after the exit. A client still running after `timeout` seconds is killed and
+    subprocess.TimeoutExpired raised."""
+    import subprocess
+    deadline, exited = clock() + timeout, None
+    while True:
+        try:
+            return proc.communicate(timeout=0.1)
+        except subprocess.TimeoutExpired as e:
+            now = clock()
+            if proc.poll() is not None:
+                exited = exited or now
+                if now - exited >= grace:
+                    proc.stdout.close()
+                    proc.stderr.close()
+                    return e.output or b"", e.stderr or b""
+            elif now > deadline:
+                proc.kill()
+                proc.communicate()
+                raise
+
+
 class Tmux(object):
     """Gateway to one tmux server: every tmux command goes through run()."""
 
@@ -4003,21 +4029,23 @@ class Tmux(object):
         import subprocess
         timeout = kw.get("timeout", 5.0)
         try:
-            proc = subprocess.run(self.argv(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, timeout=timeout)
+            proc = subprocess.Popen(self.argv(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
         except FileNotFoundError:
             raise TmuxError("tmux is not installed (no %r on PATH)" % self.tmux_bin)
+        try:
+            out, err = command_output(proc, timeout)
         except subprocess.TimeoutExpired:
             raise TmuxError("tmux %s timed out" % (args[0] if args else ""))
-        err = proc.stderr.decode("utf-8", "replace").strip()
+        err = err.decode("utf-8", "replace").strip()
         if proc.returncode == 0 and kw.get("raw"):
-            return proc.stdout
+            return out
         if proc.returncode != 0:
             if ("no server running" in err or "error connecting to" in err
                     or "No such file or directory" in err and self.socket_path in err):
                 raise TmuxGone(err or "no tmux server")
             raise TmuxError(err or "tmux %s failed (exit %d)" % (args[0] if args else "", proc.returncode))
-        return proc.stdout.decode("utf-8", "replace")
+        return out.decode("utf-8", "replace")
 
     def spawn(self, *args):
         """Start one tmux command without waiting for it (display-popup returns only when its popup

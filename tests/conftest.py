@@ -158,11 +158,12 @@ class TmuxServer(object):
     def run(self, *args, check=True):
         # tmux by its path and close_fds=False (our fds are close-on-exec anyway): Python 3.9 then
         # starts it with posix_spawn instead of forking this process, which grows to 200 MB in a run
-        p = subprocess.run([TMUX, "-S", self.socket, "-f", "/dev/null"] + [str(a) for a in args], close_fds=False,
-                           env=self.env.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
+        p = subprocess.Popen([TMUX, "-S", self.socket, "-f", "/dev/null"] + [str(a) for a in args], close_fds=False,
+                             env=self.env.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = opensessions.command_output(p, 10, grace=1.0)  # the product's own wait
         if check and p.returncode != 0:
-            raise RuntimeError("tmux %s failed: %s" % (args, p.stderr.decode()))
-        return p.stdout.decode()
+            raise RuntimeError("tmux %s failed: %s" % (args, err.decode()))
+        return out.decode()
 
     def new_session(self, name, cwd=None, command=None):
         args = ["new-session", "-d", "-s", name, "-x", "160", "-y", "40"]

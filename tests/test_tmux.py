@@ -2,6 +2,8 @@
 options."""
 import os
 import socket
+import subprocess
+import time
 
 import opensessions as os_
 from conftest import retry_until
@@ -177,3 +179,25 @@ def test_ui_from_tmux_options_is_what_the_options_say():
                                               "notifyOn": ["done", "error"]}
     opts.update({"@opensessions-width": "5", "@opensessions-theme": "no-such"})
     assert os_.ui_from_tmux_options(opts) == {"position": "left", "notify": [], "notifyOn": ["done", "error"]}
+
+
+def test_a_tmux_command_is_done_when_its_client_exits():
+    """The gateway (and conftest's tmux runs) wait for the client to exit, not for its pipes to
+    close: the tmux server holds a copy of a client's stdio until it handles the client's leaving.
+    Here a child of the command keeps the pipes open; the output is still whole, the wait ends at
+    the grace, and a command that never exits is killed at the timeout."""
+    import signal
+    p = subprocess.Popen(["sh", "-c", "echo out; echo err >&2; sleep 30 & exit 3"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        t0 = time.monotonic()
+        assert os_.command_output(p, 10, grace=0.2) == (b"out\n", b"err\n") and p.returncode == 3
+        assert time.monotonic() - t0 < 5
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+    p = subprocess.Popen(["sleep", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        os_.command_output(p, 0.3)
+        raise AssertionError("no timeout")
+    except subprocess.TimeoutExpired:
+        assert p.returncode == -9
