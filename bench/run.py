@@ -1945,6 +1945,7 @@ def main():
             w = World(30)
             try:
                 w.start_server()
+                time.sleep(4.0)  # as in the full run: not while the server reads its 150 transcripts
                 bench_cli(w, res, 10 if quick else 20)
             finally:
                 w.close()
