@@ -15244,7 +15244,7 @@ class SidebarModel(object):
         self.mode = "list"  # list | help | theme | prompt | confirm
         self.prompt = None  # {"label", "text", "step", "values"}
         self.confirm = None
-        self.theme_index = 0
+        self.theme_index = None  # the theme picker's row; None: the current theme's, until a move
         self._message = None  # the footer's line, and what it was about (see say)
         self._message_about = None
         self.frame = 0
@@ -15548,9 +15548,15 @@ class SidebarModel(object):
 
     def _themes(self, k):
         self.mode = "theme"
+        self.theme_index = None  # on the current theme, even if the state saying which arrives later
+
+    def theme_row(self):
+        """The theme picker's row: where the user moved it, else the current theme's."""
+        if self.theme_index is not None:
+            return self.theme_index
         names = sorted(THEMES)
         current = self.ui().get("theme") or DEFAULT_THEME
-        self.theme_index = names.index(current) if current in names else 0
+        return names.index(current) if current in names else 0
 
     def _filter(self, k):
         self.mode = "prompt"
@@ -15659,12 +15665,12 @@ class SidebarModel(object):
     def _theme_key(self, k):
         names = sorted(THEMES)
         if k in ("j", "KEY_DOWN"):
-            self.theme_index = (self.theme_index + 1) % len(names)
+            self.theme_index = (self.theme_row() + 1) % len(names)
         elif k in ("k", "KEY_UP"):
-            self.theme_index = (self.theme_index - 1) % len(names)
+            self.theme_index = (self.theme_row() - 1) % len(names)
         elif k in ("\n", "\r", "KEY_ENTER"):
             self.mode = "list"
-            return [("ui", {"theme": names[self.theme_index]})]
+            return [("ui", {"theme": names[self.theme_row()]})]
         elif k in ("q", "\x1b", "t"):
             self.mode = "list"
         return []
@@ -16078,9 +16084,9 @@ def _render_help(scr):
 def _render_themes(scr):
     names = sorted(THEMES)
     scr.line(None, [("theme (Enter to pick)", "muted")])
+    row = scr.model.theme_row()
     for i, name in enumerate(names):
-        scr.line(None, [(("> " if i == scr.model.theme_index else "  ") + name,
-                         "sel" if i == scr.model.theme_index else "fg")])
+        scr.line(None, [(("> " if i == row else "  ") + name, "sel" if i == row else "fg")])
 
 
 def _render_list(scr, room):

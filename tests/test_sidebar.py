@@ -116,6 +116,24 @@ def test_theme_picker_and_help():
     assert m.mode == "list"
 
 
+def test_the_theme_picker_opened_before_the_first_state_marks_the_current_theme_once_it_arrives():
+    """t pressed while the sidebar still says "connecting…": the picker follows the state's theme
+    until the user moves it (it marked the default theme, and Enter would have picked it)."""
+    m = os_.SidebarModel()
+    m.key("t")
+    names = sorted(os_.THEMES)
+    assert "> " + os_.DEFAULT_THEME in texts(os_.render(m, 40, 30))
+    state = snapshot(("a", []))
+    state["ui"] = {"theme": "nord"}
+    m.set_state(state)
+    assert "> nord" in texts(os_.render(m, 40, 30))
+    m.key("k")
+    state["ui"] = {"theme": "dracula"}
+    m.set_state(state)  # moved: the user's row holds
+    assert "> " + names[names.index("nord") - 1] in texts(os_.render(m, 40, 30))
+    assert m.key("\n") == [("ui", {"theme": names[names.index("nord") - 1]})]
+
+
 def test_every_key_in_the_help_is_a_key_of_the_sidebar():
     """The help listed "o g" and "o r" beside the sidebar's keys (tmux's prefix o g / o r): o in the
     sidebar opens a port. Each key of the help's key column is one the sidebar takes; the prefix
