@@ -1,4 +1,4 @@
-"""Files we do not own that never end (issue 19, High): every reader of an agent's file, a user's
+"""Files we do not own that never end: every reader of an agent's file, a user's
 config or tmux-resurrect's files meets a FIFO, a symlink to /dev/zero and a 1 GB sparse file where
 it expects a small regular file, and must come back at once with its memory bounded.
 

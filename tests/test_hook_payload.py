@@ -1,4 +1,4 @@
-"""Hooks read their whole payload (issue 19, Medium 4): a permission request for a 100 KB write, a
+"""Hooks read their whole payload: a permission request for a 100 KB write, a
 Gemini permission with a 100 KB diff, an end of turn with a long answer are read whole (up to 8 MB);
 past that, the fields we need are kept from the payload's start, and the rest is read and dropped
 (the agent writing it never meets a closed pipe)."""

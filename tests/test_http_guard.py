@@ -1,4 +1,4 @@
-"""Defence in depth for browsers (issue 19, Low 11): a request a web page makes without an Origin
+"""Defence in depth for browsers: a request a web page makes without an Origin
 (<img>, <script>: Sec-Fetch-Mode no-cors) or from another site (Sec-Fetch-Site cross-site or
 same-site) is refused on every endpoint; every answer says nosniff and no-store; a plain
 `curl -d '{…}'` (form content type) keeps working."""

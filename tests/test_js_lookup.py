@@ -1,7 +1,7 @@
-"""The OpenCode plugin's and the Pi extension's server lookup (_JS_SERVER_LOOKUP), run under node
-(issue 19, Medium 3 and Low 10): a runtime file left by a server killed with -9 sends nothing; the
-server must still run (a live pid of ours with the start time it wrote); a squatted temp runtime
-dir gives way to the same directory Python uses; the runtime file is never read blocking."""
+"""The OpenCode plugin's and the Pi extension's server lookup (_JS_SERVER_LOOKUP), run under node: a
+runtime file left by a server killed with -9 sends nothing; the server must still run (a live pid of
+ours with the start time it wrote); a squatted temp runtime dir gives way to the same directory
+Python uses; the runtime file is never read blocking."""
 import json
 import os
 import shutil

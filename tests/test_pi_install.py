@@ -1,4 +1,4 @@
-"""The Pi extension (and the OpenCode plugin) installed as the JSON configs are (issue 19, Low 8): a
+"""The Pi extension (and the OpenCode plugin) installed as the JSON configs are: a
 user's own file there is backed up and given back, a symlink is written through and stays, the
 ledger says what install did, and nothing is written into another user's file (run as root)."""
 import json

@@ -346,7 +346,7 @@ def test_cli_reply(lab):
     p = lab.server.cli("reply", CODEX_ID, "--approve")
     assert p.returncode == 0, p.stderr
     assert lab.keys() == ["y"]
-    # one line: what was sent, to which agent and pane, and how soon its screen showed it (issue 24.5)
+    # one line: what was sent, to which agent and pane, and how soon its screen showed it
     out = p.stdout.decode().splitlines()
     assert len(out) == 1 and out[0].startswith("approved once in Codex, pane %s: “1. Yes, proceed” (keys y); "
                                                "on screen " % pane) and out[0].endswith(" ms after the last key"), out

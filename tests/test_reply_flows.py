@@ -243,7 +243,7 @@ def test_qwen_input_holding_the_old_prompt_gets_nothing(lab):
 
 @requires_tmux
 def test_text_on_a_permission_prompt_is_refused_at_once(lab):
-    # refused on the first look (it waited 1.5-3.5 s before: issue 24.4; the wait itself is held by
+    # refused on the first look (it waited 1.5-3.5 s before; the wait itself is held by
     # test_reply_plans.py's injected clock, the time by bench)
     pane, pid = lab.start("gemini", "shell")
     lab.report("gemini", "waiting", pid)

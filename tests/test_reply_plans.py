@@ -195,7 +195,7 @@ def test_text_rules():
             o.check_reply_text(bad)
 
 
-# -- waiting for the screen: only while it changes (issue 24.4) -------------------------------------------
+# -- waiting for the screen: only while it changes ------------------------------------------------
 
 class Clock(object):
     def __init__(self):

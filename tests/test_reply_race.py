@@ -1,4 +1,4 @@
-"""Replies and previews that race the agent (issue 19: Medium 1, Low 5, Low 9): the foreground is
+"""Replies and previews that race the agent: the foreground is
 looked at again right before each keystroke; a preview shows only the agent's own screen; what a
 reply types is text (a lone surrogate, a lone ';').
 

@@ -1,4 +1,4 @@
-"""Restores at the same time type the resume command once (issue 19, Medium 2): a restore claims
+"""Restores at the same time type the resume command once: a restore claims
 the pane (a compare-and-set of a tmux option, in one tmux command sequence) before it waits for
 the prompt and for `clear`; another restore finds it claimed and types nothing."""
 import json

@@ -1,4 +1,4 @@
-"""A squatted $TMPDIR/opensessions-<uid> (issue 19, Low 10; only without XDG_RUNTIME_DIR): another
+"""A squatted $TMPDIR/opensessions-<uid> (only without XDG_RUNTIME_DIR): another
 user made it first, maybe holding the lock in it. The server starts in a private directory of our
 own instead, clients and hooks find it there, and the user is told what happened."""
 import fcntl

@@ -202,14 +202,14 @@ def test_help_wraps_to_the_width_with_a_glyph_legend(shown, tmux):
     for legend in ("◉ waiting for you", "● finished, not seen yet", "✓ finished", "✗ stopped on an error",
                    "⊘ interrupted", "↻ retrying after an error", "⠋ working", "○ idle"):
         assert legend in lines, legend
-    # every mark a session's row can show, the separate unseen dot among them (issue 24 §9)
+    # every mark a session's row can show, the separate unseen dot among them
     for legend in ("❯     the cursor (j/k move it)", "◂     the session you are in",
                    "1-9   its number: prefix o N", "$0.28 what its agents cost", "◉✓    a mark per agent thread:",
                    "●     apart: news you have not", "m     notifications muted",
                    "main* git branch; * uncommitted", "[..]  status pill (set-status)",
                    "██░   progress (set-progress)", "✓!✗i· newest log line, by tone"):
         assert any(l.startswith(legend) for l in lines), legend
-    # which wins for the theme (issue 24 §2), and the prompts' keys (§10)
+    # which wins for the theme, and the prompts' keys
     assert "t     pick a theme (it holds" in lines and "      until @opensessions-theme" in lines
     assert any(l.startswith("typing: C-a/C-e start/end,") for l in lines)
     tmux.run("send-keys", "-t", sb, "x")

@@ -155,7 +155,7 @@ def test_opencode_denial_before_the_fix_stayed_running(env, monkeypatch):
     monkeypatch.setattr(os_.OPENCODE.plugin, "status", lambda etype, props: (
         ("running", None, None) if etype == "permission.replied" else real(etype, props)))
     rows, seq = replay_opencode(env, until=mark_at(rows_of("opencode/deny/timeline.jsonl"), "type 'say hi after esc'"))
-    assert seq.seen[-1][1] == "running", seq.seen  # what issue 23 saw: text refused as "running"
+    assert seq.seen[-1][1] == "running", seq.seen  # what the real CLI's timeline showed: text refused as "running"
 
 
 def rows_of(path):

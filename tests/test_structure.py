@@ -126,3 +126,16 @@ def test_only_the_gateway_runs_tmux():
                 and first.elts[0].value == "tmux":
             bad.append(node.lineno)
     assert bad == []
+
+
+def test_tests_are_named_by_what_they_test_and_cite_no_issue():
+    """A newcomer finds a test by the part it tests: no file named after a stage of the project's
+    history, and no issue number in a test's text (the issue tracker is not in the repository)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    files = sorted(f for f in os.listdir(here) if f.startswith("test_") and f.endswith(".py"))
+    assert not [f for f in files if re.search(r"house|life|rooms|week|issue|stop\d", f)]
+    cited = []
+    for f in files + ["conftest.py", "sshlab.py"]:
+        with open(os.path.join(here, f), encoding="utf-8") as fh:
+            cited += ["%s:%d" % (f, n) for n, line in enumerate(fh, 1) if re.search(r"(?i)\bissues? \d", line)]
+    assert cited == []

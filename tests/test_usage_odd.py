@@ -1,4 +1,4 @@
-"""Odd numbers in usage (issue 19, Low 6 and 7): one count of 10^400 in a Qwen or Pi file is a
+"""Odd numbers in usage: one count of 10^400 in a Qwen or Pi file is a
 skipped (and counted) field, not a thread that never appears; `opensessions usage` gives one line
 for odd history entries (a string or a list where a number belongs, updatedAt 1e20) and for a
 --since of 400 digits, and carries on."""
