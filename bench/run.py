@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Measure what users feel, against targets: `python3 bench/run.py` (full, ~6 min) or `--quick` (~1 min).
+"""Measure what users feel, against targets: `python3 bench/run.py --quick` (fewer samples, 2,000
+rather than 20,000 conversations, 10 s idle windows: 524 s on an idle 2-core machine) or the full run
+(longer); `--only GROUP` runs one group.
 
 Builds its own workloads in a temp HOME and a private tmux socket from the real record shapes in
 tests/fixtures (the captures), runs the real program (dist/opensessions.pyz, built fresh), and
@@ -1930,7 +1932,7 @@ def _picker_word(made, cwd):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a ~1 minute pass with fewer samples and shorter idle windows")
+    ap.add_argument("--quick", action="store_true", help="fewer samples, smaller homes and 10 s idle windows (about 9 minutes on 2 cores)")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home", "cli",
                                        "save", "remote", "foreign", "poll", "preview", "history"],
