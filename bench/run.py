@@ -1931,7 +1931,7 @@ def _picker_word(made, cwd):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--quick", action="store_true", help="fewer samples, smaller homes and 10 s idle windows (about 9 minutes on 2 cores)")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
     ap.add_argument("--only", choices=["threads", "keepalive", "hostile", "cold-many", "long-line", "dev-home", "cli",
