@@ -508,12 +508,27 @@ def program_source(path):
         raise OSError(str(e))
 
 
+def program_path():
+    """The file this process runs: the .pyz or .py it was started as (else this module's own)."""
+    return os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] and os.path.isfile(sys.argv[0]) \
+        else os.path.abspath(__file__)
+
+
+def file_signature(path):
+    """(inode, size, mtime) of a file, or None: whether it was replaced since it was last looked at."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def program_digest(path=None):
     """A short hash of the program's source: an update changes it even when the version string
     does not, so the plugin knows to restart the server. The same source run as .py or from the
     .pyz is the same version (the archive's bytes are not hashed, its opensessions.py is)."""
     import hashlib
-    path = path or (sys.argv[0] if sys.argv and sys.argv[0] and os.path.isfile(sys.argv[0]) else __file__)
+    path = path or program_path()
     try:
         return hashlib.sha1(program_source(path)).hexdigest()[:12]
     except OSError:
@@ -4914,9 +4929,7 @@ def _self_command():
     needs no site-packages, and skipping `site` saves tens of milliseconds per call where many .pth
     hooks are installed) and this file (.pyz or .py), shell-quoted."""
     import shlex
-    target = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] and os.path.exists(sys.argv[0]) \
-        else os.path.abspath(__file__)
-    return " ".join(shlex.quote(a) for a in (sys.executable or "python3", "-S", target))
+    return " ".join(shlex.quote(a) for a in (sys.executable or "python3", "-S", program_path()))
 
 
 POPUP_DEFAULTS = {"@opensessions-popup-width": "80%", "@opensessions-popup-height": "75%"}
@@ -11701,7 +11714,7 @@ def program_pyz(path=None):
     from our source (deterministic: the same source gives the same bytes, so a host keeps its copy)."""
     import io
     import zipfile
-    path = path or (sys.argv[0] if sys.argv and sys.argv[0] and os.path.isfile(sys.argv[0]) else __file__)
+    path = path or program_path()
     if path.endswith(".pyz") and os.path.isfile(path):
         with open(path, "rb") as f:
             return f.read()
@@ -11718,9 +11731,7 @@ def program_pyz(path=None):
 
 def program_argv():
     """How a window we open runs this program: this interpreter with -S, this file (.pyz or .py)."""
-    target = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] and os.path.exists(sys.argv[0]) \
-        else os.path.abspath(__file__)
-    return [sys.executable or "python3", "-S", target]
+    return [sys.executable or "python3", "-S", program_path()]
 
 
 class RemoteHost(object):
@@ -17032,6 +17043,22 @@ class SidebarApp(object):
         self.last_click = (0.0, -1)
         self.few_colors = False
         self._winch = None
+        self.program = program_path()  # the file this sidebar's code was read from, and its stat then
+        self.program_signature = file_signature(self.program)
+        self._server_digest = None  # the server program's digest last looked at
+
+    def updated(self):
+        """True when an update replaced this sidebar's program: the server now runs a program other
+        than the one this sidebar saw last, this sidebar's file was replaced since it started, and
+        the file now holds the server's program (the plugin rebuilt the .pyz and restarted the
+        server). A sidebar that started on the file's present code never answers True."""
+        digest = getattr(self.stream.find_port, "digest", None)
+        if self.popup or not digest or digest == self._server_digest:
+            return False
+        self._server_digest = digest
+        if file_signature(self.program) in (self.program_signature, None):
+            return False
+        return program_digest(self.program) == digest
 
     def run(self):
         import curses
@@ -17046,10 +17073,13 @@ class SidebarApp(object):
         if self.tab == "agents":
             self.stream.start()  # the history tab needs no live state: the stream starts with the agents tab
         try:
-            curses.wrapper(self._main)
+            outcome = curses.wrapper(self._main)
         finally:
             self.stream.close()
             self.previews.close()
+        if outcome == "updated":  # the same pane and process, on the new code (curses has let the terminal go)
+            log("sidebar: %s was updated; starting again on its new code" % self.program)
+            os.execv(sys.executable, [sys.executable, "-S", self.program] + sys.argv[1:])
         return 0
 
     # -- colours -------------------------------------------------------------------------------
@@ -17143,6 +17173,8 @@ class SidebarApp(object):
                     self.previews.poke()  # a preview refused before may be possible now
                 self.model.set_connected(self.stream.connected)
                 self._stopped_state()
+                if state is not None and self.updated():
+                    return "updated"
             if 0 in ready:
                 if self._keys() == "quit":
                     return
@@ -18662,8 +18694,9 @@ def cmd_sidebar(args, popup=False, client=None, tab="agents", pane=None, here=Fa
             return args.port
         port, info = find_server(socket_path)
         find_port.token = (info or {}).get("token")  # sent where the server cannot see our uid
+        find_port.digest = (info or {}).get("digest")  # the program the server runs (see SidebarApp.updated)
         return port
-    find_port.token = None
+    find_port.token = find_port.digest = None
 
     def post(path, body):
         timeout = 20 if path == "/api/reply" else 2  # a reply waits for the agent's screen

@@ -1,13 +1,14 @@
 """The sidebar: pure model and rendering, then the real thing in real tmux panes."""
 import json
 import os
+import shutil
 import subprocess
 import time
 
 import pytest
 
 import opensessions as os_
-from conftest import PYTHON, SCRIPT, ServerProc, retry_until
+from conftest import PYTHON, SCRIPT, SOURCE, ServerProc, retry_until
 
 
 def snapshot(*sessions, ui=None):
@@ -349,6 +350,57 @@ def test_narrow_resize_and_server_restart_are_survived(shown, tmux, env):
         assert sidebars(tmux, "work")[0]["pane"] == sb  # the same process, reconnected
     finally:
         os.kill(info["pid"], 15)
+
+
+def test_a_sidebar_runs_the_new_code_after_an_update(env, tmux, tmp_path):
+    """An update (the plugin writes the new program over the old and restarts the server): a
+    sidebar started before it starts again on the new code, in the same pane and process. A
+    restart without an update starts no sidebar again."""
+    prog = str(tmp_path / "plugin" / "opensessions.py")
+    os.makedirs(os.path.dirname(prog))
+    shutil.copy(SOURCE, prog)
+    restarts_log = os.path.join(env.vars["XDG_STATE_HOME"], "opensessions", "sidebar.log")
+
+    def restarts():
+        try:
+            with open(restarts_log) as f:
+                return f.read().count("was updated; starting again on its new code")
+        except OSError:
+            return 0
+
+    def cli(*args):
+        return subprocess.run([PYTHON, prog, "-S", tmux.socket] + list(args), env=env.vars, timeout=30,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = ServerProc(env, tmux, argv=[PYTHON, prog])
+    try:
+        assert first.cli("toggle").returncode == 0
+        sb = retry_until(lambda: sidebars(tmux, "main"))[0]["pane"]
+        pid = tmux.run("display-message", "-p", "-t", sb, "#{pane_pid}").strip()
+        retry_until(lambda: "main" in listed(tmux, sb), timeout=10)
+        # the update: the new program renamed over the old one, then the server restarted on it
+        with open(SOURCE) as f:
+            new = f.read() + "\n# an update\n"
+        with open(prog + ".new", "w") as f:
+            f.write(new)
+        os.replace(prog + ".new", prog)
+        first.stop()
+        assert cli("start").returncode == 0
+        retry_until(lambda: restarts() == 1, timeout=15)
+        tmux.new_session("after")
+        retry_until(lambda: "after" in listed(tmux, sb), timeout=15)
+        assert tmux.run("display-message", "-p", "-t", sb, "#{pane_pid}").strip() == pid  # the same process
+        with open("/proc/%s/cmdline" % pid, "rb") as f:
+            assert f.read().split(b"\0")[1:4] == [b"-S", prog.encode(), b"sidebar"]
+        # stopped and started again, no update: the sidebar reconnects and keeps running
+        assert cli("stop").returncode == 0 and cli("start").returncode == 0
+        tmux.new_session("later")
+        retry_until(lambda: "later" in listed(tmux, sb), timeout=15)
+        assert restarts() == 1
+    finally:
+        first.stop()
+        info = first.runtime.live_info()
+        if info:
+            os.kill(info["pid"], 15)
 
 
 def test_focus_layout_and_switch_commands(shown, tmux):
