@@ -17079,7 +17079,10 @@ class SidebarApp(object):
             self.previews.close()
         if outcome == "updated":  # the same pane and process, on the new code (curses has let the terminal go)
             log("sidebar: %s was updated; starting again on its new code" % self.program)
-            os.execv(sys.executable, [sys.executable, "-S", self.program] + sys.argv[1:])
+            try:
+                os.execv(sys.executable, [sys.executable, "-S", self.program] + sys.argv[1:])
+            except OSError as e:  # (this interpreter gone with a Python upgrade): the server places a new sidebar
+                log("sidebar: could not start again (%s); ending" % e)
         return 0
 
     # -- colours -------------------------------------------------------------------------------
