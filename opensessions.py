@@ -515,7 +515,8 @@ def program_path():
 
 
 def file_signature(path):
-    """(inode, size, mtime) of a file, or None: whether it was replaced since it was last looked at."""
+    """(inode, size, mtime) of a file, or None when there is none: whether it changed or was
+    replaced since it was last looked at."""
     try:
         st = os.stat(path)
     except OSError:
@@ -5728,14 +5729,7 @@ def sqlite_write_locked(path):
 def sqlite_stamp(path):
     """What says an SQLite database changed: (inode, size, mtime) of the file and of its -wal.
     Our own reads change neither (only the -shm, which is never a reason to read)."""
-    out = []
-    for p in (path, path + "-wal"):
-        try:
-            st = os.stat(p)
-            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append(None)
-    return tuple(out)
+    return (file_signature(path), file_signature(path + "-wal"))
 
 
 def sqlite_rows(path, sql, params=()):
@@ -14178,12 +14172,7 @@ class CodexFacts(object):
     def stamp(self, paths):
         home = paths["home"]
         out = [sqlite_stamp(os.path.join(home, db)) for db in ("state_5.sqlite", "thread_history_1.sqlite")]
-        try:
-            st = os.stat(os.path.join(home, "session_index.jsonl"))
-            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append(None)
-        return tuple(out)
+        return tuple(out + [file_signature(os.path.join(home, "session_index.jsonl"))])
 
     def read(self, paths):
         return history_codex_names(paths["home"])
@@ -14197,11 +14186,7 @@ class GeminiProjects(object):
     projects.json says which directory it is (a chat file holds none)."""
 
     def stamp(self, paths):
-        try:
-            st = os.stat(os.path.join(paths["home"], "projects.json"))
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+        return file_signature(os.path.join(paths["home"], "projects.json"))
 
     def read(self, paths):
         return history_gemini_dirs(paths["home"])
