@@ -368,10 +368,8 @@ def test_a_sidebar_runs_the_new_code_after_an_update(env, tmux, tmp_path):
         except OSError:
             return 0
 
-    def cli(*args):
-        return subprocess.run([PYTHON, prog, "-S", tmux.socket] + list(args), env=env.vars, timeout=30,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = ServerProc(env, tmux, argv=[PYTHON, prog])
+    cli = first.cli  # the program at prog, on this tmux, whichever server runs
     try:
         assert first.cli("toggle").returncode == 0
         sb = retry_until(lambda: sidebars(tmux, "main"))[0]["pane"]
